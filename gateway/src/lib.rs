@@ -1,0 +1,2 @@
+//! The gateway (being written).
+#![forbid(unsafe_code)]

@@ -1,0 +1,529 @@
+use crate::money::{PicoUsd, AMOUNT_MAX};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+/// How many applied operation ids the ledger remembers for idempotent replies. At the
+/// design load of 100k lifecycles/s (three ops each) this is ~3 s of history; clients
+/// retry within their own deadline (seconds), and the window is part of snapshots.
+pub const OPS_REMEMBERED_MAX: usize = 1 << 20;
+/// Longest a hold may live: a request's total timeout is far below this.
+pub const HOLD_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+/// Upper bound of commands in one batch (one Raft entry).
+pub const BATCH_COMMANDS_MAX: usize = 4096;
+/// Upper bound on free-text fields (names, model ids) kept in the state.
+pub const NAME_BYTES_MAX: usize = 256;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident($inner:ty)) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub struct $name(pub $inner);
+    };
+}
+id_type!(
+    /// A client-generated id of one mutating operation; the idempotency key.
+    OpId(u128)
+);
+id_type!(
+    /// An account, client-generated (random), so a gateway can route it to its shard
+    /// before the account exists.
+    AccountId(u64)
+);
+id_type!(
+    /// An API key's public id.
+    KeyId(u64)
+);
+id_type!(
+    /// A hold; also the id of the request ("generation") it pays for.
+    HoldId(u128)
+);
+
+/// SHA-256 of an API key's secret text. The key itself is never stored.
+pub type KeyHash = [u8; 32];
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: OpId,
+    pub op: Op,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    CreateAccount {
+        account: AccountId,
+        name: String,
+    },
+    /// A top-up.
+    Credit {
+        account: AccountId,
+        amount: PicoUsd,
+    },
+    CreateKey {
+        account: AccountId,
+        key: KeyId,
+        name: String,
+        hash: KeyHash,
+    },
+    RevokeKey {
+        account: AccountId,
+        key: KeyId,
+    },
+    /// Admitted only if `amount ≤ available`.
+    Reserve {
+        account: AccountId,
+        hold: HoldId,
+        amount: PicoUsd,
+        expires_at_ms: u64,
+    },
+    /// Posts `min(actual, held)`, releases the rest, debits any excess; records the request.
+    Settle {
+        account: AccountId,
+        hold: HoldId,
+        actual: PicoUsd,
+        record: RequestRecord,
+    },
+    /// Voids a hold that incurred no upstream cost.
+    Release {
+        account: AccountId,
+        hold: HoldId,
+    },
+}
+
+impl Op {
+    /// The account this operation touches; the shard key.
+    pub fn account(&self) -> AccountId {
+        match self {
+            Op::CreateAccount { account, .. }
+            | Op::Credit { account, .. }
+            | Op::CreateKey { account, .. }
+            | Op::RevokeKey { account, .. }
+            | Op::Reserve { account, .. }
+            | Op::Settle { account, .. }
+            | Op::Release { account, .. } => *account,
+        }
+    }
+
+    /// Checks what can be checked without the state. Run before proposing and again when
+    /// applying, so a bad command never enters the log and a log never applies one.
+    pub fn validate(&self) -> Result<(), Rejection> {
+        let name_ok = |name: &str| name.len() <= NAME_BYTES_MAX;
+        match self {
+            Op::CreateAccount { name, .. } | Op::CreateKey { name, .. } if !name_ok(name) => {
+                Err(Rejection::Invalid(Cow::Borrowed("name too long")))
+            }
+            Op::Credit { amount, .. } if amount.0 == 0 || *amount > AMOUNT_MAX => {
+                Err(Rejection::Invalid(Cow::Borrowed("credit amount out of range")))
+            }
+            Op::Reserve { amount, .. } if *amount > AMOUNT_MAX => {
+                Err(Rejection::Invalid(Cow::Borrowed("reserve amount out of range")))
+            }
+            Op::Settle { actual, record, .. }
+                if *actual > AMOUNT_MAX
+                    || !name_ok(&record.model)
+                    || !name_ok(&record.provider) =>
+            {
+                Err(Rejection::Invalid(Cow::Borrowed("settle amount or record out of range")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One batch of commands, stamped with the leader's clock when it was proposed. The stamp
+/// is the only time the state machine ever sees.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub stamp_ms: u64,
+    pub commands: Vec<Command>,
+}
+
+/// What a request cost and how it went; becomes the account's request history.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub key: Option<KeyId>,
+    pub model: String,
+    pub provider: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cached_tokens: u64,
+    pub latency_ms: u64,
+    /// HTTP status the client saw (200 for a completed stream).
+    pub status: u16,
+    pub streamed: bool,
+    pub created_ms: u64,
+    /// Filled in by the ledger: what was actually charged.
+    pub cost: PicoUsd,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    AccountCreated,
+    Credited {
+        credits: PicoUsd,
+    },
+    KeyCreated,
+    KeyRevoked,
+    Reserved {
+        available: i128,
+    },
+    /// `posted` went against the hold, `released` was returned, `excess` was debited
+    /// beyond the hold (or the whole charge when the hold had expired or was unknown).
+    Settled {
+        posted: PicoUsd,
+        released: PicoUsd,
+        excess: PicoUsd,
+    },
+    Released {
+        amount: PicoUsd,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    /// A `Cow` rather than `&'static str` so that outcomes (kept in the idempotency window,
+    /// hence in snapshots) deserialize from owned bytes; the ledger only ever builds
+    /// borrowed static reasons.
+    #[error("invalid command: {0}")]
+    Invalid(Cow<'static, str>),
+    #[error("unknown account")]
+    UnknownAccount,
+    #[error("account already exists")]
+    AccountExists,
+    #[error("key id already exists")]
+    KeyExists,
+    #[error("unknown key")]
+    UnknownKey,
+    #[error("hold id already used")]
+    HoldExists,
+    #[error("unknown or expired hold")]
+    UnknownHold,
+    #[error("insufficient credit: {available} pico-USD available")]
+    InsufficientFunds { available: i128 },
+    #[error("operation id reused for a different operation")]
+    IdReused,
+}
+
+pub type Outcome = Result<Reply, Rejection>;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub name: String,
+    pub credits: PicoUsd,
+    pub debits_posted: PicoUsd,
+    pub debits_pending: PicoUsd,
+    pub n_holds: u32,
+}
+
+impl Account {
+    /// `credits − debits_posted − debits_pending`; negative only after a settle excess.
+    pub fn available(&self) -> i128 {
+        self.credits.0 as i128 - self.debits_posted.0 as i128 - self.debits_pending.0 as i128
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Key {
+    pub account: AccountId,
+    pub name: String,
+    pub hash: KeyHash,
+    pub revoked: bool,
+    /// Everything charged to requests made with this key.
+    pub usage: PicoUsd,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Hold {
+    account: AccountId,
+    amount: PicoUsd,
+    expires_at_ms: u64,
+}
+
+/// The result of the bank check over every account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audit {
+    pub ok: bool,
+    pub n_accounts: u64,
+    pub n_holds: u64,
+    pub credits: PicoUsd,
+    pub debits_posted: PicoUsd,
+    pub debits_pending: PicoUsd,
+    /// Sum of every applied top-up; must equal `credits`.
+    pub credited: PicoUsd,
+    pub problems: Vec<String>,
+}
+
+/// The whole replicated state. Serializable as a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    accounts: HashMap<AccountId, Account>,
+    keys: HashMap<KeyId, Key>,
+    keys_by_hash: HashMap<KeyHash, KeyId>,
+    holds: HashMap<HoldId, Hold>,
+    /// Holds ordered by expiry, for deterministic voiding.
+    expiry: BTreeSet<(u64, HoldId)>,
+    records: HashMap<HoldId, (AccountId, RequestRecord, Reply)>,
+    /// Idempotency window: op id → (fingerprint of the op, outcome).
+    applied: HashMap<OpId, (u64, Outcome)>,
+    applied_order: VecDeque<OpId>,
+    /// Highest stamp applied so far; stamps never go backwards inside the state.
+    stamp_ms: u64,
+    /// Sum of every top-up ever applied (the bank check's left side).
+    credited: PicoUsd,
+}
+
+impl Ledger {
+    pub fn new() -> Ledger {
+        Ledger::default()
+    }
+
+    /// Applies a batch: first voids holds expired at the batch's stamp, then each command
+    /// in order. Returns one outcome per command.
+    pub fn apply(&mut self, batch: &Batch) -> Vec<Outcome> {
+        assert!(batch.commands.len() <= BATCH_COMMANDS_MAX, "oversized batch");
+        self.stamp_ms = self.stamp_ms.max(batch.stamp_ms);
+        self.expire(self.stamp_ms);
+        batch.commands.iter().map(|c| self.apply_command(c)).collect()
+    }
+
+    fn apply_command(&mut self, command: &Command) -> Outcome {
+        let fingerprint = fingerprint(&command.op);
+        if let Some((seen, outcome)) = self.applied.get(&command.id) {
+            return if *seen == fingerprint { outcome.clone() } else { Err(Rejection::IdReused) };
+        }
+        let outcome = command.op.validate().and_then(|()| self.apply_op(&command.op));
+        self.remember(command.id, fingerprint, outcome.clone());
+        outcome
+    }
+
+    fn remember(&mut self, id: OpId, fingerprint: u64, outcome: Outcome) {
+        if self.applied_order.len() == OPS_REMEMBERED_MAX {
+            let oldest = self.applied_order.pop_front().expect("window is full");
+            self.applied.remove(&oldest);
+        }
+        self.applied.insert(id, (fingerprint, outcome));
+        self.applied_order.push_back(id);
+        debug_assert_eq!(self.applied.len(), self.applied_order.len());
+    }
+
+    fn apply_op(&mut self, op: &Op) -> Outcome {
+        match op {
+            Op::CreateAccount { account, name } => {
+                if self.accounts.contains_key(account) {
+                    return Err(Rejection::AccountExists);
+                }
+                let fresh = Account { name: name.clone(), ..Account::default() };
+                self.accounts.insert(*account, fresh);
+                Ok(Reply::AccountCreated)
+            }
+            Op::Credit { account, amount } => {
+                let entry = self.accounts.get_mut(account).ok_or(Rejection::UnknownAccount)?;
+                entry.credits = entry.credits.checked_add(*amount).expect("credits overflow");
+                self.credited = self.credited.checked_add(*amount).expect("credited overflow");
+                Ok(Reply::Credited { credits: entry.credits })
+            }
+            Op::CreateKey { account, key, name, hash } => {
+                if !self.accounts.contains_key(account) {
+                    return Err(Rejection::UnknownAccount);
+                }
+                if self.keys.contains_key(key) || self.keys_by_hash.contains_key(hash) {
+                    return Err(Rejection::KeyExists);
+                }
+                let record = Key {
+                    account: *account,
+                    name: name.clone(),
+                    hash: *hash,
+                    revoked: false,
+                    usage: PicoUsd::ZERO,
+                };
+                self.keys.insert(*key, record);
+                self.keys_by_hash.insert(*hash, *key);
+                Ok(Reply::KeyCreated)
+            }
+            Op::RevokeKey { account, key } => match self.keys.get_mut(key) {
+                Some(entry) if entry.account == *account => {
+                    entry.revoked = true;
+                    Ok(Reply::KeyRevoked)
+                }
+                _ => Err(Rejection::UnknownKey),
+            },
+            Op::Reserve { account, hold, amount, expires_at_ms } => {
+                self.reserve(*account, *hold, *amount, *expires_at_ms)
+            }
+            Op::Settle { account, hold, actual, record } => {
+                self.settle(*account, *hold, *actual, record)
+            }
+            Op::Release { account, hold } => match self.holds.get(hold) {
+                Some(entry) if entry.account == *account => {
+                    let amount = entry.amount;
+                    self.void_hold(*hold);
+                    Ok(Reply::Released { amount })
+                }
+                _ => Err(Rejection::UnknownHold),
+            },
+        }
+    }
+
+    fn reserve(
+        &mut self,
+        account: AccountId,
+        hold: HoldId,
+        amount: PicoUsd,
+        expires_at_ms: u64,
+    ) -> Outcome {
+        if self.holds.contains_key(&hold) || self.records.contains_key(&hold) {
+            return Err(Rejection::HoldExists);
+        }
+        if expires_at_ms <= self.stamp_ms || expires_at_ms - self.stamp_ms > HOLD_TTL_MS_MAX {
+            return Err(Rejection::Invalid(Cow::Borrowed("hold expiry out of range")));
+        }
+        let entry = self.accounts.get_mut(&account).ok_or(Rejection::UnknownAccount)?;
+        let available = entry.available();
+        if (amount.0 as i128) > available {
+            return Err(Rejection::InsufficientFunds { available });
+        }
+        entry.debits_pending = entry.debits_pending.checked_add(amount).expect("pending overflow");
+        entry.n_holds += 1;
+        self.holds.insert(hold, Hold { account, amount, expires_at_ms });
+        self.expiry.insert((expires_at_ms, hold));
+        let available = entry.available();
+        assert!(available >= 0, "a reservation made the balance negative");
+        Ok(Reply::Reserved { available })
+    }
+
+    fn settle(
+        &mut self,
+        account: AccountId,
+        hold: HoldId,
+        actual: PicoUsd,
+        record: &RequestRecord,
+    ) -> Outcome {
+        if let Some((_, _, first)) = self.records.get(&hold) {
+            // Settling twice (even under a new op id) changes nothing.
+            return Ok(first.clone());
+        }
+        if !self.accounts.contains_key(&account) {
+            return Err(Rejection::UnknownAccount);
+        }
+        let held = match self.holds.get(&hold) {
+            Some(entry) if entry.account == account => {
+                let amount = entry.amount;
+                self.void_hold(hold);
+                amount
+            }
+            Some(_) => return Err(Rejection::UnknownHold),
+            None => PicoUsd::ZERO, // expired or never reserved: a direct debit
+        };
+        let posted = PicoUsd(actual.0.min(held.0));
+        let released = held.saturating_sub(posted);
+        let excess = actual.saturating_sub(held);
+        let entry = self.accounts.get_mut(&account).expect("checked above");
+        entry.debits_posted = entry.debits_posted.checked_add(actual).expect("posted overflow");
+        if let Some(key) = record.key.and_then(|key| self.keys.get_mut(&key)) {
+            key.usage = key.usage.checked_add(actual).expect("key usage overflow");
+        }
+        let mut record = record.clone();
+        record.cost = actual;
+        let reply = Reply::Settled { posted, released, excess };
+        self.records.insert(hold, (account, record, reply.clone()));
+        Ok(reply)
+    }
+
+    fn void_hold(&mut self, hold: HoldId) {
+        let entry = self.holds.remove(&hold).expect("voiding a known hold");
+        assert!(self.expiry.remove(&(entry.expires_at_ms, hold)), "expiry index out of sync");
+        let account = self.accounts.get_mut(&entry.account).expect("hold of a known account");
+        account.debits_pending = PicoUsd(
+            account.debits_pending.0.checked_sub(entry.amount.0).expect("pending underflow"),
+        );
+        account.n_holds = account.n_holds.checked_sub(1).expect("hold count underflow");
+    }
+
+    fn expire(&mut self, stamp_ms: u64) {
+        while let Some(&(expires_at_ms, hold)) = self.expiry.first() {
+            if expires_at_ms > stamp_ms {
+                break;
+            }
+            self.void_hold(hold);
+        }
+    }
+
+    pub fn stamp_ms(&self) -> u64 {
+        self.stamp_ms
+    }
+
+    pub fn account(&self, account: AccountId) -> Option<&Account> {
+        self.accounts.get(&account)
+    }
+
+    pub fn key(&self, key: KeyId) -> Option<&Key> {
+        self.keys.get(&key)
+    }
+
+    pub fn key_by_hash(&self, hash: &KeyHash) -> Option<(KeyId, &Key)> {
+        let id = self.keys_by_hash.get(hash)?;
+        Some((*id, &self.keys[id]))
+    }
+
+    /// The request record of a settled hold, with the account that paid for it.
+    pub fn record(&self, hold: HoldId) -> Option<(AccountId, &RequestRecord)> {
+        self.records.get(&hold).map(|(account, record, _)| (*account, record))
+    }
+
+    /// The bank check over every account (DESIGN.md §3).
+    pub fn audit(&self) -> Audit {
+        let mut problems = Vec::new();
+        let mut pending_by_account: BTreeMap<AccountId, (u128, u32)> = BTreeMap::new();
+        for (id, hold) in &self.holds {
+            let entry = pending_by_account.entry(hold.account).or_default();
+            entry.0 += hold.amount.0;
+            entry.1 += 1;
+            if !self.expiry.contains(&(hold.expires_at_ms, *id)) {
+                problems.push(format!("hold {:x} missing from the expiry index", id.0));
+            }
+        }
+        if self.expiry.len() != self.holds.len() {
+            problems.push("expiry index and holds differ in size".into());
+        }
+        let (mut credits, mut posted, mut pending) = (0u128, 0u128, 0u128);
+        for (id, account) in &self.accounts {
+            credits += account.credits.0;
+            posted += account.debits_posted.0;
+            pending += account.debits_pending.0;
+            let (held, n_holds) = pending_by_account.get(id).copied().unwrap_or_default();
+            if held != account.debits_pending.0 || n_holds != account.n_holds {
+                problems.push(format!("account {:x}: pending differs from its holds", id.0));
+            }
+            let sum = account.debits_posted.0 as i128
+                + account.debits_pending.0 as i128
+                + account.available();
+            if sum != account.credits.0 as i128 {
+                problems.push(format!("account {:x}: credits ≠ debits + available", id.0));
+            }
+        }
+        if credits != self.credited.0 {
+            problems.push("sum of credits differs from sum of top-ups".into());
+        }
+        Audit {
+            ok: problems.is_empty(),
+            n_accounts: self.accounts.len() as u64,
+            n_holds: self.holds.len() as u64,
+            credits: PicoUsd(credits),
+            debits_posted: PicoUsd(posted),
+            debits_pending: PicoUsd(pending),
+            credited: self.credited,
+            problems,
+        }
+    }
+}
+
+/// A stable 64-bit fingerprint of an operation (FNV-1a over its debug form), to detect an
+/// op id reused for a different operation. Deterministic across processes and versions of
+/// `std` (unlike `DefaultHasher`).
+fn fingerprint(op: &Op) -> u64 {
+    let text = format!("{op:?}");
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

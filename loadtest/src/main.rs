@@ -1,0 +1,2 @@
+//! The load-test harness (placeholder).
+fn main() {}
