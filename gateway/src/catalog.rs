@@ -1,0 +1,339 @@
+//! The model catalogue: which models exist, who serves them, what they can do and what
+//! they cost. The data lives in `catalog.toml`, embedded at build time so a binary and
+//! its prices always ship together.
+//!
+//! Prices are exact: published USD-per-million-token decimals become whole pico-USD per
+//! token, and every cost is integer arithmetic on those.
+
+use crate::providers::Usage;
+use serde::Deserialize;
+use solrouter_ledger::PicoUsd;
+use std::collections::HashMap;
+
+/// Tokens per price unit: providers quote USD per million tokens.
+const TOKENS_PER_PRICE_UNIT: u128 = 1_000_000;
+
+/// The highest price the catalogue accepts, in pico-USD per token ($10,000 per million
+/// tokens, 50× the most expensive model published so far). With token counts below
+/// `u64::MAX` (1.8·10¹⁹) and four terms per cost, every cost stays below
+/// 4 · 1.8·10¹⁹ · 10¹⁰ ≈ 7.4·10²⁹, far inside `u128`.
+const PRICE_PICO_PER_TOKEN_MAX: u128 = 10_000_000_000;
+const _: () = assert!(4 * (u64::MAX as u128) * PRICE_PICO_PER_TOKEN_MAX < u128::MAX);
+
+/// The embedded catalogue text.
+const BUILTIN_TOML: &str = include_str!("../catalog.toml");
+
+/// All known models, in catalogue order.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    models: Vec<Model>,
+    index_by_id: HashMap<String, usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    /// The id clients ask for, `provider-family/model`, e.g. `openai/gpt-4o-mini`.
+    pub id: String,
+    /// The key of the adapter and endpoint that serve it (see `providers::Providers`).
+    pub provider: String,
+    /// The provider's own name for the model.
+    pub upstream_model: String,
+    pub context_length: u64,
+    pub max_output_tokens: u64,
+    pub input_modalities: Vec<String>,
+    pub output_modalities: Vec<String>,
+    pub capabilities: Capabilities,
+    pub price: Price,
+    /// Where the price was read, and when.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    pub tools: bool,
+    pub structured_output: bool,
+    pub reasoning: bool,
+    pub images: bool,
+}
+
+/// Prices per token. Reasoning tokens are billed as completion tokens (every provider
+/// in the catalogue does so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Price {
+    pub prompt: PicoUsd,
+    pub completion: PicoUsd,
+    /// Prompt tokens read from the provider's cache; `None` bills them as `prompt`.
+    pub cached_read: Option<PicoUsd>,
+    /// Prompt tokens written to the provider's cache; `None` bills them as `prompt`.
+    pub cached_write: Option<PicoUsd>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalogue is not valid TOML: {0}")]
+    Syntax(String),
+    #[error("model `{id}`: {message}")]
+    Model { id: String, message: String },
+}
+
+impl Catalog {
+    /// The embedded catalogue. Its validity is checked by this module's tests, so a
+    /// failure here is a build defect.
+    pub fn builtin() -> Catalog {
+        match Catalog::parse(BUILTIN_TOML) {
+            Ok(catalog) => catalog,
+            Err(error) => panic!("embedded catalog.toml is invalid: {error}"),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Model> {
+        self.index_by_id.get(id).map(|&model_idx| &self.models[model_idx])
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &Model> {
+        self.models.iter()
+    }
+
+    fn parse(text: &str) -> Result<Catalog, CatalogError> {
+        let file: CatalogFile =
+            toml::from_str(text).map_err(|error| CatalogError::Syntax(error.to_string()))?;
+        let mut catalog = Catalog {
+            models: Vec::with_capacity(file.model.len()),
+            index_by_id: HashMap::with_capacity(file.model.len()),
+        };
+        for entry in file.model {
+            let model = entry.validate()?;
+            if catalog.index_by_id.contains_key(&model.id) {
+                return Err(model_error(&model.id, "duplicate id"));
+            }
+            catalog.index_by_id.insert(model.id.clone(), catalog.models.len());
+            catalog.models.push(model);
+        }
+        Ok(catalog)
+    }
+}
+
+impl Price {
+    /// The exact cost of `usage`.
+    pub fn cost(&self, usage: &Usage) -> PicoUsd {
+        let cached_read = u128::from(usage.cached_read_tokens);
+        let cached_write = u128::from(usage.cached_write_tokens);
+        let uncached = u128::from(usage.prompt_tokens).saturating_sub(cached_read + cached_write);
+        let total = uncached * self.prompt.0
+            + cached_read * self.cached_read.unwrap_or(self.prompt).0
+            + cached_write * self.cached_write.unwrap_or(self.prompt).0
+            + u128::from(usage.completion_tokens) * self.completion.0;
+        PicoUsd(total)
+    }
+
+    /// The most `prompt_tokens` and `completion_tokens` can cost, whatever the cache
+    /// does: what the pipeline reserves before forwarding.
+    pub fn bound(&self, prompt_tokens: u64, completion_tokens: u64) -> PicoUsd {
+        let prompt_max = [self.cached_read, self.cached_write]
+            .into_iter()
+            .flatten()
+            .fold(self.prompt, PicoUsd::max);
+        PicoUsd(
+            u128::from(prompt_tokens) * prompt_max.0
+                + u128::from(completion_tokens) * self.completion.0,
+        )
+    }
+
+    /// A per-token price as a plain USD decimal, the way OpenRouter's `/models` lists
+    /// pricing: `"0.00000015"`, `"0"`.
+    pub fn per_token_usd(p: PicoUsd) -> String {
+        let pico_per_usd = solrouter_ledger::PICO_PER_USD;
+        let whole = p.0 / pico_per_usd;
+        let fraction = p.0 % pico_per_usd;
+        if fraction == 0 {
+            return whole.to_string();
+        }
+        let digits = format!("{fraction:012}");
+        format!("{whole}.{}", digits.trim_end_matches('0'))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    model: Vec<ModelEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelEntry {
+    id: String,
+    provider: String,
+    upstream_model: String,
+    context_length: u64,
+    max_output_tokens: u64,
+    input_modalities: Vec<String>,
+    output_modalities: Vec<String>,
+    capabilities: Capabilities,
+    price: PriceEntry,
+    source: String,
+}
+
+/// USD per million tokens, as published.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceEntry {
+    prompt: String,
+    completion: String,
+    cached_read: Option<String>,
+    cached_write: Option<String>,
+}
+
+impl ModelEntry {
+    fn validate(self) -> Result<Model, CatalogError> {
+        let id = &self.id;
+        if self.provider.is_empty() || self.upstream_model.is_empty() || self.source.is_empty() {
+            return Err(model_error(id, "provider, upstream_model and source are required"));
+        }
+        if self.max_output_tokens == 0 || self.max_output_tokens > self.context_length {
+            return Err(model_error(id, "max_output_tokens must be in 1..=context_length"));
+        }
+        let per_token = |text: &str| per_token_price(id, text);
+        let optional = |text: &Option<String>| text.as_deref().map(per_token).transpose();
+        let price = Price {
+            prompt: per_token(&self.price.prompt)?,
+            completion: per_token(&self.price.completion)?,
+            cached_read: optional(&self.price.cached_read)?,
+            cached_write: optional(&self.price.cached_write)?,
+        };
+        Ok(Model {
+            id: self.id,
+            provider: self.provider,
+            upstream_model: self.upstream_model,
+            context_length: self.context_length,
+            max_output_tokens: self.max_output_tokens,
+            input_modalities: self.input_modalities,
+            output_modalities: self.output_modalities,
+            capabilities: self.capabilities,
+            price,
+            source: self.source,
+        })
+    }
+}
+
+/// Converts USD per million tokens to exact pico-USD per token.
+fn per_token_price(id: &str, per_million_usd: &str) -> Result<PicoUsd, CatalogError> {
+    let per_million = PicoUsd::parse_usd(per_million_usd)
+        .map_err(|error| model_error(id, &format!("price {per_million_usd:?}: {error}")))?;
+    if per_million.0 % TOKENS_PER_PRICE_UNIT != 0 {
+        return Err(model_error(
+            id,
+            &format!("price {per_million_usd:?} has more than 6 decimals"),
+        ));
+    }
+    let per_token = per_million.0 / TOKENS_PER_PRICE_UNIT;
+    if per_token > PRICE_PICO_PER_TOKEN_MAX {
+        return Err(model_error(id, &format!("price {per_million_usd:?} is implausibly high")));
+    }
+    Ok(PicoUsd(per_token))
+}
+
+fn model_error(id: &str, message: &str) -> CatalogError {
+    CatalogError::Model { id: id.to_owned(), message: message.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn price(prompt: u128, completion: u128) -> Price {
+        Price {
+            prompt: PicoUsd(prompt),
+            completion: PicoUsd(completion),
+            cached_read: None,
+            cached_write: None,
+        }
+    }
+
+    #[test]
+    fn builtin_parses_with_exact_prices() {
+        let catalog = Catalog::builtin();
+        let mini = catalog.get("openai/gpt-4o-mini").unwrap();
+        assert_eq!(mini.upstream_model, "gpt-4o-mini");
+        assert_eq!(mini.price.prompt, PicoUsd(150_000));
+        assert_eq!(mini.price.completion, PicoUsd(600_000));
+        assert_eq!(mini.price.cached_read, Some(PicoUsd(75_000)));
+        let echo = catalog.get("mock/echo").unwrap();
+        assert_eq!(echo.provider, "mock");
+        assert_eq!(echo.price, price(1_000_000, 2_000_000));
+        assert!(catalog.get("openai/none").is_none());
+        let ids: Vec<&str> = catalog.models().map(|model| model.id.as_str()).collect();
+        assert_eq!(ids[0], "openai/gpt-4o-mini");
+        assert!(ids.contains(&"mock/unavailable"));
+    }
+
+    #[test]
+    fn cost_bills_each_token_kind_at_its_price() {
+        let mut gpt4o = Catalog::builtin().get("openai/gpt-4o").unwrap().price;
+        let usage = Usage {
+            prompt_tokens: 1000,
+            completion_tokens: 200,
+            reasoning_tokens: 50,
+            cached_read_tokens: 400,
+            cached_write_tokens: 0,
+        };
+        // 600 × $2.50/M + 400 × $1.25/M + 200 × $10/M = $0.0015 + $0.0005 + $0.002.
+        assert_eq!(gpt4o.cost(&usage), PicoUsd::parse_usd("0.004").unwrap());
+        gpt4o.cached_write = Some(PicoUsd(3_125_000));
+        let writing = Usage { cached_read_tokens: 0, cached_write_tokens: 1000, ..usage };
+        assert_eq!(gpt4o.cost(&writing), PicoUsd::parse_usd("0.005125").unwrap());
+        // The bound covers the dearest prompt price, whatever the cache does.
+        assert_eq!(gpt4o.bound(1000, 200), PicoUsd::parse_usd("0.005125").unwrap());
+        assert_eq!(price(1, 2).bound(0, 0), PicoUsd::ZERO);
+    }
+
+    #[test]
+    fn formats_per_token_prices() {
+        let check = |pico: u128, expected: &str| {
+            assert_eq!(Price::per_token_usd(PicoUsd(pico)), expected);
+        };
+        check(150_000, "0.00000015");
+        check(0, "0");
+        check(1, "0.000000000001");
+        check(2_000_000_000_000, "2");
+        check(2_500_000_000_000, "2.5");
+    }
+
+    fn entry(price: &str) -> String {
+        format!(
+            r#"[[model]]
+id = "x/y"
+provider = "x"
+upstream_model = "y"
+context_length = 10
+max_output_tokens = 5
+input_modalities = ["text"]
+output_modalities = ["text"]
+capabilities = {{ tools = false, structured_output = false, reasoning = false, images = false }}
+price = {price}
+source = "test"
+"#
+        )
+    }
+
+    #[test]
+    fn rejects_invalid_entries() {
+        let check = |text: &str, expected: &str| {
+            let error = Catalog::parse(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        };
+        check(&entry(r#"{ prompt = "0.0000001", completion = "1" }"#), "more than 6 decimals");
+        check(&entry(r#"{ prompt = "-1", completion = "1" }"#), "price \"-1\"");
+        check(&entry(r#"{ prompt = "10001", completion = "1" }"#), "implausibly high");
+        check(&entry(r#"{ prompt = "1" }"#), "completion");
+        let valid = entry(r#"{ prompt = "1", completion = "1" }"#);
+        check(&format!("{valid}{valid}"), "duplicate id");
+        check(
+            &valid.replace("max_output_tokens = 5", "max_output_tokens = 11"),
+            "max_output_tokens",
+        );
+        check(&valid.replace("source = \"test\"", "source = \"test\"\nextra = 1"), "unknown field");
+        assert!(Catalog::parse(&valid).is_ok());
+    }
+}

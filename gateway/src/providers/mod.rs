@@ -1,0 +1,132 @@
+//! Provider adapters: each translates between the OpenAI Chat Completions wire format
+//! (what clients speak) and one provider's wire format (what upstream speaks).
+//!
+//! An adapter is pure translation: it builds the upstream HTTP request, translates a
+//! complete response body, translates a byte stream incrementally, and classifies errors.
+//! It never performs I/O, never touches money and never sees the ledger: the request
+//! pipeline does the sending, the pricing and the settling.
+
+mod errors;
+pub mod openai;
+mod registry;
+
+pub use registry::{Providers, MOCK_PROVIDER};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+/// A validated OpenAI chat-completions request. `body` is the client's JSON object as
+/// received (unknown fields kept, so OpenAI-compatible upstreams get them unmodified);
+/// the typed fields are the ones the gateway itself acts on.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub body: Map<String, Value>,
+    pub stream: bool,
+    /// `max_completion_tokens`, else `max_tokens`, if the client set one.
+    pub max_tokens: Option<u64>,
+}
+
+/// Tokens by kind, normalised across providers' token semantics:
+/// `completion_tokens` includes `reasoning_tokens` (OpenAI's convention; adapters for
+/// providers that count reasoning separately, such as xAI, add it in), and
+/// `prompt_tokens` includes `cached_read_tokens` and `cached_write_tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cached_read_tokens: u64,
+    pub cached_write_tokens: u64,
+}
+
+/// Where and what to send upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub url: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Where a provider lives and how to authenticate, from configuration/environment.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// What the provider's own SDK takes as base URL, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    pub api_key: Option<String>,
+}
+
+/// A complete, translated non-streaming response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The OpenAI `choices` array.
+    pub choices: Vec<Value>,
+    pub usage: Usage,
+    /// Extra top-level fields to pass on (e.g. Perplexity's `citations`).
+    pub extra: Map<String, Value>,
+}
+
+/// One translated stream chunk: an OpenAI `chat.completion.chunk` minus the envelope
+/// (`id`, `object`, `created`, `model`), which the pipeline adds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub choices: Vec<Value>,
+    pub extra: Map<String, Value>,
+}
+
+/// A request parameter the provider cannot honour, or a malformed one: becomes a 400
+/// that names `param`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid parameter `{param}`: {message}")]
+pub struct ParamError {
+    pub param: String,
+    pub message: String,
+}
+
+/// An upstream failure, classified for the client (status) and for routing (whether
+/// trying the next candidate may help).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("upstream {provider}: {message}")]
+pub struct UpstreamError {
+    pub provider: String,
+    /// The status to answer the client with (OpenAI-style: 400, 401, 402, 403, 404, 408,
+    /// 413, 429, 502, 503, 504).
+    pub status: StatusCode,
+    pub message: String,
+    /// True when another provider/model may succeed (outage, overload, rate limit).
+    pub fallback: bool,
+    pub retry_after: Option<Duration>,
+}
+
+/// Incremental translation of one upstream stream. Implementations must accept
+/// arbitrary chunk boundaries (a byte slice may end mid-line or mid-UTF-8 character)
+/// and must never panic on malformed input.
+pub trait StreamTranslator: Send {
+    /// Feeds raw upstream bytes; appends translated chunks to `out`.
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Chunk>) -> Result<(), UpstreamError>;
+    /// The upstream closed the stream; flush what is buffered. An error here means the
+    /// stream ended before the provider said it was complete.
+    fn finish(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError>;
+    /// Usage seen so far (cumulative).
+    fn usage(&self) -> Usage;
+}
+
+/// One provider wire format.
+pub trait Adapter: Send + Sync + 'static {
+    /// The provider's name as used in model ids (`openai`, `anthropic`, …).
+    fn provider(&self) -> &str;
+    /// Builds the upstream request for `upstream_model` (the provider's own model name).
+    fn request(
+        &self,
+        endpoint: &Endpoint,
+        chat: &ChatRequest,
+        upstream_model: &str,
+    ) -> Result<UpstreamRequest, ParamError>;
+    /// Translates a complete 2xx response body.
+    fn response(&self, body: &[u8]) -> Result<Completion, UpstreamError>;
+    /// A translator for one streamed 2xx response.
+    fn stream(&self) -> Box<dyn StreamTranslator>;
+    /// Classifies a non-2xx response.
+    fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError;
+}

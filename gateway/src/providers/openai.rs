@@ -1,0 +1,342 @@
+//! The OpenAI Chat Completions adapter, also used for every OpenAI-compatible upstream
+//! (and for the built-in mock). Requests pass through nearly untouched: the client
+//! already speaks this wire format, so the adapter only swaps the model name, removes
+//! the gateway's own request fields and makes streams report usage.
+
+use super::errors::{bad_gateway, classify};
+use super::{
+    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, UpstreamError,
+    UpstreamRequest, Usage,
+};
+use crate::sse::{SseEvent, SseParser};
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Request fields that steer the gateway (OpenRouter-style routing and accounting
+/// options) and mean nothing, or something else, to the upstream.
+pub const GATEWAY_ONLY_FIELDS: [&str; 5] = ["models", "route", "provider", "usage", "transforms"];
+
+/// An OpenAI-wire provider, named as in model ids (`openai`, `mock`, …).
+pub struct OpenAiCompatible {
+    provider: String,
+}
+
+impl OpenAiCompatible {
+    pub fn new(provider: &str) -> OpenAiCompatible {
+        OpenAiCompatible { provider: provider.to_owned() }
+    }
+}
+
+impl Adapter for OpenAiCompatible {
+    fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    fn request(
+        &self,
+        endpoint: &Endpoint,
+        chat: &ChatRequest,
+        upstream_model: &str,
+    ) -> Result<UpstreamRequest, ParamError> {
+        let mut body = chat.body.clone();
+        for field in GATEWAY_ONLY_FIELDS {
+            body.remove(field);
+        }
+        body.insert("model".to_owned(), Value::from(upstream_model));
+        if chat.stream {
+            force_stream_usage(&mut body)?;
+        }
+        let body = serde_json::to_vec(&body)
+            .map_err(|error| ParamError { param: "body".to_owned(), message: error.to_string() })?;
+        Ok(UpstreamRequest {
+            url: format!("{}/chat/completions", endpoint.base_url.trim_end_matches('/')),
+            headers: bearer_headers(endpoint),
+            body: Bytes::from(body),
+        })
+    }
+
+    fn response(&self, body: &[u8]) -> Result<Completion, UpstreamError> {
+        let mut object: Map<String, Value> = serde_json::from_slice(body)
+            .map_err(|error| bad_gateway(&self.provider, format!("invalid response: {error}")))?;
+        if let Some(error) = object.get("error").filter(|error| !error.is_null()) {
+            return Err(bad_gateway(&self.provider, format!("error in 200 response: {error}")));
+        }
+        let Some(Value::Array(choices)) = object.remove("choices") else {
+            return Err(bad_gateway(&self.provider, "response has no `choices` array"));
+        };
+        let usage = parse_usage(object.get("usage"));
+        Ok(Completion { choices, usage, extra: Map::new() })
+    }
+
+    fn stream(&self) -> Box<dyn StreamTranslator> {
+        Box::new(OpenAiStream {
+            provider: self.provider.clone(),
+            parser: SseParser::new(),
+            events: Vec::new(),
+            usage: Usage::default(),
+            finish_reason_seen: false,
+            done: false,
+        })
+    }
+
+    fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
+        classify(&self.provider, status, headers, body)
+    }
+}
+
+/// Sets `stream: true` and `stream_options.include_usage: true`, keeping any other
+/// stream options the client chose. Without usage the gateway could not bill a stream.
+fn force_stream_usage(body: &mut Map<String, Value>) -> Result<(), ParamError> {
+    body.insert("stream".to_owned(), Value::Bool(true));
+    let options = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
+    if options.is_null() {
+        *options = Value::Object(Map::new());
+    }
+    let Value::Object(options) = options else {
+        return Err(ParamError {
+            param: "stream_options".to_owned(),
+            message: "must be an object".to_owned(),
+        });
+    };
+    options.insert("include_usage".to_owned(), Value::Bool(true));
+    Ok(())
+}
+
+/// `Content-Type: application/json` and, when the endpoint has a key, a bearer token.
+pub(crate) fn bearer_headers(endpoint: &Endpoint) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(key) = &endpoint.api_key {
+        // `Providers` only admits keys that are valid header values.
+        let mut value = HeaderValue::try_from(format!("Bearer {key}"))
+            .expect("provider keys are validated when loaded");
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+    }
+    headers
+}
+
+#[derive(Deserialize, Default)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize, Default)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct CompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+/// Reads an OpenAI `usage` object. A missing or malformed one counts as zero tokens:
+/// the response itself is still good, and the pipeline treats zero usage on a
+/// successful response as a provider defect to log, not a reason to fail the client.
+fn parse_usage(value: Option<&Value>) -> Usage {
+    let wire = value.and_then(|value| WireUsage::deserialize(value).ok()).unwrap_or_default();
+    let cached = wire.prompt_tokens_details.and_then(|details| details.cached_tokens).unwrap_or(0);
+    let reasoning =
+        wire.completion_tokens_details.and_then(|details| details.reasoning_tokens).unwrap_or(0);
+    Usage {
+        prompt_tokens: wire.prompt_tokens,
+        completion_tokens: wire.completion_tokens,
+        // A provider reporting more cached than prompt tokens would make the cached
+        // discount exceed the prompt charge; clamp to keep `Usage`'s inclusion rules.
+        cached_read_tokens: cached.min(wire.prompt_tokens),
+        reasoning_tokens: reasoning.min(wire.completion_tokens),
+        cached_write_tokens: 0,
+    }
+}
+
+struct OpenAiStream {
+    provider: String,
+    parser: SseParser,
+    /// Reused between feeds to avoid an allocation per network read.
+    events: Vec<SseEvent>,
+    usage: Usage,
+    finish_reason_seen: bool,
+    done: bool,
+}
+
+impl OpenAiStream {
+    fn handle(&mut self, event: &SseEvent, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        if self.done {
+            return Ok(());
+        }
+        if event.data == "[DONE]" {
+            self.done = true;
+            return Ok(());
+        }
+        let mut object: Map<String, Value> =
+            serde_json::from_str(&event.data).map_err(|error| {
+                bad_gateway(&self.provider, format!("invalid stream chunk: {error}"))
+            })?;
+        if let Some(error) = object.get("error").filter(|error| !error.is_null()) {
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .map_or_else(|| error.to_string(), str::to_owned);
+            return Err(bad_gateway(&self.provider, format!("error mid-stream: {message}")));
+        }
+        if let Some(usage) = object.get("usage").filter(|usage| usage.is_object()) {
+            self.usage = parse_usage(Some(usage));
+        }
+        let choices = match object.remove("choices") {
+            Some(Value::Array(choices)) => choices,
+            _ => Vec::new(),
+        };
+        if choices.is_empty() {
+            // A usage-only chunk: the pipeline emits usage itself, with the cost.
+            return Ok(());
+        }
+        self.finish_reason_seen |= choices
+            .iter()
+            .any(|choice| choice.get("finish_reason").is_some_and(|reason| !reason.is_null()));
+        out.push(Chunk { choices, extra: Map::new() });
+        Ok(())
+    }
+
+    fn drain(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        let events = std::mem::take(&mut self.events);
+        let result = events.iter().try_for_each(|event| self.handle(event, out));
+        self.events = events;
+        self.events.clear();
+        result
+    }
+}
+
+impl StreamTranslator for OpenAiStream {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        self.parser
+            .feed(bytes, &mut self.events)
+            .map_err(|error| bad_gateway(&self.provider, error.to_string()))?;
+        self.drain(out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        self.parser
+            .finish(&mut self.events)
+            .map_err(|error| bad_gateway(&self.provider, error.to_string()))?;
+        self.drain(out)?;
+        // Some OpenAI-compatible hosts omit `[DONE]`; a finish reason is as good a
+        // sign that the completion is whole.
+        if self.done || self.finish_reason_seen {
+            Ok(())
+        } else {
+            Err(bad_gateway(&self.provider, "stream ended before the completion finished"))
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chat(body: Value, stream: bool) -> ChatRequest {
+        let Value::Object(body) = body else { unreachable!() };
+        ChatRequest { body, stream, max_tokens: None }
+    }
+
+    fn endpoint(key: Option<&str>) -> Endpoint {
+        Endpoint { base_url: "http://up.example/v1/".to_owned(), api_key: key.map(str::to_owned) }
+    }
+
+    fn sent_body(request: &UpstreamRequest) -> Value {
+        serde_json::from_slice(&request.body).unwrap()
+    }
+
+    #[test]
+    fn forwards_the_body_with_the_upstream_model() {
+        let adapter = OpenAiCompatible::new("openai");
+        let request = chat(
+            json!({"model": "openai/gpt-4o", "models": ["a"], "route": "fallback",
+                   "provider": {}, "usage": {"include": true}, "transforms": [],
+                   "messages": [{"role": "user", "content": "hi"}], "temperature": 0.5,
+                   "x_unknown": 1}),
+            false,
+        );
+        let upstream = adapter.request(&endpoint(Some("sk-1")), &request, "gpt-4o").unwrap();
+        assert_eq!(upstream.url, "http://up.example/v1/chat/completions");
+        assert_eq!(upstream.headers[AUTHORIZATION], "Bearer sk-1");
+        assert!(upstream.headers[AUTHORIZATION].is_sensitive());
+        assert_eq!(
+            sent_body(&upstream),
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
+                   "temperature": 0.5, "x_unknown": 1})
+        );
+        let keyless = adapter.request(&endpoint(None), &request, "gpt-4o").unwrap();
+        assert!(keyless.headers.get(AUTHORIZATION).is_none());
+    }
+
+    #[test]
+    fn streams_always_include_usage() {
+        let adapter = OpenAiCompatible::new("openai");
+        let check = |options: Value, expected: Value| {
+            let request =
+                chat(json!({"model": "m", "stream": true, "stream_options": options}), true);
+            let upstream = adapter.request(&endpoint(None), &request, "u").unwrap();
+            assert_eq!(sent_body(&upstream)["stream_options"], expected);
+        };
+        check(Value::Null, json!({"include_usage": true}));
+        check(json!({"include_usage": false}), json!({"include_usage": true}));
+        check(json!({"x": 1}), json!({"x": 1, "include_usage": true}));
+        let bad = chat(json!({"model": "m", "stream": true, "stream_options": 3}), true);
+        let error = adapter.request(&endpoint(None), &bad, "u").unwrap_err();
+        assert_eq!(error.param, "stream_options");
+    }
+
+    #[test]
+    fn clamps_inconsistent_usage() {
+        let usage = parse_usage(Some(&json!({"prompt_tokens": 5, "completion_tokens": 2,
+            "prompt_tokens_details": {"cached_tokens": 9},
+            "completion_tokens_details": {"reasoning_tokens": null}})));
+        assert_eq!(
+            usage,
+            Usage {
+                prompt_tokens: 5,
+                completion_tokens: 2,
+                cached_read_tokens: 5,
+                ..Usage::default()
+            }
+        );
+        assert_eq!(parse_usage(Some(&json!("junk"))), Usage::default());
+    }
+
+    #[test]
+    fn stream_reports_truncation_and_mid_stream_errors() {
+        let adapter = OpenAiCompatible::new("openai");
+        let mut out = Vec::new();
+        let mut truncated = adapter.stream();
+        let partial =
+            br#"data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#;
+        truncated.feed(partial, &mut out).unwrap();
+        truncated.feed(b"\n\n", &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(truncated.finish(&mut out).unwrap_err().status, StatusCode::BAD_GATEWAY);
+
+        let mut failing = adapter.stream();
+        let error = failing
+            .feed(b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n", &mut out)
+            .unwrap_err();
+        assert_eq!(error.to_string(), "upstream openai: error mid-stream: overloaded");
+    }
+}

@@ -1,0 +1,150 @@
+//! Which providers this gateway can reach: one adapter and one endpoint per provider,
+//! from the environment. A provider without a key is disabled, so a fresh checkout
+//! talks to nobody but the built-in mock.
+
+use super::openai::OpenAiCompatible;
+use super::{Adapter, Endpoint};
+use http::HeaderValue;
+use std::collections::HashMap;
+
+/// The provider name the built-in mock upstream is registered under.
+pub const MOCK_PROVIDER: &str = "mock";
+
+/// How each real provider is configured: name, adapter constructor, default base URL,
+/// base-URL override variable, key variable.
+struct Spec {
+    provider: &'static str,
+    adapter: fn(&'static str) -> Box<dyn Adapter>,
+    base_url_default: &'static str,
+    base_url_var: &'static str,
+    key_var: &'static str,
+}
+
+fn openai_compatible(provider: &'static str) -> Box<dyn Adapter> {
+    Box::new(OpenAiCompatible::new(provider))
+}
+
+const SPECS: &[Spec] = &[Spec {
+    provider: "openai",
+    adapter: openai_compatible,
+    base_url_default: "https://api.openai.com/v1",
+    base_url_var: "SOLROUTER_OPENAI_BASE_URL",
+    key_var: "OPENAI_API_KEY",
+}];
+
+/// The configured providers.
+pub struct Providers {
+    by_name: HashMap<&'static str, Entry>,
+}
+
+struct Entry {
+    adapter: Box<dyn Adapter>,
+    endpoint: Endpoint,
+    enabled: bool,
+}
+
+impl Providers {
+    /// Reads base URLs and keys from the environment. `mock_base_url` is where the
+    /// built-in mock listens (dev mode); without it the mock provider is disabled.
+    pub fn from_env(mock_base_url: Option<String>) -> Providers {
+        Providers::from_lookup(mock_base_url, |name| std::env::var(name).ok())
+    }
+
+    /// The adapter and endpoint of an enabled provider; `None` for unknown and for
+    /// disabled providers, so nothing is ever sent without credentials.
+    pub fn get(&self, provider: &str) -> Option<(&dyn Adapter, &Endpoint)> {
+        let entry = self.by_name.get(provider).filter(|entry| entry.enabled)?;
+        Some((entry.adapter.as_ref(), &entry.endpoint))
+    }
+
+    /// Whether `provider` is known and has what it needs (a key) to be called.
+    pub fn enabled(&self, provider: &str) -> bool {
+        self.get(provider).is_some()
+    }
+
+    fn from_lookup(
+        mock_base_url: Option<String>,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Providers {
+        let mut by_name = HashMap::new();
+        for spec in SPECS {
+            let base_url = lookup(spec.base_url_var)
+                .filter(|url| !url.trim().is_empty())
+                .unwrap_or_else(|| spec.base_url_default.to_owned());
+            let api_key = lookup(spec.key_var).and_then(|key| usable_key(spec, key));
+            let entry = Entry {
+                adapter: (spec.adapter)(spec.provider),
+                enabled: api_key.is_some(),
+                endpoint: Endpoint { base_url, api_key },
+            };
+            by_name.insert(spec.provider, entry);
+        }
+        let mock = Entry {
+            adapter: openai_compatible(MOCK_PROVIDER),
+            enabled: mock_base_url.is_some(),
+            endpoint: Endpoint { base_url: mock_base_url.unwrap_or_default(), api_key: None },
+        };
+        by_name.insert(MOCK_PROVIDER, mock);
+        Providers { by_name }
+    }
+}
+
+/// A key is usable when it is non-blank and can travel in a header; a key with control
+/// characters (a stray newline from a secrets file) disables the provider loudly
+/// instead of failing every request.
+fn usable_key(spec: &Spec, key: String) -> Option<String> {
+    let key = key.trim().to_owned();
+    if key.is_empty() {
+        return None;
+    }
+    if HeaderValue::try_from(format!("Bearer {key}")).is_err() {
+        tracing::warn!(
+            provider = spec.provider,
+            variable = spec.key_var,
+            "API key is not a valid header value; provider disabled"
+        );
+        return None;
+    }
+    Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn providers(mock: Option<&str>, vars: &[(&str, &str)]) -> Providers {
+        let vars: HashMap<String, String> =
+            vars.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect();
+        Providers::from_lookup(mock.map(str::to_owned), |name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn providers_without_keys_are_disabled() {
+        let none = providers(None, &[]);
+        assert!(!none.enabled("openai"));
+        assert!(!none.enabled(MOCK_PROVIDER));
+        assert!(none.get("openai").is_none());
+        assert!(!none.enabled("nobody"));
+        assert!(!providers(None, &[("OPENAI_API_KEY", "  ")]).enabled("openai"));
+        assert!(!providers(None, &[("OPENAI_API_KEY", "sk\u{7}x")]).enabled("openai"));
+    }
+
+    #[test]
+    fn reads_keys_and_base_urls() {
+        let configured = providers(
+            Some("http://127.0.0.1:9"),
+            &[("OPENAI_API_KEY", "sk-1\n"), ("SOLROUTER_OPENAI_BASE_URL", "http://proxy/v1")],
+        );
+        let (adapter, endpoint) = configured.get("openai").unwrap();
+        assert_eq!(adapter.provider(), "openai");
+        assert_eq!(endpoint.base_url, "http://proxy/v1");
+        assert_eq!(endpoint.api_key.as_deref(), Some("sk-1"));
+        let (mock, mock_endpoint) = configured.get(MOCK_PROVIDER).unwrap();
+        assert_eq!(mock.provider(), "mock");
+        assert_eq!(mock_endpoint.base_url, "http://127.0.0.1:9");
+        assert_eq!(mock_endpoint.api_key, None);
+
+        let default = providers(None, &[("OPENAI_API_KEY", "sk-1")]);
+        assert_eq!(default.get("openai").unwrap().1.base_url, "https://api.openai.com/v1");
+    }
+}
