@@ -1,0 +1,201 @@
+//! The replicated state machine: the [`Ledger`] in memory, snapshots in sled.
+//!
+//! The ledger is never written to disk entry by entry. Durability comes from the Raft log;
+//! a snapshot (bincode of the ledger plus the log id and membership it covers) lets the
+//! log be purged and bounds replay time after a restart.
+#![allow(
+    clippy::result_large_err,
+    reason = "openraft's storage traits return its large StorageError by value; helpers match them"
+)]
+
+use crate::types::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+use solrouter_ledger::{Ledger, Outcome};
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+const KEY_SNAPSHOT: &[u8] = b"current";
+
+/// What the state machine has applied. One lock covers all three fields so a snapshot
+/// always pairs a ledger with the exact log id and membership it reflects.
+#[derive(Default)]
+pub struct Applied {
+    pub ledger: Ledger,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// The applied state, shared between openraft's state-machine task (writer) and the node's
+/// readers. A std lock, not a tokio one: critical sections never await and are short
+/// (one batch apply, one read closure, one snapshot serialization).
+#[derive(Default)]
+pub struct SharedState {
+    applied: RwLock<Applied>,
+}
+
+impl SharedState {
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        // A poisoned lock means a panic inside `Ledger::apply`, i.e. a violated invariant:
+        // serving reads from a half-applied batch would be worse than crashing.
+        self.applied.read().expect("ledger lock poisoned")
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Applied> {
+        self.applied.write().expect("ledger lock poisoned")
+    }
+}
+
+/// A snapshot as persisted in sled: openraft's metadata plus the bincode ledger bytes.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    state: Arc<SharedState>,
+    snapshots: sled::Tree,
+    db: sled::Db,
+}
+
+impl StateMachine {
+    /// Opens the state machine, restoring the latest persisted snapshot if there is one;
+    /// openraft then re-applies the log entries after it.
+    pub fn open(db: &sled::Db) -> Result<StateMachine, StorageError> {
+        let snapshots =
+            db.open_tree("snapshot").map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let machine =
+            StateMachine { state: Arc::new(SharedState::default()), snapshots, db: db.clone() };
+        if let Some(stored) = machine.load_snapshot()? {
+            *machine.state.write() = restore(&stored.meta, &stored.data)?;
+        }
+        Ok(machine)
+    }
+
+    pub fn shared(&self) -> Arc<SharedState> {
+        Arc::clone(&self.state)
+    }
+
+    fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+        let bytes = self
+            .snapshots
+            .get(KEY_SNAPSHOT)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let decode = |b: sled::IVec| {
+            bincode::deserialize(&b).map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+        };
+        bytes.map(decode).transpose()
+    }
+
+    /// Persists and flushes the snapshot before returning: openraft purges the log up to
+    /// the snapshot right after, so the snapshot must already be on disk.
+    async fn save_snapshot(&self, stored: &StoredSnapshot) -> Result<(), StorageError> {
+        let signature = Some(stored.meta.signature());
+        let write_error = |e: &dyn std::error::Error| {
+            StorageIOError::write_snapshot(signature.clone(), openraft::AnyError::error(e))
+        };
+        let bytes = bincode::serialize(stored).map_err(|e| write_error(&e))?;
+        self.snapshots.insert(KEY_SNAPSHOT, bytes).map_err(|e| write_error(&e))?;
+        self.db.flush_async().await.map_err(|e| write_error(&e))?;
+        Ok(())
+    }
+}
+
+fn restore(meta: &SnapshotMeta, data: &[u8]) -> Result<Applied, StorageError> {
+    let ledger: Ledger = bincode::deserialize(data)
+        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+    Ok(Applied { ledger, last_applied: meta.last_log_id, membership: meta.last_membership.clone() })
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Serializes under the read lock, which holds back applies for that long; the ledger's
+    /// size is bounded (idempotency window, holds, accounts), and cloning it first would
+    /// cost the same time and twice the memory.
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (meta, data) = {
+            let applied = self.state.read();
+            let data = bincode::serialize(&applied.ledger)
+                .map_err(|e| StorageIOError::read_state_machine(&e))?;
+            let snapshot_id = match applied.last_applied {
+                Some(log_id) => format!("{}-{}", log_id.leader_id.term, log_id.index),
+                None => "empty".to_owned(),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+                snapshot_id,
+            };
+            (meta, data)
+        };
+        let stored = StoredSnapshot { meta, data };
+        self.save_snapshot(&stored).await?;
+        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let applied = self.state.read();
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Outcome>>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut applied = self.state.write();
+        let mut replies = Vec::new();
+        for entry in entries {
+            assert!(
+                applied.last_applied.is_none_or(|last| last.index < entry.log_id.index),
+                "entries must be applied once, in log order"
+            );
+            applied.last_applied = Some(entry.log_id);
+            let outcomes = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(batch) => applied.ledger.apply(&batch),
+                EntryPayload::Membership(membership) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Vec::new()
+                }
+            };
+            replies.push(outcomes);
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    /// Replaces the whole state with a leader's snapshot. Decoded before anything is
+    /// touched, so a corrupt snapshot leaves the current state in place.
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let restored = restore(meta, &data)?;
+        self.save_snapshot(&StoredSnapshot { meta: meta.clone(), data }).await?;
+        *self.state.write() = restored;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let stored = self.load_snapshot()?;
+        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+    }
+}

@@ -1,0 +1,320 @@
+//! `LedgerNode` at its public boundary: group commit, restart, SIGKILL durability with a
+//! real child process, and snapshot + log purge.
+//!
+//! All tests live in one file so the workspace links one test binary for them (2 cores).
+
+use solrouter_ledger::{
+    AccountId, Command, HoldId, KeyId, Ledger, Op, OpId, PicoUsd, Rejection, Reply, RequestRecord,
+};
+use solrouter_raft::{LedgerError, LedgerNode, NodeOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const ACCOUNT: AccountId = AccountId(7);
+/// One top-up; small so any number of them stays far below `AMOUNT_MAX`.
+const TOP_UP: PicoUsd = PicoUsd(1_000);
+/// Bounded polling for eventual conditions: attempts × interval = 10 s.
+const POLL_ATTEMPTS_MAX: u32 = 1_000;
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+fn create_account(id: u128) -> Command {
+    Command { id: OpId(id), op: Op::CreateAccount { account: ACCOUNT, name: "acme".into() } }
+}
+
+fn top_up(id: u128) -> Command {
+    Command { id: OpId(id), op: Op::Credit { account: ACCOUNT, amount: TOP_UP } }
+}
+
+fn credits(ledger: &Ledger) -> PicoUsd {
+    ledger.account(ACCOUNT).expect("account exists").credits
+}
+
+async fn submit_ok(node: &LedgerNode, command: Command) -> Reply {
+    match node.submit(command.clone()).await {
+        Ok(Ok(reply)) => reply,
+        other => panic!("{command:?} was not applied: {other:?}"),
+    }
+}
+
+fn assert_audit_ok(ledger: &Ledger) {
+    let audit = ledger.audit();
+    assert!(audit.ok, "bank check failed: {:?}", audit.problems);
+}
+
+/// Retries `condition` every `POLL_INTERVAL`, at most `POLL_ATTEMPTS_MAX` times.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..POLL_ATTEMPTS_MAX {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    panic!("not true after {POLL_ATTEMPTS_MAX} attempts: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submits_are_batched_into_fewer_entries() {
+    const N_TASKS: u128 = 64;
+    const N_PER_TASK: u128 = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let node = LedgerNode::open_single(dir.path()).await.unwrap();
+    assert_eq!(submit_ok(&node, create_account(1)).await, Reply::AccountCreated);
+    let before = node.stats();
+
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..N_TASKS)
+        .map(|task| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let mut replies = Vec::new();
+                for n in 0..N_PER_TASK {
+                    replies.push(submit_ok(&node, top_up(1_000 + task * N_PER_TASK + n)).await);
+                }
+                replies
+            })
+        })
+        .collect();
+    let mut totals = Vec::new();
+    for task in tasks {
+        for reply in task.await.unwrap() {
+            match reply {
+                Reply::Credited { credits } => totals.push(credits.0),
+                other => panic!("unexpected reply {other:?}"),
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+
+    // Every top-up saw a distinct running total: each was applied exactly once.
+    let n_commands = N_TASKS * N_PER_TASK;
+    totals.sort_unstable();
+    let expected: Vec<u128> = (1..=n_commands).map(|n| n * TOP_UP.0).collect();
+    assert_eq!(totals, expected);
+    let after = node.stats();
+    let n_batches = after.n_batches_proposed - before.n_batches_proposed;
+    let n_proposed = after.n_commands_proposed - before.n_commands_proposed;
+    assert_eq!(n_proposed as u128, n_commands);
+    assert!((n_batches as u128) < n_commands, "{n_batches} batches for {n_commands} commands");
+    let n_entries = after.last_log_index.unwrap() - before.last_log_index.unwrap();
+    assert!((n_entries as u128) < n_commands, "{n_entries} entries for {n_commands} commands");
+    eprintln!(
+        "{n_commands} concurrent top-ups in {n_batches} batches, {:.0} ops/s",
+        n_commands as f64 / elapsed.as_secs_f64()
+    );
+
+    let (total, audit) = node.read(|ledger| (credits(ledger), ledger.audit())).await.unwrap();
+    assert_eq!(total.0, n_commands * TOP_UP.0);
+    assert!(audit.ok, "{:?}", audit.problems);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn outcomes_follow_the_ledger_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = LedgerNode::open_single(dir.path()).await.unwrap();
+    submit_ok(&node, create_account(1)).await;
+    let first = submit_ok(&node, top_up(2)).await;
+    // Same op id, same op: the remembered outcome, applied once.
+    assert_eq!(submit_ok(&node, top_up(2)).await, first);
+    // Same op id, different op: refused.
+    let reused = Command { id: OpId(2), op: Op::Credit { account: ACCOUNT, amount: PicoUsd(5) } };
+    assert_eq!(node.submit(reused).await.unwrap(), Err(Rejection::IdReused));
+    // Invalid before proposing.
+    let zero = Command { id: OpId(3), op: Op::Credit { account: ACCOUNT, amount: PicoUsd(0) } };
+    assert!(matches!(node.submit(zero).await.unwrap(), Err(Rejection::Invalid(_))));
+    assert_eq!(node.read(credits).await.unwrap(), TOP_UP);
+    node.shutdown().await.unwrap();
+    let after_shutdown = node.submit(top_up(4)).await;
+    assert!(matches!(after_shutdown, Err(LedgerError::Shutdown)), "{after_shutdown:?}");
+}
+
+#[tokio::test]
+async fn restart_on_the_same_directory_keeps_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = HoldId(99);
+    let key_hash = [3u8; 32];
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    {
+        let node = LedgerNode::open_single(dir.path()).await.unwrap();
+        submit_ok(&node, create_account(1)).await;
+        submit_ok(&node, top_up(2)).await;
+        let key =
+            Op::CreateKey { account: ACCOUNT, key: KeyId(5), name: "k".into(), hash: key_hash };
+        submit_ok(&node, Command { id: OpId(3), op: key }).await;
+        let reserve = Op::Reserve {
+            account: ACCOUNT,
+            hold,
+            amount: PicoUsd(400),
+            expires_at_ms: now_ms + 60_000,
+        };
+        submit_ok(&node, Command { id: OpId(4), op: reserve }).await;
+        // Dropped without shutdown, like a process that just stops using it.
+    }
+    let node = LedgerNode::open_single(dir.path()).await.unwrap();
+    node.read_local(|ledger| {
+        let account = ledger.account(ACCOUNT).expect("account survived");
+        assert_eq!((account.credits, account.debits_pending), (TOP_UP, PicoUsd(400)));
+        assert_eq!(ledger.key_by_hash(&key_hash).map(|(id, _)| id), Some(KeyId(5)));
+        assert_audit_ok(ledger);
+    });
+    // The hold survived too: settling it posts against it.
+    let settle = Op::Settle {
+        account: ACCOUNT,
+        hold,
+        actual: PicoUsd(300),
+        record: RequestRecord::default(),
+    };
+    let reply = submit_ok(&node, Command { id: OpId(5), op: settle }).await;
+    let expected =
+        Reply::Settled { posted: PicoUsd(300), released: PicoUsd(100), excess: PicoUsd(0) };
+    assert_eq!(reply, expected);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn snapshot_and_purge_bound_the_log_and_survive_restart() {
+    const SNAPSHOT_EVERY: u64 = 16;
+    const N_TOP_UPS: u128 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let options = NodeOptions::try_new(SNAPSHOT_EVERY, 0).unwrap();
+    let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
+    submit_ok(&node, create_account(1)).await;
+    // Sequential submits: one entry each.
+    for n in 0..N_TOP_UPS {
+        submit_ok(&node, top_up(100 + n)).await;
+    }
+    let last_log_index = node.stats().last_log_index.unwrap();
+    assert!(last_log_index >= N_TOP_UPS as u64);
+    eventually("a snapshot covers most of the log and the log is purged up to it", || {
+        let stats = node.stats();
+        let snapshot = stats.snapshot_index.unwrap_or(0);
+        snapshot + SNAPSHOT_EVERY > last_log_index && stats.purged_index == stats.snapshot_index
+    })
+    .await;
+    let stats = node.stats();
+    let n_entries_left = stats.last_log_index.unwrap() - stats.purged_index.unwrap();
+    assert!(n_entries_left <= SNAPSHOT_EVERY, "log still holds {n_entries_left} entries");
+    let expected = node.read(|ledger| ledger.clone()).await.unwrap();
+    node.shutdown().await.unwrap();
+    drop(node);
+
+    let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
+    let restarted = node.stats();
+    assert!(restarted.purged_index.is_some(), "restart must begin from the snapshot");
+    let recovered = node.read(|ledger| ledger.clone()).await.unwrap();
+    assert_eq!(recovered, expected);
+    assert_eq!(credits(&recovered).0, N_TOP_UPS * TOP_UP.0);
+    assert_audit_ok(&recovered);
+    node.shutdown().await.unwrap();
+}
+
+/// Set only in the child process of the SIGKILL test: its data directory.
+const CHILD_DIR_ENV: &str = "SOLROUTER_RAFT_TEST_CHILD_DIR";
+/// Acknowledgements the parent waits for before killing the child.
+const ACKS_BEFORE_KILL: usize = 300;
+/// Writer tasks in the child, so kills land with several batches in flight.
+const CHILD_WRITERS: u128 = 8;
+/// Bound on each child writer's loop, far more than the parent waits for.
+const CHILD_TOP_UPS_PER_WRITER_MAX: u128 = 100_000;
+/// Longest the parent waits for the child's next line.
+const CHILD_LINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The child role of `sigkill_loses_no_acknowledged_top_up`: with `CHILD_DIR_ENV` set it
+/// writes top-ups and prints `ACK <op id> <credits>` after each acknowledgement until it is
+/// killed. In a normal run the variable is unset and this returns at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_child_writer() {
+    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else { return };
+    let node = LedgerNode::open_single(Path::new(&dir)).await.unwrap();
+    submit_ok(&node, create_account(1)).await;
+    let writers: Vec<_> = (0..CHILD_WRITERS)
+        .map(|writer| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                for n in 0..CHILD_TOP_UPS_PER_WRITER_MAX {
+                    let id = 1_000_000 * (writer + 1) + n;
+                    let Reply::Credited { credits } = submit_ok(&node, top_up(id)).await else {
+                        panic!("a top-up answered something else");
+                    };
+                    let mut stdout = std::io::stdout().lock();
+                    writeln!(stdout, "ACK {id} {}", credits.0).unwrap();
+                    stdout.flush().unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+}
+
+/// Kills the child on drop, so a failing assertion never leaves it running.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_top_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["sigkill_child_writer", "--exact", "--nocapture", "--test-threads", "1"])
+        .env(CHILD_DIR_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    let stdout = child.0.stdout.take().unwrap();
+    let (line_tx, line_rx) = mpsc::channel();
+    // A thread reads the pipe so the wait for each line can be bounded.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if line_tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut acked: Vec<(u128, u128)> = Vec::new();
+    while acked.len() < ACKS_BEFORE_KILL {
+        let line = line_rx.recv_timeout(CHILD_LINE_TIMEOUT).expect("child stopped acknowledging");
+        if let Some(ack) = line.strip_prefix("ACK ") {
+            let (id, credits) = ack.split_once(' ').unwrap();
+            acked.push((id.parse().unwrap(), credits.parse().unwrap()));
+        }
+    }
+    // `Child::kill` is SIGKILL on Unix: no destructor, no flush, no goodbye.
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    // Acks printed between the last read and the kill were acknowledged too.
+    while let Ok(line) = line_rx.try_recv() {
+        if let Some(ack) = line.strip_prefix("ACK ") {
+            let (id, credits) = ack.split_once(' ').unwrap();
+            acked.push((id.parse().unwrap(), credits.parse().unwrap()));
+        }
+    }
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let node = LedgerNode::open_single(dir.path()).await.unwrap();
+        let before = node.read(|ledger| ledger.clone()).await.unwrap();
+        assert_audit_ok(&before);
+        assert!(credits(&before).0 >= acked.len() as u128 * TOP_UP.0);
+        // Resubmitting an applied op id returns its remembered outcome and changes nothing;
+        // a lost one would be applied now and raise the credits.
+        for (id, credits_acked) in &acked {
+            let reply = submit_ok(&node, top_up(*id)).await;
+            assert_eq!(reply, Reply::Credited { credits: PicoUsd(*credits_acked) }, "op {id}");
+        }
+        assert_eq!(node.read(credits).await.unwrap(), credits(&before), "an acked top-up was lost");
+        eprintln!("{} acknowledged top-ups all survived SIGKILL", acked.len());
+        node.shutdown().await.unwrap();
+    });
+}
