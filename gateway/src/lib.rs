@@ -1,7 +1,31 @@
-//! The gateway (being written).
+//! The gateway: everything that speaks HTTP. It owns the OpenAI-compatible customer API,
+//! the admin API, the request pipeline (auth, limits, routing, reserve, forward, settle),
+//! the provider adapters and the mock provider, configuration and the `solrouter`
+//! binary's roles.
+//!
+//! It must never compute balances or apply money rules itself: every amount it charges
+//! is computed from the catalogue's prices and handed to the ledger through `bank`, the
+//! only module that talks to the ledger. It must never store an API key in the clear,
+//! and no input may make it panic or hold a connection without a deadline.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod api;
+pub mod app;
+pub mod bank;
 pub mod catalog;
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod keys;
 pub mod mock;
+pub mod parse;
+pub mod pipeline;
 pub mod providers;
+pub mod relay;
+pub mod respond;
+pub mod server;
 pub mod sse;
+pub mod telemetry;
+pub mod upstream;
+pub mod wire;

@@ -1,0 +1,238 @@
+//! The admin API (bearer `SOLROUTER_ADMIN_TOKEN`): accounts, top-ups, keys, the audit.
+//! Ids travel as 16 hex digits (u64 does not survive JavaScript's numbers); money as
+//! decimal USD strings, exact.
+
+use crate::api::authorization;
+use crate::app::App;
+use crate::error::ApiError;
+use crate::keys;
+use crate::respond::{self, Response};
+use crate::server::{check_declared_length, read_body};
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use solrouter_ledger::{
+    signed_usd, AccountId, KeyId, Op, OpId, PicoUsd, Rejection, Reply, NAME_BYTES_MAX,
+};
+
+/// Where the admin API lives.
+pub const PREFIX: &str = "/v1/admin/";
+/// Admin bodies are a name or an amount; 64 KiB is far more than any needs.
+pub const ADMIN_BODY_BYTES_MAX: usize = 64 << 10;
+/// Longest idempotency key accepted (it is hashed, so only the request size matters).
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+
+/// Authenticates the admin and dispatches on method and path.
+pub async fn handle(app: &'static App, request: Request<Incoming>) -> Result<Response, ApiError> {
+    let token = authorization(request.headers())
+        .and_then(|value| value.strip_prefix(b"Bearer "))
+        .ok_or_else(|| {
+        ApiError::unauthorized("missing admin token: send `Authorization: Bearer …`")
+    })?;
+    if !keys::secrets_equal(token, app.admin_token.as_bytes()) {
+        return Err(ApiError::unauthorized("invalid admin token"));
+    }
+    let path = request.uri().path().strip_prefix(PREFIX).unwrap_or_default().to_owned();
+    let segments: Vec<&str> = path.split('/').collect();
+    match (request.method().clone(), segments.as_slice()) {
+        (Method::POST, ["accounts"]) => create_account(app, request).await,
+        (Method::GET, ["accounts", id]) => account(app, parse_id(id, "account id")?).await,
+        (Method::POST, ["accounts", id, "credits"]) => {
+            credit(app, parse_id(id, "account id")?, request).await
+        }
+        (Method::POST, ["accounts", id, "keys"]) => {
+            create_key(app, parse_id(id, "account id")?, request).await
+        }
+        (Method::DELETE, ["keys", id]) => revoke_key(app, KeyId(parse_id(id, "key id")?)).await,
+        (Method::GET, ["audit"]) => audit(app).await,
+        _ => Err(ApiError::not_found(format!("no admin route for {} {path}", request.method()))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameBody {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditBody {
+    amount: String,
+    idempotency_key: Option<String>,
+}
+
+async fn create_account(
+    app: &'static App,
+    request: Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let body: NameBody = json_body(request).await?;
+    check_name(&body.name)?;
+    let account = AccountId(keys::random_u64());
+    let op = Op::CreateAccount { account, name: body.name };
+    expect_accepted(app.bank.submit(OpId(keys::random_u128()), op).await?)?;
+    Ok(respond::json(StatusCode::CREATED, &json!({"id": hex_id(account.0)})))
+}
+
+async fn credit(
+    app: &'static App,
+    account: u64,
+    request: Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let body: CreditBody = json_body(request).await?;
+    let amount = PicoUsd::parse_usd(&body.amount)
+        .map_err(|error| ApiError::invalid_param("amount", error.to_string()))?;
+    if amount == PicoUsd::ZERO {
+        return Err(ApiError::invalid_param("amount", "must be more than zero"));
+    }
+    let id = match &body.idempotency_key {
+        Some(key) if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX => {
+            let message = format!("must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes");
+            return Err(ApiError::invalid_param("idempotency_key", message));
+        }
+        Some(key) => credit_op_id(AccountId(account), key),
+        None => OpId(keys::random_u128()),
+    };
+    let op = Op::Credit { account: AccountId(account), amount };
+    match expect_accepted(app.bank.submit(id, op).await?)? {
+        Reply::Credited { credits } => {
+            let body = json!({"id": hex_id(account), "credits": credits.to_string()});
+            Ok(respond::json(StatusCode::OK, &body))
+        }
+        reply => Err(ApiError::internal(format!("credit answered {reply:?}"))),
+    }
+}
+
+/// The operation id of a top-up: a hash of the account and the caller's idempotency
+/// key, so a retried top-up is the same ledger operation and applies once.
+pub fn credit_op_id(account: AccountId, idempotency_key: &str) -> OpId {
+    let mut hasher = Sha256::new();
+    hasher.update(b"solrouter credit\0");
+    hasher.update(account.0.to_be_bytes());
+    hasher.update(idempotency_key.as_bytes());
+    let digest = hasher.finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    OpId(u128::from_be_bytes(first))
+}
+
+async fn create_key(
+    app: &'static App,
+    account: u64,
+    request: Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let body: NameBody = json_body(request).await?;
+    check_name(&body.name)?;
+    let (key_id, key) = (KeyId(keys::random_u64()), keys::mint(AccountId(account)));
+    let op =
+        Op::CreateKey { account: AccountId(account), key: key_id, name: body.name, hash: key.hash };
+    expect_accepted(app.bank.submit(OpId(keys::random_u128()), op).await?)?;
+    let body = json!({"id": hex_id(key_id.0), "key": key.text, "account": hex_id(account)});
+    Ok(respond::json(StatusCode::CREATED, &body))
+}
+
+async fn revoke_key(app: &'static App, key: KeyId) -> Result<Response, ApiError> {
+    let owner = app.bank.read(move |ledger| ledger.key(key).map(|entry| entry.account)).await?;
+    let account = owner.ok_or_else(|| ApiError::not_found("unknown key"))?;
+    expect_accepted(
+        app.bank.submit(OpId(keys::random_u128()), Op::RevokeKey { account, key }).await?,
+    )?;
+    Ok(respond::json(StatusCode::OK, &json!({"id": hex_id(key.0), "revoked": true})))
+}
+
+async fn account(app: &'static App, id: u64) -> Result<Response, ApiError> {
+    let entry = app.bank.read(move |ledger| ledger.account(AccountId(id)).cloned()).await?;
+    let entry = entry.ok_or_else(|| ApiError::not_found("unknown account"))?;
+    let body = json!({
+        "id": hex_id(id),
+        "name": entry.name,
+        "credits": entry.credits.to_string(),
+        "spent": entry.debits_posted.to_string(),
+        "held": entry.debits_pending.to_string(),
+        "available": signed_usd(entry.available()),
+        "holds": entry.n_holds,
+    });
+    Ok(respond::json(StatusCode::OK, &body))
+}
+
+async fn audit(app: &'static App) -> Result<Response, ApiError> {
+    let audit = app.bank.read(|ledger| ledger.audit()).await?;
+    let body = json!({
+        "ok": audit.ok,
+        "accounts": audit.n_accounts,
+        "holds": audit.n_holds,
+        "credits": audit.credits.to_string(),
+        "spent": audit.debits_posted.to_string(),
+        "held": audit.debits_pending.to_string(),
+        "credited": audit.credited.to_string(),
+        "problems": audit.problems,
+    });
+    Ok(respond::json(StatusCode::OK, &body))
+}
+
+async fn json_body<T: for<'de> Deserialize<'de>>(
+    request: Request<Incoming>,
+) -> Result<T, ApiError> {
+    check_declared_length(request.headers(), ADMIN_BODY_BYTES_MAX)?;
+    let body = read_body(request.into_body(), ADMIN_BODY_BYTES_MAX).await?;
+    serde_json::from_slice(&body)
+        .map_err(|error| ApiError::malformed(format!("invalid request body: {error}")))
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > NAME_BYTES_MAX {
+        return Err(ApiError::invalid_param(
+            "name",
+            format!("must be 1 to {NAME_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_id(text: &str, what: &str) -> Result<u64, ApiError> {
+    let valid = text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit());
+    let parsed = valid.then(|| u64::from_str_radix(text, 16).ok()).flatten();
+    parsed.ok_or_else(|| ApiError::not_found(format!("no {what} `{text}` (ids are 16 hex digits)")))
+}
+
+pub fn hex_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// Maps a ledger rejection of an admin command to its status.
+fn expect_accepted(outcome: Result<Reply, Rejection>) -> Result<Reply, ApiError> {
+    outcome.map_err(|rejection| match rejection {
+        Rejection::UnknownAccount => ApiError::not_found("unknown account"),
+        Rejection::UnknownKey => ApiError::not_found("unknown key"),
+        Rejection::IdReused => {
+            ApiError::conflict("idempotency_key was already used for a different request")
+        }
+        Rejection::AccountExists | Rejection::KeyExists => {
+            ApiError::conflict(rejection.to_string())
+        }
+        other => ApiError::ledger("admin command", other),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_ids_depend_on_account_and_key() {
+        let (first, second) = (AccountId(1), AccountId(2));
+        assert_eq!(credit_op_id(first, "a"), credit_op_id(first, "a"));
+        assert_ne!(credit_op_id(first, "a"), credit_op_id(second, "a"));
+        assert_ne!(credit_op_id(first, "a"), credit_op_id(first, "b"));
+    }
+
+    #[test]
+    fn parses_hex_ids() {
+        assert_eq!(parse_id("00000000000000ff", "x").ok(), Some(255));
+        for bad in ["ff", "00000000000000fg", "+000000000000000", ""] {
+            assert!(parse_id(bad, "x").is_err(), "{bad}");
+        }
+    }
+}

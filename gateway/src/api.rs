@@ -1,0 +1,133 @@
+//! The customer API besides chat completions, in OpenRouter's shapes: the model list,
+//! the account's credits, one request's record, and the calling key.
+
+use crate::app::App;
+use crate::catalog::{Model, Price};
+use crate::error::ApiError;
+use crate::respond::{self, Response};
+use crate::wire;
+use http::{header::AUTHORIZATION, HeaderMap, HeaderValue, Request, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use solrouter_ledger::PicoUsd;
+
+/// `GET /v1/api/models`: every model whose provider is configured, in OpenAI's list
+/// format with OpenRouter's `context_length`, `architecture` and `pricing` (USD per
+/// token as decimal strings). Public, like OpenRouter's.
+pub fn models(app: &'static App) -> Response {
+    let data: Vec<Value> = app
+        .catalog
+        .models()
+        .filter(|model| app.providers.enabled(&model.provider))
+        .map(model_json)
+        .collect();
+    respond::json(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+fn model_json(model: &Model) -> Value {
+    let price = &model.price;
+    let mut pricing = json!({
+        "prompt": Price::per_token_usd(price.prompt),
+        "completion": Price::per_token_usd(price.completion),
+    });
+    if let Some(cached_read) = price.cached_read {
+        pricing["input_cache_read"] = Value::from(Price::per_token_usd(cached_read));
+    }
+    if let Some(cached_write) = price.cached_write {
+        pricing["input_cache_write"] = Value::from(Price::per_token_usd(cached_write));
+    }
+    json!({
+        "id": model.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": model.provider,
+        "context_length": model.context_length,
+        "architecture": {
+            "input_modalities": model.input_modalities,
+            "output_modalities": model.output_modalities,
+        },
+        "pricing": pricing,
+        "top_provider": {
+            "context_length": model.context_length,
+            "max_completion_tokens": model.max_output_tokens,
+        },
+    })
+}
+
+/// `GET /v1/api/credits`: the account's top-ups and spend, in USD.
+pub async fn credits(app: &'static App, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let caller = app.bank.authenticate(authorization(headers))?;
+    let account = app.bank.read(move |ledger| ledger.account(caller.account).cloned()).await?;
+    let account =
+        account.ok_or_else(|| ApiError::unauthorized("the key's account no longer exists"))?;
+    let data = json!({
+        "total_credits": account.credits.to_usd_f64(),
+        "total_usage": account.debits_posted.to_usd_f64(),
+    });
+    Ok(respond::json(StatusCode::OK, &json!({ "data": data })))
+}
+
+/// `GET /v1/api/generation?id=gen-…`: the record of one request of the caller's
+/// account; another account's id is a 404, indistinguishable from an unknown one.
+pub async fn generation(
+    app: &'static App,
+    request: &Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let caller = app.bank.authenticate(authorization(request.headers()))?;
+    let id = request
+        .uri()
+        .query()
+        .and_then(|query| query.split('&').find_map(|pair| pair.strip_prefix("id=")))
+        .ok_or_else(|| ApiError::invalid_param("id", "is required"))?;
+    let not_found = || ApiError::not_found(format!("no generation with id `{id}`"));
+    let hold = wire::parse_generation_id(id).ok_or_else(not_found)?;
+    let record = app
+        .bank
+        .read(move |ledger| {
+            ledger
+                .record(hold)
+                .filter(|(account, _)| *account == caller.account)
+                .map(|(_, record)| record.clone())
+        })
+        .await?
+        .ok_or_else(not_found)?;
+    let data = json!({
+        "id": id,
+        "model": record.model,
+        "provider_name": record.provider,
+        "streamed": record.streamed,
+        "status": record.status,
+        "latency": record.latency_ms,
+        "tokens_prompt": record.prompt_tokens,
+        "tokens_completion": record.completion_tokens,
+        "native_tokens_reasoning": record.reasoning_tokens,
+        "native_tokens_cached": record.cached_tokens,
+        "total_cost": record.cost.to_usd_f64(),
+        "cost_usd": record.cost.to_string(),
+        "created": record.created_ms / 1000,
+        "key_id": record.key.map(|key| format!("{:016x}", key.0)),
+    });
+    Ok(respond::json(StatusCode::OK, &json!({ "data": data })))
+}
+
+/// `GET /v1/api/key`: the calling key's name and what it has spent.
+pub async fn key(app: &'static App, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let caller = app.bank.authenticate(authorization(headers))?;
+    let key = app.bank.read(move |ledger| ledger.key(caller.key).cloned()).await?;
+    let key = key.ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+    let usage: PicoUsd = key.usage;
+    let data = json!({
+        "id": format!("{:016x}", caller.key.0),
+        "label": key.name,
+        "name": key.name,
+        "usage": usage.to_usd_f64(),
+        "limit": null,
+        "limit_remaining": null,
+        "is_free_tier": false,
+    });
+    Ok(respond::json(StatusCode::OK, &json!({ "data": data })))
+}
+
+pub fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
+    headers.get(AUTHORIZATION).map(HeaderValue::as_bytes)
+}

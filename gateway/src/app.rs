@@ -1,0 +1,30 @@
+//! What every request handler shares: configuration, the ledger client, the catalogue,
+//! the providers and the upstream client. Built once at startup and never mutated, so
+//! handlers read it without locks.
+
+use crate::bank::Bank;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::providers::Providers;
+use crate::upstream::Upstream;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+pub struct App {
+    pub config: Config,
+    /// The bearer token of the admin API (configured, or generated at startup).
+    pub admin_token: String,
+    pub bank: Bank,
+    pub catalog: Catalog,
+    pub providers: Providers,
+    pub upstream: Upstream,
+    pub metrics: PrometheusHandle,
+}
+
+impl App {
+    /// Gives the state the process's lifetime: every connection task and every settle
+    /// task borrows it as `&'static`, with no reference counting on the hot path. Called
+    /// once per process.
+    pub fn leak(self) -> &'static App {
+        Box::leak(Box::new(self))
+    }
+}

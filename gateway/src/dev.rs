@@ -1,0 +1,180 @@
+//! `solrouter dev`: a gateway, a one-node ledger and the mock provider in one process,
+//! with a funded demo account on first start.
+
+use crate::admin::credit_op_id;
+use crate::app::App;
+use crate::bank::Bank;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::keys;
+use crate::providers::Providers;
+use crate::upstream::Upstream;
+use crate::{mock, server, telemetry};
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use solrouter_ledger::{AccountId, KeyId, Op, OpId, PicoUsd, Rejection};
+use solrouter_raft::LedgerNode;
+use std::io::Write;
+use std::path::Path;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The demo account's starting credit, in whole USD.
+pub const DEMO_CREDIT_USD: u64 = 5;
+/// Records, in the data directory, that the demo account exists, so a restart creates
+/// no second one. Written before the account is created (state `pending`) and again
+/// after its key was printed (`created`): a crash in between resumes with the same
+/// account id and idempotent operations instead of starting over.
+const DEMO_MARKER_FILE: &str = "dev-demo.json";
+/// The ledger's own directory inside the data directory.
+const LEDGER_DIR: &str = "ledger";
+
+#[derive(Serialize, Deserialize)]
+struct DemoMarker {
+    account: u64,
+    created: bool,
+}
+
+/// Runs dev mode until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = telemetry::init_metrics()?;
+    let data_dir = config.data_dir().to_path_buf();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let node =
+        LedgerNode::open_single(&data_dir.join(LEDGER_DIR)).await.context("opening the ledger")?;
+    let bank = Bank::new(node.clone());
+    let (stop, stopped) = watch::channel(false);
+    let mock_listener =
+        TcpListener::bind("127.0.0.1:0").await.context("binding the mock upstream")?;
+    let mock_url = format!("http://{}/v1", mock_listener.local_addr()?);
+    let mock_task = tokio::spawn(mock::serve(mock_listener, wait_for(stopped.clone())));
+    let admin_token = match config.admin_token() {
+        Some(token) => token.to_owned(),
+        None => {
+            let token = keys::random_token();
+            say(&format!(
+                "admin token: {token} (generated; set SOLROUTER_ADMIN_TOKEN to choose one)"
+            ));
+            token
+        }
+    };
+    ensure_demo_account(&bank, &data_dir).await?;
+    let app = App {
+        upstream: Upstream::try_new(config.upstream()).context("building the upstream client")?,
+        providers: Providers::from_env(Some(mock_url)),
+        catalog: Catalog::builtin(),
+        config,
+        admin_token,
+        bank,
+        metrics,
+    }
+    .leak();
+    let listener = TcpListener::bind(app.config.listen())
+        .await
+        .with_context(|| format!("binding {}", app.config.listen()))?;
+    say(&format!("listening: http://{}/v1/api", listener.local_addr()?));
+    let serving = server::serve(app, listener, shutdown_signal()).await;
+    let _ = stop.send(true);
+    let _ = mock_task.await;
+    node.shutdown().await.context("shutting down the ledger")?;
+    serving.context("serving")
+}
+
+/// Creates and funds the demo account once per data directory, and prints its key.
+async fn ensure_demo_account(bank: &Bank, data_dir: &Path) -> anyhow::Result<()> {
+    let marker_path = data_dir.join(DEMO_MARKER_FILE);
+    let account = match read_marker(&marker_path)? {
+        Some(DemoMarker { account, created: true }) => {
+            say(&format!("demo account: {account:016x} (its key was printed on first start)"));
+            return Ok(());
+        }
+        Some(DemoMarker { account, created: false }) => AccountId(account),
+        None => {
+            let account = AccountId(keys::random_u64());
+            write_marker(&marker_path, &DemoMarker { account: account.0, created: false })?;
+            account
+        }
+    };
+    let create = Op::CreateAccount { account, name: "demo".into() };
+    match bank.submit(OpId(keys::random_u128()), create).await? {
+        Ok(_) | Err(Rejection::AccountExists) => {}
+        Err(rejection) => anyhow::bail!("creating the demo account: {rejection}"),
+    }
+    // The same op id on every attempt: a resumed start credits once.
+    let credit = Op::Credit { account, amount: PicoUsd::from_usd_whole(DEMO_CREDIT_USD) };
+    if let Err(rejection) = bank.submit(credit_op_id(account, "dev demo credit"), credit).await? {
+        anyhow::bail!("crediting the demo account: {rejection}");
+    }
+    let key = keys::mint(account);
+    let create_key = Op::CreateKey {
+        account,
+        key: KeyId(keys::random_u64()),
+        name: "demo".into(),
+        hash: key.hash,
+    };
+    if let Err(rejection) = bank.submit(OpId(keys::random_u128()), create_key).await? {
+        anyhow::bail!("creating the demo key: {rejection}");
+    }
+    say(&format!("demo account: {:016x} (${DEMO_CREDIT_USD}.00 of credit)", account.0));
+    say(&format!("demo key: {} (shown once; keep it)", key.text));
+    write_marker(&marker_path, &DemoMarker { account: account.0, created: true })
+}
+
+fn read_marker(path: &Path) -> anyhow::Result<Option<DemoMarker>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .with_context(|| format!("parsing {}", path.display())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Replaces the marker atomically and durably: a crash leaves the old or the new one.
+fn write_marker(path: &Path, marker: &DemoMarker) -> anyhow::Result<()> {
+    let temporary = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&temporary)
+        .with_context(|| format!("creating {}", temporary.display()))?;
+    file.write_all(&serde_json::to_vec(marker)?)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path).with_context(|| format!("renaming to {}", path.display()))?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A line for the person (or test) that started the process, on stdout.
+pub fn say(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
+async fn wait_for(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stopped| *stopped).await;
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down");
+}

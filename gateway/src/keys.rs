@@ -1,0 +1,111 @@
+//! API keys: `sr_` + the account id (16 hex digits) + a 256-bit random secret (64 hex
+//! digits). The account id in the clear lets a future sharded ledger route a request by
+//! its key alone; the secret makes the key unguessable. Only the SHA-256 of the whole
+//! key text is ever stored.
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use solrouter_ledger::{AccountId, KeyHash};
+use subtle::ConstantTimeEq;
+
+pub const KEY_PREFIX: &str = "sr_";
+const ACCOUNT_HEX_LEN: usize = 16;
+const SECRET_BYTES: usize = 32;
+/// Length of a well-formed key: prefix, account id, secret.
+pub const KEY_LEN: usize = KEY_PREFIX.len() + ACCOUNT_HEX_LEN + 2 * SECRET_BYTES;
+
+/// A freshly minted key: the text is shown once to its owner, the hash goes to the ledger.
+pub struct NewKey {
+    pub text: String,
+    pub hash: KeyHash,
+}
+
+/// Mints a key for `account` from the operating system's random source.
+pub fn mint(account: AccountId) -> NewKey {
+    let mut secret = [0u8; SECRET_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let text = format!("{KEY_PREFIX}{:016x}{}", account.0, hex::encode(secret));
+    let hash = hash(&text);
+    NewKey { text, hash }
+}
+
+/// The account a key claims and the hash to look it up by; `None` when the text cannot
+/// be a key (wrong prefix, length or alphabet), so no lookup is wasted on it.
+pub fn parse(text: &str) -> Option<(AccountId, KeyHash)> {
+    let rest = text.strip_prefix(KEY_PREFIX)?;
+    if text.len() != KEY_LEN || !rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let account = u64::from_str_radix(&rest[..ACCOUNT_HEX_LEN], 16).ok()?;
+    Some((AccountId(account), hash(text)))
+}
+
+pub fn hash(text: &str) -> KeyHash {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+/// Compares two secrets in time independent of where they differ. Used for stored key
+/// hashes and the admin token, so response timing reveals nothing about either.
+pub fn secrets_equal(left: &[u8], right: &[u8]) -> bool {
+    left.len() == right.len() && bool::from(left.ct_eq(right))
+}
+
+/// A random id that is never zero (zero reads as "unset" in logs and URLs).
+pub fn random_u64() -> u64 {
+    loop {
+        let id = rand::rngs::OsRng.next_u64();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+pub fn random_u128() -> u128 {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    u128::from_le_bytes(bytes)
+}
+
+/// A printable random token (used for a generated admin token).
+pub fn random_token() -> String {
+    let mut bytes = [0u8; SECRET_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_keys_parse_back() {
+        let account = AccountId(0x0123_4567_89ab_cdef);
+        let key = mint(account);
+        assert_eq!(key.text.len(), KEY_LEN);
+        assert!(key.text.starts_with("sr_0123456789abcdef"));
+        assert_eq!(parse(&key.text), Some((account, key.hash)));
+    }
+
+    #[test]
+    fn rejects_malformed_keys() {
+        let good = mint(AccountId(7)).text;
+        for bad in [
+            String::new(),
+            "sr_".to_string(),
+            good.replacen("sr_", "sk_", 1),
+            good[..KEY_LEN - 1].to_string(),
+            format!("{good}0"),
+            good.to_uppercase().replacen("SR_", "sr_", 1),
+            format!("{}é", &good[..KEY_LEN - 2]),
+        ] {
+            assert_eq!(parse(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn compares_secrets() {
+        assert!(secrets_equal(b"abc", b"abc"));
+        assert!(!secrets_equal(b"abc", b"abd"));
+        assert!(!secrets_equal(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,156 @@
+//! The HTTP server: accepting connections under limits, routing requests to handlers,
+//! and turning every handler error into its response in one place.
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::respond::{self, Response};
+use crate::{admin, api, pipeline};
+use bytes::Bytes;
+use http::{header, HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Connections served at once; further accepts wait for a free slot. Each connection
+/// costs a task and buffers, so this bounds memory under a connection flood.
+pub const CONNECTIONS_MAX: usize = 16_384;
+/// Longest a client may take to send a request's headers, and to send its body: a
+/// client that trickles bytes cannot hold a connection open forever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long in-flight requests (streams included) may run on after shutdown begins.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Serves until `shutdown` completes, then drains connections for up to
+/// [`SHUTDOWN_GRACE`].
+pub async fn serve(
+    app: &'static App,
+    listener: TcpListener,
+    shutdown: impl Future,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => permit.map_err(std::io::Error::other)?,
+        };
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Errors of one connection (reset during the handshake, out of file
+                // descriptors for a moment) must not stop the server.
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service =
+            service_fn(
+                move |request| async move { Ok::<_, Infallible>(handle(app, request).await) },
+            );
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            let _permit = permit;
+            // A connection error (the client hung up) ends that connection only.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the shutdown grace period");
+    }
+    Ok(())
+}
+
+/// Routes one request and renders its error, if any; records the request's metrics.
+async fn handle(app: &'static App, request: Request<Incoming>) -> Response {
+    let started = std::time::Instant::now();
+    let (route, result) = route(app, request).await;
+    let response = result.unwrap_or_else(ApiError::into_response);
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("solrouter_http_requests_total", "route" => route, "status" => status)
+        .increment(1);
+    metrics::histogram!("solrouter_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The route table. Returns the route's name (a metrics label with bounded values).
+async fn route(
+    app: &'static App,
+    request: Request<Incoming>,
+) -> (&'static str, Result<Response, ApiError>) {
+    let path = request.uri().path();
+    if path.starts_with(admin::PREFIX) {
+        return ("admin", admin::handle(app, request).await);
+    }
+    let result = match (request.method(), path) {
+        (&Method::POST, "/v1/api/chat/completions") => {
+            return ("chat", pipeline::chat_completions(app, request).await);
+        }
+        (&Method::GET, "/v1/api/models") => Ok(api::models(app)),
+        (&Method::GET, "/v1/api/credits") => api::credits(app, request.headers()).await,
+        (&Method::GET, "/v1/api/generation") => api::generation(app, &request).await,
+        (&Method::GET, "/v1/api/key") => api::key(app, request.headers()).await,
+        (&Method::GET, "/healthz") => Ok(respond::text(StatusCode::OK, "ok\n", "text/plain")),
+        (&Method::GET, "/readyz") => readiness(app).await,
+        (&Method::GET, "/metrics") => {
+            let text = app.metrics.render();
+            Ok(respond::text(StatusCode::OK, text, "text/plain; version=0.0.4"))
+        }
+        (_, "/v1/api/chat/completions" | "/v1/api/models" | "/v1/api/credits")
+        | (_, "/v1/api/generation" | "/v1/api/key" | "/healthz" | "/readyz" | "/metrics") => {
+            Err(ApiError::method_not_allowed())
+        }
+        (method, path) => Err(ApiError::not_found(format!("no route for {method} {path}"))),
+    };
+    ("api", result)
+}
+
+/// Ready when the ledger answers a linearizable read.
+async fn readiness(app: &'static App) -> Result<Response, ApiError> {
+    app.bank.read(|_| ()).await?;
+    Ok(respond::text(StatusCode::OK, "ready\n", "text/plain"))
+}
+
+/// Refuses a body whose declared length is over the limit before reading any of it.
+pub fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit as u64 => Err(ApiError::too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a whole body under a size limit (413) and [`BODY_READ_TIMEOUT`] (408).
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let collecting = Limited::new(body, limit).collect();
+    match tokio::time::timeout(BODY_READ_TIMEOUT, collecting).await {
+        Err(_) => Err(ApiError::body_timeout()),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(ApiError::too_large(limit)),
+        Ok(Err(error)) => {
+            Err(ApiError::malformed(format!("reading the request body failed: {error}")))
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The OpenAI wire format of what the gateway itself writes: completion objects, stream
+//! chunks, the usage object with its `cost`, and ids. Stream chunks are written straight
+//! into the outgoing buffer from a per-stream prefix, without building a JSON tree per
+//! chunk.
+
+use crate::catalog::Model;
+use crate::error::ApiError;
+use crate::providers::{Chunk, Completion, Usage};
+use bytes::{BufMut, BytesMut};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use solrouter_ledger::{HoldId, PicoUsd};
+
+const GENERATION_PREFIX: &str = "gen-";
+/// The line that ends every successful stream.
+pub const STREAM_DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// The public id of a completion (`gen-` and 32 hex digits): the hold that pays for it.
+pub fn generation_id(hold: HoldId) -> String {
+    format!("{GENERATION_PREFIX}{:032x}", hold.0)
+}
+
+pub fn parse_generation_id(text: &str) -> Option<HoldId> {
+    let digits = text.strip_prefix(GENERATION_PREFIX)?;
+    if digits.len() != 32 {
+        return None;
+    }
+    u128::from_str_radix(digits, 16).ok().map(HoldId)
+}
+
+/// OpenAI's usage object plus `cost` in USD (a JSON number, as OpenRouter reports it).
+pub fn usage_json(usage: &Usage, cost: PicoUsd) -> Value {
+    json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens.saturating_add(usage.completion_tokens),
+        "cost": cost.to_usd_f64(),
+        "prompt_tokens_details": {"cached_tokens": usage.cached_read_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    })
+}
+
+/// A complete `chat.completion` object.
+pub fn completion(
+    id: &str,
+    created_s: u64,
+    model: &Model,
+    completion: Completion,
+    cost: PicoUsd,
+) -> Vec<u8> {
+    let mut object = Map::with_capacity(8 + completion.extra.len());
+    object.insert("id".into(), Value::from(id));
+    object.insert("object".into(), Value::from("chat.completion"));
+    object.insert("created".into(), Value::from(created_s));
+    object.insert("model".into(), Value::from(model.id.as_str()));
+    object.insert("provider".into(), Value::from(model.provider.as_str()));
+    object.insert("choices".into(), Value::Array(completion.choices));
+    object.insert("usage".into(), usage_json(&completion.usage, cost));
+    for (name, value) in completion.extra {
+        object.entry(name).or_insert(value);
+    }
+    serde_json::to_vec(&object).unwrap_or_default()
+}
+
+/// Writes the chunks of one stream as server-sent events.
+pub struct ChunkEncoder {
+    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":`
+    prefix: Vec<u8>,
+}
+
+impl ChunkEncoder {
+    pub fn new(id: &str, created_s: u64, model: &str) -> ChunkEncoder {
+        let mut prefix = BytesMut::with_capacity(128);
+        prefix.put_slice(b"data: {\"id\":");
+        write_json(&mut prefix, id);
+        prefix.put_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        prefix.put_slice(created_s.to_string().as_bytes());
+        prefix.put_slice(b",\"model\":");
+        write_json(&mut prefix, model);
+        prefix.put_slice(b",\"choices\":");
+        ChunkEncoder { prefix: prefix.to_vec() }
+    }
+
+    pub fn chunk(&self, chunk: &Chunk, out: &mut BytesMut) {
+        out.put_slice(&self.prefix);
+        write_json(out, &chunk.choices);
+        for (name, value) in &chunk.extra {
+            out.put_u8(b',');
+            write_json(out, name);
+            out.put_u8(b':');
+            write_json(out, value);
+        }
+        out.put_slice(b"}\n\n");
+    }
+
+    /// The last chunk of a complete stream: no choices, the usage with its cost, then
+    /// `[DONE]`.
+    pub fn finish(&self, usage: &Usage, cost: PicoUsd, out: &mut BytesMut) {
+        out.put_slice(&self.prefix);
+        out.put_slice(b"[],\"usage\":");
+        write_json(out, &usage_json(usage, cost));
+        out.put_slice(b"}\n\n");
+        out.put_slice(STREAM_DONE);
+    }
+
+    /// The last event of a broken stream: an `error` object (which OpenAI SDKs raise),
+    /// a finish reason of `error`, and the usage charged for what was delivered. No
+    /// `[DONE]` follows, so no client mistakes the stream for complete.
+    pub fn fail(&self, error: &ApiError, usage: &Usage, cost: PicoUsd, out: &mut BytesMut) {
+        out.put_slice(&self.prefix);
+        out.put_slice(b"[{\"index\":0,\"delta\":{},\"finish_reason\":\"error\"}],\"usage\":");
+        write_json(out, &usage_json(usage, cost));
+        out.put_slice(b",\"error\":");
+        write_json(out, &error.to_json()["error"]);
+        out.put_slice(b"}\n\n");
+    }
+}
+
+/// Serializes into the buffer. In-memory serialization of these types cannot fail (no
+/// I/O, no non-string map keys); a failure would be a bug, logged and left out.
+fn write_json(out: &mut BytesMut, value: &(impl Serialize + ?Sized)) {
+    if let Err(error) = serde_json::to_writer(out.writer(), value) {
+        tracing::error!(%error, "serializing a stream chunk failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_ids_round_trip() {
+        let hold = HoldId(0x1234_5678_9abc_def0_0fed_cba9_8765_4321);
+        let id = generation_id(hold);
+        assert_eq!(id.len(), 36);
+        assert_eq!(parse_generation_id(&id), Some(hold));
+        for bad in ["", "gen-", "gen-xyz", "chatcmpl-1", &id[..35], &format!("{id}0")] {
+            assert_eq!(parse_generation_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn encodes_chunks_as_sse() {
+        let encoder = ChunkEncoder::new("gen-1", 7, "mock/\"echo\"");
+        let chunk = Chunk {
+            choices: vec![json!({"index": 0, "delta": {"content": "hi"}})],
+            extra: [("citations".to_string(), json!(["x"]))].into_iter().collect(),
+        };
+        let mut out = BytesMut::new();
+        encoder.chunk(&chunk, &mut out);
+        let usage = Usage { prompt_tokens: 3, completion_tokens: 2, ..Usage::default() };
+        encoder.finish(&usage, PicoUsd(7_000_000), &mut out);
+        let text = std::str::from_utf8(&out).expect("utf-8");
+        let events: Vec<&str> = text.split("\n\n").filter(|event| !event.is_empty()).collect();
+        assert_eq!(events.len(), 3);
+        let first: Value = serde_json::from_str(&events[0]["data: ".len()..]).expect("json");
+        assert_eq!(first["model"], "mock/\"echo\"");
+        assert_eq!(first["choices"][0]["delta"]["content"], "hi");
+        assert_eq!(first["citations"][0], "x");
+        let last: Value = serde_json::from_str(&events[1]["data: ".len()..]).expect("json");
+        assert_eq!(last["usage"]["total_tokens"], 5);
+        assert_eq!(last["usage"]["cost"], 0.000007);
+        assert_eq!(events[2], "data: [DONE]");
+    }
+}

@@ -1,0 +1,125 @@
+//! End to end through the real binary: paid completions, plain and streamed, through the
+//! mock provider; every reported cost is exactly what the balance lost.
+
+mod support;
+
+use serde_json::json;
+use support::{cost_pico, data_dir, path, pico, user, Dev};
+
+#[tokio::test]
+async fn plain_and_streamed_completions_cost_what_the_balance_loses() {
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &[]);
+    let key = dev.demo_key.clone().expect("first start prints the demo key");
+    let before = dev.account(&dev.demo_account).await;
+    assert_eq!(before["credits"], "5.00");
+
+    let (status, plain) =
+        dev.chat(&key, &json!({"model": "mock/echo", "messages": user("hello there world")})).await;
+    assert_eq!(status, 200, "{plain}");
+    assert_eq!(plain["object"], "chat.completion");
+    assert_eq!(plain["model"], "mock/echo");
+    assert_eq!(plain["choices"][0]["message"]["content"], "hello there world");
+    let plain_cost = cost_pico(&plain["usage"]["cost"]);
+    assert!(plain_cost > 0);
+
+    let body =
+        json!({"model": "mock/echo", "stream": true, "messages": user("one two three four")});
+    let (events, done) = dev.chat_stream(&key, &body).await;
+    assert!(done, "a complete stream ends with [DONE]");
+    let text: String = events
+        .iter()
+        .filter_map(|event| event["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "one two three four");
+    let last = events.last().expect("events");
+    assert_eq!(last["choices"], json!([]));
+    let streamed_cost = cost_pico(&last["usage"]["cost"]);
+    assert!(streamed_cost > 0);
+    let stream_id = last["id"].as_str().expect("id");
+    assert!(events.iter().all(|event| event["id"] == stream_id));
+
+    let after = dev.account(&dev.demo_account).await;
+    assert_eq!(pico(&before["available"]) - pico(&after["available"]), plain_cost + streamed_cost);
+    assert_eq!(pico(&after["spent"]), plain_cost + streamed_cost);
+    assert_eq!(after["held"], "0.00");
+
+    // The records, the credits and the key's usage agree with the responses.
+    for (id, cost, streamed) in
+        [(plain["id"].as_str().expect("id"), plain_cost, false), (stream_id, streamed_cost, true)]
+    {
+        let (status, record) = dev.get(&format!("/v1/api/generation?id={id}"), &key).await;
+        assert_eq!(status, 200, "{record}");
+        assert_eq!(record["data"]["model"], "mock/echo");
+        assert_eq!(record["data"]["provider_name"], "mock");
+        assert_eq!(record["data"]["status"], 200);
+        assert_eq!(record["data"]["streamed"], streamed);
+        assert_eq!(pico(&record["data"]["cost_usd"]), cost);
+        assert!(record["data"]["tokens_completion"].as_u64().expect("tokens") > 0);
+    }
+    let (_, credits) = dev.get("/v1/api/credits", &key).await;
+    assert_eq!(credits["data"]["total_credits"], 5.0);
+    assert_eq!(cost_pico(&credits["data"]["total_usage"]), plain_cost + streamed_cost);
+    let (_, key_info) = dev.get("/v1/api/key", &key).await;
+    assert_eq!(key_info["data"]["label"], "demo");
+    assert_eq!(cost_pico(&key_info["data"]["usage"]), plain_cost + streamed_cost);
+    dev.audit_ok().await;
+}
+
+#[tokio::test]
+async fn fallback_serves_from_the_next_model_and_failures_cost_nothing() {
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &[]);
+    let key = dev.demo_key.clone().expect("demo key");
+    let before = dev.account(&dev.demo_account).await;
+
+    let body = json!({"model": "mock/unavailable", "models": ["mock/echo"], "route": "fallback",
+                      "messages": user("still here")});
+    let (status, answer) = dev.chat(&key, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["model"], "mock/echo");
+    let mut stream_body = body.clone();
+    stream_body["stream"] = json!(true);
+    let (events, done) = dev.chat_stream(&key, &stream_body).await;
+    assert!(done);
+    assert_eq!(events[0]["model"], "mock/echo");
+    let costs = cost_pico(&answer["usage"]["cost"])
+        + cost_pico(&events.last().expect("last")["usage"]["cost"]);
+
+    // Without a fallback the outage reaches the client, and the hold is released.
+    for stream in [false, true] {
+        let body = json!({"model": "mock/unavailable", "stream": stream, "messages": user("x")});
+        let (status, error) = dev.chat(&key, &body).await;
+        assert_eq!(status, 503, "{error}");
+        assert_eq!(error["error"]["code"], "upstream_unavailable");
+    }
+    let after = dev.account(&dev.demo_account).await;
+    assert_eq!(pico(&before["available"]) - pico(&after["available"]), costs);
+    assert_eq!(after["held"], "0.00");
+    dev.audit_ok().await;
+}
+
+#[tokio::test]
+async fn models_lists_prices_per_token() {
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &[]);
+    let response = dev.client.get(dev.url("/v1/api/models")).send().await.expect("request");
+    assert_eq!(response.status(), 200);
+    let list = support::read_json(response).await;
+    assert_eq!(list["object"], "list");
+    let echo = list["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .find(|model| model["id"] == "mock/echo")
+        .expect("echo");
+    assert_eq!(echo["pricing"], json!({"prompt": "0.000001", "completion": "0.000002"}));
+    assert_eq!(echo["architecture"]["input_modalities"], json!(["text"]));
+    assert!(echo["context_length"].as_u64().expect("context") > 0);
+    // Without OPENAI_API_KEY the OpenAI models are not offered.
+    assert!(list["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .all(|model| model["owned_by"] != "openai"));
+}

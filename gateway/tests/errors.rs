@@ -1,0 +1,294 @@
+//! Every error a client can meet, through the real binary: OpenAI's error shape, the
+//! right status, the offending parameter named, and no money lost to a failure.
+
+mod support;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use support::{cost_pico, data_dir, path, pico, read_json, user, Dev, ADMIN_TOKEN};
+
+/// A fake OpenAI-compatible upstream on a real socket that misbehaves on request: the
+/// last user message picks the failure.
+fn misbehaving_upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || answer(stream));
+        }
+    });
+    format!("http://{address}/v1")
+}
+
+fn answer(mut stream: TcpStream) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut content_length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            content_length = value.trim().parse().expect("length");
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; content_length];
+    reader.read_exact(&mut body).expect("body");
+    let body = String::from_utf8_lossy(&body);
+    let reply = if body.contains("garbage") {
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\n\r\nnope!"
+            .to_owned()
+    } else if body.contains("cut") {
+        let event = r#"data: {"choices":[{"index":0,"delta":{"content":"partial"}}]}"#;
+        format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{event}\n\n")
+    } else {
+        // "hang": never answer; wait for the gateway to give up and close.
+        let _ = reader.read_to_end(&mut Vec::new());
+        return;
+    };
+    let _ = stream.write_all(reply.as_bytes());
+}
+
+fn check(
+    label: &str,
+    (status, body): &(u16, Value),
+    expected_status: u16,
+    expected: &[(&str, &str)],
+) {
+    assert_eq!(*status, expected_status, "{label}: {body}");
+    let error = &body["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|message| !message.is_empty()),
+        "{label}: {body}"
+    );
+    assert!(error["type"].is_string() && error["code"].is_string(), "{label}: {body}");
+    for (field, value) in expected {
+        assert_eq!(error[*field], *value, "{label}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn errors_are_openai_shaped_and_cost_nothing() {
+    let dir = data_dir();
+    let upstream = misbehaving_upstream();
+    let dev = Dev::start(
+        &path(&dir),
+        &[
+            ("SOLROUTER_BODY_BYTES_MAX", "65536"),
+            ("OPENAI_API_KEY", "sk-test"),
+            ("SOLROUTER_OPENAI_BASE_URL", &upstream),
+            ("SOLROUTER_UPSTREAM_FIRST_BYTE_TIMEOUT_MS", "500"),
+        ],
+    );
+    let key = dev.demo_key.clone().expect("demo key");
+    let before = dev.account(&dev.demo_account).await;
+    let echo = |content: &str| json!({"model": "mock/echo", "messages": user(content)});
+    let mini = |content: &str| json!({"model": "openai/gpt-4o-mini", "messages": user(content)});
+
+    // 401: no key, a malformed key, a well-formed unknown key, a revoked key.
+    let unknown = format!("sr_{}{}", &dev.demo_account, "ab".repeat(32));
+    for (label, bearer) in [("malformed key", "nope"), ("unknown key", unknown.as_str())] {
+        check(label, &dev.chat(bearer, &echo("x")).await, 401, &[("code", "invalid_api_key")]);
+    }
+    let bare = dev
+        .client
+        .post(dev.url("/v1/api/chat/completions"))
+        .body(echo("x").to_string())
+        .send()
+        .await
+        .expect("send");
+    check("no key", &(bare.status().as_u16(), read_json(bare).await), 401, &[]);
+    let (key_id, revocable) = dev.create_key(&dev.demo_account).await;
+    let (status, served) = dev.chat(&revocable, &echo("x")).await;
+    assert_eq!(status, 200);
+    let charged = cost_pico(&served["usage"]["cost"]);
+    let (status, _) = dev.admin(Method::DELETE, &format!("/v1/admin/keys/{key_id}"), None).await;
+    assert_eq!(status, 200);
+    check(
+        "revoked key",
+        &dev.chat(&revocable, &echo("x")).await,
+        401,
+        &[("message", "API key has been revoked")],
+    );
+
+    // 400 naming the parameter; 404 for an unknown model.
+    let raw = dev
+        .client
+        .post(dev.url("/v1/api/chat/completions"))
+        .bearer_auth(&key)
+        .body("{")
+        .send()
+        .await
+        .expect("send");
+    check(
+        "invalid JSON",
+        &(raw.status().as_u16(), read_json(raw).await),
+        400,
+        &[("code", "invalid_json")],
+    );
+    check(
+        "no messages",
+        &dev.chat(&key, &json!({"model": "mock/echo"})).await,
+        400,
+        &[("param", "messages")],
+    );
+    let negative = json!({"model": "mock/echo", "messages": user("x"), "max_tokens": -1});
+    check("max_tokens", &dev.chat(&key, &negative).await, 400, &[("param", "max_tokens")]);
+    let stream_text = json!({"model": "mock/echo", "messages": user("x"), "stream": "yes"});
+    check("stream", &dev.chat(&key, &stream_text).await, 400, &[("param", "stream")]);
+    let unknown_model = json!({"model": "nope/nope", "messages": user("x")});
+    check(
+        "unknown model",
+        &dev.chat(&key, &unknown_model).await,
+        404,
+        &[("code", "model_not_found")],
+    );
+
+    // 413, declared up front or discovered while reading a chunked body.
+    let big = json!({"model": "mock/echo", "messages": user(&"x".repeat(70_000))});
+    check("declared too large", &dev.chat(&key, &big).await, 413, &[("code", "request_too_large")]);
+    let chunks = vec![Ok::<_, std::io::Error>(vec![b' '; 40_000]), Ok(vec![b' '; 40_000])];
+    let chunked = dev
+        .client
+        .post(dev.url("/v1/api/chat/completions"))
+        .bearer_auth(&key)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("send");
+    check("chunked too large", &(chunked.status().as_u16(), read_json(chunked).await), 413, &[]);
+
+    // Upstream failures: 503 outage, 502 garbage, 504 silence.
+    let outage = json!({"model": "mock/unavailable", "messages": user("x")});
+    check("outage", &dev.chat(&key, &outage).await, 503, &[]);
+    check("garbage", &dev.chat(&key, &mini("garbage")).await, 502, &[("code", "upstream_error")]);
+    check("silence", &dev.chat(&key, &mini("hang")).await, 504, &[("code", "upstream_timeout")]);
+
+    // Routing and method errors.
+    let (status, body) = dev.get("/v1/api/chat/completions", &key).await;
+    check("method", &(status, body), 405, &[]);
+    check("path", &dev.get("/v1/api/nothing", &key).await, 404, &[]);
+    check("generation id", &dev.get("/v1/api/generation?id=gen-1", &key).await, 404, &[]);
+    check("generation param", &dev.get("/v1/api/generation", &key).await, 400, &[("param", "id")]);
+
+    let after = dev.account(&dev.demo_account).await;
+    // Only the one request that succeeded was charged; every failure released its hold.
+    assert_eq!(after["held"], "0.00", "{after}");
+    assert_eq!(pico(&after["spent"]) - pico(&before["spent"]), charged, "{after}");
+    dev.audit_ok().await;
+}
+
+#[tokio::test]
+async fn a_broken_stream_ends_with_an_error_event_and_charges_what_was_delivered() {
+    let dir = data_dir();
+    let upstream = misbehaving_upstream();
+    let dev = Dev::start(
+        &path(&dir),
+        &[("OPENAI_API_KEY", "sk-test"), ("SOLROUTER_OPENAI_BASE_URL", &upstream)],
+    );
+    let key = dev.demo_key.clone().expect("demo key");
+    let before = dev.account(&dev.demo_account).await;
+    let body = json!({"model": "openai/gpt-4o-mini", "stream": true, "messages": user("cut")});
+    let (events, done) = dev.chat_stream(&key, &body).await;
+    assert!(!done, "a broken stream must not end with [DONE]");
+    assert_eq!(events[0]["choices"][0]["delta"]["content"], "partial");
+    let last = events.last().expect("events");
+    assert_eq!(last["error"]["code"], "upstream_error", "{last}");
+    assert_eq!(last["choices"][0]["finish_reason"], "error");
+    // No usage came from upstream: one delivered chunk bills one completion token.
+    assert_eq!(last["usage"]["completion_tokens"], 1);
+    let charged = cost_pico(&last["usage"]["cost"]);
+    assert_eq!(charged, 600_000, "one token at $0.60 per million");
+    let after = dev.account(&dev.demo_account).await;
+    assert_eq!(pico(&before["available"]) - pico(&after["available"]), charged);
+    let (_, record) =
+        dev.get(&format!("/v1/api/generation?id={}", last["id"].as_str().expect("id")), &key).await;
+    assert_eq!(record["data"]["status"], 502, "{record}");
+    dev.audit_ok().await;
+}
+
+#[tokio::test]
+async fn unaffordable_requests_get_402_with_the_tokens_the_balance_affords() {
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &[]);
+    let (account, key) = dev.funded_account("0.001").await;
+    let body = json!({"model": "mock/echo", "messages": user("hi")});
+    let (status, error) = dev.chat(&key, &body).await;
+    check("unaffordable", &(status, error.clone()), 402, &[("code", "insufficient_credits")]);
+    let message = error["error"]["message"].as_str().expect("message");
+    // $0.001 at $2 per million tokens (the dearer of the two prices) is 500 tokens.
+    assert!(message.contains("about 500 tokens"), "{message}");
+    // Asking for few enough tokens fits.
+    let small = json!({"model": "mock/echo", "messages": user("hi"), "max_tokens": 10});
+    assert_eq!(dev.chat(&key, &small).await.0, 200);
+    let state = dev.account(&account).await;
+    assert_eq!(state["held"], "0.00");
+    assert!(pico(&state["available"]) > 0);
+    dev.audit_ok().await;
+}
+
+#[tokio::test]
+async fn admin_api_checks_token_input_and_idempotency() {
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &[]);
+    let wrong = dev
+        .client
+        .get(dev.url("/v1/admin/audit"))
+        .bearer_auth("wrong-token-wrong-token")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(wrong.status(), 401);
+    let user_key = dev.demo_key.clone().expect("demo key");
+    let as_user = dev
+        .client
+        .get(dev.url("/v1/admin/audit"))
+        .bearer_auth(&user_key)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(as_user.status(), 401);
+    assert_ne!(user_key, ADMIN_TOKEN);
+
+    let account = &dev.demo_account;
+    let credits = format!("/v1/admin/accounts/{account}/credits");
+    let top_up = |amount: &str, key: &str| json!({"amount": amount, "idempotency_key": key});
+    let (status, first) = dev.admin(Method::POST, &credits, Some(top_up("1.50", "topup-1"))).await;
+    assert_eq!((status, first["credits"].as_str()), (200, Some("6.50")));
+    let (status, replay) = dev.admin(Method::POST, &credits, Some(top_up("1.50", "topup-1"))).await;
+    assert_eq!((status, replay["credits"].as_str()), (200, Some("6.50")), "a replay applies once");
+    let (status, _) = dev.admin(Method::POST, &credits, Some(top_up("2.00", "topup-1"))).await;
+    assert_eq!(status, 409, "a reused key with another amount conflicts");
+    for bad in ["-1", "0", "1e3", "0.0000000000001", "abc"] {
+        let (status, body) = dev.admin(Method::POST, &credits, Some(top_up(bad, "k"))).await;
+        check(bad, &(status, body), 400, &[("param", "amount")]);
+    }
+    let (status, _) = dev
+        .admin(Method::POST, "/v1/admin/accounts/00000000000000aa/credits", Some(top_up("1", "z")))
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = dev.admin(Method::GET, "/v1/admin/accounts/xyz", None).await;
+    assert_eq!(status, 404);
+    let (status, body) =
+        dev.admin(Method::POST, "/v1/admin/accounts", Some(json!({"name": ""}))).await;
+    check("empty name", &(status, body), 400, &[("param", "name")]);
+    let (status, _) =
+        dev.admin(Method::POST, "/v1/admin/accounts", Some(json!({"nom": "x"}))).await;
+    assert_eq!(status, 400);
+    let (status, _) = dev.admin(Method::DELETE, "/v1/admin/keys/00000000000000aa", None).await;
+    assert_eq!(status, 404);
+
+    // Another account's generation is invisible.
+    let (_, other_key) = dev.funded_account("1").await;
+    let (_, answer) =
+        dev.chat(&user_key, &json!({"model": "mock/echo", "messages": user("mine")})).await;
+    let id = answer["id"].as_str().expect("id");
+    assert_eq!(dev.get(&format!("/v1/api/generation?id={id}"), &user_key).await.0, 200);
+    assert_eq!(dev.get(&format!("/v1/api/generation?id={id}"), &other_key).await.0, 404);
+    dev.audit_ok().await;
+}

@@ -1,0 +1,77 @@
+"""Drives a running `solrouter dev` with the official `openai` package, as a customer
+would: only `base_url` and the key change. Started by tests/openai_sdk.rs with
+SOLROUTER_BASE_URL, SOLROUTER_KEY, SOLROUTER_ADMIN_TOKEN and SOLROUTER_ACCOUNT set.
+Exits non-zero (with an assertion message) on any mismatch."""
+
+import json
+import os
+import urllib.request
+from decimal import Decimal
+
+import openai
+
+BASE = os.environ["SOLROUTER_BASE_URL"]
+KEY = os.environ["SOLROUTER_KEY"]
+ADMIN = os.environ["SOLROUTER_ADMIN_TOKEN"]
+ACCOUNT = os.environ["SOLROUTER_ACCOUNT"]
+
+
+def get(path, bearer):
+    request = urllib.request.Request(BASE + path, headers={"Authorization": "Bearer " + bearer})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def available():
+    return Decimal(get(f"/v1/admin/accounts/{ACCOUNT}", ADMIN)["available"])
+
+
+def usd(cost):
+    """A usage.cost number as an exact decimal (costs here have at most 12 decimals)."""
+    return Decimal(repr(cost)).quantize(Decimal("1e-12"))
+
+
+client = openai.OpenAI(base_url=BASE + "/v1/api", api_key=KEY, max_retries=0, timeout=30)
+before = available()
+
+plain = client.chat.completions.create(
+    model="mock/echo", messages=[{"role": "user", "content": "hello from the sdk"}]
+)
+assert plain.choices[0].message.content == "hello from the sdk", plain
+plain_cost = usd(plain.usage.cost)
+assert plain_cost > 0, plain.usage
+
+stream = client.chat.completions.create(
+    model="mock/echo",
+    messages=[{"role": "user", "content": "streamed word by word"}],
+    stream=True,
+)
+text, usage, stream_id = "", None, None
+for chunk in stream:
+    stream_id = chunk.id
+    if chunk.choices and chunk.choices[0].delta.content:
+        text += chunk.choices[0].delta.content
+    if chunk.usage is not None:
+        usage = chunk.usage
+assert text == "streamed word by word", text
+assert usage is not None, "the last chunk carries usage"
+stream_cost = usd(usage.cost)
+assert stream_cost > 0, usage
+
+drop = before - available()
+assert drop == plain_cost + stream_cost, (drop, plain_cost, stream_cost)
+
+for completion_id, cost, streamed in ((plain.id, plain_cost, False), (stream_id, stream_cost, True)):
+    record = get(f"/v1/api/generation?id={completion_id}", KEY)["data"]
+    assert record["model"] == "mock/echo", record
+    assert record["streamed"] is streamed, record
+    assert record["status"] == 200, record
+    assert Decimal(record["cost_usd"]) == cost, (record, cost)
+
+try:
+    client.chat.completions.create(model="nope/nope", messages=[{"role": "user", "content": "x"}])
+    raise AssertionError("an unknown model must fail")
+except openai.NotFoundError as error:
+    assert error.body["code"] == "model_not_found", error.body
+
+print(f"openai sdk ok: plain ${plain_cost}, streamed ${stream_cost}, balance fell ${drop}")

@@ -1,0 +1,245 @@
+//! Test harness: starts the real `solrouter` binary on a free port with a temporary data
+//! directory, reads what it prints, and kills it when dropped (also on a panic).
+#![allow(dead_code)] // Each test file uses a different part of the harness.
+
+use serde_json::Value;
+use solrouter_ledger::PicoUsd;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Longest a server may take to print its listening line: a debug build opening a
+/// fresh sled database and electing itself takes well under a second; CI machines are
+/// slow and shared.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A running `solrouter dev` process.
+pub struct Dev {
+    child: Child,
+    pub base: String,
+    /// The demo key, printed only by the first start on a data directory.
+    pub demo_key: Option<String>,
+    pub demo_account: String,
+    pub client: reqwest::Client,
+}
+
+impl Dev {
+    /// Starts `solrouter dev` on `data_dir` with extra environment variables.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Dev {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_solrouter"));
+        command
+            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("SOLROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("SOLROUTER_OPENAI_BASE_URL")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("spawning solrouter");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines, received) = mpsc::channel();
+        // Keeps draining stdout after startup so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let mut dev = Dev {
+            child,
+            base: String::new(),
+            demo_key: None,
+            demo_account: String::new(),
+            client: reqwest::Client::new(),
+        };
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        while dev.base.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line =
+                received.recv_timeout(left).expect("solrouter printed no listening line in time");
+            let field = |prefix: &str| {
+                line.strip_prefix(prefix).and_then(|rest| rest.split(' ').next()).map(str::to_owned)
+            };
+            if let Some(key) = field("demo key: ") {
+                dev.demo_key = Some(key);
+            } else if let Some(account) = field("demo account: ") {
+                dev.demo_account = account;
+            } else if let Some(url) = field("listening: ") {
+                dev.base = url.trim_end_matches("/v1/api").to_owned();
+            }
+        }
+        dev
+    }
+
+    /// Kills the process with SIGKILL (no shutdown code runs) and reaps it.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request with the given key and JSON body to the chat endpoint.
+    pub async fn chat(&self, key: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url("/v1/api/chat/completions"))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body).expect("json"))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, read_json(response).await)
+    }
+
+    /// A streamed completion: the parsed `data:` events, and whether `[DONE]` ended it.
+    pub async fn chat_stream(&self, key: &str, body: &Value) -> (Vec<Value>, bool) {
+        let response = self
+            .client
+            .post(self.url("/v1/api/chat/completions"))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body).expect("json"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let text = response.text().await.expect("body");
+        let mut events = Vec::new();
+        let mut done = false;
+        for data in text.split("\n\n").filter_map(|event| event.strip_prefix("data: ")) {
+            assert!(!done, "an event followed [DONE]");
+            if data == "[DONE]" {
+                done = true;
+            } else {
+                events.push(serde_json::from_str(data).expect("event is JSON"));
+            }
+        }
+        (events, done)
+    }
+
+    pub async fn get(&self, path: &str, bearer: &str) -> (u16, Value) {
+        let response =
+            self.client.get(self.url(path)).bearer_auth(bearer).send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, read_json(response).await)
+    }
+
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.client.request(method, self.url(path)).bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, read_json(response).await)
+    }
+
+    /// The admin view of an account.
+    pub async fn account(&self, account: &str) -> Value {
+        let (status, body) =
+            self.admin(reqwest::Method::GET, &format!("/v1/admin/accounts/{account}"), None).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Creates an account with `credit` USD and a key; returns (account id, key).
+    pub async fn funded_account(&self, credit: &str) -> (String, String) {
+        let (status, created) = self
+            .admin(
+                reqwest::Method::POST,
+                "/v1/admin/accounts",
+                Some(serde_json::json!({"name": "test"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let account = created["id"].as_str().expect("id").to_owned();
+        let (status, body) = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/v1/admin/accounts/{account}/credits"),
+                Some(serde_json::json!({"amount": credit, "idempotency_key": format!("seed-{account}")})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let key = self.create_key(&account).await.1;
+        (account, key)
+    }
+
+    /// Creates a key; returns (key id, key).
+    pub async fn create_key(&self, account: &str) -> (String, String) {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/v1/admin/accounts/{account}/keys"),
+                Some(serde_json::json!({"name": "test key"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (body["id"].as_str().expect("id").to_owned(), body["key"].as_str().expect("key").to_owned())
+    }
+
+    pub async fn audit_ok(&self) {
+        let (status, audit) = self.admin(reqwest::Method::GET, "/v1/admin/audit", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(audit["ok"], true, "{audit}");
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response body as JSON; `null` when it is not JSON.
+pub async fn read_json(response: reqwest::Response) -> Value {
+    let bytes = response.bytes().await.expect("body");
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
+/// A fresh data directory, removed when dropped.
+pub fn data_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary directory")
+}
+
+pub fn path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().to_path_buf()
+}
+
+/// A decimal USD string (possibly negative) in pico-USD.
+pub fn pico(usd: &Value) -> i128 {
+    let text = usd.as_str().expect("USD string");
+    match text.strip_prefix('-') {
+        Some(positive) => -(PicoUsd::parse_usd(positive).expect("USD").0 as i128),
+        None => PicoUsd::parse_usd(text).expect("USD").0 as i128,
+    }
+}
+
+/// A `usage.cost` JSON number in pico-USD. Costs of test requests have at most 12
+/// decimals and few significant digits, so rounding recovers the exact amount.
+pub fn cost_pico(cost: &Value) -> i128 {
+    let usd = cost.as_f64().expect("cost is a number");
+    assert!(usd >= 0.0);
+    (usd * 1e12).round() as i128
+}
+
+pub fn user(text: &str) -> Value {
+    serde_json::json!([{"role": "user", "content": text}])
+}
