@@ -14,6 +14,9 @@ use std::time::Duration;
 /// fresh sled database and electing itself takes well under a second; CI machines are
 /// slow and shared.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lines the child prints before it listens (admin token, demo account, demo key,
+/// endpoint) fit many times over.
+const STDOUT_LINES_MAX: usize = 64;
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 /// A running `solrouter dev` process.
@@ -43,8 +46,9 @@ impl Dev {
             .stderr(Stdio::inherit());
         let mut child = command.spawn().expect("spawning solrouter");
         let stdout = child.stdout.take().expect("piped stdout");
-        let (lines, received) = mpsc::channel();
-        // Keeps draining stdout after startup so the child never blocks on a full pipe.
+        let (lines, received) = mpsc::sync_channel(STDOUT_LINES_MAX);
+        // Ends when the receiver is gone (after startup); the child then gets EPIPE on
+        // stdout, which it ignores: it prints only while starting.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = lines.send(line);
