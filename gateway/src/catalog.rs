@@ -67,6 +67,8 @@ pub struct Price {
     pub cached_read: Option<PicoUsd>,
     /// Prompt tokens written to the provider's cache; `None` bills them as `prompt`.
     pub cached_write: Option<PicoUsd>,
+    /// A flat fee per request on top of tokens (Perplexity's search fee), else zero.
+    pub per_request: PicoUsd,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,7 +125,8 @@ impl Price {
         let total = uncached * self.prompt.0
             + cached_read * self.cached_read.unwrap_or(self.prompt).0
             + cached_write * self.cached_write.unwrap_or(self.prompt).0
-            + u128::from(usage.completion_tokens) * self.completion.0;
+            + u128::from(usage.completion_tokens) * self.completion.0
+            + self.per_request.0;
         PicoUsd(total)
     }
 
@@ -136,7 +139,8 @@ impl Price {
             .fold(self.prompt, PicoUsd::max);
         PicoUsd(
             u128::from(prompt_tokens) * prompt_max.0
-                + u128::from(completion_tokens) * self.completion.0,
+                + u128::from(completion_tokens) * self.completion.0
+                + self.per_request.0,
         )
     }
 
@@ -183,6 +187,8 @@ struct PriceEntry {
     completion: String,
     cached_read: Option<String>,
     cached_write: Option<String>,
+    /// USD per request (not per million tokens).
+    per_request: Option<String>,
 }
 
 impl ModelEntry {
@@ -201,6 +207,10 @@ impl ModelEntry {
             completion: per_token(&self.price.completion)?,
             cached_read: optional(&self.price.cached_read)?,
             cached_write: optional(&self.price.cached_write)?,
+            per_request: match &self.price.per_request {
+                Some(text) => per_request_price(id, text)?,
+                None => PicoUsd::ZERO,
+            },
         };
         Ok(Model {
             id: self.id,
@@ -234,6 +244,16 @@ fn per_token_price(id: &str, per_million_usd: &str) -> Result<PicoUsd, CatalogEr
     Ok(PicoUsd(per_token))
 }
 
+/// A per-request fee in USD, bounded like token prices (at most $10 a request).
+fn per_request_price(id: &str, usd: &str) -> Result<PicoUsd, CatalogError> {
+    let fee = PicoUsd::parse_usd(usd)
+        .map_err(|error| model_error(id, &format!("per_request {usd:?}: {error}")))?;
+    if fee > PicoUsd::from_usd_whole(10) {
+        return Err(model_error(id, &format!("per_request {usd:?} is implausibly high")));
+    }
+    Ok(fee)
+}
+
 fn model_error(id: &str, message: &str) -> CatalogError {
     CatalogError::Model { id: id.to_owned(), message: message.to_owned() }
 }
@@ -248,6 +268,7 @@ mod tests {
             completion: PicoUsd(completion),
             cached_read: None,
             cached_write: None,
+            per_request: PicoUsd::ZERO,
         }
     }
 
@@ -264,7 +285,7 @@ mod tests {
         assert_eq!(echo.price, price(1_000_000, 2_000_000));
         assert!(catalog.get("openai/none").is_none());
         let ids: Vec<&str> = catalog.models().map(|model| model.id.as_str()).collect();
-        assert_eq!(ids[0], "openai/gpt-4o-mini");
+        assert_eq!(ids[0], "openai/gpt-4.1");
         assert!(ids.contains(&"mock/unavailable"));
     }
 
@@ -286,6 +307,11 @@ mod tests {
         // The bound covers the dearest prompt price, whatever the cache does.
         assert_eq!(gpt4o.bound(1000, 200), PicoUsd::parse_usd("0.005125").unwrap());
         assert_eq!(price(1, 2).bound(0, 0), PicoUsd::ZERO);
+        let sonar = Catalog::builtin().get("perplexity/sonar-pro").unwrap().price;
+        let answered = Usage { prompt_tokens: 10, completion_tokens: 100, ..Usage::default() };
+        // 10 × $3/M + 100 × $15/M + $6 per thousand requests.
+        assert_eq!(sonar.cost(&answered), PicoUsd::parse_usd("0.007530").unwrap());
+        assert_eq!(sonar.bound(10, 100), sonar.cost(&answered));
     }
 
     #[test]
@@ -327,6 +353,7 @@ source = "test"
         check(&entry(r#"{ prompt = "-1", completion = "1" }"#), "price \"-1\"");
         check(&entry(r#"{ prompt = "10001", completion = "1" }"#), "implausibly high");
         check(&entry(r#"{ prompt = "1" }"#), "completion");
+        check(&entry(r#"{ prompt = "1", completion = "1", per_request = "11" }"#), "per_request");
         let valid = entry(r#"{ prompt = "1", completion = "1" }"#);
         check(&format!("{valid}{valid}"), "duplicate id");
         check(

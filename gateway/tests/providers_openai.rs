@@ -6,7 +6,7 @@ mod providers_support;
 use providers_support::*;
 use serde_json::json;
 use solrouter_gateway::catalog::Catalog;
-use solrouter_gateway::providers::openai::OpenAiCompatible;
+use solrouter_gateway::providers::openai::{OpenAiCompatible, Quirks};
 use solrouter_gateway::providers::Usage;
 use solrouter_ledger::PicoUsd;
 
@@ -23,7 +23,7 @@ async fn text_response() {
     let replay =
         Replay::start(200, "application/json", &[], fixture("openai/vercel-openai-text.json"))
             .await;
-    let adapter = OpenAiCompatible::new("openai");
+    let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
     let request = chat(
         json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Invent a holiday"}]}),
     );
@@ -59,7 +59,7 @@ async fn text_stream() {
         chunks_as_sse("openai/vercel-openai-text.chunks.txt"),
     )
     .await;
-    let adapter = OpenAiCompatible::new("openai");
+    let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
     let request = chat(
         json!({"model": "openai/gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "Invent a holiday"}]}),
     );
@@ -93,7 +93,7 @@ async fn recorded_stream_request_is_forwarded_unchanged() {
     client_body = with(&client_body, "models", json!(["openai/gpt-4o"]));
     client_body = with(&client_body, "route", json!("fallback"));
     client_body.as_object_mut().unwrap().remove("stream_options");
-    let adapter = OpenAiCompatible::new("openai");
+    let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
     let Outcome::Streamed { chunks, usage } =
         exchange(&adapter, &replay.endpoint(), &chat(client_body), "gpt-5").await
     else {
@@ -111,7 +111,7 @@ async fn tool_call_response() {
     let body = fixture("openai/pydai-tool-call-roundtrip.1.response.json");
     let replay = Replay::start(200, "application/json", &[], body).await;
     let recorded = fixture_json("openai/pydai-tool-call-roundtrip.1.request.json");
-    let adapter = OpenAiCompatible::new("openai");
+    let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
     let request = chat(with(&recorded, "model", json!("openai/gpt-4o")));
     let Outcome::Complete(completion) =
         exchange(&adapter, &replay.endpoint(), &request, "gpt-4o").await
@@ -139,7 +139,7 @@ async fn tool_call_response() {
 async fn tool_call_stream_with_reasoning_and_cache() {
     let sse = chunks_as_sse("deepseek/vercel-deepseek-tool-call.chunks.txt");
     let replay = Replay::start(200, "text/event-stream", &[], sse).await;
-    let adapter = OpenAiCompatible::new("openai");
+    let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
     let request = chat(
         json!({"model": "openai/gpt-4o", "stream": true, "messages": [{"role": "user", "content": "Weather in SF?"}]}),
     );
@@ -173,7 +173,7 @@ async fn tool_call_stream_with_reasoning_and_cache() {
 async fn client_error_is_passed_on_without_fallback() {
     let body = fixture("openai/pydai-error-400-developer-role-unsupported.response.json");
     let replay = Replay::start(400, "application/json", &[], body).await;
-    let adapter = OpenAiCompatible::new("openai");
+    let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
     let request =
         chat(fixture_json("openai/pydai-error-400-developer-role-unsupported.request.json"));
     let Outcome::Failed(error) = exchange(&adapter, &replay.endpoint(), &request, "o1-mini").await
@@ -198,7 +198,7 @@ async fn rate_limit_allows_fallback_after_retry_after() {
         body.to_string().into_bytes(),
     )
     .await;
-    let adapter = OpenAiCompatible::new("openai");
+    let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
     let request = chat(json!({"model": "openai/gpt-4o", "messages": []}));
     let Outcome::Failed(error) = exchange(&adapter, &replay.endpoint(), &request, "gpt-4o").await
     else {
@@ -214,7 +214,7 @@ async fn rate_limit_allows_fallback_after_retry_after() {
 fn reply_text_is_independent_of_network_chunking() {
     // The same recorded stream fed one byte at a time must translate identically.
     let sse = fixture("openai/pydai-stream-moderation.response.sse");
-    let adapter = OpenAiCompatible::new("openai");
+    let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
     let translate = |pieces: &mut dyn Iterator<Item = &[u8]>| {
         let mut translator = solrouter_gateway::providers::Adapter::stream(&adapter);
         let mut chunks = Vec::new();

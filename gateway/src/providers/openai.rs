@@ -22,11 +22,52 @@ pub const GATEWAY_ONLY_FIELDS: [&str; 5] = ["models", "route", "provider", "usag
 /// An OpenAI-wire provider, named as in model ids (`openai`, `mock`, …).
 pub struct OpenAiCompatible {
     provider: String,
+    quirks: Quirks,
+}
+
+/// How an OpenAI-compatible upstream departs from OpenAI. Differences every host
+/// agrees on (DeepSeek/xAI `reasoning_content`, Mistral's content arrays, Groq's
+/// `x_groq.usage`) are normalised for all of them; these are the ones that conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quirks {
+    /// The upstream rejects `stream_options` (Mistral answers 422) and reports usage in
+    /// the final chunk unasked.
+    pub stream_options_rejected: bool,
+    /// The upstream only knows `max_tokens` (Mistral rejects `max_completion_tokens`)
+    /// and calls `seed` `random_seed`.
+    pub mistral_parameter_names: bool,
+    /// `completion_tokens` excludes `reasoning_tokens` (xAI: total = prompt +
+    /// completion + reasoning, and xAI bills reasoning at the completion price).
+    pub reasoning_outside_completion: bool,
+    /// Top-level response fields passed on to the client (Perplexity's sources).
+    pub passthrough_fields: &'static [&'static str],
+    /// Perplexity bills a per-request search fee that depends on the search context
+    /// size; the catalogue prices the default (`low`), so larger sizes are refused
+    /// rather than under-billed.
+    pub search_context_low_only: bool,
+}
+
+impl Quirks {
+    pub const OPENAI: Quirks = Quirks {
+        stream_options_rejected: false,
+        mistral_parameter_names: false,
+        reasoning_outside_completion: false,
+        passthrough_fields: &[],
+        search_context_low_only: false,
+    };
+    pub const MISTRAL: Quirks =
+        Quirks { stream_options_rejected: true, mistral_parameter_names: true, ..Quirks::OPENAI };
+    pub const XAI: Quirks = Quirks { reasoning_outside_completion: true, ..Quirks::OPENAI };
+    pub const PERPLEXITY: Quirks = Quirks {
+        passthrough_fields: &["citations", "search_results"],
+        search_context_low_only: true,
+        ..Quirks::OPENAI
+    };
 }
 
 impl OpenAiCompatible {
-    pub fn new(provider: &str) -> OpenAiCompatible {
-        OpenAiCompatible { provider: provider.to_owned() }
+    pub fn new(provider: &str, quirks: Quirks) -> OpenAiCompatible {
+        OpenAiCompatible { provider: provider.to_owned(), quirks }
     }
 }
 
@@ -46,7 +87,17 @@ impl Adapter for OpenAiCompatible {
             body.remove(field);
         }
         body.insert("model".to_owned(), Value::from(upstream_model));
-        if chat.stream {
+        if self.quirks.search_context_low_only {
+            check_search_context(&body)?;
+        }
+        if self.quirks.mistral_parameter_names {
+            rename(&mut body, "max_completion_tokens", "max_tokens");
+            rename(&mut body, "seed", "random_seed");
+        }
+        if chat.stream && self.quirks.stream_options_rejected {
+            body.insert("stream".to_owned(), Value::Bool(true));
+            body.remove("stream_options");
+        } else if chat.stream {
             force_stream_usage(&mut body)?;
         }
         let body = serde_json::to_vec(&body)
@@ -67,13 +118,23 @@ impl Adapter for OpenAiCompatible {
         let Some(Value::Array(choices)) = object.remove("choices") else {
             return Err(bad_gateway(&self.provider, "response has no `choices` array"));
         };
-        let usage = parse_usage(object.get("usage"));
-        Ok(Completion { choices, usage, extra: Map::new() })
+        let mut choices = choices;
+        for choice in &mut choices {
+            if let Some(Value::Object(message)) = choice.get_mut("message") {
+                normalise_message(message);
+            }
+        }
+        Ok(Completion {
+            choices,
+            usage: self.usage_of(&object),
+            extra: self.passthrough(&mut object),
+        })
     }
 
     fn stream(&self) -> Box<dyn StreamTranslator> {
         Box::new(OpenAiStream {
-            provider: self.provider.clone(),
+            adapter: OpenAiCompatible::new(&self.provider, self.quirks),
+            passed_on: Map::new(),
             parser: SseParser::new(),
             events: Vec::new(),
             usage: Usage::default(),
@@ -119,6 +180,93 @@ pub(crate) fn bearer_headers(endpoint: &Endpoint) -> HeaderMap {
     headers
 }
 
+impl OpenAiCompatible {
+    fn usage_of(&self, object: &Map<String, Value>) -> Usage {
+        let mut usage = parse_usage(usage_object(object));
+        if self.quirks.reasoning_outside_completion {
+            usage.completion_tokens += usage.reasoning_tokens;
+        }
+        usage.reasoning_tokens = usage.reasoning_tokens.min(usage.completion_tokens);
+        usage
+    }
+
+    fn passthrough(&self, object: &mut Map<String, Value>) -> Map<String, Value> {
+        let mut extra = Map::new();
+        for field in self.quirks.passthrough_fields {
+            if let Some(value) = object.remove(*field).filter(|value| !value.is_null()) {
+                extra.insert((*field).to_owned(), value);
+            }
+        }
+        extra
+    }
+}
+
+/// The usage object: top-level, or Groq's `x_groq.usage` (where older Groq streams
+/// put it).
+fn usage_object(object: &Map<String, Value>) -> Option<&Value> {
+    let top_level = object.get("usage").filter(|usage| usage.is_object());
+    top_level.or_else(|| {
+        object
+            .get("x_groq")
+            .and_then(|x_groq| x_groq.get("usage"))
+            .filter(|usage| usage.is_object())
+    })
+}
+
+/// Brings a message or delta to OpenRouter's shape: reasoning text in `reasoning`
+/// (DeepSeek and xAI say `reasoning_content`), and `content` a string (Mistral's
+/// reasoning models send an array of `text` and `thinking` parts).
+fn normalise_message(message: &mut Map<String, Value>) {
+    if let Some(reasoning) = message.remove("reasoning_content") {
+        if reasoning.as_str().is_some_and(|text| !text.is_empty()) {
+            message.insert("reasoning".to_owned(), reasoning);
+        }
+    }
+    let Some(Value::Array(parts)) = message.get("content") else {
+        return;
+    };
+    let (mut text, mut thinking) = (String::new(), String::new());
+    for part in parts {
+        match part.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(part["text"].as_str().unwrap_or_default()),
+            Some("thinking") => {
+                for inner in part["thinking"].as_array().into_iter().flatten() {
+                    thinking.push_str(inner["text"].as_str().unwrap_or_default());
+                }
+            }
+            _ => {}
+        }
+    }
+    message.insert("content".to_owned(), Value::String(text));
+    if !thinking.is_empty() {
+        let mut reasoning =
+            message.get("reasoning").and_then(Value::as_str).unwrap_or_default().to_owned();
+        reasoning.push_str(&thinking);
+        message.insert("reasoning".to_owned(), Value::String(reasoning));
+    }
+}
+
+fn rename(body: &mut Map<String, Value>, from: &str, to: &str) {
+    if let Some(value) = body.remove(from) {
+        body.insert(to.to_owned(), value);
+    }
+}
+
+fn check_search_context(body: &Map<String, Value>) -> Result<(), ParamError> {
+    let size =
+        body.get("web_search_options").and_then(|options| options.get("search_context_size"));
+    match size {
+        None | Some(Value::Null) => Ok(()),
+        Some(size) if size == "low" => Ok(()),
+        Some(_) => Err(ParamError {
+            param: "web_search_options.search_context_size".to_owned(),
+            message: "only `low` is supported: larger sizes carry request fees the \
+                      gateway does not price"
+                .to_owned(),
+        }),
+    }
+}
+
 #[derive(Deserialize, Default)]
 struct WireUsage {
     #[serde(default)]
@@ -157,13 +305,17 @@ fn parse_usage(value: Option<&Value>) -> Usage {
         // A provider reporting more cached than prompt tokens would make the cached
         // discount exceed the prompt charge; clamp to keep `Usage`'s inclusion rules.
         cached_read_tokens: cached.min(wire.prompt_tokens),
-        reasoning_tokens: reasoning.min(wire.completion_tokens),
+        // Clamped against completion tokens by `usage_of`, after the xAI correction.
+        reasoning_tokens: reasoning,
         cached_write_tokens: 0,
     }
 }
 
 struct OpenAiStream {
-    provider: String,
+    adapter: OpenAiCompatible,
+    /// The pass-through fields last sent, so repeats (Perplexity sends its citations
+    /// on every chunk) reach the client once.
+    passed_on: Map<String, Value>,
     parser: SseParser,
     /// Reused between feeds to avoid an allocation per network read.
     events: Vec<SseEvent>,
@@ -183,30 +335,40 @@ impl OpenAiStream {
         }
         let mut object: Map<String, Value> =
             serde_json::from_str(&event.data).map_err(|error| {
-                bad_gateway(&self.provider, format!("invalid stream chunk: {error}"))
+                bad_gateway(&self.adapter.provider, format!("invalid stream chunk: {error}"))
             })?;
         if let Some(error) = object.get("error").filter(|error| !error.is_null()) {
             let message = error
                 .get("message")
                 .and_then(Value::as_str)
                 .map_or_else(|| error.to_string(), str::to_owned);
-            return Err(bad_gateway(&self.provider, format!("error mid-stream: {message}")));
+            return Err(bad_gateway(
+                &self.adapter.provider,
+                format!("error mid-stream: {message}"),
+            ));
         }
-        if let Some(usage) = object.get("usage").filter(|usage| usage.is_object()) {
-            self.usage = parse_usage(Some(usage));
+        if usage_object(&object).is_some() {
+            self.usage = self.adapter.usage_of(&object);
         }
-        let choices = match object.remove("choices") {
+        let mut choices = match object.remove("choices") {
             Some(Value::Array(choices)) => choices,
             _ => Vec::new(),
         };
-        if choices.is_empty() {
+        let mut extra = self.adapter.passthrough(&mut object);
+        extra.retain(|field, value| self.passed_on.get(field) != Some(value));
+        self.passed_on.extend(extra.clone());
+        if choices.is_empty() && extra.is_empty() {
             // A usage-only chunk: the pipeline emits usage itself, with the cost.
             return Ok(());
         }
-        self.finish_reason_seen |= choices
-            .iter()
-            .any(|choice| choice.get("finish_reason").is_some_and(|reason| !reason.is_null()));
-        out.push(Chunk { choices, extra: Map::new() });
+        for choice in &mut choices {
+            self.finish_reason_seen |=
+                choice.get("finish_reason").is_some_and(|reason| !reason.is_null());
+            if let Some(Value::Object(delta)) = choice.get_mut("delta") {
+                normalise_message(delta);
+            }
+        }
+        out.push(Chunk { choices, extra });
         Ok(())
     }
 
@@ -223,21 +385,21 @@ impl StreamTranslator for OpenAiStream {
     fn feed(&mut self, bytes: &[u8], out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
         self.parser
             .feed(bytes, &mut self.events)
-            .map_err(|error| bad_gateway(&self.provider, error.to_string()))?;
+            .map_err(|error| bad_gateway(&self.adapter.provider, error.to_string()))?;
         self.drain(out)
     }
 
     fn finish(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
         self.parser
             .finish(&mut self.events)
-            .map_err(|error| bad_gateway(&self.provider, error.to_string()))?;
+            .map_err(|error| bad_gateway(&self.adapter.provider, error.to_string()))?;
         self.drain(out)?;
         // Some OpenAI-compatible hosts omit `[DONE]`; a finish reason is as good a
         // sign that the completion is whole.
         if self.done || self.finish_reason_seen {
             Ok(())
         } else {
-            Err(bad_gateway(&self.provider, "stream ended before the completion finished"))
+            Err(bad_gateway(&self.adapter.provider, "stream ended before the completion finished"))
         }
     }
 
@@ -266,7 +428,7 @@ mod tests {
 
     #[test]
     fn forwards_the_body_with_the_upstream_model() {
-        let adapter = OpenAiCompatible::new("openai");
+        let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
         let request = chat(
             json!({"model": "openai/gpt-4o", "models": ["a"], "route": "fallback",
                    "provider": {}, "usage": {"include": true}, "transforms": [],
@@ -289,7 +451,7 @@ mod tests {
 
     #[test]
     fn streams_always_include_usage() {
-        let adapter = OpenAiCompatible::new("openai");
+        let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
         let check = |options: Value, expected: Value| {
             let request =
                 chat(json!({"model": "m", "stream": true, "stream_options": options}), true);
@@ -323,7 +485,7 @@ mod tests {
 
     #[test]
     fn stream_reports_truncation_and_mid_stream_errors() {
-        let adapter = OpenAiCompatible::new("openai");
+        let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
         let mut out = Vec::new();
         let mut truncated = adapter.stream();
         let partial =

@@ -2,7 +2,7 @@
 //! from the environment. A provider without a key is disabled, so a fresh checkout
 //! talks to nobody but the built-in mock.
 
-use super::openai::OpenAiCompatible;
+use super::openai::{OpenAiCompatible, Quirks};
 use super::{Adapter, Endpoint};
 use http::HeaderValue;
 use std::collections::HashMap;
@@ -21,16 +21,54 @@ struct Spec {
 }
 
 fn openai_compatible(provider: &'static str) -> Box<dyn Adapter> {
-    Box::new(OpenAiCompatible::new(provider))
+    Box::new(OpenAiCompatible::new(provider, Quirks::OPENAI))
 }
 
-const SPECS: &[Spec] = &[Spec {
-    provider: "openai",
-    adapter: openai_compatible,
-    base_url_default: "https://api.openai.com/v1",
-    base_url_var: "SOLROUTER_OPENAI_BASE_URL",
-    key_var: "OPENAI_API_KEY",
-}];
+const SPECS: &[Spec] = &[
+    Spec {
+        provider: "openai",
+        adapter: openai_compatible,
+        base_url_default: "https://api.openai.com/v1",
+        base_url_var: "SOLROUTER_OPENAI_BASE_URL",
+        key_var: "OPENAI_API_KEY",
+    },
+    Spec {
+        provider: "mistral",
+        adapter: |provider| Box::new(OpenAiCompatible::new(provider, Quirks::MISTRAL)),
+        base_url_default: "https://api.mistral.ai/v1",
+        base_url_var: "SOLROUTER_MISTRAL_BASE_URL",
+        key_var: "MISTRAL_API_KEY",
+    },
+    Spec {
+        provider: "deepseek",
+        adapter: openai_compatible,
+        base_url_default: "https://api.deepseek.com",
+        base_url_var: "SOLROUTER_DEEPSEEK_BASE_URL",
+        key_var: "DEEPSEEK_API_KEY",
+    },
+    Spec {
+        provider: "xai",
+        adapter: |provider| Box::new(OpenAiCompatible::new(provider, Quirks::XAI)),
+        base_url_default: "https://api.x.ai/v1",
+        base_url_var: "SOLROUTER_XAI_BASE_URL",
+        key_var: "XAI_API_KEY",
+    },
+    Spec {
+        provider: "perplexity",
+        adapter: |provider| Box::new(OpenAiCompatible::new(provider, Quirks::PERPLEXITY)),
+        base_url_default: "https://api.perplexity.ai",
+        base_url_var: "SOLROUTER_PERPLEXITY_BASE_URL",
+        key_var: "PERPLEXITY_API_KEY",
+    },
+    // Meta's open-weight models, served by any OpenAI-compatible host; Groq by default.
+    Spec {
+        provider: "llama",
+        adapter: openai_compatible,
+        base_url_default: "https://api.groq.com/openai/v1",
+        base_url_var: "SOLROUTER_LLAMA_BASE_URL",
+        key_var: "LLAMA_API_KEY",
+    },
+];
 
 /// The configured providers.
 pub struct Providers {
@@ -143,6 +181,23 @@ mod tests {
         assert_eq!(mock.provider(), "mock");
         assert_eq!(mock_endpoint.base_url, "http://127.0.0.1:9");
         assert_eq!(mock_endpoint.api_key, None);
+
+        let all = providers(
+            None,
+            &[
+                ("MISTRAL_API_KEY", "m"),
+                ("DEEPSEEK_API_KEY", "d"),
+                ("XAI_API_KEY", "x"),
+                ("PERPLEXITY_API_KEY", "p"),
+                ("LLAMA_API_KEY", "l"),
+                ("SOLROUTER_LLAMA_BASE_URL", "http://vllm:8000/v1"),
+            ],
+        );
+        for provider in ["mistral", "deepseek", "xai", "perplexity", "llama"] {
+            assert_eq!(all.get(provider).unwrap().0.provider(), provider);
+        }
+        assert_eq!(all.get("llama").unwrap().1.base_url, "http://vllm:8000/v1");
+        assert!(!all.enabled("openai"));
 
         let default = providers(None, &[("OPENAI_API_KEY", "sk-1")]);
         assert_eq!(default.get("openai").unwrap().1.base_url, "https://api.openai.com/v1");
