@@ -219,6 +219,9 @@ const ACKS_BEFORE_KILL: usize = 300;
 const CHILD_WRITERS: u128 = 8;
 /// Bound on each child writer's loop, far more than the parent waits for.
 const CHILD_TOP_UPS_PER_WRITER_MAX: u128 = 100_000;
+/// Lines buffered between the pipe-reading thread and the test; a full buffer only makes
+/// the child wait on its stdout.
+const CHILD_LINES_BUFFERED_MAX: usize = 1024;
 /// Longest the parent waits for the child's next line.
 const CHILD_LINE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -273,7 +276,7 @@ fn sigkill_loses_no_acknowledged_top_up() {
         .unwrap();
     let mut child = ChildGuard(child);
     let stdout = child.0.stdout.take().unwrap();
-    let (line_tx, line_rx) = mpsc::channel();
+    let (line_tx, line_rx) = mpsc::sync_channel(CHILD_LINES_BUFFERED_MAX);
     // A thread reads the pipe so the wait for each line can be bounded.
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -293,8 +296,9 @@ fn sigkill_loses_no_acknowledged_top_up() {
     // `Child::kill` is SIGKILL on Unix: no destructor, no flush, no goodbye.
     child.0.kill().unwrap();
     child.0.wait().unwrap();
-    // Acks printed between the last read and the kill were acknowledged too.
-    while let Ok(line) = line_rx.try_recv() {
+    // Acks printed between the last read and the kill were acknowledged too. The child is
+    // dead, so the pipe reaches its end and the reader thread hangs up.
+    for line in line_rx.iter() {
         if let Some(ack) = line.strip_prefix("ACK ") {
             let (id, credits) = ack.split_once(' ').unwrap();
             acked.push((id.parse().unwrap(), credits.parse().unwrap()));
