@@ -6,9 +6,11 @@
 //! It never performs I/O, never touches money and never sees the ledger: the request
 //! pipeline does the sending, the pricing and the settling.
 
+pub mod anthropic;
 mod errors;
 pub mod openai;
 mod registry;
+mod translate;
 
 pub use registry::{Providers, MOCK_PROVIDER};
 

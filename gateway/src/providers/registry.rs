@@ -2,6 +2,7 @@
 //! from the environment. A provider without a key is disabled, so a fresh checkout
 //! talks to nobody but the built-in mock.
 
+use super::anthropic::Anthropic;
 use super::openai::{OpenAiCompatible, Quirks};
 use super::{Adapter, Endpoint};
 use http::HeaderValue;
@@ -31,6 +32,13 @@ const SPECS: &[Spec] = &[
         base_url_default: "https://api.openai.com/v1",
         base_url_var: "SOLROUTER_OPENAI_BASE_URL",
         key_var: "OPENAI_API_KEY",
+    },
+    Spec {
+        provider: "anthropic",
+        adapter: |_| Box::new(Anthropic),
+        base_url_default: "https://api.anthropic.com/v1",
+        base_url_var: "SOLROUTER_ANTHROPIC_BASE_URL",
+        key_var: "ANTHROPIC_API_KEY",
     },
     Spec {
         provider: "mistral",
@@ -185,6 +193,7 @@ mod tests {
         let all = providers(
             None,
             &[
+                ("ANTHROPIC_API_KEY", "a"),
                 ("MISTRAL_API_KEY", "m"),
                 ("DEEPSEEK_API_KEY", "d"),
                 ("XAI_API_KEY", "x"),
@@ -193,7 +202,7 @@ mod tests {
                 ("SOLROUTER_LLAMA_BASE_URL", "http://vllm:8000/v1"),
             ],
         );
-        for provider in ["mistral", "deepseek", "xai", "perplexity", "llama"] {
+        for provider in ["anthropic", "mistral", "deepseek", "xai", "perplexity", "llama"] {
             assert_eq!(all.get(provider).unwrap().0.provider(), provider);
         }
         assert_eq!(all.get("llama").unwrap().1.base_url, "http://vllm:8000/v1");

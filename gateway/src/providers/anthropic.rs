@@ -1,0 +1,478 @@
+//! The Anthropic Messages adapter: system prompts hoisted, tool calls as `tool_use`
+//! blocks, tool results as `tool_result` blocks in user turns, thinking as `reasoning`,
+//! and the typed SSE events (`message_start` … `message_stop`) as OpenAI chunks.
+
+use super::errors::{bad_gateway, classify};
+use super::translate::{self, param_error, Effort, Part, ToolChoice};
+use super::{
+    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, UpstreamError,
+    UpstreamRequest, Usage,
+};
+use crate::sse::{SseEvent, SseParser};
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{HeaderMap, StatusCode};
+use serde_json::{json, Map, Value};
+
+/// The Messages API version the translation follows.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// `max_tokens` when the client sets none (Anthropic requires one): the output cap of
+/// Claude Opus 4, the smallest among the catalogue's Claude models, so it is valid for
+/// all of them and never exceeds what the pipeline reserved (the model's maximum).
+pub const MAX_TOKENS_DEFAULT: u64 = 32_000;
+
+/// The smallest thinking budget Anthropic accepts.
+const THINKING_BUDGET_MIN: u64 = 1024;
+
+pub struct Anthropic;
+
+impl Adapter for Anthropic {
+    fn provider(&self) -> &str {
+        "anthropic"
+    }
+
+    fn request(
+        &self,
+        endpoint: &Endpoint,
+        chat: &ChatRequest,
+        upstream_model: &str,
+    ) -> Result<UpstreamRequest, ParamError> {
+        let body = translate_request(&chat.body, chat.stream, upstream_model)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert("anthropic-version", HeaderValue::from_static(ANTHROPIC_VERSION));
+        if let Some(key) = &endpoint.api_key {
+            let mut value = HeaderValue::try_from(key.as_str())
+                .expect("provider keys are validated when loaded");
+            value.set_sensitive(true);
+            headers.insert("x-api-key", value);
+        }
+        let body = serde_json::to_vec(&Value::Object(body)).expect("JSON values always serialize");
+        Ok(UpstreamRequest {
+            url: format!("{}/messages", endpoint.base_url.trim_end_matches('/')),
+            headers,
+            body: Bytes::from(body),
+        })
+    }
+
+    fn response(&self, body: &[u8]) -> Result<Completion, UpstreamError> {
+        let message: Value = serde_json::from_slice(body)
+            .map_err(|error| bad_gateway("anthropic", format!("invalid response: {error}")))?;
+        let blocks = message["content"]
+            .as_array()
+            .ok_or_else(|| bad_gateway("anthropic", "response has no `content` array"))?;
+        let (mut text, mut reasoning, mut tool_calls) = (String::new(), String::new(), Vec::new());
+        for block in blocks {
+            match block["type"].as_str() {
+                Some("text") => text.push_str(block["text"].as_str().unwrap_or_default()),
+                Some("thinking") => {
+                    reasoning.push_str(block["thinking"].as_str().unwrap_or_default())
+                }
+                Some("tool_use") => tool_calls.push(json!({
+                    "id": block["id"],
+                    "type": "function",
+                    "function": {"name": block["name"], "arguments": block["input"].to_string()},
+                })),
+                // Redacted thinking and server-tool blocks have no OpenAI equivalent.
+                _ => {}
+            }
+        }
+        let mut assistant = Map::new();
+        assistant.insert("role".to_owned(), Value::from("assistant"));
+        let content =
+            if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::from(text) };
+        assistant.insert("content".to_owned(), content);
+        if !reasoning.is_empty() {
+            assistant.insert("reasoning".to_owned(), Value::from(reasoning));
+        }
+        if !tool_calls.is_empty() {
+            assistant.insert("tool_calls".to_owned(), Value::Array(tool_calls));
+        }
+        let choice = json!({
+            "index": 0,
+            "message": assistant,
+            "finish_reason": finish_reason(message["stop_reason"].as_str()),
+        });
+        let mut usage = Usage::default();
+        apply_usage(&mut usage, &message["usage"]);
+        Ok(Completion { choices: vec![choice], usage, extra: Map::new() })
+    }
+
+    fn stream(&self) -> Box<dyn StreamTranslator> {
+        Box::new(AnthropicStream {
+            parser: SseParser::new(),
+            events: Vec::new(),
+            usage: Usage::default(),
+            tool_call_idx_by_block: Vec::new(),
+            n_tool_calls: 0,
+            done: false,
+        })
+    }
+
+    fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
+        classify("anthropic", status, headers, body)
+    }
+}
+
+fn translate_request(
+    body: &Map<String, Value>,
+    stream: bool,
+    upstream_model: &str,
+) -> Result<Map<String, Value>, ParamError> {
+    translate::check_fields("anthropic", body, &[])?;
+    translate::refuse("anthropic", body, "seed")?;
+    if let Some(format) = translate::response_format(body)? {
+        if format != translate::ResponseFormat::Text {
+            return Err(param_error("response_format", "not supported by anthropic"));
+        }
+    }
+    let mut out = Map::new();
+    out.insert("model".to_owned(), Value::from(upstream_model));
+    let max_tokens = translate::max_tokens(body)?.unwrap_or(MAX_TOKENS_DEFAULT);
+    out.insert("max_tokens".to_owned(), Value::from(max_tokens));
+    let (system, messages) = messages(body)?;
+    out.insert("messages".to_owned(), Value::Array(messages));
+    if let Some(system) = system {
+        out.insert("system".to_owned(), Value::from(system));
+    }
+    out.insert("stream".to_owned(), Value::Bool(stream));
+    translate::copy_number(body, "temperature", &mut out, "temperature")?;
+    translate::copy_number(body, "top_p", &mut out, "top_p")?;
+    if let Some(stops) = translate::stop_sequences(body)? {
+        out.insert("stop_sequences".to_owned(), Value::Array(stops));
+    }
+    tools(body, &mut out)?;
+    if let Some(effort) = translate::reasoning_effort(body)? {
+        out.insert("thinking".to_owned(), thinking(effort, max_tokens)?);
+    }
+    if let Some(user) = body.get("user").and_then(Value::as_str) {
+        out.insert("metadata".to_owned(), json!({"user_id": user}));
+    }
+    Ok(out)
+}
+
+/// A thinking budget proportional to `max_tokens` (which it must stay below), as
+/// OpenRouter maps effort: low 20 %, medium 50 %, high 80 %.
+fn thinking(effort: Effort, max_tokens: u64) -> Result<Value, ParamError> {
+    let percent = match effort {
+        Effort::Low => 20,
+        Effort::Medium => 50,
+        Effort::High => 80,
+    };
+    let budget = (max_tokens * percent / 100).max(THINKING_BUDGET_MIN);
+    if budget >= max_tokens {
+        return Err(param_error(
+            "reasoning_effort",
+            format!("anthropic needs max_tokens above {THINKING_BUDGET_MIN} to think"),
+        ));
+    }
+    Ok(json!({"type": "enabled", "budget_tokens": budget}))
+}
+
+fn tools(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), ParamError> {
+    let tools = translate::tools(body)?;
+    if !tools.is_empty() {
+        let tools = tools
+            .into_iter()
+            .map(|tool| {
+                json!({
+                    "name": tool.name,
+                    "description": tool.description.unwrap_or_default(),
+                    "input_schema": tool.parameters,
+                })
+            })
+            .collect();
+        out.insert("tools".to_owned(), Value::Array(tools));
+    }
+    let mut choice = match translate::tool_choice(body)? {
+        None => return Ok(()),
+        Some(ToolChoice::Auto) => json!({"type": "auto"}),
+        Some(ToolChoice::None) => json!({"type": "none"}),
+        Some(ToolChoice::Required) => json!({"type": "any"}),
+        Some(ToolChoice::Function(name)) => json!({"type": "tool", "name": name}),
+    };
+    if body.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
+        choice["disable_parallel_tool_use"] = Value::Bool(true);
+    }
+    out.insert("tool_choice".to_owned(), choice);
+    Ok(())
+}
+
+/// Splits OpenAI messages into the hoisted system prompt and Anthropic turns. Tool
+/// results join the following user turn (Anthropic wants every result for one
+/// assistant turn in the next user message), and consecutive same-role turns merge.
+fn messages(body: &Map<String, Value>) -> Result<(Option<String>, Vec<Value>), ParamError> {
+    let mut system: Vec<String> = Vec::new();
+    let mut turns: Vec<(&str, Vec<Value>)> = Vec::new();
+    for (message_idx, (role, message)) in translate::messages(body)?.into_iter().enumerate() {
+        let param = format!("messages[{message_idx}]");
+        let (turn_role, blocks) = match role {
+            "system" | "developer" => {
+                system
+                    .push(translate::text_only(&message["content"], &format!("{param}.content"))?);
+                continue;
+            }
+            "user" => ("user", content_blocks(&message["content"], &format!("{param}.content"))?),
+            "assistant" => ("assistant", assistant_blocks(message, &param)?),
+            "tool" => {
+                let id = message["tool_call_id"]
+                    .as_str()
+                    .ok_or_else(|| param_error(format!("{param}.tool_call_id"), "is required"))?;
+                let content =
+                    translate::text_only(&message["content"], &format!("{param}.content"))?;
+                let result = json!({"type": "tool_result", "tool_use_id": id, "content": content, "is_error": false});
+                ("user", vec![result])
+            }
+            other => {
+                return Err(param_error(format!("{param}.role"), format!("unknown role `{other}`")))
+            }
+        };
+        match turns.last_mut() {
+            Some((last_role, last_blocks)) if *last_role == turn_role => last_blocks.extend(blocks),
+            _ => turns.push((turn_role, blocks)),
+        }
+    }
+    let turns =
+        turns.into_iter().map(|(role, blocks)| json!({"role": role, "content": blocks})).collect();
+    let system = (!system.is_empty()).then(|| system.join("\n\n"));
+    Ok((system, turns))
+}
+
+fn content_blocks(content: &Value, param: &str) -> Result<Vec<Value>, ParamError> {
+    let parts = translate::content_parts(content, param)?;
+    Ok(parts
+        .into_iter()
+        .map(|part| match part {
+            Part::Text(text) => json!({"type": "text", "text": text}),
+            Part::ImageUrl(url) => json!({"type": "image", "source": {"type": "url", "url": url}}),
+            Part::ImageData { media_type, data } => json!({
+                "type": "image",
+                "source": {"type": "base64", "media_type": media_type, "data": data},
+            }),
+        })
+        .collect())
+}
+
+fn assistant_blocks(message: &Value, param: &str) -> Result<Vec<Value>, ParamError> {
+    let mut blocks = content_blocks(&message["content"], &format!("{param}.content"))?;
+    blocks.retain(|block| block["text"] != "");
+    for call in translate::tool_calls(message, param)? {
+        blocks.push(
+            json!({"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}),
+        );
+    }
+    Ok(blocks)
+}
+
+fn finish_reason(stop_reason: Option<&str>) -> Value {
+    match stop_reason {
+        None => Value::Null,
+        Some("max_tokens") => Value::from("length"),
+        Some("tool_use") => Value::from("tool_calls"),
+        Some("refusal") => Value::from("content_filter"),
+        // end_turn, stop_sequence, pause_turn and anything newer end the turn normally.
+        Some(_) => Value::from("stop"),
+    }
+}
+
+/// Folds an Anthropic usage object into `usage`. Fields absent from a partial update
+/// (`message_delta` carries only `output_tokens`) keep their values. Anthropic's
+/// `input_tokens` excludes cached tokens; ours includes them.
+fn apply_usage(usage: &mut Usage, wire: &Value) {
+    let field = |name: &str| wire.get(name).and_then(Value::as_u64);
+    let input = field("input_tokens");
+    let cache_read = field("cache_read_input_tokens");
+    let cache_write = field("cache_creation_input_tokens");
+    if input.is_some() || cache_read.is_some() || cache_write.is_some() {
+        let uncached_before = usage
+            .prompt_tokens
+            .saturating_sub(usage.cached_read_tokens)
+            .saturating_sub(usage.cached_write_tokens);
+        usage.cached_read_tokens = cache_read.unwrap_or(usage.cached_read_tokens);
+        usage.cached_write_tokens = cache_write.unwrap_or(usage.cached_write_tokens);
+        usage.prompt_tokens =
+            input.unwrap_or(uncached_before) + usage.cached_read_tokens + usage.cached_write_tokens;
+    }
+    if let Some(output) = field("output_tokens") {
+        usage.completion_tokens = output;
+    }
+}
+
+struct AnthropicStream {
+    parser: SseParser,
+    events: Vec<SseEvent>,
+    usage: Usage,
+    /// For each content block index, its OpenAI tool-call index (tool_use blocks only).
+    tool_call_idx_by_block: Vec<Option<u64>>,
+    n_tool_calls: u64,
+    done: bool,
+}
+
+/// The most content blocks one message may open; a bound on the index table, far
+/// above real messages (a handful of blocks).
+const CONTENT_BLOCKS_MAX: usize = 4096;
+
+impl AnthropicStream {
+    fn handle(&mut self, event: &SseEvent, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        if self.done {
+            return Ok(());
+        }
+        let data: Value = serde_json::from_str(&event.data)
+            .map_err(|error| bad_gateway("anthropic", format!("invalid stream event: {error}")))?;
+        let delta = match data["type"].as_str() {
+            Some("message_start") => {
+                apply_usage(&mut self.usage, &data["message"]["usage"]);
+                json!({"role": "assistant", "content": ""})
+            }
+            Some("content_block_start") => match self.block_start(&data)? {
+                Some(delta) => delta,
+                None => return Ok(()),
+            },
+            Some("content_block_delta") => match self.block_delta(&data) {
+                Some(delta) => delta,
+                None => return Ok(()),
+            },
+            Some("message_delta") => {
+                apply_usage(&mut self.usage, &data["usage"]);
+                let reason = finish_reason(data["delta"]["stop_reason"].as_str());
+                out.push(chunk(json!({}), reason));
+                return Ok(());
+            }
+            Some("message_stop") => {
+                self.done = true;
+                return Ok(());
+            }
+            Some("error") => return Err(stream_error(&data["error"])),
+            // ping, content_block_stop and event types newer than this adapter.
+            _ => return Ok(()),
+        };
+        out.push(chunk(delta, Value::Null));
+        Ok(())
+    }
+
+    fn block_start(&mut self, data: &Value) -> Result<Option<Value>, UpstreamError> {
+        let block_idx = data["index"].as_u64().unwrap_or(0) as usize;
+        if block_idx >= CONTENT_BLOCKS_MAX {
+            return Err(bad_gateway("anthropic", "too many content blocks"));
+        }
+        if self.tool_call_idx_by_block.len() <= block_idx {
+            self.tool_call_idx_by_block.resize(block_idx + 1, None);
+        }
+        let block = &data["content_block"];
+        if block["type"] != "tool_use" {
+            return Ok(None);
+        }
+        let call_idx = self.n_tool_calls;
+        self.n_tool_calls += 1;
+        self.tool_call_idx_by_block[block_idx] = Some(call_idx);
+        Ok(Some(json!({"tool_calls": [{
+            "index": call_idx,
+            "id": block["id"],
+            "type": "function",
+            "function": {"name": block["name"], "arguments": ""},
+        }]})))
+    }
+
+    fn block_delta(&self, data: &Value) -> Option<Value> {
+        let delta = &data["delta"];
+        match delta["type"].as_str()? {
+            "text_delta" => Some(json!({"content": delta["text"]})),
+            "thinking_delta" => Some(json!({"reasoning": delta["thinking"]})),
+            "input_json_delta" => {
+                let block_idx = data["index"].as_u64()? as usize;
+                let call_idx = (*self.tool_call_idx_by_block.get(block_idx)?)?;
+                Some(json!({"tool_calls": [{
+                    "index": call_idx,
+                    "function": {"arguments": delta["partial_json"]},
+                }]}))
+            }
+            // signature_delta (thinking integrity) and citations have no OpenAI field.
+            _ => None,
+        }
+    }
+
+    fn drain(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        let events = std::mem::take(&mut self.events);
+        let result = events.iter().try_for_each(|event| self.handle(event, out));
+        self.events = events;
+        self.events.clear();
+        result
+    }
+}
+
+fn chunk(delta: Value, finish_reason: Value) -> Chunk {
+    Chunk {
+        choices: vec![json!({"index": 0, "delta": delta, "finish_reason": finish_reason})],
+        extra: Map::new(),
+    }
+}
+
+/// An `error` event mid-stream: overload and API errors are the provider's, so
+/// another candidate may help if nothing reached the client yet.
+fn stream_error(error: &Value) -> UpstreamError {
+    let kind = error["type"].as_str().unwrap_or("error");
+    let message = error["message"].as_str().unwrap_or_default();
+    let status = match kind {
+        "overloaded_error" => StatusCode::SERVICE_UNAVAILABLE,
+        "rate_limit_error" => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    UpstreamError { status, ..bad_gateway("anthropic", format!("{kind} mid-stream: {message}")) }
+}
+
+impl StreamTranslator for AnthropicStream {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        self.parser
+            .feed(bytes, &mut self.events)
+            .map_err(|error| bad_gateway("anthropic", error.to_string()))?;
+        self.drain(out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        self.parser
+            .finish(&mut self.events)
+            .map_err(|error| bad_gateway("anthropic", error.to_string()))?;
+        self.drain(out)?;
+        if self.done {
+            Ok(())
+        } else {
+            Err(bad_gateway("anthropic", "stream ended before message_stop"))
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thinking_budget_follows_effort_and_max_tokens() {
+        assert_eq!(thinking(Effort::Medium, 10_000).unwrap()["budget_tokens"], 5000);
+        assert_eq!(thinking(Effort::Low, 2000).unwrap()["budget_tokens"], 1024);
+        assert_eq!(thinking(Effort::High, 1024).unwrap_err().param, "reasoning_effort");
+    }
+
+    #[test]
+    fn usage_counts_cached_tokens_into_the_prompt() {
+        let mut usage = Usage::default();
+        apply_usage(
+            &mut usage,
+            &json!({"input_tokens": 10, "cache_read_input_tokens": 100,
+                    "cache_creation_input_tokens": 5, "output_tokens": 1}),
+        );
+        apply_usage(&mut usage, &json!({"output_tokens": 42}));
+        let expected = Usage {
+            prompt_tokens: 115,
+            completion_tokens: 42,
+            cached_read_tokens: 100,
+            cached_write_tokens: 5,
+            ..Usage::default()
+        };
+        assert_eq!(usage, expected);
+    }
+}

@@ -1,0 +1,195 @@
+//! The Anthropic Messages adapter against recorded Anthropic traffic: requests built
+//! from OpenAI-format conversations must equal what Anthropic's own clients sent, and
+//! recorded responses and streams must translate to exact text, tool calls and usage.
+
+mod providers_support;
+
+use providers_support::*;
+use serde_json::{json, Value};
+use solrouter_gateway::catalog::Catalog;
+use solrouter_gateway::providers::anthropic::Anthropic;
+use solrouter_gateway::providers::{Adapter, Endpoint, Usage};
+use solrouter_ledger::PicoUsd;
+
+fn endpoint() -> Endpoint {
+    Endpoint {
+        base_url: "https://api.anthropic.com/v1".to_owned(),
+        api_key: Some("sk-ant".to_owned()),
+    }
+}
+
+fn translated(body: Value, upstream_model: &str) -> Value {
+    let request = Anthropic.request(&endpoint(), &chat(body), upstream_model).unwrap();
+    assert_eq!(request.url, "https://api.anthropic.com/v1/messages");
+    assert_eq!(request.headers["x-api-key"], "sk-ant");
+    assert_eq!(request.headers["anthropic-version"], "2023-06-01");
+    serde_json::from_slice(&request.body).unwrap()
+}
+
+#[test]
+fn system_prompt_is_hoisted() {
+    let body = json!({"model": "anthropic/claude-3-opus", "max_tokens": 4096, "messages": [
+        {"role": "system", "content": "You are a helpful assistant.\n\n"},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]});
+    let expected = fixture_json("anthropic/pydai-text-system.request.json");
+    assert_eq!(translated(body, "claude-3-opus-latest"), expected);
+}
+
+#[test]
+fn image_urls_become_image_blocks() {
+    let body = json!({"model": "m", "max_tokens": 4096, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this vegetable?"},
+        {"type": "image_url", "image_url": {"url": "https://t3.ftcdn.net/jpg/00/85/79/92/360_F_85799278_0BBGV9OAdQDTLnKwAPBCcg1J7QtiieJY.jpg"}},
+    ]}]});
+    let expected = fixture_json("anthropic/pydai-image-input-url.request.json");
+    assert_eq!(translated(body, "claude-haiku-4-5"), expected);
+}
+
+#[test]
+fn base64_images_become_base64_sources() {
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]}]});
+    let sent = translated(body, "claude-sonnet-4-20250514");
+    let source = &sent["messages"][0]["content"][0]["source"];
+    assert_eq!(
+        source,
+        &json!({"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="})
+    );
+    assert_eq!(sent["max_tokens"], 32_000);
+}
+
+#[test]
+fn reasoning_effort_enables_thinking() {
+    let body = json!({"model": "m", "max_tokens": 4096, "reasoning_effort": "low",
+        "messages": [{"role": "user", "content": "How do I cross the street?"}]});
+    let expected = fixture_json("anthropic/pydai-thinking.1.request.json");
+    assert_eq!(translated(body, "claude-sonnet-4-5"), expected);
+}
+
+/// The same conversation pydantic-ai sent to OpenAI and to Anthropic: translating the
+/// OpenAI request must give the Anthropic one.
+#[test]
+fn tool_round_trip_matches_the_recorded_anthropic_request() {
+    let mut body = fixture_json("openai/pydai-tool-call-roundtrip.2.request.json");
+    body["max_tokens"] = json!(4096);
+    let sent = translated(body, "claude-sonnet-4-5");
+    let mut expected = fixture_json("anthropic/pydai-tool-use-roundtrip.2.request.json");
+    // The recordings differ only in the ids each provider generated and in the schema
+    // title pydantic-ai added for Anthropic.
+    expected["tools"][1]["input_schema"].as_object_mut().unwrap().remove("title");
+    let openai_id = json!("call_iXFttys57ap0o16JSlC8yhYo");
+    expected["messages"][1]["content"][0]["id"] = openai_id.clone();
+    expected["messages"][2]["content"][0]["tool_use_id"] = openai_id;
+    assert_eq!(sent, expected);
+}
+
+#[test]
+fn unsupported_parameters_are_named() {
+    let check = |extra: Value, param: &str| {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let error = Anthropic.request(&endpoint(), &chat(body), "claude").unwrap_err();
+        assert_eq!(error.param, param);
+    };
+    check(json!({"seed": 1}), "seed");
+    check(json!({"frequency_penalty": 0.5}), "frequency_penalty");
+    check(json!({"response_format": {"type": "json_object"}}), "response_format");
+    check(json!({"logit_bias": {}}), "logit_bias");
+}
+
+#[tokio::test]
+async fn tool_use_response() {
+    let body = fixture("anthropic/pydai-tool-use-roundtrip.1.response.json");
+    let replay = Replay::start(200, "application/json", &[], body).await;
+    let request = chat(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}));
+    let Outcome::Complete(completion) =
+        exchange(&Anthropic, &replay.endpoint(), &request, "claude-sonnet-4-20250514").await
+    else {
+        panic!("expected a completion")
+    };
+    assert_eq!(replay.received().path_and_query, "/v1/messages");
+    let assembled = assemble_completion(&completion);
+    let call = (
+        "toolu_01X9wcHKKAZD9tBC711xipPa".to_owned(),
+        "get_user_country".to_owned(),
+        "{}".to_owned(),
+    );
+    assert_eq!(assembled.tool_calls, vec![call]);
+    assert_eq!(assembled.finish_reason.as_deref(), Some("tool_calls"));
+    assert_eq!(
+        completion.usage,
+        Usage { prompt_tokens: 445, completion_tokens: 23, ..Usage::default() }
+    );
+    let price = Catalog::builtin().get("anthropic/claude-sonnet-4").unwrap().price;
+    // 445 × $3/M + 23 × $15/M.
+    assert_eq!(price.cost(&completion.usage), PicoUsd::parse_usd("0.00168").unwrap());
+}
+
+async fn streamed(sse: Vec<u8>) -> (Assembled, Usage) {
+    let replay = Replay::start(200, "text/event-stream", &[], sse).await;
+    let request =
+        chat(json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "x"}]}));
+    let Outcome::Streamed { chunks, usage } =
+        exchange(&Anthropic, &replay.endpoint(), &request, "claude").await
+    else {
+        panic!("expected a stream")
+    };
+    assert_eq!(replay.received().body["stream"], true);
+    (assemble_stream(&chunks), usage)
+}
+
+#[tokio::test]
+async fn text_stream() {
+    let (assembled, usage) =
+        streamed(fixture("anthropic/anthropic-sdk-python-basic_response.sse")).await;
+    assert_eq!(assembled.text, "Hello there!");
+    assert_eq!(assembled.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(usage, Usage { prompt_tokens: 11, completion_tokens: 6, ..Usage::default() });
+
+    let (assembled, usage) =
+        streamed(fixture("anthropic/pydai-stream-text-padded.response.sse")).await;
+    assert_eq!(assembled.text, "2");
+    assert_eq!(usage, Usage { prompt_tokens: 20, completion_tokens: 5, ..Usage::default() });
+}
+
+#[tokio::test]
+async fn tool_use_stream() {
+    let (assembled, usage) =
+        streamed(chunks_as_sse("anthropic/vercel-anthropic-json-tool.1.chunks.txt")).await;
+    let arguments =
+        r#"{"elements": [{"location": "San Francisco", "temperature": 58, "condition": "sunny"}]}"#;
+    let call =
+        ("toolu_01KFbKqPYSuAKujiL6mTfzYA".to_owned(), "json".to_owned(), arguments.to_owned());
+    assert_eq!(assembled.tool_calls, vec![call]);
+    assert_eq!(assembled.finish_reason.as_deref(), Some("tool_calls"));
+    assert_eq!(usage, Usage { prompt_tokens: 849, completion_tokens: 47, ..Usage::default() });
+}
+
+#[tokio::test]
+async fn truncated_stream_is_an_error() {
+    let sse = fixture("anthropic/anthropic-sdk-python-basic_response.sse");
+    let cut = String::from_utf8(sse).unwrap().replace(r#"data: {"type":"message_stop"}"#, "");
+    let replay = Replay::start(200, "text/event-stream", &[], cut.into_bytes()).await;
+    let request =
+        chat(json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "x"}]}));
+    let Outcome::Failed(error) = exchange(&Anthropic, &replay.endpoint(), &request, "claude").await
+    else {
+        panic!("expected an error")
+    };
+    assert_eq!(error.status.as_u16(), 502);
+}
+
+#[tokio::test]
+async fn invalid_request_error() {
+    let body = fixture("anthropic/pydai-error-400-invalid-request.response.json");
+    let replay = Replay::start(400, "application/json", &[], body).await;
+    let request = chat(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}));
+    let Outcome::Failed(error) = exchange(&Anthropic, &replay.endpoint(), &request, "claude").await
+    else {
+        panic!("expected an error")
+    };
+    assert_eq!((error.status.as_u16(), error.fallback), (400, false));
+    assert!(error.message.starts_with("400 This model does not support effort level 'xhigh'."));
+}
