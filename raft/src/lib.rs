@@ -1,6 +1,7 @@
 //! Replication of the ledger (DESIGN.md §2): a [`LedgerNode`] runs the `solrouter-ledger`
 //! state machine behind openraft, with the Raft log, vote and snapshots in sled and the
-//! ledger itself in memory.
+//! ledger itself in memory. A node hosts a replica of each of N Raft groups; accounts hash
+//! into [`SLOTS`] slots and slots map to groups. Nodes talk Raft over gRPC (tonic).
 //!
 //! It owns the group commit (many submitted commands become one `Batch`, one Raft entry),
 //! the batch's time stamp (the leader's clock; the ledger never reads one), durability
@@ -10,6 +11,9 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod group;
+mod grpc;
+mod grpc_network;
 mod log_store;
 mod network;
 mod node;
@@ -17,9 +21,9 @@ mod state_machine;
 mod types;
 
 pub use error::LedgerError;
-pub use node::{LedgerNode, NodeOptions, NodeStats};
+pub use node::{group_of_slot, slot_of, LedgerNode, NodeOptions, NodeStats};
 
-use solrouter_ledger::BATCH_COMMANDS_MAX;
+use solrouter_ledger::{BATCH_COMMANDS_MAX, NAME_BYTES_MAX};
 use std::time::Duration;
 
 /// Capacity of the queue in front of the batcher: one full batch waiting while another is
@@ -52,6 +56,28 @@ pub const SLED_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 pub const OPEN_LOCK_ATTEMPTS_MAX: u32 = 100;
 pub const OPEN_LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Fixed slot space accounts hash into (`slot_of`); slots map to groups. Far more slots
+/// than groups will ever exist, so shards can be split and moved slot by slot.
+pub const SLOTS: u32 = 1024;
+/// Upper bound of one encoded command: the largest, a settle, carries two names of at most
+/// `NAME_BYTES_MAX` plus fixed-size fields well under 512 bytes.
+pub const COMMAND_BYTES_MAX: usize = 2 * NAME_BYTES_MAX + 512;
+/// Upper bound of one Raft entry (one full batch).
+pub const ENTRY_BYTES_MAX: usize = BATCH_COMMANDS_MAX * COMMAND_BYTES_MAX;
+/// Entries per AppendEntries RPC, so that one RPC stays under `RPC_BYTES_MAX`.
+pub const APPEND_ENTRIES_MAX: u64 = 8;
+/// Largest gRPC message between ledger nodes (tonic's default of 4 MiB is below one full
+/// batch).
+pub const RPC_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Snapshot bytes per InstallSnapshot RPC.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// How long connecting to a peer may take before the RPC counts as unreachable.
+pub const RPC_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
 const _: () = assert!(SUBMIT_QUEUE_MAX >= BATCH_COMMANDS_MAX);
+const _: () = assert!(NAME_BYTES_MAX * 2 + 256 <= COMMAND_BYTES_MAX);
+// The envelope and bincode framing fit in the slack left by the entries.
+const _: () = assert!(APPEND_ENTRIES_MAX as usize * ENTRY_BYTES_MAX <= RPC_BYTES_MAX * 3 / 4);
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES as usize * 2 <= RPC_BYTES_MAX);
 const _: () = assert!(HEARTBEAT_INTERVAL.as_millis() * 3 <= ELECTION_TIMEOUT_MIN.as_millis());
 const _: () = assert!(ELECTION_TIMEOUT_MIN.as_millis() < ELECTION_TIMEOUT_MAX.as_millis());

@@ -1,7 +1,7 @@
 //! The Raft log, the vote and the committed index, kept in sled.
 //!
-//! Layout: tree `log` maps a big-endian `u64` index (so sled's byte order is index order) to
-//! a bincode [`Entry`]; tree `meta` holds the vote, the committed log id and the last
+//! Layout, per Raft group `g`: tree `g/log` maps a big-endian `u64` index (so sled's byte order is index order) to
+//! a bincode [`Entry`]; tree `g/meta` holds the vote, the committed log id and the last
 //! purged log id under fixed keys.
 #![allow(
     clippy::result_large_err,
@@ -30,8 +30,10 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub fn open(db: &sled::Db) -> Result<LogStore, sled::Error> {
-        Ok(LogStore { db: db.clone(), log: db.open_tree("log")?, meta: db.open_tree("meta")? })
+    pub fn open(db: &sled::Db, group: u32) -> Result<LogStore, sled::Error> {
+        let log = db.open_tree(format!("{group}/log"))?;
+        let meta = db.open_tree(format!("{group}/meta"))?;
+        Ok(LogStore { db: db.clone(), log, meta })
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {

@@ -1,28 +1,31 @@
-//! [`LedgerNode`]: a ledger replica behind openraft, and its group-commit batcher.
+//! [`LedgerNode`]: one ledger node hosting a replica of every Raft group (shard), and the
+//! routing of accounts to groups.
 
 use crate::error::LedgerError;
-use crate::log_store::LogStore;
+use crate::group::Group;
+use crate::grpc::raft_service_server::RaftServiceServer;
+use crate::grpc_network::{GrpcNetwork, RaftRpcServer};
 use crate::network::NoPeers;
-use crate::state_machine::{SharedState, StateMachine};
-use crate::types::{NodeId, Raft};
+use crate::types::NodeId;
 use crate::{
-    ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, ENTRIES_KEPT_AFTER_SNAPSHOT, HEARTBEAT_INTERVAL,
-    LEADER_WAIT_TIMEOUT, OPEN_LOCK_ATTEMPTS_MAX, OPEN_LOCK_RETRY_INTERVAL, SLED_CACHE_BYTES,
-    SNAPSHOT_EVERY_ENTRIES, SUBMIT_QUEUE_MAX, SUBMIT_TIMEOUT,
+    APPEND_ENTRIES_MAX, ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, ENTRIES_KEPT_AFTER_SNAPSHOT,
+    HEARTBEAT_INTERVAL, LEADER_WAIT_TIMEOUT, OPEN_LOCK_ATTEMPTS_MAX, OPEN_LOCK_RETRY_INTERVAL,
+    RPC_BYTES_MAX, SLED_CACHE_BYTES, SLOTS, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_EVERY_ENTRIES,
 };
+use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
-use solrouter_ledger::{Batch, Command, Ledger, Outcome, BATCH_COMMANDS_MAX};
+use solrouter_ledger::{AccountId, Command, Ledger, Outcome};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// The node id of a single-node cluster.
 const SINGLE_NODE_ID: NodeId = 1;
 
-/// A replica of the ledger. Cheap to clone: every clone drives the same node.
+/// A ledger node. Cheap to clone: every clone drives the same node.
 #[derive(Clone)]
 pub struct LedgerNode {
     inner: Arc<Inner>,
@@ -36,7 +39,7 @@ pub struct NodeOptions {
     entries_kept_after_snapshot: u64,
 }
 
-/// Counters of one node since it was opened, for tests, metrics and health checks.
+/// Counters of one group on one node since it was opened, for tests, metrics and health.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
     /// Index of the last entry in the Raft log (entries are batches, not commands).
@@ -46,6 +49,8 @@ pub struct NodeStats {
     pub snapshot_index: Option<u64>,
     /// Entries up to this index have been removed from the log.
     pub purged_index: Option<u64>,
+    /// The group's leader as this node knows it.
+    pub leader_id: Option<u64>,
     /// Batches (Raft entries) this node proposed, and the commands they carried.
     pub n_batches_proposed: u64,
     pub n_commands_proposed: u64,
@@ -80,6 +85,24 @@ impl Default for NodeOptions {
     }
 }
 
+/// The slot of an account: a fixed hash of its id modulo [`SLOTS`]. Gateways and ledger
+/// nodes must agree on it, so it is a stable mix (SplitMix64's finalizer), not `std`'s
+/// randomly seeded hasher.
+pub fn slot_of(account: AccountId) -> u32 {
+    let mut x = account.0;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    (x % u64::from(SLOTS)) as u32
+}
+
+/// The group that owns a slot when a cluster runs `n_groups` groups. Slots, not accounts,
+/// map to groups, so moving a shard later moves slots without rehashing accounts.
+pub fn group_of_slot(slot: u32, n_groups: u32) -> u32 {
+    assert!(n_groups >= 1 && slot < SLOTS);
+    slot % n_groups
+}
+
 impl LedgerNode {
     /// Opens (or creates and bootstraps) a single-node cluster with node id 1 in `data_dir`.
     pub async fn open_single(data_dir: &Path) -> Result<LedgerNode, LedgerError> {
@@ -93,166 +116,183 @@ impl LedgerNode {
         options: &NodeOptions,
     ) -> Result<LedgerNode, LedgerError> {
         let db = open_db(data_dir).await?;
-        let log_store =
-            LogStore::open(&db).map_err(|e| LedgerError::storage("opening the log", e))?;
-        let state_machine = StateMachine::open(&db)
-            .map_err(|e| LedgerError::storage("restoring the snapshot", e))?;
-        let state = state_machine.shared();
         let config = Arc::new(raft_config(options)?);
-        let raft = Raft::new(SINGLE_NODE_ID, config, NoPeers, log_store, state_machine)
-            .await
-            .map_err(|e| LedgerError::from_fatal("starting raft", e))?;
-        let initialized =
-            raft.is_initialized().await.map_err(|e| LedgerError::from_fatal("starting raft", e))?;
-        if !initialized {
-            let members = BTreeMap::from([(SINGLE_NODE_ID, BasicNode::default())]);
-            if let Err(e) = raft.initialize(members).await {
-                return Err(LedgerError::Unavailable { reason: format!("bootstrap failed: {e}") });
-            }
-        }
-        let waiting = raft.wait(Some(LEADER_WAIT_TIMEOUT));
+        let group = Group::start(SINGLE_NODE_ID, 0, &db, config, NoPeers).await?;
+        let members = BTreeMap::from([(SINGLE_NODE_ID, BasicNode::default())]);
+        bootstrap(&group, members).await?;
+        let waiting = group.raft().wait(Some(LEADER_WAIT_TIMEOUT));
         if let Err(e) = waiting.current_leader(SINGLE_NODE_ID, "open_single").await {
             return Err(LedgerError::Unavailable { reason: e.to_string() });
         }
-        raft.ensure_linearizable().await.map_err(LedgerError::from_check_leader)?;
-        Ok(LedgerNode::start(raft, state))
+        group.raft().ensure_linearizable().await.map_err(LedgerError::from_check_leader)?;
+        Ok(LedgerNode { inner: Arc::new(Inner { groups: vec![group], server: Mutex::new(None) }) })
     }
 
-    fn start(raft: Raft, state: Arc<SharedState>) -> LedgerNode {
-        let (submit_tx, submit_rx) = mpsc::channel(SUBMIT_QUEUE_MAX);
-        let counters = Arc::new(Counters::default());
-        let batcher = Batcher {
-            raft: raft.clone(),
-            state: Arc::clone(&state),
-            counters: Arc::clone(&counters),
-            stamp_ms_last: 0,
-        };
-        // The batcher ends when every clone of this node (every sender) is gone.
-        tokio::spawn(batcher.run(submit_rx));
-        LedgerNode { inner: Arc::new(Inner { raft, state, submit_tx, counters }) }
+    /// Opens node `id` of a cluster whose members are `peers` (node id → `host:port` of its
+    /// Raft gRPC endpoint, `peers[id]` being this node's), hosting a replica of each of
+    /// `n_groups` Raft groups in `data_dir`. Bootstraps the groups on first start. Returns
+    /// without waiting for leaders: the other nodes may not be up yet, and until a group
+    /// has a quorum its commands fail as retryable.
+    pub async fn open(
+        id: u64,
+        peers: &BTreeMap<u64, String>,
+        data_dir: &Path,
+        n_groups: u32,
+    ) -> Result<LedgerNode, LedgerError> {
+        LedgerNode::open_with(id, peers, data_dir, n_groups, &NodeOptions::default()).await
     }
 
-    /// Submits one command; concurrent submits are coalesced (group commit) into one
-    /// [`Batch`] = one Raft entry, stamped with the leader's wall clock. Returns this
-    /// command's outcome. Waits at most [`SUBMIT_TIMEOUT`](crate::SUBMIT_TIMEOUT).
+    pub async fn open_with(
+        id: u64,
+        peers: &BTreeMap<u64, String>,
+        data_dir: &Path,
+        n_groups: u32,
+        options: &NodeOptions,
+    ) -> Result<LedgerNode, LedgerError> {
+        if n_groups == 0 || n_groups > SLOTS {
+            return Err(LedgerError::InvalidOptions("n_groups must be within 1..=SLOTS"));
+        }
+        let own_addr =
+            peers.get(&id).ok_or(LedgerError::InvalidOptions("peers lacks this node"))?;
+        let own_addr: SocketAddr =
+            own_addr.parse().map_err(|_| LedgerError::InvalidOptions("bad own address"))?;
+        // Bound first so a taken port fails the open instead of a background task.
+        let listener = tokio::net::TcpListener::bind(own_addr)
+            .await
+            .map_err(|e| LedgerError::storage("binding the raft endpoint", e))?;
+        let db = open_db(data_dir).await?;
+        let config = Arc::new(raft_config(options)?);
+        let members: BTreeMap<u64, BasicNode> =
+            peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+        let mut groups = Vec::new();
+        for group_idx in 0..n_groups {
+            let network = GrpcNetwork::new(group_idx);
+            let group = Group::start(id, group_idx, &db, Arc::clone(&config), network).await?;
+            groups.push(group);
+        }
+        let rafts = groups.iter().map(|group| group.raft().clone()).collect();
+        let server = serve(listener, RaftRpcServer::new(rafts));
+        for group in &groups {
+            bootstrap(group, members.clone()).await?;
+        }
+        Ok(LedgerNode { inner: Arc::new(Inner { groups, server: Mutex::new(Some(server)) }) })
+    }
+
+    /// Submits one command to its account's group; concurrent submits are coalesced (group
+    /// commit) into one `Batch` = one Raft entry, stamped with the leader's wall clock.
+    /// Returns this command's outcome. Waits at most [`SUBMIT_TIMEOUT`](crate::SUBMIT_TIMEOUT).
+    /// On a follower it fails with [`LedgerError::NotLeader`] naming the leader.
     pub async fn submit(&self, command: Command) -> Result<Outcome, LedgerError> {
-        // Checked here so a malformed command never enters the log; `Ledger::apply` checks
-        // again and would give the same rejection.
-        if let Err(rejection) = command.op.validate() {
-            return Ok(Err(rejection));
-        }
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let submission = Submission { command, reply: reply_tx };
-        let exchange = async {
-            self.inner.submit_tx.send(submission).await.map_err(|_| LedgerError::Shutdown)?;
-            reply_rx.await.map_err(|_| LedgerError::Shutdown)?
-        };
-        match tokio::time::timeout(SUBMIT_TIMEOUT, exchange).await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(LedgerError::Timeout(SUBMIT_TIMEOUT)),
-        }
+        self.group_of(command.op.account()).submit(command).await
     }
 
-    /// Linearizable read of the state machine: confirms leadership with a quorum and waits
-    /// until everything committed before the call is applied, then runs `f`.
+    /// Linearizable read of a single-group node's state machine (ensure_linearizable
+    /// first). A sharded node reads per account with [`LedgerNode::read_account`].
     pub async fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> Result<R, LedgerError> {
-        self.inner.raft.ensure_linearizable().await.map_err(LedgerError::from_check_leader)?;
-        Ok(self.read_local(f))
+        self.only_group().read(f).await
     }
 
     /// Possibly-stale local read, no Raft round (for hot-path caches like key lookup).
     /// `f` runs under the state lock, which holds back applies: keep it short.
     pub fn read_local<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
-        f(&self.inner.state.read().ledger)
+        self.only_group().read_local(f)
     }
 
-    /// Stops the Raft core. Later submits and reads fail with [`LedgerError::Shutdown`].
+    /// Linearizable read of the ledger replica of `account`'s group.
+    pub async fn read_account<R>(
+        &self,
+        account: AccountId,
+        f: impl FnOnce(&Ledger) -> R,
+    ) -> Result<R, LedgerError> {
+        self.group_of(account).read(f).await
+    }
+
+    /// Possibly-stale local read of the ledger replica of `account`'s group.
+    pub fn read_local_account<R>(&self, account: AccountId, f: impl FnOnce(&Ledger) -> R) -> R {
+        self.group_of(account).read_local(f)
+    }
+
+    /// Stops serving peers, then every group's Raft core. Later submits and reads fail
+    /// with [`LedgerError::Shutdown`].
     pub async fn shutdown(&self) -> Result<(), LedgerError> {
-        self.inner.raft.shutdown().await.map_err(|e| LedgerError::Unavailable {
-            reason: format!("raft core failed while shutting down: {e}"),
-        })
+        let server = self.inner.server.lock().expect("server lock poisoned").take();
+        if let Some(server) = server {
+            let _ = server.shutdown_tx.send(());
+            // A server that failed has nothing left to stop; its error was logged.
+            let _ = server.task.await;
+        }
+        for group in &self.inner.groups {
+            group.shutdown().await?;
+        }
+        Ok(())
     }
 
+    pub fn n_groups(&self) -> u32 {
+        self.inner.groups.len() as u32
+    }
+
+    /// The group of `account` on this cluster.
+    pub fn group_idx_of(&self, account: AccountId) -> u32 {
+        group_of_slot(slot_of(account), self.n_groups())
+    }
+
+    /// Counters of a single-group node.
     pub fn stats(&self) -> NodeStats {
-        let metrics = self.inner.raft.metrics().borrow().clone();
-        NodeStats {
-            last_log_index: metrics.last_log_index,
-            last_applied_index: metrics.last_applied.map(|id| id.index),
-            snapshot_index: metrics.snapshot.map(|id| id.index),
-            purged_index: metrics.purged.map(|id| id.index),
-            n_batches_proposed: self.inner.counters.n_batches.load(Ordering::Relaxed),
-            n_commands_proposed: self.inner.counters.n_commands.load(Ordering::Relaxed),
-        }
+        self.only_group().stats()
+    }
+
+    pub fn group_stats(&self, group_idx: u32) -> NodeStats {
+        self.inner.groups[group_idx as usize].stats()
+    }
+
+    fn group_of(&self, account: AccountId) -> &Group {
+        &self.inner.groups[self.group_idx_of(account) as usize]
+    }
+
+    fn only_group(&self) -> &Group {
+        assert_eq!(self.inner.groups.len(), 1, "whole-ledger access on a sharded node");
+        &self.inner.groups[0]
     }
 }
 
 struct Inner {
-    raft: Raft,
-    state: Arc<SharedState>,
-    submit_tx: mpsc::Sender<Submission>,
-    counters: Arc<Counters>,
+    groups: Vec<Group>,
+    server: Mutex<Option<Server>>,
 }
 
-#[derive(Default)]
-struct Counters {
-    n_batches: AtomicU64,
-    n_commands: AtomicU64,
+struct Server {
+    shutdown_tx: oneshot::Sender<()>,
+    task: JoinHandle<()>,
 }
 
-struct Submission {
-    command: Command,
-    reply: oneshot::Sender<Result<Outcome, LedgerError>>,
-}
-
-/// Group commit: one task drains whatever submissions are queued (up to
-/// `BATCH_COMMANDS_MAX`) and proposes them as one entry. While an entry is being committed
-/// the next submissions queue up, so the batch size follows the load with no timer: a
-/// command waits at most for the proposal in flight plus its own.
-struct Batcher {
-    raft: Raft,
-    state: Arc<SharedState>,
-    counters: Arc<Counters>,
-    stamp_ms_last: u64,
-}
-
-impl Batcher {
-    async fn run(mut self, mut submit_rx: mpsc::Receiver<Submission>) {
-        let mut submissions = Vec::with_capacity(BATCH_COMMANDS_MAX);
-        while submit_rx.recv_many(&mut submissions, BATCH_COMMANDS_MAX).await > 0 {
-            assert!(submissions.len() <= BATCH_COMMANDS_MAX);
-            let (commands, replies): (Vec<Command>, Vec<_>) =
-                submissions.drain(..).map(|s| (s.command, s.reply)).unzip();
-            self.counters.n_batches.fetch_add(1, Ordering::Relaxed);
-            self.counters.n_commands.fetch_add(commands.len() as u64, Ordering::Relaxed);
-            let batch = Batch { stamp_ms: self.next_stamp_ms(), commands };
-            let n_commands = batch.commands.len();
-            match self.raft.client_write(batch).await {
-                Ok(response) => {
-                    assert_eq!(response.data.len(), n_commands, "one outcome per command");
-                    for (reply, outcome) in replies.into_iter().zip(response.data) {
-                        // A submitter that timed out has dropped its receiver; nothing to do.
-                        let _ = reply.send(Ok(outcome));
-                    }
-                }
-                Err(e) => {
-                    let error = LedgerError::from_client_write(e);
-                    for reply in replies {
-                        let _ = reply.send(Err(error.clone()));
-                    }
-                }
-            }
+fn serve(listener: tokio::net::TcpListener, service: RaftRpcServer) -> Server {
+    let service = RaftServiceServer::new(service)
+        .max_decoding_message_size(RPC_BYTES_MAX)
+        .max_encoding_message_size(RPC_BYTES_MAX);
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let task = tokio::spawn(async move {
+        let serving = tonic::transport::Server::builder().add_service(service);
+        let stop = async {
+            let _ = shutdown_rx.await;
+        };
+        if let Err(e) = serving.serve_with_incoming_shutdown(incoming, stop).await {
+            tracing::error!("raft gRPC server stopped: {e}");
         }
-    }
+    });
+    Server { shutdown_tx, task }
+}
 
-    /// The leader's wall clock in ms, never below the previous stamp nor below the state's
-    /// (a clock stepped back, or a new leader whose clock lags, must not move time back).
-    fn next_stamp_ms(&mut self) -> u64 {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
-        let applied_ms = self.state.read().ledger.stamp_ms();
-        self.stamp_ms_last = now_ms.max(self.stamp_ms_last).max(applied_ms);
-        self.stamp_ms_last
+/// Initializes a group's membership on first start. Every member may do this with the
+/// same membership; one whose log already holds it (from its own earlier start or from a
+/// peer) gets `NotAllowed`, which is success here.
+async fn bootstrap(group: &Group, members: BTreeMap<u64, BasicNode>) -> Result<(), LedgerError> {
+    match group.raft().initialize(members).await {
+        Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(RaftError::APIError(e)) => {
+            Err(LedgerError::Unavailable { reason: format!("bootstrap failed: {e}") })
+        }
+        Err(RaftError::Fatal(fatal)) => Err(LedgerError::from_fatal("bootstrapping", fatal)),
     }
 }
 
@@ -284,6 +324,8 @@ fn raft_config(options: &NodeOptions) -> Result<Config, LedgerError> {
         heartbeat_interval: HEARTBEAT_INTERVAL.as_millis() as u64,
         election_timeout_min: ELECTION_TIMEOUT_MIN.as_millis() as u64,
         election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
+        max_payload_entries: APPEND_ENTRIES_MAX,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_every_entries),
         max_in_snapshot_log_to_keep: options.entries_kept_after_snapshot,
         ..Config::default()

@@ -66,9 +66,10 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the state machine, restoring the latest persisted snapshot if there is one;
     /// openraft then re-applies the log entries after it.
-    pub fn open(db: &sled::Db) -> Result<StateMachine, StorageError> {
-        let snapshots =
-            db.open_tree("snapshot").map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+    pub fn open(db: &sled::Db, group: u32) -> Result<StateMachine, StorageError> {
+        let snapshots = db
+            .open_tree(format!("{group}/snapshot"))
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         let machine =
             StateMachine { state: Arc::new(SharedState::default()), snapshots, db: db.clone() };
         if let Some(stored) = machine.load_snapshot()? {

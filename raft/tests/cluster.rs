@@ -1,0 +1,159 @@
+//! A three-node ledger cluster with two Raft groups, talking gRPC on 127.0.0.1:
+//! replication to every replica, routing by account, and fail-over after the leader stops.
+
+use solrouter_ledger::{AccountId, Command, Op, OpId, PicoUsd, Reply};
+use solrouter_raft::{LedgerError, LedgerNode};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Bounded polling for eventual conditions: attempts × interval = 20 s, room for several
+/// elections on a loaded 2-core machine.
+const POLL_ATTEMPTS_MAX: u32 = 2_000;
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+const N_GROUPS: u32 = 2;
+const TOP_UP: PicoUsd = PicoUsd(1_000);
+
+/// A port the OS just handed out; another process could take it before the node binds it,
+/// which would fail the test loudly, never silently.
+fn free_local_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// Submits through whichever live node leads the command's group, following `NotLeader`
+/// hints and retrying retryable errors a bounded number of times (same op id: idempotent).
+async fn submit_to_leader(nodes: &BTreeMap<u64, LedgerNode>, command: Command) -> Reply {
+    let ids: Vec<u64> = nodes.keys().copied().collect();
+    let mut target = ids[0];
+    for attempt in 0..POLL_ATTEMPTS_MAX {
+        match nodes[&target].submit(command.clone()).await {
+            Ok(Ok(reply)) => return reply,
+            Ok(Err(rejection)) => panic!("{command:?} rejected: {rejection}"),
+            Err(LedgerError::NotLeader { leader_id: Some(leader), .. })
+                if nodes.contains_key(&leader) =>
+            {
+                target = leader;
+                continue;
+            }
+            Err(e) if e.is_retryable() => {}
+            Err(e) => panic!("{command:?} failed at node {target}: {e}"),
+        }
+        target = ids[attempt as usize % ids.len()];
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    panic!("{command:?} not applied after {POLL_ATTEMPTS_MAX} attempts");
+}
+
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..POLL_ATTEMPTS_MAX {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    panic!("not true after {POLL_ATTEMPTS_MAX} attempts: {what}");
+}
+
+fn credits_on(node: &LedgerNode, account: AccountId) -> Option<PicoUsd> {
+    node.read_local_account(account, |ledger| ledger.account(account).map(|a| a.credits))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_two_groups_replicate_and_fail_over() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let peers: BTreeMap<u64, String> = (1..=3).map(|id| (id, free_local_addr())).collect();
+    let mut nodes = BTreeMap::new();
+    for (id, dir) in (1..=3).zip(&dirs) {
+        let node = LedgerNode::open(id, &peers, dir.path(), N_GROUPS).await.unwrap();
+        nodes.insert(id, node);
+    }
+    // One account in each group.
+    let mut accounts = Vec::new();
+    for group_idx in 0..N_GROUPS {
+        let account = (1..)
+            .map(AccountId)
+            .find(|a| nodes[&1].group_idx_of(*a) == group_idx)
+            .expect("some account lands in every group");
+        accounts.push(account);
+    }
+
+    for (n, account) in accounts.iter().enumerate() {
+        let create = Op::CreateAccount { account: *account, name: "acme".into() };
+        let reply = submit_to_leader(&nodes, Command { id: OpId(n as u128), op: create }).await;
+        assert_eq!(reply, Reply::AccountCreated);
+        let top_up = Op::Credit { account: *account, amount: TOP_UP };
+        submit_to_leader(&nodes, Command { id: OpId(100 + n as u128), op: top_up }).await;
+    }
+    eventually("every replica of every group has its account", || {
+        nodes.values().all(|node| accounts.iter().all(|a| credits_on(node, *a) == Some(TOP_UP)))
+    })
+    .await;
+    // Each group keeps only its own accounts.
+    let (first, second) = (accounts[0], accounts[1]);
+    assert_eq!(nodes[&1].read_local_account(first, |ledger| ledger.account(second).cloned()), None);
+
+    // Stop the leader of the first account's group; the others elect a new one and go on.
+    let group_idx = nodes[&1].group_idx_of(first);
+    let mut leader = None;
+    eventually("the group has a leader", || {
+        leader = nodes[&1].group_stats(group_idx).leader_id;
+        leader.is_some()
+    })
+    .await;
+    let stopped = nodes.remove(&leader.unwrap()).unwrap();
+    stopped.shutdown().await.unwrap();
+    let top_up = Op::Credit { account: first, amount: TOP_UP };
+    submit_to_leader(&nodes, Command { id: OpId(200), op: top_up }).await;
+    let doubled = PicoUsd(2 * TOP_UP.0);
+    eventually("both survivors applied the top-up made after fail-over", || {
+        nodes.values().all(|node| credits_on(node, first) == Some(doubled))
+    })
+    .await;
+    for node in nodes.values() {
+        let audit = node.read_local_account(first, |ledger| ledger.audit());
+        assert!(audit.ok, "{:?}", audit.problems);
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_node_catches_up_from_a_snapshot() {
+    const SNAPSHOT_EVERY: u64 = 8;
+    const N_TOP_UPS: u128 = 40;
+    let account = AccountId(7);
+    let options = solrouter_raft::NodeOptions::try_new(SNAPSHOT_EVERY, 0).unwrap();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let peers: BTreeMap<u64, String> = (1..=3).map(|id| (id, free_local_addr())).collect();
+    let mut nodes = BTreeMap::new();
+    for (id, dir) in (1..=3).zip(&dirs) {
+        let node = LedgerNode::open_with(id, &peers, dir.path(), 1, &options).await.unwrap();
+        nodes.insert(id, node);
+    }
+    let create = Op::CreateAccount { account, name: "acme".into() };
+    submit_to_leader(&nodes, Command { id: OpId(1), op: create }).await;
+    eventually("node 3 has the account", || credits_on(&nodes[&3], account).is_some()).await;
+
+    // Node 3 stops; the other two go on far past a snapshot and purge their logs.
+    nodes.remove(&3).unwrap().shutdown().await.unwrap();
+    for n in 0..N_TOP_UPS {
+        let top_up = Op::Credit { account, amount: TOP_UP };
+        submit_to_leader(&nodes, Command { id: OpId(100 + n), op: top_up }).await;
+    }
+    let total = PicoUsd(N_TOP_UPS * TOP_UP.0);
+    eventually("the survivors purged the entries node 3 lacks", || {
+        nodes.values().all(|node| node.stats().purged_index.is_some_and(|i| i > SNAPSHOT_EVERY))
+    })
+    .await;
+
+    let node = LedgerNode::open_with(3, &peers, dirs[2].path(), 1, &options).await.unwrap();
+    nodes.insert(3, node);
+    eventually("node 3 caught up through a snapshot", || {
+        credits_on(&nodes[&3], account) == Some(total)
+    })
+    .await;
+    assert!(nodes[&3].stats().snapshot_index.is_some());
+    for node in nodes.values() {
+        assert!(node.read_local(|ledger| ledger.audit()).ok);
+        node.shutdown().await.unwrap();
+    }
+}
