@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod health;
 pub mod keys;
 pub mod mock;
 pub mod parse;
