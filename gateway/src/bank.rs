@@ -6,7 +6,7 @@
 use crate::error::ApiError;
 use crate::keys;
 use solrouter_ledger::{
-    AccountId, Command, HoldId, KeyId, Ledger, Op, OpId, Outcome, PicoUsd, RequestRecord,
+    AccountId, Command, HoldId, KeyId, Ledger, Op, OpId, Outcome, PicoUsd, Rejection, RequestRecord,
 };
 use solrouter_raft::LedgerNode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -113,6 +113,9 @@ impl Bank {
             for attempt in 1..=SETTLE_ATTEMPTS_MAX {
                 match bank.node.submit(Command { id, op: op.clone() }).await {
                     Ok(Ok(_)) => return,
+                    // A defensive release of a hold that was never made (its reserve
+                    // failed) or is already gone (expired, settled): nothing to do.
+                    Ok(Err(Rejection::UnknownHold)) if matches!(op, Op::Release { .. }) => return,
                     Ok(Err(rejection)) => {
                         // A rejection is final: retrying the same op gets the same answer.
                         metrics::counter!("solrouter_settle_failures_total").increment(1);

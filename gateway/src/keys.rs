@@ -50,19 +50,22 @@ pub fn secrets_equal(left: &[u8], right: &[u8]) -> bool {
     left.len() == right.len() && bool::from(left.ct_eq(right))
 }
 
-/// A random id that is never zero (zero reads as "unset" in logs and URLs).
+/// A random id that is never zero (zero reads as "unset" in logs and URLs). Ids must be
+/// unique, not secret: the thread-local generator (a CSPRNG seeded from the OS) avoids
+/// a system call per request.
 pub fn random_u64() -> u64 {
     loop {
-        let id = rand::rngs::OsRng.next_u64();
+        let id = rand::thread_rng().next_u64();
         if id != 0 {
             return id;
         }
     }
 }
 
+/// A random 128-bit id (operation ids, hold ids); see [`random_u64`].
 pub fn random_u128() -> u128 {
     let mut bytes = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    rand::thread_rng().fill_bytes(&mut bytes);
     u128::from_le_bytes(bytes)
 }
 

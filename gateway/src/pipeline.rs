@@ -14,7 +14,7 @@
 //! 8. respond and settle — settle the hold with the request record, then finish the
 //!    response, so a client that has its answer also sees the charge.
 //!
-//! Stages 7–8 run in a task of their own: once money is held, the hold must end in a
+//! Stages 6–8 run in a task of their own: once money is held, the hold must end in a
 //! settle or a release even if the client disconnects and its connection is dropped.
 
 use crate::app::App;
@@ -100,6 +100,7 @@ pub async fn chat_completions(
     app: &'static App,
     request: Request<Incoming>,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
     let limit = app.config.body_bytes_max();
     check_declared_length(request.headers(), limit)?;
     let authorization = request.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
@@ -114,13 +115,22 @@ pub async fn chat_completions(
         chat: parsed.chat,
         candidates,
         prompt_tokens_max: parsed.prompt_tokens_max,
-        started: Instant::now(),
+        started,
         created_ms: now_ms(),
-        deadline: Instant::now() + app.upstream.timeouts().total,
+        deadline: started + app.upstream.timeouts().total,
     };
-    reserve(app, &context).await?;
+    // From the reserve on, money is involved: stages 6–8 run in their own task, so a
+    // client that hangs up (which drops this future) cannot cut them short between a
+    // reserve and its settle or release.
     let (reply, replied) = oneshot::channel();
-    tokio::spawn(forward(app, context, reply));
+    tokio::spawn(async move {
+        match reserve(app, &context).await {
+            Ok(()) => forward(app, context, reply).await,
+            Err(error) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    });
     replied
         .await
         .unwrap_or_else(|_| Err(ApiError::internal("the request's task ended without an answer")))
@@ -193,7 +203,13 @@ async fn reserve(app: &'static App, context: &RequestContext) -> Result<(), ApiE
         amount,
         expires_at_ms: now_ms() + ttl.as_millis() as u64,
     };
-    match app.bank.submit(OpId(crate::keys::random_u128()), op).await? {
+    let submitted = app.bank.submit(OpId(crate::keys::random_u128()), op).await;
+    let outcome = submitted.inspect_err(|_| {
+        // The reserve may have been applied without its answer reaching us; releasing
+        // an unknown hold is harmless, a forgotten one would hold money until expiry.
+        app.bank.release(context.caller.account, context.generation);
+    })?;
+    match outcome {
         Ok(Reply::Reserved { .. }) => Ok(()),
         Ok(reply) => Err(ApiError::internal(format!("reserve answered {reply:?}"))),
         Err(Rejection::InsufficientFunds { available }) => {
@@ -242,7 +258,7 @@ async fn forward(
         };
         let error = match failure {
             Failure::Upstream(error) if error.fallback && candidate_idx + 1 < n_candidates => {
-                metrics::counter!("solrouter_fallbacks_total", "provider" => model.provider.clone()).increment(1);
+                metrics::counter!("solrouter_fallbacks_total", "provider" => model.provider.as_str()).increment(1);
                 tracing::info!(%error, model = %model.id, "falling back to the next candidate");
                 continue;
             }
@@ -284,7 +300,7 @@ async fn complete(
 
 async fn respond_complete(
     context: &RequestContext,
-    model: &Model,
+    model: &'static Model,
     completion: Completion,
     hold: HoldGuard,
     reply: oneshot::Sender<Result<Response, ApiError>>,
@@ -297,11 +313,11 @@ async fn respond_complete(
     let _ = reply.send(Ok(respond::text(StatusCode::OK, body, "application/json")));
 }
 
-pub fn observe_cost(model: &Model, cost: PicoUsd) {
+pub fn observe_cost(model: &'static Model, cost: PicoUsd) {
     // Whole micro-USD keep the counter an exact integer; sub-micro remainders are noise
     // at the scale a dashboard shows.
     let micro_usd = (cost.0 / 1_000_000) as u64;
-    metrics::counter!("solrouter_cost_micro_usd_total", "model" => model.id.clone())
+    metrics::counter!("solrouter_cost_micro_usd_total", "model" => model.id.as_str())
         .increment(micro_usd);
 }
 

@@ -104,7 +104,7 @@ enum End {
 /// usage chunk (or an error event).
 pub async fn run(
     context: &RequestContext,
-    model: &Model,
+    model: &'static Model,
     mut stream: OpenStream,
     hold: HoldGuard,
     reply: oneshot::Sender<Result<Response, ApiError>>,

@@ -27,6 +27,10 @@ pub const CONNECTIONS_MAX: usize = 16_384;
 /// client that trickles bytes cannot hold a connection open forever.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often an HTTP/2 connection is pinged, and how long an answer may take before the
+/// connection counts as dead.
+pub const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
+pub const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests (streams included) may run on after shutdown begins.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -41,6 +45,12 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    // HTTP/2 has no header timeout between requests; pings find dead peers instead.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(HTTP2_PING_INTERVAL)
+        .keep_alive_timeout(HTTP2_PING_TIMEOUT);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
