@@ -2,6 +2,7 @@
 //! group-commit batcher.
 
 use crate::error::LedgerError;
+use crate::kv::KvTree;
 use crate::log_store::LogStore;
 use crate::state_machine::{SharedState, StateMachine};
 use crate::types::{NodeId, Raft};
@@ -12,6 +13,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
+
+/// Where batch stamps come from, in ms since the Unix epoch: [`wall_clock_ms`] in
+/// production, the simulation's virtual clock in tests.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock in ms since the Unix epoch (0 if it is set before 1970).
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
 
 pub struct Group {
     raft: Raft,
@@ -33,6 +45,19 @@ impl Group {
             .map_err(|e| LedgerError::storage("opening the log", e))?;
         let state_machine = StateMachine::open(db, group_idx)
             .map_err(|e| LedgerError::storage("restoring the snapshot", e))?;
+        let clock: Clock = Arc::new(wall_clock_ms);
+        Group::start_with(node_id, log_store, state_machine, config, network, clock).await
+    }
+
+    /// Starts a group over already opened stores, stamping batches with `clock`.
+    pub async fn start_with<K: KvTree, N: RaftNetworkFactory<crate::types::TypeConfig>>(
+        node_id: NodeId,
+        log_store: LogStore<K>,
+        state_machine: StateMachine<K>,
+        config: Arc<Config>,
+        network: N,
+        clock: Clock,
+    ) -> Result<Group, LedgerError> {
         let state = state_machine.shared();
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
@@ -43,6 +68,7 @@ impl Group {
             raft: raft.clone(),
             state: Arc::clone(&state),
             counters: Arc::clone(&counters),
+            clock,
             stamp_ms_last: 0,
         };
         // The batcher ends when the group (the only sender) is dropped.
@@ -120,6 +146,7 @@ struct Batcher {
     raft: Raft,
     state: Arc<SharedState>,
     counters: Arc<Counters>,
+    clock: Clock,
     stamp_ms_last: u64,
 }
 
@@ -152,12 +179,10 @@ impl Batcher {
         }
     }
 
-    /// The leader's wall clock in ms, never below the previous stamp nor below the state's
+    /// The leader's clock in ms, never below the previous stamp nor below the state's
     /// (a clock stepped back, or a new leader whose clock lags, must not move time back).
     fn next_stamp_ms(&mut self) -> u64 {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        let now_ms = (self.clock)();
         let applied_ms = self.state.read().ledger.stamp_ms();
         self.stamp_ms_last = now_ms.max(self.stamp_ms_last).max(applied_ms);
         self.stamp_ms_last

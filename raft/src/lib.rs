@@ -14,6 +14,7 @@ mod error;
 mod group;
 mod grpc;
 mod grpc_network;
+mod kv;
 mod log_store;
 mod network;
 mod node;

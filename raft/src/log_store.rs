@@ -1,4 +1,5 @@
-//! The Raft log, the vote and the committed index, kept in sled.
+//! The Raft log, the vote and the committed index, kept in sled (through [`KvTree`], so the
+//! simulation runs this same code over its in-memory store).
 //!
 //! Layout, per Raft group `g`: tree `g/log` maps a big-endian `u64` index (so sled's byte order is index order) to
 //! a bincode [`Entry`]; tree `g/meta` holds the vote, the committed log id and the last
@@ -8,6 +9,7 @@
     reason = "openraft's storage traits return its large StorageError by value; helpers match them"
 )]
 
+use crate::kv::{KvPair, KvTree};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError, Vote};
@@ -20,26 +22,32 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"last_purged";
 
-/// Cheap to clone: sled trees are reference-counted handles, so the log reader openraft asks
+/// Cheap to clone: trees are reference-counted handles, so the log reader openraft asks
 /// for is just another handle on the same trees.
 #[derive(Clone)]
-pub struct LogStore {
-    db: sled::Db,
-    log: sled::Tree,
-    meta: sled::Tree,
+pub struct LogStore<K: KvTree = sled::Tree> {
+    log: K,
+    meta: K,
 }
 
 impl LogStore {
     pub fn open(db: &sled::Db, group: u32) -> Result<LogStore, sled::Error> {
         let log = db.open_tree(format!("{group}/log"))?;
         let meta = db.open_tree(format!("{group}/meta"))?;
-        Ok(LogStore { db: db.clone(), log, meta })
+        Ok(LogStore::new(log, meta))
+    }
+}
+
+impl<K: KvTree> LogStore<K> {
+    /// A store over two trees of one key-value store (a flush of either flushes both).
+    pub fn new(log: K, meta: K) -> LogStore<K> {
+        LogStore { log, meta }
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let bytes = self.meta.get(key).map_err(|e| StorageIOError::read(&e))?;
         bytes
-            .map(|b| bincode::deserialize(&b).map_err(|e| StorageIOError::read(&e).into()))
+            .map(|b| bincode::deserialize(b.as_ref()).map_err(|e| StorageIOError::read(&e).into()))
             .transpose()
     }
 
@@ -51,39 +59,38 @@ impl LogStore {
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
         let last = self.log.last().map_err(|e| StorageIOError::read_logs(&e))?;
-        last.map(|(_, bytes)| decode_entry(&bytes).map(|entry| entry.log_id)).transpose()
+        last.map(|bytes| decode_entry(bytes.as_ref()).map(|entry| entry.log_id)).transpose()
     }
 
-    /// Removes every entry whose index lies in `range`, in one sled batch so a crash leaves
+    /// Removes every entry whose index lies in `range`, in one batch so a crash leaves
     /// either all of them or none.
     fn remove_range(&self, range: (Bound<u64>, Bound<u64>)) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.log.range(byte_bounds(range)) {
-            let (key, _) = item.map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.remove(key);
-        }
+        let pairs = self.log_range(range).map_err(|e| StorageIOError::write_logs(&e))?;
+        let batch = pairs.into_iter().map(|(key, _)| (key.as_ref().to_vec(), None)).collect();
         self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
+
+    /// The stored entries whose index lies in `range`, as raw keys and values.
+    fn log_range(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<KvPair<K>>, K::Error> {
+        let (start, end) = (range.0.map(u64::to_be_bytes), range.1.map(u64::to_be_bytes));
+        self.log.range((start.as_ref().map(|b| &b[..]), end.as_ref().map(|b| &b[..])))
+    }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<K: KvTree> RaftLogReader<TypeConfig> for LogStore<K> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
-        let mut entries = Vec::new();
-        for item in self.log.range(byte_bounds(bounds)) {
-            let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            entries.push(decode_entry(&bytes)?);
-        }
-        Ok(entries)
+        let pairs = self.log_range(bounds).map_err(|e| StorageIOError::read_logs(&e))?;
+        pairs.iter().map(|(_, bytes)| decode_entry(bytes.as_ref())).collect()
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
+impl<K: KvTree> RaftLogStorage<TypeConfig> for LogStore<K> {
+    type LogReader = LogStore<K>;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read_meta(KEY_PURGED)?;
@@ -99,7 +106,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// one term after a crash), hence the flush.
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.write_meta(KEY_VOTE, vote)?;
-        self.db.flush_async().await.map_err(|e| StorageIOError::write_vote(&e))?;
+        self.meta.flush().await.map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
     }
 
@@ -117,7 +124,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    /// Acknowledges only after sled has flushed to disk: an entry openraft counts as
+    /// Acknowledges only after the store has flushed to disk: an entry openraft counts as
     /// persisted may be committed and answered to a client, so a SIGKILL right after the
     /// callback must not lose it.
     async fn append<I>(
@@ -129,15 +136,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
+        let mut batch = Vec::new();
         for entry in entries {
             let bytes = bincode::serialize(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
-            batch.insert(&entry.log_id.index.to_be_bytes(), bytes);
+            batch.push((entry.log_id.index.to_be_bytes().to_vec(), Some(bytes)));
         }
         self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
-        let flushed = self.db.flush_async().await;
-        let result = flushed.map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+        let flushed = self.log.flush().await;
+        let result = flushed.map_err(|e| std::io::Error::other(e.to_string()));
         callback.log_io_completed(result);
         Ok(())
     }
@@ -159,8 +166,4 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
     bincode::deserialize(bytes).map_err(|e| StorageIOError::read_logs(&e).into())
-}
-
-fn byte_bounds(range: (Bound<u64>, Bound<u64>)) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
-    (range.0.map(u64::to_be_bytes), range.1.map(u64::to_be_bytes))
 }

@@ -1,4 +1,5 @@
-//! The replicated state machine: the [`Ledger`] in memory, snapshots in sled.
+//! The replicated state machine: the [`Ledger`] in memory, snapshots in sled (through
+//! [`KvTree`], so the simulation runs this same code over its in-memory store).
 //!
 //! The ledger is never written to disk entry by entry. Durability comes from the Raft log;
 //! a snapshot (bincode of the ledger plus the log id and membership it covers) lets the
@@ -8,6 +9,7 @@
     reason = "openraft's storage traits return its large StorageError by value; helpers match them"
 )]
 
+use crate::kv::KvTree;
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -57,21 +59,25 @@ struct StoredSnapshot {
 }
 
 #[derive(Clone)]
-pub struct StateMachine {
+pub struct StateMachine<K: KvTree = sled::Tree> {
     state: Arc<SharedState>,
-    snapshots: sled::Tree,
-    db: sled::Db,
+    snapshots: K,
 }
 
 impl StateMachine {
-    /// Opens the state machine, restoring the latest persisted snapshot if there is one;
-    /// openraft then re-applies the log entries after it.
     pub fn open(db: &sled::Db, group: u32) -> Result<StateMachine, StorageError> {
         let snapshots = db
             .open_tree(format!("{group}/snapshot"))
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let machine =
-            StateMachine { state: Arc::new(SharedState::default()), snapshots, db: db.clone() };
+        StateMachine::restore(snapshots)
+    }
+}
+
+impl<K: KvTree> StateMachine<K> {
+    /// Opens the state machine over its snapshot tree, restoring the latest persisted
+    /// snapshot if there is one; openraft then re-applies the log entries after it.
+    pub fn restore(snapshots: K) -> Result<StateMachine<K>, StorageError> {
+        let machine = StateMachine { state: Arc::new(SharedState::default()), snapshots };
         if let Some(stored) = machine.load_snapshot()? {
             *machine.state.write() = restore(&stored.meta, &stored.data)?;
         }
@@ -87,8 +93,9 @@ impl StateMachine {
             .snapshots
             .get(KEY_SNAPSHOT)
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let decode = |b: sled::IVec| {
-            bincode::deserialize(&b).map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+        let decode = |b: K::Value| {
+            bincode::deserialize(b.as_ref())
+                .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
         };
         bytes.map(decode).transpose()
     }
@@ -102,7 +109,7 @@ impl StateMachine {
         };
         let bytes = bincode::serialize(stored).map_err(|e| write_error(&e))?;
         self.snapshots.insert(KEY_SNAPSHOT, bytes).map_err(|e| write_error(&e))?;
-        self.db.flush_async().await.map_err(|e| write_error(&e))?;
+        self.snapshots.flush().await.map_err(|e| write_error(&e))?;
         Ok(())
     }
 }
@@ -113,7 +120,7 @@ fn restore(meta: &SnapshotMeta, data: &[u8]) -> Result<Applied, StorageError> {
     Ok(Applied { ledger, last_applied: meta.last_log_id, membership: meta.last_membership.clone() })
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+impl<K: KvTree> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
     /// Serializes under the read lock, which holds back applies for that long; the ledger's
     /// size is bounded (idempotency window, holds, accounts), and cloning it first would
     /// cost the same time and twice the memory.
@@ -139,8 +146,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = StateMachine;
+impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
+    type SnapshotBuilder = StateMachine<K>;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let applied = self.state.read();
