@@ -5,6 +5,7 @@
 use crate::bank::Bank;
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::health::Health;
 use crate::providers::Providers;
 use crate::upstream::Upstream;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -16,6 +17,8 @@ pub struct App {
     pub bank: Bank,
     pub catalog: Catalog,
     pub providers: Providers,
+    /// One circuit breaker per provider, consulted before each upstream attempt.
+    pub health: Health,
     pub upstream: Upstream,
     pub metrics: PrometheusHandle,
 }

@@ -6,6 +6,7 @@ use crate::app::App;
 use crate::bank::Bank;
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::health::Health;
 use crate::keys;
 use crate::providers::Providers;
 use crate::upstream::Upstream;
@@ -60,10 +61,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     ensure_demo_account(&bank, &data_dir).await?;
+    let catalog = Catalog::builtin();
     let app = App {
         upstream: Upstream::try_new(config.upstream()).context("building the upstream client")?,
         providers: Providers::from_env(Some(mock_url)),
-        catalog: Catalog::builtin(),
+        health: Health::new(catalog.models().map(|model| model.provider.as_str())),
+        catalog,
         config,
         admin_token,
         bank,

@@ -21,12 +21,13 @@ use crate::app::App;
 use crate::bank::{now_ms, Caller, HOLD_GRACE};
 use crate::catalog::{Model, Price};
 use crate::error::ApiError;
+use crate::health::Admission;
 use crate::parse::{self, ParsedChat};
 use crate::providers::{Adapter, ChatRequest, Completion, Endpoint, UpstreamError, Usage};
 use crate::relay;
 use crate::respond::{self, Response};
 use crate::server::{check_declared_length, read_body};
-use crate::upstream::Deadlines;
+use crate::upstream::{self, Deadlines};
 use crate::wire;
 use http::{header::AUTHORIZATION, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
@@ -243,18 +244,14 @@ async fn forward(
     let hold = HoldGuard::new(app, &context);
     let n_candidates = context.candidates.len();
     for (candidate_idx, model) in context.candidates.iter().copied().enumerate() {
-        let failure = if context.chat.stream {
-            match relay::open(app, &context, model).await {
-                Ok(stream) => return relay::run(&context, model, stream, hold, reply).await,
-                Err(failure) => failure,
+        let failure = match attempt(app, &context, model).await {
+            Ok(Answer::Complete(completion)) => {
+                return respond_complete(&context, model, completion, hold, reply).await
             }
-        } else {
-            match complete(app, &context, model).await {
-                Ok(completion) => {
-                    return respond_complete(&context, model, completion, hold, reply).await
-                }
-                Err(failure) => failure,
+            Ok(Answer::Stream(stream)) => {
+                return relay::run(app, &context, model, stream, hold, reply).await
             }
+            Err(failure) => failure,
         };
         let error = match failure {
             Failure::Upstream(error) if error.fallback && candidate_idx + 1 < n_candidates => {
@@ -269,6 +266,50 @@ async fn forward(
         let _ = reply.send(Err(error));
         return;
     }
+}
+
+/// What a successful attempt yields: a whole completion, or a stream ready to relay.
+enum Answer {
+    Complete(Completion),
+    Stream(relay::OpenStream),
+}
+
+/// One attempt at one candidate, gated by its provider's circuit breaker and recorded
+/// in it, so a provider that keeps failing is skipped (the request falls back at once)
+/// until a probe finds it healthy again.
+async fn attempt(
+    app: &'static App,
+    context: &RequestContext,
+    model: &'static Model,
+) -> Result<Answer, Failure> {
+    if app.health.admit(&model.provider) == Admission::Refuse {
+        let message = "skipped: its recent requests failed (circuit open)";
+        return Err(upstream::failure(
+            &model.provider,
+            StatusCode::SERVICE_UNAVAILABLE,
+            message,
+            true,
+        )
+        .into());
+    }
+    let result = if context.chat.stream {
+        relay::open(app, context, model).await.map(Answer::Stream)
+    } else {
+        complete(app, context, model).await.map(Answer::Complete)
+    };
+    match &result {
+        Ok(_) => app.health.record(&model.provider, true),
+        Err(Failure::Upstream(error)) => app.health.record(&model.provider, !is_outage(error)),
+        // Refused before anything was sent: says nothing about the provider.
+        Err(Failure::Final(_)) => {}
+    }
+    result
+}
+
+/// Whether a failure counts against the provider's health: its servers failed or did
+/// not answer in time. Its refusals of a request (4xx, rate limits) do not.
+pub fn is_outage(error: &UpstreamError) -> bool {
+    error.status.is_server_error() || error.status == StatusCode::REQUEST_TIMEOUT
 }
 
 /// The adapter and endpoint serving `model` (routing checked the provider is enabled).

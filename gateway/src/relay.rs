@@ -5,7 +5,7 @@
 use crate::app::App;
 use crate::catalog::Model;
 use crate::error::ApiError;
-use crate::pipeline::{observe_cost, provider, Failure, HoldGuard, RequestContext};
+use crate::pipeline::{is_outage, observe_cost, provider, Failure, HoldGuard, RequestContext};
 use crate::providers::{Chunk, StreamTranslator, UpstreamError, Usage};
 use crate::respond::{self, Response};
 use crate::upstream::{self, next_chunk, Deadlines};
@@ -103,6 +103,7 @@ enum End {
 /// Commits the response, relays the stream, settles, and ends the stream with the
 /// usage chunk (or an error event).
 pub async fn run(
+    app: &'static App,
     context: &RequestContext,
     model: &'static Model,
     mut stream: OpenStream,
@@ -115,6 +116,9 @@ pub async fn run(
     let _ = reply.send(Ok(respond::event_stream(receiver)));
     let mut n_token_chunks = 0u64;
     let end = pump(&mut stream, &sender, &encoder, &mut n_token_chunks).await;
+    if let End::Failed(error) = &end {
+        app.health.record(&model.provider, !is_outage(error));
+    }
     let usage = billable_usage(stream.translator.usage(), n_token_chunks);
     let cost = model.price.cost(&usage);
     let status = match &end {

@@ -3,6 +3,7 @@
 
 use crate::app::App;
 use crate::error::ApiError;
+use crate::health::State;
 use crate::respond::{self, Response};
 use crate::{admin, api, pipeline};
 use bytes::Bytes;
@@ -134,10 +135,26 @@ async fn route(
     ("api", result)
 }
 
-/// Ready when the ledger answers a linearizable read.
+/// Ready when the ledger answers a linearizable read. The body also shows each
+/// configured provider's circuit state; a failing provider does not make the gateway
+/// unready (other providers, and fallbacks, still work).
 async fn readiness(app: &'static App) -> Result<Response, ApiError> {
     app.bank.read(|_| ()).await?;
-    Ok(respond::text(StatusCode::OK, "ready\n", "text/plain"))
+    let providers: serde_json::Map<String, serde_json::Value> = app
+        .health
+        .states()
+        .filter(|(provider, _)| app.providers.enabled(provider))
+        .map(|(provider, state)| {
+            let state = match state {
+                State::Closed => "healthy",
+                State::Open => "failing",
+                State::HalfOpen => "probing",
+            };
+            (provider.to_owned(), state.into())
+        })
+        .collect();
+    let body = serde_json::json!({"ledger": "ok", "providers": providers});
+    Ok(respond::json(StatusCode::OK, &body))
 }
 
 /// Refuses a body whose declared length is over the limit before reading any of it.

@@ -292,3 +292,32 @@ async fn admin_api_checks_token_input_and_idempotency() {
     assert_eq!(dev.get(&format!("/v1/api/generation?id={id}"), &other_key).await.0, 404);
     dev.audit_ok().await;
 }
+
+#[tokio::test]
+async fn a_failing_provider_is_skipped_once_its_circuit_opens() {
+    let dir = data_dir();
+    let upstream = misbehaving_upstream();
+    let dev = Dev::start(
+        &path(&dir),
+        &[("OPENAI_API_KEY", "sk-test"), ("SOLROUTER_OPENAI_BASE_URL", &upstream)],
+    );
+    let key = dev.demo_key.clone().expect("demo key");
+    let garbage = json!({"model": "openai/gpt-4o-mini", "messages": user("garbage")});
+    // FAILURES_TO_OPEN (5) consecutive failures open the breaker.
+    for _ in 0..5 {
+        assert_eq!(dev.chat(&key, &garbage).await.0, 502);
+    }
+    let (status, skipped) = dev.chat(&key, &garbage).await;
+    check("circuit open", &(status, skipped.clone()), 503, &[]);
+    let message = skipped["error"]["message"].as_str().expect("message");
+    assert!(message.contains("circuit open"), "{message}");
+    let (status, ready) = dev.get("/readyz", &key).await;
+    assert_eq!((status, &ready["providers"]["openai"]), (200, &json!("failing")), "{ready}");
+    assert_eq!(ready["providers"]["mock"], "healthy");
+    // A fallback skips the failing provider without waiting on it.
+    let mut fallback = garbage.clone();
+    fallback["models"] = json!(["mock/echo"]);
+    let (status, answer) = dev.chat(&key, &fallback).await;
+    assert_eq!((status, &answer["model"]), (200, &json!("mock/echo")), "{answer}");
+    dev.audit_ok().await;
+}
