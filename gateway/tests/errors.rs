@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use support::{cost_pico, data_dir, path, pico, read_json, user, Dev, ADMIN_TOKEN};
+use support::{cost_pico, data_dir, path, pico, user, Dev, ADMIN_TOKEN};
 
 /// A fake OpenAI-compatible upstream on a real socket that misbehaves on request: the
 /// last user message picks the failure.
@@ -72,75 +72,50 @@ fn check(
     }
 }
 
-#[tokio::test]
-async fn errors_are_openai_shaped_and_cost_nothing() {
-    let dir = data_dir();
-    let upstream = misbehaving_upstream();
-    let dev = Dev::start(
-        &path(&dir),
-        &[
-            ("SOLROUTER_BODY_BYTES_MAX", "65536"),
-            ("OPENAI_API_KEY", "sk-test"),
-            ("SOLROUTER_OPENAI_BASE_URL", &upstream),
-            ("SOLROUTER_UPSTREAM_FIRST_BYTE_TIMEOUT_MS", "500"),
-        ],
-    );
-    let key = dev.demo_key.clone().expect("demo key");
-    let before = dev.account(&dev.demo_account).await;
-    let echo = |content: &str| json!({"model": "mock/echo", "messages": user(content)});
-    let mini = |content: &str| json!({"model": "openai/gpt-4o-mini", "messages": user(content)});
+fn echo(content: &str) -> Value {
+    json!({"model": "mock/echo", "messages": user(content)})
+}
 
-    // 401: no key, a malformed key, a well-formed unknown key, a revoked key.
+#[tokio::test]
+async fn missing_unknown_and_revoked_keys_get_401() {
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &[]);
     let unknown = format!("sr_{}{}", &dev.demo_account, "ab".repeat(32));
     for (label, bearer) in [("malformed key", "nope"), ("unknown key", unknown.as_str())] {
         check(label, &dev.chat(bearer, &echo("x")).await, 401, &[("code", "invalid_api_key")]);
     }
-    let bare = dev
-        .client
-        .post(dev.url("/v1/api/chat/completions"))
-        .body(echo("x").to_string())
-        .send()
-        .await
-        .expect("send");
-    check("no key", &(bare.status().as_u16(), read_json(bare).await), 401, &[]);
+    let body = reqwest::Body::from(echo("x").to_string());
+    check("no key", &dev.post_raw("/v1/api/chat/completions", None, body).await, 401, &[]);
     let (key_id, revocable) = dev.create_key(&dev.demo_account).await;
-    let (status, served) = dev.chat(&revocable, &echo("x")).await;
-    assert_eq!(status, 200);
-    let charged = cost_pico(&served["usage"]["cost"]);
+    assert_eq!(dev.chat(&revocable, &echo("x")).await.0, 200);
     let (status, _) = dev.admin(Method::DELETE, &format!("/v1/admin/keys/{key_id}"), None).await;
     assert_eq!(status, 200);
-    check(
-        "revoked key",
-        &dev.chat(&revocable, &echo("x")).await,
-        401,
-        &[("message", "API key has been revoked")],
-    );
+    let revoked = dev.chat(&revocable, &echo("x")).await;
+    check("revoked key", &revoked, 401, &[("message", "API key has been revoked")]);
+    check("revoked key, credits", &dev.get("/v1/api/credits", &revocable).await, 401, &[]);
+}
 
-    // 400 naming the parameter; 404 for an unknown model.
-    let raw = dev
-        .client
-        .post(dev.url("/v1/api/chat/completions"))
-        .bearer_auth(&key)
-        .body("{")
-        .send()
-        .await
-        .expect("send");
-    check(
-        "invalid JSON",
-        &(raw.status().as_u16(), read_json(raw).await),
-        400,
-        &[("code", "invalid_json")],
-    );
-    check(
-        "no messages",
-        &dev.chat(&key, &json!({"model": "mock/echo"})).await,
-        400,
-        &[("param", "messages")],
-    );
-    let negative = json!({"model": "mock/echo", "messages": user("x"), "max_tokens": -1});
-    check("max_tokens", &dev.chat(&key, &negative).await, 400, &[("param", "max_tokens")]);
-    let stream_text = json!({"model": "mock/echo", "messages": user("x"), "stream": "yes"});
-    check("stream", &dev.chat(&key, &stream_text).await, 400, &[("param", "stream")]);
+#[tokio::test]
+async fn invalid_requests_get_400_404_405_and_413() {
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &[("SOLROUTER_BODY_BYTES_MAX", "65536")]);
+    let key = dev.demo_key.clone().expect("demo key");
+    let chat = "/v1/api/chat/completions";
+    let invalid = dev.post_raw(chat, Some(&key), reqwest::Body::from("{")).await;
+    check("invalid JSON", &invalid, 400, &[("code", "invalid_json")]);
+    let cases = [
+        ("no messages", json!({"model": "mock/echo"}), "messages"),
+        (
+            "max_tokens",
+            json!({"model": "mock/echo", "messages": user("x"), "max_tokens": -1}),
+            "max_tokens",
+        ),
+        ("stream", json!({"model": "mock/echo", "messages": user("x"), "stream": "yes"}), "stream"),
+        ("no model", json!({"messages": user("x")}), "model"),
+    ];
+    for (label, body, param) in cases {
+        check(label, &dev.chat(&key, &body).await, 400, &[("param", param)]);
+    }
     let unknown_model = json!({"model": "nope/nope", "messages": user("x")});
     check(
         "unknown model",
@@ -150,36 +125,47 @@ async fn errors_are_openai_shaped_and_cost_nothing() {
     );
 
     // 413, declared up front or discovered while reading a chunked body.
-    let big = json!({"model": "mock/echo", "messages": user(&"x".repeat(70_000))});
+    let big = echo(&"x".repeat(70_000));
     check("declared too large", &dev.chat(&key, &big).await, 413, &[("code", "request_too_large")]);
     let chunks = vec![Ok::<_, std::io::Error>(vec![b' '; 40_000]), Ok(vec![b' '; 40_000])];
-    let chunked = dev
-        .client
-        .post(dev.url("/v1/api/chat/completions"))
-        .bearer_auth(&key)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
-        .send()
-        .await
-        .expect("send");
-    check("chunked too large", &(chunked.status().as_u16(), read_json(chunked).await), 413, &[]);
+    let chunked = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    check("chunked too large", &dev.post_raw(chat, Some(&key), chunked).await, 413, &[]);
 
-    // Upstream failures: 503 outage, 502 garbage, 504 silence.
-    let outage = json!({"model": "mock/unavailable", "messages": user("x")});
-    check("outage", &dev.chat(&key, &outage).await, 503, &[]);
-    check("garbage", &dev.chat(&key, &mini("garbage")).await, 502, &[("code", "upstream_error")]);
-    check("silence", &dev.chat(&key, &mini("hang")).await, 504, &[("code", "upstream_timeout")]);
-
-    // Routing and method errors.
-    let (status, body) = dev.get("/v1/api/chat/completions", &key).await;
-    check("method", &(status, body), 405, &[]);
+    check("method", &dev.get(chat, &key).await, 405, &[]);
     check("path", &dev.get("/v1/api/nothing", &key).await, 404, &[]);
     check("generation id", &dev.get("/v1/api/generation?id=gen-1", &key).await, 404, &[]);
     check("generation param", &dev.get("/v1/api/generation", &key).await, 400, &[("param", "id")]);
+    dev.audit_ok().await;
+}
 
+#[tokio::test]
+async fn upstream_failures_get_502_503_504_and_cost_nothing() {
+    let dir = data_dir();
+    let upstream = misbehaving_upstream();
+    let dev = Dev::start(
+        &path(&dir),
+        &[
+            ("OPENAI_API_KEY", "sk-test"),
+            ("SOLROUTER_OPENAI_BASE_URL", &upstream),
+            ("SOLROUTER_UPSTREAM_FIRST_BYTE_TIMEOUT_MS", "500"),
+        ],
+    );
+    let key = dev.demo_key.clone().expect("demo key");
+    let before = dev.account(&dev.demo_account).await;
+    let mini = |content: &str| json!({"model": "openai/gpt-4o-mini", "messages": user(content)});
+    for stream in [false, true] {
+        let mut outage = json!({"model": "mock/unavailable", "messages": user("x")});
+        outage["stream"] = json!(stream);
+        check("outage", &dev.chat(&key, &outage).await, 503, &[("code", "upstream_unavailable")]);
+    }
+    check("garbage", &dev.chat(&key, &mini("garbage")).await, 502, &[("code", "upstream_error")]);
+    check("silence", &dev.chat(&key, &mini("hang")).await, 504, &[("code", "upstream_timeout")]);
+    let mut silent_stream = mini("hang");
+    silent_stream["stream"] = json!(true);
+    check("silent stream", &dev.chat(&key, &silent_stream).await, 504, &[]);
     let after = dev.account(&dev.demo_account).await;
-    // Only the one request that succeeded was charged; every failure released its hold.
-    assert_eq!(after["held"], "0.00", "{after}");
-    assert_eq!(pico(&after["spent"]) - pico(&before["spent"]), charged, "{after}");
+    // Nothing was produced, so nothing was charged and every hold was released.
+    assert_eq!(after, before);
     dev.audit_ok().await;
 }
 

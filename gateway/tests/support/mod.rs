@@ -132,6 +132,22 @@ impl Dev {
         (events, done)
     }
 
+    /// A POST with a raw body and an optional bearer key.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        body: reqwest::Body,
+    ) -> (u16, Value) {
+        let mut request = self.client.post(self.url(path)).body(body);
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, read_json(response).await)
+    }
+
     pub async fn get(&self, path: &str, bearer: &str) -> (u16, Value) {
         let response =
             self.client.get(self.url(path)).bearer_auth(bearer).send().await.expect("request");
