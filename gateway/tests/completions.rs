@@ -100,7 +100,7 @@ async fn fallback_serves_from_the_next_model_and_failures_cost_nothing() {
 }
 
 #[tokio::test]
-async fn models_lists_prices_per_token() {
+async fn models_list_prices_per_token_and_operations_endpoints_answer() {
     let dir = data_dir();
     let dev = Dev::start(&path(&dir), &[]);
     let response = dev.client.get(dev.url("/v1/api/models")).send().await.expect("request");
@@ -116,6 +116,12 @@ async fn models_lists_prices_per_token() {
     assert_eq!(echo["pricing"], json!({"prompt": "0.000001", "completion": "0.000002"}));
     assert_eq!(echo["architecture"]["input_modalities"], json!(["text"]));
     assert!(echo["context_length"].as_u64().expect("context") > 0);
+    // Operations endpoints answer without a key.
+    let health = dev.client.get(dev.url("/healthz")).send().await.expect("healthz");
+    assert_eq!(health.status(), 200);
+    let metrics = dev.client.get(dev.url("/metrics")).send().await.expect("metrics");
+    let text = metrics.text().await.expect("text");
+    assert!(text.contains("solrouter_http_requests_total"), "{text}");
     // Without OPENAI_API_KEY the OpenAI models are not offered.
     assert!(list["data"]
         .as_array()
