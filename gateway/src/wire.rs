@@ -22,7 +22,9 @@ pub fn generation_id(hold: HoldId) -> String {
 
 pub fn parse_generation_id(text: &str) -> Option<HoldId> {
     let digits = text.strip_prefix(GENERATION_PREFIX)?;
-    if digits.len() != 32 {
+    // Exactly the form `generation_id` writes: `from_str_radix` alone would also take a
+    // sign or upper case, giving one generation several ids.
+    if digits.len() != 32 || !digits.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     u128::from_str_radix(digits, 16).ok().map(HoldId)
@@ -134,7 +136,11 @@ mod tests {
         let id = generation_id(hold);
         assert_eq!(id.len(), 36);
         assert_eq!(parse_generation_id(&id), Some(hold));
-        for bad in ["", "gen-", "gen-xyz", "chatcmpl-1", &id[..35], &format!("{id}0")] {
+        let signed = format!("gen-+{}", &id[5..]);
+        let upper = id.to_uppercase().replace("GEN-", "gen-");
+        for bad in
+            ["", "gen-", "gen-xyz", "chatcmpl-1", &id[..35], &format!("{id}0"), &signed, &upper]
+        {
             assert_eq!(parse_generation_id(bad), None, "{bad}");
         }
     }
