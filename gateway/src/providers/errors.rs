@@ -81,7 +81,9 @@ pub fn error_message(body: &[u8]) -> String {
     truncate(text)
 }
 
-fn truncate(mut text: String) -> String {
+/// `text` cut to at most [`ERROR_MESSAGE_BYTES_MAX`] bytes (plus an ellipsis), at a
+/// character boundary.
+pub fn truncate(mut text: String) -> String {
     if text.len() > ERROR_MESSAGE_BYTES_MAX {
         let mut end = ERROR_MESSAGE_BYTES_MAX;
         while !text.is_char_boundary(end) {

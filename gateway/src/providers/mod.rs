@@ -8,6 +8,7 @@
 
 pub mod anthropic;
 mod errors;
+pub mod google;
 pub mod openai;
 mod registry;
 mod translate;

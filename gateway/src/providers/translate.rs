@@ -323,6 +323,18 @@ pub fn reasoning_effort(body: &Map<String, Value>) -> Result<Option<Effort>, Par
     }
 }
 
+/// The thinking budget, in tokens, for a reasoning effort, for providers that take a
+/// budget rather than an effort. These are the budgets Google documents for the
+/// `reasoning_effort` of its own OpenAI-compatible Gemini endpoint; one table for every
+/// budget-based provider keeps an effort meaning the same through the gateway.
+pub fn thinking_budget(effort: Effort) -> u64 {
+    match effort {
+        Effort::Low => 1024,
+        Effort::Medium => 8192,
+        Effort::High => 24_576,
+    }
+}
+
 /// Copies a numeric sampling option under the upstream's name, if set.
 pub fn copy_number(
     body: &Map<String, Value>,

@@ -1,0 +1,742 @@
+//! The Google Gemini adapter (`generateContent` and `streamGenerateContent?alt=sse`):
+//! roles and parts, function declarations and calls, JSON output, inline and URL
+//! images, thinking, and Gemini's cumulative usage, as OpenAI chat completions.
+//!
+//! Gemini function calls carry no id, so the adapter makes one from the response id and
+//! the call's position: the same response always yields the same ids, streamed or not.
+//! When a conversation comes back, each tool result is matched to its call through the
+//! assistant message that holds the id, which gives the function name Gemini wants.
+
+use super::errors::{bad_gateway, classify, truncate, RETRY_AFTER_MAX};
+use super::translate::{self, param_error, Part, ResponseFormat, ToolChoice};
+use super::{
+    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, UpstreamError,
+    UpstreamRequest, Usage,
+};
+use crate::sse::{SseEvent, SseParser};
+use crate::upstream::ERROR_BYTES_MAX;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{HeaderMap, StatusCode};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const PROVIDER: &str = "google";
+
+/// The image types Gemini accepts, by the file extension of an image URL. Gemini
+/// fetches public `https:` URLs itself (`fileData`), but wants the MIME type up front,
+/// and the adapter does no I/O to sniff it.
+const IMAGE_TYPES_BY_EXTENSION: [(&str, &str); 6] = [
+    ("png", "image/png"),
+    ("jpg", "image/jpeg"),
+    ("jpeg", "image/jpeg"),
+    ("webp", "image/webp"),
+    ("heic", "image/heic"),
+    ("heif", "image/heif"),
+];
+
+pub struct Google;
+
+impl Adapter for Google {
+    fn provider(&self) -> &str {
+        PROVIDER
+    }
+
+    fn request(
+        &self,
+        endpoint: &Endpoint,
+        chat: &ChatRequest,
+        upstream_model: &str,
+    ) -> Result<UpstreamRequest, ParamError> {
+        let body = translate_request(&chat.body)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(key) = &endpoint.api_key {
+            let mut value = HeaderValue::try_from(key.as_str())
+                .expect("provider keys are validated when loaded");
+            value.set_sensitive(true);
+            headers.insert("x-goog-api-key", value);
+        }
+        let method = if chat.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
+        let base_url = endpoint.base_url.trim_end_matches('/');
+        let body = serde_json::to_vec(&Value::Object(body)).expect("JSON values always serialize");
+        Ok(UpstreamRequest {
+            url: format!("{base_url}/v1beta/models/{upstream_model}:{method}"),
+            headers,
+            body: Bytes::from(body),
+        })
+    }
+
+    fn response(&self, body: &[u8]) -> Result<Completion, UpstreamError> {
+        let reply: Value = serde_json::from_slice(body)
+            .map_err(|error| bad_gateway(PROVIDER, format!("invalid response: {error}")))?;
+        if let Some(error) = reply.get("error") {
+            return Err(embedded_error(error, "in a 200 response"));
+        }
+        let usage = usage_of(&reply["usageMetadata"]);
+        let mut ids =
+            CallIds { response_id: reply["responseId"].as_str().map(str::to_owned), n: 0 };
+        let mut output = Output::default();
+        let finish_reason = match reply["candidates"].get(0) {
+            Some(candidate) => {
+                output.read(candidate, &mut ids);
+                match candidate["finishReason"].as_str() {
+                    Some(reason) => {
+                        let message = candidate["finishMessage"].as_str().unwrap_or_default();
+                        let produced = !output.is_empty();
+                        let has_tool_calls = !output.tool_calls.is_empty();
+                        Value::from(finish_reason(reason, message, has_tool_calls, produced)?)
+                    }
+                    None => Value::Null,
+                }
+            }
+            None if reply.get("promptFeedback").is_some() => Value::from("content_filter"),
+            None => return Err(bad_gateway(PROVIDER, "response has no candidates")),
+        };
+        let choice =
+            json!({"index": 0, "message": output.message(), "finish_reason": finish_reason});
+        Ok(Completion { choices: vec![choice], usage, extra: Map::new() })
+    }
+
+    fn stream(&self) -> Box<dyn StreamTranslator> {
+        Box::new(GoogleStream {
+            parser: SseParser::new(),
+            events: Vec::new(),
+            at_line_start: true,
+            error_body: None,
+            usage: Usage::default(),
+            ids: CallIds { response_id: None, n: 0 },
+            role_sent: false,
+            finish: None,
+            prompt_blocked: false,
+        })
+    }
+
+    /// Google's errors are `{"error": {"code", "message", "status", "details"}}`. Two
+    /// details matter: an invalid key is a 400 (`API_KEY_INVALID`) although it is the
+    /// operator's credentials, not the client's request, that failed; and a 429 says
+    /// when to retry in a `RetryInfo` detail rather than in `Retry-After`.
+    fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
+        let parsed: Option<Value> = serde_json::from_slice(body).ok();
+        let error = parsed.as_ref().map_or(&Value::Null, |parsed| &parsed["error"]);
+        let mut classified = classify(PROVIDER, status, headers, body);
+        if error_reasons(error).any(|reason| reason == "API_KEY_INVALID") {
+            classified.status = StatusCode::UNAUTHORIZED;
+        }
+        if classified.fallback && classified.retry_after.is_none() {
+            classified.retry_after = retry_delay(error);
+        }
+        classified
+    }
+}
+
+fn translate_request(body: &Map<String, Value>) -> Result<Map<String, Value>, ParamError> {
+    translate::check_fields(PROVIDER, body, &[])?;
+    if body.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
+        return Err(param_error(
+            "parallel_tool_calls",
+            "gemini cannot be limited to one tool call per turn",
+        ));
+    }
+    let mut out = Map::new();
+    let (system, contents) = contents(body)?;
+    out.insert("contents".to_owned(), Value::Array(contents));
+    if !system.is_empty() {
+        out.insert("systemInstruction".to_owned(), json!({"parts": system}));
+    }
+    tools(body, &mut out)?;
+    out.insert("generationConfig".to_owned(), Value::Object(generation_config(body)?));
+    // `user` (an end-user id for abuse tracking) has no Gemini field and does not change
+    // the answer, so it is the one translated field left out.
+    Ok(out)
+}
+
+fn generation_config(body: &Map<String, Value>) -> Result<Map<String, Value>, ParamError> {
+    let mut config = Map::new();
+    if let Some(max_tokens) = translate::max_tokens(body)? {
+        config.insert("maxOutputTokens".to_owned(), Value::from(max_tokens));
+    }
+    translate::copy_number(body, "temperature", &mut config, "temperature")?;
+    translate::copy_number(body, "top_p", &mut config, "topP")?;
+    translate::copy_number(body, "seed", &mut config, "seed")?;
+    if let Some(stops) = translate::stop_sequences(body)? {
+        config.insert("stopSequences".to_owned(), Value::Array(stops));
+    }
+    // `responseJsonSchema` takes the client's JSON Schema as is; the older
+    // `responseSchema` takes an OpenAPI subset that would need a lossy conversion.
+    match translate::response_format(body)? {
+        None | Some(ResponseFormat::Text) => {}
+        Some(ResponseFormat::JsonObject) => {
+            config.insert("responseMimeType".to_owned(), Value::from("application/json"));
+        }
+        Some(ResponseFormat::JsonSchema { schema, .. }) => {
+            config.insert("responseMimeType".to_owned(), Value::from("application/json"));
+            config.insert("responseJsonSchema".to_owned(), schema.clone());
+        }
+    }
+    if let Some(effort) = translate::reasoning_effort(body)? {
+        // The shared budgets lie inside every Gemini 2.5 model's accepted range (128 to
+        // 32,768 for Pro, 0 to 24,576 for Flash). A client asking for reasoning wants to
+        // see it: Gemini only returns thought summaries when asked to.
+        let budget = translate::thinking_budget(effort);
+        config.insert(
+            "thinkingConfig".to_owned(),
+            json!({"thinkingBudget": budget, "includeThoughts": true}),
+        );
+    }
+    Ok(config)
+}
+
+fn tools(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), ParamError> {
+    let tools = translate::tools(body)?;
+    if !tools.is_empty() {
+        // `parametersJsonSchema` takes full JSON Schema, as OpenAI clients write it.
+        let declarations: Vec<Value> = tools
+            .into_iter()
+            .map(|tool| {
+                json!({
+                    "name": tool.name,
+                    "description": tool.description.unwrap_or_default(),
+                    "parametersJsonSchema": tool.parameters,
+                })
+            })
+            .collect();
+        out.insert("tools".to_owned(), json!([{"functionDeclarations": declarations}]));
+    }
+    let config = match translate::tool_choice(body)? {
+        None => return Ok(()),
+        Some(ToolChoice::Auto) => json!({"mode": "AUTO"}),
+        Some(ToolChoice::None) => json!({"mode": "NONE"}),
+        Some(ToolChoice::Required) => json!({"mode": "ANY"}),
+        Some(ToolChoice::Function(name)) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
+    };
+    out.insert("toolConfig".to_owned(), json!({"functionCallingConfig": config}));
+    Ok(())
+}
+
+/// Splits OpenAI messages into system instruction parts and Gemini contents. Tool
+/// results become `functionResponse` parts of a user turn, and consecutive turns of one
+/// role merge, so the results of one model turn travel together as Gemini wants.
+fn contents(body: &Map<String, Value>) -> Result<(Vec<Value>, Vec<Value>), ParamError> {
+    let mut system = Vec::new();
+    let mut turns: Vec<(&str, Vec<Value>)> = Vec::new();
+    let mut names_by_call_id: HashMap<&str, &str> = HashMap::new();
+    for (message_idx, (role, message)) in translate::messages(body)?.into_iter().enumerate() {
+        let param = format!("messages[{message_idx}]");
+        let (turn_role, parts) = match role {
+            "system" | "developer" => {
+                let text = translate::text_only(&message["content"], &format!("{param}.content"))?;
+                system.extend(text_part(&text));
+                continue;
+            }
+            "user" => ("user", user_parts(&message["content"], &format!("{param}.content"))?),
+            "assistant" => ("model", model_parts(message, &param, &mut names_by_call_id)?),
+            "tool" => ("user", vec![function_response(message, &param, &names_by_call_id)?]),
+            other => {
+                return Err(param_error(format!("{param}.role"), format!("unknown role `{other}`")))
+            }
+        };
+        // Gemini rejects a turn without parts; an empty message says nothing anyway.
+        if parts.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((last_role, last_parts)) if *last_role == turn_role => last_parts.extend(parts),
+            _ => turns.push((turn_role, parts)),
+        }
+    }
+    let turns =
+        turns.into_iter().map(|(role, parts)| json!({"role": role, "parts": parts})).collect();
+    Ok((system, turns))
+}
+
+/// A text part, unless the text is empty: Gemini rejects empty text parts.
+fn text_part(text: &str) -> Option<Value> {
+    (!text.is_empty()).then(|| json!({"text": text}))
+}
+
+fn user_parts(content: &Value, param: &str) -> Result<Vec<Value>, ParamError> {
+    let mut parts = Vec::new();
+    for (part_idx, part) in translate::content_parts(content, param)?.into_iter().enumerate() {
+        match part {
+            Part::Text(text) => parts.extend(text_part(text)),
+            Part::ImageData { media_type, data } => {
+                parts.push(json!({"inlineData": {"mimeType": media_type, "data": data}}))
+            }
+            Part::ImageUrl(url) => {
+                let here = format!("{param}[{part_idx}].image_url.url");
+                let media_type = image_type(url).ok_or_else(|| {
+                    param_error(
+                        here,
+                        "gemini needs the image type: send a data: URL, or a URL whose path \
+                         ends in .png, .jpg, .jpeg, .webp, .heic or .heif",
+                    )
+                })?;
+                parts.push(json!({"fileData": {"mimeType": media_type, "fileUri": url}}));
+            }
+        }
+    }
+    Ok(parts)
+}
+
+/// The MIME type an image URL's path names by its extension.
+fn image_type(url: &str) -> Option<&'static str> {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let extension = path.rsplit_once('.')?.1.to_ascii_lowercase();
+    IMAGE_TYPES_BY_EXTENSION
+        .iter()
+        .find(|(known, _)| *known == extension)
+        .map(|(_, media_type)| *media_type)
+}
+
+fn model_parts<'a>(
+    message: &'a Value,
+    param: &str,
+    names_by_call_id: &mut HashMap<&'a str, &'a str>,
+) -> Result<Vec<Value>, ParamError> {
+    let text = translate::text_only(&message["content"], &format!("{param}.content"))?;
+    let mut parts: Vec<Value> = text_part(&text).into_iter().collect();
+    for (call_idx, call) in translate::tool_calls(message, param)?.into_iter().enumerate() {
+        let args = match call.arguments {
+            Value::Null => Value::Object(Map::new()),
+            Value::Object(args) => Value::Object(args),
+            _ => {
+                return Err(param_error(
+                    format!("{param}.tool_calls[{call_idx}].function.arguments"),
+                    "must be a JSON object",
+                ))
+            }
+        };
+        names_by_call_id.insert(call.id, call.name);
+        // Gemini accepts the id back and uses it to pair the call with its result.
+        parts.push(json!({"functionCall": {"id": call.id, "name": call.name, "args": args}}));
+    }
+    Ok(parts)
+}
+
+fn function_response(
+    message: &Value,
+    param: &str,
+    names_by_call_id: &HashMap<&str, &str>,
+) -> Result<Value, ParamError> {
+    let here = format!("{param}.tool_call_id");
+    let id = message["tool_call_id"]
+        .as_str()
+        .ok_or_else(|| param_error(here.as_str(), "is required"))?;
+    let name = names_by_call_id
+        .get(id)
+        .ok_or_else(|| param_error(here.as_str(), "matches no tool call of an earlier message"))?;
+    let output = translate::text_only(&message["content"], &format!("{param}.content"))?;
+    // `output` is the key Google documents for a function's result.
+    Ok(json!({"functionResponse": {"id": id, "name": name, "response": {"output": output}}}))
+}
+
+/// Makes stable tool-call ids: the response id and the call's position in the answer.
+struct CallIds {
+    response_id: Option<String>,
+    n: u64,
+}
+
+impl CallIds {
+    fn next(&mut self) -> (u64, String) {
+        let call_idx = self.n;
+        self.n += 1;
+        let id = match &self.response_id {
+            Some(response_id) => format!("call_{response_id}_{call_idx}"),
+            None => format!("call_{call_idx}"),
+        };
+        (call_idx, id)
+    }
+}
+
+/// What a candidate's parts add to the answer.
+#[derive(Default)]
+struct Output {
+    text: String,
+    reasoning: String,
+    /// OpenAI tool calls, each with its stream `index`.
+    tool_calls: Vec<Value>,
+}
+
+impl Output {
+    /// Reads the parts of `candidate`. `thoughtSignature`s are dropped: Gemini 2.5 takes
+    /// a conversation without them (it only loses the thought context), and OpenAI
+    /// messages have no field to carry them back. Code-execution and other server-tool
+    /// parts cannot occur: the adapter never enables those tools.
+    fn read(&mut self, candidate: &Value, ids: &mut CallIds) {
+        for part in candidate["content"]["parts"].as_array().into_iter().flatten() {
+            if let Some(text) = part["text"].as_str() {
+                let target =
+                    if part["thought"] == true { &mut self.reasoning } else { &mut self.text };
+                target.push_str(text);
+            } else if let Some(call) = part.get("functionCall") {
+                let (call_idx, id) = ids.next();
+                let arguments = match &call["args"] {
+                    Value::Null => "{}".to_owned(),
+                    args => args.to_string(),
+                };
+                self.tool_calls.push(json!({
+                    "index": call_idx,
+                    "id": id,
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": arguments},
+                }));
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.text.is_empty() && self.reasoning.is_empty() && self.tool_calls.is_empty()
+    }
+
+    /// The non-streamed assistant message.
+    fn message(mut self) -> Value {
+        for call in &mut self.tool_calls {
+            if let Value::Object(call) = call {
+                call.remove("index");
+            }
+        }
+        let mut message = Map::new();
+        message.insert("role".to_owned(), Value::from("assistant"));
+        let content = if self.text.is_empty() && !self.tool_calls.is_empty() {
+            Value::Null
+        } else {
+            Value::from(self.text)
+        };
+        message.insert("content".to_owned(), content);
+        if !self.reasoning.is_empty() {
+            message.insert("reasoning".to_owned(), Value::from(self.reasoning));
+        }
+        if !self.tool_calls.is_empty() {
+            message.insert("tool_calls".to_owned(), Value::Array(self.tool_calls));
+        }
+        Value::Object(message)
+    }
+
+    /// The stream delta, if the parts added anything.
+    fn delta(self) -> Option<Map<String, Value>> {
+        let mut delta = Map::new();
+        if !self.text.is_empty() {
+            delta.insert("content".to_owned(), Value::from(self.text));
+        }
+        if !self.reasoning.is_empty() {
+            delta.insert("reasoning".to_owned(), Value::from(self.reasoning));
+        }
+        if !self.tool_calls.is_empty() {
+            delta.insert("tool_calls".to_owned(), Value::Array(self.tool_calls));
+        }
+        (!delta.is_empty()).then_some(delta)
+    }
+}
+
+/// How a Gemini generation ended, in OpenAI's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    Stop,
+    Length,
+    ContentFilter,
+    /// The model failed (`OTHER`, `MALFORMED_FUNCTION_CALL`, …, and reasons newer than
+    /// this adapter, which so far have all been failures).
+    Failed,
+}
+
+fn finish_kind(reason: &str) -> Finish {
+    match reason {
+        "STOP" => Finish::Stop,
+        "MAX_TOKENS" => Finish::Length,
+        "SAFETY"
+        | "RECITATION"
+        | "BLOCKLIST"
+        | "PROHIBITED_CONTENT"
+        | "SPII"
+        | "IMAGE_SAFETY"
+        | "IMAGE_PROHIBITED_CONTENT"
+        | "IMAGE_RECITATION" => Finish::ContentFilter,
+        _ => Finish::Failed,
+    }
+}
+
+/// The OpenAI finish reason. A failed generation that produced nothing is an upstream
+/// error, so the router may try another candidate; one that produced something ends
+/// with OpenRouter's `error` finish reason, keeping what was generated.
+fn finish_reason(
+    reason: &str,
+    message: &str,
+    has_tool_calls: bool,
+    produced: bool,
+) -> Result<&'static str, UpstreamError> {
+    match finish_kind(reason) {
+        Finish::Stop if has_tool_calls => Ok("tool_calls"),
+        Finish::Stop => Ok("stop"),
+        Finish::Length => Ok("length"),
+        Finish::ContentFilter => Ok("content_filter"),
+        Finish::Failed if produced => Ok("error"),
+        Finish::Failed => Err(bad_gateway(PROVIDER, truncate(format!("{reason}: {message}")))),
+    }
+}
+
+/// Gemini usage in `Usage` terms: `candidatesTokenCount` excludes thoughts, which are
+/// billed as output; prompt tokens a server-side tool added (`toolUsePromptTokenCount`)
+/// are billed as input; `cachedContentTokenCount` is part of `promptTokenCount`.
+fn usage_of(metadata: &Value) -> Usage {
+    let count = |name: &str| metadata.get(name).and_then(Value::as_u64).unwrap_or(0);
+    let prompt_tokens = count("promptTokenCount").saturating_add(count("toolUsePromptTokenCount"));
+    let thoughts = count("thoughtsTokenCount");
+    Usage {
+        prompt_tokens,
+        completion_tokens: count("candidatesTokenCount").saturating_add(thoughts),
+        reasoning_tokens: thoughts,
+        cached_read_tokens: count("cachedContentTokenCount").min(prompt_tokens),
+        cached_write_tokens: 0,
+    }
+}
+
+/// The `reason`s of an error's `ErrorInfo` details.
+fn error_reasons(error: &Value) -> impl Iterator<Item = &str> {
+    error["details"].as_array().into_iter().flatten().filter_map(|detail| detail["reason"].as_str())
+}
+
+/// The delay of an error's `RetryInfo` detail (`"34.4s"`), rounded up to whole seconds
+/// so a retry never comes early, and capped like `Retry-After`.
+fn retry_delay(error: &Value) -> Option<Duration> {
+    let delay = error["details"]
+        .as_array()?
+        .iter()
+        .find(|detail| detail["@type"] == "type.googleapis.com/google.rpc.RetryInfo")?
+        .get("retryDelay")?
+        .as_str()?;
+    let seconds: f64 = delay.strip_suffix('s')?.parse().ok()?;
+    if !seconds.is_finite() || seconds < 0.0 {
+        return None;
+    }
+    let capped = seconds.ceil().min(RETRY_AFTER_MAX.as_secs_f64());
+    Some(Duration::from_secs_f64(capped))
+}
+
+/// An error object inside a successful response: mid-stream, or instead of a body.
+/// Generation already started, so the provider failed, not the request; capacity
+/// errors keep their status so the router backs off.
+fn embedded_error(error: &Value, context: &str) -> UpstreamError {
+    let status = match error["code"].as_u64() {
+        Some(429) => StatusCode::TOO_MANY_REQUESTS,
+        Some(503) => StatusCode::SERVICE_UNAVAILABLE,
+        Some(504) => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let kind = error["status"].as_str().unwrap_or("error");
+    let message = error["message"].as_str().unwrap_or_default();
+    UpstreamError {
+        status,
+        retry_after: retry_delay(error),
+        ..bad_gateway(PROVIDER, truncate(format!("{kind} {context}: {message}")))
+    }
+}
+
+struct GoogleStream {
+    parser: SseParser,
+    events: Vec<SseEvent>,
+    /// Whether the next byte starts a line (see `split_error_body`).
+    at_line_start: bool,
+    /// A bare JSON error body that followed the events, as collected so far.
+    error_body: Option<Vec<u8>>,
+    usage: Usage,
+    ids: CallIds,
+    role_sent: bool,
+    /// The finish reason and message of the last candidate that had one. Sent when the
+    /// stream ends: Gemini has no terminal event, and a chunk with a finish reason can
+    /// be followed by more content (Vertex AI puts `STOP` on every chunk).
+    finish: Option<(String, String)>,
+    /// The prompt was blocked: no candidate, only `promptFeedback`.
+    prompt_blocked: bool,
+}
+
+impl GoogleStream {
+    /// Separates SSE bytes from a bare JSON error body. When Gemini fails mid-stream it
+    /// appends the error object as plain JSON, outside any `data:` line, where an SSE
+    /// parser would silently skip it; an SSE line never starts with `{`.
+    fn split_error_body<'b>(&mut self, bytes: &'b [u8]) -> (&'b [u8], &'b [u8]) {
+        if self.error_body.is_some() {
+            return (&[], bytes);
+        }
+        for (byte_idx, &byte) in bytes.iter().enumerate() {
+            if self.at_line_start && byte == b'{' {
+                self.error_body = Some(Vec::new());
+                return bytes.split_at(byte_idx);
+            }
+            self.at_line_start = byte == b'\n' || byte == b'\r';
+        }
+        (bytes, &[])
+    }
+
+    /// Collects error-body bytes; fails as soon as they form a JSON value (or exceed
+    /// the bound on error bodies).
+    fn collect_error_body(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+        let Some(body) = &mut self.error_body else { return Ok(()) };
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let room = ERROR_BYTES_MAX.saturating_sub(body.len());
+        body.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        match serde_json::from_slice::<Value>(body) {
+            Ok(parsed) => Err(embedded_error(parsed.get("error").unwrap_or(&parsed), "mid-stream")),
+            Err(_) if body.len() >= ERROR_BYTES_MAX => Err(self.raw_error()),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn raw_error(&self) -> UpstreamError {
+        let body = self.error_body.as_deref().unwrap_or_default();
+        let text = String::from_utf8_lossy(body);
+        bad_gateway(PROVIDER, truncate(format!("malformed error mid-stream: {}", text.trim())))
+    }
+
+    fn handle(&mut self, event: &SseEvent, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        // Gemini ends streams by closing them; an OpenAI-style end marker from a proxy
+        // in between means the same.
+        if event.data == "[DONE]" {
+            return Ok(());
+        }
+        let data: Value = serde_json::from_str(&event.data)
+            .map_err(|error| bad_gateway(PROVIDER, format!("invalid stream event: {error}")))?;
+        if let Some(error) = data.get("error") {
+            return Err(embedded_error(error, "mid-stream"));
+        }
+        if data["usageMetadata"].is_object() {
+            self.usage = usage_of(&data["usageMetadata"]);
+        }
+        if self.ids.response_id.is_none() {
+            self.ids.response_id = data["responseId"].as_str().map(str::to_owned);
+        }
+        let Some(candidate) = data["candidates"].get(0) else {
+            self.prompt_blocked |= data.get("promptFeedback").is_some();
+            return Ok(());
+        };
+        if let Some(reason) = candidate["finishReason"].as_str() {
+            let message = candidate["finishMessage"].as_str().unwrap_or_default();
+            self.finish = Some((reason.to_owned(), message.to_owned()));
+        }
+        let mut output = Output::default();
+        output.read(candidate, &mut self.ids);
+        if let Some(delta) = output.delta() {
+            out.push(self.chunk(delta, Value::Null));
+        }
+        Ok(())
+    }
+
+    /// A chunk; the first one also says the role, as OpenAI streams do.
+    fn chunk(&mut self, mut delta: Map<String, Value>, finish_reason: Value) -> Chunk {
+        if !self.role_sent {
+            self.role_sent = true;
+            delta.insert("role".to_owned(), Value::from("assistant"));
+            delta.entry("content").or_insert_with(|| Value::from(""));
+        }
+        Chunk {
+            choices: vec![json!({"index": 0, "delta": delta, "finish_reason": finish_reason})],
+            extra: Map::new(),
+        }
+    }
+
+    fn drain(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        let events = std::mem::take(&mut self.events);
+        let result = events.iter().try_for_each(|event| self.handle(event, out));
+        self.events = events;
+        self.events.clear();
+        result
+    }
+
+    /// The last chunk, with the finish reason, once the upstream has closed the stream.
+    fn last_chunk(&mut self) -> Result<Chunk, UpstreamError> {
+        let reason = match self.finish.take() {
+            Some((reason, message)) => {
+                finish_reason(&reason, &message, self.ids.n > 0, self.role_sent)?
+            }
+            None if self.prompt_blocked => "content_filter",
+            None => return Err(bad_gateway(PROVIDER, "stream ended before a finish reason")),
+        };
+        Ok(self.chunk(Map::new(), Value::from(reason)))
+    }
+}
+
+impl StreamTranslator for GoogleStream {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        let (sse, error_body) = self.split_error_body(bytes);
+        self.parser
+            .feed(sse, &mut self.events)
+            .map_err(|error| bad_gateway(PROVIDER, error.to_string()))?;
+        self.drain(out)?;
+        self.collect_error_body(error_body)
+    }
+
+    fn finish(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        self.parser
+            .finish(&mut self.events)
+            .map_err(|error| bad_gateway(PROVIDER, error.to_string()))?;
+        self.drain(out)?;
+        if self.error_body.is_some() {
+            return Err(self.raw_error());
+        }
+        let last = self.last_chunk()?;
+        out.push(last);
+        Ok(())
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_types_follow_the_url_path() {
+        assert_eq!(image_type("https://x.test/a/b.JPG?size=2#top"), Some("image/jpeg"));
+        assert_eq!(image_type("https://x.test/b.webp"), Some("image/webp"));
+        assert_eq!(image_type("https://x.test/b.gif"), None);
+        assert_eq!(image_type("https://x.test/image?format=png"), None);
+        assert_eq!(image_type("https://x.test/noextension"), None);
+    }
+
+    #[test]
+    fn retry_delays_round_up_and_are_capped() {
+        let info = |delay: &str| json!({"details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]});
+        assert_eq!(retry_delay(&info("34.4s")), Some(Duration::from_secs(35)));
+        assert_eq!(retry_delay(&info("0s")), Some(Duration::ZERO));
+        assert_eq!(retry_delay(&info("99999999s")), Some(RETRY_AFTER_MAX));
+        assert_eq!(retry_delay(&info("-1s")), None);
+        assert_eq!(retry_delay(&info("NaNs")), None);
+        assert_eq!(retry_delay(&info("soon")), None);
+        assert_eq!(retry_delay(&json!({"details": []})), None);
+    }
+
+    #[test]
+    fn usage_counts_thoughts_as_completion_and_tool_prompts_as_prompt() {
+        let usage = usage_of(&json!({"promptTokenCount": 438, "candidatesTokenCount": 13,
+            "toolUsePromptTokenCount": 619, "thoughtsTokenCount": 39, "cachedContentTokenCount": 400,
+            "totalTokenCount": 1109}));
+        let expected = Usage {
+            prompt_tokens: 1057,
+            completion_tokens: 52,
+            reasoning_tokens: 39,
+            cached_read_tokens: 400,
+            cached_write_tokens: 0,
+        };
+        assert_eq!(usage, expected);
+        assert_eq!(usage_of(&Value::Null), Usage::default());
+    }
+
+    #[test]
+    fn finish_reasons_map_to_openai() {
+        let check = |reason: &str, expected: Finish| assert_eq!(finish_kind(reason), expected);
+        check("STOP", Finish::Stop);
+        check("MAX_TOKENS", Finish::Length);
+        check("SAFETY", Finish::ContentFilter);
+        check("RECITATION", Finish::ContentFilter);
+        check("PROHIBITED_CONTENT", Finish::ContentFilter);
+        check("OTHER", Finish::Failed);
+        check("MALFORMED_FUNCTION_CALL", Finish::Failed);
+        check("SOMETHING_NEW", Finish::Failed);
+    }
+}
