@@ -1,0 +1,556 @@
+//! The Cohere Chat v2 adapter. Cohere v2 is close to OpenAI on the request side
+//! (messages, OpenAI-shaped tools and tool calls) but answers with typed content
+//! blocks, a `tool_plan`, upper-case finish reasons, and a stream of typed events
+//! (`message-start` … `message-end`) that this adapter turns into OpenAI chunks.
+//!
+//! Cohere reports two token counts: `tokens` (everything the model saw, including
+//! Cohere's own hidden preamble) and `billed_units` (what Cohere charges). The gateway
+//! bills on `billed_units`, so clients pay what the operator pays.
+
+use super::errors::{bad_gateway, classify, truncate};
+use super::openai::bearer_headers;
+use super::translate::{self, param_error, Part, ResponseFormat, ToolChoice};
+use super::{
+    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, UpstreamError,
+    UpstreamRequest, Usage,
+};
+use crate::sse::{SseEvent, SseParser};
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use serde_json::{json, Map, Value};
+
+const PROVIDER: &str = "cohere";
+
+/// Request fields Cohere takes under the same meaning as OpenAI, beyond the shared set.
+const FIELDS_EXTRA: [&str; 2] = ["frequency_penalty", "presence_penalty"];
+
+/// The most tool calls one streamed message may open; a bound on the index table, far
+/// above what a model calls in one turn.
+const TOOL_CALLS_MAX: usize = 1024;
+
+pub struct Cohere;
+
+impl Adapter for Cohere {
+    fn provider(&self) -> &str {
+        PROVIDER
+    }
+
+    fn request(
+        &self,
+        endpoint: &Endpoint,
+        chat: &ChatRequest,
+        upstream_model: &str,
+    ) -> Result<UpstreamRequest, ParamError> {
+        let body = translate_request(&chat.body, chat.stream, upstream_model)?;
+        let body = serde_json::to_vec(&Value::Object(body)).expect("JSON values always serialize");
+        Ok(UpstreamRequest {
+            url: format!("{}/v2/chat", endpoint.base_url.trim_end_matches('/')),
+            headers: bearer_headers(endpoint),
+            body: Bytes::from(body),
+        })
+    }
+
+    fn response(&self, body: &[u8]) -> Result<Completion, UpstreamError> {
+        let reply: Value = serde_json::from_slice(body)
+            .map_err(|error| bad_gateway(PROVIDER, format!("invalid response: {error}")))?;
+        let message = reply
+            .get("message")
+            .filter(|message| message.is_object())
+            .ok_or_else(|| bad_gateway(PROVIDER, "response has no `message`"))?;
+        let (mut text, mut reasoning) = (String::new(), String::new());
+        for block in message["content"].as_array().into_iter().flatten() {
+            match block["type"].as_str() {
+                Some("text") => text.push_str(block["text"].as_str().unwrap_or_default()),
+                Some("thinking") => {
+                    reasoning.push_str(block["thinking"].as_str().unwrap_or_default())
+                }
+                // Newer block types have no OpenAI equivalent.
+                _ => {}
+            }
+        }
+        // The tool plan is the model explaining which tools it is about to call: its
+        // reasoning, not its answer.
+        reasoning.push_str(message["tool_plan"].as_str().unwrap_or_default());
+        let tool_calls: Vec<Value> = message["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|call| {
+                let arguments = call["function"]["arguments"].as_str().unwrap_or_default();
+                json!({
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": object_arguments(arguments)},
+                })
+            })
+            .collect();
+        let produced = !(text.is_empty() && reasoning.is_empty() && tool_calls.is_empty());
+        let finish_reason = match reply["finish_reason"].as_str() {
+            Some(reason) => Value::from(finish_reason(reason, produced)?),
+            None => Value::Null,
+        };
+        let mut assistant = Map::new();
+        assistant.insert("role".to_owned(), Value::from("assistant"));
+        let content =
+            if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::from(text) };
+        assistant.insert("content".to_owned(), content);
+        if !reasoning.is_empty() {
+            assistant.insert("reasoning".to_owned(), Value::from(reasoning));
+        }
+        if !tool_calls.is_empty() {
+            assistant.insert("tool_calls".to_owned(), Value::Array(tool_calls));
+        }
+        let choice = json!({"index": 0, "message": assistant, "finish_reason": finish_reason});
+        Ok(Completion {
+            choices: vec![choice],
+            usage: usage_of(&reply["usage"]),
+            extra: Map::new(),
+        })
+    }
+
+    fn stream(&self) -> Box<dyn StreamTranslator> {
+        Box::new(CohereStream {
+            parser: SseParser::new(),
+            events: Vec::new(),
+            usage: Usage::default(),
+            calls: Vec::new(),
+            n_tool_calls: 0,
+            produced: false,
+            done: false,
+        })
+    }
+
+    fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
+        classify(PROVIDER, status, headers, body)
+    }
+}
+
+fn translate_request(
+    body: &Map<String, Value>,
+    stream: bool,
+    upstream_model: &str,
+) -> Result<Map<String, Value>, ParamError> {
+    translate::check_fields(PROVIDER, body, &FIELDS_EXTRA)?;
+    if body.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
+        return Err(param_error(
+            "parallel_tool_calls",
+            "cohere cannot be limited to one tool call per turn",
+        ));
+    }
+    let mut out = Map::new();
+    out.insert("model".to_owned(), Value::from(upstream_model));
+    out.insert("messages".to_owned(), Value::Array(messages(body)?));
+    out.insert("stream".to_owned(), Value::Bool(stream));
+    tools(body, &mut out)?;
+    if let Some(max_tokens) = translate::max_tokens(body)? {
+        out.insert("max_tokens".to_owned(), Value::from(max_tokens));
+    }
+    translate::copy_number(body, "temperature", &mut out, "temperature")?;
+    translate::copy_number(body, "top_p", &mut out, "p")?;
+    translate::copy_number(body, "seed", &mut out, "seed")?;
+    for field in FIELDS_EXTRA {
+        translate::copy_number(body, field, &mut out, field)?;
+    }
+    if let Some(stops) = translate::stop_sequences(body)? {
+        out.insert("stop_sequences".to_owned(), Value::Array(stops));
+    }
+    match translate::response_format(body)? {
+        None | Some(ResponseFormat::Text) => {}
+        Some(ResponseFormat::JsonObject) => {
+            out.insert("response_format".to_owned(), json!({"type": "json_object"}));
+        }
+        Some(ResponseFormat::JsonSchema { schema, .. }) => {
+            let format = json!({"type": "json_object", "json_schema": schema});
+            out.insert("response_format".to_owned(), format);
+        }
+    }
+    if let Some(effort) = translate::reasoning_effort(body)? {
+        let budget = translate::thinking_budget(effort);
+        out.insert("thinking".to_owned(), json!({"type": "enabled", "token_budget": budget}));
+    }
+    // `user` (an end-user id for abuse tracking) has no Cohere field and does not
+    // change the answer, so it is the one translated field left out.
+    Ok(out)
+}
+
+/// Cohere takes OpenAI's function tools as they are. It has no named tool choice, so
+/// naming a tool sends only that tool and requires a call.
+fn tools(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), ParamError> {
+    let mut tools: Vec<Value> = translate::tools(body)?
+        .into_iter()
+        .map(|tool| {
+            let mut function = Map::new();
+            function.insert("name".to_owned(), Value::from(tool.name));
+            if let Some(description) = tool.description {
+                function.insert("description".to_owned(), Value::from(description));
+            }
+            function.insert("parameters".to_owned(), tool.parameters);
+            json!({"type": "function", "function": function})
+        })
+        .collect();
+    let choice = match translate::tool_choice(body)? {
+        None | Some(ToolChoice::Auto) => None,
+        Some(ToolChoice::None) => Some("NONE"),
+        Some(ToolChoice::Required) => Some("REQUIRED"),
+        Some(ToolChoice::Function(name)) => {
+            tools.retain(|tool| tool["function"]["name"] == name);
+            if tools.is_empty() {
+                return Err(param_error(
+                    "tool_choice",
+                    format!("names no tool of `tools`: {name}"),
+                ));
+            }
+            Some("REQUIRED")
+        }
+    };
+    if !tools.is_empty() {
+        out.insert("tools".to_owned(), Value::Array(tools));
+    }
+    if let Some(choice) = choice {
+        out.insert("tool_choice".to_owned(), Value::from(choice));
+    }
+    Ok(())
+}
+
+fn messages(body: &Map<String, Value>) -> Result<Vec<Value>, ParamError> {
+    let mut out = Vec::new();
+    for (message_idx, (role, message)) in translate::messages(body)?.into_iter().enumerate() {
+        let param = format!("messages[{message_idx}]");
+        let content_param = format!("{param}.content");
+        let translated = match role {
+            "system" | "developer" => {
+                let text = translate::text_only(&message["content"], &content_param)?;
+                json!({"role": "system", "content": text})
+            }
+            "user" => {
+                json!({"role": "user", "content": user_content(&message["content"], &content_param)?})
+            }
+            "assistant" => match assistant(message, &param)? {
+                Some(assistant) => assistant,
+                // An assistant turn with neither text nor calls says nothing, and Cohere
+                // rejects empty messages.
+                None => continue,
+            },
+            "tool" => {
+                let id = message["tool_call_id"]
+                    .as_str()
+                    .ok_or_else(|| param_error(format!("{param}.tool_call_id"), "is required"))?;
+                let text = translate::text_only(&message["content"], &content_param)?;
+                json!({"role": "tool", "tool_call_id": id, "content": text})
+            }
+            other => {
+                return Err(param_error(format!("{param}.role"), format!("unknown role `{other}`")))
+            }
+        };
+        out.push(translated);
+    }
+    Ok(out)
+}
+
+/// A user message's content: a plain string stays a string; parts become Cohere's
+/// `text` and `image_url` parts (the same shape as OpenAI's; Cohere's vision models
+/// take both `https:` and `data:` URLs).
+fn user_content(content: &Value, param: &str) -> Result<Value, ParamError> {
+    if let Value::String(text) = content {
+        return Ok(Value::from(text.as_str()));
+    }
+    let parts = translate::content_parts(content, param)?
+        .into_iter()
+        .map(|part| match part {
+            Part::Text(text) => json!({"type": "text", "text": text}),
+            Part::ImageUrl(url) => json!({"type": "image_url", "image_url": {"url": url}}),
+            Part::ImageData { media_type, data } => json!({
+                "type": "image_url",
+                "image_url": {"url": format!("data:{media_type};base64,{data}")},
+            }),
+        })
+        .collect();
+    Ok(Value::Array(parts))
+}
+
+fn assistant(message: &Value, param: &str) -> Result<Option<Value>, ParamError> {
+    let text = translate::text_only(&message["content"], &format!("{param}.content"))?;
+    // Validates the calls; the arguments then go on as the client wrote them.
+    let calls = translate::tool_calls(message, param)?;
+    let mut out = Map::new();
+    out.insert("role".to_owned(), Value::from("assistant"));
+    if !text.is_empty() {
+        out.insert("content".to_owned(), Value::from(text));
+    }
+    if !calls.is_empty() {
+        let wire_calls = message["tool_calls"].as_array().into_iter().flatten();
+        let calls: Vec<Value> = calls
+            .iter()
+            .zip(wire_calls)
+            .map(|(call, wire)| {
+                let arguments = wire["function"]["arguments"].as_str().unwrap_or_default();
+                json!({
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": object_arguments(arguments)},
+                })
+            })
+            .collect();
+        out.insert("tool_calls".to_owned(), Value::Array(calls));
+    }
+    Ok((out.len() > 1).then_some(Value::Object(out)))
+}
+
+/// Tool-call arguments as a JSON object text: Cohere sends the string `"null"` (and
+/// OpenAI clients send `""`) for a call without arguments, where OpenAI has `{}`.
+fn object_arguments(arguments: &str) -> String {
+    match arguments.trim() {
+        "" | "null" => "{}".to_owned(),
+        _ => arguments.to_owned(),
+    }
+}
+
+/// The OpenAI finish reason for Cohere's. A failed generation (`ERROR`, `TIMEOUT`, and
+/// reasons newer than this adapter) that produced nothing is an upstream error, so the
+/// router may try another candidate; one that produced something ends with
+/// OpenRouter's `error` finish reason, keeping what was generated.
+fn finish_reason(reason: &str, produced: bool) -> Result<&'static str, UpstreamError> {
+    match reason {
+        "COMPLETE" | "STOP_SEQUENCE" => Ok("stop"),
+        "MAX_TOKENS" => Ok("length"),
+        "TOOL_CALL" => Ok("tool_calls"),
+        _ if produced => Ok("error"),
+        _ => Err(bad_gateway(PROVIDER, truncate(format!("generation failed: {reason}")))),
+    }
+}
+
+/// Usage from `billed_units`. Cohere's `cached_tokens` count against `tokens`, not
+/// against the billed units (which already leave the cache out), so they do not enter
+/// `Usage`. Counts are documented as numbers, so whole-valued floats are accepted.
+fn usage_of(usage: &Value) -> Usage {
+    let billed = &usage["billed_units"];
+    let count = |name: &str| {
+        let value = &billed[name];
+        value.as_u64().or_else(|| {
+            value.as_f64().filter(|count| count.is_finite() && *count >= 0.0).map(|count| {
+                // Saturates at u64::MAX: a nonsense count must not wrap around.
+                count.ceil() as u64
+            })
+        })
+    };
+    Usage {
+        prompt_tokens: count("input_tokens").unwrap_or(0),
+        completion_tokens: count("output_tokens").unwrap_or(0),
+        ..Usage::default()
+    }
+}
+
+struct CohereStream {
+    parser: SseParser,
+    events: Vec<SseEvent>,
+    usage: Usage,
+    /// For each Cohere tool-call index, the call's translation state.
+    calls: Vec<Option<CallState>>,
+    n_tool_calls: u64,
+    /// Whether any text, reasoning or tool call went out.
+    produced: bool,
+    done: bool,
+}
+
+/// A streamed tool call's arguments are held back while they could still become
+/// `null`, so an argument-less call reaches the client as `{}` rather than `null`.
+struct CallState {
+    openai_idx: u64,
+    held: String,
+    released: bool,
+}
+
+impl CallState {
+    /// The part of `fragment` that can go out now.
+    fn release(&mut self, fragment: &str) -> Option<String> {
+        if self.released {
+            return (!fragment.is_empty()).then(|| fragment.to_owned());
+        }
+        self.held.push_str(fragment);
+        if "null".starts_with(self.held.as_str()) {
+            return None;
+        }
+        self.released = true;
+        Some(std::mem::take(&mut self.held))
+    }
+
+    /// What is still held when the call ends.
+    fn end(&mut self) -> Option<String> {
+        if self.released {
+            return None;
+        }
+        self.released = true;
+        Some(object_arguments(&std::mem::take(&mut self.held)))
+    }
+}
+
+impl CohereStream {
+    fn handle(&mut self, event: &SseEvent, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        if self.done || event.data == "[DONE]" {
+            return Ok(());
+        }
+        let data: Value = serde_json::from_str(&event.data)
+            .map_err(|error| bad_gateway(PROVIDER, format!("invalid stream event: {error}")))?;
+        let message = &data["delta"]["message"];
+        let delta = match data["type"].as_str() {
+            Some("message-start") => json!({"role": "assistant", "content": ""}),
+            Some("content-start" | "content-delta") => {
+                let content = &message["content"];
+                match (content["text"].as_str(), content["thinking"].as_str()) {
+                    (Some(text), _) if !text.is_empty() => json!({"content": text}),
+                    (_, Some(thinking)) if !thinking.is_empty() => json!({"reasoning": thinking}),
+                    _ => return Ok(()),
+                }
+            }
+            Some("tool-plan-delta") => match message["tool_plan"].as_str() {
+                Some(plan) if !plan.is_empty() => json!({"reasoning": plan}),
+                _ => return Ok(()),
+            },
+            Some("tool-call-start") => self.call_start(&data)?,
+            Some("tool-call-delta") => {
+                let fragment = message["tool_calls"]["function"]["arguments"].as_str();
+                match self.call_arguments(&data, |call| call.release(fragment.unwrap_or_default()))
+                {
+                    Some(delta) => delta,
+                    None => return Ok(()),
+                }
+            }
+            Some("tool-call-end") => match self.call_arguments(&data, CallState::end) {
+                Some(delta) => delta,
+                None => return Ok(()),
+            },
+            Some("message-end") => return self.message_end(&data["delta"], out),
+            // citation-start/end and event types newer than this adapter.
+            _ => return Ok(()),
+        };
+        self.produced |= delta.get("role").is_none();
+        out.push(chunk(delta, Value::Null));
+        Ok(())
+    }
+
+    fn call_start(&mut self, data: &Value) -> Result<Value, UpstreamError> {
+        let cohere_idx = data["index"].as_u64().unwrap_or(0) as usize;
+        if cohere_idx >= TOOL_CALLS_MAX {
+            return Err(bad_gateway(PROVIDER, "too many tool calls"));
+        }
+        if self.calls.len() <= cohere_idx {
+            self.calls.resize_with(cohere_idx + 1, || None);
+        }
+        let call = &data["delta"]["message"]["tool_calls"];
+        let mut state =
+            CallState { openai_idx: self.n_tool_calls, held: String::new(), released: false };
+        self.n_tool_calls += 1;
+        let first = state.release(call["function"]["arguments"].as_str().unwrap_or_default());
+        let delta = json!({"tool_calls": [{
+            "index": state.openai_idx,
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["function"]["name"], "arguments": first.unwrap_or_default()},
+        }]});
+        self.calls[cohere_idx] = Some(state);
+        Ok(delta)
+    }
+
+    /// An arguments delta for the call at the event's index, if `take` releases text.
+    fn call_arguments(
+        &mut self,
+        data: &Value,
+        take: impl FnOnce(&mut CallState) -> Option<String>,
+    ) -> Option<Value> {
+        let cohere_idx = data["index"].as_u64()? as usize;
+        let state = self.calls.get_mut(cohere_idx)?.as_mut()?;
+        let arguments = take(state)?;
+        Some(
+            json!({"tool_calls": [{"index": state.openai_idx, "function": {"arguments": arguments}}]}),
+        )
+    }
+
+    fn message_end(&mut self, delta: &Value, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        self.done = true;
+        self.usage = usage_of(&delta["usage"]);
+        let reason = delta["finish_reason"].as_str().unwrap_or_default();
+        let finish = finish_reason(reason, self.produced)?;
+        out.push(chunk(json!({}), Value::from(finish)));
+        Ok(())
+    }
+
+    fn drain(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        let events = std::mem::take(&mut self.events);
+        let result = events.iter().try_for_each(|event| self.handle(event, out));
+        self.events = events;
+        self.events.clear();
+        result
+    }
+}
+
+fn chunk(delta: Value, finish_reason: Value) -> Chunk {
+    Chunk {
+        choices: vec![json!({"index": 0, "delta": delta, "finish_reason": finish_reason})],
+        extra: Map::new(),
+    }
+}
+
+impl StreamTranslator for CohereStream {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        self.parser
+            .feed(bytes, &mut self.events)
+            .map_err(|error| bad_gateway(PROVIDER, error.to_string()))?;
+        self.drain(out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        self.parser
+            .finish(&mut self.events)
+            .map_err(|error| bad_gateway(PROVIDER, error.to_string()))?;
+        self.drain(out)?;
+        if self.done {
+            Ok(())
+        } else {
+            Err(bad_gateway(PROVIDER, "stream ended before message-end"))
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_arguments_become_an_object() {
+        let check = |fragments: &[&str], expected: &str| {
+            let mut state = CallState { openai_idx: 0, held: String::new(), released: false };
+            let mut sent: String =
+                fragments.iter().filter_map(|fragment| state.release(fragment)).collect();
+            sent.extend(state.end());
+            assert_eq!(sent, expected, "{fragments:?}");
+        };
+        check(&[], "{}");
+        check(&["", ""], "{}");
+        check(&["nu", "ll"], "{}");
+        check(&["{\"a\"", ":1}"], "{\"a\":1}");
+        check(&["n", "{}"], "n{}");
+        check(&["nul"], "nul");
+    }
+
+    #[test]
+    fn usage_is_billed_units() {
+        let usage = usage_of(&json!({"billed_units": {"input_tokens": 12, "output_tokens": 7.0},
+            "tokens": {"input_tokens": 507, "output_tokens": 10}, "cached_tokens": 448}));
+        assert_eq!(usage, Usage { prompt_tokens: 12, completion_tokens: 7, ..Usage::default() });
+        assert_eq!(usage_of(&json!({"billed_units": {"input_tokens": -3}})), Usage::default());
+    }
+
+    #[test]
+    fn finish_reasons_map_to_openai() {
+        assert_eq!(finish_reason("COMPLETE", true), Ok("stop"));
+        assert_eq!(finish_reason("STOP_SEQUENCE", true), Ok("stop"));
+        assert_eq!(finish_reason("MAX_TOKENS", true), Ok("length"));
+        assert_eq!(finish_reason("TOOL_CALL", true), Ok("tool_calls"));
+        assert_eq!(finish_reason("ERROR", true), Ok("error"));
+        assert_eq!(finish_reason("TIMEOUT", false).unwrap_err().status, StatusCode::BAD_GATEWAY);
+    }
+}
