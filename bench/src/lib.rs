@@ -1,6 +1,10 @@
-//! Benchmarks of SolRouter's hot paths (`benches/`, run with `cargo bench -p solrouter-bench`)
-//! and the workload generators they share. Benchmarks report numbers; they assert nothing.
+//! Benchmarks of SolRouter's hot paths (`benches/`, run with `cargo bench -p solrouter-bench`),
+//! the storage soak (`src/bin/storage_soak.rs`) and the workload generators they share.
+//! Benchmarks report numbers; they assert nothing about them.
 #![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod load;
 
 use solrouter_ledger::{
     AccountId, Batch, Command, HoldId, Ledger, Op, OpId, PicoUsd, RequestRecord, PICO_PER_USD,
@@ -8,14 +12,20 @@ use solrouter_ledger::{
 
 /// Accounts the lifecycle workload spreads over.
 pub const WORKLOAD_ACCOUNTS: u64 = 1024;
+/// What each workload account is topped up with: enough for a billion lifecycles.
+pub const ACCOUNT_FUNDING: PicoUsd = PicoUsd(1_000_000 * PICO_PER_USD);
+/// What a lifecycle reserves (a request's worst case) and what it then settles (its usage).
+pub const LIFECYCLE_HOLD: PicoUsd = PicoUsd(2_000_000_000);
+pub const LIFECYCLE_ACTUAL: PicoUsd = PicoUsd(1_000_000_000);
+/// How far past the batch stamp a lifecycle's hold expires; far above any lifecycle's latency.
+pub const LIFECYCLE_HOLD_TTL_MS: u64 = 60_000;
 
-/// A ledger with [`WORKLOAD_ACCOUNTS`] funded accounts.
-pub fn funded_ledger() -> Ledger {
-    let mut ledger = Ledger::new();
-    let commands = (0..WORKLOAD_ACCOUNTS)
-        .flat_map(|account| {
+/// Commands that create and fund the [`WORKLOAD_ACCOUNTS`] accounts, as (create, credit)
+/// pairs: the credit of an account must be applied after its creation.
+pub fn funding_commands() -> Vec<[Command; 2]> {
+    (0..WORKLOAD_ACCOUNTS)
+        .map(|account| {
             let id = AccountId(account);
-            let amount = PicoUsd(1_000_000 * PICO_PER_USD);
             [
                 Command {
                     id: OpId(u128::from(account) << 1),
@@ -23,44 +33,49 @@ pub fn funded_ledger() -> Ledger {
                 },
                 Command {
                     id: OpId(u128::from(account) << 1 | 1),
-                    op: Op::Credit { account: id, amount },
+                    op: Op::Credit { account: id, amount: ACCOUNT_FUNDING },
                 },
             ]
         })
-        .collect::<Vec<_>>();
+        .collect()
+}
+
+/// A ledger with [`WORKLOAD_ACCOUNTS`] funded accounts.
+pub fn funded_ledger() -> Ledger {
+    let mut ledger = Ledger::new();
+    let commands = funding_commands().into_iter().flatten().collect::<Vec<_>>();
     for chunk in commands.chunks(solrouter_ledger::BATCH_COMMANDS_MAX) {
         ledger.apply(&Batch { stamp_ms: 1, commands: chunk.to_vec() });
     }
     ledger
 }
 
+/// Lifecycle number `n` (unique per workload run): a reserve of [`LIFECYCLE_HOLD`] on
+/// account `n % WORKLOAD_ACCOUNTS`, then either a settle of [`LIFECYCLE_ACTUAL`] or, with
+/// `release`, a release (a request that incurred no upstream cost). Op ids have bit 64 set,
+/// so they never collide with [`funding_commands`].
+pub fn lifecycle_commands(n: u64, expires_at_ms: u64, release: bool) -> [Command; 2] {
+    let account = AccountId(n % WORKLOAD_ACCOUNTS);
+    let hold = HoldId(u128::from(n));
+    let id = u128::from(n) << 2 | 1 << 64;
+    let reserve = Op::Reserve { account, hold, amount: LIFECYCLE_HOLD, expires_at_ms };
+    let finish = if release {
+        Op::Release { account, hold }
+    } else {
+        let record = RequestRecord { model: "mock/echo".into(), status: 200, ..Default::default() };
+        Op::Settle { account, hold, actual: LIFECYCLE_ACTUAL, record }
+    };
+    [Command { id: OpId(id), op: reserve }, Command { id: OpId(id | 2), op: finish }]
+}
+
 /// `n_lifecycles` request lifecycles (reserve, then settle below the hold) as two batches,
 /// the way a group-committing leader would see them under load. `first` makes ids unique.
 pub fn lifecycle_batches(first: u64, n_lifecycles: usize, stamp_ms: u64) -> [Batch; 2] {
-    let lifecycle = |index: usize| {
-        let n = first + index as u64;
-        (
-            AccountId(n % WORKLOAD_ACCOUNTS),
-            HoldId(u128::from(n)),
-            OpId(u128::from(n) << 2 | 1 << 64),
-        )
-    };
-    let reserves = (0..n_lifecycles)
-        .map(|index| {
-            let (account, hold, id) = lifecycle(index);
-            let amount = PicoUsd(2_000_000_000);
-            let expires_at_ms = stamp_ms + 60_000;
-            Command { id, op: Op::Reserve { account, hold, amount, expires_at_ms } }
+    let (reserves, settles) = (first..first + n_lifecycles as u64)
+        .map(|n| {
+            let [reserve, settle] = lifecycle_commands(n, stamp_ms + LIFECYCLE_HOLD_TTL_MS, false);
+            (reserve, settle)
         })
-        .collect();
-    let settles = (0..n_lifecycles)
-        .map(|index| {
-            let (account, hold, id) = lifecycle(index);
-            let record =
-                RequestRecord { model: "mock/echo".into(), status: 200, ..Default::default() };
-            let op = Op::Settle { account, hold, actual: PicoUsd(1_000_000_000), record };
-            Command { id: OpId(id.0 | 2), op }
-        })
-        .collect();
+        .unzip();
     [Batch { stamp_ms, commands: reserves }, Batch { stamp_ms, commands: settles }]
 }

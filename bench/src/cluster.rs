@@ -1,0 +1,83 @@
+//! Ledger nodes on this machine for benchmarks: one node, or a cluster of several nodes in
+//! this process replicating over real gRPC on 127.0.0.1, each in its own data directory.
+
+use anyhow::Context;
+use solrouter_raft::{LedgerNode, NodeOptions, NodeStats};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tempfile::TempDir;
+
+/// Nodes with ids `1..=n`, `nodes()[i]` being node `i + 1`. The data directories are
+/// removed when the cluster is dropped.
+pub struct Cluster {
+    nodes: Vec<LedgerNode>,
+    dirs: Vec<TempDir>,
+}
+
+impl Cluster {
+    /// One node leading one group, or `n_nodes` nodes hosting `n_groups` groups. A single
+    /// node leads on return; a cluster may still be electing (submits then fail as
+    /// retryable, which [`crate::load::Load`] follows).
+    pub async fn open(
+        n_nodes: u64,
+        n_groups: u32,
+        base_dir: &Path,
+        options: &NodeOptions,
+    ) -> anyhow::Result<Cluster> {
+        let mut dirs = Vec::new();
+        for _ in 0..n_nodes {
+            let dir = tempfile::Builder::new().prefix("solrouter-bench-").tempdir_in(base_dir);
+            dirs.push(dir.with_context(|| format!("creating a data directory in {base_dir:?}"))?);
+        }
+        let mut nodes = Vec::new();
+        if n_nodes == 1 && n_groups == 1 {
+            nodes.push(LedgerNode::open_single_with(dirs[0].path(), options).await?);
+        } else {
+            let peers = (1..=n_nodes)
+                .map(|id| Ok((id, free_local_addr()?)))
+                .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+            for (id, dir) in (1..=n_nodes).zip(&dirs) {
+                nodes.push(LedgerNode::open_with(id, &peers, dir.path(), n_groups, options).await?);
+            }
+        }
+        Ok(Cluster { nodes, dirs })
+    }
+
+    pub fn nodes(&self) -> &[LedgerNode] {
+        &self.nodes
+    }
+
+    /// The data directory of `nodes()[idx]`.
+    pub fn dir(&self, idx: usize) -> &Path {
+        self.dirs[idx].path()
+    }
+
+    /// Batches and commands proposed, summed over every group of every node.
+    pub fn proposed(&self) -> (u64, u64) {
+        proposed(&self.nodes)
+    }
+
+    pub async fn shutdown(&self) -> anyhow::Result<()> {
+        for node in &self.nodes {
+            node.shutdown().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Batches and commands proposed, summed over every group of `nodes`.
+pub fn proposed(nodes: &[LedgerNode]) -> (u64, u64) {
+    let all_stats = nodes
+        .iter()
+        .flat_map(|node| (0..node.n_groups()).map(|group_idx| node.group_stats(group_idx)));
+    all_stats.fold((0, 0), |(n_batches, n_commands), stats: NodeStats| {
+        (n_batches + stats.n_batches_proposed, n_commands + stats.n_commands_proposed)
+    })
+}
+
+/// A port the OS just handed out; another process could take it before the node binds it,
+/// which fails the open loudly, never silently.
+fn free_local_addr() -> anyhow::Result<String> {
+    let bound = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+    Ok(bound.context("picking a port on 127.0.0.1")?.to_string())
+}

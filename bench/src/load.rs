@@ -1,0 +1,355 @@
+//! Lifecycles driven through ledger nodes by concurrent submitters, the way a gateway's
+//! request tasks drive them: each submitter reserves, waits for the outcome, settles (or
+//! releases), waits, and starts its next lifecycle. The number of submitters is what sets
+//! the group-commit batch size: everything submitted while a batch is being committed
+//! goes into the next one.
+
+use crate::cluster::proposed;
+use crate::{funding_commands, lifecycle_commands, LIFECYCLE_HOLD_TTL_MS};
+use solrouter_ledger::{Command, Outcome};
+use solrouter_raft::{LedgerError, LedgerNode};
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Bits of sub-bucket index per power of two in [`Histogram`]: 64 sub-buckets, so a
+/// recorded latency is reported within 1/64 (1.6 %) of its true value.
+const SUB_BUCKET_BITS: u32 = 6;
+const SUB_BUCKETS: usize = 1 << SUB_BUCKET_BITS;
+/// Buckets covering every `u64` of microseconds: one linear range, then one per magnitude.
+const BUCKETS: usize = (64 - SUB_BUCKET_BITS as usize + 1) * SUB_BUCKETS;
+/// Attempts at one command while its group has no reachable leader (an election, a node
+/// still starting): every `RETRY_INTERVAL`, 10 s in all, room for several elections.
+/// Following a `NotLeader` hint also counts as an attempt.
+const SUBMIT_ATTEMPTS_MAX: u32 = 1_000;
+const RETRY_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Lifecycle latencies in microseconds, in a fixed-size log-linear histogram so that a
+/// run of millions of lifecycles neither grows memory (the soak reports RSS) nor sorts.
+#[derive(Clone)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    n_recorded: u64,
+    sum_us: u128,
+    max_us: u64,
+}
+
+/// What one [`Load::run`] did. Batches and commands are the nodes' counters over the run.
+pub struct LoadReport {
+    pub elapsed: Duration,
+    pub latencies: Histogram,
+    /// Lifecycles whose reserve or settle the ledger rejected; a sound workload has none.
+    pub n_rejected: u64,
+    /// Submits repeated after a `NotLeader` answer or while a group had no leader.
+    pub n_retries: u64,
+    pub n_batches: u64,
+    pub n_commands: u64,
+}
+
+/// Generates lifecycles with ids unique across every run on the same nodes.
+pub struct Load {
+    nodes: Arc<[LedgerNode]>,
+    release_one_in: Option<NonZeroU64>,
+    next_lifecycle: u64,
+    n_completed: Arc<AtomicU64>,
+}
+
+/// Creates and funds the workload accounts through `nodes`' leaders, a task per account.
+pub async fn fund(nodes: &[LedgerNode]) -> Result<(), LedgerError> {
+    let nodes: Arc<[LedgerNode]> = nodes.into();
+    let mut tasks = tokio::task::JoinSet::new();
+    for [create, credit] in funding_commands() {
+        let mut leaders = Leaders::new(Arc::clone(&nodes));
+        tasks.spawn(async move {
+            expect_applied(leaders.submit(create.clone()).await?.0, &create);
+            expect_applied(leaders.submit(credit.clone()).await?.0, &credit);
+            Ok::<(), LedgerError>(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("funding task panicked")?;
+    }
+    Ok(())
+}
+
+/// Funding runs before any measurement, on fresh nodes: a rejection there is a bug in the
+/// workload, and measuring on top of it would be meaningless.
+fn expect_applied(outcome: Outcome, command: &Command) {
+    if let Err(rejection) = outcome {
+        panic!("workload setup rejected {command:?}: {rejection}");
+    }
+}
+
+impl Load {
+    /// `nodes[i]` must be node id `i + 1` (as [`crate::cluster::Cluster`] opens them).
+    /// `release_one_in`: every n-th lifecycle ends in a release instead of a settle.
+    pub fn new(nodes: &[LedgerNode], release_one_in: Option<NonZeroU64>) -> Load {
+        let nodes = nodes.into();
+        Load { nodes, release_one_in, next_lifecycle: 0, n_completed: Arc::default() }
+    }
+
+    /// Lifecycles completed by every run so far, updated live (for progress reports).
+    pub fn completed(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.n_completed)
+    }
+
+    /// Runs `n_lifecycles` lifecycles spread over `n_submitters` concurrent submitters, or
+    /// fewer if `duration_max` passes first (each submitter finishes its lifecycle in hand).
+    pub async fn run(
+        &mut self,
+        n_submitters: usize,
+        n_lifecycles: u64,
+        duration_max: Option<Duration>,
+    ) -> Result<LoadReport, LedgerError> {
+        let first = self.next_lifecycle;
+        let end = first.saturating_add(n_lifecycles);
+        let next = Arc::new(AtomicU64::new(first));
+        let (n_batches_before, n_commands_before) = proposed(&self.nodes);
+        let started = Instant::now();
+        let deadline = duration_max.map(|duration| started + duration);
+        let mut submitters = tokio::task::JoinSet::new();
+        for _ in 0..n_submitters {
+            let submitter = Submitter {
+                leaders: Leaders::new(Arc::clone(&self.nodes)),
+                release_one_in: self.release_one_in,
+                next: Arc::clone(&next),
+                end,
+                deadline,
+                n_completed: Arc::clone(&self.n_completed),
+            };
+            submitters.spawn(submitter.run());
+        }
+        let mut total = Tally::default();
+        while let Some(joined) = submitters.join_next().await {
+            total.merge(&joined.expect("submitter panicked")?);
+        }
+        let elapsed = started.elapsed();
+        let (n_batches_after, n_commands_after) = proposed(&self.nodes);
+        // Numbers drawn past `end` or the deadline were never submitted; skipping them
+        // keeps ids unique without coordination.
+        self.next_lifecycle = next.load(Ordering::Relaxed).max(first);
+        Ok(LoadReport {
+            elapsed,
+            latencies: total.latencies,
+            n_rejected: total.n_rejected,
+            n_retries: total.n_retries,
+            n_batches: n_batches_after - n_batches_before,
+            n_commands: n_commands_after - n_commands_before,
+        })
+    }
+}
+
+/// Where each group's leader was last found, starting from node 1 for every group.
+struct Leaders {
+    nodes: Arc<[LedgerNode]>,
+    target_by_group: Vec<usize>,
+}
+
+impl Leaders {
+    fn new(nodes: Arc<[LedgerNode]>) -> Leaders {
+        let n_groups = nodes[0].n_groups() as usize;
+        Leaders { nodes, target_by_group: vec![0; n_groups] }
+    }
+
+    /// Submits through the leader of the command's group, following `NotLeader` hints and
+    /// retrying retryable errors (same op id, so a retry is idempotent). Returns the
+    /// outcome and the number of retries it took.
+    async fn submit(&mut self, command: Command) -> Result<(Outcome, u64), LedgerError> {
+        let group_idx = self.nodes[0].group_idx_of(command.op.account()) as usize;
+        let n_nodes = self.nodes.len();
+        let target = &mut self.target_by_group[group_idx];
+        for attempt in 1..=SUBMIT_ATTEMPTS_MAX {
+            let retries = u64::from(attempt - 1);
+            match self.nodes[*target].submit(command.clone()).await {
+                Ok(outcome) => return Ok((outcome, retries)),
+                Err(LedgerError::NotLeader { leader_id: Some(leader), .. })
+                    if (1..=n_nodes as u64).contains(&leader) =>
+                {
+                    *target = leader as usize - 1;
+                }
+                Err(e) if e.is_retryable() && attempt < SUBMIT_ATTEMPTS_MAX => {
+                    *target = (*target + 1) % n_nodes;
+                    tokio::time::sleep(RETRY_INTERVAL).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(LedgerError::Unavailable {
+            reason: format!("no leader after {SUBMIT_ATTEMPTS_MAX} attempts"),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies: Histogram,
+    n_rejected: u64,
+    n_retries: u64,
+}
+
+impl Tally {
+    fn merge(&mut self, other: &Tally) {
+        self.latencies.merge(&other.latencies);
+        self.n_rejected += other.n_rejected;
+        self.n_retries += other.n_retries;
+    }
+}
+
+struct Submitter {
+    leaders: Leaders,
+    release_one_in: Option<NonZeroU64>,
+    next: Arc<AtomicU64>,
+    end: u64,
+    deadline: Option<Instant>,
+    n_completed: Arc<AtomicU64>,
+}
+
+impl Submitter {
+    async fn run(mut self) -> Result<Tally, LedgerError> {
+        let mut tally = Tally::default();
+        loop {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            let late = self.deadline.is_some_and(|deadline| Instant::now() >= deadline);
+            if n >= self.end || late {
+                return Ok(tally);
+            }
+            let release = self.release_one_in.is_some_and(|one_in| n.is_multiple_of(one_in.get()));
+            let [reserve, finish] = lifecycle_commands(n, expires_at_ms(), release);
+            let started = Instant::now();
+            let (reserved, reserve_retries) = self.leaders.submit(reserve).await?;
+            let (finished, finish_retries) = self.leaders.submit(finish).await?;
+            tally.latencies.record(started.elapsed());
+            tally.n_rejected += u64::from(reserved.is_err() || finished.is_err());
+            tally.n_retries += reserve_retries + finish_retries;
+            self.n_completed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The leader stamps batches with its wall clock, so holds expire relative to it.
+fn expires_at_ms() -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970");
+    u64::try_from(now.as_millis()).expect("ms fit u64") + LIFECYCLE_HOLD_TTL_MS
+}
+
+impl LoadReport {
+    pub fn n_lifecycles(&self) -> u64 {
+        self.latencies.n_recorded
+    }
+
+    pub fn lifecycles_per_s(&self) -> f64 {
+        self.n_lifecycles() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Mean group-commit batch size (commands per Raft entry) over the run.
+    pub fn commands_per_batch(&self) -> f64 {
+        self.n_commands as f64 / self.n_batches.max(1) as f64
+    }
+}
+
+impl Histogram {
+    pub fn new() -> Histogram {
+        Histogram { counts: vec![0; BUCKETS], n_recorded: 0, sum_us: 0, max_us: 0 }
+    }
+
+    pub fn record(&mut self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.counts[bucket_idx(us)] += 1;
+        self.n_recorded += 1;
+        self.sum_us += u128::from(us);
+        self.max_us = self.max_us.max(us);
+    }
+
+    pub fn merge(&mut self, other: &Histogram) {
+        for (count, other_count) in self.counts.iter_mut().zip(&other.counts) {
+            *count += other_count;
+        }
+        self.n_recorded += other.n_recorded;
+        self.sum_us += other.sum_us;
+        self.max_us = self.max_us.max(other.max_us);
+    }
+
+    pub fn mean(&self) -> Duration {
+        let mean_us = self.sum_us / u128::from(self.n_recorded.max(1));
+        Duration::from_micros(u64::try_from(mean_us).expect("mean below max"))
+    }
+
+    pub fn max(&self) -> Duration {
+        Duration::from_micros(self.max_us)
+    }
+
+    /// The latency at quantile `q` (0.5 = median) by nearest rank, rounded up to the end
+    /// of its bucket (so over-reported by at most 1.6 %), never above the maximum.
+    pub fn quantile(&self, q: f64) -> Duration {
+        assert!((0.0..=1.0).contains(&q), "quantile out of range: {q}");
+        let rank = ((q * self.n_recorded as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (idx, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                let bucket_end_us = bucket_start_us(idx + 1).saturating_sub(1);
+                return Duration::from_micros(bucket_end_us.min(self.max_us));
+            }
+        }
+        self.max()
+    }
+}
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram::new()
+    }
+}
+
+/// Values below `SUB_BUCKETS` get a bucket each; above, each power of two is split into
+/// `SUB_BUCKETS` equal buckets, indexed by the value's top `SUB_BUCKET_BITS + 1` bits.
+fn bucket_idx(us: u64) -> usize {
+    if us < SUB_BUCKETS as u64 {
+        return us as usize;
+    }
+    let shift = 63 - us.leading_zeros() - SUB_BUCKET_BITS;
+    let sub_bucket = (us >> shift) as usize - SUB_BUCKETS;
+    (shift as usize + 1) * SUB_BUCKETS + sub_bucket
+}
+
+fn bucket_start_us(idx: usize) -> u64 {
+    if idx < SUB_BUCKETS {
+        return idx as u64;
+    }
+    let shift = idx / SUB_BUCKETS - 1;
+    let top = (idx % SUB_BUCKETS + SUB_BUCKETS) as u128;
+    u64::try_from(top << shift).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_start_where_their_values_map() {
+        for us in [0, 1, 63, 64, 65, 127, 128, 129, 1_000, 12_345, 1 << 40, u64::MAX] {
+            let idx = bucket_idx(us);
+            assert!(idx < BUCKETS, "{us} maps past the last bucket");
+            assert!(bucket_start_us(idx) <= us, "{us} below its bucket");
+            assert!(idx + 1 == BUCKETS || us < bucket_start_us(idx + 1), "{us} above its bucket");
+        }
+    }
+
+    #[test]
+    fn quantiles_are_within_a_bucket_of_the_exact_rank() {
+        let mut histogram = Histogram::new();
+        for us in 1..=10_000u64 {
+            histogram.record(Duration::from_micros(us));
+        }
+        let check = |q: f64, exact_us: u64| {
+            let got_us = histogram.quantile(q).as_micros() as u64;
+            assert!(got_us >= exact_us && got_us <= exact_us + exact_us / 64, "q{q}: {got_us}");
+        };
+        check(0.5, 5_000);
+        check(0.99, 9_900);
+        check(1.0, 10_000);
+        assert_eq!(histogram.max(), Duration::from_micros(10_000));
+        assert_eq!(histogram.mean(), Duration::from_micros(5_000));
+    }
+}
