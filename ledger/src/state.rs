@@ -454,6 +454,13 @@ impl Ledger {
         self.stamp_ms
     }
 
+    /// When the earliest pending hold expires, if there is one. A replica's leader uses it
+    /// to propose an empty batch once that time has passed, so a hold abandoned by a
+    /// crashed gateway is voided even when no other command reaches its group.
+    pub fn next_expiry_ms(&self) -> Option<u64> {
+        self.expiry.first().map(|(expires_at_ms, _)| *expires_at_ms)
+    }
+
     pub fn account(&self, account: AccountId) -> Option<&Account> {
         self.accounts.get(&account)
     }

@@ -1,7 +1,9 @@
 //! The one error type of this layer, and the only place openraft errors are translated.
 
 use crate::types::NodeId;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, ForwardToLeader, RaftError};
+use openraft::error::{
+    ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, ForwardToLeader, RaftError,
+};
 use openraft::BasicNode;
 use std::error::Error;
 use std::sync::Arc;
@@ -37,6 +39,11 @@ pub enum LedgerError {
     /// [`crate::NodeOptions`] failed validation.
     #[error("invalid node options: {0}")]
     InvalidOptions(&'static str),
+    /// The request cannot succeed as sent: a command routed to the wrong group (client and
+    /// cluster disagree on the group count), a membership change that is not allowed, an
+    /// answer that does not fit the question.
+    #[error("invalid ledger request: {0}")]
+    Invalid(String),
 }
 
 impl LedgerError {
@@ -47,7 +54,8 @@ impl LedgerError {
             | LedgerError::Timeout(_) => true,
             LedgerError::Storage { .. }
             | LedgerError::Shutdown
-            | LedgerError::InvalidOptions(_) => false,
+            | LedgerError::InvalidOptions(_)
+            | LedgerError::Invalid(_) => false,
         }
     }
 
@@ -75,6 +83,23 @@ impl LedgerError {
                 unreachable!("a batch write failed as a membership change: {e}")
             }
             RaftError::Fatal(fatal) => LedgerError::from_fatal("writing a batch", fatal),
+        }
+    }
+
+    /// A membership change's error: another change still in progress is worth retrying,
+    /// a change that names an unknown learner or empties the group is not.
+    pub(crate) fn from_membership_change(
+        error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+    ) -> Self {
+        match error {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(forward),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                e @ ChangeMembershipError::InProgress(_),
+            )) => LedgerError::Unavailable { reason: e.to_string() },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                LedgerError::Invalid(e.to_string())
+            }
+            RaftError::Fatal(fatal) => LedgerError::from_fatal("changing membership", fatal),
         }
     }
 

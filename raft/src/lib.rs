@@ -10,19 +10,36 @@
 //! It is the only crate that knows openraft types; none may appear in its public API.
 #![forbid(unsafe_code)]
 
+mod client;
 mod error;
+mod expiry;
 mod group;
 mod grpc;
 mod grpc_network;
 mod kv;
 mod log_store;
+mod membership;
 mod network;
 mod node;
+mod reads;
+mod service;
 mod state_machine;
 mod types;
+mod wire;
 
+pub use client::{
+    LedgerClient, CLIENT_ADDRESSES_MAX, CLIENT_ATTEMPTS_MAX, CLIENT_BACKOFF_FIRST,
+    CLIENT_BACKOFF_MAX, CLIENT_BATCH_COMMANDS_MAX, CLIENT_CONNECT_TIMEOUT, CLIENT_QUEUE_MAX,
+    CLIENT_RPCS_IN_FLIGHT_MAX, CLIENT_RPC_TIMEOUT, MEMBERSHIP_RPC_TIMEOUT,
+};
 pub use error::LedgerError;
-pub use node::{group_of_slot, slot_of, LedgerNode, NodeOptions, NodeStats};
+pub use expiry::EXPIRY_CHECK_INTERVAL;
+pub use membership::LEARNER_CATCH_UP_TIMEOUT;
+pub use node::{
+    group_of_account, group_of_slot, slot_of, ClusterConfig, ClusterStart, LedgerNode, NodeOptions,
+    NodeStats,
+};
+pub use wire::{Consistency, Topology};
 
 use solrouter_ledger::{BATCH_COMMANDS_MAX, NAME_BYTES_MAX};
 use std::time::Duration;

@@ -2,11 +2,17 @@
 //! routing of accounts to groups.
 
 use crate::error::LedgerError;
+use crate::expiry;
 use crate::group::Group;
+use crate::grpc::ledger_service_server::LedgerServiceServer;
 use crate::grpc::raft_service_server::RaftServiceServer;
 use crate::grpc_network::{GrpcNetwork, RaftRpcServer};
+use crate::membership;
 use crate::network::NoPeers;
+use crate::reads::{self, GroupReader};
+use crate::service::LedgerRpcServer;
 use crate::types::NodeId;
+use crate::wire::{self, Consistency, MembershipChange, ReadAnswer, ReadRequest, Topology};
 use crate::{
     APPEND_ENTRIES_MAX, ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, ENTRIES_KEPT_AFTER_SNAPSHOT,
     HEARTBEAT_INTERVAL, LEADER_WAIT_TIMEOUT, OPEN_LOCK_ATTEMPTS_MAX, OPEN_LOCK_RETRY_INTERVAL,
@@ -14,11 +20,13 @@ use crate::{
 };
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
-use solrouter_ledger::{AccountId, Command, Ledger, Outcome};
+use solrouter_ledger::{
+    Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, Ledger, Outcome, RequestRecord,
+};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -29,6 +37,63 @@ const SINGLE_NODE_ID: NodeId = 1;
 #[derive(Clone)]
 pub struct LedgerNode {
     inner: Arc<Inner>,
+}
+
+/// Where a node of a cluster listens and how it comes into the cluster, validated on
+/// construction.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    id: u64,
+    listen: SocketAddr,
+    start: ClusterStart,
+    n_groups: u32,
+}
+
+/// How a node's groups get their first membership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterStart {
+    /// The founding members (node id → advertised `host:port`, which serves both Raft and
+    /// the ledger API). Every founding member bootstraps with the same list on its first
+    /// start; later starts find the membership in their log and ignore the list.
+    Bootstrap(BTreeMap<u64, String>),
+    /// A node added to a running cluster: it does not bootstrap, it waits until a leader
+    /// adds it (`LedgerClient::add_node`) and then learns everything from the log.
+    Join,
+}
+
+impl ClusterConfig {
+    pub fn try_new(
+        id: u64,
+        listen: SocketAddr,
+        start: ClusterStart,
+        n_groups: u32,
+    ) -> Result<ClusterConfig, LedgerError> {
+        if n_groups == 0 || n_groups > SLOTS {
+            return Err(LedgerError::InvalidOptions("n_groups must be within 1..=SLOTS"));
+        }
+        if let ClusterStart::Bootstrap(peers) = &start {
+            if !peers.contains_key(&id) {
+                return Err(LedgerError::InvalidOptions("the founding members lack this node"));
+            }
+        }
+        Ok(ClusterConfig { id, listen, start, n_groups })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    pub fn start(&self) -> &ClusterStart {
+        &self.start
+    }
+
+    pub fn n_groups(&self) -> u32 {
+        self.n_groups
+    }
 }
 
 /// Tunables of a node, validated on construction. [`NodeOptions::default`] holds the
@@ -103,6 +168,11 @@ pub fn group_of_slot(slot: u32, n_groups: u32) -> u32 {
     slot % n_groups
 }
 
+/// The group of `account` in a cluster of `n_groups` groups.
+pub fn group_of_account(account: AccountId, n_groups: u32) -> u32 {
+    group_of_slot(slot_of(account), n_groups)
+}
+
 impl LedgerNode {
     /// Opens (or creates and bootstraps) a single-node cluster with node id 1 in `data_dir`.
     pub async fn open_single(data_dir: &Path) -> Result<LedgerNode, LedgerError> {
@@ -125,14 +195,12 @@ impl LedgerNode {
             return Err(LedgerError::Unavailable { reason: e.to_string() });
         }
         group.raft().ensure_linearizable().await.map_err(LedgerError::from_check_leader)?;
-        Ok(LedgerNode { inner: Arc::new(Inner { groups: vec![group], server: Mutex::new(None) }) })
+        Ok(LedgerNode::assemble(SINGLE_NODE_ID, vec![group], None))
     }
 
-    /// Opens node `id` of a cluster whose members are `peers` (node id → `host:port` of its
-    /// Raft gRPC endpoint, `peers[id]` being this node's), hosting a replica of each of
-    /// `n_groups` Raft groups in `data_dir`. Bootstraps the groups on first start. Returns
-    /// without waiting for leaders: the other nodes may not be up yet, and until a group
-    /// has a quorum its commands fail as retryable.
+    /// Opens node `id` of a cluster whose founding members are `peers` (node id →
+    /// `host:port`, `peers[id]` being this node's, where it also listens), hosting a replica
+    /// of each of `n_groups` Raft groups in `data_dir`. See [`LedgerNode::open_cluster`].
     pub async fn open(
         id: u64,
         peers: &BTreeMap<u64, String>,
@@ -149,33 +217,50 @@ impl LedgerNode {
         n_groups: u32,
         options: &NodeOptions,
     ) -> Result<LedgerNode, LedgerError> {
-        if n_groups == 0 || n_groups > SLOTS {
-            return Err(LedgerError::InvalidOptions("n_groups must be within 1..=SLOTS"));
-        }
         let own_addr =
             peers.get(&id).ok_or(LedgerError::InvalidOptions("peers lacks this node"))?;
-        let own_addr: SocketAddr =
+        let listen: SocketAddr =
             own_addr.parse().map_err(|_| LedgerError::InvalidOptions("bad own address"))?;
+        let start = ClusterStart::Bootstrap(peers.clone());
+        let config = ClusterConfig::try_new(id, listen, start, n_groups)?;
+        LedgerNode::open_cluster(&config, data_dir, options).await
+    }
+
+    /// Opens a node of a cluster in `data_dir`: binds `config.listen()`, where it serves
+    /// Raft to its peers and the ledger API (`LedgerService`) to gateways, and bootstraps
+    /// the groups on a founding member's first start. Returns without waiting for leaders:
+    /// the other nodes may not be up yet, and until a group has a quorum its commands fail
+    /// as retryable.
+    pub async fn open_cluster(
+        config: &ClusterConfig,
+        data_dir: &Path,
+        options: &NodeOptions,
+    ) -> Result<LedgerNode, LedgerError> {
         // Bound first so a taken port fails the open instead of a background task.
-        let listener = tokio::net::TcpListener::bind(own_addr)
+        let listener = tokio::net::TcpListener::bind(config.listen())
             .await
-            .map_err(|e| LedgerError::storage("binding the raft endpoint", e))?;
+            .map_err(|e| LedgerError::storage("binding the ledger endpoint", e))?;
         let db = open_db(data_dir).await?;
-        let config = Arc::new(raft_config(options)?);
-        let members: BTreeMap<u64, BasicNode> =
-            peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+        let raft_config = Arc::new(raft_config(options)?);
         let mut groups = Vec::new();
-        for group_idx in 0..n_groups {
+        for group_idx in 0..config.n_groups() {
             let network = GrpcNetwork::new(group_idx);
-            let group = Group::start(id, group_idx, &db, Arc::clone(&config), network).await?;
-            groups.push(group);
+            let group_config = Arc::clone(&raft_config);
+            groups.push(Group::start(config.id(), group_idx, &db, group_config, network).await?);
         }
         let rafts = groups.iter().map(|group| group.raft().clone()).collect();
-        let server = serve(listener, RaftRpcServer::new(rafts));
-        for group in &groups {
-            bootstrap(group, members.clone()).await?;
+        let node = LedgerNode::assemble(config.id(), groups, None);
+        let server =
+            serve(listener, RaftRpcServer::new(rafts), LedgerRpcServer::new(node.downgrade()));
+        *node.inner.server.lock().expect("server lock poisoned") = Some(server);
+        if let ClusterStart::Bootstrap(peers) = config.start() {
+            let members: BTreeMap<u64, BasicNode> =
+                peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+            for group in &node.inner.groups {
+                bootstrap(group, members.clone()).await?;
+            }
         }
-        Ok(LedgerNode { inner: Arc::new(Inner { groups, server: Mutex::new(Some(server)) }) })
+        Ok(node)
     }
 
     /// Submits one command to its account's group; concurrent submits are coalesced (group
@@ -215,6 +300,9 @@ impl LedgerNode {
     /// Stops serving peers, then every group's Raft core. Later submits and reads fail
     /// with [`LedgerError::Shutdown`].
     pub async fn shutdown(&self) -> Result<(), LedgerError> {
+        for task in self.inner.expiry_tasks.lock().expect("expiry lock poisoned").drain(..) {
+            task.abort();
+        }
         let server = self.inner.server.lock().expect("server lock poisoned").take();
         if let Some(server) = server {
             let _ = server.shutdown_tx.send(());
@@ -245,6 +333,134 @@ impl LedgerNode {
         self.inner.groups[group_idx as usize].stats()
     }
 
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// An account as `consistency` asks (see [`Consistency`]).
+    pub async fn account(
+        &self,
+        account: AccountId,
+        consistency: Consistency,
+    ) -> Result<Option<Account>, LedgerError> {
+        reads::account(self, account, consistency).await
+    }
+
+    /// The key whose secret hashes to `hash`, if it belongs to `account`.
+    pub async fn key_by_hash(
+        &self,
+        account: AccountId,
+        hash: KeyHash,
+        consistency: Consistency,
+    ) -> Result<Option<(KeyId, Key)>, LedgerError> {
+        reads::key_by_hash(self, account, hash, consistency).await
+    }
+
+    /// A key by id alone, looked up in every group.
+    pub async fn key(
+        &self,
+        key: KeyId,
+        consistency: Consistency,
+    ) -> Result<Option<Key>, LedgerError> {
+        reads::key(self, key, consistency).await
+    }
+
+    /// The request record of a settled hold, if `account` paid for it.
+    pub async fn record(
+        &self,
+        account: AccountId,
+        hold: HoldId,
+        consistency: Consistency,
+    ) -> Result<Option<RequestRecord>, LedgerError> {
+        reads::record(self, account, hold, consistency).await
+    }
+
+    /// The bank check of every group, merged.
+    pub async fn audit(&self, consistency: Consistency) -> Result<Audit, LedgerError> {
+        reads::audit(self, consistency).await
+    }
+
+    /// Succeeds when every group has a leader confirmed by a quorum.
+    pub async fn ready(&self) -> Result<(), LedgerError> {
+        reads::ready(self).await
+    }
+
+    /// The cluster as this node sees it.
+    pub fn topology(&self) -> Topology {
+        let mut members = BTreeMap::new();
+        let mut voters = Vec::with_capacity(self.inner.groups.len());
+        let mut leaders = Vec::with_capacity(self.inner.groups.len());
+        for group in &self.inner.groups {
+            let metrics = group.raft().metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            members.extend(membership.nodes().map(|(id, node)| (*id, node.addr.clone())));
+            voters.push(membership.voter_ids().collect());
+            leaders.push(metrics.current_leader);
+        }
+        Topology { node_id: self.inner.id, n_groups: self.n_groups(), members, voters, leaders }
+    }
+
+    /// Commands of one group (checked to belong to it), submitted together; see
+    /// [`Group::submit_many`](crate::group::Group).
+    pub(crate) async fn submit_group(
+        &self,
+        group_idx: u32,
+        commands: Vec<Command>,
+    ) -> Result<Vec<Outcome>, LedgerError> {
+        let group = self.group_at(group_idx)?;
+        if let Some(stray) =
+            commands.iter().find(|c| group_of_account(c.op.account(), self.n_groups()) != group_idx)
+        {
+            return Err(LedgerError::Invalid(format!(
+                "command {:x} belongs to group {}, not {group_idx} (of {} groups)",
+                stray.id.0,
+                group_of_account(stray.op.account(), self.n_groups()),
+                self.n_groups()
+            )));
+        }
+        let submitting = commands.into_iter().map(|command| group.submit(command));
+        futures_util::future::join_all(submitting).await.into_iter().collect()
+    }
+
+    /// Changes one group's membership; fails with `NotLeader` unless this node leads it.
+    pub(crate) async fn change_membership(
+        &self,
+        group_idx: u32,
+        change: &MembershipChange,
+    ) -> Result<(), LedgerError> {
+        membership::change(self.group_at(group_idx)?, change).await
+    }
+
+    pub(crate) fn downgrade(&self) -> Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    pub(crate) fn from_weak(inner: &Weak<Inner>) -> Option<LedgerNode> {
+        inner.upgrade().map(|inner| LedgerNode { inner })
+    }
+
+    fn assemble(id: NodeId, groups: Vec<Group>, server: Option<Server>) -> LedgerNode {
+        let node = LedgerNode {
+            inner: Arc::new(Inner {
+                id,
+                groups,
+                server: Mutex::new(server),
+                expiry_tasks: Mutex::new(Vec::new()),
+            }),
+        };
+        let tasks =
+            (0..node.n_groups()).map(|group_idx| expiry::spawn(node.downgrade(), group_idx));
+        *node.inner.expiry_tasks.lock().expect("expiry lock poisoned") = tasks.collect();
+        node
+    }
+
+    pub(crate) fn group_at(&self, group_idx: u32) -> Result<&Group, LedgerError> {
+        self.inner.groups.get(group_idx as usize).ok_or_else(|| {
+            LedgerError::Invalid(format!("no group {group_idx} (of {})", self.n_groups()))
+        })
+    }
+
     fn group_of(&self, account: AccountId) -> &Group {
         &self.inner.groups[self.group_idx_of(account) as usize]
     }
@@ -255,9 +471,33 @@ impl LedgerNode {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
+    id: NodeId,
     groups: Vec<Group>,
     server: Mutex<Option<Server>>,
+    expiry_tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl GroupReader for LedgerNode {
+    fn n_groups(&self) -> u32 {
+        LedgerNode::n_groups(self)
+    }
+
+    async fn read_group(
+        &self,
+        group_idx: u32,
+        request: ReadRequest,
+    ) -> Result<ReadAnswer, LedgerError> {
+        let group = self.group_at(group_idx)?;
+        match request.consistency {
+            Consistency::Linearizable => {
+                group.read(|ledger| wire::answer(ledger, &request.read)).await
+            }
+            Consistency::Stale => {
+                Ok(group.read_local(|ledger| wire::answer(ledger, &request.read)))
+            }
+        }
+    }
 }
 
 struct Server {
@@ -265,19 +505,28 @@ struct Server {
     task: JoinHandle<()>,
 }
 
-fn serve(listener: tokio::net::TcpListener, service: RaftRpcServer) -> Server {
-    let service = RaftServiceServer::new(service)
+/// Serves Raft (to peers) and the ledger API (to gateways) on one port, so a node's one
+/// advertised address is both, and a `NotLeader` hint is directly usable by a gateway.
+fn serve(
+    listener: tokio::net::TcpListener,
+    raft: RaftRpcServer,
+    ledger: LedgerRpcServer,
+) -> Server {
+    let raft = RaftServiceServer::new(raft)
+        .max_decoding_message_size(RPC_BYTES_MAX)
+        .max_encoding_message_size(RPC_BYTES_MAX);
+    let ledger = LedgerServiceServer::new(ledger)
         .max_decoding_message_size(RPC_BYTES_MAX)
         .max_encoding_message_size(RPC_BYTES_MAX);
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     let task = tokio::spawn(async move {
-        let serving = tonic::transport::Server::builder().add_service(service);
+        let serving = tonic::transport::Server::builder().add_service(raft).add_service(ledger);
         let stop = async {
             let _ = shutdown_rx.await;
         };
         if let Err(e) = serving.serve_with_incoming_shutdown(incoming, stop).await {
-            tracing::error!("raft gRPC server stopped: {e}");
+            tracing::error!("ledger gRPC server stopped: {e}");
         }
     });
     Server { shutdown_tx, task }

@@ -1,0 +1,501 @@
+//! [`LedgerClient`]: a gateway's handle on a remote ledger cluster (DESIGN.md §2).
+//!
+//! It routes each operation to the leader of its account's group, caches leaders, follows
+//! `NotLeader` hints, and retries retryable failures at most [`CLIENT_ATTEMPTS_MAX`]
+//! times with capped exponential backoff. A retry resends the same commands with the same
+//! op ids, so the ledger applies each at most once and answers a repeat from its
+//! idempotency window: an operation in flight during an election completes or fails
+//! cleanly, never twice.
+//!
+//! Group commit from the gateway side: concurrent submits of one group queue up and go
+//! out together, up to [`CLIENT_BATCH_COMMANDS_MAX`] commands per RPC and
+//! [`CLIENT_RPCS_IN_FLIGHT_MAX`] RPCs per group at once; while those are in flight the
+//! next batch forms, so the batch size follows the load with no timer.
+
+use crate::error::LedgerError;
+use crate::grpc::ledger_service_client::LedgerServiceClient;
+use crate::grpc::GroupRequest;
+use crate::membership::LEARNER_CATCH_UP_TIMEOUT;
+use crate::node::group_of_account;
+use crate::reads::{self, GroupReader};
+use crate::wire::{Consistency, MembershipChange, ReadAnswer, ReadRequest, Topology, WireError};
+use crate::{RPC_BYTES_MAX, RPC_CONNECT_TIMEOUT};
+use prost::bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use solrouter_ledger::{
+    Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, Outcome, RequestRecord,
+    BATCH_COMMANDS_MAX,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::transport::{Channel, Endpoint};
+
+/// Commands per submit RPC. A thousand commands are ~1 MB on the wire, well under
+/// `RPC_BYTES_MAX`, and far more than one gateway's concurrent requests to one group
+/// usually are; the node's own batcher merges RPCs from several gateways further.
+pub const CLIENT_BATCH_COMMANDS_MAX: usize = 1024;
+/// Submit RPCs of one group in flight at once from one client. More than one, so a batch
+/// waiting for its commit does not stall the next; few, so batches stay large under load.
+pub const CLIENT_RPCS_IN_FLIGHT_MAX: usize = 4;
+/// Commands waiting per group for a free RPC slot; beyond it `submit` waits
+/// (backpressure) instead of queueing without bound.
+pub const CLIENT_QUEUE_MAX: usize = 2 * CLIENT_BATCH_COMMANDS_MAX;
+/// Attempts of one operation across nodes and elections, and the backoff between them:
+/// 10 ms doubling to 640 ms, so the attempts span ~22 s (plus RPC time), many election
+/// timeouts and a restart of a node, before the operation fails as retryable.
+pub const CLIENT_ATTEMPTS_MAX: u32 = 40;
+pub const CLIENT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
+pub const CLIENT_BACKOFF_MAX: Duration = Duration::from_millis(640);
+/// Longest one RPC may take. A commit takes milliseconds; a node that has not answered
+/// within this is treated as unavailable and the next attempt goes elsewhere (an
+/// operation it still applies later is the same op id, applied once).
+pub const CLIENT_RPC_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a membership change RPC may take: the new node catches up first.
+pub const MEMBERSHIP_RPC_TIMEOUT: Duration =
+    Duration::from_secs(LEARNER_CATCH_UP_TIMEOUT.as_secs() + 10);
+/// Distinct node addresses a client remembers (seeds, members, hints). Clusters have 3 or
+/// 5 nodes; the bound only stops a confused cluster from growing the table.
+pub const CLIENT_ADDRESSES_MAX: usize = 64;
+/// How long [`LedgerClient::connect`] keeps trying the seeds: a gateway may start before
+/// the ledger nodes are up.
+pub const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+const _: () = assert!(CLIENT_BATCH_COMMANDS_MAX <= BATCH_COMMANDS_MAX);
+const _: () = assert!(CLIENT_QUEUE_MAX >= CLIENT_BATCH_COMMANDS_MAX);
+const _: () = assert!(CLIENT_BATCH_COMMANDS_MAX * crate::COMMAND_BYTES_MAX <= RPC_BYTES_MAX / 2);
+const _: () = assert!(CLIENT_BACKOFF_FIRST.as_millis() < CLIENT_BACKOFF_MAX.as_millis());
+
+/// A client of a ledger cluster. Cheap to clone: clones share routes, connections and
+/// per-group batching. Dropping the last clone ends its background tasks.
+#[derive(Clone)]
+pub struct LedgerClient {
+    shared: Arc<Shared>,
+    queues: Arc<Vec<mpsc::Sender<Pending>>>,
+}
+
+/// Which `LedgerService` RPC a call makes.
+#[derive(Clone, Copy, Debug)]
+enum Method {
+    Submit,
+    Query,
+    ChangeMembership,
+    Topology,
+}
+
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Result<Outcome, LedgerError>>,
+}
+
+/// What every clone and every background task shares: the routes. Holds no queue sender,
+/// so the dispatchers end when the last `LedgerClient` is dropped.
+struct Shared {
+    n_groups: u32,
+    routes: Mutex<Routes>,
+}
+
+struct Routes {
+    /// Every address known: seeds, members, hints. Bounded by `CLIENT_ADDRESSES_MAX`.
+    addrs: Vec<String>,
+    /// Where the next leaderless attempt goes (round robin over `addrs`).
+    cursor: usize,
+    /// Each group's leader address, as last learned.
+    leaders: Vec<Option<String>>,
+    /// One HTTP/2 connection per address, created lazily.
+    channels: HashMap<String, LedgerServiceClient<Channel>>,
+}
+
+impl LedgerClient {
+    /// Connects to the cluster that `seeds` (`host:port` of some of its nodes) belong to:
+    /// learns the group count, the members and the leaders from the first seed that
+    /// answers, trying for at most [`CLIENT_CONNECT_TIMEOUT`].
+    pub async fn connect(seeds: &[String]) -> Result<LedgerClient, LedgerError> {
+        if seeds.is_empty() || seeds.len() > CLIENT_ADDRESSES_MAX {
+            return Err(LedgerError::InvalidOptions("seeds must name 1 to 64 ledger nodes"));
+        }
+        let probe = Shared::new(0, seeds);
+        let topology = tokio::time::timeout(CLIENT_CONNECT_TIMEOUT, probe.first_topology())
+            .await
+            .map_err(|_| LedgerError::Timeout(CLIENT_CONNECT_TIMEOUT))?;
+        let shared = Arc::new(Shared::new(topology.n_groups, seeds));
+        shared.learn(&topology);
+        let mut queues = Vec::with_capacity(topology.n_groups as usize);
+        for group_idx in 0..topology.n_groups {
+            let (queue_tx, queue_rx) = mpsc::channel(CLIENT_QUEUE_MAX);
+            tokio::spawn(dispatch(Arc::clone(&shared), group_idx, queue_rx));
+            queues.push(queue_tx);
+        }
+        Ok(LedgerClient { shared, queues: Arc::new(queues) })
+    }
+
+    pub fn n_groups(&self) -> u32 {
+        self.shared.n_groups
+    }
+
+    /// Submits one command to its group's leader, batched with concurrent submits of the
+    /// same group, and returns its outcome.
+    pub async fn submit(&self, command: Command) -> Result<Outcome, LedgerError> {
+        let group_idx = group_of_account(command.op.account(), self.n_groups());
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let pending = Pending { command, reply: reply_tx };
+        self.queues[group_idx as usize].send(pending).await.map_err(|_| LedgerError::Shutdown)?;
+        reply_rx.await.map_err(|_| LedgerError::Shutdown)?
+    }
+
+    /// An account as `consistency` asks (see [`Consistency`]).
+    pub async fn account(
+        &self,
+        account: AccountId,
+        consistency: Consistency,
+    ) -> Result<Option<Account>, LedgerError> {
+        reads::account(self, account, consistency).await
+    }
+
+    /// The key whose secret hashes to `hash`, if it belongs to `account`.
+    pub async fn key_by_hash(
+        &self,
+        account: AccountId,
+        hash: KeyHash,
+        consistency: Consistency,
+    ) -> Result<Option<(KeyId, Key)>, LedgerError> {
+        reads::key_by_hash(self, account, hash, consistency).await
+    }
+
+    /// A key by id alone, looked up in every group.
+    pub async fn key(
+        &self,
+        key: KeyId,
+        consistency: Consistency,
+    ) -> Result<Option<Key>, LedgerError> {
+        reads::key(self, key, consistency).await
+    }
+
+    /// The request record of a settled hold, if `account` paid for it.
+    pub async fn record(
+        &self,
+        account: AccountId,
+        hold: HoldId,
+        consistency: Consistency,
+    ) -> Result<Option<RequestRecord>, LedgerError> {
+        reads::record(self, account, hold, consistency).await
+    }
+
+    /// The bank check of every group, merged.
+    pub async fn audit(&self, consistency: Consistency) -> Result<Audit, LedgerError> {
+        reads::audit(self, consistency).await
+    }
+
+    /// Succeeds when every group has a leader confirmed by a quorum.
+    pub async fn ready(&self) -> Result<(), LedgerError> {
+        reads::ready(self).await
+    }
+
+    /// The cluster as some node sees it.
+    pub async fn topology(&self) -> Result<Topology, LedgerError> {
+        let topology: Topology =
+            self.shared.at_any(Method::Topology, 0, Bytes::new(), CLIENT_RPC_TIMEOUT).await?;
+        self.shared.learn(&topology);
+        Ok(topology)
+    }
+
+    /// Adds node `id`, serving at `addr` and started to join (it must not bootstrap), to
+    /// every group: as a learner until it caught up, then as a voter. The cluster serves
+    /// throughout. Running it again for a node already added succeeds.
+    pub async fn add_node(&self, id: u64, addr: &str) -> Result<(), LedgerError> {
+        self.shared.remember(addr);
+        self.change_membership(&MembershipChange::Add { id, addr: addr.to_owned() }).await
+    }
+
+    /// Removes node `id` from every group; the remaining nodes keep serving. A removed
+    /// leader steps down once its removal is committed. Stop the node afterwards.
+    pub async fn remove_node(&self, id: u64) -> Result<(), LedgerError> {
+        self.change_membership(&MembershipChange::Remove { id }).await
+    }
+
+    async fn change_membership(&self, change: &MembershipChange) -> Result<(), LedgerError> {
+        let payload = encode(change)?;
+        for group_idx in 0..self.n_groups() {
+            let method = Method::ChangeMembership;
+            let timeout = MEMBERSHIP_RPC_TIMEOUT;
+            let () = self.shared.at_leader(method, group_idx, payload.clone(), timeout).await?;
+        }
+        Ok(())
+    }
+}
+
+impl GroupReader for LedgerClient {
+    fn n_groups(&self) -> u32 {
+        LedgerClient::n_groups(self)
+    }
+
+    async fn read_group(
+        &self,
+        group_idx: u32,
+        request: ReadRequest,
+    ) -> Result<ReadAnswer, LedgerError> {
+        let consistency = request.consistency;
+        let payload = encode(&request)?;
+        match consistency {
+            Consistency::Linearizable => {
+                self.shared.at_leader(Method::Query, group_idx, payload, CLIENT_RPC_TIMEOUT).await
+            }
+            Consistency::Stale => {
+                self.shared.at_any(Method::Query, group_idx, payload, CLIENT_RPC_TIMEOUT).await
+            }
+        }
+    }
+}
+
+/// One group's batching loop: waits for a free RPC slot, takes whatever is queued (up to a
+/// full batch) and sends it in a task of its own. Ends when every `LedgerClient` is gone.
+async fn dispatch(shared: Arc<Shared>, group_idx: u32, mut queue: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(CLIENT_RPCS_IN_FLIGHT_MAX));
+    let mut batch = Vec::with_capacity(CLIENT_BATCH_COMMANDS_MAX);
+    loop {
+        let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
+        if queue.recv_many(&mut batch, CLIENT_BATCH_COMMANDS_MAX).await == 0 {
+            return;
+        }
+        let pendings = std::mem::replace(&mut batch, Vec::with_capacity(CLIENT_BATCH_COMMANDS_MAX));
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            submit_batch(&shared, group_idx, pendings).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn submit_batch(shared: &Shared, group_idx: u32, pendings: Vec<Pending>) {
+    let (commands, replies): (Vec<Command>, Vec<_>) =
+        pendings.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let submitted = match encode(&commands) {
+        Ok(payload) => {
+            let method = Method::Submit;
+            shared.at_leader::<Vec<Outcome>>(method, group_idx, payload, CLIENT_RPC_TIMEOUT).await
+        }
+        Err(e) => Err(e),
+    };
+    match submitted {
+        Ok(outcomes) => {
+            assert_eq!(outcomes.len(), replies.len(), "one outcome per command");
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // A submitter that went away dropped its receiver; nothing to do.
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn new(n_groups: u32, seeds: &[String]) -> Shared {
+        let routes = Routes {
+            addrs: Vec::new(),
+            cursor: 0,
+            leaders: vec![None; n_groups as usize],
+            channels: HashMap::new(),
+        };
+        let shared = Shared { n_groups, routes: Mutex::new(routes) };
+        for seed in seeds {
+            shared.remember(seed);
+        }
+        shared
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().expect("routes lock poisoned")
+    }
+
+    /// Asks each seed in turn for the topology until one answers, backing off between
+    /// rounds; the caller bounds the whole by a timeout.
+    async fn first_topology(&self) -> Topology {
+        let mut backoff = CLIENT_BACKOFF_FIRST;
+        loop {
+            let result =
+                self.at_any::<Topology>(Method::Topology, 0, Bytes::new(), CLIENT_RPC_TIMEOUT);
+            match result.await {
+                Ok(topology) => return topology,
+                Err(e) => tracing::info!(error = %e, "no ledger node answered yet"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(CLIENT_BACKOFF_MAX);
+        }
+    }
+
+    fn remember(&self, addr: &str) {
+        let mut routes = self.routes();
+        if routes.addrs.iter().any(|known| known == addr) {
+            return;
+        }
+        if routes.addrs.len() >= CLIENT_ADDRESSES_MAX {
+            tracing::warn!(addr, "too many ledger addresses; ignoring one more");
+            return;
+        }
+        routes.addrs.push(addr.to_owned());
+    }
+
+    fn learn(&self, topology: &Topology) {
+        for addr in topology.members.values() {
+            self.remember(addr);
+        }
+        let mut routes = self.routes();
+        for (group_idx, leader) in topology.leaders.iter().enumerate().take(routes.leaders.len()) {
+            if let Some(addr) = leader.and_then(|id| topology.members.get(&id)) {
+                routes.leaders[group_idx] = Some(addr.clone());
+            }
+        }
+    }
+
+    fn set_leader(&self, group_idx: u32, addr: &str) {
+        self.remember(addr);
+        if let Some(leader) = self.routes().leaders.get_mut(group_idx as usize) {
+            *leader = Some(addr.to_owned());
+        }
+    }
+
+    fn forget_leader(&self, group_idx: u32, addr: &str) {
+        if let Some(leader) = self.routes().leaders.get_mut(group_idx as usize) {
+            if leader.as_deref() == Some(addr) {
+                *leader = None;
+            }
+        }
+    }
+
+    /// The group's cached leader, else the next address in round-robin order.
+    fn leader_or_next(&self, group_idx: u32) -> String {
+        let cached = self.routes().leaders.get(group_idx as usize).cloned().flatten();
+        cached.unwrap_or_else(|| self.next_addr())
+    }
+
+    fn next_addr(&self) -> String {
+        let mut routes = self.routes();
+        routes.cursor = routes.cursor.wrapping_add(1);
+        let addr_idx = routes.cursor % routes.addrs.len();
+        routes.addrs[addr_idx].clone()
+    }
+
+    fn channel(&self, addr: &str) -> Result<LedgerServiceClient<Channel>, LedgerError> {
+        let mut routes = self.routes();
+        if let Some(client) = routes.channels.get(addr) {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| LedgerError::Invalid(format!("bad ledger address {addr:?}: {e}")))?;
+        let channel = endpoint.connect_timeout(RPC_CONNECT_TIMEOUT).connect_lazy();
+        let client = LedgerServiceClient::new(channel)
+            .max_decoding_message_size(RPC_BYTES_MAX)
+            .max_encoding_message_size(RPC_BYTES_MAX);
+        routes.channels.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Calls the group's leader: the cached one, else any node, following `NotLeader`
+    /// hints and backing off after failures, at most `CLIENT_ATTEMPTS_MAX` times.
+    async fn at_leader<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        group_idx: u32,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<T, LedgerError> {
+        let mut backoff = CLIENT_BACKOFF_FIRST;
+        let mut error = LedgerError::Unavailable { reason: "no attempt made".into() };
+        for _attempt in 0..CLIENT_ATTEMPTS_MAX {
+            let target = self.leader_or_next(group_idx);
+            match self.call(&target, method, group_idx, payload.clone(), timeout).await {
+                Ok(answer) => {
+                    self.set_leader(group_idx, &target);
+                    return Ok(answer);
+                }
+                // A fresh hint to another node: go there at once.
+                Err(LedgerError::NotLeader { leader_addr: Some(leader), .. })
+                    if leader != target =>
+                {
+                    self.set_leader(group_idx, &leader);
+                    continue;
+                }
+                Err(e) if e.is_retryable() => {
+                    self.forget_leader(group_idx, &target);
+                    error = e;
+                }
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(CLIENT_BACKOFF_MAX);
+        }
+        Err(error)
+    }
+
+    /// Calls any node (stale reads, topology), moving on to the next after a failure.
+    async fn at_any<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        group_idx: u32,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<T, LedgerError> {
+        let mut error = LedgerError::Unavailable { reason: "no attempt made".into() };
+        let n_addrs = self.routes().addrs.len();
+        for _attempt in 0..n_addrs.min(CLIENT_ATTEMPTS_MAX as usize) {
+            let target = self.next_addr();
+            match self.call(&target, method, group_idx, payload.clone(), timeout).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) if e.is_retryable() => error = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(error)
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        method: Method,
+        group: u32,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<T, LedgerError> {
+        let mut client = self.channel(addr)?;
+        let request = tonic::Request::new(GroupRequest { group, payload });
+        let calling = async {
+            match method {
+                Method::Submit => client.submit(request).await,
+                Method::Query => client.query(request).await,
+                Method::ChangeMembership => client.change_membership(request).await,
+                Method::Topology => client.topology(request).await,
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, calling).await {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(status)) => return Err(from_status(addr, method, &status)),
+            Err(_elapsed) => return Err(LedgerError::Timeout(timeout)),
+        };
+        let result: Result<T, WireError> = bincode::deserialize(&reply.payload)
+            .map_err(|e| LedgerError::Invalid(format!("undecodable {method:?} reply: {e}")))?;
+        result.map_err(LedgerError::from)
+    }
+}
+
+/// A gRPC failure: a request the server could not decode (a version mismatch) is final;
+/// anything else (connection refused or reset, deadline, a node going down mid-call)
+/// makes that node unavailable for this attempt.
+fn from_status(addr: &str, method: Method, status: &tonic::Status) -> LedgerError {
+    let reason = format!("{method:?} at {addr}: {}: {}", status.code(), status.message());
+    match status.code() {
+        tonic::Code::InvalidArgument | tonic::Code::Unimplemented => LedgerError::Invalid(reason),
+        _ => LedgerError::Unavailable { reason },
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, LedgerError> {
+    bincode::serialize(value)
+        .map(Bytes::from)
+        .map_err(|e| LedgerError::Invalid(format!("unencodable request: {e}")))
+}

@@ -1,0 +1,60 @@
+//! Voiding holds nobody settles. Expiry is applied by a batch's stamp (the ledger reads no
+//! clock), so a group with no traffic would keep an abandoned hold (its gateway crashed)
+//! until the next command arrives. Each node checks its groups periodically; where it
+//! leads and the earliest hold is past its expiry, it proposes an empty batch, whose
+//! stamp voids every expired hold on every replica alike.
+
+use crate::node::{Inner, LedgerNode};
+use openraft::error::RaftError;
+use solrouter_ledger::Batch;
+use std::sync::Weak;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+/// How often a node looks for expired holds: a hold outlives its TTL by at most this much
+/// (TTLs are minutes), and an idle check costs one lock and one comparison per group.
+pub const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs until the node is dropped or shut down (which aborts the task).
+pub(crate) fn spawn(node: Weak<Inner>, group_idx: u32) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut check = tokio::time::interval(EXPIRY_CHECK_INTERVAL);
+        check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            check.tick().await;
+            let Some(node) = LedgerNode::from_weak(&node) else { return };
+            if !expire_if_due(&node, group_idx).await {
+                return;
+            }
+        }
+    })
+}
+
+/// Proposes an empty batch if this node leads the group and a hold is due. False once the
+/// group's Raft core has stopped.
+async fn expire_if_due(node: &LedgerNode, group_idx: u32) -> bool {
+    let group = node.group_at(group_idx).expect("the task's group exists");
+    if group.raft().metrics().borrow().current_leader != Some(node.id()) {
+        return true;
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+    let due_ms = group.read_local(|ledger| ledger.next_expiry_ms());
+    if due_ms.is_none_or(|due_ms| due_ms > now_ms) {
+        return true;
+    }
+    // The ledger keeps the larger of this stamp and the last one, so a clock behind an
+    // earlier leader's cannot move time back.
+    let batch = Batch { stamp_ms: now_ms, commands: Vec::new() };
+    match group.raft().client_write(batch).await {
+        Ok(_) => true,
+        Err(RaftError::Fatal(_)) => false,
+        // Lost leadership meanwhile: the new leader's check does it.
+        Err(RaftError::APIError(e)) => {
+            tracing::debug!(group_idx, error = %e, "expiry batch not committed");
+            true
+        }
+    }
+}

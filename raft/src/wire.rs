@@ -1,0 +1,165 @@
+//! What travels inside the `LedgerService` envelopes (see `proto/raft.proto`), as bincode.
+//! Shared by the server (`service.rs`) and the client (`client.rs`); private to the crate
+//! except [`Consistency`] and [`Topology`], which are part of the public API.
+
+use crate::error::LedgerError;
+use serde::{Deserialize, Serialize};
+use solrouter_ledger::{
+    Account, AccountId, Audit, HoldId, Key, KeyHash, KeyId, Ledger, PicoUsd, RequestRecord,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Sees every command acknowledged before the read started: served by the group's
+    /// leader after it confirmed its leadership with a quorum (one round trip).
+    Linearizable,
+    /// Whatever the answering replica has applied, possibly behind the leader: no Raft
+    /// round, and any replica (a follower too) may answer.
+    Stale,
+}
+
+/// The cluster as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    /// The answering node.
+    pub node_id: u64,
+    pub n_groups: u32,
+    /// Every node in any group's membership (voters and learners), with its address.
+    pub members: BTreeMap<u64, String>,
+    /// The voters of each group, by group index.
+    pub voters: Vec<Vec<u64>>,
+    /// Each group's leader as this node knows it, by group index.
+    pub leaders: Vec<Option<u64>>,
+}
+
+/// One read of one group's state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Read {
+    /// Nothing: a linearizable ping proves the group has a leader with a quorum.
+    Ping,
+    Account(AccountId),
+    Key(KeyId),
+    KeyByHash(KeyHash),
+    /// The record of a settled hold, if `account` paid for it.
+    Record {
+        account: AccountId,
+        hold: HoldId,
+    },
+    Audit,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ReadRequest {
+    pub read: Read,
+    pub consistency: Consistency,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ReadAnswer {
+    Ping,
+    Account(Option<Account>),
+    Key(Option<Key>),
+    KeyByHash(Option<(KeyId, Key)>),
+    Record(Option<RequestRecord>),
+    Audit(Audit),
+}
+
+/// A membership change of one group.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum MembershipChange {
+    /// Adds node `id` at `addr`: first as a learner that catches up, then as a voter.
+    Add { id: u64, addr: String },
+    /// Removes node `id` from the voters and from the group.
+    Remove { id: u64 },
+}
+
+/// [`LedgerError`] as it crosses the wire. A remote node's storage failure or shutdown
+/// makes that node unavailable to the client, not the client's own storage broken.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum WireError {
+    NotLeader { leader_id: Option<u64>, leader_addr: Option<String> },
+    Unavailable(String),
+    Timeout { ms: u64 },
+    Invalid(String),
+}
+
+impl From<LedgerError> for WireError {
+    fn from(error: LedgerError) -> WireError {
+        match error {
+            LedgerError::NotLeader { leader_id, leader_addr } => {
+                WireError::NotLeader { leader_id, leader_addr }
+            }
+            LedgerError::Timeout(after) => WireError::Timeout { ms: after.as_millis() as u64 },
+            LedgerError::Invalid(reason) => WireError::Invalid(reason),
+            LedgerError::InvalidOptions(reason) => WireError::Invalid(reason.to_owned()),
+            LedgerError::Unavailable { .. }
+            | LedgerError::Storage { .. }
+            | LedgerError::Shutdown => WireError::Unavailable(error.to_string()),
+        }
+    }
+}
+
+impl From<WireError> for LedgerError {
+    fn from(error: WireError) -> LedgerError {
+        match error {
+            WireError::NotLeader { leader_id, leader_addr } => {
+                LedgerError::NotLeader { leader_id, leader_addr }
+            }
+            WireError::Unavailable(reason) => LedgerError::Unavailable { reason },
+            WireError::Timeout { ms } => LedgerError::Timeout(Duration::from_millis(ms)),
+            WireError::Invalid(reason) => LedgerError::Invalid(reason),
+        }
+    }
+}
+
+/// Answers `read` from one replica's ledger. Pure: the caller chose the replica and made
+/// sure it is fresh enough.
+pub(crate) fn answer(ledger: &Ledger, read: &Read) -> ReadAnswer {
+    match read {
+        Read::Ping => ReadAnswer::Ping,
+        Read::Account(account) => ReadAnswer::Account(ledger.account(*account).cloned()),
+        Read::Key(key) => ReadAnswer::Key(ledger.key(*key).cloned()),
+        Read::KeyByHash(hash) => {
+            ReadAnswer::KeyByHash(ledger.key_by_hash(hash).map(|(id, key)| (id, key.clone())))
+        }
+        Read::Record { account, hold } => ReadAnswer::Record(
+            ledger
+                .record(*hold)
+                .filter(|(payer, _)| payer == account)
+                .map(|(_, record)| record.clone()),
+        ),
+        Read::Audit => ReadAnswer::Audit(ledger.audit()),
+    }
+}
+
+/// The audit of a whole cluster from the audits of its groups (each group keeps a
+/// disjoint set of accounts, so sums add up).
+pub(crate) fn merge_audits(audits: Vec<Audit>) -> Audit {
+    let mut merged = Audit {
+        ok: true,
+        n_accounts: 0,
+        n_holds: 0,
+        credits: PicoUsd::ZERO,
+        debits_posted: PicoUsd::ZERO,
+        debits_pending: PicoUsd::ZERO,
+        credited: PicoUsd::ZERO,
+        problems: Vec::new(),
+    };
+    let add = |total: PicoUsd, part: PicoUsd| total.checked_add(part).expect("audit sum overflow");
+    for (group_idx, audit) in audits.into_iter().enumerate() {
+        merged.ok &= audit.ok;
+        merged.n_accounts += audit.n_accounts;
+        merged.n_holds += audit.n_holds;
+        merged.credits = add(merged.credits, audit.credits);
+        merged.debits_posted = add(merged.debits_posted, audit.debits_posted);
+        merged.debits_pending = add(merged.debits_pending, audit.debits_pending);
+        merged.credited = add(merged.credited, audit.credited);
+        merged
+            .problems
+            .extend(audit.problems.into_iter().map(|p| format!("group {group_idx}: {p}")));
+    }
+    merged
+}

@@ -1,0 +1,284 @@
+//! `LedgerClient` against real ledger nodes on 127.0.0.1: routing to each group's leader,
+//! batching, idempotent retries across a leader's loss, linearizable and stale reads,
+//! expiry of abandoned holds, and membership changes while the cluster serves.
+//!
+//! All tests live in one file so the workspace links one test binary for them (2 cores).
+
+use solrouter_ledger::{AccountId, Command, HoldId, Op, OpId, PicoUsd, Rejection, Reply};
+use solrouter_raft::{
+    group_of_account, ClusterConfig, ClusterStart, Consistency, LedgerClient, LedgerNode,
+    NodeOptions,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tempfile::TempDir;
+
+/// Bounded polling for eventual conditions: attempts × interval = 20 s, room for several
+/// elections on a loaded 2-core machine.
+const POLL_ATTEMPTS_MAX: u32 = 2_000;
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+const TOP_UP: PicoUsd = PicoUsd(1_000);
+
+/// A port the OS just handed out; another process could take it before the node binds it,
+/// which would fail the test loudly, never silently.
+fn free_local_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+struct Cluster {
+    peers: BTreeMap<u64, String>,
+    nodes: BTreeMap<u64, LedgerNode>,
+    dirs: BTreeMap<u64, TempDir>,
+    n_groups: u32,
+}
+
+impl Cluster {
+    async fn start(n_nodes: u64, n_groups: u32) -> Cluster {
+        let peers: BTreeMap<u64, String> =
+            (1..=n_nodes).map(|id| (id, free_local_addr())).collect();
+        let mut cluster =
+            Cluster { peers, nodes: BTreeMap::new(), dirs: BTreeMap::new(), n_groups };
+        for id in 1..=n_nodes {
+            let start = ClusterStart::Bootstrap(cluster.peers.clone());
+            cluster.open(id, start).await;
+        }
+        cluster
+    }
+
+    async fn open(&mut self, id: u64, start: ClusterStart) {
+        let listen = self.peers[&id].parse().unwrap();
+        let config = ClusterConfig::try_new(id, listen, start, self.n_groups).unwrap();
+        let dir = self.dirs.entry(id).or_insert_with(|| tempfile::tempdir().unwrap());
+        let node = open(&config, dir.path()).await;
+        self.nodes.insert(id, node);
+    }
+
+    async fn client(&self) -> LedgerClient {
+        let seeds: Vec<String> = self.peers.values().cloned().collect();
+        LedgerClient::connect(&seeds).await.unwrap()
+    }
+
+    /// An account id in each group.
+    fn accounts(&self) -> Vec<AccountId> {
+        (0..self.n_groups)
+            .map(|group_idx| {
+                (1..)
+                    .map(AccountId)
+                    .find(|a| group_of_account(*a, self.n_groups) == group_idx)
+                    .expect("some account lands in every group")
+            })
+            .collect()
+    }
+
+    async fn shutdown(self) {
+        for node in self.nodes.values() {
+            node.shutdown().await.unwrap();
+        }
+    }
+}
+
+async fn open(config: &ClusterConfig, dir: &Path) -> LedgerNode {
+    LedgerNode::open_cluster(config, dir, &NodeOptions::default()).await.unwrap()
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) {
+    for _ in 0..POLL_ATTEMPTS_MAX {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    panic!("not true after {POLL_ATTEMPTS_MAX} attempts: {what}");
+}
+
+async fn submit_ok(client: &LedgerClient, command: Command) -> Reply {
+    match client.submit(command.clone()).await {
+        Ok(Ok(reply)) => reply,
+        other => panic!("{command:?} was not applied: {other:?}"),
+    }
+}
+
+async fn create(client: &LedgerClient, accounts: &[AccountId]) {
+    for account in accounts {
+        let create = Op::CreateAccount { account: *account, name: "acme".into() };
+        let id = OpId(u128::from(account.0) << 64);
+        assert_eq!(submit_ok(client, Command { id, op: create }).await, Reply::AccountCreated);
+    }
+}
+
+async fn credits(client: &LedgerClient, account: AccountId, consistency: Consistency) -> PicoUsd {
+    client.account(account, consistency).await.unwrap().expect("account exists").credits
+}
+
+/// Top-ups from many tasks at once, round robin over `accounts`; returns how many each
+/// account received.
+async fn concurrent_top_ups(
+    client: &LedgerClient,
+    accounts: &[AccountId],
+    n_top_ups: u64,
+    next_op: &AtomicU64,
+) -> BTreeMap<AccountId, u64> {
+    let mut tasks = Vec::new();
+    let mut expected = BTreeMap::new();
+    for n in 0..n_top_ups {
+        let account = accounts[n as usize % accounts.len()];
+        *expected.entry(account).or_insert(0) += 1;
+        let client = client.clone();
+        let id = OpId(u128::from(next_op.fetch_add(1, Ordering::Relaxed)));
+        let op = Op::Credit { account, amount: TOP_UP };
+        tasks.push(tokio::spawn(async move { submit_ok(&client, Command { id, op }).await }));
+    }
+    for task in tasks {
+        assert!(matches!(task.await.unwrap(), Reply::Credited { .. }));
+    }
+    expected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_routes_batches_retries_and_reads() {
+    const N_GROUPS: u32 = 4;
+    const N_TOP_UPS: u64 = 400;
+    let mut cluster = Cluster::start(3, N_GROUPS).await;
+    let client = cluster.client().await;
+    assert_eq!(client.n_groups(), N_GROUPS);
+    let accounts = cluster.accounts();
+    create(&client, &accounts).await;
+
+    // Concurrent submits share RPCs and entries: fewer entries than commands.
+    let next_op = AtomicU64::new(1);
+    let expected = concurrent_top_ups(&client, &accounts, N_TOP_UPS, &next_op).await;
+    let (n_batches, n_commands) = cluster.nodes.values().fold((0, 0), |(b, c), node| {
+        (0..N_GROUPS)
+            .map(|g| node.group_stats(g))
+            .fold((b, c), |(b, c), s| (b + s.n_batches_proposed, c + s.n_commands_proposed))
+    });
+    assert!(n_commands >= N_TOP_UPS, "{n_commands} commands proposed");
+    assert!(n_batches < n_commands, "{n_batches} entries for {n_commands} commands");
+    for (account, n) in &expected {
+        let total = PicoUsd(u128::from(*n) * TOP_UP.0);
+        assert_eq!(credits(&client, *account, Consistency::Linearizable).await, total);
+        eventually("a stale read catches up", || async {
+            credits(&client, *account, Consistency::Stale).await == total
+        })
+        .await;
+    }
+
+    // The same op id again is answered from the idempotency window, applied once.
+    let account = accounts[0];
+    let repeat = Command { id: OpId(1), op: Op::Credit { account, amount: TOP_UP } };
+    let before = credits(&client, account, Consistency::Linearizable).await;
+    assert!(matches!(submit_ok(&client, repeat).await, Reply::Credited { .. }));
+    assert_eq!(credits(&client, account, Consistency::Linearizable).await, before);
+
+    // Stop the leader of the first group; the client follows the new leader.
+    let topology = client.topology().await.unwrap();
+    let group_idx = group_of_account(account, N_GROUPS) as usize;
+    let leader = topology.leaders[group_idx].expect("the group has a leader");
+    cluster.nodes.remove(&leader).unwrap().shutdown().await.unwrap();
+    let after = concurrent_top_ups(&client, &accounts, 40, &next_op).await;
+    let total = PicoUsd(u128::from(expected[&account] + after[&account]) * TOP_UP.0);
+    assert_eq!(credits(&client, account, Consistency::Linearizable).await, total);
+    let audit = client.audit(Consistency::Linearizable).await.unwrap();
+    assert!(audit.ok, "{:?}", audit.problems);
+    assert_eq!(audit.credited, audit.credits);
+    assert_eq!(audit.n_accounts, N_GROUPS as u64);
+    client.ready().await.unwrap();
+
+    // A hold nobody settles (its gateway crashed) is voided after its expiry, though no
+    // other command reaches its group.
+    let hold = HoldId(77);
+    let expires_at_ms = now_ms() + 300;
+    let reserve = Op::Reserve { account, hold, amount: TOP_UP, expires_at_ms };
+    submit_ok(&client, Command { id: OpId(1 << 100), op: reserve }).await;
+    let pending = client.account(account, Consistency::Linearizable).await.unwrap().unwrap();
+    assert_eq!(pending.debits_pending, TOP_UP);
+    eventually("the abandoned hold expired", || async {
+        let entry = client.account(account, Consistency::Linearizable).await.unwrap().unwrap();
+        entry.debits_pending == PicoUsd::ZERO && entry.n_holds == 0
+    })
+    .await;
+    let release = Op::Release { account, hold };
+    let released = client.submit(Command { id: OpId((1 << 100) + 1), op: release }).await;
+    assert_eq!(released.unwrap(), Err(Rejection::UnknownHold));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_and_leave_while_the_cluster_serves() {
+    const N_GROUPS: u32 = 2;
+    let mut cluster = Cluster::start(3, N_GROUPS).await;
+    let client = cluster.client().await;
+    let accounts = cluster.accounts();
+    create(&client, &accounts).await;
+
+    // Load runs throughout both changes; every top-up must succeed.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let load = {
+        let (client, accounts, stop) = (client.clone(), accounts.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let next_op = AtomicU64::new(1);
+            let mut acknowledged = BTreeMap::<AccountId, u64>::new();
+            loop {
+                let round = concurrent_top_ups(&client, &accounts, 16, &next_op);
+                tokio::select! {
+                    done = round => for (account, n) in done {
+                        *acknowledged.entry(account).or_insert(0) += n;
+                    },
+                    _ = stop.notified() => return acknowledged,
+                }
+            }
+        })
+    };
+
+    let new_addr = free_local_addr();
+    cluster.peers.insert(4, new_addr.clone());
+    cluster.open(4, ClusterStart::Join).await;
+    client.add_node(4, &new_addr).await.unwrap();
+    client.add_node(4, &new_addr).await.unwrap(); // again: already in effect
+    let topology = client.topology().await.unwrap();
+    assert!(topology.voters.iter().all(|voters| voters.contains(&4)), "{topology:?}");
+    let joined = cluster.nodes[&4].clone();
+    eventually("the new node holds every group's state", || {
+        let joined = joined.clone();
+        let accounts = accounts.clone();
+        async move {
+            accounts
+                .iter()
+                .all(|a| joined.read_local_account(*a, |ledger| ledger.account(*a).is_some()))
+        }
+    })
+    .await;
+
+    client.remove_node(1).await.unwrap();
+    client.remove_node(1).await.unwrap(); // again: already in effect
+                                          // Node 1 itself never learns the membership that removed it: ask the others.
+    cluster.nodes.remove(&1).unwrap().shutdown().await.unwrap();
+    for node in cluster.nodes.values() {
+        eventually("the remaining nodes dropped node 1", || async {
+            node.topology().voters.iter().all(|voters| !voters.contains(&1))
+        })
+        .await;
+    }
+
+    stop.notify_one();
+    let acknowledged = load.await.unwrap();
+    assert!(!acknowledged.is_empty(), "the load made progress");
+    for (account, n) in acknowledged {
+        let total = PicoUsd(u128::from(n) * TOP_UP.0);
+        assert!(credits(&client, account, Consistency::Linearizable).await >= total);
+    }
+    let audit = client.audit(Consistency::Linearizable).await.unwrap();
+    assert!(audit.ok, "{:?}", audit.problems);
+    cluster.shutdown().await;
+}
