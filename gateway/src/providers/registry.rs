@@ -3,6 +3,8 @@
 //! talks to nobody but the built-in mock.
 
 use super::anthropic::Anthropic;
+use super::cohere::Cohere;
+use super::google::Google;
 use super::openai::{OpenAiCompatible, Quirks};
 use super::{Adapter, Endpoint};
 use http::HeaderValue;
@@ -39,6 +41,20 @@ const SPECS: &[Spec] = &[
         base_url_default: "https://api.anthropic.com/v1",
         base_url_var: "SOLROUTER_ANTHROPIC_BASE_URL",
         key_var: "ANTHROPIC_API_KEY",
+    },
+    Spec {
+        provider: "google",
+        adapter: |_| Box::new(Google),
+        base_url_default: "https://generativelanguage.googleapis.com",
+        base_url_var: "SOLROUTER_GOOGLE_BASE_URL",
+        key_var: "GEMINI_API_KEY",
+    },
+    Spec {
+        provider: "cohere",
+        adapter: |_| Box::new(Cohere),
+        base_url_default: "https://api.cohere.com",
+        base_url_var: "SOLROUTER_COHERE_BASE_URL",
+        key_var: "COHERE_API_KEY",
     },
     Spec {
         provider: "mistral",
@@ -165,6 +181,16 @@ mod tests {
     }
 
     #[test]
+    fn every_catalogue_model_has_its_provider() {
+        let keys: Vec<(&str, &str)> = SPECS.iter().map(|spec| (spec.key_var, "key")).collect();
+        let all = providers(Some("http://127.0.0.1:9"), &keys);
+        for model in crate::catalog::Catalog::builtin().models() {
+            let (adapter, _) = all.get(&model.provider).unwrap_or_else(|| panic!("{}", model.id));
+            assert_eq!(adapter.provider(), model.provider, "{}", model.id);
+        }
+    }
+
+    #[test]
     fn providers_without_keys_are_disabled() {
         let none = providers(None, &[]);
         assert!(!none.enabled("openai"));
@@ -194,6 +220,9 @@ mod tests {
             None,
             &[
                 ("ANTHROPIC_API_KEY", "a"),
+                ("GEMINI_API_KEY", "g"),
+                ("COHERE_API_KEY", "c"),
+                ("SOLROUTER_COHERE_BASE_URL", "http://cohere-proxy"),
                 ("MISTRAL_API_KEY", "m"),
                 ("DEEPSEEK_API_KEY", "d"),
                 ("XAI_API_KEY", "x"),
@@ -202,10 +231,16 @@ mod tests {
                 ("SOLROUTER_LLAMA_BASE_URL", "http://vllm:8000/v1"),
             ],
         );
-        for provider in ["anthropic", "mistral", "deepseek", "xai", "perplexity", "llama"] {
+        let names =
+            ["anthropic", "google", "cohere", "mistral", "deepseek", "xai", "perplexity", "llama"];
+        for provider in names {
             assert_eq!(all.get(provider).unwrap().0.provider(), provider);
         }
         assert_eq!(all.get("llama").unwrap().1.base_url, "http://vllm:8000/v1");
+        assert_eq!(all.get("cohere").unwrap().1.base_url, "http://cohere-proxy");
+        let google = all.get("google").unwrap().1;
+        assert_eq!(google.base_url, "https://generativelanguage.googleapis.com");
+        assert_eq!(google.api_key.as_deref(), Some("g"));
         assert!(!all.enabled("openai"));
 
         let default = providers(None, &[("OPENAI_API_KEY", "sk-1")]);
