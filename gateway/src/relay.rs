@@ -154,7 +154,12 @@ async fn pump(
     loop {
         // Chunks translated before a failure were produced; deliver them, then fail.
         let failure = if stream.pending.is_empty() && !stream.finished {
-            stream.advance().await.err()
+            // A client that leaves while upstream is quiet is noticed at once, so the
+            // upstream request (and the provider's generation) stops with it.
+            tokio::select! {
+                advanced = stream.advance() => advanced.err(),
+                () = sender.closed() => return End::ClientGone,
+            }
         } else {
             None
         };

@@ -43,6 +43,13 @@ fn answer(mut stream: TcpStream) {
     let reply = if body.contains("garbage") {
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\n\r\nnope!"
             .to_owned()
+    } else if body.contains("trickle") {
+        // One event, then silence until the gateway hangs up.
+        let event = r#"data: {"choices":[{"index":0,"delta":{"content":"partial"}}]}"#;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n";
+        let _ = stream.write_all(format!("{head}{event}\n\n").as_bytes());
+        let _ = reader.read_to_end(&mut Vec::new());
+        return;
     } else if body.contains("cut") {
         let event = r#"data: {"choices":[{"index":0,"delta":{"content":"partial"}}]}"#;
         format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{event}\n\n")
@@ -305,5 +312,48 @@ async fn a_failing_provider_is_skipped_once_its_circuit_opens() {
     fallback["models"] = json!(["mock/echo"]);
     let (status, answer) = dev.chat(&key, &fallback).await;
     assert_eq!((status, &answer["model"]), (200, &json!("mock/echo")), "{answer}");
+    dev.audit_ok().await;
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_stream_pays_for_what_it_received() {
+    let dir = data_dir();
+    let upstream = misbehaving_upstream();
+    let dev = Dev::start(
+        &path(&dir),
+        &[("OPENAI_API_KEY", "sk-test"), ("SOLROUTER_OPENAI_BASE_URL", &upstream)],
+    );
+    let key = dev.demo_key.clone().expect("demo key");
+    let before = dev.account(&dev.demo_account).await;
+    let body = json!({"model": "openai/gpt-4o-mini", "stream": true, "messages": user("trickle")});
+    let mut response = dev
+        .client
+        .post(dev.url("/v1/api/chat/completions"))
+        .bearer_auth(&key)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("send");
+    let mut first = Vec::new();
+    while !first.ends_with(b"\n\n") {
+        first.extend_from_slice(&response.chunk().await.expect("read").expect("a first event"));
+    }
+    let event: Value = serde_json::from_slice(&first["data: ".len()..]).expect("json event");
+    assert_eq!(event["choices"][0]["delta"]["content"], "partial");
+    drop(response);
+    // The gateway notices the hang-up, stops the upstream and settles one token.
+    let mut after = Value::Null;
+    for _ in 0..200 {
+        after = dev.account(&dev.demo_account).await;
+        if after["held"] == "0.00" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(after["held"], "0.00", "the hold was not settled: {after}");
+    assert_eq!(pico(&after["spent"]) - pico(&before["spent"]), 600_000, "{after}");
+    let id = event["id"].as_str().expect("id");
+    let (_, record) = dev.get(&format!("/v1/api/generation?id={id}"), &key).await;
+    assert_eq!(record["data"]["status"], 499, "{record}");
     dev.audit_ok().await;
 }
