@@ -11,9 +11,14 @@ use solrouter_gateway::providers::anthropic::Anthropic;
 use solrouter_gateway::providers::{Adapter, Endpoint, Usage};
 use solrouter_ledger::PicoUsd;
 
+/// The replay server as Anthropic's SDK addresses it: the base URL has no `/v1`.
+fn root(replay: &Replay) -> Endpoint {
+    Endpoint { base_url: replay.base_url.trim_end_matches("/v1").to_owned(), ..replay.endpoint() }
+}
+
 fn endpoint() -> Endpoint {
     Endpoint {
-        base_url: "https://api.anthropic.com/v1".to_owned(),
+        base_url: "https://api.anthropic.com".to_owned(),
         api_key: Some("sk-ant".to_owned()),
     }
 }
@@ -105,7 +110,7 @@ async fn tool_use_response() {
     let replay = Replay::start(200, "application/json", &[], body).await;
     let request = chat(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}));
     let Outcome::Complete(completion) =
-        exchange(&Anthropic, &replay.endpoint(), &request, "claude-sonnet-4-20250514").await
+        exchange(&Anthropic, &root(&replay), &request, "claude-sonnet-4-20250514").await
     else {
         panic!("expected a completion")
     };
@@ -132,7 +137,7 @@ async fn streamed(sse: Vec<u8>) -> (Assembled, Usage) {
     let request =
         chat(json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "x"}]}));
     let Outcome::Streamed { chunks, usage } =
-        exchange(&Anthropic, &replay.endpoint(), &request, "claude").await
+        exchange(&Anthropic, &root(&replay), &request, "claude").await
     else {
         panic!("expected a stream")
     };
@@ -174,7 +179,7 @@ async fn truncated_stream_is_an_error() {
     let replay = Replay::start(200, "text/event-stream", &[], cut.into_bytes()).await;
     let request =
         chat(json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "x"}]}));
-    let Outcome::Failed(error) = exchange(&Anthropic, &replay.endpoint(), &request, "claude").await
+    let Outcome::Failed(error) = exchange(&Anthropic, &root(&replay), &request, "claude").await
     else {
         panic!("expected an error")
     };
@@ -186,7 +191,7 @@ async fn invalid_request_error() {
     let body = fixture("anthropic/pydai-error-400-invalid-request.response.json");
     let replay = Replay::start(400, "application/json", &[], body).await;
     let request = chat(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}));
-    let Outcome::Failed(error) = exchange(&Anthropic, &replay.endpoint(), &request, "claude").await
+    let Outcome::Failed(error) = exchange(&Anthropic, &root(&replay), &request, "claude").await
     else {
         panic!("expected an error")
     };

@@ -50,7 +50,7 @@ impl Adapter for Anthropic {
         }
         let body = serde_json::to_vec(&Value::Object(body)).expect("JSON values always serialize");
         Ok(UpstreamRequest {
-            url: format!("{}/messages", endpoint.base_url.trim_end_matches('/')),
+            url: format!("{}/v1/messages", endpoint.base_url.trim_end_matches('/')),
             headers,
             body: Bytes::from(body),
         })

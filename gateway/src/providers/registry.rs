@@ -38,7 +38,7 @@ const SPECS: &[Spec] = &[
     Spec {
         provider: "anthropic",
         adapter: |_| Box::new(Anthropic),
-        base_url_default: "https://api.anthropic.com/v1",
+        base_url_default: "https://api.anthropic.com",
         base_url_var: "SOLROUTER_ANTHROPIC_BASE_URL",
         key_var: "ANTHROPIC_API_KEY",
     },
