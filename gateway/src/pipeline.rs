@@ -399,3 +399,40 @@ impl Drop for HoldGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affordable_tokens_use_the_dearest_price() {
+        let price = |prompt, completion| Price {
+            prompt: PicoUsd(prompt),
+            completion: PicoUsd(completion),
+            cached_read: None,
+            cached_write: None,
+            per_request: PicoUsd::ZERO,
+        };
+        let check = |available: i128, price: Price, expected: u128| {
+            assert_eq!(affordable_tokens(available, &price), expected, "{available} {price:?}");
+        };
+        check(1_000_000_000, price(1_000_000, 2_000_000), 500);
+        check(1_999_999, price(1_000_000, 2_000_000), 0);
+        check(-5, price(1, 1), 0);
+        check(7, price(0, 0), 7);
+    }
+
+    #[test]
+    fn outages_are_server_errors_and_timeouts() {
+        let check = |status: StatusCode, expected: bool| {
+            let error = upstream::failure("p", status, "m", true);
+            assert_eq!(is_outage(&error), expected, "{status}");
+        };
+        check(StatusCode::BAD_GATEWAY, true);
+        check(StatusCode::SERVICE_UNAVAILABLE, true);
+        check(StatusCode::GATEWAY_TIMEOUT, true);
+        check(StatusCode::REQUEST_TIMEOUT, true);
+        check(StatusCode::TOO_MANY_REQUESTS, false);
+        check(StatusCode::BAD_REQUEST, false);
+    }
+}
