@@ -394,7 +394,9 @@ impl HoldGuard {
 
 impl Drop for HoldGuard {
     fn drop(&mut self) {
-        if self.armed {
+        // Without a runtime (the process is exiting) nothing can be sent; the hold then
+        // expires on its own.
+        if self.armed && tokio::runtime::Handle::try_current().is_ok() {
             self.app.bank.release(self.caller.account, self.hold);
         }
     }
