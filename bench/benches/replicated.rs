@@ -11,7 +11,8 @@
 //!
 //! `SOLROUTER_BENCH_DIR` sets where the data directories go (default: the system temp
 //! directory). Pointing it at a tmpfs such as `/dev/shm` takes the disk sync out of every
-//! flush, which is how `docs/durability.md` prices the flush.
+//! flush, which is how `docs/durability.md` prices the flush. `SOLROUTER_BENCH_TOPOLOGIES`
+//! picks topologies as `NODESxGROUPS` separated by commas (default `1x1,3x1,3x3`).
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use solrouter_bench::cluster::Cluster;
@@ -24,7 +25,7 @@ use tokio::runtime::Runtime;
 /// Concurrent submitters: one (no batching possible) up to about a gateway fleet's worth
 /// of requests in flight.
 const SUBMITTERS: [usize; 4] = [1, 16, 256, 1024];
-/// (nodes, Raft groups) per cluster.
+/// (nodes, Raft groups) per cluster, unless `SOLROUTER_BENCH_TOPOLOGIES` says otherwise.
 const TOPOLOGIES: [(u64, u32); 3] = [(1, 1), (3, 1), (3, 3)];
 /// Length of each latency run, and of the unmeasured run before it that warms sled's
 /// cache and the allocator (and, in a cluster, lets elections settle).
@@ -38,11 +39,12 @@ fn main() {
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(10))
         .configure_from_args();
-    for topology in TOPOLOGIES {
+    let topologies = topologies();
+    for &topology in &topologies {
         throughput(&mut criterion, &runtime, topology);
     }
     criterion.final_summary();
-    latency(&runtime);
+    latency(&runtime, &topologies);
 }
 
 fn throughput(criterion: &mut Criterion, runtime: &Runtime, (n_nodes, n_groups): (u64, u32)) {
@@ -64,7 +66,7 @@ fn throughput(criterion: &mut Criterion, runtime: &Runtime, (n_nodes, n_groups):
     group.finish();
 }
 
-fn latency(runtime: &Runtime) {
+fn latency(runtime: &Runtime, topologies: &[(u64, u32)]) {
     println!("\nlifecycle latency, {LATENCY_RUN:?} per row, data in {:?}", base_dir());
     println!(
         "{:>5} {:>6} {:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>14} {:>8} {:>7}",
@@ -81,7 +83,7 @@ fn latency(runtime: &Runtime) {
         "rejected",
         "retries"
     );
-    for (n_nodes, n_groups) in TOPOLOGIES {
+    for &(n_nodes, n_groups) in topologies {
         for n_submitters in SUBMITTERS {
             let cluster = runtime.block_on(open_funded(n_nodes, n_groups));
             let mut load = Load::new(cluster.nodes(), None);
@@ -110,6 +112,19 @@ fn latency(runtime: &Runtime) {
             runtime.block_on(cluster.shutdown()).expect("shutdown");
         }
     }
+}
+
+fn topologies() -> Vec<(u64, u32)> {
+    let Some(list) = std::env::var_os("SOLROUTER_BENCH_TOPOLOGIES") else {
+        return TOPOLOGIES.to_vec();
+    };
+    let parse = |item: &str| {
+        let (n_nodes, n_groups) = item.trim().split_once('x')?;
+        Some((n_nodes.parse().ok()?, n_groups.parse().ok()?))
+    };
+    let list = list.to_string_lossy();
+    let parsed = list.split(',').map(parse).collect::<Option<Vec<_>>>();
+    parsed.unwrap_or_else(|| panic!("SOLROUTER_BENCH_TOPOLOGIES={list:?} is not NODESxGROUPS,…"))
 }
 
 fn base_dir() -> PathBuf {

@@ -4,8 +4,16 @@
 use anyhow::Context;
 use solrouter_raft::{LedgerNode, NodeOptions, NodeStats};
 use std::collections::BTreeMap;
+use std::fs::{File, TryLockError};
 use std::path::Path;
+use std::time::Duration;
 use tempfile::TempDir;
+
+/// How long [`Cluster::shutdown`] waits for every node to close its storage, polling this
+/// often. A snapshot build still running at shutdown holds the database open until it
+/// ends; that takes seconds at most, so a minute means the storage is stuck.
+const CLOSE_WAIT_ATTEMPTS_MAX: u32 = 6_000;
+const CLOSE_WAIT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Nodes with ids `1..=n`, `nodes()[i]` being node `i + 1`. The data directories are
 /// removed when the cluster is dropped.
@@ -57,12 +65,36 @@ impl Cluster {
         proposed(&self.nodes)
     }
 
+    /// Shuts every node down and returns once each has closed its sled database. The
+    /// next cluster must not start while an old one still writes: sled 0.34 serializes
+    /// every database of a process behind one lock, and a benchmark run hung when an old
+    /// node's last flush (on drop, after a snapshot build) overlapped a new node's append.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
         for node in &self.nodes {
             node.shutdown().await?;
         }
+        for dir in &self.dirs {
+            wait_closed(&dir.path().join("db")).await?;
+        }
         Ok(())
     }
+}
+
+/// Waits until sled's lock on its `db` file (an exclusive `flock`, taken for as long as the
+/// database is open) can be taken, i.e. until the database is closed.
+async fn wait_closed(db_file: &Path) -> anyhow::Result<()> {
+    let file = File::open(db_file).with_context(|| format!("opening {db_file:?}"))?;
+    for _ in 0..CLOSE_WAIT_ATTEMPTS_MAX {
+        match file.try_lock() {
+            Ok(()) => return Ok(file.unlock()?),
+            Err(TryLockError::WouldBlock) => tokio::time::sleep(CLOSE_WAIT_INTERVAL).await,
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {db_file:?}"))
+            }
+        }
+    }
+    let waited = CLOSE_WAIT_INTERVAL * CLOSE_WAIT_ATTEMPTS_MAX;
+    anyhow::bail!("{db_file:?} still open {waited:?} after its node shut down")
 }
 
 /// Batches and commands proposed, summed over every group of `nodes`.
