@@ -134,7 +134,7 @@ async fn create_key(
 }
 
 async fn revoke_key(app: &'static App, key: KeyId) -> Result<Response, ApiError> {
-    let owner = app.bank.read(move |ledger| ledger.key(key).map(|entry| entry.account)).await?;
+    let owner = app.bank.key(key).await?.map(|entry| entry.account);
     let account = owner.ok_or_else(|| ApiError::not_found("unknown key"))?;
     expect_accepted(
         app.bank.submit(OpId(keys::random_u128()), Op::RevokeKey { account, key }).await?,
@@ -143,7 +143,7 @@ async fn revoke_key(app: &'static App, key: KeyId) -> Result<Response, ApiError>
 }
 
 async fn account(app: &'static App, id: u64) -> Result<Response, ApiError> {
-    let entry = app.bank.read(move |ledger| ledger.account(AccountId(id)).cloned()).await?;
+    let entry = app.bank.account(AccountId(id)).await?;
     let entry = entry.ok_or_else(|| ApiError::not_found("unknown account"))?;
     let body = json!({
         "id": hex_id(id),
@@ -158,7 +158,7 @@ async fn account(app: &'static App, id: u64) -> Result<Response, ApiError> {
 }
 
 async fn audit(app: &'static App) -> Result<Response, ApiError> {
-    let audit = app.bank.read(|ledger| ledger.audit()).await?;
+    let audit = app.bank.audit().await?;
     let body = json!({
         "ok": audit.ok,
         "accounts": audit.n_accounts,

@@ -56,8 +56,8 @@ fn model_json(model: &Model) -> Value {
 
 /// `GET /v1/api/credits`: the account's top-ups and spend, in USD.
 pub async fn credits(app: &'static App, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let caller = app.bank.authenticate(authorization(headers))?;
-    let account = app.bank.read(move |ledger| ledger.account(caller.account).cloned()).await?;
+    let caller = app.bank.authenticate(authorization(headers)).await?;
+    let account = app.bank.account(caller.account).await?;
     let account =
         account.ok_or_else(|| ApiError::unauthorized("the key's account no longer exists"))?;
     let data = json!({
@@ -73,7 +73,7 @@ pub async fn generation(
     app: &'static App,
     request: &Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let caller = app.bank.authenticate(authorization(request.headers()))?;
+    let caller = app.bank.authenticate(authorization(request.headers())).await?;
     let id = request
         .uri()
         .query()
@@ -81,16 +81,7 @@ pub async fn generation(
         .ok_or_else(|| ApiError::invalid_param("id", "is required"))?;
     let not_found = || ApiError::not_found(format!("no generation with id `{id}`"));
     let hold = wire::parse_generation_id(id).ok_or_else(not_found)?;
-    let record = app
-        .bank
-        .read(move |ledger| {
-            ledger
-                .record(hold)
-                .filter(|(account, _)| *account == caller.account)
-                .map(|(_, record)| record.clone())
-        })
-        .await?
-        .ok_or_else(not_found)?;
+    let record = app.bank.record(caller.account, hold).await?.ok_or_else(not_found)?;
     let data = json!({
         "id": id,
         "model": record.model,
@@ -112,8 +103,8 @@ pub async fn generation(
 
 /// `GET /v1/api/key`: the calling key's name and what it has spent.
 pub async fn key(app: &'static App, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let caller = app.bank.authenticate(authorization(headers))?;
-    let key = app.bank.read(move |ledger| ledger.key(caller.key).cloned()).await?;
+    let caller = app.bank.authenticate(authorization(headers)).await?;
+    let key = app.bank.key(caller.key).await?;
     let key = key.ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
     let usage: PicoUsd = key.usage;
     let data = json!({

@@ -1,14 +1,15 @@
 //! The gateway's ledger client: the only module that submits ledger commands or reads
-//! ledger state. Everything money-related in the gateway goes through [`Bank`], so the
-//! later move from an in-process ledger node to a remote, sharded cluster changes this
-//! file and no other.
+//! ledger state. Everything money-related in the gateway goes through [`Bank`], which
+//! talks either to a ledger node in this process (dev mode) or to a remote, sharded
+//! cluster (gateway mode); nothing outside this file knows which.
 
 use crate::error::ApiError;
 use crate::keys;
 use solrouter_ledger::{
-    AccountId, Command, HoldId, KeyId, Ledger, Op, OpId, Outcome, PicoUsd, Rejection, RequestRecord,
+    Account, AccountId, Audit, Command, HoldId, Key, KeyId, Op, OpId, Outcome, PicoUsd, Rejection,
+    RequestRecord,
 };
-use solrouter_raft::LedgerNode;
+use solrouter_raft::{Consistency, LedgerClient, LedgerNode};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Attempts of one settle or release before giving up. With the backoff below the last
@@ -33,33 +34,87 @@ pub struct Caller {
 /// A handle to the ledger, cheap to clone.
 #[derive(Clone)]
 pub struct Bank {
-    node: LedgerNode,
+    ledger: Backend,
+}
+
+/// Where the ledger is. Both kinds answer the same calls with the same meaning.
+#[derive(Clone)]
+enum Backend {
+    /// A node in this process (dev mode).
+    Local(LedgerNode),
+    /// A cluster of ledger nodes reached over gRPC (gateway mode).
+    Remote(LedgerClient),
+}
+
+/// Makes the same call on whichever backend `bank` has.
+macro_rules! on_ledger {
+    ($bank:expr, $ledger:ident => $call:expr) => {
+        match &$bank.ledger {
+            Backend::Local($ledger) => $call,
+            Backend::Remote($ledger) => $call,
+        }
+    };
 }
 
 impl Bank {
+    /// A bank over a ledger node in this process.
     pub fn new(node: LedgerNode) -> Bank {
-        Bank { node }
+        Bank { ledger: Backend::Local(node) }
     }
 
-    pub fn node(&self) -> &LedgerNode {
-        &self.node
+    /// A bank over a remote ledger cluster.
+    pub fn remote(client: LedgerClient) -> Bank {
+        Bank { ledger: Backend::Remote(client) }
     }
 
     /// Submits one command; a ledger that cannot answer becomes a 503.
     pub async fn submit(&self, id: OpId, op: Op) -> Result<Outcome, ApiError> {
         let context = op_name(&op);
-        self.node.submit(Command { id, op }).await.map_err(|error| ApiError::ledger(context, error))
+        let command = Command { id, op };
+        on_ledger!(self, ledger => ledger.submit(command).await)
+            .map_err(|error| ApiError::ledger(context, error))
     }
 
-    /// A linearizable read: sees every command acknowledged before it started.
-    pub async fn read<R>(&self, read: impl FnOnce(&Ledger) -> R) -> Result<R, ApiError> {
-        self.node.read(read).await.map_err(|error| ApiError::ledger("read", error))
+    /// Reads below are linearizable: they see every command acknowledged before they
+    /// started.
+    pub async fn account(&self, account: AccountId) -> Result<Option<Account>, ApiError> {
+        on_ledger!(self, ledger => ledger.account(account, Consistency::Linearizable).await)
+            .map_err(|error| ApiError::ledger("read", error))
     }
 
-    /// Authenticates an `Authorization` header value. Reads the local state, not a
-    /// linearizable read: on the single node of dev mode the local state already holds
-    /// every acknowledged revocation, and a Raft round per request would double latency.
-    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, ApiError> {
+    pub async fn key(&self, key: KeyId) -> Result<Option<Key>, ApiError> {
+        on_ledger!(self, ledger => ledger.key(key, Consistency::Linearizable).await)
+            .map_err(|error| ApiError::ledger("read", error))
+    }
+
+    /// The record of the request `hold` paid for, if `account` made it.
+    pub async fn record(
+        &self,
+        account: AccountId,
+        hold: HoldId,
+    ) -> Result<Option<RequestRecord>, ApiError> {
+        on_ledger!(self, ledger => ledger.record(account, hold, Consistency::Linearizable).await)
+            .map_err(|error| ApiError::ledger("read", error))
+    }
+
+    /// The bank check over every account.
+    pub async fn audit(&self) -> Result<Audit, ApiError> {
+        on_ledger!(self, ledger => ledger.audit(Consistency::Linearizable).await)
+            .map_err(|error| ApiError::ledger("audit", error))
+    }
+
+    /// Succeeds when every part of the ledger has a leader that a quorum confirms.
+    pub async fn ready(&self) -> Result<(), ApiError> {
+        on_ledger!(self, ledger => ledger.ready().await)
+            .map_err(|error| ApiError::ledger("readiness", error))
+    }
+
+    /// Authenticates an `Authorization` header value. First a possibly-stale read: any
+    /// replica answers (in dev mode, this process's) without a Raft round, and a
+    /// revocation reaches it within replication lag. A key it does not know yet may have
+    /// just been created through another gateway, so only a linearizable read may say
+    /// "invalid key".
+    pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, ApiError> {
         let header = authorization.ok_or_else(|| {
             ApiError::unauthorized("missing API key: send `Authorization: Bearer sr_…`")
         })?;
@@ -70,17 +125,23 @@ impl Bank {
             .ok_or_else(|| ApiError::unauthorized("malformed Authorization header"))?;
         let (claimed, hash) =
             keys::parse(text).ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
-        let found = self.node.read_local(|ledger| {
-            ledger.key_by_hash(&hash).map(|(id, key)| (id, key.account, key.hash, key.revoked))
-        });
+        let mut found = None;
+        for consistency in [Consistency::Stale, Consistency::Linearizable] {
+            found =
+                on_ledger!(self, ledger => ledger.key_by_hash(claimed, hash, consistency).await)
+                    .map_err(|error| ApiError::ledger("authentication", error))?;
+            if found.is_some() {
+                break;
+            }
+        }
         match found {
-            Some((key, account, stored, revoked))
-                if account == claimed && keys::secrets_equal(&stored, &hash) =>
+            Some((key, entry))
+                if entry.account == claimed && keys::secrets_equal(&entry.hash, &hash) =>
             {
-                if revoked {
+                if entry.revoked {
                     return Err(ApiError::unauthorized("API key has been revoked"));
                 }
-                Ok(Caller { account, key })
+                Ok(Caller { account: claimed, key })
             }
             _ => Err(ApiError::unauthorized("invalid API key")),
         }
@@ -111,7 +172,8 @@ impl Bank {
         tokio::spawn(async move {
             let mut backoff = SETTLE_BACKOFF_FIRST;
             for attempt in 1..=SETTLE_ATTEMPTS_MAX {
-                match bank.node.submit(Command { id, op: op.clone() }).await {
+                let command = Command { id, op: op.clone() };
+                match on_ledger!(bank, ledger => ledger.submit(command).await) {
                     Ok(Ok(_)) => return,
                     // A defensive release of a hold that was never made (its reserve
                     // failed) or is already gone (expired, settled): nothing to do.

@@ -3,6 +3,8 @@
 
 use clap::{Args, Parser, Subcommand};
 use solrouter_gateway::config::{Config, ConfigLayer};
+use solrouter_gateway::gateway_mode::{self, MockUpstream};
+use solrouter_gateway::ledger_server::{self, AdminAction};
 use solrouter_gateway::{dev, mock, telemetry};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +20,13 @@ struct Cli {
 enum Command {
     /// Run a gateway, a one-node ledger and the built-in mock provider in one process.
     Dev(GatewayArgs),
+    /// Run a stateless gateway against a ledger cluster.
+    Gateway(ClusterGatewayArgs),
+    /// Run one node of a ledger cluster: Raft and the ledger API on `--listen` (gRPC),
+    /// metrics and health probes on `--http`.
+    Ledger(LedgerArgs),
+    /// Operate a ledger cluster: add or remove a node, show members and leaders.
+    LedgerAdmin(LedgerAdminArgs),
     /// Run only the built-in mock upstream (OpenAI wire format; models `echo`,
     /// `unavailable`), e.g. as the target of a load test.
     MockUpstream {
@@ -44,15 +53,93 @@ struct GatewayArgs {
 
 impl GatewayArgs {
     fn config(self) -> anyhow::Result<Config> {
-        let file = match &self.config {
-            Some(path) => ConfigLayer::from_file(path)?,
-            None => ConfigLayer::default(),
-        };
-        let environment = ConfigLayer::from_env(|name| std::env::var(name).ok())?;
         let flags =
             ConfigLayer { listen: self.listen, data_dir: self.data_dir, ..ConfigLayer::default() };
-        Ok(Config::try_new(file.overridden_by(environment).overridden_by(flags))?)
+        load_config(self.config.as_deref(), flags)
     }
+}
+
+/// `solrouter gateway`: the settings of dev mode, less the data directory (a gateway keeps
+/// no state), plus where the ledger is.
+#[derive(Args)]
+struct ClusterGatewayArgs {
+    /// Address to serve on, e.g. 0.0.0.0:8080 (port 0 picks a free one).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Some nodes of the ledger cluster, `host:port,host:port`; the rest are learned.
+    #[arg(long, env = "SOLROUTER_LEDGER", value_delimiter = ',', required = true)]
+    ledger: Vec<String>,
+    /// Also serve the built-in mock provider (models `mock/*`), as dev mode does.
+    #[arg(long)]
+    mock: bool,
+    /// A TOML configuration file, as for `dev`.
+    #[arg(long, env = "SOLROUTER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct LedgerArgs {
+    /// This node's id, unique in the cluster (1, 2, 3, …).
+    #[arg(long)]
+    id: u64,
+    /// Where to serve Raft and the ledger API (gRPC).
+    #[arg(long, default_value = "0.0.0.0:7000")]
+    listen: SocketAddr,
+    /// The founding members, `1=host:port,2=host:port,…`, this node included; each address
+    /// is what the others and the gateways dial. Read on the first start only.
+    #[arg(long)]
+    peers: Option<String>,
+    /// Start as a node to be added to a running cluster (`ledger-admin add-node`) instead
+    /// of a founding member.
+    #[arg(long)]
+    join: bool,
+    /// Where the Raft log and snapshots live.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Number of Raft groups (shards); the same on every node, fixed for the cluster's life.
+    #[arg(long, default_value_t = 8)]
+    groups: u32,
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9100")]
+    http: SocketAddr,
+}
+
+#[derive(Args)]
+struct LedgerAdminArgs {
+    /// Some nodes of the ledger cluster, `host:port,host:port`.
+    #[arg(long, env = "SOLROUTER_LEDGER", value_delimiter = ',', required = true)]
+    ledger: Vec<String>,
+    #[command(subcommand)]
+    action: LedgerAdminCommand,
+}
+
+#[derive(Subcommand)]
+enum LedgerAdminCommand {
+    /// Add a node (started with `solrouter ledger --join`) to every group.
+    AddNode {
+        #[arg(long)]
+        id: u64,
+        /// The node's `host:port`, as peers and gateways dial it.
+        #[arg(long)]
+        addr: String,
+    },
+    /// Remove a node from every group; stop it afterwards.
+    RemoveNode {
+        #[arg(long)]
+        id: u64,
+    },
+    /// Print members, voters and leaders as JSON.
+    Status,
+}
+
+/// Layers the configuration: defaults < TOML file < `SOLROUTER_*` environment < flags.
+fn load_config(file: Option<&std::path::Path>, flags: ConfigLayer) -> anyhow::Result<Config> {
+    let file = match file {
+        Some(path) => ConfigLayer::from_file(path)?,
+        None => ConfigLayer::default(),
+    };
+    let environment = ConfigLayer::from_env(|name| std::env::var(name).ok())?;
+    Ok(Config::try_new(file.overridden_by(environment).overridden_by(flags))?)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +150,30 @@ fn main() -> anyhow::Result<()> {
         Command::Dev(args) => {
             let config = args.config()?;
             runtime.block_on(dev::run(config))
+        }
+        Command::Gateway(args) => {
+            let flags = ConfigLayer { listen: args.listen, ..ConfigLayer::default() };
+            let config = load_config(args.config.as_deref(), flags)?;
+            let mock = if args.mock { MockUpstream::InProcess } else { MockUpstream::Off };
+            runtime.block_on(gateway_mode::run(config, &args.ledger, mock))
+        }
+        Command::Ledger(args) => {
+            let config = ledger_server::cluster_config(
+                args.id,
+                args.listen,
+                args.peers.as_deref(),
+                args.join,
+                args.groups,
+            )?;
+            runtime.block_on(ledger_server::run(config, &args.data_dir, args.http))
+        }
+        Command::LedgerAdmin(args) => {
+            let action = match args.action {
+                LedgerAdminCommand::AddNode { id, addr } => AdminAction::AddNode { id, addr },
+                LedgerAdminCommand::RemoveNode { id } => AdminAction::RemoveNode { id },
+                LedgerAdminCommand::Status => AdminAction::Status,
+            };
+            runtime.block_on(ledger_server::admin(&args.ledger, action))
         }
         Command::MockUpstream { listen } => runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -105,7 +105,7 @@ pub async fn chat_completions(
     let limit = app.config.body_bytes_max();
     check_declared_length(request.headers(), limit)?;
     let authorization = request.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
-    let caller = app.bank.authenticate(authorization)?;
+    let caller = app.bank.authenticate(authorization).await?;
     let body = read_body(request.into_body(), limit).await?;
     let parsed = parse::parse(&body)?;
     drop(body);

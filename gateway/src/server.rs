@@ -139,7 +139,7 @@ async fn route(
 /// configured provider's circuit state; a failing provider does not make the gateway
 /// unready (other providers, and fallbacks, still work).
 async fn readiness(app: &'static App) -> Result<Response, ApiError> {
-    app.bank.read(|_| ()).await?;
+    app.bank.ready().await?;
     let providers: serde_json::Map<String, serde_json::Value> = app
         .health
         .states()

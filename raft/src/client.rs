@@ -44,11 +44,12 @@ pub const CLIENT_RPCS_IN_FLIGHT_MAX: usize = 4;
 /// (backpressure) instead of queueing without bound.
 pub const CLIENT_QUEUE_MAX: usize = 2 * CLIENT_BATCH_COMMANDS_MAX;
 /// Attempts of one operation across nodes and elections, and the backoff between them:
-/// 10 ms doubling to 640 ms, so the attempts span ~22 s (plus RPC time), many election
-/// timeouts and a restart of a node, before the operation fails as retryable.
-pub const CLIENT_ATTEMPTS_MAX: u32 = 40;
+/// 10 ms doubling to 200 ms, so the attempts span ~19 s (plus RPC time), many election
+/// timeouts and a restart of a node, before the operation fails as retryable. The cap is
+/// below an election timeout, so a new leader is found within one backoff of its election.
+pub const CLIENT_ATTEMPTS_MAX: u32 = 100;
 pub const CLIENT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
-pub const CLIENT_BACKOFF_MAX: Duration = Duration::from_millis(640);
+pub const CLIENT_BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// Longest one RPC may take. A commit takes milliseconds; a node that has not answered
 /// within this is treated as unavailable and the next attempt goes elsewhere (an
 /// operation it still applies later is the same op id, applied once).
@@ -67,6 +68,7 @@ const _: () = assert!(CLIENT_BATCH_COMMANDS_MAX <= BATCH_COMMANDS_MAX);
 const _: () = assert!(CLIENT_QUEUE_MAX >= CLIENT_BATCH_COMMANDS_MAX);
 const _: () = assert!(CLIENT_BATCH_COMMANDS_MAX * crate::COMMAND_BYTES_MAX <= RPC_BYTES_MAX / 2);
 const _: () = assert!(CLIENT_BACKOFF_FIRST.as_millis() < CLIENT_BACKOFF_MAX.as_millis());
+const _: () = assert!(CLIENT_BACKOFF_MAX.as_millis() <= crate::ELECTION_TIMEOUT_MAX.as_millis());
 
 /// A client of a ledger cluster. Cheap to clone: clones share routes, connections and
 /// per-group batching. Dropping the last clone ends its background tasks.

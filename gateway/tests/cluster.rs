@@ -1,0 +1,327 @@
+//! The distributed deployment end to end, with real processes on 127.0.0.1: three
+//! `solrouter ledger` nodes and two `solrouter gateway`s sharing the same accounts.
+//!
+//! * SIGKILL of a group leader under load: both gateways serve again within a few
+//!   election timeouts, and afterwards the audit is ok, every acknowledged top-up is
+//!   there, every answered request was charged exactly once, and no balance is negative.
+//! * A race through both gateways for a balance that affords exactly K requests: exactly
+//!   K succeed, the rest get 402 (the cluster is started by `deploy/local-cluster.sh`).
+
+mod cluster_support;
+
+use cluster_support::{
+    cost_pico, free_port, ledger_specs, pico, seeds, wait_http_ok, Endpoint, Gateway,
+    LedgerProcess, POLL_ATTEMPTS_MAX, POLL_INTERVAL,
+};
+use serde_json::{json, Value};
+use solrouter_gateway::catalog::Catalog;
+use solrouter_gateway::parse::prompt_tokens_max;
+use solrouter_ledger::PicoUsd;
+use solrouter_raft::LedgerClient;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Both gateways must serve again within this long after the leader's SIGKILL: a few
+/// election timeouts (150–300 ms each) plus the client's backoff, with room for a loaded
+/// 2-core CI machine.
+const RECOVERY_MAX: Duration = Duration::from_secs(5);
+/// Successful requests to see before the kill, and again after the recovery, so the kill
+/// really lands mid-load.
+const N_SUCCESSES_PHASE: u64 = 30;
+const N_ACCOUNTS: usize = 4;
+const N_CHAT_WORKERS: usize = 6;
+const N_TOP_UP_WORKERS: usize = 2;
+const INITIAL_CREDIT: &str = "1.00";
+const TOP_UP: &str = "0.01";
+
+/// What the load saw, per account index.
+#[derive(Default)]
+struct Observed {
+    /// Sum of `usage.cost` of every answered (200) request.
+    charged: BTreeMap<usize, i128>,
+    n_successes: u64,
+    n_failures: u64,
+    /// Top-ups by idempotency key, and whether the gateway acknowledged each.
+    top_ups: Vec<(usize, String, bool)>,
+}
+
+fn echo_body(text: &str, max_tokens: u64) -> Value {
+    json!({"model": "mock/echo", "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]})
+}
+
+async fn chat_and_record(
+    endpoint: &Endpoint,
+    key: &str,
+    account_idx: usize,
+    observed: &Mutex<Observed>,
+) -> bool {
+    let answer = endpoint.chat(key, &echo_body("hello from the load", 16)).await;
+    let mut observed = observed.lock().unwrap();
+    match answer {
+        Some((200, body)) => {
+            *observed.charged.entry(account_idx).or_default() += cost_pico(&body["usage"]["cost"]);
+            observed.n_successes += 1;
+            true
+        }
+        Some((402, body)) => panic!("a funded account got 402: {body}"),
+        _ => {
+            observed.n_failures += 1;
+            false
+        }
+    }
+}
+
+async fn eventually_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) {
+    for _ in 0..POLL_ATTEMPTS_MAX {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    panic!("not true after {POLL_ATTEMPTS_MAX} attempts: {what}");
+}
+
+/// Polls `endpoint` with requests until one succeeds; how long that took.
+async fn time_to_recover(
+    endpoint: &Endpoint,
+    key: &str,
+    account_idx: usize,
+    observed: &Mutex<Observed>,
+) -> Duration {
+    let started = Instant::now();
+    for _ in 0..POLL_ATTEMPTS_MAX {
+        if chat_and_record(endpoint, key, account_idx, observed).await {
+            return started.elapsed();
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    panic!("{} did not recover", endpoint.base);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_sigkill_under_load_loses_nothing_and_charges_once() {
+    let root = tempfile::tempdir().unwrap();
+    let specs = ledger_specs(root.path());
+    let mut ledgers: Vec<Option<LedgerProcess>> = specs.iter().map(|s| Some(s.start())).collect();
+    let gateways = [Gateway::start(&seeds(&specs)), Gateway::start(&seeds(&specs))];
+    let endpoints: Vec<Endpoint> = gateways.iter().map(|g| g.endpoint.clone()).collect();
+    for endpoint in &endpoints {
+        wait_http_ok(&format!("{}/readyz", endpoint.base)).await;
+    }
+    let mut accounts = Vec::new();
+    for account_idx in 0..N_ACCOUNTS {
+        accounts.push(endpoints[account_idx % 2].funded_account(INITIAL_CREDIT).await);
+    }
+    let accounts = Arc::new(accounts);
+    let observed = Arc::new(Mutex::new(Observed::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(0));
+
+    let mut workers = Vec::new();
+    for worker_idx in 0..N_CHAT_WORKERS + N_TOP_UP_WORKERS {
+        let endpoint = endpoints[worker_idx % 2].clone();
+        let (accounts, observed) = (Arc::clone(&accounts), Arc::clone(&observed));
+        let (stop, next) = (Arc::clone(&stop), Arc::clone(&next));
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let account_idx = n as usize % N_ACCOUNTS;
+                let (account, key) = &accounts[account_idx];
+                if worker_idx < N_CHAT_WORKERS {
+                    chat_and_record(&endpoint, key, account_idx, &observed).await;
+                } else {
+                    let idempotency_key = format!("load-{n}");
+                    let status = endpoint.top_up(account, TOP_UP, &idempotency_key).await;
+                    let top_up = (account_idx, idempotency_key, status == 200);
+                    observed.lock().unwrap().top_ups.push(top_up);
+                }
+            }
+        }));
+    }
+    let successes = || observed.lock().unwrap().n_successes;
+    eventually_async("the load is under way", || async { successes() >= N_SUCCESSES_PHASE }).await;
+
+    // SIGKILL the leader of group 0 mid-load.
+    let client = LedgerClient::connect(&seeds(&specs)).await.unwrap();
+    let leader = client.topology().await.unwrap().leaders[0].expect("group 0 has a leader");
+    let killed_idx = leader as usize - 1;
+    ledgers[killed_idx].take().expect("the leader runs").process.kill();
+    let (first, second) = tokio::join!(
+        time_to_recover(&endpoints[0], &accounts[0].1, 0, &observed),
+        time_to_recover(&endpoints[1], &accounts[1].1, 1, &observed),
+    );
+    eprintln!(
+        "after killing leader node {leader}: gateways served again in {first:?} and {second:?}"
+    );
+    assert!(first <= RECOVERY_MAX && second <= RECOVERY_MAX, "{first:?}, {second:?}");
+    let resumed = successes();
+    eventually_async("the load goes on", || async { successes() >= resumed + N_SUCCESSES_PHASE })
+        .await;
+
+    // Restart the killed node on its data directory; it catches up and serves again.
+    let restarted = specs[killed_idx].start();
+    wait_http_ok(&format!("{}/readyz", restarted.http)).await;
+    ledgers[killed_idx] = Some(restarted);
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    check_money(&endpoints[0], &accounts, &observed).await;
+    for endpoint in &endpoints {
+        let audit = endpoint.audit().await;
+        assert_eq!(audit["ok"], true, "{audit}");
+    }
+}
+
+/// Retries unacknowledged top-ups under their idempotency keys, waits for the last settles,
+/// then checks every account against what the load saw.
+async fn check_money(
+    endpoint: &Endpoint,
+    accounts: &[(String, String)],
+    observed: &Mutex<Observed>,
+) {
+    let (charged, top_ups, n_failures) = {
+        let observed = observed.lock().unwrap();
+        (observed.charged.clone(), observed.top_ups.clone(), observed.n_failures)
+    };
+    eprintln!("load: {} top-ups, {n_failures} failed requests", top_ups.len());
+    let mut n_top_ups = vec![0i128; accounts.len()];
+    for (account_idx, idempotency_key, acknowledged) in &top_ups {
+        let account = &accounts[*account_idx].0;
+        if !acknowledged {
+            // Applied or not, the same key applies it exactly once now.
+            eventually_async("a retried top-up is acknowledged", || async {
+                endpoint.top_up(account, TOP_UP, idempotency_key).await == 200
+            })
+            .await;
+        }
+        n_top_ups[*account_idx] += 1;
+    }
+    eventually_async("every hold is settled", || async { endpoint.audit().await["holds"] == 0 })
+        .await;
+    let (initial, top_up) = (pico(&json!(INITIAL_CREDIT)), pico(&json!(TOP_UP)));
+    for (account_idx, (account, _)) in accounts.iter().enumerate() {
+        let entry = endpoint.account(account).await;
+        assert_eq!(pico(&entry["credits"]), initial + n_top_ups[account_idx] * top_up, "{entry}");
+        assert_eq!(
+            pico(&entry["spent"]),
+            charged.get(&account_idx).copied().unwrap_or(0),
+            "{entry}"
+        );
+        assert!(pico(&entry["available"]) >= 0, "{entry}");
+    }
+}
+
+/// `deploy/local-cluster.sh` with its own ports and run directory; `stop` on drop.
+struct LocalCluster {
+    env: Vec<(&'static str, String)>,
+    gateway_ports: [u16; 2],
+}
+
+impl LocalCluster {
+    fn start(run_dir: &Path) -> LocalCluster {
+        let ports = |n: usize| (0..n).map(|_| free_port().to_string()).collect::<Vec<_>>();
+        let gateway_ports = [free_port(), free_port()];
+        let env = vec![
+            ("SOLROUTER_BIN", env!("CARGO_BIN_EXE_solrouter").to_owned()),
+            ("RUN_DIR", run_dir.display().to_string()),
+            ("LEDGER_PORTS", ports(3).join(" ")),
+            ("LEDGER_HTTP_PORTS", ports(3).join(" ")),
+            ("GATEWAY_PORTS", format!("{} {}", gateway_ports[0], gateway_ports[1])),
+            ("LEDGER_GROUPS", cluster_support::N_GROUPS.to_string()),
+            ("SOLROUTER_ADMIN_TOKEN", cluster_support::ADMIN_TOKEN.to_owned()),
+            ("RUST_LOG", "warn,openraft=off".to_owned()),
+        ];
+        let cluster = LocalCluster { env, gateway_ports };
+        let started = cluster.script("start");
+        assert!(
+            started.status.success(),
+            "start failed: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        cluster
+    }
+
+    fn script(&self, action: &str) -> std::process::Output {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local-cluster.sh");
+        Command::new("bash")
+            .arg(script)
+            .arg(action)
+            .envs(self.env.iter().map(|(name, value)| (*name, value.as_str())))
+            .output()
+            .expect("running deploy/local-cluster.sh")
+    }
+
+    fn endpoints(&self) -> [Endpoint; 2] {
+        self.gateway_ports.map(|port| Endpoint::new(&format!("http://127.0.0.1:{port}")))
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_affordable_requests_succeed_across_two_gateways() {
+    // K requests affordable out of N. With echo, a request's actual cost c_a is below
+    // its reservation c_r but above 2/3 of it (see below), so the outcome does not depend
+    // on how reserves and settles interleave: after any K successes the rest of the
+    // balance, K·c_r − K·c_a, is below c_r, and before K successes at least c_r is free.
+    const K: usize = 3;
+    const N: usize = 12;
+    const N_WORDS: usize = 1_000;
+    let run_dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(run_dir.path());
+    let endpoints = cluster.endpoints();
+
+    let text = vec!["a"; N_WORDS].join(" ");
+    let body = echo_body(&text, N_WORDS as u64);
+    let catalog = Catalog::builtin();
+    let price = &catalog.get("mock/echo").expect("mock/echo").price;
+    let prompt_tokens = prompt_tokens_max(body.to_string().len(), 0);
+    let reserved = price.bound(prompt_tokens, N_WORDS as u64);
+    let credit = PicoUsd(K as u128 * reserved.0);
+    let (account, key) = endpoints[0].funded_account(&credit.to_string()).await;
+
+    let racing = (0..N).map(|n| {
+        let (endpoint, key, body) = (endpoints[n % 2].clone(), key.clone(), body.clone());
+        tokio::spawn(async move { endpoint.chat(&key, &body).await.expect("an HTTP answer") })
+    });
+    let mut statuses = BTreeMap::<u16, usize>::new();
+    let mut charged = 0;
+    for answer in racing.collect::<Vec<_>>() {
+        let (status, body) = answer.await.unwrap();
+        *statuses.entry(status).or_default() += 1;
+        if status == 200 {
+            let cost = cost_pico(&body["usage"]["cost"]);
+            // The premise above: c_r / c_a < K / (K − 1).
+            assert!(
+                reserved.0 as i128 * (K as i128 - 1) < cost * K as i128,
+                "{cost} vs {reserved}"
+            );
+            charged += cost;
+        }
+    }
+    assert_eq!(statuses, BTreeMap::from([(200, K), (402, N - K)]));
+    let entry = endpoints[1].account(&account).await;
+    assert_eq!(pico(&entry["spent"]), charged, "{entry}");
+    assert_eq!(pico(&entry["held"]), 0, "{entry}");
+    assert_eq!(pico(&entry["available"]), credit.0 as i128 - charged, "{entry}");
+    let audit = endpoints[1].audit().await;
+    assert_eq!(audit["ok"], true, "{audit}");
+
+    // The script stops everything it started.
+    let stopped = cluster.script("stop");
+    assert!(stopped.status.success());
+    let status = String::from_utf8_lossy(&cluster.script("status").stdout).into_owned();
+    assert_eq!(status.matches(": stopped").count(), 5, "{status}");
+}

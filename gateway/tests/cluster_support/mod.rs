@@ -1,0 +1,293 @@
+//! Harness for cluster tests: real `solrouter ledger` and `solrouter gateway` processes on
+//! 127.0.0.1 with free ports and temporary data directories. Every process is killed
+//! when its handle is dropped (also on a panic), so a failing test leaves nothing behind.
+#![allow(dead_code)] // Each test file uses a different part of the harness.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Longest a process may take to print its listening line: a debug build opening sled
+/// and connecting to its peers takes well under a second; CI machines are slow and shared.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lines a process prints before it listens fit many times over.
+const STDOUT_LINES_MAX: usize = 64;
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// Raft groups of the test clusters: more than one, so routing by account matters.
+pub const N_GROUPS: u32 = 2;
+/// Bounded polling for eventual conditions: attempts × interval = 60 s.
+pub const POLL_ATTEMPTS_MAX: u32 = 1_200;
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A port the OS just handed out; another process could take it before ours binds it,
+/// which fails the test loudly, never silently.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process, killed and reaped on drop.
+pub struct Process {
+    child: Child,
+}
+
+impl Process {
+    /// Spawns `solrouter ARGS…` and returns it with the first stdout line that starts with
+    /// `ready_prefix`.
+    fn spawn(args: &[String], env: &[(&str, &str)], ready_prefix: &str) -> (Process, String) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_solrouter"));
+        command
+            .args(args)
+            .env("RUST_LOG", "warn,openraft=off")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("spawning solrouter");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let process = Process { child };
+        let (lines, received) = mpsc::sync_channel(STDOUT_LINES_MAX);
+        // Ends when the receiver is gone (after startup); the child then gets EPIPE on
+        // stdout, which it ignores: it prints only while starting.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = received.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("solrouter {args:?} printed no line starting {ready_prefix:?} in time")
+            });
+            if line.starts_with(ready_prefix) {
+                return (process, line);
+            }
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How to start one ledger node (kept to restart it the same way).
+pub struct LedgerSpec {
+    pub id: u64,
+    pub grpc: String,
+    pub peers: String,
+    pub data_dir: PathBuf,
+}
+
+pub struct LedgerProcess {
+    pub process: Process,
+    pub http: String,
+}
+
+impl LedgerSpec {
+    pub fn start(&self) -> LedgerProcess {
+        let args = [
+            "ledger".to_owned(),
+            "--id".to_owned(),
+            self.id.to_string(),
+            "--listen".to_owned(),
+            self.grpc.clone(),
+            "--peers".to_owned(),
+            self.peers.clone(),
+            "--groups".to_owned(),
+            N_GROUPS.to_string(),
+            "--data-dir".to_owned(),
+            self.data_dir.display().to_string(),
+            "--http".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ];
+        let (process, line) = Process::spawn(&args, &[], "ledger node ");
+        let http = line.rsplit("http ").next().expect("http address").to_owned();
+        LedgerProcess { process, http }
+    }
+}
+
+/// Specs of a three-node cluster on free ports, with data under `root`.
+pub fn ledger_specs(root: &Path) -> Vec<LedgerSpec> {
+    let grpc: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let peers: Vec<String> =
+        grpc.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+    let peers = peers.join(",");
+    (0..3)
+        .map(|i| LedgerSpec {
+            id: i as u64 + 1,
+            grpc: grpc[i].clone(),
+            peers: peers.clone(),
+            data_dir: root.join(format!("ledger-{}", i + 1)),
+        })
+        .collect()
+}
+
+pub fn seeds(specs: &[LedgerSpec]) -> Vec<String> {
+    specs.iter().map(|spec| spec.grpc.clone()).collect()
+}
+
+/// A `solrouter gateway --mock` process.
+pub struct Gateway {
+    pub process: Process,
+    pub endpoint: Endpoint,
+}
+
+impl Gateway {
+    pub fn start(seeds: &[String]) -> Gateway {
+        let args = [
+            "gateway".to_owned(),
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--ledger".to_owned(),
+            seeds.join(","),
+            "--mock".to_owned(),
+        ];
+        let env = [("SOLROUTER_ADMIN_TOKEN", ADMIN_TOKEN)];
+        let (process, line) = Process::spawn(&args, &env, "listening: ");
+        let base = line["listening: ".len()..].trim_end_matches("/v1/api");
+        Gateway { process, endpoint: Endpoint::new(base) }
+    }
+}
+
+/// A gateway reachable at `base`, however it was started. Cheap to clone.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Endpoint {
+    pub fn new(base: &str) -> Endpoint {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("http client");
+        Endpoint { base: base.to_owned(), client }
+    }
+
+    /// A chat completion; `None` when the request failed below HTTP (connection refused).
+    pub async fn chat(&self, key: &str, body: &Value) -> Option<(u16, Value)> {
+        let response = self
+            .client
+            .post(format!("{}/v1/api/chat/completions", self.base))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, read_json(response).await))
+    }
+
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}/v1/admin/{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, read_json(response).await)
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// Creates an account with `credit` USD (under an idempotency key) and a key.
+    pub async fn funded_account(&self, credit: &str) -> (String, String) {
+        let (status, created) =
+            self.admin(reqwest::Method::POST, "accounts", Some(json!({"name": "test"}))).await;
+        assert_eq!(status, 201, "{created}");
+        let account = created["id"].as_str().expect("id").to_owned();
+        assert_eq!(self.top_up(&account, credit, &format!("seed-{account}")).await, 200);
+        let (status, body) = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("accounts/{account}/keys"),
+                Some(json!({"name": "test key"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (account, body["key"].as_str().expect("key").to_owned())
+    }
+
+    /// A top-up under an idempotency key; the status (0: no HTTP answer).
+    pub async fn top_up(&self, account: &str, usd: &str, idempotency_key: &str) -> u16 {
+        let body = json!({"amount": usd, "idempotency_key": idempotency_key});
+        self.admin(reqwest::Method::POST, &format!("accounts/{account}/credits"), Some(body))
+            .await
+            .0
+    }
+
+    pub async fn account(&self, account: &str) -> Value {
+        let (status, body) =
+            self.admin(reqwest::Method::GET, &format!("accounts/{account}"), None).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn audit(&self) -> Value {
+        let (status, body) = self.admin(reqwest::Method::GET, "audit", None).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+pub async fn read_json(response: reqwest::Response) -> Value {
+    let bytes = response.bytes().await.unwrap_or_default();
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
+/// Polls an HTTP URL until it answers 200, at most `POLL_ATTEMPTS_MAX` times.
+pub async fn wait_http_ok(url: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..POLL_ATTEMPTS_MAX {
+        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    panic!("{url} never answered 200");
+}
+
+/// A decimal USD string (possibly negative) in pico-USD.
+pub fn pico(usd: &Value) -> i128 {
+    let text = usd.as_str().expect("USD string");
+    let parse = |text: &str| solrouter_ledger::PicoUsd::parse_usd(text).expect("USD").0 as i128;
+    match text.strip_prefix('-') {
+        Some(positive) => -parse(positive),
+        None => parse(text),
+    }
+}
+
+/// A `usage.cost` JSON number in pico-USD. Costs of test requests have at most 12
+/// decimals and few significant digits, so rounding recovers the exact amount.
+pub fn cost_pico(cost: &Value) -> i128 {
+    let usd = cost.as_f64().expect("cost is a number");
+    assert!(usd >= 0.0);
+    (usd * 1e12).round() as i128
+}
