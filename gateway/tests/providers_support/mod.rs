@@ -18,6 +18,8 @@ use solrouter_gateway::providers::{
 };
 use std::sync::{Arc, Mutex};
 
+pub mod fixture_upstream;
+
 pub fn fixture(relative: &str) -> Vec<u8> {
     let path = format!("{}/../../shared/fixtures/{relative}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|error| panic!("{path}: {error}"))
@@ -37,6 +39,49 @@ pub fn chunks_as_sse(relative: &str) -> Vec<u8> {
         body.extend_from_slice(b"\n\n");
     }
     body
+}
+
+/// An HTTP/1.1 and HTTP/2 server on a free 127.0.0.1 port that answers every request
+/// with `respond`, for as long as the test's runtime lives. The request body is read
+/// whole and parsed as JSON (`null` when it is not JSON).
+pub async fn serve<F>(respond: F) -> std::net::SocketAddr
+where
+    F: Fn(Received) -> http::Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let respond = Arc::new(respond);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let respond = Arc::clone(&respond);
+            let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let respond = Arc::clone(&respond);
+                async move {
+                    let path_and_query = request.uri().path_and_query().unwrap().to_string();
+                    let headers = request.headers().clone();
+                    let sent = request.into_body().collect().await.unwrap().to_bytes();
+                    let body = serde_json::from_slice(&sent).unwrap_or(Value::Null);
+                    let response = respond(Received { path_and_query, headers, body });
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            tokio::spawn(async move {
+                let builder = auto::Builder::new(TokioExecutor::new());
+                // A client hanging up early is not this test's concern.
+                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    address
+}
+
+/// A response with `status`, `content_type` and `body`.
+pub fn reply(status: u16, content_type: &str, body: Bytes) -> http::Response<Full<Bytes>> {
+    let mut response = http::Response::new(Full::new(body));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap();
+    response.headers_mut().insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
+    response
 }
 
 /// What the replay server received.
@@ -60,46 +105,20 @@ impl Replay {
         extra_headers: &[(&'static str, &'static str)],
         body: Vec<u8>,
     ) -> Replay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
         let received = Arc::new(Mutex::new(None));
         let body = Bytes::from(body);
         let extra_headers = extra_headers.to_vec();
         let sink = Arc::clone(&received);
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let (sink, body, extra_headers) =
-                    (Arc::clone(&sink), body.clone(), extra_headers.clone());
-                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let (sink, body, extra_headers) =
-                        (Arc::clone(&sink), body.clone(), extra_headers.clone());
-                    async move {
-                        let path_and_query = request.uri().path_and_query().unwrap().to_string();
-                        let headers = request.headers().clone();
-                        let sent = request.into_body().collect().await.unwrap().to_bytes();
-                        let sent = serde_json::from_slice(&sent).unwrap_or(Value::Null);
-                        *sink.lock().unwrap() =
-                            Some(Received { path_and_query, headers, body: sent });
-                        let mut response = http::Response::new(Full::new(body));
-                        *response.status_mut() = StatusCode::from_u16(status).unwrap();
-                        response
-                            .headers_mut()
-                            .insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
-                        for (name, value) in extra_headers {
-                            response.headers_mut().insert(name, value.parse().unwrap());
-                        }
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-                tokio::spawn(async move {
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    // A client hanging up early is not this test's concern.
-                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-                });
+        let address = serve(move |request| {
+            *sink.lock().unwrap() = Some(request);
+            let mut response = reply(status, content_type, body.clone());
+            for (name, value) in &extra_headers {
+                response.headers_mut().insert(*name, value.parse().unwrap());
             }
-        });
-        Replay { base_url, received }
+            response
+        })
+        .await;
+        Replay { base_url: format!("http://{address}/v1"), received }
     }
 
     pub fn endpoint(&self) -> Endpoint {

@@ -1,0 +1,326 @@
+//! The official client SDKs against a real `solrouter dev` whose every provider is a
+//! fixture upstream serving recorded provider traffic from `../shared/fixtures`: the
+//! `openai` Python package, the `openai` npm package, and the Vercel AI SDK (`ai` with
+//! `@ai-sdk/openai-compatible`). Each drives every case of `tests/sdk/cases.json` —
+//! streamed text, streamed tool calls, structured output and an image input, to each
+//! wire format (OpenAI-compatible, Anthropic, Gemini, Cohere) — and checks the answers
+//! against the recordings, `usage.cost` against the generation records, and the balance.
+//! This file checks what reached the providers, that each cost is the catalogue price
+//! of the recorded usage, and the ledger.
+//!
+//! The packages come from `requirements.txt` and `tests/sdk/package-lock.json` (the
+//! README's test command installs both); a missing package fails the test, never skips it.
+
+mod providers_support;
+mod support;
+
+use providers_support::fixture_json;
+use providers_support::fixture_upstream::{FixtureUpstream, Recording, Route, Shape, HOSTS};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use solrouter_ledger::PicoUsd;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+use support::{data_dir, path, pico, Dev, ADMIN_TOKEN};
+
+const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk");
+const FIXTURES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
+/// The most one SDK script may take for all its cases: a few seconds on a warm
+/// machine; Node's first start and a shared CI machine are slow.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Credit of each SDK's account, far above the worst-case holds of the cases.
+const CREDIT_USD: &str = "20.00";
+const INSTALL_HINT: &str = "install the SDK test dependencies with the README's test command \
+     (`python3 -m pip install -r gateway/tests/requirements.txt && npm ci --prefix gateway/tests/sdk`)";
+
+#[derive(Deserialize)]
+struct Spec {
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    id: String,
+    kind: String,
+    model: String,
+    provider: String,
+    upstream_model: String,
+    recording: Option<RecordingSpec>,
+    recorded_request: Option<RecordedRequest>,
+    #[serde(default)]
+    upstream_expects: Map<String, Value>,
+    expect: Value,
+}
+
+#[derive(Deserialize)]
+struct RecordingSpec {
+    file: String,
+    format: String,
+}
+
+#[derive(Deserialize)]
+struct RecordedRequest {
+    file: String,
+    compare: Vec<String>,
+}
+
+fn spec() -> Spec {
+    let text = std::fs::read(format!("{SDK_DIR}/cases.json")).expect("tests/sdk/cases.json");
+    serde_json::from_slice(&text).expect("cases.json is valid")
+}
+
+/// The request shape a case's kind produces.
+fn shape(kind: &str) -> Shape {
+    let none = Shape { stream: false, tools: false, structured: false, image: false };
+    match kind {
+        "stream_text" => Shape { stream: true, ..none },
+        "stream_tools" => Shape { stream: true, tools: true, ..none },
+        "structured" => Shape { structured: true, ..none },
+        "image" => Shape { image: true, ..none },
+        other => panic!("unknown case kind {other}"),
+    }
+}
+
+/// The route of a case with a recording: its answer, and what the translated request
+/// must hold (the case's own expectations and the recorded request's values).
+fn route(case: &Case) -> Option<Route> {
+    let recording = case.recording.as_ref()?;
+    let format = match recording.format.as_str() {
+        "json" => Recording::Json,
+        "sse" => Recording::Sse,
+        "chunks" => Recording::Chunks,
+        other => panic!("{}: unknown recording format {other}", case.id),
+    };
+    let (content_type, body) = format.load(&recording.file);
+    let mut expect: Vec<(String, Value)> =
+        case.upstream_expects.iter().map(|(at, value)| (at.clone(), value.clone())).collect();
+    if let Some(recorded) = &case.recorded_request {
+        let request = fixture_json(&recorded.file);
+        for at in &recorded.compare {
+            let value = request.pointer(at).unwrap_or_else(|| panic!("{}: no {at}", recorded.file));
+            expect.push((at.clone(), value.clone()));
+        }
+    }
+    Some(Route {
+        name: case.id.clone(),
+        shape: shape(&case.kind),
+        upstream_model: case.upstream_model.clone(),
+        content_type,
+        body,
+        expect,
+    })
+}
+
+/// `solrouter dev` with every provider pointed at its own fixture upstream.
+struct Gateway {
+    dev: Dev,
+    upstreams: Vec<FixtureUpstream>,
+    spec: Spec,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    async fn start() -> Gateway {
+        let spec = spec();
+        let mut routes: BTreeMap<&str, Vec<Route>> = BTreeMap::new();
+        for case in &spec.cases {
+            if let Some(route) = route(case) {
+                let same_shape = routes.entry(&case.provider).or_default();
+                assert!(
+                    same_shape.iter().all(|other| other.shape != route.shape),
+                    "{}: two cases of one provider need different shapes",
+                    case.id
+                );
+                same_shape.push(route);
+            }
+        }
+        // Every provider gets an upstream, so nothing can reach a real one.
+        let mut upstreams = Vec::new();
+        for host in &HOSTS {
+            let host_routes = routes.remove(host.provider).unwrap_or_default();
+            upstreams.push(FixtureUpstream::start(host, host_routes).await);
+        }
+        assert!(routes.is_empty(), "cases name unknown providers: {:?}", routes.keys());
+        let env: Vec<(&str, String)> = upstreams.iter().flat_map(FixtureUpstream::env).collect();
+        let env: Vec<(&str, &str)> =
+            env.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        let dir = data_dir();
+        let dev = Dev::start(&path(&dir), &env);
+        Gateway { dev, upstreams, spec, _dir: dir }
+    }
+
+    /// Runs one SDK script as a fresh customer (an account and key made through the
+    /// admin API) and checks everything around it; `program` and `args` start it.
+    async fn run_sdk(&self, sdk: &str, program: &str, args: &[&str]) {
+        let (account, key) = self.dev.funded_account(CREDIT_USD).await;
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .current_dir(SDK_DIR)
+            .env("SOLROUTER_BASE_URL", &self.dev.base)
+            .env("SOLROUTER_KEY", &key)
+            .env("SOLROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("SOLROUTER_ACCOUNT", &account)
+            .env("SDK_CASES", format!("{SDK_DIR}/cases.json"))
+            .env("SDK_FIXTURES", FIXTURES_DIR)
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
+            .await
+            .unwrap_or_else(|_| panic!("{sdk}: no result within {SCRIPT_TIMEOUT:?}"))
+            .unwrap_or_else(|error| {
+                panic!("{sdk}: cannot run `{program}`: {error}; {INSTALL_HINT}")
+            });
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let transcript = format!("{sdk}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        self.check_upstreams(&transcript);
+        assert!(output.status.success(), "{transcript}");
+        let results = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("RESULTS "))
+            .unwrap_or_else(|| panic!("no RESULTS line: {transcript}"));
+        let results: Vec<Value> = serde_json::from_str(results).expect("RESULTS is JSON");
+        self.check_costs(&account, &key, &results).await;
+        self.dev.audit_ok().await;
+        println!("{}", stdout.lines().last().unwrap_or_default());
+    }
+
+    /// Every request reached the provider its case names, on its real endpoint, with
+    /// the configured key and the expected translation, exactly once per case; a case
+    /// the gateway must refuse reached nobody.
+    fn check_upstreams(&self, transcript: &str) {
+        let mut problems = Vec::new();
+        let mut answered: BTreeMap<String, usize> = BTreeMap::new();
+        for upstream in &self.upstreams {
+            for hit in upstream.hits() {
+                for problem in &hit.problems {
+                    problems.push(format!(
+                        "{} {}: {problem}",
+                        upstream.host.provider, hit.path_and_query
+                    ));
+                }
+                if let Some(route) = hit.route {
+                    *answered.entry(route).or_default() += 1;
+                }
+            }
+        }
+        for case in &self.spec.cases {
+            let n_hits = answered.remove(&case.id).unwrap_or(0);
+            let wanted = usize::from(case.recording.is_some());
+            if n_hits != wanted {
+                problems
+                    .push(format!("{}: {n_hits} upstream requests, expected {wanted}", case.id));
+            }
+        }
+        assert!(problems.is_empty(), "upstream requests:\n{}\n\n{transcript}", problems.join("\n"));
+    }
+
+    /// Each answer's record: the case's model, and a cost that is the catalogue price
+    /// (from `/v1/api/models`) of the recorded usage; the account spent their sum.
+    async fn check_costs(&self, account: &str, key: &str, results: &[Value]) {
+        let (status, models) = self.dev.get("/v1/api/models", key).await;
+        assert_eq!(status, 200, "{models}");
+        let pricing: BTreeMap<&str, &Value> = models["data"]
+            .as_array()
+            .expect("model list")
+            .iter()
+            .map(|model| (model["id"].as_str().expect("id"), &model["pricing"]))
+            .collect();
+        let answered: Vec<&Case> =
+            self.spec.cases.iter().filter(|case| case.expect.get("error").is_none()).collect();
+        assert_eq!(results.len(), answered.len(), "one result per answered case: {results:?}");
+        let mut spent = 0i128;
+        for (case, result) in answered.iter().zip(results) {
+            assert_eq!(result["case"], case.id.as_str());
+            let id = result["id"].as_str().expect("generation id");
+            let (status, record) = self.dev.get(&format!("/v1/api/generation?id={id}"), key).await;
+            assert_eq!(status, 200, "{}: {record}", case.id);
+            let record = &record["data"];
+            assert_eq!(record["model"], case.model.as_str(), "{}", case.id);
+            let usage = &case.expect["usage"];
+            let tokens = |field: &str| usage[field].as_u64().expect("token count") as u128;
+            assert_eq!(record["tokens_prompt"], usage["prompt_tokens"], "{}", case.id);
+            assert_eq!(record["tokens_completion"], usage["completion_tokens"], "{}", case.id);
+            assert_eq!(record["native_tokens_reasoning"], usage["reasoning_tokens"], "{}", case.id);
+            assert_eq!(record["native_tokens_cached"], usage["cached_tokens"], "{}", case.id);
+            let price = |kind: &str| {
+                let prices = pricing[case.model.as_str()];
+                let per_token = prices.get(kind).or_else(|| prices.get("prompt")).expect("price");
+                PicoUsd::parse_usd(per_token.as_str().expect("price string")).expect("USD").0
+            };
+            let (prompt, cached) = (tokens("prompt_tokens"), tokens("cached_tokens"));
+            let expected = (prompt - cached) * price("prompt")
+                + cached * price("input_cache_read")
+                + tokens("completion_tokens") * price("completion");
+            let cost = pico(&record["cost_usd"]);
+            assert_eq!(cost, expected as i128, "{}: cost of {record}", case.id);
+            assert_eq!(pico(&result["cost"]), cost, "{}: the SDK's cost", case.id);
+            if let Some(billed) = case.expect.get("cost") {
+                assert_eq!(cost, pico(billed), "{}: the provider's own bill", case.id);
+            }
+            spent += cost;
+        }
+        let account = self.dev.account(account).await;
+        assert_eq!(pico(&account["spent"]), spent, "{account}");
+        assert_eq!(pico(&account["held"]), 0, "{account}");
+    }
+}
+
+/// Fails, naming the fix, unless the Node packages of `package.json` are installed at
+/// exactly the pinned versions and Node is 20 or newer.
+fn require_node_packages() {
+    let output = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run `node` (Node 20 or newer is needed): {error}"));
+    let version = String::from_utf8_lossy(&output.stdout);
+    let major: u32 = version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|major| major.parse().ok())
+        .unwrap_or(0);
+    assert!(major >= 20, "Node 20 or newer is needed, found {version}");
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(format!("{SDK_DIR}/package.json")).expect("package.json"),
+    )
+    .expect("package.json is JSON");
+    for (package, pinned) in manifest["dependencies"].as_object().expect("dependencies") {
+        let installed = Path::new(SDK_DIR).join("node_modules").join(package).join("package.json");
+        let installed: Option<Value> =
+            std::fs::read(&installed).ok().and_then(|text| serde_json::from_slice(&text).ok());
+        let version = installed.as_ref().map(|installed| &installed["version"]);
+        assert_eq!(
+            version,
+            Some(pinned),
+            "npm package {package} {pinned} is not installed: {INSTALL_HINT}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_official_python_sdk_through_every_wire_format() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run `python3`: {error}"));
+    assert!(probe.status.success(), "the Python `openai` package is missing: {INSTALL_HINT}");
+    let gateway = Gateway::start().await;
+    gateway.run_sdk("openai (Python)", "python3", &["openai_python.py"]).await;
+}
+
+#[tokio::test]
+async fn the_official_node_sdk_through_every_wire_format() {
+    require_node_packages();
+    let gateway = Gateway::start().await;
+    gateway.run_sdk("openai (Node)", "node", &["openai_node.mjs"]).await;
+}
+
+#[tokio::test]
+async fn the_vercel_ai_sdk_through_every_wire_format() {
+    require_node_packages();
+    let gateway = Gateway::start().await;
+    gateway.run_sdk("Vercel AI SDK", "node", &["vercel_ai.mjs"]).await;
+}
