@@ -161,20 +161,52 @@ impl Batcher {
             self.counters.n_commands.fetch_add(commands.len() as u64, Ordering::Relaxed);
             let batch = Batch { stamp_ms: self.next_stamp_ms(), commands };
             let n_commands = batch.commands.len();
-            match self.raft.client_write(batch).await {
-                Ok(response) => {
-                    assert_eq!(response.data.len(), n_commands, "one outcome per command");
-                    for (reply, outcome) in replies.into_iter().zip(response.data) {
+            match self.propose(batch).await {
+                Ok(outcomes) => {
+                    assert_eq!(outcomes.len(), n_commands, "one outcome per command");
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         // A submitter that timed out has dropped its receiver; nothing to do.
                         let _ = reply.send(Ok(outcome));
                     }
                 }
-                Err(e) => {
-                    let error = LedgerError::from_client_write(e);
+                Err(error) => {
                     for reply in replies {
                         let _ = reply.send(Err(error.clone()));
                     }
                 }
+            }
+        }
+    }
+
+    /// Proposes `batch` and waits for its outcomes, or until this node stops leading the
+    /// term it proposed in, whichever comes first. Openraft 0.9 answers a write whose entry
+    /// was truncated, but never one whose entry was replaced by a snapshot from the next
+    /// leader (a restarted node resumes leading its old term, takes a write, and is then
+    /// caught up by snapshot): waiting for that answer would wedge the batcher, and every
+    /// later command of this group on this node, for good. Found by the simulation. A
+    /// write given up on may still commit under the next leader; as with any `NotLeader`,
+    /// the caller retries it with the same op id, which is idempotent.
+    async fn propose(&self, batch: Batch) -> Result<Vec<Outcome>, LedgerError> {
+        let mut metrics = self.raft.metrics();
+        let (node_id, term) = {
+            let now = metrics.borrow();
+            (now.id, now.current_term)
+        };
+        let deposed =
+            metrics.wait_for(|now| now.current_term != term || now.current_leader != Some(node_id));
+        tokio::select! {
+            biased;
+            written = self.raft.client_write(batch) => {
+                written.map(|response| response.data).map_err(LedgerError::from_client_write)
+            }
+            seen = deposed => {
+                let seen = seen.ok();
+                let leader_id = seen.as_ref().and_then(|now| now.current_leader);
+                let leader_addr = leader_id.and_then(|leader| {
+                    let membership = seen.as_ref()?.membership_config.membership();
+                    membership.get_node(&leader).map(|node| node.addr.clone())
+                });
+                Err(LedgerError::NotLeader { leader_id, leader_addr })
             }
         }
     }
