@@ -90,6 +90,53 @@ fn tool_round_trip_matches_the_recorded_anthropic_request() {
     assert_eq!(sent, expected);
 }
 
+/// The request the Vercel AI SDK sends for `anthropic-json-output-format.1` (its test
+/// `json schema response format with output format (supported model)` in
+/// packages/anthropic/src/anthropic-messages-language-model.test.ts; the fixtures keep
+/// only the response): the schema goes as is into `output_format`, under the
+/// structured-outputs beta header.
+#[test]
+fn json_schema_becomes_output_format() {
+    let schema = json!({
+        "type": "object",
+        "properties": {"name": {"type": "string"}},
+        "required": ["name"],
+        "additionalProperties": false,
+        "$schema": "http://json-schema.org/draft-07/schema#",
+    });
+    let body = json!({"model": "m", "max_tokens": 64000,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
+        "response_format": {"type": "json_schema",
+            "json_schema": {"name": "response", "strict": true, "schema": schema}}});
+    let request = Anthropic.request(&endpoint(), &chat(body), "claude-sonnet-4-5").unwrap();
+    assert_eq!(request.headers["anthropic-beta"], "structured-outputs-2025-11-13");
+    let sent: Value = serde_json::from_slice(&request.body).unwrap();
+    let expected = json!({
+        "max_tokens": 64000,
+        "messages": [{"content": [{"text": "Hello", "type": "text"}], "role": "user"}],
+        "model": "claude-sonnet-4-5",
+        "output_format": {"schema": schema, "type": "json_schema"},
+        "stream": false,
+    });
+    assert_eq!(sent, expected);
+
+    let plain = json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "text"}});
+    let request = Anthropic.request(&endpoint(), &chat(plain), "claude-sonnet-4-5").unwrap();
+    assert!(!request.headers.contains_key("anthropic-beta"));
+}
+
+/// Anthropic has no schema-less JSON mode, and a schema must close its objects, so
+/// `json_object` stays a 400 rather than becoming a schema that only allows `{}`.
+#[test]
+fn json_object_is_refused_by_name() {
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_object"}});
+    let error = Anthropic.request(&endpoint(), &chat(body), "claude-sonnet-4-5").unwrap_err();
+    assert_eq!(error.param, "response_format");
+    assert!(error.message.contains("json_schema"), "{}", error.message);
+}
+
 #[test]
 fn unsupported_parameters_are_named() {
     let check = |extra: Value, param: &str| {
@@ -100,7 +147,6 @@ fn unsupported_parameters_are_named() {
     };
     check(json!({"seed": 1}), "seed");
     check(json!({"frequency_penalty": 0.5}), "frequency_penalty");
-    check(json!({"response_format": {"type": "json_object"}}), "response_format");
     check(json!({"logit_bias": {}}), "logit_bias");
 }
 
@@ -130,6 +176,42 @@ async fn tool_use_response() {
     let price = Catalog::builtin().get("anthropic/claude-sonnet-4").unwrap().price;
     // 445 × $3/M + 23 × $15/M.
     assert_eq!(price.cost(&completion.usage), PicoUsd::parse_usd("0.00168").unwrap());
+}
+
+/// Claude Sonnet 4.5's price, which equals the catalogue's Claude Sonnet 4 price
+/// ($3/M prompt, $15/M completion); the recordings are Sonnet 4.5's.
+fn sonnet_price() -> solrouter_gateway::catalog::Price {
+    Catalog::builtin().get("anthropic/claude-sonnet-4").unwrap().price
+}
+
+#[tokio::test]
+async fn structured_output_response() {
+    let body = fixture("anthropic/vercel-anthropic-json-output-format.1.json");
+    let recorded = fixture_json("anthropic/vercel-anthropic-json-output-format.1.json");
+    let replay = Replay::start(200, "application/json", &[], body).await;
+    let request = chat(json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "recipe",
+            "schema": {"type": "object", "additionalProperties": false}}}}));
+    let Outcome::Complete(completion) =
+        exchange(&Anthropic, &root(&replay), &request, "claude-sonnet-4-5").await
+    else {
+        panic!("expected a completion")
+    };
+    let received = replay.received();
+    assert_eq!(received.headers["anthropic-beta"], "structured-outputs-2025-11-13");
+    assert_eq!(received.body["output_format"]["type"], "json_schema");
+    let assembled = assemble_completion(&completion);
+    assert_eq!(assembled.text, recorded["content"][0]["text"].as_str().unwrap());
+    assert!(assembled.text.starts_with(r#"{"recipe":{"name":"Classic Lasagna","ingredients":"#));
+    let parsed: Value = serde_json::from_str(&assembled.text).unwrap();
+    assert_eq!(parsed["recipe"]["steps"].as_array().unwrap().len(), 15);
+    assert_eq!(assembled.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(
+        completion.usage,
+        Usage { prompt_tokens: 371, completion_tokens: 629, ..Usage::default() }
+    );
+    // 371 × $3/M + 629 × $15/M.
+    assert_eq!(sonnet_price().cost(&completion.usage), PicoUsd::parse_usd("0.010548").unwrap());
 }
 
 async fn streamed(sse: Vec<u8>) -> (Assembled, Usage) {
@@ -170,6 +252,26 @@ async fn tool_use_stream() {
     assert_eq!(assembled.tool_calls, vec![call]);
     assert_eq!(assembled.finish_reason.as_deref(), Some("tool_calls"));
     assert_eq!(usage, Usage { prompt_tokens: 849, completion_tokens: 47, ..Usage::default() });
+}
+
+#[tokio::test]
+async fn structured_output_stream() {
+    let (assembled, usage) =
+        streamed(chunks_as_sse("anthropic/vercel-anthropic-json-output-format.1.chunks.txt")).await;
+    assert!(assembled.text.starts_with(r#"{"characters":[{"name":"Theron Ironheart","#));
+    assert!(assembled.text.ends_with(r#"who deserves to be robbed."}]}"#));
+    let parsed: Value = serde_json::from_str(&assembled.text).unwrap();
+    let names: Vec<&str> = parsed["characters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|character| character["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Theron Ironheart", "Lyra Starweaver", "Rook Shadowstep"]);
+    assert_eq!(assembled.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(usage, Usage { prompt_tokens: 313, completion_tokens: 305, ..Usage::default() });
+    // 313 × $3/M + 305 × $15/M.
+    assert_eq!(sonnet_price().cost(&usage), PicoUsd::parse_usd("0.005514").unwrap());
 }
 
 #[tokio::test]

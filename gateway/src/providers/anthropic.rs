@@ -3,7 +3,7 @@
 //! and the typed SSE events (`message_start` … `message_stop`) as OpenAI chunks.
 
 use super::errors::{bad_gateway, classify};
-use super::translate::{self, param_error, Effort, Part, ToolChoice};
+use super::translate::{self, param_error, Effort, Part, ResponseFormat, ToolChoice};
 use super::{
     Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, UpstreamError,
     UpstreamRequest, Usage,
@@ -16,6 +16,12 @@ use serde_json::{json, Map, Value};
 
 /// The Messages API version the translation follows.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The beta that enables `output_format`, Anthropic's structured outputs (JSON text
+/// constrained by a JSON Schema). Only newer models have it (Claude Sonnet 4.5, Opus 4.1
+/// and later; not the Claude 4.0 models of the catalogue): the catalogue's
+/// `structured_output` capability decides which models get `response_format` at all.
+pub const STRUCTURED_OUTPUTS_BETA: &str = "structured-outputs-2025-11-13";
 
 /// `max_tokens` when the client sets none (Anthropic requires one): the output cap of
 /// Claude Opus 4, the smallest among the catalogue's Claude models, so it is valid for
@@ -42,6 +48,9 @@ impl Adapter for Anthropic {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert("anthropic-version", HeaderValue::from_static(ANTHROPIC_VERSION));
+        if body.contains_key("output_format") {
+            headers.insert("anthropic-beta", HeaderValue::from_static(STRUCTURED_OUTPUTS_BETA));
+        }
         if let Some(key) = &endpoint.api_key {
             let mut value = HeaderValue::try_from(key.as_str())
                 .expect("provider keys are validated when loaded");
@@ -122,11 +131,6 @@ fn translate_request(
 ) -> Result<Map<String, Value>, ParamError> {
     translate::check_fields("anthropic", body, &[])?;
     translate::refuse("anthropic", body, "seed")?;
-    if let Some(format) = translate::response_format(body)? {
-        if format != translate::ResponseFormat::Text {
-            return Err(param_error("response_format", "not supported by anthropic"));
-        }
-    }
     let mut out = Map::new();
     out.insert("model".to_owned(), Value::from(upstream_model));
     let max_tokens = translate::max_tokens(body)?.unwrap_or(MAX_TOKENS_DEFAULT);
@@ -143,6 +147,7 @@ fn translate_request(
         out.insert("stop_sequences".to_owned(), Value::Array(stops));
     }
     tools(body, &mut out)?;
+    output_format(body, &mut out)?;
     if let Some(effort) = translate::reasoning_effort(body)? {
         out.insert("thinking".to_owned(), thinking(effort, max_tokens)?);
     }
@@ -150,6 +155,30 @@ fn translate_request(
         out.insert("metadata".to_owned(), json!({"user_id": user}));
     }
     Ok(out)
+}
+
+/// `json_schema` becomes Anthropic's native `output_format` (the schema as is; the name
+/// has no Anthropic field). `json_object` has no honest equivalent: Anthropic has no
+/// schema-less JSON mode, and its schemas must close every object
+/// (`additionalProperties: false`), so `{"type": "object"}` would allow only `{}`.
+fn output_format(
+    body: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+) -> Result<(), ParamError> {
+    match translate::response_format(body)? {
+        None | Some(ResponseFormat::Text) => Ok(()),
+        Some(ResponseFormat::JsonObject) => Err(param_error(
+            "response_format",
+            "anthropic has no schema-less JSON mode; send a `json_schema` instead of `json_object`",
+        )),
+        Some(ResponseFormat::JsonSchema { schema, .. }) => {
+            out.insert(
+                "output_format".to_owned(),
+                json!({"type": "json_schema", "schema": schema}),
+            );
+            Ok(())
+        }
+    }
 }
 
 /// A thinking budget proportional to `max_tokens` (which it must stay below), as
