@@ -4,14 +4,16 @@
 //! * SIGKILL of a group leader under load: both gateways serve again within a few
 //!   election timeouts, and afterwards the audit is ok, every acknowledged top-up is
 //!   there, every answered request was charged exactly once, and no balance is negative.
+//! * `solrouter ledger-admin` adds a node started with `--join` and removes a founding
+//!   one while a gateway serves; no request fails.
 //! * A race through both gateways for a balance that affords exactly K requests: exactly
 //!   K succeed, the rest get 402 (the cluster is started by `deploy/local-cluster.sh`).
 
 mod cluster_support;
 
 use cluster_support::{
-    cost_pico, free_port, ledger_specs, pico, seeds, wait_http_ok, Endpoint, Gateway,
-    LedgerProcess, POLL_ATTEMPTS_MAX, POLL_INTERVAL,
+    cost_pico, free_port, ledger_admin, ledger_specs, pico, seeds, wait_http_ok, Endpoint, Gateway,
+    LedgerProcess, LedgerSpec, POLL_ATTEMPTS_MAX, POLL_INTERVAL,
 };
 use serde_json::{json, Value};
 use solrouter_gateway::catalog::Catalog;
@@ -324,4 +326,63 @@ async fn exactly_the_affordable_requests_succeed_across_two_gateways() {
     assert!(stopped.status.success());
     let status = String::from_utf8_lossy(&cluster.script("status").stdout).into_owned();
     assert_eq!(status.matches(": stopped").count(), 5, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_admin_adds_and_removes_nodes_while_a_gateway_serves() {
+    let root = tempfile::tempdir().unwrap();
+    let mut specs = ledger_specs(root.path());
+    let mut ledgers: Vec<LedgerProcess> = specs.iter().map(LedgerSpec::start).collect();
+    let gateway = Gateway::start(&seeds(&specs));
+    let endpoint = gateway.endpoint.clone();
+    wait_http_ok(&format!("{}/readyz", endpoint.base)).await;
+    let (account, key) = endpoint.funded_account(INITIAL_CREDIT).await;
+
+    // Requests run throughout; every one must succeed.
+    let observed = Arc::new(Mutex::new(Observed::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (endpoint, key) = (endpoint.clone(), key.clone());
+        let (observed, stop) = (Arc::clone(&observed), Arc::clone(&stop));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                chat_and_record(&endpoint, &key, 0, &observed).await;
+            }
+        })
+    };
+
+    let joining = LedgerSpec {
+        id: 4,
+        grpc: format!("127.0.0.1:{}", free_port()),
+        peers: None,
+        data_dir: root.path().join("ledger-4"),
+    };
+    ledgers.push(joining.start());
+    let seeds_before = seeds(&specs);
+    let added = ["add-node", "--id", "4", "--addr", &joining.grpc];
+    tokio::task::block_in_place(|| ledger_admin(&seeds_before, &added));
+    specs.push(joining);
+    let removed = ["remove-node", "--id", "1"];
+    tokio::task::block_in_place(|| ledger_admin(&seeds_before, &removed));
+    ledgers.remove(0).process.kill();
+    specs.remove(0);
+
+    let status = tokio::task::block_in_place(|| ledger_admin(&seeds(&specs), &["status"]));
+    let status: Value = serde_json::from_str(&status).expect("status is JSON");
+    assert_eq!(status["voters"], json!([[2, 3, 4], [2, 3, 4]]), "{status}");
+    let served = observed.lock().unwrap().n_successes;
+    eventually_async("requests go on after the changes", || async {
+        observed.lock().unwrap().n_successes >= served + N_SUCCESSES_PHASE
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let (n_failures, charged) = {
+        let observed = observed.lock().unwrap();
+        (observed.n_failures, observed.charged[&0])
+    };
+    assert_eq!(n_failures, 0, "requests failed during membership changes");
+    let entry = endpoint.account(&account).await;
+    assert_eq!(pico(&entry["spent"]), charged, "{entry}");
+    assert_eq!(endpoint.audit().await["ok"], true);
 }

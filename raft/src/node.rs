@@ -536,6 +536,12 @@ fn serve(
 /// same membership; one whose log already holds it (from its own earlier start or from a
 /// peer) gets `NotAllowed`, which is success here.
 async fn bootstrap(group: &Group, members: BTreeMap<u64, BasicNode>) -> Result<(), LedgerError> {
+    // A restart finds its log initialized: skip the call, which openraft would log as an
+    // error. A peer may still initialize this node in between; `NotAllowed` covers that.
+    let initialized = group.raft().is_initialized().await;
+    if initialized.map_err(|fatal| LedgerError::from_fatal("bootstrapping", fatal))? {
+        return Ok(());
+    }
     match group.raft().initialize(members).await {
         Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
         Err(RaftError::APIError(e)) => {

@@ -89,7 +89,8 @@ impl Drop for Process {
 pub struct LedgerSpec {
     pub id: u64,
     pub grpc: String,
-    pub peers: String,
+    /// The founding members; `None` starts the node with `--join`.
+    pub peers: Option<String>,
     pub data_dir: PathBuf,
 }
 
@@ -100,21 +101,20 @@ pub struct LedgerProcess {
 
 impl LedgerSpec {
     pub fn start(&self) -> LedgerProcess {
-        let args = [
-            "ledger".to_owned(),
-            "--id".to_owned(),
-            self.id.to_string(),
-            "--listen".to_owned(),
-            self.grpc.clone(),
-            "--peers".to_owned(),
-            self.peers.clone(),
-            "--groups".to_owned(),
-            N_GROUPS.to_string(),
-            "--data-dir".to_owned(),
-            self.data_dir.display().to_string(),
-            "--http".to_owned(),
-            "127.0.0.1:0".to_owned(),
-        ];
+        let mut args: Vec<String> =
+            ["ledger", "--id", &self.id.to_string(), "--listen", &self.grpc]
+                .map(str::to_owned)
+                .into();
+        match &self.peers {
+            Some(peers) => args.extend(["--peers".to_owned(), peers.clone()]),
+            None => args.push("--join".to_owned()),
+        }
+        let data_dir = self.data_dir.display().to_string();
+        let groups = N_GROUPS.to_string();
+        args.extend(
+            ["--groups", &groups, "--data-dir", &data_dir, "--http", "127.0.0.1:0"]
+                .map(str::to_owned),
+        );
         let (process, line) = Process::spawn(&args, &[], "ledger node ");
         let http = line.rsplit("http ").next().expect("http address").to_owned();
         LedgerProcess { process, http }
@@ -131,7 +131,7 @@ pub fn ledger_specs(root: &Path) -> Vec<LedgerSpec> {
         .map(|i| LedgerSpec {
             id: i as u64 + 1,
             grpc: grpc[i].clone(),
-            peers: peers.clone(),
+            peers: Some(peers.clone()),
             data_dir: root.join(format!("ledger-{}", i + 1)),
         })
         .collect()
@@ -139,6 +139,21 @@ pub fn ledger_specs(root: &Path) -> Vec<LedgerSpec> {
 
 pub fn seeds(specs: &[LedgerSpec]) -> Vec<String> {
     specs.iter().map(|spec| spec.grpc.clone()).collect()
+}
+
+/// Runs `solrouter ledger-admin --ledger SEEDS ARGS…` to completion; its stdout.
+pub fn ledger_admin(seeds: &[String], args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_solrouter"))
+        .args(["ledger-admin", "--ledger", &seeds.join(",")])
+        .args(args)
+        .env("RUST_LOG", "warn,openraft=off")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running solrouter ledger-admin");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "ledger-admin {args:?} failed: {stdout}{stderr}");
+    stdout
 }
 
 /// A `solrouter gateway --mock` process.
