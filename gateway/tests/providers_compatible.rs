@@ -8,7 +8,7 @@ use providers_support::*;
 use serde_json::json;
 use solrouter_gateway::catalog::Catalog;
 use solrouter_gateway::providers::openai::{OpenAiCompatible, Quirks};
-use solrouter_gateway::providers::{Adapter, Usage};
+use solrouter_gateway::providers::{Adapter, Endpoint, Usage};
 use solrouter_ledger::PicoUsd;
 
 fn cost(model_id: &str, usage: &Usage) -> PicoUsd {
@@ -124,11 +124,17 @@ async fn mistral_requests_use_mistral_names_and_no_stream_options() {
     let recorded = fixture_json("mistral/pydai-stream-thinking.request.json");
     let client_body = with(&recorded, "model", json!("mistralai/mistral-large"));
     let client_body = with(&client_body, "stream_options", json!({"include_usage": true}));
+    // Mistral's SDK takes the bare host as base URL, as the gateway's default does.
+    let root = Endpoint {
+        base_url: replay.base_url.trim_end_matches("/v1").to_owned(),
+        ..replay.endpoint()
+    };
     let Outcome::Streamed { chunks, usage } =
-        exchange(&adapter, &replay.endpoint(), &chat(client_body), "magistral-medium-latest").await
+        exchange(&adapter, &root, &chat(client_body), "magistral-medium-latest").await
     else {
         panic!("expected a stream")
     };
+    assert_eq!(replay.received().path_and_query, "/v1/chat/completions");
     assert_eq!(replay.received().body, recorded);
     let assembled = assemble_stream(&chunks);
     assert!(assembled.reasoning.starts_with("Okay, the user is asking how to cross the"));
@@ -138,7 +144,7 @@ async fn mistral_requests_use_mistral_names_and_no_stream_options() {
 
     let request =
         chat(json!({"model": "m", "max_completion_tokens": 5, "seed": 7, "messages": []}));
-    let upstream = adapter.request(&replay.endpoint(), &request, "mistral-large-latest").unwrap();
+    let upstream = adapter.request(&root, &request, "mistral-large-latest").unwrap();
     let sent: serde_json::Value = serde_json::from_slice(&upstream.body).unwrap();
     assert_eq!(
         sent,

@@ -30,6 +30,11 @@ pub struct OpenAiCompatible {
 /// `x_groq.usage`) are normalised for all of them; these are the ones that conflict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quirks {
+    /// What the provider's own SDK appends to its base URL to reach chat completions:
+    /// `/chat/completions` where the base URL carries the version (OpenAI's
+    /// `https://api.openai.com/v1`), `/v1/chat/completions` for Mistral, whose SDK takes
+    /// the bare `https://api.mistral.ai`.
+    pub chat_path: &'static str,
     /// The upstream rejects `stream_options` (Mistral answers 422) and reports usage in
     /// the final chunk unasked.
     pub stream_options_rejected: bool,
@@ -49,14 +54,19 @@ pub struct Quirks {
 
 impl Quirks {
     pub const OPENAI: Quirks = Quirks {
+        chat_path: "/chat/completions",
         stream_options_rejected: false,
         mistral_parameter_names: false,
         reasoning_outside_completion: false,
         passthrough_fields: &[],
         search_context_low_only: false,
     };
-    pub const MISTRAL: Quirks =
-        Quirks { stream_options_rejected: true, mistral_parameter_names: true, ..Quirks::OPENAI };
+    pub const MISTRAL: Quirks = Quirks {
+        chat_path: "/v1/chat/completions",
+        stream_options_rejected: true,
+        mistral_parameter_names: true,
+        ..Quirks::OPENAI
+    };
     pub const XAI: Quirks = Quirks { reasoning_outside_completion: true, ..Quirks::OPENAI };
     pub const PERPLEXITY: Quirks = Quirks {
         passthrough_fields: &["citations", "search_results"],
@@ -103,7 +113,7 @@ impl Adapter for OpenAiCompatible {
         let body = serde_json::to_vec(&body)
             .map_err(|error| ParamError { param: "body".to_owned(), message: error.to_string() })?;
         Ok(UpstreamRequest {
-            url: format!("{}/chat/completions", endpoint.base_url.trim_end_matches('/')),
+            url: format!("{}{}", endpoint.base_url.trim_end_matches('/'), self.quirks.chat_path),
             headers: bearer_headers(endpoint),
             body: Bytes::from(body),
         })

@@ -14,7 +14,10 @@ use std::collections::HashMap;
 pub const MOCK_PROVIDER: &str = "mock";
 
 /// How each real provider is configured: name, adapter constructor, default base URL,
-/// base-URL override variable, key variable.
+/// base-URL override variable, key variable. The default base URL is what the
+/// provider's own SDK takes as base URL (the OpenAI SDK's, as each provider documents
+/// it, where the provider has no SDK of its own), and the adapter appends what that SDK
+/// appends.
 struct Spec {
     provider: &'static str,
     adapter: fn(&'static str) -> Box<dyn Adapter>,
@@ -59,7 +62,7 @@ const SPECS: &[Spec] = &[
     Spec {
         provider: "mistral",
         adapter: |provider| Box::new(OpenAiCompatible::new(provider, Quirks::MISTRAL)),
-        base_url_default: "https://api.mistral.ai/v1",
+        base_url_default: "https://api.mistral.ai",
         base_url_var: "SOLROUTER_MISTRAL_BASE_URL",
         key_var: "MISTRAL_API_KEY",
     },
@@ -187,6 +190,37 @@ mod tests {
         for model in crate::catalog::Catalog::builtin().models() {
             let (adapter, _) = all.get(&model.provider).unwrap_or_else(|| panic!("{}", model.id));
             assert_eq!(adapter.provider(), model.provider, "{}", model.id);
+        }
+    }
+
+    /// Each default base URL plus the adapter's path gives the provider's real endpoint.
+    #[test]
+    fn default_endpoints_are_the_providers_own() {
+        let keys: Vec<(&str, &str)> = SPECS.iter().map(|spec| (spec.key_var, "key")).collect();
+        let all = providers(None, &keys);
+        let chat = super::super::ChatRequest {
+            body: serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]})
+                .as_object()
+                .unwrap()
+                .clone(),
+            stream: false,
+            max_tokens: None,
+        };
+        let expected = [
+            ("openai", "https://api.openai.com/v1/chat/completions"),
+            ("anthropic", "https://api.anthropic.com/v1/messages"),
+            ("google", "https://generativelanguage.googleapis.com/v1beta/models/u:generateContent"),
+            ("cohere", "https://api.cohere.com/v2/chat"),
+            ("mistral", "https://api.mistral.ai/v1/chat/completions"),
+            ("deepseek", "https://api.deepseek.com/chat/completions"),
+            ("xai", "https://api.x.ai/v1/chat/completions"),
+            ("perplexity", "https://api.perplexity.ai/chat/completions"),
+            ("llama", "https://api.groq.com/openai/v1/chat/completions"),
+        ];
+        assert_eq!(expected.len(), SPECS.len());
+        for (provider, url) in expected {
+            let (adapter, endpoint) = all.get(provider).unwrap();
+            assert_eq!(adapter.request(endpoint, &chat, "u").unwrap().url, url, "{provider}");
         }
     }
 

@@ -36,7 +36,7 @@ pub const HOSTS: [Host; 9] = [
     host("anthropic", Wire::Anthropic, "", "SOLROUTER_ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"),
     host("google", Wire::Google, "", "SOLROUTER_GOOGLE_BASE_URL", "GEMINI_API_KEY"),
     host("cohere", Wire::Cohere, "", "SOLROUTER_COHERE_BASE_URL", "COHERE_API_KEY"),
-    host("mistral", Wire::OpenAi, "/v1", "SOLROUTER_MISTRAL_BASE_URL", "MISTRAL_API_KEY"),
+    host("mistral", Wire::OpenAi, "", "SOLROUTER_MISTRAL_BASE_URL", "MISTRAL_API_KEY"),
     host("deepseek", Wire::OpenAi, "", "SOLROUTER_DEEPSEEK_BASE_URL", "DEEPSEEK_API_KEY"),
     host("xai", Wire::OpenAi, "/v1", "SOLROUTER_XAI_BASE_URL", "XAI_API_KEY"),
     host("perplexity", Wire::OpenAi, "", "SOLROUTER_PERPLEXITY_BASE_URL", "PERPLEXITY_API_KEY"),
@@ -237,6 +237,8 @@ fn answer(
 /// path, returns the model.
 fn endpoint(host: &Host, path_and_query: &str, stream: bool) -> Result<Option<String>, String> {
     let expected = match host.wire {
+        // Mistral's SDK takes the bare host and adds the API version itself.
+        Wire::OpenAi if host.provider == "mistral" => "/v1/chat/completions".to_owned(),
         Wire::OpenAi => format!("{}/chat/completions", host.base_path),
         Wire::Anthropic => "/v1/messages".to_owned(),
         Wire::Cohere => "/v2/chat".to_owned(),
