@@ -106,6 +106,61 @@ async fn recorded_stream_request_is_forwarded_unchanged() {
     assert_eq!(usage, Usage { prompt_tokens: 13, completion_tokens: 11, ..Usage::default() });
 }
 
+/// Top-level fields the gateway does not own reach the client: the recorded stream's
+/// `service_tier` (once, though every chunk repeats it) and its last chunk, which
+/// carries only OpenAI's `moderation` results. Padding (`obfuscation`) and the
+/// envelope the gateway writes itself do not.
+#[tokio::test]
+async fn stream_passes_on_top_level_fields() {
+    let sse = fixture("openai/pydai-stream-moderation.response.sse");
+    let recorded_moderation = String::from_utf8(sse.clone())
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+        .find_map(|chunk| chunk.get("moderation").cloned())
+        .unwrap();
+    assert_eq!(recorded_moderation["input"]["results"][0]["flagged"], false);
+    let replay = Replay::start(200, "text/event-stream; charset=utf-8", &[], sse).await;
+    let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
+    let request = chat(json!({"model": "m", "stream": true, "messages": []}));
+    let Outcome::Streamed { chunks, .. } =
+        exchange(&adapter, &replay.endpoint(), &request, "gpt-5").await
+    else {
+        panic!("expected a stream")
+    };
+    let extras: Vec<_> = chunks.iter().map(|chunk| json!(chunk.extra)).collect();
+    let expected = [
+        json!({"service_tier": "default"}),
+        json!({}),
+        json!({}),
+        json!({}),
+        json!({"moderation": recorded_moderation}),
+    ];
+    assert_eq!(extras, expected);
+    assert!(chunks.last().unwrap().choices.is_empty());
+}
+
+#[tokio::test]
+async fn response_passes_on_top_level_fields() {
+    let replay =
+        Replay::start(200, "application/json", &[], fixture("openai/vercel-openai-text.json"))
+            .await;
+    let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
+    let request = chat(json!({"model": "m", "messages": []}));
+    let Outcome::Complete(completion) =
+        exchange(&adapter, &replay.endpoint(), &request, "gpt-4o-mini").await
+    else {
+        panic!("expected a completion")
+    };
+    let recorded = fixture_json("openai/vercel-openai-text.json");
+    let expected = json!({
+        "service_tier": recorded["service_tier"],
+        "system_fingerprint": recorded["system_fingerprint"],
+    });
+    assert_eq!(json!(completion.extra), expected);
+}
+
 #[tokio::test]
 async fn tool_call_response() {
     let body = fixture("openai/pydai-tool-call-roundtrip.1.response.json");

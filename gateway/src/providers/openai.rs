@@ -44,8 +44,6 @@ pub struct Quirks {
     /// `completion_tokens` excludes `reasoning_tokens` (xAI: total = prompt +
     /// completion + reasoning, and xAI bills reasoning at the completion price).
     pub reasoning_outside_completion: bool,
-    /// Top-level response fields passed on to the client (Perplexity's sources).
-    pub passthrough_fields: &'static [&'static str],
     /// Perplexity bills a per-request search fee that depends on the search context
     /// size; the catalogue prices the default (`low`), so larger sizes are refused
     /// rather than under-billed.
@@ -58,7 +56,6 @@ impl Quirks {
         stream_options_rejected: false,
         mistral_parameter_names: false,
         reasoning_outside_completion: false,
-        passthrough_fields: &[],
         search_context_low_only: false,
     };
     pub const MISTRAL: Quirks = Quirks {
@@ -68,11 +65,7 @@ impl Quirks {
         ..Quirks::OPENAI
     };
     pub const XAI: Quirks = Quirks { reasoning_outside_completion: true, ..Quirks::OPENAI };
-    pub const PERPLEXITY: Quirks = Quirks {
-        passthrough_fields: &["citations", "search_results"],
-        search_context_low_only: true,
-        ..Quirks::OPENAI
-    };
+    pub const PERPLEXITY: Quirks = Quirks { search_context_low_only: true, ..Quirks::OPENAI };
 }
 
 impl OpenAiCompatible {
@@ -134,11 +127,7 @@ impl Adapter for OpenAiCompatible {
                 normalise_message(message);
             }
         }
-        Ok(Completion {
-            choices,
-            usage: self.usage_of(&object),
-            extra: self.passthrough(&mut object),
-        })
+        Ok(Completion { choices, usage: self.usage_of(&object), extra: passthrough(object) })
     }
 
     fn stream(&self) -> Box<dyn StreamTranslator> {
@@ -199,16 +188,34 @@ impl OpenAiCompatible {
         usage.reasoning_tokens = usage.reasoning_tokens.min(usage.completion_tokens);
         usage
     }
+}
 
-    fn passthrough(&self, object: &mut Map<String, Value>) -> Map<String, Value> {
-        let mut extra = Map::new();
-        for field in self.quirks.passthrough_fields {
-            if let Some(value) = object.remove(*field).filter(|value| !value.is_null()) {
-                extra.insert((*field).to_owned(), value);
-            }
-        }
-        extra
-    }
+/// Top-level fields the gateway writes or consumes itself: the envelope (`id`,
+/// `object`, `created`, `model`, `provider`), the translated `choices` and `usage`
+/// (and Groq's `x_groq.usage`), `error`, and random-length padding that only masks the
+/// upstream's own chunk sizes (OpenAI's `obfuscation`, Mistral's `p`).
+const CONSUMED_FIELDS: [&str; 11] = [
+    "id",
+    "object",
+    "created",
+    "model",
+    "provider",
+    "choices",
+    "usage",
+    "x_groq",
+    "error",
+    "obfuscation",
+    "p",
+];
+
+/// Every other non-null top-level field goes on to the client as is: OpenAI's
+/// `moderation`, `service_tier` and `system_fingerprint`, Perplexity's `citations` and
+/// `search_results`, and whatever fields providers add later.
+fn passthrough(object: Map<String, Value>) -> Map<String, Value> {
+    object
+        .into_iter()
+        .filter(|(field, value)| !value.is_null() && !CONSUMED_FIELDS.contains(&field.as_str()))
+        .collect()
 }
 
 /// The usage object: top-level, or Groq's `x_groq.usage` (where older Groq streams
@@ -324,7 +331,7 @@ fn parse_usage(value: Option<&Value>) -> Usage {
 struct OpenAiStream {
     adapter: OpenAiCompatible,
     /// The pass-through fields last sent, so repeats (Perplexity sends its citations
-    /// on every chunk) reach the client once.
+    /// on every chunk, OpenAI its `service_tier`) reach the client once.
     passed_on: Map<String, Value>,
     parser: SseParser,
     /// Reused between feeds to avoid an allocation per network read.
@@ -364,7 +371,7 @@ impl OpenAiStream {
             Some(Value::Array(choices)) => choices,
             _ => Vec::new(),
         };
-        let mut extra = self.adapter.passthrough(&mut object);
+        let mut extra = passthrough(object);
         extra.retain(|field, value| self.passed_on.get(field) != Some(value));
         self.passed_on.extend(extra.clone());
         if choices.is_empty() && extra.is_empty() {
