@@ -6,11 +6,13 @@
 use crate::error::ApiError;
 use crate::keys;
 use solrouter_ledger::{
-    Account, AccountId, Audit, Command, HoldId, Key, KeyId, Op, OpId, Outcome, PicoUsd, Rejection,
-    RequestRecord,
+    Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, Op, OpId, Outcome, PicoUsd,
+    Rejection, RequestRecord,
 };
 use solrouter_raft::{Consistency, LedgerClient, LedgerNode};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Attempts of one settle or release before giving up. With the backoff below the last
 /// attempt happens ~25 s after the first: longer than a ledger leader election, shorter
@@ -23,6 +25,13 @@ const SETTLE_BACKOFF_MAX: Duration = Duration::from_secs(8);
 /// every settle attempt above.
 pub const HOLD_GRACE: Duration = Duration::from_secs(120);
 const _: () = assert!(SETTLE_ATTEMPTS_MAX as u64 * SETTLE_BACKOFF_MAX.as_secs() < 120);
+/// How long a gateway of a remote cluster trusts a key it looked up: a revocation reaches
+/// every gateway within this (DESIGN.md §4: about a second), and a busy key costs one
+/// ledger read per second instead of one per request.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Keys cached at once (~100 bytes each); a flood of distinct keys empties the cache
+/// rather than growing it.
+pub const KEY_CACHE_ENTRIES_MAX: usize = 65_536;
 
 /// The caller of an authenticated request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +44,8 @@ pub struct Caller {
 #[derive(Clone)]
 pub struct Bank {
     ledger: Backend,
+    /// Found keys, in gateway mode only: a local node answers as fast as a cache would.
+    key_cache: Option<Arc<KeyCache>>,
 }
 
 /// Where the ledger is. Both kinds answer the same calls with the same meaning.
@@ -59,12 +70,12 @@ macro_rules! on_ledger {
 impl Bank {
     /// A bank over a ledger node in this process.
     pub fn new(node: LedgerNode) -> Bank {
-        Bank { ledger: Backend::Local(node) }
+        Bank { ledger: Backend::Local(node), key_cache: None }
     }
 
     /// A bank over a remote ledger cluster.
     pub fn remote(client: LedgerClient) -> Bank {
-        Bank { ledger: Backend::Remote(client) }
+        Bank { ledger: Backend::Remote(client), key_cache: Some(Arc::new(KeyCache::default())) }
     }
 
     /// Submits one command; a ledger that cannot answer becomes a 503.
@@ -109,11 +120,11 @@ impl Bank {
             .map_err(|error| ApiError::ledger("readiness", error))
     }
 
-    /// Authenticates an `Authorization` header value. First a possibly-stale read: any
-    /// replica answers (in dev mode, this process's) without a Raft round, and a
-    /// revocation reaches it within replication lag. A key it does not know yet may have
-    /// just been created through another gateway, so only a linearizable read may say
-    /// "invalid key".
+    /// Authenticates an `Authorization` header value. In gateway mode a key found less
+    /// than [`KEY_CACHE_TTL`] ago is trusted, so a revocation reaches every gateway
+    /// within that. Otherwise a possibly-stale read: any replica answers (in dev mode,
+    /// this process's) without a Raft round. A key it does not know yet may have just been
+    /// created through another gateway, so only a linearizable read may say "invalid key".
     pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, ApiError> {
         let header = authorization.ok_or_else(|| {
             ApiError::unauthorized("missing API key: send `Authorization: Bearer sr_…`")
@@ -125,26 +136,48 @@ impl Bank {
             .ok_or_else(|| ApiError::unauthorized("malformed Authorization header"))?;
         let (claimed, hash) =
             keys::parse(text).ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
-        let mut found = None;
-        for consistency in [Consistency::Stale, Consistency::Linearizable] {
-            found =
-                on_ledger!(self, ledger => ledger.key_by_hash(claimed, hash, consistency).await)
-                    .map_err(|error| ApiError::ledger("authentication", error))?;
-            if found.is_some() {
-                break;
-            }
-        }
+        let cached = self.key_cache.as_ref().and_then(|cache| cache.get(&hash));
+        let found = match cached {
+            Some(found) => Some(found),
+            None => self.look_up_key(claimed, hash).await?,
+        };
         match found {
-            Some((key, entry))
-                if entry.account == claimed && keys::secrets_equal(&entry.hash, &hash) =>
-            {
-                if entry.revoked {
+            Some(found) if found.account == claimed && keys::secrets_equal(&found.hash, &hash) => {
+                if found.revoked {
                     return Err(ApiError::unauthorized("API key has been revoked"));
                 }
-                Ok(Caller { account: claimed, key })
+                Ok(Caller { account: claimed, key: found.key })
             }
             _ => Err(ApiError::unauthorized("invalid API key")),
         }
+    }
+
+    /// A stale read first; only a linearizable one may say the key does not exist. Found
+    /// keys are cached; misses are not (the key may be created a moment later).
+    async fn look_up_key(
+        &self,
+        account: AccountId,
+        hash: KeyHash,
+    ) -> Result<Option<CachedKey>, ApiError> {
+        for consistency in [Consistency::Stale, Consistency::Linearizable] {
+            let found =
+                on_ledger!(self, ledger => ledger.key_by_hash(account, hash, consistency).await)
+                    .map_err(|error| ApiError::ledger("authentication", error))?;
+            if let Some((key, entry)) = found {
+                let found = CachedKey {
+                    key,
+                    account: entry.account,
+                    hash: entry.hash,
+                    revoked: entry.revoked,
+                    fetched: Instant::now(),
+                };
+                if let Some(cache) = &self.key_cache {
+                    cache.put(hash, found);
+                }
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
     }
 
     /// Settles a hold with the request's record, retrying with the same operation id, so
@@ -199,6 +232,36 @@ impl Bank {
             metrics::counter!("solrouter_settle_failures_total").increment(1);
             tracing::error!(?op, "settle/release gave up; the hold will expire");
         })
+    }
+}
+
+/// What authentication needs of a key, and when the ledger said so.
+#[derive(Clone, Copy)]
+struct CachedKey {
+    key: KeyId,
+    account: AccountId,
+    hash: KeyHash,
+    revoked: bool,
+    fetched: Instant,
+}
+
+#[derive(Default)]
+struct KeyCache {
+    entries: Mutex<HashMap<KeyHash, CachedKey>>,
+}
+
+impl KeyCache {
+    fn get(&self, hash: &KeyHash) -> Option<CachedKey> {
+        let entries = self.entries.lock().expect("key cache lock poisoned");
+        entries.get(hash).copied().filter(|found| found.fetched.elapsed() < KEY_CACHE_TTL)
+    }
+
+    fn put(&self, hash: KeyHash, found: CachedKey) {
+        let mut entries = self.entries.lock().expect("key cache lock poisoned");
+        if entries.len() >= KEY_CACHE_ENTRIES_MAX {
+            entries.clear();
+        }
+        entries.insert(hash, found);
     }
 }
 

@@ -321,6 +321,22 @@ async fn exactly_the_affordable_requests_succeed_across_two_gateways() {
     let audit = endpoints[1].audit().await;
     assert_eq!(audit["ok"], true, "{audit}");
 
+    // A key revoked through one gateway stops working at the other within the key cache's
+    // TTL (one second), with room for a loaded machine.
+    let (key_id, key) = endpoints[0].create_key(&account).await;
+    let small = echo_body("hi", 1);
+    // Authenticated (and so cached) at the other gateway: 200 or 402, not 401.
+    assert_ne!(endpoints[1].chat(&key, &small).await.expect("an answer").0, 401);
+    let (status, _) =
+        endpoints[0].admin(reqwest::Method::DELETE, &format!("keys/{key_id}"), None).await;
+    assert_eq!(status, 200);
+    let revoked_at = Instant::now();
+    eventually_async("the other gateway refuses the revoked key", || async {
+        endpoints[1].chat(&key, &small).await.expect("an answer").0 == 401
+    })
+    .await;
+    assert!(revoked_at.elapsed() < Duration::from_secs(3), "{:?}", revoked_at.elapsed());
+
     // The script stops everything it started.
     let stopped = cluster.script("stop");
     assert!(stopped.status.success());

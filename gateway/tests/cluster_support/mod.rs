@@ -239,6 +239,12 @@ impl Endpoint {
         assert_eq!(status, 201, "{created}");
         let account = created["id"].as_str().expect("id").to_owned();
         assert_eq!(self.top_up(&account, credit, &format!("seed-{account}")).await, 200);
+        let (_, key) = self.create_key(&account).await;
+        (account, key)
+    }
+
+    /// Creates a key of `account`; returns (key id, key).
+    pub async fn create_key(&self, account: &str) -> (String, String) {
         let (status, body) = self
             .admin(
                 reqwest::Method::POST,
@@ -247,7 +253,8 @@ impl Endpoint {
             )
             .await;
         assert_eq!(status, 201, "{body}");
-        (account, body["key"].as_str().expect("key").to_owned())
+        let field = |name: &str| body[name].as_str().expect("a string field").to_owned();
+        (field("id"), field("key"))
     }
 
     /// A top-up under an idempotency key; the status (0: no HTTP answer).
