@@ -23,6 +23,8 @@ mod network;
 mod node;
 mod reads;
 mod service;
+#[cfg(test)]
+mod sim;
 mod state_machine;
 mod types;
 mod wire;

@@ -1,0 +1,326 @@
+//! The simulated cluster: nodes that each host a replica of every group over a
+//! [`MemStore`], crashed and restarted at will, behind the simulated [`Net`].
+
+use super::network::{Net, SimNetwork};
+use super::storage::{Disk, MemStore};
+use super::trace::Trace;
+use crate::error::LedgerError;
+use crate::group::{Clock, Group};
+use crate::log_store::LogStore;
+use crate::state_machine::StateMachine;
+use crate::types::NodeId;
+use crate::{
+    group_of_slot, slot_of, APPEND_ENTRIES_MAX, ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN,
+    HEARTBEAT_INTERVAL,
+};
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use solrouter_ledger::{AccountId, Command, Ledger, Outcome};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The simulated wall clock starts here (2023-11-14), so stamps look like real ones.
+const EPOCH_MS: u64 = 1_700_000_000_000;
+
+/// The shape of one simulated cluster, drawn from the seed.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    pub n_nodes: u64,
+    pub n_groups: u32,
+    /// Small, so snapshots, log purges and snapshot installs happen many times a run.
+    pub snapshot_every_entries: u64,
+    pub entries_kept_after_snapshot: u64,
+    /// Small, so a snapshot crosses the network in several chunks.
+    pub snapshot_chunk_bytes: u64,
+    /// How far each node's clock is off the simulated time, at most.
+    pub clock_skew_max_ms: u64,
+}
+
+impl Shape {
+    pub fn draw(rng: &mut StdRng) -> Shape {
+        Shape {
+            n_nodes: if rng.gen_bool(0.7) { 3 } else { 5 },
+            n_groups: rng.gen_range(1..=2),
+            snapshot_every_entries: rng.gen_range(5..=60),
+            entries_kept_after_snapshot: rng.gen_range(0..=10),
+            snapshot_chunk_bytes: rng.gen_range(512..=8192),
+            clock_skew_max_ms: rng.gen_range(0..=2_000),
+        }
+    }
+}
+
+/// Why a command did not get an outcome from a node.
+#[derive(Debug)]
+pub enum SubmitError {
+    /// The node is down, or crashed before its answer left.
+    Down,
+    /// The client's deadline passed.
+    Timeout,
+    Ledger(LedgerError),
+}
+
+pub struct Cluster {
+    pub shape: Shape,
+    pub net: Arc<Net>,
+    pub trace: Arc<Trace>,
+    origin: tokio::time::Instant,
+    state: Mutex<ClusterState>,
+}
+
+struct ClusterState {
+    rng: StdRng,
+    nodes: BTreeMap<NodeId, Slot>,
+    n_incarnations: u64,
+    n_crashes: u64,
+}
+
+enum Slot {
+    Up(Arc<Running>),
+    /// What survived on the node's disk.
+    Down(Disk),
+}
+
+/// One incarnation of a node: from a start to its crash.
+pub struct Running {
+    store: MemStore,
+    groups: Vec<Group>,
+    crashed: AtomicBool,
+}
+
+impl Cluster {
+    pub async fn start(shape: Shape, mut rng: StdRng, trace: Arc<Trace>) -> Arc<Cluster> {
+        let net = Net::new(StdRng::seed_from_u64(rng.gen()));
+        let nodes = (1..=shape.n_nodes).map(|id| (id, Slot::Down(BTreeMap::new()))).collect();
+        let state = ClusterState { rng, nodes, n_incarnations: 0, n_crashes: 0 };
+        let origin = tokio::time::Instant::now();
+        let cluster = Arc::new(Cluster { shape, net, trace, origin, state: Mutex::new(state) });
+        for id in 1..=cluster.shape.n_nodes {
+            cluster.restart(id).await;
+        }
+        cluster
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClusterState> {
+        self.state.lock().expect("cluster lock poisoned")
+    }
+
+    /// Milliseconds of simulated time since the cluster started.
+    pub fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// The clients' clock: simulated time as ms since the Unix epoch.
+    pub fn wall_ms(&self) -> u64 {
+        EPOCH_MS + self.now_ms()
+    }
+
+    /// The group that owns `account`'s slot, as gateways route it.
+    pub fn group_of(&self, account: AccountId) -> u32 {
+        group_of_slot(slot_of(account), self.shape.n_groups)
+    }
+
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        (1..=self.shape.n_nodes).collect()
+    }
+
+    pub fn down_ids(&self) -> Vec<NodeId> {
+        let state = self.lock();
+        state.nodes.iter().filter(|(_, s)| matches!(s, Slot::Down(_))).map(|(id, _)| *id).collect()
+    }
+
+    pub fn n_crashes(&self) -> u64 {
+        self.lock().n_crashes
+    }
+
+    fn running(&self, id: NodeId) -> Option<Arc<Running>> {
+        match self.lock().nodes.get(&id) {
+            Some(Slot::Up(running)) => Some(Arc::clone(running)),
+            _ => None,
+        }
+    }
+
+    /// The leader of `group` as node `id` knows it, if that node is up.
+    pub fn leader_seen_by(&self, id: NodeId, group: u32) -> Option<NodeId> {
+        self.running(id).and_then(|r| r.groups[group as usize].stats().leader_id)
+    }
+
+    /// Submits `command` to node `id`'s replica of `group`, waiting at most `deadline`.
+    /// An answer from a node that crashed meanwhile never left it, so it counts as lost.
+    pub async fn submit(
+        &self,
+        id: NodeId,
+        group: u32,
+        command: Command,
+        deadline: Duration,
+    ) -> Result<Outcome, SubmitError> {
+        let running = self.running(id).ok_or(SubmitError::Down)?;
+        let submitted = running.groups[group as usize].submit(command);
+        let result = tokio::time::timeout(deadline, submitted).await;
+        if running.crashed.load(Ordering::Relaxed) {
+            return Err(SubmitError::Down);
+        }
+        match result {
+            Err(_elapsed) => Err(SubmitError::Timeout),
+            Ok(Err(e)) => Err(SubmitError::Ledger(e)),
+            Ok(Ok(outcome)) => Ok(outcome),
+        }
+    }
+
+    /// Crashes node `id` if it is up: its store keeps what a real disk would (see
+    /// `storage`), it vanishes from the network, and its tasks are stopped.
+    pub async fn crash(&self, id: NodeId) {
+        let running = {
+            let mut state = self.lock();
+            let running = match state.nodes.get(&id) {
+                Some(Slot::Up(running)) => Arc::clone(running),
+                _ => return,
+            };
+            running.crashed.store(true, Ordering::Relaxed);
+            self.net.node_down(id);
+            let disk = running.store.crash(&mut state.rng);
+            state.nodes.insert(id, Slot::Down(disk));
+            state.n_crashes += 1;
+            running
+        };
+        self.trace.event(self.now_ms(), format!("crash node {id}"));
+        for group in &running.groups {
+            // A core that already stopped on its dead store reports that here; either way
+            // it is stopped, which is all a crash needs.
+            let _ = group.shutdown().await;
+        }
+    }
+
+    /// Starts node `id` from what its disk holds, if it is down; on every start each group
+    /// is bootstrapped with the full membership, which is a no-op once its log has one
+    /// (as `LedgerNode` does).
+    pub async fn restart(&self, id: NodeId) {
+        let (disk, incarnation, mut rng) = {
+            let mut state = self.lock();
+            let Some(Slot::Down(disk)) = state.nodes.get(&id) else { return };
+            let disk = disk.clone();
+            state.n_incarnations += 1;
+            let rng = StdRng::seed_from_u64(state.rng.gen());
+            (disk, state.n_incarnations, rng)
+        };
+        let store = MemStore::new(disk, StdRng::seed_from_u64(rng.gen()));
+        let config = Arc::new(self.raft_config(&mut rng));
+        let skew_max_ms = self.shape.clock_skew_max_ms as i64;
+        let skew_ms = rng.gen_range(-skew_max_ms..=skew_max_ms);
+        let origin = self.origin;
+        let clock: Clock = Arc::new(move || {
+            let now_ms = EPOCH_MS as i64 + origin.elapsed().as_millis() as i64;
+            (now_ms + skew_ms) as u64
+        });
+        let mut groups = Vec::new();
+        for group_idx in 0..self.shape.n_groups {
+            let log = LogStore::new(
+                store.tree(&format!("{group_idx}/log")),
+                store.tree(&format!("{group_idx}/meta")),
+            );
+            let snapshots = store.tree(&format!("{group_idx}/snapshot"));
+            let machine = StateMachine::restore(snapshots).expect("a snapshot it wrote decodes");
+            let network = SimNetwork::new(Arc::clone(&self.net), id, incarnation, group_idx);
+            let group =
+                Group::start_with(id, log, machine, Arc::clone(&config), network, clock.clone())
+                    .await
+                    .expect("a group starts on what its own store kept");
+            groups.push(group);
+        }
+        self.net.node_up(id, incarnation, groups.iter().map(|g| g.raft().clone()).collect());
+        let members: BTreeMap<NodeId, BasicNode> =
+            self.node_ids().into_iter().map(|id| (id, BasicNode::default())).collect();
+        for group in &groups {
+            match group.raft().initialize(members.clone()).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => panic!("bootstrapping node {id}: {e}"),
+            }
+        }
+        let running = Arc::new(Running { store, groups, crashed: AtomicBool::new(false) });
+        self.lock().nodes.insert(id, Slot::Up(running));
+        let timeout_ms = config.election_timeout_min;
+        self.trace
+            .event(self.now_ms(), format!("start node {id} (election timeout {timeout_ms} ms)"));
+    }
+
+    /// The node's Raft configuration: the production timings, except that the election
+    /// timeout is drawn here from the production range and pinned (`max = min + 1`):
+    /// openraft draws it with `rand::thread_rng`, which no seed controls.
+    fn raft_config(&self, rng: &mut StdRng) -> Config {
+        let timeout_min_ms = rng.gen_range(
+            ELECTION_TIMEOUT_MIN.as_millis() as u64..ELECTION_TIMEOUT_MAX.as_millis() as u64,
+        );
+        let config = Config {
+            cluster_name: "solrouter-ledger-sim".to_owned(),
+            heartbeat_interval: HEARTBEAT_INTERVAL.as_millis() as u64,
+            election_timeout_min: timeout_min_ms,
+            election_timeout_max: timeout_min_ms + 1,
+            max_payload_entries: APPEND_ENTRIES_MAX,
+            snapshot_max_chunk_size: self.shape.snapshot_chunk_bytes,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.shape.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.shape.entries_kept_after_snapshot,
+            ..Config::default()
+        };
+        config.validate().expect("the simulation's raft config is valid")
+    }
+
+    /// Every replica of `group` on the nodes that are up: (node, last applied index,
+    /// ledger).
+    pub fn replicas(&self, group: u32) -> Vec<(NodeId, Option<u64>, Ledger)> {
+        let running: Vec<(NodeId, Arc<Running>)> = {
+            let state = self.lock();
+            let up = state.nodes.iter().filter_map(|(id, slot)| match slot {
+                Slot::Up(running) => Some((*id, Arc::clone(running))),
+                Slot::Down(_) => None,
+            });
+            up.collect()
+        };
+        running
+            .into_iter()
+            .map(|(id, r)| {
+                let group = &r.groups[group as usize];
+                (id, group.stats().last_applied_index, group.read_local(Ledger::clone))
+            })
+            .collect()
+    }
+
+    /// Each up replica's Raft metrics, one per line: what a liveness failure reports.
+    pub fn describe(&self) -> String {
+        let state = self.lock();
+        let mut lines = Vec::new();
+        for (id, slot) in &state.nodes {
+            let Slot::Up(running) = slot else {
+                lines.push(format!("node {id}: down"));
+                continue;
+            };
+            for (group_idx, group) in running.groups.iter().enumerate() {
+                let metrics = group.raft().metrics().borrow().clone();
+                lines.push(format!("node {id} group {group_idx}: {metrics:?}"));
+            }
+        }
+        lines.join("\n")
+    }
+
+    /// The highest index any up replica's snapshot covers.
+    pub fn snapshot_index_max(&self) -> Option<u64> {
+        let state = self.lock();
+        let up = state.nodes.values().filter_map(|slot| match slot {
+            Slot::Up(running) => Some(running.groups.iter().map(|g| g.stats().snapshot_index)),
+            Slot::Down(_) => None,
+        });
+        up.flatten().max().flatten()
+    }
+
+    /// Last log index of each up replica of `group`.
+    pub fn last_log_indexes(&self, group: u32) -> Vec<Option<u64>> {
+        let state = self.lock();
+        let up = state.nodes.values().filter_map(|slot| match slot {
+            Slot::Up(running) => Some(running.groups[group as usize].stats().last_log_index),
+            Slot::Down(_) => None,
+        });
+        up.collect()
+    }
+}

@@ -1,0 +1,356 @@
+//! Deterministic simulation of a replicated ledger cluster (TigerBeetle's VOPR, in small).
+//!
+//! One seed decides everything: the cluster's shape, the clients' commands, every fault
+//! and every message's fate. A run is a whole cluster in one thread: each node hosts a
+//! replica of each group, built from the production `Group` (batcher), `LogStore` and
+//! `StateMachine` over the in-memory store of `storage`, talking through the faulty
+//! network of `network`. Time is tokio's paused clock, which jumps to the next timer
+//! whenever every task waits, so seconds of cluster time cost milliseconds. Openraft's
+//! only own randomness, the election timeout, is drawn from the seed instead.
+//!
+//! A run: start the cluster and create accounts; let clients send random top-ups,
+//! reserves, settles and releases while the nemesis partitions, degrades the network and
+//! crashes and restarts nodes; heal everything; resend every command (an acknowledged one
+//! must get its first outcome again; an in-doubt one is settled by this); wait until the
+//! replicas of each group have applied the same log; then check:
+//! * every replica's ledger is identical, and passes the bank audit;
+//! * each account's credits equal the sum of its acknowledged top-ups, and the credit
+//!   replies chain (each is the previous plus its amount), so no top-up was lost or
+//!   applied twice; its posted debits equal the sum of its acknowledged settles;
+//! * no task panicked, and the cluster recovered within a bound after healing.
+//!
+//! Replay a seed with `SIM_SEED=<seed> cargo test -p solrouter-raft --lib sim` (add
+//! `SIM_TRACE=1` and `-- --nocapture` for the event trace); run more seeds with
+//! `SIM_SEEDS=1000` (from `SIM_SEED_FIRST`, default 1).
+
+mod cluster;
+mod nemesis;
+mod network;
+mod storage;
+mod trace;
+mod workload;
+
+use cluster::{Cluster, Shape};
+use nemesis::Nemesis;
+use network::NetCounters;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use solrouter_ledger::{AccountId, Command, Ledger, Op, OpId, Outcome, PicoUsd, Reply};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+use trace::Trace;
+use workload::{Client, History, Record, Router};
+
+/// Seeds a plain `cargo test` runs: enough to meet every kind of fault many times, within
+/// the test budget of about a minute.
+const SEEDS_DEFAULT: u64 = 48;
+/// The seed the replay test runs twice.
+const REPLAY_SEED: u64 = 4;
+/// How long the nemesis strikes, drawn from this range of simulated milliseconds.
+const FAULT_MS_MIN: u64 = 3_000;
+const FAULT_MS_MAX: u64 = 8_000;
+/// Attempts at one command after healing before the cluster counts as not recovered:
+/// with backoff, over half a minute of simulated time, where every node is up and the
+/// network calm, so an election or two should do.
+const RESOLVE_ATTEMPTS_MAX: u32 = 80;
+/// Commands resent at once after healing, so they batch like real traffic.
+const RESOLVERS: usize = 32;
+/// Polls, this far apart, for the replicas to converge after healing.
+const CONVERGE_POLLS_MAX: u32 = 300;
+const CONVERGE_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+#[test]
+fn seeded_runs_keep_money_exact_and_replicas_identical() {
+    let env = |name: &str| std::env::var(name).ok().map(|v| v.parse::<u64>().expect(name));
+    let verbose = std::env::var("SIM_TRACE").is_ok_and(|v| v == "1");
+    let seeds: Vec<u64> = match env("SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => {
+            let first = env("SIM_SEED_FIRST").unwrap_or(1);
+            (first..first + env("SIM_SEEDS").unwrap_or(SEEDS_DEFAULT)).collect()
+        }
+    };
+    for seed in seeds {
+        match run(seed, verbose) {
+            Ok(summary) => println!("{summary:?}"),
+            Err(failure) => {
+                eprintln!("sim: seed {seed} FAILED: {}", failure.message);
+                eprintln!("--- last events of seed {seed} ---");
+                for line in &failure.trail {
+                    eprintln!("{line}");
+                }
+                panic!(
+                    "sim: seed {seed} failed: {}\nreplay: SIM_SEED={seed} SIM_TRACE=1 \
+                     cargo test -p solrouter-raft --lib sim -- --nocapture",
+                    failure.message
+                );
+            }
+        }
+    }
+}
+
+/// The whole point of a seed: running it again retraces the same run, event for event.
+#[test]
+fn a_seed_replays_identically() {
+    let first = run(REPLAY_SEED, false).unwrap_or_else(|f| panic!("{}", f.message));
+    let second = run(REPLAY_SEED, false).unwrap_or_else(|f| panic!("{}", f.message));
+    assert_eq!(first, second, "seed {REPLAY_SEED} did not replay identically");
+}
+
+/// What a passing run did, printed per seed so a change in coverage shows.
+#[derive(Debug, PartialEq, Eq)]
+struct Summary {
+    seed: u64,
+    n_nodes: u64,
+    n_groups: u32,
+    n_commands: usize,
+    n_acknowledged: usize,
+    n_in_doubt: usize,
+    n_crashes: u64,
+    net: NetCounters,
+    /// Highest snapshot index on any replica: nonzero means compaction ran.
+    snapshot_index_max: Option<u64>,
+    end_ms: u64,
+    /// Number of events and their hash.
+    trace: (u64, u64),
+}
+
+struct Failure {
+    message: String,
+    trail: Vec<String>,
+}
+
+thread_local! {
+    /// Panics on this thread: a run's every task runs here, and a panic inside a task
+    /// (an assertion in the ledger, say) is caught by tokio, so it is collected here.
+    static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+fn install_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|panics| panics.borrow_mut().push(info.to_string()));
+            previous(info);
+        }));
+    });
+}
+
+fn run(seed: u64, verbose: bool) -> Result<Summary, Failure> {
+    install_panic_hook();
+    PANICS.with(|panics| panics.borrow_mut().clear());
+    let trace = Arc::new(Trace::new(verbose));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a current-thread runtime builds");
+        runtime.block_on(simulate(seed, Arc::clone(&trace)))
+    }));
+    let first_panic = PANICS.with(|panics| panics.borrow_mut().drain(..).next());
+    match (outcome, first_panic) {
+        (Ok(summary), None) => Ok(summary),
+        (_, Some(message)) => Err(Failure { message, trail: trace.tail() }),
+        (Err(_), None) => {
+            let message = "panicked; another panic hook took the message".to_owned();
+            Err(Failure { message, trail: trace.tail() })
+        }
+    }
+}
+
+async fn simulate(seed: u64, trace: Arc<Trace>) -> Summary {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let shape = Shape::draw(&mut rng);
+    let fault_ms = rng.gen_range(FAULT_MS_MIN..=FAULT_MS_MAX);
+    let n_clients: u64 = rng.gen_range(2..=8);
+    let n_accounts: u64 = rng.gen_range(2..=6);
+    trace.event(0, format!("seed {seed}: {shape:?}, {n_clients} clients, {n_accounts} accounts"));
+    let cluster = Cluster::start(shape, StdRng::seed_from_u64(rng.gen()), trace).await;
+    let history = Arc::new(History::default());
+    let mut router = Router::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
+    let accounts = create_accounts(&mut router, &history, n_accounts).await;
+
+    let until_ms = cluster.now_ms() + fault_ms;
+    let nemesis = Nemesis::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
+    let nemesis = tokio::spawn(nemesis.run(until_ms));
+    let mut clients = Vec::new();
+    for client_id in 1..=n_clients {
+        let router = Router::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
+        let client = Client::new(client_id, router, Arc::clone(&history), accounts.clone());
+        clients.push(tokio::spawn(client.run(until_ms)));
+    }
+    // A task that panicked has been recorded; the checks below still run to the end.
+    let _ = nemesis.await;
+    Nemesis::heal(&cluster).await;
+    for client in clients {
+        let _ = client.await;
+    }
+    let during_faults = history.records();
+
+    resolve(&cluster, &history, rng.gen()).await;
+    let ledgers = converge(&cluster).await;
+    check_money(&cluster, &history.records(), &ledgers);
+
+    Summary {
+        seed,
+        n_nodes: cluster.shape.n_nodes,
+        n_groups: cluster.shape.n_groups,
+        n_commands: during_faults.len(),
+        n_acknowledged: during_faults.iter().filter(|r| r.outcome.is_some()).count(),
+        n_in_doubt: during_faults.iter().filter(|r| r.outcome.is_none()).count(),
+        n_crashes: cluster.n_crashes(),
+        net: cluster.net.counters(),
+        snapshot_index_max: cluster.snapshot_index_max(),
+        end_ms: cluster.now_ms(),
+        trace: cluster.trace.fingerprint(),
+    }
+}
+
+/// Creates the accounts before any fault; they must all exist for the run to mean much.
+async fn create_accounts(router: &mut Router, history: &History, n: u64) -> Vec<AccountId> {
+    let mut accounts = Vec::new();
+    for account_idx in 0..n {
+        let account = AccountId(0xacc0_0000 + account_idx);
+        let op = Op::CreateAccount { account, name: format!("sim {account_idx}") };
+        let command = Command { id: OpId(u128::from(account_idx) + 1), op };
+        let outcome = router.submit(&command, RESOLVE_ATTEMPTS_MAX).await;
+        assert_eq!(outcome, Some(Ok(Reply::AccountCreated)), "creating account {account_idx}");
+        history.push(Record { command, outcome });
+        accounts.push(account);
+    }
+    accounts
+}
+
+/// Resends every command after healing. An acknowledged command must get its first
+/// outcome again (exactly once, whichever replica now leads); an in-doubt one gets its
+/// outcome now, applied if it never was. Fails if the healed cluster cannot answer.
+async fn resolve(cluster: &Arc<Cluster>, history: &Arc<History>, seed: u64) {
+    let records = history.records();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut resolvers = Vec::new();
+    let chunk_len = records.len().div_ceil(RESOLVERS).max(1);
+    let indexed: Vec<(usize, Record)> = records.into_iter().enumerate().collect();
+    for chunk in indexed.chunks(chunk_len) {
+        let mut router = Router::new(Arc::clone(cluster), StdRng::seed_from_u64(rng.gen()));
+        let history = Arc::clone(history);
+        let chunk = chunk.to_vec();
+        resolvers.push(tokio::spawn(async move {
+            for (record_idx, record) in chunk {
+                let command = &record.command;
+                let Some(outcome) = router.submit(command, RESOLVE_ATTEMPTS_MAX).await else {
+                    panic!(
+                        "the healed cluster gave no outcome for {}\n{}",
+                        workload::describe(command),
+                        router.cluster().describe()
+                    );
+                };
+                match record.outcome {
+                    Some(first) => assert_eq!(
+                        outcome, first,
+                        "resending acknowledged {command:?} changed its outcome"
+                    ),
+                    None => history.set_outcome(record_idx, outcome),
+                }
+            }
+        }));
+    }
+    for resolver in resolvers {
+        let _ = resolver.await;
+    }
+    cluster.trace.event(cluster.now_ms(), "every command resolved".to_owned());
+}
+
+/// Waits until, in every group, every replica has applied its whole log, all logs end
+/// at the same index, and all ledgers are equal; returns each group's ledger.
+async fn converge(cluster: &Cluster) -> Vec<Ledger> {
+    let mut problem = String::new();
+    for _ in 0..CONVERGE_POLLS_MAX {
+        match converged(cluster) {
+            Ok(ledgers) => return ledgers,
+            Err(why) => problem = why,
+        }
+        tokio::time::sleep(CONVERGE_POLL_INTERVAL).await;
+    }
+    panic!("replicas did not converge after healing: {problem}\n{}", cluster.describe());
+}
+
+fn converged(cluster: &Cluster) -> Result<Vec<Ledger>, String> {
+    let mut ledgers = Vec::new();
+    for group in 0..cluster.shape.n_groups {
+        let last_log_indexes = cluster.last_log_indexes(group);
+        let replicas = cluster.replicas(group);
+        let (first_id, _, first) = &replicas[0];
+        for (id, applied, ledger) in &replicas {
+            if last_log_indexes.iter().any(|index| index != applied) {
+                return Err(format!(
+                    "group {group}: node {id} applied {applied:?}, logs end at {last_log_indexes:?}"
+                ));
+            }
+            if ledger != first {
+                return Err(format!(
+                    "group {group}: node {id}'s ledger differs from node {first_id}'s at the same \
+                     index: {:?} vs {:?}",
+                    ledger.audit(),
+                    first.audit()
+                ));
+            }
+        }
+        ledgers.push(first.clone());
+    }
+    Ok(ledgers)
+}
+
+/// Money checks against the history, every command of which now has an outcome.
+fn check_money(cluster: &Cluster, records: &[Record], ledgers: &[Ledger]) {
+    for (group, ledger) in ledgers.iter().enumerate() {
+        let audit = ledger.audit();
+        assert!(audit.ok, "group {group}: audit failed: {:?}", audit.problems);
+    }
+    let mut expected: BTreeMap<AccountId, Expected> = BTreeMap::new();
+    for record in records {
+        let outcome: &Outcome = record.outcome.as_ref().expect("every command was resolved");
+        let account = expected.entry(record.command.op.account()).or_default();
+        match (&record.command.op, outcome) {
+            (Op::Credit { amount, .. }, Ok(Reply::Credited { credits })) => {
+                account.credits.push((*amount, *credits));
+            }
+            (Op::Settle { actual, .. }, Ok(Reply::Settled { .. })) => account.posted += actual.0,
+            _ => {}
+        }
+    }
+    let mut credited_total = 0u128;
+    for (account, mut expected) in expected {
+        let ledger = &ledgers[cluster.group_of(account) as usize];
+        let state = ledger.account(account).expect("every account was created");
+        // Credits only grow, so sorted by their reply each top-up must add its own amount
+        // to the one before: a top-up lost, or applied twice, breaks the chain.
+        expected.credits.sort_by_key(|(_, after)| *after);
+        let mut running = 0u128;
+        for (amount, after) in &expected.credits {
+            running += amount.0;
+            assert_eq!(after.0, running, "account {account:?}: credit replies do not chain");
+        }
+        assert_eq!(state.credits.0, running, "account {account:?}: credits ≠ acknowledged top-ups");
+        assert_eq!(
+            state.debits_posted.0, expected.posted,
+            "account {account:?}: posted debits ≠ acknowledged settles"
+        );
+        credited_total += running;
+    }
+    let audited: u128 = ledgers.iter().map(|ledger| ledger.audit().credited.0).sum();
+    assert_eq!(audited, credited_total, "sum of credits ≠ sum of acknowledged top-ups");
+}
+
+/// What the history says one account must hold.
+#[derive(Default)]
+struct Expected {
+    /// Each acknowledged top-up: its amount and the credits it replied with.
+    credits: Vec<(PicoUsd, PicoUsd)>,
+    /// Sum of the actual amounts of acknowledged settles.
+    posted: u128,
+}

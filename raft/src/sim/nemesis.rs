@@ -1,0 +1,147 @@
+//! The nemesis: a seeded schedule of faults run against the cluster while the clients
+//! work. Partitions (random halves, one isolated node, one-way cuts), network weather
+//! (loss, duplication, delay and delay spikes), and node crashes and restarts, the
+//! current leader a favourite target, and crashes in the middle of an election.
+
+use super::cluster::Cluster;
+use super::network::Weather;
+use crate::types::NodeId;
+use crate::{ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use std::time::Duration;
+
+/// Pause between two faults, drawn up to this: several faults per election timeout at
+/// the short end, a quiet stretch in which the cluster makes progress at the long end.
+const FAULT_PAUSE_MAX: Duration = Duration::from_millis(600);
+
+pub struct Nemesis {
+    cluster: std::sync::Arc<Cluster>,
+    rng: StdRng,
+}
+
+impl Nemesis {
+    pub fn new(cluster: std::sync::Arc<Cluster>, rng: StdRng) -> Nemesis {
+        Nemesis { cluster, rng }
+    }
+
+    /// Injects faults until the simulated clock reaches `until_ms`.
+    pub async fn run(mut self, until_ms: u64) {
+        while self.cluster.now_ms() < until_ms {
+            let pause = self.rng.gen_range(Duration::ZERO..=FAULT_PAUSE_MAX);
+            tokio::time::sleep(pause).await;
+            self.strike().await;
+        }
+    }
+
+    /// Ends every fault: links heal, the weather calms, crashed nodes restart.
+    pub async fn heal(cluster: &Cluster) {
+        cluster.net.heal();
+        cluster.net.set_weather(Weather::CALM);
+        for id in cluster.down_ids() {
+            cluster.restart(id).await;
+        }
+        cluster.trace.event(cluster.now_ms(), "heal everything".to_owned());
+    }
+
+    async fn strike(&mut self) {
+        let ids = self.cluster.node_ids();
+        let n_down = self.cluster.down_ids().len() as u64;
+        // Up to a minority down keeps the cluster live most of the time; now and then a
+        // majority goes down too, and nothing may commit until it returns.
+        let n_down_max =
+            if self.rng.gen_ratio(1, 10) { ids.len() as u64 - 1 } else { ids.len() as u64 / 2 };
+        match self.rng.gen_range(0..100) {
+            0..=14 => self.partition_halves(&ids),
+            15..=24 => {
+                let victim = self.leader_or_random(&ids);
+                self.isolate(victim, &ids);
+            }
+            25..=32 => self.cut_one_way(&ids),
+            33..=44 => {
+                self.cluster.net.heal();
+                self.note("heal partitions".to_owned());
+            }
+            45..=64 => self.change_weather(),
+            65..=77 if n_down < n_down_max => {
+                let victim = self.leader_or_random(&ids);
+                self.cluster.crash(victim).await;
+            }
+            78..=84 if n_down < n_down_max => self.crash_mid_election(&ids).await,
+            _ => {
+                if let Some(id) = self.cluster.down_ids().choose(&mut self.rng).copied() {
+                    self.cluster.restart(id).await;
+                }
+            }
+        }
+    }
+
+    fn note(&self, what: String) {
+        self.cluster.trace.event(self.cluster.now_ms(), what);
+    }
+
+    /// Half the time the leader of a random group as some node sees it, else any node.
+    fn leader_or_random(&mut self, ids: &[NodeId]) -> NodeId {
+        let observer = *ids.choose(&mut self.rng).expect("nodes");
+        let group = self.rng.gen_range(0..self.cluster.shape.n_groups);
+        match self.cluster.leader_seen_by(observer, group) {
+            Some(leader) if self.rng.gen_bool(0.5) => leader,
+            _ => *ids.choose(&mut self.rng).expect("nodes"),
+        }
+    }
+
+    /// Isolates a leader, then crashes a node while the others elect a new one: a vote
+    /// granted but not yet followed by a flush is what a crash must not lose.
+    async fn crash_mid_election(&mut self, ids: &[NodeId]) {
+        let observer = *ids.choose(&mut self.rng).expect("nodes");
+        let group = self.rng.gen_range(0..self.cluster.shape.n_groups);
+        let Some(leader) = self.cluster.leader_seen_by(observer, group) else { return };
+        self.isolate(leader, ids);
+        let pause = self.rng.gen_range(ELECTION_TIMEOUT_MIN..=ELECTION_TIMEOUT_MAX * 2);
+        tokio::time::sleep(pause).await;
+        let victim = *ids.choose(&mut self.rng).expect("nodes");
+        self.cluster.crash(victim).await;
+    }
+
+    fn partition_halves(&mut self, ids: &[NodeId]) {
+        let mut shuffled = ids.to_vec();
+        shuffled.shuffle(&mut self.rng);
+        let (side, other) = shuffled.split_at(self.rng.gen_range(1..ids.len()));
+        for a in side {
+            for b in other {
+                self.cluster.net.cut(*a, *b);
+                self.cluster.net.cut(*b, *a);
+            }
+        }
+        self.note(format!("partition {side:?} | {other:?}"));
+    }
+
+    fn isolate(&mut self, victim: NodeId, ids: &[NodeId]) {
+        for other in ids.iter().filter(|id| **id != victim) {
+            self.cluster.net.cut(victim, *other);
+            self.cluster.net.cut(*other, victim);
+        }
+        self.note(format!("isolate node {victim}"));
+    }
+
+    fn cut_one_way(&mut self, ids: &[NodeId]) {
+        let pair: Vec<NodeId> = ids.choose_multiple(&mut self.rng, 2).copied().collect();
+        self.cluster.net.cut(pair[0], pair[1]);
+        self.note(format!("cut {} -> {}", pair[0], pair[1]));
+    }
+
+    fn change_weather(&mut self) {
+        let rng = &mut self.rng;
+        let weather = Weather {
+            loss_per_mille: if rng.gen_bool(0.5) { rng.gen_range(0..=300) } else { 0 },
+            duplicate_per_mille: rng.gen_range(0..=100),
+            delay_max: Duration::from_millis(rng.gen_range(0..=30)),
+            spike_per_mille: rng.gen_range(0..=50),
+            // Beyond the election timeout, so a spike can depose a leader.
+            spike_max: Duration::from_millis(rng.gen_range(100..=1_500)),
+        };
+        self.cluster.net.set_weather(weather);
+        self.note(format!("weather {weather:?}"));
+    }
+}

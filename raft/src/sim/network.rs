@@ -1,0 +1,333 @@
+//! The simulated network: an in-process [`RaftNetworkFactory`] that hands each Raft RPC to
+//! the target node's Raft instance after a seeded fate. A message may be lost, delayed
+//! (by a few milliseconds, or a spike longer than an election timeout), duplicated, or cut
+//! by a partition (checked when it is sent and again when it arrives, so a partition also
+//! cuts messages in flight); replies face the same. Delay and duplicates reorder messages:
+//! openraft gives up on an RPC after its timeout and sends the next one while the first
+//! may still arrive.
+//!
+//! Requests and replies cross as bincode bytes, as over gRPC, so what the simulation
+//! delivers is exactly what the wire could carry. A lost message is never reported to the
+//! sender: like on a real network, the sender's own timeout is all it learns.
+
+use crate::types::{NodeId, Raft, TypeConfig};
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// How the network behaves between partitions; the nemesis changes it during a run.
+#[derive(Clone, Copy, Debug)]
+pub struct Weather {
+    pub loss_per_mille: u32,
+    pub duplicate_per_mille: u32,
+    /// Every message takes up to this long.
+    pub delay_max: Duration,
+    /// Some messages take up to `spike_max` instead: longer than an election timeout.
+    pub spike_per_mille: u32,
+    pub spike_max: Duration,
+}
+
+impl Weather {
+    /// The network after healing: nothing lost or duplicated, short delays.
+    pub const CALM: Weather = Weather {
+        loss_per_mille: 0,
+        duplicate_per_mille: 0,
+        delay_max: Duration::from_millis(2),
+        spike_per_mille: 0,
+        spike_max: Duration::ZERO,
+    };
+}
+
+/// What happened to messages so far, for the run's summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    pub n_sent: u64,
+    pub n_lost: u64,
+    pub n_duplicated: u64,
+    pub n_delivered: u64,
+    /// Messages that arrived after a later message on the same link.
+    pub n_reordered: u64,
+}
+
+/// The network shared by every node of a simulated cluster.
+pub struct Net {
+    state: Mutex<NetState>,
+}
+
+struct NetState {
+    rng: StdRng,
+    weather: Weather,
+    /// Live nodes: the incarnation that may send and receive, and its groups' Raft
+    /// instances. A node absent from here is down.
+    nodes: BTreeMap<NodeId, (u64, Vec<Raft>)>,
+    /// Directed links that are cut: `(source, target)`.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Per directed link: messages sent so far, and the highest sequence number arrived.
+    n_sent_on: BTreeMap<(NodeId, NodeId), u64>,
+    arrived_max_on: BTreeMap<(NodeId, NodeId), u64>,
+    counters: NetCounters,
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    AppendEntries,
+    InstallSnapshot,
+    Vote,
+}
+
+impl Net {
+    pub fn new(rng: StdRng) -> Arc<Net> {
+        let state = NetState {
+            rng,
+            weather: Weather::CALM,
+            nodes: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            n_sent_on: BTreeMap::new(),
+            arrived_max_on: BTreeMap::new(),
+            counters: NetCounters::default(),
+        };
+        Arc::new(Net { state: Mutex::new(state) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
+        self.state.lock().expect("network lock poisoned")
+    }
+
+    pub fn node_up(&self, node: NodeId, incarnation: u64, groups: Vec<Raft>) {
+        self.lock().nodes.insert(node, (incarnation, groups));
+    }
+
+    pub fn node_down(&self, node: NodeId) {
+        self.lock().nodes.remove(&node);
+    }
+
+    pub fn set_weather(&self, weather: Weather) {
+        self.lock().weather = weather;
+    }
+
+    pub fn cut(&self, source: NodeId, target: NodeId) {
+        self.lock().cut.insert((source, target));
+    }
+
+    pub fn heal(&self) {
+        self.lock().cut.clear();
+    }
+
+    pub fn counters(&self) -> NetCounters {
+        self.lock().counters
+    }
+
+    /// The message's sequence number on its link, and the delays of its copies about to
+    /// leave `source` for `target`: none if it is lost, two if it is duplicated.
+    fn plan(&self, source: (NodeId, u64), target: NodeId) -> (u64, Vec<Duration>) {
+        let mut state = self.lock();
+        state.counters.n_sent += 1;
+        let n_sent_on = state.n_sent_on.entry((source.0, target)).or_default();
+        *n_sent_on += 1;
+        let seq = *n_sent_on;
+        let weather = state.weather;
+        let source_live = state.nodes.get(&source.0).is_some_and(|(inc, _)| *inc == source.1);
+        let lost = !source_live
+            || state.cut.contains(&(source.0, target))
+            || state.rng.gen_range(0..1000) < weather.loss_per_mille;
+        if lost {
+            state.counters.n_lost += 1;
+            return (seq, Vec::new());
+        }
+        let n_copies = if state.rng.gen_range(0..1000) < weather.duplicate_per_mille {
+            state.counters.n_duplicated += 1;
+            2
+        } else {
+            1
+        };
+        (seq, (0..n_copies).map(|_| state.delay(&weather)).collect())
+    }
+
+    /// The target's Raft instance of `group` if message `seq` of the link may arrive now,
+    /// with the target's incarnation (a reply leaves only if that incarnation still lives).
+    fn arrive(&self, source: NodeId, target: NodeId, seq: u64, group: u32) -> Option<(u64, Raft)> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let arrived = match state.nodes.get(&target) {
+            Some((incarnation, groups)) if !state.cut.contains(&(source, target)) => {
+                Some((*incarnation, groups[group as usize].clone()))
+            }
+            _ => None,
+        };
+        if arrived.is_none() {
+            state.counters.n_lost += 1;
+            return None;
+        }
+        state.counters.n_delivered += 1;
+        let arrived_max = state.arrived_max_on.entry((source, target)).or_default();
+        if seq < *arrived_max {
+            state.counters.n_reordered += 1;
+        }
+        *arrived_max = seq.max(*arrived_max);
+        arrived
+    }
+}
+
+impl NetState {
+    fn delay(&mut self, weather: &Weather) -> Duration {
+        let max = if self.rng.gen_range(0..1000) < weather.spike_per_mille {
+            weather.spike_max
+        } else {
+            weather.delay_max
+        };
+        self.rng.gen_range(Duration::ZERO..=max)
+    }
+}
+
+/// The network factory of one group on one node incarnation.
+pub struct SimNetwork {
+    net: Arc<Net>,
+    node: NodeId,
+    incarnation: u64,
+    group: u32,
+}
+
+impl SimNetwork {
+    pub fn new(net: Arc<Net>, node: NodeId, incarnation: u64, group: u32) -> SimNetwork {
+        SimNetwork { net, node, incarnation, group }
+    }
+}
+
+pub struct SimConnection {
+    net: Arc<Net>,
+    source: (NodeId, u64),
+    target: NodeId,
+    group: u32,
+}
+
+impl RaftNetworkFactory<TypeConfig> for SimNetwork {
+    type Network = SimConnection;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> SimConnection {
+        SimConnection {
+            net: Arc::clone(&self.net),
+            source: (self.node, self.incarnation),
+            target,
+            group: self.group,
+        }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl SimConnection {
+    async fn call<T, E>(&mut self, rpc: Rpc, request: &impl Serialize) -> RpcResult<T, E>
+    where
+        T: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let payload = bincode::serialize(request).expect("raft requests encode");
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let mut reply_tx = Some(reply_tx);
+        let (seq, delays) = self.net.plan(self.source, self.target);
+        for delay in delays {
+            // Only the first copy's reply can reach the caller; a duplicate's is dropped.
+            let delivery = Delivery {
+                net: Arc::clone(&self.net),
+                source: self.source.0,
+                target: self.target,
+                group: self.group,
+                seq,
+                rpc,
+                payload: payload.clone(),
+                reply_tx: reply_tx.take(),
+            };
+            tokio::spawn(delivery.run(delay));
+        }
+        let Ok(reply) = reply_rx.await else {
+            // Lost: wait for openraft's timeout, as a real sender would.
+            return std::future::pending().await;
+        };
+        let result: Result<T, RaftError<NodeId, E>> =
+            bincode::deserialize(&reply).expect("raft replies decode");
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for SimConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        self.call(Rpc::AppendEntries, &rpc).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(Rpc::InstallSnapshot, &rpc).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        self.call(Rpc::Vote, &rpc).await
+    }
+}
+
+/// One copy of a request on its way, and its reply on the way back.
+struct Delivery {
+    net: Arc<Net>,
+    source: NodeId,
+    target: NodeId,
+    group: u32,
+    seq: u64,
+    rpc: Rpc,
+    payload: Vec<u8>,
+    reply_tx: Option<oneshot::Sender<Vec<u8>>>,
+}
+
+impl Delivery {
+    async fn run(self, delay: Duration) {
+        tokio::time::sleep(delay).await;
+        let arrived = self.net.arrive(self.source, self.target, self.seq, self.group);
+        let Some((incarnation, raft)) = arrived else {
+            return;
+        };
+        let reply = match self.rpc {
+            Rpc::AppendEntries => encode(&raft.append_entries(decode(&self.payload)).await),
+            Rpc::InstallSnapshot => encode(&raft.install_snapshot(decode(&self.payload)).await),
+            Rpc::Vote => encode(&raft.vote(decode(&self.payload)).await),
+        };
+        let Some(reply_tx) = self.reply_tx else { return };
+        // A duplicated reply's second copy is dropped: the caller takes one answer.
+        let (seq, delays) = self.net.plan((self.target, incarnation), self.source);
+        let Some(delay) = delays.first().copied() else { return };
+        tokio::time::sleep(delay).await;
+        if self.net.arrive(self.target, self.source, seq, self.group).is_some() {
+            // The caller may have timed out and gone; then the reply is lost.
+            let _ = reply_tx.send(reply);
+        }
+    }
+}
+
+fn encode(value: &impl Serialize) -> Vec<u8> {
+    bincode::serialize(value).expect("raft replies encode")
+}
+
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> T {
+    bincode::deserialize(payload).expect("raft requests decode")
+}
