@@ -16,7 +16,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use solrouter_bench::cluster::Cluster;
-use solrouter_bench::load::{fund, Load};
+use solrouter_bench::load::{fund, Load, Target};
 use solrouter_raft::NodeOptions;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,7 +52,7 @@ fn throughput(criterion: &mut Criterion, runtime: &Runtime, (n_nodes, n_groups):
     let mut group = criterion.benchmark_group(name);
     for n_submitters in SUBMITTERS {
         let cluster = runtime.block_on(open_funded(n_nodes, n_groups));
-        let mut load = Load::new(cluster.nodes(), None);
+        let mut load = Load::new(Target::nodes(cluster.nodes()), None);
         group.throughput(Throughput::Elements(n_submitters as u64));
         group.bench_function(BenchmarkId::from_parameter(n_submitters), |b| {
             b.iter_custom(|iters| {
@@ -86,7 +86,7 @@ fn latency(runtime: &Runtime, topologies: &[(u64, u32)]) {
     for &(n_nodes, n_groups) in topologies {
         for n_submitters in SUBMITTERS {
             let cluster = runtime.block_on(open_funded(n_nodes, n_groups));
-            let mut load = Load::new(cluster.nodes(), None);
+            let mut load = Load::new(Target::nodes(cluster.nodes()), None);
             let report = runtime.block_on(async {
                 load.run(n_submitters, u64::MAX, Some(LATENCY_WARM_UP)).await?;
                 load.run(n_submitters, u64::MAX, Some(LATENCY_RUN)).await
@@ -105,7 +105,7 @@ fn latency(runtime: &Runtime, topologies: &[(u64, u32)]) {
                 ms(latencies.quantile(0.99)),
                 ms(latencies.quantile(0.999)),
                 ms(latencies.max()),
-                report.commands_per_batch(),
+                report.commands_per_batch().expect("in-process nodes count batches"),
                 report.n_rejected,
                 report.n_retries
             );
@@ -136,6 +136,6 @@ async fn open_funded(n_nodes: u64, n_groups: u32) -> Cluster {
     let options = NodeOptions::default();
     let cluster = Cluster::open(n_nodes, n_groups, &base_dir(), &options).await;
     let cluster = cluster.expect("opening the cluster");
-    fund(cluster.nodes()).await.expect("funding the workload accounts");
+    fund(&Target::nodes(cluster.nodes())).await.expect("funding the workload accounts");
     cluster
 }

@@ -109,7 +109,7 @@ pub fn proposed(nodes: &[LedgerNode]) -> (u64, u64) {
 
 /// A port the OS just handed out; another process could take it before the node binds it,
 /// which fails the open loudly, never silently.
-fn free_local_addr() -> anyhow::Result<String> {
+pub fn free_local_addr() -> anyhow::Result<String> {
     let bound = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
     Ok(bound.context("picking a port on 127.0.0.1")?.to_string())
 }

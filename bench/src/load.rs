@@ -1,13 +1,14 @@
 //! Lifecycles driven through ledger nodes by concurrent submitters, the way a gateway's
 //! request tasks drive them: each submitter reserves, waits for the outcome, settles (or
-//! releases), waits, and starts its next lifecycle. The number of submitters is what sets
+//! releases), waits, and starts its next lifecycle. The nodes are either in this process
+//! or reached over gRPC through the gateway-facing `LedgerClient`. The number of submitters is what sets
 //! the group-commit batch size: everything submitted while a batch is being committed
 //! goes into the next one.
 
 use crate::cluster::proposed;
 use crate::{funding_commands, lifecycle_commands, LIFECYCLE_HOLD_TTL_MS};
 use solrouter_ledger::{Command, Outcome};
-use solrouter_raft::{LedgerError, LedgerNode};
+use solrouter_raft::{LedgerClient, LedgerError, LedgerNode};
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,35 +36,46 @@ pub struct Histogram {
     max_us: u64,
 }
 
-/// What one [`Load::run`] did. Batches and commands are the nodes' counters over the run.
+/// Where a load sends its commands.
+#[derive(Clone)]
+pub enum Target {
+    /// Nodes in this process, `nodes[i]` being node id `i + 1` (as
+    /// [`crate::cluster::Cluster`] opens them); submits go to each group's leader.
+    Nodes(Arc<[LedgerNode]>),
+    /// A cluster reached over gRPC; the client routes, batches and retries by itself.
+    Client(LedgerClient),
+}
+
+/// What one [`Load::run`] did.
 pub struct LoadReport {
     pub elapsed: Duration,
     pub latencies: Histogram,
     /// Lifecycles whose reserve or settle the ledger rejected; a sound workload has none.
     pub n_rejected: u64,
-    /// Submits repeated after a `NotLeader` answer or while a group had no leader.
+    /// Submits repeated after a `NotLeader` answer or while a group had no leader (only
+    /// counted for [`Target::Nodes`]; the client retries on its own).
     pub n_retries: u64,
-    pub n_batches: u64,
-    pub n_commands: u64,
+    /// Batches (Raft entries) and commands proposed over the run, summed over the nodes'
+    /// counters; unknown for [`Target::Client`], whose nodes are in other processes.
+    pub proposed: Option<(u64, u64)>,
 }
 
-/// Generates lifecycles with ids unique across every run on the same nodes.
+/// Generates lifecycles with ids unique across every run on the same target.
 pub struct Load {
-    nodes: Arc<[LedgerNode]>,
+    target: Target,
     release_one_in: Option<NonZeroU64>,
     next_lifecycle: u64,
     n_completed: Arc<AtomicU64>,
 }
 
-/// Creates and funds the workload accounts through `nodes`' leaders, a task per account.
-pub async fn fund(nodes: &[LedgerNode]) -> Result<(), LedgerError> {
-    let nodes: Arc<[LedgerNode]> = nodes.into();
+/// Creates and funds the workload accounts through `target`, a task per account.
+pub async fn fund(target: &Target) -> Result<(), LedgerError> {
     let mut tasks = tokio::task::JoinSet::new();
     for [create, credit] in funding_commands() {
-        let mut leaders = Leaders::new(Arc::clone(&nodes));
+        let mut route = Route::new(target);
         tasks.spawn(async move {
-            expect_applied(leaders.submit(create.clone()).await?.0, &create);
-            expect_applied(leaders.submit(credit.clone()).await?.0, &credit);
+            expect_applied(route.submit(create.clone()).await?.0, &create);
+            expect_applied(route.submit(credit.clone()).await?.0, &credit);
             Ok::<(), LedgerError>(())
         });
     }
@@ -81,12 +93,23 @@ fn expect_applied(outcome: Outcome, command: &Command) {
     }
 }
 
+impl Target {
+    pub fn nodes(nodes: &[LedgerNode]) -> Target {
+        Target::Nodes(nodes.into())
+    }
+
+    fn proposed(&self) -> Option<(u64, u64)> {
+        match self {
+            Target::Nodes(nodes) => Some(proposed(nodes)),
+            Target::Client(_) => None,
+        }
+    }
+}
+
 impl Load {
-    /// `nodes[i]` must be node id `i + 1` (as [`crate::cluster::Cluster`] opens them).
     /// `release_one_in`: every n-th lifecycle ends in a release instead of a settle.
-    pub fn new(nodes: &[LedgerNode], release_one_in: Option<NonZeroU64>) -> Load {
-        let nodes = nodes.into();
-        Load { nodes, release_one_in, next_lifecycle: 0, n_completed: Arc::default() }
+    pub fn new(target: Target, release_one_in: Option<NonZeroU64>) -> Load {
+        Load { target, release_one_in, next_lifecycle: 0, n_completed: Arc::default() }
     }
 
     /// Lifecycles completed by every run so far, updated live (for progress reports).
@@ -105,13 +128,13 @@ impl Load {
         let first = self.next_lifecycle;
         let end = first.saturating_add(n_lifecycles);
         let next = Arc::new(AtomicU64::new(first));
-        let (n_batches_before, n_commands_before) = proposed(&self.nodes);
+        let proposed_before = self.target.proposed();
         let started = Instant::now();
         let deadline = duration_max.map(|duration| started + duration);
         let mut submitters = tokio::task::JoinSet::new();
         for _ in 0..n_submitters {
             let submitter = Submitter {
-                leaders: Leaders::new(Arc::clone(&self.nodes)),
+                route: Route::new(&self.target),
                 release_one_in: self.release_one_in,
                 next: Arc::clone(&next),
                 end,
@@ -125,7 +148,7 @@ impl Load {
             total.merge(&joined.expect("submitter panicked")?);
         }
         let elapsed = started.elapsed();
-        let (n_batches_after, n_commands_after) = proposed(&self.nodes);
+        let proposed_after = self.target.proposed();
         // Numbers drawn past `end` or the deadline were never submitted; skipping them
         // keeps ids unique without coordination.
         self.next_lifecycle = next.load(Ordering::Relaxed).max(first);
@@ -134,9 +157,34 @@ impl Load {
             latencies: total.latencies,
             n_rejected: total.n_rejected,
             n_retries: total.n_retries,
-            n_batches: n_batches_after - n_batches_before,
-            n_commands: n_commands_after - n_commands_before,
+            proposed: proposed_before
+                .zip(proposed_after)
+                .map(|(before, after)| (after.0 - before.0, after.1 - before.1)),
         })
+    }
+}
+
+/// How one task reaches the ledger: its own leader hints over in-process nodes, or the
+/// shared client.
+enum Route {
+    Nodes(Leaders),
+    Client(LedgerClient),
+}
+
+impl Route {
+    fn new(target: &Target) -> Route {
+        match target {
+            Target::Nodes(nodes) => Route::Nodes(Leaders::new(Arc::clone(nodes))),
+            Target::Client(client) => Route::Client(client.clone()),
+        }
+    }
+
+    /// The command's outcome and the number of retries it took.
+    async fn submit(&mut self, command: Command) -> Result<(Outcome, u64), LedgerError> {
+        match self {
+            Route::Nodes(leaders) => leaders.submit(command).await,
+            Route::Client(client) => Ok((client.submit(command).await?, 0)),
+        }
     }
 }
 
@@ -197,7 +245,7 @@ impl Tally {
 }
 
 struct Submitter {
-    leaders: Leaders,
+    route: Route,
     release_one_in: Option<NonZeroU64>,
     next: Arc<AtomicU64>,
     end: u64,
@@ -217,8 +265,8 @@ impl Submitter {
             let release = self.release_one_in.is_some_and(|one_in| n.is_multiple_of(one_in.get()));
             let [reserve, finish] = lifecycle_commands(n, expires_at_ms(), release);
             let started = Instant::now();
-            let (reserved, reserve_retries) = self.leaders.submit(reserve).await?;
-            let (finished, finish_retries) = self.leaders.submit(finish).await?;
+            let (reserved, reserve_retries) = self.route.submit(reserve).await?;
+            let (finished, finish_retries) = self.route.submit(finish).await?;
             tally.latencies.record(started.elapsed());
             tally.n_rejected += u64::from(reserved.is_err() || finished.is_err());
             tally.n_retries += reserve_retries + finish_retries;
@@ -242,9 +290,9 @@ impl LoadReport {
         self.n_lifecycles() as f64 / self.elapsed.as_secs_f64()
     }
 
-    /// Mean group-commit batch size (commands per Raft entry) over the run.
-    pub fn commands_per_batch(&self) -> f64 {
-        self.n_commands as f64 / self.n_batches.max(1) as f64
+    /// Mean group-commit batch size (commands per Raft entry) over the run, if known.
+    pub fn commands_per_batch(&self) -> Option<f64> {
+        self.proposed.map(|(n_batches, n_commands)| n_commands as f64 / n_batches.max(1) as f64)
     }
 }
 

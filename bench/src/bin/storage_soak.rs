@@ -9,7 +9,7 @@
 
 use clap::Parser;
 use solrouter_bench::cluster::Cluster;
-use solrouter_bench::load::{fund, Load, LoadReport};
+use solrouter_bench::load::{fund, Load, LoadReport, Target};
 use solrouter_raft::{
     LedgerNode, NodeOptions, NodeStats, ENTRIES_KEPT_AFTER_SNAPSHOT, SNAPSHOT_EVERY_ENTRIES,
 };
@@ -65,10 +65,11 @@ async fn soak(args: &Args, options: &NodeOptions) -> anyhow::Result<()> {
     let cluster = Cluster::open(1, 1, &args.dir, options).await?;
     let node = cluster.nodes()[0].clone();
     println!("data directory {:?}", cluster.dir(0));
-    fund(cluster.nodes()).await?;
+    let target = Target::nodes(cluster.nodes());
+    fund(&target).await?;
     let n_snapshots = Arc::new(AtomicU64::new(0));
     let counter = tokio::spawn(count_snapshots(node.clone(), Arc::clone(&n_snapshots)));
-    let mut load = Load::new(cluster.nodes(), NonZeroU64::new(args.release_one_in));
+    let mut load = Load::new(target, NonZeroU64::new(args.release_one_in));
     let monitor = Monitor {
         node: node.clone(),
         dir: cluster.dir(0).to_owned(),
@@ -103,7 +104,7 @@ fn summarize(report: &LoadReport, stats: &NodeStats) {
         ms(report.latencies.quantile(0.5)),
         ms(report.latencies.quantile(0.99)),
         ms(report.latencies.max()),
-        report.commands_per_batch(),
+        report.commands_per_batch().expect("in-process nodes count batches"),
         report.n_rejected,
         stats.last_log_index,
         stats.snapshot_index,
