@@ -383,6 +383,62 @@ fn truncated_stream_is_an_error() {
     );
 }
 
+/// The top-level `citations` of a recorded unary response.
+async fn citations_of(fixture_path: &str) -> Value {
+    match replayed(200, &[], fixture(fixture_path), false).await {
+        Outcome::Complete(completion) => {
+            completion.extra.get("citations").cloned().unwrap_or(Value::Null)
+        }
+        other => panic!("{fixture_path}: expected a completion, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cited_sources_become_citations() {
+    // Three citations of one document: its id, once.
+    assert_eq!(citations_of("cohere/vercel-cohere-citations.json").await, json!(["doc:0"]));
+    // Two citations of one tool result.
+    assert_eq!(
+        citations_of("cohere/pydai-tool-choice-auto.2.response.json").await,
+        json!(["get_weather_9gpb31r7h7mj:0"])
+    );
+    assert_eq!(citations_of("cohere/pydai-text.response.json").await, Value::Null);
+}
+
+/// No Cohere stream with citations was recorded: this one is the recorded text stream
+/// with the recorded citations of `vercel-cohere-citations.json`, a tool-result source
+/// added, sent as the `citation-start`/`citation-end` events Cohere documents.
+#[test]
+fn streamed_citations_go_out_when_they_grow() {
+    let recorded: Value =
+        serde_json::from_slice(&fixture("cohere/vercel-cohere-citations.json")).unwrap();
+    let mut citations = recorded["message"]["citations"].as_array().unwrap().clone();
+    citations[2]["sources"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "tool", "id": "get_weather_9gpb31r7h7mj:0"}));
+    let text = chunks_as_sse("cohere/vercel-cohere-text.chunks.txt");
+    let message_end = text.windows(6).rposition(|window| window == b"data: ").unwrap();
+    let mut body = text[..message_end].to_vec();
+    for (citation_idx, citation) in citations.iter().enumerate() {
+        let start = json!({"type": "citation-start", "index": citation_idx,
+            "delta": {"message": {"citations": citation}}});
+        let end = json!({"type": "citation-end", "index": citation_idx});
+        body.extend_from_slice(format!("data: {start}\n\ndata: {end}\n\n").as_bytes());
+    }
+    body.extend_from_slice(&text[message_end..]);
+
+    let whole = translate_in_pieces(&body, &[]);
+    let (chunks, result, _) = &whole;
+    assert!(result.is_ok());
+    let sent: Vec<&Value> =
+        chunks.iter().filter_map(|chunk| chunk.extra.get("citations")).collect();
+    assert_eq!(sent, [&json!(["doc:0"]), &json!(["doc:0", "get_weather_9gpb31r7h7mj:0"])]);
+    assert_eq!(assemble_stream(chunks).text, "The capital of France is Paris.");
+    let cuts: Vec<usize> = (1..body.len()).collect();
+    assert_eq!(translate_in_pieces(&body, &cuts), whole);
+}
+
 const STREAM_FIXTURES: [&str; 3] = [
     "cohere/vercel-cohere-text.chunks.txt",
     "cohere/vercel-cohere-reasoning.chunks.txt",

@@ -562,6 +562,71 @@ fn truncated_streams_are_errors() {
     assert!(result.unwrap_err().message.starts_with("malformed error mid-stream: {"));
 }
 
+/// The top-level `citations` of a recorded unary response.
+async fn citations_of(fixture_path: &str) -> Value {
+    match replayed(200, &[], fixture(fixture_path), false).await {
+        Outcome::Complete(completion) => {
+            completion.extra.get("citations").cloned().unwrap_or(Value::Null)
+        }
+        other => panic!("{fixture_path}: expected a completion, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cited_and_grounding_sources_become_citations() {
+    // Sources without a URI are left out, and a URI cited twice is listed once.
+    let citations = citations_of("google/firebase-googleai-unary-success-citations.json").await;
+    assert_eq!(citations, json!(["https://www.example.com/some-citation-1"]));
+
+    let search = "google/firebase-googleai-unary-success-google-search-grounding.json";
+    assert_eq!(
+        citations_of(search).await,
+        json!([
+            "https://vertexaisearch.cloud.google.com/grounding-api-redirect/AbF9wXHS4dqThDQYaHdj81DtSjCLnxmtgYPqLKTfc8-Ea4_ATkuKibe-C2xm9XLREootlLWWk7o7FN6Ktd7PpgEIaA9KH38l33kunUQcrqm77_xaHI9tsqJ1LOgkCG9fV6HKw6WC_fbQ-9JMkaFoJT0Xwkwb1rog-kHLu6qCTv810KzfSBUcH-lZLVxOow==",
+            "https://www.google.com/search?q=weather+in+London",
+        ])
+    );
+
+    let maps =
+        citations_of("google/firebase-googleai-unary-success-google-maps-grounding.json").await;
+    let maps = maps.as_array().unwrap();
+    assert_eq!(maps.len(), 20);
+    assert_eq!(maps[0], "https://maps.google.com/?cid=10332424901773702701");
+    assert_eq!(maps[19], "https://maps.google.com/?cid=3798394177457033436");
+
+    let empty = "google/firebase-googleai-unary-success-google-search-grounding-empty-grounding-chunks.json";
+    assert_eq!(citations_of(empty).await, Value::Null);
+    assert_eq!(citations_of("google/pydai-text.response.json").await, Value::Null);
+}
+
+#[test]
+fn streamed_citations_go_out_when_they_grow() {
+    let citing = |path: &str| {
+        let (chunks, result, _) = translate_in_pieces(&fixture(path), &[]);
+        result.unwrap();
+        chunks.into_iter().filter_map(|chunk| chunk.extra.get("citations").cloned()).collect()
+    };
+    let citations: Vec<Value> = citing("google/firebase-googleai-streaming-success-citations.txt");
+    assert_eq!(
+        citations,
+        vec![json!([
+            "https://www.vaia.com/en-us/textbooks/physics/quantum-physics-of-atoms-molecules-solids-nuclei-and-particles-2-edition/chapter-4/problem-23-according-to-classical-mechanics-an-electron-movi/"
+        ])]
+    );
+    // Three events cite; the third names no new source, so it sends no list.
+    let citations: Vec<Value> =
+        citing("google/firebase-googleai-streaming-failure-recitation-no-content.txt");
+    assert_eq!(
+        citations,
+        vec![
+            json!(["https://www.google.com/"]),
+            json!(["https://www.google.com/", "https://uc-r.github.io/tidy_text"]),
+        ]
+    );
+    let citations: Vec<Value> = citing("google/pydai-stream-text.response.sse");
+    assert!(citations.is_empty());
+}
+
 const STREAM_FIXTURES: [&str; 7] = [
     "google/pydai-stream-text.response.sse",
     "google/pydai-stream-thinking.response.sse",

@@ -2,6 +2,7 @@
 //! (messages, OpenAI-shaped tools and tool calls) but answers with typed content
 //! blocks, a `tool_plan`, upper-case finish reasons, and a stream of typed events
 //! (`message-start` … `message-end`) that this adapter turns into OpenAI chunks.
+//! Citations become a top-level `citations` array of their sources, as Perplexity's.
 //!
 //! Cohere reports two token counts: `tokens` (everything the model saw, including
 //! Cohere's own hidden preamble) and `billed_units` (what Cohere charges). The gateway
@@ -101,10 +102,14 @@ impl Adapter for Cohere {
             assistant.insert("tool_calls".to_owned(), Value::Array(tool_calls));
         }
         let choice = json!({"index": 0, "message": assistant, "finish_reason": finish_reason});
+        let mut citations = Citations::default();
+        for citation in message["citations"].as_array().into_iter().flatten() {
+            citations.read(citation);
+        }
         Ok(Completion {
             choices: vec![choice],
             usage: usage_of(&reply["usage"]),
-            extra: Map::new(),
+            extra: citations.extra(),
         })
     }
 
@@ -115,6 +120,7 @@ impl Adapter for Cohere {
             usage: Usage::default(),
             calls: Vec::new(),
             n_tool_calls: 0,
+            citations: Citations::default(),
             produced: false,
             done: false,
         })
@@ -347,6 +353,7 @@ struct CohereStream {
     /// For each Cohere tool-call index, the call's translation state.
     calls: Vec<Option<CallState>>,
     n_tool_calls: u64,
+    citations: Citations,
     /// Whether any text, reasoning or tool call went out.
     produced: bool,
     done: bool,
@@ -420,7 +427,17 @@ impl CohereStream {
                 None => return Ok(()),
             },
             Some("message-end") => return self.message_end(&data["delta"], out),
-            // citation-start/end and event types newer than this adapter.
+            // Each `citation-start` carries one citation; the cumulative list goes out
+            // when a source is new. `citation-end` only closes the event.
+            Some("citation-start") => {
+                if self.citations.read(&message["citations"]) {
+                    let mut chunk = chunk(json!({}), Value::Null);
+                    chunk.extra = self.citations.extra();
+                    out.push(chunk);
+                }
+                return Ok(());
+            }
+            // citation-end and event types newer than this adapter.
             _ => return Ok(()),
         };
         self.produced |= delta.get("role").is_none();
@@ -480,6 +497,38 @@ impl CohereStream {
         self.events = events;
         self.events.clear();
         result
+    }
+}
+
+/// The sources Cohere's citations name, as the top-level `citations` array of the
+/// Perplexity/OpenRouter convention, in order of first appearance, each once: a
+/// document's `url` where it has one, else the source's `id` (`doc:0`, or the tool call
+/// id and output index of a tool result, `get_weather_9gpb31r7h7mj:0`).
+#[derive(Default)]
+struct Citations(Vec<Value>);
+
+impl Citations {
+    /// Adds the sources of one Cohere citation; true if any was new.
+    fn read(&mut self, citation: &Value) -> bool {
+        let before = self.0.len();
+        for source in citation["sources"].as_array().into_iter().flatten() {
+            let name = source["document"]["url"].as_str().or_else(|| source["id"].as_str());
+            if let Some(name) = name {
+                if !self.0.iter().any(|known| known == name) {
+                    self.0.push(Value::from(name));
+                }
+            }
+        }
+        self.0.len() > before
+    }
+
+    /// The top-level fields that carry the sources: none while there are none.
+    fn extra(&self) -> Map<String, Value> {
+        let mut extra = Map::new();
+        if !self.0.is_empty() {
+            extra.insert("citations".to_owned(), Value::Array(self.0.clone()));
+        }
+        extra
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Google Gemini adapter (`generateContent` and `streamGenerateContent?alt=sse`):
 //! roles and parts, function declarations and calls, JSON output, inline and URL
-//! images, thinking, and Gemini's cumulative usage, as OpenAI chat completions.
+//! images, thinking, cited and grounding sources (a top-level `citations` array of URLs,
+//! as Perplexity's), and Gemini's cumulative usage, as OpenAI chat completions.
 //!
 //! Gemini function calls carry no id, so the adapter makes one from the response id and
 //! the call's position: the same response always yields the same ids, streamed or not.
@@ -78,9 +79,11 @@ impl Adapter for Google {
         let mut ids =
             CallIds { response_id: reply["responseId"].as_str().map(str::to_owned), n: 0 };
         let mut output = Output::default();
+        let mut citations = Citations::default();
         let finish_reason = match reply["candidates"].get(0) {
             Some(candidate) => {
                 output.read(candidate, &mut ids);
+                citations.read(candidate);
                 match candidate["finishReason"].as_str() {
                     Some(reason) => {
                         let message = candidate["finishMessage"].as_str().unwrap_or_default();
@@ -96,7 +99,7 @@ impl Adapter for Google {
         };
         let choice =
             json!({"index": 0, "message": output.message(), "finish_reason": finish_reason});
-        Ok(Completion { choices: vec![choice], usage, extra: Map::new() })
+        Ok(Completion { choices: vec![choice], usage, extra: citations.extra() })
     }
 
     fn stream(&self) -> Box<dyn StreamTranslator> {
@@ -108,6 +111,7 @@ impl Adapter for Google {
             usage: Usage::default(),
             ids: CallIds { response_id: None, n: 0 },
             role_sent: false,
+            citations: Citations::default(),
             finish: None,
             prompt_blocked: false,
         })
@@ -430,6 +434,44 @@ impl Output {
     }
 }
 
+/// The sources a candidate cites, as the top-level `citations` array of URLs of the
+/// Perplexity/OpenRouter convention: the `uri`s of `citationMetadata.citationSources`
+/// (where recited text comes from) and of `groundingMetadata.groundingChunks` (the
+/// search results and places behind a grounded answer: `web`, `maps`,
+/// `retrievedContext`), in order of first appearance, each once. A source without a URI
+/// names nothing a client could follow, so it is left out.
+#[derive(Default)]
+struct Citations(Vec<Value>);
+
+impl Citations {
+    /// Adds the sources `candidate` cites; true if any was new.
+    fn read(&mut self, candidate: &Value) -> bool {
+        let recited = candidate["citationMetadata"]["citationSources"].as_array();
+        let grounded = candidate["groundingMetadata"]["groundingChunks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object)
+            .flat_map(|chunk| chunk.values());
+        let before = self.0.len();
+        for uri in recited.into_iter().flatten().chain(grounded).filter_map(|s| s["uri"].as_str()) {
+            if !self.0.iter().any(|known| known == uri) {
+                self.0.push(Value::from(uri));
+            }
+        }
+        self.0.len() > before
+    }
+
+    /// The top-level fields that carry the sources: none while there are none.
+    fn extra(&self) -> Map<String, Value> {
+        let mut extra = Map::new();
+        if !self.0.is_empty() {
+            extra.insert("citations".to_owned(), Value::Array(self.0.clone()));
+        }
+        extra
+    }
+}
+
 /// How a Gemini generation ended, in OpenAI's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Finish {
@@ -543,6 +585,7 @@ struct GoogleStream {
     usage: Usage,
     ids: CallIds,
     role_sent: bool,
+    citations: Citations,
     /// The finish reason and message of the last candidate that had one. Sent when the
     /// stream ends: Gemini has no terminal event, and a chunk with a finish reason can
     /// be followed by more content (Vertex AI puts `STOP` on every chunk).
@@ -618,8 +661,15 @@ impl GoogleStream {
         }
         let mut output = Output::default();
         output.read(candidate, &mut self.ids);
-        if let Some(delta) = output.delta() {
-            out.push(self.chunk(delta, Value::Null));
+        let delta = output.delta();
+        // Each event repeats the sources of the text so far: the list goes out again
+        // only when it grows, as Perplexity's does.
+        let extra =
+            if self.citations.read(candidate) { self.citations.extra() } else { Map::new() };
+        if delta.is_some() || !extra.is_empty() {
+            let mut chunk = self.chunk(delta.unwrap_or_default(), Value::Null);
+            chunk.extra = extra;
+            out.push(chunk);
         }
         Ok(())
     }
