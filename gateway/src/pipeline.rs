@@ -336,7 +336,7 @@ async fn complete(
     let deadlines = Deadlines::attempt(app.upstream.timeouts(), context.deadline);
     let mut response = app.upstream.send(adapter, request, &deadlines).await?;
     let body = app.upstream.body(&mut response, &deadlines, adapter.provider()).await?;
-    Ok(adapter.response(&body)?)
+    Ok(adapter.response(&context.chat, &body)?)
 }
 
 async fn respond_complete(

@@ -52,7 +52,7 @@ pub async fn open(
     let response = app.upstream.send(adapter, request, &deadlines).await?;
     let mut stream = OpenStream {
         response,
-        translator: adapter.stream(),
+        translator: adapter.stream(&context.chat),
         provider: adapter.provider(),
         deadlines,
         pending: Vec::new(),

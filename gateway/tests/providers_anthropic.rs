@@ -8,7 +8,7 @@ use providers_support::*;
 use serde_json::{json, Value};
 use solrouter_gateway::catalog::Catalog;
 use solrouter_gateway::providers::anthropic::Anthropic;
-use solrouter_gateway::providers::{Adapter, Endpoint, Usage};
+use solrouter_gateway::providers::{Adapter, ChatRequest, Endpoint, Usage};
 use solrouter_ledger::PicoUsd;
 
 /// The replay server as Anthropic's SDK addresses it: the base URL has no `/v1`.
@@ -127,7 +127,8 @@ fn json_schema_becomes_output_format() {
 }
 
 /// Anthropic has no schema-less JSON mode, and a schema must close its objects, so
-/// `json_object` stays a 400 rather than becoming a schema that only allows `{}`.
+/// `json_object` stays a 400 for models with native structured outputs rather than
+/// becoming a schema that only allows `{}`.
 #[test]
 fn json_object_is_refused_by_name() {
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
@@ -180,6 +181,124 @@ async fn tool_use_response() {
 
 /// Claude Sonnet 4.5's price, which equals the catalogue's Claude Sonnet 4 price
 /// ($3/M prompt, $15/M completion); the recordings are Sonnet 4.5's.
+/// The Claude 4.0 models predate `output_format`: `response_format` becomes one tool
+/// whose input schema is the wanted schema, forced, named after the schema.
+#[test]
+fn json_schema_becomes_a_forced_tool_for_older_models() {
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}},
+        "required": ["city"]});
+    let body = json!({"model": "m", "max_tokens": 1024,
+        "messages": [{"role": "user", "content": "What is the largest city in Mexico?"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "CityLocation",
+            "description": "A city.", "schema": schema}}});
+    let request =
+        Anthropic.request(&endpoint(), &chat(body.clone()), "claude-sonnet-4-20250514").unwrap();
+    assert!(!request.headers.contains_key("anthropic-beta"));
+    let expected = json!({
+        "max_tokens": 1024,
+        "messages": [{"content": [{"text": "What is the largest city in Mexico?", "type": "text"}],
+            "role": "user"}],
+        "model": "claude-sonnet-4-20250514",
+        "stream": false,
+        "tools": [{"name": "CityLocation", "description": "A city.", "input_schema": schema}],
+        "tool_choice": {"type": "tool", "name": "CityLocation", "disable_parallel_tool_use": true},
+    });
+    assert_eq!(translated(body, "claude-sonnet-4-20250514"), expected);
+
+    let object = json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_object"}});
+    let sent = translated(object, "claude-opus-4-20250514");
+    assert_eq!(sent["tools"], json!([{"name": "json_output", "input_schema": {"type": "object"}}]));
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "tool", "name": "json_output", "disable_parallel_tool_use": true})
+    );
+}
+
+/// One tool can be forced, so the client's own tools, tool choice and thinking (which
+/// Anthropic refuses with a forced tool) are 400s that name them.
+#[test]
+fn forced_json_tool_conflicts_are_refused_by_name() {
+    let format =
+        json!({"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}});
+    let weather = json!({"type": "function", "function": {"name": "weather",
+        "parameters": {"type": "object"}}});
+    for (extra, param) in [
+        (json!({"tools": [weather]}), "tools"),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (json!({"reasoning_effort": "low", "max_tokens": 4096}), "reasoning_effort"),
+    ] {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "response_format": format});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let error =
+            Anthropic.request(&endpoint(), &chat(body), "claude-sonnet-4-20250514").unwrap_err();
+        assert_eq!(error.param, param);
+    }
+}
+
+fn json_tool_request(stream: bool) -> ChatRequest {
+    chat(json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "json",
+            "schema": {"type": "object"}}}}))
+}
+
+/// A recorded forced-tool answer (vercel-anthropic-json-tool.1.json) becomes content:
+/// the tool input as JSON text, finishing with `stop`.
+#[tokio::test]
+async fn json_tool_response_becomes_content() {
+    let body = fixture("anthropic/vercel-anthropic-json-tool.1.json");
+    let replay = Replay::start(200, "application/json", &[], body).await;
+    let Outcome::Complete(completion) =
+        exchange(&Anthropic, &root(&replay), &json_tool_request(false), "claude-sonnet-4-20250514")
+            .await
+    else {
+        panic!("expected a completion")
+    };
+    assert_eq!(replay.received().body["tool_choice"]["name"], "json");
+    let assembled = assemble_completion(&completion);
+    // serde_json writes the input's keys sorted.
+    let text = concat!(
+        r#"{"elements":[{"condition":"snowy","location":"San Francisco","temperature":-5},"#,
+        r#"{"condition":"snowy","location":"London","temperature":0},"#,
+        r#"{"condition":"cloudy","location":"Paris","temperature":23},"#,
+        r#"{"condition":"snowy","location":"Berlin","temperature":-9}]}"#,
+    );
+    assert_eq!(assembled.text, text);
+    assert!(assembled.tool_calls.is_empty());
+    assert_eq!(assembled.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(
+        completion.usage,
+        Usage { prompt_tokens: 1151, completion_tokens: 87, ..Usage::default() }
+    );
+    // 1151 × $3/M + 87 × $15/M.
+    assert_eq!(sonnet_price().cost(&completion.usage), PicoUsd::parse_usd("0.004758").unwrap());
+}
+
+/// The streamed recording (vercel-anthropic-json-tool.1.chunks.txt): the tool's
+/// `input_json_delta` fragments become content deltas.
+#[tokio::test]
+async fn json_tool_stream_becomes_content() {
+    let sse = chunks_as_sse("anthropic/vercel-anthropic-json-tool.1.chunks.txt");
+    let replay = Replay::start(200, "text/event-stream", &[], sse).await;
+    let Outcome::Streamed { chunks, usage } =
+        exchange(&Anthropic, &root(&replay), &json_tool_request(true), "claude-sonnet-4-20250514")
+            .await
+    else {
+        panic!("expected a stream")
+    };
+    let assembled = assemble_stream(&chunks);
+    assert_eq!(
+        assembled.text,
+        r#"{"elements": [{"location": "San Francisco", "temperature": 58, "condition": "sunny"}]}"#
+    );
+    assert!(assembled.tool_calls.is_empty());
+    assert_eq!(assembled.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(usage, Usage { prompt_tokens: 849, completion_tokens: 47, ..Usage::default() });
+    // 849 × $3/M + 47 × $15/M.
+    assert_eq!(sonnet_price().cost(&usage), PicoUsd::parse_usd("0.003252").unwrap());
+}
+
 fn sonnet_price() -> solrouter_gateway::catalog::Price {
     Catalog::builtin().get("anthropic/claude-sonnet-4").unwrap().price
 }

@@ -7,10 +7,10 @@ mod providers_support;
 
 use proptest::prelude::*;
 use providers_support::*;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use solrouter_gateway::catalog::Catalog;
 use solrouter_gateway::providers::cohere::Cohere;
-use solrouter_gateway::providers::{Adapter, Chunk, Endpoint, UpstreamError, Usage};
+use solrouter_gateway::providers::{Adapter, ChatRequest, Chunk, Endpoint, UpstreamError, Usage};
 use solrouter_ledger::PicoUsd;
 use std::time::Duration;
 
@@ -339,7 +339,8 @@ fn translate_in_pieces(
     body: &[u8],
     cuts: &[usize],
 ) -> (Vec<Chunk>, Result<(), UpstreamError>, Usage) {
-    let mut translator = Cohere.stream();
+    let mut translator =
+        Cohere.stream(&ChatRequest { body: Map::new(), stream: true, max_tokens: None });
     let mut chunks = Vec::new();
     let mut start = 0;
     let result = cuts

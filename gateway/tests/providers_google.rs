@@ -7,10 +7,10 @@ mod providers_support;
 
 use proptest::prelude::*;
 use providers_support::*;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use solrouter_gateway::catalog::Catalog;
 use solrouter_gateway::providers::google::Google;
-use solrouter_gateway::providers::{Adapter, Chunk, Endpoint, UpstreamError, Usage};
+use solrouter_gateway::providers::{Adapter, ChatRequest, Chunk, Endpoint, UpstreamError, Usage};
 use solrouter_ledger::PicoUsd;
 use std::time::Duration;
 
@@ -512,7 +512,8 @@ fn translate_in_pieces(
     body: &[u8],
     cuts: &[usize],
 ) -> (Vec<Chunk>, Result<(), UpstreamError>, Usage) {
-    let mut translator = Google.stream();
+    let mut translator =
+        Google.stream(&ChatRequest { body: Map::new(), stream: true, max_tokens: None });
     let mut chunks = Vec::new();
     let mut start = 0;
     let result = cuts

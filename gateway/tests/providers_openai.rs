@@ -270,8 +270,9 @@ fn reply_text_is_independent_of_network_chunking() {
     // The same recorded stream fed one byte at a time must translate identically.
     let sse = fixture("openai/pydai-stream-moderation.response.sse");
     let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
+    let request = chat(json!({"model": "m", "stream": true, "messages": []}));
     let translate = |pieces: &mut dyn Iterator<Item = &[u8]>| {
-        let mut translator = solrouter_gateway::providers::Adapter::stream(&adapter);
+        let mut translator = solrouter_gateway::providers::Adapter::stream(&adapter, &request);
         let mut chunks = Vec::new();
         for piece in pieces {
             translator.feed(piece, &mut chunks).unwrap();

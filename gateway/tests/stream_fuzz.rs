@@ -6,11 +6,12 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+use serde_json::Map;
 use solrouter_gateway::providers::anthropic::Anthropic;
 use solrouter_gateway::providers::cohere::Cohere;
 use solrouter_gateway::providers::google::Google;
 use solrouter_gateway::providers::openai::{OpenAiCompatible, Quirks};
-use solrouter_gateway::providers::{Adapter, Chunk, UpstreamError, Usage};
+use solrouter_gateway::providers::{Adapter, ChatRequest, Chunk, UpstreamError, Usage};
 use std::path::{Path, PathBuf};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
@@ -70,7 +71,8 @@ struct Translation {
 }
 
 fn translate(adapter: &dyn Adapter, pieces: &[&[u8]]) -> Translation {
-    let mut translator = adapter.stream();
+    let mut translator =
+        adapter.stream(&ChatRequest { body: Map::new(), stream: true, max_tokens: None });
     let mut chunks = Vec::new();
     let mut ended = Ok(());
     for piece in pieces {

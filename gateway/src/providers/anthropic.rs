@@ -19,9 +19,18 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// The beta that enables `output_format`, Anthropic's structured outputs (JSON text
 /// constrained by a JSON Schema). Only newer models have it (Claude Sonnet 4.5, Opus 4.1
-/// and later; not the Claude 4.0 models of the catalogue): the catalogue's
-/// `structured_output` capability decides which models get `response_format` at all.
+/// and later); older ones get `response_format` through a forced tool instead.
 pub const STRUCTURED_OUTPUTS_BETA: &str = "structured-outputs-2025-11-13";
+
+/// The tool that carries a `json_object` response format for models without native
+/// structured outputs (a `json_schema` one names its tool after the schema).
+const JSON_OBJECT_TOOL: &str = "json_output";
+
+/// Upstream model names of the Claude models that predate native structured outputs:
+/// the Claude 3 family and Claude Sonnet 4 and Opus 4 (dated or `-0` aliases, not
+/// Opus 4.1 or the 4.5 models).
+const NO_OUTPUT_FORMAT: [&str; 5] =
+    ["claude-3", "claude-sonnet-4-0", "claude-sonnet-4-2", "claude-opus-4-0", "claude-opus-4-2"];
 
 /// `max_tokens` when the client sets none (Anthropic requires one): the output cap of
 /// Claude Opus 4, the smallest among the catalogue's Claude models, so it is valid for
@@ -65,7 +74,8 @@ impl Adapter for Anthropic {
         })
     }
 
-    fn response(&self, body: &[u8]) -> Result<Completion, UpstreamError> {
+    fn response(&self, chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
+        let json_answer = answers_through_json_tool(&chat.body);
         let message: Value = serde_json::from_slice(body)
             .map_err(|error| bad_gateway("anthropic", format!("invalid response: {error}")))?;
         let blocks = message["content"]
@@ -78,6 +88,7 @@ impl Adapter for Anthropic {
                 Some("thinking") => {
                     reasoning.push_str(block["thinking"].as_str().unwrap_or_default())
                 }
+                Some("tool_use") if json_answer => text.push_str(&block["input"].to_string()),
                 Some("tool_use") => tool_calls.push(json!({
                     "id": block["id"],
                     "type": "function",
@@ -101,15 +112,16 @@ impl Adapter for Anthropic {
         let choice = json!({
             "index": 0,
             "message": assistant,
-            "finish_reason": finish_reason(message["stop_reason"].as_str()),
+            "finish_reason": finish_reason(message["stop_reason"].as_str(), json_answer),
         });
         let mut usage = Usage::default();
         apply_usage(&mut usage, &message["usage"]);
         Ok(Completion { choices: vec![choice], usage, extra: Map::new() })
     }
 
-    fn stream(&self) -> Box<dyn StreamTranslator> {
+    fn stream(&self, chat: &ChatRequest) -> Box<dyn StreamTranslator> {
         Box::new(AnthropicStream {
+            json_answer: answers_through_json_tool(&chat.body),
             parser: SseParser::new(),
             events: Vec::new(),
             usage: Usage::default(),
@@ -147,8 +159,13 @@ fn translate_request(
         out.insert("stop_sequences".to_owned(), Value::Array(stops));
     }
     tools(body, &mut out)?;
-    output_format(body, &mut out)?;
-    if let Some(effort) = translate::reasoning_effort(body)? {
+    let effort = translate::reasoning_effort(body)?;
+    if NO_OUTPUT_FORMAT.iter().any(|prefix| upstream_model.starts_with(prefix)) {
+        json_tool(body, effort, &mut out)?;
+    } else {
+        output_format(body, &mut out)?;
+    }
+    if let Some(effort) = effort {
         out.insert("thinking".to_owned(), thinking(effort, max_tokens)?);
     }
     if let Some(user) = body.get("user").and_then(Value::as_str) {
@@ -179,6 +196,59 @@ fn output_format(
             Ok(())
         }
     }
+}
+
+/// `response_format` for models without native structured outputs, as OpenRouter and
+/// LiteLLM emulate it: one tool whose input schema is the wanted schema
+/// (`{"type": "object"}` for `json_object`), forced through `tool_choice`; the answer's
+/// `tool_use` input becomes the message content (see [`answers_through_json_tool`]).
+/// A forced tool excludes the client's own tools and tool choice, and thinking
+/// (Anthropic refuses forced tool use while thinking).
+fn json_tool(
+    body: &Map<String, Value>,
+    effort: Option<Effort>,
+    out: &mut Map<String, Value>,
+) -> Result<(), ParamError> {
+    let (name, schema) = match translate::response_format(body)? {
+        None | Some(ResponseFormat::Text) => return Ok(()),
+        Some(ResponseFormat::JsonObject) => (JSON_OBJECT_TOOL, json!({"type": "object"})),
+        Some(ResponseFormat::JsonSchema { name, schema }) => (name, schema.clone()),
+    };
+    let conflict = |param: &str| {
+        param_error(
+            param,
+            "this model answers `response_format` through a forced tool, which excludes other tools",
+        )
+    };
+    if out.contains_key("tools") {
+        return Err(conflict("tools"));
+    }
+    if out.contains_key("tool_choice") {
+        return Err(conflict("tool_choice"));
+    }
+    if effort.is_some() {
+        return Err(conflict("reasoning_effort"));
+    }
+    let mut tool = json!({"name": name, "input_schema": schema});
+    if let Some(description) = body["response_format"]["json_schema"]["description"].as_str() {
+        tool["description"] = Value::from(description);
+    }
+    out.insert("tools".to_owned(), json!([tool]));
+    out.insert(
+        "tool_choice".to_owned(),
+        json!({"type": "tool", "name": name, "disable_parallel_tool_use": true}),
+    );
+    Ok(())
+}
+
+/// Whether the answer to `body` carries its JSON in a `tool_use` block to turn into
+/// content: a JSON response format without client tools. With native structured
+/// outputs no tool is sent, so no `tool_use` comes back and the rule holds for them too.
+fn answers_through_json_tool(body: &Map<String, Value>) -> bool {
+    matches!(
+        translate::response_format(body),
+        Ok(Some(ResponseFormat::JsonObject | ResponseFormat::JsonSchema { .. }))
+    ) && translate::tools(body).is_ok_and(|tools| tools.is_empty())
 }
 
 /// A thinking budget proportional to `max_tokens` (which it must stay below), as
@@ -294,11 +364,12 @@ fn assistant_blocks(message: &Value, param: &str) -> Result<Vec<Value>, ParamErr
     Ok(blocks)
 }
 
-fn finish_reason(stop_reason: Option<&str>) -> Value {
+/// `json_answer`: the tool use is the response format's (see [`json_tool`]), an answer.
+fn finish_reason(stop_reason: Option<&str>, json_answer: bool) -> Value {
     match stop_reason {
         None => Value::Null,
         Some("max_tokens") => Value::from("length"),
-        Some("tool_use") => Value::from("tool_calls"),
+        Some("tool_use") if !json_answer => Value::from("tool_calls"),
         Some("refusal") => Value::from("content_filter"),
         // end_turn, stop_sequence, pause_turn and anything newer end the turn normally.
         Some(_) => Value::from("stop"),
@@ -329,6 +400,9 @@ fn apply_usage(usage: &mut Usage, wire: &Value) {
 }
 
 struct AnthropicStream {
+    /// The answer comes as the response format's tool use (see [`json_tool`]): its
+    /// input becomes content.
+    json_answer: bool,
     parser: SseParser,
     events: Vec<SseEvent>,
     usage: Usage,
@@ -364,7 +438,7 @@ impl AnthropicStream {
             },
             Some("message_delta") => {
                 apply_usage(&mut self.usage, &data["usage"]);
-                let reason = finish_reason(data["delta"]["stop_reason"].as_str());
+                let reason = finish_reason(data["delta"]["stop_reason"].as_str(), self.json_answer);
                 out.push(chunk(json!({}), reason));
                 return Ok(());
             }
@@ -389,7 +463,7 @@ impl AnthropicStream {
             self.tool_call_idx_by_block.resize(block_idx + 1, None);
         }
         let block = &data["content_block"];
-        if block["type"] != "tool_use" {
+        if block["type"] != "tool_use" || self.json_answer {
             return Ok(None);
         }
         let call_idx = self.n_tool_calls;
@@ -408,6 +482,9 @@ impl AnthropicStream {
         match delta["type"].as_str()? {
             "text_delta" => Some(json!({"content": delta["text"]})),
             "thinking_delta" => Some(json!({"reasoning": delta["thinking"]})),
+            "input_json_delta" if self.json_answer => {
+                Some(json!({"content": delta["partial_json"]}))
+            }
             "input_json_delta" => {
                 let block_idx = data["index"].as_u64()? as usize;
                 let call_idx = (*self.tool_call_idx_by_block.get(block_idx)?)?;

@@ -51,7 +51,7 @@ impl Adapter for Cohere {
         })
     }
 
-    fn response(&self, body: &[u8]) -> Result<Completion, UpstreamError> {
+    fn response(&self, _chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
         let reply: Value = serde_json::from_slice(body)
             .map_err(|error| bad_gateway(PROVIDER, format!("invalid response: {error}")))?;
         let message = reply
@@ -113,7 +113,7 @@ impl Adapter for Cohere {
         })
     }
 
-    fn stream(&self) -> Box<dyn StreamTranslator> {
+    fn stream(&self, _chat: &ChatRequest) -> Box<dyn StreamTranslator> {
         Box::new(CohereStream {
             parser: SseParser::new(),
             events: Vec::new(),

@@ -69,7 +69,7 @@ impl Adapter for Google {
         })
     }
 
-    fn response(&self, body: &[u8]) -> Result<Completion, UpstreamError> {
+    fn response(&self, _chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
         let reply: Value = serde_json::from_slice(body)
             .map_err(|error| bad_gateway(PROVIDER, format!("invalid response: {error}")))?;
         if let Some(error) = reply.get("error") {
@@ -102,7 +102,7 @@ impl Adapter for Google {
         Ok(Completion { choices: vec![choice], usage, extra: citations.extra() })
     }
 
-    fn stream(&self) -> Box<dyn StreamTranslator> {
+    fn stream(&self, _chat: &ChatRequest) -> Box<dyn StreamTranslator> {
         Box::new(GoogleStream {
             parser: SseParser::new(),
             events: Vec::new(),

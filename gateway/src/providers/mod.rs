@@ -127,10 +127,10 @@ pub trait Adapter: Send + Sync + 'static {
         chat: &ChatRequest,
         upstream_model: &str,
     ) -> Result<UpstreamRequest, ParamError>;
-    /// Translates a complete 2xx response body.
-    fn response(&self, body: &[u8]) -> Result<Completion, UpstreamError>;
-    /// A translator for one streamed 2xx response.
-    fn stream(&self) -> Box<dyn StreamTranslator>;
+    /// Translates a complete 2xx response body to `chat` (the request it answers).
+    fn response(&self, chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError>;
+    /// A translator for one streamed 2xx response to `chat`.
+    fn stream(&self, chat: &ChatRequest) -> Box<dyn StreamTranslator>;
     /// Classifies a non-2xx response.
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError;
 }

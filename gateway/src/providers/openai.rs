@@ -112,7 +112,7 @@ impl Adapter for OpenAiCompatible {
         })
     }
 
-    fn response(&self, body: &[u8]) -> Result<Completion, UpstreamError> {
+    fn response(&self, _chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
         let mut object: Map<String, Value> = serde_json::from_slice(body)
             .map_err(|error| bad_gateway(&self.provider, format!("invalid response: {error}")))?;
         if let Some(error) = object.get("error").filter(|error| !error.is_null()) {
@@ -130,7 +130,7 @@ impl Adapter for OpenAiCompatible {
         Ok(Completion { choices, usage: self.usage_of(&object), extra: passthrough(object) })
     }
 
-    fn stream(&self) -> Box<dyn StreamTranslator> {
+    fn stream(&self, _chat: &ChatRequest) -> Box<dyn StreamTranslator> {
         Box::new(OpenAiStream {
             adapter: OpenAiCompatible::new(&self.provider, self.quirks),
             passed_on: Map::new(),
@@ -503,8 +503,9 @@ mod tests {
     #[test]
     fn stream_reports_truncation_and_mid_stream_errors() {
         let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
+        let streamed = ChatRequest { body: Map::new(), stream: true, max_tokens: None };
         let mut out = Vec::new();
-        let mut truncated = adapter.stream();
+        let mut truncated = adapter.stream(&streamed);
         let partial =
             br#"data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#;
         truncated.feed(partial, &mut out).unwrap();
@@ -512,7 +513,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(truncated.finish(&mut out).unwrap_err().status, StatusCode::BAD_GATEWAY);
 
-        let mut failing = adapter.stream();
+        let mut failing = adapter.stream(&streamed);
         let error = failing
             .feed(b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n", &mut out)
             .unwrap_err();

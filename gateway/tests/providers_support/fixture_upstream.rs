@@ -75,12 +75,18 @@ impl Shape {
                     && body["response_format"]["type"] != "text",
                 image: parts(&body["messages"], "content").any(|part| part["type"] == "image_url"),
             },
-            Wire::Anthropic => Shape {
-                stream: body["stream"] == true,
-                tools: non_empty(&body["tools"]),
-                structured: body.get("output_format").is_some_and(|format| !format.is_null()),
-                image: parts(&body["messages"], "content").any(|part| part["type"] == "image"),
-            },
+            Wire::Anthropic => {
+                // Structured output is either native (`output_format`) or, for older
+                // models, one forced tool carrying the schema.
+                let forced_tool = body["tool_choice"]["type"] == "tool";
+                Shape {
+                    stream: body["stream"] == true,
+                    tools: non_empty(&body["tools"]) && !forced_tool,
+                    structured: forced_tool
+                        || body.get("output_format").is_some_and(|format| !format.is_null()),
+                    image: parts(&body["messages"], "content").any(|part| part["type"] == "image"),
+                }
+            }
             Wire::Google => {
                 let config = &body["generationConfig"];
                 Shape {

@@ -172,12 +172,12 @@ pub async fn exchange(
     }
     if !chat.stream {
         let body = response.bytes().await.unwrap();
-        return match adapter.response(&body) {
+        return match adapter.response(chat, &body) {
             Ok(completion) => Outcome::Complete(completion),
             Err(error) => Outcome::Failed(error),
         };
     }
-    let mut translator = adapter.stream();
+    let mut translator = adapter.stream(chat);
     let mut chunks = Vec::new();
     let mut body = response.bytes_stream();
     while let Some(bytes) = body.next().await {
