@@ -2,6 +2,7 @@
 //! blocks, tool results as `tool_result` blocks in user turns, thinking as `reasoning`,
 //! and the typed SSE events (`message_start` … `message_stop`) as OpenAI chunks.
 
+use super::assemble::assistant_message;
 use super::errors::{bad_gateway, classify};
 use super::translate::{self, param_error, Effort, Part, ResponseFormat, ToolChoice};
 use super::{
@@ -98,17 +99,7 @@ impl Adapter for Anthropic {
                 _ => {}
             }
         }
-        let mut assistant = Map::new();
-        assistant.insert("role".to_owned(), Value::from("assistant"));
-        let content =
-            if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::from(text) };
-        assistant.insert("content".to_owned(), content);
-        if !reasoning.is_empty() {
-            assistant.insert("reasoning".to_owned(), Value::from(reasoning));
-        }
-        if !tool_calls.is_empty() {
-            assistant.insert("tool_calls".to_owned(), Value::Array(tool_calls));
-        }
+        let assistant = assistant_message(text, reasoning, tool_calls);
         let choice = json!({
             "index": 0,
             "message": assistant,

@@ -8,6 +8,7 @@
 //! Cohere's own hidden preamble) and `billed_units` (what Cohere charges). The gateway
 //! bills on `billed_units`, so clients pay what the operator pays.
 
+use super::assemble::{assistant_message, Citations};
 use super::errors::{bad_gateway, classify, truncate};
 use super::openai::bearer_headers;
 use super::translate::{self, param_error, Part, ResponseFormat, ToolChoice};
@@ -90,21 +91,11 @@ impl Adapter for Cohere {
             Some(reason) => Value::from(finish_reason(reason, produced)?),
             None => Value::Null,
         };
-        let mut assistant = Map::new();
-        assistant.insert("role".to_owned(), Value::from("assistant"));
-        let content =
-            if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::from(text) };
-        assistant.insert("content".to_owned(), content);
-        if !reasoning.is_empty() {
-            assistant.insert("reasoning".to_owned(), Value::from(reasoning));
-        }
-        if !tool_calls.is_empty() {
-            assistant.insert("tool_calls".to_owned(), Value::Array(tool_calls));
-        }
+        let assistant = assistant_message(text, reasoning, tool_calls);
         let choice = json!({"index": 0, "message": assistant, "finish_reason": finish_reason});
         let mut citations = Citations::default();
         for citation in message["citations"].as_array().into_iter().flatten() {
-            citations.read(citation);
+            read_citations(&mut citations, citation);
         }
         Ok(Completion {
             choices: vec![choice],
@@ -430,7 +421,7 @@ impl CohereStream {
             // Each `citation-start` carries one citation; the cumulative list goes out
             // when a source is new. `citation-end` only closes the event.
             Some("citation-start") => {
-                if self.citations.read(&message["citations"]) {
+                if read_citations(&mut self.citations, &message["citations"]) {
                     let mut chunk = chunk(json!({}), Value::Null);
                     chunk.extra = self.citations.extra();
                     out.push(chunk);
@@ -504,32 +495,14 @@ impl CohereStream {
 /// Perplexity/OpenRouter convention, in order of first appearance, each once: a
 /// document's `url` where it has one, else the source's `id` (`doc:0`, or the tool call
 /// id and output index of a tool result, `get_weather_9gpb31r7h7mj:0`).
-#[derive(Default)]
-struct Citations(Vec<Value>);
-
-impl Citations {
-    /// Adds the sources of one Cohere citation; true if any was new.
-    fn read(&mut self, citation: &Value) -> bool {
-        let before = self.0.len();
-        for source in citation["sources"].as_array().into_iter().flatten() {
-            let name = source["document"]["url"].as_str().or_else(|| source["id"].as_str());
-            if let Some(name) = name {
-                if !self.0.iter().any(|known| known == name) {
-                    self.0.push(Value::from(name));
-                }
-            }
+fn read_citations(citations: &mut Citations, citation: &Value) -> bool {
+    let mut new = false;
+    for source in citation["sources"].as_array().into_iter().flatten() {
+        if let Some(name) = source["document"]["url"].as_str().or_else(|| source["id"].as_str()) {
+            new |= citations.insert(name);
         }
-        self.0.len() > before
     }
-
-    /// The top-level fields that carry the sources: none while there are none.
-    fn extra(&self) -> Map<String, Value> {
-        let mut extra = Map::new();
-        if !self.0.is_empty() {
-            extra.insert("citations".to_owned(), Value::Array(self.0.clone()));
-        }
-        extra
-    }
+    new
 }
 
 fn chunk(delta: Value, finish_reason: Value) -> Chunk {

@@ -8,6 +8,7 @@
 //! When a conversation comes back, each tool result is matched to its call through the
 //! assistant message that holds the id, which gives the function name Gemini wants.
 
+use super::assemble::Citations;
 use super::errors::{bad_gateway, classify, truncate, RETRY_AFTER_MAX};
 use super::translate::{self, param_error, Part, ResponseFormat, ToolChoice};
 use super::{
@@ -83,7 +84,7 @@ impl Adapter for Google {
         let finish_reason = match reply["candidates"].get(0) {
             Some(candidate) => {
                 output.read(candidate, &mut ids);
-                citations.read(candidate);
+                read_citations(&mut citations, candidate);
                 match candidate["finishReason"].as_str() {
                     Some(reason) => {
                         let message = candidate["finishMessage"].as_str().unwrap_or_default();
@@ -440,36 +441,19 @@ impl Output {
 /// search results and places behind a grounded answer: `web`, `maps`,
 /// `retrievedContext`), in order of first appearance, each once. A source without a URI
 /// names nothing a client could follow, so it is left out.
-#[derive(Default)]
-struct Citations(Vec<Value>);
-
-impl Citations {
-    /// Adds the sources `candidate` cites; true if any was new.
-    fn read(&mut self, candidate: &Value) -> bool {
-        let recited = candidate["citationMetadata"]["citationSources"].as_array();
-        let grounded = candidate["groundingMetadata"]["groundingChunks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_object)
-            .flat_map(|chunk| chunk.values());
-        let before = self.0.len();
-        for uri in recited.into_iter().flatten().chain(grounded).filter_map(|s| s["uri"].as_str()) {
-            if !self.0.iter().any(|known| known == uri) {
-                self.0.push(Value::from(uri));
-            }
-        }
-        self.0.len() > before
+fn read_citations(citations: &mut Citations, candidate: &Value) -> bool {
+    let recited = candidate["citationMetadata"]["citationSources"].as_array();
+    let grounded = candidate["groundingMetadata"]["groundingChunks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object)
+        .flat_map(|chunk| chunk.values());
+    let mut new = false;
+    for uri in recited.into_iter().flatten().chain(grounded).filter_map(|s| s["uri"].as_str()) {
+        new |= citations.insert(uri);
     }
-
-    /// The top-level fields that carry the sources: none while there are none.
-    fn extra(&self) -> Map<String, Value> {
-        let mut extra = Map::new();
-        if !self.0.is_empty() {
-            extra.insert("citations".to_owned(), Value::Array(self.0.clone()));
-        }
-        extra
-    }
+    new
 }
 
 /// How a Gemini generation ended, in OpenAI's terms.
@@ -664,8 +648,11 @@ impl GoogleStream {
         let delta = output.delta();
         // Each event repeats the sources of the text so far: the list goes out again
         // only when it grows, as Perplexity's does.
-        let extra =
-            if self.citations.read(candidate) { self.citations.extra() } else { Map::new() };
+        let extra = if read_citations(&mut self.citations, candidate) {
+            self.citations.extra()
+        } else {
+            Map::new()
+        };
         if delta.is_some() || !extra.is_empty() {
             let mut chunk = self.chunk(delta.unwrap_or_default(), Value::Null);
             chunk.extra = extra;

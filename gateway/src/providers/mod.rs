@@ -7,6 +7,7 @@
 //! pipeline does the sending, the pricing and the settling.
 
 pub mod anthropic;
+mod assemble;
 pub mod cohere;
 mod errors;
 pub mod google;
