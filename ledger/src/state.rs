@@ -530,12 +530,21 @@ impl Ledger {
 /// operation. FNV-1a over the derived `Hash` stream: deterministic across processes and
 /// releases of `std` (unlike `DefaultHasher`), and no allocation on the apply path.
 fn fingerprint(op: &Op) -> u64 {
-    let mut hasher = Fnv1a(0xcbf2_9ce4_8422_2325);
+    let mut hasher = Fnv1a::default();
     op.hash(&mut hasher);
     hasher.finish()
 }
 
-struct Fnv1a(u64);
+/// FNV-1a, a hasher whose output is stable across processes, platforms of one word size
+/// and releases of `std` (unlike `std`'s randomly keyed one): for fingerprints that must
+/// agree between replicas and runs.
+pub struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Fnv1a {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
 
 impl Hasher for Fnv1a {
     fn finish(&self) -> u64 {

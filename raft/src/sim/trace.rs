@@ -2,6 +2,7 @@
 //! simulated time. Its fingerprint shows a replay retraced the same run; its tail is
 //! printed when a seed fails; `SIM_TRACE=1` prints it live.
 
+use solrouter_ledger::Fnv1a;
 use std::collections::VecDeque;
 use std::hash::Hasher;
 use std::sync::Mutex;
@@ -57,26 +58,5 @@ impl Trace {
 
     pub fn tail(&self) -> Vec<String> {
         self.state.lock().expect("trace lock poisoned").tail.iter().cloned().collect()
-    }
-}
-
-/// FNV-1a: stable across processes, unlike `std`'s randomly keyed hasher.
-struct Fnv1a(u64);
-
-impl Default for Fnv1a {
-    fn default() -> Fnv1a {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
-        }
     }
 }
