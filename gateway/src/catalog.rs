@@ -43,9 +43,33 @@ pub struct Model {
     pub input_modalities: Vec<String>,
     pub output_modalities: Vec<String>,
     pub capabilities: Capabilities,
+    /// What every request pays, unless its prompt reaches `long_context`.
     pub price: Price,
+    /// Dearer prices for a request whose prompt is longer than a threshold (Google's
+    /// "prompts > 200k tokens"): the whole request is billed at them.
+    pub long_context: Option<LongContext>,
     /// Where the price was read, and when.
     pub source: String,
+}
+
+/// A price tier keyed by the request's prompt length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LongContext {
+    /// The tier applies when the prompt has more tokens than this.
+    pub above_prompt_tokens: u64,
+    pub price: Price,
+}
+
+/// How the gateway counts a model's tokens itself (for a prompt certainly too long, and
+/// for usage a provider never reported). See `tokens.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tokenizer {
+    /// OpenAI's `o200k_base`, the exact tokenizer of every catalogued OpenAI model.
+    OpenAi,
+    /// No public tokenizer: `o200k_base` as an estimate (see `tokens.rs` for its bounds).
+    Estimated,
+    /// The mock provider's: whitespace-separated words.
+    Words,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -116,6 +140,50 @@ impl Catalog {
     }
 }
 
+impl Model {
+    /// The prices a request with `prompt_tokens` pays.
+    pub fn price_at(&self, prompt_tokens: u64) -> &Price {
+        match &self.long_context {
+            Some(tier) if prompt_tokens > tier.above_prompt_tokens => &tier.price,
+            _ => &self.price,
+        }
+    }
+
+    /// The exact cost of `usage`, at the tier its prompt reached.
+    pub fn cost(&self, usage: &Usage) -> PicoUsd {
+        self.price_at(usage.prompt_tokens).cost(usage)
+    }
+
+    /// The most a request of at most `prompt_tokens` and `completion_tokens` can cost, at
+    /// the tier the prompt bound can reach (tiers only get dearer with length).
+    pub fn bound(&self, prompt_tokens: u64, completion_tokens: u64) -> PicoUsd {
+        self.price_at(prompt_tokens).bound(prompt_tokens, completion_tokens)
+    }
+
+    /// The dearest per-token price any request may pay.
+    pub fn price_per_token_max(&self) -> PicoUsd {
+        let dearest = self.long_context.as_ref().map_or(&self.price, |tier| &tier.price);
+        [Some(dearest.prompt), Some(dearest.completion), dearest.cached_read, dearest.cached_write]
+            .into_iter()
+            .flatten()
+            .fold(PicoUsd::ZERO, PicoUsd::max)
+    }
+
+    pub fn tokenizer(&self) -> Tokenizer {
+        match self.provider.as_str() {
+            "openai" => Tokenizer::OpenAi,
+            crate::providers::MOCK_PROVIDER => Tokenizer::Words,
+            _ => Tokenizer::Estimated,
+        }
+    }
+
+    /// The most tokens a request to this model can really use: a provider reporting
+    /// more is at fault (DESIGN.md §3), and is settled at this bound.
+    pub fn usage_max(&self) -> (u64, u64) {
+        (self.context_length, self.max_output_tokens)
+    }
+}
+
 impl Price {
     /// The exact cost of `usage`.
     pub fn cost(&self, usage: &Usage) -> PicoUsd {
@@ -176,7 +244,15 @@ struct ModelEntry {
     output_modalities: Vec<String>,
     capabilities: Capabilities,
     price: PriceEntry,
+    long_context: Option<LongContextEntry>,
     source: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LongContextEntry {
+    above_prompt_tokens: u64,
+    price: PriceEntry,
 }
 
 /// USD per million tokens, as published.
@@ -200,17 +276,26 @@ impl ModelEntry {
         if self.max_output_tokens == 0 || self.max_output_tokens > self.context_length {
             return Err(model_error(id, "max_output_tokens must be in 1..=context_length"));
         }
-        let per_token = |text: &str| per_token_price(id, text);
-        let optional = |text: &Option<String>| text.as_deref().map(per_token).transpose();
-        let price = Price {
-            prompt: per_token(&self.price.prompt)?,
-            completion: per_token(&self.price.completion)?,
-            cached_read: optional(&self.price.cached_read)?,
-            cached_write: optional(&self.price.cached_write)?,
-            per_request: match &self.price.per_request {
-                Some(text) => per_request_price(id, text)?,
-                None => PicoUsd::ZERO,
-            },
+        let price = self.price.validate(id)?;
+        let long_context = match &self.long_context {
+            None => None,
+            Some(tier) => {
+                let dearer = tier.price.validate(id)?;
+                let cheaper = [
+                    (dearer.prompt, price.prompt),
+                    (dearer.completion, price.completion),
+                    (dearer.per_request, price.per_request),
+                ];
+                if tier.above_prompt_tokens >= self.context_length
+                    || cheaper.iter().any(|(long, short)| long < short)
+                {
+                    return Err(model_error(
+                        id,
+                        "long_context must start inside the context and cost no less",
+                    ));
+                }
+                Some(LongContext { above_prompt_tokens: tier.above_prompt_tokens, price: dearer })
+            }
         };
         Ok(Model {
             id: self.id,
@@ -222,7 +307,25 @@ impl ModelEntry {
             output_modalities: self.output_modalities,
             capabilities: self.capabilities,
             price,
+            long_context,
             source: self.source,
+        })
+    }
+}
+
+impl PriceEntry {
+    fn validate(&self, id: &str) -> Result<Price, CatalogError> {
+        let per_token = |text: &str| per_token_price(id, text);
+        let optional = |text: &Option<String>| text.as_deref().map(per_token).transpose();
+        Ok(Price {
+            prompt: per_token(&self.prompt)?,
+            completion: per_token(&self.completion)?,
+            cached_read: optional(&self.cached_read)?,
+            cached_write: optional(&self.cached_write)?,
+            per_request: match &self.per_request {
+                Some(text) => per_request_price(id, text)?,
+                None => PicoUsd::ZERO,
+            },
         })
     }
 }
@@ -315,6 +418,21 @@ mod tests {
     }
 
     #[test]
+    fn long_prompts_pay_the_long_context_tier() {
+        let pro = Catalog::builtin().get("google/gemini-2.5-pro").unwrap().clone();
+        assert_eq!(pro.context_length, 1_048_576);
+        let usage =
+            |prompt_tokens| Usage { prompt_tokens, completion_tokens: 1000, ..Usage::default() };
+        // 200,000 prompt tokens: $1.25/M and $10/M; one more: $2.50/M and $15/M for all.
+        assert_eq!(pro.cost(&usage(200_000)), PicoUsd::parse_usd("0.26").unwrap());
+        assert_eq!(pro.cost(&usage(200_001)), PicoUsd::parse_usd("0.5150025").unwrap());
+        // The reservation takes the tier its prompt bound reaches.
+        assert_eq!(pro.bound(200_000, 1000), pro.cost(&usage(200_000)));
+        assert_eq!(pro.bound(200_001, 1000), pro.cost(&usage(200_001)));
+        assert_eq!(pro.price_per_token_max(), PicoUsd(15_000_000));
+    }
+
+    #[test]
     fn formats_per_token_prices() {
         let check = |pico: u128, expected: &str| {
             assert_eq!(Price::per_token_usd(PicoUsd(pico)), expected);
@@ -361,6 +479,18 @@ source = "test"
             "max_output_tokens",
         );
         check(&valid.replace("source = \"test\"", "source = \"test\"\nextra = 1"), "unknown field");
+        let tier = |above: u64, prompt: &str| {
+            valid.replace(
+                "source = \"test\"",
+                &format!(
+                    "source = \"test\"\nlong_context = {{ above_prompt_tokens = {above}, \
+                     price = {{ prompt = \"{prompt}\", completion = \"2\" }} }}"
+                ),
+            )
+        };
+        check(&tier(10, "2"), "long_context");
+        check(&tier(5, "0.5"), "long_context");
+        assert!(Catalog::parse(&tier(5, "2")).is_ok());
         assert!(Catalog::parse(&valid).is_ok());
     }
 }

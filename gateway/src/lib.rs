@@ -30,5 +30,6 @@ pub mod respond;
 pub mod server;
 pub mod sse;
 pub mod telemetry;
+pub mod tokens;
 pub mod upstream;
 pub mod wire;

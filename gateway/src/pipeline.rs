@@ -6,9 +6,11 @@
 //! 3. read — the body, under the limit and a deadline;
 //! 4. parse — validate the OpenAI request (400 naming the parameter);
 //! 5. route — resolve `model` and the `models` fallbacks to catalogue entries whose
-//!    provider is configured and which support what the request needs;
+//!    provider is configured, which support what the request needs, and whose context
+//!    the prompt does not certainly exceed (by a tokenizer's lower bound: `tokens.rs`);
 //! 6. reserve — hold the worst case at the dearest candidate, before any upstream cost
-//!    can be incurred (402 when unaffordable);
+//!    can be incurred (402 when unaffordable); the completion limit reserved for is the
+//!    one each attempt forwards;
 //! 7. forward — try each candidate in order until one answers; fall back only while
 //!    nothing has reached the client;
 //! 8. respond and settle — settle the hold with the request record, then finish the
@@ -19,14 +21,15 @@
 
 use crate::app::App;
 use crate::bank::{now_ms, Caller, HOLD_GRACE};
-use crate::catalog::{Model, Price};
+use crate::catalog::Model;
 use crate::error::ApiError;
 use crate::health::Admission;
 use crate::parse::{self, ParsedChat};
-use crate::providers::{Adapter, ChatRequest, Completion, Endpoint, UpstreamError, Usage};
+use crate::providers::{Adapter, ChatRequest, Completion, Endpoint, Target, UpstreamError, Usage};
 use crate::relay;
 use crate::respond::{self, Response};
 use crate::server::{check_declared_length, read_body};
+use crate::tokens::{self, Billed, Delivered};
 use crate::upstream::{self, Deadlines};
 use crate::wire;
 use http::{header::AUTHORIZATION, HeaderValue, Request, StatusCode};
@@ -57,7 +60,8 @@ pub struct RequestContext {
 
 impl RequestContext {
     /// The record the settle stores: what the request used, cost and how it ended.
-    pub fn record(&self, model: &Model, usage: &Usage, status: StatusCode) -> RequestRecord {
+    pub fn record(&self, model: &Model, billed: &Billed, status: StatusCode) -> RequestRecord {
+        let usage = &billed.usage;
         RequestRecord {
             key: Some(self.caller.key),
             model: model.id.clone(),
@@ -80,6 +84,60 @@ impl RequestContext {
 
     pub fn created_s(&self) -> u64 {
         self.created_ms / 1000
+    }
+
+    /// What one attempt at `model` asks for: the completion limit the client set,
+    /// capped at the model's output limit, or that limit when the client set none. The
+    /// reservation covers it, and it is exactly what is forwarded.
+    pub fn target<'m>(&self, model: &'m Model) -> Target<'m> {
+        let max_tokens = self
+            .chat
+            .max_tokens
+            .map_or(model.max_output_tokens, |tokens| tokens.min(model.max_output_tokens));
+        Target { upstream_model: &model.upstream_model, max_tokens }
+    }
+
+    /// Decides what to bill for an answer of `model` (`tokens::billed`): the provider's
+    /// usage when it is whole and sane, else a count of the prompt and of what the
+    /// client received, done off the async workers.
+    pub async fn bill(
+        &self,
+        model: &'static Model,
+        reported: Usage,
+        complete: bool,
+        delivered: Delivered,
+    ) -> Billed {
+        let delivered_anything = !delivered.is_empty();
+        if let Some(billed) = tokens::as_reported(model, reported, complete, delivered_anything) {
+            return billed;
+        }
+        let body = self.chat.body.clone();
+        let counting = tokio::task::spawn_blocking(move || {
+            tokens::billed(model, reported, complete, delivered_anything, || Usage {
+                prompt_tokens: tokens::prompt_tokens_estimate(model, &body),
+                completion_tokens: delivered.tokens(model.tokenizer()),
+                ..Usage::default()
+            })
+        });
+        let billed = match counting.await {
+            Ok(billed) => billed,
+            // Counting never panics on any text; if it did, bill what was reported.
+            Err(error) => {
+                tracing::error!(%error, "counting tokens failed");
+                Billed { usage: reported, estimated: true, clamped: false }
+            }
+        };
+        if billed.estimated {
+            metrics::counter!("solrouter_usage_estimated_total", "model" => model.id.as_str())
+                .increment(1);
+            tracing::warn!(model = %model.id, ?reported, ?billed, "usage incomplete; estimated");
+        }
+        if billed.clamped {
+            metrics::counter!("solrouter_usage_clamped_total", "model" => model.id.as_str())
+                .increment(1);
+            tracing::warn!(model = %model.id, ?reported, "usage beyond the model's limits");
+        }
+        billed
     }
 }
 
@@ -110,6 +168,7 @@ pub async fn chat_completions(
     let parsed = parse::parse(&body)?;
     drop(body);
     let candidates = route(app, &parsed)?;
+    let (parsed, candidates) = refuse_over_context(parsed, candidates).await?;
     let context = RequestContext {
         generation: HoldId(crate::keys::random_u128()),
         caller,
@@ -178,15 +237,64 @@ fn route(app: &'static App, parsed: &ParsedChat) -> Result<Vec<&'static Model>, 
     }
 }
 
+/// Stage 5, last step: drops the candidates whose context the prompt certainly exceeds,
+/// by a lower bound of its tokens in each one's tokenizer. Counting only happens when
+/// the prompt's byte bound passes a context (a large body), and off the async workers.
+/// If no candidate is left, a 400 naming `messages`.
+async fn refuse_over_context(
+    parsed: ParsedChat,
+    candidates: Vec<&'static Model>,
+) -> Result<(ParsedChat, Vec<&'static Model>), ApiError> {
+    if candidates.iter().all(|model| parsed.prompt_tokens_max <= model.context_length) {
+        return Ok((parsed, candidates));
+    }
+    let filtering = tokio::task::spawn_blocking(move || {
+        let mut counted: Vec<(crate::catalog::Tokenizer, u64)> = Vec::new();
+        let mut first_refusal = None;
+        let mut kept = Vec::with_capacity(candidates.len());
+        for model in candidates {
+            let tokenizer = model.tokenizer();
+            let tokens = match counted.iter().find(|(seen, _)| *seen == tokenizer) {
+                Some((_, tokens)) => *tokens,
+                None => {
+                    let tokens = tokens::prompt_tokens_min(model, &parsed.chat.body);
+                    counted.push((tokenizer, tokens));
+                    tokens
+                }
+            };
+            if tokens > model.context_length {
+                first_refusal.get_or_insert(ApiError::invalid_param(
+                    "messages",
+                    format!(
+                        "the prompt has at least {tokens} tokens, more than the {} tokens of \
+                         context of `{}`",
+                        model.context_length, model.id
+                    ),
+                ));
+            } else {
+                kept.push(model);
+            }
+        }
+        match first_refusal {
+            Some(error) if kept.is_empty() => Err(error),
+            _ => Ok((parsed, kept)),
+        }
+    });
+    filtering.await.map_err(|error| ApiError::internal(format!("counting tokens: {error}")))?
+}
+
 /// The most a request can cost at `model`: its prompt bound (capped at the context,
-/// since a longer prompt is refused upstream) plus its output limit.
-fn worst_case(context: &RequestContext, model: &Model) -> (u64, u64, PicoUsd) {
-    let prompt_tokens = context.prompt_tokens_max.min(model.context_length);
-    let completion_tokens = context
-        .chat
-        .max_tokens
-        .map_or(model.max_output_tokens, |tokens| tokens.min(model.max_output_tokens));
-    (prompt_tokens, completion_tokens, model.price.bound(prompt_tokens, completion_tokens))
+/// since a longer prompt is refused upstream for free) plus what the provider adds to
+/// it, and the completion limit forwarded to it, at the price tier the prompt can reach.
+fn worst_case(app: &'static App, context: &RequestContext, model: &Model) -> (u64, u64, PicoUsd) {
+    let overhead = app
+        .providers
+        .get(&model.provider)
+        .map_or(0, |(adapter, _)| adapter.prompt_overhead_tokens(&context.chat));
+    let prompt_tokens =
+        context.prompt_tokens_max.saturating_add(overhead).min(model.context_length);
+    let completion_tokens = context.target(model).max_tokens;
+    (prompt_tokens, completion_tokens, model.bound(prompt_tokens, completion_tokens))
 }
 
 /// Stage 6: holds the worst case of the dearest candidate, so any fallback is covered.
@@ -194,7 +302,7 @@ async fn reserve(app: &'static App, context: &RequestContext) -> Result<(), ApiE
     let (model, (prompt_tokens, completion_tokens, amount)) = context
         .candidates
         .iter()
-        .map(|model| (*model, worst_case(context, model)))
+        .map(|model| (*model, worst_case(app, context, model)))
         .max_by_key(|(_, (_, _, amount))| *amount)
         .ok_or_else(|| ApiError::internal("routing left no candidate"))?;
     let ttl = app.upstream.timeouts().total + HOLD_GRACE;
@@ -214,7 +322,7 @@ async fn reserve(app: &'static App, context: &RequestContext) -> Result<(), ApiE
         Ok(Reply::Reserved { .. }) => Ok(()),
         Ok(reply) => Err(ApiError::internal(format!("reserve answered {reply:?}"))),
         Err(Rejection::InsufficientFunds { available }) => {
-            let affordable = affordable_tokens(available, &model.price);
+            let affordable = affordable_tokens(available, model.price_per_token_max());
             Err(ApiError::insufficient_credits(format!(
                 "insufficient credits: the available balance of ${} affords about {affordable} \
                  tokens of `{}` (up to ${} per token); this request may use up to \
@@ -222,7 +330,7 @@ async fn reserve(app: &'static App, context: &RequestContext) -> Result<(), ApiE
                  Lower `max_tokens` or add credits.",
                 signed_usd(available),
                 model.id,
-                Price::per_token_usd(model.price.prompt.max(model.price.completion)),
+                crate::catalog::Price::per_token_usd(model.price_per_token_max()),
             )))
         }
         Err(rejection) => Err(ApiError::ledger("reserve", rejection)),
@@ -230,8 +338,8 @@ async fn reserve(app: &'static App, context: &RequestContext) -> Result<(), ApiE
 }
 
 /// Tokens `available` pays for at the model's dearest per-token price.
-fn affordable_tokens(available: i128, price: &Price) -> u128 {
-    let per_token = price.prompt.max(price.completion).0.max(1);
+fn affordable_tokens(available: i128, per_token_max: PicoUsd) -> u128 {
+    let per_token = per_token_max.0.max(1);
     u128::try_from(available).map_or(0, |available| available / per_token)
 }
 
@@ -331,7 +439,7 @@ async fn complete(
 ) -> Result<Completion, Failure> {
     let (adapter, endpoint) = provider(app, model)?;
     let request = adapter
-        .request(endpoint, &context.chat, &model.upstream_model)
+        .request(endpoint, &context.chat, &context.target(model))
         .map_err(|error| Failure::Final(ApiError::invalid_param(&error.param, error.message)))?;
     let deadlines = Deadlines::attempt(app.upstream.timeouts(), context.deadline);
     let mut response = app.upstream.send(adapter, request, &deadlines).await?;
@@ -346,9 +454,14 @@ async fn respond_complete(
     hold: HoldGuard,
     reply: oneshot::Sender<Result<Response, ApiError>>,
 ) {
-    let cost = model.price.cost(&completion.usage);
-    let record = context.record(model, &completion.usage, StatusCode::OK);
-    hold.settle(cost, record).await;
+    let mut delivered = Delivered::default();
+    delivered.push_choices(&completion.choices);
+    let mut completion = completion;
+    let billed = context.bill(model, completion.usage, true, delivered).await;
+    completion.usage = billed.usage;
+    let cost = model.cost(&billed.usage);
+    let record = context.record(model, &billed, StatusCode::OK);
+    let cost = hold.settle(cost, record).await;
     observe_cost(model, cost);
     let body = wire::completion(&context.id(), context.created_s(), model, completion, cost);
     let _ = reply.send(Ok(respond::text(StatusCode::OK, body, "application/json")));
@@ -376,13 +489,15 @@ impl HoldGuard {
         HoldGuard { app, caller: context.caller, hold: context.generation, armed: true }
     }
 
-    /// Settles with the record and waits (bounded) for the ledger to apply it.
-    pub async fn settle(mut self, actual: PicoUsd, record: RequestRecord) {
+    /// Settles with the record and waits (bounded) for the ledger to apply it. Returns
+    /// the cost to show the client: what the ledger charged.
+    pub async fn settle(mut self, actual: PicoUsd, record: RequestRecord) -> PicoUsd {
         self.armed = false;
         let settling = self.app.bank.settle(self.caller.account, self.hold, actual, record);
         if tokio::time::timeout(SETTLE_WAIT_MAX, settling).await.is_err() {
             tracing::warn!(hold = self.hold.0, "settle still pending; answering anyway");
         }
+        actual
     }
 
     /// Voids the hold: nothing was produced, so nothing is charged.
@@ -405,23 +520,40 @@ impl Drop for HoldGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::Catalog;
 
     #[test]
-    fn affordable_tokens_use_the_dearest_price() {
-        let price = |prompt, completion| Price {
-            prompt: PicoUsd(prompt),
-            completion: PicoUsd(completion),
-            cached_read: None,
-            cached_write: None,
-            per_request: PicoUsd::ZERO,
+    fn affordable_tokens_at_a_per_token_price() {
+        let check = |available: i128, per_token: u128, expected: u128| {
+            assert_eq!(affordable_tokens(available, PicoUsd(per_token)), expected, "{available}");
         };
-        let check = |available: i128, price: Price, expected: u128| {
-            assert_eq!(affordable_tokens(available, &price), expected, "{available} {price:?}");
+        check(1_000_000_000, 2_000_000, 500);
+        check(1_999_999, 2_000_000, 0);
+        check(-5, 1, 0);
+        check(7, 0, 7);
+    }
+
+    #[tokio::test]
+    async fn candidates_the_prompt_certainly_overflows_are_dropped() {
+        let catalog: &'static Catalog = Box::leak(Box::new(Catalog::builtin()));
+        let model = |id: &str| catalog.get(id).expect("catalogued");
+        let chat = |words: usize| {
+            let body = serde_json::json!({"model": "mock/echo",
+                "messages": [{"role": "user", "content": "word ".repeat(words)}]});
+            parse::parse(body.to_string().as_bytes()).expect("valid")
         };
-        check(1_000_000_000, price(1_000_000, 2_000_000), 500);
-        check(1_999_999, price(1_000_000, 2_000_000), 0);
-        check(-5, price(1, 1), 0);
-        check(7, price(0, 0), 7);
+        let ids = |kept: &[&Model]| kept.iter().map(|model| model.id.clone()).collect::<Vec<_>>();
+        let both = || vec![model("mock/echo"), model("openai/gpt-4.1")];
+        // Short: nothing is counted, both stay.
+        let (_, kept) = refuse_over_context(chat(10), both()).await.expect("fits");
+        assert_eq!(ids(&kept), ["mock/echo", "openai/gpt-4.1"]);
+        // 40,000 words: over the mock's 32,768 words, within gpt-4.1's million tokens.
+        let (_, kept) = refuse_over_context(chat(40_000), both()).await.expect("one fits");
+        assert_eq!(ids(&kept), ["openai/gpt-4.1"]);
+        let error = refuse_over_context(chat(40_000), vec![model("mock/echo")])
+            .await
+            .expect_err("none fits");
+        assert_eq!(error.to_json()["error"]["param"], "messages");
     }
 
     #[test]

@@ -1,20 +1,26 @@
 //! Streaming: opening an upstream stream (still able to fall back) and relaying it to
 //! the client (committed: failures end the stream with an error event), then settling
 //! what was produced.
+//!
+//! What was delivered is billed: a client that leaves does not end the upstream read at
+//! once. The gateway keeps reading (without relaying) for at most [`DRAIN_TIME_MAX`] and
+//! [`DRAIN_BYTES_MAX`] so that the provider's final usage arrives; past either bound it
+//! cancels the upstream request and bills what it counted (`tokens.rs`).
 
 use crate::app::App;
 use crate::catalog::Model;
 use crate::error::ApiError;
 use crate::pipeline::{is_outage, observe_cost, provider, Failure, HoldGuard, RequestContext};
-use crate::providers::{Chunk, StreamTranslator, UpstreamError, Usage};
+use crate::providers::{Chunk, StreamTranslator, UpstreamError};
 use crate::respond::{self, Response};
+use crate::tokens::Delivered;
 use crate::upstream::{self, next_chunk, Deadlines};
 use crate::wire::ChunkEncoder;
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
-use serde_json::Value;
+use solrouter_ledger::PicoUsd;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Duration;
+use tokio::time::{Duration, Instant};
 
 /// Events buffered between the upstream reader and a slow client: enough to absorb a
 /// burst, small enough that a stalled client stalls the upstream read instead of
@@ -25,6 +31,13 @@ pub const STREAM_BUFFER_EVENTS: usize = 16;
 pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Status recorded for a stream the client abandoned (nginx's "client closed request").
 const STATUS_CLIENT_CLOSED: u16 = 499;
+/// Longest the gateway goes on reading an upstream stream whose client left, waiting for
+/// the provider's final usage. Long enough for a provider to finish a typical answer
+/// (or to notice the cancellation), short enough that an abandoned long generation does
+/// not pin a connection for minutes.
+pub const DRAIN_TIME_MAX: Duration = Duration::from_secs(15);
+/// Most upstream bytes read after the client left.
+pub const DRAIN_BYTES_MAX: u64 = 4 << 20;
 
 /// An upstream stream that has produced its first translated chunks (or ended cleanly)
 /// and can be committed to the client.
@@ -35,6 +48,8 @@ pub struct OpenStream {
     deadlines: Deadlines,
     pending: Vec<Chunk>,
     finished: bool,
+    /// Upstream bytes read so far.
+    bytes_read: u64,
 }
 
 /// One streaming attempt, up to its first translated chunk: until then nothing has
@@ -46,7 +61,7 @@ pub async fn open(
 ) -> Result<OpenStream, Failure> {
     let (adapter, endpoint) = provider(app, model)?;
     let request = adapter
-        .request(endpoint, &context.chat, &model.upstream_model)
+        .request(endpoint, &context.chat, &context.target(model))
         .map_err(|error| Failure::Final(ApiError::invalid_param(&error.param, error.message)))?;
     let deadlines = Deadlines::attempt(app.upstream.timeouts(), context.deadline);
     let response = app.upstream.send(adapter, request, &deadlines).await?;
@@ -57,6 +72,7 @@ pub async fn open(
         deadlines,
         pending: Vec::new(),
         finished: false,
+        bytes_read: 0,
     };
     let first_event = async {
         while stream.pending.is_empty() && !stream.finished {
@@ -84,7 +100,10 @@ impl OpenStream {
     /// Reads one upstream chunk and translates it into `pending`.
     async fn advance(&mut self) -> Result<(), UpstreamError> {
         match next_chunk(&mut self.response, &self.deadlines, self.provider).await? {
-            Some(bytes) => self.translator.feed(&bytes, &mut self.pending),
+            Some(bytes) => {
+                self.bytes_read += bytes.len() as u64;
+                self.translator.feed(&bytes, &mut self.pending)
+            }
             None => {
                 self.finished = true;
                 self.translator.finish(&mut self.pending)
@@ -114,13 +133,18 @@ pub async fn run(
     let encoder = ChunkEncoder::new(&context.id(), context.created_s(), &model.id);
     // A client that left before the head was sent shows up as a failed send below.
     let _ = reply.send(Ok(respond::event_stream(receiver)));
-    let mut n_token_chunks = 0u64;
-    let end = pump(&mut stream, &sender, &encoder, &mut n_token_chunks).await;
+    let mut delivered = Delivered::default();
+    let end = pump(&mut stream, &sender, &encoder, &mut delivered).await;
     if let End::Failed(error) = &end {
         app.health.record(&model.provider, !is_outage(error));
     }
-    let usage = billable_usage(stream.translator.usage(), n_token_chunks);
-    let cost = model.price.cost(&usage);
+    let complete = match &end {
+        End::Complete => true,
+        End::Failed(_) => false,
+        End::ClientGone => drain(&mut stream).await,
+    };
+    let reported = stream.translator.usage();
+    drop(stream); // Cancels the upstream request if it is still open.
     let status = match &end {
         End::Complete => StatusCode::OK,
         End::Failed(error) => error.status,
@@ -128,19 +152,56 @@ pub async fn run(
             StatusCode::from_u16(STATUS_CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST)
         }
     };
-    if matches!(end, End::Complete) || usage != Usage::default() {
-        hold.settle(cost, context.record(model, &usage, status)).await;
-        observe_cost(model, cost);
-    } else {
+    if !complete && delivered.is_empty() && reported == Default::default() {
+        // Nothing was produced that anyone received or the provider billed.
         hold.release();
+        if let End::Failed(error) = end {
+            let mut tail = BytesMut::new();
+            encoder.fail(
+                &ApiError::upstream(&error),
+                &Default::default(),
+                PicoUsd::ZERO,
+                &mut tail,
+            );
+            let _ = sender.send_timeout(tail.freeze(), CLIENT_WRITE_TIMEOUT).await;
+        }
+        return;
     }
+    let billed = context.bill(model, reported, complete, delivered).await;
+    let cost = model.cost(&billed.usage);
+    let cost = hold.settle(cost, context.record(model, &billed, status)).await;
+    observe_cost(model, cost);
     let mut tail = BytesMut::new();
     match end {
-        End::Complete => encoder.finish(&usage, cost, &mut tail),
-        End::Failed(error) => encoder.fail(&ApiError::upstream(&error), &usage, cost, &mut tail),
+        End::Complete => encoder.finish(&billed.usage, cost, &mut tail),
+        End::Failed(error) => {
+            encoder.fail(&ApiError::upstream(&error), &billed.usage, cost, &mut tail)
+        }
         End::ClientGone => return,
     }
     let _ = sender.send_timeout(tail.freeze(), CLIENT_WRITE_TIMEOUT).await;
+}
+
+/// After the client left: reads the rest of the upstream stream, relaying nothing, so
+/// the provider's final usage arrives. Bounded by [`DRAIN_TIME_MAX`] and
+/// [`DRAIN_BYTES_MAX`]; returns whether the stream ended as the provider meant it to.
+async fn drain(stream: &mut OpenStream) -> bool {
+    let deadline = Instant::now() + DRAIN_TIME_MAX;
+    let bytes_max = stream.bytes_read.saturating_add(DRAIN_BYTES_MAX);
+    let reading = async {
+        while !stream.finished && stream.bytes_read < bytes_max {
+            if stream.advance().await.is_err() {
+                return false;
+            }
+            stream.pending.clear();
+        }
+        stream.finished
+    };
+    let complete = tokio::time::timeout_at(deadline, reading).await.unwrap_or(false);
+    if !complete {
+        metrics::counter!("solrouter_stream_drains_cut_total").increment(1);
+    }
+    complete
 }
 
 /// Moves chunks from upstream to the client until either side ends.
@@ -148,7 +209,7 @@ async fn pump(
     stream: &mut OpenStream,
     sender: &mpsc::Sender<Bytes>,
     encoder: &ChunkEncoder,
-    n_token_chunks: &mut u64,
+    delivered: &mut Delivered,
 ) -> End {
     let mut out = BytesMut::new();
     loop {
@@ -164,7 +225,7 @@ async fn pump(
             None
         };
         for chunk in stream.pending.drain(..) {
-            *n_token_chunks += u64::from(carries_tokens(&chunk));
+            delivered.push_chunk(&chunk);
             encoder.chunk(&chunk, &mut out);
         }
         if !out.is_empty()
@@ -178,61 +239,5 @@ async fn pump(
         if stream.finished {
             return End::Complete;
         }
-    }
-}
-
-/// What to bill: the provider's usage when it reported any; otherwise (the stream broke
-/// or the client left before the usage chunk) a lower bound of what was produced — one
-/// token per content-carrying chunk, no prompt tokens — so a failed request is never
-/// charged more than the provider produced.
-fn billable_usage(reported: Usage, n_token_chunks: u64) -> Usage {
-    if reported.prompt_tokens > 0 || reported.completion_tokens > 0 {
-        reported
-    } else {
-        Usage { completion_tokens: n_token_chunks, ..Usage::default() }
-    }
-}
-
-/// Whether a chunk delivered generated tokens (text, reasoning or a tool call).
-fn carries_tokens(chunk: &Chunk) -> bool {
-    let non_empty = |delta: &Value, field: &str| match delta.get(field) {
-        Some(Value::String(text)) => !text.is_empty(),
-        Some(Value::Array(items)) => !items.is_empty(),
-        _ => false,
-    };
-    chunk.choices.iter().filter_map(|choice| choice.get("delta")).any(|delta| {
-        ["content", "reasoning", "reasoning_content", "tool_calls"]
-            .iter()
-            .any(|field| non_empty(delta, field))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn bills_reported_usage_or_a_lower_bound() {
-        let reported = Usage { prompt_tokens: 5, completion_tokens: 3, ..Usage::default() };
-        assert_eq!(billable_usage(reported, 9), reported);
-        assert_eq!(billable_usage(Usage::default(), 2).completion_tokens, 2);
-        assert_eq!(billable_usage(Usage::default(), 2).prompt_tokens, 0);
-    }
-
-    #[test]
-    fn counts_only_token_carrying_chunks() {
-        let check = |delta: Value, expected: bool| {
-            let chunk = Chunk {
-                choices: vec![json!({"index": 0, "delta": delta})],
-                extra: Default::default(),
-            };
-            assert_eq!(carries_tokens(&chunk), expected);
-        };
-        check(json!({"role": "assistant", "content": ""}), false);
-        check(json!({"content": "hi"}), true);
-        check(json!({"reasoning_content": "hmm"}), true);
-        check(json!({"tool_calls": [{"index": 0}]}), true);
-        check(json!({}), false);
     }
 }

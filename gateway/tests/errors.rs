@@ -5,9 +5,21 @@ mod support;
 
 use reqwest::Method;
 use serde_json::{json, Value};
+use solrouter_gateway::catalog::Tokenizer;
+use solrouter_gateway::tokens;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use support::{cost_pico, data_dir, path, pico, user, Dev, ADMIN_TOKEN};
+
+/// Tokens of `text` in OpenAI's tokenizer, as the gateway counts them.
+fn openai_tokens(text: &str) -> u64 {
+    tokens::count(Tokenizer::OpenAi, text)
+}
+
+/// The cost of gpt-4o-mini tokens ($0.15 and $0.60 per million), in pico-USD.
+fn mini_cost(prompt_tokens: u64, completion_tokens: u64) -> i128 {
+    i128::from(prompt_tokens) * 150_000 + i128::from(completion_tokens) * 600_000
+}
 
 /// A fake OpenAI-compatible upstream on a real socket that misbehaves on request: the
 /// last user message picks the failure.
@@ -193,15 +205,42 @@ async fn a_broken_stream_ends_with_an_error_event_and_charges_what_was_delivered
     let last = events.last().expect("events");
     assert_eq!(last["error"]["code"], "upstream_error", "{last}");
     assert_eq!(last["choices"][0]["finish_reason"], "error");
-    // No usage came from upstream: one delivered chunk bills one completion token.
-    assert_eq!(last["usage"]["completion_tokens"], 1);
+    // No usage came from upstream: the gateway counts the prompt it sent and the text
+    // the client received, with gpt-4o-mini's own tokenizer, and bills that.
+    let prompt_tokens = openai_tokens("cut");
+    assert_eq!(last["usage"]["prompt_tokens"], prompt_tokens);
+    assert_eq!(last["usage"]["completion_tokens"], openai_tokens("partial"));
     let charged = cost_pico(&last["usage"]["cost"]);
-    assert_eq!(charged, 600_000, "one token at $0.60 per million");
+    assert_eq!(charged, mini_cost(prompt_tokens, openai_tokens("partial")));
     let after = dev.account(&dev.demo_account).await;
     assert_eq!(pico(&before["available"]) - pico(&after["available"]), charged);
     let (_, record) =
         dev.get(&format!("/v1/api/generation?id={}", last["id"].as_str().expect("id")), &key).await;
     assert_eq!(record["data"]["status"], 502, "{record}");
+    dev.audit_ok().await;
+}
+
+#[tokio::test]
+async fn a_prompt_certainly_over_the_context_gets_400_and_costs_nothing() {
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &[]);
+    let key = dev.demo_key.clone().expect("demo key");
+    let before = dev.account(&dev.demo_account).await;
+    // mock/echo has 32,768 tokens of context and counts words: 40,000 words are over it
+    // by the gateway's own count, whatever `max_tokens` says.
+    let long = "word ".repeat(40_000);
+    let body = json!({"model": "mock/echo", "max_tokens": 1, "messages": user(&long)});
+    let (status, error) = dev.chat(&key, &body).await;
+    check("over context", &(status, error.clone()), 400, &[("param", "messages")]);
+    let message = error["error"]["message"].as_str().expect("message");
+    assert!(message.contains("at least 40000 tokens"), "{message}");
+    // Just under the context by the count: forwarded (the mock answers).
+    let fits = json!({"model": "mock/echo", "max_tokens": 1,
+                      "messages": user(&"word ".repeat(30_000))});
+    assert_eq!(dev.chat(&key, &fits).await.0, 200);
+    let after = dev.account(&dev.demo_account).await;
+    assert_eq!(after["held"], "0.00", "{after}");
+    assert_eq!(before["spent"], "0.00");
     dev.audit_ok().await;
 }
 
@@ -319,9 +358,15 @@ async fn a_failing_provider_is_skipped_once_its_circuit_opens() {
 async fn a_client_leaving_mid_stream_pays_for_what_it_received() {
     let dir = data_dir();
     let upstream = misbehaving_upstream();
+    // After the client leaves, the gateway reads on for the provider's usage until the
+    // upstream's silence passes the idle timeout (shortened here).
     let dev = Dev::start(
         &path(&dir),
-        &[("OPENAI_API_KEY", "sk-test"), ("SOLROUTER_OPENAI_BASE_URL", &upstream)],
+        &[
+            ("OPENAI_API_KEY", "sk-test"),
+            ("SOLROUTER_OPENAI_BASE_URL", &upstream),
+            ("SOLROUTER_UPSTREAM_IDLE_TIMEOUT_MS", "1500"),
+        ],
     );
     let key = dev.demo_key.clone().expect("demo key");
     let before = dev.account(&dev.demo_account).await;
@@ -341,9 +386,10 @@ async fn a_client_leaving_mid_stream_pays_for_what_it_received() {
     let event: Value = serde_json::from_slice(&first["data: ".len()..]).expect("json event");
     assert_eq!(event["choices"][0]["delta"]["content"], "partial");
     drop(response);
-    // The gateway notices the hang-up, stops the upstream and settles one token.
+    // The gateway notices the hang-up, reads on until the upstream goes quiet, stops it
+    // and settles what it counted: the prompt sent and the text delivered.
     let mut after = Value::Null;
-    for _ in 0..200 {
+    for _ in 0..400 {
         after = dev.account(&dev.demo_account).await;
         if after["held"] == "0.00" {
             break;
@@ -351,7 +397,8 @@ async fn a_client_leaving_mid_stream_pays_for_what_it_received() {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert_eq!(after["held"], "0.00", "the hold was not settled: {after}");
-    assert_eq!(pico(&after["spent"]) - pico(&before["spent"]), 600_000, "{after}");
+    let charged = mini_cost(openai_tokens("trickle"), openai_tokens("partial"));
+    assert_eq!(pico(&after["spent"]) - pico(&before["spent"]), charged, "{after}");
     let id = event["id"].as_str().expect("id");
     let (_, record) = dev.get(&format!("/v1/api/generation?id={id}"), &key).await;
     assert_eq!(record["data"]["status"], 499, "{record}");

@@ -8,7 +8,7 @@ use providers_support::*;
 use serde_json::{json, Value};
 use solrouter_gateway::catalog::Catalog;
 use solrouter_gateway::providers::anthropic::Anthropic;
-use solrouter_gateway::providers::{Adapter, ChatRequest, Endpoint, Usage};
+use solrouter_gateway::providers::{ChatRequest, Endpoint, Usage};
 use solrouter_ledger::PicoUsd;
 
 /// The replay server as Anthropic's SDK addresses it: the base URL has no `/v1`.
@@ -24,7 +24,7 @@ fn endpoint() -> Endpoint {
 }
 
 fn translated(body: Value, upstream_model: &str) -> Value {
-    let request = Anthropic.request(&endpoint(), &chat(body), upstream_model).unwrap();
+    let request = translate(&Anthropic, &endpoint(), &chat(body), upstream_model).unwrap();
     assert_eq!(request.url, "https://api.anthropic.com/v1/messages");
     assert_eq!(request.headers["x-api-key"], "sk-ant");
     assert_eq!(request.headers["anthropic-version"], "2023-06-01");
@@ -62,7 +62,8 @@ fn base64_images_become_base64_sources() {
         source,
         &json!({"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="})
     );
-    assert_eq!(sent["max_tokens"], 32_000);
+    // No client limit: the one the pipeline reserved for is forwarded.
+    assert_eq!(sent["max_tokens"], MAX_TOKENS_UNSET);
 }
 
 #[test]
@@ -108,7 +109,7 @@ fn json_schema_becomes_output_format() {
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}],
         "response_format": {"type": "json_schema",
             "json_schema": {"name": "response", "strict": true, "schema": schema}}});
-    let request = Anthropic.request(&endpoint(), &chat(body), "claude-sonnet-4-5").unwrap();
+    let request = translate(&Anthropic, &endpoint(), &chat(body), "claude-sonnet-4-5").unwrap();
     assert_eq!(request.headers["anthropic-beta"], "structured-outputs-2025-11-13");
     let sent: Value = serde_json::from_slice(&request.body).unwrap();
     let expected = json!({
@@ -122,7 +123,7 @@ fn json_schema_becomes_output_format() {
 
     let plain = json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
         "response_format": {"type": "text"}});
-    let request = Anthropic.request(&endpoint(), &chat(plain), "claude-sonnet-4-5").unwrap();
+    let request = translate(&Anthropic, &endpoint(), &chat(plain), "claude-sonnet-4-5").unwrap();
     assert!(!request.headers.contains_key("anthropic-beta"));
 }
 
@@ -133,7 +134,7 @@ fn json_schema_becomes_output_format() {
 fn json_object_is_refused_by_name() {
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
         "response_format": {"type": "json_object"}});
-    let error = Anthropic.request(&endpoint(), &chat(body), "claude-sonnet-4-5").unwrap_err();
+    let error = translate(&Anthropic, &endpoint(), &chat(body), "claude-sonnet-4-5").unwrap_err();
     assert_eq!(error.param, "response_format");
     assert!(error.message.contains("json_schema"), "{}", error.message);
 }
@@ -143,7 +144,7 @@ fn unsupported_parameters_are_named() {
     let check = |extra: Value, param: &str| {
         let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        let error = Anthropic.request(&endpoint(), &chat(body), "claude").unwrap_err();
+        let error = translate(&Anthropic, &endpoint(), &chat(body), "claude").unwrap_err();
         assert_eq!(error.param, param);
     };
     check(json!({"seed": 1}), "seed");
@@ -192,7 +193,8 @@ fn json_schema_becomes_a_forced_tool_for_older_models() {
         "response_format": {"type": "json_schema", "json_schema": {"name": "CityLocation",
             "description": "A city.", "schema": schema}}});
     let request =
-        Anthropic.request(&endpoint(), &chat(body.clone()), "claude-sonnet-4-20250514").unwrap();
+        translate(&Anthropic, &endpoint(), &chat(body.clone()), "claude-sonnet-4-20250514")
+            .unwrap();
     assert!(!request.headers.contains_key("anthropic-beta"));
     let expected = json!({
         "max_tokens": 1024,
@@ -231,8 +233,8 @@ fn forced_json_tool_conflicts_are_refused_by_name() {
         let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
             "response_format": format});
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        let error =
-            Anthropic.request(&endpoint(), &chat(body), "claude-sonnet-4-20250514").unwrap_err();
+        let error = translate(&Anthropic, &endpoint(), &chat(body), "claude-sonnet-4-20250514")
+            .unwrap_err();
         assert_eq!(error.param, param);
     }
 }

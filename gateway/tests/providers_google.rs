@@ -23,7 +23,7 @@ fn endpoint() -> Endpoint {
 
 fn translated(body: Value, upstream_model: &str) -> Value {
     let chat = chat(body);
-    let request = Google.request(&endpoint(), &chat, upstream_model).unwrap();
+    let request = translate(&Google, &endpoint(), &chat, upstream_model).unwrap();
     let method = if chat.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
     let url = format!(
         "https://generativelanguage.googleapis.com/v1beta/models/{upstream_model}:{method}"
@@ -173,9 +173,9 @@ fn image_urls_become_file_data() {
     let sent = translated(image("https://example.com/photos/potato.JPG?w=300"), "gemini-2.5-flash");
     let expected = json!({"fileData": {"mimeType": "image/jpeg", "fileUri": "https://example.com/photos/potato.JPG?w=300"}});
     assert_eq!(sent["contents"][0]["parts"][1], expected);
-    let error = Google
-        .request(&endpoint(), &chat(image("https://example.com/render?id=7")), "g")
-        .unwrap_err();
+    let error =
+        translate(&Google, &endpoint(), &chat(image("https://example.com/render?id=7")), "g")
+            .unwrap_err();
     assert_eq!(error.param, "messages[0].content[1].image_url.url");
 }
 
@@ -195,7 +195,7 @@ fn unsupported_parameters_are_named() {
     let check = |extra: Value, param: &str| {
         let mut body = json!({"model": "m", "messages": [user("x")]});
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        let error = Google.request(&endpoint(), &chat(body), "gemini-2.5-flash").unwrap_err();
+        let error = translate(&Google, &endpoint(), &chat(body), "gemini-2.5-flash").unwrap_err();
         assert_eq!(error.param, param);
     };
     check(json!({"logprobs": true}), "logprobs");

@@ -6,8 +6,8 @@ use super::assemble::assistant_message;
 use super::errors::{bad_gateway, classify};
 use super::translate::{self, param_error, Effort, Part, ResponseFormat, ToolChoice};
 use super::{
-    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, UpstreamError,
-    UpstreamRequest, Usage,
+    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, Target,
+    UpstreamError, UpstreamRequest, Usage,
 };
 use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
@@ -33,10 +33,11 @@ const JSON_OBJECT_TOOL: &str = "json_output";
 const NO_OUTPUT_FORMAT: [&str; 5] =
     ["claude-3", "claude-sonnet-4-0", "claude-sonnet-4-2", "claude-opus-4-0", "claude-opus-4-2"];
 
-/// `max_tokens` when the client sets none (Anthropic requires one): the output cap of
-/// Claude Opus 4, the smallest among the catalogue's Claude models, so it is valid for
-/// all of them and never exceeds what the pipeline reserved (the model's maximum).
-pub const MAX_TOKENS_DEFAULT: u64 = 32_000;
+/// The system prompt Anthropic adds to a request with tools (its "tool use system
+/// prompt"): 346 tokens for Claude 4 models with `tool_choice` auto or none, the largest
+/// figure Anthropic publishes for any catalogued model (313 for any/tool, 294 and 261 for
+/// Claude 3.5). Billed as prompt tokens, so reserved for.
+pub const TOOL_USE_SYSTEM_PROMPT_TOKENS: u64 = 346;
 
 /// The smallest thinking budget Anthropic accepts.
 const THINKING_BUDGET_MIN: u64 = 1024;
@@ -52,9 +53,9 @@ impl Adapter for Anthropic {
         &self,
         endpoint: &Endpoint,
         chat: &ChatRequest,
-        upstream_model: &str,
+        target: &Target,
     ) -> Result<UpstreamRequest, ParamError> {
-        let body = translate_request(&chat.body, chat.stream, upstream_model)?;
+        let body = translate_request(&chat.body, chat.stream, target)?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert("anthropic-version", HeaderValue::from_static(ANTHROPIC_VERSION));
@@ -125,18 +126,33 @@ impl Adapter for Anthropic {
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
         classify("anthropic", status, headers, body)
     }
+
+    /// Tools, and `response_format` answered through a forced tool, bring Anthropic's
+    /// tool-use system prompt.
+    fn prompt_overhead_tokens(&self, chat: &ChatRequest) -> u64 {
+        let uses_tools = ["tools", "response_format"]
+            .iter()
+            .any(|field| chat.body.get(*field).is_some_and(|value| !value.is_null()));
+        if uses_tools {
+            TOOL_USE_SYSTEM_PROMPT_TOKENS
+        } else {
+            0
+        }
+    }
 }
 
 fn translate_request(
     body: &Map<String, Value>,
     stream: bool,
-    upstream_model: &str,
+    target: &Target,
 ) -> Result<Map<String, Value>, ParamError> {
     translate::check_fields("anthropic", body, &[])?;
+    let upstream_model = target.upstream_model;
     translate::refuse("anthropic", body, "seed")?;
     let mut out = Map::new();
     out.insert("model".to_owned(), Value::from(upstream_model));
-    let max_tokens = translate::max_tokens(body)?.unwrap_or(MAX_TOKENS_DEFAULT);
+    translate::max_tokens(body)?;
+    let max_tokens = target.max_tokens;
     out.insert("max_tokens".to_owned(), Value::from(max_tokens));
     let (system, messages) = messages(body)?;
     out.insert("messages".to_owned(), Value::Array(messages));

@@ -13,8 +13,8 @@ use super::errors::{bad_gateway, classify, truncate};
 use super::openai::bearer_headers;
 use super::translate::{self, param_error, Part, ResponseFormat, ToolChoice};
 use super::{
-    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, UpstreamError,
-    UpstreamRequest, Usage,
+    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, Target,
+    UpstreamError, UpstreamRequest, Usage,
 };
 use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
@@ -41,9 +41,9 @@ impl Adapter for Cohere {
         &self,
         endpoint: &Endpoint,
         chat: &ChatRequest,
-        upstream_model: &str,
+        target: &Target,
     ) -> Result<UpstreamRequest, ParamError> {
-        let body = translate_request(&chat.body, chat.stream, upstream_model)?;
+        let body = translate_request(&chat.body, chat.stream, target)?;
         let body = serde_json::to_vec(&Value::Object(body)).expect("JSON values always serialize");
         Ok(UpstreamRequest {
             url: format!("{}/v2/chat", endpoint.base_url.trim_end_matches('/')),
@@ -125,7 +125,7 @@ impl Adapter for Cohere {
 fn translate_request(
     body: &Map<String, Value>,
     stream: bool,
-    upstream_model: &str,
+    target: &Target,
 ) -> Result<Map<String, Value>, ParamError> {
     translate::check_fields(PROVIDER, body, &FIELDS_EXTRA)?;
     if body.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
@@ -135,13 +135,12 @@ fn translate_request(
         ));
     }
     let mut out = Map::new();
-    out.insert("model".to_owned(), Value::from(upstream_model));
+    out.insert("model".to_owned(), Value::from(target.upstream_model));
     out.insert("messages".to_owned(), Value::Array(messages(body)?));
     out.insert("stream".to_owned(), Value::Bool(stream));
     tools(body, &mut out)?;
-    if let Some(max_tokens) = translate::max_tokens(body)? {
-        out.insert("max_tokens".to_owned(), Value::from(max_tokens));
-    }
+    translate::max_tokens(body)?;
+    out.insert("max_tokens".to_owned(), Value::from(target.max_tokens));
     translate::copy_number(body, "temperature", &mut out, "temperature")?;
     translate::copy_number(body, "top_p", &mut out, "p")?;
     translate::copy_number(body, "seed", &mut out, "seed")?;

@@ -12,8 +12,8 @@ use super::assemble::Citations;
 use super::errors::{bad_gateway, classify, truncate, RETRY_AFTER_MAX};
 use super::translate::{self, param_error, Part, ResponseFormat, ToolChoice};
 use super::{
-    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, UpstreamError,
-    UpstreamRequest, Usage,
+    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, Target,
+    UpstreamError, UpstreamRequest, Usage,
 };
 use crate::sse::{SseEvent, SseParser};
 use crate::upstream::ERROR_BYTES_MAX;
@@ -49,9 +49,9 @@ impl Adapter for Google {
         &self,
         endpoint: &Endpoint,
         chat: &ChatRequest,
-        upstream_model: &str,
+        target: &Target,
     ) -> Result<UpstreamRequest, ParamError> {
-        let body = translate_request(&chat.body)?;
+        let body = translate_request(&chat.body, target.max_tokens)?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(key) = &endpoint.api_key {
@@ -64,7 +64,7 @@ impl Adapter for Google {
         let base_url = endpoint.base_url.trim_end_matches('/');
         let body = serde_json::to_vec(&Value::Object(body)).expect("JSON values always serialize");
         Ok(UpstreamRequest {
-            url: format!("{base_url}/v1beta/models/{upstream_model}:{method}"),
+            url: format!("{base_url}/v1beta/models/{}:{method}", target.upstream_model),
             headers,
             body: Bytes::from(body),
         })
@@ -136,7 +136,10 @@ impl Adapter for Google {
     }
 }
 
-fn translate_request(body: &Map<String, Value>) -> Result<Map<String, Value>, ParamError> {
+fn translate_request(
+    body: &Map<String, Value>,
+    max_tokens: u64,
+) -> Result<Map<String, Value>, ParamError> {
     translate::check_fields(PROVIDER, body, &[])?;
     if body.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
         return Err(param_error(
@@ -151,17 +154,19 @@ fn translate_request(body: &Map<String, Value>) -> Result<Map<String, Value>, Pa
         out.insert("systemInstruction".to_owned(), json!({"parts": system}));
     }
     tools(body, &mut out)?;
-    out.insert("generationConfig".to_owned(), Value::Object(generation_config(body)?));
+    out.insert("generationConfig".to_owned(), Value::Object(generation_config(body, max_tokens)?));
     // `user` (an end-user id for abuse tracking) has no Gemini field and does not change
     // the answer, so it is the one translated field left out.
     Ok(out)
 }
 
-fn generation_config(body: &Map<String, Value>) -> Result<Map<String, Value>, ParamError> {
+fn generation_config(
+    body: &Map<String, Value>,
+    max_tokens: u64,
+) -> Result<Map<String, Value>, ParamError> {
     let mut config = Map::new();
-    if let Some(max_tokens) = translate::max_tokens(body)? {
-        config.insert("maxOutputTokens".to_owned(), Value::from(max_tokens));
-    }
+    translate::max_tokens(body)?;
+    config.insert("maxOutputTokens".to_owned(), Value::from(max_tokens));
     translate::copy_number(body, "temperature", &mut config, "temperature")?;
     translate::copy_number(body, "top_p", &mut config, "topP")?;
     translate::copy_number(body, "seed", &mut config, "seed")?;

@@ -29,7 +29,8 @@ use std::time::Duration;
 pub struct ChatRequest {
     pub body: Map<String, Value>,
     pub stream: bool,
-    /// `max_completion_tokens`, else `max_tokens`, if the client set one.
+    /// `max_completion_tokens`, else `max_tokens`, if the client set one. Only the
+    /// pipeline reads it; adapters forward [`Target::max_tokens`].
     pub max_tokens: Option<u64>,
 }
 
@@ -44,6 +45,17 @@ pub struct Usage {
     pub reasoning_tokens: u64,
     pub cached_read_tokens: u64,
     pub cached_write_tokens: u64,
+}
+
+/// What one attempt asks of the upstream model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// The provider's own name for the model.
+    pub upstream_model: &'a str,
+    /// The completion limit to forward: the client's (capped at the model's output
+    /// limit), or the model's output limit when the client set none. The reservation
+    /// covers exactly this many completion tokens.
+    pub max_tokens: u64,
 }
 
 /// Where and what to send upstream.
@@ -121,13 +133,20 @@ pub trait StreamTranslator: Send {
 pub trait Adapter: Send + Sync + 'static {
     /// The provider's name as used in model ids (`openai`, `anthropic`, …).
     fn provider(&self) -> &str;
-    /// Builds the upstream request for `upstream_model` (the provider's own model name).
+    /// Builds the upstream request for `target`. The completion limit is sent in the one
+    /// field the provider honours, whatever the client's body says: it is what the
+    /// pipeline reserved for.
     fn request(
         &self,
         endpoint: &Endpoint,
         chat: &ChatRequest,
-        upstream_model: &str,
+        target: &Target,
     ) -> Result<UpstreamRequest, ParamError>;
+    /// Prompt tokens the provider adds to every request like `chat` beyond its text
+    /// (e.g. a tool-use system prompt), so the reservation covers them.
+    fn prompt_overhead_tokens(&self, _chat: &ChatRequest) -> u64 {
+        0
+    }
     /// Translates a complete 2xx response body to `chat` (the request it answers).
     fn response(&self, chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError>;
     /// A translator for one streamed 2xx response to `chat`.

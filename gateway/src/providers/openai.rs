@@ -5,8 +5,8 @@
 
 use super::errors::{bad_gateway, classify};
 use super::{
-    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, UpstreamError,
-    UpstreamRequest, Usage,
+    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, Target,
+    UpstreamError, UpstreamRequest, Usage,
 };
 use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
@@ -38,8 +38,11 @@ pub struct Quirks {
     /// The upstream rejects `stream_options` (Mistral answers 422) and reports usage in
     /// the final chunk unasked.
     pub stream_options_rejected: bool,
-    /// The upstream only knows `max_tokens` (Mistral rejects `max_completion_tokens`)
-    /// and calls `seed` `random_seed`.
+    /// The completion-limit field the upstream honours: OpenAI's current
+    /// `max_completion_tokens` (its reasoning models refuse `max_tokens`), `max_tokens`
+    /// for the hosts that only know the older name (Mistral rejects the newer one).
+    pub limit_field: &'static str,
+    /// The upstream calls `seed` `random_seed`.
     pub mistral_parameter_names: bool,
     /// `completion_tokens` excludes `reasoning_tokens` (xAI: total = prompt +
     /// completion + reasoning, and xAI bills reasoning at the completion price).
@@ -53,6 +56,7 @@ pub struct Quirks {
 impl Quirks {
     pub const OPENAI: Quirks = Quirks {
         chat_path: "/chat/completions",
+        limit_field: "max_completion_tokens",
         stream_options_rejected: false,
         mistral_parameter_names: false,
         reasoning_outside_completion: false,
@@ -60,12 +64,17 @@ impl Quirks {
     };
     pub const MISTRAL: Quirks = Quirks {
         chat_path: "/v1/chat/completions",
+        limit_field: "max_tokens",
         stream_options_rejected: true,
         mistral_parameter_names: true,
         ..Quirks::OPENAI
     };
+    /// DeepSeek documents only `max_tokens`.
+    pub const DEEPSEEK: Quirks = Quirks { limit_field: "max_tokens", ..Quirks::OPENAI };
     pub const XAI: Quirks = Quirks { reasoning_outside_completion: true, ..Quirks::OPENAI };
-    pub const PERPLEXITY: Quirks = Quirks { search_context_low_only: true, ..Quirks::OPENAI };
+    /// Perplexity documents only `max_tokens`.
+    pub const PERPLEXITY: Quirks =
+        Quirks { search_context_low_only: true, limit_field: "max_tokens", ..Quirks::OPENAI };
 }
 
 impl OpenAiCompatible {
@@ -83,18 +92,21 @@ impl Adapter for OpenAiCompatible {
         &self,
         endpoint: &Endpoint,
         chat: &ChatRequest,
-        upstream_model: &str,
+        target: &Target,
     ) -> Result<UpstreamRequest, ParamError> {
         let mut body = chat.body.clone();
         for field in GATEWAY_ONLY_FIELDS {
             body.remove(field);
         }
-        body.insert("model".to_owned(), Value::from(upstream_model));
+        body.insert("model".to_owned(), Value::from(target.upstream_model));
+        // Exactly one limit, the reserved one, in the field this upstream honours.
+        body.remove("max_tokens");
+        body.remove("max_completion_tokens");
+        body.insert(self.quirks.limit_field.to_owned(), Value::from(target.max_tokens));
         if self.quirks.search_context_low_only {
             check_search_context(&body)?;
         }
         if self.quirks.mistral_parameter_names {
-            rename(&mut body, "max_completion_tokens", "max_tokens");
             rename(&mut body, "seed", "random_seed");
         }
         if chat.stream && self.quirks.stream_options_rejected {
@@ -435,6 +447,10 @@ mod tests {
         ChatRequest { body, stream, max_tokens: None }
     }
 
+    fn target(upstream_model: &str) -> Target<'_> {
+        Target { upstream_model, max_tokens: 100 }
+    }
+
     fn endpoint(key: Option<&str>) -> Endpoint {
         Endpoint { base_url: "http://up.example/v1/".to_owned(), api_key: key.map(str::to_owned) }
     }
@@ -453,16 +469,17 @@ mod tests {
                    "x_unknown": 1}),
             false,
         );
-        let upstream = adapter.request(&endpoint(Some("sk-1")), &request, "gpt-4o").unwrap();
+        let upstream =
+            adapter.request(&endpoint(Some("sk-1")), &request, &target("gpt-4o")).unwrap();
         assert_eq!(upstream.url, "http://up.example/v1/chat/completions");
         assert_eq!(upstream.headers[AUTHORIZATION], "Bearer sk-1");
         assert!(upstream.headers[AUTHORIZATION].is_sensitive());
         assert_eq!(
             sent_body(&upstream),
             json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
-                   "temperature": 0.5, "x_unknown": 1})
+                   "temperature": 0.5, "x_unknown": 1, "max_completion_tokens": 100})
         );
-        let keyless = adapter.request(&endpoint(None), &request, "gpt-4o").unwrap();
+        let keyless = adapter.request(&endpoint(None), &request, &target("gpt-4o")).unwrap();
         assert!(keyless.headers.get(AUTHORIZATION).is_none());
     }
 
@@ -472,14 +489,14 @@ mod tests {
         let check = |options: Value, expected: Value| {
             let request =
                 chat(json!({"model": "m", "stream": true, "stream_options": options}), true);
-            let upstream = adapter.request(&endpoint(None), &request, "u").unwrap();
+            let upstream = adapter.request(&endpoint(None), &request, &target("u")).unwrap();
             assert_eq!(sent_body(&upstream)["stream_options"], expected);
         };
         check(Value::Null, json!({"include_usage": true}));
         check(json!({"include_usage": false}), json!({"include_usage": true}));
         check(json!({"x": 1}), json!({"x": 1, "include_usage": true}));
         let bad = chat(json!({"model": "m", "stream": true, "stream_options": 3}), true);
-        let error = adapter.request(&endpoint(None), &bad, "u").unwrap_err();
+        let error = adapter.request(&endpoint(None), &bad, &target("u")).unwrap_err();
         assert_eq!(error.param, "stream_options");
     }
 

@@ -68,7 +68,7 @@ const SPECS: &[Spec] = &[
     },
     Spec {
         provider: "deepseek",
-        adapter: openai_compatible,
+        adapter: |provider| Box::new(OpenAiCompatible::new(provider, Quirks::DEEPSEEK)),
         base_url_default: "https://api.deepseek.com",
         base_url_var: "SOLROUTER_DEEPSEEK_BASE_URL",
         key_var: "DEEPSEEK_API_KEY",
@@ -220,7 +220,18 @@ mod tests {
         assert_eq!(expected.len(), SPECS.len());
         for (provider, url) in expected {
             let (adapter, endpoint) = all.get(provider).unwrap();
-            assert_eq!(adapter.request(endpoint, &chat, "u").unwrap().url, url, "{provider}");
+            assert_eq!(
+                adapter
+                    .request(
+                        endpoint,
+                        &chat,
+                        &super::super::Target { upstream_model: "u", max_tokens: 1 }
+                    )
+                    .unwrap()
+                    .url,
+                url,
+                "{provider}"
+            );
         }
     }
 

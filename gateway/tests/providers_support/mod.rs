@@ -14,7 +14,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{Map, Value};
 use solrouter_gateway::providers::{
-    Adapter, ChatRequest, Chunk, Completion, Endpoint, UpstreamError, Usage,
+    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, Target, UpstreamError,
+    UpstreamRequest, Usage,
 };
 use std::sync::{Arc, Mutex};
 
@@ -140,6 +141,22 @@ pub fn chat(body: Value) -> ChatRequest {
     ChatRequest { body, stream, max_tokens }
 }
 
+/// The completion limit these tests forward when the client set none (the pipeline
+/// forwards the model's output limit; see `RequestContext::target`).
+pub const MAX_TOKENS_UNSET: u64 = 8192;
+
+/// Translates `chat` for `upstream_model` as the pipeline does: the completion limit
+/// forwarded is the client's, or [`MAX_TOKENS_UNSET`].
+pub fn translate(
+    adapter: &dyn Adapter,
+    endpoint: &Endpoint,
+    chat: &ChatRequest,
+    upstream_model: &str,
+) -> Result<UpstreamRequest, ParamError> {
+    let max_tokens = chat.max_tokens.unwrap_or(MAX_TOKENS_UNSET);
+    adapter.request(endpoint, chat, &Target { upstream_model, max_tokens })
+}
+
 /// What one exchange produced, after translation.
 #[derive(Debug)]
 pub enum Outcome {
@@ -156,7 +173,7 @@ pub async fn exchange(
     chat: &ChatRequest,
     upstream_model: &str,
 ) -> Outcome {
-    let request = adapter.request(endpoint, chat, upstream_model).unwrap();
+    let request = translate(adapter, endpoint, chat, upstream_model).unwrap();
     let response = reqwest::Client::new()
         .post(&request.url)
         .headers(request.headers)
