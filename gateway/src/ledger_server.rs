@@ -32,25 +32,41 @@ pub const OPS_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const LEDGER_DIR: &str = "ledger";
 
 /// Runs a ledger node until SIGINT or SIGTERM, then shuts it down cleanly.
-pub async fn run(config: ClusterConfig, data_dir: &Path, http: SocketAddr) -> anyhow::Result<()> {
+/// The ops port (`/metrics`, `/healthz`, `/readyz`) is served only when `http` is given.
+pub async fn run(
+    config: ClusterConfig,
+    data_dir: &Path,
+    http: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics()?;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let ops_listener =
-        TcpListener::bind(http).await.with_context(|| format!("binding the http port {http}"))?;
+    let ops_listener = match http {
+        Some(http) => Some(
+            TcpListener::bind(http)
+                .await
+                .with_context(|| format!("binding the http port {http}"))?,
+        ),
+        None => None,
+    };
     let options = NodeOptions::default();
     let node = LedgerNode::open_cluster(&config, &data_dir.join(LEDGER_DIR), &options)
         .await
         .context("opening the ledger node")?;
+    let ops_address = match &ops_listener {
+        Some(listener) => format!("http://{}", listener.local_addr()?),
+        None => "off (--http ADDR serves /metrics, /healthz, /readyz)".to_owned(),
+    };
     say(&format!(
-        "ledger node {} listening: grpc {}, http http://{}",
+        "ledger node {} listening: grpc {}, http {ops_address}",
         config.id(),
         config.listen(),
-        ops_listener.local_addr()?
     ));
-    let ops = tokio::spawn(serve_ops(node.clone(), metrics, ops_listener));
+    let ops = ops_listener.map(|listener| tokio::spawn(serve_ops(node.clone(), metrics, listener)));
     shutdown_signal().await;
-    ops.abort();
+    if let Some(ops) = ops {
+        ops.abort();
+    }
     node.shutdown().await.context("shutting down the ledger node")?;
     Ok(())
 }

@@ -99,9 +99,10 @@ struct LedgerArgs {
     /// Number of Raft groups (shards); the same on every node, fixed for the cluster's life.
     #[arg(long, default_value_t = 8)]
     groups: u32,
-    /// Where to serve /metrics, /healthz and /readyz.
-    #[arg(long, default_value = "0.0.0.0:9100")]
-    http: SocketAddr,
+    /// Where to serve /metrics, /healthz and /readyz (e.g. `127.0.0.1:7100`); off unless
+    /// given, so that several nodes on one host never collide on a default port.
+    #[arg(long)]
+    http: Option<SocketAddr>,
 }
 
 #[derive(Args)]
