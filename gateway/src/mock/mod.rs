@@ -41,7 +41,7 @@
 //! | `usage=absurd` | 10^19 output tokens in the final usage |
 //! | `ignore_max_tokens` | answer the full length whatever the limit |
 //! | `status=NNN` | answer that error status (400 to 599) in the format's shape |
-//! | `hang` | read the request, then never answer |
+//! | `hang` | read the request, then never answer (the connection is dropped after [`MOCK_HANG_MAX`]) |
 //!
 //! An event is one SSE event (`data: [DONE]` included). Server-wide timing and random
 //! faults are [`MockConfig`]'s; a request's script applies on top of them.
@@ -70,7 +70,6 @@ use knobs::Fate;
 use script::{Pause, Script};
 use serde::Deserialize;
 use serde_json::Value;
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -88,6 +87,11 @@ pub const MOCK_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Concurrent connections served; further accepts wait. Comfortably above what the
 /// load generator opens (it pools connections), low enough to bound memory.
 pub const MOCK_CONNECTIONS_MAX: usize = 4096;
+
+/// How long a hung request holds its connection before the mock drops it unanswered:
+/// beyond any upstream timeout worth rehearsing, and a bound on what hangs hold while
+/// a client that gave up keeps its connection open.
+pub const MOCK_HANG_MAX: Duration = Duration::from_secs(600);
 
 /// Serves the default mock (a fast echo, no faults) until `shutdown` completes.
 pub async fn serve<F: Future>(listener: TcpListener, shutdown: F) -> std::io::Result<()> {
@@ -156,6 +160,12 @@ fn is_per_connection(error: &std::io::Error) -> bool {
 
 /// A response body: whole, or paced and possibly cut.
 type MockBody = Either<Full<Bytes>, UnsyncBoxBody<Bytes, Cut>>;
+
+/// The service error that makes hyper close a connection without answering: a hang
+/// that reached [`MOCK_HANG_MAX`].
+#[derive(Debug, thiserror::Error)]
+#[error("the mock hung up without answering, as scripted")]
+struct HungUp;
 
 /// The error that makes hyper drop a connection mid-body: the cut.
 #[derive(Debug, thiserror::Error)]
@@ -332,7 +342,7 @@ fn put(body: &mut Vec<u8>, arguments: std::fmt::Arguments<'_>) {
 async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
-) -> Result<Response<MockBody>, Infallible> {
+) -> Result<Response<MockBody>, HungUp> {
     let route = (request.method() == Method::POST)
         .then(|| Format::route(request.uri().path()))
         .flatten()
@@ -357,8 +367,9 @@ async fn handle(
     };
     let plan = plan(knobs, format, &path_model, &body, fate);
     if plan.hang {
-        // Dropped with the connection: when the client leaves or the server stops.
-        std::future::pending::<()>().await;
+        // Ends early with the connection, when the client leaves or the server stops.
+        tokio::time::sleep(MOCK_HANG_MAX).await;
+        return Err(HungUp);
     }
     let config = knobs.config();
     let mut before_head = config.latency;
