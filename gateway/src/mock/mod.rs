@@ -236,7 +236,7 @@ impl Format {
             content_type: "application/json",
             body,
             streamed: false,
-            n_events: 0,
+            n_words: 0,
             cut: None,
             pause: None,
             hang: false,
@@ -375,7 +375,7 @@ async fn handle(
     let mut before_head = config.latency;
     if !plan.streamed && plan.status.is_success() {
         // A plain answer arrives once its stream would have ended.
-        before_head += config.ttft + knobs.event_interval() * plan.n_events;
+        before_head += config.ttft + knobs.event_interval() * plan.n_words;
         before_head += plan.pause.map_or(Duration::ZERO, |pause| pause.duration);
     }
     if !before_head.is_zero() {
@@ -391,7 +391,7 @@ struct Plan {
     body: Vec<u8>,
     streamed: bool,
     /// Words in the answer: what a plain answer's pacing counts.
-    n_events: u32,
+    n_words: u32,
     cut: Option<CutAt>,
     pause: Option<Pause>,
     hang: bool,
@@ -429,7 +429,7 @@ fn plan(knobs: &Knobs, format: Format, path_model: &str, body: &[u8], fate: Fate
     let last_user = script::strip(&prompt.last_user).unwrap_or(prompt.last_user);
     let source = tokens::source_text(last_user, &script);
     let answer = Answer::new(&source, prompt.max_tokens, &script);
-    let n_events = u32::try_from(answer.pieces.len()).unwrap_or(u32::MAX);
+    let n_words = u32::try_from(answer.pieces.len()).unwrap_or(u32::MAX);
     let exchange = Exchange {
         id: next_id(),
         created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs()),
@@ -450,7 +450,7 @@ fn plan(knobs: &Knobs, format: Format, path_model: &str, body: &[u8], fate: Fate
         content_type: if prompt.stream { "text/event-stream" } else { "application/json" },
         body: rendered,
         streamed: prompt.stream,
-        n_events,
+        n_words,
         cut,
         pause: script.pause,
         hang: script.hang || fate == Fate::Hang,
