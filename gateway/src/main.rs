@@ -8,6 +8,7 @@ use solrouter_gateway::ledger_server::{self, AdminAction};
 use solrouter_gateway::{dev, mock, telemetry};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "solrouter", version, about = "A pay-per-token, OpenAI-compatible LLM gateway")]
@@ -27,12 +28,59 @@ enum Command {
     Ledger(LedgerArgs),
     /// Operate a ledger cluster: add or remove a node, show members and leaders.
     LedgerAdmin(LedgerAdminArgs),
-    /// Run only the built-in mock upstream (OpenAI wire format; models `echo`,
-    /// `unavailable`), e.g. as the target of a load test.
-    MockUpstream {
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        listen: SocketAddr,
-    },
+    /// Run only the built-in mock upstream (OpenAI, Anthropic, Gemini and Cohere wire
+    /// formats; models `echo`, `unavailable`), e.g. as the target of a load test or an
+    /// incident rehearsal. Requests script faults with `[[mock …]]` directives.
+    MockUpstream(MockUpstreamArgs),
+}
+
+/// `solrouter mock-upstream`: where to listen and the server-wide knobs (`mock::MockConfig`).
+/// The defaults are a fast echo with no faults.
+#[derive(Args)]
+struct MockUpstreamArgs {
+    /// Address to serve on (port 0 picks a free one; the listening line says which).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    listen: SocketAddr,
+    /// Delay before the response head of every answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Time to first token: after the head, before a stream's first event (a plain
+    /// answer waits it before its head), in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    ttft_ms: u64,
+    /// Pace streams at this many events (words) per second; 0 sends them at once.
+    #[arg(long, default_value_t = 0)]
+    tokens_per_second: u32,
+    /// Share of requests answered with an error status, e.g. `503=0.01,429=0.02`.
+    #[arg(long, default_value = "")]
+    error_rate: String,
+    /// Share of answers cut abruptly (a stream at a random event, a plain body halfway).
+    #[arg(long, default_value_t = 0.0)]
+    cut_rate: f64,
+    /// Share of requests read and never answered.
+    #[arg(long, default_value_t = 0.0)]
+    hang_rate: f64,
+    /// Context length of the model `echo`, in words; longer prompts get a 400.
+    #[arg(long, default_value_t = mock::CONTEXT_WORDS_DEFAULT)]
+    context_words: u64,
+    /// Seed of the random faults: the same seed and request order replay the same faults.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl MockUpstreamArgs {
+    fn knobs(&self) -> Result<mock::Knobs, mock::KnobError> {
+        mock::Knobs::try_new(mock::MockConfig {
+            latency: Duration::from_millis(self.latency_ms),
+            ttft: Duration::from_millis(self.ttft_ms),
+            tokens_per_second: self.tokens_per_second,
+            error_rates: mock::parse_error_rates(&self.error_rate)?,
+            cut_rate: self.cut_rate,
+            hang_rate: self.hang_rate,
+            context_words: self.context_words,
+            seed: self.seed,
+        })
+    }
 }
 
 /// Settings shared by every role that serves the gateway API. Precedence: flags, then
@@ -176,11 +224,14 @@ fn main() -> anyhow::Result<()> {
             };
             runtime.block_on(ledger_server::admin(&args.ledger, action))
         }
-        Command::MockUpstream { listen } => runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind(listen).await?;
-            dev::say(&format!("listening: http://{}/v1", listener.local_addr()?));
-            mock::serve(listener, dev::shutdown_signal()).await?;
-            Ok(())
-        }),
+        Command::MockUpstream(args) => {
+            let knobs = args.knobs()?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(args.listen).await?;
+                dev::say(&format!("listening: http://{}/v1", listener.local_addr()?));
+                mock::serve_with(listener, knobs, dev::shutdown_signal()).await?;
+                Ok(())
+            })
+        }
     }
 }
