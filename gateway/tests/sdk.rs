@@ -1,5 +1,5 @@
 //! The official client SDKs against a real `solrouter dev` whose every provider is a
-//! fixture upstream serving recorded provider traffic from `../shared/fixtures`: the
+//! fixture upstream serving recorded provider traffic from `tests/fixtures`: the
 //! `openai` Python package, the `openai` npm package, and the Vercel AI SDK (`ai` with
 //! `@ai-sdk/openai-compatible`). Each drives every case of `tests/sdk/cases.json` —
 //! streamed text, streamed tool calls, structured output and an image input, to each
@@ -14,8 +14,8 @@
 mod providers_support;
 mod support;
 
-use providers_support::fixture_json;
 use providers_support::fixture_upstream::{FixtureUpstream, Recording, Route, Shape, HOSTS};
+use providers_support::{fixture_json, FIXTURES_DIR};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use solrouter_ledger::PicoUsd;
@@ -25,7 +25,6 @@ use std::time::Duration;
 use support::{data_dir, path, pico, Dev, ADMIN_TOKEN};
 
 const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk");
-const FIXTURES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
 /// The most one SDK script may take for all its cases: a few seconds on a warm
 /// machine; Node's first start and a shared CI machine are slow.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
