@@ -1,12 +1,13 @@
 //! The official `openai` Python package against a real `solrouter dev`: a plain and a
 //! streamed completion, `usage.cost`, the balance drop and the request records, checked
-//! by `openai_sdk.py`. The package comes from `requirements.txt` (the README's test
-//! command installs it); a missing package fails the test rather than skipping it.
+//! by `openai_sdk.py`. The package comes from `requirements.txt`, installed into the
+//! test venv by `setup-test-env.sh` (the README's test command runs it); a missing
+//! package fails the test rather than skipping it.
 
 mod support;
 
 use std::process::Command;
-use support::{data_dir, path, Dev, ADMIN_TOKEN};
+use support::{data_dir, path, venv_python, Dev, ADMIN_TOKEN};
 
 #[tokio::test]
 async fn the_official_python_sdk_works_with_only_base_url_changed() {
@@ -16,15 +17,16 @@ async fn the_official_python_sdk_works_with_only_base_url_changed() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_sdk.py");
     let base = dev.base.clone();
     let account = dev.demo_account.clone();
+    let python = venv_python();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
+        Command::new(&python)
             .arg(script)
             .env("SOLROUTER_BASE_URL", base)
             .env("SOLROUTER_KEY", key)
             .env("SOLROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("SOLROUTER_ACCOUNT", account)
             .output()
-            .expect("running python3")
+            .unwrap_or_else(|error| panic!("running {}: {error}", python.display()))
     })
     .await
     .expect("join");

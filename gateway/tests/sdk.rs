@@ -1,5 +1,5 @@
 //! The official client SDKs against a real `solrouter dev` whose every provider is a
-//! fixture upstream serving recorded provider traffic from `../shared/fixtures`: the
+//! fixture upstream serving recorded provider traffic from `tests/fixtures`: the
 //! `openai` Python package, the `openai` npm package, and the Vercel AI SDK (`ai` with
 //! `@ai-sdk/openai-compatible`). Each drives every case of `tests/sdk/cases.json` —
 //! streamed text, streamed tool calls, structured output and an image input, to each
@@ -8,31 +8,29 @@
 //! This file checks what reached the providers, that each cost is the catalogue price
 //! of the recorded usage, and the ledger.
 //!
-//! The packages come from `requirements.txt` and `tests/sdk/package-lock.json` (the
-//! README's test command installs both); a missing package fails the test, never skips it.
+//! The packages come from `requirements.txt` and `tests/sdk/package-lock.json`, installed
+//! by `setup-test-env.sh` (the README's test command runs it; Python's into the venv
+//! `target/test-venv`); a missing package fails the test, never skips it.
 
 mod providers_support;
 mod support;
 
-use providers_support::fixture_json;
 use providers_support::fixture_upstream::{FixtureUpstream, Recording, Route, Shape, HOSTS};
+use providers_support::{fixture_json, FIXTURES_DIR};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use solrouter_ledger::PicoUsd;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
-use support::{data_dir, path, pico, Dev, ADMIN_TOKEN};
+use support::{data_dir, path, pico, venv_python, Dev, ADMIN_TOKEN, TEST_ENV_HINT};
 
 const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk");
-const FIXTURES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
 /// The most one SDK script may take for all its cases: a few seconds on a warm
 /// machine; Node's first start and a shared CI machine are slow.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Credit of each SDK's account, far above the worst-case holds of the cases.
 const CREDIT_USD: &str = "20.00";
-const INSTALL_HINT: &str = "install the SDK test dependencies with the README's test command \
-     (`python3 -m pip install -r gateway/tests/requirements.txt && npm ci --prefix gateway/tests/sdk`)";
 
 #[derive(Deserialize)]
 struct Spec {
@@ -152,7 +150,7 @@ impl Gateway {
 
     /// Runs one SDK script as a fresh customer (an account and key made through the
     /// admin API) and checks everything around it; `program` and `args` start it.
-    async fn run_sdk(&self, sdk: &str, program: &str, args: &[&str]) {
+    async fn run_sdk(&self, sdk: &str, program: &Path, args: &[&str]) {
         let (account, key) = self.dev.funded_account(CREDIT_USD).await;
         let mut command = tokio::process::Command::new(program);
         command
@@ -169,7 +167,7 @@ impl Gateway {
             .await
             .unwrap_or_else(|_| panic!("{sdk}: no result within {SCRIPT_TIMEOUT:?}"))
             .unwrap_or_else(|error| {
-                panic!("{sdk}: cannot run `{program}`: {error}; {INSTALL_HINT}")
+                panic!("{sdk}: cannot run `{}`: {error}; {TEST_ENV_HINT}", program.display())
             });
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -295,32 +293,33 @@ fn require_node_packages() {
         assert_eq!(
             version,
             Some(pinned),
-            "npm package {package} {pinned} is not installed: {INSTALL_HINT}"
+            "npm package {package} {pinned} is not installed: {TEST_ENV_HINT}"
         );
     }
 }
 
 #[tokio::test]
 async fn the_official_python_sdk_through_every_wire_format() {
-    let probe = std::process::Command::new("python3")
+    let python = venv_python();
+    let probe = std::process::Command::new(&python)
         .args(["-c", "import openai"])
         .output()
-        .unwrap_or_else(|error| panic!("cannot run `python3`: {error}"));
-    assert!(probe.status.success(), "the Python `openai` package is missing: {INSTALL_HINT}");
+        .unwrap_or_else(|error| panic!("cannot run `{}`: {error}", python.display()));
+    assert!(probe.status.success(), "the Python `openai` package is missing: {TEST_ENV_HINT}");
     let gateway = Gateway::start().await;
-    gateway.run_sdk("openai (Python)", "python3", &["openai_python.py"]).await;
+    gateway.run_sdk("openai (Python)", &python, &["openai_python.py"]).await;
 }
 
 #[tokio::test]
 async fn the_official_node_sdk_through_every_wire_format() {
     require_node_packages();
     let gateway = Gateway::start().await;
-    gateway.run_sdk("openai (Node)", "node", &["openai_node.mjs"]).await;
+    gateway.run_sdk("openai (Node)", Path::new("node"), &["openai_node.mjs"]).await;
 }
 
 #[tokio::test]
 async fn the_vercel_ai_sdk_through_every_wire_format() {
     require_node_packages();
     let gateway = Gateway::start().await;
-    gateway.run_sdk("Vercel AI SDK", "node", &["vercel_ai.mjs"]).await;
+    gateway.run_sdk("Vercel AI SDK", Path::new("node"), &["vercel_ai.mjs"]).await;
 }

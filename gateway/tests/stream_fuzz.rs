@@ -1,5 +1,5 @@
 //! Property tests of every provider's stream translator against every recorded stream in
-//! `../shared/fixtures`: however the bytes are cut into reads, the translation is the
+//! `tests/fixtures`: however the bytes are cut into reads, the translation is the
 //! same (no lost or duplicated byte); a stream cut short anywhere, or arbitrary bytes,
 //! never panic. Recorded `*.chunks.txt` files (one `data:` payload a line) are replayed
 //! as the SSE they were captured from.
@@ -14,7 +14,7 @@ use solrouter_gateway::providers::openai::{OpenAiCompatible, Quirks};
 use solrouter_gateway::providers::{Adapter, ChatRequest, Chunk, UpstreamError, Usage};
 use std::path::{Path, PathBuf};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 /// Random splittings tried per recorded stream (plus one byte-by-byte run).
 const SPLITTINGS_PER_STREAM: u32 = 16;
 /// Truncation points tried per recorded stream.
@@ -39,7 +39,7 @@ fn adapter_for(folder: &str) -> Option<Box<dyn Adapter>> {
 /// Every recorded stream body: raw SSE files as they are, chunk files rebuilt as SSE.
 fn recorded_streams() -> Vec<(PathBuf, Vec<u8>)> {
     let mut streams = Vec::new();
-    for folder in std::fs::read_dir(FIXTURES).expect("fixtures folder beside the repository") {
+    for folder in std::fs::read_dir(FIXTURES).expect("gateway/tests/fixtures") {
         let folder = folder.unwrap().path();
         for file in std::fs::read_dir(&folder).into_iter().flatten() {
             let path = file.unwrap().path();

@@ -1,5 +1,5 @@
 //! A fixture upstream: one provider's host on 127.0.0.1, answering that provider's real
-//! endpoint path with recorded bytes from `../shared/fixtures`. Which recording answers
+//! endpoint path with recorded bytes from `tests/fixtures`. Which recording answers
 //! is chosen per request by its [`Shape`] (streamed or not, tools, structured output,
 //! images), read from the translated request the way the provider would read it. Every
 //! request is checked (path, credentials, model, and what its route expects of the body)
@@ -127,7 +127,7 @@ pub struct Route {
     pub expect: Vec<(String, Value)>,
 }
 
-/// How a recording is stored in `../shared/fixtures`.
+/// How a recording is stored in `tests/fixtures`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recording {
     /// A JSON response body.

@@ -21,8 +21,11 @@ use std::sync::{Arc, Mutex};
 
 pub mod fixture_upstream;
 
+/// The recorded provider traffic, in the repository (see its README.md and SOURCES.md).
+pub const FIXTURES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
 pub fn fixture(relative: &str) -> Vec<u8> {
-    let path = format!("{}/../../shared/fixtures/{relative}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{FIXTURES_DIR}/{relative}");
     std::fs::read(&path).unwrap_or_else(|error| panic!("{path}: {error}"))
 }
 

@@ -18,6 +18,18 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// endpoint) fit many times over.
 const STDOUT_LINES_MAX: usize = 64;
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// What a test that drives a Python or npm package says when the package is missing.
+pub const TEST_ENV_HINT: &str = "install the SDK test dependencies with \
+     `gateway/tests/setup-test-env.sh` (the first half of the README's test command)";
+
+/// The python of the virtual environment `gateway/tests/setup-test-env.sh` creates in
+/// `target/test-venv` with the packages of `requirements.txt`; never the system python.
+pub fn venv_python() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root");
+    let python = repo.join("target/test-venv/bin/python");
+    assert!(python.exists(), "{} is missing: {TEST_ENV_HINT}", python.display());
+    python
+}
 
 /// A running `solrouter dev` process.
 pub struct Dev {
