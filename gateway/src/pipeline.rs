@@ -18,7 +18,7 @@
 //! settle or a release even if the client disconnects and its connection is dropped.
 
 use crate::app::App;
-use crate::bank::{now_ms, Caller, HOLD_GRACE};
+use crate::bank::{now_ms, Caller, Settled, HOLD_GRACE};
 use crate::catalog::{Model, Price};
 use crate::error::ApiError;
 use crate::health::Admission;
@@ -31,7 +31,7 @@ use crate::upstream::{self, Deadlines};
 use crate::wire;
 use http::{header::AUTHORIZATION, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
-use solrouter_ledger::{signed_usd, HoldId, Op, OpId, PicoUsd, Rejection, Reply, RequestRecord};
+use solrouter_ledger::{signed_usd, HoldId, PicoUsd, Rejection, Reply, RequestRecord};
 use tokio::sync::oneshot;
 use tokio::time::{Duration, Instant};
 
@@ -70,7 +70,7 @@ impl RequestContext {
             status: status.as_u16(),
             streamed: self.chat.stream,
             created_ms: self.created_ms,
-            cost: PicoUsd::ZERO,
+            ..RequestRecord::default()
         }
     }
 
@@ -198,18 +198,7 @@ async fn reserve(app: &'static App, context: &RequestContext) -> Result<(), ApiE
         .max_by_key(|(_, (_, _, amount))| *amount)
         .ok_or_else(|| ApiError::internal("routing left no candidate"))?;
     let ttl = app.upstream.timeouts().total + HOLD_GRACE;
-    let op = Op::Reserve {
-        account: context.caller.account,
-        hold: context.generation,
-        amount,
-        expires_at_ms: now_ms() + ttl.as_millis() as u64,
-    };
-    let submitted = app.bank.submit(OpId(crate::keys::random_u128()), op).await;
-    let outcome = submitted.inspect_err(|_| {
-        // The reserve may have been applied without its answer reaching us; releasing
-        // an unknown hold is harmless, a forgotten one would hold money until expiry.
-        app.bank.release(context.caller.account, context.generation);
-    })?;
+    let outcome = app.bank.reserve(context.caller, context.generation, amount, ttl).await?;
     match outcome {
         Ok(Reply::Reserved { .. }) => Ok(()),
         Ok(reply) => Err(ApiError::internal(format!("reserve answered {reply:?}"))),
@@ -224,6 +213,9 @@ async fn reserve(app: &'static App, context: &RequestContext) -> Result<(), ApiE
                 model.id,
                 Price::per_token_usd(model.price.prompt.max(model.price.completion)),
             )))
+        }
+        Err(Rejection::KeyRevoked | Rejection::UnknownKey) => {
+            Err(ApiError::unauthorized("API key has been revoked"))
         }
         Err(rejection) => Err(ApiError::ledger("reserve", rejection)),
     }
@@ -376,12 +368,21 @@ impl HoldGuard {
         HoldGuard { app, caller: context.caller, hold: context.generation, armed: true }
     }
 
-    /// Settles with the record and waits (bounded) for the ledger to apply it.
-    pub async fn settle(mut self, actual: PicoUsd, record: RequestRecord) {
+    /// Settles with the record and waits (bounded) for the ledger to apply it: what it
+    /// charged, or `None` if it refused, or is still trying after [`SETTLE_WAIT_MAX`].
+    pub async fn settle(mut self, actual: PicoUsd, record: RequestRecord) -> Option<Settled> {
         self.armed = false;
         let settling = self.app.bank.settle(self.caller.account, self.hold, actual, record);
-        if tokio::time::timeout(SETTLE_WAIT_MAX, settling).await.is_err() {
-            tracing::warn!(hold = self.hold.0, "settle still pending; answering anyway");
+        match tokio::time::timeout(SETTLE_WAIT_MAX, settling).await {
+            Ok(Ok(settled)) => settled,
+            Ok(Err(join_error)) => {
+                tracing::error!(hold = self.hold.0, %join_error, "the settle task failed");
+                None
+            }
+            Err(_elapsed) => {
+                tracing::warn!(hold = self.hold.0, "settle still pending; answering anyway");
+                None
+            }
         }
     }
 

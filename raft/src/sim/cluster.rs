@@ -113,11 +113,6 @@ impl Cluster {
         self.origin.elapsed().as_millis() as u64
     }
 
-    /// The clients' clock: simulated time as ms since the Unix epoch.
-    pub fn wall_ms(&self) -> u64 {
-        EPOCH_MS + self.now_ms()
-    }
-
     /// The group that owns `account`'s slot, as gateways route it.
     pub fn group_of(&self, account: AccountId) -> u32 {
         group_of_slot(slot_of(account), self.shape.n_groups)

@@ -35,7 +35,7 @@ use nemesis::Nemesis;
 use network::NetCounters;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use solrouter_ledger::{AccountId, Command, Ledger, Op, OpId, Outcome, PicoUsd, Reply};
+use solrouter_ledger::{AccountId, Command, KeyId, Ledger, Op, OpId, Outcome, PicoUsd, Reply};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -221,6 +221,16 @@ async fn create_accounts(router: &mut Router, history: &History, n: u64) -> Vec<
         let outcome = router.submit(&command, RESOLVE_ATTEMPTS_MAX).await;
         assert_eq!(outcome, Some(Ok(Reply::AccountCreated)), "creating account {account_idx}");
         history.push(Record { command, outcome });
+        let op = Op::CreateKey {
+            account,
+            key: KeyId(account.0),
+            name: "sim".to_owned(),
+            hash: workload::key_hash(KeyId(account.0)),
+        };
+        let command = Command { id: OpId(u128::from(account_idx) + 1 + (1 << 32)), op };
+        let outcome = router.submit(&command, RESOLVE_ATTEMPTS_MAX).await;
+        assert_eq!(outcome, Some(Ok(Reply::KeyCreated)), "creating key {account_idx}");
+        history.push(Record { command, outcome });
         accounts.push(account);
     }
     accounts
@@ -319,7 +329,7 @@ fn check_money(cluster: &Cluster, records: &[Record], ledgers: &[Ledger]) {
             (Op::Credit { amount, .. }, Ok(Reply::Credited { credits })) => {
                 account.credits.push((*amount, *credits));
             }
-            (Op::Settle { actual, .. }, Ok(Reply::Settled { .. })) => account.posted += actual.0,
+            (Op::Settle { .. }, Ok(Reply::Settled { charged, .. })) => account.posted += charged.0,
             _ => {}
         }
     }

@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use solrouter_ledger::{
-    AccountId, Command, HoldId, Op, OpId, Outcome, PicoUsd, Reply, RequestRecord,
+    AccountId, Command, HoldId, KeyHash, KeyId, Op, OpId, Outcome, PicoUsd, Reply, RequestRecord,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -195,12 +195,12 @@ impl Client {
         } else if roll < 55 || self.holds.is_empty() {
             // Hold lifetimes from shorter than an election to several: some expire while
             // the cluster is partitioned, and their settle becomes a direct debit.
-            let ttl_ms = rng.gen_range(50..=5_000);
             Op::Reserve {
                 account,
+                key: KeyId(account.0),
                 hold: HoldId(id),
                 amount: PicoUsd(rng.gen_range(1..=300) * UNIT),
-                expires_at_ms: self.router.cluster.wall_ms() + ttl_ms,
+                ttl_ms: rng.gen_range(50..=5_000),
             }
         } else {
             let (account, hold, held) = self.holds.swap_remove(rng.gen_range(0..self.holds.len()));
@@ -223,9 +223,9 @@ pub fn describe(command: &Command) -> String {
     match &command.op {
         Op::CreateAccount { account, .. } => format!("op {id:x} create {:x}", account.0),
         Op::Credit { account, amount } => format!("op {id:x} credit {:x} {}", account.0, amount.0),
-        Op::Reserve { account, hold, amount, expires_at_ms } => format!(
-            "op {id:x} reserve {:x} hold {:x} {} until {expires_at_ms}",
-            account.0, hold.0, amount.0
+        Op::Reserve { account, key, hold, amount, ttl_ms } => format!(
+            "op {id:x} reserve {:x} key {:x} hold {:x} {} for {ttl_ms} ms",
+            account.0, key.0, hold.0, amount.0
         ),
         Op::Settle { account, hold, actual, .. } => {
             format!("op {id:x} settle {:x} hold {:x} {}", account.0, hold.0, actual.0)
@@ -235,4 +235,12 @@ pub fn describe(command: &Command) -> String {
         }
         Op::CreateKey { .. } | Op::RevokeKey { .. } => format!("op {id:x} {:?}", command.op),
     }
+}
+
+/// A key's hash in the simulation: distinct per key id (the ledger refuses a second key
+/// with the same hash).
+pub fn key_hash(key: KeyId) -> KeyHash {
+    let mut hash = [0u8; 32];
+    hash[..8].copy_from_slice(&key.0.to_le_bytes());
+    hash
 }
