@@ -6,8 +6,8 @@
 
 use solrouter_ledger::{AccountId, Command, HoldId, KeyId, Op, OpId, PicoUsd, Rejection, Reply};
 use solrouter_raft::{
-    group_of_account, ClusterConfig, ClusterStart, Consistency, LedgerClient, LedgerNode,
-    NodeOptions,
+    group_of_account, ClusterConfig, ClusterStart, Consistency, LedgerClient, LedgerError,
+    LedgerNode, NodeOptions, CLIENT_CALL_DEADLINE, CLIENT_RPC_TIMEOUT,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -277,5 +277,34 @@ async fn nodes_join_and_leave_while_the_cluster_serves() {
     }
     let audit = client.audit(Consistency::Linearizable).await.unwrap();
     assert!(audit.ok, "{:?}", audit.problems);
+    cluster.shutdown().await;
+}
+
+/// Without a quorum every call fails within its deadline, retryably, instead of retrying
+/// for tens of seconds; once the quorum is back the same op id applies once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_a_quorum_fail_within_the_deadline() {
+    let mut cluster = Cluster::start(3, 1).await;
+    let client = cluster.client().await;
+    let account = cluster.accounts()[0];
+    create(&client, &[account]).await;
+    for id in [2, 3] {
+        cluster.nodes.remove(&id).unwrap().shutdown().await.unwrap();
+    }
+    let credit = Command { id: OpId(1 << 90), op: Op::Credit { account, amount: TOP_UP } };
+    let started = std::time::Instant::now();
+    let failed = client.submit(credit.clone()).await.expect_err("no quorum, no outcome");
+    let read = client.account(account, Consistency::Linearizable).await;
+    let elapsed = started.elapsed();
+    assert!(failed.is_retryable(), "{failed}");
+    assert!(read.as_ref().is_err_and(LedgerError::is_retryable), "{read:?}");
+    let bound = CLIENT_CALL_DEADLINE * 2 + CLIENT_RPC_TIMEOUT;
+    assert!(elapsed < bound, "two calls took {elapsed:?}");
+    for id in [2, 3] {
+        cluster.open(id, ClusterStart::Bootstrap(cluster.peers.clone())).await;
+    }
+    eventually("the quorum is back", || async { client.ready().await.is_ok() }).await;
+    assert!(matches!(submit_ok(&client, credit).await, Reply::Credited { .. }));
+    assert_eq!(credits(&client, account, Consistency::Linearizable).await, TOP_UP);
     cluster.shutdown().await;
 }
