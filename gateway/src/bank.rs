@@ -347,3 +347,55 @@ fn op_name(op: &Op) -> &'static str {
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usd(text: &str) -> PicoUsd {
+        PicoUsd::parse_usd(text).unwrap()
+    }
+
+    async fn apply(bank: &Bank, op: Op) -> Reply {
+        bank.submit(OpId(keys::random_u128()), op).await.unwrap().unwrap()
+    }
+
+    /// The money path of one request through the bank, against dev mode's ledger: a
+    /// settle beyond the funds charges what there is and reports the write-off; a revoked
+    /// key is refused by authentication and by the ledger's reserve alike.
+    #[tokio::test]
+    async fn settles_within_the_funds_and_refuses_revoked_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let bank = Bank::new(LedgerNode::open_single(dir.path()).await.unwrap());
+        let account = AccountId(keys::random_u64());
+        let caller = Caller { account, key: KeyId(keys::random_u64()) };
+        apply(&bank, Op::CreateAccount { account, name: "t".into() }).await;
+        apply(&bank, Op::Credit { account, amount: usd("1.00") }).await;
+        let minted = keys::mint(account);
+        let create =
+            Op::CreateKey { account, key: caller.key, name: "k".into(), hash: minted.hash };
+        apply(&bank, create).await;
+        let header = format!("Bearer {}", minted.text);
+        assert_eq!(bank.authenticate(Some(header.as_bytes())).await.unwrap(), caller);
+
+        let (hold, ttl) = (HoldId(keys::random_u128()), Duration::from_secs(60));
+        let reserved = bank.reserve(caller, hold, usd("0.60"), ttl).await.unwrap();
+        assert!(matches!(reserved, Ok(Reply::Reserved { .. })), "{reserved:?}");
+        let record = RequestRecord { key: Some(caller.key), ..RequestRecord::default() };
+        let settled = bank.settle(account, hold, usd("1.50"), record).await.unwrap();
+        assert_eq!(settled, Some(Settled { charged: usd("1.00"), written_off: usd("0.50") }));
+        let state = bank.account(account).await.unwrap().unwrap();
+        assert_eq!((state.available(), state.written_off), (0, usd("0.50")));
+        let kept = bank.record(account, hold).await.unwrap().unwrap();
+        assert_eq!((kept.cost, kept.written_off), (usd("1.00"), usd("0.50")));
+
+        apply(&bank, Op::RevokeKey { account, key: caller.key }).await;
+        let refused = bank.authenticate(Some(header.as_bytes())).await.unwrap_err();
+        assert_eq!(refused.status(), http::StatusCode::UNAUTHORIZED);
+        let hold = HoldId(keys::random_u128());
+        let reserved = bank.reserve(caller, hold, PicoUsd::ZERO, ttl).await.unwrap();
+        assert_eq!(reserved, Err(Rejection::KeyRevoked));
+        bank.release(account, hold).await.unwrap();
+        assert!(bank.audit().await.unwrap().ok);
+    }
+}
