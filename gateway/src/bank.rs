@@ -25,6 +25,11 @@ pub const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 const SETTLE_BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const SETTLE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const _: () = assert!(SETTLE_DEADLINE.as_millis() < HOLD_GRACE.as_millis() / 2);
+// Every hold's time-to-live (the longest request plus the grace) is one the ledger takes.
+const _: () = assert!(
+    crate::config::TIMEOUT_MS_CEILING + HOLD_GRACE.as_millis() as u64
+        <= solrouter_ledger::HOLD_TTL_MS_MAX
+);
 /// How long a gateway of a remote cluster trusts a key it looked up: a revocation reaches
 /// every gateway within this (DESIGN.md §4: about a second), and a busy key costs one
 /// ledger read per second instead of one per request. Money does not wait for it: the
