@@ -7,7 +7,8 @@ pub mod cluster;
 pub mod load;
 
 use solrouter_ledger::{
-    AccountId, Batch, Command, HoldId, Ledger, Op, OpId, PicoUsd, RequestRecord, PICO_PER_USD,
+    AccountId, Batch, Command, HoldId, KeyId, Ledger, Op, OpId, PicoUsd, RequestRecord,
+    PICO_PER_USD,
 };
 
 /// Accounts the lifecycle workload spreads over.
@@ -20,20 +21,36 @@ pub const LIFECYCLE_ACTUAL: PicoUsd = PicoUsd(1_000_000_000);
 /// How far past the batch stamp a lifecycle's hold expires; far above any lifecycle's latency.
 pub const LIFECYCLE_HOLD_TTL_MS: u64 = 60_000;
 
-/// Commands that create and fund the [`WORKLOAD_ACCOUNTS`] accounts, as (create, credit)
-/// pairs: the credit of an account must be applied after its creation.
-pub fn funding_commands() -> Vec<[Command; 2]> {
+/// The API key of a workload account, which its reserves name.
+pub fn workload_key(account: AccountId) -> KeyId {
+    KeyId(account.0)
+}
+
+/// Commands that create, fund and give a key to the [`WORKLOAD_ACCOUNTS`] accounts, as
+/// (create, credit, create key) triples: the others must be applied after the creation.
+pub fn funding_commands() -> Vec<[Command; 3]> {
     (0..WORKLOAD_ACCOUNTS)
         .map(|account| {
             let id = AccountId(account);
+            let mut hash = [0u8; 32];
+            hash[..8].copy_from_slice(&account.to_le_bytes());
             [
                 Command {
-                    id: OpId(u128::from(account) << 1),
+                    id: OpId(u128::from(account) << 2),
                     op: Op::CreateAccount { account: id, name: format!("bench-{account}") },
                 },
                 Command {
-                    id: OpId(u128::from(account) << 1 | 1),
+                    id: OpId(u128::from(account) << 2 | 1),
                     op: Op::Credit { account: id, amount: ACCOUNT_FUNDING },
+                },
+                Command {
+                    id: OpId(u128::from(account) << 2 | 2),
+                    op: Op::CreateKey {
+                        account: id,
+                        key: workload_key(id),
+                        name: "bench".into(),
+                        hash,
+                    },
                 },
             ]
         })
@@ -54,11 +71,13 @@ pub fn funded_ledger() -> Ledger {
 /// account `n % WORKLOAD_ACCOUNTS`, then either a settle of [`LIFECYCLE_ACTUAL`] or, with
 /// `release`, a release (a request that incurred no upstream cost). Op ids have bit 64 set,
 /// so they never collide with [`funding_commands`].
-pub fn lifecycle_commands(n: u64, expires_at_ms: u64, release: bool) -> [Command; 2] {
+pub fn lifecycle_commands(n: u64, release: bool) -> [Command; 2] {
     let account = AccountId(n % WORKLOAD_ACCOUNTS);
     let hold = HoldId(u128::from(n));
     let id = u128::from(n) << 2 | 1 << 64;
-    let reserve = Op::Reserve { account, hold, amount: LIFECYCLE_HOLD, expires_at_ms };
+    let key = workload_key(account);
+    let ttl_ms = LIFECYCLE_HOLD_TTL_MS;
+    let reserve = Op::Reserve { account, key, hold, amount: LIFECYCLE_HOLD, ttl_ms };
     let finish = if release {
         Op::Release { account, hold }
     } else {
@@ -73,7 +92,7 @@ pub fn lifecycle_commands(n: u64, expires_at_ms: u64, release: bool) -> [Command
 pub fn lifecycle_batches(first: u64, n_lifecycles: usize, stamp_ms: u64) -> [Batch; 2] {
     let (reserves, settles) = (first..first + n_lifecycles as u64)
         .map(|n| {
-            let [reserve, settle] = lifecycle_commands(n, stamp_ms + LIFECYCLE_HOLD_TTL_MS, false);
+            let [reserve, settle] = lifecycle_commands(n, false);
             (reserve, settle)
         })
         .unzip();

@@ -6,13 +6,13 @@
 //! goes into the next one.
 
 use crate::cluster::proposed;
-use crate::{funding_commands, lifecycle_commands, LIFECYCLE_HOLD_TTL_MS};
+use crate::{funding_commands, lifecycle_commands};
 use solrouter_ledger::{Command, Outcome};
 use solrouter_raft::{LedgerClient, LedgerError, LedgerNode};
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Bits of sub-bucket index per power of two in [`Histogram`]: 64 sub-buckets, so a
 /// recorded latency is reported within 1/64 (1.6 %) of its true value.
@@ -71,11 +71,12 @@ pub struct Load {
 /// Creates and funds the workload accounts through `target`, a task per account.
 pub async fn fund(target: &Target) -> Result<(), LedgerError> {
     let mut tasks = tokio::task::JoinSet::new();
-    for [create, credit] in funding_commands() {
+    for [create, credit, create_key] in funding_commands() {
         let mut route = Route::new(target);
         tasks.spawn(async move {
             expect_applied(route.submit(create.clone()).await?.0, &create);
             expect_applied(route.submit(credit.clone()).await?.0, &credit);
+            expect_applied(route.submit(create_key.clone()).await?.0, &create_key);
             Ok::<(), LedgerError>(())
         });
     }
@@ -263,7 +264,7 @@ impl Submitter {
                 return Ok(tally);
             }
             let release = self.release_one_in.is_some_and(|one_in| n.is_multiple_of(one_in.get()));
-            let [reserve, finish] = lifecycle_commands(n, expires_at_ms(), release);
+            let [reserve, finish] = lifecycle_commands(n, release);
             let started = Instant::now();
             let (reserved, reserve_retries) = self.route.submit(reserve).await?;
             let (finished, finish_retries) = self.route.submit(finish).await?;
@@ -273,12 +274,6 @@ impl Submitter {
             self.n_completed.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
-
-/// The leader stamps batches with its wall clock, so holds expire relative to it.
-fn expires_at_ms() -> u64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970");
-    u64::try_from(now.as_millis()).expect("ms fit u64") + LIFECYCLE_HOLD_TTL_MS
 }
 
 impl LoadReport {

@@ -153,6 +153,7 @@ async fn account(app: &'static App, id: u64) -> Result<Response, ApiError> {
         "held": entry.debits_pending.to_string(),
         "available": signed_usd(entry.available()),
         "holds": entry.n_holds,
+        "written_off": entry.written_off.to_string(),
     });
     Ok(respond::json(StatusCode::OK, &body))
 }
@@ -167,6 +168,7 @@ async fn audit(app: &'static App) -> Result<Response, ApiError> {
         "spent": audit.debits_posted.to_string(),
         "held": audit.debits_pending.to_string(),
         "credited": audit.credited.to_string(),
+        "written_off": audit.written_off.to_string(),
         "problems": audit.problems,
     });
     Ok(respond::json(StatusCode::OK, &body))

@@ -95,6 +95,9 @@ pub async fn generation(
         "native_tokens_cached": record.cached_tokens,
         "total_cost": record.cost.to_usd_f64(),
         "cost_usd": record.cost.to_string(),
+        "written_off": record.written_off.to_string(),
+        "usage_estimated": record.usage_estimated,
+        "usage_clamped": record.usage_clamped,
         "created": record.created_ms / 1000,
         "key_id": record.key.map(|key| format!("{:016x}", key.0)),
     });

@@ -7,27 +7,33 @@ use crate::error::ApiError;
 use crate::keys;
 use solrouter_ledger::{
     Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, Op, OpId, Outcome, PicoUsd,
-    Rejection, RequestRecord,
+    Rejection, Reply, RequestRecord,
 };
-use solrouter_raft::{Consistency, LedgerClient, LedgerNode};
+use solrouter_raft::{Consistency, LedgerClient, LedgerError, LedgerNode};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Attempts of one settle or release before giving up. With the backoff below the last
-/// attempt happens ~25 s after the first: longer than a ledger leader election, shorter
-/// than the hold's grace period, so a settle that gives up leaves a hold that expires
-/// (the customer is never charged twice, at worst not charged).
-pub const SETTLE_ATTEMPTS_MAX: u32 = 8;
-const SETTLE_BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const SETTLE_BACKOFF_MAX: Duration = Duration::from_secs(8);
-/// How long a hold outlives the request's total upstream timeout, to leave room for
-/// every settle attempt above.
+/// How long a hold outlives the request's total upstream timeout (its time-to-live is
+/// the sum; the ledger stamps the expiry with the leader's clock).
 pub const HOLD_GRACE: Duration = Duration::from_secs(120);
-const _: () = assert!(SETTLE_ATTEMPTS_MAX as u64 * SETTLE_BACKOFF_MAX.as_secs() < 120);
+/// The overall deadline of one settle or release, every retry included. Well inside the
+/// hold's life, so a settle that is still trying finds its hold; one that arrives later
+/// anyway (a reply lost, a ledger outage) is still safe: the ledger charges it within the
+/// account's funds, exactly once.
+pub const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
+const SETTLE_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const SETTLE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+const _: () = assert!(SETTLE_DEADLINE.as_millis() < HOLD_GRACE.as_millis() / 2);
+// Every hold's time-to-live (the longest request plus the grace) is one the ledger takes.
+const _: () = assert!(
+    crate::config::TIMEOUT_MS_CEILING + HOLD_GRACE.as_millis() as u64
+        <= solrouter_ledger::HOLD_TTL_MS_MAX
+);
 /// How long a gateway of a remote cluster trusts a key it looked up: a revocation reaches
 /// every gateway within this (DESIGN.md §4: about a second), and a busy key costs one
-/// ledger read per second instead of one per request.
+/// ledger read per second instead of one per request. Money does not wait for it: the
+/// ledger refuses a reserve with a revoked key at once.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Keys cached at once (~100 bytes each); a flood of distinct keys empties the cache
 /// rather than growing it.
@@ -38,6 +44,14 @@ pub const KEY_CACHE_ENTRIES_MAX: usize = 65_536;
 pub struct Caller {
     pub account: AccountId,
     pub key: KeyId,
+}
+
+/// What a settle the ledger applied charged, and what it wrote off as the operator's
+/// loss (usage beyond what the account had).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub charged: PicoUsd,
+    pub written_off: PicoUsd,
 }
 
 /// A handle to the ledger, cheap to clone.
@@ -68,7 +82,8 @@ macro_rules! on_ledger {
 }
 
 impl Bank {
-    /// A bank over a ledger node in this process.
+    /// A bank over the single-node ledger of dev mode, in this process. Its one replica
+    /// has applied every acknowledged command, so its local reads are already current.
     pub fn new(node: LedgerNode) -> Bank {
         Bank { ledger: Backend::Local(node), key_cache: None }
     }
@@ -78,7 +93,8 @@ impl Bank {
         Bank { ledger: Backend::Remote(client), key_cache: Some(Arc::new(KeyCache::default())) }
     }
 
-    /// Submits one command; a ledger that cannot answer becomes a 503.
+    /// Submits one command; a ledger that cannot answer (within the ledger client's
+    /// deadline) becomes a 503 with `Retry-After`.
     pub async fn submit(&self, id: OpId, op: Op) -> Result<Outcome, ApiError> {
         let context = op_name(&op);
         let command = Command { id, op };
@@ -120,11 +136,29 @@ impl Bank {
             .map_err(|error| ApiError::ledger("readiness", error))
     }
 
+    /// Holds `amount` for request `hold` of `caller`, for `ttl` from when the ledger
+    /// applies it. The ledger refuses a revoked or unknown key (`KeyRevoked`,
+    /// `UnknownKey`) and an amount above the balance. When no answer arrives the reserve
+    /// may still have been applied: it is released, so the money is not held until expiry.
+    pub async fn reserve(
+        &self,
+        caller: Caller,
+        hold: HoldId,
+        amount: PicoUsd,
+        ttl: Duration,
+    ) -> Result<Outcome, ApiError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let op = Op::Reserve { account: caller.account, key: caller.key, hold, amount, ttl_ms };
+        self.submit(OpId(keys::random_u128()), op).await.inspect_err(|_| {
+            self.release(caller.account, hold);
+        })
+    }
+
     /// Authenticates an `Authorization` header value. In gateway mode a key found less
-    /// than [`KEY_CACHE_TTL`] ago is trusted, so a revocation reaches every gateway
-    /// within that. Otherwise a possibly-stale read: any replica answers (in dev mode,
-    /// this process's) without a Raft round. A key it does not know yet may have just been
-    /// created through another gateway, so only a linearizable read may say "invalid key".
+    /// than [`KEY_CACHE_TTL`] ago is trusted; a miss is a linearizable read, which sees
+    /// every revocation acknowledged before it, so a revocation is final on every gateway
+    /// within [`KEY_CACHE_TTL`] however far a replica lags (and at once for money: the
+    /// ledger refuses a reserve with a revoked key).
     pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, ApiError> {
         let header = authorization.ok_or_else(|| {
             ApiError::unauthorized("missing API key: send `Authorization: Bearer sr_…`")
@@ -152,86 +186,122 @@ impl Bank {
         }
     }
 
-    /// A stale read first; only a linearizable one may say the key does not exist. Found
-    /// keys are cached; misses are not (the key may be created a moment later).
+    /// One read; only a found key is cached (a missing one may be created a moment
+    /// later). Remote: linearizable, at least as new as any acknowledged revocation.
+    /// Local (dev mode's single node): its applied state already is.
     async fn look_up_key(
         &self,
         account: AccountId,
         hash: KeyHash,
     ) -> Result<Option<CachedKey>, ApiError> {
-        for consistency in [Consistency::Stale, Consistency::Linearizable] {
-            let found =
-                on_ledger!(self, ledger => ledger.key_by_hash(account, hash, consistency).await)
-                    .map_err(|error| ApiError::ledger("authentication", error))?;
-            if let Some((key, entry)) = found {
-                let found = CachedKey {
-                    key,
-                    account: entry.account,
-                    hash: entry.hash,
-                    revoked: entry.revoked,
-                    fetched: Instant::now(),
-                };
-                if let Some(cache) = &self.key_cache {
-                    cache.put(hash, found);
-                }
-                return Ok(Some(found));
-            }
+        let consistency = match self.ledger {
+            Backend::Local(_) => Consistency::Stale,
+            Backend::Remote(_) => Consistency::Linearizable,
+        };
+        let found =
+            on_ledger!(self, ledger => ledger.key_by_hash(account, hash, consistency).await)
+                .map_err(|error| ApiError::ledger("authentication", error))?;
+        let Some((key, entry)) = found else { return Ok(None) };
+        let found = CachedKey {
+            key,
+            account: entry.account,
+            hash: entry.hash,
+            revoked: entry.revoked,
+            fetched: Instant::now(),
+        };
+        if let Some(cache) = &self.key_cache {
+            cache.put(hash, found);
         }
-        Ok(None)
+        Ok(Some(found))
     }
 
-    /// Settles a hold with the request's record, retrying with the same operation id, so
-    /// a retry after a lost reply applies once. Runs as its own task: it completes even
-    /// when the request that started it is gone.
+    /// Settles a hold with the request's record: the ledger charges `actual` within the
+    /// account's funds and writes off the rest. Retried with the same operation id (a
+    /// retry after a lost reply applies once) until [`SETTLE_DEADLINE`]. Runs as its own
+    /// task, so it completes even when the request that started it is gone; yields what
+    /// was charged, or `None` if the ledger refused it or the deadline passed.
     pub fn settle(
         &self,
         account: AccountId,
         hold: HoldId,
         actual: PicoUsd,
         record: RequestRecord,
-    ) -> tokio::task::JoinHandle<()> {
-        let op = Op::Settle { account, hold, actual, record };
-        self.spawn_with_retries(op)
+    ) -> tokio::task::JoinHandle<Option<Settled>> {
+        let bank = self.clone();
+        tokio::spawn(async move {
+            let model = record.model.clone();
+            let flags = [
+                (record.usage_estimated, "solrouter_usage_estimated_total"),
+                (record.usage_clamped, "solrouter_usage_clamped_total"),
+            ];
+            let op = Op::Settle { account, hold, actual, record };
+            let Reply::Settled { charged, written_off, .. } = bank.finish(op).await? else {
+                tracing::error!(hold = hold.0, "a settle answered with another reply");
+                return None;
+            };
+            for (flag, counter) in flags {
+                if flag {
+                    metrics::counter!(counter).increment(1);
+                }
+            }
+            if written_off > PicoUsd::ZERO {
+                let pico_usd = u64::try_from(written_off.0).unwrap_or(u64::MAX);
+                metrics::counter!("solrouter_written_off_pico_usd_total", "model" => model)
+                    .increment(pico_usd);
+                tracing::warn!(hold = hold.0, %written_off, "usage beyond the balance written off");
+            }
+            Some(Settled { charged, written_off })
+        })
     }
 
     /// Voids a hold that incurred no upstream cost, retrying like [`Bank::settle`].
     pub fn release(&self, account: AccountId, hold: HoldId) -> tokio::task::JoinHandle<()> {
-        self.spawn_with_retries(Op::Release { account, hold })
+        let bank = self.clone();
+        tokio::spawn(async move {
+            bank.finish(Op::Release { account, hold }).await;
+        })
     }
 
-    fn spawn_with_retries(&self, op: Op) -> tokio::task::JoinHandle<()> {
-        let bank = self.clone();
+    /// Submits a settle or release under one op id until it is answered or
+    /// [`SETTLE_DEADLINE`] passes. `None` when it was refused or never answered.
+    async fn finish(&self, op: Op) -> Option<Reply> {
         let id = OpId(keys::random_u128());
-        tokio::spawn(async move {
-            let mut backoff = SETTLE_BACKOFF_FIRST;
-            for attempt in 1..=SETTLE_ATTEMPTS_MAX {
-                let command = Command { id, op: op.clone() };
-                match on_ledger!(bank, ledger => ledger.submit(command).await) {
-                    Ok(Ok(_)) => return,
-                    // A defensive release of a hold that was never made (its reserve
-                    // failed) or is already gone (expired, settled): nothing to do.
-                    Ok(Err(Rejection::UnknownHold)) if matches!(op, Op::Release { .. }) => return,
-                    Ok(Err(rejection)) => {
-                        // A rejection is final: retrying the same op gets the same answer.
-                        metrics::counter!("solrouter_settle_failures_total").increment(1);
-                        tracing::error!(?op, %rejection, "ledger rejected a settle/release");
-                        return;
-                    }
-                    Err(error) if !error.is_retryable() => {
-                        tracing::error!(?op, %error, "settle/release failed for good");
-                        break;
-                    }
-                    Err(error) => {
-                        metrics::counter!("solrouter_settle_retries_total").increment(1);
-                        tracing::warn!(attempt, %error, "settle/release failed; retrying");
-                    }
+        let deadline = tokio::time::Instant::now() + SETTLE_DEADLINE;
+        let mut backoff = SETTLE_BACKOFF_FIRST;
+        loop {
+            let command = Command { id, op: op.clone() };
+            let submitting = async { on_ledger!(self, ledger => ledger.submit(command).await) };
+            let error = match tokio::time::timeout_at(deadline, submitting).await {
+                Ok(Ok(Ok(reply))) => return Some(reply),
+                // A defensive release of a hold that was never made (its reserve failed)
+                // or is already gone (expired, settled): nothing to do.
+                Ok(Ok(Err(Rejection::UnknownHold))) if matches!(op, Op::Release { .. }) => {
+                    return None
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(SETTLE_BACKOFF_MAX);
+                Ok(Ok(Err(rejection))) => {
+                    // A rejection is final: retrying the same op gets the same answer.
+                    metrics::counter!("solrouter_settle_failures_total").increment(1);
+                    tracing::error!(?op, %rejection, "ledger rejected a settle/release");
+                    return None;
+                }
+                Ok(Err(error)) if error.is_retryable() => error,
+                Ok(Err(error)) => {
+                    metrics::counter!("solrouter_settle_failures_total").increment(1);
+                    tracing::error!(?op, %error, "settle/release failed for good");
+                    return None;
+                }
+                Err(_elapsed) => LedgerError::Timeout(SETTLE_DEADLINE),
+            };
+            if tokio::time::Instant::now() + backoff >= deadline {
+                metrics::counter!("solrouter_settle_failures_total").increment(1);
+                tracing::error!(?op, %error, "settle/release out of time; it may still apply");
+                return None;
             }
-            metrics::counter!("solrouter_settle_failures_total").increment(1);
-            tracing::error!(?op, "settle/release gave up; the hold will expire");
-        })
+            metrics::counter!("solrouter_settle_retries_total").increment(1);
+            tracing::warn!(%error, "settle/release failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(SETTLE_BACKOFF_MAX);
+        }
     }
 }
 
@@ -277,8 +347,60 @@ fn op_name(op: &Op) -> &'static str {
     }
 }
 
-/// Milliseconds since the Unix epoch, for hold expiry and record timestamps. The
-/// ledger never reads a clock; the gateway stamps what it sends.
+/// Milliseconds since the Unix epoch, for record timestamps. The ledger never reads a
+/// clock: a hold's expiry is stamped by the leader.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usd(text: &str) -> PicoUsd {
+        PicoUsd::parse_usd(text).unwrap()
+    }
+
+    async fn apply(bank: &Bank, op: Op) -> Reply {
+        bank.submit(OpId(keys::random_u128()), op).await.unwrap().unwrap()
+    }
+
+    /// The money path of one request through the bank, against dev mode's ledger: a
+    /// settle beyond the funds charges what there is and reports the write-off; a revoked
+    /// key is refused by authentication and by the ledger's reserve alike.
+    #[tokio::test]
+    async fn settles_within_the_funds_and_refuses_revoked_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let bank = Bank::new(LedgerNode::open_single(dir.path()).await.unwrap());
+        let account = AccountId(keys::random_u64());
+        let caller = Caller { account, key: KeyId(keys::random_u64()) };
+        apply(&bank, Op::CreateAccount { account, name: "t".into() }).await;
+        apply(&bank, Op::Credit { account, amount: usd("1.00") }).await;
+        let minted = keys::mint(account);
+        let create =
+            Op::CreateKey { account, key: caller.key, name: "k".into(), hash: minted.hash };
+        apply(&bank, create).await;
+        let header = format!("Bearer {}", minted.text);
+        assert_eq!(bank.authenticate(Some(header.as_bytes())).await.unwrap(), caller);
+
+        let (hold, ttl) = (HoldId(keys::random_u128()), Duration::from_secs(60));
+        let reserved = bank.reserve(caller, hold, usd("0.60"), ttl).await.unwrap();
+        assert!(matches!(reserved, Ok(Reply::Reserved { .. })), "{reserved:?}");
+        let record = RequestRecord { key: Some(caller.key), ..RequestRecord::default() };
+        let settled = bank.settle(account, hold, usd("1.50"), record).await.unwrap();
+        assert_eq!(settled, Some(Settled { charged: usd("1.00"), written_off: usd("0.50") }));
+        let state = bank.account(account).await.unwrap().unwrap();
+        assert_eq!((state.available(), state.written_off), (0, usd("0.50")));
+        let kept = bank.record(account, hold).await.unwrap().unwrap();
+        assert_eq!((kept.cost, kept.written_off), (usd("1.00"), usd("0.50")));
+
+        apply(&bank, Op::RevokeKey { account, key: caller.key }).await;
+        let refused = bank.authenticate(Some(header.as_bytes())).await.unwrap_err();
+        assert_eq!(refused.status(), http::StatusCode::UNAUTHORIZED);
+        let hold = HoldId(keys::random_u128());
+        let reserved = bank.reserve(caller, hold, PicoUsd::ZERO, ttl).await.unwrap();
+        assert_eq!(reserved, Err(Rejection::KeyRevoked));
+        bank.release(account, hold).await.unwrap();
+        assert!(bank.audit().await.unwrap().ok);
+    }
 }

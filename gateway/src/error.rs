@@ -7,6 +7,10 @@ use http::{HeaderValue, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
 
+/// What a client is told to wait before retrying when the ledger is unavailable: about
+/// a leader election.
+const LEDGER_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// Who caused an error: decides the log level and whether it counts against the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorSource {
@@ -126,11 +130,14 @@ impl ApiError {
         ApiError::new(status, "provider_unavailable", message, ErrorSource::Upstream)
     }
 
-    /// 503 when the ledger cannot be reached or refuses for a reason that is ours.
+    /// 503 when the ledger cannot be reached (no quorum within the ledger client's
+    /// deadline) or refuses for a reason that is ours; worth retrying shortly.
     pub fn ledger(context: &str, error: impl std::fmt::Display) -> ApiError {
         let message = format!("ledger {context}: {error}");
         let status = StatusCode::SERVICE_UNAVAILABLE;
-        ApiError::new(status, "ledger_unavailable", message, ErrorSource::Internal)
+        let mut api = ApiError::new(status, "ledger_unavailable", message, ErrorSource::Internal);
+        api.retry_after = Some(LEDGER_RETRY_AFTER);
+        api
     }
 
     pub fn internal(message: impl Into<String>) -> ApiError {

@@ -34,7 +34,7 @@ use crate::upstream::{self, Deadlines};
 use crate::wire;
 use http::{header::AUTHORIZATION, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
-use solrouter_ledger::{signed_usd, HoldId, Op, OpId, PicoUsd, Rejection, Reply, RequestRecord};
+use solrouter_ledger::{signed_usd, HoldId, PicoUsd, Rejection, Reply, RequestRecord};
 use tokio::sync::oneshot;
 use tokio::time::{Duration, Instant};
 
@@ -74,7 +74,9 @@ impl RequestContext {
             status: status.as_u16(),
             streamed: self.chat.stream,
             created_ms: self.created_ms,
-            cost: PicoUsd::ZERO,
+            usage_estimated: billed.estimated,
+            usage_clamped: billed.clamped,
+            ..RequestRecord::default()
         }
     }
 
@@ -127,14 +129,11 @@ impl RequestContext {
                 Billed { usage: reported, estimated: true, clamped: false }
             }
         };
+        // Counted once the settle is applied (`bank.rs`); logged here with what was seen.
         if billed.estimated {
-            metrics::counter!("solrouter_usage_estimated_total", "model" => model.id.as_str())
-                .increment(1);
             tracing::warn!(model = %model.id, ?reported, ?billed, "usage incomplete; estimated");
         }
         if billed.clamped {
-            metrics::counter!("solrouter_usage_clamped_total", "model" => model.id.as_str())
-                .increment(1);
             tracing::warn!(model = %model.id, ?reported, "usage beyond the model's limits");
         }
         billed
@@ -306,18 +305,7 @@ async fn reserve(app: &'static App, context: &RequestContext) -> Result<(), ApiE
         .max_by_key(|(_, (_, _, amount))| *amount)
         .ok_or_else(|| ApiError::internal("routing left no candidate"))?;
     let ttl = app.upstream.timeouts().total + HOLD_GRACE;
-    let op = Op::Reserve {
-        account: context.caller.account,
-        hold: context.generation,
-        amount,
-        expires_at_ms: now_ms() + ttl.as_millis() as u64,
-    };
-    let submitted = app.bank.submit(OpId(crate::keys::random_u128()), op).await;
-    let outcome = submitted.inspect_err(|_| {
-        // The reserve may have been applied without its answer reaching us; releasing
-        // an unknown hold is harmless, a forgotten one would hold money until expiry.
-        app.bank.release(context.caller.account, context.generation);
-    })?;
+    let outcome = app.bank.reserve(context.caller, context.generation, amount, ttl).await?;
     match outcome {
         Ok(Reply::Reserved { .. }) => Ok(()),
         Ok(reply) => Err(ApiError::internal(format!("reserve answered {reply:?}"))),
@@ -332,6 +320,9 @@ async fn reserve(app: &'static App, context: &RequestContext) -> Result<(), ApiE
                 model.id,
                 crate::catalog::Price::per_token_usd(model.price_per_token_max()),
             )))
+        }
+        Err(Rejection::KeyRevoked | Rejection::UnknownKey) => {
+            Err(ApiError::unauthorized("API key has been revoked"))
         }
         Err(rejection) => Err(ApiError::ledger("reserve", rejection)),
     }
@@ -490,14 +481,25 @@ impl HoldGuard {
     }
 
     /// Settles with the record and waits (bounded) for the ledger to apply it. Returns
-    /// the cost to show the client: what the ledger charged.
+    /// the cost to show the client: what the ledger charged (less than `actual` when the
+    /// balance ran out and the rest was written off). Only if the ledger has not answered
+    /// within [`SETTLE_WAIT_MAX`] is it `actual`, which the ledger then charges in full
+    /// unless the balance runs out first.
     pub async fn settle(mut self, actual: PicoUsd, record: RequestRecord) -> PicoUsd {
         self.armed = false;
         let settling = self.app.bank.settle(self.caller.account, self.hold, actual, record);
-        if tokio::time::timeout(SETTLE_WAIT_MAX, settling).await.is_err() {
-            tracing::warn!(hold = self.hold.0, "settle still pending; answering anyway");
-        }
-        actual
+        let settled = match tokio::time::timeout(SETTLE_WAIT_MAX, settling).await {
+            Ok(Ok(settled)) => settled,
+            Ok(Err(join_error)) => {
+                tracing::error!(hold = self.hold.0, %join_error, "the settle task failed");
+                None
+            }
+            Err(_elapsed) => {
+                tracing::warn!(hold = self.hold.0, "settle still pending; answering anyway");
+                None
+            }
+        };
+        settled.map_or(actual, |settled| settled.charged)
     }
 
     /// Voids the hold: nothing was produced, so nothing is charged.

@@ -43,6 +43,7 @@ async fn plain_and_streamed_completions_cost_what_the_balance_loses() {
     assert_eq!(pico(&before["available"]) - pico(&after["available"]), plain_cost + streamed_cost);
     assert_eq!(pico(&after["spent"]), plain_cost + streamed_cost);
     assert_eq!(after["held"], "0.00");
+    assert_eq!(after["written_off"], "0.00", "usage within the balance writes nothing off");
 
     // The records, the credits and the key's usage agree with the responses.
     for (id, cost, streamed) in
@@ -55,6 +56,9 @@ async fn plain_and_streamed_completions_cost_what_the_balance_loses() {
         assert_eq!(record["data"]["status"], 200);
         assert_eq!(record["data"]["streamed"], streamed);
         assert_eq!(pico(&record["data"]["cost_usd"]), cost);
+        assert_eq!(record["data"]["written_off"], "0.00");
+        assert!(record["data"]["usage_estimated"].is_boolean(), "{record}");
+        assert!(record["data"]["usage_clamped"].is_boolean(), "{record}");
         assert!(record["data"]["tokens_completion"].as_u64().expect("tokens") > 0);
     }
     let (_, credits) = dev.get("/v1/api/credits", &key).await;

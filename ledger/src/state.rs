@@ -70,14 +70,20 @@ pub enum Op {
         account: AccountId,
         key: KeyId,
     },
-    /// Admitted only if `amount ≤ available`.
+    /// Admitted only if `key` is a live key of `account` and `amount ≤ available`. The
+    /// hold expires `ttl_ms` after the stamp of the batch that applies it: one clock, the
+    /// leader's, for every hold.
     Reserve {
         account: AccountId,
+        key: KeyId,
         hold: HoldId,
         amount: PicoUsd,
-        expires_at_ms: u64,
+        ttl_ms: u64,
     },
-    /// Posts `min(actual, held)`, releases the rest, debits any excess; records the request.
+    /// Voids the hold (if it is this account's and still pending), then charges
+    /// `min(actual, available)` and writes the rest off as the operator's loss, so
+    /// `available` never goes below zero; records the request. A hold settled before
+    /// answers with its first reply, whatever the op id.
     Settle {
         account: AccountId,
         hold: HoldId,
@@ -119,6 +125,9 @@ impl Op {
             Op::Reserve { amount, .. } if *amount > AMOUNT_MAX => {
                 Err(Rejection::Invalid(Cow::Borrowed("reserve amount out of range")))
             }
+            Op::Reserve { ttl_ms, .. } if *ttl_ms == 0 || *ttl_ms > HOLD_TTL_MS_MAX => {
+                Err(Rejection::Invalid(Cow::Borrowed("hold ttl out of range")))
+            }
             Op::Settle { actual, record, .. }
                 if *actual > AMOUNT_MAX
                     || !name_ok(&record.model)
@@ -154,8 +163,16 @@ pub struct RequestRecord {
     pub status: u16,
     pub streamed: bool,
     pub created_ms: u64,
+    /// The gateway counted (some of) the tokens itself: the provider's usage was missing
+    /// or partial, and the charge is the larger of the two counts.
+    pub usage_estimated: bool,
+    /// The provider reported more than the model's context plus output limit: a provider
+    /// fault, settled at that bound.
+    pub usage_clamped: bool,
     /// Filled in by the ledger: what was actually charged.
     pub cost: PicoUsd,
+    /// Filled in by the ledger: what the account could not pay (the operator's loss).
+    pub written_off: PicoUsd,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,12 +186,14 @@ pub enum Reply {
     Reserved {
         available: i128,
     },
-    /// `posted` went against the hold, `released` was returned, `excess` was debited
-    /// beyond the hold (or the whole charge when the hold had expired or was unknown).
+    /// `charged + written_off = actual`: `charged` was debited (at most what the account
+    /// had once its hold was voided), `written_off` is the operator's loss; `released` is
+    /// the part of the hold that went back to `available` (zero when the hold had expired
+    /// or was unknown).
     Settled {
-        posted: PicoUsd,
+        charged: PicoUsd,
         released: PicoUsd,
-        excess: PicoUsd,
+        written_off: PicoUsd,
     },
     Released {
         amount: PicoUsd,
@@ -196,6 +215,8 @@ pub enum Rejection {
     KeyExists,
     #[error("unknown key")]
     UnknownKey,
+    #[error("API key has been revoked")]
+    KeyRevoked,
     #[error("hold id already used")]
     HoldExists,
     #[error("unknown or expired hold")]
@@ -215,10 +236,14 @@ pub struct Account {
     pub debits_posted: PicoUsd,
     pub debits_pending: PicoUsd,
     pub n_holds: u32,
+    /// Usage the account could not pay when it was settled: the operator's loss, not a
+    /// debit (it is not part of `debits_posted`).
+    pub written_off: PicoUsd,
 }
 
 impl Account {
-    /// `credits − debits_posted − debits_pending`; negative only after a settle excess.
+    /// `credits − debits_posted − debits_pending`; never negative (`Ledger::apply`
+    /// asserts it after every command, the audit checks it).
     pub fn available(&self) -> i128 {
         self.credits.0 as i128 - self.debits_posted.0 as i128 - self.debits_pending.0 as i128
     }
@@ -252,6 +277,8 @@ pub struct Audit {
     pub debits_pending: PicoUsd,
     /// Sum of every applied top-up; must equal `credits`.
     pub credited: PicoUsd,
+    /// Sum of every write-off; must equal the sum of the accounts' `written_off`.
+    pub written_off: PicoUsd,
     pub problems: Vec<String>,
 }
 
@@ -272,6 +299,8 @@ pub struct Ledger {
     stamp_ms: u64,
     /// Sum of every top-up ever applied (the bank check's left side).
     credited: PicoUsd,
+    /// Sum of every write-off ever applied.
+    written_off: PicoUsd,
 }
 
 impl Ledger {
@@ -294,6 +323,9 @@ impl Ledger {
             return if *seen == fingerprint { outcome.clone() } else { Err(Rejection::IdReused) };
         }
         let outcome = command.op.validate().and_then(|()| self.apply_op(&command.op));
+        if let Some(account) = self.accounts.get(&command.op.account()) {
+            assert!(account.available() >= 0, "an operation made a balance negative");
+        }
         self.remember(command.id, fingerprint, outcome.clone());
         outcome
     }
@@ -349,8 +381,8 @@ impl Ledger {
                 }
                 _ => Err(Rejection::UnknownKey),
             },
-            Op::Reserve { account, hold, amount, expires_at_ms } => {
-                self.reserve(*account, *hold, *amount, *expires_at_ms)
+            Op::Reserve { account, key, hold, amount, ttl_ms } => {
+                self.reserve(*account, *key, *hold, *amount, *ttl_ms)
             }
             Op::Settle { account, hold, actual, record } => {
                 self.settle(*account, *hold, *actual, record)
@@ -369,17 +401,29 @@ impl Ledger {
     fn reserve(
         &mut self,
         account: AccountId,
+        key: KeyId,
         hold: HoldId,
         amount: PicoUsd,
-        expires_at_ms: u64,
+        ttl_ms: u64,
     ) -> Outcome {
         if self.holds.contains_key(&hold) || self.records.contains_key(&hold) {
             return Err(Rejection::HoldExists);
         }
-        if expires_at_ms <= self.stamp_ms || expires_at_ms - self.stamp_ms > HOLD_TTL_MS_MAX {
-            return Err(Rejection::Invalid(Cow::Borrowed("hold expiry out of range")));
+        if !self.accounts.contains_key(&account) {
+            return Err(Rejection::UnknownAccount);
         }
-        let entry = self.accounts.get_mut(&account).ok_or(Rejection::UnknownAccount)?;
+        // The ledger itself refuses a revoked key, so a gateway whose key cache is stale
+        // cannot spend with it.
+        match self.keys.get(&key) {
+            Some(entry) if entry.account == account && entry.revoked => {
+                return Err(Rejection::KeyRevoked)
+            }
+            Some(entry) if entry.account == account => {}
+            _ => return Err(Rejection::UnknownKey),
+        }
+        assert!(ttl_ms > 0 && ttl_ms <= HOLD_TTL_MS_MAX, "validated before applying");
+        let expires_at_ms = self.stamp_ms.checked_add(ttl_ms).expect("stamp overflow");
+        let entry = self.accounts.get_mut(&account).expect("checked above");
         let available = entry.available();
         if (amount.0 as i128) > available {
             return Err(Rejection::InsufficientFunds { available });
@@ -414,19 +458,25 @@ impl Ledger {
                 amount
             }
             Some(_) => return Err(Rejection::UnknownHold),
-            None => PicoUsd::ZERO, // expired or never reserved: a direct debit
+            // Expired or never reserved: charged like any other settle, within the funds.
+            None => PicoUsd::ZERO,
         };
-        let posted = PicoUsd(actual.0.min(held.0));
-        let released = held.saturating_sub(posted);
-        let excess = actual.saturating_sub(held);
         let entry = self.accounts.get_mut(&account).expect("checked above");
-        entry.debits_posted = entry.debits_posted.checked_add(actual).expect("posted overflow");
+        let available = u128::try_from(entry.available()).expect("available is never negative");
+        let charged = PicoUsd(actual.0.min(available));
+        let written_off = actual.saturating_sub(charged);
+        let released = held.saturating_sub(charged);
+        entry.debits_posted = entry.debits_posted.checked_add(charged).expect("posted overflow");
+        entry.written_off = entry.written_off.checked_add(written_off).expect("write-off overflow");
+        self.written_off = self.written_off.checked_add(written_off).expect("write-off overflow");
+        assert!(entry.available() >= 0, "a settle made the balance negative");
         if let Some(key) = record.key.and_then(|key| self.keys.get_mut(&key)) {
-            key.usage = key.usage.checked_add(actual).expect("key usage overflow");
+            key.usage = key.usage.checked_add(charged).expect("key usage overflow");
         }
         let mut record = record.clone();
-        record.cost = actual;
-        let reply = Reply::Settled { posted, released, excess };
+        record.cost = charged;
+        record.written_off = written_off;
+        let reply = Reply::Settled { charged, released, written_off };
         self.records.insert(hold, (account, record, reply.clone()));
         Ok(reply)
     }
@@ -494,11 +544,15 @@ impl Ledger {
         if self.expiry.len() != self.holds.len() {
             problems.push("expiry index and holds differ in size".into());
         }
-        let (mut credits, mut posted, mut pending) = (0u128, 0u128, 0u128);
+        let (mut credits, mut posted, mut pending, mut written_off) = (0u128, 0u128, 0u128, 0u128);
         for (id, account) in &self.accounts {
             credits += account.credits.0;
             posted += account.debits_posted.0;
             pending += account.debits_pending.0;
+            written_off += account.written_off.0;
+            if account.available() < 0 {
+                problems.push(format!("account {:x}: available below zero", id.0));
+            }
             let (held, n_holds) = pending_by_account.get(id).copied().unwrap_or_default();
             if held != account.debits_pending.0 || n_holds != account.n_holds {
                 problems.push(format!("account {:x}: pending differs from its holds", id.0));
@@ -513,6 +567,9 @@ impl Ledger {
         if credits != self.credited.0 {
             problems.push("sum of credits differs from sum of top-ups".into());
         }
+        if written_off != self.written_off.0 {
+            problems.push("sum of accounts' write-offs differs from the total".into());
+        }
         Audit {
             ok: problems.is_empty(),
             n_accounts: self.accounts.len() as u64,
@@ -521,6 +578,7 @@ impl Ledger {
             debits_posted: PicoUsd(posted),
             debits_pending: PicoUsd(pending),
             credited: self.credited,
+            written_off: self.written_off,
             problems,
         }
     }

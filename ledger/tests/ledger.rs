@@ -4,6 +4,7 @@ use proptest::prelude::*;
 use solrouter_ledger::*;
 
 const ACCOUNT: AccountId = AccountId(7);
+const KEY: KeyId = KeyId(70);
 
 struct Harness {
     ledger: Ledger,
@@ -16,6 +17,7 @@ impl Harness {
         let mut harness = Harness { ledger: Ledger::new(), next_op: 1, stamp_ms: 1_000 };
         let name = "acme".to_string();
         harness.ok(Op::CreateAccount { account: ACCOUNT, name });
+        harness.ok(Op::CreateKey { account: ACCOUNT, key: KEY, name: "k".into(), hash: [7; 32] });
         harness
     }
 
@@ -44,8 +46,8 @@ fn usd(text: &str) -> PicoUsd {
     PicoUsd::parse_usd(text).unwrap()
 }
 
-fn reserve(hold: u128, amount: &str, expires_at_ms: u64) -> Op {
-    Op::Reserve { account: ACCOUNT, hold: HoldId(hold), amount: usd(amount), expires_at_ms }
+fn reserve(hold: u128, amount: &str, ttl_ms: u64) -> Op {
+    Op::Reserve { account: ACCOUNT, key: KEY, hold: HoldId(hold), amount: usd(amount), ttl_ms }
 }
 
 fn settle(hold: u128, actual: &str) -> Op {
@@ -73,27 +75,53 @@ fn settle_posts_actual_and_releases_the_rest() {
     h.ok(reserve(1, "0.60", 60_000));
     let settled = h.ok(settle(1, "0.25"));
     let expected =
-        Reply::Settled { posted: usd("0.25"), released: usd("0.35"), excess: PicoUsd::ZERO };
+        Reply::Settled { charged: usd("0.25"), released: usd("0.35"), written_off: PicoUsd::ZERO };
     assert_eq!(settled, expected);
     let account = h.account();
     assert_eq!((account.debits_posted, account.debits_pending), (usd("0.25"), PicoUsd::ZERO));
     assert_eq!(account.available(), usd("0.75").0 as i128);
     let (owner, record) = h.ledger.record(HoldId(1)).unwrap();
-    assert_eq!((owner, record.cost), (ACCOUNT, usd("0.25")));
+    assert_eq!((owner, record.cost, record.written_off), (ACCOUNT, usd("0.25"), PicoUsd::ZERO));
+    assert_eq!(h.ledger.key(KEY).unwrap().usage, PicoUsd::ZERO, "the record named no key");
 }
 
 #[test]
-fn settle_beyond_the_hold_debits_the_excess_and_may_go_negative() {
+fn settle_beyond_the_hold_charges_from_the_balance_first() {
     let mut h = Harness::new();
-    h.ok(Op::Credit { account: ACCOUNT, amount: usd("0.10") });
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
     h.ok(reserve(1, "0.10", 60_000));
     let settled = h.ok(settle(1, "0.15"));
-    let expected =
-        Reply::Settled { posted: usd("0.10"), released: PicoUsd::ZERO, excess: usd("0.05") };
+    let expected = Reply::Settled {
+        charged: usd("0.15"),
+        released: PicoUsd::ZERO,
+        written_off: PicoUsd::ZERO,
+    };
     assert_eq!(settled, expected);
-    assert_eq!(h.account().available(), -(usd("0.05").0 as i128));
-    // A negative balance blocks new reservations, even of zero.
-    assert!(matches!(h.run(reserve(2, "0", 60_000)), Err(Rejection::InsufficientFunds { .. })));
+    assert_eq!(h.account().available(), usd("0.85").0 as i128);
+}
+
+#[test]
+fn settle_beyond_the_funds_writes_the_rest_off_and_never_goes_negative() {
+    let mut h = Harness::new();
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("0.12") });
+    h.ok(reserve(1, "0.10", 60_000));
+    let record = RequestRecord { key: Some(KEY), ..RequestRecord::default() };
+    let over = Op::Settle { account: ACCOUNT, hold: HoldId(1), actual: usd("0.15"), record };
+    let settled = h.ok(over);
+    let expected =
+        Reply::Settled { charged: usd("0.12"), released: PicoUsd::ZERO, written_off: usd("0.03") };
+    assert_eq!(settled, expected);
+    let account = h.account();
+    assert_eq!((account.available(), account.written_off), (0, usd("0.03")));
+    assert_eq!(account.debits_posted, usd("0.12"), "the loss is not a debit");
+    let (_, record) = h.ledger.record(HoldId(1)).unwrap();
+    assert_eq!((record.cost, record.written_off), (usd("0.12"), usd("0.03")));
+    assert_eq!(h.ledger.key(KEY).unwrap().usage, usd("0.12"), "a key is charged what was");
+    let audit = h.ledger.audit();
+    assert_eq!((audit.ok, audit.written_off), (true, usd("0.03")));
+    // An empty balance still admits a reserve of nothing, and nothing more.
+    h.ok(reserve(2, "0", 60_000));
+    assert!(matches!(h.run(reserve(3, "0.01", 60_000)), Err(Rejection::InsufficientFunds { .. })));
 }
 
 #[test]
@@ -104,6 +132,16 @@ fn settling_twice_returns_the_first_result() {
     let first = h.ok(settle(1, "0.20"));
     assert_eq!(h.ok(settle(1, "0.40")), first, "a second settle under a new id is a no-op");
     assert_eq!(h.account().debits_posted, usd("0.20"));
+    // The same after the hold would have expired, and for a write-off.
+    h.ok(reserve(2, "0.10", 1_000));
+    let over = h.ok(settle(2, "5.00"));
+    assert_eq!(
+        over,
+        Reply::Settled { charged: usd("0.80"), released: PicoUsd::ZERO, written_off: usd("4.20") }
+    );
+    h.stamp_ms += 10_000;
+    assert_eq!(h.ok(settle(2, "5.00")), over);
+    assert_eq!((h.account().written_off, h.ledger.audit().written_off), (usd("4.20"), usd("4.20")));
 }
 
 #[test]
@@ -121,16 +159,27 @@ fn operation_ids_are_idempotent() {
 fn expiry_is_applied_from_the_batch_stamp() {
     let mut h = Harness::new();
     h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
-    h.ok(reserve(1, "0.80", 2_000));
+    // The ledger stamps the expiry: batch stamp 1 000 + ttl 1 000.
+    h.ok(reserve(1, "0.80", 1_000));
     h.stamp_ms = 1_999;
     assert!(h.run(reserve(2, "0.50", 10_000)).is_err(), "hold 1 still live");
     h.stamp_ms = 2_000;
     h.ok(reserve(3, "0.50", 10_000));
-    // Settling the expired hold is a direct debit.
-    let settled = h.ok(settle(1, "0.10"));
+    // Settling the expired hold charges what the balance holds, the rest is written off.
+    let settled = h.ok(settle(1, "0.70"));
     let expected =
-        Reply::Settled { posted: PicoUsd::ZERO, released: PicoUsd::ZERO, excess: usd("0.10") };
+        Reply::Settled { charged: usd("0.50"), released: PicoUsd::ZERO, written_off: usd("0.20") };
     assert_eq!(settled, expected);
+    assert_eq!(h.account().available(), 0);
+    // An unknown hold is settled by the same rule.
+    assert_eq!(
+        h.ok(settle(9, "0.01")),
+        Reply::Settled {
+            charged: PicoUsd::ZERO,
+            released: PicoUsd::ZERO,
+            written_off: usd("0.01")
+        }
+    );
     // A stamp going backwards does not un-expire anything.
     h.stamp_ms = 500;
     assert_eq!(h.ledger.stamp_ms(), 2_000);
@@ -177,17 +226,42 @@ fn invalid_commands_are_rejected_before_touching_state() {
     assert!(matches!(h.run(huge), Err(Rejection::Invalid(_))));
     let unknown = Op::Credit { account: AccountId(1), amount: usd("1") };
     assert_eq!(h.run(unknown), Err(Rejection::UnknownAccount));
-    assert!(
-        matches!(h.run(reserve(1, "0", 1_000)), Err(Rejection::Invalid(_))),
-        "expiry in the past"
-    );
+    for ttl_ms in [0, HOLD_TTL_MS_MAX + 1] {
+        assert!(matches!(h.run(reserve(1, "0", ttl_ms)), Err(Rejection::Invalid(_))), "{ttl_ms}");
+    }
+    h.ok(reserve(1, "0", HOLD_TTL_MS_MAX));
+}
+
+#[test]
+fn reserve_refuses_revoked_unknown_and_foreign_keys() {
+    let mut h = Harness::new();
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
+    let other = AccountId(8);
+    h.ok(Op::CreateAccount { account: other, name: "other".into() });
+    h.ok(Op::CreateKey { account: other, key: KeyId(80), name: "k".into(), hash: [8; 32] });
+    let with_key = |hold: u128, key: KeyId| Op::Reserve {
+        account: ACCOUNT,
+        key,
+        hold: HoldId(hold),
+        amount: usd("0.10"),
+        ttl_ms: 60_000,
+    };
+    assert_eq!(h.run(with_key(1, KeyId(999))), Err(Rejection::UnknownKey));
+    assert_eq!(h.run(with_key(2, KeyId(80))), Err(Rejection::UnknownKey), "another's key");
+    h.ok(with_key(3, KEY));
+    h.ok(Op::RevokeKey { account: ACCOUNT, key: KEY });
+    assert_eq!(h.run(with_key(4, KEY)), Err(Rejection::KeyRevoked));
+    // A hold made before the revocation still settles.
+    assert!(matches!(h.ok(settle(3, "0.05")), Reply::Settled { .. }));
+    assert_eq!(h.account().n_holds, 0);
 }
 
 /// One step of a random workload over a few accounts and holds.
 #[derive(Debug, Clone)]
 enum Step {
     Credit { account: u8, cents: u32 },
-    Reserve { account: u8, hold: u8, cents: u32, ttl_ms: u16 },
+    Reserve { account: u8, key: u8, hold: u8, cents: u32, ttl_ms: u16 },
+    Revoke { account: u8, key: u8 },
     Settle { account: u8, hold: u8, cents: u32 },
     Release { account: u8, hold: u8 },
     Tick { ms: u16 },
@@ -197,10 +271,18 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         (0..3u8, 1..10_000u32).prop_map(|(account, cents)| Step::Credit { account, cents }),
-        (0..3u8, 0..16u8, 0..5_000u32, 1..2_000u16).prop_map(|(account, hold, cents, ttl_ms)| {
-            Step::Reserve { account, hold, cents, ttl_ms }
-        }),
-        (0..3u8, 0..16u8, 0..6_000u32).prop_map(|(account, hold, cents)| Step::Settle {
+        (0..3u8, 0..4u8, 0..16u8, 0..5_000u32, 0..2_000u16).prop_map(
+            |(account, key, hold, cents, ttl_ms)| Step::Reserve {
+                account,
+                key,
+                hold,
+                cents,
+                ttl_ms
+            }
+        ),
+        (0..3u8, 0..4u8).prop_map(|(account, key)| Step::Revoke { account, key }),
+        // Up to 4× the largest hold: providers over-reporting, settles after expiry.
+        (0..3u8, 0..16u8, 0..20_000u32).prop_map(|(account, hold, cents)| Step::Settle {
             account,
             hold,
             cents
@@ -215,22 +297,39 @@ fn cents(n: u32) -> PicoUsd {
     PicoUsd(u128::from(n) * PICO_PER_USD / 100)
 }
 
+/// Key `key` of `account` in the random workload: three per account, the fourth index
+/// names a key that does not exist.
+fn key_of(account: u8, key: u8) -> KeyId {
+    KeyId(u64::from(account) * 10 + u64::from(key))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// The bank invariant holds after every batch of any workload, a replica replaying the
-    /// same batches (even re-delivered ones) ends identical, and the sum of acknowledged
-    /// top-ups equals the sum of credits.
+    /// The bank invariant (write-offs included) holds and no balance is below zero after
+    /// every batch of any workload (settles above the hold and the funds, settles after
+    /// expiry, reserves with revoked keys), a replica replaying the same batches (even
+    /// re-delivered ones) ends identical, the sum of acknowledged top-ups equals the sum of
+    /// credits, each settle's charge and write-off add up to its actual, and no reserve
+    /// with a key is admitted after that key's revocation.
     #[test]
     fn bank_invariant_holds_under_random_workloads(steps in prop::collection::vec(step(), 1..200)) {
         let mut ledger = Ledger::new();
         let mut batches: Vec<Batch> = Vec::new();
         let mut stamp_ms = 1_000u64;
         let mut acknowledged_credits = 0u128;
+        let mut revoked = std::collections::BTreeSet::new();
+        let mut settled = std::collections::BTreeMap::new();
         let mut commands = Vec::new();
-        for account in 0..3u64 {
-            let op = Op::CreateAccount { account: AccountId(account), name: format!("a{account}") };
+        for account in 0..3u8 {
+            let id = AccountId(account.into());
+            let op = Op::CreateAccount { account: id, name: format!("a{account}") };
             commands.push(Command { id: OpId(u128::from(account) + 1_000_000), op });
+            for key in 0..3u8 {
+                let hash = [account * 10 + key; 32];
+                let op = Op::CreateKey { account: id, key: key_of(account, key), name: "k".into(), hash };
+                commands.push(Command { id: OpId(u128::from(account * 10 + key) + 2_000_000), op });
+            }
         }
         batches.push(Batch { stamp_ms, commands });
         ledger.apply(&batches[0]);
@@ -238,10 +337,13 @@ proptest! {
             let id = OpId(index as u128 + 1);
             let op = match step {
                 Step::Credit { account, cents: n } => Op::Credit { account: AccountId(account.into()), amount: cents(n) },
-                Step::Reserve { account, hold, cents: n, ttl_ms } => Op::Reserve {
-                    account: AccountId(account.into()), hold: HoldId(hold.into()), amount: cents(n),
-                    expires_at_ms: stamp_ms + u64::from(ttl_ms),
+                Step::Reserve { account, key, hold, cents: n, ttl_ms } => Op::Reserve {
+                    account: AccountId(account.into()), key: key_of(account, key),
+                    hold: HoldId(hold.into()), amount: cents(n), ttl_ms: u64::from(ttl_ms),
                 },
+                Step::Revoke { account, key } => {
+                    Op::RevokeKey { account: AccountId(account.into()), key: key_of(account, key) }
+                }
                 Step::Settle { account, hold, cents: n } => Op::Settle {
                     account: AccountId(account.into()), hold: HoldId(hold.into()), actual: cents(n),
                     record: RequestRecord::default(),
@@ -267,12 +369,31 @@ proptest! {
             if let (Op::Credit { amount, .. }, Ok(_)) = (&op, &outcome) {
                 acknowledged_credits += amount.0;
             }
-            if let (Op::Reserve { .. }, Ok(Reply::Reserved { available })) = (&op, &outcome) {
-                prop_assert!(*available >= 0);
+            match (&op, &outcome) {
+                (Op::Reserve { key, .. }, Ok(Reply::Reserved { available })) => {
+                    prop_assert!(*available >= 0);
+                    prop_assert!(!revoked.contains(key), "reserved with revoked {key:?}");
+                }
+                (Op::Reserve { key, .. }, Err(Rejection::KeyRevoked)) => {
+                    prop_assert!(revoked.contains(key));
+                }
+                (Op::RevokeKey { key, .. }, Ok(_)) => {
+                    revoked.insert(*key);
+                }
+                (Op::Settle { hold, actual, .. }, Ok(reply @ Reply::Settled { charged, written_off, .. })) => {
+                    // The first settle of a hold decides; later ones answer the same.
+                    let first = settled.entry(*hold).or_insert_with(|| (reply.clone(), *actual));
+                    prop_assert_eq!(&first.0, reply);
+                    prop_assert_eq!(charged.0 + written_off.0, first.1.0);
+                }
+                _ => {}
             }
             batches.push(batch);
             let audit = ledger.audit();
             prop_assert!(audit.ok, "{:?}", audit.problems);
+            for account in 0..3u64 {
+                prop_assert!(ledger.account(AccountId(account)).unwrap().available() >= 0);
+            }
         }
         prop_assert_eq!(ledger.audit().credits.0, acknowledged_credits);
         let mut replica = Ledger::new();

@@ -1,11 +1,11 @@
 //! [`LedgerClient`]: a gateway's handle on a remote ledger cluster (DESIGN.md §2).
 //!
 //! It routes each operation to the leader of its account's group, caches leaders, follows
-//! `NotLeader` hints, and retries retryable failures at most [`CLIENT_ATTEMPTS_MAX`]
-//! times with capped exponential backoff. A retry resends the same commands with the same
-//! op ids, so the ledger applies each at most once and answers a repeat from its
-//! idempotency window: an operation in flight during an election completes or fails
-//! cleanly, never twice.
+//! `NotLeader` hints, and retries retryable failures with capped exponential backoff,
+//! within an overall deadline per call ([`CLIENT_CALL_DEADLINE`]): without a quorum a call
+//! fails within it, retryably. A retry resends the same commands with the same op ids, so
+//! the ledger applies each at most once and answers a repeat from its idempotency window:
+//! an operation in flight during an election completes or fails cleanly, never twice.
 //!
 //! Group commit from the gateway side: concurrent submits of one group queue up and go
 //! out together, up to [`CLIENT_BATCH_COMMANDS_MAX`] commands per RPC and
@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 /// Commands per submit RPC. A thousand commands are ~1 MB on the wire, well under
@@ -43,11 +44,13 @@ pub const CLIENT_RPCS_IN_FLIGHT_MAX: usize = 4;
 /// Commands waiting per group for a free RPC slot; beyond it `submit` waits
 /// (backpressure) instead of queueing without bound.
 pub const CLIENT_QUEUE_MAX: usize = 2 * CLIENT_BATCH_COMMANDS_MAX;
-/// Attempts of one operation across nodes and elections, and the backoff between them:
-/// 10 ms doubling to 200 ms, so the attempts span ~19 s (plus RPC time), many election
-/// timeouts and a restart of a node, before the operation fails as retryable. The cap is
-/// below an election timeout, so a new leader is found within one backoff of its election.
-pub const CLIENT_ATTEMPTS_MAX: u32 = 100;
+/// Longest one call (a submit or a read of one group, a topology) may take, every attempt
+/// across nodes and elections included: many election timeouts, so a leader loss is
+/// ridden out, and short enough that a request's reserve fails fast (a 503 to retry) when
+/// the ledger has no quorum. A caller may bound a call tighter with its own timeout.
+pub const CLIENT_CALL_DEADLINE: Duration = Duration::from_secs(5);
+/// Backoff between attempts: 10 ms doubling to 200 ms. The cap is below an election
+/// timeout, so a new leader is found within one backoff of its election.
 pub const CLIENT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
 pub const CLIENT_BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// Longest one RPC may take. A commit takes milliseconds; a node that has not answered
@@ -57,6 +60,9 @@ pub const CLIENT_RPC_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a membership change RPC may take: the new node catches up first.
 pub const MEMBERSHIP_RPC_TIMEOUT: Duration =
     Duration::from_secs(LEARNER_CATCH_UP_TIMEOUT.as_secs() + 10);
+/// Longest one group's membership change may take, retries included (an admin call).
+pub const MEMBERSHIP_CALL_DEADLINE: Duration =
+    Duration::from_secs(MEMBERSHIP_RPC_TIMEOUT.as_secs() * 2);
 /// Distinct node addresses a client remembers (seeds, members, hints). Clusters have 3 or
 /// 5 nodes; the bound only stops a confused cluster from growing the table.
 pub const CLIENT_ADDRESSES_MAX: usize = 64;
@@ -69,6 +75,9 @@ const _: () = assert!(CLIENT_QUEUE_MAX >= CLIENT_BATCH_COMMANDS_MAX);
 const _: () = assert!(CLIENT_BATCH_COMMANDS_MAX * crate::COMMAND_BYTES_MAX <= RPC_BYTES_MAX / 2);
 const _: () = assert!(CLIENT_BACKOFF_FIRST.as_millis() < CLIENT_BACKOFF_MAX.as_millis());
 const _: () = assert!(CLIENT_BACKOFF_MAX.as_millis() <= crate::ELECTION_TIMEOUT_MAX.as_millis());
+const _: () = assert!(CLIENT_RPC_TIMEOUT.as_millis() < CLIENT_CALL_DEADLINE.as_millis());
+const _: () =
+    assert!(CLIENT_CALL_DEADLINE.as_millis() > 10 * crate::ELECTION_TIMEOUT_MAX.as_millis());
 
 /// A client of a ledger cluster. Cheap to clone: clones share routes, connections and
 /// per-group batching. Dropping the last clone ends its background tasks.
@@ -138,22 +147,28 @@ impl LedgerClient {
     }
 
     /// Submits one command to its group's leader, batched with concurrent submits of the
-    /// same group, and returns its outcome.
+    /// same group, and returns its outcome, within [`CLIENT_CALL_DEADLINE`]. After a
+    /// `Timeout` the command may still be applied: resubmit it under the same op id.
     pub async fn submit(&self, command: Command) -> Result<Outcome, LedgerError> {
         let group_idx = group_of_account(command.op.account(), self.n_groups());
         let (reply_tx, reply_rx) = oneshot::channel();
         let pending = Pending { command, reply: reply_tx };
-        self.queues[group_idx as usize].send(pending).await.map_err(|_| LedgerError::Shutdown)?;
-        reply_rx.await.map_err(|_| LedgerError::Shutdown)?
+        within_call_deadline(async {
+            let queue = &self.queues[group_idx as usize];
+            queue.send(pending).await.map_err(|_| LedgerError::Shutdown)?;
+            reply_rx.await.map_err(|_| LedgerError::Shutdown)?
+        })
+        .await
     }
 
-    /// An account as `consistency` asks (see [`Consistency`]).
+    /// An account as `consistency` asks (see [`Consistency`]). Each read below, like
+    /// every call, answers or fails within [`CLIENT_CALL_DEADLINE`].
     pub async fn account(
         &self,
         account: AccountId,
         consistency: Consistency,
     ) -> Result<Option<Account>, LedgerError> {
-        reads::account(self, account, consistency).await
+        within_call_deadline(reads::account(self, account, consistency)).await
     }
 
     /// The key whose secret hashes to `hash`, if it belongs to `account`.
@@ -163,7 +178,7 @@ impl LedgerClient {
         hash: KeyHash,
         consistency: Consistency,
     ) -> Result<Option<(KeyId, Key)>, LedgerError> {
-        reads::key_by_hash(self, account, hash, consistency).await
+        within_call_deadline(reads::key_by_hash(self, account, hash, consistency)).await
     }
 
     /// A key by id alone, looked up in every group.
@@ -172,7 +187,7 @@ impl LedgerClient {
         key: KeyId,
         consistency: Consistency,
     ) -> Result<Option<Key>, LedgerError> {
-        reads::key(self, key, consistency).await
+        within_call_deadline(reads::key(self, key, consistency)).await
     }
 
     /// The request record of a settled hold, if `account` paid for it.
@@ -182,23 +197,24 @@ impl LedgerClient {
         hold: HoldId,
         consistency: Consistency,
     ) -> Result<Option<RequestRecord>, LedgerError> {
-        reads::record(self, account, hold, consistency).await
+        within_call_deadline(reads::record(self, account, hold, consistency)).await
     }
 
     /// The bank check of every group, merged.
     pub async fn audit(&self, consistency: Consistency) -> Result<Audit, LedgerError> {
-        reads::audit(self, consistency).await
+        within_call_deadline(reads::audit(self, consistency)).await
     }
 
     /// Succeeds when every group has a leader confirmed by a quorum.
     pub async fn ready(&self) -> Result<(), LedgerError> {
-        reads::ready(self).await
+        within_call_deadline(reads::ready(self)).await
     }
 
     /// The cluster as some node sees it.
     pub async fn topology(&self) -> Result<Topology, LedgerError> {
+        let deadline = Instant::now() + CLIENT_CALL_DEADLINE;
         let topology: Topology =
-            self.shared.at_any(Method::Topology, 0, Bytes::new(), CLIENT_RPC_TIMEOUT).await?;
+            self.shared.at_any(Method::Topology, 0, Bytes::new(), deadline).await?;
         self.shared.learn(&topology);
         Ok(topology)
     }
@@ -221,8 +237,11 @@ impl LedgerClient {
         let payload = encode(change)?;
         for group_idx in 0..self.n_groups() {
             let method = Method::ChangeMembership;
-            let timeout = MEMBERSHIP_RPC_TIMEOUT;
-            let () = self.shared.at_leader(method, group_idx, payload.clone(), timeout).await?;
+            let budget = Budget {
+                rpc_timeout: MEMBERSHIP_RPC_TIMEOUT,
+                deadline: Instant::now() + MEMBERSHIP_CALL_DEADLINE,
+            };
+            let () = self.shared.at_leader(method, group_idx, payload.clone(), budget).await?;
         }
         Ok(())
     }
@@ -240,12 +259,13 @@ impl GroupReader for LedgerClient {
     ) -> Result<ReadAnswer, LedgerError> {
         let consistency = request.consistency;
         let payload = encode(&request)?;
+        let budget = Budget::call();
         match consistency {
             Consistency::Linearizable => {
-                self.shared.at_leader(Method::Query, group_idx, payload, CLIENT_RPC_TIMEOUT).await
+                self.shared.at_leader(Method::Query, group_idx, payload, budget).await
             }
             Consistency::Stale => {
-                self.shared.at_any(Method::Query, group_idx, payload, CLIENT_RPC_TIMEOUT).await
+                self.shared.at_any(Method::Query, group_idx, payload, budget.deadline).await
             }
         }
     }
@@ -275,8 +295,8 @@ async fn submit_batch(shared: &Shared, group_idx: u32, pendings: Vec<Pending>) {
         pendings.into_iter().map(|p| (p.command, p.reply)).unzip();
     let submitted = match encode(&commands) {
         Ok(payload) => {
-            let method = Method::Submit;
-            shared.at_leader::<Vec<Outcome>>(method, group_idx, payload, CLIENT_RPC_TIMEOUT).await
+            let (method, budget) = (Method::Submit, Budget::call());
+            shared.at_leader::<Vec<Outcome>>(method, group_idx, payload, budget).await
         }
         Err(e) => Err(e),
     };
@@ -320,8 +340,8 @@ impl Shared {
     async fn first_topology(&self) -> Topology {
         let mut backoff = CLIENT_BACKOFF_FIRST;
         loop {
-            let result =
-                self.at_any::<Topology>(Method::Topology, 0, Bytes::new(), CLIENT_RPC_TIMEOUT);
+            let deadline = Instant::now() + CLIENT_RPC_TIMEOUT;
+            let result = self.at_any::<Topology>(Method::Topology, 0, Bytes::new(), deadline);
             match result.await {
                 Ok(topology) => return topology,
                 Err(e) => tracing::info!(error = %e, "no ledger node answered yet"),
@@ -399,17 +419,19 @@ impl Shared {
     }
 
     /// Calls the group's leader: the cached one, else any node, following `NotLeader`
-    /// hints and backing off after failures, at most `CLIENT_ATTEMPTS_MAX` times.
+    /// hints and backing off after failures, until `budget.deadline`; then fails with the
+    /// last (retryable) error.
     async fn at_leader<T: DeserializeOwned>(
         &self,
         method: Method,
         group_idx: u32,
         payload: Bytes,
-        timeout: Duration,
+        budget: Budget,
     ) -> Result<T, LedgerError> {
         let mut backoff = CLIENT_BACKOFF_FIRST;
         let mut error = LedgerError::Unavailable { reason: "no attempt made".into() };
-        for _attempt in 0..CLIENT_ATTEMPTS_MAX {
+        loop {
+            let Some(timeout) = budget.next_rpc_timeout() else { return Err(error) };
             let target = self.leader_or_next(group_idx);
             match self.call(&target, method, group_idx, payload.clone(), timeout).await {
                 Ok(answer) => {
@@ -429,23 +451,28 @@ impl Shared {
                 }
                 Err(e) => return Err(e),
             }
+            if Instant::now() + backoff >= budget.deadline {
+                return Err(error);
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(CLIENT_BACKOFF_MAX);
         }
-        Err(error)
     }
 
-    /// Calls any node (stale reads, topology), moving on to the next after a failure.
+    /// Calls any node (stale reads, topology), moving on to the next after a failure,
+    /// each node at most once and all before `deadline`.
     async fn at_any<T: DeserializeOwned>(
         &self,
         method: Method,
         group_idx: u32,
         payload: Bytes,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<T, LedgerError> {
         let mut error = LedgerError::Unavailable { reason: "no attempt made".into() };
         let n_addrs = self.routes().addrs.len();
-        for _attempt in 0..n_addrs.min(CLIENT_ATTEMPTS_MAX as usize) {
+        let budget = Budget { rpc_timeout: CLIENT_RPC_TIMEOUT, deadline };
+        for _attempt in 0..n_addrs {
+            let Some(timeout) = budget.next_rpc_timeout() else { break };
             let target = self.next_addr();
             match self.call(&target, method, group_idx, payload.clone(), timeout).await {
                 Ok(answer) => return Ok(answer),
@@ -483,6 +510,36 @@ impl Shared {
             .map_err(|e| LedgerError::Invalid(format!("undecodable {method:?} reply: {e}")))?;
         result.map_err(LedgerError::from)
     }
+}
+
+/// How long a call may go on, and each of its RPCs.
+#[derive(Clone, Copy)]
+struct Budget {
+    rpc_timeout: Duration,
+    deadline: Instant,
+}
+
+impl Budget {
+    /// An ordinary call's: [`CLIENT_CALL_DEADLINE`] from now.
+    fn call() -> Budget {
+        Budget { rpc_timeout: CLIENT_RPC_TIMEOUT, deadline: Instant::now() + CLIENT_CALL_DEADLINE }
+    }
+
+    /// The timeout of the next RPC: the RPC's own, cut to what is left; `None` once the
+    /// deadline has passed.
+    fn next_rpc_timeout(&self) -> Option<Duration> {
+        let left = self.deadline.checked_duration_since(Instant::now())?;
+        (!left.is_zero()).then(|| left.min(self.rpc_timeout))
+    }
+}
+
+/// Runs `call` within [`CLIENT_CALL_DEADLINE`]; past it, a retryable `Timeout`.
+async fn within_call_deadline<T>(
+    call: impl std::future::Future<Output = Result<T, LedgerError>>,
+) -> Result<T, LedgerError> {
+    tokio::time::timeout(CLIENT_CALL_DEADLINE, call)
+        .await
+        .unwrap_or(Err(LedgerError::Timeout(CLIENT_CALL_DEADLINE)))
 }
 
 /// A gRPC failure: a request the server could not decode (a version mismatch) is final;

@@ -146,6 +146,7 @@ pub(crate) fn merge_audits(audits: Vec<Audit>) -> Audit {
         debits_posted: PicoUsd::ZERO,
         debits_pending: PicoUsd::ZERO,
         credited: PicoUsd::ZERO,
+        written_off: PicoUsd::ZERO,
         problems: Vec::new(),
     };
     let add = |total: PicoUsd, part: PicoUsd| total.checked_add(part).expect("audit sum overflow");
@@ -157,6 +158,7 @@ pub(crate) fn merge_audits(audits: Vec<Audit>) -> Audit {
         merged.debits_posted = add(merged.debits_posted, audit.debits_posted);
         merged.debits_pending = add(merged.debits_pending, audit.debits_pending);
         merged.credited = add(merged.credited, audit.credited);
+        merged.written_off = add(merged.written_off, audit.written_off);
         merged
             .problems
             .extend(audit.problems.into_iter().map(|p| format!("group {group_idx}: {p}")));

@@ -4,16 +4,16 @@
 //!
 //! All tests live in one file so the workspace links one test binary for them (2 cores).
 
-use solrouter_ledger::{AccountId, Command, HoldId, Op, OpId, PicoUsd, Rejection, Reply};
+use solrouter_ledger::{AccountId, Command, HoldId, KeyId, Op, OpId, PicoUsd, Rejection, Reply};
 use solrouter_raft::{
-    group_of_account, ClusterConfig, ClusterStart, Consistency, LedgerClient, LedgerNode,
-    NodeOptions,
+    group_of_account, ClusterConfig, ClusterStart, Consistency, LedgerClient, LedgerError,
+    LedgerNode, NodeOptions, CLIENT_CALL_DEADLINE, CLIENT_RPC_TIMEOUT,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tempfile::TempDir;
 
 /// Bounded polling for eventual conditions: attempts × interval = 20 s, room for several
@@ -27,10 +27,6 @@ const TOP_UP: PicoUsd = PicoUsd(1_000);
 fn free_local_addr() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().to_string()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 struct Cluster {
@@ -197,9 +193,10 @@ async fn client_routes_batches_retries_and_reads() {
 
     // A hold nobody settles (its gateway crashed) is voided after its expiry, though no
     // other command reaches its group.
-    let hold = HoldId(77);
-    let expires_at_ms = now_ms() + 300;
-    let reserve = Op::Reserve { account, hold, amount: TOP_UP, expires_at_ms };
+    let (hold, key) = (HoldId(77), KeyId(77));
+    let create_key = Op::CreateKey { account, key, name: "k".into(), hash: [77; 32] };
+    submit_ok(&client, Command { id: OpId((1 << 100) + 2), op: create_key }).await;
+    let reserve = Op::Reserve { account, key, hold, amount: TOP_UP, ttl_ms: 300 };
     submit_ok(&client, Command { id: OpId(1 << 100), op: reserve }).await;
     let pending = client.account(account, Consistency::Linearizable).await.unwrap().unwrap();
     assert_eq!(pending.debits_pending, TOP_UP);
@@ -280,5 +277,34 @@ async fn nodes_join_and_leave_while_the_cluster_serves() {
     }
     let audit = client.audit(Consistency::Linearizable).await.unwrap();
     assert!(audit.ok, "{:?}", audit.problems);
+    cluster.shutdown().await;
+}
+
+/// Without a quorum every call fails within its deadline, retryably, instead of retrying
+/// for tens of seconds; once the quorum is back the same op id applies once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_a_quorum_fail_within_the_deadline() {
+    let mut cluster = Cluster::start(3, 1).await;
+    let client = cluster.client().await;
+    let account = cluster.accounts()[0];
+    create(&client, &[account]).await;
+    for id in [2, 3] {
+        cluster.nodes.remove(&id).unwrap().shutdown().await.unwrap();
+    }
+    let credit = Command { id: OpId(1 << 90), op: Op::Credit { account, amount: TOP_UP } };
+    let started = std::time::Instant::now();
+    let failed = client.submit(credit.clone()).await.expect_err("no quorum, no outcome");
+    let read = client.account(account, Consistency::Linearizable).await;
+    let elapsed = started.elapsed();
+    assert!(failed.is_retryable(), "{failed}");
+    assert!(read.as_ref().is_err_and(LedgerError::is_retryable), "{read:?}");
+    let bound = CLIENT_CALL_DEADLINE * 2 + CLIENT_RPC_TIMEOUT;
+    assert!(elapsed < bound, "two calls took {elapsed:?}");
+    for id in [2, 3] {
+        cluster.open(id, ClusterStart::Bootstrap(cluster.peers.clone())).await;
+    }
+    eventually("the quorum is back", || async { client.ready().await.is_ok() }).await;
+    assert!(matches!(submit_ok(&client, credit).await, Reply::Credited { .. }));
+    assert_eq!(credits(&client, account, Consistency::Linearizable).await, TOP_UP);
     cluster.shutdown().await;
 }

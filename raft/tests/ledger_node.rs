@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const ACCOUNT: AccountId = AccountId(7);
 /// One top-up; small so any number of them stays far below `AMOUNT_MAX`.
@@ -136,7 +136,6 @@ async fn restart_on_the_same_directory_keeps_the_state() {
     let dir = tempfile::tempdir().unwrap();
     let hold = HoldId(99);
     let key_hash = [3u8; 32];
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
     {
         let node = LedgerNode::open_single(dir.path()).await.unwrap();
         submit_ok(&node, create_account(1)).await;
@@ -146,9 +145,10 @@ async fn restart_on_the_same_directory_keeps_the_state() {
         submit_ok(&node, Command { id: OpId(3), op: key }).await;
         let reserve = Op::Reserve {
             account: ACCOUNT,
+            key: KeyId(5),
             hold,
             amount: PicoUsd(400),
-            expires_at_ms: now_ms + 60_000,
+            ttl_ms: 60_000,
         };
         submit_ok(&node, Command { id: OpId(4), op: reserve }).await;
         // Dropped without shutdown, like a process that just stops using it.
@@ -169,7 +169,7 @@ async fn restart_on_the_same_directory_keeps_the_state() {
     };
     let reply = submit_ok(&node, Command { id: OpId(5), op: settle }).await;
     let expected =
-        Reply::Settled { posted: PicoUsd(300), released: PicoUsd(100), excess: PicoUsd(0) };
+        Reply::Settled { charged: PicoUsd(300), released: PicoUsd(100), written_off: PicoUsd(0) };
     assert_eq!(reply, expected);
     node.shutdown().await.unwrap();
 }

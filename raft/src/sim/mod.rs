@@ -8,15 +8,23 @@
 //! whenever every task waits, so seconds of cluster time cost milliseconds. Openraft's
 //! only own randomness, the election timeout, is drawn from the seed instead.
 //!
-//! A run: start the cluster and create accounts; let clients send random top-ups,
-//! reserves, settles and releases while the nemesis partitions, degrades the network and
-//! crashes and restarts nodes; heal everything; resend every command (an acknowledged one
-//! must get its first outcome again; an in-doubt one is settled by this); wait until the
-//! replicas of each group have applied the same log; then check:
-//! * every replica's ledger is identical, and passes the bank audit;
+//! A run: start the cluster (nodes' clocks skewed) and create accounts with a key each;
+//! let clients send random top-ups, key creations and revocations, reserves, settles and
+//! releases, and run the gateway's request path (reserve with a TTL, a delay, a settle of
+//! usage up to 3× the hold), while the nemesis partitions, degrades the network, crashes
+//! and restarts nodes, and now and then takes the ledger down for longer than holds
+//! live; heal everything; resend every command (an acknowledged one must get its first
+//! outcome again; an in-doubt one is settled by this); wait until the replicas of each
+//! group have applied the same log; then check:
+//! * every replica's ledger is identical, and passes the bank audit (write-offs and
+//!   `available ≥ 0` included; the ledger also asserts the latter after every command);
 //! * each account's credits equal the sum of its acknowledged top-ups, and the credit
 //!   replies chain (each is the previous plus its amount), so no top-up was lost or
-//!   applied twice; its posted debits equal the sum of its acknowledged settles;
+//!   applied twice; its posted debits and write-offs equal the sums of its settles'
+//!   first replies, each of which adds up to the settle's actual usage, and each settled
+//!   hold has its record: every settle applied exactly once;
+//! * no reserve with a key succeeded if it was sent after that key's revocation was
+//!   acknowledged;
 //! * no task panicked, and the cluster recovered within a bound after healing.
 //!
 //! Replay a seed with `SIM_SEED=<seed> cargo test -p solrouter-raft --lib sim` (add
@@ -35,7 +43,9 @@ use nemesis::Nemesis;
 use network::NetCounters;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use solrouter_ledger::{AccountId, Command, Ledger, Op, OpId, Outcome, PicoUsd, Reply};
+use solrouter_ledger::{
+    AccountId, Command, HoldId, KeyId, Ledger, Op, OpId, Outcome, PicoUsd, Rejection, Reply,
+};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -110,6 +120,10 @@ struct Summary {
     n_acknowledged: usize,
     n_in_doubt: usize,
     n_crashes: u64,
+    /// Settles whose usage exceeded the funds (part written off), and reserves refused
+    /// for a revoked key: nonzero means those paths ran.
+    n_write_offs: usize,
+    n_revoked_refusals: usize,
     net: NetCounters,
     /// Highest snapshot index on any replica: nonzero means compaction ran.
     snapshot_index_max: Option<u64>,
@@ -194,7 +208,9 @@ async fn simulate(seed: u64, trace: Arc<Trace>) -> Summary {
 
     resolve(&cluster, &history, rng.gen()).await;
     let ledgers = converge(&cluster).await;
-    check_money(&cluster, &history.records(), &ledgers);
+    let records = history.records();
+    check_money(&cluster, &records, &ledgers);
+    let outcomes = || records.iter().filter_map(|r| r.outcome.as_ref());
 
     Summary {
         seed,
@@ -204,6 +220,10 @@ async fn simulate(seed: u64, trace: Arc<Trace>) -> Summary {
         n_acknowledged: during_faults.iter().filter(|r| r.outcome.is_some()).count(),
         n_in_doubt: during_faults.iter().filter(|r| r.outcome.is_none()).count(),
         n_crashes: cluster.n_crashes(),
+        n_write_offs: outcomes()
+            .filter(|o| matches!(o, Ok(Reply::Settled { written_off, .. }) if written_off.0 > 0))
+            .count(),
+        n_revoked_refusals: outcomes().filter(|o| matches!(o, Err(Rejection::KeyRevoked))).count(),
         net: cluster.net.counters(),
         snapshot_index_max: cluster.snapshot_index_max(),
         end_ms: cluster.now_ms(),
@@ -218,9 +238,22 @@ async fn create_accounts(router: &mut Router, history: &History, n: u64) -> Vec<
         let account = AccountId(0xacc0_0000 + account_idx);
         let op = Op::CreateAccount { account, name: format!("sim {account_idx}") };
         let command = Command { id: OpId(u128::from(account_idx) + 1), op };
+        let sent = history.tick();
         let outcome = router.submit(&command, RESOLVE_ATTEMPTS_MAX).await;
         assert_eq!(outcome, Some(Ok(Reply::AccountCreated)), "creating account {account_idx}");
-        history.push(Record { command, outcome });
+        history.push(Record { command, outcome, sent, answered: history.tick() });
+        let op = Op::CreateKey {
+            account,
+            key: KeyId(account.0),
+            name: "sim".to_owned(),
+            hash: workload::key_hash(KeyId(account.0)),
+        };
+        let command = Command { id: OpId(u128::from(account_idx) + 1 + (1 << 32)), op };
+        let sent = history.tick();
+        let outcome = router.submit(&command, RESOLVE_ATTEMPTS_MAX).await;
+        assert_eq!(outcome, Some(Ok(Reply::KeyCreated)), "creating key {account_idx}");
+        history.push(Record { command, outcome, sent, answered: history.tick() });
+        history.add_key(account, KeyId(account.0));
         accounts.push(account);
     }
     accounts
@@ -312,6 +345,7 @@ fn check_money(cluster: &Cluster, records: &[Record], ledgers: &[Ledger]) {
         assert!(audit.ok, "group {group}: audit failed: {:?}", audit.problems);
     }
     let mut expected: BTreeMap<AccountId, Expected> = BTreeMap::new();
+    let mut settled: BTreeMap<HoldId, Reply> = BTreeMap::new();
     for record in records {
         let outcome: &Outcome = record.outcome.as_ref().expect("every command was resolved");
         let account = expected.entry(record.command.op.account()).or_default();
@@ -319,10 +353,27 @@ fn check_money(cluster: &Cluster, records: &[Record], ledgers: &[Ledger]) {
             (Op::Credit { amount, .. }, Ok(Reply::Credited { credits })) => {
                 account.credits.push((*amount, *credits));
             }
-            (Op::Settle { actual, .. }, Ok(Reply::Settled { .. })) => account.posted += actual.0,
+            (
+                Op::Settle { hold, actual, .. },
+                Ok(reply @ Reply::Settled { charged, written_off, .. }),
+            ) => {
+                // A hold's first settle decides; any later one must answer the same.
+                if let Some(first) = settled.get(hold) {
+                    assert_eq!(first, reply, "hold {hold:?} settled twice differently");
+                    continue;
+                }
+                assert_eq!(charged.0 + written_off.0, actual.0, "{reply:?} of {actual:?}");
+                let ledger = &ledgers[cluster.group_of(record.command.op.account()) as usize];
+                let (_, kept) = ledger.record(*hold).expect("a settled hold has its record");
+                assert_eq!((kept.cost, kept.written_off), (*charged, *written_off));
+                settled.insert(*hold, reply.clone());
+                account.posted += charged.0;
+                account.written_off += written_off.0;
+            }
             _ => {}
         }
     }
+    check_revocations(records);
     let mut credited_total = 0u128;
     for (account, mut expected) in expected {
         let ledger = &ledgers[cluster.group_of(account) as usize];
@@ -340,6 +391,11 @@ fn check_money(cluster: &Cluster, records: &[Record], ledgers: &[Ledger]) {
             state.debits_posted.0, expected.posted,
             "account {account:?}: posted debits ≠ acknowledged settles"
         );
+        assert_eq!(
+            state.written_off.0, expected.written_off,
+            "account {account:?}: write-offs ≠ those of acknowledged settles"
+        );
+        assert!(state.available() >= 0, "account {account:?}: available below zero");
         credited_total += running;
     }
     let audited: u128 = ledgers.iter().map(|ledger| ledger.audit().credited.0).sum();
@@ -351,6 +407,34 @@ fn check_money(cluster: &Cluster, records: &[Record], ledgers: &[Ledger]) {
 struct Expected {
     /// Each acknowledged top-up: its amount and the credits it replied with.
     credits: Vec<(PicoUsd, PicoUsd)>,
-    /// Sum of the actual amounts of acknowledged settles.
+    /// Sums of what the settles charged and wrote off.
     posted: u128,
+    written_off: u128,
+}
+
+/// No reserve sent after its key's revocation was acknowledged may have been admitted,
+/// whatever the partitions, the lagging replicas or the leader changes in between.
+fn check_revocations(records: &[Record]) {
+    let mut revoked_at: BTreeMap<KeyId, u64> = BTreeMap::new();
+    for record in records {
+        if let (Op::RevokeKey { key, .. }, Some(Ok(Reply::KeyRevoked))) =
+            (&record.command.op, &record.outcome)
+        {
+            let first = revoked_at.entry(*key).or_insert(record.answered);
+            *first = (*first).min(record.answered);
+        }
+    }
+    for record in records {
+        if let (Op::Reserve { key, .. }, Some(Ok(Reply::Reserved { .. }))) =
+            (&record.command.op, &record.outcome)
+        {
+            if let Some(revoked) = revoked_at.get(key) {
+                assert!(
+                    record.sent < *revoked,
+                    "{} admitted though sent after {key:?}'s revocation was acknowledged",
+                    workload::describe(&record.command)
+                );
+            }
+        }
+    }
 }

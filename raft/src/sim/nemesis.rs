@@ -1,7 +1,8 @@
 //! The nemesis: a seeded schedule of faults run against the cluster while the clients
 //! work. Partitions (random halves, one isolated node, one-way cuts), network weather
 //! (loss, duplication, delay and delay spikes), and node crashes and restarts, the
-//! current leader a favourite target, and crashes in the middle of an election.
+//! current leader a favourite target, crashes in the middle of an election, and ledger
+//! outages longer than a hold lives.
 
 use super::cluster::Cluster;
 use super::network::Weather;
@@ -15,6 +16,12 @@ use std::time::Duration;
 /// Pause between two faults, drawn up to this: several faults per election timeout at
 /// the short end, a quiet stretch in which the cluster makes progress at the long end.
 const FAULT_PAUSE_MAX: Duration = Duration::from_millis(600);
+/// How long an outage lasts, drawn from this range: beyond the longest hold of the
+/// request path (`workload::REQUEST_TTL_MS_MAX`), so holds expire meanwhile and the
+/// settles that wait the outage out arrive late.
+const OUTAGE_MIN: Duration = Duration::from_millis(3_500);
+const OUTAGE_MAX: Duration = Duration::from_millis(6_000);
+const _: () = assert!(OUTAGE_MIN.as_millis() > super::workload::REQUEST_TTL_MS_MAX as u128);
 
 pub struct Nemesis {
     cluster: std::sync::Arc<Cluster>,
@@ -69,6 +76,7 @@ impl Nemesis {
                 self.cluster.crash(victim).await;
             }
             78..=84 if n_down < n_down_max => self.crash_mid_election(&ids).await,
+            85..=88 => self.outage(&ids).await,
             _ => {
                 if let Some(id) = self.cluster.down_ids().choose(&mut self.rng).copied() {
                     self.cluster.restart(id).await;
@@ -102,6 +110,35 @@ impl Nemesis {
         tokio::time::sleep(pause).await;
         let victim = *ids.choose(&mut self.rng).expect("nodes");
         self.cluster.crash(victim).await;
+    }
+
+    /// Takes the ledger down: a majority crashed, or every node cut off from every other,
+    /// for longer than holds live; then brings back what it took down.
+    async fn outage(&mut self, ids: &[NodeId]) {
+        let duration = self.rng.gen_range(OUTAGE_MIN..=OUTAGE_MAX);
+        if self.rng.gen_bool(0.5) {
+            let mut victims = ids.to_vec();
+            victims.shuffle(&mut self.rng);
+            victims.truncate(ids.len() / 2 + 1);
+            self.note(format!("outage: crash {victims:?} for {duration:?}"));
+            for victim in &victims {
+                self.cluster.crash(*victim).await;
+            }
+            tokio::time::sleep(duration).await;
+            for victim in victims {
+                self.cluster.restart(victim).await;
+            }
+        } else {
+            self.note(format!("outage: every node isolated for {duration:?}"));
+            for a in ids {
+                for b in ids.iter().filter(|b| *b != a) {
+                    self.cluster.net.cut(*a, *b);
+                }
+            }
+            tokio::time::sleep(duration).await;
+            self.cluster.net.heal();
+            self.note("outage over".to_owned());
+        }
     }
 
     fn partition_halves(&mut self, ids: &[NodeId]) {

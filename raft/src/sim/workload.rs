@@ -1,7 +1,10 @@
-//! Clients playing gateways: random top-ups, reserves, settles and releases, each with a
-//! fresh op id, sent to the leader they believe in and retried idempotently (same op id)
-//! across elections, crashes and partitions. Every command and the outcome acknowledged
-//! for it, if any, goes into the [`History`] the checks are made against.
+//! Clients playing gateways: random top-ups, key creations and revocations, reserves,
+//! settles and releases, each with a fresh op id, sent to the leader they believe in and
+//! retried idempotently (same op id) across elections, crashes and partitions; and the
+//! gateway's request path: reserve with a time-to-live, wait for the "provider" (at times
+//! longer than the hold lives), settle with usage that may exceed the hold and the funds.
+//! Every command, when it was first sent and when (if ever) its outcome arrived goes into
+//! the [`History`] the checks are made against.
 
 use super::cluster::{Cluster, SubmitError};
 use crate::error::LedgerError;
@@ -10,8 +13,9 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use solrouter_ledger::{
-    AccountId, Command, HoldId, Op, OpId, Outcome, PicoUsd, Reply, RequestRecord,
+    AccountId, Command, HoldId, KeyHash, KeyId, Op, OpId, Outcome, PicoUsd, Reply, RequestRecord,
 };
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,12 +32,22 @@ const RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
 const THINK_MAX: Duration = Duration::from_millis(20);
 /// One amount unit: a micro-dollar.
 const UNIT: u128 = 1_000_000;
+/// Hold lifetimes of the request path: a few election timeouts to several seconds, so
+/// ledger outages (see the nemesis) outlast many of them.
+const REQUEST_TTL_MS_MIN: u64 = 100;
+pub const REQUEST_TTL_MS_MAX: u64 = 3_000;
 
-/// Every command clients sent, and what was acknowledged for it. Bounded by the run: a
-/// client sends at most one command per round trip, for seconds of simulated time.
+/// Every command clients sent, and what was acknowledged for it, and the keys that exist.
+/// Bounded by the run: a client sends at most one command per round trip, for seconds of
+/// simulated time.
 #[derive(Default)]
 pub struct History {
     records: Mutex<Vec<Record>>,
+    /// Keys whose creation was acknowledged, by account.
+    keys: Mutex<Vec<(AccountId, KeyId)>>,
+    /// A logical clock ordering sends and acknowledgements: the run is one thread, so
+    /// "sent after that was acknowledged" is exactly `sent > answered`.
+    ticks: AtomicU64,
 }
 
 #[derive(Clone, Debug)]
@@ -42,9 +56,16 @@ pub struct Record {
     /// `None` while in doubt: the client gave up without an answer, so the command may or
     /// may not have been applied.
     pub outcome: Option<Outcome>,
+    /// [`History::tick`] when the command was first sent, and when its outcome arrived.
+    pub sent: u64,
+    pub answered: u64,
 }
 
 impl History {
+    pub fn tick(&self) -> u64 {
+        self.ticks.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     pub fn push(&self, record: Record) -> usize {
         let mut records = self.records.lock().expect("history lock poisoned");
         records.push(record);
@@ -56,7 +77,20 @@ impl History {
     }
 
     pub fn set_outcome(&self, record_idx: usize, outcome: Outcome) {
-        self.records.lock().expect("history lock poisoned")[record_idx].outcome = Some(outcome);
+        let answered = self.tick();
+        let mut records = self.records.lock().expect("history lock poisoned");
+        records[record_idx].outcome = Some(outcome);
+        records[record_idx].answered = answered;
+    }
+
+    pub fn add_key(&self, account: AccountId, key: KeyId) {
+        self.keys.lock().expect("keys lock poisoned").push((account, key));
+    }
+
+    /// The keys of `account` created so far, oldest first (revoked ones included).
+    fn keys_of(&self, account: AccountId) -> Vec<KeyId> {
+        let keys = self.keys.lock().expect("keys lock poisoned");
+        keys.iter().filter(|(owner, _)| *owner == account).map(|(_, key)| *key).collect()
     }
 }
 
@@ -142,10 +176,11 @@ impl Client {
         while self.router.cluster.now_ms() < until_ms {
             if !self.acknowledged.is_empty() && self.router.rng.gen_ratio(1, 10) {
                 self.replay_one().await;
+            } else if self.router.rng.gen_ratio(1, 4) {
+                self.request().await;
             } else {
                 let command = self.next_command();
-                let outcome = self.router.submit(&command, ATTEMPTS_MAX).await;
-                self.record(command, outcome);
+                self.send(command).await;
             }
             let think = self.router.rng.gen_range(Duration::ZERO..=THINK_MAX);
             tokio::time::sleep(think).await;
@@ -162,7 +197,63 @@ impl Client {
         }
     }
 
-    fn record(&mut self, command: Command, outcome: Option<Outcome>) {
+    /// A gateway's request: reserve with a time-to-live, the provider's answer after a
+    /// delay that at times outlives the hold, then a settle of what the provider reported,
+    /// up to three times the hold (over-reporting: beyond the funds it is written off).
+    /// A reserve without an answer is released, as the gateway does.
+    async fn request(&mut self) {
+        let id = self.next_id();
+        let rng = &mut self.router.rng;
+        let account = *self.accounts.choose(rng).expect("accounts");
+        let ttl_ms = rng.gen_range(REQUEST_TTL_MS_MIN..=REQUEST_TTL_MS_MAX);
+        let amount = PicoUsd(rng.gen_range(1..=300) * UNIT);
+        let key = self.key_for(account);
+        let hold = HoldId(id);
+        let reserve = Op::Reserve { account, key, hold, amount, ttl_ms };
+        match self.send(Command { id: OpId(id), op: reserve }).await {
+            Some(Ok(Reply::Reserved { .. })) => {}
+            Some(_) => return,
+            None => {
+                let id = self.next_id();
+                self.send(Command { id: OpId(id), op: Op::Release { account, hold } }).await;
+                return;
+            }
+        }
+        // It is this request's hold, not one for the random settles and releases.
+        self.holds.retain(|(_, held, _)| *held != hold);
+        let rng = &mut self.router.rng;
+        let upstream_ms = rng.gen_range(0..=ttl_ms * 3 / 2);
+        let actual = PicoUsd(rng.gen_range(0..=amount.0 * 3));
+        tokio::time::sleep(Duration::from_millis(upstream_ms)).await;
+        let record =
+            RequestRecord { key: Some(key), model: "sim".to_owned(), ..RequestRecord::default() };
+        let id = self.next_id();
+        self.send(Command { id: OpId(id), op: Op::Settle { account, hold, actual, record } }).await;
+    }
+
+    /// A key of `account` to reserve with: mostly its newest, at times any (revoked ones
+    /// too, which the ledger must refuse).
+    fn key_for(&mut self, account: AccountId) -> KeyId {
+        let keys = self.history.keys_of(account);
+        let rng = &mut self.router.rng;
+        let newest = *keys.last().expect("every account has a key");
+        if rng.gen_ratio(1, 4) {
+            *keys.choose(rng).expect("every account has a key")
+        } else {
+            newest
+        }
+    }
+
+    /// Submits a command as a gateway would (bounded retries) and records it.
+    async fn send(&mut self, command: Command) -> Option<Outcome> {
+        let sent = self.history.tick();
+        let outcome = self.router.submit(&command, ATTEMPTS_MAX).await;
+        self.record(command, outcome.clone(), sent);
+        outcome
+    }
+
+    fn record(&mut self, command: Command, outcome: Option<Outcome>, sent: u64) {
+        let answered = if outcome.is_some() { self.history.tick() } else { 0 };
         let cluster = &self.router.cluster;
         let what = match &outcome {
             Some(outcome) => format!("client {} {} -> {outcome:?}", self.id, describe(&command)),
@@ -175,9 +266,14 @@ impl Client {
             {
                 self.holds.push((*account, *hold, *amount));
             }
+            if let (Op::CreateKey { account, key, .. }, Ok(Reply::KeyCreated)) =
+                (&command.op, outcome)
+            {
+                self.history.add_key(*account, *key);
+            }
             self.acknowledged.push((command.clone(), outcome.clone()));
         }
-        self.history.push(Record { command, outcome });
+        self.history.push(Record { command, outcome, sent, answered });
     }
 
     fn next_id(&mut self) -> u128 {
@@ -192,20 +288,23 @@ impl Client {
         let roll = rng.gen_range(0..100);
         let op = if roll < 20 {
             Op::Credit { account, amount: PicoUsd(rng.gen_range(1..=1_000) * UNIT) }
+        } else if roll < 24 {
+            let keys = self.history.keys_of(account);
+            Op::RevokeKey { account, key: *keys.choose(rng).expect("every account has a key") }
+        } else if roll < 28 {
+            let key = KeyId((self.id << 32) | self.n_commands);
+            Op::CreateKey { account, key, name: "sim".to_owned(), hash: key_hash(key) }
         } else if roll < 55 || self.holds.is_empty() {
             // Hold lifetimes from shorter than an election to several: some expire while
-            // the cluster is partitioned, and their settle becomes a direct debit.
+            // the cluster is partitioned, and their settle is charged within the funds.
             let ttl_ms = rng.gen_range(50..=5_000);
-            Op::Reserve {
-                account,
-                hold: HoldId(id),
-                amount: PicoUsd(rng.gen_range(1..=300) * UNIT),
-                expires_at_ms: self.router.cluster.wall_ms() + ttl_ms,
-            }
+            let amount = PicoUsd(rng.gen_range(1..=300) * UNIT);
+            let key = self.key_for(account);
+            Op::Reserve { account, key, hold: HoldId(id), amount, ttl_ms }
         } else {
             let (account, hold, held) = self.holds.swap_remove(rng.gen_range(0..self.holds.len()));
             if roll < 85 {
-                // Up to 1.5× the hold, so some settles debit an excess.
+                // Up to 1.5× the hold, so some settles charge beyond it.
                 let actual = PicoUsd(rng.gen_range(0..=held.0 * 3 / 2));
                 let record = RequestRecord { model: "sim".to_owned(), ..RequestRecord::default() };
                 Op::Settle { account, hold, actual, record }
@@ -223,9 +322,9 @@ pub fn describe(command: &Command) -> String {
     match &command.op {
         Op::CreateAccount { account, .. } => format!("op {id:x} create {:x}", account.0),
         Op::Credit { account, amount } => format!("op {id:x} credit {:x} {}", account.0, amount.0),
-        Op::Reserve { account, hold, amount, expires_at_ms } => format!(
-            "op {id:x} reserve {:x} hold {:x} {} until {expires_at_ms}",
-            account.0, hold.0, amount.0
+        Op::Reserve { account, key, hold, amount, ttl_ms } => format!(
+            "op {id:x} reserve {:x} key {:x} hold {:x} {} for {ttl_ms} ms",
+            account.0, key.0, hold.0, amount.0
         ),
         Op::Settle { account, hold, actual, .. } => {
             format!("op {id:x} settle {:x} hold {:x} {}", account.0, hold.0, actual.0)
@@ -235,4 +334,12 @@ pub fn describe(command: &Command) -> String {
         }
         Op::CreateKey { .. } | Op::RevokeKey { .. } => format!("op {id:x} {:?}", command.op),
     }
+}
+
+/// A key's hash in the simulation: distinct per key id (the ledger refuses a second key
+/// with the same hash).
+pub fn key_hash(key: KeyId) -> KeyHash {
+    let mut hash = [0u8; 32];
+    hash[..8].copy_from_slice(&key.0.to_le_bytes());
+    hash
 }
