@@ -63,6 +63,10 @@ struct MockUpstreamArgs {
     /// Context length of the model `echo`, in words; longer prompts get a 400.
     #[arg(long, default_value_t = mock::CONTEXT_WORDS_DEFAULT)]
     context_words: u64,
+    /// Answer any model name (but `unavailable`) as `echo`, so that a real provider's
+    /// base URL (`SOLROUTER_ANTHROPIC_BASE_URL`, …) can point at the mock.
+    #[arg(long)]
+    echo_any_model: bool,
     /// Seed of the random faults: the same seed and request order replay the same faults.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -78,6 +82,7 @@ impl MockUpstreamArgs {
             cut_rate: self.cut_rate,
             hang_rate: self.hang_rate,
             context_words: self.context_words,
+            echo_any_model: self.echo_any_model,
             seed: self.seed,
         })
     }

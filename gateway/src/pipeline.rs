@@ -109,13 +109,13 @@ impl RequestContext {
         complete: bool,
         delivered: Delivered,
     ) -> Billed {
-        let delivered_anything = !delivered.is_empty();
-        if let Some(billed) = tokens::as_reported(model, reported, complete, delivered_anything) {
+        let delivered_min = delivered.tokens_min();
+        if let Some(billed) = tokens::as_reported(model, reported, complete, delivered_min) {
             return billed;
         }
         let body = self.chat.body.clone();
         let counting = tokio::task::spawn_blocking(move || {
-            tokens::billed(model, reported, complete, delivered_anything, || Usage {
+            tokens::billed(model, reported, complete, delivered_min, || Usage {
                 prompt_tokens: tokens::prompt_tokens_estimate(model, &body),
                 completion_tokens: delivered.tokens(model.tokenizer()),
                 ..Usage::default()

@@ -109,6 +109,12 @@ pub struct Delivered {
     text: String,
     /// Bytes received past [`DELIVERED_TEXT_BYTES_MAX`], not kept.
     bytes_past_cap: u64,
+    /// Whitespace-separated words received: a lower bound of the tokens in every
+    /// catalogued tokenizer (none makes one token of two words), kept as the text
+    /// arrives so that a provider's report can be checked against it without counting.
+    words: u64,
+    /// Whether the last byte received was inside a word.
+    in_word: bool,
 }
 
 /// Fields of a message or delta that carry generated text.
@@ -134,6 +140,11 @@ impl Delivered {
         self.text.is_empty() && self.bytes_past_cap == 0
     }
 
+    /// A lower bound of the tokens received, in any tokenizer.
+    pub fn tokens_min(&self) -> u64 {
+        self.words
+    }
+
     fn push_generated(&mut self, message_or_delta: &Value) {
         for field in GENERATED_TEXT_FIELDS {
             match message_or_delta.get(field) {
@@ -152,6 +163,11 @@ impl Delivered {
     }
 
     fn push(&mut self, text: &str) {
+        for byte in text.bytes() {
+            let in_word = !byte.is_ascii_whitespace();
+            self.words += u64::from(in_word && !self.in_word);
+            self.in_word = in_word;
+        }
         if self.text.len() + text.len() <= DELIVERED_TEXT_BYTES_MAX {
             self.text.push_str(text);
         } else {
@@ -166,21 +182,23 @@ impl Delivered {
 }
 
 /// The provider's usage as is, when it needs no counting (see [`billed`]): the common
-/// case, decided without touching the text.
+/// case, decided without tokenizing anything. `delivered_min` is a lower bound of the
+/// completion tokens the client received ([`Delivered::tokens_min`]).
 pub fn as_reported(
     model: &Model,
     reported: Usage,
     complete: bool,
-    delivered_anything: bool,
+    delivered_min: u64,
 ) -> Option<Billed> {
-    (is_whole(reported, complete, delivered_anything) && !is_over_bound(model, reported))
+    (is_whole(reported, complete, delivered_min) && !is_over_bound(model, reported))
         .then_some(Billed { usage: reported, estimated: false, clamped: false })
 }
 
-fn is_whole(reported: Usage, complete: bool, delivered_anything: bool) -> bool {
-    complete
-        && reported.prompt_tokens > 0
-        && (reported.completion_tokens > 0 || !delivered_anything)
+/// A report stands when the answer ended as the provider meant, it counts a prompt, and
+/// it counts at least the words the client received (a partial report, such as
+/// Anthropic's `message_start`, counts fewer).
+fn is_whole(reported: Usage, complete: bool, delivered_min: u64) -> bool {
+    complete && reported.prompt_tokens > 0 && reported.completion_tokens >= delivered_min
 }
 
 fn is_over_bound(model: &Model, reported: Usage) -> bool {
@@ -201,8 +219,8 @@ pub struct Billed {
 /// Decides the usage to bill from what the provider `reported` and (lazily) what the
 /// gateway `counted` (prompt sent, text delivered):
 ///
-/// * `complete` with a prompt count and, if anything was delivered, a completion count:
-///   the provider's word stands;
+/// * `complete` with a prompt count and a completion count of at least the words the
+///   client received: the provider's word stands;
 /// * otherwise the larger of reported and counted, per kind, flagged as estimated;
 /// * a report above the model's context or output limit is a provider fault: each kind
 ///   is clamped to its limit, never below what was counted, and flagged.
@@ -210,14 +228,14 @@ pub fn billed(
     model: &Model,
     reported: Usage,
     complete: bool,
-    delivered_anything: bool,
+    delivered_min: u64,
     counted: impl FnOnce() -> Usage,
 ) -> Billed {
-    if let Some(billed) = as_reported(model, reported, complete, delivered_anything) {
+    if let Some(billed) = as_reported(model, reported, complete, delivered_min) {
         return billed;
     }
     let (prompt_max, completion_max) = model.usage_max();
-    let reported_whole = is_whole(reported, complete, delivered_anything);
+    let reported_whole = is_whole(reported, complete, delivered_min);
     let over_bound = is_over_bound(model, reported);
     let counted = counted();
     let mut usage = reported;
@@ -292,6 +310,11 @@ mod tests {
         delivered.push_chunk(&chunk(json!({"tool_calls": [{"index": 0, "function":
             {"name": "four", "arguments": " five"}}]})));
         assert_eq!(delivered.tokens(Tokenizer::Words), 5);
+        // Words split across chunks count once.
+        assert_eq!(delivered.tokens_min(), 5);
+        delivered.push_chunk(&chunk(json!({"content": " si"})));
+        delivered.push_chunk(&chunk(json!({"content": "x "})));
+        assert_eq!(delivered.tokens_min(), 6);
         let mut plain = Delivered::default();
         plain.push_choices(&[json!({"message": {"content": [{"type": "text", "text": "a b"}]}})]);
         assert_eq!(plain.tokens(Tokenizer::Words), 2);
@@ -315,26 +338,28 @@ mod tests {
             ..Usage::default()
         };
         let counted = || usage(100, 40);
-        let check = |reported, complete, delivered, expected: Billed| {
-            let got = billed(&echo, reported, complete, delivered, counted);
+        let check = |reported, complete, delivered_words, expected: Billed| {
+            let got = billed(&echo, reported, complete, delivered_words, counted);
             assert_eq!(got, expected, "{reported:?} complete={complete}");
         };
         let exact = |usage| Billed { usage, estimated: false, clamped: false };
         let estimated = |usage| Billed { usage, estimated: true, clamped: false };
         // A complete report stands, even below what was counted.
-        check(usage(90, 30), true, true, exact(usage(90, 30)));
-        check(usage(90, 0), true, false, exact(usage(90, 0)));
+        check(usage(90, 30), true, 30, exact(usage(90, 30)));
+        check(usage(90, 0), true, 0, exact(usage(90, 0)));
         // Missing, partial or cut: the larger of each.
-        check(usage(0, 0), true, true, estimated(usage(100, 40)));
-        check(usage(20_000, 1), false, true, estimated(usage(20_000, 40)));
-        check(usage(90, 0), true, true, estimated(usage(100, 40)));
-        check(usage(0, 50), false, true, estimated(usage(100, 50)));
+        check(usage(0, 0), true, 5, estimated(usage(100, 40)));
+        check(usage(20_000, 1), false, 5, estimated(usage(20_000, 40)));
+        check(usage(90, 0), true, 5, estimated(usage(100, 40)));
+        check(usage(0, 50), false, 5, estimated(usage(100, 50)));
+        // Complete, but fewer completion tokens than the words the client received.
+        check(usage(90, 3), true, 5, estimated(usage(100, 40)));
         // Absurd: clamped at the model's limits, never below the count.
         let absurd = usage(10, 10_000_000_000_000_000_000);
         let clamped = Billed { usage: usage(10, 4096), estimated: false, clamped: true };
-        check(absurd, true, true, clamped);
+        check(absurd, true, 40, clamped);
         let over_prompt = usage(1_000_000, 5);
         let clamped = Billed { usage: usage(32_768, 40), estimated: false, clamped: true };
-        check(over_prompt, true, true, clamped);
+        check(over_prompt, true, 5, clamped);
     }
 }

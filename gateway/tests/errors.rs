@@ -217,6 +217,7 @@ async fn a_broken_stream_ends_with_an_error_event_and_charges_what_was_delivered
     let (_, record) =
         dev.get(&format!("/v1/api/generation?id={}", last["id"].as_str().expect("id")), &key).await;
     assert_eq!(record["data"]["status"], 502, "{record}");
+    assert_eq!(record["data"]["usage_estimated"], true, "{record}");
     dev.audit_ok().await;
 }
 

@@ -33,6 +33,9 @@ pub struct MockConfig {
     pub hang_rate: f64,
     /// The context length of the model `echo`, in words: longer prompts are refused.
     pub context_words: u64,
+    /// Answer every model name but `unavailable` as `echo`, so a real provider's base URL
+    /// can point at the mock and its catalogue models (`claude-sonnet-4-…`) be served.
+    pub echo_any_model: bool,
     /// Seeds the random faults: request number `n` draws from `seed` and `n` alone.
     pub seed: u64,
 }
@@ -47,6 +50,7 @@ impl Default for MockConfig {
             cut_rate: 0.0,
             hang_rate: 0.0,
             context_words: CONTEXT_WORDS_DEFAULT,
+            echo_any_model: false,
             seed: 0,
         }
     }

@@ -11,7 +11,9 @@
 //! | Cohere | `POST /v2/chat` | `model` |
 //!
 //! Models, in every format: `echo` answers with the last user message's text (a
-//! directive removed); `unavailable` always answers 503; any other is a 404.
+//! directive removed); `unavailable` always answers 503; any other is a 404, or answers
+//! as `echo` with [`MockConfig::echo_any_model`] (`--echo-any-model`), so that real
+//! providers' catalogue models can be pointed at the mock.
 //!
 //! Tokens are whitespace-separated words, at least 1 each way, so every count is
 //! deterministic. Like a real provider the mock honours the completion limit
@@ -465,6 +467,7 @@ fn refusal(knobs: &Knobs, prompt: &Prompt, script: &Script, fate: Fate) -> Optio
             let message = "the mock model `unavailable` is always unavailable".to_owned();
             return Some(MockError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message));
         }
+        _ if knobs.config().echo_any_model => {}
         model => {
             let message = format!("the model `{model}` does not exist");
             return Some(MockError::new(StatusCode::NOT_FOUND, "model_not_found", message));
