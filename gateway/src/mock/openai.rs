@@ -47,8 +47,9 @@ pub fn read(body: &[u8]) -> Result<Prompt, MockError> {
 }
 
 pub fn complete(exchange: &Exchange<'_>, body: &mut Vec<u8>) {
+    let id = id(exchange);
     let completion = CompletionBody {
-        id: Id(exchange.id),
+        id: &id,
         object: "chat.completion",
         created: exchange.created,
         model: exchange.model,
@@ -66,9 +67,10 @@ pub fn complete(exchange: &Exchange<'_>, body: &mut Vec<u8>) {
 /// `usage=partial`, carries the only usage), a finish-reason chunk, the usage chunk if
 /// asked for, then `[DONE]`.
 pub fn stream(exchange: &Exchange<'_>, body: &mut Vec<u8>) {
+    let id = id(exchange);
     let write = |body: &mut Vec<u8>, choices: &[ChunkChoice<'_>], usage: Option<Counts>| {
         let chunk = ChunkBody {
-            id: Id(exchange.id),
+            id: &id,
             object: "chat.completion.chunk",
             created: exchange.created,
             model: exchange.model,
@@ -115,14 +117,9 @@ fn finish_reason(finish: Finish) -> &'static str {
     }
 }
 
-/// `chatcmpl-mock-N`, written without allocating.
-#[derive(Clone, Copy)]
-struct Id(u64);
-
-impl Serialize for Id {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&format_args!("chatcmpl-mock-{}", self.0))
-    }
+/// `chatcmpl-mock-N`: formatted once per answer, copied into every chunk.
+fn id(exchange: &Exchange<'_>) -> String {
+    format!("chatcmpl-mock-{}", exchange.id)
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -144,7 +141,7 @@ impl From<Counts> for WireUsage {
 
 #[derive(Serialize)]
 struct CompletionBody<'a> {
-    id: Id,
+    id: &'a str,
     object: &'static str,
     created: u64,
     model: &'a str,
@@ -168,7 +165,7 @@ struct AssistantMessage<'a> {
 
 #[derive(Serialize)]
 struct ChunkBody<'a> {
-    id: Id,
+    id: &'a str,
     object: &'static str,
     created: u64,
     model: &'a str,

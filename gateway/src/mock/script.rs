@@ -205,9 +205,18 @@ fn usage_mode(value: Option<&[u8]>) -> Option<UsageMode> {
     })
 }
 
-/// The first position of `needle` in `haystack`.
+/// The first position of `needle` (not empty) in `haystack`. Scans for the first byte,
+/// which a request without a directive rarely contains, then compares.
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|window| window == needle)
+    let mut from = 0;
+    while let Some(found) = haystack[from..].iter().position(|&byte| byte == needle[0]) {
+        let at = from + found;
+        if haystack[at..].starts_with(needle) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 #[cfg(test)]
