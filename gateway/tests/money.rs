@@ -311,24 +311,35 @@ async fn concurrent_over_limit_requests_never_overdraw_a_small_balance() {
     // more than the balance holds.
     let body = json!({"model": "mock/echo", "max_tokens": 100_000, "stream": true,
         "messages": user("[[mock words=20000 ignore_max_tokens]]")});
-    let requests = (0..6).map(|_| async {
-        let response = dev
-            .client
-            .post(dev.url("/v1/api/chat/completions"))
-            .bearer_auth(&key)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("request");
-        let status = response.status().as_u16();
-        let _ = response.bytes().await;
-        status
+    // Interleaved with prompts over mock/echo's context (32,768 tokens): refused before
+    // any money is held, whatever `max_tokens` says.
+    let over_context = json!({"model": "mock/echo", "max_tokens": 1,
+        "messages": user(&"word ".repeat(40_000))});
+    let (dev, key) = (&dev, &key);
+    let requests = (0..8).map(|request_idx| {
+        let body = if request_idx % 4 == 3 { &over_context } else { &body };
+        async move {
+            let response = dev
+                .client
+                .post(dev.url("/v1/api/chat/completions"))
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("request");
+            let status = response.status().as_u16();
+            let _ = response.bytes().await;
+            (request_idx, status)
+        }
     });
     let statuses = futures_util::future::join_all(requests).await;
-    assert!(statuses.contains(&200), "{statuses:?}");
-    assert!(statuses.iter().all(|status| [200, 402].contains(status)), "{statuses:?}");
-    let view = settled(&dev, &account).await;
+    assert!(statuses.iter().any(|(_, status)| *status == 200), "{statuses:?}");
+    for (request_idx, status) in &statuses {
+        let expected: &[u16] = if request_idx % 4 == 3 { &[400] } else { &[200, 402] };
+        assert!(expected.contains(status), "request {request_idx}: {statuses:?}");
+    }
+    let view = settled(dev, &account).await;
     assert!(pico(&view["available"]) >= 0, "{view}");
     assert!(pico(&view["spent"]) <= PicoUsd::parse_usd("0.02").unwrap().0 as i128, "{view}");
     assert!(pico(&view["written_off"]) > 0, "the excess was written off: {view}");
