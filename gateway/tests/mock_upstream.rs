@@ -5,7 +5,7 @@
 mod providers_support;
 
 use futures_util::StreamExt;
-use providers_support::{assemble_completion, assemble_stream, chat, translate};
+use providers_support::{assemble_completion, assemble_stream, chat, post_upstream, translate};
 use serde_json::{json, Value};
 use solrouter_gateway::mock::{self, Knobs, MockConfig, ABSURD_TOKENS};
 use solrouter_gateway::providers::anthropic::Anthropic;
@@ -89,14 +89,8 @@ enum Seen {
 /// Sends `chat` through `wire`'s adapter to the mock, reading the answer as the
 /// pipeline would, and counts raw SSE events (blank-line separated).
 async fn send(wire: &Wire, mock: &Mock, chat: &ChatRequest) -> Seen {
-    let request = translate(&*wire.adapter, &wire.endpoint(mock), chat, "echo").unwrap();
-    let response = reqwest::Client::new()
-        .post(&request.url)
-        .headers(request.headers)
-        .body(request.body)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        post_upstream(translate(&*wire.adapter, &wire.endpoint(mock), chat, "echo").unwrap()).await;
     let status = response.status();
     if !status.is_success() {
         let headers = response.headers().clone();
@@ -256,16 +250,11 @@ async fn models_unavailable_and_unknown_fail_in_each_format() {
     for wire in wires() {
         for (model, status, fallback) in [("unavailable", 503, true), ("no-such-model", 404, false)]
         {
-            let request =
+            let response = post_upstream(
                 translate(&*wire.adapter, &wire.endpoint(&mock), &ask("x", true, json!({})), model)
-                    .unwrap();
-            let response = reqwest::Client::new()
-                .post(&request.url)
-                .headers(request.headers)
-                .body(request.body)
-                .send()
-                .await
-                .unwrap();
+                    .unwrap(),
+            )
+            .await;
             let status_seen = response.status();
             let headers = response.headers().clone();
             let error = wire.adapter.error(status_seen, &headers, &response.bytes().await.unwrap());
@@ -369,13 +358,7 @@ async fn event_times(mock: &Mock, user: &str) -> (Instant, Vec<Instant>) {
         translate(&*wire.adapter, &wire.endpoint(mock), &ask(user, true, json!({})), "echo")
             .unwrap();
     let sent = Instant::now();
-    let response = reqwest::Client::new()
-        .post(&request.url)
-        .headers(request.headers)
-        .body(request.body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_upstream(request).await;
     let mut body = response.bytes_stream();
     let mut times = Vec::new();
     while let Some(bytes) = body.next().await {

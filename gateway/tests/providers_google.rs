@@ -43,6 +43,10 @@ fn as_gateway_sends(mut recorded: Value) -> Value {
     if let Some(config) = recorded["generationConfig"].as_object_mut() {
         config.remove("responseModalities");
     }
+    // The gateway always forwards the completion limit it reserved for; the recorded
+    // clients set none.
+    let config = recorded.as_object_mut().unwrap().entry("generationConfig").or_insert(json!({}));
+    config.as_object_mut().unwrap().entry("maxOutputTokens").or_insert(json!(MAX_TOKENS_UNSET));
     if let Some(system) = recorded.get_mut("systemInstruction").and_then(Value::as_object_mut) {
         system.remove("role");
     }
@@ -142,7 +146,10 @@ fn json_schema_becomes_the_response_json_schema() {
     let body =
         json!({"model": "m", "messages": [user("x")], "response_format": {"type": "json_object"}});
     let sent = translated(body, "gemini-2.5-flash");
-    assert_eq!(sent["generationConfig"], json!({"responseMimeType": "application/json"}));
+    assert_eq!(
+        sent["generationConfig"],
+        json!({"responseMimeType": "application/json", "maxOutputTokens": MAX_TOKENS_UNSET})
+    );
 }
 
 #[test]

@@ -160,6 +160,17 @@ pub fn translate(
     adapter.request(endpoint, chat, &Target { upstream_model, max_tokens })
 }
 
+/// Sends a translated request as the gateway's upstream client would.
+pub async fn post_upstream(request: UpstreamRequest) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(&request.url)
+        .headers(request.headers)
+        .body(request.body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// What one exchange produced, after translation.
 #[derive(Debug)]
 pub enum Outcome {
@@ -176,14 +187,7 @@ pub async fn exchange(
     chat: &ChatRequest,
     upstream_model: &str,
 ) -> Outcome {
-    let request = translate(adapter, endpoint, chat, upstream_model).unwrap();
-    let response = reqwest::Client::new()
-        .post(&request.url)
-        .headers(request.headers)
-        .body(request.body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_upstream(translate(adapter, endpoint, chat, upstream_model).unwrap()).await;
     let status = response.status();
     if !status.is_success() {
         let headers = response.headers().clone();
