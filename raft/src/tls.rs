@@ -193,15 +193,20 @@ mod tests {
     }
 
     /// How a stranger dials the node: each fails the handshake (or speaks no TLS at all).
+    /// The last one holds a member's certificate but trusts another CA.
     fn strangers(addr: &str, cluster: &Path, other: &Path) -> Vec<(&'static str, Channel)> {
         let ca = Certificate::from_pem(std::fs::read(cluster.join(DEV_CA_CERT)).unwrap());
         let no_certificate = ClientTlsConfig::new().ca_certificate(ca);
         let https = Endpoint::from_shared(format!("https://{addr}")).unwrap();
         let foreign = tls(cluster, other, DEV_CLIENT_CERT, DEV_CLIENT_KEY);
+        // A member's certificate, but trusting another CA: the client itself refuses the
+        // node's certificate (server authentication).
+        let elsewhere = tls(other, cluster, DEV_CLIENT_CERT, DEV_CLIENT_KEY);
         vec![
             ("no certificate", https.tls_config(no_certificate).unwrap().connect_lazy()),
             ("another CA's certificate", foreign.endpoint(addr).unwrap().connect_lazy()),
             ("plaintext", endpoint(addr, None).unwrap().connect_lazy()),
+            ("trusting another CA", elsewhere.endpoint(addr).unwrap().connect_lazy()),
         ]
     }
 
