@@ -15,6 +15,11 @@
 #   SOLROUTER_ADMIN_TOKEN  admin token shared by the gateways (default: generated once,
 #                          kept in RUN_DIR/admin-token)
 #   GATEWAY_MOCK           1 (default) serves the built-in mock provider in each gateway
+#   CLUSTER_TLS            1 (default): mutual TLS between ledgers and gateways, with a
+#                          development CA made once by `solrouter dev-ca` into RUN_DIR/tls
+#                          (ledger-admin: --tls-ca RUN_DIR/tls/ca.pem --tls-cert
+#                          RUN_DIR/tls/client.pem --tls-key RUN_DIR/tls/client-key.pem);
+#                          0: plaintext gRPC (every process warns)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +36,7 @@ read -r -a ledger_http_ports <<<"${LEDGER_HTTP_PORTS:-9101 9102 9103}"
 read -r -a gateway_ports <<<"${GATEWAY_PORTS:-8081 8082}"
 groups="${LEDGER_GROUPS:-4}"
 gateway_mock="${GATEWAY_MOCK:-1}"
+cluster_tls="${CLUSTER_TLS:-1}"
 # Readiness is polled this many times, this far apart (60 s in all): a debug build on a
 # loaded machine opens sled and elects leaders in a few seconds.
 ready_attempts_max=600
@@ -93,11 +99,22 @@ start() {
   elif [[ ! -f "$token_file" ]]; then
     od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$token_file"
   fi
+  local ledger_tls=() gateway_tls=() tls_dir="$RUN_DIR/tls"
+  if [[ "$cluster_tls" == 1 ]]; then
+    if [[ ! -f "$tls_dir/ca.pem" ]]; then
+      "$SOLROUTER_BIN" dev-ca --out "$tls_dir" --hosts 127.0.0.1,localhost >/dev/null
+    fi
+    ledger_tls=(--tls-ca "$tls_dir/ca.pem" --tls-cert "$tls_dir/ledger.pem"
+      --tls-key "$tls_dir/ledger-key.pem")
+    gateway_tls=(--tls-ca "$tls_dir/ca.pem" --tls-cert "$tls_dir/client.pem"
+      --tls-key "$tls_dir/client-key.pem")
+  fi
   local i
   for i in 0 1 2; do
     launch "ledger-$((i + 1))" "$SOLROUTER_BIN" ledger --id "$((i + 1))" \
       --listen "127.0.0.1:${ledger_ports[$i]}" --peers "$(peers)" --groups "$groups" \
-      --data-dir "$RUN_DIR/ledger-$((i + 1))" --http "127.0.0.1:${ledger_http_ports[$i]}"
+      --data-dir "$RUN_DIR/ledger-$((i + 1))" --http "127.0.0.1:${ledger_http_ports[$i]}" \
+      "${ledger_tls[@]}"
   done
   for i in 0 1 2; do
     wait_ready "ledger-$((i + 1))" "http://127.0.0.1:${ledger_http_ports[$i]}/readyz"
@@ -106,7 +123,8 @@ start() {
   [[ "$gateway_mock" == 1 ]] && mock_flag=(--mock)
   for i in 0 1; do
     SOLROUTER_ADMIN_TOKEN="$(cat "$token_file")" launch "gateway-$((i + 1))" "$SOLROUTER_BIN" \
-      gateway --listen "127.0.0.1:${gateway_ports[$i]}" --ledger "$(ledger_seeds)" "${mock_flag[@]}"
+      gateway --listen "127.0.0.1:${gateway_ports[$i]}" --ledger "$(ledger_seeds)" "${mock_flag[@]}" \
+      "${gateway_tls[@]}"
   done
   for i in 0 1; do
     wait_ready "gateway-$((i + 1))" "http://127.0.0.1:${gateway_ports[$i]}/readyz"

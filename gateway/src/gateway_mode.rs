@@ -13,7 +13,7 @@ use crate::providers::Providers;
 use crate::upstream::Upstream;
 use crate::{mock, server, telemetry};
 use anyhow::Context;
-use solrouter_raft::LedgerClient;
+use solrouter_raft::{LedgerClient, TlsConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -25,11 +25,12 @@ pub enum MockUpstream {
     InProcess,
 }
 
-/// Runs a gateway against the cluster that `ledger_seeds` belong to, until SIGINT or
-/// SIGTERM.
+/// Runs a gateway against the cluster that `ledger_seeds` belong to (over mutual TLS with
+/// `tls`), until SIGINT or SIGTERM.
 pub async fn run(
     config: Config,
     ledger_seeds: &[String],
+    tls: Option<TlsConfig>,
     mock_upstream: MockUpstream,
 ) -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics()?;
@@ -38,7 +39,8 @@ pub async fn run(
         .admin_token()
         .context("gateway mode needs an admin token: set SOLROUTER_ADMIN_TOKEN")?
         .to_owned();
-    let client = LedgerClient::connect(ledger_seeds).await.context("connecting to the ledger")?;
+    let client =
+        LedgerClient::connect_with(ledger_seeds, tls).await.context("connecting to the ledger")?;
     let (stop, stopped) = watch::channel(false);
     let (mock_url, mock_task) = match mock_upstream {
         MockUpstream::Off => (None, None),

@@ -13,7 +13,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
-use solrouter_raft::{ClusterConfig, ClusterStart, LedgerClient, LedgerNode, NodeOptions};
+use solrouter_raft::{
+    ClusterConfig, ClusterStart, LedgerClient, LedgerNode, NodeOptions, TlsConfig, DEV_CA_CERT,
+    DEV_CLIENT_CERT, DEV_CLIENT_KEY, DEV_LEDGER_CERT, DEV_LEDGER_KEY,
+};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -86,13 +89,14 @@ pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
 }
 
 /// The cluster configuration from the `solrouter ledger` flags: founding members, or
-/// `--join` for a node that an operator adds to a running cluster.
+/// `--join` for a node that an operator adds to a running cluster; mutual TLS with `tls`.
 pub fn cluster_config(
     id: u64,
     listen: SocketAddr,
     peers: Option<&str>,
     join: bool,
     n_groups: u32,
+    tls: Option<TlsConfig>,
 ) -> anyhow::Result<ClusterConfig> {
     let start = match (peers, join) {
         (Some(peers), false) => ClusterStart::Bootstrap(parse_peers(peers)?),
@@ -100,7 +104,42 @@ pub fn cluster_config(
         (Some(_), true) => anyhow::bail!("--join and --peers exclude each other"),
         (None, false) => anyhow::bail!("give --peers (founding member) or --join (added later)"),
     };
-    Ok(ClusterConfig::try_new(id, listen, start, n_groups)?)
+    let config = ClusterConfig::try_new(id, listen, start, n_groups)?;
+    Ok(match tls {
+        Some(tls) => config.with_tls(tls),
+        None => config,
+    })
+}
+
+/// The mutual TLS of the cluster's gRPC traffic from `(ca, cert, key)` PEM files
+/// (`--tls-ca`, `--tls-cert`, `--tls-key`). Without them the traffic is plaintext and
+/// anyone who reaches a ledger's port can submit commands and Raft messages: allowed, for
+/// tests and a cluster on a private network, but warned about loudly.
+pub fn cluster_tls(files: Option<(&Path, &Path, &Path)>) -> anyhow::Result<Option<TlsConfig>> {
+    let Some((ca, cert, key)) = files else {
+        tracing::warn!(
+            "UNAUTHENTICATED CLUSTER TRAFFIC: no --tls-ca/--tls-cert/--tls-key, so ledger gRPC \
+             is plaintext and anyone who reaches a ledger port can submit credits and Raft \
+             messages; `solrouter dev-ca` makes certificates"
+        );
+        return Ok(None);
+    };
+    Ok(Some(TlsConfig::from_files(ca, cert, key).context("loading the TLS files")?))
+}
+
+/// `solrouter dev-ca`: writes a development CA and certificates into `out` and says which
+/// flags use them.
+pub fn dev_ca(out: &Path, hosts: &[String]) -> anyhow::Result<()> {
+    solrouter_raft::write_dev_ca(out, hosts).context("writing the development CA")?;
+    let file = |name: &str| out.join(name).display().to_string();
+    let (ca, ledger_cert, ledger_key) =
+        (file(DEV_CA_CERT), file(DEV_LEDGER_CERT), file(DEV_LEDGER_KEY));
+    let (client_cert, client_key) = (file(DEV_CLIENT_CERT), file(DEV_CLIENT_KEY));
+    say(&format!("ledger: --tls-ca {ca} --tls-cert {ledger_cert} --tls-key {ledger_key}"));
+    say(&format!(
+        "gateway, ledger-admin: --tls-ca {ca} --tls-cert {client_cert} --tls-key {client_key}"
+    ));
+    Ok(())
 }
 
 /// What `solrouter ledger-admin` can do.
@@ -110,9 +149,15 @@ pub enum AdminAction {
     Status,
 }
 
-/// Runs one operator action against the cluster that `seeds` belong to.
-pub async fn admin(seeds: &[String], action: AdminAction) -> anyhow::Result<()> {
-    let client = LedgerClient::connect(seeds).await.context("connecting to the ledger")?;
+/// Runs one operator action against the cluster that `seeds` belong to (over mutual TLS
+/// with `tls`).
+pub async fn admin(
+    seeds: &[String],
+    tls: Option<TlsConfig>,
+    action: AdminAction,
+) -> anyhow::Result<()> {
+    let client =
+        LedgerClient::connect_with(seeds, tls).await.context("connecting to the ledger")?;
     match action {
         AdminAction::AddNode { id, addr } => {
             client.add_node(id, &addr).await.with_context(|| format!("adding node {id}"))?;

@@ -6,6 +6,7 @@ use solrouter_gateway::config::{Config, ConfigLayer};
 use solrouter_gateway::gateway_mode::{self, MockUpstream};
 use solrouter_gateway::ledger_server::{self, AdminAction};
 use solrouter_gateway::{dev, mock, telemetry};
+use solrouter_raft::TlsConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,10 +29,50 @@ enum Command {
     Ledger(LedgerArgs),
     /// Operate a ledger cluster: add or remove a node, show members and leaders.
     LedgerAdmin(LedgerAdminArgs),
+    /// Write a development CA and certificates for mutual TLS between ledger nodes,
+    /// gateways and `ledger-admin` (not for production: use your own CA there).
+    DevCa(DevCaArgs),
     /// Run only the built-in mock upstream (OpenAI, Anthropic, Gemini and Cohere wire
     /// formats; models `echo`, `unavailable`), e.g. as the target of a load test or an
     /// incident rehearsal. Requests script faults with `[[mock …]]` directives.
     MockUpstream(MockUpstreamArgs),
+}
+
+/// Mutual TLS on the cluster's gRPC traffic: all three files, or none (plaintext, with a
+/// warning at startup). `solrouter dev-ca` writes a development set.
+#[derive(Args)]
+struct TlsArgs {
+    /// The cluster's CA certificate (PEM): peers must present a certificate it signed.
+    #[arg(long, env = "SOLROUTER_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// This process's certificate chain (PEM, leaf first), signed by the CA.
+    #[arg(long, env = "SOLROUTER_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// This process's private key (PEM).
+    #[arg(long, env = "SOLROUTER_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn load(self) -> anyhow::Result<Option<TlsConfig>> {
+        let files = match (self.tls_ca, self.tls_cert, self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => Some((ca, cert, key)),
+            _ => None,
+        };
+        ledger_server::cluster_tls(files.as_ref().map(|(ca, cert, key)| (&**ca, &**cert, &**key)))
+    }
+}
+
+#[derive(Args)]
+struct DevCaArgs {
+    /// Directory to write `ca.pem`, `ledger.pem`, `ledger-key.pem`, `client.pem` and
+    /// `client-key.pem` into.
+    #[arg(long)]
+    out: PathBuf,
+    /// Names the ledger nodes are dialed by (IP addresses or DNS names), written into the
+    /// ledger certificate.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+    hosts: Vec<String>,
 }
 
 /// `solrouter mock-upstream`: where to listen and the server-wide knobs (`mock::MockConfig`).
@@ -128,6 +169,8 @@ struct ClusterGatewayArgs {
     /// A TOML configuration file, as for `dev`.
     #[arg(long, env = "SOLROUTER_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args)]
@@ -156,6 +199,8 @@ struct LedgerArgs {
     /// given, so that several nodes on one host never collide on a default port.
     #[arg(long)]
     http: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args)]
@@ -163,6 +208,8 @@ struct LedgerAdminArgs {
     /// Some nodes of the ledger cluster, `host:port,host:port`.
     #[arg(long, env = "SOLROUTER_LEDGER", value_delimiter = ',', required = true)]
     ledger: Vec<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(subcommand)]
     action: LedgerAdminCommand,
 }
@@ -209,7 +256,8 @@ fn main() -> anyhow::Result<()> {
             let flags = ConfigLayer { listen: args.listen, ..ConfigLayer::default() };
             let config = load_config(args.config.as_deref(), flags)?;
             let mock = if args.mock { MockUpstream::InProcess } else { MockUpstream::Off };
-            runtime.block_on(gateway_mode::run(config, &args.ledger, mock))
+            let tls = args.tls.load()?;
+            runtime.block_on(gateway_mode::run(config, &args.ledger, tls, mock))
         }
         Command::Ledger(args) => {
             let config = ledger_server::cluster_config(
@@ -218,6 +266,7 @@ fn main() -> anyhow::Result<()> {
                 args.peers.as_deref(),
                 args.join,
                 args.groups,
+                args.tls.load()?,
             )?;
             runtime.block_on(ledger_server::run(config, &args.data_dir, args.http))
         }
@@ -227,8 +276,9 @@ fn main() -> anyhow::Result<()> {
                 LedgerAdminCommand::RemoveNode { id } => AdminAction::RemoveNode { id },
                 LedgerAdminCommand::Status => AdminAction::Status,
             };
-            runtime.block_on(ledger_server::admin(&args.ledger, action))
+            runtime.block_on(ledger_server::admin(&args.ledger, args.tls.load()?, action))
         }
+        Command::DevCa(args) => ledger_server::dev_ca(&args.out, &args.hosts),
         Command::MockUpstream(args) => {
             let knobs = args.knobs()?;
             runtime.block_on(async {

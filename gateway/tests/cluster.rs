@@ -1,5 +1,6 @@
 //! The distributed deployment end to end, with real processes on 127.0.0.1: three
-//! `solrouter ledger` nodes and two `solrouter gateway`s sharing the same accounts.
+//! `solrouter ledger` nodes and two `solrouter gateway`s sharing the same accounts, all
+//! gRPC between them over mutual TLS (a dev CA; `deploy/local-cluster.sh` makes its own).
 //!
 //! * SIGKILL of a group leader under load: both gateways serve again within a few
 //!   election timeouts, and afterwards the audit is ok, every acknowledged top-up is
@@ -151,7 +152,8 @@ async fn leader_sigkill_under_load_loses_nothing_and_charges_once() {
     eventually_async("the load is under way", || async { successes() >= N_SUCCESSES_PHASE }).await;
 
     // SIGKILL the leader of group 0 mid-load.
-    let client = LedgerClient::connect(&seeds(&specs)).await.unwrap();
+    let tls = Some(cluster_support::client_tls());
+    let client = LedgerClient::connect_with(&seeds(&specs), tls).await.unwrap();
     let leader = client.topology().await.unwrap().leaders[0].expect("group 0 has a leader");
     let killed_idx = leader as usize - 1;
     ledgers[killed_idx].take().expect("the leader runs").process.kill();
@@ -248,6 +250,10 @@ impl LocalCluster {
             "start failed: {}",
             String::from_utf8_lossy(&started.stderr)
         );
+        for name in ["ledger-1", "ledger-2", "ledger-3", "gateway-1", "gateway-2"] {
+            let log = std::fs::read_to_string(run_dir.join(format!("{name}.log"))).unwrap();
+            assert!(!log.contains("UNAUTHENTICATED"), "{name} runs without TLS: {log}");
+        }
         cluster
     }
 

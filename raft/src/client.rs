@@ -18,8 +18,9 @@ use crate::grpc::GroupRequest;
 use crate::membership::LEARNER_CATCH_UP_TIMEOUT;
 use crate::node::group_of_account;
 use crate::reads::{self, GroupReader};
+use crate::tls::{self, TlsConfig};
 use crate::wire::{Consistency, MembershipChange, ReadAnswer, ReadRequest, Topology, WireError};
-use crate::{RPC_BYTES_MAX, RPC_CONNECT_TIMEOUT};
+use crate::RPC_BYTES_MAX;
 use prost::bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -32,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Commands per submit RPC. A thousand commands are ~1 MB on the wire, well under
 /// `RPC_BYTES_MAX`, and far more than one gateway's concurrent requests to one group
@@ -106,6 +107,8 @@ struct Pending {
 struct Shared {
     n_groups: u32,
     routes: Mutex<Routes>,
+    /// Every channel's mutual TLS, if the cluster uses it.
+    tls: Option<TlsConfig>,
 }
 
 struct Routes {
@@ -122,16 +125,26 @@ struct Routes {
 impl LedgerClient {
     /// Connects to the cluster that `seeds` (`host:port` of some of its nodes) belong to:
     /// learns the group count, the members and the leaders from the first seed that
-    /// answers, trying for at most [`CLIENT_CONNECT_TIMEOUT`].
+    /// answers, trying for at most [`CLIENT_CONNECT_TIMEOUT`]. Plaintext: for a cluster
+    /// without TLS.
     pub async fn connect(seeds: &[String]) -> Result<LedgerClient, LedgerError> {
+        LedgerClient::connect_with(seeds, None).await
+    }
+
+    /// [`LedgerClient::connect`], over mutual TLS when `tls` is given (the cluster's CA and
+    /// this client's certificate), as a cluster whose nodes have a `TlsConfig` requires.
+    pub async fn connect_with(
+        seeds: &[String],
+        tls: Option<TlsConfig>,
+    ) -> Result<LedgerClient, LedgerError> {
         if seeds.is_empty() || seeds.len() > CLIENT_ADDRESSES_MAX {
             return Err(LedgerError::InvalidOptions("seeds must name 1 to 64 ledger nodes"));
         }
-        let probe = Shared::new(0, seeds);
+        let probe = Shared::new(0, seeds, tls.clone());
         let topology = tokio::time::timeout(CLIENT_CONNECT_TIMEOUT, probe.first_topology())
             .await
             .map_err(|_| LedgerError::Timeout(CLIENT_CONNECT_TIMEOUT))?;
-        let shared = Arc::new(Shared::new(topology.n_groups, seeds));
+        let shared = Arc::new(Shared::new(topology.n_groups, seeds, tls));
         shared.learn(&topology);
         let mut queues = Vec::with_capacity(topology.n_groups as usize);
         for group_idx in 0..topology.n_groups {
@@ -317,14 +330,14 @@ async fn submit_batch(shared: &Shared, group_idx: u32, pendings: Vec<Pending>) {
 }
 
 impl Shared {
-    fn new(n_groups: u32, seeds: &[String]) -> Shared {
+    fn new(n_groups: u32, seeds: &[String], tls: Option<TlsConfig>) -> Shared {
         let routes = Routes {
             addrs: Vec::new(),
             cursor: 0,
             leaders: vec![None; n_groups as usize],
             channels: HashMap::new(),
         };
-        let shared = Shared { n_groups, routes: Mutex::new(routes) };
+        let shared = Shared { n_groups, routes: Mutex::new(routes), tls };
         for seed in seeds {
             shared.remember(seed);
         }
@@ -408,9 +421,7 @@ impl Shared {
         if let Some(client) = routes.channels.get(addr) {
             return Ok(client.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| LedgerError::Invalid(format!("bad ledger address {addr:?}: {e}")))?;
-        let channel = endpoint.connect_timeout(RPC_CONNECT_TIMEOUT).connect_lazy();
+        let channel = tls::endpoint(addr, self.tls.as_ref())?.connect_lazy();
         let client = LedgerServiceClient::new(channel)
             .max_decoding_message_size(RPC_BYTES_MAX)
             .max_encoding_message_size(RPC_BYTES_MAX);
@@ -553,7 +564,7 @@ fn from_status(addr: &str, method: Method, status: &tonic::Status) -> LedgerErro
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Bytes, LedgerError> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Bytes, LedgerError> {
     bincode::serialize(value)
         .map(Bytes::from)
         .map_err(|e| LedgerError::Invalid(format!("unencodable request: {e}")))

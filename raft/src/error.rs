@@ -39,6 +39,10 @@ pub enum LedgerError {
     /// [`crate::NodeOptions`] failed validation.
     #[error("invalid node options: {0}")]
     InvalidOptions(&'static str),
+    /// The TLS files could not be read, parsed or combined (a key that does not match its
+    /// certificate, a CA that is not PEM).
+    #[error("invalid TLS configuration: {0}")]
+    InvalidTls(String),
     /// The request cannot succeed as sent: a command routed to the wrong group (client and
     /// cluster disagree on the group count), a membership change that is not allowed, an
     /// answer that does not fit the question.
@@ -55,6 +59,7 @@ impl LedgerError {
             LedgerError::Storage { .. }
             | LedgerError::Shutdown
             | LedgerError::InvalidOptions(_)
+            | LedgerError::InvalidTls(_)
             | LedgerError::Invalid(_) => false,
         }
     }

@@ -8,8 +8,9 @@
 use crate::grpc::raft_service_client::RaftServiceClient;
 use crate::grpc::raft_service_server::RaftService;
 use crate::grpc::{RaftReply, RaftRequest};
+use crate::tls::{self, TlsConfig};
 use crate::types::{NodeId, Raft, TypeConfig};
-use crate::{RPC_BYTES_MAX, RPC_CONNECT_TIMEOUT};
+use crate::RPC_BYTES_MAX;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -22,16 +23,18 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::Arc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-/// Connects group `group`'s Raft instance to the same group on other nodes.
+/// Connects group `group`'s Raft instance to the same group on other nodes, over mutual
+/// TLS when the cluster has a [`TlsConfig`].
 pub struct GrpcNetwork {
     group: u32,
+    tls: Option<TlsConfig>,
 }
 
 impl GrpcNetwork {
-    pub fn new(group: u32) -> GrpcNetwork {
-        GrpcNetwork { group }
+    pub fn new(group: u32, tls: Option<TlsConfig>) -> GrpcNetwork {
+        GrpcNetwork { group, tls }
     }
 }
 
@@ -48,11 +51,10 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     /// Connects lazily: a peer that is down costs nothing until an RPC, which then fails as
     /// `Unreachable` and openraft backs off.
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GrpcConnection {
-        let endpoint = Endpoint::from_shared(format!("http://{}", node.addr));
+        let endpoint = tls::endpoint(&node.addr, self.tls.as_ref());
         let client = endpoint
             .map(|endpoint| {
-                let channel = endpoint.connect_timeout(RPC_CONNECT_TIMEOUT).connect_lazy();
-                RaftServiceClient::new(channel)
+                RaftServiceClient::new(endpoint.connect_lazy())
                     .max_decoding_message_size(RPC_BYTES_MAX)
                     .max_encoding_message_size(RPC_BYTES_MAX)
             })

@@ -26,6 +26,7 @@ mod service;
 #[cfg(test)]
 mod sim;
 mod state_machine;
+mod tls;
 mod types;
 mod wire;
 
@@ -41,6 +42,10 @@ pub use membership::LEARNER_CATCH_UP_TIMEOUT;
 pub use node::{
     group_of_account, group_of_slot, slot_of, ClusterConfig, ClusterStart, LedgerNode, NodeOptions,
     NodeStats,
+};
+pub use tls::{
+    write_dev_ca, TlsConfig, DEV_CA_CERT, DEV_CLIENT_CERT, DEV_CLIENT_KEY, DEV_LEDGER_CERT,
+    DEV_LEDGER_KEY,
 };
 pub use wire::{Consistency, Topology};
 
@@ -94,6 +99,9 @@ pub const RPC_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 /// How long connecting to a peer may take before the RPC counts as unreachable.
 pub const RPC_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a TLS handshake may take, on either side, before the connection is dropped: a
+/// peer that connects and stalls cannot hold a server's connection slot for longer.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 const _: () = assert!(SUBMIT_QUEUE_MAX >= BATCH_COMMANDS_MAX);
 const _: () = assert!(NAME_BYTES_MAX * 2 + 256 <= COMMAND_BYTES_MAX);

@@ -11,6 +11,7 @@ use crate::membership;
 use crate::network::NoPeers;
 use crate::reads::{self, GroupReader};
 use crate::service::LedgerRpcServer;
+use crate::tls::{self, TlsConfig};
 use crate::types::NodeId;
 use crate::wire::{self, Consistency, MembershipChange, ReadAnswer, ReadRequest, Topology};
 use crate::{
@@ -47,6 +48,7 @@ pub struct ClusterConfig {
     listen: SocketAddr,
     start: ClusterStart,
     n_groups: u32,
+    tls: Option<TlsConfig>,
 }
 
 /// How a node's groups get their first membership.
@@ -76,7 +78,13 @@ impl ClusterConfig {
                 return Err(LedgerError::InvalidOptions("the founding members lack this node"));
             }
         }
-        Ok(ClusterConfig { id, listen, start, n_groups })
+        Ok(ClusterConfig { id, listen, start, n_groups, tls: None })
+    }
+
+    /// Serves and calls peers over mutual TLS: the node's gRPC port then accepts only
+    /// clients (peers, gateways, operators) with a certificate signed by `tls`'s CA.
+    pub fn with_tls(self, tls: TlsConfig) -> ClusterConfig {
+        ClusterConfig { tls: Some(tls), ..self }
     }
 
     pub fn id(&self) -> u64 {
@@ -93,6 +101,10 @@ impl ClusterConfig {
 
     pub fn n_groups(&self) -> u32 {
         self.n_groups
+    }
+
+    pub fn tls(&self) -> Option<&TlsConfig> {
+        self.tls.as_ref()
     }
 }
 
@@ -244,14 +256,14 @@ impl LedgerNode {
         let raft_config = Arc::new(raft_config(options)?);
         let mut groups = Vec::new();
         for group_idx in 0..config.n_groups() {
-            let network = GrpcNetwork::new(group_idx);
+            let network = GrpcNetwork::new(group_idx, config.tls().cloned());
             let group_config = Arc::clone(&raft_config);
             groups.push(Group::start(config.id(), group_idx, &db, group_config, network).await?);
         }
         let rafts = groups.iter().map(|group| group.raft().clone()).collect();
         let node = LedgerNode::assemble(config.id(), groups, None);
-        let server =
-            serve(listener, RaftRpcServer::new(rafts), LedgerRpcServer::new(node.downgrade()));
+        let ledger = LedgerRpcServer::new(node.downgrade());
+        let server = serve(listener, RaftRpcServer::new(rafts), ledger, config.tls())?;
         *node.inner.server.lock().expect("server lock poisoned") = Some(server);
         if let ClusterStart::Bootstrap(peers) = config.start() {
             let members: BTreeMap<u64, BasicNode> =
@@ -507,11 +519,13 @@ struct Server {
 
 /// Serves Raft (to peers) and the ledger API (to gateways) on one port, so a node's one
 /// advertised address is both, and a `NotLeader` hint is directly usable by a gateway.
+/// With `tls`, every connection must complete a mutual TLS handshake first.
 fn serve(
     listener: tokio::net::TcpListener,
     raft: RaftRpcServer,
     ledger: LedgerRpcServer,
-) -> Server {
+    tls: Option<&TlsConfig>,
+) -> Result<Server, LedgerError> {
     let raft = RaftServiceServer::new(raft)
         .max_decoding_message_size(RPC_BYTES_MAX)
         .max_encoding_message_size(RPC_BYTES_MAX);
@@ -523,8 +537,9 @@ fn serve(
     // connections: Nagle's algorithm would hold each reply back waiting for an ACK
     // (measured: 4-6x lower throughput through LedgerClient without this).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut builder = tls::server(tls)?;
     let task = tokio::spawn(async move {
-        let serving = tonic::transport::Server::builder().add_service(raft).add_service(ledger);
+        let serving = builder.add_service(raft).add_service(ledger);
         let stop = async {
             let _ = shutdown_rx.await;
         };
@@ -532,7 +547,7 @@ fn serve(
             tracing::error!("ledger gRPC server stopped: {e}");
         }
     });
-    Server { shutdown_tx, task }
+    Ok(Server { shutdown_tx, task })
 }
 
 /// Initializes a group's membership on first start. Every member may do this with the

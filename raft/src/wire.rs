@@ -93,7 +93,9 @@ impl From<LedgerError> for WireError {
                 WireError::NotLeader { leader_id, leader_addr }
             }
             LedgerError::Timeout(after) => WireError::Timeout { ms: after.as_millis() as u64 },
-            LedgerError::Invalid(reason) => WireError::Invalid(reason),
+            LedgerError::Invalid(reason) | LedgerError::InvalidTls(reason) => {
+                WireError::Invalid(reason)
+            }
             LedgerError::InvalidOptions(reason) => WireError::Invalid(reason.to_owned()),
             LedgerError::Unavailable { .. }
             | LedgerError::Storage { .. }

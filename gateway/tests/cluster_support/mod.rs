@@ -4,10 +4,13 @@
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
 use serde_json::{json, Value};
+use solrouter_raft::{
+    TlsConfig, DEV_CA_CERT, DEV_CLIENT_CERT, DEV_CLIENT_KEY, DEV_LEDGER_CERT, DEV_LEDGER_KEY,
+};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Longest a process may take to print its listening line: a debug build opening sled
@@ -28,6 +31,36 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The test clusters' development CA and certificates, written once per test binary under
+/// cargo's temporary directory: every ledger, gateway and `ledger-admin` the tests start
+/// talks mutual TLS.
+fn tls_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-tls");
+        solrouter_raft::write_dev_ca(&dir, &["127.0.0.1".to_owned()]).expect("dev CA");
+        dir
+    })
+}
+
+/// The `SOLROUTER_TLS_*` variables naming the CA and the certificate `cert` with `key`.
+fn tls_env(cert: &str, key: &str) -> [(&'static str, String); 3] {
+    let file = |name: &str| tls_dir().join(name).display().to_string();
+    [
+        ("SOLROUTER_TLS_CA", file(DEV_CA_CERT)),
+        ("SOLROUTER_TLS_CERT", file(cert)),
+        ("SOLROUTER_TLS_KEY", file(key)),
+    ]
+}
+
+/// What a gateway or an operator presents to the test clusters.
+pub fn client_tls() -> TlsConfig {
+    let dir = tls_dir();
+    let (ca, cert, key) =
+        (dir.join(DEV_CA_CERT), dir.join(DEV_CLIENT_CERT), dir.join(DEV_CLIENT_KEY));
+    TlsConfig::from_files(&ca, &cert, &key).expect("client TLS")
+}
+
 /// A child process, killed and reaped on drop.
 pub struct Process {
     child: Child,
@@ -36,12 +69,12 @@ pub struct Process {
 impl Process {
     /// Spawns `solrouter ARGS…` and returns it with the first stdout line that starts with
     /// `ready_prefix`.
-    fn spawn(args: &[String], env: &[(&str, &str)], ready_prefix: &str) -> (Process, String) {
+    fn spawn(args: &[String], env: &[(&str, String)], ready_prefix: &str) -> (Process, String) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_solrouter"));
         command
             .args(args)
             .env("RUST_LOG", "warn,openraft=off")
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(name, value)| (*name, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -115,7 +148,8 @@ impl LedgerSpec {
             ["--groups", &groups, "--data-dir", &data_dir, "--http", "127.0.0.1:0"]
                 .map(str::to_owned),
         );
-        let (process, line) = Process::spawn(&args, &[], "ledger node ");
+        let env = tls_env(DEV_LEDGER_CERT, DEV_LEDGER_KEY);
+        let (process, line) = Process::spawn(&args, &env, "ledger node ");
         let http = line.rsplit("http ").next().expect("http address").to_owned();
         LedgerProcess { process, http }
     }
@@ -147,6 +181,7 @@ pub fn ledger_admin(seeds: &[String], args: &[&str]) -> String {
         .args(["ledger-admin", "--ledger", &seeds.join(",")])
         .args(args)
         .env("RUST_LOG", "warn,openraft=off")
+        .envs(tls_env(DEV_CLIENT_CERT, DEV_CLIENT_KEY))
         .stdin(Stdio::null())
         .output()
         .expect("running solrouter ledger-admin");
@@ -172,7 +207,8 @@ impl Gateway {
             seeds.join(","),
             "--mock".to_owned(),
         ];
-        let env = [("SOLROUTER_ADMIN_TOKEN", ADMIN_TOKEN)];
+        let mut env = vec![("SOLROUTER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned())];
+        env.extend(tls_env(DEV_CLIENT_CERT, DEV_CLIENT_KEY));
         let (process, line) = Process::spawn(&args, &env, "listening: ");
         let base = line["listening: ".len()..].trim_end_matches("/v1/api");
         Gateway { process, endpoint: Endpoint::new(base) }
