@@ -12,6 +12,7 @@
 //! [`CLIENT_RPCS_IN_FLIGHT_MAX`] RPCs per group at once; while those are in flight the
 //! next batch forms, so the batch size follows the load with no timer.
 
+use crate::codec;
 use crate::error::LedgerError;
 use crate::grpc::ledger_service_client::LedgerServiceClient;
 use crate::grpc::GroupRequest;
@@ -517,7 +518,7 @@ impl Shared {
             Ok(Err(status)) => return Err(from_status(addr, method, &status)),
             Err(_elapsed) => return Err(LedgerError::Timeout(timeout)),
         };
-        let result: Result<T, WireError> = bincode::deserialize(&reply.payload)
+        let result: Result<T, WireError> = codec::decode(&reply.payload)
             .map_err(|e| LedgerError::Invalid(format!("undecodable {method:?} reply: {e}")))?;
         result.map_err(LedgerError::from)
     }
@@ -565,7 +566,7 @@ fn from_status(addr: &str, method: Method, status: &tonic::Status) -> LedgerErro
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Bytes, LedgerError> {
-    bincode::serialize(value)
+    codec::encode(value)
         .map(Bytes::from)
         .map_err(|e| LedgerError::Invalid(format!("unencodable request: {e}")))
 }

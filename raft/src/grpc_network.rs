@@ -2,9 +2,10 @@
 //! ([`GrpcNetwork`], openraft's network factory, one per group) and the server side
 //! ([`RaftRpcServer`], one per node, routing by group).
 //!
-//! The protobuf messages are envelopes around bincode (see `proto/raft.proto`): openraft's
+//! The protobuf messages are envelopes around [`codec`] bytes (see `proto/raft.proto`): openraft's
 //! types cross the wire unchanged and never leave this crate.
 
+use crate::codec;
 use crate::grpc::raft_service_client::RaftServiceClient;
 use crate::grpc::raft_service_server::RaftService;
 use crate::grpc::{RaftReply, RaftRequest};
@@ -90,7 +91,7 @@ impl GrpcConnection {
                 return Err(RPCError::Unreachable(Unreachable::new(&BadAddress(reason.clone()))))
             }
         };
-        let payload = bincode::serialize(request).map_err(|e| network_error(&e))?;
+        let payload = codec::encode(request).map_err(|e| network_error(&e))?;
         let mut envelope =
             tonic::Request::new(RaftRequest { group: self.group, payload: payload.into() });
         envelope.set_timeout(option.hard_ttl());
@@ -101,7 +102,7 @@ impl GrpcConnection {
         };
         let reply = reply.map_err(|status| RPCError::Unreachable(Unreachable::new(&status)))?;
         let result: Result<T, RaftError<NodeId, E>> =
-            bincode::deserialize(&reply.into_inner().payload).map_err(|e| network_error(&e))?;
+            codec::decode(&reply.into_inner().payload).map_err(|e| network_error(&e))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -161,14 +162,14 @@ impl RaftRpcServer {
             .ok_or_else(|| {
                 tonic::Status::invalid_argument(format!("no group {}", envelope.group))
             })?;
-        let rpc = bincode::deserialize(&envelope.payload)
+        let rpc = codec::decode(&envelope.payload)
             .map_err(|e| tonic::Status::invalid_argument(format!("undecodable payload: {e}")))?;
         Ok((raft, rpc))
     }
 }
 
 fn reply<T: Serialize>(result: &T) -> Result<tonic::Response<RaftReply>, tonic::Status> {
-    let payload = bincode::serialize(result)
+    let payload = codec::encode(result)
         .map_err(|e| tonic::Status::internal(format!("unencodable reply: {e}")))?;
     Ok(tonic::Response::new(RaftReply { payload: payload.into() }))
 }

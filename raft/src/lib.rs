@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod codec;
 mod error;
 mod expiry;
 mod group;
@@ -105,7 +106,7 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 const _: () = assert!(SUBMIT_QUEUE_MAX >= BATCH_COMMANDS_MAX);
 const _: () = assert!(NAME_BYTES_MAX * 2 + 256 <= COMMAND_BYTES_MAX);
-// The envelope and bincode framing fit in the slack left by the entries.
+// The envelope and the codec's framing fit in the slack left by the entries.
 const _: () = assert!(APPEND_ENTRIES_MAX as usize * ENTRY_BYTES_MAX <= RPC_BYTES_MAX * 3 / 4);
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES as usize * 2 <= RPC_BYTES_MAX);
 const _: () = assert!(HEARTBEAT_INTERVAL.as_millis() * 3 <= ELECTION_TIMEOUT_MIN.as_millis());

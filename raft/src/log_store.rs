@@ -2,13 +2,14 @@
 //! simulation runs this same code over its in-memory store).
 //!
 //! Layout, per Raft group `g`: tree `g/log` maps a big-endian `u64` index (so sled's byte order is index order) to
-//! a bincode [`Entry`]; tree `g/meta` holds the vote, the committed log id and the last
+//! an [`Entry`] in the versioned [`codec`](crate::codec); tree `g/meta` holds the vote, the committed log id and the last
 //! purged log id under fixed keys.
 #![allow(
     clippy::result_large_err,
     reason = "openraft's storage traits return its large StorageError by value; helpers match them"
 )]
 
+use crate::codec;
 use crate::kv::{KvPair, KvTree};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -47,12 +48,12 @@ impl<K: KvTree> LogStore<K> {
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let bytes = self.meta.get(key).map_err(|e| StorageIOError::read(&e))?;
         bytes
-            .map(|b| bincode::deserialize(b.as_ref()).map_err(|e| StorageIOError::read(&e).into()))
+            .map(|b| codec::decode(b.as_ref()).map_err(|e| StorageIOError::read(&e).into()))
             .transpose()
     }
 
     fn write_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
-        let bytes = bincode::serialize(value).map_err(|e| StorageIOError::write(&e))?;
+        let bytes = codec::encode(value).map_err(|e| StorageIOError::write(&e))?;
         self.meta.insert(key, bytes).map_err(|e| StorageIOError::write(&e))?;
         Ok(())
     }
@@ -138,7 +139,7 @@ impl<K: KvTree> RaftLogStorage<TypeConfig> for LogStore<K> {
     {
         let mut batch = Vec::new();
         for entry in entries {
-            let bytes = bincode::serialize(&entry)
+            let bytes = codec::encode(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             batch.push((entry.log_id.index.to_be_bytes().to_vec(), Some(bytes)));
         }
@@ -165,5 +166,5 @@ impl<K: KvTree> RaftLogStorage<TypeConfig> for LogStore<K> {
 }
 
 fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
-    bincode::deserialize(bytes).map_err(|e| StorageIOError::read_logs(&e).into())
+    codec::decode(bytes).map_err(|e| StorageIOError::read_logs(&e).into())
 }

@@ -1,8 +1,9 @@
 //! The ledger API a node serves to gateways and operators (`LedgerService` in
 //! `proto/raft.proto`): submit, read, change membership, describe the cluster. Every
-//! answer is a bincode `Result<answer, WireError>`; only an undecodable request is a
+//! answer is a [`codec`](crate::codec)-encoded `Result<answer, WireError>`; only an undecodable request is a
 //! gRPC error.
 
+use crate::codec;
 use crate::error::LedgerError;
 use crate::grpc::ledger_service_server::LedgerService;
 use crate::grpc::{GroupRequest, LedgerReply};
@@ -35,15 +36,15 @@ type RpcResult = Result<Response<LedgerReply>, Status>;
 
 fn decode<T: DeserializeOwned>(request: Request<GroupRequest>) -> Result<(u32, T), Status> {
     let envelope = request.into_inner();
-    let payload = bincode::deserialize(&envelope.payload)
+    let payload = codec::decode(&envelope.payload)
         .map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))?;
     Ok((envelope.group, payload))
 }
 
 fn reply<T: Serialize>(result: Result<T, LedgerError>) -> RpcResult {
     let result = result.map_err(WireError::from);
-    let payload = bincode::serialize(&result)
-        .map_err(|e| Status::internal(format!("unencodable reply: {e}")))?;
+    let payload =
+        codec::encode(&result).map_err(|e| Status::internal(format!("unencodable reply: {e}")))?;
     Ok(Response::new(LedgerReply { payload: payload.into() }))
 }
 

@@ -2,13 +2,14 @@
 //! [`KvTree`], so the simulation runs this same code over its in-memory store).
 //!
 //! The ledger is never written to disk entry by entry. Durability comes from the Raft log;
-//! a snapshot (bincode of the ledger plus the log id and membership it covers) lets the
+//! a snapshot (the encoded ledger plus the log id and membership it covers) lets the
 //! log be purged and bounds replay time after a restart.
 #![allow(
     clippy::result_large_err,
     reason = "openraft's storage traits return its large StorageError by value; helpers match them"
 )]
 
+use crate::codec;
 use crate::kv::KvTree;
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -51,7 +52,8 @@ impl SharedState {
     }
 }
 
-/// A snapshot as persisted in sled: openraft's metadata plus the bincode ledger bytes.
+/// A snapshot as persisted in sled: openraft's metadata plus the encoded ledger bytes
+/// (the payload followers receive); both encoded by [`codec`], so both carry its header.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
@@ -94,8 +96,7 @@ impl<K: KvTree> StateMachine<K> {
             .get(KEY_SNAPSHOT)
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         let decode = |b: K::Value| {
-            bincode::deserialize(b.as_ref())
-                .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+            codec::decode(b.as_ref()).map_err(|e| StorageIOError::read_snapshot(None, &e).into())
         };
         bytes.map(decode).transpose()
     }
@@ -107,7 +108,7 @@ impl<K: KvTree> StateMachine<K> {
         let write_error = |e: &dyn std::error::Error| {
             StorageIOError::write_snapshot(signature.clone(), openraft::AnyError::error(e))
         };
-        let bytes = bincode::serialize(stored).map_err(|e| write_error(&e))?;
+        let bytes = codec::encode(stored).map_err(|e| write_error(&e))?;
         self.snapshots.insert(KEY_SNAPSHOT, bytes).map_err(|e| write_error(&e))?;
         self.snapshots.flush().await.map_err(|e| write_error(&e))?;
         Ok(())
@@ -115,7 +116,7 @@ impl<K: KvTree> StateMachine<K> {
 }
 
 fn restore(meta: &SnapshotMeta, data: &[u8]) -> Result<Applied, StorageError> {
-    let ledger: Ledger = bincode::deserialize(data)
+    let ledger: Ledger = codec::decode(data)
         .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
     Ok(Applied { ledger, last_applied: meta.last_log_id, membership: meta.last_membership.clone() })
 }
@@ -127,7 +128,7 @@ impl<K: KvTree> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let (meta, data) = {
             let applied = self.state.read();
-            let data = bincode::serialize(&applied.ledger)
+            let data = codec::encode(&applied.ledger)
                 .map_err(|e| StorageIOError::read_state_machine(&e))?;
             let snapshot_id = match applied.last_applied {
                 Some(log_id) => format!("{}-{}", log_id.leader_id.term, log_id.index),

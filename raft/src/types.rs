@@ -13,7 +13,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        // A snapshot is one bincode buffer of the ledger; it lives in memory anyway.
+        // A snapshot is one encoded buffer of the ledger; it lives in memory anyway.
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );

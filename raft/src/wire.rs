@@ -1,4 +1,5 @@
-//! What travels inside the `LedgerService` envelopes (see `proto/raft.proto`), as bincode.
+//! What travels inside the `LedgerService` envelopes (see `proto/raft.proto`), encoded by
+//! [`codec`](crate::codec).
 //! Shared by the server (`service.rs`) and the client (`client.rs`); private to the crate
 //! except [`Consistency`] and [`Topology`], which are part of the public API.
 

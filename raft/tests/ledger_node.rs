@@ -211,6 +211,76 @@ async fn snapshot_and_purge_bound_the_log_and_survive_restart() {
     node.shutdown().await.unwrap();
 }
 
+/// Opens the node's sled directory directly, polling while the stopped node's storage
+/// tasks still hold its lock.
+async fn open_sled(dir: &Path) -> sled::Db {
+    for _ in 0..POLL_ATTEMPTS_MAX {
+        if let Ok(db) = sled::open(dir) {
+            return db;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    panic!("the data directory stayed locked");
+}
+
+/// The error and its sources, as one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+/// Every stored kind (snapshot, vote, log entry) carries the format version; a data
+/// directory holding one this build does not read is refused, naming the version found
+/// and the ones supported, instead of being misread.
+#[tokio::test]
+async fn an_unknown_stored_format_version_is_refused() {
+    /// Where the codec's version byte sits: after the 3-byte magic.
+    const VERSION_AT: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let options = NodeOptions::try_new(4, 0).unwrap();
+    let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
+    submit_ok(&node, create_account(1)).await;
+    for n in 0..8 {
+        submit_ok(&node, top_up(100 + n)).await;
+    }
+    eventually("a snapshot was taken", || node.stats().snapshot_index.is_some()).await;
+    node.shutdown().await.unwrap();
+    drop(node);
+
+    let stored = [("0/snapshot", None), ("0/meta", Some(&b"vote"[..])), ("0/log", None)];
+    for (tree_name, key) in stored {
+        let db = open_sled(dir.path()).await;
+        let tree = db.open_tree(tree_name).unwrap();
+        let (key, value) = match key {
+            Some(key) => (key.into(), tree.get(key).unwrap().expect("the vote is stored")),
+            None => tree.last().unwrap().expect("the tree holds a value"),
+        };
+        assert_eq!(&value[..VERSION_AT], b"SRL", "a stored value starts with the magic");
+        let mut future = value.to_vec();
+        future[VERSION_AT] = 99;
+        tree.insert(&key, future).unwrap();
+        db.flush().unwrap();
+        drop((tree, db));
+
+        let error = LedgerNode::open_single_with(dir.path(), &options).await.err();
+        let error = error_chain(&error.expect("an unknown version must not open"));
+        let expected = "unsupported ledger format version 99; this build reads versions [1]";
+        assert!(error.contains(expected), "{error}");
+
+        let db = open_sled(dir.path()).await;
+        db.open_tree(tree_name).unwrap().insert(&key, value).unwrap();
+        db.flush().unwrap();
+    }
+    let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
+    assert_eq!(node.read(credits).await.unwrap().0, 8 * TOP_UP.0);
+    node.shutdown().await.unwrap();
+}
+
 /// Set only in the child process of the SIGKILL test: its data directory.
 const CHILD_DIR_ENV: &str = "SOLROUTER_RAFT_TEST_CHILD_DIR";
 /// Acknowledgements the parent waits for before killing the child.

@@ -1,6 +1,6 @@
 //! Storage soak: drives millions of ledger operations (reserve then settle or release)
 //! through a single-node `LedgerNode` with snapshots and log purge on, and prints, every
-//! `--report-every-s`: disk use of the sled directory, live state size (the bincode size of
+//! `--report-every-s`: disk use of the sled directory, live state size (the encoded size of
 //! the ledger, i.e. of a snapshot's payload), space amplification (disk / live), process
 //! RSS, log entries appended and snapshots taken. Bounded by `--ops-max` and
 //! `--duration-max-s`, whichever comes first.
@@ -157,8 +157,7 @@ impl Monitor {
     fn row(&self) -> std::io::Result<String> {
         let stats = self.node.stats();
         let disk = DiskUse::of(&self.dir)?;
-        let live_bytes =
-            self.node.read_local(bincode::serialized_size).map_err(std::io::Error::other)?;
+        let live_bytes = self.node.read_local(encoded_size).map_err(std::io::Error::other)?;
         let memory = Memory::of_self()?;
         let last = stats.last_log_index.unwrap_or(0);
         let log_kept = last - stats.purged_index.map_or(0, |purged| purged + 1).min(last);
@@ -181,6 +180,11 @@ impl Monitor {
 
 /// Bytes under a directory: file lengths as `ls` shows them, and blocks actually allocated
 /// (what `du` shows; lower for sparse files, higher for preallocated ones).
+/// The ledger's size as a snapshot payload (the codec's 4-byte header aside).
+fn encoded_size(ledger: &solrouter_ledger::Ledger) -> Result<usize, postcard::Error> {
+    postcard::serialize_with_flavor(ledger, postcard::ser_flavors::Size::default())
+}
+
 struct DiskUse {
     apparent_bytes: u64,
     allocated_bytes: u64,

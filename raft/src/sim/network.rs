@@ -6,10 +6,11 @@
 //! openraft gives up on an RPC after its timeout and sends the next one while the first
 //! may still arrive.
 //!
-//! Requests and replies cross as bincode bytes, as over gRPC, so what the simulation
+//! Requests and replies cross as encoded bytes (`codec`), as over gRPC, so what the simulation
 //! delivers is exactly what the wire could carry. A lost message is never reported to the
 //! sender: like on a real network, the sender's own timeout is all it learns.
 
+use crate::codec;
 use crate::types::{NodeId, Raft, TypeConfig};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -234,7 +235,7 @@ impl SimConnection {
         T: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let payload = bincode::serialize(request).expect("raft requests encode");
+        let payload = codec::encode(request).expect("raft requests encode");
         let (reply_tx, reply_rx) = oneshot::channel();
         let mut reply_tx = Some(reply_tx);
         let (seq, delays) = self.net.plan(self.source, self.target);
@@ -257,7 +258,7 @@ impl SimConnection {
             return std::future::pending().await;
         };
         let result: Result<T, RaftError<NodeId, E>> =
-            bincode::deserialize(&reply).expect("raft replies decode");
+            codec::decode(&reply).expect("raft replies decode");
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -325,9 +326,9 @@ impl Delivery {
 }
 
 fn encode(value: &impl Serialize) -> Vec<u8> {
-    bincode::serialize(value).expect("raft replies encode")
+    codec::encode(value).expect("raft replies encode")
 }
 
 fn decode<T: DeserializeOwned>(payload: &[u8]) -> T {
-    bincode::deserialize(payload).expect("raft requests decode")
+    codec::decode(payload).expect("raft requests decode")
 }
