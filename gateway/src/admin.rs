@@ -211,7 +211,7 @@ fn expect_accepted(outcome: Result<Reply, Rejection>) -> Result<Reply, ApiError>
         Rejection::IdReused => {
             ApiError::conflict("idempotency_key was already used for a different request")
         }
-        Rejection::AccountExists | Rejection::KeyExists => {
+        Rejection::AccountExists | Rejection::KeyExists | Rejection::TopUpsExhausted => {
             ApiError::conflict(rejection.to_string())
         }
         other => ApiError::ledger("admin command", other),

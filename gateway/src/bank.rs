@@ -25,6 +25,15 @@ pub const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 const SETTLE_BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const SETTLE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const _: () = assert!(SETTLE_DEADLINE.as_millis() < HOLD_GRACE.as_millis() / 2);
+// A retry under the same op id must find the ledger still remembering its first outcome:
+// the op-id window (by batch stamps) outlasts every retry loop, twice over, so a new
+// leader whose clock runs ahead cannot shorten it below them.
+const _: () =
+    assert!(solrouter_ledger::OPS_REMEMBERED_FOR_MS as u128 >= 2 * SETTLE_DEADLINE.as_millis());
+const _: () = assert!(
+    solrouter_ledger::OPS_REMEMBERED_FOR_MS as u128
+        >= 2 * solrouter_raft::CLIENT_CALL_DEADLINE.as_millis()
+);
 // Every hold's time-to-live (the longest request plus the grace) is one the ledger takes.
 const _: () = assert!(
     crate::config::TIMEOUT_MS_CEILING + HOLD_GRACE.as_millis() as u64
@@ -277,6 +286,10 @@ impl Bank {
                 // or is already gone (expired, settled): nothing to do.
                 Ok(Ok(Err(Rejection::UnknownHold))) if matches!(op, Op::Release { .. }) => {
                     return None
+                }
+                // A full idempotency window applied nothing: try again.
+                Ok(Ok(Err(rejection @ Rejection::Overloaded))) => {
+                    LedgerError::Unavailable { reason: rejection.to_string() }
                 }
                 Ok(Ok(Err(rejection))) => {
                     // A rejection is final: retrying the same op gets the same answer.

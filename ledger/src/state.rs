@@ -4,10 +4,21 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
-/// How many applied operation ids the ledger remembers for idempotent replies. At the
-/// design load of 100k lifecycles/s (three ops each) this is ~3 s of history; clients
-/// retry within their own deadline (seconds), and the window is part of snapshots.
-pub const OPS_REMEMBERED_MAX: usize = 1 << 20;
+/// How long (in batch stamps) the ledger remembers an applied operation id, to answer a
+/// retry with the first outcome. Longer than every client's overall retry deadline, which
+/// the crates that own those deadlines assert (`solrouter-gateway`'s `bank.rs`); top-ups
+/// and settles are also deduplicated for good, by account and idempotency key, and by
+/// hold.
+pub const OPS_REMEMBERED_FOR_MS: u64 = 60_000;
+/// Most operation ids remembered at once: the window's memory bound (~140 bytes each in
+/// memory, ~600 MB at the bound; `docs/storage.md`). A group sustaining more than
+/// `OPS_REMEMBERED_MAX / OPS_REMEMBERED_FOR_MS` (~70,000) new operations per second
+/// refuses the excess with [`Rejection::Overloaded`] rather than forget an id early.
+pub const OPS_REMEMBERED_MAX: usize = 1 << 22;
+/// Top-ups remembered per account, for the account's life (a retried top-up credits
+/// once, however late): 65,536 is a top-up every 10 minutes for over a year. Past it the
+/// account's top-ups are refused with [`Rejection::TopUpsExhausted`].
+pub const TOP_UPS_PER_ACCOUNT_MAX: usize = 1 << 16;
 /// Longest a hold may live: a request's total timeout is far below this.
 pub const HOLD_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1000;
 /// Upper bound of commands in one batch (one Raft entry).
@@ -225,6 +236,14 @@ pub enum Rejection {
     InsufficientFunds { available: i128 },
     #[error("operation id reused for a different operation")]
     IdReused,
+    /// The idempotency window is full of ids younger than [`OPS_REMEMBERED_FOR_MS`]:
+    /// nothing was applied; retry later.
+    #[error("ledger overloaded: too many operations in the idempotency window; retry later")]
+    Overloaded,
+    /// The account already has [`TOP_UPS_PER_ACCOUNT_MAX`] top-ups, each remembered for
+    /// the account's life; nothing was applied.
+    #[error("the account has reached its limit of top-ups")]
+    TopUpsExhausted,
 }
 
 pub type Outcome = Result<Reply, Rejection>;
@@ -257,6 +276,15 @@ pub struct Key {
     pub revoked: bool,
     /// Everything charged to requests made with this key.
     pub usage: PicoUsd,
+}
+
+/// A top-up as remembered for its account's life: what it credited (to recognise a
+/// retry, or an idempotency key reused for another amount) and the balance it left (the
+/// retry's reply).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct TopUp {
+    amount: PicoUsd,
+    credits: PicoUsd,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,9 +320,14 @@ pub struct Ledger {
     /// Holds ordered by expiry, for deterministic voiding.
     expiry: BTreeSet<(u64, HoldId)>,
     records: HashMap<HoldId, (AccountId, RequestRecord, Reply)>,
-    /// Idempotency window: op id → (fingerprint of the op, outcome).
+    /// Idempotency window: op id → (fingerprint of the op, outcome), for
+    /// [`OPS_REMEMBERED_FOR_MS`] of batch stamps. Applied top-ups are in `top_ups` instead.
     applied: HashMap<OpId, (u64, Outcome)>,
-    applied_order: VecDeque<OpId>,
+    /// The window's ids with the stamp they were applied at, oldest first.
+    applied_order: VecDeque<(u64, OpId)>,
+    /// Every applied top-up of each account, by op id (which the gateway derives from the
+    /// account and the caller's idempotency key), at most [`TOP_UPS_PER_ACCOUNT_MAX`] each.
+    top_ups: HashMap<AccountId, HashMap<OpId, TopUp>>,
     /// Highest stamp applied so far; stamps never go backwards inside the state.
     stamp_ms: u64,
     /// Sum of every top-up ever applied (the bank check's left side).
@@ -314,6 +347,7 @@ impl Ledger {
         assert!(batch.commands.len() <= BATCH_COMMANDS_MAX, "oversized batch");
         self.stamp_ms = self.stamp_ms.max(batch.stamp_ms);
         self.expire(self.stamp_ms);
+        self.forget(self.stamp_ms);
         batch.commands.iter().map(|c| self.apply_command(c)).collect()
     }
 
@@ -322,25 +356,49 @@ impl Ledger {
         if let Some((seen, outcome)) = self.applied.get(&command.id) {
             return if *seen == fingerprint { outcome.clone() } else { Err(Rejection::IdReused) };
         }
-        let outcome = command.op.validate().and_then(|()| self.apply_op(&command.op));
+        if let Op::Credit { account, amount } = &command.op {
+            let top_up = self.top_ups.get(account).and_then(|top_ups| top_ups.get(&command.id));
+            if let Some(top_up) = top_up {
+                return if top_up.amount == *amount {
+                    Ok(Reply::Credited { credits: top_up.credits })
+                } else {
+                    Err(Rejection::IdReused)
+                };
+            }
+        }
+        if self.applied_order.len() >= OPS_REMEMBERED_MAX {
+            // Not remembered, and nothing applied: a retry is decided afresh.
+            return Err(Rejection::Overloaded);
+        }
+        let outcome = command.op.validate().and_then(|()| self.apply_op(command.id, &command.op));
         if let Some(account) = self.accounts.get(&command.op.account()) {
             assert!(account.available() >= 0, "an operation made a balance negative");
         }
-        self.remember(command.id, fingerprint, outcome.clone());
+        if !matches!((&command.op, &outcome), (Op::Credit { .. }, Ok(_))) {
+            self.remember(command.id, fingerprint, outcome.clone());
+        }
         outcome
     }
 
     fn remember(&mut self, id: OpId, fingerprint: u64, outcome: Outcome) {
-        if self.applied_order.len() == OPS_REMEMBERED_MAX {
-            let oldest = self.applied_order.pop_front().expect("window is full");
-            self.applied.remove(&oldest);
-        }
+        assert!(self.applied_order.len() < OPS_REMEMBERED_MAX, "checked before applying");
         self.applied.insert(id, (fingerprint, outcome));
-        self.applied_order.push_back(id);
+        self.applied_order.push_back((self.stamp_ms, id));
         debug_assert_eq!(self.applied.len(), self.applied_order.len());
     }
 
-    fn apply_op(&mut self, op: &Op) -> Outcome {
+    /// Forgets the op ids applied [`OPS_REMEMBERED_FOR_MS`] or longer before `stamp_ms`.
+    fn forget(&mut self, stamp_ms: u64) {
+        while let Some(&(applied_ms, id)) = self.applied_order.front() {
+            if applied_ms.saturating_add(OPS_REMEMBERED_FOR_MS) > stamp_ms {
+                break;
+            }
+            self.applied_order.pop_front();
+            assert!(self.applied.remove(&id).is_some(), "idempotency window out of sync");
+        }
+    }
+
+    fn apply_op(&mut self, id: OpId, op: &Op) -> Outcome {
         match op {
             Op::CreateAccount { account, name } => {
                 if self.accounts.contains_key(account) {
@@ -352,8 +410,14 @@ impl Ledger {
             }
             Op::Credit { account, amount } => {
                 let entry = self.accounts.get_mut(account).ok_or(Rejection::UnknownAccount)?;
+                let top_ups = self.top_ups.entry(*account).or_default();
+                if top_ups.len() >= TOP_UPS_PER_ACCOUNT_MAX {
+                    return Err(Rejection::TopUpsExhausted);
+                }
                 entry.credits = entry.credits.checked_add(*amount).expect("credits overflow");
                 self.credited = self.credited.checked_add(*amount).expect("credited overflow");
+                let top_up = TopUp { amount: *amount, credits: entry.credits };
+                assert!(top_ups.insert(id, top_up).is_none(), "a top-up applies once");
                 Ok(Reply::Credited { credits: entry.credits })
             }
             Op::CreateKey { account, key, name, hash } => {
@@ -553,6 +617,10 @@ impl Ledger {
             if account.available() < 0 {
                 problems.push(format!("account {:x}: available below zero", id.0));
             }
+            let top_ups = self.top_ups.get(id).into_iter().flat_map(HashMap::values);
+            if top_ups.map(|top_up| top_up.amount.0).sum::<u128>() != account.credits.0 {
+                problems.push(format!("account {:x}: credits differ from its top-ups", id.0));
+            }
             let (held, n_holds) = pending_by_account.get(id).copied().unwrap_or_default();
             if held != account.debits_pending.0 || n_holds != account.n_holds {
                 problems.push(format!("account {:x}: pending differs from its holds", id.0));
@@ -563,6 +631,12 @@ impl Ledger {
             if sum != account.credits.0 as i128 {
                 problems.push(format!("account {:x}: credits ≠ debits + available", id.0));
             }
+        }
+        if self.top_ups.keys().any(|id| !self.accounts.contains_key(id)) {
+            problems.push("top-ups remembered for an unknown account".into());
+        }
+        if self.applied.len() != self.applied_order.len() {
+            problems.push("idempotency window and its order differ in size".into());
         }
         if credits != self.credited.0 {
             problems.push("sum of credits differs from sum of top-ups".into());
@@ -613,5 +687,43 @@ impl Hasher for Fnv1a {
         for byte in bytes {
             self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full window refuses new commands (applying and remembering nothing) rather than
+    /// forget an id early, still answers the ids it holds, and takes new commands again
+    /// once stamps have moved `OPS_REMEMBERED_FOR_MS` past the oldest.
+    #[test]
+    fn a_full_window_refuses_new_commands_until_ids_age_out() {
+        const FILLED_AT_MS: u64 = 1_000;
+        let release = Op::Release { account: AccountId(9), hold: HoldId(9) };
+        let mut ledger = Ledger::new();
+        let window = (0..OPS_REMEMBERED_MAX as u128).map(|n| (FILLED_AT_MS, OpId(n)));
+        ledger.applied_order = window.collect();
+        // An outcome only the window can answer: there is no such hold.
+        let remembered = (fingerprint(&release), Ok(Reply::Released { amount: PicoUsd(1) }));
+        let entries = ledger.applied_order.iter().map(|(_, id)| (*id, remembered.clone()));
+        ledger.applied = entries.collect();
+        ledger.stamp_ms = FILLED_AT_MS;
+
+        let create = Op::CreateAccount { account: AccountId(1), name: "a".into() };
+        let commands =
+            vec![Command { id: OpId(u128::MAX), op: create }, Command { id: OpId(5), op: release }];
+        let mut batch = Batch { stamp_ms: FILLED_AT_MS + OPS_REMEMBERED_FOR_MS - 1, commands };
+        let outcomes = ledger.apply(&batch);
+        let released = Ok(Reply::Released { amount: PicoUsd(1) });
+        assert_eq!(outcomes, [Err(Rejection::Overloaded), released]);
+        assert!(ledger.account(AccountId(1)).is_none());
+        assert_eq!(ledger.applied.len(), OPS_REMEMBERED_MAX);
+
+        batch.stamp_ms += 1;
+        let outcomes = ledger.apply(&batch);
+        assert_eq!(outcomes, [Ok(Reply::AccountCreated), Err(Rejection::UnknownHold)]);
+        assert_eq!((ledger.applied.len(), ledger.applied_order.len()), (2, 2));
+        assert!(ledger.audit().ok);
     }
 }

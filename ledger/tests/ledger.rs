@@ -155,6 +155,71 @@ fn operation_ids_are_idempotent() {
     assert_eq!(h.run_as(OpId(99), other), Err(Rejection::IdReused));
 }
 
+/// A top-up retried after ten minutes of other traffic (by batch stamps, far past the op-id
+/// window) still credits once and answers its first reply.
+#[test]
+fn a_top_up_retried_after_ten_minutes_of_traffic_credits_once() {
+    const TRAFFIC_MS: u64 = 10 * 60 * 1000;
+    const BATCH_EVERY_MS: u64 = 250;
+    let mut h = Harness::new();
+    let top_up = Op::Credit { account: ACCOUNT, amount: usd("5.00") };
+    let first = h.run_as(OpId(u128::MAX), top_up.clone());
+    assert_eq!(first, Ok(Reply::Credited { credits: usd("5.00") }));
+    let started_ms = h.stamp_ms;
+    while h.stamp_ms < started_ms + TRAFFIC_MS {
+        h.stamp_ms += BATCH_EVERY_MS;
+        let hold = u128::from(h.stamp_ms);
+        assert!(matches!(h.ok(reserve(hold, "0.01", 30_000)), Reply::Reserved { .. }));
+        assert!(matches!(h.ok(settle(hold, "0.001")), Reply::Settled { .. }));
+    }
+    let charged = h.account().debits_posted;
+    assert_eq!(charged.0, usd("0.001").0 * u128::from(TRAFFIC_MS / BATCH_EVERY_MS));
+    assert_eq!(h.run_as(OpId(u128::MAX), top_up), first);
+    assert_eq!(h.account().credits, usd("5.00"));
+    assert_eq!(h.ledger.audit().credited, usd("5.00"));
+    // The same idempotency key for another amount is refused, however late.
+    let other = Op::Credit { account: ACCOUNT, amount: usd("6.00") };
+    assert_eq!(h.run_as(OpId(u128::MAX), other), Err(Rejection::IdReused));
+}
+
+/// Other operations are remembered for `OPS_REMEMBERED_FOR_MS` of batch stamps, then
+/// decided afresh: a reserve retried within the window gets its first reply, after it the
+/// hold's own rule (`HoldExists`).
+#[test]
+fn op_ids_are_remembered_for_a_fixed_time() {
+    let mut h = Harness::new();
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
+    let hold = reserve(5, "0.10", HOLD_TTL_MS_MAX);
+    let first = h.run_as(OpId(77), hold.clone());
+    assert_eq!(first, Ok(Reply::Reserved { available: usd("0.90").0 as i128 }));
+    h.stamp_ms += OPS_REMEMBERED_FOR_MS - 1;
+    assert_eq!(h.run_as(OpId(77), hold.clone()), first);
+    h.stamp_ms += 1;
+    assert_eq!(h.run_as(OpId(77), hold), Err(Rejection::HoldExists));
+    assert_eq!(h.account().debits_pending, usd("0.10"));
+}
+
+#[test]
+fn top_ups_past_the_per_account_limit_are_refused() {
+    let mut h = Harness::new();
+    let amount = PicoUsd(1);
+    let commands: Vec<Command> = (0..TOP_UPS_PER_ACCOUNT_MAX as u128)
+        .map(|n| Command { id: OpId(1 << 64 | n), op: Op::Credit { account: ACCOUNT, amount } })
+        .collect();
+    for chunk in commands.chunks(BATCH_COMMANDS_MAX) {
+        let batch = Batch { stamp_ms: h.stamp_ms, commands: chunk.to_vec() };
+        assert!(h.ledger.apply(&batch).iter().all(Result::is_ok));
+    }
+    let credited = PicoUsd(TOP_UPS_PER_ACCOUNT_MAX as u128);
+    assert_eq!(h.account().credits, credited);
+    let one_more = Op::Credit { account: ACCOUNT, amount };
+    assert_eq!(h.run(one_more), Err(Rejection::TopUpsExhausted));
+    // Retries of the remembered ones still answer, and nothing was credited twice.
+    let retried = h.run_as(commands[0].id, commands[0].op.clone());
+    assert_eq!(retried, Ok(Reply::Credited { credits: amount }));
+    assert_eq!(h.account().credits, credited);
+}
+
 #[test]
 fn expiry_is_applied_from_the_batch_stamp() {
     let mut h = Harness::new();
@@ -259,13 +324,44 @@ fn reserve_refuses_revoked_unknown_and_foreign_keys() {
 /// One step of a random workload over a few accounts and holds.
 #[derive(Debug, Clone)]
 enum Step {
-    Credit { account: u8, cents: u32 },
-    Reserve { account: u8, key: u8, hold: u8, cents: u32, ttl_ms: u16 },
-    Revoke { account: u8, key: u8 },
-    Settle { account: u8, hold: u8, cents: u32 },
-    Release { account: u8, hold: u8 },
-    Tick { ms: u16 },
-    Replay { back: u8 },
+    Credit {
+        account: u8,
+        cents: u32,
+    },
+    Reserve {
+        account: u8,
+        key: u8,
+        hold: u8,
+        cents: u32,
+        ttl_ms: u16,
+    },
+    Revoke {
+        account: u8,
+        key: u8,
+    },
+    Settle {
+        account: u8,
+        hold: u8,
+        cents: u32,
+    },
+    Release {
+        account: u8,
+        hold: u8,
+    },
+    Tick {
+        ms: u16,
+    },
+    /// Minutes of quiet, past the op-id window.
+    Wait {
+        minutes: u8,
+    },
+    Replay {
+        back: u8,
+    },
+    /// Retries an acknowledged top-up under its op id.
+    RetryTopUp {
+        pick: u8,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -289,7 +385,9 @@ fn step() -> impl Strategy<Value = Step> {
         }),
         (0..3u8, 0..16u8).prop_map(|(account, hold)| Step::Release { account, hold }),
         (0..1_500u16).prop_map(|ms| Step::Tick { ms }),
+        (1..12u8).prop_map(|minutes| Step::Wait { minutes }),
         (0..8u8).prop_map(|back| Step::Replay { back }),
+        any::<u8>().prop_map(|pick| Step::RetryTopUp { pick }),
     ]
 }
 
@@ -301,6 +399,25 @@ fn cents(n: u32) -> PicoUsd {
 /// names a key that does not exist.
 fn key_of(account: u8, key: u8) -> KeyId {
     KeyId(u64::from(account) * 10 + u64::from(key))
+}
+
+/// The first settle of a hold decides; later ones answer the same, and a settle's charge
+/// and write-off add up to the first one's actual.
+fn check_settle(
+    settled: &mut std::collections::BTreeMap<HoldId, (Reply, PicoUsd)>,
+    op: &Op,
+    outcome: &Outcome,
+) -> Result<(), TestCaseError> {
+    if let (
+        Op::Settle { hold, actual, .. },
+        Ok(reply @ Reply::Settled { charged, written_off, .. }),
+    ) = (op, outcome)
+    {
+        let first = settled.entry(*hold).or_insert_with(|| (reply.clone(), *actual));
+        prop_assert_eq!(&first.0, reply);
+        prop_assert_eq!(charged.0 + written_off.0, first.1 .0);
+    }
+    Ok(())
 }
 
 proptest! {
@@ -318,6 +435,7 @@ proptest! {
         let mut batches: Vec<Batch> = Vec::new();
         let mut stamp_ms = 1_000u64;
         let mut acknowledged_credits = 0u128;
+        let mut top_ups: Vec<(Command, Outcome)> = Vec::new();
         let mut revoked = std::collections::BTreeSet::new();
         let mut settled = std::collections::BTreeMap::new();
         let mut commands = Vec::new();
@@ -350,6 +468,18 @@ proptest! {
                 },
                 Step::Release { account, hold } => Op::Release { account: AccountId(account.into()), hold: HoldId(hold.into()) },
                 Step::Tick { ms } => { stamp_ms += u64::from(ms); continue; }
+                Step::Wait { minutes } => { stamp_ms += u64::from(minutes) * 60_000; continue; }
+                Step::RetryTopUp { pick } => {
+                    let Some((command, first)) = top_ups.get(pick as usize % top_ups.len().max(1)).cloned() else {
+                        continue;
+                    };
+                    let credits = ledger.audit().credits;
+                    let batch = Batch { stamp_ms, commands: vec![command] };
+                    prop_assert_eq!(ledger.apply(&batch).pop().unwrap(), first);
+                    prop_assert_eq!(ledger.audit().credits, credits);
+                    batches.push(batch);
+                    continue;
+                }
                 Step::Replay { back } => {
                     // Re-deliver an earlier batch: idempotency must make it a no-op.
                     let earlier = batches[batches.len().saturating_sub(1 + back as usize)].clone();
@@ -357,6 +487,11 @@ proptest! {
                     let mut replay = earlier.clone();
                     replay.stamp_ms = stamp_ms;
                     let first = ledger.apply(&replay);
+                    // Past the op-id window a replayed settle is decided afresh, and may
+                    // be its hold's first.
+                    for (command, outcome) in replay.commands.iter().zip(&first) {
+                        check_settle(&mut settled, &command.op, outcome)?;
+                    }
                     let again = ledger.apply(&replay);
                     prop_assert_eq!(first, again);
                     prop_assert_eq!(before.audit().credits, ledger.audit().credits);
@@ -368,6 +503,7 @@ proptest! {
             let outcome = ledger.apply(&batch).pop().unwrap();
             if let (Op::Credit { amount, .. }, Ok(_)) = (&op, &outcome) {
                 acknowledged_credits += amount.0;
+                top_ups.push((Command { id, op: op.clone() }, outcome.clone()));
             }
             match (&op, &outcome) {
                 (Op::Reserve { key, .. }, Ok(Reply::Reserved { available })) => {
@@ -380,13 +516,7 @@ proptest! {
                 (Op::RevokeKey { key, .. }, Ok(_)) => {
                     revoked.insert(*key);
                 }
-                (Op::Settle { hold, actual, .. }, Ok(reply @ Reply::Settled { charged, written_off, .. })) => {
-                    // The first settle of a hold decides; later ones answer the same.
-                    let first = settled.entry(*hold).or_insert_with(|| (reply.clone(), *actual));
-                    prop_assert_eq!(&first.0, reply);
-                    prop_assert_eq!(charged.0 + written_off.0, first.1.0);
-                }
-                _ => {}
+                _ => check_settle(&mut settled, &op, &outcome)?,
             }
             batches.push(batch);
             let audit = ledger.audit();

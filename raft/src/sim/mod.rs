@@ -110,6 +110,64 @@ fn a_seed_replays_identically() {
     assert_eq!(first, second, "seed {REPLAY_SEED} did not replay identically");
 }
 
+/// Simulated time of other traffic between a top-up and its late retry: far past the
+/// op-id window (`OPS_REMEMBERED_FOR_MS`).
+const LATE_RETRY_AFTER_MS: u64 = 10 * 60 * 1000;
+/// One command of that traffic this often.
+const LATE_RETRY_TRAFFIC_EVERY: Duration = Duration::from_millis(500);
+
+/// An acknowledged top-up, retried after its group's leader crashed and ten minutes of
+/// other traffic, credits once and answers its first reply, on every replica.
+#[test]
+fn a_late_top_up_retry_after_a_leader_change_credits_once() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime builds");
+    runtime.block_on(async {
+        let mut rng = StdRng::seed_from_u64(REPLAY_SEED);
+        let shape = Shape {
+            n_nodes: 3,
+            n_groups: 1,
+            snapshot_every_entries: 50,
+            entries_kept_after_snapshot: 5,
+            snapshot_chunk_bytes: 4096,
+            clock_skew_max_ms: 0,
+        };
+        let trace = Arc::new(Trace::new(false));
+        let cluster = Cluster::start(shape, StdRng::seed_from_u64(rng.gen()), trace).await;
+        let history = History::default();
+        let mut router = Router::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
+        let account = create_accounts(&mut router, &history, 1).await[0];
+        let amount = PicoUsd(1_000);
+        let top_up = Command { id: OpId(0x70b << 64), op: Op::Credit { account, amount } };
+        let first = router.submit(&top_up, RESOLVE_ATTEMPTS_MAX).await;
+        assert_eq!(first, Some(Ok(Reply::Credited { credits: amount })));
+
+        let leader = cluster.node_ids().into_iter().find_map(|id| cluster.leader_seen_by(id, 0));
+        let leader = leader.expect("the group that acknowledged has a leader");
+        cluster.crash(leader).await;
+        let started_ms = cluster.now_ms();
+        let mut n_commands = 0u128;
+        while cluster.now_ms() < started_ms + LATE_RETRY_AFTER_MS {
+            tokio::time::sleep(LATE_RETRY_TRAFFIC_EVERY).await;
+            n_commands += 1;
+            let op = Op::Release { account, hold: HoldId(n_commands) };
+            let command = Command { id: OpId(0x7aff1c << 64 | n_commands), op };
+            let outcome = router.submit(&command, RESOLVE_ATTEMPTS_MAX).await;
+            assert_eq!(outcome, Some(Err(Rejection::UnknownHold)));
+        }
+        cluster.restart(leader).await;
+
+        assert_eq!(router.submit(&top_up, RESOLVE_ATTEMPTS_MAX).await, first);
+        for ledger in converge(&cluster).await {
+            assert_eq!(ledger.account(account).map(|a| a.credits), Some(amount));
+            assert_eq!(ledger.audit().credited, amount);
+        }
+    });
+}
+
 /// What a passing run did, printed per seed so a change in coverage shows.
 #[derive(Debug, PartialEq, Eq)]
 struct Summary {
