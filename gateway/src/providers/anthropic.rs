@@ -117,7 +117,7 @@ impl Adapter for Anthropic {
             parser: SseParser::new(),
             events: Vec::new(),
             usage: Usage::default(),
-            tool_call_idx_by_block: Vec::new(),
+            tool_call_by_block: Vec::new(),
             n_tool_calls: 0,
             done: false,
         })
@@ -413,10 +413,19 @@ struct AnthropicStream {
     parser: SseParser,
     events: Vec<SseEvent>,
     usage: Usage,
-    /// For each content block index, its OpenAI tool-call index (tool_use blocks only).
-    tool_call_idx_by_block: Vec<Option<u64>>,
+    /// For each content block index, its OpenAI tool call (tool_use blocks only).
+    tool_call_by_block: Vec<Option<ToolCallBlock>>,
     n_tool_calls: u64,
     done: bool,
+}
+
+/// A tool_use block being streamed as an OpenAI tool call.
+#[derive(Debug, Clone, Copy)]
+struct ToolCallBlock {
+    call_idx: u64,
+    /// Whether any argument text was relayed: a call without arguments is closed with
+    /// `{}`, as OpenAI's own streams do (an empty string is not JSON).
+    has_arguments: bool,
 }
 
 /// The most content blocks one message may open; a bound on the index table, far
@@ -443,6 +452,10 @@ impl AnthropicStream {
                 Some(delta) => delta,
                 None => return Ok(()),
             },
+            Some("content_block_stop") => match self.block_stop(&data) {
+                Some(delta) => delta,
+                None => return Ok(()),
+            },
             Some("message_delta") => {
                 apply_usage(&mut self.usage, &data["usage"]);
                 let reason = finish_reason(data["delta"]["stop_reason"].as_str(), self.json_answer);
@@ -454,7 +467,7 @@ impl AnthropicStream {
                 return Ok(());
             }
             Some("error") => return Err(stream_error(&data["error"])),
-            // ping, content_block_stop and event types newer than this adapter.
+            // ping and event types newer than this adapter.
             _ => return Ok(()),
         };
         out.push(chunk(delta, Value::Null));
@@ -466,8 +479,8 @@ impl AnthropicStream {
         if block_idx >= CONTENT_BLOCKS_MAX {
             return Err(bad_gateway("anthropic", "too many content blocks"));
         }
-        if self.tool_call_idx_by_block.len() <= block_idx {
-            self.tool_call_idx_by_block.resize(block_idx + 1, None);
+        if self.tool_call_by_block.len() <= block_idx {
+            self.tool_call_by_block.resize(block_idx + 1, None);
         }
         let block = &data["content_block"];
         if block["type"] != "tool_use" || self.json_answer {
@@ -475,7 +488,7 @@ impl AnthropicStream {
         }
         let call_idx = self.n_tool_calls;
         self.n_tool_calls += 1;
-        self.tool_call_idx_by_block[block_idx] = Some(call_idx);
+        self.tool_call_by_block[block_idx] = Some(ToolCallBlock { call_idx, has_arguments: false });
         Ok(Some(json!({"tool_calls": [{
             "index": call_idx,
             "id": block["id"],
@@ -484,7 +497,7 @@ impl AnthropicStream {
         }]})))
     }
 
-    fn block_delta(&self, data: &Value) -> Option<Value> {
+    fn block_delta(&mut self, data: &Value) -> Option<Value> {
         let delta = &data["delta"];
         match delta["type"].as_str()? {
             "text_delta" => Some(json!({"content": delta["text"]})),
@@ -494,15 +507,26 @@ impl AnthropicStream {
             }
             "input_json_delta" => {
                 let block_idx = data["index"].as_u64()? as usize;
-                let call_idx = (*self.tool_call_idx_by_block.get(block_idx)?)?;
+                let call = self.tool_call_by_block.get_mut(block_idx)?.as_mut()?;
+                let arguments = delta["partial_json"].as_str().unwrap_or_default();
+                call.has_arguments |= !arguments.is_empty();
                 Some(json!({"tool_calls": [{
-                    "index": call_idx,
-                    "function": {"arguments": delta["partial_json"]},
+                    "index": call.call_idx,
+                    "function": {"arguments": arguments},
                 }]}))
             }
             // signature_delta (thinking integrity) and citations have no OpenAI field.
             _ => None,
         }
+    }
+
+    /// The end of a block: a tool call that received no argument text gets `{}`.
+    fn block_stop(&mut self, data: &Value) -> Option<Value> {
+        let block_idx = data["index"].as_u64()? as usize;
+        let call = self.tool_call_by_block.get_mut(block_idx)?.take()?;
+        (!call.has_arguments).then(
+            || json!({"tool_calls": [{"index": call.call_idx, "function": {"arguments": "{}"}}]}),
+        )
     }
 
     fn drain(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
@@ -587,5 +611,56 @@ mod tests {
             ..Usage::default()
         };
         assert_eq!(usage, expected);
+    }
+
+    /// The arguments a client assembles for each streamed tool call, by index.
+    fn streamed_arguments(events: &[Value]) -> Vec<String> {
+        let chat = ChatRequest { body: Map::new(), stream: true, max_tokens: None };
+        let mut translator = Anthropic.stream(&chat);
+        let mut chunks = Vec::new();
+        for event in events {
+            let kind = event["type"].as_str().unwrap();
+            let sse = format!("event: {kind}\ndata: {event}\n\n");
+            translator.feed(sse.as_bytes(), &mut chunks).unwrap();
+        }
+        translator.finish(&mut chunks).unwrap();
+        let mut arguments: Vec<String> = Vec::new();
+        for chunk in &chunks {
+            let calls = chunk.choices[0]["delta"]["tool_calls"].as_array().cloned();
+            for call in calls.unwrap_or_default() {
+                let idx = call["index"].as_u64().unwrap() as usize;
+                if arguments.len() <= idx {
+                    arguments.resize(idx + 1, String::new());
+                }
+                arguments[idx].push_str(call["function"]["arguments"].as_str().unwrap());
+            }
+        }
+        arguments
+    }
+
+    #[test]
+    fn a_streamed_tool_call_without_arguments_ends_with_an_empty_object() {
+        let start = |idx: u64, name: &str| {
+            json!({"type": "content_block_start", "index": idx, "content_block":
+                {"type": "tool_use", "id": format!("toolu_{idx}"), "name": name, "input": {}}})
+        };
+        let delta = |idx: u64, partial: &str| {
+            json!({"type": "content_block_delta", "index": idx,
+                   "delta": {"type": "input_json_delta", "partial_json": partial}})
+        };
+        let stop = |idx: u64| json!({"type": "content_block_stop", "index": idx});
+        let events = [
+            json!({"type": "message_start", "message": {"usage": {"input_tokens": 5, "output_tokens": 1}}}),
+            start(0, "now"),
+            delta(0, ""),
+            stop(0),
+            start(1, "weather"),
+            delta(1, "{\"city\":"),
+            delta(1, "\"Paris\"}"),
+            stop(1),
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}),
+            json!({"type": "message_stop"}),
+        ];
+        assert_eq!(streamed_arguments(&events), ["{}", "{\"city\":\"Paris\"}"]);
     }
 }
