@@ -24,8 +24,9 @@ pub fn models(app: &'static App) -> Response {
     respond::json(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
-fn model_json(model: &Model) -> Value {
-    let price = &model.price;
+/// Every price the gateway charges, OpenRouter's way: USD per token as decimal strings,
+/// and `request`, a flat USD fee per request, where there is one.
+fn pricing_json(price: &Price) -> Value {
     let mut pricing = json!({
         "prompt": Price::per_token_usd(price.prompt),
         "completion": Price::per_token_usd(price.completion),
@@ -36,6 +37,19 @@ fn model_json(model: &Model) -> Value {
     if let Some(cached_write) = price.cached_write {
         pricing["input_cache_write"] = Value::from(Price::per_token_usd(cached_write));
     }
+    if price.per_request > PicoUsd::ZERO {
+        pricing["request"] = Value::from(price.per_request.to_string());
+    }
+    pricing
+}
+
+fn model_json(model: &Model) -> Value {
+    let pricing = pricing_json(&model.price);
+    // The dearer tier of a request whose prompt passes a threshold (Gemini 2.5 Pro above
+    // 200k tokens): the whole request pays it.
+    let long_context = model.long_context.as_ref().map(|tier| {
+        json!({"above_prompt_tokens": tier.above_prompt_tokens, "pricing": pricing_json(&tier.price)})
+    });
     json!({
         "id": model.id,
         "object": "model",
@@ -47,6 +61,7 @@ fn model_json(model: &Model) -> Value {
             "output_modalities": model.output_modalities,
         },
         "pricing": pricing,
+        "long_context": long_context,
         "top_provider": {
             "context_length": model.context_length,
             "max_completion_tokens": model.max_output_tokens,
@@ -124,4 +139,31 @@ pub async fn key(app: &'static App, headers: &HeaderMap) -> Result<Response, Api
 
 pub fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
     headers.get(AUTHORIZATION).map(HeaderValue::as_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+
+    #[test]
+    fn models_state_every_price_charged() {
+        let catalog = Catalog::builtin();
+        let listed = |id: &str| model_json(catalog.get(id).expect("catalogued"));
+        let sonar = listed("perplexity/sonar-pro");
+        assert_eq!(
+            sonar["pricing"],
+            json!({"prompt": "0.000003", "completion": "0.000015", "request": "0.006"})
+        );
+        assert_eq!(sonar["long_context"], Value::Null);
+        let sonnet = listed("anthropic/claude-sonnet-4");
+        assert_eq!(sonnet["pricing"]["input_cache_read"], "0.0000003");
+        assert_eq!(sonnet["pricing"]["input_cache_write"], "0.00000375");
+        let pro = listed("google/gemini-2.5-pro");
+        assert_eq!(pro["long_context"]["above_prompt_tokens"], 200_000);
+        assert_eq!(
+            pro["long_context"]["pricing"],
+            json!({"prompt": "0.0000025", "completion": "0.000015", "input_cache_read": "0.000000625"})
+        );
+    }
 }
