@@ -4,35 +4,7 @@
 //! output tokens) and `message_stop`.
 
 use super::tokens::{Counts, Finish};
-use super::{json_string, put, read_messages, ChatMessage, Exchange, MockError, Prompt};
-use serde::Deserialize;
-use serde_json::Value;
-
-#[derive(Deserialize)]
-struct WireRequest {
-    model: String,
-    #[serde(default)]
-    messages: Vec<ChatMessage>,
-    #[serde(default)]
-    system: Value,
-    #[serde(default)]
-    stream: bool,
-    max_tokens: Option<u64>,
-}
-
-/// Anthropic requires `max_tokens`; the mock takes its absence as no limit.
-pub fn read(body: &[u8]) -> Result<Prompt, MockError> {
-    let request: WireRequest = serde_json::from_slice(body).map_err(MockError::body)?;
-    let (prompt_words, last_user) = read_messages(&request.system, &request.messages);
-    Ok(Prompt {
-        model: request.model,
-        stream: request.stream,
-        stream_usage: true,
-        max_tokens: MockError::limit("max_tokens", request.max_tokens)?,
-        prompt_words,
-        last_user,
-    })
-}
+use super::{json_string, put, Exchange, MockError};
 
 pub fn complete(exchange: &Exchange<'_>, body: &mut Vec<u8>) {
     write_message_head(exchange, body);

@@ -3,32 +3,7 @@
 //! `message-end` (finish reason and usage, the only place Cohere reports usage).
 
 use super::tokens::{Counts, Finish};
-use super::{json_string, put, read_messages, ChatMessage, Exchange, MockError, Prompt};
-use serde::Deserialize;
-use serde_json::Value;
-
-#[derive(Deserialize)]
-struct WireRequest {
-    model: String,
-    #[serde(default)]
-    messages: Vec<ChatMessage>,
-    #[serde(default)]
-    stream: bool,
-    max_tokens: Option<u64>,
-}
-
-pub fn read(body: &[u8]) -> Result<Prompt, MockError> {
-    let request: WireRequest = serde_json::from_slice(body).map_err(MockError::body)?;
-    let (prompt_words, last_user) = read_messages(&Value::Null, &request.messages);
-    Ok(Prompt {
-        model: request.model,
-        stream: request.stream,
-        stream_usage: true,
-        max_tokens: MockError::limit("max_tokens", request.max_tokens)?,
-        prompt_words,
-        last_user,
-    })
-}
+use super::{json_string, put, Exchange, MockError};
 
 pub fn complete(exchange: &Exchange<'_>, body: &mut Vec<u8>) {
     put(

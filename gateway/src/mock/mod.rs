@@ -206,9 +206,10 @@ impl Format {
     fn read(self, body: &[u8], path_model: &str) -> Result<Prompt, MockError> {
         match self {
             Format::OpenAi => openai::read(body),
-            Format::Anthropic => anthropic::read(body),
+            // Anthropic and Cohere requests share one top-level shape (Cohere's has no
+            // `system`: its system prompt is a message).
+            Format::Anthropic | Format::Cohere => read_messages_request(body),
             Format::Gemini { stream } => gemini::read(body, path_model, stream),
-            Format::Cohere => cohere::read(body),
         }
     }
 
@@ -313,6 +314,33 @@ struct ChatMessage {
     role: String,
     #[serde(default)]
     content: Value,
+}
+
+/// An Anthropic Messages or Cohere Chat v2 request: `max_tokens` is the limit (Anthropic
+/// requires one; the mock takes its absence as no limit).
+#[derive(Deserialize)]
+struct MessagesRequest {
+    model: String,
+    #[serde(default)]
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    system: Value,
+    #[serde(default)]
+    stream: bool,
+    max_tokens: Option<u64>,
+}
+
+fn read_messages_request(body: &[u8]) -> Result<Prompt, MockError> {
+    let request: MessagesRequest = serde_json::from_slice(body).map_err(MockError::body)?;
+    let (prompt_words, last_user) = read_messages(&request.system, &request.messages);
+    Ok(Prompt {
+        model: request.model,
+        stream: request.stream,
+        stream_usage: true,
+        max_tokens: MockError::limit("max_tokens", request.max_tokens)?,
+        prompt_words,
+        last_user,
+    })
 }
 
 /// The prompt's words (`system`'s and every message's text) and the text of the last
