@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::catalog::Model;
 use crate::error::ApiError;
 use crate::pipeline::{is_outage, observe_cost, provider, Failure, HoldGuard, RequestContext};
-use crate::providers::{Chunk, StreamTranslator, UpstreamError};
+use crate::providers::{Chunk, StreamTranslator, UpstreamError, Usage};
 use crate::respond::{self, Response};
 use crate::tokens::Delivered;
 use crate::upstream::{self, next_chunk, Deadlines};
@@ -152,31 +152,21 @@ pub async fn run(
             StatusCode::from_u16(STATUS_CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST)
         }
     };
-    if !complete && delivered.is_empty() && reported == Default::default() {
+    let (usage, cost) = if !complete && delivered.is_empty() && reported == Usage::default() {
         // Nothing was produced that anyone received or the provider billed.
         hold.release();
-        if let End::Failed(error) = end {
-            let mut tail = BytesMut::new();
-            encoder.fail(
-                &ApiError::upstream(&error),
-                &Default::default(),
-                PicoUsd::ZERO,
-                &mut tail,
-            );
-            let _ = sender.send_timeout(tail.freeze(), CLIENT_WRITE_TIMEOUT).await;
-        }
-        return;
-    }
-    let billed = context.bill(model, reported, complete, delivered).await;
-    let cost = model.cost(&billed.usage);
-    let cost = hold.settle(cost, context.record(model, &billed, status)).await;
-    observe_cost(model, cost);
+        (Usage::default(), PicoUsd::ZERO)
+    } else {
+        let billed = context.bill(model, reported, complete, delivered).await;
+        let cost = model.cost(&billed.usage);
+        let cost = hold.settle(cost, context.record(model, &billed, status)).await;
+        observe_cost(model, cost);
+        (billed.usage, cost)
+    };
     let mut tail = BytesMut::new();
     match end {
-        End::Complete => encoder.finish(&billed.usage, cost, &mut tail),
-        End::Failed(error) => {
-            encoder.fail(&ApiError::upstream(&error), &billed.usage, cost, &mut tail)
-        }
+        End::Complete => encoder.finish(&usage, cost, &mut tail),
+        End::Failed(error) => encoder.fail(&ApiError::upstream(&error), &usage, cost, &mut tail),
         End::ClientGone => return,
     }
     let _ = sender.send_timeout(tail.freeze(), CLIENT_WRITE_TIMEOUT).await;

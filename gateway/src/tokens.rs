@@ -44,9 +44,7 @@ pub fn count(tokenizer: Tokenizer, text: &str) -> u64 {
 
 /// A lower bound of the prompt's tokens at `model`: the tokens of its messages' text.
 pub fn prompt_tokens_min(model: &Model, body: &Map<String, Value>) -> u64 {
-    let mut text = String::new();
-    for_each_message_text(body, |fragment| push_separated(&mut text, fragment));
-    let counted = count(model.tokenizer(), &text);
+    let counted = count(model.tokenizer(), &message_text(body));
     match model.tokenizer() {
         Tokenizer::OpenAi | Tokenizer::Words => counted,
         Tokenizer::Estimated => counted / 2,
@@ -56,14 +54,20 @@ pub fn prompt_tokens_min(model: &Model, body: &Map<String, Value>) -> u64 {
 /// The prompt's tokens as billed when the provider never said: the messages' text, the
 /// tool calls and results in them, and the tool definitions.
 pub fn prompt_tokens_estimate(model: &Model, body: &Map<String, Value>) -> u64 {
-    let mut text = String::new();
-    for_each_message_text(body, |fragment| push_separated(&mut text, fragment));
+    let mut text = message_text(body);
     if model.tokenizer() != Tokenizer::Words {
         if let Some(tools) = body.get("tools").filter(|tools| !tools.is_null()) {
             push_separated(&mut text, &tools.to_string());
         }
     }
     count(model.tokenizer(), &text)
+}
+
+/// Every text fragment of `messages`, separated.
+fn message_text(body: &Map<String, Value>) -> String {
+    let mut text = String::new();
+    for_each_message_text(body, |fragment| push_separated(&mut text, fragment));
+    text
 }
 
 /// Calls `visit` with every text fragment of `messages`: string contents, `text` parts,
