@@ -38,7 +38,7 @@ pub fn count(tokenizer: Tokenizer, text: &str) -> u64 {
         Tokenizer::OpenAi | Tokenizer::Estimated => {
             tiktoken_rs::o200k_base_singleton().count_ordinary(text) as u64
         }
-        Tokenizer::Words => text.split_whitespace().count() as u64,
+        Tokenizer::Words => crate::mock::word_count(text),
     }
 }
 

@@ -57,7 +57,7 @@ mod script;
 mod tokens;
 
 pub use knobs::{parse_error_rates, KnobError, Knobs, MockConfig, CONTEXT_WORDS_DEFAULT};
-pub use tokens::ABSURD_TOKENS;
+pub use tokens::{word_count, ABSURD_TOKENS};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};

@@ -11,6 +11,8 @@ const FILLER_WORD: &str = "word";
 /// `u64::MAX`, so arithmetic on it must saturate.
 pub const ABSURD_TOKENS: u64 = 10_000_000_000_000_000_000;
 
+/// The mock's tokenizer: whitespace-separated words. The gateway counts mock models'
+/// tokens with this same function (`tokens::count`), so its estimates are exact there.
 pub fn word_count(text: &str) -> u64 {
     text.split_whitespace().count() as u64
 }
