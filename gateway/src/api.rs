@@ -1,5 +1,6 @@
 //! The customer API besides chat completions, in OpenRouter's shapes: the model list,
-//! the account's credits, one request's record, and the calling key.
+//! the account's credits, its request history (one request, pages of them, usage per day
+//! or hour), and the calling key.
 
 use crate::app::App;
 use crate::catalog::{Model, Price};
@@ -9,7 +10,8 @@ use crate::wire;
 use http::{header::AUTHORIZATION, HeaderMap, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use solrouter_ledger::PicoUsd;
+use solrouter_ledger::{HoldId, KeyId, PicoUsd, RequestRecord};
+use solrouter_raft::{HistoryCursor, HistoryQuery, UsageQuery, HISTORY_PAGE_MAX};
 
 /// `GET /v1/api/models`: every model whose provider is configured, in OpenAI's list
 /// format with OpenRouter's `context_length`, `architecture` and `pricing` (USD per
@@ -89,16 +91,118 @@ pub async fn generation(
     request: &Request<Incoming>,
 ) -> Result<Response, ApiError> {
     let caller = app.bank.authenticate(authorization(request.headers())).await?;
-    let id = request
-        .uri()
-        .query()
-        .and_then(|query| query.split('&').find_map(|pair| pair.strip_prefix("id=")))
+    let id = query_params(request)
+        .find_map(|(name, value)| (name == "id").then_some(value))
         .ok_or_else(|| ApiError::invalid_param("id", "is required"))?;
     let not_found = || ApiError::not_found(format!("no generation with id `{id}`"));
-    let hold = wire::parse_generation_id(id).ok_or_else(not_found)?;
+    let hold = wire::parse_generation_id(&id).ok_or_else(not_found)?;
     let record = app.bank.record(caller.account, hold).await?.ok_or_else(not_found)?;
-    let data = json!({
-        "id": id,
+    Ok(respond::json(StatusCode::OK, &json!({ "data": generation_json(hold, &record) })))
+}
+
+/// Records shown per page of `/generations` unless `limit` says otherwise.
+const GENERATIONS_PAGE_DEFAULT: u32 = 50;
+
+/// `GET /v1/api/generations`: the account's requests, newest first, each as
+/// `/generation` shows it. Filters: `key` (a key id as `/key` shows it), `model`,
+/// `status` (the HTTP status the client saw), `from` and `to` (Unix seconds, `to`
+/// exclusive); `limit` (1 to 500, default 50) and `cursor` (the previous page's
+/// `next_cursor`, `null` on the last page) page through them.
+pub async fn generations(
+    app: &'static App,
+    request: &Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let caller = app.bank.authenticate(authorization(request.headers())).await?;
+    let mut query = HistoryQuery {
+        account: caller.account,
+        key: None,
+        model: None,
+        status: None,
+        from_ms: 0,
+        to_ms: u64::MAX,
+        before: None,
+        limit: GENERATIONS_PAGE_DEFAULT,
+    };
+    for (name, value) in query_params(request) {
+        match &*name {
+            "key" => query.key = Some(KeyId(parse_hex_u64("key", &value)?)),
+            "model" => query.model = Some(value.into_owned()),
+            "status" => query.status = Some(parse_number("status", &value)?),
+            "from" => query.from_ms = seconds_to_ms("from", &value)?,
+            "to" => query.to_ms = seconds_to_ms("to", &value)?,
+            "limit" => {
+                let limit: u32 = parse_number("limit", &value)?;
+                if !(1..=HISTORY_PAGE_MAX).contains(&limit) {
+                    let reason = format!("must be within 1..={HISTORY_PAGE_MAX}");
+                    return Err(ApiError::invalid_param("limit", reason));
+                }
+                query.limit = limit;
+            }
+            "cursor" => query.before = Some(parse_cursor(&value)?),
+            _ => {}
+        }
+    }
+    let page = app.bank.history(query).await?;
+    let data: Vec<Value> =
+        page.records.iter().map(|(hold, record)| generation_json(*hold, record)).collect();
+    let next = page.next.map(|next| format!("{}-{:032x}", next.created_ms, next.hold.0));
+    Ok(respond::json(StatusCode::OK, &json!({ "data": data, "next_cursor": next })))
+}
+
+/// `GET /v1/api/activity`: the account's usage summed per day (or per hour with
+/// `bucket=hour`), model and key, over `from`..`to` (Unix seconds; default the last 30
+/// days), oldest first, in OpenRouter's `/activity` field names.
+pub async fn activity(
+    app: &'static App,
+    request: &Request<Incoming>,
+) -> Result<Response, ApiError> {
+    const HOUR_MS: u64 = 60 * 60 * 1000;
+    const DAY_MS: u64 = 24 * HOUR_MS;
+    let caller = app.bank.authenticate(authorization(request.headers())).await?;
+    let now_ms = crate::bank::now_ms();
+    let mut query = UsageQuery {
+        account: caller.account,
+        from_ms: now_ms.saturating_sub(30 * DAY_MS),
+        to_ms: now_ms.saturating_add(HOUR_MS),
+        bucket_ms: DAY_MS,
+    };
+    for (name, value) in query_params(request) {
+        match (&*name, &*value) {
+            ("bucket", "day") => query.bucket_ms = DAY_MS,
+            ("bucket", "hour") => query.bucket_ms = HOUR_MS,
+            ("bucket", _) => return Err(ApiError::invalid_param("bucket", "must be day or hour")),
+            ("from", _) => query.from_ms = seconds_to_ms("from", &value)?,
+            ("to", _) => query.to_ms = seconds_to_ms("to", &value)?,
+            _ => {}
+        }
+    }
+    let rows = app.bank.usage(query).await?;
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            json!({
+                "date": utc_rfc3339(row.start_ms),
+                "start": row.start_ms / 1000,
+                "model": row.model,
+                "key_id": row.key.map(|key| format!("{:016x}", key.0)),
+                "requests": row.usage.requests,
+                "prompt_tokens": row.usage.prompt_tokens,
+                "completion_tokens": row.usage.completion_tokens,
+                "reasoning_tokens": row.usage.reasoning_tokens,
+                "cached_tokens": row.usage.cached_tokens,
+                "usage": row.usage.cost.to_usd_f64(),
+                "cost_usd": row.usage.cost.to_string(),
+                "written_off": row.usage.written_off.to_string(),
+            })
+        })
+        .collect();
+    Ok(respond::json(StatusCode::OK, &json!({ "data": data })))
+}
+
+/// One request as `/generation` and `/generations` show it.
+fn generation_json(hold: HoldId, record: &RequestRecord) -> Value {
+    json!({
+        "id": wire::generation_id(hold),
         "model": record.model,
         "provider_name": record.provider,
         "streamed": record.streamed,
@@ -115,8 +219,45 @@ pub async fn generation(
         "usage_clamped": record.usage_clamped,
         "created": record.created_ms / 1000,
         "key_id": record.key.map(|key| format!("{:016x}", key.0)),
-    });
-    Ok(respond::json(StatusCode::OK, &json!({ "data": data })))
+    })
+}
+
+/// A time in ms since the Unix epoch as RFC 3339 in UTC, to the second.
+fn utc_rfc3339(ms: u64) -> String {
+    let time = i64::try_from(ms).ok().and_then(chrono::DateTime::from_timestamp_millis);
+    time.unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The request's query parameters, percent-decoded.
+fn query_params(request: &Request<Incoming>) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+}
+
+fn parse_number<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ApiError> {
+    value.parse().map_err(|_| ApiError::invalid_param(name, "must be a non-negative integer"))
+}
+
+fn parse_hex_u64(name: &'static str, value: &str) -> Result<u64, ApiError> {
+    let valid = value.len() == 16 && value.bytes().all(|b| b.is_ascii_hexdigit());
+    let parsed = valid.then(|| u64::from_str_radix(value, 16).ok()).flatten();
+    parsed.ok_or_else(|| ApiError::invalid_param(name, "must be an id of 16 hex digits"))
+}
+
+fn seconds_to_ms(name: &'static str, value: &str) -> Result<u64, ApiError> {
+    let seconds: u64 = parse_number(name, value)?;
+    seconds.checked_mul(1000).ok_or_else(|| ApiError::invalid_param(name, "is out of range"))
+}
+
+/// A cursor as `/generations` writes it: `<created ms>-<hold as 32 hex digits>`.
+fn parse_cursor(value: &str) -> Result<HistoryCursor, ApiError> {
+    let invalid = || ApiError::invalid_param("cursor", "must be a next_cursor this API returned");
+    let (created_ms, hold) = value.split_once('-').ok_or_else(invalid)?;
+    let created_ms = created_ms.parse().map_err(|_| invalid())?;
+    if hold.len() != 32 {
+        return Err(invalid());
+    }
+    let hold = u128::from_str_radix(hold, 16).map_err(|_| invalid())?;
+    Ok(HistoryCursor { created_ms, hold: HoldId(hold) })
 }
 
 /// `GET /v1/api/key`: the calling key's name and what it has spent.

@@ -9,7 +9,10 @@ use solrouter_ledger::{
     Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, Op, OpId, Outcome, PicoUsd,
     Rejection, Reply, RequestRecord,
 };
-use solrouter_raft::{Consistency, LedgerClient, LedgerError, LedgerNode};
+use solrouter_raft::{
+    Consistency, HistoryPage, HistoryQuery, LedgerClient, LedgerError, LedgerNode, UsageQuery,
+    UsageRow,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -130,6 +133,18 @@ impl Bank {
         hold: HoldId,
     ) -> Result<Option<RequestRecord>, ApiError> {
         on_ledger!(self, ledger => ledger.record(account, hold, Consistency::Linearizable).await)
+            .map_err(|error| ApiError::ledger("read", error))
+    }
+
+    /// A page of an account's request history, newest first.
+    pub async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, ApiError> {
+        on_ledger!(self, ledger => ledger.history(query.clone(), Consistency::Linearizable).await)
+            .map_err(|error| ApiError::ledger("read", error))
+    }
+
+    /// An account's usage per bucket, key and model.
+    pub async fn usage(&self, query: UsageQuery) -> Result<Vec<UsageRow>, ApiError> {
+        on_ledger!(self, ledger => ledger.usage(query.clone(), Consistency::Linearizable).await)
             .map_err(|error| ApiError::ledger("read", error))
     }
 

@@ -40,6 +40,7 @@ pub async fn run(
     config: ClusterConfig,
     data_dir: &Path,
     http: Option<SocketAddr>,
+    options: NodeOptions,
 ) -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics()?;
     std::fs::create_dir_all(data_dir)
@@ -52,7 +53,6 @@ pub async fn run(
         ),
         None => None,
     };
-    let options = NodeOptions::default();
     let node = LedgerNode::open_cluster(&config, &data_dir.join(LEDGER_DIR), &options)
         .await
         .context("opening the ledger node")?;
@@ -245,5 +245,13 @@ fn record_node_metrics(node: &LedgerNode) {
         gauge("solrouter_ledger_snapshot_index", stats.snapshot_index);
         gauge("solrouter_ledger_batches_proposed", Some(stats.n_batches_proposed));
         gauge("solrouter_ledger_commands_proposed", Some(stats.n_commands_proposed));
+    }
+    match node.history_stats() {
+        Ok(history) => {
+            metrics::gauge!("solrouter_ledger_history_records").set(history.records as f64);
+            metrics::gauge!("solrouter_ledger_history_expired_total")
+                .set(history.expired_total as f64);
+        }
+        Err(e) => tracing::warn!(error = %e, "request history stats unavailable"),
     }
 }

@@ -6,7 +6,7 @@ use solrouter_gateway::config::{Config, ConfigLayer};
 use solrouter_gateway::gateway_mode::{self, MockUpstream};
 use solrouter_gateway::ledger_server::{self, AdminAction};
 use solrouter_gateway::{dev, mock, telemetry};
-use solrouter_raft::TlsConfig;
+use solrouter_raft::{NodeOptions, TlsConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -199,6 +199,10 @@ struct LedgerArgs {
     /// given, so that several nodes on one host never collide on a default port.
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// How many days each node keeps request records (`/v1/api/generation[s]`,
+    /// `/v1/api/activity`) before dropping them.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=36_500))]
+    history_retention_days: u64,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -268,7 +272,9 @@ fn main() -> anyhow::Result<()> {
                 args.groups,
                 args.tls.load()?,
             )?;
-            runtime.block_on(ledger_server::run(config, &args.data_dir, args.http))
+            let retention = Duration::from_secs(args.history_retention_days * 24 * 60 * 60);
+            let options = NodeOptions::default().with_history_retention(retention);
+            runtime.block_on(ledger_server::run(config, &args.data_dir, args.http, options))
         }
         Command::LedgerAdmin(args) => {
             let action = match args.action {

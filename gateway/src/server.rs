@@ -119,6 +119,8 @@ async fn route(
         (&Method::GET, "/v1/api/models") => Ok(api::models(app)),
         (&Method::GET, "/v1/api/credits") => api::credits(app, request.headers()).await,
         (&Method::GET, "/v1/api/generation") => api::generation(app, &request).await,
+        (&Method::GET, "/v1/api/generations") => api::generations(app, &request).await,
+        (&Method::GET, "/v1/api/activity") => api::activity(app, &request).await,
         (&Method::GET, "/v1/api/key") => api::key(app, request.headers()).await,
         (&Method::GET, "/healthz") => Ok(respond::text(StatusCode::OK, "ok\n", "text/plain")),
         (&Method::GET, "/readyz") => readiness(app).await,
@@ -127,7 +129,8 @@ async fn route(
             Ok(respond::text(StatusCode::OK, text, "text/plain; version=0.0.4"))
         }
         (_, "/v1/api/chat/completions" | "/v1/api/models" | "/v1/api/credits")
-        | (_, "/v1/api/generation" | "/v1/api/key" | "/healthz" | "/readyz" | "/metrics") => {
+        | (_, "/v1/api/generation" | "/v1/api/generations" | "/v1/api/activity")
+        | (_, "/v1/api/key" | "/healthz" | "/readyz" | "/metrics") => {
             Err(ApiError::method_not_allowed())
         }
         (method, path) => Err(ApiError::not_found(format!("no route for {method} {path}"))),

@@ -133,3 +133,75 @@ async fn models_list_prices_per_token_and_operations_endpoints_answer() {
         .iter()
         .all(|model| model["owned_by"] != "openai"));
 }
+
+/// The request history: pages newest first without gaps, filters, the per-day and
+/// per-hour usage, and clear errors for bad parameters.
+#[tokio::test]
+async fn history_pages_filters_and_usage_per_day() {
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &[]);
+    let key = dev.demo_key.clone().expect("demo key");
+    let mut ids = Vec::new();
+    let mut total_cost = 0;
+    for n in 0..7 {
+        let body = json!({"model": "mock/echo", "messages": user(&format!("request number {n}"))});
+        let (status, answer) = dev.chat(&key, &body).await;
+        assert_eq!(status, 200, "{answer}");
+        ids.push(answer["id"].as_str().expect("id").to_owned());
+        total_cost += cost_pico(&answer["usage"]["cost"]);
+    }
+    ids.reverse();
+
+    let mut seen = Vec::new();
+    let mut url = "/v1/api/generations?limit=3".to_owned();
+    loop {
+        let (status, page) = dev.get(&url, &key).await;
+        assert_eq!(status, 200, "{page}");
+        let data = page["data"].as_array().expect("data");
+        assert!(data.len() <= 3);
+        seen.extend(data.iter().map(|record| record["id"].as_str().expect("id").to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => url = format!("/v1/api/generations?limit=3&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every request once, newest first");
+
+    let count = |page: &serde_json::Value| page["data"].as_array().expect("data").len();
+    let (_, echo) = dev.get("/v1/api/generations?model=mock%2Fecho&status=200", &key).await;
+    assert_eq!(count(&echo), 7, "{echo}");
+    let (_, other) = dev.get("/v1/api/generations?model=mock/other", &key).await;
+    assert_eq!(count(&other), 0);
+    let (_, failed) = dev.get("/v1/api/generations?status=502", &key).await;
+    assert_eq!(count(&failed), 0);
+    let (_, future) = dev.get("/v1/api/generations?from=4102444800", &key).await;
+    assert_eq!(count(&future), 0);
+    let (_, key_info) = dev.get("/v1/api/key", &key).await;
+    let key_id = key_info["data"]["id"].as_str().expect("key id");
+    let (_, by_key) = dev.get(&format!("/v1/api/generations?key={key_id}"), &key).await;
+    assert_eq!(count(&by_key), 7, "{by_key}");
+
+    for bucket in ["day", "hour"] {
+        let (status, activity) = dev.get(&format!("/v1/api/activity?bucket={bucket}"), &key).await;
+        assert_eq!(status, 200, "{activity}");
+        let rows = activity["data"].as_array().expect("rows");
+        let requests: u64 = rows.iter().map(|row| row["requests"].as_u64().expect("n")).sum();
+        let cost: i128 = rows.iter().map(|row| pico(&row["cost_usd"])).sum();
+        assert_eq!((requests, cost), (7, total_cost), "{activity}");
+        assert!(rows.iter().all(|row| row["model"] == "mock/echo" && row["key_id"] == key_id));
+    }
+
+    for (query, param) in [
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("cursor=junk", "cursor"),
+        ("key=zz", "key"),
+        ("status=abc", "status"),
+    ] {
+        let (status, error) = dev.get(&format!("/v1/api/generations?{query}"), &key).await;
+        assert_eq!(status, 400, "{query}: {error}");
+        assert_eq!(error["error"]["param"], param, "{error}");
+    }
+    let (status, error) = dev.get("/v1/api/activity?bucket=week", &key).await;
+    assert_eq!((status, error["error"]["param"].as_str()), (400, Some("bucket")), "{error}");
+}

@@ -15,6 +15,11 @@ pub const OPS_REMEMBERED_FOR_MS: u64 = 60_000;
 /// `OPS_REMEMBERED_MAX / OPS_REMEMBERED_FOR_MS` (~70,000) new operations per second
 /// refuses the excess with [`Rejection::Overloaded`] rather than forget an id early.
 pub const OPS_REMEMBERED_MAX: usize = 1 << 22;
+/// How long (in batch stamps) a settled hold is remembered past the later of its settle
+/// and its hold's expiry, to answer a retried settle with its first reply rather than
+/// charge again. As long as the op-id window, which the gateway asserts to be longer than
+/// its settle retry deadline.
+pub const SETTLED_REMEMBERED_FOR_MS: u64 = OPS_REMEMBERED_FOR_MS;
 /// Top-ups remembered per account, for the account's life (a retried top-up credits
 /// once, however late): 65,536 is a top-up every 10 minutes for over a year. Past it the
 /// account's top-ups are refused with [`Rejection::TopUpsExhausted`].
@@ -319,7 +324,13 @@ pub struct Ledger {
     holds: HashMap<HoldId, Hold>,
     /// Holds ordered by expiry, for deterministic voiding.
     expiry: BTreeSet<(u64, HoldId)>,
-    records: HashMap<HoldId, (AccountId, RequestRecord, Reply)>,
+    /// Settled holds with their first reply, so a retried settle is answered and not
+    /// charged again: each is remembered until [`SETTLED_REMEMBERED_FOR_MS`] of batch
+    /// stamps past the later of its settle and its hold's expiry. The request's record
+    /// itself leaves the state machine: [`settled_records`] hands it to the history store.
+    settled: HashMap<HoldId, (AccountId, Reply)>,
+    /// The settled holds by the stamp at which they are forgotten, oldest first.
+    settled_order: BTreeSet<(u64, HoldId)>,
     /// Idempotency window: op id → (fingerprint of the op, outcome), for
     /// [`OPS_REMEMBERED_FOR_MS`] of batch stamps. Applied top-ups are in `top_ups` instead.
     applied: HashMap<OpId, (u64, Outcome)>,
@@ -348,6 +359,7 @@ impl Ledger {
         self.stamp_ms = self.stamp_ms.max(batch.stamp_ms);
         self.expire(self.stamp_ms);
         self.forget(self.stamp_ms);
+        self.forget_settled(self.stamp_ms);
         batch.commands.iter().map(|c| self.apply_command(c)).collect()
     }
 
@@ -395,6 +407,17 @@ impl Ledger {
             }
             self.applied_order.pop_front();
             assert!(self.applied.remove(&id).is_some(), "idempotency window out of sync");
+        }
+    }
+
+    /// Forgets the settled holds whose time is up at `stamp_ms`.
+    fn forget_settled(&mut self, stamp_ms: u64) {
+        while let Some(&(forget_at_ms, hold)) = self.settled_order.first() {
+            if forget_at_ms > stamp_ms {
+                break;
+            }
+            self.settled_order.pop_first();
+            assert!(self.settled.remove(&hold).is_some(), "settled holds out of sync");
         }
     }
 
@@ -449,7 +472,7 @@ impl Ledger {
                 self.reserve(*account, *key, *hold, *amount, *ttl_ms)
             }
             Op::Settle { account, hold, actual, record } => {
-                self.settle(*account, *hold, *actual, record)
+                self.settle(*account, *hold, *actual, record.key)
             }
             Op::Release { account, hold } => match self.holds.get(hold) {
                 Some(entry) if entry.account == *account => {
@@ -470,7 +493,7 @@ impl Ledger {
         amount: PicoUsd,
         ttl_ms: u64,
     ) -> Outcome {
-        if self.holds.contains_key(&hold) || self.records.contains_key(&hold) {
+        if self.holds.contains_key(&hold) || self.settled.contains_key(&hold) {
             return Err(Rejection::HoldExists);
         }
         if !self.accounts.contains_key(&account) {
@@ -506,24 +529,24 @@ impl Ledger {
         account: AccountId,
         hold: HoldId,
         actual: PicoUsd,
-        record: &RequestRecord,
+        key: Option<KeyId>,
     ) -> Outcome {
-        if let Some((_, _, first)) = self.records.get(&hold) {
+        if let Some((_, first)) = self.settled.get(&hold) {
             // Settling twice (even under a new op id) changes nothing.
             return Ok(first.clone());
         }
         if !self.accounts.contains_key(&account) {
             return Err(Rejection::UnknownAccount);
         }
-        let held = match self.holds.get(&hold) {
+        let (held, expires_at_ms) = match self.holds.get(&hold) {
             Some(entry) if entry.account == account => {
-                let amount = entry.amount;
+                let (amount, expires_at_ms) = (entry.amount, entry.expires_at_ms);
                 self.void_hold(hold);
-                amount
+                (amount, expires_at_ms)
             }
             Some(_) => return Err(Rejection::UnknownHold),
             // Expired or never reserved: charged like any other settle, within the funds.
-            None => PicoUsd::ZERO,
+            None => (PicoUsd::ZERO, self.stamp_ms),
         };
         let entry = self.accounts.get_mut(&account).expect("checked above");
         let available = u128::try_from(entry.available()).expect("available is never negative");
@@ -534,14 +557,14 @@ impl Ledger {
         entry.written_off = entry.written_off.checked_add(written_off).expect("write-off overflow");
         self.written_off = self.written_off.checked_add(written_off).expect("write-off overflow");
         assert!(entry.available() >= 0, "a settle made the balance negative");
-        if let Some(key) = record.key.and_then(|key| self.keys.get_mut(&key)) {
+        if let Some(key) = key.and_then(|key| self.keys.get_mut(&key)) {
             key.usage = key.usage.checked_add(charged).expect("key usage overflow");
         }
-        let mut record = record.clone();
-        record.cost = charged;
-        record.written_off = written_off;
         let reply = Reply::Settled { charged, released, written_off };
-        self.records.insert(hold, (account, record, reply.clone()));
+        let forget_at_ms =
+            expires_at_ms.max(self.stamp_ms).saturating_add(SETTLED_REMEMBERED_FOR_MS);
+        assert!(self.settled.insert(hold, (account, reply.clone())).is_none(), "settled once");
+        assert!(self.settled_order.insert((forget_at_ms, hold)), "settled once");
         Ok(reply)
     }
 
@@ -588,9 +611,10 @@ impl Ledger {
         Some((*id, &self.keys[id]))
     }
 
-    /// The request record of a settled hold, with the account that paid for it.
-    pub fn record(&self, hold: HoldId) -> Option<(AccountId, &RequestRecord)> {
-        self.records.get(&hold).map(|(account, record, _)| (*account, record))
+    /// Settled holds still remembered (to answer a retried settle): bounded by the settle
+    /// rate times [`SETTLED_REMEMBERED_FOR_MS`] plus the longest hold's life.
+    pub fn n_settled_remembered(&self) -> usize {
+        self.settled.len()
     }
 
     /// The bank check over every account (DESIGN.md §3).
@@ -635,6 +659,9 @@ impl Ledger {
         if self.top_ups.keys().any(|id| !self.accounts.contains_key(id)) {
             problems.push("top-ups remembered for an unknown account".into());
         }
+        if self.settled.len() != self.settled_order.len() {
+            problems.push("settled holds and their order differ in size".into());
+        }
         if self.applied.len() != self.applied_order.len() {
             problems.push("idempotency window and its order differ in size".into());
         }
@@ -656,6 +683,30 @@ impl Ledger {
             problems,
         }
     }
+}
+
+/// The request records a batch settled, as the history keeps them: each `Settle` that
+/// succeeded, with what the ledger charged and wrote off filled in, and the account that
+/// paid. A retried settle yields its record again (with the first reply's figures); the
+/// history keeps the first.
+pub fn settled_records<'a>(
+    batch: &'a Batch,
+    outcomes: &'a [Outcome],
+) -> impl Iterator<Item = (AccountId, HoldId, RequestRecord)> + 'a {
+    assert_eq!(batch.commands.len(), outcomes.len(), "one outcome per command");
+    batch.commands.iter().zip(outcomes).filter_map(|(command, outcome)| {
+        match (&command.op, outcome) {
+            (
+                Op::Settle { account, hold, record, .. },
+                Ok(Reply::Settled { charged, written_off, .. }),
+            ) => {
+                let record =
+                    RequestRecord { cost: *charged, written_off: *written_off, ..record.clone() };
+                Some((*account, *hold, record))
+            }
+            _ => None,
+        }
+    })
 }
 
 /// A stable 64-bit fingerprint of an operation, to detect an op id reused for a different

@@ -10,11 +10,18 @@ struct Harness {
     ledger: Ledger,
     next_op: u128,
     stamp_ms: u64,
+    /// What a history store keeps: each hold's first settled record.
+    history: std::collections::HashMap<HoldId, (AccountId, RequestRecord)>,
 }
 
 impl Harness {
     fn new() -> Harness {
-        let mut harness = Harness { ledger: Ledger::new(), next_op: 1, stamp_ms: 1_000 };
+        let mut harness = Harness {
+            ledger: Ledger::new(),
+            next_op: 1,
+            stamp_ms: 1_000,
+            history: std::collections::HashMap::new(),
+        };
         let name = "acme".to_string();
         harness.ok(Op::CreateAccount { account: ACCOUNT, name });
         harness.ok(Op::CreateKey { account: ACCOUNT, key: KEY, name: "k".into(), hash: [7; 32] });
@@ -30,7 +37,14 @@ impl Harness {
         let batch = Batch { stamp_ms: self.stamp_ms, commands: vec![Command { id, op }] };
         let mut outcomes = self.ledger.apply(&batch);
         assert!(self.ledger.audit().ok, "{:?}", self.ledger.audit());
+        for (account, hold, record) in settled_records(&batch, &outcomes) {
+            self.history.entry(hold).or_insert((account, record));
+        }
         outcomes.pop().unwrap()
+    }
+
+    fn record(&self, hold: HoldId) -> (AccountId, RequestRecord) {
+        self.history[&hold].clone()
     }
 
     fn ok(&mut self, op: Op) -> Reply {
@@ -80,7 +94,7 @@ fn settle_posts_actual_and_releases_the_rest() {
     let account = h.account();
     assert_eq!((account.debits_posted, account.debits_pending), (usd("0.25"), PicoUsd::ZERO));
     assert_eq!(account.available(), usd("0.75").0 as i128);
-    let (owner, record) = h.ledger.record(HoldId(1)).unwrap();
+    let (owner, record) = h.record(HoldId(1));
     assert_eq!((owner, record.cost, record.written_off), (ACCOUNT, usd("0.25"), PicoUsd::ZERO));
     assert_eq!(h.ledger.key(KEY).unwrap().usage, PicoUsd::ZERO, "the record named no key");
 }
@@ -114,7 +128,7 @@ fn settle_beyond_the_funds_writes_the_rest_off_and_never_goes_negative() {
     let account = h.account();
     assert_eq!((account.available(), account.written_off), (0, usd("0.03")));
     assert_eq!(account.debits_posted, usd("0.12"), "the loss is not a debit");
-    let (_, record) = h.ledger.record(HoldId(1)).unwrap();
+    let (_, record) = h.record(HoldId(1));
     assert_eq!((record.cost, record.written_off), (usd("0.12"), usd("0.03")));
     assert_eq!(h.ledger.key(KEY).unwrap().usage, usd("0.12"), "a key is charged what was");
     let audit = h.ledger.audit();
@@ -180,6 +194,28 @@ fn a_top_up_retried_after_ten_minutes_of_traffic_credits_once() {
     // The same idempotency key for another amount is refused, however late.
     let other = Op::Credit { account: ACCOUNT, amount: usd("6.00") };
     assert_eq!(h.run_as(OpId(u128::MAX), other), Err(Rejection::IdReused));
+}
+
+/// A settled hold is remembered (a retried settle answers its first reply) until
+/// `SETTLED_REMEMBERED_FOR_MS` past the later of its settle and its expiry, then
+/// forgotten: the state holds what is live, not every request ever served.
+#[test]
+fn settled_holds_are_remembered_for_a_bounded_time() {
+    let mut h = Harness::new();
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("100.00") });
+    for hold in 0..1_000 {
+        h.ok(reserve(hold, "0.01", 30_000));
+        h.ok(settle(hold, "0.001"));
+    }
+    assert_eq!(h.ledger.n_settled_remembered(), 1_000);
+    let first = h.ok(settle(0, "0.5"));
+    h.stamp_ms += 30_000 + SETTLED_REMEMBERED_FOR_MS - 1;
+    assert_eq!(h.ok(settle(0, "0.5")), first, "remembered until the hold's expiry plus");
+    assert_eq!(h.ledger.n_settled_remembered(), 1_000);
+    h.stamp_ms += 1;
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
+    assert_eq!(h.ledger.n_settled_remembered(), 0, "forgotten once the window passed");
+    assert_eq!(h.history.len(), 1_000, "the records went to the history");
 }
 
 /// Other operations are remembered for `OPS_REMEMBERED_FOR_MS` of batch stamps, then
@@ -401,10 +437,13 @@ fn key_of(account: u8, key: u8) -> KeyId {
     KeyId(u64::from(account) * 10 + u64::from(key))
 }
 
-/// The first settle of a hold decides; later ones answer the same, and a settle's charge
-/// and write-off add up to the first one's actual.
+/// The first settle of a hold decides: later ones within `SETTLED_REMEMBERED_FOR_MS` of
+/// batch stamps answer the same, and a settle's charge and write-off add up to the first
+/// one's actual. Past that window a settle may be decided afresh (the ledger's memory is
+/// bounded by time), never before.
 fn check_settle(
-    settled: &mut std::collections::BTreeMap<HoldId, (Reply, PicoUsd)>,
+    settled: &mut std::collections::BTreeMap<HoldId, (Reply, PicoUsd, u64)>,
+    stamp_ms: u64,
     op: &Op,
     outcome: &Outcome,
 ) -> Result<(), TestCaseError> {
@@ -413,7 +452,10 @@ fn check_settle(
         Ok(reply @ Reply::Settled { charged, written_off, .. }),
     ) = (op, outcome)
     {
-        let first = settled.entry(*hold).or_insert_with(|| (reply.clone(), *actual));
+        let first = settled.entry(*hold).or_insert_with(|| (reply.clone(), *actual, stamp_ms));
+        if &first.0 != reply && stamp_ms >= first.2 + SETTLED_REMEMBERED_FOR_MS {
+            *first = (reply.clone(), *actual, stamp_ms);
+        }
         prop_assert_eq!(&first.0, reply);
         prop_assert_eq!(charged.0 + written_off.0, first.1 .0);
     }
@@ -490,7 +532,7 @@ proptest! {
                     // Past the op-id window a replayed settle is decided afresh, and may
                     // be its hold's first.
                     for (command, outcome) in replay.commands.iter().zip(&first) {
-                        check_settle(&mut settled, &command.op, outcome)?;
+                        check_settle(&mut settled, stamp_ms, &command.op, outcome)?;
                     }
                     let again = ledger.apply(&replay);
                     prop_assert_eq!(first, again);
@@ -516,7 +558,7 @@ proptest! {
                 (Op::RevokeKey { key, .. }, Ok(_)) => {
                     revoked.insert(*key);
                 }
-                _ => check_settle(&mut settled, &op, &outcome)?,
+                _ => check_settle(&mut settled, stamp_ms, &op, &outcome)?,
             }
             batches.push(batch);
             let audit = ledger.audit();

@@ -16,6 +16,7 @@ use crate::codec;
 use crate::error::LedgerError;
 use crate::grpc::ledger_service_client::LedgerServiceClient;
 use crate::grpc::GroupRequest;
+use crate::history::{HistoryPage, HistoryQuery, UsageQuery, UsageRow};
 use crate::membership::LEARNER_CATCH_UP_TIMEOUT;
 use crate::node::group_of_account;
 use crate::reads::{self, GroupReader};
@@ -212,6 +213,24 @@ impl LedgerClient {
         consistency: Consistency,
     ) -> Result<Option<RequestRecord>, LedgerError> {
         within_call_deadline(reads::record(self, account, hold, consistency)).await
+    }
+
+    /// A page of an account's request history, newest first.
+    pub async fn history(
+        &self,
+        query: HistoryQuery,
+        consistency: Consistency,
+    ) -> Result<HistoryPage, LedgerError> {
+        within_call_deadline(reads::history(self, query, consistency)).await
+    }
+
+    /// An account's usage per bucket, key and model.
+    pub async fn usage(
+        &self,
+        query: UsageQuery,
+        consistency: Consistency,
+    ) -> Result<Vec<UsageRow>, LedgerError> {
+        within_call_deadline(reads::usage(self, query, consistency)).await
     }
 
     /// The bank check of every group, merged.

@@ -2,6 +2,7 @@
 //! group-commit batcher.
 
 use crate::error::LedgerError;
+use crate::history::History;
 use crate::kv::KvTree;
 use crate::log_store::LogStore;
 use crate::state_machine::{SharedState, StateMachine};
@@ -19,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// The system clock in ms since the Unix epoch (0 if it is set before 1970).
-fn wall_clock_ms() -> u64 {
+pub(crate) fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
@@ -33,17 +34,19 @@ pub struct Group {
 }
 
 impl Group {
-    /// Opens group `group_idx`'s storage in `db` and starts its Raft instance and batcher.
+    /// Opens group `group_idx`'s storage in `db` and starts its Raft instance and batcher;
+    /// the records its entries settle go to the node's `history`.
     pub async fn start<N: RaftNetworkFactory<crate::types::TypeConfig>>(
         node_id: NodeId,
         group_idx: u32,
         db: &sled::Db,
+        history: History,
         config: Arc<Config>,
         network: N,
     ) -> Result<Group, LedgerError> {
         let log_store = LogStore::open(db, group_idx)
             .map_err(|e| LedgerError::storage("opening the log", e))?;
-        let state_machine = StateMachine::open(db, group_idx)
+        let state_machine = StateMachine::open(db, group_idx, history)
             .map_err(|e| LedgerError::storage("restoring the snapshot", e))?;
         let clock: Clock = Arc::new(wall_clock_ms);
         Group::start_with(node_id, log_store, state_machine, config, network, clock).await

@@ -17,6 +17,7 @@ mod expiry;
 mod group;
 mod grpc;
 mod grpc_network;
+mod history;
 mod kv;
 mod log_store;
 mod membership;
@@ -39,6 +40,10 @@ pub use client::{
 };
 pub use error::LedgerError;
 pub use expiry::EXPIRY_CHECK_INTERVAL;
+pub use history::{
+    HistoryCursor, HistoryPage, HistoryQuery, HistoryStats, Usage, UsageQuery, UsageRow,
+    HISTORY_EXPIRE_INTERVAL, HISTORY_PAGE_MAX, HISTORY_RETENTION_DEFAULT, HISTORY_SCAN_MAX,
+};
 pub use membership::LEARNER_CATCH_UP_TIMEOUT;
 pub use node::{
     group_of_account, group_of_slot, slot_of, ClusterConfig, ClusterStart, LedgerNode, NodeOptions,

@@ -7,6 +7,10 @@ use crate::group::Group;
 use crate::grpc::ledger_service_server::LedgerServiceServer;
 use crate::grpc::raft_service_server::RaftServiceServer;
 use crate::grpc_network::{GrpcNetwork, RaftRpcServer};
+use crate::history::{
+    self, History, HistoryPage, HistoryQuery, HistoryStats, UsageQuery, UsageRow, HISTORY_FILE,
+    HISTORY_RETENTION_DEFAULT,
+};
 use crate::membership;
 use crate::network::NoPeers;
 use crate::reads::{self, GroupReader};
@@ -28,6 +32,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -114,6 +119,7 @@ impl ClusterConfig {
 pub struct NodeOptions {
     snapshot_every_entries: u64,
     entries_kept_after_snapshot: u64,
+    history_retention: Duration,
 }
 
 /// Counters of one group on one node since it was opened, for tests, metrics and health.
@@ -141,7 +147,17 @@ impl NodeOptions {
         if snapshot_every_entries == 0 {
             return Err(LedgerError::InvalidOptions("snapshot_every_entries must be positive"));
         }
-        Ok(NodeOptions { snapshot_every_entries, entries_kept_after_snapshot })
+        let history_retention = HISTORY_RETENTION_DEFAULT;
+        Ok(NodeOptions { snapshot_every_entries, entries_kept_after_snapshot, history_retention })
+    }
+
+    /// How long request records are kept (default [`HISTORY_RETENTION_DEFAULT`]).
+    pub fn with_history_retention(self, history_retention: Duration) -> NodeOptions {
+        NodeOptions { history_retention, ..self }
+    }
+
+    pub fn history_retention(&self) -> Duration {
+        self.history_retention
     }
 
     pub fn snapshot_every_entries(&self) -> u64 {
@@ -158,6 +174,7 @@ impl Default for NodeOptions {
         NodeOptions {
             snapshot_every_entries: SNAPSHOT_EVERY_ENTRIES,
             entries_kept_after_snapshot: ENTRIES_KEPT_AFTER_SNAPSHOT,
+            history_retention: HISTORY_RETENTION_DEFAULT,
         }
     }
 }
@@ -198,8 +215,10 @@ impl LedgerNode {
         options: &NodeOptions,
     ) -> Result<LedgerNode, LedgerError> {
         let db = open_db(data_dir).await?;
+        let history =
+            History::open(&data_dir.join(HISTORY_FILE), options.history_retention).await?;
         let config = Arc::new(raft_config(options)?);
-        let group = Group::start(SINGLE_NODE_ID, 0, &db, config, NoPeers).await?;
+        let group = Group::start(SINGLE_NODE_ID, 0, &db, history.clone(), config, NoPeers).await?;
         let members = BTreeMap::from([(SINGLE_NODE_ID, BasicNode::default())]);
         bootstrap(&group, members).await?;
         let waiting = group.raft().wait(Some(LEADER_WAIT_TIMEOUT));
@@ -207,7 +226,7 @@ impl LedgerNode {
             return Err(LedgerError::Unavailable { reason: e.to_string() });
         }
         group.raft().ensure_linearizable().await.map_err(LedgerError::from_check_leader)?;
-        Ok(LedgerNode::assemble(SINGLE_NODE_ID, vec![group], None))
+        Ok(LedgerNode::assemble(SINGLE_NODE_ID, vec![group], history, None))
     }
 
     /// Opens node `id` of a cluster whose founding members are `peers` (node id →
@@ -253,15 +272,20 @@ impl LedgerNode {
             .await
             .map_err(|e| LedgerError::storage("binding the ledger endpoint", e))?;
         let db = open_db(data_dir).await?;
+        let history =
+            History::open(&data_dir.join(HISTORY_FILE), options.history_retention).await?;
         let raft_config = Arc::new(raft_config(options)?);
         let mut groups = Vec::new();
         for group_idx in 0..config.n_groups() {
             let network = GrpcNetwork::new(group_idx, config.tls().cloned());
             let group_config = Arc::clone(&raft_config);
-            groups.push(Group::start(config.id(), group_idx, &db, group_config, network).await?);
+            let history = history.clone();
+            let group =
+                Group::start(config.id(), group_idx, &db, history, group_config, network).await?;
+            groups.push(group);
         }
         let rafts = groups.iter().map(|group| group.raft().clone()).collect();
-        let node = LedgerNode::assemble(config.id(), groups, None);
+        let node = LedgerNode::assemble(config.id(), groups, history, None);
         let ledger = LedgerRpcServer::new(node.downgrade());
         let server = serve(listener, RaftRpcServer::new(rafts), ledger, config.tls())?;
         *node.inner.server.lock().expect("server lock poisoned") = Some(server);
@@ -312,7 +336,7 @@ impl LedgerNode {
     /// Stops serving peers, then every group's Raft core. Later submits and reads fail
     /// with [`LedgerError::Shutdown`].
     pub async fn shutdown(&self) -> Result<(), LedgerError> {
-        for task in self.inner.expiry_tasks.lock().expect("expiry lock poisoned").drain(..) {
+        for task in self.inner.background_tasks.lock().expect("task lock poisoned").drain(..) {
             task.abort();
         }
         let server = self.inner.server.lock().expect("server lock poisoned").take();
@@ -388,6 +412,30 @@ impl LedgerNode {
         reads::record(self, account, hold, consistency).await
     }
 
+    /// A page of an account's request history, newest first.
+    pub async fn history(
+        &self,
+        query: HistoryQuery,
+        consistency: Consistency,
+    ) -> Result<HistoryPage, LedgerError> {
+        reads::history(self, query, consistency).await
+    }
+
+    /// An account's usage per bucket, key and model.
+    pub async fn usage(
+        &self,
+        query: UsageQuery,
+        consistency: Consistency,
+    ) -> Result<Vec<UsageRow>, LedgerError> {
+        reads::usage(self, query, consistency).await
+    }
+
+    /// What this node's request history holds and has dropped.
+    pub fn history_stats(&self) -> Result<HistoryStats, LedgerError> {
+        let stats = self.inner.history.stats();
+        stats.map_err(|e| LedgerError::storage("reading the request history", e))
+    }
+
     /// The bank check of every group, merged.
     pub async fn audit(&self, consistency: Consistency) -> Result<Audit, LedgerError> {
         reads::audit(self, consistency).await
@@ -452,18 +500,25 @@ impl LedgerNode {
         inner.upgrade().map(|inner| LedgerNode { inner })
     }
 
-    fn assemble(id: NodeId, groups: Vec<Group>, server: Option<Server>) -> LedgerNode {
+    fn assemble(
+        id: NodeId,
+        groups: Vec<Group>,
+        history: History,
+        server: Option<Server>,
+    ) -> LedgerNode {
+        let retention = history::spawn_retention(&history);
         let node = LedgerNode {
             inner: Arc::new(Inner {
                 id,
                 groups,
+                history,
                 server: Mutex::new(server),
-                expiry_tasks: Mutex::new(Vec::new()),
+                background_tasks: Mutex::new(vec![retention]),
             }),
         };
         let tasks =
             (0..node.n_groups()).map(|group_idx| expiry::spawn(node.downgrade(), group_idx));
-        *node.inner.expiry_tasks.lock().expect("expiry lock poisoned") = tasks.collect();
+        node.inner.background_tasks.lock().expect("task lock poisoned").extend(tasks);
         node
     }
 
@@ -486,8 +541,10 @@ impl LedgerNode {
 pub(crate) struct Inner {
     id: NodeId,
     groups: Vec<Group>,
+    history: History,
     server: Mutex<Option<Server>>,
-    expiry_tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Hold expiry (one per group) and history retention, aborted on shutdown.
+    background_tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl GroupReader for LedgerNode {
@@ -501,13 +558,18 @@ impl GroupReader for LedgerNode {
         request: ReadRequest,
     ) -> Result<ReadAnswer, LedgerError> {
         let group = self.group_at(group_idx)?;
-        match request.consistency {
+        // A linearizable read of the history waits, like one of the ledger, until this
+        // replica has applied everything acknowledged before it: the history is written
+        // as entries apply.
+        let answer = match request.consistency {
             Consistency::Linearizable => {
-                group.read(|ledger| wire::answer(ledger, &request.read)).await
+                group.read(|ledger| wire::answer(ledger, &request.read)).await?
             }
-            Consistency::Stale => {
-                Ok(group.read_local(|ledger| wire::answer(ledger, &request.read)))
-            }
+            Consistency::Stale => group.read_local(|ledger| wire::answer(ledger, &request.read)),
+        };
+        match answer {
+            Some(answer) => Ok(answer),
+            None => wire::answer_history(&self.inner.history, &request.read),
         }
     }
 }

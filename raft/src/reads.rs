@@ -3,6 +3,7 @@
 //! routes each read to its account's group, or to every group and merges the answers.
 
 use crate::error::LedgerError;
+use crate::history::{HistoryPage, HistoryQuery, UsageQuery, UsageRow};
 use crate::node::group_of_account;
 use crate::wire::{merge_audits, Consistency, Read, ReadAnswer, ReadRequest};
 use solrouter_ledger::{Account, AccountId, Audit, HoldId, Key, KeyHash, KeyId, RequestRecord};
@@ -81,6 +82,30 @@ pub(crate) async fn record<R: GroupReader>(
     match read_account_group(reader, account, read, consistency).await? {
         ReadAnswer::Record(found) => Ok(found),
         other => Err(mismatch("record", &other)),
+    }
+}
+
+pub(crate) async fn history<R: GroupReader>(
+    reader: &R,
+    query: HistoryQuery,
+    consistency: Consistency,
+) -> Result<HistoryPage, LedgerError> {
+    let account = query.account;
+    match read_account_group(reader, account, Read::History(query), consistency).await? {
+        ReadAnswer::History(page) => Ok(page),
+        other => Err(mismatch("history", &other)),
+    }
+}
+
+pub(crate) async fn usage<R: GroupReader>(
+    reader: &R,
+    query: UsageQuery,
+    consistency: Consistency,
+) -> Result<Vec<UsageRow>, LedgerError> {
+    let account = query.account;
+    match read_account_group(reader, account, Read::Usage(query), consistency).await? {
+        ReadAnswer::Usage(rows) => Ok(rows),
+        other => Err(mismatch("usage", &other)),
     }
 }
 

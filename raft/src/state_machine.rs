@@ -3,13 +3,16 @@
 //!
 //! The ledger is never written to disk entry by entry. Durability comes from the Raft log;
 //! a snapshot (the encoded ledger plus the log id and membership it covers) lets the
-//! log be purged and bounds replay time after a restart.
+//! log be purged and bounds replay time after a restart. The records of settled requests
+//! go to the node's [`History`] as their entries apply, and the history is synced before
+//! any snapshot is saved (see `history.rs` for why that makes it durable).
 #![allow(
     clippy::result_large_err,
     reason = "openraft's storage traits return its large StorageError by value; helpers match them"
 )]
 
 use crate::codec;
+use crate::history::History;
 use crate::kv::KvTree;
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -17,7 +20,7 @@ use crate::types::{
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
-use solrouter_ledger::{Ledger, Outcome};
+use solrouter_ledger::{settled_records, Ledger, Outcome};
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -64,22 +67,24 @@ struct StoredSnapshot {
 pub struct StateMachine<K: KvTree = sled::Tree> {
     state: Arc<SharedState>,
     snapshots: K,
+    history: History,
 }
 
 impl StateMachine {
-    pub fn open(db: &sled::Db, group: u32) -> Result<StateMachine, StorageError> {
+    pub fn open(db: &sled::Db, group: u32, history: History) -> Result<StateMachine, StorageError> {
         let snapshots = db
             .open_tree(format!("{group}/snapshot"))
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        StateMachine::restore(snapshots)
+        StateMachine::restore(snapshots, history)
     }
 }
 
 impl<K: KvTree> StateMachine<K> {
     /// Opens the state machine over its snapshot tree, restoring the latest persisted
-    /// snapshot if there is one; openraft then re-applies the log entries after it.
-    pub fn restore(snapshots: K) -> Result<StateMachine<K>, StorageError> {
-        let machine = StateMachine { state: Arc::new(SharedState::default()), snapshots };
+    /// snapshot if there is one; openraft then re-applies the log entries after it (and
+    /// their records to `history`).
+    pub fn restore(snapshots: K, history: History) -> Result<StateMachine<K>, StorageError> {
+        let machine = StateMachine { state: Arc::new(SharedState::default()), snapshots, history };
         if let Some(stored) = machine.load_snapshot()? {
             *machine.state.write() = restore(&stored.meta, &stored.data)?;
         }
@@ -102,12 +107,16 @@ impl<K: KvTree> StateMachine<K> {
     }
 
     /// Persists and flushes the snapshot before returning: openraft purges the log up to
-    /// the snapshot right after, so the snapshot must already be on disk.
+    /// the snapshot right after, so the snapshot must already be on disk, and so must the
+    /// history records of the entries it covers.
     async fn save_snapshot(&self, stored: &StoredSnapshot) -> Result<(), StorageError> {
         let signature = Some(stored.meta.signature());
         let write_error = |e: &dyn std::error::Error| {
             StorageIOError::write_snapshot(signature.clone(), openraft::AnyError::error(e))
         };
+        let history = self.history.clone();
+        let synced = tokio::task::spawn_blocking(move || history.sync()).await;
+        synced.map_err(|e| write_error(&e))?.map_err(|e| write_error(&e))?;
         let bytes = codec::encode(stored).map_err(|e| write_error(&e))?;
         self.snapshots.insert(KEY_SNAPSHOT, bytes).map_err(|e| write_error(&e))?;
         self.snapshots.flush().await.map_err(|e| write_error(&e))?;
@@ -162,6 +171,7 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
     {
         let mut applied = self.state.write();
         let mut replies = Vec::new();
+        let mut settled = Vec::new();
         for entry in entries {
             assert!(
                 applied.last_applied.is_none_or(|last| last.index < entry.log_id.index),
@@ -170,7 +180,11 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
             applied.last_applied = Some(entry.log_id);
             let outcomes = match entry.payload {
                 EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(batch) => applied.ledger.apply(&batch),
+                EntryPayload::Normal(batch) => {
+                    let outcomes = applied.ledger.apply(&batch);
+                    settled.extend(settled_records(&batch, &outcomes));
+                    outcomes
+                }
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                     Vec::new()
@@ -178,6 +192,9 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
             };
             replies.push(outcomes);
         }
+        drop(applied);
+        // Before the replies go out, so a read after a settle finds its record.
+        self.history.insert(settled).map_err(|e| StorageIOError::write_state_machine(&e))?;
         Ok(replies)
     }
 

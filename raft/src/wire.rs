@@ -4,6 +4,7 @@
 //! except [`Consistency`] and [`Topology`], which are part of the public API.
 
 use crate::error::LedgerError;
+use crate::history::{History, HistoryPage, HistoryQuery, UsageQuery, UsageRow};
 use serde::{Deserialize, Serialize};
 use solrouter_ledger::{
     Account, AccountId, Audit, HoldId, Key, KeyHash, KeyId, Ledger, PicoUsd, RequestRecord,
@@ -44,12 +45,16 @@ pub(crate) enum Read {
     Account(AccountId),
     Key(KeyId),
     KeyByHash(KeyHash),
-    /// The record of a settled hold, if `account` paid for it.
+    Audit,
+    /// The record of a settled hold, if `account` paid for it (from the history).
     Record {
         account: AccountId,
         hold: HoldId,
     },
-    Audit,
+    /// A page of an account's request history.
+    History(HistoryQuery),
+    /// An account's usage per bucket, key and model.
+    Usage(UsageQuery),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -64,8 +69,10 @@ pub(crate) enum ReadAnswer {
     Account(Option<Account>),
     Key(Option<Key>),
     KeyByHash(Option<(KeyId, Key)>),
-    Record(Option<RequestRecord>),
     Audit(Audit),
+    Record(Option<RequestRecord>),
+    History(HistoryPage),
+    Usage(Vec<UsageRow>),
 }
 
 /// A membership change of one group.
@@ -118,23 +125,33 @@ impl From<WireError> for LedgerError {
     }
 }
 
-/// Answers `read` from one replica's ledger. Pure: the caller chose the replica and made
-/// sure it is fresh enough.
-pub(crate) fn answer(ledger: &Ledger, read: &Read) -> ReadAnswer {
-    match read {
+/// Answers `read` from one replica's ledger, or `None` for a read of the request history
+/// ([`answer_history`]). Pure: the caller chose the replica and made sure it is fresh
+/// enough.
+pub(crate) fn answer(ledger: &Ledger, read: &Read) -> Option<ReadAnswer> {
+    Some(match read {
         Read::Ping => ReadAnswer::Ping,
         Read::Account(account) => ReadAnswer::Account(ledger.account(*account).cloned()),
         Read::Key(key) => ReadAnswer::Key(ledger.key(*key).cloned()),
         Read::KeyByHash(hash) => {
             ReadAnswer::KeyByHash(ledger.key_by_hash(hash).map(|(id, key)| (id, key.clone())))
         }
-        Read::Record { account, hold } => ReadAnswer::Record(
-            ledger
-                .record(*hold)
-                .filter(|(payer, _)| payer == account)
-                .map(|(_, record)| record.clone()),
-        ),
         Read::Audit => ReadAnswer::Audit(ledger.audit()),
+        Read::Record { .. } | Read::History(_) | Read::Usage(_) => return None,
+    })
+}
+
+/// Answers a read of the request history from one replica's history store, which holds
+/// every record its ledger replica applied.
+pub(crate) fn answer_history(history: &History, read: &Read) -> Result<ReadAnswer, LedgerError> {
+    let failed = |e: redb::Error| LedgerError::storage("reading the request history", e);
+    match read {
+        Read::Record { account, hold } => {
+            history.record(*account, *hold).map(ReadAnswer::Record).map_err(failed)
+        }
+        Read::History(query) => history.query(query).map(ReadAnswer::History).map_err(failed),
+        Read::Usage(query) => history.usage(query).map(ReadAnswer::Usage).map_err(failed),
+        other => Err(LedgerError::Invalid(format!("{other:?} is not a history read"))),
     }
 }
 

@@ -6,6 +6,7 @@ use super::storage::{Disk, MemStore};
 use super::trace::Trace;
 use crate::error::LedgerError;
 use crate::group::{Clock, Group};
+use crate::history::{History, HISTORY_RETENTION_DEFAULT};
 use crate::log_store::LogStore;
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
@@ -212,6 +213,8 @@ impl Cluster {
             let now_ms = EPOCH_MS as i64 + origin.elapsed().as_millis() as i64;
             (now_ms + skew_ms) as u64
         });
+        // The simulation checks money, not history: each start gets an empty one.
+        let history = History::in_memory(HISTORY_RETENTION_DEFAULT).expect("an in-memory history");
         let mut groups = Vec::new();
         for group_idx in 0..self.shape.n_groups {
             let log = LogStore::new(
@@ -219,7 +222,8 @@ impl Cluster {
                 store.tree(&format!("{group_idx}/meta")),
             );
             let snapshots = store.tree(&format!("{group_idx}/snapshot"));
-            let machine = StateMachine::restore(snapshots).expect("a snapshot it wrote decodes");
+            let machine = StateMachine::restore(snapshots, history.clone())
+                .expect("a snapshot it wrote decodes");
             let network = SimNetwork::new(Arc::clone(&self.net), id, incarnation, group_idx);
             let group =
                 Group::start_with(id, log, machine, Arc::clone(&config), network, clock.clone())

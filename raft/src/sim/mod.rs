@@ -421,9 +421,6 @@ fn check_money(cluster: &Cluster, records: &[Record], ledgers: &[Ledger]) {
                     continue;
                 }
                 assert_eq!(charged.0 + written_off.0, actual.0, "{reply:?} of {actual:?}");
-                let ledger = &ledgers[cluster.group_of(record.command.op.account()) as usize];
-                let (_, kept) = ledger.record(*hold).expect("a settled hold has its record");
-                assert_eq!((kept.cost, kept.written_off), (*charged, *written_off));
                 settled.insert(*hold, reply.clone());
                 account.posted += charged.0;
                 account.written_off += written_off.0;

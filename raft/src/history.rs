@@ -1,0 +1,638 @@
+//! The request history of one node: every settled request's record, kept beside the
+//! replicated state machine rather than in it, so the ledger's memory and snapshots follow
+//! what is live (accounts, keys, holds) and not how many requests were ever served.
+//!
+//! One redb database per node (`<data dir>/history.redb`), shared by its groups. Every
+//! apply writes the records its batches settled in one transaction without a sync; the
+//! history is synced before any snapshot is saved. That is enough for durability: the log
+//! holds every entry after the last snapshot and a restart re-applies them, re-writing the
+//! records a crash dropped (writes keep a hold's first record, so a replay is idempotent),
+//! while everything a snapshot covers was synced before the log could be purged past it.
+//!
+//! Tables: `records` (hold → account and record), the indexes `by_account`
+//! (account, created, hold), `by_key` (key, created, hold) and `by_time` (created, hold),
+//! and `hourly` aggregates (account, hour, key, model → sums) that always equal the sum
+//! of the retained records. Retention ([`History::expire`]) drops records older than the
+//! configured age from all of them.
+//!
+//! A replica that joins from a snapshot starts with the history of the entries it applied
+//! itself: the records settled before the snapshot it installed are not copied to it.
+
+use crate::codec;
+use crate::error::LedgerError;
+use crate::{OPEN_LOCK_ATTEMPTS_MAX, OPEN_LOCK_RETRY_INTERVAL};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use solrouter_ledger::{AccountId, HoldId, KeyId, PicoUsd, RequestRecord};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The history's file in a node's data directory.
+pub const HISTORY_FILE: &str = "history.redb";
+/// How often a node drops the records past their retention.
+pub const HISTORY_EXPIRE_INTERVAL: Duration = Duration::from_secs(60);
+/// How long records are kept by default.
+pub const HISTORY_RETENTION_DEFAULT: Duration = Duration::from_secs(90 * 24 * 60 * 60);
+/// Most records one page of a history query returns.
+pub const HISTORY_PAGE_MAX: u32 = 500;
+/// Most index entries one history query reads before it returns what it found with a
+/// cursor to go on from: a filter that matches nothing cannot make one query scan an
+/// account's whole history.
+pub const HISTORY_SCAN_MAX: usize = 10_000;
+/// Most records one retention pass deletes (one transaction); passes repeat until done.
+pub const HISTORY_EXPIRE_BATCH_MAX: usize = 10_000;
+const HOUR_MS: u64 = 60 * 60 * 1000;
+
+/// hold → [`Stored`].
+const RECORDS: TableDefinition<u128, &[u8]> = TableDefinition::new("records");
+/// (account, created_ms, hold).
+const BY_ACCOUNT: TableDefinition<(u64, u64, u128), ()> = TableDefinition::new("by_account");
+/// (key, created_ms, hold).
+const BY_KEY: TableDefinition<(u64, u64, u128), ()> = TableDefinition::new("by_key");
+/// (created_ms, hold), for retention.
+const BY_TIME: TableDefinition<(u64, u128), ()> = TableDefinition::new("by_time");
+/// (account, hour start ms, key, model) → [`Usage`].
+const HOURLY: TableDefinition<(u64, u64, Option<u64>, &str), &[u8]> =
+    TableDefinition::new("hourly");
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    account: AccountId,
+    record: RequestRecord,
+}
+
+/// Sums over requests: one hourly bucket, or one row of a [`UsageQuery`]'s answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cached_tokens: u64,
+    pub cost: PicoUsd,
+    pub written_off: PicoUsd,
+}
+
+impl Usage {
+    fn add(&mut self, record: &RequestRecord) {
+        self.requests += 1;
+        self.prompt_tokens += record.prompt_tokens;
+        self.completion_tokens += record.completion_tokens;
+        self.reasoning_tokens += record.reasoning_tokens;
+        self.cached_tokens += record.cached_tokens;
+        self.cost = self.cost.checked_add(record.cost).expect("usage cost overflow");
+        self.written_off =
+            self.written_off.checked_add(record.written_off).expect("usage write-off overflow");
+    }
+
+    fn merge(&mut self, other: &Usage) {
+        self.requests += other.requests;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+        self.cached_tokens += other.cached_tokens;
+        self.cost = self.cost.checked_add(other.cost).expect("usage cost overflow");
+        self.written_off =
+            self.written_off.checked_add(other.written_off).expect("usage write-off overflow");
+    }
+
+    /// Takes `record` back out; `None` once no request is left in the bucket.
+    fn remove(mut self, record: &RequestRecord) -> Option<Usage> {
+        let sub = |total: u64, part: u64| total.checked_sub(part).expect("usage underflow");
+        self.requests = sub(self.requests, 1);
+        self.prompt_tokens = sub(self.prompt_tokens, record.prompt_tokens);
+        self.completion_tokens = sub(self.completion_tokens, record.completion_tokens);
+        self.reasoning_tokens = sub(self.reasoning_tokens, record.reasoning_tokens);
+        self.cached_tokens = sub(self.cached_tokens, record.cached_tokens);
+        self.cost = PicoUsd(self.cost.0.checked_sub(record.cost.0).expect("usage underflow"));
+        self.written_off =
+            PicoUsd(self.written_off.0.checked_sub(record.written_off.0).expect("usage underflow"));
+        (self.requests > 0).then_some(self)
+    }
+}
+
+/// Where a page of history ends: the next page starts strictly before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryCursor {
+    pub created_ms: u64,
+    pub hold: HoldId,
+}
+
+/// One page of an account's requests, newest first, filtered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    pub account: AccountId,
+    pub key: Option<KeyId>,
+    pub model: Option<String>,
+    pub status: Option<u16>,
+    /// Records created at or after this time (ms since the Unix epoch)…
+    pub from_ms: u64,
+    /// …and before this one.
+    pub to_ms: u64,
+    /// The previous page's [`HistoryPage::next`].
+    pub before: Option<HistoryCursor>,
+    /// At most [`HISTORY_PAGE_MAX`].
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub records: Vec<(HoldId, RequestRecord)>,
+    /// Where to go on from, if the range may hold more.
+    pub next: Option<HistoryCursor>,
+}
+
+/// An account's usage summed per bucket (an hour or a day, UTC), key and model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageQuery {
+    pub account: AccountId,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// A whole number of hours.
+    pub bucket_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRow {
+    pub start_ms: u64,
+    pub key: Option<KeyId>,
+    pub model: String,
+    pub usage: Usage,
+}
+
+/// What the history holds and has dropped, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistoryStats {
+    pub records: u64,
+    pub expired_total: u64,
+}
+
+/// A node's request history. Cheap to clone: clones share the database.
+#[derive(Clone)]
+pub struct History {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    retention: Duration,
+    expired_total: AtomicU64,
+}
+
+type HistoryResult<T> = Result<T, redb::Error>;
+
+impl History {
+    /// Opens (or creates) the history in `path`, waiting a while for a node of this
+    /// process that is shutting down to let go of it.
+    pub async fn open(path: &Path, retention: Duration) -> Result<History, LedgerError> {
+        let mut attempt = 1;
+        let db = loop {
+            match Database::create(path) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                    if attempt < OPEN_LOCK_ATTEMPTS_MAX =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(OPEN_LOCK_RETRY_INTERVAL).await;
+                }
+                Err(e) => {
+                    let e = redb::Error::from(e);
+                    return Err(LedgerError::storage("opening the request history", e));
+                }
+            }
+        };
+        History::over(db, retention)
+    }
+
+    /// A history kept in memory only (tests and the simulation).
+    #[cfg(test)]
+    pub fn in_memory(retention: Duration) -> Result<History, LedgerError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| {
+                LedgerError::storage("creating the request history", redb::Error::from(e))
+            })?;
+        History::over(db, retention)
+    }
+
+    fn over(db: Database, retention: Duration) -> Result<History, LedgerError> {
+        let history =
+            History { inner: Arc::new(Inner { db, retention, expired_total: AtomicU64::new(0) }) };
+        // Creates the tables, so readers never find one missing.
+        history
+            .write(Durability::Immediate, |_| Ok(()))
+            .map_err(|e| LedgerError::storage("creating the request history", e))?;
+        Ok(history)
+    }
+
+    fn write(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut Tables<'_>) -> HistoryResult<()>,
+    ) -> HistoryResult<()> {
+        let mut txn = self.inner.db.begin_write()?;
+        txn.set_durability(durability)?;
+        {
+            let mut tables = Tables::open(&txn)?;
+            f(&mut tables)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Keeps the records a batch settled, each hold's first only; not synced (see the
+    /// module doc for why that is durable enough).
+    pub fn insert(
+        &self,
+        records: impl IntoIterator<Item = (AccountId, HoldId, RequestRecord)>,
+    ) -> HistoryResult<()> {
+        let mut records = records.into_iter().peekable();
+        if records.peek().is_none() {
+            return Ok(());
+        }
+        self.write(Durability::None, |tables| {
+            for (account, hold, record) in records {
+                tables.insert(account, hold, record)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Makes every write so far durable (fsync).
+    pub fn sync(&self) -> HistoryResult<()> {
+        self.write(Durability::Immediate, |_| Ok(()))
+    }
+
+    /// Deletes the records created before `now_ms − retention`, at most
+    /// [`HISTORY_EXPIRE_BATCH_MAX`]; returns how many (call again while it is the max).
+    pub fn expire(&self, now_ms: u64) -> HistoryResult<usize> {
+        let retention_ms = u64::try_from(self.inner.retention.as_millis()).unwrap_or(u64::MAX);
+        let cutoff_ms = now_ms.saturating_sub(retention_ms);
+        let mut deleted = 0;
+        self.write(Durability::None, |tables| {
+            let old: Vec<(u64, u128)> = tables
+                .by_time
+                .range(..(cutoff_ms, 0u128))?
+                .take(HISTORY_EXPIRE_BATCH_MAX)
+                .map(|entry| entry.map(|(key, _)| key.value()))
+                .collect::<Result<_, _>>()?;
+            for (_, hold) in old {
+                tables.remove(hold)?;
+                deleted += 1;
+            }
+            Ok(())
+        })?;
+        self.inner.expired_total.fetch_add(deleted as u64, Ordering::Relaxed);
+        Ok(deleted)
+    }
+
+    pub fn stats(&self) -> HistoryResult<HistoryStats> {
+        let txn = self.inner.db.begin_read()?;
+        let records = txn.open_table(RECORDS)?.len()?;
+        Ok(HistoryStats {
+            records,
+            expired_total: self.inner.expired_total.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The record of `hold` if `account` paid for it.
+    pub fn record(&self, account: AccountId, hold: HoldId) -> HistoryResult<Option<RequestRecord>> {
+        let txn = self.inner.db.begin_read()?;
+        let Some(bytes) = txn.open_table(RECORDS)?.get(hold.0)? else {
+            return Ok(None);
+        };
+        let stored = decode(bytes.value())?;
+        Ok((stored.account == account).then_some(stored.record))
+    }
+
+    pub fn query(&self, query: &HistoryQuery) -> HistoryResult<HistoryPage> {
+        let txn = self.inner.db.begin_read()?;
+        let records = txn.open_table(RECORDS)?;
+        let (index, id) = match query.key {
+            Some(key) => (txn.open_table(BY_KEY)?, key.0),
+            None => (txn.open_table(BY_ACCOUNT)?, query.account.0),
+        };
+        let end = match query.before {
+            Some(before) if before.created_ms < query.to_ms => {
+                (id, before.created_ms, before.hold.0)
+            }
+            _ => (id, query.to_ms, 0),
+        };
+        let limit = query.limit.clamp(1, HISTORY_PAGE_MAX) as usize;
+        let mut page = HistoryPage { records: Vec::new(), next: None };
+        for (scanned, entry) in index.range((id, query.from_ms, 0u128)..end)?.rev().enumerate() {
+            let (_, created_ms, hold) = entry?.0.value();
+            let cursor = HistoryCursor { created_ms, hold: HoldId(hold) };
+            if page.records.len() == limit || scanned == HISTORY_SCAN_MAX {
+                page.next = Some(cursor_after(cursor));
+                break;
+            }
+            let bytes = records.get(hold)?.ok_or_else(|| corrupt("an index names no record"))?;
+            let stored = decode(bytes.value())?;
+            let matches = stored.account == query.account
+                && query.model.as_ref().is_none_or(|model| *model == stored.record.model)
+                && query.status.is_none_or(|status| status == stored.record.status);
+            if matches {
+                page.records.push((HoldId(hold), stored.record));
+            }
+        }
+        Ok(page)
+    }
+
+    pub fn usage(&self, query: &UsageQuery) -> HistoryResult<Vec<UsageRow>> {
+        assert!(
+            query.bucket_ms >= HOUR_MS && query.bucket_ms.is_multiple_of(HOUR_MS),
+            "whole hours"
+        );
+        let txn = self.inner.db.begin_read()?;
+        let hourly = txn.open_table(HOURLY)?;
+        let account = query.account.0;
+        let from = (account, query.from_ms - query.from_ms % HOUR_MS, None, "");
+        let to = (account, query.to_ms, None, "");
+        let mut rows: BTreeMap<(u64, Option<u64>, String), Usage> = BTreeMap::new();
+        for entry in hourly.range(from..to)? {
+            let (key, value) = entry?;
+            let (_, hour_ms, key_id, model) = key.value();
+            let start_ms = hour_ms - hour_ms % query.bucket_ms;
+            let usage: Usage = codec::decode(value.value()).map_err(|e| corrupt(&e.to_string()))?;
+            rows.entry((start_ms, key_id, model.to_owned())).or_default().merge(&usage);
+        }
+        let rows = rows.into_iter().map(|((start_ms, key, model), usage)| UsageRow {
+            start_ms,
+            key: key.map(KeyId),
+            model,
+            usage,
+        });
+        Ok(rows.collect())
+    }
+}
+
+/// Drops the records past `history`'s retention every [`HISTORY_EXPIRE_INTERVAL`], by
+/// this machine's clock (retention is not replicated state: each replica trims its own).
+/// Holds the history weakly: once the node is gone the task ends and the file closes.
+pub(crate) fn spawn_retention(history: &History) -> tokio::task::JoinHandle<()> {
+    let weak = Arc::downgrade(&history.inner);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(HISTORY_EXPIRE_INTERVAL);
+        loop {
+            interval.tick().await;
+            let Some(inner) = weak.upgrade() else { return };
+            let history = History { inner };
+            let expired = tokio::task::spawn_blocking(move || {
+                let now_ms = crate::group::wall_clock_ms();
+                let mut deleted = 0;
+                loop {
+                    let batch = history.expire(now_ms)?;
+                    deleted += batch;
+                    if batch < HISTORY_EXPIRE_BATCH_MAX {
+                        return Ok::<_, redb::Error>(deleted);
+                    }
+                }
+            });
+            match expired.await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(deleted)) => {
+                    tracing::info!(deleted, "request history: records past retention dropped")
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "request history: retention failed"),
+                Err(e) => tracing::error!(error = %e, "request history: retention task failed"),
+            }
+        }
+    })
+}
+
+/// The cursor a page ends on is the first entry it did not return: the next page starts
+/// at it, so "strictly before" needs the position just after it.
+fn cursor_after(cursor: HistoryCursor) -> HistoryCursor {
+    match cursor.hold.0.checked_add(1) {
+        Some(hold) => HistoryCursor { created_ms: cursor.created_ms, hold: HoldId(hold) },
+        None => HistoryCursor { created_ms: cursor.created_ms + 1, hold: HoldId(0) },
+    }
+}
+
+/// The open tables of one write transaction.
+struct Tables<'txn> {
+    records: redb::Table<'txn, u128, &'static [u8]>,
+    by_account: redb::Table<'txn, (u64, u64, u128), ()>,
+    by_key: redb::Table<'txn, (u64, u64, u128), ()>,
+    by_time: redb::Table<'txn, (u64, u128), ()>,
+    hourly: redb::Table<'txn, (u64, u64, Option<u64>, &'static str), &'static [u8]>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> HistoryResult<Tables<'txn>> {
+        Ok(Tables {
+            records: txn.open_table(RECORDS)?,
+            by_account: txn.open_table(BY_ACCOUNT)?,
+            by_key: txn.open_table(BY_KEY)?,
+            by_time: txn.open_table(BY_TIME)?,
+            hourly: txn.open_table(HOURLY)?,
+        })
+    }
+
+    fn insert(
+        &mut self,
+        account: AccountId,
+        hold: HoldId,
+        record: RequestRecord,
+    ) -> HistoryResult<()> {
+        if self.records.get(hold.0)?.is_some() {
+            return Ok(());
+        }
+        let created_ms = record.created_ms;
+        self.by_account.insert((account.0, created_ms, hold.0), ())?;
+        if let Some(key) = record.key {
+            self.by_key.insert((key.0, created_ms, hold.0), ())?;
+        }
+        self.by_time.insert((created_ms, hold.0), ())?;
+        let bucket = hourly_key(account, &record);
+        let mut usage = match self.hourly.get(bucket)? {
+            Some(bytes) => codec::decode(bytes.value()).map_err(|e| corrupt(&e.to_string()))?,
+            None => Usage::default(),
+        };
+        usage.add(&record);
+        self.hourly.insert(bucket, encode(&usage)?.as_slice())?;
+        let stored = Stored { account, record };
+        self.records.insert(hold.0, encode(&stored)?.as_slice())?;
+        Ok(())
+    }
+
+    fn remove(&mut self, hold: u128) -> HistoryResult<()> {
+        let bytes =
+            self.records.remove(hold)?.ok_or_else(|| corrupt("an index names no record"))?;
+        let Stored { account, record } = decode(bytes.value())?;
+        drop(bytes);
+        let created_ms = record.created_ms;
+        self.by_account.remove((account.0, created_ms, hold))?;
+        if let Some(key) = record.key {
+            self.by_key.remove((key.0, created_ms, hold))?;
+        }
+        self.by_time.remove((created_ms, hold))?;
+        let bucket = hourly_key(account, &record);
+        let usage: Usage = match self.hourly.get(bucket)? {
+            Some(bytes) => codec::decode(bytes.value()).map_err(|e| corrupt(&e.to_string()))?,
+            None => return Err(corrupt("a record without its hourly bucket")),
+        };
+        match usage.remove(&record) {
+            Some(left) => self.hourly.insert(bucket, encode(&left)?.as_slice())?,
+            None => self.hourly.remove(bucket)?,
+        };
+        Ok(())
+    }
+}
+
+fn hourly_key(account: AccountId, record: &RequestRecord) -> (u64, u64, Option<u64>, &str) {
+    let hour_ms = record.created_ms - record.created_ms % HOUR_MS;
+    (account.0, hour_ms, record.key.map(|key| key.0), record.model.as_str())
+}
+
+fn encode<T: Serialize>(value: &T) -> HistoryResult<Vec<u8>> {
+    codec::encode(value).map_err(|e| corrupt(&e.to_string()))
+}
+
+fn decode(bytes: &[u8]) -> HistoryResult<Stored> {
+    codec::decode(bytes).map_err(|e| corrupt(&e.to_string()))
+}
+
+fn corrupt(reason: &str) -> redb::Error {
+    redb::Error::Corrupted(format!("request history: {reason}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACCOUNT: AccountId = AccountId(7);
+    const T0: u64 = 1_700_000_000_000;
+
+    fn record(key: u64, model: &str, status: u16, created_ms: u64, cost: u128) -> RequestRecord {
+        RequestRecord {
+            key: Some(KeyId(key)),
+            model: model.into(),
+            status,
+            created_ms,
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            cost: PicoUsd(cost),
+            ..RequestRecord::default()
+        }
+    }
+
+    fn query(limit: u32) -> HistoryQuery {
+        HistoryQuery {
+            account: ACCOUNT,
+            key: None,
+            model: None,
+            status: None,
+            from_ms: 0,
+            to_ms: u64::MAX,
+            before: None,
+            limit,
+        }
+    }
+
+    fn holds(page: &HistoryPage) -> Vec<u128> {
+        page.records.iter().map(|(hold, _)| hold.0).collect()
+    }
+
+    /// 100 records, one a minute, alternating keys and models, every tenth a 502.
+    fn filled() -> History {
+        let history = History::in_memory(HISTORY_RETENTION_DEFAULT).unwrap();
+        let records = (0..100u64).map(|n| {
+            let model = if n % 2 == 0 { "mock/echo" } else { "openai/gpt-4o" };
+            let status = if n % 10 == 9 { 502 } else { 200 };
+            (ACCOUNT, HoldId(n.into()), record(n % 2, model, status, T0 + n * 60_000, 1_000))
+        });
+        history.insert(records).unwrap();
+        // Another account's request is never shown to this one.
+        history
+            .insert([(AccountId(8), HoldId(1_000), record(9, "mock/echo", 200, T0, 5))])
+            .unwrap();
+        history
+    }
+
+    #[test]
+    fn a_hold_keeps_its_first_record_and_only_its_payer_sees_it() {
+        let history = filled();
+        let retried = record(0, "mock/other", 200, T0, 99);
+        history.insert([(ACCOUNT, HoldId(0), retried)]).unwrap();
+        let kept = history.record(ACCOUNT, HoldId(0)).unwrap().unwrap();
+        assert_eq!((kept.model.as_str(), kept.cost), ("mock/echo", PicoUsd(1_000)));
+        assert_eq!(history.record(AccountId(8), HoldId(0)).unwrap(), None);
+        assert_eq!(history.stats().unwrap().records, 101);
+    }
+
+    #[test]
+    fn pages_run_newest_first_without_gaps_or_repeats() {
+        let history = filled();
+        let mut seen = Vec::new();
+        let mut page = history.query(&query(30)).unwrap();
+        loop {
+            seen.extend(holds(&page));
+            let Some(next) = page.next else { break };
+            page = history.query(&HistoryQuery { before: Some(next), ..query(30) }).unwrap();
+        }
+        assert_eq!(seen, (0..100).rev().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn filters_by_key_model_status_and_time() {
+        let history = filled();
+        let by_key = history.query(&HistoryQuery { key: Some(KeyId(1)), ..query(500) }).unwrap();
+        assert_eq!(holds(&by_key), (1..100).rev().step_by(2).collect::<Vec<_>>());
+        let failed = history.query(&HistoryQuery { status: Some(502), ..query(500) }).unwrap();
+        assert_eq!(holds(&failed), [99, 89, 79, 69, 59, 49, 39, 29, 19, 9]);
+        let model = Some("mock/echo".to_owned());
+        let echo = history.query(&HistoryQuery { model, ..query(500) }).unwrap();
+        assert_eq!(echo.records.len(), 50);
+        let window =
+            HistoryQuery { from_ms: T0 + 10 * 60_000, to_ms: T0 + 20 * 60_000, ..query(500) };
+        assert_eq!(holds(&history.query(&window).unwrap()), (10..20).rev().collect::<Vec<_>>());
+        let other = HistoryQuery { account: AccountId(8), ..query(500) };
+        assert_eq!(holds(&history.query(&other).unwrap()), [1_000]);
+    }
+
+    #[test]
+    fn usage_sums_per_bucket_key_and_model() {
+        let history = filled();
+        let day =
+            UsageQuery { account: ACCOUNT, from_ms: 0, to_ms: u64::MAX, bucket_ms: 24 * HOUR_MS };
+        let rows = history.usage(&day).unwrap();
+        let requests: u64 = rows.iter().map(|row| row.usage.requests).sum();
+        let cost: u128 = rows.iter().map(|row| row.usage.cost.0).sum();
+        assert_eq!((requests, cost), (100, 100_000));
+        assert!(rows.iter().all(|row| row.start_ms % (24 * HOUR_MS) == 0));
+        let hourly = UsageQuery { bucket_ms: HOUR_MS, ..day };
+        let rows = history.usage(&hourly).unwrap();
+        assert!(rows.len() >= 4, "100 minutes span two or three hours, two keys: {rows:?}");
+        assert_eq!(rows.iter().map(|row| row.usage.prompt_tokens).sum::<u64>(), 1_000);
+    }
+
+    #[test]
+    fn retention_drops_old_records_from_every_index_and_aggregate() {
+        let history = filled();
+        let retention_ms = HISTORY_RETENTION_DEFAULT.as_millis() as u64;
+        // At this time the records of the first 40 minutes are past retention.
+        let now_ms = T0 + 40 * 60_000 + retention_ms;
+        assert_eq!(history.expire(now_ms).unwrap(), 41, "40 of this account, 1 of the other");
+        assert_eq!(history.expire(now_ms).unwrap(), 0);
+        assert_eq!(history.stats().unwrap(), HistoryStats { records: 60, expired_total: 41 });
+        assert_eq!(
+            holds(&history.query(&query(500)).unwrap()),
+            (40..100).rev().collect::<Vec<_>>()
+        );
+        assert_eq!(history.record(ACCOUNT, HoldId(3)).unwrap(), None);
+        let by_key = history.query(&HistoryQuery { key: Some(KeyId(1)), ..query(500) }).unwrap();
+        assert_eq!(by_key.records.len(), 30);
+        let all = UsageQuery { account: ACCOUNT, from_ms: 0, to_ms: u64::MAX, bucket_ms: HOUR_MS };
+        let rows = history.usage(&all).unwrap();
+        assert_eq!(rows.iter().map(|row| row.usage.requests).sum::<u64>(), 60);
+        assert_eq!(rows.iter().map(|row| row.usage.cost.0).sum::<u128>(), 60_000);
+    }
+}
