@@ -16,12 +16,14 @@ use crate::codec;
 use crate::error::LedgerError;
 use crate::grpc::ledger_service_client::LedgerServiceClient;
 use crate::grpc::GroupRequest;
-use crate::history::{HistoryPage, HistoryQuery, UsageQuery, UsageRow};
+use crate::history::{ExportPage, HistoryCursor, HistoryPage, HistoryQuery, UsageQuery, UsageRow};
 use crate::membership::LEARNER_CATCH_UP_TIMEOUT;
 use crate::node::group_of_account;
 use crate::reads::{self, GroupReader};
 use crate::tls::{self, TlsConfig};
-use crate::wire::{Consistency, MembershipChange, ReadAnswer, ReadRequest, Topology, WireError};
+use crate::wire::{
+    Consistency, MembershipChange, Read, ReadAnswer, ReadRequest, Topology, WireError,
+};
 use crate::RPC_BYTES_MAX;
 use prost::bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -231,6 +233,24 @@ impl LedgerClient {
         consistency: Consistency,
     ) -> Result<Vec<UsageRow>, LedgerError> {
         within_call_deadline(reads::usage(self, query, consistency)).await
+    }
+
+    /// One page of `group_idx`'s records after `after`, from its leader.
+    pub(crate) async fn history_export(
+        &self,
+        group_idx: u32,
+        after: Option<HistoryCursor>,
+    ) -> Result<ExportPage, LedgerError> {
+        let request = ReadRequest {
+            read: Read::HistoryExport { after },
+            consistency: Consistency::Linearizable,
+        };
+        match within_call_deadline(self.read_group(group_idx, request)).await? {
+            ReadAnswer::HistoryExport(page) => Ok(page),
+            other => {
+                Err(LedgerError::Invalid(format!("asked for a history export, got {other:?}")))
+            }
+        }
     }
 
     /// The bank check of every group, merged.

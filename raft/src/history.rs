@@ -15,8 +15,9 @@
 //! of the retained records. Retention ([`History::expire`]) drops records older than the
 //! configured age from all of them.
 //!
-//! A replica that joins from a snapshot starts with the history of the entries it applied
-//! itself: the records settled before the snapshot it installed are not copied to it.
+//! A replica that installs a snapshot lacks the records of the entries it covers; it
+//! copies them from the group's leader in the background (`backfill.rs`, through
+//! [`History::export`]).
 
 use crate::codec;
 use crate::error::LedgerError;
@@ -27,11 +28,13 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 use solrouter_ledger::{AccountId, HoldId, KeyId, PicoUsd, RequestRecord};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// The history's file in a node's data directory.
 pub const HISTORY_FILE: &str = "history.redb";
@@ -45,6 +48,8 @@ pub const HISTORY_PAGE_MAX: u32 = 500;
 /// cursor to go on from: a filter that matches nothing cannot make one query scan an
 /// account's whole history.
 pub const HISTORY_SCAN_MAX: usize = 10_000;
+/// Most records one page of a backfill copies (~200 bytes each).
+pub const HISTORY_EXPORT_PAGE_MAX: usize = 1_000;
 /// Most records one retention pass deletes (one transaction); passes repeat until done.
 pub const HISTORY_EXPIRE_BATCH_MAX: usize = 10_000;
 const HOUR_MS: u64 = 60 * 60 * 1000;
@@ -166,6 +171,14 @@ pub struct UsageRow {
     pub usage: Usage,
 }
 
+/// A page of [`History::export`]: records with their payer, and where to go on from
+/// (`None` once the end was reached).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ExportPage {
+    pub records: Vec<(AccountId, HoldId, RequestRecord)>,
+    pub next: Option<HistoryCursor>,
+}
+
 /// What the history holds and has dropped, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HistoryStats {
@@ -183,6 +196,34 @@ struct Inner {
     db: Database,
     retention: Duration,
     expired_total: AtomicU64,
+    backfill: Arc<BackfillRequests>,
+}
+
+/// Groups that installed a snapshot and whose records are to be copied: shared by the
+/// history and the task that copies, which holds only this (not the database), so the
+/// history closes when its node is dropped.
+#[derive(Default)]
+pub(crate) struct BackfillRequests {
+    groups: Mutex<BTreeSet<u32>>,
+    wanted: Notify,
+}
+
+impl BackfillRequests {
+    pub(crate) fn request(&self, group: u32) {
+        self.groups.lock().expect("backfill lock poisoned").insert(group);
+        self.wanted.notify_one();
+    }
+
+    /// Waits until some group wants its records copied; returns and forgets those groups.
+    pub(crate) async fn wanted(&self) -> BTreeSet<u32> {
+        loop {
+            let groups = std::mem::take(&mut *self.groups.lock().expect("backfill lock poisoned"));
+            if !groups.is_empty() {
+                return groups;
+            }
+            self.wanted.notified().await;
+        }
+    }
 }
 
 type HistoryResult<T> = Result<T, redb::Error>;
@@ -222,8 +263,9 @@ impl History {
     }
 
     fn over(db: Database, retention: Duration) -> Result<History, LedgerError> {
-        let history =
-            History { inner: Arc::new(Inner { db, retention, expired_total: AtomicU64::new(0) }) };
+        let inner =
+            Inner { db, retention, expired_total: AtomicU64::new(0), backfill: Arc::default() };
+        let history = History { inner: Arc::new(inner) };
         // Creates the tables, so readers never find one missing.
         history
             .write(Durability::Immediate, |_| Ok(()))
@@ -290,6 +332,50 @@ impl History {
         })?;
         self.inner.expired_total.fetch_add(deleted as u64, Ordering::Relaxed);
         Ok(deleted)
+    }
+
+    /// Asks for `group`'s records to be copied from its leader (after a snapshot install).
+    pub(crate) fn request_backfill(&self, group: u32) {
+        self.inner.backfill.request(group);
+    }
+
+    pub(crate) fn backfill_requests(&self) -> Arc<BackfillRequests> {
+        Arc::clone(&self.inner.backfill)
+    }
+
+    /// Up to `limit` records of the accounts `keep` selects, in creation order, after
+    /// `after`: what a replica that installed a snapshot copies (at most
+    /// [`HISTORY_SCAN_MAX`] records read per call).
+    pub(crate) fn export(
+        &self,
+        keep: impl Fn(AccountId) -> bool,
+        after: Option<HistoryCursor>,
+        limit: usize,
+    ) -> HistoryResult<ExportPage> {
+        let txn = self.inner.db.begin_read()?;
+        let records = txn.open_table(RECORDS)?;
+        let by_time = txn.open_table(BY_TIME)?;
+        let start = match after {
+            Some(after) => Bound::Excluded((after.created_ms, after.hold.0)),
+            None => Bound::Unbounded,
+        };
+        let mut page = ExportPage { records: Vec::new(), next: None };
+        let mut last = None;
+        for (scanned, entry) in by_time.range((start, Bound::Unbounded))?.enumerate() {
+            if page.records.len() == limit || scanned == HISTORY_SCAN_MAX {
+                // More remain: go on after the last one read.
+                page.next = last;
+                break;
+            }
+            let (created_ms, hold) = entry?.0.value();
+            last = Some(HistoryCursor { created_ms, hold: HoldId(hold) });
+            let bytes = records.get(hold)?.ok_or_else(|| corrupt("an index names no record"))?;
+            let Stored { account, record } = decode(bytes.value())?;
+            if keep(account) {
+                page.records.push((account, HoldId(hold), record));
+            }
+        }
+        Ok(page)
     }
 
     pub fn stats(&self) -> HistoryResult<HistoryStats> {

@@ -10,6 +10,7 @@
 //! It is the only crate that knows openraft types; none may appear in its public API.
 #![forbid(unsafe_code)]
 
+mod backfill;
 mod client;
 mod codec;
 mod error;
@@ -32,6 +33,7 @@ mod tls;
 mod types;
 mod wire;
 
+pub use backfill::BACKFILL_RETRY_INTERVAL;
 pub use client::{
     LedgerClient, CLIENT_ADDRESSES_MAX, CLIENT_BACKOFF_FIRST, CLIENT_BACKOFF_MAX,
     CLIENT_BATCH_COMMANDS_MAX, CLIENT_CALL_DEADLINE, CLIENT_CONNECT_TIMEOUT, CLIENT_QUEUE_MAX,
@@ -42,7 +44,8 @@ pub use error::LedgerError;
 pub use expiry::EXPIRY_CHECK_INTERVAL;
 pub use history::{
     HistoryCursor, HistoryPage, HistoryQuery, HistoryStats, Usage, UsageQuery, UsageRow,
-    HISTORY_EXPIRE_INTERVAL, HISTORY_PAGE_MAX, HISTORY_RETENTION_DEFAULT, HISTORY_SCAN_MAX,
+    HISTORY_EXPIRE_INTERVAL, HISTORY_EXPORT_PAGE_MAX, HISTORY_PAGE_MAX, HISTORY_RETENTION_DEFAULT,
+    HISTORY_SCAN_MAX,
 };
 pub use membership::LEARNER_CATCH_UP_TIMEOUT;
 pub use node::{

@@ -1,6 +1,7 @@
 //! [`LedgerNode`]: one ledger node hosting a replica of every Raft group (shard), and the
 //! routing of accounts to groups.
 
+use crate::backfill;
 use crate::error::LedgerError;
 use crate::expiry;
 use crate::group::Group;
@@ -285,7 +286,10 @@ impl LedgerNode {
             groups.push(group);
         }
         let rafts = groups.iter().map(|group| group.raft().clone()).collect();
+        let requests = history.backfill_requests();
         let node = LedgerNode::assemble(config.id(), groups, history, None);
+        let backfill = backfill::spawn(node.downgrade(), requests, config.tls().cloned());
+        node.inner.background_tasks.lock().expect("task lock poisoned").push(backfill);
         let ledger = LedgerRpcServer::new(node.downgrade());
         let server = serve(listener, RaftRpcServer::new(rafts), ledger, config.tls())?;
         *node.inner.server.lock().expect("server lock poisoned") = Some(server);
@@ -492,6 +496,10 @@ impl LedgerNode {
         membership::change(self.group_at(group_idx)?, change).await
     }
 
+    pub(crate) fn history_store(&self) -> &History {
+        &self.inner.history
+    }
+
     pub(crate) fn downgrade(&self) -> Weak<Inner> {
         Arc::downgrade(&self.inner)
     }
@@ -569,7 +577,11 @@ impl GroupReader for LedgerNode {
         };
         match answer {
             Some(answer) => Ok(answer),
-            None => wire::answer_history(&self.inner.history, &request.read),
+            None => {
+                let n_groups = self.n_groups();
+                let in_group = |account| group_of_account(account, n_groups) == group_idx;
+                wire::answer_history(&self.inner.history, &request.read, in_group)
+            }
         }
     }
 }

@@ -67,6 +67,8 @@ struct StoredSnapshot {
 pub struct StateMachine<K: KvTree = sled::Tree> {
     state: Arc<SharedState>,
     snapshots: K,
+    /// This state machine's group, named when it asks for its history to be filled in.
+    group: u32,
     history: History,
 }
 
@@ -75,7 +77,7 @@ impl StateMachine {
         let snapshots = db
             .open_tree(format!("{group}/snapshot"))
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        StateMachine::restore(snapshots, history)
+        StateMachine::restore(snapshots, group, history)
     }
 }
 
@@ -83,8 +85,13 @@ impl<K: KvTree> StateMachine<K> {
     /// Opens the state machine over its snapshot tree, restoring the latest persisted
     /// snapshot if there is one; openraft then re-applies the log entries after it (and
     /// their records to `history`).
-    pub fn restore(snapshots: K, history: History) -> Result<StateMachine<K>, StorageError> {
-        let machine = StateMachine { state: Arc::new(SharedState::default()), snapshots, history };
+    pub fn restore(
+        snapshots: K,
+        group: u32,
+        history: History,
+    ) -> Result<StateMachine<K>, StorageError> {
+        let state = Arc::new(SharedState::default());
+        let machine = StateMachine { state, snapshots, group, history };
         if let Some(stored) = machine.load_snapshot()? {
             *machine.state.write() = restore(&stored.meta, &stored.data)?;
         }
@@ -217,6 +224,8 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
         let restored = restore(meta, &data)?;
         self.save_snapshot(&StoredSnapshot { meta: meta.clone(), data }).await?;
         *self.state.write() = restored;
+        // The records of the entries the snapshot covers were never applied here.
+        self.history.request_backfill(self.group);
         Ok(())
     }
 

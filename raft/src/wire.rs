@@ -4,7 +4,10 @@
 //! except [`Consistency`] and [`Topology`], which are part of the public API.
 
 use crate::error::LedgerError;
-use crate::history::{History, HistoryPage, HistoryQuery, UsageQuery, UsageRow};
+use crate::history::{
+    ExportPage, History, HistoryCursor, HistoryPage, HistoryQuery, UsageQuery, UsageRow,
+    HISTORY_EXPORT_PAGE_MAX,
+};
 use serde::{Deserialize, Serialize};
 use solrouter_ledger::{
     Account, AccountId, Audit, HoldId, Key, KeyHash, KeyId, Ledger, PicoUsd, RequestRecord,
@@ -55,6 +58,11 @@ pub(crate) enum Read {
     History(HistoryQuery),
     /// An account's usage per bucket, key and model.
     Usage(UsageQuery),
+    /// The group's records after `after` in creation order, for a replica that installed
+    /// a snapshot.
+    HistoryExport {
+        after: Option<HistoryCursor>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -73,6 +81,7 @@ pub(crate) enum ReadAnswer {
     Record(Option<RequestRecord>),
     History(HistoryPage),
     Usage(Vec<UsageRow>),
+    HistoryExport(ExportPage),
 }
 
 /// A membership change of one group.
@@ -137,13 +146,20 @@ pub(crate) fn answer(ledger: &Ledger, read: &Read) -> Option<ReadAnswer> {
             ReadAnswer::KeyByHash(ledger.key_by_hash(hash).map(|(id, key)| (id, key.clone())))
         }
         Read::Audit => ReadAnswer::Audit(ledger.audit()),
-        Read::Record { .. } | Read::History(_) | Read::Usage(_) => return None,
+        Read::Record { .. } | Read::History(_) | Read::Usage(_) | Read::HistoryExport { .. } => {
+            return None
+        }
     })
 }
 
 /// Answers a read of the request history from one replica's history store, which holds
-/// every record its ledger replica applied.
-pub(crate) fn answer_history(history: &History, read: &Read) -> Result<ReadAnswer, LedgerError> {
+/// every record its ledger replica applied; `in_group` tells the accounts of the group
+/// read.
+pub(crate) fn answer_history(
+    history: &History,
+    read: &Read,
+    in_group: impl Fn(AccountId) -> bool,
+) -> Result<ReadAnswer, LedgerError> {
     let failed = |e: redb::Error| LedgerError::storage("reading the request history", e);
     match read {
         Read::Record { account, hold } => {
@@ -151,6 +167,10 @@ pub(crate) fn answer_history(history: &History, read: &Read) -> Result<ReadAnswe
         }
         Read::History(query) => history.query(query).map(ReadAnswer::History).map_err(failed),
         Read::Usage(query) => history.usage(query).map(ReadAnswer::Usage).map_err(failed),
+        Read::HistoryExport { after } => history
+            .export(in_group, *after, HISTORY_EXPORT_PAGE_MAX)
+            .map(ReadAnswer::HistoryExport)
+            .map_err(failed),
         other => Err(LedgerError::Invalid(format!("{other:?} is not a history read"))),
     }
 }

@@ -1,8 +1,8 @@
 //! A three-node ledger cluster with two Raft groups, talking gRPC on 127.0.0.1:
 //! replication to every replica, routing by account, and fail-over after the leader stops.
 
-use solrouter_ledger::{AccountId, Command, Op, OpId, PicoUsd, Reply};
-use solrouter_raft::{LedgerError, LedgerNode};
+use solrouter_ledger::{AccountId, Command, HoldId, Op, OpId, PicoUsd, Reply, RequestRecord};
+use solrouter_raft::{Consistency, HistoryQuery, LedgerError, LedgerNode, HISTORY_PAGE_MAX};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -120,6 +120,7 @@ async fn three_nodes_two_groups_replicate_and_fail_over() {
 async fn a_lagging_node_catches_up_from_a_snapshot() {
     const SNAPSHOT_EVERY: u64 = 8;
     const N_TOP_UPS: u128 = 40;
+    const N_REQUESTS: u128 = 30;
     let account = AccountId(7);
     let options = solrouter_raft::NodeOptions::try_new(SNAPSHOT_EVERY, 0).unwrap();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -139,6 +140,17 @@ async fn a_lagging_node_catches_up_from_a_snapshot() {
         let top_up = Op::Credit { account, amount: TOP_UP };
         submit_to_leader(&nodes, Command { id: OpId(100 + n), op: top_up }).await;
     }
+    // Requests settled meanwhile: their records are in the entries node 3 will skip.
+    for n in 0..N_REQUESTS {
+        let record = RequestRecord {
+            model: "mock/echo".into(),
+            status: 200,
+            created_ms: 1_700_000_000_000 + n as u64,
+            ..RequestRecord::default()
+        };
+        let settle = Op::Settle { account, hold: HoldId(n), actual: PicoUsd(1), record };
+        submit_to_leader(&nodes, Command { id: OpId(1_000 + n), op: settle }).await;
+    }
     let total = PicoUsd(N_TOP_UPS * TOP_UP.0);
     eventually("the survivors purged the entries node 3 lacks", || {
         nodes.values().all(|node| node.stats().purged_index.is_some_and(|i| i > SNAPSHOT_EVERY))
@@ -152,6 +164,27 @@ async fn a_lagging_node_catches_up_from_a_snapshot() {
     })
     .await;
     assert!(nodes[&3].stats().snapshot_index.is_some());
+    // Its history is filled in from the leader in the background: every record, once.
+    let query = HistoryQuery {
+        account,
+        key: None,
+        model: None,
+        status: None,
+        from_ms: 0,
+        to_ms: u64::MAX,
+        before: None,
+        limit: HISTORY_PAGE_MAX,
+    };
+    let mut copied = Vec::new();
+    for _ in 0..POLL_ATTEMPTS_MAX {
+        let page = nodes[&3].history(query.clone(), Consistency::Stale).await.unwrap();
+        copied = page.records.iter().map(|(hold, _)| hold.0).collect();
+        if copied.len() == N_REQUESTS as usize {
+            break;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    assert_eq!(copied, (0..N_REQUESTS).rev().collect::<Vec<_>>(), "node 3's history");
     for node in nodes.values() {
         assert!(node.read_local(|ledger| ledger.audit()).ok);
         node.shutdown().await.unwrap();

@@ -222,7 +222,7 @@ impl Cluster {
                 store.tree(&format!("{group_idx}/meta")),
             );
             let snapshots = store.tree(&format!("{group_idx}/snapshot"));
-            let machine = StateMachine::restore(snapshots, history.clone())
+            let machine = StateMachine::restore(snapshots, group_idx, history.clone())
                 .expect("a snapshot it wrote decodes");
             let network = SimNetwork::new(Arc::clone(&self.net), id, incarnation, group_idx);
             let group =

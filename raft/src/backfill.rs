@@ -1,0 +1,82 @@
+//! Filling in the request history a replica missed. A replica that installs a snapshot
+//! skips the entries the snapshot covers, and with them their requests' records: the
+//! history store is not part of the snapshot (snapshots follow live state only). After
+//! each install the node copies the group's records from the group's leader in the
+//! background, page by page in creation order, keeping what it already has (a hold's
+//! first record wins, so the copy and the node's own applies never conflict). Until the
+//! copy ends, this replica's history lacks the records settled before the snapshot; every
+//! read a gateway makes with `Consistency::Linearizable` is served by the leader anyway.
+
+use crate::client::LedgerClient;
+use crate::error::LedgerError;
+use crate::history::{BackfillRequests, History};
+use crate::node::{Inner, LedgerNode};
+use crate::tls::TlsConfig;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// Wait before trying again when a copy failed (no leader yet, the leader unreachable).
+pub const BACKFILL_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs until the node is dropped or shut down (which aborts the task).
+pub(crate) fn spawn(
+    node: Weak<Inner>,
+    requests: Arc<BackfillRequests>,
+    tls: Option<TlsConfig>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let groups = requests.wanted().await;
+            let Some(live) = LedgerNode::from_weak(&node) else { return };
+            let topology = live.topology();
+            let history = live.history_store().clone();
+            drop(live);
+            let peers: Vec<String> = topology
+                .members
+                .iter()
+                .filter(|(id, _)| **id != topology.node_id)
+                .map(|(_, addr)| addr.clone())
+                .collect();
+            for group_idx in groups {
+                match copy_group(&peers, tls.clone(), group_idx, &history).await {
+                    Ok(copied) => tracing::info!(group_idx, copied, "request history filled in"),
+                    Err(e) => {
+                        tracing::warn!(group_idx, error = %e, "request history copy failed; retrying");
+                        tokio::time::sleep(BACKFILL_RETRY_INTERVAL).await;
+                        requests.request(group_idx);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Copies every record of `group_idx` that the group's leader holds; returns how many.
+async fn copy_group(
+    peers: &[String],
+    tls: Option<TlsConfig>,
+    group_idx: u32,
+    history: &History,
+) -> Result<usize, LedgerError> {
+    if peers.is_empty() {
+        return Ok(0);
+    }
+    let client = LedgerClient::connect_with(peers, tls).await?;
+    let mut after = None;
+    let mut copied = 0;
+    loop {
+        let page = client.history_export(group_idx, after).await?;
+        copied += page.records.len();
+        let history = history.clone();
+        let records = page.records;
+        tokio::task::spawn_blocking(move || history.insert(records))
+            .await
+            .map_err(|e| LedgerError::Unavailable { reason: e.to_string() })?
+            .map_err(|e| LedgerError::storage("filling in the request history", e))?;
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(copied),
+        }
+    }
+}
