@@ -18,6 +18,7 @@ mod group;
 mod grpc;
 mod grpc_network;
 mod kv;
+mod ledger_clock;
 mod log_store;
 mod membership;
 mod network;

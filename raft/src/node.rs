@@ -131,6 +131,9 @@ pub struct NodeStats {
     /// Batches (Raft entries) this node proposed, and the commands they carried.
     pub n_batches_proposed: u64,
     pub n_commands_proposed: u64,
+    /// Wall clock steps this node noticed (beyond `CLOCK_JUMP_MS` off its monotonic
+    /// clock); batch stamps keep the monotonic pace across them.
+    pub n_clock_jumps: u64,
 }
 
 impl NodeOptions {

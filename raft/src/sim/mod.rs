@@ -12,8 +12,8 @@
 //! let clients send random top-ups, key creations and revocations, reserves, settles and
 //! releases, and run the gateway's request path (reserve with a TTL, a delay, a settle of
 //! usage up to 3× the hold), while the nemesis partitions, degrades the network, crashes
-//! and restarts nodes, and now and then takes the ledger down for longer than holds
-//! live; heal everything; resend every command (an acknowledged one must get its first
+//! and restarts nodes, steps nodes' wall clocks forward and back by up to an hour, and
+//! now and then takes the ledger down for longer than holds live; heal everything; resend every command (an acknowledged one must get its first
 //! outcome again; an in-doubt one is settled by this); wait until the replicas of each
 //! group have applied the same log; then check:
 //! * every replica's ledger is identical, and passes the bank audit (write-offs and
@@ -165,6 +165,100 @@ fn a_late_top_up_retry_after_a_leader_change_credits_once() {
             assert_eq!(ledger.account(account).map(|a| a.credits), Some(amount));
             assert_eq!(ledger.audit().credited, amount);
         }
+    });
+}
+
+/// An hour: how far the clock-step test steps a leader's wall clock.
+const HOUR_MS: i64 = 3_600_000;
+
+/// A leader whose wall clock steps an hour forward voids no live hold in its next batch,
+/// and once it steps back, ledger time does not freeze: holds still expire on time. Both
+/// steps are counted. (Batches were stamped with the wall clock: the first step voided the
+/// hold at once, the second froze ledger time for an hour.)
+#[test]
+fn a_leader_clock_step_neither_voids_live_holds_nor_freezes_ledger_time() {
+    const TTL_MS: u64 = 10_000;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime builds");
+    runtime.block_on(async {
+        let mut rng = StdRng::seed_from_u64(REPLAY_SEED);
+        let shape = Shape {
+            n_nodes: 3,
+            n_groups: 1,
+            snapshot_every_entries: 50,
+            entries_kept_after_snapshot: 5,
+            snapshot_chunk_bytes: 4096,
+            clock_skew_max_ms: 0,
+        };
+        let trace = Arc::new(Trace::new(false));
+        let cluster = Cluster::start(shape, StdRng::seed_from_u64(rng.gen()), trace).await;
+        let history = History::default();
+        let mut router = Router::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
+        let account = create_accounts(&mut router, &history, 1).await[0];
+        let mut n_commands = 0u128;
+        let mut command = |op: Op| {
+            n_commands += 1;
+            Command { id: OpId(0xc10c << 64 | n_commands), op }
+        };
+        let amount = PicoUsd(1_000);
+        let credited = router
+            .submit(
+                &command(Op::Credit { account, amount: PicoUsd(2 * amount.0) }),
+                RESOLVE_ATTEMPTS_MAX,
+            )
+            .await;
+        assert!(matches!(credited, Some(Ok(Reply::Credited { .. }))));
+        let reserve = |hold| Op::Reserve {
+            account,
+            key: KeyId(account.0),
+            hold: HoldId(hold),
+            amount,
+            ttl_ms: TTL_MS,
+        };
+        assert!(matches!(
+            router.submit(&command(reserve(1)), RESOLVE_ATTEMPTS_MAX).await,
+            Some(Ok(Reply::Reserved { .. }))
+        ));
+        let leader = cluster.node_ids().into_iter().find_map(|id| cluster.leader_seen_by(id, 0));
+        let leader = leader.expect("the group that acknowledged has a leader");
+
+        cluster.step_clock(leader, HOUR_MS);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let nothing = Some(Err(Rejection::UnknownHold));
+        assert_eq!(
+            router
+                .submit(&command(Op::Release { account, hold: HoldId(99) }), RESOLVE_ATTEMPTS_MAX)
+                .await,
+            nothing
+        );
+        for ledger in converge(&cluster).await {
+            let state = ledger.account(account).expect("created");
+            assert_eq!(state.n_holds, 1, "a live hold was voided by a clock step");
+        }
+
+        cluster.step_clock(leader, -2 * HOUR_MS);
+        assert!(matches!(
+            router.submit(&command(reserve(2)), RESOLVE_ATTEMPTS_MAX).await,
+            Some(Ok(Reply::Reserved { available: 0 }))
+        ));
+        tokio::time::sleep(Duration::from_millis(TTL_MS + 1_000)).await;
+        assert_eq!(
+            router
+                .submit(&command(Op::Release { account, hold: HoldId(99) }), RESOLVE_ATTEMPTS_MAX)
+                .await,
+            nothing
+        );
+        for ledger in converge(&cluster).await {
+            let state = ledger.account(account).expect("created");
+            assert_eq!(state.n_holds, 0, "holds outlived their TTL: ledger time froze");
+            assert_eq!(state.available(), 2 * amount.0 as i128);
+        }
+        let stats = cluster.stats(leader, 0).expect("the leader is up");
+        assert_eq!(stats.leader_id, Some(leader), "no other node stamped");
+        assert_eq!(stats.n_clock_jumps, 2);
     });
 }
 
