@@ -150,7 +150,8 @@ struct Submission {
 /// Group commit: one task drains whatever submissions are queued (up to
 /// `BATCH_COMMANDS_MAX`) and proposes them as one entry. While an entry is being committed
 /// the next submissions queue up, so the batch size follows the load with no timer: a
-/// command waits at most for the proposal in flight plus its own.
+/// command waits at most for the proposal in flight plus its own. Submissions whose
+/// caller has gone meanwhile are dropped unproposed.
 struct Batcher {
     raft: Raft,
     state: Arc<SharedState>,
@@ -163,6 +164,12 @@ impl Batcher {
         let mut submissions = Vec::with_capacity(BATCH_COMMANDS_MAX);
         while submit_rx.recv_many(&mut submissions, BATCH_COMMANDS_MAX).await > 0 {
             assert!(submissions.len() <= BATCH_COMMANDS_MAX);
+            // A caller that gave up (its deadline passed, its client went away) waits for
+            // nothing: proposing its command would only add a copy beside its retry.
+            submissions.retain(|submission| !submission.reply.is_closed());
+            if submissions.is_empty() {
+                continue;
+            }
             let (commands, replies): (Vec<Command>, Vec<_>) =
                 submissions.drain(..).map(|s| (s.command, s.reply)).unzip();
             self.counters.n_batches.fetch_add(1, Ordering::Relaxed);

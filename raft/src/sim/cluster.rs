@@ -41,6 +41,18 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// Three nodes, one group, no clock skew: for targeted tests of one fault.
+    pub fn calm() -> Shape {
+        Shape {
+            n_nodes: 3,
+            n_groups: 1,
+            snapshot_every_entries: 50,
+            entries_kept_after_snapshot: 5,
+            snapshot_chunk_bytes: 4096,
+            clock_skew_max_ms: 0,
+        }
+    }
+
     pub fn draw(rng: &mut StdRng) -> Shape {
         Shape {
             n_nodes: if rng.gen_bool(0.7) { 3 } else { 5 },
