@@ -1,7 +1,8 @@
 use crate::money::{PicoUsd, AMOUNT_MAX};
+use imbl::{HashMap, OrdSet, Vector};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 /// How long (in batch stamps) the ledger remembers an applied operation id, to answer a
@@ -315,7 +316,9 @@ pub struct Audit {
     pub problems: Vec<String>,
 }
 
-/// The whole replicated state. Serializable as a snapshot.
+/// The whole replicated state. Serializable as a snapshot. Its maps are persistent
+/// (`imbl`): a clone shares their nodes, so it costs O(1) and a snapshot encodes a copy
+/// while apply goes on; each write copies the O(log n) nodes on its path.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
     accounts: HashMap<AccountId, Account>,
@@ -323,19 +326,19 @@ pub struct Ledger {
     keys_by_hash: HashMap<KeyHash, KeyId>,
     holds: HashMap<HoldId, Hold>,
     /// Holds ordered by expiry, for deterministic voiding.
-    expiry: BTreeSet<(u64, HoldId)>,
+    expiry: OrdSet<(u64, HoldId)>,
     /// Settled holds with their first reply, so a retried settle is answered and not
     /// charged again: each is remembered until [`SETTLED_REMEMBERED_FOR_MS`] of batch
     /// stamps past the later of its settle and its hold's expiry. The request's record
     /// itself leaves the state machine: [`settled_records`] hands it to the history store.
     settled: HashMap<HoldId, (AccountId, Reply)>,
     /// The settled holds by the stamp at which they are forgotten, oldest first.
-    settled_order: BTreeSet<(u64, HoldId)>,
+    settled_order: OrdSet<(u64, HoldId)>,
     /// Idempotency window: op id → (fingerprint of the op, outcome), for
     /// [`OPS_REMEMBERED_FOR_MS`] of batch stamps. Applied top-ups are in `top_ups` instead.
     applied: HashMap<OpId, (u64, Outcome)>,
     /// The window's ids with the stamp they were applied at, oldest first.
-    applied_order: VecDeque<(u64, OpId)>,
+    applied_order: Vector<(u64, OpId)>,
     /// Every applied top-up of each account, by op id (which the gateway derives from the
     /// account and the caller's idempotency key), at most [`TOP_UPS_PER_ACCOUNT_MAX`] each.
     top_ups: HashMap<AccountId, HashMap<OpId, TopUp>>,
@@ -412,11 +415,11 @@ impl Ledger {
 
     /// Forgets the settled holds whose time is up at `stamp_ms`.
     fn forget_settled(&mut self, stamp_ms: u64) {
-        while let Some(&(forget_at_ms, hold)) = self.settled_order.first() {
+        while let Some(&(forget_at_ms, hold)) = self.settled_order.get_min() {
             if forget_at_ms > stamp_ms {
                 break;
             }
-            self.settled_order.pop_first();
+            self.settled_order.remove(&(forget_at_ms, hold));
             assert!(self.settled.remove(&hold).is_some(), "settled holds out of sync");
         }
     }
@@ -564,13 +567,16 @@ impl Ledger {
         let forget_at_ms =
             expires_at_ms.max(self.stamp_ms).saturating_add(SETTLED_REMEMBERED_FOR_MS);
         assert!(self.settled.insert(hold, (account, reply.clone())).is_none(), "settled once");
-        assert!(self.settled_order.insert((forget_at_ms, hold)), "settled once");
+        assert!(self.settled_order.insert((forget_at_ms, hold)).is_none(), "settled once");
         Ok(reply)
     }
 
     fn void_hold(&mut self, hold: HoldId) {
         let entry = self.holds.remove(&hold).expect("voiding a known hold");
-        assert!(self.expiry.remove(&(entry.expires_at_ms, hold)), "expiry index out of sync");
+        assert!(
+            self.expiry.remove(&(entry.expires_at_ms, hold)).is_some(),
+            "expiry index out of sync"
+        );
         let account = self.accounts.get_mut(&entry.account).expect("hold of a known account");
         account.debits_pending = PicoUsd(
             account.debits_pending.0.checked_sub(entry.amount.0).expect("pending underflow"),
@@ -579,7 +585,7 @@ impl Ledger {
     }
 
     fn expire(&mut self, stamp_ms: u64) {
-        while let Some(&(expires_at_ms, hold)) = self.expiry.first() {
+        while let Some(&(expires_at_ms, hold)) = self.expiry.get_min() {
             if expires_at_ms > stamp_ms {
                 break;
             }
@@ -595,7 +601,7 @@ impl Ledger {
     /// to propose an empty batch once that time has passed, so a hold abandoned by a
     /// crashed gateway is voided even when no other command reaches its group.
     pub fn next_expiry_ms(&self) -> Option<u64> {
-        self.expiry.first().map(|(expires_at_ms, _)| *expires_at_ms)
+        self.expiry.get_min().map(|(expires_at_ms, _)| *expires_at_ms)
     }
 
     pub fn account(&self, account: AccountId) -> Option<&Account> {

@@ -8,7 +8,7 @@ use crate::node::{Inner, LedgerNode};
 use openraft::error::RaftError;
 use solrouter_ledger::Batch;
 use std::sync::Weak;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
@@ -41,16 +41,15 @@ async fn expire_if_due(node: &LedgerNode, group_idx: u32) -> bool {
     if group.raft().metrics().borrow().current_leader != Some(node.id()) {
         return true;
     }
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
-    let due_ms = group.read_local(|ledger| ledger.next_expiry_ms());
-    if due_ms.is_none_or(|due_ms| due_ms > now_ms) {
+    let Some(due_ms) = group.read_local(|ledger| ledger.next_expiry_ms()) else { return true };
+    // Ledger time, not the wall clock: a stepped clock must not void a live hold early
+    // (`ledger_clock.rs`). Drawing a stamp that is not proposed costs nothing: stamps only
+    // grow, each within the monotonic clock's pace.
+    let stamp_ms = group.next_stamp_ms();
+    if due_ms > stamp_ms {
         return true;
     }
-    // The ledger keeps the larger of this stamp and the last one, so a clock behind an
-    // earlier leader's cannot move time back.
-    let batch = Batch { stamp_ms: now_ms, commands: Vec::new() };
+    let batch = Batch { stamp_ms, commands: Vec::new() };
     // openraft 0.9 never answers a write whose entry a snapshot replaced after this node
     // stepped down (found by the simulation, see `group.rs`), so the write is bounded: on
     // timeout the next check simply tries again, on whichever node then leads.

@@ -4,6 +4,7 @@
 use crate::error::LedgerError;
 use crate::history::History;
 use crate::kv::KvTree;
+use crate::ledger_clock::LedgerClock;
 use crate::log_store::LogStore;
 use crate::state_machine::{SharedState, StateMachine};
 use crate::types::{NodeId, Raft};
@@ -11,12 +12,12 @@ use crate::{NodeStats, SUBMIT_QUEUE_MAX, SUBMIT_TIMEOUT};
 use openraft::{Config, RaftNetworkFactory};
 use solrouter_ledger::{Batch, Command, Ledger, Outcome, BATCH_COMMANDS_MAX};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
-/// Where batch stamps come from, in ms since the Unix epoch: [`wall_clock_ms`] in
-/// production, the simulation's virtual clock in tests.
+/// The wall clock batch stamps converge on (see [`LedgerClock`]), in ms since the Unix
+/// epoch: [`wall_clock_ms`] in production, the simulation's virtual clock in tests.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// The system clock in ms since the Unix epoch (0 if it is set before 1970).
@@ -31,6 +32,7 @@ pub struct Group {
     state: Arc<SharedState>,
     submit_tx: mpsc::Sender<Submission>,
     counters: Arc<Counters>,
+    clock: Arc<Mutex<LedgerClock>>,
 }
 
 impl Group {
@@ -67,16 +69,17 @@ impl Group {
             .map_err(|e| LedgerError::from_fatal("starting raft", e))?;
         let (submit_tx, submit_rx) = mpsc::channel(SUBMIT_QUEUE_MAX);
         let counters = Arc::new(Counters::default());
+        let clock = Arc::new(Mutex::new(LedgerClock::new(clock)));
+        let group = Group { raft, state, submit_tx, counters, clock };
         let batcher = Batcher {
-            raft: raft.clone(),
-            state: Arc::clone(&state),
-            counters: Arc::clone(&counters),
-            clock,
-            stamp_ms_last: 0,
+            raft: group.raft.clone(),
+            state: Arc::clone(&group.state),
+            counters: Arc::clone(&group.counters),
+            clock: Arc::clone(&group.clock),
         };
         // The batcher ends when the group (the only sender) is dropped.
         tokio::spawn(batcher.run(submit_rx));
-        Ok(Group { raft, state, submit_tx, counters })
+        Ok(group)
     }
 
     pub fn raft(&self) -> &Raft {
@@ -110,6 +113,11 @@ impl Group {
         f(&self.state.read().ledger)
     }
 
+    /// The stamp for a batch proposed now (see [`LedgerClock`]).
+    pub fn next_stamp_ms(&self) -> u64 {
+        next_stamp_ms(&self.clock, &self.state)
+    }
+
     pub async fn shutdown(&self) -> Result<(), LedgerError> {
         self.raft.shutdown().await.map_err(|e| LedgerError::Unavailable {
             reason: format!("raft core failed while shutting down: {e}"),
@@ -126,6 +134,7 @@ impl Group {
             leader_id: metrics.current_leader,
             n_batches_proposed: self.counters.n_batches.load(Ordering::Relaxed),
             n_commands_proposed: self.counters.n_commands.load(Ordering::Relaxed),
+            n_clock_jumps: self.clock.lock().expect("clock lock poisoned").n_jumps(),
         }
     }
 }
@@ -144,25 +153,31 @@ struct Submission {
 /// Group commit: one task drains whatever submissions are queued (up to
 /// `BATCH_COMMANDS_MAX`) and proposes them as one entry. While an entry is being committed
 /// the next submissions queue up, so the batch size follows the load with no timer: a
-/// command waits at most for the proposal in flight plus its own.
+/// command waits at most for the proposal in flight plus its own. Submissions whose
+/// caller has gone meanwhile are dropped unproposed.
 struct Batcher {
     raft: Raft,
     state: Arc<SharedState>,
     counters: Arc<Counters>,
-    clock: Clock,
-    stamp_ms_last: u64,
+    clock: Arc<Mutex<LedgerClock>>,
 }
 
 impl Batcher {
-    async fn run(mut self, mut submit_rx: mpsc::Receiver<Submission>) {
+    async fn run(self, mut submit_rx: mpsc::Receiver<Submission>) {
         let mut submissions = Vec::with_capacity(BATCH_COMMANDS_MAX);
         while submit_rx.recv_many(&mut submissions, BATCH_COMMANDS_MAX).await > 0 {
             assert!(submissions.len() <= BATCH_COMMANDS_MAX);
+            // A caller that gave up (its deadline passed, its client went away) waits for
+            // nothing: proposing its command would only add a copy beside its retry.
+            submissions.retain(|submission| !submission.reply.is_closed());
+            if submissions.is_empty() {
+                continue;
+            }
             let (commands, replies): (Vec<Command>, Vec<_>) =
                 submissions.drain(..).map(|s| (s.command, s.reply)).unzip();
             self.counters.n_batches.fetch_add(1, Ordering::Relaxed);
             self.counters.n_commands.fetch_add(commands.len() as u64, Ordering::Relaxed);
-            let batch = Batch { stamp_ms: self.next_stamp_ms(), commands };
+            let batch = Batch { stamp_ms: next_stamp_ms(&self.clock, &self.state), commands };
             let n_commands = batch.commands.len();
             match self.propose(batch).await {
                 Ok(outcomes) => {
@@ -213,13 +228,11 @@ impl Batcher {
             }
         }
     }
+}
 
-    /// The leader's clock in ms, never below the previous stamp nor below the state's
-    /// (a clock stepped back, or a new leader whose clock lags, must not move time back).
-    fn next_stamp_ms(&mut self) -> u64 {
-        let now_ms = (self.clock)();
-        let applied_ms = self.state.read().ledger.stamp_ms();
-        self.stamp_ms_last = now_ms.max(self.stamp_ms_last).max(applied_ms);
-        self.stamp_ms_last
-    }
+/// The stamp for a batch proposed now, never below the state's (a new leader continues
+/// from it).
+fn next_stamp_ms(clock: &Mutex<LedgerClock>, state: &SharedState) -> u64 {
+    let applied_ms = state.read().ledger.stamp_ms();
+    clock.lock().expect("clock lock poisoned").next_stamp_ms(applied_ms)
 }

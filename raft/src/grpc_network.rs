@@ -4,6 +4,18 @@
 //!
 //! The protobuf messages are envelopes around [`codec`] bytes (see `proto/raft.proto`): openraft's
 //! types cross the wire unchanged and never leave this crate.
+//!
+//! A failed RPC is classified for openraft: a peer that cannot be reached (`Unavailable`)
+//! is `Unreachable`, which backs off (at most [`RPC_BACKOFF_MAX`], well inside an election
+//! timeout, so a peer back from a blip hears from its leader before it starts an
+//! election); a deadline is a `Timeout`; anything else the peer or the transport refused
+//! is a `Network` error; neither backs off. openraft 0.9 bounds every AppendEntries by the
+//! heartbeat interval whatever it carries, so the payload is sized to that instead: an
+//! AppendEntries that timed out halves the entries the next one may carry (openraft
+//! re-sends at once with fewer when told `PayloadTooLarge`), and each success doubles them
+//! back up to `APPEND_ENTRIES_MAX`. A snapshot's last chunk is answered only after the
+//! follower installed it; `INSTALL_SNAPSHOT_TIMEOUT` covers that, the others get
+//! `SNAPSHOT_CHUNK_TIMEOUT`.
 
 use crate::codec;
 use crate::grpc::raft_service_client::RaftServiceClient;
@@ -11,11 +23,12 @@ use crate::grpc::raft_service_server::RaftService;
 use crate::grpc::{RaftReply, RaftRequest};
 use crate::tls::{self, TlsConfig};
 use crate::types::{NodeId, Raft, TypeConfig};
-use crate::RPC_BYTES_MAX;
+use crate::{APPEND_ENTRIES_MAX, ELECTION_TIMEOUT_MIN, RPC_BYTES_MAX, SNAPSHOT_CHUNK_TIMEOUT};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -24,24 +37,38 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::transport::Channel;
+
+/// Pause before the first retry to an unreachable peer; it doubles with each further
+/// failure up to [`RPC_BACKOFF_MAX`], and is forgotten after a success.
+pub const RPC_BACKOFF_FIRST: Duration = Duration::from_millis(10);
+/// Longest pause between attempts to reach a peer: half the shortest election timeout
+/// (openraft's default, 500 ms, exceeded it, so a follower back from a blip timed out and
+/// deposed a healthy leader).
+pub const RPC_BACKOFF_MAX: Duration = Duration::from_millis(75);
+const _: () = assert!(RPC_BACKOFF_MAX.as_millis() * 2 <= ELECTION_TIMEOUT_MIN.as_millis());
 
 /// Connects group `group`'s Raft instance to the same group on other nodes, over mutual
 /// TLS when the cluster has a [`TlsConfig`].
 pub struct GrpcNetwork {
+    id: NodeId,
     group: u32,
     tls: Option<TlsConfig>,
 }
 
 impl GrpcNetwork {
-    pub fn new(group: u32, tls: Option<TlsConfig>) -> GrpcNetwork {
-        GrpcNetwork { group, tls }
+    /// The network of node `id`'s replica of `group`.
+    pub fn new(id: NodeId, group: u32, tls: Option<TlsConfig>) -> GrpcNetwork {
+        GrpcNetwork { id, group, tls }
     }
 }
 
 pub struct GrpcConnection {
+    id: NodeId,
     group: u32,
     target: NodeId,
+    entries: EntriesBudget,
     /// An address that does not parse fails every RPC with that reason.
     client: Result<RaftServiceClient<Channel>, String>,
 }
@@ -60,7 +87,8 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
                     .max_encoding_message_size(RPC_BYTES_MAX)
             })
             .map_err(|e| format!("bad address {:?} of node {target}: {e}", node.addr));
-        GrpcConnection { group: self.group, target, client }
+        let entries = EntriesBudget::default();
+        GrpcConnection { id: self.id, group: self.group, target, entries, client }
     }
 }
 
@@ -79,7 +107,8 @@ type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 impl GrpcConnection {
-    async fn call<Q, T, E>(&mut self, rpc: Rpc, request: &Q, option: RPCOption) -> RpcResult<T, E>
+    /// Sends `request`, failing with a `Timeout` after `timeout`.
+    async fn call<Q, T, E>(&mut self, rpc: Rpc, request: &Q, timeout: Duration) -> RpcResult<T, E>
     where
         Q: Serialize,
         T: DeserializeOwned,
@@ -94,16 +123,67 @@ impl GrpcConnection {
         let payload = codec::encode(request).map_err(|e| network_error(&e))?;
         let mut envelope =
             tonic::Request::new(RaftRequest { group: self.group, payload: payload.into() });
-        envelope.set_timeout(option.hard_ttl());
+        envelope.set_timeout(timeout);
         let reply = match rpc {
             Rpc::AppendEntries => client.append_entries(envelope).await,
             Rpc::InstallSnapshot => client.install_snapshot(envelope).await,
             Rpc::Vote => client.vote(envelope).await,
         };
-        let reply = reply.map_err(|status| RPCError::Unreachable(Unreachable::new(&status)))?;
+        let reply =
+            reply.map_err(|status| classify(&status, rpc, self.id, self.target, timeout))?;
         let result: Result<T, RaftError<NodeId, E>> =
             codec::decode(&reply.into_inner().payload).map_err(|e| network_error(&e))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// What a gRPC failure means to openraft (see the module doc).
+fn classify<E: std::error::Error>(
+    status: &tonic::Status,
+    rpc: Rpc,
+    id: NodeId,
+    target: NodeId,
+    timeout: Duration,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    match status.code() {
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(status)),
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            let action = match rpc {
+                Rpc::AppendEntries => RPCTypes::AppendEntries,
+                Rpc::InstallSnapshot => RPCTypes::InstallSnapshot,
+                Rpc::Vote => RPCTypes::Vote,
+            };
+            RPCError::Timeout(Timeout { action, id, target, timeout })
+        }
+        _ => network_error(status),
+    }
+}
+
+/// How many entries the next AppendEntries to one peer may carry (see the module doc).
+struct EntriesBudget {
+    entries_max: u64,
+}
+
+impl Default for EntriesBudget {
+    fn default() -> EntriesBudget {
+        EntriesBudget { entries_max: APPEND_ENTRIES_MAX }
+    }
+}
+
+impl EntriesBudget {
+    /// `Some(fewer)` if `n_entries` are more than the budget allows.
+    fn refuse(&self, n_entries: u64) -> Option<u64> {
+        (n_entries > self.entries_max).then_some(self.entries_max)
+    }
+
+    /// A reply, or a timeout, of an AppendEntries that carried `n_entries`.
+    fn record(&mut self, n_entries: u64, timed_out: bool) {
+        if timed_out {
+            self.entries_max = (n_entries / 2).clamp(1, self.entries_max);
+        } else {
+            self.entries_max = (self.entries_max * 2).min(APPEND_ENTRIES_MAX);
+        }
+        assert!((1..=APPEND_ENTRIES_MAX).contains(&self.entries_max));
     }
 }
 
@@ -119,7 +199,18 @@ impl RaftNetwork<TypeConfig> for GrpcConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        self.call(Rpc::AppendEntries, &rpc, option).await
+        let n_entries = rpc.entries.len() as u64;
+        if let Some(fewer) = self.entries.refuse(n_entries) {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fewer)));
+        }
+        // openraft cancels the call at `hard_ttl`; ending it at `soft_ttl` lets the timeout
+        // be seen, and the next payload shrunk.
+        let result = self.call(Rpc::AppendEntries, &rpc, option.soft_ttl()).await;
+        if n_entries > 0 {
+            let timed_out = matches!(result, Err(RPCError::Timeout(_)));
+            self.entries.record(n_entries, timed_out);
+        }
+        result
     }
 
     async fn install_snapshot(
@@ -127,7 +218,13 @@ impl RaftNetwork<TypeConfig> for GrpcConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(Rpc::InstallSnapshot, &rpc, option).await
+        // openraft gives every chunk the install's timeout; only the last one waits for it.
+        let timeout = if rpc.done {
+            option.hard_ttl()
+        } else {
+            SNAPSHOT_CHUNK_TIMEOUT.min(option.hard_ttl())
+        };
+        self.call(Rpc::InstallSnapshot, &rpc, timeout).await
     }
 
     async fn vote(
@@ -135,7 +232,14 @@ impl RaftNetwork<TypeConfig> for GrpcConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        self.call(Rpc::Vote, &rpc, option).await
+        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        let doubling = std::iter::successors(Some(RPC_BACKOFF_FIRST), |pause| {
+            Some((*pause * 2).min(RPC_BACKOFF_MAX))
+        });
+        Backoff::new(doubling)
     }
 }
 
@@ -198,5 +302,79 @@ impl RaftService for RaftRpcServer {
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
         let (raft, rpc): (_, VoteRequest<NodeId>) = self.decode(request)?;
         reply(&raft.vote(rpc).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Error = RPCError<NodeId, BasicNode, RaftError<NodeId>>;
+
+    #[test]
+    fn statuses_are_classified_as_unreachable_timeout_or_refused() {
+        let check = |code: tonic::Code, expected: fn(&Error) -> bool| {
+            let status = tonic::Status::new(code, "test");
+            let classified: Error = classify(&status, Rpc::AppendEntries, 1, 2, HEARTBEAT);
+            assert!(expected(&classified), "{code:?} became {classified:?}");
+        };
+        check(tonic::Code::Unavailable, |e| matches!(e, RPCError::Unreachable(_)));
+        check(
+            tonic::Code::DeadlineExceeded,
+            |e| matches!(e, RPCError::Timeout(t) if (t.id, t.target, t.timeout) == (1, 2, HEARTBEAT)),
+        );
+        check(tonic::Code::Cancelled, |e| matches!(e, RPCError::Timeout(_)));
+        for refused in [
+            tonic::Code::InvalidArgument,
+            tonic::Code::Internal,
+            tonic::Code::Unauthenticated,
+            tonic::Code::PermissionDenied,
+            tonic::Code::ResourceExhausted,
+            tonic::Code::Unimplemented,
+        ] {
+            check(refused, |e| matches!(e, RPCError::Network(_)));
+        }
+    }
+
+    const HEARTBEAT: Duration = crate::HEARTBEAT_INTERVAL;
+
+    #[test]
+    fn backoff_grows_but_stays_inside_an_election_timeout() {
+        let connection = GrpcConnection {
+            id: 1,
+            group: 0,
+            target: 2,
+            entries: EntriesBudget::default(),
+            client: Err("unused".to_owned()),
+        };
+        let pauses: Vec<Duration> = connection.backoff().take(20).collect();
+        assert_eq!(pauses[0], RPC_BACKOFF_FIRST);
+        assert!(pauses.windows(2).all(|pair| pair[0] <= pair[1]));
+        assert_eq!(pauses[19], RPC_BACKOFF_MAX);
+        assert!(pauses.iter().all(|pause| *pause < ELECTION_TIMEOUT_MIN));
+    }
+
+    /// A timed-out AppendEntries halves what the next may carry, down to one entry; each
+    /// answered one doubles it back up to `APPEND_ENTRIES_MAX`. Heartbeats are never
+    /// refused.
+    #[test]
+    fn a_timeout_shrinks_the_next_append_entries() {
+        let mut budget = EntriesBudget::default();
+        assert_eq!(budget.refuse(APPEND_ENTRIES_MAX), None);
+        budget.record(APPEND_ENTRIES_MAX, true);
+        assert_eq!(budget.refuse(APPEND_ENTRIES_MAX), Some(APPEND_ENTRIES_MAX / 2));
+        for _ in 0..10 {
+            let allowed = budget.entries_max;
+            budget.record(allowed, true);
+        }
+        assert_eq!(budget.refuse(2), Some(1));
+        assert_eq!(budget.refuse(1), None);
+        assert_eq!(budget.refuse(0), None);
+        budget.record(1, false);
+        assert_eq!(budget.refuse(3), Some(2));
+        for _ in 0..10 {
+            budget.record(1, false);
+        }
+        assert_eq!(budget.refuse(APPEND_ENTRIES_MAX), None);
     }
 }

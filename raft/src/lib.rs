@@ -20,6 +20,7 @@ mod grpc;
 mod grpc_network;
 mod history;
 mod kv;
+mod ledger_clock;
 mod log_store;
 mod membership;
 mod network;
@@ -106,6 +107,12 @@ pub const APPEND_ENTRIES_MAX: u64 = 8;
 pub const RPC_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Snapshot bytes per InstallSnapshot RPC.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// How long one snapshot chunk but the last may take to cross: 4 MiB at under 1 MB/s.
+pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the last chunk's reply may take: the follower answers it only once it has
+/// decoded, saved and flushed the whole snapshot, seconds for a large ledger
+/// (`docs/storage.md`). openraft's default, 200 ms, timed every large install out.
+pub const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long connecting to a peer may take before the RPC counts as unreachable.
 pub const RPC_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a TLS handshake may take, on either side, before the connection is dropped: a
@@ -117,5 +124,6 @@ const _: () = assert!(NAME_BYTES_MAX * 2 + 256 <= COMMAND_BYTES_MAX);
 // The envelope and the codec's framing fit in the slack left by the entries.
 const _: () = assert!(APPEND_ENTRIES_MAX as usize * ENTRY_BYTES_MAX <= RPC_BYTES_MAX * 3 / 4);
 const _: () = assert!(SNAPSHOT_CHUNK_BYTES as usize * 2 <= RPC_BYTES_MAX);
+const _: () = assert!(SNAPSHOT_CHUNK_TIMEOUT.as_millis() <= INSTALL_SNAPSHOT_TIMEOUT.as_millis());
 const _: () = assert!(HEARTBEAT_INTERVAL.as_millis() * 3 <= ELECTION_TIMEOUT_MIN.as_millis());
 const _: () = assert!(ELECTION_TIMEOUT_MIN.as_millis() < ELECTION_TIMEOUT_MAX.as_millis());

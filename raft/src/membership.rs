@@ -4,8 +4,9 @@
 
 use crate::error::LedgerError;
 use crate::group::Group;
+use crate::types::NodeId;
 use crate::wire::MembershipChange;
-use openraft::{BasicNode, ChangeMembers};
+use openraft::{BasicNode, ChangeMembers, Membership};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -17,27 +18,95 @@ pub const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Applies `change` to `group`; must run on the group's leader (else `NotLeader`).
 /// Adding first makes the node a learner and waits until it has caught up, so promoting
 /// it to voter never makes commits wait for a node far behind. Repeating a change that is
-/// already in effect succeeds, so an operator (or a retry) may run it again.
+/// already in effect succeeds, so an operator (or a retry) may run it again; a change that
+/// cannot be what was meant fails at once (see [`plan`]).
 pub(crate) async fn change(group: &Group, change: &MembershipChange) -> Result<(), LedgerError> {
-    let changes = match change {
-        MembershipChange::Add { id, addr } => {
-            let adding = group.raft().add_learner(*id, BasicNode::new(addr), true);
+    let membership = group.raft().metrics().borrow().membership_config.clone();
+    let changes = match plan(membership.membership(), change)? {
+        Plan::Nothing => return Ok(()),
+        Plan::Change(changes) => changes,
+        Plan::AddLearnerThenVoter { id, addr } => {
+            let adding = group.raft().add_learner(id, BasicNode::new(addr), true);
             match tokio::time::timeout(LEARNER_CATCH_UP_TIMEOUT, adding).await {
                 Ok(added) => added.map_err(LedgerError::from_membership_change)?,
                 Err(_elapsed) => return Err(LedgerError::Timeout(LEARNER_CATCH_UP_TIMEOUT)),
             };
-            ChangeMembers::AddVoterIds(BTreeSet::from([*id]))
-        }
-        MembershipChange::Remove { id } => {
-            let membership = group.raft().metrics().borrow().membership_config.clone();
-            if !membership.membership().nodes().any(|(node_id, _)| node_id == id) {
-                return Ok(());
-            }
-            ChangeMembers::RemoveVoters(BTreeSet::from([*id]))
+            ChangeMembers::AddVoterIds(BTreeSet::from([id]))
         }
     };
     // `retain = false`: a removed voter leaves the group rather than staying a learner.
     let changing = group.raft().change_membership(changes, false);
     changing.await.map_err(LedgerError::from_membership_change)?;
     Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Plan<'a> {
+    Nothing,
+    AddLearnerThenVoter { id: NodeId, addr: &'a str },
+    Change(ChangeMembers<NodeId, BasicNode>),
+}
+
+/// What `change` takes given the group's `membership`. Re-adding a member at another
+/// address is refused: openraft would keep the old address and report success (a node
+/// that lost its disk must come back under a new id, after the old one is removed). A
+/// learner is removed as a node: removing it as a voter did nothing.
+fn plan<'a>(
+    membership: &Membership<NodeId, BasicNode>,
+    change: &'a MembershipChange,
+) -> Result<Plan<'a>, LedgerError> {
+    match change {
+        MembershipChange::Add { id, addr } => match membership.get_node(id) {
+            Some(node) if node.addr != *addr => Err(LedgerError::Invalid(format!(
+                "node {id} is already a member at {}; to move it to {addr}, remove node {id} and \
+                 add the node under a new id",
+                node.addr
+            ))),
+            _ => Ok(Plan::AddLearnerThenVoter { id: *id, addr }),
+        },
+        MembershipChange::Remove { id } if membership.voter_ids().any(|voter| voter == *id) => {
+            Ok(Plan::Change(ChangeMembers::RemoveVoters(BTreeSet::from([*id]))))
+        }
+        MembershipChange::Remove { id } if membership.get_node(id).is_some() => {
+            Ok(Plan::Change(ChangeMembers::RemoveNodes(BTreeSet::from([*id]))))
+        }
+        MembershipChange::Remove { .. } => Ok(Plan::Nothing),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn membership_mistakes_fail_at_once_or_do_what_they_say() {
+        let nodes: BTreeMap<NodeId, BasicNode> =
+            (1..=4).map(|id| (id, BasicNode::new(format!("10.0.0.{id}:7000")))).collect();
+        // Voters 1..=3, learner 4.
+        let membership = Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes);
+        let add = |id: NodeId, addr: &str| MembershipChange::Add { id, addr: addr.to_owned() };
+        let check = |change: MembershipChange, expected: Result<Plan, &str>| {
+            let planned = plan(&membership, &change).map_err(|e| e.to_string());
+            match expected {
+                Ok(plan) => assert_eq!(planned, Ok(plan), "{change:?}"),
+                Err(part) => assert!(
+                    planned.as_ref().is_err_and(|e| e.contains(part)),
+                    "{change:?} gave {planned:?}"
+                ),
+            }
+        };
+        let again = add(2, "10.0.0.2:7000");
+        check(again, Ok(Plan::AddLearnerThenVoter { id: 2, addr: "10.0.0.2:7000" }));
+        check(add(2, "10.0.0.9:7000"), Err("node 2 is already a member at 10.0.0.2:7000"));
+        check(add(4, "10.0.0.9:7000"), Err("remove node 4"));
+        let new = add(5, "10.0.0.5:7000");
+        check(new, Ok(Plan::AddLearnerThenVoter { id: 5, addr: "10.0.0.5:7000" }));
+        let remove = |id| MembershipChange::Remove { id };
+        let voters = ChangeMembers::RemoveVoters(BTreeSet::from([3]));
+        check(remove(3), Ok(Plan::Change(voters)));
+        let learner = ChangeMembers::RemoveNodes(BTreeSet::from([4]));
+        check(remove(4), Ok(Plan::Change(learner)));
+        check(remove(9), Ok(Plan::Nothing));
+    }
 }

@@ -21,8 +21,9 @@ use crate::types::NodeId;
 use crate::wire::{self, Consistency, MembershipChange, ReadAnswer, ReadRequest, Topology};
 use crate::{
     APPEND_ENTRIES_MAX, ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, ENTRIES_KEPT_AFTER_SNAPSHOT,
-    HEARTBEAT_INTERVAL, LEADER_WAIT_TIMEOUT, OPEN_LOCK_ATTEMPTS_MAX, OPEN_LOCK_RETRY_INTERVAL,
-    RPC_BYTES_MAX, SLED_CACHE_BYTES, SLOTS, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_EVERY_ENTRIES,
+    HEARTBEAT_INTERVAL, INSTALL_SNAPSHOT_TIMEOUT, LEADER_WAIT_TIMEOUT, OPEN_LOCK_ATTEMPTS_MAX,
+    OPEN_LOCK_RETRY_INTERVAL, RPC_BYTES_MAX, SLED_CACHE_BYTES, SLOTS, SNAPSHOT_CHUNK_BYTES,
+    SNAPSHOT_EVERY_ENTRIES,
 };
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
@@ -138,6 +139,9 @@ pub struct NodeStats {
     /// Batches (Raft entries) this node proposed, and the commands they carried.
     pub n_batches_proposed: u64,
     pub n_commands_proposed: u64,
+    /// Wall clock steps this node noticed (beyond `CLOCK_JUMP_MS` off its monotonic
+    /// clock); batch stamps keep the monotonic pace across them.
+    pub n_clock_jumps: u64,
 }
 
 impl NodeOptions {
@@ -278,7 +282,7 @@ impl LedgerNode {
         let raft_config = Arc::new(raft_config(options)?);
         let mut groups = Vec::new();
         for group_idx in 0..config.n_groups() {
-            let network = GrpcNetwork::new(group_idx, config.tls().cloned());
+            let network = GrpcNetwork::new(config.id(), group_idx, config.tls().cloned());
             let group_config = Arc::clone(&raft_config);
             let history = history.clone();
             let group =
@@ -673,6 +677,7 @@ fn raft_config(options: &NodeOptions) -> Result<Config, LedgerError> {
         election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
         max_payload_entries: APPEND_ENTRIES_MAX,
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT.as_millis() as u64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_every_entries),
         max_in_snapshot_log_to_keep: options.entries_kept_after_snapshot,
         ..Config::default()

@@ -37,7 +37,7 @@ pub struct Applied {
 
 /// The applied state, shared between openraft's state-machine task (writer) and the node's
 /// readers. A std lock, not a tokio one: critical sections never await and are short
-/// (one batch apply, one read closure, one snapshot serialization).
+/// (one batch apply, one read closure, one O(1) copy of the ledger for a snapshot).
 #[derive(Default)]
 pub struct SharedState {
     applied: RwLock<Applied>,
@@ -138,14 +138,13 @@ fn restore(meta: &SnapshotMeta, data: &[u8]) -> Result<Applied, StorageError> {
 }
 
 impl<K: KvTree> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
-    /// Serializes under the read lock, which holds back applies for that long; the ledger's
-    /// size is bounded (idempotency window, holds, accounts), and cloning it first would
-    /// cost the same time and twice the memory.
+    /// Copies the state under the read lock, which costs O(1) (the ledger's maps are
+    /// persistent), then encodes the copy with no lock held: apply, and the reads queued
+    /// behind its writer, never wait for an encode (issue 9: on a 2-worker runtime they
+    /// starved the Raft core's heartbeats for as long as a large snapshot took).
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let (meta, data) = {
+        let (ledger, meta) = {
             let applied = self.state.read();
-            let data = codec::encode(&applied.ledger)
-                .map_err(|e| StorageIOError::read_state_machine(&e))?;
             let snapshot_id = match applied.last_applied {
                 Some(log_id) => format!("{}-{}", log_id.leader_id.term, log_id.index),
                 None => "empty".to_owned(),
@@ -155,8 +154,9 @@ impl<K: KvTree> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
                 last_membership: applied.membership.clone(),
                 snapshot_id,
             };
-            (meta, data)
+            (applied.ledger.clone(), meta)
         };
+        let data = codec::encode(&ledger).map_err(|e| StorageIOError::read_state_machine(&e))?;
         let stored = StoredSnapshot { meta, data };
         self.save_snapshot(&stored).await?;
         Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
@@ -232,5 +232,107 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let stored = self.load_snapshot()?;
         Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ELECTION_TIMEOUT_MIN, HEARTBEAT_INTERVAL};
+    use openraft::CommittedLeaderId;
+    use solrouter_ledger::{AccountId, Batch, Command, Op, OpId, BATCH_COMMANDS_MAX};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// Accounts in the ledger the starvation test snapshots: enough that encoding it takes
+    /// several election timeouts in a debug build.
+    const N_ACCOUNTS: u64 = 300_000;
+    /// How often the stand-in for the Raft core's heartbeat timer ticks.
+    const TICK: Duration = Duration::from_millis(5);
+
+    fn entry(index: u64, commands: Vec<Command>) -> Entry {
+        let log_id = LogId::new(CommittedLeaderId::new(1, 1), index);
+        Entry { log_id, payload: EntryPayload::Normal(Batch { stamp_ms: 1, commands }) }
+    }
+
+    /// On a 2-worker runtime, while one worker encodes a large snapshot and the state
+    /// machine keeps applying (as openraft's worker does), a timer task on the other
+    /// worker (the Raft core's heartbeats) keeps its pace: apply never waits for the
+    /// encode. Serialising under the read lock blocked apply's writer, and the second
+    /// worker with it, for the whole encode.
+    #[test]
+    fn heartbeats_keep_their_pace_while_a_large_snapshot_builds() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a 2-worker runtime builds");
+        let db = sled::Config::new().temporary(true).open().expect("a temporary sled opens");
+        let history = History::in_memory(crate::history::HISTORY_RETENTION_DEFAULT)
+            .expect("an in-memory history");
+        let mut machine =
+            StateMachine::open(&db, 0, history).expect("an empty state machine opens");
+        let (build_time, max_gap) = runtime.block_on(async move {
+            let accounts: Vec<u64> = (0..N_ACCOUNTS).collect();
+            let mut index = 0;
+            for chunk in accounts.chunks(BATCH_COMMANDS_MAX) {
+                let create = |n: &u64| Command {
+                    id: OpId(u128::from(*n)),
+                    op: Op::CreateAccount { account: AccountId(*n), name: String::new() },
+                };
+                index += 1;
+                machine.apply([entry(index, chunk.iter().map(create).collect())]).await.unwrap();
+            }
+            let built = Arc::new(AtomicBool::new(false));
+            let ticker = tokio::spawn({
+                let built = Arc::clone(&built);
+                async move {
+                    let mut ticks = tokio::time::interval(TICK);
+                    let mut last = Instant::now();
+                    let mut max_gap = Duration::ZERO;
+                    while !built.load(Ordering::Relaxed) {
+                        ticks.tick().await;
+                        max_gap = max_gap.max(last.elapsed());
+                        last = Instant::now();
+                    }
+                    max_gap
+                }
+            });
+            let mut builder = machine.get_snapshot_builder().await;
+            let build = tokio::spawn({
+                let built = Arc::clone(&built);
+                async move {
+                    let started = Instant::now();
+                    let snapshot = builder.build_snapshot().await.expect("the snapshot builds");
+                    built.store(true, Ordering::Relaxed);
+                    (started.elapsed(), snapshot.meta.last_log_id)
+                }
+            });
+            // A task, as openraft's state machine worker is: it runs on a worker thread.
+            let applier = tokio::spawn({
+                let built = Arc::clone(&built);
+                async move {
+                    while !built.load(Ordering::Relaxed) {
+                        index += 1;
+                        machine.apply([entry(index, Vec::new())]).await.unwrap();
+                        tokio::task::yield_now().await;
+                    }
+                    index
+                }
+            });
+            let (build_time, covered) = build.await.expect("the build task ran");
+            let index = applier.await.expect("the applier ran");
+            assert!(covered.is_some_and(|log_id| log_id.index <= index));
+            (build_time, ticker.await.expect("the ticker ran"))
+        });
+        assert!(
+            build_time >= 2 * ELECTION_TIMEOUT_MIN,
+            "the snapshot built in {build_time:?}: too small a ledger to show starvation"
+        );
+        // A late heartbeat or two, never an election timeout.
+        assert!(
+            max_gap < 2 * HEARTBEAT_INTERVAL,
+            "the timer stalled {max_gap:?} while a snapshot built in {build_time:?}"
+        );
     }
 }

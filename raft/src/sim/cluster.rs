@@ -11,8 +11,8 @@ use crate::log_store::LogStore;
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
 use crate::{
-    group_of_slot, slot_of, APPEND_ENTRIES_MAX, ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN,
-    HEARTBEAT_INTERVAL,
+    group_of_slot, slot_of, NodeStats, APPEND_ENTRIES_MAX, ELECTION_TIMEOUT_MAX,
+    ELECTION_TIMEOUT_MIN, HEARTBEAT_INTERVAL,
 };
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use solrouter_ledger::{AccountId, Command, Ledger, Outcome};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,18 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// Three nodes, one group, no clock skew: for targeted tests of one fault.
+    pub fn calm() -> Shape {
+        Shape {
+            n_nodes: 3,
+            n_groups: 1,
+            snapshot_every_entries: 50,
+            entries_kept_after_snapshot: 5,
+            snapshot_chunk_bytes: 4096,
+            clock_skew_max_ms: 0,
+        }
+    }
+
     pub fn draw(rng: &mut StdRng) -> Shape {
         Shape {
             n_nodes: if rng.gen_bool(0.7) { 3 } else { 5 },
@@ -77,6 +89,9 @@ pub struct Cluster {
 struct ClusterState {
     rng: StdRng,
     nodes: BTreeMap<NodeId, Slot>,
+    /// How far each node's wall clock has been stepped, in ms (it survives a restart,
+    /// as a machine's clock does).
+    clock_steps: BTreeMap<NodeId, Arc<AtomicI64>>,
     n_incarnations: u64,
     n_crashes: u64,
 }
@@ -98,7 +113,8 @@ impl Cluster {
     pub async fn start(shape: Shape, mut rng: StdRng, trace: Arc<Trace>) -> Arc<Cluster> {
         let net = Net::new(StdRng::seed_from_u64(rng.gen()));
         let nodes = (1..=shape.n_nodes).map(|id| (id, Slot::Down(BTreeMap::new()))).collect();
-        let state = ClusterState { rng, nodes, n_incarnations: 0, n_crashes: 0 };
+        let clock_steps = (1..=shape.n_nodes).map(|id| (id, Arc::default())).collect();
+        let state = ClusterState { rng, nodes, clock_steps, n_incarnations: 0, n_crashes: 0 };
         let origin = tokio::time::Instant::now();
         let cluster = Arc::new(Cluster { shape, net, trace, origin, state: Mutex::new(state) });
         for id in 1..=cluster.shape.n_nodes {
@@ -139,6 +155,18 @@ impl Cluster {
             Some(Slot::Up(running)) => Some(Arc::clone(running)),
             _ => None,
         }
+    }
+
+    /// Steps node `id`'s wall clock by `step_ms` (forward if positive), as a VM resume or
+    /// an operator setting the date does.
+    pub fn step_clock(&self, id: NodeId, step_ms: i64) {
+        self.lock().clock_steps[&id].fetch_add(step_ms, Ordering::Relaxed);
+        self.trace.event(self.now_ms(), format!("step node {id}'s clock by {step_ms} ms"));
+    }
+
+    /// Node `id`'s replica of `group`'s counters, if that node is up.
+    pub fn stats(&self, id: NodeId, group: u32) -> Option<NodeStats> {
+        self.running(id).map(|r| r.groups[group as usize].stats())
     }
 
     /// The leader of `group` as node `id` knows it, if that node is up.
@@ -196,13 +224,13 @@ impl Cluster {
     /// is bootstrapped with the full membership, which is a no-op once its log has one
     /// (as `LedgerNode` does).
     pub async fn restart(&self, id: NodeId) {
-        let (disk, incarnation, mut rng) = {
+        let (disk, incarnation, mut rng, clock_step) = {
             let mut state = self.lock();
             let Some(Slot::Down(disk)) = state.nodes.get(&id) else { return };
             let disk = disk.clone();
             state.n_incarnations += 1;
             let rng = StdRng::seed_from_u64(state.rng.gen());
-            (disk, state.n_incarnations, rng)
+            (disk, state.n_incarnations, rng, Arc::clone(&state.clock_steps[&id]))
         };
         let store = MemStore::new(disk, StdRng::seed_from_u64(rng.gen()));
         let config = Arc::new(self.raft_config(&mut rng));
@@ -211,7 +239,7 @@ impl Cluster {
         let origin = self.origin;
         let clock: Clock = Arc::new(move || {
             let now_ms = EPOCH_MS as i64 + origin.elapsed().as_millis() as i64;
-            (now_ms + skew_ms) as u64
+            (now_ms + skew_ms + clock_step.load(Ordering::Relaxed)) as u64
         });
         // The simulation checks money, not history: each start gets an empty one.
         let history = History::in_memory(HISTORY_RETENTION_DEFAULT).expect("an in-memory history");

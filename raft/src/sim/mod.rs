@@ -12,8 +12,8 @@
 //! let clients send random top-ups, key creations and revocations, reserves, settles and
 //! releases, and run the gateway's request path (reserve with a TTL, a delay, a settle of
 //! usage up to 3× the hold), while the nemesis partitions, degrades the network, crashes
-//! and restarts nodes, and now and then takes the ledger down for longer than holds
-//! live; heal everything; resend every command (an acknowledged one must get its first
+//! and restarts nodes, steps nodes' wall clocks forward and back by up to an hour, and
+//! now and then takes the ledger down for longer than holds live; heal everything; resend every command (an acknowledged one must get its first
 //! outcome again; an in-doubt one is settled by this); wait until the replicas of each
 //! group have applied the same log; then check:
 //! * every replica's ledger is identical, and passes the bank audit (write-offs and
@@ -38,7 +38,8 @@ mod storage;
 mod trace;
 mod workload;
 
-use cluster::{Cluster, Shape};
+use crate::types::NodeId;
+use cluster::{Cluster, Shape, SubmitError};
 use nemesis::Nemesis;
 use network::NetCounters;
 use rand::rngs::StdRng;
@@ -110,6 +111,15 @@ fn a_seed_replays_identically() {
     assert_eq!(first, second, "seed {REPLAY_SEED} did not replay identically");
 }
 
+/// A current-thread runtime on paused time: every simulation runs on one.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime builds")
+}
+
 /// Simulated time of other traffic between a top-up and its late retry: far past the
 /// op-id window (`OPS_REMEMBERED_FOR_MS`).
 const LATE_RETRY_AFTER_MS: u64 = 10 * 60 * 1000;
@@ -120,23 +130,10 @@ const LATE_RETRY_TRAFFIC_EVERY: Duration = Duration::from_millis(500);
 /// other traffic, credits once and answers its first reply, on every replica.
 #[test]
 fn a_late_top_up_retry_after_a_leader_change_credits_once() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime builds");
-    runtime.block_on(async {
+    paused_runtime().block_on(async {
         let mut rng = StdRng::seed_from_u64(REPLAY_SEED);
-        let shape = Shape {
-            n_nodes: 3,
-            n_groups: 1,
-            snapshot_every_entries: 50,
-            entries_kept_after_snapshot: 5,
-            snapshot_chunk_bytes: 4096,
-            clock_skew_max_ms: 0,
-        };
         let trace = Arc::new(Trace::new(false));
-        let cluster = Cluster::start(shape, StdRng::seed_from_u64(rng.gen()), trace).await;
+        let cluster = Cluster::start(Shape::calm(), StdRng::seed_from_u64(rng.gen()), trace).await;
         let history = History::default();
         let mut router = Router::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
         let account = create_accounts(&mut router, &history, 1).await[0];
@@ -165,6 +162,134 @@ fn a_late_top_up_retry_after_a_leader_change_credits_once() {
             assert_eq!(ledger.account(account).map(|a| a.credits), Some(amount));
             assert_eq!(ledger.audit().credited, amount);
         }
+    });
+}
+
+/// An hour: how far the clock-step test steps a leader's wall clock.
+const HOUR_MS: i64 = 3_600_000;
+
+/// A leader whose wall clock steps an hour forward voids no live hold in its next batch,
+/// and once it steps back, ledger time does not freeze: holds still expire on time. Both
+/// steps are counted. (Batches were stamped with the wall clock: the first step voided the
+/// hold at once, the second froze ledger time for an hour.)
+#[test]
+fn a_leader_clock_step_neither_voids_live_holds_nor_freezes_ledger_time() {
+    const TTL_MS: u64 = 10_000;
+    paused_runtime().block_on(async {
+        let mut rng = StdRng::seed_from_u64(REPLAY_SEED);
+        let trace = Arc::new(Trace::new(false));
+        let cluster = Cluster::start(Shape::calm(), StdRng::seed_from_u64(rng.gen()), trace).await;
+        let history = History::default();
+        let mut router = Router::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
+        let account = create_accounts(&mut router, &history, 1).await[0];
+        let mut n_commands = 0u128;
+        let mut command = |op: Op| {
+            n_commands += 1;
+            Command { id: OpId(0xc10c << 64 | n_commands), op }
+        };
+        let amount = PicoUsd(1_000);
+        let credited = router
+            .submit(
+                &command(Op::Credit { account, amount: PicoUsd(2 * amount.0) }),
+                RESOLVE_ATTEMPTS_MAX,
+            )
+            .await;
+        assert!(matches!(credited, Some(Ok(Reply::Credited { .. }))));
+        let reserve = |hold| Op::Reserve {
+            account,
+            key: KeyId(account.0),
+            hold: HoldId(hold),
+            amount,
+            ttl_ms: TTL_MS,
+        };
+        assert!(matches!(
+            router.submit(&command(reserve(1)), RESOLVE_ATTEMPTS_MAX).await,
+            Some(Ok(Reply::Reserved { .. }))
+        ));
+        let leader = cluster.node_ids().into_iter().find_map(|id| cluster.leader_seen_by(id, 0));
+        let leader = leader.expect("the group that acknowledged has a leader");
+
+        cluster.step_clock(leader, HOUR_MS);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let nothing = Some(Err(Rejection::UnknownHold));
+        assert_eq!(
+            router
+                .submit(&command(Op::Release { account, hold: HoldId(99) }), RESOLVE_ATTEMPTS_MAX)
+                .await,
+            nothing
+        );
+        for ledger in converge(&cluster).await {
+            let state = ledger.account(account).expect("created");
+            assert_eq!(state.n_holds, 1, "a live hold was voided by a clock step");
+        }
+
+        cluster.step_clock(leader, -2 * HOUR_MS);
+        assert!(matches!(
+            router.submit(&command(reserve(2)), RESOLVE_ATTEMPTS_MAX).await,
+            Some(Ok(Reply::Reserved { available: 0 }))
+        ));
+        tokio::time::sleep(Duration::from_millis(TTL_MS + 1_000)).await;
+        assert_eq!(
+            router
+                .submit(&command(Op::Release { account, hold: HoldId(99) }), RESOLVE_ATTEMPTS_MAX)
+                .await,
+            nothing
+        );
+        for ledger in converge(&cluster).await {
+            let state = ledger.account(account).expect("created");
+            assert_eq!(state.n_holds, 0, "holds outlived their TTL: ledger time froze");
+            assert_eq!(state.available(), 2 * amount.0 as i128);
+        }
+        let stats = cluster.stats(leader, 0).expect("the leader is up");
+        assert_eq!(stats.leader_id, Some(leader), "no other node stamped");
+        assert_eq!(stats.n_clock_jumps, 2);
+    });
+}
+
+/// A command whose caller gave up while it queued behind a proposal that could not
+/// commit (no quorum) is never proposed: the batcher drops it, so a retry cannot add a
+/// second copy. (The batcher proposed it once the quorum returned.)
+#[test]
+fn a_submission_whose_caller_has_gone_is_not_proposed() {
+    paused_runtime().block_on(async {
+        let mut rng = StdRng::seed_from_u64(REPLAY_SEED);
+        let trace = Arc::new(Trace::new(false));
+        let cluster = Cluster::start(Shape::calm(), StdRng::seed_from_u64(rng.gen()), trace).await;
+        let history = History::default();
+        let mut router = Router::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
+        create_accounts(&mut router, &history, 1).await;
+        let leader = cluster.node_ids().into_iter().find_map(|id| cluster.leader_seen_by(id, 0));
+        let leader = leader.expect("the group that acknowledged has a leader");
+        let followers: Vec<NodeId> =
+            cluster.node_ids().into_iter().filter(|id| *id != leader).collect();
+        for follower in &followers {
+            cluster.crash(*follower).await;
+        }
+        let create = |n: u64| Command {
+            id: OpId(0xab << 64 | u128::from(n)),
+            op: Op::CreateAccount { account: AccountId(0xab00 + n), name: String::new() },
+        };
+        let proposed_before = cluster.stats(leader, 0).expect("up").n_commands_proposed;
+        let stuck = tokio::spawn({
+            let cluster = Arc::clone(&cluster);
+            async move { cluster.submit(leader, 0, create(1), Duration::from_secs(30)).await }
+        });
+        while cluster.stats(leader, 0).expect("up").n_commands_proposed == proposed_before {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let abandoned = cluster.submit(leader, 0, create(2), Duration::from_millis(100)).await;
+        assert!(matches!(abandoned, Err(SubmitError::Timeout)), "{abandoned:?}");
+        for follower in &followers {
+            cluster.restart(*follower).await;
+        }
+        let committed = stuck.await.expect("the submitter ran");
+        assert!(matches!(committed, Ok(Ok(Reply::AccountCreated))), "{committed:?}");
+        for ledger in converge(&cluster).await {
+            assert!(ledger.account(AccountId(0xab01)).is_some());
+            assert!(ledger.account(AccountId(0xab02)).is_none(), "the abandoned command applied");
+        }
+        let proposed = cluster.stats(leader, 0).expect("up").n_commands_proposed;
+        assert_eq!(proposed, proposed_before + 1);
     });
 }
 
@@ -217,12 +342,7 @@ fn run(seed: u64, verbose: bool) -> Result<Summary, Failure> {
     PANICS.with(|panics| panics.borrow_mut().clear());
     let trace = Arc::new(Trace::new(verbose));
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .expect("a current-thread runtime builds");
-        runtime.block_on(simulate(seed, Arc::clone(&trace)))
+        paused_runtime().block_on(simulate(seed, Arc::clone(&trace)))
     }));
     let first_panic = PANICS.with(|panics| panics.borrow_mut().drain(..).next());
     match (outcome, first_panic) {

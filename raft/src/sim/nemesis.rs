@@ -1,8 +1,8 @@
 //! The nemesis: a seeded schedule of faults run against the cluster while the clients
 //! work. Partitions (random halves, one isolated node, one-way cuts), network weather
 //! (loss, duplication, delay and delay spikes), and node crashes and restarts, the
-//! current leader a favourite target, crashes in the middle of an election, and ledger
-//! outages longer than a hold lives.
+//! current leader a favourite target, crashes in the middle of an election, ledger
+//! outages longer than a hold lives, and wall clocks stepped forward or back.
 
 use super::cluster::Cluster;
 use super::network::Weather;
@@ -22,6 +22,8 @@ const FAULT_PAUSE_MAX: Duration = Duration::from_millis(600);
 const OUTAGE_MIN: Duration = Duration::from_millis(3_500);
 const OUTAGE_MAX: Duration = Duration::from_millis(6_000);
 const _: () = assert!(OUTAGE_MIN.as_millis() > super::workload::REQUEST_TTL_MS_MAX as u128);
+/// Largest wall clock step, either way: an hour, a VM resumed or a time zone mistaken.
+const CLOCK_STEP_MS_MAX: i64 = 3_600_000;
 
 pub struct Nemesis {
     cluster: std::sync::Arc<Cluster>,
@@ -77,6 +79,11 @@ impl Nemesis {
             }
             78..=84 if n_down < n_down_max => self.crash_mid_election(&ids).await,
             85..=88 => self.outage(&ids).await,
+            89..=92 => {
+                let victim = self.leader_or_random(&ids);
+                let step_ms = self.rng.gen_range(-CLOCK_STEP_MS_MAX..=CLOCK_STEP_MS_MAX);
+                self.cluster.step_clock(victim, step_ms);
+            }
             _ => {
                 if let Some(id) = self.cluster.down_ids().choose(&mut self.rng).copied() {
                     self.cluster.restart(id).await;

@@ -1,0 +1,158 @@
+//! Ledger time: the stamps a group's leader puts on its batches, the only clock holds and
+//! the op-id window know (the ledger reads none).
+//!
+//! A wall clock can step: a VM resumes, an RTC is wrong until NTP fixes it, an operator
+//! sets the date. Stamping batches with it directly let one leader whose clock stepped an
+//! hour ahead void every live hold in its next batch, and one whose clock stepped back
+//! freeze time (no hold expired, no op id aged out) until the wall clock caught up. So a
+//! stamp advances by the leader's *monotonic* elapsed time since its previous stamp, and
+//! converges on its wall clock by at most [`CLOCK_SLEW_DIVISOR`]-th of that elapsed time
+//! (at most [`CLOCK_SLEW_STEP_MAX_MS`] per stamp), in either direction. A leader that has
+//! not stamped since another node did continues from the applied stamp without advancing
+//! (it cannot know how long ago that stamp was made), so a leader change never moves time
+//! by more than the old leader's clock allowed. Ledger time may therefore lag the wall
+//! clock (by the time no leader was stamping, until the slew catches up): holds then live
+//! longer, never shorter, than their TTL. A wall clock step is logged and counted.
+
+use crate::group::Clock;
+use tokio::time::Instant;
+
+/// Ledger time converges on the leader's wall clock by at most 1/100 of the monotonic time
+/// elapsed between two stamps: a hold's TTL, measured in ledger time, is at most 1% short
+/// in real time (far inside the gateway's `HOLD_GRACE`), and a lag of a minute is gone in
+/// under two hours.
+pub const CLOCK_SLEW_DIVISOR: u64 = 100;
+/// Most ledger time may gain or lose on the monotonic clock in one stamp, however long
+/// since the previous one: after a long quiet spell a stepped clock still moves ledger
+/// time only this much.
+pub const CLOCK_SLEW_STEP_MAX_MS: u64 = 100;
+/// A wall clock whose movement differs from the monotonic clock's by more than this
+/// between two readings has stepped: logged and counted (`NodeStats::n_clock_jumps`).
+pub const CLOCK_JUMP_MS: u64 = 1_000;
+
+/// One group's ledger clock on one node.
+pub struct LedgerClock {
+    wall: Clock,
+    /// The last stamp this node handed out and the monotonic instant it did.
+    stamped: Option<(u64, Instant)>,
+    /// The last wall clock reading and its monotonic instant, to notice a step.
+    read: Option<(u64, Instant)>,
+    n_jumps: u64,
+}
+
+impl LedgerClock {
+    pub fn new(wall: Clock) -> LedgerClock {
+        LedgerClock { wall, stamped: None, read: None, n_jumps: 0 }
+    }
+
+    /// Wall clock steps noticed so far.
+    pub fn n_jumps(&self) -> u64 {
+        self.n_jumps
+    }
+
+    /// The stamp for a batch proposed now, given the highest stamp the state has applied:
+    /// never below it nor below this clock's previous stamp.
+    pub fn next_stamp_ms(&mut self, applied_ms: u64) -> u64 {
+        let now = Instant::now();
+        let wall_ms = self.read_wall(now);
+        let floor_ms = applied_ms.max(self.stamped.map_or(0, |(stamp_ms, _)| stamp_ms));
+        let stamp_ms = match self.stamped {
+            // A ledger that has never been stamped starts at the wall clock.
+            None if applied_ms == 0 => wall_ms,
+            // Another node stamped since: continue from its stamp.
+            None => applied_ms,
+            Some((stamp_ms, _)) if stamp_ms < applied_ms => applied_ms,
+            Some((stamp_ms, at)) => {
+                let elapsed_ms = millis(now - at);
+                let nominal_ms = stamp_ms.saturating_add(elapsed_ms);
+                let slew_ms = (elapsed_ms / CLOCK_SLEW_DIVISOR).min(CLOCK_SLEW_STEP_MAX_MS);
+                wall_ms
+                    .clamp(nominal_ms.saturating_sub(slew_ms), nominal_ms.saturating_add(slew_ms))
+            }
+        }
+        .max(floor_ms);
+        self.stamped = Some((stamp_ms, now));
+        stamp_ms
+    }
+
+    /// Reads the wall clock, noticing a step since the previous reading.
+    fn read_wall(&mut self, now: Instant) -> u64 {
+        let wall_ms = (self.wall)();
+        if let Some((previous_ms, at)) = self.read {
+            let wall_moved_ms = i128::from(wall_ms) - i128::from(previous_ms);
+            let jump_ms = wall_moved_ms - i128::from(millis(now - at));
+            if jump_ms.unsigned_abs() > u128::from(CLOCK_JUMP_MS) {
+                self.n_jumps += 1;
+                tracing::warn!(
+                    jump_ms = i64::try_from(jump_ms).unwrap_or(i64::MAX),
+                    "the wall clock stepped; ledger time keeps the monotonic clock's pace"
+                );
+            }
+        }
+        self.read = Some((wall_ms, now));
+        wall_ms
+    }
+}
+
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const START_MS: u64 = 1_700_000_000_000;
+    const HOUR_MS: u64 = 3_600_000;
+
+    fn clock() -> (LedgerClock, Arc<AtomicU64>) {
+        let wall = Arc::new(AtomicU64::new(START_MS));
+        let read = Arc::clone(&wall);
+        (LedgerClock::new(Arc::new(move || read.load(Ordering::Relaxed))), wall)
+    }
+
+    async fn pass(wall: &AtomicU64, ms: u64) {
+        tokio::time::advance(Duration::from_millis(ms)).await;
+        wall.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stamps_follow_the_wall_clock_while_it_is_steady() {
+        let (mut clock, wall) = clock();
+        assert_eq!(clock.next_stamp_ms(0), START_MS);
+        pass(&wall, 250).await;
+        assert_eq!(clock.next_stamp_ms(START_MS), START_MS + 250);
+        assert_eq!(clock.n_jumps(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_either_way_moves_stamps_by_the_monotonic_time_and_is_counted() {
+        let (mut clock, wall) = clock();
+        clock.next_stamp_ms(0);
+        wall.fetch_add(HOUR_MS, Ordering::Relaxed);
+        pass(&wall, 1_000).await;
+        assert_eq!(clock.next_stamp_ms(START_MS), START_MS + 1_000 + 10, "1% slew only");
+        wall.fetch_sub(2 * HOUR_MS, Ordering::Relaxed);
+        pass(&wall, 1_000).await;
+        assert_eq!(clock.next_stamp_ms(START_MS), START_MS + 2_000, "back: 1% slower");
+        assert_eq!(clock.n_jumps(), 2);
+        // However long the quiet, one stamp gains at most the step bound.
+        pass(&wall, 2 * HOUR_MS).await;
+        wall.fetch_add(3 * HOUR_MS, Ordering::Relaxed);
+        let expected = START_MS + 2_000 + 2 * HOUR_MS + CLOCK_SLEW_STEP_MAX_MS;
+        assert_eq!(clock.next_stamp_ms(START_MS), expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_leader_continues_from_the_applied_stamp() {
+        let (mut clock, wall) = clock();
+        wall.fetch_add(HOUR_MS, Ordering::Relaxed);
+        assert_eq!(clock.next_stamp_ms(START_MS), START_MS);
+        // And after another node stamped past its last one.
+        pass(&wall, 500).await;
+        assert_eq!(clock.next_stamp_ms(START_MS + 5_000), START_MS + 5_000);
+    }
+}
