@@ -8,13 +8,15 @@ use crate::ledger_clock::LedgerClock;
 use crate::log_store::LogStore;
 use crate::state_machine::{SharedState, StateMachine};
 use crate::types::{NodeId, Raft};
-use crate::{NodeStats, SUBMIT_QUEUE_MAX, SUBMIT_TIMEOUT};
+use crate::{NodeStats, PROPOSALS_IN_FLIGHT_MAX, SUBMIT_QUEUE_MAX, SUBMIT_TIMEOUT};
+use openraft::error::RaftError;
 use openraft::{Config, RaftNetworkFactory};
 use solrouter_ledger::{Batch, Command, Ledger, Outcome, BATCH_COMMANDS_MAX};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// The wall clock batch stamps converge on (see [`LedgerClock`]), in ms since the Unix
 /// epoch: [`wall_clock_ms`] in production, the simulation's virtual clock in tests.
@@ -151,10 +153,12 @@ struct Submission {
 }
 
 /// Group commit: one task drains whatever submissions are queued (up to
-/// `BATCH_COMMANDS_MAX`) and proposes them as one entry. While an entry is being committed
-/// the next submissions queue up, so the batch size follows the load with no timer: a
-/// command waits at most for the proposal in flight plus its own. Submissions whose
-/// caller has gone meanwhile are dropped unproposed.
+/// `BATCH_COMMANDS_MAX`) and proposes them as one entry, then goes on to the next batch
+/// while that one replicates, with at most [`PROPOSALS_IN_FLIGHT_MAX`] entries proposed
+/// and not yet answered. Batches are proposed in order from this one task; each one's
+/// outcomes are awaited in a task of its own. While every slot is taken the next
+/// submissions queue up, so the batch size follows the load with no timer. Submissions
+/// whose caller has gone meanwhile are dropped unproposed.
 struct Batcher {
     raft: Raft,
     state: Arc<SharedState>,
@@ -164,8 +168,13 @@ struct Batcher {
 
 impl Batcher {
     async fn run(self, mut submit_rx: mpsc::Receiver<Submission>) {
+        let slots = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
         let mut submissions = Vec::with_capacity(BATCH_COMMANDS_MAX);
-        while submit_rx.recv_many(&mut submissions, BATCH_COMMANDS_MAX).await > 0 {
+        loop {
+            let slot = Arc::clone(&slots).acquire_owned().await.expect("never closed");
+            if submit_rx.recv_many(&mut submissions, BATCH_COMMANDS_MAX).await == 0 {
+                return;
+            }
             assert!(submissions.len() <= BATCH_COMMANDS_MAX);
             // A caller that gave up (its deadline passed, its client went away) waits for
             // nothing: proposing its command would only add a copy beside its retry.
@@ -179,52 +188,67 @@ impl Batcher {
             self.counters.n_commands.fetch_add(commands.len() as u64, Ordering::Relaxed);
             let batch = Batch { stamp_ms: next_stamp_ms(&self.clock, &self.state), commands };
             let n_commands = batch.commands.len();
-            match self.propose(batch).await {
-                Ok(outcomes) => {
-                    assert_eq!(outcomes.len(), n_commands, "one outcome per command");
-                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                        // A submitter that timed out has dropped its receiver; nothing to do.
-                        let _ = reply.send(Ok(outcome));
+            let answered = self.propose(batch).await;
+            tokio::spawn(async move {
+                match answered.await {
+                    Ok(outcomes) => {
+                        assert_eq!(outcomes.len(), n_commands, "one outcome per command");
+                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                            // A submitter that timed out has dropped its receiver.
+                            let _ = reply.send(Ok(outcome));
+                        }
+                    }
+                    Err(error) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(error.clone()));
+                        }
                     }
                 }
-                Err(error) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(error.clone()));
-                    }
-                }
-            }
+                drop(slot);
+            });
         }
     }
 
-    /// Proposes `batch` and waits for its outcomes, or until this node stops leading the
-    /// term it proposed in, whichever comes first. Openraft 0.9 answers a write whose entry
-    /// was truncated, but never one whose entry was replaced by a snapshot from the next
-    /// leader (a restarted node resumes leading its old term, takes a write, and is then
-    /// caught up by snapshot): waiting for that answer would wedge the batcher, and every
-    /// later command of this group on this node, for good. Found by the simulation. A
-    /// write given up on may still commit under the next leader; as with any `NotLeader`,
-    /// the caller retries it with the same op id, which is idempotent.
-    async fn propose(&self, batch: Batch) -> Result<Vec<Outcome>, LedgerError> {
+    /// Proposes `batch` (in the order of the calls) and returns what waits for its
+    /// outcomes, or until this node stops leading the term it proposed in, whichever comes
+    /// first. Openraft 0.9 answers a write whose entry was truncated, but never one whose
+    /// entry was replaced by a snapshot from the next leader (a restarted node resumes
+    /// leading its old term, takes a write, and is then caught up by snapshot): waiting
+    /// for that answer would hold a proposal slot, and in the end every later command of
+    /// this group on this node, for good. Found by the simulation. A write given up on may
+    /// still commit under the next leader; as with any `NotLeader`, the caller retries it
+    /// with the same op id, which is idempotent.
+    async fn propose(
+        &self,
+        batch: Batch,
+    ) -> impl Future<Output = Result<Vec<Outcome>, LedgerError>> + Send + 'static {
         let mut metrics = self.raft.metrics();
         let (node_id, term) = {
             let now = metrics.borrow();
             (now.id, now.current_term)
         };
-        let deposed =
-            metrics.wait_for(|now| now.current_term != term || now.current_leader != Some(node_id));
-        tokio::select! {
-            biased;
-            written = self.raft.client_write(batch) => {
-                written.map(|response| response.data).map_err(LedgerError::from_client_write)
-            }
-            seen = deposed => {
-                let seen = seen.ok();
-                let leader_id = seen.as_ref().and_then(|now| now.current_leader);
-                let leader_addr = leader_id.and_then(|leader| {
-                    let membership = seen.as_ref()?.membership_config.membership();
-                    membership.get_node(&leader).map(|node| node.addr.clone())
-                });
-                Err(LedgerError::NotLeader { leader_id, leader_addr })
+        let proposed = self.raft.client_write_ff(batch).await;
+        async move {
+            let answer = proposed.map_err(|e| LedgerError::from_fatal("proposing a batch", e))?;
+            let deposed = metrics
+                .wait_for(|now| now.current_term != term || now.current_leader != Some(node_id));
+            tokio::select! {
+                biased;
+                written = answer => match written {
+                    Ok(Ok(response)) => Ok(response.data),
+                    Ok(Err(e)) => Err(LedgerError::from_client_write(RaftError::APIError(e))),
+                    // The core dropped the answer: it stopped.
+                    Err(_) => Err(LedgerError::Shutdown),
+                },
+                seen = deposed => {
+                    let seen = seen.ok();
+                    let leader_id = seen.as_ref().and_then(|now| now.current_leader);
+                    let leader_addr = leader_id.and_then(|leader| {
+                        let membership = seen.as_ref()?.membership_config.membership();
+                        membership.get_node(&leader).map(|node| node.addr.clone())
+                    });
+                    Err(LedgerError::NotLeader { leader_id, leader_addr })
+                }
             }
         }
     }

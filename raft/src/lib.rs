@@ -65,6 +65,11 @@ use std::time::Duration;
 /// Capacity of the queue in front of the batcher: one full batch waiting while another is
 /// being committed. Beyond it `submit` waits (backpressure) instead of queueing unboundedly.
 pub const SUBMIT_QUEUE_MAX: usize = 2 * BATCH_COMMANDS_MAX;
+/// Entries (batches) a group's leader has proposed and not yet seen answered: the next
+/// batch is proposed while earlier ones replicate, so a commit's round trip and fsync no
+/// longer bound a group to one batch per commit. Beyond it submissions queue (and so
+/// batch up) behind the proposals in flight.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
 /// Longest `submit` waits for an outcome. Far above a commit's latency (one fsync locally,
 /// one round trip plus fsync in a cluster) and above an election, so it fires only when the
 /// group is really stuck; the caller then retries with the same op id.

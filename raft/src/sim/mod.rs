@@ -39,6 +39,7 @@ mod trace;
 mod workload;
 
 use crate::types::NodeId;
+use crate::PROPOSALS_IN_FLIGHT_MAX;
 use cluster::{Cluster, Shape, SubmitError};
 use nemesis::Nemesis;
 use network::NetCounters;
@@ -246,8 +247,8 @@ fn a_leader_clock_step_neither_voids_live_holds_nor_freezes_ledger_time() {
     });
 }
 
-/// A command whose caller gave up while it queued behind a proposal that could not
-/// commit (no quorum) is never proposed: the batcher drops it, so a retry cannot add a
+/// A command whose caller gave up while it queued behind proposals that could not
+/// commit (no quorum, every slot taken) is never proposed: the batcher drops it, so a retry cannot add a
 /// second copy. (The batcher proposed it once the quorum returned.)
 #[test]
 fn a_submission_whose_caller_has_gone_is_not_proposed() {
@@ -269,27 +270,37 @@ fn a_submission_whose_caller_has_gone_is_not_proposed() {
             id: OpId(0xab << 64 | u128::from(n)),
             op: Op::CreateAccount { account: AccountId(0xab00 + n), name: String::new() },
         };
+        // Every proposal slot taken by a command that cannot commit yet.
         let proposed_before = cluster.stats(leader, 0).expect("up").n_commands_proposed;
-        let stuck = tokio::spawn({
-            let cluster = Arc::clone(&cluster);
-            async move { cluster.submit(leader, 0, create(1), Duration::from_secs(30)).await }
-        });
-        while cluster.stats(leader, 0).expect("up").n_commands_proposed == proposed_before {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        let mut stuck = Vec::new();
+        for n in 0..PROPOSALS_IN_FLIGHT_MAX as u64 {
+            let before = cluster.stats(leader, 0).expect("up").n_commands_proposed;
+            stuck.push(tokio::spawn({
+                let cluster = Arc::clone(&cluster);
+                async move { cluster.submit(leader, 0, create(n), Duration::from_secs(30)).await }
+            }));
+            while cluster.stats(leader, 0).expect("up").n_commands_proposed == before {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
-        let abandoned = cluster.submit(leader, 0, create(2), Duration::from_millis(100)).await;
+        let abandoned = cluster.submit(leader, 0, create(99), Duration::from_millis(100)).await;
         assert!(matches!(abandoned, Err(SubmitError::Timeout)), "{abandoned:?}");
         for follower in &followers {
             cluster.restart(*follower).await;
         }
-        let committed = stuck.await.expect("the submitter ran");
-        assert!(matches!(committed, Ok(Ok(Reply::AccountCreated))), "{committed:?}");
+        for submitter in stuck {
+            let committed = submitter.await.expect("the submitter ran");
+            assert!(matches!(committed, Ok(Ok(Reply::AccountCreated))), "{committed:?}");
+        }
         for ledger in converge(&cluster).await {
-            assert!(ledger.account(AccountId(0xab01)).is_some());
-            assert!(ledger.account(AccountId(0xab02)).is_none(), "the abandoned command applied");
+            assert!(ledger.account(AccountId(0xab00)).is_some());
+            assert!(
+                ledger.account(AccountId(0xab00 + 99)).is_none(),
+                "the abandoned command applied"
+            );
         }
         let proposed = cluster.stats(leader, 0).expect("up").n_commands_proposed;
-        assert_eq!(proposed, proposed_before + 1);
+        assert_eq!(proposed, proposed_before + PROPOSALS_IN_FLIGHT_MAX as u64);
     });
 }
 
