@@ -12,10 +12,7 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use solrouter_ledger::{
-    signed_usd, AccountId, KeyId, Op, OpId, PicoUsd, Rejection, Reply, NAME_BYTES_MAX,
-};
+use solrouter_ledger::{signed_usd, AccountId, KeyId, PicoUsd, Rejection, Reply, NAME_BYTES_MAX};
 
 /// Where the admin API lives.
 pub const PREFIX: &str = "/v1/admin/";
@@ -71,8 +68,7 @@ async fn create_account(
     let body: NameBody = json_body(request).await?;
     check_name(&body.name)?;
     let account = AccountId(keys::random_u64());
-    let op = Op::CreateAccount { account, name: body.name };
-    expect_accepted(app.bank.submit(OpId(keys::random_u128()), op).await?)?;
+    expect_accepted(app.bank.create_account(account, body.name).await?)?;
     Ok(respond::json(StatusCode::CREATED, &json!({"id": hex_id(account.0)})))
 }
 
@@ -87,35 +83,19 @@ async fn credit(
     if amount == PicoUsd::ZERO {
         return Err(ApiError::invalid_param("amount", "must be more than zero"));
     }
-    let id = match &body.idempotency_key {
-        Some(key) if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX => {
-            let message = format!("must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes");
-            return Err(ApiError::invalid_param("idempotency_key", message));
-        }
-        Some(key) => credit_op_id(AccountId(account), key),
-        None => OpId(keys::random_u128()),
-    };
-    let op = Op::Credit { account: AccountId(account), amount };
-    match expect_accepted(app.bank.submit(id, op).await?)? {
+    let idempotency_key = body.idempotency_key.as_deref();
+    if idempotency_key.is_some_and(|key| key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX) {
+        let message = format!("must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes");
+        return Err(ApiError::invalid_param("idempotency_key", message));
+    }
+    let credited = app.bank.credit(AccountId(account), amount, idempotency_key).await?;
+    match expect_accepted(credited)? {
         Reply::Credited { credits } => {
             let body = json!({"id": hex_id(account), "credits": credits.to_string()});
             Ok(respond::json(StatusCode::OK, &body))
         }
         reply => Err(ApiError::internal(format!("credit answered {reply:?}"))),
     }
-}
-
-/// The operation id of a top-up: a hash of the account and the caller's idempotency
-/// key, so a retried top-up is the same ledger operation and applies once.
-pub fn credit_op_id(account: AccountId, idempotency_key: &str) -> OpId {
-    let mut hasher = Sha256::new();
-    hasher.update(b"solrouter credit\0");
-    hasher.update(account.0.to_be_bytes());
-    hasher.update(idempotency_key.as_bytes());
-    let digest = hasher.finalize();
-    let mut first = [0u8; 16];
-    first.copy_from_slice(&digest[..16]);
-    OpId(u128::from_be_bytes(first))
 }
 
 async fn create_key(
@@ -126,9 +106,8 @@ async fn create_key(
     let body: NameBody = json_body(request).await?;
     check_name(&body.name)?;
     let (key_id, key) = (KeyId(keys::random_u64()), keys::mint(AccountId(account)));
-    let op =
-        Op::CreateKey { account: AccountId(account), key: key_id, name: body.name, hash: key.hash };
-    expect_accepted(app.bank.submit(OpId(keys::random_u128()), op).await?)?;
+    let created = app.bank.create_key(AccountId(account), key_id, body.name, key.hash).await?;
+    expect_accepted(created)?;
     let body = json!({"id": hex_id(key_id.0), "key": key.text, "account": hex_id(account)});
     Ok(respond::json(StatusCode::CREATED, &body))
 }
@@ -136,9 +115,7 @@ async fn create_key(
 async fn revoke_key(app: &'static App, key: KeyId) -> Result<Response, ApiError> {
     let owner = app.bank.key(key).await?.map(|entry| entry.account);
     let account = owner.ok_or_else(|| ApiError::not_found("unknown key"))?;
-    expect_accepted(
-        app.bank.submit(OpId(keys::random_u128()), Op::RevokeKey { account, key }).await?,
-    )?;
+    expect_accepted(app.bank.revoke_key(account, key).await?)?;
     Ok(respond::json(StatusCode::OK, &json!({"id": hex_id(key.0), "revoked": true})))
 }
 
@@ -221,14 +198,6 @@ fn expect_accepted(outcome: Result<Reply, Rejection>) -> Result<Reply, ApiError>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn credit_ids_depend_on_account_and_key() {
-        let (first, second) = (AccountId(1), AccountId(2));
-        assert_eq!(credit_op_id(first, "a"), credit_op_id(first, "a"));
-        assert_ne!(credit_op_id(first, "a"), credit_op_id(second, "a"));
-        assert_ne!(credit_op_id(first, "a"), credit_op_id(first, "b"));
-    }
 
     #[test]
     fn parses_hex_ids() {

@@ -5,6 +5,7 @@
 
 use crate::error::ApiError;
 use crate::keys;
+use sha2::{Digest, Sha256};
 use solrouter_ledger::{
     Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, Op, OpId, Outcome, PicoUsd,
     Rejection, Reply, RequestRecord,
@@ -106,12 +107,51 @@ impl Bank {
     }
 
     /// Submits one command; a ledger that cannot answer (within the ledger client's
-    /// deadline) becomes a 503 with `Retry-After`.
-    pub async fn submit(&self, id: OpId, op: Op) -> Result<Outcome, ApiError> {
+    /// deadline) becomes a 503 with `Retry-After`. Every `Op` the gateway submits is built
+    /// in this file, by the typed operations below, with its op-id policy.
+    async fn submit(&self, id: OpId, op: Op) -> Result<Outcome, ApiError> {
         let context = op_name(&op);
         let command = Command { id, op };
         on_ledger!(self, ledger => ledger.submit(command).await)
             .map_err(|error| ApiError::ledger(context, error))
+    }
+
+    pub async fn create_account(
+        &self,
+        account: AccountId,
+        name: String,
+    ) -> Result<Outcome, ApiError> {
+        self.submit(OpId(keys::random_u128()), Op::CreateAccount { account, name }).await
+    }
+
+    /// A top-up. With an idempotency key it is one ledger operation however often it is
+    /// retried (its op id derives from the account and the key, and the ledger remembers
+    /// an account's top-ups for the account's life): it credits once.
+    pub async fn credit(
+        &self,
+        account: AccountId,
+        amount: PicoUsd,
+        idempotency_key: Option<&str>,
+    ) -> Result<Outcome, ApiError> {
+        let id = match idempotency_key {
+            Some(key) => credit_op_id(account, key),
+            None => OpId(keys::random_u128()),
+        };
+        self.submit(id, Op::Credit { account, amount }).await
+    }
+
+    pub async fn create_key(
+        &self,
+        account: AccountId,
+        key: KeyId,
+        name: String,
+        hash: KeyHash,
+    ) -> Result<Outcome, ApiError> {
+        self.submit(OpId(keys::random_u128()), Op::CreateKey { account, key, name, hash }).await
+    }
+
+    pub async fn revoke_key(&self, account: AccountId, key: KeyId) -> Result<Outcome, ApiError> {
+        self.submit(OpId(keys::random_u128()), Op::RevokeKey { account, key }).await
     }
 
     /// Reads below are linearizable: they see every command acknowledged before they
@@ -377,6 +417,19 @@ fn op_name(op: &Op) -> &'static str {
 
 /// Milliseconds since the Unix epoch, for record timestamps. The ledger never reads a
 /// clock: a hold's expiry is stamped by the leader.
+/// The operation id of a top-up: a hash of the account and the caller's idempotency
+/// key, so a retried top-up is the same ledger operation and applies once.
+fn credit_op_id(account: AccountId, idempotency_key: &str) -> OpId {
+    let mut hasher = Sha256::new();
+    hasher.update(b"solrouter credit\0");
+    hasher.update(account.0.to_be_bytes());
+    hasher.update(idempotency_key.as_bytes());
+    let digest = hasher.finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    OpId(u128::from_be_bytes(first))
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
 }
@@ -389,8 +442,12 @@ mod tests {
         PicoUsd::parse_usd(text).unwrap()
     }
 
-    async fn apply(bank: &Bank, op: Op) -> Reply {
-        bank.submit(OpId(keys::random_u128()), op).await.unwrap().unwrap()
+    #[test]
+    fn credit_ids_depend_on_account_and_key() {
+        let (first, second) = (AccountId(1), AccountId(2));
+        assert_eq!(credit_op_id(first, "a"), credit_op_id(first, "a"));
+        assert_ne!(credit_op_id(first, "a"), credit_op_id(second, "a"));
+        assert_ne!(credit_op_id(first, "a"), credit_op_id(first, "b"));
     }
 
     /// The money path of one request through the bank, against dev mode's ledger: a
@@ -402,12 +459,12 @@ mod tests {
         let bank = Bank::new(LedgerNode::open_single(dir.path()).await.unwrap());
         let account = AccountId(keys::random_u64());
         let caller = Caller { account, key: KeyId(keys::random_u64()) };
-        apply(&bank, Op::CreateAccount { account, name: "t".into() }).await;
-        apply(&bank, Op::Credit { account, amount: usd("1.00") }).await;
+        bank.create_account(account, "t".into()).await.unwrap().unwrap();
+        bank.credit(account, usd("1.00"), Some("first")).await.unwrap().unwrap();
+        let retried = bank.credit(account, usd("1.00"), Some("first")).await.unwrap();
+        assert_eq!(retried, Ok(Reply::Credited { credits: usd("1.00") }), "credited once");
         let minted = keys::mint(account);
-        let create =
-            Op::CreateKey { account, key: caller.key, name: "k".into(), hash: minted.hash };
-        apply(&bank, create).await;
+        bank.create_key(account, caller.key, "k".into(), minted.hash).await.unwrap().unwrap();
         let header = format!("Bearer {}", minted.text);
         assert_eq!(bank.authenticate(Some(header.as_bytes())).await.unwrap(), caller);
 
@@ -422,7 +479,7 @@ mod tests {
         let kept = bank.record(account, hold).await.unwrap().unwrap();
         assert_eq!((kept.cost, kept.written_off), (usd("1.00"), usd("0.50")));
 
-        apply(&bank, Op::RevokeKey { account, key: caller.key }).await;
+        bank.revoke_key(account, caller.key).await.unwrap().unwrap();
         let refused = bank.authenticate(Some(header.as_bytes())).await.unwrap_err();
         assert_eq!(refused.status(), http::StatusCode::UNAUTHORIZED);
         let hold = HoldId(keys::random_u128());

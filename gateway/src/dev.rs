@@ -1,7 +1,6 @@
 //! `solrouter dev`: a gateway, a one-node ledger and the mock provider in one process,
 //! with a funded demo account on first start.
 
-use crate::admin::credit_op_id;
 use crate::app::App;
 use crate::bank::Bank;
 use crate::catalog::Catalog;
@@ -13,7 +12,7 @@ use crate::upstream::Upstream;
 use crate::{mock, server, telemetry};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use solrouter_ledger::{AccountId, KeyId, Op, OpId, PicoUsd, Rejection};
+use solrouter_ledger::{AccountId, KeyId, PicoUsd, Rejection};
 use solrouter_raft::LedgerNode;
 use std::io::Write;
 use std::path::Path;
@@ -99,24 +98,18 @@ async fn ensure_demo_account(bank: &Bank, data_dir: &Path) -> anyhow::Result<()>
             account
         }
     };
-    let create = Op::CreateAccount { account, name: "demo".into() };
-    match bank.submit(OpId(keys::random_u128()), create).await? {
+    match bank.create_account(account, "demo".into()).await? {
         Ok(_) | Err(Rejection::AccountExists) => {}
         Err(rejection) => anyhow::bail!("creating the demo account: {rejection}"),
     }
-    // The same op id on every attempt: a resumed start credits once.
-    let credit = Op::Credit { account, amount: PicoUsd::from_usd_whole(DEMO_CREDIT_USD) };
-    if let Err(rejection) = bank.submit(credit_op_id(account, "dev demo credit"), credit).await? {
+    // The same idempotency key on every attempt: a resumed start credits once.
+    let amount = PicoUsd::from_usd_whole(DEMO_CREDIT_USD);
+    if let Err(rejection) = bank.credit(account, amount, Some("dev demo credit")).await? {
         anyhow::bail!("crediting the demo account: {rejection}");
     }
     let key = keys::mint(account);
-    let create_key = Op::CreateKey {
-        account,
-        key: KeyId(keys::random_u64()),
-        name: "demo".into(),
-        hash: key.hash,
-    };
-    if let Err(rejection) = bank.submit(OpId(keys::random_u128()), create_key).await? {
+    let created = bank.create_key(account, KeyId(keys::random_u64()), "demo".into(), key.hash);
+    if let Err(rejection) = created.await? {
         anyhow::bail!("creating the demo key: {rejection}");
     }
     say(&format!("demo account: {:016x} (${DEMO_CREDIT_USD}.00 of credit)", account.0));
