@@ -182,6 +182,21 @@ async fn leader_sigkill_under_load_loses_nothing_and_charges_once() {
         let audit = endpoint.audit().await;
         assert_eq!(audit["ok"], true, "{audit}");
     }
+    // Every node, the restarted one included, keeps the request history and reports it,
+    // with its commits and snapshots, on /metrics.
+    for ledger in ledgers.iter().flatten() {
+        let url = format!("{}/metrics", ledger.http);
+        eventually_async("every node reports the request history it keeps", || async {
+            let metrics = reqwest::get(&url).await.unwrap().text().await.unwrap();
+            let value = |name: &str| {
+                metrics.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+            };
+            assert!(metrics.contains("solrouter_ledger_commits{"), "{metrics}");
+            assert!(metrics.contains("solrouter_ledger_snapshot_build_ms_last{"), "{metrics}");
+            value("solrouter_ledger_history_records ").is_some_and(|records| records > 0.0)
+        })
+        .await;
+    }
 }
 
 /// Retries unacknowledged top-ups under their idempotency keys, waits for the last settles,

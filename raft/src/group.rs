@@ -137,6 +137,11 @@ impl Group {
             n_batches_proposed: self.counters.n_batches.load(Ordering::Relaxed),
             n_commands_proposed: self.counters.n_commands.load(Ordering::Relaxed),
             n_clock_jumps: self.clock.lock().expect("clock lock poisoned").n_jumps(),
+            proposals_in_flight: self.counters.in_flight.load(Ordering::Relaxed),
+            n_commits: self.counters.n_commits.load(Ordering::Relaxed),
+            commit_us_total: self.counters.commit_us_total.load(Ordering::Relaxed),
+            snapshot_build_ms_last: self.state.snapshot_build_ms_last.load(Ordering::Relaxed),
+            snapshot_bytes_last: self.state.snapshot_bytes_last.load(Ordering::Relaxed),
         }
     }
 }
@@ -145,6 +150,9 @@ impl Group {
 struct Counters {
     n_batches: AtomicU64,
     n_commands: AtomicU64,
+    in_flight: AtomicU64,
+    n_commits: AtomicU64,
+    commit_us_total: AtomicU64,
 }
 
 struct Submission {
@@ -188,9 +196,17 @@ impl Batcher {
             self.counters.n_commands.fetch_add(commands.len() as u64, Ordering::Relaxed);
             let batch = Batch { stamp_ms: next_stamp_ms(&self.clock, &self.state), commands };
             let n_commands = batch.commands.len();
+            let proposed_at = std::time::Instant::now();
             let answered = self.propose(batch).await;
+            let counters = Arc::clone(&self.counters);
+            counters.in_flight.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                match answered.await {
+                let answer = answered.await;
+                counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                counters.n_commits.fetch_add(1, Ordering::Relaxed);
+                let took_us = u64::try_from(proposed_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+                counters.commit_us_total.fetch_add(took_us, Ordering::Relaxed);
+                match answer {
                     Ok(outcomes) => {
                         assert_eq!(outcomes.len(), n_commands, "one outcome per command");
                         for (reply, outcome) in replies.into_iter().zip(outcomes) {

@@ -142,6 +142,17 @@ pub struct NodeStats {
     /// Wall clock steps this node noticed (beyond `CLOCK_JUMP_MS` off its monotonic
     /// clock); batch stamps keep the monotonic pace across them.
     pub n_clock_jumps: u64,
+    /// Entries this node proposed that are not answered yet (at most
+    /// [`PROPOSALS_IN_FLIGHT_MAX`](crate::PROPOSALS_IN_FLIGHT_MAX)).
+    pub proposals_in_flight: u64,
+    /// Proposals answered, and the time they took in all (proposal to outcome): the mean
+    /// commit latency is their ratio.
+    pub n_commits: u64,
+    pub commit_us_total: u64,
+    /// The last snapshot this node built: how long building and saving it took, and its
+    /// size.
+    pub snapshot_build_ms_last: u64,
+    pub snapshot_bytes_last: u64,
 }
 
 impl NodeOptions {

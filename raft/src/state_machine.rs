@@ -22,6 +22,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 use solrouter_ledger::{settled_records, Ledger, Outcome};
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 const KEY_SNAPSHOT: &[u8] = b"current";
@@ -41,6 +42,9 @@ pub struct Applied {
 #[derive(Default)]
 pub struct SharedState {
     applied: RwLock<Applied>,
+    /// How long the last snapshot took to build and save, and its size: for metrics.
+    pub snapshot_build_ms_last: AtomicU64,
+    pub snapshot_bytes_last: AtomicU64,
 }
 
 impl SharedState {
@@ -143,6 +147,7 @@ impl<K: KvTree> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
     /// behind its writer, never wait for an encode (issue 9: on a 2-worker runtime they
     /// starved the Raft core's heartbeats for as long as a large snapshot took).
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let started = std::time::Instant::now();
         let (ledger, meta) = {
             let applied = self.state.read();
             let snapshot_id = match applied.last_applied {
@@ -159,6 +164,9 @@ impl<K: KvTree> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
         let data = codec::encode(&ledger).map_err(|e| StorageIOError::read_state_machine(&e))?;
         let stored = StoredSnapshot { meta, data };
         self.save_snapshot(&stored).await?;
+        let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.state.snapshot_build_ms_last.store(took_ms, Ordering::Relaxed);
+        self.state.snapshot_bytes_last.store(stored.data.len() as u64, Ordering::Relaxed);
         Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
