@@ -48,7 +48,7 @@ pub use history::{
     HISTORY_EXPIRE_INTERVAL, HISTORY_EXPORT_PAGE_MAX, HISTORY_PAGE_MAX, HISTORY_RETENTION_DEFAULT,
     HISTORY_SCAN_MAX,
 };
-pub use membership::LEARNER_CATCH_UP_TIMEOUT;
+pub use membership::{LEARNER_CATCH_UP_TIMEOUT, VOTERS_REACHABLE_TIMEOUT};
 pub use node::{
     group_of_account, group_of_slot, slot_of, ClusterConfig, ClusterStart, LedgerNode, NodeOptions,
     NodeStats,

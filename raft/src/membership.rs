@@ -7,6 +7,7 @@ use crate::group::Group;
 use crate::types::NodeId;
 use crate::wire::MembershipChange;
 use openraft::{BasicNode, ChangeMembers, Membership};
+use solrouter_ledger::Batch;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -14,6 +15,9 @@ use std::time::Duration;
 /// receives a snapshot (bounded by the ledger's size) and the log after it; a minute is
 /// ample on a LAN and fails a change to a node that cannot keep up instead of hanging.
 pub const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long every voter that stays has to acknowledge a fresh entry before a voter is
+/// removed: many heartbeats, so only a node that is down or cut off misses it.
+pub const VOTERS_REACHABLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Applies `change` to `group`; must run on the group's leader (else `NotLeader`).
 /// Adding first makes the node a learner and waits until it has caught up, so promoting
@@ -34,10 +38,51 @@ pub(crate) async fn change(group: &Group, change: &MembershipChange) -> Result<(
             ChangeMembers::AddVoterIds(BTreeSet::from([id]))
         }
     };
+    if let ChangeMembers::RemoveVoters(removed) = &changes {
+        refuse_if_a_remaining_voter_is_unreachable(group, removed).await?;
+    }
     // `retain = false`: a removed voter leaves the group rather than staying a learner.
     let changing = group.raft().change_membership(changes, false);
     changing.await.map_err(LedgerError::from_membership_change)?;
     Ok(())
+}
+
+/// Removing a voter goes through a joint configuration that needs a majority of the old
+/// voters and of the new: with another voter down, it can stall the group. So every voter
+/// that stays must acknowledge a fresh entry (an empty batch) within
+/// [`VOTERS_REACHABLE_TIMEOUT`]; the change is refused naming those that do not.
+async fn refuse_if_a_remaining_voter_is_unreachable(
+    group: &Group,
+    removed: &BTreeSet<NodeId>,
+) -> Result<(), LedgerError> {
+    let batch = Batch { stamp_ms: group.next_stamp_ms(), commands: Vec::new() };
+    let written = tokio::time::timeout(VOTERS_REACHABLE_TIMEOUT, group.raft().client_write(batch))
+        .await
+        .map_err(|_| LedgerError::Timeout(VOTERS_REACHABLE_TIMEOUT))?
+        .map_err(LedgerError::from_client_write)?;
+    let index = written.log_id.index;
+    let mut metrics = group.raft().metrics();
+    let (leader, staying): (NodeId, BTreeSet<NodeId>) = {
+        let now = metrics.borrow();
+        let voters = now.membership_config.membership().voter_ids();
+        (now.id, voters.filter(|id| !removed.contains(id)).collect())
+    };
+    let lagging = |now: &openraft::RaftMetrics<NodeId, BasicNode>| -> Vec<NodeId> {
+        let matched = |id: &NodeId| {
+            let replication = now.replication.as_ref();
+            replication.and_then(|r| r.get(id).copied().flatten()).map(|log_id| log_id.index)
+        };
+        let behind = |id: &&NodeId| **id != leader && matched(id).is_none_or(|m| m < index);
+        staying.iter().filter(behind).copied().collect()
+    };
+    let caught_up = metrics.wait_for(|now| lagging(now).is_empty());
+    if tokio::time::timeout(VOTERS_REACHABLE_TIMEOUT, caught_up).await.is_ok() {
+        return Ok(());
+    }
+    let unreachable = lagging(&metrics.borrow());
+    Err(LedgerError::Invalid(format!(
+        "refusing to remove node(s) {removed:?}: voter(s) {unreachable:?} did not acknowledge          a write within {VOTERS_REACHABLE_TIMEOUT:?}, and with them down the change could not          commit; bring them back, or remove them first"
+    )))
 }
 
 #[derive(Debug, PartialEq, Eq)]
