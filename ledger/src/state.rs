@@ -16,11 +16,14 @@ pub const OPS_REMEMBERED_FOR_MS: u64 = 60_000;
 /// `OPS_REMEMBERED_MAX / OPS_REMEMBERED_FOR_MS` (~70,000) new operations per second
 /// refuses the excess with [`Rejection::Overloaded`] rather than forget an id early.
 pub const OPS_REMEMBERED_MAX: usize = 1 << 22;
-/// How long (in batch stamps) a settled hold is remembered past the later of its settle
+/// How long (in batch stamps) an ended hold (settled, released or expired) is remembered
+/// past the later of its end and its expiry, to answer a retried reserve, settle or
+/// release by the hold rather than by op id: a retried settle gets its first reply
+/// instead of a second charge.
 /// and its hold's expiry, to answer a retried settle with its first reply rather than
 /// charge again. As long as the op-id window, which the gateway asserts to be longer than
 /// its settle retry deadline.
-pub const SETTLED_REMEMBERED_FOR_MS: u64 = OPS_REMEMBERED_FOR_MS;
+pub const HOLDS_REMEMBERED_FOR_MS: u64 = OPS_REMEMBERED_FOR_MS;
 /// Top-ups remembered per account, for the account's life (a retried top-up credits
 /// once, however late): 65,536 is a top-up every 10 minutes for over a year. Past it the
 /// account's top-ups are refused with [`Rejection::TopUpsExhausted`].
@@ -126,6 +129,13 @@ impl Op {
             | Op::Settle { account, .. }
             | Op::Release { account, .. } => *account,
         }
+    }
+
+    /// A settle is answered again by its hold (the ledger remembers how each hold ended),
+    /// not by op id: it takes no room in the op-id window. Reserves and releases keep
+    /// their op ids, so a retry gets its first answer exactly, refusals included.
+    pub fn is_deduplicated_by_hold(&self) -> bool {
+        matches!(self, Op::Settle { .. })
     }
 
     /// Checks what can be checked without the state. Run before proposing and again when
@@ -293,6 +303,22 @@ struct TopUp {
     credits: PicoUsd,
 }
 
+/// How a hold ended, kept to answer a retry the way the first attempt was answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Ending {
+    /// The first settle's reply.
+    Settled(Reply),
+    Released,
+    Expired,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct EndedHold {
+    account: AccountId,
+    ending: Ending,
+    forget_at_ms: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Hold {
     account: AccountId,
@@ -327,13 +353,14 @@ pub struct Ledger {
     holds: HashMap<HoldId, Hold>,
     /// Holds ordered by expiry, for deterministic voiding.
     expiry: OrdSet<(u64, HoldId)>,
-    /// Settled holds with their first reply, so a retried settle is answered and not
-    /// charged again: each is remembered until [`SETTLED_REMEMBERED_FOR_MS`] of batch
-    /// stamps past the later of its settle and its hold's expiry. The request's record
-    /// itself leaves the state machine: [`settled_records`] hands it to the history store.
-    settled: HashMap<HoldId, (AccountId, Reply)>,
-    /// The settled holds by the stamp at which they are forgotten, oldest first.
-    settled_order: OrdSet<(u64, HoldId)>,
+    /// Holds that ended (settled, released, expired), so that reserves, settles and
+    /// releases are deduplicated by hold, not by op id: each is remembered until
+    /// [`HOLDS_REMEMBERED_FOR_MS`] of batch stamps past the later of its end and its
+    /// expiry. A settle's request record itself leaves the state machine:
+    /// [`settled_records`] hands it to the history store.
+    ended: HashMap<HoldId, EndedHold>,
+    /// The ended holds by the stamp at which they are forgotten, oldest first.
+    ended_order: OrdSet<(u64, HoldId)>,
     /// Idempotency window: op id → (fingerprint of the op, outcome), for
     /// [`OPS_REMEMBERED_FOR_MS`] of batch stamps. Applied top-ups are in `top_ups` instead.
     applied: HashMap<OpId, (u64, Outcome)>,
@@ -362,11 +389,20 @@ impl Ledger {
         self.stamp_ms = self.stamp_ms.max(batch.stamp_ms);
         self.expire(self.stamp_ms);
         self.forget(self.stamp_ms);
-        self.forget_settled(self.stamp_ms);
+        self.forget_ended(self.stamp_ms);
         batch.commands.iter().map(|c| self.apply_command(c)).collect()
     }
 
     fn apply_command(&mut self, command: &Command) -> Outcome {
+        if command.op.is_deduplicated_by_hold() {
+            // Neither looked up nor remembered by op id: the hold answers a retry.
+            let outcome =
+                command.op.validate().and_then(|()| self.apply_op(command.id, &command.op));
+            if let Some(account) = self.accounts.get(&command.op.account()) {
+                assert!(account.available() >= 0, "an operation made a balance negative");
+            }
+            return outcome;
+        }
         let fingerprint = fingerprint(&command.op);
         if let Some((seen, outcome)) = self.applied.get(&command.id) {
             return if *seen == fingerprint { outcome.clone() } else { Err(Rejection::IdReused) };
@@ -413,15 +449,26 @@ impl Ledger {
         }
     }
 
-    /// Forgets the settled holds whose time is up at `stamp_ms`.
-    fn forget_settled(&mut self, stamp_ms: u64) {
-        while let Some(&(forget_at_ms, hold)) = self.settled_order.get_min() {
+    /// Forgets the ended holds whose time is up at `stamp_ms`.
+    fn forget_ended(&mut self, stamp_ms: u64) {
+        while let Some(&(forget_at_ms, hold)) = self.ended_order.get_min() {
             if forget_at_ms > stamp_ms {
                 break;
             }
-            self.settled_order.remove(&(forget_at_ms, hold));
-            assert!(self.settled.remove(&hold).is_some(), "settled holds out of sync");
+            assert!(self.ended_order.remove(&(forget_at_ms, hold)).is_some());
+            assert!(self.ended.remove(&hold).is_some(), "ended holds out of sync");
         }
+    }
+
+    /// Remembers how `hold` (which expired at `expires_at_ms`) ended, replacing an earlier
+    /// ending (a settle after the hold expired or was released).
+    fn end_hold(&mut self, hold: HoldId, account: AccountId, ending: Ending, expires_at_ms: u64) {
+        let forget_at_ms = expires_at_ms.max(self.stamp_ms).saturating_add(HOLDS_REMEMBERED_FOR_MS);
+        let ended = EndedHold { account, ending, forget_at_ms };
+        if let Some(before) = self.ended.insert(hold, ended) {
+            assert!(self.ended_order.remove(&(before.forget_at_ms, hold)).is_some());
+        }
+        assert!(self.ended_order.insert((forget_at_ms, hold)).is_none(), "ended once");
     }
 
     fn apply_op(&mut self, id: OpId, op: &Op) -> Outcome {
@@ -479,8 +526,9 @@ impl Ledger {
             }
             Op::Release { account, hold } => match self.holds.get(hold) {
                 Some(entry) if entry.account == *account => {
-                    let amount = entry.amount;
+                    let (amount, expires_at_ms) = (entry.amount, entry.expires_at_ms);
                     self.void_hold(*hold);
+                    self.end_hold(*hold, *account, Ending::Released, expires_at_ms);
                     Ok(Reply::Released { amount })
                 }
                 _ => Err(Rejection::UnknownHold),
@@ -496,7 +544,17 @@ impl Ledger {
         amount: PicoUsd,
         ttl_ms: u64,
     ) -> Outcome {
-        if self.holds.contains_key(&hold) || self.settled.contains_key(&hold) {
+        if let Some(held) = self.holds.get(&hold) {
+            // A retried reserve (same account and amount) finds its hold made.
+            let account_state = self.accounts.get(&account);
+            return match account_state {
+                Some(state) if held.account == account && held.amount == amount => {
+                    Ok(Reply::Reserved { available: state.available() })
+                }
+                _ => Err(Rejection::HoldExists),
+            };
+        }
+        if self.ended.contains_key(&hold) {
             return Err(Rejection::HoldExists);
         }
         if !self.accounts.contains_key(&account) {
@@ -534,7 +592,7 @@ impl Ledger {
         actual: PicoUsd,
         key: Option<KeyId>,
     ) -> Outcome {
-        if let Some((_, first)) = self.settled.get(&hold) {
+        if let Some(EndedHold { ending: Ending::Settled(first), .. }) = self.ended.get(&hold) {
             // Settling twice (even under a new op id) changes nothing.
             return Ok(first.clone());
         }
@@ -564,10 +622,7 @@ impl Ledger {
             key.usage = key.usage.checked_add(charged).expect("key usage overflow");
         }
         let reply = Reply::Settled { charged, released, written_off };
-        let forget_at_ms =
-            expires_at_ms.max(self.stamp_ms).saturating_add(SETTLED_REMEMBERED_FOR_MS);
-        assert!(self.settled.insert(hold, (account, reply.clone())).is_none(), "settled once");
-        assert!(self.settled_order.insert((forget_at_ms, hold)).is_none(), "settled once");
+        self.end_hold(hold, account, Ending::Settled(reply.clone()), expires_at_ms);
         Ok(reply)
     }
 
@@ -589,7 +644,9 @@ impl Ledger {
             if expires_at_ms > stamp_ms {
                 break;
             }
+            let account = self.holds.get(&hold).expect("an indexed hold exists").account;
             self.void_hold(hold);
+            self.end_hold(hold, account, Ending::Expired, expires_at_ms);
         }
     }
 
@@ -617,10 +674,17 @@ impl Ledger {
         Some((*id, &self.keys[id]))
     }
 
-    /// Settled holds still remembered (to answer a retried settle): bounded by the settle
-    /// rate times [`SETTLED_REMEMBERED_FOR_MS`] plus the longest hold's life.
-    pub fn n_settled_remembered(&self) -> usize {
-        self.settled.len()
+    /// Ended holds still remembered (to answer a retried reserve, settle or release):
+    /// bounded by the rate holds end at times [`HOLDS_REMEMBERED_FOR_MS`] plus the
+    /// longest hold's life.
+    pub fn n_ended_holds_remembered(&self) -> usize {
+        self.ended.len()
+    }
+
+    /// Operation ids remembered in the window (everything but settles and top-ups, which
+    /// are deduplicated by hold and by account).
+    pub fn n_op_ids_remembered(&self) -> usize {
+        self.applied.len()
     }
 
     /// The bank check over every account (DESIGN.md §3).
@@ -665,8 +729,11 @@ impl Ledger {
         if self.top_ups.keys().any(|id| !self.accounts.contains_key(id)) {
             problems.push("top-ups remembered for an unknown account".into());
         }
-        if self.settled.len() != self.settled_order.len() {
-            problems.push("settled holds and their order differ in size".into());
+        if self.ended.len() != self.ended_order.len() {
+            problems.push("ended holds and their order differ in size".into());
+        }
+        if self.ended.keys().any(|hold| self.holds.contains_key(hold)) {
+            problems.push("a hold both pending and ended".into());
         }
         if self.applied.len() != self.applied_order.len() {
             problems.push("idempotency window and its order differ in size".into());
@@ -757,29 +824,28 @@ mod tests {
     #[test]
     fn a_full_window_refuses_new_commands_until_ids_age_out() {
         const FILLED_AT_MS: u64 = 1_000;
-        let release = Op::Release { account: AccountId(9), hold: HoldId(9) };
+        let revoke = Op::RevokeKey { account: AccountId(9), key: KeyId(9) };
         let mut ledger = Ledger::new();
         let window = (0..OPS_REMEMBERED_MAX as u128).map(|n| (FILLED_AT_MS, OpId(n)));
         ledger.applied_order = window.collect();
-        // An outcome only the window can answer: there is no such hold.
-        let remembered = (fingerprint(&release), Ok(Reply::Released { amount: PicoUsd(1) }));
+        // An outcome only the window can answer: there is no such key.
+        let remembered = (fingerprint(&revoke), Ok(Reply::KeyRevoked));
         let entries = ledger.applied_order.iter().map(|(_, id)| (*id, remembered.clone()));
         ledger.applied = entries.collect();
         ledger.stamp_ms = FILLED_AT_MS;
 
         let create = Op::CreateAccount { account: AccountId(1), name: "a".into() };
         let commands =
-            vec![Command { id: OpId(u128::MAX), op: create }, Command { id: OpId(5), op: release }];
+            vec![Command { id: OpId(u128::MAX), op: create }, Command { id: OpId(5), op: revoke }];
         let mut batch = Batch { stamp_ms: FILLED_AT_MS + OPS_REMEMBERED_FOR_MS - 1, commands };
         let outcomes = ledger.apply(&batch);
-        let released = Ok(Reply::Released { amount: PicoUsd(1) });
-        assert_eq!(outcomes, [Err(Rejection::Overloaded), released]);
+        assert_eq!(outcomes, [Err(Rejection::Overloaded), Ok(Reply::KeyRevoked)]);
         assert!(ledger.account(AccountId(1)).is_none());
         assert_eq!(ledger.applied.len(), OPS_REMEMBERED_MAX);
 
         batch.stamp_ms += 1;
         let outcomes = ledger.apply(&batch);
-        assert_eq!(outcomes, [Ok(Reply::AccountCreated), Err(Rejection::UnknownHold)]);
+        assert_eq!(outcomes, [Ok(Reply::AccountCreated), Err(Rejection::UnknownKey)]);
         assert_eq!((ledger.applied.len(), ledger.applied_order.len()), (2, 2));
         assert!(ledger.audit().ok);
     }

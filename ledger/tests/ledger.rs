@@ -196,43 +196,67 @@ fn a_top_up_retried_after_ten_minutes_of_traffic_credits_once() {
     assert_eq!(h.run_as(OpId(u128::MAX), other), Err(Rejection::IdReused));
 }
 
-/// A settled hold is remembered (a retried settle answers its first reply) until
-/// `SETTLED_REMEMBERED_FOR_MS` past the later of its settle and its expiry, then
-/// forgotten: the state holds what is live, not every request ever served.
+/// An ended hold is remembered (a retried settle answers its first reply, a late
+/// duplicate reserve `HoldExists`) until `HOLDS_REMEMBERED_FOR_MS` past the later of its
+/// end and its expiry, then forgotten; settles take no room in the op-id window. The state holds what is live, not every
+/// request ever served.
 #[test]
-fn settled_holds_are_remembered_for_a_bounded_time() {
+fn ended_holds_are_remembered_for_a_bounded_time() {
     let mut h = Harness::new();
     h.ok(Op::Credit { account: ACCOUNT, amount: usd("100.00") });
+    let windowed = h.ledger.n_op_ids_remembered();
     for hold in 0..1_000 {
         h.ok(reserve(hold, "0.01", 30_000));
         h.ok(settle(hold, "0.001"));
     }
-    assert_eq!(h.ledger.n_settled_remembered(), 1_000);
+    h.ok(reserve(1_000, "0.01", 30_000));
+    h.ok(Op::Release { account: ACCOUNT, hold: HoldId(1_000) });
+    assert_eq!(h.ledger.n_ended_holds_remembered(), 1_001);
+    let (reserves, releases) = (1_001, 1);
+    assert_eq!(h.ledger.n_op_ids_remembered(), windowed + reserves + releases, "settles: none");
     let first = h.ok(settle(0, "0.5"));
-    h.stamp_ms += 30_000 + SETTLED_REMEMBERED_FOR_MS - 1;
+    h.stamp_ms += 30_000 + HOLDS_REMEMBERED_FOR_MS - 1;
     assert_eq!(h.ok(settle(0, "0.5")), first, "remembered until the hold's expiry plus");
-    assert_eq!(h.ledger.n_settled_remembered(), 1_000);
+    assert_eq!(h.run(reserve(1_000, "0.01", 30_000)), Err(Rejection::HoldExists));
+    assert_eq!(h.run(reserve(0, "0.01", 30_000)), Err(Rejection::HoldExists));
+    assert_eq!(h.ledger.n_ended_holds_remembered(), 1_001);
     h.stamp_ms += 1;
     h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
-    assert_eq!(h.ledger.n_settled_remembered(), 0, "forgotten once the window passed");
+    assert_eq!(h.ledger.n_ended_holds_remembered(), 0, "forgotten once the window passed");
     assert_eq!(h.history.len(), 1_000, "the records went to the history");
 }
 
+/// A reserve retried (same hold, account and amount) finds its hold made and changes
+/// nothing; an expired hold is remembered too, so a late duplicate cannot make it again.
+#[test]
+fn a_retried_reserve_finds_its_hold() {
+    let mut h = Harness::new();
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
+    let first = h.ok(reserve(5, "0.10", 1_000));
+    assert_eq!(h.ok(reserve(5, "0.10", 1_000)), first);
+    assert_eq!(h.account().debits_pending, usd("0.10"));
+    assert_eq!(h.run(reserve(5, "0.20", 1_000)), Err(Rejection::HoldExists));
+    h.stamp_ms += 1_000;
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
+    assert_eq!(h.account().debits_pending, PicoUsd::ZERO, "expired");
+    assert_eq!(h.run(reserve(5, "0.10", 1_000)), Err(Rejection::HoldExists));
+    assert_eq!(h.account().debits_pending, PicoUsd::ZERO);
+}
+
 /// Other operations are remembered for `OPS_REMEMBERED_FOR_MS` of batch stamps, then
-/// decided afresh: a reserve retried within the window gets its first reply, after it the
-/// hold's own rule (`HoldExists`).
+/// decided afresh: a key creation retried within the window gets its first reply, after
+/// it the key's own rule (`KeyExists`).
 #[test]
 fn op_ids_are_remembered_for_a_fixed_time() {
     let mut h = Harness::new();
-    h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
-    let hold = reserve(5, "0.10", HOLD_TTL_MS_MAX);
-    let first = h.run_as(OpId(77), hold.clone());
-    assert_eq!(first, Ok(Reply::Reserved { available: usd("0.90").0 as i128 }));
+    let create =
+        Op::CreateKey { account: ACCOUNT, key: KeyId(71), name: "k2".into(), hash: [8; 32] };
+    let first = h.run_as(OpId(77), create.clone());
+    assert_eq!(first, Ok(Reply::KeyCreated));
     h.stamp_ms += OPS_REMEMBERED_FOR_MS - 1;
-    assert_eq!(h.run_as(OpId(77), hold.clone()), first);
+    assert_eq!(h.run_as(OpId(77), create.clone()), first);
     h.stamp_ms += 1;
-    assert_eq!(h.run_as(OpId(77), hold), Err(Rejection::HoldExists));
-    assert_eq!(h.account().debits_pending, usd("0.10"));
+    assert_eq!(h.run_as(OpId(77), create), Err(Rejection::KeyExists));
 }
 
 #[test]
@@ -437,7 +461,7 @@ fn key_of(account: u8, key: u8) -> KeyId {
     KeyId(u64::from(account) * 10 + u64::from(key))
 }
 
-/// The first settle of a hold decides: later ones within `SETTLED_REMEMBERED_FOR_MS` of
+/// The first settle of a hold decides: later ones within `HOLDS_REMEMBERED_FOR_MS` of
 /// batch stamps answer the same, and a settle's charge and write-off add up to the first
 /// one's actual. Past that window a settle may be decided afresh (the ledger's memory is
 /// bounded by time), never before.
@@ -453,7 +477,7 @@ fn check_settle(
     ) = (op, outcome)
     {
         let first = settled.entry(*hold).or_insert_with(|| (reply.clone(), *actual, stamp_ms));
-        if &first.0 != reply && stamp_ms >= first.2 + SETTLED_REMEMBERED_FOR_MS {
+        if &first.0 != reply && stamp_ms >= first.2 + HOLDS_REMEMBERED_FOR_MS {
             *first = (reply.clone(), *actual, stamp_ms);
         }
         prop_assert_eq!(&first.0, reply);

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 /// The first bytes of every encoded value.
 pub const FORMAT_MAGIC: [u8; 3] = *b"SRL";
-/// The version this build writes. 2: the ledger keeps settled holds for a bounded time
+/// The version this build writes. 2: the ledger keeps ended holds for a bounded time
 /// instead of every request record (those moved to the history store).
 pub const FORMAT_VERSION: u8 = 2;
 /// The versions this build reads.
@@ -130,7 +130,7 @@ mod tests {
         });
         let mut ledger = Ledger::new();
         ledger.apply(&batch());
-        assert_eq!(ledger.n_settled_remembered(), 1, "the batch settled hold 3");
+        assert_eq!(ledger.n_ended_holds_remembered(), 1, "the batch settled hold 3");
         round_trip(&ledger);
         round_trip(&BTreeMap::from([(1u64, "127.0.0.1:1".to_owned())]));
     }
