@@ -38,6 +38,9 @@ use tokio::sync::Notify;
 
 /// The history's file in a node's data directory.
 pub const HISTORY_FILE: &str = "history.redb";
+/// The history's page cache (redb's default is 1 GiB, which a node would fill with pages
+/// of old records): queries read recent pages and indexes, writes append.
+pub const HISTORY_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// How often a node drops the records past their retention.
 pub const HISTORY_EXPIRE_INTERVAL: Duration = Duration::from_secs(60);
 /// How long records are kept by default.
@@ -234,7 +237,7 @@ impl History {
     pub async fn open(path: &Path, retention: Duration) -> Result<History, LedgerError> {
         let mut attempt = 1;
         let db = loop {
-            match Database::create(path) {
+            match Database::builder().set_cache_size(HISTORY_CACHE_BYTES).create(path) {
                 Ok(db) => break db,
                 Err(redb::DatabaseError::DatabaseAlreadyOpen)
                     if attempt < OPEN_LOCK_ATTEMPTS_MAX =>
