@@ -34,6 +34,10 @@ const _: () = assert!(SETTLE_DEADLINE.as_millis() < HOLD_GRACE.as_millis() / 2);
 // leader whose clock runs ahead cannot shorten it below them.
 const _: () =
     assert!(solrouter_ledger::OPS_REMEMBERED_FOR_MS as u128 >= 2 * SETTLE_DEADLINE.as_millis());
+// A settle is deduplicated by its hold, remembered this long after the hold ended: a
+// settle still retrying finds its first reply.
+const _: () =
+    assert!(solrouter_ledger::HOLDS_REMEMBERED_FOR_MS as u128 >= 2 * SETTLE_DEADLINE.as_millis());
 const _: () = assert!(
     solrouter_ledger::OPS_REMEMBERED_FOR_MS as u128
         >= 2 * solrouter_raft::CLIENT_CALL_DEADLINE.as_millis()
