@@ -5,6 +5,9 @@
 
 pub mod cluster;
 pub mod load;
+pub mod processes;
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use solrouter_ledger::{
     AccountId, Batch, Command, HoldId, KeyId, Ledger, Op, OpId, PicoUsd, RequestRecord,
@@ -81,7 +84,14 @@ pub fn lifecycle_commands(n: u64, release: bool) -> [Command; 2] {
     let finish = if release {
         Op::Release { account, hold }
     } else {
-        let record = RequestRecord { model: "mock/echo".into(), status: 200, ..Default::default() };
+        // Stamped now, as a gateway does, so the history's retention keeps it.
+        let created_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let record = RequestRecord {
+            model: "mock/echo".into(),
+            status: 200,
+            created_ms: u64::try_from(created_ms).unwrap_or(u64::MAX),
+            ..Default::default()
+        };
         Op::Settle { account, hold, actual: LIFECYCLE_ACTUAL, record }
     };
     [Command { id: OpId(id), op: reserve }, Command { id: OpId(id | 2), op: finish }]

@@ -11,24 +11,13 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use solrouter_bench::cluster::free_local_addr;
 use solrouter_bench::load::{fund, Load, Target};
+use solrouter_bench::processes::{cpu_ticks, Processes, READY_LINE, TICKS_PER_S};
 use solrouter_raft::{ClusterConfig, ClusterStart, LedgerClient, LedgerNode, NodeOptions};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tempfile::TempDir;
-
-/// What a node process prints once it serves, so the driver connects only then.
-const READY_LINE: &str = "ready";
-/// How long a node process may take to stop after its standard input closes (it shuts its
-/// node down first), polled this often; past it the driver kills it and says so.
-const STOP_WAIT_ATTEMPTS_MAX: u32 = 3_000;
-const STOP_WAIT_INTERVAL: Duration = Duration::from_millis(10);
-/// `/proc/<pid>/stat` counts CPU time in clock ticks of `USER_HZ`, 100 on Linux x86-64.
-const TICKS_PER_S: f64 = 100.0;
 
 #[derive(Parser, Debug)]
 #[command(about = "Lifecycles/s and latency of a multi-process ledger cluster via LedgerClient")]
@@ -92,7 +81,8 @@ fn main() -> anyhow::Result<()> {
         "load cores"
     );
     for &n_submitters in &args.submitters {
-        let processes = Processes::start(&args)?;
+        let exe = std::env::current_exe()?;
+        let processes = Processes::start(&exe, args.nodes, args.groups, &args.dir)?;
         let row = runtime.block_on(measure(&args, &processes, n_submitters));
         let stopped = processes.stop();
         println!("{}", row?);
@@ -157,92 +147,4 @@ async fn measure(
         cores(nodes_before, nodes_after),
         cores(self_before, self_after),
     ))
-}
-
-/// The node processes of one row, their data directories and addresses.
-struct Processes {
-    children: Vec<Child>,
-    addrs: Vec<String>,
-    _dirs: Vec<TempDir>,
-}
-
-impl Processes {
-    /// Starts every node and returns once each has printed [`READY_LINE`].
-    fn start(args: &Args) -> anyhow::Result<Processes> {
-        let addrs =
-            (0..args.nodes).map(|_| free_local_addr()).collect::<anyhow::Result<Vec<_>>>()?;
-        let peers = (1..).zip(&addrs).map(|(id, addr)| format!("{id}={addr}"));
-        let peers = peers.collect::<Vec<_>>().join(",");
-        let exe = std::env::current_exe()?;
-        let (mut children, mut dirs) = (Vec::new(), Vec::new());
-        for id in 1..=args.nodes {
-            let dir = tempfile::Builder::new().prefix("solrouter-bench-").tempdir_in(&args.dir)?;
-            let child = Command::new(&exe)
-                .args(["node", "--id", &id.to_string(), "--peers", &peers])
-                .args(["--groups", &args.groups.to_string()])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .context("starting a node process")?;
-            children.push(child);
-            dirs.push(dir);
-        }
-        for child in &mut children {
-            let stdout = child.stdout.take().expect("stdout is piped");
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line)?;
-            anyhow::ensure!(line.trim() == READY_LINE, "a node process failed to start");
-        }
-        Ok(Processes { children, addrs, _dirs: dirs })
-    }
-
-    /// CPU time of every node process so far, in clock ticks.
-    fn cpu_ticks(&self) -> anyhow::Result<u64> {
-        let per_child = self
-            .children
-            .iter()
-            .map(|child| cpu_ticks(&PathBuf::from(format!("/proc/{}/stat", child.id()))));
-        per_child.sum()
-    }
-
-    /// Closes every node's standard input (its signal to shut down) and waits for all of
-    /// them to exit; kills one that does not within the bound, and reports it.
-    fn stop(mut self) -> anyhow::Result<()> {
-        for child in &mut self.children {
-            drop(child.stdin.take());
-        }
-        let mut stuck = Vec::new();
-        for child in &mut self.children {
-            if !wait_exit(child)? {
-                child.kill()?;
-                child.wait()?;
-                stuck.push(child.id());
-            }
-        }
-        anyhow::ensure!(stuck.is_empty(), "node processes {stuck:?} did not stop and were killed");
-        Ok(())
-    }
-}
-
-/// Whether `child` exited within the stop bound.
-fn wait_exit(child: &mut Child) -> anyhow::Result<bool> {
-    for _ in 0..STOP_WAIT_ATTEMPTS_MAX {
-        if child.try_wait()?.is_some() {
-            return Ok(true);
-        }
-        std::thread::sleep(STOP_WAIT_INTERVAL);
-    }
-    Ok(false)
-}
-
-/// User plus system CPU time of a process from its `/proc/<pid>/stat`, in clock ticks.
-fn cpu_ticks(stat: &Path) -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string(stat).with_context(|| format!("reading {stat:?}"))?;
-    // The command name (field 2) may hold spaces; fields after it are plain numbers.
-    let after_name = &text[text.rfind(')').context("malformed stat")? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
 }
