@@ -31,7 +31,7 @@ use solrouter_ledger::{AccountId, HoldId, KeyId, PicoUsd, RequestRecord};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -41,6 +41,9 @@ pub const HISTORY_FILE: &str = "history.redb";
 /// The history's page cache (redb's default is 1 GiB, which a node would fill with pages
 /// of old records): queries read recent pages and indexes, writes append.
 pub const HISTORY_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// How often a node syncs the history written since its last sync: bounds what the sync
+/// before a snapshot has to write.
+pub const HISTORY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a node drops the records past their retention.
 pub const HISTORY_EXPIRE_INTERVAL: Duration = Duration::from_secs(60);
 /// How long records are kept by default.
@@ -199,6 +202,8 @@ struct Inner {
     db: Database,
     retention: Duration,
     expired_total: AtomicU64,
+    /// Written since the last sync.
+    dirty: AtomicBool,
     backfill: Arc<BackfillRequests>,
 }
 
@@ -266,8 +271,13 @@ impl History {
     }
 
     fn over(db: Database, retention: Duration) -> Result<History, LedgerError> {
-        let inner =
-            Inner { db, retention, expired_total: AtomicU64::new(0), backfill: Arc::default() };
+        let inner = Inner {
+            db,
+            retention,
+            expired_total: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+            backfill: Arc::default(),
+        };
         let history = History { inner: Arc::new(inner) };
         // Creates the tables, so readers never find one missing.
         history
@@ -301,6 +311,7 @@ impl History {
         if records.peek().is_none() {
             return Ok(());
         }
+        self.inner.dirty.store(true, Ordering::Release);
         self.write(Durability::None, |tables| {
             for (account, hold, record) in records {
                 tables.insert(account, hold, record)?;
@@ -311,7 +322,32 @@ impl History {
 
     /// Makes every write so far durable (fsync).
     pub fn sync(&self) -> HistoryResult<()> {
-        self.write(Durability::Immediate, |_| Ok(()))
+        let was_dirty = self.inner.dirty.swap(false, Ordering::AcqRel);
+        let synced = self.write(Durability::Immediate, |_| Ok(()));
+        if synced.is_err() && was_dirty {
+            self.inner.dirty.store(true, Ordering::Release);
+        }
+        synced
+    }
+
+    /// One round of upkeep: with `expire` drops what is past retention, and syncs if
+    /// anything was written since the last sync; returns how many records it dropped.
+    fn maintain(&self, expire: bool) -> HistoryResult<usize> {
+        let mut deleted = 0;
+        if expire {
+            let now_ms = crate::group::wall_clock_ms();
+            loop {
+                let batch = self.expire(now_ms)?;
+                deleted += batch;
+                if batch < HISTORY_EXPIRE_BATCH_MAX {
+                    break;
+                }
+            }
+        }
+        if self.inner.dirty.load(Ordering::Acquire) {
+            self.sync()?;
+        }
+        Ok(deleted)
     }
 
     /// Deletes the records created before `now_ms − retention`, at most
@@ -320,6 +356,7 @@ impl History {
         let retention_ms = u64::try_from(self.inner.retention.as_millis()).unwrap_or(u64::MAX);
         let cutoff_ms = now_ms.saturating_sub(retention_ms);
         let mut deleted = 0;
+        self.inner.dirty.store(true, Ordering::Release);
         self.write(Durability::None, |tables| {
             let old: Vec<(u64, u128)> = tables
                 .by_time
@@ -462,35 +499,33 @@ impl History {
     }
 }
 
-/// Drops the records past `history`'s retention every [`HISTORY_EXPIRE_INTERVAL`], by
-/// this machine's clock (retention is not replicated state: each replica trims its own).
+/// Keeps the history small to sync and within its retention: every
+/// [`HISTORY_SYNC_INTERVAL`] it syncs what was written since (so the sync before a
+/// snapshot, which holds back the applies waiting to write, has little left to do), and
+/// every [`HISTORY_EXPIRE_INTERVAL`] it drops the records past retention, by this
+/// machine's clock (retention is not replicated state: each replica trims its own).
 /// Holds the history weakly: once the node is gone the task ends and the file closes.
-pub(crate) fn spawn_retention(history: &History) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn_maintenance(history: &History) -> tokio::task::JoinHandle<()> {
     let weak = Arc::downgrade(&history.inner);
     tokio::spawn(async move {
-        let mut interval = tokio::time::interval(HISTORY_EXPIRE_INTERVAL);
+        let mut interval = tokio::time::interval(HISTORY_SYNC_INTERVAL);
+        let mut expired_at: Option<std::time::Instant> = None;
         loop {
             interval.tick().await;
             let Some(inner) = weak.upgrade() else { return };
             let history = History { inner };
-            let expired = tokio::task::spawn_blocking(move || {
-                let now_ms = crate::group::wall_clock_ms();
-                let mut deleted = 0;
-                loop {
-                    let batch = history.expire(now_ms)?;
-                    deleted += batch;
-                    if batch < HISTORY_EXPIRE_BATCH_MAX {
-                        return Ok::<_, redb::Error>(deleted);
-                    }
-                }
-            });
-            match expired.await {
+            let expire = expired_at.is_none_or(|at| at.elapsed() >= HISTORY_EXPIRE_INTERVAL);
+            if expire {
+                expired_at = Some(std::time::Instant::now());
+            }
+            let done = tokio::task::spawn_blocking(move || history.maintain(expire)).await;
+            match done {
                 Ok(Ok(0)) => {}
                 Ok(Ok(deleted)) => {
                     tracing::info!(deleted, "request history: records past retention dropped")
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "request history: retention failed"),
-                Err(e) => tracing::error!(error = %e, "request history: retention task failed"),
+                Ok(Err(e)) => tracing::error!(error = %e, "request history: upkeep failed"),
+                Err(e) => tracing::error!(error = %e, "request history: upkeep task failed"),
             }
         }
     })

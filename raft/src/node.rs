@@ -529,14 +529,14 @@ impl LedgerNode {
         history: History,
         server: Option<Server>,
     ) -> LedgerNode {
-        let retention = history::spawn_retention(&history);
+        let maintenance = history::spawn_maintenance(&history);
         let node = LedgerNode {
             inner: Arc::new(Inner {
                 id,
                 groups,
                 history,
                 server: Mutex::new(server),
-                background_tasks: Mutex::new(vec![retention]),
+                background_tasks: Mutex::new(vec![maintenance]),
             }),
         };
         let tasks =

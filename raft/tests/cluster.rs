@@ -163,7 +163,11 @@ async fn a_lagging_node_catches_up_from_a_snapshot() {
         credits_on(&nodes[&3], account) == Some(total)
     })
     .await;
-    assert!(nodes[&3].stats().snapshot_index.is_some());
+    // The metrics may report the installed snapshot a moment after its state is readable.
+    eventually("node 3 reports the snapshot it installed", || {
+        nodes[&3].stats().snapshot_index.is_some()
+    })
+    .await;
     // Its history is filled in from the leader in the background: every record, once.
     let query = HistoryQuery {
         account,
