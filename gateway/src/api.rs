@@ -113,16 +113,8 @@ pub async fn generations(
     request: &Request<Incoming>,
 ) -> Result<Response, ApiError> {
     let caller = app.bank.authenticate(authorization(request.headers())).await?;
-    let mut query = HistoryQuery {
-        account: caller.account,
-        key: None,
-        model: None,
-        status: None,
-        from_ms: 0,
-        to_ms: u64::MAX,
-        before: None,
-        limit: GENERATIONS_PAGE_DEFAULT,
-    };
+    let mut query =
+        HistoryQuery { limit: GENERATIONS_PAGE_DEFAULT, ..HistoryQuery::all(caller.account) };
     for (name, value) in query_params(request) {
         match &*name {
             "key" => query.key = Some(KeyId(parse_hex_u64("key", &value)?)),

@@ -152,6 +152,23 @@ pub struct HistoryQuery {
     pub limit: u32,
 }
 
+impl HistoryQuery {
+    /// The first page of every record of `account`, newest first, as large as pages go;
+    /// narrow it with struct update syntax.
+    pub fn all(account: AccountId) -> HistoryQuery {
+        HistoryQuery {
+            account,
+            key: None,
+            model: None,
+            status: None,
+            from_ms: 0,
+            to_ms: u64::MAX,
+            before: None,
+            limit: HISTORY_PAGE_MAX,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryPage {
     pub records: Vec<(HoldId, RequestRecord)>,
@@ -649,16 +666,7 @@ mod tests {
     }
 
     fn query(limit: u32) -> HistoryQuery {
-        HistoryQuery {
-            account: ACCOUNT,
-            key: None,
-            model: None,
-            status: None,
-            from_ms: 0,
-            to_ms: u64::MAX,
-            before: None,
-            limit,
-        }
+        HistoryQuery { limit, ..HistoryQuery::all(ACCOUNT) }
     }
 
     fn holds(page: &HistoryPage) -> Vec<u128> {

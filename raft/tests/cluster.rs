@@ -2,7 +2,7 @@
 //! replication to every replica, routing by account, and fail-over after the leader stops.
 
 use solrouter_ledger::{AccountId, Command, HoldId, Op, OpId, PicoUsd, Reply, RequestRecord};
-use solrouter_raft::{Consistency, HistoryQuery, LedgerError, LedgerNode, HISTORY_PAGE_MAX};
+use solrouter_raft::{Consistency, HistoryQuery, LedgerError, LedgerNode};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -169,16 +169,7 @@ async fn a_lagging_node_catches_up_from_a_snapshot() {
     })
     .await;
     // Its history is filled in from the leader in the background: every record, once.
-    let query = HistoryQuery {
-        account,
-        key: None,
-        model: None,
-        status: None,
-        from_ms: 0,
-        to_ms: u64::MAX,
-        before: None,
-        limit: HISTORY_PAGE_MAX,
-    };
+    let query = HistoryQuery::all(account);
     let mut copied = Vec::new();
     for _ in 0..POLL_ATTEMPTS_MAX {
         let page = nodes[&3].history(query.clone(), Consistency::Stale).await.unwrap();

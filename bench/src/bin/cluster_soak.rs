@@ -14,7 +14,7 @@ use solrouter_bench::load::{fund, Load, Target};
 use solrouter_bench::processes::Processes;
 use solrouter_bench::WORKLOAD_ACCOUNTS;
 use solrouter_ledger::AccountId;
-use solrouter_raft::{Consistency, HistoryQuery, LedgerClient, HISTORY_PAGE_MAX};
+use solrouter_raft::{Consistency, HistoryQuery, LedgerClient};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -110,16 +110,7 @@ async fn soak(args: &Args, processes: &mut Processes) -> anyhow::Result<()> {
 async fn history_records(client: &LedgerClient) -> anyhow::Result<u64> {
     let mut total = 0;
     for account in 0..WORKLOAD_ACCOUNTS {
-        let mut query = HistoryQuery {
-            account: AccountId(account),
-            key: None,
-            model: None,
-            status: None,
-            from_ms: 0,
-            to_ms: u64::MAX,
-            before: None,
-            limit: HISTORY_PAGE_MAX,
-        };
+        let mut query = HistoryQuery::all(AccountId(account));
         loop {
             let page = client.history(query.clone(), Consistency::Linearizable).await;
             let page = page.with_context(|| format!("history of account {account}"))?;
