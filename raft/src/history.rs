@@ -91,15 +91,17 @@ pub struct Usage {
 }
 
 impl Usage {
-    fn add(&mut self, record: &RequestRecord) {
-        self.requests += 1;
-        self.prompt_tokens += record.prompt_tokens;
-        self.completion_tokens += record.completion_tokens;
-        self.reasoning_tokens += record.reasoning_tokens;
-        self.cached_tokens += record.cached_tokens;
-        self.cost = self.cost.checked_add(record.cost).expect("usage cost overflow");
-        self.written_off =
-            self.written_off.checked_add(record.written_off).expect("usage write-off overflow");
+    /// One request's usage.
+    fn of(record: &RequestRecord) -> Usage {
+        Usage {
+            requests: 1,
+            prompt_tokens: record.prompt_tokens,
+            completion_tokens: record.completion_tokens,
+            reasoning_tokens: record.reasoning_tokens,
+            cached_tokens: record.cached_tokens,
+            cost: record.cost,
+            written_off: record.written_off,
+        }
     }
 
     fn merge(&mut self, other: &Usage) {
@@ -597,7 +599,7 @@ impl<'txn> Tables<'txn> {
             Some(bytes) => codec::decode(bytes.value()).map_err(|e| corrupt(&e.to_string()))?,
             None => Usage::default(),
         };
-        usage.add(&record);
+        usage.merge(&Usage::of(&record));
         self.hourly.insert(bucket, encode(&usage)?.as_slice())?;
         let stored = Stored { account, record };
         self.records.insert(hold.0, encode(&stored)?.as_slice())?;
