@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 const MIB: f64 = 1024.0 * 1024.0;
 /// What each engine may cache, the same for all (sled's default is 1 GiB, redb's too).
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// How often the watchdog looks at the append counter.
+const WATCHDOG_INTERVAL: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Engine {
@@ -223,13 +225,15 @@ async fn run<K: KvTree>(args: &Args, dir: &Path, tree: impl Fn(&str) -> K) -> an
             }
         })
     };
+    // An OS thread, not a task: a store that blocks every tokio worker (sled did) would
+    // stop a watchdog task too.
     let watchdog = {
         let (counters, stop) = (Arc::clone(&counters), Arc::clone(&stop));
         let stall = Duration::from_secs(args.stall_s);
-        tokio::spawn(async move {
+        std::thread::spawn(move || {
             let (mut seen, mut since) = (0, Instant::now());
             while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                std::thread::sleep(WATCHDOG_INTERVAL);
                 let now = counters.n_appends.load(Ordering::Relaxed);
                 if now != seen {
                     (seen, since) = (now, Instant::now());
@@ -247,8 +251,11 @@ async fn run<K: KvTree>(args: &Args, dir: &Path, tree: impl Fn(&str) -> K) -> an
     }
     let elapsed = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    for task in [voter, snapshotter, watchdog] {
+    for task in [voter, snapshotter] {
         task.await?;
+    }
+    if watchdog.join().is_err() {
+        anyhow::bail!("the watchdog panicked");
     }
     latencies_us.sort_unstable();
     let at = |q: f64| latencies_us[((latencies_us.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
