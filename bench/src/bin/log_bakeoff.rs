@@ -36,10 +36,10 @@ enum Engine {
     /// The baseline plus `fdatasync` of sled's `db` file after each durable write: the
     /// smallest change that would make sled's appends durable (`docs/durability.md`).
     SledFdatasync,
-    /// redb 4 through `RedbStore`: one writer thread, queued writes share a transaction.
+    /// redb 4 through `RedbStore`: one writer task, queued writes share a transaction.
     Redb,
     /// redb 4, one transaction per write (`begin_write` on a blocking thread): what redb
-    /// costs without the writer thread's group commit.
+    /// costs without the writer task's group commit.
     RedbPerWrite,
     /// fjall 2: one partition per store, a write batch then `persist(SyncData)`.
     Fjall,
