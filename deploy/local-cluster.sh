@@ -38,7 +38,7 @@ groups="${LEDGER_GROUPS:-4}"
 gateway_mock="${GATEWAY_MOCK:-1}"
 cluster_tls="${CLUSTER_TLS:-1}"
 # Readiness is polled this many times, this far apart (60 s in all): a debug build on a
-# loaded machine opens sled and elects leaders in a few seconds.
+# loaded machine opens its stores and elects leaders in a few seconds.
 ready_attempts_max=600
 ready_interval_s=0.1
 # After SIGTERM a process gets this many checks, this far apart (20 s), before SIGKILL:

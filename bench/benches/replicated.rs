@@ -1,8 +1,8 @@
 //! Reserve+settle lifecycles through replicated ledger nodes: a single node, and three
 //! nodes in this process replicating over gRPC on 127.0.0.1 (one Raft group, and three
 //! groups whose leaders spread over the nodes). Group commit makes one Raft entry per
-//! batch; each node's log is in sled on a real directory, flushed before an append is
-//! acknowledged. The number of concurrent submitters is swept, which sweeps the batch size.
+//! batch; each node's log is in redb on a real directory, `fdatasync`ed before an append
+//! is acknowledged. The number of concurrent submitters is swept, which sweeps the batch size.
 //! Submitters call the leader's `LedgerNode::submit` directly: no gateway-to-ledger RPC.
 //!
 //! First criterion measures throughput (one iteration = one lifecycle per submitter); then
@@ -27,7 +27,7 @@ use tokio::runtime::Runtime;
 const SUBMITTERS: [usize; 4] = [1, 16, 256, 1024];
 /// (nodes, Raft groups) per cluster, unless `SOLROUTER_BENCH_TOPOLOGIES` says otherwise.
 const TOPOLOGIES: [(u64, u32); 3] = [(1, 1), (3, 1), (3, 3)];
-/// Length of each latency run, and of the unmeasured run before it that warms sled's
+/// Length of each latency run, and of the unmeasured run before it that warms redb's
 /// cache and the allocator (and, in a cluster, lets elections settle).
 const LATENCY_RUN: Duration = Duration::from_secs(10);
 const LATENCY_WARM_UP: Duration = Duration::from_secs(2);

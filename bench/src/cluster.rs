@@ -2,9 +2,8 @@
 //! this process replicating over real gRPC on 127.0.0.1, each in its own data directory.
 
 use anyhow::Context;
-use solrouter_raft::{LedgerNode, NodeOptions, NodeStats};
+use solrouter_raft::{LedgerNode, NodeOptions, NodeStats, DATA_FILE_NAME};
 use std::collections::BTreeMap;
-use std::fs::{File, TryLockError};
 use std::path::Path;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -65,32 +64,32 @@ impl Cluster {
         proposed(&self.nodes)
     }
 
-    /// Shuts every node down and returns once each has closed its sled database. The
-    /// next cluster must not start while an old one still writes: sled 0.34 serializes
-    /// every database of a process behind one lock, and a benchmark run hung when an old
-    /// node's last flush (on drop, after a snapshot build) overlapped a new node's append.
+    /// Shuts every node down and returns once each has closed its database, so the next
+    /// cluster's figures do not include an old one's last writes.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
         for node in &self.nodes {
             node.shutdown().await?;
         }
         for dir in &self.dirs {
-            wait_closed(&dir.path().join("db")).await?;
+            wait_closed(&dir.path().join(DATA_FILE_NAME)).await?;
         }
         Ok(())
     }
 }
 
-/// Waits until sled's lock on its `db` file (an exclusive `flock`, taken for as long as the
-/// database is open) can be taken, i.e. until the database is closed.
+/// Waits until the node's redb database can be opened here, i.e. until the node closed it
+/// (redb refuses a second open of a file while it is open).
 async fn wait_closed(db_file: &Path) -> anyhow::Result<()> {
-    let file = File::open(db_file).with_context(|| format!("opening {db_file:?}"))?;
     for _ in 0..CLOSE_WAIT_ATTEMPTS_MAX {
-        match file.try_lock() {
-            Ok(()) => return Ok(file.unlock()?),
-            Err(TryLockError::WouldBlock) => tokio::time::sleep(CLOSE_WAIT_INTERVAL).await,
-            Err(TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {db_file:?}"))
+        match redb::Database::open(db_file) {
+            Ok(db) => {
+                drop(db);
+                return Ok(());
             }
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                tokio::time::sleep(CLOSE_WAIT_INTERVAL).await
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {db_file:?}")),
         }
     }
     let waited = CLOSE_WAIT_INTERVAL * CLOSE_WAIT_ATTEMPTS_MAX;

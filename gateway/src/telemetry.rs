@@ -4,9 +4,9 @@
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-/// Without `RUST_LOG`: our own info logs; openraft and sled only when they warn (their
+/// Without `RUST_LOG`: our own info logs; openraft and redb only when they warn (their
 /// info level narrates every election).
-const LOG_FILTER_DEFAULT: &str = "info,openraft=warn,sled=warn";
+const LOG_FILTER_DEFAULT: &str = "info,openraft=warn,redb=warn";
 
 /// Installs the log subscriber. Stdout stays free for the lines a user (or a test)
 /// reads: the endpoint, the admin token, the demo key.

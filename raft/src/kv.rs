@@ -1,70 +1,206 @@
-//! The ordered key-value trees the Raft log, vote and snapshots are written to: sled in
-//! production. The stores are written against [`KvTree`] rather than sled directly so the
-//! deterministic simulation (`sim`) can run the very same store code over an in-memory
-//! tree that models sled's crash semantics (what survives a crash is every write before
-//! the last completed flush, plus some prefix of the writes after it).
+//! The ordered key-value trees the Raft log, vote and snapshots are written to: one redb
+//! database per node in production ([`RedbStore`]; the bake-off that chose it is in
+//! `docs/storage.md`). The stores are written against [`KvTree`] rather than redb directly
+//! so the deterministic simulation (`sim`) can run the very same store code over an
+//! in-memory tree that models a crash: every write made durable survives it, every other
+//! write is lost.
 
+use redb::{ReadableDatabase, ReadableTable};
 use std::future::Future;
 use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 
-/// One tree of an ordered key-value store. Writes become durable only once a later
-/// [`KvTree::flush`] completes; a batch is applied atomically, before and after a crash.
+/// Writes of one [`KvTree::write`]: a key and the value to insert, or `None` to remove it.
+pub type KvBatch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// How far a [`KvTree::write`] goes before it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Visible to every later read, but lost by a crash unless a later durable write (of
+    /// any tree of the same store) completes first.
+    Volatile,
+    /// On stable storage (`fdatasync`ed) when the write returns, with every earlier write
+    /// of every tree of the same store.
+    Durable,
+}
+
+/// One tree of an ordered key-value store. A write is applied atomically, before and after
+/// a crash; writes are ordered, so a crash keeps a prefix of them (every durable one and
+/// possibly none after the last).
 pub trait KvTree: Clone + Send + Sync + 'static {
     type Value: AsRef<[u8]> + Send;
     type Error: std::error::Error + Send + Sync + 'static;
 
     fn get(&self, key: &[u8]) -> Result<Option<Self::Value>, Self::Error>;
-    fn insert(&self, key: &[u8], value: Vec<u8>) -> Result<(), Self::Error>;
     /// The value under the greatest key.
     fn last(&self) -> Result<Option<Self::Value>, Self::Error>;
     /// Keys and values within `range`, in key order. Collected rather than streamed: every
     /// caller reads the whole range anyway (entries to replicate, keys to remove).
     fn range(&self, range: (Bound<&[u8]>, Bound<&[u8]>)) -> Result<Vec<KvPair<Self>>, Self::Error>;
-    /// Applies every write of `batch` (a value to insert, or `None` to remove) atomically.
-    fn apply_batch(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), Self::Error>;
-    /// Makes every write issued before the call durable, the writes of other trees of the
-    /// same store included.
-    fn flush(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Applies every write of `batch` atomically; a later read sees them once this returns.
+    fn write(
+        &self,
+        batch: KvBatch,
+        durability: Durability,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// A key and its value as a tree hands them out.
 pub type KvPair<T> = (<T as KvTree>::Value, <T as KvTree>::Value);
 
-impl KvTree for sled::Tree {
-    type Value = sled::IVec;
-    type Error = sled::Error;
+/// What redb may keep of the database in memory, per node.
+const REDB_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Writes waiting for the writer task at most; a writer beyond waits for room. Each group
+/// has about one log write, one vote or committed index and one snapshot or purge in
+/// flight at a time, so this bounds a node of hundreds of groups only under a stall.
+const REDB_QUEUE_MAX: usize = 4096;
+/// Most writes one redb transaction takes from the queue (group commit across the trees
+/// and groups of a node), so one huge queue cannot delay the first writer for long.
+const REDB_WRITES_PER_COMMIT_MAX: usize = 1024;
 
-    fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, sled::Error> {
-        sled::Tree::get(self, key)
+/// A node's redb database, written by one task. Every write goes through that task, which
+/// takes whatever writes are queued, applies them in one transaction and commits it, on a
+/// blocking thread, `fdatasync`ed if any of them asked to be durable: concurrent appends of
+/// the node's groups, votes and snapshots share one sync, writers never block a tokio
+/// worker on redb's writer lock, and, with one writer and MVCC readers, no lock order can
+/// deadlock. Reads run on the caller's thread in their own read transaction. Cheap to
+/// clone; the writer task ends, and the file is closed, when the last handle is dropped.
+#[derive(Clone)]
+pub struct RedbStore {
+    db: Arc<redb::Database>,
+    writes_tx: mpsc::Sender<WriteRequest>,
+}
+
+struct WriteRequest {
+    table: Arc<str>,
+    batch: KvBatch,
+    durability: Durability,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database file at `path` and starts its writer task on the
+    /// current tokio runtime. Fails with `DatabaseError::DatabaseAlreadyOpen` while another
+    /// handle in this process, or another process, has it open.
+    pub fn open(path: &Path) -> Result<RedbStore, redb::DatabaseError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            redb::DatabaseError::Storage(redb::StorageError::Io(std::io::Error::other(e)))
+        })?;
+        let db = Arc::new(redb::Builder::new().set_cache_size(REDB_CACHE_BYTES).create(path)?);
+        let (writes_tx, writes_rx) = mpsc::channel(REDB_QUEUE_MAX);
+        runtime.spawn(write_loop(Arc::clone(&db), writes_rx));
+        Ok(RedbStore { db, writes_tx })
     }
 
-    fn insert(&self, key: &[u8], value: Vec<u8>) -> Result<(), sled::Error> {
-        sled::Tree::insert(self, key, value).map(drop)
+    pub fn tree(&self, name: &str) -> RedbTree {
+        RedbTree { store: self.clone(), table: Arc::from(name) }
+    }
+}
+
+/// The writer task: one transaction per round of queued writes, until every handle is
+/// gone.
+async fn write_loop(db: Arc<redb::Database>, mut writes_rx: mpsc::Receiver<WriteRequest>) {
+    let mut requests = Vec::new();
+    while writes_rx.recv_many(&mut requests, REDB_WRITES_PER_COMMIT_MAX).await > 0 {
+        let round = std::mem::take(&mut requests);
+        let db = Arc::clone(&db);
+        // redb's errors are not `Clone`: every writer of the round gets the message.
+        let committing = tokio::task::spawn_blocking(move || {
+            let result = commit(&db, &round).map_err(|e| e.to_string());
+            (result, round)
+        });
+        let Ok((result, round)) = committing.await else {
+            // The commit panicked; its writers see their channel closed.
+            continue;
+        };
+        for request in round {
+            // A writer that gave up waiting has dropped its receiver; nothing to tell it.
+            let _ = request.done.send(result.clone());
+        }
+    }
+}
+
+/// Every table maps byte strings to byte strings.
+fn table(name: &str) -> redb::TableDefinition<'_, &'static [u8], &'static [u8]> {
+    redb::TableDefinition::new(name)
+}
+
+fn commit(db: &redb::Database, requests: &[WriteRequest]) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    let durable = requests.iter().any(|r| r.durability == Durability::Durable);
+    let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
+    txn.set_durability(durability)?;
+    for request in requests {
+        let mut table = txn.open_table(table(&request.table))?;
+        for (key, value) in &request.batch {
+            match value {
+                Some(value) => drop(table.insert(key.as_slice(), value.as_slice())?),
+                None => drop(table.remove(key.as_slice())?),
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// One named table of a [`RedbStore`].
+#[derive(Clone)]
+pub struct RedbTree {
+    store: RedbStore,
+    table: Arc<str>,
+}
+
+impl RedbTree {
+    /// Runs `f` over the table in a fresh read transaction; a table never written reads as
+    /// empty.
+    fn read<R>(
+        &self,
+        f: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<R, redb::Error>,
+        empty: R,
+    ) -> Result<R, redb::Error> {
+        let txn = self.store.db.begin_read()?;
+        match txn.open_table(table(&self.table)) {
+            Ok(table) => f(&table),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(empty),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl KvTree for RedbTree {
+    type Value = Vec<u8>;
+    type Error = redb::Error;
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, redb::Error> {
+        self.read(|table| Ok(table.get(key)?.map(|value| value.value().to_vec())), None)
     }
 
-    fn last(&self) -> Result<Option<sled::IVec>, sled::Error> {
-        Ok(sled::Tree::last(self)?.map(|(_, value)| value))
+    fn last(&self) -> Result<Option<Vec<u8>>, redb::Error> {
+        self.read(|table| Ok(table.last()?.map(|(_, value)| value.value().to_vec())), None)
     }
 
     fn range(
         &self,
         range: (Bound<&[u8]>, Bound<&[u8]>),
-    ) -> Result<Vec<(sled::IVec, sled::IVec)>, sled::Error> {
-        sled::Tree::range::<&[u8], _>(self, range).collect()
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, redb::Error> {
+        let collect = |table: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>| {
+            let pairs = table.range::<&[u8]>(range)?.map(|pair| {
+                let (key, value) = pair?;
+                Ok((key.value().to_vec(), value.value().to_vec()))
+            });
+            pairs.collect::<Result<Vec<_>, redb::Error>>()
+        };
+        self.read(collect, Vec::new())
     }
 
-    fn apply_batch(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), sled::Error> {
-        let mut sled_batch = sled::Batch::default();
-        for (key, value) in batch {
-            match value {
-                Some(value) => sled_batch.insert(key, value),
-                None => sled_batch.remove(key),
-            }
-        }
-        sled::Tree::apply_batch(self, sled_batch)
-    }
-
-    async fn flush(&self) -> Result<(), sled::Error> {
-        self.flush_async().await.map(drop)
+    async fn write(&self, batch: KvBatch, durability: Durability) -> Result<(), redb::Error> {
+        let (done, done_rx) = oneshot::channel();
+        let request = WriteRequest { table: Arc::clone(&self.table), batch, durability, done };
+        let failed = |message: String| redb::Error::Io(std::io::Error::other(message));
+        let closed = || failed("the redb writer task is gone".to_owned());
+        self.store.writes_tx.send(request).await.map_err(|_| closed())?;
+        done_rx.await.map_err(|_| closed())?.map_err(failed)
     }
 }

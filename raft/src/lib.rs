@@ -1,11 +1,11 @@
 //! Replication of the ledger (DESIGN.md §2): a [`LedgerNode`] runs the `solrouter-ledger`
-//! state machine behind openraft, with the Raft log, vote and snapshots in sled and the
+//! state machine behind openraft, with the Raft log, vote and snapshots in redb and the
 //! ledger itself in memory. A node hosts a replica of each of N Raft groups; accounts hash
 //! into [`SLOTS`] slots and slots map to groups. Nodes talk Raft over gRPC (tonic).
 //!
 //! It owns the group commit (many submitted commands become one `Batch`, one Raft entry),
 //! the batch's time stamp (the leader's clock; the ledger never reads one), durability
-//! (an append is acknowledged only after sled flushed it) and log compaction (snapshots,
+//! (an append is acknowledged only after it is `fdatasync`ed) and log compaction (snapshots,
 //! purge). It must never interpret money: outcomes come from `Ledger::apply` unchanged.
 //! It is the only crate that knows openraft types; none may appear in its public API.
 #![forbid(unsafe_code)]
@@ -48,6 +48,9 @@ pub use history::{
     HISTORY_EXPIRE_INTERVAL, HISTORY_EXPORT_PAGE_MAX, HISTORY_PAGE_MAX, HISTORY_RETENTION_DEFAULT,
     HISTORY_SCAN_MAX,
 };
+/// The storage interface and its redb engine, public for the log store bake-off
+/// (`bench/src/bin/log_bakeoff.rs`), which drives every candidate through it.
+pub use kv::{Durability, KvBatch, KvPair, KvTree, RedbStore, RedbTree};
 pub use membership::{LEARNER_CATCH_UP_TIMEOUT, VOTERS_REACHABLE_TIMEOUT};
 pub use node::{
     group_of_account, group_of_slot, slot_of, ClusterConfig, ClusterStart, LedgerNode, NodeOptions,
@@ -89,10 +92,10 @@ pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(150);
 pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(300);
 /// How long opening a node waits to lead: many election timeouts.
 pub const LEADER_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// sled's page cache. The log is written once and read back only for replication and
-/// replay, so a modest cache suffices; the ledger lives in its own memory.
-pub const SLED_CACHE_BYTES: u64 = 256 * 1024 * 1024;
-/// Opening a data directory still locked by a node of this process that is shutting down
+/// The file, in a node's data directory, of its redb database: log, vote and snapshots of
+/// every group.
+pub const DATA_FILE_NAME: &str = "ledger.redb";
+/// Opening a data directory still open in a node of this process that is shutting down
 /// is retried this many times, this far apart (5 s in all).
 pub const OPEN_LOCK_ATTEMPTS_MAX: u32 = 100;
 pub const OPEN_LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(50);

@@ -1,16 +1,23 @@
-//! The Raft log, the vote and the committed index, kept in sled (through [`KvTree`], so the
+//! The Raft log, the vote and the committed index, kept in redb (through [`KvTree`], so the
 //! simulation runs this same code over its in-memory store).
 //!
-//! Layout, per Raft group `g`: tree `g/log` maps a big-endian `u64` index (so sled's byte order is index order) to
-//! an [`Entry`] in the versioned [`codec`](crate::codec); tree `g/meta` holds the vote, the committed log id and the last
-//! purged log id under fixed keys.
+//! Layout, per Raft group `g`: tree `g/log` maps a big-endian `u64` index (so the byte
+//! order of keys is index order) to an [`Entry`] in the versioned [`codec`](crate::codec);
+//! tree `g/meta` holds the vote, the committed log id and the last purged log id under
+//! fixed keys.
+//!
+//! What is durable when: an appended entry and a vote are `fdatasync`ed before openraft
+//! hears of them; the committed index, a truncation and a purge are written volatile (a
+//! crash may lose them, and each loss is harmless, see each method). The log is never
+//! purged past the snapshot on stable storage, so a crash at any write leaves a snapshot
+//! and a contiguous log after it.
 #![allow(
     clippy::result_large_err,
     reason = "openraft's storage traits return its large StorageError by value; helpers match them"
 )]
 
 use crate::codec;
-use crate::kv::{KvPair, KvTree};
+use crate::kv::{Durability, KvBatch, KvPair, KvTree, RedbStore, RedbTree};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError, Vote};
@@ -18,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use tokio::sync::watch;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -26,23 +34,31 @@ const KEY_PURGED: &[u8] = b"last_purged";
 /// Cheap to clone: trees are reference-counted handles, so the log reader openraft asks
 /// for is just another handle on the same trees.
 #[derive(Clone)]
-pub struct LogStore<K: KvTree = sled::Tree> {
+pub struct LogStore<K: KvTree = RedbTree> {
     log: K,
     meta: K,
+    /// The log id of the group's snapshot on stable storage
+    /// ([`StateMachine::saved_snapshot`](crate::state_machine::StateMachine::saved_snapshot)).
+    saved_snapshot: watch::Receiver<Option<LogId>>,
 }
 
 impl LogStore {
-    pub fn open(db: &sled::Db, group: u32) -> Result<LogStore, sled::Error> {
-        let log = db.open_tree(format!("{group}/log"))?;
-        let meta = db.open_tree(format!("{group}/meta"))?;
-        Ok(LogStore::new(log, meta))
+    pub fn open(
+        store: &RedbStore,
+        group: u32,
+        saved_snapshot: watch::Receiver<Option<LogId>>,
+    ) -> LogStore {
+        let log = store.tree(&format!("{group}/log"));
+        let meta = store.tree(&format!("{group}/meta"));
+        LogStore::new(log, meta, saved_snapshot)
     }
 }
 
 impl<K: KvTree> LogStore<K> {
-    /// A store over two trees of one key-value store (a flush of either flushes both).
-    pub fn new(log: K, meta: K) -> LogStore<K> {
-        LogStore { log, meta }
+    /// A store over two trees of one key-value store (a durable write to either makes the
+    /// earlier writes to both durable), purging only what `saved_snapshot` covers.
+    pub fn new(log: K, meta: K, saved_snapshot: watch::Receiver<Option<LogId>>) -> LogStore<K> {
+        LogStore { log, meta, saved_snapshot }
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -52,9 +68,15 @@ impl<K: KvTree> LogStore<K> {
             .transpose()
     }
 
-    fn write_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
+    async fn write_meta<T: Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        durability: Durability,
+    ) -> Result<(), StorageError> {
         let bytes = codec::encode(value).map_err(|e| StorageIOError::write(&e))?;
-        self.meta.insert(key, bytes).map_err(|e| StorageIOError::write(&e))?;
+        let written = self.meta.write(vec![(key.to_vec(), Some(bytes))], durability).await;
+        written.map_err(|e| StorageIOError::write(&e))?;
         Ok(())
     }
 
@@ -65,10 +87,12 @@ impl<K: KvTree> LogStore<K> {
 
     /// Removes every entry whose index lies in `range`, in one batch so a crash leaves
     /// either all of them or none.
-    fn remove_range(&self, range: (Bound<u64>, Bound<u64>)) -> Result<(), StorageError> {
+    async fn remove_range(&self, range: (Bound<u64>, Bound<u64>)) -> Result<(), StorageError> {
         let pairs = self.log_range(range).map_err(|e| StorageIOError::write_logs(&e))?;
-        let batch = pairs.into_iter().map(|(key, _)| (key.as_ref().to_vec(), None)).collect();
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        let batch: KvBatch =
+            pairs.into_iter().map(|(key, _)| (key.as_ref().to_vec(), None)).collect();
+        let removed = self.log.write(batch, Durability::Volatile).await;
+        removed.map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
@@ -104,30 +128,28 @@ impl<K: KvTree> RaftLogStorage<TypeConfig> for LogStore<K> {
     }
 
     /// The vote must be durable before a node acts on it (otherwise it could vote twice in
-    /// one term after a crash), hence the flush.
+    /// one term after a crash).
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.write_meta(KEY_VOTE, vote)?;
-        self.meta.flush().await.map_err(|e| StorageIOError::write_vote(&e))?;
-        Ok(())
+        self.write_meta(KEY_VOTE, vote, Durability::Durable).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
         self.read_meta(KEY_VOTE)
     }
 
-    /// Not flushed: the committed index only lets a restarted node re-apply its log before
+    /// Volatile: the committed index only lets a restarted node re-apply its log before
     /// an election; losing the latest value costs time, never correctness.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(KEY_COMMITTED, &committed)
+        self.write_meta(KEY_COMMITTED, &committed, Durability::Volatile).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    /// Acknowledges only after the store has flushed to disk: an entry openraft counts as
-    /// persisted may be committed and answered to a client, so a SIGKILL right after the
-    /// callback must not lose it.
+    /// Acknowledges only once the entries are `fdatasync`ed: an entry openraft counts as
+    /// persisted may be committed and answered to a client, so neither a SIGKILL nor a
+    /// power loss right after the callback may lose it.
     async fn append<I>(
         &mut self,
         entries: I,
@@ -143,28 +165,147 @@ impl<K: KvTree> RaftLogStorage<TypeConfig> for LogStore<K> {
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             batch.push((entry.log_id.index.to_be_bytes().to_vec(), Some(bytes)));
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
-        let flushed = self.log.flush().await;
-        let result = flushed.map_err(|e| std::io::Error::other(e.to_string()));
+        let written = self.log.write(batch, Durability::Durable).await;
+        let result = written.map_err(|e| std::io::Error::other(e.to_string()));
         callback.log_io_completed(result);
         Ok(())
     }
 
-    /// Drops conflicting entries from `log_id` on. No flush: the append that follows a
-    /// truncation overwrites the same indexes and flushes.
+    /// Drops conflicting entries from `log_id` on. Volatile: the append that follows a
+    /// truncation overwrites the same indexes durably, and until then the entries lost
+    /// with the truncation are ones this node never acknowledged as committed.
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.remove_range((Bound::Included(log_id.index), Bound::Unbounded))
+        self.remove_range((Bound::Included(log_id.index), Bound::Unbounded)).await
     }
 
-    /// Records the purge point before deleting, so a crash in between leaves surplus
-    /// entries below the purge point (harmless) rather than a hole above it. Openraft only
-    /// purges entries already covered by a persisted snapshot.
+    /// Waits until the snapshot on stable storage covers `log_id`: openraft issues the
+    /// purge of a follower's snapshot install next to the install itself, without waiting
+    /// for it (openraft 0.9 `install_full_snapshot`), and a crash between a purge and the
+    /// snapshot's save would leave a node whose log starts after its snapshot ends, which
+    /// never starts again. Openraft's later log writes queue behind this one, so no entry
+    /// beyond the hole is written either. Then records the purge point before deleting, so
+    /// a crash in between leaves surplus entries below the purge point (harmless) rather
+    /// than a hole above it.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.write_meta(KEY_PURGED, &log_id)?;
-        self.remove_range((Bound::Unbounded, Bound::Included(log_id.index)))
+        let covered = |saved: &Option<LogId>| saved.is_some_and(|s| s.index >= log_id.index);
+        if self.saved_snapshot.wait_for(covered).await.is_err() {
+            let gone = std::io::Error::other("the state machine stopped before saving");
+            return Err(StorageIOError::write_logs(&gone).into());
+        }
+        self.write_meta(KEY_PURGED, &log_id, Durability::Volatile).await?;
+        self.remove_range((Bound::Unbounded, Bound::Included(log_id.index))).await
     }
 }
 
 fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
     codec::decode(bytes).map_err(|e| StorageIOError::read_logs(&e).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::storage::{Disk, MemStore};
+    use crate::state_machine::StateMachine;
+    use crate::types::{SnapshotMeta, StoredMembership};
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use solrouter_ledger::Ledger;
+    use std::io::Cursor;
+    use std::time::Duration;
+
+    /// Entries the log holds before the snapshot arrives, and the snapshot's last index.
+    const LOG_LAST: u64 = 5;
+    const SNAPSHOT_AT: u64 = 20;
+    /// Virtual time the purge is given to finish on its own.
+    const PURGE_GRACE: Duration = Duration::from_secs(5);
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn open(
+        disk: Disk,
+    ) -> (
+        MemStore,
+        LogStore<crate::sim::storage::MemTree>,
+        StateMachine<crate::sim::storage::MemTree>,
+    ) {
+        let store = MemStore::new(disk, StdRng::seed_from_u64(LOG_LAST));
+        let history = crate::history::History::in_memory(crate::HISTORY_RETENTION_DEFAULT)
+            .expect("an in-memory history");
+        let machine = StateMachine::restore(store.tree("0/snapshot"), 0, history).unwrap();
+        let log =
+            LogStore::new(store.tree("0/log"), store.tree("0/meta"), machine.saved_snapshot());
+        (store, log, machine)
+    }
+
+    /// Writes blank entries `indexes` durably, as an acknowledged append would.
+    async fn append(
+        log: &LogStore<crate::sim::storage::MemTree>,
+        indexes: std::ops::RangeInclusive<u64>,
+    ) {
+        let batch = indexes
+            .map(|index| {
+                let entry = Entry { log_id: log_id(index), payload: EntryPayload::Blank };
+                (index.to_be_bytes().to_vec(), Some(codec::encode(&entry).unwrap()))
+            })
+            .collect();
+        log.log.write(batch, Durability::Durable).await.unwrap();
+    }
+
+    /// What openraft's core does for a follower that receives a snapshot ending at
+    /// `SNAPSHOT_AT`, after handing the install to the state machine's task: purge the log
+    /// up to the snapshot, then append the leader's next entry.
+    async fn core_after_install(mut log: LogStore<crate::sim::storage::MemTree>) {
+        log.purge(log_id(SNAPSHOT_AT)).await.unwrap();
+        append(&log, SNAPSHOT_AT + 1..=SNAPSHOT_AT + 1).await;
+    }
+
+    /// After a restart, the log must start right after the saved snapshot or earlier, and
+    /// be contiguous to its end; returns (purged, snapshot, last log) indexes.
+    async fn check_restartable(disk: Disk) -> (Option<u64>, Option<u64>, Option<u64>) {
+        let (_store, mut log, mut machine) = open(disk);
+        let state = log.get_log_state().await.unwrap();
+        let (snapshot, _) = machine.applied_state().await.unwrap();
+        let purged = state.last_purged_log_id.map(|id| id.index);
+        let snapshot = snapshot.map(|id| id.index);
+        assert!(purged <= snapshot, "log purged to {purged:?} past the snapshot at {snapshot:?}");
+        let last = state.last_log_id.map(|id| id.index);
+        let first = purged.map_or(1, |index| index + 1);
+        let entries = log.try_get_log_entries(first..=last.unwrap_or(0)).await.unwrap();
+        let expected = last.map_or(0, |last| last.saturating_sub(first - 1));
+        assert_eq!(entries.len() as u64, expected, "a hole in the log after {purged:?}");
+        (purged, snapshot, last)
+    }
+
+    /// Issue 9, fault 3: openraft purges a follower's log up to a snapshot it is still
+    /// installing. A power loss before the install is durable must not leave the log
+    /// purged past the saved snapshot (the node would never start again); once the
+    /// install is durable, the purge and the next append go ahead.
+    #[tokio::test(start_paused = true)]
+    async fn the_log_is_never_purged_past_the_saved_snapshot() {
+        let (store, log, _machine) = open(Disk::new());
+        append(&log, 1..=LOG_LAST).await;
+        let core = tokio::spawn(core_after_install(log.clone()));
+        tokio::time::sleep(PURGE_GRACE).await;
+        assert!(!core.is_finished(), "the purge went ahead of the snapshot install");
+        let disk = store.crash();
+        core.abort();
+        assert_eq!(check_restartable(disk.clone()).await, (None, None, Some(LOG_LAST)));
+
+        let (store, log, mut machine) = open(disk);
+        let core = tokio::spawn(core_after_install(log));
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(SNAPSHOT_AT)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("1-{SNAPSHOT_AT}"),
+        };
+        let data = codec::encode(&Ledger::default()).unwrap();
+        machine.install_snapshot(&meta, Box::new(Cursor::new(data))).await.unwrap();
+        core.await.unwrap();
+        let restarted = check_restartable(store.crash()).await;
+        assert_eq!(restarted, (Some(SNAPSHOT_AT), Some(SNAPSHOT_AT), Some(SNAPSHOT_AT + 1)));
+    }
 }

@@ -12,6 +12,7 @@ use crate::history::{
     self, History, HistoryPage, HistoryQuery, HistoryStats, UsageQuery, UsageRow, HISTORY_FILE,
     HISTORY_RETENTION_DEFAULT,
 };
+use crate::kv::RedbStore;
 use crate::membership;
 use crate::network::NoPeers;
 use crate::reads::{self, GroupReader};
@@ -20,9 +21,9 @@ use crate::tls::{self, TlsConfig};
 use crate::types::NodeId;
 use crate::wire::{self, Consistency, MembershipChange, ReadAnswer, ReadRequest, Topology};
 use crate::{
-    APPEND_ENTRIES_MAX, ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, ENTRIES_KEPT_AFTER_SNAPSHOT,
-    HEARTBEAT_INTERVAL, INSTALL_SNAPSHOT_TIMEOUT, LEADER_WAIT_TIMEOUT, OPEN_LOCK_ATTEMPTS_MAX,
-    OPEN_LOCK_RETRY_INTERVAL, RPC_BYTES_MAX, SLED_CACHE_BYTES, SLOTS, SNAPSHOT_CHUNK_BYTES,
+    APPEND_ENTRIES_MAX, DATA_FILE_NAME, ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN,
+    ENTRIES_KEPT_AFTER_SNAPSHOT, HEARTBEAT_INTERVAL, INSTALL_SNAPSHOT_TIMEOUT, LEADER_WAIT_TIMEOUT,
+    OPEN_LOCK_ATTEMPTS_MAX, OPEN_LOCK_RETRY_INTERVAL, RPC_BYTES_MAX, SLOTS, SNAPSHOT_CHUNK_BYTES,
     SNAPSHOT_EVERY_ENTRIES,
 };
 use openraft::error::{InitializeError, RaftError};
@@ -230,11 +231,12 @@ impl LedgerNode {
         data_dir: &Path,
         options: &NodeOptions,
     ) -> Result<LedgerNode, LedgerError> {
-        let db = open_db(data_dir).await?;
+        let store = open_store(data_dir).await?;
         let history =
             History::open(&data_dir.join(HISTORY_FILE), options.history_retention).await?;
         let config = Arc::new(raft_config(options)?);
-        let group = Group::start(SINGLE_NODE_ID, 0, &db, history.clone(), config, NoPeers).await?;
+        let group =
+            Group::start(SINGLE_NODE_ID, 0, &store, history.clone(), config, NoPeers).await?;
         let members = BTreeMap::from([(SINGLE_NODE_ID, BasicNode::default())]);
         bootstrap(&group, members).await?;
         let waiting = group.raft().wait(Some(LEADER_WAIT_TIMEOUT));
@@ -287,7 +289,7 @@ impl LedgerNode {
         let listener = tokio::net::TcpListener::bind(config.listen())
             .await
             .map_err(|e| LedgerError::storage("binding the ledger endpoint", e))?;
-        let db = open_db(data_dir).await?;
+        let store = open_store(data_dir).await?;
         let history =
             History::open(&data_dir.join(HISTORY_FILE), options.history_retention).await?;
         let raft_config = Arc::new(raft_config(options)?);
@@ -297,7 +299,8 @@ impl LedgerNode {
             let group_config = Arc::clone(&raft_config);
             let history = history.clone();
             let group =
-                Group::start(config.id(), group_idx, &db, history, group_config, network).await?;
+                Group::start(config.id(), group_idx, &store, history, group_config, network)
+                    .await?;
             groups.push(group);
         }
         let rafts = groups.iter().map(|group| group.raft().clone()).collect();
@@ -658,26 +661,38 @@ async fn bootstrap(group: &Group, members: BTreeMap<u64, BasicNode>) -> Result<(
     }
 }
 
-/// Opens sled, retrying while its file lock is held: a node that was just shut down or
-/// dropped in this process releases the lock only when openraft's storage tasks finish.
-async fn open_db(data_dir: &Path) -> Result<sled::Db, LedgerError> {
-    let config = sled::Config::new().path(data_dir).cache_capacity(SLED_CACHE_BYTES);
+/// Files a data directory of the sled era (before the log moved to redb) holds.
+const SLED_FILES: [&str; 2] = ["conf", "db"];
+
+/// Opens the node's redb database in `data_dir` (creating both if needed), retrying while
+/// it is open: a node that was just shut down or dropped in this process closes it only
+/// when openraft's storage tasks finish. A data directory written by sled is refused.
+async fn open_store(data_dir: &Path) -> Result<RedbStore, LedgerError> {
+    if SLED_FILES.iter().all(|name| data_dir.join(name).exists()) {
+        return Err(LedgerError::storage(
+            "opening the data directory",
+            std::io::Error::other(format!(
+                "{} holds a ledger in the sled format, which this build no longer reads (the \
+                 log moved to redb): start this node with an empty data directory, and it \
+                 catches up from its peers (a single dev node starts afresh)",
+                data_dir.display()
+            )),
+        ));
+    }
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| LedgerError::storage("creating the data directory", e))?;
+    let path = data_dir.join(DATA_FILE_NAME);
     let mut attempt = 1;
     loop {
-        match config.open() {
-            Ok(db) => return Ok(db),
-            Err(sled::Error::Io(e)) if is_lock_held(&e) && attempt < OPEN_LOCK_ATTEMPTS_MAX => {
+        match RedbStore::open(&path) {
+            Ok(store) => return Ok(store),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if attempt < OPEN_LOCK_ATTEMPTS_MAX => {
                 attempt += 1;
                 tokio::time::sleep(OPEN_LOCK_RETRY_INTERVAL).await;
             }
             Err(e) => return Err(LedgerError::storage("opening the data directory", e)),
         }
     }
-}
-
-/// sled reports a held lock only through its message.
-fn is_lock_held(error: &std::io::Error) -> bool {
-    error.to_string().contains("could not acquire lock")
 }
 
 fn raft_config(options: &NodeOptions) -> Result<Config, LedgerError> {

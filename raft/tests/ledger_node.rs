@@ -3,10 +3,11 @@
 //!
 //! All tests live in one file so the workspace links one test binary for them (2 cores).
 
+use redb::{ReadableDatabase, ReadableTable};
 use solrouter_ledger::{
     AccountId, Command, HoldId, KeyId, Ledger, Op, OpId, PicoUsd, Rejection, Reply, RequestRecord,
 };
-use solrouter_raft::{LedgerError, LedgerNode, NodeOptions};
+use solrouter_raft::{LedgerError, LedgerNode, NodeOptions, DATA_FILE_NAME};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -211,16 +212,28 @@ async fn snapshot_and_purge_bound_the_log_and_survive_restart() {
     node.shutdown().await.unwrap();
 }
 
-/// Opens the node's sled directory directly, polling while the stopped node's storage
-/// tasks still hold its lock.
-async fn open_sled(dir: &Path) -> sled::Db {
+/// Opens the node's redb database directly, polling while the stopped node's storage
+/// tasks still have it open.
+async fn open_redb(dir: &Path) -> redb::Database {
     for _ in 0..POLL_ATTEMPTS_MAX {
-        if let Ok(db) = sled::open(dir) {
+        if let Ok(db) = redb::Database::create(dir.join(DATA_FILE_NAME)) {
             return db;
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
-    panic!("the data directory stayed locked");
+    panic!("the data directory stayed open");
+}
+
+/// Replaces the value under `key` in table `table` of the node's database, durably.
+async fn overwrite(dir: &Path, table: &str, key: &[u8], value: &[u8]) {
+    let db = open_redb(dir).await;
+    let txn = db.begin_write().unwrap();
+    txn.open_table(table_of(table)).unwrap().insert(key, value).unwrap();
+    txn.commit().unwrap();
+}
+
+fn table_of(name: &str) -> redb::TableDefinition<'_, &'static [u8], &'static [u8]> {
+    redb::TableDefinition::new(name)
 }
 
 /// The error and its sources, as one line.
@@ -253,28 +266,31 @@ async fn an_unknown_stored_format_version_is_refused() {
     drop(node);
 
     let stored = [("0/snapshot", None), ("0/meta", Some(&b"vote"[..])), ("0/log", None)];
-    for (tree_name, key) in stored {
-        let db = open_sled(dir.path()).await;
-        let tree = db.open_tree(tree_name).unwrap();
-        let (key, value) = match key {
-            Some(key) => (key.into(), tree.get(key).unwrap().expect("the vote is stored")),
-            None => tree.last().unwrap().expect("the tree holds a value"),
+    for (table_name, key) in stored {
+        let (key, value) = {
+            let db = open_redb(dir.path()).await;
+            let txn = db.begin_read().unwrap();
+            let table = txn.open_table(table_of(table_name)).unwrap();
+            let (key, value) = match key {
+                Some(key) => (key.to_vec(), table.get(key).unwrap().expect("the vote is stored")),
+                None => {
+                    let (key, value) = table.last().unwrap().expect("the table holds a value");
+                    (key.value().to_vec(), value)
+                }
+            };
+            (key, value.value().to_vec())
         };
         assert_eq!(&value[..VERSION_AT], b"SRL", "a stored value starts with the magic");
-        let mut future = value.to_vec();
+        let mut future = value.clone();
         future[VERSION_AT] = 99;
-        tree.insert(&key, future).unwrap();
-        db.flush().unwrap();
-        drop((tree, db));
+        overwrite(dir.path(), table_name, &key, &future).await;
 
         let error = LedgerNode::open_single_with(dir.path(), &options).await.err();
         let error = error_chain(&error.expect("an unknown version must not open"));
         let expected = "unsupported ledger format version 99; this build reads versions [2]";
         assert!(error.contains(expected), "{error}");
 
-        let db = open_sled(dir.path()).await;
-        db.open_tree(tree_name).unwrap().insert(&key, value).unwrap();
-        db.flush().unwrap();
+        overwrite(dir.path(), table_name, &key, &value).await;
     }
     let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
     assert_eq!(node.read(credits).await.unwrap().0, 8 * TOP_UP.0);

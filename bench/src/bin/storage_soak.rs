@@ -1,6 +1,6 @@
 //! Storage soak: drives millions of ledger operations (reserve then settle or release)
 //! through a single-node `LedgerNode` with snapshots and log purge on, and prints, every
-//! `--report-every-s`: disk use of the sled directory, live state size (the encoded size of
+//! `--report-every-s`: disk use of the data directory, live state size (the encoded size of
 //! the ledger, i.e. of a snapshot's payload), space amplification (disk / live), process
 //! RSS, log entries appended and snapshots taken. Bounded by `--ops-max` and
 //! `--duration-max-s`, whichever comes first.

@@ -207,7 +207,7 @@ impl Cluster {
             };
             running.crashed.store(true, Ordering::Relaxed);
             self.net.node_down(id);
-            let disk = running.store.crash(&mut state.rng);
+            let disk = running.store.crash();
             state.nodes.insert(id, Slot::Down(disk));
             state.n_crashes += 1;
             running
@@ -245,13 +245,14 @@ impl Cluster {
         let history = History::in_memory(HISTORY_RETENTION_DEFAULT).expect("an in-memory history");
         let mut groups = Vec::new();
         for group_idx in 0..self.shape.n_groups {
-            let log = LogStore::new(
-                store.tree(&format!("{group_idx}/log")),
-                store.tree(&format!("{group_idx}/meta")),
-            );
             let snapshots = store.tree(&format!("{group_idx}/snapshot"));
             let machine = StateMachine::restore(snapshots, group_idx, history.clone())
                 .expect("a snapshot it wrote decodes");
+            let log = LogStore::new(
+                store.tree(&format!("{group_idx}/log")),
+                store.tree(&format!("{group_idx}/meta")),
+                machine.saved_snapshot(),
+            );
             let network = SimNetwork::new(Arc::clone(&self.net), id, incarnation, group_idx);
             let group =
                 Group::start_with(id, log, machine, Arc::clone(&config), network, clock.clone())

@@ -1,13 +1,14 @@
-//! An in-memory [`KvTree`] with sled's crash semantics, so the simulation runs the real
-//! `LogStore` and `StateMachine` without sled's background threads (which would make a run
+//! An in-memory [`KvTree`] with redb's crash semantics, so the simulation runs the real
+//! `LogStore` and `StateMachine` without redb's writer thread (which would make a run
 //! depend on the OS scheduler).
 //!
-//! The model: writes (a single insert, or one atomic batch) go to a journal in order. A
-//! flush makes every write issued before it durable, after a seeded delay that stands for
-//! the disk. A crash keeps the durable state plus a random prefix of the journal: sled
-//! recovers a prefix of its log, and whatever was not flushed may or may not survive.
+//! The model: writes (one atomic batch each) go to a journal in order. A durable write
+//! makes itself and every write issued before it durable, after a seeded delay that stands
+//! for the disk's `fdatasync`. A crash is a power loss: it keeps the durable state and
+//! nothing else (redb keeps a volatile commit only in memory, and a power loss takes the
+//! page cache and the disk's write cache with it).
 
-use crate::kv::KvTree;
+use crate::kv::{Durability, KvBatch, KvTree};
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::BTreeMap;
@@ -15,8 +16,8 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Longest a flush takes; one in [`FLUSH_SLOW_ONE_IN`] is that slow, the others take at
-/// most [`FLUSH_FAST_MAX`]. A slow flush widens the window in which a crash loses writes.
+/// Longest a sync takes; one in [`FLUSH_SLOW_ONE_IN`] is that slow, the others take at
+/// most [`FLUSH_FAST_MAX`]. A slow sync widens the window in which a crash loses writes.
 const FLUSH_SLOW: Duration = Duration::from_millis(20);
 const FLUSH_FAST_MAX: Duration = Duration::from_millis(2);
 const FLUSH_SLOW_ONE_IN: u32 = 20;
@@ -41,7 +42,7 @@ struct Inner {
     journal: Vec<Write>,
     n_durable: u64,
     rng: StdRng,
-    /// Set by a crash: the process is gone, so later calls fail and flushes never land.
+    /// Set by a crash: the process is gone, so later calls fail and syncs never land.
     crashed: bool,
 }
 
@@ -67,18 +68,13 @@ impl MemStore {
         MemTree { store: self.clone(), name: name.to_owned() }
     }
 
-    /// Crashes the node: from now on every call fails. Returns what the disk holds, the
-    /// durable state plus a random prefix of the unflushed journal.
-    pub fn crash(&self, rng: &mut StdRng) -> Disk {
+    /// Crashes the node: from now on every call fails. Returns what the disk holds: the
+    /// durable state, without any write not yet synced.
+    pub fn crash(&self) -> Disk {
         let mut inner = self.lock();
         assert!(!inner.crashed, "a store crashes once");
         inner.crashed = true;
-        let n_kept = rng.gen_range(0..=inner.journal.len());
-        let mut disk = inner.durable.clone();
-        for write in &inner.journal[..n_kept] {
-            apply(&mut disk, write);
-        }
-        disk
+        inner.durable.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -108,7 +104,8 @@ impl MemStore {
         Ok(f(inner.live.get(tree).unwrap_or(&empty)))
     }
 
-    async fn flush(&self) -> Result<(), Crashed> {
+    /// Makes every write issued so far durable, after the disk's delay.
+    async fn sync(&self) -> Result<(), Crashed> {
         let (n_target, delay) = {
             let mut inner = self.lock();
             if inner.crashed {
@@ -126,7 +123,7 @@ impl MemStore {
         if inner.crashed {
             return Err(Crashed);
         }
-        // A later flush may have landed first; it covered these writes too.
+        // A later sync may have landed first; it covered these writes too.
         let n_new = n_target.saturating_sub(inner.n_durable) as usize;
         let landed: Vec<Write> = inner.journal.drain(..n_new).collect();
         for write in &landed {
@@ -162,10 +159,6 @@ impl KvTree for MemTree {
         self.store.read(&self.name, |tree| tree.get(key).cloned())
     }
 
-    fn insert(&self, key: &[u8], value: Vec<u8>) -> Result<(), Crashed> {
-        self.store.write(vec![(self.name.clone(), key.to_vec(), Some(value))])
-    }
-
     fn last(&self) -> Result<Option<Vec<u8>>, Crashed> {
         self.store.read(&self.name, |tree| tree.values().next_back().cloned())
     }
@@ -179,12 +172,12 @@ impl KvTree for MemTree {
         })
     }
 
-    fn apply_batch(&self, batch: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), Crashed> {
+    async fn write(&self, batch: KvBatch, durability: Durability) -> Result<(), Crashed> {
         let write = batch.into_iter().map(|(key, value)| (self.name.clone(), key, value)).collect();
-        self.store.write(write)
-    }
-
-    async fn flush(&self) -> Result<(), Crashed> {
-        self.store.flush().await
+        self.store.write(write)?;
+        match durability {
+            Durability::Volatile => Ok(()),
+            Durability::Durable => self.store.sync().await,
+        }
     }
 }
