@@ -475,7 +475,9 @@ mod tests {
         let (hold, ttl) = (HoldId(keys::random_u128()), Duration::from_secs(60));
         let reserved = bank.reserve(caller, hold, usd("0.60"), ttl).await.unwrap();
         assert!(matches!(reserved, Ok(Reply::Reserved { .. })), "{reserved:?}");
-        let record = RequestRecord { key: Some(caller.key), ..RequestRecord::default() };
+        let created_ms = now_ms();
+        let record =
+            RequestRecord { key: Some(caller.key), created_ms, ..RequestRecord::default() };
         let settled = bank.settle(account, hold, usd("1.50"), record).await.unwrap();
         assert_eq!(settled, Some(Settled { charged: usd("1.00"), written_off: usd("0.50") }));
         let state = bank.account(account).await.unwrap().unwrap();

@@ -188,6 +188,15 @@ pub struct UsageQuery {
     pub bucket_ms: u64,
 }
 
+impl UsageQuery {
+    /// Buckets of whole hours, over a range that is not empty.
+    pub fn is_valid(&self) -> bool {
+        self.bucket_ms >= HOUR_MS
+            && self.bucket_ms.is_multiple_of(HOUR_MS)
+            && self.from_ms < self.to_ms
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRow {
     pub start_ms: u64,
@@ -471,7 +480,11 @@ impl History {
         };
         let limit = query.limit.clamp(1, HISTORY_PAGE_MAX) as usize;
         let mut page = HistoryPage { records: Vec::new(), next: None };
-        for (scanned, entry) in index.range((id, query.from_ms, 0u128)..end)?.rev().enumerate() {
+        let start = (id, query.from_ms, 0u128);
+        if start >= end {
+            return Ok(page);
+        }
+        for (scanned, entry) in index.range(start..end)?.rev().enumerate() {
             let (_, created_ms, hold) = entry?.0.value();
             let cursor = HistoryCursor { created_ms, hold: HoldId(hold) };
             if page.records.len() == limit || scanned == HISTORY_SCAN_MAX {
@@ -490,11 +503,11 @@ impl History {
         Ok(page)
     }
 
+    /// Nothing for a query that [`UsageQuery::is_valid`] refuses.
     pub fn usage(&self, query: &UsageQuery) -> HistoryResult<Vec<UsageRow>> {
-        assert!(
-            query.bucket_ms >= HOUR_MS && query.bucket_ms.is_multiple_of(HOUR_MS),
-            "whole hours"
-        );
+        if !query.is_valid() {
+            return Ok(Vec::new());
+        }
         let txn = self.inner.db.begin_read()?;
         let hourly = txn.open_table(HOURLY)?;
         let account = query.account.0;
@@ -730,6 +743,20 @@ mod tests {
         assert_eq!(holds(&history.query(&window).unwrap()), (10..20).rev().collect::<Vec<_>>());
         let other = HistoryQuery { account: AccountId(8), ..query(500) };
         assert_eq!(holds(&history.query(&other).unwrap()), [1_000]);
+    }
+
+    #[test]
+    fn empty_or_malformed_ranges_answer_nothing() {
+        let history = filled();
+        let backwards = HistoryQuery { from_ms: T0 + 60_000, to_ms: T0, ..query(500) };
+        assert_eq!(history.query(&backwards).unwrap().records, []);
+        let before = Some(HistoryCursor { created_ms: T0, hold: HoldId(0) });
+        let past_start = HistoryQuery { from_ms: T0 + 60_000, before, ..query(500) };
+        assert_eq!(history.query(&past_start).unwrap().records, []);
+        let odd = UsageQuery { account: ACCOUNT, from_ms: 0, to_ms: u64::MAX, bucket_ms: 1_000 };
+        assert_eq!(history.usage(&odd).unwrap(), []);
+        let backwards = UsageQuery { from_ms: T0, to_ms: 0, bucket_ms: HOUR_MS, ..odd };
+        assert_eq!(history.usage(&backwards).unwrap(), []);
     }
 
     #[test]

