@@ -15,11 +15,10 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
 use solrouter_gateway::catalog::Catalog;
-use solrouter_gateway::mock::{self, Knobs, MockConfig};
 use solrouter_gateway::providers::Usage;
 use solrouter_ledger::PicoUsd;
 use std::time::Duration;
-use support::{cost_pico, data_dir, path, pico, user, Dev};
+use support::{cost_pico, data_dir, dev_over, pico, start_mock, user, Dev};
 
 /// One catalogue model per wire format, each served by the mock.
 const MODELS: [&str; 4] = [
@@ -31,39 +30,6 @@ const MODELS: [&str; 4] = [
 /// Longest a case waits for its hold to be settled (a client that left makes the
 /// gateway read on until the upstream's usage arrives).
 const SETTLE_WAIT: Duration = Duration::from_secs(30);
-
-/// A mock upstream in this process, stopped when dropped.
-struct Mock {
-    base: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn start_mock() -> Mock {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("address"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = MockConfig { echo_any_model: true, ..MockConfig::default() };
-    tokio::spawn(mock::serve_with(listener, Knobs::try_new(config).expect("knobs"), stopped));
-    Mock { base, _stop: stop }
-}
-
-/// `solrouter dev` whose real providers all answer from `mock`.
-fn dev_over(dir: &tempfile::TempDir, mock: &Mock) -> Dev {
-    let openai = format!("{}/v1", mock.base);
-    Dev::start(
-        &path(dir),
-        &[
-            ("OPENAI_API_KEY", "sk-mock"),
-            ("SOLROUTER_OPENAI_BASE_URL", &openai),
-            ("ANTHROPIC_API_KEY", "sk-mock"),
-            ("SOLROUTER_ANTHROPIC_BASE_URL", &mock.base),
-            ("GEMINI_API_KEY", "sk-mock"),
-            ("SOLROUTER_GOOGLE_BASE_URL", &mock.base),
-            ("COHERE_API_KEY", "sk-mock"),
-            ("SOLROUTER_COHERE_BASE_URL", &mock.base),
-        ],
-    )
-}
 
 /// What the client does with the answer.
 #[derive(Debug, Clone, Copy)]

@@ -6,8 +6,8 @@ use super::assemble::assistant_message;
 use super::errors::{bad_gateway, classify};
 use super::translate::{self, param_error, Effort, Part, ResponseFormat, ToolChoice};
 use super::{
-    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, Target,
-    UpstreamError, UpstreamRequest, Usage,
+    Adapter, ChatRequest, Chunk, Completion, Endpoint, NativeFormat, ParamError, StreamTranslator,
+    Target, UpstreamError, UpstreamRequest, Usage,
 };
 use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
@@ -49,17 +49,33 @@ impl Adapter for Anthropic {
         "anthropic"
     }
 
+    fn native_format(&self) -> Option<NativeFormat> {
+        Some(NativeFormat::AnthropicMessages)
+    }
+
+    /// A Messages request from a client (`ChatRequest::native`) goes as it came, with only
+    /// the model and the completion limit the pipeline reserved for set; any other is
+    /// translated.
     fn request(
         &self,
         endpoint: &Endpoint,
         chat: &ChatRequest,
         target: &Target,
     ) -> Result<UpstreamRequest, ParamError> {
-        let body = translate_request(&chat.body, chat.stream, target)?;
         let mut headers = HeaderMap::new();
+        let body = match chat.native_for(self) {
+            Some(native) => {
+                let mut body = native.body.clone();
+                body.insert("model".to_owned(), Value::from(target.upstream_model));
+                body.insert("max_tokens".to_owned(), Value::from(target.max_tokens));
+                headers.extend(native.headers.clone());
+                body
+            }
+            None => translate_request(&chat.body, chat.stream, target)?,
+        };
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert("anthropic-version", HeaderValue::from_static(ANTHROPIC_VERSION));
-        if body.contains_key("output_format") {
+        if body.contains_key("output_format") && !headers.contains_key("anthropic-beta") {
             headers.insert("anthropic-beta", HeaderValue::from_static(STRUCTURED_OUTPUTS_BETA));
         }
         if let Some(key) = &endpoint.api_key {
@@ -615,7 +631,7 @@ mod tests {
 
     /// The arguments a client assembles for each streamed tool call, by index.
     fn streamed_arguments(events: &[Value]) -> Vec<String> {
-        let chat = ChatRequest { body: Map::new(), stream: true, max_tokens: None };
+        let chat = ChatRequest { body: Map::new(), stream: true, max_tokens: None, native: None };
         let mut translator = Anthropic.stream(&chat);
         let mut chunks = Vec::new();
         for event in events {
