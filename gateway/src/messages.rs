@@ -30,7 +30,7 @@ use solrouter_ledger::PicoUsd;
 
 /// Fields of a Messages request the gateway reads itself, or that have an OpenAI chat
 /// equivalent.
-const FIELDS_TRANSLATED: [&str; 12] = [
+const FIELDS_TRANSLATED: [&str; 13] = [
     "model",
     "messages",
     "system",
@@ -43,7 +43,13 @@ const FIELDS_TRANSLATED: [&str; 12] = [
     "tool_choice",
     "thinking",
     "metadata",
+    "output_config",
 ];
+
+/// Fields that tune how Anthropic serves a request, not what it answers (prompt caching,
+/// service tier and speed, diagnostics): other providers do without them.
+const FIELDS_ANTHROPIC_ONLY_HINTS: [&str; 4] =
+    ["cache_control", "service_tier", "speed", "diagnostics"];
 
 /// The gateway's own request fields (fallback models), never sent to a provider.
 const GATEWAY_FIELDS: [&str; 2] = ["models", "route"];
@@ -140,7 +146,9 @@ fn parse_messages(
         }
     }
     for field in request.keys() {
-        if !FIELDS_TRANSLATED.contains(&field.as_str()) && !request[field].is_null() {
+        let known = FIELDS_TRANSLATED.contains(&field.as_str())
+            || FIELDS_ANTHROPIC_ONLY_HINTS.contains(&field.as_str());
+        if !known && !request[field].is_null() {
             native_only.get_or_insert_with(|| untranslatable(field, "has no translation"));
         }
     }
@@ -172,7 +180,8 @@ fn parse_messages(
     let messages = messages(&request, &mut native_only)?;
     chat.insert("messages".to_owned(), Value::Array(messages));
     tools(&request, &mut chat, &mut native_only)?;
-    thinking(&request, &mut chat, &mut native_only)?;
+    thinking(&request, &mut chat)?;
+    output_config(&request, &mut chat)?;
     let n_media = media_blocks(&request);
     let mut parsed = parse::parse_object(chat, body.len())?;
     parsed.prompt_tokens_max =
@@ -261,21 +270,24 @@ fn messages(
     };
     for (turn_idx, turn) in turns.iter().enumerate() {
         let param = format!("messages[{turn_idx}]");
-        let role = turn.get("role").and_then(Value::as_str);
-        let blocks = match turn.get("content") {
-            Some(Value::String(text)) => vec![json!({"type": "text", "text": text})],
-            Some(Value::Array(blocks)) => blocks.clone(),
-            _ => {
-                let param = format!("{param}.content");
-                return Err(ApiError::invalid_param(&param, "must be a string or an array"));
-            }
-        };
-        match role {
-            Some("user") => user_turn(&blocks, &param, native_only, &mut out)?,
-            Some("assistant") => out.push(assistant_turn(&blocks, &param, native_only)),
+        let role = match turn.get("role").and_then(Value::as_str) {
+            Some(role @ ("user" | "assistant")) => role,
             _ => {
                 let param = format!("{param}.role");
                 return Err(ApiError::invalid_param(&param, "must be `user` or `assistant`"));
+            }
+        };
+        match (role, turn.get("content")) {
+            (_, Some(Value::String(text))) => out.push(json!({"role": role, "content": text})),
+            ("user", Some(Value::Array(blocks))) => {
+                user_turn(blocks, &param, native_only, &mut out)?
+            }
+            (_, Some(Value::Array(blocks))) => {
+                out.push(assistant_turn(blocks, &param, native_only))
+            }
+            _ => {
+                let param = format!("{param}.content");
+                return Err(ApiError::invalid_param(&param, "must be a string or an array"));
             }
         }
     }
@@ -416,18 +428,14 @@ fn tools(
     Ok(())
 }
 
-/// Extended thinking as an OpenAI reasoning effort: the budget's tier in the gateway's
-/// one table of budgets (`translate::thinking_budget`: 1024 low, 8192 medium, above high).
-fn thinking(
-    request: &Map<String, Value>,
-    chat: &mut Map<String, Value>,
-    native_only: &mut Option<ApiError>,
-) -> Result<(), ApiError> {
+/// Manual extended thinking as an OpenAI reasoning effort: the budget's tier in the
+/// gateway's one table of budgets (`translate::thinking_budget`: 1024 low, 8192 medium,
+/// above high). Adaptive thinking (the model decides) is any model's default.
+fn thinking(request: &Map<String, Value>, chat: &mut Map<String, Value>) -> Result<(), ApiError> {
     let Some(thinking) = request.get("thinking").filter(|thinking| !thinking.is_null()) else {
         return Ok(());
     };
     match thinking.get("type").and_then(Value::as_str) {
-        Some("disabled") => {}
         Some("enabled") => {
             let budget =
                 thinking.get("budget_tokens").and_then(Value::as_u64).ok_or_else(|| {
@@ -440,9 +448,48 @@ fn thinking(
             };
             chat.insert("reasoning_effort".to_owned(), Value::from(effort));
         }
-        _ => {
-            native_only
-                .get_or_insert_with(|| untranslatable("thinking.type", "this thinking mode"));
+        Some(_) => {}
+        None => return Err(ApiError::invalid_param("thinking.type", "is required")),
+    }
+    Ok(())
+}
+
+/// `output_config`: its effort as a reasoning effort (Anthropic's `xhigh` and `max` are
+/// OpenAI's `high`), its JSON schema format as a `json_schema` response format.
+fn output_config(
+    request: &Map<String, Value>,
+    chat: &mut Map<String, Value>,
+) -> Result<(), ApiError> {
+    let Some(config) = request.get("output_config").filter(|config| !config.is_null()) else {
+        return Ok(());
+    };
+    match config.get("effort") {
+        None | Some(Value::Null) => {}
+        Some(effort) => {
+            let effort = match effort.as_str() {
+                Some("low") => "low",
+                Some("medium") => "medium",
+                Some("high" | "xhigh" | "max") => "high",
+                _ => {
+                    let message = "must be low, medium, high, xhigh or max";
+                    return Err(ApiError::invalid_param("output_config.effort", message));
+                }
+            };
+            chat.insert("reasoning_effort".to_owned(), Value::from(effort));
+        }
+    }
+    match config.get("format") {
+        None | Some(Value::Null) => {}
+        Some(format) if format.get("type").and_then(Value::as_str) == Some("json_schema") => {
+            let schema = format.get("schema").cloned().unwrap_or_else(|| json!({}));
+            chat.insert(
+                "response_format".to_owned(),
+                json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}),
+            );
+        }
+        Some(_) => {
+            let message = "must be json_schema";
+            return Err(ApiError::invalid_param("output_config.format.type", message));
         }
     }
     Ok(())
@@ -746,6 +793,24 @@ mod tests {
     }
 
     #[test]
+    fn translates_output_config_and_passes_over_serving_hints() {
+        let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+        let parsed = parse(json!({
+            "model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+            "output_config": {"effort": "max", "format": {"type": "json_schema", "schema": schema}},
+            "thinking": {"type": "adaptive"}, "cache_control": {"type": "ephemeral"},
+            "service_tier": "auto",
+        }))
+        .expect("valid");
+        assert!(parsed.native_only.is_none());
+        assert!(parsed.wants_structured_output);
+        let body = &parsed.chat.body;
+        assert_eq!(body["reasoning_effort"], "high");
+        assert_eq!(body["response_format"]["json_schema"]["schema"], schema);
+        assert!(!body.contains_key("cache_control") && !body.contains_key("service_tier"));
+    }
+
+    #[test]
     fn untranslatable_features_leave_only_native_models() {
         let user = json!([{"role": "user", "content": "hi"}]);
         let check = |extra: Value, param: &str| {
@@ -758,6 +823,7 @@ mod tests {
             assert_eq!(refusal.to_json()["error"]["param"], param);
         };
         check(json!({"top_k": 5}), "top_k");
+        check(json!({"inference_geo": "us"}), "inference_geo");
         check(
             json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
             "tools[0]",

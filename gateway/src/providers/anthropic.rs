@@ -54,8 +54,8 @@ impl Adapter for Anthropic {
     }
 
     /// A Messages request from a client (`ChatRequest::native`) goes as it came, with only
-    /// the model and the completion limit the pipeline reserved for set; any other is
-    /// translated.
+    /// the model, the completion limit the pipeline reserved for and `stream` (how the
+    /// pipeline reads the answer) set; any other is translated.
     fn request(
         &self,
         endpoint: &Endpoint,
@@ -68,6 +68,7 @@ impl Adapter for Anthropic {
                 let mut body = native.body.clone();
                 body.insert("model".to_owned(), Value::from(target.upstream_model));
                 body.insert("max_tokens".to_owned(), Value::from(target.max_tokens));
+                body.insert("stream".to_owned(), Value::Bool(chat.stream));
                 headers.extend(native.headers.clone());
                 body
             }
