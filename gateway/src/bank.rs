@@ -316,6 +316,7 @@ impl Bank {
             let flags = [
                 (record.usage_estimated, "solrouter_usage_estimated_total"),
                 (record.usage_clamped, "solrouter_usage_clamped_total"),
+                (record.waived, "solrouter_waived_total"),
             ];
             let op = Op::Settle { account, hold, actual, record };
             let Reply::Settled { charged, written_off, .. } = bank.finish(op).await? else {

@@ -10,6 +10,7 @@ mod providers_support;
 mod support;
 
 use providers_support::fixture_upstream::{FixtureUpstream, Recording, Route, Shape, HOSTS};
+use providers_support::{fixture_json, with};
 use serde_json::{json, Value};
 use solrouter_ledger::PicoUsd;
 use support::{cost_pico, data_dir, dev_over, path, pico, start_mock, Dev};
@@ -314,5 +315,127 @@ async fn an_answer_that_produced_nothing_is_not_charged() {
             (charged, written_off)
         );
         dev.audit_ok().await;
+    }
+}
+
+/// Recorded Claude traffic relayed untouched: a streamed answer with redacted thinking
+/// (its events as Anthropic sent them, only the id, the model and the final usage with
+/// `cost` set) and a tool-result turn with forced tool use (the request reaches Anthropic
+/// as the client sent it, the answer's content comes back as it was).
+#[tokio::test]
+async fn recorded_claude_traffic_passes_through_untouched() {
+    let anthropic = HOSTS.iter().find(|host| host.provider == "anthropic").expect("host");
+    let thinking_request = fixture_json("anthropic/pydai-stream-thinking-redacted.request.json");
+    let tools_request = fixture_json("anthropic/pydai-tool-use-roundtrip.2.request.json");
+    let same_as = |request: &Value, fields: &[&str]| -> Vec<(String, Value)> {
+        fields.iter().map(|field| (format!("/{field}"), request[field].clone())).collect()
+    };
+    let (sse_type, thinking_answer) =
+        Recording::Sse.load("anthropic/pydai-stream-thinking-redacted.response.sse");
+    let (json_type, tools_answer) =
+        Recording::Json.load("anthropic/pydai-tool-use-roundtrip.2.response.json");
+    let none = Shape { stream: false, tools: false, structured: false, image: false };
+    let routes = vec![
+        Route {
+            name: "thinking".into(),
+            shape: Shape { stream: true, ..none },
+            upstream_model: "claude-sonnet-4-20250514".into(),
+            content_type: sse_type,
+            body: thinking_answer.clone(),
+            expect: same_as(&thinking_request, &["messages", "thinking", "max_tokens", "stream"]),
+        },
+        Route {
+            name: "tools".into(),
+            shape: Shape { tools: true, ..none },
+            upstream_model: "claude-sonnet-4-20250514".into(),
+            content_type: json_type,
+            body: tools_answer.clone(),
+            expect: same_as(&tools_request, &["messages", "tools", "tool_choice", "stream"]),
+        },
+    ];
+    let upstream = FixtureUpstream::start(anthropic, routes).await;
+    let env = upstream.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &env);
+    let (account, key) = dev.funded_account("5.00").await;
+
+    let before = available(&dev, &account).await;
+    let events =
+        stream(&dev, Auth::ApiKey(&key), &with(&thinking_request, "model", json!(CLAUDE))).await;
+    let recorded: Vec<Value> = std::str::from_utf8(&thinking_answer)
+        .expect("utf-8")
+        .split("\n\n")
+        .filter_map(|event| event.split_once("data: "))
+        .map(|(_, data)| serde_json::from_str(data).expect("recorded JSON"))
+        .collect();
+    assert_eq!(events.len(), recorded.len());
+    let mut cost = None;
+    for ((name, got), wanted) in events.iter().zip(&recorded) {
+        match name.as_str() {
+            "message_start" => {
+                let mut wanted = wanted.clone();
+                wanted["message"]["id"] = got["message"]["id"].clone();
+                wanted["message"]["model"] = json!(CLAUDE);
+                assert_eq!(got, &wanted);
+                assert!(got["message"]["id"].as_str().is_some_and(|id| id.starts_with("gen-")));
+            }
+            "message_delta" => {
+                assert_eq!(got["delta"], wanted["delta"]);
+                assert_eq!(got["usage"]["output_tokens"], wanted["usage"]["output_tokens"]);
+                cost = Some(cost_pico(&got["usage"]["cost"]));
+            }
+            _ => assert_eq!(got, wanted, "{name}"),
+        }
+    }
+    assert_eq!(Some(before - available(&dev, &account).await), cost, "the balance drop");
+
+    let (status, answer) =
+        message(&dev, Auth::Bearer(&key), &with(&tools_request, "model", json!(CLAUDE))).await;
+    assert_eq!(status, 200, "{answer}");
+    let recorded: Value = serde_json::from_slice(&tools_answer).expect("recorded JSON");
+    assert_eq!(answer["content"], recorded["content"]);
+    assert_eq!(answer["stop_reason"], "tool_use");
+    assert_eq!(answer["usage"]["cache_creation"], recorded["usage"]["cache_creation"]);
+    assert_eq!(
+        (answer["usage"]["input_tokens"].as_u64(), answer["usage"]["output_tokens"].as_u64()),
+        (Some(497), Some(56))
+    );
+    assert!(cost_pico(&answer["usage"]["cost"]) > 0);
+
+    let hits = upstream.hits();
+    let routes: Vec<Option<&str>> = hits.iter().map(|hit| hit.route.as_deref()).collect();
+    assert_eq!(routes, [Some("thinking"), Some("tools")]);
+    for hit in &hits {
+        assert!(hit.problems.is_empty(), "{:?}", hit.problems);
+    }
+    dev.audit_ok().await;
+}
+
+/// A multi-turn conversation with a tool use and its result, images and a system
+/// prompt, translated for a model of another wire format.
+#[tokio::test]
+async fn tool_results_and_images_reach_translated_models() {
+    let mock = start_mock().await;
+    let dir = data_dir();
+    let dev = dev_over(&dir, &mock);
+    let (_, key) = dev.funded_account("5.00").await;
+    let image = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}});
+    for model in ["openai/gpt-4.1", "google/gemini-2.5-flash", CLAUDE] {
+        let body = json!({
+            "model": model, "max_tokens": 100,
+            "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
+            "tools": [{"name": "look", "description": "Look", "input_schema": {"type": "object", "properties": {}}}],
+            "tool_choice": {"type": "auto"},
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "what is this"}, image]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "look", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "a cat"},
+                    {"type": "text", "text": "so what is it"}]},
+            ],
+        });
+        let (status, answer) = message(&dev, Auth::ApiKey(&key), &body).await;
+        assert_eq!(status, 200, "{model}: {answer}");
+        assert_eq!(answer["content"][0]["text"], "so what is it", "{model}");
     }
 }
