@@ -54,6 +54,14 @@ const FIELDS_ANTHROPIC_ONLY_HINTS: [&str; 4] =
 /// The gateway's own request fields (fallback models), never sent to a provider.
 const GATEWAY_FIELDS: [&str; 2] = ["models", "route"];
 
+/// Anthropic server tools billed per use on top of tokens (`web_search_…`: per search;
+/// `code_execution_…`: per container hour), by their `type`'s prefix.
+const TOOLS_BILLED_PER_USE: [&str; 2] = ["web_search", "code_execution"];
+
+/// `anthropic-beta` features that raise the price above the catalogue's (the 1M-token
+/// context, fast mode), by prefix.
+const BETAS_PRICED_ABOVE_CATALOGUE: [&str; 2] = ["context-1m-", "fast-mode-"];
+
 /// Client headers forwarded to Anthropic with a native request.
 const FORWARDED_HEADERS: [&str; 1] = ["anthropic-beta"];
 
@@ -138,6 +146,7 @@ fn parse_messages(
     needs_max_tokens: bool,
 ) -> Result<ParsedChat, ApiError> {
     let mut request = parse::json_object(body)?;
+    refuse_unpriced(&request, headers)?;
     let mut native_only = None;
     let mut chat = Map::new();
     for field in GATEWAY_FIELDS {
@@ -197,6 +206,42 @@ fn parse_messages(
         Some(Native { format: NativeFormat::AnthropicMessages, body: request, headers: forwarded });
     parsed.native_only = native_only;
     Ok(parsed)
+}
+
+/// Refuses what Anthropic would bill beyond the catalogue's token prices: the gateway
+/// charges only what it can price, so forwarding these would charge the customer less
+/// than the provider bills.
+fn refuse_unpriced(request: &Map<String, Value>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let refuse = |param: &str| {
+        Err(ApiError::invalid_param(
+            param,
+            "Anthropic prices it above the catalogue's per-token prices, which is all the \
+             gateway charges; not supported",
+        ))
+    };
+    let set = |field: &str| request.get(field).is_some_and(|value| !value.is_null());
+    if set("speed") && request["speed"] != "standard" {
+        return refuse("speed");
+    }
+    for field in ["inference_geo", "container"] {
+        if set(field) {
+            return refuse(field);
+        }
+    }
+    let tools = request.get("tools").and_then(Value::as_array).into_iter().flatten();
+    for (tool_idx, tool) in tools.enumerate() {
+        let kind = tool.get("type").and_then(Value::as_str).unwrap_or_default();
+        if TOOLS_BILLED_PER_USE.iter().any(|prefix| kind.starts_with(prefix)) {
+            return refuse(&format!("tools[{tool_idx}]"));
+        }
+    }
+    let betas = headers.get_all("anthropic-beta").iter().filter_map(|value| value.to_str().ok());
+    for beta in betas.flat_map(|value| value.split(',')).map(str::trim) {
+        if BETAS_PRICED_ABOVE_CATALOGUE.iter().any(|prefix| beta.starts_with(prefix)) {
+            return refuse("anthropic-beta");
+        }
+    }
+    Ok(())
 }
 
 /// The refusal of a feature for a model not served natively.
@@ -823,15 +868,42 @@ mod tests {
             assert_eq!(refusal.to_json()["error"]["param"], param);
         };
         check(json!({"top_k": 5}), "top_k");
-        check(json!({"inference_geo": "us"}), "inference_geo");
-        check(
-            json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
-            "tools[0]",
-        );
+        check(json!({"tools": [{"type": "bash_20250124", "name": "bash"}]}), "tools[0]");
         check(
             json!({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}),
             "messages[0].content[0]",
         );
+    }
+
+    #[test]
+    fn refuses_what_anthropic_prices_above_the_catalogue() {
+        let user = json!([{"role": "user", "content": "hi"}]);
+        let check = |extra: Value, beta: Option<&str>, refused: Option<&str>| {
+            let mut body = json!({"model": "m", "max_tokens": 5, "messages": user});
+            for (field, value) in extra.as_object().unwrap() {
+                body[field] = value.clone();
+            }
+            let mut headers = HeaderMap::new();
+            if let Some(beta) = beta {
+                headers.insert("anthropic-beta", beta.parse().unwrap());
+            }
+            let parsed = parse_messages(body.to_string().as_bytes(), &headers, true);
+            match (parsed, refused) {
+                (Ok(_), None) => {}
+                (Err(error), Some(param)) => assert_eq!(error.to_json()["error"]["param"], param),
+                (parsed, _) => panic!("{body} {beta:?}: {parsed:?}"),
+            }
+        };
+        check(json!({"speed": "fast"}), None, Some("speed"));
+        check(json!({"speed": "standard"}), None, None);
+        check(json!({"inference_geo": "us"}), None, Some("inference_geo"));
+        check(json!({"container": "c"}), None, Some("container"));
+        let search = json!([{"type": "bash_20250124", "name": "bash"},
+            {"type": "web_search_20250305", "name": "web_search"}]);
+        check(json!({"tools": search}), None, Some("tools[1]"));
+        let betas = "fine-grained-tool-streaming-2025-05-14, context-1m-2025-08-07";
+        check(json!({}), Some(betas), Some("anthropic-beta"));
+        check(json!({}), Some("interleaved-thinking-2025-05-14"), None);
     }
 
     #[test]

@@ -165,9 +165,14 @@ async fn claude_models_get_the_request_untranslated() {
     let (_, key) = dev.funded_account("5.00").await;
     let mut body = ask(CLAUDE, "hello");
     body["top_k"] = json!(5);
-    body["tools"] = json!([{"type": "web_search_20250305", "name": "web_search"}]);
+    body["tools"] = json!([{"type": "bash_20250124", "name": "bash"}]);
     let (status, answer) = message(&dev, Auth::ApiKey(&key), &body).await;
     assert_eq!(status, 200, "{answer}");
+    // What Anthropic bills beyond the catalogue's prices is refused for every model.
+    let mut search = body.clone();
+    search["tools"] = json!([{"type": "web_search_20250305", "name": "web_search"}]);
+    let (status, error) = message(&dev, Auth::ApiKey(&key), &search).await;
+    assert_eq!((status, error["error"]["type"].as_str()), (400, Some("invalid_request_error")));
     body["model"] = json!("mock/echo");
     let (status, error) = message(&dev, Auth::ApiKey(&key), &body).await;
     assert_eq!(status, 400, "{error}");
