@@ -502,12 +502,16 @@ async fn respond_complete(
     let _ = reply.send(Ok(respond::text(StatusCode::OK, body, "application/json")));
 }
 
-/// Whether an answer is not charged (issue 11, item 5): it produced no output tokens and
-/// ended in an error (`failed`) or an empty answer, and the configuration waives such
-/// answers (`waive_empty_answers`, on by default). The provider's bill for it is then
-/// written off. A client that hung up is charged as usual: it ended the answer.
+/// Whether an answer is not charged (issue 11, item 5): it produced no output — the
+/// client received no text, reasoning or tool call (`empty`) — and it ended in an error
+/// (`failed`; the provider's placeholder output count, such as the one token of
+/// Anthropic's `message_start`, then counts for nothing) or as an empty answer of no
+/// output tokens; and the configuration waives such answers (`waive_empty_answers`, on
+/// by default). The provider's bill for it is then written off. A client that hung up is
+/// charged as usual: it ended the answer.
 pub fn waives(app: &'static App, billed: &Billed, failed: bool, empty: bool) -> bool {
-    app.config.waive_empty_answers() && billed.usage.completion_tokens == 0 && (failed || empty)
+    let no_output = empty && (failed || billed.usage.completion_tokens == 0);
+    app.config.waive_empty_answers() && no_output
 }
 
 pub fn observe_cost(model: &'static Model, cost: PicoUsd) {

@@ -234,6 +234,23 @@ async fn errors_are_anthropic_shaped_with_the_chat_statuses() {
         assert_eq!(before - available(&dev, &account).await, cost, "{model}: the balance drop");
     }
 
+    // A stream that fails before any output reached the client is not charged: what the
+    // provider billed (here the prompt and message_start's one output token) is written
+    // off.
+    let (before, written_off) =
+        (available(&dev, &account).await, pico(&dev.account(&account).await["written_off"]));
+    let mut body = ask(CLAUDE, "[[mock cut_after=1]] go");
+    body["stream"] = json!(true);
+    let events = stream(&dev, Auth::ApiKey(&key), &body).await;
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["message_start", "error"]);
+    assert_eq!(cost_pico(&events[1].1["usage"]["cost"]), 0);
+    assert_eq!(available(&dev, &account).await, before);
+    assert!(pico(&dev.account(&account).await["written_off"]) > written_off);
+    let id = events[0].1["message"]["id"].as_str().expect("id");
+    let (_, record) = dev.get(&format!("/v1/api/generation?id={id}"), &key).await;
+    assert_eq!(record["data"]["waived"], true, "{record}");
+
     let mut body = ask("mock/unavailable", "fall back");
     body["models"] = json!([CLAUDE]);
     let (status, answer) = message(&dev, Auth::ApiKey(&key), &body).await;
@@ -318,6 +335,17 @@ async fn an_answer_that_produced_nothing_is_not_charged() {
         assert_eq!(
             (pico(&record["cost_usd"]), pico(&record["written_off"])),
             (charged, written_off)
+        );
+        // The same through Chat Completions: one pipeline, one rule.
+        let chat = json!({"model": CLAUDE, "stream": true, "messages": support::user("again")});
+        let (chunks, done) = dev.chat_stream(&key, &chat).await;
+        assert!(done);
+        let last = chunks.last().expect("chunks");
+        assert_eq!(cost_pico(&last["usage"]["cost"]), charged, "waive {waive}: {last}");
+        let state = dev.account(&account).await;
+        assert_eq!(
+            (pico(&state["spent"]), pico(&state["written_off"])),
+            (2 * charged, 2 * written_off)
         );
         dev.audit_ok().await;
     }
