@@ -1,5 +1,6 @@
-//! Anthropic Messages (`POST /v1/messages`, `POST /v1/messages/count_tokens` at the
-//! gateway's root, where the `anthropic` SDKs and Claude Code put their base URL): the
+//! Anthropic Messages (`POST /v1/messages`, `POST /v1/messages/count_tokens` and
+//! `GET /v1/models` at the gateway's root, where the `anthropic` SDKs and Claude Code put
+//! their base URL): the
 //! codec that reads a Messages request into the pipeline's terms and writes answers,
 //! streams and errors in Anthropic's shape.
 //!
@@ -62,8 +63,9 @@ const TOOLS_BILLED_PER_USE: [&str; 2] = ["web_search", "code_execution"];
 /// context, fast mode), by prefix.
 const BETAS_PRICED_ABOVE_CATALOGUE: [&str; 2] = ["context-1m-", "fast-mode-"];
 
-/// Client headers forwarded to Anthropic with a native request.
-const FORWARDED_HEADERS: [&str; 1] = ["anthropic-beta"];
+/// Client headers forwarded to Anthropic with a native request, unchanged (what Claude
+/// Code's gateway protocol asks of a gateway).
+const FORWARDED_HEADERS: [&str; 2] = ["anthropic-beta", "anthropic-version"];
 
 /// Anthropic Messages.
 pub struct Messages;
@@ -135,6 +137,27 @@ pub async fn count_tokens(
     let input_tokens =
         counting.await.map_err(|error| ApiError::internal(format!("counting tokens: {error}")))?;
     Ok(respond::json(StatusCode::OK, &json!({"input_tokens": input_tokens})))
+}
+
+/// `GET /v1/models`: the models of configured providers in Anthropic's list shape, for the
+/// Anthropic SDKs' `models.list()` and Claude Code's model discovery (prices and limits
+/// are in `/v1/api/models`).
+pub fn models(app: &'static App) -> Response {
+    let data: Vec<Value> = app
+        .catalog
+        .models()
+        .filter(|model| app.providers.enabled(&model.provider))
+        .map(|model| {
+            json!({"type": "model", "id": model.id, "display_name": model.id,
+                "created_at": "1970-01-01T00:00:00Z"})
+        })
+        .collect();
+    let (first_id, last_id) = (
+        data.first().map(|model| model["id"].clone()),
+        data.last().map(|model| model["id"].clone()),
+    );
+    let body = json!({"data": data, "has_more": false, "first_id": first_id, "last_id": last_id});
+    respond::json(StatusCode::OK, &body)
 }
 
 /// Reads a Messages request: its OpenAI translation for the pipeline, the request itself

@@ -130,7 +130,8 @@ async fn route(
         (&Method::POST, "/v1/messages/count_tokens") => {
             return ("count_tokens", anthropic, messages::count_tokens(app, request).await);
         }
-        (_, "/v1/messages" | "/v1/messages/count_tokens") => {
+        (&Method::GET, "/v1/models") => return ("models", anthropic, Ok(messages::models(app))),
+        (_, "/v1/messages" | "/v1/messages/count_tokens" | "/v1/models") => {
             return ("messages", anthropic, Err(ApiError::method_not_allowed()));
         }
         (&Method::GET, "/v1/api/models") => Ok(api::models(app)),

@@ -75,7 +75,7 @@ impl Adapter for Anthropic {
             None => translate_request(&chat.body, chat.stream, target)?,
         };
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert("anthropic-version", HeaderValue::from_static(ANTHROPIC_VERSION));
+        headers.entry("anthropic-version").or_insert(HeaderValue::from_static(ANTHROPIC_VERSION));
         if body.contains_key("output_format") && !headers.contains_key("anthropic-beta") {
             headers.insert("anthropic-beta", HeaderValue::from_static(STRUCTURED_OUTPUTS_BETA));
         }
@@ -603,6 +603,36 @@ impl StreamTranslator for AnthropicStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_native_request_goes_as_sent_with_the_reserved_limit() {
+        let body = json!({"model": "anthropic/claude-sonnet-4", "max_tokens": 99_999,
+            "messages": [{"role": "user", "content": "hi"}], "top_k": 3});
+        let mut headers = HeaderMap::new();
+        headers
+            .insert("anthropic-beta", HeaderValue::from_static("interleaved-thinking-2025-05-14"));
+        headers.insert("anthropic-version", HeaderValue::from_static("2023-01-01"));
+        let chat = ChatRequest {
+            body: Map::new(),
+            stream: true,
+            max_tokens: Some(99_999),
+            native: Some(super::super::Native {
+                format: NativeFormat::AnthropicMessages,
+                body: body.as_object().cloned().unwrap(),
+                headers,
+            }),
+        };
+        let endpoint = Endpoint { base_url: "https://a.example".into(), api_key: Some("k".into()) };
+        let target = Target { upstream_model: "claude-sonnet-4-20250514", max_tokens: 64_000 };
+        let request = Anthropic.request(&endpoint, &chat, &target).unwrap();
+        let sent: Value = serde_json::from_slice(&request.body).unwrap();
+        let expected = json!({"model": "claude-sonnet-4-20250514", "max_tokens": 64_000,
+            "stream": true, "messages": [{"role": "user", "content": "hi"}], "top_k": 3});
+        assert_eq!(sent, expected);
+        assert_eq!(request.headers["anthropic-beta"], "interleaved-thinking-2025-05-14");
+        assert_eq!(request.headers["anthropic-version"], "2023-01-01");
+        assert_eq!(request.headers["x-api-key"], "k");
+    }
 
     #[test]
     fn thinking_budget_follows_effort_and_max_tokens() {

@@ -101,4 +101,14 @@ async function checkErrors() {
   }
 }
 
-await main('anthropic node sdk', runCase, checkErrors);
+/** The model list, in Anthropic's shape, names the catalogue's models. */
+async function checkModels() {
+  const ids = [];
+  for await (const model of client.models.list()) ids.push(model.id);
+  assert(ids.includes('mock/echo') && ids.includes('anthropic/claude-sonnet-4'), `models ${ids}`);
+}
+
+await main('anthropic node sdk', runCase, async () => {
+  await checkErrors();
+  await checkModels();
+});

@@ -7,10 +7,10 @@ SOLROUTER_ADMIN_TOKEN, SOLROUTER_ACCOUNT, SDK_CASES, SDK_FIXTURES and SDK_KINDS 
 
 For each case it checks what the SDK returns against the recording (text, tool-use ids,
 names and inputs, stop reason, usage), that `usage.cost` is present (in the final
-`message_delta` of a stream) and equals the gateway's generation record, then that
-errors come back as the SDK's typed errors, and at the end that the balance fell by
-exactly the sum of the costs. Prints `RESULTS <json>` for tests/sdk.rs; exits non-zero
-listing every failed case."""
+`message_delta` of a stream) and equals the gateway's generation record, then that the
+model list reads and errors come back as the SDK's typed errors, and at the end that
+the balance fell by exactly the sum of the costs. Prints `RESULTS <json>` for
+tests/sdk.rs; exits non-zero listing every failed case."""
 
 import json
 import os
@@ -168,6 +168,12 @@ def check(case, result):
     return cost
 
 
+def check_models(client):
+    """The model list, in Anthropic's shape, names the catalogue's models."""
+    ids = [model.id for model in client.models.list()]
+    assert "mock/echo" in ids and "anthropic/claude-sonnet-4" in ids, ids
+
+
 def check_errors(client):
     """Refusals arrive as the SDK's typed errors, with Anthropic's error types."""
     request = {"model": "mock/echo", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
@@ -201,10 +207,11 @@ def main():
             continue
         total += cost
         results.append({"case": case["id"], "id": result["id"], "cost": str(cost)})
-    try:
-        check_errors(client)
-    except Exception as error:
-        failures.append(f"errors: {type(error).__name__}: {error}")
+    for check_more in (check_models, check_errors):
+        try:
+            check_more(client)
+        except Exception as error:
+            failures.append(f"{check_more.__name__}: {type(error).__name__}: {error}")
     drop = before - available()
     if drop != total:
         failures.append(f"the balance fell by {drop}, the costs add up to {total}")
