@@ -774,6 +774,8 @@ impl StreamEncoder for EventEncoder {
             "message_delta" => self.held_delta = Some(data),
             // Written by `finish` or `fail`.
             "message_stop" | "error" => {}
+            // JSON spread over several `data:` lines is rewritten on one.
+            _ if event.data.contains('\n') => Self::event(out, &kind, &Value::Object(data)),
             _ => {
                 out.put_slice(b"event: ");
                 out.put_slice(kind.as_bytes());
@@ -1055,9 +1057,15 @@ mod tests {
             json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 2, "server_tool_use": {"web_search_requests": 1}}}),
             json!({"type": "message_stop"}),
         ];
-        for data in &upstream {
+        for (event_idx, data) in upstream.iter().enumerate() {
             let kind = data["type"].as_str().unwrap().to_owned();
-            encoder.native(&SseEvent { event: Some(kind), data: data.to_string() }, &mut out);
+            // One event's JSON spread over several `data:` lines, as SSE allows.
+            let text = if event_idx == 3 {
+                serde_json::to_string_pretty(data).unwrap()
+            } else {
+                data.to_string()
+            };
+            encoder.native(&SseEvent { event: Some(kind), data: text }, &mut out);
             // Chunks of a native stream are billed, never written.
             encoder.chunk(
                 &Chunk { choices: vec![json!({"delta": {"content": "x"}})], extra: Map::new() },
@@ -1066,6 +1074,11 @@ mod tests {
         }
         let usage = Usage { prompt_tokens: 3, completion_tokens: 2, ..Usage::default() };
         encoder.finish(&usage, PicoUsd(1), &mut out);
+        let text = std::str::from_utf8(&out).expect("utf-8");
+        let framed = |line: &str| {
+            line.is_empty() || line.starts_with("event: ") || line.starts_with("data: ")
+        };
+        assert!(text.lines().all(framed), "{text}");
         let events = events(&out);
         let kinds: Vec<&str> = events.iter().map(|(kind, _)| kind.as_str()).collect();
         assert_eq!(
