@@ -188,7 +188,12 @@ impl Gateway {
             .find_map(|line| line.strip_prefix("RESULTS "))
             .unwrap_or_else(|| panic!("no RESULTS line: {transcript}"));
         let results: Vec<Value> = serde_json::from_str(results).expect("RESULTS is JSON");
-        self.check_costs(&account, &key, &results, kinds).await;
+        // Answers outside the cases (a stream broken on purpose), each `{id, cost}`.
+        let others: Vec<Value> = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("OTHERS "))
+            .map_or_else(Vec::new, |others| serde_json::from_str(others).expect("OTHERS is JSON"));
+        self.check_costs(&account, &key, &results, &others, kinds).await;
         self.dev.audit_ok().await;
         println!("{}", stdout.lines().last().unwrap_or_default());
     }
@@ -226,7 +231,14 @@ impl Gateway {
 
     /// Each answer's record: the case's model, and a cost that is the catalogue price
     /// (from `/v1/api/models`) of the recorded usage; the account spent their sum.
-    async fn check_costs(&self, account: &str, key: &str, results: &[Value], kinds: &[&str]) {
+    async fn check_costs(
+        &self,
+        account: &str,
+        key: &str,
+        results: &[Value],
+        others: &[Value],
+        kinds: &[&str],
+    ) {
         let (status, models) = self.dev.get("/v1/api/models", key).await;
         assert_eq!(status, 200, "{models}");
         let pricing: BTreeMap<&str, &Value> = models["data"]
@@ -276,6 +288,13 @@ impl Gateway {
             spent += cost;
         }
         let account = self.dev.account(account).await;
+        for other in others {
+            let id = other["id"].as_str().expect("generation id");
+            let (status, record) = self.dev.get(&format!("/v1/api/generation?id={id}"), key).await;
+            assert_eq!(status, 200, "{record}");
+            assert_eq!(pico(&record["data"]["cost_usd"]), pico(&other["cost"]), "{record}");
+            spent += pico(&other["cost"]);
+        }
         assert_eq!(pico(&account["spent"]), spent, "{account}");
         assert_eq!(pico(&account["held"]), 0, "{account}");
     }

@@ -4,7 +4,9 @@
 // tests/sdk.rs.
 
 import Anthropic from '@anthropic-ai/sdk';
-import { BASE, IMAGE_URL, KEY, SPEC, assert, assertEqual, checkBilling, isStream, main } from './common.mjs';
+import {
+  BASE, IMAGE_URL, KEY, SPEC, assert, assertEqual, checkBilling, costPico, isStream, main,
+} from './common.mjs';
 
 const client = new Anthropic({ baseURL: BASE, apiKey: KEY, maxRetries: 0, timeout: 60_000 });
 // A case without a completion limit asks for as many tokens as the model allows (the
@@ -108,7 +110,33 @@ async function checkModels() {
   assert(ids.includes('mock/echo') && ids.includes('anthropic/claude-sonnet-4'), `models ${ids}`);
 }
 
+/** A stream the provider breaks mid-answer throws the SDK's APIError from the `error`
+ * event, which carries the cost of what was delivered; returns the answer's id and that
+ * cost. */
+async function checkBrokenStream() {
+  const request = {
+    model: 'mock/echo',
+    max_tokens: 100,
+    messages: [{ role: 'user', content: '[[mock words=30 cut_after=6]] go' }],
+  };
+  let text = '';
+  let id = null;
+  try {
+    for await (const event of client.messages.stream(request)) {
+      if (event.type === 'message_start') id = event.message.id;
+      if (event.type === 'content_block_delta') text += event.delta.text;
+    }
+  } catch (error) {
+    assert(error instanceof Anthropic.APIError, `not an API error: ${error}`);
+    assertEqual(error.error?.error?.type, 'api_error', 'error type');
+    assert(text.length > 0, 'nothing was delivered before the break');
+    return { id, cost: costPico(error.error.usage.cost) };
+  }
+  throw new Error('the broken stream threw nothing');
+}
+
 await main('anthropic node sdk', runCase, async () => {
   await checkErrors();
   await checkModels();
+  return [await checkBrokenStream()];
 });

@@ -8,9 +8,11 @@ SOLROUTER_ADMIN_TOKEN, SOLROUTER_ACCOUNT, SDK_CASES, SDK_FIXTURES and SDK_KINDS 
 For each case it checks what the SDK returns against the recording (text, tool-use ids,
 names and inputs, stop reason, usage), that `usage.cost` is present (in the final
 `message_delta` of a stream) and equals the gateway's generation record, then that the
-model list reads and errors come back as the SDK's typed errors, and at the end that
-the balance fell by exactly the sum of the costs. Prints `RESULTS <json>` for
-tests/sdk.rs; exits non-zero listing every failed case."""
+model list reads, errors come back as the SDK's typed errors and a stream broken
+mid-answer raises with the cost of what it delivered, and at the end that the balance
+fell by exactly the sum of the costs. Prints `RESULTS <json>` (the cases' answers) and
+`OTHERS <json>` (the broken stream) for tests/sdk.rs; exits non-zero listing every
+failed case."""
 
 import json
 import os
@@ -174,6 +176,27 @@ def check_models(client):
     assert "mock/echo" in ids and "anthropic/claude-sonnet-4" in ids, ids
 
 
+def check_broken_stream(client):
+    """A stream the provider breaks mid-answer raises the SDK's APIStatusError from the
+    `error` event, which carries the cost of what was delivered; returns the answer's id
+    and that cost."""
+    request = {"model": "mock/echo", "max_tokens": 100,
+               "messages": [{"role": "user", "content": "[[mock words=30 cut_after=6]] go"}]}
+    text, generation = "", None
+    try:
+        with client.messages.stream(**request) as stream:
+            for event in stream:
+                if event.type == "message_start":
+                    generation = event.message.id
+                if event.type == "content_block_delta":
+                    text += event.delta.text
+    except anthropic.APIStatusError as error:
+        equal(error.body["error"]["type"], "api_error", "error type")
+        assert text, "nothing was delivered before the break"
+        return {"id": generation, "cost": usd(error.body["usage"]["cost"])}
+    raise AssertionError("the broken stream raised nothing")
+
+
 def check_errors(client):
     """Refusals arrive as the SDK's typed errors, with Anthropic's error types."""
     request = {"model": "mock/echo", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
@@ -207,15 +230,21 @@ def main():
             continue
         total += cost
         results.append({"case": case["id"], "id": result["id"], "cost": str(cost)})
-    for check_more in (check_models, check_errors):
+    others = []
+    for check_more in (check_models, check_errors, check_broken_stream):
         try:
-            check_more(client)
+            other = check_more(client)
         except Exception as error:
             failures.append(f"{check_more.__name__}: {type(error).__name__}: {error}")
+            continue
+        if other is not None:
+            total += other["cost"]
+            others.append({"id": other["id"], "cost": str(other["cost"])})
     drop = before - available()
     if drop != total:
         failures.append(f"the balance fell by {drop}, the costs add up to {total}")
     print("RESULTS " + json.dumps(results))
+    print("OTHERS " + json.dumps(others))
     if failures:
         print("\n".join(["FAILED:"] + failures), file=sys.stderr)
         sys.exit(1)

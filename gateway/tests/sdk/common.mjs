@@ -94,9 +94,10 @@ export async function checkBilling(testCase, id, counts, cost) {
 }
 
 /** Runs `runCase` on every case of the kinds asked for (it returns `{id, cost}` in
- * pico-USD, or null for a refused request), then `checkMore` (which charges nothing),
- * then checks the balance fell by the sum of the costs; prints `RESULTS` and exits
- * non-zero listing every failure. */
+ * pico-USD, or null for a refused request), then `checkMore` (which returns the answers
+ * outside the cases it paid for, as `{id, cost}`), then checks the balance fell by the
+ * sum of the costs; prints `RESULTS` and `OTHERS` and exits non-zero listing every
+ * failure. */
 export async function main(name, runCase, checkMore = async () => {}) {
   const before = await available();
   const results = [];
@@ -113,8 +114,12 @@ export async function main(name, runCase, checkMore = async () => {}) {
       failures.push(`${testCase.id}: ${error?.stack ?? error}`);
     }
   }
+  const others = [];
   try {
-    await checkMore();
+    for (const other of (await checkMore()) ?? []) {
+      total += other.cost;
+      others.push({ id: other.id, cost: usd(other.cost) });
+    }
   } catch (error) {
     failures.push(`${error?.stack ?? error}`);
   }
@@ -123,6 +128,7 @@ export async function main(name, runCase, checkMore = async () => {}) {
     failures.push(`the balance fell by ${usd(drop)}, the costs add up to ${usd(total)}`);
   }
   console.log(`RESULTS ${JSON.stringify(results)}`);
+  console.log(`OTHERS ${JSON.stringify(others)}`);
   if (failures.length > 0) {
     console.error(['FAILED:', ...failures].join('\n'));
     process.exit(1);
