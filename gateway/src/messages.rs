@@ -1,8 +1,7 @@
 //! Anthropic Messages (`POST /v1/messages`, `POST /v1/messages/count_tokens` and
 //! `GET /v1/models` at the gateway's root, where the `anthropic` SDKs and Claude Code put
-//! their base URL): the
-//! codec that reads a Messages request into the pipeline's terms and writes answers,
-//! streams and errors in Anthropic's shape.
+//! their base URL): the codec that reads a Messages request into the pipeline's terms
+//! and writes answers, streams and errors in Anthropic's shape.
 //!
 //! A Claude model is served natively: the request goes to Anthropic as the client sent it
 //! (`ChatRequest::native`), and Anthropic's answer comes back as it came, with the id,
@@ -124,12 +123,13 @@ pub async fn count_tokens(
     request: Request<Incoming>,
 ) -> Result<Response, ApiError> {
     let limit = app.config.body_bytes_max();
-    check_declared_length(request.headers(), limit)?;
-    app.bank.authenticate(request.headers()).await?;
-    let headers = request.headers().clone();
-    let body = read_body(request.into_body(), limit).await?;
-    let parsed = parse_messages(&body, &headers, false)?;
-    let id = &parsed.model_ids[0];
+    let (head, body) = request.into_parts();
+    check_declared_length(&head.headers, limit)?;
+    app.bank.authenticate(&head.headers).await?;
+    let body = read_body(body, limit).await?;
+    let parsed = parse_messages(&body, &head.headers, false)?;
+    let id =
+        parsed.model_ids.first().ok_or_else(|| ApiError::invalid_param("model", "is required"))?;
     let model = app.catalog.get(id).ok_or_else(|| ApiError::model_not_found(id))?;
     let chat = parsed.chat;
     let counting =
