@@ -1102,4 +1102,97 @@ mod tests {
         assert_eq!(usage["cost"], 0.000000000001);
         assert_eq!(events[5].1["delta"]["stop_reason"], "end_turn");
     }
+
+    /// JSON trees built from the words a Messages request uses, so that arbitrary input
+    /// reaches deep into the translation.
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let word = prop_oneof![
+            Just("model"),
+            Just("messages"),
+            Just("role"),
+            Just("user"),
+            Just("assistant"),
+            Just("content"),
+            Just("type"),
+            Just("text"),
+            Just("image"),
+            Just("source"),
+            Just("base64"),
+            Just("url"),
+            Just("tool_use"),
+            Just("tool_result"),
+            Just("id"),
+            Just("name"),
+            Just("input"),
+            Just("tool_use_id"),
+            Just("tools"),
+            Just("tool_choice"),
+            Just("input_schema"),
+            Just("thinking"),
+            Just("budget_tokens"),
+            Just("enabled"),
+            Just("system"),
+            Just("max_tokens"),
+            Just("stream"),
+            Just("output_config"),
+            Just("format"),
+            Just("json_schema"),
+            Just("effort"),
+            Just("any"),
+            Just("tool"),
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            word.clone().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(5, 64, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec((word.clone(), inner), 0..6).prop_map(|entries| {
+                    Value::Object(
+                        entries.into_iter().map(|(key, value)| (key.to_owned(), value)).collect(),
+                    )
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_requests_never_panic(request in arbitrary_json(), delta in arbitrary_json()) {
+            let enveloped = [
+                request.clone(),
+                json!({"model": "m", "max_tokens": 5, "messages": request}),
+                json!({"model": "m", "max_tokens": 5, "system": request, "tools": request,
+                    "tool_choice": request, "thinking": request, "output_config": request,
+                    "messages": [{"role": "user", "content": request},
+                        {"role": "assistant", "content": request}]}),
+            ];
+            for body in enveloped {
+                let _ = parse_messages(body.to_string().as_bytes(), &HeaderMap::new(), true);
+            }
+            let answer = Answered { id: "gen-3", created_s: 1, model: model() };
+            for native in [false, true] {
+                let mut encoder = MESSAGES.encoder(&answer, native);
+                let mut out = BytesMut::new();
+                let chunk = Chunk {
+                    choices: vec![json!({"delta": delta, "finish_reason": delta["type"]})],
+                    extra: Map::new(),
+                };
+                encoder.chunk(&chunk, &mut out);
+                encoder.native(&SseEvent { event: None, data: delta.to_string() }, &mut out);
+                encoder.finish(&Usage::default(), PicoUsd(1), &mut out);
+                let completion = Completion {
+                    choices: vec![json!({"message": delta, "finish_reason": request["type"]})],
+                    usage: Usage::default(),
+                    extra: Map::new(),
+                };
+                let native_body = request.to_string();
+                let _ = MESSAGES.completion(&answer, completion, native.then_some(native_body.as_bytes()), PicoUsd(1));
+            }
+        }
+    }
 }
