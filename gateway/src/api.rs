@@ -73,7 +73,7 @@ fn model_json(model: &Model) -> Value {
 
 /// `GET /v1/api/credits`: the account's top-ups and spend, in USD.
 pub async fn credits(app: &'static App, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let caller = app.bank.authenticate(authorization(headers)).await?;
+    let caller = app.bank.authenticate(headers).await?;
     let account = app.bank.account(caller.account).await?;
     let account =
         account.ok_or_else(|| ApiError::unauthorized("the key's account no longer exists"))?;
@@ -90,7 +90,7 @@ pub async fn generation(
     app: &'static App,
     request: &Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let caller = app.bank.authenticate(authorization(request.headers())).await?;
+    let caller = app.bank.authenticate(request.headers()).await?;
     let id = query_params(request)
         .find_map(|(name, value)| (name == "id").then_some(value))
         .ok_or_else(|| ApiError::invalid_param("id", "is required"))?;
@@ -112,7 +112,7 @@ pub async fn generations(
     app: &'static App,
     request: &Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let caller = app.bank.authenticate(authorization(request.headers())).await?;
+    let caller = app.bank.authenticate(request.headers()).await?;
     let mut query =
         HistoryQuery { limit: GENERATIONS_PAGE_DEFAULT, ..HistoryQuery::all(caller.account) };
     for (name, value) in query_params(request) {
@@ -150,7 +150,7 @@ pub async fn activity(
 ) -> Result<Response, ApiError> {
     const HOUR_MS: u64 = 60 * 60 * 1000;
     const DAY_MS: u64 = 24 * HOUR_MS;
-    let caller = app.bank.authenticate(authorization(request.headers())).await?;
+    let caller = app.bank.authenticate(request.headers()).await?;
     let now_ms = crate::bank::now_ms();
     let mut query = UsageQuery {
         account: caller.account,
@@ -209,6 +209,7 @@ fn generation_json(hold: HoldId, record: &RequestRecord) -> Value {
         "written_off": record.written_off.to_string(),
         "usage_estimated": record.usage_estimated,
         "usage_clamped": record.usage_clamped,
+        "waived": record.waived,
         "created": record.created_ms / 1000,
         "key_id": record.key.map(|key| format!("{:016x}", key.0)),
     })
@@ -254,7 +255,7 @@ fn parse_cursor(value: &str) -> Result<HistoryCursor, ApiError> {
 
 /// `GET /v1/api/key`: the calling key's name and what it has spent.
 pub async fn key(app: &'static App, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let caller = app.bank.authenticate(authorization(headers)).await?;
+    let caller = app.bank.authenticate(headers).await?;
     let key = app.bank.key(caller.key).await?;
     let key = key.ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
     let usage: PicoUsd = key.usage;

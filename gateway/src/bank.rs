@@ -5,6 +5,8 @@
 
 use crate::error::ApiError;
 use crate::keys;
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use solrouter_ledger::{
     Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, Op, OpId, Outcome, PicoUsd,
@@ -17,6 +19,9 @@ use solrouter_raft::{
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The header Anthropic's SDKs send their key in (OpenAI's send `Authorization`).
+pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// How long a hold outlives the request's total upstream timeout (its time-to-live is
 /// the sum; the ledger stamps the expiry with the leader's clock).
@@ -222,20 +227,30 @@ impl Bank {
         })
     }
 
-    /// Authenticates an `Authorization` header value. In gateway mode a key found less
+    /// Authenticates the customer's key, sent as `Authorization: Bearer sr_…` (OpenAI's
+    /// SDKs) or `x-api-key: sr_…` (Anthropic's). In gateway mode a key found less
     /// than [`KEY_CACHE_TTL`] ago is trusted; a miss is a linearizable read, which sees
     /// every revocation acknowledged before it, so a revocation is final on every gateway
     /// within [`KEY_CACHE_TTL`] however far a replica lags (and at once for money: the
     /// ledger refuses a reserve with a revoked key).
-    pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, ApiError> {
-        let header = authorization.ok_or_else(|| {
-            ApiError::unauthorized("missing API key: send `Authorization: Bearer sr_…`")
-        })?;
-        let text = std::str::from_utf8(header)
-            .ok()
-            .and_then(|text| text.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| ApiError::unauthorized("malformed Authorization header"))?;
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let text = match (headers.get(AUTHORIZATION), headers.get(API_KEY_HEADER)) {
+            (Some(authorization), _) => authorization
+                .to_str()
+                .ok()
+                .and_then(|text| text.strip_prefix("Bearer "))
+                .map(str::trim)
+                .ok_or_else(|| ApiError::unauthorized("malformed Authorization header"))?,
+            (None, Some(api_key)) => api_key
+                .to_str()
+                .map(str::trim)
+                .map_err(|_| ApiError::unauthorized("malformed x-api-key header"))?,
+            (None, None) => {
+                return Err(ApiError::unauthorized(
+                    "missing API key: send `Authorization: Bearer sr_…` or `x-api-key: sr_…`",
+                ))
+            }
+        };
         let (claimed, hash) =
             keys::parse(text).ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
         let cached = self.key_cache.as_ref().and_then(|cache| cache.get(&hash));
@@ -301,6 +316,7 @@ impl Bank {
             let flags = [
                 (record.usage_estimated, "solrouter_usage_estimated_total"),
                 (record.usage_clamped, "solrouter_usage_clamped_total"),
+                (record.waived, "solrouter_waived_total"),
             ];
             let op = Op::Settle { account, hold, actual, record };
             let Reply::Settled { charged, written_off, .. } = bank.finish(op).await? else {
@@ -469,8 +485,12 @@ mod tests {
         assert_eq!(retried, Ok(Reply::Credited { credits: usd("1.00") }), "credited once");
         let minted = keys::mint(account);
         bank.create_key(account, caller.key, "k".into(), minted.hash).await.unwrap().unwrap();
-        let header = format!("Bearer {}", minted.text);
-        assert_eq!(bank.authenticate(Some(header.as_bytes())).await.unwrap(), caller);
+        let mut bearer = HeaderMap::new();
+        bearer.insert(AUTHORIZATION, format!("Bearer {}", minted.text).parse().unwrap());
+        assert_eq!(bank.authenticate(&bearer).await.unwrap(), caller);
+        let mut api_key = HeaderMap::new();
+        api_key.insert(API_KEY_HEADER, minted.text.parse().unwrap());
+        assert_eq!(bank.authenticate(&api_key).await.unwrap(), caller);
 
         let (hold, ttl) = (HoldId(keys::random_u128()), Duration::from_secs(60));
         let reserved = bank.reserve(caller, hold, usd("0.60"), ttl).await.unwrap();
@@ -486,7 +506,7 @@ mod tests {
         assert_eq!((kept.cost, kept.written_off), (usd("1.00"), usd("0.50")));
 
         bank.revoke_key(account, caller.key).await.unwrap().unwrap();
-        let refused = bank.authenticate(Some(header.as_bytes())).await.unwrap_err();
+        let refused = bank.authenticate(&bearer).await.unwrap_err();
         assert_eq!(refused.status(), http::StatusCode::UNAUTHORIZED);
         let hold = HoldId(keys::random_u128());
         let reserved = bank.reserve(caller, hold, PicoUsd::ZERO, ttl).await.unwrap();

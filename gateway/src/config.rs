@@ -38,6 +38,7 @@ pub struct Config {
     admin_token: Option<String>,
     body_bytes_max: usize,
     upstream: UpstreamTimeouts,
+    waive_empty_answers: bool,
 }
 
 /// The raw layers: every field optional, so each layer sets only what it names.
@@ -52,6 +53,9 @@ pub struct ConfigLayer {
     pub upstream_first_byte_timeout_ms: Option<u64>,
     pub upstream_idle_timeout_ms: Option<u64>,
     pub upstream_total_timeout_ms: Option<u64>,
+    /// Whether an answer that produced nothing (no output tokens; an error or an empty
+    /// answer) goes uncharged, its provider bill written off. Default: true.
+    pub waive_empty_answers: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,16 @@ impl ConfigLayer {
             upstream_first_byte_timeout_ms: number("SOLROUTER_UPSTREAM_FIRST_BYTE_TIMEOUT_MS")?,
             upstream_idle_timeout_ms: number("SOLROUTER_UPSTREAM_IDLE_TIMEOUT_MS")?,
             upstream_total_timeout_ms: number("SOLROUTER_UPSTREAM_TOTAL_TIMEOUT_MS")?,
+            waive_empty_answers: lookup("SOLROUTER_WAIVE_EMPTY_ANSWERS")
+                .map(|text| match text.trim() {
+                    "true" | "1" => Ok(true),
+                    "false" | "0" => Ok(false),
+                    _ => Err(ConfigError::Invalid {
+                        name: "SOLROUTER_WAIVE_EMPTY_ANSWERS",
+                        message: format!("{text:?} is not true or false"),
+                    }),
+                })
+                .transpose()?,
         })
     }
 
@@ -116,6 +130,7 @@ impl ConfigLayer {
             upstream_total_timeout_ms: over
                 .upstream_total_timeout_ms
                 .or(self.upstream_total_timeout_ms),
+            waive_empty_answers: over.waive_empty_answers.or(self.waive_empty_answers),
         }
     }
 }
@@ -165,7 +180,8 @@ impl Config {
             });
         }
         let data_dir = layer.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
-        Ok(Config { listen, data_dir, admin_token, body_bytes_max, upstream })
+        let waive_empty_answers = layer.waive_empty_answers.unwrap_or(true);
+        Ok(Config { listen, data_dir, admin_token, body_bytes_max, upstream, waive_empty_answers })
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -187,6 +203,11 @@ impl Config {
 
     pub fn upstream(&self) -> UpstreamTimeouts {
         self.upstream
+    }
+
+    /// See [`ConfigLayer::waive_empty_answers`].
+    pub fn waive_empty_answers(&self) -> bool {
+        self.waive_empty_answers
     }
 }
 
@@ -219,6 +240,9 @@ mod tests {
         assert_eq!(config.listen(), "127.0.0.1:1".parse().expect("addr"));
         assert_eq!(config.body_bytes_max(), 20);
         assert_eq!(config.upstream().total, Duration::from_secs(600));
+        assert!(config.waive_empty_answers());
+        let charging = ConfigLayer::from_env(env(&[("SOLROUTER_WAIVE_EMPTY_ANSWERS", "false")]));
+        assert!(!Config::try_new(charging.expect("env")).expect("valid").waive_empty_answers());
     }
 
     #[test]
@@ -233,6 +257,7 @@ mod tests {
         check(&[("SOLROUTER_LISTEN", "nowhere")], "listen");
         check(&[("SOLROUTER_BODY_BYTES_MAX", "0")], "body_bytes_max");
         check(&[("SOLROUTER_BODY_BYTES_MAX", "lots")], "SOLROUTER_BODY_BYTES_MAX");
+        check(&[("SOLROUTER_WAIVE_EMPTY_ANSWERS", "maybe")], "SOLROUTER_WAIVE_EMPTY_ANSWERS");
         check(&[("SOLROUTER_ADMIN_TOKEN", "short")], "admin_token");
         check(&[("SOLROUTER_UPSTREAM_IDLE_TIMEOUT_MS", "0")], "upstream_idle_timeout_ms");
         check(&[("SOLROUTER_UPSTREAM_TOTAL_TIMEOUT_MS", "1000")], "upstream_total_timeout_ms");

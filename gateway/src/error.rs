@@ -1,5 +1,7 @@
 //! The gateway's one error type and the one place that renders errors for clients, in
-//! OpenAI's shape: `{"error":{"message","type","code","param"}}`.
+//! the shape of the API the client speaks: OpenAI's
+//! `{"error":{"message","type","code","param"}}` or Anthropic's
+//! `{"type":"error","error":{"type","message"}}`, with the same status either way.
 
 use crate::providers::UpstreamError;
 use crate::respond::{self, Response};
@@ -10,6 +12,13 @@ use std::time::Duration;
 /// What a client is told to wait before retrying when the ledger is unavailable: about
 /// a leader election.
 const LEDGER_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The error format of the API a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorShape {
+    OpenAi,
+    Anthropic,
+}
 
 /// Who caused an error: decides the log level and whether it counts against the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,14 +173,29 @@ impl ApiError {
         }})
     }
 
+    /// Anthropic's error object, also sent as the `error` event of a broken stream.
+    pub fn to_anthropic_json(&self) -> Value {
+        json!({"type": "error", "error": {
+            "type": anthropic_error_type(self.status),
+            "message": self.message,
+        }})
+    }
+
+    pub fn to_json_as(&self, shape: ErrorShape) -> Value {
+        match shape {
+            ErrorShape::OpenAi => self.to_json(),
+            ErrorShape::Anthropic => self.to_anthropic_json(),
+        }
+    }
+
     /// The one place an error becomes an HTTP response.
-    pub fn into_response(self) -> Response {
+    pub fn into_response(self, shape: ErrorShape) -> Response {
         match self.origin {
             ErrorSource::Client => tracing::debug!(error = %self, "request failed"),
             ErrorSource::Upstream => tracing::info!(error = %self, "request failed"),
             ErrorSource::Internal => tracing::warn!(error = %self, "request failed"),
         }
-        let mut response = respond::json(self.status, &self.to_json());
+        let mut response = respond::json(self.status, &self.to_json_as(shape));
         if let Some(after) = self.retry_after {
             let seconds = after.as_secs().max(1).to_string();
             if let Ok(value) = HeaderValue::from_str(&seconds) {
@@ -188,6 +212,22 @@ fn error_type(status: StatusCode) -> &'static str {
         401 | 403 => "authentication_error",
         402 => "insufficient_credits",
         429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// Anthropic's error `type` for a status, as its API documents them.
+fn anthropic_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        408 | 504 => "timeout_error",
+        503 | 529 => "overloaded_error",
         400..=499 => "invalid_request_error",
         _ => "api_error",
     }

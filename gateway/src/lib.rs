@@ -1,4 +1,4 @@
-//! The gateway: everything that speaks HTTP. It owns the OpenAI-compatible customer API,
+//! The gateway: everything that speaks HTTP. It owns the customer APIs (OpenAI Chat Completions, Anthropic Messages),
 //! the admin API, the request pipeline (auth, limits, routing, reserve, forward, settle),
 //! the provider adapters and the mock provider, configuration and the `solrouter`
 //! binary's roles.
@@ -14,6 +14,7 @@ pub mod api;
 pub mod app;
 pub mod bank;
 pub mod catalog;
+pub mod codec;
 pub mod config;
 pub mod dev;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod gateway_mode;
 pub mod health;
 pub mod keys;
 pub mod ledger_server;
+pub mod messages;
 pub mod mock;
 pub mod parse;
 pub mod pipeline;

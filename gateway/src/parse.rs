@@ -28,14 +28,32 @@ pub struct ParsedChat {
     pub wants_tools: bool,
     pub wants_images: bool,
     pub wants_structured_output: bool,
+    /// Why only a model served in the client's own format can answer (a feature with no
+    /// translation, such as Anthropic's server tools): other candidates are skipped.
+    pub native_only: Option<ApiError>,
 }
 
 pub fn parse(body: &[u8]) -> Result<ParsedChat, ApiError> {
+    let body_object = json_object(body)?;
+    parse_object(body_object, body.len())
+}
+
+/// The body as a JSON object, or a 400.
+pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|error| ApiError::malformed(format!("request body is not valid JSON: {error}")))?;
-    let Value::Object(body_object) = value else {
-        return Err(ApiError::malformed("request body must be a JSON object"));
-    };
+    match value {
+        Value::Object(body_object) => Ok(body_object),
+        _ => Err(ApiError::malformed("request body must be a JSON object")),
+    }
+}
+
+/// Validates a chat request already read as JSON; `body_bytes` is the size of the body
+/// as the client sent it, which bounds its prompt.
+pub fn parse_object(
+    body_object: Map<String, Value>,
+    body_bytes: usize,
+) -> Result<ParsedChat, ApiError> {
     let model_ids = model_ids(&body_object)?;
     let n_media_parts = check_messages(&body_object)?;
     let stream = match body_object.get("stream") {
@@ -59,12 +77,13 @@ pub fn parse(body: &[u8]) -> Result<ParsedChat, ApiError> {
         .and_then(Value::as_str)
         .is_some_and(|kind| kind == "json_schema");
     Ok(ParsedChat {
-        prompt_tokens_max: prompt_tokens_max(body.len(), n_media_parts),
-        chat: ChatRequest { body: body_object, stream, max_tokens },
+        prompt_tokens_max: prompt_tokens_max(body_bytes, n_media_parts),
+        chat: ChatRequest { body: body_object, stream, max_tokens, native: None },
         model_ids,
         wants_tools,
         wants_images: n_media_parts > 0,
         wants_structured_output,
+        native_only: None,
     })
 }
 

@@ -1,10 +1,12 @@
-//! The chat-completions pipeline, in one place, one stage per concern:
+//! The completion pipeline, in one place, one stage per concern, for every client-facing
+//! API: each one's [`Codec`] reads its request into an OpenAI chat request (the form
+//! every adapter reads) and writes the answer back in its shape.
 //!
 //! 1. limits — refuse a body whose declared length is over the limit;
 //! 2. auth — the `sr_` key, before the body is read, so an unauthenticated client cannot
 //!    make the gateway buffer a large body;
 //! 3. read — the body, under the limit and a deadline;
-//! 4. parse — validate the OpenAI request (400 naming the parameter);
+//! 4. parse — the codec validates the request (400 naming the parameter);
 //! 5. route — resolve `model` and the `models` fallbacks to catalogue entries whose
 //!    provider is configured, which support what the request needs, and whose context
 //!    the prompt does not certainly exceed (by a tokenizer's lower bound: `tokens.rs`);
@@ -14,7 +16,10 @@
 //! 7. forward — try each candidate in order until one answers; fall back only while
 //!    nothing has reached the client;
 //! 8. respond and settle — settle the hold with the request record, then finish the
-//!    response, so a client that has its answer also sees the charge.
+//!    response, so a client that has its answer also sees the charge. An answer that
+//!    produced nothing (no output tokens; an error or an empty answer) is not charged
+//!    when the configuration waives it (the default): what the provider billed is
+//!    written off, visibly ([`RequestRecord::waived`]).
 //!
 //! Stages 6–8 run in a task of their own: once money is held, the hold must end in a
 //! settle or a release even if the client disconnects and its connection is dropped.
@@ -22,9 +27,10 @@
 use crate::app::App;
 use crate::bank::{now_ms, Caller, HOLD_GRACE};
 use crate::catalog::Model;
+use crate::codec::{Answered, Codec};
 use crate::error::ApiError;
 use crate::health::Admission;
-use crate::parse::{self, ParsedChat};
+use crate::parse::ParsedChat;
 use crate::providers::{Adapter, ChatRequest, Completion, Endpoint, Target, UpstreamError, Usage};
 use crate::relay;
 use crate::respond::{self, Response};
@@ -32,7 +38,8 @@ use crate::server::{check_declared_length, read_body};
 use crate::tokens::{self, Billed, Delivered};
 use crate::upstream::{self, Deadlines};
 use crate::wire;
-use http::{header::AUTHORIZATION, HeaderValue, Request, StatusCode};
+use bytes::Bytes;
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use solrouter_ledger::{signed_usd, HoldId, PicoUsd, Rejection, Reply, RequestRecord};
 use tokio::sync::oneshot;
@@ -45,6 +52,8 @@ pub const SETTLE_WAIT_MAX: Duration = Duration::from_secs(2);
 
 /// Everything the stages learn about one request, passed from stage to stage.
 pub struct RequestContext {
+    /// The API the client speaks.
+    pub codec: &'static dyn Codec,
     /// The hold paying for the request, also its public id (`gen-…`).
     pub generation: HoldId,
     pub caller: Caller,
@@ -59,8 +68,15 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    /// The record the settle stores: what the request used, cost and how it ended.
-    pub fn record(&self, model: &Model, billed: &Billed, status: StatusCode) -> RequestRecord {
+    /// The record the settle stores: what the request used, cost and how it ended;
+    /// `waived`: the customer is not charged ([`waives`]).
+    pub fn record(
+        &self,
+        model: &Model,
+        billed: &Billed,
+        status: StatusCode,
+        waived: bool,
+    ) -> RequestRecord {
         let usage = &billed.usage;
         RequestRecord {
             key: Some(self.caller.key),
@@ -76,6 +92,7 @@ impl RequestContext {
             created_ms: self.created_ms,
             usage_estimated: billed.estimated,
             usage_clamped: billed.clamped,
+            waived,
             ..RequestRecord::default()
         }
     }
@@ -86,6 +103,11 @@ impl RequestContext {
 
     pub fn created_s(&self) -> u64 {
         self.created_ms / 1000
+    }
+
+    /// What an answer of `model` names, in any API.
+    pub fn answer<'a>(&self, id: &'a str, model: &'a Model) -> Answered<'a> {
+        Answered { id, created_s: self.created_s(), model }
     }
 
     /// What one attempt at `model` asks for: the completion limit the client set,
@@ -153,22 +175,25 @@ impl From<UpstreamError> for Failure {
     }
 }
 
-/// `POST /v1/api/chat/completions`.
-pub async fn chat_completions(
+/// A completion in the API `codec` speaks: `POST /v1/api/chat/completions` and
+/// `POST /v1/messages`. Errors are the caller's to render in the codec's shape.
+pub async fn handle(
     app: &'static App,
+    codec: &'static dyn Codec,
     request: Request<Incoming>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let limit = app.config.body_bytes_max();
-    check_declared_length(request.headers(), limit)?;
-    let authorization = request.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
-    let caller = app.bank.authenticate(authorization).await?;
-    let body = read_body(request.into_body(), limit).await?;
-    let parsed = parse::parse(&body)?;
+    let (head, body) = request.into_parts();
+    check_declared_length(&head.headers, limit)?;
+    let caller = app.bank.authenticate(&head.headers).await?;
+    let body = read_body(body, limit).await?;
+    let parsed = codec.parse(&body, &head.headers)?;
     drop(body);
     let candidates = route(app, &parsed)?;
     let (parsed, candidates) = refuse_over_context(parsed, candidates).await?;
     let context = RequestContext {
+        codec,
         generation: HoldId(crate::keys::random_u128()),
         caller,
         chat: parsed.chat,
@@ -203,6 +228,10 @@ fn route(app: &'static App, parsed: &ParsedChat) -> Result<Vec<&'static Model>, 
     let mut first_skip = None;
     for id in &parsed.model_ids {
         let model = app.catalog.get(id).ok_or_else(|| ApiError::model_not_found(id))?;
+        let native = app
+            .providers
+            .get(&model.provider)
+            .is_some_and(|(adapter, _)| parsed.chat.native_for(adapter).is_some());
         let unsupported = [
             (parsed.wants_tools && !model.capabilities.tools, "tools"),
             (parsed.wants_images && !model.capabilities.images, "messages"),
@@ -216,6 +245,8 @@ fn route(app: &'static App, parsed: &ParsedChat) -> Result<Vec<&'static Model>, 
                 param,
                 format!("model `{id}` does not support this input"),
             ))
+        } else if let Some(refusal) = parsed.native_only.as_ref().filter(|_| !native) {
+            Some(refusal.clone())
         } else if !app.providers.enabled(&model.provider) {
             let message =
                 format!("provider `{}` of model `{id}` is not configured", model.provider);
@@ -344,11 +375,12 @@ async fn forward(
     let n_candidates = context.candidates.len();
     for (candidate_idx, model) in context.candidates.iter().copied().enumerate() {
         let failure = match attempt(app, &context, model).await {
-            Ok(Answer::Complete(completion)) => {
-                return respond_complete(&context, model, completion, hold, reply).await
+            Ok(Answer::Complete(completion, native)) => {
+                return respond_complete(app, &context, model, completion, native, hold, reply)
+                    .await
             }
             Ok(Answer::Stream(stream)) => {
-                return relay::run(app, &context, model, stream, hold, reply).await
+                return relay::run(app, &context, model, *stream, hold, reply).await
             }
             Err(failure) => failure,
         };
@@ -367,10 +399,11 @@ async fn forward(
     }
 }
 
-/// What a successful attempt yields: a whole completion, or a stream ready to relay.
+/// What a successful attempt yields: a whole completion (and the provider's own body
+/// when it answered in the client's format), or a stream ready to relay.
 enum Answer {
-    Complete(Completion),
-    Stream(relay::OpenStream),
+    Complete(Completion, Option<Bytes>),
+    Stream(Box<relay::OpenStream>),
 }
 
 /// One attempt at one candidate, gated by its provider's circuit breaker and recorded
@@ -392,9 +425,11 @@ async fn attempt(
         .into());
     }
     let result = if context.chat.stream {
-        relay::open(app, context, model).await.map(Answer::Stream)
+        relay::open(app, context, model).await.map(|stream| Answer::Stream(Box::new(stream)))
     } else {
-        complete(app, context, model).await.map(Answer::Complete)
+        complete(app, context, model)
+            .await
+            .map(|(completion, native)| Answer::Complete(completion, native))
     };
     match &result {
         Ok(_) => app.health.record(&model.provider, true),
@@ -422,12 +457,13 @@ pub fn provider(
     })
 }
 
-/// One non-streaming attempt.
+/// One non-streaming attempt: the translated completion, and the provider's body when
+/// the client speaks its format.
 async fn complete(
     app: &'static App,
     context: &RequestContext,
     model: &Model,
-) -> Result<Completion, Failure> {
+) -> Result<(Completion, Option<Bytes>), Failure> {
     let (adapter, endpoint) = provider(app, model)?;
     let request = adapter
         .request(endpoint, &context.chat, &context.target(model))
@@ -435,27 +471,47 @@ async fn complete(
     let deadlines = Deadlines::attempt(app.upstream.timeouts(), context.deadline);
     let mut response = app.upstream.send(adapter, request, &deadlines).await?;
     let body = app.upstream.body(&mut response, &deadlines, adapter.provider()).await?;
-    Ok(adapter.response(&context.chat, &body)?)
+    let completion = adapter.response(&context.chat, &body)?;
+    let native = context.chat.native_for(adapter).map(|_| body);
+    Ok((completion, native))
 }
 
 async fn respond_complete(
+    app: &'static App,
     context: &RequestContext,
     model: &'static Model,
     completion: Completion,
+    native: Option<Bytes>,
     hold: HoldGuard,
     reply: oneshot::Sender<Result<Response, ApiError>>,
 ) {
     let mut delivered = Delivered::default();
     delivered.push_choices(&completion.choices);
+    let empty = delivered.is_empty();
     let mut completion = completion;
     let billed = context.bill(model, completion.usage, true, delivered).await;
     completion.usage = billed.usage;
+    let waived = waives(app, &billed, false, empty);
     let cost = model.cost(&billed.usage);
-    let record = context.record(model, &billed, StatusCode::OK);
+    let record = context.record(model, &billed, StatusCode::OK, waived);
     let cost = hold.settle(cost, record).await;
     observe_cost(model, cost);
-    let body = wire::completion(&context.id(), context.created_s(), model, completion, cost);
+    let id = context.id();
+    let answer = context.answer(&id, model);
+    let body = context.codec.completion(&answer, completion, native.as_deref(), cost);
     let _ = reply.send(Ok(respond::text(StatusCode::OK, body, "application/json")));
+}
+
+/// Whether an answer is not charged (issue 11, item 5): it produced no output — the
+/// client received no text, reasoning or tool call (`empty`) — and it ended in an error
+/// (`failed`; the provider's placeholder output count, such as the one token of
+/// Anthropic's `message_start`, then counts for nothing) or as an empty answer of no
+/// output tokens; and the configuration waives such answers (`waive_empty_answers`, on
+/// by default). The provider's bill for it is then written off. A client that hung up is
+/// charged as usual: it ended the answer.
+pub fn waives(app: &'static App, billed: &Billed, failed: bool, empty: bool) -> bool {
+    let no_output = empty && (failed || billed.usage.completion_tokens == 0);
+    app.config.waive_empty_answers() && no_output
 }
 
 pub fn observe_cost(model: &'static Model, cost: PicoUsd) {
@@ -542,7 +598,7 @@ mod tests {
         let chat = |words: usize| {
             let body = serde_json::json!({"model": "mock/echo",
                 "messages": [{"role": "user", "content": "word ".repeat(words)}]});
-            parse::parse(body.to_string().as_bytes()).expect("valid")
+            crate::parse::parse(body.to_string().as_bytes()).expect("valid")
         };
         let ids = |kept: &[&Model]| kept.iter().map(|model| model.id.clone()).collect::<Vec<_>>();
         let both = || vec![model("mock/echo"), model("openai/gpt-4.1")];

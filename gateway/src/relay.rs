@@ -9,13 +9,16 @@
 
 use crate::app::App;
 use crate::catalog::Model;
+use crate::codec::StreamEncoder;
 use crate::error::ApiError;
-use crate::pipeline::{is_outage, observe_cost, provider, Failure, HoldGuard, RequestContext};
+use crate::pipeline::{
+    is_outage, observe_cost, provider, waives, Failure, HoldGuard, RequestContext,
+};
 use crate::providers::{Chunk, StreamTranslator, UpstreamError, Usage};
 use crate::respond::{self, Response};
+use crate::sse::{SseEvent, SseParser};
 use crate::tokens::Delivered;
 use crate::upstream::{self, next_chunk, Deadlines};
-use crate::wire::ChunkEncoder;
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use solrouter_ledger::PicoUsd;
@@ -47,9 +50,17 @@ pub struct OpenStream {
     provider: &'static str,
     deadlines: Deadlines,
     pending: Vec<Chunk>,
+    /// When the provider streams in the client's own format: its events, parsed to be
+    /// relayed as they are (the chunks are still what is billed).
+    native: Option<NativeEvents>,
     finished: bool,
     /// Upstream bytes read so far.
     bytes_read: u64,
+}
+
+struct NativeEvents {
+    parser: SseParser,
+    pending: Vec<SseEvent>,
 }
 
 /// One streaming attempt, up to its first translated chunk: until then nothing has
@@ -71,6 +82,10 @@ pub async fn open(
         provider: adapter.provider(),
         deadlines,
         pending: Vec::new(),
+        native: context
+            .chat
+            .native_for(adapter)
+            .map(|_| NativeEvents { parser: SseParser::new(), pending: Vec::new() }),
         finished: false,
         bytes_read: 0,
     };
@@ -102,11 +117,36 @@ impl OpenStream {
         match next_chunk(&mut self.response, &self.deadlines, self.provider).await? {
             Some(bytes) => {
                 self.bytes_read += bytes.len() as u64;
+                if let Some(native) = &mut self.native {
+                    // The translator sees the same bytes and reports malformed ones.
+                    let _ = native.parser.feed(&bytes, &mut native.pending);
+                }
                 self.translator.feed(&bytes, &mut self.pending)
             }
             None => {
                 self.finished = true;
+                if let Some(native) = &mut self.native {
+                    let _ = native.parser.finish(&mut native.pending);
+                }
                 self.translator.finish(&mut self.pending)
+            }
+        }
+    }
+
+    /// Writes what was read since the last call to the client's encoder.
+    fn encode(
+        &mut self,
+        encoder: &mut dyn StreamEncoder,
+        delivered: &mut Delivered,
+        out: &mut BytesMut,
+    ) {
+        for chunk in self.pending.drain(..) {
+            delivered.push_chunk(&chunk);
+            encoder.chunk(&chunk, out);
+        }
+        if let Some(native) = &mut self.native {
+            for event in native.pending.drain(..) {
+                encoder.native(&event, out);
             }
         }
     }
@@ -130,11 +170,12 @@ pub async fn run(
     reply: oneshot::Sender<Result<Response, ApiError>>,
 ) {
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER_EVENTS);
-    let encoder = ChunkEncoder::new(&context.id(), context.created_s(), &model.id);
+    let id = context.id();
+    let mut encoder = context.codec.encoder(&context.answer(&id, model), stream.native.is_some());
     // A client that left before the head was sent shows up as a failed send below.
     let _ = reply.send(Ok(respond::event_stream(receiver)));
     let mut delivered = Delivered::default();
-    let end = pump(&mut stream, &sender, &encoder, &mut delivered).await;
+    let end = pump(&mut stream, &sender, encoder.as_mut(), &mut delivered).await;
     if let End::Failed(error) = &end {
         app.health.record(&model.provider, !is_outage(error));
     }
@@ -157,9 +198,11 @@ pub async fn run(
         hold.release();
         (Usage::default(), PicoUsd::ZERO)
     } else {
+        let (failed, empty) = (matches!(end, End::Failed(_)), delivered.is_empty());
         let billed = context.bill(model, reported, complete, delivered).await;
+        let waived = !matches!(end, End::ClientGone) && waives(app, &billed, failed, empty);
         let cost = model.cost(&billed.usage);
-        let cost = hold.settle(cost, context.record(model, &billed, status)).await;
+        let cost = hold.settle(cost, context.record(model, &billed, status, waived)).await;
         observe_cost(model, cost);
         (billed.usage, cost)
     };
@@ -184,6 +227,9 @@ async fn drain(stream: &mut OpenStream) -> bool {
                 return false;
             }
             stream.pending.clear();
+            if let Some(native) = &mut stream.native {
+                native.pending.clear();
+            }
         }
         stream.finished
     };
@@ -198,7 +244,7 @@ async fn drain(stream: &mut OpenStream) -> bool {
 async fn pump(
     stream: &mut OpenStream,
     sender: &mpsc::Sender<Bytes>,
-    encoder: &ChunkEncoder,
+    encoder: &mut dyn StreamEncoder,
     delivered: &mut Delivered,
 ) -> End {
     let mut out = BytesMut::new();
@@ -214,10 +260,7 @@ async fn pump(
         } else {
             None
         };
-        for chunk in stream.pending.drain(..) {
-            delivered.push_chunk(&chunk);
-            encoder.chunk(&chunk, &mut out);
-        }
+        stream.encode(encoder, delivered, &mut out);
         if !out.is_empty()
             && sender.send_timeout(out.split().freeze(), CLIENT_WRITE_TIMEOUT).await.is_err()
         {

@@ -2,8 +2,10 @@
 //! and turning every handler error into its response in one place.
 
 use crate::app::App;
-use crate::error::ApiError;
+use crate::codec::{Codec, CHAT};
+use crate::error::{ApiError, ErrorShape};
 use crate::health::State;
+use crate::messages::{self, MESSAGES};
 use crate::respond::{self, Response};
 use crate::{admin, api, pipeline};
 use bytes::Bytes;
@@ -93,8 +95,8 @@ pub async fn serve(
 /// Routes one request and renders its error, if any; records the request's metrics.
 async fn handle(app: &'static App, request: Request<Incoming>) -> Response {
     let started = std::time::Instant::now();
-    let (route, result) = route(app, request).await;
-    let response = result.unwrap_or_else(ApiError::into_response);
+    let (route, shape, result) = route(app, request).await;
+    let response = result.unwrap_or_else(|error| error.into_response(shape));
     let status = response.status().as_u16().to_string();
     metrics::counter!("solrouter_http_requests_total", "route" => route, "status" => status)
         .increment(1);
@@ -103,18 +105,34 @@ async fn handle(app: &'static App, request: Request<Incoming>) -> Response {
     response
 }
 
-/// The route table. Returns the route's name (a metrics label with bounded values).
+/// The route table. Returns the route's name (a metrics label with bounded values) and
+/// the shape its errors take.
 async fn route(
     app: &'static App,
     request: Request<Incoming>,
-) -> (&'static str, Result<Response, ApiError>) {
+) -> (&'static str, ErrorShape, Result<Response, ApiError>) {
     let path = request.uri().path();
     if path.starts_with(admin::PREFIX) {
-        return ("admin", admin::handle(app, request).await);
+        return ("admin", ErrorShape::OpenAi, admin::handle(app, request).await);
     }
+    let anthropic = ErrorShape::Anthropic;
     let result = match (request.method(), path) {
         (&Method::POST, "/v1/api/chat/completions") => {
-            return ("chat", pipeline::chat_completions(app, request).await);
+            return ("chat", CHAT.errors(), pipeline::handle(app, &CHAT, request).await);
+        }
+        (&Method::POST, "/v1/messages") => {
+            return (
+                "messages",
+                MESSAGES.errors(),
+                pipeline::handle(app, &MESSAGES, request).await,
+            );
+        }
+        (&Method::POST, "/v1/messages/count_tokens") => {
+            return ("count_tokens", anthropic, messages::count_tokens(app, request).await);
+        }
+        (&Method::GET, "/v1/models") => return ("models", anthropic, Ok(messages::models(app))),
+        (_, "/v1/messages" | "/v1/messages/count_tokens" | "/v1/models") => {
+            return ("messages", anthropic, Err(ApiError::method_not_allowed()));
         }
         (&Method::GET, "/v1/api/models") => Ok(api::models(app)),
         (&Method::GET, "/v1/api/credits") => api::credits(app, request.headers()).await,
@@ -135,7 +153,7 @@ async fn route(
         }
         (method, path) => Err(ApiError::not_found(format!("no route for {method} {path}"))),
     };
-    ("api", result)
+    ("api", ErrorShape::OpenAi, result)
 }
 
 /// Ready when the ledger answers a linearizable read. The body also shows each

@@ -4,6 +4,7 @@
 //! chunk.
 
 use crate::catalog::Model;
+use crate::codec::StreamEncoder;
 use crate::error::ApiError;
 use crate::providers::{Chunk, Completion, Usage};
 use bytes::{BufMut, BytesMut};
@@ -82,8 +83,10 @@ impl ChunkEncoder {
         prefix.put_slice(b",\"choices\":");
         ChunkEncoder { prefix: prefix.to_vec() }
     }
+}
 
-    pub fn chunk(&self, chunk: &Chunk, out: &mut BytesMut) {
+impl StreamEncoder for ChunkEncoder {
+    fn chunk(&mut self, chunk: &Chunk, out: &mut BytesMut) {
         out.put_slice(&self.prefix);
         write_json(out, &chunk.choices);
         for (name, value) in &chunk.extra {
@@ -97,7 +100,7 @@ impl ChunkEncoder {
 
     /// The last chunk of a complete stream: no choices, the usage with its cost, then
     /// `[DONE]`.
-    pub fn finish(&self, usage: &Usage, cost: PicoUsd, out: &mut BytesMut) {
+    fn finish(&mut self, usage: &Usage, cost: PicoUsd, out: &mut BytesMut) {
         out.put_slice(&self.prefix);
         out.put_slice(b"[],\"usage\":");
         write_json(out, &usage_json(usage, cost));
@@ -108,7 +111,7 @@ impl ChunkEncoder {
     /// The last event of a broken stream: an `error` object (which OpenAI SDKs raise),
     /// a finish reason of `error`, and the usage charged for what was delivered. No
     /// `[DONE]` follows, so no client mistakes the stream for complete.
-    pub fn fail(&self, error: &ApiError, usage: &Usage, cost: PicoUsd, out: &mut BytesMut) {
+    fn fail(&mut self, error: &ApiError, usage: &Usage, cost: PicoUsd, out: &mut BytesMut) {
         out.put_slice(&self.prefix);
         out.put_slice(b"[{\"index\":0,\"delta\":{},\"finish_reason\":\"error\"}],\"usage\":");
         write_json(out, &usage_json(usage, cost));
@@ -120,7 +123,7 @@ impl ChunkEncoder {
 
 /// Serializes into the buffer. In-memory serialization of these types cannot fail (no
 /// I/O, no non-string map keys); a failure would be a bug, logged and left out.
-fn write_json(out: &mut BytesMut, value: &(impl Serialize + ?Sized)) {
+pub fn write_json(out: &mut BytesMut, value: &(impl Serialize + ?Sized)) {
     if let Err(error) = serde_json::to_writer(out.writer(), value) {
         tracing::error!(%error, "serializing a stream chunk failed");
     }
@@ -147,7 +150,7 @@ mod tests {
 
     #[test]
     fn encodes_chunks_as_sse() {
-        let encoder = ChunkEncoder::new("gen-1", 7, "mock/\"echo\"");
+        let mut encoder = ChunkEncoder::new("gen-1", 7, "mock/\"echo\"");
         let chunk = Chunk {
             choices: vec![json!({"index": 0, "delta": {"content": "hi"}})],
             extra: [("citations".to_string(), json!(["x"]))].into_iter().collect(),

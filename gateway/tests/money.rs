@@ -4,10 +4,12 @@
 //! over-report, report absurd usage and ignore the completion limit.
 //!
 //! A property test draws a script, a client behaviour (reads all, hangs up after some
-//! events, reads slowly) and a balance, and checks after each request: the charge plus
-//! what was written off covers what the client received at catalogue prices; the charge
-//! equals the cost the client was shown, when one was shown; `available` never goes
-//! below zero; every admitted request has a record; the bank audit is ok.
+//! events, reads slowly), a balance and the API (Chat Completions or Anthropic
+//! Messages), and checks after each request: the charge plus what was written off covers
+//! what the client received at catalogue prices; the charge equals the cost the client
+//! was shown, when one was shown; `available` never goes below zero; a write-off happens
+//! only when the balance ran out or the answer produced nothing (`waived`: then nothing
+//! is charged); every admitted request has a record; the bank audit is ok.
 
 mod support;
 
@@ -15,11 +17,10 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
 use solrouter_gateway::catalog::Catalog;
-use solrouter_gateway::mock::{self, Knobs, MockConfig};
 use solrouter_gateway::providers::Usage;
 use solrouter_ledger::PicoUsd;
 use std::time::Duration;
-use support::{cost_pico, data_dir, path, pico, user, Dev};
+use support::{cost_pico, data_dir, dev_over, pico, start_mock, user, Dev};
 
 /// One catalogue model per wire format, each served by the mock.
 const MODELS: [&str; 4] = [
@@ -32,39 +33,6 @@ const MODELS: [&str; 4] = [
 /// gateway read on until the upstream's usage arrives).
 const SETTLE_WAIT: Duration = Duration::from_secs(30);
 
-/// A mock upstream in this process, stopped when dropped.
-struct Mock {
-    base: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn start_mock() -> Mock {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("address"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = MockConfig { echo_any_model: true, ..MockConfig::default() };
-    tokio::spawn(mock::serve_with(listener, Knobs::try_new(config).expect("knobs"), stopped));
-    Mock { base, _stop: stop }
-}
-
-/// `solrouter dev` whose real providers all answer from `mock`.
-fn dev_over(dir: &tempfile::TempDir, mock: &Mock) -> Dev {
-    let openai = format!("{}/v1", mock.base);
-    Dev::start(
-        &path(dir),
-        &[
-            ("OPENAI_API_KEY", "sk-mock"),
-            ("SOLROUTER_OPENAI_BASE_URL", &openai),
-            ("ANTHROPIC_API_KEY", "sk-mock"),
-            ("SOLROUTER_ANTHROPIC_BASE_URL", &mock.base),
-            ("GEMINI_API_KEY", "sk-mock"),
-            ("SOLROUTER_GOOGLE_BASE_URL", &mock.base),
-            ("COHERE_API_KEY", "sk-mock"),
-            ("SOLROUTER_COHERE_BASE_URL", &mock.base),
-        ],
-    )
-}
-
 /// What the client does with the answer.
 #[derive(Debug, Clone, Copy)]
 enum Client {
@@ -75,8 +43,20 @@ enum Client {
     ReadsSlowly(u64),
 }
 
+/// The API a case speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Messages,
+}
+
+/// What a Messages case without a completion limit asks for: more than any model's output
+/// limit, which the gateway caps it at (Anthropic's API requires a limit).
+const MESSAGES_MAX_TOKENS_ANY: u64 = 1_000_000;
+
 #[derive(Debug, Clone)]
 struct Case {
+    api: Api,
     model: &'static str,
     stream: bool,
     words: u64,
@@ -107,10 +87,19 @@ impl Case {
     fn body(&self) -> Value {
         let text = format!("please answer this question {}", self.directive());
         let mut body = json!({"model": self.model, "stream": self.stream, "messages": user(&text)});
-        if let Some(max_tokens) = self.max_tokens {
-            body["max_tokens"] = json!(max_tokens);
+        match (self.api, self.max_tokens) {
+            (_, Some(max_tokens)) => body["max_tokens"] = json!(max_tokens),
+            (Api::Messages, None) => body["max_tokens"] = json!(MESSAGES_MAX_TOKENS_ANY),
+            (Api::Chat, None) => {}
         }
         body
+    }
+
+    fn path(&self) -> &'static str {
+        match self.api {
+            Api::Chat => "/v1/api/chat/completions",
+            Api::Messages => "/v1/messages",
+        }
     }
 }
 
@@ -122,19 +111,21 @@ fn cases() -> impl Strategy<Value = Case> {
     ];
     let usage =
         prop_oneof![Just("full"), Just("drop"), Just("partial"), Just("over:3"), Just("absurd"),];
+    let api = prop_oneof![Just(Api::Chat), Just(Api::Messages)];
     (
-        (0..MODELS.len(), any::<bool>(), 1u64..300, proptest::option::of(1u64..400)),
+        (0..MODELS.len(), any::<bool>(), 1u64..300, proptest::option::of(1u64..400), api),
         (proptest::option::of(1u64..20), proptest::option::of((1u64..150, 0u64..10))),
         (usage, any::<bool>(), client),
         prop_oneof![Just("0.0005"), Just("0.005"), Just("0.05"), Just("2.00")],
     )
         .prop_map(
             |(
-                (model_idx, stream, words, max_tokens),
+                (model_idx, stream, words, max_tokens, api),
                 (cut_after, pause),
                 (usage, ignore_max_tokens, client),
                 credit,
             )| Case {
+                api,
                 model: MODELS[model_idx],
                 stream,
                 words,
@@ -163,7 +154,7 @@ struct Seen {
 async fn send(dev: &Dev, key: &str, case: &Case) -> Seen {
     let response = dev
         .client
-        .post(dev.url("/v1/api/chat/completions"))
+        .post(dev.url(case.path()))
         .bearer_auth(key)
         .header("content-type", "application/json")
         .body(case.body().to_string())
@@ -177,6 +168,9 @@ async fn send(dev: &Dev, key: &str, case: &Case) -> Seen {
         seen.id = body["id"].as_str().map(str::to_owned);
         if let Some(content) = body["choices"][0]["message"]["content"].as_str() {
             seen.text.push_str(content);
+        }
+        for block in body["content"].as_array().into_iter().flatten() {
+            seen.text.push_str(block["text"].as_str().unwrap_or_default());
         }
         seen.cost_shown = body["usage"].get("cost").map(cost_pico);
         return seen;
@@ -192,14 +186,19 @@ async fn send(dev: &Dev, key: &str, case: &Case) -> Seen {
         buffer.extend_from_slice(&bytes);
         while let Some(end) = buffer.windows(2).position(|pair| pair == b"\n\n") {
             let event: Vec<u8> = buffer.drain(..end + 2).collect();
-            let Some(data) = event.strip_prefix(b"data: ") else { continue };
-            let data = &data[..data.len() - 2];
+            // Anthropic's events start with an `event:` line.
+            let Some(start) = event.windows(6).position(|window| window == b"data: ") else {
+                continue;
+            };
+            let data = &event[start + 6..event.len() - 2];
             if data == b"[DONE]" {
                 continue;
             }
             let event: Value = serde_json::from_slice(data).expect("event is JSON");
-            seen.id = event["id"].as_str().map(str::to_owned).or(seen.id.take());
-            if let Some(content) = event["choices"][0]["delta"]["content"].as_str() {
+            let id = event["id"].as_str().or(event["message"]["id"].as_str());
+            seen.id = id.map(str::to_owned).or(seen.id.take());
+            let content = event["choices"][0]["delta"]["content"].as_str();
+            if let Some(content) = content.or(event["delta"]["text"].as_str()) {
                 seen.text.push_str(content);
             }
             if let Some(cost) = event["usage"].get("cost") {
@@ -276,7 +275,10 @@ async fn check_case(dev: &Dev, catalog: &Catalog, case: &Case) {
         charged + written_off >= received_cost,
         "billed {charged} + written off {written_off} < received {received_cost}: {record}"
     );
-    if written_off > 0 {
+    if record["waived"] == true {
+        assert_eq!(charged, 0, "a waived answer was charged: {record}");
+        assert!(seen.text.is_empty(), "an answer with output was waived: {seen:?}");
+    } else if written_off > 0 {
         assert_eq!(available, 0, "a write-off only when the balance ran out: {view}");
     }
 }

@@ -347,8 +347,12 @@ fn translate_in_pieces(
     body: &[u8],
     cuts: &[usize],
 ) -> (Vec<Chunk>, Result<(), UpstreamError>, Usage) {
-    let mut translator =
-        Cohere.stream(&ChatRequest { body: Map::new(), stream: true, max_tokens: None });
+    let mut translator = Cohere.stream(&ChatRequest {
+        body: Map::new(),
+        stream: true,
+        max_tokens: None,
+        native: None,
+    });
     let mut chunks = Vec::new();
     let mut start = 0;
     let result = cuts

@@ -71,8 +71,12 @@ struct Translation {
 }
 
 fn translate(adapter: &dyn Adapter, pieces: &[&[u8]]) -> Translation {
-    let mut translator =
-        adapter.stream(&ChatRequest { body: Map::new(), stream: true, max_tokens: None });
+    let mut translator = adapter.stream(&ChatRequest {
+        body: Map::new(),
+        stream: true,
+        max_tokens: None,
+        native: None,
+    });
     let mut chunks = Vec::new();
     let mut ended = Ok(());
     for piece in pieces {

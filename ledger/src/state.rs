@@ -102,8 +102,9 @@ pub enum Op {
     },
     /// Voids the hold (if it is this account's and still pending), then charges
     /// `min(actual, available)` and writes the rest off as the operator's loss, so
-    /// `available` never goes below zero; records the request. A hold settled before
-    /// answers with its first reply, whatever the op id.
+    /// `available` never goes below zero; records the request. A record marked
+    /// [`RequestRecord::waived`] is charged nothing: all of `actual` is written off. A
+    /// hold settled before answers with its first reply, whatever the op id.
     Settle {
         account: AccountId,
         hold: HoldId,
@@ -196,6 +197,10 @@ pub struct RequestRecord {
     /// The provider reported more than the model's context plus output limit: a provider
     /// fault, settled at that bound.
     pub usage_clamped: bool,
+    /// The request produced nothing (no output tokens; an error or an empty answer), so
+    /// the customer is not charged: the settle writes all of `actual`, what the provider
+    /// billed, off.
+    pub waived: bool,
     /// Filled in by the ledger: what was actually charged.
     pub cost: PicoUsd,
     /// Filled in by the ledger: what the account could not pay (the operator's loss).
@@ -522,7 +527,7 @@ impl Ledger {
                 self.reserve(*account, *key, *hold, *amount, *ttl_ms)
             }
             Op::Settle { account, hold, actual, record } => {
-                self.settle(*account, *hold, *actual, record.key)
+                self.settle(*account, *hold, *actual, record)
             }
             Op::Release { account, hold } => match self.holds.get(hold) {
                 Some(entry) if entry.account == *account => {
@@ -590,7 +595,7 @@ impl Ledger {
         account: AccountId,
         hold: HoldId,
         actual: PicoUsd,
-        key: Option<KeyId>,
+        record: &RequestRecord,
     ) -> Outcome {
         if let Some(EndedHold { ending: Ending::Settled(first), .. }) = self.ended.get(&hold) {
             // Settling twice (even under a new op id) changes nothing.
@@ -611,14 +616,15 @@ impl Ledger {
         };
         let entry = self.accounts.get_mut(&account).expect("checked above");
         let available = u128::try_from(entry.available()).expect("available is never negative");
-        let charged = PicoUsd(actual.0.min(available));
+        let chargeable = if record.waived { 0 } else { available };
+        let charged = PicoUsd(actual.0.min(chargeable));
         let written_off = actual.saturating_sub(charged);
         let released = held.saturating_sub(charged);
         entry.debits_posted = entry.debits_posted.checked_add(charged).expect("posted overflow");
         entry.written_off = entry.written_off.checked_add(written_off).expect("write-off overflow");
         self.written_off = self.written_off.checked_add(written_off).expect("write-off overflow");
         assert!(entry.available() >= 0, "a settle made the balance negative");
-        if let Some(key) = key.and_then(|key| self.keys.get_mut(&key)) {
+        if let Some(key) = record.key.and_then(|key| self.keys.get_mut(&key)) {
             key.usage = key.usage.checked_add(charged).expect("key usage overflow");
         }
         let reply = Reply::Settled { charged, released, written_off };

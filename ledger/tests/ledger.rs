@@ -115,6 +115,29 @@ fn settle_beyond_the_hold_charges_from_the_balance_first() {
 }
 
 #[test]
+fn a_waived_settle_charges_nothing_and_writes_the_provider_bill_off() {
+    let mut h = Harness::new();
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
+    h.ok(reserve(1, "0.10", 60_000));
+    let record = RequestRecord { key: Some(KEY), waived: true, ..RequestRecord::default() };
+    let waived = Op::Settle { account: ACCOUNT, hold: HoldId(1), actual: usd("0.02"), record };
+    let settled = h.ok(waived);
+    let expected =
+        Reply::Settled { charged: PicoUsd::ZERO, released: usd("0.10"), written_off: usd("0.02") };
+    assert_eq!(settled, expected);
+    let account = h.account();
+    assert_eq!((account.available(), account.written_off), (usd("1.00").0 as i128, usd("0.02")));
+    let (_, record) = h.record(HoldId(1));
+    assert_eq!(
+        (record.cost, record.written_off, record.waived),
+        (PicoUsd::ZERO, usd("0.02"), true)
+    );
+    assert_eq!(h.ledger.key(KEY).unwrap().usage, PicoUsd::ZERO);
+    let audit = h.ledger.audit();
+    assert_eq!((audit.ok, audit.written_off), (true, usd("0.02")));
+}
+
+#[test]
 fn settle_beyond_the_funds_writes_the_rest_off_and_never_goes_negative() {
     let mut h = Harness::new();
     h.ok(Op::Credit { account: ACCOUNT, amount: usd("0.12") });

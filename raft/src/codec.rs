@@ -19,8 +19,9 @@ use serde::Serialize;
 /// The first bytes of every encoded value.
 pub const FORMAT_MAGIC: [u8; 3] = *b"SRL";
 /// The version this build writes. 2: the ledger keeps ended holds for a bounded time
-/// instead of every request record (those moved to the history store).
-pub const FORMAT_VERSION: u8 = 2;
+/// instead of every request record (those moved to the history store). 3: a request
+/// record says whether its charge was waived (`RequestRecord::waived`).
+pub const FORMAT_VERSION: u8 = 3;
 /// The versions this build reads.
 pub const FORMAT_VERSIONS_SUPPORTED: &[u8] = &[FORMAT_VERSION];
 /// Magic plus version.
@@ -143,7 +144,7 @@ mod tests {
         assert!(matches!(error, CodecError::UnsupportedVersion { found: 99 }), "{error:?}");
         assert_eq!(
             error.to_string(),
-            "unsupported ledger format version 99; this build reads versions [2]"
+            "unsupported ledger format version 99; this build reads versions [3]"
         );
     }
 

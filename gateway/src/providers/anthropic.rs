@@ -6,8 +6,8 @@ use super::assemble::assistant_message;
 use super::errors::{bad_gateway, classify};
 use super::translate::{self, param_error, Effort, Part, ResponseFormat, ToolChoice};
 use super::{
-    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, Target,
-    UpstreamError, UpstreamRequest, Usage,
+    Adapter, ChatRequest, Chunk, Completion, Endpoint, NativeFormat, ParamError, StreamTranslator,
+    Target, UpstreamError, UpstreamRequest, Usage,
 };
 use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
@@ -49,17 +49,34 @@ impl Adapter for Anthropic {
         "anthropic"
     }
 
+    fn native_format(&self) -> Option<NativeFormat> {
+        Some(NativeFormat::AnthropicMessages)
+    }
+
+    /// A Messages request from a client (`ChatRequest::native`) goes as it came, with only
+    /// the model, the completion limit the pipeline reserved for and `stream` (how the
+    /// pipeline reads the answer) set; any other is translated.
     fn request(
         &self,
         endpoint: &Endpoint,
         chat: &ChatRequest,
         target: &Target,
     ) -> Result<UpstreamRequest, ParamError> {
-        let body = translate_request(&chat.body, chat.stream, target)?;
         let mut headers = HeaderMap::new();
+        let body = match chat.native_for(self) {
+            Some(native) => {
+                let mut body = native.body.clone();
+                body.insert("model".to_owned(), Value::from(target.upstream_model));
+                body.insert("max_tokens".to_owned(), Value::from(target.max_tokens));
+                body.insert("stream".to_owned(), Value::Bool(chat.stream));
+                headers.extend(native.headers.clone());
+                body
+            }
+            None => translate_request(&chat.body, chat.stream, target)?,
+        };
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert("anthropic-version", HeaderValue::from_static(ANTHROPIC_VERSION));
-        if body.contains_key("output_format") {
+        headers.entry("anthropic-version").or_insert(HeaderValue::from_static(ANTHROPIC_VERSION));
+        if body.contains_key("output_format") && !headers.contains_key("anthropic-beta") {
             headers.insert("anthropic-beta", HeaderValue::from_static(STRUCTURED_OUTPUTS_BETA));
         }
         if let Some(key) = &endpoint.api_key {
@@ -588,6 +605,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_native_request_goes_as_sent_with_the_reserved_limit() {
+        let body = json!({"model": "anthropic/claude-sonnet-4", "max_tokens": 99_999,
+            "messages": [{"role": "user", "content": "hi"}], "top_k": 3});
+        let mut headers = HeaderMap::new();
+        headers
+            .insert("anthropic-beta", HeaderValue::from_static("interleaved-thinking-2025-05-14"));
+        headers.insert("anthropic-version", HeaderValue::from_static("2023-01-01"));
+        let chat = ChatRequest {
+            body: Map::new(),
+            stream: true,
+            max_tokens: Some(99_999),
+            native: Some(super::super::Native {
+                format: NativeFormat::AnthropicMessages,
+                body: body.as_object().cloned().unwrap(),
+                headers,
+            }),
+        };
+        let endpoint = Endpoint { base_url: "https://a.example".into(), api_key: Some("k".into()) };
+        let target = Target { upstream_model: "claude-sonnet-4-20250514", max_tokens: 64_000 };
+        let request = Anthropic.request(&endpoint, &chat, &target).unwrap();
+        let sent: Value = serde_json::from_slice(&request.body).unwrap();
+        let expected = json!({"model": "claude-sonnet-4-20250514", "max_tokens": 64_000,
+            "stream": true, "messages": [{"role": "user", "content": "hi"}], "top_k": 3});
+        assert_eq!(sent, expected);
+        assert_eq!(request.headers["anthropic-beta"], "interleaved-thinking-2025-05-14");
+        assert_eq!(request.headers["anthropic-version"], "2023-01-01");
+        assert_eq!(request.headers["x-api-key"], "k");
+    }
+
+    #[test]
     fn thinking_budget_follows_effort_and_max_tokens() {
         assert_eq!(thinking(Effort::Medium, 10_000).unwrap()["budget_tokens"], 5000);
         assert_eq!(thinking(Effort::Low, 2000).unwrap()["budget_tokens"], 1024);
@@ -615,7 +662,7 @@ mod tests {
 
     /// The arguments a client assembles for each streamed tool call, by index.
     fn streamed_arguments(events: &[Value]) -> Vec<String> {
-        let chat = ChatRequest { body: Map::new(), stream: true, max_tokens: None };
+        let chat = ChatRequest { body: Map::new(), stream: true, max_tokens: None, native: None };
         let mut translator = Anthropic.stream(&chat);
         let mut chunks = Vec::new();
         for event in events {

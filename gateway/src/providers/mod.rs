@@ -5,6 +5,12 @@
 //! complete response body, translates a byte stream incrementally, and classifies errors.
 //! It never performs I/O, never touches money and never sees the ledger: the request
 //! pipeline does the sending, the pricing and the settling.
+//!
+//! A client that speaks a provider's own format (Anthropic Messages, through
+//! `/v1/messages`) reaches that provider's adapter with the request as it sent it
+//! ([`ChatRequest::native`]): the adapter forwards it untranslated ([`Adapter::native_format`]),
+//! and the pipeline relays the provider's answer as it came, beside the translated view it
+//! bills from.
 
 pub mod anthropic;
 mod assemble;
@@ -32,6 +38,33 @@ pub struct ChatRequest {
     /// `max_completion_tokens`, else `max_tokens`, if the client set one. Only the
     /// pipeline reads it; adapters forward [`Target::max_tokens`].
     pub max_tokens: Option<u64>,
+    /// The request as the client sent it, when it spoke a provider's own format: `body`
+    /// is then its translation, for every adapter but that provider's.
+    pub native: Option<Native>,
+}
+
+/// A provider's own wire format, spoken by a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeFormat {
+    AnthropicMessages,
+}
+
+/// A request in a provider's own format, as the client sent it (the gateway's own
+/// fields removed).
+#[derive(Debug, Clone)]
+pub struct Native {
+    pub format: NativeFormat,
+    pub body: Map<String, Value>,
+    /// Provider headers the client set that change what the provider does (Anthropic's
+    /// `anthropic-beta`), forwarded with the native body.
+    pub headers: HeaderMap,
+}
+
+impl ChatRequest {
+    /// The client's own request when `adapter` speaks its format: forwarded as is.
+    pub fn native_for(&self, adapter: &dyn Adapter) -> Option<&Native> {
+        self.native.as_ref().filter(|native| adapter.native_format() == Some(native.format))
+    }
 }
 
 /// Tokens by kind, normalised across providers' token semantics:
@@ -133,6 +166,10 @@ pub trait StreamTranslator: Send {
 pub trait Adapter: Send + Sync + 'static {
     /// The provider's name as used in model ids (`openai`, `anthropic`, …).
     fn provider(&self) -> &str;
+    /// The client format this adapter forwards untranslated (see [`ChatRequest::native`]).
+    fn native_format(&self) -> Option<NativeFormat> {
+        None
+    }
     /// Builds the upstream request for `target`. The completion limit is sent in the one
     /// field the provider honours, whatever the client's body says: it is what the
     /// pipeline reserved for.

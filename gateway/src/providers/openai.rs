@@ -444,7 +444,7 @@ mod tests {
 
     fn chat(body: Value, stream: bool) -> ChatRequest {
         let Value::Object(body) = body else { unreachable!() };
-        ChatRequest { body, stream, max_tokens: None }
+        ChatRequest { body, stream, max_tokens: None, native: None }
     }
 
     fn target(upstream_model: &str) -> Target<'_> {
@@ -520,7 +520,8 @@ mod tests {
     #[test]
     fn stream_reports_truncation_and_mid_stream_errors() {
         let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
-        let streamed = ChatRequest { body: Map::new(), stream: true, max_tokens: None };
+        let streamed =
+            ChatRequest { body: Map::new(), stream: true, max_tokens: None, native: None };
         let mut out = Vec::new();
         let mut truncated = adapter.stream(&streamed);
         let partial =

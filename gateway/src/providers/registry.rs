@@ -205,6 +205,7 @@ mod tests {
                 .clone(),
             stream: false,
             max_tokens: None,
+            native: None,
         };
         let expected = [
             ("openai", "https://api.openai.com/v1/chat/completions"),

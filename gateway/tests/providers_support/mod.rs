@@ -141,7 +141,7 @@ pub fn chat(body: Value) -> ChatRequest {
         .get("max_completion_tokens")
         .or_else(|| body.get("max_tokens"))
         .and_then(Value::as_u64);
-    ChatRequest { body, stream, max_tokens }
+    ChatRequest { body, stream, max_tokens, native: None }
 }
 
 /// The completion limit these tests forward when the client set none (the pipeline

@@ -17,6 +17,8 @@ export const KEY = env('SOLROUTER_KEY');
 const ADMIN = env('SOLROUTER_ADMIN_TOKEN');
 const ACCOUNT = env('SOLROUTER_ACCOUNT');
 export const SPEC = JSON.parse(readFileSync(env('SDK_CASES'), 'utf8'));
+/** The case kinds to run. */
+const KINDS = env('SDK_KINDS').split(',');
 
 const pointer = (value, path) =>
   path.split('/').slice(1).reduce((inner, token) => inner[token], value);
@@ -72,10 +74,11 @@ export function usd(pico) {
 const available = async () =>
   picoOf((await get(`/v1/admin/accounts/${ACCOUNT}`, ADMIN)).available);
 
-/** Checks the answer's usage counts and its cost against the case and the gateway's
- * record of generation `id`; returns the cost in pico-USD. */
+/** Checks the answer's usage counts (those the SDK's API reports) and its cost against
+ * the case and the gateway's record of generation `id`; returns the cost in pico-USD. */
 export async function checkBilling(testCase, id, counts, cost) {
-  assertEqual(counts, testCase.expect.usage, 'usage');
+  const expected = Object.fromEntries(Object.keys(counts).map((name) => [name, testCase.expect.usage[name]]));
+  assertEqual(counts, expected, 'usage');
   const pico = costPico(cost);
   if (testCase.expect.cost !== undefined) {
     assertEqual(usd(pico), usd(picoOf(testCase.expect.cost)), 'cost');
@@ -90,15 +93,17 @@ export async function checkBilling(testCase, id, counts, cost) {
   return pico;
 }
 
-/** Runs `runCase` on every case (it returns `{id, cost}` in pico-USD, or null for a
- * refused request), then checks the balance fell by the sum of the costs; prints
- * `RESULTS` and exits non-zero listing every failure. */
-export async function main(name, runCase) {
+/** Runs `runCase` on every case of the kinds asked for (it returns `{id, cost}` in
+ * pico-USD, or null for a refused request), then `checkMore` (which returns the answers
+ * outside the cases it paid for, as `{id, cost}`), then checks the balance fell by the
+ * sum of the costs; prints `RESULTS` and `OTHERS` and exits non-zero listing every
+ * failure. */
+export async function main(name, runCase, checkMore = async () => {}) {
   const before = await available();
   const results = [];
   const failures = [];
   let total = 0n;
-  for (const testCase of SPEC.cases) {
+  for (const testCase of SPEC.cases.filter((testCase) => KINDS.includes(testCase.kind))) {
     try {
       const outcome = await runCase(testCase);
       if (outcome !== null) {
@@ -109,11 +114,21 @@ export async function main(name, runCase) {
       failures.push(`${testCase.id}: ${error?.stack ?? error}`);
     }
   }
+  const others = [];
+  try {
+    for (const other of (await checkMore()) ?? []) {
+      total += other.cost;
+      others.push({ id: other.id, cost: usd(other.cost) });
+    }
+  } catch (error) {
+    failures.push(`${error?.stack ?? error}`);
+  }
   const drop = before - (await available());
   if (drop !== total) {
     failures.push(`the balance fell by ${usd(drop)}, the costs add up to ${usd(total)}`);
   }
   console.log(`RESULTS ${JSON.stringify(results)}`);
+  console.log(`OTHERS ${JSON.stringify(others)}`);
   if (failures.length > 0) {
     console.error(['FAILED:', ...failures].join('\n'));
     process.exit(1);

@@ -2,7 +2,8 @@
 case of cases.json: streamed text, streamed tool calls, structured output and an image,
 to each provider wire format behind the gateway (answered by a fixture upstream with
 recorded provider traffic). Started by tests/sdk.rs with SOLROUTER_BASE_URL,
-SOLROUTER_KEY, SOLROUTER_ADMIN_TOKEN, SOLROUTER_ACCOUNT, SDK_CASES and SDK_FIXTURES set.
+SOLROUTER_KEY, SOLROUTER_ADMIN_TOKEN, SOLROUTER_ACCOUNT, SDK_CASES, SDK_FIXTURES and
+SDK_KINDS (the case kinds to run) set.
 
 For each case it checks what the SDK returns against the recording (text, tool-call ids,
 names and arguments, parsed JSON, finish reason, usage), that `usage.cost` is present
@@ -25,6 +26,7 @@ ACCOUNT = os.environ["SOLROUTER_ACCOUNT"]
 with open(os.environ["SDK_CASES"], encoding="utf-8") as file:
     SPEC = json.load(file)
 FIXTURES = os.environ["SDK_FIXTURES"]
+KINDS = os.environ["SDK_KINDS"].split(",")
 
 
 def pointer(value, path):
@@ -189,6 +191,8 @@ def main():
     before = available()
     results, failures, total = [], [], Decimal(0)
     for case in SPEC["cases"]:
+        if case["kind"] not in KINDS:
+            continue
         try:
             outcome = run(client, case)
         except Exception as error:  # every case runs; all failures are reported

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
 use serde_json::Value;
+use solrouter_gateway::mock::{self, Knobs, MockConfig};
 use solrouter_ledger::PicoUsd;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -274,4 +275,38 @@ pub fn cost_pico(cost: &Value) -> i128 {
 
 pub fn user(text: &str) -> Value {
     serde_json::json!([{"role": "user", "content": text}])
+}
+
+/// A mock upstream in this process answering every model as `echo`, stopped when
+/// dropped.
+pub struct Mock {
+    pub base: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+pub async fn start_mock() -> Mock {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = MockConfig { echo_any_model: true, ..MockConfig::default() };
+    tokio::spawn(mock::serve_with(listener, Knobs::try_new(config).expect("knobs"), stopped));
+    Mock { base, _stop: stop }
+}
+
+/// `solrouter dev` whose real providers all answer from `mock`.
+pub fn dev_over(dir: &tempfile::TempDir, mock: &Mock) -> Dev {
+    let openai = format!("{}/v1", mock.base);
+    Dev::start(
+        &path(dir),
+        &[
+            ("OPENAI_API_KEY", "sk-mock"),
+            ("SOLROUTER_OPENAI_BASE_URL", &openai),
+            ("ANTHROPIC_API_KEY", "sk-mock"),
+            ("SOLROUTER_ANTHROPIC_BASE_URL", &mock.base),
+            ("GEMINI_API_KEY", "sk-mock"),
+            ("SOLROUTER_GOOGLE_BASE_URL", &mock.base),
+            ("COHERE_API_KEY", "sk-mock"),
+            ("SOLROUTER_COHERE_BASE_URL", &mock.base),
+        ],
+    )
 }

@@ -1,0 +1,87 @@
+//! The client-facing APIs the one pipeline serves, each through a codec: how its request
+//! becomes the pipeline's (a validated [`ParsedChat`]: an OpenAI chat request plus the
+//! routing fields), and how an answer, a stream and an error are written back in its
+//! shape. Chat completions ([`CHAT`], `wire.rs`) and Anthropic Messages
+//! ([`crate::messages::MESSAGES`]) are the two today; adding an endpoint is adding a
+//! codec and a route (ARCHITECTURE.md, "Adding an endpoint").
+
+use crate::catalog::Model;
+use crate::error::{ApiError, ErrorShape};
+use crate::parse::{self, ParsedChat};
+use crate::providers::{Chunk, Completion, Usage};
+use crate::sse::SseEvent;
+use crate::wire::{self, ChunkEncoder};
+use bytes::BytesMut;
+use http::HeaderMap;
+use solrouter_ledger::PicoUsd;
+
+/// Who answered: what every answer names.
+pub struct Answered<'a> {
+    /// `gen-…`: the hold that pays for the answer.
+    pub id: &'a str,
+    pub created_s: u64,
+    pub model: &'a Model,
+}
+
+/// One client-facing API.
+pub trait Codec: Sync + 'static {
+    /// The error format of this API, for every error of the request, streamed or not.
+    fn errors(&self) -> ErrorShape;
+    /// Validates the request: a 400 naming the parameter, in this API's terms.
+    fn parse(&self, body: &[u8], headers: &HeaderMap) -> Result<ParsedChat, ApiError>;
+    /// The whole answer. `completion.usage` is what was billed and `cost` what was
+    /// charged; `native` is the provider's own body when it answered in this API's format
+    /// (`ChatRequest::native`), to relay rather than rebuild.
+    fn completion(
+        &self,
+        answer: &Answered,
+        completion: Completion,
+        native: Option<&[u8]>,
+        cost: PicoUsd,
+    ) -> Vec<u8>;
+    /// The writer of one streamed answer; `native`: the provider streams in this API's
+    /// format, and its events are relayed rather than rebuilt from the chunks.
+    fn encoder(&self, answer: &Answered, native: bool) -> Box<dyn StreamEncoder>;
+}
+
+/// Writes one streamed answer as server-sent events.
+pub trait StreamEncoder: Send {
+    /// One translated chunk (every stream has them: they are also what is billed).
+    fn chunk(&mut self, chunk: &Chunk, out: &mut BytesMut);
+    /// One event of the provider's own stream, when it speaks the client's format.
+    fn native(&mut self, _event: &SseEvent, _out: &mut BytesMut) {}
+    /// The end of a complete stream, with the usage billed and the cost charged.
+    fn finish(&mut self, usage: &Usage, cost: PicoUsd, out: &mut BytesMut);
+    /// The end of a broken stream: the error, and what was charged for what was
+    /// delivered.
+    fn fail(&mut self, error: &ApiError, usage: &Usage, cost: PicoUsd, out: &mut BytesMut);
+}
+
+/// OpenAI Chat Completions, `POST /v1/api/chat/completions`.
+pub struct Chat;
+
+pub static CHAT: Chat = Chat;
+
+impl Codec for Chat {
+    fn errors(&self) -> ErrorShape {
+        ErrorShape::OpenAi
+    }
+
+    fn parse(&self, body: &[u8], _headers: &HeaderMap) -> Result<ParsedChat, ApiError> {
+        parse::parse(body)
+    }
+
+    fn completion(
+        &self,
+        answer: &Answered,
+        completion: Completion,
+        _native: Option<&[u8]>,
+        cost: PicoUsd,
+    ) -> Vec<u8> {
+        wire::completion(answer.id, answer.created_s, answer.model, completion, cost)
+    }
+
+    fn encoder(&self, answer: &Answered, _native: bool) -> Box<dyn StreamEncoder> {
+        Box::new(ChunkEncoder::new(answer.id, answer.created_s, &answer.model.id))
+    }
+}
