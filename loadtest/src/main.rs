@@ -191,13 +191,30 @@ impl Plan {
 
 #[tokio::main]
 async fn main() {
-    match run(Args::parse()).await {
+    // On SIGINT or SIGTERM the run is dropped, which kills the mock upstream it started.
+    let outcome = tokio::select! {
+        outcome = run(Args::parse()) => outcome,
+        () = interrupted() => Err(anyhow::anyhow!("interrupted; no report, no money check")),
+    };
+    match outcome {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
         Err(error) => {
             eprintln!("solrouter-loadtest: {error:#}");
             std::process::exit(1);
         }
+    }
+}
+
+async fn interrupted() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(terminate) => terminate,
+            Err(_) => return std::future::pending().await,
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
     }
 }
 

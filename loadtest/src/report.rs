@@ -42,6 +42,15 @@ impl Report<'_> {
                 account.id, account.charged, account.reported
             );
         }
+        let n_unseen =
+            self.through.tally.errors.iter().filter(|(kind, _)| !kind.starts_with("status"));
+        let n_unseen: u64 = n_unseen.map(|(_, n)| n).sum();
+        if !money.ok() && n_unseen > 0 {
+            println!(
+                "  note: {n_unseen} requests failed in transport, mid-stream or without a readable \
+                 usage.cost; what the gateway charged for them, their clients never saw"
+            );
+        }
         if !money.audit_ok {
             println!("  audit: {}", money.audit);
         }

@@ -39,7 +39,7 @@ where
                 let intended = recorder.started + offset;
                 tokio::time::sleep_until(intended).await;
                 let permit = in_flight.clone().acquire_owned().await.expect("never closed");
-                recorder.sent();
+                recorder.sent(Some(intended.elapsed()));
                 let (request, recorder) = (send(idx, intended), recorder.clone());
                 tasks.spawn(async move {
                     recorder.record(intended, request.await);
@@ -72,7 +72,7 @@ where
                         if idx >= limits.requests_max {
                             return;
                         }
-                        recorder.sent();
+                        recorder.sent(None);
                         let intended = Instant::now();
                         let sample = send(idx, intended).await;
                         recorder.record(intended, sample);
@@ -137,6 +137,9 @@ mod tests {
         assert!(latency.max() >= 1_000_000, "max {} µs", latency.max());
         let p90 = latency.value_at_quantile(0.9);
         assert!(p90 >= 50_000, "p90 {p90} µs");
+        // The wait for the one connection shows as requests sent late.
+        assert_eq!(report.tally.send_late_us.len(), 1000);
+        assert!(report.tally.send_late_us.max() >= 900_000);
     }
 
     #[tokio::test(start_paused = true)]

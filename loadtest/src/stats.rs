@@ -45,6 +45,8 @@ pub struct Sample {
 pub struct Tally {
     pub latency_us: Histogram<u64>,
     pub ttft_us: Histogram<u64>,
+    /// Open loop: how late each request was handed to the sender.
+    pub send_late_us: Histogram<u64>,
     /// Requests dispatched, and those of them the phase skipped without sending.
     pub n_sent: u64,
     pub n_skipped: u64,
@@ -74,6 +76,7 @@ impl Recorder {
         let tally = Tally {
             latency_us: histogram(),
             ttft_us: histogram(),
+            send_late_us: histogram(),
             n_sent: 0,
             n_skipped: 0,
             n_done: 0,
@@ -88,8 +91,14 @@ impl Recorder {
         Recorder { tally: Mutex::new(tally), started: Instant::now() }
     }
 
-    pub fn sent(&self) {
-        self.lock().n_sent += 1;
+    /// Counts a request handed to the sender `late` after it was due (open loop: a
+    /// harness that cannot keep up shows here, not as a lower rate).
+    pub fn sent(&self, late: Option<Duration>) {
+        let mut tally = self.lock();
+        tally.n_sent += 1;
+        if let Some(late) = late {
+            tally.send_late_us.saturating_record(micros(late));
+        }
     }
 
     /// Records a request that was due at `intended`: its latency and time to first token
@@ -214,6 +223,7 @@ impl PhaseReport {
             "throughput_per_s": self.throughput_per_s(),
             "latency_ms": quantiles_json(&tally.latency_us),
             "ttft_ms": quantiles_json(&tally.ttft_us),
+            "send_late_ms": quantiles_json(&tally.send_late_us),
         })
     }
 
@@ -236,6 +246,11 @@ impl PhaseReport {
         println!("  latency ms        {}", quantiles_line(&tally.latency_us));
         if !tally.ttft_us.is_empty() {
             println!("  first token ms    {}", quantiles_line(&tally.ttft_us));
+        }
+        if !tally.send_late_us.is_empty() {
+            // Counted in the latencies above; large values mean the in-flight limit or
+            // the harness itself held requests back.
+            println!("  sent late by ms   {}", quantiles_line(&tally.send_late_us));
         }
     }
 }

@@ -165,6 +165,7 @@ fn open_loop_run_with_every_scenario_passes_the_money_check() {
         assert!(report["overhead_ms"][quantile].is_number(), "{quantile}");
     }
     assert!(gateway["ttft_ms"]["count"].as_u64().unwrap() > 0, "{gateway:#}");
+    assert_eq!(gateway["send_late_ms"]["count"], 300, "{gateway:#}");
     assert!(gateway["throughput_per_s"].as_f64().unwrap() > 0.0);
     let direct = &report["direct"];
     // The 402s never reach an upstream, so the direct phase skips them.
