@@ -13,6 +13,10 @@ use tokio::time::Instant;
 /// test prompt echoed back is far smaller).
 const RESPONSE_BYTES_MAX: usize = 16 << 20;
 
+/// The error kind of a stream that ended without `[DONE]`, by an error event or a
+/// dropped connection.
+const STREAM_CUT: &str = "stream cut";
+
 /// Where a phase sends its requests.
 pub enum Destination {
     /// Gateways (base URLs, round-robin) with a key per account (funded accounts first,
@@ -88,10 +92,9 @@ async fn read(
             }
             Ok(None) => break,
             // Whatever cost the body carried so far was seen by the client.
-            Err(error) if stream && status == 200 => {
+            Err(_) if stream && status == 200 => {
                 let cost = charged(account_idx, cost::of_stream(&body).ok().map(|cost| cost.0));
-                let kind = format!("stream cut ({})", transport_kind(&error));
-                return (Outcome::Error(kind), first_token, cost);
+                return (Outcome::Error(STREAM_CUT.into()), first_token, cost);
             }
             Err(error) => return (Outcome::Error(transport_kind(&error)), first_token, None),
         }
@@ -103,7 +106,7 @@ async fn read(
     }
     let completed = !stream || cost::stream_completed(&body);
     let Some(account_idx) = account_idx else {
-        let outcome = if completed { Outcome::Ok } else { Outcome::Error("stream cut".into()) };
+        let outcome = if completed { Outcome::Ok } else { Outcome::Error(STREAM_CUT.into()) };
         return (outcome, first_token, None);
     };
     let cost = if stream { cost::of_stream(&body) } else { cost::of_completion(&body) };
@@ -111,7 +114,7 @@ async fn read(
         (true, Ok(cost)) => (Outcome::Ok, first_token, Some((account_idx, cost.0))),
         // An error event after the first byte still carries what was charged.
         (false, Ok(cost)) => {
-            (Outcome::Error("stream cut".into()), first_token, Some((account_idx, cost.0)))
+            (Outcome::Error(STREAM_CUT.into()), first_token, Some((account_idx, cost.0)))
         }
         (_, Err(error)) => (Outcome::Error(error.kind().into()), first_token, None),
     }

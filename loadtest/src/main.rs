@@ -63,7 +63,7 @@ struct Args {
     /// and the wait counts in its latency.
     #[arg(long, default_value_t = 4096)]
     in_flight_max: usize,
-    /// Scenario weights: plain, stream, fallback, broke (402s), large, e.g.
+    /// Scenario weights: plain, stream, fallback, broke (402s), large, cut, e.g.
     /// `plain=90,stream=10`.
     #[arg(long, default_value = "plain=1")]
     mix: String,

@@ -9,6 +9,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+/// Events the upstream sends before it cuts a `cut` stream: enough for the first to
+/// reach the client, so the gateway can no longer fall back.
+const CUT_AFTER_EVENTS: u32 = 2;
+
 /// The scenarios, as named in `--mix`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -24,11 +28,15 @@ pub enum Kind {
     Broke,
     /// A prompt of `--large-prompt-words` words.
     Large,
+    /// A stream the upstream mock cuts after two events (its `cut_after` directive): the
+    /// gateway must end it with an error event that still carries the cost. Reported as
+    /// a `stream cut` error, on purpose.
+    Cut,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] =
-        [Kind::Plain, Kind::Stream, Kind::Fallback, Kind::Broke, Kind::Large];
+    pub const ALL: [Kind; 6] =
+        [Kind::Plain, Kind::Stream, Kind::Fallback, Kind::Broke, Kind::Large, Kind::Cut];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -37,6 +45,7 @@ impl Kind {
             Kind::Fallback => "fallback",
             Kind::Broke => "broke",
             Kind::Large => "large",
+            Kind::Cut => "cut",
         }
     }
 }
@@ -99,7 +108,9 @@ impl Mix {
             let (name, weight) = part.split_once('=').unwrap_or((part, "1"));
             let kind =
                 Kind::ALL.into_iter().find(|kind| kind.name() == name.trim()).ok_or_else(|| {
-                    format!("unknown scenario {name:?} (plain, stream, fallback, broke, large)")
+                    format!(
+                        "unknown scenario {name:?} (plain, stream, fallback, broke, large, cut)"
+                    )
                 })?;
             let weight: u32 =
                 weight.trim().parse().map_err(|_| format!("bad weight in {part:?}"))?;
@@ -138,8 +149,12 @@ impl Mix {
 impl Scenario {
     fn new(kind: Kind, spec: &BodySpec) -> Scenario {
         let words = if kind == Kind::Large { spec.large_prompt_words } else { spec.prompt_words };
-        let prompt: Vec<String> = (0..words).map(|word_idx| format!("word{word_idx}")).collect();
-        let stream = kind == Kind::Stream;
+        let mut prompt: Vec<String> =
+            (0..words).map(|word_idx| format!("word{word_idx}")).collect();
+        if kind == Kind::Cut {
+            prompt.insert(0, format!("[[mock cut_after={CUT_AFTER_EVENTS}]]"));
+        }
+        let stream = matches!(kind, Kind::Stream | Kind::Cut);
         let messages = json!([{"role": "user", "content": prompt.join(" ")}]);
         let mut gateway = json!({
             "model": spec.model,
@@ -211,7 +226,7 @@ mod tests {
 
     #[test]
     fn builds_gateway_and_upstream_bodies() {
-        let mix = Mix::try_new("fallback,broke,large", &spec(), 0, (1, 1), 0.0).unwrap();
+        let mix = Mix::try_new("fallback,broke,large,cut", &spec(), 0, (1, 1), 0.0).unwrap();
         let body = |idx: usize| {
             let scenario = &mix.scenarios()[idx];
             let gateway: serde_json::Value =
@@ -228,5 +243,10 @@ mod tests {
         assert_eq!(body(1).1, None);
         let (large, _) = body(2);
         assert_eq!(large["messages"][0]["content"].as_str().unwrap().split(' ').count(), 100);
+        let (cut, direct) = body(3);
+        assert_eq!(cut["stream"], true);
+        let prompt = cut["messages"][0]["content"].as_str().unwrap();
+        assert!(prompt.starts_with("[[mock cut_after=2]] word0"), "{prompt}");
+        assert_eq!(direct.unwrap()["stream_options"]["include_usage"], true);
     }
 }
