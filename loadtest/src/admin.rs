@@ -6,9 +6,15 @@ use anyhow::{bail, Context, Result};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use solrouter_ledger::PicoUsd;
+use std::time::Duration;
 
 /// Admin calls in flight at once while provisioning.
 const PROVISION_CONCURRENCY: usize = 16;
+/// Longest the money check waits for the test accounts' holds to settle: longer than
+/// the gateway's settle deadline (30 s), so a settle still being retried lands first.
+const SETTLE_WAIT_MAX: Duration = Duration::from_secs(40);
+/// How often an account with holds left is read again.
+const SETTLE_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 pub struct Admin {
     pub client: reqwest::Client,
@@ -114,8 +120,9 @@ impl Admin {
     ) -> Result<MoneyCheck> {
         assert_eq!(accounts.len(), reported.len(), "a reported sum per test account");
         let mut checked = Vec::with_capacity(accounts.len());
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT_MAX;
         for (account, reported) in accounts.iter().zip(reported) {
-            let spent = self.spent(&account.id).await?;
+            let spent = self.spent_once_settled(&account.id, deadline).await?;
             let charged = spent.0.checked_sub(account.spent_before.0).with_context(|| {
                 format!(
                     "account {}: spent went down, from {} to {spent}",
@@ -130,9 +137,31 @@ impl Admin {
     }
 
     async fn spent(&self, account: &str) -> Result<PicoUsd> {
+        Ok(self.spent_and_holds(account).await?.0)
+    }
+
+    /// `spent` once the account has no hold left, or at `deadline` whatever it is: a
+    /// settle may land after its response reached the client (a gateway that answers
+    /// before settling, a settle being retried), and the check must not race it.
+    async fn spent_once_settled(
+        &self,
+        account: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<PicoUsd> {
+        loop {
+            let (spent, n_holds) = self.spent_and_holds(account).await?;
+            if n_holds == 0 || tokio::time::Instant::now() >= deadline {
+                return Ok(spent);
+            }
+            tokio::time::sleep(SETTLE_POLL_INTERVAL).await;
+        }
+    }
+
+    async fn spent_and_holds(&self, account: &str) -> Result<(PicoUsd, u64)> {
         let view = self.get(&format!("/v1/admin/accounts/{account}")).await?;
         let spent = view["spent"].as_str().context("spent")?;
-        PicoUsd::parse_usd(spent).context("spent is a decimal USD string")
+        let spent = PicoUsd::parse_usd(spent).context("spent is a decimal USD string")?;
+        Ok((spent, view["holds"].as_u64().context("holds")?))
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<Value> {

@@ -19,11 +19,11 @@ const STREAM_CUT: &str = "stream cut";
 
 /// Where a phase sends its requests.
 pub enum Destination {
-    /// Gateways (base URLs, round-robin) with a key per account (funded accounts first,
-    /// then the broke account's keys last).
-    Gateways { bases: Vec<String>, keys: Vec<Vec<String>>, broke_keys: Vec<String> },
-    /// The upstream mock's OpenAI-compatible base URL (ending in `/v1`).
-    Upstream { base: String },
+    /// Gateways' chat completion URLs (round-robin), the keys of each funded account,
+    /// and the keys of the broke account.
+    Gateways { urls: Vec<String>, keys: Vec<Vec<String>>, broke_keys: Vec<String> },
+    /// The upstream mock's chat completion URL.
+    Upstream { url: String },
 }
 
 /// Everything a request needs, shared by the tasks of a phase.
@@ -39,24 +39,23 @@ impl Exchange {
         let pick = self.mix.pick(idx);
         let scenario = &self.mix.scenarios()[pick.scenario_idx];
         let (url, key, body, account_idx) = match &self.destination {
-            Destination::Gateways { bases, keys, broke_keys } => {
-                let base = &bases[(idx % bases.len() as u64) as usize];
+            Destination::Gateways { urls, keys, broke_keys } => {
+                let url = &urls[(idx % urls.len() as u64) as usize];
                 let (account_idx, account_keys) = if scenario.kind == Kind::Broke {
                     (keys.len(), broke_keys)
                 } else {
                     (pick.account_idx, &keys[pick.account_idx])
                 };
                 let key = &account_keys[pick.key_idx % account_keys.len()];
-                let url = format!("{base}/v1/api/chat/completions");
                 (url, Some(key), scenario.gateway_body.clone(), Some(account_idx))
             }
-            Destination::Upstream { base } => {
+            Destination::Upstream { url } => {
                 let body = scenario.direct_body.clone().expect("the direct phase skips 402s");
-                (format!("{base}/chat/completions"), None, body, None)
+                (url, None, body, None)
             }
         };
         let mut request =
-            self.client.post(url).header("content-type", "application/json").body(body);
+            self.client.post(url.as_str()).header("content-type", "application/json").body(body);
         if let Some(key) = key {
             request = request.bearer_auth(key);
         }

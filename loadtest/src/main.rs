@@ -245,19 +245,17 @@ async fn run(args: Args) -> Result<bool> {
     };
     let upstream_base = args.upstream.clone().or(mock.as_ref().map(|mock| mock.base.clone()));
 
-    let keys: Vec<Vec<String>> = accounts.iter().map(|account| account.keys.clone()).collect();
-    let (funded_keys, broke_keys) = if plan.mix.has(scenario::Kind::Broke) {
-        let (funded, broke) = keys.split_at(args.accounts);
-        (funded.to_vec(), broke[0].clone())
-    } else {
-        (keys, Vec::new())
-    };
-    let destination = exchange::Destination::Gateways { bases, keys: funded_keys, broke_keys };
+    let mut keys: Vec<Vec<String>> = accounts.iter().map(|account| account.keys.clone()).collect();
+    // The broke account, when there is one, was provisioned last.
+    let broke_keys = if plan.mix.has(scenario::Kind::Broke) { keys.pop() } else { None };
+    let urls = bases.iter().map(|base| format!("{base}/v1/api/chat/completions")).collect();
+    let destination =
+        exchange::Destination::Gateways { urls, keys, broke_keys: broke_keys.unwrap_or_default() };
     let through = phase("gateway", &plan, &client, destination, accounts.len()).await?;
     let straight = match upstream_base {
         Some(base) => {
-            let base = base.trim_end_matches('/').to_owned();
-            let destination = exchange::Destination::Upstream { base };
+            let url = format!("{}/chat/completions", base.trim_end_matches('/'));
+            let destination = exchange::Destination::Upstream { url };
             Some(phase("direct", &plan, &client, destination, 0).await?)
         }
         None => None,
