@@ -34,8 +34,9 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// Sends request number `idx`.
-    pub async fn send(self: Arc<Self>, idx: u64) -> Sample {
+    /// Sends request number `idx`; `None` when the destination never receives that
+    /// scenario (a 402 goes no further than the gateway, so the direct phase skips it).
+    pub async fn send(self: Arc<Self>, idx: u64) -> Option<Sample> {
         let pick = self.mix.pick(idx);
         let scenario = &self.mix.scenarios()[pick.scenario_idx];
         let (url, key, body, account_idx) = match &self.destination {
@@ -49,10 +50,7 @@ impl Exchange {
                 let key = &account_keys[pick.key_idx % account_keys.len()];
                 (url, Some(key), scenario.gateway_body.clone(), Some(account_idx))
             }
-            Destination::Upstream { url } => {
-                let body = scenario.direct_body.clone().expect("the direct phase skips 402s");
-                (url, None, body, None)
-            }
+            Destination::Upstream { url } => (url, None, scenario.direct_body.clone()?, None),
         };
         let mut request =
             self.client.post(url.as_str()).header("content-type", "application/json").body(body);
@@ -63,7 +61,8 @@ impl Exchange {
             Ok(response) => read(response, scenario.kind, scenario.stream, account_idx).await,
             Err(error) => (Outcome::Error(transport_kind(&error)), None, None),
         };
-        Sample { scenario: scenario.kind.name(), outcome, first_token, done: Instant::now(), cost }
+        let done = Instant::now();
+        Some(Sample { scenario: scenario.kind.name(), outcome, first_token, done, cost })
     }
 }
 

@@ -175,7 +175,10 @@ impl Plan {
         let spread = (args.accounts, args.keys_per_account);
         let mix = scenario::Mix::try_new(&args.mix, &body, args.seed, spread, args.hot_share)
             .map_err(anyhow::Error::msg)?;
-        let timeout = seconds(Some(args.timeout_s), "timeout-s")?.expect("given");
+        let timeout = Duration::try_from_secs_f64(args.timeout_s)
+            .ok()
+            .filter(|timeout| !timeout.is_zero())
+            .context("--timeout-s must be a positive number of seconds")?;
         let limits = runner::Limits { requests_max, in_flight_max: args.in_flight_max };
         Ok(Plan { load, limits, mix: Arc::new(mix), timeout })
     }
@@ -283,22 +286,10 @@ async fn phase(
 ) -> Result<stats::PhaseReport> {
     let exchange =
         Arc::new(exchange::Exchange { client: client.clone(), mix: plan.mix.clone(), destination });
-    let direct = matches!(exchange.destination, exchange::Destination::Upstream { .. });
     let recorder = Arc::new(stats::Recorder::new(n_accounts));
     let progress = stats::progress_line(name, recorder.clone());
-    let mix = plan.mix.clone();
-    runner::run(&plan.load, plan.limits, recorder.clone(), move |idx, _intended| {
-        let exchange = exchange.clone();
-        let skip = direct && mix.scenarios()[mix.pick(idx).scenario_idx].direct_body.is_none();
-        async move {
-            if skip {
-                None
-            } else {
-                Some(exchange.send(idx).await)
-            }
-        }
-    })
-    .await;
+    runner::run(&plan.load, plan.limits, recorder.clone(), move |idx| exchange.clone().send(idx))
+        .await;
     progress.stop().await;
     let recorder = Arc::into_inner(recorder).context("a request task outlived its phase")?;
     Ok(stats::PhaseReport::new(name, recorder))

@@ -21,12 +21,13 @@ pub struct Limits {
     pub in_flight_max: usize,
 }
 
-/// Runs a phase to its end and waits for every request sent. `send(idx, intended)`
-/// performs request number `idx`, due at `intended`, or answers `None` at once when the
-/// phase skips it (the direct phase has no 402s to send).
+/// Runs a phase to its end and waits for every request sent. `send(idx)` performs
+/// request number `idx` as soon as it is called (its latency counts from when it was
+/// due), or answers `None` at once when the phase skips it (the direct phase has no 402s
+/// to send).
 pub async fn run<S, F>(load: &Load, limits: Limits, recorder: Arc<Recorder>, send: S)
 where
-    S: Fn(u64, Instant) -> F + Send + Sync + 'static,
+    S: Fn(u64) -> F + Send + Sync + 'static,
     F: Future<Output = Option<Sample>> + Send + 'static,
 {
     let send = Arc::new(send);
@@ -40,7 +41,7 @@ where
                 tokio::time::sleep_until(intended).await;
                 let permit = in_flight.clone().acquire_owned().await.expect("never closed");
                 recorder.sent(Some(intended.elapsed()));
-                let (request, recorder) = (send(idx, intended), recorder.clone());
+                let (request, recorder) = (send(idx), recorder.clone());
                 tasks.spawn(async move {
                     recorder.record(intended, request.await);
                     drop(permit);
@@ -74,7 +75,7 @@ where
                         }
                         recorder.sent(None);
                         let intended = Instant::now();
-                        let sample = send(idx, intended).await;
+                        let sample = send(idx).await;
                         recorder.record(intended, sample);
                     }
                 });
@@ -101,7 +102,7 @@ mod tests {
         let recorder = Arc::new(Recorder::new(0));
         let server = Arc::new(tokio::sync::Mutex::new(()));
         let limits = Limits { requests_max: u64::MAX, in_flight_max: 1 };
-        run(&load, limits, recorder.clone(), move |idx, _intended| {
+        run(&load, limits, recorder.clone(), move |idx| {
             let server = server.clone();
             async move {
                 let _busy = server.lock().await;
@@ -162,7 +163,7 @@ mod tests {
         let peak = Arc::new(AtomicU64::new(0));
         let in_flight = Arc::new(AtomicU64::new(0));
         let (peak_seen, in_flight_seen) = (peak.clone(), in_flight.clone());
-        run(&load, limits, recorder.clone(), move |_, _| {
+        run(&load, limits, recorder.clone(), move |_| {
             let (peak, in_flight) = (peak_seen.clone(), in_flight_seen.clone());
             async move {
                 let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
