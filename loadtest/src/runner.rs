@@ -7,9 +7,13 @@ use crate::stats::{Recorder, Sample};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+/// The granularity of tokio's timer: a sleep ends up to this much after its deadline.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 
 /// Stops besides the schedule's end.
 #[derive(Clone, Copy, Debug)]
@@ -38,12 +42,18 @@ where
             let arrivals = steps.arrivals().take(limits.requests_max as usize);
             for (idx, offset) in (0u64..).zip(arrivals) {
                 let intended = recorder.started + offset;
-                tokio::time::sleep_until(intended).await;
+                // Tokio's timer wakes up to a millisecond late; waking that much early and
+                // sending at once keeps its granularity out of every latency.
+                tokio::time::sleep_until(intended - TIMER_RESOLUTION.min(offset)).await;
                 let permit = in_flight.clone().acquire_owned().await.expect("never closed");
-                recorder.sent(Some(intended.elapsed()));
+                let now = Instant::now();
+                recorder.sent(Some(now.saturating_duration_since(intended)));
+                // Late: measured from when it was due (no coordinated omission). Early:
+                // from when it left, as if its user had arrived then.
+                let start = intended.min(now);
                 let (request, recorder) = (send(idx), recorder.clone());
                 tasks.spawn(async move {
-                    recorder.record(intended, request.await);
+                    recorder.record(start, request.await);
                     drop(permit);
                 });
                 // Reap finished tasks as we go so their results do not pile up.
@@ -98,7 +108,7 @@ mod tests {
 
     /// A server that answers in 1 ms, except that request 0 stalls it for 1 s;
     /// one request at a time (as one connection would).
-    async fn stalling_server(load: Load) -> PhaseReport {
+    async fn stalling_server(load: Load, stall: Duration) -> PhaseReport {
         let recorder = Arc::new(Recorder::new(0));
         let server = Arc::new(tokio::sync::Mutex::new(()));
         let limits = Limits { requests_max: u64::MAX, in_flight_max: 1 };
@@ -106,7 +116,7 @@ mod tests {
             let server = server.clone();
             async move {
                 let _busy = server.lock().await;
-                tokio::time::sleep(if idx == 0 { STALL } else { SERVICE }).await;
+                tokio::time::sleep(if idx == 0 { stall } else { SERVICE }).await;
                 let done = Instant::now();
                 Some(Sample {
                     scenario: "plain",
@@ -127,7 +137,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn open_loop_counts_the_stall_in_every_request_it_delayed() {
         let steps = Steps::try_new(vec![100], RATE_PER_S_MAX, None, Some(Duration::from_secs(10)));
-        let report = stalling_server(Load::Open(steps.unwrap())).await;
+        let report = stalling_server(Load::Open(steps.unwrap()), STALL).await;
         let latency = &report.tally.latency_us;
         assert_eq!(report.tally.n_ok, 1000);
         // The requests due during the stall waited for it: request k, due at 10·k ms,
@@ -144,9 +154,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn open_loop_latency_is_the_service_time_when_nothing_waits() {
+        let steps = Steps::try_new(vec![100], RATE_PER_S_MAX, None, Some(Duration::from_secs(1)));
+        let report = stalling_server(Load::Open(steps.unwrap()), SERVICE).await;
+        let latency = &report.tally.latency_us;
+        assert_eq!(report.tally.n_ok, 100);
+        // Each request leaves up to the timer's resolution early; its latency then counts
+        // from when it left, so it is exactly the service time, never less.
+        assert_eq!((latency.min(), latency.max()), (1000, 1000));
+        assert_eq!(report.tally.send_late_us.max(), 1, "never late (1 µs is the floor)");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn closed_loop_sees_the_stall_once() {
         let steps = Steps::try_new(vec![1], CONCURRENCY_MAX, None, Some(Duration::from_secs(10)));
-        let report = stalling_server(Load::Closed(steps.unwrap())).await;
+        let report = stalling_server(Load::Closed(steps.unwrap()), STALL).await;
         let latency = &report.tally.latency_us;
         // Coordinated omission: the worker waited out the stall, so one sample shows it
         // and the requests it held back were never sent.

@@ -101,10 +101,10 @@ impl Recorder {
         }
     }
 
-    /// Records a request that was due at `intended`: its latency and time to first token
-    /// are measured from then, not from when it could actually be sent. `None`: the
-    /// phase skipped it.
-    pub fn record(&self, intended: Instant, sample: Option<Sample>) {
+    /// Records a request whose latency and time to first token count from `start`: in
+    /// open loop when it was due, not when it could actually be sent. `None`: the phase
+    /// skipped it.
+    pub fn record(&self, start: Instant, sample: Option<Sample>) {
         let mut tally = self.lock();
         let Some(sample) = sample else {
             tally.n_skipped += 1;
@@ -119,9 +119,9 @@ impl Recorder {
         match sample.outcome {
             Outcome::Ok => {
                 tally.n_ok += 1;
-                tally.latency_us.saturating_record(micros(sample.done - intended));
+                tally.latency_us.saturating_record(micros(sample.done - start));
                 if let Some(first_token) = sample.first_token {
-                    tally.ttft_us.saturating_record(micros(first_token - intended));
+                    tally.ttft_us.saturating_record(micros(first_token - start));
                 }
             }
             Outcome::Refused => tally.n_refused += 1,
