@@ -114,7 +114,8 @@ async fn read(
         (false, Ok(cost)) => {
             (Outcome::Error(STREAM_CUT.into()), first_token, Some((account_idx, cost.0)))
         }
-        (_, Err(error)) => (Outcome::Error(error.kind().into()), first_token, None),
+        (false, Err(_)) => (Outcome::Error(STREAM_CUT.into()), first_token, None),
+        (true, Err(error)) => (Outcome::Error(error.kind().into()), first_token, None),
     }
 }
 
