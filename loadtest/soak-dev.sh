@@ -35,7 +35,7 @@ URL=$(sed -n 's|.*listening: \(http://[0-9.:]*\)/v1/api.*|\1|p' "$LOG" | head -1
 [ -n "$URL" ] || { echo "dev did not start:"; cat "$LOG"; exit 1; }
 
 "$BIN/solrouter-loadtest" --gateway "$URL" --concurrency "$CONCURRENCY" \
-    --requests 10000000 --duration-s "$DURATION_S" >"$DATA/load.log" 2>&1 &
+    --requests 10000000 --duration-s "$DURATION_S" --no-direct >"$DATA/load.log" 2>&1 &
 LOAD=$!
 
 echo "minute  rss_mb  data_mb"

@@ -1,273 +1,296 @@
-//! The load-test harness SREs drive against a running gateway (`solrouter dev` or a
-//! cluster). It provisions its own funded account and key through the admin API, runs a
-//! bounded closed-loop load of chat completions, reports throughput and latency, and then
-//! checks the money: the account's spend must equal the sum of every `usage.cost` the
-//! gateway reported, and the ledger's bank audit must be ok. It exits non-zero otherwise.
+//! The load-test harness SREs drive against running gateways (`solrouter dev` or a
+//! cluster). It provisions funded test accounts and keys through the admin API, offers
+//! load open loop (a constant arrival rate, latency measured from each request's intended
+//! send time) or closed loop (a number of requests in flight), in steps that ramp up,
+//! with a weighted mix of scenarios; then sends the same load straight to the upstream
+//! mock, to report the gateway's overhead per quantile. It ends with the money check:
+//! the ledger's audit is ok and each account was charged exactly the sum of the
+//! `usage.cost`s its clients saw, to the pico-dollar; otherwise it exits with status 1.
 #![forbid(unsafe_code)]
+
+mod admin;
+mod cost;
+mod exchange;
+mod report;
+mod runner;
+mod scenario;
+mod schedule;
+mod stats;
+mod upstream;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use serde_json::{json, Value};
-use solrouter_ledger::PicoUsd;
-use std::time::{Duration, Instant};
+use schedule::{Load, Steps, CONCURRENCY_MAX, RATE_PER_S_MAX};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Hard caps so a mistyped flag cannot turn into an unbounded flood.
-const REQUESTS_MAX: u64 = 10_000_000;
-const CONCURRENCY_MAX: usize = 4096;
-const DURATION_S_MAX: u64 = 3600;
+/// Most requests a phase may send.
+const REQUESTS_MAX: u64 = 100_000_000;
+/// Most test accounts and keys per account.
+const ACCOUNTS_MAX: usize = 10_000;
+const KEYS_PER_ACCOUNT_MAX: usize = 64;
+/// Largest prompt, in words.
+const PROMPT_WORDS_MAX: usize = 1_000_000;
 
-#[derive(Parser, Debug, Clone)]
-#[command(about = "Closed-loop load test of a SolRouter gateway, with a money check at the end")]
+#[derive(Parser, Debug)]
+#[command(about = "Load test of SolRouter gateways: open or closed loop, a scenario mix, the \
+                   gateway's overhead over its upstream, and a money check at the end")]
 struct Args {
-    /// The gateway's base URL (without `/v1/api`).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    gateway: String,
+    /// Gateway base URLs (without `/v1/api`), comma-separated; requests go round-robin.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
+    gateway: Vec<String>,
     #[arg(long, env = "SOLROUTER_ADMIN_TOKEN")]
     admin_token: String,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 32)]
-    concurrency: usize,
-    /// Total requests to send (the run also stops at `--duration-s`).
-    #[arg(long, default_value_t = 10_000)]
-    requests: u64,
-    #[arg(long, default_value_t = 60)]
-    duration_s: u64,
+    /// Open loop: arrival rate in requests per second; a comma-separated list is a ramp,
+    /// one rate per step.
+    #[arg(long, value_delimiter = ',', conflicts_with = "concurrency")]
+    rate: Vec<u32>,
+    /// Closed loop (the default, 32): requests in flight; a comma-separated list is a
+    /// ramp, one concurrency per step.
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Vec<u32>,
+    /// Length of each ramp step in seconds (default: the duration split evenly).
+    #[arg(long)]
+    step_s: Option<f64>,
+    /// Length of each phase in seconds (default: the steps' total, else 10).
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// Stop a phase after this many requests (default: only the duration stops it).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Open loop: requests in flight at most; a request due while all are busy waits,
+    /// and the wait counts in its latency.
+    #[arg(long, default_value_t = 4096)]
+    in_flight_max: usize,
+    /// Scenario weights: plain, stream, fallback, broke (402s), large, cut, e.g.
+    /// `plain=90,stream=10`.
+    #[arg(long, default_value = "plain=1")]
+    mix: String,
     #[arg(long, default_value = "mock/echo")]
     model: String,
-    /// Ask for SSE streams instead of whole responses.
-    #[arg(long)]
-    stream: bool,
     /// Words in each prompt.
     #[arg(long, default_value_t = 16)]
     prompt_words: usize,
+    /// Words in the prompts of the `large` scenario.
+    #[arg(long, default_value_t = 8_000)]
+    large_prompt_words: usize,
     #[arg(long, default_value_t = 64)]
     max_tokens: u64,
-    /// Credit given to the test account, decimal USD.
+    /// Funded test accounts; requests spread over them (see --hot-share).
+    #[arg(long, default_value_t = 1)]
+    accounts: usize,
+    /// Keys per test account; requests spread over them.
+    #[arg(long, default_value_t = 1)]
+    keys_per_account: usize,
+    /// Share of requests sent by the first account (a hot account), 0 to 1; the rest
+    /// spread evenly over all accounts.
+    #[arg(long, default_value_t = 0.0)]
+    hot_share: f64,
+    /// Credit given to each test account, decimal USD.
     #[arg(long, default_value = "1000.00")]
     credit: String,
+    /// Credit of the account the `broke` scenario uses: too little for any request.
+    #[arg(long, default_value = "0.000000000001")]
+    broke_credit: String,
+    /// The upstream mock the gateway uses, to measure it alone (its OpenAI base URL,
+    /// e.g. http://127.0.0.1:9090/v1). Without it one is started from --mock-bin.
+    #[arg(long, conflicts_with = "mock_bin")]
+    upstream: Option<String>,
+    /// The `solrouter` binary whose `mock-upstream` is started (default: next to this
+    /// executable).
+    #[arg(long)]
+    mock_bin: Option<PathBuf>,
+    /// Skip the phase straight to the upstream (no overhead figures).
+    #[arg(long, conflicts_with_all = ["upstream", "mock_bin"])]
+    no_direct: bool,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    timeout_s: f64,
+    /// Seed of the scenario, account and key choices.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
-#[derive(Default)]
-struct Tally {
-    latencies_us: Vec<u64>,
-    first_byte_us: Vec<u64>,
-    cost_pico: u128,
-    errors: std::collections::BTreeMap<u16, u64>,
+/// The validated plan of a run.
+struct Plan {
+    load: Load,
+    limits: runner::Limits,
+    mix: Arc<scenario::Mix>,
+    timeout: Duration,
+}
+
+fn seconds(value: Option<f64>, what: &str) -> Result<Option<Duration>> {
+    value
+        .map(|seconds| Duration::try_from_secs_f64(seconds).with_context(|| format!("--{what}")))
+        .transpose()
+}
+
+impl Plan {
+    fn try_new(args: &Args) -> Result<Plan> {
+        let step = seconds(args.step_s, "step-s")?;
+        let duration = seconds(args.duration_s, "duration-s")?.or(if step.is_some() {
+            None
+        } else {
+            Some(Duration::from_secs(10))
+        });
+        let load = if args.rate.is_empty() {
+            let concurrency =
+                if args.concurrency.is_empty() { vec![32] } else { args.concurrency.clone() };
+            Load::Closed(
+                Steps::try_new(concurrency, CONCURRENCY_MAX, step, duration)
+                    .map_err(anyhow::Error::msg)?,
+            )
+        } else {
+            Load::Open(
+                Steps::try_new(args.rate.clone(), RATE_PER_S_MAX, step, duration)
+                    .map_err(anyhow::Error::msg)?,
+            )
+        };
+        let requests_max = args.requests.unwrap_or(REQUESTS_MAX);
+        if requests_max == 0 || requests_max > REQUESTS_MAX {
+            bail!("--requests must be 1 to {REQUESTS_MAX}");
+        }
+        if args.in_flight_max == 0 || args.in_flight_max > CONCURRENCY_MAX as usize {
+            bail!("--in-flight-max must be 1 to {CONCURRENCY_MAX}");
+        }
+        if args.accounts > ACCOUNTS_MAX || args.keys_per_account > KEYS_PER_ACCOUNT_MAX {
+            bail!("at most {ACCOUNTS_MAX} accounts and {KEYS_PER_ACCOUNT_MAX} keys per account");
+        }
+        if args.prompt_words.max(args.large_prompt_words) > PROMPT_WORDS_MAX {
+            bail!("prompts of at most {PROMPT_WORDS_MAX} words");
+        }
+        if args.gateway.iter().any(|base| base.trim().is_empty()) {
+            bail!("--gateway needs at least one base URL");
+        }
+        let body = scenario::BodySpec {
+            model: args.model.clone(),
+            prompt_words: args.prompt_words,
+            large_prompt_words: args.large_prompt_words,
+            max_tokens: args.max_tokens,
+        };
+        let spread = (args.accounts, args.keys_per_account);
+        let mix = scenario::Mix::try_new(&args.mix, &body, args.seed, spread, args.hot_share)
+            .map_err(anyhow::Error::msg)?;
+        let timeout = Duration::try_from_secs_f64(args.timeout_s)
+            .ok()
+            .filter(|timeout| !timeout.is_zero())
+            .context("--timeout-s must be a positive number of seconds")?;
+        let limits = runner::Limits { requests_max, in_flight_max: args.in_flight_max };
+        Ok(Plan { load, limits, mix: Arc::new(mix), timeout })
+    }
+
+    /// Connections a phase may hold open at once.
+    fn connections_max(&self) -> usize {
+        match &self.load {
+            Load::Open(_) => self.limits.in_flight_max,
+            Load::Closed(steps) => steps.value_max() as usize,
+        }
+    }
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
-    if args.requests > REQUESTS_MAX
-        || args.concurrency == 0
-        || args.concurrency > CONCURRENCY_MAX
-        || args.duration_s > DURATION_S_MAX
-    {
-        bail!("limits: requests ≤ {REQUESTS_MAX}, 1 ≤ concurrency ≤ {CONCURRENCY_MAX}, duration ≤ {DURATION_S_MAX}s");
+async fn main() {
+    // On SIGINT or SIGTERM the run is dropped, which kills the mock upstream it started.
+    let outcome = tokio::select! {
+        outcome = run(Args::parse()) => outcome,
+        () = interrupted() => Err(anyhow::anyhow!("interrupted; no report, no money check")),
+    };
+    match outcome {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(error) => {
+            eprintln!("solrouter-loadtest: {error:#}");
+            std::process::exit(1);
+        }
     }
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
-    let admin = Admin {
+}
+
+async fn interrupted() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(terminate) => terminate,
+            Err(_) => return std::future::pending().await,
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+/// Runs the whole test; `Ok(false)` when the money check failed.
+async fn run(args: Args) -> Result<bool> {
+    let plan = Plan::try_new(&args)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(plan.connections_max())
+        .tcp_nodelay(true)
+        .timeout(plan.timeout)
+        .build()?;
+    let bases: Vec<String> =
+        args.gateway.iter().map(|base| base.trim().trim_end_matches('/').to_owned()).collect();
+    let admin = admin::Admin {
         client: client.clone(),
-        base: args.gateway.clone(),
+        base: bases[0].clone(),
         token: args.admin_token.clone(),
     };
-    let (account, key) = admin.provision(&args.credit).await?;
-    let spent_before = admin.spent(&account).await?;
-
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.duration_s);
-    let issued = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let body = request_body(&args);
-    let workers = (0..args.concurrency).map(|_| {
-        let (client, args, key, body, issued) =
-            (client.clone(), args.clone(), key.clone(), body.clone(), issued.clone());
-        tokio::spawn(async move {
-            let mut tally = Tally::default();
-            while Instant::now() < deadline
-                && issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < args.requests
-            {
-                one_request(&client, &args, &key, &body, &mut tally).await;
-            }
-            tally
-        })
-    });
-    let mut total = Tally::default();
-    for worker in futures_util::future::join_all(workers).await {
-        let tally = worker?;
-        total.latencies_us.extend(tally.latencies_us);
-        total.first_byte_us.extend(tally.first_byte_us);
-        total.cost_pico += tally.cost_pico;
-        for (status, n) in tally.errors {
-            *total.errors.entry(status).or_default() += n;
-        }
+    let mut accounts = admin.provision(args.accounts, &args.credit, args.keys_per_account).await?;
+    if plan.mix.has(scenario::Kind::Broke) {
+        accounts.extend(admin.provision(1, &args.broke_credit, args.keys_per_account).await?);
     }
-    let elapsed = started.elapsed();
-    report(&args, &mut total, elapsed);
-    check_money(&admin, &account, spent_before, total.cost_pico).await
+    let mock = match (&args.upstream, args.no_direct) {
+        (None, false) => Some(
+            upstream::MockProcess::start(&upstream::find_binary(args.mock_bin.as_deref())?).await?,
+        ),
+        _ => None,
+    };
+    let upstream_base = args.upstream.clone().or(mock.as_ref().map(|mock| mock.base.clone()));
+
+    let mut keys: Vec<Vec<String>> = accounts.iter().map(|account| account.keys.clone()).collect();
+    // The broke account, when there is one, was provisioned last.
+    let broke_keys = if plan.mix.has(scenario::Kind::Broke) { keys.pop() } else { None };
+    let urls = bases.iter().map(|base| format!("{base}/v1/api/chat/completions")).collect();
+    let destination =
+        exchange::Destination::Gateways { urls, keys, broke_keys: broke_keys.unwrap_or_default() };
+    let through = phase("gateway", &plan, &client, destination, accounts.len()).await?;
+    let straight = match upstream_base {
+        Some(base) => {
+            let url = format!("{}/chat/completions", base.trim_end_matches('/'));
+            let destination = exchange::Destination::Upstream { url };
+            Some(phase("direct", &plan, &client, destination, 0).await?)
+        }
+        None => None,
+    };
+    if let Some(mock) = mock {
+        mock.stop().await?;
+    }
+    let money = admin.check_money(&accounts, &through.tally.cost_by_account).await?;
+    let report = report::Report { args: &args, plan_load: &plan.load, through, straight, money };
+    report.print();
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report.to_json())?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report.money.ok())
 }
 
-fn request_body(args: &Args) -> String {
-    let prompt = (0..args.prompt_words).map(|i| format!("word{i}")).collect::<Vec<_>>().join(" ");
-    json!({
-        "model": args.model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": args.max_tokens,
-        "stream": args.stream,
-    })
-    .to_string()
-}
-
-async fn one_request(
+/// Runs one phase with a progress line on stderr.
+async fn phase(
+    name: &'static str,
+    plan: &Plan,
     client: &reqwest::Client,
-    args: &Args,
-    key: &str,
-    body: &str,
-    tally: &mut Tally,
-) {
-    let started = Instant::now();
-    let url = format!("{}/v1/api/chat/completions", args.gateway);
-    let sent = client
-        .post(url)
-        .bearer_auth(key)
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
+    destination: exchange::Destination,
+    n_accounts: usize,
+) -> Result<stats::PhaseReport> {
+    let exchange =
+        Arc::new(exchange::Exchange { client: client.clone(), mix: plan.mix.clone(), destination });
+    let recorder = Arc::new(stats::Recorder::new(n_accounts));
+    let progress = stats::progress_line(name, recorder.clone());
+    runner::run(&plan.load, plan.limits, recorder.clone(), move |idx| exchange.clone().send(idx))
         .await;
-    let response = match sent {
-        Ok(response) => response,
-        Err(_) => return *tally.errors.entry(0).or_default() += 1,
-    };
-    let status = response.status().as_u16();
-    tally.first_byte_us.push(started.elapsed().as_micros() as u64);
-    let text = match response.text().await {
-        Ok(text) if status == 200 => text,
-        _ => return *tally.errors.entry(status).or_default() += 1,
-    };
-    match reported_cost(&text, args.stream) {
-        Some(cost) => {
-            tally.cost_pico += cost;
-            tally.latencies_us.push(started.elapsed().as_micros() as u64);
-        }
-        None => *tally.errors.entry(1).or_default() += 1,
-    }
-}
-
-/// `usage.cost` of a whole response, or of the last chunk carrying usage in a stream,
-/// converted to pico-USD. Costs are far below 2⁵³ pico-USD, so the f64 round-trips exactly.
-fn reported_cost(text: &str, stream: bool) -> Option<u128> {
-    let usage_cost = |value: &Value| value.get("usage")?.get("cost")?.as_f64();
-    let cost = if stream {
-        if !text.trim_end().ends_with("data: [DONE]") {
-            return None;
-        }
-        text.lines()
-            .rev()
-            .filter_map(|line| line.strip_prefix("data: "))
-            .filter_map(|data| serde_json::from_str::<Value>(data).ok())
-            .find_map(|chunk| usage_cost(&chunk))?
-    } else {
-        usage_cost(&serde_json::from_str(text).ok()?)?
-    };
-    Some((cost * 1e12).round() as u128)
-}
-
-fn percentile(sorted: &[u64], fraction: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() - 1) as f64 * fraction).round() as usize;
-    sorted[index] as f64 / 1000.0
-}
-
-fn report(args: &Args, total: &mut Tally, elapsed: Duration) {
-    total.latencies_us.sort_unstable();
-    total.first_byte_us.sort_unstable();
-    let ok = total.latencies_us.len();
-    let n_errors: u64 = total.errors.values().sum();
-    println!(
-        "model={} stream={} concurrency={} elapsed={:.2}s",
-        args.model,
-        args.stream,
-        args.concurrency,
-        elapsed.as_secs_f64()
-    );
-    println!("ok={ok} errors={n_errors} {:?} (0 = transport, 1 = no usage.cost)", total.errors);
-    println!("throughput={:.0} req/s", ok as f64 / elapsed.as_secs_f64());
-    let lat = &total.latencies_us;
-    println!(
-        "latency_ms p50={:.2} p90={:.2} p99={:.2} max={:.2}",
-        percentile(lat, 0.5),
-        percentile(lat, 0.9),
-        percentile(lat, 0.99),
-        percentile(lat, 1.0)
-    );
-    let ttfb = &total.first_byte_us;
-    println!("first_byte_ms p50={:.2} p99={:.2}", percentile(ttfb, 0.5), percentile(ttfb, 0.99));
-}
-
-async fn check_money(
-    admin: &Admin,
-    account: &str,
-    spent_before: PicoUsd,
-    reported: u128,
-) -> Result<()> {
-    let spent_after = admin.spent(account).await?;
-    let charged = spent_after.0 - spent_before.0;
-    let audit = admin.get("/v1/admin/audit").await?;
-    let audit_ok = audit["ok"].as_bool() == Some(true);
-    println!(
-        "money: charged={} reported={} audit_ok={audit_ok}",
-        PicoUsd(charged),
-        PicoUsd(reported)
-    );
-    if charged != reported || !audit_ok {
-        bail!("money check failed: charged {charged} pico-USD, reported {reported}, audit {audit}");
-    }
-    Ok(())
-}
-
-struct Admin {
-    client: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Admin {
-    async fn provision(&self, credit: &str) -> Result<(String, String)> {
-        let tag: u64 = rand::random();
-        let account =
-            self.post("/v1/admin/accounts", json!({"name": format!("loadtest-{tag:x}")})).await?;
-        let id = account["id"].as_str().context("account id")?.to_owned();
-        let topup = json!({"amount": credit, "idempotency_key": format!("loadtest-{tag:x}")});
-        self.post(&format!("/v1/admin/accounts/{id}/credits"), topup).await?;
-        let key = self
-            .post(&format!("/v1/admin/accounts/{id}/keys"), json!({"name": "loadtest"}))
-            .await?;
-        Ok((id, key["key"].as_str().context("key")?.to_owned()))
-    }
-
-    async fn spent(&self, account: &str) -> Result<PicoUsd> {
-        let view = self.get(&format!("/v1/admin/accounts/{account}")).await?;
-        let spent = view["spent"].as_str().context("spent")?;
-        PicoUsd::parse_usd(spent).context("spent is a decimal USD string")
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Result<Value> {
-        let request = self.client.post(format!("{}{path}", self.base)).json(&body);
-        Self::json(request.bearer_auth(&self.token).send().await?).await
-    }
-
-    async fn get(&self, path: &str) -> Result<Value> {
-        let request = self.client.get(format!("{}{path}", self.base));
-        Self::json(request.bearer_auth(&self.token).send().await?).await
-    }
-
-    async fn json(response: reqwest::Response) -> Result<Value> {
-        let status = response.status();
-        let body: Value = response.json().await?;
-        if !status.is_success() {
-            bail!("admin API answered {status}: {body}");
-        }
-        Ok(body)
-    }
+    progress.stop().await;
+    let recorder = Arc::into_inner(recorder).context("a request task outlived its phase")?;
+    Ok(stats::PhaseReport::new(name, recorder))
 }
