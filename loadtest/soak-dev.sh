@@ -14,7 +14,7 @@ CONCURRENCY=${CONCURRENCY:-4}
 BIN=target/release
 DATA=$(mktemp -d)
 LOG=$DATA/dev.log
-export SOLROUTER_ADMIN_TOKEN=${SOLROUTER_ADMIN_TOKEN:-soak-$RANDOM$RANDOM}
+export SOLROUTER_ADMIN_TOKEN=${SOLROUTER_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")}
 
 "$BIN/solrouter" dev --data-dir "$DATA/state" --listen 127.0.0.1:0 >"$LOG" 2>&1 &
 DEV=$!
