@@ -7,7 +7,7 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::keys;
 use crate::respond::{self, Response};
-use crate::server::{check_declared_length, read_body};
+use crate::server::UnreadBody;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
@@ -154,8 +154,9 @@ async fn audit(app: &'static App) -> Result<Response, ApiError> {
 async fn json_body<T: for<'de> Deserialize<'de>>(
     request: Request<Incoming>,
 ) -> Result<T, ApiError> {
-    check_declared_length(request.headers(), ADMIN_BODY_BYTES_MAX)?;
-    let body = read_body(request.into_body(), ADMIN_BODY_BYTES_MAX).await?;
+    let (head, body) = request.into_parts();
+    let body = UnreadBody::new(&head.headers, body, ADMIN_BODY_BYTES_MAX)?;
+    let body = body.read(ADMIN_BODY_BYTES_MAX).await?;
     serde_json::from_slice(&body)
         .map_err(|error| ApiError::malformed(format!("invalid request body: {error}")))
 }

@@ -18,7 +18,7 @@ use crate::error::{ApiError, ErrorShape};
 use crate::parse::{self, ParsedChat};
 use crate::providers::{Chunk, Completion, Native, NativeFormat, Usage};
 use crate::respond::{self, Response};
-use crate::server::{check_declared_length, read_body};
+use crate::server::UnreadBody;
 use crate::sse::SseEvent;
 use crate::tokens;
 use crate::wire::write_json;
@@ -124,9 +124,9 @@ pub async fn count_tokens(
 ) -> Result<Response, ApiError> {
     let limit = app.config.body_bytes_max();
     let (head, body) = request.into_parts();
-    check_declared_length(&head.headers, limit)?;
+    let body = UnreadBody::new(&head.headers, body, limit)?;
     app.bank.authenticate(&head.headers).await?;
-    let body = read_body(body, limit).await?;
+    let body = body.read(limit).await?;
     let parsed = parse_messages(&body, &head.headers, false)?;
     let id =
         parsed.model_ids.first().ok_or_else(|| ApiError::invalid_param("model", "is required"))?;
