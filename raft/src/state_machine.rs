@@ -398,10 +398,11 @@ mod tests {
             build_time >= 2 * ELECTION_TIMEOUT_MIN,
             "the snapshot built in {build_time:?}: too small a ledger to show starvation"
         );
-        // Late heartbeats at worst (a loaded machine delays timers too), never as late as
-        // an election timeout.
+        // Blocked, the timer stalls for about the whole encode; free, its worst gap is
+        // unrelated to it. Relative, so a loaded machine (which delays timers and
+        // encodes alike) cannot fail it.
         assert!(
-            max_gap < ELECTION_TIMEOUT_MIN,
+            max_gap < build_time / 2,
             "the timer stalled {max_gap:?} while a snapshot built in {build_time:?}"
         );
     }
