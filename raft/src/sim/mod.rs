@@ -13,9 +13,14 @@
 //! releases, and run the gateway's request path (reserve with a TTL, a delay, a settle of
 //! usage up to 3× the hold), while the nemesis partitions, degrades the network, crashes
 //! and restarts nodes, steps nodes' wall clocks forward and back by up to an hour, and
-//! now and then takes the ledger down for longer than holds live; heal everything; resend every command (an acknowledged one must get its first
-//! outcome again; an in-doubt one is settled by this); wait until the replicas of each
-//! group have applied the same log; then check:
+//! now and then takes the ledger down for longer than holds live, and crashes nodes the
+//! instant a named write (a vote, an append, a purge, a snapshot...) returns; throughout,
+//! the `invariants` are checked as they could break (a recovered vote never below a
+//! saved one, the entry at an index never changes once applied anywhere, an acknowledged
+//! command's entry always on a majority's stable storage); heal everything; resend every
+//! command (an acknowledged one must get its first outcome again; an in-doubt one is
+//! settled by this); wait until the replicas of each group have applied the same log;
+//! then check:
 //! * every replica's ledger is identical, and passes the bank audit (write-offs and
 //!   `available ≥ 0` included; the ledger also asserts the latter after every command);
 //! * each account's credits equal the sum of its acknowledged top-ups, and the credit
@@ -32,6 +37,7 @@
 //! `SIM_SEEDS=1000` (from `SIM_SEED_FIRST`, default 1).
 
 mod cluster;
+mod invariants;
 mod nemesis;
 mod network;
 pub(crate) mod storage;
@@ -39,7 +45,7 @@ mod trace;
 mod workload;
 
 use crate::types::NodeId;
-use crate::PROPOSALS_IN_FLIGHT_MAX;
+use crate::{ELECTION_TIMEOUT_MAX, PROPOSALS_IN_FLIGHT_MAX};
 use cluster::{Cluster, Shape, SubmitError};
 use nemesis::Nemesis;
 use network::NetCounters;
@@ -53,6 +59,7 @@ use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Once};
 use std::time::Duration;
+use storage::WriteKind;
 use trace::Trace;
 use workload::{Client, History, Record, Router};
 
@@ -301,6 +308,39 @@ fn a_submission_whose_caller_has_gone_is_not_proposed() {
         }
         let proposed = cluster.stats(leader, 0).expect("up").n_commands_proposed;
         assert_eq!(proposed, proposed_before + PROPOSALS_IN_FLIGHT_MAX as u64);
+    });
+}
+
+/// A vote survives a power loss the instant `save_vote` returned: the follower that
+/// votes for a new leader, once its old one is cut off, crashes right then and must
+/// restart with that vote (the invariant checks at every restart). Caught a vote saved
+/// without a sync (`Durability::Volatile` in `LogStore::save_vote`).
+#[test]
+fn a_vote_survives_a_crash_right_after_it_is_saved() {
+    paused_runtime().block_on(async {
+        let mut rng = StdRng::seed_from_u64(REPLAY_SEED);
+        let trace = Arc::new(Trace::new(false));
+        let cluster = Cluster::start(Shape::calm(), StdRng::seed_from_u64(rng.gen()), trace).await;
+        let history = History::default();
+        let mut router = Router::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
+        let account = create_accounts(&mut router, &history, 1).await[0];
+        let leader = cluster.node_ids().into_iter().find_map(|id| cluster.leader_seen_by(id, 0));
+        let leader = leader.expect("the group that acknowledged has a leader");
+        let voter = cluster.node_ids().into_iter().find(|id| *id != leader).expect("followers");
+        for other in cluster.node_ids().into_iter().filter(|id| *id != leader) {
+            cluster.net.cut(leader, other);
+            cluster.net.cut(other, leader);
+        }
+        let wait = ELECTION_TIMEOUT_MAX * 10;
+        let struck = cluster.crash_after_write(voter, WriteKind::Vote, wait).await;
+        assert!(struck, "node {voter} saved no vote once its leader was cut off");
+        cluster.restart(voter).await;
+        cluster.net.heal();
+        let probe =
+            Command { id: OpId(0x707e << 64), op: Op::Release { account, hold: HoldId(1) } };
+        let outcome = router.submit(&probe, RESOLVE_ATTEMPTS_MAX).await;
+        assert_eq!(outcome, Some(Err(Rejection::UnknownHold)));
+        converge(&cluster).await;
     });
 }
 

@@ -8,13 +8,18 @@
 //! nothing else (redb keeps a volatile commit only in memory, and a power loss takes the
 //! page cache and the disk's write cache with it).
 
+use super::invariants::Invariants;
+use crate::codec;
 use crate::kv::{Durability, KvBatch, KvTree};
+use crate::log_store::KEY_VOTE;
+use crate::types::NodeId;
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Longest a sync takes; one in [`FLUSH_SLOW_ONE_IN`] is that slow, the others take at
 /// most [`FLUSH_FAST_MAX`]. A slow sync widens the window in which a crash loses writes.
@@ -44,6 +49,50 @@ struct Inner {
     rng: StdRng,
     /// Set by a crash: the process is gone, so later calls fail and syncs never land.
     crashed: bool,
+    /// Set once [`MemStore::crash`] has handed out the disk.
+    taken: bool,
+    /// The node this store belongs to and the run's invariants, told of each saved vote.
+    watched: Option<(NodeId, Arc<Invariants>)>,
+    /// The kind of write right after whose return the store crashes (see
+    /// [`MemStore::crash_after`]), and who waits for it.
+    crash_after: Option<(WriteKind, Arc<Notify>)>,
+}
+
+/// The writes the stores make, told apart by tree and key, so a crash can strike right
+/// after a named one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    Vote,
+    Committed,
+    PurgePoint,
+    Append,
+    /// A truncation or a purge removing entries.
+    LogRemoval,
+    Snapshot,
+}
+
+impl WriteKind {
+    pub const ALL: [WriteKind; 6] = [
+        WriteKind::Vote,
+        WriteKind::Committed,
+        WriteKind::PurgePoint,
+        WriteKind::Append,
+        WriteKind::LogRemoval,
+        WriteKind::Snapshot,
+    ];
+
+    fn of(tree: &str, batch: &KvBatch) -> Option<WriteKind> {
+        let (_, kind) = tree.split_once('/')?;
+        let (key, value) = batch.first()?;
+        Some(match (kind, key.as_slice(), value) {
+            ("meta", KEY_VOTE, _) => WriteKind::Vote,
+            ("meta", b"committed", _) => WriteKind::Committed,
+            ("meta", _, _) => WriteKind::PurgePoint,
+            ("log", _, Some(_)) => WriteKind::Append,
+            ("log", _, None) => WriteKind::LogRemoval,
+            _ => WriteKind::Snapshot,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +109,37 @@ impl MemStore {
             n_durable: 0,
             rng,
             crashed: false,
+            taken: false,
+            watched: None,
+            crash_after: None,
         };
         MemStore { inner: Arc::new(Mutex::new(inner)) }
+    }
+
+    /// Tells `invariants` of every vote node `node` saves in this store.
+    pub fn watched(self, node: NodeId, invariants: Arc<Invariants>) -> MemStore {
+        self.lock().watched = Some((node, invariants));
+        self
+    }
+
+    /// Crashes the store right after the next write of `kind` returns to its writer (as a
+    /// power loss the instant `fdatasync` returned would), and notifies the returned
+    /// [`Notify`]; the node's tasks live on until [`MemStore::crash`], failing at their
+    /// next store call. Replaces any earlier request.
+    pub fn crash_after(&self, kind: WriteKind) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        self.lock().crash_after = Some((kind, Arc::clone(&notify)));
+        notify
+    }
+
+    /// Cancels a [`MemStore::crash_after`] that has not struck.
+    pub fn crash_after_nothing(&self) {
+        self.lock().crash_after = None;
+    }
+
+    /// What stable storage holds now.
+    pub fn durable(&self) -> Disk {
+        self.lock().durable.clone()
     }
 
     pub fn tree(&self, name: &str) -> MemTree {
@@ -72,9 +150,26 @@ impl MemStore {
     /// durable state, without any write not yet synced.
     pub fn crash(&self) -> Disk {
         let mut inner = self.lock();
-        assert!(!inner.crashed, "a store crashes once");
+        assert!(!inner.taken, "a store crashes once");
         inner.crashed = true;
+        inner.taken = true;
         inner.durable.clone()
+    }
+
+    /// A write of `tree` returned to its writer: tells the invariants of a saved vote,
+    /// and crashes if a crash waits for this kind of write.
+    fn returned(&self, tree: &str, kind: Option<WriteKind>, batch: &KvBatch) {
+        let mut inner = self.lock();
+        if let (Some(WriteKind::Vote), Some((node, invariants))) = (kind, &inner.watched) {
+            let group = tree.split_once('/').and_then(|(g, _)| g.parse().ok()).expect("g/meta");
+            let value = batch[0].1.as_ref().expect("a vote is written, never removed");
+            invariants.vote_saved(*node, group, codec::decode(value).expect("a vote decodes"));
+        }
+        if kind.is_some() && inner.crash_after.as_ref().map(|(k, _)| Some(*k)) == Some(kind) {
+            let (_, notify) = inner.crash_after.take().expect("checked");
+            inner.crashed = true;
+            notify.notify_one();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -173,11 +268,14 @@ impl KvTree for MemTree {
     }
 
     async fn write(&self, batch: KvBatch, durability: Durability) -> Result<(), Crashed> {
-        let write = batch.into_iter().map(|(key, value)| (self.name.clone(), key, value)).collect();
-        self.store.write(write)?;
-        match durability {
-            Durability::Volatile => Ok(()),
-            Durability::Durable => self.store.sync().await,
+        let kind = WriteKind::of(&self.name, &batch);
+        let write =
+            batch.iter().map(|(key, value)| (self.name.clone(), key.clone(), value.clone()));
+        self.store.write(write.collect())?;
+        if durability == Durability::Durable {
+            self.store.sync().await?;
         }
+        self.store.returned(&self.name, kind, &batch);
+        Ok(())
     }
 }
