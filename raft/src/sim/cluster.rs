@@ -3,7 +3,7 @@
 
 use super::invariants::Invariants;
 use super::network::{Net, SimNetwork};
-use super::storage::{Disk, MemStore, WriteKind};
+use super::storage::{Disk, DiskFaults, MemStore, WriteKind};
 use super::trace::Trace;
 use crate::error::LedgerError;
 use crate::group::{Clock, Group};
@@ -40,6 +40,8 @@ pub struct Shape {
     pub snapshot_chunk_bytes: u64,
     /// How far each node's clock is off the simulated time, at most.
     pub clock_skew_max_ms: u64,
+    /// Faults no correct store survives; none unless a test asks.
+    pub disk_faults: DiskFaults,
 }
 
 impl Shape {
@@ -52,6 +54,7 @@ impl Shape {
             entries_kept_after_snapshot: 5,
             snapshot_chunk_bytes: 4096,
             clock_skew_max_ms: 0,
+            disk_faults: DiskFaults::default(),
         }
     }
 
@@ -65,6 +68,7 @@ impl Shape {
             // Up to beyond the longest hold of the request path: a new leader whose
             // clock runs ahead expires holds early, one that lags cannot move time back.
             clock_skew_max_ms: rng.gen_range(0..=4_000),
+            disk_faults: DiskFaults::default(),
         }
     }
 }
@@ -168,6 +172,14 @@ impl Cluster {
         self.trace.event(self.now_ms(), format!("step node {id}'s clock by {step_ms} ms"));
     }
 
+    /// Makes node `id`'s disk slow (every sync up to `sync_max`), or normal with `None`,
+    /// until it restarts.
+    pub fn set_slow_disk(&self, id: NodeId, sync_max: Option<Duration>) {
+        let Some(running) = self.running(id) else { return };
+        running.store.set_slow(sync_max);
+        self.trace.event(self.now_ms(), format!("node {id}'s disk syncs in up to {sync_max:?}"));
+    }
+
     /// Node `id`'s replica of `group`'s counters, if that node is up.
     pub fn stats(&self, id: NodeId, group: u32) -> Option<NodeStats> {
         self.running(id).map(|r| r.groups[group as usize].stats())
@@ -269,7 +281,8 @@ impl Cluster {
         };
         self.invariants.restarting(id, self.shape.n_groups, &disk);
         let store = MemStore::new(disk, StdRng::seed_from_u64(rng.gen()))
-            .watched(id, Arc::clone(&self.invariants));
+            .watched(id, Arc::clone(&self.invariants))
+            .with_faults(self.shape.disk_faults);
         let config = Arc::new(self.raft_config(&mut rng));
         let skew_max_ms = self.shape.clock_skew_max_ms as i64;
         let skew_ms = rng.gen_range(-skew_max_ms..=skew_max_ms);

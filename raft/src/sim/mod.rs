@@ -366,6 +366,7 @@ fn an_acknowledged_top_up_survives_a_power_loss_of_the_whole_cluster() {
             entries_kept_after_snapshot: 1,
             snapshot_chunk_bytes: 4096,
             clock_skew_max_ms: 0,
+            disk_faults: storage::DiskFaults::default(),
         };
         let trace = Arc::new(Trace::new(false));
         let cluster = Cluster::start(shape, StdRng::seed_from_u64(rng.gen()), trace).await;

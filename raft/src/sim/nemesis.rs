@@ -1,6 +1,6 @@
 //! The nemesis: a seeded schedule of faults run against the cluster while the clients
 //! work. Partitions (random halves, one isolated node, one-way cuts), network weather
-//! (loss, duplication, delay and delay spikes), and node crashes and restarts, the
+//! (loss, duplication, delay and delay spikes), slow disks, and node crashes and restarts, the
 //! current leader a favourite target, crashes right after a named write (a vote, an
 //! append, the committed index, a purge, a snapshot), crashes in the middle of an election, ledger
 //! outages longer than a hold lives, and wall clocks stepped forward or back.
@@ -24,6 +24,10 @@ const FAULT_PAUSE_MAX: Duration = Duration::from_millis(600);
 const OUTAGE_MIN: Duration = Duration::from_millis(3_500);
 const OUTAGE_MAX: Duration = Duration::from_millis(6_000);
 const _: () = assert!(OUTAGE_MIN.as_millis() > super::workload::REQUEST_TTL_MS_MAX as u128);
+/// A slow disk's syncs take up to this long, drawn from this range: from a busy device
+/// to one stalling beyond an election timeout.
+const SLOW_SYNC_MS_MIN: u64 = 50;
+const SLOW_SYNC_MS_MAX: u64 = 800;
 /// How long a crash waits for the write it is to strike right after.
 const NAMED_WRITE_WAIT_MAX: Duration = Duration::from_millis(1_000);
 /// Largest wall clock step, either way: an hour, a VM resumed or a time zone mistaken.
@@ -48,10 +52,14 @@ impl Nemesis {
         }
     }
 
-    /// Ends every fault: links heal, the weather calms, crashed nodes restart.
+    /// Ends every fault: links heal, the weather calms, disks speed up, crashed nodes
+    /// restart.
     pub async fn heal(cluster: &Cluster) {
         cluster.net.heal();
         cluster.net.set_weather(Weather::CALM);
+        for id in cluster.node_ids() {
+            cluster.set_slow_disk(id, None);
+        }
         for id in cluster.down_ids() {
             cluster.restart(id).await;
         }
@@ -76,7 +84,14 @@ impl Nemesis {
                 self.cluster.net.heal();
                 self.note("heal partitions".to_owned());
             }
-            45..=64 => self.change_weather(),
+            45..=58 => self.change_weather(),
+            59..=64 => {
+                let victim = *ids.choose(&mut self.rng).expect("nodes");
+                let slow = self.rng.gen_bool(0.7).then(|| {
+                    Duration::from_millis(self.rng.gen_range(SLOW_SYNC_MS_MIN..=SLOW_SYNC_MS_MAX))
+                });
+                self.cluster.set_slow_disk(victim, slow);
+            }
             65..=72 if n_down < n_down_max => {
                 let victim = self.leader_or_random(&ids);
                 self.cluster.crash(victim).await;

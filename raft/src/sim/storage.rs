@@ -4,9 +4,12 @@
 //!
 //! The model: writes (one atomic batch each) go to a journal in order. A durable write
 //! makes itself and every write issued before it durable, after a seeded delay that stands
-//! for the disk's `fdatasync`. A crash is a power loss: it keeps the durable state and
-//! nothing else (redb keeps a volatile commit only in memory, and a power loss takes the
-//! page cache and the disk's write cache with it).
+//! for the disk's `fdatasync` (longer while the nemesis makes the disk slow). A crash is a
+//! power loss: it keeps the durable state and a random prefix of the writes after it (the
+//! `KvTree` contract: writes are atomic and ordered, so what reached the platter before
+//! the power went is some prefix; redb rolls back a torn transaction). Opt-in
+//! ([`DiskFaults`]): syncs that lie, acknowledged without landing, as sled's
+//! `sync_file_range` could; redb's `fsync` is honest, so no run of the seeds enables it.
 
 use super::invariants::Invariants;
 use crate::codec;
@@ -26,6 +29,14 @@ use tokio::sync::Notify;
 const FLUSH_SLOW: Duration = Duration::from_millis(20);
 const FLUSH_FAST_MAX: Duration = Duration::from_millis(2);
 const FLUSH_SLOW_ONE_IN: u32 = 20;
+
+/// Faults of the disk that a correct store cannot survive, enabled only to show that the
+/// checks catch them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskFaults {
+    /// One sync in this many is acknowledged without making anything durable (0: never).
+    pub lying_sync_one_in: u32,
+}
 
 /// What a node's disk holds: tree name → key → value.
 pub type Disk = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
@@ -51,6 +62,9 @@ struct Inner {
     crashed: bool,
     /// Set once [`MemStore::crash`] has handed out the disk.
     taken: bool,
+    faults: DiskFaults,
+    /// While the disk is slow: how long a sync takes at most instead.
+    slow: Option<Duration>,
     /// The node this store belongs to and the run's invariants, told of each saved vote.
     watched: Option<(NodeId, Arc<Invariants>)>,
     /// The kind of write right after whose return the store crashes (see
@@ -110,10 +124,23 @@ impl MemStore {
             rng,
             crashed: false,
             taken: false,
+            faults: DiskFaults::default(),
+            slow: None,
             watched: None,
             crash_after: None,
         };
         MemStore { inner: Arc::new(Mutex::new(inner)) }
+    }
+
+    pub fn with_faults(self, faults: DiskFaults) -> MemStore {
+        self.lock().faults = faults;
+        self
+    }
+
+    /// Makes every sync take up to `sync_max` (a disk that stalls: a busy or failing
+    /// device, a full write cache), or, with `None`, the usual time again.
+    pub fn set_slow(&self, sync_max: Option<Duration>) {
+        self.lock().slow = sync_max;
     }
 
     /// Tells `invariants` of every vote node `node` saves in this store.
@@ -147,13 +174,19 @@ impl MemStore {
     }
 
     /// Crashes the node: from now on every call fails. Returns what the disk holds: the
-    /// durable state, without any write not yet synced.
+    /// durable state and a random prefix of the writes not yet synced.
     pub fn crash(&self) -> Disk {
         let mut inner = self.lock();
         assert!(!inner.taken, "a store crashes once");
         inner.crashed = true;
         inner.taken = true;
-        inner.durable.clone()
+        let n_journalled = inner.journal.len();
+        let n_kept = inner.rng.gen_range(0..=n_journalled);
+        let mut disk = inner.durable.clone();
+        for write in &inner.journal[..n_kept] {
+            apply(&mut disk, write);
+        }
+        disk
     }
 
     /// A write of `tree` returned to its writer: tells the invariants of a saved vote,
@@ -201,22 +234,29 @@ impl MemStore {
 
     /// Makes every write issued so far durable, after the disk's delay.
     async fn sync(&self) -> Result<(), Crashed> {
-        let (n_target, delay) = {
+        let (n_target, delay, lies) = {
             let mut inner = self.lock();
             if inner.crashed {
                 return Err(Crashed);
             }
-            let delay = if inner.rng.gen_ratio(1, FLUSH_SLOW_ONE_IN) {
-                FLUSH_SLOW
-            } else {
-                inner.rng.gen_range(Duration::ZERO..=FLUSH_FAST_MAX)
+            let slow = inner.slow;
+            let delay = match slow {
+                Some(slow) => inner.rng.gen_range(Duration::ZERO..=slow),
+                None if inner.rng.gen_ratio(1, FLUSH_SLOW_ONE_IN) => FLUSH_SLOW,
+                None => inner.rng.gen_range(Duration::ZERO..=FLUSH_FAST_MAX),
             };
-            (inner.n_durable + inner.journal.len() as u64, delay)
+            let one_in = inner.faults.lying_sync_one_in;
+            let lies = one_in > 0 && inner.rng.gen_ratio(1, one_in);
+            (inner.n_durable + inner.journal.len() as u64, delay, lies)
         };
         tokio::time::sleep(delay).await;
         let mut inner = self.lock();
         if inner.crashed {
             return Err(Crashed);
+        }
+        if lies {
+            // Acknowledged, and nothing landed: a later honest sync may still save it.
+            return Ok(());
         }
         // A later sync may have landed first; it covered these writes too.
         let n_new = n_target.saturating_sub(inner.n_durable) as usize;
