@@ -201,7 +201,13 @@ impl Cluster {
     ) -> Result<Outcome, SubmitError> {
         let running = self.running(id).ok_or(SubmitError::Down)?;
         let op = command.id;
-        let submitted = running.groups[group as usize].submit(command);
+        // A paused process takes the request, and answers, only once it resumes.
+        let submitted = async {
+            self.net.unpaused(&[id]).await;
+            let outcome = running.groups[group as usize].submit(command).await;
+            self.net.unpaused(&[id]).await;
+            outcome
+        };
         let result = tokio::time::timeout(deadline, submitted).await;
         if running.crashed.load(Ordering::Relaxed) {
             return Err(SubmitError::Down);

@@ -1,9 +1,10 @@
 //! The nemesis: a seeded schedule of faults run against the cluster while the clients
 //! work. Partitions (random halves, one isolated node, one-way cuts), network weather
-//! (loss, duplication, delay and delay spikes), slow disks, and node crashes and restarts, the
-//! current leader a favourite target, crashes right after a named write (a vote, an
-//! append, the committed index, a purge, a snapshot), crashes in the middle of an election, ledger
-//! outages longer than a hold lives, and wall clocks stepped forward or back.
+//! (loss, duplication, delay and delay spikes), slow disks, process pauses, and node
+//! crashes and restarts, the current leader a favourite target: crashes right after a
+//! named write (a vote, an append, the committed index, a purge, a snapshot), crashes in
+//! the middle of an election, ledger outages longer than a hold lives, and wall clocks
+//! stepped forward or back.
 
 use super::cluster::Cluster;
 use super::network::Weather;
@@ -28,6 +29,10 @@ const _: () = assert!(OUTAGE_MIN.as_millis() > super::workload::REQUEST_TTL_MS_M
 /// to one stalling beyond an election timeout.
 const SLOW_SYNC_MS_MIN: u64 = 50;
 const SLOW_SYNC_MS_MAX: u64 = 800;
+/// How long a process pause lasts, drawn from this range: from a GC stall to a VM frozen
+/// for several election timeouts (a paused leader resumes deposed, its messages stale).
+const PAUSE_MIN: Duration = Duration::from_millis(50);
+const PAUSE_MAX: Duration = Duration::from_millis(3_000);
 /// How long a crash waits for the write it is to strike right after.
 const NAMED_WRITE_WAIT_MAX: Duration = Duration::from_millis(1_000);
 /// Largest wall clock step, either way: an hour, a VM resumed or a time zone mistaken.
@@ -52,11 +57,12 @@ impl Nemesis {
         }
     }
 
-    /// Ends every fault: links heal, the weather calms, disks speed up, crashed nodes
-    /// restart.
+    /// Ends every fault: links heal, the weather calms, paused processes resume, disks
+    /// speed up, crashed nodes restart.
     pub async fn heal(cluster: &Cluster) {
         cluster.net.heal();
         cluster.net.set_weather(Weather::CALM);
+        cluster.net.resume_all();
         for id in cluster.node_ids() {
             cluster.set_slow_disk(id, None);
         }
@@ -107,6 +113,12 @@ impl Nemesis {
                 let victim = self.leader_or_random(&ids);
                 let step_ms = self.rng.gen_range(-CLOCK_STEP_MS_MAX..=CLOCK_STEP_MS_MAX);
                 self.cluster.step_clock(victim, step_ms);
+            }
+            93..=95 => {
+                let victim = self.leader_or_random(&ids);
+                let pause = self.rng.gen_range(PAUSE_MIN..=PAUSE_MAX);
+                self.cluster.net.pause(victim, pause);
+                self.note(format!("pause node {victim} for {pause:?}"));
             }
             _ => {
                 if let Some(id) = self.cluster.down_ids().choose(&mut self.rng).copied() {
