@@ -12,9 +12,10 @@
 //! let clients send random top-ups, key creations and revocations, reserves, settles and
 //! releases, and run the gateway's request path (reserve with a TTL, a delay, a settle of
 //! usage up to 3× the hold), while the nemesis partitions, degrades the network, crashes
-//! and restarts nodes, steps nodes' wall clocks forward and back by up to an hour, and
-//! now and then takes the ledger down for longer than holds live, and crashes nodes the
-//! instant a named write (a vote, an append, a purge, a snapshot...) returns; throughout,
+//! and restarts nodes (a crash keeps the synced writes and a random prefix of the rest),
+//! slows disks, pauses processes, steps nodes' wall clocks forward and back by up to an
+//! hour, now and then takes the ledger down for longer than holds live, and crashes nodes
+//! the instant a named write (a vote, an append, a purge, a snapshot...) returns; throughout,
 //! the `invariants` are checked as they could break (a recovered vote never below a
 //! saved one, the entry at an index never changes once applied anywhere, an acknowledged
 //! command's entry always on a majority's stable storage); heal everything; resend every
