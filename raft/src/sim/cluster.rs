@@ -227,9 +227,9 @@ impl Cluster {
     pub async fn crash_after_write(&self, id: NodeId, kind: WriteKind, within: Duration) -> bool {
         let Some(running) = self.running(id) else { return false };
         let written = running.store.crash_after(kind);
-        let struck = tokio::time::timeout(within, written.notified()).await.is_ok();
-        if !struck {
-            running.store.crash_after_nothing();
+        let notified = tokio::time::timeout(within, written.notified()).await.is_ok();
+        // A store that struck as the wait ran out must crash too, or it lingers dead.
+        if !notified && !running.store.crash_after_nothing() {
             return false;
         }
         self.trace.event(self.now_ms(), format!("node {id} crashes right after a {kind:?} write"));

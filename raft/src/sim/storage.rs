@@ -159,9 +159,10 @@ impl MemStore {
         notify
     }
 
-    /// Cancels a [`MemStore::crash_after`] that has not struck.
-    pub fn crash_after_nothing(&self) {
-        self.lock().crash_after = None;
+    /// Cancels a [`MemStore::crash_after`]; says whether it had struck already (in the
+    /// same instant as its waiter gave up).
+    pub fn crash_after_nothing(&self) -> bool {
+        self.lock().crash_after.take().is_none()
     }
 
     /// What stable storage holds now.
