@@ -62,6 +62,9 @@ struct Inner {
     crashed: bool,
     /// Set once [`MemStore::crash`] has handed out the disk.
     taken: bool,
+    /// Set when a crash strikes right after a named write: then no unsynced write
+    /// survives it (the harshest power loss, so a write wrongly left unsynced is lost).
+    lose_unsynced: bool,
     faults: DiskFaults,
     /// While the disk is slow: how long a sync takes at most instead.
     slow: Option<Duration>,
@@ -124,6 +127,7 @@ impl MemStore {
             rng,
             crashed: false,
             taken: false,
+            lose_unsynced: false,
             faults: DiskFaults::default(),
             slow: None,
             watched: None,
@@ -150,9 +154,9 @@ impl MemStore {
     }
 
     /// Crashes the store right after the next write of `kind` returns to its writer (as a
-    /// power loss the instant `fdatasync` returned would), and notifies the returned
-    /// [`Notify`]; the node's tasks live on until [`MemStore::crash`], failing at their
-    /// next store call. Replaces any earlier request.
+    /// power loss the instant `fdatasync` returned would: every unsynced write is lost),
+    /// and notifies the returned [`Notify`]; the node's tasks live on until
+    /// [`MemStore::crash`], failing at their next store call. Replaces any earlier request.
     pub fn crash_after(&self, kind: WriteKind) -> Arc<Notify> {
         let notify = Arc::new(Notify::new());
         self.lock().crash_after = Some((kind, Arc::clone(&notify)));
@@ -182,7 +186,7 @@ impl MemStore {
         inner.crashed = true;
         inner.taken = true;
         let n_journalled = inner.journal.len();
-        let n_kept = inner.rng.gen_range(0..=n_journalled);
+        let n_kept = if inner.lose_unsynced { 0 } else { inner.rng.gen_range(0..=n_journalled) };
         let mut disk = inner.durable.clone();
         for write in &inner.journal[..n_kept] {
             apply(&mut disk, write);
@@ -202,6 +206,7 @@ impl MemStore {
         if kind.is_some() && inner.crash_after.as_ref().map(|(k, _)| Some(*k)) == Some(kind) {
             let (_, notify) = inner.crash_after.take().expect("checked");
             inner.crashed = true;
+            inner.lose_unsynced = true;
             notify.notify_one();
         }
     }
