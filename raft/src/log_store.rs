@@ -27,7 +27,7 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use tokio::sync::watch;
 
-const KEY_VOTE: &[u8] = b"vote";
+pub(crate) const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"last_purged";
 

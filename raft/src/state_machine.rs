@@ -68,6 +68,17 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// Test-only: sees each entry as it is applied (the simulation's invariant checks).
+#[cfg(test)]
+pub(crate) type ApplyObserver = Arc<dyn Fn(&Entry) + Send + Sync>;
+
+/// Test-only: the index a stored snapshot (as `save_snapshot` wrote it) covers.
+#[cfg(test)]
+pub(crate) fn stored_snapshot_index(bytes: &[u8]) -> Option<u64> {
+    let stored: StoredSnapshot = codec::decode(bytes).ok()?;
+    stored.meta.last_log_id.map(|id| id.index)
+}
+
 #[derive(Clone)]
 pub struct StateMachine<K: KvTree = RedbTree> {
     state: Arc<SharedState>,
@@ -80,6 +91,8 @@ pub struct StateMachine<K: KvTree = RedbTree> {
     /// This state machine's group, named when it asks for its history to be filled in.
     group: u32,
     history: History,
+    #[cfg(test)]
+    observer: Option<ApplyObserver>,
 }
 
 impl StateMachine {
@@ -114,7 +127,16 @@ impl<K: KvTree> StateMachine<K> {
             saving: Arc::new(Mutex::new(())),
             group,
             history,
+            #[cfg(test)]
+            observer: None,
         })
+    }
+
+    /// Test-only: calls `observer` with each entry before it is applied.
+    #[cfg(test)]
+    pub(crate) fn observe_applies(mut self, observer: ApplyObserver) -> StateMachine<K> {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn shared(&self) -> Arc<SharedState> {
@@ -217,6 +239,10 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
                 "entries must be applied once, in log order"
             );
             applied.last_applied = Some(entry.log_id);
+            #[cfg(test)]
+            if let Some(observe) = &self.observer {
+                observe(&entry);
+            }
             let outcomes = match entry.payload {
                 EntryPayload::Blank => Vec::new(),
                 EntryPayload::Normal(batch) => {

@@ -1,8 +1,9 @@
 //! The simulated cluster: nodes that each host a replica of every group over a
 //! [`MemStore`], crashed and restarted at will, behind the simulated [`Net`].
 
+use super::invariants::Invariants;
 use super::network::{Net, SimNetwork};
-use super::storage::{Disk, MemStore};
+use super::storage::{Disk, DiskFaults, MemStore, WriteKind};
 use super::trace::Trace;
 use crate::error::LedgerError;
 use crate::group::{Clock, Group};
@@ -39,6 +40,8 @@ pub struct Shape {
     pub snapshot_chunk_bytes: u64,
     /// How far each node's clock is off the simulated time, at most.
     pub clock_skew_max_ms: u64,
+    /// Faults no correct store survives; none unless a test asks.
+    pub disk_faults: DiskFaults,
 }
 
 impl Shape {
@@ -51,6 +54,7 @@ impl Shape {
             entries_kept_after_snapshot: 5,
             snapshot_chunk_bytes: 4096,
             clock_skew_max_ms: 0,
+            disk_faults: DiskFaults::default(),
         }
     }
 
@@ -64,6 +68,7 @@ impl Shape {
             // Up to beyond the longest hold of the request path: a new leader whose
             // clock runs ahead expires holds early, one that lags cannot move time back.
             clock_skew_max_ms: rng.gen_range(0..=4_000),
+            disk_faults: DiskFaults::default(),
         }
     }
 }
@@ -82,6 +87,7 @@ pub struct Cluster {
     pub shape: Shape,
     pub net: Arc<Net>,
     pub trace: Arc<Trace>,
+    pub invariants: Arc<Invariants>,
     origin: tokio::time::Instant,
     state: Mutex<ClusterState>,
 }
@@ -116,7 +122,9 @@ impl Cluster {
         let clock_steps = (1..=shape.n_nodes).map(|id| (id, Arc::default())).collect();
         let state = ClusterState { rng, nodes, clock_steps, n_incarnations: 0, n_crashes: 0 };
         let origin = tokio::time::Instant::now();
-        let cluster = Arc::new(Cluster { shape, net, trace, origin, state: Mutex::new(state) });
+        let invariants = Arc::default();
+        let state = Mutex::new(state);
+        let cluster = Arc::new(Cluster { shape, net, trace, invariants, origin, state });
         for id in 1..=cluster.shape.n_nodes {
             cluster.restart(id).await;
         }
@@ -164,6 +172,14 @@ impl Cluster {
         self.trace.event(self.now_ms(), format!("step node {id}'s clock by {step_ms} ms"));
     }
 
+    /// Makes node `id`'s disk slow (every sync up to `sync_max`), or normal with `None`,
+    /// until it restarts.
+    pub fn set_slow_disk(&self, id: NodeId, sync_max: Option<Duration>) {
+        let Some(running) = self.running(id) else { return };
+        running.store.set_slow(sync_max);
+        self.trace.event(self.now_ms(), format!("node {id}'s disk syncs in up to {sync_max:?}"));
+    }
+
     /// Node `id`'s replica of `group`'s counters, if that node is up.
     pub fn stats(&self, id: NodeId, group: u32) -> Option<NodeStats> {
         self.running(id).map(|r| r.groups[group as usize].stats())
@@ -184,7 +200,14 @@ impl Cluster {
         deadline: Duration,
     ) -> Result<Outcome, SubmitError> {
         let running = self.running(id).ok_or(SubmitError::Down)?;
-        let submitted = running.groups[group as usize].submit(command);
+        let op = command.id;
+        // A paused process takes the request, and answers, only once it resumes.
+        let submitted = async {
+            self.net.unpaused(&[id]).await;
+            let outcome = running.groups[group as usize].submit(command).await;
+            self.net.unpaused(&[id]).await;
+            outcome
+        };
         let result = tokio::time::timeout(deadline, submitted).await;
         if running.crashed.load(Ordering::Relaxed) {
             return Err(SubmitError::Down);
@@ -192,8 +215,29 @@ impl Cluster {
         match result {
             Err(_elapsed) => Err(SubmitError::Timeout),
             Ok(Err(e)) => Err(SubmitError::Ledger(e)),
-            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Ok(outcome)) => {
+                self.invariants.acknowledged(group, op);
+                Ok(outcome)
+            }
         }
+    }
+
+    /// Crashes node `id` right after its next write of `kind` returns, if one comes within
+    /// `within`; says whether it did.
+    pub async fn crash_after_write(&self, id: NodeId, kind: WriteKind, within: Duration) -> bool {
+        let Some(running) = self.running(id) else { return false };
+        let written = running.store.crash_after(kind);
+        let notified = tokio::time::timeout(within, written.notified()).await.is_ok();
+        // A store that struck as the wait ran out must crash too, or it lingers dead.
+        if !notified && !running.store.crash_after_nothing() {
+            return false;
+        }
+        self.trace.event(self.now_ms(), format!("node {id} crashes right after a {kind:?} write"));
+        // Unless it crashed and restarted meanwhile: then that incarnation is gone already.
+        if self.running(id).is_some_and(|now| Arc::ptr_eq(&now, &running)) {
+            self.crash(id).await;
+        }
+        true
     }
 
     /// Crashes node `id` if it is up: its store keeps what a real disk would (see
@@ -210,6 +254,15 @@ impl Cluster {
             let disk = running.store.crash();
             state.nodes.insert(id, Slot::Down(disk));
             state.n_crashes += 1;
+            let disks = state
+                .nodes
+                .iter()
+                .map(|(id, slot)| match slot {
+                    Slot::Up(running) => (*id, running.store.durable()),
+                    Slot::Down(disk) => (*id, disk.clone()),
+                })
+                .collect();
+            self.invariants.check_durable(&disks);
             running
         };
         self.trace.event(self.now_ms(), format!("crash node {id}"));
@@ -232,7 +285,10 @@ impl Cluster {
             let rng = StdRng::seed_from_u64(state.rng.gen());
             (disk, state.n_incarnations, rng, Arc::clone(&state.clock_steps[&id]))
         };
-        let store = MemStore::new(disk, StdRng::seed_from_u64(rng.gen()));
+        self.invariants.restarting(id, self.shape.n_groups, &disk);
+        let store = MemStore::new(disk, StdRng::seed_from_u64(rng.gen()))
+            .watched(id, Arc::clone(&self.invariants))
+            .with_faults(self.shape.disk_faults);
         let config = Arc::new(self.raft_config(&mut rng));
         let skew_max_ms = self.shape.clock_skew_max_ms as i64;
         let skew_ms = rng.gen_range(-skew_max_ms..=skew_max_ms);
@@ -246,8 +302,12 @@ impl Cluster {
         let mut groups = Vec::new();
         for group_idx in 0..self.shape.n_groups {
             let snapshots = store.tree(&format!("{group_idx}/snapshot"));
+            let invariants = Arc::clone(&self.invariants);
             let machine = StateMachine::restore(snapshots, group_idx, history.clone())
-                .expect("a snapshot it wrote decodes");
+                .expect("a snapshot it wrote decodes")
+                .observe_applies(Arc::new(move |entry| {
+                    invariants.entry_applied(id, group_idx, entry);
+                }));
             let log = LogStore::new(
                 store.tree(&format!("{group_idx}/log")),
                 store.tree(&format!("{group_idx}/meta")),

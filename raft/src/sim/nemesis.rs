@@ -1,11 +1,14 @@
 //! The nemesis: a seeded schedule of faults run against the cluster while the clients
 //! work. Partitions (random halves, one isolated node, one-way cuts), network weather
-//! (loss, duplication, delay and delay spikes), and node crashes and restarts, the
-//! current leader a favourite target, crashes in the middle of an election, ledger
-//! outages longer than a hold lives, and wall clocks stepped forward or back.
+//! (loss, duplication, delay and delay spikes), slow disks, process pauses, and node
+//! crashes and restarts, the current leader a favourite target: crashes right after a
+//! named write (a vote, an append, the committed index, a purge, a snapshot), crashes in
+//! the middle of an election, ledger outages longer than a hold lives, and wall clocks
+//! stepped forward or back.
 
 use super::cluster::Cluster;
 use super::network::Weather;
+use super::storage::WriteKind;
 use crate::types::NodeId;
 use crate::{ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN};
 use rand::rngs::StdRng;
@@ -22,6 +25,16 @@ const FAULT_PAUSE_MAX: Duration = Duration::from_millis(600);
 const OUTAGE_MIN: Duration = Duration::from_millis(3_500);
 const OUTAGE_MAX: Duration = Duration::from_millis(6_000);
 const _: () = assert!(OUTAGE_MIN.as_millis() > super::workload::REQUEST_TTL_MS_MAX as u128);
+/// A slow disk's syncs take up to this long, drawn from this range: from a busy device
+/// to one stalling beyond an election timeout.
+const SLOW_SYNC_MS_MIN: u64 = 50;
+const SLOW_SYNC_MS_MAX: u64 = 800;
+/// How long a process pause lasts, drawn from this range: from a GC stall to a VM frozen
+/// for several election timeouts (a paused leader resumes deposed, its messages stale).
+const PAUSE_MIN: Duration = Duration::from_millis(50);
+const PAUSE_MAX: Duration = Duration::from_millis(3_000);
+/// How long a crash waits for the write it is to strike right after.
+const NAMED_WRITE_WAIT_MAX: Duration = Duration::from_millis(1_000);
 /// Largest wall clock step, either way: an hour, a VM resumed or a time zone mistaken.
 const CLOCK_STEP_MS_MAX: i64 = 3_600_000;
 
@@ -44,10 +57,15 @@ impl Nemesis {
         }
     }
 
-    /// Ends every fault: links heal, the weather calms, crashed nodes restart.
+    /// Ends every fault: links heal, the weather calms, paused processes resume, disks
+    /// speed up, crashed nodes restart.
     pub async fn heal(cluster: &Cluster) {
         cluster.net.heal();
         cluster.net.set_weather(Weather::CALM);
+        cluster.net.resume_all();
+        for id in cluster.node_ids() {
+            cluster.set_slow_disk(id, None);
+        }
         for id in cluster.down_ids() {
             cluster.restart(id).await;
         }
@@ -72,10 +90,22 @@ impl Nemesis {
                 self.cluster.net.heal();
                 self.note("heal partitions".to_owned());
             }
-            45..=64 => self.change_weather(),
-            65..=77 if n_down < n_down_max => {
+            45..=58 => self.change_weather(),
+            59..=64 => {
+                let victim = *ids.choose(&mut self.rng).expect("nodes");
+                let slow = self.rng.gen_bool(0.7).then(|| {
+                    Duration::from_millis(self.rng.gen_range(SLOW_SYNC_MS_MIN..=SLOW_SYNC_MS_MAX))
+                });
+                self.cluster.set_slow_disk(victim, slow);
+            }
+            65..=72 if n_down < n_down_max => {
                 let victim = self.leader_or_random(&ids);
                 self.cluster.crash(victim).await;
+            }
+            73..=77 if n_down < n_down_max => {
+                let victim = self.leader_or_random(&ids);
+                let kind = *WriteKind::ALL.choose(&mut self.rng).expect("kinds");
+                self.cluster.crash_after_write(victim, kind, NAMED_WRITE_WAIT_MAX).await;
             }
             78..=84 if n_down < n_down_max => self.crash_mid_election(&ids).await,
             85..=88 => self.outage(&ids).await,
@@ -83,6 +113,12 @@ impl Nemesis {
                 let victim = self.leader_or_random(&ids);
                 let step_ms = self.rng.gen_range(-CLOCK_STEP_MS_MAX..=CLOCK_STEP_MS_MAX);
                 self.cluster.step_clock(victim, step_ms);
+            }
+            93..=95 => {
+                let victim = self.leader_or_random(&ids);
+                let pause = self.rng.gen_range(PAUSE_MIN..=PAUSE_MAX);
+                self.cluster.net.pause(victim, pause);
+                self.note(format!("pause node {victim} for {pause:?}"));
             }
             _ => {
                 if let Some(id) = self.cluster.down_ids().choose(&mut self.rng).copied() {
@@ -107,12 +143,19 @@ impl Nemesis {
     }
 
     /// Isolates a leader, then crashes a node while the others elect a new one: a vote
-    /// granted but not yet followed by a flush is what a crash must not lose.
+    /// granted but not yet followed by a flush is what a crash must not lose. Half the
+    /// time the victim crashes the instant its next vote is saved.
     async fn crash_mid_election(&mut self, ids: &[NodeId]) {
         let observer = *ids.choose(&mut self.rng).expect("nodes");
         let group = self.rng.gen_range(0..self.cluster.shape.n_groups);
         let Some(leader) = self.cluster.leader_seen_by(observer, group) else { return };
         self.isolate(leader, ids);
+        if self.rng.gen_bool(0.5) {
+            let victim = *ids.choose(&mut self.rng).expect("nodes");
+            let wait = ELECTION_TIMEOUT_MAX * 4;
+            self.cluster.crash_after_write(victim, WriteKind::Vote, wait).await;
+            return;
+        }
         let pause = self.rng.gen_range(ELECTION_TIMEOUT_MIN..=ELECTION_TIMEOUT_MAX * 2);
         tokio::time::sleep(pause).await;
         let victim = *ids.choose(&mut self.rng).expect("nodes");

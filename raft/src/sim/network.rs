@@ -78,6 +78,9 @@ struct NetState {
     /// Per directed link: messages sent so far, and the highest sequence number arrived.
     n_sent_on: BTreeMap<(NodeId, NodeId), u64>,
     arrived_max_on: BTreeMap<(NodeId, NodeId), u64>,
+    /// Nodes whose process is paused (a stop-the-world stall, a VM frozen), and until when:
+    /// what they send and what is sent to them waits until then.
+    paused_until: BTreeMap<NodeId, tokio::time::Instant>,
     counters: NetCounters,
 }
 
@@ -97,6 +100,7 @@ impl Net {
             cut: BTreeSet::new(),
             n_sent_on: BTreeMap::new(),
             arrived_max_on: BTreeMap::new(),
+            paused_until: BTreeMap::new(),
             counters: NetCounters::default(),
         };
         Arc::new(Net { state: Mutex::new(state) })
@@ -124,6 +128,37 @@ impl Net {
 
     pub fn heal(&self) {
         self.lock().cut.clear();
+    }
+
+    /// Pauses node `node`'s process for `duration`: it neither hears nor is heard until
+    /// then, and then everything held arrives at once (its timers, which the simulation
+    /// cannot stop, fire meanwhile but their messages wait too).
+    pub fn pause(&self, node: NodeId, duration: Duration) {
+        let until = tokio::time::Instant::now() + duration;
+        let mut state = self.lock();
+        let paused = state.paused_until.entry(node).or_insert(until);
+        *paused = (*paused).max(until);
+    }
+
+    /// Ends every pause.
+    pub fn resume_all(&self) {
+        self.lock().paused_until.clear();
+    }
+
+    /// Waits until none of `nodes` is paused.
+    pub async fn unpaused(&self, nodes: &[NodeId]) {
+        loop {
+            let until = {
+                let state = self.lock();
+                nodes.iter().filter_map(|node| state.paused_until.get(node)).max().copied()
+            };
+            match until {
+                Some(until) if until > tokio::time::Instant::now() => {
+                    tokio::time::sleep_until(until).await;
+                }
+                _ => return,
+            }
+        }
     }
 
     pub fn counters(&self) -> NetCounters {
@@ -304,6 +339,7 @@ struct Delivery {
 impl Delivery {
     async fn run(self, delay: Duration) {
         tokio::time::sleep(delay).await;
+        self.net.unpaused(&[self.source, self.target]).await;
         let arrived = self.net.arrive(self.source, self.target, self.seq, self.group);
         let Some((incarnation, raft)) = arrived else {
             return;
@@ -318,6 +354,7 @@ impl Delivery {
         let (seq, delays) = self.net.plan((self.target, incarnation), self.source);
         let Some(delay) = delays.first().copied() else { return };
         tokio::time::sleep(delay).await;
+        self.net.unpaused(&[self.source, self.target]).await;
         if self.net.arrive(self.target, self.source, seq, self.group).is_some() {
             // The caller may have timed out and gone; then the reply is lost.
             let _ = reply_tx.send(reply);

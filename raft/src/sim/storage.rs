@@ -4,23 +4,39 @@
 //!
 //! The model: writes (one atomic batch each) go to a journal in order. A durable write
 //! makes itself and every write issued before it durable, after a seeded delay that stands
-//! for the disk's `fdatasync`. A crash is a power loss: it keeps the durable state and
-//! nothing else (redb keeps a volatile commit only in memory, and a power loss takes the
-//! page cache and the disk's write cache with it).
+//! for the disk's `fdatasync` (longer while the nemesis makes the disk slow). A crash is a
+//! power loss: it keeps the durable state and a random prefix of the writes after it (the
+//! `KvTree` contract: writes are atomic and ordered, so what reached the platter before
+//! the power went is some prefix; redb rolls back a torn transaction). Opt-in
+//! ([`DiskFaults`]): syncs that lie, acknowledged without landing, as sled's
+//! `sync_file_range` could; redb's `fsync` is honest, so no run of the seeds enables it.
 
+use super::invariants::Invariants;
+use crate::codec;
 use crate::kv::{Durability, KvBatch, KvTree};
+use crate::log_store::KEY_VOTE;
+use crate::types::NodeId;
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Longest a sync takes; one in [`FLUSH_SLOW_ONE_IN`] is that slow, the others take at
 /// most [`FLUSH_FAST_MAX`]. A slow sync widens the window in which a crash loses writes.
 const FLUSH_SLOW: Duration = Duration::from_millis(20);
 const FLUSH_FAST_MAX: Duration = Duration::from_millis(2);
 const FLUSH_SLOW_ONE_IN: u32 = 20;
+
+/// Faults of the disk that a correct store cannot survive, enabled only to show that the
+/// checks catch them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskFaults {
+    /// One sync in this many is acknowledged without making anything durable (0: never).
+    pub lying_sync_one_in: u32,
+}
 
 /// What a node's disk holds: tree name → key → value.
 pub type Disk = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
@@ -44,6 +60,56 @@ struct Inner {
     rng: StdRng,
     /// Set by a crash: the process is gone, so later calls fail and syncs never land.
     crashed: bool,
+    /// Set once [`MemStore::crash`] has handed out the disk.
+    taken: bool,
+    /// Set when a crash strikes right after a named write: then no unsynced write
+    /// survives it (the harshest power loss, so a write wrongly left unsynced is lost).
+    lose_unsynced: bool,
+    faults: DiskFaults,
+    /// While the disk is slow: how long a sync takes at most instead.
+    slow: Option<Duration>,
+    /// The node this store belongs to and the run's invariants, told of each saved vote.
+    watched: Option<(NodeId, Arc<Invariants>)>,
+    /// The kind of write right after whose return the store crashes (see
+    /// [`MemStore::crash_after`]), and who waits for it.
+    crash_after: Option<(WriteKind, Arc<Notify>)>,
+}
+
+/// The writes the stores make, told apart by tree and key, so a crash can strike right
+/// after a named one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    Vote,
+    Committed,
+    PurgePoint,
+    Append,
+    /// A truncation or a purge removing entries.
+    LogRemoval,
+    Snapshot,
+}
+
+impl WriteKind {
+    pub const ALL: [WriteKind; 6] = [
+        WriteKind::Vote,
+        WriteKind::Committed,
+        WriteKind::PurgePoint,
+        WriteKind::Append,
+        WriteKind::LogRemoval,
+        WriteKind::Snapshot,
+    ];
+
+    fn of(tree: &str, batch: &KvBatch) -> Option<WriteKind> {
+        let (_, kind) = tree.split_once('/')?;
+        let (key, value) = batch.first()?;
+        Some(match (kind, key.as_slice(), value) {
+            ("meta", KEY_VOTE, _) => WriteKind::Vote,
+            ("meta", b"committed", _) => WriteKind::Committed,
+            ("meta", _, _) => WriteKind::PurgePoint,
+            ("log", _, Some(_)) => WriteKind::Append,
+            ("log", _, None) => WriteKind::LogRemoval,
+            _ => WriteKind::Snapshot,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +126,52 @@ impl MemStore {
             n_durable: 0,
             rng,
             crashed: false,
+            taken: false,
+            lose_unsynced: false,
+            faults: DiskFaults::default(),
+            slow: None,
+            watched: None,
+            crash_after: None,
         };
         MemStore { inner: Arc::new(Mutex::new(inner)) }
+    }
+
+    pub fn with_faults(self, faults: DiskFaults) -> MemStore {
+        self.lock().faults = faults;
+        self
+    }
+
+    /// Makes every sync take up to `sync_max` (a disk that stalls: a busy or failing
+    /// device, a full write cache), or, with `None`, the usual time again.
+    pub fn set_slow(&self, sync_max: Option<Duration>) {
+        self.lock().slow = sync_max;
+    }
+
+    /// Tells `invariants` of every vote node `node` saves in this store.
+    pub fn watched(self, node: NodeId, invariants: Arc<Invariants>) -> MemStore {
+        self.lock().watched = Some((node, invariants));
+        self
+    }
+
+    /// Crashes the store right after the next write of `kind` returns to its writer (as a
+    /// power loss the instant `fdatasync` returned would: every unsynced write is lost),
+    /// and notifies the returned [`Notify`]; the node's tasks live on until
+    /// [`MemStore::crash`], failing at their next store call. Replaces any earlier request.
+    pub fn crash_after(&self, kind: WriteKind) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        self.lock().crash_after = Some((kind, Arc::clone(&notify)));
+        notify
+    }
+
+    /// Cancels a [`MemStore::crash_after`]; says whether it had struck already (in the
+    /// same instant as its waiter gave up).
+    pub fn crash_after_nothing(&self) -> bool {
+        self.lock().crash_after.take().is_none()
+    }
+
+    /// What stable storage holds now.
+    pub fn durable(&self) -> Disk {
+        self.lock().durable.clone()
     }
 
     pub fn tree(&self, name: &str) -> MemTree {
@@ -69,12 +179,36 @@ impl MemStore {
     }
 
     /// Crashes the node: from now on every call fails. Returns what the disk holds: the
-    /// durable state, without any write not yet synced.
+    /// durable state and a random prefix of the writes not yet synced.
     pub fn crash(&self) -> Disk {
         let mut inner = self.lock();
-        assert!(!inner.crashed, "a store crashes once");
+        assert!(!inner.taken, "a store crashes once");
         inner.crashed = true;
-        inner.durable.clone()
+        inner.taken = true;
+        let n_journalled = inner.journal.len();
+        let n_kept = if inner.lose_unsynced { 0 } else { inner.rng.gen_range(0..=n_journalled) };
+        let mut disk = inner.durable.clone();
+        for write in &inner.journal[..n_kept] {
+            apply(&mut disk, write);
+        }
+        disk
+    }
+
+    /// A write of `tree` returned to its writer: tells the invariants of a saved vote,
+    /// and crashes if a crash waits for this kind of write.
+    fn returned(&self, tree: &str, kind: Option<WriteKind>, batch: &KvBatch) {
+        let mut inner = self.lock();
+        if let (Some(WriteKind::Vote), Some((node, invariants))) = (kind, &inner.watched) {
+            let group = tree.split_once('/').and_then(|(g, _)| g.parse().ok()).expect("g/meta");
+            let value = batch[0].1.as_ref().expect("a vote is written, never removed");
+            invariants.vote_saved(*node, group, codec::decode(value).expect("a vote decodes"));
+        }
+        if kind.is_some() && inner.crash_after.as_ref().map(|(k, _)| Some(*k)) == Some(kind) {
+            let (_, notify) = inner.crash_after.take().expect("checked");
+            inner.crashed = true;
+            inner.lose_unsynced = true;
+            notify.notify_one();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -106,22 +240,29 @@ impl MemStore {
 
     /// Makes every write issued so far durable, after the disk's delay.
     async fn sync(&self) -> Result<(), Crashed> {
-        let (n_target, delay) = {
+        let (n_target, delay, lies) = {
             let mut inner = self.lock();
             if inner.crashed {
                 return Err(Crashed);
             }
-            let delay = if inner.rng.gen_ratio(1, FLUSH_SLOW_ONE_IN) {
-                FLUSH_SLOW
-            } else {
-                inner.rng.gen_range(Duration::ZERO..=FLUSH_FAST_MAX)
+            let slow = inner.slow;
+            let delay = match slow {
+                Some(slow) => inner.rng.gen_range(Duration::ZERO..=slow),
+                None if inner.rng.gen_ratio(1, FLUSH_SLOW_ONE_IN) => FLUSH_SLOW,
+                None => inner.rng.gen_range(Duration::ZERO..=FLUSH_FAST_MAX),
             };
-            (inner.n_durable + inner.journal.len() as u64, delay)
+            let one_in = inner.faults.lying_sync_one_in;
+            let lies = one_in > 0 && inner.rng.gen_ratio(1, one_in);
+            (inner.n_durable + inner.journal.len() as u64, delay, lies)
         };
         tokio::time::sleep(delay).await;
         let mut inner = self.lock();
         if inner.crashed {
             return Err(Crashed);
+        }
+        if lies {
+            // Acknowledged, and nothing landed: a later honest sync may still save it.
+            return Ok(());
         }
         // A later sync may have landed first; it covered these writes too.
         let n_new = n_target.saturating_sub(inner.n_durable) as usize;
@@ -173,11 +314,14 @@ impl KvTree for MemTree {
     }
 
     async fn write(&self, batch: KvBatch, durability: Durability) -> Result<(), Crashed> {
-        let write = batch.into_iter().map(|(key, value)| (self.name.clone(), key, value)).collect();
-        self.store.write(write)?;
-        match durability {
-            Durability::Volatile => Ok(()),
-            Durability::Durable => self.store.sync().await,
+        let kind = WriteKind::of(&self.name, &batch);
+        let write =
+            batch.iter().map(|(key, value)| (self.name.clone(), key.clone(), value.clone()));
+        self.store.write(write.collect())?;
+        if durability == Durability::Durable {
+            self.store.sync().await?;
         }
+        self.store.returned(&self.name, kind, &batch);
+        Ok(())
     }
 }
