@@ -136,16 +136,22 @@ const LATE_RETRY_AFTER_MS: u64 = 10 * 60 * 1000;
 /// One command of that traffic this often.
 const LATE_RETRY_TRAFFIC_EVERY: Duration = Duration::from_millis(500);
 
+/// A calm cluster (no faults) started from [`REPLAY_SEED`], an empty history and a
+/// router onto it: the start of every targeted test below.
+async fn calm_cluster() -> (Arc<Cluster>, History, Router) {
+    let mut rng = StdRng::seed_from_u64(REPLAY_SEED);
+    let trace = Arc::new(Trace::new(false));
+    let cluster = Cluster::start(Shape::calm(), StdRng::seed_from_u64(rng.gen()), trace).await;
+    let router = Router::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
+    (cluster, History::default(), router)
+}
+
 /// An acknowledged top-up, retried after its group's leader crashed and ten minutes of
 /// other traffic, credits once and answers its first reply, on every replica.
 #[test]
 fn a_late_top_up_retry_after_a_leader_change_credits_once() {
     paused_runtime().block_on(async {
-        let mut rng = StdRng::seed_from_u64(REPLAY_SEED);
-        let trace = Arc::new(Trace::new(false));
-        let cluster = Cluster::start(Shape::calm(), StdRng::seed_from_u64(rng.gen()), trace).await;
-        let history = History::default();
-        let mut router = Router::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
+        let (cluster, history, mut router) = calm_cluster().await;
         let account = create_accounts(&mut router, &history, 1).await[0];
         let amount = PicoUsd(1_000);
         let top_up = Command { id: OpId(0x70b << 64), op: Op::Credit { account, amount } };
@@ -186,11 +192,7 @@ const HOUR_MS: i64 = 3_600_000;
 fn a_leader_clock_step_neither_voids_live_holds_nor_freezes_ledger_time() {
     const TTL_MS: u64 = 10_000;
     paused_runtime().block_on(async {
-        let mut rng = StdRng::seed_from_u64(REPLAY_SEED);
-        let trace = Arc::new(Trace::new(false));
-        let cluster = Cluster::start(Shape::calm(), StdRng::seed_from_u64(rng.gen()), trace).await;
-        let history = History::default();
-        let mut router = Router::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
+        let (cluster, history, mut router) = calm_cluster().await;
         let account = create_accounts(&mut router, &history, 1).await[0];
         let mut n_commands = 0u128;
         let mut command = |op: Op| {
@@ -262,11 +264,7 @@ fn a_leader_clock_step_neither_voids_live_holds_nor_freezes_ledger_time() {
 #[test]
 fn a_submission_whose_caller_has_gone_is_not_proposed() {
     paused_runtime().block_on(async {
-        let mut rng = StdRng::seed_from_u64(REPLAY_SEED);
-        let trace = Arc::new(Trace::new(false));
-        let cluster = Cluster::start(Shape::calm(), StdRng::seed_from_u64(rng.gen()), trace).await;
-        let history = History::default();
-        let mut router = Router::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
+        let (cluster, history, mut router) = calm_cluster().await;
         create_accounts(&mut router, &history, 1).await;
         let leader = cluster.node_ids().into_iter().find_map(|id| cluster.leader_seen_by(id, 0));
         let leader = leader.expect("the group that acknowledged has a leader");
@@ -320,11 +318,7 @@ fn a_submission_whose_caller_has_gone_is_not_proposed() {
 #[test]
 fn a_vote_survives_a_crash_right_after_it_is_saved() {
     paused_runtime().block_on(async {
-        let mut rng = StdRng::seed_from_u64(REPLAY_SEED);
-        let trace = Arc::new(Trace::new(false));
-        let cluster = Cluster::start(Shape::calm(), StdRng::seed_from_u64(rng.gen()), trace).await;
-        let history = History::default();
-        let mut router = Router::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
+        let (cluster, history, mut router) = calm_cluster().await;
         let account = create_accounts(&mut router, &history, 1).await[0];
         let leader = cluster.node_ids().into_iter().find_map(|id| cluster.leader_seen_by(id, 0));
         let leader = leader.expect("the group that acknowledged has a leader");
