@@ -17,12 +17,12 @@ pub const OPS_REMEMBERED_FOR_MS: u64 = 60_000;
 /// refuses the excess with [`Rejection::Overloaded`] rather than forget an id early.
 pub const OPS_REMEMBERED_MAX: usize = 1 << 22;
 /// How long (in batch stamps) an ended hold (settled, released or expired) is remembered
-/// past the later of its end and its expiry, to answer a retried reserve, settle or
-/// release by the hold rather than by op id: a retried settle gets its first reply
-/// instead of a second charge.
-/// and its hold's expiry, to answer a retried settle with its first reply rather than
-/// charge again. As long as the op-id window, which the gateway asserts to be longer than
-/// its settle retry deadline.
+/// past its end, to answer a retried reserve, settle or release by the hold rather than by
+/// op id: a retried settle gets its first reply instead of a second charge. Every retry of
+/// an operation comes within the gateway's deadline of its first attempt, which precedes
+/// the end, so the window only has to outlast that deadline (asserted in the gateway), not
+/// the hold's expiry: remembering holds until their expiry kept ~12 minutes of requests in
+/// memory under `solrouter dev` defaults instead of one.
 pub const HOLDS_REMEMBERED_FOR_MS: u64 = OPS_REMEMBERED_FOR_MS;
 /// Top-ups remembered per account, for the account's life (a retried top-up credits
 /// once, however late): 65,536 is a top-up every 10 minutes for over a year. Past it the
@@ -360,9 +360,8 @@ pub struct Ledger {
     expiry: OrdSet<(u64, HoldId)>,
     /// Holds that ended (settled, released, expired), so that reserves, settles and
     /// releases are deduplicated by hold, not by op id: each is remembered until
-    /// [`HOLDS_REMEMBERED_FOR_MS`] of batch stamps past the later of its end and its
-    /// expiry. A settle's request record itself leaves the state machine:
-    /// [`settled_records`] hands it to the history store.
+    /// [`HOLDS_REMEMBERED_FOR_MS`] of batch stamps past its end. A settle's request record
+    /// itself leaves the state machine: [`settled_records`] hands it to the history store.
     ended: HashMap<HoldId, EndedHold>,
     /// The ended holds by the stamp at which they are forgotten, oldest first.
     ended_order: OrdSet<(u64, HoldId)>,
@@ -465,10 +464,10 @@ impl Ledger {
         }
     }
 
-    /// Remembers how `hold` (which expired at `expires_at_ms`) ended, replacing an earlier
-    /// ending (a settle after the hold expired or was released).
-    fn end_hold(&mut self, hold: HoldId, account: AccountId, ending: Ending, expires_at_ms: u64) {
-        let forget_at_ms = expires_at_ms.max(self.stamp_ms).saturating_add(HOLDS_REMEMBERED_FOR_MS);
+    /// Remembers how `hold` ended, replacing an earlier ending (a settle after the hold
+    /// expired or was released).
+    fn end_hold(&mut self, hold: HoldId, account: AccountId, ending: Ending) {
+        let forget_at_ms = self.stamp_ms.saturating_add(HOLDS_REMEMBERED_FOR_MS);
         let ended = EndedHold { account, ending, forget_at_ms };
         if let Some(before) = self.ended.insert(hold, ended) {
             assert!(self.ended_order.remove(&(before.forget_at_ms, hold)).is_some());
@@ -531,9 +530,9 @@ impl Ledger {
             }
             Op::Release { account, hold } => match self.holds.get(hold) {
                 Some(entry) if entry.account == *account => {
-                    let (amount, expires_at_ms) = (entry.amount, entry.expires_at_ms);
+                    let amount = entry.amount;
                     self.void_hold(*hold);
-                    self.end_hold(*hold, *account, Ending::Released, expires_at_ms);
+                    self.end_hold(*hold, *account, Ending::Released);
                     Ok(Reply::Released { amount })
                 }
                 _ => Err(Rejection::UnknownHold),
@@ -604,15 +603,15 @@ impl Ledger {
         if !self.accounts.contains_key(&account) {
             return Err(Rejection::UnknownAccount);
         }
-        let (held, expires_at_ms) = match self.holds.get(&hold) {
+        let held = match self.holds.get(&hold) {
             Some(entry) if entry.account == account => {
-                let (amount, expires_at_ms) = (entry.amount, entry.expires_at_ms);
+                let amount = entry.amount;
                 self.void_hold(hold);
-                (amount, expires_at_ms)
+                amount
             }
             Some(_) => return Err(Rejection::UnknownHold),
             // Expired or never reserved: charged like any other settle, within the funds.
-            None => (PicoUsd::ZERO, self.stamp_ms),
+            None => PicoUsd::ZERO,
         };
         let entry = self.accounts.get_mut(&account).expect("checked above");
         let available = u128::try_from(entry.available()).expect("available is never negative");
@@ -628,7 +627,7 @@ impl Ledger {
             key.usage = key.usage.checked_add(charged).expect("key usage overflow");
         }
         let reply = Reply::Settled { charged, released, written_off };
-        self.end_hold(hold, account, Ending::Settled(reply.clone()), expires_at_ms);
+        self.end_hold(hold, account, Ending::Settled(reply.clone()));
         Ok(reply)
     }
 
@@ -652,7 +651,7 @@ impl Ledger {
             }
             let account = self.holds.get(&hold).expect("an indexed hold exists").account;
             self.void_hold(hold);
-            self.end_hold(hold, account, Ending::Expired, expires_at_ms);
+            self.end_hold(hold, account, Ending::Expired);
         }
     }
 
@@ -681,8 +680,7 @@ impl Ledger {
     }
 
     /// Ended holds still remembered (to answer a retried reserve, settle or release):
-    /// bounded by the rate holds end at times [`HOLDS_REMEMBERED_FOR_MS`] plus the
-    /// longest hold's life.
+    /// bounded by the rate holds end at times [`HOLDS_REMEMBERED_FOR_MS`].
     pub fn n_ended_holds_remembered(&self) -> usize {
         self.ended.len()
     }
