@@ -2,7 +2,13 @@
 //! rendered in Prometheus text format at `/metrics`).
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
+
+/// How often the recorder drains its histograms' pending samples into their summaries.
+/// Without upkeep every sample stays queued until a scrape: a gateway nobody scrapes
+/// grows by each request's latency samples, without bound.
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Without `RUST_LOG`: our own info logs; openraft and redb only when they warn (their
 /// info level narrates every election).
@@ -16,8 +22,14 @@ pub fn init_logs() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-/// Installs the process-wide metrics recorder and returns the handle `/metrics` renders.
+/// Installs the process-wide metrics recorder, starts its upkeep, and returns the handle
+/// `/metrics` renders.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new().install_recorder()?;
+    let upkept = handle.clone();
+    std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || loop {
+        std::thread::sleep(METRICS_UPKEEP_EVERY);
+        upkept.run_upkeep();
+    })?;
     Ok(handle)
 }
