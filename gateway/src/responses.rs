@@ -609,8 +609,8 @@ fn now_s() -> u64 {
 
 /// Writes the Responses event sequence from the chat chunks: `response.created` and
 /// `response.in_progress` first; each output item opened by `response.output_item.added`
-/// (a message's text part by `response.content_part.added`), filled by its deltas,
-/// closed by its `….done` events and `response.output_item.done`; then
+/// (the text part of a message or a reasoning by `response.content_part.added`), filled
+/// by its deltas, closed by its `….done` events and `response.output_item.done`; then
 /// `response.completed` (`response.incomplete` when the output limit cut it) with every
 /// item and the usage with `cost`, held back until the settle. A broken stream ends
 /// with an `error` event and `response.failed`, whose usage is what was charged for
@@ -675,9 +675,10 @@ impl EventEncoder {
         let added = json!({"output_index": output_index, "item": item});
         self.emit(out, "response.output_item.added", added);
         let part = match kind {
+            Kind::Reasoning => Some(json!({"type": "reasoning_text", "text": ""})),
             Kind::Text => Some(text_part("")),
             Kind::Refusal => Some(json!({"type": "refusal", "refusal": ""})),
-            Kind::Reasoning | Kind::Call(_) => None,
+            Kind::Call(_) => None,
         };
         if let Some(part) = part {
             let added = json!({"item_id": item["id"], "output_index": output_index,
@@ -731,7 +732,7 @@ impl EventEncoder {
             ),
         };
         self.emit(out, kind, merged(&located, done));
-        if matches!(open.kind, Kind::Text | Kind::Refusal) {
+        if !matches!(open.kind, Kind::Call(_)) {
             let part = json!({"content_index": 0, "part": item["content"][0]});
             self.emit(out, "response.content_part.done", merged(&located, part));
         }
@@ -1091,8 +1092,10 @@ mod tests {
                 "response.created",
                 "response.in_progress",
                 "response.output_item.added",
+                "response.content_part.added",
                 "response.reasoning_text.delta",
                 "response.reasoning_text.done",
+                "response.content_part.done",
                 "response.output_item.done",
                 "response.output_item.added",
                 "response.content_part.added",
@@ -1111,19 +1114,19 @@ mod tests {
         );
         assert_eq!(events[0].1["response"]["status"], "in_progress");
         assert_eq!(events[0].1["response"]["usage"], Value::Null);
-        let text_delta = &events[8].1;
+        let text_delta = &events[10].1;
         assert_eq!(
             (&text_delta["item_id"], &text_delta["output_index"], &text_delta["delta"]),
             (&json!("msg_1_1"), &json!(1), &json!("Hi"))
         );
-        assert_eq!(events[10].1["text"], "Hi there");
-        assert_eq!(events[11].1["part"]["text"], "Hi there");
-        assert_eq!(events[13].1["item"]["call_id"], "c1");
-        assert_eq!(events[13].1["item"]["arguments"], "");
-        assert_eq!(events[14].1["item_id"], "fc_1_2");
-        assert_eq!(events[16].1["arguments"], "{\"a\":1}");
-        assert_eq!(events[16].1["name"], "f");
-        let completed = &events[18].1["response"];
+        assert_eq!(events[12].1["text"], "Hi there");
+        assert_eq!(events[13].1["part"]["text"], "Hi there");
+        assert_eq!(events[15].1["item"]["call_id"], "c1");
+        assert_eq!(events[15].1["item"]["arguments"], "");
+        assert_eq!(events[16].1["item_id"], "fc_1_2");
+        assert_eq!(events[18].1["arguments"], "{\"a\":1}");
+        assert_eq!(events[18].1["name"], "f");
+        let completed = &events[20].1["response"];
         assert_eq!(completed["status"], "completed");
         assert_eq!(completed["usage"]["cost"], 0.000005);
         assert_eq!(completed["usage"]["output_tokens"], 4);
