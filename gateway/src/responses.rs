@@ -1180,4 +1180,91 @@ mod tests {
         assert_eq!(failed["output"][0]["status"], "incomplete");
         assert_eq!(failed["output"][0]["content"][0]["text"], "a");
     }
+
+    /// JSON trees built from the words a Responses request and a chat delta use, so that
+    /// arbitrary input reaches deep into the translation.
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let word = prop_oneof![
+            Just("model"),
+            Just("input"),
+            Just("instructions"),
+            Just("role"),
+            Just("user"),
+            Just("assistant"),
+            Just("developer"),
+            Just("content"),
+            Just("type"),
+            Just("message"),
+            Just("input_text"),
+            Just("input_image"),
+            Just("image_url"),
+            Just("text"),
+            Just("function_call"),
+            Just("function_call_output"),
+            Just("call_id"),
+            Just("name"),
+            Just("arguments"),
+            Just("output"),
+            Just("tools"),
+            Just("function"),
+            Just("tool_choice"),
+            Just("format"),
+            Just("json_schema"),
+            Just("reasoning"),
+            Just("effort"),
+            Just("max_output_tokens"),
+            Just("tool_calls"),
+            Just("index"),
+            Just("id"),
+            Just("refusal"),
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            word.clone().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(5, 64, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec((word.clone(), inner), 0..6).prop_map(|entries| {
+                    Value::Object(
+                        entries.into_iter().map(|(key, value)| (key.to_owned(), value)).collect(),
+                    )
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_requests_and_answers_never_panic(request in arbitrary_json(), delta in arbitrary_json()) {
+            for body in [
+                request.clone(),
+                json!({"model": "m", "input": request}),
+                json!({"model": "m", "input": [request], "tools": [request], "text": request,
+                    "tool_choice": request, "reasoning": request, "instructions": request}),
+                json!({"model": "m", "input": [{"role": "user", "content": [request]}]}),
+            ] {
+                let _ = parse_responses(body.to_string().as_bytes());
+            }
+            let answer = Answered { id: "gen-4", created_s: 1, model: model() };
+            let mut encoder = RESPONSES.encoder(&answer, false);
+            let mut out = BytesMut::new();
+            for finish in [Value::Null, delta["type"].clone()] {
+                encoder.chunk(&chunk(delta.clone(), finish), &mut out);
+            }
+            encoder.finish(&Usage::default(), PicoUsd(1), &mut out);
+            let mut broken = RESPONSES.encoder(&answer, false);
+            broken.chunk(&chunk(delta.clone(), Value::Null), &mut out);
+            broken.fail(&ApiError::internal("cut"), &Usage::default(), PicoUsd(1), &mut out);
+            let completion = Completion {
+                choices: vec![json!({"message": delta, "finish_reason": request["type"]})],
+                usage: Usage::default(),
+                extra: Map::new(),
+            };
+            let _ = RESPONSES.completion(&answer, completion, None, PicoUsd(1));
+        }
+    }
 }
