@@ -15,7 +15,7 @@
 use crate::app::App;
 use crate::codec::{Answered, Codec, StreamEncoder};
 use crate::error::{ApiError, ErrorShape};
-use crate::parse::{self, ParsedChat};
+use crate::parse::{self, ParsedChat, GATEWAY_FIELDS};
 use crate::providers::{Chunk, Completion, Native, NativeFormat, Usage};
 use crate::respond::{self, Response};
 use crate::server::UnreadBody;
@@ -50,9 +50,6 @@ const FIELDS_TRANSLATED: [&str; 13] = [
 /// service tier and speed, diagnostics): other providers do without them.
 const FIELDS_ANTHROPIC_ONLY_HINTS: [&str; 4] =
     ["cache_control", "service_tier", "speed", "diagnostics"];
-
-/// The gateway's own request fields (fallback models), never sent to a provider.
-const GATEWAY_FIELDS: [&str; 2] = ["models", "route"];
 
 /// Anthropic server tools billed per use on top of tokens (`web_search_…`: per search;
 /// `code_execution_…`: per container hour), by their `type`'s prefix.

@@ -21,7 +21,7 @@
 
 use crate::codec::{Answered, Codec, StreamEncoder};
 use crate::error::{ApiError, ErrorShape};
-use crate::parse::{self, ParsedChat, MAX_TOKENS_MAX};
+use crate::parse::{self, ParsedChat, GATEWAY_FIELDS, MAX_TOKENS_MAX};
 use crate::providers::{Chunk, Completion, Usage};
 use crate::wire::write_event;
 use bytes::BytesMut;
@@ -61,9 +61,6 @@ const FIELDS_KNOWN: [&str; 24] = [
 
 /// Fields that need a response or conversation stored by the provider.
 const FIELDS_STATEFUL: [&str; 3] = ["previous_response_id", "conversation", "background"];
-
-/// The gateway's own request fields (fallback models), read by the pipeline.
-const GATEWAY_FIELDS: [&str; 2] = ["models", "route"];
 
 /// Reasoning efforts every adapter knows (`translate::reasoning_effort`).
 const EFFORTS: [&str; 4] = ["minimal", "low", "medium", "high"];
