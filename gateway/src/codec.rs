@@ -1,8 +1,9 @@
 //! The client-facing APIs the one pipeline serves, each through a codec: how its request
 //! becomes the pipeline's (a validated [`ParsedChat`]: an OpenAI chat request plus the
 //! routing fields), and how an answer, a stream and an error are written back in its
-//! shape. Chat completions ([`CHAT`], `wire.rs`) and Anthropic Messages
-//! ([`crate::messages::MESSAGES`]) are the two today; adding an endpoint is adding a
+//! shape. Chat completions ([`CHAT`], `wire.rs`), Anthropic Messages
+//! ([`crate::messages::MESSAGES`]) and OpenAI Responses
+//! ([`crate::responses::RESPONSES`]) are the three today; adding an endpoint is adding a
 //! codec and a route (ARCHITECTURE.md, "Adding an endpoint").
 
 use crate::catalog::Model;

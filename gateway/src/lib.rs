@@ -29,6 +29,7 @@ pub mod pipeline;
 pub mod providers;
 pub mod relay;
 pub mod respond;
+pub mod responses;
 pub mod server;
 pub mod sse;
 pub mod telemetry;

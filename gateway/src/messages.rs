@@ -15,13 +15,13 @@
 use crate::app::App;
 use crate::codec::{Answered, Codec, StreamEncoder};
 use crate::error::{ApiError, ErrorShape};
-use crate::parse::{self, ParsedChat};
+use crate::parse::{self, ParsedChat, GATEWAY_FIELDS};
 use crate::providers::{Chunk, Completion, Native, NativeFormat, Usage};
 use crate::respond::{self, Response};
 use crate::server::UnreadBody;
 use crate::sse::SseEvent;
 use crate::tokens;
-use crate::wire::write_json;
+use crate::wire::write_event;
 use bytes::{BufMut, BytesMut};
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
@@ -50,9 +50,6 @@ const FIELDS_TRANSLATED: [&str; 13] = [
 /// service tier and speed, diagnostics): other providers do without them.
 const FIELDS_ANTHROPIC_ONLY_HINTS: [&str; 4] =
     ["cache_control", "service_tier", "speed", "diagnostics"];
-
-/// The gateway's own request fields (fallback models), never sent to a provider.
-const GATEWAY_FIELDS: [&str; 2] = ["models", "route"];
 
 /// Anthropic server tools billed per use on top of tokens (`web_search_…`: per search;
 /// `code_execution_…`: per container hour), by their `type`'s prefix.
@@ -667,14 +664,6 @@ struct EventEncoder {
 }
 
 impl EventEncoder {
-    fn event(out: &mut BytesMut, kind: &str, data: &Value) {
-        out.put_slice(b"event: ");
-        out.put_slice(kind.as_bytes());
-        out.put_slice(b"\ndata: ");
-        write_json(out, data);
-        out.put_slice(b"\n\n");
-    }
-
     fn start(&mut self, out: &mut BytesMut) {
         if self.started {
             return;
@@ -685,14 +674,14 @@ impl EventEncoder {
             "content": [], "stop_reason": null, "stop_sequence": null,
             "usage": {"input_tokens": 0, "output_tokens": 0},
         });
-        Self::event(out, "message_start", &json!({"type": "message_start", "message": message}));
+        write_event(out, "message_start", &json!({"type": "message_start", "message": message}));
     }
 
     fn close_block(&mut self, out: &mut BytesMut) {
         if self.block.take().is_some() {
             let index = self.n_blocks - 1;
             let stop = json!({"type": "content_block_stop", "index": index});
-            Self::event(out, "content_block_stop", &stop);
+            write_event(out, "content_block_stop", &stop);
         }
     }
 
@@ -702,7 +691,7 @@ impl EventEncoder {
             self.close_block(out);
             let start = json!({"type": "content_block_start", "index": self.n_blocks,
                 "content_block": content_block});
-            Self::event(out, "content_block_start", &start);
+            write_event(out, "content_block_start", &start);
             self.block = Some(block);
             self.n_blocks += 1;
         }
@@ -711,7 +700,7 @@ impl EventEncoder {
 
     fn delta(out: &mut BytesMut, index: u64, delta: Value) {
         let event = json!({"type": "content_block_delta", "index": index, "delta": delta});
-        Self::event(out, "content_block_delta", &event);
+        write_event(out, "content_block_delta", &event);
     }
 
     fn translate(&mut self, delta: &Value, out: &mut BytesMut) {
@@ -769,13 +758,13 @@ impl StreamEncoder for EventEncoder {
                     message.insert("id".to_owned(), Value::from(self.id.as_str()));
                     message.insert("model".to_owned(), Value::from(self.model.as_str()));
                 }
-                Self::event(out, &kind, &Value::Object(data));
+                write_event(out, &kind, &Value::Object(data));
             }
             "message_delta" => self.held_delta = Some(data),
             // Written by `finish` or `fail`.
             "message_stop" | "error" => {}
             // JSON spread over several `data:` lines is rewritten on one.
-            _ if event.data.contains('\n') => Self::event(out, &kind, &Value::Object(data)),
+            _ if event.data.contains('\n') => write_event(out, &kind, &Value::Object(data)),
             _ => {
                 out.put_slice(b"event: ");
                 out.put_slice(kind.as_bytes());
@@ -797,8 +786,8 @@ impl StreamEncoder for EventEncoder {
         });
         let usage = usage_json(delta.get("usage"), usage, cost);
         delta.insert("usage".to_owned(), usage);
-        Self::event(out, "message_delta", &Value::Object(delta));
-        Self::event(out, "message_stop", &json!({"type": "message_stop"}));
+        write_event(out, "message_delta", &Value::Object(delta));
+        write_event(out, "message_stop", &json!({"type": "message_stop"}));
     }
 
     /// Anthropic's `error` event, with the usage charged for what was delivered (a field
@@ -806,7 +795,7 @@ impl StreamEncoder for EventEncoder {
     fn fail(&mut self, error: &ApiError, usage: &Usage, cost: PicoUsd, out: &mut BytesMut) {
         let mut event = error.to_anthropic_json();
         event["usage"] = usage_json(None, usage, cost);
-        Self::event(out, "error", &event);
+        write_event(out, "error", &event);
     }
 }
 

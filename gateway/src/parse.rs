@@ -14,6 +14,9 @@ pub const FALLBACK_MODELS_MAX: usize = 8;
 /// a file) may cost. Text is bounded by its bytes; media is not. 4096 covers a
 /// high-detail image on every catalogued provider (OpenAI's largest tiling is ~1.1k).
 pub const MEDIA_PART_TOKENS_MAX: u64 = 4096;
+/// The gateway's own request fields (fallback models), read in any API's request and
+/// never sent to a provider.
+pub const GATEWAY_FIELDS: [&str; 2] = ["models", "route"];
 /// Largest `max_tokens` accepted; above any model's output limit.
 pub const MAX_TOKENS_MAX: u64 = u32::MAX as u64;
 

@@ -175,8 +175,8 @@ impl From<UpstreamError> for Failure {
     }
 }
 
-/// A completion in the API `codec` speaks: `POST /v1/api/chat/completions` and
-/// `POST /v1/messages`. Errors are the caller's to render in the codec's shape.
+/// A completion in the API `codec` speaks: `POST /v1/api/chat/completions`,
+/// `POST /v1/api/responses` and `POST /v1/messages`. Errors are the caller's to render in the codec's shape.
 pub async fn handle(
     app: &'static App,
     codec: &'static dyn Codec,

@@ -7,6 +7,7 @@ use crate::error::{ApiError, ErrorShape};
 use crate::health::State;
 use crate::messages::{self, MESSAGES};
 use crate::respond::{self, Response};
+use crate::responses::RESPONSES;
 use crate::{admin, api, pipeline};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, Method, Request, StatusCode};
@@ -120,6 +121,13 @@ async fn route(
         (&Method::POST, "/v1/api/chat/completions") => {
             return ("chat", CHAT.errors(), pipeline::handle(app, &CHAT, request).await);
         }
+        (&Method::POST, "/v1/api/responses") => {
+            let result = pipeline::handle(app, &RESPONSES, request).await;
+            return ("responses", RESPONSES.errors(), result);
+        }
+        (_, path) if path.starts_with("/v1/api/responses/") => Err(ApiError::not_found(
+            "the gateway stores no responses: each POST /v1/api/responses is answered whole",
+        )),
         (&Method::POST, "/v1/messages") => {
             return (
                 "messages",
@@ -146,7 +154,8 @@ async fn route(
             let text = app.metrics.render();
             Ok(respond::text(StatusCode::OK, text, "text/plain; version=0.0.4"))
         }
-        (_, "/v1/api/chat/completions" | "/v1/api/models" | "/v1/api/credits")
+        (_, "/v1/api/chat/completions" | "/v1/api/responses" | "/v1/api/models")
+        | (_, "/v1/api/credits")
         | (_, "/v1/api/generation" | "/v1/api/generations" | "/v1/api/activity")
         | (_, "/v1/api/key" | "/healthz" | "/readyz" | "/metrics") => {
             Err(ApiError::method_not_allowed())

@@ -121,6 +121,16 @@ impl StreamEncoder for ChunkEncoder {
     }
 }
 
+/// One named server-sent event (`event: kind`, then its data as one line of JSON), as
+/// the Anthropic and Responses streams write them.
+pub fn write_event(out: &mut BytesMut, kind: &str, data: &Value) {
+    out.put_slice(b"event: ");
+    out.put_slice(kind.as_bytes());
+    out.put_slice(b"\ndata: ");
+    write_json(out, data);
+    out.put_slice(b"\n\n");
+}
+
 /// Serializes into the buffer. In-memory serialization of these types cannot fail (no
 /// I/O, no non-string map keys); a failure would be a bug, logged and left out.
 pub fn write_json(out: &mut BytesMut, value: &(impl Serialize + ?Sized)) {

@@ -1,7 +1,8 @@
 //! The official client SDKs against a real `solrouter dev` whose every provider is a
 //! fixture upstream serving recorded provider traffic from `tests/fixtures`: the
 //! `openai` Python package, the `openai` npm package, the Vercel AI SDK (`ai` with
-//! `@ai-sdk/openai-compatible`), through Chat Completions, and the `anthropic` Python
+//! `@ai-sdk/openai-compatible`), through Chat Completions, the `openai` Python and npm
+//! packages through the Responses API, and the `anthropic` Python
 //! package and `@anthropic-ai/sdk` npm package, through Anthropic Messages (Claude
 //! answered natively, the others translated). Each drives the cases of
 //! `tests/sdk/cases.json` of the kinds it is given (`SDK_KINDS`) — streamed text, streamed
@@ -346,10 +347,31 @@ async fn the_official_python_sdk_through_every_wire_format() {
 }
 
 #[tokio::test]
+async fn the_official_python_sdk_through_the_responses_api() {
+    let python = venv_python();
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import openai"])
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run `{}`: {error}", python.display()));
+    assert!(probe.status.success(), "the Python `openai` package is missing: {TEST_ENV_HINT}");
+    let gateway = Gateway::start().await;
+    let script = ["openai_responses_python.py"];
+    gateway.run_sdk("openai Responses (Python)", &python, &script, &EVERY_KIND).await;
+}
+
+#[tokio::test]
 async fn the_official_node_sdk_through_every_wire_format() {
     require_node_packages();
     let gateway = Gateway::start().await;
     gateway.run_sdk("openai (Node)", Path::new("node"), &["openai_node.mjs"], &EVERY_KIND).await;
+}
+
+#[tokio::test]
+async fn the_official_node_sdk_through_the_responses_api() {
+    require_node_packages();
+    let gateway = Gateway::start().await;
+    let script = ["openai_responses_node.mjs"];
+    gateway.run_sdk("openai Responses (Node)", Path::new("node"), &script, &EVERY_KIND).await;
 }
 
 #[tokio::test]
