@@ -50,8 +50,11 @@ pub trait KvTree: Clone + Send + Sync + 'static {
 /// A key and its value as a tree hands them out.
 pub type KvPair<T> = (<T as KvTree>::Value, <T as KvTree>::Value);
 
-/// What redb may keep of the database in memory, per node.
-const REDB_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// What redb may keep of the log in memory, per node (read cache and write buffer). The
+/// log's hot pages are its tail, written and read back by replication and apply; a larger
+/// cache only fills with old entries, and a cache that fills for minutes makes the
+/// process look as if it grew with requests served.
+const REDB_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Writes waiting for the writer task at most; a writer beyond waits for room. Each group
 /// has about one log write, one vote or committed index and one snapshot or purge in
 /// flight at a time, so this bounds a node of hundreds of groups only under a stall.
