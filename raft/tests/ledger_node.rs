@@ -7,7 +7,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use solrouter_ledger::{
     AccountId, Command, HoldId, KeyId, Ledger, Op, OpId, PicoUsd, Rejection, Reply, RequestRecord,
 };
-use solrouter_raft::{LedgerError, LedgerNode, NodeOptions, DATA_FILE_NAME};
+use solrouter_raft::{LedgerApi, LedgerError, LedgerNode, NodeOptions, DATA_FILE_NAME};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Stdio};
