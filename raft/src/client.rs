@@ -516,7 +516,6 @@ impl Budget {
     }
 }
 
-/// Runs `call` within [`CLIENT_CALL_DEADLINE`]; past it, a retryable `Timeout`.
 /// A gRPC failure: a request the server could not decode (a version mismatch) is final;
 /// anything else (connection refused or reset, deadline, a node going down mid-call)
 /// makes that node unavailable for this attempt.

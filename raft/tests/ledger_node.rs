@@ -132,6 +132,19 @@ async fn outcomes_follow_the_ledger_rules() {
     assert!(matches!(after_shutdown, Err(LedgerError::Shutdown)), "{after_shutdown:?}");
 }
 
+/// The live state a bench reports: what a snapshot of the group would hold, growing with
+/// accounts; a group the node does not have is refused, not a panic.
+#[tokio::test]
+async fn state_bytes_sizes_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = LedgerNode::open_single(dir.path()).await.unwrap();
+    let empty = node.state_bytes(0).unwrap();
+    submit_ok(&node, create_account(1)).await;
+    assert!(node.state_bytes(0).unwrap() > empty);
+    assert!(matches!(node.state_bytes(1), Err(LedgerError::Invalid(_))));
+    node.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn restart_on_the_same_directory_keeps_the_state() {
     let dir = tempfile::tempdir().unwrap();
