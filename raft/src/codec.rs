@@ -49,6 +49,13 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     postcard::to_extend(value, header).map_err(CodecError::Unencodable)
 }
 
+/// The length of what [`encode`] writes for `value`, header included, without writing it.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError> {
+    let body = postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
+        .map_err(CodecError::Unencodable)?;
+    Ok(HEADER_BYTES + body)
+}
+
 /// Decodes a value written by [`encode`] with a supported version; trailing bytes are
 /// refused like any other malformation.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
@@ -83,6 +90,7 @@ mod tests {
 
     fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: &T) {
         let bytes = encode(value).unwrap();
+        assert_eq!(encoded_len(value).unwrap(), bytes.len());
         assert_eq!(bytes[..HEADER_BYTES], [b'S', b'R', b'L', FORMAT_VERSION]);
         assert_eq!(&decode::<T>(&bytes).unwrap(), value);
     }

@@ -56,6 +56,7 @@ pub use node::{
     group_of_account, group_of_slot, slot_of, ClusterConfig, ClusterStart, LedgerNode, NodeOptions,
     NodeStats,
 };
+pub use reads::{LedgerApi, LedgerHandle};
 pub use tls::{
     write_dev_ca, TlsConfig, DEV_CA_CERT, DEV_CLIENT_CERT, DEV_CLIENT_KEY, DEV_LEDGER_CERT,
     DEV_LEDGER_KEY,

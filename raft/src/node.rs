@@ -2,20 +2,18 @@
 //! routing of accounts to groups.
 
 use crate::backfill;
+use crate::codec;
 use crate::error::LedgerError;
 use crate::expiry;
 use crate::group::Group;
 use crate::grpc::ledger_service_server::LedgerServiceServer;
 use crate::grpc::raft_service_server::RaftServiceServer;
 use crate::grpc_network::{GrpcNetwork, RaftRpcServer};
-use crate::history::{
-    self, History, HistoryPage, HistoryQuery, HistoryStats, UsageQuery, UsageRow, HISTORY_FILE,
-    HISTORY_RETENTION_DEFAULT,
-};
+use crate::history::{self, History, HistoryStats, HISTORY_FILE, HISTORY_RETENTION_DEFAULT};
 use crate::kv::RedbStore;
 use crate::membership;
 use crate::network::NoPeers;
-use crate::reads::{self, GroupReader};
+use crate::reads::GroupAccess;
 use crate::service::LedgerRpcServer;
 use crate::tls::{self, TlsConfig};
 use crate::types::NodeId;
@@ -28,9 +26,7 @@ use crate::{
 };
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
-use solrouter_ledger::{
-    Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, Ledger, Outcome, RequestRecord,
-};
+use solrouter_ledger::{AccountId, Command, Ledger, Outcome};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -321,27 +317,24 @@ impl LedgerNode {
         Ok(node)
     }
 
-    /// Submits one command to its account's group; concurrent submits are coalesced (group
-    /// commit) into one `Batch` = one Raft entry, stamped with the leader's wall clock.
-    /// Returns this command's outcome. Waits at most [`SUBMIT_TIMEOUT`](crate::SUBMIT_TIMEOUT).
-    /// On a follower it fails with [`LedgerError::NotLeader`] naming the leader.
-    pub async fn submit(&self, command: Command) -> Result<Outcome, LedgerError> {
-        self.group_of(command.op.account()).submit(command).await
-    }
-
-    /// Linearizable read of a single-group node's state machine (ensure_linearizable
-    /// first). A sharded node reads per account with [`LedgerNode::read_account`].
+    /// Linearizable read of a single-group node's whole state machine (ensure_linearizable
+    /// first); panics on a sharded node. This and the three reads below hand a whole
+    /// group's `Ledger` to `f`: for tests only (feature `test-support`); production code
+    /// reads through [`LedgerApi`](crate::LedgerApi).
+    #[cfg(any(test, feature = "test-support"))]
     pub async fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> Result<R, LedgerError> {
         self.only_group().read(f).await
     }
 
-    /// Possibly-stale local read, no Raft round (for hot-path caches like key lookup).
-    /// `f` runs under the state lock, which holds back applies: keep it short.
+    /// Possibly-stale local read of a single-group node, no Raft round; panics on a
+    /// sharded node. `f` runs under the state lock, which holds back applies.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn read_local<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
         self.only_group().read_local(f)
     }
 
     /// Linearizable read of the ledger replica of `account`'s group.
+    #[cfg(any(test, feature = "test-support"))]
     pub async fn read_account<R>(
         &self,
         account: AccountId,
@@ -351,6 +344,7 @@ impl LedgerNode {
     }
 
     /// Possibly-stale local read of the ledger replica of `account`'s group.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn read_local_account<R>(&self, account: AccountId, f: impl FnOnce(&Ledger) -> R) -> R {
         self.group_of(account).read_local(f)
     }
@@ -391,81 +385,25 @@ impl LedgerNode {
         self.inner.groups[group_idx as usize].stats()
     }
 
+    /// The live state of group `group_idx` on this node: the size of its ledger replica
+    /// as a snapshot holds it. Encodes an O(1) copy taken under the state lock, outside
+    /// it, so applies do not wait for it.
+    pub fn state_bytes(&self, group_idx: u32) -> Result<u64, LedgerError> {
+        let ledger = self.group_at(group_idx)?.read_local(Ledger::clone);
+        let bytes = codec::encoded_len(&ledger)
+            .map_err(|e| LedgerError::storage("sizing the ledger", e))?;
+        Ok(bytes as u64)
+    }
+
     /// This node's id.
     pub fn id(&self) -> u64 {
         self.inner.id
-    }
-
-    /// An account as `consistency` asks (see [`Consistency`]).
-    pub async fn account(
-        &self,
-        account: AccountId,
-        consistency: Consistency,
-    ) -> Result<Option<Account>, LedgerError> {
-        reads::account(self, account, consistency).await
-    }
-
-    /// The key whose secret hashes to `hash`, if it belongs to `account`.
-    pub async fn key_by_hash(
-        &self,
-        account: AccountId,
-        hash: KeyHash,
-        consistency: Consistency,
-    ) -> Result<Option<(KeyId, Key)>, LedgerError> {
-        reads::key_by_hash(self, account, hash, consistency).await
-    }
-
-    /// A key by id alone, looked up in every group.
-    pub async fn key(
-        &self,
-        key: KeyId,
-        consistency: Consistency,
-    ) -> Result<Option<Key>, LedgerError> {
-        reads::key(self, key, consistency).await
-    }
-
-    /// The request record of a settled hold, if `account` paid for it.
-    pub async fn record(
-        &self,
-        account: AccountId,
-        hold: HoldId,
-        consistency: Consistency,
-    ) -> Result<Option<RequestRecord>, LedgerError> {
-        reads::record(self, account, hold, consistency).await
-    }
-
-    /// A page of an account's request history, newest first.
-    pub async fn history(
-        &self,
-        query: HistoryQuery,
-        consistency: Consistency,
-    ) -> Result<HistoryPage, LedgerError> {
-        reads::history(self, query, consistency).await
-    }
-
-    /// An account's usage per bucket, key and model.
-    pub async fn usage(
-        &self,
-        query: UsageQuery,
-        consistency: Consistency,
-    ) -> Result<Vec<UsageRow>, LedgerError> {
-        reads::usage(self, query, consistency).await
     }
 
     /// What this node's request history holds and has dropped.
     pub fn history_stats(&self) -> Result<HistoryStats, LedgerError> {
         let stats = self.inner.history.stats();
         stats.map_err(|e| LedgerError::storage("reading the request history", e))
-    }
-
-    /// The bank check of every group, merged.
-    pub async fn audit(&self, consistency: Consistency) -> Result<Audit, LedgerError> {
-        reads::audit(self, consistency).await
-    }
-
-    /// Succeeds when every group has a leader confirmed by a quorum.
-    pub async fn ready(&self) -> Result<(), LedgerError> {
-        reads::ready(self).await
     }
 
     /// The cluster as this node sees it.
@@ -573,9 +511,22 @@ pub(crate) struct Inner {
     background_tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl GroupReader for LedgerNode {
+impl GroupAccess for LedgerNode {
     fn n_groups(&self) -> u32 {
         LedgerNode::n_groups(self)
+    }
+
+    /// Concurrent submits are coalesced (group commit) into one `Batch` = one Raft entry,
+    /// stamped with the leader's clock; each waits at most
+    /// [`SUBMIT_TIMEOUT`](crate::SUBMIT_TIMEOUT). On a follower it fails with
+    /// [`LedgerError::NotLeader`] naming the leader.
+    async fn submit_command(&self, command: Command) -> Result<Outcome, LedgerError> {
+        self.group_of(command.op.account()).submit(command).await
+    }
+
+    /// None: a local call has only its group's own bounds (`SUBMIT_TIMEOUT` for a submit).
+    fn call_deadline(&self) -> Option<Duration> {
+        None
     }
 
     async fn read_group(

@@ -8,7 +8,7 @@ use crate::error::LedgerError;
 use crate::grpc::ledger_service_server::LedgerService;
 use crate::grpc::{GroupRequest, LedgerReply};
 use crate::node::{Inner, LedgerNode};
-use crate::reads::GroupReader;
+use crate::reads::GroupAccess;
 use crate::wire::{MembershipChange, ReadRequest, WireError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -6,8 +6,8 @@
 
 use solrouter_ledger::{AccountId, Command, HoldId, KeyId, Op, OpId, PicoUsd, Rejection, Reply};
 use solrouter_raft::{
-    group_of_account, ClusterConfig, ClusterStart, Consistency, LedgerClient, LedgerError,
-    LedgerNode, NodeOptions, CLIENT_CALL_DEADLINE, CLIENT_RPC_TIMEOUT,
+    group_of_account, ClusterConfig, ClusterStart, Consistency, LedgerApi, LedgerClient,
+    LedgerError, LedgerNode, NodeOptions, CLIENT_CALL_DEADLINE, CLIENT_RPC_TIMEOUT,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
