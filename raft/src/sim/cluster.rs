@@ -309,6 +309,7 @@ impl Cluster {
                     invariants.entry_applied(id, group_idx, entry);
                 }));
             let log = LogStore::new(
+                group_idx,
                 store.tree(&format!("{group_idx}/log")),
                 store.tree(&format!("{group_idx}/meta")),
                 machine.saved_snapshot(),
