@@ -24,7 +24,7 @@ pub const FORMAT_MAGIC: [u8; 3] = *b"SRL";
 /// The version this build writes. 2: the ledger keeps ended holds for a bounded time
 /// instead of every request record (those moved to the history store). 3: a request
 /// record says whether its charge was waived (`RequestRecord::waived`). 4: every record
-/// ends with a CRC-32.
+/// ends with a CRC-32; membership entries name each member's incarnation.
 pub const FORMAT_VERSION: u8 = 4;
 /// The versions this build reads.
 pub const FORMAT_VERSIONS_SUPPORTED: &[u8] = &[FORMAT_VERSION];
