@@ -334,9 +334,13 @@ impl LedgerNode {
         let ledger = LedgerRpcServer::new(node.downgrade(), config.tls().cloned());
         let server = serve(listener, RaftRpcServer::new(rafts, identity), ledger, config.tls())?;
         *node.inner.server.lock().expect("server lock poisoned") = Some(server);
-        let initialized = node.inner.groups[0].raft().is_initialized().await;
-        let initialized =
-            initialized.map_err(|fatal| LedgerError::from_fatal("bootstrapping", fatal))?;
+        // Every group, not just the first: a founding cut short by a crash resumes.
+        let mut initialized = true;
+        for group in &node.inner.groups {
+            let group_initialized = group.raft().is_initialized().await;
+            initialized &= group_initialized
+                .map_err(|fatal| LedgerError::from_fatal("bootstrapping", fatal))?;
+        }
         if let ClusterStart::Bootstrap(peers) = config.start() {
             if !initialized && peers.keys().next() == Some(&config.id()) {
                 let tls = config.tls().cloned();
@@ -740,10 +744,11 @@ fn refuse_if_known_otherwise(
 }
 
 /// The founding member (the lowest founder id) founds the cluster: once every other
-/// founder has said who it is and none belongs to a cluster, it initializes every group
-/// with all founders and their incarnations. A founder that belongs to one already means
-/// the cluster was founded and this node's data directory was lost: it logs why and
-/// founds nothing.
+/// founder has said who it is and none belongs to a cluster (other than this founding,
+/// when a crash cut it short between groups), it initializes every group with all
+/// founders and their incarnations. A founder that belongs to one already means the
+/// cluster was founded and this node's data directory was lost, or a founder's is
+/// another cluster's: it logs why and founds nothing.
 async fn found(
     node: Weak<Inner>,
     identity: Identity,
@@ -757,28 +762,13 @@ async fn found(
         }
         tokio::time::sleep(FOUNDING_RETRY_INTERVAL).await;
     };
-    if let Err(refusal) =
-        refuse_if_known_otherwise(identity.node_id, Some(identity.incarnation), &founders)
-    {
-        tracing::error!("not founding the cluster: {refusal}");
-        return;
-    }
-    let mut members = BTreeMap::new();
-    for (id, addr, answer) in founders {
-        let answer = answer.expect("every founder answered");
-        if answer.identity.node_id != id || !answer.members.is_empty() {
-            tracing::error!(
-                "not founding the cluster: the founder at {addr} is node {} and knows members \
-                 {:?}; every founder must be the node its id names, with an empty data \
-                 directory, on the cluster's first start",
-                answer.identity.node_id,
-                answer.members.keys().collect::<Vec<_>>()
-            );
+    let members = match founding_members(identity, &peers[&identity.node_id], &founders) {
+        Ok(members) => members,
+        Err(refusal) => {
+            tracing::error!("not founding the cluster: {refusal}");
             return;
         }
-        members.insert(id, Member::new(addr, answer.identity.incarnation));
-    }
-    members.insert(identity.node_id, Member::new(&peers[&identity.node_id], identity.incarnation));
+    };
     let Some(node) = LedgerNode::from_weak(&node) else { return };
     for group in &node.inner.groups {
         if let Err(e) = bootstrap(group, members.clone()).await {
@@ -787,6 +777,42 @@ async fn found(
         }
     }
     tracing::info!("founded the cluster: {:?}", members.keys().collect::<Vec<_>>());
+}
+
+/// The founding membership: this node (`identity`, at `own_addr`) and every other
+/// founder, once all have answered, with their incarnations. Refused if a founder knows
+/// this node under another incarnation, answers with another id, or knows members other
+/// than these (another cluster's; the same founders are fine: a founding a crash cut
+/// short between groups).
+fn founding_members(
+    identity: Identity,
+    own_addr: &str,
+    founders: &Founders,
+) -> Result<BTreeMap<NodeId, Member>, String> {
+    refuse_if_known_otherwise(identity.node_id, Some(identity.incarnation), founders)?;
+    let mut members =
+        BTreeMap::from([(identity.node_id, Member::new(own_addr, identity.incarnation))]);
+    let mut answers = Vec::with_capacity(founders.len());
+    for (id, addr, answer) in founders {
+        let answer = answer.as_ref().ok_or_else(|| format!("node {id} ({addr}) did not answer"))?;
+        members.insert(*id, Member::new(addr, answer.identity.incarnation));
+        answers.push((*id, addr, answer));
+    }
+    for (id, addr, answer) in answers {
+        let founding = |(member, incarnation): (&NodeId, &Incarnation)| {
+            members.get(member).is_some_and(|m| m.incarnation == *incarnation)
+        };
+        if answer.identity.node_id != id || !answer.members.iter().all(founding) {
+            return Err(format!(
+                "the founder at {addr} is node {} and knows members {:?}; every founder must be \
+                 the node its id names, with an empty data directory, on the cluster's first \
+                 start",
+                answer.identity.node_id,
+                answer.members.keys().collect::<Vec<_>>()
+            ));
+        }
+    }
+    Ok(members)
 }
 
 /// Reads (or on its first open, writes) the identity of the data directory, refusing one
@@ -855,4 +881,38 @@ fn raft_config(options: &NodeOptions) -> Result<Config, LedgerError> {
         ..Config::default()
     };
     config.validate().map_err(|_| LedgerError::InvalidOptions("rejected by openraft"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Founding needs every founder's answer; a founder that knows this node under another
+    /// incarnation, is another node, or knows another cluster's members stops it; one
+    /// that knows only this founding (cut short by a crash) does not.
+    #[test]
+    fn founding_takes_every_founder_with_its_incarnation_and_nothing_else() {
+        let me = Identity { node_id: 1, incarnation: 11 };
+        let answer = |node_id, incarnation, members: &[(NodeId, Incarnation)]| {
+            Some(Identified {
+                identity: Identity { node_id, incarnation },
+                members: members.iter().copied().collect(),
+            })
+        };
+        let founders = |third: Option<Identified>| -> Founders {
+            vec![(2, "h:2".to_owned(), answer(2, 22, &[])), (3, "h:3".to_owned(), third)]
+        };
+        let check = |third: Option<Identified>| founding_members(me, "h:1", &founders(third));
+        let members = check(answer(3, 33, &[])).unwrap();
+        let incarnations: Vec<_> = members.iter().map(|(id, m)| (*id, m.incarnation)).collect();
+        assert_eq!(incarnations, [(1, 11), (2, 22), (3, 33)]);
+        assert_eq!(members[&3].addr, "h:3");
+        let resumed = check(answer(3, 33, &[(1, 11), (2, 22), (3, 33)]));
+        assert_eq!(resumed.unwrap(), members);
+        let error = |third| check(third).unwrap_err();
+        assert!(error(None).contains("node 3 (h:3) did not answer"));
+        assert!(error(answer(3, 33, &[(1, 10), (3, 33)])).contains("knows node 1 as incarnation"));
+        assert!(error(answer(3, 33, &[(3, 33), (7, 77)])).contains("knows members [3, 7]"));
+        assert!(error(answer(4, 44, &[])).contains("the founder at h:3 is node 4"));
+    }
 }
