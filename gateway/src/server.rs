@@ -7,7 +7,7 @@ use crate::error::{ApiError, ErrorShape};
 use crate::health::State;
 use crate::messages::{self, MESSAGES};
 use crate::respond::{self, Response};
-use crate::{admin, api, pipeline};
+use crate::{admin, api, embeddings, pipeline};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -119,6 +119,9 @@ async fn route(
     let result = match (request.method(), path) {
         (&Method::POST, "/v1/api/chat/completions") => {
             return ("chat", CHAT.errors(), pipeline::handle(app, &CHAT, request).await);
+        }
+        (&Method::POST, "/v1/api/embeddings") => {
+            return ("embeddings", ErrorShape::OpenAi, embeddings::handle(app, request).await);
         }
         (&Method::POST, "/v1/messages") => {
             return (
