@@ -112,6 +112,27 @@ async fn mock_embeddings_in_float_and_base64_cost_what_the_balance_loses() {
         check_record(&dev, &key, answer, "mock").await;
     }
 
+    // Usage the provider does not report is counted (one token per word for the mock);
+    // usage beyond what the inputs can be is clamped to the hold's bound: the bytes plus
+    // 8 per input.
+    let dropped = json!({"model": "mock/embed", "input": "[[mock usage=drop]] a b c"});
+    let (status, dropped) = embed(&dev, &key, &dropped).await;
+    assert_eq!(status, 200, "{dropped}");
+    assert_eq!(dropped["usage"]["prompt_tokens"], 5);
+    let over = json!({"model": "mock/embed", "input": "[[mock usage=over:1000]] hi"});
+    let (status, over) = embed(&dev, &key, &over).await;
+    assert_eq!(status, 200, "{over}");
+    assert_eq!(over["usage"]["prompt_tokens"], 27 + 8);
+    for (answer, estimated, clamped) in [(&dropped, true, false), (&over, false, true)] {
+        check_record(&dev, &key, answer, "mock").await;
+        let id = answer["id"].as_str().expect("id");
+        let (_, record) = dev.get(&format!("/v1/api/generation?id={id}"), &key).await;
+        assert_eq!(record["data"]["usage_estimated"], estimated, "{record}");
+        assert_eq!(record["data"]["usage_clamped"], clamped, "{record}");
+    }
+    let spent = spent + cost_pico(&dropped["usage"]["cost"]) + cost_pico(&over["usage"]["cost"]);
+    assert_eq!(pico(&dev.account(&dev.demo_account).await["spent"]), spent);
+
     // Listed in /models as an embedding model.
     let (status, models) = dev.get("/v1/api/models", &key).await;
     assert_eq!(status, 200);
