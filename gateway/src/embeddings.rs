@@ -4,13 +4,15 @@
 //! settle with the record; only the request, the billing and the answer are its own.
 //!
 //! * Input: `input` a string or an array of strings (at most [`INPUTS_MAX`], none
-//!   empty); `model` and the `models` fallbacks; `dimensions`, which routing checks
+//!   empty), or OpenAI's token ids (an array of integers, or an array of them), which
+//!   only models whose provider takes them (OpenAI) are routed; `model` and the
+//!   `models` fallbacks; `dimensions`, which routing checks
 //!   against each model's vector lengths; `encoding_format` `float` (the default) or
 //!   `base64` (OpenAI's: the little-endian `f32`s, whatever the provider sent); `user`
-//!   (to OpenAI-compatible hosts) and Cohere's `input_type` (to Cohere only). Token-id
-//!   inputs are refused: most providers take only text.
+//!   (to OpenAI-compatible hosts) and Cohere's `input_type` (to Cohere only).
 //! * Money: the hold is the worst case at the dearest candidate's input price, each
-//!   input counted at its bytes (every tokenizer spends at least a byte per token) plus
+//!   input counted at its bytes (every tokenizer spends at least a byte per token) or
+//!   its token ids, plus
 //!   [`INPUT_OVERHEAD_TOKENS_MAX`], capped at the model's input limit. The settle bills
 //!   the provider's input tokens (OpenAI and Mistral `usage.prompt_tokens`, Cohere
 //!   `meta.billed_units.input_tokens`); Gemini reports none, so its requests are billed
@@ -27,7 +29,7 @@ use crate::error::ApiError;
 use crate::parse;
 use crate::pipeline::{self, Failure, HoldGuard, WorstCase};
 use crate::providers::embed::encode_base64;
-use crate::providers::{EmbedRequest, EmbedTarget, Embeddings, Encoding, Usage};
+use crate::providers::{EmbedRequest, EmbedTarget, Embeddings, Encoding, Input, Usage};
 use crate::respond::{self, Response};
 use crate::tokens::{self, Billed};
 use crate::upstream::Deadlines;
@@ -110,11 +112,16 @@ pub fn parse(body: &[u8]) -> Result<ParsedEmbed, ApiError> {
     Ok(ParsedEmbed { request, model_ids, dimensions })
 }
 
-fn inputs(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
-    let texts = match body.get("input") {
-        Some(Value::String(text)) => vec![text.clone()],
+/// `input`: a string, an array of token ids, or an array of strings or of token-id
+/// arrays; at most [`INPUTS_MAX`] inputs, none empty.
+fn inputs(body: &Map<String, Value>) -> Result<Vec<Input>, ApiError> {
+    let inputs = match body.get("input") {
+        Some(Value::String(text)) => vec![Input::Text(text.clone())],
         Some(Value::Array(items)) if items.is_empty() => {
             return Err(ApiError::invalid_param("input", "must not be empty"));
+        }
+        Some(Value::Array(items)) if items.iter().all(Value::is_number) => {
+            vec![Input::Tokens(token_ids(items, "input")?)]
         }
         Some(Value::Array(items)) if items.len() > INPUTS_MAX => {
             let message = format!("has {} inputs, more than the {INPUTS_MAX} allowed", items.len());
@@ -123,25 +130,39 @@ fn inputs(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
         Some(Value::Array(items)) => items
             .iter()
             .enumerate()
-            .map(|(item_idx, item)| match item {
-                Value::String(text) => Ok(text.clone()),
-                _ => Err(ApiError::invalid_param(
-                    &format!("input[{item_idx}]"),
-                    "must be a string (token-id inputs are not supported)",
-                )),
+            .map(|(item_idx, item)| {
+                let param = format!("input[{item_idx}]");
+                match item {
+                    Value::String(text) => Ok(Input::Text(text.clone())),
+                    Value::Array(ids) => Ok(Input::Tokens(token_ids(ids, &param)?)),
+                    _ => Err(ApiError::invalid_param(&param, "must be a string or token ids")),
+                }
             })
             .collect::<Result<_, _>>()?,
         Some(_) => {
-            return Err(ApiError::invalid_param("input", "must be a string or an array of strings"))
+            return Err(ApiError::invalid_param("input", "must be a string or an array"));
         }
         None => return Err(ApiError::invalid_param("input", "is required")),
     };
-    if let Some(empty_idx) = texts.iter().position(String::is_empty) {
+    let is_empty = |input: &Input| match input {
+        Input::Text(text) => text.is_empty(),
+        Input::Tokens(ids) => ids.is_empty(),
+    };
+    if let Some(empty_idx) = inputs.iter().position(is_empty) {
         let param =
-            if texts.len() == 1 { "input".to_owned() } else { format!("input[{empty_idx}]") };
-        return Err(ApiError::invalid_param(&param, "must not be an empty string"));
+            if inputs.len() == 1 { "input".to_owned() } else { format!("input[{empty_idx}]") };
+        return Err(ApiError::invalid_param(&param, "must not be empty"));
     }
-    Ok(texts)
+    Ok(inputs)
+}
+
+/// An array of token ids (non-negative integers below 2^32).
+fn token_ids(items: &[Value], param: &str) -> Result<Vec<u32>, ApiError> {
+    items
+        .iter()
+        .map(|item| item.as_u64().and_then(|id| u32::try_from(id).ok()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| ApiError::invalid_param(param, "token ids must be non-negative integers"))
 }
 
 /// An optional short string field.
@@ -158,15 +179,23 @@ fn label(body: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiEr
     }
 }
 
-/// The candidates: embedding models whose provider embeds, that produce vectors of the
-/// length asked for and take this many inputs.
+/// The candidates: embedding models that produce vectors of the length asked for, take
+/// this many inputs, and token ids if there are any.
 fn route(app: &'static App, parsed: &ParsedEmbed) -> Result<Vec<&'static Model>, ApiError> {
     let n_inputs = parsed.request.inputs.len();
+    let has_tokens = parsed.request.inputs.iter().any(|input| input.text().is_none());
     pipeline::route_by(app, &parsed.model_ids, |id, model| {
         let Some(embedding) = &model.embedding else {
             let message = format!("`{id}` is not an embedding model");
             return Some(ApiError::invalid_param("model", message));
         };
+        let takes_tokens = app.providers.get(&model.provider).is_some_and(|(adapter, _)| {
+            adapter.embedder().is_some_and(|embedder| embedder.takes_tokens())
+        });
+        if has_tokens && !takes_tokens {
+            let message = format!("model `{id}` embeds text only, not token ids");
+            return Some(ApiError::invalid_param("input", message));
+        }
         if let Some(dimensions) = parsed.dimensions.filter(|wanted| !embedding.allows(*wanted)) {
             let message =
                 format!("model `{id}` does not produce vectors of {dimensions} dimensions");
@@ -199,8 +228,12 @@ impl EmbedContext {
         self.request
             .inputs
             .iter()
-            .map(|text| {
-                (text.len() as u64)
+            .map(|input| {
+                let tokens_max = match input {
+                    Input::Text(text) => text.len(),
+                    Input::Tokens(ids) => ids.len(),
+                };
+                (tokens_max as u64)
                     .saturating_add(INPUT_OVERHEAD_TOKENS_MAX)
                     .min(model.context_length)
             })
@@ -310,7 +343,10 @@ async fn bill(context: &EmbedContext, model: &'static Model, reported: Option<u6
     let counting = tokio::task::spawn_blocking(move || {
         inputs
             .iter()
-            .map(|text| tokens::count(model.tokenizer(), text))
+            .map(|input| match input {
+                Input::Text(text) => tokens::count(model.tokenizer(), text),
+                Input::Tokens(ids) => ids.len() as u64,
+            })
             .fold(0, u64::saturating_add)
     });
     // Counting never panics on any text; if it did, bill the bound the client accepted.
@@ -396,14 +432,18 @@ mod tests {
     #[test]
     fn parses_text_inputs_and_options() {
         let one = parsed(json!({"model": "m", "input": "hi"})).unwrap();
-        assert_eq!(one.request.inputs, ["hi"]);
+        assert_eq!(one.request.inputs, [Input::Text("hi".into())]);
         assert_eq!(one.request.encoding, Encoding::Float);
         assert_eq!((one.dimensions, one.model_ids), (None, vec!["m".to_owned()]));
         let many = parsed(json!({"model": "m", "models": ["n"], "input": ["a", "b"],
             "dimensions": 256, "encoding_format": "base64", "input_type": "search_query",
             "user": "u-1"}))
         .unwrap();
-        assert_eq!(many.request.inputs, ["a", "b"]);
+        assert_eq!(many.request.inputs, [Input::Text("a".into()), Input::Text("b".into())]);
+        let ids = parsed(json!({"model": "m", "input": [1, 2, 3]})).unwrap();
+        assert_eq!(ids.request.inputs, [Input::Tokens(vec![1, 2, 3])]);
+        let mixed = parsed(json!({"model": "m", "input": [[4, 5], "six"]})).unwrap();
+        assert_eq!(mixed.request.inputs, [Input::Tokens(vec![4, 5]), Input::Text("six".into())]);
         assert_eq!(many.request.encoding, Encoding::Base64);
         assert_eq!(many.dimensions, Some(256));
         assert_eq!(many.request.input_type.as_deref(), Some("search_query"));
@@ -424,7 +464,10 @@ mod tests {
         check(json!({"model": "m", "input": ""}), "input");
         check(json!({"model": "m", "input": []}), "input");
         check(json!({"model": "m", "input": ["a", ""]}), "input[1]");
-        check(json!({"model": "m", "input": [[1, 2]]}), "input[0]");
+        check(json!({"model": "m", "input": [[1, -2]]}), "input[0]");
+        check(json!({"model": "m", "input": [[]]}), "input");
+        check(json!({"model": "m", "input": ["a", {"t": 1}]}), "input[1]");
+        check(json!({"model": "m", "input": [1.5]}), "input");
         check(json!({"model": "m", "input": 5}), "input");
         check(json!({"model": "m", "input": vec!["a"; INPUTS_MAX + 1]}), "input");
         check(json!({"model": "m", "input": "a", "dimensions": 0}), "dimensions");

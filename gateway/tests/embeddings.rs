@@ -133,6 +133,14 @@ async fn mock_embeddings_in_float_and_base64_cost_what_the_balance_loses() {
     let spent = spent + cost_pico(&dropped["usage"]["cost"]) + cost_pico(&over["usage"]["cost"]);
     assert_eq!(pico(&dev.account(&dev.demo_account).await["spent"]), spent);
 
+    // OpenAI's token-id inputs (LangChain's default): the mock counts one token per id.
+    let ids = json!({"model": "mock/embed", "input": [[101, 2023, 2003], [7, 8]]});
+    let (status, ids) = embed(&dev, &key, &ids).await;
+    assert_eq!(status, 200, "{ids}");
+    assert_eq!(ids["data"].as_array().expect("data").len(), 2);
+    assert_eq!(ids["usage"]["prompt_tokens"], 5);
+    check_record(&dev, &key, &ids, "mock").await;
+
     // Listed in /models as an embedding model.
     let (status, models) = dev.get("/v1/api/models", &key).await;
     assert_eq!(status, 200);
@@ -164,6 +172,8 @@ async fn refusals_are_openai_shaped_and_cost_nothing() {
         (json!({"model": "mock/embed", "input": "a", "encoding_format": "int8"}), 400, None),
         (json!({"model": "mock/echo", "input": "a"}), 400, Some("model")),
         (json!({"model": "nobody/nothing", "input": "a"}), 404, None),
+        // Token ids go only to providers that take them.
+        (json!({"model": "cohere/embed-v4.0", "input": [1, 2]}), 400, Some("input")),
         // Configured nowhere in a fresh dev: no key for OpenAI.
         (json!({"model": "openai/text-embedding-3-small", "input": "a"}), 503, None),
     ];

@@ -18,7 +18,7 @@ use solrouter_gateway::providers::cohere::Cohere;
 use solrouter_gateway::providers::google::Google;
 use solrouter_gateway::providers::openai::{OpenAiCompatible, Quirks};
 use solrouter_gateway::providers::{
-    Adapter, EmbedRequest, EmbedTarget, Embeddings, Encoding, Endpoint, UpstreamError, Usage,
+    Adapter, EmbedRequest, EmbedTarget, Embeddings, Encoding, Endpoint, Input, UpstreamError, Usage,
 };
 use solrouter_gateway::tokens;
 use solrouter_ledger::PicoUsd;
@@ -66,7 +66,7 @@ impl Host {
 
 fn embed_request(inputs: &[&str], encoding: Encoding, input_type: Option<&str>) -> EmbedRequest {
     EmbedRequest {
-        inputs: inputs.iter().map(|text| (*text).to_owned()).collect(),
+        inputs: inputs.iter().map(|text| Input::Text((*text).to_owned())).collect(),
         encoding,
         input_type: input_type.map(str::to_owned),
         user: None,
@@ -139,6 +139,12 @@ async fn openai_sends_the_reference_request_and_reads_float_and_base64() {
         .unwrap();
     assert_eq!(host.received().body["dimensions"], 256);
     assert_eq!(host.received().body["user"], "user-1");
+    // Token ids pass as OpenAI takes them.
+    let mut ids = embed_request(&[], Encoding::Float, None);
+    ids.inputs = vec![Input::Tokens(vec![791, 3691])];
+    assert!(adapter.embedder().unwrap().takes_tokens());
+    exchange(&adapter, &host, &ids, &target("text-embedding-3-small", None)).await.unwrap();
+    assert_eq!(host.received().body["input"], json!([[791, 3691]]));
 
     // A refusal is the client's: a 400, no fallback.
     let host = Host::start("/v1", 400, fixture("openai/error-400-dimensions.response.json")).await;
@@ -161,6 +167,7 @@ async fn mistral_sends_model_and_input_only() {
     assert_eq!(embeddings.vectors.len(), 2);
     assert_eq!(embeddings.vectors[1][0], -0.023_422_241);
     assert_eq!(embeddings.input_tokens, Some(15));
+    assert!(!adapter.embedder().unwrap().takes_tokens(), "Mistral embeds text only");
     let received = host.received();
     assert_eq!(received.path_and_query, "/v1/embeddings");
     assert_eq!(received.headers["authorization"], "Bearer test-key");

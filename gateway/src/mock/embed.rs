@@ -1,5 +1,5 @@
-//! OpenAI embeddings: `POST /embeddings` (and `/v1/embeddings`), `input` a string or an
-//! array of strings, `dimensions` (default [`DIMENSIONS_DEFAULT`], at most
+//! OpenAI embeddings: `POST /embeddings` (and `/v1/embeddings`), `input` a string, an
+//! array of strings, or token ids (one word each), `dimensions` (default [`DIMENSIONS_DEFAULT`], at most
 //! [`DIMENSIONS_MAX`]), `encoding_format` `float` or `base64`. Each vector is a
 //! deterministic unit vector drawn from its input's text, so equal texts embed equally;
 //! `usage.prompt_tokens` counts the inputs' words (at least one per input). The
@@ -38,7 +38,20 @@ struct WireRequest {
 #[serde(untagged)]
 enum Input {
     One(String),
-    Many(Vec<String>),
+    Tokens(Vec<u32>),
+    Many(Vec<Item>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Item {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+/// Token ids as the mock reads them: one word per id.
+fn token_text(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
 }
 
 /// The whole answer to one embeddings request, refusals first as for chat.
@@ -49,7 +62,14 @@ pub fn plan(knobs: &Knobs, body: &[u8], script: &Script, fate: Fate) -> Plan {
     };
     let inputs = match request.input {
         Input::One(text) => vec![text],
-        Input::Many(texts) => texts,
+        Input::Tokens(ids) => vec![token_text(&ids)],
+        Input::Many(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Item::Text(text) => text,
+                Item::Tokens(ids) => token_text(&ids),
+            })
+            .collect(),
     };
     let prompt_words: u64 = inputs.iter().map(|text| word_count(text).max(1)).sum();
     let prompt = Prompt {

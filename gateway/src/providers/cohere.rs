@@ -141,7 +141,9 @@ impl Embedder for Cohere {
         target: &EmbedTarget,
     ) -> UpstreamRequest {
         let input_type = request.input_type.as_deref().unwrap_or(INPUT_TYPE_DEFAULT);
-        let mut body = json!({"model": target.upstream_model, "texts": request.inputs,
+        // Routing sends token ids only to embedders that take them.
+        let texts: Vec<&str> = request.inputs.iter().filter_map(embed::Input::text).collect();
+        let mut body = json!({"model": target.upstream_model, "texts": texts,
             "input_type": input_type, "embedding_types": ["float"]});
         if let Some(dimensions) = target.dimensions {
             body["output_dimension"] = Value::from(dimensions);

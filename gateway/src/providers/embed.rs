@@ -17,11 +17,38 @@ pub enum Encoding {
     Base64,
 }
 
+/// One input to embed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Text(String),
+    /// Token ids of the model's own tokenizer (OpenAI's arrays of integers, which
+    /// LangChain sends by default): only OpenAI itself takes them
+    /// ([`Embedder::takes_tokens`]).
+    Tokens(Vec<u32>),
+}
+
+impl Input {
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Input::Text(text) => Some(text),
+            Input::Tokens(_) => None,
+        }
+    }
+
+    /// The input as OpenAI's `input` array holds it.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Input::Text(text) => Value::from(text.as_str()),
+            Input::Tokens(tokens) => Value::from(tokens.clone()),
+        }
+    }
+}
+
 /// A validated embeddings request, provider-neutral.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbedRequest {
-    /// The texts to embed, in order; none is empty.
-    pub inputs: Vec<String>,
+    /// What to embed, in order; none is empty.
+    pub inputs: Vec<Input>,
     pub encoding: Encoding,
     /// Cohere's `input_type` (`search_document`, `search_query`, `classification`,
     /// `clustering`), passed to Cohere only.
@@ -56,6 +83,11 @@ pub trait Embedder: Send + Sync {
         request: &EmbedRequest,
         target: &EmbedTarget,
     ) -> UpstreamRequest;
+    /// Whether the provider embeds token ids ([`Input::Tokens`]); routing sends the
+    /// others text only.
+    fn takes_tokens(&self) -> bool {
+        false
+    }
     /// Reads a 2xx body answering `request`.
     fn embed_response(
         &self,
@@ -132,7 +164,7 @@ mod tests {
         assert_eq!(float_vector(&serde_json::json!([0.5, -2])).unwrap(), [0.5, -2.0]);
         assert_eq!(float_vector(&serde_json::json!([0.5, "x"])), None);
         let request = EmbedRequest {
-            inputs: vec!["a".into(), "b".into()],
+            inputs: vec![Input::Text("a".into()), Input::Tokens(vec![1, 2])],
             encoding: Encoding::Float,
             input_type: None,
             user: None,

@@ -162,6 +162,8 @@ impl Embedder for Google {
         let requests: Vec<Value> = request
             .inputs
             .iter()
+            // Routing sends token ids only to embedders that take them.
+            .filter_map(embed::Input::text)
             .map(|text| {
                 let mut entry = json!({"model": model, "content": {"parts": [{"text": text}]}});
                 if let Some(dimensions) = target.dimensions {

@@ -22,7 +22,7 @@ pub mod openai;
 mod registry;
 mod translate;
 
-pub use embed::{EmbedRequest, EmbedTarget, Embedder, Embeddings, Encoding};
+pub use embed::{EmbedRequest, EmbedTarget, Embedder, Embeddings, Encoding, Input};
 pub use registry::{Providers, MOCK_PROVIDER};
 
 use bytes::Bytes;

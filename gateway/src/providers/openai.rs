@@ -182,7 +182,8 @@ impl Embedder for OpenAiCompatible {
         let mistral = self.quirks.mistral_parameter_names;
         let mut body = Map::new();
         body.insert("model".to_owned(), Value::from(target.upstream_model));
-        body.insert("input".to_owned(), Value::from(request.inputs.clone()));
+        let inputs = request.inputs.iter().map(embed::Input::to_json).collect();
+        body.insert("input".to_owned(), Value::Array(inputs));
         if let Some(dimensions) = target.dimensions {
             let field = if mistral { "output_dimension" } else { "dimensions" };
             body.insert(field.to_owned(), Value::from(dimensions));
@@ -206,6 +207,11 @@ impl Embedder for OpenAiCompatible {
             headers: bearer_headers(endpoint),
             body: Bytes::from(Value::Object(body).to_string()),
         }
+    }
+
+    /// OpenAI's own API takes token ids; Mistral's takes text only.
+    fn takes_tokens(&self) -> bool {
+        !self.quirks.mistral_parameter_names
     }
 
     fn embed_response(
