@@ -23,6 +23,11 @@
 //!
 //! Stages 6–8 run in a task of their own: once money is held, the hold must end in a
 //! settle or a release even if the client disconnects and its connection is dropped.
+//!
+//! An endpoint that is no chat (embeddings, `embeddings.rs`) takes the stages it shares
+//! from here rather than copying them: [`accept`] (1–3), [`route_by`] (5), [`hold`] (6),
+//! [`detached`], [`first_answer`] (7, with the circuit breakers and fallback) and
+//! [`HoldGuard`] (8).
 
 use crate::app::App;
 use crate::bank::{now_ms, Caller, HOLD_GRACE};
