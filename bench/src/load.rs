@@ -8,7 +8,7 @@
 use crate::cluster::proposed;
 use crate::{funding_commands, lifecycle_commands};
 use solrouter_ledger::{Command, Outcome};
-use solrouter_raft::{LedgerClient, LedgerError, LedgerNode};
+use solrouter_raft::{LedgerApi, LedgerClient, LedgerError, LedgerNode};
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

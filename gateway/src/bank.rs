@@ -13,8 +13,8 @@ use solrouter_ledger::{
     Rejection, Reply, RequestRecord,
 };
 use solrouter_raft::{
-    Consistency, HistoryPage, HistoryQuery, LedgerClient, LedgerError, LedgerNode, UsageQuery,
-    UsageRow,
+    Consistency, HistoryPage, HistoryQuery, LedgerApi, LedgerClient, LedgerError, LedgerHandle,
+    LedgerNode, UsageQuery, UsageRow,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -79,40 +79,26 @@ pub struct Settled {
 /// A handle to the ledger, cheap to clone.
 #[derive(Clone)]
 pub struct Bank {
-    ledger: Backend,
+    /// A node in this process (dev mode) or a cluster reached over gRPC (gateway mode):
+    /// both answer the same calls with the same meaning.
+    ledger: LedgerHandle,
     /// Found keys, in gateway mode only: a local node answers as fast as a cache would.
     key_cache: Option<Arc<KeyCache>>,
-}
-
-/// Where the ledger is. Both kinds answer the same calls with the same meaning.
-#[derive(Clone)]
-enum Backend {
-    /// A node in this process (dev mode).
-    Local(LedgerNode),
-    /// A cluster of ledger nodes reached over gRPC (gateway mode).
-    Remote(LedgerClient),
-}
-
-/// Makes the same call on whichever backend `bank` has.
-macro_rules! on_ledger {
-    ($bank:expr, $ledger:ident => $call:expr) => {
-        match &$bank.ledger {
-            Backend::Local($ledger) => $call,
-            Backend::Remote($ledger) => $call,
-        }
-    };
 }
 
 impl Bank {
     /// A bank over the single-node ledger of dev mode, in this process. Its one replica
     /// has applied every acknowledged command, so its local reads are already current.
     pub fn new(node: LedgerNode) -> Bank {
-        Bank { ledger: Backend::Local(node), key_cache: None }
+        Bank { ledger: LedgerHandle::Local(node), key_cache: None }
     }
 
     /// A bank over a remote ledger cluster.
     pub fn remote(client: LedgerClient) -> Bank {
-        Bank { ledger: Backend::Remote(client), key_cache: Some(Arc::new(KeyCache::default())) }
+        Bank {
+            ledger: LedgerHandle::Remote(client),
+            key_cache: Some(Arc::new(KeyCache::default())),
+        }
     }
 
     /// Submits one command; a ledger that cannot answer (within the ledger client's
@@ -121,8 +107,7 @@ impl Bank {
     async fn submit(&self, id: OpId, op: Op) -> Result<Outcome, ApiError> {
         let context = op_name(&op);
         let command = Command { id, op };
-        on_ledger!(self, ledger => ledger.submit(command).await)
-            .map_err(|error| ApiError::ledger(context, error))
+        self.ledger.submit(command).await.map_err(|error| ApiError::ledger(context, error))
     }
 
     pub async fn create_account(
@@ -166,12 +151,16 @@ impl Bank {
     /// Reads below are linearizable: they see every command acknowledged before they
     /// started.
     pub async fn account(&self, account: AccountId) -> Result<Option<Account>, ApiError> {
-        on_ledger!(self, ledger => ledger.account(account, Consistency::Linearizable).await)
+        self.ledger
+            .account(account, Consistency::Linearizable)
+            .await
             .map_err(|error| ApiError::ledger("read", error))
     }
 
     pub async fn key(&self, key: KeyId) -> Result<Option<Key>, ApiError> {
-        on_ledger!(self, ledger => ledger.key(key, Consistency::Linearizable).await)
+        self.ledger
+            .key(key, Consistency::Linearizable)
+            .await
             .map_err(|error| ApiError::ledger("read", error))
     }
 
@@ -181,32 +170,39 @@ impl Bank {
         account: AccountId,
         hold: HoldId,
     ) -> Result<Option<RequestRecord>, ApiError> {
-        on_ledger!(self, ledger => ledger.record(account, hold, Consistency::Linearizable).await)
+        self.ledger
+            .record(account, hold, Consistency::Linearizable)
+            .await
             .map_err(|error| ApiError::ledger("read", error))
     }
 
     /// A page of an account's request history, newest first.
     pub async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, ApiError> {
-        on_ledger!(self, ledger => ledger.history(query.clone(), Consistency::Linearizable).await)
+        self.ledger
+            .history(query, Consistency::Linearizable)
+            .await
             .map_err(|error| ApiError::ledger("read", error))
     }
 
     /// An account's usage per bucket, key and model.
     pub async fn usage(&self, query: UsageQuery) -> Result<Vec<UsageRow>, ApiError> {
-        on_ledger!(self, ledger => ledger.usage(query.clone(), Consistency::Linearizable).await)
+        self.ledger
+            .usage(query, Consistency::Linearizable)
+            .await
             .map_err(|error| ApiError::ledger("read", error))
     }
 
     /// The bank check over every account.
     pub async fn audit(&self) -> Result<Audit, ApiError> {
-        on_ledger!(self, ledger => ledger.audit(Consistency::Linearizable).await)
+        self.ledger
+            .audit(Consistency::Linearizable)
+            .await
             .map_err(|error| ApiError::ledger("audit", error))
     }
 
     /// Succeeds when every part of the ledger has a leader that a quorum confirms.
     pub async fn ready(&self) -> Result<(), ApiError> {
-        on_ledger!(self, ledger => ledger.ready().await)
-            .map_err(|error| ApiError::ledger("readiness", error))
+        self.ledger.ready().await.map_err(|error| ApiError::ledger("readiness", error))
     }
 
     /// Holds `amount` for request `hold` of `caller`, for `ttl` from when the ledger
@@ -278,12 +274,14 @@ impl Bank {
         hash: KeyHash,
     ) -> Result<Option<CachedKey>, ApiError> {
         let consistency = match self.ledger {
-            Backend::Local(_) => Consistency::Stale,
-            Backend::Remote(_) => Consistency::Linearizable,
+            LedgerHandle::Local(_) => Consistency::Stale,
+            LedgerHandle::Remote(_) => Consistency::Linearizable,
         };
-        let found =
-            on_ledger!(self, ledger => ledger.key_by_hash(account, hash, consistency).await)
-                .map_err(|error| ApiError::ledger("authentication", error))?;
+        let found = self
+            .ledger
+            .key_by_hash(account, hash, consistency)
+            .await
+            .map_err(|error| ApiError::ledger("authentication", error))?;
         let Some((key, entry)) = found else { return Ok(None) };
         let found = CachedKey {
             key,
@@ -354,8 +352,7 @@ impl Bank {
         let mut backoff = SETTLE_BACKOFF_FIRST;
         loop {
             let command = Command { id, op: op.clone() };
-            let submitting = async { on_ledger!(self, ledger => ledger.submit(command).await) };
-            let error = match tokio::time::timeout_at(deadline, submitting).await {
+            let error = match tokio::time::timeout_at(deadline, self.ledger.submit(command)).await {
                 Ok(Ok(Ok(reply))) => return Some(reply),
                 // A defensive release of a hold that was never made (its reserve failed)
                 // or is already gone (expired, settled): nothing to do.

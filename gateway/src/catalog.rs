@@ -38,7 +38,9 @@ pub struct Model {
     pub provider: String,
     /// The provider's own name for the model.
     pub upstream_model: String,
+    /// The most prompt tokens of a request; of an embedding model, of one input.
     pub context_length: u64,
+    /// Zero for an embedding model, which generates no tokens.
     pub max_output_tokens: u64,
     pub input_modalities: Vec<String>,
     pub output_modalities: Vec<String>,
@@ -50,6 +52,43 @@ pub struct Model {
     pub long_context: Option<LongContext>,
     /// Where the price was read, and when.
     pub source: String,
+    /// What an embedding model answers (`POST /v1/api/embeddings`); `None` for chat
+    /// models, which only that endpoint refuses.
+    pub embedding: Option<Embedding>,
+}
+
+/// The vectors of an embedding model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Embedding {
+    /// The length of a vector when the client asks for none.
+    pub dimensions: u32,
+    /// The other lengths a client may ask for (`dimensions`).
+    pub reducible: Reducible,
+    /// The most inputs one upstream request may carry.
+    pub inputs_max: u32,
+}
+
+/// Which vector lengths besides the default an embedding model produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reducible {
+    /// Only the default.
+    No,
+    /// Any length from this one up to the default (Matryoshka models).
+    From(u32),
+    /// One of these.
+    To(Vec<u32>),
+}
+
+impl Embedding {
+    /// Whether the model produces vectors of `dimensions`.
+    pub fn allows(&self, dimensions: u32) -> bool {
+        dimensions == self.dimensions
+            || match &self.reducible {
+                Reducible::No => false,
+                Reducible::From(min) => (*min..=self.dimensions).contains(&dimensions),
+                Reducible::To(options) => options.contains(&dimensions),
+            }
+    }
 }
 
 /// A price tier keyed by the request's prompt length.
@@ -239,13 +278,24 @@ struct ModelEntry {
     provider: String,
     upstream_model: String,
     context_length: u64,
-    max_output_tokens: u64,
+    /// Required, except of embedding models, which must have none.
+    max_output_tokens: Option<u64>,
     input_modalities: Vec<String>,
     output_modalities: Vec<String>,
     capabilities: Capabilities,
     price: PriceEntry,
     long_context: Option<LongContextEntry>,
     source: String,
+    embedding: Option<EmbeddingEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbeddingEntry {
+    dimensions: u32,
+    dimensions_min: Option<u32>,
+    dimensions_options: Option<Vec<u32>>,
+    inputs_max: u32,
 }
 
 #[derive(Deserialize)]
@@ -273,10 +323,19 @@ impl ModelEntry {
         if self.provider.is_empty() || self.upstream_model.is_empty() || self.source.is_empty() {
             return Err(model_error(id, "provider, upstream_model and source are required"));
         }
-        if self.max_output_tokens == 0 || self.max_output_tokens > self.context_length {
-            return Err(model_error(id, "max_output_tokens must be in 1..=context_length"));
-        }
+        let embedding = self.embedding.as_ref().map(|entry| entry.validate(id)).transpose()?;
+        let max_output_tokens = match (self.max_output_tokens, &embedding) {
+            (None, Some(_)) => 0,
+            (Some(_), Some(_)) => {
+                return Err(model_error(id, "an embedding model has no max_output_tokens"))
+            }
+            (Some(tokens), None) if (1..=self.context_length).contains(&tokens) => tokens,
+            _ => return Err(model_error(id, "max_output_tokens must be in 1..=context_length")),
+        };
         let price = self.price.validate(id)?;
+        if embedding.is_some() && price.completion != PicoUsd::ZERO {
+            return Err(model_error(id, "an embedding model bills no completion tokens"));
+        }
         let long_context = match &self.long_context {
             None => None,
             Some(tier) => {
@@ -302,14 +361,40 @@ impl ModelEntry {
             provider: self.provider,
             upstream_model: self.upstream_model,
             context_length: self.context_length,
-            max_output_tokens: self.max_output_tokens,
+            max_output_tokens,
             input_modalities: self.input_modalities,
             output_modalities: self.output_modalities,
             capabilities: self.capabilities,
             price,
             long_context,
             source: self.source,
+            embedding,
         })
+    }
+}
+
+impl EmbeddingEntry {
+    fn validate(&self, id: &str) -> Result<Embedding, CatalogError> {
+        let reducible = match (self.dimensions_min, &self.dimensions_options) {
+            (None, None) => Reducible::No,
+            (Some(min), None) if (1..=self.dimensions).contains(&min) => Reducible::From(min),
+            (None, Some(options))
+                if options.iter().all(|option| (1..=self.dimensions).contains(option)) =>
+            {
+                Reducible::To(options.clone())
+            }
+            _ => {
+                return Err(model_error(
+                    id,
+                    "embedding: at most one of dimensions_min and dimensions_options, \
+                     within 1..=dimensions",
+                ))
+            }
+        };
+        if self.dimensions == 0 || self.inputs_max == 0 {
+            return Err(model_error(id, "embedding: dimensions and inputs_max must be positive"));
+        }
+        Ok(Embedding { dimensions: self.dimensions, reducible, inputs_max: self.inputs_max })
     }
 }
 
@@ -459,6 +544,48 @@ price = {price}
 source = "test"
 "#
         )
+    }
+
+    #[test]
+    fn embedding_models_name_their_vectors_and_bill_input_only() {
+        let catalog = Catalog::builtin();
+        let small = catalog.get("openai/text-embedding-3-small").unwrap();
+        let embedding = small.embedding.as_ref().unwrap();
+        assert_eq!((embedding.dimensions, embedding.inputs_max), (1536, 2048));
+        assert!(embedding.allows(1536) && embedding.allows(1) && !embedding.allows(1537));
+        assert_eq!(small.max_output_tokens, 0);
+        // 1,000 tokens at $0.02 per million.
+        let usage = Usage { prompt_tokens: 1000, ..Usage::default() };
+        assert_eq!(small.cost(&usage), PicoUsd::parse_usd("0.00002").unwrap());
+        let cohere = catalog.get("cohere/embed-v4.0").unwrap().embedding.clone().unwrap();
+        assert!(cohere.allows(256) && !cohere.allows(300));
+        let mistral = catalog.get("mistralai/mistral-embed").unwrap().embedding.clone().unwrap();
+        assert!(mistral.allows(1024) && !mistral.allows(512));
+        assert!(catalog.get("openai/gpt-4o").unwrap().embedding.is_none());
+
+        let embed = |table: &str| {
+            entry(r#"{ prompt = "1", completion = "0" }"#)
+                .replace("max_output_tokens = 5\n", "")
+                .replace("source = \"test\"", &format!("source = \"test\"\nembedding = {table}"))
+        };
+        assert!(Catalog::parse(&embed("{ dimensions = 8, dimensions_min = 2, inputs_max = 4 }"))
+            .is_ok());
+        let check = |text: &str, expected: &str| {
+            let error = Catalog::parse(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        };
+        check(&embed("{ dimensions = 8, dimensions_min = 9, inputs_max = 4 }"), "dimensions_min");
+        check(&embed("{ dimensions = 8, inputs_max = 0 }"), "inputs_max");
+        check(
+            &embed("{ dimensions = 8, inputs_max = 4 }")
+                .replace("completion = \"0\"", "completion = \"1\""),
+            "no completion",
+        );
+        check(
+            &embed("{ dimensions = 8, inputs_max = 4 }")
+                .replace("context_length = 10", "context_length = 10\nmax_output_tokens = 5"),
+            "no max_output_tokens",
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod codec;
 pub mod config;
 pub mod dev;
+pub mod embeddings;
 pub mod error;
 pub mod gateway_mode;
 pub mod health;

@@ -182,7 +182,9 @@ struct LedgerArgs {
     #[arg(long, default_value = "0.0.0.0:7000")]
     listen: SocketAddr,
     /// The founding members, `1=host:port,2=host:port,…`, this node included; each address
-    /// is what the others and the gateways dial. Read on the first start only.
+    /// is what the others and the gateways dial. On the cluster's first start the lowest id
+    /// founds it once every founder answers; at every start a founder asks the others
+    /// whether they know it under another data directory (wiped), and then refuses to start.
     #[arg(long)]
     peers: Option<String>,
     /// Start as a node to be added to a running cluster (`ledger-admin add-node`) instead

@@ -143,7 +143,8 @@ pub fn models(app: &'static App) -> Response {
     let data: Vec<Value> = app
         .catalog
         .models()
-        .filter(|model| app.providers.enabled(&model.provider))
+        // Embedding models answer no messages.
+        .filter(|model| app.providers.enabled(&model.provider) && model.embedding.is_none())
         .map(|model| {
             json!({"type": "model", "id": model.id, "display_name": model.id,
                 "created_at": "1970-01-01T00:00:00Z"})

@@ -99,7 +99,8 @@ pub fn prompt_tokens_max(body_bytes: usize, n_media_parts: u64) -> u64 {
     (body_bytes as u64).saturating_add(n_media_parts.saturating_mul(MEDIA_PART_TOKENS_MAX))
 }
 
-fn model_ids(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+/// `model` first, then the `models` fallbacks in order, without repeats.
+pub fn model_ids(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
     let primary = match body.get("model") {
         Some(Value::String(model)) if !model.is_empty() && model.len() <= NAME_BYTES_MAX => model,
         Some(_) => return Err(ApiError::invalid_param("model", "must be a model id string")),

@@ -23,6 +23,11 @@
 //!
 //! Stages 6–8 run in a task of their own: once money is held, the hold must end in a
 //! settle or a release even if the client disconnects and its connection is dropped.
+//!
+//! An endpoint that is no chat (embeddings, `embeddings.rs`) takes the stages it shares
+//! from here rather than copying them: [`accept`] (1–3), [`route_by`] (5), [`hold`] (6),
+//! [`detached`], [`first_answer`] (7, with the circuit breakers and fallback) and
+//! [`HoldGuard`] (8).
 
 use crate::app::App;
 use crate::bank::{now_ms, Caller, HOLD_GRACE};
@@ -41,7 +46,10 @@ use crate::wire;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use solrouter_ledger::{signed_usd, HoldId, PicoUsd, Rejection, Reply, RequestRecord};
+use solrouter_ledger::{
+    signed_usd, HoldId, PicoUsd, Rejection, Reply as LedgerReply, RequestRecord,
+};
+use std::future::Future;
 use tokio::sync::oneshot;
 use tokio::time::{Duration, Instant};
 
@@ -183,11 +191,7 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let limit = app.config.body_bytes_max();
-    let (head, body) = request.into_parts();
-    let body = UnreadBody::new(&head.headers, body, limit)?;
-    let caller = app.bank.authenticate(&head.headers).await?;
-    let body = body.read(limit).await?;
+    let (head, caller, body) = accept(app, request).await?;
     let parsed = codec.parse(&body, &head.headers)?;
     drop(body);
     let candidates = route(app, &parsed)?;
@@ -203,31 +207,53 @@ pub async fn handle(
         created_ms: now_ms(),
         deadline: started + app.upstream.timeouts().total,
     };
-    // From the reserve on, money is involved: stages 6–8 run in their own task, so a
-    // client that hangs up (which drops this future) cannot cut them short between a
-    // reserve and its settle or release.
-    let (reply, replied) = oneshot::channel();
-    tokio::spawn(async move {
+    detached(move |reply| async move {
         match reserve(app, &context).await {
             Ok(()) => forward(app, context, reply).await,
             Err(error) => {
                 let _ = reply.send(Err(error));
             }
         }
-    });
+    })
+    .await
+}
+
+/// Stages 1–3 of every endpoint: the declared length, the caller's key (before the body
+/// is read), then the body, under the limit and a deadline.
+pub async fn accept(
+    app: &'static App,
+    request: Request<Incoming>,
+) -> Result<(http::request::Parts, Caller, Bytes), ApiError> {
+    let limit = app.config.body_bytes_max();
+    let (head, body) = request.into_parts();
+    let body = UnreadBody::new(&head.headers, body, limit)?;
+    let caller = app.bank.authenticate(&head.headers).await?;
+    let body = body.read(limit).await?;
+    Ok((head, caller, body))
+}
+
+/// Runs the stages that hold money (reserve to settle) in a task of their own, so a
+/// client that hangs up (which drops the calling future) cannot cut them short between
+/// a reserve and its settle or release. `work` answers through `reply`, when it has an
+/// answer; it may go on (settling, relaying) after.
+pub async fn detached<Work, Running>(work: Work) -> Result<Response, ApiError>
+where
+    Work: FnOnce(Reply) -> Running,
+    Running: Future<Output = ()> + Send + 'static,
+{
+    let (reply, replied) = oneshot::channel();
+    tokio::spawn(work(reply));
     replied
         .await
         .unwrap_or_else(|_| Err(ApiError::internal("the request's task ended without an answer")))
 }
 
-/// Stage 5: the candidates in order. Unknown ids are a 404 (the client named them);
-/// models that cannot serve this request are skipped, and if none is left the first
-/// reason to skip is the answer.
+/// Where a detached task sends the client its answer.
+pub type Reply = oneshot::Sender<Result<Response, ApiError>>;
+
+/// Stage 5 of a chat: the candidates that can serve this request (see [`route_by`]).
 fn route(app: &'static App, parsed: &ParsedChat) -> Result<Vec<&'static Model>, ApiError> {
-    let mut candidates = Vec::with_capacity(parsed.model_ids.len());
-    let mut first_skip = None;
-    for id in &parsed.model_ids {
-        let model = app.catalog.get(id).ok_or_else(|| ApiError::model_not_found(id))?;
+    route_by(app, &parsed.model_ids, |id, model| {
         let native = app
             .providers
             .get(&model.provider)
@@ -240,20 +266,40 @@ fn route(app: &'static App, parsed: &ParsedChat) -> Result<Vec<&'static Model>, 
                 "response_format",
             ),
         ];
-        let skip = if let Some((_, param)) = unsupported.iter().find(|(missing, _)| *missing) {
+        if model.embedding.is_some() {
+            let message = format!("`{id}` is an embedding model: use POST /v1/api/embeddings");
+            Some(ApiError::invalid_param("model", message))
+        } else if let Some((_, param)) = unsupported.iter().find(|(missing, _)| *missing) {
             Some(ApiError::invalid_param(
                 param,
                 format!("model `{id}` does not support this input"),
             ))
-        } else if let Some(refusal) = parsed.native_only.as_ref().filter(|_| !native) {
-            Some(refusal.clone())
-        } else if !app.providers.enabled(&model.provider) {
-            let message =
-                format!("provider `{}` of model `{id}` is not configured", model.provider);
-            Some(ApiError::unavailable(message))
         } else {
-            None
-        };
+            parsed.native_only.as_ref().filter(|_| !native).cloned()
+        }
+    })
+}
+
+/// Stage 5 of every endpoint: the models `ids` names, in order, less those `refusal`
+/// gives a reason to skip and those whose provider is not configured. An unknown id is
+/// a 404 (the client named it); when no candidate is left, the first reason to skip is
+/// the answer.
+pub fn route_by(
+    app: &'static App,
+    ids: &[String],
+    refusal: impl Fn(&str, &'static Model) -> Option<ApiError>,
+) -> Result<Vec<&'static Model>, ApiError> {
+    let mut candidates = Vec::with_capacity(ids.len());
+    let mut first_skip = None;
+    for id in ids {
+        let model = app.catalog.get(id).ok_or_else(|| ApiError::model_not_found(id))?;
+        let skip = refusal(id, model).or_else(|| {
+            (!app.providers.enabled(&model.provider)).then(|| {
+                let message =
+                    format!("provider `{}` of model `{id}` is not configured", model.provider);
+                ApiError::unavailable(message)
+            })
+        });
         match skip {
             Some(error) => {
                 first_skip.get_or_insert(error);
@@ -335,18 +381,45 @@ async fn reserve(app: &'static App, context: &RequestContext) -> Result<(), ApiE
         .map(|model| (*model, worst_case(app, context, model)))
         .max_by_key(|(_, (_, _, amount))| *amount)
         .ok_or_else(|| ApiError::internal("routing left no candidate"))?;
+    let worst = WorstCase {
+        model,
+        amount,
+        covers: format!("{prompt_tokens} prompt + {completion_tokens} completion tokens"),
+        remedy: "Lower `max_tokens` or add credits.",
+    };
+    hold(app, context.caller, context.generation, worst).await
+}
+
+/// What a request may cost at most, at its dearest candidate: the amount held.
+pub struct WorstCase<'a> {
+    pub model: &'a Model,
+    pub amount: PicoUsd,
+    /// The tokens the amount covers, for a client refused for want of credit.
+    pub covers: String,
+    /// What such a client can do.
+    pub remedy: &'static str,
+}
+
+/// Stage 6 of every endpoint: reserves `worst.amount` under the hold `generation`,
+/// before anything can cost the operator; a 402 when the balance cannot cover it.
+pub async fn hold(
+    app: &'static App,
+    caller: Caller,
+    generation: HoldId,
+    worst: WorstCase<'_>,
+) -> Result<(), ApiError> {
+    let WorstCase { model, amount, covers, remedy } = worst;
     let ttl = app.upstream.timeouts().total + HOLD_GRACE;
-    let outcome = app.bank.reserve(context.caller, context.generation, amount, ttl).await?;
+    let outcome = app.bank.reserve(caller, generation, amount, ttl).await?;
     match outcome {
-        Ok(Reply::Reserved { .. }) => Ok(()),
+        Ok(LedgerReply::Reserved { .. }) => Ok(()),
         Ok(reply) => Err(ApiError::internal(format!("reserve answered {reply:?}"))),
         Err(Rejection::InsufficientFunds { available }) => {
             let affordable = affordable_tokens(available, model.price_per_token_max());
             Err(ApiError::insufficient_credits(format!(
                 "insufficient credits: the available balance of ${} affords about {affordable} \
-                 tokens of `{}` (up to ${} per token); this request may use up to \
-                 {prompt_tokens} prompt + {completion_tokens} completion tokens (${amount}). \
-                 Lower `max_tokens` or add credits.",
+                 tokens of `{}` (up to ${} per token); this request may use up to {covers} \
+                 (${amount}). {remedy}",
                 signed_usd(available),
                 model.id,
                 crate::catalog::Price::per_token_usd(model.price_per_token_max()),
@@ -365,55 +438,61 @@ fn affordable_tokens(available: i128, per_token_max: PicoUsd) -> u128 {
     u128::try_from(available).map_or(0, |available| available / per_token)
 }
 
-/// Stages 7–8: tries each candidate; the first that answers gets relayed and settled.
-async fn forward(
-    app: &'static App,
-    context: RequestContext,
-    reply: oneshot::Sender<Result<Response, ApiError>>,
-) {
-    let hold = HoldGuard::new(app, &context);
-    let n_candidates = context.candidates.len();
-    for (candidate_idx, model) in context.candidates.iter().copied().enumerate() {
-        let failure = match attempt(app, &context, model).await {
-            Ok(Answer::Complete(completion, native)) => {
-                return respond_complete(app, &context, model, completion, native, hold, reply)
-                    .await
-            }
-            Ok(Answer::Stream(stream)) => {
-                return relay::run(app, &context, model, *stream, hold, reply).await
-            }
-            Err(failure) => failure,
-        };
-        let error = match failure {
-            Failure::Upstream(error) if error.fallback && candidate_idx + 1 < n_candidates => {
-                metrics::counter!("solrouter_fallbacks_total", "provider" => model.provider.as_str()).increment(1);
-                tracing::info!(%error, model = %model.id, "falling back to the next candidate");
-                continue;
-            }
-            Failure::Upstream(error) => ApiError::upstream(&error),
-            Failure::Final(error) => error,
-        };
-        hold.release();
-        let _ = reply.send(Err(error));
-        return;
+/// Stages 7–8: the first candidate that answers gets relayed and settled.
+async fn forward(app: &'static App, context: RequestContext, reply: Reply) {
+    let hold = HoldGuard::new(app, context.caller, context.generation);
+    match first_answer(app, &context.candidates, |model| attempt(app, &context, model)).await {
+        Ok((model, Answer::Complete(completion, native))) => {
+            respond_complete(app, &context, model, completion, native, hold, reply).await
+        }
+        Ok((model, Answer::Stream(stream))) => {
+            relay::run(app, &context, model, *stream, hold, reply).await
+        }
+        Err(error) => {
+            hold.release();
+            let _ = reply.send(Err(error));
+        }
     }
 }
 
-/// What a successful attempt yields: a whole completion (and the provider's own body
-/// when it answered in the client's format), or a stream ready to relay.
-enum Answer {
-    Complete(Completion, Option<Bytes>),
-    Stream(Box<relay::OpenStream>),
+/// Stage 7 of every endpoint: tries each candidate in order through `attempt`, falling
+/// back to the next on an upstream failure that allows it, and yields the first answer
+/// with the model that gave it, or the error to answer the client with. Each attempt is
+/// gated by its provider's circuit breaker and recorded in it, so a provider that keeps
+/// failing is skipped (the request falls back at once) until a probe finds it healthy.
+pub async fn first_answer<T, Attempt, Attempting>(
+    app: &'static App,
+    candidates: &[&'static Model],
+    mut attempt: Attempt,
+) -> Result<(&'static Model, T), ApiError>
+where
+    Attempt: FnMut(&'static Model) -> Attempting,
+    Attempting: Future<Output = Result<T, Failure>>,
+{
+    let n_candidates = candidates.len();
+    for (candidate_idx, model) in candidates.iter().copied().enumerate() {
+        let failure = match guarded(app, model, attempt(model)).await {
+            Ok(answer) => return Ok((model, answer)),
+            Err(failure) => failure,
+        };
+        match failure {
+            Failure::Upstream(error) if error.fallback && candidate_idx + 1 < n_candidates => {
+                metrics::counter!("solrouter_fallbacks_total", "provider" => model.provider.as_str()).increment(1);
+                tracing::info!(%error, model = %model.id, "falling back to the next candidate");
+            }
+            Failure::Upstream(error) => return Err(ApiError::upstream(&error)),
+            Failure::Final(error) => return Err(error),
+        }
+    }
+    Err(ApiError::internal("routing left no candidate"))
 }
 
-/// One attempt at one candidate, gated by its provider's circuit breaker and recorded
-/// in it, so a provider that keeps failing is skipped (the request falls back at once)
-/// until a probe finds it healthy again.
-async fn attempt(
+/// One attempt at `model`, unless its provider's circuit is open, recorded in it.
+async fn guarded<T>(
     app: &'static App,
-    context: &RequestContext,
     model: &'static Model,
-) -> Result<Answer, Failure> {
+    attempt: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
     if app.health.admit(&model.provider) == Admission::Refuse {
         let message = "skipped: its recent requests failed (circuit open)";
         return Err(upstream::failure(
@@ -424,13 +503,7 @@ async fn attempt(
         )
         .into());
     }
-    let result = if context.chat.stream {
-        relay::open(app, context, model).await.map(|stream| Answer::Stream(Box::new(stream)))
-    } else {
-        complete(app, context, model)
-            .await
-            .map(|(completion, native)| Answer::Complete(completion, native))
-    };
+    let result = attempt.await;
     match &result {
         Ok(_) => app.health.record(&model.provider, true),
         Err(Failure::Upstream(error)) => app.health.record(&model.provider, !is_outage(error)),
@@ -438,6 +511,28 @@ async fn attempt(
         Err(Failure::Final(_)) => {}
     }
     result
+}
+
+/// What a successful attempt yields: a whole completion (and the provider's own body
+/// when it answered in the client's format), or a stream ready to relay.
+enum Answer {
+    Complete(Completion, Option<Bytes>),
+    Stream(Box<relay::OpenStream>),
+}
+
+/// One chat attempt at one candidate, plain or streamed.
+async fn attempt(
+    app: &'static App,
+    context: &RequestContext,
+    model: &'static Model,
+) -> Result<Answer, Failure> {
+    if context.chat.stream {
+        relay::open(app, context, model).await.map(|stream| Answer::Stream(Box::new(stream)))
+    } else {
+        complete(app, context, model)
+            .await
+            .map(|(completion, native)| Answer::Complete(completion, native))
+    }
 }
 
 /// Whether a failure counts against the provider's health: its servers failed or did
@@ -483,7 +578,7 @@ async fn respond_complete(
     completion: Completion,
     native: Option<Bytes>,
     hold: HoldGuard,
-    reply: oneshot::Sender<Result<Response, ApiError>>,
+    reply: Reply,
 ) {
     let mut delivered = Delivered::default();
     delivered.push_choices(&completion.choices);
@@ -532,8 +627,9 @@ pub struct HoldGuard {
 }
 
 impl HoldGuard {
-    fn new(app: &'static App, context: &RequestContext) -> HoldGuard {
-        HoldGuard { app, caller: context.caller, hold: context.generation, armed: true }
+    /// Guards the hold `hold`, reserved for `caller`.
+    pub fn new(app: &'static App, caller: Caller, hold: HoldId) -> HoldGuard {
+        HoldGuard { app, caller, hold, armed: true }
     }
 
     /// Settles with the record and waits (bounded) for the ledger to apply it. Returns

@@ -8,7 +8,7 @@ use crate::health::State;
 use crate::messages::{self, MESSAGES};
 use crate::respond::{self, Response};
 use crate::responses::RESPONSES;
-use crate::{admin, api, pipeline};
+use crate::{admin, api, embeddings, pipeline};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -128,6 +128,9 @@ async fn route(
         (_, path) if path.starts_with("/v1/api/responses/") => Err(ApiError::not_found(
             "the gateway stores no responses: each POST /v1/api/responses is answered whole",
         )),
+        (&Method::POST, "/v1/api/embeddings") => {
+            return ("embeddings", ErrorShape::OpenAi, embeddings::handle(app, request).await);
+        }
         (&Method::POST, "/v1/messages") => {
             return (
                 "messages",

@@ -1,6 +1,7 @@
 //! The official `openai` Python package against a real `solrouter dev`: a plain and a
-//! streamed completion, `usage.cost`, the balance drop and the request records, checked
-//! by `openai_sdk.py`. The package comes from `requirements.txt`, installed into the
+//! streamed completion, embeddings (base64, the SDK's default, which it decodes, and
+//! float), `usage.cost`, the balance drop and the request records, checked by
+//! `openai_sdk.py`. The package comes from `requirements.txt`, installed into the
 //! test venv by `setup-test-env.sh` (the README's test command runs it); a missing
 //! package fails the test rather than skipping it.
 

@@ -16,10 +16,10 @@ use crate::codec;
 use crate::error::LedgerError;
 use crate::grpc::ledger_service_client::LedgerServiceClient;
 use crate::grpc::GroupRequest;
-use crate::history::{ExportPage, HistoryCursor, HistoryPage, HistoryQuery, UsageQuery, UsageRow};
+use crate::history::{ExportPage, HistoryCursor};
 use crate::membership::LEARNER_CATCH_UP_TIMEOUT;
 use crate::node::group_of_account;
-use crate::reads::{self, GroupReader};
+use crate::reads::{bounded, GroupAccess};
 use crate::tls::{self, TlsConfig};
 use crate::wire::{
     Consistency, MembershipChange, Read, ReadAnswer, ReadRequest, Topology, WireError,
@@ -28,10 +28,7 @@ use crate::RPC_BYTES_MAX;
 use prost::bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use solrouter_ledger::{
-    Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, Outcome, RequestRecord,
-    BATCH_COMMANDS_MAX,
-};
+use solrouter_ledger::{Command, Outcome, BATCH_COMMANDS_MAX};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -163,78 +160,6 @@ impl LedgerClient {
         self.shared.n_groups
     }
 
-    /// Submits one command to its group's leader, batched with concurrent submits of the
-    /// same group, and returns its outcome, within [`CLIENT_CALL_DEADLINE`]. After a
-    /// `Timeout` the command may still be applied: resubmit it under the same op id.
-    pub async fn submit(&self, command: Command) -> Result<Outcome, LedgerError> {
-        let group_idx = group_of_account(command.op.account(), self.n_groups());
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let pending = Pending { command, reply: reply_tx };
-        within_call_deadline(async {
-            let queue = &self.queues[group_idx as usize];
-            queue.send(pending).await.map_err(|_| LedgerError::Shutdown)?;
-            reply_rx.await.map_err(|_| LedgerError::Shutdown)?
-        })
-        .await
-    }
-
-    /// An account as `consistency` asks (see [`Consistency`]). Each read below, like
-    /// every call, answers or fails within [`CLIENT_CALL_DEADLINE`].
-    pub async fn account(
-        &self,
-        account: AccountId,
-        consistency: Consistency,
-    ) -> Result<Option<Account>, LedgerError> {
-        within_call_deadline(reads::account(self, account, consistency)).await
-    }
-
-    /// The key whose secret hashes to `hash`, if it belongs to `account`.
-    pub async fn key_by_hash(
-        &self,
-        account: AccountId,
-        hash: KeyHash,
-        consistency: Consistency,
-    ) -> Result<Option<(KeyId, Key)>, LedgerError> {
-        within_call_deadline(reads::key_by_hash(self, account, hash, consistency)).await
-    }
-
-    /// A key by id alone, looked up in every group.
-    pub async fn key(
-        &self,
-        key: KeyId,
-        consistency: Consistency,
-    ) -> Result<Option<Key>, LedgerError> {
-        within_call_deadline(reads::key(self, key, consistency)).await
-    }
-
-    /// The request record of a settled hold, if `account` paid for it.
-    pub async fn record(
-        &self,
-        account: AccountId,
-        hold: HoldId,
-        consistency: Consistency,
-    ) -> Result<Option<RequestRecord>, LedgerError> {
-        within_call_deadline(reads::record(self, account, hold, consistency)).await
-    }
-
-    /// A page of an account's request history, newest first.
-    pub async fn history(
-        &self,
-        query: HistoryQuery,
-        consistency: Consistency,
-    ) -> Result<HistoryPage, LedgerError> {
-        within_call_deadline(reads::history(self, query, consistency)).await
-    }
-
-    /// An account's usage per bucket, key and model.
-    pub async fn usage(
-        &self,
-        query: UsageQuery,
-        consistency: Consistency,
-    ) -> Result<Vec<UsageRow>, LedgerError> {
-        within_call_deadline(reads::usage(self, query, consistency)).await
-    }
-
     /// One page of `group_idx`'s records after `after`, from its leader.
     pub(crate) async fn history_export(
         &self,
@@ -245,22 +170,12 @@ impl LedgerClient {
             read: Read::HistoryExport { after },
             consistency: Consistency::Linearizable,
         };
-        match within_call_deadline(self.read_group(group_idx, request)).await? {
+        match bounded(Some(CLIENT_CALL_DEADLINE), self.read_group(group_idx, request)).await? {
             ReadAnswer::HistoryExport(page) => Ok(page),
             other => {
                 Err(LedgerError::Invalid(format!("asked for a history export, got {other:?}")))
             }
         }
-    }
-
-    /// The bank check of every group, merged.
-    pub async fn audit(&self, consistency: Consistency) -> Result<Audit, LedgerError> {
-        within_call_deadline(reads::audit(self, consistency)).await
-    }
-
-    /// Succeeds when every group has a leader confirmed by a quorum.
-    pub async fn ready(&self) -> Result<(), LedgerError> {
-        within_call_deadline(reads::ready(self)).await
     }
 
     /// The cluster as some node sees it.
@@ -300,9 +215,26 @@ impl LedgerClient {
     }
 }
 
-impl GroupReader for LedgerClient {
+impl GroupAccess for LedgerClient {
     fn n_groups(&self) -> u32 {
         LedgerClient::n_groups(self)
+    }
+
+    /// Queues `command` for its group's leader, batched with concurrent submits of the same
+    /// group.
+    async fn submit_command(&self, command: Command) -> Result<Outcome, LedgerError> {
+        let group_idx = group_of_account(command.op.account(), self.n_groups());
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let queue = &self.queues[group_idx as usize];
+        queue
+            .send(Pending { command, reply: reply_tx })
+            .await
+            .map_err(|_| LedgerError::Shutdown)?;
+        reply_rx.await.map_err(|_| LedgerError::Shutdown)?
+    }
+
+    fn call_deadline(&self) -> Option<Duration> {
+        Some(CLIENT_CALL_DEADLINE)
     }
 
     async fn read_group(
@@ -582,15 +514,6 @@ impl Budget {
         let left = self.deadline.checked_duration_since(Instant::now())?;
         (!left.is_zero()).then(|| left.min(self.rpc_timeout))
     }
-}
-
-/// Runs `call` within [`CLIENT_CALL_DEADLINE`]; past it, a retryable `Timeout`.
-async fn within_call_deadline<T>(
-    call: impl std::future::Future<Output = Result<T, LedgerError>>,
-) -> Result<T, LedgerError> {
-    tokio::time::timeout(CLIENT_CALL_DEADLINE, call)
-        .await
-        .unwrap_or(Err(LedgerError::Timeout(CLIENT_CALL_DEADLINE)))
 }
 
 /// A gRPC failure: a request the server could not decode (a version mismatch) is final;

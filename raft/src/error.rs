@@ -1,10 +1,9 @@
 //! The one error type of this layer, and the only place openraft errors are translated.
 
-use crate::types::NodeId;
+use crate::types::{Member, NodeId};
 use openraft::error::{
     ChangeMembershipError, CheckIsLeaderError, ClientWriteError, Fatal, ForwardToLeader, RaftError,
 };
-use openraft::BasicNode;
 use std::error::Error;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,7 +78,7 @@ impl LedgerError {
     }
 
     pub(crate) fn from_client_write(
-        error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+        error: RaftError<NodeId, ClientWriteError<NodeId, Member>>,
     ) -> Self {
         match error {
             RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(forward),
@@ -94,7 +93,7 @@ impl LedgerError {
     /// A membership change's error: another change still in progress is worth retrying,
     /// a change that names an unknown learner or empties the group is not.
     pub(crate) fn from_membership_change(
-        error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+        error: RaftError<NodeId, ClientWriteError<NodeId, Member>>,
     ) -> Self {
         match error {
             RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(forward),
@@ -109,7 +108,7 @@ impl LedgerError {
     }
 
     pub(crate) fn from_check_leader(
-        error: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>,
+        error: RaftError<NodeId, CheckIsLeaderError<NodeId, Member>>,
     ) -> Self {
         match error {
             RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => {
@@ -123,7 +122,7 @@ impl LedgerError {
     }
 }
 
-fn not_leader(forward: ForwardToLeader<NodeId, BasicNode>) -> LedgerError {
+fn not_leader(forward: ForwardToLeader<NodeId, Member>) -> LedgerError {
     LedgerError::NotLeader {
         leader_id: forward.leader_id,
         leader_addr: forward.leader_node.map(|node| node.addr),

@@ -16,13 +16,21 @@
 //! back up to `APPEND_ENTRIES_MAX`. A snapshot's last chunk is answered only after the
 //! follower installed it; `INSTALL_SNAPSHOT_TIMEOUT` covers that, the others get
 //! `SNAPSHOT_CHUNK_TIMEOUT`.
+//!
+//! Every request is [`Stamped`] with the sender's and the target's incarnations, and the
+//! server refuses (`FAILED_PRECONDITION`) one the target's incarnation may not take
+//! ([`incarnation::admit`]); the sender sees a refusal as unreachable (that incarnation is
+//! not there), so it backs off. [`identify`] asks a node who it is (`Identify`), before it
+//! is added or a cluster is founded.
 
 use crate::codec;
+use crate::error::LedgerError;
 use crate::grpc::raft_service_client::RaftServiceClient;
 use crate::grpc::raft_service_server::RaftService;
 use crate::grpc::{RaftReply, RaftRequest};
+use crate::incarnation::{self, Identified, Identity, Incarnation, Stamped};
 use crate::tls::{self, TlsConfig};
-use crate::types::{NodeId, Raft, TypeConfig};
+use crate::types::{Member, NodeId, Raft, TypeConfig};
 use crate::{APPEND_ENTRIES_MAX, ELECTION_TIMEOUT_MIN, RPC_BYTES_MAX, SNAPSHOT_CHUNK_TIMEOUT};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
@@ -33,9 +41,9 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -52,22 +60,24 @@ const _: () = assert!(RPC_BACKOFF_MAX.as_millis() * 2 <= ELECTION_TIMEOUT_MIN.as
 /// Connects group `group`'s Raft instance to the same group on other nodes, over mutual
 /// TLS when the cluster has a [`TlsConfig`].
 pub struct GrpcNetwork {
-    id: NodeId,
+    identity: Identity,
     group: u32,
     tls: Option<TlsConfig>,
 }
 
 impl GrpcNetwork {
-    /// The network of node `id`'s replica of `group`.
-    pub fn new(id: NodeId, group: u32, tls: Option<TlsConfig>) -> GrpcNetwork {
-        GrpcNetwork { id, group, tls }
+    /// The network of the replica of `group` on the node of `identity`.
+    pub fn new(identity: Identity, group: u32, tls: Option<TlsConfig>) -> GrpcNetwork {
+        GrpcNetwork { identity, group, tls }
     }
 }
 
 pub struct GrpcConnection {
-    id: NodeId,
+    identity: Identity,
     group: u32,
     target: NodeId,
+    /// The incarnation of the target the membership records.
+    target_incarnation: Incarnation,
     entries: EntriesBudget,
     /// An address that does not parse fails every RPC with that reason.
     client: Result<RaftServiceClient<Channel>, String>,
@@ -78,7 +88,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
 
     /// Connects lazily: a peer that is down costs nothing until an RPC, which then fails as
     /// `Unreachable` and openraft backs off.
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GrpcConnection {
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> GrpcConnection {
         let endpoint = tls::endpoint(&node.addr, self.tls.as_ref());
         let client = endpoint
             .map(|endpoint| {
@@ -87,8 +97,14 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
                     .max_encoding_message_size(RPC_BYTES_MAX)
             })
             .map_err(|e| format!("bad address {:?} of node {target}: {e}", node.addr));
-        let entries = EntriesBudget::default();
-        GrpcConnection { id: self.id, group: self.group, target, entries, client }
+        GrpcConnection {
+            identity: self.identity,
+            group: self.group,
+            target,
+            target_incarnation: node.incarnation,
+            entries: EntriesBudget::default(),
+            client,
+        }
     }
 }
 
@@ -104,7 +120,7 @@ enum Rpc {
 struct BadAddress(String);
 
 type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+    Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
 
 impl GrpcConnection {
     /// Sends `request`, failing with a `Timeout` after `timeout`.
@@ -120,7 +136,13 @@ impl GrpcConnection {
                 return Err(RPCError::Unreachable(Unreachable::new(&BadAddress(reason.clone()))))
             }
         };
-        let payload = codec::encode(request).map_err(|e| network_error(&e))?;
+        let stamped = Stamped {
+            from: self.identity.node_id,
+            from_incarnation: self.identity.incarnation,
+            to_incarnation: self.target_incarnation,
+            rpc: request,
+        };
+        let payload = codec::encode(&stamped).map_err(|e| network_error(&e))?;
         let mut envelope =
             tonic::Request::new(RaftRequest { group: self.group, payload: payload.into() });
         envelope.set_timeout(timeout);
@@ -129,8 +151,8 @@ impl GrpcConnection {
             Rpc::InstallSnapshot => client.install_snapshot(envelope).await,
             Rpc::Vote => client.vote(envelope).await,
         };
-        let reply =
-            reply.map_err(|status| classify(&status, rpc, self.id, self.target, timeout))?;
+        let id = self.identity.node_id;
+        let reply = reply.map_err(|status| classify(&status, rpc, id, self.target, timeout))?;
         let result: Result<T, RaftError<NodeId, E>> =
             codec::decode(&reply.into_inner().payload).map_err(|e| network_error(&e))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -144,9 +166,12 @@ fn classify<E: std::error::Error>(
     id: NodeId,
     target: NodeId,
     timeout: Duration,
-) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+) -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
     match status.code() {
-        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(status)),
+        // A refused incarnation is as good as absent, and retrying at once cannot help.
+        tonic::Code::Unavailable | tonic::Code::FailedPrecondition => {
+            RPCError::Unreachable(Unreachable::new(status))
+        }
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             let action = match rpc {
                 Rpc::AppendEntries => RPCTypes::AppendEntries,
@@ -189,7 +214,7 @@ impl EntriesBudget {
 
 fn network_error<E: std::error::Error + 'static, F: std::error::Error>(
     e: &E,
-) -> RPCError<NodeId, BasicNode, RaftError<NodeId, F>> {
+) -> RPCError<NodeId, Member, RaftError<NodeId, F>> {
     RPCError::Network(NetworkError::new(e))
 }
 
@@ -243,19 +268,46 @@ impl RaftNetwork<TypeConfig> for GrpcConnection {
     }
 }
 
-/// Serves one node's groups: decodes the envelope, hands the request to the group's Raft
-/// instance, and encodes its `Result` (a Raft-level error travels inside the reply; only an
-/// undecodable envelope or an unknown group is a gRPC error).
+/// Serves one node's groups: decodes the envelope, admits the request by its incarnations,
+/// hands it to the group's Raft instance, and encodes its `Result` (a Raft-level error
+/// travels inside the reply; an undecodable envelope, an unknown group or a refused
+/// incarnation is a gRPC error).
 pub struct RaftRpcServer {
     groups: Arc<Vec<Raft>>,
+    identity: Identity,
+    /// Whether a refusal was logged already: a refused peer retries every few heartbeats.
+    refusal_logged: AtomicBool,
 }
 
 impl RaftRpcServer {
-    pub fn new(groups: Vec<Raft>) -> RaftRpcServer {
-        RaftRpcServer { groups: Arc::new(groups) }
+    pub fn new(groups: Vec<Raft>, identity: Identity) -> RaftRpcServer {
+        RaftRpcServer { groups: Arc::new(groups), identity, refusal_logged: AtomicBool::new(false) }
     }
 
     fn decode<Q: DeserializeOwned>(
+        &self,
+        request: tonic::Request<RaftRequest>,
+    ) -> Result<(&Raft, Q), tonic::Status> {
+        let (raft, stamped): (_, Stamped<Q>) = self.open(request)?;
+        let metrics = raft.metrics();
+        let membership = metrics.borrow().membership_config.clone();
+        let admitted = incarnation::admit(
+            &self.identity,
+            membership.membership(),
+            stamped.from,
+            stamped.from_incarnation,
+            stamped.to_incarnation,
+        );
+        if let Err(refusal) = admitted {
+            if !self.refusal_logged.swap(true, Ordering::Relaxed) {
+                tracing::error!("refusing Raft RPCs (logged once): {refusal}");
+            }
+            return Err(tonic::Status::failed_precondition(refusal.to_string()));
+        }
+        Ok((raft, stamped.rpc))
+    }
+
+    fn open<Q: DeserializeOwned>(
         &self,
         request: tonic::Request<RaftRequest>,
     ) -> Result<(&Raft, Q), tonic::Status> {
@@ -303,13 +355,41 @@ impl RaftService for RaftRpcServer {
         let (raft, rpc): (_, VoteRequest<NodeId>) = self.decode(request)?;
         reply(&raft.vote(rpc).await)
     }
+
+    async fn identify(
+        &self,
+        _request: tonic::Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        let memberships: Vec<_> = (self.groups.iter())
+            .map(|raft| raft.metrics().borrow().membership_config.clone())
+            .collect();
+        let members = incarnation::members(memberships.iter().map(|m| m.membership()));
+        reply(&Identified { identity: self.identity, members })
+    }
+}
+
+/// Asks the node at `addr` who it is, within `timeout`.
+pub async fn identify(
+    addr: &str,
+    tls: Option<&TlsConfig>,
+    timeout: Duration,
+) -> Result<Identified, LedgerError> {
+    let unavailable = |reason: String| LedgerError::Unavailable { reason };
+    let channel = tls::endpoint(addr, tls)?.connect_lazy();
+    let mut client = RaftServiceClient::new(channel);
+    let mut request = tonic::Request::new(RaftRequest { group: 0, payload: Vec::new().into() });
+    request.set_timeout(timeout);
+    let reply = client.identify(request).await;
+    let reply = reply.map_err(|e| unavailable(format!("asking {addr} who it is: {e}")))?;
+    codec::decode(&reply.into_inner().payload)
+        .map_err(|e| LedgerError::Invalid(format!("{addr} answered who it is with {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    type Error = RPCError<NodeId, BasicNode, RaftError<NodeId>>;
+    type Error = RPCError<NodeId, Member, RaftError<NodeId>>;
 
     #[test]
     fn statuses_are_classified_as_unreachable_timeout_or_refused() {
@@ -319,6 +399,7 @@ mod tests {
             assert!(expected(&classified), "{code:?} became {classified:?}");
         };
         check(tonic::Code::Unavailable, |e| matches!(e, RPCError::Unreachable(_)));
+        check(tonic::Code::FailedPrecondition, |e| matches!(e, RPCError::Unreachable(_)));
         check(
             tonic::Code::DeadlineExceeded,
             |e| matches!(e, RPCError::Timeout(t) if (t.id, t.target, t.timeout) == (1, 2, HEARTBEAT)),
@@ -341,9 +422,10 @@ mod tests {
     #[test]
     fn backoff_grows_but_stays_inside_an_election_timeout() {
         let connection = GrpcConnection {
-            id: 1,
+            identity: Identity { node_id: 1, incarnation: 1 },
             group: 0,
             target: 2,
+            target_incarnation: 2,
             entries: EntriesBudget::default(),
             client: Err("unused".to_owned()),
         };

@@ -209,7 +209,7 @@ pub struct UsageRow {
 /// A page of [`History::export`]: records with their payer, and where to go on from
 /// (`None` once the end was reached).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ExportPage {
+pub struct ExportPage {
     pub records: Vec<(AccountId, HoldId, RequestRecord)>,
     pub next: Option<HistoryCursor>,
 }

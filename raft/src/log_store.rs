@@ -35,6 +35,8 @@ const KEY_PURGED: &[u8] = b"last_purged";
 /// for is just another handle on the same trees.
 #[derive(Clone)]
 pub struct LogStore<K: KvTree = RedbTree> {
+    /// The group, named by a corrupt entry's error.
+    group: u32,
     log: K,
     meta: K,
     /// The log id of the group's snapshot on stable storage
@@ -50,15 +52,21 @@ impl LogStore {
     ) -> LogStore {
         let log = store.tree(&format!("{group}/log"));
         let meta = store.tree(&format!("{group}/meta"));
-        LogStore::new(log, meta, saved_snapshot)
+        LogStore::new(group, log, meta, saved_snapshot)
     }
 }
 
 impl<K: KvTree> LogStore<K> {
-    /// A store over two trees of one key-value store (a durable write to either makes the
-    /// earlier writes to both durable), purging only what `saved_snapshot` covers.
-    pub fn new(log: K, meta: K, saved_snapshot: watch::Receiver<Option<LogId>>) -> LogStore<K> {
-        LogStore { log, meta, saved_snapshot }
+    /// Group `group`'s store over two trees of one key-value store (a durable write to
+    /// either makes the earlier writes to both durable), purging only what `saved_snapshot`
+    /// covers.
+    pub fn new(
+        group: u32,
+        log: K,
+        meta: K,
+        saved_snapshot: watch::Receiver<Option<LogId>>,
+    ) -> LogStore<K> {
+        LogStore { group, log, meta, saved_snapshot }
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -82,7 +90,8 @@ impl<K: KvTree> LogStore<K> {
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
         let last = self.log.last().map_err(|e| StorageIOError::read_logs(&e))?;
-        last.map(|bytes| decode_entry(bytes.as_ref()).map(|entry| entry.log_id)).transpose()
+        let decoded = last.map(|bytes| decode_entry(self.group, None, bytes.as_ref()));
+        decoded.map(|entry| entry.map(|entry| entry.log_id)).transpose()
     }
 
     /// Removes every entry whose index lies in `range`, in one batch so a crash leaves
@@ -110,7 +119,11 @@ impl<K: KvTree> RaftLogReader<TypeConfig> for LogStore<K> {
     ) -> Result<Vec<Entry>, StorageError> {
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
         let pairs = self.log_range(bounds).map_err(|e| StorageIOError::read_logs(&e))?;
-        pairs.iter().map(|(_, bytes)| decode_entry(bytes.as_ref())).collect()
+        let decode = |(key, bytes): &KvPair<K>| {
+            let index = key.as_ref().try_into().ok().map(u64::from_be_bytes);
+            decode_entry(self.group, index, bytes.as_ref())
+        };
+        pairs.iter().map(decode).collect()
     }
 }
 
@@ -197,8 +210,26 @@ impl<K: KvTree> RaftLogStorage<TypeConfig> for LogStore<K> {
     }
 }
 
-fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
-    codec::decode(bytes).map_err(|e| StorageIOError::read_logs(&e).into())
+/// A stored log entry that does not decode (a flipped bit, a torn write, a format this
+/// build does not read), named by where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt log entry at group {group}, index {}: {source}", index.map_or("(the last)".to_owned(), |i| i.to_string()))]
+struct CorruptEntry {
+    group: u32,
+    index: Option<u64>,
+    #[source]
+    source: codec::CodecError,
+}
+
+/// Decodes the entry of `group` stored at `index` (`None`: the last one).
+fn decode_entry(group: u32, index: Option<u64>, bytes: &[u8]) -> Result<Entry, StorageError> {
+    codec::decode(bytes).map_err(|source| {
+        let corrupt = CorruptEntry { group, index, source };
+        match index {
+            Some(index) => StorageIOError::read_log_at_index(index, &corrupt).into(),
+            None => StorageIOError::read_logs(&corrupt).into(),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -237,7 +268,7 @@ mod tests {
             .expect("an in-memory history");
         let machine = StateMachine::restore(store.tree("0/snapshot"), 0, history).unwrap();
         let log =
-            LogStore::new(store.tree("0/log"), store.tree("0/meta"), machine.saved_snapshot());
+            LogStore::new(0, store.tree("0/log"), store.tree("0/meta"), machine.saved_snapshot());
         (store, log, machine)
     }
 
@@ -307,5 +338,22 @@ mod tests {
         core.await.unwrap();
         let restarted = check_restartable(store.crash()).await;
         assert_eq!(restarted, (Some(SNAPSHOT_AT), Some(SNAPSHOT_AT), Some(SNAPSHOT_AT + 1)));
+    }
+
+    /// A stored entry with a flipped bit is refused, naming its group and index, instead of
+    /// being read as another entry.
+    #[tokio::test(start_paused = true)]
+    async fn a_corrupt_entry_is_refused_by_group_and_index() {
+        let (_store, mut log, _machine) = open(Disk::new());
+        append(&log, 1..=LOG_LAST).await;
+        let key = 3u64.to_be_bytes().to_vec();
+        let mut bytes = log.log.get(&key).unwrap().unwrap();
+        bytes[super::codec::HEADER_BYTES] ^= 0x10;
+        log.log.write(vec![(key, Some(bytes))], Durability::Durable).await.unwrap();
+        let error = log.try_get_log_entries(1..=LOG_LAST).await.unwrap_err();
+        let chain = format!("{error} {:?}", std::error::Error::source(&error));
+        assert!(chain.contains("corrupt log entry at group 0, index 3"), "{chain}");
+        assert!(chain.contains("checksum"), "{chain}");
+        assert_eq!(log.try_get_log_entries(4..=LOG_LAST).await.unwrap().len(), 2);
     }
 }

@@ -4,9 +4,12 @@
 
 use crate::error::LedgerError;
 use crate::group::Group;
-use crate::types::NodeId;
+use crate::grpc_network;
+use crate::incarnation::{self, Identified};
+use crate::tls::TlsConfig;
+use crate::types::{Member, NodeId};
 use crate::wire::MembershipChange;
-use openraft::{BasicNode, ChangeMembers, Membership};
+use openraft::{ChangeMembers, Membership};
 use solrouter_ledger::Batch;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -18,19 +21,32 @@ pub const LEARNER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long every voter that stays has to acknowledge a fresh entry before a voter is
 /// removed: many heartbeats, so only a node that is down or cut off misses it.
 pub const VOTERS_REACHABLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a node being added has to say who it is.
+pub const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Applies `change` to `group`; must run on the group's leader (else `NotLeader`).
 /// Adding first makes the node a learner and waits until it has caught up, so promoting
 /// it to voter never makes commits wait for a node far behind. Repeating a change that is
 /// already in effect succeeds, so an operator (or a retry) may run it again; a change that
-/// cannot be what was meant fails at once (see [`plan`]).
-pub(crate) async fn change(group: &Group, change: &MembershipChange) -> Result<(), LedgerError> {
+/// cannot be what was meant fails at once (see [`plan`]). A node to add is asked who it is
+/// first (over `tls`): the membership records its incarnation.
+pub(crate) async fn change(
+    group: &Group,
+    change: &MembershipChange,
+    tls: Option<&TlsConfig>,
+) -> Result<(), LedgerError> {
+    let identified = match change {
+        MembershipChange::Add { addr, .. } => {
+            Some(grpc_network::identify(addr, tls, IDENTIFY_TIMEOUT).await?)
+        }
+        MembershipChange::Remove { .. } => None,
+    };
     let membership = group.raft().metrics().borrow().membership_config.clone();
-    let changes = match plan(membership.membership(), change)? {
+    let changes = match plan(membership.membership(), change, identified.as_ref())? {
         Plan::Nothing => return Ok(()),
         Plan::Change(changes) => changes,
-        Plan::AddLearnerThenVoter { id, addr } => {
-            let adding = group.raft().add_learner(id, BasicNode::new(addr), true);
+        Plan::AddLearnerThenVoter { id, member } => {
+            let adding = group.raft().add_learner(id, member, true);
             match tokio::time::timeout(LEARNER_CATCH_UP_TIMEOUT, adding).await {
                 Ok(added) => added.map_err(LedgerError::from_membership_change)?,
                 Err(_elapsed) => return Err(LedgerError::Timeout(LEARNER_CATCH_UP_TIMEOUT)),
@@ -67,7 +83,7 @@ async fn refuse_if_a_remaining_voter_is_unreachable(
         let voters = now.membership_config.membership().voter_ids();
         (now.id, voters.filter(|id| !removed.contains(id)).collect())
     };
-    let lagging = |now: &openraft::RaftMetrics<NodeId, BasicNode>| -> Vec<NodeId> {
+    let lagging = |now: &openraft::RaftMetrics<NodeId, Member>| -> Vec<NodeId> {
         let matched = |id: &NodeId| {
             let replication = now.replication.as_ref();
             replication.and_then(|r| r.get(id).copied().flatten()).map(|log_id| log_id.index)
@@ -86,29 +102,62 @@ async fn refuse_if_a_remaining_voter_is_unreachable(
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Plan<'a> {
+enum Plan {
     Nothing,
-    AddLearnerThenVoter { id: NodeId, addr: &'a str },
-    Change(ChangeMembers<NodeId, BasicNode>),
+    AddLearnerThenVoter { id: NodeId, member: Member },
+    Change(ChangeMembers<NodeId, Member>),
 }
 
-/// What `change` takes given the group's `membership`. Re-adding a member at another
-/// address is refused: openraft would keep the old address and report success (a node
-/// that lost its disk must come back under a new id, after the old one is removed). A
-/// learner is removed as a node: removing it as a voter did nothing.
-fn plan<'a>(
-    membership: &Membership<NodeId, BasicNode>,
-    change: &'a MembershipChange,
-) -> Result<Plan<'a>, LedgerError> {
+/// What `change` takes given the group's `membership` and, for an addition, what the node
+/// at the address said of itself (`identified`). Re-adding a member is refused unless it
+/// is the same node at the same address: openraft would keep the old address and
+/// incarnation and report success, and a node that lost its disk must come back under a
+/// new id, after the old one is removed. A node that answers with another id, or that
+/// holds another cluster's membership, is refused. A learner is removed as a node:
+/// removing it as a voter did nothing.
+fn plan(
+    membership: &Membership<NodeId, Member>,
+    change: &MembershipChange,
+    identified: Option<&Identified>,
+) -> Result<Plan, LedgerError> {
+    let refuse = |message: String| Err(LedgerError::Invalid(message));
     match change {
-        MembershipChange::Add { id, addr } => match membership.get_node(id) {
-            Some(node) if node.addr != *addr => Err(LedgerError::Invalid(format!(
-                "node {id} is already a member at {}; to move it to {addr}, remove node {id} and \
-                 add the node under a new id",
-                node.addr
-            ))),
-            _ => Ok(Plan::AddLearnerThenVoter { id: *id, addr }),
-        },
+        MembershipChange::Add { id, addr } => {
+            let Some(identified) = identified else {
+                return refuse(format!("node {id} at {addr} was not asked who it is"));
+            };
+            let found = identified.identity;
+            if found.node_id != *id {
+                return refuse(format!(
+                    "the node at {addr} is node {}, not node {id}: start the node to add with \
+                     `--id {id}` and an empty data directory",
+                    found.node_id
+                ));
+            }
+            let member = Member::new(addr.as_str(), found.incarnation);
+            match membership.get_node(id) {
+                Some(node) if node.addr != *addr => refuse(format!(
+                    "node {id} is already a member at {}; to move it to {addr}, remove node {id} \
+                     and add the node under a new id",
+                    node.addr
+                )),
+                Some(node) if node.incarnation != found.incarnation => refuse(format!(
+                    "node {id} is already a member as incarnation {:032x}, but the node at {addr} \
+                     is incarnation {:032x}: its data directory was wiped or replaced, so it may \
+                     not vote as node {id} again; {}",
+                    node.incarnation,
+                    found.incarnation,
+                    incarnation::rejoin_advice(*id)
+                )),
+                Some(_) => Ok(Plan::AddLearnerThenVoter { id: *id, member }),
+                None if foreign(membership, identified) => refuse(format!(
+                    "the node at {addr} already belongs to another cluster (its data directory \
+                     holds members {:?}): start it with an empty data directory",
+                    identified.members.keys().collect::<Vec<_>>()
+                )),
+                None => Ok(Plan::AddLearnerThenVoter { id: *id, member }),
+            }
+        }
         MembershipChange::Remove { id } if membership.voter_ids().any(|voter| voter == *id) => {
             Ok(Plan::Change(ChangeMembers::RemoveVoters(BTreeSet::from([*id]))))
         }
@@ -119,6 +168,16 @@ fn plan<'a>(
     }
 }
 
+/// Whether a node (not a member of `membership`) that knows members of its own belongs to
+/// another cluster: none of them is one of ours with the same incarnation. (A node being
+/// added to several groups knows ours once the first has added it.)
+fn foreign(membership: &Membership<NodeId, Member>, identified: &Identified) -> bool {
+    let ours = |(id, incarnation): (&NodeId, &incarnation::Incarnation)| {
+        membership.get_node(id).is_some_and(|member| member.incarnation == *incarnation)
+    };
+    !identified.members.is_empty() && !identified.members.iter().any(ours)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,13 +185,22 @@ mod tests {
 
     #[test]
     fn membership_mistakes_fail_at_once_or_do_what_they_say() {
-        let nodes: BTreeMap<NodeId, BasicNode> =
-            (1..=4).map(|id| (id, BasicNode::new(format!("10.0.0.{id}:7000")))).collect();
+        let addr = |id: NodeId| format!("10.0.0.{id}:7000");
+        let nodes: BTreeMap<NodeId, Member> =
+            (1..=4).map(|id| (id, Member::new(addr(id), 100 + u128::from(id)))).collect();
         // Voters 1..=3, learner 4.
         let membership = Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes);
         let add = |id: NodeId, addr: &str| MembershipChange::Add { id, addr: addr.to_owned() };
-        let check = |change: MembershipChange, expected: Result<Plan, &str>| {
-            let planned = plan(&membership, &change).map_err(|e| e.to_string());
+        // What the node at the address says of itself.
+        let node = |node_id: NodeId, incarnation: u128, members: &[(NodeId, u128)]| Identified {
+            identity: incarnation::Identity { node_id, incarnation },
+            members: members.iter().copied().collect(),
+        };
+        let check = |change: MembershipChange,
+                     identified: Option<Identified>,
+                     expected: Result<Plan, &str>| {
+            let planned =
+                plan(&membership, &change, identified.as_ref()).map_err(|e| e.to_string());
             match expected {
                 Ok(plan) => assert_eq!(planned, Ok(plan), "{change:?}"),
                 Err(part) => assert!(
@@ -141,17 +209,28 @@ mod tests {
                 ),
             }
         };
-        let again = add(2, "10.0.0.2:7000");
-        check(again, Ok(Plan::AddLearnerThenVoter { id: 2, addr: "10.0.0.2:7000" }));
-        check(add(2, "10.0.0.9:7000"), Err("node 2 is already a member at 10.0.0.2:7000"));
-        check(add(4, "10.0.0.9:7000"), Err("remove node 4"));
-        let new = add(5, "10.0.0.5:7000");
-        check(new, Ok(Plan::AddLearnerThenVoter { id: 5, addr: "10.0.0.5:7000" }));
+        let same = Plan::AddLearnerThenVoter { id: 2, member: Member::new(addr(2), 102) };
+        check(add(2, &addr(2)), Some(node(2, 102, &[(1, 101), (2, 102)])), Ok(same));
+        let moved = Some(node(2, 102, &[]));
+        check(add(2, "10.0.0.9:7000"), moved, Err("node 2 is already a member at 10.0.0.2:7000"));
+        check(add(4, "10.0.0.9:7000"), Some(node(4, 104, &[])), Err("remove node 4"));
+        // Node 2's disk was wiped: same id, same address, a new incarnation.
+        let wiped = Some(node(2, 7, &[]));
+        check(add(2, &addr(2)), wiped, Err("ledger-admin remove-node --id 2"));
+        check(add(5, &addr(5)), Some(node(6, 106, &[])), Err("is node 6, not node 5"));
+        let foreign = Some(node(5, 105, &[(1, 901), (5, 105)]));
+        check(add(5, &addr(5)), foreign, Err("already belongs to another cluster"));
+        let new = Plan::AddLearnerThenVoter { id: 5, member: Member::new(addr(5), 105) };
+        check(add(5, &addr(5)), Some(node(5, 105, &[])), Ok(new));
+        // Added to one group already, it knows our members: the next group adds it too.
+        let half_added = Some(node(5, 105, &[(1, 101), (5, 105)]));
+        let new = Plan::AddLearnerThenVoter { id: 5, member: Member::new(addr(5), 105) };
+        check(add(5, &addr(5)), half_added, Ok(new));
         let remove = |id| MembershipChange::Remove { id };
         let voters = ChangeMembers::RemoveVoters(BTreeSet::from([3]));
-        check(remove(3), Ok(Plan::Change(voters)));
+        check(remove(3), None, Ok(Plan::Change(voters)));
         let learner = ChangeMembers::RemoveNodes(BTreeSet::from([4]));
-        check(remove(4), Ok(Plan::Change(learner)));
-        check(remove(9), Ok(Plan::Nothing));
+        check(remove(4), None, Ok(Plan::Change(learner)));
+        check(remove(9), None, Ok(Plan::Nothing));
     }
 }

@@ -4,14 +4,13 @@
 //! (a membership change on a single-node deployment) it fails as `Unreachable` and openraft
 //! backs off, which is the honest answer.
 
-use crate::types::{NodeId, TypeConfig};
+use crate::types::{Member, NodeId, TypeConfig};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 
 pub struct NoPeers;
 
@@ -26,7 +25,7 @@ struct NoPeerError {
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+    Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
 
 impl NoPeerConnection {
     fn unreachable(&self) -> Unreachable {
@@ -37,7 +36,7 @@ impl NoPeerConnection {
 impl RaftNetworkFactory<TypeConfig> for NoPeers {
     type Network = NoPeerConnection;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
+    async fn new_client(&mut self, target: NodeId, _node: &Member) -> Self::Network {
         NoPeerConnection { target }
     }
 }

@@ -2,23 +2,22 @@
 //! routing of accounts to groups.
 
 use crate::backfill;
+use crate::codec;
 use crate::error::LedgerError;
 use crate::expiry;
 use crate::group::Group;
 use crate::grpc::ledger_service_server::LedgerServiceServer;
 use crate::grpc::raft_service_server::RaftServiceServer;
-use crate::grpc_network::{GrpcNetwork, RaftRpcServer};
-use crate::history::{
-    self, History, HistoryPage, HistoryQuery, HistoryStats, UsageQuery, UsageRow, HISTORY_FILE,
-    HISTORY_RETENTION_DEFAULT,
-};
+use crate::grpc_network::{self, GrpcNetwork, RaftRpcServer};
+use crate::history::{self, History, HistoryStats, HISTORY_FILE, HISTORY_RETENTION_DEFAULT};
+use crate::incarnation::{self, Identified, Identity, Incarnation, IDENTITY_TREE};
 use crate::kv::RedbStore;
 use crate::membership;
 use crate::network::NoPeers;
-use crate::reads::{self, GroupReader};
+use crate::reads::GroupAccess;
 use crate::service::LedgerRpcServer;
 use crate::tls::{self, TlsConfig};
-use crate::types::NodeId;
+use crate::types::{Member, NodeId};
 use crate::wire::{self, Consistency, MembershipChange, ReadAnswer, ReadRequest, Topology};
 use crate::{
     APPEND_ENTRIES_MAX, DATA_FILE_NAME, ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN,
@@ -27,10 +26,8 @@ use crate::{
     SNAPSHOT_EVERY_ENTRIES,
 };
 use openraft::error::{InitializeError, RaftError};
-use openraft::{BasicNode, Config, SnapshotPolicy};
-use solrouter_ledger::{
-    Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, Ledger, Outcome, RequestRecord,
-};
+use openraft::{Config, SnapshotPolicy};
+use solrouter_ledger::{AccountId, Command, Ledger, Outcome};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -63,8 +60,11 @@ pub struct ClusterConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClusterStart {
     /// The founding members (node id → advertised `host:port`, which serves both Raft and
-    /// the ledger API). Every founding member bootstraps with the same list on its first
-    /// start; later starts find the membership in their log and ignore the list.
+    /// the ledger API). The founder with the lowest id founds the cluster, once every
+    /// founder has said who it is (its incarnation) and none belongs to a cluster yet;
+    /// the others learn the membership from it. At every start a founder asks the others
+    /// whether they know it under another incarnation (its data directory was wiped or
+    /// replaced) and then refuses to start.
     Bootstrap(BTreeMap<u64, String>),
     /// A node added to a running cluster: it does not bootstrap, it waits until a leader
     /// adds it (`LedgerClient::add_node`) and then learns everything from the log.
@@ -232,12 +232,13 @@ impl LedgerNode {
         options: &NodeOptions,
     ) -> Result<LedgerNode, LedgerError> {
         let store = open_store(data_dir).await?;
+        let identity = open_identity(&store, data_dir, SINGLE_NODE_ID).await?;
         let history =
             History::open(&data_dir.join(HISTORY_FILE), options.history_retention).await?;
         let config = Arc::new(raft_config(options)?);
         let group =
             Group::start(SINGLE_NODE_ID, 0, &store, history.clone(), config, NoPeers).await?;
-        let members = BTreeMap::from([(SINGLE_NODE_ID, BasicNode::default())]);
+        let members = BTreeMap::from([(SINGLE_NODE_ID, Member::new("", identity.incarnation))]);
         bootstrap(&group, members).await?;
         let waiting = group.raft().wait(Some(LEADER_WAIT_TIMEOUT));
         if let Err(e) = waiting.current_leader(SINGLE_NODE_ID, "open_single").await {
@@ -276,10 +277,12 @@ impl LedgerNode {
     }
 
     /// Opens a node of a cluster in `data_dir`: binds `config.listen()`, where it serves
-    /// Raft to its peers and the ledger API (`LedgerService`) to gateways, and bootstraps
-    /// the groups on a founding member's first start. Returns without waiting for leaders:
-    /// the other nodes may not be up yet, and until a group has a quorum its commands fail
-    /// as retryable.
+    /// Raft to its peers and the ledger API (`LedgerService`) to gateways, and, on the
+    /// founder with the lowest id, founds the cluster in the background (see
+    /// [`ClusterStart::Bootstrap`]). Returns without waiting for leaders: the other nodes
+    /// may not be up yet, and until a group has a quorum its commands fail as retryable.
+    /// Refuses a data directory of another node, and a founder whose peers know it under
+    /// another incarnation (its data directory was wiped or replaced), naming the fix.
     pub async fn open_cluster(
         config: &ClusterConfig,
         data_dir: &Path,
@@ -290,12 +293,28 @@ impl LedgerNode {
             .await
             .map_err(|e| LedgerError::storage("binding the ledger endpoint", e))?;
         let store = open_store(data_dir).await?;
+        // Checked before a fresh identity is written, so a refused directory stays empty.
+        let identities = store.tree(IDENTITY_TREE);
+        let stored = incarnation::load(&identities, config.id())
+            .map_err(|e| data_dir_error(data_dir, &e))?;
+        if let ClusterStart::Bootstrap(peers) = config.start() {
+            let founders = ask_founders(config.id(), peers, config.tls()).await;
+            let own = stored.map(|identity| identity.incarnation);
+            refuse_if_known_otherwise(config.id(), own, &founders)
+                .map_err(|e| data_dir_error(data_dir, &e))?;
+        }
+        let identity = match stored {
+            Some(identity) => identity,
+            None => incarnation::create(&identities, config.id(), rand::random())
+                .await
+                .map_err(|e| data_dir_error(data_dir, &e))?,
+        };
         let history =
             History::open(&data_dir.join(HISTORY_FILE), options.history_retention).await?;
         let raft_config = Arc::new(raft_config(options)?);
         let mut groups = Vec::new();
         for group_idx in 0..config.n_groups() {
-            let network = GrpcNetwork::new(config.id(), group_idx, config.tls().cloned());
+            let network = GrpcNetwork::new(identity, group_idx, config.tls().cloned());
             let group_config = Arc::clone(&raft_config);
             let history = history.clone();
             let group =
@@ -308,40 +327,45 @@ impl LedgerNode {
         let node = LedgerNode::assemble(config.id(), groups, history, None);
         let backfill = backfill::spawn(node.downgrade(), requests, config.tls().cloned());
         node.inner.background_tasks.lock().expect("task lock poisoned").push(backfill);
-        let ledger = LedgerRpcServer::new(node.downgrade());
-        let server = serve(listener, RaftRpcServer::new(rafts), ledger, config.tls())?;
+        let ledger = LedgerRpcServer::new(node.downgrade(), config.tls().cloned());
+        let server = serve(listener, RaftRpcServer::new(rafts, identity), ledger, config.tls())?;
         *node.inner.server.lock().expect("server lock poisoned") = Some(server);
+        // Every group, not just the first: a founding cut short by a crash resumes.
+        let mut initialized = true;
+        for group in &node.inner.groups {
+            let group_initialized = group.raft().is_initialized().await;
+            initialized &= group_initialized
+                .map_err(|fatal| LedgerError::from_fatal("bootstrapping", fatal))?;
+        }
         if let ClusterStart::Bootstrap(peers) = config.start() {
-            let members: BTreeMap<u64, BasicNode> =
-                peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
-            for group in &node.inner.groups {
-                bootstrap(group, members.clone()).await?;
+            if !initialized && peers.keys().next() == Some(&config.id()) {
+                let tls = config.tls().cloned();
+                let founding = found(node.downgrade(), identity, peers.clone(), tls);
+                let task = tokio::spawn(founding);
+                node.inner.background_tasks.lock().expect("task lock poisoned").push(task);
             }
         }
         Ok(node)
     }
 
-    /// Submits one command to its account's group; concurrent submits are coalesced (group
-    /// commit) into one `Batch` = one Raft entry, stamped with the leader's wall clock.
-    /// Returns this command's outcome. Waits at most [`SUBMIT_TIMEOUT`](crate::SUBMIT_TIMEOUT).
-    /// On a follower it fails with [`LedgerError::NotLeader`] naming the leader.
-    pub async fn submit(&self, command: Command) -> Result<Outcome, LedgerError> {
-        self.group_of(command.op.account()).submit(command).await
-    }
-
-    /// Linearizable read of a single-group node's state machine (ensure_linearizable
-    /// first). A sharded node reads per account with [`LedgerNode::read_account`].
+    /// Linearizable read of a single-group node's whole state machine (ensure_linearizable
+    /// first); panics on a sharded node. This and the three reads below hand a whole
+    /// group's `Ledger` to `f`: for tests only (feature `test-support`); production code
+    /// reads through [`LedgerApi`](crate::LedgerApi).
+    #[cfg(any(test, feature = "test-support"))]
     pub async fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> Result<R, LedgerError> {
         self.only_group().read(f).await
     }
 
-    /// Possibly-stale local read, no Raft round (for hot-path caches like key lookup).
-    /// `f` runs under the state lock, which holds back applies: keep it short.
+    /// Possibly-stale local read of a single-group node, no Raft round; panics on a
+    /// sharded node. `f` runs under the state lock, which holds back applies.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn read_local<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
         self.only_group().read_local(f)
     }
 
     /// Linearizable read of the ledger replica of `account`'s group.
+    #[cfg(any(test, feature = "test-support"))]
     pub async fn read_account<R>(
         &self,
         account: AccountId,
@@ -351,6 +375,7 @@ impl LedgerNode {
     }
 
     /// Possibly-stale local read of the ledger replica of `account`'s group.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn read_local_account<R>(&self, account: AccountId, f: impl FnOnce(&Ledger) -> R) -> R {
         self.group_of(account).read_local(f)
     }
@@ -391,81 +416,25 @@ impl LedgerNode {
         self.inner.groups[group_idx as usize].stats()
     }
 
+    /// The live state of group `group_idx` on this node: the size of its ledger replica
+    /// as a snapshot holds it. Encodes an O(1) copy taken under the state lock, outside
+    /// it, so applies do not wait for it.
+    pub fn state_bytes(&self, group_idx: u32) -> Result<u64, LedgerError> {
+        let ledger = self.group_at(group_idx)?.read_local(Ledger::clone);
+        let bytes = codec::encoded_len(&ledger)
+            .map_err(|e| LedgerError::storage("sizing the ledger", e))?;
+        Ok(bytes as u64)
+    }
+
     /// This node's id.
     pub fn id(&self) -> u64 {
         self.inner.id
-    }
-
-    /// An account as `consistency` asks (see [`Consistency`]).
-    pub async fn account(
-        &self,
-        account: AccountId,
-        consistency: Consistency,
-    ) -> Result<Option<Account>, LedgerError> {
-        reads::account(self, account, consistency).await
-    }
-
-    /// The key whose secret hashes to `hash`, if it belongs to `account`.
-    pub async fn key_by_hash(
-        &self,
-        account: AccountId,
-        hash: KeyHash,
-        consistency: Consistency,
-    ) -> Result<Option<(KeyId, Key)>, LedgerError> {
-        reads::key_by_hash(self, account, hash, consistency).await
-    }
-
-    /// A key by id alone, looked up in every group.
-    pub async fn key(
-        &self,
-        key: KeyId,
-        consistency: Consistency,
-    ) -> Result<Option<Key>, LedgerError> {
-        reads::key(self, key, consistency).await
-    }
-
-    /// The request record of a settled hold, if `account` paid for it.
-    pub async fn record(
-        &self,
-        account: AccountId,
-        hold: HoldId,
-        consistency: Consistency,
-    ) -> Result<Option<RequestRecord>, LedgerError> {
-        reads::record(self, account, hold, consistency).await
-    }
-
-    /// A page of an account's request history, newest first.
-    pub async fn history(
-        &self,
-        query: HistoryQuery,
-        consistency: Consistency,
-    ) -> Result<HistoryPage, LedgerError> {
-        reads::history(self, query, consistency).await
-    }
-
-    /// An account's usage per bucket, key and model.
-    pub async fn usage(
-        &self,
-        query: UsageQuery,
-        consistency: Consistency,
-    ) -> Result<Vec<UsageRow>, LedgerError> {
-        reads::usage(self, query, consistency).await
     }
 
     /// What this node's request history holds and has dropped.
     pub fn history_stats(&self) -> Result<HistoryStats, LedgerError> {
         let stats = self.inner.history.stats();
         stats.map_err(|e| LedgerError::storage("reading the request history", e))
-    }
-
-    /// The bank check of every group, merged.
-    pub async fn audit(&self, consistency: Consistency) -> Result<Audit, LedgerError> {
-        reads::audit(self, consistency).await
-    }
-
-    /// Succeeds when every group has a leader confirmed by a quorum.
-    pub async fn ready(&self) -> Result<(), LedgerError> {
-        reads::ready(self).await
     }
 
     /// The cluster as this node sees it.
@@ -506,12 +475,14 @@ impl LedgerNode {
     }
 
     /// Changes one group's membership; fails with `NotLeader` unless this node leads it.
+    /// A node to add is dialled over `tls` to learn its incarnation.
     pub(crate) async fn change_membership(
         &self,
         group_idx: u32,
         change: &MembershipChange,
+        tls: Option<&TlsConfig>,
     ) -> Result<(), LedgerError> {
-        membership::change(self.group_at(group_idx)?, change).await
+        membership::change(self.group_at(group_idx)?, change, tls).await
     }
 
     pub(crate) fn history_store(&self) -> &History {
@@ -573,9 +544,22 @@ pub(crate) struct Inner {
     background_tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl GroupReader for LedgerNode {
+impl GroupAccess for LedgerNode {
     fn n_groups(&self) -> u32 {
         LedgerNode::n_groups(self)
+    }
+
+    /// Concurrent submits are coalesced (group commit) into one `Batch` = one Raft entry,
+    /// stamped with the leader's clock; each waits at most
+    /// [`SUBMIT_TIMEOUT`](crate::SUBMIT_TIMEOUT). On a follower it fails with
+    /// [`LedgerError::NotLeader`] naming the leader.
+    async fn submit_command(&self, command: Command) -> Result<Outcome, LedgerError> {
+        self.group_of(command.op.account()).submit(command).await
+    }
+
+    /// None: a local call has only its group's own bounds (`SUBMIT_TIMEOUT` for a submit).
+    fn call_deadline(&self) -> Option<Duration> {
+        None
     }
 
     async fn read_group(
@@ -642,10 +626,9 @@ fn serve(
     Ok(Server { shutdown_tx, task })
 }
 
-/// Initializes a group's membership on first start. Every member may do this with the
-/// same membership; one whose log already holds it (from its own earlier start or from a
-/// peer) gets `NotAllowed`, which is success here.
-async fn bootstrap(group: &Group, members: BTreeMap<u64, BasicNode>) -> Result<(), LedgerError> {
+/// Initializes a group's membership on first start. One whose log already holds one (from
+/// its own earlier start or from a peer) gets `NotAllowed`, which is success here.
+async fn bootstrap(group: &Group, members: BTreeMap<u64, Member>) -> Result<(), LedgerError> {
     // A restart finds its log initialized: skip the call, which openraft would log as an
     // error. A peer may still initialize this node in between; `NotAllowed` covers that.
     let initialized = group.raft().is_initialized().await;
@@ -659,6 +642,146 @@ async fn bootstrap(group: &Group, members: BTreeMap<u64, BasicNode>) -> Result<(
         }
         Err(RaftError::Fatal(fatal)) => Err(LedgerError::from_fatal("bootstrapping", fatal)),
     }
+}
+
+/// How long a founder waits for each other founder to say who it is, at each start.
+pub const FOUNDER_IDENTIFY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the founding member asks again until every founder has answered.
+pub const FOUNDING_RETRY_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Each other founder's id, address and what it said of itself (`None`: no answer).
+type Founders = Vec<(NodeId, String, Option<Identified>)>;
+
+/// Asks every founder but node `id` who it is, all at once.
+async fn ask_founders(
+    id: NodeId,
+    peers: &BTreeMap<u64, String>,
+    tls: Option<&TlsConfig>,
+) -> Founders {
+    let others = peers.iter().filter(|(peer, _)| **peer != id);
+    let asking = others.map(|(id, addr)| async move {
+        let answer = grpc_network::identify(addr, tls, FOUNDER_IDENTIFY_TIMEOUT).await;
+        (*id, addr.clone(), answer.ok())
+    });
+    futures_util::future::join_all(asking).await
+}
+
+/// Refuses node `id`, whose data directory is incarnation `own` (`None`: it has none
+/// yet), if a founder's membership records it under another incarnation: its data
+/// directory is not the one the cluster knows (wiped, or another cluster's), and voting
+/// with it could lose acknowledged entries. Founders that did not answer are checked by
+/// the Raft RPCs instead (`incarnation::admit`).
+fn refuse_if_known_otherwise(
+    id: NodeId,
+    own: Option<Incarnation>,
+    founders: &Founders,
+) -> Result<(), String> {
+    for (peer, addr, answer) in founders {
+        let known = answer.as_ref().and_then(|answer| answer.members.get(&id));
+        if let Some(known) = known.filter(|known| Some(**known) != own) {
+            let this = match own {
+                Some(own) => format!("is incarnation {own:032x}"),
+                None => "is empty".to_owned(),
+            };
+            return Err(format!(
+                "node {peer} ({addr}) knows node {id} as incarnation {known:032x}, but this data \
+                 directory {this}: it was wiped or replaced, and node {id} must not vote again \
+                 without what it acknowledged; {}",
+                incarnation::rejoin_advice(id)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The founding member (the lowest founder id) founds the cluster: once every other
+/// founder has said who it is and none belongs to a cluster (other than this founding,
+/// when a crash cut it short between groups), it initializes every group with all
+/// founders and their incarnations. A founder that belongs to one already means the
+/// cluster was founded and this node's data directory was lost, or a founder's is
+/// another cluster's: it logs why and founds nothing.
+async fn found(
+    node: Weak<Inner>,
+    identity: Identity,
+    peers: BTreeMap<u64, String>,
+    tls: Option<TlsConfig>,
+) {
+    let founders = loop {
+        let founders = ask_founders(identity.node_id, &peers, tls.as_ref()).await;
+        if founders.iter().all(|(_, _, answer)| answer.is_some()) {
+            break founders;
+        }
+        tokio::time::sleep(FOUNDING_RETRY_INTERVAL).await;
+    };
+    let members = match founding_members(identity, &peers[&identity.node_id], &founders) {
+        Ok(members) => members,
+        Err(refusal) => {
+            tracing::error!("not founding the cluster: {refusal}");
+            return;
+        }
+    };
+    let Some(node) = LedgerNode::from_weak(&node) else { return };
+    for group in &node.inner.groups {
+        if let Err(e) = bootstrap(group, members.clone()).await {
+            tracing::error!("founding the cluster: {e}");
+            return;
+        }
+    }
+    tracing::info!("founded the cluster: {:?}", members.keys().collect::<Vec<_>>());
+}
+
+/// The founding membership: this node (`identity`, at `own_addr`) and every other
+/// founder, once all have answered, with their incarnations. Refused if a founder knows
+/// this node under another incarnation, answers with another id, or knows members other
+/// than these (another cluster's; the same founders are fine: a founding a crash cut
+/// short between groups).
+fn founding_members(
+    identity: Identity,
+    own_addr: &str,
+    founders: &Founders,
+) -> Result<BTreeMap<NodeId, Member>, String> {
+    refuse_if_known_otherwise(identity.node_id, Some(identity.incarnation), founders)?;
+    let mut members =
+        BTreeMap::from([(identity.node_id, Member::new(own_addr, identity.incarnation))]);
+    let mut answers = Vec::with_capacity(founders.len());
+    for (id, addr, answer) in founders {
+        let answer = answer.as_ref().ok_or_else(|| format!("node {id} ({addr}) did not answer"))?;
+        members.insert(*id, Member::new(addr, answer.identity.incarnation));
+        answers.push((*id, addr, answer));
+    }
+    for (id, addr, answer) in answers {
+        let founding = |(member, incarnation): (&NodeId, &Incarnation)| {
+            members.get(member).is_some_and(|m| m.incarnation == *incarnation)
+        };
+        if answer.identity.node_id != id || !answer.members.iter().all(founding) {
+            return Err(format!(
+                "the founder at {addr} is node {} and knows members {:?}; every founder must be \
+                 the node its id names, with an empty data directory, on the cluster's first \
+                 start",
+                answer.identity.node_id,
+                answer.members.keys().collect::<Vec<_>>()
+            ));
+        }
+    }
+    Ok(members)
+}
+
+/// Reads (or on its first open, writes) the identity of the data directory, refusing one
+/// of another node.
+async fn open_identity(
+    store: &RedbStore,
+    data_dir: &Path,
+    node_id: NodeId,
+) -> Result<Identity, LedgerError> {
+    let fresh = rand::random();
+    let loaded = incarnation::load_or_create(&store.tree(IDENTITY_TREE), node_id, fresh).await;
+    loaded.map_err(|e| data_dir_error(data_dir, &e))
+}
+
+/// An error of the data directory itself, naming it.
+fn data_dir_error(data_dir: &Path, message: &str) -> LedgerError {
+    let message = format!("data directory {}: {message}", data_dir.display());
+    LedgerError::storage("opening the data directory", std::io::Error::other(message))
 }
 
 /// Files a data directory of the sled era (before the log moved to redb) holds.
@@ -709,4 +832,38 @@ fn raft_config(options: &NodeOptions) -> Result<Config, LedgerError> {
         ..Config::default()
     };
     config.validate().map_err(|_| LedgerError::InvalidOptions("rejected by openraft"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Founding needs every founder's answer; a founder that knows this node under another
+    /// incarnation, is another node, or knows another cluster's members stops it; one
+    /// that knows only this founding (cut short by a crash) does not.
+    #[test]
+    fn founding_takes_every_founder_with_its_incarnation_and_nothing_else() {
+        let me = Identity { node_id: 1, incarnation: 11 };
+        let answer = |node_id, incarnation, members: &[(NodeId, Incarnation)]| {
+            Some(Identified {
+                identity: Identity { node_id, incarnation },
+                members: members.iter().copied().collect(),
+            })
+        };
+        let founders = |third: Option<Identified>| -> Founders {
+            vec![(2, "h:2".to_owned(), answer(2, 22, &[])), (3, "h:3".to_owned(), third)]
+        };
+        let check = |third: Option<Identified>| founding_members(me, "h:1", &founders(third));
+        let members = check(answer(3, 33, &[])).unwrap();
+        let incarnations: Vec<_> = members.iter().map(|(id, m)| (*id, m.incarnation)).collect();
+        assert_eq!(incarnations, [(1, 11), (2, 22), (3, 33)]);
+        assert_eq!(members[&3].addr, "h:3");
+        let resumed = check(answer(3, 33, &[(1, 11), (2, 22), (3, 33)]));
+        assert_eq!(resumed.unwrap(), members);
+        let error = |third| check(third).unwrap_err();
+        assert!(error(None).contains("node 3 (h:3) did not answer"));
+        assert!(error(answer(3, 33, &[(1, 10), (3, 33)])).contains("knows node 1 as incarnation"));
+        assert!(error(answer(3, 33, &[(3, 33), (7, 77)])).contains("knows members [3, 7]"));
+        assert!(error(answer(4, 44, &[])).contains("the founder at h:3 is node 4"));
+    }
 }

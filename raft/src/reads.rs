@@ -1,16 +1,23 @@
-//! Typed reads over the groups of a cluster, shared by the in-process [`crate::LedgerNode`]
-//! and the remote [`crate::LedgerClient`]: both answer one group's [`Read`]; this module
-//! routes each read to its account's group, or to every group and merges the answers.
+//! [`LedgerApi`]: the typed submits and reads of a ledger, written once for the in-process
+//! [`LedgerNode`], the remote [`LedgerClient`] and [`LedgerHandle`] (either). Each of them
+//! only answers one group's [`Read`] and submits one command ([`GroupAccess`]); this module
+//! routes each read to its account's group, or to every group and merges the answers, and
+//! bounds every call by the handle's deadline.
 
+use crate::client::LedgerClient;
 use crate::error::LedgerError;
 use crate::history::{HistoryPage, HistoryQuery, UsageQuery, UsageRow};
-use crate::node::group_of_account;
+use crate::node::{group_of_account, LedgerNode};
 use crate::wire::{merge_audits, Consistency, Read, ReadAnswer, ReadRequest};
-use solrouter_ledger::{Account, AccountId, Audit, HoldId, Key, KeyHash, KeyId, RequestRecord};
+use solrouter_ledger::{
+    Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, Outcome, RequestRecord,
+};
 use std::future::Future;
+use std::time::Duration;
 
-/// Something that answers a read of one group: a local node or a client of a cluster.
-pub(crate) trait GroupReader: Sync {
+/// What [`LedgerApi`] is built on: one group's reads and one command's submit. Public in a
+/// private module, so no other crate can name or implement it (`LedgerApi` is sealed).
+pub trait GroupAccess: Sync {
     fn n_groups(&self) -> u32;
 
     fn read_group(
@@ -18,9 +25,230 @@ pub(crate) trait GroupReader: Sync {
         group_idx: u32,
         request: ReadRequest,
     ) -> impl Future<Output = Result<ReadAnswer, LedgerError>> + Send;
+
+    /// Submits `command` to its account's group, unbounded by [`GroupAccess::call_deadline`].
+    fn submit_command(
+        &self,
+        command: Command,
+    ) -> impl Future<Output = Result<Outcome, LedgerError>> + Send;
+
+    /// The overall deadline of one [`LedgerApi`] call, every attempt included; `None` when
+    /// the handle's own timeouts bound its calls.
+    fn call_deadline(&self) -> Option<Duration>;
 }
 
-async fn read_account_group<R: GroupReader>(
+/// The typed submits and reads of a ledger, alike in meaning for a node in this process
+/// and a client of a remote cluster. Every read is `consistency` fresh (see
+/// [`Consistency`]); a remote call answers or fails within
+/// [`CLIENT_CALL_DEADLINE`](crate::CLIENT_CALL_DEADLINE), retryably. Implemented by
+/// [`LedgerNode`], [`LedgerClient`] and [`LedgerHandle`]; sealed.
+pub trait LedgerApi: GroupAccess {
+    /// Submits one command to its group's leader, group-committed with concurrent
+    /// submits of the same group, and returns its outcome. After a `Timeout` the command
+    /// may still be applied: resubmit it under the same op id.
+    fn submit(
+        &self,
+        command: Command,
+    ) -> impl Future<Output = Result<Outcome, LedgerError>> + Send {
+        bounded(self.call_deadline(), self.submit_command(command))
+    }
+
+    /// An account.
+    fn account(
+        &self,
+        account: AccountId,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<Option<Account>, LedgerError>> + Send {
+        bounded(self.call_deadline(), async move {
+            match read_account_group(self, account, Read::Account(account), consistency).await? {
+                ReadAnswer::Account(found) => Ok(found),
+                other => Err(mismatch("account", &other)),
+            }
+        })
+    }
+
+    /// The key whose secret hashes to `hash`, if it belongs to `account`. Keys live in
+    /// their account's group; the account is part of the key's text, so authentication
+    /// knows where to look.
+    fn key_by_hash(
+        &self,
+        account: AccountId,
+        hash: KeyHash,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<Option<(KeyId, Key)>, LedgerError>> + Send {
+        bounded(self.call_deadline(), async move {
+            match read_account_group(self, account, Read::KeyByHash(hash), consistency).await? {
+                ReadAnswer::KeyByHash(found) => Ok(found.filter(|(_, key)| key.account == account)),
+                other => Err(mismatch("key by hash", &other)),
+            }
+        })
+    }
+
+    /// A key by id alone (the admin API's revocation), which may be in any group: asks
+    /// each in turn.
+    fn key(
+        &self,
+        key: KeyId,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<Option<Key>, LedgerError>> + Send {
+        bounded(self.call_deadline(), async move {
+            for group_idx in 0..self.n_groups() {
+                let request = ReadRequest { read: Read::Key(key), consistency };
+                match self.read_group(group_idx, request).await? {
+                    ReadAnswer::Key(Some(found)) => return Ok(Some(found)),
+                    ReadAnswer::Key(None) => {}
+                    other => return Err(mismatch("key", &other)),
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    /// The request record of a settled hold, if `account` paid for it.
+    fn record(
+        &self,
+        account: AccountId,
+        hold: HoldId,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<Option<RequestRecord>, LedgerError>> + Send {
+        bounded(self.call_deadline(), async move {
+            let read = Read::Record { account, hold };
+            match read_account_group(self, account, read, consistency).await? {
+                ReadAnswer::Record(found) => Ok(found),
+                other => Err(mismatch("record", &other)),
+            }
+        })
+    }
+
+    /// A page of an account's request history, newest first.
+    fn history(
+        &self,
+        query: HistoryQuery,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<HistoryPage, LedgerError>> + Send {
+        bounded(self.call_deadline(), async move {
+            let account = query.account;
+            match read_account_group(self, account, Read::History(query), consistency).await? {
+                ReadAnswer::History(page) => Ok(page),
+                other => Err(mismatch("history", &other)),
+            }
+        })
+    }
+
+    /// An account's usage per bucket, key and model.
+    fn usage(
+        &self,
+        query: UsageQuery,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<Vec<UsageRow>, LedgerError>> + Send {
+        bounded(self.call_deadline(), async move {
+            let account = query.account;
+            match read_account_group(self, account, Read::Usage(query), consistency).await? {
+                ReadAnswer::Usage(rows) => Ok(rows),
+                other => Err(mismatch("usage", &other)),
+            }
+        })
+    }
+
+    /// The bank check of every group, merged. Each group is read on its own, so with
+    /// `Linearizable` each part is current but the parts are not one atomic cut (no
+    /// command spans two groups, so every part is consistent in itself).
+    fn audit(
+        &self,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<Audit, LedgerError>> + Send {
+        bounded(self.call_deadline(), async move {
+            let mut audits = Vec::with_capacity(self.n_groups() as usize);
+            for group_idx in 0..self.n_groups() {
+                let request = ReadRequest { read: Read::Audit, consistency };
+                match self.read_group(group_idx, request).await? {
+                    ReadAnswer::Audit(audit) => audits.push(audit),
+                    other => return Err(mismatch("audit", &other)),
+                }
+            }
+            Ok(merge_audits(audits))
+        })
+    }
+
+    /// Succeeds when every group has a leader that a quorum confirms.
+    fn ready(&self) -> impl Future<Output = Result<(), LedgerError>> + Send {
+        bounded(self.call_deadline(), async move {
+            for group_idx in 0..self.n_groups() {
+                let request =
+                    ReadRequest { read: Read::Ping, consistency: Consistency::Linearizable };
+                match self.read_group(group_idx, request).await? {
+                    ReadAnswer::Ping => {}
+                    other => return Err(mismatch("ping", &other)),
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl LedgerApi for LedgerNode {}
+impl LedgerApi for LedgerClient {}
+impl LedgerApi for LedgerHandle {}
+
+/// A ledger in this process or a remote cluster, for a caller that serves either (the
+/// gateway: dev mode or gateway mode). Both answer every [`LedgerApi`] call with the same
+/// meaning. Cheap to clone.
+#[derive(Clone)]
+pub enum LedgerHandle {
+    /// A node in this process.
+    Local(LedgerNode),
+    /// A cluster of ledger nodes reached over gRPC.
+    Remote(LedgerClient),
+}
+
+impl GroupAccess for LedgerHandle {
+    fn n_groups(&self) -> u32 {
+        match self {
+            LedgerHandle::Local(node) => node.n_groups(),
+            LedgerHandle::Remote(client) => client.n_groups(),
+        }
+    }
+
+    async fn read_group(
+        &self,
+        group_idx: u32,
+        request: ReadRequest,
+    ) -> Result<ReadAnswer, LedgerError> {
+        match self {
+            LedgerHandle::Local(node) => node.read_group(group_idx, request).await,
+            LedgerHandle::Remote(client) => client.read_group(group_idx, request).await,
+        }
+    }
+
+    async fn submit_command(&self, command: Command) -> Result<Outcome, LedgerError> {
+        match self {
+            LedgerHandle::Local(node) => node.submit_command(command).await,
+            LedgerHandle::Remote(client) => client.submit_command(command).await,
+        }
+    }
+
+    fn call_deadline(&self) -> Option<Duration> {
+        match self {
+            LedgerHandle::Local(node) => node.call_deadline(),
+            LedgerHandle::Remote(client) => client.call_deadline(),
+        }
+    }
+}
+
+/// `call` within `deadline`, if there is one, failing with `Timeout` when it passes.
+pub(crate) async fn bounded<T>(
+    deadline: Option<Duration>,
+    call: impl Future<Output = Result<T, LedgerError>>,
+) -> Result<T, LedgerError> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout(deadline, call)
+            .await
+            .unwrap_or(Err(LedgerError::Timeout(deadline))),
+        None => call.await,
+    }
+}
+
+async fn read_account_group<R: GroupAccess + ?Sized>(
     reader: &R,
     account: AccountId,
     read: Read,
@@ -28,114 +256,6 @@ async fn read_account_group<R: GroupReader>(
 ) -> Result<ReadAnswer, LedgerError> {
     let group_idx = group_of_account(account, reader.n_groups());
     reader.read_group(group_idx, ReadRequest { read, consistency }).await
-}
-
-pub(crate) async fn account<R: GroupReader>(
-    reader: &R,
-    account: AccountId,
-    consistency: Consistency,
-) -> Result<Option<Account>, LedgerError> {
-    match read_account_group(reader, account, Read::Account(account), consistency).await? {
-        ReadAnswer::Account(found) => Ok(found),
-        other => Err(mismatch("account", &other)),
-    }
-}
-
-/// Keys live in their account's group; the account is part of the key's text, so
-/// authentication knows where to look.
-pub(crate) async fn key_by_hash<R: GroupReader>(
-    reader: &R,
-    account: AccountId,
-    hash: KeyHash,
-    consistency: Consistency,
-) -> Result<Option<(KeyId, Key)>, LedgerError> {
-    match read_account_group(reader, account, Read::KeyByHash(hash), consistency).await? {
-        ReadAnswer::KeyByHash(found) => Ok(found.filter(|(_, key)| key.account == account)),
-        other => Err(mismatch("key by hash", &other)),
-    }
-}
-
-/// A key by id alone (the admin API's revocation) may be in any group: asks each in turn.
-pub(crate) async fn key<R: GroupReader>(
-    reader: &R,
-    key: KeyId,
-    consistency: Consistency,
-) -> Result<Option<Key>, LedgerError> {
-    for group_idx in 0..reader.n_groups() {
-        let request = ReadRequest { read: Read::Key(key), consistency };
-        match reader.read_group(group_idx, request).await? {
-            ReadAnswer::Key(Some(found)) => return Ok(Some(found)),
-            ReadAnswer::Key(None) => {}
-            other => return Err(mismatch("key", &other)),
-        }
-    }
-    Ok(None)
-}
-
-pub(crate) async fn record<R: GroupReader>(
-    reader: &R,
-    account: AccountId,
-    hold: HoldId,
-    consistency: Consistency,
-) -> Result<Option<RequestRecord>, LedgerError> {
-    let read = Read::Record { account, hold };
-    match read_account_group(reader, account, read, consistency).await? {
-        ReadAnswer::Record(found) => Ok(found),
-        other => Err(mismatch("record", &other)),
-    }
-}
-
-pub(crate) async fn history<R: GroupReader>(
-    reader: &R,
-    query: HistoryQuery,
-    consistency: Consistency,
-) -> Result<HistoryPage, LedgerError> {
-    let account = query.account;
-    match read_account_group(reader, account, Read::History(query), consistency).await? {
-        ReadAnswer::History(page) => Ok(page),
-        other => Err(mismatch("history", &other)),
-    }
-}
-
-pub(crate) async fn usage<R: GroupReader>(
-    reader: &R,
-    query: UsageQuery,
-    consistency: Consistency,
-) -> Result<Vec<UsageRow>, LedgerError> {
-    let account = query.account;
-    match read_account_group(reader, account, Read::Usage(query), consistency).await? {
-        ReadAnswer::Usage(rows) => Ok(rows),
-        other => Err(mismatch("usage", &other)),
-    }
-}
-
-/// The bank check of every group, merged. Each group is read on its own, so with
-/// `Linearizable` each part is current but the parts are not one atomic cut (no command
-/// spans two groups, so every part is consistent in itself).
-pub(crate) async fn audit<R: GroupReader>(
-    reader: &R,
-    consistency: Consistency,
-) -> Result<Audit, LedgerError> {
-    let mut audits = Vec::with_capacity(reader.n_groups() as usize);
-    for group_idx in 0..reader.n_groups() {
-        match reader.read_group(group_idx, ReadRequest { read: Read::Audit, consistency }).await? {
-            ReadAnswer::Audit(audit) => audits.push(audit),
-            other => return Err(mismatch("audit", &other)),
-        }
-    }
-    Ok(merge_audits(audits))
-}
-
-/// Succeeds when every group has a leader that a quorum confirms.
-pub(crate) async fn ready<R: GroupReader>(reader: &R) -> Result<(), LedgerError> {
-    for group_idx in 0..reader.n_groups() {
-        let request = ReadRequest { read: Read::Ping, consistency: Consistency::Linearizable };
-        match reader.read_group(group_idx, request).await? {
-            ReadAnswer::Ping => {}
-            other => return Err(mismatch("ping", &other)),
-        }
-    }
-    Ok(())
 }
 
 /// An answer of the wrong kind: client and server disagree about the protocol.

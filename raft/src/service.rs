@@ -8,7 +8,8 @@ use crate::error::LedgerError;
 use crate::grpc::ledger_service_server::LedgerService;
 use crate::grpc::{GroupRequest, LedgerReply};
 use crate::node::{Inner, LedgerNode};
-use crate::reads::GroupReader;
+use crate::reads::GroupAccess;
+use crate::tls::TlsConfig;
 use crate::wire::{MembershipChange, ReadRequest, WireError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -20,11 +21,13 @@ use tonic::{Request, Response, Status};
 /// dropped node alive.
 pub struct LedgerRpcServer {
     node: Weak<Inner>,
+    /// How this node dials a node it adds.
+    tls: Option<TlsConfig>,
 }
 
 impl LedgerRpcServer {
-    pub(crate) fn new(node: Weak<Inner>) -> LedgerRpcServer {
-        LedgerRpcServer { node }
+    pub(crate) fn new(node: Weak<Inner>, tls: Option<TlsConfig>) -> LedgerRpcServer {
+        LedgerRpcServer { node, tls }
     }
 
     fn node(&self) -> Result<LedgerNode, LedgerError> {
@@ -77,7 +80,7 @@ impl LedgerService for LedgerRpcServer {
     async fn change_membership(&self, request: Request<GroupRequest>) -> RpcResult {
         let (group_idx, change): (u32, MembershipChange) = decode(request)?;
         let changed = match self.node() {
-            Ok(node) => node.change_membership(group_idx, &change).await,
+            Ok(node) => node.change_membership(group_idx, &change, self.tls.as_ref()).await,
             Err(e) => Err(e),
         };
         reply(changed)

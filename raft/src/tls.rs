@@ -173,7 +173,9 @@ mod tests {
     use crate::grpc::ledger_service_client::LedgerServiceClient;
     use crate::grpc::raft_service_client::RaftServiceClient;
     use crate::grpc::{GroupRequest, RaftRequest};
-    use crate::{ClusterConfig, ClusterStart, Consistency, LedgerClient, LedgerNode, NodeOptions};
+    use crate::{
+        ClusterConfig, ClusterStart, Consistency, LedgerApi, LedgerClient, LedgerNode, NodeOptions,
+    };
     use solrouter_ledger::{AccountId, Command, Op, OpId, PicoUsd, Reply};
     use std::collections::BTreeMap;
     use tonic::transport::Channel;

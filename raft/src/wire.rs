@@ -42,7 +42,7 @@ pub struct Topology {
 
 /// One read of one group's state.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) enum Read {
+pub enum Read {
     /// Nothing: a linearizable ping proves the group has a leader with a quorum.
     Ping,
     Account(AccountId),
@@ -66,13 +66,13 @@ pub(crate) enum Read {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct ReadRequest {
+pub struct ReadRequest {
     pub read: Read,
     pub consistency: Consistency,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum ReadAnswer {
+pub enum ReadAnswer {
     Ping,
     Account(Option<Account>),
     Key(Option<Key>),

@@ -1,13 +1,14 @@
 //! `LedgerClient` against real ledger nodes on 127.0.0.1: routing to each group's leader,
 //! batching, idempotent retries across a leader's loss, linearizable and stale reads,
-//! expiry of abandoned holds, and membership changes while the cluster serves.
+//! expiry of abandoned holds, membership changes while the cluster serves, and nodes whose
+//! data directory was wiped or belongs to another node or cluster.
 //!
 //! All tests live in one file so the workspace links one test binary for them (2 cores).
 
 use solrouter_ledger::{AccountId, Command, HoldId, KeyId, Op, OpId, PicoUsd, Rejection, Reply};
 use solrouter_raft::{
-    group_of_account, ClusterConfig, ClusterStart, Consistency, LedgerClient, LedgerError,
-    LedgerNode, NodeOptions, CLIENT_CALL_DEADLINE, CLIENT_RPC_TIMEOUT,
+    group_of_account, ClusterConfig, ClusterStart, Consistency, LedgerApi, LedgerClient,
+    LedgerError, LedgerNode, NodeOptions, CLIENT_CALL_DEADLINE, CLIENT_RPC_TIMEOUT,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -324,5 +325,85 @@ async fn calls_without_a_quorum_fail_within_the_deadline() {
     eventually("the quorum is back", || async { client.ready().await.is_ok() }).await;
     assert!(matches!(submit_ok(&client, credit).await, Reply::Credited { .. }));
     assert_eq!(credits(&client, account, Consistency::Linearizable).await, TOP_UP);
+    cluster.shutdown().await;
+}
+
+/// Opens node `id` of a cluster with `peers` in `dir`, expecting a refusal; returns it.
+async fn refused_start(id: u64, start: ClusterStart, addr: &str, dir: &Path) -> String {
+    let config = ClusterConfig::try_new(id, addr.parse().unwrap(), start, 1).unwrap();
+    let opened = LedgerNode::open_cluster(&config, dir, &NodeOptions::default()).await;
+    opened.err().unwrap_or_else(|| panic!("node {id} started with {}", dir.display())).to_string()
+}
+
+/// A one-node cluster of node `id` founded in a fresh directory, then stopped: another
+/// cluster's data directory.
+async fn foreign_data_dir(id: u64) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let peers = BTreeMap::from([(id, free_local_addr())]);
+    let node = LedgerNode::open(id, &peers, dir.path(), 1).await.unwrap();
+    eventually("the one-node cluster is founded", || async { node.ready().await.is_ok() }).await;
+    node.shutdown().await.unwrap();
+    dir
+}
+
+/// Issue 9, item 2: a founder whose data directory was wiped, or that is given another
+/// node's or another cluster's, refuses to start, naming the fix. Started anyway as a
+/// joining node (which checks nothing at start), the wiped node is refused by its peers
+/// (it never takes an entry, so it can never vote without one it acknowledged), and
+/// adding it again under its id fails at once. Removed, and added under a new id with an
+/// empty data directory, it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_or_foreign_data_directory_is_refused_and_rejoins_under_a_new_id() {
+    let mut cluster = Cluster::start(3, 1).await;
+    let client = cluster.client().await;
+    let account = cluster.accounts()[0];
+    create(&client, &[account]).await;
+    let credit =
+        |n: u128| Command { id: OpId(n << 80), op: Op::Credit { account, amount: TOP_UP } };
+    submit_ok(&client, credit(1)).await;
+
+    cluster.nodes.remove(&2).unwrap().shutdown().await.unwrap();
+    let addr = cluster.peers[&2].clone();
+    let founder = ClusterStart::Bootstrap(cluster.peers.clone());
+    let wiped = tempfile::tempdir().unwrap();
+    let refused = refused_start(2, founder.clone(), &addr, wiped.path()).await;
+    assert!(refused.contains("knows node 2 as incarnation"), "{refused}");
+    assert!(refused.contains("this data directory is empty"), "{refused}");
+    assert!(refused.contains("it was wiped or replaced"), "{refused}");
+    assert!(refused.contains("solrouter ledger-admin remove-node --id 2"), "{refused}");
+    let another_clusters = foreign_data_dir(2).await;
+    let refused = refused_start(2, founder.clone(), &addr, another_clusters.path()).await;
+    assert!(refused.contains("knows node 2 as incarnation"), "{refused}");
+    let another_nodes = foreign_data_dir(4).await;
+    let refused = refused_start(2, founder, &addr, another_nodes.path()).await;
+    assert!(refused.contains("it belongs to node 4"), "{refused}");
+
+    let config = ClusterConfig::try_new(2, addr.parse().unwrap(), ClusterStart::Join, 1).unwrap();
+    let wiped_node = open(&config, wiped.path()).await;
+    let refused = client.add_node(2, &addr).await.unwrap_err();
+    assert!(!refused.is_retryable(), "{refused}");
+    let refused = refused.to_string();
+    assert!(refused.contains("already a member as incarnation"), "{refused}");
+    assert!(refused.contains("remove-node --id 2"), "{refused}");
+    submit_ok(&client, credit(2)).await;
+    assert_eq!(wiped_node.stats().last_log_index, None, "a refused incarnation took entries");
+    wiped_node.shutdown().await.unwrap();
+
+    client.remove_node(2).await.unwrap();
+    let new_addr = free_local_addr();
+    cluster.peers.insert(5, new_addr.clone());
+    cluster.open(5, ClusterStart::Join).await;
+    client.add_node(5, &new_addr).await.unwrap();
+    let joined = cluster.nodes[&5].clone();
+    let total = PicoUsd(2 * TOP_UP.0);
+    eventually("the node added under a new id caught up", || {
+        let joined = joined.clone();
+        async move {
+            joined.read_local_account(account, |ledger| ledger.account(account).map(|a| a.credits))
+                == Some(total)
+        }
+    })
+    .await;
+    assert_eq!(credits(&client, account, Consistency::Linearizable).await, total);
     cluster.shutdown().await;
 }

@@ -2,7 +2,7 @@
 //! replication to every replica, routing by account, and fail-over after the leader stops.
 
 use solrouter_ledger::{AccountId, Command, HoldId, Op, OpId, PicoUsd, Reply, RequestRecord};
-use solrouter_raft::{Consistency, HistoryQuery, LedgerError, LedgerNode};
+use solrouter_raft::{Consistency, HistoryQuery, LedgerApi, LedgerError, LedgerNode};
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -7,7 +7,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use solrouter_ledger::{
     AccountId, Command, HoldId, KeyId, Ledger, Op, OpId, PicoUsd, Rejection, Reply, RequestRecord,
 };
-use solrouter_raft::{LedgerError, LedgerNode, NodeOptions, DATA_FILE_NAME};
+use solrouter_raft::{LedgerApi, LedgerError, LedgerNode, NodeOptions, DATA_FILE_NAME};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -130,6 +130,19 @@ async fn outcomes_follow_the_ledger_rules() {
     node.shutdown().await.unwrap();
     let after_shutdown = node.submit(top_up(4)).await;
     assert!(matches!(after_shutdown, Err(LedgerError::Shutdown)), "{after_shutdown:?}");
+}
+
+/// The live state a bench reports: what a snapshot of the group would hold, growing with
+/// accounts; a group the node does not have is refused, not a panic.
+#[tokio::test]
+async fn state_bytes_sizes_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = LedgerNode::open_single(dir.path()).await.unwrap();
+    let empty = node.state_bytes(0).unwrap();
+    submit_ok(&node, create_account(1)).await;
+    assert!(node.state_bytes(0).unwrap() > empty);
+    assert!(matches!(node.state_bytes(1), Err(LedgerError::Invalid(_))));
+    node.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -287,7 +300,7 @@ async fn an_unknown_stored_format_version_is_refused() {
 
         let error = LedgerNode::open_single_with(dir.path(), &options).await.err();
         let error = error_chain(&error.expect("an unknown version must not open"));
-        let expected = "unsupported ledger format version 99; this build reads versions [3]";
+        let expected = "unsupported ledger format version 99; this build reads versions [4]";
         assert!(error.contains(expected), "{error}");
 
         overwrite(dir.path(), table_name, &key, &value).await;

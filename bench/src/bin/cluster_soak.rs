@@ -14,7 +14,7 @@ use solrouter_bench::load::{fund, Load, Target};
 use solrouter_bench::processes::Processes;
 use solrouter_bench::WORKLOAD_ACCOUNTS;
 use solrouter_ledger::AccountId;
-use solrouter_raft::{Consistency, HistoryQuery, LedgerClient};
+use solrouter_raft::{Consistency, HistoryQuery, LedgerApi, LedgerClient};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -151,13 +151,13 @@ impl Monitor {
         }
     }
 
-    /// One sample. Sizing the live state serializes the ledger under its read lock, which
-    /// holds back applies for that long (tens of ms at a million records): a small, visible
-    /// perturbation once per report.
+    /// One sample. Sizing the live state encodes a copy of the ledger (taken under its
+    /// lock in O(1), so applies do not wait), costing a worker tens of ms at a million
+    /// records: a small, visible perturbation once per report.
     fn row(&self) -> std::io::Result<String> {
         let stats = self.node.stats();
         let disk = DiskUse::of(&self.dir)?;
-        let live_bytes = self.node.read_local(encoded_size).map_err(std::io::Error::other)?;
+        let live_bytes = self.node.state_bytes(0).map_err(std::io::Error::other)?;
         let memory = Memory::of_self()?;
         let last = stats.last_log_index.unwrap_or(0);
         let log_kept = last - stats.purged_index.map_or(0, |purged| purged + 1).min(last);
@@ -180,11 +180,6 @@ impl Monitor {
 
 /// Bytes under a directory: file lengths as `ls` shows them, and blocks actually allocated
 /// (what `du` shows; lower for sparse files, higher for preallocated ones).
-/// The ledger's size as a snapshot payload (the codec's 4-byte header aside).
-fn encoded_size(ledger: &solrouter_ledger::Ledger) -> Result<usize, postcard::Error> {
-    postcard::serialize_with_flavor(ledger, postcard::ser_flavors::Size::default())
-}
-
 struct DiskUse {
     apparent_bytes: u64,
     allocated_bytes: u64,

@@ -9,10 +9,12 @@
 //! | Anthropic | `POST /v1/messages` | `model` |
 //! | Gemini | `POST /v1beta/models/{model}:generateContent`, `…:streamGenerateContent?alt=sse` | the path |
 //! | Cohere | `POST /v2/chat` | `model` |
+//! | OpenAI embeddings | `POST /embeddings`, `POST /v1/embeddings` (`embed.rs`) | `model` |
 //!
 //! Models, in every format: `echo` answers with the last user message's text (a
-//! directive removed); `unavailable` always answers 503; any other is a 404, or answers
-//! as `echo` with [`MockConfig::echo_any_model`] (`--echo-any-model`), so that real
+//! directive removed), `embed` the same (it is named for embeddings, which any model
+//! but `unavailable` answers); `unavailable` always answers 503; any other is a 404, or
+//! answers as `echo` with [`MockConfig::echo_any_model`] (`--echo-any-model`), so that real
 //! providers' catalogue models can be pointed at the mock.
 //!
 //! Tokens are whitespace-separated words, at least 1 each way, so every count is
@@ -50,6 +52,7 @@
 
 mod anthropic;
 mod cohere;
+mod embed;
 mod gemini;
 mod knobs;
 mod openai;
@@ -373,10 +376,12 @@ async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<MockBody>, HungUp> {
+    let embeddings = request.method() == Method::POST && embed::serves(request.uri().path());
     let route = (request.method() == Method::POST)
         .then(|| Format::route(request.uri().path()))
         .flatten()
         .map(|(format, model)| (format, model.to_owned()));
+    let route = route.or_else(|| embeddings.then(|| (Format::OpenAi, String::new())));
     let Some((format, path_model)) = route else {
         let error = MockError::new(StatusCode::NOT_FOUND, "not_found", "unknown route".into());
         return Ok(Format::OpenAi.error(&error).into_response(&shared.knobs));
@@ -395,7 +400,15 @@ async fn handle(
     } else {
         Fate::Answer
     };
-    let plan = plan(knobs, format, &path_model, &body, fate);
+    let plan = match script::read(&body) {
+        Err(error) => {
+            let message = error.to_string();
+            let error = MockError::new(StatusCode::BAD_REQUEST, "invalid_directive", message);
+            format.error(&error)
+        }
+        Ok(script) if embeddings => embed::plan(knobs, &body, &script, fate),
+        Ok(script) => plan(knobs, format, &path_model, &body, &script, fate),
+    };
     if plan.hang {
         // Ends early with the connection, when the client leaves or the server stops.
         tokio::time::sleep(MOCK_HANG_MAX).await;
@@ -437,28 +450,24 @@ enum CutAt {
 
 /// Decides the answer: refusals first (directive, model, context, scripted or drawn
 /// status), then the answer itself, rendered whole.
-fn plan(knobs: &Knobs, format: Format, path_model: &str, body: &[u8], fate: Fate) -> Plan {
-    let script = match script::read(body) {
-        Ok(script) => script,
-        Err(error) => {
-            let message = error.to_string();
-            return format.error(&MockError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_directive",
-                message,
-            ));
-        }
-    };
+fn plan(
+    knobs: &Knobs,
+    format: Format,
+    path_model: &str,
+    body: &[u8],
+    script: &Script,
+    fate: Fate,
+) -> Plan {
     let prompt = match format.read(body, path_model) {
         Ok(prompt) => prompt,
         Err(error) => return format.error(&error),
     };
-    if let Some(error) = refusal(knobs, &prompt, &script, fate) {
+    if let Some(error) = refusal(knobs, &prompt, script, fate) {
         return format.error(&error);
     }
     let last_user = script::strip(&prompt.last_user).unwrap_or(prompt.last_user);
-    let source = tokens::source_text(last_user, &script);
-    let answer = Answer::new(&source, prompt.max_tokens, &script);
+    let source = tokens::source_text(last_user, script);
+    let answer = Answer::new(&source, prompt.max_tokens, script);
     let n_words = u32::try_from(answer.pieces.len()).unwrap_or(u32::MAX);
     let exchange = Exchange {
         id: next_id(),
@@ -490,7 +499,7 @@ fn plan(knobs: &Knobs, format: Format, path_model: &str, body: &[u8], fate: Fate
 /// Why the mock refuses to answer `prompt`, if it does.
 fn refusal(knobs: &Knobs, prompt: &Prompt, script: &Script, fate: Fate) -> Option<MockError> {
     match prompt.model.as_str() {
-        "echo" => {}
+        "echo" | "embed" => {}
         "unavailable" => {
             let message = "the mock model `unavailable` is always unavailable".to_owned();
             return Some(MockError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message));

@@ -9,6 +9,7 @@
 //! bills on `billed_units`, so clients pay what the operator pays.
 
 use super::assemble::{assistant_message, Citations};
+use super::embed::{self, EmbedRequest, EmbedTarget, Embedder, Embeddings};
 use super::errors::{bad_gateway, classify, truncate};
 use super::openai::bearer_headers;
 use super::translate::{self, param_error, Part, ResponseFormat, ToolChoice};
@@ -119,6 +120,66 @@ impl Adapter for Cohere {
 
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
         classify(PROVIDER, status, headers, body)
+    }
+
+    fn embedder(&self) -> Option<&dyn Embedder> {
+        Some(self)
+    }
+}
+
+/// The `input_type` sent when the client names none: Cohere requires one of its v3 and
+/// later models, and documents are what most embedding calls embed.
+pub const INPUT_TYPE_DEFAULT: &str = "search_document";
+
+/// `POST /v2/embed`: `texts`, `input_type`, `embedding_types: ["float"]`,
+/// `output_dimension`; answered by `embeddings.float` and `meta.billed_units.input_tokens`.
+impl Embedder for Cohere {
+    fn embed_request(
+        &self,
+        endpoint: &Endpoint,
+        request: &EmbedRequest,
+        target: &EmbedTarget,
+    ) -> UpstreamRequest {
+        let input_type = request.input_type.as_deref().unwrap_or(INPUT_TYPE_DEFAULT);
+        // Routing sends token ids only to embedders that take them.
+        let texts: Vec<&str> = request.inputs.iter().filter_map(embed::Input::text).collect();
+        let mut body = json!({"model": target.upstream_model, "texts": texts,
+            "input_type": input_type, "embedding_types": ["float"]});
+        if let Some(dimensions) = target.dimensions {
+            body["output_dimension"] = Value::from(dimensions);
+        }
+        UpstreamRequest {
+            url: format!("{}/v2/embed", endpoint.base_url.trim_end_matches('/')),
+            headers: bearer_headers(endpoint),
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    fn embed_response(
+        &self,
+        request: &EmbedRequest,
+        body: &[u8],
+    ) -> Result<Embeddings, UpstreamError> {
+        let object = embed::object(PROVIDER, body)?;
+        let Some(Value::Array(floats)) = object.get("embeddings").and_then(|by| by.get("float"))
+        else {
+            return Err(bad_gateway(PROVIDER, "embeddings response has no `embeddings.float`"));
+        };
+        let vectors = floats
+            .iter()
+            .enumerate()
+            .map(|(position, values)| {
+                embed::float_vector(values).ok_or_else(|| {
+                    bad_gateway(PROVIDER, format!("embeddings.float[{position}] is no vector"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let input_tokens = object
+            .get("meta")
+            .and_then(|meta| meta.get("billed_units"))
+            .and_then(|units| units.get("input_tokens"))
+            .and_then(Value::as_u64);
+        embed::checked(PROVIDER, request, vectors, input_tokens)
     }
 }
 

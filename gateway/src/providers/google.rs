@@ -9,6 +9,7 @@
 //! assistant message that holds the id, which gives the function name Gemini wants.
 
 use super::assemble::Citations;
+use super::embed::{self, EmbedRequest, EmbedTarget, Embedder, Embeddings};
 use super::errors::{bad_gateway, classify, truncate, RETRY_AFTER_MAX};
 use super::translate::{self, param_error, Part, ResponseFormat, ToolChoice};
 use super::{
@@ -52,14 +53,7 @@ impl Adapter for Google {
         target: &Target,
     ) -> Result<UpstreamRequest, ParamError> {
         let body = translate_request(&chat.body, target.max_tokens)?;
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(key) = &endpoint.api_key {
-            let mut value = HeaderValue::try_from(key.as_str())
-                .expect("provider keys are validated when loaded");
-            value.set_sensitive(true);
-            headers.insert("x-goog-api-key", value);
-        }
+        let headers = key_headers(endpoint);
         let method = if chat.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
         let base_url = endpoint.base_url.trim_end_matches('/');
         let body = serde_json::to_vec(&Value::Object(body)).expect("JSON values always serialize");
@@ -133,6 +127,78 @@ impl Adapter for Google {
             classified.retry_after = retry_delay(error);
         }
         classified
+    }
+
+    fn embedder(&self) -> Option<&dyn Embedder> {
+        Some(self)
+    }
+}
+
+/// `Content-Type: application/json` and, when the endpoint has a key, `x-goog-api-key`.
+fn key_headers(endpoint: &Endpoint) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(key) = &endpoint.api_key {
+        let mut value =
+            HeaderValue::try_from(key.as_str()).expect("provider keys are validated when loaded");
+        value.set_sensitive(true);
+        headers.insert("x-goog-api-key", value);
+    }
+    headers
+}
+
+/// `POST /v1beta/models/{model}:batchEmbedContents`: one `requests[]` entry per input
+/// (`content.parts[].text`, `outputDimensionality`), answered by `embeddings[].values`
+/// in order. Gemini reports no token count for embeddings: the pipeline bills its own
+/// count of the inputs.
+impl Embedder for Google {
+    fn embed_request(
+        &self,
+        endpoint: &Endpoint,
+        request: &EmbedRequest,
+        target: &EmbedTarget,
+    ) -> UpstreamRequest {
+        let model = format!("models/{}", target.upstream_model);
+        let requests: Vec<Value> = request
+            .inputs
+            .iter()
+            // Routing sends token ids only to embedders that take them.
+            .filter_map(embed::Input::text)
+            .map(|text| {
+                let mut entry = json!({"model": model, "content": {"parts": [{"text": text}]}});
+                if let Some(dimensions) = target.dimensions {
+                    entry["outputDimensionality"] = Value::from(dimensions);
+                }
+                entry
+            })
+            .collect();
+        let base_url = endpoint.base_url.trim_end_matches('/');
+        UpstreamRequest {
+            url: format!("{base_url}/v1beta/{model}:batchEmbedContents"),
+            headers: key_headers(endpoint),
+            body: Bytes::from(json!({"requests": requests}).to_string()),
+        }
+    }
+
+    fn embed_response(
+        &self,
+        request: &EmbedRequest,
+        body: &[u8],
+    ) -> Result<Embeddings, UpstreamError> {
+        let object = embed::object(PROVIDER, body)?;
+        let Some(Value::Array(embeddings)) = object.get("embeddings") else {
+            return Err(bad_gateway(PROVIDER, "embeddings response has no `embeddings` array"));
+        };
+        let vectors = embeddings
+            .iter()
+            .enumerate()
+            .map(|(position, embedding)| {
+                embed::float_vector(&embedding["values"]).ok_or_else(|| {
+                    bad_gateway(PROVIDER, format!("embeddings[{position}].values is no vector"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        embed::checked(PROVIDER, request, vectors, None)
     }
 }
 

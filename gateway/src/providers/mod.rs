@@ -15,12 +15,14 @@
 pub mod anthropic;
 mod assemble;
 pub mod cohere;
+pub mod embed;
 mod errors;
 pub mod google;
 pub mod openai;
 mod registry;
 mod translate;
 
+pub use embed::{EmbedRequest, EmbedTarget, Embedder, Embeddings, Encoding, Input};
 pub use registry::{Providers, MOCK_PROVIDER};
 
 use bytes::Bytes;
@@ -188,6 +190,10 @@ pub trait Adapter: Send + Sync + 'static {
     fn response(&self, chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError>;
     /// A translator for one streamed 2xx response to `chat`.
     fn stream(&self, chat: &ChatRequest) -> Box<dyn StreamTranslator>;
-    /// Classifies a non-2xx response.
+    /// Classifies a non-2xx response (of chat and embeddings requests alike).
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError;
+    /// The provider's embeddings format, if it serves embedding models.
+    fn embedder(&self) -> Option<&dyn Embedder> {
+        None
+    }
 }

@@ -3,6 +3,7 @@
 //! already speaks this wire format, so the adapter only swaps the model name, removes
 //! the gateway's own request fields and makes streams report usage.
 
+use super::embed::{self, EmbedRequest, EmbedTarget, Embedder, Embeddings, Encoding};
 use super::errors::{bad_gateway, classify};
 use super::{
     Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, Target,
@@ -35,6 +36,8 @@ pub struct Quirks {
     /// `https://api.openai.com/v1`), `/v1/chat/completions` for Mistral, whose SDK takes
     /// the bare `https://api.mistral.ai`.
     pub chat_path: &'static str,
+    /// The same for embeddings: `/embeddings`, `/v1/embeddings` for Mistral.
+    pub embeddings_path: &'static str,
     /// The upstream rejects `stream_options` (Mistral answers 422) and reports usage in
     /// the final chunk unasked.
     pub stream_options_rejected: bool,
@@ -42,7 +45,9 @@ pub struct Quirks {
     /// `max_completion_tokens` (its reasoning models refuse `max_tokens`), `max_tokens`
     /// for the hosts that only know the older name (Mistral rejects the newer one).
     pub limit_field: &'static str,
-    /// The upstream calls `seed` `random_seed`.
+    /// The upstream calls `seed` `random_seed` and an embedding's `dimensions`
+    /// `output_dimension`, and takes neither `encoding_format` nor `user` with
+    /// embeddings (Mistral answers floats).
     pub mistral_parameter_names: bool,
     /// `completion_tokens` excludes `reasoning_tokens` (xAI: total = prompt +
     /// completion + reasoning, and xAI bills reasoning at the completion price).
@@ -56,6 +61,7 @@ pub struct Quirks {
 impl Quirks {
     pub const OPENAI: Quirks = Quirks {
         chat_path: "/chat/completions",
+        embeddings_path: "/embeddings",
         limit_field: "max_completion_tokens",
         stream_options_rejected: false,
         mistral_parameter_names: false,
@@ -64,6 +70,7 @@ impl Quirks {
     };
     pub const MISTRAL: Quirks = Quirks {
         chat_path: "/v1/chat/completions",
+        embeddings_path: "/v1/embeddings",
         limit_field: "max_tokens",
         stream_options_rejected: true,
         mistral_parameter_names: true,
@@ -156,6 +163,85 @@ impl Adapter for OpenAiCompatible {
 
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
         classify(&self.provider, status, headers, body)
+    }
+
+    fn embedder(&self) -> Option<&dyn Embedder> {
+        Some(self)
+    }
+}
+
+/// `POST /embeddings`: `input` an array of strings; `data[].embedding` floats or, when
+/// `encoding_format` asked for it, base64; `usage.prompt_tokens`.
+impl Embedder for OpenAiCompatible {
+    fn embed_request(
+        &self,
+        endpoint: &Endpoint,
+        request: &EmbedRequest,
+        target: &EmbedTarget,
+    ) -> UpstreamRequest {
+        let mistral = self.quirks.mistral_parameter_names;
+        let mut body = Map::new();
+        body.insert("model".to_owned(), Value::from(target.upstream_model));
+        let inputs = request.inputs.iter().map(embed::Input::to_json).collect();
+        body.insert("input".to_owned(), Value::Array(inputs));
+        if let Some(dimensions) = target.dimensions {
+            let field = if mistral { "output_dimension" } else { "dimensions" };
+            body.insert(field.to_owned(), Value::from(dimensions));
+        }
+        if !mistral {
+            let encoding = match request.encoding {
+                Encoding::Float => "float",
+                Encoding::Base64 => "base64",
+            };
+            body.insert("encoding_format".to_owned(), Value::from(encoding));
+            if let Some(user) = &request.user {
+                body.insert("user".to_owned(), Value::from(user.as_str()));
+            }
+        }
+        UpstreamRequest {
+            url: format!(
+                "{}{}",
+                endpoint.base_url.trim_end_matches('/'),
+                self.quirks.embeddings_path
+            ),
+            headers: bearer_headers(endpoint),
+            body: Bytes::from(Value::Object(body).to_string()),
+        }
+    }
+
+    /// OpenAI's own API takes token ids; Mistral's takes text only.
+    fn takes_tokens(&self) -> bool {
+        !self.quirks.mistral_parameter_names
+    }
+
+    fn embed_response(
+        &self,
+        request: &EmbedRequest,
+        body: &[u8],
+    ) -> Result<Embeddings, UpstreamError> {
+        let object = embed::object(&self.provider, body)?;
+        let Some(Value::Array(data)) = object.get("data") else {
+            return Err(bad_gateway(&self.provider, "embeddings response has no `data` array"));
+        };
+        let mut indexed = Vec::with_capacity(data.len());
+        for (position, item) in data.iter().enumerate() {
+            let index = item.get("index").and_then(Value::as_u64).unwrap_or(position as u64);
+            let vector = match item.get("embedding") {
+                Some(Value::String(text)) => embed::decode_base64(text),
+                Some(values) => embed::float_vector(values),
+                None => None,
+            };
+            let vector = vector.ok_or_else(|| {
+                bad_gateway(&self.provider, format!("data[{position}].embedding is no vector"))
+            })?;
+            indexed.push((index, vector));
+        }
+        indexed.sort_by_key(|(index, _)| *index);
+        let vectors = indexed.into_iter().map(|(_, vector)| vector).collect();
+        let input_tokens = usage_object(&object)
+            .and_then(|usage| usage.get("prompt_tokens"))
+            .and_then(Value::as_u64);
+        embed::checked(&self.provider, request, vectors, input_tokens)
     }
 }
 

@@ -190,6 +190,9 @@ mod tests {
         for model in crate::catalog::Catalog::builtin().models() {
             let (adapter, _) = all.get(&model.provider).unwrap_or_else(|| panic!("{}", model.id));
             assert_eq!(adapter.provider(), model.provider, "{}", model.id);
+            if model.embedding.is_some() {
+                assert!(adapter.embedder().is_some(), "{} has no embeddings adapter", model.id);
+            }
         }
     }
 

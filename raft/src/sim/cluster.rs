@@ -8,15 +8,16 @@ use super::trace::Trace;
 use crate::error::LedgerError;
 use crate::group::{Clock, Group};
 use crate::history::{History, HISTORY_RETENTION_DEFAULT};
+use crate::incarnation::{self, Identity, IDENTITY_TREE};
 use crate::log_store::LogStore;
 use crate::state_machine::StateMachine;
-use crate::types::NodeId;
+use crate::types::{Member, NodeId};
 use crate::{
     group_of_slot, slot_of, NodeStats, APPEND_ENTRIES_MAX, ELECTION_TIMEOUT_MAX,
     ELECTION_TIMEOUT_MIN, HEARTBEAT_INTERVAL,
 };
 use openraft::error::{InitializeError, RaftError};
-use openraft::{BasicNode, Config, SnapshotPolicy};
+use openraft::{Config, SnapshotPolicy};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use solrouter_ledger::{AccountId, Command, Ledger, Outcome};
@@ -110,6 +111,7 @@ enum Slot {
 
 /// One incarnation of a node: from a start to its crash.
 pub struct Running {
+    identity: Identity,
     store: MemStore,
     groups: Vec<Group>,
     crashed: AtomicBool,
@@ -128,7 +130,29 @@ impl Cluster {
         for id in 1..=cluster.shape.n_nodes {
             cluster.restart(id).await;
         }
+        cluster.found().await;
         cluster
+    }
+
+    /// Founds the cluster, as the founding member of `LedgerNode` does once every founder
+    /// has said who it is: every group's membership is every node, with the incarnation of
+    /// its data directory. (Every node initializes with that same membership, so the
+    /// first election may happen anywhere.)
+    async fn found(&self) {
+        let running: Vec<Arc<Running>> =
+            self.node_ids().into_iter().filter_map(|id| self.running(id)).collect();
+        let members: BTreeMap<NodeId, Member> = running
+            .iter()
+            .map(|node| (node.identity.node_id, Member::new("", node.identity.incarnation)))
+            .collect();
+        for node in &running {
+            for group in &node.groups {
+                match group.raft().initialize(members.clone()).await {
+                    Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                    Err(e) => panic!("founding on node {}: {e}", node.identity.node_id),
+                }
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ClusterState> {
@@ -273,9 +297,24 @@ impl Cluster {
         }
     }
 
-    /// Starts node `id` from what its disk holds, if it is down; on every start each group
-    /// is bootstrapped with the full membership, which is a no-op once its log has one
-    /// (as `LedgerNode` does).
+    /// Node `id`'s disk is wiped (crashing it first if it is up): it comes back, at its
+    /// next start, under the same id with a new incarnation and nothing else. The
+    /// invariants forget the votes it saved.
+    pub async fn wipe(&self, id: NodeId) {
+        self.crash(id).await;
+        self.lock().nodes.insert(id, Slot::Down(Disk::new()));
+        self.invariants.wiped(id);
+        self.trace.event(self.now_ms(), format!("wipe node {id}'s disk"));
+    }
+
+    /// The identity of node `id`'s data directory, if it is up.
+    pub fn identity(&self, id: NodeId) -> Option<Identity> {
+        self.running(id).map(|running| running.identity)
+    }
+
+    /// Starts node `id` from what its disk holds, if it is down. Founding is done once,
+    /// by [`Cluster::start`]: a node started on an empty disk (wiped) waits to be
+    /// contacted, and its peers refuse it, as `LedgerNode` does.
     pub async fn restart(&self, id: NodeId) {
         let (disk, incarnation, mut rng, clock_step) = {
             let mut state = self.lock();
@@ -289,6 +328,9 @@ impl Cluster {
         let store = MemStore::new(disk, StdRng::seed_from_u64(rng.gen()))
             .watched(id, Arc::clone(&self.invariants))
             .with_faults(self.shape.disk_faults);
+        let identity = incarnation::load_or_create(&store.tree(IDENTITY_TREE), id, rng.gen())
+            .await
+            .expect("a node's own disk holds its identity");
         let config = Arc::new(self.raft_config(&mut rng));
         let skew_max_ms = self.shape.clock_skew_max_ms as i64;
         let skew_ms = rng.gen_range(-skew_max_ms..=skew_max_ms);
@@ -309,27 +351,22 @@ impl Cluster {
                     invariants.entry_applied(id, group_idx, entry);
                 }));
             let log = LogStore::new(
+                group_idx,
                 store.tree(&format!("{group_idx}/log")),
                 store.tree(&format!("{group_idx}/meta")),
                 machine.saved_snapshot(),
             );
-            let network = SimNetwork::new(Arc::clone(&self.net), id, incarnation, group_idx);
+            let network = SimNetwork::new(Arc::clone(&self.net), identity, incarnation, group_idx);
             let group =
                 Group::start_with(id, log, machine, Arc::clone(&config), network, clock.clone())
                     .await
                     .expect("a group starts on what its own store kept");
             groups.push(group);
         }
-        self.net.node_up(id, incarnation, groups.iter().map(|g| g.raft().clone()).collect());
-        let members: BTreeMap<NodeId, BasicNode> =
-            self.node_ids().into_iter().map(|id| (id, BasicNode::default())).collect();
-        for group in &groups {
-            match group.raft().initialize(members.clone()).await {
-                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(e) => panic!("bootstrapping node {id}: {e}"),
-            }
-        }
-        let running = Arc::new(Running { store, groups, crashed: AtomicBool::new(false) });
+        let rafts = groups.iter().map(|g| g.raft().clone()).collect();
+        self.net.node_up(id, incarnation, identity, rafts);
+        let crashed = AtomicBool::new(false);
+        let running = Arc::new(Running { identity, store, groups, crashed });
         self.lock().nodes.insert(id, Slot::Up(running));
         let timeout_ms = config.election_timeout_min;
         self.trace

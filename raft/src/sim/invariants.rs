@@ -5,7 +5,9 @@
 //! * the entry at (group, index) never changes once applied anywhere;
 //! * an acknowledged command never disappears: the entry it was first applied in stays on
 //!   the stable storage (log, or a snapshot covering it) of a majority of the nodes,
-//!   checked after every crash, when unsynced writes are lost.
+//!   checked after every crash, when unsynced writes are lost. A node whose disk was wiped
+//!   counts as holding it: its peers refuse its new incarnation (`incarnation.rs`), so
+//!   it can never help elect a leader without the entry.
 //!
 //! A violation panics; the run's panic hook turns it into the seed's failure.
 
@@ -35,6 +37,8 @@ struct State {
     first_applied: BTreeMap<(u32, OpId), u64>,
     /// Entries holding an acknowledged command: (group, index) → fingerprint.
     acknowledged: BTreeMap<(u32, u64), u64>,
+    /// Nodes whose disk was wiped.
+    wiped: std::collections::BTreeSet<NodeId>,
 }
 
 /// The fingerprint of an entry as stored: the same bytes the log holds.
@@ -84,6 +88,14 @@ impl Invariants {
                  {saved} it saved before crashing: it may vote twice in a term"
             );
         }
+    }
+
+    /// Node `node`'s disk was wiped: its saved votes are gone with it, and it comes back
+    /// as an incarnation its peers refuse.
+    pub fn wiped(&self, node: NodeId) {
+        let mut state = self.lock();
+        state.votes.retain(|(voter, _), _| *voter != node);
+        state.wiped.insert(node);
     }
 
     /// Node `node`'s replica of `group` applies `entry`.
@@ -143,7 +155,9 @@ impl Invariants {
                     .get(&format!("{group}/log"))
                     .and_then(|log| log.get(&index.to_be_bytes()[..]))
                     .is_some_and(|bytes| fingerprint(bytes) == print);
-                logged || covered.get(&(**node, group)).is_some_and(|covered| *covered >= index)
+                logged
+                    || covered.get(&(**node, group)).is_some_and(|covered| *covered >= index)
+                    || state.wiped.contains(node)
             });
             let n_holders = holders.count();
             assert!(

@@ -340,6 +340,78 @@ fn a_vote_survives_a_crash_right_after_it_is_saved() {
     });
 }
 
+/// Issue 9, fault 2, "disk wipe with same-id rejoin": a top-up acknowledged by the leader
+/// A and by B only (C cut off); B's disk is wiped and B comes back under its id with no
+/// vote and no log; A crashes. C lacks the top-up and would win the election with the
+/// vote of the empty B, losing it (it did before incarnations: B granted it). Now every
+/// peer refuses B's new incarnation: C cannot lead, the group waits for A, and once A is
+/// back the top-up is there on A and C. B stays refused (its operator must remove it and
+/// add it under a new id).
+#[test]
+fn a_wiped_node_back_under_its_id_cannot_elect_a_leader_without_an_acknowledged_entry() {
+    paused_runtime().block_on(async {
+        let (cluster, history, mut router) = calm_cluster().await;
+        let account = create_accounts(&mut router, &history, 1).await[0];
+        let group = cluster.group_of(account);
+        let leader =
+            cluster.node_ids().into_iter().find_map(|id| cluster.leader_seen_by(id, group));
+        let a = leader.expect("the group that acknowledged has a leader");
+        let others: Vec<NodeId> = cluster.node_ids().into_iter().filter(|id| *id != a).collect();
+        let (b, c) = (others[0], others[1]);
+        for other in [a, b] {
+            cluster.net.cut(other, c);
+            cluster.net.cut(c, other);
+        }
+        let amount = PicoUsd(1_000);
+        let top_up = Command { id: OpId(0x819e << 64), op: Op::Credit { account, amount } };
+        let acknowledged = router.submit(&top_up, RESOLVE_ATTEMPTS_MAX).await;
+        assert_eq!(acknowledged, Some(Ok(Reply::Credited { credits: amount })));
+
+        let before = cluster.identity(b).expect("node b is up");
+        cluster.wipe(b).await;
+        cluster.restart(b).await;
+        let after = cluster.identity(b).expect("node b is back");
+        assert_ne!(before.incarnation, after.incarnation, "a wiped disk is a new incarnation");
+        cluster.crash(a).await;
+        cluster.net.heal();
+        tokio::time::sleep(ELECTION_TIMEOUT_MAX * 40).await;
+        for id in [b, c] {
+            let stats = cluster.stats(id, group).expect("up");
+            assert_ne!(stats.leader_id, Some(c), "node {c} led without the top-up (seen by {id})");
+        }
+        let b_stats = cluster.stats(b, group).expect("up");
+        assert_eq!(b_stats.last_log_index, None, "the wiped node took no entry");
+
+        cluster.restart(a).await;
+        let probe =
+            Command { id: OpId(0x819f << 64), op: Op::Release { account, hold: HoldId(1) } };
+        let outcome = router.submit(&probe, RESOLVE_ATTEMPTS_MAX).await;
+        assert_eq!(outcome, Some(Err(Rejection::UnknownHold)));
+        let mut seen = 0;
+        for _ in 0..CONVERGE_POLLS_MAX {
+            let replicas = cluster.replicas(group);
+            let credits: Vec<Option<PicoUsd>> = replicas
+                .iter()
+                .filter(|(id, _, _)| *id != b)
+                .map(|(_, _, ledger)| ledger.account(account).map(|a| a.credits))
+                .collect();
+            seen = credits.len();
+            if credits.iter().all(|credits| *credits == Some(amount)) {
+                break;
+            }
+            tokio::time::sleep(CONVERGE_POLL_INTERVAL).await;
+        }
+        assert_eq!(seen, 2);
+        for (id, _, ledger) in cluster.replicas(group) {
+            let credits = ledger.account(account).map(|a| a.credits);
+            match id == b {
+                true => assert_eq!(credits, None, "the refused node {b} learned nothing"),
+                false => assert_eq!(credits, Some(amount), "node {id} lost the top-up"),
+            }
+        }
+    });
+}
+
 /// One sync in this many lies in the lying-disk test, and the seeds it tries.
 const LYING_SYNC_ONE_IN: u32 = 10;
 const LYING_SEEDS: u64 = 24;

@@ -9,16 +9,20 @@
 //! Requests and replies cross as encoded bytes (`codec`), as over gRPC, so what the simulation
 //! delivers is exactly what the wire could carry. A lost message is never reported to the
 //! sender: like on a real network, the sender's own timeout is all it learns.
+//!
+//! Requests are [`Stamped`] and admitted by the target's data directory identity
+//! exactly as `grpc_network` does ([`incarnation::admit`]); a refusal reaches the sender
+//! as unreachable, as over gRPC.
 
 use crate::codec;
-use crate::types::{NodeId, Raft, TypeConfig};
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError};
+use crate::incarnation::{self, Identity, Incarnation, Stamped};
+use crate::types::{Member, NodeId, Raft, TypeConfig};
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::de::DeserializeOwned;
@@ -70,9 +74,10 @@ pub struct Net {
 struct NetState {
     rng: StdRng,
     weather: Weather,
-    /// Live nodes: the incarnation that may send and receive, and its groups' Raft
-    /// instances. A node absent from here is down.
-    nodes: BTreeMap<NodeId, (u64, Vec<Raft>)>,
+    /// Live nodes: the incarnation (process) that may send and receive, its data
+    /// directory's identity, and its groups' Raft instances. A node absent from here is
+    /// down.
+    nodes: BTreeMap<NodeId, (u64, Identity, Vec<Raft>)>,
     /// Directed links that are cut: `(source, target)`.
     cut: BTreeSet<(NodeId, NodeId)>,
     /// Per directed link: messages sent so far, and the highest sequence number arrived.
@@ -110,8 +115,8 @@ impl Net {
         self.state.lock().expect("network lock poisoned")
     }
 
-    pub fn node_up(&self, node: NodeId, incarnation: u64, groups: Vec<Raft>) {
-        self.lock().nodes.insert(node, (incarnation, groups));
+    pub fn node_up(&self, node: NodeId, incarnation: u64, identity: Identity, groups: Vec<Raft>) {
+        self.lock().nodes.insert(node, (incarnation, identity, groups));
     }
 
     pub fn node_down(&self, node: NodeId) {
@@ -174,7 +179,7 @@ impl Net {
         *n_sent_on += 1;
         let seq = *n_sent_on;
         let weather = state.weather;
-        let source_live = state.nodes.get(&source.0).is_some_and(|(inc, _)| *inc == source.1);
+        let source_live = state.nodes.get(&source.0).is_some_and(|(inc, _, _)| *inc == source.1);
         let lost = !source_live
             || state.cut.contains(&(source.0, target))
             || state.rng.gen_range(0..1000) < weather.loss_per_mille;
@@ -192,13 +197,20 @@ impl Net {
     }
 
     /// The target's Raft instance of `group` if message `seq` of the link may arrive now,
-    /// with the target's incarnation (a reply leaves only if that incarnation still lives).
-    fn arrive(&self, source: NodeId, target: NodeId, seq: u64, group: u32) -> Option<(u64, Raft)> {
+    /// with the target's incarnation (a reply leaves only if that incarnation still lives)
+    /// and its data directory's identity.
+    fn arrive(
+        &self,
+        source: NodeId,
+        target: NodeId,
+        seq: u64,
+        group: u32,
+    ) -> Option<(u64, Identity, Raft)> {
         let mut guard = self.lock();
         let state = &mut *guard;
         let arrived = match state.nodes.get(&target) {
-            Some((incarnation, groups)) if !state.cut.contains(&(source, target)) => {
-                Some((*incarnation, groups[group as usize].clone()))
+            Some((incarnation, identity, groups)) if !state.cut.contains(&(source, target)) => {
+                Some((*incarnation, *identity, groups[group as usize].clone()))
             }
             _ => None,
         };
@@ -230,39 +242,44 @@ impl NetState {
 /// The network factory of one group on one node incarnation.
 pub struct SimNetwork {
     net: Arc<Net>,
-    node: NodeId,
+    identity: Identity,
     incarnation: u64,
     group: u32,
 }
 
 impl SimNetwork {
-    pub fn new(net: Arc<Net>, node: NodeId, incarnation: u64, group: u32) -> SimNetwork {
-        SimNetwork { net, node, incarnation, group }
+    /// The network of `group` on process `incarnation` of the node of `identity`.
+    pub fn new(net: Arc<Net>, identity: Identity, incarnation: u64, group: u32) -> SimNetwork {
+        SimNetwork { net, identity, incarnation, group }
     }
 }
 
 pub struct SimConnection {
     net: Arc<Net>,
     source: (NodeId, u64),
+    source_incarnation: Incarnation,
     target: NodeId,
+    target_incarnation: Incarnation,
     group: u32,
 }
 
 impl RaftNetworkFactory<TypeConfig> for SimNetwork {
     type Network = SimConnection;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> SimConnection {
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> SimConnection {
         SimConnection {
             net: Arc::clone(&self.net),
-            source: (self.node, self.incarnation),
+            source: (self.identity.node_id, self.incarnation),
+            source_incarnation: self.identity.incarnation,
             target,
+            target_incarnation: node.incarnation,
             group: self.group,
         }
     }
 }
 
 type RpcResult<T, E = openraft::error::Infallible> =
-    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+    Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
 
 impl SimConnection {
     async fn call<T, E>(&mut self, rpc: Rpc, request: &impl Serialize) -> RpcResult<T, E>
@@ -270,7 +287,13 @@ impl SimConnection {
         T: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let payload = codec::encode(request).expect("raft requests encode");
+        let stamped = Stamped {
+            from: self.source.0,
+            from_incarnation: self.source_incarnation,
+            to_incarnation: self.target_incarnation,
+            rpc: request,
+        };
+        let payload = codec::encode(&stamped).expect("raft requests encode");
         let (reply_tx, reply_rx) = oneshot::channel();
         let mut reply_tx = Some(reply_tx);
         let (seq, delays) = self.net.plan(self.source, self.target);
@@ -288,9 +311,15 @@ impl SimConnection {
             };
             tokio::spawn(delivery.run(delay));
         }
-        let Ok(reply) = reply_rx.await else {
+        let reply = match reply_rx.await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(refusal)) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                    refusal,
+                ))))
+            }
             // Lost: wait for openraft's timeout, as a real sender would.
-            return std::future::pending().await;
+            Err(_) => return std::future::pending().await,
         };
         let result: Result<T, RaftError<NodeId, E>> =
             codec::decode(&reply).expect("raft replies decode");
@@ -333,7 +362,8 @@ struct Delivery {
     seq: u64,
     rpc: Rpc,
     payload: Vec<u8>,
-    reply_tx: Option<oneshot::Sender<Vec<u8>>>,
+    /// The encoded answer, or why the target refused the request.
+    reply_tx: Option<oneshot::Sender<Result<Vec<u8>, String>>>,
 }
 
 impl Delivery {
@@ -341,13 +371,22 @@ impl Delivery {
         tokio::time::sleep(delay).await;
         self.net.unpaused(&[self.source, self.target]).await;
         let arrived = self.net.arrive(self.source, self.target, self.seq, self.group);
-        let Some((incarnation, raft)) = arrived else {
+        let Some((incarnation, identity, raft)) = arrived else {
             return;
         };
         let reply = match self.rpc {
-            Rpc::AppendEntries => encode(&raft.append_entries(decode(&self.payload)).await),
-            Rpc::InstallSnapshot => encode(&raft.install_snapshot(decode(&self.payload)).await),
-            Rpc::Vote => encode(&raft.vote(decode(&self.payload)).await),
+            Rpc::AppendEntries => match admitted(&identity, &raft, &self.payload) {
+                Ok(rpc) => Ok(encode(&raft.append_entries(rpc).await)),
+                Err(refusal) => Err(refusal),
+            },
+            Rpc::InstallSnapshot => match admitted(&identity, &raft, &self.payload) {
+                Ok(rpc) => Ok(encode(&raft.install_snapshot(rpc).await)),
+                Err(refusal) => Err(refusal),
+            },
+            Rpc::Vote => match admitted(&identity, &raft, &self.payload) {
+                Ok(rpc) => Ok(encode(&raft.vote(rpc).await)),
+                Err(refusal) => Err(refusal),
+            },
         };
         let Some(reply_tx) = self.reply_tx else { return };
         // A duplicated reply's second copy is dropped: the caller takes one answer.
@@ -366,6 +405,16 @@ fn encode(value: &impl Serialize) -> Vec<u8> {
     codec::encode(value).expect("raft replies encode")
 }
 
-fn decode<T: DeserializeOwned>(payload: &[u8]) -> T {
-    codec::decode(payload).expect("raft requests decode")
+/// The request in `payload` if the node of `identity` admits it (see `incarnation`).
+fn admitted<Q: DeserializeOwned>(
+    identity: &Identity,
+    raft: &Raft,
+    payload: &[u8],
+) -> Result<Q, String> {
+    let stamped: Stamped<Q> = codec::decode(payload).expect("raft requests decode");
+    let membership = raft.metrics().borrow().membership_config.clone();
+    let (from, sent, to) = (stamped.from, stamped.from_incarnation, stamped.to_incarnation);
+    incarnation::admit(identity, membership.membership(), from, sent, to)
+        .map_err(|refusal| refusal.to_string())?;
+    Ok(stamped.rpc)
 }
