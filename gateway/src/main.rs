@@ -11,6 +11,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// mimalloc rather than glibc's malloc: under `solrouter dev` load glibc's per-thread
+/// arenas kept freed memory (RSS 130 MiB after 10 minutes against 85 MiB with two
+/// arenas), and the allocator was the largest item of the ledger's CPU profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "solrouter", version, about = "A pay-per-token, OpenAI-compatible LLM gateway")]
 struct Cli {

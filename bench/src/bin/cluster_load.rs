@@ -19,6 +19,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The allocator `solrouter` itself runs on, so the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(about = "Lifecycles/s and latency of a multi-process ledger cluster via LedgerClient")]
 struct Args {
