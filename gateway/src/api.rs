@@ -3,7 +3,7 @@
 //! or hour), and the calling key.
 
 use crate::app::App;
-use crate::catalog::{Model, Price};
+use crate::catalog::{Model, Price, Reducible};
 use crate::error::ApiError;
 use crate::respond::{self, Response};
 use crate::wire;
@@ -14,38 +14,59 @@ use solrouter_ledger::{HoldId, KeyId, PicoUsd, RequestRecord};
 use solrouter_raft::{HistoryCursor, HistoryQuery, UsageQuery, HISTORY_PAGE_MAX};
 
 /// `GET /v1/api/models`: every model whose provider is configured, in OpenAI's list
-/// format with OpenRouter's `context_length`, `architecture` and `pricing` (USD per
-/// token as decimal strings). Public, like OpenRouter's.
+/// format with OpenRouter's `context_length`, `architecture`, `pricing` (USD per token
+/// as decimal strings) and `supported_parameters`. Public, like OpenRouter's.
 pub fn models(app: &'static App) -> Response {
     let data: Vec<Value> = app
         .catalog
         .models()
-        .filter(|model| app.providers.enabled(&model.provider))
-        .map(model_json)
+        .filter_map(|model| {
+            let (adapter, _) = app.providers.get(&model.provider)?;
+            Some(model_json(model, adapter.parameters()))
+        })
         .collect();
     respond::json(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
-/// Every price the gateway charges, OpenRouter's way: USD per token as decimal strings,
-/// and `request`, a flat USD fee per request, where there is one.
+/// Every price the gateway charges, OpenRouter's way (decimal USD strings): per prompt,
+/// completion, cache-read and cache-write token (cache tokens without a price of their
+/// own are billed, and listed, at the prompt price), per request (Perplexity's search
+/// fee) and per image (`0`: an image is billed as the prompt tokens the provider counts
+/// for it).
 fn pricing_json(price: &Price) -> Value {
-    let mut pricing = json!({
+    json!({
         "prompt": Price::per_token_usd(price.prompt),
         "completion": Price::per_token_usd(price.completion),
-    });
-    if let Some(cached_read) = price.cached_read {
-        pricing["input_cache_read"] = Value::from(Price::per_token_usd(cached_read));
-    }
-    if let Some(cached_write) = price.cached_write {
-        pricing["input_cache_write"] = Value::from(Price::per_token_usd(cached_write));
-    }
-    if price.per_request > PicoUsd::ZERO {
-        pricing["request"] = Value::from(price.per_request.to_string());
-    }
-    pricing
+        "input_cache_read": Price::per_token_usd(price.cached_read.unwrap_or(price.prompt)),
+        "input_cache_write": Price::per_token_usd(price.cached_write.unwrap_or(price.prompt)),
+        "request": Price::per_token_usd(price.per_request),
+        "image": "0",
+    })
 }
 
-fn model_json(model: &Model) -> Value {
+/// The parameters of `passed` (what the model's adapter passes on) that the model can
+/// use: those of tools, structured output and reasoning only if it has the capability.
+/// An embedding model takes `encoding_format`, and `dimensions` if it can shorten its
+/// vectors.
+fn supported_parameters(model: &Model, passed: &[&'static str]) -> Vec<&'static str> {
+    if let Some(embedding) = &model.embedding {
+        let dimensions = (embedding.reducible != Reducible::No).then_some("dimensions");
+        return ["encoding_format"].into_iter().chain(dimensions).collect();
+    }
+    let capabilities = &model.capabilities;
+    passed
+        .iter()
+        .copied()
+        .filter(|&parameter| match parameter {
+            "tools" | "tool_choice" | "parallel_tool_calls" => capabilities.tools,
+            "response_format" | "structured_outputs" => capabilities.structured_output,
+            "reasoning_effort" => capabilities.reasoning,
+            _ => true,
+        })
+        .collect()
+}
+
+fn model_json(model: &Model, passed: &[&'static str]) -> Value {
     let pricing = pricing_json(&model.price);
     // The dearer tier of a request whose prompt passes a threshold (Gemini 2.5 Pro above
     // 200k tokens): the whole request pays it.
@@ -55,7 +76,7 @@ fn model_json(model: &Model) -> Value {
     json!({
         "id": model.id,
         "object": "model",
-        "created": 0,
+        "created": model.created_s,
         "owned_by": model.provider,
         "context_length": model.context_length,
         "architecture": {
@@ -68,6 +89,7 @@ fn model_json(model: &Model) -> Value {
             "context_length": model.context_length,
             "max_completion_tokens": model.max_output_tokens,
         },
+        "supported_parameters": supported_parameters(model, passed),
     })
 }
 
@@ -216,7 +238,7 @@ fn generation_json(hold: HoldId, record: &RequestRecord) -> Value {
 }
 
 /// A time in ms since the Unix epoch as RFC 3339 in UTC, to the second.
-fn utc_rfc3339(ms: u64) -> String {
+pub fn utc_rfc3339(ms: u64) -> String {
     let time = i64::try_from(ms).ok().and_then(chrono::DateTime::from_timestamp_millis);
     time.unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -279,25 +301,42 @@ pub fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
 mod tests {
     use super::*;
     use crate::catalog::Catalog;
+    use crate::providers::PARAMETERS_PASSED_THROUGH;
 
     #[test]
     fn models_state_every_price_charged() {
         let catalog = Catalog::builtin();
-        let listed = |id: &str| model_json(catalog.get(id).expect("catalogued"));
+        let listed =
+            |id: &str| model_json(catalog.get(id).expect("catalogued"), &PARAMETERS_PASSED_THROUGH);
         let sonar = listed("perplexity/sonar-pro");
         assert_eq!(
             sonar["pricing"],
-            json!({"prompt": "0.000003", "completion": "0.000015", "request": "0.006"})
+            json!({"prompt": "0.000003", "completion": "0.000015", "request": "0.006",
+                "input_cache_read": "0.000003", "input_cache_write": "0.000003", "image": "0"})
         );
         assert_eq!(sonar["long_context"], Value::Null);
         let sonnet = listed("anthropic/claude-sonnet-4");
         assert_eq!(sonnet["pricing"]["input_cache_read"], "0.0000003");
         assert_eq!(sonnet["pricing"]["input_cache_write"], "0.00000375");
+        assert_eq!(sonnet["pricing"]["request"], "0");
         let pro = listed("google/gemini-2.5-pro");
         assert_eq!(pro["long_context"]["above_prompt_tokens"], 200_000);
-        assert_eq!(
-            pro["long_context"]["pricing"],
-            json!({"prompt": "0.0000025", "completion": "0.000015", "input_cache_read": "0.000000625"})
-        );
+        assert_eq!(pro["long_context"]["pricing"]["prompt"], "0.0000025");
+        assert_eq!(pro["long_context"]["pricing"]["input_cache_read"], "0.000000625");
+    }
+
+    #[test]
+    fn supported_parameters_follow_the_capabilities() {
+        let catalog = Catalog::builtin();
+        let supported =
+            |id: &str| supported_parameters(catalog.get(id).unwrap(), &PARAMETERS_PASSED_THROUGH);
+        // Perplexity has neither tools nor reasoning.
+        let sonar = supported("perplexity/sonar-pro");
+        assert!(sonar.contains(&"temperature") && sonar.contains(&"seed"));
+        assert!(!sonar.contains(&"tools") && !sonar.contains(&"reasoning_effort"));
+        let o3 = supported("openai/o3");
+        assert!(o3.contains(&"tools") && o3.contains(&"reasoning_effort"));
+        assert_eq!(supported("openai/text-embedding-3-small"), ["encoding_format", "dimensions"]);
+        assert_eq!(supported("mistralai/mistral-embed"), ["encoding_format"]);
     }
 }

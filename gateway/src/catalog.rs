@@ -27,6 +27,7 @@ const BUILTIN_TOML: &str = include_str!("../catalog.toml");
 #[derive(Debug, Clone)]
 pub struct Catalog {
     models: Vec<Model>,
+    /// Ids and aliases alike.
     index_by_id: HashMap<String, usize>,
 }
 
@@ -38,6 +39,11 @@ pub struct Model {
     pub provider: String,
     /// The provider's own name for the model.
     pub upstream_model: String,
+    /// Other names a client may ask for it by (Anthropic's own ids and aliases, as
+    /// Claude Code and the `anthropic` SDKs send them): [`Catalog::get`] answers them.
+    pub aliases: Vec<String>,
+    /// When the provider released the model, in unix seconds (`/models`' `created`).
+    pub created_s: u64,
     /// The most prompt tokens of a request; of an embedding model, of one input.
     pub context_length: u64,
     /// Zero for an embedding model, which generates no tokens.
@@ -152,6 +158,7 @@ impl Catalog {
         }
     }
 
+    /// The model of this id or alias.
     pub fn get(&self, id: &str) -> Option<&Model> {
         self.index_by_id.get(id).map(|&model_idx| &self.models[model_idx])
     }
@@ -169,10 +176,11 @@ impl Catalog {
         };
         for entry in file.model {
             let model = entry.validate()?;
-            if catalog.index_by_id.contains_key(&model.id) {
-                return Err(model_error(&model.id, "duplicate id"));
+            for name in std::iter::once(&model.id).chain(&model.aliases) {
+                if catalog.index_by_id.insert(name.clone(), catalog.models.len()).is_some() {
+                    return Err(model_error(&model.id, &format!("duplicate id or alias {name}")));
+                }
             }
-            catalog.index_by_id.insert(model.id.clone(), catalog.models.len());
             catalog.models.push(model);
         }
         Ok(catalog)
@@ -277,6 +285,10 @@ struct ModelEntry {
     id: String,
     provider: String,
     upstream_model: String,
+    #[serde(default)]
+    aliases: Vec<String>,
+    /// The release date, `YYYY-MM-DD` (UTC); `source` says where it was read.
+    created: String,
     context_length: u64,
     /// Required, except of embedding models, which must have none.
     max_output_tokens: Option<u64>,
@@ -324,6 +336,13 @@ impl ModelEntry {
             return Err(model_error(id, "provider, upstream_model and source are required"));
         }
         let embedding = self.embedding.as_ref().map(|entry| entry.validate(id)).transpose()?;
+        let created_s = chrono::NaiveDate::parse_from_str(&self.created, "%Y-%m-%d")
+            .map_err(|error| model_error(id, &format!("created {:?}: {error}", self.created)))?
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+            .timestamp();
+        let created_s = u64::try_from(created_s)
+            .map_err(|_| model_error(id, "created must not be before 1970"))?;
         let max_output_tokens = match (self.max_output_tokens, &embedding) {
             (None, Some(_)) => 0,
             (Some(_), Some(_)) => {
@@ -360,6 +379,8 @@ impl ModelEntry {
             id: self.id,
             provider: self.provider,
             upstream_model: self.upstream_model,
+            aliases: self.aliases,
+            created_s,
             context_length: self.context_length,
             max_output_tokens,
             input_modalities: self.input_modalities,
@@ -535,6 +556,7 @@ mod tests {
 id = "x/y"
 provider = "x"
 upstream_model = "y"
+created = "2025-04-14"
 context_length = 10
 max_output_tokens = 5
 input_modalities = ["text"]
@@ -601,6 +623,15 @@ source = "test"
         check(&entry(r#"{ prompt = "1", completion = "1", per_request = "11" }"#), "per_request");
         let valid = entry(r#"{ prompt = "1", completion = "1" }"#);
         check(&format!("{valid}{valid}"), "duplicate id");
+        let aliased = valid.replace("created", "aliases = [\"y\"]\ncreated");
+        let other = valid.replace("x/y", "x/z");
+        check(
+            &format!("{aliased}{}", other.replace("created", "aliases = [\"y\"]\ncreated")),
+            "alias y",
+        );
+        check(&format!("{aliased}{}", other.replace("x/z", "y")), "alias y");
+        check(&valid.replace("2025-04-14", "2025-14-04"), "created");
+        check(&valid.replace("2025-04-14", "1969-12-31"), "created");
         check(
             &valid.replace("max_output_tokens = 5", "max_output_tokens = 11"),
             "max_output_tokens",
@@ -618,6 +649,21 @@ source = "test"
         check(&tier(10, "2"), "long_context");
         check(&tier(5, "0.5"), "long_context");
         assert!(Catalog::parse(&tier(5, "2")).is_ok());
-        assert!(Catalog::parse(&valid).is_ok());
+        let parsed = Catalog::parse(&valid).unwrap();
+        // 2025-04-14T00:00:00Z.
+        assert_eq!(parsed.get("x/y").unwrap().created_s, 1_744_588_800);
+    }
+
+    #[test]
+    fn anthropic_ids_are_aliases_of_catalogue_models() {
+        let catalog = Catalog::builtin();
+        for alias in ["claude-sonnet-4-20250514", "claude-sonnet-4-0", "anthropic/claude-sonnet-4"]
+        {
+            assert_eq!(catalog.get(alias).unwrap().id, "anthropic/claude-sonnet-4");
+        }
+        assert_eq!(catalog.get("claude-opus-4-20250514").unwrap().id, "anthropic/claude-opus-4");
+        assert!(catalog.get("claude-3-5-haiku-latest").is_none());
+        // Listed once, under its id.
+        assert_eq!(catalog.models().filter(|model| model.provider == "anthropic").count(), 2);
     }
 }

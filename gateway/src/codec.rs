@@ -14,6 +14,7 @@ use crate::sse::SseEvent;
 use crate::wire::{self, ChunkEncoder};
 use bytes::BytesMut;
 use http::HeaderMap;
+use serde_json::Value;
 use solrouter_ledger::PicoUsd;
 
 /// Who answered: what every answer names.
@@ -22,6 +23,8 @@ pub struct Answered<'a> {
     pub id: &'a str,
     pub created_s: u64,
     pub model: &'a Model,
+    /// The codec's own value from the request ([`ParsedChat::echo`]).
+    pub echo: &'a Value,
 }
 
 /// One client-facing API.

@@ -13,20 +13,23 @@
 //! `top_k`, …) leaves only Claude models as candidates.
 
 use crate::app::App;
+use crate::catalog::Model;
 use crate::codec::{Answered, Codec, StreamEncoder};
 use crate::error::{ApiError, ErrorShape};
 use crate::parse::{self, ParsedChat, GATEWAY_FIELDS};
-use crate::providers::{Chunk, Completion, Native, NativeFormat, Usage};
+use crate::providers::{ChatRequest, Chunk, Completion, Native, NativeFormat, Usage};
 use crate::respond::{self, Response};
 use crate::server::UnreadBody;
 use crate::sse::SseEvent;
 use crate::tokens;
+use crate::upstream::Deadlines;
 use crate::wire::write_event;
 use bytes::{BufMut, BytesMut};
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use solrouter_ledger::PicoUsd;
+use tokio::time::Instant;
 
 /// Fields of a Messages request the gateway reads itself, or that have an OpenAI chat
 /// equivalent.
@@ -112,9 +115,12 @@ impl Codec for Messages {
     }
 }
 
-/// `POST /v1/messages/count_tokens`: the prompt's tokens for the model, as the gateway
-/// counts them (its tokenizer for the model's family: exact for OpenAI models, an
-/// estimate for others), free of charge.
+/// `POST /v1/messages/count_tokens`: the prompt's tokens for the model, free of charge.
+/// A model whose provider has its own count (Claude at Anthropic) gets that; any other,
+/// or when the provider's count fails, the gateway's (`tokens::prompt_tokens_estimate`:
+/// the text of the system prompt, messages, tool calls and results and the tool
+/// definitions, tokenized with `o200k_base`: exact for OpenAI models, an estimate for
+/// others; images are not counted).
 pub async fn count_tokens(
     app: &'static App,
     request: Request<Incoming>,
@@ -129,11 +135,44 @@ pub async fn count_tokens(
         parsed.model_ids.first().ok_or_else(|| ApiError::invalid_param("model", "is required"))?;
     let model = app.catalog.get(id).ok_or_else(|| ApiError::model_not_found(id))?;
     let chat = parsed.chat;
+    if let Some(input_tokens) = provider_count(app, model, &chat).await {
+        return Ok(respond::json(StatusCode::OK, &json!({"input_tokens": input_tokens})));
+    }
     let counting =
         tokio::task::spawn_blocking(move || tokens::prompt_tokens_estimate(model, &chat.body));
     let input_tokens =
         counting.await.map_err(|error| ApiError::internal(format!("counting tokens: {error}")))?;
     Ok(respond::json(StatusCode::OK, &json!({"input_tokens": input_tokens})))
+}
+
+/// The provider's own count of the prompt, if its adapter has one for this request and
+/// it answers within the upstream timeouts.
+async fn provider_count(app: &'static App, model: &Model, chat: &ChatRequest) -> Option<u64> {
+    let (adapter, endpoint) = app.providers.get(&model.provider)?;
+    let request = adapter.count_tokens_request(endpoint, chat, &model.upstream_model)?;
+    let timeouts = app.upstream.timeouts();
+    let deadlines = Deadlines::attempt(timeouts, Instant::now() + timeouts.total);
+    let counted = async {
+        let mut response = app.upstream.send(adapter, request, &deadlines).await?;
+        app.upstream.body(&mut response, &deadlines, adapter.provider()).await
+    };
+    match counted.await {
+        Ok(body) => {
+            let answer = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+            let input_tokens = answer["input_tokens"].as_u64();
+            if input_tokens.is_none() {
+                tracing::warn!(
+                    provider = adapter.provider(),
+                    "count_tokens answer has no input_tokens"
+                );
+            }
+            input_tokens
+        }
+        Err(error) => {
+            tracing::warn!(provider = adapter.provider(), error = %error.message, "count_tokens failed; estimating");
+            None
+        }
+    }
 }
 
 /// `GET /v1/models`: the models of configured providers in Anthropic's list shape, for the
@@ -147,7 +186,7 @@ pub fn models(app: &'static App) -> Response {
         .filter(|model| app.providers.enabled(&model.provider) && model.embedding.is_none())
         .map(|model| {
             json!({"type": "model", "id": model.id, "display_name": model.id,
-                "created_at": "1970-01-01T00:00:00Z"})
+                "created_at": crate::api::utc_rfc3339(model.created_s.saturating_mul(1000))})
         })
         .collect();
     let (first_id, last_id) = (
@@ -963,7 +1002,7 @@ mod tests {
 
     #[test]
     fn a_translated_stream_follows_anthropics_event_sequence() {
-        let answer = Answered { id: "gen-1", created_s: 1, model: model() };
+        let answer = Answered { id: "gen-1", created_s: 1, model: model(), echo: &Value::Null };
         let mut encoder = MESSAGES.encoder(&answer, false);
         let chunk = |delta: Value, finish: Value| Chunk {
             choices: vec![json!({"index": 0, "delta": delta, "finish_reason": finish})],
@@ -1035,7 +1074,7 @@ mod tests {
 
     #[test]
     fn a_native_stream_is_relayed_with_the_billed_usage() {
-        let answer = Answered { id: "gen-2", created_s: 1, model: model() };
+        let answer = Answered { id: "gen-2", created_s: 1, model: model(), echo: &Value::Null };
         let mut encoder = MESSAGES.encoder(&answer, true);
         let mut out = BytesMut::new();
         let upstream = [
@@ -1164,7 +1203,7 @@ mod tests {
             for body in enveloped {
                 let _ = parse_messages(body.to_string().as_bytes(), &HeaderMap::new(), true);
             }
-            let answer = Answered { id: "gen-3", created_s: 1, model: model() };
+            let answer = Answered { id: "gen-3", created_s: 1, model: model(), echo: &Value::Null };
             for native in [false, true] {
                 let mut encoder = MESSAGES.encoder(&answer, native);
                 let mut out = BytesMut::new();

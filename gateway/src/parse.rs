@@ -34,6 +34,10 @@ pub struct ParsedChat {
     /// Why only a model served in the client's own format can answer (a feature with no
     /// translation, such as Anthropic's server tools): other candidates are skipped.
     pub native_only: Option<ApiError>,
+    /// What the codec carries from the request to its answer (the Responses API echoes
+    /// the request's parameters in its `response` object); `Null` for codecs that need
+    /// nothing. The pipeline only hands it on ([`crate::codec::Answered::echo`]).
+    pub echo: Value,
 }
 
 pub fn parse(body: &[u8]) -> Result<ParsedChat, ApiError> {
@@ -87,6 +91,7 @@ pub fn parse_object(
         wants_images: n_media_parts > 0,
         wants_structured_output,
         native_only: None,
+        echo: Value::Null,
     })
 }
 

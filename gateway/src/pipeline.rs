@@ -46,6 +46,7 @@ use crate::wire;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
+use serde_json::Value;
 use solrouter_ledger::{
     signed_usd, HoldId, PicoUsd, Rejection, Reply as LedgerReply, RequestRecord,
 };
@@ -71,6 +72,8 @@ pub struct RequestContext {
     pub prompt_tokens_max: u64,
     pub started: Instant,
     pub created_ms: u64,
+    /// The codec's value carried from the request to the answer ([`ParsedChat::echo`]).
+    pub echo: Value,
     /// When the whole upstream exchange, fallbacks included, must be over.
     pub deadline: Instant,
 }
@@ -114,8 +117,8 @@ impl RequestContext {
     }
 
     /// What an answer of `model` names, in any API.
-    pub fn answer<'a>(&self, id: &'a str, model: &'a Model) -> Answered<'a> {
-        Answered { id, created_s: self.created_s(), model }
+    pub fn answer<'a>(&'a self, id: &'a str, model: &'a Model) -> Answered<'a> {
+        Answered { id, created_s: self.created_s(), model, echo: &self.echo }
     }
 
     /// What one attempt at `model` asks for: the completion limit the client set,
@@ -205,6 +208,7 @@ pub async fn handle(
         prompt_tokens_max: parsed.prompt_tokens_max,
         started,
         created_ms: now_ms(),
+        echo: parsed.echo,
         deadline: started + app.upstream.timeouts().total,
     };
     detached(move |reply| async move {

@@ -15,9 +15,10 @@
 //! is accepted and answered `false`, and whatever needs a stored response or
 //! conversation (`previous_response_id`, `conversation`, item references, `background`)
 //! is refused by name, as are built-in tools (run and billed at OpenAI, not priced by
-//! the gateway) and any field without a translation. The response object does not echo
-//! the request's parameters (instructions, tools, sampling): it carries the fixed
-//! defaults of OpenAI's schema.
+//! the gateway) and any field without a translation. The response object echoes the
+//! request's parameters (instructions, tools, sampling, `text`, `reasoning`, `metadata`)
+//! as OpenAI's does, carried from parse to answer in `ParsedChat::echo`; those the
+//! client left out keep the defaults of OpenAI's schema.
 
 use crate::codec::{Answered, Codec, StreamEncoder};
 use crate::error::{ApiError, ErrorShape};
@@ -59,6 +60,21 @@ const FIELDS_KNOWN: [&str; 24] = [
     "top_logprobs",
 ];
 
+/// The request's fields a `response` object repeats (see [`echo`]).
+const FIELDS_ECHOED: [&str; 11] = [
+    "instructions",
+    "max_output_tokens",
+    "metadata",
+    "parallel_tool_calls",
+    "reasoning",
+    "temperature",
+    "text",
+    "tool_choice",
+    "tools",
+    "top_p",
+    "user",
+];
+
 /// Fields that need a response or conversation stored by the provider.
 const FIELDS_STATEFUL: [&str; 3] = ["previous_response_id", "conversation", "background"];
 
@@ -91,17 +107,14 @@ impl Codec for Responses {
         let output = output_items(&items, &choice["message"]);
         let finish = choice["finish_reason"].as_str();
         let usage = usage_json(&completion.usage, cost);
-        let response =
-            response_object(answer.id, answer.created_s, &answer.model.id, output, finish, usage);
+        let response = response_object(&Head::of(answer), output, finish, usage);
         serde_json::to_vec(&response).unwrap_or_default()
     }
 
     fn encoder(&self, answer: &Answered, _native: bool) -> Box<dyn StreamEncoder> {
         Box::new(EventEncoder {
-            id: answer.id.to_owned(),
+            head: Head::of(answer),
             items: ItemIds::new(answer.id),
-            model: answer.model.id.clone(),
-            created_s: answer.created_s,
             n_events: 0,
             started: false,
             output: Vec::new(),
@@ -172,7 +185,22 @@ fn parse_responses(body: &[u8]) -> Result<ParsedChat, ApiError> {
             }
         }
     }
-    parse::parse_object(chat, body.len())
+    let mut parsed = parse::parse_object(chat, body.len())?;
+    parsed.echo = echo(&request);
+    Ok(parsed)
+}
+
+/// The request's parameters a `response` object repeats, as OpenAI's does: those the
+/// client set (not null), each replacing its default in [`response_object`].
+fn echo(request: &Map<String, Value>) -> Value {
+    let echoed = FIELDS_ECHOED
+        .iter()
+        .filter_map(|&field| {
+            let value = request.get(field).filter(|value| !value.is_null())?;
+            Some((field.to_owned(), value.clone()))
+        })
+        .collect();
+    Value::Object(echoed)
 }
 
 /// Refuses values of known fields that the gateway cannot serve as asked.
@@ -558,11 +586,29 @@ fn status_of(finish_reason: Option<&str>) -> (&'static str, Value) {
     }
 }
 
+/// What every `response` object of one answer repeats.
+struct Head {
+    id: String,
+    created_s: u64,
+    model: String,
+    /// The request's parameters ([`echo`]).
+    echo: Value,
+}
+
+impl Head {
+    fn of(answer: &Answered) -> Head {
+        Head {
+            id: answer.id.to_owned(),
+            created_s: answer.created_s,
+            model: answer.model.id.clone(),
+            echo: answer.echo.clone(),
+        }
+    }
+}
+
 /// A `response` object. `finish_reason` `None` with no usage: in progress.
 fn response_object(
-    id: &str,
-    created_s: u64,
-    model: &str,
+    head: &Head,
     output: Vec<Value>,
     finish_reason: Option<&str>,
     usage: Value,
@@ -570,17 +616,17 @@ fn response_object(
     let (status, incomplete) =
         if usage.is_null() { ("in_progress", Value::Null) } else { status_of(finish_reason) };
     let completed_at = if status == "completed" { Value::from(now_s()) } else { Value::Null };
-    json!({
-        "id": id,
+    let mut response = json!({
+        "id": head.id,
         "object": "response",
-        "created_at": created_s,
+        "created_at": head.created_s,
         "status": status,
         "completed_at": completed_at,
         "error": null,
         "incomplete_details": incomplete,
         "instructions": null,
         "max_output_tokens": null,
-        "model": model,
+        "model": head.model,
         "output": output,
         "parallel_tool_calls": true,
         "previous_response_id": null,
@@ -595,7 +641,11 @@ fn response_object(
         "usage": usage,
         "user": null,
         "metadata": {},
-    })
+    });
+    if let (Value::Object(response), Value::Object(echo)) = (&mut response, &head.echo) {
+        response.extend(echo.clone());
+    }
+    response
 }
 
 fn now_s() -> u64 {
@@ -613,10 +663,8 @@ fn now_s() -> u64 {
 /// with an `error` event and `response.failed`, whose usage is what was charged for
 /// what was delivered.
 struct EventEncoder {
-    id: String,
+    head: Head,
     items: ItemIds,
-    model: String,
-    created_s: u64,
     /// Events written: the next one's `sequence_number`.
     n_events: u64,
     started: bool,
@@ -640,7 +688,7 @@ impl EventEncoder {
 
     fn response(&self, output: Vec<Value>, usage: Value) -> Value {
         let finish = self.finish_reason.as_deref();
-        response_object(&self.id, self.created_s, &self.model, output, finish, usage)
+        response_object(&self.head, output, finish, usage)
     }
 
     fn start(&mut self, out: &mut BytesMut) {
@@ -980,7 +1028,7 @@ mod tests {
 
     #[test]
     fn an_answer_is_a_response_object() {
-        let answer = Answered { id: "gen-00ff", created_s: 7, model: model() };
+        let answer = Answered { id: "gen-00ff", created_s: 7, model: model(), echo: &Value::Null };
         let completion = Completion {
             choices: vec![json!({"index": 0, "finish_reason": "tool_calls", "message": {
                 "role": "assistant", "content": "Hi", "reasoning": "hm",
@@ -1056,7 +1104,7 @@ mod tests {
 
     #[test]
     fn a_stream_follows_the_documented_event_sequence() {
-        let answer = Answered { id: "gen-1", created_s: 1, model: model() };
+        let answer = Answered { id: "gen-1", created_s: 1, model: model(), echo: &Value::Null };
         let mut encoder = RESPONSES.encoder(&answer, false);
         let mut out = BytesMut::new();
         for chunk in [
@@ -1140,7 +1188,7 @@ mod tests {
 
     #[test]
     fn a_cut_stream_is_incomplete_and_a_broken_one_failed_with_its_charge() {
-        let answer = Answered { id: "gen-2", created_s: 1, model: model() };
+        let answer = Answered { id: "gen-2", created_s: 1, model: model(), echo: &Value::Null };
         let mut encoder = RESPONSES.encoder(&answer, false);
         let mut out = BytesMut::new();
         encoder.chunk(&chunk(json!({"content": "a b"}), json!("length")), &mut out);
@@ -1246,7 +1294,7 @@ mod tests {
             ] {
                 let _ = parse_responses(body.to_string().as_bytes());
             }
-            let answer = Answered { id: "gen-4", created_s: 1, model: model() };
+            let answer = Answered { id: "gen-4", created_s: 1, model: model(), echo: &Value::Null };
             let mut encoder = RESPONSES.encoder(&answer, false);
             let mut out = BytesMut::new();
             for finish in [Value::Null, delta["type"].clone()] {

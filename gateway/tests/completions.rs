@@ -117,7 +117,16 @@ async fn models_list_prices_per_token_and_operations_endpoints_answer() {
         .iter()
         .find(|model| model["id"] == "mock/echo")
         .expect("echo");
-    assert_eq!(echo["pricing"], json!({"prompt": "0.000001", "completion": "0.000002"}));
+    assert_eq!(
+        echo["pricing"],
+        json!({"prompt": "0.000001", "completion": "0.000002", "input_cache_read": "0.000001",
+            "input_cache_write": "0.000001", "request": "0", "image": "0"})
+    );
+    // 2025-01-01, the catalogue's date for the mock.
+    assert_eq!(echo["created"], 1_735_689_600);
+    let parameters = echo["supported_parameters"].as_array().expect("supported_parameters");
+    assert!(parameters.contains(&json!("temperature")), "{parameters:?}");
+    assert!(!parameters.contains(&json!("tools")), "mock/echo takes no tools: {parameters:?}");
     assert_eq!(echo["architecture"]["input_modalities"], json!(["text"]));
     assert!(echo["context_length"].as_u64().expect("context") > 0);
     // Operations endpoints answer without a key.

@@ -208,6 +208,8 @@ async fn errors_are_anthropic_shaped_with_the_chat_statuses() {
             "invalid_request_error",
         ),
         (Auth::ApiKey(&key), ask("nobody/nothing", "hi"), 404, "not_found_error"),
+        // Not catalogued, under either name.
+        (Auth::ApiKey(&key), ask("claude-3-5-haiku-latest", "hi"), 404, "not_found_error"),
         (Auth::ApiKey(&poor_key), ask(CLAUDE, "hi"), 402, "billing_error"),
         (Auth::ApiKey(&key), ask("mock/unavailable", "hi"), 503, "overloaded_error"),
     ];
@@ -251,6 +253,14 @@ async fn errors_are_anthropic_shaped_with_the_chat_statuses() {
     let (_, record) = dev.get(&format!("/v1/api/generation?id={id}"), &key).await;
     assert_eq!(record["data"]["waived"], true, "{record}");
 
+    // Anthropic's own model ids (what Claude Code and the SDK examples send) are
+    // catalogue aliases.
+    for alias in ["claude-sonnet-4-20250514", "claude-sonnet-4-0"] {
+        let (status, answer) = message(&dev, Auth::ApiKey(&key), &ask(alias, "aliased")).await;
+        assert_eq!(status, 200, "{alias}: {answer}");
+        assert_eq!(answer["model"], CLAUDE, "{alias}");
+    }
+
     let mut body = ask("mock/unavailable", "fall back");
     body["models"] = json!([CLAUDE]);
     let (status, answer) = message(&dev, Auth::ApiKey(&key), &body).await;
@@ -280,6 +290,17 @@ async fn count_tokens_counts_for_free() {
     assert_eq!(available(&dev, &account).await, before);
     let response = post(&dev, "/v1/messages/count_tokens", Auth::None, &body).await;
     assert_eq!(response.status(), 401);
+    // A Claude model is counted by Anthropic (here the mock: the prompt's words, where
+    // `o200k_base` would split these long words into many tokens), under an alias too.
+    for model in [CLAUDE, "claude-sonnet-4-20250514"] {
+        body["model"] = json!(model);
+        body["messages"][0]["content"] =
+            json!("antidisestablishmentarianism floccinaucinihilipilification");
+        let response = post(&dev, "/v1/messages/count_tokens", Auth::ApiKey(&key), &body).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(support::read_json(response).await, json!({"input_tokens": 4}), "{model}");
+    }
+    assert_eq!(available(&dev, &account).await, before);
 }
 
 /// Recorded Anthropic traffic (anthropic-sdk-python's refusal stream: 20 input tokens,

@@ -120,9 +120,18 @@ async fn every_model_answers_as_a_response_with_its_cost() {
     for model in MODELS {
         let before = available(&dev, &account).await;
         let body = json!({"model": model, "input": "what a fine day", "instructions": "echo",
-            "store": true});
+            "store": true, "temperature": 0.5, "top_p": 0.9, "metadata": {"run": "7"}});
         let (status, response) = create(&dev, &key, &body).await;
         assert_eq!(status, 200, "{model}: {response}");
+        // The request's parameters are echoed, the rest keep OpenAI's defaults.
+        assert_eq!(
+            [&response["instructions"], &response["temperature"], &response["top_p"]],
+            [&json!("echo"), &json!(0.5), &json!(0.9)],
+            "{response}"
+        );
+        assert_eq!(response["metadata"], json!({"run": "7"}));
+        assert_eq!(response["tools"], json!([]));
+        assert_eq!(response["text"], json!({"format": {"type": "text"}}));
         assert_eq!(
             (&response["object"], &response["status"], &response["model"], &response["store"]),
             (&json!("response"), &json!("completed"), &json!(model), &json!(false)),
@@ -146,6 +155,8 @@ async fn every_model_answers_as_a_response_with_its_cost() {
         let (text, response) = text_stream(&events, "response.completed");
         assert_eq!(text, "one two three four five", "{model}");
         assert_eq!(events[0].1["response"]["model"], model);
+        assert_eq!(events[0].1["response"]["max_output_tokens"], 50);
+        assert_eq!(response["max_output_tokens"], 50);
         assert_eq!(response["status"], "completed");
         assert_eq!(response["usage"]["output_tokens"], 5, "{model}: {response}");
         let cost = cost_pico(&response["usage"]["cost"]);
@@ -183,6 +194,10 @@ async fn a_function_call_round_trip_reaches_every_provider() {
         let (status, response) = create(&dev, &key, &body).await;
         assert_eq!(status, 200, "{model}: {response}");
         assert_eq!(output_text(&response), "and tomorrow", "{model}");
+        assert_eq!(
+            (&response["tools"], &response["tool_choice"]),
+            (&body["tools"], &json!("auto"))
+        );
         assert!(cost_pico(&response["usage"]["cost"]) > 0);
     }
     dev.audit_ok().await;

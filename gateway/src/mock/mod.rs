@@ -6,7 +6,7 @@
 //! | Format | Path | Model from |
 //! |---|---|---|
 //! | OpenAI | `POST /chat/completions`, `POST /v1/chat/completions` | `model` |
-//! | Anthropic | `POST /v1/messages` | `model` |
+//! | Anthropic | `POST /v1/messages`; `POST /v1/messages/count_tokens` (the prompt's words) | `model` |
 //! | Gemini | `POST /v1beta/models/{model}:generateContent`, `…:streamGenerateContent?alt=sse` | the path |
 //! | Cohere | `POST /v2/chat` | `model` |
 //! | OpenAI embeddings | `POST /embeddings`, `POST /v1/embeddings` (`embed.rs`) | `model` |
@@ -377,11 +377,15 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<MockBody>, HungUp> {
     let embeddings = request.method() == Method::POST && embed::serves(request.uri().path());
+    let counting =
+        request.method() == Method::POST && request.uri().path() == "/v1/messages/count_tokens";
     let route = (request.method() == Method::POST)
         .then(|| Format::route(request.uri().path()))
         .flatten()
         .map(|(format, model)| (format, model.to_owned()));
-    let route = route.or_else(|| embeddings.then(|| (Format::OpenAi, String::new())));
+    let route = route
+        .or_else(|| embeddings.then(|| (Format::OpenAi, String::new())))
+        .or_else(|| counting.then(|| (Format::Anthropic, String::new())));
     let Some((format, path_model)) = route else {
         let error = MockError::new(StatusCode::NOT_FOUND, "not_found", "unknown route".into());
         return Ok(Format::OpenAi.error(&error).into_response(&shared.knobs));
@@ -407,6 +411,7 @@ async fn handle(
             format.error(&error)
         }
         Ok(script) if embeddings => embed::plan(knobs, &body, &script, fate),
+        Ok(_) if counting => count_tokens_plan(&body),
         Ok(script) => plan(knobs, format, &path_model, &body, &script, fate),
     };
     if plan.hang {
@@ -425,6 +430,23 @@ async fn handle(
         tokio::time::sleep(before_head).await;
     }
     Ok(plan.into_response(knobs))
+}
+
+/// Anthropic's `count_tokens`: the prompt's words.
+fn count_tokens_plan(body: &[u8]) -> Plan {
+    match read_messages_request(body) {
+        Err(error) => Format::Anthropic.error(&error),
+        Ok(prompt) => Plan {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body: format!("{{\"input_tokens\":{}}}", prompt.prompt_words).into_bytes(),
+            streamed: false,
+            n_words: 0,
+            cut: None,
+            pause: None,
+            hang: false,
+        },
+    }
 }
 
 /// Everything about one answer, decided before any of it is sent.

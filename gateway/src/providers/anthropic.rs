@@ -49,6 +49,21 @@ impl Adapter for Anthropic {
         "anthropic"
     }
 
+    fn parameters(&self) -> &'static [&'static str] {
+        &[
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "stop",
+            "tools",
+            "tool_choice",
+            "parallel_tool_calls",
+            "response_format",
+            "structured_outputs",
+            "reasoning_effort",
+        ]
+    }
+
     fn native_format(&self) -> Option<NativeFormat> {
         Some(NativeFormat::AnthropicMessages)
     }
@@ -74,23 +89,30 @@ impl Adapter for Anthropic {
             }
             None => translate_request(&chat.body, chat.stream, target)?,
         };
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.entry("anthropic-version").or_insert(HeaderValue::from_static(ANTHROPIC_VERSION));
         if body.contains_key("output_format") && !headers.contains_key("anthropic-beta") {
             headers.insert("anthropic-beta", HeaderValue::from_static(STRUCTURED_OUTPUTS_BETA));
         }
-        if let Some(key) = &endpoint.api_key {
-            let mut value = HeaderValue::try_from(key.as_str())
-                .expect("provider keys are validated when loaded");
-            value.set_sensitive(true);
-            headers.insert("x-api-key", value);
-        }
-        let body = serde_json::to_vec(&Value::Object(body)).expect("JSON values always serialize");
-        Ok(UpstreamRequest {
-            url: format!("{}/v1/messages", endpoint.base_url.trim_end_matches('/')),
-            headers,
-            body: Bytes::from(body),
-        })
+        Ok(upstream_request(endpoint, "/v1/messages", headers, body))
+    }
+
+    /// A native request's count: its prompt fields only (`count_tokens` refuses the
+    /// others), with the client's `anthropic-beta` and `anthropic-version`.
+    fn count_tokens_request(
+        &self,
+        endpoint: &Endpoint,
+        chat: &ChatRequest,
+        upstream_model: &str,
+    ) -> Option<UpstreamRequest> {
+        let native = chat.native_for(self)?;
+        let mut body: Map<String, Value> = native
+            .body
+            .iter()
+            .filter(|(field, _)| COUNT_TOKENS_FIELDS.contains(&field.as_str()))
+            .map(|(field, value)| (field.clone(), value.clone()))
+            .collect();
+        body.insert("model".to_owned(), Value::from(upstream_model));
+        let path = "/v1/messages/count_tokens";
+        Some(upstream_request(endpoint, path, native.headers.clone(), body))
     }
 
     fn response(&self, chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
@@ -155,6 +177,42 @@ impl Adapter for Anthropic {
         } else {
             0
         }
+    }
+}
+
+/// The fields of a Messages request that Anthropic's `count_tokens` takes.
+const COUNT_TOKENS_FIELDS: [&str; 8] = [
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "mcp_servers",
+    "output_format",
+    "output_config",
+];
+
+/// A request to Anthropic's `path` with `body`: JSON, the API version unless the client
+/// named one, the key.
+fn upstream_request(
+    endpoint: &Endpoint,
+    path: &str,
+    mut headers: HeaderMap,
+    body: Map<String, Value>,
+) -> UpstreamRequest {
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.entry("anthropic-version").or_insert(HeaderValue::from_static(ANTHROPIC_VERSION));
+    if let Some(key) = &endpoint.api_key {
+        let mut value =
+            HeaderValue::try_from(key.as_str()).expect("provider keys are validated when loaded");
+        value.set_sensitive(true);
+        headers.insert("x-api-key", value);
+    }
+    let body = serde_json::to_vec(&Value::Object(body)).expect("JSON values always serialize");
+    UpstreamRequest {
+        url: format!("{}{path}", endpoint.base_url.trim_end_matches('/')),
+        headers,
+        body: Bytes::from(body),
     }
 }
 
@@ -705,9 +763,12 @@ mod tests {
             delta(1, "{\"city\":"),
             delta(1, "\"Paris\"}"),
             stop(1),
+            // A block with no input_json_delta at all.
+            start(2, "ping"),
+            stop(2),
             json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}),
             json!({"type": "message_stop"}),
         ];
-        assert_eq!(streamed_arguments(&events), ["{}", "{\"city\":\"Paris\"}"]);
+        assert_eq!(streamed_arguments(&events), ["{}", "{\"city\":\"Paris\"}", "{}"]);
     }
 }

@@ -38,6 +38,23 @@ impl Adapter for Cohere {
         PROVIDER
     }
 
+    fn parameters(&self) -> &'static [&'static str] {
+        &[
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "stop",
+            "seed",
+            "frequency_penalty",
+            "presence_penalty",
+            "tools",
+            "tool_choice",
+            "response_format",
+            "structured_outputs",
+            "reasoning_effort",
+        ]
+    }
+
     fn request(
         &self,
         endpoint: &Endpoint,

@@ -46,6 +46,21 @@ impl Adapter for Google {
         PROVIDER
     }
 
+    fn parameters(&self) -> &'static [&'static str] {
+        &[
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "stop",
+            "seed",
+            "tools",
+            "tool_choice",
+            "response_format",
+            "structured_outputs",
+            "reasoning_effort",
+        ]
+    }
+
     fn request(
         &self,
         endpoint: &Endpoint,

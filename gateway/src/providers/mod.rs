@@ -164,10 +164,38 @@ pub trait StreamTranslator: Send {
     fn usage(&self) -> Usage;
 }
 
+/// The chat request parameters an OpenAI-compatible upstream receives as the client
+/// sent them (the adapter passes the body through).
+pub const PARAMETERS_PASSED_THROUGH: [&str; 16] = [
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "structured_outputs",
+    "reasoning_effort",
+];
+
 /// One provider wire format.
 pub trait Adapter: Send + Sync + 'static {
     /// The provider's name as used in model ids (`openai`, `anthropic`, …).
     fn provider(&self) -> &str;
+    /// The chat request parameters this adapter passes on to its provider, translated
+    /// or not, by their OpenRouter names (`structured_outputs`: `response_format` with a
+    /// JSON schema); `/models` lists them as `supported_parameters`, less those of
+    /// capabilities a model lacks.
+    fn parameters(&self) -> &'static [&'static str] {
+        &PARAMETERS_PASSED_THROUGH
+    }
     /// The client format this adapter forwards untranslated (see [`ChatRequest::native`]).
     fn native_format(&self) -> Option<NativeFormat> {
         None
@@ -185,6 +213,16 @@ pub trait Adapter: Send + Sync + 'static {
     /// (e.g. a tool-use system prompt), so the reservation covers them.
     fn prompt_overhead_tokens(&self, _chat: &ChatRequest) -> u64 {
         0
+    }
+    /// A request for the provider's own count of `chat`'s prompt tokens, answered
+    /// `{"input_tokens": N}` (Anthropic's `count_tokens`), where it has one for `chat`.
+    fn count_tokens_request(
+        &self,
+        _endpoint: &Endpoint,
+        _chat: &ChatRequest,
+        _upstream_model: &str,
+    ) -> Option<UpstreamRequest> {
+        None
     }
     /// Translates a complete 2xx response body to `chat` (the request it answers).
     fn response(&self, chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError>;
