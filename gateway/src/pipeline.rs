@@ -26,12 +26,14 @@
 
 use crate::app::App;
 use crate::bank::{now_ms, Caller, HOLD_GRACE};
-use crate::catalog::Model;
+use crate::catalog::{Catalog, Model};
 use crate::codec::{Answered, Codec};
 use crate::error::ApiError;
 use crate::health::Admission;
 use crate::parse::ParsedChat;
-use crate::providers::{Adapter, ChatRequest, Completion, Endpoint, Target, UpstreamError, Usage};
+use crate::providers::{
+    Adapter, ChatRequest, Completion, Endpoint, Providers, Target, UpstreamError, Usage,
+};
 use crate::relay;
 use crate::respond::{self, Response};
 use crate::server::UnreadBody;
@@ -190,7 +192,7 @@ pub async fn handle(
     let body = body.read(limit).await?;
     let parsed = codec.parse(&body, &head.headers)?;
     drop(body);
-    let candidates = route(app, &parsed)?;
+    let candidates = route(&app.catalog, &app.providers, &parsed)?;
     let (parsed, candidates) = refuse_over_context(parsed, candidates).await?;
     let context = RequestContext {
         codec,
@@ -223,13 +225,16 @@ pub async fn handle(
 /// Stage 5: the candidates in order. Unknown ids are a 404 (the client named them);
 /// models that cannot serve this request are skipped, and if none is left the first
 /// reason to skip is the answer.
-fn route(app: &'static App, parsed: &ParsedChat) -> Result<Vec<&'static Model>, ApiError> {
+pub fn route<'c>(
+    catalog: &'c Catalog,
+    providers: &Providers,
+    parsed: &ParsedChat,
+) -> Result<Vec<&'c Model>, ApiError> {
     let mut candidates = Vec::with_capacity(parsed.model_ids.len());
     let mut first_skip = None;
     for id in &parsed.model_ids {
-        let model = app.catalog.get(id).ok_or_else(|| ApiError::model_not_found(id))?;
-        let native = app
-            .providers
+        let model = catalog.get(id).ok_or_else(|| ApiError::model_not_found(id))?;
+        let native = providers
             .get(&model.provider)
             .is_some_and(|(adapter, _)| parsed.chat.native_for(adapter).is_some());
         let unsupported = [
@@ -247,7 +252,7 @@ fn route(app: &'static App, parsed: &ParsedChat) -> Result<Vec<&'static Model>, 
             ))
         } else if let Some(refusal) = parsed.native_only.as_ref().filter(|_| !native) {
             Some(refusal.clone())
-        } else if !app.providers.enabled(&model.provider) {
+        } else if !providers.enabled(&model.provider) {
             let message =
                 format!("provider `{}` of model `{id}` is not configured", model.provider);
             Some(ApiError::unavailable(message))
