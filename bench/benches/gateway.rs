@@ -109,9 +109,15 @@ fn authenticate(c: &mut Criterion) {
         let node = LedgerNode::open_single(dir.path()).await.expect("node");
         let bank = Bank::new(node);
         let account = AccountId(7);
-        bank.create_account(account, "bench".to_owned()).await.expect("account");
+        bank.create_account(account, "bench".to_owned())
+            .await
+            .expect("ledger")
+            .expect("account created");
         let key = keys::mint(account);
-        bank.create_key(account, KeyId(1), "bench".to_owned(), key.hash).await.expect("key");
+        bank.create_key(account, KeyId(1), "bench".to_owned(), key.hash)
+            .await
+            .expect("ledger")
+            .expect("key created");
         let mut headers = HeaderMap::new();
         let bearer = HeaderValue::try_from(format!("Bearer {}", key.text)).expect("header");
         headers.insert(AUTHORIZATION, bearer);
