@@ -184,7 +184,7 @@ fn label(body: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiEr
 fn route(app: &'static App, parsed: &ParsedEmbed) -> Result<Vec<&'static Model>, ApiError> {
     let n_inputs = parsed.request.inputs.len();
     let has_tokens = parsed.request.inputs.iter().any(|input| input.text().is_none());
-    pipeline::route_by(app, &parsed.model_ids, |id, model| {
+    pipeline::route_by(&app.catalog, &app.providers, &parsed.model_ids, |id, model| {
         let Some(embedding) = &model.embedding else {
             let message = format!("`{id}` is not an embedding model");
             return Some(ApiError::invalid_param("model", message));

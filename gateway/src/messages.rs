@@ -27,6 +27,8 @@ use crate::wire::write_event;
 use bytes::{BufMut, BytesMut};
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use solrouter_ledger::PicoUsd;
 use tokio::time::Instant;
@@ -720,17 +722,19 @@ impl EventEncoder {
     fn close_block(&mut self, out: &mut BytesMut) {
         if self.block.take().is_some() {
             let index = self.n_blocks - 1;
-            let stop = json!({"type": "content_block_stop", "index": index});
+            let stop = BlockEvent::new("content_block_stop", index);
             write_event(out, "content_block_stop", &stop);
         }
     }
 
     /// Opens `block` unless it is the open one; returns its index.
-    fn open_block(&mut self, block: Block, content_block: Value, out: &mut BytesMut) -> u64 {
+    fn open_block(&mut self, block: Block, content_block: ContentBlock, out: &mut BytesMut) -> u64 {
         if self.block.as_ref() != Some(&block) {
             self.close_block(out);
-            let start = json!({"type": "content_block_start", "index": self.n_blocks,
-                "content_block": content_block});
+            let start = BlockEvent {
+                content_block: Some(content_block),
+                ..BlockEvent::new("content_block_start", self.n_blocks)
+            };
             write_event(out, "content_block_start", &start);
             self.block = Some(block);
             self.n_blocks += 1;
@@ -738,34 +742,112 @@ impl EventEncoder {
         self.n_blocks - 1
     }
 
-    fn delta(out: &mut BytesMut, index: u64, delta: Value) {
-        let event = json!({"type": "content_block_delta", "index": index, "delta": delta});
+    fn delta(out: &mut BytesMut, index: u64, delta: Delta) {
+        let event =
+            BlockEvent { delta: Some(delta), ..BlockEvent::new("content_block_delta", index) };
         write_event(out, "content_block_delta", &event);
     }
 
     fn translate(&mut self, delta: &Value, out: &mut BytesMut) {
         for field in ["reasoning", "reasoning_content"] {
             if let Some(thinking) = delta[field].as_str().filter(|text| !text.is_empty()) {
-                let block = json!({"type": "thinking", "thinking": "", "signature": ""});
-                let index = self.open_block(Block::Thinking, block, out);
-                Self::delta(out, index, json!({"type": "thinking_delta", "thinking": thinking}));
+                let index = self.open_block(Block::Thinking, ContentBlock::Thinking, out);
+                Self::delta(out, index, Delta::Thinking(thinking));
             }
         }
         if let Some(text) = delta["content"].as_str().filter(|text| !text.is_empty()) {
-            let index = self.open_block(Block::Text, json!({"type": "text", "text": ""}), out);
-            Self::delta(out, index, json!({"type": "text_delta", "text": text}));
+            let index = self.open_block(Block::Text, ContentBlock::Text, out);
+            Self::delta(out, index, Delta::Text(text));
         }
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
             let call_idx = call["index"].as_u64().unwrap_or(0);
-            let block = json!({"type": "tool_use", "id": call["id"],
-                "name": call["function"]["name"], "input": {}});
+            let block = ContentBlock::ToolUse { id: &call["id"], name: &call["function"]["name"] };
             let index = self.open_block(Block::ToolUse(call_idx), block, out);
             let arguments = call["function"]["arguments"].as_str().unwrap_or_default();
             if !arguments.is_empty() {
-                let delta = json!({"type": "input_json_delta", "partial_json": arguments});
-                Self::delta(out, index, delta);
+                Self::delta(out, index, Delta::InputJson(arguments));
             }
         }
+    }
+}
+
+/// A content-block event of a translated stream, serialized from borrowed parts
+/// straight into the stream's buffer: these are most of a stream's events, so no JSON
+/// tree is built for them. Keys in sorted order, as a `serde_json::Map` writes them.
+#[derive(Serialize)]
+struct BlockEvent<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_block: Option<ContentBlock<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<Delta<'a>>,
+    index: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+impl BlockEvent<'static> {
+    fn new(kind: &'static str, index: u64) -> BlockEvent<'static> {
+        BlockEvent { content_block: None, delta: None, index, kind }
+    }
+}
+
+/// A block as `content_block_start` opens it, empty: its deltas fill it.
+enum ContentBlock<'a> {
+    Thinking,
+    Text,
+    /// The OpenAI tool call's `id` and `function.name` (`null` when absent).
+    ToolUse {
+        id: &'a Value,
+        name: &'a Value,
+    },
+}
+
+impl Serialize for ContentBlock<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ContentBlock::Thinking => {
+                let mut block = serializer.serialize_map(Some(3))?;
+                block.serialize_entry("signature", "")?;
+                block.serialize_entry("thinking", "")?;
+                block.serialize_entry("type", "thinking")?;
+                block.end()
+            }
+            ContentBlock::Text => {
+                let mut block = serializer.serialize_map(Some(2))?;
+                block.serialize_entry("text", "")?;
+                block.serialize_entry("type", "text")?;
+                block.end()
+            }
+            ContentBlock::ToolUse { id, name } => {
+                let mut block = serializer.serialize_map(Some(4))?;
+                block.serialize_entry("id", id)?;
+                block.serialize_entry("input", &Map::new())?;
+                block.serialize_entry("name", name)?;
+                block.serialize_entry("type", "tool_use")?;
+                block.end()
+            }
+        }
+    }
+}
+
+/// A `content_block_delta`'s delta: one text field and its type.
+enum Delta<'a> {
+    Thinking(&'a str),
+    Text(&'a str),
+    InputJson(&'a str),
+}
+
+impl Serialize for Delta<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (field, text, kind) = match *self {
+            Delta::Thinking(text) => ("thinking", text, "thinking_delta"),
+            Delta::Text(text) => ("text", text, "text_delta"),
+            Delta::InputJson(text) => ("partial_json", text, "input_json_delta"),
+        };
+        let mut delta = serializer.serialize_map(Some(2))?;
+        delta.serialize_entry(field, text)?;
+        delta.serialize_entry("type", kind)?;
+        delta.end()
     }
 }
 

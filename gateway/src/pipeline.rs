@@ -31,12 +31,14 @@
 
 use crate::app::App;
 use crate::bank::{now_ms, Caller, HOLD_GRACE};
-use crate::catalog::Model;
+use crate::catalog::{Catalog, Model};
 use crate::codec::{Answered, Codec};
 use crate::error::ApiError;
 use crate::health::Admission;
 use crate::parse::ParsedChat;
-use crate::providers::{Adapter, ChatRequest, Completion, Endpoint, Target, UpstreamError, Usage};
+use crate::providers::{
+    Adapter, ChatRequest, Completion, Endpoint, Providers, Target, UpstreamError, Usage,
+};
 use crate::relay;
 use crate::respond::{self, Response};
 use crate::server::UnreadBody;
@@ -197,7 +199,7 @@ pub async fn handle(
     let (head, caller, body) = accept(app, request).await?;
     let parsed = codec.parse(&body, &head.headers)?;
     drop(body);
-    let candidates = route(app, &parsed)?;
+    let candidates = route(&app.catalog, &app.providers, &parsed)?;
     let (parsed, candidates) = refuse_over_context(parsed, candidates).await?;
     let context = RequestContext {
         codec,
@@ -256,10 +258,13 @@ where
 pub type Reply = oneshot::Sender<Result<Response, ApiError>>;
 
 /// Stage 5 of a chat: the candidates that can serve this request (see [`route_by`]).
-fn route(app: &'static App, parsed: &ParsedChat) -> Result<Vec<&'static Model>, ApiError> {
-    route_by(app, &parsed.model_ids, |id, model| {
-        let native = app
-            .providers
+pub fn route<'c>(
+    catalog: &'c Catalog,
+    providers: &Providers,
+    parsed: &ParsedChat,
+) -> Result<Vec<&'c Model>, ApiError> {
+    route_by(catalog, providers, &parsed.model_ids, |id, model| {
+        let native = providers
             .get(&model.provider)
             .is_some_and(|(adapter, _)| parsed.chat.native_for(adapter).is_some());
         let unsupported = [
@@ -288,17 +293,18 @@ fn route(app: &'static App, parsed: &ParsedChat) -> Result<Vec<&'static Model>, 
 /// gives a reason to skip and those whose provider is not configured. An unknown id is
 /// a 404 (the client named it); when no candidate is left, the first reason to skip is
 /// the answer.
-pub fn route_by(
-    app: &'static App,
+pub fn route_by<'c>(
+    catalog: &'c Catalog,
+    providers: &Providers,
     ids: &[String],
-    refusal: impl Fn(&str, &'static Model) -> Option<ApiError>,
-) -> Result<Vec<&'static Model>, ApiError> {
+    refusal: impl Fn(&str, &'c Model) -> Option<ApiError>,
+) -> Result<Vec<&'c Model>, ApiError> {
     let mut candidates = Vec::with_capacity(ids.len());
     let mut first_skip = None;
     for id in ids {
-        let model = app.catalog.get(id).ok_or_else(|| ApiError::model_not_found(id))?;
+        let model = catalog.get(id).ok_or_else(|| ApiError::model_not_found(id))?;
         let skip = refusal(id, model).or_else(|| {
-            (!app.providers.enabled(&model.provider)).then(|| {
+            (!providers.enabled(&model.provider)).then(|| {
                 let message =
                     format!("provider `{}` of model `{id}` is not configured", model.provider);
                 ApiError::unavailable(message)

@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use crate::providers::{Chunk, Completion, Usage};
 use bytes::{BufMut, BytesMut};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use solrouter_ledger::{HoldId, PicoUsd};
 
 const GENERATION_PREFIX: &str = "gen-";
@@ -31,16 +31,40 @@ pub fn parse_generation_id(text: &str) -> Option<HoldId> {
     u128::from_str_radix(digits, 16).ok().map(HoldId)
 }
 
-/// OpenAI's usage object plus `cost` in USD (a JSON number, as OpenRouter reports it).
-pub fn usage_json(usage: &Usage, cost: PicoUsd) -> Value {
-    json!({
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens.saturating_add(usage.completion_tokens),
-        "cost": cost.to_usd_f64(),
-        "prompt_tokens_details": {"cached_tokens": usage.cached_read_tokens},
-        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-    })
+/// OpenAI's usage object plus `cost` in USD (a JSON number, as OpenRouter reports it),
+/// written straight from the counts. Keys in sorted order, as a `serde_json::Map`
+/// writes them.
+#[derive(Serialize)]
+pub struct UsageJson {
+    completion_tokens: u64,
+    completion_tokens_details: ReasoningTokens,
+    cost: f64,
+    prompt_tokens: u64,
+    prompt_tokens_details: CachedTokens,
+    total_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct ReasoningTokens {
+    reasoning_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct CachedTokens {
+    cached_tokens: u64,
+}
+
+impl UsageJson {
+    pub fn new(usage: &Usage, cost: PicoUsd) -> UsageJson {
+        UsageJson {
+            completion_tokens: usage.completion_tokens,
+            completion_tokens_details: ReasoningTokens { reasoning_tokens: usage.reasoning_tokens },
+            cost: cost.to_usd_f64(),
+            prompt_tokens: usage.prompt_tokens,
+            prompt_tokens_details: CachedTokens { cached_tokens: usage.cached_read_tokens },
+            total_tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
+        }
+    }
 }
 
 /// A complete `chat.completion` object.
@@ -58,7 +82,8 @@ pub fn completion(
     object.insert("model".into(), Value::from(model.id.as_str()));
     object.insert("provider".into(), Value::from(model.provider.as_str()));
     object.insert("choices".into(), Value::Array(completion.choices));
-    object.insert("usage".into(), usage_json(&completion.usage, cost));
+    let usage = serde_json::to_value(UsageJson::new(&completion.usage, cost));
+    object.insert("usage".into(), usage.unwrap_or_default());
     for (name, value) in completion.extra {
         object.entry(name).or_insert(value);
     }
@@ -103,7 +128,7 @@ impl StreamEncoder for ChunkEncoder {
     fn finish(&mut self, usage: &Usage, cost: PicoUsd, out: &mut BytesMut) {
         out.put_slice(&self.prefix);
         out.put_slice(b"[],\"usage\":");
-        write_json(out, &usage_json(usage, cost));
+        write_json(out, &UsageJson::new(usage, cost));
         out.put_slice(b"}\n\n");
         out.put_slice(STREAM_DONE);
     }
@@ -114,7 +139,7 @@ impl StreamEncoder for ChunkEncoder {
     fn fail(&mut self, error: &ApiError, usage: &Usage, cost: PicoUsd, out: &mut BytesMut) {
         out.put_slice(&self.prefix);
         out.put_slice(b"[{\"index\":0,\"delta\":{},\"finish_reason\":\"error\"}],\"usage\":");
-        write_json(out, &usage_json(usage, cost));
+        write_json(out, &UsageJson::new(usage, cost));
         out.put_slice(b",\"error\":");
         write_json(out, &error.to_json()["error"]);
         out.put_slice(b"}\n\n");
@@ -123,7 +148,7 @@ impl StreamEncoder for ChunkEncoder {
 
 /// One named server-sent event (`event: kind`, then its data as one line of JSON), as
 /// the Anthropic and Responses streams write them.
-pub fn write_event(out: &mut BytesMut, kind: &str, data: &Value) {
+pub fn write_event(out: &mut BytesMut, kind: &str, data: &(impl Serialize + ?Sized)) {
     out.put_slice(b"event: ");
     out.put_slice(kind.as_bytes());
     out.put_slice(b"\ndata: ");
@@ -142,6 +167,7 @@ pub fn write_json(out: &mut BytesMut, value: &(impl Serialize + ?Sized)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn generation_ids_round_trip() {

@@ -13,8 +13,11 @@ use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::borrow::{Borrow, Cow};
+use std::collections::{BTreeMap, HashMap};
 
 /// Request fields that steer the gateway (OpenRouter-style routing and accounting
 /// options) and mean nothing, or something else, to the upstream.
@@ -101,23 +104,25 @@ impl Adapter for OpenAiCompatible {
         chat: &ChatRequest,
         target: &Target,
     ) -> Result<UpstreamRequest, ParamError> {
-        let mut body = chat.body.clone();
+        let mut body = Fields::borrowed(&chat.body);
         for field in GATEWAY_ONLY_FIELDS {
             body.remove(field);
         }
-        body.insert("model".to_owned(), Value::from(target.upstream_model));
+        body.set("model", Field::Str(target.upstream_model));
         // Exactly one limit, the reserved one, in the field this upstream honours.
         body.remove("max_tokens");
         body.remove("max_completion_tokens");
-        body.insert(self.quirks.limit_field.to_owned(), Value::from(target.max_tokens));
+        body.set(self.quirks.limit_field, Field::U64(target.max_tokens));
         if self.quirks.search_context_low_only {
-            check_search_context(&body)?;
+            check_search_context(&chat.body)?;
         }
         if self.quirks.mistral_parameter_names {
-            rename(&mut body, "seed", "random_seed");
+            if let Some(seed) = body.remove("seed") {
+                body.set("random_seed", seed);
+            }
         }
         if chat.stream && self.quirks.stream_options_rejected {
-            body.insert("stream".to_owned(), Value::Bool(true));
+            body.set("stream", Field::Bool(true));
             body.remove("stream_options");
         } else if chat.stream {
             force_stream_usage(&mut body)?;
@@ -146,13 +151,14 @@ impl Adapter for OpenAiCompatible {
                 normalise_message(message);
             }
         }
-        Ok(Completion { choices, usage: self.usage_of(&object), extra: passthrough(object) })
+        let usage = self.usage_of(usage_object(&object));
+        Ok(Completion { choices, usage, extra: passthrough(object) })
     }
 
     fn stream(&self, _chat: &ChatRequest) -> Box<dyn StreamTranslator> {
         Box::new(OpenAiStream {
             adapter: OpenAiCompatible::new(&self.provider, self.quirks),
-            passed_on: Map::new(),
+            passed_on: HashMap::new(),
             parser: SseParser::new(),
             events: Vec::new(),
             usage: Usage::default(),
@@ -247,20 +253,74 @@ impl Embedder for OpenAiCompatible {
 
 /// Sets `stream: true` and `stream_options.include_usage: true`, keeping any other
 /// stream options the client chose. Without usage the gateway could not bill a stream.
-fn force_stream_usage(body: &mut Map<String, Value>) -> Result<(), ParamError> {
-    body.insert("stream".to_owned(), Value::Bool(true));
-    let options = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
-    if options.is_null() {
-        *options = Value::Object(Map::new());
-    }
-    let Value::Object(options) = options else {
-        return Err(ParamError {
-            param: "stream_options".to_owned(),
-            message: "must be an object".to_owned(),
-        });
+fn force_stream_usage(body: &mut Fields) -> Result<(), ParamError> {
+    body.set("stream", Field::Bool(true));
+    let mut options = match body.remove("stream_options") {
+        None | Some(Field::Client(Value::Null)) => Fields::default(),
+        Some(Field::Client(Value::Object(options))) => Fields::borrowed(options),
+        Some(_) => {
+            return Err(ParamError {
+                param: "stream_options".to_owned(),
+                message: "must be an object".to_owned(),
+            })
+        }
     };
-    options.insert("include_usage".to_owned(), Value::Bool(true));
+    options.set("include_usage", Field::Bool(true));
+    body.set("stream_options", Field::Object(options));
     Ok(())
+}
+
+/// The body sent upstream, borrowed from the client's: its fields by reference, with the
+/// few the gateway sets or removes changed, written in key order as the client's
+/// `Map` would be, without a copy of its tree (the messages are most of a request).
+#[derive(Default)]
+struct Fields<'a>(Vec<(&'a str, Field<'a>)>);
+
+enum Field<'a> {
+    Client(&'a Value),
+    Str(&'a str),
+    U64(u64),
+    Bool(bool),
+    Object(Fields<'a>),
+}
+
+impl<'a> Fields<'a> {
+    fn borrowed(object: &'a Map<String, Value>) -> Fields<'a> {
+        let mut fields = Vec::with_capacity(object.len() + 3);
+        fields.extend(object.iter().map(|(name, value)| (name.as_str(), Field::Client(value))));
+        fields.sort_unstable_by_key(|&(name, _)| name);
+        Fields(fields)
+    }
+
+    fn set(&mut self, name: &'a str, value: Field<'a>) {
+        match self.0.binary_search_by_key(&name, |&(name, _)| name) {
+            Ok(at) => self.0[at].1 = value,
+            Err(at) => self.0.insert(at, (name, value)),
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Field<'a>> {
+        let at = self.0.binary_search_by_key(&name, |&(name, _)| name).ok()?;
+        Some(self.0.remove(at).1)
+    }
+}
+
+impl Serialize for Fields<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
+    }
+}
+
+impl Serialize for Field<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Field::Client(value) => value.serialize(serializer),
+            Field::Str(text) => serializer.serialize_str(text),
+            Field::U64(number) => serializer.serialize_u64(*number),
+            Field::Bool(flag) => serializer.serialize_bool(*flag),
+            Field::Object(fields) => fields.serialize(serializer),
+        }
+    }
 }
 
 /// `Content-Type: application/json` and, when the endpoint has a key, a bearer token.
@@ -278,8 +338,9 @@ pub(crate) fn bearer_headers(endpoint: &Endpoint) -> HeaderMap {
 }
 
 impl OpenAiCompatible {
-    fn usage_of(&self, object: &Map<String, Value>) -> Usage {
-        let mut usage = parse_usage(usage_object(object));
+    /// The usage object, read with this upstream's quirks.
+    fn usage_of(&self, usage_object: Option<&Value>) -> Usage {
+        let mut usage = parse_usage(usage_object);
         if self.quirks.reasoning_outside_completion {
             usage.completion_tokens += usage.reasoning_tokens;
         }
@@ -361,12 +422,6 @@ fn normalise_message(message: &mut Map<String, Value>) {
     }
 }
 
-fn rename(body: &mut Map<String, Value>, from: &str, to: &str) {
-    if let Some(value) = body.remove(from) {
-        body.insert(to.to_owned(), value);
-    }
-}
-
 fn check_search_context(body: &Map<String, Value>) -> Result<(), ParamError> {
     let size =
         body.get("web_search_options").and_then(|options| options.get("search_context_size"));
@@ -428,15 +483,41 @@ fn parse_usage(value: Option<&Value>) -> Usage {
 
 struct OpenAiStream {
     adapter: OpenAiCompatible,
-    /// The pass-through fields last sent, so repeats (Perplexity sends its citations
-    /// on every chunk, OpenAI its `service_tier`) reach the client once.
-    passed_on: Map<String, Value>,
+    /// The pass-through fields last sent, as their JSON text, so repeats (Perplexity
+    /// sends its citations on every chunk, OpenAI its `service_tier`) reach the client
+    /// once, and are not even parsed again.
+    passed_on: HashMap<String, String>,
     parser: SseParser,
     /// Reused between feeds to avoid an allocation per network read.
     events: Vec<SseEvent>,
     usage: Usage,
     finish_reason_seen: bool,
     done: bool,
+}
+
+/// A chunk's top-level field name, borrowed from the event unless it has escapes.
+#[derive(Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+struct FieldName<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl Borrow<str> for FieldName<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A stream chunk's top-level fields, their values as unparsed JSON text: only
+/// `choices` is read into a tree for every chunk; the envelope the gateway rewrites
+/// (`id`, `created`, `model`, padding) is never built, the usage only when present.
+type RawChunk<'a> = BTreeMap<FieldName<'a>, &'a RawValue>;
+
+/// The value of `field`, unless absent or `null`.
+fn raw_field<'a>(chunk: &RawChunk<'a>, field: &str) -> Option<&'a RawValue> {
+    chunk.get(field).copied().filter(|raw| raw.get() != "null")
+}
+
+/// JSON text already checked by the chunk's parse, read as a tree.
+fn tree(raw: &RawValue) -> Value {
+    serde_json::from_str(raw.get()).unwrap_or_default()
 }
 
 impl OpenAiStream {
@@ -448,11 +529,10 @@ impl OpenAiStream {
             self.done = true;
             return Ok(());
         }
-        let mut object: Map<String, Value> =
-            serde_json::from_str(&event.data).map_err(|error| {
-                bad_gateway(&self.adapter.provider, format!("invalid stream chunk: {error}"))
-            })?;
-        if let Some(error) = object.get("error").filter(|error| !error.is_null()) {
+        let chunk: RawChunk = serde_json::from_str(&event.data).map_err(|error| {
+            bad_gateway(&self.adapter.provider, format!("invalid stream chunk: {error}"))
+        })?;
+        if let Some(error) = raw_field(&chunk, "error").map(tree) {
             let message = error
                 .get("message")
                 .and_then(Value::as_str)
@@ -462,16 +542,31 @@ impl OpenAiStream {
                 format!("error mid-stream: {message}"),
             ));
         }
-        if usage_object(&object).is_some() {
-            self.usage = self.adapter.usage_of(&object);
+        if raw_field(&chunk, "usage").is_some() || raw_field(&chunk, "x_groq").is_some() {
+            let mut object = Map::new();
+            for field in ["usage", "x_groq"] {
+                if let Some(raw) = raw_field(&chunk, field) {
+                    object.insert(field.to_owned(), tree(raw));
+                }
+            }
+            if let Some(usage) = usage_object(&object) {
+                self.usage = self.adapter.usage_of(Some(usage));
+            }
         }
-        let mut choices = match object.remove("choices") {
+        let mut choices = match raw_field(&chunk, "choices").map(tree) {
             Some(Value::Array(choices)) => choices,
             _ => Vec::new(),
         };
-        let mut extra = passthrough(object);
-        extra.retain(|field, value| self.passed_on.get(field) != Some(value));
-        self.passed_on.extend(extra.clone());
+        let mut extra = Map::new();
+        for (FieldName(field), raw) in &chunk {
+            let text = raw.get();
+            let consumed = CONSUMED_FIELDS.contains(&field.as_ref()) || text == "null";
+            if consumed || self.passed_on.get(field.as_ref()).is_some_and(|sent| sent == text) {
+                continue;
+            }
+            extra.insert(field.as_ref().to_owned(), tree(raw));
+            self.passed_on.insert(field.as_ref().to_owned(), text.to_owned());
+        }
         if choices.is_empty() && extra.is_empty() {
             // A usage-only chunk: the pipeline emits usage itself, with the cost.
             return Ok(());
@@ -541,10 +636,6 @@ mod tests {
         Endpoint { base_url: "http://up.example/v1/".to_owned(), api_key: key.map(str::to_owned) }
     }
 
-    fn sent_body(request: &UpstreamRequest) -> Value {
-        serde_json::from_slice(&request.body).unwrap()
-    }
-
     #[test]
     fn forwards_the_body_with_the_upstream_model() {
         let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
@@ -560,11 +651,10 @@ mod tests {
         assert_eq!(upstream.url, "http://up.example/v1/chat/completions");
         assert_eq!(upstream.headers[AUTHORIZATION], "Bearer sk-1");
         assert!(upstream.headers[AUTHORIZATION].is_sensitive());
-        assert_eq!(
-            sent_body(&upstream),
-            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
-                   "temperature": 0.5, "x_unknown": 1, "max_completion_tokens": 100})
-        );
+        let expected = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
+               "temperature": 0.5, "x_unknown": 1, "max_completion_tokens": 100});
+        // Byte for byte what serializing the edited object writes: keys sorted.
+        assert_eq!(upstream.body, serde_json::to_vec(&expected).unwrap());
         let keyless = adapter.request(&endpoint(None), &request, &target("gpt-4o")).unwrap();
         assert!(keyless.headers.get(AUTHORIZATION).is_none());
     }
@@ -576,7 +666,9 @@ mod tests {
             let request =
                 chat(json!({"model": "m", "stream": true, "stream_options": options}), true);
             let upstream = adapter.request(&endpoint(None), &request, &target("u")).unwrap();
-            assert_eq!(sent_body(&upstream)["stream_options"], expected);
+            let body = json!({"model": "u", "stream": true, "stream_options": expected,
+                              "max_completion_tokens": 100});
+            assert_eq!(upstream.body, serde_json::to_vec(&body).unwrap());
         };
         check(Value::Null, json!({"include_usage": true}));
         check(json!({"include_usage": false}), json!({"include_usage": true}));
