@@ -3,14 +3,15 @@ base URL set to the gateway) through the cases of cases.json (see sdk_common.py)
 `stream` for streamed text, `bind_tools(...).stream` for streamed tool calls,
 `with_structured_output` (JSON mode or a JSON schema) for structured output, and
 `invoke` with an image part; then OpenAIEmbeddings on `mock/embed`. Checks the text, tool calls, parsed object and token usage
-against the recording, and each cost against the gateway's record (LangChain keeps
-`usage.cost` only in an unstreamed answer's `response_metadata`)."""
+against the recording, and each cost against the gateway's newest record (LangChain
+exposes no answer id, and `usage.cost` only in an unstreamed answer's
+`response_metadata`)."""
 
 from importlib.metadata import version
 
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
-from sdk_common import API, KEY, check_calls, check_embedding, check_record, equal, main, messages, tools
+from sdk_common import API, KEY, check_calls, check_embedding, check_record, equal, latest_generation, main, messages, tools
 
 
 def check_usage(case, message):
@@ -62,7 +63,9 @@ def run(case):
         equal(message.content, expect["text"], "text")
         cost = message.response_metadata["token_usage"]["cost"]
     check_usage(case, message)
-    return message.id, check_record(case, message.id, cost)
+    # LangChain's message ids are its own run ids.
+    generation = latest_generation()
+    return generation, check_record(case, generation, cost)
 
 
 def embeddings():
