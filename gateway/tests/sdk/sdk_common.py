@@ -143,7 +143,8 @@ def check_embedding(vectors, texts):
 
 def main(library, run, others=()):
     """Runs `run(case)` for every case of the wanted kinds; it returns the answer's
-    generation id and cost, having checked the answer (an exception fails the case).
+    generation id and cost, having checked the answer (an exception fails the case),
+    or None for a case the gateway refused as it must.
     Then each of `others`, answers outside the cases, each returning `{id, cost}`."""
     before = available()
     results, failures, total = [], [], Decimal(0)
@@ -152,10 +153,13 @@ def main(library, run, others=()):
         if case["kind"] not in KINDS:
             continue
         try:
-            generation, cost = run(case)
+            outcome = run(case)
         except Exception as error:  # every case runs; all failures are reported
             failures.append(f"{case['id']}: {type(error).__name__}: {error}")
             continue
+        if outcome is None:
+            continue
+        generation, cost = outcome
         total += cost
         results.append({"case": case["id"], "id": generation, "cost": str(cost)})
     for other in others:
