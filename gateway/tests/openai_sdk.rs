@@ -8,7 +8,7 @@
 mod support;
 
 use std::process::Command;
-use support::{data_dir, path, venv_python, Dev, ADMIN_TOKEN};
+use support::{data_dir, path, venv_python, Dev, ADMIN_TOKEN, MAIN_VENV};
 
 #[tokio::test]
 async fn the_official_python_sdk_works_with_only_base_url_changed() {
@@ -18,7 +18,7 @@ async fn the_official_python_sdk_works_with_only_base_url_changed() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_sdk.py");
     let base = dev.base.clone();
     let account = dev.demo_account.clone();
-    let python = venv_python();
+    let python = venv_python(MAIN_VENV);
     let output = tokio::task::spawn_blocking(move || {
         Command::new(&python)
             .arg(script)

@@ -4,7 +4,10 @@
 //! `@ai-sdk/openai-compatible`), through Chat Completions, the `openai` Python and npm
 //! packages through the Responses API, and the `anthropic` Python
 //! package and `@anthropic-ai/sdk` npm package, through Anthropic Messages (Claude
-//! answered natively, the others translated). Each drives the cases of
+//! answered natively, the others translated); and the client libraries that take the
+//! gateway as an OpenAI-compatible base URL: LangChain (`langchain-openai`), LlamaIndex
+//! (`OpenAILike`), Instructor and the OpenAI Agents SDK, the Python ones sharing
+//! `tests/sdk/sdk_common.py`. Each drives the cases of
 //! `tests/sdk/cases.json` of the kinds it is given (`SDK_KINDS`) — streamed text, streamed
 //! tool calls, structured output and an image input, to each wire format
 //! (OpenAI-compatible, Anthropic, Gemini, Cohere) — and checks the answers against the
@@ -12,9 +15,10 @@
 //! This file checks what reached the providers, that each cost is the catalogue price
 //! of the recorded usage, and the ledger.
 //!
-//! The packages come from `requirements.txt` and `tests/sdk/package-lock.json`, installed
-//! by `setup-test-env.sh` (the README's test command runs it; Python's into the venv
-//! `target/test-venv`); a missing package fails the test, never skips it.
+//! The packages come from `requirements.txt`, `requirements-openai2.txt` and
+//! `tests/sdk/package-lock.json`, installed by `setup-test-env.sh` (the README's test
+//! command runs it; Python's into the venvs `target/test-venv` and
+//! `target/test-venv-openai2`); a missing package fails the test, never skips it.
 
 mod providers_support;
 mod support;
@@ -27,7 +31,9 @@ use solrouter_ledger::PicoUsd;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
-use support::{data_dir, path, pico, venv_python, Dev, ADMIN_TOKEN, TEST_ENV_HINT};
+use support::{
+    data_dir, path, pico, venv_python, Dev, ADMIN_TOKEN, MAIN_VENV, OPENAI2_VENV, TEST_ENV_HINT,
+};
 
 const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk");
 /// The most one SDK script may take for all its cases: a few seconds on a warm
@@ -40,6 +46,10 @@ const EVERY_KIND: [&str; 4] = ["stream_text", "stream_tools", "structured", "ima
 /// The kinds the Anthropic SDKs drive: Anthropic's structured outputs (`output_format`)
 /// have no translation yet.
 const ANTHROPIC_KINDS: [&str; 3] = ["stream_text", "stream_tools", "image"];
+/// The kinds the OpenAI Agents SDK drives: an agent run streams text and tool calls.
+const AGENTS_KINDS: [&str; 2] = ["stream_text", "stream_tools"];
+/// The kinds Instructor drives: a Pydantic model out of structured output.
+const INSTRUCTOR_KINDS: [&str; 1] = ["structured"];
 
 #[derive(Deserialize)]
 struct Spec {
@@ -336,24 +346,14 @@ fn require_node_packages() {
 
 #[tokio::test]
 async fn the_official_python_sdk_through_every_wire_format() {
-    let python = venv_python();
-    let probe = std::process::Command::new(&python)
-        .args(["-c", "import openai"])
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run `{}`: {error}", python.display()));
-    assert!(probe.status.success(), "the Python `openai` package is missing: {TEST_ENV_HINT}");
+    let python = python_with(MAIN_VENV, "openai");
     let gateway = Gateway::start().await;
     gateway.run_sdk("openai (Python)", &python, &["openai_python.py"], &EVERY_KIND).await;
 }
 
 #[tokio::test]
 async fn the_official_python_sdk_through_the_responses_api() {
-    let python = venv_python();
-    let probe = std::process::Command::new(&python)
-        .args(["-c", "import openai"])
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run `{}`: {error}", python.display()));
-    assert!(probe.status.success(), "the Python `openai` package is missing: {TEST_ENV_HINT}");
+    let python = python_with(MAIN_VENV, "openai");
     let gateway = Gateway::start().await;
     let script = ["openai_responses_python.py"];
     gateway.run_sdk("openai Responses (Python)", &python, &script, &EVERY_KIND).await;
@@ -383,15 +383,29 @@ async fn the_vercel_ai_sdk_through_every_wire_format() {
 
 #[tokio::test]
 async fn the_official_anthropic_python_sdk_through_every_wire_format() {
-    let python = venv_python();
-    let probe = std::process::Command::new(&python)
-        .args(["-c", "import anthropic"])
-        .output()
-        .unwrap_or_else(|error| panic!("cannot run `{}`: {error}", python.display()));
-    assert!(probe.status.success(), "the Python `anthropic` package is missing: {TEST_ENV_HINT}");
+    let python = python_with(MAIN_VENV, "anthropic");
     let gateway = Gateway::start().await;
     let script = ["anthropic_python.py"];
     gateway.run_sdk("anthropic (Python)", &python, &script, &ANTHROPIC_KINDS).await;
+}
+
+/// The python of `venv` (see `support::venv_python`), failing with the fix unless it
+/// imports `module`.
+fn python_with(venv: &str, module: &str) -> std::path::PathBuf {
+    let python = venv_python(venv);
+    let probe = std::process::Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run `{}`: {error}", python.display()));
+    assert!(probe.status.success(), "the Python `{module}` package is missing: {TEST_ENV_HINT}");
+    python
+}
+
+#[tokio::test]
+async fn langchain_through_every_wire_format() {
+    let python = python_with(MAIN_VENV, "langchain_openai");
+    let gateway = Gateway::start().await;
+    gateway.run_sdk("LangChain", &python, &["langchain_python.py"], &EVERY_KIND).await;
 }
 
 #[tokio::test]
@@ -400,4 +414,25 @@ async fn the_official_anthropic_node_sdk_through_every_wire_format() {
     let gateway = Gateway::start().await;
     let script = ["anthropic_node.mjs"];
     gateway.run_sdk("anthropic (Node)", Path::new("node"), &script, &ANTHROPIC_KINDS).await;
+}
+
+#[tokio::test]
+async fn the_openai_agents_sdk_through_every_wire_format() {
+    let python = python_with(MAIN_VENV, "agents");
+    let gateway = Gateway::start().await;
+    gateway.run_sdk("OpenAI Agents SDK", &python, &["agents_python.py"], &AGENTS_KINDS).await;
+}
+
+#[tokio::test]
+async fn llamaindex_through_every_wire_format() {
+    let python = python_with(OPENAI2_VENV, "llama_index.llms.openai_like");
+    let gateway = Gateway::start().await;
+    gateway.run_sdk("LlamaIndex", &python, &["llamaindex_python.py"], &EVERY_KIND).await;
+}
+
+#[tokio::test]
+async fn instructor_through_every_wire_format() {
+    let python = python_with(OPENAI2_VENV, "instructor");
+    let gateway = Gateway::start().await;
+    gateway.run_sdk("Instructor", &python, &["instructor_python.py"], &INSTRUCTOR_KINDS).await;
 }

@@ -2,9 +2,10 @@
 # Installs what the tests drive besides Rust, at pinned versions, without touching the
 # system: the Python packages of gateway/tests/requirements.txt into the virtual
 # environment target/test-venv (tests/sdk.rs and tests/openai_sdk.rs run its python),
-# and the npm packages of gateway/tests/sdk/package-lock.json into its node_modules.
-# Needs only python3 and Node 20 with npm. Idempotent: a second run installs nothing
-# unless requirements.txt or package-lock.json changed.
+# those of requirements-openai2.txt (libraries that still need openai 2) into
+# target/test-venv-openai2, and the npm packages of gateway/tests/sdk/package-lock.json
+# into its node_modules. Needs only python3 and Node 20 with npm. Idempotent: a second
+# run installs nothing unless a requirements file or package-lock.json changed.
 #
 # Debian and Ubuntu refuse `pip install` into the system python (PEP 668), and without
 # their python3-venv package `python3 -m venv` fails for want of ensurepip; then the
@@ -13,10 +14,8 @@
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-venv="$repo/target/test-venv"
-python="$venv/bin/python"
-requirements="$repo/gateway/tests/requirements.txt"
-sdk="$repo/gateway/tests/sdk"
+tests="$repo/gateway/tests"
+sdk="$tests/sdk"
 # pip for the venv when ensurepip is missing: any recent pip works; this one is pinned.
 pip_wheel_url="https://files.pythonhosted.org/packages/07/25/ee8c38ae72d66b844ce8eb9711ba905dba21ca1a8a0c960057c41cd23337/pip-26.3-py3-none-any.whl"
 pip_wheel_sha256="f3b60b20ffaadd4415ed7957212a38ac63fa4c5fa375bd0f4a797777940fad13"
@@ -31,25 +30,29 @@ command -v python3 >/dev/null || { say "python3 is needed"; exit 1; }
 command -v npm >/dev/null || { say "Node 20 or newer, with npm, is needed"; exit 1; }
 
 # --- Python ---------------------------------------------------------------------------
-if ! "$python" -c '' 2>/dev/null; then
-    rm -rf "$venv"
-    mkdir -p "$repo/target"
-    if [ "${SOLROUTER_TEST_ENV_NO_ENSUREPIP:-}" != 1 ] && python3 -m venv "$venv"; then
-        say "created $venv"
-    else
-        # A failed `python3 -m venv` leaves a venv without pip behind: start again.
-        say "python3 -m venv without ensurepip: creating $venv without pip"
+# Brings the virtual environment $1 up to the requirements file $2.
+python_env() {
+    local venv="$1" requirements="$2"
+    local python="$venv/bin/python"
+    if ! "$python" -c '' 2>/dev/null; then
         rm -rf "$venv"
-        python3 -m venv --without-pip "$venv"
+        mkdir -p "$repo/target"
+        if [ "${SOLROUTER_TEST_ENV_NO_ENSUREPIP:-}" != 1 ] && python3 -m venv "$venv"; then
+            say "created $venv"
+        else
+            # A failed `python3 -m venv` leaves a venv without pip behind: start again.
+            say "python3 -m venv without ensurepip: creating $venv without pip"
+            rm -rf "$venv"
+            python3 -m venv --without-pip "$venv"
+        fi
     fi
-fi
 
-if ! "$python" -m pip --version >/dev/null 2>&1; then
-    wheel_dir="$(mktemp -d "$repo/target/pip-wheel.XXXXXX")"
-    trap 'rm -rf "$wheel_dir"' EXIT
-    wheel="$wheel_dir/${pip_wheel_url##*/}"
-    say "bootstrapping pip in the venv from $pip_wheel_url"
-    python3 - "$pip_wheel_url" "$wheel" "$pip_wheel_sha256" <<'PY'
+    if ! "$python" -m pip --version >/dev/null 2>&1; then
+        local wheel_dir
+        wheel_dir="$(mktemp -d "$repo/target/pip-wheel.XXXXXX")"
+        local wheel="$wheel_dir/${pip_wheel_url##*/}"
+        say "bootstrapping pip in the venv from $pip_wheel_url"
+        python3 - "$pip_wheel_url" "$wheel" "$pip_wheel_sha256" <<'PY'
 import hashlib, sys, urllib.request
 url, path, expected = sys.argv[1:]
 body = urllib.request.urlopen(url, timeout=120).read()
@@ -58,18 +61,30 @@ if actual != expected:
     sys.exit(f"{url}: sha256 {actual}, expected {expected}")
 open(path, "wb").write(body)
 PY
-    # A wheel is a zip that python can run: this pip installs itself into the venv.
-    "$python" "$wheel/pip" install --quiet --no-index "$wheel"
-fi
+        # A wheel is a zip that python can run: this pip installs itself into the venv.
+        "$python" "$wheel/pip" install --quiet --no-index "$wheel"
+        rm -rf "$wheel_dir"
+    fi
 
-# The stamp holds the hash of the requirements the venv was last brought up to.
-stamp="$venv/requirements.sha256"
-wanted="$(sha256_of "$requirements")"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-    say "installing $requirements into $venv"
-    "$python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
-    echo "$wanted" >"$stamp"
-fi
+    # The stamp holds the hash of the requirements the venv was last brought up to.
+    local stamp="$venv/requirements.sha256"
+    local wanted
+    wanted="$(sha256_of "$requirements")"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+        say "installing $requirements into $venv"
+        "$python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+        echo "$wanted" >"$stamp"
+    fi
+}
+
+# The two environments install at once: pip spends most of its time waiting on the
+# network. `wait PID` fails if its environment failed.
+python_env "$repo/target/test-venv" "$tests/requirements.txt" &
+main_env=$!
+python_env "$repo/target/test-venv-openai2" "$tests/requirements-openai2.txt" &
+openai2_env=$!
+wait "$main_env"
+wait "$openai2_env"
 
 # --- Node -----------------------------------------------------------------------------
 # `npm ci` always reinstalls from scratch, so it runs only when the lockfile changed.

@@ -23,11 +23,17 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const TEST_ENV_HINT: &str = "install the SDK test dependencies with \
      `gateway/tests/setup-test-env.sh` (the first half of the README's test command)";
 
-/// The python of the virtual environment `gateway/tests/setup-test-env.sh` creates in
-/// `target/test-venv` with the packages of `requirements.txt`; never the system python.
-pub fn venv_python() -> PathBuf {
+/// The virtual environment of `gateway/tests/requirements.txt` (in `target/`).
+pub const MAIN_VENV: &str = "test-venv";
+/// The virtual environment of `gateway/tests/requirements-openai2.txt`: the libraries
+/// that still require `openai` 2 (in `target/`).
+pub const OPENAI2_VENV: &str = "test-venv-openai2";
+
+/// The python of `venv` (`MAIN_VENV` or `OPENAI2_VENV`), a virtual environment
+/// `gateway/tests/setup-test-env.sh` creates in `target/`.
+pub fn venv_python(venv: &str) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root");
-    let python = repo.join("target/test-venv/bin/python");
+    let python = repo.join("target").join(venv).join("bin/python");
     assert!(python.exists(), "{} is missing: {TEST_ENV_HINT}", python.display());
     python
 }

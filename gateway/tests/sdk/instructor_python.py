@@ -1,0 +1,71 @@
+"""Drives a running `solrouter dev` with Instructor (`instructor.from_openai` over an
+`openai` client whose base URL is the gateway) through the structured-output cases of
+cases.json (see sdk_common.py): each case's JSON schema becomes a Pydantic model of the
+same name, asked for in Instructor's JSON mode (the case wants a JSON object) or JSON
+schema mode. Checks the validated model against the recording, and the usage and
+`usage.cost` of the raw completion against the gateway's record."""
+
+from importlib.metadata import version
+
+import instructor
+import openai
+import pydantic
+
+from sdk_common import API, KEY, check_record, equal, main, messages
+
+TYPES = {"string": str, "number": float, "integer": int, "boolean": bool}
+
+
+def untitled(schema):
+    """Pydantic titles every property; the recorded requests have no titles."""
+    for field in schema.get("properties", {}).values():
+        field.pop("title", None)
+
+
+def model_of(name, schema):
+    """A Pydantic model of a JSON schema of objects, arrays and scalars."""
+
+    def field_type(field_name, field):
+        if field["type"] == "object":
+            return model_of(field_name.title(), field)
+        if field["type"] == "array":
+            return list[field_type(field_name.removesuffix("s"), field["items"])]
+        return TYPES[field["type"]]
+
+    fields = {
+        field_name: (field_type(field_name, field), ... if field_name in schema.get("required", []) else None)
+        for field_name, field in schema["properties"].items()
+    }
+    return pydantic.create_model(name, __config__=pydantic.ConfigDict(json_schema_extra=untitled), **fields)
+
+
+def run(case):
+    request, expect = case["request"], case["expect"]
+    wanted = request["response_format"]
+    mode = instructor.Mode.JSON if wanted["type"] == "json_object" else instructor.Mode.JSON_SCHEMA
+    client = instructor.from_openai(openai.OpenAI(base_url=API, api_key=KEY, max_retries=0, timeout=60), mode=mode)
+    options = {field: request[field] for field in ("temperature", "max_tokens") if field in request}
+    answer, completion = client.chat.completions.create_with_completion(
+        model=case["model"],
+        messages=messages(case),
+        response_model=model_of(wanted["name"], wanted["schema"]),
+        max_retries=1,
+        **options,
+    )
+    equal(answer.model_dump(), expect["object"], "object")
+    usage = completion.usage
+    wanted = expect["usage"]
+    equal(
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.completion_tokens_details.reasoning_tokens,
+            usage.prompt_tokens_details.cached_tokens,
+        ),
+        (wanted["prompt_tokens"], wanted["completion_tokens"], wanted["reasoning_tokens"], wanted["cached_tokens"]),
+        "usage",
+    )
+    return completion.id, check_record(case, completion.id, usage.cost)
+
+
+main(f"instructor {version('instructor')}", run)
