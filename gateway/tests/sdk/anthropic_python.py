@@ -15,21 +15,13 @@ fell by exactly the sum of the costs. Prints `RESULTS <json>` (the cases' answer
 failed case."""
 
 import json
-import os
 import sys
-import urllib.request
 from decimal import Decimal
 
 import anthropic
 
-BASE = os.environ["SOLROUTER_BASE_URL"]
-KEY = os.environ["SOLROUTER_KEY"]
-ADMIN = os.environ["SOLROUTER_ADMIN_TOKEN"]
-ACCOUNT = os.environ["SOLROUTER_ACCOUNT"]
-KINDS = os.environ["SDK_KINDS"].split(",")
-with open(os.environ["SDK_CASES"], encoding="utf-8") as file:
-    SPEC = json.load(file)
-FIXTURES = os.environ["SDK_FIXTURES"]
+from sdk_common import BASE, IMAGE_URL, KEY, KINDS, SPEC, available, get, usd
+
 # A case without a completion limit asks for as many tokens as the model allows (the
 # gateway caps `max_tokens` at the model's output limit), as the OpenAI SDKs do by
 # sending none.
@@ -38,35 +30,12 @@ MAX_TOKENS_ANY = 65536
 STOP_REASONS = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}
 
 
-def pointer(value, path):
-    for token in path.split("/")[1:]:
-        value = value[int(token)] if isinstance(value, list) else value[token]
-    return value
-
-
-def load_image():
-    with open(os.path.join(FIXTURES, SPEC["image"]["file"]), encoding="utf-8") as file:
-        url = pointer(json.load(file), SPEC["image"]["pointer"])
-    media_type, data = url.removeprefix("data:").split(";base64,")
+def image_source():
+    media_type, data = IMAGE_URL.removeprefix("data:").split(";base64,")
     return {"type": "base64", "media_type": media_type, "data": data}
 
 
-IMAGE_SOURCE = load_image()
-
-
-def get(path, bearer):
-    request = urllib.request.Request(BASE + path, headers={"Authorization": "Bearer " + bearer})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
-def available():
-    return Decimal(get(f"/v1/admin/accounts/{ACCOUNT}", ADMIN)["available"])
-
-
-def usd(cost):
-    """A usage.cost number as an exact decimal (costs here have at most 12 decimals)."""
-    return Decimal(repr(cost)).quantize(Decimal("1e-12"))
+IMAGE_SOURCE = image_source()
 
 
 def params(case):

@@ -16,54 +16,17 @@ balance fell by exactly the sum of the costs. Prints `RESULTS <json>` and `OTHER
 <json>` for tests/sdk.rs; exits non-zero listing every failed case."""
 
 import json
-import os
 import sys
-import urllib.request
 from decimal import Decimal
 
 import openai
 
-BASE = os.environ["SOLROUTER_BASE_URL"]
-KEY = os.environ["SOLROUTER_KEY"]
-ADMIN = os.environ["SOLROUTER_ADMIN_TOKEN"]
-ACCOUNT = os.environ["SOLROUTER_ACCOUNT"]
-with open(os.environ["SDK_CASES"], encoding="utf-8") as file:
-    SPEC = json.load(file)
-FIXTURES = os.environ["SDK_FIXTURES"]
-KINDS = os.environ["SDK_KINDS"].split(",")
+from sdk_common import BASE, IMAGE_URL, KEY, KINDS, SPEC, available, get, usd
+
 # Answers the round trip's second request: the built-in mock, echoing the question (it
 # takes no tools, so the request declares none; tests/responses.rs declares them to
 # models that take them).
 ECHO = "mock/echo"
-
-
-def pointer(value, path):
-    for token in path.split("/")[1:]:
-        value = value[int(token)] if isinstance(value, list) else value[token]
-    return value
-
-
-def load_image():
-    with open(os.path.join(FIXTURES, SPEC["image"]["file"]), encoding="utf-8") as file:
-        return pointer(json.load(file), SPEC["image"]["pointer"])
-
-
-IMAGE_URL = load_image()
-
-
-def get(path, bearer):
-    request = urllib.request.Request(BASE + path, headers={"Authorization": "Bearer " + bearer})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
-def available():
-    return Decimal(get(f"/v1/admin/accounts/{ACCOUNT}", ADMIN)["available"])
-
-
-def usd(cost):
-    """A usage.cost number as an exact decimal (costs here have at most 12 decimals)."""
-    return Decimal(repr(cost)).quantize(Decimal("1e-12"))
 
 
 def tools(request):
