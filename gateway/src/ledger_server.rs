@@ -34,7 +34,10 @@ pub const OPS_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where a node's ledger lives inside `--data-dir`.
 const LEDGER_DIR: &str = "ledger";
 
-/// Runs a ledger node until SIGINT or SIGTERM, then shuts it down cleanly.
+/// Runs a ledger node until SIGINT or SIGTERM, then shuts it down cleanly; or until one
+/// of its Raft groups stops on a storage error (EIO, a full disk, a corrupt record), then
+/// exits with that error, so that its supervisor restarts it rather than leave it half
+/// dead (serving the other groups, that one answering nothing).
 /// The ops port (`/metrics`, `/healthz`, `/readyz`) is served only when `http` is given.
 pub async fn run(
     config: ClusterConfig,
@@ -66,11 +69,19 @@ pub async fn run(
         config.listen(),
     ));
     let ops = ops_listener.map(|listener| tokio::spawn(serve_ops(node.clone(), metrics, listener)));
-    shutdown_signal().await;
+    let stopped = tokio::select! {
+        () = shutdown_signal() => None,
+        why = node.stopped() => Some(why),
+    };
     if let Some(ops) = ops {
         ops.abort();
     }
-    node.shutdown().await.context("shutting down the ledger node")?;
+    // A stopped group reports its error again here; the first report is the one to tell.
+    let shut_down = node.shutdown().await;
+    if let Some(why) = stopped {
+        return Err(why).context("a raft group stopped; exiting so the supervisor restarts");
+    }
+    shut_down.context("shutting down the ledger node")?;
     Ok(())
 }
 

@@ -125,6 +125,27 @@ impl Group {
         })
     }
 
+    /// Why this group's Raft stopped on its own, if it did: openraft stops the core on any
+    /// storage error (EIO, a full disk, a corrupt record), and the group then answers
+    /// nothing until its process restarts.
+    pub fn stopped(&self) -> Option<LedgerError> {
+        let running = self.raft.metrics().borrow().running_state.clone();
+        running.err().map(|fatal| LedgerError::from_fatal("running raft", fatal))
+    }
+
+    /// Waits until this group's Raft stops (see [`Group::stopped`]) and says why.
+    pub async fn until_stopped(&self) -> LedgerError {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(why) = self.stopped() {
+                return why;
+            }
+            if metrics.changed().await.is_err() {
+                return LedgerError::Shutdown;
+            }
+        }
+    }
+
     pub fn stats(&self) -> NodeStats {
         let metrics = self.raft.metrics().borrow().clone();
         NodeStats {

@@ -380,6 +380,16 @@ impl LedgerNode {
         self.group_of(account).read_local(f)
     }
 
+    /// Waits until one of this node's Raft groups stops on its own, on a storage error
+    /// (EIO, a full disk, a corrupt record: openraft stops the core on any), and says why.
+    /// The node is half dead then: that group answers nothing, the others go on. Its
+    /// process should exit so that its supervisor restarts it, as `solrouter ledger-node`
+    /// does; the restart reopens the store and catches up from the peers.
+    pub async fn stopped(&self) -> LedgerError {
+        let waits = self.inner.groups.iter().map(|group| Box::pin(group.until_stopped()));
+        futures_util::future::select_all(waits).await.0
+    }
+
     /// Stops serving peers, then every group's Raft core. Later submits and reads fail
     /// with [`LedgerError::Shutdown`].
     pub async fn shutdown(&self) -> Result<(), LedgerError> {

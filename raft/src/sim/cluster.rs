@@ -3,7 +3,7 @@
 
 use super::invariants::Invariants;
 use super::network::{Net, SimNetwork};
-use super::storage::{Disk, DiskFaults, MemStore, WriteKind};
+use super::storage::{Disk, DiskFaults, IoFault, MemStore, WriteKind};
 use super::trace::Trace;
 use crate::error::LedgerError;
 use crate::group::{Clock, Group};
@@ -25,6 +25,15 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Stops the groups a refused start had started already; returns `why` it was refused.
+async fn stop_started(groups: &[Group], why: String) -> String {
+    for group in groups {
+        // Stopped either way; a failure to stop is part of the refusal.
+        let _ = group.shutdown().await;
+    }
+    why
+}
 
 /// The simulated wall clock starts here (2023-11-14), so stamps look like real ones.
 const EPOCH_MS: u64 = 1_700_000_000_000;
@@ -101,6 +110,7 @@ struct ClusterState {
     clock_steps: BTreeMap<NodeId, Arc<AtomicI64>>,
     n_incarnations: u64,
     n_crashes: u64,
+    n_fatal_restarts: u64,
 }
 
 enum Slot {
@@ -122,7 +132,14 @@ impl Cluster {
         let net = Net::new(StdRng::seed_from_u64(rng.gen()));
         let nodes = (1..=shape.n_nodes).map(|id| (id, Slot::Down(BTreeMap::new()))).collect();
         let clock_steps = (1..=shape.n_nodes).map(|id| (id, Arc::default())).collect();
-        let state = ClusterState { rng, nodes, clock_steps, n_incarnations: 0, n_crashes: 0 };
+        let state = ClusterState {
+            rng,
+            nodes,
+            clock_steps,
+            n_incarnations: 0,
+            n_crashes: 0,
+            n_fatal_restarts: 0,
+        };
         let origin = tokio::time::Instant::now();
         let invariants = Arc::default();
         let state = Mutex::new(state);
@@ -202,6 +219,60 @@ impl Cluster {
         let Some(running) = self.running(id) else { return };
         running.store.set_slow(sync_max);
         self.trace.event(self.now_ms(), format!("node {id}'s disk syncs in up to {sync_max:?}"));
+    }
+
+    /// Makes node `id`'s device fail as `fault` says for `duration` (if the node is up),
+    /// then work again; a Raft group that stopped on a storage error meanwhile (openraft
+    /// stops the group's Raft on any) takes its process down, and the supervisor then
+    /// restarts it, as systemd restarts `solrouter ledger-node` when it exits.
+    pub fn fail_disk_for(self: &Arc<Self>, id: NodeId, fault: IoFault, duration: Duration) {
+        let Some(running) = self.running(id) else { return };
+        running.store.set_io_fault(Some(fault));
+        self.trace.event(self.now_ms(), format!("node {id}'s disk fails with {fault:?}"));
+        let cluster = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            running.store.set_io_fault(None);
+            cluster.trace.event(cluster.now_ms(), format!("node {id}'s disk works again"));
+            cluster.restart_if_stopped(id, &running).await;
+        });
+    }
+
+    /// Restarts node `id` if its incarnation `running` is still the one up and one of its
+    /// Raft groups stopped (on a storage error): what a supervisor does when the process
+    /// exits. Says whether it did.
+    async fn restart_if_stopped(&self, id: NodeId, running: &Arc<Running>) -> bool {
+        if !self.running(id).is_some_and(|now| Arc::ptr_eq(&now, running)) {
+            return false;
+        }
+        let Some(why) = running.groups.iter().find_map(Group::stopped) else { return false };
+        self.trace.event(self.now_ms(), format!("node {id}'s raft stopped ({why}): restart"));
+        self.lock().n_fatal_restarts += 1;
+        self.crash(id).await;
+        self.restart(id).await;
+        true
+    }
+
+    /// Restarts every node one of whose Raft groups stopped (see
+    /// [`Cluster::restart_if_stopped`]).
+    pub async fn restart_stopped(&self) {
+        for id in self.node_ids() {
+            if let Some(running) = self.running(id) {
+                self.restart_if_stopped(id, &running).await;
+            }
+        }
+    }
+
+    /// Restarts of a node whose Raft stopped on a storage error.
+    pub fn n_fatal_restarts(&self) -> u64 {
+        self.lock().n_fatal_restarts
+    }
+
+    /// Makes node `id`'s disk fast and working again, if the node is up.
+    pub fn heal_disk(&self, id: NodeId) {
+        let Some(running) = self.running(id) else { return };
+        running.store.set_slow(None);
+        running.store.set_io_fault(None);
     }
 
     /// Node `id`'s replica of `group`'s counters, if that node is up.
@@ -316,9 +387,17 @@ impl Cluster {
     /// by [`Cluster::start`]: a node started on an empty disk (wiped) waits to be
     /// contacted, and its peers refuse it, as `LedgerNode` does.
     pub async fn restart(&self, id: NodeId) {
+        if let Err(e) = self.try_restart(id).await {
+            panic!("node {id} does not start on what its own store kept: {e}");
+        }
+    }
+
+    /// [`Cluster::restart`], or why the node refuses to start (a torn or corrupt record on
+    /// its disk, say); a refused node stays down with its disk as it was.
+    pub async fn try_restart(&self, id: NodeId) -> Result<(), String> {
         let (disk, incarnation, mut rng, clock_step) = {
             let mut state = self.lock();
-            let Some(Slot::Down(disk)) = state.nodes.get(&id) else { return };
+            let Some(Slot::Down(disk)) = state.nodes.get(&id) else { return Ok(()) };
             let disk = disk.clone();
             state.n_incarnations += 1;
             let rng = StdRng::seed_from_u64(state.rng.gen());
@@ -328,9 +407,8 @@ impl Cluster {
         let store = MemStore::new(disk, StdRng::seed_from_u64(rng.gen()))
             .watched(id, Arc::clone(&self.invariants))
             .with_faults(self.shape.disk_faults);
-        let identity = incarnation::load_or_create(&store.tree(IDENTITY_TREE), id, rng.gen())
-            .await
-            .expect("a node's own disk holds its identity");
+        let identity =
+            incarnation::load_or_create(&store.tree(IDENTITY_TREE), id, rng.gen()).await?;
         let config = Arc::new(self.raft_config(&mut rng));
         let skew_max_ms = self.shape.clock_skew_max_ms as i64;
         let skew_ms = rng.gen_range(-skew_max_ms..=skew_max_ms);
@@ -345,11 +423,15 @@ impl Cluster {
         for group_idx in 0..self.shape.n_groups {
             let snapshots = store.tree(&format!("{group_idx}/snapshot"));
             let invariants = Arc::clone(&self.invariants);
-            let machine = StateMachine::restore(snapshots, group_idx, history.clone())
-                .expect("a snapshot it wrote decodes")
-                .observe_applies(Arc::new(move |entry| {
-                    invariants.entry_applied(id, group_idx, entry);
-                }));
+            let restored = StateMachine::restore(snapshots, group_idx, history.clone());
+            let restored = restored.map_err(|e| format!("group {group_idx}: {e}"));
+            let machine = match restored {
+                Ok(machine) => machine,
+                Err(e) => return Err(stop_started(&groups, e).await),
+            }
+            .observe_applies(Arc::new(move |entry| {
+                invariants.entry_applied(id, group_idx, entry);
+            }));
             let log = LogStore::new(
                 group_idx,
                 store.tree(&format!("{group_idx}/log")),
@@ -357,11 +439,15 @@ impl Cluster {
                 machine.saved_snapshot(),
             );
             let network = SimNetwork::new(Arc::clone(&self.net), identity, incarnation, group_idx);
-            let group =
+            let started =
                 Group::start_with(id, log, machine, Arc::clone(&config), network, clock.clone())
-                    .await
-                    .expect("a group starts on what its own store kept");
-            groups.push(group);
+                    .await;
+            match started {
+                Ok(group) => groups.push(group),
+                Err(e) => {
+                    return Err(stop_started(&groups, format!("group {group_idx}: {e}")).await)
+                }
+            }
         }
         let rafts = groups.iter().map(|g| g.raft().clone()).collect();
         self.net.node_up(id, incarnation, identity, rafts);
@@ -371,6 +457,18 @@ impl Cluster {
         let timeout_ms = config.election_timeout_min;
         self.trace
             .event(self.now_ms(), format!("start node {id} (election timeout {timeout_ms} ms)"));
+        Ok(())
+    }
+
+    /// Takes node `id`'s disk out while it is down, lets `damage` change it (a torn or a
+    /// bit-flipped record, as a crash mid-write or a failing medium leaves), and puts it
+    /// back. Says whether the node was down.
+    pub fn damage_disk(&self, id: NodeId, damage: impl FnOnce(&mut Disk)) -> bool {
+        let mut state = self.lock();
+        let Some(Slot::Down(disk)) = state.nodes.get_mut(&id) else { return false };
+        damage(disk);
+        self.trace.event(self.now_ms(), format!("damage node {id}'s disk"));
+        true
     }
 
     /// The node's Raft configuration: the production timings, except that the election

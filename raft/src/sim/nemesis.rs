@@ -4,11 +4,12 @@
 //! crashes and restarts, the current leader a favourite target: crashes right after a
 //! named write (a vote, an append, the committed index, a purge, a snapshot), crashes in
 //! the middle of an election, ledger outages longer than a hold lives, and wall clocks
-//! stepped forward or back.
+//! stepped forward or back, and disks failing for a while (EIO on every call, or ENOSPC
+//! on writes): a node whose Raft stopped on the error is restarted once the disk works.
 
 use super::cluster::Cluster;
 use super::network::Weather;
-use super::storage::WriteKind;
+use super::storage::{IoFault, WriteKind};
 use crate::types::NodeId;
 use crate::{ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN};
 use rand::rngs::StdRng;
@@ -35,6 +36,10 @@ const PAUSE_MIN: Duration = Duration::from_millis(50);
 const PAUSE_MAX: Duration = Duration::from_millis(3_000);
 /// How long a crash waits for the write it is to strike right after.
 const NAMED_WRITE_WAIT_MAX: Duration = Duration::from_millis(1_000);
+/// How long a disk fails, drawn from this range: from one failed write to a disk full
+/// for several election timeouts.
+const DISK_FAILURE_MIN: Duration = Duration::from_millis(20);
+const DISK_FAILURE_MAX: Duration = Duration::from_millis(3_000);
 /// Largest wall clock step, either way: an hour, a VM resumed or a time zone mistaken.
 const CLOCK_STEP_MS_MAX: i64 = 3_600_000;
 
@@ -64,8 +69,9 @@ impl Nemesis {
         cluster.net.set_weather(Weather::CALM);
         cluster.net.resume_all();
         for id in cluster.node_ids() {
-            cluster.set_slow_disk(id, None);
+            cluster.heal_disk(id);
         }
+        cluster.restart_stopped().await;
         for id in cluster.down_ids() {
             cluster.restart(id).await;
         }
@@ -79,7 +85,7 @@ impl Nemesis {
         // majority goes down too, and nothing may commit until it returns.
         let n_down_max =
             if self.rng.gen_ratio(1, 10) { ids.len() as u64 - 1 } else { ids.len() as u64 / 2 };
-        match self.rng.gen_range(0..100) {
+        match self.rng.gen_range(0..104) {
             0..=14 => self.partition_halves(&ids),
             15..=24 => {
                 let victim = self.leader_or_random(&ids);
@@ -119,6 +125,12 @@ impl Nemesis {
                 let pause = self.rng.gen_range(PAUSE_MIN..=PAUSE_MAX);
                 self.cluster.net.pause(victim, pause);
                 self.note(format!("pause node {victim} for {pause:?}"));
+            }
+            96..=99 if n_down < n_down_max => {
+                let victim = self.leader_or_random(&ids);
+                let fault = if self.rng.gen_bool(0.5) { IoFault::Eio } else { IoFault::Enospc };
+                let duration = self.rng.gen_range(DISK_FAILURE_MIN..=DISK_FAILURE_MAX);
+                self.cluster.fail_disk_for(victim, fault, duration);
             }
             _ => {
                 if let Some(id) = self.cluster.down_ids().choose(&mut self.rng).copied() {

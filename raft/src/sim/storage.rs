@@ -10,6 +10,9 @@
 //! the power went is some prefix; redb rolls back a torn transaction). Opt-in
 //! ([`DiskFaults`]): syncs that lie, acknowledged without landing, as sled's
 //! `sync_file_range` could; redb's `fsync` is honest, so no run of the seeds enables it.
+//! Failing devices ([`IoFault`], set by the nemesis for a while): EIO fails every read,
+//! write and sync, ENOSPC every write; a failed write is not applied (redb aborts the
+//! transaction), a failed sync lands nothing.
 
 use super::invariants::Invariants;
 use crate::codec;
@@ -36,6 +39,15 @@ const FLUSH_SLOW_ONE_IN: u32 = 20;
 pub struct DiskFaults {
     /// One sync in this many is acknowledged without making anything durable (0: never).
     pub lying_sync_one_in: u32,
+}
+
+/// A device failing for a while: what every call of the store fails with meanwhile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoFault {
+    /// EIO: reads, writes and syncs fail (a dying disk, a detached volume).
+    Eio,
+    /// ENOSPC: writes fail until space is freed; reads and syncs work.
+    Enospc,
 }
 
 /// What a node's disk holds: tree name → key → value.
@@ -66,6 +78,8 @@ struct Inner {
     /// survives it (the harshest power loss, so a write wrongly left unsynced is lost).
     lose_unsynced: bool,
     faults: DiskFaults,
+    /// While the device fails: how.
+    io_fault: Option<IoFault>,
     /// While the disk is slow: how long a sync takes at most instead.
     slow: Option<Duration>,
     /// The node this store belongs to and the run's invariants, told of each saved vote.
@@ -113,8 +127,14 @@ impl WriteKind {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("the simulated node crashed; its store is gone")]
-pub struct Crashed;
+pub enum StoreError {
+    #[error("the simulated node crashed; its store is gone")]
+    Crashed,
+    #[error("input/output error (os error 5, EIO)")]
+    Eio,
+    #[error("no space left on device (os error 28, ENOSPC)")]
+    Enospc,
+}
 
 impl MemStore {
     /// A store holding `disk`, all durable (a fresh disk, or what survived a crash).
@@ -129,6 +149,7 @@ impl MemStore {
             taken: false,
             lose_unsynced: false,
             faults: DiskFaults::default(),
+            io_fault: None,
             slow: None,
             watched: None,
             crash_after: None,
@@ -145,6 +166,11 @@ impl MemStore {
     /// device, a full write cache), or, with `None`, the usual time again.
     pub fn set_slow(&self, sync_max: Option<Duration>) {
         self.lock().slow = sync_max;
+    }
+
+    /// Makes the device fail as `fault` says until called again with `None`.
+    pub fn set_io_fault(&self, fault: Option<IoFault>) {
+        self.lock().io_fault = fault;
     }
 
     /// Tells `invariants` of every vote node `node` saves in this store.
@@ -215,10 +241,13 @@ impl MemStore {
         self.inner.lock().expect("store lock poisoned")
     }
 
-    fn write(&self, write: Write) -> Result<(), Crashed> {
+    fn write(&self, write: Write) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        if inner.crashed {
-            return Err(Crashed);
+        inner.usable()?;
+        match inner.io_fault {
+            Some(IoFault::Eio) => return Err(StoreError::Eio),
+            Some(IoFault::Enospc) => return Err(StoreError::Enospc),
+            None => {}
         }
         apply(&mut inner.live, &write);
         inner.journal.push(write);
@@ -229,22 +258,21 @@ impl MemStore {
         &self,
         tree: &str,
         f: impl FnOnce(&BTreeMap<Vec<u8>, Vec<u8>>) -> R,
-    ) -> Result<R, Crashed> {
+    ) -> Result<R, StoreError> {
         let inner = self.lock();
-        if inner.crashed {
-            return Err(Crashed);
+        inner.usable()?;
+        if inner.io_fault == Some(IoFault::Eio) {
+            return Err(StoreError::Eio);
         }
         let empty = BTreeMap::new();
         Ok(f(inner.live.get(tree).unwrap_or(&empty)))
     }
 
     /// Makes every write issued so far durable, after the disk's delay.
-    async fn sync(&self) -> Result<(), Crashed> {
+    async fn sync(&self) -> Result<(), StoreError> {
         let (n_target, delay, lies) = {
             let mut inner = self.lock();
-            if inner.crashed {
-                return Err(Crashed);
-            }
+            inner.usable()?;
             let slow = inner.slow;
             let delay = match slow {
                 Some(slow) => inner.rng.gen_range(Duration::ZERO..=slow),
@@ -257,8 +285,10 @@ impl MemStore {
         };
         tokio::time::sleep(delay).await;
         let mut inner = self.lock();
-        if inner.crashed {
-            return Err(Crashed);
+        inner.usable()?;
+        if inner.io_fault == Some(IoFault::Eio) {
+            // Nothing landed; a later sync or a crash's surviving prefix may still save it.
+            return Err(StoreError::Eio);
         }
         if lies {
             // Acknowledged, and nothing landed: a later honest sync may still save it.
@@ -272,6 +302,15 @@ impl MemStore {
         }
         inner.n_durable += n_new as u64;
         Ok(())
+    }
+}
+
+impl Inner {
+    fn usable(&self) -> Result<(), StoreError> {
+        match self.crashed {
+            true => Err(StoreError::Crashed),
+            false => Ok(()),
+        }
     }
 }
 
@@ -294,26 +333,26 @@ pub struct MemTree {
 
 impl KvTree for MemTree {
     type Value = Vec<u8>;
-    type Error = Crashed;
+    type Error = StoreError;
 
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Crashed> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.store.read(&self.name, |tree| tree.get(key).cloned())
     }
 
-    fn last(&self) -> Result<Option<Vec<u8>>, Crashed> {
+    fn last(&self) -> Result<Option<Vec<u8>>, StoreError> {
         self.store.read(&self.name, |tree| tree.values().next_back().cloned())
     }
 
     fn range(
         &self,
         range: (Bound<&[u8]>, Bound<&[u8]>),
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Crashed> {
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         self.store.read(&self.name, |tree| {
             tree.range::<[u8], _>(range).map(|(k, v)| (k.clone(), v.clone())).collect()
         })
     }
 
-    async fn write(&self, batch: KvBatch, durability: Durability) -> Result<(), Crashed> {
+    async fn write(&self, batch: KvBatch, durability: Durability) -> Result<(), StoreError> {
         let kind = WriteKind::of(&self.name, &batch);
         let write =
             batch.iter().map(|(key, value)| (self.name.clone(), key.clone(), value.clone()));

@@ -5,6 +5,10 @@
 //! longer than the hold lives), settle with usage that may exceed the hold and the funds.
 //! Every command, when it was first sent and when (if ever) its outcome arrived goes into
 //! the [`History`] the checks are made against.
+//!
+//! A retry of an acknowledged command must answer its first outcome; past the ledger's
+//! op-id and ended-hold windows only top-ups are retried ([`retriable`]), as no gateway
+//! retries anything else that late.
 
 use super::cluster::{Cluster, SubmitError};
 use crate::error::LedgerError;
@@ -14,6 +18,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use solrouter_ledger::{
     AccountId, Command, HoldId, KeyHash, KeyId, Op, OpId, Outcome, PicoUsd, Reply, RequestRecord,
+    HOLDS_REMEMBERED_FOR_MS, OPS_REMEMBERED_FOR_MS,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +41,28 @@ const UNIT: u128 = 1_000_000;
 /// ledger outages (see the nemesis) outlast many of them.
 const REQUEST_TTL_MS_MIN: u64 = 100;
 pub const REQUEST_TTL_MS_MAX: u64 = 3_000;
+/// How far ledger time (batch stamps, which the windows are measured in) may be off the
+/// simulated time since an acknowledgement: clock skew, and ledger time that advances by
+/// the leader's monotonic time, are well within it.
+pub const WINDOW_MARGIN_MS: u64 = 10_000;
+/// Rounds of [`ATTEMPTS_MAX`] attempts a client that resolves its own in-doubt commands
+/// makes before it leaves one in doubt.
+const IN_DOUBT_ROUNDS_MAX: u32 = 20;
+
+/// Whether a retry `age_ms` of simulated time after an outcome may come past the ledger's
+/// op-id or ended-hold window.
+pub fn late(age_ms: u64) -> bool {
+    age_ms + WINDOW_MARGIN_MS >= OPS_REMEMBERED_FOR_MS.min(HOLDS_REMEMBERED_FOR_MS)
+}
+
+/// Whether a gateway may retry `op` `age_ms` after its outcome, and so whether the ledger
+/// must answer the first outcome again: within the windows any op, past them top-ups only
+/// (remembered for the account's life). A settle past the ended-hold window is charged a
+/// second time (the ledger takes its forgotten hold for an expired one); the gateway's
+/// settle deadline, asserted within half the window, rules that retry out.
+pub fn retriable(op: &Op, age_ms: u64) -> bool {
+    !late(age_ms) || matches!(op, Op::Credit { .. })
+}
 
 /// Every command clients sent, and what was acknowledged for it, and the keys that exist.
 /// Bounded by the run: a client sends at most one command per round trip, for seconds of
@@ -48,6 +75,8 @@ pub struct History {
     /// A logical clock ordering sends and acknowledgements: the run is one thread, so
     /// "sent after that was acknowledged" is exactly `sent > answered`.
     ticks: AtomicU64,
+    /// Retries of acknowledged commands made past the op-id window.
+    n_late_retries: AtomicU64,
 }
 
 #[derive(Clone, Debug)]
@@ -59,6 +88,8 @@ pub struct Record {
     /// [`History::tick`] when the command was first sent, and when its outcome arrived.
     pub sent: u64,
     pub answered: u64,
+    /// Simulated time of the outcome, in ms since the cluster started.
+    pub answered_ms: u64,
 }
 
 impl History {
@@ -76,11 +107,21 @@ impl History {
         self.records.lock().expect("history lock poisoned").clone()
     }
 
-    pub fn set_outcome(&self, record_idx: usize, outcome: Outcome) {
+    pub fn set_outcome(&self, record_idx: usize, outcome: Outcome, answered_ms: u64) {
         let answered = self.tick();
         let mut records = self.records.lock().expect("history lock poisoned");
         records[record_idx].outcome = Some(outcome);
         records[record_idx].answered = answered;
+        records[record_idx].answered_ms = answered_ms;
+    }
+
+    /// Counts a retry made past the ledger's windows (see [`late`]).
+    pub fn retried_late(&self) {
+        self.n_late_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn n_late_retries(&self) -> u64 {
+        self.n_late_retries.load(Ordering::Relaxed)
     }
 
     pub fn add_key(&self, account: AccountId, key: KeyId) {
@@ -153,9 +194,14 @@ pub struct Client {
     accounts: Vec<AccountId>,
     /// Holds this client reserved and has not settled or released yet.
     holds: Vec<(AccountId, HoldId, PicoUsd)>,
-    /// Its own acknowledged records, to replay some of them mid-run.
-    acknowledged: Vec<(Command, Outcome)>,
+    /// Its own acknowledged records, to replay some of them mid-run, with the simulated
+    /// time of their outcome.
+    acknowledged: Vec<(Command, Outcome, u64)>,
     n_commands: u64,
+    /// Whether it retries a command left without an answer until one comes, as a gateway
+    /// does within its deadline, instead of leaving it in doubt for the final checks: in
+    /// runs longer than the op-id window, where a late retry could not settle the doubt.
+    resolves_in_doubt: bool,
 }
 
 impl Client {
@@ -168,7 +214,13 @@ impl Client {
             holds: Vec::new(),
             acknowledged: Vec::new(),
             n_commands: 0,
+            resolves_in_doubt: false,
         }
+    }
+
+    /// A client that retries each command until it has an answer (see the field).
+    pub fn resolving_in_doubt(self) -> Client {
+        Client { resolves_in_doubt: true, ..self }
     }
 
     /// Sends random commands until the simulated clock reaches `until_ms`.
@@ -187,11 +239,19 @@ impl Client {
         }
     }
 
-    /// Resends an acknowledged command: the ledger must answer with the same outcome, at
-    /// any time and whoever leads (the exactly-once check, during the faults).
+    /// Resends an acknowledged command a gateway may still retry ([`retriable`]): the
+    /// ledger must answer with the same outcome, at any time and whoever leads (the
+    /// exactly-once check, during the faults).
     async fn replay_one(&mut self) {
         let idx = self.router.rng.gen_range(0..self.acknowledged.len());
-        let (command, first) = self.acknowledged[idx].clone();
+        let (command, first, answered_ms) = self.acknowledged[idx].clone();
+        let age_ms = self.router.cluster.now_ms() - answered_ms;
+        if !retriable(&command.op, age_ms) {
+            return;
+        }
+        if late(age_ms) {
+            self.history.retried_late();
+        }
         if let Some(again) = self.router.submit(&command, ATTEMPTS_MAX).await {
             assert_eq!(again, first, "replaying acknowledged {command:?} changed its outcome");
         }
@@ -247,7 +307,14 @@ impl Client {
     /// Submits a command as a gateway would (bounded retries) and records it.
     async fn send(&mut self, command: Command) -> Option<Outcome> {
         let sent = self.history.tick();
-        let outcome = self.router.submit(&command, ATTEMPTS_MAX).await;
+        let mut outcome = self.router.submit(&command, ATTEMPTS_MAX).await;
+        let rounds = if self.resolves_in_doubt { IN_DOUBT_ROUNDS_MAX } else { 1 };
+        for _ in 1..rounds {
+            if outcome.is_some() {
+                break;
+            }
+            outcome = self.router.submit(&command, ATTEMPTS_MAX).await;
+        }
         self.record(command, outcome.clone(), sent);
         outcome
     }
@@ -255,6 +322,7 @@ impl Client {
     fn record(&mut self, command: Command, outcome: Option<Outcome>, sent: u64) {
         let answered = if outcome.is_some() { self.history.tick() } else { 0 };
         let cluster = &self.router.cluster;
+        let answered_ms = cluster.now_ms();
         let what = match &outcome {
             Some(outcome) => format!("client {} {} -> {outcome:?}", self.id, describe(&command)),
             None => format!("client {} {} in doubt", self.id, describe(&command)),
@@ -271,9 +339,9 @@ impl Client {
             {
                 self.history.add_key(*account, *key);
             }
-            self.acknowledged.push((command.clone(), outcome.clone()));
+            self.acknowledged.push((command.clone(), outcome.clone(), answered_ms));
         }
-        self.history.push(Record { command, outcome, sent, answered });
+        self.history.push(Record { command, outcome, sent, answered, answered_ms });
     }
 
     fn next_id(&mut self) -> u128 {
