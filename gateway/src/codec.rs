@@ -89,3 +89,31 @@ impl Codec for Chat {
         Box::new(ChunkEncoder::new(answer.id, answer.created_s, &answer.model.id))
     }
 }
+
+/// Arbitrary JSON for the codecs' property tests: nested arrays and objects whose keys
+/// and strings are drawn from `words` (an API's field names and values), so that the
+/// generated requests and answers get past the first type checks.
+#[cfg(test)]
+pub(crate) fn arbitrary_json(
+    words: &'static [&'static str],
+) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    let word = proptest::sample::select(words);
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        word.clone().prop_map(Value::from),
+    ];
+    leaf.prop_recursive(5, 64, 6, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::vec((word.clone(), inner), 0..6).prop_map(|entries| {
+                Value::Object(
+                    entries.into_iter().map(|(key, value)| (key.to_owned(), value)).collect(),
+                )
+            }),
+        ]
+    })
+}

@@ -1216,59 +1216,46 @@ mod tests {
 
     /// JSON trees built from the words a Messages request uses, so that arbitrary input
     /// reaches deep into the translation.
+    /// The words arbitrary requests and answers are built from: the API's own field names
+    /// and values, so that the generated JSON reaches past the first type check.
+    const WORDS: &[&str] = &[
+        "model",
+        "messages",
+        "role",
+        "user",
+        "assistant",
+        "content",
+        "type",
+        "text",
+        "image",
+        "source",
+        "base64",
+        "url",
+        "tool_use",
+        "tool_result",
+        "id",
+        "name",
+        "input",
+        "tool_use_id",
+        "tools",
+        "tool_choice",
+        "input_schema",
+        "thinking",
+        "budget_tokens",
+        "enabled",
+        "system",
+        "max_tokens",
+        "stream",
+        "output_config",
+        "format",
+        "json_schema",
+        "effort",
+        "any",
+        "tool",
+    ];
+
     fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
-        use proptest::prelude::*;
-        let word = prop_oneof![
-            Just("model"),
-            Just("messages"),
-            Just("role"),
-            Just("user"),
-            Just("assistant"),
-            Just("content"),
-            Just("type"),
-            Just("text"),
-            Just("image"),
-            Just("source"),
-            Just("base64"),
-            Just("url"),
-            Just("tool_use"),
-            Just("tool_result"),
-            Just("id"),
-            Just("name"),
-            Just("input"),
-            Just("tool_use_id"),
-            Just("tools"),
-            Just("tool_choice"),
-            Just("input_schema"),
-            Just("thinking"),
-            Just("budget_tokens"),
-            Just("enabled"),
-            Just("system"),
-            Just("max_tokens"),
-            Just("stream"),
-            Just("output_config"),
-            Just("format"),
-            Just("json_schema"),
-            Just("effort"),
-            Just("any"),
-            Just("tool"),
-        ];
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            word.clone().prop_map(Value::from),
-        ];
-        leaf.prop_recursive(5, 64, 6, move |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                proptest::collection::vec((word.clone(), inner), 0..6).prop_map(|entries| {
-                    Value::Object(
-                        entries.into_iter().map(|(key, value)| (key.to_owned(), value)).collect(),
-                    )
-                }),
-            ]
-        })
+        crate::codec::arbitrary_json(WORDS)
     }
 
     proptest::proptest! {

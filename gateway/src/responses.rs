@@ -1228,58 +1228,45 @@ mod tests {
 
     /// JSON trees built from the words a Responses request and a chat delta use, so that
     /// arbitrary input reaches deep into the translation.
+    /// The words arbitrary requests and answers are built from: the API's own field names
+    /// and values, so that the generated JSON reaches past the first type check.
+    const WORDS: &[&str] = &[
+        "model",
+        "input",
+        "instructions",
+        "role",
+        "user",
+        "assistant",
+        "developer",
+        "content",
+        "type",
+        "message",
+        "input_text",
+        "input_image",
+        "image_url",
+        "text",
+        "function_call",
+        "function_call_output",
+        "call_id",
+        "name",
+        "arguments",
+        "output",
+        "tools",
+        "function",
+        "tool_choice",
+        "format",
+        "json_schema",
+        "reasoning",
+        "effort",
+        "max_output_tokens",
+        "tool_calls",
+        "index",
+        "id",
+        "refusal",
+    ];
+
     fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
-        use proptest::prelude::*;
-        let word = prop_oneof![
-            Just("model"),
-            Just("input"),
-            Just("instructions"),
-            Just("role"),
-            Just("user"),
-            Just("assistant"),
-            Just("developer"),
-            Just("content"),
-            Just("type"),
-            Just("message"),
-            Just("input_text"),
-            Just("input_image"),
-            Just("image_url"),
-            Just("text"),
-            Just("function_call"),
-            Just("function_call_output"),
-            Just("call_id"),
-            Just("name"),
-            Just("arguments"),
-            Just("output"),
-            Just("tools"),
-            Just("function"),
-            Just("tool_choice"),
-            Just("format"),
-            Just("json_schema"),
-            Just("reasoning"),
-            Just("effort"),
-            Just("max_output_tokens"),
-            Just("tool_calls"),
-            Just("index"),
-            Just("id"),
-            Just("refusal"),
-        ];
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            word.clone().prop_map(Value::from),
-        ];
-        leaf.prop_recursive(5, 64, 6, move |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                proptest::collection::vec((word.clone(), inner), 0..6).prop_map(|entries| {
-                    Value::Object(
-                        entries.into_iter().map(|(key, value)| (key.to_owned(), value)).collect(),
-                    )
-                }),
-            ]
-        })
+        crate::codec::arbitrary_json(WORDS)
     }
 
     proptest::proptest! {
