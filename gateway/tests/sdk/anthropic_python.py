@@ -20,7 +20,7 @@ from decimal import Decimal
 
 import anthropic
 
-from sdk_common import BASE, IMAGE_URL, KEY, KINDS, SPEC, available, get, usd
+from sdk_common import BASE, IMAGE_URL, KEY, KINDS, SPEC, available, equal, get, usd
 
 # A case without a completion limit asks for as many tokens as the model allows (the
 # gateway caps `max_tokens` at the model's output limit), as the OpenAI SDKs do by
@@ -94,11 +94,6 @@ def streamed(client, case):
 def whole(client, case):
     message = client.messages.create(**params(case))
     return result_of(message, (message.usage.model_extra or {}).get("cost"))
-
-
-def equal(actual, expected, what):
-    if actual != expected:
-        raise AssertionError(f"{what}: {actual!r}, expected {expected!r}")
 
 
 def check(case, result):

@@ -21,7 +21,7 @@ from decimal import Decimal
 
 import openai
 
-from sdk_common import BASE, IMAGE_URL, KEY, KINDS, SPEC, available, get, usd
+from sdk_common import BASE, IMAGE_URL, KEY, KINDS, SPEC, available, check_answer, equal, get, usd
 
 # Answers the round trip's second request: the built-in mock, echoing the question (it
 # takes no tools, so the request declares none; tests/responses.rs declares them to
@@ -119,11 +119,6 @@ def helper_streamed(client, case):
     return result
 
 
-def equal(actual, expected, what):
-    if actual != expected:
-        raise AssertionError(f"{what}: {actual!r}, expected {expected!r}")
-
-
 def charged(result, model, streamed_):
     """`usage.cost` of an answer, checked against its generation record."""
     cost = getattr(result["usage"], "cost", None)
@@ -142,18 +137,7 @@ def charged(result, model, streamed_):
 def check(case, result):
     """Compares one answer with the case's expectations; returns its cost."""
     expect = case["expect"]
-    equal(result["text"], expect["text"], "text")
-    equal(result["finish_reason"], expect["finish_reason"], "finish_reason")
-    calls = expect.get("tool_calls", [])
-    equal(
-        [(call["name"], call["arguments"]) for call in result["tool_calls"]],
-        [(call["name"], call["arguments"]) for call in calls],
-        "tool calls",
-    )
-    for got, wanted in zip(result["tool_calls"], calls):
-        equal(got["id"], wanted["id"] or got["id"] or "a call id", "call id")
-    if "object" in expect:
-        equal(json.loads(result["text"]), expect["object"], "object")
+    check_answer(expect, result)
     usage = result["usage"]
     counts = {
         "prompt_tokens": usage.input_tokens,

@@ -56,6 +56,23 @@ def equal(actual, expected, what):
         raise AssertionError(f"{what}: {actual!r}, expected {expected!r}")
 
 
+def check_answer(expect, result, call_id="a call id"):
+    """The answer's text, finish reason, tool calls (names, arguments, ids) and parsed
+    object against the recording's `expect`."""
+    equal(result["text"], expect["text"], "text")
+    equal(result["finish_reason"], expect["finish_reason"], "finish_reason")
+    calls = expect.get("tool_calls", [])
+    equal(
+        [(call["name"], call["arguments"]) for call in result["tool_calls"]],
+        [(call["name"], call["arguments"]) for call in calls],
+        "tool calls",
+    )
+    for got, wanted in zip(result["tool_calls"], calls):
+        equal(got["id"], wanted["id"] or got["id"] or call_id, "call id")
+    if "object" in expect:
+        equal(json.loads(result["text"]), expect["object"], "object")
+
+
 def messages(case):
     """The case's prompt as OpenAI chat messages (the image as a data URL part)."""
     request = case["request"]
