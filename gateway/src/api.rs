@@ -3,7 +3,7 @@
 //! or hour), and the calling key.
 
 use crate::app::App;
-use crate::catalog::{Model, Price, Reducible};
+use crate::catalog::{Model, Price};
 use crate::error::ApiError;
 use crate::respond::{self, Response};
 use crate::wire;
@@ -13,16 +13,25 @@ use serde_json::{json, Value};
 use solrouter_ledger::{HoldId, KeyId, PicoUsd, RequestRecord};
 use solrouter_raft::{HistoryCursor, HistoryQuery, UsageQuery, HISTORY_PAGE_MAX};
 
-/// `GET /v1/api/models`: every model whose provider is configured, in OpenAI's list
-/// format with OpenRouter's `context_length`, `architecture`, `pricing` (USD per token
-/// as decimal strings) and `supported_parameters`. Public, like OpenRouter's.
+/// `GET /v1/api/models`: every model with a configured host, in OpenAI's list format
+/// with OpenRouter's `context_length`, `architecture`, `pricing` (USD per token as
+/// decimal strings) and `supported_parameters`, each of its cheapest configured
+/// endpoint (as OpenRouter lists a model's price). Public, like OpenRouter's.
 pub fn models(app: &'static App) -> Response {
     let data: Vec<Value> = app
         .catalog
         .models()
         .filter_map(|model| {
-            let (adapter, _) = app.providers.get(&model.provider)?;
-            Some(model_json(model, adapter.parameters()))
+            let (cheapest, adapter) = app
+                .catalog
+                .endpoints(&model.id)?
+                .iter()
+                .filter_map(|endpoint| {
+                    let (adapter, _) = app.providers.get(&endpoint.provider)?;
+                    Some((endpoint, adapter))
+                })
+                .min_by_key(|(endpoint, _)| endpoint.price_rank())?;
+            Some(model_json(cheapest, adapter.parameters()))
         })
         .collect();
     respond::json(StatusCode::OK, &json!({"object": "list", "data": data}))
@@ -42,28 +51,6 @@ fn pricing_json(price: &Price) -> Value {
         "request": Price::per_token_usd(price.per_request),
         "image": "0",
     })
-}
-
-/// The parameters of `passed` (what the model's adapter passes on) that the model can
-/// use: those of tools, structured output and reasoning only if it has the capability.
-/// An embedding model takes `encoding_format`, and `dimensions` if it can shorten its
-/// vectors.
-fn supported_parameters(model: &Model, passed: &[&'static str]) -> Vec<&'static str> {
-    if let Some(embedding) = &model.embedding {
-        let dimensions = (embedding.reducible != Reducible::No).then_some("dimensions");
-        return ["encoding_format"].into_iter().chain(dimensions).collect();
-    }
-    let capabilities = &model.capabilities;
-    passed
-        .iter()
-        .copied()
-        .filter(|&parameter| match parameter {
-            "tools" | "tool_choice" | "parallel_tool_calls" => capabilities.tools,
-            "response_format" | "structured_outputs" => capabilities.structured_output,
-            "reasoning_effort" => capabilities.reasoning,
-            _ => true,
-        })
-        .collect()
 }
 
 fn model_json(model: &Model, passed: &[&'static str]) -> Value {
@@ -89,7 +76,7 @@ fn model_json(model: &Model, passed: &[&'static str]) -> Value {
             "context_length": model.context_length,
             "max_completion_tokens": model.max_output_tokens,
         },
-        "supported_parameters": supported_parameters(model, passed),
+        "supported_parameters": model.supported_parameters(passed),
     })
 }
 
@@ -329,7 +316,7 @@ mod tests {
     fn supported_parameters_follow_the_capabilities() {
         let catalog = Catalog::builtin();
         let supported =
-            |id: &str| supported_parameters(catalog.get(id).unwrap(), &PARAMETERS_PASSED_THROUGH);
+            |id: &str| catalog.get(id).unwrap().supported_parameters(&PARAMETERS_PASSED_THROUGH);
         // Perplexity has neither tools nor reasoning.
         let sonar = supported("perplexity/sonar-pro");
         assert!(sonar.contains(&"temperature") && sonar.contains(&"seed"));

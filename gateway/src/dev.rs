@@ -64,7 +64,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = App {
         upstream: Upstream::try_new(config.upstream()).context("building the upstream client")?,
         providers: Providers::from_env(Some(mock_url)),
-        health: Health::new(catalog.models().map(|model| model.provider.as_str())),
+        health: Health::new(catalog.all_endpoints().iter().map(|model| model.provider.as_str())),
         catalog,
         config,
         admin_token,

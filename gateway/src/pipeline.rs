@@ -302,19 +302,21 @@ pub fn route_by<'c>(
     let mut candidates = Vec::with_capacity(ids.len());
     let mut first_skip = None;
     for id in ids {
-        let model = catalog.get(id).ok_or_else(|| ApiError::model_not_found(id))?;
-        let skip = refusal(id, model).or_else(|| {
-            (!providers.enabled(&model.provider)).then(|| {
-                let message =
-                    format!("provider `{}` of model `{id}` is not configured", model.provider);
-                ApiError::unavailable(message)
-            })
-        });
-        match skip {
-            Some(error) => {
-                first_skip.get_or_insert(error);
+        let endpoints = catalog.endpoints(id).ok_or_else(|| ApiError::model_not_found(id))?;
+        for model in endpoints {
+            let skip = refusal(id, model).or_else(|| {
+                (!providers.enabled(&model.provider)).then(|| {
+                    let message =
+                        format!("provider `{}` of model `{id}` is not configured", model.provider);
+                    ApiError::unavailable(message)
+                })
+            });
+            match skip {
+                Some(error) => {
+                    first_skip.get_or_insert(error);
+                }
+                None => candidates.push(model),
             }
-            None => candidates.push(model),
         }
     }
     match first_skip {
