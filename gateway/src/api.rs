@@ -55,11 +55,7 @@ fn pricing_json(price: &Price) -> Value {
 
 fn model_json(model: &Model, passed: &[&'static str]) -> Value {
     let pricing = pricing_json(&model.price);
-    // The dearer tier of a request whose prompt passes a threshold (Gemini 2.5 Pro above
-    // 200k tokens): the whole request pays it.
-    let long_context = model.long_context.as_ref().map(|tier| {
-        json!({"above_prompt_tokens": tier.above_prompt_tokens, "pricing": pricing_json(&tier.price)})
-    });
+    let long_context = long_context_json(model);
     json!({
         "id": model.id,
         "object": "model",
@@ -77,6 +73,77 @@ fn model_json(model: &Model, passed: &[&'static str]) -> Value {
             "max_completion_tokens": model.max_output_tokens,
         },
         "supported_parameters": model.supported_parameters(passed),
+    })
+}
+
+/// The model id of an endpoints path, `/v1/api/models/{author}/{slug}/endpoints`.
+pub fn endpoints_model_id(path: &str) -> Option<&str> {
+    let id = path.strip_prefix("/v1/api/models/")?.strip_suffix("/endpoints")?;
+    let (author, slug) = id.split_once('/')?;
+    let part = |text: &str| !text.is_empty() && !text.contains('/');
+    (part(author) && part(slug)).then_some(id)
+}
+
+/// `GET /v1/api/models/{author}/{slug}/endpoints`: the model and each of its configured
+/// endpoints, in OpenRouter's shape: host (`provider_name`, the name routing, responses
+/// and records use), prices, limits, quantization, supported parameters, and the
+/// gateway's live view over the last 30 minutes: `status` (0 healthy, -1 probing, -2
+/// failing: its circuit breaker), `uptime_last_30m` (percent of requests that did not
+/// fail by the host's fault), `latency_last_30m` (mean time to first token, ms) and
+/// `throughput_last_30m` (tokens per second); `null` without traffic. Public, like
+/// `/models`; an unknown model is a 404.
+pub fn endpoints(app: &'static App, path: &str) -> Result<Response, ApiError> {
+    let id = endpoints_model_id(path).unwrap_or_default();
+    let all = app.catalog.endpoints(id).ok_or_else(|| ApiError::model_not_found(id))?;
+    let model = &all[0];
+    let window = crate::health::BUCKETS;
+    let endpoints: Vec<Value> = all
+        .iter()
+        .filter_map(|endpoint| {
+            let (adapter, _) = app.providers.get(&endpoint.provider)?;
+            let recent = app.health.snapshot(endpoint, window);
+            let status = match app.health.view(endpoint).state {
+                crate::health::State::Closed => 0,
+                crate::health::State::HalfOpen => -1,
+                crate::health::State::Open => -2,
+            };
+            Some(json!({
+                "name": format!("{} | {}", endpoint.provider, endpoint.id),
+                "provider_name": endpoint.provider,
+                "context_length": endpoint.context_length,
+                "pricing": pricing_json(&endpoint.price),
+                "long_context": long_context_json(endpoint),
+                "quantization": endpoint.quantization,
+                "max_completion_tokens": endpoint.max_output_tokens,
+                "max_prompt_tokens": endpoint.context_length,
+                "supported_parameters": endpoint.supported_parameters(adapter.parameters()),
+                "status": status,
+                "uptime_last_30m": recent.uptime_percent(),
+                "latency_last_30m": recent.ttft_ms,
+                "throughput_last_30m": recent.tokens_per_second,
+            }))
+        })
+        .collect();
+    let hosts: Vec<&str> = all.iter().map(|endpoint| endpoint.provider.as_str()).collect();
+    let data = json!({
+        "id": model.id,
+        "name": model.id,
+        "created": model.created_s,
+        "description": format!("{}, served by {}", model.id, hosts.join(", ")),
+        "architecture": {
+            "input_modalities": model.input_modalities,
+            "output_modalities": model.output_modalities,
+        },
+        "endpoints": endpoints,
+    });
+    Ok(respond::json(StatusCode::OK, &json!({ "data": data })))
+}
+
+/// The dearer tier of a request whose prompt passes a threshold (Gemini 2.5 Pro above
+/// 200k tokens): the whole request pays it.
+fn long_context_json(model: &Model) -> Value {
+    model.long_context.as_ref().map_or(Value::Null, |tier| {
+        json!({"above_prompt_tokens": tier.above_prompt_tokens, "pricing": pricing_json(&tier.price)})
     })
 }
 
@@ -289,6 +356,21 @@ mod tests {
     use super::*;
     use crate::catalog::Catalog;
     use crate::providers::PARAMETERS_PASSED_THROUGH;
+
+    #[test]
+    fn endpoints_paths_name_a_model() {
+        let check = |path: &str, expected: Option<&str>| {
+            assert_eq!(endpoints_model_id(path), expected, "{path}");
+        };
+        check(
+            "/v1/api/models/meta-llama/llama-4-maverick/endpoints",
+            Some("meta-llama/llama-4-maverick"),
+        );
+        check("/v1/api/models/a/b/c/endpoints", None);
+        check("/v1/api/models//b/endpoints", None);
+        check("/v1/api/models/a/endpoints", None);
+        check("/v1/api/models/a/b", None);
+    }
 
     #[test]
     fn models_state_every_price_charged() {

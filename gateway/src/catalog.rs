@@ -208,7 +208,7 @@ impl Catalog {
         &self.endpoints
     }
 
-    fn parse(text: &str) -> Result<Catalog, CatalogError> {
+    pub(crate) fn parse(text: &str) -> Result<Catalog, CatalogError> {
         let file: CatalogFile =
             toml::from_str(text).map_err(|error| CatalogError::Syntax(error.to_string()))?;
         let mut catalog = Catalog {

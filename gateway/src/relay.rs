@@ -56,6 +56,9 @@ pub struct OpenStream {
     finished: bool,
     /// Upstream bytes read so far.
     bytes_read: u64,
+    /// When the first event arrived: the stream's generation time (its tokens per
+    /// second, `Health::record_tokens`) runs from it.
+    first_event_at: Instant,
 }
 
 struct NativeEvents {
@@ -88,6 +91,7 @@ pub async fn open(
             .map(|_| NativeEvents { parser: SseParser::new(), pending: Vec::new() }),
         finished: false,
         bytes_read: 0,
+        first_event_at: Instant::now(),
     };
     let first_event = async {
         while stream.pending.is_empty() && !stream.finished {
@@ -96,7 +100,10 @@ pub async fn open(
         Ok::<(), UpstreamError>(())
     };
     match tokio::time::timeout_at(deadlines.first_byte, first_event).await {
-        Ok(result) => result?,
+        Ok(result) => {
+            result?;
+            stream.first_event_at = Instant::now();
+        }
         Err(_) => {
             let message = "no stream event before the first-byte deadline";
             return Err(upstream::failure(
@@ -176,8 +183,13 @@ pub async fn run(
     let _ = reply.send(Ok(respond::event_stream(receiver)));
     let mut delivered = Delivered::default();
     let end = pump(&mut stream, &sender, encoder.as_mut(), &mut delivered).await;
-    if let End::Failed(error) = &end {
-        app.health.record(&model.provider, !is_outage(error));
+    match &end {
+        End::Failed(error) => app.health.record_broken(model, is_outage(error)),
+        End::Complete => {
+            let tokens = stream.translator.usage().completion_tokens;
+            app.health.record_tokens(model, tokens, stream.first_event_at.elapsed());
+        }
+        End::ClientGone => {}
     }
     let complete = match &end {
         End::Complete => true,
