@@ -1,7 +1,8 @@
 //! The official client SDKs against a real `solrouter dev` whose every provider is a
 //! fixture upstream serving recorded provider traffic from `tests/fixtures`: the
 //! `openai` Python package, the `openai` npm package, the Vercel AI SDK (`ai` with
-//! `@ai-sdk/openai-compatible`), through Chat Completions, the `openai` Python and npm
+//! `@ai-sdk/openai-compatible`, and `@ai-sdk/openai` for `embed` and `embedMany` on
+//! `mock/embed`), through Chat Completions, the `openai` Python and npm
 //! packages through the Responses API, and the `anthropic` Python
 //! package and `@anthropic-ai/sdk` npm package, through Anthropic Messages (Claude
 //! answered natively, the others translated); and the client libraries that take the
