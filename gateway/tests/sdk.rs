@@ -47,8 +47,9 @@ const EVERY_KIND: [&str; 4] = ["stream_text", "stream_tools", "structured", "ima
 /// The kinds the Anthropic SDKs drive: Anthropic's structured outputs (`output_format`)
 /// have no translation yet.
 const ANTHROPIC_KINDS: [&str; 3] = ["stream_text", "stream_tools", "image"];
-/// The kinds the OpenAI Agents SDK drives: an agent run streams text and tool calls.
-const AGENTS_KINDS: [&str; 2] = ["stream_text", "stream_tools"];
+/// The kinds the OpenAI Agents SDK drives: an agent run streams text and tool calls,
+/// and answers an image or a Pydantic `output_type` (see [`agents_sdk_requests`]).
+const AGENTS_KINDS: [&str; 4] = ["stream_text", "stream_tools", "structured", "image"];
 /// The kinds Instructor drives: a Pydantic model out of structured output.
 const INSTRUCTOR_KINDS: [&str; 1] = ["structured"];
 
@@ -100,9 +101,39 @@ fn shape(kind: &str) -> Shape {
     }
 }
 
+/// What one SDK's requests hold that the recordings' clients did not send, as a change
+/// to a case's `(JSON pointer, value)` expectations of the upstream request.
+type Expecting = fn(case: &str, expect: &mut [(String, Value)]);
+
+/// The Agents SDK names every output schema `final_output` (the Anthropic adapter names
+/// its forced tool after it), and sends every image part with OpenAI's default
+/// `detail: "auto"` (passed through to OpenAI-compatible hosts).
+fn agents_sdk_requests(case: &str, expect: &mut [(String, Value)]) {
+    for (at, value) in expect {
+        match (case, at.as_str()) {
+            ("anthropic/structured", "/tools/0/name" | "/tool_choice/name") => {
+                *value = Value::from("final_output");
+            }
+            ("openai-compatible/image", "/messages") => {
+                let parts =
+                    value.as_array_mut().into_iter().flatten().filter_map(|message| {
+                        message.get_mut("content").and_then(Value::as_array_mut)
+                    });
+                for part in parts.flatten() {
+                    if let Some(Value::Object(image)) = part.get_mut("image_url") {
+                        image.insert("detail".to_owned(), Value::from("auto"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The route of a case with a recording: its answer, and what the translated request
-/// must hold (the case's own expectations and the recorded request's values).
-fn route(case: &Case) -> Option<Route> {
+/// must hold (the case's own expectations and the recorded request's values, as
+/// `expecting` changes them).
+fn route(case: &Case, expecting: Expecting) -> Option<Route> {
     let recording = case.recording.as_ref()?;
     let format = match recording.format.as_str() {
         "json" => Recording::Json,
@@ -120,6 +151,7 @@ fn route(case: &Case) -> Option<Route> {
             expect.push((at.clone(), value.clone()));
         }
     }
+    expecting(&case.id, &mut expect);
     Some(Route {
         name: case.id.clone(),
         shape: shape(&case.kind),
@@ -140,10 +172,15 @@ struct Gateway {
 
 impl Gateway {
     async fn start() -> Gateway {
+        Gateway::start_expecting(|_, _| {}).await
+    }
+
+    /// A gateway whose upstreams expect what `expecting` says one SDK sends.
+    async fn start_expecting(expecting: Expecting) -> Gateway {
         let spec = spec();
         let mut routes: BTreeMap<&str, Vec<Route>> = BTreeMap::new();
         for case in &spec.cases {
-            if let Some(route) = route(case) {
+            if let Some(route) = route(case, expecting) {
                 let same_shape = routes.entry(&case.provider).or_default();
                 assert!(
                     same_shape.iter().all(|other| other.shape != route.shape),
@@ -420,7 +457,7 @@ async fn the_official_anthropic_node_sdk_through_every_wire_format() {
 #[tokio::test]
 async fn the_openai_agents_sdk_through_every_wire_format() {
     let python = python_with(MAIN_VENV, "agents");
-    let gateway = Gateway::start().await;
+    let gateway = Gateway::start_expecting(agents_sdk_requests).await;
     gateway.run_sdk("OpenAI Agents SDK", &python, &["agents_python.py"], &AGENTS_KINDS).await;
 }
 
