@@ -81,9 +81,11 @@ def model_of(name, schema):
 
 
 def check_answer(expect, result, call_id="a call id"):
-    """The answer's text, finish reason, tool calls (names, arguments, ids) and parsed
-    object against the recording's `expect`."""
+    """The answer's text, reasoning (where the script reads it), finish reason, tool
+    calls (names, arguments, ids) and parsed object against the recording's `expect`."""
     equal(result["text"], expect["text"], "text")
+    if "reasoning" in result:
+        equal(result["reasoning"], expect.get("reasoning", ""), "reasoning")
     equal(result["finish_reason"], expect["finish_reason"], "finish_reason")
     calls = expect.get("tool_calls", [])
     equal(

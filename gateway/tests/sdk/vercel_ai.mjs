@@ -1,8 +1,9 @@
 // Drives a running `solrouter dev` with the Vercel AI SDK (`ai` with
 // `@ai-sdk/openai-compatible`) through every case of cases.json: `streamText` for
 // streamed text and tool calls, `generateObject` for structured output, `generateText`
-// with an image part. `usage.cost` reaches the SDK's provider metadata through the
-// provider's documented `metadataExtractor`. Then `embed` and `embedMany` with the
+// with an image part, each answer's reasoning read as the SDK offers it. `usage.cost`
+// reaches the SDK's provider metadata through the provider's documented
+// `metadataExtractor`. Then `embed` and `embedMany` with the
 // `@ai-sdk/openai` provider's embedding model on `mock/embed`: the vectors, the usage
 // and the cost of each answer. Started by tests/sdk.rs.
 
@@ -75,9 +76,11 @@ function callSettings(testCase) {
 async function stream(testCase) {
   const result = streamText(callSettings(testCase));
   let text = '';
+  let reasoning = '';
   const toolCalls = [];
   for await (const part of result.fullStream) {
     if (part.type === 'text-delta') text += part.text;
+    if (part.type === 'reasoning-delta') reasoning += part.text;
     if (part.type === 'tool-call') {
       toolCalls.push({ id: part.toolCallId, name: part.toolName, input: part.input });
     }
@@ -85,6 +88,7 @@ async function stream(testCase) {
   }
   return {
     text,
+    reasoning,
     toolCalls,
     finishReason: await result.finishReason,
     usage: await result.usage,
@@ -103,6 +107,7 @@ async function structured(testCase) {
   });
   return {
     text: result.response.body.choices[0].message.content,
+    reasoning: result.reasoning ?? '',
     toolCalls: [],
     object: result.object,
     finishReason: result.finishReason,
@@ -116,6 +121,7 @@ async function generate(testCase) {
   const result = await generateText(callSettings(testCase));
   return {
     text: result.text,
+    reasoning: result.reasoningText ?? '',
     toolCalls: result.toolCalls.map((call) => ({ id: call.toolCallId, name: call.toolName, input: call.input })),
     finishReason: result.finishReason,
     usage: result.usage,
@@ -140,6 +146,7 @@ async function runCase(testCase) {
   }
   const result = await run(testCase);
   assertEqual(result.text, expect.text, 'text');
+  assertEqual(result.reasoning, expect.reasoning ?? '', 'reasoning');
   assertEqual(result.finishReason, expect.finish_reason.replace('_', '-'), 'finishReason');
   const wanted = expect.tool_calls ?? [];
   assertEqual(
