@@ -44,8 +44,9 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 const CREDIT_USD: &str = "20.00";
 /// Every case kind of cases.json.
 const EVERY_KIND: [&str; 4] = ["stream_text", "stream_tools", "structured", "image"];
-/// The kinds the Anthropic SDKs drive: Anthropic's structured outputs (`output_format`)
-/// have no translation yet.
+/// The kinds the Anthropic SDKs drive. Structured output is left out: Anthropic's
+/// `output_config.format` (translated, see `messages.rs`) asks for a JSON schema only,
+/// and the DeepSeek case wants a JSON object, which its model has instead.
 const ANTHROPIC_KINDS: [&str; 3] = ["stream_text", "stream_tools", "image"];
 /// The kinds the OpenAI Agents SDK drives: an agent run streams text and tool calls,
 /// and answers an image or a Pydantic `output_type` (see [`agents_sdk_requests`]).
