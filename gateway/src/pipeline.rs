@@ -513,9 +513,10 @@ async fn forward(app: &'static App, context: RequestContext, reply: Reply) {
 
 /// Stage 7 of every endpoint: tries each candidate in order through `attempt`, falling
 /// back to the next on an upstream failure that allows it, and yields the first answer
-/// with the model that gave it, or the error to answer the client with. Each attempt is
-/// gated by its provider's circuit breaker and recorded in it, so a provider that keeps
-/// failing is skipped (the request falls back at once) until a probe finds it healthy.
+/// with the endpoint that gave it, or the error to answer the client with. Each attempt
+/// is gated by its endpoint's circuit breaker and recorded in it and in the endpoint's
+/// statistics, so an endpoint that keeps failing is skipped (the request falls back at
+/// once) until a probe finds it healthy.
 pub async fn first_answer<T, Attempt, Attempting>(
     app: &'static App,
     candidates: &[&'static Model],
