@@ -224,6 +224,7 @@ fn generation_json(hold: HoldId, record: &RequestRecord) -> Value {
         "streamed": record.streamed,
         "status": record.status,
         "latency": record.latency_ms,
+        "ttft_ms": record.ttft_ms,
         "tokens_prompt": record.prompt_tokens,
         "tokens_completion": record.completion_tokens,
         "native_tokens_reasoning": record.reasoning_tokens,
@@ -254,7 +255,7 @@ fn parse_number<T: std::str::FromStr>(name: &'static str, value: &str) -> Result
     value.parse().map_err(|_| ApiError::invalid_param(name, "must be a non-negative integer"))
 }
 
-fn parse_hex_u64(name: &'static str, value: &str) -> Result<u64, ApiError> {
+pub fn parse_hex_u64(name: &'static str, value: &str) -> Result<u64, ApiError> {
     let valid = value.len() == 16 && value.bytes().all(|b| b.is_ascii_hexdigit());
     let parsed = valid.then(|| u64::from_str_radix(value, 16).ok()).flatten();
     parsed.ok_or_else(|| ApiError::invalid_param(name, "must be an id of 16 hex digits"))
