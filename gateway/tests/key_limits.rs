@@ -294,3 +294,41 @@ async fn dev_mode_generates_a_webhook_secret_in_its_data_directory() {
     assert_eq!(status, 200);
     assert_eq!(dev.account(&account).await["credits"], "6.00", "$5 demo credit plus $1, once");
 }
+
+/// `/activity` pages its daily rows by model and key and filters them; with
+/// `view=requests` it pages the requests themselves.
+#[tokio::test]
+async fn activity_pages_aggregates_by_key_and_model_and_requests() {
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &[]);
+    let (account, first) = dev.funded_account("10.00").await;
+    let (second_id, second) = dev.create_key(&account).await;
+    for key in [&first, &first, &second] {
+        let (status, answer) = dev.chat(key, &hello()).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, all) = dev.get("/v1/api/activity", &first).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["data"].as_array().unwrap().len(), 2, "a row per key: {all}");
+    assert_eq!(all["next_cursor"], Value::Null);
+    let (status, page) = dev.get("/v1/api/activity?limit=1", &first).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["data"].as_array().unwrap().len(), 1);
+    let next = page["next_cursor"].as_str().unwrap().to_owned();
+    let (_, rest) = dev.get(&format!("/v1/api/activity?limit=1&cursor={next}"), &first).await;
+    assert_eq!(rest["data"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["next_cursor"], Value::Null);
+    assert_ne!(page["data"][0]["key_id"], rest["data"][0]["key_id"]);
+    let (_, only) =
+        dev.get(&format!("/v1/api/activity?key={second_id}&model=mock/echo"), &first).await;
+    assert_eq!(only["data"].as_array().unwrap().len(), 1);
+    assert_eq!(only["data"][0]["requests"], 1, "{only}");
+    let (_, none) = dev.get("/v1/api/activity?model=mock/unavailable", &first).await;
+    assert_eq!(none["data"], json!([]));
+
+    let (status, requests) = dev.get("/v1/api/activity?view=requests&limit=2", &first).await;
+    assert_eq!(status, 200, "{requests}");
+    assert_eq!(requests["data"].as_array().unwrap().len(), 2);
+    assert!(requests["next_cursor"].is_string(), "{requests}");
+    assert!(requests["data"][0]["ttft_ms"].is_u64(), "{requests}");
+}
