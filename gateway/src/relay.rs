@@ -56,8 +56,8 @@ pub struct OpenStream {
     finished: bool,
     /// Upstream bytes read so far.
     bytes_read: u64,
-    /// When the first event arrived: the stream's generation time (its tokens per
-    /// second, `Health::record_tokens`) runs from it.
+    /// When the first event arrived: the request's time to first token; the stream's
+    /// generation time (its tokens per second, `Health::record_tokens`) runs from it.
     first_event_at: Instant,
 }
 
@@ -100,10 +100,7 @@ pub async fn open(
         Ok::<(), UpstreamError>(())
     };
     match tokio::time::timeout_at(deadlines.first_byte, first_event).await {
-        Ok(result) => {
-            result?;
-            stream.first_event_at = Instant::now();
-        }
+        Ok(result) => result?,
         Err(_) => {
             let message = "no stream event before the first-byte deadline";
             return Err(upstream::failure(
@@ -115,6 +112,7 @@ pub async fn open(
             .into());
         }
     }
+    stream.first_event_at = Instant::now();
     Ok(stream)
 }
 
@@ -197,6 +195,7 @@ pub async fn run(
         End::ClientGone => drain(&mut stream).await,
     };
     let reported = stream.translator.usage();
+    let first_output = (!delivered.is_empty()).then_some(stream.first_event_at);
     drop(stream); // Cancels the upstream request if it is still open.
     let status = match &end {
         End::Complete => StatusCode::OK,
@@ -214,7 +213,8 @@ pub async fn run(
         let billed = context.bill(model, reported, complete, delivered).await;
         let waived = !matches!(end, End::ClientGone) && waives(app, &billed, failed, empty);
         let cost = model.cost(&billed.usage);
-        let cost = hold.settle(cost, context.record(model, &billed, status, waived)).await;
+        let record = context.record(model, &billed, status, waived, first_output);
+        let cost = hold.settle(cost, record).await;
         observe_cost(model, cost);
         (billed.usage, cost)
     };
