@@ -2,6 +2,7 @@
 //! Ids travel as 16 hex digits (u64 does not survive JavaScript's numbers); money as
 //! decimal USD strings, exact.
 
+use crate::account::{self, Actor, KeyFields};
 use crate::api::authorization;
 use crate::app::App;
 use crate::error::ApiError;
@@ -43,6 +44,9 @@ pub async fn handle(app: &'static App, request: Request<Incoming>) -> Result<Res
             create_key(app, parse_id(id, "account id")?, request).await
         }
         (Method::DELETE, ["keys", id]) => revoke_key(app, KeyId(parse_id(id, "key id")?)).await,
+        (Method::PATCH, ["keys", id]) => {
+            update_key(app, KeyId(parse_id(id, "key id")?), request).await
+        }
         (Method::GET, ["audit"]) => audit(app).await,
         _ => Err(ApiError::not_found(format!("no admin route for {} {path}", request.method()))),
     }
@@ -98,18 +102,34 @@ async fn credit(
     }
 }
 
+/// A key for the account: a name, optionally `limit` (USD) with `limit_reset`,
+/// `requests_per_minute`, `tokens_per_minute` and `management` (see [`KeyFields`]).
 async fn create_key(
     app: &'static App,
     account: u64,
     request: Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let body: NameBody = json_body(request).await?;
-    check_name(&body.name)?;
-    let (key_id, key) = (KeyId(keys::random_u64()), keys::mint(AccountId(account)));
-    let created = app.bank.create_key(AccountId(account), key_id, body.name, key.hash).await?;
-    expect_accepted(created)?;
-    let body = json!({"id": hex_id(key_id.0), "key": key.text, "account": hex_id(account)});
+    let fields: KeyFields = json_body(request).await?;
+    let new = fields.new_key()?;
+    let created = account::create_key(&app.bank, AccountId(account), &Actor::Admin, new).await?;
+    let mut body = account::key_json(created.id, &created.key, crate::bank::now_ms());
+    body["key"] = json!(created.text);
+    body["account"] = json!(hex_id(account));
     Ok(respond::json(StatusCode::CREATED, &body))
+}
+
+/// Changes a key's name, disabled flag or limits (the fields of [`KeyFields`] present).
+async fn update_key(
+    app: &'static App,
+    key: KeyId,
+    request: Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let owner = app.bank.key(key).await?.map(|entry| entry.account);
+    let account = owner.ok_or_else(|| ApiError::not_found("unknown key"))?;
+    let fields: KeyFields = json_body(request).await?;
+    let updated = account::update_key(&app.bank, account, &Actor::Admin, key, fields.update()?);
+    let body = account::key_json(key, &updated.await?, crate::bank::now_ms());
+    Ok(respond::json(StatusCode::OK, &body))
 }
 
 async fn revoke_key(app: &'static App, key: KeyId) -> Result<Response, ApiError> {
@@ -151,7 +171,8 @@ async fn audit(app: &'static App) -> Result<Response, ApiError> {
     Ok(respond::json(StatusCode::OK, &body))
 }
 
-async fn json_body<T: for<'de> Deserialize<'de>>(
+/// A JSON body of at most [`ADMIN_BODY_BYTES_MAX`] (also the customer key API's bodies).
+pub async fn json_body<T: for<'de> Deserialize<'de>>(
     request: Request<Incoming>,
 ) -> Result<T, ApiError> {
     let (head, body) = request.into_parts();
@@ -161,7 +182,7 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
         .map_err(|error| ApiError::malformed(format!("invalid request body: {error}")))
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
+pub fn check_name(name: &str) -> Result<(), ApiError> {
     if name.is_empty() || name.len() > NAME_BYTES_MAX {
         return Err(ApiError::invalid_param(
             "name",

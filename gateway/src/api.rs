@@ -2,7 +2,9 @@
 //! the account's credits, its request history (one request, pages of them, usage per day
 //! or hour), and the calling key.
 
+use crate::account;
 use crate::app::App;
+use crate::bank::KeyUse;
 use crate::catalog::{Model, Price, Reducible};
 use crate::error::ApiError;
 use crate::respond::{self, Response};
@@ -10,7 +12,7 @@ use crate::wire;
 use http::{header::AUTHORIZATION, HeaderMap, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use solrouter_ledger::{HoldId, KeyId, PicoUsd, RequestRecord};
+use solrouter_ledger::{HoldId, KeyId, RequestRecord};
 use solrouter_raft::{HistoryCursor, HistoryQuery, UsageQuery, HISTORY_PAGE_MAX};
 
 /// `GET /v1/api/models`: every model whose provider is configured, in OpenAI's list
@@ -97,7 +99,7 @@ fn model_json(model: &Model, passed: &[&'static str]) -> Value {
 
 /// `GET /v1/api/credits`: the account's top-ups and spend, in USD.
 pub async fn credits(app: &'static App, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let caller = app.bank.authenticate(headers).await?;
+    let caller = app.bank.authenticate_for(headers, KeyUse::Read).await?;
     let account = app.bank.account(caller.account).await?;
     let account =
         account.ok_or_else(|| ApiError::unauthorized("the key's account no longer exists"))?;
@@ -114,7 +116,7 @@ pub async fn generation(
     app: &'static App,
     request: &Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let caller = app.bank.authenticate(request.headers()).await?;
+    let caller = app.bank.authenticate_for(request.headers(), KeyUse::Read).await?;
     let id = query_params(request)
         .find_map(|(name, value)| (name == "id").then_some(value))
         .ok_or_else(|| ApiError::invalid_param("id", "is required"))?;
@@ -136,7 +138,7 @@ pub async fn generations(
     app: &'static App,
     request: &Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let caller = app.bank.authenticate(request.headers()).await?;
+    let caller = app.bank.authenticate_for(request.headers(), KeyUse::Read).await?;
     let mut query =
         HistoryQuery { limit: GENERATIONS_PAGE_DEFAULT, ..HistoryQuery::all(caller.account) };
     for (name, value) in query_params(request) {
@@ -165,16 +167,27 @@ pub async fn generations(
     Ok(respond::json(StatusCode::OK, &json!({ "data": data, "next_cursor": next })))
 }
 
+/// Aggregate rows per page of `/activity` unless `limit` says otherwise.
+const ACTIVITY_PAGE_DEFAULT: usize = 1000;
+/// Most aggregate rows per page of `/activity`.
+const ACTIVITY_PAGE_MAX: usize = 10_000;
+
 /// `GET /v1/api/activity`: the account's usage summed per day (or per hour with
 /// `bucket=hour`), model and key, over `from`..`to` (Unix seconds; default the last 30
-/// days), oldest first, in OpenRouter's `/activity` field names.
+/// days), oldest first, in OpenRouter's `/activity` field names; filtered by `key` and
+/// `model`, paged by `limit` (default 1,000, at most 10,000 rows) and `cursor` (the
+/// previous page's `next_cursor`). With `view=requests` it answers the requests
+/// themselves instead, paginated and filtered as `/generations` does.
 pub async fn activity(
     app: &'static App,
     request: &Request<Incoming>,
 ) -> Result<Response, ApiError> {
     const HOUR_MS: u64 = 60 * 60 * 1000;
     const DAY_MS: u64 = 24 * HOUR_MS;
-    let caller = app.bank.authenticate(request.headers()).await?;
+    if query_params(request).any(|(name, value)| name == "view" && value == "requests") {
+        return generations(app, request).await;
+    }
+    let caller = app.bank.authenticate_for(request.headers(), KeyUse::Read).await?;
     let now_ms = crate::bank::now_ms();
     let mut query = UsageQuery {
         account: caller.account,
@@ -182,6 +195,7 @@ pub async fn activity(
         to_ms: now_ms.saturating_add(HOUR_MS),
         bucket_ms: DAY_MS,
     };
+    let (mut key, mut model, mut limit, mut offset) = (None, None, ACTIVITY_PAGE_DEFAULT, 0);
     for (name, value) in query_params(request) {
         match (&*name, &*value) {
             ("bucket", "day") => query.bucket_ms = DAY_MS,
@@ -189,12 +203,29 @@ pub async fn activity(
             ("bucket", _) => return Err(ApiError::invalid_param("bucket", "must be day or hour")),
             ("from", _) => query.from_ms = seconds_to_ms("from", &value)?,
             ("to", _) => query.to_ms = seconds_to_ms("to", &value)?,
+            ("key", _) => key = Some(KeyId(parse_hex_u64("key", &value)?)),
+            ("model", _) => model = Some(value.into_owned()),
+            ("limit", _) => {
+                limit = parse_number("limit", &value)?;
+                if !(1..=ACTIVITY_PAGE_MAX).contains(&limit) {
+                    let reason = format!("must be within 1..={ACTIVITY_PAGE_MAX}");
+                    return Err(ApiError::invalid_param("limit", reason));
+                }
+            }
+            ("cursor", _) => offset = parse_number("cursor", &value)?,
             _ => {}
         }
     }
     let rows = app.bank.usage(query).await?;
-    let data: Vec<Value> = rows
+    let matching = rows.iter().filter(|row| {
+        key.is_none_or(|key| row.key == Some(key))
+            && model.as_deref().is_none_or(|model| row.model == model)
+    });
+    let page: Vec<_> = matching.skip(offset).take(limit + 1).collect();
+    let next = (page.len() > limit).then(|| (offset + limit).to_string());
+    let data: Vec<Value> = page
         .iter()
+        .take(limit)
         .map(|row| {
             json!({
                 "date": utc_rfc3339(row.start_ms),
@@ -212,7 +243,7 @@ pub async fn activity(
             })
         })
         .collect();
-    Ok(respond::json(StatusCode::OK, &json!({ "data": data })))
+    Ok(respond::json(StatusCode::OK, &json!({ "data": data, "next_cursor": next })))
 }
 
 /// One request as `/generation` and `/generations` show it.
@@ -224,6 +255,7 @@ fn generation_json(hold: HoldId, record: &RequestRecord) -> Value {
         "streamed": record.streamed,
         "status": record.status,
         "latency": record.latency_ms,
+        "ttft_ms": record.ttft_ms,
         "tokens_prompt": record.prompt_tokens,
         "tokens_completion": record.completion_tokens,
         "native_tokens_reasoning": record.reasoning_tokens,
@@ -254,7 +286,7 @@ fn parse_number<T: std::str::FromStr>(name: &'static str, value: &str) -> Result
     value.parse().map_err(|_| ApiError::invalid_param(name, "must be a non-negative integer"))
 }
 
-fn parse_hex_u64(name: &'static str, value: &str) -> Result<u64, ApiError> {
+pub fn parse_hex_u64(name: &'static str, value: &str) -> Result<u64, ApiError> {
     let valid = value.len() == 16 && value.bytes().all(|b| b.is_ascii_hexdigit());
     let parsed = valid.then(|| u64::from_str_radix(value, 16).ok()).flatten();
     parsed.ok_or_else(|| ApiError::invalid_param(name, "must be an id of 16 hex digits"))
@@ -277,21 +309,14 @@ fn parse_cursor(value: &str) -> Result<HistoryCursor, ApiError> {
     Ok(HistoryCursor { created_ms, hold: HoldId(hold) })
 }
 
-/// `GET /v1/api/key`: the calling key's name and what it has spent.
+/// `GET /v1/api/key`: the calling key (of either kind) in OpenRouter's shape: its name,
+/// usage (all time, this UTC day, week and month), spend limit, what remains of it and
+/// when it resets, and its rate limits ([`account::key_json`]).
 pub async fn key(app: &'static App, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let caller = app.bank.authenticate(headers).await?;
-    let key = app.bank.key(caller.key).await?;
+    let caller = app.bank.authenticate_for(headers, KeyUse::Read).await?;
+    let key = app.bank.key_of(caller.account, caller.key).await?;
     let key = key.ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
-    let usage: PicoUsd = key.usage;
-    let data = json!({
-        "id": format!("{:016x}", caller.key.0),
-        "label": key.name,
-        "name": key.name,
-        "usage": usage.to_usd_f64(),
-        "limit": null,
-        "limit_remaining": null,
-        "is_free_tier": false,
-    });
+    let data = account::key_json(caller.key, &key, crate::bank::now_ms());
     Ok(respond::json(StatusCode::OK, &json!({ "data": data })))
 }
 

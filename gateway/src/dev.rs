@@ -9,10 +9,10 @@ use crate::health::Health;
 use crate::keys;
 use crate::providers::Providers;
 use crate::upstream::Upstream;
-use crate::{mock, server, telemetry};
+use crate::{mock, payments, server, telemetry};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use solrouter_ledger::{AccountId, KeyId, PicoUsd, Rejection};
+use solrouter_ledger::{AccountId, KeyId, KeyKind, KeyLimits, PicoUsd, Rejection};
 use solrouter_raft::LedgerNode;
 use std::io::Write;
 use std::path::Path;
@@ -60,6 +60,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     ensure_demo_account(&bank, &data_dir).await?;
+    let webhook_secret = match config.webhook_secret() {
+        Some(secret) => secret.to_owned(),
+        None => {
+            let (secret, path) =
+                payments::dev_secret(&data_dir).context("making the webhook secret")?;
+            say(&format!(
+                "payments webhook secret: in {} (generated; set SOLROUTER_WEBHOOK_SECRET to                  choose one)",
+                path.display()
+            ));
+            secret
+        }
+    };
     let catalog = Catalog::builtin();
     let app = App {
         upstream: Upstream::try_new(config.upstream()).context("building the upstream client")?,
@@ -68,6 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         catalog,
         config,
         admin_token,
+        webhook_secret: Some(webhook_secret),
         bank,
         metrics,
     }
@@ -108,7 +121,8 @@ async fn ensure_demo_account(bank: &Bank, data_dir: &Path) -> anyhow::Result<()>
         anyhow::bail!("crediting the demo account: {rejection}");
     }
     let key = keys::mint(account);
-    let created = bank.create_key(account, KeyId(keys::random_u64()), "demo".into(), key.hash);
+    let (id, kind, limits) = (KeyId(keys::random_u64()), KeyKind::Inference, KeyLimits::default());
+    let created = bank.create_key(account, id, "demo".into(), key.hash, kind, limits);
     if let Err(rejection) = created.await? {
         anyhow::bail!("creating the demo key: {rejection}");
     }

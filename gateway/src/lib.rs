@@ -9,6 +9,7 @@
 //! and no input may make it panic or hold a connection without a deadline.
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod admin;
 pub mod api;
 pub mod app;
@@ -26,6 +27,7 @@ pub mod ledger_server;
 pub mod messages;
 pub mod mock;
 pub mod parse;
+pub mod payments;
 pub mod pipeline;
 pub mod providers;
 pub mod relay;

@@ -50,7 +50,7 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::Value;
 use solrouter_ledger::{
-    signed_usd, HoldId, PicoUsd, Rejection, Reply as LedgerReply, RequestRecord,
+    signed_usd, HoldId, PicoUsd, RateLimit, Rejection, Reply as LedgerReply, RequestRecord,
 };
 use std::future::Future;
 use tokio::sync::oneshot;
@@ -82,13 +82,16 @@ pub struct RequestContext {
 
 impl RequestContext {
     /// The record the settle stores: what the request used, cost and how it ended;
-    /// `waived`: the customer is not charged ([`waives`]).
+    /// `waived`: the customer is not charged ([`waives`]); `first_output`: when the first
+    /// output arrived from upstream (a stream's first event, a plain answer whole), if
+    /// any did.
     pub fn record(
         &self,
         model: &Model,
         billed: &Billed,
         status: StatusCode,
         waived: bool,
+        first_output: Option<Instant>,
     ) -> RequestRecord {
         let usage = &billed.usage;
         RequestRecord {
@@ -106,6 +109,8 @@ impl RequestContext {
             usage_estimated: billed.estimated,
             usage_clamped: billed.clamped,
             waived,
+            ttft_ms: first_output
+                .map(|at| at.saturating_duration_since(self.started).as_millis() as u64),
             ..RequestRecord::default()
         }
     }
@@ -443,6 +448,32 @@ pub async fn hold(
         Err(Rejection::KeyRevoked | Rejection::UnknownKey) => {
             Err(ApiError::unauthorized("API key has been revoked"))
         }
+        Err(Rejection::KeyDisabled) => Err(ApiError::unauthorized("API key is disabled")),
+        Err(Rejection::ManagementKey) => {
+            Err(ApiError::forbidden("a management key cannot make requests"))
+        }
+        Err(Rejection::KeySpendLimit { limit, spent, resets_at_ms }) => {
+            let period = limit.reset.name().map_or(String::new(), |name| format!(" ({name})"));
+            let resets = resets_at_ms.map_or("it does not reset".to_string(), |at| {
+                format!("it resets at {}", crate::api::utc_rfc3339(at))
+            });
+            Err(ApiError::key_limit(format!(
+                "this key's spend limit of ${}{period} is reached: ${spent} spent or held, and                  this request may cost up to ${amount}; {resets}. The account's credit is                  not the limit: raise the key's limit or use another key.",
+                limit.amount
+            )))
+        }
+        Err(Rejection::KeyRateLimited { limit, retry_after_ms }) => {
+            let what = match limit {
+                RateLimit::RequestsPerMinute(n) => format!("{n} requests per minute"),
+                RateLimit::TokensPerMinute(n) => format!("{n} tokens per minute"),
+            };
+            let retry_after = Duration::from_millis(retry_after_ms);
+            let message = format!(
+                "this key's rate limit of {what} is reached; retry in {} s",
+                retry_after_ms.div_ceil(1000)
+            );
+            Err(ApiError::rate_limited(message, retry_after))
+        }
         Err(rejection) => Err(ApiError::ledger("reserve", rejection)),
     }
 }
@@ -595,6 +626,7 @@ async fn respond_complete(
     hold: HoldGuard,
     reply: Reply,
 ) {
+    let answered_at = Instant::now();
     let mut delivered = Delivered::default();
     delivered.push_choices(&completion.choices);
     let empty = delivered.is_empty();
@@ -603,7 +635,8 @@ async fn respond_complete(
     completion.usage = billed.usage;
     let waived = waives(app, &billed, false, empty);
     let cost = model.cost(&billed.usage);
-    let record = context.record(model, &billed, StatusCode::OK, waived);
+    let record =
+        context.record(model, &billed, StatusCode::OK, waived, (!empty).then_some(answered_at));
     let cost = hold.settle(cost, record).await;
     observe_cost(model, cost);
     let id = context.id();
