@@ -430,6 +430,10 @@ mod tests {
         assert!(!sonar.contains(&"tools") && !sonar.contains(&"reasoning_effort"));
         let o3 = supported("openai/o3");
         assert!(o3.contains(&"tools") && o3.contains(&"reasoning_effort"));
+        // Claude Opus 5.5 takes only its default sampling.
+        let opus = supported("anthropic/claude-opus-5.5");
+        assert!(opus.contains(&"reasoning_effort") && !opus.contains(&"temperature"));
+        assert!(!opus.contains(&"top_p"));
         assert_eq!(supported("openai/text-embedding-3-small"), ["encoding_format", "dimensions"]);
         assert_eq!(supported("mistralai/mistral-embed"), ["encoding_format"]);
     }
