@@ -142,13 +142,16 @@ fn authenticate(c: &mut Criterion) {
 fn route_request(c: &mut Criterion) {
     let catalog = Catalog::builtin();
     let providers = Providers::from_env(Some("http://127.0.0.1:1/v1".to_owned()));
+    let health = Health::new(&catalog);
     let mut group = c.benchmark_group("route");
     for (name, models) in [("one", vec!["mock/echo"]), ("fallbacks", vec!["mock/echo"; 4])] {
         let body = serde_json::json!({"model": models[0], "models": models,
             "messages": [{"role": "user", "content": "hi"}]});
         let parsed = parsed(&serde_json::to_vec(&body).expect("serializable"));
         group.bench_function(name, |b| {
-            b.iter(|| route(&catalog, &providers, black_box(&parsed)).expect("routable"))
+            b.iter(|| {
+                route(&catalog, &providers, &health, black_box(&parsed), 0).expect("routable")
+            })
         });
     }
     group.finish();
@@ -297,8 +300,9 @@ fn usage_and_cost(c: &mut Criterion) {
 
 fn breaker(c: &mut Criterion) {
     let catalog = Catalog::builtin();
-    let health = Health::new(catalog.models().map(|model| model.provider.as_str()));
-    c.bench_function("breaker/admit", |b| b.iter(|| health.admit(black_box("openai"))));
+    let health = Health::new(&catalog);
+    let model = catalog.get("openai/gpt-4o").expect("catalogued");
+    c.bench_function("breaker/admit", |b| b.iter(|| health.admit(black_box(model))));
 }
 
 criterion_group! {

@@ -5,7 +5,7 @@
 use crate::account;
 use crate::app::App;
 use crate::bank::KeyUse;
-use crate::catalog::{Model, Price, Reducible};
+use crate::catalog::{Model, Price};
 use crate::error::ApiError;
 use crate::respond::{self, Response};
 use crate::wire;
@@ -15,16 +15,25 @@ use serde_json::{json, Value};
 use solrouter_ledger::{HoldId, KeyId, RequestRecord};
 use solrouter_raft::{HistoryCursor, HistoryQuery, UsageQuery, HISTORY_PAGE_MAX};
 
-/// `GET /v1/api/models`: every model whose provider is configured, in OpenAI's list
-/// format with OpenRouter's `context_length`, `architecture`, `pricing` (USD per token
-/// as decimal strings) and `supported_parameters`. Public, like OpenRouter's.
+/// `GET /v1/api/models`: every model with a configured host, in OpenAI's list format
+/// with OpenRouter's `context_length`, `architecture`, `pricing` (USD per token as
+/// decimal strings) and `supported_parameters`, each of its cheapest configured
+/// endpoint (as OpenRouter lists a model's price). Public, like OpenRouter's.
 pub fn models(app: &'static App) -> Response {
     let data: Vec<Value> = app
         .catalog
         .models()
         .filter_map(|model| {
-            let (adapter, _) = app.providers.get(&model.provider)?;
-            Some(model_json(model, adapter.parameters()))
+            let (cheapest, adapter) = app
+                .catalog
+                .endpoints(&model.id)?
+                .iter()
+                .filter_map(|endpoint| {
+                    let (adapter, _) = app.providers.get(&endpoint.provider)?;
+                    Some((endpoint, adapter))
+                })
+                .min_by_key(|(endpoint, _)| endpoint.price_rank())?;
+            Some(model_json(cheapest, adapter.parameters()))
         })
         .collect();
     respond::json(StatusCode::OK, &json!({"object": "list", "data": data}))
@@ -46,37 +55,9 @@ fn pricing_json(price: &Price) -> Value {
     })
 }
 
-/// The parameters of `passed` (what the model's adapter passes on) that the model can
-/// use: those of tools, structured output and reasoning only if it has the capability.
-/// An embedding model takes `encoding_format`, and `dimensions` if it can shorten its
-/// vectors.
-fn supported_parameters(model: &Model, passed: &[&'static str]) -> Vec<&'static str> {
-    if let Some(embedding) = &model.embedding {
-        let dimensions = (embedding.reducible != Reducible::No).then_some("dimensions");
-        return ["encoding_format"].into_iter().chain(dimensions).collect();
-    }
-    let capabilities = &model.capabilities;
-    passed
-        .iter()
-        .copied()
-        .filter(|&parameter| match parameter {
-            "tools" | "tool_choice" | "parallel_tool_calls" => capabilities.tools,
-            "response_format" | "structured_outputs" => capabilities.structured_output,
-            "reasoning_effort" => capabilities.reasoning,
-            // Models that take only their default sampling (Claude 4.7 and later).
-            "temperature" | "top_p" => model.controls.sampling,
-            _ => true,
-        })
-        .collect()
-}
-
 fn model_json(model: &Model, passed: &[&'static str]) -> Value {
     let pricing = pricing_json(&model.price);
-    // The dearer tier of a request whose prompt passes a threshold (Gemini 2.5 Pro above
-    // 200k tokens): the whole request pays it.
-    let long_context = model.long_context.as_ref().map(|tier| {
-        json!({"above_prompt_tokens": tier.above_prompt_tokens, "pricing": pricing_json(&tier.price)})
-    });
+    let long_context = long_context_json(model);
     json!({
         "id": model.id,
         "object": "model",
@@ -93,7 +74,78 @@ fn model_json(model: &Model, passed: &[&'static str]) -> Value {
             "context_length": model.context_length,
             "max_completion_tokens": model.max_output_tokens,
         },
-        "supported_parameters": supported_parameters(model, passed),
+        "supported_parameters": model.supported_parameters(passed),
+    })
+}
+
+/// The model id of an endpoints path, `/v1/api/models/{author}/{slug}/endpoints`.
+pub fn endpoints_model_id(path: &str) -> Option<&str> {
+    let id = path.strip_prefix("/v1/api/models/")?.strip_suffix("/endpoints")?;
+    let (author, slug) = id.split_once('/')?;
+    let part = |text: &str| !text.is_empty() && !text.contains('/');
+    (part(author) && part(slug)).then_some(id)
+}
+
+/// `GET /v1/api/models/{author}/{slug}/endpoints`: the model and each of its configured
+/// endpoints, in OpenRouter's shape: host (`provider_name`, the name routing, responses
+/// and records use), prices, limits, quantization, supported parameters, and the
+/// gateway's live view over the last 30 minutes: `status` (0 healthy, -1 probing, -2
+/// failing: its circuit breaker), `uptime_last_30m` (percent of requests that did not
+/// fail by the host's fault), `latency_last_30m` (mean time to first token, ms) and
+/// `throughput_last_30m` (tokens per second); `null` without traffic. Public, like
+/// `/models`; an unknown model is a 404.
+pub fn endpoints(app: &'static App, path: &str) -> Result<Response, ApiError> {
+    let id = endpoints_model_id(path).unwrap_or_default();
+    let all = app.catalog.endpoints(id).ok_or_else(|| ApiError::model_not_found(id))?;
+    let model = &all[0];
+    let window = crate::health::BUCKETS;
+    let endpoints: Vec<Value> = all
+        .iter()
+        .filter_map(|endpoint| {
+            let (adapter, _) = app.providers.get(&endpoint.provider)?;
+            let recent = app.health.snapshot(endpoint, window);
+            let status = match app.health.view(endpoint).state {
+                crate::health::State::Closed => 0,
+                crate::health::State::HalfOpen => -1,
+                crate::health::State::Open => -2,
+            };
+            Some(json!({
+                "name": format!("{} | {}", endpoint.provider, endpoint.id),
+                "provider_name": endpoint.provider,
+                "context_length": endpoint.context_length,
+                "pricing": pricing_json(&endpoint.price),
+                "long_context": long_context_json(endpoint),
+                "quantization": endpoint.quantization,
+                "max_completion_tokens": endpoint.max_output_tokens,
+                "max_prompt_tokens": endpoint.context_length,
+                "supported_parameters": endpoint.supported_parameters(adapter.parameters()),
+                "status": status,
+                "uptime_last_30m": recent.uptime_percent(),
+                "latency_last_30m": recent.ttft_ms,
+                "throughput_last_30m": recent.tokens_per_second,
+            }))
+        })
+        .collect();
+    let hosts: Vec<&str> = all.iter().map(|endpoint| endpoint.provider.as_str()).collect();
+    let data = json!({
+        "id": model.id,
+        "name": model.id,
+        "created": model.created_s,
+        "description": format!("{}, served by {}", model.id, hosts.join(", ")),
+        "architecture": {
+            "input_modalities": model.input_modalities,
+            "output_modalities": model.output_modalities,
+        },
+        "endpoints": endpoints,
+    });
+    Ok(respond::json(StatusCode::OK, &json!({ "data": data })))
+}
+
+/// The dearer tier of a request whose prompt passes a threshold (Gemini 2.5 Pro above
+/// 200k tokens): the whole request pays it.
+fn long_context_json(model: &Model) -> Value {
+    model.long_context.as_ref().map_or(Value::Null, |tier| {
+        json!({"above_prompt_tokens": tier.above_prompt_tokens, "pricing": pricing_json(&tier.price)})
     })
 }
 
@@ -331,6 +383,21 @@ mod tests {
     use crate::providers::PARAMETERS_PASSED_THROUGH;
 
     #[test]
+    fn endpoints_paths_name_a_model() {
+        let check = |path: &str, expected: Option<&str>| {
+            assert_eq!(endpoints_model_id(path), expected, "{path}");
+        };
+        check(
+            "/v1/api/models/meta-llama/llama-4-maverick/endpoints",
+            Some("meta-llama/llama-4-maverick"),
+        );
+        check("/v1/api/models/a/b/c/endpoints", None);
+        check("/v1/api/models//b/endpoints", None);
+        check("/v1/api/models/a/endpoints", None);
+        check("/v1/api/models/a/b", None);
+    }
+
+    #[test]
     fn models_state_every_price_charged() {
         let catalog = Catalog::builtin();
         let listed =
@@ -356,7 +423,7 @@ mod tests {
     fn supported_parameters_follow_the_capabilities() {
         let catalog = Catalog::builtin();
         let supported =
-            |id: &str| supported_parameters(catalog.get(id).unwrap(), &PARAMETERS_PASSED_THROUGH);
+            |id: &str| catalog.get(id).unwrap().supported_parameters(&PARAMETERS_PASSED_THROUGH);
         // Perplexity has neither tools nor reasoning.
         let sonar = supported("perplexity/sonar-pro");
         assert!(sonar.contains(&"temperature") && sonar.contains(&"seed"));

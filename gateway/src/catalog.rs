@@ -2,6 +2,13 @@
 //! they cost. The data lives in `catalog.toml`, embedded at build time so a binary and
 //! its prices always ship together.
 //!
+//! A model id has one or more endpoints: the hosts that serve it (an open-weight model
+//! on Groq, Together, Fireworks, …), each with its own upstream name, prices, limits,
+//! quantization and supported parameters. A [`Model`] is one model as one host serves
+//! it; [`Catalog::endpoints`] lists a model's endpoints, [`Catalog::get`] answers its
+//! first (for what all endpoints share: id, capabilities, modalities), and routing
+//! (`routing.rs`) chooses among them per request.
+//!
 //! Prices are exact: published USD-per-million-token decimals become whole pico-USD per
 //! token, and every cost is integer arithmetic on those.
 
@@ -23,20 +30,41 @@ const _: () = assert!(4 * (u64::MAX as u128) * PRICE_PICO_PER_TOKEN_MAX < u128::
 /// The embedded catalogue text.
 const BUILTIN_TOML: &str = include_str!("../catalog.toml");
 
-/// All known models, in catalogue order.
+/// Quantizations an endpoint may declare (OpenRouter's names).
+pub const QUANTIZATIONS: [&str; 9] =
+    ["int4", "int8", "fp4", "fp6", "fp8", "fp16", "bf16", "fp32", "unknown"];
+
+/// All known models, in catalogue order, each followed by its other endpoints.
 #[derive(Debug, Clone)]
 pub struct Catalog {
-    models: Vec<Model>,
-    /// Ids and aliases alike.
+    /// Every endpoint; a model's endpoints are contiguous. An endpoint's index here is
+    /// its [`Model::slot`].
+    endpoints: Vec<Model>,
+    /// Where each model's endpoints start and end in `endpoints`, in catalogue order.
+    models: Vec<(usize, usize)>,
+    /// Ids and aliases alike, to an index into `models`.
     index_by_id: HashMap<String, usize>,
 }
 
+/// One model as one host serves it: an endpoint. What the model is (id, aliases,
+/// modalities, capabilities) is the same in each of its endpoints; what the host does
+/// (upstream name, limits, prices, quantization, parameters) is its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Model {
     /// The id clients ask for, `provider-family/model`, e.g. `openai/gpt-4o-mini`.
     pub id: String,
-    /// The key of the adapter and endpoint that serve it (see `providers::Providers`).
+    /// The host serving this endpoint: the key of its adapter and base URL (see
+    /// `providers::Providers`), and the `provider` name of responses, records and the
+    /// `provider` request object.
     pub provider: String,
+    /// This endpoint's index among all the catalogue's endpoints (for per-endpoint
+    /// health and statistics).
+    pub slot: usize,
+    /// How the host quantizes the weights (one of [`QUANTIZATIONS`]).
+    pub quantization: String,
+    /// The request parameters this host takes, where it takes fewer than its adapter
+    /// passes on (`None`: all of them).
+    pub supported_parameters: Option<Vec<String>>,
     /// The provider's own name for the model.
     pub upstream_model: String,
     /// Other names a client may ask for it by (Anthropic's own ids and aliases, as
@@ -204,30 +232,47 @@ impl Catalog {
         }
     }
 
-    /// The model of this id or alias.
+    /// The model of this id or alias: its first endpoint.
     pub fn get(&self, id: &str) -> Option<&Model> {
-        self.index_by_id.get(id).map(|&model_idx| &self.models[model_idx])
+        self.endpoints(id).map(|endpoints| &endpoints[0])
     }
 
+    /// Every endpoint of the model of this id or alias, in catalogue order (never empty).
+    pub fn endpoints(&self, id: &str) -> Option<&[Model]> {
+        let &model_idx = self.index_by_id.get(id)?;
+        let (start, end) = self.models[model_idx];
+        Some(&self.endpoints[start..end])
+    }
+
+    /// Each model once (its first endpoint), in catalogue order.
     pub fn models(&self) -> impl Iterator<Item = &Model> {
-        self.models.iter()
+        self.models.iter().map(|&(start, _)| &self.endpoints[start])
     }
 
-    fn parse(text: &str) -> Result<Catalog, CatalogError> {
+    /// Every endpoint of every model; an endpoint's position is its [`Model::slot`].
+    pub fn all_endpoints(&self) -> &[Model] {
+        &self.endpoints
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<Catalog, CatalogError> {
         let file: CatalogFile =
             toml::from_str(text).map_err(|error| CatalogError::Syntax(error.to_string()))?;
         let mut catalog = Catalog {
+            endpoints: Vec::with_capacity(file.model.len()),
             models: Vec::with_capacity(file.model.len()),
             index_by_id: HashMap::with_capacity(file.model.len()),
         };
         for entry in file.model {
-            let model = entry.validate()?;
+            let endpoints = entry.validate(catalog.endpoints.len())?;
+            let model = &endpoints[0];
             for name in std::iter::once(&model.id).chain(&model.aliases) {
                 if catalog.index_by_id.insert(name.clone(), catalog.models.len()).is_some() {
                     return Err(model_error(&model.id, &format!("duplicate id or alias {name}")));
                 }
             }
-            catalog.models.push(model);
+            let start = catalog.endpoints.len();
+            catalog.endpoints.extend(endpoints);
+            catalog.models.push((start, catalog.endpoints.len()));
         }
         Ok(catalog)
     }
@@ -253,6 +298,12 @@ impl Model {
         self.price_at(prompt_tokens).bound(prompt_tokens, completion_tokens)
     }
 
+    /// What routing compares endpoints' prices by: the prompt and completion prices per
+    /// token added (pico-USD), so an endpoint cheaper on both is always cheaper.
+    pub fn price_rank(&self) -> u128 {
+        self.price.prompt.0 + self.price.completion.0
+    }
+
     /// The dearest per-token price any request may pay.
     pub fn price_per_token_max(&self) -> PicoUsd {
         let dearest = self.long_context.as_ref().map_or(&self.price, |tier| &tier.price);
@@ -265,9 +316,39 @@ impl Model {
     pub fn tokenizer(&self) -> Tokenizer {
         match self.provider.as_str() {
             "openai" => Tokenizer::OpenAi,
-            crate::providers::MOCK_PROVIDER => Tokenizer::Words,
+            host if crate::providers::is_mock(host) => Tokenizer::Words,
             _ => Tokenizer::Estimated,
         }
+    }
+
+    /// The request parameters this endpoint takes, by OpenRouter's names: of `passed`
+    /// (what its adapter passes on), those its host takes, less those of capabilities
+    /// the model lacks (tools, structured output, reasoning). An embedding model takes
+    /// `encoding_format`, and `dimensions` if it can shorten its vectors.
+    pub fn supported_parameters(&self, passed: &[&'static str]) -> Vec<&'static str> {
+        if let Some(embedding) = &self.embedding {
+            let dimensions = (embedding.reducible != Reducible::No).then_some("dimensions");
+            return ["encoding_format"].into_iter().chain(dimensions).collect();
+        }
+        let capabilities = &self.capabilities;
+        let host_takes = |parameter: &str| {
+            self.supported_parameters
+                .as_ref()
+                .is_none_or(|taken| taken.iter().any(|taken| taken == parameter))
+        };
+        passed
+            .iter()
+            .copied()
+            .filter(|&parameter| host_takes(parameter))
+            .filter(|&parameter| match parameter {
+                "tools" | "tool_choice" | "parallel_tool_calls" => capabilities.tools,
+                "response_format" | "structured_outputs" => capabilities.structured_output,
+                "reasoning_effort" => capabilities.reasoning,
+                // Models that take only their default sampling (Claude 4.7 and later).
+                "temperature" | "top_p" => self.controls.sampling,
+                _ => true,
+            })
+            .collect()
     }
 
     /// The most tokens a request to this model can really use: a provider reporting
@@ -325,28 +406,65 @@ struct CatalogFile {
     model: Vec<ModelEntry>,
 }
 
+/// A model: either one endpoint written inline (`provider`, `upstream_model`, `price`,
+/// `source`, … beside the model's fields), or its endpoints in `endpoints`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ModelEntry {
     id: String,
-    provider: String,
-    upstream_model: String,
     #[serde(default)]
     aliases: Vec<String>,
     /// The release date, `YYYY-MM-DD` (UTC); `source` says where it was read.
     created: String,
+    /// The model's context; an endpoint may serve less.
     context_length: u64,
-    /// Required, except of embedding models, which must have none.
+    /// Required, except of embedding models, which must have none; an endpoint may
+    /// allow less.
     max_output_tokens: Option<u64>,
     input_modalities: Vec<String>,
     output_modalities: Vec<String>,
     capabilities: Capabilities,
+    embedding: Option<EmbeddingEntry>,
     #[serde(default)]
     controls: Controls,
+    provider: Option<String>,
+    upstream_model: Option<String>,
+    quantization: Option<String>,
+    supported_parameters: Option<Vec<String>>,
+    price: Option<PriceEntry>,
+    long_context: Option<LongContextEntry>,
+    source: Option<String>,
+    #[serde(default)]
+    endpoints: Vec<EndpointEntry>,
+}
+
+/// The fields of an endpoint written inline in its model's entry.
+struct InlineEndpoint {
+    provider: Option<String>,
+    upstream_model: Option<String>,
+    quantization: Option<String>,
+    supported_parameters: Option<Vec<String>>,
+    price: Option<PriceEntry>,
+    long_context: Option<LongContextEntry>,
+    source: Option<String>,
+}
+
+/// One host serving the model.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointEntry {
+    provider: String,
+    upstream_model: String,
+    /// At most the model's; the model's when absent.
+    context_length: Option<u64>,
+    /// At most the model's; the model's (capped at this context) when absent.
+    max_output_tokens: Option<u64>,
+    quantization: Option<String>,
+    supported_parameters: Option<Vec<String>>,
     price: PriceEntry,
     long_context: Option<LongContextEntry>,
+    /// Where the prices were read, and when: required, never empty.
     source: String,
-    embedding: Option<EmbeddingEntry>,
 }
 
 #[derive(Deserialize)]
@@ -378,11 +496,9 @@ struct PriceEntry {
 }
 
 impl ModelEntry {
-    fn validate(self) -> Result<Model, CatalogError> {
+    /// The model's endpoints, the first one's slot `first_slot`.
+    fn validate(self, first_slot: usize) -> Result<Vec<Model>, CatalogError> {
         let id = &self.id;
-        if self.provider.is_empty() || self.upstream_model.is_empty() || self.source.is_empty() {
-            return Err(model_error(id, "provider, upstream_model and source are required"));
-        }
         let embedding = self.embedding.as_ref().map(|entry| entry.validate(id)).transpose()?;
         let created_s = chrono::NaiveDate::parse_from_str(&self.created, "%Y-%m-%d")
             .map_err(|error| model_error(id, &format!("created {:?}: {error}", self.created)))?
@@ -399,47 +515,162 @@ impl ModelEntry {
             (Some(tokens), None) if (1..=self.context_length).contains(&tokens) => tokens,
             _ => return Err(model_error(id, "max_output_tokens must be in 1..=context_length")),
         };
-        let price = self.price.validate(id)?;
-        if embedding.is_some() && price.completion != PicoUsd::ZERO {
-            return Err(model_error(id, "an embedding model bills no completion tokens"));
-        }
-        let long_context = match &self.long_context {
-            None => None,
-            Some(tier) => {
-                let dearer = tier.price.validate(id)?;
-                let cheaper = [
-                    (dearer.prompt, price.prompt),
-                    (dearer.completion, price.completion),
-                    (dearer.per_request, price.per_request),
-                ];
-                if tier.above_prompt_tokens >= self.context_length
-                    || cheaper.iter().any(|(long, short)| long < short)
-                {
-                    return Err(model_error(
-                        id,
-                        "long_context must start inside the context and cost no less",
-                    ));
-                }
-                Some(LongContext { above_prompt_tokens: tier.above_prompt_tokens, price: dearer })
-            }
-        };
-        Ok(Model {
-            id: self.id,
+        let inline = InlineEndpoint {
             provider: self.provider,
             upstream_model: self.upstream_model,
-            aliases: self.aliases,
-            created_s,
-            context_length: self.context_length,
-            max_output_tokens,
-            input_modalities: self.input_modalities,
-            output_modalities: self.output_modalities,
-            capabilities: self.capabilities,
-            controls: self.controls,
-            price,
-            long_context,
+            quantization: self.quantization,
+            supported_parameters: self.supported_parameters,
+            price: self.price,
+            long_context: self.long_context,
             source: self.source,
-            embedding,
-        })
+        };
+        let endpoints = match (inline, self.endpoints.is_empty()) {
+            (inline, true) => vec![inline.into_endpoint(id)?],
+            (
+                InlineEndpoint {
+                    provider: None,
+                    upstream_model: None,
+                    quantization: None,
+                    supported_parameters: None,
+                    price: None,
+                    long_context: None,
+                    source: None,
+                },
+                false,
+            ) => self.endpoints,
+            (_, false) => {
+                return Err(model_error(
+                    id,
+                    "a model with `endpoints` names its hosts, prices and sources only there",
+                ))
+            }
+        };
+        let mut models: Vec<Model> = Vec::with_capacity(endpoints.len());
+        for (endpoint_idx, entry) in endpoints.into_iter().enumerate() {
+            let host = entry.provider.clone();
+            let endpoint_error =
+                |message: &str| model_error(id, &format!("endpoint {host}: {message}"));
+            if entry.provider.is_empty() || entry.upstream_model.is_empty() {
+                return Err(endpoint_error("provider and upstream_model are required"));
+            }
+            if entry.source.trim().is_empty() {
+                return Err(endpoint_error("every price needs its source note (`source`)"));
+            }
+            if models.iter().any(|other| other.provider == entry.provider) {
+                return Err(endpoint_error("the host is listed twice"));
+            }
+            let context_length = entry.context_length.unwrap_or(self.context_length);
+            if !(1..=self.context_length).contains(&context_length) {
+                return Err(endpoint_error("context_length must be in 1..=the model's"));
+            }
+            let endpoint_max_output = match (entry.max_output_tokens, &embedding) {
+                (None, _) => max_output_tokens.min(context_length),
+                (Some(_), Some(_)) => {
+                    return Err(endpoint_error("an embedding model has no max_output_tokens"))
+                }
+                (Some(tokens), None)
+                    if (1..=max_output_tokens.min(context_length)).contains(&tokens) =>
+                {
+                    tokens
+                }
+                (Some(_), None) => {
+                    return Err(endpoint_error(
+                        "max_output_tokens must be in 1..=the model's and the context",
+                    ))
+                }
+            };
+            let quantization = entry.quantization.unwrap_or_else(|| "unknown".to_owned());
+            if !QUANTIZATIONS.contains(&quantization.as_str()) {
+                return Err(endpoint_error(&format!(
+                    "quantization {quantization:?} is none of {QUANTIZATIONS:?}"
+                )));
+            }
+            if let Some(parameters) = &entry.supported_parameters {
+                let passed = crate::providers::PARAMETERS_PASSED_THROUGH;
+                if let Some(unknown) = parameters.iter().find(|p| !passed.contains(&p.as_str())) {
+                    return Err(endpoint_error(&format!("unknown parameter {unknown:?}")));
+                }
+            }
+            let price = entry.price.validate(id)?;
+            if embedding.is_some() && price.completion != PicoUsd::ZERO {
+                return Err(model_error(id, "an embedding model bills no completion tokens"));
+            }
+            let long_context = match &entry.long_context {
+                None => None,
+                Some(tier) => {
+                    let dearer = tier.price.validate(id)?;
+                    let cheaper = [
+                        (dearer.prompt, price.prompt),
+                        (dearer.completion, price.completion),
+                        (dearer.per_request, price.per_request),
+                    ];
+                    if tier.above_prompt_tokens >= context_length
+                        || cheaper.iter().any(|(long, short)| long < short)
+                    {
+                        return Err(model_error(
+                            id,
+                            "long_context must start inside the context and cost no less",
+                        ));
+                    }
+                    Some(LongContext {
+                        above_prompt_tokens: tier.above_prompt_tokens,
+                        price: dearer,
+                    })
+                }
+            };
+            models.push(Model {
+                id: self.id.clone(),
+                provider: entry.provider,
+                slot: first_slot + endpoint_idx,
+                quantization,
+                supported_parameters: entry.supported_parameters,
+                upstream_model: entry.upstream_model,
+                aliases: self.aliases.clone(),
+                created_s,
+                context_length,
+                max_output_tokens: endpoint_max_output,
+                input_modalities: self.input_modalities.clone(),
+                output_modalities: self.output_modalities.clone(),
+                capabilities: self.capabilities,
+                controls: self.controls,
+                price,
+                long_context,
+                source: entry.source,
+                embedding: embedding.clone(),
+            });
+        }
+        Ok(models)
+    }
+}
+
+impl InlineEndpoint {
+    /// The single endpoint of a model written in the one-host form.
+    fn into_endpoint(self, id: &str) -> Result<EndpointEntry, CatalogError> {
+        match self {
+            InlineEndpoint {
+                provider: Some(provider),
+                upstream_model: Some(upstream_model),
+                price: Some(price),
+                source: Some(source),
+                quantization,
+                supported_parameters,
+                long_context,
+            } => Ok(EndpointEntry {
+                provider,
+                upstream_model,
+                context_length: None,
+                max_output_tokens: None,
+                quantization,
+                supported_parameters,
+                price,
+                long_context,
+                source,
+            }),
+            _ => Err(model_error(
+                id,
+                "provider, upstream_model, price and source are required (or `endpoints`)",
+            )),
+        }
     }
 }
 
@@ -615,6 +846,96 @@ price = {price}
 source = "test"
 "#
         )
+    }
+
+    fn endpoints_entry(endpoints: &str) -> String {
+        format!(
+            r#"[[model]]
+id = "x/y"
+created = "2025-04-14"
+context_length = 100
+max_output_tokens = 50
+input_modalities = ["text"]
+output_modalities = ["text"]
+capabilities = {{ tools = false, structured_output = false, reasoning = false, images = false }}
+{endpoints}"#
+        )
+    }
+
+    fn endpoint(host: &str, extra: &str) -> String {
+        format!(
+            "[[model.endpoints]]\nprovider = \"{host}\"\nupstream_model = \"u\"\n\
+             price = {{ prompt = \"1\", completion = \"2\" }}\nsource = \"test\"\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn a_model_has_endpoints_each_with_its_host_price_and_source() {
+        let catalog = Catalog::builtin();
+        let maverick = catalog.endpoints("meta-llama/llama-4-maverick").unwrap();
+        let hosts: Vec<&str> = maverick.iter().map(|model| model.provider.as_str()).collect();
+        assert_eq!(hosts, ["groq", "deepinfra", "together", "fireworks", "cerebras"]);
+        assert!(maverick.iter().all(|endpoint| endpoint.id == "meta-llama/llama-4-maverick"));
+        assert_eq!(catalog.get("meta-llama/llama-4-maverick").unwrap(), &maverick[0]);
+        assert_eq!(maverick[1].quantization, "fp8");
+        assert_eq!(maverick[0].quantization, "unknown");
+        assert_eq!(maverick[1].price.prompt, PicoUsd(150_000));
+        assert_eq!((maverick[4].context_length, maverick[4].max_output_tokens), (32768, 8192));
+        // Each model listed once; every endpoint's slot is its position.
+        let n_models = catalog.models().count();
+        let n_multi = catalog
+            .models()
+            .filter(|model| catalog.endpoints(&model.id).unwrap().len() > 1)
+            .count();
+        assert!(n_models >= 40 && n_multi >= 20, "{n_models} models, {n_multi} with several hosts");
+        for (slot, endpoint) in catalog.all_endpoints().iter().enumerate() {
+            assert_eq!(endpoint.slot, slot);
+            assert!(!endpoint.source.trim().is_empty(), "{} on {}", endpoint.id, endpoint.provider);
+        }
+        // Parameters: the mock-slow host takes fewer than its adapter passes on.
+        let shared = catalog.endpoints("mock/shared").unwrap();
+        let passed = crate::providers::PARAMETERS_PASSED_THROUGH;
+        assert!(shared[0].supported_parameters(&passed).contains(&"seed"));
+        assert_eq!(
+            shared[1].supported_parameters(&passed),
+            ["max_tokens", "temperature", "top_p", "stop"]
+        );
+        assert!(shared[1].price_rank() < shared[0].price_rank());
+    }
+
+    #[test]
+    fn refuses_an_endpoint_without_a_source_note() {
+        let check = |text: &str, expected: &str| {
+            let error = Catalog::parse(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        };
+        let two = endpoints_entry(&format!("{}{}", endpoint("a", ""), endpoint("b", "")));
+        let parsed = Catalog::parse(&two).unwrap();
+        assert_eq!(parsed.endpoints("x/y").unwrap().len(), 2);
+        assert_eq!(parsed.all_endpoints()[1].slot, 1);
+        check(
+            &two.replace("source = \"test\"\n\n[[model.endpoints]]", "\n[[model.endpoints]]"),
+            "source",
+        );
+        check(&two.replacen("source = \"test\"", "source = \" \"", 1), "source note");
+        check(&endpoints_entry(&format!("{}{}", endpoint("a", ""), endpoint("a", ""))), "twice");
+        check(&endpoints_entry(&endpoint("a", "context_length = 101")), "context_length");
+        check(&endpoints_entry(&endpoint("a", "max_output_tokens = 51")), "max_output_tokens");
+        check(&endpoints_entry(&endpoint("a", "quantization = \"q3\"")), "quantization");
+        check(&endpoints_entry(&endpoint("a", "supported_parameters = [\"tempo\"]")), "tempo");
+        // The inline form and endpoints do not mix.
+        let mixed =
+            endpoints_entry(&endpoint("a", "")).replace("created", "provider = \"p\"\ncreated");
+        check(&mixed, "only there");
+        // The inline form needs its source too.
+        check(
+            &entry(r#"{ prompt = "1", completion = "1" }"#).replace("source = \"test\"\n", ""),
+            "source",
+        );
+        let limited =
+            Catalog::parse(&endpoints_entry(&endpoint("a", "context_length = 40"))).unwrap();
+        // The model's output limit, capped at the endpoint's context.
+        assert_eq!(limited.get("x/y").unwrap().max_output_tokens, 40);
     }
 
     #[test]

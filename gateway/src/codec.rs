@@ -86,7 +86,8 @@ impl Codec for Chat {
     }
 
     fn encoder(&self, answer: &Answered, _native: bool) -> Box<dyn StreamEncoder> {
-        Box::new(ChunkEncoder::new(answer.id, answer.created_s, &answer.model.id))
+        let model = answer.model;
+        Box::new(ChunkEncoder::new(answer.id, answer.created_s, &model.id, &model.provider))
     }
 }
 

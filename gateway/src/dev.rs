@@ -1,5 +1,7 @@
 //! `solrouter dev`: a gateway, a one-node ledger and the mock provider in one process,
-//! with a funded demo account on first start.
+//! with a funded demo account on first start. The mock is two hosts: `mock` (fast) and
+//! `mock-slow` (a slower mock), which both serve `mock/shared` at different prices, so
+//! that provider routing can be tried without any key.
 
 use crate::app::App;
 use crate::bank::Bank;
@@ -7,7 +9,8 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::health::Health;
 use crate::keys;
-use crate::providers::Providers;
+use crate::mock::{Knobs, MockConfig};
+use crate::providers::{Providers, MOCK_PROVIDER, MOCK_SLOW_PROVIDER};
 use crate::upstream::Upstream;
 use crate::{mock, payments, server, telemetry};
 use anyhow::Context;
@@ -16,8 +19,13 @@ use solrouter_ledger::{AccountId, KeyId, KeyKind, KeyLimits, PicoUsd, Rejection}
 use solrouter_raft::LedgerNode;
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+/// The slow mock host's time to first token and pace (`mock-slow`).
+pub const MOCK_SLOW_TTFT: Duration = Duration::from_millis(100);
+pub const MOCK_SLOW_TOKENS_PER_SECOND: u32 = 50;
 
 /// The demo account's starting credit, in whole USD.
 pub const DEMO_CREDIT_USD: u64 = 5;
@@ -49,6 +57,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         TcpListener::bind("127.0.0.1:0").await.context("binding the mock upstream")?;
     let mock_url = format!("http://{}/v1", mock_listener.local_addr()?);
     let mock_task = tokio::spawn(mock::serve(mock_listener, wait_for(stopped.clone())));
+    let slow_listener =
+        TcpListener::bind("127.0.0.1:0").await.context("binding the slow mock upstream")?;
+    let slow_url = format!("http://{}/v1", slow_listener.local_addr()?);
+    let slow = MockConfig {
+        ttft: MOCK_SLOW_TTFT,
+        tokens_per_second: MOCK_SLOW_TOKENS_PER_SECOND,
+        ..MockConfig::default()
+    };
+    let slow_task = tokio::spawn(mock::serve_with(
+        slow_listener,
+        Knobs::try_new(slow).context("the slow mock's knobs")?,
+        wait_for(stopped.clone()),
+    ));
     let admin_token = match config.admin_token() {
         Some(token) => token.to_owned(),
         None => {
@@ -75,8 +96,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let catalog = Catalog::builtin();
     let app = App {
         upstream: Upstream::try_new(config.upstream()).context("building the upstream client")?,
-        providers: Providers::from_env(Some(mock_url)),
-        health: Health::new(catalog.models().map(|model| model.provider.as_str())),
+        providers: Providers::with_mocks(&[
+            (MOCK_PROVIDER, Some(mock_url)),
+            (MOCK_SLOW_PROVIDER, Some(slow_url)),
+        ]),
+        health: Health::new(&catalog),
         catalog,
         config,
         admin_token,
@@ -92,6 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let serving = server::serve(app, listener, shutdown_signal()).await;
     let _ = stop.send(true);
     let _ = mock_task.await;
+    let _ = slow_task.await;
     node.shutdown().await.context("shutting down the ledger")?;
     serving.context("serving")
 }

@@ -184,7 +184,9 @@ fn label(body: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiEr
 fn route(app: &'static App, parsed: &ParsedEmbed) -> Result<Vec<&'static Model>, ApiError> {
     let n_inputs = parsed.request.inputs.len();
     let has_tokens = parsed.request.inputs.iter().any(|input| input.text().is_none());
-    pipeline::route_by(&app.catalog, &app.providers, &parsed.model_ids, |id, model| {
+    let asked = pipeline::Asked::default_for(crate::keys::random_u64());
+    let (catalog, providers, health) = (&app.catalog, &app.providers, &app.health);
+    pipeline::route_by(catalog, providers, health, &parsed.model_ids, &asked, |id, model| {
         let Some(embedding) = &model.embedding else {
             let message = format!("`{id}` is not an embedding model");
             return Some(ApiError::invalid_param("model", message));

@@ -60,7 +60,7 @@ pub async fn run(
     let app = App {
         upstream: Upstream::try_new(config.upstream()).context("building the upstream client")?,
         providers: Providers::from_env(mock_url),
-        health: Health::new(catalog.models().map(|model| model.provider.as_str())),
+        health: Health::new(&catalog),
         catalog,
         config,
         admin_token,

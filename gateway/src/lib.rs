@@ -33,6 +33,7 @@ pub mod providers;
 pub mod relay;
 pub mod respond;
 pub mod responses;
+pub mod routing;
 pub mod server;
 pub mod sse;
 pub mod telemetry;

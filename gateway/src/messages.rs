@@ -177,7 +177,7 @@ async fn provider_count(app: &'static App, model: &Model, chat: &ChatRequest) ->
     }
 }
 
-/// `GET /v1/models`: the models of configured providers in Anthropic's list shape, for the
+/// `GET /v1/models`: the models with a configured host in Anthropic's list shape, for the
 /// Anthropic SDKs' `models.list()` and Claude Code's model discovery (prices and limits
 /// are in `/v1/api/models`).
 pub fn models(app: &'static App) -> Response {
@@ -185,7 +185,11 @@ pub fn models(app: &'static App) -> Response {
         .catalog
         .models()
         // Embedding models answer no messages.
-        .filter(|model| app.providers.enabled(&model.provider) && model.embedding.is_none())
+        .filter(|model| {
+            let endpoints = app.catalog.endpoints(&model.id).unwrap_or_default();
+            let served = endpoints.iter().any(|endpoint| app.providers.enabled(&endpoint.provider));
+            served && model.embedding.is_none()
+        })
         .map(|model| {
             json!({"type": "model", "id": model.id, "display_name": model.id,
                 "created_at": crate::api::utc_rfc3339(model.created_s.saturating_mul(1000))})

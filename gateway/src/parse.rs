@@ -4,6 +4,7 @@
 
 use crate::error::ApiError;
 use crate::providers::ChatRequest;
+use crate::routing::{request_parameters, Preferences};
 use serde_json::{Map, Value};
 use solrouter_ledger::NAME_BYTES_MAX;
 
@@ -14,9 +15,9 @@ pub const FALLBACK_MODELS_MAX: usize = 8;
 /// a file) may cost. Text is bounded by its bytes; media is not. 4096 covers a
 /// high-detail image on every catalogued provider (OpenAI's largest tiling is ~1.1k).
 pub const MEDIA_PART_TOKENS_MAX: u64 = 4096;
-/// The gateway's own request fields (fallback models), read in any API's request and
-/// never sent to a provider.
-pub const GATEWAY_FIELDS: [&str; 2] = ["models", "route"];
+/// The gateway's own request fields (fallback models, provider routing), read in any
+/// API's request and never sent to a provider.
+pub const GATEWAY_FIELDS: [&str; 3] = ["models", "route", "provider"];
 /// Largest `max_tokens` accepted; above any model's output limit.
 pub const MAX_TOKENS_MAX: u64 = u32::MAX as u64;
 
@@ -26,6 +27,10 @@ pub struct ParsedChat {
     pub chat: ChatRequest,
     /// `model` first, then `models` in order, without repeats.
     pub model_ids: Vec<String>,
+    /// The `provider` object: how to choose among each model's hosts.
+    pub routing: Preferences,
+    /// The parameters the request sets (for `provider.require_parameters`).
+    pub parameters: Vec<&'static str>,
     /// An upper bound of the prompt's tokens on any tokenizer (see [`prompt_tokens_max`]).
     pub prompt_tokens_max: u64,
     pub wants_tools: bool,
@@ -62,6 +67,8 @@ pub fn parse_object(
     body_bytes: usize,
 ) -> Result<ParsedChat, ApiError> {
     let model_ids = model_ids(&body_object)?;
+    let routing = Preferences::parse(body_object.get("provider"))?;
+    let parameters = request_parameters(&body_object);
     let n_media_parts = check_messages(&body_object)?;
     let stream = match body_object.get("stream") {
         None | Some(Value::Null) => false,
@@ -87,6 +94,8 @@ pub fn parse_object(
         prompt_tokens_max: prompt_tokens_max(body_bytes, n_media_parts),
         chat: ChatRequest { body: body_object, stream, max_tokens, native: None },
         model_ids,
+        routing,
+        parameters,
         wants_tools,
         wants_images: n_media_parts > 0,
         wants_structured_output,
@@ -222,6 +231,10 @@ mod tests {
         check(json!({"model": "m", "messages": user, "models": "x"}), Some("models"));
         check(json!({"model": "m", "messages": user, "models": [1]}), Some("models"));
         check(json!({"model": "m", "messages": user, "models": vec!["a"; 9]}), Some("models"));
+        check(
+            json!({"model": "m", "messages": user, "provider": {"sort": "x"}}),
+            Some("provider.sort"),
+        );
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //!    make the gateway buffer a large body;
 //! 3. read — the body, under the limit and a deadline;
 //! 4. parse — the codec validates the request (400 naming the parameter);
-//! 5. route — resolve `model` and the `models` fallbacks to catalogue entries whose
-//!    provider is configured, which support what the request needs, and whose context
-//!    the prompt does not certainly exceed (by a tokenizer's lower bound: `tokens.rs`);
-//! 6. reserve — hold the worst case at the dearest candidate, before any upstream cost
+//! 5. route — resolve `model` and the `models` fallbacks to catalogue endpoints whose
+//!    host is configured, which support what the request needs, ordered by the
+//!    `provider` preferences, prices, breakers and live statistics (`routing.rs`), and
+//!    whose context the prompt does not certainly exceed (by a tokenizer's lower bound:
+//!    `tokens.rs`);
+//! 6. reserve — hold the worst case at the dearest candidate endpoint, before any upstream cost
 //!    can be incurred (402 when unaffordable); the completion limit reserved for is the
 //!    one each attempt forwards;
 //! 7. forward — try each candidate in order until one answers; fall back only while
@@ -34,13 +36,14 @@ use crate::bank::{now_ms, Caller, HOLD_GRACE};
 use crate::catalog::{Catalog, Model};
 use crate::codec::{Answered, Codec};
 use crate::error::ApiError;
-use crate::health::Admission;
+use crate::health::{Admission, Health};
 use crate::parse::ParsedChat;
 use crate::providers::{
     Adapter, ChatRequest, Completion, Endpoint, Providers, Target, UpstreamError, Usage,
 };
 use crate::relay;
 use crate::respond::{self, Response};
+use crate::routing::{self, Candidate, Preferences};
 use crate::server::UnreadBody;
 use crate::tokens::{self, Billed, Delivered};
 use crate::upstream::{self, Deadlines};
@@ -69,7 +72,7 @@ pub struct RequestContext {
     pub generation: HoldId,
     pub caller: Caller,
     pub chat: ChatRequest,
-    /// Models to try, in order; each one's provider is configured.
+    /// Endpoints to try, in order; each one's host is configured.
     pub candidates: Vec<&'static Model>,
     pub prompt_tokens_max: u64,
     pub started: Instant,
@@ -204,11 +207,13 @@ pub async fn handle(
     let (head, caller, body) = accept(app, request).await?;
     let parsed = codec.parse(&body, &head.headers)?;
     drop(body);
-    let candidates = route(&app.catalog, &app.providers, &parsed)?;
+    let generation = HoldId(crate::keys::random_u128());
+    let candidates =
+        route(&app.catalog, &app.providers, &app.health, &parsed, generation.0 as u64)?;
     let (parsed, candidates) = refuse_over_context(parsed, candidates).await?;
     let context = RequestContext {
         codec,
-        generation: HoldId(crate::keys::random_u128()),
+        generation,
         caller,
         chat: parsed.chat,
         candidates,
@@ -262,13 +267,17 @@ where
 /// Where a detached task sends the client its answer.
 pub type Reply = oneshot::Sender<Result<Response, ApiError>>;
 
-/// Stage 5 of a chat: the candidates that can serve this request (see [`route_by`]).
+/// Stage 5 of a chat: the endpoints that can serve this request, in the order to try
+/// them (see [`route_by`]); `seed` draws the default routing's choice.
 pub fn route<'c>(
     catalog: &'c Catalog,
     providers: &Providers,
+    health: &Health,
     parsed: &ParsedChat,
+    seed: u64,
 ) -> Result<Vec<&'c Model>, ApiError> {
-    route_by(catalog, providers, &parsed.model_ids, |id, model| {
+    let asked = Asked { preferences: &parsed.routing, parameters: &parsed.parameters, seed };
+    route_by(catalog, providers, health, &parsed.model_ids, &asked, |id, model| {
         let native = providers
             .get(&model.provider)
             .is_some_and(|(adapter, _)| parsed.chat.native_for(adapter).is_some());
@@ -299,37 +308,74 @@ pub fn route<'c>(
     })
 }
 
-/// Stage 5 of every endpoint: the models `ids` names, in order, less those `refusal`
-/// gives a reason to skip and those whose provider is not configured. An unknown id is
-/// a 404 (the client named it); when no candidate is left, the first reason to skip is
-/// the answer.
+/// What a request asks of routing besides its models.
+pub struct Asked<'a> {
+    /// The `provider` object.
+    pub preferences: &'a Preferences,
+    /// The parameters the request sets.
+    pub parameters: &'a [&'static str],
+    /// Draws the default routing's weighted choice (the request's id).
+    pub seed: u64,
+}
+
+impl Asked<'_> {
+    /// The default routing (embeddings, which take no `provider` object).
+    pub fn default_for(seed: u64) -> Asked<'static> {
+        static DEFAULT: std::sync::OnceLock<Preferences> = std::sync::OnceLock::new();
+        Asked { preferences: DEFAULT.get_or_init(Preferences::default), parameters: &[], seed }
+    }
+}
+
+/// Stage 5 of every endpoint: the endpoints of the models `ids` names (a `:nitro` or
+/// `:floor` suffix sorts one model's), less those `refusal` gives a reason to skip and
+/// those whose host is not configured, in the order `routing::plan` gives them. An
+/// unknown id is a 404 (the client named it); when no endpoint is left, the first
+/// reason to skip is the answer, or the `provider` field that left none (a 400).
 pub fn route_by<'c>(
     catalog: &'c Catalog,
     providers: &Providers,
+    health: &Health,
     ids: &[String],
+    asked: &Asked<'_>,
     refusal: impl Fn(&str, &'c Model) -> Option<ApiError>,
 ) -> Result<Vec<&'c Model>, ApiError> {
-    let mut candidates = Vec::with_capacity(ids.len());
+    let mut candidates: Vec<Candidate<'_, 'c>> = Vec::with_capacity(ids.len());
     let mut first_skip = None;
     for id in ids {
-        let model = catalog.get(id).ok_or_else(|| ApiError::model_not_found(id))?;
-        let skip = refusal(id, model).or_else(|| {
-            (!providers.enabled(&model.provider)).then(|| {
-                let message =
-                    format!("provider `{}` of model `{id}` is not configured", model.provider);
-                ApiError::unavailable(message)
-            })
-        });
-        match skip {
-            Some(error) => {
-                first_skip.get_or_insert(error);
+        let (base, sort) = routing::split_variant(id);
+        let endpoints = catalog.endpoints(base).ok_or_else(|| ApiError::model_not_found(id))?;
+        let mut candidate = Candidate { id, endpoints: Vec::new(), sort };
+        for model in endpoints {
+            let skip = refusal(id, model).or_else(|| {
+                (!providers.enabled(&model.provider)).then(|| {
+                    let message =
+                        format!("provider `{}` of model `{id}` is not configured", model.provider);
+                    ApiError::unavailable(message)
+                })
+            });
+            match skip {
+                Some(error) => {
+                    first_skip.get_or_insert(error);
+                }
+                None => candidate.endpoints.push(model),
             }
-            None => candidates.push(model),
         }
+        candidates.push(candidate);
     }
     match first_skip {
-        Some(error) if candidates.is_empty() => Err(error),
-        _ => Ok(candidates),
+        Some(error) if candidates.iter().all(|candidate| candidate.endpoints.is_empty()) => {
+            Err(error)
+        }
+        _ => {
+            let supports = |endpoint: &Model| {
+                providers.get(&endpoint.provider).is_some_and(|(adapter, _)| {
+                    let taken = endpoint.supported_parameters(adapter.parameters());
+                    asked.parameters.iter().all(|parameter| taken.contains(parameter))
+                })
+            };
+            let live = |endpoint: &Model| health.view(endpoint);
+            routing::plan(&candidates, asked.preferences, supports, live, asked.seed)
+        }
     }
 }
 
@@ -503,9 +549,10 @@ async fn forward(app: &'static App, context: RequestContext, reply: Reply) {
 
 /// Stage 7 of every endpoint: tries each candidate in order through `attempt`, falling
 /// back to the next on an upstream failure that allows it, and yields the first answer
-/// with the model that gave it, or the error to answer the client with. Each attempt is
-/// gated by its provider's circuit breaker and recorded in it, so a provider that keeps
-/// failing is skipped (the request falls back at once) until a probe finds it healthy.
+/// with the endpoint that gave it, or the error to answer the client with. Each attempt
+/// is gated by its endpoint's circuit breaker and recorded in it and in the endpoint's
+/// statistics, so an endpoint that keeps failing is skipped (the request falls back at
+/// once) until a probe finds it healthy.
 pub async fn first_answer<T, Attempt, Attempting>(
     app: &'static App,
     candidates: &[&'static Model],
@@ -533,13 +580,14 @@ where
     Err(ApiError::internal("routing left no candidate"))
 }
 
-/// One attempt at `model`, unless its provider's circuit is open, recorded in it.
+/// One attempt at the endpoint `model`, unless its circuit is open, recorded in its
+/// breaker and statistics (time to its answer: for a stream, its first event).
 async fn guarded<T>(
     app: &'static App,
     model: &'static Model,
     attempt: impl Future<Output = Result<T, Failure>>,
 ) -> Result<T, Failure> {
-    if app.health.admit(&model.provider) == Admission::Refuse {
+    if app.health.admit(model) == Admission::Refuse {
         let message = "skipped: its recent requests failed (circuit open)";
         return Err(upstream::failure(
             &model.provider,
@@ -549,10 +597,11 @@ async fn guarded<T>(
         )
         .into());
     }
+    let started = Instant::now();
     let result = attempt.await;
     match &result {
-        Ok(_) => app.health.record(&model.provider, true),
-        Err(Failure::Upstream(error)) => app.health.record(&model.provider, !is_outage(error)),
+        Ok(_) => app.health.record_answer(model, started.elapsed()),
+        Err(Failure::Upstream(error)) => app.health.record_failure(model, is_outage(error)),
         // Refused before anything was sent: says nothing about the provider.
         Err(Failure::Final(_)) => {}
     }
@@ -603,16 +652,19 @@ pub fn provider(
 async fn complete(
     app: &'static App,
     context: &RequestContext,
-    model: &Model,
+    model: &'static Model,
 ) -> Result<(Completion, Option<Bytes>), Failure> {
     let (adapter, endpoint) = provider(app, model)?;
     let request = adapter
         .request(endpoint, &context.chat, &context.target(model))
         .map_err(|error| Failure::Final(ApiError::invalid_param(&error.param, error.message)))?;
     let deadlines = Deadlines::attempt(app.upstream.timeouts(), context.deadline);
+    let sent = Instant::now();
     let mut response = app.upstream.send(adapter, request, &deadlines).await?;
     let body = app.upstream.body(&mut response, &deadlines, adapter.provider()).await?;
     let completion = adapter.response(&context.chat, &body)?;
+    // A plain answer's tokens all arrive at its end: its speed is over the whole wait.
+    app.health.record_tokens(model, completion.usage.completion_tokens, sent.elapsed());
     let native = context.chat.native_for(adapter).map(|_| body);
     Ok((completion, native))
 }

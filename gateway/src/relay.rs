@@ -56,7 +56,8 @@ pub struct OpenStream {
     finished: bool,
     /// Upstream bytes read so far.
     bytes_read: u64,
-    /// When the first event arrived: the request's time to first token.
+    /// When the first event arrived: the request's time to first token; the stream's
+    /// generation time (its tokens per second, `Health::record_tokens`) runs from it.
     first_event_at: Instant,
 }
 
@@ -180,8 +181,13 @@ pub async fn run(
     let _ = reply.send(Ok(respond::event_stream(receiver)));
     let mut delivered = Delivered::default();
     let end = pump(&mut stream, &sender, encoder.as_mut(), &mut delivered).await;
-    if let End::Failed(error) = &end {
-        app.health.record(&model.provider, !is_outage(error));
+    match &end {
+        End::Failed(error) => app.health.record_broken(model, is_outage(error)),
+        End::Complete => {
+            let tokens = stream.translator.usage().completion_tokens;
+            app.health.record_tokens(model, tokens, stream.first_event_at.elapsed());
+        }
+        End::ClientGone => {}
     }
     let complete = match &end {
         End::Complete => true,

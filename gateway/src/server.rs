@@ -146,6 +146,9 @@ async fn route(
             return ("messages", anthropic, Err(ApiError::method_not_allowed()));
         }
         (&Method::GET, "/v1/api/models") => Ok(api::models(app)),
+        (&Method::GET, path) if api::endpoints_model_id(path).is_some() => {
+            api::endpoints(app, path)
+        }
         (&Method::GET, "/v1/api/credits") => api::credits(app, request.headers()).await,
         (&Method::GET, "/v1/api/generation") => api::generation(app, &request).await,
         (&Method::GET, "/v1/api/generations") => api::generations(app, &request).await,
@@ -158,6 +161,7 @@ async fn route(
         (&Method::GET, "/healthz") => Ok(respond::text(StatusCode::OK, "ok\n", "text/plain")),
         (&Method::GET, "/readyz") => readiness(app).await,
         (&Method::GET, "/metrics") => {
+            app.health.export_metrics();
             let text = app.metrics.render();
             Ok(respond::text(StatusCode::OK, text, "text/plain; version=0.0.4"))
         }
@@ -173,13 +177,14 @@ async fn route(
 }
 
 /// Ready when the ledger answers a linearizable read. The body also shows each
-/// configured provider's circuit state; a failing provider does not make the gateway
+/// configured provider's circuit state (its worst endpoint's); a failing provider does not make the gateway
 /// unready (other providers, and fallbacks, still work).
 async fn readiness(app: &'static App) -> Result<Response, ApiError> {
     app.bank.ready().await?;
     let providers: serde_json::Map<String, serde_json::Value> = app
         .health
-        .states()
+        .host_states()
+        .into_iter()
         .filter(|(provider, _)| app.providers.enabled(provider))
         .map(|(provider, state)| {
             let state = match state {

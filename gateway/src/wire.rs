@@ -92,12 +92,15 @@ pub fn completion(
 
 /// Writes the chunks of one stream as server-sent events.
 pub struct ChunkEncoder {
-    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,"choices":`
+    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,
+    /// "provider":…,"choices":`
     prefix: Vec<u8>,
 }
 
 impl ChunkEncoder {
-    pub fn new(id: &str, created_s: u64, model: &str) -> ChunkEncoder {
+    /// The encoder of a stream of `model` served by the host `provider` (named in every
+    /// chunk, as OpenRouter's are).
+    pub fn new(id: &str, created_s: u64, model: &str, provider: &str) -> ChunkEncoder {
         let mut prefix = BytesMut::with_capacity(128);
         prefix.put_slice(b"data: {\"id\":");
         write_json(&mut prefix, id);
@@ -105,6 +108,8 @@ impl ChunkEncoder {
         prefix.put_slice(created_s.to_string().as_bytes());
         prefix.put_slice(b",\"model\":");
         write_json(&mut prefix, model);
+        prefix.put_slice(b",\"provider\":");
+        write_json(&mut prefix, provider);
         prefix.put_slice(b",\"choices\":");
         ChunkEncoder { prefix: prefix.to_vec() }
     }
@@ -186,7 +191,7 @@ mod tests {
 
     #[test]
     fn encodes_chunks_as_sse() {
-        let mut encoder = ChunkEncoder::new("gen-1", 7, "mock/\"echo\"");
+        let mut encoder = ChunkEncoder::new("gen-1", 7, "mock/\"echo\"", "mock");
         let chunk = Chunk {
             choices: vec![json!({"index": 0, "delta": {"content": "hi"}})],
             extra: [("citations".to_string(), json!(["x"]))].into_iter().collect(),
@@ -199,7 +204,10 @@ mod tests {
         let events: Vec<&str> = text.split("\n\n").filter(|event| !event.is_empty()).collect();
         assert_eq!(events.len(), 3);
         let first: Value = serde_json::from_str(&events[0]["data: ".len()..]).expect("json");
-        assert_eq!(first["model"], "mock/\"echo\"");
+        assert_eq!(
+            (&first["model"], &first["provider"]),
+            (&json!("mock/\"echo\""), &json!("mock"))
+        );
         assert_eq!(first["choices"][0]["delta"]["content"], "hi");
         assert_eq!(first["citations"][0], "x");
         let last: Value = serde_json::from_str(&events[1]["data: ".len()..]).expect("json");

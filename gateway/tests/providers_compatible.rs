@@ -206,7 +206,7 @@ async fn perplexity_citations_pass_through_once() {
 
 #[tokio::test]
 async fn groq_reasoning_and_usage_in_the_final_chunk() {
-    let adapter = OpenAiCompatible::new("llama", Quirks::OPENAI);
+    let adapter = OpenAiCompatible::new("groq", Quirks::OPENAI);
     let (assembled, usage, _) =
         stream(&adapter, chunks_as_sse("groq/vercel-groq-reasoning.chunks.txt")).await;
     assert!(assembled.reasoning.starts_with("Okay"));
@@ -227,7 +227,7 @@ async fn groq_reasoning_and_usage_in_the_final_chunk() {
 
 #[tokio::test]
 async fn groq_usage_only_under_x_groq_is_found() {
-    let adapter = OpenAiCompatible::new("llama", Quirks::OPENAI);
+    let adapter = OpenAiCompatible::new("groq", Quirks::OPENAI);
     let sse = concat!(
         "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}],",
         "\"x_groq\":{\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":1}}}\n\ndata: [DONE]\n\n"

@@ -87,6 +87,13 @@ impl CircuitBreaker {
         Word::unpack(self.word.load(Ordering::Acquire)).state
     }
 
+    /// Whether [`CircuitBreaker::admit`] would let a request through at `now_ms` (closed,
+    /// or a probe is due), without claiming the probe: what routing plans by.
+    pub fn passable(&self, now_ms: u64) -> bool {
+        let word = Word::unpack(self.word.load(Ordering::Acquire));
+        word.state == State::Closed || now_ms.saturating_sub(word.since_ms) >= COOLDOWN_MS
+    }
+
     /// Decides whether a request may go to this upstream at `now_ms`. Of many concurrent
     /// callers after a cooldown, exactly one gets [`Admission::Probe`].
     pub fn admit(&self, now_ms: u64) -> Admission {

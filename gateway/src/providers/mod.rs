@@ -23,7 +23,7 @@ mod registry;
 mod translate;
 
 pub use embed::{EmbedRequest, EmbedTarget, Embedder, Embeddings, Encoding, Input};
-pub use registry::{Providers, MOCK_PROVIDER};
+pub use registry::{host_names, is_mock, Providers, MOCK_PROVIDER, MOCK_SLOW_PROVIDER};
 
 use crate::catalog::Controls;
 use bytes::Bytes;

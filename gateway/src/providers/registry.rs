@@ -1,6 +1,8 @@
-//! Which providers this gateway can reach: one adapter and one endpoint per provider,
-//! from the environment. A provider without a key is disabled, so a fresh checkout
-//! talks to nobody but the built-in mock.
+//! Which providers (hosts) this gateway can reach: one adapter and one base URL and key
+//! per host, from the environment. A host without a key is disabled, so a fresh
+//! checkout talks to nobody but the built-in mock hosts. A host's name here is the one
+//! name used everywhere: in the catalogue's endpoints, the `provider` request object,
+//! responses' `provider` field and request records.
 
 use super::anthropic::Anthropic;
 use super::cohere::Cohere;
@@ -12,6 +14,25 @@ use std::collections::HashMap;
 
 /// The provider name the built-in mock upstream is registered under.
 pub const MOCK_PROVIDER: &str = "mock";
+/// The second mock host: `solrouter dev` serves it from a slower mock so that one
+/// model (`mock/shared`) has two hosts of different prices and speeds.
+pub const MOCK_SLOW_PROVIDER: &str = "mock-slow";
+/// Each mock host and the variable that points it elsewhere than the in-process mock
+/// (a test's own mock, which it can stop to fail the host).
+const MOCK_HOSTS: [(&str, &str); 2] = [
+    (MOCK_PROVIDER, "SOLROUTER_MOCK_BASE_URL"),
+    (MOCK_SLOW_PROVIDER, "SOLROUTER_MOCK_SLOW_BASE_URL"),
+];
+
+/// Whether `host` is one of the built-in mock hosts (which count tokens in words).
+pub fn is_mock(host: &str) -> bool {
+    MOCK_HOSTS.iter().any(|(mock, _)| *mock == host)
+}
+
+/// Every host name the gateway knows, configured or not.
+pub fn host_names() -> impl Iterator<Item = &'static str> {
+    SPECS.iter().map(|spec| spec.provider).chain(MOCK_HOSTS.iter().map(|(mock, _)| *mock))
+}
 
 /// How each real provider is configured: name, adapter constructor, default base URL,
 /// base-URL override variable, key variable. The default base URL is what the
@@ -87,13 +108,41 @@ const SPECS: &[Spec] = &[
         base_url_var: "SOLROUTER_PERPLEXITY_BASE_URL",
         key_var: "PERPLEXITY_API_KEY",
     },
-    // Meta's open-weight models, served by any OpenAI-compatible host; Groq by default.
+    // Hosts of open-weight models, each OpenAI-compatible.
     Spec {
-        provider: "llama",
+        provider: "groq",
         adapter: openai_compatible,
         base_url_default: "https://api.groq.com/openai/v1",
-        base_url_var: "SOLROUTER_LLAMA_BASE_URL",
-        key_var: "LLAMA_API_KEY",
+        base_url_var: "SOLROUTER_GROQ_BASE_URL",
+        key_var: "GROQ_API_KEY",
+    },
+    Spec {
+        provider: "together",
+        adapter: openai_compatible,
+        base_url_default: "https://api.together.xyz/v1",
+        base_url_var: "SOLROUTER_TOGETHER_BASE_URL",
+        key_var: "TOGETHER_API_KEY",
+    },
+    Spec {
+        provider: "fireworks",
+        adapter: openai_compatible,
+        base_url_default: "https://api.fireworks.ai/inference/v1",
+        base_url_var: "SOLROUTER_FIREWORKS_BASE_URL",
+        key_var: "FIREWORKS_API_KEY",
+    },
+    Spec {
+        provider: "deepinfra",
+        adapter: openai_compatible,
+        base_url_default: "https://api.deepinfra.com/v1/openai",
+        base_url_var: "SOLROUTER_DEEPINFRA_BASE_URL",
+        key_var: "DEEPINFRA_API_KEY",
+    },
+    Spec {
+        provider: "cerebras",
+        adapter: openai_compatible,
+        base_url_default: "https://api.cerebras.ai/v1",
+        base_url_var: "SOLROUTER_CEREBRAS_BASE_URL",
+        key_var: "CEREBRAS_API_KEY",
     },
 ];
 
@@ -112,7 +161,15 @@ impl Providers {
     /// Reads base URLs and keys from the environment. `mock_base_url` is where the
     /// built-in mock listens (dev mode); without it the mock provider is disabled.
     pub fn from_env(mock_base_url: Option<String>) -> Providers {
-        Providers::from_lookup(mock_base_url, |name| std::env::var(name).ok())
+        Providers::with_mocks(&[(MOCK_PROVIDER, mock_base_url)])
+    }
+
+    /// Like [`Providers::from_env`], with each mock host (`MOCK_PROVIDER`,
+    /// `MOCK_SLOW_PROVIDER`) served where `mocks` says unless its variable
+    /// (`SOLROUTER_MOCK_BASE_URL`, `SOLROUTER_MOCK_SLOW_BASE_URL`) says otherwise; a mock
+    /// host with neither is disabled.
+    pub fn with_mocks(mocks: &[(&str, Option<String>)]) -> Providers {
+        Providers::from_lookup(mocks, |name| std::env::var(name).ok())
     }
 
     /// The adapter and endpoint of an enabled provider; `None` for unknown and for
@@ -128,7 +185,7 @@ impl Providers {
     }
 
     fn from_lookup(
-        mock_base_url: Option<String>,
+        mocks: &[(&str, Option<String>)],
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Providers {
         let mut by_name = HashMap::new();
@@ -144,12 +201,18 @@ impl Providers {
             };
             by_name.insert(spec.provider, entry);
         }
-        let mock = Entry {
-            adapter: openai_compatible(MOCK_PROVIDER),
-            enabled: mock_base_url.is_some(),
-            endpoint: Endpoint { base_url: mock_base_url.unwrap_or_default(), api_key: None },
-        };
-        by_name.insert(MOCK_PROVIDER, mock);
+        for (host, base_url_var) in MOCK_HOSTS {
+            let in_process = mocks.iter().find(|(mock, _)| *mock == host);
+            let base_url = lookup(base_url_var)
+                .filter(|url| !url.trim().is_empty())
+                .or_else(|| in_process.and_then(|(_, url)| url.clone()));
+            let mock = Entry {
+                adapter: openai_compatible(host),
+                enabled: base_url.is_some(),
+                endpoint: Endpoint { base_url: base_url.unwrap_or_default(), api_key: None },
+            };
+            by_name.insert(host, mock);
+        }
         Providers { by_name }
     }
 }
@@ -180,14 +243,16 @@ mod tests {
     fn providers(mock: Option<&str>, vars: &[(&str, &str)]) -> Providers {
         let vars: HashMap<String, String> =
             vars.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect();
-        Providers::from_lookup(mock.map(str::to_owned), |name| vars.get(name).cloned())
+        let mocks = [(MOCK_PROVIDER, mock.map(str::to_owned))];
+        Providers::from_lookup(&mocks, |name| vars.get(name).cloned())
     }
 
     #[test]
     fn every_catalogue_model_has_its_provider() {
-        let keys: Vec<(&str, &str)> = SPECS.iter().map(|spec| (spec.key_var, "key")).collect();
-        let all = providers(Some("http://127.0.0.1:9"), &keys);
-        for model in crate::catalog::Catalog::builtin().models() {
+        let mut vars: Vec<(&str, &str)> = SPECS.iter().map(|spec| (spec.key_var, "key")).collect();
+        vars.push(("SOLROUTER_MOCK_SLOW_BASE_URL", "http://127.0.0.1:8"));
+        let all = providers(Some("http://127.0.0.1:9"), &vars);
+        for model in crate::catalog::Catalog::builtin().all_endpoints() {
             let (adapter, _) = all.get(&model.provider).unwrap_or_else(|| panic!("{}", model.id));
             assert_eq!(adapter.provider(), model.provider, "{}", model.id);
             if model.embedding.is_some() {
@@ -219,7 +284,11 @@ mod tests {
             ("deepseek", "https://api.deepseek.com/chat/completions"),
             ("xai", "https://api.x.ai/v1/chat/completions"),
             ("perplexity", "https://api.perplexity.ai/chat/completions"),
-            ("llama", "https://api.groq.com/openai/v1/chat/completions"),
+            ("groq", "https://api.groq.com/openai/v1/chat/completions"),
+            ("together", "https://api.together.xyz/v1/chat/completions"),
+            ("fireworks", "https://api.fireworks.ai/inference/v1/chat/completions"),
+            ("deepinfra", "https://api.deepinfra.com/v1/openai/chat/completions"),
+            ("cerebras", "https://api.cerebras.ai/v1/chat/completions"),
         ];
         assert_eq!(expected.len(), SPECS.len());
         for (provider, url) in expected {
@@ -280,16 +349,16 @@ mod tests {
                 ("DEEPSEEK_API_KEY", "d"),
                 ("XAI_API_KEY", "x"),
                 ("PERPLEXITY_API_KEY", "p"),
-                ("LLAMA_API_KEY", "l"),
-                ("SOLROUTER_LLAMA_BASE_URL", "http://vllm:8000/v1"),
+                ("GROQ_API_KEY", "l"),
+                ("SOLROUTER_GROQ_BASE_URL", "http://vllm:8000/v1"),
             ],
         );
         let names =
-            ["anthropic", "google", "cohere", "mistral", "deepseek", "xai", "perplexity", "llama"];
+            ["anthropic", "google", "cohere", "mistral", "deepseek", "xai", "perplexity", "groq"];
         for provider in names {
             assert_eq!(all.get(provider).unwrap().0.provider(), provider);
         }
-        assert_eq!(all.get("llama").unwrap().1.base_url, "http://vllm:8000/v1");
+        assert_eq!(all.get("groq").unwrap().1.base_url, "http://vllm:8000/v1");
         assert_eq!(all.get("cohere").unwrap().1.base_url, "http://cohere-proxy");
         let google = all.get("google").unwrap().1;
         assert_eq!(google.base_url, "https://generativelanguage.googleapis.com");

@@ -40,7 +40,7 @@ pub const HOSTS: [Host; 9] = [
     host("deepseek", Wire::OpenAi, "", "SOLROUTER_DEEPSEEK_BASE_URL", "DEEPSEEK_API_KEY"),
     host("xai", Wire::OpenAi, "/v1", "SOLROUTER_XAI_BASE_URL", "XAI_API_KEY"),
     host("perplexity", Wire::OpenAi, "", "SOLROUTER_PERPLEXITY_BASE_URL", "PERPLEXITY_API_KEY"),
-    host("llama", Wire::OpenAi, "/openai/v1", "SOLROUTER_LLAMA_BASE_URL", "LLAMA_API_KEY"),
+    host("groq", Wire::OpenAi, "/openai/v1", "SOLROUTER_GROQ_BASE_URL", "GROQ_API_KEY"),
 ];
 
 const fn host(

@@ -1,0 +1,79 @@
+//! Provider routing end to end: `solrouter dev` with the model `mock/shared` on two mock
+//! hosts, `mock` (the dev's own, fast) and `mock-slow` (here a slower mock this test
+//! runs and stops), driven by the official `openai` Python package
+//! (`routing_sdk.py`): each host's price is what a request served by it is charged, the
+//! answer and the record name the serving host, `sort`, suffixes, `order`,
+//! `require_parameters` and the default spread route as documented, the endpoints API
+//! shows prices and live statistics, and when `mock-slow` fails mid-run its traffic
+//! moves to `mock` (same-model fallback, then its breaker skips it).
+
+mod support;
+
+use solrouter_gateway::mock::{self, Knobs, MockConfig};
+use std::time::Duration;
+use support::{data_dir, path, venv_python, Dev, MAIN_VENV, TEST_ENV_HINT};
+
+/// Longest one phase of the script may take.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
+
+async fn run_phase(dev: &Dev, key: &str, phase: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/routing_sdk.py");
+    let python = venv_python(MAIN_VENV);
+    let mut command = tokio::process::Command::new(&python);
+    command
+        .arg(script)
+        .env("SOLROUTER_BASE_URL", &dev.base)
+        .env("SOLROUTER_KEY", key)
+        .env("ROUTING_PHASE", phase)
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("phase {phase}: no result within {SCRIPT_TIMEOUT:?}"))
+        .unwrap_or_else(|error| panic!("running {}: {error}; {TEST_ENV_HINT}", python.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "phase {phase}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("routing ok"), "{stdout}");
+    println!("{}", stdout.trim_end());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_follows_price_speed_and_health_across_two_hosts() {
+    // The slow host: 50 ms to the first token, then 100 words per second.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let slow_url = format!("http://{}/v1", listener.local_addr().expect("address"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = MockConfig {
+        ttft: Duration::from_millis(50),
+        tokens_per_second: 100,
+        ..MockConfig::default()
+    };
+    let serving =
+        tokio::spawn(mock::serve_with(listener, Knobs::try_new(config).expect("knobs"), stopped));
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &[("SOLROUTER_MOCK_SLOW_BASE_URL", &slow_url)]);
+    let (_account, key) = dev.funded_account("10").await;
+    run_phase(&dev, &key, "both").await;
+
+    // The slow host fails mid-run: it stops answering (its port then refuses).
+    drop(stop);
+    serving.await.expect("the mock task").expect("the mock served");
+    run_phase(&dev, &key, "failed").await;
+    let (status, ready) = dev.get("/readyz", &key).await;
+    assert_eq!((status, &ready["providers"]["mock-slow"]), (200, &serde_json::json!("failing")));
+    assert_eq!(ready["providers"]["mock"], "healthy");
+    let (status, metrics) = metrics_text(&dev).await;
+    assert_eq!(status, 200);
+    for line in [
+        "solrouter_endpoint_circuit_open{provider=\"mock-slow\",model=\"mock/shared\"} 1",
+        "solrouter_endpoint_tokens_per_second_5m{provider=\"mock\",model=\"mock/shared\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    dev.audit_ok().await;
+}
+
+async fn metrics_text(dev: &Dev) -> (u16, String) {
+    let response = dev.client.get(dev.url("/metrics")).send().await.expect("request");
+    (response.status().as_u16(), response.text().await.expect("body"))
+}
