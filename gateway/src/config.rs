@@ -2,6 +2,7 @@
 //! variables, then command-line flags (each layer overrides the one before). Validated
 //! once when built; the rest of the gateway reads only the typed, checked result.
 
+use crate::web::session::SECRET_BYTES_MIN;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ pub struct Config {
     body_bytes_max: usize,
     upstream: UpstreamTimeouts,
     waive_empty_answers: bool,
+    session_secret: Option<String>,
 }
 
 /// The raw layers: every field optional, so each layer sets only what it names.
@@ -56,6 +58,9 @@ pub struct ConfigLayer {
     /// Whether an answer that produced nothing (no output tokens; an error or an empty
     /// answer) goes uncharged, its provider bill written off. Default: true.
     pub waive_empty_answers: Option<bool>,
+    /// Signs the dashboard's session tokens; every gateway of a cluster must have the
+    /// same (dev mode generates one in its data directory when absent).
+    pub session_secret: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +113,7 @@ impl ConfigLayer {
                     }),
                 })
                 .transpose()?,
+            session_secret: lookup("SOLROUTER_SESSION_SECRET"),
         })
     }
 
@@ -131,6 +137,7 @@ impl ConfigLayer {
                 .upstream_total_timeout_ms
                 .or(self.upstream_total_timeout_ms),
             waive_empty_answers: over.waive_empty_answers.or(self.waive_empty_answers),
+            session_secret: over.session_secret.or(self.session_secret),
         }
     }
 }
@@ -181,7 +188,22 @@ impl Config {
         }
         let data_dir = layer.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
         let waive_empty_answers = layer.waive_empty_answers.unwrap_or(true);
-        Ok(Config { listen, data_dir, admin_token, body_bytes_max, upstream, waive_empty_answers })
+        let session_secret = layer.session_secret.filter(|secret| !secret.is_empty());
+        if session_secret.as_ref().is_some_and(|secret| secret.len() < SECRET_BYTES_MIN) {
+            return Err(ConfigError::Invalid {
+                name: "session_secret",
+                message: format!("needs at least {SECRET_BYTES_MIN} bytes"),
+            });
+        }
+        Ok(Config {
+            listen,
+            data_dir,
+            admin_token,
+            body_bytes_max,
+            upstream,
+            waive_empty_answers,
+            session_secret,
+        })
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -203,6 +225,11 @@ impl Config {
 
     pub fn upstream(&self) -> UpstreamTimeouts {
         self.upstream
+    }
+
+    /// See [`ConfigLayer::session_secret`].
+    pub fn session_secret(&self) -> Option<&str> {
+        self.session_secret.as_deref()
     }
 
     /// See [`ConfigLayer::waive_empty_answers`].
@@ -259,6 +286,7 @@ mod tests {
         check(&[("SOLROUTER_BODY_BYTES_MAX", "lots")], "SOLROUTER_BODY_BYTES_MAX");
         check(&[("SOLROUTER_WAIVE_EMPTY_ANSWERS", "maybe")], "SOLROUTER_WAIVE_EMPTY_ANSWERS");
         check(&[("SOLROUTER_ADMIN_TOKEN", "short")], "admin_token");
+        check(&[("SOLROUTER_SESSION_SECRET", "short")], "session_secret");
         check(&[("SOLROUTER_UPSTREAM_IDLE_TIMEOUT_MS", "0")], "upstream_idle_timeout_ms");
         check(&[("SOLROUTER_UPSTREAM_TOTAL_TIMEOUT_MS", "1000")], "upstream_total_timeout_ms");
         assert!(toml::from_str::<ConfigLayer>("bogus = 1").is_err());

@@ -9,6 +9,7 @@ use crate::health::Health;
 use crate::keys;
 use crate::providers::Providers;
 use crate::upstream::Upstream;
+use crate::web::Web;
 use crate::{mock, server, telemetry};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,9 @@ pub const DEMO_CREDIT_USD: u64 = 5;
 const DEMO_MARKER_FILE: &str = "dev-demo.json";
 /// The ledger's own directory inside the data directory.
 const LEDGER_DIR: &str = "ledger";
+/// The dashboard's session signing secret, generated on first start when none is
+/// configured (`SOLROUTER_SESSION_SECRET`), so sessions survive a restart.
+const SESSION_SECRET_FILE: &str = "session-secret";
 
 #[derive(Serialize, Deserialize)]
 struct DemoMarker {
@@ -60,6 +64,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     ensure_demo_account(&bank, &data_dir).await?;
+    let secret = match config.session_secret() {
+        Some(secret) => secret.to_owned(),
+        None => stored_session_secret(&data_dir)?,
+    };
     let catalog = Catalog::builtin();
     let app = App {
         upstream: Upstream::try_new(config.upstream()).context("building the upstream client")?,
@@ -70,6 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         admin_token,
         bank,
         metrics,
+        web: Web::new(secret.as_bytes(), true),
     }
     .leak();
     let listener = TcpListener::bind(app.config.listen())
@@ -115,6 +124,29 @@ async fn ensure_demo_account(bank: &Bank, data_dir: &Path) -> anyhow::Result<()>
     say(&format!("demo account: {:016x} (${DEMO_CREDIT_USD}.00 of credit)", account.0));
     say(&format!("demo key: {} (shown once; keep it)", key.text));
     write_marker(&marker_path, &DemoMarker { account: account.0, created: true })
+}
+
+/// The session secret in the data directory, made (random, owner-only) if missing.
+fn stored_session_secret(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(SESSION_SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(secret) => return Ok(secret.trim().to_owned()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+    let secret = keys::random_token();
+    let temporary = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file =
+        options.open(&temporary).with_context(|| format!("creating {}", temporary.display()))?;
+    file.write_all(secret.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, &path)
+        .with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(secret)
 }
 
 fn read_marker(path: &Path) -> anyhow::Result<Option<DemoMarker>> {

@@ -24,8 +24,9 @@ pub const FORMAT_MAGIC: [u8; 3] = *b"SRL";
 /// The version this build writes. 2: the ledger keeps ended holds for a bounded time
 /// instead of every request record (those moved to the history store). 3: a request
 /// record says whether its charge was waived (`RequestRecord::waived`). 4: every record
-/// ends with a CRC-32; membership entries name each member's incarnation.
-pub const FORMAT_VERSION: u8 = 4;
+/// ends with a CRC-32; membership entries name each member's incarnation. 5: dashboard
+/// users and revoked sessions (`Op::CreateUser`, `Op::RevokeSession`), top-ups stamped.
+pub const FORMAT_VERSION: u8 = 5;
 /// The versions this build reads.
 pub const FORMAT_VERSIONS_SUPPORTED: &[u8] = &[FORMAT_VERSION];
 /// Magic plus version.
@@ -176,7 +177,7 @@ mod tests {
         assert!(matches!(error, CodecError::UnsupportedVersion { found: 99 }), "{error:?}");
         assert_eq!(
             error.to_string(),
-            "unsupported ledger format version 99; this build reads versions [4]"
+            "unsupported ledger format version 99; this build reads versions [5]"
         );
     }
 

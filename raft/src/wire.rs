@@ -11,6 +11,7 @@ use crate::history::{
 use serde::{Deserialize, Serialize};
 use solrouter_ledger::{
     Account, AccountId, Audit, HoldId, Key, KeyHash, KeyId, Ledger, PicoUsd, RequestRecord,
+    SessionId, TopUpView, User, UserId,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -63,6 +64,18 @@ pub enum Read {
     HistoryExport {
         after: Option<HistoryCursor>,
     },
+    /// The keys of an account, revoked ones included.
+    KeysOf(AccountId),
+    /// The top-ups of an account, oldest first.
+    TopUps(AccountId),
+    /// A dashboard user by id (from the user directory).
+    User(UserId),
+    /// A dashboard user by lower-case email (from the user directory).
+    UserByEmail(String),
+    /// The users of an account (from the user directory).
+    Members(AccountId),
+    /// Whether a dashboard session was revoked.
+    SessionRevoked(SessionId),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,6 +95,12 @@ pub enum ReadAnswer {
     History(HistoryPage),
     Usage(Vec<UsageRow>),
     HistoryExport(ExportPage),
+    KeysOf(Vec<(KeyId, Key)>),
+    TopUps(Vec<TopUpView>),
+    User(Option<User>),
+    UserByEmail(Option<(UserId, User)>),
+    Members(Vec<(UserId, User)>),
+    SessionRevoked(bool),
 }
 
 /// A membership change of one group.
@@ -146,6 +165,16 @@ pub(crate) fn answer(ledger: &Ledger, read: &Read) -> Option<ReadAnswer> {
             ReadAnswer::KeyByHash(ledger.key_by_hash(hash).map(|(id, key)| (id, key.clone())))
         }
         Read::Audit => ReadAnswer::Audit(ledger.audit()),
+        Read::KeysOf(account) => ReadAnswer::KeysOf(ledger.keys_of(*account)),
+        Read::TopUps(account) => ReadAnswer::TopUps(ledger.top_ups(*account)),
+        Read::User(user) => ReadAnswer::User(ledger.user(*user).cloned()),
+        Read::UserByEmail(email) => ReadAnswer::UserByEmail(
+            ledger.user_by_email(email).map(|(id, user)| (id, user.clone())),
+        ),
+        Read::Members(account) => ReadAnswer::Members(ledger.members(*account)),
+        Read::SessionRevoked(session) => {
+            ReadAnswer::SessionRevoked(ledger.session_revoked(*session))
+        }
         Read::Record { .. } | Read::History(_) | Read::Usage(_) | Read::HistoryExport { .. } => {
             return None
         }
