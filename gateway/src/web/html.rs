@@ -75,7 +75,10 @@ pub fn message(kind: &str, text: &str) -> String {
 
 /// A table with a header row; cells are HTML already.
 pub fn table(caption: &str, headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut html = format!("<table><caption>{}</caption><thead><tr>", escape(caption));
+    let mut html = format!(
+        "<div class=\"table-wrap\"><table><caption>{}</caption><thead><tr>",
+        escape(caption)
+    );
     for header in headers {
         let _ = write!(html, "<th scope=\"col\">{}</th>", escape(header));
     }
@@ -90,7 +93,7 @@ pub fn table(caption: &str, headers: &[&str], rows: &[Vec<String>]) -> String {
         }
         html.push_str("</tr>");
     }
-    html.push_str("</tbody></table>");
+    html.push_str("</tbody></table></div>");
     html
 }
 
@@ -132,7 +135,7 @@ pub fn stacked_bars(
     let slot = plot_width / n;
     let bar = (slot * 7 / 10).max(1);
     let mut svg = format!(
-        "<figure class=\"chart\"><svg role=\"img\" viewBox=\"0 0 {CHART_WIDTH} {CHART_HEIGHT}\" \
+        "<figure class=\"chart\"><h2>{title}</h2><svg role=\"img\" viewBox=\"0 0 {CHART_WIDTH} {CHART_HEIGHT}\" \
          width=\"{CHART_WIDTH}\" height=\"{CHART_HEIGHT}\" aria-labelledby=\"t-{id}\">\
          <title id=\"t-{id}\">{title}</title>",
         id = chart_id(title),

@@ -493,8 +493,9 @@ async fn activity(app: &'static App, request: &Request<Incoming>) -> Result<Resp
         .records
         .iter()
         .map(|(hold, record)| {
+            let id = crate::wire::generation_id(*hold);
             vec![
-                escape(&utc_rfc3339(record.created_ms)),
+                escape(&readable_time(record.created_ms)),
                 escape(&key_label(&names, record.key)),
                 escape(&record.model),
                 escape(&record.provider),
@@ -505,7 +506,7 @@ async fn activity(app: &'static App, request: &Request<Incoming>) -> Result<Resp
                 html::usd(record.cost),
                 format!("{} ms", record.latency_ms),
                 format!("<span class=\"{}\">{}</span>", status_class(record.status), record.status),
-                format!("<code>{}</code>", crate::wire::generation_id(*hold)),
+                format!("<code title=\"{id}\">{}…</code>", &id[..16]),
             ]
         })
         .collect();
@@ -538,6 +539,11 @@ async fn activity(app: &'static App, request: &Request<Incoming>) -> Result<Resp
         );
     }
     Ok(render(&ctx, "Activity", "/dashboard/activity", &body))
+}
+
+/// A time as a person reads it: `2026-11-30 12:45:57` (UTC).
+fn readable_time(ms: u64) -> String {
+    utc_rfc3339(ms).replacen('T', " ", 1).trim_end_matches('Z').to_owned()
 }
 
 fn encode_query(pairs: &[(&str, &str)]) -> String {
