@@ -115,7 +115,7 @@ def run(browser):
     key = text(browser, "#new-key")
     assert key.startswith("sr_"), key
     shot(browser, "keys-created")
-    browser.get(BASE + "/dashboard/keys")
+    browser.refresh()
     assert key not in browser.page_source, "the key is shown only once"
     assert len(browser.find_elements(By.CSS_SELECTOR, "button.danger")) == 1, "one key"
 

@@ -50,8 +50,12 @@ pub async fn route(app: &'static App, request: Request<Incoming>) -> Result<Resp
         (Method::GET, ["dashboard", "activity"]) => activity(app, &request).await,
         (Method::GET, ["dashboard", "activity.csv"]) => activity_csv(app, &request).await,
         (Method::GET, ["dashboard", "keys"]) => {
-            let ctx = logged_in(app, request.headers()).await?;
-            keys_page(app, &ctx, None).await
+            let mut ctx = logged_in(app, request.headers()).await?;
+            let created = new_key(request.headers());
+            if created.is_some() {
+                ctx.cookies.push(session::cookie(NEW_KEY_COOKIE, "", 0));
+            }
+            keys_page(app, &ctx, created).await
         }
         (Method::POST, ["dashboard", "keys"]) => create_key(app, Form::read(request).await?).await,
         (Method::POST, ["dashboard", "keys", id, "revoke"]) => {
@@ -629,13 +633,31 @@ fn csv_field(text: &str) -> String {
     }
 }
 
+/// Carries a key just created from its POST to the keys page it redirects to, which
+/// shows it and clears the cookie: a reload shows it no more and creates no second key.
+const NEW_KEY_COOKIE: &str = "sr_new_key";
+/// Long enough for the redirect to be followed.
+const NEW_KEY_COOKIE_MAX_AGE_S: u64 = 60;
+
+/// The key id and text of the new-key cookie, if any.
+fn new_key(headers: &HeaderMap) -> Option<(KeyId, String)> {
+    let cookies = session::Cookies::parse(headers);
+    let (id, text) = cookies.get(NEW_KEY_COOKIE)?.split_once('.')?;
+    Some((KeyId(parse_hex_u64(id)?), text.to_owned()))
+}
+
 async fn keys_page(
     app: &'static App,
     ctx: &Ctx,
-    created: Option<(String, String)>,
+    created: Option<(KeyId, String)>,
 ) -> Result<Response, WebError> {
     let keys = app.bank.keys_of(ctx.session.account).await?;
     let mut body = String::new();
+    // Shown only when the id is one of this account's keys.
+    let created = created.and_then(|(id, text)| {
+        let (_, key) = keys.iter().find(|(found, _)| *found == id)?;
+        Some((key.name.clone(), text))
+    });
     if let Some((name, text)) = created {
         let _ = write!(
             body,
@@ -694,8 +716,11 @@ async fn create_key(app: &'static App, form: Form) -> Result<Response, WebError>
     }
     let account = ctx.session.account;
     let (id, key) = (KeyId(keys::random_u64()), keys::mint(account));
-    app.bank.create_key(account, id, name.clone(), key.hash).await?.map_err(rejected)?;
-    keys_page(app, &ctx, Some((name, key.text))).await
+    app.bank.create_key(account, id, name, key.hash).await?.map_err(rejected)?;
+    let value = format!("{:016x}.{}", id.0, key.text);
+    let mut cookies = ctx.cookies;
+    cookies.push(session::cookie(NEW_KEY_COOKIE, &value, NEW_KEY_COOKIE_MAX_AGE_S));
+    Ok(redirect("/dashboard/keys", &cookies))
 }
 
 /// Revokes a key of the session's account; another account's key id is a 404, like an

@@ -110,9 +110,12 @@ impl WebClient {
         self.post("/login", &[("email", email), ("password", password)]).await
     }
 
-    /// Creates a key on the keys page: its text, shown once.
+    /// Creates a key on the keys page (a POST redirected to the page that shows it):
+    /// its text, shown once.
     pub async fn create_key(&mut self, name: &str) -> String {
         let page = self.post("/dashboard/keys", &[("name", name)]).await;
+        assert_eq!(page.location.as_deref(), Some("/dashboard/keys"), "{}", page.body);
+        let page = self.get("/dashboard/keys").await;
         assert_eq!(page.status, 200, "{}", page.body);
         let start = page.body.find("<code id=\"new-key\">").expect("the new key is shown")
             + "<code id=\"new-key\">".len();
