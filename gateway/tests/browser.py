@@ -22,6 +22,8 @@ SHOTS = os.environ["SOLROUTER_SCREENSHOTS"]
 EMAIL = "browser@example.com"
 PASSWORD = "correct horse battery staple"
 N_REQUESTS = 3
+# Requests made with the limited key before its limit must have refused one.
+SPEND_LIMIT_REQUESTS_MAX = 50
 # Longest any page change may take to show (the overview polls every two seconds).
 WAIT_S = 30
 
@@ -111,13 +113,13 @@ def run(browser):
     # Create a key: shown once.
     browser.get(BASE + "/dashboard/keys")
     fill(browser, {"name": "browser-app"})
-    submit(browser, "main form.filters")
+    submit(browser, "main form.key-form")
     key = text(browser, "#new-key")
     assert key.startswith("sr_"), key
     shot(browser, "keys-created")
     browser.refresh()
     assert key not in browser.page_source, "the key is shown only once"
-    assert len(browser.find_elements(By.CSS_SELECTOR, "button.danger")) == 1, "one key"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "button.danger")) == 1, "one key made"
 
     # Requests through the official SDK while the overview is open: it updates itself.
     browser.get(BASE + "/dashboard")
@@ -175,9 +177,41 @@ def run(browser):
     assert EMAIL in text(browser, "main table")
     shot(browser, "members")
 
-    # Revoke the key: the SDK is refused at once.
+    # A second key with a spend limit: its requests are refused with a 402 naming the
+    # limit once it is reached, while the account still has credit.
     browser.get(BASE + "/dashboard/keys")
-    browser.find_element(By.CSS_SELECTOR, "button.danger").click()
+    fill(browser, {"name": "limited", "limit": "0.0001"})
+    submit(browser, "main form.key-form")
+    limited_key = text(browser, "#new-key")
+    assert "$0.000100 lifetime" in text(browser, "main table"), text(browser, "main table")
+    limited = openai.OpenAI(base_url=BASE + "/v1/api", api_key=limited_key, max_retries=0)
+    refused = None
+    for n in range(SPEND_LIMIT_REQUESTS_MAX):
+        try:
+            limited.chat.completions.create(
+                model="mock/echo", messages=[{"role": "user", "content": f"limited {n}"}]
+            )
+        except openai.APIStatusError as error:
+            refused = error
+            break
+    assert refused is not None and refused.status_code == 402, refused
+    assert "spend limit" in str(refused), refused
+    browser.get(BASE + "/dashboard/keys")
+    shot(browser, "keys-limited")
+    # Disable it, then enable it again: the switch is reversible.
+    browser.find_element(By.CSS_SELECTOR, "button[aria-label='Disable limited']").click()
+    wait_for(browser, lambda b: "disabled" in text(b, "main table"), "the key shown disabled")
+    try:
+        limited.chat.completions.create(model="mock/echo", messages=[{"role": "user", "content": "x"}])
+        raise AssertionError("a disabled key was accepted")
+    except openai.APIStatusError as error:
+        assert error.status_code in (401, 403), error
+    browser.find_element(By.CSS_SELECTOR, "button[aria-label='Enable limited']").click()
+    wait_for(browser, lambda b: "disabled" not in text(b, "main table"), "the key enabled again")
+
+    # Revoke the first key: the SDK is refused at once.
+    browser.get(BASE + "/dashboard/keys")
+    browser.find_element(By.CSS_SELECTOR, "button[aria-label='Revoke browser-app']").click()
     wait_for(browser, lambda b: "revoked" in text(b, "main table"), "the key shown revoked")
     shot(browser, "keys-revoked")
     try:

@@ -155,6 +155,12 @@ async fn one_account_never_sees_or_touches_another() {
     // exported, her generation is unknown to his key, her balance and users are not his.
     let page = bob.post(&format!("/dashboard/keys/{alice_key_id}/revoke"), &[]).await;
     assert_eq!(page.status, 404, "{}", page.body);
+    let disable = [("disabled", "true")];
+    let page = bob.post(&format!("/dashboard/keys/{alice_key_id}/disabled"), &disable).await;
+    assert_eq!(page.status, 404, "{}", page.body);
+    let limit = [("limit", "0.000001"), ("limit_reset", "daily")];
+    let page = bob.post(&format!("/dashboard/keys/{alice_key_id}/limits"), &limit).await;
+    assert_eq!(page.status, 404, "{}", page.body);
     let page = bob.get(&format!("/dashboard/activity?key={alice_key_id}")).await;
     assert_eq!(page.status, 200);
     assert!(!page.body.contains(&generation) && page.body.contains("Nothing yet."));

@@ -64,7 +64,7 @@ pub enum Read {
     HistoryExport {
         after: Option<HistoryCursor>,
     },
-    /// The keys of an account, revoked ones included.
+    /// An account's keys, revoked ones included.
     KeysOf(AccountId),
     /// The top-ups of an account, oldest first.
     TopUps(AccountId),
@@ -95,7 +95,7 @@ pub enum ReadAnswer {
     History(HistoryPage),
     Usage(Vec<UsageRow>),
     HistoryExport(ExportPage),
-    KeysOf(Vec<(KeyId, Key)>),
+    Keys(Vec<(KeyId, Key)>),
     TopUps(Vec<TopUpView>),
     User(Option<User>),
     UserByEmail(Option<(UserId, User)>),
@@ -165,7 +165,9 @@ pub(crate) fn answer(ledger: &Ledger, read: &Read) -> Option<ReadAnswer> {
             ReadAnswer::KeyByHash(ledger.key_by_hash(hash).map(|(id, key)| (id, key.clone())))
         }
         Read::Audit => ReadAnswer::Audit(ledger.audit()),
-        Read::KeysOf(account) => ReadAnswer::KeysOf(ledger.keys_of(*account)),
+        Read::KeysOf(account) => {
+            ReadAnswer::Keys(ledger.keys_of(*account).map(|(id, key)| (id, key.clone())).collect())
+        }
         Read::TopUps(account) => ReadAnswer::TopUps(ledger.top_ups(*account)),
         Read::User(user) => ReadAnswer::User(ledger.user(*user).cloned()),
         Read::UserByEmail(email) => ReadAnswer::UserByEmail(

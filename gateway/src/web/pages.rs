@@ -6,6 +6,7 @@ use super::auth::{self, Subject, PASSWORD_BYTES_MAX, PASSWORD_BYTES_MIN};
 use super::html::{self, escape, Series};
 use super::session::{self, REVOCATION_CLOCK_MARGIN};
 use super::{html as page_html, logged_in, method_path, query, redirect, Ctx, Form, WebError};
+use crate::account::{self, Actor, KeyFields};
 use crate::admin::IDEMPOTENCY_KEY_BYTES_MAX;
 use crate::api::utc_rfc3339;
 use crate::app::App;
@@ -13,10 +14,10 @@ use crate::keys;
 use crate::respond::{self, Response};
 use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use hyper::body::Incoming;
-use serde_json::json;
+use serde_json::{json, Value};
 use solrouter_ledger::{
-    signed_usd, AccountId, KeyId, PicoUsd, Rejection, RequestRecord, Role, UserId, EMAIL_BYTES_MAX,
-    NAME_BYTES_MAX,
+    signed_usd, AccountId, Key, KeyId, KeyKind, KeyLimits, PicoUsd, Rejection, RequestRecord, Role,
+    UserId, EMAIL_BYTES_MAX, NAME_BYTES_MAX,
 };
 use solrouter_raft::{HistoryCursor, HistoryQuery, UsageQuery, HISTORY_PAGE_MAX};
 use std::collections::{BTreeMap, HashMap};
@@ -58,9 +59,14 @@ pub async fn route(app: &'static App, request: Request<Incoming>) -> Result<Resp
             keys_page(app, &ctx, created).await
         }
         (Method::POST, ["dashboard", "keys"]) => create_key(app, Form::read(request).await?).await,
-        (Method::POST, ["dashboard", "keys", id, "revoke"]) => {
-            let id = parse_hex_u64(id).ok_or_else(WebError::not_found)?;
-            revoke_key(app, KeyId(id), Form::read(request).await?).await
+        (Method::POST, ["dashboard", "keys", id, action]) => {
+            let id = KeyId(parse_hex_u64(id).ok_or_else(WebError::not_found)?);
+            let form = Form::read(request).await?;
+            match *action {
+                "revoke" => revoke_key(app, id, form).await,
+                "limits" | "disabled" => update_key(app, id, form).await,
+                _ => Err(WebError::not_found()),
+            }
         }
         (Method::GET, ["dashboard", "models"]) => models(app, &request).await,
         (Method::GET, ["dashboard", "credits"]) => {
@@ -315,7 +321,7 @@ async fn key_names(
     app: &'static App,
     account: AccountId,
 ) -> Result<HashMap<KeyId, String>, WebError> {
-    let keys = app.bank.keys_of(account).await?;
+    let keys = app.bank.keys(account).await?;
     Ok(keys.into_iter().map(|(id, key)| (id, key.name)).collect())
 }
 
@@ -651,7 +657,8 @@ async fn keys_page(
     ctx: &Ctx,
     created: Option<(KeyId, String)>,
 ) -> Result<Response, WebError> {
-    let keys = app.bank.keys_of(ctx.session.account).await?;
+    let keys = account::list_keys(&app.bank, ctx.session.account).await?;
+    let now_ms = crate::bank::now_ms();
     let mut body = String::new();
     // Shown only when the id is one of this account's keys.
     let created = created.and_then(|(id, text)| {
@@ -669,58 +676,156 @@ async fn keys_page(
     }
     let _ = write!(
         body,
-        "<form class=\"filters\" method=\"post\" action=\"/dashboard/keys\">{}\
-         <label for=\"key-name\">Name</label><input id=\"key-name\" name=\"name\" required maxlength=\"256\">\
+        "<form class=\"card key-form\" method=\"post\" action=\"/dashboard/keys\">{}\
+         <label for=\"key-name\">Name</label><input id=\"key-name\" name=\"name\" required maxlength=\"256\">{}\
          <button type=\"submit\">Create key</button></form>",
-        html::csrf_field(&ctx.csrf)
+        html::csrf_field(&ctx.csrf),
+        limit_fields("new", None)
     );
-    let rows: Vec<Vec<String>> = keys
-        .iter()
-        .map(|(id, key)| {
-            let id_hex = format!("{:016x}", id.0);
-            let action = if key.revoked {
-                String::new()
-            } else {
-                format!(
-                    "<form method=\"post\" action=\"/dashboard/keys/{id_hex}/revoke\">{}\
-                     <button type=\"submit\" class=\"danger\" aria-label=\"Revoke {}\">Revoke</button></form>",
-                    html::csrf_field(&ctx.csrf),
-                    escape(&key.name)
-                )
-            };
-            vec![
-                escape(&key.name),
-                format!("<code>{id_hex}</code>"),
-                if key.revoked { "<span class=\"failed\">revoked</span>".into() } else { "<span class=\"ok\">active</span>".into() },
-                html::usd(key.usage),
-                format!("<a href=\"/dashboard/activity?key={id_hex}\">requests</a>"),
-                action,
-            ]
-        })
-        .collect();
+    let rows: Vec<Vec<String>> =
+        keys.iter().map(|(id, key)| key_row(ctx, *id, key, now_ms)).collect();
     body.push_str(&html::table(
         "API keys",
-        &["Name", "Id", "Status", "Usage", "History", ""],
+        &["Name", "Id", "Status", "Usage", "Limits", "History", "Actions"],
         &rows,
     ));
     Ok(render(ctx, "Keys", "/dashboard/keys", &body))
 }
 
+/// The spend limit, its reset period and the rate limits as form fields, filled with
+/// `current`'s; `prefix` keeps the ids of the forms on one page apart.
+fn limit_fields(prefix: &str, current: Option<&KeyLimits>) -> String {
+    let limits = current.cloned().unwrap_or_default();
+    let spend = limits.spend_limit.map(|amount| amount.to_string()).unwrap_or_default();
+    let reset = limits.limit_reset.name().unwrap_or("never");
+    let rpm = limits.requests_per_minute.map(|n| n.to_string()).unwrap_or_default();
+    let tpm = limits.tokens_per_minute.map(|n| n.to_string()).unwrap_or_default();
+    let resets =
+        [("never", "never"), ("daily", "daily"), ("weekly", "weekly"), ("monthly", "monthly")];
+    format!(
+        "<label for=\"{prefix}-limit\">Spend limit, USD</label>\
+         <input id=\"{prefix}-limit\" name=\"limit\" inputmode=\"decimal\" size=\"8\" value=\"{}\" placeholder=\"none\">{}\
+         <label for=\"{prefix}-rpm\">Requests/min</label>\
+         <input id=\"{prefix}-rpm\" name=\"requests_per_minute\" inputmode=\"numeric\" size=\"6\" value=\"{rpm}\" placeholder=\"none\">\
+         <label for=\"{prefix}-tpm\">Tokens/min</label>\
+         <input id=\"{prefix}-tpm\" name=\"tokens_per_minute\" inputmode=\"numeric\" size=\"8\" value=\"{tpm}\" placeholder=\"none\">",
+        escape(&spend),
+        select(&format!("{prefix}-reset"), "Resets", &resets, reset).replace(
+            &format!("name=\"{prefix}-reset\""),
+            "name=\"limit_reset\""
+        )
+    )
+}
+
+/// One key's row: state, usage, limits, and its forms (edit limits, disable or enable,
+/// revoke) for a live key.
+fn key_row(ctx: &Ctx, id: KeyId, key: &Key, now_ms: u64) -> Vec<String> {
+    let id_hex = format!("{:016x}", id.0);
+    let status = match (key.revoked, key.disabled) {
+        (true, _) => "<span class=\"failed\">revoked</span>",
+        (false, true) => "<span class=\"failed\">disabled</span>",
+        (false, false) => "<span class=\"ok\">active</span>",
+    };
+    let kind = if key.kind == KeyKind::Management { " (management)" } else { "" };
+    let limits = &key.limits;
+    let mut described = Vec::new();
+    if let Some(amount) = limits.spend_limit {
+        let period = limits.limit_reset.name().unwrap_or("lifetime");
+        let left = key.limit_remaining(now_ms).unwrap_or(PicoUsd::ZERO);
+        described.push(format!("{} {period}, {} left", html::usd(amount), html::usd(left)));
+    }
+    if let Some(rpm) = limits.requests_per_minute {
+        described.push(format!("{rpm} requests/min"));
+    }
+    if let Some(tpm) = limits.tokens_per_minute {
+        described.push(format!("{tpm} tokens/min"));
+    }
+    let described =
+        if described.is_empty() { "none".to_owned() } else { escape(&described.join("; ")) };
+    let actions = if key.revoked {
+        String::new()
+    } else {
+        let csrf = html::csrf_field(&ctx.csrf);
+        let (toggle, label) = if key.disabled { ("false", "Enable") } else { ("true", "Disable") };
+        format!(
+            "<details><summary>Edit limits</summary><form class=\"key-form\" method=\"post\" \
+             action=\"/dashboard/keys/{id_hex}/limits\">{csrf}{}<button type=\"submit\">Save limits</button></form></details>\
+             <form method=\"post\" action=\"/dashboard/keys/{id_hex}/disabled\">{csrf}\
+             <input type=\"hidden\" name=\"disabled\" value=\"{toggle}\">\
+             <button type=\"submit\" class=\"secondary\" aria-label=\"{label} {name}\">{label}</button></form>\
+             <form method=\"post\" action=\"/dashboard/keys/{id_hex}/revoke\">{csrf}\
+             <button type=\"submit\" class=\"danger\" aria-label=\"Revoke {name}\">Revoke</button></form>",
+            limit_fields(&id_hex, Some(limits)),
+            name = escape(&key.name),
+        )
+    };
+    vec![
+        format!("{}{kind}", escape(&key.name)),
+        format!("<code>{id_hex}</code>"),
+        status.to_owned(),
+        html::usd(key.usage),
+        described,
+        format!("<a href=\"/dashboard/activity?key={id_hex}\">requests</a>"),
+        format!("<div class=\"actions\">{actions}</div>"),
+    ]
+}
+
+/// The key fields of a form (name when creating, limits, disabled), as the key API
+/// reads them: an empty field lifts its limit.
+fn key_fields(form: &Form, creating: bool) -> Result<KeyFields, WebError> {
+    let bad = |text: String| WebError::Status(StatusCode::BAD_REQUEST, text);
+    let mut body = serde_json::Map::new();
+    if creating {
+        body.insert("name".into(), form.get("name").trim().into());
+    }
+    if form.fields.contains_key("disabled") {
+        body.insert("disabled".into(), (form.get("disabled") == "true").into());
+    }
+    if form.fields.contains_key("limit") {
+        let limit = form.get("limit").trim();
+        body.insert("limit".into(), if limit.is_empty() { Value::Null } else { limit.into() });
+        let reset = form.get("limit_reset");
+        let reset = if reset.is_empty() || reset == "never" { Value::Null } else { reset.into() };
+        body.insert("limit_reset".into(), reset);
+        for field in ["requests_per_minute", "tokens_per_minute"] {
+            let text = form.get(field).trim();
+            let value = if text.is_empty() {
+                Value::Null
+            } else {
+                let number: u64 =
+                    text.parse().map_err(|_| bad(format!("{field} must be a whole number")))?;
+                number.into()
+            };
+            body.insert(field.into(), value);
+        }
+    }
+    serde_json::from_value(Value::Object(body)).map_err(|error| bad(error.to_string()))
+}
+
+fn actor(ctx: &Ctx) -> Actor {
+    Actor::User { id: format!("{:016x}", ctx.session.user.0), owner: ctx.role == Role::Owner }
+}
+
 async fn create_key(app: &'static App, form: Form) -> Result<Response, WebError> {
     let ctx = logged_in(app, &form.headers).await?;
     form.check_csrf(Some(&ctx.csrf))?;
-    let name = form.get("name").trim().to_owned();
-    if name.is_empty() || name.len() > NAME_BYTES_MAX {
-        let reason = format!("a key's name must be 1 to {NAME_BYTES_MAX} bytes");
-        return Err(WebError::Status(StatusCode::BAD_REQUEST, reason));
-    }
+    let new = key_fields(&form, true)?.new_key()?;
     let account = ctx.session.account;
-    let (id, key) = (KeyId(keys::random_u64()), keys::mint(account));
-    app.bank.create_key(account, id, name, key.hash).await?.map_err(rejected)?;
-    let value = format!("{:016x}.{}", id.0, key.text);
+    let created = account::create_key(&app.bank, account, &actor(&ctx), new).await?;
+    let value = format!("{:016x}.{}", created.id.0, created.text);
     let mut cookies = ctx.cookies;
     cookies.push(session::cookie(NEW_KEY_COOKIE, &value, NEW_KEY_COOKIE_MAX_AGE_S));
     Ok(redirect("/dashboard/keys", &cookies))
+}
+
+/// Changes a key's limits or disables (enables) it; another account's key id is a 404,
+/// like an unknown one.
+async fn update_key(app: &'static App, key: KeyId, form: Form) -> Result<Response, WebError> {
+    let ctx = logged_in(app, &form.headers).await?;
+    form.check_csrf(Some(&ctx.csrf))?;
+    let update = key_fields(&form, false)?.update()?;
+    account::update_key(&app.bank, ctx.session.account, &actor(&ctx), key, update).await?;
+    Ok(redirect("/dashboard/keys", &ctx.cookies))
 }
 
 /// Revokes a key of the session's account; another account's key id is a 404, like an
@@ -728,11 +833,7 @@ async fn create_key(app: &'static App, form: Form) -> Result<Response, WebError>
 async fn revoke_key(app: &'static App, key: KeyId, form: Form) -> Result<Response, WebError> {
     let ctx = logged_in(app, &form.headers).await?;
     form.check_csrf(Some(&ctx.csrf))?;
-    let owner = app.bank.key(key).await?.map(|found| found.account);
-    if owner != Some(ctx.session.account) {
-        return Err(WebError::not_found());
-    }
-    app.bank.revoke_key(ctx.session.account, key).await?.map_err(rejected)?;
+    account::revoke_key(&app.bank, ctx.session.account, &actor(&ctx), key).await?;
     Ok(redirect("/dashboard/keys", &ctx.cookies))
 }
 

@@ -60,8 +60,8 @@ use network::NetCounters;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use solrouter_ledger::{
-    AccountId, Command, HoldId, KeyId, Ledger, Op, OpId, Outcome, PicoUsd, Rejection, Reply,
-    HOLDS_REMEMBERED_FOR_MS, OPS_REMEMBERED_FOR_MS,
+    AccountId, Command, HoldId, KeyId, KeyKind, KeyLimits, Ledger, Op, OpId, Outcome, PicoUsd,
+    Rejection, Reply, HOLDS_REMEMBERED_FOR_MS, OPS_REMEMBERED_FOR_MS,
 };
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -785,6 +785,8 @@ async fn create_accounts(router: &mut Router, history: &History, n: u64) -> Vec<
             key: KeyId(account.0),
             name: "sim".to_owned(),
             hash: workload::key_hash(KeyId(account.0)),
+            kind: KeyKind::Inference,
+            limits: KeyLimits::default(),
         };
         let command = Command { id: OpId(u128::from(account_idx) + 1 + (1 << 32)), op };
         let sent = history.tick();
