@@ -40,6 +40,7 @@ pub struct Config {
     body_bytes_max: usize,
     upstream: UpstreamTimeouts,
     waive_empty_answers: bool,
+    webhook_secret: Option<String>,
     session_secret: Option<String>,
 }
 
@@ -58,6 +59,8 @@ pub struct ConfigLayer {
     /// Whether an answer that produced nothing (no output tokens; an error or an empty
     /// answer) goes uncharged, its provider bill written off. Default: true.
     pub waive_empty_answers: Option<bool>,
+    /// The payments webhook's signing secret (Stripe's `whsec_…`); dev mode makes one.
+    pub webhook_secret: Option<String>,
     /// Signs the dashboard's session tokens; every gateway of a cluster must have the
     /// same (dev mode generates one in its data directory when absent).
     pub session_secret: Option<String>,
@@ -113,6 +116,7 @@ impl ConfigLayer {
                     }),
                 })
                 .transpose()?,
+            webhook_secret: lookup("SOLROUTER_WEBHOOK_SECRET"),
             session_secret: lookup("SOLROUTER_SESSION_SECRET"),
         })
     }
@@ -137,6 +141,7 @@ impl ConfigLayer {
                 .upstream_total_timeout_ms
                 .or(self.upstream_total_timeout_ms),
             waive_empty_answers: over.waive_empty_answers.or(self.waive_empty_answers),
+            webhook_secret: over.webhook_secret.or(self.webhook_secret),
             session_secret: over.session_secret.or(self.session_secret),
         }
     }
@@ -188,6 +193,13 @@ impl Config {
         }
         let data_dir = layer.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
         let waive_empty_answers = layer.waive_empty_answers.unwrap_or(true);
+        let webhook_secret = layer.webhook_secret.filter(|secret| !secret.is_empty());
+        if webhook_secret.as_ref().is_some_and(|secret| secret.len() < 16) {
+            return Err(ConfigError::Invalid {
+                name: "webhook_secret",
+                message: "needs at least 16 characters".into(),
+            });
+        }
         let session_secret = layer.session_secret.filter(|secret| !secret.is_empty());
         if session_secret.as_ref().is_some_and(|secret| secret.len() < SECRET_BYTES_MIN) {
             return Err(ConfigError::Invalid {
@@ -202,6 +214,7 @@ impl Config {
             body_bytes_max,
             upstream,
             waive_empty_answers,
+            webhook_secret,
             session_secret,
         })
     }
@@ -212,6 +225,11 @@ impl Config {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The payments webhook's secret, if configured (dev mode makes one when absent).
+    pub fn webhook_secret(&self) -> Option<&str> {
+        self.webhook_secret.as_deref()
     }
 
     /// The configured admin token, if any (dev mode generates one when absent).

@@ -10,7 +10,7 @@ use crate::keys;
 use crate::providers::Providers;
 use crate::upstream::Upstream;
 use crate::web::Web;
-use crate::{mock, server, telemetry};
+use crate::{mock, payments, server, telemetry};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use solrouter_ledger::{AccountId, KeyId, KeyKind, KeyLimits, PicoUsd, Rejection};
@@ -64,9 +64,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     ensure_demo_account(&bank, &data_dir).await?;
+    let webhook_secret = match config.webhook_secret() {
+        Some(secret) => secret.to_owned(),
+        None => {
+            let (secret, path) =
+                payments::dev_secret(&data_dir).context("making the webhook secret")?;
+            say(&format!(
+                "payments webhook secret: in {} (generated; set SOLROUTER_WEBHOOK_SECRET to                  choose one)",
+                path.display()
+            ));
+            secret
+        }
+    };
     let secret = match config.session_secret() {
         Some(secret) => secret.to_owned(),
-        None => stored_session_secret(&data_dir)?,
+        None => {
+            let path = data_dir.join(SESSION_SECRET_FILE);
+            keys::stored_secret(&path, "").with_context(|| format!("reading {}", path.display()))?
+        }
     };
     let catalog = Catalog::builtin();
     let app = App {
@@ -76,6 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         catalog,
         config,
         admin_token,
+        webhook_secret: Some(webhook_secret),
         bank,
         metrics,
         web: Web::new(secret.as_bytes(), true),
@@ -125,29 +141,6 @@ async fn ensure_demo_account(bank: &Bank, data_dir: &Path) -> anyhow::Result<()>
     say(&format!("demo account: {:016x} (${DEMO_CREDIT_USD}.00 of credit)", account.0));
     say(&format!("demo key: {} (shown once; keep it)", key.text));
     write_marker(&marker_path, &DemoMarker { account: account.0, created: true })
-}
-
-/// The session secret in the data directory, made (random, owner-only) if missing.
-fn stored_session_secret(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join(SESSION_SECRET_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(secret) => return Ok(secret.trim().to_owned()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
-    }
-    let secret = keys::random_token();
-    let temporary = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file =
-        options.open(&temporary).with_context(|| format!("creating {}", temporary.display()))?;
-    file.write_all(secret.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, &path)
-        .with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(secret)
 }
 
 fn read_marker(path: &Path) -> anyhow::Result<Option<DemoMarker>> {

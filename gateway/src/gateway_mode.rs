@@ -68,6 +68,7 @@ pub async fn run(
         }
     };
     let catalog = Catalog::builtin();
+    let webhook_secret = config.webhook_secret().map(str::to_owned);
     let app = App {
         upstream: Upstream::try_new(config.upstream()).context("building the upstream client")?,
         providers: Providers::from_env(mock_url),
@@ -75,6 +76,7 @@ pub async fn run(
         catalog,
         config,
         admin_token,
+        webhook_secret,
         bank: Bank::remote(client),
         metrics,
         web: Web::new(secret.as_bytes(), false),

@@ -82,13 +82,16 @@ pub struct RequestContext {
 
 impl RequestContext {
     /// The record the settle stores: what the request used, cost and how it ended;
-    /// `waived`: the customer is not charged ([`waives`]).
+    /// `waived`: the customer is not charged ([`waives`]); `first_output`: when the first
+    /// output arrived from upstream (a stream's first event, a plain answer whole), if
+    /// any did.
     pub fn record(
         &self,
         model: &Model,
         billed: &Billed,
         status: StatusCode,
         waived: bool,
+        first_output: Option<Instant>,
     ) -> RequestRecord {
         let usage = &billed.usage;
         RequestRecord {
@@ -106,6 +109,8 @@ impl RequestContext {
             usage_estimated: billed.estimated,
             usage_clamped: billed.clamped,
             waived,
+            ttft_ms: first_output
+                .map(|at| at.saturating_duration_since(self.started).as_millis() as u64),
             ..RequestRecord::default()
         }
     }
@@ -616,6 +621,7 @@ async fn respond_complete(
     hold: HoldGuard,
     reply: Reply,
 ) {
+    let answered_at = Instant::now();
     let mut delivered = Delivered::default();
     delivered.push_choices(&completion.choices);
     let empty = delivered.is_empty();
@@ -624,7 +630,8 @@ async fn respond_complete(
     completion.usage = billed.usage;
     let waived = waives(app, &billed, false, empty);
     let cost = model.cost(&billed.usage);
-    let record = context.record(model, &billed, StatusCode::OK, waived);
+    let record =
+        context.record(model, &billed, StatusCode::OK, waived, (!empty).then_some(answered_at));
     let cost = hold.settle(cost, record).await;
     observe_cost(model, cost);
     let id = context.id();

@@ -159,6 +159,7 @@ def run(browser):
     rows = browser.find_elements(By.CSS_SELECTOR, "main table tbody tr")
     assert len(rows) == N_REQUESTS, [r.text for r in rows]
     assert all("browser-app" in r.text and "mock/echo" in r.text and "200" in r.text for r in rows)
+    assert "TTFT" in text(browser, "main table thead")
     shot(browser, "activity")
     fill(browser, {"status": "500"})
     submit(browser, "main form.filters")

@@ -515,6 +515,7 @@ async fn activity(app: &'static App, request: &Request<Incoming>) -> Result<Resp
                 record.cached_tokens.to_string(),
                 html::usd(record.cost),
                 format!("{} ms", record.latency_ms),
+                record.ttft_ms.map_or_else(|| "—".to_owned(), |ms| format!("{ms} ms")),
                 format!("<span class=\"{}\">{}</span>", status_class(record.status), record.status),
                 format!("<code title=\"{id}\">{}…</code>", &id[..16]),
             ]
@@ -533,6 +534,7 @@ async fn activity(app: &'static App, request: &Request<Incoming>) -> Result<Resp
             "Cached",
             "Cost",
             "Latency",
+            "TTFT",
             "Status",
             "Id",
         ],
@@ -574,7 +576,7 @@ async fn activity_csv(
     let names = key_names(app, ctx.session.account).await?;
     let mut csv = String::from(
         "id,time,key_id,key_name,model,host,prompt_tokens,completion_tokens,reasoning_tokens,\
-         cached_tokens,cost_usd,written_off_usd,latency_ms,status,streamed\n",
+         cached_tokens,cost_usd,written_off_usd,latency_ms,ttft_ms,status,streamed\n",
     );
     let mut n_rows = 0;
     loop {
@@ -608,7 +610,7 @@ fn csv_row(
     let key_id = record.key.map(|key| format!("{:016x}", key.0)).unwrap_or_default();
     let _ = writeln!(
         csv,
-        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
         crate::wire::generation_id(hold),
         utc_rfc3339(record.created_ms),
         key_id,
@@ -622,6 +624,7 @@ fn csv_row(
         record.cost,
         record.written_off,
         record.latency_ms,
+        record.ttft_ms.map(|ms| ms.to_string()).unwrap_or_default(),
         record.status,
         record.streamed,
     );
