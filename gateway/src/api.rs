@@ -63,6 +63,8 @@ fn supported_parameters(model: &Model, passed: &[&'static str]) -> Vec<&'static 
             "tools" | "tool_choice" | "parallel_tool_calls" => capabilities.tools,
             "response_format" | "structured_outputs" => capabilities.structured_output,
             "reasoning_effort" => capabilities.reasoning,
+            // Models that take only their default sampling (Claude 4.7 and later).
+            "temperature" | "top_p" => model.controls.sampling,
             _ => true,
         })
         .collect()
@@ -361,6 +363,10 @@ mod tests {
         assert!(!sonar.contains(&"tools") && !sonar.contains(&"reasoning_effort"));
         let o3 = supported("openai/o3");
         assert!(o3.contains(&"tools") && o3.contains(&"reasoning_effort"));
+        // Claude Opus 5.5 takes only its default sampling.
+        let opus = supported("anthropic/claude-opus-5.5");
+        assert!(opus.contains(&"reasoning_effort") && !opus.contains(&"temperature"));
+        assert!(!opus.contains(&"top_p"));
         assert_eq!(supported("openai/text-embedding-3-small"), ["encoding_format", "dimensions"]);
         assert_eq!(supported("mistralai/mistral-embed"), ["encoding_format"]);
     }

@@ -136,7 +136,7 @@ impl RequestContext {
             .chat
             .max_tokens
             .map_or(model.max_output_tokens, |tokens| tokens.min(model.max_output_tokens));
-        Target { upstream_model: &model.upstream_model, max_tokens }
+        Target { upstream_model: &model.upstream_model, max_tokens, controls: model.controls }
     }
 
     /// Decides what to bill for an answer of `model` (`tokens::billed`): the provider's
@@ -288,6 +288,11 @@ pub fn route<'c>(
                 param,
                 format!("model `{id}` does not support this input"),
             ))
+        } else if let Some(error) = providers
+            .get(&model.provider)
+            .and_then(|(adapter, _)| adapter.check(&parsed.chat, model.controls).err())
+        {
+            Some(ApiError::invalid_param(&error.param, format!("model `{id}`: {}", error.message)))
         } else {
             parsed.native_only.as_ref().filter(|_| !native).cloned()
         }
