@@ -14,6 +14,8 @@
 #   LEDGER_GROUPS          Raft groups (default: 4)
 #   SOLROUTER_ADMIN_TOKEN  admin token shared by the gateways (default: generated once,
 #                          kept in RUN_DIR/admin-token)
+#   SOLROUTER_SESSION_SECRET  the dashboard's session secret shared by the gateways
+#                          (default: generated once, kept in RUN_DIR/session-secret)
 #   GATEWAY_MOCK           1 (default) serves the built-in mock provider in each gateway
 #   CLUSTER_TLS            1 (default): mutual TLS between ledgers and gateways, with a
 #                          development CA made once by `solrouter dev-ca` into RUN_DIR/tls
@@ -99,6 +101,13 @@ start() {
   elif [[ ! -f "$token_file" ]]; then
     od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$token_file"
   fi
+  local secret_file="$RUN_DIR/session-secret"
+  if [[ -n "${SOLROUTER_SESSION_SECRET:-}" ]]; then
+    printf '%s' "$SOLROUTER_SESSION_SECRET" >"$secret_file"
+  elif [[ ! -f "$secret_file" ]]; then
+    od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$secret_file"
+  fi
+  chmod 600 "$secret_file"
   local ledger_tls=() gateway_tls=() tls_dir="$RUN_DIR/tls"
   if [[ "$cluster_tls" == 1 ]]; then
     if [[ ! -f "$tls_dir/ca.pem" ]]; then
@@ -122,7 +131,8 @@ start() {
   local mock_flag=()
   [[ "$gateway_mock" == 1 ]] && mock_flag=(--mock)
   for i in 0 1; do
-    SOLROUTER_ADMIN_TOKEN="$(cat "$token_file")" launch "gateway-$((i + 1))" "$SOLROUTER_BIN" \
+    SOLROUTER_ADMIN_TOKEN="$(cat "$token_file")" SOLROUTER_SESSION_SECRET="$(cat "$secret_file")" \
+      launch "gateway-$((i + 1))" "$SOLROUTER_BIN" \
       gateway --listen "127.0.0.1:${gateway_ports[$i]}" --ledger "$(ledger_seeds)" "${mock_flag[@]}" \
       "${gateway_tls[@]}"
   done

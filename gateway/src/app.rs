@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::health::Health;
 use crate::providers::Providers;
 use crate::upstream::Upstream;
+use crate::web::Web;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub struct App {
@@ -23,6 +24,8 @@ pub struct App {
     pub health: Health,
     pub upstream: Upstream,
     pub metrics: PrometheusHandle,
+    /// The dashboard's sessions and login limits.
+    pub web: Web,
 }
 
 impl App {

@@ -10,7 +10,8 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use solrouter_ledger::{
     Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, KeyKind, KeyLimits, KeyUpdate,
-    Op, OpId, Outcome, PicoUsd, Rejection, Reply, RequestRecord,
+    Op, OpId, Outcome, PicoUsd, Rejection, Reply, RequestRecord, Role, SessionId, TopUpView, User,
+    UserId,
 };
 use solrouter_raft::{
     Consistency, HistoryPage, HistoryQuery, LedgerApi, LedgerClient, LedgerError, LedgerHandle,
@@ -175,6 +176,31 @@ impl Bank {
         self.submit(OpId(keys::random_u128()), Op::RevokeKey { account, key }).await
     }
 
+    /// A dashboard user of `account`, in the user directory; `email` lower-case.
+    pub async fn create_user(
+        &self,
+        user: UserId,
+        account: AccountId,
+        email: String,
+        password_hash: String,
+        role: Role,
+    ) -> Result<Outcome, ApiError> {
+        let op = Op::CreateUser { user, account, email, password_hash, role };
+        self.submit(OpId(keys::random_u128()), op).await
+    }
+
+    /// Ends a dashboard session on every gateway: the ledger remembers it until
+    /// `until_ms` (ledger time), when its tokens have expired.
+    pub async fn revoke_session(
+        &self,
+        account: AccountId,
+        session: SessionId,
+        until_ms: u64,
+    ) -> Result<Outcome, ApiError> {
+        let op = Op::RevokeSession { account, session, until_ms };
+        self.submit(OpId(keys::random_u128()), op).await
+    }
+
     /// Reads below are linearizable: they see every command acknowledged before they
     /// started.
     pub async fn account(&self, account: AccountId) -> Result<Option<Account>, ApiError> {
@@ -205,6 +231,40 @@ impl Bank {
             .keys(account, Consistency::Linearizable)
             .await
             .map_err(|error| ApiError::ledger("read", error))
+    }
+
+    /// The top-ups of `account`, oldest first.
+    pub async fn top_ups(&self, account: AccountId) -> Result<Vec<TopUpView>, ApiError> {
+        let found = self.ledger.top_ups(account, Consistency::Linearizable).await;
+        found.map_err(|error| ApiError::ledger("read", error))
+    }
+
+    pub async fn user(&self, user: UserId) -> Result<Option<User>, ApiError> {
+        let found = self.ledger.user(user, Consistency::Linearizable).await;
+        found.map_err(|error| ApiError::ledger("read", error))
+    }
+
+    /// The user of a lower-case email.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<(UserId, User)>, ApiError> {
+        let found = self.ledger.user_by_email(email.to_owned(), Consistency::Linearizable).await;
+        found.map_err(|error| ApiError::ledger("read", error))
+    }
+
+    /// The users of `account`.
+    pub async fn members(&self, account: AccountId) -> Result<Vec<(UserId, User)>, ApiError> {
+        let found = self.ledger.members(account, Consistency::Linearizable).await;
+        found.map_err(|error| ApiError::ledger("read", error))
+    }
+
+    /// Whether a session was revoked: linearizable, so a logout acknowledged on any
+    /// gateway is seen by every later check on every gateway.
+    pub async fn session_revoked(
+        &self,
+        account: AccountId,
+        session: SessionId,
+    ) -> Result<bool, ApiError> {
+        let found = self.ledger.session_revoked(account, session, Consistency::Linearizable).await;
+        found.map_err(|error| ApiError::ledger("read", error))
     }
 
     /// The record of the request `hold` paid for, if `account` made it.
@@ -498,6 +558,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::Settle { .. } => "settle",
         Op::Release { .. } => "release",
         Op::UpdateKey { .. } => "update key",
+        Op::CreateUser { .. } => "create user",
+        Op::RevokeSession { .. } => "revoke session",
     }
 }
 

@@ -2,6 +2,7 @@
 //! variables, then command-line flags (each layer overrides the one before). Validated
 //! once when built; the rest of the gateway reads only the typed, checked result.
 
+use crate::web::session::SECRET_BYTES_MIN;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ pub struct Config {
     upstream: UpstreamTimeouts,
     waive_empty_answers: bool,
     webhook_secret: Option<String>,
+    session_secret: Option<String>,
 }
 
 /// The raw layers: every field optional, so each layer sets only what it names.
@@ -59,6 +61,9 @@ pub struct ConfigLayer {
     pub waive_empty_answers: Option<bool>,
     /// The payments webhook's signing secret (Stripe's `whsec_…`); dev mode makes one.
     pub webhook_secret: Option<String>,
+    /// Signs the dashboard's session tokens; every gateway of a cluster must have the
+    /// same (dev mode generates one in its data directory when absent).
+    pub session_secret: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +117,7 @@ impl ConfigLayer {
                 })
                 .transpose()?,
             webhook_secret: lookup("SOLROUTER_WEBHOOK_SECRET"),
+            session_secret: lookup("SOLROUTER_SESSION_SECRET"),
         })
     }
 
@@ -136,6 +142,7 @@ impl ConfigLayer {
                 .or(self.upstream_total_timeout_ms),
             waive_empty_answers: over.waive_empty_answers.or(self.waive_empty_answers),
             webhook_secret: over.webhook_secret.or(self.webhook_secret),
+            session_secret: over.session_secret.or(self.session_secret),
         }
     }
 }
@@ -193,6 +200,13 @@ impl Config {
                 message: "needs at least 16 characters".into(),
             });
         }
+        let session_secret = layer.session_secret.filter(|secret| !secret.is_empty());
+        if session_secret.as_ref().is_some_and(|secret| secret.len() < SECRET_BYTES_MIN) {
+            return Err(ConfigError::Invalid {
+                name: "session_secret",
+                message: format!("needs at least {SECRET_BYTES_MIN} bytes"),
+            });
+        }
         Ok(Config {
             listen,
             data_dir,
@@ -201,6 +215,7 @@ impl Config {
             upstream,
             waive_empty_answers,
             webhook_secret,
+            session_secret,
         })
     }
 
@@ -228,6 +243,11 @@ impl Config {
 
     pub fn upstream(&self) -> UpstreamTimeouts {
         self.upstream
+    }
+
+    /// See [`ConfigLayer::session_secret`].
+    pub fn session_secret(&self) -> Option<&str> {
+        self.session_secret.as_deref()
     }
 
     /// See [`ConfigLayer::waive_empty_answers`].
@@ -284,6 +304,7 @@ mod tests {
         check(&[("SOLROUTER_BODY_BYTES_MAX", "lots")], "SOLROUTER_BODY_BYTES_MAX");
         check(&[("SOLROUTER_WAIVE_EMPTY_ANSWERS", "maybe")], "SOLROUTER_WAIVE_EMPTY_ANSWERS");
         check(&[("SOLROUTER_ADMIN_TOKEN", "short")], "admin_token");
+        check(&[("SOLROUTER_SESSION_SECRET", "short")], "session_secret");
         check(&[("SOLROUTER_UPSTREAM_IDLE_TIMEOUT_MS", "0")], "upstream_idle_timeout_ms");
         check(&[("SOLROUTER_UPSTREAM_TOTAL_TIMEOUT_MS", "1000")], "upstream_total_timeout_ms");
         assert!(toml::from_str::<ConfigLayer>("bogus = 1").is_err());

@@ -12,6 +12,7 @@ use crate::keys;
 use crate::mock::{Knobs, MockConfig};
 use crate::providers::{Providers, MOCK_PROVIDER, MOCK_SLOW_PROVIDER};
 use crate::upstream::Upstream;
+use crate::web::Web;
 use crate::{mock, payments, server, telemetry};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,9 @@ pub const DEMO_CREDIT_USD: u64 = 5;
 const DEMO_MARKER_FILE: &str = "dev-demo.json";
 /// The ledger's own directory inside the data directory.
 const LEDGER_DIR: &str = "ledger";
+/// The dashboard's session signing secret, generated on first start when none is
+/// configured (`SOLROUTER_SESSION_SECRET`), so sessions survive a restart.
+const SESSION_SECRET_FILE: &str = "session-secret";
 
 #[derive(Serialize, Deserialize)]
 struct DemoMarker {
@@ -93,6 +97,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             secret
         }
     };
+    let secret = match config.session_secret() {
+        Some(secret) => secret.to_owned(),
+        None => {
+            let path = data_dir.join(SESSION_SECRET_FILE);
+            keys::stored_secret(&path, "").with_context(|| format!("reading {}", path.display()))?
+        }
+    };
     let catalog = Catalog::builtin();
     let app = App {
         upstream: Upstream::try_new(config.upstream()).context("building the upstream client")?,
@@ -107,6 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         webhook_secret: Some(webhook_secret),
         bank,
         metrics,
+        web: Web::new(secret.as_bytes(), true),
     }
     .leak();
     let listener = TcpListener::bind(app.config.listen())

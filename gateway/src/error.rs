@@ -179,6 +179,11 @@ impl ApiError {
         self.status
     }
 
+    /// What the client is told, without status or code (the dashboard's error pages).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     pub fn origin(&self) -> ErrorSource {
         self.origin
     }

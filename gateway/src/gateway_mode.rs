@@ -9,8 +9,10 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::dev::{say, shutdown_signal};
 use crate::health::Health;
+use crate::keys;
 use crate::providers::Providers;
 use crate::upstream::Upstream;
+use crate::web::Web;
 use crate::{mock, server, telemetry};
 use anyhow::Context;
 use solrouter_raft::{LedgerClient, TlsConfig};
@@ -39,6 +41,16 @@ pub async fn run(
         .admin_token()
         .context("gateway mode needs an admin token: set SOLROUTER_ADMIN_TOKEN")?
         .to_owned();
+    let secret = match config.session_secret() {
+        Some(secret) => secret.to_owned(),
+        None => {
+            tracing::warn!(
+                "no SOLROUTER_SESSION_SECRET: dashboard sessions made through this gateway \
+                 work on no other and end when it restarts; give every gateway the same one"
+            );
+            keys::random_token()
+        }
+    };
     let client =
         LedgerClient::connect_with(ledger_seeds, tls).await.context("connecting to the ledger")?;
     let (stop, stopped) = watch::channel(false);
@@ -67,6 +79,7 @@ pub async fn run(
         webhook_secret,
         bank: Bank::remote(client),
         metrics,
+        web: Web::new(secret.as_bytes(), false),
     }
     .leak();
     let listener = TcpListener::bind(app.config.listen())

@@ -6,6 +6,8 @@
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use solrouter_ledger::{AccountId, KeyHash};
+use std::io::Write;
+use std::path::Path;
 use subtle::ConstantTimeEq;
 
 pub const KEY_PREFIX: &str = "sr_";
@@ -74,6 +76,29 @@ pub fn random_token() -> String {
     let mut bytes = [0u8; SECRET_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     hex::encode(bytes)
+}
+
+/// The secret kept in the file at `path`, or a new random one (`prefix` and 64 hex
+/// digits) written there first, readable by its owner only, durably: dev mode's secrets
+/// (session signing, payments webhook) survive restarts.
+pub fn stored_secret(path: &Path, prefix: &str) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let secret = format!("{prefix}{}", random_token());
+    let temporary = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&temporary)?;
+    file.write_all(format!("{secret}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    Ok(secret)
 }
 
 #[cfg(test)]

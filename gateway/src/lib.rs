@@ -39,4 +39,5 @@ pub mod sse;
 pub mod telemetry;
 pub mod tokens;
 pub mod upstream;
+pub mod web;
 pub mod wire;

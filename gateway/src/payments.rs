@@ -228,18 +228,7 @@ pub async fn handle(app: &'static App, request: Request<Incoming>) -> Result<Res
 /// (readable by its owner only), so it survives restarts; returns it and its path.
 pub fn dev_secret(data_dir: &Path) -> std::io::Result<(String, PathBuf)> {
     let path = data_dir.join(DEV_SECRET_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => return Ok((text.trim().to_owned(), path)),
-        Ok(_) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error),
-    }
-    let secret = format!("whsec_{}", crate::keys::random_token());
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    std::io::Write::write_all(&mut options.open(&path)?, format!("{secret}\n").as_bytes())?;
+    let secret = crate::keys::stored_secret(&path, "whsec_")?;
     Ok((secret, path))
 }
 

@@ -8,7 +8,7 @@ use crate::health::State;
 use crate::messages::{self, MESSAGES};
 use crate::respond::{self, Response};
 use crate::responses::RESPONSES;
-use crate::{account, admin, api, embeddings, payments, pipeline};
+use crate::{account, admin, api, embeddings, payments, pipeline, web};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -64,7 +64,7 @@ pub async fn serve(
         let stream = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 // Errors of one connection (reset during the handshake, out of file
                 // descriptors for a moment) must not stop the server.
                 Err(error) => {
@@ -73,11 +73,12 @@ pub async fn serve(
                 }
             },
         };
+        let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
-        let service =
-            service_fn(
-                move |request| async move { Ok::<_, Infallible>(handle(app, request).await) },
-            );
+        let service = service_fn(move |mut request: Request<Incoming>| async move {
+            request.extensions_mut().insert(web::ClientAddr(peer));
+            Ok::<_, Infallible>(handle(app, request).await)
+        });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
@@ -115,6 +116,9 @@ async fn route(
     let path = request.uri().path();
     if path.starts_with(admin::PREFIX) {
         return ("admin", ErrorShape::OpenAi, admin::handle(app, request).await);
+    }
+    if web::serves(path) {
+        return ("web", ErrorShape::OpenAi, Ok(web::handle(app, request).await));
     }
     let anthropic = ErrorShape::Anthropic;
     let result = match (request.method(), path) {

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the tests drive besides Rust, at pinned versions, without touching the
-# system: the Python packages of gateway/tests/requirements.txt into the virtual
-# environment target/test-venv (tests/sdk.rs and tests/openai_sdk.rs run its python),
+# Installs what the tests drive besides Rust, at pinned versions: Debian's chromium and
+# chromium-driver when missing (the only system packages, for the browser test), and,
+# without touching the system, the Python packages of gateway/tests/requirements.txt
+# into the virtual environment target/test-venv (tests/sdk.rs and tests/openai_sdk.rs run its python),
 # those of requirements-openai2.txt (libraries that still need openai 2) into
 # target/test-venv-openai2, and the npm packages of gateway/tests/sdk/package-lock.json
-# into its node_modules. Needs only python3 and Node 20 with npm. Idempotent: a second
+# into its node_modules. Needs python3, Node 20 with npm, and apt-get as root or through
+# passwordless sudo when chromium is missing. Idempotent: a second
 # run installs nothing unless a requirements file or package-lock.json changed.
 #
 # Debian and Ubuntu refuse `pip install` into the system python (PEP 668), and without
@@ -28,6 +30,29 @@ sha256_of() { python3 -c 'import hashlib, sys; print(hashlib.sha256(open(sys.arg
 
 command -v python3 >/dev/null || { say "python3 is needed"; exit 1; }
 command -v npm >/dev/null || { say "Node 20 or newer, with npm, is needed"; exit 1; }
+
+# --- Chromium -------------------------------------------------------------------------
+# The dashboard's browser test drives Debian's chromium through its chromedriver
+# (/usr/bin/chromium, /usr/bin/chromedriver). Installed with apt-get as root, or through
+# passwordless sudo; anything else fails here, saying what to install.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    packages=(chromium chromium-driver)
+    if ! command -v apt-get >/dev/null; then
+        say "the browser test needs Debian's ${packages[*]} (apt-get is missing: install them by hand)"
+        exit 1
+    elif [ "$(id -u)" = 0 ]; then
+        say "installing ${packages[*]}"
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}"
+    elif sudo -n true 2>/dev/null; then
+        say "installing ${packages[*]} with sudo"
+        sudo -n apt-get update -q
+        sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}"
+    else
+        say "the browser test needs Debian's ${packages[*]}: run \`apt-get install ${packages[*]}\` as root"
+        exit 1
+    fi
+fi
 
 # --- Python ---------------------------------------------------------------------------
 # Brings the virtual environment $1 up to the requirements file $2.

@@ -39,6 +39,20 @@ pub const NAME_BYTES_MAX: usize = 256;
 /// their usage and history keep their name): the bound of one account's key state and
 /// of a key listing. Past it, [`Rejection::KeysExhausted`].
 pub const KEYS_PER_ACCOUNT_MAX: usize = 1024;
+/// The shard key of every user operation: a user is looked up by email at login, before
+/// its account is known, so the user directory lives in one group, this account id's (an
+/// account of that id may exist too: users are kept apart from accounts).
+pub const USER_DIRECTORY: AccountId = AccountId(0);
+/// Longest email address kept (RFC 5321's path limit).
+pub const EMAIL_BYTES_MAX: usize = 254;
+/// Longest password hash kept: an argon2id PHC string is about 100 bytes.
+pub const PASSWORD_HASH_BYTES_MAX: usize = 256;
+/// Users (owner and members) per account.
+pub const USERS_PER_ACCOUNT_MAX: usize = 64;
+/// Longest a revoked dashboard session is remembered past the batch that revoked it:
+/// no session lives longer (the gateway's session lifetime is asserted below it), so a
+/// revocation is never forgotten while its session's tokens are still accepted.
+pub const SESSION_REMEMBERED_FOR_MS_MAX: u64 = 31 * 24 * 60 * 60 * 1000;
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident($inner:ty)) => {
@@ -64,6 +78,22 @@ id_type!(
     /// A hold; also the id of the request ("generation") it pays for.
     HoldId(u128)
 );
+id_type!(
+    /// A person who logs in to the dashboard, client-generated (random).
+    UserId(u64)
+);
+id_type!(
+    /// A dashboard session, client-generated (random); its tokens carry it.
+    SessionId(u128)
+);
+
+/// What a user may do in its account's dashboard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Created the account; adds members.
+    Owner,
+    Member,
+}
 
 /// SHA-256 of an API key's secret text. The key itself is never stored.
 pub type KeyHash = [u8; 32];
@@ -130,6 +160,25 @@ pub enum Op {
         key: KeyId,
         update: KeyUpdate,
     },
+    /// A dashboard user of `account` (sign-up makes the owner, the owner adds members),
+    /// with its lower-case email and its password's argon2id hash (a PHC string). Kept in
+    /// the user directory ([`USER_DIRECTORY`]'s group), not the account's: the account's
+    /// existence is checked by the gateway, which creates it first.
+    CreateUser {
+        user: UserId,
+        account: AccountId,
+        email: String,
+        password_hash: String,
+        role: Role,
+    },
+    /// Ends a dashboard session of `account` on every gateway: remembered until the batch
+    /// stamp reaches `until_ms` (when its tokens expire anyway, plus a margin for clocks),
+    /// at most [`SESSION_REMEMBERED_FOR_MS_MAX`] past the stamp that applies it.
+    RevokeSession {
+        account: AccountId,
+        session: SessionId,
+        until_ms: u64,
+    },
 }
 
 impl Op {
@@ -143,7 +192,9 @@ impl Op {
             | Op::Reserve { account, .. }
             | Op::Settle { account, .. }
             | Op::Release { account, .. }
-            | Op::UpdateKey { account, .. } => *account,
+            | Op::UpdateKey { account, .. }
+            | Op::RevokeSession { account, .. } => *account,
+            Op::CreateUser { .. } => USER_DIRECTORY,
         }
     }
 
@@ -170,6 +221,15 @@ impl Op {
             }
             Op::UpdateKey { update, .. } if !update.limits(KeyLimits::default()).is_valid() => {
                 Err(Rejection::Invalid(Cow::Borrowed("key limits out of range")))
+            }
+            Op::CreateUser { email, password_hash, .. }
+                if email.is_empty()
+                    || email.len() > EMAIL_BYTES_MAX
+                    || email.bytes().any(|b| b.is_ascii_uppercase())
+                    || password_hash.is_empty()
+                    || password_hash.len() > PASSWORD_HASH_BYTES_MAX =>
+            {
+                Err(Rejection::Invalid(Cow::Borrowed("email or password hash out of range")))
             }
             Op::Credit { amount, .. } if amount.0 == 0 || *amount > AMOUNT_MAX => {
                 Err(Rejection::Invalid(Cow::Borrowed("credit amount out of range")))
@@ -259,6 +319,8 @@ pub enum Reply {
         amount: PicoUsd,
     },
     KeyUpdated,
+    UserCreated,
+    SessionRevoked,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -311,6 +373,11 @@ pub enum Rejection {
     /// The account has [`KEYS_PER_ACCOUNT_MAX`] keys.
     #[error("the account has reached its limit of keys")]
     KeysExhausted,
+    /// The user id or the email is taken.
+    #[error("a user with this email already exists")]
+    UserExists,
+    #[error("the account has reached its limit of users")]
+    TooManyUsers,
 }
 
 pub type Outcome = Result<Reply, Rejection>;
@@ -415,6 +482,27 @@ impl Key {
 struct TopUp {
     amount: PicoUsd,
     credits: PicoUsd,
+    /// The stamp of the batch that applied it.
+    stamp_ms: u64,
+}
+
+/// One top-up as [`Ledger::top_ups`] shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopUpView {
+    pub amount: PicoUsd,
+    /// The account's credits after it.
+    pub credits: PicoUsd,
+    pub stamp_ms: u64,
+}
+
+/// A dashboard user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub account: AccountId,
+    pub email: String,
+    /// argon2id, as a PHC string.
+    pub password_hash: String,
+    pub role: Role,
 }
 
 /// How a hold ended, kept to answer a retry the way the first attempt was answered.
@@ -492,6 +580,15 @@ pub struct Ledger {
     credited: PicoUsd,
     /// Sum of every write-off ever applied.
     written_off: PicoUsd,
+    /// Dashboard users (only in [`USER_DIRECTORY`]'s group), by id, by email and by
+    /// account (at most [`USERS_PER_ACCOUNT_MAX`] each).
+    users: HashMap<UserId, User>,
+    users_by_email: HashMap<String, UserId>,
+    members: HashMap<AccountId, OrdSet<UserId>>,
+    /// Revoked sessions, each until the stamp it is forgotten at (its tokens have expired
+    /// by then), and in that order.
+    revoked_sessions: HashMap<SessionId, u64>,
+    revoked_order: OrdSet<(u64, SessionId)>,
 }
 
 impl Ledger {
@@ -507,6 +604,7 @@ impl Ledger {
         self.expire(self.stamp_ms);
         self.forget(self.stamp_ms);
         self.forget_ended(self.stamp_ms);
+        self.forget_revocations(self.stamp_ms);
         batch.commands.iter().map(|c| self.apply_command(c)).collect()
     }
 
@@ -577,6 +675,17 @@ impl Ledger {
         }
     }
 
+    /// Forgets the revoked sessions whose tokens have expired at `stamp_ms`.
+    fn forget_revocations(&mut self, stamp_ms: u64) {
+        while let Some(&(forget_at_ms, session)) = self.revoked_order.get_min() {
+            if forget_at_ms > stamp_ms {
+                break;
+            }
+            assert!(self.revoked_order.remove(&(forget_at_ms, session)).is_some());
+            assert!(self.revoked_sessions.remove(&session).is_some(), "revocations out of sync");
+        }
+    }
+
     /// Remembers how `hold` ended, replacing an earlier ending (a settle after the hold
     /// expired or was released).
     fn end_hold(&mut self, hold: HoldId, account: AccountId, ending: Ending) {
@@ -606,7 +715,8 @@ impl Ledger {
                 }
                 entry.credits = entry.credits.checked_add(*amount).expect("credits overflow");
                 self.credited = self.credited.checked_add(*amount).expect("credited overflow");
-                let top_up = TopUp { amount: *amount, credits: entry.credits };
+                let top_up =
+                    TopUp { amount: *amount, credits: entry.credits, stamp_ms: self.stamp_ms };
                 assert!(top_ups.insert(id, top_up).is_none(), "a top-up applies once");
                 Ok(Reply::Credited { credits: entry.credits })
             }
@@ -680,6 +790,37 @@ impl Ledger {
                 }
                 _ => Err(Rejection::UnknownHold),
             },
+            Op::CreateUser { user, account, email, password_hash, role } => {
+                if self.users.contains_key(user) || self.users_by_email.contains_key(email) {
+                    return Err(Rejection::UserExists);
+                }
+                let members = self.members.entry(*account).or_default();
+                if members.len() >= USERS_PER_ACCOUNT_MAX {
+                    return Err(Rejection::TooManyUsers);
+                }
+                members.insert(*user);
+                let record = User {
+                    account: *account,
+                    email: email.clone(),
+                    password_hash: password_hash.clone(),
+                    role: *role,
+                };
+                self.users.insert(*user, record);
+                self.users_by_email.insert(email.clone(), *user);
+                Ok(Reply::UserCreated)
+            }
+            Op::RevokeSession { account, session, until_ms } => {
+                if !self.accounts.contains_key(account) {
+                    return Err(Rejection::UnknownAccount);
+                }
+                let latest = self.stamp_ms.saturating_add(SESSION_REMEMBERED_FOR_MS_MAX);
+                let forget_at_ms = (*until_ms).min(latest);
+                if forget_at_ms > self.stamp_ms && !self.revoked_sessions.contains_key(session) {
+                    self.revoked_sessions.insert(*session, forget_at_ms);
+                    self.revoked_order.insert((forget_at_ms, *session));
+                }
+                Ok(Reply::SessionRevoked)
+            }
         }
     }
 
@@ -854,6 +995,51 @@ impl Ledger {
         ids.map(|id| (*id, &self.keys[id]))
     }
 
+    /// The account's top-ups, oldest first (credits only grow, so their order is that
+    /// of the credits each left).
+    pub fn top_ups(&self, account: AccountId) -> Vec<TopUpView> {
+        let mut found: Vec<TopUpView> = self
+            .top_ups
+            .get(&account)
+            .into_iter()
+            .flat_map(HashMap::values)
+            .map(|top_up| TopUpView {
+                amount: top_up.amount,
+                credits: top_up.credits,
+                stamp_ms: top_up.stamp_ms,
+            })
+            .collect();
+        found.sort_by_key(|top_up| top_up.credits);
+        found
+    }
+
+    pub fn user(&self, user: UserId) -> Option<&User> {
+        self.users.get(&user)
+    }
+
+    /// The user whose (lower-case) email this is.
+    pub fn user_by_email(&self, email: &str) -> Option<(UserId, &User)> {
+        let id = self.users_by_email.get(email)?;
+        Some((*id, &self.users[id]))
+    }
+
+    /// The users of `account`, by id.
+    pub fn members(&self, account: AccountId) -> Vec<(UserId, User)> {
+        let ids = self.members.get(&account).into_iter().flatten();
+        ids.map(|id| (*id, self.users[id].clone())).collect()
+    }
+
+    /// Whether `session` was revoked (and its tokens may not have expired yet).
+    pub fn session_revoked(&self, session: SessionId) -> bool {
+        self.revoked_sessions.contains_key(&session)
+    }
+
+    /// Revoked sessions still remembered: bounded by the rate of logouts times the
+    /// longest session.
+    pub fn n_revoked_sessions_remembered(&self) -> usize {
+        self.revoked_sessions.len()
+    }
+
     /// Ended holds still remembered (to answer a retried reserve, settle or release):
     /// bounded by the rate holds end at times [`HOLDS_REMEMBERED_FOR_MS`].
     pub fn n_ended_holds_remembered(&self) -> usize {
@@ -936,6 +1122,13 @@ impl Ledger {
         }
         if self.applied.len() != self.applied_order.len() {
             problems.push("idempotency window and its order differ in size".into());
+        }
+        let n_members: usize = self.members.values().map(OrdSet::len).sum();
+        if self.users.len() != self.users_by_email.len() || self.users.len() != n_members {
+            problems.push("users and their indexes differ in size".into());
+        }
+        if self.revoked_sessions.len() != self.revoked_order.len() {
+            problems.push("revoked sessions and their order differ in size".into());
         }
         if credits != self.credited.0 {
             problems.push("sum of credits differs from sum of top-ups".into());

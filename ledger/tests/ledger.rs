@@ -688,3 +688,83 @@ proptest! {
         prop_assert_eq!(&replica, &ledger);
     }
 }
+
+fn user_op(user: u64, account: AccountId, email: &str, role: Role) -> Op {
+    let password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_string();
+    Op::CreateUser { user: UserId(user), account, email: email.into(), password_hash, role }
+}
+
+/// Users live in the directory, found by id, by email and by account; an email or id is
+/// taken once; an account has at most `USERS_PER_ACCOUNT_MAX` users; emails are kept
+/// lower-case only.
+#[test]
+fn users_are_unique_by_email_and_bounded_per_account() {
+    let mut harness = Harness::new();
+    assert_eq!(user_op(1, ACCOUNT, "a@x.io", Role::Owner).account(), USER_DIRECTORY);
+    harness.ok(user_op(1, ACCOUNT, "a@x.io", Role::Owner));
+    harness.ok(user_op(2, ACCOUNT, "b@x.io", Role::Member));
+    let taken = harness.run(user_op(3, AccountId(8), "a@x.io", Role::Owner));
+    assert_eq!(taken, Err(Rejection::UserExists));
+    assert_eq!(
+        harness.run(user_op(2, AccountId(8), "c@x.io", Role::Owner)),
+        Err(Rejection::UserExists)
+    );
+    let upper = harness.run(user_op(4, AccountId(8), "C@x.io", Role::Owner));
+    assert!(matches!(upper, Err(Rejection::Invalid(_))), "{upper:?}");
+    let (id, found) = harness.ledger.user_by_email("b@x.io").unwrap();
+    assert_eq!((id, found.account, found.role), (UserId(2), ACCOUNT, Role::Member));
+    assert_eq!(harness.ledger.user(UserId(1)).unwrap().email, "a@x.io");
+    let members: Vec<UserId> =
+        harness.ledger.members(ACCOUNT).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(members, [UserId(1), UserId(2)]);
+    assert!(harness.ledger.members(AccountId(8)).is_empty());
+    for n in 2..USERS_PER_ACCOUNT_MAX as u64 {
+        harness.ok(user_op(100 + n, ACCOUNT, &format!("{n}@x.io"), Role::Member));
+    }
+    let full = harness.run(user_op(99, ACCOUNT, "full@x.io", Role::Member));
+    assert_eq!(full, Err(Rejection::TooManyUsers));
+}
+
+/// A revoked session is remembered until the stamp passes its end (at most
+/// `SESSION_REMEMBERED_FOR_MS_MAX` past the revoking batch), then forgotten: the state
+/// stays bounded.
+#[test]
+fn revoked_sessions_are_forgotten_after_their_end() {
+    let mut harness = Harness::new();
+    let until_ms = harness.stamp_ms + 5_000;
+    let revoke = |session, until_ms| Op::RevokeSession {
+        account: ACCOUNT,
+        session: SessionId(session),
+        until_ms,
+    };
+    assert_eq!(harness.run(revoke(1, until_ms)), Ok(Reply::SessionRevoked));
+    assert_eq!(harness.run(revoke(2, u64::MAX)), Ok(Reply::SessionRevoked));
+    // An already ended session needs no memory.
+    assert_eq!(harness.run(revoke(3, harness.stamp_ms)), Ok(Reply::SessionRevoked));
+    let unknown = Op::RevokeSession { account: AccountId(8), session: SessionId(4), until_ms };
+    assert_eq!(harness.run(unknown), Err(Rejection::UnknownAccount));
+    assert!(harness.ledger.session_revoked(SessionId(1)));
+    assert!(harness.ledger.session_revoked(SessionId(2)));
+    assert!(!harness.ledger.session_revoked(SessionId(3)));
+    harness.stamp_ms = until_ms;
+    harness.run(Op::Release { account: ACCOUNT, hold: HoldId(1) }).unwrap_err();
+    assert!(!harness.ledger.session_revoked(SessionId(1)));
+    assert!(harness.ledger.session_revoked(SessionId(2)));
+    harness.stamp_ms += SESSION_REMEMBERED_FOR_MS_MAX;
+    harness.run(Op::Release { account: ACCOUNT, hold: HoldId(1) }).unwrap_err();
+    assert_eq!(harness.ledger.n_revoked_sessions_remembered(), 0);
+}
+
+#[test]
+fn top_ups_are_listed_oldest_first_with_their_stamp() {
+    let mut harness = Harness::new();
+    harness.ok(Op::Credit { account: ACCOUNT, amount: usd("2") });
+    harness.stamp_ms += 10;
+    harness.ok(Op::Credit { account: ACCOUNT, amount: usd("1") });
+    let listed = harness.ledger.top_ups(ACCOUNT);
+    let seen: Vec<(PicoUsd, PicoUsd, u64)> =
+        listed.iter().map(|t| (t.amount, t.credits, t.stamp_ms)).collect();
+    assert_eq!(seen, [(usd("2"), usd("2"), 1_000), (usd("1"), usd("3"), 1_010)]);
+    assert_eq!(harness.ledger.keys_of(ACCOUNT).count(), 1);
+    assert_eq!(harness.ledger.keys_of(AccountId(8)).count(), 0);
+}

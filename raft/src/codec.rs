@@ -27,7 +27,9 @@ pub const FORMAT_MAGIC: [u8; 3] = *b"SRL";
 /// ends with a CRC-32; membership entries name each member's incarnation. 5: keys have a
 /// kind, limits, a disabled flag and usage counters, holds name their key, `UpdateKey`, a
 /// request record's time to first token, the `KeysOf` read.
-pub const FORMAT_VERSION: u8 = 5;
+/// 6: dashboard users and revoked sessions (`Op::CreateUser`, `Op::RevokeSession`),
+/// top-ups stamped.
+pub const FORMAT_VERSION: u8 = 6;
 /// The versions this build reads.
 pub const FORMAT_VERSIONS_SUPPORTED: &[u8] = &[FORMAT_VERSION];
 /// Magic plus version.
@@ -191,7 +193,7 @@ mod tests {
         assert!(matches!(error, CodecError::UnsupportedVersion { found: 99 }), "{error:?}");
         assert_eq!(
             error.to_string(),
-            "unsupported ledger format version 99; this build reads versions [5]"
+            "unsupported ledger format version 99; this build reads versions [6]"
         );
     }
 

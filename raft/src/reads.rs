@@ -11,6 +11,7 @@ use crate::node::{group_of_account, LedgerNode};
 use crate::wire::{merge_audits, Consistency, Read, ReadAnswer, ReadRequest};
 use solrouter_ledger::{
     Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, Outcome, RequestRecord,
+    SessionId, TopUpView, User, UserId, USER_DIRECTORY,
 };
 use std::future::Future;
 use std::time::Duration;
@@ -175,6 +176,80 @@ pub trait LedgerApi: GroupAccess {
             match read_account_group(self, account, Read::Usage(query), consistency).await? {
                 ReadAnswer::Usage(rows) => Ok(rows),
                 other => Err(mismatch("usage", &other)),
+            }
+        })
+    }
+
+    /// The top-ups of `account`, oldest first.
+    fn top_ups(
+        &self,
+        account: AccountId,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<Vec<TopUpView>, LedgerError>> + Send {
+        bounded(self.call_deadline(), async move {
+            match read_account_group(self, account, Read::TopUps(account), consistency).await? {
+                ReadAnswer::TopUps(top_ups) => Ok(top_ups),
+                other => Err(mismatch("top-ups", &other)),
+            }
+        })
+    }
+
+    /// A dashboard user by id, from the user directory.
+    fn user(
+        &self,
+        user: UserId,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<Option<User>, LedgerError>> + Send {
+        bounded(self.call_deadline(), async move {
+            match read_account_group(self, USER_DIRECTORY, Read::User(user), consistency).await? {
+                ReadAnswer::User(found) => Ok(found),
+                other => Err(mismatch("user", &other)),
+            }
+        })
+    }
+
+    /// A dashboard user by lower-case email, from the user directory.
+    fn user_by_email(
+        &self,
+        email: String,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<Option<(UserId, User)>, LedgerError>> + Send {
+        bounded(self.call_deadline(), async move {
+            let read = Read::UserByEmail(email);
+            match read_account_group(self, USER_DIRECTORY, read, consistency).await? {
+                ReadAnswer::UserByEmail(found) => Ok(found),
+                other => Err(mismatch("user by email", &other)),
+            }
+        })
+    }
+
+    /// The users of `account`, from the user directory.
+    fn members(
+        &self,
+        account: AccountId,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<Vec<(UserId, User)>, LedgerError>> + Send {
+        bounded(self.call_deadline(), async move {
+            let read = Read::Members(account);
+            match read_account_group(self, USER_DIRECTORY, read, consistency).await? {
+                ReadAnswer::Members(found) => Ok(found),
+                other => Err(mismatch("members", &other)),
+            }
+        })
+    }
+
+    /// Whether `session` of `account` was revoked.
+    fn session_revoked(
+        &self,
+        account: AccountId,
+        session: SessionId,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<bool, LedgerError>> + Send {
+        bounded(self.call_deadline(), async move {
+            let read = Read::SessionRevoked(session);
+            match read_account_group(self, account, read, consistency).await? {
+                ReadAnswer::SessionRevoked(revoked) => Ok(revoked),
+                other => Err(mismatch("session revoked", &other)),
             }
         })
     }

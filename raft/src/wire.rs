@@ -11,6 +11,7 @@ use crate::history::{
 use serde::{Deserialize, Serialize};
 use solrouter_ledger::{
     Account, AccountId, Audit, HoldId, Key, KeyHash, KeyId, Ledger, PicoUsd, RequestRecord,
+    SessionId, TopUpView, User, UserId,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -65,6 +66,16 @@ pub enum Read {
     },
     /// An account's keys, revoked ones included.
     KeysOf(AccountId),
+    /// The top-ups of an account, oldest first.
+    TopUps(AccountId),
+    /// A dashboard user by id (from the user directory).
+    User(UserId),
+    /// A dashboard user by lower-case email (from the user directory).
+    UserByEmail(String),
+    /// The users of an account (from the user directory).
+    Members(AccountId),
+    /// Whether a dashboard session was revoked.
+    SessionRevoked(SessionId),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -85,6 +96,11 @@ pub enum ReadAnswer {
     Usage(Vec<UsageRow>),
     HistoryExport(ExportPage),
     Keys(Vec<(KeyId, Key)>),
+    TopUps(Vec<TopUpView>),
+    User(Option<User>),
+    UserByEmail(Option<(UserId, User)>),
+    Members(Vec<(UserId, User)>),
+    SessionRevoked(bool),
 }
 
 /// A membership change of one group.
@@ -151,6 +167,15 @@ pub(crate) fn answer(ledger: &Ledger, read: &Read) -> Option<ReadAnswer> {
         Read::Audit => ReadAnswer::Audit(ledger.audit()),
         Read::KeysOf(account) => {
             ReadAnswer::Keys(ledger.keys_of(*account).map(|(id, key)| (id, key.clone())).collect())
+        }
+        Read::TopUps(account) => ReadAnswer::TopUps(ledger.top_ups(*account)),
+        Read::User(user) => ReadAnswer::User(ledger.user(*user).cloned()),
+        Read::UserByEmail(email) => ReadAnswer::UserByEmail(
+            ledger.user_by_email(email).map(|(id, user)| (id, user.clone())),
+        ),
+        Read::Members(account) => ReadAnswer::Members(ledger.members(*account)),
+        Read::SessionRevoked(session) => {
+            ReadAnswer::SessionRevoked(ledger.session_revoked(*session))
         }
         Read::Record { .. } | Read::History(_) | Read::Usage(_) | Read::HistoryExport { .. } => {
             return None

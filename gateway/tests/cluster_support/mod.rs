@@ -19,6 +19,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lines a process prints before it listens fit many times over.
 const STDOUT_LINES_MAX: usize = 64;
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The dashboard's session secret, shared by the test gateways.
+pub const SESSION_SECRET: &str = "test-session-secret-0123456789abcdef";
 /// Raft groups of the test clusters: more than one, so routing by account matters.
 pub const N_GROUPS: u32 = 2;
 /// Bounded polling for eventual conditions: attempts × interval = 60 s.
@@ -207,7 +209,10 @@ impl Gateway {
             seeds.join(","),
             "--mock".to_owned(),
         ];
-        let mut env = vec![("SOLROUTER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned())];
+        let mut env = vec![
+            ("SOLROUTER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            ("SOLROUTER_SESSION_SECRET", SESSION_SECRET.to_owned()),
+        ];
         env.extend(tls_env(DEV_CLIENT_CERT, DEV_CLIENT_KEY));
         let (process, line) = Process::spawn(&args, &env, "listening: ");
         let base = line["listening: ".len()..].trim_end_matches("/v1/api");

@@ -402,9 +402,11 @@ pub fn describe(command: &Command) -> String {
         Op::Release { account, hold } => {
             format!("op {id:x} release {:x} hold {:x}", account.0, hold.0)
         }
-        Op::CreateKey { .. } | Op::RevokeKey { .. } | Op::UpdateKey { .. } => {
-            format!("op {id:x} {:?}", command.op)
-        }
+        Op::CreateKey { .. }
+        | Op::RevokeKey { .. }
+        | Op::UpdateKey { .. }
+        | Op::CreateUser { .. }
+        | Op::RevokeSession { .. } => format!("op {id:x} {:?}", command.op),
     }
 }
 
