@@ -24,8 +24,10 @@ pub const FORMAT_MAGIC: [u8; 3] = *b"SRL";
 /// The version this build writes. 2: the ledger keeps ended holds for a bounded time
 /// instead of every request record (those moved to the history store). 3: a request
 /// record says whether its charge was waived (`RequestRecord::waived`). 4: every record
-/// ends with a CRC-32; membership entries name each member's incarnation.
-pub const FORMAT_VERSION: u8 = 4;
+/// ends with a CRC-32; membership entries name each member's incarnation. 5: a hold
+/// and its `Reserved` reply carry the reserve's stamp, a settle the stamp of its hold's
+/// reserve, and a settle of a forgotten hold is refused (`Rejection::HoldForgotten`).
+pub const FORMAT_VERSION: u8 = 5;
 /// The versions this build reads.
 pub const FORMAT_VERSIONS_SUPPORTED: &[u8] = &[FORMAT_VERSION];
 /// Magic plus version.
@@ -124,21 +126,24 @@ mod tests {
     }
 
     fn batch() -> Batch {
-        let account = AccountId(7);
+        let (account, stamp_ms) = (AccountId(7), 1_764_000_000_000);
+        // The credit is out of range, so hold 3 is never made; its settle says it was
+        // reserved in this batch, so it is charged (all written off), not refused.
+        let reserved_at_ms = stamp_ms;
         let record = RequestRecord { model: "m".into(), status: 200, ..RequestRecord::default() };
         let ops = [
             Op::CreateAccount { account, name: "acme".into() },
             Op::Credit { account, amount: PicoUsd(u128::MAX / 3) },
             Op::CreateKey { account, key: KeyId(1), name: "k".into(), hash: [9; 32] },
             Op::Reserve { account, key: KeyId(1), hold: HoldId(3), amount: PicoUsd(5), ttl_ms: 9 },
-            Op::Settle { account, hold: HoldId(3), actual: PicoUsd(4), record },
+            Op::Settle { account, hold: HoldId(3), actual: PicoUsd(4), record, reserved_at_ms },
         ];
         let commands = ops
             .into_iter()
             .enumerate()
             .map(|(i, op)| Command { id: OpId(u128::MAX - i as u128), op })
             .collect();
-        Batch { stamp_ms: 1_764_000_000_000, commands }
+        Batch { stamp_ms, commands }
     }
 
     fn membership() -> StoredMembership {
@@ -176,7 +181,7 @@ mod tests {
         assert!(matches!(error, CodecError::UnsupportedVersion { found: 99 }), "{error:?}");
         assert_eq!(
             error.to_string(),
-            "unsupported ledger format version 99; this build reads versions [4]"
+            "unsupported ledger format version 99; this build reads versions [5]"
         );
     }
 

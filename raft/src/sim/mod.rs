@@ -146,11 +146,11 @@ const LONG_RUN_SEEDS: u64 = 4;
 
 /// Issue 9, "runs long enough to evict any bounded window": a run whose faults outlast
 /// the op-id window (`OPS_REMEMBERED_FOR_MS`) and the ended-hold window
-/// (`HOLDS_REMEMBERED_FOR_MS`); acknowledged top-ups are retried after both, mid-run and
-/// after healing, and must answer their first reply and credit once (the money checks).
-/// Settles are not retried that late: one past the ended-hold window is charged again
-/// (seed 7 showed it: the retry answered `Settled { released: 0, .. }`, a second charge),
-/// which only the gateway's settle deadline rules out.
+/// (`HOLDS_REMEMBERED_FOR_MS`); acknowledged top-ups and settles are retried after both,
+/// mid-run and after healing: a top-up must answer its first reply and credit once, a
+/// settle its first reply or `HoldForgotten`, and charge once (the money checks). (Seed 7
+/// found a settle retried past the ended-hold window charged again, answering `Settled {
+/// released: 0, .. }`, before a settle carried its reserve's stamp.)
 #[test]
 fn a_run_beyond_the_ledger_windows_credits_late_top_up_retries_once() {
     check_beyond_windows(BEYOND_WINDOWS_SEED, BEYOND_WINDOWS_MS);
@@ -171,6 +171,7 @@ fn check_beyond_windows(seed: u64, fault_ms: u64) {
         Ok(summary) => {
             println!("{summary:?}");
             assert!(summary.n_late_retries > 0, "seed {seed}: nothing was retried late");
+            assert!(summary.n_forgotten_settles > 0, "seed {seed}: no settle retried late");
         }
         Err(failure) => panic!(
             "sim: seed {seed} ({fault_ms} ms of faults) failed: {}\n{}",
@@ -297,7 +298,7 @@ fn a_leader_clock_step_neither_voids_live_holds_nor_freezes_ledger_time() {
         cluster.step_clock(leader, -2 * HOUR_MS);
         assert!(matches!(
             router.submit(&command(reserve(2)), RESOLVE_ATTEMPTS_MAX).await,
-            Some(Ok(Reply::Reserved { available: 0 }))
+            Some(Ok(Reply::Reserved { available: 0, .. }))
         ));
         tokio::time::sleep(Duration::from_millis(TTL_MS + 1_000)).await;
         assert_eq!(
@@ -639,8 +640,10 @@ struct Summary {
     /// Restarts of a node whose Raft stopped on a disk error: nonzero means EIO or ENOSPC
     /// struck a write.
     n_fatal_restarts: u64,
-    /// Retries of acknowledged commands past the ledger's windows (long runs only).
+    /// Retries of acknowledged commands past the ledger's windows (long runs only), and
+    /// the settles among them refused as forgotten.
     n_late_retries: u64,
+    n_forgotten_settles: u64,
     /// Settles whose usage exceeded the funds (part written off), and reserves refused
     /// for a revoked key: nonzero means those paths ran.
     n_write_offs: usize,
@@ -757,6 +760,7 @@ async fn simulate(seed: u64, trace: Arc<Trace>, faults: DiskFaults, length: Leng
         n_crashes: cluster.n_crashes(),
         n_fatal_restarts: cluster.n_fatal_restarts(),
         n_late_retries: history.n_late_retries(),
+        n_forgotten_settles: history.n_forgotten_settles(),
         n_write_offs: outcomes()
             .filter(|o| matches!(o, Ok(Reply::Settled { written_off, .. }) if written_off.0 > 0))
             .count(),
@@ -829,10 +833,7 @@ async fn resolve(cluster: &Arc<Cluster>, history: &Arc<History>, seed: u64) {
                     );
                 };
                 match record.outcome {
-                    Some(first) => assert_eq!(
-                        outcome, first,
-                        "resending acknowledged {command:?} changed its outcome"
-                    ),
+                    Some(first) => history.answered_again(command, &first, &outcome, age_ms),
                     None => {
                         let now_ms = router.cluster().now_ms();
                         history.set_outcome(record_idx, outcome, now_ms);
