@@ -17,10 +17,14 @@
 //! hour, now and then takes the ledger down for longer than holds live, and crashes nodes
 //! the instant a named write (a vote, an append, a purge, a snapshot...) returns, and makes
 //! disks fail with EIO or ENOSPC for a while (a node whose Raft stopped on the error is
-//! restarted once its disk works, as its supervisor restarts it); throughout,
+//! restarted once its disk works, as its supervisor restarts it), while an operator
+//! changes the membership (adds a node under a new id, removes a voter, re-adds a removed
+//! node, replaces a voter whose disk was wiped with a node under a new id; each group at
+//! its leader, through the production `membership` code); throughout,
 //! the `invariants` are checked as they could break (a recovered vote never below a
 //! saved one, the entry at an index never changes once applied anywhere, an acknowledged
-//! command's entry always on a majority's stable storage); heal everything; resend every
+//! command's entry always on the stable storage of a majority of its group's voters);
+//! heal everything and finish the membership changes under way; resend every
 //! command (an acknowledged one must get its first outcome again; an in-doubt one is
 //! settled by this); wait until the replicas of each group have applied the same log;
 //! then check:
@@ -640,6 +644,9 @@ struct Summary {
     /// Restarts of a node whose Raft stopped on a disk error: nonzero means EIO or ENOSPC
     /// struck a write.
     n_fatal_restarts: u64,
+    /// Membership changes completed (one group each), and nodes in the cluster at the end.
+    n_membership_changes: u64,
+    n_nodes_at_end: usize,
     /// Retries of acknowledged commands past the ledger's windows (long runs only), and
     /// the settles among them refused as forgotten.
     n_late_retries: u64,
@@ -759,6 +766,8 @@ async fn simulate(seed: u64, trace: Arc<Trace>, faults: DiskFaults, length: Leng
         n_in_doubt: during_faults.iter().filter(|r| r.outcome.is_none()).count(),
         n_crashes: cluster.n_crashes(),
         n_fatal_restarts: cluster.n_fatal_restarts(),
+        n_membership_changes: cluster.n_membership_changes(),
+        n_nodes_at_end: cluster.node_ids().len(),
         n_late_retries: history.n_late_retries(),
         n_forgotten_settles: history.n_forgotten_settles(),
         n_write_offs: outcomes()
