@@ -25,7 +25,7 @@ use solrouter_gateway::providers::{
     Adapter, ChatRequest, Chunk, Endpoint, Providers, Target, Usage,
 };
 use solrouter_gateway::sse::SseParser;
-use solrouter_ledger::{AccountId, KeyId};
+use solrouter_ledger::{AccountId, KeyId, KeyKind, KeyLimits};
 use solrouter_raft::LedgerNode;
 use std::hint::black_box;
 use std::time::Duration;
@@ -118,7 +118,8 @@ fn authenticate(c: &mut Criterion) {
             .expect("ledger")
             .expect("account created");
         let key = keys::mint(account);
-        bank.create_key(account, KeyId(1), "bench".to_owned(), key.hash)
+        let (kind, limits) = (KeyKind::Inference, KeyLimits::default());
+        bank.create_key(account, KeyId(1), "bench".to_owned(), key.hash, kind, limits)
             .await
             .expect("ledger")
             .expect("key created");

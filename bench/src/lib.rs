@@ -10,8 +10,8 @@ pub mod processes;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use solrouter_ledger::{
-    AccountId, Batch, Command, HoldId, KeyId, Ledger, Op, OpId, PicoUsd, RequestRecord,
-    PICO_PER_USD,
+    AccountId, Batch, Command, HoldId, KeyId, KeyKind, KeyLimits, Ledger, Op, OpId, PicoUsd,
+    RequestRecord, PICO_PER_USD,
 };
 
 /// Accounts the lifecycle workload spreads over.
@@ -53,6 +53,8 @@ pub fn funding_commands() -> Vec<[Command; 3]> {
                         key: workload_key(id),
                         name: "bench".into(),
                         hash,
+                        kind: KeyKind::Inference,
+                        limits: KeyLimits::default(),
                     },
                 },
             ]

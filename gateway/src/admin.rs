@@ -2,6 +2,7 @@
 //! Ids travel as 16 hex digits (u64 does not survive JavaScript's numbers); money as
 //! decimal USD strings, exact.
 
+use crate::account::{self, Actor, KeyFields};
 use crate::api::authorization;
 use crate::app::App;
 use crate::error::ApiError;
@@ -98,17 +99,19 @@ async fn credit(
     }
 }
 
+/// A key for the account: a name, optionally `limit` (USD) with `limit_reset`,
+/// `requests_per_minute`, `tokens_per_minute` and `management` (see [`KeyFields`]).
 async fn create_key(
     app: &'static App,
     account: u64,
     request: Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let body: NameBody = json_body(request).await?;
-    check_name(&body.name)?;
-    let (key_id, key) = (KeyId(keys::random_u64()), keys::mint(AccountId(account)));
-    let created = app.bank.create_key(AccountId(account), key_id, body.name, key.hash).await?;
-    expect_accepted(created)?;
-    let body = json!({"id": hex_id(key_id.0), "key": key.text, "account": hex_id(account)});
+    let fields: KeyFields = json_body(request).await?;
+    let new = fields.new_key()?;
+    let created = account::create_key(&app.bank, AccountId(account), &Actor::Admin, new).await?;
+    let mut body = account::key_json(created.id, &created.key, crate::bank::now_ms());
+    body["key"] = json!(created.text);
+    body["account"] = json!(hex_id(account));
     Ok(respond::json(StatusCode::CREATED, &body))
 }
 
@@ -151,7 +154,8 @@ async fn audit(app: &'static App) -> Result<Response, ApiError> {
     Ok(respond::json(StatusCode::OK, &body))
 }
 
-async fn json_body<T: for<'de> Deserialize<'de>>(
+/// A JSON body of at most [`ADMIN_BODY_BYTES_MAX`] (also the customer key API's bodies).
+pub async fn json_body<T: for<'de> Deserialize<'de>>(
     request: Request<Incoming>,
 ) -> Result<T, ApiError> {
     let (head, body) = request.into_parts();
@@ -161,7 +165,7 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
         .map_err(|error| ApiError::malformed(format!("invalid request body: {error}")))
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
+pub fn check_name(name: &str) -> Result<(), ApiError> {
     if name.is_empty() || name.len() > NAME_BYTES_MAX {
         return Err(ApiError::invalid_param(
             "name",

@@ -2,7 +2,9 @@
 //! the account's credits, its request history (one request, pages of them, usage per day
 //! or hour), and the calling key.
 
+use crate::account;
 use crate::app::App;
+use crate::bank::KeyUse;
 use crate::catalog::{Model, Price, Reducible};
 use crate::error::ApiError;
 use crate::respond::{self, Response};
@@ -10,7 +12,7 @@ use crate::wire;
 use http::{header::AUTHORIZATION, HeaderMap, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use solrouter_ledger::{HoldId, KeyId, PicoUsd, RequestRecord};
+use solrouter_ledger::{HoldId, KeyId, RequestRecord};
 use solrouter_raft::{HistoryCursor, HistoryQuery, UsageQuery, HISTORY_PAGE_MAX};
 
 /// `GET /v1/api/models`: every model whose provider is configured, in OpenAI's list
@@ -95,7 +97,7 @@ fn model_json(model: &Model, passed: &[&'static str]) -> Value {
 
 /// `GET /v1/api/credits`: the account's top-ups and spend, in USD.
 pub async fn credits(app: &'static App, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let caller = app.bank.authenticate(headers).await?;
+    let caller = app.bank.authenticate_for(headers, KeyUse::Read).await?;
     let account = app.bank.account(caller.account).await?;
     let account =
         account.ok_or_else(|| ApiError::unauthorized("the key's account no longer exists"))?;
@@ -112,7 +114,7 @@ pub async fn generation(
     app: &'static App,
     request: &Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let caller = app.bank.authenticate(request.headers()).await?;
+    let caller = app.bank.authenticate_for(request.headers(), KeyUse::Read).await?;
     let id = query_params(request)
         .find_map(|(name, value)| (name == "id").then_some(value))
         .ok_or_else(|| ApiError::invalid_param("id", "is required"))?;
@@ -134,7 +136,7 @@ pub async fn generations(
     app: &'static App,
     request: &Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let caller = app.bank.authenticate(request.headers()).await?;
+    let caller = app.bank.authenticate_for(request.headers(), KeyUse::Read).await?;
     let mut query =
         HistoryQuery { limit: GENERATIONS_PAGE_DEFAULT, ..HistoryQuery::all(caller.account) };
     for (name, value) in query_params(request) {
@@ -172,7 +174,7 @@ pub async fn activity(
 ) -> Result<Response, ApiError> {
     const HOUR_MS: u64 = 60 * 60 * 1000;
     const DAY_MS: u64 = 24 * HOUR_MS;
-    let caller = app.bank.authenticate(request.headers()).await?;
+    let caller = app.bank.authenticate_for(request.headers(), KeyUse::Read).await?;
     let now_ms = crate::bank::now_ms();
     let mut query = UsageQuery {
         account: caller.account,
@@ -275,21 +277,14 @@ fn parse_cursor(value: &str) -> Result<HistoryCursor, ApiError> {
     Ok(HistoryCursor { created_ms, hold: HoldId(hold) })
 }
 
-/// `GET /v1/api/key`: the calling key's name and what it has spent.
+/// `GET /v1/api/key`: the calling key (of either kind) in OpenRouter's shape: its name,
+/// usage (all time, this UTC day, week and month), spend limit, what remains of it and
+/// when it resets, and its rate limits ([`account::key_json`]).
 pub async fn key(app: &'static App, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let caller = app.bank.authenticate(headers).await?;
-    let key = app.bank.key(caller.key).await?;
+    let caller = app.bank.authenticate_for(headers, KeyUse::Read).await?;
+    let key = app.bank.key_of(caller.account, caller.key).await?;
     let key = key.ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
-    let usage: PicoUsd = key.usage;
-    let data = json!({
-        "id": format!("{:016x}", caller.key.0),
-        "label": key.name,
-        "name": key.name,
-        "usage": usage.to_usd_f64(),
-        "limit": null,
-        "limit_remaining": null,
-        "is_free_tier": false,
-    });
+    let data = account::key_json(caller.key, &key, crate::bank::now_ms());
     Ok(respond::json(StatusCode::OK, &json!({ "data": data })))
 }
 

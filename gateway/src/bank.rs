@@ -9,8 +9,8 @@ use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use solrouter_ledger::{
-    Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, Op, OpId, Outcome, PicoUsd,
-    Rejection, Reply, RequestRecord,
+    Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, KeyKind, KeyLimits, KeyUpdate,
+    Op, OpId, Outcome, PicoUsd, Rejection, Reply, RequestRecord,
 };
 use solrouter_raft::{
     Consistency, HistoryPage, HistoryQuery, LedgerApi, LedgerClient, LedgerError, LedgerHandle,
@@ -67,6 +67,18 @@ pub const KEY_CACHE_ENTRIES_MAX: usize = 65_536;
 pub struct Caller {
     pub account: AccountId,
     pub key: KeyId,
+    pub kind: KeyKind,
+}
+
+/// Which keys an endpoint takes ([`Bank::authenticate_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUse {
+    /// Requests that spend (completions, embeddings): inference keys only.
+    Inference,
+    /// Key management: management keys only.
+    Management,
+    /// The account's own data (credits, history, the calling key): either kind.
+    Read,
 }
 
 /// What a settle the ledger applied charged, and what it wrote off as the operator's
@@ -141,8 +153,23 @@ impl Bank {
         key: KeyId,
         name: String,
         hash: KeyHash,
+        kind: KeyKind,
+        limits: KeyLimits,
     ) -> Result<Outcome, ApiError> {
-        self.submit(OpId(keys::random_u128()), Op::CreateKey { account, key, name, hash }).await
+        let op = Op::CreateKey { account, key, name, hash, kind, limits };
+        self.submit(OpId(keys::random_u128()), op).await
+    }
+
+    /// Renames, disables or enables a key of `account`, or changes its limits. A gateway
+    /// that cached the key may still authenticate it for up to [`KEY_CACHE_TTL`]; the
+    /// ledger applies a disable or a new limit to every reserve from now on.
+    pub async fn update_key(
+        &self,
+        account: AccountId,
+        key: KeyId,
+        update: KeyUpdate,
+    ) -> Result<Outcome, ApiError> {
+        self.submit(OpId(keys::random_u128()), Op::UpdateKey { account, key, update }).await
     }
 
     pub async fn revoke_key(&self, account: AccountId, key: KeyId) -> Result<Outcome, ApiError> {
@@ -161,6 +188,22 @@ impl Bank {
     pub async fn key(&self, key: KeyId) -> Result<Option<Key>, ApiError> {
         self.ledger
             .key(key, Consistency::Linearizable)
+            .await
+            .map_err(|error| ApiError::ledger("read", error))
+    }
+
+    /// Key `key` if it is `account`'s (one read of the account's group).
+    pub async fn key_of(&self, account: AccountId, key: KeyId) -> Result<Option<Key>, ApiError> {
+        self.ledger
+            .key_of(account, key, Consistency::Linearizable)
+            .await
+            .map_err(|error| ApiError::ledger("read", error))
+    }
+
+    /// Every key of `account`, revoked ones included, by id.
+    pub async fn keys(&self, account: AccountId) -> Result<Vec<(KeyId, Key)>, ApiError> {
+        self.ledger
+            .keys(account, Consistency::Linearizable)
             .await
             .map_err(|error| ApiError::ledger("read", error))
     }
@@ -224,13 +267,23 @@ impl Bank {
         })
     }
 
+    /// Authenticates an inference key ([`KeyUse::Inference`]): the requests that spend.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        self.authenticate_for(headers, KeyUse::Inference).await
+    }
+
     /// Authenticates the customer's key, sent as `Authorization: Bearer sr_…` (OpenAI's
-    /// SDKs) or `x-api-key: sr_…` (Anthropic's). In gateway mode a key found less
+    /// SDKs) or `x-api-key: sr_…` (Anthropic's), for `usage`: a key of another kind is
+    /// a 403, a revoked or disabled one a 401. In gateway mode a key found less
     /// than [`KEY_CACHE_TTL`] ago is trusted; a miss is a linearizable read, which sees
     /// every revocation acknowledged before it, so a revocation is final on every gateway
     /// within [`KEY_CACHE_TTL`] however far a replica lags (and at once for money: the
-    /// ledger refuses a reserve with a revoked key).
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    /// ledger refuses a reserve with a revoked or disabled key).
+    pub async fn authenticate_for(
+        &self,
+        headers: &HeaderMap,
+        usage: KeyUse,
+    ) -> Result<Caller, ApiError> {
         let text = match (headers.get(AUTHORIZATION), headers.get(API_KEY_HEADER)) {
             (Some(authorization), _) => authorization
                 .to_str()
@@ -260,7 +313,18 @@ impl Bank {
                 if found.revoked {
                     return Err(ApiError::unauthorized("API key has been revoked"));
                 }
-                Ok(Caller { account: claimed, key: found.key })
+                if found.disabled {
+                    return Err(ApiError::unauthorized("API key is disabled"));
+                }
+                match (usage, found.kind) {
+                    (KeyUse::Inference, KeyKind::Management) => Err(ApiError::forbidden(
+                        "a management key cannot make requests; use an inference key",
+                    )),
+                    (KeyUse::Management, KeyKind::Inference) => Err(ApiError::forbidden(
+                        "managing keys takes a management key (or a dashboard session)",
+                    )),
+                    _ => Ok(Caller { account: claimed, key: found.key, kind: found.kind }),
+                }
             }
             _ => Err(ApiError::unauthorized("invalid API key")),
         }
@@ -289,6 +353,8 @@ impl Bank {
             account: entry.account,
             hash: entry.hash,
             revoked: entry.revoked,
+            disabled: entry.disabled,
+            kind: entry.kind,
             fetched: Instant::now(),
         };
         if let Some(cache) = &self.key_cache {
@@ -408,6 +474,8 @@ struct CachedKey {
     account: AccountId,
     hash: KeyHash,
     revoked: bool,
+    disabled: bool,
+    kind: KeyKind,
     fetched: Instant,
 }
 
@@ -440,6 +508,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::Reserve { .. } => "reserve",
         Op::Settle { .. } => "settle",
         Op::Release { .. } => "release",
+        Op::UpdateKey { .. } => "update key",
     }
 }
 
@@ -486,13 +555,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bank = Bank::new(LedgerNode::open_single(dir.path()).await.unwrap());
         let account = AccountId(keys::random_u64());
-        let caller = Caller { account, key: KeyId(keys::random_u64()) };
+        let caller = Caller { account, key: KeyId(keys::random_u64()), kind: KeyKind::Inference };
         bank.create_account(account, "t".into()).await.unwrap().unwrap();
         bank.credit(account, usd("1.00"), Some("first")).await.unwrap().unwrap();
         let retried = bank.credit(account, usd("1.00"), Some("first")).await.unwrap();
         assert_eq!(retried, Ok(Reply::Credited { credits: usd("1.00") }), "credited once");
         let minted = keys::mint(account);
-        bank.create_key(account, caller.key, "k".into(), minted.hash).await.unwrap().unwrap();
+        let (kind, limits) = (KeyKind::Inference, KeyLimits::default());
+        let created = bank.create_key(account, caller.key, "k".into(), minted.hash, kind, limits);
+        created.await.unwrap().unwrap();
         let mut bearer = HeaderMap::new();
         bearer.insert(AUTHORIZATION, format!("Bearer {}", minted.text).parse().unwrap());
         assert_eq!(bank.authenticate(&bearer).await.unwrap(), caller);

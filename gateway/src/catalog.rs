@@ -662,8 +662,18 @@ source = "test"
             assert_eq!(catalog.get(alias).unwrap().id, "anthropic/claude-sonnet-4");
         }
         assert_eq!(catalog.get("claude-opus-4-20250514").unwrap().id, "anthropic/claude-opus-4");
+        // Claude Code's defaults, dated and undated.
+        for (alias, id) in [
+            ("claude-sonnet-4-5-20250929", "anthropic/claude-sonnet-4.5"),
+            ("claude-sonnet-4-5", "anthropic/claude-sonnet-4.5"),
+            ("claude-haiku-4-5-20251001", "anthropic/claude-haiku-4.5"),
+            ("claude-haiku-4-5", "anthropic/claude-haiku-4.5"),
+            ("claude-opus-4-5", "anthropic/claude-opus-4.5"),
+        ] {
+            assert_eq!(catalog.get(alias).unwrap().id, id, "{alias}");
+        }
         assert!(catalog.get("claude-3-5-haiku-latest").is_none());
         // Listed once, under its id.
-        assert_eq!(catalog.models().filter(|model| model.provider == "anthropic").count(), 2);
+        assert_eq!(catalog.models().filter(|model| model.provider == "anthropic").count(), 5);
     }
 }

@@ -12,7 +12,7 @@ use crate::upstream::Upstream;
 use crate::{mock, server, telemetry};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use solrouter_ledger::{AccountId, KeyId, PicoUsd, Rejection};
+use solrouter_ledger::{AccountId, KeyId, KeyKind, KeyLimits, PicoUsd, Rejection};
 use solrouter_raft::LedgerNode;
 use std::io::Write;
 use std::path::Path;
@@ -108,7 +108,8 @@ async fn ensure_demo_account(bank: &Bank, data_dir: &Path) -> anyhow::Result<()>
         anyhow::bail!("crediting the demo account: {rejection}");
     }
     let key = keys::mint(account);
-    let created = bank.create_key(account, KeyId(keys::random_u64()), "demo".into(), key.hash);
+    let (id, kind, limits) = (KeyId(keys::random_u64()), KeyKind::Inference, KeyLimits::default());
+    let created = bank.create_key(account, id, "demo".into(), key.hash, kind, limits);
     if let Err(rejection) = created.await? {
         anyhow::bail!("creating the demo key: {rejection}");
     }

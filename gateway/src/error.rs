@@ -78,6 +78,26 @@ impl ApiError {
         ApiError::new(status, "insufficient_credits", message, ErrorSource::Client)
     }
 
+    /// 402 for a key past its own spend limit (the account may still have credit).
+    pub fn key_limit(message: String) -> ApiError {
+        let status = StatusCode::PAYMENT_REQUIRED;
+        ApiError::new(status, "key_limit_exceeded", message, ErrorSource::Client)
+    }
+
+    /// 429 for a key past its requests or tokens per minute, with when to retry.
+    pub fn rate_limited(message: String, retry_after: Duration) -> ApiError {
+        let status = StatusCode::TOO_MANY_REQUESTS;
+        let mut error = ApiError::new(status, "rate_limited", message, ErrorSource::Client);
+        error.retry_after = Some(retry_after);
+        error
+    }
+
+    /// 403 for a key (or session) that may not do what it asks.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        let message = message.into();
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message, ErrorSource::Client)
+    }
+
     pub fn model_not_found(model: &str) -> ApiError {
         let message = format!("model `{model}` does not exist; GET /v1/api/models lists them");
         let mut error =
@@ -197,7 +217,8 @@ impl ApiError {
         }
         let mut response = respond::json(self.status, &self.to_json_as(shape));
         if let Some(after) = self.retry_after {
-            let seconds = after.as_secs().max(1).to_string();
+            // Rounded up: a client retrying after the seconds said is not early.
+            let seconds = after.as_millis().div_ceil(1000).max(1).to_string();
             if let Ok(value) = HeaderValue::from_str(&seconds) {
                 response.headers_mut().insert(http::header::RETRY_AFTER, value);
             }

@@ -9,6 +9,7 @@
 //! and no input may make it panic or hold a connection without a deadline.
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod admin;
 pub mod api;
 pub mod app;

@@ -50,7 +50,7 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::Value;
 use solrouter_ledger::{
-    signed_usd, HoldId, PicoUsd, Rejection, Reply as LedgerReply, RequestRecord,
+    signed_usd, HoldId, PicoUsd, RateLimit, Rejection, Reply as LedgerReply, RequestRecord,
 };
 use std::future::Future;
 use tokio::sync::oneshot;
@@ -440,6 +440,32 @@ pub async fn hold(
         }
         Err(Rejection::KeyRevoked | Rejection::UnknownKey) => {
             Err(ApiError::unauthorized("API key has been revoked"))
+        }
+        Err(Rejection::KeyDisabled) => Err(ApiError::unauthorized("API key is disabled")),
+        Err(Rejection::ManagementKey) => {
+            Err(ApiError::forbidden("a management key cannot make requests"))
+        }
+        Err(Rejection::KeySpendLimit { limit, spent, resets_at_ms }) => {
+            let period = limit.reset.name().map_or(String::new(), |name| format!(" ({name})"));
+            let resets = resets_at_ms.map_or("it does not reset".to_string(), |at| {
+                format!("it resets at {}", crate::api::utc_rfc3339(at))
+            });
+            Err(ApiError::key_limit(format!(
+                "this key's spend limit of ${}{period} is reached: ${spent} spent or held, and                  this request may cost up to ${amount}; {resets}. The account's credit is                  not the limit: raise the key's limit or use another key.",
+                limit.amount
+            )))
+        }
+        Err(Rejection::KeyRateLimited { limit, retry_after_ms }) => {
+            let what = match limit {
+                RateLimit::RequestsPerMinute(n) => format!("{n} requests per minute"),
+                RateLimit::TokensPerMinute(n) => format!("{n} tokens per minute"),
+            };
+            let retry_after = Duration::from_millis(retry_after_ms);
+            let message = format!(
+                "this key's rate limit of {what} is reached; retry in {} s",
+                retry_after_ms.div_ceil(1000)
+            );
+            Err(ApiError::rate_limited(message, retry_after))
         }
         Err(rejection) => Err(ApiError::ledger("reserve", rejection)),
     }

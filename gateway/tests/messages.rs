@@ -253,12 +253,30 @@ async fn errors_are_anthropic_shaped_with_the_chat_statuses() {
     let (_, record) = dev.get(&format!("/v1/api/generation?id={id}"), &key).await;
     assert_eq!(record["data"]["waived"], true, "{record}");
 
-    // Anthropic's own model ids (what Claude Code and the SDK examples send) are
-    // catalogue aliases.
-    for alias in ["claude-sonnet-4-20250514", "claude-sonnet-4-0"] {
+    // Anthropic's own model ids (what Claude Code and the SDK examples send: the dated
+    // snapshots and the undated aliases of Claude Code's defaults) are catalogue
+    // aliases, answered and billed as the model they name (pico-USD per prompt and
+    // completion token: the catalogue's USD per million tokens).
+    let aliases = [
+        ("claude-sonnet-4-20250514", CLAUDE, 3_000_000, 15_000_000),
+        ("claude-sonnet-4-0", CLAUDE, 3_000_000, 15_000_000),
+        ("claude-sonnet-4-5-20250929", "anthropic/claude-sonnet-4.5", 3_000_000, 15_000_000),
+        ("claude-sonnet-4-5", "anthropic/claude-sonnet-4.5", 3_000_000, 15_000_000),
+        ("claude-haiku-4-5-20251001", "anthropic/claude-haiku-4.5", 1_000_000, 5_000_000),
+        ("claude-haiku-4-5", "anthropic/claude-haiku-4.5", 1_000_000, 5_000_000),
+        ("claude-opus-4-5-20251101", "anthropic/claude-opus-4.5", 5_000_000, 25_000_000),
+        ("claude-opus-4-5", "anthropic/claude-opus-4.5", 5_000_000, 25_000_000),
+    ];
+    for (alias, model, prompt_pico, completion_pico) in aliases {
+        let before = available(&dev, &account).await;
         let (status, answer) = message(&dev, Auth::ApiKey(&key), &ask(alias, "aliased")).await;
         assert_eq!(status, 200, "{alias}: {answer}");
-        assert_eq!(answer["model"], CLAUDE, "{alias}");
+        assert_eq!(answer["model"], model, "{alias}");
+        let usage = &answer["usage"];
+        let tokens = |field: &str| i128::from(usage[field].as_u64().expect("token count"));
+        let cost = tokens("input_tokens") * prompt_pico + tokens("output_tokens") * completion_pico;
+        assert_eq!(cost_pico(&usage["cost"]), cost, "{alias}: {answer}");
+        assert_eq!(before - available(&dev, &account).await, cost, "{alias}: the balance drop");
     }
 
     let mut body = ask("mock/unavailable", "fall back");

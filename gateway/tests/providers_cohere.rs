@@ -131,7 +131,6 @@ fn unsupported_parameters_are_named() {
     };
     check(json!({"logprobs": true}), "logprobs");
     check(json!({"n": 3}), "n");
-    check(json!({"parallel_tool_calls": false}), "parallel_tool_calls");
     check(
         json!({"tools": [weather_tool()], "tool_choice": {"type": "function", "function": {"name": "f"}}}),
         "tool_choice",

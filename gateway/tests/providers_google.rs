@@ -141,7 +141,14 @@ fn json_schema_becomes_the_response_json_schema() {
     let body = json!({"model": "m", "messages": [user("What is the largest city in Mexico?")],
         "response_format": {"type": "json_schema", "json_schema": {"name": "CityLocation", "schema": schema}}});
     let expected = as_gateway_sends(fixture_json("google/pydai-response-schema.request.json"));
-    assert_eq!(translated(body, "gemini-2.0-flash"), expected);
+    assert_eq!(translated(body.clone(), "gemini-2.0-flash"), expected);
+    // The same model as Pydantic writes it (Instructor sends `model_json_schema()`): a
+    // title on every property that only restates its name, which Gemini is not sent.
+    let mut pydantic = body;
+    let properties = &mut pydantic["response_format"]["json_schema"]["schema"]["properties"];
+    properties["city"]["title"] = json!("City");
+    properties["country"]["title"] = json!("Country");
+    assert_eq!(translated(pydantic, "gemini-2.0-flash"), expected);
 
     let body =
         json!({"model": "m", "messages": [user("x")], "response_format": {"type": "json_object"}});
@@ -150,6 +157,46 @@ fn json_schema_becomes_the_response_json_schema() {
         sent["generationConfig"],
         json!({"responseMimeType": "application/json", "maxOutputTokens": MAX_TOKENS_UNSET})
     );
+}
+
+/// What Pydantic writes for nested models and literals, as Gemini takes it: a `$ref`
+/// alone (Gemini refuses other keywords beside one), a one-schema `allOf` unwrapped,
+/// `const` as `enum`, name-restating titles dropped and meaningful ones kept; tool
+/// parameters alike.
+#[test]
+fn pydantic_schemas_become_what_gemini_takes() {
+    let schema = json!({"title": "Trip", "type": "object", "$defs": {
+            "Address": {"title": "Address", "type": "object", "properties": {
+                "street_name": {"title": "Street Name", "type": "string"},
+                "zip": {"title": "Postal code", "type": "string", "pattern": "^[0-9]{5}$"}},
+                "required": ["street_name"]}},
+        "properties": {
+            "origin": {"$ref": "#/$defs/Address", "description": "Where from.", "default": null},
+            "destination": {"allOf": [{"$ref": "#/$defs/Address"}], "description": "Where to."},
+            "mode": {"const": "train", "title": "Mode", "type": "string"},
+            "stops": {"title": "Stops", "type": "array", "items": {"$ref": "#/$defs/Address", "title": "Stop"}},
+            "note": {"anyOf": [{"type": "string", "title": "Note"}, {"type": "null"}], "title": "Note"}},
+        "required": ["origin", "destination", "mode"]});
+    let expected = json!({"title": "Trip", "type": "object", "$defs": {
+            "Address": {"type": "object", "properties": {
+                "street_name": {"type": "string"},
+                "zip": {"title": "Postal code", "type": "string", "pattern": "^[0-9]{5}$"}},
+                "required": ["street_name"]}},
+        "properties": {
+            "origin": {"$ref": "#/$defs/Address"},
+            "destination": {"$ref": "#/$defs/Address"},
+            "mode": {"enum": ["train"], "type": "string"},
+            "stops": {"type": "array", "items": {"$ref": "#/$defs/Address"}},
+            "note": {"anyOf": [{"type": "string", "title": "Note"}, {"type": "null"}]}},
+        "required": ["origin", "destination", "mode"]});
+    let body = json!({"model": "m", "messages": [user("x")], "response_format":
+        {"type": "json_schema", "json_schema": {"name": "Trip", "schema": schema.clone()}}});
+    let sent = translated(body, "gemini-2.5-flash");
+    assert_eq!(sent["generationConfig"]["responseJsonSchema"], expected);
+    let body = json!({"model": "m", "messages": [user("x")], "tools": [{"type": "function",
+        "function": {"name": "plan", "parameters": schema}}]});
+    let sent = translated(body, "gemini-2.5-flash");
+    assert_eq!(sent["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"], expected);
 }
 
 #[test]
@@ -207,7 +254,6 @@ fn unsupported_parameters_are_named() {
     };
     check(json!({"logprobs": true}), "logprobs");
     check(json!({"n": 2}), "n");
-    check(json!({"parallel_tool_calls": false}), "parallel_tool_calls");
     check(json!({"frequency_penalty": 0.5}), "frequency_penalty");
     check(json!({"tool_choice": "sometimes"}), "tool_choice");
     let orphan =

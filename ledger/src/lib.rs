@@ -8,8 +8,13 @@
 //! keeps beside the state machine, so the state holds only what is live.
 #![forbid(unsafe_code)]
 
+mod limits;
 mod money;
 mod state;
 
+pub use limits::{
+    KeyLimits, KeySpend, KeyUpdate, LimitReset, MinuteWindow, PeriodSpend, RateLimit, SpendLimit,
+    DAY_MS, MINUTE_MS,
+};
 pub use money::{signed_usd, ParseUsdError, PicoUsd, AMOUNT_MAX, PICO_PER_USD};
 pub use state::*;

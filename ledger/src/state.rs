@@ -1,3 +1,4 @@
+use crate::limits::{KeyLimits, KeySpend, KeyUpdate, LimitReset, MinuteWindow, RateLimit};
 use crate::money::{PicoUsd, AMOUNT_MAX};
 use imbl::{HashMap, OrdSet, Vector};
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,10 @@ pub const HOLD_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1000;
 pub const BATCH_COMMANDS_MAX: usize = 4096;
 /// Upper bound on free-text fields (names, model ids) kept in the state.
 pub const NAME_BYTES_MAX: usize = 256;
+/// Keys an account may have over its life (revoked ones included: they stay, so that
+/// their usage and history keep their name): the bound of one account's key state and
+/// of a key listing. Past it, [`Rejection::KeysExhausted`].
+pub const KEYS_PER_ACCOUNT_MAX: usize = 1024;
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident($inner:ty)) => {
@@ -87,6 +92,8 @@ pub enum Op {
         key: KeyId,
         name: String,
         hash: KeyHash,
+        kind: KeyKind,
+        limits: KeyLimits,
     },
     RevokeKey {
         account: AccountId,
@@ -125,6 +132,13 @@ pub enum Op {
         account: AccountId,
         hold: HoldId,
     },
+    /// Renames, disables or enables a live key of `account`, or changes its limits
+    /// (every field of `update` that is set). A revoked key cannot be changed.
+    UpdateKey {
+        account: AccountId,
+        key: KeyId,
+        update: KeyUpdate,
+    },
 }
 
 impl Op {
@@ -137,7 +151,8 @@ impl Op {
             | Op::RevokeKey { account, .. }
             | Op::Reserve { account, .. }
             | Op::Settle { account, .. }
-            | Op::Release { account, .. } => *account,
+            | Op::Release { account, .. }
+            | Op::UpdateKey { account, .. } => *account,
         }
     }
 
@@ -155,6 +170,15 @@ impl Op {
         match self {
             Op::CreateAccount { name, .. } | Op::CreateKey { name, .. } if !name_ok(name) => {
                 Err(Rejection::Invalid(Cow::Borrowed("name too long")))
+            }
+            Op::UpdateKey { update, .. } if update.name.as_deref().is_some_and(|n| !name_ok(n)) => {
+                Err(Rejection::Invalid(Cow::Borrowed("name too long")))
+            }
+            Op::CreateKey { limits, .. } if !limits.is_valid() => {
+                Err(Rejection::Invalid(Cow::Borrowed("key limits out of range")))
+            }
+            Op::UpdateKey { update, .. } if !update.limits(KeyLimits::default()).is_valid() => {
+                Err(Rejection::Invalid(Cow::Borrowed("key limits out of range")))
             }
             Op::Credit { amount, .. } if amount.0 == 0 || *amount > AMOUNT_MAX => {
                 Err(Rejection::Invalid(Cow::Borrowed("credit amount out of range")))
@@ -214,6 +238,10 @@ pub struct RequestRecord {
     pub cost: PicoUsd,
     /// Filled in by the ledger: what the account could not pay (the operator's loss).
     pub written_off: PicoUsd,
+    /// Time to first token: from the request's arrival to the first output (a stream's
+    /// first content event; a plain answer's arrival from upstream); `None` when nothing
+    /// came.
+    pub ttft_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +270,7 @@ pub enum Reply {
     Released {
         amount: PicoUsd,
     },
+    KeyUpdated,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -277,6 +306,23 @@ pub enum Rejection {
     /// the account's life; nothing was applied.
     #[error("the account has reached its limit of top-ups")]
     TopUpsExhausted,
+    /// The key is disabled (reversibly, unlike [`Rejection::KeyRevoked`]).
+    #[error("API key is disabled")]
+    KeyDisabled,
+    /// A management key manages keys; it cannot pay for requests.
+    #[error("a management key cannot be used for requests")]
+    ManagementKey,
+    /// The key's spend in its period (`spent`, charged and held) plus this reserve would
+    /// pass its limit; the limit starts over at `resets_at_ms` (`None`: never).
+    #[error("the key's spend limit of {} is reached ({} spent or held)", limit.amount, spent)]
+    KeySpendLimit { limit: crate::limits::SpendLimit, spent: PicoUsd, resets_at_ms: Option<u64> },
+    /// The key's requests or tokens in the current minute reached `limit`; retry after
+    /// `retry_after_ms`, when the minute ends.
+    #[error("the key's rate limit is reached ({limit:?}); retry in {retry_after_ms} ms")]
+    KeyRateLimited { limit: RateLimit, retry_after_ms: u64 },
+    /// The account has [`KEYS_PER_ACCOUNT_MAX`] keys.
+    #[error("the account has reached its limit of keys")]
+    KeysExhausted,
     /// A settle of a hold the ledger no longer knows, reserved [`HOLDS_REMEMBERED_FOR_MS`]
     /// or more before: it ended (settled, released or expired) and was forgotten, so this
     /// is a retry too late to be answered with the first reply; nothing was charged.
@@ -306,6 +352,16 @@ impl Account {
     }
 }
 
+/// What a key may do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyKind {
+    /// Pays for requests (completions, embeddings).
+    #[default]
+    Inference,
+    /// Manages its account's keys; the ledger refuses its reserves.
+    Management,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Key {
     pub account: AccountId,
@@ -314,6 +370,59 @@ pub struct Key {
     pub revoked: bool,
     /// Everything charged to requests made with this key.
     pub usage: PicoUsd,
+    pub kind: KeyKind,
+    /// Refuses the key's reserves while set; reversible.
+    pub disabled: bool,
+    pub limits: KeyLimits,
+    /// Charges per day, week and month (read with [`Key::spent`]).
+    pub spend: KeySpend,
+    /// What the key's pending holds hold, and how many there are.
+    pub held: PicoUsd,
+    pub n_holds: u32,
+    /// Requests admitted and tokens settled in the current minute (read with
+    /// [`MinuteWindow::at`]).
+    pub minute: MinuteWindow,
+    /// Batch stamps of the key's creation and last update.
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl Key {
+    /// What the key was charged in the `reset` period containing `at_ms`.
+    pub fn spent(&self, reset: LimitReset, at_ms: u64) -> PicoUsd {
+        self.spend.in_period(reset, at_ms, self.usage)
+    }
+
+    /// What the key may still spend or hold in its limit's period at `at_ms`, if it has a
+    /// spend limit.
+    pub fn limit_remaining(&self, at_ms: u64) -> Option<PicoUsd> {
+        let limit = self.limits.spend()?;
+        let used = self.spent(limit.reset, at_ms).checked_add(self.held).expect("bounded sums");
+        Some(limit.amount.saturating_sub(used))
+    }
+
+    /// Refuses a reserve of `amount` at `at_ms` that a limit of the key forbids; checked
+    /// in this order: requests per minute, tokens per minute, spend.
+    fn admits(&self, amount: PicoUsd, at_ms: u64) -> Result<(), Rejection> {
+        let minute = self.minute.at(at_ms);
+        let retry_after_ms = minute.remaining_ms(at_ms);
+        if let Some(rpm) = self.limits.requests_per_minute.filter(|rpm| minute.requests >= *rpm) {
+            let limit = RateLimit::RequestsPerMinute(rpm);
+            return Err(Rejection::KeyRateLimited { limit, retry_after_ms });
+        }
+        if let Some(tpm) = self.limits.tokens_per_minute.filter(|tpm| minute.tokens >= *tpm) {
+            let limit = RateLimit::TokensPerMinute(tpm);
+            return Err(Rejection::KeyRateLimited { limit, retry_after_ms });
+        }
+        if let Some(limit) = self.limits.spend() {
+            let spent = self.spent(limit.reset, at_ms).checked_add(self.held).expect("bounded");
+            if spent.checked_add(amount).expect("bounded sums") > limit.amount {
+                let resets_at_ms = limit.reset.next_reset_ms(at_ms);
+                return Err(Rejection::KeySpendLimit { limit, spent, resets_at_ms });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A top-up as remembered for its account's life: what it credited (to recognise a
@@ -344,6 +453,8 @@ struct EndedHold {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Hold {
     account: AccountId,
+    /// The key that made it, whose `held` counts it.
+    key: KeyId,
     amount: PicoUsd,
     reserved_at_ms: u64,
     expires_at_ms: u64,
@@ -373,6 +484,8 @@ pub struct Ledger {
     accounts: HashMap<AccountId, Account>,
     keys: HashMap<KeyId, Key>,
     keys_by_hash: HashMap<KeyHash, KeyId>,
+    /// Each account's keys, at most [`KEYS_PER_ACCOUNT_MAX`].
+    keys_by_account: HashMap<AccountId, OrdSet<KeyId>>,
     holds: HashMap<HoldId, Hold>,
     /// Holds ordered by expiry, for deterministic voiding.
     expiry: OrdSet<(u64, HoldId)>,
@@ -515,24 +628,54 @@ impl Ledger {
                 assert!(top_ups.insert(id, top_up).is_none(), "a top-up applies once");
                 Ok(Reply::Credited { credits: entry.credits })
             }
-            Op::CreateKey { account, key, name, hash } => {
+            Op::CreateKey { account, key, name, hash, kind, limits } => {
                 if !self.accounts.contains_key(account) {
                     return Err(Rejection::UnknownAccount);
                 }
                 if self.keys.contains_key(key) || self.keys_by_hash.contains_key(hash) {
                     return Err(Rejection::KeyExists);
                 }
+                let account_keys = self.keys_by_account.entry(*account).or_default();
+                if account_keys.len() >= KEYS_PER_ACCOUNT_MAX {
+                    return Err(Rejection::KeysExhausted);
+                }
+                account_keys.insert(*key);
                 let record = Key {
                     account: *account,
                     name: name.clone(),
                     hash: *hash,
                     revoked: false,
                     usage: PicoUsd::ZERO,
+                    kind: *kind,
+                    disabled: false,
+                    limits: *limits,
+                    spend: KeySpend::default(),
+                    held: PicoUsd::ZERO,
+                    n_holds: 0,
+                    minute: MinuteWindow::default(),
+                    created_ms: self.stamp_ms,
+                    updated_ms: self.stamp_ms,
                 };
                 self.keys.insert(*key, record);
                 self.keys_by_hash.insert(*hash, *key);
                 Ok(Reply::KeyCreated)
             }
+            Op::UpdateKey { account, key, update } => match self.keys.get_mut(key) {
+                Some(entry) if entry.account == *account && entry.revoked => {
+                    Err(Rejection::KeyRevoked)
+                }
+                Some(entry) if entry.account == *account => {
+                    if let Some(name) = &update.name {
+                        entry.name.clone_from(name);
+                    }
+                    entry.disabled = update.disabled.unwrap_or(entry.disabled);
+                    entry.limits = update.limits(entry.limits);
+                    entry.updated_ms = self.stamp_ms;
+                    assert!(entry.limits.is_valid(), "validated before applying");
+                    Ok(Reply::KeyUpdated)
+                }
+                _ => Err(Rejection::UnknownKey),
+            },
             Op::RevokeKey { account, key } => match self.keys.get_mut(key) {
                 Some(entry) if entry.account == *account => {
                     entry.revoked = true;
@@ -583,13 +726,22 @@ impl Ledger {
         if !self.accounts.contains_key(&account) {
             return Err(Rejection::UnknownAccount);
         }
-        // The ledger itself refuses a revoked key, so a gateway whose key cache is stale
-        // cannot spend with it.
+        // The ledger itself refuses a revoked, disabled or limited key, so a gateway whose
+        // key cache is stale cannot spend with it, and every gateway counts against the
+        // same limits.
         match self.keys.get(&key) {
-            Some(entry) if entry.account == account && entry.revoked => {
-                return Err(Rejection::KeyRevoked)
+            Some(entry) if entry.account == account => {
+                if entry.revoked {
+                    return Err(Rejection::KeyRevoked);
+                }
+                if entry.disabled {
+                    return Err(Rejection::KeyDisabled);
+                }
+                if entry.kind == KeyKind::Management {
+                    return Err(Rejection::ManagementKey);
+                }
+                entry.admits(amount, self.stamp_ms)?;
             }
-            Some(entry) if entry.account == account => {}
             _ => return Err(Rejection::UnknownKey),
         }
         assert!(ttl_ms > 0 && ttl_ms <= HOLD_TTL_MS_MAX, "validated before applying");
@@ -601,10 +753,20 @@ impl Ledger {
         }
         entry.debits_pending = entry.debits_pending.checked_add(amount).expect("pending overflow");
         entry.n_holds += 1;
-        let reserved_at_ms = self.stamp_ms;
-        self.holds.insert(hold, Hold { account, amount, reserved_at_ms, expires_at_ms });
-        self.expiry.insert((expires_at_ms, hold));
         let available = entry.available();
+        let stamp_ms = self.stamp_ms;
+        let key_entry = self.keys.get_mut(&key).expect("checked above");
+        key_entry.held = key_entry.held.checked_add(amount).expect("key held overflow");
+        key_entry.n_holds += 1;
+        key_entry.minute = key_entry.minute.at(stamp_ms);
+        key_entry.minute.requests += 1;
+        if let Some(limit) = key_entry.limits.spend() {
+            let used = key_entry.spent(limit.reset, stamp_ms).checked_add(key_entry.held);
+            assert!(used.expect("bounded") <= limit.amount, "a reserve passed its key's limit");
+        }
+        let reserved_at_ms = stamp_ms;
+        self.holds.insert(hold, Hold { account, key, amount, reserved_at_ms, expires_at_ms });
+        self.expiry.insert((expires_at_ms, hold));
         assert!(available >= 0, "a reservation made the balance negative");
         Ok(Reply::Reserved { available, reserved_at_ms })
     }
@@ -654,6 +816,10 @@ impl Ledger {
         assert!(entry.available() >= 0, "a settle made the balance negative");
         if let Some(key) = record.key.and_then(|key| self.keys.get_mut(&key)) {
             key.usage = key.usage.checked_add(charged).expect("key usage overflow");
+            key.spend.add(self.stamp_ms, charged);
+            key.minute = key.minute.at(self.stamp_ms);
+            let tokens = record.prompt_tokens.saturating_add(record.completion_tokens);
+            key.minute.tokens = key.minute.tokens.saturating_add(tokens);
         }
         let reply = Reply::Settled { charged, released, written_off };
         self.end_hold(hold, account, Ending::Settled(reply.clone()));
@@ -671,6 +837,9 @@ impl Ledger {
             account.debits_pending.0.checked_sub(entry.amount.0).expect("pending underflow"),
         );
         account.n_holds = account.n_holds.checked_sub(1).expect("hold count underflow");
+        let key = self.keys.get_mut(&entry.key).expect("hold of a known key");
+        key.held = PicoUsd(key.held.0.checked_sub(entry.amount.0).expect("key held underflow"));
+        key.n_holds = key.n_holds.checked_sub(1).expect("key hold count underflow");
     }
 
     fn expire(&mut self, stamp_ms: u64) {
@@ -708,6 +877,12 @@ impl Ledger {
         Some((*id, &self.keys[id]))
     }
 
+    /// An account's keys (revoked ones included), by id.
+    pub fn keys_of(&self, account: AccountId) -> impl Iterator<Item = (KeyId, &Key)> {
+        let ids = self.keys_by_account.get(&account).into_iter().flatten();
+        ids.map(|id| (*id, &self.keys[id]))
+    }
+
     /// Ended holds still remembered (to answer a retried reserve, settle or release):
     /// bounded by the rate holds end at times [`HOLDS_REMEMBERED_FOR_MS`].
     pub fn n_ended_holds_remembered(&self) -> usize {
@@ -724,8 +899,12 @@ impl Ledger {
     pub fn audit(&self) -> Audit {
         let mut problems = Vec::new();
         let mut pending_by_account: BTreeMap<AccountId, (u128, u32)> = BTreeMap::new();
+        let mut pending_by_key: BTreeMap<KeyId, (u128, u32)> = BTreeMap::new();
         for (id, hold) in &self.holds {
             let entry = pending_by_account.entry(hold.account).or_default();
+            entry.0 += hold.amount.0;
+            entry.1 += 1;
+            let entry = pending_by_key.entry(hold.key).or_default();
             entry.0 += hold.amount.0;
             entry.1 += 1;
             if !self.expiry.contains(&(hold.expires_at_ms, *id)) {
@@ -757,6 +936,22 @@ impl Ledger {
                 + account.available();
             if sum != account.credits.0 as i128 {
                 problems.push(format!("account {:x}: credits ≠ debits + available", id.0));
+            }
+        }
+        let mut n_indexed_keys = 0;
+        for (account, ids) in &self.keys_by_account {
+            n_indexed_keys += ids.len();
+            if ids.iter().any(|id| self.keys.get(id).is_none_or(|key| key.account != *account)) {
+                problems.push(format!("account {:x}: key index out of sync", account.0));
+            }
+        }
+        if n_indexed_keys != self.keys.len() || self.keys_by_hash.len() != self.keys.len() {
+            problems.push("key indexes and keys differ in size".into());
+        }
+        for (id, key) in &self.keys {
+            let (held, n_holds) = pending_by_key.get(id).copied().unwrap_or_default();
+            if held != key.held.0 || n_holds != key.n_holds {
+                problems.push(format!("key {:x}: held differs from its holds", id.0));
             }
         }
         if self.top_ups.keys().any(|id| !self.accounts.contains_key(id)) {

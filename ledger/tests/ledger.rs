@@ -27,7 +27,7 @@ impl Harness {
         };
         let name = "acme".to_string();
         harness.ok(Op::CreateAccount { account: ACCOUNT, name });
-        harness.ok(Op::CreateKey { account: ACCOUNT, key: KEY, name: "k".into(), hash: [7; 32] });
+        harness.ok(create_key(ACCOUNT, KEY, [7; 32], KeyLimits::default()));
         harness
     }
 
@@ -80,6 +80,11 @@ impl Harness {
 
 fn usd(text: &str) -> PicoUsd {
     PicoUsd::parse_usd(text).unwrap()
+}
+
+fn create_key(account: AccountId, key: KeyId, hash: KeyHash, limits: KeyLimits) -> Op {
+    let (name, kind) = ("k".to_string(), KeyKind::Inference);
+    Op::CreateKey { account, key, name, hash, kind, limits }
 }
 
 fn reserve(hold: u128, amount: &str, ttl_ms: u64) -> Op {
@@ -289,8 +294,7 @@ fn a_retried_reserve_finds_its_hold() {
 #[test]
 fn op_ids_are_remembered_for_a_fixed_time() {
     let mut h = Harness::new();
-    let create =
-        Op::CreateKey { account: ACCOUNT, key: KeyId(71), name: "k2".into(), hash: [8; 32] };
+    let create = create_key(ACCOUNT, KeyId(71), [8; 32], KeyLimits::default());
     let first = h.run_as(OpId(77), create.clone());
     assert_eq!(first, Ok(Reply::KeyCreated));
     h.stamp_ms += OPS_REMEMBERED_FOR_MS - 1;
@@ -373,7 +377,7 @@ fn release_voids_a_hold() {
 fn keys_are_found_by_hash_and_revoked() {
     let mut h = Harness::new();
     let hash = [3u8; 32];
-    let create = Op::CreateKey { account: ACCOUNT, key: KeyId(5), name: "ci".into(), hash };
+    let create = create_key(ACCOUNT, KeyId(5), hash, KeyLimits::default());
     h.ok(create);
     let (id, key) = h.ledger.key_by_hash(&hash).unwrap();
     assert_eq!((id, key.account, key.revoked), (KeyId(5), ACCOUNT, false));
@@ -404,7 +408,7 @@ fn reserve_refuses_revoked_unknown_and_foreign_keys() {
     h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
     let other = AccountId(8);
     h.ok(Op::CreateAccount { account: other, name: "other".into() });
-    h.ok(Op::CreateKey { account: other, key: KeyId(80), name: "k".into(), hash: [8; 32] });
+    h.ok(create_key(other, KeyId(80), [8; 32], KeyLimits::default()));
     let with_key = |hold: u128, key: KeyId| Op::Reserve {
         account: ACCOUNT,
         key,
@@ -496,6 +500,20 @@ fn cents(n: u32) -> PicoUsd {
     PicoUsd(u128::from(n) * PICO_PER_USD / 100)
 }
 
+/// The limits of key `key` of each account in the random workload: the third has a daily
+/// spend limit of $5 and 3 requests per minute.
+fn workload_limits(key: u8) -> KeyLimits {
+    if key < 2 {
+        return KeyLimits::default();
+    }
+    KeyLimits {
+        spend_limit: Some(PicoUsd(5 * PICO_PER_USD)),
+        limit_reset: LimitReset::Daily,
+        requests_per_minute: Some(3),
+        tokens_per_minute: None,
+    }
+}
+
 /// Key `key` of `account` in the random workload: three per account, the fourth index
 /// names a key that does not exist.
 fn key_of(account: u8, key: u8) -> KeyId {
@@ -572,7 +590,7 @@ proptest! {
             commands.push(Command { id: OpId(u128::from(account) + 1_000_000), op });
             for key in 0..3u8 {
                 let hash = [account * 10 + key; 32];
-                let op = Op::CreateKey { account: id, key: key_of(account, key), name: "k".into(), hash };
+                let op = create_key(id, key_of(account, key), hash, workload_limits(key));
                 commands.push(Command { id: OpId(u128::from(account * 10 + key) + 2_000_000), op });
             }
         }
@@ -635,6 +653,14 @@ proptest! {
                 (Op::Reserve { key, .. }, Ok(Reply::Reserved { available, .. })) => {
                     prop_assert!(*available >= 0);
                     prop_assert!(!revoked.contains(key), "reserved with revoked {key:?}");
+                    let entry = ledger.key(*key).unwrap();
+                    if let Some(limit) = entry.limits.spend() {
+                        let used = entry.spent(limit.reset, stamp_ms).0 + entry.held.0;
+                        prop_assert!(used <= limit.amount.0, "{key:?} past its spend limit");
+                    }
+                    let window = entry.minute.at(stamp_ms);
+                    let rpm = entry.limits.requests_per_minute.unwrap_or(u32::MAX);
+                    prop_assert!(window.requests <= rpm, "{key:?} past its rate limit");
                 }
                 (Op::Reserve { key, .. }, Err(Rejection::KeyRevoked)) => {
                     prop_assert!(revoked.contains(key));

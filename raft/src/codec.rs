@@ -24,10 +24,13 @@ pub const FORMAT_MAGIC: [u8; 3] = *b"SRL";
 /// The version this build writes. 2: the ledger keeps ended holds for a bounded time
 /// instead of every request record (those moved to the history store). 3: a request
 /// record says whether its charge was waived (`RequestRecord::waived`). 4: every record
-/// ends with a CRC-32; membership entries name each member's incarnation. 5: a hold
-/// and its `Reserved` reply carry the reserve's stamp, a settle the stamp of its hold's
-/// reserve, and a settle of a forgotten hold is refused (`Rejection::HoldForgotten`).
-pub const FORMAT_VERSION: u8 = 5;
+/// ends with a CRC-32; membership entries name each member's incarnation. 5: keys have a
+/// kind, limits, a disabled flag and usage counters, holds name their key, `UpdateKey`, a
+/// request record's time to first token, the `KeysOf` read.
+/// 6: a hold and its `Reserved` reply carry the reserve's stamp, a settle the stamp of
+/// its hold's reserve, and a settle of a forgotten hold is refused
+/// (`Rejection::HoldForgotten`).
+pub const FORMAT_VERSION: u8 = 6;
 /// The versions this build reads.
 pub const FORMAT_VERSIONS_SUPPORTED: &[u8] = &[FORMAT_VERSION];
 /// Magic plus version.
@@ -109,7 +112,8 @@ mod tests {
     use crate::types::{Entry, LogId, SnapshotMeta, StoredMembership};
     use openraft::{CommittedLeaderId, EntryPayload, Membership, Vote};
     use solrouter_ledger::{
-        AccountId, Batch, Command, HoldId, KeyId, Ledger, Op, OpId, PicoUsd, RequestRecord,
+        AccountId, Batch, Command, HoldId, KeyId, KeyKind, KeyLimits, KeyUpdate, Ledger,
+        LimitReset, Op, OpId, PicoUsd, RequestRecord,
     };
     use std::collections::{BTreeMap, BTreeSet};
     use std::fmt::Debug;
@@ -134,7 +138,19 @@ mod tests {
         let ops = [
             Op::CreateAccount { account, name: "acme".into() },
             Op::Credit { account, amount: PicoUsd(u128::MAX / 3) },
-            Op::CreateKey { account, key: KeyId(1), name: "k".into(), hash: [9; 32] },
+            Op::CreateKey {
+                account,
+                key: KeyId(1),
+                name: "k".into(),
+                hash: [9; 32],
+                kind: KeyKind::Inference,
+                limits: KeyLimits { spend_limit: Some(PicoUsd(7)), ..KeyLimits::default() },
+            },
+            Op::UpdateKey {
+                account,
+                key: KeyId(1),
+                update: KeyUpdate { limit_reset: Some(LimitReset::Daily), ..KeyUpdate::default() },
+            },
             Op::Reserve { account, key: KeyId(1), hold: HoldId(3), amount: PicoUsd(5), ttl_ms: 9 },
             Op::Settle { account, hold: HoldId(3), actual: PicoUsd(4), record, reserved_at_ms },
         ];
@@ -181,7 +197,7 @@ mod tests {
         assert!(matches!(error, CodecError::UnsupportedVersion { found: 99 }), "{error:?}");
         assert_eq!(
             error.to_string(),
-            "unsupported ledger format version 99; this build reads versions [5]"
+            "unsupported ledger format version 99; this build reads versions [6]"
         );
     }
 

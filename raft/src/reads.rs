@@ -104,6 +104,35 @@ pub trait LedgerApi: GroupAccess {
         })
     }
 
+    /// Key `key`, if it belongs to `account`: one read of the account's group.
+    fn key_of(
+        &self,
+        account: AccountId,
+        key: KeyId,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<Option<Key>, LedgerError>> + Send {
+        bounded(self.call_deadline(), async move {
+            match read_account_group(self, account, Read::Key(key), consistency).await? {
+                ReadAnswer::Key(found) => Ok(found.filter(|found| found.account == account)),
+                other => Err(mismatch("key", &other)),
+            }
+        })
+    }
+
+    /// Every key of `account` (at most `KEYS_PER_ACCOUNT_MAX`), revoked ones included.
+    fn keys(
+        &self,
+        account: AccountId,
+        consistency: Consistency,
+    ) -> impl Future<Output = Result<Vec<(KeyId, Key)>, LedgerError>> + Send {
+        bounded(self.call_deadline(), async move {
+            match read_account_group(self, account, Read::KeysOf(account), consistency).await? {
+                ReadAnswer::Keys(keys) => Ok(keys),
+                other => Err(mismatch("keys", &other)),
+            }
+        })
+    }
+
     /// The request record of a settled hold, if `account` paid for it.
     fn record(
         &self,

@@ -63,6 +63,8 @@ pub enum Read {
     HistoryExport {
         after: Option<HistoryCursor>,
     },
+    /// An account's keys, revoked ones included.
+    KeysOf(AccountId),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,6 +84,7 @@ pub enum ReadAnswer {
     History(HistoryPage),
     Usage(Vec<UsageRow>),
     HistoryExport(ExportPage),
+    Keys(Vec<(KeyId, Key)>),
 }
 
 /// A membership change of one group.
@@ -146,6 +149,9 @@ pub(crate) fn answer(ledger: &Ledger, read: &Read) -> Option<ReadAnswer> {
             ReadAnswer::KeyByHash(ledger.key_by_hash(hash).map(|(id, key)| (id, key.clone())))
         }
         Read::Audit => ReadAnswer::Audit(ledger.audit()),
+        Read::KeysOf(account) => {
+            ReadAnswer::Keys(ledger.keys_of(*account).map(|(id, key)| (id, key.clone())).collect())
+        }
         Read::Record { .. } | Read::History(_) | Read::Usage(_) | Read::HistoryExport { .. } => {
             return None
         }

@@ -5,7 +5,9 @@
 //!
 //! All tests live in one file so the workspace links one test binary for them (2 cores).
 
-use solrouter_ledger::{AccountId, Command, HoldId, KeyId, Op, OpId, PicoUsd, Rejection, Reply};
+use solrouter_ledger::{
+    AccountId, Command, HoldId, KeyId, KeyKind, KeyLimits, Op, OpId, PicoUsd, Rejection, Reply,
+};
 use solrouter_raft::{
     group_of_account, ClusterConfig, ClusterStart, Consistency, LedgerApi, LedgerClient,
     LedgerError, LedgerNode, NodeOptions, CLIENT_CALL_DEADLINE, CLIENT_RPC_TIMEOUT,
@@ -197,7 +199,9 @@ async fn client_routes_batches_retries_and_reads() {
     // A hold nobody settles (its gateway crashed) is voided after its expiry, though no
     // other command reaches its group.
     let (hold, key) = (HoldId(77), KeyId(77));
-    let create_key = Op::CreateKey { account, key, name: "k".into(), hash: [77; 32] };
+    let (name, hash, kind, limits) =
+        ("k".into(), [77; 32], KeyKind::Inference, KeyLimits::default());
+    let create_key = Op::CreateKey { account, key, name, hash, kind, limits };
     submit_ok(&client, Command { id: OpId((1 << 100) + 2), op: create_key }).await;
     let reserve = Op::Reserve { account, key, hold, amount: TOP_UP, ttl_ms: 300 };
     submit_ok(&client, Command { id: OpId(1 << 100), op: reserve }).await;

@@ -5,7 +5,8 @@
 
 use redb::{ReadableDatabase, ReadableTable};
 use solrouter_ledger::{
-    AccountId, Command, HoldId, KeyId, Ledger, Op, OpId, PicoUsd, Rejection, Reply, RequestRecord,
+    AccountId, Command, HoldId, KeyId, KeyKind, KeyLimits, Ledger, Op, OpId, PicoUsd, Rejection,
+    Reply, RequestRecord,
 };
 use solrouter_raft::{LedgerApi, LedgerError, LedgerNode, NodeOptions, DATA_FILE_NAME};
 use std::io::{BufRead, BufReader, Write};
@@ -154,8 +155,9 @@ async fn restart_on_the_same_directory_keeps_the_state() {
         let node = LedgerNode::open_single(dir.path()).await.unwrap();
         submit_ok(&node, create_account(1)).await;
         submit_ok(&node, top_up(2)).await;
-        let key =
-            Op::CreateKey { account: ACCOUNT, key: KeyId(5), name: "k".into(), hash: key_hash };
+        let (kind, limits) = (KeyKind::Inference, KeyLimits::default());
+        let (name, hash) = ("k".to_string(), key_hash);
+        let key = Op::CreateKey { account: ACCOUNT, key: KeyId(5), name, hash, kind, limits };
         submit_ok(&node, Command { id: OpId(3), op: key }).await;
         let reserve = Op::Reserve {
             account: ACCOUNT,
@@ -303,7 +305,7 @@ async fn an_unknown_stored_format_version_is_refused() {
 
         let error = LedgerNode::open_single_with(dir.path(), &options).await.err();
         let error = error_chain(&error.expect("an unknown version must not open"));
-        let expected = "unsupported ledger format version 99; this build reads versions [5]";
+        let expected = "unsupported ledger format version 99; this build reads versions [6]";
         assert!(error.contains(expected), "{error}");
 
         overwrite(dir.path(), table_name, &key, &value).await;

@@ -1,6 +1,8 @@
 //! Response-side pieces shared by the adapters that build OpenAI responses from another
-//! wire format (Anthropic, Gemini, Cohere): the assistant message and the citation list.
+//! wire format (Anthropic, Gemini, Cohere): the assistant message, the citation list, and
+//! `parallel_tool_calls: false` for providers without such a switch.
 
+use super::{Chunk, Completion, StreamTranslator, UpstreamError, Usage};
 use serde_json::{Map, Value};
 
 /// The OpenAI assistant message of a complete response. `content` is `null` only when
@@ -46,5 +48,93 @@ impl Citations {
             extra.insert("citations".to_owned(), Value::Array(self.0.clone()));
         }
         extra
+    }
+}
+
+/// Whether the client asked for at most one tool call per answer
+/// (`parallel_tool_calls: false`, LlamaIndex's default).
+fn one_tool_call(body: &Map<String, Value>) -> bool {
+    body.get("parallel_tool_calls") == Some(&Value::Bool(false))
+}
+
+/// `parallel_tool_calls: false` for a provider that has no such switch (Gemini, Cohere):
+/// nothing is forwarded, and the answer keeps its first tool call only, which is what
+/// the client asked for. The provider billed the tokens of every call it generated, so
+/// the usage (and the cost) stays the provider's.
+pub fn first_tool_call_only(body: &Map<String, Value>, mut completion: Completion) -> Completion {
+    if one_tool_call(body) {
+        for choice in &mut completion.choices {
+            if let Some(Value::Array(calls)) = choice["message"].get_mut("tool_calls") {
+                calls.truncate(1);
+            }
+        }
+    }
+    completion
+}
+
+/// The streamed form of [`first_tool_call_only`]: the deltas of every tool call after the
+/// first (by stream `index`) are dropped, and a chunk left with nothing to say with them.
+pub fn stream_first_tool_call_only(
+    body: &Map<String, Value>,
+    inner: Box<dyn StreamTranslator>,
+) -> Box<dyn StreamTranslator> {
+    if one_tool_call(body) {
+        Box::new(FirstToolCallOnly { inner, index: None, translated: Vec::new() })
+    } else {
+        inner
+    }
+}
+
+struct FirstToolCallOnly {
+    inner: Box<dyn StreamTranslator>,
+    /// The stream index of the first tool call, once seen.
+    index: Option<u64>,
+    /// The inner translator's chunks, before filtering.
+    translated: Vec<Chunk>,
+}
+
+impl FirstToolCallOnly {
+    fn pass(&mut self, out: &mut Vec<Chunk>) {
+        for mut chunk in self.translated.drain(..) {
+            let mut said_something = !chunk.extra.is_empty();
+            for choice in &mut chunk.choices {
+                said_something |= !choice["finish_reason"].is_null();
+                let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) else {
+                    said_something = true;
+                    continue;
+                };
+                if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
+                    calls.retain(|call| {
+                        let index = call["index"].as_u64();
+                        *self.index.get_or_insert_with(|| index.unwrap_or(0)) == index.unwrap_or(0)
+                    });
+                    if calls.is_empty() {
+                        delta.remove("tool_calls");
+                    }
+                }
+                said_something |= !delta.is_empty();
+            }
+            if said_something {
+                out.push(chunk);
+            }
+        }
+    }
+}
+
+impl StreamTranslator for FirstToolCallOnly {
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        let fed = self.inner.feed(bytes, &mut self.translated);
+        self.pass(out);
+        fed
+    }
+
+    fn finish(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+        let finished = self.inner.finish(&mut self.translated);
+        self.pass(out);
+        finished
+    }
+
+    fn usage(&self) -> Usage {
+        self.inner.usage()
     }
 }

@@ -8,7 +8,7 @@
 //! Cohere's own hidden preamble) and `billed_units` (what Cohere charges). The gateway
 //! bills on `billed_units`, so clients pay what the operator pays.
 
-use super::assemble::{assistant_message, Citations};
+use super::assemble::{self, assistant_message, Citations};
 use super::embed::{self, EmbedRequest, EmbedTarget, Embedder, Embeddings};
 use super::errors::{bad_gateway, classify, truncate};
 use super::openai::bearer_headers;
@@ -49,6 +49,7 @@ impl Adapter for Cohere {
             "presence_penalty",
             "tools",
             "tool_choice",
+            "parallel_tool_calls",
             "response_format",
             "structured_outputs",
             "reasoning_effort",
@@ -70,7 +71,7 @@ impl Adapter for Cohere {
         })
     }
 
-    fn response(&self, _chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
+    fn response(&self, chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
         let reply: Value = serde_json::from_slice(body)
             .map_err(|error| bad_gateway(PROVIDER, format!("invalid response: {error}")))?;
         let message = reply
@@ -115,15 +116,16 @@ impl Adapter for Cohere {
         for citation in message["citations"].as_array().into_iter().flatten() {
             read_citations(&mut citations, citation);
         }
-        Ok(Completion {
+        let completion = Completion {
             choices: vec![choice],
             usage: usage_of(&reply["usage"]),
             extra: citations.extra(),
-        })
+        };
+        Ok(assemble::first_tool_call_only(&chat.body, completion))
     }
 
-    fn stream(&self, _chat: &ChatRequest) -> Box<dyn StreamTranslator> {
-        Box::new(CohereStream {
+    fn stream(&self, chat: &ChatRequest) -> Box<dyn StreamTranslator> {
+        let stream = Box::new(CohereStream {
             parser: SseParser::new(),
             events: Vec::new(),
             usage: Usage::default(),
@@ -132,7 +134,8 @@ impl Adapter for Cohere {
             citations: Citations::default(),
             produced: false,
             done: false,
-        })
+        });
+        assemble::stream_first_tool_call_only(&chat.body, stream)
     }
 
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
@@ -206,12 +209,8 @@ fn translate_request(
     target: &Target,
 ) -> Result<Map<String, Value>, ParamError> {
     translate::check_fields(PROVIDER, body, &FIELDS_EXTRA)?;
-    if body.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
-        return Err(param_error(
-            "parallel_tool_calls",
-            "cohere cannot be limited to one tool call per turn",
-        ));
-    }
+    // `parallel_tool_calls` has no Cohere field: `false` is kept to by the answer's
+    // translation (see `assemble::first_tool_call_only`).
     let mut out = Map::new();
     out.insert("model".to_owned(), Value::from(target.upstream_model));
     out.insert("messages".to_owned(), Value::Array(messages(body)?));
@@ -617,6 +616,33 @@ impl StreamTranslator for CohereStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_tool_calls_false_keeps_the_first_call() {
+        let reply = json!({"id": "c1", "finish_reason": "TOOL_CALL",
+            "message": {"role": "assistant", "tool_plan": "Two lookups.", "tool_calls": [
+                {"id": "w_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "w_2", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Rome\"}"}}]},
+            "usage": {"billed_units": {"input_tokens": 20, "output_tokens": 30},
+                "tokens": {"input_tokens": 900, "output_tokens": 30}}})
+        .to_string();
+        for (parallel, ids) in
+            [(Value::Null, vec!["w_1", "w_2"]), (Value::Bool(false), vec!["w_1"])]
+        {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+            body["parallel_tool_calls"] = parallel.clone();
+            let Value::Object(body) = body else { unreachable!() };
+            let chat = ChatRequest { body, stream: false, max_tokens: None, native: None };
+            let target = Target { upstream_model: "command-r-plus", max_tokens: 100 };
+            let sent = translate_request(&chat.body, false, &target).unwrap();
+            assert!(!sent.contains_key("parallel_tool_calls"), "{parallel}: nothing forwarded");
+            let completion = Cohere.response(&chat, reply.as_bytes()).unwrap();
+            let calls = completion.choices[0]["message"]["tool_calls"].as_array().unwrap();
+            let got: Vec<&str> = calls.iter().map(|call| call["id"].as_str().unwrap()).collect();
+            assert_eq!(got, ids, "{parallel}");
+            assert_eq!(completion.choices[0]["finish_reason"], "tool_calls");
+        }
+    }
 
     #[test]
     fn held_arguments_become_an_object() {

@@ -8,7 +8,7 @@
 //! When a conversation comes back, each tool result is matched to its call through the
 //! assistant message that holds the id, which gives the function name Gemini wants.
 
-use super::assemble::Citations;
+use super::assemble::{self, Citations};
 use super::embed::{self, EmbedRequest, EmbedTarget, Embedder, Embeddings};
 use super::errors::{bad_gateway, classify, truncate, RETRY_AFTER_MAX};
 use super::translate::{self, param_error, Part, ResponseFormat, ToolChoice};
@@ -55,6 +55,7 @@ impl Adapter for Google {
             "seed",
             "tools",
             "tool_choice",
+            "parallel_tool_calls",
             "response_format",
             "structured_outputs",
             "reasoning_effort",
@@ -79,7 +80,7 @@ impl Adapter for Google {
         })
     }
 
-    fn response(&self, _chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
+    fn response(&self, chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
         let reply: Value = serde_json::from_slice(body)
             .map_err(|error| bad_gateway(PROVIDER, format!("invalid response: {error}")))?;
         if let Some(error) = reply.get("error") {
@@ -109,11 +110,12 @@ impl Adapter for Google {
         };
         let choice =
             json!({"index": 0, "message": output.message(), "finish_reason": finish_reason});
-        Ok(Completion { choices: vec![choice], usage, extra: citations.extra() })
+        let completion = Completion { choices: vec![choice], usage, extra: citations.extra() };
+        Ok(assemble::first_tool_call_only(&chat.body, completion))
     }
 
-    fn stream(&self, _chat: &ChatRequest) -> Box<dyn StreamTranslator> {
-        Box::new(GoogleStream {
+    fn stream(&self, chat: &ChatRequest) -> Box<dyn StreamTranslator> {
+        let stream = Box::new(GoogleStream {
             parser: SseParser::new(),
             events: Vec::new(),
             at_line_start: true,
@@ -124,7 +126,8 @@ impl Adapter for Google {
             citations: Citations::default(),
             finish: None,
             prompt_blocked: false,
-        })
+        });
+        assemble::stream_first_tool_call_only(&chat.body, stream)
     }
 
     /// Google's errors are `{"error": {"code", "message", "status", "details"}}`. Two
@@ -222,12 +225,8 @@ fn translate_request(
     max_tokens: u64,
 ) -> Result<Map<String, Value>, ParamError> {
     translate::check_fields(PROVIDER, body, &[])?;
-    if body.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
-        return Err(param_error(
-            "parallel_tool_calls",
-            "gemini cannot be limited to one tool call per turn",
-        ));
-    }
+    // `parallel_tool_calls` has no Gemini field: `false` is kept to by the answer's
+    // translation (see `assemble::first_tool_call_only`).
     let mut out = Map::new();
     let (system, contents) = contents(body)?;
     out.insert("contents".to_owned(), Value::Array(contents));
@@ -254,8 +253,8 @@ fn generation_config(
     if let Some(stops) = translate::stop_sequences(body)? {
         config.insert("stopSequences".to_owned(), Value::Array(stops));
     }
-    // `responseJsonSchema` takes the client's JSON Schema as is; the older
-    // `responseSchema` takes an OpenAPI subset that would need a lossy conversion.
+    // `responseJsonSchema` takes the client's JSON Schema (see `gemini_schema`); the
+    // older `responseSchema` takes an OpenAPI subset that would need a lossy conversion.
     match translate::response_format(body)? {
         None | Some(ResponseFormat::Text) => {}
         Some(ResponseFormat::JsonObject) => {
@@ -263,7 +262,7 @@ fn generation_config(
         }
         Some(ResponseFormat::JsonSchema { schema, .. }) => {
             config.insert("responseMimeType".to_owned(), Value::from("application/json"));
-            config.insert("responseJsonSchema".to_owned(), schema.clone());
+            config.insert("responseJsonSchema".to_owned(), gemini_schema(schema));
         }
     }
     if let Some(effort) = translate::reasoning_effort(body)? {
@@ -282,14 +281,14 @@ fn generation_config(
 fn tools(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), ParamError> {
     let tools = translate::tools(body)?;
     if !tools.is_empty() {
-        // `parametersJsonSchema` takes full JSON Schema, as OpenAI clients write it.
+        // `parametersJsonSchema` takes JSON Schema, as OpenAI clients write it.
         let declarations: Vec<Value> = tools
             .into_iter()
             .map(|tool| {
                 json!({
                     "name": tool.name,
                     "description": tool.description.unwrap_or_default(),
-                    "parametersJsonSchema": tool.parameters,
+                    "parametersJsonSchema": gemini_schema(&tool.parameters),
                 })
             })
             .collect();
@@ -304,6 +303,98 @@ fn tools(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), 
     };
     out.insert("toolConfig".to_owned(), json!({"functionCallingConfig": config}));
     Ok(())
+}
+
+/// A client's JSON Schema as Gemini takes it. Gemini documents the keywords it supports
+/// (`$id`, `$defs`, `$ref`, `$anchor`, `type`, `format`, `title`, `description`, `enum`,
+/// `items`, `prefixItems`, `minItems`, `maxItems`, `minimum`, `maximum`, `anyOf`,
+/// `oneOf`, `properties`, `additionalProperties`, `required`, `propertyOrdering`); the
+/// rest "may be sent" but constrain nothing. Three rewrites make what Pydantic
+/// (Instructor, LangChain, the OpenAI Agents SDK) and zod write mean to Gemini what it
+/// means to OpenAI:
+/// * a `$ref` sub-schema keeps only its `$` keywords: Gemini refuses any other beside a
+///   `$ref` (Pydantic writes a nested model's `description` and `default` there);
+/// * `allOf` of one schema (older Pydantic's wrapper of a described `$ref`) becomes
+///   that schema, and `const` (a `Literal`) becomes a one-value `enum`, so both
+///   constrain the answer instead of being ignored;
+/// * a `title` that only restates its property's name or its `$defs` key (Pydantic
+///   titles every property `city` "City") is dropped: it tells the model nothing, and
+///   the schema is part of the billed prompt. Other titles stay.
+///
+/// Anything else is sent as the client wrote it.
+fn gemini_schema(schema: &Value) -> Value {
+    gemini_subschema(schema, None)
+}
+
+/// [`gemini_schema`] of a sub-schema named `name` (a property or a `$defs` entry).
+fn gemini_subschema(schema: &Value, name: Option<&str>) -> Value {
+    let Value::Object(object) = schema else { return schema.clone() };
+    if let Some(Value::Array(all)) = object.get("allOf") {
+        if let [only] = all.as_slice() {
+            let mut merged = object.clone();
+            merged.remove("allOf");
+            for (keyword, value) in only.as_object().into_iter().flatten() {
+                merged.entry(keyword.clone()).or_insert_with(|| value.clone());
+            }
+            return gemini_subschema(&Value::Object(merged), name);
+        }
+    }
+    let is_ref = object.contains_key("$ref");
+    let mut out = Map::new();
+    for (keyword, value) in object {
+        if is_ref && !keyword.starts_with('$') {
+            continue;
+        }
+        let value = match keyword.as_str() {
+            "properties" | "$defs" | "definitions" => named_subschemas(value),
+            "items" | "additionalProperties" | "not" => gemini_subschema(value, None),
+            "anyOf" | "oneOf" | "allOf" | "prefixItems" => match value {
+                Value::Array(schemas) => {
+                    schemas.iter().map(|schema| gemini_subschema(schema, None)).collect()
+                }
+                other => other.clone(),
+            },
+            "const" if !object.contains_key("enum") => {
+                out.insert("enum".to_owned(), Value::Array(vec![value.clone()]));
+                continue;
+            }
+            "title" if name.is_some_and(|name| restates(value, name)) => continue,
+            _ => value.clone(),
+        };
+        out.insert(keyword.clone(), value);
+    }
+    Value::Object(out)
+}
+
+/// The sub-schemas of `properties` or `$defs`, each under its name.
+fn named_subschemas(schemas: &Value) -> Value {
+    let Value::Object(schemas) = schemas else { return schemas.clone() };
+    let converted =
+        schemas.iter().map(|(name, schema)| (name.clone(), gemini_subschema(schema, Some(name))));
+    Value::Object(converted.collect())
+}
+
+/// Whether `title` says no more than `name`: the name itself (a `$defs` key is its
+/// model's name), or Pydantic's title of a field so named (Python's `str.title()` of
+/// the name, underscores as spaces: `first_name` is "First Name").
+fn restates(title: &Value, name: &str) -> bool {
+    let Some(title) = title.as_str() else { return false };
+    let mut pydantic = String::with_capacity(name.len());
+    let mut after_letter = false;
+    for character in name.chars() {
+        if character.is_alphabetic() {
+            if after_letter {
+                pydantic.extend(character.to_lowercase());
+            } else {
+                pydantic.extend(character.to_uppercase());
+            }
+            after_letter = true;
+        } else {
+            pydantic.push(if character == '_' { ' ' } else { character });
+            after_letter = false;
+        }
+    }
+    title == name || title == pydantic.trim()
 }
 
 /// Splits OpenAI messages into system instruction parts and Gemini contents. Tool
@@ -812,6 +903,78 @@ impl StreamTranslator for GoogleStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chat_with(parallel_tool_calls: Option<bool>, stream: bool) -> ChatRequest {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+        if let Some(parallel) = parallel_tool_calls {
+            body["parallel_tool_calls"] = Value::Bool(parallel);
+        }
+        let Value::Object(body) = body else { unreachable!() };
+        ChatRequest { body, stream, max_tokens: None, native: None }
+    }
+
+    /// Two calls in one answer, as Gemini answers a question needing two lookups.
+    fn two_calls() -> Value {
+        json!({"responseId": "r1", "candidates": [{"finishReason": "STOP", "content": {"role": "model",
+            "parts": [{"functionCall": {"name": "weather", "args": {"city": "Paris"}}},
+                {"functionCall": {"name": "weather", "args": {"city": "Rome"}}}]}}],
+            "usageMetadata": {"promptTokenCount": 20, "candidatesTokenCount": 16}})
+    }
+
+    fn cities(calls: &[Value]) -> Vec<String> {
+        calls
+            .iter()
+            .map(|call| call["function"]["arguments"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn parallel_tool_calls_false_keeps_the_first_call_of_a_plain_answer() {
+        // Nothing is sent for it: Gemini has no such switch.
+        let sent = translate_request(&chat_with(Some(false), false).body, 100).unwrap();
+        assert_eq!(sent, translate_request(&chat_with(None, false).body, 100).unwrap());
+        let body = two_calls().to_string();
+        for (parallel, expected) in [
+            (None, vec![r#"{"city":"Paris"}"#, r#"{"city":"Rome"}"#]),
+            (Some(true), vec![r#"{"city":"Paris"}"#, r#"{"city":"Rome"}"#]),
+            (Some(false), vec![r#"{"city":"Paris"}"#]),
+        ] {
+            let completion = Google.response(&chat_with(parallel, false), body.as_bytes()).unwrap();
+            let message = &completion.choices[0]["message"];
+            let calls = message["tool_calls"].as_array().unwrap();
+            assert_eq!(cities(calls), expected, "{parallel:?}");
+            assert_eq!(completion.choices[0]["finish_reason"], "tool_calls");
+            // The provider generated (and bills) both calls.
+            assert_eq!(completion.usage.completion_tokens, 16, "{parallel:?}");
+        }
+    }
+
+    #[test]
+    fn parallel_tool_calls_false_keeps_the_first_call_of_a_stream() {
+        let mut first = two_calls();
+        first["candidates"][0]["content"]["parts"].as_array_mut().unwrap().truncate(1);
+        first["candidates"][0].as_object_mut().unwrap().remove("finishReason");
+        let mut second = two_calls();
+        second["candidates"][0]["content"]["parts"].as_array_mut().unwrap().remove(0);
+        let sse = format!("data: {first}\r\n\r\ndata: {second}\r\n\r\n");
+        for (parallel, n_calls) in [(None, 2), (Some(false), 1)] {
+            let mut translator = Google.stream(&chat_with(parallel, true));
+            let mut chunks = Vec::new();
+            translator.feed(sse.as_bytes(), &mut chunks).unwrap();
+            translator.finish(&mut chunks).unwrap();
+            let calls: Vec<Value> = chunks
+                .iter()
+                .flat_map(|chunk| chunk.choices[0]["delta"]["tool_calls"].as_array().cloned())
+                .flatten()
+                .collect();
+            assert_eq!(calls.len(), n_calls, "{parallel:?}: {chunks:?}");
+            assert_eq!(calls[0]["function"]["arguments"], r#"{"city":"Paris"}"#);
+            assert!(calls.iter().all(|call| call["index"].is_u64()));
+            let last = &chunks.last().unwrap().choices[0];
+            assert_eq!(last["finish_reason"], "tool_calls", "{parallel:?}");
+            assert_eq!(translator.usage().completion_tokens, 16);
+        }
+    }
 
     #[test]
     fn image_types_follow_the_url_path() {

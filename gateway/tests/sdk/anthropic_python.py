@@ -71,12 +71,13 @@ def params(case):
 
 def result_of(message, cost):
     text = "".join(block.text for block in message.content if block.type == "text")
+    thinking = "".join(block.thinking for block in message.content if block.type == "thinking")
     calls = [
         {"id": block.id, "name": block.name, "input": block.input}
         for block in message.content
         if block.type == "tool_use"
     ]
-    return {"id": message.id, "text": text, "tool_calls": calls, "stop_reason": message.stop_reason,
+    return {"id": message.id, "text": text, "thinking": thinking, "tool_calls": calls, "stop_reason": message.stop_reason,
             "usage": message.usage, "cost": cost}
 
 
@@ -100,6 +101,7 @@ def check(case, result):
     """Compares one answer with the case's expectations; returns its cost."""
     expect = case["expect"]
     equal(result["text"], expect["text"], "text")
+    equal(result["thinking"], expect.get("reasoning", ""), "thinking")
     equal(result["stop_reason"], STOP_REASONS[expect["finish_reason"]], "stop_reason")
     calls = expect.get("tool_calls", [])
     equal(

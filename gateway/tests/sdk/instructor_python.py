@@ -9,34 +9,8 @@ from importlib.metadata import version
 
 import instructor
 import openai
-import pydantic
 
-from sdk_common import API, KEY, check_record, equal, main, messages
-
-TYPES = {"string": str, "number": float, "integer": int, "boolean": bool}
-
-
-def untitled(schema):
-    """Pydantic titles every property; the recorded requests have no titles."""
-    for field in schema.get("properties", {}).values():
-        field.pop("title", None)
-
-
-def model_of(name, schema):
-    """A Pydantic model of a JSON schema of objects, arrays and scalars."""
-
-    def field_type(field_name, field):
-        if field["type"] == "object":
-            return model_of(field_name.title(), field)
-        if field["type"] == "array":
-            return list[field_type(field_name.removesuffix("s"), field["items"])]
-        return TYPES[field["type"]]
-
-    fields = {
-        field_name: (field_type(field_name, field), ... if field_name in schema.get("required", []) else None)
-        for field_name, field in schema["properties"].items()
-    }
-    return pydantic.create_model(name, __config__=pydantic.ConfigDict(json_schema_extra=untitled), **fields)
+from sdk_common import API, KEY, check_record, equal, main, messages, model_of
 
 
 def run(case):

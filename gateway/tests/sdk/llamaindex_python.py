@@ -67,9 +67,8 @@ def run(case):
         equal(answer.message.content, expect["text"], "text")
     elif case["kind"] == "stream_tools":
         tools = [function_tool(name) for name in request["tools"]]
-        # By default LlamaIndex asks for `parallel_tool_calls: false`, which the gateway
-        # refuses for providers that cannot honour it (Gemini, Cohere).
-        stream = llm.stream_chat_with_tools(tools, chat_history=chat_messages(case), allow_parallel_tool_calls=True)
+        # LlamaIndex asks for `parallel_tool_calls: false` by default.
+        stream = llm.stream_chat_with_tools(tools, chat_history=chat_messages(case))
         for answer in stream:
             pass
         calls = llm.get_tool_calls_from_response(answer, error_on_no_tool_call=True)

@@ -36,11 +36,13 @@ function params(testCase) {
 
 /** Assembles a stream the way a client does: text, tool calls by index, usage. */
 async function streamed(stream) {
-  const result = { id: null, text: '', toolCalls: [], finishReason: null, usage: null };
+  const result = { id: null, text: '', reasoning: '', toolCalls: [], finishReason: null, usage: null };
   for await (const chunk of stream) {
     result.id ??= chunk.id;
     for (const choice of chunk.choices) {
       result.text += choice.delta.content ?? '';
+      // The gateway's `reasoning` (OpenRouter's field), kept by the SDK as it came.
+      result.reasoning += choice.delta.reasoning ?? '';
       for (const call of choice.delta.tool_calls ?? []) {
         while (result.toolCalls.length <= call.index) {
           result.toolCalls.push({ id: '', name: '', arguments: '' });
@@ -62,6 +64,7 @@ function whole(completion) {
   return {
     id: completion.id,
     text: choice.message.content ?? '',
+    reasoning: choice.message.reasoning ?? '',
     toolCalls: (choice.message.tool_calls ?? []).map((call) => ({
       id: call.id, name: call.function.name, arguments: call.function.arguments,
     })),
@@ -85,6 +88,7 @@ async function runCase(testCase) {
   const answer = await client.chat.completions.create(params(testCase));
   const result = isStream(testCase) ? await streamed(answer) : whole(answer);
   assertEqual(result.text, expect.text, 'text');
+  assertEqual(result.reasoning, expect.reasoning ?? '', 'reasoning');
   assertEqual(result.finishReason, expect.finish_reason, 'finish_reason');
   const wanted = expect.tool_calls ?? [];
   assertEqual(

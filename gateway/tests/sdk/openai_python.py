@@ -39,12 +39,14 @@ def params(case):
 
 def streamed(stream):
     """Assembles a stream the way a client does: text, tool calls by index, usage."""
-    result = {"id": None, "text": "", "tool_calls": [], "finish_reason": None, "usage": None}
+    result = {"id": None, "text": "", "reasoning": "", "tool_calls": [], "finish_reason": None, "usage": None}
     for chunk in stream:
         result["id"] = result["id"] or chunk.id
         for choice in chunk.choices:
             delta = choice.delta
             result["text"] += delta.content or ""
+            # The gateway's `reasoning` (OpenRouter's field), which the SDK keeps as an extra.
+            result["reasoning"] += (delta.model_extra or {}).get("reasoning") or ""
             for call in delta.tool_calls or []:
                 while len(result["tool_calls"]) <= call.index:
                     result["tool_calls"].append({"id": "", "name": "", "arguments": ""})
@@ -69,6 +71,7 @@ def whole(completion):
     return {
         "id": completion.id,
         "text": choice.message.content or "",
+        "reasoning": (choice.message.model_extra or {}).get("reasoning") or "",
         "tool_calls": calls,
         "finish_reason": choice.finish_reason,
         "usage": completion.usage,

@@ -3,13 +3,16 @@ tests/sdk.rs starts them with (SOLROUTER_BASE_URL, SOLROUTER_KEY, SOLROUTER_ADMI
 SOLROUTER_ACCOUNT, SDK_CASES, SDK_FIXTURES, SDK_KINDS), the cases of cases.json as
 OpenAI chat messages, the gateway's generation records, and the loop that runs every
 case of the wanted kinds, checks that the balance fell by exactly the sum of the costs,
-and prints `RESULTS <json>` (one `{case, id, cost}` per answer) for tests/sdk.rs."""
+and prints `RESULTS <json>` (one `{case, id, cost}` per answer) for tests/sdk.rs; and a
+case's JSON schema as a Pydantic model."""
 
 import json
 import os
 import sys
 import urllib.request
 from decimal import Decimal
+
+import pydantic
 
 BASE = os.environ["SOLROUTER_BASE_URL"]
 API = BASE + "/v1/api"
@@ -56,10 +59,33 @@ def equal(actual, expected, what):
         raise AssertionError(f"{what}: {actual!r}, expected {expected!r}")
 
 
+TYPES = {"string": str, "number": float, "integer": int, "boolean": bool}
+
+
+def model_of(name, schema):
+    """A Pydantic model of a JSON schema of objects, arrays and scalars (the properties
+    of an object in the required list are required)."""
+
+    def field_type(field_name, field):
+        if field["type"] == "object":
+            return model_of(field_name.title(), field)
+        if field["type"] == "array":
+            return list[field_type(field_name.removesuffix("s"), field["items"])]
+        return TYPES[field["type"]]
+
+    fields = {
+        field_name: (field_type(field_name, field), ... if field_name in schema.get("required", []) else None)
+        for field_name, field in schema["properties"].items()
+    }
+    return pydantic.create_model(name, **fields)
+
+
 def check_answer(expect, result, call_id="a call id"):
-    """The answer's text, finish reason, tool calls (names, arguments, ids) and parsed
-    object against the recording's `expect`."""
+    """The answer's text, reasoning (where the script reads it), finish reason, tool
+    calls (names, arguments, ids) and parsed object against the recording's `expect`."""
     equal(result["text"], expect["text"], "text")
+    if "reasoning" in result:
+        equal(result["reasoning"], expect.get("reasoning", ""), "reasoning")
     equal(result["finish_reason"], expect["finish_reason"], "finish_reason")
     calls = expect.get("tool_calls", [])
     equal(

@@ -18,8 +18,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use solrouter_ledger::{
-    AccountId, Command, HoldId, KeyHash, KeyId, Op, OpId, Outcome, PicoUsd, Rejection, Reply,
-    RequestRecord, HOLDS_REMEMBERED_FOR_MS, OPS_REMEMBERED_FOR_MS,
+    AccountId, Command, HoldId, KeyHash, KeyId, KeyKind, KeyLimits, Op, OpId, Outcome, PicoUsd,
+    Rejection, Reply, RequestRecord, HOLDS_REMEMBERED_FOR_MS, OPS_REMEMBERED_FOR_MS,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -384,7 +384,9 @@ impl Client {
             Op::RevokeKey { account, key: *keys.choose(rng).expect("every account has a key") }
         } else if roll < 28 {
             let key = KeyId((self.id << 32) | self.n_commands);
-            Op::CreateKey { account, key, name: "sim".to_owned(), hash: key_hash(key) }
+            let (name, hash) = ("sim".to_owned(), key_hash(key));
+            let (kind, limits) = (KeyKind::Inference, KeyLimits::default());
+            Op::CreateKey { account, key, name, hash, kind, limits }
         } else if roll < 55 || self.holds.is_empty() {
             // Hold lifetimes from shorter than an election to several: some expire while
             // the cluster is partitioned, and their settle is charged within the funds.
@@ -424,7 +426,9 @@ pub fn describe(command: &Command) -> String {
         Op::Release { account, hold } => {
             format!("op {id:x} release {:x} hold {:x}", account.0, hold.0)
         }
-        Op::CreateKey { .. } | Op::RevokeKey { .. } => format!("op {id:x} {:?}", command.op),
+        Op::CreateKey { .. } | Op::RevokeKey { .. } | Op::UpdateKey { .. } => {
+            format!("op {id:x} {:?}", command.op)
+        }
     }
 }
 
