@@ -79,8 +79,10 @@ use workload::{Client, History, Record, Router};
 /// Seeds a plain `cargo test` runs: enough to meet every kind of fault many times, within
 /// the test budget of about a minute.
 const SEEDS_DEFAULT: u64 = 48;
-/// The seed the replay test runs twice.
+/// The seed the replay test runs twice (and the targeted tests start from), and one whose
+/// run changes the membership (four changes over two groups), replayed too.
 const REPLAY_SEED: u64 = 4;
+const MEMBERSHIP_REPLAY_SEED: u64 = 13;
 /// How long the nemesis strikes, drawn from this range of simulated milliseconds.
 const FAULT_MS_MIN: u64 = 3_000;
 const FAULT_MS_MAX: u64 = 8_000;
@@ -124,14 +126,20 @@ fn seeded_runs_keep_money_exact_and_replicas_identical() {
     }
 }
 
-/// The whole point of a seed: running it again retraces the same run, event for event.
+/// The whole point of a seed: running it again retraces the same run, event for event,
+/// membership changes included.
 #[test]
 fn a_seed_replays_identically() {
     let honest = DiskFaults::default();
-    let replay = || run(REPLAY_SEED, false, honest, Length::Drawn);
-    let first = replay().unwrap_or_else(|f| panic!("{}", f.message));
-    let second = replay().unwrap_or_else(|f| panic!("{}", f.message));
-    assert_eq!(first, second, "seed {REPLAY_SEED} did not replay identically");
+    for seed in [REPLAY_SEED, MEMBERSHIP_REPLAY_SEED] {
+        let replay = || run(seed, false, honest, Length::Drawn);
+        let first = replay().unwrap_or_else(|f| panic!("{}", f.message));
+        let second = replay().unwrap_or_else(|f| panic!("{}", f.message));
+        assert_eq!(first, second, "seed {seed} did not replay identically");
+        if seed == MEMBERSHIP_REPLAY_SEED {
+            assert!(first.n_membership_changes > 0, "seed {seed} changed no membership");
+        }
+    }
 }
 
 /// The seed of the run beyond the ledger's windows, and how long its faults last:
