@@ -165,7 +165,8 @@ fn adapters() -> [(&'static str, Box<dyn Adapter>); 4] {
 
 fn request_translation(c: &mut Criterion) {
     let endpoint = Endpoint { base_url: "http://127.0.0.1:1/v1".to_owned(), api_key: None };
-    let target = Target { upstream_model: "gpt-4o-mini", max_tokens: 1024 };
+    let target =
+        Target { upstream_model: "gpt-4o-mini", max_tokens: 1024, controls: Default::default() };
     let mut group = c.benchmark_group("request");
     for (name, body) in requests() {
         let chat = parsed(&body).chat;

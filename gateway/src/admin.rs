@@ -44,6 +44,9 @@ pub async fn handle(app: &'static App, request: Request<Incoming>) -> Result<Res
             create_key(app, parse_id(id, "account id")?, request).await
         }
         (Method::DELETE, ["keys", id]) => revoke_key(app, KeyId(parse_id(id, "key id")?)).await,
+        (Method::PATCH, ["keys", id]) => {
+            update_key(app, KeyId(parse_id(id, "key id")?), request).await
+        }
         (Method::GET, ["audit"]) => audit(app).await,
         _ => Err(ApiError::not_found(format!("no admin route for {} {path}", request.method()))),
     }
@@ -113,6 +116,20 @@ async fn create_key(
     body["key"] = json!(created.text);
     body["account"] = json!(hex_id(account));
     Ok(respond::json(StatusCode::CREATED, &body))
+}
+
+/// Changes a key's name, disabled flag or limits (the fields of [`KeyFields`] present).
+async fn update_key(
+    app: &'static App,
+    key: KeyId,
+    request: Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let owner = app.bank.key(key).await?.map(|entry| entry.account);
+    let account = owner.ok_or_else(|| ApiError::not_found("unknown key"))?;
+    let fields: KeyFields = json_body(request).await?;
+    let updated = account::update_key(&app.bank, account, &Actor::Admin, key, fields.update()?);
+    let body = account::key_json(key, &updated.await?, crate::bank::now_ms());
+    Ok(respond::json(StatusCode::OK, &body))
 }
 
 async fn revoke_key(app: &'static App, key: KeyId) -> Result<Response, ApiError> {

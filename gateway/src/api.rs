@@ -63,6 +63,8 @@ fn supported_parameters(model: &Model, passed: &[&'static str]) -> Vec<&'static 
             "tools" | "tool_choice" | "parallel_tool_calls" => capabilities.tools,
             "response_format" | "structured_outputs" => capabilities.structured_output,
             "reasoning_effort" => capabilities.reasoning,
+            // Models that take only their default sampling (Claude 4.7 and later).
+            "temperature" | "top_p" => model.controls.sampling,
             _ => true,
         })
         .collect()
@@ -165,15 +167,26 @@ pub async fn generations(
     Ok(respond::json(StatusCode::OK, &json!({ "data": data, "next_cursor": next })))
 }
 
+/// Aggregate rows per page of `/activity` unless `limit` says otherwise.
+const ACTIVITY_PAGE_DEFAULT: usize = 1000;
+/// Most aggregate rows per page of `/activity`.
+const ACTIVITY_PAGE_MAX: usize = 10_000;
+
 /// `GET /v1/api/activity`: the account's usage summed per day (or per hour with
 /// `bucket=hour`), model and key, over `from`..`to` (Unix seconds; default the last 30
-/// days), oldest first, in OpenRouter's `/activity` field names.
+/// days), oldest first, in OpenRouter's `/activity` field names; filtered by `key` and
+/// `model`, paged by `limit` (default 1,000, at most 10,000 rows) and `cursor` (the
+/// previous page's `next_cursor`). With `view=requests` it answers the requests
+/// themselves instead, paginated and filtered as `/generations` does.
 pub async fn activity(
     app: &'static App,
     request: &Request<Incoming>,
 ) -> Result<Response, ApiError> {
     const HOUR_MS: u64 = 60 * 60 * 1000;
     const DAY_MS: u64 = 24 * HOUR_MS;
+    if query_params(request).any(|(name, value)| name == "view" && value == "requests") {
+        return generations(app, request).await;
+    }
     let caller = app.bank.authenticate_for(request.headers(), KeyUse::Read).await?;
     let now_ms = crate::bank::now_ms();
     let mut query = UsageQuery {
@@ -182,6 +195,7 @@ pub async fn activity(
         to_ms: now_ms.saturating_add(HOUR_MS),
         bucket_ms: DAY_MS,
     };
+    let (mut key, mut model, mut limit, mut offset) = (None, None, ACTIVITY_PAGE_DEFAULT, 0);
     for (name, value) in query_params(request) {
         match (&*name, &*value) {
             ("bucket", "day") => query.bucket_ms = DAY_MS,
@@ -189,12 +203,29 @@ pub async fn activity(
             ("bucket", _) => return Err(ApiError::invalid_param("bucket", "must be day or hour")),
             ("from", _) => query.from_ms = seconds_to_ms("from", &value)?,
             ("to", _) => query.to_ms = seconds_to_ms("to", &value)?,
+            ("key", _) => key = Some(KeyId(parse_hex_u64("key", &value)?)),
+            ("model", _) => model = Some(value.into_owned()),
+            ("limit", _) => {
+                limit = parse_number("limit", &value)?;
+                if !(1..=ACTIVITY_PAGE_MAX).contains(&limit) {
+                    let reason = format!("must be within 1..={ACTIVITY_PAGE_MAX}");
+                    return Err(ApiError::invalid_param("limit", reason));
+                }
+            }
+            ("cursor", _) => offset = parse_number("cursor", &value)?,
             _ => {}
         }
     }
     let rows = app.bank.usage(query).await?;
-    let data: Vec<Value> = rows
+    let matching = rows.iter().filter(|row| {
+        key.is_none_or(|key| row.key == Some(key))
+            && model.as_deref().is_none_or(|model| row.model == model)
+    });
+    let page: Vec<_> = matching.skip(offset).take(limit + 1).collect();
+    let next = (page.len() > limit).then(|| (offset + limit).to_string());
+    let data: Vec<Value> = page
         .iter()
+        .take(limit)
         .map(|row| {
             json!({
                 "date": utc_rfc3339(row.start_ms),
@@ -212,7 +243,7 @@ pub async fn activity(
             })
         })
         .collect();
-    Ok(respond::json(StatusCode::OK, &json!({ "data": data })))
+    Ok(respond::json(StatusCode::OK, &json!({ "data": data, "next_cursor": next })))
 }
 
 /// One request as `/generation` and `/generations` show it.
@@ -224,6 +255,7 @@ fn generation_json(hold: HoldId, record: &RequestRecord) -> Value {
         "streamed": record.streamed,
         "status": record.status,
         "latency": record.latency_ms,
+        "ttft_ms": record.ttft_ms,
         "tokens_prompt": record.prompt_tokens,
         "tokens_completion": record.completion_tokens,
         "native_tokens_reasoning": record.reasoning_tokens,
@@ -254,7 +286,7 @@ fn parse_number<T: std::str::FromStr>(name: &'static str, value: &str) -> Result
     value.parse().map_err(|_| ApiError::invalid_param(name, "must be a non-negative integer"))
 }
 
-fn parse_hex_u64(name: &'static str, value: &str) -> Result<u64, ApiError> {
+pub fn parse_hex_u64(name: &'static str, value: &str) -> Result<u64, ApiError> {
     let valid = value.len() == 16 && value.bytes().all(|b| b.is_ascii_hexdigit());
     let parsed = valid.then(|| u64::from_str_radix(value, 16).ok()).flatten();
     parsed.ok_or_else(|| ApiError::invalid_param(name, "must be an id of 16 hex digits"))
@@ -331,6 +363,10 @@ mod tests {
         assert!(!sonar.contains(&"tools") && !sonar.contains(&"reasoning_effort"));
         let o3 = supported("openai/o3");
         assert!(o3.contains(&"tools") && o3.contains(&"reasoning_effort"));
+        // Claude Opus 5.5 takes only its default sampling.
+        let opus = supported("anthropic/claude-opus-5.5");
+        assert!(opus.contains(&"reasoning_effort") && !opus.contains(&"temperature"));
+        assert!(!opus.contains(&"top_p"));
         assert_eq!(supported("openai/text-embedding-3-small"), ["encoding_format", "dimensions"]);
         assert_eq!(supported("mistralai/mistral-embed"), ["encoding_format"]);
     }

@@ -14,6 +14,8 @@ pub struct App {
     pub config: Config,
     /// The bearer token of the admin API (configured, or generated at startup).
     pub admin_token: String,
+    /// The payments webhook's signing secret (`payments.rs`); none: no webhook.
+    pub webhook_secret: Option<String>,
     pub bank: Bank,
     pub catalog: Catalog,
     pub providers: Providers,

@@ -51,6 +51,10 @@ pub struct Model {
     pub input_modalities: Vec<String>,
     pub output_modalities: Vec<String>,
     pub capabilities: Capabilities,
+    /// Which request parameters the model takes in what form (Claude's thinking modes,
+    /// sampling and forced tool use): what the adapter translates to and what routing
+    /// refuses before anything is reserved.
+    pub controls: Controls,
     /// What every request pays, unless its prompt reaches `long_context`.
     pub price: Price,
     /// Dearer prices for a request whose prompt is longer than a threshold (Google's
@@ -124,6 +128,48 @@ pub struct Capabilities {
     pub structured_output: bool,
     pub reasoning: bool,
     pub images: bool,
+}
+
+/// Request parameters a model takes or refuses (catalogue `controls`; every field
+/// defaults to what older models take). Only the Anthropic adapter reads them today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Controls {
+    #[serde(default)]
+    pub thinking: Thinking,
+    /// Whether non-default sampling parameters (`temperature`, `top_p`, `top_k`) are
+    /// taken; Claude 4.7 and later models refuse them with a 400.
+    #[serde(default = "yes")]
+    pub sampling: bool,
+    /// Whether forced tool use (`tool_choice` `any`/`tool`, OpenAI's `required` or a
+    /// named function) is taken; Claude Opus 5.5, Sonnet 5.5 and Fable 5.1 refuse it.
+    #[serde(default = "yes")]
+    pub forced_tool_choice: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Controls {
+    fn default() -> Controls {
+        Controls { thinking: Thinking::Budget, sampling: true, forced_tool_choice: true }
+    }
+}
+
+/// How a model is asked to think.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Thinking {
+    /// A token budget (`thinking: {type: enabled, budget_tokens}`), or none: models up
+    /// to Claude 4.6, and every non-Claude model.
+    #[default]
+    Budget,
+    /// Adaptive thinking steered by `output_config.effort`, which may be turned off
+    /// (`thinking: {type: disabled}`); a budget is refused.
+    Adaptive,
+    /// Adaptive thinking that is always on: a budget and turning it off are refused.
+    AdaptiveAlways,
 }
 
 /// Prices per token. Reasoning tokens are billed as completion tokens (every provider
@@ -295,6 +341,8 @@ struct ModelEntry {
     input_modalities: Vec<String>,
     output_modalities: Vec<String>,
     capabilities: Capabilities,
+    #[serde(default)]
+    controls: Controls,
     price: PriceEntry,
     long_context: Option<LongContextEntry>,
     source: String,
@@ -386,6 +434,7 @@ impl ModelEntry {
             input_modalities: self.input_modalities,
             output_modalities: self.output_modalities,
             capabilities: self.capabilities,
+            controls: self.controls,
             price,
             long_context,
             source: self.source,
@@ -674,6 +723,51 @@ source = "test"
         }
         assert!(catalog.get("claude-3-5-haiku-latest").is_none());
         // Listed once, under its id.
-        assert_eq!(catalog.models().filter(|model| model.provider == "anthropic").count(), 5);
+        assert_eq!(catalog.models().filter(|model| model.provider == "anthropic").count(), 13);
+    }
+
+    /// The current Claude models by their undated Anthropic ids (what Claude Code's
+    /// `opus`, `sonnet`, `haiku` and `fable` send), with their 1M context, 128K output,
+    /// published prices and controls; older Claude models keep the defaults.
+    #[test]
+    fn current_claude_models_have_their_limits_prices_and_controls() {
+        let catalog = Catalog::builtin();
+        let usd = |micro: u128| PicoUsd(micro * 1_000_000);
+        let cases = [
+            ("claude-fable-5-2", 8, 40, Thinking::AdaptiveAlways, false),
+            ("claude-opus-5-5", 4, 20, Thinking::AdaptiveAlways, false),
+            ("claude-sonnet-5-5", 2, 10, Thinking::Adaptive, false),
+            ("claude-fable-5-1", 10, 50, Thinking::AdaptiveAlways, false),
+            ("claude-opus-5", 5, 25, Thinking::Adaptive, true),
+            ("claude-sonnet-5", 2, 10, Thinking::Adaptive, true),
+            ("claude-fable-5", 10, 50, Thinking::AdaptiveAlways, true),
+        ];
+        for (alias, prompt, completion, thinking, forced_tool_choice) in cases {
+            let model = catalog.get(alias).unwrap();
+            assert_eq!(model.upstream_model, alias);
+            assert_eq!(model.usage_max(), (1_000_000, 128_000), "{alias}");
+            assert_eq!(
+                (model.price.prompt, model.price.completion),
+                (usd(prompt), usd(completion))
+            );
+            let controls = Controls { thinking, sampling: false, forced_tool_choice };
+            assert_eq!(model.controls, controls, "{alias}");
+            assert_eq!(model.long_context, None, "{alias}");
+        }
+        let haiku = catalog.get("claude-haiku-5-5").unwrap();
+        assert_eq!(haiku.controls.thinking, Thinking::Adaptive);
+        assert!(!haiku.controls.sampling && haiku.controls.forced_tool_choice);
+        // Prompts over 100,000 tokens pay the dearer tier, whole: $0.50/$2.50, not $0.10/$0.50.
+        let usage = |prompt_tokens| Usage {
+            prompt_tokens,
+            completion_tokens: 1_000,
+            cached_read_tokens: 10_000,
+            ..Usage::default()
+        };
+        let short = 90_000 * 100_000 + 10_000 * 10_000 + 1_000 * 500_000;
+        assert_eq!(haiku.cost(&usage(100_000)), PicoUsd(short));
+        let long = 90_001 * 500_000 + 10_000 * 50_000 + 1_000 * 2_500_000;
+        assert_eq!(haiku.cost(&usage(100_001)), PicoUsd(long));
+        assert_eq!(catalog.get("claude-opus-4-5").unwrap().controls, Controls::default());
     }
 }

@@ -39,6 +39,7 @@ pub struct Config {
     body_bytes_max: usize,
     upstream: UpstreamTimeouts,
     waive_empty_answers: bool,
+    webhook_secret: Option<String>,
 }
 
 /// The raw layers: every field optional, so each layer sets only what it names.
@@ -56,6 +57,8 @@ pub struct ConfigLayer {
     /// Whether an answer that produced nothing (no output tokens; an error or an empty
     /// answer) goes uncharged, its provider bill written off. Default: true.
     pub waive_empty_answers: Option<bool>,
+    /// The payments webhook's signing secret (Stripe's `whsec_…`); dev mode makes one.
+    pub webhook_secret: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +111,7 @@ impl ConfigLayer {
                     }),
                 })
                 .transpose()?,
+            webhook_secret: lookup("SOLROUTER_WEBHOOK_SECRET"),
         })
     }
 
@@ -131,6 +135,7 @@ impl ConfigLayer {
                 .upstream_total_timeout_ms
                 .or(self.upstream_total_timeout_ms),
             waive_empty_answers: over.waive_empty_answers.or(self.waive_empty_answers),
+            webhook_secret: over.webhook_secret.or(self.webhook_secret),
         }
     }
 }
@@ -181,7 +186,22 @@ impl Config {
         }
         let data_dir = layer.data_dir.unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
         let waive_empty_answers = layer.waive_empty_answers.unwrap_or(true);
-        Ok(Config { listen, data_dir, admin_token, body_bytes_max, upstream, waive_empty_answers })
+        let webhook_secret = layer.webhook_secret.filter(|secret| !secret.is_empty());
+        if webhook_secret.as_ref().is_some_and(|secret| secret.len() < 16) {
+            return Err(ConfigError::Invalid {
+                name: "webhook_secret",
+                message: "needs at least 16 characters".into(),
+            });
+        }
+        Ok(Config {
+            listen,
+            data_dir,
+            admin_token,
+            body_bytes_max,
+            upstream,
+            waive_empty_answers,
+            webhook_secret,
+        })
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -190,6 +210,11 @@ impl Config {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The payments webhook's secret, if configured (dev mode makes one when absent).
+    pub fn webhook_secret(&self) -> Option<&str> {
+        self.webhook_secret.as_deref()
     }
 
     /// The configured admin token, if any (dev mode generates one when absent).

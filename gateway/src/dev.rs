@@ -9,7 +9,7 @@ use crate::health::Health;
 use crate::keys;
 use crate::providers::Providers;
 use crate::upstream::Upstream;
-use crate::{mock, server, telemetry};
+use crate::{mock, payments, server, telemetry};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use solrouter_ledger::{AccountId, KeyId, KeyKind, KeyLimits, PicoUsd, Rejection};
@@ -60,6 +60,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     ensure_demo_account(&bank, &data_dir).await?;
+    let webhook_secret = match config.webhook_secret() {
+        Some(secret) => secret.to_owned(),
+        None => {
+            let (secret, path) =
+                payments::dev_secret(&data_dir).context("making the webhook secret")?;
+            say(&format!(
+                "payments webhook secret: in {} (generated; set SOLROUTER_WEBHOOK_SECRET to                  choose one)",
+                path.display()
+            ));
+            secret
+        }
+    };
     let catalog = Catalog::builtin();
     let app = App {
         upstream: Upstream::try_new(config.upstream()).context("building the upstream client")?,
@@ -68,6 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         catalog,
         config,
         admin_token,
+        webhook_secret: Some(webhook_secret),
         bank,
         metrics,
     }

@@ -249,12 +249,15 @@ impl EmbedContext {
     }
 
     fn record(&self, model: &Model, billed: &Billed) -> RequestRecord {
+        let latency_ms = self.started.elapsed().as_millis() as u64;
         RequestRecord {
             key: Some(self.caller.key),
             model: model.id.clone(),
             provider: model.provider.clone(),
             prompt_tokens: billed.usage.prompt_tokens,
-            latency_ms: self.started.elapsed().as_millis() as u64,
+            latency_ms,
+            // The vectors arrive whole: the first output is the answer.
+            ttft_ms: Some(latency_ms),
             status: StatusCode::OK.as_u16(),
             streamed: false,
             created_ms: self.created_ms,

@@ -56,6 +56,7 @@ pub async fn run(
         }
     };
     let catalog = Catalog::builtin();
+    let webhook_secret = config.webhook_secret().map(str::to_owned);
     let app = App {
         upstream: Upstream::try_new(config.upstream()).context("building the upstream client")?,
         providers: Providers::from_env(mock_url),
@@ -63,6 +64,7 @@ pub async fn run(
         catalog,
         config,
         admin_token,
+        webhook_secret,
         bank: Bank::remote(client),
         metrics,
     }

@@ -27,6 +27,7 @@ pub mod ledger_server;
 pub mod messages;
 pub mod mock;
 pub mod parse;
+pub mod payments;
 pub mod pipeline;
 pub mod providers;
 pub mod relay;

@@ -82,13 +82,16 @@ pub struct RequestContext {
 
 impl RequestContext {
     /// The record the settle stores: what the request used, cost and how it ended;
-    /// `waived`: the customer is not charged ([`waives`]).
+    /// `waived`: the customer is not charged ([`waives`]); `first_output`: when the first
+    /// output arrived from upstream (a stream's first event, a plain answer whole), if
+    /// any did.
     pub fn record(
         &self,
         model: &Model,
         billed: &Billed,
         status: StatusCode,
         waived: bool,
+        first_output: Option<Instant>,
     ) -> RequestRecord {
         let usage = &billed.usage;
         RequestRecord {
@@ -106,6 +109,8 @@ impl RequestContext {
             usage_estimated: billed.estimated,
             usage_clamped: billed.clamped,
             waived,
+            ttft_ms: first_output
+                .map(|at| at.saturating_duration_since(self.started).as_millis() as u64),
             ..RequestRecord::default()
         }
     }
@@ -131,7 +136,7 @@ impl RequestContext {
             .chat
             .max_tokens
             .map_or(model.max_output_tokens, |tokens| tokens.min(model.max_output_tokens));
-        Target { upstream_model: &model.upstream_model, max_tokens }
+        Target { upstream_model: &model.upstream_model, max_tokens, controls: model.controls }
     }
 
     /// Decides what to bill for an answer of `model` (`tokens::billed`): the provider's
@@ -283,6 +288,11 @@ pub fn route<'c>(
                 param,
                 format!("model `{id}` does not support this input"),
             ))
+        } else if let Some(error) = providers
+            .get(&model.provider)
+            .and_then(|(adapter, _)| adapter.check(&parsed.chat, model.controls).err())
+        {
+            Some(ApiError::invalid_param(&error.param, format!("model `{id}`: {}", error.message)))
         } else {
             parsed.native_only.as_ref().filter(|_| !native).cloned()
         }
@@ -618,6 +628,7 @@ async fn respond_complete(
     hold: HoldGuard,
     reply: Reply,
 ) {
+    let answered_at = Instant::now();
     let mut delivered = Delivered::default();
     delivered.push_choices(&completion.choices);
     let empty = delivered.is_empty();
@@ -626,7 +637,8 @@ async fn respond_complete(
     completion.usage = billed.usage;
     let waived = waives(app, &billed, false, empty);
     let cost = model.cost(&billed.usage);
-    let record = context.record(model, &billed, StatusCode::OK, waived);
+    let record =
+        context.record(model, &billed, StatusCode::OK, waived, (!empty).then_some(answered_at));
     let cost = hold.settle(cost, record).await;
     observe_cost(model, cost);
     let id = context.id();

@@ -56,6 +56,8 @@ pub struct OpenStream {
     finished: bool,
     /// Upstream bytes read so far.
     bytes_read: u64,
+    /// When the first event arrived: the request's time to first token.
+    first_event_at: Instant,
 }
 
 struct NativeEvents {
@@ -88,6 +90,7 @@ pub async fn open(
             .map(|_| NativeEvents { parser: SseParser::new(), pending: Vec::new() }),
         finished: false,
         bytes_read: 0,
+        first_event_at: Instant::now(),
     };
     let first_event = async {
         while stream.pending.is_empty() && !stream.finished {
@@ -108,6 +111,7 @@ pub async fn open(
             .into());
         }
     }
+    stream.first_event_at = Instant::now();
     Ok(stream)
 }
 
@@ -185,6 +189,7 @@ pub async fn run(
         End::ClientGone => drain(&mut stream).await,
     };
     let reported = stream.translator.usage();
+    let first_output = (!delivered.is_empty()).then_some(stream.first_event_at);
     drop(stream); // Cancels the upstream request if it is still open.
     let status = match &end {
         End::Complete => StatusCode::OK,
@@ -202,7 +207,8 @@ pub async fn run(
         let billed = context.bill(model, reported, complete, delivered).await;
         let waived = !matches!(end, End::ClientGone) && waives(app, &billed, failed, empty);
         let cost = model.cost(&billed.usage);
-        let cost = hold.settle(cost, context.record(model, &billed, status, waived)).await;
+        let record = context.record(model, &billed, status, waived, first_output);
+        let cost = hold.settle(cost, record).await;
         observe_cost(model, cost);
         (billed.usage, cost)
     };

@@ -8,7 +8,7 @@ use crate::health::State;
 use crate::messages::{self, MESSAGES};
 use crate::respond::{self, Response};
 use crate::responses::RESPONSES;
-use crate::{account, admin, api, embeddings, pipeline};
+use crate::{account, admin, api, embeddings, payments, pipeline};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -151,6 +151,7 @@ async fn route(
         (&Method::GET, "/v1/api/generations") => api::generations(app, &request).await,
         (&Method::GET, "/v1/api/activity") => api::activity(app, &request).await,
         (&Method::GET, "/v1/api/key") => api::key(app, request.headers()).await,
+        (&Method::POST, payments::WEBHOOK_PATH) => payments::handle(app, request).await,
         (_, path) if path == account::KEYS_PATH || path.starts_with("/v1/api/keys/") => {
             account::handle_keys(app, request).await
         }

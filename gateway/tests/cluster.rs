@@ -8,7 +8,10 @@
 //! * `solrouter ledger-admin` adds a node started with `--join` and removes a founding
 //!   one while a gateway serves; no request fails.
 //! * A race through both gateways for a balance that affords exactly K requests: exactly
-//!   K succeed, the rest get 402 (the cluster is started by `deploy/local-cluster.sh`).
+//!   K succeed, the rest get 402 (the cluster is started by `deploy/local-cluster.sh`);
+//!   on the same cluster, a key's requests-per-minute limit holds across both gateways
+//!   (the ledger counts), and a payment event delivered to both gateways, several
+//!   times, credits once.
 
 mod cluster_support;
 
@@ -256,6 +259,7 @@ impl LocalCluster {
             ("GATEWAY_PORTS", format!("{} {}", gateway_ports[0], gateway_ports[1])),
             ("LEDGER_GROUPS", cluster_support::N_GROUPS.to_string()),
             ("SOLROUTER_ADMIN_TOKEN", cluster_support::ADMIN_TOKEN.to_owned()),
+            ("SOLROUTER_WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
             ("RUST_LOG", "warn,openraft=off".to_owned()),
         ];
         let cluster = LocalCluster { env, gateway_ports };
@@ -291,6 +295,82 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         let _ = self.script("stop");
     }
+}
+
+const WEBHOOK_SECRET: &str = "whsec_cluster_test_secret";
+
+/// A key allowed `RPM` requests a minute, hit by a burst split over both gateways: the
+/// ledger admits `RPM` in a UTC minute whichever gateway each came through (twice that if
+/// the burst straddles a minute), the rest are 429s. The bound does not grow with the
+/// number of gateways.
+async fn rate_limit_holds_across_gateways(endpoints: &[Endpoint; 2]) {
+    const RPM: usize = 4;
+    const N: usize = 12;
+    let (account, _) = endpoints[0].funded_account("10.00").await;
+    let path = format!("accounts/{account}/keys");
+    let fields = json!({"name": "limited", "requests_per_minute": RPM});
+    let (status, created) = endpoints[0].admin(reqwest::Method::POST, &path, Some(fields)).await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let minute = |at: std::time::SystemTime| {
+        at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 60
+    };
+    // Ledger time follows the leader's wall clock within a little: a margin either side.
+    let margin = Duration::from_secs(2);
+    let started = std::time::SystemTime::now();
+    let burst = (0..N).map(|n| {
+        let (endpoint, key) = (endpoints[n % 2].clone(), key.clone());
+        tokio::spawn(async move { endpoint.chat(&key, &echo_body("hi", 1)).await.expect("answer") })
+    });
+    let mut statuses = BTreeMap::<u16, usize>::new();
+    for answer in burst.collect::<Vec<_>>() {
+        *statuses.entry(answer.await.unwrap().0).or_default() += 1;
+    }
+    let ended = std::time::SystemTime::now();
+    let straddled = minute(started - margin) != minute(ended + margin);
+    let admitted = statuses.get(&200).copied().unwrap_or(0);
+    assert_eq!(admitted + statuses.get(&429).copied().unwrap_or(0), N, "{statuses:?}");
+    if straddled {
+        assert!((RPM..=2 * RPM).contains(&admitted), "{statuses:?}");
+    } else {
+        assert_eq!(admitted, RPM, "{statuses:?}");
+    }
+}
+
+/// One signed payment event, delivered three times to each gateway at once, credits
+/// its account once.
+async fn payment_event_credits_once_across_gateways(endpoints: &[Endpoint; 2]) {
+    let (status, created) =
+        endpoints[0].admin(reqwest::Method::POST, "accounts", Some(json!({"name": "payer"}))).await;
+    assert_eq!(status, 201, "{created}");
+    let account = created["id"].as_str().unwrap().to_owned();
+    let body = json!({"id": "evt_cluster", "type": "payment_intent.succeeded", "data": {"object": {
+        "metadata": {"solrouter_account": account}, "amount_received": 700, "currency": "usd"}}})
+    .to_string();
+    let now_s =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let signature =
+        solrouter_gateway::payments::sign(WEBHOOK_SECRET.as_bytes(), body.as_bytes(), now_s);
+    let deliveries = (0..6).map(|n| {
+        let (endpoint, body, signature) =
+            (endpoints[n % 2].clone(), body.clone(), signature.clone());
+        tokio::spawn(async move {
+            let response = endpoint
+                .client
+                .post(format!("{}{}", endpoint.base, solrouter_gateway::payments::WEBHOOK_PATH))
+                .header(solrouter_gateway::payments::SIGNATURE_HEADER, signature)
+                .body(body)
+                .send()
+                .await
+                .expect("delivered");
+            response.status().as_u16()
+        })
+    });
+    for delivery in deliveries.collect::<Vec<_>>() {
+        assert_eq!(delivery.await.unwrap(), 200);
+    }
+    let entry = endpoints[1].account(&account).await;
+    assert_eq!(entry["credits"], "7.00", "{entry}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,6 +437,9 @@ async fn exactly_the_affordable_requests_succeed_across_two_gateways() {
     })
     .await;
     assert!(revoked_at.elapsed() < Duration::from_secs(3), "{:?}", revoked_at.elapsed());
+
+    rate_limit_holds_across_gateways(&endpoints).await;
+    payment_event_credits_once_across_gateways(&endpoints).await;
 
     // The script stops everything it started.
     let stopped = cluster.script("stop");

@@ -511,3 +511,92 @@ async fn tool_results_and_images_reach_translated_models() {
         assert_eq!(answer["content"][0]["text"], "so what is it", "{model}");
     }
 }
+
+/// The current Claude models, by the undated ids Claude Code sends for `opus`, `sonnet`,
+/// `haiku` and `fable` (and the previous Fable): a Messages request (native) and a chat
+/// completion (translated, with a reasoning effort) each route to the model and cost
+/// exactly its published prices times the usage (the mock's 4 input and 4 output tokens).
+#[tokio::test]
+async fn claude_code_ids_route_and_bill_at_their_catalogue_prices() {
+    let mock = start_mock().await;
+    let dir = data_dir();
+    let dev = dev_over(&dir, &mock);
+    let (account, key) = dev.funded_account("20.00").await;
+    // Pico-USD per input and output token: USD per million tokens × 10⁶.
+    let models: [(&str, i128, i128); 5] = [
+        ("claude-opus-5-5", 4_000_000, 20_000_000),
+        ("claude-sonnet-5-5", 2_000_000, 10_000_000),
+        ("claude-haiku-5-5", 100_000, 500_000),
+        ("claude-fable-5-2", 8_000_000, 40_000_000),
+        ("claude-fable-5-1", 10_000_000, 50_000_000),
+    ];
+    for (model, prompt, completion) in models {
+        let expected = 4 * prompt + 4 * completion;
+        let before = available(&dev, &account).await;
+        let (status, answer) =
+            message(&dev, Auth::ApiKey(&key), &ask(model, "what a fine day")).await;
+        assert_eq!(status, 200, "{model}: {answer}");
+        assert_eq!(answer["usage"]["input_tokens"], 4, "{model}: {answer}");
+        assert_eq!(answer["usage"]["output_tokens"], 4, "{model}: {answer}");
+        assert_eq!(cost_pico(&answer["usage"]["cost"]), expected, "{model}");
+        assert_eq!(before - available(&dev, &account).await, expected, "{model}");
+
+        let before = available(&dev, &account).await;
+        let body = json!({"model": model, "reasoning_effort": "high",
+            "messages": [{"role": "user", "content": "what a fine day"}]});
+        let (status, answer) = dev.chat(&key, &body).await;
+        assert_eq!(status, 200, "{model}: {answer}");
+        assert_eq!(answer["usage"]["prompt_tokens"], 4, "{model}: {answer}");
+        assert_eq!(answer["usage"]["completion_tokens"], 4, "{model}: {answer}");
+        assert_eq!(cost_pico(&answer["usage"]["cost"]), expected, "{model}");
+        assert_eq!(before - available(&dev, &account).await, expected, "{model}");
+    }
+    dev.audit_ok().await;
+}
+
+/// What a current Claude model refuses (a thinking budget, non-default sampling, forced
+/// tool use) is a 400 naming the parameter, decided when routing: nothing is charged, and
+/// a fallback that takes it answers instead.
+#[tokio::test]
+async fn what_a_claude_model_refuses_is_refused_when_routing() {
+    let mock = start_mock().await;
+    let dir = data_dir();
+    let dev = dev_over(&dir, &mock);
+    let (account, key) = dev.funded_account("5.00").await;
+    let before = available(&dev, &account).await;
+    let mut budget = ask("claude-opus-5-5", "hello");
+    budget["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+    let mut sampling = ask("claude-sonnet-5-5", "hello");
+    sampling["temperature"] = json!(0.3);
+    let mut forced = ask("claude-fable-5-2", "hello");
+    forced["tools"] = json!([{"name": "f", "input_schema": {"type": "object"}}]);
+    forced["tool_choice"] = json!({"type": "any"});
+    for (body, param) in
+        [(&budget, "thinking.type"), (&sampling, "temperature"), (&forced, "tool_choice.type")]
+    {
+        let (status, error) = message(&dev, Auth::ApiKey(&key), body).await;
+        assert_eq!(status, 400, "{error}");
+        assert_eq!(error["error"]["type"], "invalid_request_error");
+        let text = error["error"]["message"].as_str().expect("message");
+        assert!(text.contains(param), "{text}");
+    }
+    let chat = json!({"model": "claude-opus-5-5", "reasoning_effort": "none",
+        "messages": [{"role": "user", "content": "hello"}]});
+    let (status, error) = dev.chat(&key, &chat).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["param"], "reasoning_effort", "{error}");
+    assert_eq!(available(&dev, &account).await, before, "refusals cost nothing");
+    // Without `max_tokens` a chat reserves the model's whole 128K output: 128,000 tokens
+    // at Fable 5.2's $40 per million is more than this account's $5.
+    let chat =
+        json!({"model": "claude-fable-5-2", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, error) = dev.chat(&key, &chat).await;
+    assert_eq!(status, 402, "{error}");
+    let text = error["error"]["message"].as_str().expect("message");
+    assert!(text.contains("128000 completion tokens"), "{text}");
+    // An older Claude model takes the same request: the refusing candidate was skipped.
+    sampling["models"] = json!([CLAUDE]);
+    let (status, answer) = message(&dev, Auth::ApiKey(&key), &sampling).await;
+    assert_eq!((status, answer["model"].as_str()), (200, Some(CLAUDE)), "{answer}");
+    dev.audit_ok().await;
+}

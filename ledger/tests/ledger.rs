@@ -444,6 +444,13 @@ enum Step {
         account: u8,
         key: u8,
     },
+    /// Disables or enables a key and sets or lifts its spend limit.
+    Update {
+        account: u8,
+        key: u8,
+        disabled: bool,
+        limit_cents: Option<u16>,
+    },
     Settle {
         account: u8,
         hold: u8,
@@ -482,6 +489,14 @@ fn step() -> impl Strategy<Value = Step> {
             }
         ),
         (0..3u8, 0..4u8).prop_map(|(account, key)| Step::Revoke { account, key }),
+        (0..3u8, 0..4u8, any::<bool>(), prop::option::of(0..1_000u16)).prop_map(
+            |(account, key, disabled, limit_cents)| Step::Update {
+                account,
+                key,
+                disabled,
+                limit_cents
+            }
+        ),
         // Up to 4× the largest hold: providers over-reporting, settles after expiry.
         (0..3u8, 0..16u8, 0..20_000u32).prop_map(|(account, hold, cents)| Step::Settle {
             account,
@@ -582,6 +597,7 @@ proptest! {
         let mut acknowledged_credits = 0u128;
         let mut top_ups: Vec<(Command, Outcome)> = Vec::new();
         let mut revoked = std::collections::BTreeSet::new();
+        let mut disabled = std::collections::BTreeSet::new();
         let mut holds = Holds::default();
         let mut commands = Vec::new();
         for account in 0..3u8 {
@@ -607,6 +623,15 @@ proptest! {
                 Step::Revoke { account, key } => {
                     Op::RevokeKey { account: AccountId(account.into()), key: key_of(account, key) }
                 }
+                Step::Update { account, key, disabled, limit_cents } => Op::UpdateKey {
+                    account: AccountId(account.into()),
+                    key: key_of(account, key),
+                    update: KeyUpdate {
+                        disabled: Some(disabled),
+                        spend_limit: Some(limit_cents.map(|n| cents(n.into()))),
+                        ..KeyUpdate::default()
+                    },
+                },
                 Step::Settle { account, hold, cents: n } => {
                     holds.settle(AccountId(account.into()), HoldId(hold.into()), cents(n), stamp_ms)
                 }
@@ -644,15 +669,23 @@ proptest! {
                 }
             };
             let batch = Batch { stamp_ms, commands: vec![Command { id, op: op.clone() }] };
+            let holds_of = |ledger: &Ledger, op: &Op| match op {
+                Op::Reserve { key, .. } => ledger.key(*key).map(|key| key.n_holds),
+                _ => None,
+            };
+            let holds_before = holds_of(&ledger, &op);
             let outcome = ledger.apply(&batch).pop().unwrap();
+            // A reserve that made a new hold (not a retry answered by its hold).
+            let admitted = holds_of(&ledger, &op) > holds_before;
             if let (Op::Credit { amount, .. }, Ok(_)) = (&op, &outcome) {
                 acknowledged_credits += amount.0;
                 top_ups.push((Command { id, op: op.clone() }, outcome.clone()));
             }
             match (&op, &outcome) {
-                (Op::Reserve { key, .. }, Ok(Reply::Reserved { available, .. })) => {
+                (Op::Reserve { key, .. }, Ok(Reply::Reserved { available, .. })) if admitted => {
                     prop_assert!(*available >= 0);
                     prop_assert!(!revoked.contains(key), "reserved with revoked {key:?}");
+                    prop_assert!(!disabled.contains(key), "reserved with disabled {key:?}");
                     let entry = ledger.key(*key).unwrap();
                     if let Some(limit) = entry.limits.spend() {
                         let used = entry.spent(limit.reset, stamp_ms).0 + entry.held.0;
@@ -667,6 +700,13 @@ proptest! {
                 }
                 (Op::RevokeKey { key, .. }, Ok(_)) => {
                     revoked.insert(*key);
+                }
+                (Op::UpdateKey { key, update, .. }, Ok(_)) => {
+                    if update.disabled == Some(true) {
+                        disabled.insert(*key);
+                    } else {
+                        disabled.remove(key);
+                    }
                 }
                 _ => {}
             }

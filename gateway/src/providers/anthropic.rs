@@ -9,6 +9,7 @@ use super::{
     Adapter, ChatRequest, Chunk, Completion, Endpoint, NativeFormat, ParamError, StreamTranslator,
     Target, UpstreamError, UpstreamRequest, Usage,
 };
+use crate::catalog::{Controls, Thinking};
 use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -77,6 +78,7 @@ impl Adapter for Anthropic {
         chat: &ChatRequest,
         target: &Target,
     ) -> Result<UpstreamRequest, ParamError> {
+        self.check(chat, target.controls)?;
         let mut headers = HeaderMap::new();
         let body = match chat.native_for(self) {
             Some(native) => {
@@ -166,6 +168,16 @@ impl Adapter for Anthropic {
         classify("anthropic", status, headers, body)
     }
 
+    /// What Claude models with newer controls refuse with a 400 (see
+    /// `catalog::Controls`): in a native request as sent, in a translated one as the
+    /// OpenAI parameter it would become.
+    fn check(&self, chat: &ChatRequest, controls: Controls) -> Result<(), ParamError> {
+        match chat.native_for(self) {
+            Some(native) => check_native(&native.body, controls),
+            None => check_chat(&chat.body, controls).map(|_| ()),
+        }
+    }
+
     /// Tools, and `response_format` answered through a forced tool, bring Anthropic's
     /// tool-use system prompt.
     fn prompt_overhead_tokens(&self, chat: &ChatRequest) -> u64 {
@@ -235,20 +247,31 @@ fn translate_request(
         out.insert("system".to_owned(), Value::from(system));
     }
     out.insert("stream".to_owned(), Value::Bool(stream));
-    translate::copy_number(body, "temperature", &mut out, "temperature")?;
-    translate::copy_number(body, "top_p", &mut out, "top_p")?;
+    let adaptive = check_chat(body, target.controls)?;
+    if target.controls.sampling {
+        translate::copy_number(body, "temperature", &mut out, "temperature")?;
+        translate::copy_number(body, "top_p", &mut out, "top_p")?;
+    }
     if let Some(stops) = translate::stop_sequences(body)? {
         out.insert("stop_sequences".to_owned(), Value::Array(stops));
     }
     tools(body, &mut out)?;
-    let effort = translate::reasoning_effort(body)?;
-    if NO_OUTPUT_FORMAT.iter().any(|prefix| upstream_model.starts_with(prefix)) {
-        json_tool(body, effort, &mut out)?;
-    } else {
-        output_format(body, &mut out)?;
-    }
-    if let Some(effort) = effort {
-        out.insert("thinking".to_owned(), thinking(effort, max_tokens)?);
+    match adaptive {
+        Some(thinking) => {
+            output_format(body, &mut out)?;
+            adaptive_thinking(thinking, &mut out);
+        }
+        None => {
+            let effort = translate::reasoning_effort(body)?;
+            if NO_OUTPUT_FORMAT.iter().any(|prefix| upstream_model.starts_with(prefix)) {
+                json_tool(body, effort, &mut out)?;
+            } else {
+                output_format(body, &mut out)?;
+            }
+            if let Some(effort) = effort {
+                out.insert("thinking".to_owned(), thinking(effort, max_tokens)?);
+            }
+        }
     }
     if let Some(user) = body.get("user").and_then(Value::as_str) {
         out.insert("metadata".to_owned(), json!({"user_id": user}));
@@ -349,6 +372,134 @@ fn thinking(effort: Effort, max_tokens: u64) -> Result<Value, ParamError> {
         ));
     }
     Ok(json!({"type": "enabled", "budget_tokens": budget}))
+}
+
+/// What an OpenAI `reasoning_effort` asks of a model with adaptive thinking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AdaptiveThinking {
+    /// The model's default: no `reasoning_effort`.
+    Default,
+    /// `none`: thinking off.
+    Off,
+    /// Anthropic's `output_config.effort` of this name: OpenAI's own level, `minimal`
+    /// as `low` (Anthropic's lowest, as for budgeted thinking).
+    Effort(&'static str),
+}
+
+/// The checks of a translated (OpenAI) request against `controls`; for a model with
+/// adaptive thinking, what its `reasoning_effort` asks.
+fn check_chat(
+    body: &Map<String, Value>,
+    controls: Controls,
+) -> Result<Option<AdaptiveThinking>, ParamError> {
+    if !controls.sampling {
+        if body.get("temperature").is_some_and(|value| !value.is_null() && !is_one(value)) {
+            return Err(sampling_refused("temperature"));
+        }
+        if body.get("top_p").is_some_and(|value| !value.is_null()) {
+            return Err(sampling_refused("top_p"));
+        }
+    }
+    if !controls.forced_tool_choice
+        && matches!(
+            translate::tool_choice(body)?,
+            Some(ToolChoice::Required | ToolChoice::Function(_))
+        )
+    {
+        return Err(forced_tool_choice_refused("tool_choice"));
+    }
+    if controls.thinking == Thinking::Budget {
+        return Ok(None);
+    }
+    let thinking = match body.get("reasoning_effort") {
+        None | Some(Value::Null) => AdaptiveThinking::Default,
+        Some(effort) => match effort.as_str() {
+            Some("none") if controls.thinking == Thinking::AdaptiveAlways => {
+                return Err(param_error(
+                    "reasoning_effort",
+                    "this model always thinks: `none` is refused; use `minimal` or `low`",
+                ))
+            }
+            Some("none") => AdaptiveThinking::Off,
+            Some("minimal" | "low") => AdaptiveThinking::Effort("low"),
+            Some("medium") => AdaptiveThinking::Effort("medium"),
+            Some("high") => AdaptiveThinking::Effort("high"),
+            Some("xhigh") => AdaptiveThinking::Effort("xhigh"),
+            _ => {
+                let message = "must be none, minimal, low, medium, high or xhigh";
+                return Err(param_error("reasoning_effort", message));
+            }
+        },
+    };
+    Ok(Some(thinking))
+}
+
+/// The checks of a native Messages request, which goes as sent, against `controls`.
+fn check_native(body: &Map<String, Value>, controls: Controls) -> Result<(), ParamError> {
+    let set = |field: &str| body.get(field).is_some_and(|value| !value.is_null());
+    if !controls.sampling {
+        if set("temperature") && !is_one(&body["temperature"]) {
+            return Err(sampling_refused("temperature"));
+        }
+        if let Some(field) = ["top_p", "top_k"].into_iter().find(|field| set(field)) {
+            return Err(sampling_refused(field));
+        }
+    }
+    let choice = body.get("tool_choice").and_then(|choice| choice.get("type"));
+    if !controls.forced_tool_choice
+        && matches!(choice.and_then(Value::as_str), Some("any" | "tool"))
+    {
+        return Err(forced_tool_choice_refused("tool_choice.type"));
+    }
+    let thinking = body.get("thinking").and_then(|thinking| thinking.get("type"));
+    match (controls.thinking, thinking.and_then(Value::as_str)) {
+        (Thinking::Adaptive | Thinking::AdaptiveAlways, Some("enabled")) => Err(param_error(
+            "thinking.type",
+            "this model has no budgeted thinking: send `adaptive` (or no `thinking`) and \
+             steer it with `output_config.effort`",
+        )),
+        (Thinking::AdaptiveAlways, Some("disabled")) => Err(param_error(
+            "thinking.type",
+            "this model always thinks: `disabled` is refused; lower `output_config.effort`",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a sampling parameter is 1, Anthropic's default `temperature`.
+fn is_one(value: &Value) -> bool {
+    value.as_f64() == Some(1.0)
+}
+
+fn sampling_refused(param: &str) -> ParamError {
+    param_error(
+        param,
+        "this model takes only its default sampling (no `top_p` or `top_k`, `temperature` 1 \
+         at most); omit it",
+    )
+}
+
+fn forced_tool_choice_refused(param: &str) -> ParamError {
+    param_error(
+        param,
+        "this model refuses forced tool use; use `auto` and say which tool in the prompt",
+    )
+}
+
+/// Adaptive thinking as asked: `thinking` only to turn it off or on (always-on models
+/// take `adaptive` too, and it is every such model's default), the level as
+/// `output_config.effort`.
+fn adaptive_thinking(thinking: AdaptiveThinking, out: &mut Map<String, Value>) {
+    match thinking {
+        AdaptiveThinking::Default => {}
+        AdaptiveThinking::Off => {
+            out.insert("thinking".to_owned(), json!({"type": "disabled"}));
+        }
+        AdaptiveThinking::Effort(level) => {
+            out.insert("thinking".to_owned(), json!({"type": "adaptive"}));
+            out.insert("output_config".to_owned(), json!({"effort": level}));
+        }
+    }
 }
 
 fn tools(body: &Map<String, Value>, out: &mut Map<String, Value>) -> Result<(), ParamError> {
@@ -681,7 +832,11 @@ mod tests {
             }),
         };
         let endpoint = Endpoint { base_url: "https://a.example".into(), api_key: Some("k".into()) };
-        let target = Target { upstream_model: "claude-sonnet-4-20250514", max_tokens: 64_000 };
+        let target = Target {
+            upstream_model: "claude-sonnet-4-20250514",
+            max_tokens: 64_000,
+            controls: Controls::default(),
+        };
         let request = Anthropic.request(&endpoint, &chat, &target).unwrap();
         let sent: Value = serde_json::from_slice(&request.body).unwrap();
         let expected = json!({"model": "claude-sonnet-4-20250514", "max_tokens": 64_000,
@@ -690,6 +845,128 @@ mod tests {
         assert_eq!(request.headers["anthropic-beta"], "interleaved-thinking-2025-05-14");
         assert_eq!(request.headers["anthropic-version"], "2023-01-01");
         assert_eq!(request.headers["x-api-key"], "k");
+    }
+
+    const ADAPTIVE: Controls =
+        Controls { thinking: Thinking::Adaptive, sampling: false, forced_tool_choice: true };
+    const ALWAYS: Controls =
+        Controls { thinking: Thinking::AdaptiveAlways, sampling: false, forced_tool_choice: false };
+
+    /// The body `request` sends for the OpenAI request `body` to a model with `controls`.
+    fn translated(body: Value, controls: Controls) -> Result<Value, ParamError> {
+        let chat = ChatRequest {
+            body: body.as_object().cloned().unwrap(),
+            stream: false,
+            max_tokens: None,
+            native: None,
+        };
+        let endpoint = Endpoint { base_url: "https://a.example".into(), api_key: None };
+        let target = Target { upstream_model: "claude-x", max_tokens: 4000, controls };
+        let request = Anthropic.request(&endpoint, &chat, &target)?;
+        Ok(serde_json::from_slice(&request.body).unwrap())
+    }
+
+    fn ask(extra: Value) -> Value {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap());
+        body
+    }
+
+    #[test]
+    fn reasoning_effort_becomes_what_each_thinking_mode_takes() {
+        let sent = |effort: &str, controls| {
+            let sent = translated(ask(json!({"reasoning_effort": effort})), controls).unwrap();
+            (sent.get("thinking").cloned(), sent.get("output_config").cloned())
+        };
+        // A budget, for models up to Claude 4.6.
+        let (thinking, config) = sent("medium", Controls::default());
+        assert_eq!(
+            (thinking.unwrap(), config),
+            (json!({"type": "enabled", "budget_tokens": 2000}), None)
+        );
+        // Adaptive: the level as `output_config.effort`; `minimal` is Anthropic's `low`.
+        for (effort, level) in
+            [("minimal", "low"), ("low", "low"), ("high", "high"), ("xhigh", "xhigh")]
+        {
+            for controls in [ADAPTIVE, ALWAYS] {
+                let (thinking, config) = sent(effort, controls);
+                assert_eq!(thinking.unwrap(), json!({"type": "adaptive"}), "{effort}");
+                assert_eq!(config.unwrap(), json!({"effort": level}), "{effort}");
+            }
+        }
+        // `none` turns adaptive thinking off, and is refused where it is always on.
+        assert_eq!(sent("none", ADAPTIVE), (Some(json!({"type": "disabled"})), None));
+        let error = translated(ask(json!({"reasoning_effort": "none"})), ALWAYS).unwrap_err();
+        assert_eq!(error.param, "reasoning_effort");
+        // No effort asked: the model's default, nothing sent.
+        assert_eq!(translated(ask(json!({})), ALWAYS).unwrap().get("thinking"), None);
+        let error = translated(ask(json!({"reasoning_effort": "max"})), ADAPTIVE).unwrap_err();
+        assert_eq!(error.param, "reasoning_effort");
+    }
+
+    #[test]
+    fn sampling_and_forced_tools_are_refused_where_the_model_refuses_them() {
+        let legacy =
+            translated(ask(json!({"temperature": 0.2, "top_p": 0.9})), Controls::default());
+        let legacy = legacy.unwrap();
+        assert_eq!(
+            (legacy["temperature"].as_f64(), legacy["top_p"].as_f64()),
+            (Some(0.2), Some(0.9))
+        );
+        // The default temperature is dropped (it is what the model does anyway).
+        let sent = translated(ask(json!({"temperature": 1})), ADAPTIVE).unwrap();
+        assert_eq!(sent.get("temperature"), None);
+        for (extra, param) in
+            [(json!({"temperature": 0.2}), "temperature"), (json!({"top_p": 1}), "top_p")]
+        {
+            assert_eq!(translated(ask(extra), ADAPTIVE).unwrap_err().param, param);
+        }
+        let tool = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+        let forced = [json!("required"), json!({"type": "function", "function": {"name": "f"}})];
+        for choice in forced {
+            let body = ask(json!({"tools": tool, "tool_choice": choice}));
+            assert!(translated(body.clone(), ADAPTIVE).is_ok());
+            assert_eq!(translated(body, ALWAYS).unwrap_err().param, "tool_choice");
+        }
+        let body = ask(json!({"tools": tool, "tool_choice": "auto"}));
+        assert_eq!(translated(body, ALWAYS).unwrap()["tool_choice"], json!({"type": "auto"}));
+    }
+
+    #[test]
+    fn a_native_request_is_checked_as_sent() {
+        let native = |extra: Value| {
+            let mut body = json!({"model": "m", "max_tokens": 10, "messages": []});
+            body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap());
+            ChatRequest {
+                body: Map::new(),
+                stream: false,
+                max_tokens: Some(10),
+                native: Some(super::super::Native {
+                    format: NativeFormat::AnthropicMessages,
+                    body: body.as_object().cloned().unwrap(),
+                    headers: HeaderMap::new(),
+                }),
+            }
+        };
+        let refused = |extra: Value, controls| {
+            Anthropic.check(&native(extra), controls).err().map(|e| e.param)
+        };
+        let budget = json!({"thinking": {"type": "enabled", "budget_tokens": 2000}});
+        assert_eq!(refused(budget.clone(), Controls::default()), None);
+        assert_eq!(refused(budget, ADAPTIVE).as_deref(), Some("thinking.type"));
+        let off = json!({"thinking": {"type": "disabled"}});
+        assert_eq!(refused(off.clone(), ADAPTIVE), None);
+        assert_eq!(refused(off, ALWAYS).as_deref(), Some("thinking.type"));
+        let adaptive =
+            json!({"thinking": {"type": "adaptive"}, "output_config": {"effort": "max"}});
+        assert_eq!(refused(adaptive, ALWAYS), None);
+        assert_eq!(refused(json!({"top_k": 5}), Controls::default()), None);
+        assert_eq!(refused(json!({"top_k": 5}), ADAPTIVE).as_deref(), Some("top_k"));
+        assert_eq!(refused(json!({"temperature": 1.0}), ADAPTIVE), None);
+        assert_eq!(refused(json!({"temperature": 0}), ADAPTIVE).as_deref(), Some("temperature"));
+        let forced = json!({"tool_choice": {"type": "any"}});
+        assert_eq!(refused(forced.clone(), ADAPTIVE), None);
+        assert_eq!(refused(forced, ALWAYS).as_deref(), Some("tool_choice.type"));
     }
 
     #[test]

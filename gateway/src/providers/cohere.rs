@@ -633,7 +633,11 @@ mod tests {
             body["parallel_tool_calls"] = parallel.clone();
             let Value::Object(body) = body else { unreachable!() };
             let chat = ChatRequest { body, stream: false, max_tokens: None, native: None };
-            let target = Target { upstream_model: "command-r-plus", max_tokens: 100 };
+            let target = Target {
+                upstream_model: "command-r-plus",
+                max_tokens: 100,
+                controls: Default::default(),
+            };
             let sent = translate_request(&chat.body, false, &target).unwrap();
             assert!(!sent.contains_key("parallel_tool_calls"), "{parallel}: nothing forwarded");
             let completion = Cohere.response(&chat, reply.as_bytes()).unwrap();

@@ -25,6 +25,7 @@ mod translate;
 pub use embed::{EmbedRequest, EmbedTarget, Embedder, Embeddings, Encoding, Input};
 pub use registry::{Providers, MOCK_PROVIDER};
 
+use crate::catalog::Controls;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
@@ -91,6 +92,8 @@ pub struct Target<'a> {
     /// limit), or the model's output limit when the client set none. The reservation
     /// covers exactly this many completion tokens.
     pub max_tokens: u64,
+    /// The parameters the model takes in what form (the catalogue's `controls`).
+    pub controls: Controls,
 }
 
 /// Where and what to send upstream.
@@ -209,6 +212,12 @@ pub trait Adapter: Send + Sync + 'static {
         chat: &ChatRequest,
         target: &Target,
     ) -> Result<UpstreamRequest, ParamError>;
+    /// Refuses what a model with `controls` would refuse of `chat` (400 naming the
+    /// parameter), so routing skips the model before anything is reserved; `request`
+    /// refuses the same. Only adapters of models with non-default controls check.
+    fn check(&self, _chat: &ChatRequest, _controls: Controls) -> Result<(), ParamError> {
+        Ok(())
+    }
     /// Prompt tokens the provider adds to every request like `chat` beyond its text
     /// (e.g. a tool-use system prompt), so the reservation covers them.
     fn prompt_overhead_tokens(&self, _chat: &ChatRequest) -> u64 {

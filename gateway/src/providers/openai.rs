@@ -629,7 +629,7 @@ mod tests {
     }
 
     fn target(upstream_model: &str) -> Target<'_> {
-        Target { upstream_model, max_tokens: 100 }
+        Target { upstream_model, max_tokens: 100, controls: Default::default() }
     }
 
     fn endpoint(key: Option<&str>) -> Endpoint {

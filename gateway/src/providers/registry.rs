@@ -229,7 +229,11 @@ mod tests {
                     .request(
                         endpoint,
                         &chat,
-                        &super::super::Target { upstream_model: "u", max_tokens: 1 }
+                        &super::super::Target {
+                            upstream_model: "u",
+                            max_tokens: 1,
+                            controls: Default::default(),
+                        }
                     )
                     .unwrap()
                     .url,

@@ -157,7 +157,11 @@ pub fn translate(
     upstream_model: &str,
 ) -> Result<UpstreamRequest, ParamError> {
     let max_tokens = chat.max_tokens.unwrap_or(MAX_TOKENS_UNSET);
-    adapter.request(endpoint, chat, &Target { upstream_model, max_tokens })
+    adapter.request(
+        endpoint,
+        chat,
+        &Target { upstream_model, max_tokens, controls: Default::default() },
+    )
 }
 
 /// Sends a translated request as the gateway's upstream client would.
