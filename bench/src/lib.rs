@@ -94,7 +94,10 @@ pub fn lifecycle_commands(n: u64, release: bool) -> [Command; 2] {
             created_ms: u64::try_from(created_ms).unwrap_or(u64::MAX),
             ..Default::default()
         };
-        Op::Settle { account, hold, actual: LIFECYCLE_ACTUAL, record }
+        // Built before the reserve is answered: no stamp claims the hold forgotten, so
+        // the settle is charged whatever becomes of the reserve, as before stamps.
+        let reserved_at_ms = u64::MAX;
+        Op::Settle { account, hold, actual: LIFECYCLE_ACTUAL, record, reserved_at_ms }
     };
     [Command { id: OpId(id), op: reserve }, Command { id: OpId(id | 2), op: finish }]
 }

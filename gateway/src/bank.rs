@@ -30,7 +30,8 @@ pub const HOLD_GRACE: Duration = Duration::from_secs(120);
 /// The overall deadline of one settle or release, every retry included. Well inside the
 /// hold's life, so a settle that is still trying finds its hold; one that arrives later
 /// anyway (a reply lost, a ledger outage) is still safe: the ledger charges it within the
-/// account's funds, exactly once.
+/// account's funds, exactly once, and refuses a retry after it has forgotten the hold
+/// (`Rejection::HoldForgotten`) rather than charge it again.
 pub const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 const SETTLE_BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const SETTLE_BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -422,15 +423,17 @@ impl Bank {
         Ok(Some(found))
     }
 
-    /// Settles a hold with the request's record: the ledger charges `actual` within the
-    /// account's funds and writes off the rest. Retried with the same operation id (a
-    /// retry after a lost reply applies once) until [`SETTLE_DEADLINE`]. Runs as its own
-    /// task, so it completes even when the request that started it is gone; yields what
-    /// was charged, or `None` if the ledger refused it or the deadline passed.
+    /// Settles a hold, reserved at ledger stamp `reserved_at_ms` (its `Reserved` reply's),
+    /// with the request's record: the ledger charges `actual` within the account's funds
+    /// and writes off the rest. Retried with the same operation id (a retry after a lost
+    /// reply applies once) until [`SETTLE_DEADLINE`]. Runs as its own task, so it completes
+    /// even when the request that started it is gone; yields what was charged, or `None`
+    /// if the ledger refused it or the deadline passed.
     pub fn settle(
         &self,
         account: AccountId,
         hold: HoldId,
+        reserved_at_ms: u64,
         actual: PicoUsd,
         record: RequestRecord,
     ) -> tokio::task::JoinHandle<Option<Settled>> {
@@ -442,7 +445,7 @@ impl Bank {
                 (record.usage_clamped, "solrouter_usage_clamped_total"),
                 (record.waived, "solrouter_waived_total"),
             ];
-            let op = Op::Settle { account, hold, actual, record };
+            let op = Op::Settle { account, hold, actual, record, reserved_at_ms };
             let Reply::Settled { charged, written_off, .. } = bank.finish(op).await? else {
                 tracing::error!(hold = hold.0, "a settle answered with another reply");
                 return None;
@@ -484,6 +487,14 @@ impl Bank {
                 // or is already gone (expired, settled): nothing to do.
                 Ok(Ok(Err(Rejection::UnknownHold))) if matches!(op, Op::Release { .. }) => {
                     return None
+                }
+                // A settle of a hold the ledger has forgotten: an earlier attempt of this
+                // one settled it (its reply lost) longer ago than the ledger remembers, so
+                // nothing more is charged. The deadlines make it unreachable; counted.
+                Ok(Ok(Err(Rejection::HoldForgotten))) if matches!(op, Op::Settle { .. }) => {
+                    metrics::counter!("solrouter_settles_forgotten_total").increment(1);
+                    tracing::warn!(?op, "settle of a forgotten hold refused: already settled");
+                    return None;
                 }
                 // A full idempotency window applied nothing: try again.
                 Ok(Ok(Err(rejection @ Rejection::Overloaded))) => {
@@ -624,11 +635,12 @@ mod tests {
 
         let (hold, ttl) = (HoldId(keys::random_u128()), Duration::from_secs(60));
         let reserved = bank.reserve(caller, hold, usd("0.60"), ttl).await.unwrap();
-        assert!(matches!(reserved, Ok(Reply::Reserved { .. })), "{reserved:?}");
+        let Ok(Reply::Reserved { reserved_at_ms, .. }) = reserved else { panic!("{reserved:?}") };
         let created_ms = now_ms();
         let record =
             RequestRecord { key: Some(caller.key), created_ms, ..RequestRecord::default() };
-        let settled = bank.settle(account, hold, usd("1.50"), record).await.unwrap();
+        let settled = bank.settle(account, hold, reserved_at_ms, usd("1.50"), record);
+        let settled = settled.await.unwrap();
         assert_eq!(settled, Some(Settled { charged: usd("1.00"), written_off: usd("0.50") }));
         let state = bank.account(account).await.unwrap().unwrap();
         assert_eq!((state.available(), state.written_off), (0, usd("0.50")));

@@ -27,7 +27,7 @@ use crate::bank::{now_ms, Caller};
 use crate::catalog::Model;
 use crate::error::ApiError;
 use crate::parse;
-use crate::pipeline::{self, Failure, HoldGuard, WorstCase};
+use crate::pipeline::{self, Failure, WorstCase};
 use crate::providers::embed::encode_base64;
 use crate::providers::{EmbedRequest, EmbedTarget, Embeddings, Encoding, Input, Usage};
 use crate::respond::{self, Response};
@@ -287,8 +287,7 @@ async fn run(app: &'static App, context: EmbedContext) -> Result<Response, ApiEr
             remedy: "Send fewer or shorter inputs, or add credits.",
         })
         .ok_or_else(|| ApiError::internal("routing left no candidate"))?;
-    pipeline::hold(app, context.caller, context.generation, worst).await?;
-    let hold = HoldGuard::new(app, context.caller, context.generation);
+    let hold = pipeline::hold(app, context.caller, context.generation, worst).await?;
     let answer =
         pipeline::first_answer(app, &context.candidates, |model| attempt(app, &context, model))
             .await;

@@ -225,7 +225,7 @@ pub async fn handle(
     };
     detached(move |reply| async move {
         match reserve(app, &context).await {
-            Ok(()) => forward(app, context, reply).await,
+            Ok(hold) => forward(app, context, hold, reply).await,
             Err(error) => {
                 let _ = reply.send(Err(error));
             }
@@ -440,7 +440,7 @@ fn worst_case(app: &'static App, context: &RequestContext, model: &Model) -> (u6
 }
 
 /// Stage 6: holds the worst case of the dearest candidate, so any fallback is covered.
-async fn reserve(app: &'static App, context: &RequestContext) -> Result<(), ApiError> {
+async fn reserve(app: &'static App, context: &RequestContext) -> Result<HoldGuard, ApiError> {
     let (model, (prompt_tokens, completion_tokens, amount)) = context
         .candidates
         .iter()
@@ -467,18 +467,21 @@ pub struct WorstCase<'a> {
 }
 
 /// Stage 6 of every endpoint: reserves `worst.amount` under the hold `generation`,
-/// before anything can cost the operator; a 402 when the balance cannot cover it.
+/// before anything can cost the operator, and yields the guard that ends it; a 402 when
+/// the balance cannot cover it.
 pub async fn hold(
     app: &'static App,
     caller: Caller,
     generation: HoldId,
     worst: WorstCase<'_>,
-) -> Result<(), ApiError> {
+) -> Result<HoldGuard, ApiError> {
     let WorstCase { model, amount, covers, remedy } = worst;
     let ttl = app.upstream.timeouts().total + HOLD_GRACE;
     let outcome = app.bank.reserve(caller, generation, amount, ttl).await?;
     match outcome {
-        Ok(LedgerReply::Reserved { .. }) => Ok(()),
+        Ok(LedgerReply::Reserved { reserved_at_ms, .. }) => {
+            Ok(HoldGuard::new(app, caller, generation, reserved_at_ms))
+        }
         Ok(reply) => Err(ApiError::internal(format!("reserve answered {reply:?}"))),
         Err(Rejection::InsufficientFunds { available }) => {
             let affordable = affordable_tokens(available, model.price_per_token_max());
@@ -531,8 +534,7 @@ fn affordable_tokens(available: i128, per_token_max: PicoUsd) -> u128 {
 }
 
 /// Stages 7–8: the first candidate that answers gets relayed and settled.
-async fn forward(app: &'static App, context: RequestContext, reply: Reply) {
-    let hold = HoldGuard::new(app, context.caller, context.generation);
+async fn forward(app: &'static App, context: RequestContext, hold: HoldGuard, reply: Reply) {
     match first_answer(app, &context.candidates, |model| attempt(app, &context, model)).await {
         Ok((model, Answer::Complete(completion, native))) => {
             respond_complete(app, &context, model, completion, native, hold, reply).await
@@ -723,13 +725,15 @@ pub struct HoldGuard {
     app: &'static App,
     caller: Caller,
     hold: HoldId,
+    /// The ledger stamp of the hold's reserve, which its settle carries.
+    reserved_at_ms: u64,
     armed: bool,
 }
 
 impl HoldGuard {
-    /// Guards the hold `hold`, reserved for `caller`.
-    pub fn new(app: &'static App, caller: Caller, hold: HoldId) -> HoldGuard {
-        HoldGuard { app, caller, hold, armed: true }
+    /// Guards the hold `hold`, reserved for `caller` at ledger stamp `reserved_at_ms`.
+    fn new(app: &'static App, caller: Caller, hold: HoldId, reserved_at_ms: u64) -> HoldGuard {
+        HoldGuard { app, caller, hold, reserved_at_ms, armed: true }
     }
 
     /// Settles with the record and waits (bounded) for the ledger to apply it. Returns
@@ -739,7 +743,8 @@ impl HoldGuard {
     /// unless the balance runs out first.
     pub async fn settle(mut self, actual: PicoUsd, record: RequestRecord) -> PicoUsd {
         self.armed = false;
-        let settling = self.app.bank.settle(self.caller.account, self.hold, actual, record);
+        let (account, hold) = (self.caller.account, self.hold);
+        let settling = self.app.bank.settle(account, hold, self.reserved_at_ms, actual, record);
         let settled = match tokio::time::timeout(SETTLE_WAIT_MAX, settling).await {
             Ok(Ok(settled)) => settled,
             Ok(Err(join_error)) => {

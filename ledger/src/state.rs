@@ -23,7 +23,9 @@ pub const OPS_REMEMBERED_MAX: usize = 1 << 22;
 /// an operation comes within the gateway's deadline of its first attempt, which precedes
 /// the end, so the window only has to outlast that deadline (asserted in the gateway), not
 /// the hold's expiry: remembering holds until their expiry kept ~12 minutes of requests in
-/// memory under `solrouter dev` defaults instead of one.
+/// memory under `solrouter dev` defaults instead of one. A settle of a forgotten hold (a
+/// caller retrying later than that) is refused, [`Rejection::HoldForgotten`], not charged
+/// again: the ledger tells it from a hold never reserved by the reserve's stamp it carries.
 pub const HOLDS_REMEMBERED_FOR_MS: u64 = OPS_REMEMBERED_FOR_MS;
 /// Top-ups remembered per account, for the account's life (a retried top-up credits
 /// once, however late): 65,536 is a top-up every 10 minutes for over a year. Past it the
@@ -141,12 +143,19 @@ pub enum Op {
     /// `min(actual, available)` and writes the rest off as the operator's loss, so
     /// `available` never goes below zero; records the request. A record marked
     /// [`RequestRecord::waived`] is charged nothing: all of `actual` is written off. A
-    /// hold settled before answers with its first reply, whatever the op id.
+    /// hold settled before answers with its first reply, whatever the op id. A hold the
+    /// ledger does not know is charged by the same rule (a reserve the ledger does not
+    /// have: what a client received is billed) only while it cannot have ended and been
+    /// forgotten, i.e. until [`HOLDS_REMEMBERED_FOR_MS`] past `reserved_at_ms`; later it
+    /// is refused, [`Rejection::HoldForgotten`], charging nothing: a settle retried that
+    /// late repeats one applied long ago.
     Settle {
         account: AccountId,
         hold: HoldId,
         actual: PicoUsd,
         record: RequestRecord,
+        /// The ledger stamp the hold was reserved at, as its [`Reply::Reserved`] said.
+        reserved_at_ms: u64,
     },
     /// Voids a hold that incurred no upstream cost.
     Release {
@@ -303,8 +312,11 @@ pub enum Reply {
     },
     KeyCreated,
     KeyRevoked,
+    /// `reserved_at_ms`: the stamp of the batch that made the hold (a retry answers the
+    /// first one's), which the hold's [`Op::Settle`] carries.
     Reserved {
         available: i128,
+        reserved_at_ms: u64,
     },
     /// `charged + written_off = actual`: `charged` was debited (at most what the account
     /// had once its hold was voided), `written_off` is the operator's loss; `released` is
@@ -378,6 +390,11 @@ pub enum Rejection {
     UserExists,
     #[error("the account has reached its limit of users")]
     TooManyUsers,
+    /// A settle of a hold the ledger no longer knows, reserved [`HOLDS_REMEMBERED_FOR_MS`]
+    /// or more before: it ended (settled, released or expired) and was forgotten, so this
+    /// is a retry too late to be answered with the first reply; nothing was charged.
+    #[error("hold ended and forgotten: a settle retried this late is not charged again")]
+    HoldForgotten,
 }
 
 pub type Outcome = Result<Reply, Rejection>;
@@ -527,6 +544,7 @@ struct Hold {
     /// The key that made it, whose `held` counts it.
     key: KeyId,
     amount: PicoUsd,
+    reserved_at_ms: u64,
     expires_at_ms: u64,
 }
 
@@ -778,8 +796,8 @@ impl Ledger {
             Op::Reserve { account, key, hold, amount, ttl_ms } => {
                 self.reserve(*account, *key, *hold, *amount, *ttl_ms)
             }
-            Op::Settle { account, hold, actual, record } => {
-                self.settle(*account, *hold, *actual, record)
+            Op::Settle { account, hold, actual, record, reserved_at_ms } => {
+                self.settle(*account, *hold, *actual, record, *reserved_at_ms)
             }
             Op::Release { account, hold } => match self.holds.get(hold) {
                 Some(entry) if entry.account == *account => {
@@ -837,7 +855,8 @@ impl Ledger {
             let account_state = self.accounts.get(&account);
             return match account_state {
                 Some(state) if held.account == account && held.amount == amount => {
-                    Ok(Reply::Reserved { available: state.available() })
+                    let reserved_at_ms = held.reserved_at_ms;
+                    Ok(Reply::Reserved { available: state.available(), reserved_at_ms })
                 }
                 _ => Err(Rejection::HoldExists),
             };
@@ -886,10 +905,11 @@ impl Ledger {
             let used = key_entry.spent(limit.reset, stamp_ms).checked_add(key_entry.held);
             assert!(used.expect("bounded") <= limit.amount, "a reserve passed its key's limit");
         }
-        self.holds.insert(hold, Hold { account, key, amount, expires_at_ms });
+        let reserved_at_ms = stamp_ms;
+        self.holds.insert(hold, Hold { account, key, amount, reserved_at_ms, expires_at_ms });
         self.expiry.insert((expires_at_ms, hold));
         assert!(available >= 0, "a reservation made the balance negative");
-        Ok(Reply::Reserved { available })
+        Ok(Reply::Reserved { available, reserved_at_ms })
     }
 
     fn settle(
@@ -898,6 +918,7 @@ impl Ledger {
         hold: HoldId,
         actual: PicoUsd,
         record: &RequestRecord,
+        reserved_at_ms: u64,
     ) -> Outcome {
         if let Some(EndedHold { ending: Ending::Settled(first), .. }) = self.ended.get(&hold) {
             // Settling twice (even under a new op id) changes nothing.
@@ -913,7 +934,15 @@ impl Ledger {
                 amount
             }
             Some(_) => return Err(Rejection::UnknownHold),
-            // Expired or never reserved: charged like any other settle, within the funds.
+            // Every hold reserved at `reserved_at_ms` ended at or after it and is remembered
+            // for the window past its end: unknown after that, it may have been settled.
+            None if !self.ended.contains_key(&hold)
+                && self.stamp_ms >= reserved_at_ms.saturating_add(HOLDS_REMEMBERED_FOR_MS) =>
+            {
+                return Err(Rejection::HoldForgotten)
+            }
+            // Expired, released, or never reserved: charged like any other settle, within
+            // the funds.
             None => PicoUsd::ZERO,
         };
         let entry = self.accounts.get_mut(&account).expect("checked above");

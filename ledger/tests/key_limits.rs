@@ -43,6 +43,15 @@ impl Harness {
     fn key(&self) -> Key {
         self.ledger.key(KEY).unwrap().clone()
     }
+
+    /// A settle of `hold`, which was reserved (if ever) within the ended-hold window: it
+    /// claims the current stamp as its reserve's.
+    fn settle(&self, hold: u128, actual: &str, tokens: u64) -> Op {
+        let record =
+            RequestRecord { key: Some(KEY), prompt_tokens: tokens, ..RequestRecord::default() };
+        let (hold, actual, reserved_at_ms) = (HoldId(hold), usd(actual), self.stamp_ms);
+        Op::Settle { account: ACCOUNT, hold, actual, record, reserved_at_ms }
+    }
 }
 
 fn usd(text: &str) -> PicoUsd {
@@ -57,12 +66,6 @@ fn reserve(hold: u128, amount: &str) -> Op {
         amount: usd(amount),
         ttl_ms: TTL_MS,
     }
-}
-
-fn settle(hold: u128, actual: &str, tokens: u64) -> Op {
-    let record =
-        RequestRecord { key: Some(KEY), prompt_tokens: tokens, ..RequestRecord::default() };
-    Op::Settle { account: ACCOUNT, hold: HoldId(hold), actual: usd(actual), record }
 }
 
 fn spend_limit(amount: &str, reset: LimitReset) -> KeyLimits {
@@ -80,7 +83,7 @@ fn update(update: KeyUpdate) -> Op {
 fn a_daily_spend_limit_counts_charges_and_holds_and_resets_at_midnight_utc() {
     let mut h = Harness::new(spend_limit("1.00", LimitReset::Daily));
     h.ok(reserve(1, "0.60"));
-    h.ok(settle(1, "0.50", 10));
+    h.ok(h.settle(1, "0.50", 10));
     h.ok(reserve(2, "0.30"));
     assert_eq!(h.key().limit_remaining(h.stamp_ms), Some(usd("0.20")));
     let midnight = LimitReset::Daily.next_reset_ms(h.stamp_ms);
@@ -96,8 +99,8 @@ fn a_daily_spend_limit_counts_charges_and_holds_and_resets_at_midnight_utc() {
     // Releasing a hold gives its room back.
     h.ok(Op::Release { account: ACCOUNT, hold: HoldId(4) });
     h.ok(reserve(5, "0.20"));
-    h.ok(settle(2, "0.30", 10));
-    h.ok(settle(5, "0.20", 10));
+    h.ok(h.settle(2, "0.30", 10));
+    h.ok(h.settle(5, "0.20", 10));
     assert!(matches!(h.run(reserve(6, "0.01")), Err(Rejection::KeySpendLimit { .. })));
 
     h.stamp_ms = midnight.unwrap() - 1;
@@ -115,14 +118,14 @@ fn a_daily_spend_limit_counts_charges_and_holds_and_resets_at_midnight_utc() {
 fn weekly_monthly_and_lifetime_limits() {
     let mut h = Harness::new(spend_limit("1.00", LimitReset::Weekly));
     h.ok(reserve(1, "1.00"));
-    h.ok(settle(1, "1.00", 10));
+    h.ok(h.settle(1, "1.00", 10));
     h.stamp_ms += 6 * DAY_MS; // Sunday noon: the same week.
     assert!(matches!(h.run(reserve(2, "0.01")), Err(Rejection::KeySpendLimit { .. })));
     // Monthly: Sunday 6 December is in the month that began on 1 December, after the
     // charge.
     h.ok(update(KeyUpdate { limit_reset: Some(LimitReset::Monthly), ..KeyUpdate::default() }));
     h.ok(reserve(3, "1.00"));
-    h.ok(settle(3, "1.00", 10));
+    h.ok(h.settle(3, "1.00", 10));
     // Lifetime: $2 spent in all.
     let lifetime = SpendLimit { amount: usd("2.50"), reset: LimitReset::Never };
     let (spend_limit, limit_reset) = (Some(Some(lifetime.amount)), Some(lifetime.reset));
@@ -173,10 +176,10 @@ fn tokens_per_minute_exceed_by_at_most_the_requests_in_flight() {
     for hold in 1..=3 {
         h.ok(reserve(hold, "0.01"));
     }
-    h.ok(settle(1, "0.01", 400));
+    h.ok(h.settle(1, "0.01", 400));
     h.ok(reserve(4, "0.01")); // 400 < 1,000: admitted.
-    h.ok(settle(2, "0.01", 400));
-    h.ok(settle(3, "0.01", 400)); // 1,200: past the limit by the in-flight requests.
+    h.ok(h.settle(2, "0.01", 400));
+    h.ok(h.settle(3, "0.01", 400)); // 1,200: past the limit by the in-flight requests.
     let key = h.key();
     assert_eq!(key.minute.at(h.stamp_ms).tokens, 1_200);
     let in_flight_bound = 1_000 - 1 + 3 * 400;

@@ -12,6 +12,8 @@ struct Harness {
     stamp_ms: u64,
     /// What a history store keeps: each hold's first settled record.
     history: std::collections::HashMap<HoldId, (AccountId, RequestRecord)>,
+    /// The stamp each hold's reserve was answered with, as a gateway keeps it to settle.
+    reserved_at: std::collections::HashMap<HoldId, u64>,
 }
 
 impl Harness {
@@ -21,6 +23,7 @@ impl Harness {
             next_op: 1,
             stamp_ms: 1_000,
             history: std::collections::HashMap::new(),
+            reserved_at: std::collections::HashMap::new(),
         };
         let name = "acme".to_string();
         harness.ok(Op::CreateAccount { account: ACCOUNT, name });
@@ -40,7 +43,26 @@ impl Harness {
         for (account, hold, record) in settled_records(&batch, &outcomes) {
             self.history.entry(hold).or_insert((account, record));
         }
-        outcomes.pop().unwrap()
+        let outcome = outcomes.pop().unwrap();
+        if let (Op::Reserve { hold, .. }, Ok(Reply::Reserved { reserved_at_ms, .. })) =
+            (&batch.commands[0].op, &outcome)
+        {
+            self.reserved_at.insert(*hold, *reserved_at_ms);
+        }
+        outcome
+    }
+
+    /// A settle of `hold` as a gateway sends it, with the stamp its reserve was answered
+    /// with (a hold never reserved claims the current stamp).
+    fn settle_with(&self, hold: u128, actual: &str, record: RequestRecord) -> Op {
+        let hold = HoldId(hold);
+        let reserved_at_ms = self.reserved_at.get(&hold).copied().unwrap_or(self.stamp_ms);
+        Op::Settle { account: ACCOUNT, hold, actual: usd(actual), record, reserved_at_ms }
+    }
+
+    fn settle(&self, hold: u128, actual: &str) -> Op {
+        let record = RequestRecord { model: "mock/echo".into(), status: 200, ..Default::default() };
+        self.settle_with(hold, actual, record)
     }
 
     fn record(&self, hold: HoldId) -> (AccountId, RequestRecord) {
@@ -69,18 +91,13 @@ fn reserve(hold: u128, amount: &str, ttl_ms: u64) -> Op {
     Op::Reserve { account: ACCOUNT, key: KEY, hold: HoldId(hold), amount: usd(amount), ttl_ms }
 }
 
-fn settle(hold: u128, actual: &str) -> Op {
-    let record = RequestRecord { model: "mock/echo".into(), status: 200, ..Default::default() };
-    Op::Settle { account: ACCOUNT, hold: HoldId(hold), actual: usd(actual), record }
-}
-
 #[test]
 fn reserve_is_admitted_only_within_available() {
     let mut h = Harness::new();
     h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
     assert_eq!(
         h.ok(reserve(1, "0.60", 60_000)),
-        Reply::Reserved { available: usd("0.40").0 as i128 }
+        Reply::Reserved { available: usd("0.40").0 as i128, reserved_at_ms: 1_000 }
     );
     let refused = h.run(reserve(2, "0.50", 60_000));
     assert_eq!(refused, Err(Rejection::InsufficientFunds { available: usd("0.40").0 as i128 }));
@@ -92,7 +109,7 @@ fn settle_posts_actual_and_releases_the_rest() {
     let mut h = Harness::new();
     h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
     h.ok(reserve(1, "0.60", 60_000));
-    let settled = h.ok(settle(1, "0.25"));
+    let settled = h.ok(h.settle(1, "0.25"));
     let expected =
         Reply::Settled { charged: usd("0.25"), released: usd("0.35"), written_off: PicoUsd::ZERO };
     assert_eq!(settled, expected);
@@ -109,7 +126,7 @@ fn settle_beyond_the_hold_charges_from_the_balance_first() {
     let mut h = Harness::new();
     h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
     h.ok(reserve(1, "0.10", 60_000));
-    let settled = h.ok(settle(1, "0.15"));
+    let settled = h.ok(h.settle(1, "0.15"));
     let expected = Reply::Settled {
         charged: usd("0.15"),
         released: PicoUsd::ZERO,
@@ -125,7 +142,7 @@ fn a_waived_settle_charges_nothing_and_writes_the_provider_bill_off() {
     h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
     h.ok(reserve(1, "0.10", 60_000));
     let record = RequestRecord { key: Some(KEY), waived: true, ..RequestRecord::default() };
-    let waived = Op::Settle { account: ACCOUNT, hold: HoldId(1), actual: usd("0.02"), record };
+    let waived = h.settle_with(1, "0.02", record);
     let settled = h.ok(waived);
     let expected =
         Reply::Settled { charged: PicoUsd::ZERO, released: usd("0.10"), written_off: usd("0.02") };
@@ -148,7 +165,7 @@ fn settle_beyond_the_funds_writes_the_rest_off_and_never_goes_negative() {
     h.ok(Op::Credit { account: ACCOUNT, amount: usd("0.12") });
     h.ok(reserve(1, "0.10", 60_000));
     let record = RequestRecord { key: Some(KEY), ..RequestRecord::default() };
-    let over = Op::Settle { account: ACCOUNT, hold: HoldId(1), actual: usd("0.15"), record };
+    let over = h.settle_with(1, "0.15", record);
     let settled = h.ok(over);
     let expected =
         Reply::Settled { charged: usd("0.12"), released: PicoUsd::ZERO, written_off: usd("0.03") };
@@ -171,18 +188,18 @@ fn settling_twice_returns_the_first_result() {
     let mut h = Harness::new();
     h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
     h.ok(reserve(1, "0.50", 60_000));
-    let first = h.ok(settle(1, "0.20"));
-    assert_eq!(h.ok(settle(1, "0.40")), first, "a second settle under a new id is a no-op");
+    let first = h.ok(h.settle(1, "0.20"));
+    assert_eq!(h.ok(h.settle(1, "0.40")), first, "a second settle under a new id is a no-op");
     assert_eq!(h.account().debits_posted, usd("0.20"));
     // The same after the hold would have expired, and for a write-off.
     h.ok(reserve(2, "0.10", 1_000));
-    let over = h.ok(settle(2, "5.00"));
+    let over = h.ok(h.settle(2, "5.00"));
     assert_eq!(
         over,
         Reply::Settled { charged: usd("0.80"), released: PicoUsd::ZERO, written_off: usd("4.20") }
     );
     h.stamp_ms += 10_000;
-    assert_eq!(h.ok(settle(2, "5.00")), over);
+    assert_eq!(h.ok(h.settle(2, "5.00")), over);
     assert_eq!((h.account().written_off, h.ledger.audit().written_off), (usd("4.20"), usd("4.20")));
 }
 
@@ -212,7 +229,7 @@ fn a_top_up_retried_after_ten_minutes_of_traffic_credits_once() {
         h.stamp_ms += BATCH_EVERY_MS;
         let hold = u128::from(h.stamp_ms);
         assert!(matches!(h.ok(reserve(hold, "0.01", 30_000)), Reply::Reserved { .. }));
-        assert!(matches!(h.ok(settle(hold, "0.001")), Reply::Settled { .. }));
+        assert!(matches!(h.ok(h.settle(hold, "0.001")), Reply::Settled { .. }));
     }
     let charged = h.account().debits_posted;
     assert_eq!(charged.0, usd("0.001").0 * u128::from(TRAFFIC_MS / BATCH_EVERY_MS));
@@ -235,16 +252,16 @@ fn ended_holds_are_remembered_for_a_bounded_time() {
     let windowed = h.ledger.n_op_ids_remembered();
     for hold in 0..1_000 {
         h.ok(reserve(hold, "0.01", 600_000));
-        h.ok(settle(hold, "0.001"));
+        h.ok(h.settle(hold, "0.001"));
     }
     h.ok(reserve(1_000, "0.01", 600_000));
     h.ok(Op::Release { account: ACCOUNT, hold: HoldId(1_000) });
     assert_eq!(h.ledger.n_ended_holds_remembered(), 1_001);
     let (reserves, releases) = (1_001, 1);
     assert_eq!(h.ledger.n_op_ids_remembered(), windowed + reserves + releases, "settles: none");
-    let first = h.ok(settle(0, "0.5"));
+    let first = h.ok(h.settle(0, "0.5"));
     h.stamp_ms += HOLDS_REMEMBERED_FOR_MS - 1;
-    assert_eq!(h.ok(settle(0, "0.5")), first, "remembered for the window past its end");
+    assert_eq!(h.ok(h.settle(0, "0.5")), first, "remembered for the window past its end");
     assert_eq!(h.run(reserve(1_000, "0.01", 600_000)), Err(Rejection::HoldExists));
     assert_eq!(h.run(reserve(0, "0.01", 600_000)), Err(Rejection::HoldExists));
     assert_eq!(h.ledger.n_ended_holds_remembered(), 1_001);
@@ -318,14 +335,15 @@ fn expiry_is_applied_from_the_batch_stamp() {
     h.stamp_ms = 2_000;
     h.ok(reserve(3, "0.50", 10_000));
     // Settling the expired hold charges what the balance holds, the rest is written off.
-    let settled = h.ok(settle(1, "0.70"));
+    let settled = h.ok(h.settle(1, "0.70"));
     let expected =
         Reply::Settled { charged: usd("0.50"), released: PicoUsd::ZERO, written_off: usd("0.20") };
     assert_eq!(settled, expected);
     assert_eq!(h.account().available(), 0);
-    // An unknown hold is settled by the same rule.
+    // A hold the ledger never had (its settle within the window of the reserve stamp it
+    // claims) is settled by the same rule.
     assert_eq!(
-        h.ok(settle(9, "0.01")),
+        h.ok(h.settle(9, "0.01")),
         Reply::Settled {
             charged: PicoUsd::ZERO,
             released: PicoUsd::ZERO,
@@ -404,7 +422,7 @@ fn reserve_refuses_revoked_unknown_and_foreign_keys() {
     h.ok(Op::RevokeKey { account: ACCOUNT, key: KEY });
     assert_eq!(h.run(with_key(4, KEY)), Err(Rejection::KeyRevoked));
     // A hold made before the revocation still settles.
-    assert!(matches!(h.ok(settle(3, "0.05")), Reply::Settled { .. }));
+    assert!(matches!(h.ok(h.settle(3, "0.05")), Reply::Settled { .. }));
     assert_eq!(h.account().n_holds, 0);
 }
 
@@ -517,29 +535,49 @@ fn key_of(account: u8, key: u8) -> KeyId {
     KeyId(u64::from(account) * 10 + u64::from(key))
 }
 
-/// The first settle of a hold decides: later ones within `HOLDS_REMEMBERED_FOR_MS` of
-/// batch stamps answer the same, and a settle's charge and write-off add up to the first
-/// one's actual. Past that window a settle may be decided afresh (the ledger's memory is
-/// bounded by time), never before.
-fn check_settle(
-    settled: &mut std::collections::BTreeMap<HoldId, (Reply, PicoUsd, u64)>,
-    stamp_ms: u64,
-    op: &Op,
-    outcome: &Outcome,
-) -> Result<(), TestCaseError> {
-    if let (
-        Op::Settle { hold, actual, .. },
-        Ok(reply @ Reply::Settled { charged, written_off, .. }),
-    ) = (op, outcome)
-    {
-        let first = settled.entry(*hold).or_insert_with(|| (reply.clone(), *actual, stamp_ms));
-        if &first.0 != reply && stamp_ms >= first.2 + HOLDS_REMEMBERED_FOR_MS {
-            *first = (reply.clone(), *actual, stamp_ms);
-        }
-        prop_assert_eq!(&first.0, reply);
-        prop_assert_eq!(charged.0 + written_off.0, first.1 .0);
+/// What the random workload's gateway knows of each hold, and each hold's first settle.
+#[derive(Default)]
+struct Holds {
+    /// The stamp each hold's reserve was answered with; for a hold never reserved, the
+    /// stamp its first settle claimed (its retries claim the same).
+    reserved_at: std::collections::BTreeMap<HoldId, u64>,
+    /// Each hold's first settle: its reply and actual.
+    settled: std::collections::BTreeMap<HoldId, (Reply, PicoUsd)>,
+}
+
+impl Holds {
+    fn settle(&mut self, account: AccountId, hold: HoldId, actual: PicoUsd, stamp_ms: u64) -> Op {
+        let reserved_at_ms = *self.reserved_at.entry(hold).or_insert(stamp_ms);
+        Op::Settle { account, hold, actual, record: RequestRecord::default(), reserved_at_ms }
     }
-    Ok(())
+
+    /// The first settle of a hold decides, for good: a later one answers the same or, once
+    /// the ledger has forgotten the hold, is refused; it is never charged again. A
+    /// settle's charge and write-off add up to the first one's actual. Only a hold made
+    /// afresh (its id reserved again once forgotten) is settled afresh.
+    fn check(&mut self, stamp_ms: u64, op: &Op, outcome: &Outcome) -> Result<(), TestCaseError> {
+        match (op, outcome) {
+            (Op::Reserve { hold, .. }, Ok(Reply::Reserved { reserved_at_ms, .. }))
+                if *reserved_at_ms == stamp_ms =>
+            {
+                self.reserved_at.insert(*hold, *reserved_at_ms);
+                self.settled.remove(hold);
+            }
+            (
+                Op::Settle { hold, actual, .. },
+                Ok(reply @ Reply::Settled { charged, written_off, .. }),
+            ) => {
+                let first = self.settled.entry(*hold).or_insert_with(|| (reply.clone(), *actual));
+                prop_assert_eq!(&first.0, reply);
+                prop_assert_eq!(charged.0 + written_off.0, first.1 .0);
+            }
+            (Op::Settle { hold, .. }, Err(Rejection::HoldForgotten)) => {
+                prop_assert!(self.reserved_at.contains_key(hold));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 proptest! {
@@ -560,7 +598,7 @@ proptest! {
         let mut top_ups: Vec<(Command, Outcome)> = Vec::new();
         let mut revoked = std::collections::BTreeSet::new();
         let mut disabled = std::collections::BTreeSet::new();
-        let mut settled = std::collections::BTreeMap::new();
+        let mut holds = Holds::default();
         let mut commands = Vec::new();
         for account in 0..3u8 {
             let id = AccountId(account.into());
@@ -594,10 +632,9 @@ proptest! {
                         ..KeyUpdate::default()
                     },
                 },
-                Step::Settle { account, hold, cents: n } => Op::Settle {
-                    account: AccountId(account.into()), hold: HoldId(hold.into()), actual: cents(n),
-                    record: RequestRecord::default(),
-                },
+                Step::Settle { account, hold, cents: n } => {
+                    holds.settle(AccountId(account.into()), HoldId(hold.into()), cents(n), stamp_ms)
+                }
                 Step::Release { account, hold } => Op::Release { account: AccountId(account.into()), hold: HoldId(hold.into()) },
                 Step::Tick { ms } => { stamp_ms += u64::from(ms); continue; }
                 Step::Wait { minutes } => { stamp_ms += u64::from(minutes) * 60_000; continue; }
@@ -619,10 +656,10 @@ proptest! {
                     let mut replay = earlier.clone();
                     replay.stamp_ms = stamp_ms;
                     let first = ledger.apply(&replay);
-                    // Past the op-id window a replayed settle is decided afresh, and may
-                    // be its hold's first.
+                    // Past the op-id window a replayed reserve may make its hold afresh,
+                    // and a replayed settle may then be that hold's first.
                     for (command, outcome) in replay.commands.iter().zip(&first) {
-                        check_settle(&mut settled, stamp_ms, &command.op, outcome)?;
+                        holds.check(stamp_ms, &command.op, outcome)?;
                     }
                     let again = ledger.apply(&replay);
                     prop_assert_eq!(first, again);
@@ -645,7 +682,7 @@ proptest! {
                 top_ups.push((Command { id, op: op.clone() }, outcome.clone()));
             }
             match (&op, &outcome) {
-                (Op::Reserve { key, .. }, Ok(Reply::Reserved { available })) if admitted => {
+                (Op::Reserve { key, .. }, Ok(Reply::Reserved { available, .. })) if admitted => {
                     prop_assert!(*available >= 0);
                     prop_assert!(!revoked.contains(key), "reserved with revoked {key:?}");
                     prop_assert!(!disabled.contains(key), "reserved with disabled {key:?}");
@@ -671,8 +708,9 @@ proptest! {
                         disabled.remove(key);
                     }
                 }
-                _ => check_settle(&mut settled, stamp_ms, &op, &outcome)?,
+                _ => {}
             }
+            holds.check(stamp_ms, &op, &outcome)?;
             batches.push(batch);
             let audit = ledger.audit();
             prop_assert!(audit.ok, "{:?}", audit.problems);
@@ -767,4 +805,45 @@ fn top_ups_are_listed_oldest_first_with_their_stamp() {
     assert_eq!(seen, [(usd("2"), usd("2"), 1_000), (usd("1"), usd("3"), 1_010)]);
     assert_eq!(harness.ledger.keys_of(ACCOUNT).count(), 1);
     assert_eq!(harness.ledger.keys_of(AccountId(8)).count(), 0);
+}
+
+/// A settle retried after its hold's ending was forgotten (`HOLDS_REMEMBERED_FOR_MS` past
+/// the end: a caller outside the gateway's `SETTLE_DEADLINE`) is refused and charges
+/// nothing: the hold was settled once. The reserve's stamp it carries tells it from a
+/// hold the ledger never had, which is still charged within the funds.
+#[test]
+fn a_settle_retried_after_its_hold_was_forgotten_is_not_charged_again() {
+    let mut h = Harness::new();
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
+    h.ok(reserve(1, "0.30", 600_000));
+    h.stamp_ms += 5_000;
+    let first = h.ok(h.settle(1, "0.20"));
+    assert!(matches!(first, Reply::Settled { charged, .. } if charged == usd("0.20")));
+    h.stamp_ms += HOLDS_REMEMBERED_FOR_MS - 1;
+    assert_eq!(h.ok(h.settle(1, "0.20")), first, "remembered for the window past its end");
+    h.stamp_ms += 1;
+    assert_eq!(h.run(h.settle(1, "0.20")), Err(Rejection::HoldForgotten));
+    assert_eq!(h.account().debits_posted, usd("0.20"), "charged once");
+    assert_eq!(h.ledger.n_ended_holds_remembered(), 0);
+    // A hold expired and forgotten before its (late) first settle is not charged either:
+    // the ledger cannot tell that settle from a retry.
+    h.ok(reserve(2, "0.30", 1_000));
+    h.stamp_ms += 1_000;
+    let expiring = Op::Release { account: ACCOUNT, hold: HoldId(99) };
+    assert_eq!(h.run(expiring), Err(Rejection::UnknownHold), "a batch that voids hold 2");
+    h.stamp_ms += HOLDS_REMEMBERED_FOR_MS;
+    assert_eq!(h.run(h.settle(2, "0.20")), Err(Rejection::HoldForgotten));
+    // A hold the ledger never had, settled within the window of its claimed reserve, is.
+    let never = Op::Settle {
+        account: ACCOUNT,
+        hold: HoldId(3),
+        actual: usd("0.10"),
+        record: RequestRecord::default(),
+        reserved_at_ms: h.stamp_ms - HOLDS_REMEMBERED_FOR_MS + 1,
+    };
+    assert!(
+        matches!(h.ok(never.clone()), Reply::Settled { charged, .. } if charged == usd("0.10"))
+    );
+    assert!(matches!(h.ok(never), Reply::Settled { charged, .. } if charged == usd("0.10")));
+    assert_eq!(h.account().debits_posted, usd("0.30"));
 }

@@ -29,7 +29,10 @@ pub const FORMAT_MAGIC: [u8; 3] = *b"SRL";
 /// request record's time to first token, the `KeysOf` read.
 /// 6: dashboard users and revoked sessions (`Op::CreateUser`, `Op::RevokeSession`),
 /// top-ups stamped.
-pub const FORMAT_VERSION: u8 = 6;
+/// 7: a hold and its `Reserved` reply carry the reserve's stamp, a settle the stamp of
+/// its hold's reserve, and a settle of a forgotten hold is refused
+/// (`Rejection::HoldForgotten`).
+pub const FORMAT_VERSION: u8 = 7;
 /// The versions this build reads.
 pub const FORMAT_VERSIONS_SUPPORTED: &[u8] = &[FORMAT_VERSION];
 /// Magic plus version.
@@ -129,7 +132,10 @@ mod tests {
     }
 
     fn batch() -> Batch {
-        let account = AccountId(7);
+        let (account, stamp_ms) = (AccountId(7), 1_764_000_000_000);
+        // The credit is out of range, so hold 3 is never made; its settle says it was
+        // reserved in this batch, so it is charged (all written off), not refused.
+        let reserved_at_ms = stamp_ms;
         let record = RequestRecord { model: "m".into(), status: 200, ..RequestRecord::default() };
         let ops = [
             Op::CreateAccount { account, name: "acme".into() },
@@ -148,14 +154,14 @@ mod tests {
                 update: KeyUpdate { limit_reset: Some(LimitReset::Daily), ..KeyUpdate::default() },
             },
             Op::Reserve { account, key: KeyId(1), hold: HoldId(3), amount: PicoUsd(5), ttl_ms: 9 },
-            Op::Settle { account, hold: HoldId(3), actual: PicoUsd(4), record },
+            Op::Settle { account, hold: HoldId(3), actual: PicoUsd(4), record, reserved_at_ms },
         ];
         let commands = ops
             .into_iter()
             .enumerate()
             .map(|(i, op)| Command { id: OpId(u128::MAX - i as u128), op })
             .collect();
-        Batch { stamp_ms: 1_764_000_000_000, commands }
+        Batch { stamp_ms, commands }
     }
 
     fn membership() -> StoredMembership {

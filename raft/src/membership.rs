@@ -41,6 +41,16 @@ pub(crate) async fn change(
         }
         MembershipChange::Remove { .. } => None,
     };
+    change_identified(group, change, identified).await
+}
+
+/// [`change`] once the node to add (if any) has said who it is: `identified`. The
+/// simulation, which has no gRPC, identifies its nodes itself.
+pub(crate) async fn change_identified(
+    group: &Group,
+    change: &MembershipChange,
+    identified: Option<Identified>,
+) -> Result<(), LedgerError> {
     let membership = group.raft().metrics().borrow().membership_config.clone();
     let changes = match plan(membership.membership(), change, identified.as_ref())? {
         Plan::Nothing => return Ok(()),

@@ -148,7 +148,10 @@ async fn a_lagging_node_catches_up_from_a_snapshot() {
             created_ms: 1_700_000_000_000 + n as u64,
             ..RequestRecord::default()
         };
-        let settle = Op::Settle { account, hold: HoldId(n), actual: PicoUsd(1), record };
+        // Holds never reserved, charged as such: a reserve stamp no later than now.
+        let reserved_at_ms = u64::MAX;
+        let settle =
+            Op::Settle { account, hold: HoldId(n), actual: PicoUsd(1), record, reserved_at_ms };
         submit_to_leader(&nodes, Command { id: OpId(1_000 + n), op: settle }).await;
     }
     let total = PicoUsd(N_TOP_UPS * TOP_UP.0);

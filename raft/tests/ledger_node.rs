@@ -151,7 +151,7 @@ async fn restart_on_the_same_directory_keeps_the_state() {
     let dir = tempfile::tempdir().unwrap();
     let hold = HoldId(99);
     let key_hash = [3u8; 32];
-    {
+    let reserved_at_ms = {
         let node = LedgerNode::open_single(dir.path()).await.unwrap();
         submit_ok(&node, create_account(1)).await;
         submit_ok(&node, top_up(2)).await;
@@ -166,9 +166,11 @@ async fn restart_on_the_same_directory_keeps_the_state() {
             amount: PicoUsd(400),
             ttl_ms: 60_000,
         };
-        submit_ok(&node, Command { id: OpId(4), op: reserve }).await;
+        let reserved = submit_ok(&node, Command { id: OpId(4), op: reserve }).await;
+        let Reply::Reserved { reserved_at_ms, .. } = reserved else { panic!("{reserved:?}") };
         // Dropped without shutdown, like a process that just stops using it.
-    }
+        reserved_at_ms
+    };
     let node = LedgerNode::open_single(dir.path()).await.unwrap();
     node.read_local(|ledger| {
         let account = ledger.account(ACCOUNT).expect("account survived");
@@ -182,6 +184,7 @@ async fn restart_on_the_same_directory_keeps_the_state() {
         hold,
         actual: PicoUsd(300),
         record: RequestRecord::default(),
+        reserved_at_ms,
     };
     let reply = submit_ok(&node, Command { id: OpId(5), op: settle }).await;
     let expected =
@@ -302,7 +305,7 @@ async fn an_unknown_stored_format_version_is_refused() {
 
         let error = LedgerNode::open_single_with(dir.path(), &options).await.err();
         let error = error_chain(&error.expect("an unknown version must not open"));
-        let expected = "unsupported ledger format version 99; this build reads versions [6]";
+        let expected = "unsupported ledger format version 99; this build reads versions [7]";
         assert!(error.contains(expected), "{error}");
 
         overwrite(dir.path(), table_name, &key, &value).await;

@@ -1,5 +1,7 @@
 //! The simulated cluster: nodes that each host a replica of every group over a
-//! [`MemStore`], crashed and restarted at will, behind the simulated [`Net`].
+//! [`MemStore`], crashed and restarted at will, behind the simulated [`Net`]; nodes join
+//! and leave it through the production membership change (`membership.rs`), at each
+//! group's leader, towards the voters an operator wants.
 
 use super::invariants::Invariants;
 use super::network::{Net, SimNetwork};
@@ -8,10 +10,13 @@ use super::trace::Trace;
 use crate::error::LedgerError;
 use crate::group::{Clock, Group};
 use crate::history::{History, HISTORY_RETENTION_DEFAULT};
+use crate::incarnation::Identified;
 use crate::incarnation::{self, Identity, IDENTITY_TREE};
 use crate::log_store::LogStore;
+use crate::membership;
 use crate::state_machine::StateMachine;
 use crate::types::{Member, NodeId};
+use crate::wire::MembershipChange;
 use crate::{
     group_of_slot, slot_of, NodeStats, APPEND_ENTRIES_MAX, ELECTION_TIMEOUT_MAX,
     ELECTION_TIMEOUT_MIN, HEARTBEAT_INTERVAL,
@@ -20,8 +25,8 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use solrouter_ledger::{AccountId, Command, Ledger, Outcome};
-use std::collections::BTreeMap;
+use solrouter_ledger::{AccountId, Batch, Command, Ledger, Outcome};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +42,11 @@ async fn stop_started(groups: &[Group], why: String) -> String {
 
 /// The simulated wall clock starts here (2023-11-14), so stamps look like real ones.
 const EPOCH_MS: u64 = 1_700_000_000_000;
+/// How long one membership change at a leader may take before it is left for a later
+/// step (a learner catching up, a joint configuration committing), and how long the
+/// leader has to commit the empty batch that tells the group's voters.
+const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+const MEMBERSHIP_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The shape of one simulated cluster, drawn from the seed.
 #[derive(Clone, Debug)]
@@ -104,13 +114,47 @@ pub struct Cluster {
 
 struct ClusterState {
     rng: StdRng,
+    /// Every node of the cluster: members, nodes being added, nodes being removed.
     nodes: BTreeMap<NodeId, Slot>,
+    /// The voters the operator wants every group to have; membership steps work towards
+    /// them.
+    wanted: BTreeSet<NodeId>,
+    /// What is known of each group's membership.
+    members: Vec<Members>,
+    /// Nodes removed from every group (not wiped), with their disks, to be re-added.
+    removed: BTreeMap<NodeId, Disk>,
+    next_id: NodeId,
     /// How far each node's wall clock has been stepped, in ms (it survives a restart,
     /// as a machine's clock does).
     clock_steps: BTreeMap<NodeId, Arc<AtomicI64>>,
     n_incarnations: u64,
     n_crashes: u64,
     n_fatal_restarts: u64,
+    /// Membership changes that completed (one group each).
+    n_membership_changes: u64,
+}
+
+/// One group's membership as the simulation knows it: the voters and learners of the last
+/// configuration known to be committed, and the voter sets a change whose outcome is not
+/// known yet may have left (a change that timed out can still commit later). The group's
+/// voters are one of `voters` and `maybe`.
+#[derive(Clone, Debug, Default)]
+struct Members {
+    voters: BTreeSet<NodeId>,
+    learners: BTreeSet<NodeId>,
+    maybe: Vec<BTreeSet<NodeId>>,
+}
+
+impl Members {
+    fn settled(&self, wanted: &BTreeSet<NodeId>) -> bool {
+        self.voters == *wanted && self.learners.is_empty() && self.maybe.is_empty()
+    }
+
+    fn holds(&self, id: NodeId) -> bool {
+        self.voters.contains(&id)
+            || self.learners.contains(&id)
+            || self.maybe.iter().any(|voters| voters.contains(&id))
+    }
 }
 
 enum Slot {
@@ -132,13 +176,20 @@ impl Cluster {
         let net = Net::new(StdRng::seed_from_u64(rng.gen()));
         let nodes = (1..=shape.n_nodes).map(|id| (id, Slot::Down(BTreeMap::new()))).collect();
         let clock_steps = (1..=shape.n_nodes).map(|id| (id, Arc::default())).collect();
+        let founders: BTreeSet<NodeId> = (1..=shape.n_nodes).collect();
+        let members = Members { voters: founders.clone(), ..Members::default() };
         let state = ClusterState {
             rng,
             nodes,
+            wanted: founders,
+            members: vec![members; shape.n_groups as usize],
+            removed: BTreeMap::new(),
+            next_id: shape.n_nodes + 1,
             clock_steps,
             n_incarnations: 0,
             n_crashes: 0,
             n_fatal_restarts: 0,
+            n_membership_changes: 0,
         };
         let origin = tokio::time::Instant::now();
         let invariants = Arc::default();
@@ -186,8 +237,9 @@ impl Cluster {
         group_of_slot(slot_of(account), self.shape.n_groups)
     }
 
+    /// Every node of the cluster now, founders or added since, up or down.
     pub fn node_ids(&self) -> Vec<NodeId> {
-        (1..=self.shape.n_nodes).collect()
+        self.lock().nodes.keys().copied().collect()
     }
 
     pub fn down_ids(&self) -> Vec<NodeId> {
@@ -266,6 +318,10 @@ impl Cluster {
     /// Restarts of a node whose Raft stopped on a storage error.
     pub fn n_fatal_restarts(&self) -> u64 {
         self.lock().n_fatal_restarts
+    }
+
+    pub fn n_membership_changes(&self) -> u64 {
+        self.lock().n_membership_changes
     }
 
     /// Makes node `id`'s disk fast and working again, if the node is up.
@@ -357,7 +413,15 @@ impl Cluster {
                     Slot::Down(disk) => (*id, disk.clone()),
                 })
                 .collect();
-            self.invariants.check_durable(&disks);
+            let voters: Vec<Vec<BTreeSet<NodeId>>> = state
+                .members
+                .iter()
+                .map(|members| {
+                    let known = std::iter::once(members.voters.clone());
+                    known.chain(members.maybe.iter().cloned()).collect()
+                })
+                .collect();
+            self.invariants.check_durable(&disks, &voters);
             running
         };
         self.trace.event(self.now_ms(), format!("crash node {id}"));
@@ -381,6 +445,201 @@ impl Cluster {
     /// The identity of node `id`'s data directory, if it is up.
     pub fn identity(&self, id: NodeId) -> Option<Identity> {
         self.running(id).map(|running| running.identity)
+    }
+
+    /// The voters the operator wants, and the removed nodes that may be re-added.
+    pub fn wanted_voters(&self) -> BTreeSet<NodeId> {
+        self.lock().wanted.clone()
+    }
+
+    pub fn removed_ids(&self) -> Vec<NodeId> {
+        self.lock().removed.keys().copied().collect()
+    }
+
+    /// Whether some group's membership is not (known to be) the wanted voters yet, or a
+    /// node that left every group is still to be retired.
+    pub fn membership_pending(&self) -> bool {
+        let state = self.lock();
+        let holds = |id: &NodeId| state.members.iter().any(|members| members.holds(*id));
+        !state.members.iter().all(|members| members.settled(&state.wanted))
+            || state.nodes.keys().any(|id| !state.wanted.contains(id) && !holds(id))
+    }
+
+    /// The operator starts a node that was never part of the cluster, under a new id, on
+    /// an empty disk, and wants it as a voter.
+    pub async fn add_node(&self) -> NodeId {
+        let id = {
+            let mut state = self.lock();
+            let id = state.next_id;
+            state.next_id += 1;
+            state.nodes.insert(id, Slot::Down(Disk::new()));
+            state.clock_steps.insert(id, Arc::default());
+            state.wanted.insert(id);
+            id
+        };
+        self.trace.event(self.now_ms(), format!("add new node {id}"));
+        self.restart(id).await;
+        id
+    }
+
+    /// The operator removes voter `id`: once no group has it, it stops (its disk kept).
+    pub fn remove_node(&self, id: NodeId) {
+        self.lock().wanted.remove(&id);
+        self.trace.event(self.now_ms(), format!("remove node {id}"));
+    }
+
+    /// The operator brings a removed node back under its id, with its disk as it was.
+    pub async fn readd_node(&self, id: NodeId) {
+        {
+            let mut state = self.lock();
+            let Some(disk) = state.removed.remove(&id) else { return };
+            state.nodes.insert(id, Slot::Down(disk));
+            state.wanted.insert(id);
+        }
+        self.trace.event(self.now_ms(), format!("re-add node {id}"));
+        self.restart(id).await;
+    }
+
+    /// Node `id`'s disk is wiped; the operator removes it and adds a node under a new id
+    /// in its place (the wiped node cannot come back under its id: `incarnation.rs`).
+    pub async fn replace_wiped(&self, id: NodeId) -> NodeId {
+        self.wipe(id).await;
+        self.remove_node(id);
+        self.add_node().await
+    }
+
+    /// One membership change towards the wanted voters in every group that differs
+    /// (removals first: a wiped voter leaves before its replacement joins), each at the
+    /// group's leader through `membership::change`, which a gateway's `remove_node` and
+    /// `add_node` run; then retires the nodes that no group has any more. A change that
+    /// fails (no leader, a voter unreachable, a timeout) is left for a later step. Says
+    /// whether every group is known to have exactly the wanted voters.
+    pub async fn membership_step(&self) -> bool {
+        for group in 0..self.shape.n_groups {
+            let (members, wanted) = {
+                let state = self.lock();
+                (state.members[group as usize].clone(), state.wanted.clone())
+            };
+            if members.settled(&wanted) {
+                continue;
+            }
+            let leaving = members.voters.union(&members.learners).find(|id| !wanted.contains(id));
+            let change = match (leaving, wanted.difference(&members.voters).next()) {
+                (Some(&id), _) => Some(MembershipChange::Remove { id }),
+                (None, Some(&id)) => Some(MembershipChange::Add { id, addr: String::new() }),
+                // Only `maybe` is in doubt: learning the voters settles it.
+                (None, None) => None,
+            };
+            if let Some(change) = change {
+                self.change_membership(group, change).await;
+            }
+            self.learn_members(group).await;
+        }
+        self.retire_removed().await;
+        let state = self.lock();
+        state.members.iter().all(|members| members.settled(&state.wanted))
+    }
+
+    /// Runs `change` at `group`'s leader, if there is one; until the group's membership
+    /// is learnt again, the voters it would leave are possible.
+    async fn change_membership(&self, group: u32, change: MembershipChange) {
+        let Some(leader) = self.leader(group) else { return };
+        let identified = match &change {
+            MembershipChange::Add { id, .. } => match self.identity(*id) {
+                // A node never part of a cluster knows no members (a re-added one would
+                // name ours, which `membership::plan` accepts the same).
+                Some(identity) => Some(Identified { identity, members: BTreeMap::new() }),
+                None => return,
+            },
+            MembershipChange::Remove { .. } => None,
+        };
+        {
+            let mut state = self.lock();
+            let members = &mut state.members[group as usize];
+            let mut after = members.voters.clone();
+            match &change {
+                MembershipChange::Add { id, .. } => after.insert(*id),
+                MembershipChange::Remove { id } => after.remove(id),
+            };
+            members.maybe.push(after);
+        }
+        self.net.unpaused(&[leader.identity.node_id]).await;
+        let group_ref = &leader.groups[group as usize];
+        let changing = membership::change_identified(group_ref, &change, identified);
+        let result = match tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, changing).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_elapsed) => Err("timed out".to_owned()),
+        };
+        if result.is_ok() {
+            self.lock().n_membership_changes += 1;
+        }
+        let what = format!("group {group}: membership change {change:?}: {result:?}");
+        self.trace.event(self.now_ms(), what);
+    }
+
+    /// Learns `group`'s membership from its leader: once an empty batch it proposed has
+    /// committed, the membership it held when that batch was appended is committed too.
+    /// A uniform configuration learnt so replaces what was known and what was possible; a
+    /// joint one, or one appended after the batch, only adds to what is possible.
+    async fn learn_members(&self, group: u32) {
+        let Some(leader) = self.leader(group) else { return };
+        let raft = leader.groups[group as usize].raft();
+        let before = raft.metrics().borrow().membership_config.clone();
+        let stamp_ms = leader.groups[group as usize].next_stamp_ms();
+        let writing = raft.client_write(Batch { stamp_ms, commands: Vec::new() });
+        let Ok(Ok(written)) = tokio::time::timeout(MEMBERSHIP_READ_TIMEOUT, writing).await else {
+            return;
+        };
+        let after = raft.metrics().borrow().membership_config.clone();
+        let configs = after.membership().get_joint_config().clone();
+        let committed = after.log_id() == before.log_id()
+            && after.log_id().is_none_or(|log_id| log_id.index < written.log_id.index);
+        let mut state = self.lock();
+        let members = &mut state.members[group as usize];
+        if committed && configs.len() == 1 {
+            members.voters = configs.into_iter().next().expect("one configuration");
+            members.learners = after.membership().learner_ids().collect();
+            members.maybe.clear();
+        } else {
+            members.maybe.extend(before.membership().get_joint_config().iter().cloned());
+            members.maybe.extend(configs);
+        }
+    }
+
+    /// The node that leads `group` in its own eyes, if it is up.
+    fn leader(&self, group: u32) -> Option<Arc<Running>> {
+        let ids = self.node_ids();
+        ids.into_iter().filter_map(|id| self.running(id)).find(|running| {
+            let stats = running.groups[group as usize].stats();
+            stats.leader_id == Some(running.identity.node_id)
+        })
+    }
+
+    /// Stops the nodes no group has as a member any more and the operator does not want:
+    /// a removed node's disk is kept (it may be re-added), a wiped one's dropped.
+    async fn retire_removed(&self) {
+        let leaving: Vec<NodeId> = {
+            let state = self.lock();
+            let holds = |id: &NodeId| state.members.iter().any(|members| members.holds(*id));
+            state
+                .nodes
+                .keys()
+                .filter(|id| !state.wanted.contains(id) && !holds(id))
+                .copied()
+                .collect()
+        };
+        for id in leaving {
+            self.crash(id).await;
+            let mut state = self.lock();
+            let Some(Slot::Down(disk)) = state.nodes.remove(&id) else {
+                unreachable!("node {id} crashed just now")
+            };
+            if !self.invariants.is_wiped(id) {
+                state.removed.insert(id, disk);
+            }
+            drop(state);
+            self.trace.event(self.now_ms(), format!("node {id} left the cluster"));
+        }
     }
 
     /// Starts node `id` from what its disk holds, if it is down. Founding is done once,

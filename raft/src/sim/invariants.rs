@@ -4,7 +4,8 @@
 //!   saved when `save_vote` returns: openraft then acts on it, answering the candidate);
 //! * the entry at (group, index) never changes once applied anywhere;
 //! * an acknowledged command never disappears: the entry it was first applied in stays on
-//!   the stable storage (log, or a snapshot covering it) of a majority of the nodes,
+//!   the stable storage (log, or a snapshot covering it) of a majority of its group's
+//!   voters (while a membership change is under way, of one voter set the group may have),
 //!   checked after every crash, when unsynced writes are lost. A node whose disk was wiped
 //!   counts as holding it: its peers refuse its new incarnation (`incarnation.rs`), so
 //!   it can never help elect a leader without the entry.
@@ -18,7 +19,7 @@ use crate::types::{Entry, NodeId};
 use openraft::{EntryPayload, Vote};
 use solrouter_ledger::{Fnv1a, OpId};
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hasher;
 use std::sync::Mutex;
 
@@ -38,7 +39,7 @@ struct State {
     /// Entries holding an acknowledged command: (group, index) → fingerprint.
     acknowledged: BTreeMap<(u32, u64), u64>,
     /// Nodes whose disk was wiped.
-    wiped: std::collections::BTreeSet<NodeId>,
+    wiped: BTreeSet<NodeId>,
 }
 
 /// The fingerprint of an entry as stored: the same bytes the log holds.
@@ -98,6 +99,10 @@ impl Invariants {
         state.wiped.insert(node);
     }
 
+    pub fn is_wiped(&self, node: NodeId) -> bool {
+        self.lock().wiped.contains(&node)
+    }
+
     /// Node `node`'s replica of `group` applies `entry`.
     pub fn entry_applied(&self, node: NodeId, group: u32, entry: &Entry) {
         let bytes = codec::encode(entry).expect("an entry encodes");
@@ -133,12 +138,13 @@ impl Invariants {
     }
 
     /// After a crash: every entry holding an acknowledged command is still on the stable
-    /// storage of a majority of the nodes, in its log or under its snapshot.
-    pub fn check_durable(&self, disks: &BTreeMap<NodeId, Disk>) {
-        let majority = disks.len() / 2 + 1;
+    /// storage of a majority of its group's voters, in its log or under its snapshot.
+    /// `voters[group]` are the voter sets the group may have now (while a membership
+    /// change is under way, the one before it and those it may have left): the entry
+    /// must be on a majority of one of them. A removed voter's disk no longer counts.
+    pub fn check_durable(&self, disks: &BTreeMap<NodeId, Disk>, voters: &[Vec<BTreeSet<NodeId>>]) {
         let state = self.lock();
-        let groups: std::collections::BTreeSet<u32> =
-            state.acknowledged.keys().map(|(group, _)| *group).collect();
+        let groups: BTreeSet<u32> = state.acknowledged.keys().map(|(group, _)| *group).collect();
         // Per node and group: the index its saved snapshot covers.
         let covered: BTreeMap<(NodeId, u32), u64> = disks
             .iter()
@@ -150,21 +156,24 @@ impl Invariants {
             })
             .collect();
         for (&(group, index), &print) in &state.acknowledged {
-            let holders = disks.iter().filter(|(node, disk)| {
-                let logged = disk
-                    .get(&format!("{group}/log"))
+            let holds = |node: &NodeId| {
+                let logged = disks
+                    .get(node)
+                    .and_then(|disk| disk.get(&format!("{group}/log")))
                     .and_then(|log| log.get(&index.to_be_bytes()[..]))
                     .is_some_and(|bytes| fingerprint(bytes) == print);
                 logged
-                    || covered.get(&(**node, group)).is_some_and(|covered| *covered >= index)
+                    || covered.get(&(*node, group)).is_some_and(|covered| *covered >= index)
                     || state.wiped.contains(node)
-            });
-            let n_holders = holders.count();
+            };
+            let counts: Vec<(usize, usize)> = voters[group as usize]
+                .iter()
+                .map(|voters| (voters.iter().filter(|node| holds(node)).count(), voters.len()))
+                .collect();
             assert!(
-                n_holders >= majority,
+                counts.iter().any(|(n_holders, n_voters)| *n_holders > n_voters / 2),
                 "group {group} index {index}: an acknowledged entry is on the stable storage \
-                 of {n_holders} of {} nodes",
-                disks.len()
+                 of only (holders, voters) {counts:?} of the group's possible voter sets"
             );
         }
     }
@@ -222,11 +231,24 @@ mod tests {
         invariants.acknowledged(0, OpId(10));
         let holding = disk_with(&[&acknowledged]);
         let other = disk_with(&[&entry(2, 1, 11)]);
+        let voters = [vec![BTreeSet::from([1, 2, 3])]];
         let two_of_three = [(1, holding.clone()), (2, holding.clone()), (3, other.clone())];
-        invariants.check_durable(&two_of_three.into_iter().collect());
+        invariants.check_durable(&two_of_three.into_iter().collect(), &voters);
+        // Node 1 was removed, node 4 added: two of the voters {2, 3, 4} must hold it.
+        let four: BTreeMap<NodeId, Disk> =
+            [(1, holding.clone()), (2, holding.clone()), (3, other.clone()), (4, other.clone())]
+                .into_iter()
+                .collect();
+        let lost = std::panic::catch_unwind(|| {
+            invariants.check_durable(&four, &[vec![BTreeSet::from([2, 3, 4])]]);
+        });
+        assert!(lost.is_err(), "an entry on one voter of three passed");
+        // While that change may be under way, the voters before it count too.
+        let changing = [vec![BTreeSet::from([1, 2, 3]), BTreeSet::from([2, 3, 4])]];
+        invariants.check_durable(&four, &changing);
         let one_of_three = [(1, holding), (2, other.clone()), (3, other)];
         let lost = std::panic::catch_unwind(|| {
-            invariants.check_durable(&one_of_three.into_iter().collect());
+            invariants.check_durable(&one_of_three.into_iter().collect(), &voters);
         });
         assert!(lost.is_err(), "an entry on one node of three passed");
     }

@@ -17,10 +17,14 @@
 //! hour, now and then takes the ledger down for longer than holds live, and crashes nodes
 //! the instant a named write (a vote, an append, a purge, a snapshot...) returns, and makes
 //! disks fail with EIO or ENOSPC for a while (a node whose Raft stopped on the error is
-//! restarted once its disk works, as its supervisor restarts it); throughout,
+//! restarted once its disk works, as its supervisor restarts it), while an operator
+//! changes the membership (adds a node under a new id, removes a voter, re-adds a removed
+//! node, replaces a voter whose disk was wiped with a node under a new id; each group at
+//! its leader, through the production `membership` code); throughout,
 //! the `invariants` are checked as they could break (a recovered vote never below a
 //! saved one, the entry at an index never changes once applied anywhere, an acknowledged
-//! command's entry always on a majority's stable storage); heal everything; resend every
+//! command's entry always on the stable storage of a majority of its group's voters);
+//! heal everything and finish the membership changes under way; resend every
 //! command (an acknowledged one must get its first outcome again; an in-doubt one is
 //! settled by this); wait until the replicas of each group have applied the same log;
 //! then check:
@@ -75,8 +79,10 @@ use workload::{Client, History, Record, Router};
 /// Seeds a plain `cargo test` runs: enough to meet every kind of fault many times, within
 /// the test budget of about a minute.
 const SEEDS_DEFAULT: u64 = 48;
-/// The seed the replay test runs twice.
+/// The seed the replay test runs twice (and the targeted tests start from), and one whose
+/// run changes the membership (four changes over two groups), replayed too.
 const REPLAY_SEED: u64 = 4;
+const MEMBERSHIP_REPLAY_SEED: u64 = 13;
 /// How long the nemesis strikes, drawn from this range of simulated milliseconds.
 const FAULT_MS_MIN: u64 = 3_000;
 const FAULT_MS_MAX: u64 = 8_000;
@@ -120,20 +126,26 @@ fn seeded_runs_keep_money_exact_and_replicas_identical() {
     }
 }
 
-/// The whole point of a seed: running it again retraces the same run, event for event.
+/// The whole point of a seed: running it again retraces the same run, event for event,
+/// membership changes included.
 #[test]
 fn a_seed_replays_identically() {
     let honest = DiskFaults::default();
-    let replay = || run(REPLAY_SEED, false, honest, Length::Drawn);
-    let first = replay().unwrap_or_else(|f| panic!("{}", f.message));
-    let second = replay().unwrap_or_else(|f| panic!("{}", f.message));
-    assert_eq!(first, second, "seed {REPLAY_SEED} did not replay identically");
+    for seed in [REPLAY_SEED, MEMBERSHIP_REPLAY_SEED] {
+        let replay = || run(seed, false, honest, Length::Drawn);
+        let first = replay().unwrap_or_else(|f| panic!("{}", f.message));
+        let second = replay().unwrap_or_else(|f| panic!("{}", f.message));
+        assert_eq!(first, second, "seed {seed} did not replay identically");
+        if seed == MEMBERSHIP_REPLAY_SEED {
+            assert!(first.n_membership_changes > 0, "seed {seed} changed no membership");
+        }
+    }
 }
 
 /// The seed of the run beyond the ledger's windows, and how long its faults last:
 /// beyond the op-id and ended-hold windows by twice the margin, so the retries after
 /// healing of what was acknowledged in the first seconds come after both.
-const BEYOND_WINDOWS_SEED: u64 = 7;
+const BEYOND_WINDOWS_SEED: u64 = 10;
 const BEYOND_WINDOWS_MS: u64 = if OPS_REMEMBERED_FOR_MS > HOLDS_REMEMBERED_FOR_MS {
     OPS_REMEMBERED_FOR_MS
 } else {
@@ -146,11 +158,12 @@ const LONG_RUN_SEEDS: u64 = 4;
 
 /// Issue 9, "runs long enough to evict any bounded window": a run whose faults outlast
 /// the op-id window (`OPS_REMEMBERED_FOR_MS`) and the ended-hold window
-/// (`HOLDS_REMEMBERED_FOR_MS`); acknowledged top-ups are retried after both, mid-run and
-/// after healing, and must answer their first reply and credit once (the money checks).
-/// Settles are not retried that late: one past the ended-hold window is charged again
-/// (seed 7 showed it: the retry answered `Settled { released: 0, .. }`, a second charge),
-/// which only the gateway's settle deadline rules out.
+/// (`HOLDS_REMEMBERED_FOR_MS`); acknowledged top-ups and settles are retried after both,
+/// mid-run and after healing: a top-up must answer its first reply and credit once, a
+/// settle its first reply or `HoldForgotten`, and charge once (the money checks). Seed 10
+/// retries settles that late and changes the membership meanwhile. (Seed 7, with the
+/// workload of then, found a settle retried past the ended-hold window charged again,
+/// answering `Settled { released: 0, .. }`, before a settle carried its reserve's stamp.)
 #[test]
 fn a_run_beyond_the_ledger_windows_credits_late_top_up_retries_once() {
     check_beyond_windows(BEYOND_WINDOWS_SEED, BEYOND_WINDOWS_MS);
@@ -171,6 +184,7 @@ fn check_beyond_windows(seed: u64, fault_ms: u64) {
         Ok(summary) => {
             println!("{summary:?}");
             assert!(summary.n_late_retries > 0, "seed {seed}: nothing was retried late");
+            assert!(summary.n_forgotten_settles > 0, "seed {seed}: no settle retried late");
         }
         Err(failure) => panic!(
             "sim: seed {seed} ({fault_ms} ms of faults) failed: {}\n{}",
@@ -297,7 +311,7 @@ fn a_leader_clock_step_neither_voids_live_holds_nor_freezes_ledger_time() {
         cluster.step_clock(leader, -2 * HOUR_MS);
         assert!(matches!(
             router.submit(&command(reserve(2)), RESOLVE_ATTEMPTS_MAX).await,
-            Some(Ok(Reply::Reserved { available: 0 }))
+            Some(Ok(Reply::Reserved { available: 0, .. }))
         ));
         tokio::time::sleep(Duration::from_millis(TTL_MS + 1_000)).await;
         assert_eq!(
@@ -639,8 +653,13 @@ struct Summary {
     /// Restarts of a node whose Raft stopped on a disk error: nonzero means EIO or ENOSPC
     /// struck a write.
     n_fatal_restarts: u64,
-    /// Retries of acknowledged commands past the ledger's windows (long runs only).
+    /// Membership changes completed (one group each), and nodes in the cluster at the end.
+    n_membership_changes: u64,
+    n_nodes_at_end: usize,
+    /// Retries of acknowledged commands past the ledger's windows (long runs only), and
+    /// the settles among them refused as forgotten.
     n_late_retries: u64,
+    n_forgotten_settles: u64,
     /// Settles whose usage exceeded the funds (part written off), and reserves refused
     /// for a revoked key: nonzero means those paths ran.
     n_write_offs: usize,
@@ -756,7 +775,10 @@ async fn simulate(seed: u64, trace: Arc<Trace>, faults: DiskFaults, length: Leng
         n_in_doubt: during_faults.iter().filter(|r| r.outcome.is_none()).count(),
         n_crashes: cluster.n_crashes(),
         n_fatal_restarts: cluster.n_fatal_restarts(),
+        n_membership_changes: cluster.n_membership_changes(),
+        n_nodes_at_end: cluster.node_ids().len(),
         n_late_retries: history.n_late_retries(),
+        n_forgotten_settles: history.n_forgotten_settles(),
         n_write_offs: outcomes()
             .filter(|o| matches!(o, Ok(Reply::Settled { written_off, .. }) if written_off.0 > 0))
             .count(),
@@ -831,10 +853,7 @@ async fn resolve(cluster: &Arc<Cluster>, history: &Arc<History>, seed: u64) {
                     );
                 };
                 match record.outcome {
-                    Some(first) => assert_eq!(
-                        outcome, first,
-                        "resending acknowledged {command:?} changed its outcome"
-                    ),
+                    Some(first) => history.answered_again(command, &first, &outcome, age_ms),
                     None => {
                         let now_ms = router.cluster().now_ms();
                         history.set_outcome(record_idx, outcome, now_ms);

@@ -5,7 +5,9 @@
 //! named write (a vote, an append, the committed index, a purge, a snapshot), crashes in
 //! the middle of an election, ledger outages longer than a hold lives, and wall clocks
 //! stepped forward or back, and disks failing for a while (EIO on every call, or ENOSPC
-//! on writes): a node whose Raft stopped on the error is restarted once the disk works.
+//! on writes): a node whose Raft stopped on the error is restarted once the disk works;
+//! and an operator changing the membership meanwhile: adding a node under a new id,
+//! removing a voter, re-adding a removed node, replacing a voter whose disk was wiped.
 
 use super::cluster::Cluster;
 use super::network::Weather;
@@ -42,19 +44,30 @@ const DISK_FAILURE_MIN: Duration = Duration::from_millis(20);
 const DISK_FAILURE_MAX: Duration = Duration::from_millis(3_000);
 /// Largest wall clock step, either way: an hour, a VM resumed or a time zone mistaken.
 const CLOCK_STEP_MS_MAX: i64 = 3_600_000;
+/// Voters the operator keeps: never fewer (a group of two stalls on any fault), never
+/// more (each costs replication in every run).
+const VOTERS_MIN: usize = 3;
+const VOTERS_MAX: usize = 5;
+/// Membership steps after healing before the change counts as stuck: each waits for a
+/// leader, so a few elections' worth.
+const MEMBERSHIP_STEPS_AFTER_HEAL_MAX: u32 = 60;
+const MEMBERSHIP_STEP_PAUSE: Duration = Duration::from_millis(200);
 
 pub struct Nemesis {
     cluster: std::sync::Arc<Cluster>,
     rng: StdRng,
+    /// When the faults end (simulated ms).
+    until_ms: u64,
 }
 
 impl Nemesis {
     pub fn new(cluster: std::sync::Arc<Cluster>, rng: StdRng) -> Nemesis {
-        Nemesis { cluster, rng }
+        Nemesis { cluster, rng, until_ms: 0 }
     }
 
     /// Injects faults until the simulated clock reaches `until_ms`.
     pub async fn run(mut self, until_ms: u64) {
+        self.until_ms = until_ms;
         while self.cluster.now_ms() < until_ms {
             let pause = self.rng.gen_range(Duration::ZERO..=FAULT_PAUSE_MAX);
             tokio::time::sleep(pause).await;
@@ -63,7 +76,7 @@ impl Nemesis {
     }
 
     /// Ends every fault: links heal, the weather calms, paused processes resume, disks
-    /// speed up, crashed nodes restart.
+    /// speed up, crashed nodes restart; then the membership changes under way finish.
     pub async fn heal(cluster: &Cluster) {
         cluster.net.heal();
         cluster.net.set_weather(Weather::CALM);
@@ -76,6 +89,14 @@ impl Nemesis {
             cluster.restart(id).await;
         }
         cluster.trace.event(cluster.now_ms(), "heal everything".to_owned());
+        for _ in 0..MEMBERSHIP_STEPS_AFTER_HEAL_MAX {
+            if !cluster.membership_pending() {
+                return;
+            }
+            cluster.membership_step().await;
+            tokio::time::sleep(MEMBERSHIP_STEP_PAUSE).await;
+        }
+        panic!("membership changes did not finish after healing\n{}", cluster.describe());
     }
 
     async fn strike(&mut self) {
@@ -83,9 +104,12 @@ impl Nemesis {
         let n_down = self.cluster.down_ids().len() as u64;
         // Up to a minority down keeps the cluster live most of the time; now and then a
         // majority goes down too, and nothing may commit until it returns.
-        let n_down_max =
-            if self.rng.gen_ratio(1, 10) { ids.len() as u64 - 1 } else { ids.len() as u64 / 2 };
-        match self.rng.gen_range(0..104) {
+        let n_down_max = if self.rng.gen_ratio(1, 10) {
+            ids.len() as u64 - 1
+        } else {
+            (ids.len() as u64 - 1) / 2
+        };
+        match self.rng.gen_range(0..108) {
             0..=14 => self.partition_halves(&ids),
             15..=24 => {
                 let victim = self.leader_or_random(&ids);
@@ -126,6 +150,7 @@ impl Nemesis {
                 self.cluster.net.pause(victim, pause);
                 self.note(format!("pause node {victim} for {pause:?}"));
             }
+            104..=107 => self.change_membership().await,
             96..=99 if n_down < n_down_max => {
                 let victim = self.leader_or_random(&ids);
                 let fault = if self.rng.gen_bool(0.5) { IoFault::Eio } else { IoFault::Enospc };
@@ -138,6 +163,41 @@ impl Nemesis {
                 }
             }
         }
+    }
+
+    /// An operator's membership change, made while the faults go on: a node added under a
+    /// new id, a voter removed, a removed node re-added under its id (its disk as it was),
+    /// or a voter whose disk was wiped replaced by a node under a new id; then one step
+    /// towards it in every group. While an earlier change is unfinished (it failed for
+    /// now), only that one is pushed on, as an operator retries.
+    async fn change_membership(&mut self) {
+        if !self.cluster.membership_pending() {
+            let wanted: Vec<NodeId> = self.cluster.wanted_voters().into_iter().collect();
+            let removed = self.cluster.removed_ids();
+            match self.rng.gen_range(0..4) {
+                0 if wanted.len() < VOTERS_MAX => {
+                    self.cluster.add_node().await;
+                }
+                1 if wanted.len() > VOTERS_MIN => {
+                    let id = *wanted.choose(&mut self.rng).expect("voters");
+                    self.cluster.remove_node(id);
+                }
+                2 if !removed.is_empty() && wanted.len() < VOTERS_MAX => {
+                    let id = *removed.choose(&mut self.rng).expect("removed nodes");
+                    self.cluster.readd_node(id).await;
+                }
+                3 => {
+                    let id = *wanted.choose(&mut self.rng).expect("voters");
+                    self.cluster.replace_wiped(id).await;
+                }
+                _ => {}
+            }
+        }
+        // Within the faults' time, as the other faults: what is left of the change is
+        // finished after healing.
+        let left_ms = self.until_ms.saturating_sub(self.cluster.now_ms());
+        let step = self.cluster.membership_step();
+        let _ = tokio::time::timeout(Duration::from_millis(left_ms), step).await;
     }
 
     fn note(&self, what: String) {

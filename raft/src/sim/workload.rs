@@ -6,9 +6,10 @@
 //! Every command, when it was first sent and when (if ever) its outcome arrived goes into
 //! the [`History`] the checks are made against.
 //!
-//! A retry of an acknowledged command must answer its first outcome; past the ledger's
-//! op-id and ended-hold windows only top-ups are retried ([`retriable`]), as no gateway
-//! retries anything else that late.
+//! A retry of an acknowledged command must answer its first outcome ([`History::answered_again`]:
+//! a settle retried past the ended-hold window may instead be refused as forgotten, never
+//! charged again); past the ledger's op-id and ended-hold windows only top-ups and settles
+//! are retried ([`retriable`]).
 
 use super::cluster::{Cluster, SubmitError};
 use crate::error::LedgerError;
@@ -18,7 +19,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use solrouter_ledger::{
     AccountId, Command, HoldId, KeyHash, KeyId, KeyKind, KeyLimits, Op, OpId, Outcome, PicoUsd,
-    Reply, RequestRecord, HOLDS_REMEMBERED_FOR_MS, OPS_REMEMBERED_FOR_MS,
+    Rejection, Reply, RequestRecord, HOLDS_REMEMBERED_FOR_MS, OPS_REMEMBERED_FOR_MS,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,13 +56,12 @@ pub fn late(age_ms: u64) -> bool {
     age_ms + WINDOW_MARGIN_MS >= OPS_REMEMBERED_FOR_MS.min(HOLDS_REMEMBERED_FOR_MS)
 }
 
-/// Whether a gateway may retry `op` `age_ms` after its outcome, and so whether the ledger
-/// must answer the first outcome again: within the windows any op, past them top-ups only
-/// (remembered for the account's life). A settle past the ended-hold window is charged a
-/// second time (the ledger takes its forgotten hold for an expired one); the gateway's
-/// settle deadline, asserted within half the window, rules that retry out.
+/// Whether `op` is retried `age_ms` after its outcome, and so whether the ledger must
+/// answer it again ([`History::answered_again`]): within the windows any op; past them top-ups
+/// (remembered for the account's life) and settles (refused once their hold is forgotten,
+/// never charged twice), though no gateway retries a settle that late.
 pub fn retriable(op: &Op, age_ms: u64) -> bool {
-    !late(age_ms) || matches!(op, Op::Credit { .. })
+    !late(age_ms) || matches!(op, Op::Credit { .. } | Op::Settle { .. })
 }
 
 /// Every command clients sent, and what was acknowledged for it, and the keys that exist.
@@ -77,6 +77,8 @@ pub struct History {
     ticks: AtomicU64,
     /// Retries of acknowledged commands made past the op-id window.
     n_late_retries: AtomicU64,
+    /// Late settle retries refused as forgotten (and not charged again).
+    n_forgotten_settles: AtomicU64,
 }
 
 #[derive(Clone, Debug)]
@@ -122,6 +124,23 @@ impl History {
 
     pub fn n_late_retries(&self) -> u64 {
         self.n_late_retries.load(Ordering::Relaxed)
+    }
+
+    /// Checks `again`, the outcome of retrying acknowledged `command` `age_ms` after its
+    /// `first`: the first outcome, or for a settle retried late, the refusal of a forgotten
+    /// hold (which charges nothing; counted).
+    pub fn answered_again(&self, command: &Command, first: &Outcome, again: &Outcome, age_ms: u64) {
+        let forgotten =
+            matches!((&command.op, again), (Op::Settle { .. }, Err(Rejection::HoldForgotten)));
+        if forgotten && late(age_ms) {
+            self.n_forgotten_settles.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        assert_eq!(again, first, "retrying acknowledged {command:?} changed its outcome");
+    }
+
+    pub fn n_forgotten_settles(&self) -> u64 {
+        self.n_forgotten_settles.load(Ordering::Relaxed)
     }
 
     pub fn add_key(&self, account: AccountId, key: KeyId) {
@@ -192,8 +211,9 @@ pub struct Client {
     router: Router,
     history: Arc<History>,
     accounts: Vec<AccountId>,
-    /// Holds this client reserved and has not settled or released yet.
-    holds: Vec<(AccountId, HoldId, PicoUsd)>,
+    /// Holds this client reserved and has not settled or released yet, with the stamp
+    /// their reserve was answered with (which their settle carries).
+    holds: Vec<(AccountId, HoldId, PicoUsd, u64)>,
     /// Its own acknowledged records, to replay some of them mid-run, with the simulated
     /// time of their outcome.
     acknowledged: Vec<(Command, Outcome, u64)>,
@@ -253,7 +273,7 @@ impl Client {
             self.history.retried_late();
         }
         if let Some(again) = self.router.submit(&command, ATTEMPTS_MAX).await {
-            assert_eq!(again, first, "replaying acknowledged {command:?} changed its outcome");
+            self.history.answered_again(&command, &first, &again, age_ms);
         }
     }
 
@@ -270,17 +290,17 @@ impl Client {
         let key = self.key_for(account);
         let hold = HoldId(id);
         let reserve = Op::Reserve { account, key, hold, amount, ttl_ms };
-        match self.send(Command { id: OpId(id), op: reserve }).await {
-            Some(Ok(Reply::Reserved { .. })) => {}
+        let reserved_at_ms = match self.send(Command { id: OpId(id), op: reserve }).await {
+            Some(Ok(Reply::Reserved { reserved_at_ms, .. })) => reserved_at_ms,
             Some(_) => return,
             None => {
                 let id = self.next_id();
                 self.send(Command { id: OpId(id), op: Op::Release { account, hold } }).await;
                 return;
             }
-        }
+        };
         // It is this request's hold, not one for the random settles and releases.
-        self.holds.retain(|(_, held, _)| *held != hold);
+        self.holds.retain(|(_, held, ..)| *held != hold);
         let rng = &mut self.router.rng;
         let upstream_ms = rng.gen_range(0..=ttl_ms * 3 / 2);
         let actual = PicoUsd(rng.gen_range(0..=amount.0 * 3));
@@ -288,7 +308,8 @@ impl Client {
         let record =
             RequestRecord { key: Some(key), model: "sim".to_owned(), ..RequestRecord::default() };
         let id = self.next_id();
-        self.send(Command { id: OpId(id), op: Op::Settle { account, hold, actual, record } }).await;
+        let op = Op::Settle { account, hold, actual, record, reserved_at_ms };
+        self.send(Command { id: OpId(id), op }).await;
     }
 
     /// A key of `account` to reserve with: mostly its newest, at times any (revoked ones
@@ -329,10 +350,12 @@ impl Client {
         };
         cluster.trace.event(cluster.now_ms(), what);
         if let Some(outcome) = &outcome {
-            if let (Op::Reserve { account, hold, amount, .. }, Ok(Reply::Reserved { .. })) =
-                (&command.op, outcome)
+            if let (
+                Op::Reserve { account, hold, amount, .. },
+                Ok(Reply::Reserved { reserved_at_ms, .. }),
+            ) = (&command.op, outcome)
             {
-                self.holds.push((*account, *hold, *amount));
+                self.holds.push((*account, *hold, *amount, *reserved_at_ms));
             }
             if let (Op::CreateKey { account, key, .. }, Ok(Reply::KeyCreated)) =
                 (&command.op, outcome)
@@ -372,12 +395,13 @@ impl Client {
             let key = self.key_for(account);
             Op::Reserve { account, key, hold: HoldId(id), amount, ttl_ms }
         } else {
-            let (account, hold, held) = self.holds.swap_remove(rng.gen_range(0..self.holds.len()));
+            let (account, hold, held, reserved_at_ms) =
+                self.holds.swap_remove(rng.gen_range(0..self.holds.len()));
             if roll < 85 {
                 // Up to 1.5× the hold, so some settles charge beyond it.
                 let actual = PicoUsd(rng.gen_range(0..=held.0 * 3 / 2));
                 let record = RequestRecord { model: "sim".to_owned(), ..RequestRecord::default() };
-                Op::Settle { account, hold, actual, record }
+                Op::Settle { account, hold, actual, record, reserved_at_ms }
             } else {
                 Op::Release { account, hold }
             }
