@@ -7,33 +7,19 @@
 
 mod support;
 
-use std::process::Command;
-use support::{data_dir, path, venv_python, Dev, ADMIN_TOKEN, MAIN_VENV};
+use support::{data_dir, path, run_python, Dev, ADMIN_TOKEN};
 
 #[tokio::test]
 async fn the_official_python_sdk_works_with_only_base_url_changed() {
     let dir = data_dir();
     let dev = Dev::start(&path(&dir), &[]);
     let key = dev.demo_key.clone().expect("demo key");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_sdk.py");
-    let base = dev.base.clone();
-    let account = dev.demo_account.clone();
-    let python = venv_python(MAIN_VENV);
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(&python)
-            .arg(script)
-            .env("SOLROUTER_BASE_URL", base)
-            .env("SOLROUTER_KEY", key)
-            .env("SOLROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("SOLROUTER_ACCOUNT", account)
-            .output()
-            .unwrap_or_else(|error| panic!("running {}: {error}", python.display()))
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "openai_sdk.py failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("openai sdk ok"), "{stdout}");
+    let env = [
+        ("SOLROUTER_BASE_URL", dev.base.as_str()),
+        ("SOLROUTER_KEY", key.as_str()),
+        ("SOLROUTER_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("SOLROUTER_ACCOUNT", dev.demo_account.as_str()),
+    ];
+    run_python("openai_sdk.py", &env, "openai sdk ok").await;
     dev.audit_ok().await;
 }

@@ -11,29 +11,15 @@ mod support;
 
 use solrouter_gateway::mock::{self, Knobs, MockConfig};
 use std::time::Duration;
-use support::{data_dir, path, venv_python, Dev, MAIN_VENV, TEST_ENV_HINT};
-
-/// Longest one phase of the script may take.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
+use support::{data_dir, path, run_python, Dev};
 
 async fn run_phase(dev: &Dev, key: &str, phase: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/routing_sdk.py");
-    let python = venv_python(MAIN_VENV);
-    let mut command = tokio::process::Command::new(&python);
-    command
-        .arg(script)
-        .env("SOLROUTER_BASE_URL", &dev.base)
-        .env("SOLROUTER_KEY", key)
-        .env("ROUTING_PHASE", phase)
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("phase {phase}: no result within {SCRIPT_TIMEOUT:?}"))
-        .unwrap_or_else(|error| panic!("running {}: {error}; {TEST_ENV_HINT}", python.display()));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "phase {phase}\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("routing ok"), "{stdout}");
+    let env = [
+        ("SOLROUTER_BASE_URL", dev.base.as_str()),
+        ("SOLROUTER_KEY", key),
+        ("ROUTING_PHASE", phase),
+    ];
+    let stdout = run_python("routing_sdk.py", &env, "routing ok").await;
     println!("{}", stdout.trim_end());
 }
 

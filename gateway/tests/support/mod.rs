@@ -38,6 +38,28 @@ pub fn venv_python(venv: &str) -> PathBuf {
     python
 }
 
+/// Longest a test's Python script may run before the test fails (and the script is killed).
+pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs `gateway/tests/<script>` with the python of `MAIN_VENV` and `env`; fails the test,
+/// showing both outputs, unless the script exits successfully within `SCRIPT_TIMEOUT` and
+/// prints `ok_line`. Returns its stdout.
+pub async fn run_python(script: &str, env: &[(&str, &str)], ok_line: &str) -> String {
+    let python = venv_python(MAIN_VENV);
+    let mut command = tokio::process::Command::new(&python);
+    command.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(script));
+    command.envs(env.iter().copied()).kill_on_drop(true);
+    let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{script}: no result within {SCRIPT_TIMEOUT:?}"))
+        .unwrap_or_else(|error| panic!("running {}: {error}; {TEST_ENV_HINT}", python.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{script} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains(ok_line), "{script} did not print {ok_line:?}:\n{stdout}");
+    stdout
+}
+
 /// A running `solrouter dev` process.
 pub struct Dev {
     child: Child,
