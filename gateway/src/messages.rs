@@ -592,7 +592,12 @@ fn output_config(
     match config.get("format") {
         None | Some(Value::Null) => {}
         Some(format) if format.get("type").and_then(Value::as_str) == Some("json_schema") => {
-            let schema = format.get("schema").cloned().unwrap_or_else(|| json!({}));
+            // Anthropic requires the schema; an absent one is no licence for any JSON.
+            let Some(schema) = format.get("schema").filter(|schema| schema.is_object()).cloned()
+            else {
+                let message = "must be a JSON schema object";
+                return Err(ApiError::invalid_param("output_config.format.schema", message));
+            };
             chat.insert(
                 "response_format".to_owned(),
                 json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}),
@@ -993,6 +998,25 @@ mod tests {
         assert_eq!(body["reasoning_effort"], "high");
         assert_eq!(body["response_format"]["json_schema"]["schema"], schema);
         assert!(!body.contains_key("cache_control") && !body.contains_key("service_tier"));
+    }
+
+    #[test]
+    fn an_output_format_without_a_schema_object_is_refused() {
+        for format in
+            [json!({"type": "json_schema"}), json!({"type": "json_schema", "schema": "x"})]
+        {
+            let Err(error) = parse(json!({
+                "model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+                "output_config": {"format": format},
+            })) else {
+                panic!("{format}: accepted");
+            };
+            assert_eq!(
+                error.to_json()["error"]["param"],
+                "output_config.format.schema",
+                "{format}"
+            );
+        }
     }
 
     #[test]
