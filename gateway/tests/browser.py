@@ -14,6 +14,7 @@ import tempfile
 import openai
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -73,7 +74,10 @@ def text(browser, selector):
 
 
 def wait_for(browser, condition, what):
-    WebDriverWait(browser, WAIT_S).until(lambda b: condition(b), message=what)
+    # A page may be replaced (a form's redirect, a reload) between finding an element and
+    # reading it: that is "not yet", not a failure.
+    retry = (NoSuchElementException, StaleElementReferenceException)
+    WebDriverWait(browser, WAIT_S, ignored_exceptions=retry).until(condition, message=what)
 
 
 def main():
