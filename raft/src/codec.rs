@@ -199,7 +199,7 @@ mod tests {
         assert!(matches!(error, CodecError::UnsupportedVersion { found: 99 }), "{error:?}");
         assert_eq!(
             error.to_string(),
-            "unsupported ledger format version 99; this build reads versions [6]"
+            format!("unsupported ledger format version 99; this build reads versions [{FORMAT_VERSION}]")
         );
     }
 
