@@ -6,30 +6,19 @@ Exits non-zero (with an assertion message) on any mismatch."""
 import json
 import os
 import struct
-import urllib.request
 from decimal import Decimal
 
 import openai
 
-BASE = os.environ["SOLROUTER_BASE_URL"]
+from gateway_http import BASE, get, usd
+
 KEY = os.environ["SOLROUTER_KEY"]
 ADMIN = os.environ["SOLROUTER_ADMIN_TOKEN"]
 ACCOUNT = os.environ["SOLROUTER_ACCOUNT"]
 
 
-def get(path, bearer):
-    request = urllib.request.Request(BASE + path, headers={"Authorization": "Bearer " + bearer})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
 def available():
     return Decimal(get(f"/v1/admin/accounts/{ACCOUNT}", ADMIN)["available"])
-
-
-def usd(cost):
-    """A usage.cost number as an exact decimal (costs here have at most 12 decimals)."""
-    return Decimal(repr(cost)).quantize(Decimal("1e-12"))
 
 
 client = openai.OpenAI(base_url=BASE + "/v1/api", api_key=KEY, max_retries=0, timeout=30)

@@ -5,31 +5,20 @@ SOLROUTER_BASE_URL, SOLROUTER_KEY and ROUTING_PHASE set: phase `both` while both
 answer, phase `failed` after the test stopped `mock-slow`. Exits non-zero (with an
 assertion message) on any mismatch; prints `routing ok: …` on success."""
 
-import json
 import os
-import urllib.request
+import urllib.error
 from decimal import Decimal
 
 import openai
 
-BASE = os.environ["SOLROUTER_BASE_URL"]
+from gateway_http import BASE, get, usd
+
 KEY = os.environ["SOLROUTER_KEY"]
 PHASE = os.environ["ROUTING_PHASE"]
 MODEL = "mock/shared"
 # USD per token, prompt and completion, of each host.
 PRICES = {"mock": (Decimal("0.000002"), Decimal("0.000004")),
           "mock-slow": (Decimal("0.000001"), Decimal("0.000002"))}
-
-
-def get(path):
-    request = urllib.request.Request(BASE + path, headers={"Authorization": "Bearer " + KEY})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
-def usd(cost):
-    """A usage.cost number as an exact decimal (costs here have at most 12 decimals)."""
-    return Decimal(repr(cost)).quantize(Decimal("1e-12"))
 
 
 client = openai.OpenAI(base_url=BASE + "/v1/api", api_key=KEY, max_retries=0, timeout=30)
@@ -57,7 +46,7 @@ def ask(text, provider=None, model=MODEL, stream=False, **extra):
     prompt_price, completion_price = PRICES[host]
     expected = usage.prompt_tokens * prompt_price + usage.completion_tokens * completion_price
     assert usd(usage.cost) == expected, (host, usage, expected)
-    record = get(f"/v1/api/generation?id={answer_id}")["data"]
+    record = get(f"/v1/api/generation?id={answer_id}", KEY)["data"]
     assert record["provider_name"] == host, (record, host)
     assert record["model"] == MODEL, record
     assert Decimal(record["cost_usd"]) == expected, (record, expected)
@@ -75,7 +64,7 @@ def refused(param, **provider):
 
 
 def endpoints():
-    listed = get(f"/v1/api/models/{MODEL}/endpoints")["data"]
+    listed = get(f"/v1/api/models/{MODEL}/endpoints", KEY)["data"]
     assert listed["id"] == MODEL, listed
     return {endpoint["provider_name"]: endpoint for endpoint in listed["endpoints"]}
 
@@ -88,10 +77,10 @@ if PHASE == "both":
     assert hosts["mock-slow"]["quantization"] == "fp8" and hosts["mock"]["quantization"] == "fp16"
     assert "seed" not in hosts["mock-slow"]["supported_parameters"], hosts
     assert all(endpoint["status"] == 0 for endpoint in hosts.values()), hosts
-    listed = {model["id"]: model for model in get("/v1/api/models")["data"]}
+    listed = {model["id"]: model for model in get("/v1/api/models", KEY)["data"]}
     assert listed[MODEL]["pricing"]["prompt"] == "0.000001", "the cheapest endpoint's price"
     try:
-        get("/v1/api/models/nobody/nothing/endpoints")
+        get("/v1/api/models/nobody/nothing/endpoints", KEY)
         raise AssertionError("an unknown model must be a 404")
     except urllib.error.HTTPError as error:
         assert error.code == 404, error

@@ -9,12 +9,14 @@ case's JSON schema as a Pydantic model."""
 import json
 import os
 import sys
-import urllib.request
 from decimal import Decimal
 
 import pydantic
 
-BASE = os.environ["SOLROUTER_BASE_URL"]
+# The scripts of tests/ share gateway_http.py, one directory up.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from gateway_http import BASE, get, usd  # noqa: E402
+
 API = BASE + "/v1/api"
 KEY = os.environ["SOLROUTER_KEY"]
 ADMIN = os.environ["SOLROUTER_ADMIN_TOKEN"]
@@ -39,19 +41,8 @@ def load_image():
 IMAGE_URL = load_image()
 
 
-def get(path, bearer):
-    request = urllib.request.Request(BASE + path, headers={"Authorization": "Bearer " + bearer})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
 def available():
     return Decimal(get(f"/v1/admin/accounts/{ACCOUNT}", ADMIN)["available"])
-
-
-def usd(cost):
-    """A usage.cost number as an exact decimal (costs here have at most 12 decimals)."""
-    return Decimal(repr(cost)).quantize(Decimal("1e-12"))
 
 
 def equal(actual, expected, what):
