@@ -204,7 +204,9 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let (head, caller, body) = accept(app, request).await?;
+    // Boxed, as the stages after it: the request waits for its answer in this future,
+    // which need not keep room for the authentication's state meanwhile.
+    let (head, caller, body) = Box::pin(accept(app, request)).await?;
     let parsed = codec.parse(&body, &head.headers)?;
     drop(body);
     let generation = HoldId(crate::keys::random_u128());
@@ -224,7 +226,11 @@ pub async fn handle(
         deadline: started + app.upstream.timeouts().total,
     };
     detached(move |reply| async move {
-        match reserve(app, &context).await {
+        // Boxed (as the stages in `forward`): a detached task's future is allocated once,
+        // at the size of its largest state, for the task's whole life, which for a
+        // stream is the stream's; boxed, a stage's state is held only while it runs
+        // (docs/benchmarks.md, "Memory per stream").
+        match Box::pin(reserve(app, &context)).await {
             Ok(hold) => forward(app, context, hold, reply).await,
             Err(error) => {
                 let _ = reply.send(Err(error));
@@ -550,9 +556,12 @@ fn affordable_tokens(available: i128, per_token_max: PicoUsd) -> u128 {
 
 /// Stages 7–8: the first candidate that answers gets relayed and settled.
 async fn forward(app: &'static App, context: RequestContext, hold: HoldGuard, reply: Reply) {
-    match first_answer(app, &context.candidates, |model| attempt(app, &context, model)).await {
+    // Boxed, as `reserve` in `handle`: only the relay stays for the stream's life.
+    let answering =
+        Box::pin(first_answer(app, &context.candidates, |model| attempt(app, &context, model)));
+    match answering.await {
         Ok((model, Answer::Complete(completion, native))) => {
-            respond_complete(app, &context, model, completion, native, hold, reply).await
+            Box::pin(respond_complete(app, &context, model, completion, native, hold, reply)).await
         }
         Ok((model, Answer::Stream(stream))) => {
             relay::run(app, &context, model, *stream, hold, reply).await

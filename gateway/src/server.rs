@@ -109,41 +109,54 @@ async fn handle(app: &'static App, request: Request<Incoming>) -> Response {
 
 /// The route table. Returns the route's name (a metrics label with bounded values) and
 /// the shape its errors take.
+///
+/// Every handler's future is boxed: unboxed, this future would be as large as the
+/// largest handler's (16 KiB), and hyper keeps room for it for as long as the connection
+/// lives, an open stream's included; boxed, a request holds only its own handler's state,
+/// and only until its response head is out (docs/benchmarks.md, "Memory per stream").
 async fn route(
     app: &'static App,
     request: Request<Incoming>,
 ) -> (&'static str, ErrorShape, Result<Response, ApiError>) {
     let path = request.uri().path();
     if path.starts_with(admin::PREFIX) {
-        return ("admin", ErrorShape::OpenAi, admin::handle(app, request).await);
+        return ("admin", ErrorShape::OpenAi, Box::pin(admin::handle(app, request)).await);
     }
     if web::serves(path) {
-        return ("web", ErrorShape::OpenAi, Ok(web::handle(app, request).await));
+        return ("web", ErrorShape::OpenAi, Ok(Box::pin(web::handle(app, request)).await));
     }
     let anthropic = ErrorShape::Anthropic;
     let result = match (request.method(), path) {
         (&Method::POST, "/v1/api/chat/completions") => {
-            return ("chat", CHAT.errors(), pipeline::handle(app, &CHAT, request).await);
+            return ("chat", CHAT.errors(), Box::pin(pipeline::handle(app, &CHAT, request)).await);
         }
         (&Method::POST, "/v1/api/responses") => {
-            let result = pipeline::handle(app, &RESPONSES, request).await;
+            let result = Box::pin(pipeline::handle(app, &RESPONSES, request)).await;
             return ("responses", RESPONSES.errors(), result);
         }
         (_, path) if path.starts_with("/v1/api/responses/") => Err(ApiError::not_found(
             "the gateway stores no responses: each POST /v1/api/responses is answered whole",
         )),
         (&Method::POST, "/v1/api/embeddings") => {
-            return ("embeddings", ErrorShape::OpenAi, embeddings::handle(app, request).await);
+            return (
+                "embeddings",
+                ErrorShape::OpenAi,
+                Box::pin(embeddings::handle(app, request)).await,
+            );
         }
         (&Method::POST, "/v1/messages") => {
             return (
                 "messages",
                 MESSAGES.errors(),
-                pipeline::handle(app, &MESSAGES, request).await,
+                Box::pin(pipeline::handle(app, &MESSAGES, request)).await,
             );
         }
         (&Method::POST, "/v1/messages/count_tokens") => {
-            return ("count_tokens", anthropic, messages::count_tokens(app, request).await);
+            return (
+                "count_tokens",
+                anthropic,
+                Box::pin(messages::count_tokens(app, request)).await,
+            );
         }
         (&Method::GET, "/v1/models") => return ("models", anthropic, Ok(messages::models(app))),
         (_, "/v1/messages" | "/v1/messages/count_tokens" | "/v1/models") => {
@@ -153,17 +166,17 @@ async fn route(
         (&Method::GET, path) if api::endpoints_model_id(path).is_some() => {
             api::endpoints(app, path)
         }
-        (&Method::GET, "/v1/api/credits") => api::credits(app, request.headers()).await,
-        (&Method::GET, "/v1/api/generation") => api::generation(app, &request).await,
-        (&Method::GET, "/v1/api/generations") => api::generations(app, &request).await,
-        (&Method::GET, "/v1/api/activity") => api::activity(app, &request).await,
-        (&Method::GET, "/v1/api/key") => api::key(app, request.headers()).await,
-        (&Method::POST, payments::WEBHOOK_PATH) => payments::handle(app, request).await,
+        (&Method::GET, "/v1/api/credits") => Box::pin(api::credits(app, request.headers())).await,
+        (&Method::GET, "/v1/api/generation") => Box::pin(api::generation(app, &request)).await,
+        (&Method::GET, "/v1/api/generations") => Box::pin(api::generations(app, &request)).await,
+        (&Method::GET, "/v1/api/activity") => Box::pin(api::activity(app, &request)).await,
+        (&Method::GET, "/v1/api/key") => Box::pin(api::key(app, request.headers())).await,
+        (&Method::POST, payments::WEBHOOK_PATH) => Box::pin(payments::handle(app, request)).await,
         (_, path) if path == account::KEYS_PATH || path.starts_with("/v1/api/keys/") => {
-            account::handle_keys(app, request).await
+            Box::pin(account::handle_keys(app, request)).await
         }
         (&Method::GET, "/healthz") => Ok(respond::text(StatusCode::OK, "ok\n", "text/plain")),
-        (&Method::GET, "/readyz") => readiness(app).await,
+        (&Method::GET, "/readyz") => Box::pin(readiness(app)).await,
         (&Method::GET, "/metrics") => {
             app.health.export_metrics();
             let text = app.metrics.render();
