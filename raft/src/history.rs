@@ -264,6 +264,8 @@ struct Inner {
     /// history weakly.
     queued: Arc<Notify>,
     backfill: Arc<BackfillRequests>,
+    /// Kept in memory only (tests and the simulation): a sync costs nothing.
+    in_memory: bool,
 }
 
 impl Drop for Inner {
@@ -375,7 +377,7 @@ impl History {
                 }
             }
         };
-        History::over(db, retention)
+        History::over(db, retention, false)
     }
 
     /// A history kept in memory only (tests and the simulation).
@@ -384,7 +386,8 @@ impl History {
         History::with_backend(redb::backends::InMemoryBackend::new(), retention)
     }
 
-    /// A history over `backend` (tests: e.g. a disk that loses what was not synced).
+    /// A history over `backend`, a store in memory (tests: e.g. a disk that loses what was
+    /// not synced).
     #[cfg(test)]
     pub(crate) fn with_backend(
         backend: impl redb::StorageBackend,
@@ -393,10 +396,10 @@ impl History {
         let db = Database::builder().create_with_backend(backend).map_err(|e| {
             LedgerError::storage("creating the request history", redb::Error::from(e))
         })?;
-        History::over(db, retention)
+        History::over(db, retention, true)
     }
 
-    fn over(db: Database, retention: Duration) -> Result<History, LedgerError> {
+    fn over(db: Database, retention: Duration, in_memory: bool) -> Result<History, LedgerError> {
         let inner = Inner {
             db,
             retention,
@@ -405,6 +408,7 @@ impl History {
             writer: Mutex::new(false),
             queued: Arc::default(),
             backfill: Arc::default(),
+            in_memory,
         };
         let history = History { inner: Arc::new(inner) };
         // Creates the tables, so readers never find one missing.
@@ -440,8 +444,22 @@ impl History {
         self.inner.write_queued(records.into_iter().collect(), Durability::None)
     }
 
+    /// Runs `f`, which blocks on redb, from async code: on a blocking thread, or inline
+    /// for a history in memory, where it costs little and a blocking thread would let a
+    /// test's paused clock jump while it ran (so a simulation's seed would not replay).
+    pub(crate) async fn off_runtime<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&History) -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        if self.inner.in_memory {
+            return Ok(f(self));
+        }
+        let history = self.clone();
+        tokio::task::spawn_blocking(move || f(&history)).await
+    }
+
     /// Writes what is queued, not synced: afterwards a read finds every record queued
-    /// before the call. Blocks on redb; call it off the async workers.
+    /// before the call. Blocks on redb ([`History::off_runtime`]).
     pub fn flush(&self) -> HistoryResult<()> {
         self.inner.write_queued(Vec::new(), Durability::None)
     }

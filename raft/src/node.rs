@@ -406,8 +406,9 @@ impl LedgerNode {
             group.shutdown().await?;
         }
         // What the applies queued, written and synced (the writer task was aborted).
-        let history = self.inner.history.clone();
-        tokio::task::spawn_blocking(move || history.sync())
+        self.inner
+            .history
+            .off_runtime(History::sync)
             .await
             .map_err(|e| LedgerError::Unavailable { reason: e.to_string() })?
             .map_err(|e| LedgerError::storage("syncing the request history", e))
@@ -599,13 +600,13 @@ impl GroupAccess for LedgerNode {
                 // On the blocking pool: the read may write the history's queue, or wait for
                 // the writer's commit.
                 let n_groups = self.n_groups();
-                let history = self.inner.history.clone();
-                tokio::task::spawn_blocking(move || {
-                    let in_group = |account| group_of_account(account, n_groups) == group_idx;
-                    wire::answer_history(&history, &request.read, in_group)
-                })
-                .await
-                .map_err(|e| LedgerError::Unavailable { reason: e.to_string() })?
+                let in_group = move |account| group_of_account(account, n_groups) == group_idx;
+                let read = request.read;
+                self.inner
+                    .history
+                    .off_runtime(move |history| wire::answer_history(history, &read, in_group))
+                    .await
+                    .map_err(|e| LedgerError::Unavailable { reason: e.to_string() })?
             }
         }
     }

@@ -163,8 +163,7 @@ impl<K: KvTree> StateMachine<K> {
         let write_error = |e: &dyn std::error::Error| {
             StorageIOError::write_snapshot(signature.clone(), openraft::AnyError::error(e))
         };
-        let history = self.history.clone();
-        let synced = tokio::task::spawn_blocking(move || history.sync()).await;
+        let synced = self.history.off_runtime(History::sync).await;
         synced.map_err(|e| write_error(&e))?.map_err(|e| write_error(&e))?;
         let bytes = codec::encode(stored).map_err(|e| write_error(&e))?;
         let batch = vec![(KEY_SNAPSHOT.to_vec(), Some(bytes))];
@@ -270,10 +269,8 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
     {
         let (replies, full) = self.apply_entries(entries);
         if full {
-            let history = self.history.clone();
-            let flushed = tokio::task::spawn_blocking(move || history.flush())
-                .await
-                .map_err(|e| StorageIOError::write_state_machine(&e))?;
+            let flushed = self.history.off_runtime(History::flush).await;
+            let flushed = flushed.map_err(|e| StorageIOError::write_state_machine(&e))?;
             flushed.map_err(|e| StorageIOError::write_state_machine(&e))?;
         }
         Ok(replies)
