@@ -3,11 +3,17 @@
 //! what is live (accounts, keys, holds) and not how many requests were ever served.
 //!
 //! One redb database per node (`<data dir>/history.redb`), shared by its groups. Every
-//! apply writes the records its batches settled in one transaction without a sync; the
-//! history is synced before any snapshot is saved. That is enough for durability: the log
-//! holds every entry after the last snapshot and a restart re-applies them, re-writing the
-//! records a crash dropped (writes keep a hold's first record, so a replay is idempotent),
-//! while everything a snapshot covers was synced before the log could be purged past it.
+//! apply queues the records its batches settled, in memory; a writer commits what is
+//! queued in one transaction without a sync every [`HISTORY_FLUSH_INTERVAL`] (sooner once
+//! [`HISTORY_FLUSH_RECORDS`] wait), so under load many applies share one copy-on-write of
+//! the tables. Every read writes what is queued first (read-your-writes: a record is
+//! visible once the apply that settled it returned), an apply that leaves
+//! [`HISTORY_QUEUE_MAX`] records queued writes them itself before it returns, and the
+//! history is synced, queue included, before any snapshot is saved. That is enough for
+//! durability: the log holds every entry after the last snapshot and a restart re-applies
+//! them, re-writing the records a crash dropped (writes keep a hold's first record, so a
+//! replay is idempotent), while everything a snapshot covers was synced before the log
+//! could be purged past it.
 //!
 //! Tables: `records` (hold → account and record), the indexes `by_account`
 //! (account, created, hold), `by_key` (key, created, hold) and `by_time` (created, hold),
@@ -31,7 +37,7 @@ use solrouter_ledger::{AccountId, HoldId, KeyId, PicoUsd, RequestRecord};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -45,6 +51,16 @@ pub const HISTORY_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// How often a node syncs the history written since its last sync: bounds what the sync
 /// before a snapshot has to write.
 pub const HISTORY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest a record waits in the queue before the writer commits it, with every record
+/// queued meanwhile, in one transaction (reads do not wait for it: they write the queue
+/// first).
+pub const HISTORY_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+/// Records queued that make the writer commit at once instead of waiting out
+/// [`HISTORY_FLUSH_INTERVAL`] (~200 bytes each in memory).
+pub const HISTORY_FLUSH_RECORDS: usize = 2_048;
+/// Records queued at which an apply writes the queue itself (on the blocking pool) before
+/// it returns: the queue never holds more than this plus one apply's records per group.
+pub const HISTORY_QUEUE_MAX: usize = 8_192;
 /// How often a node drops the records past their retention.
 pub const HISTORY_EXPIRE_INTERVAL: Duration = Duration::from_secs(60);
 /// How long records are kept by default.
@@ -73,11 +89,16 @@ const BY_TIME: TableDefinition<(u64, u128), ()> = TableDefinition::new("by_time"
 const HOURLY: TableDefinition<(u64, u64, Option<u64>, &str), &[u8]> =
     TableDefinition::new("hourly");
 
+/// As kept in `records`; written from a borrowed record (`Stored<&RequestRecord>`, the
+/// same bytes).
 #[derive(Serialize, Deserialize)]
-struct Stored {
+struct Stored<R = RequestRecord> {
     account: AccountId,
-    record: RequestRecord,
+    record: R,
 }
+
+/// A settled request's record with its payer, as applies queue them.
+type Settled = (AccountId, HoldId, RequestRecord);
 
 /// Sums over requests: one hourly bucket, or one row of a [`UsageQuery`]'s answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,11 +252,80 @@ struct Inner {
     db: Database,
     retention: Duration,
     expired_total: AtomicU64,
-    /// Written since the last sync.
-    dirty: AtomicBool,
+    /// Records applied and not yet written, in apply order (a hold's first record wins).
+    queue: Mutex<Vec<Settled>>,
+    /// Held by every write for as long as it drains the queue and commits, so a write that
+    /// returns has committed every record queued before it began (a read that writes the
+    /// queue first cannot miss one in the writer's hands); true when something was
+    /// committed without a sync since the last sync. Taken before `queue`, never after.
+    writer: Mutex<bool>,
+    /// Wakes the writer task: the queue got its first record, or
+    /// [`HISTORY_FLUSH_RECORDS`]. Outside `Inner` so the task can wait on it holding the
+    /// history weakly.
+    queued: Arc<Notify>,
     backfill: Arc<BackfillRequests>,
     /// Kept in memory only (tests and the simulation): a sync costs nothing.
     in_memory: bool,
+}
+
+impl Drop for Inner {
+    /// Writes what is still queued (the node stopped between two flushes); redb's close
+    /// then does what it does with unsynced commits. A failure is only logged: the log,
+    /// replayed on the next start, re-writes those records.
+    fn drop(&mut self) {
+        if let Err(e) = self.write_queued(Vec::new(), Durability::None) {
+            tracing::error!(error = %e, "request history: writing the queue on close failed");
+        }
+    }
+}
+
+impl Inner {
+    fn write(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut Tables<'_>) -> HistoryResult<()>,
+    ) -> HistoryResult<()> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(durability)?;
+        {
+            let mut tables = Tables::open(&txn)?;
+            f(&mut tables)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Drains the queue and writes it, then `more`, in one transaction (a hold's first
+    /// record wins); with [`Durability::Immediate`] also when only earlier commits are
+    /// unsynced. A failed transaction wrote nothing: its records go back to the head of
+    /// the queue for the next write.
+    fn write_queued(&self, more: Vec<Settled>, durability: Durability) -> HistoryResult<()> {
+        let mut unsynced = self.writer.lock().expect("history writer lock poisoned");
+        let mut records =
+            std::mem::take(&mut *self.queue.lock().expect("history queue lock poisoned"));
+        records.extend(more);
+        let durable = matches!(durability, Durability::Immediate);
+        if records.is_empty() && !(durable && *unsynced) {
+            return Ok(());
+        }
+        let written = self.write(durability, |tables| {
+            records
+                .iter()
+                .try_for_each(|(account, hold, record)| tables.insert(*account, *hold, record))
+        });
+        match written {
+            Ok(()) => {
+                *unsynced = !durable;
+                Ok(())
+            }
+            Err(e) => {
+                let mut queue = self.queue.lock().expect("history queue lock poisoned");
+                let queued_since = std::mem::replace(&mut *queue, records);
+                queue.extend(queued_since);
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Groups that installed a snapshot and whose records are to be copied: shared by the
@@ -293,11 +383,19 @@ impl History {
     /// A history kept in memory only (tests and the simulation).
     #[cfg(test)]
     pub fn in_memory(retention: Duration) -> Result<History, LedgerError> {
-        let db = Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(|e| {
-                LedgerError::storage("creating the request history", redb::Error::from(e))
-            })?;
+        History::with_backend(redb::backends::InMemoryBackend::new(), retention)
+    }
+
+    /// A history over `backend`, a store in memory (tests: e.g. a disk that loses what was
+    /// not synced).
+    #[cfg(test)]
+    pub(crate) fn with_backend(
+        backend: impl redb::StorageBackend,
+        retention: Duration,
+    ) -> Result<History, LedgerError> {
+        let db = Database::builder().create_with_backend(backend).map_err(|e| {
+            LedgerError::storage("creating the request history", redb::Error::from(e))
+        })?;
         History::over(db, retention, true)
     }
 
@@ -306,77 +404,74 @@ impl History {
             db,
             retention,
             expired_total: AtomicU64::new(0),
-            dirty: AtomicBool::new(false),
+            queue: Mutex::default(),
+            writer: Mutex::new(false),
+            queued: Arc::default(),
             backfill: Arc::default(),
             in_memory,
         };
         let history = History { inner: Arc::new(inner) };
         // Creates the tables, so readers never find one missing.
         history
+            .inner
             .write(Durability::Immediate, |_| Ok(()))
             .map_err(|e| LedgerError::storage("creating the request history", e))?;
         Ok(history)
     }
 
-    fn write(
-        &self,
-        durability: Durability,
-        f: impl FnOnce(&mut Tables<'_>) -> HistoryResult<()>,
-    ) -> HistoryResult<()> {
-        let mut txn = self.inner.db.begin_write()?;
-        txn.set_durability(durability)?;
-        {
-            let mut tables = Tables::open(&txn)?;
-            f(&mut tables)?;
+    /// Queues the records a batch settled for the writer task: no I/O, so an apply may
+    /// call it holding the state lock (and must, before a snapshot can see the entries
+    /// applied: the sync before the snapshot's save then finds their records queued).
+    /// Returns whether the queue reached [`HISTORY_QUEUE_MAX`]: the caller then writes it
+    /// ([`History::flush`], off the async workers) before going on.
+    pub(crate) fn queue(&self, records: Vec<Settled>) -> bool {
+        let mut queue = self.inner.queue.lock().expect("history queue lock poisoned");
+        let before = queue.len();
+        queue.extend(records);
+        let after = queue.len();
+        drop(queue);
+        let first = before == 0 && after > 0;
+        if first || (before < HISTORY_FLUSH_RECORDS && after >= HISTORY_FLUSH_RECORDS) {
+            self.inner.queued.notify_one();
         }
-        txn.commit()?;
-        Ok(())
+        after >= HISTORY_QUEUE_MAX
     }
 
-    /// Keeps the records a batch settled, each hold's first only; not synced (see the
-    /// module doc for why that is durable enough).
-    pub fn insert(
-        &self,
-        records: impl IntoIterator<Item = (AccountId, HoldId, RequestRecord)>,
-    ) -> HistoryResult<()> {
-        let mut records = records.into_iter().peekable();
-        if records.peek().is_none() {
-            return Ok(());
-        }
-        self.inner.dirty.store(true, Ordering::Release);
-        self.write(Durability::None, |tables| {
-            for (account, hold, record) in records {
-                tables.insert(account, hold, record)?;
-            }
-            Ok(())
-        })
+    /// Writes what is queued, then `records` (a backfill's page), each hold's first record
+    /// only, in one transaction; not synced (see the module doc for why that is durable
+    /// enough).
+    pub fn insert(&self, records: impl IntoIterator<Item = Settled>) -> HistoryResult<()> {
+        self.inner.write_queued(records.into_iter().collect(), Durability::None)
     }
 
-    /// [`History::sync`] from async code: on a blocking thread, or inline for a history in
-    /// memory, where it costs nothing and a blocking thread would let a test's paused clock
-    /// jump while it ran (so a simulation's seed would not replay).
-    pub async fn sync_off_runtime(&self) -> HistoryResult<()> {
+    /// Runs `f`, which blocks on redb, from async code: on a blocking thread, or inline
+    /// for a history in memory, where it costs little and a blocking thread would let a
+    /// test's paused clock jump while it ran (so a simulation's seed would not replay).
+    pub(crate) async fn off_runtime<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&History) -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
         if self.inner.in_memory {
-            return self.sync();
+            return Ok(f(self));
         }
         let history = self.clone();
-        tokio::task::spawn_blocking(move || history.sync())
-            .await
-            .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?
+        tokio::task::spawn_blocking(move || f(&history)).await
     }
 
-    /// Makes every write so far durable (fsync).
+    /// Writes what is queued, not synced: afterwards a read finds every record queued
+    /// before the call. Blocks on redb ([`History::off_runtime`]).
+    pub fn flush(&self) -> HistoryResult<()> {
+        self.inner.write_queued(Vec::new(), Durability::None)
+    }
+
+    /// Makes every record queued or written so far durable (fsync); nothing to do when
+    /// nothing was queued or written since the last sync.
     pub fn sync(&self) -> HistoryResult<()> {
-        let was_dirty = self.inner.dirty.swap(false, Ordering::AcqRel);
-        let synced = self.write(Durability::Immediate, |_| Ok(()));
-        if synced.is_err() && was_dirty {
-            self.inner.dirty.store(true, Ordering::Release);
-        }
-        synced
+        self.inner.write_queued(Vec::new(), Durability::Immediate)
     }
 
-    /// One round of upkeep: with `expire` drops what is past retention, and syncs if
-    /// anything was written since the last sync; returns how many records it dropped.
+    /// One round of upkeep: with `expire` drops what is past retention, then syncs what
+    /// was queued or written since the last sync; returns how many records it dropped.
     fn maintain(&self, expire: bool) -> HistoryResult<usize> {
         let mut deleted = 0;
         if expire {
@@ -389,23 +484,27 @@ impl History {
                 }
             }
         }
-        if self.inner.dirty.load(Ordering::Acquire) {
-            self.sync()?;
-        }
+        self.sync()?;
         Ok(deleted)
     }
 
     /// Deletes the records created before `now_ms − retention`, at most
     /// [`HISTORY_EXPIRE_BATCH_MAX`]; returns how many (call again while it is the max).
+    /// Writes nothing when nothing is that old.
     pub fn expire(&self, now_ms: u64) -> HistoryResult<usize> {
         let retention_ms = u64::try_from(self.inner.retention.as_millis()).unwrap_or(u64::MAX);
-        let cutoff_ms = now_ms.saturating_sub(retention_ms);
+        let cutoff = (now_ms.saturating_sub(retention_ms), 0u128);
+        let mut unsynced = self.inner.writer.lock().expect("history writer lock poisoned");
+        let by_time = self.inner.db.begin_read()?.open_table(BY_TIME)?;
+        if by_time.first()?.is_none_or(|(oldest, _)| oldest.value() >= cutoff) {
+            return Ok(0);
+        }
+        drop(by_time);
         let mut deleted = 0;
-        self.inner.dirty.store(true, Ordering::Release);
-        self.write(Durability::None, |tables| {
+        self.inner.write(Durability::None, |tables| {
             let old: Vec<(u64, u128)> = tables
                 .by_time
-                .range(..(cutoff_ms, 0u128))?
+                .range(..cutoff)?
                 .take(HISTORY_EXPIRE_BATCH_MAX)
                 .map(|entry| entry.map(|(key, _)| key.value()))
                 .collect::<Result<_, _>>()?;
@@ -415,8 +514,22 @@ impl History {
             }
             Ok(())
         })?;
+        *unsynced = true;
         self.inner.expired_total.fetch_add(deleted as u64, Ordering::Relaxed);
         Ok(deleted)
+    }
+
+    /// Records queued and not yet written.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.inner.queue.lock().expect("history queue lock poisoned").len()
+    }
+
+    /// A read transaction that finds every record applied before the call: what is queued
+    /// is written first.
+    fn begin_read(&self) -> HistoryResult<redb::ReadTransaction> {
+        self.flush()?;
+        Ok(self.inner.db.begin_read()?)
     }
 
     /// Asks for `group`'s records to be copied from its leader (after a snapshot install).
@@ -437,7 +550,7 @@ impl History {
         after: Option<HistoryCursor>,
         limit: usize,
     ) -> HistoryResult<ExportPage> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.begin_read()?;
         let records = txn.open_table(RECORDS)?;
         let by_time = txn.open_table(BY_TIME)?;
         let start = match after {
@@ -463,18 +576,19 @@ impl History {
         Ok(page)
     }
 
+    /// Counts the queue without writing it (a queued repeat of a hold counts until then).
     pub fn stats(&self) -> HistoryResult<HistoryStats> {
-        let txn = self.inner.db.begin_read()?;
-        let records = txn.open_table(RECORDS)?.len()?;
+        let queued = self.inner.queue.lock().expect("history queue lock poisoned").len();
+        let written = self.inner.db.begin_read()?.open_table(RECORDS)?.len()?;
         Ok(HistoryStats {
-            records,
+            records: written + queued as u64,
             expired_total: self.inner.expired_total.load(Ordering::Relaxed),
         })
     }
 
     /// The record of `hold` if `account` paid for it.
     pub fn record(&self, account: AccountId, hold: HoldId) -> HistoryResult<Option<RequestRecord>> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.begin_read()?;
         let Some(bytes) = txn.open_table(RECORDS)?.get(hold.0)? else {
             return Ok(None);
         };
@@ -483,7 +597,7 @@ impl History {
     }
 
     pub fn query(&self, query: &HistoryQuery) -> HistoryResult<HistoryPage> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.begin_read()?;
         let records = txn.open_table(RECORDS)?;
         let (index, id) = match query.key {
             Some(key) => (txn.open_table(BY_KEY)?, key.0),
@@ -525,7 +639,7 @@ impl History {
         if !query.is_valid() {
             return Ok(Vec::new());
         }
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.begin_read()?;
         let hourly = txn.open_table(HOURLY)?;
         let account = query.account.0;
         let from = (account, query.from_ms - query.from_ms % HOUR_MS, None, "");
@@ -548,33 +662,52 @@ impl History {
     }
 }
 
-/// Keeps the history small to sync and within its retention: every
-/// [`HISTORY_SYNC_INTERVAL`] it syncs what was written since (so the sync before a
-/// snapshot, which holds back the applies waiting to write, has little left to do), and
-/// every [`HISTORY_EXPIRE_INTERVAL`] it drops the records past retention, by this
-/// machine's clock (retention is not replicated state: each replica trims its own).
-/// Holds the history weakly: once the node is gone the task ends and the file closes.
+/// The history's writer and upkeep: commits what applies queued at most
+/// [`HISTORY_FLUSH_INTERVAL`] after the first record came (at once when
+/// [`HISTORY_FLUSH_RECORDS`] wait); every [`HISTORY_SYNC_INTERVAL`] syncs what was queued or
+/// written since (so the sync before a snapshot has little left to do); every
+/// [`HISTORY_EXPIRE_INTERVAL`] drops the records past retention, by this machine's clock
+/// (retention is not replicated state: each replica trims its own). The writes run on the
+/// blocking pool. Holds the history weakly: once the node is gone the task ends and the
+/// file closes.
 pub(crate) fn spawn_maintenance(history: &History) -> tokio::task::JoinHandle<()> {
     let weak = Arc::downgrade(&history.inner);
+    let queued = Arc::clone(&history.inner.queued);
     tokio::spawn(async move {
-        let mut interval = tokio::time::interval(HISTORY_SYNC_INTERVAL);
+        let mut upkeep = tokio::time::interval(HISTORY_SYNC_INTERVAL);
+        upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut expired_at: Option<std::time::Instant> = None;
         loop {
-            interval.tick().await;
+            let maintain = tokio::select! {
+                _ = upkeep.tick() => true,
+                () = queued.notified() => {
+                    // The applies of the next few milliseconds join this transaction.
+                    tokio::select! {
+                        () = tokio::time::sleep(HISTORY_FLUSH_INTERVAL) => {}
+                        () = queued.notified() => {}
+                    }
+                    false
+                }
+            };
             let Some(inner) = weak.upgrade() else { return };
             let history = History { inner };
-            let expire = expired_at.is_none_or(|at| at.elapsed() >= HISTORY_EXPIRE_INTERVAL);
+            let expire =
+                maintain && expired_at.is_none_or(|at| at.elapsed() >= HISTORY_EXPIRE_INTERVAL);
             if expire {
                 expired_at = Some(std::time::Instant::now());
             }
-            let done = tokio::task::spawn_blocking(move || history.maintain(expire)).await;
+            let done = tokio::task::spawn_blocking(move || match maintain {
+                true => history.maintain(expire),
+                false => history.flush().map(|()| 0),
+            })
+            .await;
             match done {
                 Ok(Ok(0)) => {}
                 Ok(Ok(deleted)) => {
                     tracing::info!(deleted, "request history: records past retention dropped")
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "request history: upkeep failed"),
-                Err(e) => tracing::error!(error = %e, "request history: upkeep task failed"),
+                Ok(Err(e)) => tracing::error!(error = %e, "request history: writing failed"),
+                Err(e) => tracing::error!(error = %e, "request history: writer task failed"),
             }
         }
     })
@@ -613,7 +746,7 @@ impl<'txn> Tables<'txn> {
         &mut self,
         account: AccountId,
         hold: HoldId,
-        record: RequestRecord,
+        record: &RequestRecord,
     ) -> HistoryResult<()> {
         if self.records.get(hold.0)?.is_some() {
             return Ok(());
@@ -624,12 +757,12 @@ impl<'txn> Tables<'txn> {
             self.by_key.insert((key.0, created_ms, hold.0), ())?;
         }
         self.by_time.insert((created_ms, hold.0), ())?;
-        let bucket = hourly_key(account, &record);
+        let bucket = hourly_key(account, record);
         let mut usage = match self.hourly.get(bucket)? {
             Some(bytes) => codec::decode(bytes.value()).map_err(|e| corrupt(&e.to_string()))?,
             None => Usage::default(),
         };
-        usage.merge(&Usage::of(&record));
+        usage.merge(&Usage::of(record));
         self.hourly.insert(bucket, encode(&usage)?.as_slice())?;
         let stored = Stored { account, record };
         self.records.insert(hold.0, encode(&stored)?.as_slice())?;
@@ -675,6 +808,69 @@ fn decode(bytes: &[u8]) -> HistoryResult<Stored> {
 
 fn corrupt(reason: &str) -> redb::Error {
     redb::Error::Corrupted(format!("request history: {reason}"))
+}
+
+/// Test-only: a redb backend that, like a disk losing power, keeps only what was synced.
+#[cfg(test)]
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PowerLossDisk {
+    bytes: Arc<Mutex<DiskBytes>>,
+}
+
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct DiskBytes {
+    written: Vec<u8>,
+    synced: Vec<u8>,
+}
+
+#[cfg(test)]
+impl PowerLossDisk {
+    /// The disk as it comes back after a power loss now: what was synced.
+    pub(crate) fn crash(&self) -> PowerLossDisk {
+        let synced = self.lock().synced.clone();
+        let bytes = DiskBytes { written: synced.clone(), synced };
+        PowerLossDisk { bytes: Arc::new(Mutex::new(bytes)) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DiskBytes> {
+        self.bytes.lock().expect("disk lock poisoned")
+    }
+}
+
+#[cfg(test)]
+impl redb::StorageBackend for PowerLossDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.lock().written.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let bytes = self.lock();
+        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
+        let source = bytes.written.get(start..start + out.len());
+        out.copy_from_slice(source.ok_or_else(|| std::io::Error::other("read past the end"))?);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        let len = usize::try_from(len).map_err(std::io::Error::other)?;
+        self.lock().written.resize(len, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        let mut bytes = self.lock();
+        bytes.synced = bytes.written.clone();
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let mut bytes = self.lock();
+        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
+        let target = bytes.written.get_mut(start..start + data.len());
+        target.ok_or_else(|| std::io::Error::other("write past the end"))?.copy_from_slice(data);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -730,6 +926,50 @@ mod tests {
         assert_eq!((kept.model.as_str(), kept.cost), ("mock/echo", PicoUsd(1_000)));
         assert_eq!(history.record(AccountId(8), HoldId(0)).unwrap(), None);
         assert_eq!(history.stats().unwrap().records, 101);
+    }
+
+    /// Applies queue records and the writer commits them later: every read finds what is
+    /// queued, and a hold keeps its first record whether that was written or queued.
+    #[test]
+    fn reads_find_queued_records_and_a_hold_keeps_its_first() {
+        let history = filled();
+        let late = |hold: u64, cost| {
+            let created_ms = T0 + (100 + hold) * 60_000;
+            (ACCOUNT, HoldId(hold.into()), record(0, "mock/late", 200, created_ms, cost))
+        };
+        assert!(!history.queue(vec![late(0, 7), late(200, 1), late(200, 9)]));
+        assert_eq!(history.queued(), 3);
+        assert_eq!(history.record(ACCOUNT, HoldId(200)).unwrap().unwrap().cost, PicoUsd(1));
+        assert_eq!(history.queued(), 0, "the read wrote the queue first");
+        assert_eq!(history.record(ACCOUNT, HoldId(0)).unwrap().unwrap().cost, PicoUsd(1_000));
+
+        history.queue(vec![late(201, 1)]);
+        assert_eq!(holds(&history.query(&query(2)).unwrap()), [201, 200]);
+        history.queue(vec![late(202, 1)]);
+        let all = UsageQuery { account: ACCOUNT, from_ms: 0, to_ms: u64::MAX, bucket_ms: HOUR_MS };
+        let requests: u64 = history.usage(&all).unwrap().iter().map(|row| row.usage.requests).sum();
+        assert_eq!(requests, 103);
+        history.queue(vec![late(203, 1)]);
+        let exported = history.export(|_| true, None, HISTORY_EXPORT_PAGE_MAX).unwrap();
+        assert_eq!(exported.records.last().map(|(_, hold, _)| hold.0), Some(203));
+        assert_eq!(history.stats().unwrap().records, 105);
+    }
+
+    /// A sync writes the queue before it syncs: after a power loss right after it, what
+    /// was queued or written unsynced is there; before it, neither was.
+    #[test]
+    fn a_sync_makes_queued_and_written_records_durable() {
+        let disk = PowerLossDisk::default();
+        let history = History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap();
+        history.insert([(ACCOUNT, HoldId(1), record(0, "mock/echo", 200, T0, 1))]).unwrap();
+        history.queue(vec![(ACCOUNT, HoldId(2), record(0, "mock/echo", 200, T0, 1))]);
+        let after_power_loss =
+            || History::with_backend(disk.crash(), HISTORY_RETENTION_DEFAULT).unwrap();
+        assert_eq!(after_power_loss().stats().unwrap().records, 0);
+        history.sync().unwrap();
+        let survivor = after_power_loss();
+        assert_eq!(survivor.stats().unwrap().records, 2);
+        assert!(survivor.record(ACCOUNT, HoldId(2)).unwrap().is_some());
     }
 
     #[test]

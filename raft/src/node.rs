@@ -405,7 +405,13 @@ impl LedgerNode {
         for group in &self.inner.groups {
             group.shutdown().await?;
         }
-        Ok(())
+        // What the applies queued, written and synced (the writer task was aborted).
+        self.inner
+            .history
+            .off_runtime(History::sync)
+            .await
+            .map_err(|e| LedgerError::Unavailable { reason: e.to_string() })?
+            .map_err(|e| LedgerError::storage("syncing the request history", e))
     }
 
     pub fn n_groups(&self) -> u32 {
@@ -550,7 +556,8 @@ pub(crate) struct Inner {
     groups: Vec<Group>,
     history: History,
     server: Mutex<Option<Server>>,
-    /// Hold expiry (one per group) and history retention, aborted on shutdown.
+    /// Hold expiry (one per group) and the history's writer and retention, aborted on
+    /// shutdown.
     background_tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -579,8 +586,8 @@ impl GroupAccess for LedgerNode {
     ) -> Result<ReadAnswer, LedgerError> {
         let group = self.group_at(group_idx)?;
         // A linearizable read of the history waits, like one of the ledger, until this
-        // replica has applied everything acknowledged before it: the history is written
-        // as entries apply.
+        // replica has applied everything acknowledged before it: the history queues the
+        // records as entries apply, and a read of it writes the queue first.
         let answer = match request.consistency {
             Consistency::Linearizable => {
                 group.read(|ledger| wire::answer(ledger, &request.read)).await?
@@ -590,9 +597,16 @@ impl GroupAccess for LedgerNode {
         match answer {
             Some(answer) => Ok(answer),
             None => {
+                // On the blocking pool: the read may write the history's queue, or wait for
+                // the writer's commit.
                 let n_groups = self.n_groups();
-                let in_group = |account| group_of_account(account, n_groups) == group_idx;
-                wire::answer_history(&self.inner.history, &request.read, in_group)
+                let in_group = move |account| group_of_account(account, n_groups) == group_idx;
+                let read = request.read;
+                self.inner
+                    .history
+                    .off_runtime(move |history| wire::answer_history(history, &read, in_group))
+                    .await
+                    .map_err(|e| LedgerError::Unavailable { reason: e.to_string() })?
             }
         }
     }

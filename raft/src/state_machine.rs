@@ -4,8 +4,9 @@
 //! The ledger is never written to disk entry by entry. Durability comes from the Raft log;
 //! a snapshot (the encoded ledger plus the log id and membership it covers) lets the
 //! log be purged and bounds replay time after a restart. The records of settled requests
-//! go to the node's [`History`] as their entries apply, and the history is synced before
-//! any snapshot is saved (see `history.rs` for why that makes it durable).
+//! are queued for the node's [`History`] as their entries apply (its writer commits them),
+//! and the history is synced, queue included, before any snapshot is saved (see
+//! `history.rs` for why that makes it durable).
 #![allow(
     clippy::result_large_err,
     reason = "openraft's storage traits return its large StorageError by value; helpers match them"
@@ -162,12 +163,50 @@ impl<K: KvTree> StateMachine<K> {
         let write_error = |e: &dyn std::error::Error| {
             StorageIOError::write_snapshot(signature.clone(), openraft::AnyError::error(e))
         };
-        self.history.sync_off_runtime().await.map_err(|e| write_error(&e))?;
+        let synced = self.history.off_runtime(History::sync).await;
+        synced.map_err(|e| write_error(&e))?.map_err(|e| write_error(&e))?;
         let bytes = codec::encode(stored).map_err(|e| write_error(&e))?;
         let batch = vec![(KEY_SNAPSHOT.to_vec(), Some(bytes))];
         self.snapshots.write(batch, Durability::Durable).await.map_err(|e| write_error(&e))?;
         self.saved.send_replace(stored.meta.last_log_id);
         Ok(())
+    }
+
+    /// Applies `entries` under the state lock and queues the records they settled;
+    /// returns the replies and whether the history's queue is full.
+    fn apply_entries(&self, entries: impl IntoIterator<Item = Entry>) -> (Vec<Vec<Outcome>>, bool) {
+        let mut applied = self.state.write();
+        let mut replies = Vec::new();
+        let mut settled = Vec::new();
+        for entry in entries {
+            assert!(
+                applied.last_applied.is_none_or(|last| last.index < entry.log_id.index),
+                "entries must be applied once, in log order"
+            );
+            applied.last_applied = Some(entry.log_id);
+            #[cfg(test)]
+            if let Some(observe) = &self.observer {
+                observe(&entry);
+            }
+            let outcomes = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(batch) => {
+                    let outcomes = applied.ledger.apply(&batch);
+                    settled.extend(settled_records(&batch, &outcomes));
+                    outcomes
+                }
+                EntryPayload::Membership(membership) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Vec::new()
+                }
+            };
+            replies.push(outcomes);
+        }
+        // Queued before the state lock is let go: a snapshot built from this state is
+        // saved only after a sync that writes the queue. Reads write the queue first, so a
+        // read after a settle finds its record.
+        let full = self.history.queue(settled);
+        (replies, full)
     }
 }
 
@@ -228,36 +267,12 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut applied = self.state.write();
-        let mut replies = Vec::new();
-        let mut settled = Vec::new();
-        for entry in entries {
-            assert!(
-                applied.last_applied.is_none_or(|last| last.index < entry.log_id.index),
-                "entries must be applied once, in log order"
-            );
-            applied.last_applied = Some(entry.log_id);
-            #[cfg(test)]
-            if let Some(observe) = &self.observer {
-                observe(&entry);
-            }
-            let outcomes = match entry.payload {
-                EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(batch) => {
-                    let outcomes = applied.ledger.apply(&batch);
-                    settled.extend(settled_records(&batch, &outcomes));
-                    outcomes
-                }
-                EntryPayload::Membership(membership) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Vec::new()
-                }
-            };
-            replies.push(outcomes);
+        let (replies, full) = self.apply_entries(entries);
+        if full {
+            let flushed = self.history.off_runtime(History::flush).await;
+            let flushed = flushed.map_err(|e| StorageIOError::write_state_machine(&e))?;
+            flushed.map_err(|e| StorageIOError::write_state_machine(&e))?;
         }
-        drop(applied);
-        // Before the replies go out, so a read after a settle finds its record.
-        self.history.insert(settled).map_err(|e| StorageIOError::write_state_machine(&e))?;
         Ok(replies)
     }
 
@@ -294,13 +309,17 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::HISTORY_RETENTION_DEFAULT;
+    use crate::history::{
+        HistoryQuery, PowerLossDisk, UsageQuery, HISTORY_QUEUE_MAX, HISTORY_RETENTION_DEFAULT,
+    };
     use crate::sim::storage::{Disk, MemStore};
     use crate::ELECTION_TIMEOUT_MIN;
     use openraft::{CommittedLeaderId, LogId};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
-    use solrouter_ledger::{AccountId, Batch, Command, Op, OpId, BATCH_COMMANDS_MAX};
+    use solrouter_ledger::{
+        AccountId, Batch, Command, HoldId, Op, OpId, PicoUsd, RequestRecord, BATCH_COMMANDS_MAX,
+    };
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
 
@@ -337,6 +356,89 @@ mod tests {
         let (applied, _) = machine.applied_state().await.unwrap();
         assert_eq!(applied.map(|id| id.index), Some(50));
         assert_eq!(machine.saved_snapshot().borrow().map(|id| id.index), Some(50));
+    }
+
+    const PAYER: AccountId = AccountId(1);
+
+    fn create_payer() -> Vec<Command> {
+        let op = Op::CreateAccount { account: PAYER, name: String::new() };
+        vec![Command { id: OpId(0), op }]
+    }
+
+    /// Settles of `holds`, which the ledger never reserved: charged on the settle alone
+    /// (what a client received is billed), so each yields a record.
+    fn settles(holds: std::ops::Range<u128>) -> Vec<Command> {
+        let settle = |hold| {
+            let record = RequestRecord {
+                model: "mock/echo".into(),
+                created_ms: 1,
+                ..RequestRecord::default()
+            };
+            let op = Op::Settle {
+                account: PAYER,
+                hold: HoldId(hold),
+                actual: PicoUsd(1_000),
+                record,
+                reserved_at_ms: 1,
+            };
+            Command { id: OpId(1_000_000 + hold), op }
+        };
+        holds.map(settle).collect()
+    }
+
+    fn machine_over(history: &History, seed: u64) -> StateMachine<crate::sim::storage::MemTree> {
+        let store = MemStore::new(Disk::new(), StdRng::seed_from_u64(seed));
+        StateMachine::restore(store.tree("0/snapshot"), 0, history.clone()).unwrap()
+    }
+
+    /// Apply only queues the records; a read right after it returns finds them.
+    #[tokio::test]
+    async fn a_settled_record_is_readable_as_soon_as_its_apply_returns() {
+        let history = history();
+        let mut machine = machine_over(&history, 4);
+        machine.apply([entry(1, create_payer()), entry(2, settles(0..3))]).await.unwrap();
+        assert_eq!(history.queued(), 3, "applied records wait for the writer");
+        let record = history.record(PAYER, HoldId(2)).unwrap().expect("read at once");
+        assert_eq!((record.cost, record.written_off), (PicoUsd(0), PicoUsd(1_000)));
+        let page = history.query(&HistoryQuery::all(PAYER)).unwrap();
+        assert_eq!(page.records.len(), 3);
+    }
+
+    /// The records of the entries a snapshot covers are on stable storage once it is
+    /// saved (the log may then be purged past them), though apply only queued them.
+    #[tokio::test]
+    async fn a_snapshot_is_saved_after_the_records_it_covers_are_synced() {
+        let disk = PowerLossDisk::default();
+        let history = History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap();
+        let mut machine = machine_over(&history, 5);
+        machine.apply([entry(1, create_payer()), entry(2, settles(0..10))]).await.unwrap();
+        let after_power_loss =
+            || History::with_backend(disk.crash(), HISTORY_RETENTION_DEFAULT).unwrap();
+        assert_eq!(after_power_loss().stats().unwrap().records, 0, "only queued so far");
+        let snapshot = machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), Some(2));
+        assert_eq!(after_power_loss().stats().unwrap().records, 10);
+    }
+
+    /// An apply that leaves the queue full writes it before it returns: the queue stays
+    /// bounded and no record is lost.
+    #[tokio::test]
+    async fn an_apply_that_fills_the_history_queue_writes_it() {
+        let history = history();
+        let mut machine = machine_over(&history, 6);
+        machine.apply([entry(1, create_payer())]).await.unwrap();
+        let per_entry = BATCH_COMMANDS_MAX as u128;
+        let n_entries = (HISTORY_QUEUE_MAX / BATCH_COMMANDS_MAX + 1) as u128;
+        for n in 0..n_entries {
+            let holds = n * per_entry..(n + 1) * per_entry;
+            machine.apply([entry(2 + n as u64, settles(holds))]).await.unwrap();
+            let queued = history.queued();
+            assert!(queued < HISTORY_QUEUE_MAX, "{queued} records queued after apply {n}");
+        }
+        let hour_ms = 60 * 60 * 1000;
+        let all = UsageQuery { account: PAYER, from_ms: 0, to_ms: u64::MAX, bucket_ms: hour_ms };
+        let requests: u64 = history.usage(&all).unwrap().iter().map(|row| row.usage.requests).sum();
+        assert_eq!(u128::from(requests), n_entries * per_entry);
     }
 
     /// Accounts in the ledger the starvation test snapshots: enough that encoding it takes
