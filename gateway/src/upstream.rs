@@ -4,7 +4,8 @@
 
 use crate::config::UpstreamTimeouts;
 use crate::providers::{Adapter, UpstreamError, UpstreamRequest};
-use bytes::{Bytes, BytesMut};
+use crate::respond::Gathered;
+use bytes::Bytes;
 use http::StatusCode;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -125,14 +126,14 @@ async fn read_bounded(
     limit: usize,
     provider: &str,
 ) -> Result<Bytes, UpstreamError> {
-    let mut body = BytesMut::new();
+    let mut body = Gathered::default();
     while let Some(chunk) = next_chunk(response, deadlines, provider).await? {
         if body.len() + chunk.len() > limit {
             return Err(failure(provider, StatusCode::BAD_GATEWAY, "response too large", true));
         }
-        body.extend_from_slice(&chunk);
+        body.push(chunk);
     }
-    Ok(body.freeze())
+    Ok(body.into_bytes())
 }
 
 fn timeout(provider: &str, message: &str) -> UpstreamError {
