@@ -30,6 +30,11 @@ const _: () = assert!(4 * (u64::MAX as u128) * PRICE_PICO_PER_TOKEN_MAX < u128::
 /// The embedded catalogue text.
 const BUILTIN_TOML: &str = include_str!("../catalog.toml");
 
+/// The request parameters of an embedding model, by OpenRouter's names: what
+/// `provider.require_parameters` checks of an embeddings request (see
+/// [`Model::supported_parameters`]).
+pub const EMBEDDING_PARAMETERS: [&str; 2] = ["encoding_format", "dimensions"];
+
 /// Quantizations an endpoint may declare (OpenRouter's names).
 pub const QUANTIZATIONS: [&str; 9] =
     ["int4", "int8", "fp4", "fp6", "fp8", "fp16", "bf16", "fp32", "unknown"];
@@ -93,6 +98,41 @@ pub struct Model {
     /// What an embedding model answers (`POST /v1/api/embeddings`); `None` for chat
     /// models, which only that endpoint refuses.
     pub embedding: Option<Embedding>,
+    /// What the host does with prompts (its catalogue `[[host]]` entry; unknown when it
+    /// has none): what `provider.data_collection` and `provider.zdr` filter by.
+    pub data_policy: DataPolicy,
+}
+
+/// What a host does with the prompts and completions it serves, as its published policy
+/// says for API traffic under the host's default settings (OpenRouter's two controls:
+/// whether a host may collect data, and whether it retains any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataPolicy {
+    /// Nothing is kept once the answer is sent (zero data retention), nor trained on.
+    ZeroRetention,
+    /// Kept for a bounded time only to detect abuse, keep the service reliable or obey
+    /// the law; never trained on nor used otherwise.
+    AbuseMonitoring,
+    /// Stored and possibly trained on or used to improve the host's products.
+    MayCollect,
+    /// Not known: treated as [`DataPolicy::MayCollect`] by every filter.
+    #[default]
+    Unknown,
+}
+
+impl DataPolicy {
+    /// Whether the host may collect the data (store it for its own use or train on it):
+    /// `provider.data_collection: "deny"` leaves such endpoints out. Unknown counts as
+    /// collecting.
+    pub fn may_collect(self) -> bool {
+        matches!(self, DataPolicy::MayCollect | DataPolicy::Unknown)
+    }
+
+    /// Whether the host retains nothing: what `provider.zdr: true` requires.
+    pub fn zero_retention(self) -> bool {
+        self == DataPolicy::ZeroRetention
+    }
 }
 
 /// The vectors of an embedding model.
@@ -220,6 +260,8 @@ pub enum CatalogError {
     Syntax(String),
     #[error("model `{id}`: {message}")]
     Model { id: String, message: String },
+    #[error("host `{host}`: {message}")]
+    Host { host: String, message: String },
 }
 
 impl Catalog {
@@ -274,6 +316,26 @@ impl Catalog {
             catalog.endpoints.extend(endpoints);
             catalog.models.push((start, catalog.endpoints.len()));
         }
+        let mut policies: HashMap<&str, DataPolicy> = HashMap::with_capacity(file.host.len());
+        for host in &file.host {
+            let host_error = |message: &str| CatalogError::Host {
+                host: host.name.clone(),
+                message: message.to_owned(),
+            };
+            if host.source.trim().is_empty() {
+                return Err(host_error("every data policy needs its source note (`source`)"));
+            }
+            if !catalog.endpoints.iter().any(|endpoint| endpoint.provider == host.name) {
+                return Err(host_error("serves no endpoint of the catalogue"));
+            }
+            if policies.insert(&host.name, host.data_policy).is_some() {
+                return Err(host_error("is listed twice"));
+            }
+        }
+        for endpoint in &mut catalog.endpoints {
+            endpoint.data_policy =
+                policies.get(endpoint.provider.as_str()).copied().unwrap_or_default();
+        }
         Ok(catalog)
     }
 }
@@ -327,8 +389,11 @@ impl Model {
     /// `encoding_format`, and `dimensions` if it can shorten its vectors.
     pub fn supported_parameters(&self, passed: &[&'static str]) -> Vec<&'static str> {
         if let Some(embedding) = &self.embedding {
-            let dimensions = (embedding.reducible != Reducible::No).then_some("dimensions");
-            return ["encoding_format"].into_iter().chain(dimensions).collect();
+            let reducible = embedding.reducible != Reducible::No;
+            return EMBEDDING_PARAMETERS
+                .into_iter()
+                .filter(|&parameter| parameter != "dimensions" || reducible)
+                .collect();
         }
         let capabilities = &self.capabilities;
         let host_takes = |parameter: &str| {
@@ -404,6 +469,19 @@ impl Price {
 #[serde(deny_unknown_fields)]
 struct CatalogFile {
     model: Vec<ModelEntry>,
+    /// What each host does with prompts; a host without an entry is unknown.
+    #[serde(default)]
+    host: Vec<HostEntry>,
+}
+
+/// A host's data policy and where it was read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostEntry {
+    name: String,
+    data_policy: DataPolicy,
+    /// Where the policy was read, and when: required, never empty.
+    source: String,
 }
 
 /// A model: either one endpoint written inline (`provider`, `upstream_model`, `price`,
@@ -637,6 +715,8 @@ impl ModelEntry {
                 long_context,
                 source: entry.source,
                 embedding: embedding.clone(),
+                // Set from the host's entry once every model is read (`Catalog::parse`).
+                data_policy: DataPolicy::Unknown,
             });
         }
         Ok(models)
@@ -936,6 +1016,51 @@ capabilities = {{ tools = false, structured_output = false, reasoning = false, i
             Catalog::parse(&endpoints_entry(&endpoint("a", "context_length = 40"))).unwrap();
         // The model's output limit, capped at the endpoint's context.
         assert_eq!(limited.get("x/y").unwrap().max_output_tokens, 40);
+    }
+
+    #[test]
+    fn hosts_declare_their_data_policy_with_its_source() {
+        let catalog = Catalog::builtin();
+        let policy = |id: &str, host: &str| {
+            let endpoints = catalog.endpoints(id).unwrap();
+            endpoints.iter().find(|endpoint| endpoint.provider == host).unwrap().data_policy
+        };
+        let maverick = "meta-llama/llama-4-maverick";
+        assert_eq!(policy(maverick, "fireworks"), DataPolicy::ZeroRetention);
+        assert_eq!(policy(maverick, "groq"), DataPolicy::AbuseMonitoring);
+        assert_eq!(policy(maverick, "together"), DataPolicy::MayCollect);
+        assert_eq!(policy("cohere/embed-v4.0", "cohere"), DataPolicy::Unknown);
+        assert_eq!(policy("mock/shared", "mock"), DataPolicy::ZeroRetention);
+        assert_eq!(policy("mock/shared", "mock-slow"), DataPolicy::AbuseMonitoring);
+        assert!(DataPolicy::Unknown.may_collect() && !DataPolicy::Unknown.zero_retention());
+        assert!(!DataPolicy::AbuseMonitoring.may_collect());
+        // Every host of the catalogue has its entry, unknown ones said so explicitly.
+        let file: CatalogFile = toml::from_str(BUILTIN_TOML).unwrap();
+        for endpoint in catalog.all_endpoints() {
+            let host = file.host.iter().find(|host| host.name == endpoint.provider);
+            assert!(host.is_some(), "host {} has no [[host]] entry", endpoint.provider);
+        }
+
+        let check = |hosts: &str, expected: &str| {
+            let text = format!("{}{hosts}", endpoints_entry(&endpoint("a", "")));
+            let error = Catalog::parse(&text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        };
+        let host = |name: &str, policy: &str, source: &str| {
+            format!(
+                "[[host]]\nname = \"{name}\"\ndata_policy = \"{policy}\"\nsource = \"{source}\"\n"
+            )
+        };
+        check(&host("a", "zero-retention", " "), "source note");
+        check(&host("b", "zero-retention", "s"), "serves no endpoint");
+        check(&host("a", "never", "s"), "never");
+        check(&format!("{}{}", host("a", "unknown", "s"), host("a", "unknown", "s")), "twice");
+        let text =
+            format!("{}{}", endpoints_entry(&endpoint("a", "")), host("a", "may-collect", "s"));
+        assert_eq!(
+            Catalog::parse(&text).unwrap().get("x/y").unwrap().data_policy,
+            DataPolicy::MayCollect
+        );
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //!   `models` fallbacks; `dimensions`, which routing checks
 //!   against each model's vector lengths; `encoding_format` `float` (the default) or
 //!   `base64` (OpenAI's: the little-endian `f32`s, whatever the provider sent); `user`
-//!   (to OpenAI-compatible hosts) and Cohere's `input_type` (to Cohere only).
+//!   (to OpenAI-compatible hosts) and Cohere's `input_type` (to Cohere only); the
+//!   `provider` object, routed as a chat's is (`routing.rs`: `max_price` at the tier
+//!   the hold's input bound reaches, `require_parameters` over `dimensions` and
+//!   `encoding_format`).
 //! * Money: the hold is the worst case at the dearest candidate's input price, each
 //!   input counted at its bytes (every tokenizer spends at least a byte per token) or
 //!   its token ids, plus
@@ -24,13 +27,14 @@
 
 use crate::app::App;
 use crate::bank::{now_ms, Caller};
-use crate::catalog::Model;
+use crate::catalog::{Model, EMBEDDING_PARAMETERS};
 use crate::error::ApiError;
 use crate::parse;
 use crate::pipeline::{self, Failure, WorstCase};
 use crate::providers::embed::encode_base64;
 use crate::providers::{EmbedRequest, EmbedTarget, Embeddings, Encoding, Input, Usage};
 use crate::respond::{self, Response};
+use crate::routing::Preferences;
 use crate::tokens::{self, Billed};
 use crate::upstream::Deadlines;
 use crate::wire;
@@ -57,6 +61,10 @@ pub struct ParsedEmbed {
     pub model_ids: Vec<String>,
     /// The vector length asked for, if any.
     pub dimensions: Option<u32>,
+    /// The `provider` object.
+    pub routing: Preferences,
+    /// The parameters the request sets, of [`EMBEDDING_PARAMETERS`].
+    pub parameters: Vec<&'static str>,
 }
 
 /// `POST /v1/api/embeddings`. Errors are OpenAI-shaped, rendered by the caller.
@@ -65,10 +73,11 @@ pub async fn handle(app: &'static App, request: Request<Incoming>) -> Result<Res
     let (_head, caller, body) = pipeline::accept(app, request).await?;
     let parsed = parse(&body)?;
     drop(body);
-    let candidates = route(app, &parsed)?;
+    let generation = HoldId(crate::keys::random_u128());
+    let candidates = route(app, &parsed, generation.0 as u64)?;
     let context = EmbedContext {
         caller,
-        generation: HoldId(crate::keys::random_u128()),
+        generation,
         request: parsed.request,
         dimensions: parsed.dimensions,
         candidates,
@@ -86,6 +95,11 @@ pub async fn handle(app: &'static App, request: Request<Incoming>) -> Result<Res
 pub fn parse(body: &[u8]) -> Result<ParsedEmbed, ApiError> {
     let body = parse::json_object(body)?;
     let model_ids = parse::model_ids(&body)?;
+    let routing = Preferences::parse(body.get("provider"))?;
+    let parameters = EMBEDDING_PARAMETERS
+        .into_iter()
+        .filter(|parameter| body.get(*parameter).is_some_and(|value| !value.is_null()))
+        .collect();
     let inputs = inputs(&body)?;
     let dimensions = match body.get("dimensions") {
         None | Some(Value::Null) => None,
@@ -109,7 +123,7 @@ pub fn parse(body: &[u8]) -> Result<ParsedEmbed, ApiError> {
         input_type: label(&body, "input_type")?,
         user: label(&body, "user")?,
     };
-    Ok(ParsedEmbed { request, model_ids, dimensions })
+    Ok(ParsedEmbed { request, model_ids, dimensions, routing, parameters })
 }
 
 /// `input`: a string, an array of token ids, or an array of strings or of token-id
@@ -179,12 +193,23 @@ fn label(body: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiEr
     }
 }
 
-/// The candidates: embedding models that produce vectors of the length asked for, take
-/// this many inputs, and token ids if there are any.
-fn route(app: &'static App, parsed: &ParsedEmbed) -> Result<Vec<&'static Model>, ApiError> {
+/// The candidates: endpoints of embedding models that produce vectors of the length
+/// asked for, take this many inputs, and token ids if there are any, as the `provider`
+/// object orders and filters them; `seed` draws the default routing's choice.
+fn route(
+    app: &'static App,
+    parsed: &ParsedEmbed,
+    seed: u64,
+) -> Result<Vec<&'static Model>, ApiError> {
     let n_inputs = parsed.request.inputs.len();
     let has_tokens = parsed.request.inputs.iter().any(|input| input.text().is_none());
-    let asked = pipeline::Asked::default_for(crate::keys::random_u64());
+    let prompt_tokens = |model: &Model| input_tokens_max(&parsed.request, model);
+    let asked = pipeline::Asked {
+        preferences: &parsed.routing,
+        parameters: &parsed.parameters,
+        prompt_tokens: &prompt_tokens,
+        seed,
+    };
     let (catalog, providers, health) = (&app.catalog, &app.providers, &app.health);
     pipeline::route_by(catalog, providers, health, &parsed.model_ids, &asked, |id, model| {
         let Some(embedding) = &model.embedding else {
@@ -224,24 +249,22 @@ struct EmbedContext {
     deadline: Instant,
 }
 
-impl EmbedContext {
-    /// The most input tokens the request can be billed at `model`.
-    fn input_tokens_max(&self, model: &Model) -> u64 {
-        self.request
-            .inputs
-            .iter()
-            .map(|input| {
-                let tokens_max = match input {
-                    Input::Text(text) => text.len(),
-                    Input::Tokens(ids) => ids.len(),
-                };
-                (tokens_max as u64)
-                    .saturating_add(INPUT_OVERHEAD_TOKENS_MAX)
-                    .min(model.context_length)
-            })
-            .fold(0, u64::saturating_add)
-    }
+/// The most input tokens `request` can be billed at `model`: what the hold covers.
+fn input_tokens_max(request: &EmbedRequest, model: &Model) -> u64 {
+    request
+        .inputs
+        .iter()
+        .map(|input| {
+            let tokens_max = match input {
+                Input::Text(text) => text.len(),
+                Input::Tokens(ids) => ids.len(),
+            };
+            (tokens_max as u64).saturating_add(INPUT_OVERHEAD_TOKENS_MAX).min(model.context_length)
+        })
+        .fold(0, u64::saturating_add)
+}
 
+impl EmbedContext {
     /// What one attempt at `model` asks for: the length wanted, unless it is the
     /// model's default (some providers refuse the parameter for fixed-length models).
     fn target<'m>(&self, model: &'m Model) -> EmbedTarget<'m> {
@@ -276,7 +299,7 @@ async fn run(app: &'static App, context: EmbedContext) -> Result<Response, ApiEr
         .candidates
         .iter()
         .map(|model| {
-            let tokens = context.input_tokens_max(model);
+            let tokens = input_tokens_max(&context.request, model);
             (*model, tokens, model.bound(tokens, 0))
         })
         .max_by_key(|(_, _, amount)| *amount)
@@ -329,7 +352,7 @@ async fn attempt(
 /// the hold's bound (clamped to it when above); else the gateway's count of the inputs,
 /// done off the async workers.
 async fn bill(context: &EmbedContext, model: &'static Model, reported: Option<u64>) -> Billed {
-    let bound = context.input_tokens_max(model);
+    let bound = input_tokens_max(&context.request, model);
     let billed = |prompt_tokens, estimated, clamped| Billed {
         usage: Usage { prompt_tokens, ..Usage::default() },
         estimated,
@@ -454,7 +477,16 @@ mod tests {
         assert_eq!(many.request.user.as_deref(), Some("u-1"));
         assert_eq!(many.model_ids, ["m", "n"]);
         let null_format = parsed(json!({"model": "m", "input": "a", "encoding_format": null}));
-        assert_eq!(null_format.unwrap().request.encoding, Encoding::Float);
+        let null_format = null_format.unwrap();
+        assert_eq!(null_format.request.encoding, Encoding::Float);
+        assert!(null_format.parameters.is_empty());
+        assert_eq!(null_format.routing, Preferences::default());
+        assert_eq!(many.parameters, ["encoding_format", "dimensions"]);
+        let routed = parsed(json!({"model": "m", "input": "a",
+            "provider": {"order": ["mock"], "allow_fallbacks": false, "zdr": true}}))
+        .unwrap();
+        assert_eq!(routed.routing.order, ["mock"]);
+        assert!(!routed.routing.allow_fallbacks && routed.routing.zdr);
     }
 
     #[test]
@@ -479,6 +511,8 @@ mod tests {
         check(json!({"model": "m", "input": "a", "dimensions": "8"}), "dimensions");
         check(json!({"model": "m", "input": "a", "encoding_format": "int8"}), "encoding_format");
         check(json!({"model": "m", "input": "a", "input_type": 3}), "input_type");
+        check(json!({"model": "m", "input": "a", "provider": {"sort": "x"}}), "provider.sort");
+        check(json!({"model": "m", "input": "a", "provider": {"zdr": 1}}), "provider.zdr");
         assert!(parsed(json!({"model": "m", "input": vec!["a"; INPUTS_MAX]})).is_ok());
     }
 

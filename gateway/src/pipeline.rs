@@ -305,7 +305,15 @@ pub fn route<'c>(
     parsed: &ParsedChat,
     seed: u64,
 ) -> Result<Vec<&'c Model>, ApiError> {
-    let asked = Asked { preferences: &parsed.routing, parameters: &parsed.parameters, seed };
+    let prompt_tokens = |model: &Model| {
+        prompt_tokens_bound(providers, &parsed.chat, parsed.prompt_tokens_max, model)
+    };
+    let asked = Asked {
+        preferences: &parsed.routing,
+        parameters: &parsed.parameters,
+        prompt_tokens: &prompt_tokens,
+        seed,
+    };
     route_by(catalog, providers, health, &parsed.model_ids, &asked, |id, model| {
         let native = providers
             .get(&model.provider)
@@ -343,16 +351,11 @@ pub struct Asked<'a> {
     pub preferences: &'a Preferences,
     /// The parameters the request sets.
     pub parameters: &'a [&'static str],
+    /// The most prompt tokens the request can be billed at an endpoint (what its hold
+    /// covers there): the price tier `provider.max_price` compares.
+    pub prompt_tokens: &'a dyn Fn(&Model) -> u64,
     /// Draws the default routing's weighted choice (the request's id).
     pub seed: u64,
-}
-
-impl Asked<'_> {
-    /// The default routing (embeddings, which take no `provider` object).
-    pub fn default_for(seed: u64) -> Asked<'static> {
-        static DEFAULT: std::sync::OnceLock<Preferences> = std::sync::OnceLock::new();
-        Asked { preferences: DEFAULT.get_or_init(Preferences::default), parameters: &[], seed }
-    }
 }
 
 /// Stage 5 of every endpoint: the endpoints of the models `ids` names (a `:nitro` or
@@ -403,7 +406,8 @@ pub fn route_by<'c>(
                 })
             };
             let live = |endpoint: &Model| health.view(endpoint);
-            routing::plan(&candidates, asked.preferences, supports, live, asked.seed)
+            let facts = routing::Facts { supports, live, prompt_tokens: asked.prompt_tokens };
+            routing::plan(&candidates, asked.preferences, facts, asked.seed)
         }
     }
 }
@@ -454,18 +458,29 @@ async fn refuse_over_context(
     filtering.await.map_err(|error| ApiError::internal(format!("counting tokens: {error}")))?
 }
 
-/// The most a request can cost at `model`: its prompt bound (capped at the context,
-/// since a longer prompt is refused upstream for free) plus what the provider adds to
-/// it, and the completion limit forwarded to it, at the price tier the prompt can reach.
+/// The most a request can cost at `model`: its prompt bound there
+/// ([`prompt_tokens_bound`]) and the completion limit forwarded to it, at the price tier
+/// the prompt can reach.
 fn worst_case(app: &'static App, context: &RequestContext, model: &Model) -> (u64, u64, PicoUsd) {
-    let overhead = app
-        .providers
-        .get(&model.provider)
-        .map_or(0, |(adapter, _)| adapter.prompt_overhead_tokens(&context.chat));
     let prompt_tokens =
-        context.prompt_tokens_max.saturating_add(overhead).min(model.context_length);
+        prompt_tokens_bound(&app.providers, &context.chat, context.prompt_tokens_max, model);
     let completion_tokens = context.target(model).max_tokens;
     (prompt_tokens, completion_tokens, model.bound(prompt_tokens, completion_tokens))
+}
+
+/// The most prompt tokens `chat` can be billed at `model`: its bound plus what the
+/// provider adds to it, capped at the context (a longer prompt is refused upstream for
+/// free). What the hold covers, and the tier `provider.max_price` compares.
+fn prompt_tokens_bound(
+    providers: &Providers,
+    chat: &ChatRequest,
+    prompt_tokens_max: u64,
+    model: &Model,
+) -> u64 {
+    let overhead = providers
+        .get(&model.provider)
+        .map_or(0, |(adapter, _)| adapter.prompt_overhead_tokens(chat));
+    prompt_tokens_max.saturating_add(overhead).min(model.context_length)
 }
 
 /// Stage 6: holds the worst case of the dearest candidate, so any fallback is covered.

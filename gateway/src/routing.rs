@@ -5,7 +5,7 @@
 //! passes `Health::view` and the request's id as seed; tests pass synthetic views.
 //!
 //! Per model, its endpoints that the request allows (`only`, `ignore`, `quantizations`,
-//! `max_price`, `require_parameters`) are ordered:
+//! `max_price`, `require_parameters`, `data_collection`, `zdr`) are ordered:
 //!
 //! * by `sort` (or the suffix: `:nitro` is `throughput`, `:floor` is `price`): price
 //!   ascending ([`Model::price_rank`]), throughput (tokens per second) descending or
@@ -17,6 +17,14 @@
 //!   square of each price, the others follow cheapest first;
 //! * the hosts of `order` first, in its order; with `allow_fallbacks: false` only they
 //!   (or, without `order`, only the first endpoint) are tried.
+//!
+//! `max_price` compares the prices that apply to the request: an endpoint's dearer
+//! long-context tier when the request's prompt bound (the tokens its hold covers at that
+//! endpoint, which the caller passes) reaches it, so a request is never charged more
+//! than its `max_price`. `data_collection: "deny"` leaves out hosts that may store
+//! prompts for their own use or train on them, `zdr: true` every host that retains
+//! anything ([`crate::catalog::DataPolicy`]); a host whose policy is unknown is left out
+//! by both.
 //!
 //! Endpoints whose breaker refuses traffic are left out (unless that leaves nothing to
 //! try, when they stay so the request fails with the breaker's 503). The plan is every
@@ -71,6 +79,10 @@ pub struct Preferences {
     pub require_parameters: bool,
     /// Only endpoints of these quantizations, if given.
     pub quantizations: Option<Vec<String>>,
+    /// `data_collection: "deny"`: only hosts known not to collect prompts.
+    pub deny_data_collection: bool,
+    /// Only hosts known to retain nothing (zero data retention).
+    pub zdr: bool,
 }
 
 impl Default for Preferences {
@@ -84,6 +96,8 @@ impl Default for Preferences {
             max_price: MaxPrice::default(),
             require_parameters: false,
             quantizations: None,
+            deny_data_collection: false,
+            zdr: false,
         }
     }
 }
@@ -108,12 +122,19 @@ impl Preferences {
                 "order" => preferences.order = hosts(&param, value)?,
                 "only" => preferences.only = Some(hosts(&param, value)?),
                 "ignore" => preferences.ignore = hosts(&param, value)?,
-                "allow_fallbacks" | "require_parameters" => {
+                "allow_fallbacks" | "require_parameters" | "zdr" => {
                     let flag = value.as_bool().ok_or_else(|| invalid("must be a boolean"))?;
-                    if field == "allow_fallbacks" {
-                        preferences.allow_fallbacks = flag;
-                    } else {
-                        preferences.require_parameters = flag;
+                    match field.as_str() {
+                        "allow_fallbacks" => preferences.allow_fallbacks = flag,
+                        "require_parameters" => preferences.require_parameters = flag,
+                        _ => preferences.zdr = flag,
+                    }
+                }
+                "data_collection" => {
+                    preferences.deny_data_collection = match value.as_str() {
+                        Some("allow") => false,
+                        Some("deny") => true,
+                        _ => return Err(invalid("must be \"allow\" or \"deny\"")),
                     }
                 }
                 "sort" => {
@@ -237,23 +258,34 @@ pub struct Candidate<'a, 'c> {
     pub sort: Option<Sort>,
 }
 
-/// The ordered attempts for `candidates` (see the module's documentation). `supports`
-/// says whether an endpoint takes every parameter the request sets (consulted only
-/// with `require_parameters`), `live` what routing knows of it now; `seed` draws the
-/// default's weighted choice. A 400 naming the `provider` field when the preferences
-/// leave no endpoint.
+/// What routing needs to know of each endpoint besides its catalogue entry.
+pub struct Facts<Supports, Live, PromptTokens> {
+    /// Whether the endpoint takes every parameter the request sets (consulted only with
+    /// `require_parameters`).
+    pub supports: Supports,
+    /// What routing knows of the endpoint now (breaker, statistics).
+    pub live: Live,
+    /// The most prompt tokens the request can be billed at the endpoint (what its hold
+    /// covers there): the price tier `max_price` compares (consulted only with it).
+    pub prompt_tokens: PromptTokens,
+}
+
+/// The ordered attempts for `candidates` (see the module's documentation), from what
+/// `facts` tells of each endpoint; `seed` draws the default's weighted choice. A 400
+/// naming the `provider` field when the preferences leave no endpoint.
 pub fn plan<'c>(
     candidates: &[Candidate<'_, 'c>],
     preferences: &Preferences,
-    supports: impl Fn(&Model) -> bool,
-    live: impl Fn(&Model) -> View,
+    facts: Facts<impl Fn(&Model) -> bool, impl Fn(&Model) -> View, impl Fn(&Model) -> u64>,
     seed: u64,
 ) -> Result<Vec<&'c Model>, ApiError> {
+    let Facts { supports, live, prompt_tokens } = facts;
     let max = &preferences.max_price;
     let within = |limit: Option<PicoUsd>, per_token: PicoUsd| {
         limit.is_none_or(|limit| per_token.0 * TOKENS_PER_PRICE_UNIT <= limit.0)
     };
-    let filters: [(&str, &Allows); 5] = [
+    let limits_price = *max != MaxPrice::default();
+    let filters: [(&str, &Allows); 7] = [
         ("provider.only", &|endpoint| {
             preferences.only.as_ref().is_none_or(|only| only.contains(&endpoint.provider))
         }),
@@ -265,13 +297,21 @@ pub fn plan<'c>(
                 .is_none_or(|allowed| allowed.contains(&endpoint.quantization))
         }),
         ("provider.max_price", &|endpoint| {
-            within(max.prompt_per_million, endpoint.price.prompt)
-                && within(max.completion_per_million, endpoint.price.completion)
-                && max.request.is_none_or(|limit| endpoint.price.per_request <= limit)
+            if !limits_price {
+                return true;
+            }
+            let price = endpoint.price_at(prompt_tokens(endpoint));
+            within(max.prompt_per_million, price.prompt)
+                && within(max.completion_per_million, price.completion)
+                && max.request.is_none_or(|limit| price.per_request <= limit)
         }),
         ("provider.require_parameters", &|endpoint| {
             !preferences.require_parameters || supports(endpoint)
         }),
+        ("provider.data_collection", &|endpoint| {
+            !preferences.deny_data_collection || !endpoint.data_policy.may_collect()
+        }),
+        ("provider.zdr", &|endpoint| !preferences.zdr || endpoint.data_policy.zero_retention()),
     ];
     let mut random = SplitMix(seed);
     let mut first_emptied: Option<&str> = None;
@@ -410,6 +450,7 @@ upstream_model = "big"
 quantization = "bf16"
 supported_parameters = ["max_tokens", "temperature"]
 price = { prompt = "2", completion = "2" }
+long_context = { above_prompt_tokens = 500, price = { prompt = "3", completion = "2" } }
 source = "test"
 [[model.endpoints]]
 provider = "fireworks"
@@ -436,6 +477,24 @@ provider = "cerebras"
 upstream_model = "small"
 price = { prompt = "1", completion = "1" }
 source = "test"
+
+# deepinfra has no entry: its policy is unknown.
+[[host]]
+name = "groq"
+data_policy = "zero-retention"
+source = "test"
+[[host]]
+name = "together"
+data_policy = "abuse-monitoring"
+source = "test"
+[[host]]
+name = "fireworks"
+data_policy = "may-collect"
+source = "test"
+[[host]]
+name = "cerebras"
+data_policy = "zero-retention"
+source = "test"
 "#;
 
     /// Synthetic statistics and breakers per endpoint, read at [`NOW`].
@@ -444,6 +503,8 @@ source = "test"
         stats: Vec<EndpointStats>,
         breakers: Vec<CircuitBreaker>,
         now_ms: u64,
+        /// The request's prompt bound at every endpoint.
+        prompt_tokens: u64,
     }
 
     impl Lab {
@@ -455,6 +516,7 @@ source = "test"
                 stats: (0..n_endpoints).map(|_| EndpointStats::default()).collect(),
                 breakers: (0..n_endpoints).map(|_| CircuitBreaker::new()).collect(),
                 now_ms: NOW,
+                prompt_tokens: 100,
             }
         }
 
@@ -519,8 +581,12 @@ source = "test"
                 let taken = endpoint.supported_parameters(&PARAMETERS_PASSED_THROUGH);
                 parameters.iter().all(|parameter| taken.contains(parameter))
             };
-            let planned =
-                plan(&self.candidates(ids), &preferences, supports, |e| self.view(e), seed)?;
+            let facts = Facts {
+                supports,
+                live: |endpoint: &Model| self.view(endpoint),
+                prompt_tokens: |_: &Model| self.prompt_tokens,
+            };
+            let planned = plan(&self.candidates(ids), &preferences, facts, seed)?;
             Ok(planned
                 .iter()
                 .map(|e| format!("{}@{}", e.id.trim_start_matches("t/"), e.provider))
@@ -727,7 +793,9 @@ source = "test"
         check(json!("groq"), "provider");
         check(json!({"sort": "fast"}), "provider.sort");
         check(json!({"allow_fallbacks": "no"}), "provider.allow_fallbacks");
-        check(json!({"data_collection": "deny"}), "provider.data_collection");
+        check(json!({"data_collection": "never"}), "provider.data_collection");
+        check(json!({"zdr": "yes"}), "provider.zdr");
+        check(json!({"enforce_distillable_text": true}), "provider.enforce_distillable_text");
         check(json!({"ignore": ["groq", 1]}), "provider.ignore");
         check(json!({"max_price": 1}), "provider.max_price");
         let parsed =
@@ -737,5 +805,84 @@ source = "test"
             (vec!["mock-slow".to_owned()], None, true)
         );
         assert_eq!(Preferences::parse(None).unwrap(), Preferences::default());
+        let private = Preferences::parse(Some(&json!({"data_collection": "deny", "zdr": true})));
+        let private = private.unwrap();
+        assert!(private.deny_data_collection && private.zdr);
+        let open = Preferences::parse(Some(&json!({"data_collection": "allow", "zdr": false})));
+        assert_eq!(open.unwrap(), Preferences::default());
+    }
+
+    #[test]
+    fn max_price_compares_the_tier_the_prompt_bound_reaches() {
+        let mut lab = Lab::new();
+        // together: $2/M up to 500 prompt tokens, $3/M above.
+        let cheap = json!({"max_price": {"prompt": 2}, "sort": "price"});
+        assert_eq!(lab.plan(&["t/big"], cheap.clone()), ["big@groq", "big@together"]);
+        lab.prompt_tokens = 500;
+        assert_eq!(lab.plan(&["t/big"], cheap.clone()), ["big@groq", "big@together"]);
+        lab.prompt_tokens = 501;
+        assert_eq!(lab.plan(&["t/big"], cheap), ["big@groq"]);
+        assert_eq!(
+            lab.plan(&["t/big"], json!({"max_price": {"prompt": 3}, "sort": "price"})),
+            ["big@groq", "big@together"]
+        );
+        // Without max_price the tier changes nothing.
+        assert_eq!(lab.plan(&["t/big"], json!({"sort": "price"})).len(), 3);
+        assert_eq!(
+            lab.refused(&["t/big"], json!({"only": ["together"], "max_price": {"prompt": 2.5}})),
+            "provider.max_price"
+        );
+
+        // The catalogue's own tier: Gemini 2.5 Pro, $1.25/M up to 200,000 prompt
+        // tokens, $2.50/M above.
+        let catalog = Catalog::builtin();
+        let pro = catalog.endpoints("google/gemini-2.5-pro").expect("model");
+        let candidates = [Candidate {
+            id: "google/gemini-2.5-pro",
+            endpoints: pro.iter().collect(),
+            sort: None,
+        }];
+        let preferences = Preferences::parse(Some(&json!({"max_price": {"prompt": "1.25"}})));
+        let preferences = preferences.unwrap();
+        let health = crate::health::Health::new(&catalog);
+        let planned = |prompt_tokens: u64| {
+            let facts = Facts {
+                supports: |_: &Model| true,
+                live: |endpoint: &Model| health.view(endpoint),
+                prompt_tokens: |_: &Model| prompt_tokens,
+            };
+            plan(&candidates, &preferences, facts, 7).map(|planned| planned.len())
+        };
+        assert_eq!(planned(200_000).unwrap(), 1);
+        let error = planned(200_001).unwrap_err();
+        assert_eq!(error.to_json()["error"]["param"], "provider.max_price");
+    }
+
+    #[test]
+    fn data_collection_and_zdr_keep_hosts_known_to_keep_the_data_private() {
+        let lab = Lab::new();
+        // groq and cerebras retain nothing, together only for abuse monitoring,
+        // fireworks may collect, deepinfra's policy is unknown.
+        let deny = json!({"data_collection": "deny", "sort": "price"});
+        assert_eq!(
+            lab.plan(&["t/big", "t/small"], deny),
+            ["big@groq", "big@together", "small@cerebras"]
+        );
+        let zdr = json!({"zdr": true, "sort": "price"});
+        assert_eq!(lab.plan(&["t/big", "t/small"], zdr), ["big@groq", "small@cerebras"]);
+        let allow = json!({"data_collection": "allow", "zdr": false, "sort": "price"});
+        assert_eq!(lab.plan(&["t/big"], allow).len(), 3);
+        assert_eq!(
+            lab.refused(&["t/big"], json!({"only": ["fireworks"], "data_collection": "deny"})),
+            "provider.data_collection"
+        );
+        assert_eq!(
+            lab.refused(&["t/big"], json!({"only": ["together"], "zdr": true})),
+            "provider.zdr"
+        );
+        assert_eq!(
+            lab.refused(&["t/small"], json!({"ignore": ["cerebras"], "zdr": true})),
+            "provider.zdr"
+        );
     }
 }

@@ -176,6 +176,22 @@ async fn refusals_are_openai_shaped_and_cost_nothing() {
         (json!({"model": "cohere/embed-v4.0", "input": [1, 2]}), 400, Some("input")),
         // Configured nowhere in a fresh dev: no key for OpenAI.
         (json!({"model": "openai/text-embedding-3-small", "input": "a"}), 503, None),
+        // The `provider` object, as a chat's: `mock` serves `mock/embed` at $1 per million.
+        (
+            json!({"model": "mock/embed", "input": "a", "provider": {"only": ["openai"]}}),
+            400,
+            Some("provider.only"),
+        ),
+        (
+            json!({"model": "mock/embed", "input": "a", "provider": {"max_price": {"prompt": 0.5}}}),
+            400,
+            Some("provider.max_price"),
+        ),
+        (
+            json!({"model": "mock/embed", "input": "a", "provider": {"sort": "fast"}}),
+            400,
+            Some("provider.sort"),
+        ),
     ];
     for (body, status, param) in cases {
         check(embed(&dev, &key, &body).await, status, param);
@@ -249,6 +265,22 @@ async fn openai_wire_over_the_mock_and_fallback_across_models() {
     check_record(&dev, &key, &answer, "mock").await;
     let account = dev.account(&dev.demo_account).await;
     assert_eq!(pico(&account["spent"]), 2 * MOCK_PICO_PER_TOKEN);
+    assert_eq!(account["held"], "0.00");
+
+    // The `provider` object routes embeddings: without fallbacks beyond OpenAI the
+    // request fails instead of falling back to the mock, nothing charged ...
+    let pinned = json!({"model": "openai/text-embedding-3-large", "models": ["mock/embed"],
+        "input": "fall back", "provider": {"order": ["openai"], "allow_fallbacks": false}});
+    let (status, error) = embed(&dev, &key, &pinned).await;
+    assert!(status >= 500, "{status} {error}");
+    // ... and `zdr` skips OpenAI (it keeps abuse-monitoring logs): the mock serves.
+    let private = json!({"model": "openai/text-embedding-3-large", "models": ["mock/embed"],
+        "input": "fall back", "provider": {"zdr": true}});
+    let (status, answer) = embed(&dev, &key, &private).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!((&answer["model"], &answer["provider"]), (&json!("mock/embed"), &json!("mock")));
+    let account = dev.account(&dev.demo_account).await;
+    assert_eq!(pico(&account["spent"]), 4 * MOCK_PICO_PER_TOKEN);
     assert_eq!(account["held"], "0.00");
     dev.audit_ok().await;
 }

@@ -5,10 +5,12 @@
 //! answer and the record name the serving host, `sort`, suffixes, `order`,
 //! `require_parameters` and the default spread route as documented, the endpoints API
 //! shows prices and live statistics, and when `mock-slow` fails mid-run its traffic
-//! moves to `mock` (same-model fallback, then its breaker skips it).
+//! moves to `mock` (same-model fallback, then its breaker skips it). Without Python:
+//! `max_price` at a long prompt's price tier, `data_collection` and `zdr`.
 
 mod support;
 
+use serde_json::{json, Value};
 use solrouter_gateway::mock::{self, Knobs, MockConfig};
 use std::time::Duration;
 use support::{data_dir, path, run_python, Dev};
@@ -56,6 +58,46 @@ async fn routing_follows_price_speed_and_health_across_two_hosts() {
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
+    dev.audit_ok().await;
+}
+
+/// `max_price` at the price tier a long prompt may reach, and the data-policy filters,
+/// over the dev's own two hosts of `mock/shared`: `mock` ($2/$4 per million, retains
+/// nothing) and `mock-slow` ($1/$2, $4/$4 above 8192 prompt tokens, abuse monitoring).
+#[tokio::test]
+async fn max_price_at_the_long_context_tier_and_data_policies_choose_the_host() {
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &[]);
+    let (account, key) = dev.funded_account("10").await;
+    let ask = |text: &str, provider: Value| {
+        json!({"model": "mock/shared", "messages": [{"role": "user", "content": text}],
+            "max_tokens": 16, "provider": provider})
+    };
+    let served = |(status, answer): (u16, Value)| {
+        assert_eq!(status, 200, "{answer}");
+        answer["provider"].as_str().expect("provider").to_owned()
+    };
+    let refused = |(status, error): (u16, Value)| {
+        assert_eq!(status, 400, "{error}");
+        error["error"]["param"].as_str().expect("param").to_owned()
+    };
+    let cheap = json!({"max_price": {"prompt": 2}, "sort": "price"});
+    assert_eq!(served(dev.chat(&key, &ask("short", cheap.clone())).await), "mock-slow");
+    // 10,000 bytes may be 10,000 tokens (what the hold covers): past mock-slow's tier.
+    let long = "word ".repeat(2000);
+    assert_eq!(served(dev.chat(&key, &ask(&long, cheap)).await), "mock");
+    let only_slow = json!({"only": ["mock-slow"], "max_price": {"prompt": 2}});
+    assert_eq!(refused(dev.chat(&key, &ask(&long, only_slow)).await), "provider.max_price");
+    let within_tier = json!({"only": ["mock-slow"], "max_price": {"prompt": 4}});
+    assert_eq!(served(dev.chat(&key, &ask(&long, within_tier)).await), "mock-slow");
+
+    let zdr = json!({"zdr": true, "sort": "price"});
+    assert_eq!(served(dev.chat(&key, &ask("private", zdr)).await), "mock");
+    let deny = json!({"data_collection": "deny", "sort": "price"});
+    assert_eq!(served(dev.chat(&key, &ask("private", deny)).await), "mock-slow");
+    let slow_zdr = json!({"only": ["mock-slow"], "zdr": true});
+    assert_eq!(refused(dev.chat(&key, &ask("private", slow_zdr)).await), "provider.zdr");
+    assert_eq!(dev.account(&account).await["held"], "0.00");
     dev.audit_ok().await;
 }
 

@@ -234,6 +234,8 @@ struct Inner {
     /// Written since the last sync.
     dirty: AtomicBool,
     backfill: Arc<BackfillRequests>,
+    /// Kept in memory only (tests and the simulation): a sync costs nothing.
+    in_memory: bool,
 }
 
 /// Groups that installed a snapshot and whose records are to be copied: shared by the
@@ -285,7 +287,7 @@ impl History {
                 }
             }
         };
-        History::over(db, retention)
+        History::over(db, retention, false)
     }
 
     /// A history kept in memory only (tests and the simulation).
@@ -296,16 +298,17 @@ impl History {
             .map_err(|e| {
                 LedgerError::storage("creating the request history", redb::Error::from(e))
             })?;
-        History::over(db, retention)
+        History::over(db, retention, true)
     }
 
-    fn over(db: Database, retention: Duration) -> Result<History, LedgerError> {
+    fn over(db: Database, retention: Duration, in_memory: bool) -> Result<History, LedgerError> {
         let inner = Inner {
             db,
             retention,
             expired_total: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             backfill: Arc::default(),
+            in_memory,
         };
         let history = History { inner: Arc::new(inner) };
         // Creates the tables, so readers never find one missing.
@@ -347,6 +350,19 @@ impl History {
             }
             Ok(())
         })
+    }
+
+    /// [`History::sync`] from async code: on a blocking thread, or inline for a history in
+    /// memory, where it costs nothing and a blocking thread would let a test's paused clock
+    /// jump while it ran (so a simulation's seed would not replay).
+    pub async fn sync_off_runtime(&self) -> HistoryResult<()> {
+        if self.inner.in_memory {
+            return self.sync();
+        }
+        let history = self.clone();
+        tokio::task::spawn_blocking(move || history.sync())
+            .await
+            .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?
     }
 
     /// Makes every write so far durable (fsync).

@@ -18,6 +18,11 @@ pub type KvBatch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 /// How far a [`KvTree::write`] goes before it returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
+    /// Queued only: applied with the next `Volatile` or `Durable` write of the same store
+    /// (in its transaction, before it), so it costs no commit of its own; until then reads
+    /// may not see it, and a crash may lose it. For what only a restart reads (the
+    /// committed index), written once per entry.
+    Deferred,
     /// Visible to every later read, but lost by a crash unless a later durable write (of
     /// any tree of the same store) completes first.
     Volatile,
@@ -39,7 +44,8 @@ pub trait KvTree: Clone + Send + Sync + 'static {
     /// Keys and values within `range`, in key order. Collected rather than streamed: every
     /// caller reads the whole range anyway (entries to replicate, keys to remove).
     fn range(&self, range: (Bound<&[u8]>, Bound<&[u8]>)) -> Result<Vec<KvPair<Self>>, Self::Error>;
-    /// Applies every write of `batch` atomically; a later read sees them once this returns.
+    /// Applies every write of `batch` atomically; a later read sees them once this returns
+    /// (a `Deferred` write: once a later non-deferred write has returned).
     fn write(
         &self,
         batch: KvBatch,
@@ -65,7 +71,8 @@ const REDB_WRITES_PER_COMMIT_MAX: usize = 1024;
 
 /// A node's redb database, written by one task. Every write goes through that task, which
 /// takes whatever writes are queued, applies them in one transaction and commits it, on a
-/// blocking thread, `fdatasync`ed if any of them asked to be durable: concurrent appends of
+/// blocking thread, `fdatasync`ed if any of them asked to be durable (`Deferred` writes
+/// wait for the next round with another write in it): concurrent appends of
 /// the node's groups, votes and snapshots share one sync, writers never block a tokio
 /// worker on redb's writer lock, and, with one writer and MVCC readers, no lock order can
 /// deadlock. Reads run on the caller's thread in their own read transaction. Cheap to
@@ -80,7 +87,9 @@ struct WriteRequest {
     table: Arc<str>,
     batch: KvBatch,
     durability: Durability,
-    done: oneshot::Sender<Result<(), String>>,
+    /// Where the commit's result goes; `None` for a `Deferred` write, whose writer does
+    /// not wait (a failed commit fails the non-deferred write it was committed with).
+    done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 impl RedbStore {
@@ -103,25 +112,43 @@ impl RedbStore {
 }
 
 /// The writer task: one transaction per round of queued writes, until every handle is
-/// gone.
+/// gone. `Deferred` writes wait, in queue order, for the next round that holds another
+/// write (or fills up), so they share its transaction.
 async fn write_loop(db: Arc<redb::Database>, mut writes_rx: mpsc::Receiver<WriteRequest>) {
     let mut requests = Vec::new();
-    while writes_rx.recv_many(&mut requests, REDB_WRITES_PER_COMMIT_MAX).await > 0 {
-        let round = std::mem::take(&mut requests);
-        let db = Arc::clone(&db);
-        // redb's errors are not `Clone`: every writer of the round gets the message.
-        let committing = tokio::task::spawn_blocking(move || {
-            let result = commit(&db, &round).map_err(|e| e.to_string());
-            (result, round)
-        });
-        let Ok((result, round)) = committing.await else {
-            // The commit panicked; its writers see their channel closed.
-            continue;
-        };
-        for request in round {
-            // A writer that gave up waiting has dropped its receiver; nothing to tell it.
-            let _ = request.done.send(result.clone());
+    loop {
+        let room = REDB_WRITES_PER_COMMIT_MAX - requests.len();
+        if writes_rx.recv_many(&mut requests, room).await == 0 {
+            break;
         }
+        let only_deferred = requests.iter().all(|r| r.durability == Durability::Deferred);
+        if only_deferred && requests.len() < REDB_WRITES_PER_COMMIT_MAX {
+            continue;
+        }
+        commit_round(&db, std::mem::take(&mut requests)).await;
+    }
+    // Every handle is gone: what was deferred goes in a last, volatile, round.
+    if !requests.is_empty() {
+        commit_round(&db, requests).await;
+    }
+}
+
+/// Commits `round` in one transaction on a blocking thread and tells its writers.
+async fn commit_round(db: &Arc<redb::Database>, round: Vec<WriteRequest>) {
+    assert!(!round.is_empty() && round.len() <= REDB_WRITES_PER_COMMIT_MAX);
+    let db = Arc::clone(db);
+    // redb's errors are not `Clone`: every writer of the round gets the message.
+    let committing = tokio::task::spawn_blocking(move || {
+        let result = commit(&db, &round).map_err(|e| e.to_string());
+        (result, round)
+    });
+    let Ok((result, round)) = committing.await else {
+        // The commit panicked; its writers see their channel closed.
+        return;
+    };
+    for done in round.into_iter().filter_map(|request| request.done) {
+        // A writer that gave up waiting has dropped its receiver; nothing to tell it.
+        let _ = done.send(result.clone());
     }
 }
 
@@ -199,11 +226,41 @@ impl KvTree for RedbTree {
     }
 
     async fn write(&self, batch: KvBatch, durability: Durability) -> Result<(), redb::Error> {
-        let (done, done_rx) = oneshot::channel();
+        let (done, done_rx) = match durability {
+            Durability::Deferred => (None, None),
+            Durability::Volatile | Durability::Durable => {
+                let (done, done_rx) = oneshot::channel();
+                (Some(done), Some(done_rx))
+            }
+        };
         let request = WriteRequest { table: Arc::clone(&self.table), batch, durability, done };
         let failed = |message: String| redb::Error::Io(std::io::Error::other(message));
         let closed = || failed("the redb writer task is gone".to_owned());
         self.store.writes_tx.send(request).await.map_err(|_| closed())?;
-        done_rx.await.map_err(|_| closed())?.map_err(failed)
+        match done_rx {
+            Some(done_rx) => done_rx.await.map_err(|_| closed())?.map_err(failed),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deferred write waits for the store's next write and lands with it, in order: a
+    /// later write of the same key wins, and it is durable with a durable write.
+    #[tokio::test]
+    async fn a_deferred_write_lands_with_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("kv.redb")).unwrap();
+        let (meta, log) = (store.tree("0/meta"), store.tree("0/log"));
+        let put = |value: &[u8]| vec![(b"k".to_vec(), Some(value.to_vec()))];
+        meta.write(put(b"deferred"), Durability::Deferred).await.unwrap();
+        log.write(put(b"entry"), Durability::Durable).await.unwrap();
+        assert_eq!(meta.get(b"k").unwrap().as_deref(), Some(&b"deferred"[..]));
+        meta.write(put(b"first"), Durability::Deferred).await.unwrap();
+        meta.write(put(b"second"), Durability::Volatile).await.unwrap();
+        assert_eq!(meta.get(b"k").unwrap().as_deref(), Some(&b"second"[..]));
     }
 }

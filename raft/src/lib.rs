@@ -75,6 +75,14 @@ pub const SUBMIT_QUEUE_MAX: usize = 2 * BATCH_COMMANDS_MAX;
 /// longer bound a group to one batch per commit. Beyond it submissions queue (and so
 /// batch up) behind the proposals in flight.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
+/// Fewest queued commands that are proposed as an entry of their own while another entry
+/// is in flight; fewer wait for the group's proposals to be answered (and so join a
+/// larger batch). An entry has a fixed cost (a log write and `fdatasync` on every replica,
+/// an AppendEntries round, a history write) far above a command's: with every slot open
+/// to a batch of one or two, a CPU-bound 3-node cluster proposed 2.2 commands per entry
+/// and spent ~1 ms of the leader's CPU on each (docs/benchmarks.md, "Batches worth their
+/// entry"). A lone submission on an idle group is still proposed at once.
+pub const PIPELINED_BATCH_MIN: usize = 32;
 /// Longest `submit` waits for an outcome. Far above a commit's latency (one fsync locally,
 /// one round trip plus fsync in a cluster) and above an election, so it fires only when the
 /// group is really stuck; the caller then retries with the same op id.
@@ -130,6 +138,7 @@ pub const RPC_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 const _: () = assert!(SUBMIT_QUEUE_MAX >= BATCH_COMMANDS_MAX);
+const _: () = assert!(PIPELINED_BATCH_MIN >= 1 && PIPELINED_BATCH_MIN <= BATCH_COMMANDS_MAX);
 const _: () = assert!(NAME_BYTES_MAX * 2 + 256 <= COMMAND_BYTES_MAX);
 // The envelope and the codec's framing fit in the slack left by the entries.
 const _: () = assert!(APPEND_ENTRIES_MAX as usize * ENTRY_BYTES_MAX <= RPC_BYTES_MAX * 3 / 4);

@@ -8,9 +8,14 @@
 //!
 //! What is durable when: an appended entry and a vote are `fdatasync`ed before openraft
 //! hears of them; the committed index, a truncation and a purge are written volatile (a
-//! crash may lose them, and each loss is harmless, see each method). The log is never
+//! crash may lose them, and each loss is harmless, see each method; the committed index
+//! is not even committed on its own, it rides with the next append). The log is never
 //! purged past the snapshot on stable storage, so a crash at any write leaves a snapshot
 //! and a contiguous log after it.
+//!
+//! The last entries appended are also kept decoded in memory ([`Tail`]): openraft reads
+//! each entry back right after appending it (to apply it, to replicate it), and those
+//! reads then cost neither a read transaction nor a decode.
 #![allow(
     clippy::result_large_err,
     reason = "openraft's storage traits return its large StorageError by value; helpers match them"
@@ -23,13 +28,87 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 pub(crate) const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"last_purged";
+
+/// Most entries, and most encoded bytes of entries, the decoded [`Tail`] keeps. Apply
+/// and replication read what was appended a few entries ago; a follower further behind
+/// is read from the tree. At most this much memory per group.
+const TAIL_ENTRIES_MAX: usize = 256;
+const TAIL_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// The last entries of the log, decoded, at consecutive indexes up to the log's last
+/// entry (or none). Kept in step with the tree by `append`, `truncate` and `purge`, which
+/// openraft issues one at a time.
+#[derive(Default)]
+struct Tail {
+    entries: VecDeque<Entry>,
+    /// Encoded size of each of `entries`, and their sum.
+    sizes: VecDeque<usize>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|entry| entry.log_id.index)
+    }
+
+    /// Adds `entry`, just appended, encoded in `size` bytes, and drops the oldest entries
+    /// beyond the bounds.
+    fn push(&mut self, entry: Entry, size: usize) {
+        if self.entries.back().is_some_and(|last| last.log_id.index + 1 != entry.log_id.index) {
+            // Not the next index (openraft never appends so: it truncates, or purges past
+            // the end, first): start over, so the tail stays consecutive.
+            self.clear_from(0);
+        }
+        self.entries.push_back(entry);
+        self.sizes.push_back(size);
+        self.bytes += size;
+        while self.entries.len() > TAIL_ENTRIES_MAX || self.bytes > TAIL_BYTES_MAX {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        self.entries.pop_front();
+        self.bytes -= self.sizes.pop_front().unwrap_or(0);
+    }
+
+    /// Drops the entries at `index` and after.
+    fn clear_from(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|last| last.log_id.index >= index) {
+            self.entries.pop_back();
+            self.bytes -= self.sizes.pop_back().unwrap_or(0);
+        }
+    }
+
+    /// Drops the entries up to `index`.
+    fn clear_upto(&mut self, index: u64) {
+        while self.first_index().is_some_and(|first| first <= index) {
+            self.pop_front();
+        }
+    }
+
+    /// The entries from `start` (inclusive) to `end` (exclusive), if the tail holds every
+    /// entry of the log in that range: `start` is at or after its first entry (it ends at
+    /// the log's last, so nothing after it exists).
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        if start < first {
+            return None;
+        }
+        let skip = usize::try_from(start - first).ok()?;
+        let take = usize::try_from(end.saturating_sub(start)).unwrap_or(usize::MAX);
+        Some(self.entries.iter().skip(skip).take(take).cloned().collect())
+    }
+}
 
 /// Cheap to clone: trees are reference-counted handles, so the log reader openraft asks
 /// for is just another handle on the same trees.
@@ -42,6 +121,8 @@ pub struct LogStore<K: KvTree = RedbTree> {
     /// The log id of the group's snapshot on stable storage
     /// ([`StateMachine::saved_snapshot`](crate::state_machine::StateMachine::saved_snapshot)).
     saved_snapshot: watch::Receiver<Option<LogId>>,
+    /// Shared with the readers openraft asks for.
+    tail: Arc<Mutex<Tail>>,
 }
 
 impl LogStore {
@@ -66,7 +147,13 @@ impl<K: KvTree> LogStore<K> {
         meta: K,
         saved_snapshot: watch::Receiver<Option<LogId>>,
     ) -> LogStore<K> {
-        LogStore { group, log, meta, saved_snapshot }
+        LogStore { group, log, meta, saved_snapshot, tail: Arc::default() }
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        // Every critical section only moves entries in or clones them out: a panic inside
+        // one leaves a consistent tail.
+        self.tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -105,6 +192,35 @@ impl<K: KvTree> LogStore<K> {
         Ok(())
     }
 
+    /// Writes `entries` durably and makes them readable at once (from the [`Tail`]): what
+    /// [`RaftLogStorage::append`] does before it calls back, with the outcome of the
+    /// `fdatasync`ed write to report. Fails only if an entry does not encode.
+    async fn append_durably<I>(&self, entries: I) -> Result<std::io::Result<()>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = Vec::new();
+        let mut decoded = Vec::new();
+        for entry in entries {
+            let bytes = codec::encode(&entry)
+                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            let key = entry.log_id.index.to_be_bytes().to_vec();
+            decoded.push((entry, bytes.len()));
+            batch.push((key, Some(bytes)));
+        }
+        // Readable from here on (openraft may read them as soon as this returns), durable
+        // once the write returns.
+        {
+            let mut tail = self.tail();
+            for (entry, size) in decoded {
+                tail.push(entry, size);
+            }
+        }
+        let written = self.log.write(batch, Durability::Durable).await;
+        Ok(written.map_err(|e| std::io::Error::other(e.to_string())))
+    }
+
     /// The stored entries whose index lies in `range`, as raw keys and values.
     fn log_range(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<KvPair<K>>, K::Error> {
         let (start, end) = (range.0.map(u64::to_be_bytes), range.1.map(u64::to_be_bytes));
@@ -117,6 +233,20 @@ impl<K: KvTree> RaftLogReader<TypeConfig> for LogStore<K> {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&start) => start,
+            Bound::Excluded(&start) => start.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&end) => end.saturating_add(1),
+            Bound::Excluded(&end) => end,
+            Bound::Unbounded => u64::MAX,
+        };
+        let cached = self.tail().get(start, end);
+        if let Some(entries) = cached {
+            return Ok(entries);
+        }
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
         let pairs = self.log_range(bounds).map_err(|e| StorageIOError::read_logs(&e))?;
         let decode = |(key, bytes): &KvPair<K>| {
@@ -150,10 +280,12 @@ impl<K: KvTree> RaftLogStorage<TypeConfig> for LogStore<K> {
         self.read_meta(KEY_VOTE)
     }
 
-    /// Volatile: the committed index only lets a restarted node re-apply its log before
-    /// an election; losing the latest value costs time, never correctness.
+    /// Deferred: the committed index only lets a restarted node re-apply its log before
+    /// an election; losing the latest value costs time, never correctness. So it is
+    /// written with the next append's transaction instead of one of its own, and openraft's
+    /// core, which waits for this call before it applies, does not wait for a commit.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(KEY_COMMITTED, &committed, Durability::Volatile).await
+        self.write_meta(KEY_COMMITTED, &committed, Durability::Deferred).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -172,15 +304,8 @@ impl<K: KvTree> RaftLogStorage<TypeConfig> for LogStore<K> {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = Vec::new();
-        for entry in entries {
-            let bytes = codec::encode(&entry)
-                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
-            batch.push((entry.log_id.index.to_be_bytes().to_vec(), Some(bytes)));
-        }
-        let written = self.log.write(batch, Durability::Durable).await;
-        let result = written.map_err(|e| std::io::Error::other(e.to_string()));
-        callback.log_io_completed(result);
+        let written = self.append_durably(entries).await?;
+        callback.log_io_completed(written);
         Ok(())
     }
 
@@ -188,6 +313,7 @@ impl<K: KvTree> RaftLogStorage<TypeConfig> for LogStore<K> {
     /// truncation overwrites the same indexes durably, and until then the entries lost
     /// with the truncation are ones this node never acknowledged as committed.
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.tail().clear_from(log_id.index);
         self.remove_range((Bound::Included(log_id.index), Bound::Unbounded)).await
     }
 
@@ -205,6 +331,7 @@ impl<K: KvTree> RaftLogStorage<TypeConfig> for LogStore<K> {
             let gone = std::io::Error::other("the state machine stopped before saving");
             return Err(StorageIOError::write_logs(&gone).into());
         }
+        self.tail().clear_upto(log_id.index);
         self.write_meta(KEY_PURGED, &log_id, Durability::Volatile).await?;
         self.remove_range((Bound::Unbounded, Bound::Included(log_id.index))).await
     }
@@ -338,6 +465,86 @@ mod tests {
         core.await.unwrap();
         let restarted = check_restartable(store.crash()).await;
         assert_eq!(restarted, (Some(SNAPSHOT_AT), Some(SNAPSHOT_AT), Some(SNAPSHOT_AT + 1)));
+    }
+
+    fn entry_at(term: u64, index: u64) -> Entry {
+        let log_id = LogId::new(CommittedLeaderId::new(term, 1), index);
+        Entry { log_id, payload: EntryPayload::Blank }
+    }
+
+    /// Appends entries `indexes` of `term` through the store, as openraft does.
+    async fn append_through(
+        log: &LogStore<crate::sim::storage::MemTree>,
+        term: u64,
+        indexes: std::ops::RangeInclusive<u64>,
+    ) {
+        let entries: Vec<Entry> = indexes.map(|index| entry_at(term, index)).collect();
+        log.append_durably(entries).await.unwrap().unwrap();
+    }
+
+    /// The entries `log` reads in `range`, encoded, to compare stores by.
+    async fn read_encoded(
+        log: &mut LogStore<crate::sim::storage::MemTree>,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Vec<Vec<u8>> {
+        let entries = log.try_get_log_entries(range).await.unwrap();
+        entries.iter().map(|entry| codec::encode(entry).unwrap()).collect()
+    }
+
+    /// Reads served by the decoded tail give exactly what the tree holds (as read by a
+    /// store with an empty tail), across appends past the tail's bounds, a truncation and a
+    /// purge; and what was just appended is read without reading the tree.
+    #[tokio::test(start_paused = true)]
+    async fn the_tail_reads_as_the_tree_does() {
+        let (_store, mut log, mut machine) = open(Disk::new());
+        type Tree = crate::sim::storage::MemTree;
+        let tree_only = |log: &LogStore<Tree>, machine: &StateMachine<Tree>| {
+            LogStore::new(0, log.log.clone(), log.meta.clone(), machine.saved_snapshot())
+        };
+        let mut tree = tree_only(&log, &machine);
+        for first in (1..=300).step_by(10) {
+            append_through(&log, 1, first..=first + 9).await;
+        }
+        let tail_first = 300 - TAIL_ENTRIES_MAX as u64 + 1;
+        assert_eq!(log.tail().first_index(), Some(tail_first));
+        let ranges =
+            [1..=300, tail_first - 1..=300, tail_first..=300, 290..=320, 300..=300, 301..=400];
+        for range in ranges {
+            let expected = read_encoded(&mut tree, range.clone()).await;
+            assert_eq!(read_encoded(&mut log, range.clone()).await, expected, "{range:?}");
+        }
+
+        log.truncate(log_id(280)).await.unwrap();
+        append_through(&log, 2, 280..=290).await;
+        let mut tree = tree_only(&log, &machine);
+        for range in [270..=300, 280..=290, 285..=285, 291..=300] {
+            let expected = read_encoded(&mut tree, range.clone()).await;
+            assert_eq!(read_encoded(&mut log, range.clone()).await, expected, "{range:?}");
+        }
+        assert_eq!(read_encoded(&mut log, 270..=300).await.len(), 21);
+
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(285)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "1-285".to_owned(),
+        };
+        let data = codec::encode(&Ledger::default()).unwrap();
+        machine.install_snapshot(&meta, Box::new(Cursor::new(data))).await.unwrap();
+        log.purge(log_id(285)).await.unwrap();
+        assert_eq!(log.tail().first_index(), Some(286));
+        let mut tree = tree_only(&log, &machine);
+        for range in [1..=300, 286..=290] {
+            let expected = read_encoded(&mut tree, range.clone()).await;
+            assert_eq!(read_encoded(&mut log, range.clone()).await, expected, "{range:?}");
+        }
+
+        // An entry of the tail flipped on disk: the tail still reads it, the tree refuses it.
+        let key = 288u64.to_be_bytes().to_vec();
+        let mut bytes = log.log.get(&key).unwrap().unwrap();
+        bytes[super::codec::HEADER_BYTES] ^= 0x10;
+        log.log.write(vec![(key, Some(bytes))], Durability::Volatile).await.unwrap();
+        assert_eq!(read_encoded(&mut log, 286..=290).await.len(), 5);
+        assert!(tree_only(&log, &machine).try_get_log_entries(286..=290).await.is_err());
     }
 
     /// A stored entry with a flipped bit is refused, naming its group and index, instead of

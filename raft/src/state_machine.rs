@@ -162,9 +162,7 @@ impl<K: KvTree> StateMachine<K> {
         let write_error = |e: &dyn std::error::Error| {
             StorageIOError::write_snapshot(signature.clone(), openraft::AnyError::error(e))
         };
-        let history = self.history.clone();
-        let synced = tokio::task::spawn_blocking(move || history.sync()).await;
-        synced.map_err(|e| write_error(&e))?.map_err(|e| write_error(&e))?;
+        self.history.sync_off_runtime().await.map_err(|e| write_error(&e))?;
         let bytes = codec::encode(stored).map_err(|e| write_error(&e))?;
         let batch = vec![(KEY_SNAPSHOT.to_vec(), Some(bytes))];
         self.snapshots.write(batch, Durability::Durable).await.map_err(|e| write_error(&e))?;

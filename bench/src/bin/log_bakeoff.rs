@@ -1,12 +1,13 @@
 //! Log store bake-off (`docs/storage.md`, "Choosing the log store"): drives one storage
 //! engine the way a ledger node drives its Raft log, through the same `KvTree` interface the
 //! node's `LogStore` and `StateMachine` use, and prints throughput, append latency, disk
-//! use after purges and RSS. One engine per process, so RSS and `strace -c` counts are the
+//! use after purges, bytes the process wrote (`/proc/self/io`) and RSS. One engine per process, so RSS and `strace -c` counts are the
 //! engine's own.
 //!
 //! Each of `--appenders` Raft groups has a task that appends `--entries-per-append` entries
 //! of `--entry-bytes` and waits until they are on stable storage (what openraft waits for
-//! before it counts an entry persisted), as fast as it can. Meanwhile one task saves a
+//! before it counts an entry persisted), as fast as it can, then saves the committed index
+//! as `--committed` says (`LogStore::save_committed` writes it deferred). Meanwhile one task saves a
 //! vote durably every `--vote-every-ms` (groups in turn) and one saves a snapshot of
 //! `--snapshot-bytes` durably every `--snapshot-every-ms` (groups in turn), then purges
 //! that group's log up to `--entries-kept` entries behind its end. A watchdog ends the run
@@ -45,6 +46,27 @@ enum Engine {
     Fjall,
 }
 
+/// How the appenders save the committed index after each append.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Committed {
+    /// Not at all.
+    None,
+    /// A volatile write of its own, waited for (the node until 2026-11-30).
+    Volatile,
+    /// A deferred write, committed with the next append (the node now).
+    Deferred,
+}
+
+impl Committed {
+    fn durability(self) -> Option<Durability> {
+        match self {
+            Committed::None => None,
+            Committed::Volatile => Some(Durability::Volatile),
+            Committed::Deferred => Some(Durability::Deferred),
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(about = "Bake-off of Raft log stores: group-commit throughput, syncs, space, RSS")]
 struct Args {
@@ -57,6 +79,8 @@ struct Args {
     entry_bytes: usize,
     #[arg(long, default_value_t = 1)]
     entries_per_append: u64,
+    #[arg(long, value_enum, default_value_t = Committed::Deferred)]
+    committed: Committed,
     #[arg(long, default_value_t = 20)]
     duration_s: u64,
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
@@ -157,6 +181,7 @@ async fn run<K: KvTree>(args: &Args, dir: &Path, tree: impl Fn(&str) -> K) -> an
     let stop = Arc::new(AtomicBool::new(false));
     let last_index: Arc<Vec<AtomicU64>> =
         Arc::new((0..args.appenders).map(|_| AtomicU64::new(0)).collect());
+    let written_before = io_write_bytes();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_s);
 
@@ -165,6 +190,7 @@ async fn run<K: KvTree>(args: &Args, dir: &Path, tree: impl Fn(&str) -> K) -> an
         let (groups, counters, last_index) =
             (Arc::clone(&groups), Arc::clone(&counters), Arc::clone(&last_index));
         let (entry_bytes, per_append) = (args.entry_bytes, args.entries_per_append);
+        let committed = args.committed.durability();
         appenders.push(tokio::spawn(async move {
             let mut latencies_us = Vec::new();
             let mut next = 1u64;
@@ -175,6 +201,11 @@ async fn run<K: KvTree>(args: &Args, dir: &Path, tree: impl Fn(&str) -> K) -> an
                 let t0 = Instant::now();
                 groups[g].log.write(batch, Durability::Durable).await.expect("append");
                 latencies_us.push(t0.elapsed().as_micros() as u64);
+                if let Some(durability) = committed {
+                    let index = (next + per_append - 1).to_be_bytes().to_vec();
+                    let write = vec![(b"committed".to_vec(), Some(index))];
+                    groups[g].meta.write(write, durability).await.expect("committed");
+                }
                 next += per_append;
                 last_index[g].store(next - 1, Ordering::Relaxed);
                 counters.n_appends.fetch_add(1, Ordering::Relaxed);
@@ -265,9 +296,11 @@ async fn run<K: KvTree>(args: &Args, dir: &Path, tree: impl Fn(&str) -> K) -> an
     let live = args.appenders as f64
         * (args.entries_kept as f64 * args.entry_bytes as f64 + args.snapshot_bytes as f64);
     let (rss, hwm) = (status_kib("VmRSS:") / 1024.0, status_kib("VmHWM:") / 1024.0);
+    let written_per_append = (io_write_bytes() - written_before) / n_appends.max(1) as f64;
     println!(
-        "engine={:?} appenders={} entry_bytes={} entries_per_append={} duration_s={elapsed:.1}",
-        args.engine, args.appenders, args.entry_bytes, args.entries_per_append
+        "engine={:?} appenders={} entry_bytes={} entries_per_append={} committed={:?} \
+         duration_s={elapsed:.1}",
+        args.engine, args.appenders, args.entry_bytes, args.entries_per_append, args.committed
     );
     println!(
         "appends={n_appends} appends_per_s={:.0} entries_per_s={:.0} MiB_per_s={:.1} \
@@ -281,7 +314,7 @@ async fn run<K: KvTree>(args: &Args, dir: &Path, tree: impl Fn(&str) -> K) -> an
     );
     println!(
         "votes={} snapshots={} purges={} disk_MiB={:.1} alloc_MiB={:.1} live_MiB={:.1} \
-         amplification={:.2} rss_MiB={rss:.1} hwm_MiB={hwm:.1}",
+         amplification={:.2} written_KiB_per_append={:.1} rss_MiB={rss:.1} hwm_MiB={hwm:.1}",
         counters.n_votes.load(Ordering::Relaxed),
         counters.n_snapshots.load(Ordering::Relaxed),
         counters.n_purges.load(Ordering::Relaxed),
@@ -289,6 +322,7 @@ async fn run<K: KvTree>(args: &Args, dir: &Path, tree: impl Fn(&str) -> K) -> an
         allocated / MIB,
         live / MIB,
         allocated / live,
+        written_per_append / 1024.0,
     );
     Ok(())
 }
@@ -332,6 +366,14 @@ fn disk_use(dir: &Path) -> std::io::Result<(f64, f64)> {
         }
     }
     Ok((apparent, allocated))
+}
+
+/// Bytes this process has caused to be written to storage (`/proc/self/io`; 0 where
+/// there is none).
+fn io_write_bytes() -> f64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let line = io.lines().find(|line| line.starts_with("write_bytes:")).unwrap_or_default();
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0.0)
 }
 
 /// A `/proc/self/status` field in KiB (0 where there is none).
@@ -449,7 +491,7 @@ impl KvTree for RedbPerWrite {
             let mut txn = this.db.begin_write()?;
             let level = match durability {
                 Durability::Durable => redb::Durability::Immediate,
-                Durability::Volatile => redb::Durability::None,
+                Durability::Volatile | Durability::Deferred => redb::Durability::None,
             };
             txn.set_durability(level)?;
             {

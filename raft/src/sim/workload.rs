@@ -90,8 +90,10 @@ pub struct Record {
     /// [`History::tick`] when the command was first sent, and when its outcome arrived.
     pub sent: u64,
     pub answered: u64,
-    /// Simulated time of the outcome, in ms since the cluster started.
-    pub answered_ms: u64,
+    /// Simulated time the command was first sent, in ms since the cluster started: it may
+    /// have been applied as early as then (an attempt whose answer was lost), so a retry's
+    /// age against the ledger's windows counts from it, not from the answer.
+    pub sent_ms: u64,
 }
 
 impl History {
@@ -109,12 +111,11 @@ impl History {
         self.records.lock().expect("history lock poisoned").clone()
     }
 
-    pub fn set_outcome(&self, record_idx: usize, outcome: Outcome, answered_ms: u64) {
+    pub fn set_outcome(&self, record_idx: usize, outcome: Outcome) {
         let answered = self.tick();
         let mut records = self.records.lock().expect("history lock poisoned");
         records[record_idx].outcome = Some(outcome);
         records[record_idx].answered = answered;
-        records[record_idx].answered_ms = answered_ms;
     }
 
     /// Counts a retry made past the ledger's windows (see [`late`]).
@@ -215,7 +216,7 @@ pub struct Client {
     /// their reserve was answered with (which their settle carries).
     holds: Vec<(AccountId, HoldId, PicoUsd, u64)>,
     /// Its own acknowledged records, to replay some of them mid-run, with the simulated
-    /// time of their outcome.
+    /// time they were first sent.
     acknowledged: Vec<(Command, Outcome, u64)>,
     n_commands: u64,
     /// Whether it retries a command left without an answer until one comes, as a gateway
@@ -264,8 +265,8 @@ impl Client {
     /// exactly-once check, during the faults).
     async fn replay_one(&mut self) {
         let idx = self.router.rng.gen_range(0..self.acknowledged.len());
-        let (command, first, answered_ms) = self.acknowledged[idx].clone();
-        let age_ms = self.router.cluster.now_ms() - answered_ms;
+        let (command, first, sent_ms) = self.acknowledged[idx].clone();
+        let age_ms = self.router.cluster.now_ms() - sent_ms;
         if !retriable(&command.op, age_ms) {
             return;
         }
@@ -328,6 +329,7 @@ impl Client {
     /// Submits a command as a gateway would (bounded retries) and records it.
     async fn send(&mut self, command: Command) -> Option<Outcome> {
         let sent = self.history.tick();
+        let sent_ms = self.router.cluster.now_ms();
         let mut outcome = self.router.submit(&command, ATTEMPTS_MAX).await;
         let rounds = if self.resolves_in_doubt { IN_DOUBT_ROUNDS_MAX } else { 1 };
         for _ in 1..rounds {
@@ -336,14 +338,13 @@ impl Client {
             }
             outcome = self.router.submit(&command, ATTEMPTS_MAX).await;
         }
-        self.record(command, outcome.clone(), sent);
+        self.record(command, outcome.clone(), sent, sent_ms);
         outcome
     }
 
-    fn record(&mut self, command: Command, outcome: Option<Outcome>, sent: u64) {
+    fn record(&mut self, command: Command, outcome: Option<Outcome>, sent: u64, sent_ms: u64) {
         let answered = if outcome.is_some() { self.history.tick() } else { 0 };
         let cluster = &self.router.cluster;
-        let answered_ms = cluster.now_ms();
         let what = match &outcome {
             Some(outcome) => format!("client {} {} -> {outcome:?}", self.id, describe(&command)),
             None => format!("client {} {} in doubt", self.id, describe(&command)),
@@ -362,9 +363,9 @@ impl Client {
             {
                 self.history.add_key(*account, *key);
             }
-            self.acknowledged.push((command.clone(), outcome.clone(), answered_ms));
+            self.acknowledged.push((command.clone(), outcome.clone(), sent_ms));
         }
-        self.history.push(Record { command, outcome, sent, answered, answered_ms });
+        self.history.push(Record { command, outcome, sent, answered, sent_ms });
     }
 
     fn next_id(&mut self) -> u128 {
