@@ -263,6 +263,31 @@ fn stream_encoding(c: &mut Criterion) {
     group.finish();
 }
 
+/// A plain answer, from the provider's body to the client's: the OpenAI-compatible
+/// adapter's `response` (read, normalised) then the Chat Completions codec's
+/// `completion` (the envelope, the choices, the usage with its cost). Throughput is of
+/// the provider's body.
+fn plain_answer(c: &mut Criterion) {
+    let catalog = Catalog::builtin();
+    let model: &Model = catalog.get(MODEL).expect("catalogued");
+    let echo = serde_json::Value::Null;
+    let answer =
+        Answered { id: "gen-0123456789abcdef0123456789abcdef", created_s: 1, model, echo: &echo };
+    let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
+    let chat = parsed(&requests()[0].1).chat;
+    let body = fixture("openai/pydai-text-system-instructions.response.json");
+    let mut group = c.benchmark_group("respond");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("chat/openai", |b| {
+        b.iter(|| {
+            let completion = adapter.response(&chat, black_box(&body)).expect("valid answer");
+            let cost = model.cost(&completion.usage);
+            CHAT.completion(&answer, completion, None, cost)
+        })
+    });
+    group.finish();
+}
+
 fn sse_parse(c: &mut Criterion) {
     let mut group = c.benchmark_group("sse_parse");
     for (provider, body) in streams() {
@@ -309,6 +334,6 @@ criterion_group! {
     name = benches;
     config = config();
     targets = parse_request, authenticate, route_request, request_translation,
-        stream_translation, stream_encoding, sse_parse, usage_and_cost, breaker
+        stream_translation, stream_encoding, plain_answer, sse_parse, usage_and_cost, breaker
 }
 criterion_main!(benches);

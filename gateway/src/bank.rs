@@ -426,43 +426,42 @@ impl Bank {
     /// Settles a hold, reserved at ledger stamp `reserved_at_ms` (its `Reserved` reply's),
     /// with the request's record: the ledger charges `actual` within the account's funds
     /// and writes off the rest. Retried with the same operation id (a retry after a lost
-    /// reply applies once) until [`SETTLE_DEADLINE`]. Runs as its own task, so it completes
-    /// even when the request that started it is gone; yields what was charged, or `None`
-    /// if the ledger refused it or the deadline passed.
-    pub fn settle(
+    /// reply applies once) until [`SETTLE_DEADLINE`]. Yields what was charged, or `None`
+    /// if the ledger refused it or the deadline passed. The caller must run it to its end
+    /// even when its client is gone (the pipeline awaits it in the request's detached
+    /// work, `pipeline::detached`, and hands it to a task of its own if it outlasts the
+    /// client's wait).
+    pub async fn settle(
         &self,
         account: AccountId,
         hold: HoldId,
         reserved_at_ms: u64,
         actual: PicoUsd,
         record: RequestRecord,
-    ) -> tokio::task::JoinHandle<Option<Settled>> {
-        let bank = self.clone();
-        tokio::spawn(async move {
-            let model = record.model.clone();
-            let flags = [
-                (record.usage_estimated, "solrouter_usage_estimated_total"),
-                (record.usage_clamped, "solrouter_usage_clamped_total"),
-                (record.waived, "solrouter_waived_total"),
-            ];
-            let op = Op::Settle { account, hold, actual, record, reserved_at_ms };
-            let Reply::Settled { charged, written_off, .. } = bank.finish(op).await? else {
-                tracing::error!(hold = hold.0, "a settle answered with another reply");
-                return None;
-            };
-            for (flag, counter) in flags {
-                if flag {
-                    metrics::counter!(counter).increment(1);
-                }
+    ) -> Option<Settled> {
+        let flags = [
+            (record.usage_estimated, "solrouter_usage_estimated_total"),
+            (record.usage_clamped, "solrouter_usage_clamped_total"),
+            (record.waived, "solrouter_waived_total"),
+        ];
+        let model = record.model.clone();
+        let op = Op::Settle { account, hold, actual, record, reserved_at_ms };
+        let Reply::Settled { charged, written_off, .. } = self.finish(op).await? else {
+            tracing::error!(hold = hold.0, "a settle answered with another reply");
+            return None;
+        };
+        for (flag, counter) in flags {
+            if flag {
+                metrics::counter!(counter).increment(1);
             }
-            if written_off > PicoUsd::ZERO {
-                let pico_usd = u64::try_from(written_off.0).unwrap_or(u64::MAX);
-                metrics::counter!("solrouter_written_off_pico_usd_total", "model" => model)
-                    .increment(pico_usd);
-                tracing::warn!(hold = hold.0, %written_off, "usage beyond the balance written off");
-            }
-            Some(Settled { charged, written_off })
-        })
+        }
+        if written_off > PicoUsd::ZERO {
+            let pico_usd = u64::try_from(written_off.0).unwrap_or(u64::MAX);
+            metrics::counter!("solrouter_written_off_pico_usd_total", "model" => model)
+                .increment(pico_usd);
+            tracing::warn!(hold = hold.0, %written_off, "usage beyond the balance written off");
+        }
+        Some(Settled { charged, written_off })
     }
 
     /// Voids a hold that incurred no upstream cost, retrying like [`Bank::settle`].
@@ -639,8 +638,7 @@ mod tests {
         let created_ms = now_ms();
         let record =
             RequestRecord { key: Some(caller.key), created_ms, ..RequestRecord::default() };
-        let settled = bank.settle(account, hold, reserved_at_ms, usd("1.50"), record);
-        let settled = settled.await.unwrap();
+        let settled = bank.settle(account, hold, reserved_at_ms, usd("1.50"), record).await;
         assert_eq!(settled, Some(Settled { charged: usd("1.00"), written_off: usd("0.50") }));
         let state = bank.account(account).await.unwrap().unwrap();
         assert_eq!((state.available(), state.written_off), (0, usd("0.50")));

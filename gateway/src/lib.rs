@@ -8,6 +8,9 @@
 //! only module that talks to the ledger. It must never store an API key in the clear,
 //! and no input may make it panic or hold a connection without a deadline.
 #![forbid(unsafe_code)]
+// A request's whole path (server → pipeline → relay → bank → the ledger node's submit) is
+// one nested future whose layout rustc computes at once, deeper than the default 128.
+#![recursion_limit = "256"]
 
 pub mod account;
 pub mod admin;

@@ -23,8 +23,9 @@
 //!    when the configuration waives it (the default): what the provider billed is
 //!    written off, visibly ([`RequestRecord::waived`]).
 //!
-//! Stages 6–8 run in a task of their own: once money is held, the hold must end in a
-//! settle or a release even if the client disconnects and its connection is dropped.
+//! Stages 6–8 run as [`detached`] work: once money is held, the hold must end in a
+//! settle or a release even if the client disconnects and its connection is dropped
+//! (the work then goes on in a task of its own).
 //!
 //! An endpoint that is no chat (embeddings, `embeddings.rs`) takes the stages it shares
 //! from here rather than copying them: [`accept`] (1–3), [`route_by`] (5), [`hold`] (6),
@@ -254,20 +255,48 @@ pub async fn accept(
     Ok((head, caller, body))
 }
 
-/// Runs the stages that hold money (reserve to settle) in a task of their own, so a
-/// client that hangs up (which drops the calling future) cannot cut them short between
-/// a reserve and its settle or release. `work` answers through `reply`, when it has an
-/// answer; it may go on (settling, relaying) after.
+/// Runs the stages that hold money (reserve to settle) so that a client that hangs up
+/// (which drops the calling future) cannot cut them short between a reserve and its
+/// settle or release: `work` runs in the caller's task until it answers through
+/// `reply`; whatever it still has to do then (a stream's relay and settle), or when the
+/// caller is dropped first, goes on in a task of its own. A plain answer, settled
+/// before it is sent, so spawns nothing.
 pub async fn detached<Work, Running>(work: Work) -> Result<Response, ApiError>
 where
     Work: FnOnce(Reply) -> Running,
     Running: Future<Output = ()> + Send + 'static,
 {
-    let (reply, replied) = oneshot::channel();
-    tokio::spawn(work(reply));
-    replied
-        .await
-        .unwrap_or_else(|_| Err(ApiError::internal("the request's task ended without an answer")))
+    let (reply, mut replied) = oneshot::channel();
+    let running: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(work(reply));
+    let mut running = Detached(Some(running));
+    let answer = std::future::poll_fn(|context| {
+        if let Some(work) = running.0.as_mut() {
+            if work.as_mut().poll(context).is_ready() {
+                running.0 = None;
+            }
+        }
+        // Ready once the work answered, or ended without an answer (`reply` dropped).
+        std::pin::Pin::new(&mut replied).poll(context)
+    })
+    .await;
+    drop(running);
+    answer.unwrap_or_else(|_| Err(ApiError::internal("the request's task ended without an answer")))
+}
+
+/// Work that must run to its end: dropped unfinished (answered, or its caller gone), it
+/// is spawned to finish on its own.
+struct Detached(Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(work) = self.0.take() {
+            // Without a runtime (the process is exiting) nothing can run it; a hold it
+            // kept then expires on its own.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(work);
+            }
+        }
+    }
 }
 
 /// Where a detached task sends the client its answer.
@@ -764,19 +793,19 @@ impl HoldGuard {
     /// the cost to show the client: what the ledger charged (less than `actual` when the
     /// balance ran out and the rest was written off). Only if the ledger has not answered
     /// within [`SETTLE_WAIT_MAX`] is it `actual`, which the ledger then charges in full
-    /// unless the balance runs out first.
+    /// unless the balance runs out first: the settle goes on in a task of its own. Until
+    /// then it runs in the caller's task ([`detached`] work, which a client that hangs up
+    /// cannot cut short), so the common case spawns nothing.
     pub async fn settle(mut self, actual: PicoUsd, record: RequestRecord) -> PicoUsd {
         self.armed = false;
         let (account, hold) = (self.caller.account, self.hold);
-        let settling = self.app.bank.settle(account, hold, self.reserved_at_ms, actual, record);
-        let settled = match tokio::time::timeout(SETTLE_WAIT_MAX, settling).await {
-            Ok(Ok(settled)) => settled,
-            Ok(Err(join_error)) => {
-                tracing::error!(hold = self.hold.0, %join_error, "the settle task failed");
-                None
-            }
+        let mut settling =
+            Box::pin(self.app.bank.settle(account, hold, self.reserved_at_ms, actual, record));
+        let settled = match tokio::time::timeout(SETTLE_WAIT_MAX, &mut settling).await {
+            Ok(settled) => settled,
             Err(_elapsed) => {
                 tracing::warn!(hold = self.hold.0, "settle still pending; answering anyway");
+                tokio::spawn(settling);
                 None
             }
         };

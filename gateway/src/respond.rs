@@ -1,6 +1,6 @@
 //! Response bodies: a whole buffer, or a bounded channel that a streaming task feeds.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -66,5 +66,42 @@ impl HttpBody for ChannelBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+/// A body gathered from the chunks it arrived in. One that arrives in a single chunk
+/// (most requests and answers) is kept as it came, without a copy.
+#[derive(Default)]
+pub struct Gathered {
+    first: Bytes,
+    rest: BytesMut,
+}
+
+impl Gathered {
+    pub fn len(&self) -> usize {
+        self.first.len() + self.rest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn push(&mut self, chunk: Bytes) {
+        if self.is_empty() {
+            self.first = chunk;
+            return;
+        }
+        if self.rest.is_empty() {
+            self.rest.extend_from_slice(&std::mem::take(&mut self.first));
+        }
+        self.rest.extend_from_slice(&chunk);
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        if self.rest.is_empty() {
+            self.first
+        } else {
+            self.rest.freeze()
+        }
     }
 }

@@ -9,7 +9,7 @@ use crate::messages::{self, MESSAGES};
 use crate::respond::{self, Response};
 use crate::responses::RESPONSES;
 use crate::{account, admin, api, embeddings, payments, pipeline, web};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -19,6 +19,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -75,9 +76,8 @@ pub async fn serve(
         };
         let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
-        let service = service_fn(move |mut request: Request<Incoming>| async move {
-            request.extensions_mut().insert(web::ClientAddr(peer));
-            Ok::<_, Infallible>(handle(app, request).await)
+        let service = service_fn(move |request: Request<Incoming>| async move {
+            Ok::<_, Infallible>(handle(app, request, peer).await)
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let connection = graceful.watch(connection.into_owned());
@@ -95,9 +95,9 @@ pub async fn serve(
 }
 
 /// Routes one request and renders its error, if any; records the request's metrics.
-async fn handle(app: &'static App, request: Request<Incoming>) -> Response {
+async fn handle(app: &'static App, request: Request<Incoming>, peer: SocketAddr) -> Response {
     let started = std::time::Instant::now();
-    let (route, shape, result) = route(app, request).await;
+    let (route, shape, result) = route(app, request, peer).await;
     let response = result.unwrap_or_else(|error| error.into_response(shape));
     let status = response.status().as_u16().to_string();
     metrics::counter!("solrouter_http_requests_total", "route" => route, "status" => status)
@@ -108,7 +108,7 @@ async fn handle(app: &'static App, request: Request<Incoming>) -> Response {
 }
 
 /// The route table. Returns the route's name (a metrics label with bounded values) and
-/// the shape its errors take.
+/// the shape its errors take. `peer`: the client's address, which the dashboard reads.
 ///
 /// Every handler's future is boxed: unboxed, this future would be as large as the
 /// largest handler's (16 KiB), and hyper keeps room for it for as long as the connection
@@ -116,14 +116,16 @@ async fn handle(app: &'static App, request: Request<Incoming>) -> Response {
 /// and only until its response head is out (docs/benchmarks.md, "Memory per stream").
 async fn route(
     app: &'static App,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
 ) -> (&'static str, ErrorShape, Result<Response, ApiError>) {
+    if web::serves(request.uri().path()) {
+        request.extensions_mut().insert(web::ClientAddr(peer));
+        return ("web", ErrorShape::OpenAi, Ok(Box::pin(web::handle(app, request)).await));
+    }
     let path = request.uri().path();
     if path.starts_with(admin::PREFIX) {
         return ("admin", ErrorShape::OpenAi, Box::pin(admin::handle(app, request)).await);
-    }
-    if web::serves(path) {
-        return ("web", ErrorShape::OpenAi, Ok(Box::pin(web::handle(app, request)).await));
     }
     let anthropic = ErrorShape::Anthropic;
     let result = match (request.method(), path) {
@@ -250,7 +252,7 @@ impl UnreadBody {
     pub async fn read(mut self, limit: usize) -> Result<Bytes, ApiError> {
         let mut body = self.body.take().expect("a body is read once");
         let reading = async {
-            let mut collected = BytesMut::new();
+            let mut collected = respond::Gathered::default();
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|error| {
                     ApiError::malformed(format!("reading the request body failed: {error}"))
@@ -259,10 +261,10 @@ impl UnreadBody {
                     if collected.len() + data.len() > limit {
                         return Err(ApiError::too_large(limit));
                     }
-                    collected.extend_from_slice(&data);
+                    collected.push(data);
                 }
             }
-            Ok(collected.freeze())
+            Ok(collected.into_bytes())
         };
         let read = match tokio::time::timeout(BODY_READ_TIMEOUT, reading).await {
             Err(_) => Err(ApiError::body_timeout()),

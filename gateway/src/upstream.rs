@@ -4,8 +4,11 @@
 
 use crate::config::UpstreamTimeouts;
 use crate::providers::{Adapter, UpstreamError, UpstreamRequest};
-use bytes::{Bytes, BytesMut};
+use crate::respond::Gathered;
+use bytes::Bytes;
 use http::StatusCode;
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -19,6 +22,9 @@ pub const ERROR_BYTES_MAX: usize = 64 << 10;
 /// TLS; idle ones close after `POOL_IDLE_TIMEOUT`.
 const POOL_IDLE_PER_HOST_MAX: usize = 256;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Upstream URLs kept parsed: one per endpoint and path (Gemini's name the model), so
+/// this many only under a catalogue far larger than today's; a full cache is emptied.
+const URLS_PARSED_MAX: usize = 1024;
 
 /// When an attempt must have seen its response head (and, for streams, its first
 /// event), when the whole request must be over, and the longest gap between chunks.
@@ -40,6 +46,8 @@ impl Deadlines {
 pub struct Upstream {
     client: reqwest::Client,
     timeouts: UpstreamTimeouts,
+    /// An adapter names its URL as text; parsing it cost a third of sending a request.
+    urls: RwLock<HashMap<String, reqwest::Url>>,
 }
 
 impl Upstream {
@@ -52,7 +60,7 @@ impl Upstream {
             // Providers never redirect an API call; following one could leak the key.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Upstream { client, timeouts })
+        Ok(Upstream { client, timeouts, urls: RwLock::default() })
     }
 
     pub fn timeouts(&self) -> &UpstreamTimeouts {
@@ -68,7 +76,8 @@ impl Upstream {
         deadlines: &Deadlines,
     ) -> Result<reqwest::Response, UpstreamError> {
         let provider = adapter.provider();
-        let sending = self.client.post(request.url).headers(request.headers).body(request.body);
+        let url = self.url(&request.url, provider)?;
+        let sending = self.client.post(url).headers(request.headers).body(request.body);
         let response = match tokio::time::timeout_at(deadlines.first_byte, sending.send()).await {
             Err(_) => {
                 return Err(timeout(provider, "no response head before the first-byte deadline"))
@@ -88,6 +97,24 @@ impl Upstream {
             .await
             .unwrap_or_default();
         Err(adapter.error(status, &headers, &body))
+    }
+
+    /// `text` parsed, from the cache when it was parsed before.
+    fn url(&self, text: &str, provider: &str) -> Result<reqwest::Url, UpstreamError> {
+        let cached = self.urls.read().unwrap_or_else(PoisonError::into_inner).get(text).cloned();
+        if let Some(url) = cached {
+            return Ok(url);
+        }
+        let url = reqwest::Url::parse(text).map_err(|error| {
+            let message = format!("transport error: invalid URL: {error}");
+            failure(provider, StatusCode::BAD_GATEWAY, &message, true)
+        })?;
+        let mut urls = self.urls.write().unwrap_or_else(PoisonError::into_inner);
+        if urls.len() >= URLS_PARSED_MAX {
+            urls.clear();
+        }
+        urls.insert(text.to_owned(), url.clone());
+        Ok(url)
     }
 
     /// Reads a whole response body under the idle and total deadlines.
@@ -125,14 +152,14 @@ async fn read_bounded(
     limit: usize,
     provider: &str,
 ) -> Result<Bytes, UpstreamError> {
-    let mut body = BytesMut::new();
+    let mut body = Gathered::default();
     while let Some(chunk) = next_chunk(response, deadlines, provider).await? {
         if body.len() + chunk.len() > limit {
             return Err(failure(provider, StatusCode::BAD_GATEWAY, "response too large", true));
         }
-        body.extend_from_slice(&chunk);
+        body.push(chunk);
     }
-    Ok(body.freeze())
+    Ok(body.into_bytes())
 }
 
 fn timeout(provider: &str, message: &str) -> UpstreamError {

@@ -67,7 +67,9 @@ impl UsageJson {
     }
 }
 
-/// A complete `chat.completion` object.
+/// A complete `chat.completion` object, written straight from its parts: the keys in
+/// sorted order, as a `serde_json::Map` would write them, the provider's pass-through
+/// fields (`extra`) among them unless the gateway writes a field of that name itself.
 pub fn completion(
     id: &str,
     created_s: u64,
@@ -75,19 +77,82 @@ pub fn completion(
     completion: Completion,
     cost: PicoUsd,
 ) -> Vec<u8> {
-    let mut object = Map::with_capacity(8 + completion.extra.len());
-    object.insert("id".into(), Value::from(id));
-    object.insert("object".into(), Value::from("chat.completion"));
-    object.insert("created".into(), Value::from(created_s));
-    object.insert("model".into(), Value::from(model.id.as_str()));
-    object.insert("provider".into(), Value::from(model.provider.as_str()));
-    object.insert("choices".into(), Value::Array(completion.choices));
-    let usage = serde_json::to_value(UsageJson::new(&completion.usage, cost));
-    object.insert("usage".into(), usage.unwrap_or_default());
-    for (name, value) in completion.extra {
-        object.entry(name).or_insert(value);
+    let usage = UsageJson::new(&completion.usage, cost);
+    // Sorted by name, as the merge in `CompletionJson::serialize` needs.
+    let own = [
+        ("choices", Field::Choices(&completion.choices)),
+        ("created", Field::U64(created_s)),
+        ("id", Field::Str(id)),
+        ("model", Field::Str(&model.id)),
+        ("object", Field::Str("chat.completion")),
+        ("provider", Field::Str(&model.provider)),
+        ("usage", Field::Usage(&usage)),
+    ];
+    debug_assert!(own.windows(2).all(|pair| pair[0].0 < pair[1].0));
+    let mut out = Vec::with_capacity(256);
+    if let Err(error) =
+        serde_json::to_writer(&mut out, &CompletionJson { own, extra: &completion.extra })
+    {
+        tracing::error!(%error, "serializing a completion failed");
     }
-    serde_json::to_vec(&object).unwrap_or_default()
+    out
+}
+
+/// A completion's top-level fields: the gateway's own, and the provider's others.
+struct CompletionJson<'a> {
+    own: [(&'static str, Field<'a>); 7],
+    extra: &'a Map<String, Value>,
+}
+
+enum Field<'a> {
+    Choices(&'a [Value]),
+    U64(u64),
+    Str(&'a str),
+    Usage(&'a UsageJson),
+    Extra(&'a Value),
+}
+
+impl Serialize for Field<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Field::Choices(choices) => choices.serialize(serializer),
+            Field::U64(number) => serializer.serialize_u64(*number),
+            Field::Str(text) => serializer.serialize_str(text),
+            Field::Usage(usage) => usage.serialize(serializer),
+            Field::Extra(value) => value.serialize(serializer),
+        }
+    }
+}
+
+impl Serialize for CompletionJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.own.len() + self.extra.len()))?;
+        let mut own = self.own.iter().peekable();
+        let mut extra = self.extra.iter().peekable();
+        loop {
+            let take_own = match (own.peek(), extra.peek()) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((own_name, _)), Some((extra_name, _))) => {
+                    if *own_name == extra_name.as_str() {
+                        extra.next(); // The gateway's own field wins.
+                        continue;
+                    }
+                    *own_name < extra_name.as_str()
+                }
+            };
+            if take_own {
+                let (name, value) = own.next().expect("peeked");
+                map.serialize_entry(name, value)?;
+            } else {
+                let (name, value) = extra.next().expect("peeked");
+                map.serialize_entry(name, &Field::Extra(value))?;
+            }
+        }
+        map.end()
+    }
 }
 
 /// Writes the chunks of one stream as server-sent events.
@@ -187,6 +252,44 @@ mod tests {
         {
             assert_eq!(parse_generation_id(bad), None, "{bad}");
         }
+    }
+
+    /// Byte for byte what a `serde_json::Map` of the same fields writes (keys sorted),
+    /// the gateway's own fields winning over the provider's of the same name.
+    #[test]
+    fn completions_are_written_as_a_sorted_map() {
+        let catalog = crate::catalog::Catalog::builtin();
+        let model = catalog.get("mock/echo").expect("catalogued");
+        let choices = vec![json!({"index": 0, "message": {"role": "assistant", "content": "hi"}})];
+        let extra: Map<String, Value> = [
+            ("aaa", json!(1)),
+            ("citations", json!(["x"])),
+            ("model", json!("upstream-name")),
+            ("service_tier", json!("default")),
+            ("zzz", json!({"b": null})),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+        let usage = Usage { prompt_tokens: 3, completion_tokens: 2, ..Usage::default() };
+        let answer = Completion { choices: choices.clone(), usage, extra: extra.clone() };
+        let written = completion("gen-1", 7, model, answer, PicoUsd(7_000_000));
+        let mut expected = Map::new();
+        expected.insert("id".into(), json!("gen-1"));
+        expected.insert("object".into(), json!("chat.completion"));
+        expected.insert("created".into(), json!(7));
+        expected.insert("model".into(), json!(model.id));
+        expected.insert("provider".into(), json!(model.provider));
+        expected.insert("choices".into(), Value::Array(choices));
+        let usage_json = serde_json::to_value(UsageJson::new(&usage, PicoUsd(7_000_000)));
+        expected.insert("usage".into(), usage_json.expect("serializable"));
+        for (name, value) in extra {
+            expected.entry(name).or_insert(value);
+        }
+        assert_eq!(
+            String::from_utf8(written).expect("utf-8"),
+            serde_json::to_string(&expected).expect("serializable")
+        );
     }
 
     #[test]
