@@ -73,6 +73,12 @@ def text(browser, selector):
     return browser.find_element(By.CSS_SELECTOR, selector).text
 
 
+def new_key(browser):
+    # The form's answer is a new page: wait for it rather than read the old one.
+    wait_for(browser, lambda b: text(b, "#new-key").startswith("sr_"), "the new key shown")
+    return text(browser, "#new-key")
+
+
 def wait_for(browser, condition, what):
     # A page may be replaced (a form's redirect, a reload) between finding an element and
     # reading it: that is "not yet", not a failure.
@@ -118,8 +124,7 @@ def run(browser):
     browser.get(BASE + "/dashboard/keys")
     fill(browser, {"name": "browser-app"})
     submit(browser, "main form.key-form")
-    key = text(browser, "#new-key")
-    assert key.startswith("sr_"), key
+    key = new_key(browser)
     shot(browser, "keys-created")
     browser.refresh()
     assert key not in browser.page_source, "the key is shown only once"
@@ -187,7 +192,7 @@ def run(browser):
     browser.get(BASE + "/dashboard/keys")
     fill(browser, {"name": "limited", "limit": "0.0001"})
     submit(browser, "main form.key-form")
-    limited_key = text(browser, "#new-key")
+    limited_key = new_key(browser)
     assert "$0.000100 lifetime" in text(browser, "main table"), text(browser, "main table")
     limited = openai.OpenAI(base_url=BASE + "/v1/api", api_key=limited_key, max_retries=0)
     refused = None
