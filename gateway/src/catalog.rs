@@ -363,7 +363,7 @@ impl Model {
     /// What routing compares endpoints' prices by: the prompt and completion prices per
     /// token added (pico-USD), so an endpoint cheaper on both is always cheaper.
     pub fn price_rank(&self) -> u128 {
-        self.price.prompt.0 + self.price.completion.0
+        self.price.rank()
     }
 
     /// The dearest per-token price any request may pay.
@@ -424,6 +424,11 @@ impl Model {
 }
 
 impl Price {
+    /// How routing ranks the price: the prompt and completion per-token prices summed.
+    pub fn rank(&self) -> u128 {
+        self.prompt.0 + self.completion.0
+    }
+
     /// The exact cost of `usage`.
     pub fn cost(&self, usage: &Usage) -> PicoUsd {
         let cached_read = u128::from(usage.cached_read_tokens);

@@ -8,7 +8,8 @@
 //! `max_price`, `require_parameters`, `data_collection`, `zdr`) are ordered:
 //!
 //! * by `sort` (or the suffix: `:nitro` is `throughput`, `:floor` is `price`): price
-//!   ascending ([`Model::price_rank`]), throughput (tokens per second) descending or
+//!   ascending (the prices that apply to the request: [`crate::catalog::Price::rank`] at
+//!   the tier its prompt bound reaches), throughput (tokens per second) descending or
 //!   latency (mean time to first token) ascending over the last
 //!   [`crate::health::ROUTING_WINDOW_BUCKETS`] minutes; endpoints without statistics
 //!   come after those with, in catalogue order;
@@ -325,9 +326,15 @@ pub fn plan<'c>(
                 first_emptied.get_or_insert(field);
             }
         }
-        let views: Vec<(&'c Model, View)> = endpoints.iter().map(|e| (*e, live(e))).collect();
+        let views: Vec<(&'c Model, View, u128)> = endpoints
+            .iter()
+            .map(|endpoint| {
+                let rank = endpoint.price_at(prompt_tokens(endpoint)).rank();
+                (*endpoint, live(endpoint), rank)
+            })
+            .collect();
         let (open, closed): (Vec<_>, Vec<_>) =
-            views.into_iter().partition(|(_, view)| view.passable);
+            views.into_iter().partition(|(_, view, _)| view.passable);
         let sort = preferences.sort.or(candidate.sort);
         passable.extend(arrange(open, sort, preferences, &mut random));
         blocked.extend(arrange(closed, sort, preferences, &mut random));
@@ -350,27 +357,25 @@ type Allows<'a> = dyn Fn(&Model) -> bool + 'a;
 
 /// One model's endpoints in the order to try them (see the module's documentation).
 fn arrange<'c>(
-    mut endpoints: Vec<(&'c Model, View)>,
+    mut endpoints: Vec<(&'c Model, View, u128)>,
     sort: Option<Sort>,
     preferences: &Preferences,
     random: &mut SplitMix,
 ) -> Vec<&'c Model> {
     match sort {
-        Some(Sort::Price) => endpoints.sort_by_key(|(endpoint, _)| endpoint.price_rank()),
-        Some(Sort::Throughput) => endpoints.sort_by_key(|(_, view)| {
+        Some(Sort::Price) => endpoints.sort_by_key(|(_, _, rank)| *rank),
+        Some(Sort::Throughput) => endpoints.sort_by_key(|(_, view, _)| {
             let speed = view.recent.tokens_per_second;
             (speed.is_none(), std::cmp::Reverse(speed.unwrap_or(0)))
         }),
-        Some(Sort::Latency) => endpoints.sort_by_key(|(_, view)| {
+        Some(Sort::Latency) => endpoints.sort_by_key(|(_, view, _)| {
             let ttft = view.recent.ttft_ms;
             (ttft.is_none(), ttft.unwrap_or(0))
         }),
         None => {
-            endpoints.sort_by_key(|(endpoint, _)| endpoint.price_rank());
-            let weights: Vec<f64> = endpoints
-                .iter()
-                .map(|(endpoint, _)| (endpoint.price_rank().max(1) as f64).powi(-2))
-                .collect();
+            endpoints.sort_by_key(|(_, _, rank)| *rank);
+            let weights: Vec<f64> =
+                endpoints.iter().map(|(_, _, rank)| ((*rank).max(1) as f64).powi(-2)).collect();
             let total: f64 = weights.iter().sum();
             let mut target = random.unit() * total;
             let drawn = weights
@@ -387,7 +392,7 @@ fn arrange<'c>(
         }
     }
     let mut endpoints: Vec<&'c Model> =
-        endpoints.into_iter().map(|(endpoint, _)| endpoint).collect();
+        endpoints.into_iter().map(|(endpoint, _, _)| endpoint).collect();
     let mut ordered = Vec::with_capacity(endpoints.len());
     for host in &preferences.order {
         if let Some(position) = endpoints.iter().position(|endpoint| &endpoint.provider == host) {
@@ -450,7 +455,7 @@ upstream_model = "big"
 quantization = "bf16"
 supported_parameters = ["max_tokens", "temperature"]
 price = { prompt = "2", completion = "2" }
-long_context = { above_prompt_tokens = 500, price = { prompt = "3", completion = "2" } }
+long_context = { above_prompt_tokens = 500, price = { prompt = "7", completion = "2" } }
 source = "test"
 [[model.endpoints]]
 provider = "fireworks"
@@ -815,7 +820,7 @@ source = "test"
     #[test]
     fn max_price_compares_the_tier_the_prompt_bound_reaches() {
         let mut lab = Lab::new();
-        // together: $2/M up to 500 prompt tokens, $3/M above.
+        // together: $2/M up to 500 prompt tokens, $7/M above.
         let cheap = json!({"max_price": {"prompt": 2}, "sort": "price"});
         assert_eq!(lab.plan(&["t/big"], cheap.clone()), ["big@groq", "big@together"]);
         lab.prompt_tokens = 500;
@@ -823,11 +828,21 @@ source = "test"
         lab.prompt_tokens = 501;
         assert_eq!(lab.plan(&["t/big"], cheap), ["big@groq"]);
         assert_eq!(
-            lab.plan(&["t/big"], json!({"max_price": {"prompt": 3}, "sort": "price"})),
-            ["big@groq", "big@together"]
+            lab.plan(&["t/big"], json!({"max_price": {"prompt": 7}, "sort": "price"})),
+            ["big@groq", "big@fireworks", "big@together"]
         );
-        // Without max_price the tier changes nothing.
-        assert_eq!(lab.plan(&["t/big"], json!({"sort": "price"})).len(), 3);
+        // Without max_price the tier still orders by the price that applies: together
+        // ($9/M both ways above 500 tokens) after fireworks ($8/M).
+        assert_eq!(
+            lab.plan(&["t/big"], json!({"sort": "price"})),
+            ["big@groq", "big@fireworks", "big@together"]
+        );
+        lab.prompt_tokens = 500;
+        assert_eq!(
+            lab.plan(&["t/big"], json!({"sort": "price"})),
+            ["big@groq", "big@together", "big@fireworks"]
+        );
+        lab.prompt_tokens = 501;
         assert_eq!(
             lab.refused(&["t/big"], json!({"only": ["together"], "max_price": {"prompt": 2.5}})),
             "provider.max_price"
