@@ -317,7 +317,7 @@ async fn run(app: &'static App, context: EmbedContext) -> Result<Response, ApiEr
     let (model, embeddings) = match answer {
         Ok(answer) => answer,
         Err(error) => {
-            hold.release();
+            hold.release().await;
             return Err(error);
         }
     };

@@ -596,7 +596,7 @@ async fn forward(app: &'static App, context: RequestContext, hold: HoldGuard, re
             relay::run(app, &context, model, *stream, hold, reply).await
         }
         Err(error) => {
-            hold.release();
+            hold.release().await;
             let _ = reply.send(Err(error));
         }
     }
@@ -812,10 +812,12 @@ impl HoldGuard {
         settled.map_or(actual, |settled| settled.charged)
     }
 
-    /// Voids the hold: nothing was produced, so nothing is charged.
-    pub fn release(mut self) {
+    /// Voids the hold: nothing was produced, so nothing is charged. Waits for the
+    /// release, so a client reading its balance right after the error finds no hold.
+    pub async fn release(mut self) {
         self.armed = false;
-        self.app.bank.release(self.caller.account, self.hold);
+        // A JoinError is a panic in the release task, which that task has reported.
+        let _ = self.app.bank.release(self.caller.account, self.hold).await;
     }
 }
 

@@ -206,7 +206,7 @@ pub async fn run(
     };
     let (usage, cost) = if !complete && delivered.is_empty() && reported == Usage::default() {
         // Nothing was produced that anyone received or the provider billed.
-        hold.release();
+        hold.release().await;
         (Usage::default(), PicoUsd::ZERO)
     } else {
         let (failed, empty) = (matches!(end, End::Failed(_)), delivered.is_empty());
