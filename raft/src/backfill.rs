@@ -68,9 +68,9 @@ async fn copy_group(
     loop {
         let page = client.history_export(group_idx, after).await?;
         copied += page.records.len();
-        let history = history.clone();
         let records = page.records;
-        tokio::task::spawn_blocking(move || history.insert(records))
+        history
+            .off_runtime(move |history| history.insert(records))
             .await
             .map_err(|e| LedgerError::Unavailable { reason: e.to_string() })?
             .map_err(|e| LedgerError::storage("filling in the request history", e))?;
