@@ -27,7 +27,7 @@ use crate::{
 };
 use openraft::error::{InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
-use solrouter_ledger::{AccountId, Command, Ledger, Outcome};
+use solrouter_ledger::{AccountId, Command, Ledger, Outcome, BATCH_COMMANDS_MAX};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -469,7 +469,7 @@ impl LedgerNode {
     }
 
     /// Commands of one group (checked to belong to it), submitted together; see
-    /// [`Group::submit_many`](crate::group::Group).
+    /// [`Group::submit_many`](crate::group::Group::submit_many).
     pub(crate) async fn submit_group(
         &self,
         group_idx: u32,
@@ -486,8 +486,16 @@ impl LedgerNode {
                 self.n_groups()
             )));
         }
-        let submitting = commands.into_iter().map(|command| group.submit(command));
-        futures_util::future::join_all(submitting).await.into_iter().collect()
+        if commands.len() > BATCH_COMMANDS_MAX {
+            return Err(LedgerError::Invalid(format!(
+                "{} commands in one submit; at most {BATCH_COMMANDS_MAX}",
+                commands.len()
+            )));
+        }
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        group.submit_many(commands).await
     }
 
     /// Changes one group's membership; fails with `NotLeader` unless this node leads it.
