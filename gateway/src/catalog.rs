@@ -35,6 +35,10 @@ const BUILTIN_TOML: &str = include_str!("../catalog.toml");
 /// [`Model::supported_parameters`]).
 pub const EMBEDDING_PARAMETERS: [&str; 2] = ["encoding_format", "dimensions"];
 
+/// Words (lower case) that mark a price note as no source at all: a price is billed, so
+/// it must say where it was read.
+const UNSOURCED: [&str; 2] = ["unverified", "from memory"];
+
 /// Quantizations an endpoint may declare (OpenRouter's names).
 pub const QUANTIZATIONS: [&str; 9] =
     ["int4", "int8", "fp4", "fp6", "fp8", "fp16", "bf16", "fp32", "unknown"];
@@ -639,6 +643,12 @@ impl ModelEntry {
             if entry.source.trim().is_empty() {
                 return Err(endpoint_error("every price needs its source note (`source`)"));
             }
+            let note = entry.source.to_lowercase();
+            if let Some(word) = UNSOURCED.iter().find(|word| note.contains(*word)) {
+                return Err(endpoint_error(&format!(
+                    "a source note saying {word:?} is no source: name where the price was read"
+                )));
+            }
             if models.iter().any(|other| other.provider == entry.provider) {
                 return Err(endpoint_error("the host is listed twice"));
             }
@@ -959,13 +969,15 @@ capabilities = {{ tools = false, structured_output = false, reasoning = false, i
         let catalog = Catalog::builtin();
         let maverick = catalog.endpoints("meta-llama/llama-4-maverick").unwrap();
         let hosts: Vec<&str> = maverick.iter().map(|model| model.provider.as_str()).collect();
-        assert_eq!(hosts, ["groq", "deepinfra", "together", "fireworks", "cerebras"]);
+        assert_eq!(hosts, ["groq", "deepinfra", "together", "fireworks"]);
         assert!(maverick.iter().all(|endpoint| endpoint.id == "meta-llama/llama-4-maverick"));
         assert_eq!(catalog.get("meta-llama/llama-4-maverick").unwrap(), &maverick[0]);
         assert_eq!(maverick[1].quantization, "fp8");
         assert_eq!(maverick[0].quantization, "unknown");
         assert_eq!(maverick[1].price.prompt, PicoUsd(150_000));
-        assert_eq!((maverick[4].context_length, maverick[4].max_output_tokens), (32768, 8192));
+        assert_eq!((maverick[0].context_length, maverick[0].max_output_tokens), (131072, 8192));
+        // Together's limits are in neither table: the model's are kept.
+        assert_eq!((maverick[2].context_length, maverick[2].max_output_tokens), (1048576, 16384));
         // Each model listed once; every endpoint's slot is its position.
         let n_models = catalog.models().count();
         let n_multi = catalog
@@ -1003,6 +1015,11 @@ capabilities = {{ tools = false, structured_output = false, reasoning = false, i
             "source",
         );
         check(&two.replacen("source = \"test\"", "source = \" \"", 1), "source note");
+        // A note that says the price was never checked is no source either.
+        for note in ["https://example.com/pricing, Unverified", "from memory (2025 list price)"] {
+            let unsourced = two.replacen("source = \"test\"", &format!("source = \"{note}\""), 1);
+            check(&unsourced, "is no source");
+        }
         check(&endpoints_entry(&format!("{}{}", endpoint("a", ""), endpoint("a", ""))), "twice");
         check(&endpoints_entry(&endpoint("a", "context_length = 101")), "context_length");
         check(&endpoints_entry(&endpoint("a", "max_output_tokens = 51")), "max_output_tokens");
