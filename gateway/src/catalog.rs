@@ -13,7 +13,7 @@
 //! token, and every cost is integer arithmetic on those.
 
 use crate::providers::Usage;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use solrouter_ledger::PicoUsd;
 use std::collections::HashMap;
 
@@ -103,14 +103,19 @@ pub struct Model {
     /// models, which only that endpoint refuses.
     pub embedding: Option<Embedding>,
     /// What the host does with prompts (its catalogue `[[host]]` entry; unknown when it
-    /// has none): what `provider.data_collection` and `provider.zdr` filter by.
+    /// has none): with `zdr_by_agreement`, what `provider.data_collection` and
+    /// `provider.zdr` filter by ([`Model::zero_retention`], [`Model::may_collect`]).
     pub data_policy: DataPolicy,
+    /// Whether the operator holds its own zero-data-retention agreement with the host
+    /// (the `zdr_hosts` setting, [`Catalog::with_zdr_agreements`]): the endpoint then
+    /// retains nothing whatever the host's published policy.
+    pub zdr_by_agreement: bool,
 }
 
 /// What a host does with the prompts and completions it serves, as its published policy
 /// says for API traffic under the host's default settings (OpenRouter's two controls:
 /// whether a host may collect data, and whether it retains any).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DataPolicy {
     /// Nothing is kept once the answer is sent (zero data retention), nor trained on.
@@ -342,9 +347,44 @@ impl Catalog {
         }
         Ok(catalog)
     }
+
+    /// The catalogue with the operator's own zero-data-retention agreements: every
+    /// endpoint of each of `hosts` retains nothing ([`Model::zdr_by_agreement`]). A name
+    /// that is no host of the catalogue is refused, so that a misspelt host cannot leave
+    /// the traffic the operator meant to protect routed by the host's default policy.
+    pub fn with_zdr_agreements(mut self, hosts: &[String]) -> Result<Catalog, CatalogError> {
+        for host in hosts {
+            let mut served = false;
+            for endpoint in self.endpoints.iter_mut().filter(|endpoint| endpoint.provider == *host)
+            {
+                endpoint.zdr_by_agreement = true;
+                served = true;
+            }
+            if !served {
+                return Err(CatalogError::Host {
+                    host: host.clone(),
+                    message: "serves no endpoint of the catalogue".to_owned(),
+                });
+            }
+        }
+        Ok(self)
+    }
 }
 
 impl Model {
+    /// Whether the endpoint retains nothing, by the host's published policy or by the
+    /// operator's own agreement with it: what `provider.zdr: true` requires.
+    pub fn zero_retention(&self) -> bool {
+        self.zdr_by_agreement || self.data_policy.zero_retention()
+    }
+
+    /// Whether the host may collect the data (see [`DataPolicy::may_collect`]):
+    /// `provider.data_collection: "deny"` leaves such endpoints out. A zero-retention
+    /// agreement rules collection out.
+    pub fn may_collect(&self) -> bool {
+        !self.zdr_by_agreement && self.data_policy.may_collect()
+    }
+
     /// The prices a request with `prompt_tokens` pays.
     pub fn price_at(&self, prompt_tokens: u64) -> &Price {
         match &self.long_context {
@@ -732,6 +772,7 @@ impl ModelEntry {
                 embedding: embedding.clone(),
                 // Set from the host's entry once every model is read (`Catalog::parse`).
                 data_policy: DataPolicy::Unknown,
+                zdr_by_agreement: false,
             });
         }
         Ok(models)
