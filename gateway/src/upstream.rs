@@ -17,9 +17,12 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::crypto::ring;
+use rustls::{ClientConfig, RootCertStore};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -78,6 +81,20 @@ impl Upstream {
                 tracing::warn!(variable, "ignored: providers are called directly, never by proxy");
             }
         }
+        let mozilla = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        Upstream::trusting(timeouts, mozilla)
+    }
+
+    /// A client that trusts the certificates `roots` names (the Mozilla roots, or a
+    /// test's own).
+    fn trusting(
+        timeouts: UpstreamTimeouts,
+        roots: RootCertStore,
+    ) -> Result<Upstream, rustls::Error> {
+        let tls = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false); // The TLS layer takes `https` URIs.
         tcp.set_nodelay(true);
@@ -85,7 +102,7 @@ impl Upstream {
         tcp.set_keepalive_interval(Some(TCP_KEEPALIVE));
         tcp.set_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
         let tls = HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -316,6 +333,70 @@ mod tests {
         assert!(error.message.to_lowercase().contains("refused"), "{}", error.message);
         assert!(!error.message.contains("secret"), "{}", error.message);
         assert!(error.fallback);
+    }
+
+    /// An HTTPS host on 127.0.0.1 offering `alpn`, answering each request with the HTTP
+    /// version it arrived in; and its self-signed certificate.
+    async fn https_host(alpn: &[&[u8]]) -> (std::net::SocketAddr, RootCertStore) {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![certified.cert.der().clone()], PrivateKeyDer::Pkcs8(key))
+                .unwrap();
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let answer = hyper::service::service_fn(|request: Request<Incoming>| {
+                        let version = Bytes::from(format!("{:?}", request.version()));
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                version,
+                            )))
+                        }
+                    });
+                    let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    let _ = server.serve_connection(io, answer).await;
+                });
+            }
+        });
+        let mut roots = RootCertStore::empty();
+        roots.add(certified.cert.der().clone()).unwrap();
+        (address, roots)
+    }
+
+    #[tokio::test]
+    async fn https_speaks_http2_when_the_host_offers_it_and_http1_otherwise() {
+        let adapter = OpenAiCompatible::new("p", Quirks::OPENAI);
+        let cases: [(&[&[u8]], http::Version); 2] = [
+            (&[b"h2", b"http/1.1"], http::Version::HTTP_2),
+            (&[b"http/1.1"], http::Version::HTTP_11),
+        ];
+        for (alpn, expected) in cases {
+            let (address, roots) = https_host(alpn).await;
+            let upstream = Upstream::trusting(TIMEOUTS, roots).unwrap();
+            let request = UpstreamRequest {
+                url: format!("https://{address}/v1/chat/completions"),
+                headers: HeaderMap::new(),
+                body: Bytes::from_static(b"{}"),
+            };
+            let deadlines = Deadlines::attempt(&TIMEOUTS, Instant::now() + TIMEOUTS.total);
+            let mut response = upstream.send(&adapter, request, &deadlines).await.unwrap();
+            assert_eq!(response.version(), expected);
+            let body = upstream.body(&mut response, &deadlines, "p").await.unwrap();
+            assert_eq!(body, format!("{expected:?}"));
+        }
     }
 
     #[tokio::test]
