@@ -855,7 +855,8 @@ async fn open_store(path: &Path) -> Result<RedbStore, LedgerError> {
     }
 }
 
-fn raft_config(options: &NodeOptions) -> Result<Config, LedgerError> {
+/// A node's Raft configuration (the RPC tests of `grpc_network` send with its timeouts).
+pub(crate) fn raft_config(options: &NodeOptions) -> Result<Config, LedgerError> {
     let config = Config {
         cluster_name: "solrouter-ledger".to_owned(),
         heartbeat_interval: HEARTBEAT_INTERVAL.as_millis() as u64,
