@@ -73,7 +73,7 @@ pub async fn handle(app: &'static App, request: Request<Incoming>) -> Result<Res
     let (_head, caller, body) = pipeline::accept(app, request).await?;
     let parsed = parse(&body)?;
     drop(body);
-    let generation = HoldId(crate::keys::random_u128());
+    let generation = HoldId(crate::keys::time_ordered_u128(crate::bank::now_ms()));
     let candidates = route(app, &parsed, generation.0 as u64)?;
     let context = EmbedContext {
         caller,

@@ -210,7 +210,7 @@ pub async fn handle(
     let (head, caller, body) = Box::pin(accept(app, request)).await?;
     let parsed = codec.parse(&body, &head.headers)?;
     drop(body);
-    let generation = HoldId(crate::keys::random_u128());
+    let generation = HoldId(crate::keys::time_ordered_u128(crate::bank::now_ms()));
     let candidates =
         route(&app.catalog, &app.providers, &app.health, &parsed, generation.0 as u64)?;
     let (parsed, candidates) = refuse_over_context(parsed, candidates).await?;
