@@ -10,7 +10,9 @@ use providers_support::*;
 use serde_json::{json, Map, Value};
 use solrouter_gateway::catalog::Catalog;
 use solrouter_gateway::providers::cohere::Cohere;
-use solrouter_gateway::providers::{Adapter, ChatBody, ChatRequest, Chunk, Endpoint, UpstreamError, Usage};
+use solrouter_gateway::providers::{
+    Adapter, ChatBody, ChatRequest, Chunk, Endpoint, UpstreamError, Usage,
+};
 use solrouter_ledger::PicoUsd;
 use std::time::Duration;
 
