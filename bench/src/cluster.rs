@@ -2,7 +2,7 @@
 //! this process replicating over real gRPC on 127.0.0.1, each in its own data directory.
 
 use anyhow::Context;
-use solrouter_raft::{LedgerNode, NodeOptions, NodeStats, DATA_FILE_NAME};
+use solrouter_raft::{LedgerNode, NodeOptions, NodeStats, DATA_FILE_NAME, SNAPSHOT_FILE_NAME};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -72,6 +72,7 @@ impl Cluster {
         }
         for dir in &self.dirs {
             wait_closed(&dir.path().join(DATA_FILE_NAME)).await?;
+            wait_closed(&dir.path().join(SNAPSHOT_FILE_NAME)).await?;
         }
         Ok(())
     }

@@ -92,8 +92,9 @@ pub fn endpoints_model_id(path: &str) -> Option<&str> {
 /// gateway's live view over the last 30 minutes: `status` (0 healthy, -1 probing, -2
 /// failing: its circuit breaker), `uptime_last_30m` (percent of requests that did not
 /// fail by the host's fault), `latency_last_30m` (mean time to first token, ms) and
-/// `throughput_last_30m` (tokens per second); `null` without traffic. Public, like
-/// `/models`; an unknown model is a 404.
+/// `throughput_last_30m` (tokens per second); `null` without traffic; and
+/// `data_policy` ([`data_policy_json`]). Public, like `/models`; an unknown model is a
+/// 404.
 pub fn endpoints(app: &'static App, path: &str) -> Result<Response, ApiError> {
     let id = endpoints_model_id(path).unwrap_or_default();
     let all = app.catalog.endpoints(id).ok_or_else(|| ApiError::model_not_found(id))?;
@@ -123,6 +124,7 @@ pub fn endpoints(app: &'static App, path: &str) -> Result<Response, ApiError> {
                 "uptime_last_30m": recent.uptime_percent(),
                 "latency_last_30m": recent.ttft_ms,
                 "throughput_last_30m": recent.tokens_per_second,
+                "data_policy": data_policy_json(endpoint),
             }))
         })
         .collect();
@@ -139,6 +141,22 @@ pub fn endpoints(app: &'static App, path: &str) -> Result<Response, ApiError> {
         "endpoints": endpoints,
     });
     Ok(respond::json(StatusCode::OK, &json!({ "data": data })))
+}
+
+/// What an endpoint does with the data it serves, as routing reads it: `policy`, the
+/// host's published policy as the catalogue records it (`zero-retention`,
+/// `abuse-monitoring`, `may-collect`, `unknown`); `zdr_agreement`, whether the operator
+/// declared its own zero-data-retention agreement with the host (`zdr_hosts`); `zdr`,
+/// whether the endpoint retains nothing by either, which `provider.zdr: true` requires;
+/// `may_collect`, whether the host may store prompts for its own use or train on them
+/// (unknown counts as may), which `provider.data_collection: "deny"` leaves out.
+fn data_policy_json(endpoint: &Model) -> Value {
+    json!({
+        "policy": endpoint.data_policy,
+        "zdr_agreement": endpoint.zdr_by_agreement,
+        "zdr": endpoint.zero_retention(),
+        "may_collect": endpoint.may_collect(),
+    })
 }
 
 /// The dearer tier of a request whose prompt passes a threshold (Gemini 2.5 Pro above

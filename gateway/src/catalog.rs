@@ -13,7 +13,7 @@
 //! token, and every cost is integer arithmetic on those.
 
 use crate::providers::Usage;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use solrouter_ledger::PicoUsd;
 use std::collections::HashMap;
 
@@ -34,6 +34,10 @@ const BUILTIN_TOML: &str = include_str!("../catalog.toml");
 /// `provider.require_parameters` checks of an embeddings request (see
 /// [`Model::supported_parameters`]).
 pub const EMBEDDING_PARAMETERS: [&str; 2] = ["encoding_format", "dimensions"];
+
+/// Words (lower case) that mark a price note as no source at all: a price is billed, so
+/// it must say where it was read.
+const UNSOURCED: [&str; 2] = ["unverified", "from memory"];
 
 /// Quantizations an endpoint may declare (OpenRouter's names).
 pub const QUANTIZATIONS: [&str; 9] =
@@ -99,14 +103,19 @@ pub struct Model {
     /// models, which only that endpoint refuses.
     pub embedding: Option<Embedding>,
     /// What the host does with prompts (its catalogue `[[host]]` entry; unknown when it
-    /// has none): what `provider.data_collection` and `provider.zdr` filter by.
+    /// has none): with `zdr_by_agreement`, what `provider.data_collection` and
+    /// `provider.zdr` filter by ([`Model::zero_retention`], [`Model::may_collect`]).
     pub data_policy: DataPolicy,
+    /// Whether the operator holds its own zero-data-retention agreement with the host
+    /// (the `zdr_hosts` setting, [`Catalog::with_zdr_agreements`]): the endpoint then
+    /// retains nothing whatever the host's published policy.
+    pub zdr_by_agreement: bool,
 }
 
 /// What a host does with the prompts and completions it serves, as its published policy
 /// says for API traffic under the host's default settings (OpenRouter's two controls:
 /// whether a host may collect data, and whether it retains any).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DataPolicy {
     /// Nothing is kept once the answer is sent (zero data retention), nor trained on.
@@ -338,9 +347,44 @@ impl Catalog {
         }
         Ok(catalog)
     }
+
+    /// The catalogue with the operator's own zero-data-retention agreements: every
+    /// endpoint of each of `hosts` retains nothing ([`Model::zdr_by_agreement`]). A name
+    /// that is no host of the catalogue is refused, so that a misspelt host cannot leave
+    /// the traffic the operator meant to protect routed by the host's default policy.
+    pub fn with_zdr_agreements(mut self, hosts: &[String]) -> Result<Catalog, CatalogError> {
+        for host in hosts {
+            let mut served = false;
+            for endpoint in self.endpoints.iter_mut().filter(|endpoint| endpoint.provider == *host)
+            {
+                endpoint.zdr_by_agreement = true;
+                served = true;
+            }
+            if !served {
+                return Err(CatalogError::Host {
+                    host: host.clone(),
+                    message: "serves no endpoint of the catalogue".to_owned(),
+                });
+            }
+        }
+        Ok(self)
+    }
 }
 
 impl Model {
+    /// Whether the endpoint retains nothing, by the host's published policy or by the
+    /// operator's own agreement with it: what `provider.zdr: true` requires.
+    pub fn zero_retention(&self) -> bool {
+        self.zdr_by_agreement || self.data_policy.zero_retention()
+    }
+
+    /// Whether the host may collect the data (see [`DataPolicy::may_collect`]):
+    /// `provider.data_collection: "deny"` leaves such endpoints out. A zero-retention
+    /// agreement rules collection out.
+    pub fn may_collect(&self) -> bool {
+        !self.zdr_by_agreement && self.data_policy.may_collect()
+    }
+
     /// The prices a request with `prompt_tokens` pays.
     pub fn price_at(&self, prompt_tokens: u64) -> &Price {
         match &self.long_context {
@@ -639,6 +683,12 @@ impl ModelEntry {
             if entry.source.trim().is_empty() {
                 return Err(endpoint_error("every price needs its source note (`source`)"));
             }
+            let note = entry.source.to_lowercase();
+            if let Some(word) = UNSOURCED.iter().find(|word| note.contains(*word)) {
+                return Err(endpoint_error(&format!(
+                    "a source note saying {word:?} is no source: name where the price was read"
+                )));
+            }
             if models.iter().any(|other| other.provider == entry.provider) {
                 return Err(endpoint_error("the host is listed twice"));
             }
@@ -722,6 +772,7 @@ impl ModelEntry {
                 embedding: embedding.clone(),
                 // Set from the host's entry once every model is read (`Catalog::parse`).
                 data_policy: DataPolicy::Unknown,
+                zdr_by_agreement: false,
             });
         }
         Ok(models)
@@ -959,13 +1010,15 @@ capabilities = {{ tools = false, structured_output = false, reasoning = false, i
         let catalog = Catalog::builtin();
         let maverick = catalog.endpoints("meta-llama/llama-4-maverick").unwrap();
         let hosts: Vec<&str> = maverick.iter().map(|model| model.provider.as_str()).collect();
-        assert_eq!(hosts, ["groq", "deepinfra", "together", "fireworks", "cerebras"]);
+        assert_eq!(hosts, ["groq", "deepinfra", "together", "fireworks"]);
         assert!(maverick.iter().all(|endpoint| endpoint.id == "meta-llama/llama-4-maverick"));
         assert_eq!(catalog.get("meta-llama/llama-4-maverick").unwrap(), &maverick[0]);
         assert_eq!(maverick[1].quantization, "fp8");
         assert_eq!(maverick[0].quantization, "unknown");
         assert_eq!(maverick[1].price.prompt, PicoUsd(150_000));
-        assert_eq!((maverick[4].context_length, maverick[4].max_output_tokens), (32768, 8192));
+        assert_eq!((maverick[0].context_length, maverick[0].max_output_tokens), (131072, 8192));
+        // Together's limits are in neither table: the model's are kept.
+        assert_eq!((maverick[2].context_length, maverick[2].max_output_tokens), (1048576, 16384));
         // Each model listed once; every endpoint's slot is its position.
         let n_models = catalog.models().count();
         let n_multi = catalog
@@ -1003,6 +1056,11 @@ capabilities = {{ tools = false, structured_output = false, reasoning = false, i
             "source",
         );
         check(&two.replacen("source = \"test\"", "source = \" \"", 1), "source note");
+        // A note that says the price was never checked is no source either.
+        for note in ["https://example.com/pricing, Unverified", "from memory (2025 list price)"] {
+            let unsourced = two.replacen("source = \"test\"", &format!("source = \"{note}\""), 1);
+            check(&unsourced, "is no source");
+        }
         check(&endpoints_entry(&format!("{}{}", endpoint("a", ""), endpoint("a", ""))), "twice");
         check(&endpoints_entry(&endpoint("a", "context_length = 101")), "context_length");
         check(&endpoints_entry(&endpoint("a", "max_output_tokens = 51")), "max_output_tokens");

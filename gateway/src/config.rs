@@ -42,6 +42,7 @@ pub struct Config {
     waive_empty_answers: bool,
     webhook_secret: Option<String>,
     session_secret: Option<String>,
+    zdr_hosts: Vec<String>,
 }
 
 /// The raw layers: every field optional, so each layer sets only what it names.
@@ -64,6 +65,11 @@ pub struct ConfigLayer {
     /// Signs the dashboard's session tokens; every gateway of a cluster must have the
     /// same (dev mode generates one in its data directory when absent).
     pub session_secret: Option<String>,
+    /// Hosts with which the operator holds its own zero-data-retention agreement (the
+    /// catalogue's host names, e.g. `["openai", "anthropic"]`; in the environment
+    /// comma-separated): `provider.zdr: true` and `data_collection: "deny"` route to
+    /// them whatever their published policy. Default: none.
+    pub zdr_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +124,12 @@ impl ConfigLayer {
                 .transpose()?,
             webhook_secret: lookup("SOLROUTER_WEBHOOK_SECRET"),
             session_secret: lookup("SOLROUTER_SESSION_SECRET"),
+            zdr_hosts: lookup("SOLROUTER_ZDR_HOSTS").map(|text| {
+                text.split(',')
+                    .map(|host| host.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+                    .collect()
+            }),
         })
     }
 
@@ -143,6 +155,7 @@ impl ConfigLayer {
             waive_empty_answers: over.waive_empty_answers.or(self.waive_empty_answers),
             webhook_secret: over.webhook_secret.or(self.webhook_secret),
             session_secret: over.session_secret.or(self.session_secret),
+            zdr_hosts: over.zdr_hosts.or(self.zdr_hosts),
         }
     }
 }
@@ -207,6 +220,15 @@ impl Config {
                 message: format!("needs at least {SECRET_BYTES_MIN} bytes"),
             });
         }
+        let mut zdr_hosts = layer.zdr_hosts.unwrap_or_default();
+        if let Some(host) = zdr_hosts.iter().find(|host| !is_host_name(host)) {
+            return Err(ConfigError::Invalid {
+                name: "zdr_hosts",
+                message: format!("{host:?} is not a host name such as openai or deepinfra"),
+            });
+        }
+        zdr_hosts.sort_unstable();
+        zdr_hosts.dedup();
         Ok(Config {
             listen,
             data_dir,
@@ -216,6 +238,7 @@ impl Config {
             waive_empty_answers,
             webhook_secret,
             session_secret,
+            zdr_hosts,
         })
     }
 
@@ -254,6 +277,18 @@ impl Config {
     pub fn waive_empty_answers(&self) -> bool {
         self.waive_empty_answers
     }
+
+    /// See [`ConfigLayer::zdr_hosts`]; whether the catalogue serves them is checked where
+    /// the catalogue is built ([`crate::catalog::Catalog::with_zdr_agreements`]).
+    pub fn zdr_hosts(&self) -> &[String] {
+        &self.zdr_hosts
+    }
+}
+
+/// A catalogue host name: lower-case letters, digits and dashes (`mock-slow`).
+fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn timeout(name: &'static str, ms: Option<u64>, default_ms: u64) -> Result<Duration, ConfigError> {
@@ -291,6 +326,28 @@ mod tests {
     }
 
     #[test]
+    fn zdr_hosts_come_from_the_file_or_the_environment() {
+        assert!(config_of(ConfigLayer::default()).zdr_hosts().is_empty());
+        let file: ConfigLayer = toml::from_str("zdr_hosts = [\"openai\"]").expect("toml");
+        assert_eq!(config_of(file.clone()).zdr_hosts(), ["openai"]);
+        let environment = ConfigLayer::from_env(env(&[(
+            "SOLROUTER_ZDR_HOSTS",
+            " anthropic, openai,anthropic ,",
+        )]))
+        .expect("env");
+        // The environment overrides the file; duplicates and empty items are dropped.
+        assert_eq!(config_of(file.overridden_by(environment)).zdr_hosts(), ["anthropic", "openai"]);
+        // An empty variable declares no agreement, overriding the file's.
+        let none = ConfigLayer::from_env(env(&[("SOLROUTER_ZDR_HOSTS", "")])).expect("env");
+        let file: ConfigLayer = toml::from_str("zdr_hosts = [\"openai\"]").expect("toml");
+        assert!(config_of(file.overridden_by(none)).zdr_hosts().is_empty());
+    }
+
+    fn config_of(layer: ConfigLayer) -> Config {
+        Config::try_new(layer).expect("valid")
+    }
+
+    #[test]
     fn rejects_invalid_values() {
         let check = |pairs: &'static [(&'static str, &'static str)], name: &str| {
             let error = ConfigLayer::from_env(env(pairs)).and_then(Config::try_new);
@@ -307,6 +364,7 @@ mod tests {
         check(&[("SOLROUTER_SESSION_SECRET", "short")], "session_secret");
         check(&[("SOLROUTER_UPSTREAM_IDLE_TIMEOUT_MS", "0")], "upstream_idle_timeout_ms");
         check(&[("SOLROUTER_UPSTREAM_TOTAL_TIMEOUT_MS", "1000")], "upstream_total_timeout_ms");
+        check(&[("SOLROUTER_ZDR_HOSTS", "openai,Open AI")], "zdr_hosts");
         assert!(toml::from_str::<ConfigLayer>("bogus = 1").is_err());
     }
 }

@@ -104,7 +104,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             keys::stored_secret(&path, "").with_context(|| format!("reading {}", path.display()))?
         }
     };
-    let catalog = Catalog::builtin();
+    let catalog =
+        Catalog::builtin().with_zdr_agreements(config.zdr_hosts()).context("zdr_hosts")?;
     let app = App {
         upstream: Upstream::try_new(config.upstream()).context("building the upstream client")?,
         providers: Providers::with_mocks(&[

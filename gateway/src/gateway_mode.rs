@@ -67,7 +67,8 @@ pub async fn run(
             (Some(url), Some(tokio::spawn(mock::serve(listener, stopping))))
         }
     };
-    let catalog = Catalog::builtin();
+    let catalog =
+        Catalog::builtin().with_zdr_agreements(config.zdr_hosts()).context("zdr_hosts")?;
     let webhook_secret = config.webhook_secret().map(str::to_owned);
     let app = App {
         upstream: Upstream::try_new(config.upstream()).context("building the upstream client")?,

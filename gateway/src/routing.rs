@@ -25,7 +25,8 @@
 //! than its `max_price`. `data_collection: "deny"` leaves out hosts that may store
 //! prompts for their own use or train on them, `zdr: true` every host that retains
 //! anything ([`crate::catalog::DataPolicy`]); a host whose policy is unknown is left out
-//! by both.
+//! by both. A host with which the operator holds its own zero-data-retention agreement
+//! (`zdr_hosts`, [`crate::catalog::Model::zdr_by_agreement`]) passes both.
 //!
 //! Endpoints whose breaker refuses traffic are left out (unless that leaves nothing to
 //! try, when they stay so the request fails with the breaker's 503). The plan is every
@@ -306,9 +307,9 @@ pub fn plan<'c>(
             !preferences.require_parameters || supports(endpoint)
         }),
         ("provider.data_collection", &|endpoint| {
-            !preferences.deny_data_collection || !endpoint.data_policy.may_collect()
+            !preferences.deny_data_collection || !endpoint.may_collect()
         }),
-        ("provider.zdr", &|endpoint| !preferences.zdr || endpoint.data_policy.zero_retention()),
+        ("provider.zdr", &|endpoint| !preferences.zdr || endpoint.zero_retention()),
     ];
     let mut random = SplitMix(seed);
     let mut first_emptied: Option<&str> = None;
@@ -895,5 +896,27 @@ source = "test"
             lab.refused(&["t/small"], json!({"ignore": ["cerebras"], "zdr": true})),
             "provider.zdr"
         );
+    }
+
+    #[test]
+    fn an_operators_zdr_agreement_makes_its_hosts_retain_nothing() {
+        let mut lab = Lab::new();
+        let hosts = ["fireworks".to_owned(), "deepinfra".to_owned()];
+        lab.catalog = lab.catalog.clone().with_zdr_agreements(&hosts).expect("served hosts");
+        // fireworks (may collect) and deepinfra (unknown) retain nothing by the agreement.
+        let zdr = json!({"zdr": true, "sort": "price"});
+        assert_eq!(
+            lab.plan(&["t/big", "t/small"], zdr),
+            ["big@groq", "big@fireworks", "small@deepinfra", "small@cerebras"]
+        );
+        let deny = json!({"data_collection": "deny", "sort": "price"});
+        assert_eq!(lab.plan(&["t/big"], deny), ["big@groq", "big@together", "big@fireworks"]);
+        // The host's own policy is still what it publishes.
+        let fireworks = lab.endpoint("t/big", "fireworks");
+        assert_eq!(fireworks.data_policy, crate::catalog::DataPolicy::MayCollect);
+        assert!(fireworks.zdr_by_agreement && !lab.endpoint("t/big", "together").zdr_by_agreement);
+        // A host the catalogue does not serve is refused, not ignored.
+        let error = lab.catalog.clone().with_zdr_agreements(&["grok".to_owned()]).unwrap_err();
+        assert!(error.to_string().contains("`grok`"), "{error}");
     }
 }

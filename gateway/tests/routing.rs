@@ -6,7 +6,9 @@
 //! `require_parameters` and the default spread route as documented, the endpoints API
 //! shows prices and live statistics, and when `mock-slow` fails mid-run its traffic
 //! moves to `mock` (same-model fallback, then its breaker skips it). Without Python:
-//! `max_price` at a long prompt's price tier, `data_collection` and `zdr`.
+//! `max_price` at a long prompt's price tier, `data_collection` and `zdr`, the operator's
+//! own zero-data-retention agreements (`SOLROUTER_ZDR_HOSTS`) and each endpoint's
+//! `data_policy` in the endpoints API.
 
 mod support;
 
@@ -97,8 +99,53 @@ async fn max_price_at_the_long_context_tier_and_data_policies_choose_the_host() 
     assert_eq!(served(dev.chat(&key, &ask("private", deny)).await), "mock-slow");
     let slow_zdr = json!({"only": ["mock-slow"], "zdr": true});
     assert_eq!(refused(dev.chat(&key, &ask("private", slow_zdr)).await), "provider.zdr");
+    let policies = data_policies(&dev, &key).await;
+    assert_eq!(policies["mock"], policy("zero-retention", true, false, false));
+    assert_eq!(policies["mock-slow"], policy("abuse-monitoring", false, false, false));
     assert_eq!(dev.account(&account).await["held"], "0.00");
     dev.audit_ok().await;
+}
+
+/// An operator's own zero-data-retention agreement with a host (`SOLROUTER_ZDR_HOSTS`)
+/// lets `zdr` requests route to it, and the endpoints API shows it beside the host's
+/// published policy: here with `mock-slow` (abuse monitoring, the cheaper host).
+#[tokio::test]
+async fn an_operators_zdr_agreement_routes_zdr_requests_to_its_host() {
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &[("SOLROUTER_ZDR_HOSTS", "mock-slow")]);
+    let (account, key) = dev.funded_account("10").await;
+    let policies = data_policies(&dev, &key).await;
+    assert_eq!(policies["mock"], policy("zero-retention", true, false, false));
+    assert_eq!(policies["mock-slow"], policy("abuse-monitoring", true, false, true));
+    let ask = |provider: Value| {
+        json!({"model": "mock/shared", "messages": [{"role": "user", "content": "private"}],
+            "max_tokens": 16, "provider": provider})
+    };
+    for provider in
+        [json!({"zdr": true, "sort": "price"}), json!({"only": ["mock-slow"], "zdr": true})]
+    {
+        let (status, answer) = dev.chat(&key, &ask(provider)).await;
+        assert_eq!((status, &answer["provider"]), (200, &json!("mock-slow")), "{answer}");
+    }
+    assert_eq!(dev.account(&account).await["held"], "0.00");
+    dev.audit_ok().await;
+}
+
+/// Each host's `data_policy` in `GET /v1/api/models/mock/shared/endpoints`.
+async fn data_policies(dev: &Dev, key: &str) -> Value {
+    let (status, body) = dev.get("/v1/api/models/mock/shared/endpoints", key).await;
+    assert_eq!(status, 200, "{body}");
+    let endpoints = body["data"]["endpoints"].as_array().expect("endpoints");
+    let by_host = endpoints.iter().map(|endpoint| {
+        let host = endpoint["provider_name"].as_str().expect("provider_name").to_owned();
+        (host, endpoint["data_policy"].clone())
+    });
+    Value::Object(by_host.collect())
+}
+
+fn policy(published: &str, zdr: bool, may_collect: bool, zdr_agreement: bool) -> Value {
+    json!({"policy": published, "zdr": zdr, "may_collect": may_collect,
+        "zdr_agreement": zdr_agreement})
 }
 
 async fn metrics_text(dev: &Dev) -> (u16, String) {

@@ -3,7 +3,7 @@
 
 use crate::error::LedgerError;
 use crate::history::History;
-use crate::kv::{KvTree, RedbStore};
+use crate::kv::{KvTree, NodeStores};
 use crate::ledger_clock::LedgerClock;
 use crate::log_store::LogStore;
 use crate::state_machine::{SharedState, StateMachine};
@@ -40,19 +40,20 @@ pub struct Group {
 }
 
 impl Group {
-    /// Opens group `group_idx`'s storage in `store` and starts its Raft instance and
+    /// Opens group `group_idx`'s storage in `stores` and starts its Raft instance and
     /// batcher; the records its entries settle go to the node's `history`.
     pub async fn start<N: RaftNetworkFactory<crate::types::TypeConfig>>(
         node_id: NodeId,
         group_idx: u32,
-        store: &RedbStore,
+        stores: &NodeStores,
         history: History,
         config: Arc<Config>,
         network: N,
     ) -> Result<Group, LedgerError> {
-        let state_machine = StateMachine::open(store, group_idx, history)
+        let state_machine = StateMachine::open(stores, group_idx, history)
+            .await
             .map_err(|e| LedgerError::storage("restoring the snapshot", e))?;
-        let log_store = LogStore::open(store, group_idx, state_machine.saved_snapshot());
+        let log_store = LogStore::open(&stores.log, group_idx, state_machine.saved_snapshot());
         let clock: Clock = Arc::new(wall_clock_ms);
         Group::start_with(node_id, log_store, state_machine, config, network, clock).await
     }

@@ -444,9 +444,10 @@ impl History {
         self.inner.write_queued(records.into_iter().collect(), Durability::None)
     }
 
-    /// Runs `f`, which blocks on redb, from async code: on a blocking thread, or inline
-    /// for a history in memory, where it costs little and a blocking thread would let a
-    /// test's paused clock jump while it ran (so a simulation's seed would not replay).
+    /// Runs `f`, which blocks on redb (or, for a snapshot's encode, on the CPU), from
+    /// async code: on a blocking thread, or inline for a history in memory (the
+    /// simulation's), where a blocking thread would let a test's paused clock jump while
+    /// it ran (so a seed would not replay). The node's one way off the runtime.
     pub(crate) async fn off_runtime<T: Send + 'static>(
         &self,
         f: impl FnOnce(&History) -> T + Send + 'static,

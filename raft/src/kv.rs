@@ -92,6 +92,13 @@ struct WriteRequest {
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
+/// A node's two databases: the log (entries, votes, committed indexes, identity) and the
+/// snapshots ([`crate::SNAPSHOT_FILE_NAME`]), each with its own writer.
+pub struct NodeStores {
+    pub log: RedbStore,
+    pub snapshots: RedbStore,
+}
+
 impl RedbStore {
     /// Opens (or creates) the database file at `path` and starts its writer task on the
     /// current tokio runtime. Fails with `DatabaseError::DatabaseAlreadyOpen` while another

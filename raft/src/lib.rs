@@ -102,9 +102,13 @@ pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(150);
 pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(300);
 /// How long opening a node waits to lead: many election timeouts.
 pub const LEADER_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The file, in a node's data directory, of its redb database: log, vote and snapshots of
+/// The file, in a node's data directory, of its redb database: log, vote and identity of
 /// every group.
 pub const DATA_FILE_NAME: &str = "ledger.redb";
+/// The file, beside [`DATA_FILE_NAME`], of the groups' snapshots. A database of its own, so
+/// that a snapshot's write and sync (tens of MB, hundreds of ms) never hold the log's
+/// writer, which every append waits on.
+pub const SNAPSHOT_FILE_NAME: &str = "snapshots.redb";
 /// Opening a data directory still open in a node of this process that is shutting down
 /// is retried this many times, this far apart (5 s in all).
 pub const OPEN_LOCK_ATTEMPTS_MAX: u32 = 100;

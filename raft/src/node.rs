@@ -11,7 +11,7 @@ use crate::grpc::raft_service_server::RaftServiceServer;
 use crate::grpc_network::{self, GrpcNetwork, RaftRpcServer};
 use crate::history::{self, History, HistoryStats, HISTORY_FILE, HISTORY_RETENTION_DEFAULT};
 use crate::incarnation::{self, Identified, Identity, Incarnation, IDENTITY_TREE};
-use crate::kv::RedbStore;
+use crate::kv::{NodeStores, RedbStore};
 use crate::membership;
 use crate::network::NoPeers;
 use crate::reads::GroupAccess;
@@ -23,7 +23,7 @@ use crate::{
     APPEND_ENTRIES_MAX, DATA_FILE_NAME, ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN,
     ENTRIES_KEPT_AFTER_SNAPSHOT, HEARTBEAT_INTERVAL, INSTALL_SNAPSHOT_TIMEOUT, LEADER_WAIT_TIMEOUT,
     OPEN_LOCK_ATTEMPTS_MAX, OPEN_LOCK_RETRY_INTERVAL, RPC_BYTES_MAX, SLOTS, SNAPSHOT_CHUNK_BYTES,
-    SNAPSHOT_EVERY_ENTRIES,
+    SNAPSHOT_EVERY_ENTRIES, SNAPSHOT_FILE_NAME,
 };
 use openraft::error::{InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
@@ -231,13 +231,13 @@ impl LedgerNode {
         data_dir: &Path,
         options: &NodeOptions,
     ) -> Result<LedgerNode, LedgerError> {
-        let store = open_store(data_dir).await?;
-        let identity = open_identity(&store, data_dir, SINGLE_NODE_ID).await?;
+        let stores = open_stores(data_dir).await?;
+        let identity = open_identity(&stores.log, data_dir, SINGLE_NODE_ID).await?;
         let history =
             History::open(&data_dir.join(HISTORY_FILE), options.history_retention).await?;
         let config = Arc::new(raft_config(options)?);
         let group =
-            Group::start(SINGLE_NODE_ID, 0, &store, history.clone(), config, NoPeers).await?;
+            Group::start(SINGLE_NODE_ID, 0, &stores, history.clone(), config, NoPeers).await?;
         let members = BTreeMap::from([(SINGLE_NODE_ID, Member::new("", identity.incarnation))]);
         bootstrap(&group, members).await?;
         let waiting = group.raft().wait(Some(LEADER_WAIT_TIMEOUT));
@@ -292,9 +292,9 @@ impl LedgerNode {
         let listener = tokio::net::TcpListener::bind(config.listen())
             .await
             .map_err(|e| LedgerError::storage("binding the ledger endpoint", e))?;
-        let store = open_store(data_dir).await?;
+        let stores = open_stores(data_dir).await?;
         // Checked before a fresh identity is written, so a refused directory stays empty.
-        let identities = store.tree(IDENTITY_TREE);
+        let identities = stores.log.tree(IDENTITY_TREE);
         let stored = incarnation::load(&identities, config.id())
             .map_err(|e| data_dir_error(data_dir, &e))?;
         if let ClusterStart::Bootstrap(peers) = config.start() {
@@ -318,7 +318,7 @@ impl LedgerNode {
             let group_config = Arc::clone(&raft_config);
             let history = history.clone();
             let group =
-                Group::start(config.id(), group_idx, &store, history, group_config, network)
+                Group::start(config.id(), group_idx, &stores, history, group_config, network)
                     .await?;
             groups.push(group);
         }
@@ -811,10 +811,10 @@ fn data_dir_error(data_dir: &Path, message: &str) -> LedgerError {
 /// Files a data directory of the sled era (before the log moved to redb) holds.
 const SLED_FILES: [&str; 2] = ["conf", "db"];
 
-/// Opens the node's redb database in `data_dir` (creating both if needed), retrying while
-/// it is open: a node that was just shut down or dropped in this process closes it only
+/// Opens the node's redb databases in `data_dir` (creating them if needed), retrying while
+/// one is open: a node that was just shut down or dropped in this process closes them only
 /// when openraft's storage tasks finish. A data directory written by sled is refused.
-async fn open_store(data_dir: &Path) -> Result<RedbStore, LedgerError> {
+async fn open_stores(data_dir: &Path) -> Result<NodeStores, LedgerError> {
     if SLED_FILES.iter().all(|name| data_dir.join(name).exists()) {
         return Err(LedgerError::storage(
             "opening the data directory",
@@ -828,10 +828,15 @@ async fn open_store(data_dir: &Path) -> Result<RedbStore, LedgerError> {
     }
     std::fs::create_dir_all(data_dir)
         .map_err(|e| LedgerError::storage("creating the data directory", e))?;
-    let path = data_dir.join(DATA_FILE_NAME);
+    let log = open_store(&data_dir.join(DATA_FILE_NAME)).await?;
+    let snapshots = open_store(&data_dir.join(SNAPSHOT_FILE_NAME)).await?;
+    Ok(NodeStores { log, snapshots })
+}
+
+async fn open_store(path: &Path) -> Result<RedbStore, LedgerError> {
     let mut attempt = 1;
     loop {
-        match RedbStore::open(&path) {
+        match RedbStore::open(path) {
             Ok(store) => return Ok(store),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) if attempt < OPEN_LOCK_ATTEMPTS_MAX => {
                 attempt += 1;

@@ -8,7 +8,9 @@ use solrouter_ledger::{
     AccountId, Command, HoldId, KeyId, KeyKind, KeyLimits, Ledger, Op, OpId, PicoUsd, Rejection,
     Reply, RequestRecord,
 };
-use solrouter_raft::{LedgerApi, LedgerError, LedgerNode, NodeOptions, DATA_FILE_NAME};
+use solrouter_raft::{
+    LedgerApi, LedgerError, LedgerNode, NodeOptions, DATA_FILE_NAME, SNAPSHOT_FILE_NAME,
+};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -230,11 +232,11 @@ async fn snapshot_and_purge_bound_the_log_and_survive_restart() {
     node.shutdown().await.unwrap();
 }
 
-/// Opens the node's redb database directly, polling while the stopped node's storage
-/// tasks still have it open.
-async fn open_redb(dir: &Path) -> redb::Database {
+/// Opens one of the node's redb databases (`file` in `dir`) directly, polling while the
+/// stopped node's storage tasks still have it open.
+async fn open_redb(dir: &Path, file: &str) -> redb::Database {
     for _ in 0..POLL_ATTEMPTS_MAX {
-        if let Ok(db) = redb::Database::create(dir.join(DATA_FILE_NAME)) {
+        if let Ok(db) = redb::Database::create(dir.join(file)) {
             return db;
         }
         tokio::time::sleep(POLL_INTERVAL).await;
@@ -242,9 +244,9 @@ async fn open_redb(dir: &Path) -> redb::Database {
     panic!("the data directory stayed open");
 }
 
-/// Replaces the value under `key` in table `table` of the node's database, durably.
-async fn overwrite(dir: &Path, table: &str, key: &[u8], value: &[u8]) {
-    let db = open_redb(dir).await;
+/// Replaces the value under `key` in table `table` of the node's database `file`, durably.
+async fn overwrite(dir: &Path, file: &str, table: &str, key: &[u8], value: &[u8]) {
+    let db = open_redb(dir, file).await;
     let txn = db.begin_write().unwrap();
     txn.open_table(table_of(table)).unwrap().insert(key, value).unwrap();
     txn.commit().unwrap();
@@ -283,10 +285,14 @@ async fn an_unknown_stored_format_version_is_refused() {
     node.shutdown().await.unwrap();
     drop(node);
 
-    let stored = [("0/snapshot", None), ("0/meta", Some(&b"vote"[..])), ("0/log", None)];
-    for (table_name, key) in stored {
+    let stored = [
+        (SNAPSHOT_FILE_NAME, "0/snapshot", None),
+        (DATA_FILE_NAME, "0/meta", Some(&b"vote"[..])),
+        (DATA_FILE_NAME, "0/log", None),
+    ];
+    for (file, table_name, key) in stored {
         let (key, value) = {
-            let db = open_redb(dir.path()).await;
+            let db = open_redb(dir.path(), file).await;
             let txn = db.begin_read().unwrap();
             let table = txn.open_table(table_of(table_name)).unwrap();
             let (key, value) = match key {
@@ -301,16 +307,49 @@ async fn an_unknown_stored_format_version_is_refused() {
         assert_eq!(&value[..VERSION_AT], b"SRL", "a stored value starts with the magic");
         let mut future = value.clone();
         future[VERSION_AT] = 99;
-        overwrite(dir.path(), table_name, &key, &future).await;
+        overwrite(dir.path(), file, table_name, &key, &future).await;
 
         let error = LedgerNode::open_single_with(dir.path(), &options).await.err();
         let error = error_chain(&error.expect("an unknown version must not open"));
         let expected = "unsupported ledger format version 99; this build reads versions [7]";
         assert!(error.contains(expected), "{error}");
 
-        overwrite(dir.path(), table_name, &key, &value).await;
+        overwrite(dir.path(), file, table_name, &key, &value).await;
     }
     let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
+    assert_eq!(node.read(credits).await.unwrap().0, 8 * TOP_UP.0);
+    node.shutdown().await.unwrap();
+}
+
+/// Snapshots moved out of the log's database into their own file; a data directory an
+/// older build wrote keeps its snapshot in the log's database, whose log may be purged up
+/// to it. Such a node opens, from that snapshot, with nothing lost.
+#[tokio::test]
+async fn a_snapshot_in_the_log_database_of_an_older_build_is_carried_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = NodeOptions::try_new(4, 0).unwrap();
+    let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
+    submit_ok(&node, create_account(1)).await;
+    for n in 0..8 {
+        submit_ok(&node, top_up(100 + n)).await;
+    }
+    eventually("the log was purged up to a snapshot", || node.stats().purged_index.is_some()).await;
+    node.shutdown().await.unwrap();
+    drop(node);
+
+    // Lay the directory out as an older build did: the snapshot in the log's database.
+    let (key, value) = {
+        let db = open_redb(dir.path(), SNAPSHOT_FILE_NAME).await;
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(table_of("0/snapshot")).unwrap();
+        let (key, value) = table.last().unwrap().expect("the snapshot is stored");
+        (key.value().to_vec(), value.value().to_vec())
+    };
+    overwrite(dir.path(), DATA_FILE_NAME, "0/snapshot", &key, &value).await;
+    std::fs::remove_file(dir.path().join(SNAPSHOT_FILE_NAME)).unwrap();
+
+    let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
+    assert!(node.stats().purged_index.is_some(), "the log was purged up to the snapshot");
     assert_eq!(node.read(credits).await.unwrap().0, 8 * TOP_UP.0);
     node.shutdown().await.unwrap();
 }
