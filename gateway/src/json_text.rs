@@ -164,17 +164,20 @@ fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 /// Whether `serde_json` reads `text`, valid JSON, into a tree too: reading it as text
 /// checks neither the tree's nesting limit (128) nor that every number fits an `f64`.
 /// Only a text with many brackets, many digits or a digit followed by an exponent is
-/// read as a tree to know; the counts are branch-free passes the compiler vectorizes.
+/// read as a tree to know; the counting is one branch-free pass.
 pub fn tree_readable(text: &str) -> bool {
     /// Fewer nested arrays and objects than `serde_json`'s limit.
     const BRACKETS_MAX: usize = 100;
     /// Fewer digits than an `f64` overflows at (10^309).
     const DIGITS_MAX: usize = 300;
-    let bytes = text.as_bytes();
-    let brackets = bytes.iter().filter(|&&byte| byte == b'[' || byte == b'{').count();
-    let digits = bytes.iter().filter(|byte| byte.is_ascii_digit()).count();
-    let exponents =
-        bytes.windows(2).filter(|pair| pair[0].is_ascii_digit() && pair[1] | 0x20 == b'e').count();
+    let (mut brackets, mut digits, mut exponents, mut after_digit) = (0usize, 0, 0, 0);
+    for &byte in text.as_bytes() {
+        let digit = usize::from(byte.is_ascii_digit());
+        brackets += usize::from(byte == b'[' || byte == b'{');
+        digits += digit;
+        exponents += after_digit & usize::from(byte | 0x20 == b'e');
+        after_digit = digit;
+    }
     if brackets <= BRACKETS_MAX && digits <= DIGITS_MAX && exponents == 0 {
         return true;
     }
