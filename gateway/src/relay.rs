@@ -45,7 +45,7 @@ pub const DRAIN_BYTES_MAX: u64 = 4 << 20;
 /// An upstream stream that has produced its first translated chunks (or ended cleanly)
 /// and can be committed to the client.
 pub struct OpenStream {
-    response: reqwest::Response,
+    response: upstream::Response,
     translator: Box<dyn StreamTranslator>,
     provider: &'static str,
     deadlines: Deadlines,

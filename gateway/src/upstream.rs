@@ -1,16 +1,36 @@
-//! The HTTP client towards providers: one pooled, keep-alive `reqwest` client, and the
-//! four timeouts of an exchange enforced explicitly, so each failure says which limit
-//! it hit.
+//! The HTTP client towards providers: hyper's pooled, keep-alive client (`hyper-util`'s
+//! legacy client) over rustls with the Mozilla roots, HTTP/2 or HTTP/1.1 as the host
+//! picks by ALPN (plain `http://` hosts, such as the mocks, speak HTTP/1.1), and the four
+//! timeouts of an exchange enforced explicitly, so each failure says which limit it hit.
+//! No redirects are followed, no proxy from the environment is used, nothing is
+//! decompressed: providers answer API calls directly.
 
 use crate::config::UpstreamTimeouts;
 use crate::providers::{Adapter, UpstreamError, UpstreamRequest};
 use crate::respond::Gathered;
 use bytes::Bytes;
-use http::StatusCode;
-use std::collections::HashMap;
-use std::sync::{PoisonError, RwLock};
+use http::header::{HeaderValue, ACCEPT};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::crypto::ring;
+use rustls::{ClientConfig, RootCertStore};
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
+use tower_service::Service;
+
+/// An upstream answer whose head has arrived; its body is read with [`next_chunk`] or
+/// [`Upstream::body`]. Dropping it mid-body cancels the exchange (the connection closes).
+pub type Response = http::Response<Incoming>;
 
 /// Largest complete (non-streamed) response the gateway buffers: a maximal completion
 /// of today's models is a few MiB of JSON; 64 MiB leaves room for inline images.
@@ -22,9 +42,15 @@ pub const ERROR_BYTES_MAX: usize = 64 << 10;
 /// TLS; idle ones close after `POOL_IDLE_TIMEOUT`.
 const POOL_IDLE_PER_HOST_MAX: usize = 256;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Upstream URLs kept parsed: one per endpoint and path (Gemini's name the model), so
-/// this many only under a catalogue far larger than today's; a full cache is emptied.
-const URLS_PARSED_MAX: usize = 1024;
+/// TCP keepalive probes on upstream connections (reqwest's defaults, which the gateway
+/// used before): a host that vanished without closing is noticed in about a minute.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
+
+/// Where reqwest, the client before this one, found a proxy; set, they are ignored
+/// (with a warning at start).
+const PROXY_VARIABLES: [&str; 6] =
+    ["ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"];
 
 /// When an attempt must have seen its response head (and, for streams, its first
 /// event), when the whole request must be over, and the longest gap between chunks.
@@ -44,23 +70,50 @@ impl Deadlines {
 }
 
 pub struct Upstream {
-    client: reqwest::Client,
+    client: Client<Connector, Full<Bytes>>,
     timeouts: UpstreamTimeouts,
-    /// An adapter names its URL as text; parsing it cost a third of sending a request.
-    urls: RwLock<HashMap<String, reqwest::Url>>,
 }
 
 impl Upstream {
-    pub fn try_new(timeouts: UpstreamTimeouts) -> Result<Upstream, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
+    pub fn try_new(timeouts: UpstreamTimeouts) -> Result<Upstream, rustls::Error> {
+        for variable in PROXY_VARIABLES {
+            if std::env::var_os(variable).is_some() {
+                tracing::warn!(variable, "ignored: providers are called directly, never by proxy");
+            }
+        }
+        let mozilla = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        Upstream::trusting(timeouts, mozilla)
+    }
+
+    /// A client that trusts the certificates `roots` names (the Mozilla roots, or a
+    /// test's own).
+    fn trusting(
+        timeouts: UpstreamTimeouts,
+        roots: RootCertStore,
+    ) -> Result<Upstream, rustls::Error> {
+        let tls = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false); // The TLS layer takes `https` URIs.
+        tcp.set_nodelay(true);
+        tcp.set_keepalive(Some(TCP_KEEPALIVE));
+        tcp.set_keepalive_interval(Some(TCP_KEEPALIVE));
+        tcp.set_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
+        let tls = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST_MAX)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .tcp_nodelay(true)
-            // Providers never redirect an API call; following one could leak the key.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Upstream { client, timeouts, urls: RwLock::default() })
+            .build(Connector { tls, timeout: timeouts.connect });
+        Ok(Upstream { client, timeouts })
     }
 
     pub fn timeouts(&self) -> &UpstreamTimeouts {
@@ -74,11 +127,23 @@ impl Upstream {
         adapter: &dyn Adapter,
         request: UpstreamRequest,
         deadlines: &Deadlines,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    ) -> Result<Response, UpstreamError> {
         let provider = adapter.provider();
-        let url = self.url(&request.url, provider)?;
-        let sending = self.client.post(url).headers(request.headers).body(request.body);
-        let response = match tokio::time::timeout_at(deadlines.first_byte, sending.send()).await {
+        // `http::Uri` takes the adapter's text as it is (no copy, no normalisation), a
+        // few hundred instructions; what is invalid fails here, before any connection.
+        let uri = Uri::try_from(request.url).map_err(|error| {
+            let message = format!("transport error: invalid URL: {error}");
+            failure(provider, StatusCode::BAD_GATEWAY, &message, true)
+        })?;
+        let mut sending = Request::new(Full::new(request.body));
+        *sending.method_mut() = Method::POST;
+        *sending.uri_mut() = uri;
+        *sending.headers_mut() = request.headers;
+        // What reqwest sent by default, kept: a host may answer a request without one
+        // differently.
+        sending.headers_mut().entry(ACCEPT).or_insert(HeaderValue::from_static("*/*"));
+        let exchange = self.client.request(sending);
+        let response = match tokio::time::timeout_at(deadlines.first_byte, exchange).await {
             Err(_) => {
                 return Err(timeout(provider, "no response head before the first-byte deadline"))
             }
@@ -88,39 +153,18 @@ impl Upstream {
         if response.status().is_success() {
             return Ok(response);
         }
-        let status =
-            StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let headers = response.headers().clone();
         let mut response = response;
         // A truncated or stalled error body still classifies by status.
         let body = read_bounded(&mut response, deadlines, ERROR_BYTES_MAX, provider)
             .await
             .unwrap_or_default();
-        Err(adapter.error(status, &headers, &body))
-    }
-
-    /// `text` parsed, from the cache when it was parsed before.
-    fn url(&self, text: &str, provider: &str) -> Result<reqwest::Url, UpstreamError> {
-        let cached = self.urls.read().unwrap_or_else(PoisonError::into_inner).get(text).cloned();
-        if let Some(url) = cached {
-            return Ok(url);
-        }
-        let url = reqwest::Url::parse(text).map_err(|error| {
-            let message = format!("transport error: invalid URL: {error}");
-            failure(provider, StatusCode::BAD_GATEWAY, &message, true)
-        })?;
-        let mut urls = self.urls.write().unwrap_or_else(PoisonError::into_inner);
-        if urls.len() >= URLS_PARSED_MAX {
-            urls.clear();
-        }
-        urls.insert(text.to_owned(), url.clone());
-        Ok(url)
+        Err(adapter.error(response.status(), response.headers(), &body))
     }
 
     /// Reads a whole response body under the idle and total deadlines.
     pub async fn body(
         &self,
-        response: &mut reqwest::Response,
+        response: &mut Response,
         deadlines: &Deadlines,
         provider: &str,
     ) -> Result<Bytes, UpstreamError> {
@@ -128,15 +172,55 @@ impl Upstream {
     }
 }
 
+/// Opens upstream connections: TCP, then TLS for `https` (ALPN offering h2 and
+/// http/1.1), the whole of it bounded by the connect timeout.
+#[derive(Clone)]
+struct Connector {
+    tls: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Service<Uri> for Connector {
+    type Response = <HttpsConnector<HttpConnector> as Service<Uri>>::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.tls.poll_ready(context)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.tls.call(uri);
+        let limit = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err("connect timed out".into()),
+            }
+        })
+    }
+}
+
 /// The next body chunk, or `None` at the end. Fails when the gap since the previous
 /// chunk exceeds the idle timeout or the request's total deadline passes.
 pub async fn next_chunk(
-    response: &mut reqwest::Response,
+    response: &mut Response,
     deadlines: &Deadlines,
     provider: &str,
 ) -> Result<Option<Bytes>, UpstreamError> {
     let idle_deadline = (Instant::now() + deadlines.idle).min(deadlines.total);
-    match tokio::time::timeout_at(idle_deadline, response.chunk()).await {
+    let reading = async {
+        while let Some(frame) = response.body_mut().frame().await {
+            // Trailers carry nothing the gateway relays.
+            if let Ok(data) = frame?.into_data() {
+                return Ok(Some(data));
+            }
+        }
+        Ok::<_, hyper::Error>(None)
+    };
+    match tokio::time::timeout_at(idle_deadline, reading).await {
         Ok(Ok(chunk)) => Ok(chunk),
         Ok(Err(error)) => Err(transport(provider, &error)),
         Err(_) if idle_deadline == deadlines.total => {
@@ -147,7 +231,7 @@ pub async fn next_chunk(
 }
 
 async fn read_bounded(
-    response: &mut reqwest::Response,
+    response: &mut Response,
     deadlines: &Deadlines,
     limit: usize,
     provider: &str,
@@ -166,13 +250,16 @@ fn timeout(provider: &str, message: &str) -> UpstreamError {
     failure(provider, StatusCode::GATEWAY_TIMEOUT, message, true)
 }
 
-fn transport(provider: &str, error: &reqwest::Error) -> UpstreamError {
-    // The cause, not reqwest's own message: that names the URL, which some hosts make
-    // carry a credential in its query.
-    let message = match std::error::Error::source(error) {
-        Some(cause) => format!("transport error: {cause}"),
-        None => format!("transport error: {error}"),
-    };
+fn transport(provider: &str, error: &(dyn std::error::Error + 'static)) -> UpstreamError {
+    // The error and its causes, none of which names the URL (some hosts make it carry a
+    // credential in its query): e.g. "client error (Connect): tcp connect error:
+    // Connection refused (os error 111)".
+    let mut message = format!("transport error: {error}");
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let _ = write!(message, ": {error}");
+        cause = error.source();
+    }
     failure(provider, StatusCode::BAD_GATEWAY, &message, true)
 }
 
@@ -183,5 +270,141 @@ pub fn failure(provider: &str, status: StatusCode, message: &str, fallback: bool
         message: message.to_string(),
         fallback,
         retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::openai::{OpenAiCompatible, Quirks};
+    use http::HeaderMap;
+    use tokio::net::TcpListener;
+
+    const TIMEOUTS: UpstreamTimeouts = UpstreamTimeouts {
+        connect: Duration::from_millis(200),
+        first_byte: Duration::from_secs(30),
+        idle: Duration::from_secs(30),
+        total: Duration::from_secs(60),
+    };
+
+    async fn send(url: &str) -> UpstreamError {
+        let upstream = Upstream::try_new(TIMEOUTS).unwrap();
+        let adapter = OpenAiCompatible::new("p", Quirks::OPENAI);
+        let request = UpstreamRequest {
+            url: url.to_owned(),
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"{}"),
+        };
+        let deadlines = Deadlines::attempt(&TIMEOUTS, Instant::now() + TIMEOUTS.total);
+        match upstream.send(&adapter, request, &deadlines).await {
+            Ok(response) => panic!("{url} answered {}", response.status()),
+            Err(error) => error,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_connect_timeout_bounds_the_tls_handshake_too() {
+        // A host that accepts TCP and never answers the TLS handshake.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let started = Instant::now();
+        let error = send(&format!("https://{address}/v1/chat/completions")).await;
+        accepting.abort();
+        assert_eq!(error.status, StatusCode::BAD_GATEWAY, "{}", error.message);
+        assert!(error.message.contains("connect timed out"), "{}", error.message);
+        assert!(error.fallback);
+        assert!(started.elapsed() < TIMEOUTS.first_byte, "waited {:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_names_its_cause_and_not_the_url() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let error = send(&format!("http://{address}/v1/chat/completions?key=secret")).await;
+        assert_eq!(error.status, StatusCode::BAD_GATEWAY, "{}", error.message);
+        assert!(error.message.starts_with("transport error: "), "{}", error.message);
+        assert!(error.message.to_lowercase().contains("refused"), "{}", error.message);
+        assert!(!error.message.contains("secret"), "{}", error.message);
+        assert!(error.fallback);
+    }
+
+    /// An HTTPS host on 127.0.0.1 offering `alpn`, answering each request with the HTTP
+    /// version it arrived in; and its self-signed certificate.
+    async fn https_host(alpn: &[&[u8]]) -> (std::net::SocketAddr, RootCertStore) {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![certified.cert.der().clone()], PrivateKeyDer::Pkcs8(key))
+                .unwrap();
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let answer = hyper::service::service_fn(|request: Request<Incoming>| {
+                        let version = Bytes::from(format!("{:?}", request.version()));
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                version,
+                            )))
+                        }
+                    });
+                    let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    let _ = server.serve_connection(io, answer).await;
+                });
+            }
+        });
+        let mut roots = RootCertStore::empty();
+        roots.add(certified.cert.der().clone()).unwrap();
+        (address, roots)
+    }
+
+    #[tokio::test]
+    async fn https_speaks_http2_when_the_host_offers_it_and_http1_otherwise() {
+        let adapter = OpenAiCompatible::new("p", Quirks::OPENAI);
+        let cases: [(&[&[u8]], http::Version); 2] = [
+            (&[b"h2", b"http/1.1"], http::Version::HTTP_2),
+            (&[b"http/1.1"], http::Version::HTTP_11),
+        ];
+        for (alpn, expected) in cases {
+            let (address, roots) = https_host(alpn).await;
+            let upstream = Upstream::trusting(TIMEOUTS, roots).unwrap();
+            let request = UpstreamRequest {
+                url: format!("https://{address}/v1/chat/completions"),
+                headers: HeaderMap::new(),
+                body: Bytes::from_static(b"{}"),
+            };
+            let deadlines = Deadlines::attempt(&TIMEOUTS, Instant::now() + TIMEOUTS.total);
+            let mut response = upstream.send(&adapter, request, &deadlines).await.unwrap();
+            assert_eq!(response.version(), expected);
+            let body = upstream.body(&mut response, &deadlines, "p").await.unwrap();
+            assert_eq!(body, format!("{expected:?}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_url_fails_before_any_connection() {
+        for url in ["http://bad host/v1", "/v1/chat/completions", "ftp://127.0.0.1/v1"] {
+            let error = send(url).await;
+            assert_eq!(error.status, StatusCode::BAD_GATEWAY, "{url}: {}", error.message);
+            assert!(error.message.starts_with("transport error: "), "{url}: {}", error.message);
+        }
     }
 }

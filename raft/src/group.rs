@@ -13,7 +13,7 @@ use crate::{
 };
 use openraft::error::RaftError;
 use openraft::{Config, RaftNetworkFactory};
-use solrouter_ledger::{Batch, Command, Ledger, Outcome, BATCH_COMMANDS_MAX};
+use solrouter_ledger::{Batch, Command, Ledger, Outcome, Rejection, BATCH_COMMANDS_MAX};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +35,8 @@ pub struct Group {
     raft: Raft,
     state: Arc<SharedState>,
     submit_tx: mpsc::Sender<Submission>,
+    /// [`SUBMIT_QUEUE_MAX`] permits, one per command waiting for the batcher.
+    room: Arc<Semaphore>,
     counters: Arc<Counters>,
     clock: Arc<Mutex<LedgerClock>>,
 }
@@ -74,7 +76,8 @@ impl Group {
         let (submit_tx, submit_rx) = mpsc::channel(SUBMIT_QUEUE_MAX);
         let counters = Arc::new(Counters::default());
         let clock = Arc::new(Mutex::new(LedgerClock::new(clock)));
-        let group = Group { raft, state, submit_tx, counters, clock };
+        let room = Arc::new(Semaphore::new(SUBMIT_QUEUE_MAX));
+        let group = Group { raft, state, submit_tx, room, counters, clock };
         let batcher = Batcher {
             raft: group.raft.clone(),
             state: Arc::clone(&group.state),
@@ -91,14 +94,44 @@ impl Group {
     }
 
     pub async fn submit(&self, command: Command) -> Result<Outcome, LedgerError> {
+        let mut outcomes = self.submit_many(vec![command]).await?;
+        assert_eq!(outcomes.len(), 1, "one outcome per command");
+        Ok(outcomes.pop().expect("one outcome"))
+    }
+
+    /// Submits `commands` (at most [`BATCH_COMMANDS_MAX`], e.g. one `LedgerService`
+    /// submit) together: they go into one entry, in order, through one queue slot and one
+    /// reply, instead of a channel, a reply and a timer per command. Answers one outcome
+    /// per command, in order.
+    pub async fn submit_many(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, LedgerError> {
+        assert!(commands.len() <= BATCH_COMMANDS_MAX, "checked by every caller");
         // Checked here so a malformed command never enters the log; `Ledger::apply` checks
         // again and would give the same rejection.
-        if let Err(rejection) = command.op.validate() {
-            return Ok(Err(rejection));
+        let verdicts: Vec<Result<(), Rejection>> =
+            commands.iter().map(|command| command.op.validate()).collect();
+        if verdicts.iter().all(Result::is_ok) {
+            return self.propose(commands).await;
         }
+        let valid = commands.into_iter().zip(&verdicts).filter(|(_, verdict)| verdict.is_ok());
+        let valid: Vec<Command> = valid.map(|(command, _)| command).collect();
+        let mut proposed =
+            if valid.is_empty() { Vec::new() } else { self.propose(valid).await? }.into_iter();
+        let outcomes = verdicts.into_iter().map(|verdict| match verdict {
+            Ok(()) => proposed.next().expect("one outcome per proposed command"),
+            Err(rejection) => Err(rejection),
+        });
+        Ok(outcomes.collect())
+    }
+
+    /// Queues `commands` (valid, at least one) for the batcher and waits for their
+    /// outcomes, within [`SUBMIT_TIMEOUT`].
+    async fn propose(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, LedgerError> {
+        let n_commands = u32::try_from(commands.len()).expect("at most BATCH_COMMANDS_MAX");
         let (reply_tx, reply_rx) = oneshot::channel();
-        let submission = Submission { command, reply: reply_tx };
         let exchange = async {
+            let room = Arc::clone(&self.room).acquire_many_owned(n_commands).await;
+            let room = room.map_err(|_| LedgerError::Shutdown)?;
+            let submission = Submission { commands, reply: reply_tx, _room: room };
             self.submit_tx.send(submission).await.map_err(|_| LedgerError::Shutdown)?;
             reply_rx.await.map_err(|_| LedgerError::Shutdown)?
         };
@@ -179,13 +212,54 @@ struct Counters {
     commit_us_total: AtomicU64,
 }
 
+/// Commands submitted together, answered together.
 struct Submission {
-    command: Command,
-    reply: oneshot::Sender<Result<Outcome, LedgerError>>,
+    commands: Vec<Command>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, LedgerError>>,
+    /// One permit of the group's queue room per command, given back once the batcher
+    /// has taken the commands into a batch: at most [`SUBMIT_QUEUE_MAX`] commands wait.
+    _room: OwnedSemaphorePermit,
+}
+
+/// The submissions the batcher holds for its next batch: at most [`BATCH_COMMANDS_MAX`]
+/// commands, and the first submission that did not fit, which starts the batch after.
+#[derive(Default)]
+struct Queued {
+    submissions: Vec<Submission>,
+    n_commands: usize,
+    overflow: Option<Submission>,
+}
+
+impl Queued {
+    fn push(&mut self, submission: Submission) {
+        assert!(self.overflow.is_none(), "nothing is taken once full");
+        if self.n_commands + submission.commands.len() > BATCH_COMMANDS_MAX {
+            self.overflow = Some(submission);
+        } else {
+            self.n_commands += submission.commands.len();
+            self.submissions.push(submission);
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.overflow.is_some() || self.n_commands == BATCH_COMMANDS_MAX
+    }
+
+    /// Takes the submissions of the next batch, leaving the one that did not fit (if any)
+    /// as the start of the next.
+    fn take(&mut self) -> Vec<Submission> {
+        let taken = std::mem::take(&mut self.submissions);
+        self.n_commands = 0;
+        if let Some(submission) = self.overflow.take() {
+            self.push(submission);
+        }
+        taken
+    }
 }
 
 /// Group commit: one task drains whatever submissions are queued (up to
-/// `BATCH_COMMANDS_MAX`) and proposes them as one entry, then goes on to the next batch
+/// `BATCH_COMMANDS_MAX` commands; a submission's commands stay together) and proposes
+/// them as one entry, then goes on to the next batch
 /// while that one replicates, with at most [`PROPOSALS_IN_FLIGHT_MAX`] entries proposed
 /// and not yet answered; an entry joins others in flight only with at least
 /// [`PIPELINED_BATCH_MIN`] commands, smaller batches wait until every proposal is
@@ -204,33 +278,37 @@ impl Batcher {
     async fn run(self, mut submit_rx: mpsc::Receiver<Submission>) {
         let slots = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
         let finished = Arc::new(Notify::new());
-        let mut submissions = Vec::with_capacity(BATCH_COMMANDS_MAX);
+        let mut queued = Queued::default();
         loop {
-            let Some(slot) = next_slot(&slots, &finished, &mut submit_rx, &mut submissions).await
-            else {
+            let Some(slot) = next_slot(&slots, &finished, &mut submit_rx, &mut queued).await else {
                 return;
             };
-            while submissions.len() < BATCH_COMMANDS_MAX {
+            while !queued.is_full() {
                 match submit_rx.try_recv() {
-                    Ok(submission) => submissions.push(submission),
+                    Ok(submission) => queued.push(submission),
                     Err(_) => break,
                 }
             }
-            assert!(submissions.len() <= BATCH_COMMANDS_MAX);
+            let mut submissions = queued.take();
             // A caller that gave up (its deadline passed, its client went away) waits for
-            // nothing: proposing its command would only add a copy beside its retry.
+            // nothing: proposing its commands would only add a copy beside its retry.
             submissions.retain(|submission| !submission.reply.is_closed());
             if submissions.is_empty() {
                 continue;
             }
-            let (commands, replies): (Vec<Command>, Vec<_>) =
-                submissions.drain(..).map(|s| (s.command, s.reply)).unzip();
+            let n_commands: usize = submissions.iter().map(|s| s.commands.len()).sum();
+            assert!(n_commands <= BATCH_COMMANDS_MAX);
+            let mut commands = Vec::with_capacity(n_commands);
+            let mut replies = Vec::with_capacity(submissions.len());
+            for submission in submissions {
+                replies.push((submission.reply, submission.commands.len()));
+                commands.extend(submission.commands);
+            }
             self.counters.n_batches.fetch_add(1, Ordering::Relaxed);
-            self.counters.n_commands.fetch_add(commands.len() as u64, Ordering::Relaxed);
+            self.counters.n_commands.fetch_add(n_commands as u64, Ordering::Relaxed);
             let term = self.caught_up().await;
             let stamp_ms = next_stamp_ms(&self.clock, &self.state, term);
             let batch = Batch { stamp_ms, commands };
-            let n_commands = batch.commands.len();
             let proposed_at = std::time::Instant::now();
             let answered = self.propose(batch).await;
             let counters = Arc::clone(&self.counters);
@@ -245,13 +323,14 @@ impl Batcher {
                 match answer {
                     Ok(outcomes) => {
                         assert_eq!(outcomes.len(), n_commands, "one outcome per command");
-                        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        let mut outcomes = outcomes.into_iter();
+                        for (reply, n) in replies {
                             // A submitter that timed out has dropped its receiver.
-                            let _ = reply.send(Ok(outcome));
+                            let _ = reply.send(Ok(outcomes.by_ref().take(n).collect()));
                         }
                     }
                     Err(error) => {
-                        for reply in replies {
+                        for (reply, _) in replies {
                             let _ = reply.send(Err(error.clone()));
                         }
                     }
@@ -330,25 +409,23 @@ impl Batcher {
     }
 }
 
-/// Waits until `submissions` (filled from `submit_rx`) may be proposed and takes a
-/// proposal slot for them: at once when no proposal is in flight, else once they number
-/// [`PIPELINED_BATCH_MIN`] and a slot is free. `None` once the submit channel is closed
-/// and drained.
+/// Waits until the `queued` submissions (filled from `submit_rx`) may be proposed and
+/// takes a proposal slot for them: at once when no proposal is in flight, else once they
+/// number [`PIPELINED_BATCH_MIN`] commands and a slot is free. `None` once the submit
+/// channel is closed and drained.
 async fn next_slot(
     slots: &Arc<Semaphore>,
     finished: &Notify,
     submit_rx: &mut mpsc::Receiver<Submission>,
-    submissions: &mut Vec<Submission>,
+    queued: &mut Queued,
 ) -> Option<OwnedSemaphorePermit> {
     loop {
-        if submissions.is_empty() {
-            if submit_rx.recv_many(submissions, BATCH_COMMANDS_MAX).await == 0 {
-                return None;
-            }
+        if queued.n_commands == 0 {
+            queued.push(submit_rx.recv().await?);
             continue;
         }
         let idle = slots.available_permits() == PROPOSALS_IN_FLIGHT_MAX;
-        if idle || submissions.len() >= PIPELINED_BATCH_MIN {
+        if idle || queued.n_commands >= PIPELINED_BATCH_MIN {
             if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
                 return Some(slot);
             }
@@ -356,17 +433,13 @@ async fn next_slot(
         // A proposal answered frees a slot (and may leave none in flight); more
         // submissions may make the batch worth its own entry. `notify_one` keeps a wake-up
         // that comes before this wait, so none is lost.
-        let room = BATCH_COMMANDS_MAX - submissions.len();
+        let room = !queued.is_full();
         tokio::select! {
             // In a fixed order: the simulation replays a seed only if the batcher is
             // deterministic.
             biased;
             () = finished.notified() => {}
-            received = submit_rx.recv_many(submissions, room), if room > 0 => {
-                if received == 0 {
-                    return None;
-                }
-            }
+            received = submit_rx.recv(), if room => queued.push(received?),
         }
     }
 }

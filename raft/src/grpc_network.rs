@@ -388,6 +388,8 @@ pub async fn identify(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grpc::raft_service_server::RaftServiceServer;
+    use std::sync::atomic::AtomicU64;
 
     type Error = RPCError<NodeId, Member, RaftError<NodeId>>;
 
@@ -458,5 +460,129 @@ mod tests {
             budget.record(1, false);
         }
         assert_eq!(budget.refuse(APPEND_ENTRIES_MAX), None);
+    }
+
+    /// A peer that answers every Raft RPC as a server whose `grpc-timeout` passed does,
+    /// counting the calls that reached it.
+    struct TimingOut {
+        calls: Arc<AtomicU64>,
+    }
+
+    impl TimingOut {
+        fn timed_out(&self) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            Err(tonic::Status::deadline_exceeded("the test peer never answers in time"))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl RaftService for TimingOut {
+        async fn append_entries(
+            &self,
+            _: tonic::Request<RaftRequest>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            self.timed_out()
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: tonic::Request<RaftRequest>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            self.timed_out()
+        }
+
+        async fn vote(
+            &self,
+            _: tonic::Request<RaftRequest>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            self.timed_out()
+        }
+
+        async fn identify(
+            &self,
+            _: tonic::Request<RaftRequest>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            self.timed_out()
+        }
+    }
+
+    /// A connection of node 1 to node 2, a [`TimingOut`] peer on 127.0.0.1 (served until
+    /// the test's runtime ends), and the count of calls that reached it.
+    async fn connection_to_a_timing_out_peer() -> (GrpcConnection, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let addr = listener.local_addr().expect("a bound address");
+        let calls = Arc::new(AtomicU64::new(0));
+        let peer = RaftServiceServer::new(TimingOut { calls: Arc::clone(&calls) });
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder().add_service(peer).serve_with_incoming(incoming),
+        );
+        let mut network = GrpcNetwork::new(Identity { node_id: 1, incarnation: 1 }, 0, None);
+        let connection = network.new_client(2, &Member::new(addr.to_string(), 2)).await;
+        (connection, calls)
+    }
+
+    /// Issue 9, fault 6, wired end to end over gRPC: an AppendEntries that timed out makes
+    /// the next one with as many entries come back at once as `PayloadTooLarge` with half
+    /// of them, without reaching the peer (openraft re-sends the smaller one). Without the
+    /// budget in `append_entries`, every catch-up batch timed out again at full size.
+    #[tokio::test]
+    async fn an_append_entries_that_timed_out_makes_the_next_one_smaller() {
+        let (mut connection, calls) = connection_to_a_timing_out_peer().await;
+        let request = |n_entries: u64| AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: (1..=n_entries)
+                .map(|index| openraft::Entry {
+                    log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+                    payload: openraft::EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: None,
+        };
+        let option = RPCOption::new(HEARTBEAT);
+        let full = APPEND_ENTRIES_MAX;
+        let first = connection.append_entries(request(full), option.clone()).await;
+        assert!(matches!(first, Err(RPCError::Timeout(_))), "{first:?}");
+        let second = connection.append_entries(request(full), option.clone()).await;
+        assert!(
+            matches!(&second, Err(RPCError::PayloadTooLarge(p)) if p.entries_hint() == full / 2),
+            "{second:?}"
+        );
+        assert_eq!(calls.load(Ordering::Relaxed), 1, "the oversized AppendEntries was sent");
+        let third = connection.append_entries(request(full / 2), option).await;
+        assert!(matches!(third, Err(RPCError::Timeout(_))), "{third:?}");
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+    }
+
+    /// Issue 9, fault 6: with the node's Raft configuration, a snapshot's last chunk, which
+    /// the peer answers only once it has installed the snapshot, may take
+    /// `INSTALL_SNAPSHOT_TIMEOUT`; the other chunks `SNAPSHOT_CHUNK_TIMEOUT`. (Every chunk
+    /// had openraft's 200 ms, shorter than the install of a large snapshot.)
+    #[tokio::test]
+    async fn a_snapshot_s_last_chunk_has_time_for_the_install() {
+        let (mut connection, calls) = connection_to_a_timing_out_peer().await;
+        let config = crate::node::raft_config(&crate::NodeOptions::default()).expect("valid");
+        let option = RPCOption::new(config.install_snapshot_timeout());
+        let chunk = |done: bool| InstallSnapshotRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(1, 1),
+            meta: crate::types::SnapshotMeta::default(),
+            offset: 0,
+            data: vec![0; 16],
+            done,
+        };
+        let deadline = |result: RpcResult<_, InstallSnapshotError>| match result {
+            Err(RPCError::Timeout(timeout)) => timeout.timeout,
+            other => panic!("expected a timeout, got {other:?}"),
+        };
+        let middle = deadline(connection.install_snapshot(chunk(false), option.clone()).await);
+        assert_eq!(middle, SNAPSHOT_CHUNK_TIMEOUT);
+        let last = deadline(connection.install_snapshot(chunk(true), option).await);
+        assert_eq!(
+            last,
+            crate::INSTALL_SNAPSHOT_TIMEOUT,
+            "the last chunk cannot wait for the install"
+        );
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
     }
 }

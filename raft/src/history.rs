@@ -53,14 +53,19 @@ pub const HISTORY_CACHE_BYTES: usize = 16 * 1024 * 1024;
 pub const HISTORY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest a record waits in the queue before the writer commits it, with every record
 /// queued meanwhile, in one transaction (reads do not wait for it: they write the queue
-/// first).
-pub const HISTORY_FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+/// first). Most of a transaction's cost is per page it dirties (copy-on-write, page
+/// allocation, the write), and the index pages by account and by key are one per active
+/// account, however many of its records share them: under `cluster_load` (1,024
+/// accounts) 20 ms transactions dirtied about a page per record and the writer took 43 %
+/// of a node's CPU (docs/benchmarks.md, "Fewer wake-ups, larger history transactions").
+pub const HISTORY_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Records queued that make the writer commit at once instead of waiting out
-/// [`HISTORY_FLUSH_INTERVAL`] (~200 bytes each in memory).
-pub const HISTORY_FLUSH_RECORDS: usize = 2_048;
+/// [`HISTORY_FLUSH_INTERVAL`] (~250 bytes each in memory).
+pub const HISTORY_FLUSH_RECORDS: usize = 8_192;
 /// Records queued at which an apply writes the queue itself (on the blocking pool) before
-/// it returns: the queue never holds more than this plus one apply's records per group.
-pub const HISTORY_QUEUE_MAX: usize = 8_192;
+/// it returns: the queue never holds more than this plus one apply's records per group
+/// (~8 MiB).
+pub const HISTORY_QUEUE_MAX: usize = 32_768;
 /// How often a node drops the records past their retention.
 pub const HISTORY_EXPIRE_INTERVAL: Duration = Duration::from_secs(60);
 /// How long records are kept by default.
@@ -308,11 +313,7 @@ impl Inner {
         if records.is_empty() && !(durable && *unsynced) {
             return Ok(());
         }
-        let written = self.write(durability, |tables| {
-            records
-                .iter()
-                .try_for_each(|(account, hold, record)| tables.insert(*account, *hold, record))
-        });
+        let written = self.write(durability, |tables| tables.insert_all(&records));
         match written {
             Ok(()) => {
                 *unsynced = !durable;
@@ -743,14 +744,37 @@ impl<'txn> Tables<'txn> {
         })
     }
 
+    /// Inserts each hold's first record (a hold already written keeps its own) and adds
+    /// them to their hourly buckets, each bucket read and written once however many of
+    /// the records fall in it.
+    fn insert_all(&mut self, settled: &[Settled]) -> HistoryResult<()> {
+        let mut buckets: BTreeMap<HourlyKey<'_>, Usage> = BTreeMap::new();
+        for (account, hold, record) in settled {
+            if self.insert(*account, *hold, record)? {
+                buckets.entry(hourly_key(*account, record)).or_default().merge(&Usage::of(record));
+            }
+        }
+        for (bucket, added) in buckets {
+            let mut usage = match self.hourly.get(bucket)? {
+                Some(bytes) => codec::decode(bytes.value()).map_err(|e| corrupt(&e.to_string()))?,
+                None => Usage::default(),
+            };
+            usage.merge(&added);
+            self.hourly.insert(bucket, encode(&usage)?.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Inserts `record` and its index entries unless `hold` has one already; returns
+    /// whether it did. The caller adds it to its hourly bucket.
     fn insert(
         &mut self,
         account: AccountId,
         hold: HoldId,
         record: &RequestRecord,
-    ) -> HistoryResult<()> {
+    ) -> HistoryResult<bool> {
         if self.records.get(hold.0)?.is_some() {
-            return Ok(());
+            return Ok(false);
         }
         let created_ms = record.created_ms;
         self.by_account.insert((account.0, created_ms, hold.0), ())?;
@@ -758,16 +782,9 @@ impl<'txn> Tables<'txn> {
             self.by_key.insert((key.0, created_ms, hold.0), ())?;
         }
         self.by_time.insert((created_ms, hold.0), ())?;
-        let bucket = hourly_key(account, record);
-        let mut usage = match self.hourly.get(bucket)? {
-            Some(bytes) => codec::decode(bytes.value()).map_err(|e| corrupt(&e.to_string()))?,
-            None => Usage::default(),
-        };
-        usage.merge(&Usage::of(record));
-        self.hourly.insert(bucket, encode(&usage)?.as_slice())?;
         let stored = Stored { account, record };
         self.records.insert(hold.0, encode(&stored)?.as_slice())?;
-        Ok(())
+        Ok(true)
     }
 
     fn remove(&mut self, hold: u128) -> HistoryResult<()> {
@@ -794,7 +811,10 @@ impl<'txn> Tables<'txn> {
     }
 }
 
-fn hourly_key(account: AccountId, record: &RequestRecord) -> (u64, u64, Option<u64>, &str) {
+/// (account, hour start ms, key, model): a row of `hourly`.
+type HourlyKey<'a> = (u64, u64, Option<u64>, &'a str);
+
+fn hourly_key(account: AccountId, record: &RequestRecord) -> HourlyKey<'_> {
     let hour_ms = record.created_ms - record.created_ms % HOUR_MS;
     (account.0, hour_ms, record.key.map(|key| key.0), record.model.as_str())
 }

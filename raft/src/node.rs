@@ -27,7 +27,7 @@ use crate::{
 };
 use openraft::error::{InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
-use solrouter_ledger::{AccountId, Command, Ledger, Outcome};
+use solrouter_ledger::{AccountId, Command, Ledger, Outcome, BATCH_COMMANDS_MAX};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -469,7 +469,7 @@ impl LedgerNode {
     }
 
     /// Commands of one group (checked to belong to it), submitted together; see
-    /// [`Group::submit_many`](crate::group::Group).
+    /// [`Group::submit_many`](crate::group::Group::submit_many).
     pub(crate) async fn submit_group(
         &self,
         group_idx: u32,
@@ -486,8 +486,16 @@ impl LedgerNode {
                 self.n_groups()
             )));
         }
-        let submitting = commands.into_iter().map(|command| group.submit(command));
-        futures_util::future::join_all(submitting).await.into_iter().collect()
+        if commands.len() > BATCH_COMMANDS_MAX {
+            return Err(LedgerError::Invalid(format!(
+                "{} commands in one submit; at most {BATCH_COMMANDS_MAX}",
+                commands.len()
+            )));
+        }
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        group.submit_many(commands).await
     }
 
     /// Changes one group's membership; fails with `NotLeader` unless this node leads it.
@@ -847,7 +855,8 @@ async fn open_store(path: &Path) -> Result<RedbStore, LedgerError> {
     }
 }
 
-fn raft_config(options: &NodeOptions) -> Result<Config, LedgerError> {
+/// A node's Raft configuration (the RPC tests of `grpc_network` send with its timeouts).
+pub(crate) fn raft_config(options: &NodeOptions) -> Result<Config, LedgerError> {
     let config = Config {
         cluster_name: "solrouter-ledger".to_owned(),
         heartbeat_interval: HEARTBEAT_INTERVAL.as_millis() as u64,
@@ -866,6 +875,40 @@ fn raft_config(options: &NodeOptions) -> Result<Config, LedgerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use solrouter_ledger::{Op, OpId, PicoUsd, Rejection, Reply, NAME_BYTES_MAX};
+
+    /// A `LedgerService` submit's commands go into one entry, in order; a malformed one
+    /// is answered with its rejection in its place and never proposed; an oversized
+    /// submit is refused whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_submit_is_one_entry_and_its_malformed_commands_are_answered_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = LedgerNode::open_single(dir.path()).await.unwrap();
+        let account = AccountId(1);
+        let command = |id: u128, op: Op| Command { id: OpId(id), op };
+        let commands = vec![
+            command(1, Op::CreateAccount { account, name: "a".into() }),
+            command(
+                2,
+                Op::CreateAccount { account: AccountId(2), name: "n".repeat(NAME_BYTES_MAX + 1) },
+            ),
+            command(3, Op::Credit { account, amount: PicoUsd(5) }),
+        ];
+        let before = node.group_stats(0);
+        let outcomes = node.submit_group(0, commands).await.unwrap();
+        assert!(matches!(outcomes[0], Ok(Reply::AccountCreated)), "{outcomes:?}");
+        assert!(matches!(outcomes[1], Err(Rejection::Invalid(_))), "{outcomes:?}");
+        assert!(matches!(outcomes[2], Ok(Reply::Credited { credits: PicoUsd(5) })), "{outcomes:?}");
+        let after = node.group_stats(0);
+        assert_eq!(after.n_batches_proposed - before.n_batches_proposed, 1);
+        assert_eq!(after.n_commands_proposed - before.n_commands_proposed, 2);
+
+        let credit = |n: u128| command(100 + n, Op::Credit { account, amount: PicoUsd(1) });
+        let oversized = (0..=BATCH_COMMANDS_MAX as u128).map(credit).collect();
+        assert!(matches!(node.submit_group(0, oversized).await, Err(LedgerError::Invalid(_))));
+        assert_eq!(node.submit_group(0, Vec::new()).await.unwrap(), []);
+        node.shutdown().await.unwrap();
+    }
 
     /// Founding needs every founder's answer; a founder that knows this node under another
     /// incarnation, is another node, or knows another cluster's members stops it; one

@@ -191,7 +191,7 @@ impl Providers {
         let mut by_name = HashMap::new();
         for spec in SPECS {
             let base_url = lookup(spec.base_url_var)
-                .filter(|url| !url.trim().is_empty())
+                .and_then(trimmed_url)
                 .unwrap_or_else(|| spec.base_url_default.to_owned());
             let api_key = lookup(spec.key_var).and_then(|key| usable_key(spec, key));
             let entry = Entry {
@@ -204,7 +204,7 @@ impl Providers {
         for (host, base_url_var) in MOCK_HOSTS {
             let in_process = mocks.iter().find(|(mock, _)| *mock == host);
             let base_url = lookup(base_url_var)
-                .filter(|url| !url.trim().is_empty())
+                .and_then(trimmed_url)
                 .or_else(|| in_process.and_then(|(_, url)| url.clone()));
             let mock = Entry {
                 adapter: openai_compatible(host),
@@ -215,6 +215,13 @@ impl Providers {
         }
         Providers { by_name }
     }
+}
+
+/// A configured base URL without the blanks around it (a stray newline from a secrets
+/// file), which the upstream client's URI parser would refuse; none when blank.
+fn trimmed_url(url: String) -> Option<String> {
+    let url = url.trim();
+    (!url.is_empty()).then(|| url.to_owned())
 }
 
 /// A key is usable when it is non-blank and can travel in a header; a key with control
@@ -366,5 +373,7 @@ mod tests {
 
         let default = providers(None, &[("OPENAI_API_KEY", "sk-1")]);
         assert_eq!(default.get("openai").unwrap().1.base_url, "https://api.openai.com/v1");
+        let padded = [("OPENAI_API_KEY", "sk-1"), ("SOLROUTER_OPENAI_BASE_URL", " http://p/v1\n")];
+        assert_eq!(providers(None, &padded).get("openai").unwrap().1.base_url, "http://p/v1");
     }
 }

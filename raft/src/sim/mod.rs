@@ -45,7 +45,8 @@
 //!
 //! Replay a seed with `SIM_SEED=<seed> cargo test -p solrouter-raft --lib sim` (add
 //! `SIM_TRACE=1` and `-- --nocapture` for the event trace); run more seeds with
-//! `SIM_SEEDS=1000` (from `SIM_SEED_FIRST`, default 1).
+//! `SIM_SEEDS=1000` (from `SIM_SEED_FIRST`, default 1); replay one run beyond the ledger's
+//! windows with `SIM_BEYOND_SEED=<seed> cargo test -p solrouter-raft --lib a_run_beyond`.
 
 mod cluster;
 mod invariants;
@@ -173,7 +174,11 @@ const LONG_RUN_SEEDS: u64 = 4;
 /// answering `Settled { released: 0, .. }`, before a settle carried its reserve's stamp.)
 #[test]
 fn a_run_beyond_the_ledger_windows_credits_late_top_up_retries_once() {
-    for seed in BEYOND_WINDOWS_SEEDS {
+    let seeds = match std::env::var("SIM_BEYOND_SEED") {
+        Ok(seed) => vec![seed.parse::<u64>().expect("SIM_BEYOND_SEED is a seed")],
+        Err(_) => BEYOND_WINDOWS_SEEDS.to_vec(),
+    };
+    for seed in seeds {
         let summary = run_beyond_windows(seed, BEYOND_WINDOWS_MS);
         assert!(summary.n_forgotten_settles > 0, "seed {seed}: no settle retried late");
     }
@@ -200,7 +205,8 @@ fn run_beyond_windows(seed: u64, fault_ms: u64) -> Summary {
             summary
         }
         Err(failure) => panic!(
-            "sim: seed {seed} ({fault_ms} ms of faults) failed: {}\n{}",
+            "sim: seed {seed} ({fault_ms} ms of faults) failed: {}\n{}\nreplay ({BEYOND_WINDOWS_MS} \
+             ms of faults): SIM_BEYOND_SEED={seed} cargo test -p solrouter-raft --lib a_run_beyond",
             failure.message,
             failure.trail.join("\n")
         ),

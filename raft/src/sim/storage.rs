@@ -74,9 +74,12 @@ struct Inner {
     crashed: bool,
     /// Set once [`MemStore::crash`] has handed out the disk.
     taken: bool,
-    /// Set when a crash strikes right after a named write: then no unsynced write
-    /// survives it (the harshest power loss, so a write wrongly left unsynced is lost).
-    lose_unsynced: bool,
+    /// Set when a crash strikes right after a named write: how many unsynced writes
+    /// survive it. After a synced write none (the harshest power loss, so a write wrongly
+    /// left unsynced is lost); after an unsynced one every write up to it and none after
+    /// (it landed, and what was to follow it did not: a purge on disk before the snapshot
+    /// it relies on).
+    unsynced_kept: Option<usize>,
     faults: DiskFaults,
     /// While the device fails: how.
     io_fault: Option<IoFault>,
@@ -147,7 +150,7 @@ impl MemStore {
             rng,
             crashed: false,
             taken: false,
-            lose_unsynced: false,
+            unsynced_kept: None,
             faults: DiskFaults::default(),
             io_fault: None,
             slow: None,
@@ -180,8 +183,8 @@ impl MemStore {
     }
 
     /// Crashes the store right after the next write of `kind` returns to its writer (as a
-    /// power loss the instant `fdatasync` returned would: every unsynced write is lost),
-    /// and notifies the returned [`Notify`]; the node's tasks live on until
+    /// power loss the instant it returned would: after a synced write every unsynced write
+    /// is lost, after an unsynced one it survives with the writes before it), and notifies the returned [`Notify`]; the node's tasks live on until
     /// [`MemStore::crash`], failing at their next store call. Replaces any earlier request.
     pub fn crash_after(&self, kind: WriteKind) -> Arc<Notify> {
         let notify = Arc::new(Notify::new());
@@ -212,7 +215,10 @@ impl MemStore {
         inner.crashed = true;
         inner.taken = true;
         let n_journalled = inner.journal.len();
-        let n_kept = if inner.lose_unsynced { 0 } else { inner.rng.gen_range(0..=n_journalled) };
+        let n_kept = match inner.unsynced_kept {
+            Some(n_kept) => n_kept.min(n_journalled),
+            None => inner.rng.gen_range(0..=n_journalled),
+        };
         let mut disk = inner.durable.clone();
         for write in &inner.journal[..n_kept] {
             apply(&mut disk, write);
@@ -222,7 +228,7 @@ impl MemStore {
 
     /// A write of `tree` returned to its writer: tells the invariants of a saved vote,
     /// and crashes if a crash waits for this kind of write.
-    fn returned(&self, tree: &str, kind: Option<WriteKind>, batch: &KvBatch) {
+    fn returned(&self, tree: &str, kind: Option<WriteKind>, batch: &KvBatch, synced: bool) {
         let mut inner = self.lock();
         if let (Some(WriteKind::Vote), Some((node, invariants))) = (kind, &inner.watched) {
             let group = tree.split_once('/').and_then(|(g, _)| g.parse().ok()).expect("g/meta");
@@ -232,7 +238,8 @@ impl MemStore {
         if kind.is_some() && inner.crash_after.as_ref().map(|(k, _)| Some(*k)) == Some(kind) {
             let (_, notify) = inner.crash_after.take().expect("checked");
             inner.crashed = true;
-            inner.lose_unsynced = true;
+            // An unsynced write returns as soon as it is journalled: it is the last one.
+            inner.unsynced_kept = Some(if synced { 0 } else { inner.journal.len() });
             notify.notify_one();
         }
     }
@@ -357,10 +364,11 @@ impl KvTree for MemTree {
         let write =
             batch.iter().map(|(key, value)| (self.name.clone(), key.clone(), value.clone()));
         self.store.write(write.collect())?;
-        if durability == Durability::Durable {
+        let synced = durability == Durability::Durable;
+        if synced {
             self.store.sync().await?;
         }
-        self.store.returned(&self.name, kind, &batch);
+        self.store.returned(&self.name, kind, &batch, synced);
         Ok(())
     }
 }
