@@ -5,7 +5,7 @@
 //! (`cargo bench -p solrouter-bench --bench gateway` takes about a minute); the figures
 //! and how they moved are in `docs/benchmarks.md`.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderValue};
@@ -52,7 +52,7 @@ fn chunks_as_sse(relative: &str) -> Vec<u8> {
 
 /// Client requests in the OpenAI format, as an SDK sends them (compact JSON), with the
 /// catalogue's model: a one-line prompt, and a tool-call round trip.
-fn requests() -> Vec<(&'static str, Vec<u8>)> {
+fn requests() -> Vec<(&'static str, Bytes)> {
     let cases = [
         ("text", "openai/pydai-stream-moderation.request.json"),
         ("tools", "openai/pydai-tool-call-roundtrip.2.request.json"),
@@ -67,12 +67,12 @@ fn requests() -> Vec<(&'static str, Vec<u8>)> {
             if let Some(object) = body.as_object_mut() {
                 object.remove("moderation");
             }
-            (name, serde_json::to_vec(&body).expect("serializable"))
+            (name, Bytes::from(serde_json::to_vec(&body).expect("serializable")))
         })
         .collect()
 }
 
-fn parsed(body: &[u8]) -> ParsedChat {
+fn parsed(body: &Bytes) -> ParsedChat {
     CHAT.parse(body, &HeaderMap::new()).expect("fixture request is valid")
 }
 
@@ -91,11 +91,13 @@ fn parse_request(c: &mut Criterion) {
             b.iter(|| CHAT.parse(black_box(body), &HeaderMap::new()))
         });
     }
-    let messages = serde_json::to_vec(&serde_json::json!({
-        "model": "anthropic/claude-sonnet-4", "max_tokens": 1024,
-        "messages": [{"role": "user", "content": "What is the capital of France?"}],
-    }))
-    .expect("serializable");
+    let messages = Bytes::from(
+        serde_json::to_vec(&serde_json::json!({
+            "model": "anthropic/claude-sonnet-4", "max_tokens": 1024,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        }))
+        .expect("serializable"),
+    );
     group.throughput(Throughput::Bytes(messages.len() as u64));
     group.bench_function("messages/text", |b| {
         b.iter(|| MESSAGES.parse(black_box(&messages), &HeaderMap::new()))
@@ -147,7 +149,7 @@ fn route_request(c: &mut Criterion) {
     for (name, models) in [("one", vec!["mock/echo"]), ("fallbacks", vec!["mock/echo"; 4])] {
         let body = serde_json::json!({"model": models[0], "models": models,
             "messages": [{"role": "user", "content": "hi"}]});
-        let parsed = parsed(&serde_json::to_vec(&body).expect("serializable"));
+        let parsed = parsed(&Bytes::from(serde_json::to_vec(&body).expect("serializable")));
         group.bench_function(name, |b| {
             b.iter(|| {
                 route(&catalog, &providers, &health, black_box(&parsed), 0).expect("routable")
@@ -195,7 +197,7 @@ fn streams() -> [(&'static str, Vec<u8>); 4] {
 
 fn streamed_chat() -> ChatRequest {
     let body = br#"{"model":"openai/gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    parsed(body).chat
+    parsed(&Bytes::from_static(body)).chat
 }
 
 /// Upstream bytes to translated chunks (the whole body in one read; `feed` and

@@ -12,7 +12,7 @@ use crate::parse::{self, ParsedChat};
 use crate::providers::{Chunk, Completion, Usage};
 use crate::sse::SseEvent;
 use crate::wire::{self, ChunkEncoder};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use serde_json::Value;
 use solrouter_ledger::PicoUsd;
@@ -32,7 +32,9 @@ pub trait Codec: Sync + 'static {
     /// The error format of this API, for every error of the request, streamed or not.
     fn errors(&self) -> ErrorShape;
     /// Validates the request: a 400 naming the parameter, in this API's terms.
-    fn parse(&self, body: &[u8], headers: &HeaderMap) -> Result<ParsedChat, ApiError>;
+    /// `body` is the request's body as it arrived (kept by reference where the request
+    /// keeps it as text).
+    fn parse(&self, body: &Bytes, headers: &HeaderMap) -> Result<ParsedChat, ApiError>;
     /// The whole answer. `completion.usage` is what was billed and `cost` what was
     /// charged; `native` is the provider's own body when it answered in this API's format
     /// (`ChatRequest::native`), to relay rather than rebuild.
@@ -71,7 +73,7 @@ impl Codec for Chat {
         ErrorShape::OpenAi
     }
 
-    fn parse(&self, body: &[u8], _headers: &HeaderMap) -> Result<ParsedChat, ApiError> {
+    fn parse(&self, body: &Bytes, _headers: &HeaderMap) -> Result<ParsedChat, ApiError> {
         parse::parse(body)
     }
 

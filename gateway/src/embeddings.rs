@@ -93,8 +93,8 @@ pub async fn handle(app: &'static App, request: Request<Incoming>) -> Result<Res
 
 /// Validates the body: a 400 naming the parameter.
 pub fn parse(body: &[u8]) -> Result<ParsedEmbed, ApiError> {
+    let model_ids = parse::model_ids(&parse::object(body)?)?;
     let body = parse::json_object(body)?;
-    let model_ids = parse::model_ids(&body)?;
     let routing = Preferences::parse(body.get("provider"))?;
     let parameters = EMBEDDING_PARAMETERS
         .into_iter()

@@ -25,6 +25,7 @@ pub mod embeddings;
 pub mod error;
 pub mod gateway_mode;
 pub mod health;
+pub mod json_text;
 pub mod keys;
 pub mod ledger_server;
 pub mod messages;

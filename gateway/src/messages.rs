@@ -24,7 +24,7 @@ use crate::sse::SseEvent;
 use crate::tokens;
 use crate::upstream::Deadlines;
 use crate::wire::write_event;
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::ser::{SerializeMap, Serializer};
@@ -78,7 +78,7 @@ impl Codec for Messages {
         ErrorShape::Anthropic
     }
 
-    fn parse(&self, body: &[u8], headers: &HeaderMap) -> Result<ParsedChat, ApiError> {
+    fn parse(&self, body: &Bytes, headers: &HeaderMap) -> Result<ParsedChat, ApiError> {
         parse_messages(body, headers, true)
     }
 
@@ -140,8 +140,9 @@ pub async fn count_tokens(
     if let Some(input_tokens) = provider_count(app, model, &chat).await {
         return Ok(respond::json(StatusCode::OK, &json!({"input_tokens": input_tokens})));
     }
-    let counting =
-        tokio::task::spawn_blocking(move || tokens::prompt_tokens_estimate(model, &chat.body));
+    let counting = tokio::task::spawn_blocking(move || {
+        tokens::prompt_tokens_estimate(model, chat.body.tree())
+    });
     let input_tokens =
         counting.await.map_err(|error| ApiError::internal(format!("counting tokens: {error}")))?;
     Ok(respond::json(StatusCode::OK, &json!({"input_tokens": input_tokens})))
@@ -961,7 +962,7 @@ mod tests {
         assert!(parsed.chat.stream && parsed.wants_tools && parsed.wants_images);
         assert!(parsed.native_only.is_none());
         assert_eq!(parsed.chat.max_tokens, Some(100));
-        let body = Value::Object(parsed.chat.body.clone());
+        let body = Value::Object(parsed.chat.body.tree().clone());
         let expected_messages = json!([
             {"role": "system", "content": "be brief"},
             {"role": "user", "content": [{"type": "text", "text": "look"},
@@ -994,7 +995,7 @@ mod tests {
         .expect("valid");
         assert!(parsed.native_only.is_none());
         assert!(parsed.wants_structured_output);
-        let body = &parsed.chat.body;
+        let body = parsed.chat.body.tree();
         assert_eq!(body["reasoning_effort"], "high");
         assert_eq!(body["response_format"]["json_schema"]["schema"], schema);
         assert!(!body.contains_key("cache_control") && !body.contains_key("service_tier"));

@@ -3,8 +3,11 @@
 //! unchecked; the provider validates them and its 400 reaches the client.
 
 use crate::error::ApiError;
-use crate::providers::ChatRequest;
+use crate::json_text::{self, NotAnObject, Object};
+use crate::providers::{ChatBody, ChatRequest};
 use crate::routing::{request_parameters, Preferences};
+use bytes::Bytes;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use solrouter_ledger::NAME_BYTES_MAX;
 
@@ -45,9 +48,19 @@ pub struct ParsedChat {
     pub echo: Value,
 }
 
-pub fn parse(body: &[u8]) -> Result<ParsedChat, ApiError> {
-    let body_object = json_object(body)?;
-    parse_object(body_object, body.len())
+/// Validates a Chat Completions request as the client sent it. The body is read for the
+/// fields the gateway acts on only (`json_text.rs`), and kept as text: an
+/// OpenAI-compatible adapter forwards it with a few members spliced in.
+pub fn parse(body: &Bytes) -> Result<ParsedChat, ApiError> {
+    let parsed = validated(body, body.len(), || ChatBody::from_text(body.clone()))?;
+    // An adapter that translates the request reads it as a tree: refused here if it
+    // cannot be one (`validated` read it, so it is UTF-8).
+    if !std::str::from_utf8(body).is_ok_and(json_text::tree_readable) {
+        return Err(ApiError::malformed(
+            "request body is not valid JSON: nested too deeply or a number out of range",
+        ));
+    }
+    Ok(parsed)
 }
 
 /// The body as a JSON object, or a 400.
@@ -60,45 +73,76 @@ pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-/// Validates a chat request already read as JSON; `body_bytes` is the size of the body
-/// as the client sent it, which bounds its prompt.
+/// The body as a JSON object read as text (`json_text.rs`), or a 400.
+pub fn object(body: &[u8]) -> Result<Object<'_>, ApiError> {
+    let not_json = |error: &dyn std::fmt::Display| {
+        ApiError::malformed(format!("request body is not valid JSON: {error}"))
+    };
+    let text = std::str::from_utf8(body).map_err(|error| not_json(&error))?;
+    Object::parse(text).map_err(|error| match error {
+        NotAnObject::Invalid(error) => not_json(&error),
+        NotAnObject::OtherType => ApiError::malformed("request body must be a JSON object"),
+    })
+}
+
+/// Validates a chat request another API's codec built as a tree; `body_bytes` is the
+/// size of the body as the client sent it, which bounds its prompt.
 pub fn parse_object(
     body_object: Map<String, Value>,
     body_bytes: usize,
 ) -> Result<ParsedChat, ApiError> {
-    let model_ids = model_ids(&body_object)?;
-    let routing = Preferences::parse(body_object.get("provider"))?;
-    let parameters = request_parameters(&body_object);
-    let n_media_parts = check_messages(&body_object)?;
-    let stream = match body_object.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(stream)) => *stream,
+    // Serializing a map of JSON values into a `Vec` cannot fail.
+    let text = Bytes::from(serde_json::to_vec(&body_object).unwrap_or_default());
+    validated(&text, body_bytes, || ChatBody::from_both(text.clone(), body_object))
+}
+
+/// Validates the chat request `text` (a JSON object); `body` is what the request keeps.
+fn validated(
+    text: &[u8],
+    body_bytes: usize,
+    body: impl FnOnce() -> ChatBody,
+) -> Result<ParsedChat, ApiError> {
+    let object = object(text)?;
+    let model_ids = model_ids(&object)?;
+    let provider = match object.get("provider") {
+        None => None,
+        Some(raw) => Some(
+            serde_json::from_str::<Value>(raw.get())
+                .map_err(|error| ApiError::invalid_param("provider", error.to_string()))?,
+        ),
+    };
+    let routing = Preferences::parse(provider.as_ref())?;
+    let structured_outputs = object
+        .get("response_format")
+        .and_then(|format| json_text::object(format)?.get("type"))
+        .and_then(json_text::as_str)
+        .is_some_and(|kind| kind == "json_schema");
+    let parameters = request_parameters(|name| object.get_set(name).is_some(), structured_outputs);
+    let n_media_parts = check_messages(&object)?;
+    let stream = match object.get("stream").map(RawValue::get) {
+        None | Some("null" | "false") => false,
+        Some("true") => true,
         Some(_) => return Err(ApiError::invalid_param("stream", "must be a boolean")),
     };
-    let max_tokens = match max_tokens(&body_object, "max_completion_tokens")? {
+    let max_tokens = match max_tokens(&object, "max_completion_tokens")? {
         Some(tokens) => Some(tokens),
-        None => max_tokens(&body_object, "max_tokens")?,
+        None => max_tokens(&object, "max_tokens")?,
     };
-    match body_object.get("n") {
-        None | Some(Value::Null) => {}
-        Some(n) if n.as_u64() == Some(1) => {}
-        Some(_) => return Err(ApiError::invalid_param("n", "only n = 1 is supported")),
+    if let Some(n) = object.get_set("n") {
+        if serde_json::from_str::<u64>(n.get()).ok() != Some(1) {
+            return Err(ApiError::invalid_param("n", "only n = 1 is supported"));
+        }
     }
-    let wants_tools = body_object.get("tools").is_some_and(|tools| !tools.is_null());
-    let wants_structured_output = body_object
-        .get("response_format")
-        .and_then(|format| format.get("type"))
-        .and_then(Value::as_str)
-        .is_some_and(|kind| kind == "json_schema");
+    let wants_tools = object.get_set("tools").is_some();
     Ok(ParsedChat {
         prompt_tokens_max: prompt_tokens_max(body_bytes, n_media_parts),
-        chat: ChatRequest { body: body_object, stream, max_tokens, native: None },
+        chat: ChatRequest { body: body(), stream, max_tokens, native: None },
         model_ids,
         routing,
         parameters,
         wants_tools,
         wants_images: n_media_parts > 0,
-        wants_structured_output,
+        wants_structured_output: structured_outputs,
         native_only: None,
         echo: Value::Null,
     })
@@ -113,59 +157,74 @@ pub fn prompt_tokens_max(body_bytes: usize, n_media_parts: u64) -> u64 {
     (body_bytes as u64).saturating_add(n_media_parts.saturating_mul(MEDIA_PART_TOKENS_MAX))
 }
 
+/// The elements of a JSON array already read as valid JSON.
+fn elements(array: &RawValue) -> Vec<&RawValue> {
+    serde_json::from_str(array.get()).unwrap_or_default()
+}
+
 /// `model` first, then the `models` fallbacks in order, without repeats.
-pub fn model_ids(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
-    let primary = match body.get("model") {
-        Some(Value::String(model)) if !model.is_empty() && model.len() <= NAME_BYTES_MAX => model,
+pub fn model_ids(body: &Object) -> Result<Vec<String>, ApiError> {
+    let is_id = |id: &str| !id.is_empty() && id.len() <= NAME_BYTES_MAX;
+    let primary = match body.get("model").map(json_text::as_str) {
+        Some(Some(model)) if is_id(&model) => model,
         Some(_) => return Err(ApiError::invalid_param("model", "must be a model id string")),
         None => return Err(ApiError::invalid_param("model", "is required")),
     };
-    let mut ids = vec![primary.clone()];
-    match body.get("route") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(route)) if route == "fallback" => {}
-        Some(_) => return Err(ApiError::invalid_param("route", "only \"fallback\" is supported")),
+    let mut ids = vec![primary.into_owned()];
+    if let Some(route) = body.get_set("route") {
+        if json_text::as_str(route).as_deref() != Some("fallback") {
+            return Err(ApiError::invalid_param("route", "only \"fallback\" is supported"));
+        }
     }
-    let fallbacks = match body.get("models") {
-        None | Some(Value::Null) => return Ok(ids),
-        Some(Value::Array(models)) if models.len() <= FALLBACK_MODELS_MAX => models,
-        Some(_) => {
+    let Some(fallbacks) = body.get_set("models") else {
+        return Ok(ids);
+    };
+    let fallbacks = match json_text::is_array(fallbacks).then(|| elements(fallbacks)) {
+        Some(models) if models.len() <= FALLBACK_MODELS_MAX => models,
+        _ => {
             let message = format!("must be an array of at most {FALLBACK_MODELS_MAX} model ids");
             return Err(ApiError::invalid_param("models", message));
         }
     };
     for model in fallbacks {
-        let Some(id) = model.as_str().filter(|id| !id.is_empty() && id.len() <= NAME_BYTES_MAX)
-        else {
+        let Some(id) = json_text::as_str(model).filter(|id| is_id(id)) else {
             return Err(ApiError::invalid_param("models", "every entry must be a model id string"));
         };
-        if !ids.iter().any(|seen| seen == id) {
-            ids.push(id.to_string());
+        if !ids.iter().any(|seen| *seen == id) {
+            ids.push(id.into_owned());
         }
     }
     Ok(ids)
 }
 
 /// Checks `messages` and counts its non-text content parts.
-fn check_messages(body: &Map<String, Value>) -> Result<u64, ApiError> {
+fn check_messages(body: &Object) -> Result<u64, ApiError> {
     let messages = match body.get("messages") {
-        Some(Value::Array(messages)) if !messages.is_empty() => messages,
-        Some(_) => return Err(ApiError::invalid_param("messages", "must be a non-empty array")),
+        Some(messages) if json_text::is_array(messages) => elements(messages),
+        Some(_) => Vec::new(),
         None => return Err(ApiError::invalid_param("messages", "is required")),
     };
+    if messages.is_empty() {
+        return Err(ApiError::invalid_param("messages", "must be a non-empty array"));
+    }
     let mut n_media_parts = 0u64;
-    for (message_idx, message) in messages.iter().enumerate() {
-        let role = message.get("role").and_then(Value::as_str);
-        if role.is_none_or(str::is_empty) {
+    for (message_idx, message) in messages.into_iter().enumerate() {
+        let message = json_text::object(message);
+        let role = message.as_ref().and_then(|message| message.get("role"));
+        if role.and_then(json_text::as_str).is_none_or(|role| role.is_empty()) {
             let param = format!("messages[{message_idx}].role");
             return Err(ApiError::invalid_param(&param, "must be a non-empty string"));
         }
-        match message.get("content") {
-            None | Some(Value::Null | Value::String(_)) => {}
-            Some(Value::Array(parts)) => {
-                let is_text =
-                    |part: &Value| part.get("type").and_then(Value::as_str) == Some("text");
-                n_media_parts += parts.iter().filter(|part| !is_text(part)).count() as u64;
+        match message.as_ref().and_then(|message| message.get("content")) {
+            None => {}
+            Some(content) if json_text::is_null(content) || content.get().starts_with('"') => {}
+            Some(parts) if json_text::is_array(parts) => {
+                let is_text = |part: &RawValue| {
+                    let kind = json_text::object(part).and_then(|part| part.get("type"));
+                    kind.and_then(json_text::as_str).is_some_and(|kind| kind == "text")
+                };
+                n_media_parts +=
+                    elements(parts).into_iter().filter(|part| !is_text(part)).count() as u64;
             }
             Some(_) => {
                 let param = format!("messages[{message_idx}].content");
@@ -179,13 +238,13 @@ fn check_messages(body: &Map<String, Value>) -> Result<u64, ApiError> {
     Ok(n_media_parts)
 }
 
-fn max_tokens(body: &Map<String, Value>, name: &str) -> Result<Option<u64>, ApiError> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => match value.as_u64() {
-            Some(tokens) if (1..=MAX_TOKENS_MAX).contains(&tokens) => Ok(Some(tokens)),
-            _ => Err(ApiError::invalid_param(name, "must be a positive integer")),
-        },
+fn max_tokens(body: &Object, name: &str) -> Result<Option<u64>, ApiError> {
+    let Some(value) = body.get_set(name) else {
+        return Ok(None);
+    };
+    match serde_json::from_str::<u64>(value.get()) {
+        Ok(tokens) if (1..=MAX_TOKENS_MAX).contains(&tokens) => Ok(Some(tokens)),
+        _ => Err(ApiError::invalid_param(name, "must be a positive integer")),
     }
 }
 
@@ -195,7 +254,7 @@ mod tests {
     use serde_json::json;
 
     fn check(body: Value, param: Option<&str>) {
-        let bytes = serde_json::to_vec(&body).expect("json");
+        let bytes = Bytes::from(serde_json::to_vec(&body).expect("json"));
         match (parse(&bytes), param) {
             (Ok(_), None) => {}
             (Err(error), Some(param)) => {
@@ -240,7 +299,7 @@ mod tests {
     #[test]
     fn rejects_malformed_bodies() {
         for body in [&b"{"[..], b"[]", b"null", b"\xff\xfe", b""] {
-            let error = parse(body).expect_err("must fail");
+            let error = parse(&Bytes::from_static(body)).expect_err("must fail");
             assert_eq!(error.status(), http::StatusCode::BAD_REQUEST);
         }
     }
@@ -254,11 +313,66 @@ mod tests {
                 {"type": "text", "text": "hi"},
                 {"type": "image_url", "image_url": {"url": "data:"}}]}],
         });
-        let bytes = serde_json::to_vec(&body).expect("json");
+        let bytes = Bytes::from(serde_json::to_vec(&body).expect("json"));
         let parsed = parse(&bytes).expect("valid");
         assert_eq!(parsed.model_ids, ["a", "b", "c"]);
         assert!(parsed.chat.stream && parsed.wants_images && !parsed.wants_tools);
         assert_eq!(parsed.chat.max_tokens, Some(9));
         assert_eq!(parsed.prompt_tokens_max, bytes.len() as u64 + MEDIA_PART_TOKENS_MAX);
+    }
+
+    /// What the gateway reads of a body is what a JSON reader would: the last value of a
+    /// repeated name, names unescaped, nothing read inside other fields.
+    #[test]
+    fn reads_the_body_as_a_json_reader_would() {
+        let parse_text = |text: &'static str| parse(&Bytes::from_static(text.as_bytes()));
+        let parsed = parse_text(
+            r#"{"model":"x","messages":[{"role":"user","content":"hi"}],"mod\u0065l":"a",
+                "stream":true,"stream":false,"max_tokens":5,"max_tokens":6,
+                "tools":null,"extra":{"model":"b","stream":"no","messages":1}}"#,
+        )
+        .expect("valid");
+        assert_eq!(parsed.model_ids, ["a"]);
+        assert!(!parsed.chat.stream && !parsed.wants_tools);
+        assert_eq!(parsed.chat.max_tokens, Some(6));
+        assert_eq!(parsed.parameters, ["max_tokens"]);
+        // The body is kept as sent, and read as a tree only when asked.
+        assert_eq!(parsed.chat.body.tree()["model"], "a");
+        let parsed = parse_text(
+            r#"{"model":"a","messages":[{"role":"x","role":""}],"response_format":{"type":"json_schema"}}"#,
+        );
+        assert_eq!(parsed.unwrap_err().to_json()["error"]["param"], "messages[0].role");
+        let parsed = parse_text(
+            r#"{"model":"a","messages":[{"role":"\u0075ser","content":[{"type":"te\u0078t"},3,{"type":"image_url"}]}],
+                "response_format":{"type":"json_schema"},"seed":null}"#,
+        )
+        .expect("valid");
+        assert!(parsed.wants_images && parsed.wants_structured_output);
+        assert_eq!(
+            parsed.prompt_tokens_max,
+            parsed.chat.body.text().len() as u64 + 2 * MEDIA_PART_TOKENS_MAX
+        );
+        assert_eq!(parsed.parameters, ["response_format", "structured_outputs"]);
+    }
+
+    /// A request another API translated is validated the same way and keeps its tree.
+    #[test]
+    fn validates_translated_requests() {
+        let Value::Object(tree) = json!({"model": "a", "messages": [{"role": "user"}], "n": 1})
+        else {
+            unreachable!()
+        };
+        let parsed = parse_object(tree.clone(), 1000).expect("valid");
+        assert_eq!(parsed.prompt_tokens_max, 1000);
+        assert_eq!(parsed.chat.body.tree(), &tree);
+        assert_eq!(
+            serde_json::from_slice::<Map<String, Value>>(parsed.chat.body.text()).unwrap(),
+            tree
+        );
+        let Value::Object(bad) = json!({"model": "a", "messages": [{"role": "user"}], "n": 2})
+        else {
+            unreachable!()
+        };
+        assert_eq!(parse_object(bad, 10).unwrap_err().to_json()["error"]["param"], "n");
     }
 }

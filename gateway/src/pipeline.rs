@@ -160,7 +160,7 @@ impl RequestContext {
         let body = self.chat.body.clone();
         let counting = tokio::task::spawn_blocking(move || {
             tokens::billed(model, reported, complete, delivered_min, || Usage {
-                prompt_tokens: tokens::prompt_tokens_estimate(model, &body),
+                prompt_tokens: tokens::prompt_tokens_estimate(model, body.tree()),
                 completion_tokens: delivered.tokens(model.tokenizer()),
                 ..Usage::default()
             })
@@ -438,7 +438,7 @@ async fn refuse_over_context(
             let tokens = match counted.iter().find(|(seen, _)| *seen == tokenizer) {
                 Some((_, tokens)) => *tokens,
                 None => {
-                    let tokens = tokens::prompt_tokens_min(model, &parsed.chat.body);
+                    let tokens = tokens::prompt_tokens_min(model, parsed.chat.body.tree());
                     counted.push((tokenizer, tokens));
                     tokens
                 }
@@ -854,7 +854,7 @@ mod tests {
         let chat = |words: usize| {
             let body = serde_json::json!({"model": "mock/echo",
                 "messages": [{"role": "user", "content": "word ".repeat(words)}]});
-            crate::parse::parse(body.to_string().as_bytes()).expect("valid")
+            crate::parse::parse(&body.to_string().into()).expect("valid")
         };
         let ids = |kept: &[&Model]| kept.iter().map(|model| model.id.clone()).collect::<Vec<_>>();
         let both = || vec![model("mock/echo"), model("openai/gpt-4.1")];

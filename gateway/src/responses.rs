@@ -25,7 +25,7 @@ use crate::error::{ApiError, ErrorShape};
 use crate::parse::{self, ParsedChat, GATEWAY_FIELDS, MAX_TOKENS_MAX};
 use crate::providers::{Chunk, Completion, Usage};
 use crate::wire::write_event;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use serde_json::{json, Map, Value};
 use solrouter_ledger::PicoUsd;
@@ -91,7 +91,7 @@ impl Codec for Responses {
         ErrorShape::OpenAi
     }
 
-    fn parse(&self, body: &[u8], _headers: &HeaderMap) -> Result<ParsedChat, ApiError> {
+    fn parse(&self, body: &Bytes, _headers: &HeaderMap) -> Result<ParsedChat, ApiError> {
         parse_responses(body)
     }
 
@@ -907,7 +907,7 @@ mod tests {
         assert!(parsed.chat.stream && parsed.wants_tools && parsed.wants_images);
         assert!(parsed.wants_structured_output);
         assert_eq!(parsed.chat.max_tokens, Some(100));
-        let body = Value::Object(parsed.chat.body.clone());
+        let body = Value::Object(parsed.chat.body.tree().clone());
         let expected_messages = json!([
             {"role": "system", "content": "be brief"},
             {"role": "system", "content": "no jokes"},
@@ -943,7 +943,7 @@ mod tests {
     #[test]
     fn text_input_is_one_user_message() {
         let parsed = parse(json!({"model": "m", "input": "hi"})).expect("valid");
-        assert_eq!(parsed.chat.body["messages"], json!([{"role": "user", "content": "hi"}]));
+        assert_eq!(parsed.chat.body.tree()["messages"], json!([{"role": "user", "content": "hi"}]));
         assert!(!parsed.chat.stream);
         assert_eq!(parsed.chat.max_tokens, None);
     }

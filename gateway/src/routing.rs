@@ -37,7 +37,7 @@ use crate::catalog::{Model, QUANTIZATIONS};
 use crate::error::ApiError;
 use crate::health::View;
 use crate::providers::PARAMETERS_PASSED_THROUGH;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use solrouter_ledger::PicoUsd;
 
 /// Most endpoints one request tries: bounds the upstream attempts of a request whose
@@ -230,20 +230,16 @@ pub fn split_variant(id: &str) -> (&str, Option<Sort>) {
 
 /// The parameters a request sets, by the names endpoints list them under (OpenRouter's:
 /// `max_completion_tokens` is `max_tokens`, a JSON-schema `response_format` is also
-/// `structured_outputs`, `reasoning` is `reasoning_effort`).
-pub fn request_parameters(body: &Map<String, Value>) -> Vec<&'static str> {
-    let set = |name: &str| body.get(name).is_some_and(|value| !value.is_null());
+/// `structured_outputs`, `reasoning` is `reasoning_effort`): `set` says whether a
+/// top-level field is present and not null, `json_schema` whether `response_format` asks
+/// for a JSON schema.
+pub fn request_parameters(set: impl Fn(&str) -> bool, json_schema: bool) -> Vec<&'static str> {
     PARAMETERS_PASSED_THROUGH
         .iter()
         .copied()
         .filter(|&parameter| match parameter {
             "max_tokens" => set("max_tokens") || set("max_completion_tokens"),
-            "structured_outputs" => {
-                body.get("response_format")
-                    .and_then(|format| format.get("type"))
-                    .and_then(Value::as_str)
-                    == Some("json_schema")
-            }
+            "structured_outputs" => json_schema,
             "reasoning_effort" => set("reasoning_effort") || set("reasoning"),
             other => set(other),
         })
@@ -761,9 +757,9 @@ source = "test"
         assert_eq!(planned, ["big@groq", "big@fireworks"]);
         let planned = lab.plan_with(&["t/big"], json!({"sort": "price"}), &["seed"], 7).unwrap();
         assert_eq!(planned.len(), 3);
-        let body = json!({"max_completion_tokens": 5, "seed": 1, "response_format": {"type": "json_schema"}, "messages": []});
+        let set = ["max_completion_tokens", "seed", "response_format", "messages"];
         assert_eq!(
-            request_parameters(body.as_object().unwrap()),
+            request_parameters(|name| set.contains(&name), true),
             ["max_tokens", "seed", "response_format", "structured_outputs"]
         );
     }

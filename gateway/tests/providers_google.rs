@@ -10,7 +10,9 @@ use providers_support::*;
 use serde_json::{json, Map, Value};
 use solrouter_gateway::catalog::Catalog;
 use solrouter_gateway::providers::google::Google;
-use solrouter_gateway::providers::{Adapter, ChatRequest, Chunk, Endpoint, UpstreamError, Usage};
+use solrouter_gateway::providers::{
+    Adapter, ChatBody, ChatRequest, Chunk, Endpoint, UpstreamError, Usage,
+};
 use solrouter_ledger::PicoUsd;
 use std::time::Duration;
 
@@ -566,7 +568,7 @@ fn translate_in_pieces(
     cuts: &[usize],
 ) -> (Vec<Chunk>, Result<(), UpstreamError>, Usage) {
     let mut translator = Google.stream(&ChatRequest {
-        body: Map::new(),
+        body: ChatBody::from_tree(Map::new()),
         stream: true,
         max_tokens: None,
         native: None,

@@ -11,7 +11,7 @@ use solrouter_gateway::providers::anthropic::Anthropic;
 use solrouter_gateway::providers::cohere::Cohere;
 use solrouter_gateway::providers::google::Google;
 use solrouter_gateway::providers::openai::{OpenAiCompatible, Quirks};
-use solrouter_gateway::providers::{Adapter, ChatRequest, Chunk, UpstreamError, Usage};
+use solrouter_gateway::providers::{Adapter, ChatBody, ChatRequest, Chunk, UpstreamError, Usage};
 use std::path::{Path, PathBuf};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -72,7 +72,7 @@ struct Translation {
 
 fn translate(adapter: &dyn Adapter, pieces: &[&[u8]]) -> Translation {
     let mut translator = adapter.stream(&ChatRequest {
-        body: Map::new(),
+        body: ChatBody::from_tree(Map::new()),
         stream: true,
         max_tokens: None,
         native: None,

@@ -89,7 +89,7 @@ impl Adapter for Anthropic {
                 headers.extend(native.headers.clone());
                 body
             }
-            None => translate_request(&chat.body, chat.stream, target)?,
+            None => translate_request(chat.body.tree(), chat.stream, target)?,
         };
         if body.contains_key("output_format") && !headers.contains_key("anthropic-beta") {
             headers.insert("anthropic-beta", HeaderValue::from_static(STRUCTURED_OUTPUTS_BETA));
@@ -118,7 +118,7 @@ impl Adapter for Anthropic {
     }
 
     fn response(&self, chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
-        let json_answer = answers_through_json_tool(&chat.body);
+        let json_answer = answers_through_json_tool(chat.body.tree());
         let message: Value = serde_json::from_slice(body)
             .map_err(|error| bad_gateway("anthropic", format!("invalid response: {error}")))?;
         let blocks = message["content"]
@@ -154,7 +154,7 @@ impl Adapter for Anthropic {
 
     fn stream(&self, chat: &ChatRequest) -> Box<dyn StreamTranslator> {
         Box::new(AnthropicStream {
-            json_answer: answers_through_json_tool(&chat.body),
+            json_answer: answers_through_json_tool(chat.body.tree()),
             parser: SseParser::new(),
             events: Vec::new(),
             usage: Usage::default(),
@@ -174,7 +174,7 @@ impl Adapter for Anthropic {
     fn check(&self, chat: &ChatRequest, controls: Controls) -> Result<(), ParamError> {
         match chat.native_for(self) {
             Some(native) => check_native(&native.body, controls),
-            None => check_chat(&chat.body, controls).map(|_| ()),
+            None => check_chat(chat.body.tree(), controls).map(|_| ()),
         }
     }
 
@@ -183,7 +183,7 @@ impl Adapter for Anthropic {
     fn prompt_overhead_tokens(&self, chat: &ChatRequest) -> u64 {
         let uses_tools = ["tools", "response_format"]
             .iter()
-            .any(|field| chat.body.get(*field).is_some_and(|value| !value.is_null()));
+            .any(|field| chat.body.tree().get(*field).is_some_and(|value| !value.is_null()));
         if uses_tools {
             TOOL_USE_SYSTEM_PROMPT_TOKENS
         } else {
@@ -812,6 +812,7 @@ impl StreamTranslator for AnthropicStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::ChatBody;
 
     #[test]
     fn a_native_request_goes_as_sent_with_the_reserved_limit() {
@@ -822,7 +823,7 @@ mod tests {
             .insert("anthropic-beta", HeaderValue::from_static("interleaved-thinking-2025-05-14"));
         headers.insert("anthropic-version", HeaderValue::from_static("2023-01-01"));
         let chat = ChatRequest {
-            body: Map::new(),
+            body: ChatBody::from_tree(Map::new()),
             stream: true,
             max_tokens: Some(99_999),
             native: Some(super::super::Native {
@@ -855,7 +856,7 @@ mod tests {
     /// The body `request` sends for the OpenAI request `body` to a model with `controls`.
     fn translated(body: Value, controls: Controls) -> Result<Value, ParamError> {
         let chat = ChatRequest {
-            body: body.as_object().cloned().unwrap(),
+            body: ChatBody::from_tree(body.as_object().cloned().unwrap()),
             stream: false,
             max_tokens: None,
             native: None,
@@ -938,7 +939,7 @@ mod tests {
             let mut body = json!({"model": "m", "max_tokens": 10, "messages": []});
             body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap());
             ChatRequest {
-                body: Map::new(),
+                body: ChatBody::from_tree(Map::new()),
                 stream: false,
                 max_tokens: Some(10),
                 native: Some(super::super::Native {
@@ -997,7 +998,12 @@ mod tests {
 
     /// The arguments a client assembles for each streamed tool call, by index.
     fn streamed_arguments(events: &[Value]) -> Vec<String> {
-        let chat = ChatRequest { body: Map::new(), stream: true, max_tokens: None, native: None };
+        let chat = ChatRequest {
+            body: ChatBody::from_tree(Map::new()),
+            stream: true,
+            max_tokens: None,
+            native: None,
+        };
         let mut translator = Anthropic.stream(&chat);
         let mut chunks = Vec::new();
         for event in events {

@@ -62,7 +62,7 @@ impl Adapter for Cohere {
         chat: &ChatRequest,
         target: &Target,
     ) -> Result<UpstreamRequest, ParamError> {
-        let body = translate_request(&chat.body, chat.stream, target)?;
+        let body = translate_request(chat.body.tree(), chat.stream, target)?;
         let body = serde_json::to_vec(&Value::Object(body)).expect("JSON values always serialize");
         Ok(UpstreamRequest {
             url: format!("{}/v2/chat", endpoint.base_url.trim_end_matches('/')),
@@ -121,7 +121,7 @@ impl Adapter for Cohere {
             usage: usage_of(&reply["usage"]),
             extra: citations.extra(),
         };
-        Ok(assemble::first_tool_call_only(&chat.body, completion))
+        Ok(assemble::first_tool_call_only(chat.body.tree(), completion))
     }
 
     fn stream(&self, chat: &ChatRequest) -> Box<dyn StreamTranslator> {
@@ -135,7 +135,7 @@ impl Adapter for Cohere {
             produced: false,
             done: false,
         });
-        assemble::stream_first_tool_call_only(&chat.body, stream)
+        assemble::stream_first_tool_call_only(chat.body.tree(), stream)
     }
 
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
@@ -616,6 +616,7 @@ impl StreamTranslator for CohereStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::ChatBody;
 
     #[test]
     fn parallel_tool_calls_false_keeps_the_first_call() {
@@ -632,13 +633,18 @@ mod tests {
             let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
             body["parallel_tool_calls"] = parallel.clone();
             let Value::Object(body) = body else { unreachable!() };
-            let chat = ChatRequest { body, stream: false, max_tokens: None, native: None };
+            let chat = ChatRequest {
+                body: ChatBody::from_tree(body),
+                stream: false,
+                max_tokens: None,
+                native: None,
+            };
             let target = Target {
                 upstream_model: "command-r-plus",
                 max_tokens: 100,
                 controls: Default::default(),
             };
-            let sent = translate_request(&chat.body, false, &target).unwrap();
+            let sent = translate_request(chat.body.tree(), false, &target).unwrap();
             assert!(!sent.contains_key("parallel_tool_calls"), "{parallel}: nothing forwarded");
             let completion = Cohere.response(&chat, reply.as_bytes()).unwrap();
             let calls = completion.choices[0]["message"]["tool_calls"].as_array().unwrap();

@@ -68,7 +68,7 @@ impl Adapter for Google {
         chat: &ChatRequest,
         target: &Target,
     ) -> Result<UpstreamRequest, ParamError> {
-        let body = translate_request(&chat.body, target.max_tokens)?;
+        let body = translate_request(chat.body.tree(), target.max_tokens)?;
         let headers = key_headers(endpoint);
         let method = if chat.stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
         let base_url = endpoint.base_url.trim_end_matches('/');
@@ -111,7 +111,7 @@ impl Adapter for Google {
         let choice =
             json!({"index": 0, "message": output.message(), "finish_reason": finish_reason});
         let completion = Completion { choices: vec![choice], usage, extra: citations.extra() };
-        Ok(assemble::first_tool_call_only(&chat.body, completion))
+        Ok(assemble::first_tool_call_only(chat.body.tree(), completion))
     }
 
     fn stream(&self, chat: &ChatRequest) -> Box<dyn StreamTranslator> {
@@ -127,7 +127,7 @@ impl Adapter for Google {
             finish: None,
             prompt_blocked: false,
         });
-        assemble::stream_first_tool_call_only(&chat.body, stream)
+        assemble::stream_first_tool_call_only(chat.body.tree(), stream)
     }
 
     /// Google's errors are `{"error": {"code", "message", "status", "details"}}`. Two
@@ -903,6 +903,7 @@ impl StreamTranslator for GoogleStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::ChatBody;
 
     fn chat_with(parallel_tool_calls: Option<bool>, stream: bool) -> ChatRequest {
         let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
@@ -910,7 +911,7 @@ mod tests {
             body["parallel_tool_calls"] = Value::Bool(parallel);
         }
         let Value::Object(body) = body else { unreachable!() };
-        ChatRequest { body, stream, max_tokens: None, native: None }
+        ChatRequest { body: ChatBody::from_tree(body), stream, max_tokens: None, native: None }
     }
 
     /// Two calls in one answer, as Gemini answers a question needing two lookups.
@@ -931,8 +932,8 @@ mod tests {
     #[test]
     fn parallel_tool_calls_false_keeps_the_first_call_of_a_plain_answer() {
         // Nothing is sent for it: Gemini has no such switch.
-        let sent = translate_request(&chat_with(Some(false), false).body, 100).unwrap();
-        assert_eq!(sent, translate_request(&chat_with(None, false).body, 100).unwrap());
+        let sent = translate_request(chat_with(Some(false), false).body.tree(), 100).unwrap();
+        assert_eq!(sent, translate_request(chat_with(None, false).body.tree(), 100).unwrap());
         let body = two_calls().to_string();
         for (parallel, expected) in [
             (None, vec![r#"{"city":"Paris"}"#, r#"{"city":"Rome"}"#]),

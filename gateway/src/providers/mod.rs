@@ -29,6 +29,7 @@ use crate::catalog::Controls;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// A validated OpenAI chat-completions request. `body` is the client's JSON object as
@@ -36,7 +37,7 @@ use std::time::Duration;
 /// the typed fields are the ones the gateway itself acts on.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
-    pub body: Map<String, Value>,
+    pub body: ChatBody,
     pub stream: bool,
     /// `max_completion_tokens`, else `max_tokens`, if the client set one. Only the
     /// pipeline reads it; adapters forward [`Target::max_tokens`].
@@ -44,6 +45,51 @@ pub struct ChatRequest {
     /// The request as the client sent it, when it spoke a provider's own format: `body`
     /// is then its translation, for every adapter but that provider's.
     pub native: Option<Native>,
+}
+
+/// A chat request's JSON object as text, as a tree, or both: each is made from the other
+/// the first time it is asked for. A Chat Completions request arrives as text and, on
+/// the OpenAI-compatible path, leaves as text with a few members spliced in
+/// (`json_text.rs`): its tree is only built for an adapter that translates it, or to
+/// count its tokens. A request translated from another API is built as a tree.
+#[derive(Debug, Clone)]
+pub struct ChatBody {
+    text: OnceLock<Bytes>,
+    tree: OnceLock<Map<String, Value>>,
+}
+
+impl ChatBody {
+    /// `text` must hold one JSON object (checked by `parse.rs` before).
+    pub fn from_text(text: Bytes) -> ChatBody {
+        ChatBody { text: OnceLock::from(text), tree: OnceLock::new() }
+    }
+
+    pub fn from_tree(tree: Map<String, Value>) -> ChatBody {
+        ChatBody { text: OnceLock::new(), tree: OnceLock::from(tree) }
+    }
+
+    /// Both, when the caller has both.
+    pub fn from_both(text: Bytes, tree: Map<String, Value>) -> ChatBody {
+        ChatBody { text: OnceLock::from(text), tree: OnceLock::from(tree) }
+    }
+
+    /// The object as JSON text (UTF-8).
+    pub fn text(&self) -> &Bytes {
+        self.text.get_or_init(|| {
+            // Serializing a map of JSON values into a `Vec` cannot fail.
+            let tree = self.tree.get().map(serde_json::to_vec).and_then(Result::ok);
+            Bytes::from(tree.unwrap_or_else(|| b"{}".to_vec()))
+        })
+    }
+
+    /// The object as a tree.
+    pub fn tree(&self) -> &Map<String, Value> {
+        self.tree.get_or_init(|| {
+            // The text was read as an object when it arrived.
+            let text = self.text.get().map(|text| serde_json::from_slice(text));
+            text.and_then(Result::ok).unwrap_or_default()
+        })
+    }
 }
 
 /// A provider's own wire format, spoken by a client.

@@ -9,15 +9,15 @@ use super::{
     Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, Target,
     UpstreamError, UpstreamRequest, Usage,
 };
+use crate::json_text::{self, Member, Object, ObjectWriter};
 use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use std::borrow::{Borrow, Cow};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Request fields that steer the gateway (OpenRouter-style routing and accounting
 /// options) and mean nothing, or something else, to the upstream.
@@ -104,55 +104,46 @@ impl Adapter for OpenAiCompatible {
         chat: &ChatRequest,
         target: &Target,
     ) -> Result<UpstreamRequest, ParamError> {
-        let mut body = Fields::borrowed(&chat.body);
-        for field in GATEWAY_ONLY_FIELDS {
-            body.remove(field);
-        }
-        body.set("model", Field::Str(target.upstream_model));
-        // Exactly one limit, the reserved one, in the field this upstream honours.
-        body.remove("max_tokens");
-        body.remove("max_completion_tokens");
-        body.set(self.quirks.limit_field, Field::U64(target.max_tokens));
-        if self.quirks.search_context_low_only {
-            check_search_context(&chat.body)?;
-        }
-        if self.quirks.mistral_parameter_names {
-            if let Some(seed) = body.remove("seed") {
-                body.set("random_seed", seed);
-            }
-        }
-        if chat.stream && self.quirks.stream_options_rejected {
-            body.set("stream", Field::Bool(true));
-            body.remove("stream_options");
-        } else if chat.stream {
-            force_stream_usage(&mut body)?;
-        }
-        let body = serde_json::to_vec(&body)
-            .map_err(|error| ParamError { param: "body".to_owned(), message: error.to_string() })?;
+        let body = self.upstream_body(chat, target)?;
         Ok(UpstreamRequest {
             url: format!("{}{}", endpoint.base_url.trim_end_matches('/'), self.quirks.chat_path),
             headers: bearer_headers(endpoint),
-            body: Bytes::from(body),
+            body,
         })
     }
 
+    /// The body's top-level fields are read as raw JSON text (`json_text.rs`): only
+    /// `choices`, the usage and the pass-through fields become trees, never the envelope
+    /// the gateway rewrites.
     fn response(&self, _chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
-        let mut object: Map<String, Value> = serde_json::from_slice(body)
-            .map_err(|error| bad_gateway(&self.provider, format!("invalid response: {error}")))?;
-        if let Some(error) = object.get("error").filter(|error| !error.is_null()) {
+        let invalid = |error: &dyn std::fmt::Display| {
+            bad_gateway(&self.provider, format!("invalid response: {error}"))
+        };
+        let text = std::str::from_utf8(body).map_err(|error| invalid(&error))?;
+        let object = Object::parse(text).map_err(|error| invalid(&error))?;
+        if let Some(error) = object.get_set("error") {
+            let error = error.get();
             return Err(bad_gateway(&self.provider, format!("error in 200 response: {error}")));
         }
-        let Some(Value::Array(choices)) = object.remove("choices") else {
+        let choices = object.get("choices").filter(|choices| json_text::is_array(choices));
+        let Some(choices) = choices else {
             return Err(bad_gateway(&self.provider, "response has no `choices` array"));
         };
-        let mut choices = choices;
+        let mut choices: Vec<Value> =
+            serde_json::from_str(choices.get()).map_err(|error| invalid(&error))?;
         for choice in &mut choices {
             if let Some(Value::Object(message)) = choice.get_mut("message") {
                 normalise_message(message);
             }
         }
-        let usage = self.usage_of(usage_object(&object));
-        Ok(Completion { choices, usage, extra: passthrough(object) })
+        let usage = self.usage_of(usage_text(&object));
+        let mut extra = Map::new();
+        for member in object.members() {
+            if passed_through(member) {
+                extra.insert(member.name.clone().into_owned(), tree(member.value));
+            }
+        }
+        Ok(Completion { choices, usage, extra })
     }
 
     fn stream(&self, _chat: &ChatRequest) -> Box<dyn StreamTranslator> {
@@ -251,76 +242,66 @@ impl Embedder for OpenAiCompatible {
     }
 }
 
-/// Sets `stream: true` and `stream_options.include_usage: true`, keeping any other
-/// stream options the client chose. Without usage the gateway could not bill a stream.
-fn force_stream_usage(body: &mut Fields) -> Result<(), ParamError> {
-    body.set("stream", Field::Bool(true));
-    let mut options = match body.remove("stream_options") {
-        None | Some(Field::Client(Value::Null)) => Fields::default(),
-        Some(Field::Client(Value::Object(options))) => Fields::borrowed(options),
-        Some(_) => {
-            return Err(ParamError {
-                param: "stream_options".to_owned(),
-                message: "must be an object".to_owned(),
-            })
+impl OpenAiCompatible {
+    /// The client's body with the members the gateway owns spliced in (`json_text.rs`):
+    /// its own fields removed, the upstream's model name, exactly one completion limit
+    /// (the reserved one, in the field this upstream honours) and, for a stream, usage
+    /// asked for. Every other member goes as the client wrote it, in its order (each
+    /// name once, with its last value, as a JSON reader would keep it).
+    fn upstream_body(&self, chat: &ChatRequest, target: &Target) -> Result<Bytes, ParamError> {
+        let text = std::str::from_utf8(chat.body.text()).map_err(|error| body_error(&error))?;
+        let body = Object::parse(text).map_err(|error| body_error(&error))?;
+        if self.quirks.search_context_low_only {
+            check_search_context(&body)?;
         }
+        // Mistral's `random_seed` is the client's `seed` where it set one.
+        let seed = body.get("seed").filter(|_| self.quirks.mistral_parameter_names);
+        let owned = |name: &str| {
+            GATEWAY_ONLY_FIELDS.contains(&name)
+                || matches!(name, "model" | "max_tokens" | "max_completion_tokens")
+                || (chat.stream && matches!(name, "stream" | "stream_options"))
+                || (seed.is_some() && matches!(name, "seed" | "random_seed"))
+        };
+        let mut out = Vec::with_capacity(text.len() + 64);
+        let mut writer = ObjectWriter::open(&mut out);
+        body.write_members(&mut writer, owned);
+        writer.member_str("model", target.upstream_model);
+        writer.member_u64(self.quirks.limit_field, target.max_tokens);
+        if let Some(seed) = seed {
+            writer.member_raw("random_seed", seed.get());
+        }
+        if chat.stream {
+            writer.member_bool("stream", true);
+            if !self.quirks.stream_options_rejected {
+                force_stream_usage(&body, &mut writer)?;
+            }
+        }
+        writer.close();
+        Ok(Bytes::from(out))
+    }
+}
+
+fn body_error(error: &dyn std::fmt::Display) -> ParamError {
+    ParamError { param: "body".to_owned(), message: error.to_string() }
+}
+
+/// Writes `stream_options` with `include_usage: true`, keeping any other stream options
+/// the client chose. Without usage the gateway could not bill a stream.
+fn force_stream_usage(body: &Object, writer: &mut ObjectWriter) -> Result<(), ParamError> {
+    let client = match body.get_set("stream_options") {
+        None => None,
+        Some(options) => Some(json_text::object(options).ok_or_else(|| ParamError {
+            param: "stream_options".to_owned(),
+            message: "must be an object".to_owned(),
+        })?),
     };
-    options.set("include_usage", Field::Bool(true));
-    body.set("stream_options", Field::Object(options));
+    let mut options = writer.member_object("stream_options");
+    if let Some(client) = client {
+        client.write_members(&mut options, |name| name == "include_usage");
+    }
+    options.member_bool("include_usage", true);
+    options.close();
     Ok(())
-}
-
-/// The body sent upstream, borrowed from the client's: its fields by reference, with the
-/// few the gateway sets or removes changed, written in key order as the client's
-/// `Map` would be, without a copy of its tree (the messages are most of a request).
-#[derive(Default)]
-struct Fields<'a>(Vec<(&'a str, Field<'a>)>);
-
-enum Field<'a> {
-    Client(&'a Value),
-    Str(&'a str),
-    U64(u64),
-    Bool(bool),
-    Object(Fields<'a>),
-}
-
-impl<'a> Fields<'a> {
-    fn borrowed(object: &'a Map<String, Value>) -> Fields<'a> {
-        let mut fields = Vec::with_capacity(object.len() + 3);
-        fields.extend(object.iter().map(|(name, value)| (name.as_str(), Field::Client(value))));
-        fields.sort_unstable_by_key(|&(name, _)| name);
-        Fields(fields)
-    }
-
-    fn set(&mut self, name: &'a str, value: Field<'a>) {
-        match self.0.binary_search_by_key(&name, |&(name, _)| name) {
-            Ok(at) => self.0[at].1 = value,
-            Err(at) => self.0.insert(at, (name, value)),
-        }
-    }
-
-    fn remove(&mut self, name: &str) -> Option<Field<'a>> {
-        let at = self.0.binary_search_by_key(&name, |&(name, _)| name).ok()?;
-        Some(self.0.remove(at).1)
-    }
-}
-
-impl Serialize for Fields<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
-    }
-}
-
-impl Serialize for Field<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Field::Client(value) => value.serialize(serializer),
-            Field::Str(text) => serializer.serialize_str(text),
-            Field::U64(number) => serializer.serialize_u64(*number),
-            Field::Bool(flag) => serializer.serialize_bool(*flag),
-            Field::Object(fields) => fields.serialize(serializer),
-        }
-    }
 }
 
 /// `Content-Type: application/json` and, when the endpoint has a key, a bearer token.
@@ -339,7 +320,7 @@ pub(crate) fn bearer_headers(endpoint: &Endpoint) -> HeaderMap {
 
 impl OpenAiCompatible {
     /// The usage object, read with this upstream's quirks.
-    fn usage_of(&self, usage_object: Option<&Value>) -> Usage {
+    fn usage_of(&self, usage_object: Option<&RawValue>) -> Usage {
         let mut usage = parse_usage(usage_object);
         if self.quirks.reasoning_outside_completion {
             usage.completion_tokens += usage.reasoning_tokens;
@@ -370,11 +351,8 @@ const CONSUMED_FIELDS: [&str; 11] = [
 /// Every other non-null top-level field goes on to the client as is: OpenAI's
 /// `moderation`, `service_tier` and `system_fingerprint`, Perplexity's `citations` and
 /// `search_results`, and whatever fields providers add later.
-fn passthrough(object: Map<String, Value>) -> Map<String, Value> {
-    object
-        .into_iter()
-        .filter(|(field, value)| !value.is_null() && !CONSUMED_FIELDS.contains(&field.as_str()))
-        .collect()
+fn passed_through(member: &Member) -> bool {
+    !json_text::is_null(member.value) && !CONSUMED_FIELDS.contains(&&*member.name)
 }
 
 /// The usage object: top-level, or Groq's `x_groq.usage` (where older Groq streams
@@ -387,6 +365,15 @@ fn usage_object(object: &Map<String, Value>) -> Option<&Value> {
             .and_then(|x_groq| x_groq.get("usage"))
             .filter(|usage| usage.is_object())
     })
+}
+
+/// [`usage_object`] of a body read as text.
+fn usage_text<'a>(object: &Object<'a>) -> Option<&'a RawValue> {
+    let is_object = |value: &&RawValue| json_text::is_object(value);
+    object
+        .get("usage")
+        .filter(is_object)
+        .or_else(|| json_text::object(object.get("x_groq")?)?.get("usage").filter(is_object))
 }
 
 /// Brings a message or delta to OpenRouter's shape: reasoning text in `reasoning`
@@ -422,12 +409,12 @@ fn normalise_message(message: &mut Map<String, Value>) {
     }
 }
 
-fn check_search_context(body: &Map<String, Value>) -> Result<(), ParamError> {
-    let size =
-        body.get("web_search_options").and_then(|options| options.get("search_context_size"));
-    match size {
-        None | Some(Value::Null) => Ok(()),
-        Some(size) if size == "low" => Ok(()),
+fn check_search_context(body: &Object) -> Result<(), ParamError> {
+    let options = body.get("web_search_options").and_then(json_text::object);
+    let size = options.as_ref().and_then(|options| options.get_set("search_context_size"));
+    match size.map(json_text::as_str) {
+        None => Ok(()),
+        Some(Some(size)) if size == "low" => Ok(()),
         Some(_) => Err(ParamError {
             param: "web_search_options.search_context_size".to_owned(),
             message: "only `low` is supported: larger sizes carry request fees the \
@@ -464,8 +451,9 @@ struct CompletionDetails {
 /// Reads an OpenAI `usage` object. A missing or malformed one counts as zero tokens:
 /// the response itself is still good, and the pipeline treats zero usage on a
 /// successful response as a provider defect to log, not a reason to fail the client.
-fn parse_usage(value: Option<&Value>) -> Usage {
-    let wire = value.and_then(|value| WireUsage::deserialize(value).ok()).unwrap_or_default();
+fn parse_usage(value: Option<&RawValue>) -> Usage {
+    let wire = value.and_then(|value| serde_json::from_str::<WireUsage>(value.get()).ok());
+    let wire = wire.unwrap_or_default();
     let cached = wire.prompt_tokens_details.and_then(|details| details.cached_tokens).unwrap_or(0);
     let reasoning =
         wire.completion_tokens_details.and_then(|details| details.reasoning_tokens).unwrap_or(0);
@@ -495,27 +483,7 @@ struct OpenAiStream {
     done: bool,
 }
 
-/// A chunk's top-level field name, borrowed from the event unless it has escapes.
-#[derive(Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-struct FieldName<'a>(#[serde(borrow)] Cow<'a, str>);
-
-impl Borrow<str> for FieldName<'_> {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-/// A stream chunk's top-level fields, their values as unparsed JSON text: only
-/// `choices` is read into a tree for every chunk; the envelope the gateway rewrites
-/// (`id`, `created`, `model`, padding) is never built, the usage only when present.
-type RawChunk<'a> = BTreeMap<FieldName<'a>, &'a RawValue>;
-
-/// The value of `field`, unless absent or `null`.
-fn raw_field<'a>(chunk: &RawChunk<'a>, field: &str) -> Option<&'a RawValue> {
-    chunk.get(field).copied().filter(|raw| raw.get() != "null")
-}
-
-/// JSON text already checked by the chunk's parse, read as a tree.
+/// JSON text already checked by the body's parse, read as a tree.
 fn tree(raw: &RawValue) -> Value {
     serde_json::from_str(raw.get()).unwrap_or_default()
 }
@@ -529,10 +497,13 @@ impl OpenAiStream {
             self.done = true;
             return Ok(());
         }
-        let chunk: RawChunk = serde_json::from_str(&event.data).map_err(|error| {
+        // A chunk's top-level fields as raw JSON text: only `choices` is read into a
+        // tree for every chunk; the envelope the gateway rewrites (`id`, `created`,
+        // `model`, padding) is never built, the usage only when present.
+        let chunk = Object::parse(&event.data).map_err(|error| {
             bad_gateway(&self.adapter.provider, format!("invalid stream chunk: {error}"))
         })?;
-        if let Some(error) = raw_field(&chunk, "error").map(tree) {
+        if let Some(error) = chunk.get_set("error").map(tree) {
             let message = error
                 .get("message")
                 .and_then(Value::as_str)
@@ -542,30 +513,22 @@ impl OpenAiStream {
                 format!("error mid-stream: {message}"),
             ));
         }
-        if raw_field(&chunk, "usage").is_some() || raw_field(&chunk, "x_groq").is_some() {
-            let mut object = Map::new();
-            for field in ["usage", "x_groq"] {
-                if let Some(raw) = raw_field(&chunk, field) {
-                    object.insert(field.to_owned(), tree(raw));
-                }
-            }
-            if let Some(usage) = usage_object(&object) {
-                self.usage = self.adapter.usage_of(Some(usage));
-            }
+        if let Some(usage) = usage_text(&chunk) {
+            self.usage = self.adapter.usage_of(Some(usage));
         }
-        let mut choices = match raw_field(&chunk, "choices").map(tree) {
+        let mut choices = match chunk.get_set("choices").map(tree) {
             Some(Value::Array(choices)) => choices,
             _ => Vec::new(),
         };
         let mut extra = Map::new();
-        for (FieldName(field), raw) in &chunk {
-            let text = raw.get();
-            let consumed = CONSUMED_FIELDS.contains(&field.as_ref()) || text == "null";
-            if consumed || self.passed_on.get(field.as_ref()).is_some_and(|sent| sent == text) {
+        for member in chunk.members() {
+            let (field, text) = (&*member.name, member.value.get());
+            if !passed_through(member) || self.passed_on.get(field).is_some_and(|sent| sent == text)
+            {
                 continue;
             }
-            extra.insert(field.as_ref().to_owned(), tree(raw));
-            self.passed_on.insert(field.as_ref().to_owned(), text.to_owned());
+            extra.insert(field.to_owned(), tree(member.value));
+            self.passed_on.insert(field.to_owned(), text.to_owned());
         }
         if choices.is_empty() && extra.is_empty() {
             // A usage-only chunk: the pipeline emits usage itself, with the cost.
@@ -621,11 +584,24 @@ impl StreamTranslator for OpenAiStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::ChatBody;
     use serde_json::json;
 
     fn chat(body: Value, stream: bool) -> ChatRequest {
-        let Value::Object(body) = body else { unreachable!() };
+        chat_text(&body.to_string(), stream)
+    }
+
+    /// A request as the client wrote it.
+    fn chat_text(text: &str, stream: bool) -> ChatRequest {
+        let body = ChatBody::from_text(Bytes::from(text.to_owned()));
         ChatRequest { body, stream, max_tokens: None, native: None }
+    }
+
+    /// The upstream body for the client's `text`, as text.
+    fn forwarded(quirks: Quirks, text: &str, stream: bool) -> String {
+        let adapter = OpenAiCompatible::new("openai", quirks);
+        let upstream = adapter.request(&endpoint(None), &chat_text(text, stream), &target("up"));
+        String::from_utf8(upstream.expect("valid").body.to_vec()).expect("utf-8")
     }
 
     fn target(upstream_model: &str) -> Target<'_> {
@@ -653,8 +629,8 @@ mod tests {
         assert!(upstream.headers[AUTHORIZATION].is_sensitive());
         let expected = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
                "temperature": 0.5, "x_unknown": 1, "max_completion_tokens": 100});
-        // Byte for byte what serializing the edited object writes: keys sorted.
-        assert_eq!(upstream.body, serde_json::to_vec(&expected).unwrap());
+        let sent: Value = serde_json::from_slice(&upstream.body).unwrap();
+        assert_eq!(sent, expected);
         let keyless = adapter.request(&endpoint(None), &request, &target("gpt-4o")).unwrap();
         assert!(keyless.headers.get(AUTHORIZATION).is_none());
     }
@@ -668,7 +644,7 @@ mod tests {
             let upstream = adapter.request(&endpoint(None), &request, &target("u")).unwrap();
             let body = json!({"model": "u", "stream": true, "stream_options": expected,
                               "max_completion_tokens": 100});
-            assert_eq!(upstream.body, serde_json::to_vec(&body).unwrap());
+            assert_eq!(serde_json::from_slice::<Value>(&upstream.body).unwrap(), body);
         };
         check(Value::Null, json!({"include_usage": true}));
         check(json!({"include_usage": false}), json!({"include_usage": true}));
@@ -679,10 +655,124 @@ mod tests {
     }
 
     #[test]
+    fn splices_the_gateway_fields_into_the_client_bytes() {
+        let check = |quirks: Quirks, text: &str, stream: bool, expected: &str| {
+            assert_eq!(forwarded(quirks, text, stream), expected, "{text}");
+        };
+        let openai = Quirks::OPENAI;
+        // The client's members as written, in its order; the gateway's appended.
+        check(
+            openai,
+            r#"{ "temperature" : 0.5, "model":"a/b", "messages":[{"role":"user","content":"hi"}] }"#,
+            false,
+            r#"{"temperature" : 0.5,"messages":[{"role":"user","content":"hi"}],"model":"up","max_completion_tokens":100}"#,
+        );
+        // Gateway fields removed; the same names inside other members stay.
+        check(
+            openai,
+            r#"{"provider":{"order":["x"]},"models":["m"],"route":"fallback","usage":{"include":true},"transforms":[],"tools":[{"function":{"name":"f","parameters":{"model":"x","provider":1,"max_tokens":2}}}],"model":"a"}"#,
+            false,
+            r#"{"tools":[{"function":{"name":"f","parameters":{"model":"x","provider":1,"max_tokens":2}}}],"model":"up","max_completion_tokens":100}"#,
+        );
+        // Duplicate names: one member, the last value, as the client's JSON reader sees it.
+        check(
+            openai,
+            r#"{"model":"a","temperature":1,"max_tokens":5,"temperature":0,"model":"b","max_tokens":7}"#,
+            false,
+            r#"{"temperature":0,"model":"up","max_completion_tokens":100}"#,
+        );
+        // Escapes: in strings kept as written; in names read unescaped.
+        check(
+            openai,
+            r#"{"mod\u0065l":"a","user":"\"q\" \u00e9\n","max_tokens":3}"#,
+            false,
+            r#"{"user":"\"q\" \u00e9\n","model":"up","max_completion_tokens":100}"#,
+        );
+        // Streams: usage asked for, the client's other stream options kept.
+        check(
+            openai,
+            r#"{"stream":true,"stream_options":{"x":[1],"include_usage":false},"model":"a"}"#,
+            true,
+            r#"{"model":"up","max_completion_tokens":100,"stream":true,"stream_options":{"x":[1],"include_usage":true}}"#,
+        );
+        check(
+            openai,
+            r#"{"stream":true,"model":"a"}"#,
+            true,
+            r#"{"model":"up","max_completion_tokens":100,"stream":true,"stream_options":{"include_usage":true}}"#,
+        );
+        // A plain request's `stream` members go as sent.
+        check(
+            openai,
+            r#"{"stream":false,"stream_options":null,"model":"a"}"#,
+            false,
+            r#"{"stream":false,"stream_options":null,"model":"up","max_completion_tokens":100}"#,
+        );
+        // Mistral: `max_tokens`, `seed` as `random_seed`, no `stream_options`.
+        check(
+            Quirks::MISTRAL,
+            r#"{"seed":42,"random_seed":1,"stream":true,"stream_options":{},"model":"a"}"#,
+            true,
+            r#"{"model":"up","max_tokens":100,"random_seed":42,"stream":true}"#,
+        );
+        check(
+            Quirks::MISTRAL,
+            r#"{"random_seed":1,"model":"a"}"#,
+            false,
+            r#"{"random_seed":1,"model":"up","max_tokens":100}"#,
+        );
+        // A model name that needs escaping is escaped.
+        let adapter = OpenAiCompatible::new("openai", openai);
+        let upstream = adapter
+            .request(&endpoint(None), &chat_text("{}", false), &target("a\"b"))
+            .expect("valid");
+        assert_eq!(&upstream.body[..], br#"{"model":"a\"b","max_completion_tokens":100}"#);
+    }
+
+    #[test]
+    fn a_translated_request_is_forwarded_from_its_tree() {
+        let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
+        let Value::Object(tree) = json!({"model": "a", "messages": [], "provider": {}}) else {
+            unreachable!()
+        };
+        let request = ChatRequest {
+            body: ChatBody::from_tree(tree),
+            stream: false,
+            max_tokens: None,
+            native: None,
+        };
+        let upstream = adapter.request(&endpoint(None), &request, &target("up")).expect("valid");
+        assert_eq!(
+            &upstream.body[..],
+            br#"{"messages":[],"model":"up","max_completion_tokens":100}"#
+        );
+    }
+
+    #[test]
+    fn perplexity_refuses_larger_search_contexts() {
+        let adapter = OpenAiCompatible::new("perplexity", Quirks::PERPLEXITY);
+        let request =
+            |options: &str| chat_text(&format!(r#"{{"web_search_options":{options}}}"#), false);
+        for fine in
+            ["null", "{}", r#"{"search_context_size":"low"}"#, r#"{"search_context_size":null}"#]
+        {
+            assert!(
+                adapter.request(&endpoint(None), &request(fine), &target("u")).is_ok(),
+                "{fine}"
+            );
+        }
+        let error = adapter
+            .request(&endpoint(None), &request(r#"{"search_context_size":"high"}"#), &target("u"))
+            .unwrap_err();
+        assert_eq!(error.param, "web_search_options.search_context_size");
+    }
+
+    #[test]
     fn clamps_inconsistent_usage() {
-        let usage = parse_usage(Some(&json!({"prompt_tokens": 5, "completion_tokens": 2,
+        let raw = |value: Value| RawValue::from_string(value.to_string()).unwrap();
+        let usage = parse_usage(Some(&raw(json!({"prompt_tokens": 5, "completion_tokens": 2,
             "prompt_tokens_details": {"cached_tokens": 9},
-            "completion_tokens_details": {"reasoning_tokens": null}})));
+            "completion_tokens_details": {"reasoning_tokens": null}}))));
         assert_eq!(
             usage,
             Usage {
@@ -692,14 +782,13 @@ mod tests {
                 ..Usage::default()
             }
         );
-        assert_eq!(parse_usage(Some(&json!("junk"))), Usage::default());
+        assert_eq!(parse_usage(Some(&raw(json!("junk")))), Usage::default());
     }
 
     #[test]
     fn stream_reports_truncation_and_mid_stream_errors() {
         let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
-        let streamed =
-            ChatRequest { body: Map::new(), stream: true, max_tokens: None, native: None };
+        let streamed = chat_text("{}", true);
         let mut out = Vec::new();
         let mut truncated = adapter.stream(&streamed);
         let partial =

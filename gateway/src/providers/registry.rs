@@ -274,10 +274,9 @@ mod tests {
         let keys: Vec<(&str, &str)> = SPECS.iter().map(|spec| (spec.key_var, "key")).collect();
         let all = providers(None, &keys);
         let chat = super::super::ChatRequest {
-            body: serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]})
-                .as_object()
-                .unwrap()
-                .clone(),
+            body: super::super::ChatBody::from_text(
+                r#"{"model": "m", "messages": [{"role": "user", "content": "x"}]}"#.into(),
+            ),
             stream: false,
             max_tokens: None,
             native: None,

@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{Map, Value};
 use solrouter_gateway::providers::{
-    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, Target, UpstreamError,
+    Adapter, ChatBody, ChatRequest, Chunk, Completion, Endpoint, ParamError, Target, UpstreamError,
     UpstreamRequest, Usage,
 };
 use std::sync::{Arc, Mutex};
@@ -141,6 +141,8 @@ pub fn chat(body: Value) -> ChatRequest {
         .get("max_completion_tokens")
         .or_else(|| body.get("max_tokens"))
         .and_then(Value::as_u64);
+    // As the Chat Completions codec keeps it: the client's text.
+    let body = ChatBody::from_text(serde_json::to_vec(&body).expect("serializable").into());
     ChatRequest { body, stream, max_tokens, native: None }
 }
 
