@@ -267,13 +267,9 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Every stored kind (snapshot, vote, log entry) carries the format version; a data
-/// directory holding one this build does not read is refused, naming the version found
-/// and the ones supported, instead of being misread.
-#[tokio::test]
-async fn an_unknown_stored_format_version_is_refused() {
-    /// Where the codec's version byte sits: after the 3-byte magic.
-    const VERSION_AT: usize = 3;
+/// A stopped single node's data directory holding an account, 8 top-ups of `TOP_UP` and a
+/// snapshot the log was purged up to; with the options it was opened with.
+async fn snapshotted_directory() -> (tempfile::TempDir, NodeOptions) {
     let dir = tempfile::tempdir().unwrap();
     let options = NodeOptions::try_new(4, 0).unwrap();
     let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
@@ -281,9 +277,19 @@ async fn an_unknown_stored_format_version_is_refused() {
     for n in 0..8 {
         submit_ok(&node, top_up(100 + n)).await;
     }
-    eventually("a snapshot was taken", || node.stats().snapshot_index.is_some()).await;
+    eventually("the log was purged up to a snapshot", || node.stats().purged_index.is_some()).await;
     node.shutdown().await.unwrap();
-    drop(node);
+    (dir, options)
+}
+
+/// Every stored kind (snapshot, vote, log entry) carries the format version; a data
+/// directory holding one this build does not read is refused, naming the version found
+/// and the ones supported, instead of being misread.
+#[tokio::test]
+async fn an_unknown_stored_format_version_is_refused() {
+    /// Where the codec's version byte sits: after the 3-byte magic.
+    const VERSION_AT: usize = 3;
+    let (dir, options) = snapshotted_directory().await;
 
     let stored = [
         (SNAPSHOT_FILE_NAME, "0/snapshot", None),
@@ -326,16 +332,7 @@ async fn an_unknown_stored_format_version_is_refused() {
 /// to it. Such a node opens, from that snapshot, with nothing lost.
 #[tokio::test]
 async fn a_snapshot_in_the_log_database_of_an_older_build_is_carried_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = NodeOptions::try_new(4, 0).unwrap();
-    let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
-    submit_ok(&node, create_account(1)).await;
-    for n in 0..8 {
-        submit_ok(&node, top_up(100 + n)).await;
-    }
-    eventually("the log was purged up to a snapshot", || node.stats().purged_index.is_some()).await;
-    node.shutdown().await.unwrap();
-    drop(node);
+    let (dir, options) = snapshotted_directory().await;
 
     // Lay the directory out as an older build did: the snapshot in the log's database.
     let (key, value) = {
