@@ -107,11 +107,12 @@ impl Group {
         assert!(commands.len() <= BATCH_COMMANDS_MAX, "checked by every caller");
         // Checked here so a malformed command never enters the log; `Ledger::apply` checks
         // again and would give the same rejection.
-        let verdicts: Vec<Result<(), Rejection>> =
-            commands.iter().map(|command| command.op.validate()).collect();
-        if verdicts.iter().all(Result::is_ok) {
+        if commands.iter().all(|command| command.op.validate().is_ok()) {
             return self.propose(commands).await;
         }
+        // Rare: some are malformed. Only this path keeps each command's verdict.
+        let verdicts: Vec<Result<(), Rejection>> =
+            commands.iter().map(|command| command.op.validate()).collect();
         let valid = commands.into_iter().zip(&verdicts).filter(|(_, verdict)| verdict.is_ok());
         let valid: Vec<Command> = valid.map(|(command, _)| command).collect();
         let mut proposed =
