@@ -25,7 +25,6 @@ pub mod embeddings;
 pub mod error;
 pub mod gateway_mode;
 pub mod health;
-pub mod json_text;
 pub mod keys;
 pub mod ledger_server;
 pub mod messages;
@@ -33,15 +32,16 @@ pub mod mock;
 pub mod parse;
 pub mod payments;
 pub mod pipeline;
-pub mod providers;
 pub mod relay;
 pub mod respond;
 pub mod responses;
 pub mod routing;
 pub mod server;
-pub mod sse;
 pub mod telemetry;
 pub mod tokens;
 pub mod upstream;
 pub mod web;
 pub mod wire;
+
+// The adapters' crate, under the names its modules had when they lived here.
+pub use solrouter_adapters::{json_text, providers, sse};
