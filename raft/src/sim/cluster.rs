@@ -19,10 +19,10 @@ use crate::types::{Member, NodeId};
 use crate::wire::MembershipChange;
 use crate::{
     group_of_slot, slot_of, NodeStats, APPEND_ENTRIES_MAX, ELECTION_TIMEOUT_MAX,
-    ELECTION_TIMEOUT_MIN, HEARTBEAT_INTERVAL,
+    ELECTION_TIMEOUT_MIN, HEARTBEAT_INTERVAL, INSTALL_SNAPSHOT_TIMEOUT,
 };
 use openraft::error::{InitializeError, RaftError};
-use openraft::{Config, SnapshotPolicy};
+use openraft::{Config, RaftMetrics, SnapshotPolicy};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use solrouter_ledger::{AccountId, Batch, Command, Ledger, Outcome};
@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Stops the groups a refused start had started already; returns `why` it was refused.
 async fn stop_started(groups: &[Group], why: String) -> String {
@@ -350,14 +351,26 @@ impl Cluster {
         command: Command,
         deadline: Duration,
     ) -> Result<Outcome, SubmitError> {
+        let mut outcomes = self.submit_many(id, group, vec![command], deadline).await?;
+        Ok(outcomes.pop().expect("one outcome per command"))
+    }
+
+    /// [`Cluster::submit`] for `commands` together, as one entry (`Group::submit_many`).
+    pub async fn submit_many(
+        &self,
+        id: NodeId,
+        group: u32,
+        commands: Vec<Command>,
+        deadline: Duration,
+    ) -> Result<Vec<Outcome>, SubmitError> {
         let running = self.running(id).ok_or(SubmitError::Down)?;
-        let op = command.id;
+        let ops: Vec<_> = commands.iter().map(|command| command.id).collect();
         // A paused process takes the request, and answers, only once it resumes.
         let submitted = async {
             self.net.unpaused(&[id]).await;
-            let outcome = running.groups[group as usize].submit(command).await;
+            let outcomes = running.groups[group as usize].submit_many(commands).await;
             self.net.unpaused(&[id]).await;
-            outcome
+            outcomes
         };
         let result = tokio::time::timeout(deadline, submitted).await;
         if running.crashed.load(Ordering::Relaxed) {
@@ -366,11 +379,22 @@ impl Cluster {
         match result {
             Err(_elapsed) => Err(SubmitError::Timeout),
             Ok(Err(e)) => Err(SubmitError::Ledger(e)),
-            Ok(Ok(outcome)) => {
-                self.invariants.acknowledged(group, op);
-                Ok(outcome)
+            Ok(Ok(outcomes)) => {
+                for op in ops {
+                    self.invariants.acknowledged(group, op);
+                }
+                Ok(outcomes)
             }
         }
+    }
+
+    /// Node `id`'s replica of `group`'s Raft metrics, if that node is up.
+    pub fn metrics(
+        &self,
+        id: NodeId,
+        group: u32,
+    ) -> Option<watch::Receiver<RaftMetrics<NodeId, Member>>> {
+        self.running(id).map(|r| r.groups[group as usize].raft().metrics())
     }
 
     /// Crashes node `id` right after its next write of `kind` returns, if one comes within
@@ -429,6 +453,18 @@ impl Cluster {
             // A core that already stopped on its dead store reports that here; either way
             // it is stopped, which is all a crash needs.
             let _ = group.shutdown().await;
+        }
+    }
+
+    /// Power fails everywhere at once: every node crashes keeping only what it synced
+    /// (the harshest loss: every write not yet synced is gone, the committed index
+    /// included).
+    pub async fn power_loss(&self) {
+        for id in self.node_ids() {
+            if let Some(running) = self.running(id) {
+                running.store.lose_unsynced_on_crash();
+            }
+            self.crash(id).await;
         }
     }
 
@@ -735,9 +771,9 @@ impl Cluster {
         true
     }
 
-    /// The node's Raft configuration: the production timings, except that the election
-    /// timeout is drawn here from the production range and pinned (`max = min + 1`):
-    /// openraft draws it with `rand::thread_rng`, which no seed controls.
+    /// The node's Raft configuration: the production timings (snapshot installs' included),
+    /// except that the election timeout is drawn here from the production range and pinned
+    /// (`max = min + 1`): openraft draws it with `rand::thread_rng`, which no seed controls.
     fn raft_config(&self, rng: &mut StdRng) -> Config {
         let timeout_min_ms = rng.gen_range(
             ELECTION_TIMEOUT_MIN.as_millis() as u64..ELECTION_TIMEOUT_MAX.as_millis() as u64,
@@ -751,6 +787,7 @@ impl Cluster {
             snapshot_max_chunk_size: self.shape.snapshot_chunk_bytes,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.shape.snapshot_every_entries),
             max_in_snapshot_log_to_keep: self.shape.entries_kept_after_snapshot,
+            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT.as_millis() as u64,
             ..Config::default()
         };
         config.validate().expect("the simulation's raft config is valid")

@@ -299,6 +299,9 @@ impl Nemesis {
             spike_per_mille: rng.gen_range(0..=50),
             // Beyond the election timeout, so a spike can depose a leader.
             spike_max: Duration::from_millis(rng.gen_range(100..=1_500)),
+            // Down to where a catch-up's few entries take the heartbeat interval to cross
+            // (`sizing::AppendBudget` cuts them to fit).
+            link_bytes_per_ms: if rng.gen_bool(0.3) { rng.gen_range(500..=20_000) } else { 0 },
         };
         self.cluster.net.set_weather(weather);
         self.note(format!("weather {weather:?}"));
