@@ -9,10 +9,9 @@
 //! is `Unreachable`, which backs off (at most [`RPC_BACKOFF_MAX`], well inside an election
 //! timeout, so a peer back from a blip hears from its leader before it starts an
 //! election); a deadline is a `Timeout`; anything else the peer or the transport refused
-//! is a `Network` error; neither backs off. Every call ends at its timeout here, not only
-//! at the peer (tonic's `grpc-timeout` is enforced by the server alone, so a request or
-//! reply lost to a silent peer waited for openraft's own timeout: 60 s for a snapshot
-//! chunk). What an AppendEntries carries and how long a snapshot chunk may take are
+//! is a `Network` error; neither backs off. Each call carries its timeout as its
+//! `grpc-timeout`, which tonic enforces on both sides (so a call to a silent peer ends
+//! then too). What an AppendEntries carries and how long a snapshot chunk may take are
 //! `sizing`'s.
 //!
 //! Every request is [`Stamped`] with the sender's and the target's incarnations, and the
@@ -121,8 +120,8 @@ type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
 
 impl GrpcConnection {
-    /// Sends `request`, failing with a `Timeout` after `timeout` (the peer is told it, and
-    /// the call ends then here too).
+    /// Sends `request`, failing with a `Timeout` after `timeout` (its `grpc-timeout`, which
+    /// tonic enforces on both sides).
     async fn call<Q, T, E>(&mut self, rpc: Rpc, request: &Q, timeout: Duration) -> RpcResult<T, E>
     where
         Q: Serialize,
@@ -145,17 +144,12 @@ impl GrpcConnection {
         let mut envelope =
             tonic::Request::new(RaftRequest { group: self.group, payload: payload.into() });
         envelope.set_timeout(timeout);
-        let reply = async {
-            match rpc {
-                Rpc::AppendEntries => client.append_entries(envelope).await,
-                Rpc::InstallSnapshot => client.install_snapshot(envelope).await,
-                Rpc::Vote => client.vote(envelope).await,
-            }
+        let reply = match rpc {
+            Rpc::AppendEntries => client.append_entries(envelope).await,
+            Rpc::InstallSnapshot => client.install_snapshot(envelope).await,
+            Rpc::Vote => client.vote(envelope).await,
         };
         let id = self.identity.node_id;
-        let reply = tokio::time::timeout(timeout, reply).await.unwrap_or_else(|_elapsed| {
-            Err(tonic::Status::deadline_exceeded("no answer in time (client side)"))
-        });
         let reply = reply.map_err(|status| classify(&status, rpc, id, self.target, timeout))?;
         let result: Result<T, RaftError<NodeId, E>> =
             codec::decode(&reply.into_inner().payload).map_err(|e| network_error(&e))?;
@@ -559,8 +553,8 @@ mod tests {
     }
 
     /// A call to a peer that took the connection and then went silent (a host gone, a
-    /// partition) ends at its own timeout, with a `Timeout`: tonic's `grpc-timeout` is the
-    /// server's to enforce, so it waited for openraft's (60 s for a snapshot chunk).
+    /// partition) ends at its own timeout, with a `Timeout`, not at openraft's (60 s for a
+    /// snapshot chunk): tonic's client enforces the `grpc-timeout` `call` sets.
     #[tokio::test]
     async fn a_call_to_a_silent_peer_ends_at_its_timeout() {
         // Bound and never accepted from: the kernel completes the TCP handshake, and

@@ -11,8 +11,9 @@
 //! A run: start the cluster (nodes' clocks skewed) and create accounts with a key each;
 //! let clients send random top-ups, key creations and revocations, reserves, settles and
 //! releases, and run the gateway's request path (reserve with a TTL, a delay, a settle of
-//! usage up to 3× the hold), while the nemesis partitions, degrades the network, crashes
-//! and restarts nodes (a crash keeps the synced writes and a random prefix of the rest),
+//! usage up to 3× the hold), while the nemesis partitions, degrades the network (loss,
+//! delays, duplicates, slow links: AppendEntries are cut to fit openraft's timeout by
+//! production's `sizing`, as over gRPC), crashes and restarts nodes (a crash keeps the synced writes and a random prefix of the rest),
 //! slows disks, pauses processes, steps nodes' wall clocks forward and back by up to an
 //! hour, now and then takes the ledger down for longer than holds live, and crashes nodes
 //! the instant a named write (a vote, an append, a purge, a snapshot...) returns, and makes
