@@ -14,7 +14,7 @@ use crate::incarnation::Identified;
 use crate::incarnation::{self, Identity, IDENTITY_TREE};
 use crate::log_store::LogStore;
 use crate::membership;
-use crate::state_machine::StateMachine;
+use crate::state_machine::{CpuPace, CpuWork, StateMachine};
 use crate::types::{Member, NodeId};
 use crate::wire::MembershipChange;
 use crate::{
@@ -27,7 +27,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use solrouter_ledger::{AccountId, Batch, Command, Ledger, Outcome};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -48,6 +48,32 @@ const EPOCH_MS: u64 = 1_700_000_000_000;
 /// leader has to commit the empty batch that tells the group's voters.
 const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 const MEMBERSHIP_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What CPU work costs a node at its normal pace, in virtual time.
+const CPU_COST: CpuCost = CpuCost {
+    entry: Duration::from_micros(20),
+    command: Duration::from_micros(2),
+    snapshot_bytes_per_ms: 100_000,
+};
+
+struct CpuCost {
+    entry: Duration,
+    command: Duration,
+    snapshot_bytes_per_ms: u64,
+}
+
+impl CpuCost {
+    fn of(&self, work: CpuWork) -> Duration {
+        match work {
+            CpuWork::Apply { n_entries, n_commands } => {
+                self.entry * n_entries as u32 + self.command * n_commands as u32
+            }
+            CpuWork::Snapshot { bytes } => {
+                Duration::from_micros(bytes as u64 * 1_000 / self.snapshot_bytes_per_ms)
+            }
+        }
+    }
+}
 
 /// The shape of one simulated cluster, drawn from the seed.
 #[derive(Clone, Debug)]
@@ -128,6 +154,8 @@ struct ClusterState {
     /// How far each node's wall clock has been stepped, in ms (it survives a restart,
     /// as a machine's clock does).
     clock_steps: BTreeMap<NodeId, Arc<AtomicI64>>,
+    /// How many times slower than [`CPU_COST`] each node's CPU runs now (1: normal).
+    cpu_slowdown: BTreeMap<NodeId, Arc<AtomicU64>>,
     n_incarnations: u64,
     n_crashes: u64,
     n_fatal_restarts: u64,
@@ -177,6 +205,8 @@ impl Cluster {
         let net = Net::new(StdRng::seed_from_u64(rng.gen()));
         let nodes = (1..=shape.n_nodes).map(|id| (id, Slot::Down(BTreeMap::new()))).collect();
         let clock_steps = (1..=shape.n_nodes).map(|id| (id, Arc::default())).collect();
+        let cpu_slowdown =
+            (1..=shape.n_nodes).map(|id| (id, Arc::new(AtomicU64::new(1)))).collect();
         let founders: BTreeSet<NodeId> = (1..=shape.n_nodes).collect();
         let members = Members { voters: founders.clone(), ..Members::default() };
         let state = ClusterState {
@@ -187,6 +217,7 @@ impl Cluster {
             removed: BTreeMap::new(),
             next_id: shape.n_nodes + 1,
             clock_steps,
+            cpu_slowdown,
             n_incarnations: 0,
             n_crashes: 0,
             n_fatal_restarts: 0,
@@ -323,6 +354,28 @@ impl Cluster {
 
     pub fn n_membership_changes(&self) -> u64 {
         self.lock().n_membership_changes
+    }
+
+    /// Makes node `id`'s CPU `slowdown` times slower for `duration` (a noisy neighbour, a
+    /// throttled VM, a GC-like stall of the process): its applies and snapshot builds take
+    /// that much more virtual time.
+    pub fn slow_cpu_for(self: &Arc<Self>, id: NodeId, slowdown: u64, duration: Duration) {
+        let Some(cpu) = self.lock().cpu_slowdown.get(&id).cloned() else { return };
+        cpu.store(slowdown, Ordering::Relaxed);
+        self.trace.event(self.now_ms(), format!("node {id}'s CPU {slowdown}× slower"));
+        let cluster = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            cpu.store(1, Ordering::Relaxed);
+            cluster.trace.event(cluster.now_ms(), format!("node {id}'s CPU normal again"));
+        });
+    }
+
+    /// Makes node `id`'s CPU run at its normal pace.
+    pub fn heal_cpu(&self, id: NodeId) {
+        if let Some(cpu) = self.lock().cpu_slowdown.get(&id) {
+            cpu.store(1, Ordering::Relaxed);
+        }
     }
 
     /// Makes node `id`'s disk fast and working again, if the node is up.
@@ -510,6 +563,7 @@ impl Cluster {
             state.next_id += 1;
             state.nodes.insert(id, Slot::Down(Disk::new()));
             state.clock_steps.insert(id, Arc::default());
+            state.cpu_slowdown.insert(id, Arc::new(AtomicU64::new(1)));
             state.wanted.insert(id);
             id
         };
@@ -695,14 +749,17 @@ impl Cluster {
     /// [`Cluster::restart`], or why the node refuses to start (a torn or corrupt record on
     /// its disk, say); a refused node stays down with its disk as it was.
     pub async fn try_restart(&self, id: NodeId) -> Result<(), String> {
-        let (disk, incarnation, mut rng, clock_step) = {
+        let (disk, incarnation, mut rng, clock_step, cpu) = {
             let mut state = self.lock();
             let Some(Slot::Down(disk)) = state.nodes.get(&id) else { return Ok(()) };
             let disk = disk.clone();
             state.n_incarnations += 1;
             let rng = StdRng::seed_from_u64(state.rng.gen());
-            (disk, state.n_incarnations, rng, Arc::clone(&state.clock_steps[&id]))
+            let cpu = Arc::clone(&state.cpu_slowdown[&id]);
+            (disk, state.n_incarnations, rng, Arc::clone(&state.clock_steps[&id]), cpu)
         };
+        let pace: CpuPace =
+            Arc::new(move |work| CPU_COST.of(work) * cpu.load(Ordering::Relaxed) as u32);
         self.invariants.restarting(id, self.shape.n_groups, &disk);
         let store = MemStore::new(disk, StdRng::seed_from_u64(rng.gen()))
             .watched(id, Arc::clone(&self.invariants))
@@ -731,7 +788,8 @@ impl Cluster {
             }
             .observe_applies(Arc::new(move |entry| {
                 invariants.entry_applied(id, group_idx, entry);
-            }));
+            }))
+            .pace_cpu(Arc::clone(&pace));
             let log = LogStore::new(
                 group_idx,
                 store.tree(&format!("{group_idx}/log")),
