@@ -40,6 +40,7 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,12 +61,37 @@ pub struct GrpcNetwork {
     identity: Identity,
     group: u32,
     tls: Option<TlsConfig>,
+    /// One channel per peer (its address as last given), which every client openraft makes
+    /// for that peer shares. openraft 0.9 makes a client for each heartbeat round that
+    /// confirms a linearizable read and for each vote, besides its replication streams: with
+    /// a channel each, every linearizable read opened (and handshook TLS on) a connection
+    /// per peer. A channel reconnects by itself after its connection failed.
+    channels: HashMap<NodeId, (String, RaftServiceClient<Channel>)>,
 }
 
 impl GrpcNetwork {
     /// The network of the replica of `group` on the node of `identity`.
     pub fn new(identity: Identity, group: u32, tls: Option<TlsConfig>) -> GrpcNetwork {
-        GrpcNetwork { identity, group, tls }
+        GrpcNetwork { identity, group, tls, channels: HashMap::new() }
+    }
+
+    /// The channel to `target` at `addr`: the one made before unless its address changed.
+    /// Made lazily: a peer that is down costs nothing until an RPC.
+    fn channel(
+        &mut self,
+        target: NodeId,
+        addr: &str,
+    ) -> Result<RaftServiceClient<Channel>, LedgerError> {
+        if let Some((known, client)) = self.channels.get(&target) {
+            if known == addr {
+                return Ok(client.clone());
+            }
+        }
+        let client = RaftServiceClient::new(tls::endpoint(addr, self.tls.as_ref())?.connect_lazy())
+            .max_decoding_message_size(RPC_BYTES_MAX)
+            .max_encoding_message_size(RPC_BYTES_MAX);
+        self.channels.insert(target, (addr.to_owned(), client.clone()));
+        Ok(client)
     }
 }
 
@@ -83,16 +109,10 @@ pub struct GrpcConnection {
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = GrpcConnection;
 
-    /// Connects lazily: a peer that is down costs nothing until an RPC, which then fails as
-    /// `Unreachable` and openraft backs off.
+    /// Over the peer's shared channel: a peer that is down costs nothing until an RPC, which
+    /// then fails as `Unreachable` and openraft backs off.
     async fn new_client(&mut self, target: NodeId, node: &Member) -> GrpcConnection {
-        let endpoint = tls::endpoint(&node.addr, self.tls.as_ref());
-        let client = endpoint
-            .map(|endpoint| {
-                RaftServiceClient::new(endpoint.connect_lazy())
-                    .max_decoding_message_size(RPC_BYTES_MAX)
-                    .max_encoding_message_size(RPC_BYTES_MAX)
-            })
+        let client = (self.channel(target, &node.addr))
             .map_err(|e| format!("bad address {:?} of node {target}: {e}", node.addr));
         GrpcConnection {
             identity: self.identity,
@@ -345,7 +365,9 @@ pub async fn identify(
 mod tests {
     use super::*;
     use crate::grpc::raft_service_server::RaftServiceServer;
+    use std::future::Future;
     use std::sync::atomic::AtomicU64;
+    use tokio::net::TcpListener;
 
     type Error = RPCError<NodeId, Member, RaftError<NodeId>>;
 
@@ -441,9 +463,87 @@ mod tests {
     /// A connection of node 1 to node 2, a [`TimingOut`] peer on 127.0.0.1 (served until
     /// the test's runtime ends), and the count of calls that reached it.
     async fn connection_to_a_timing_out_peer() -> (GrpcConnection, Arc<AtomicU64>) {
-        let calls = Arc::new(AtomicU64::new(0));
-        let connection = connection_to(TimingOut { calls: Arc::clone(&calls) }).await;
-        (connection, calls)
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let addr = listener.local_addr().expect("a bound address");
+        let peer = TimingOutPeer::default();
+        tokio::spawn(peer.serve(listener, std::future::pending()));
+        let connection = node_1().new_client(2, &Member::new(addr.to_string(), 2)).await;
+        (connection, peer.calls)
+    }
+
+    fn node_1() -> GrpcNetwork {
+        GrpcNetwork::new(Identity { node_id: 1, incarnation: 1 }, 0, None)
+    }
+
+    /// The calls that reached a [`TimingOut`] peer and the connections it accepted.
+    #[derive(Default)]
+    struct TimingOutPeer {
+        calls: Arc<AtomicU64>,
+        connections: Arc<AtomicU64>,
+    }
+
+    impl TimingOutPeer {
+        /// Serves on `listener` until `stop` completes (and its connections are closed).
+        fn serve(
+            &self,
+            listener: TcpListener,
+            stop: impl Future<Output = ()> + Send + 'static,
+        ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+            let service = RaftServiceServer::new(TimingOut { calls: Arc::clone(&self.calls) });
+            let connections = Arc::clone(&self.connections);
+            let incoming = futures_util::stream::unfold(listener, move |listener| {
+                let connections = Arc::clone(&connections);
+                async move {
+                    let accepted = listener.accept().await.map(|(stream, _)| stream);
+                    connections.fetch_add(1, Ordering::Relaxed);
+                    Some((accepted, listener))
+                }
+            });
+            let server = tonic::transport::Server::builder().add_service(service);
+            tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop))
+        }
+    }
+
+    /// openraft makes a client for every heartbeat round that confirms a linearizable read
+    /// and for every vote: the clients of one peer share its connection (each had its own,
+    /// a TCP and TLS handshake per read), and after the peer restarts at its address the
+    /// next RPCs reach it over a new one.
+    #[tokio::test]
+    async fn the_clients_of_a_peer_share_a_connection_until_it_fails() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let addr = listener.local_addr().expect("a bound address");
+        let before = TimingOutPeer::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = before.serve(listener, async {
+            let _ = stopped.await;
+        });
+        let mut network = node_1();
+        let peer = Member::new(addr.to_string(), 2);
+        let vote = || VoteRequest::new(openraft::Vote::new(1, 1), None);
+        for _ in 0..5 {
+            let mut connection = network.new_client(2, &peer).await;
+            let voted = connection.vote(vote(), RPCOption::new(HEARTBEAT)).await;
+            assert!(matches!(voted, Err(RPCError::Timeout(_))), "{voted:?}");
+        }
+        assert_eq!(before.calls.load(Ordering::Relaxed), 5);
+        assert_eq!(before.connections.load(Ordering::Relaxed), 1, "a connection per client");
+
+        stop.send(()).expect("the server runs");
+        serving.await.expect("the server task").expect("the server");
+        let listener = TcpListener::bind(addr).await.expect("the peer's address again");
+        let after = TimingOutPeer::default();
+        let _serving = after.serve(listener, std::future::pending());
+        // The RPC that finds the old connection closed may fail; the channel reconnects.
+        for _ in 0..3 {
+            let mut connection = network.new_client(2, &peer).await;
+            if let Err(RPCError::Timeout(_)) =
+                connection.vote(vote(), RPCOption::new(HEARTBEAT)).await
+            {
+                break;
+            }
+        }
+        assert_eq!(after.calls.load(Ordering::Relaxed), 1, "the restarted peer was reached");
+        assert_eq!(after.connections.load(Ordering::Relaxed), 1);
     }
 
     /// A peer behind a link of [`SLOW_LINK_BYTES_PER_MS`]: it answers each AppendEntries
@@ -504,8 +604,7 @@ mod tests {
                 .add_service(RaftServiceServer::new(peer))
                 .serve_with_incoming(incoming),
         );
-        let mut network = GrpcNetwork::new(Identity { node_id: 1, incarnation: 1 }, 0, None);
-        network.new_client(2, &Member::new(addr.to_string(), 2)).await
+        node_1().new_client(2, &Member::new(addr.to_string(), 2)).await
     }
 
     /// Issue 9, fault 6, payload-sized replication: a follower 64 entries of 100 kB behind
@@ -561,8 +660,7 @@ mod tests {
         // nothing ever answers.
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
         let addr = silent.local_addr().expect("a bound address");
-        let mut network = GrpcNetwork::new(Identity { node_id: 1, incarnation: 1 }, 0, None);
-        let mut connection = network.new_client(2, &Member::new(addr.to_string(), 2)).await;
+        let mut connection = node_1().new_client(2, &Member::new(addr.to_string(), 2)).await;
         let vote = VoteRequest::new(openraft::Vote::new(1, 1), None);
         let timeout = Duration::from_millis(300);
         let call = connection.vote(vote, RPCOption::new(timeout));
