@@ -269,7 +269,7 @@ fn load_snapshot<K: KvTree>(snapshots: &K) -> Result<Option<StoredSnapshot>, Sto
 }
 
 fn restore(meta: &SnapshotMeta, data: &[u8]) -> Result<Applied, StorageError> {
-    let ledger: Ledger = codec::decode(data)
+    let ledger = codec::decode_ledger(data)
         .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
     Ok(Applied { ledger, last_applied: meta.last_log_id, membership: meta.last_membership.clone() })
 }
