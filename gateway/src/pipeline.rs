@@ -715,8 +715,8 @@ async fn complete(
         .map_err(|error| Failure::Final(ApiError::invalid_param(&error.param, error.message)))?;
     let deadlines = Deadlines::attempt(app.upstream.timeouts(), context.deadline);
     let sent = Instant::now();
-    let mut response = app.upstream.send(adapter, request, &deadlines).await?;
-    let body = app.upstream.body(&mut response, &deadlines, adapter.provider()).await?;
+    let mut body = app.upstream.send(adapter, request, &deadlines).await?;
+    let body = app.upstream.body(&mut body, &deadlines, adapter.provider()).await?;
     let completion = adapter.response(&context.chat, &body)?;
     // A plain answer's tokens all arrive at its end: its speed is over the whole wait.
     app.health.record_tokens(model, completion.usage.completion_tokens, sent.elapsed());

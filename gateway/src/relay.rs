@@ -45,7 +45,7 @@ pub const DRAIN_BYTES_MAX: u64 = 4 << 20;
 /// An upstream stream that has produced its first translated chunks (or ended cleanly)
 /// and can be committed to the client.
 pub struct OpenStream {
-    response: upstream::Response,
+    body: upstream::Body,
     translator: Box<dyn StreamTranslator>,
     provider: &'static str,
     deadlines: Deadlines,
@@ -78,9 +78,9 @@ pub async fn open(
         .request(endpoint, &context.chat, &context.target(model))
         .map_err(|error| Failure::Final(ApiError::invalid_param(&error.param, error.message)))?;
     let deadlines = Deadlines::attempt(app.upstream.timeouts(), context.deadline);
-    let response = app.upstream.send(adapter, request, &deadlines).await?;
+    let body = app.upstream.send(adapter, request, &deadlines).await?;
     let mut stream = OpenStream {
-        response,
+        body,
         translator: adapter.stream(&context.chat),
         provider: adapter.provider(),
         deadlines,
@@ -119,7 +119,7 @@ pub async fn open(
 impl OpenStream {
     /// Reads one upstream chunk and translates it into `pending`.
     async fn advance(&mut self) -> Result<(), UpstreamError> {
-        match next_chunk(&mut self.response, &self.deadlines, self.provider).await? {
+        match next_chunk(&mut self.body, &self.deadlines, self.provider).await? {
             Some(bytes) => {
                 self.bytes_read += bytes.len() as u64;
                 if let Some(native) = &mut self.native {
