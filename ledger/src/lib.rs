@@ -11,6 +11,7 @@
 mod limits;
 mod money;
 mod state;
+mod window;
 
 pub use limits::{
     KeyLimits, KeySpend, KeyUpdate, LimitReset, MinuteWindow, PeriodSpend, RateLimit, SpendLimit,

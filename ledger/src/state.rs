@@ -1,10 +1,14 @@
 use crate::limits::{KeyLimits, KeySpend, KeyUpdate, LimitReset, MinuteWindow, RateLimit};
 use crate::money::{PicoUsd, AMOUNT_MAX};
-use imbl::{HashMap, OrdSet, Vector};
+use crate::window::Window;
+use imbl::{HashMap, OrdSet};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+
+mod legacy;
+pub use legacy::LedgerV7;
 
 /// How long (in batch stamps) the ledger remembers an applied operation id, to answer a
 /// retry with the first outcome. Longer than every client's overall retry deadline, which
@@ -12,8 +16,8 @@ use std::hash::{Hash, Hasher};
 /// and settles are also deduplicated for good, by account and idempotency key, and by
 /// hold.
 pub const OPS_REMEMBERED_FOR_MS: u64 = 60_000;
-/// Most operation ids remembered at once: the window's memory bound (~140 bytes each in
-/// memory, ~600 MB at the bound; `docs/storage.md`). A group sustaining more than
+/// Most operation ids remembered at once: the window's memory bound (about 150 bytes each
+/// in memory, ~600 MB at the bound; `docs/storage.md`). A group sustaining more than
 /// `OPS_REMEMBERED_MAX / OPS_REMEMBERED_FOR_MS` (~70,000) new operations per second
 /// refuses the excess with [`Rejection::Overloaded`] rather than forget an id early.
 pub const OPS_REMEMBERED_MAX: usize = 1 << 22;
@@ -522,20 +526,18 @@ pub struct User {
     pub role: Role,
 }
 
-/// How a hold ended, kept to answer a retry the way the first attempt was answered.
+/// How a hold ended, kept to answer a retry the way the first attempt was answered: all
+/// that a retried reserve or settle reads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum Ending {
-    /// The first settle's reply.
-    Settled(Reply),
+    /// The first settle's reply, [`Reply::Settled`].
+    Settled {
+        charged: PicoUsd,
+        released: PicoUsd,
+        written_off: PicoUsd,
+    },
     Released,
     Expired,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct EndedHold {
-    account: AccountId,
-    ending: Ending,
-    forget_at_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -566,7 +568,9 @@ pub struct Audit {
 
 /// The whole replicated state. Serializable as a snapshot. Its maps are persistent
 /// (`imbl`): a clone shares their nodes, so it costs O(1) and a snapshot encodes a copy
-/// while apply goes on; each write copies the O(log n) nodes on its path.
+/// while apply goes on; each write copies the O(log n) nodes on its path. The two
+/// time-bounded sets, which hold an entry per recent request, are [`Window`]s: a clone
+/// shares their chunks and index pages, and a write copies the one it touches.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
     accounts: HashMap<AccountId, Account>,
@@ -577,18 +581,16 @@ pub struct Ledger {
     holds: HashMap<HoldId, Hold>,
     /// Holds ordered by expiry, for deterministic voiding.
     expiry: OrdSet<(u64, HoldId)>,
-    /// Holds that ended (settled, released, expired), so that reserves, settles and
-    /// releases are deduplicated by hold, not by op id: each is remembered until
-    /// [`HOLDS_REMEMBERED_FOR_MS`] of batch stamps past its end. A settle's request record
-    /// itself leaves the state machine: [`settled_records`] hands it to the history store.
-    ended: HashMap<HoldId, EndedHold>,
-    /// The ended holds by the stamp at which they are forgotten, oldest first.
-    ended_order: OrdSet<(u64, HoldId)>,
-    /// Idempotency window: op id → (fingerprint of the op, outcome), for
-    /// [`OPS_REMEMBERED_FOR_MS`] of batch stamps. Applied top-ups are in `top_ups` instead.
-    applied: HashMap<OpId, (u64, Outcome)>,
-    /// The window's ids with the stamp they were applied at, oldest first.
-    applied_order: Vector<(u64, OpId)>,
+    /// Holds that ended (settled, released, expired), by hold id, so that reserves,
+    /// settles and releases are deduplicated by hold, not by op id: each is remembered
+    /// until [`HOLDS_REMEMBERED_FOR_MS`] of batch stamps past its end. A settle's request
+    /// record itself leaves the state machine: [`settled_records`] hands it to the
+    /// history store.
+    ended: Window<Ending>,
+    /// Idempotency window: op id → (fingerprint of the op, outcome), until
+    /// [`OPS_REMEMBERED_FOR_MS`] of batch stamps past the one that applied it. Applied
+    /// top-ups are in `top_ups` instead.
+    applied: Window<(u64, Outcome)>,
     /// Every applied top-up of each account, by op id (which the gateway derives from the
     /// account and the caller's idempotency key), at most [`TOP_UPS_PER_ACCOUNT_MAX`] each.
     top_ups: HashMap<AccountId, HashMap<OpId, TopUp>>,
@@ -620,8 +622,8 @@ impl Ledger {
         assert!(batch.commands.len() <= BATCH_COMMANDS_MAX, "oversized batch");
         self.stamp_ms = self.stamp_ms.max(batch.stamp_ms);
         self.expire(self.stamp_ms);
-        self.forget(self.stamp_ms);
-        self.forget_ended(self.stamp_ms);
+        self.applied.forget(self.stamp_ms);
+        self.ended.forget(self.stamp_ms);
         self.forget_revocations(self.stamp_ms);
         batch.commands.iter().map(|c| self.apply_command(c)).collect()
     }
@@ -637,7 +639,7 @@ impl Ledger {
             return outcome;
         }
         let fingerprint = fingerprint(&command.op);
-        if let Some((seen, outcome)) = self.applied.get(&command.id) {
+        if let Some((seen, outcome)) = self.applied.get(command.id.0) {
             return if *seen == fingerprint { outcome.clone() } else { Err(Rejection::IdReused) };
         }
         if let Op::Credit { account, amount } = &command.op {
@@ -650,7 +652,7 @@ impl Ledger {
                 };
             }
         }
-        if self.applied_order.len() >= OPS_REMEMBERED_MAX {
+        if self.applied.len() >= OPS_REMEMBERED_MAX {
             // Not remembered, and nothing applied: a retry is decided afresh.
             return Err(Rejection::Overloaded);
         }
@@ -665,32 +667,10 @@ impl Ledger {
     }
 
     fn remember(&mut self, id: OpId, fingerprint: u64, outcome: Outcome) {
-        assert!(self.applied_order.len() < OPS_REMEMBERED_MAX, "checked before applying");
-        self.applied.insert(id, (fingerprint, outcome));
-        self.applied_order.push_back((self.stamp_ms, id));
-        debug_assert_eq!(self.applied.len(), self.applied_order.len());
-    }
-
-    /// Forgets the op ids applied [`OPS_REMEMBERED_FOR_MS`] or longer before `stamp_ms`.
-    fn forget(&mut self, stamp_ms: u64) {
-        while let Some(&(applied_ms, id)) = self.applied_order.front() {
-            if applied_ms.saturating_add(OPS_REMEMBERED_FOR_MS) > stamp_ms {
-                break;
-            }
-            self.applied_order.pop_front();
-            assert!(self.applied.remove(&id).is_some(), "idempotency window out of sync");
-        }
-    }
-
-    /// Forgets the ended holds whose time is up at `stamp_ms`.
-    fn forget_ended(&mut self, stamp_ms: u64) {
-        while let Some(&(forget_at_ms, hold)) = self.ended_order.get_min() {
-            if forget_at_ms > stamp_ms {
-                break;
-            }
-            assert!(self.ended_order.remove(&(forget_at_ms, hold)).is_some());
-            assert!(self.ended.remove(&hold).is_some(), "ended holds out of sync");
-        }
+        assert!(self.applied.len() < OPS_REMEMBERED_MAX, "checked before applying");
+        assert!(!self.applied.contains(id.0), "looked up before applying");
+        let forget_at_ms = self.stamp_ms.saturating_add(OPS_REMEMBERED_FOR_MS);
+        self.applied.insert(id.0, forget_at_ms, (fingerprint, outcome));
     }
 
     /// Forgets the revoked sessions whose tokens have expired at `stamp_ms`.
@@ -706,13 +686,9 @@ impl Ledger {
 
     /// Remembers how `hold` ended, replacing an earlier ending (a settle after the hold
     /// expired or was released).
-    fn end_hold(&mut self, hold: HoldId, account: AccountId, ending: Ending) {
+    fn end_hold(&mut self, hold: HoldId, ending: Ending) {
         let forget_at_ms = self.stamp_ms.saturating_add(HOLDS_REMEMBERED_FOR_MS);
-        let ended = EndedHold { account, ending, forget_at_ms };
-        if let Some(before) = self.ended.insert(hold, ended) {
-            assert!(self.ended_order.remove(&(before.forget_at_ms, hold)).is_some());
-        }
-        assert!(self.ended_order.insert((forget_at_ms, hold)).is_none(), "ended once");
+        self.ended.insert(hold.0, forget_at_ms, ending);
     }
 
     fn apply_op(&mut self, id: OpId, op: &Op) -> Outcome {
@@ -803,7 +779,7 @@ impl Ledger {
                 Some(entry) if entry.account == *account => {
                     let amount = entry.amount;
                     self.void_hold(*hold);
-                    self.end_hold(*hold, *account, Ending::Released);
+                    self.end_hold(*hold, Ending::Released);
                     Ok(Reply::Released { amount })
                 }
                 _ => Err(Rejection::UnknownHold),
@@ -861,7 +837,7 @@ impl Ledger {
                 _ => Err(Rejection::HoldExists),
             };
         }
-        if self.ended.contains_key(&hold) {
+        if self.ended.contains(hold.0) {
             return Err(Rejection::HoldExists);
         }
         if !self.accounts.contains_key(&account) {
@@ -920,9 +896,13 @@ impl Ledger {
         record: &RequestRecord,
         reserved_at_ms: u64,
     ) -> Outcome {
-        if let Some(EndedHold { ending: Ending::Settled(first), .. }) = self.ended.get(&hold) {
+        if let Some(Ending::Settled { charged, released, written_off }) = self.ended.get(hold.0) {
             // Settling twice (even under a new op id) changes nothing.
-            return Ok(first.clone());
+            return Ok(Reply::Settled {
+                charged: *charged,
+                released: *released,
+                written_off: *written_off,
+            });
         }
         if !self.accounts.contains_key(&account) {
             return Err(Rejection::UnknownAccount);
@@ -936,7 +916,7 @@ impl Ledger {
             Some(_) => return Err(Rejection::UnknownHold),
             // Every hold reserved at `reserved_at_ms` ended at or after it and is remembered
             // for the window past its end: unknown after that, it may have been settled.
-            None if !self.ended.contains_key(&hold)
+            None if !self.ended.contains(hold.0)
                 && self.stamp_ms >= reserved_at_ms.saturating_add(HOLDS_REMEMBERED_FOR_MS) =>
             {
                 return Err(Rejection::HoldForgotten)
@@ -962,9 +942,8 @@ impl Ledger {
             let tokens = record.prompt_tokens.saturating_add(record.completion_tokens);
             key.minute.tokens = key.minute.tokens.saturating_add(tokens);
         }
-        let reply = Reply::Settled { charged, released, written_off };
-        self.end_hold(hold, account, Ending::Settled(reply.clone()));
-        Ok(reply)
+        self.end_hold(hold, Ending::Settled { charged, released, written_off });
+        Ok(Reply::Settled { charged, released, written_off })
     }
 
     fn void_hold(&mut self, hold: HoldId) {
@@ -988,9 +967,8 @@ impl Ledger {
             if expires_at_ms > stamp_ms {
                 break;
             }
-            let account = self.holds.get(&hold).expect("an indexed hold exists").account;
             self.void_hold(hold);
-            self.end_hold(hold, account, Ending::Expired);
+            self.end_hold(hold, Ending::Expired);
         }
     }
 
@@ -1143,15 +1121,11 @@ impl Ledger {
         if self.top_ups.keys().any(|id| !self.accounts.contains_key(id)) {
             problems.push("top-ups remembered for an unknown account".into());
         }
-        if self.ended.len() != self.ended_order.len() {
-            problems.push("ended holds and their order differ in size".into());
-        }
-        if self.ended.keys().any(|hold| self.holds.contains_key(hold)) {
+        problems.extend(self.ended.problems("ended holds"));
+        if self.ended.iter().any(|(hold, _, _)| self.holds.contains_key(&HoldId(hold))) {
             problems.push("a hold both pending and ended".into());
         }
-        if self.applied.len() != self.applied_order.len() {
-            problems.push("idempotency window and its order differ in size".into());
-        }
+        problems.extend(self.applied.problems("idempotency window"));
         let n_members: usize = self.members.values().map(OrdSet::len).sum();
         if self.users.len() != self.users_by_email.len() || self.users.len() != n_members {
             problems.push("users and their indexes differ in size".into());
@@ -1247,12 +1221,12 @@ mod tests {
         const FILLED_AT_MS: u64 = 1_000;
         let revoke = Op::RevokeKey { account: AccountId(9), key: KeyId(9) };
         let mut ledger = Ledger::new();
-        let window = (0..OPS_REMEMBERED_MAX as u128).map(|n| (FILLED_AT_MS, OpId(n)));
-        ledger.applied_order = window.collect();
         // An outcome only the window can answer: there is no such key.
         let remembered = (fingerprint(&revoke), Ok(Reply::KeyRevoked));
-        let entries = ledger.applied_order.iter().map(|(_, id)| (*id, remembered.clone()));
-        ledger.applied = entries.collect();
+        let forget_at_ms = FILLED_AT_MS + OPS_REMEMBERED_FOR_MS;
+        for n in 0..OPS_REMEMBERED_MAX as u128 {
+            ledger.applied.insert(n, forget_at_ms, remembered.clone());
+        }
         ledger.stamp_ms = FILLED_AT_MS;
 
         let create = Op::CreateAccount { account: AccountId(1), name: "a".into() };
@@ -1267,7 +1241,7 @@ mod tests {
         batch.stamp_ms += 1;
         let outcomes = ledger.apply(&batch);
         assert_eq!(outcomes, [Ok(Reply::AccountCreated), Err(Rejection::UnknownKey)]);
-        assert_eq!((ledger.applied.len(), ledger.applied_order.len()), (2, 2));
+        assert_eq!(ledger.applied.len(), 2);
         assert!(ledger.audit().ok);
     }
 }

@@ -18,6 +18,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use solrouter_ledger::{Ledger, LedgerV7};
 
 /// The first bytes of every encoded value.
 pub const FORMAT_MAGIC: [u8; 3] = *b"SRL";
@@ -32,9 +33,15 @@ pub const FORMAT_MAGIC: [u8; 3] = *b"SRL";
 /// 7: a hold and its `Reserved` reply carry the reserve's stamp, a settle the stamp of
 /// its hold's reserve, and a settle of a forgotten hold is refused
 /// (`Rejection::HoldForgotten`).
-pub const FORMAT_VERSION: u8 = 7;
-/// The versions this build reads.
-pub const FORMAT_VERSIONS_SUPPORTED: &[u8] = &[FORMAT_VERSION];
+/// 8: the ledger's ended holds and op-id window are each one sequence of `(id,
+/// forget_at_ms, value)` (an ended hold keeps only the settle's figures), where 7 had a
+/// map and its order; every other value is laid out as in 7.
+pub const FORMAT_VERSION: u8 = 8;
+/// The versions this build reads: a value of version 7 is read as one of 8, except the
+/// ledger (a snapshot's payload), which [`decode_ledger`] reads in either layout.
+pub const FORMAT_VERSIONS_SUPPORTED: &[u8] = &[LEDGER_V7, FORMAT_VERSION];
+/// The last version whose ledger is laid out as [`LedgerV7`].
+const LEDGER_V7: u8 = 7;
 /// Magic plus version.
 pub const HEADER_BYTES: usize = FORMAT_MAGIC.len() + 1;
 /// The CRC-32 after the value.
@@ -79,8 +86,31 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError
 }
 
 /// Decodes a value written by [`encode`] with a supported version and an intact checksum;
-/// trailing bytes are refused like any other malformation.
+/// trailing bytes are refused like any other malformation. A ledger is read with
+/// [`decode_ledger`]: this refuses one of version 7, laid out differently.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (version, body) = open(bytes)?;
+    // Compared by name: `T` need not be `'static` for a `TypeId`.
+    if version == LEDGER_V7 && std::any::type_name::<T>() == std::any::type_name::<Ledger>() {
+        return Err(CodecError::Malformed("a version-7 ledger is read by decode_ledger".into()));
+    }
+    take(body)
+}
+
+/// Decodes a ledger (a snapshot's payload) written by [`encode`], by this build or by one
+/// writing version 7 (its state is carried over as it was, [`LedgerV7`]).
+pub fn decode_ledger(bytes: &[u8]) -> Result<Ledger, CodecError> {
+    match open(bytes)? {
+        (LEDGER_V7, body) => {
+            Ledger::try_from(take::<LedgerV7>(body)?).map_err(CodecError::Malformed)
+        }
+        (_, body) => take(body),
+    }
+}
+
+/// The version and body of an encoded value, once its magic, version and checksum are
+/// checked.
+fn open(bytes: &[u8]) -> Result<(u8, &[u8]), CodecError> {
     let (magic, rest) = bytes.split_at(bytes.len().min(FORMAT_MAGIC.len()));
     if magic != FORMAT_MAGIC {
         return Err(CodecError::MissingMagic { found: magic.to_vec() });
@@ -100,6 +130,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if stored != computed {
         return Err(CodecError::Corrupt { stored, computed, n_bytes: bytes.len() });
     }
+    Ok((version, body))
+}
+
+/// The value `body` holds, all of it.
+fn take<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
     let (value, trailing) =
         postcard::take_from_bytes(body).map_err(|e| CodecError::Malformed(e.to_string()))?;
     if !trailing.is_empty() {
@@ -115,7 +150,7 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload, Membership, Vote};
     use solrouter_ledger::{
         AccountId, Batch, Command, HoldId, KeyId, KeyKind, KeyLimits, KeyUpdate, Ledger,
-        LimitReset, Op, OpId, PicoUsd, RequestRecord,
+        LimitReset, Op, OpId, PicoUsd, RequestRecord, PICO_PER_USD,
     };
     use std::collections::{BTreeMap, BTreeSet};
     use std::fmt::Debug;
@@ -199,7 +234,7 @@ mod tests {
         assert!(matches!(error, CodecError::UnsupportedVersion { found: 99 }), "{error:?}");
         assert_eq!(
             error.to_string(),
-            format!("unsupported ledger format version 99; this build reads versions [{FORMAT_VERSION}]")
+            format!("unsupported ledger format version 99; this build reads versions [7, {FORMAT_VERSION}]")
         );
     }
 
@@ -252,5 +287,107 @@ mod tests {
         let unsealed = &bytes[..bytes.len() - CHECKSUM_BYTES];
         check(&seal(unsealed[..unsealed.len() - 1].to_vec()), "malformed");
         check(&seal([unsealed, &[0]].concat()), "1 trailing bytes");
+    }
+
+    /// The history after which the version-7 fixture (`tests/fixtures/ledger-v7.bin`, the
+    /// state as the build of commit e5d8b2d encoded it) was written: holds settled, released,
+    /// expired, expired and then settled, one pending, one refused; op ids in the window.
+    fn v7_history() -> Vec<Batch> {
+        const STAMP_MS: u64 = 1_764_000_000_000;
+        let account = AccountId(7);
+        let usd = |cents: u128| PicoUsd(cents * PICO_PER_USD / 100);
+        let reserve = |hold: u128, cents: u128, ttl_ms: u64| Op::Reserve {
+            account,
+            key: KeyId(1),
+            hold: HoldId(hold),
+            amount: usd(cents),
+            ttl_ms,
+        };
+        let settle = |hold: u128, cents: u128| Op::Settle {
+            account,
+            hold: HoldId(hold),
+            actual: usd(cents),
+            record: RequestRecord { model: "m".into(), status: 200, ..RequestRecord::default() },
+            reserved_at_ms: STAMP_MS,
+        };
+        let first = [
+            Op::CreateAccount { account, name: "acme".into() },
+            Op::Credit { account, amount: usd(1_000) },
+            Op::CreateKey {
+                account,
+                key: KeyId(1),
+                name: "k".into(),
+                hash: [9; 32],
+                kind: KeyKind::Inference,
+                limits: KeyLimits::default(),
+            },
+            reserve(1, 100, 600_000),
+            reserve(2, 100, 600_000),
+            reserve(3, 100, 1_000),
+            reserve(4, 100, 600_000),
+            reserve(5, 100, 1_000),
+            reserve(6, 100_000, 600_000),
+            settle(1, 50),
+            Op::Release { account, hold: HoldId(2) },
+        ];
+        let second = [settle(5, 10), settle(4, 20), reserve(7, 100, 600_000)];
+        let mut next_id = 0;
+        let mut batch = |stamp_ms: u64, ops: &[Op]| {
+            let commands = ops.iter().map(|op| {
+                next_id += 1;
+                Command { id: OpId(next_id), op: op.clone() }
+            });
+            Batch { stamp_ms, commands: commands.collect() }
+        };
+        vec![batch(STAMP_MS, &first), batch(STAMP_MS + 2_000, &second)]
+    }
+
+    /// A snapshot written by a version-7 build is carried over (`tests/fixtures/
+    /// ledger-v7.bin`: the state after [`v7_history`], as the build of commit e5d8b2d
+    /// encoded it): the same state as this build's after the same batches, answering
+    /// every retry as it first answered; read as a version-8 ledger, it is refused.
+    #[test]
+    fn a_version_7_ledger_is_carried_over() {
+        let bytes = include_bytes!("../tests/fixtures/ledger-v7.bin");
+        assert_eq!(bytes[..HEADER_BYTES], [b'S', b'R', b'L', 7]);
+        let mut carried = decode_ledger(bytes).unwrap();
+        let mut replayed = Ledger::new();
+        let mut first = Vec::new();
+        for batch in v7_history() {
+            first.extend(replayed.apply(&batch));
+        }
+        assert_eq!(carried, replayed);
+        assert!(carried.audit().ok, "{:?}", carried.audit());
+        assert_eq!(carried.n_ended_holds_remembered(), 5, "holds 1 to 5");
+        assert_eq!(carried.n_op_ids_remembered(), 10, "all but the top-up and the settles");
+        let retried = v7_history().into_iter().flat_map(|mut batch| {
+            batch.stamp_ms = 1_764_000_003_000;
+            carried.apply(&batch)
+        });
+        assert_eq!(retried.collect::<Vec<_>>(), first);
+        assert_eq!(carried.audit(), replayed.audit(), "a retry changes nothing");
+        let error = decode::<Ledger>(bytes).unwrap_err();
+        assert!(error.to_string().contains("decode_ledger"), "{error}");
+    }
+
+    /// A ledger remembering holds and op ids over several of its windows' chunks round-trips.
+    #[test]
+    fn a_ledger_with_many_remembered_entries_round_trips() {
+        let mut ledger = Ledger::new();
+        for mut batch in v7_history() {
+            batch.stamp_ms = 1;
+            ledger.apply(&batch);
+        }
+        let (account, key) = (AccountId(7), KeyId(1));
+        for hold in 100..3_000u128 {
+            let amount = PicoUsd(1);
+            let reserve = Op::Reserve { account, key, hold: HoldId(hold), amount, ttl_ms: 9 };
+            let commands = vec![Command { id: OpId(hold << 64), op: reserve }];
+            ledger.apply(&Batch { stamp_ms: hold as u64, commands });
+        }
+        assert!(ledger.n_ended_holds_remembered() > 2_500, "most expired");
+        assert!(ledger.n_op_ids_remembered() > 2_500);
+        let decoded = decode_ledger(&encode(&ledger).unwrap()).unwrap();
+        assert_eq!(decoded, ledger);
     }
 }

@@ -30,6 +30,7 @@ mod reads;
 mod service;
 #[cfg(test)]
 mod sim;
+mod sizing;
 mod state_machine;
 mod tls;
 mod types;
