@@ -139,8 +139,8 @@ async fn complete(
         .map_err(|error| Failure::Final(ApiError::invalid_param(&error.param, error.message)))?;
     let deadlines = Deadlines::attempt(app.upstream.timeouts(), context.deadline);
     let sent = Instant::now();
-    let mut response = app.upstream.send(adapter, request, &deadlines).await?;
-    let body = app.upstream.body(&mut response, &deadlines, adapter.provider()).await?;
+    let mut body = app.upstream.send(adapter, request, &deadlines).await?;
+    let body = app.upstream.body(&mut body, &deadlines, adapter.provider()).await?;
     let completion = adapter.response(&context.chat, &body)?;
     // A plain answer's tokens all arrive at its end: its speed is over the whole wait.
     app.health.record_tokens(model, completion.usage.completion_tokens, sent.elapsed());
@@ -160,9 +160,9 @@ async fn open_stream(
         .request(endpoint, &context.chat, &context.target(model))
         .map_err(|error| Failure::Final(ApiError::invalid_param(&error.param, error.message)))?;
     let deadlines = Deadlines::attempt(app.upstream.timeouts(), context.deadline);
-    let response = app.upstream.send(adapter, request, &deadlines).await?;
+    let body = app.upstream.send(adapter, request, &deadlines).await?;
     let native = context.chat.native_for(adapter).is_some();
-    let mut stream = OpenStream::new(response, adapter, &context.chat, deadlines, native);
+    let mut stream = OpenStream::new(body, adapter, &context.chat, deadlines, native);
     match tokio::time::timeout_at(deadlines.first_byte, stream.first_event()).await {
         Ok(result) => result?,
         Err(_) => {

@@ -59,7 +59,7 @@ impl UnreadBody {
                     collected.push(data);
                 }
             }
-            Ok(collected.into_bytes())
+            Ok(collected.into_own_bytes())
         };
         let read = match tokio::time::timeout(BODY_READ_TIMEOUT, reading).await {
             Err(_) => Err(ApiError::body_timeout()),

@@ -345,8 +345,8 @@ async fn attempt(
     })?;
     let request = embedder.embed_request(endpoint, &context.request, &context.target(model));
     let deadlines = Deadlines::attempt(app.upstream.timeouts(), context.deadline);
-    let mut response = app.upstream.send(adapter, request, &deadlines).await?;
-    let body = app.upstream.body(&mut response, &deadlines, adapter.provider()).await?;
+    let mut body = app.upstream.send(adapter, request, &deadlines).await?;
+    let body = app.upstream.body(&mut body, &deadlines, adapter.provider()).await?;
     Ok(embedder.embed_response(&context.request, &body)?)
 }
 

@@ -156,8 +156,8 @@ async fn provider_count(app: &'static App, model: &Model, chat: &ChatRequest) ->
     let timeouts = app.upstream.timeouts();
     let deadlines = Deadlines::attempt(timeouts, Instant::now() + timeouts.total);
     let counted = async {
-        let mut response = app.upstream.send(adapter, request, &deadlines).await?;
-        app.upstream.body(&mut response, &deadlines, adapter.provider()).await
+        let mut body = app.upstream.send(adapter, request, &deadlines).await?;
+        app.upstream.body(&mut body, &deadlines, adapter.provider()).await
     };
     match counted.await {
         Ok(body) => {

@@ -45,7 +45,7 @@ pub const DRAIN_BYTES_MAX: u64 = 4 << 20;
 /// An upstream stream that has produced its first translated chunks (or ended cleanly)
 /// and can be committed to the client.
 pub struct OpenStream {
-    response: upstream::Response,
+    body: upstream::Body,
     translator: Box<dyn StreamTranslator>,
     provider: &'static str,
     deadlines: Deadlines,
@@ -67,18 +67,18 @@ struct NativeEvents {
 }
 
 impl OpenStream {
-    /// The stream of `response`, an answer of `adapter` to `chat`, before its first read;
+    /// The stream of `body`, an answer of `adapter` to `chat`, before its first read;
     /// `native`: the client speaks the provider's format, so its events are relayed as
     /// they come.
     pub(crate) fn new(
-        response: upstream::Response,
+        body: upstream::Body,
         adapter: &'static dyn Adapter,
         chat: &ChatRequest,
         deadlines: Deadlines,
         native: bool,
     ) -> OpenStream {
         OpenStream {
-            response,
+            body,
             translator: adapter.stream(chat),
             provider: adapter.provider(),
             deadlines,
@@ -102,7 +102,7 @@ impl OpenStream {
 
     /// Reads one upstream chunk and translates it into `pending`.
     async fn advance(&mut self) -> Result<(), UpstreamError> {
-        match next_chunk(&mut self.response, &self.deadlines, self.provider).await? {
+        match next_chunk(&mut self.body, &self.deadlines, self.provider).await? {
             Some(bytes) => {
                 self.bytes_read += bytes.len() as u64;
                 if let Some(native) = &mut self.native {

@@ -54,6 +54,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(HTTP2_PING_INTERVAL)
         .keep_alive_timeout(HTTP2_PING_TIMEOUT);
+    let builders = Arc::new(Builders { http1: builder.clone().http1_only(), any: builder });
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -77,12 +78,16 @@ pub async fn serve(
         let service = service_fn(move |request: Request<Incoming>| async move {
             Ok::<_, Infallible>(handle(app, request, peer).await)
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
+        let (builders, watcher) = (builders.clone(), graceful.watcher());
         tokio::spawn(async move {
             let _permit = permit;
+            let opening = tokio::time::timeout(HEADER_READ_TIMEOUT, speaks_http1(&stream)).await;
+            // A client that sends nothing in time, or whose connection failed, is closed.
+            let Ok(Ok(http1)) = opening else { return };
+            let builder = if http1 { &builders.http1 } else { &builders.any };
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
             // A connection error (the client hung up) ends that connection only.
-            let _ = connection.await;
+            let _ = watcher.watch(connection.into_owned()).await;
         });
     }
     drop(listener);
@@ -90,6 +95,25 @@ pub async fn serve(
         tracing::warn!("connections still open after the shutdown grace period");
     }
     Ok(())
+}
+
+/// The same settings, for any protocol and for HTTP/1 only.
+struct Builders {
+    http1: auto::Builder<TokioExecutor>,
+    any: auto::Builder<TokioExecutor>,
+}
+
+/// Whether the connection's first bytes (peeked: they stay for hyper to read) are
+/// certainly no HTTP/2 preface (`PRI * HTTP/2.0…`): then it is served by the HTTP/1-only
+/// builder. The builder for any protocol reads the first bytes itself to tell, and hands
+/// them to hyper's HTTP/1 connection ahead of the socket: its first read returns those
+/// bytes alone, and its second, to make room for a whole 8 KiB more, doubles the read
+/// buffer to 16 KiB, kept for as long as the connection lives (docs/benchmarks.md,
+/// "Memory per stream"). Read without it, a request arrives in one 8 KiB buffer.
+async fn speaks_http1(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+    let mut first = [0; 2];
+    let read = stream.peek(&mut first).await?;
+    Ok(read == first.len() && first != *b"PR")
 }
 
 /// Routes one request and renders its error, if any; records the request's metrics.

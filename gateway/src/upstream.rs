@@ -28,9 +28,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower_service::Service;
 
-/// An upstream answer whose head has arrived; its body is read with [`next_chunk`] or
-/// [`Upstream::body`]. Dropping it mid-body cancels the exchange (the connection closes).
-pub type Response = http::Response<Incoming>;
+/// The body of a 2xx upstream answer, read with [`next_chunk`] or [`Upstream::body`].
+/// Dropping it mid-body cancels the exchange (the connection closes). Its head is
+/// dropped as it arrives: the head's header values share the connection's first read
+/// buffer, which a stream would otherwise keep allocated, beside the one hyper reads
+/// into next, for as long as it lasts (docs/benchmarks.md, "Memory per stream").
+pub type Body = Incoming;
 
 /// Largest complete (non-streamed) response the gateway buffers: a maximal completion
 /// of today's models is a few MiB of JSON; 64 MiB leaves room for inline images.
@@ -120,14 +123,14 @@ impl Upstream {
         &self.timeouts
     }
 
-    /// Sends `request` and waits for a 2xx response head. A non-2xx answer is read
-    /// (bounded) and classified by the adapter.
+    /// Sends `request` and waits for a 2xx response head; returns its body. A non-2xx
+    /// answer is read (bounded) and classified by the adapter.
     pub async fn send(
         &self,
         adapter: &dyn Adapter,
         request: UpstreamRequest,
         deadlines: &Deadlines,
-    ) -> Result<Response, UpstreamError> {
+    ) -> Result<Body, UpstreamError> {
         let provider = adapter.provider();
         // `http::Uri` takes the adapter's text as it is (no copy, no normalisation), a
         // few hundred instructions; what is invalid fails here, before any connection.
@@ -150,25 +153,24 @@ impl Upstream {
             Ok(Err(error)) => return Err(transport(provider, &error)),
             Ok(Ok(response)) => response,
         };
-        if response.status().is_success() {
-            return Ok(response);
+        let (head, mut body) = response.into_parts();
+        if head.status.is_success() {
+            return Ok(body);
         }
-        let mut response = response;
         // A truncated or stalled error body still classifies by status.
-        let body = read_bounded(&mut response, deadlines, ERROR_BYTES_MAX, provider)
-            .await
-            .unwrap_or_default();
-        Err(adapter.error(response.status(), response.headers(), &body))
+        let body =
+            read_bounded(&mut body, deadlines, ERROR_BYTES_MAX, provider).await.unwrap_or_default();
+        Err(adapter.error(head.status, &head.headers, &body))
     }
 
     /// Reads a whole response body under the idle and total deadlines.
     pub async fn body(
         &self,
-        response: &mut Response,
+        body: &mut Body,
         deadlines: &Deadlines,
         provider: &str,
     ) -> Result<Bytes, UpstreamError> {
-        read_bounded(response, deadlines, RESPONSE_BYTES_MAX, provider).await
+        read_bounded(body, deadlines, RESPONSE_BYTES_MAX, provider).await
     }
 }
 
@@ -206,13 +208,13 @@ impl Service<Uri> for Connector {
 /// The next body chunk, or `None` at the end. Fails when the gap since the previous
 /// chunk exceeds the idle timeout or the request's total deadline passes.
 pub async fn next_chunk(
-    response: &mut Response,
+    body: &mut Body,
     deadlines: &Deadlines,
     provider: &str,
 ) -> Result<Option<Bytes>, UpstreamError> {
     let idle_deadline = (Instant::now() + deadlines.idle).min(deadlines.total);
     let reading = async {
-        while let Some(frame) = response.body_mut().frame().await {
+        while let Some(frame) = body.frame().await {
             // Trailers carry nothing the gateway relays.
             if let Ok(data) = frame?.into_data() {
                 return Ok(Some(data));
@@ -231,19 +233,19 @@ pub async fn next_chunk(
 }
 
 async fn read_bounded(
-    response: &mut Response,
+    body: &mut Body,
     deadlines: &Deadlines,
     limit: usize,
     provider: &str,
 ) -> Result<Bytes, UpstreamError> {
-    let mut body = Gathered::default();
-    while let Some(chunk) = next_chunk(response, deadlines, provider).await? {
-        if body.len() + chunk.len() > limit {
+    let mut gathered = Gathered::default();
+    while let Some(chunk) = next_chunk(body, deadlines, provider).await? {
+        if gathered.len() + chunk.len() > limit {
             return Err(failure(provider, StatusCode::BAD_GATEWAY, "response too large", true));
         }
-        body.push(chunk);
+        gathered.push(chunk);
     }
-    Ok(body.into_bytes())
+    Ok(gathered.into_bytes())
 }
 
 fn timeout(provider: &str, message: &str) -> UpstreamError {
@@ -297,7 +299,7 @@ mod tests {
         };
         let deadlines = Deadlines::attempt(&TIMEOUTS, Instant::now() + TIMEOUTS.total);
         match upstream.send(&adapter, request, &deadlines).await {
-            Ok(response) => panic!("{url} answered {}", response.status()),
+            Ok(_) => panic!("{url} answered"),
             Err(error) => error,
         }
     }
@@ -392,9 +394,8 @@ mod tests {
                 body: Bytes::from_static(b"{}"),
             };
             let deadlines = Deadlines::attempt(&TIMEOUTS, Instant::now() + TIMEOUTS.total);
-            let mut response = upstream.send(&adapter, request, &deadlines).await.unwrap();
-            assert_eq!(response.version(), expected);
-            let body = upstream.body(&mut response, &deadlines, "p").await.unwrap();
+            let mut body = upstream.send(&adapter, request, &deadlines).await.unwrap();
+            let body = upstream.body(&mut body, &deadlines, "p").await.unwrap();
             assert_eq!(body, format!("{expected:?}"));
         }
     }

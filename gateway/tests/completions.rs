@@ -214,3 +214,36 @@ async fn history_pages_filters_and_usage_per_day() {
     let (status, error) = dev.get("/v1/api/activity?bucket=week", &key).await;
     assert_eq!((status, error["error"]["param"].as_str()), (400, Some("bucket")), "{error}");
 }
+
+/// The server peeks at a connection's first bytes to serve HTTP/1 without the protocol
+/// detection's read (`server.rs`, `speaks_http1`): HTTP/1.1 clients and HTTP/2 clients
+/// with prior knowledge both still get streamed completions.
+#[tokio::test]
+async fn http1_and_http2_clients_are_both_served() {
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &[]);
+    let key = dev.demo_key.clone().expect("first start prints the demo key");
+    let body = json!({"model": "mock/echo", "stream": true, "messages": user("a b c")});
+    for (client, version) in [
+        (reqwest::Client::builder().http1_only().build().unwrap(), reqwest::Version::HTTP_11),
+        (
+            reqwest::Client::builder().http2_prior_knowledge().build().unwrap(),
+            reqwest::Version::HTTP_2,
+        ),
+    ] {
+        let response = client
+            .post(dev.url("/v1/api/chat/completions"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), version);
+        let text = response.text().await.unwrap();
+        assert!(text.contains("\"content\":\"a"), "{text}");
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    }
+    dev.kill();
+}
