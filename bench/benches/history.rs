@@ -15,7 +15,7 @@ fn write_transactions(c: &mut Criterion) {
         b.iter_custom(|iterations| {
             let mut elapsed = Duration::ZERO;
             for _ in 0..iterations {
-                let batch = next_batch(&mut n);
+                let batch = next_batch(&mut n, RECORDS_PER_TRANSACTION);
                 let started = Instant::now();
                 history.insert(batch).unwrap();
                 elapsed += started.elapsed();
@@ -29,7 +29,7 @@ fn write_transactions(c: &mut Criterion) {
             let mut elapsed = Duration::ZERO;
             for _ in 0..iterations {
                 for _ in 0..4 {
-                    let batch = next_batch(&mut n);
+                    let batch = next_batch(&mut n, RECORDS_PER_TRANSACTION);
                     let started = Instant::now();
                     history.insert(batch).unwrap();
                     elapsed += started.elapsed();

@@ -33,8 +33,8 @@ pub fn settled(n: u64, created_ms: u64) -> Settled {
         prompt_tokens: 1_200 + n % 300,
         completion_tokens: 200 + n % 50,
         latency_ms: 400 + n % 700,
-        status: if n % 50 == 0 { 502 } else { 200 },
-        streamed: n % 2 == 0,
+        status: if n.is_multiple_of(50) { 502 } else { 200 },
+        streamed: n.is_multiple_of(2),
         created_ms,
         cost: PicoUsd(1_000_000_000 + u128::from(n % 1_000)),
         ttft_ms: Some(120 + n % 90),
@@ -66,11 +66,11 @@ pub fn prefilled(dir: &Path) -> (History, u64) {
     (history, n)
 }
 
-/// The next transaction's records from record `n` on, created from now at
+/// The next transaction's `len` records from record `n` on, created from now at
 /// [`RECORDS_PER_S`].
-pub fn next_batch(n: &mut u64) -> Vec<Settled> {
+pub fn next_batch(n: &mut u64, len: u64) -> Vec<Settled> {
     let created_ms = now_ms();
     let first = *n;
-    *n += RECORDS_PER_TRANSACTION;
+    *n += len;
     (first..*n).map(|n| settled(n, created_ms + (n - first) * 1_000 / RECORDS_PER_S)).collect()
 }

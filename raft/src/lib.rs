@@ -19,6 +19,7 @@ mod group;
 mod grpc;
 mod grpc_network;
 mod history;
+mod history_codec;
 mod incarnation;
 mod kv;
 mod ledger_clock;
