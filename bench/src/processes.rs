@@ -30,12 +30,20 @@ pub struct Processes {
     exe: PathBuf,
     peers: String,
     groups: u32,
+    /// More arguments for every node's command line (`cluster_load node … <node_args>`).
+    node_args: Vec<String>,
 }
 
 impl Processes {
-    /// Starts `nodes` nodes of `groups` groups (the node program `exe`, data under
-    /// `parent`) and returns once each has printed [`READY_LINE`].
-    pub fn start(exe: &Path, nodes: u64, groups: u32, parent: &Path) -> anyhow::Result<Processes> {
+    /// Starts `nodes` nodes of `groups` groups (the node program `exe` with `node_args`
+    /// added, data under `parent`) and returns once each has printed [`READY_LINE`].
+    pub fn start(
+        exe: &Path,
+        nodes: u64,
+        groups: u32,
+        parent: &Path,
+        node_args: &[String],
+    ) -> anyhow::Result<Processes> {
         let addrs = (0..nodes).map(|_| free_local_addr()).collect::<anyhow::Result<Vec<_>>>()?;
         let peers = (1..).zip(&addrs).map(|(id, addr)| format!("{id}={addr}"));
         let peers = peers.collect::<Vec<_>>().join(",");
@@ -46,6 +54,7 @@ impl Processes {
             exe: exe.to_owned(),
             peers,
             groups,
+            node_args: node_args.to_vec(),
         };
         for _ in 0..nodes {
             let dir = tempfile::Builder::new().prefix("solrouter-bench-").tempdir_in(parent)?;
@@ -67,6 +76,7 @@ impl Processes {
             .args(["--groups", &self.groups.to_string()])
             .arg("--dir")
             .arg(self.dirs[idx].path())
+            .args(&self.node_args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -107,6 +117,15 @@ impl Processes {
         let line = status.lines().find(|line| line.starts_with("VmRSS:")).context("no VmRSS")?;
         let kib: u64 = line.split_whitespace().nth(1).context("malformed VmRSS")?.parse()?;
         Ok(kib * 1024)
+    }
+
+    /// Size of the file `name` in node `idx + 1`'s data directory (0 if there is none).
+    pub fn file_bytes(&self, idx: usize, name: &str) -> anyhow::Result<u64> {
+        match std::fs::metadata(self.dirs[idx].path().join(name)) {
+            Ok(meta) => Ok(meta.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Bytes in node `idx + 1`'s data directory.

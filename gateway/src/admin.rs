@@ -5,10 +5,10 @@
 use crate::account::{self, Actor, KeyFields};
 use crate::api::authorization;
 use crate::app::App;
+use crate::body::UnreadBody;
 use crate::error::ApiError;
 use crate::keys;
 use crate::respond::{self, Response};
-use crate::server::UnreadBody;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;

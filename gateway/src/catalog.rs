@@ -14,6 +14,7 @@
 
 use crate::providers::Usage;
 use serde::{Deserialize, Serialize};
+pub use solrouter_adapters::controls::{Controls, Thinking};
 use solrouter_ledger::PicoUsd;
 use std::collections::HashMap;
 
@@ -205,48 +206,6 @@ pub struct Capabilities {
     pub structured_output: bool,
     pub reasoning: bool,
     pub images: bool,
-}
-
-/// Request parameters a model takes or refuses (catalogue `controls`; every field
-/// defaults to what older models take). Only the Anthropic adapter reads them today.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Controls {
-    #[serde(default)]
-    pub thinking: Thinking,
-    /// Whether non-default sampling parameters (`temperature`, `top_p`, `top_k`) are
-    /// taken; Claude 4.7 and later models refuse them with a 400.
-    #[serde(default = "yes")]
-    pub sampling: bool,
-    /// Whether forced tool use (`tool_choice` `any`/`tool`, OpenAI's `required` or a
-    /// named function) is taken; Claude Opus 5.5, Sonnet 5.5 and Fable 5.1 refuse it.
-    #[serde(default = "yes")]
-    pub forced_tool_choice: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl Default for Controls {
-    fn default() -> Controls {
-        Controls { thinking: Thinking::Budget, sampling: true, forced_tool_choice: true }
-    }
-}
-
-/// How a model is asked to think.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Thinking {
-    /// A token budget (`thinking: {type: enabled, budget_tokens}`), or none: models up
-    /// to Claude 4.6, and every non-Claude model.
-    #[default]
-    Budget,
-    /// Adaptive thinking steered by `output_config.effort`, which may be turned off
-    /// (`thinking: {type: disabled}`); a budget is refused.
-    Adaptive,
-    /// Adaptive thinking that is always on: a budget and turning it off are refused.
-    AdaptiveAlways,
 }
 
 /// Prices per token. Reasoning tokens are billed as completion tokens (every provider
@@ -937,6 +896,25 @@ mod tests {
         // 10 × $3/M + 100 × $15/M + $6 per thousand requests.
         assert_eq!(sonar.cost(&answered), PicoUsd::parse_usd("0.007530").unwrap());
         assert_eq!(sonar.bound(10, 100), sonar.cost(&answered));
+    }
+
+    /// Every endpoint of the catalogue names a host the adapters' registry knows, whose
+    /// adapter serves it (embeddings included), once every host has a key.
+    #[test]
+    fn every_catalogue_model_has_its_provider() {
+        use crate::providers::{Providers, MOCK_PROVIDER, MOCK_SLOW_PROVIDER};
+        let local = "http://127.0.0.1:9".to_owned();
+        let mocks = [(MOCK_PROVIDER, Some(local.clone())), (MOCK_SLOW_PROVIDER, Some(local))];
+        let all = Providers::from_lookup(&mocks, |var| {
+            (!var.ends_with("_BASE_URL")).then(|| "key".to_owned())
+        });
+        for model in Catalog::builtin().all_endpoints() {
+            let (adapter, _) = all.get(&model.provider).unwrap_or_else(|| panic!("{}", model.id));
+            assert_eq!(adapter.provider(), model.provider, "{}", model.id);
+            if model.embedding.is_some() {
+                assert!(adapter.embedder().is_some(), "{} has no embeddings adapter", model.id);
+            }
+        }
     }
 
     #[test]

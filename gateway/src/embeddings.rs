@@ -26,11 +26,13 @@
 //!   `/generation`), `provider`, and `usage` with `cost`, what the ledger charged.
 
 use crate::app::App;
+use crate::attempt::{self, Failure};
 use crate::bank::{now_ms, Caller};
 use crate::catalog::{Model, EMBEDDING_PARAMETERS};
 use crate::error::ApiError;
+use crate::hold::observe_cost;
 use crate::parse;
-use crate::pipeline::{self, Failure, WorstCase};
+use crate::pipeline::{self, WorstCase};
 use crate::providers::embed::encode_base64;
 use crate::providers::{EmbedRequest, EmbedTarget, Embeddings, Encoding, Input, Usage};
 use crate::respond::{self, Response};
@@ -312,7 +314,7 @@ async fn run(app: &'static App, context: EmbedContext) -> Result<Response, ApiEr
         .ok_or_else(|| ApiError::internal("routing left no candidate"))?;
     let hold = pipeline::hold(app, context.caller, context.generation, worst).await?;
     let answer =
-        pipeline::first_answer(app, &context.candidates, |model| attempt(app, &context, model))
+        attempt::first_answer(app, &context.candidates, |model| attempt(app, &context, model))
             .await;
     let (model, embeddings) = match answer {
         Ok(answer) => answer,
@@ -324,7 +326,7 @@ async fn run(app: &'static App, context: EmbedContext) -> Result<Response, ApiEr
     let billed = bill(&context, model, embeddings.input_tokens).await;
     let cost = model.cost(&billed.usage);
     let charged = hold.settle(cost, context.record(model, &billed)).await;
-    pipeline::observe_cost(model, charged);
+    observe_cost(model, charged);
     let id = wire::generation_id(context.generation);
     let body = answer_body(&id, model, &embeddings, context.request.encoding, &billed, charged);
     Ok(respond::text(StatusCode::OK, body, "application/json"))
@@ -336,7 +338,7 @@ async fn attempt(
     context: &EmbedContext,
     model: &'static Model,
 ) -> Result<Embeddings, Failure> {
-    let (adapter, endpoint) = pipeline::provider(app, model)?;
+    let (adapter, endpoint) = attempt::provider(app, model)?;
     let embedder = adapter.embedder().ok_or_else(|| {
         let message = format!("provider `{}` serves no embeddings", model.provider);
         Failure::Final(ApiError::unavailable(message))

@@ -13,13 +13,13 @@
 //! `top_k`, …) leaves only Claude models as candidates.
 
 use crate::app::App;
+use crate::body::UnreadBody;
 use crate::catalog::Model;
 use crate::codec::{Answered, Codec, StreamEncoder};
 use crate::error::{ApiError, ErrorShape};
 use crate::parse::{self, ParsedChat, GATEWAY_FIELDS};
 use crate::providers::{ChatRequest, Chunk, Completion, Native, NativeFormat, Usage};
 use crate::respond::{self, Response};
-use crate::server::UnreadBody;
 use crate::sse::SseEvent;
 use crate::tokens;
 use crate::upstream::Deadlines;

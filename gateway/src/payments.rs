@@ -17,9 +17,9 @@
 //! when none is configured ([`dev_secret`]); without one the endpoint is a 404.
 
 use crate::app::App;
+use crate::body::UnreadBody;
 use crate::error::ApiError;
 use crate::respond::{self, Response};
-use crate::server::UnreadBody;
 use hmac::{Hmac, Mac};
 use http::{Request, StatusCode};
 use hyper::body::Incoming;

@@ -21,181 +21,40 @@
 //!    response, so a client that has its answer also sees the charge. An answer that
 //!    produced nothing (no output tokens; an error or an empty answer) is not charged
 //!    when the configuration waives it (the default): what the provider billed is
-//!    written off, visibly ([`RequestRecord::waived`]).
+//!    written off, visibly ([`RequestRecord::waived`](solrouter_ledger::RequestRecord::waived)).
 //!
 //! Stages 6–8 run as [`detached`] work: once money is held, the hold must end in a
 //! settle or a release even if the client disconnects and its connection is dropped
 //! (the work then goes on in a task of its own).
 //!
 //! An endpoint that is no chat (embeddings, `embeddings.rs`) takes the stages it shares
-//! from here rather than copying them: [`accept`] (1–3), [`route_by`] (5), [`hold`] (6),
-//! [`detached`], [`first_answer`] (7, with the circuit breakers and fallback) and
-//! [`HoldGuard`] (8).
+//! rather than copying them: [`accept`] (1–3), [`route_by`] (5), [`hold`] (6),
+//! [`detached`], [`first_answer`](crate::attempt::first_answer) (7, with the circuit
+//! breakers and fallback, `attempt.rs`) and [`HoldGuard`] (8, `hold.rs`).
 
 use crate::app::App;
+use crate::attempt::{attempt, first_answer, Answer};
 use crate::bank::{now_ms, Caller, HOLD_GRACE};
+use crate::body::UnreadBody;
 use crate::catalog::{Catalog, Model};
-use crate::codec::{Answered, Codec};
+use crate::codec::Codec;
+use crate::context::{Reply, RequestContext};
 use crate::error::ApiError;
-use crate::health::{Admission, Health};
+use crate::health::Health;
+use crate::hold::{observe_cost, waives, HoldGuard};
 use crate::parse::ParsedChat;
-use crate::providers::{
-    Adapter, ChatRequest, Completion, Endpoint, Providers, Target, UpstreamError, Usage,
-};
+use crate::providers::{ChatRequest, Completion, Providers};
 use crate::relay;
 use crate::respond::{self, Response};
 use crate::routing::{self, Candidate, Preferences};
-use crate::server::UnreadBody;
-use crate::tokens::{self, Billed, Delivered};
-use crate::upstream::{self, Deadlines};
-use crate::wire;
+use crate::tokens::{self, Delivered};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use serde_json::Value;
-use solrouter_ledger::{
-    signed_usd, HoldId, PicoUsd, RateLimit, Rejection, Reply as LedgerReply, RequestRecord,
-};
+use solrouter_ledger::{signed_usd, HoldId, PicoUsd, RateLimit, Rejection, Reply as LedgerReply};
 use std::future::Future;
 use tokio::sync::oneshot;
 use tokio::time::{Duration, Instant};
-
-/// How long a response waits for its settle before it is sent anyway; the settle task
-/// goes on retrying. One ledger commit takes milliseconds; this only matters while the
-/// ledger is failing.
-pub const SETTLE_WAIT_MAX: Duration = Duration::from_secs(2);
-
-/// Everything the stages learn about one request, passed from stage to stage.
-pub struct RequestContext {
-    /// The API the client speaks.
-    pub codec: &'static dyn Codec,
-    /// The hold paying for the request, also its public id (`gen-…`).
-    pub generation: HoldId,
-    pub caller: Caller,
-    pub chat: ChatRequest,
-    /// Endpoints to try, in order; each one's host is configured.
-    pub candidates: Vec<&'static Model>,
-    pub prompt_tokens_max: u64,
-    pub started: Instant,
-    pub created_ms: u64,
-    /// The codec's value carried from the request to the answer ([`ParsedChat::echo`]).
-    pub echo: Value,
-    /// When the whole upstream exchange, fallbacks included, must be over.
-    pub deadline: Instant,
-}
-
-impl RequestContext {
-    /// The record the settle stores: what the request used, cost and how it ended;
-    /// `waived`: the customer is not charged ([`waives`]); `first_output`: when the first
-    /// output arrived from upstream (a stream's first event, a plain answer whole), if
-    /// any did.
-    pub fn record(
-        &self,
-        model: &Model,
-        billed: &Billed,
-        status: StatusCode,
-        waived: bool,
-        first_output: Option<Instant>,
-    ) -> RequestRecord {
-        let usage = &billed.usage;
-        RequestRecord {
-            key: Some(self.caller.key),
-            model: model.id.clone(),
-            provider: model.provider.clone(),
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            reasoning_tokens: usage.reasoning_tokens,
-            cached_tokens: usage.cached_read_tokens,
-            latency_ms: self.started.elapsed().as_millis() as u64,
-            status: status.as_u16(),
-            streamed: self.chat.stream,
-            created_ms: self.created_ms,
-            usage_estimated: billed.estimated,
-            usage_clamped: billed.clamped,
-            waived,
-            ttft_ms: first_output
-                .map(|at| at.saturating_duration_since(self.started).as_millis() as u64),
-            ..RequestRecord::default()
-        }
-    }
-
-    pub fn id(&self) -> String {
-        wire::generation_id(self.generation)
-    }
-
-    pub fn created_s(&self) -> u64 {
-        self.created_ms / 1000
-    }
-
-    /// What an answer of `model` names, in any API.
-    pub fn answer<'a>(&'a self, id: &'a str, model: &'a Model) -> Answered<'a> {
-        Answered { id, created_s: self.created_s(), model, echo: &self.echo }
-    }
-
-    /// What one attempt at `model` asks for: the completion limit the client set,
-    /// capped at the model's output limit, or that limit when the client set none. The
-    /// reservation covers it, and it is exactly what is forwarded.
-    pub fn target<'m>(&self, model: &'m Model) -> Target<'m> {
-        let max_tokens = self
-            .chat
-            .max_tokens
-            .map_or(model.max_output_tokens, |tokens| tokens.min(model.max_output_tokens));
-        Target { upstream_model: &model.upstream_model, max_tokens, controls: model.controls }
-    }
-
-    /// Decides what to bill for an answer of `model` (`tokens::billed`): the provider's
-    /// usage when it is whole and sane, else a count of the prompt and of what the
-    /// client received, done off the async workers.
-    pub async fn bill(
-        &self,
-        model: &'static Model,
-        reported: Usage,
-        complete: bool,
-        delivered: Delivered,
-    ) -> Billed {
-        let delivered_min = delivered.tokens_min();
-        if let Some(billed) = tokens::as_reported(model, reported, complete, delivered_min) {
-            return billed;
-        }
-        let body = self.chat.body.clone();
-        let counting = tokio::task::spawn_blocking(move || {
-            tokens::billed(model, reported, complete, delivered_min, || Usage {
-                prompt_tokens: tokens::prompt_tokens_estimate(model, body.tree()),
-                completion_tokens: delivered.tokens(model.tokenizer()),
-                ..Usage::default()
-            })
-        });
-        let billed = match counting.await {
-            Ok(billed) => billed,
-            // Counting never panics on any text; if it did, bill what was reported.
-            Err(error) => {
-                tracing::error!(%error, "counting tokens failed");
-                Billed { usage: reported, estimated: true, clamped: false }
-            }
-        };
-        // Counted once the settle is applied (`bank.rs`); logged here with what was seen.
-        if billed.estimated {
-            tracing::warn!(model = %model.id, ?reported, ?billed, "usage incomplete; estimated");
-        }
-        if billed.clamped {
-            tracing::warn!(model = %model.id, ?reported, "usage beyond the model's limits");
-        }
-        billed
-    }
-}
-
-/// Why an attempt at one candidate failed: an upstream failure may fall back to the next
-/// candidate; anything else answers the client at once.
-pub enum Failure {
-    Upstream(UpstreamError),
-    Final(ApiError),
-}
-
-impl From<UpstreamError> for Failure {
-    fn from(error: UpstreamError) -> Failure {
-        Failure::Upstream(error)
-    }
-}
 
 /// A completion in the API `codec` speaks: `POST /v1/api/chat/completions`,
 /// `POST /v1/api/responses` and `POST /v1/messages`. Errors are the caller's to render in the codec's shape.
@@ -298,9 +157,6 @@ impl Drop for Detached {
         }
     }
 }
-
-/// Where a detached task sends the client its answer.
-pub type Reply = oneshot::Sender<Result<Response, ApiError>>;
 
 /// Stage 5 of a chat: the endpoints that can serve this request, in the order to try
 /// them (see [`route_by`]); `seed` draws the default routing's choice.
@@ -602,128 +458,6 @@ async fn forward(app: &'static App, context: RequestContext, hold: HoldGuard, re
     }
 }
 
-/// Stage 7 of every endpoint: tries each candidate in order through `attempt`, falling
-/// back to the next on an upstream failure that allows it, and yields the first answer
-/// with the endpoint that gave it, or the error to answer the client with. Each attempt
-/// is gated by its endpoint's circuit breaker and recorded in it and in the endpoint's
-/// statistics, so an endpoint that keeps failing is skipped (the request falls back at
-/// once) until a probe finds it healthy.
-pub async fn first_answer<T, Attempt, Attempting>(
-    app: &'static App,
-    candidates: &[&'static Model],
-    mut attempt: Attempt,
-) -> Result<(&'static Model, T), ApiError>
-where
-    Attempt: FnMut(&'static Model) -> Attempting,
-    Attempting: Future<Output = Result<T, Failure>>,
-{
-    let n_candidates = candidates.len();
-    for (candidate_idx, model) in candidates.iter().copied().enumerate() {
-        let failure = match guarded(app, model, attempt(model)).await {
-            Ok(answer) => return Ok((model, answer)),
-            Err(failure) => failure,
-        };
-        match failure {
-            Failure::Upstream(error) if error.fallback && candidate_idx + 1 < n_candidates => {
-                metrics::counter!("solrouter_fallbacks_total", "provider" => model.provider.as_str()).increment(1);
-                tracing::info!(%error, model = %model.id, "falling back to the next candidate");
-            }
-            Failure::Upstream(error) => return Err(ApiError::upstream(&error)),
-            Failure::Final(error) => return Err(error),
-        }
-    }
-    Err(ApiError::internal("routing left no candidate"))
-}
-
-/// One attempt at the endpoint `model`, unless its circuit is open, recorded in its
-/// breaker and statistics (time to its answer: for a stream, its first event).
-async fn guarded<T>(
-    app: &'static App,
-    model: &'static Model,
-    attempt: impl Future<Output = Result<T, Failure>>,
-) -> Result<T, Failure> {
-    if app.health.admit(model) == Admission::Refuse {
-        let message = "skipped: its recent requests failed (circuit open)";
-        return Err(upstream::failure(
-            &model.provider,
-            StatusCode::SERVICE_UNAVAILABLE,
-            message,
-            true,
-        )
-        .into());
-    }
-    let started = Instant::now();
-    let result = attempt.await;
-    match &result {
-        Ok(_) => app.health.record_answer(model, started.elapsed()),
-        Err(Failure::Upstream(error)) => app.health.record_failure(model, is_outage(error)),
-        // Refused before anything was sent: says nothing about the provider.
-        Err(Failure::Final(_)) => {}
-    }
-    result
-}
-
-/// What a successful attempt yields: a whole completion (and the provider's own body
-/// when it answered in the client's format), or a stream ready to relay.
-enum Answer {
-    Complete(Completion, Option<Bytes>),
-    Stream(Box<relay::OpenStream>),
-}
-
-/// One chat attempt at one candidate, plain or streamed.
-async fn attempt(
-    app: &'static App,
-    context: &RequestContext,
-    model: &'static Model,
-) -> Result<Answer, Failure> {
-    if context.chat.stream {
-        relay::open(app, context, model).await.map(|stream| Answer::Stream(Box::new(stream)))
-    } else {
-        complete(app, context, model)
-            .await
-            .map(|(completion, native)| Answer::Complete(completion, native))
-    }
-}
-
-/// Whether a failure counts against the provider's health: its servers failed or did
-/// not answer in time. Its refusals of a request (4xx, rate limits) do not.
-pub fn is_outage(error: &UpstreamError) -> bool {
-    error.status.is_server_error() || error.status == StatusCode::REQUEST_TIMEOUT
-}
-
-/// The adapter and endpoint serving `model` (routing checked the provider is enabled).
-pub fn provider(
-    app: &'static App,
-    model: &Model,
-) -> Result<(&'static dyn Adapter, &'static Endpoint), Failure> {
-    app.providers.get(&model.provider).ok_or_else(|| {
-        let message = format!("provider `{}` is not configured", model.provider);
-        Failure::Final(ApiError::unavailable(message))
-    })
-}
-
-/// One non-streaming attempt: the translated completion, and the provider's body when
-/// the client speaks its format.
-async fn complete(
-    app: &'static App,
-    context: &RequestContext,
-    model: &'static Model,
-) -> Result<(Completion, Option<Bytes>), Failure> {
-    let (adapter, endpoint) = provider(app, model)?;
-    let request = adapter
-        .request(endpoint, &context.chat, &context.target(model))
-        .map_err(|error| Failure::Final(ApiError::invalid_param(&error.param, error.message)))?;
-    let deadlines = Deadlines::attempt(app.upstream.timeouts(), context.deadline);
-    let sent = Instant::now();
-    let mut response = app.upstream.send(adapter, request, &deadlines).await?;
-    let body = app.upstream.body(&mut response, &deadlines, adapter.provider()).await?;
-    let completion = adapter.response(&context.chat, &body)?;
-    // A plain answer's tokens all arrive at its end: its speed is over the whole wait.
-    app.health.record_tokens(model, completion.usage.completion_tokens, sent.elapsed());
-    let native = context.chat.native_for(adapter).map(|_| body);
-    Ok((completion, native))
-}
-
 async fn respond_complete(
     app: &'static App,
     context: &RequestContext,
@@ -750,85 +484,6 @@ async fn respond_complete(
     let answer = context.answer(&id, model);
     let body = context.codec.completion(&answer, completion, native.as_deref(), cost);
     let _ = reply.send(Ok(respond::text(StatusCode::OK, body, "application/json")));
-}
-
-/// Whether an answer is not charged (issue 11, item 5): it produced no output — the
-/// client received no text, reasoning or tool call (`empty`) — and it ended in an error
-/// (`failed`; the provider's placeholder output count, such as the one token of
-/// Anthropic's `message_start`, then counts for nothing) or as an empty answer of no
-/// output tokens; and the configuration waives such answers (`waive_empty_answers`, on
-/// by default). The provider's bill for it is then written off. A client that hung up is
-/// charged as usual: it ended the answer.
-pub fn waives(app: &'static App, billed: &Billed, failed: bool, empty: bool) -> bool {
-    let no_output = empty && (failed || billed.usage.completion_tokens == 0);
-    app.config.waive_empty_answers() && no_output
-}
-
-pub fn observe_cost(model: &'static Model, cost: PicoUsd) {
-    // Whole micro-USD keep the counter an exact integer; sub-micro remainders are noise
-    // at the scale a dashboard shows.
-    let micro_usd = (cost.0 / 1_000_000) as u64;
-    metrics::counter!("solrouter_cost_micro_usd_total", "model" => model.id.as_str())
-        .increment(micro_usd);
-}
-
-/// Ends a hold exactly once: by a settle or a release, or — if the task holding it
-/// unwinds — by a release when dropped, so a bug cannot leave money held until expiry.
-pub struct HoldGuard {
-    app: &'static App,
-    caller: Caller,
-    hold: HoldId,
-    /// The ledger stamp of the hold's reserve, which its settle carries.
-    reserved_at_ms: u64,
-    armed: bool,
-}
-
-impl HoldGuard {
-    /// Guards the hold `hold`, reserved for `caller` at ledger stamp `reserved_at_ms`.
-    fn new(app: &'static App, caller: Caller, hold: HoldId, reserved_at_ms: u64) -> HoldGuard {
-        HoldGuard { app, caller, hold, reserved_at_ms, armed: true }
-    }
-
-    /// Settles with the record and waits (bounded) for the ledger to apply it. Returns
-    /// the cost to show the client: what the ledger charged (less than `actual` when the
-    /// balance ran out and the rest was written off). Only if the ledger has not answered
-    /// within [`SETTLE_WAIT_MAX`] is it `actual`, which the ledger then charges in full
-    /// unless the balance runs out first: the settle goes on in a task of its own. Until
-    /// then it runs in the caller's task ([`detached`] work, which a client that hangs up
-    /// cannot cut short), so the common case spawns nothing.
-    pub async fn settle(mut self, actual: PicoUsd, record: RequestRecord) -> PicoUsd {
-        self.armed = false;
-        let (account, hold) = (self.caller.account, self.hold);
-        let mut settling =
-            Box::pin(self.app.bank.settle(account, hold, self.reserved_at_ms, actual, record));
-        let settled = match tokio::time::timeout(SETTLE_WAIT_MAX, &mut settling).await {
-            Ok(settled) => settled,
-            Err(_elapsed) => {
-                tracing::warn!(hold = self.hold.0, "settle still pending; answering anyway");
-                tokio::spawn(settling);
-                None
-            }
-        };
-        settled.map_or(actual, |settled| settled.charged)
-    }
-
-    /// Voids the hold: nothing was produced, so nothing is charged. Waits for the
-    /// release, so a client reading its balance right after the error finds no hold.
-    pub async fn release(mut self) {
-        self.armed = false;
-        // A JoinError is a panic in the release task, which that task has reported.
-        let _ = self.app.bank.release(self.caller.account, self.hold).await;
-    }
-}
-
-impl Drop for HoldGuard {
-    fn drop(&mut self) {
-        // Without a runtime (the process is exiting) nothing can be sent; the hold then
-        // expires on its own.
-        if self.armed && tokio::runtime::Handle::try_current().is_ok() {
-            self.app.bank.release(self.caller.account, self.hold);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -868,19 +523,5 @@ mod tests {
             .await
             .expect_err("none fits");
         assert_eq!(error.to_json()["error"]["param"], "messages");
-    }
-
-    #[test]
-    fn outages_are_server_errors_and_timeouts() {
-        let check = |status: StatusCode, expected: bool| {
-            let error = upstream::failure("p", status, "m", true);
-            assert_eq!(is_outage(&error), expected, "{status}");
-        };
-        check(StatusCode::BAD_GATEWAY, true);
-        check(StatusCode::SERVICE_UNAVAILABLE, true);
-        check(StatusCode::GATEWAY_TIMEOUT, true);
-        check(StatusCode::REQUEST_TIMEOUT, true);
-        check(StatusCode::TOO_MANY_REQUESTS, false);
-        check(StatusCode::BAD_REQUEST, false);
     }
 }

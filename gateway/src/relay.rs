@@ -1,6 +1,6 @@
-//! Streaming: opening an upstream stream (still able to fall back) and relaying it to
-//! the client (committed: failures end the stream with an error event), then settling
-//! what was produced.
+//! Streaming: an upstream stream ([`OpenStream`], opened by `attempt.rs` up to its first
+//! event, while the request could still fall back) relayed to the client (committed:
+//! failures end the stream with an error event), then what was produced settled.
 //!
 //! What was delivered is billed: a client that leaves does not end the upstream read at
 //! once. The gateway keeps reading (without relaying) for at most [`DRAIN_TIME_MAX`] and
@@ -10,19 +10,19 @@
 use crate::app::App;
 use crate::catalog::Model;
 use crate::codec::StreamEncoder;
+use crate::context::{Reply, RequestContext};
 use crate::error::ApiError;
-use crate::pipeline::{
-    is_outage, observe_cost, provider, waives, Failure, HoldGuard, RequestContext,
-};
-use crate::providers::{Chunk, StreamTranslator, UpstreamError, Usage};
-use crate::respond::{self, Response};
+use crate::health::is_outage;
+use crate::hold::{observe_cost, waives, HoldGuard};
+use crate::providers::{Adapter, ChatRequest, Chunk, StreamTranslator, UpstreamError, Usage};
+use crate::respond;
 use crate::sse::{SseEvent, SseParser};
 use crate::tokens::Delivered;
 use crate::upstream::{self, next_chunk, Deadlines};
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use solrouter_ledger::PicoUsd;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
 /// Events buffered between the upstream reader and a slow client: enough to absorb a
@@ -66,57 +66,40 @@ struct NativeEvents {
     pending: Vec<SseEvent>,
 }
 
-/// One streaming attempt, up to its first translated chunk: until then nothing has
-/// reached the client, so any failure may still fall back to the next candidate.
-pub async fn open(
-    app: &'static App,
-    context: &RequestContext,
-    model: &Model,
-) -> Result<OpenStream, Failure> {
-    let (adapter, endpoint) = provider(app, model)?;
-    let request = adapter
-        .request(endpoint, &context.chat, &context.target(model))
-        .map_err(|error| Failure::Final(ApiError::invalid_param(&error.param, error.message)))?;
-    let deadlines = Deadlines::attempt(app.upstream.timeouts(), context.deadline);
-    let response = app.upstream.send(adapter, request, &deadlines).await?;
-    let mut stream = OpenStream {
-        response,
-        translator: adapter.stream(&context.chat),
-        provider: adapter.provider(),
-        deadlines,
-        pending: Vec::new(),
-        native: context
-            .chat
-            .native_for(adapter)
-            .map(|_| NativeEvents { parser: SseParser::new(), pending: Vec::new() }),
-        finished: false,
-        bytes_read: 0,
-        first_event_at: Instant::now(),
-    };
-    let first_event = async {
-        while stream.pending.is_empty() && !stream.finished {
-            stream.advance().await?;
-        }
-        Ok::<(), UpstreamError>(())
-    };
-    match tokio::time::timeout_at(deadlines.first_byte, first_event).await {
-        Ok(result) => result?,
-        Err(_) => {
-            let message = "no stream event before the first-byte deadline";
-            return Err(upstream::failure(
-                adapter.provider(),
-                StatusCode::GATEWAY_TIMEOUT,
-                message,
-                true,
-            )
-            .into());
+impl OpenStream {
+    /// The stream of `response`, an answer of `adapter` to `chat`, before its first read;
+    /// `native`: the client speaks the provider's format, so its events are relayed as
+    /// they come.
+    pub(crate) fn new(
+        response: upstream::Response,
+        adapter: &'static dyn Adapter,
+        chat: &ChatRequest,
+        deadlines: Deadlines,
+        native: bool,
+    ) -> OpenStream {
+        OpenStream {
+            response,
+            translator: adapter.stream(chat),
+            provider: adapter.provider(),
+            deadlines,
+            pending: Vec::new(),
+            native: native.then(|| NativeEvents { parser: SseParser::new(), pending: Vec::new() }),
+            finished: false,
+            bytes_read: 0,
+            first_event_at: Instant::now(),
         }
     }
-    stream.first_event_at = Instant::now();
-    Ok(stream)
-}
 
-impl OpenStream {
+    /// Reads until the first translated chunk (or the stream's clean end) and starts the
+    /// stream's clock there; the caller bounds it by the first-byte deadline.
+    pub(crate) async fn first_event(&mut self) -> Result<(), UpstreamError> {
+        while self.pending.is_empty() && !self.finished {
+            self.advance().await?;
+        }
+        self.first_event_at = Instant::now();
+        Ok(())
+    }
+
     /// Reads one upstream chunk and translates it into `pending`.
     async fn advance(&mut self) -> Result<(), UpstreamError> {
         match next_chunk(&mut self.response, &self.deadlines, self.provider).await? {
@@ -172,7 +155,7 @@ pub async fn run(
     model: &'static Model,
     mut stream: OpenStream,
     hold: HoldGuard,
-    reply: oneshot::Sender<Result<Response, ApiError>>,
+    reply: Reply,
 ) {
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER_EVENTS);
     let id = context.id();

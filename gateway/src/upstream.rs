@@ -35,9 +35,9 @@ pub type Response = http::Response<Incoming>;
 /// Largest complete (non-streamed) response the gateway buffers: a maximal completion
 /// of today's models is a few MiB of JSON; 64 MiB leaves room for inline images.
 pub const RESPONSE_BYTES_MAX: usize = 64 << 20;
-/// Largest error body read from a failing upstream; error messages are short, and the
-/// adapter truncates what it quotes anyway.
-pub const ERROR_BYTES_MAX: usize = 64 << 10;
+/// Largest error body read from a failing upstream (the adapters' bound, which they
+/// also apply to the error events of a stream).
+pub use crate::providers::ERROR_BYTES_MAX;
 /// Idle connections kept per provider host. Enough for bursts without re-handshaking
 /// TLS; idle ones close after `POOL_IDLE_TIMEOUT`.
 const POOL_IDLE_PER_HOST_MAX: usize = 256;

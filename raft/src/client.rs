@@ -121,6 +121,10 @@ struct Routes {
     leaders: Vec<Option<String>>,
     /// One HTTP/2 connection per address, created lazily.
     channels: HashMap<String, LedgerServiceClient<Channel>>,
+    /// The incarnation of the member at each address, as the last topology named it
+    /// (16 bytes, big-endian): every call carries it, so a node of another incarnation
+    /// at a reused address refuses instead of answering for the one the client knew.
+    incarnations: HashMap<String, Bytes>,
 }
 
 impl LedgerClient {
@@ -308,6 +312,7 @@ impl Shared {
             cursor: 0,
             leaders: vec![None; n_groups as usize],
             channels: HashMap::new(),
+            incarnations: HashMap::new(),
         };
         let shared = Shared { n_groups, routes: Mutex::new(routes), tls };
         for seed in seeds {
@@ -353,6 +358,13 @@ impl Shared {
             self.remember(addr);
         }
         let mut routes = self.routes();
+        for (id, addr) in &topology.members {
+            let Some(incarnation) = topology.incarnations.get(id) else { continue };
+            if routes.addrs.contains(addr) {
+                let stamp = Bytes::copy_from_slice(&incarnation.to_be_bytes());
+                routes.incarnations.insert(addr.clone(), stamp);
+            }
+        }
         for (group_idx, leader) in topology.leaders.iter().enumerate().take(routes.leaders.len()) {
             if let Some(addr) = leader.and_then(|id| topology.members.get(&id)) {
                 routes.leaders[group_idx] = Some(addr.clone());
@@ -388,17 +400,20 @@ impl Shared {
         routes.addrs[addr_idx].clone()
     }
 
-    fn channel(&self, addr: &str) -> Result<LedgerServiceClient<Channel>, LedgerError> {
+    /// The connection to `addr`, and the incarnation a call there must reach (empty:
+    /// not known yet).
+    fn channel(&self, addr: &str) -> Result<(LedgerServiceClient<Channel>, Bytes), LedgerError> {
         let mut routes = self.routes();
+        let incarnation = routes.incarnations.get(addr).cloned().unwrap_or_default();
         if let Some(client) = routes.channels.get(addr) {
-            return Ok(client.clone());
+            return Ok((client.clone(), incarnation));
         }
         let channel = tls::endpoint(addr, self.tls.as_ref())?.connect_lazy();
         let client = LedgerServiceClient::new(channel)
             .max_decoding_message_size(RPC_BYTES_MAX)
             .max_encoding_message_size(RPC_BYTES_MAX);
         routes.channels.insert(addr.to_owned(), client.clone());
-        Ok(client)
+        Ok((client, incarnation))
     }
 
     /// Calls the group's leader: the cached one, else any node, following `NotLeader`
@@ -474,8 +489,8 @@ impl Shared {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<T, LedgerError> {
-        let mut client = self.channel(addr)?;
-        let request = tonic::Request::new(GroupRequest { group, payload });
+        let (mut client, incarnation) = self.channel(addr)?;
+        let request = tonic::Request::new(GroupRequest { group, payload, incarnation });
         let calling = async {
             match method {
                 Method::Submit => client.submit(request).await,

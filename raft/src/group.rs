@@ -7,12 +7,12 @@ use crate::kv::{KvTree, NodeStores};
 use crate::ledger_clock::LedgerClock;
 use crate::log_store::LogStore;
 use crate::state_machine::{SharedState, StateMachine};
-use crate::types::{NodeId, Raft};
+use crate::types::{Member, NodeId, Raft};
 use crate::{
     NodeStats, PIPELINED_BATCH_MIN, PROPOSALS_IN_FLIGHT_MAX, SUBMIT_QUEUE_MAX, SUBMIT_TIMEOUT,
 };
 use openraft::error::RaftError;
-use openraft::{Config, RaftNetworkFactory};
+use openraft::{Config, RaftMetrics, RaftNetworkFactory};
 use solrouter_ledger::{Batch, Command, Ledger, Outcome, Rejection, BATCH_COMMANDS_MAX};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +39,7 @@ pub struct Group {
     room: Arc<Semaphore>,
     counters: Arc<Counters>,
     clock: Arc<Mutex<LedgerClock>>,
+    caught_up: Arc<CaughtUp>,
 }
 
 impl Group {
@@ -77,12 +78,14 @@ impl Group {
         let counters = Arc::new(Counters::default());
         let clock = Arc::new(Mutex::new(LedgerClock::new(clock)));
         let room = Arc::new(Semaphore::new(SUBMIT_QUEUE_MAX));
-        let group = Group { raft, state, submit_tx, room, counters, clock };
+        let caught_up = Arc::default();
+        let group = Group { raft, state, submit_tx, room, counters, clock, caught_up };
         let batcher = Batcher {
             raft: group.raft.clone(),
             state: Arc::clone(&group.state),
             counters: Arc::clone(&group.counters),
             clock: Arc::clone(&group.clock),
+            caught_up: Arc::clone(&group.caught_up),
         };
         // The batcher ends when the group (the only sender) is dropped.
         tokio::spawn(batcher.run(submit_rx));
@@ -151,10 +154,14 @@ impl Group {
         f(&self.state.read().ledger)
     }
 
-    /// The stamp for a batch proposed now (see [`LedgerClock`]).
+    /// The stamp for a batch proposed now (see [`LedgerClock`]): the applied state's
+    /// unless this node leads and has caught up in its term (see `Batcher::caught_up`).
     pub fn next_stamp_ms(&self) -> u64 {
-        let term = self.raft.metrics().borrow().current_term;
-        next_stamp_ms(&self.clock, &self.state, term)
+        let term = self.caught_up.term(&self.raft.metrics().borrow());
+        match term {
+            Some(term) => next_stamp_ms(&self.clock, &self.state, term),
+            None => self.state.read().ledger.stamp_ms(),
+        }
     }
 
     pub async fn shutdown(&self) -> Result<(), LedgerError> {
@@ -167,8 +174,7 @@ impl Group {
     /// storage error (EIO, a full disk, a corrupt record), and the group then answers
     /// nothing until its process restarts.
     pub fn stopped(&self) -> Option<LedgerError> {
-        let running = self.raft.metrics().borrow().running_state.clone();
-        running.err().map(|fatal| LedgerError::from_fatal("running raft", fatal))
+        stopped(&self.raft)
     }
 
     /// Waits until this group's Raft stops (see [`Group::stopped`]) and says why.
@@ -273,6 +279,7 @@ struct Batcher {
     state: Arc<SharedState>,
     counters: Arc<Counters>,
     clock: Arc<Mutex<LedgerClock>>,
+    caught_up: Arc<CaughtUp>,
 }
 
 impl Batcher {
@@ -291,12 +298,22 @@ impl Batcher {
                 }
             }
             let mut submissions = queued.take();
+            let leading = self.caught_up().await;
             // A caller that gave up (its deadline passed, its client went away) waits for
             // nothing: proposing its commands would only add a copy beside its retry.
             submissions.retain(|submission| !submission.reply.is_closed());
             if submissions.is_empty() {
                 continue;
             }
+            let term = match leading {
+                Ok(term) => term,
+                Err(not_leader) => {
+                    for submission in submissions {
+                        let _ = submission.reply.send(Err(not_leader.clone()));
+                    }
+                    continue;
+                }
+            };
             let n_commands: usize = submissions.iter().map(|s| s.commands.len()).sum();
             assert!(n_commands <= BATCH_COMMANDS_MAX);
             let mut commands = Vec::with_capacity(n_commands);
@@ -307,7 +324,6 @@ impl Batcher {
             }
             self.counters.n_batches.fetch_add(1, Ordering::Relaxed);
             self.counters.n_commands.fetch_add(n_commands as u64, Ordering::Relaxed);
-            let term = self.caught_up().await;
             let stamp_ms = next_stamp_ms(&self.clock, &self.state, term);
             let batch = Batch { stamp_ms, commands };
             let proposed_at = std::time::Instant::now();
@@ -342,27 +358,43 @@ impl Batcher {
         }
     }
 
-    /// Waits until this node, while it leads, has applied an entry of its own term (the
-    /// blank entry a new leader commits first), and so every entry before it: a batch is
-    /// stamped from the applied state's stamp, and a leader whose state still lagged its
-    /// log (just restarted, replaying) stamped from its own wall clock, so a clock stepped
-    /// ahead on that node moved ledger time by the step (the simulation, seed 16 of
-    /// `a_run_beyond_the_ledger_windows_…`, saw 46 minutes: live holds voided, op ids
-    /// forgotten early). A node that does not lead returns at once: its proposal is
-    /// refused as `NotLeader`. Returns the term it leads (or last saw).
-    async fn caught_up(&self) -> u64 {
+    /// Waits until this node, while it leads, has applied every entry its log held when
+    /// it was first seen leading its term (in this process), and returns that term. A
+    /// batch is stamped from the applied state's stamp, and a leader whose state still
+    /// lagged its log (just restarted, replaying) stamped from its own wall clock, so a
+    /// clock stepped ahead on that node moved ledger time by the step (the simulation,
+    /// seed 16 of `a_run_beyond_the_ledger_windows_…`, saw 46 minutes: live holds voided,
+    /// op ids forgotten early). Waiting for an entry of its own term to apply was not
+    /// enough: a node restarted after a power loss resumes leading its old term (openraft
+    /// 0.9), that term's first entry applied, its later ones not
+    /// (`sim::a_leader_restarted_with_its_clock_ahead_stamps_from_its_log_not_its_clock`).
+    /// A node that does not lead refuses at once, unstamped.
+    async fn caught_up(&self) -> Result<u64, LedgerError> {
         let mut metrics = self.raft.metrics();
+        let (term, last_log_index) = {
+            let now = metrics.borrow();
+            if let Some(term) = self.caught_up.term(&now) {
+                return Ok(term);
+            }
+            if now.current_leader != Some(now.id) {
+                return Err(not_leader(&now));
+            }
+            (now.current_term, now.last_log_index)
+        };
         let seen = metrics
             .wait_for(|now| {
+                let applied = now.last_applied.map(|log_id| log_id.index);
                 now.current_leader != Some(now.id)
-                    || now
-                        .last_applied
-                        .is_some_and(|applied| applied.leader_id.term == now.current_term)
+                    || now.current_term != term
+                    || applied >= last_log_index
             })
             .await
-            .map(|now| now.current_term);
-        // Err: the Raft core stopped, and the proposal fails as it would have anyway.
-        seen.unwrap_or_else(|_| self.raft.metrics().borrow().current_term)
+            .map_err(|_| stopped(&self.raft).unwrap_or(LedgerError::Shutdown))?;
+        if seen.current_leader != Some(seen.id) || seen.current_term != term {
+            return Err(not_leader(&seen));
+        }
+        self.caught_up.term.store(term + 1, Ordering::Relaxed);
+        Ok(term)
     }
 
     /// Proposes `batch` (in the order of the calls) and returns what waits for its
@@ -396,15 +428,10 @@ impl Batcher {
                     // The core dropped the answer: it stopped.
                     Err(_) => Err(LedgerError::Shutdown),
                 },
-                seen = deposed => {
-                    let seen = seen.ok();
-                    let leader_id = seen.as_ref().and_then(|now| now.current_leader);
-                    let leader_addr = leader_id.and_then(|leader| {
-                        let membership = seen.as_ref()?.membership_config.membership();
-                        membership.get_node(&leader).map(|node| node.addr.clone())
-                    });
-                    Err(LedgerError::NotLeader { leader_id, leader_addr })
-                }
+                seen = deposed => match seen {
+                    Ok(now) => Err(not_leader(&now)),
+                    Err(_) => Err(LedgerError::NotLeader { leader_id: None, leader_addr: None }),
+                },
             }
         }
     }
@@ -450,4 +477,37 @@ async fn next_slot(
 fn next_stamp_ms(clock: &Mutex<LedgerClock>, state: &SharedState, term: u64) -> u64 {
     let applied_ms = state.read().ledger.stamp_ms();
     clock.lock().expect("clock lock poisoned").next_stamp_ms(applied_ms, term)
+}
+
+/// `NotLeader`, naming the leader `metrics` know of and its address.
+fn not_leader(metrics: &RaftMetrics<NodeId, Member>) -> LedgerError {
+    let leader_id = metrics.current_leader;
+    let leader_addr = leader_id.and_then(|leader| {
+        let node = metrics.membership_config.membership().get_node(&leader)?;
+        Some(node.addr.clone())
+    });
+    LedgerError::NotLeader { leader_id, leader_addr }
+}
+
+/// Why `raft` stopped on its own, if it did (see [`Group::stopped`]).
+fn stopped(raft: &Raft) -> Option<LedgerError> {
+    let running = raft.metrics().borrow().running_state.clone();
+    running.err().map(|fatal| LedgerError::from_fatal("running raft", fatal))
+}
+
+/// The term in which this node's batcher caught up (see `Batcher::caught_up`): only a
+/// leader caught up in its term stamps from its clock.
+#[derive(Default)]
+struct CaughtUp {
+    /// The term plus one; 0 before any.
+    term: AtomicU64,
+}
+
+impl CaughtUp {
+    /// The term `metrics` say this node leads, if it caught up in it.
+    fn term(&self, metrics: &RaftMetrics<NodeId, Member>) -> Option<u64> {
+        let leads = metrics.current_leader == Some(metrics.id);
+        let caught_up = self.term.load(Ordering::Relaxed).checked_sub(1);
+        (leads && caught_up == Some(metrics.current_term)).then_some(metrics.current_term)
+    }
 }

@@ -31,6 +31,7 @@ mod reads;
 mod service;
 #[cfg(test)]
 mod sim;
+mod sizing;
 mod state_machine;
 mod tls;
 mod types;

@@ -327,7 +327,7 @@ impl LedgerNode {
         let node = LedgerNode::assemble(config.id(), groups, history, None);
         let backfill = backfill::spawn(node.downgrade(), requests, config.tls().cloned());
         node.inner.background_tasks.lock().expect("task lock poisoned").push(backfill);
-        let ledger = LedgerRpcServer::new(node.downgrade(), config.tls().cloned());
+        let ledger = LedgerRpcServer::new(node.downgrade(), identity, config.tls().cloned());
         let server = serve(listener, RaftRpcServer::new(rafts, identity), ledger, config.tls())?;
         *node.inner.server.lock().expect("server lock poisoned") = Some(server);
         // Every group, not just the first: a founding cut short by a crash resumes.
@@ -456,16 +456,19 @@ impl LedgerNode {
     /// The cluster as this node sees it.
     pub fn topology(&self) -> Topology {
         let mut members = BTreeMap::new();
+        let mut incarnations = BTreeMap::new();
         let mut voters = Vec::with_capacity(self.inner.groups.len());
         let mut leaders = Vec::with_capacity(self.inner.groups.len());
         for group in &self.inner.groups {
             let metrics = group.raft().metrics().borrow().clone();
             let membership = metrics.membership_config.membership();
             members.extend(membership.nodes().map(|(id, node)| (*id, node.addr.clone())));
+            incarnations.extend(membership.nodes().map(|(id, node)| (*id, node.incarnation)));
             voters.push(membership.voter_ids().collect());
             leaders.push(metrics.current_leader);
         }
-        Topology { node_id: self.inner.id, n_groups: self.n_groups(), members, voters, leaders }
+        let (node_id, n_groups) = (self.inner.id, self.n_groups());
+        Topology { node_id, n_groups, members, incarnations, voters, leaders }
     }
 
     /// Commands of one group (checked to belong to it), submitted together; see

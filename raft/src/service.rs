@@ -7,6 +7,7 @@ use crate::codec;
 use crate::error::LedgerError;
 use crate::grpc::ledger_service_server::LedgerService;
 use crate::grpc::{GroupRequest, LedgerReply};
+use crate::incarnation::{Identity, Incarnation};
 use crate::node::{Inner, LedgerNode};
 use crate::reads::GroupAccess;
 use crate::tls::TlsConfig;
@@ -21,27 +22,62 @@ use tonic::{Request, Response, Status};
 /// dropped node alive.
 pub struct LedgerRpcServer {
     node: Weak<Inner>,
+    /// Who this node is: a call meant for another incarnation is refused.
+    identity: Identity,
     /// How this node dials a node it adds.
     tls: Option<TlsConfig>,
 }
 
+/// A decoded request: its group, its payload, and the incarnation the caller meant to
+/// reach (`None`: any).
+struct Call<T> {
+    group_idx: u32,
+    payload: T,
+    meant_for: Option<Incarnation>,
+}
+
 impl LedgerRpcServer {
-    pub(crate) fn new(node: Weak<Inner>, tls: Option<TlsConfig>) -> LedgerRpcServer {
-        LedgerRpcServer { node, tls }
+    pub(crate) fn new(
+        node: Weak<Inner>,
+        identity: Identity,
+        tls: Option<TlsConfig>,
+    ) -> LedgerRpcServer {
+        LedgerRpcServer { node, identity, tls }
     }
 
-    fn node(&self) -> Result<LedgerNode, LedgerError> {
+    /// The node, if `call` was meant for it: a caller that knew another incarnation at this
+    /// address (another cluster's node now listens here, or this id came back from a wiped
+    /// disk) gets a retryable refusal, never this node's answer in the old one's place.
+    fn node(&self, meant_for: Option<Incarnation>) -> Result<LedgerNode, LedgerError> {
+        if let Some(meant) = meant_for.filter(|m| *m != self.identity.incarnation) {
+            return Err(LedgerError::Unavailable {
+                reason: format!(
+                    "this address now serves node {} incarnation {:x}, not incarnation {meant:x} \
+                     (the node the caller knew here is gone)",
+                    self.identity.node_id, self.identity.incarnation
+                ),
+            });
+        }
         LedgerNode::from_weak(&self.node).ok_or(LedgerError::Shutdown)
     }
 }
 
 type RpcResult = Result<Response<LedgerReply>, Status>;
 
-fn decode<T: DeserializeOwned>(request: Request<GroupRequest>) -> Result<(u32, T), Status> {
+fn decode<T: DeserializeOwned>(request: Request<GroupRequest>) -> Result<Call<T>, Status> {
     let envelope = request.into_inner();
     let payload = codec::decode(&envelope.payload)
         .map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))?;
-    Ok((envelope.group, payload))
+    let meant_for = meant_for(&envelope)?;
+    Ok(Call { group_idx: envelope.group, payload, meant_for })
+}
+
+fn meant_for(envelope: &GroupRequest) -> Result<Option<Incarnation>, Status> {
+    match <[u8; 16]>::try_from(envelope.incarnation.as_ref()) {
+        Ok(bytes) => Ok(Some(Incarnation::from_be_bytes(bytes))),
+        Err(_) if envelope.incarnation.is_empty() => Ok(None),
+        Err(_) => Err(Status::invalid_argument("an incarnation is 16 bytes")),
+    }
 }
 
 fn reply<T: Serialize>(result: Result<T, LedgerError>) -> RpcResult {
@@ -54,39 +90,42 @@ fn reply<T: Serialize>(result: Result<T, LedgerError>) -> RpcResult {
 #[tonic::async_trait]
 impl LedgerService for LedgerRpcServer {
     async fn submit(&self, request: Request<GroupRequest>) -> RpcResult {
-        let (group_idx, commands): (u32, Vec<Command>) = decode(request)?;
-        if commands.len() > BATCH_COMMANDS_MAX {
+        let call: Call<Vec<Command>> = decode(request)?;
+        if call.payload.len() > BATCH_COMMANDS_MAX {
             return Err(Status::invalid_argument(format!(
                 "{} commands in one submit; at most {BATCH_COMMANDS_MAX}",
-                commands.len()
+                call.payload.len()
             )));
         }
-        let submitted = match self.node() {
-            Ok(node) => node.submit_group(group_idx, commands).await,
+        let submitted = match self.node(call.meant_for) {
+            Ok(node) => node.submit_group(call.group_idx, call.payload).await,
             Err(e) => Err(e),
         };
         reply(submitted)
     }
 
     async fn query(&self, request: Request<GroupRequest>) -> RpcResult {
-        let (group_idx, read): (u32, ReadRequest) = decode(request)?;
-        let answer = match self.node() {
-            Ok(node) => node.read_group(group_idx, read).await,
+        let call: Call<ReadRequest> = decode(request)?;
+        let answer = match self.node(call.meant_for) {
+            Ok(node) => node.read_group(call.group_idx, call.payload).await,
             Err(e) => Err(e),
         };
         reply(answer)
     }
 
     async fn change_membership(&self, request: Request<GroupRequest>) -> RpcResult {
-        let (group_idx, change): (u32, MembershipChange) = decode(request)?;
-        let changed = match self.node() {
-            Ok(node) => node.change_membership(group_idx, &change, self.tls.as_ref()).await,
+        let call: Call<MembershipChange> = decode(request)?;
+        let changed = match self.node(call.meant_for) {
+            Ok(node) => {
+                node.change_membership(call.group_idx, &call.payload, self.tls.as_ref()).await
+            }
             Err(e) => Err(e),
         };
         reply(changed)
     }
 
-    async fn topology(&self, _request: Request<GroupRequest>) -> RpcResult {
-        reply(self.node().map(|node| node.topology()))
+    async fn topology(&self, request: Request<GroupRequest>) -> RpcResult {
+        let meant_for = meant_for(request.get_ref())?;
+        reply(self.node(meant_for).map(|node| node.topology()))
     }
 }

@@ -73,6 +73,22 @@ struct StoredSnapshot {
 #[cfg(test)]
 pub(crate) type ApplyObserver = Arc<dyn Fn(&Entry) + Send + Sync>;
 
+/// Test-only: how long a piece of CPU work takes in the simulation's virtual time, so that
+/// schedules with slow applies and snapshot builds are explored (the simulation's clock
+/// stands still while real CPU runs).
+#[cfg(test)]
+pub(crate) type CpuPace = Arc<dyn Fn(CpuWork) -> std::time::Duration + Send + Sync>;
+
+/// Test-only: the CPU work [`CpuPace`] prices.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum CpuWork {
+    /// Applying entries holding this many commands.
+    Apply { n_entries: usize, n_commands: usize },
+    /// Encoding a snapshot of this many bytes.
+    Snapshot { bytes: usize },
+}
+
 /// Test-only: the index a stored snapshot (as `save_snapshot` wrote it) covers.
 #[cfg(test)]
 pub(crate) fn stored_snapshot_index(bytes: &[u8]) -> Option<u64> {
@@ -94,6 +110,8 @@ pub struct StateMachine<K: KvTree = RedbTree> {
     history: History,
     #[cfg(test)]
     observer: Option<ApplyObserver>,
+    #[cfg(test)]
+    pace: Option<CpuPace>,
 }
 
 impl StateMachine {
@@ -144,6 +162,8 @@ impl<K: KvTree> StateMachine<K> {
             history,
             #[cfg(test)]
             observer: None,
+            #[cfg(test)]
+            pace: None,
         })
     }
 
@@ -152,6 +172,21 @@ impl<K: KvTree> StateMachine<K> {
     pub(crate) fn observe_applies(mut self, observer: ApplyObserver) -> StateMachine<K> {
         self.observer = Some(observer);
         self
+    }
+
+    /// Test-only: applies and snapshot builds take the virtual time `pace` gives them.
+    #[cfg(test)]
+    pub(crate) fn pace_cpu(mut self, pace: CpuPace) -> StateMachine<K> {
+        self.pace = Some(pace);
+        self
+    }
+
+    /// Test-only: spends `work`'s virtual time, if this state machine is paced.
+    #[cfg(test)]
+    async fn spend(&self, work: CpuWork) {
+        if let Some(pace) = &self.pace {
+            tokio::time::sleep(pace(work)).await;
+        }
     }
 
     pub fn shared(&self) -> Arc<SharedState> {
@@ -267,6 +302,8 @@ impl<K: KvTree> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
         let data = encoded
             .map_err(|e| StorageIOError::read_state_machine(&e))?
             .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        #[cfg(test)]
+        self.spend(CpuWork::Snapshot { bytes: data.len() }).await;
         let stored = self.save_snapshot(StoredSnapshot { meta, data }).await?;
         let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.state.snapshot_build_ms_last.store(took_ms, Ordering::Relaxed);
@@ -289,6 +326,11 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
         I::IntoIter: Send,
     {
         let (replies, full) = self.apply_entries(entries);
+        #[cfg(test)]
+        {
+            let n_commands = replies.iter().map(Vec::len).sum();
+            self.spend(CpuWork::Apply { n_entries: replies.len(), n_commands }).await;
+        }
         if full {
             let flushed = self.history.off_runtime(History::flush).await;
             let flushed = flushed.map_err(|e| StorageIOError::write_state_machine(&e))?;

@@ -245,7 +245,11 @@ mod tests {
             account.unwrap().credits
         };
         let credit = vec![Command { id: OpId(2), op: Op::Credit { account, amount: TOP_UP } }];
-        let submit = GroupRequest { group: 0, payload: encode(&credit).unwrap() };
+        let submit = GroupRequest {
+            group: 0,
+            payload: encode(&credit).unwrap(),
+            incarnation: Default::default(),
+        };
         // Not a valid vote: a request that gets through TLS is refused by the service
         // (InvalidArgument), one that does not never reaches it.
         let vote = RaftRequest { group: 0, payload: b"not a vote".to_vec().into() };

@@ -8,6 +8,7 @@ use crate::history::{
     ExportPage, History, HistoryCursor, HistoryPage, HistoryQuery, UsageQuery, UsageRow,
     HISTORY_EXPORT_PAGE_MAX,
 };
+use crate::incarnation::Incarnation;
 use serde::{Deserialize, Serialize};
 use solrouter_ledger::{
     Account, AccountId, Audit, HoldId, Key, KeyHash, KeyId, Ledger, PicoUsd, RequestRecord,
@@ -35,6 +36,8 @@ pub struct Topology {
     pub n_groups: u32,
     /// Every node in any group's membership (voters and learners), with its address.
     pub members: BTreeMap<u64, String>,
+    /// The incarnation of each of `members` (what its data directory was created as).
+    pub incarnations: BTreeMap<u64, Incarnation>,
     /// The voters of each group, by group index.
     pub voters: Vec<Vec<u64>>,
     /// Each group's leader as this node knows it, by group index.

@@ -332,6 +332,31 @@ async fn calls_without_a_quorum_fail_within_the_deadline() {
     cluster.shutdown().await;
 }
 
+/// A client that knew a node at an address never takes an answer from another node that
+/// listens there later (another cluster's, here a fresh one-node cluster on the port):
+/// that node refuses the call, retryably, instead of answering for the one the client
+/// knew (with "no such account", say). Tests run in parallel and reuse each other's freed
+/// ports, and so do pods and VMs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_node_at_a_known_address_refuses_instead_of_answering() {
+    let mut cluster = Cluster::start(1, 1).await;
+    let client = cluster.client().await;
+    let account = cluster.accounts()[0];
+    create(&client, &[account]).await;
+    client.topology().await.unwrap();
+    cluster.nodes.remove(&1).unwrap().shutdown().await.unwrap();
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger = LedgerNode::open(1, &cluster.peers, stranger_dir.path(), 1).await.unwrap();
+    eventually("the stranger is founded", || async { stranger.ready().await.is_ok() }).await;
+    assert!(stranger.account(account, Consistency::Linearizable).await.unwrap().is_none());
+
+    let read = client.account(account, Consistency::Linearizable).await;
+    assert!(read.as_ref().is_err_and(LedgerError::is_retryable), "{read:?}");
+    let text = read.unwrap_err().to_string();
+    assert!(text.contains("the node the caller knew here is gone"), "{text}");
+    stranger.shutdown().await.unwrap();
+}
+
 /// Opens node `id` of a cluster with `peers` in `dir`, expecting a refusal; returns it.
 async fn refused_start(id: u64, start: ClusterStart, addr: &str, dir: &Path) -> String {
     let config = ClusterConfig::try_new(id, addr.parse().unwrap(), start, 1).unwrap();

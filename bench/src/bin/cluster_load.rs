@@ -58,14 +58,21 @@ enum NodeCommand {
         groups: u32,
         #[arg(long)]
         dir: PathBuf,
+        /// How long the node keeps request records (default: the production 90 days).
+        #[arg(long)]
+        history_retention_s: Option<u64>,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new()?;
-    if let Some(NodeCommand::Node { id, peers, groups, dir }) = &args.node {
-        return runtime.block_on(run_node(*id, peers, *groups, dir));
+    if let Some(NodeCommand::Node { id, peers, groups, dir, history_retention_s }) = &args.node {
+        let mut options = NodeOptions::default();
+        if let Some(seconds) = history_retention_s {
+            options = options.with_history_retention(Duration::from_secs(*seconds));
+        }
+        return runtime.block_on(run_node(*id, peers, *groups, dir, &options));
     }
     println!(
         "{} node processes, {} groups, {} s per row after {} s warm-up, data in {:?}",
@@ -86,7 +93,7 @@ fn main() -> anyhow::Result<()> {
     );
     for &n_submitters in &args.submitters {
         let exe = std::env::current_exe()?;
-        let processes = Processes::start(&exe, args.nodes, args.groups, &args.dir)?;
+        let processes = Processes::start(&exe, args.nodes, args.groups, &args.dir, &[])?;
         let row = runtime.block_on(measure(&args, &processes, n_submitters));
         let stopped = processes.stop();
         println!("{}", row?);
@@ -95,11 +102,17 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_node(id: u64, peers: &str, n_groups: u32, dir: &Path) -> anyhow::Result<()> {
+async fn run_node(
+    id: u64,
+    peers: &str,
+    n_groups: u32,
+    dir: &Path,
+    options: &NodeOptions,
+) -> anyhow::Result<()> {
     let peers = parse_peers(peers)?;
     let listen = peers.get(&id).context("--peers lacks this node")?.parse()?;
     let config = ClusterConfig::try_new(id, listen, ClusterStart::Bootstrap(peers), n_groups)?;
-    let node = LedgerNode::open_cluster(&config, dir, &NodeOptions::default()).await?;
+    let node = LedgerNode::open_cluster(&config, dir, options).await?;
     println!("{READY_LINE}");
     // Blocks this runtime thread only; the node runs on the others.
     tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await??;

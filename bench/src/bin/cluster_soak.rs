@@ -14,9 +14,9 @@ use solrouter_bench::load::{fund, Load, Target};
 use solrouter_bench::processes::Processes;
 use solrouter_bench::WORKLOAD_ACCOUNTS;
 use solrouter_ledger::AccountId;
-use solrouter_raft::{Consistency, HistoryQuery, LedgerApi, LedgerClient};
+use solrouter_raft::{Consistency, HistoryQuery, LedgerApi, LedgerClient, SNAPSHOT_FILE_NAME};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -37,7 +37,17 @@ struct Args {
     /// Parent of the nodes' data directories (removed at the end).
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: PathBuf,
+    /// How long the nodes keep request records (default: the production 90 days), so a
+    /// soak shows the disk bounded by retention; the history check then covers the
+    /// rounds that began within the retained window.
+    #[arg(long)]
+    history_retention_s: Option<u64>,
 }
+
+/// Margin between a round's end and the next one's start around the wall-clock cut taken
+/// between them: records carry their gateway's creation time, so every record of the
+/// rounds after a cut is created after it and every earlier one before.
+const CUT_MARGIN: Duration = Duration::from_millis(5);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -45,7 +55,11 @@ fn main() -> anyhow::Result<()> {
     // The node program is `cluster_load`, built next to this binary.
     let exe = std::env::current_exe()?.with_file_name("cluster_load");
     anyhow::ensure!(exe.exists(), "{} not found: build every bench binary", exe.display());
-    let mut processes = Processes::start(&exe, args.nodes, args.groups, &args.dir)?;
+    let node_args = match args.history_retention_s {
+        Some(seconds) => vec!["--history-retention-s".to_owned(), seconds.to_string()],
+        None => Vec::new(),
+    };
+    let mut processes = Processes::start(&exe, args.nodes, args.groups, &args.dir, &node_args)?;
     let result = runtime.block_on(soak(&args, &mut processes));
     let stopped = processes.stop();
     result?;
@@ -57,11 +71,13 @@ async fn soak(args: &Args, processes: &mut Processes) -> anyhow::Result<()> {
     fund(&Target::Client(client.clone())).await?;
     let mut load = Load::new(Target::Client(client.clone()), None);
     println!(
-        "{:>7} {:>11} {:>9} {:>8}  per node: rss MiB / disk MiB",
+        "{:>7} {:>11} {:>9} {:>8}  per node: rss MiB / snapshots MiB / disk MiB",
         "min", "lifecycles", "per s", "killed"
     );
     let started = Instant::now();
     let (mut done, mut rejected, mut round) = (0u64, 0u64, 0u64);
+    // Before each round: (wall-clock ms, lifecycles that left a record so far).
+    let mut cuts = vec![(0u64, 0u64)];
     let round_s = if args.kill_every_s == 0 { 60 } else { args.kill_every_s };
     while done < args.lifecycles {
         round += 1;
@@ -80,8 +96,9 @@ async fn soak(args: &Args, processes: &mut Processes) -> anyhow::Result<()> {
         let mut nodes = String::new();
         for idx in 0..processes.len() {
             let rss = processes.rss_bytes(idx)? as f64 / MIB;
+            let snapshots = processes.file_bytes(idx, SNAPSHOT_FILE_NAME)? as f64 / MIB;
             let disk = processes.disk_bytes(idx)? as f64 / MIB;
-            nodes.push_str(&format!("  {rss:7.1} / {disk:7.1}"));
+            nodes.push_str(&format!("  {rss:7.1} / {snapshots:6.1} / {disk:7.1}"));
         }
         println!(
             "{:>7.1} {:>11} {:>9.0} {:>8}{nodes}",
@@ -90,6 +107,9 @@ async fn soak(args: &Args, processes: &mut Processes) -> anyhow::Result<()> {
             report.lifecycles_per_s(),
             killed,
         );
+        tokio::time::sleep(CUT_MARGIN).await;
+        cuts.push((now_ms(), done - rejected));
+        tokio::time::sleep(CUT_MARGIN).await;
     }
     let audit = client.audit(Consistency::Linearizable).await?;
     println!(
@@ -97,20 +117,45 @@ async fn soak(args: &Args, processes: &mut Processes) -> anyhow::Result<()> {
         audit.ok,
         audit.problems.len()
     );
-    let kept = history_records(&client).await?;
+    // The earliest cut whose records no node can have dropped yet: retention runs every
+    // `HISTORY_EXPIRE_INTERVAL` and drops what was created before its `now − retention`.
+    let retention_ms = args.history_retention_s.map_or(u64::MAX, |s| s.saturating_mul(1000));
+    let keep_from_ms = now_ms().saturating_sub(retention_ms);
+    let &(cut_ms, recorded_before) =
+        cuts.iter().find(|(at_ms, _)| *at_ms >= keep_from_ms).unwrap_or(&cuts[cuts.len() - 1]);
+    let kept = history_records(&client, cut_ms).await?;
+    let expected = done - rejected - recorded_before;
     println!(
-        "history: {kept} records for {done} settled lifecycles (complete: {})",
-        kept == done - rejected
+        "history since {cut_ms} ms (rounds from {}): {kept} records for {expected} settled \
+         lifecycles (complete: {})",
+        if cut_ms == 0 {
+            "the start".to_owned()
+        } else {
+            format!("{:.1} min", cut_age_min(cut_ms))
+        },
+        kept == expected
     );
     anyhow::ensure!(audit.ok, "audit failed: {:?}", audit.problems);
+    anyhow::ensure!(kept == expected, "the history lost or doubled records");
     Ok(())
 }
 
-/// Every workload account's records, counted page by page through the history API.
-async fn history_records(client: &LedgerClient) -> anyhow::Result<u64> {
+fn now_ms() -> u64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How long ago `cut_ms` was, in minutes.
+fn cut_age_min(cut_ms: u64) -> f64 {
+    now_ms().saturating_sub(cut_ms) as f64 / 60_000.0
+}
+
+/// Every workload account's records created at or after `from_ms`, counted page by page
+/// through the history API.
+async fn history_records(client: &LedgerClient, from_ms: u64) -> anyhow::Result<u64> {
     let mut total = 0;
     for account in 0..WORKLOAD_ACCOUNTS {
-        let mut query = HistoryQuery::all(AccountId(account));
+        let mut query = HistoryQuery { from_ms, ..HistoryQuery::all(AccountId(account)) };
         loop {
             let page = client.history(query.clone(), Consistency::Linearizable).await;
             let page = page.with_context(|| format!("history of account {account}"))?;

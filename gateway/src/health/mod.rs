@@ -21,6 +21,8 @@ mod atomic {
 }
 
 use crate::catalog::{Catalog, Model};
+use crate::providers::UpstreamError;
+use http::StatusCode;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -173,9 +175,29 @@ impl Health {
     }
 }
 
+/// Whether a failure counts against the provider's health: its servers failed or did
+/// not answer in time. Its refusals of a request (4xx, rate limits) do not.
+pub fn is_outage(error: &UpstreamError) -> bool {
+    error.status.is_server_error() || error.status == StatusCode::REQUEST_TIMEOUT
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outages_are_server_errors_and_timeouts() {
+        let check = |status: StatusCode, expected: bool| {
+            let error = crate::upstream::failure("p", status, "m", true);
+            assert_eq!(is_outage(&error), expected, "{status}");
+        };
+        check(StatusCode::BAD_GATEWAY, true);
+        check(StatusCode::SERVICE_UNAVAILABLE, true);
+        check(StatusCode::GATEWAY_TIMEOUT, true);
+        check(StatusCode::REQUEST_TIMEOUT, true);
+        check(StatusCode::TOO_MANY_REQUESTS, false);
+        check(StatusCode::BAD_REQUEST, false);
+    }
 
     #[test]
     fn opens_after_consecutive_failures_and_probes_after_cooldown() {

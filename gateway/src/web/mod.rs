@@ -12,10 +12,10 @@ mod pages;
 pub mod session;
 
 use crate::app::App;
+use crate::body::UnreadBody;
 use crate::error::ApiError;
 use crate::keys;
 use crate::respond::{self, Response};
-use crate::server::UnreadBody;
 use auth::LoginLimiter;
 use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use hyper::body::Incoming;

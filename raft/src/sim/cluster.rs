@@ -14,22 +14,23 @@ use crate::incarnation::Identified;
 use crate::incarnation::{self, Identity, IDENTITY_TREE};
 use crate::log_store::LogStore;
 use crate::membership;
-use crate::state_machine::StateMachine;
+use crate::state_machine::{CpuPace, CpuWork, StateMachine};
 use crate::types::{Member, NodeId};
 use crate::wire::MembershipChange;
 use crate::{
     group_of_slot, slot_of, NodeStats, APPEND_ENTRIES_MAX, ELECTION_TIMEOUT_MAX,
-    ELECTION_TIMEOUT_MIN, HEARTBEAT_INTERVAL,
+    ELECTION_TIMEOUT_MIN, HEARTBEAT_INTERVAL, INSTALL_SNAPSHOT_TIMEOUT,
 };
 use openraft::error::{InitializeError, RaftError};
-use openraft::{Config, SnapshotPolicy};
+use openraft::{Config, RaftMetrics, SnapshotPolicy};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use solrouter_ledger::{AccountId, Batch, Command, Ledger, Outcome};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Stops the groups a refused start had started already; returns `why` it was refused.
 async fn stop_started(groups: &[Group], why: String) -> String {
@@ -47,6 +48,32 @@ const EPOCH_MS: u64 = 1_700_000_000_000;
 /// leader has to commit the empty batch that tells the group's voters.
 const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 const MEMBERSHIP_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What CPU work costs a node at its normal pace, in virtual time.
+const CPU_COST: CpuCost = CpuCost {
+    entry: Duration::from_micros(20),
+    command: Duration::from_micros(2),
+    snapshot_bytes_per_ms: 100_000,
+};
+
+struct CpuCost {
+    entry: Duration,
+    command: Duration,
+    snapshot_bytes_per_ms: u64,
+}
+
+impl CpuCost {
+    fn of(&self, work: CpuWork) -> Duration {
+        match work {
+            CpuWork::Apply { n_entries, n_commands } => {
+                self.entry * n_entries as u32 + self.command * n_commands as u32
+            }
+            CpuWork::Snapshot { bytes } => {
+                Duration::from_micros(bytes as u64 * 1_000 / self.snapshot_bytes_per_ms)
+            }
+        }
+    }
+}
 
 /// The shape of one simulated cluster, drawn from the seed.
 #[derive(Clone, Debug)]
@@ -127,6 +154,8 @@ struct ClusterState {
     /// How far each node's wall clock has been stepped, in ms (it survives a restart,
     /// as a machine's clock does).
     clock_steps: BTreeMap<NodeId, Arc<AtomicI64>>,
+    /// How many times slower than [`CPU_COST`] each node's CPU runs now (1: normal).
+    cpu_slowdown: BTreeMap<NodeId, Arc<AtomicU64>>,
     n_incarnations: u64,
     n_crashes: u64,
     n_fatal_restarts: u64,
@@ -176,6 +205,8 @@ impl Cluster {
         let net = Net::new(StdRng::seed_from_u64(rng.gen()));
         let nodes = (1..=shape.n_nodes).map(|id| (id, Slot::Down(BTreeMap::new()))).collect();
         let clock_steps = (1..=shape.n_nodes).map(|id| (id, Arc::default())).collect();
+        let cpu_slowdown =
+            (1..=shape.n_nodes).map(|id| (id, Arc::new(AtomicU64::new(1)))).collect();
         let founders: BTreeSet<NodeId> = (1..=shape.n_nodes).collect();
         let members = Members { voters: founders.clone(), ..Members::default() };
         let state = ClusterState {
@@ -186,6 +217,7 @@ impl Cluster {
             removed: BTreeMap::new(),
             next_id: shape.n_nodes + 1,
             clock_steps,
+            cpu_slowdown,
             n_incarnations: 0,
             n_crashes: 0,
             n_fatal_restarts: 0,
@@ -324,6 +356,28 @@ impl Cluster {
         self.lock().n_membership_changes
     }
 
+    /// Makes node `id`'s CPU `slowdown` times slower for `duration` (a noisy neighbour, a
+    /// throttled VM, a GC-like stall of the process): its applies and snapshot builds take
+    /// that much more virtual time.
+    pub fn slow_cpu_for(self: &Arc<Self>, id: NodeId, slowdown: u64, duration: Duration) {
+        let Some(cpu) = self.lock().cpu_slowdown.get(&id).cloned() else { return };
+        cpu.store(slowdown, Ordering::Relaxed);
+        self.trace.event(self.now_ms(), format!("node {id}'s CPU {slowdown}× slower"));
+        let cluster = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            cpu.store(1, Ordering::Relaxed);
+            cluster.trace.event(cluster.now_ms(), format!("node {id}'s CPU normal again"));
+        });
+    }
+
+    /// Makes node `id`'s CPU run at its normal pace.
+    pub fn heal_cpu(&self, id: NodeId) {
+        if let Some(cpu) = self.lock().cpu_slowdown.get(&id) {
+            cpu.store(1, Ordering::Relaxed);
+        }
+    }
+
     /// Makes node `id`'s disk fast and working again, if the node is up.
     pub fn heal_disk(&self, id: NodeId) {
         let Some(running) = self.running(id) else { return };
@@ -350,14 +404,26 @@ impl Cluster {
         command: Command,
         deadline: Duration,
     ) -> Result<Outcome, SubmitError> {
+        let mut outcomes = self.submit_many(id, group, vec![command], deadline).await?;
+        Ok(outcomes.pop().expect("one outcome per command"))
+    }
+
+    /// [`Cluster::submit`] for `commands` together, as one entry (`Group::submit_many`).
+    pub async fn submit_many(
+        &self,
+        id: NodeId,
+        group: u32,
+        commands: Vec<Command>,
+        deadline: Duration,
+    ) -> Result<Vec<Outcome>, SubmitError> {
         let running = self.running(id).ok_or(SubmitError::Down)?;
-        let op = command.id;
+        let ops: Vec<_> = commands.iter().map(|command| command.id).collect();
         // A paused process takes the request, and answers, only once it resumes.
         let submitted = async {
             self.net.unpaused(&[id]).await;
-            let outcome = running.groups[group as usize].submit(command).await;
+            let outcomes = running.groups[group as usize].submit_many(commands).await;
             self.net.unpaused(&[id]).await;
-            outcome
+            outcomes
         };
         let result = tokio::time::timeout(deadline, submitted).await;
         if running.crashed.load(Ordering::Relaxed) {
@@ -366,11 +432,22 @@ impl Cluster {
         match result {
             Err(_elapsed) => Err(SubmitError::Timeout),
             Ok(Err(e)) => Err(SubmitError::Ledger(e)),
-            Ok(Ok(outcome)) => {
-                self.invariants.acknowledged(group, op);
-                Ok(outcome)
+            Ok(Ok(outcomes)) => {
+                for op in ops {
+                    self.invariants.acknowledged(group, op);
+                }
+                Ok(outcomes)
             }
         }
+    }
+
+    /// Node `id`'s replica of `group`'s Raft metrics, if that node is up.
+    pub fn metrics(
+        &self,
+        id: NodeId,
+        group: u32,
+    ) -> Option<watch::Receiver<RaftMetrics<NodeId, Member>>> {
+        self.running(id).map(|r| r.groups[group as usize].raft().metrics())
     }
 
     /// Crashes node `id` right after its next write of `kind` returns, if one comes within
@@ -432,6 +509,18 @@ impl Cluster {
         }
     }
 
+    /// Power fails everywhere at once: every node crashes keeping only what it synced
+    /// (the harshest loss: every write not yet synced is gone, the committed index
+    /// included).
+    pub async fn power_loss(&self) {
+        for id in self.node_ids() {
+            if let Some(running) = self.running(id) {
+                running.store.lose_unsynced_on_crash();
+            }
+            self.crash(id).await;
+        }
+    }
+
     /// Node `id`'s disk is wiped (crashing it first if it is up): it comes back, at its
     /// next start, under the same id with a new incarnation and nothing else. The
     /// invariants forget the votes it saved.
@@ -474,6 +563,7 @@ impl Cluster {
             state.next_id += 1;
             state.nodes.insert(id, Slot::Down(Disk::new()));
             state.clock_steps.insert(id, Arc::default());
+            state.cpu_slowdown.insert(id, Arc::new(AtomicU64::new(1)));
             state.wanted.insert(id);
             id
         };
@@ -659,14 +749,17 @@ impl Cluster {
     /// [`Cluster::restart`], or why the node refuses to start (a torn or corrupt record on
     /// its disk, say); a refused node stays down with its disk as it was.
     pub async fn try_restart(&self, id: NodeId) -> Result<(), String> {
-        let (disk, incarnation, mut rng, clock_step) = {
+        let (disk, incarnation, mut rng, clock_step, cpu) = {
             let mut state = self.lock();
             let Some(Slot::Down(disk)) = state.nodes.get(&id) else { return Ok(()) };
             let disk = disk.clone();
             state.n_incarnations += 1;
             let rng = StdRng::seed_from_u64(state.rng.gen());
-            (disk, state.n_incarnations, rng, Arc::clone(&state.clock_steps[&id]))
+            let cpu = Arc::clone(&state.cpu_slowdown[&id]);
+            (disk, state.n_incarnations, rng, Arc::clone(&state.clock_steps[&id]), cpu)
         };
+        let pace: CpuPace =
+            Arc::new(move |work| CPU_COST.of(work) * cpu.load(Ordering::Relaxed) as u32);
         self.invariants.restarting(id, self.shape.n_groups, &disk);
         let store = MemStore::new(disk, StdRng::seed_from_u64(rng.gen()))
             .watched(id, Arc::clone(&self.invariants))
@@ -695,7 +788,8 @@ impl Cluster {
             }
             .observe_applies(Arc::new(move |entry| {
                 invariants.entry_applied(id, group_idx, entry);
-            }));
+            }))
+            .pace_cpu(Arc::clone(&pace));
             let log = LogStore::new(
                 group_idx,
                 store.tree(&format!("{group_idx}/log")),
@@ -735,9 +829,9 @@ impl Cluster {
         true
     }
 
-    /// The node's Raft configuration: the production timings, except that the election
-    /// timeout is drawn here from the production range and pinned (`max = min + 1`):
-    /// openraft draws it with `rand::thread_rng`, which no seed controls.
+    /// The node's Raft configuration: the production timings (snapshot installs' included),
+    /// except that the election timeout is drawn here from the production range and pinned
+    /// (`max = min + 1`): openraft draws it with `rand::thread_rng`, which no seed controls.
     fn raft_config(&self, rng: &mut StdRng) -> Config {
         let timeout_min_ms = rng.gen_range(
             ELECTION_TIMEOUT_MIN.as_millis() as u64..ELECTION_TIMEOUT_MAX.as_millis() as u64,
@@ -751,6 +845,7 @@ impl Cluster {
             snapshot_max_chunk_size: self.shape.snapshot_chunk_bytes,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.shape.snapshot_every_entries),
             max_in_snapshot_log_to_keep: self.shape.entries_kept_after_snapshot,
+            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT.as_millis() as u64,
             ..Config::default()
         };
         config.validate().expect("the simulation's raft config is valid")

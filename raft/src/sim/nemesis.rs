@@ -19,6 +19,12 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use std::time::Duration;
 
+/// How many times slower a node's CPU runs while slow (its applies and snapshot builds
+/// take that much more virtual time), and for how long.
+const CPU_SLOWDOWN_MIN: u64 = 10;
+const CPU_SLOWDOWN_MAX: u64 = 300;
+const SLOW_CPU_MIN: Duration = Duration::from_millis(500);
+const SLOW_CPU_MAX: Duration = Duration::from_secs(5);
 /// Pause between two faults, drawn up to this: several faults per election timeout at
 /// the short end, a quiet stretch in which the cluster makes progress at the long end.
 const FAULT_PAUSE_MAX: Duration = Duration::from_millis(600);
@@ -83,6 +89,7 @@ impl Nemesis {
         cluster.net.resume_all();
         for id in cluster.node_ids() {
             cluster.heal_disk(id);
+            cluster.heal_cpu(id);
         }
         cluster.restart_stopped().await;
         for id in cluster.down_ids() {
@@ -109,7 +116,7 @@ impl Nemesis {
         } else {
             (ids.len() as u64 - 1) / 2
         };
-        match self.rng.gen_range(0..108) {
+        match self.rng.gen_range(0..112) {
             0..=14 => self.partition_halves(&ids),
             15..=24 => {
                 let victim = self.leader_or_random(&ids);
@@ -151,6 +158,12 @@ impl Nemesis {
                 self.note(format!("pause node {victim} for {pause:?}"));
             }
             104..=107 => self.change_membership().await,
+            108..=111 => {
+                let victim = self.leader_or_random(&ids);
+                let slowdown = self.rng.gen_range(CPU_SLOWDOWN_MIN..=CPU_SLOWDOWN_MAX);
+                let duration = self.rng.gen_range(SLOW_CPU_MIN..=SLOW_CPU_MAX);
+                self.cluster.slow_cpu_for(victim, slowdown, duration);
+            }
             96..=99 if n_down < n_down_max => {
                 let victim = self.leader_or_random(&ids);
                 let fault = if self.rng.gen_bool(0.5) { IoFault::Eio } else { IoFault::Enospc };
@@ -299,6 +312,9 @@ impl Nemesis {
             spike_per_mille: rng.gen_range(0..=50),
             // Beyond the election timeout, so a spike can depose a leader.
             spike_max: Duration::from_millis(rng.gen_range(100..=1_500)),
+            // Down to where a catch-up's few entries take the heartbeat interval to cross
+            // (`sizing::AppendBudget` cuts them to fit).
+            link_bytes_per_ms: if rng.gen_bool(0.3) { rng.gen_range(500..=20_000) } else { 0 },
         };
         self.cluster.net.set_weather(weather);
         self.note(format!("weather {weather:?}"));

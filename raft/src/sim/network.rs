@@ -7,8 +7,10 @@
 //! may still arrive.
 //!
 //! Requests and replies cross as encoded bytes (`codec`), as over gRPC, so what the simulation
-//! delivers is exactly what the wire could carry. A lost message is never reported to the
-//! sender: like on a real network, the sender's own timeout is all it learns.
+//! delivers is exactly what the wire could carry; a link may be slow, so a message's bytes
+//! take time to cross. A lost message is never reported to the sender: like on a real
+//! network, the sender's own timeout is all it learns. What an AppendEntries carries and
+//! how long a snapshot chunk may take are production's (`sizing`), as in `grpc_network`.
 //!
 //! Requests are [`Stamped`] and admitted by the target's data directory identity
 //! exactly as `grpc_network` does ([`incarnation::admit`]); a refusal reaches the sender
@@ -16,9 +18,12 @@
 
 use crate::codec;
 use crate::incarnation::{self, Identity, Incarnation, Stamped};
+use crate::sizing::{self, AppendBudget};
 use crate::types::{Member, NodeId, Raft, TypeConfig};
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::error::{
+    InstallSnapshotError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -42,6 +47,9 @@ pub struct Weather {
     /// Some messages take up to `spike_max` instead: longer than an election timeout.
     pub spike_per_mille: u32,
     pub spike_max: Duration,
+    /// Bytes a link carries per millisecond (0: as many as sent): a message of `n` bytes
+    /// takes `n / link_bytes_per_ms` ms more.
+    pub link_bytes_per_ms: u64,
 }
 
 impl Weather {
@@ -52,6 +60,7 @@ impl Weather {
         delay_max: Duration::from_millis(2),
         spike_per_mille: 0,
         spike_max: Duration::ZERO,
+        link_bytes_per_ms: 0,
     };
 }
 
@@ -64,6 +73,10 @@ pub struct NetCounters {
     pub n_delivered: u64,
     /// Messages that arrived after a later message on the same link.
     pub n_reordered: u64,
+    /// Snapshot chunks lost on purpose ([`Net::lose_next_last_chunk`]).
+    pub n_last_chunks_lost: u64,
+    /// AppendEntries cut to what the link carries in time, answered `PartialSuccess`.
+    pub n_partial_appends: u64,
 }
 
 /// The network shared by every node of a simulated cluster.
@@ -86,6 +99,8 @@ struct NetState {
     /// Nodes whose process is paused (a stop-the-world stall, a VM frozen), and until when:
     /// what they send and what is sent to them waits until then.
     paused_until: BTreeMap<NodeId, tokio::time::Instant>,
+    /// Nodes the last chunk of the next snapshot sent to is lost on the way.
+    lose_last_chunk_to: BTreeSet<NodeId>,
     counters: NetCounters,
 }
 
@@ -106,6 +121,7 @@ impl Net {
             n_sent_on: BTreeMap::new(),
             arrived_max_on: BTreeMap::new(),
             paused_until: BTreeMap::new(),
+            lose_last_chunk_to: BTreeSet::new(),
             counters: NetCounters::default(),
         };
         Arc::new(Net { state: Mutex::new(state) })
@@ -170,9 +186,23 @@ impl Net {
         self.lock().counters
     }
 
-    /// The message's sequence number on its link, and the delays of its copies about to
-    /// leave `source` for `target`: none if it is lost, two if it is duplicated.
-    fn plan(&self, source: (NodeId, u64), target: NodeId) -> (u64, Vec<Duration>) {
+    /// The last chunk of the next snapshot sent to `target` is lost on the way.
+    pub fn lose_next_last_chunk(&self, target: NodeId) {
+        self.lock().lose_last_chunk_to.insert(target);
+    }
+
+    /// Whether a last snapshot chunk for `target` is to be lost now (once).
+    fn last_chunk_lost(&self, target: NodeId) -> bool {
+        let mut state = self.lock();
+        let lost = state.lose_last_chunk_to.remove(&target);
+        state.counters.n_last_chunks_lost += u64::from(lost);
+        lost
+    }
+
+    /// The message's sequence number on its link, and the delays of its copies (of `bytes`
+    /// each) about to leave `source` for `target`: none if it is lost, two if it is
+    /// duplicated.
+    fn plan(&self, source: (NodeId, u64), target: NodeId, bytes: usize) -> (u64, Vec<Duration>) {
         let mut state = self.lock();
         state.counters.n_sent += 1;
         let n_sent_on = state.n_sent_on.entry((source.0, target)).or_default();
@@ -193,7 +223,11 @@ impl Net {
         } else {
             1
         };
-        (seq, (0..n_copies).map(|_| state.delay(&weather)).collect())
+        let crossing = match weather.link_bytes_per_ms {
+            0 => Duration::ZERO,
+            bytes_per_ms => Duration::from_millis(bytes as u64 / bytes_per_ms),
+        };
+        (seq, (0..n_copies).map(|_| state.delay(&weather) + crossing).collect())
     }
 
     /// The target's Raft instance of `group` if message `seq` of the link may arrive now,
@@ -261,6 +295,7 @@ pub struct SimConnection {
     target: NodeId,
     target_incarnation: Incarnation,
     group: u32,
+    entries: AppendBudget,
 }
 
 impl RaftNetworkFactory<TypeConfig> for SimNetwork {
@@ -274,6 +309,7 @@ impl RaftNetworkFactory<TypeConfig> for SimNetwork {
             target,
             target_incarnation: node.incarnation,
             group: self.group,
+            entries: AppendBudget::default(),
         }
     }
 }
@@ -296,7 +332,7 @@ impl SimConnection {
         let payload = codec::encode(&stamped).expect("raft requests encode");
         let (reply_tx, reply_rx) = oneshot::channel();
         let mut reply_tx = Some(reply_tx);
-        let (seq, delays) = self.net.plan(self.source, self.target);
+        let (seq, delays) = self.net.plan(self.source, self.target, payload.len());
         for delay in delays {
             // Only the first copy's reply can reach the caller; a duplicate's is dropped.
             let delivery = Delivery {
@@ -330,18 +366,40 @@ impl SimConnection {
 impl RaftNetwork<TypeConfig> for SimConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        self.call(Rpc::AppendEntries, &rpc).await
+        // openraft cancels the call at `hard_ttl`.
+        let sending = self.entries.start(&mut rpc);
+        let result = self.call(Rpc::AppendEntries, &rpc).await;
+        let result = self.entries.finish(sending, option.hard_ttl(), result);
+        if let Ok(AppendEntriesResponse::PartialSuccess(_)) = result {
+            self.net.lock().counters.n_partial_appends += 1;
+        }
+        result
     }
 
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(Rpc::InstallSnapshot, &rpc).await
+        let timeout = sizing::snapshot_chunk_timeout(&rpc, &option);
+        let lost = rpc.done && self.net.last_chunk_lost(self.target);
+        let sent = async {
+            match lost {
+                true => std::future::pending().await,
+                false => self.call(Rpc::InstallSnapshot, &rpc).await,
+            }
+        };
+        match tokio::time::timeout(timeout, sent).await {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                let (id, target) = (self.source.0, self.target);
+                let action = RPCTypes::InstallSnapshot;
+                Err(RPCError::Timeout(Timeout { action, id, target, timeout }))
+            }
+        }
     }
 
     async fn vote(
@@ -390,7 +448,8 @@ impl Delivery {
         };
         let Some(reply_tx) = self.reply_tx else { return };
         // A duplicated reply's second copy is dropped: the caller takes one answer.
-        let (seq, delays) = self.net.plan((self.target, incarnation), self.source);
+        let bytes = reply.as_ref().map_or(0, Vec::len);
+        let (seq, delays) = self.net.plan((self.target, incarnation), self.source, bytes);
         let Some(delay) = delays.first().copied() else { return };
         tokio::time::sleep(delay).await;
         self.net.unpaused(&[self.source, self.target]).await;

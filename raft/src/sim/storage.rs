@@ -198,6 +198,11 @@ impl MemStore {
         self.lock().crash_after.take().is_none()
     }
 
+    /// Makes the next crash keep no write that was not synced.
+    pub fn lose_unsynced_on_crash(&self) {
+        self.lock().unsynced_kept = Some(0);
+    }
+
     /// What stable storage holds now.
     pub fn durable(&self) -> Disk {
         self.lock().durable.clone()

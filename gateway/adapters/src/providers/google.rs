@@ -16,8 +16,8 @@ use super::{
     Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, Target,
     UpstreamError, UpstreamRequest, Usage,
 };
+use crate::providers::ERROR_BYTES_MAX;
 use crate::sse::{SseEvent, SseParser};
-use crate::upstream::ERROR_BYTES_MAX;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};

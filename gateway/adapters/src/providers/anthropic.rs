@@ -9,7 +9,7 @@ use super::{
     Adapter, ChatRequest, Chunk, Completion, Endpoint, NativeFormat, ParamError, StreamTranslator,
     Target, UpstreamError, UpstreamRequest, Usage,
 };
-use crate::catalog::{Controls, Thinking};
+use crate::controls::{Controls, Thinking};
 use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};

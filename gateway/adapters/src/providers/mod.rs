@@ -22,10 +22,14 @@ pub mod openai;
 mod registry;
 mod translate;
 
+/// Largest error body read from a failing upstream; error messages are short, and the
+/// adapter truncates what it quotes anyway.
+pub const ERROR_BYTES_MAX: usize = 64 << 10;
+
 pub use embed::{EmbedRequest, EmbedTarget, Embedder, Embeddings, Encoding, Input};
 pub use registry::{host_names, is_mock, Providers, MOCK_PROVIDER, MOCK_SLOW_PROVIDER};
 
-use crate::catalog::Controls;
+use crate::controls::Controls;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
