@@ -73,7 +73,7 @@ pub const HISTORY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// first). Most of a transaction's cost is per page it dirties (copy-on-write, page
 /// allocation, the write), and the index pages are one per active account and key,
 /// however many of its records share them.
-pub const HISTORY_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+pub const HISTORY_FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 /// Records queued that make the writer commit at once instead of waiting out
 /// [`HISTORY_FLUSH_INTERVAL`] (~250 bytes each in memory).
 pub const HISTORY_FLUSH_RECORDS: usize = 8_192;
