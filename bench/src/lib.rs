@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod history;
 pub mod load;
 pub mod processes;
 

@@ -15,26 +15,39 @@
 //! replay is idempotent), while everything a snapshot covers was synced before the log
 //! could be purged past it.
 //!
-//! Tables: `records` (hold → account and record), the indexes `by_account`
-//! (account, created, hold), `by_key` (key, created, hold) and `by_time` (created, hold),
-//! and `hourly` aggregates (account, hour, key, model → sums) that always equal the sum
-//! of the retained records. Retention ([`History::expire`]) drops records older than the
-//! configured age from all of them.
+//! Tables (format [`HISTORY_FORMAT_VERSION`], kept in `meta`), laid out so that a
+//! transaction's writes land on as few pages as possible, since most of a write's cost is
+//! per page it dirties (docs/storage.md, "The history's layout"):
+//! * `requests`: (created, hold) → payer and record (`history_codec.rs`): creation order,
+//!   so inserts append, and retention and backfill read it front to back;
+//! * `holds`: hold → created, for a hold's record and to keep a hold's first record (hold
+//!   ids lead with their creation millisecond, so these inserts append too);
+//! * `by_account_key`: (account, key, created, hold), the one index: a key filter reads
+//!   its key's range, an account's page merges the ranges of its keys, newest first;
+//! * `usage_recent`: (hour, account, key, model) → sums of the hours not yet rolled up:
+//!   hour first, so each transaction's buckets are neighbours; every second the closed
+//!   hours move to `usage_hourly`: (account, hour, key, model) → sums, an account's
+//!   hours side by side for its usage queries. Together they always equal the sum of the
+//!   retained records.
+//!
+//! Retention ([`History::expire`]) drops records older than the configured age from all
+//! of them. A file of format 1 (no `meta`: `records` keyed by hold and four index and
+//! aggregate tables beside it) is migrated when opened; another version is refused.
 //!
 //! A replica that installs a snapshot lacks the records of the entries it covers; it
 //! copies them from the group's leader in the background (`backfill.rs`, through
 //! [`History::export`]).
 
-use crate::codec;
 use crate::error::LedgerError;
-use crate::{OPEN_LOCK_ATTEMPTS_MAX, OPEN_LOCK_RETRY_INTERVAL};
+use crate::history_codec::{decode_record, decode_usage, encode_record, encode_usage};
+use crate::{codec, OPEN_LOCK_ATTEMPTS_MAX, OPEN_LOCK_RETRY_INTERVAL};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
+    TableHandle, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use solrouter_ledger::{AccountId, HoldId, KeyId, PicoUsd, RequestRecord};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,21 +57,23 @@ use tokio::sync::Notify;
 
 /// The history's file in a node's data directory.
 pub const HISTORY_FILE: &str = "history.redb";
+/// The layout this build writes and reads (the `format` row of `meta`). 1 (no `meta`):
+/// `records` keyed by hold, `by_account`, `by_key`, `by_time`, `hourly`, values in the
+/// ledger codec; migrated on open. 2: the tables of the module doc.
+pub const HISTORY_FORMAT_VERSION: u64 = 2;
 /// The history's page cache (redb's default is 1 GiB, which a node would fill with pages
 /// of old records): queries read recent pages and indexes, writes append. At 64 MiB the
 /// cache took ten minutes of `solrouter dev` load to fill, so RSS kept rising.
 pub const HISTORY_CACHE_BYTES: usize = 16 * 1024 * 1024;
-/// How often a node syncs the history written since its last sync: bounds what the sync
-/// before a snapshot has to write.
+/// How often a node syncs the history written since its last sync (bounds what the sync
+/// before a snapshot has to write) and rolls closed hours up.
 pub const HISTORY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest a record waits in the queue before the writer commits it, with every record
 /// queued meanwhile, in one transaction (reads do not wait for it: they write the queue
 /// first). Most of a transaction's cost is per page it dirties (copy-on-write, page
-/// allocation, the write), and the index pages by account and by key are one per active
-/// account, however many of its records share them: under `cluster_load` (1,024
-/// accounts) 20 ms transactions dirtied about a page per record and the writer took 43 %
-/// of a node's CPU (docs/benchmarks.md, "Fewer wake-ups, larger history transactions").
-pub const HISTORY_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// allocation, the write), and the index pages are one per active account and key,
+/// however many of its records share them.
+pub const HISTORY_FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 /// Records queued that make the writer commit at once instead of waiting out
 /// [`HISTORY_FLUSH_INTERVAL`] (~250 bytes each in memory).
 pub const HISTORY_FLUSH_RECORDS: usize = 8_192;
@@ -80,26 +95,38 @@ pub const HISTORY_SCAN_MAX: usize = 10_000;
 pub const HISTORY_EXPORT_PAGE_MAX: usize = 1_000;
 /// Most records one retention pass deletes (one transaction); passes repeat until done.
 pub const HISTORY_EXPIRE_BATCH_MAX: usize = 10_000;
+/// Format-1 records one migration transaction moves.
+const MIGRATE_BATCH: usize = 10_000;
 const HOUR_MS: u64 = 60 * 60 * 1000;
 
-/// hold → [`Stored`].
-const RECORDS: TableDefinition<u128, &[u8]> = TableDefinition::new("records");
-/// (account, created_ms, hold).
-const BY_ACCOUNT: TableDefinition<(u64, u64, u128), ()> = TableDefinition::new("by_account");
-/// (key, created_ms, hold).
-const BY_KEY: TableDefinition<(u64, u64, u128), ()> = TableDefinition::new("by_key");
-/// (created_ms, hold), for retention.
-const BY_TIME: TableDefinition<(u64, u128), ()> = TableDefinition::new("by_time");
-/// (account, hour start ms, key, model) → [`Usage`].
-const HOURLY: TableDefinition<(u64, u64, Option<u64>, &str), &[u8]> =
-    TableDefinition::new("hourly");
+/// "format" → [`HISTORY_FORMAT_VERSION`].
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const FORMAT_ROW: &str = "format";
+/// (created_ms, hold) → `history_codec::encode_record`.
+const REQUESTS: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("requests");
+/// hold → created_ms.
+const HOLDS: TableDefinition<u128, u64> = TableDefinition::new("holds");
+/// (account, key, created_ms, hold).
+const BY_ACCOUNT_KEY: TableDefinition<IndexKey, ()> = TableDefinition::new("by_account_key");
+/// (hour start ms, account, key, model) → `history_codec::encode_usage`.
+const USAGE_RECENT: TableDefinition<BucketKey<'static>, &[u8]> =
+    TableDefinition::new("usage_recent");
+/// (account, hour start ms, key, model) → `history_codec::encode_usage`.
+const USAGE_HOURLY: TableDefinition<BucketKey<'static>, &[u8]> =
+    TableDefinition::new("usage_hourly");
 
-/// As kept in `records`; written from a borrowed record (`Stored<&RequestRecord>`, the
-/// same bytes).
-#[derive(Serialize, Deserialize)]
-struct Stored<R = RequestRecord> {
+type IndexKey = (u64, Option<u64>, u64, u128);
+
+/// Format 1, read only to migrate it: hold → [`Stored`] in the ledger codec; the other
+/// tables are derived from it and dropped.
+const V1_RECORDS: TableDefinition<u128, &[u8]> = TableDefinition::new("records");
+const V1_TABLES: [&str; 5] = ["records", "by_account", "by_key", "by_time", "hourly"];
+
+/// A format-1 record.
+#[derive(Deserialize)]
+struct Stored {
     account: AccountId,
-    record: R,
+    record: RequestRecord,
 }
 
 /// A settled request's record with its payer, as applies queue them.
@@ -142,17 +169,19 @@ impl Usage {
             self.written_off.checked_add(other.written_off).expect("usage write-off overflow");
     }
 
-    /// Takes `record` back out; `None` once no request is left in the bucket.
-    fn remove(mut self, record: &RequestRecord) -> Option<Usage> {
+    /// Takes `part` (sums of requests it holds) back out; `None` once no request is left.
+    fn remove(mut self, part: &Usage) -> Option<Usage> {
         let sub = |total: u64, part: u64| total.checked_sub(part).expect("usage underflow");
-        self.requests = sub(self.requests, 1);
-        self.prompt_tokens = sub(self.prompt_tokens, record.prompt_tokens);
-        self.completion_tokens = sub(self.completion_tokens, record.completion_tokens);
-        self.reasoning_tokens = sub(self.reasoning_tokens, record.reasoning_tokens);
-        self.cached_tokens = sub(self.cached_tokens, record.cached_tokens);
-        self.cost = PicoUsd(self.cost.0.checked_sub(record.cost.0).expect("usage underflow"));
-        self.written_off =
-            PicoUsd(self.written_off.0.checked_sub(record.written_off.0).expect("usage underflow"));
+        let sub_pico = |total: PicoUsd, part: PicoUsd| {
+            PicoUsd(total.0.checked_sub(part.0).expect("usage underflow"))
+        };
+        self.requests = sub(self.requests, part.requests);
+        self.prompt_tokens = sub(self.prompt_tokens, part.prompt_tokens);
+        self.completion_tokens = sub(self.completion_tokens, part.completion_tokens);
+        self.reasoning_tokens = sub(self.reasoning_tokens, part.reasoning_tokens);
+        self.cached_tokens = sub(self.cached_tokens, part.cached_tokens);
+        self.cost = sub_pico(self.cost, part.cost);
+        self.written_off = sub_pico(self.written_off, part.written_off);
         (self.requests > 0).then_some(self)
     }
 }
@@ -412,12 +441,77 @@ impl History {
             in_memory,
         };
         let history = History { inner: Arc::new(inner) };
-        // Creates the tables, so readers never find one missing.
-        history
-            .inner
-            .write(Durability::Immediate, |_| Ok(()))
-            .map_err(|e| LedgerError::storage("creating the request history", e))?;
+        history.prepare().map_err(|e| LedgerError::storage("opening the request history", e))?;
         Ok(history)
+    }
+
+    /// Checks the file's format: creates the tables of this one in a new file (so readers
+    /// never find one missing), migrates a file of format 1, refuses any other.
+    fn prepare(&self) -> Result<(), HistoryFormatError> {
+        let db = &self.inner.db;
+        let (format, v1) = {
+            let txn = db.begin_read().map_err(redb::Error::from)?;
+            let format = match txn.open_table(META) {
+                Ok(meta) => meta.get(FORMAT_ROW).map_err(redb::Error::from)?.map(|v| v.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(redb::Error::from(e).into()),
+            };
+            let mut tables = txn.list_tables().map_err(redb::Error::from)?;
+            (format, tables.any(|table| table.name() == V1_RECORDS.name()))
+        };
+        match format {
+            Some(HISTORY_FORMAT_VERSION) => return Ok(()),
+            Some(found) => return Err(HistoryFormatError::Unsupported { found }),
+            None if v1 => self.migrate_v1()?,
+            None => {}
+        }
+        // This format's tables and version, and none of format 1's, in one commit.
+        let txn = db.begin_write().map_err(redb::Error::from)?;
+        let old: Vec<_> = txn
+            .list_tables()
+            .map_err(redb::Error::from)?
+            .filter(|table| V1_TABLES.contains(&table.name()))
+            .collect();
+        for table in old {
+            txn.delete_table(table).map_err(redb::Error::from)?;
+        }
+        drop(Tables::open(&txn)?);
+        let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
+        meta.insert(FORMAT_ROW, HISTORY_FORMAT_VERSION).map_err(redb::Error::from)?;
+        drop(meta);
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Writes every format-1 record into this format's tables, a batch per transaction
+    /// (the caller then drops the old tables). A crash part-way leaves the old tables
+    /// whole and the file without a version: the next open starts over, and what was
+    /// already moved is kept as it is (a hold keeps its first record).
+    fn migrate_v1(&self) -> HistoryResult<()> {
+        let mut after = Bound::Unbounded;
+        let mut moved = 0;
+        loop {
+            let batch: Vec<Settled> = {
+                let txn = self.inner.db.begin_read()?;
+                let records = txn.open_table(V1_RECORDS)?;
+                let range = records.range::<u128>((after, Bound::Unbounded))?;
+                range
+                    .take(MIGRATE_BATCH)
+                    .map(|entry| -> HistoryResult<Settled> {
+                        let (hold, bytes) = entry?;
+                        let Stored { account, record } = codec::decode(bytes.value())
+                            .map_err(|e| corrupt(&format!("a format-1 record: {e}")))?;
+                        Ok((account, HoldId(hold.value()), record))
+                    })
+                    .collect::<HistoryResult<_>>()?
+            };
+            let Some((_, last, _)) = batch.last() else { break };
+            after = Bound::Excluded(last.0);
+            moved += batch.len();
+            self.inner.write(Durability::None, |tables| tables.insert_all(&batch))?;
+        }
+        tracing::info!(moved, "request history: format 1 migrated");
+        Ok(())
     }
 
     /// Queues the records a batch settled for the writer task: no I/O, so an apply may
@@ -472,12 +566,14 @@ impl History {
         self.inner.write_queued(Vec::new(), Durability::Immediate)
     }
 
-    /// One round of upkeep: with `expire` drops what is past retention, then syncs what
-    /// was queued or written since the last sync; returns how many records it dropped.
+    /// One round of upkeep: rolls closed hours up, with `expire` drops what is past
+    /// retention, then syncs what was queued or written since the last sync; returns how
+    /// many records it dropped.
     fn maintain(&self, expire: bool) -> HistoryResult<usize> {
+        let now_ms = crate::group::wall_clock_ms();
+        self.roll_up(now_ms)?;
         let mut deleted = 0;
         if expire {
-            let now_ms = crate::group::wall_clock_ms();
             loop {
                 let batch = self.expire(now_ms)?;
                 deleted += batch;
@@ -490,30 +586,36 @@ impl History {
         Ok(deleted)
     }
 
+    /// Moves the sums of the hours before `now_ms`'s from `usage_recent` to
+    /// `usage_hourly`; writes nothing when there are none.
+    fn roll_up(&self, now_ms: u64) -> HistoryResult<()> {
+        let current_hour = hour_of(now_ms);
+        let mut unsynced = self.inner.writer.lock().expect("history writer lock poisoned");
+        let recent = self.inner.db.begin_read()?.open_table(USAGE_RECENT)?;
+        if recent.first()?.is_none_or(|(oldest, _)| oldest.value().0 >= current_hour) {
+            return Ok(());
+        }
+        drop(recent);
+        self.inner.write(Durability::None, |tables| tables.roll_up(current_hour))?;
+        *unsynced = true;
+        Ok(())
+    }
+
     /// Deletes the records created before `now_ms − retention`, at most
     /// [`HISTORY_EXPIRE_BATCH_MAX`]; returns how many (call again while it is the max).
     /// Writes nothing when nothing is that old.
     pub fn expire(&self, now_ms: u64) -> HistoryResult<usize> {
         let retention_ms = u64::try_from(self.inner.retention.as_millis()).unwrap_or(u64::MAX);
-        let cutoff = (now_ms.saturating_sub(retention_ms), 0u128);
+        let cutoff_ms = now_ms.saturating_sub(retention_ms);
         let mut unsynced = self.inner.writer.lock().expect("history writer lock poisoned");
-        let by_time = self.inner.db.begin_read()?.open_table(BY_TIME)?;
-        if by_time.first()?.is_none_or(|(oldest, _)| oldest.value() >= cutoff) {
+        let requests = self.inner.db.begin_read()?.open_table(REQUESTS)?;
+        if requests.first()?.is_none_or(|(oldest, _)| oldest.value().0 >= cutoff_ms) {
             return Ok(0);
         }
-        drop(by_time);
+        drop(requests);
         let mut deleted = 0;
         self.inner.write(Durability::None, |tables| {
-            let old: Vec<(u64, u128)> = tables
-                .by_time
-                .range(..cutoff)?
-                .take(HISTORY_EXPIRE_BATCH_MAX)
-                .map(|entry| entry.map(|(key, _)| key.value()))
-                .collect::<Result<_, _>>()?;
-            for (_, hold) in old {
-                tables.remove(hold)?;
-                deleted += 1;
-            }
+            deleted = tables.expire(cutoff_ms, HISTORY_EXPIRE_BATCH_MAX)?;
             Ok(())
         })?;
         *unsynced = true;
@@ -553,24 +655,23 @@ impl History {
         limit: usize,
     ) -> HistoryResult<ExportPage> {
         let txn = self.begin_read()?;
-        let records = txn.open_table(RECORDS)?;
-        let by_time = txn.open_table(BY_TIME)?;
+        let requests = txn.open_table(REQUESTS)?;
         let start = match after {
             Some(after) => Bound::Excluded((after.created_ms, after.hold.0)),
             None => Bound::Unbounded,
         };
         let mut page = ExportPage { records: Vec::new(), next: None };
         let mut last = None;
-        for (scanned, entry) in by_time.range((start, Bound::Unbounded))?.enumerate() {
+        for (scanned, entry) in requests.range((start, Bound::Unbounded))?.enumerate() {
             if page.records.len() == limit || scanned == HISTORY_SCAN_MAX {
                 // More remain: go on after the last one read.
                 page.next = last;
                 break;
             }
-            let (created_ms, hold) = entry?.0.value();
+            let (key, bytes) = entry?;
+            let (created_ms, hold) = key.value();
             last = Some(HistoryCursor { created_ms, hold: HoldId(hold) });
-            let bytes = records.get(hold)?.ok_or_else(|| corrupt("an index names no record"))?;
-            let Stored { account, record } = decode(bytes.value())?;
+            let (account, record) = decode(created_ms, bytes.value())?;
             if keep(account) {
                 page.records.push((account, HoldId(hold), record));
             }
@@ -581,7 +682,7 @@ impl History {
     /// Counts the queue without writing it (a queued repeat of a hold counts until then).
     pub fn stats(&self) -> HistoryResult<HistoryStats> {
         let queued = self.inner.queue.lock().expect("history queue lock poisoned").len();
-        let written = self.inner.db.begin_read()?.open_table(RECORDS)?.len()?;
+        let written = self.inner.db.begin_read()?.open_table(REQUESTS)?.len()?;
         Ok(HistoryStats {
             records: written + queued as u64,
             expired_total: self.inner.expired_total.load(Ordering::Relaxed),
@@ -591,46 +692,70 @@ impl History {
     /// The record of `hold` if `account` paid for it.
     pub fn record(&self, account: AccountId, hold: HoldId) -> HistoryResult<Option<RequestRecord>> {
         let txn = self.begin_read()?;
-        let Some(bytes) = txn.open_table(RECORDS)?.get(hold.0)? else {
+        let Some(created_ms) = txn.open_table(HOLDS)?.get(hold.0)?.map(|c| c.value()) else {
             return Ok(None);
         };
-        let stored = decode(bytes.value())?;
-        Ok((stored.account == account).then_some(stored.record))
+        let requests = txn.open_table(REQUESTS)?;
+        let bytes = requests.get((created_ms, hold.0))?;
+        let bytes = bytes.ok_or_else(|| corrupt("a hold names no record"))?;
+        let (payer, record) = decode(created_ms, bytes.value())?;
+        Ok((payer == account).then_some(record))
     }
 
     pub fn query(&self, query: &HistoryQuery) -> HistoryResult<HistoryPage> {
         let txn = self.begin_read()?;
-        let records = txn.open_table(RECORDS)?;
-        let (index, id) = match query.key {
-            Some(key) => (txn.open_table(BY_KEY)?, key.0),
-            None => (txn.open_table(BY_ACCOUNT)?, query.account.0),
-        };
+        let requests = txn.open_table(REQUESTS)?;
+        let index = txn.open_table(BY_ACCOUNT_KEY)?;
         let end = match query.before {
-            Some(before) if before.created_ms < query.to_ms => {
-                (id, before.created_ms, before.hold.0)
-            }
-            _ => (id, query.to_ms, 0),
+            Some(before) if before.created_ms < query.to_ms => (before.created_ms, before.hold.0),
+            _ => (query.to_ms, 0),
         };
+        let start = (query.from_ms, 0u128);
         let limit = query.limit.clamp(1, HISTORY_PAGE_MAX) as usize;
         let mut page = HistoryPage { records: Vec::new(), next: None };
-        let start = (id, query.from_ms, 0u128);
         if start >= end {
             return Ok(page);
         }
-        for (scanned, entry) in index.range(start..end)?.rev().enumerate() {
-            let (_, created_ms, hold) = entry?.0.value();
+        let account = query.account.0;
+        let keys = match query.key {
+            Some(key) => vec![Some(key.0)],
+            None => keys_of(&index, account)?,
+        };
+        // Newest first across the keys: one range per key, merged on (created, hold).
+        let mut ranges = Vec::with_capacity(keys.len());
+        for key in keys {
+            let range = (account, key, start.0, start.1)..(account, key, end.0, end.1);
+            ranges.push(index.range(range)?.rev());
+        }
+        let n_ranges = ranges.len();
+        let mut heads = BinaryHeap::with_capacity(n_ranges);
+        let mut advance = |heads: &mut BinaryHeap<_>, n: usize| -> HistoryResult<()> {
+            if let Some(entry) = ranges[n].next() {
+                let (_, _, created_ms, hold) = entry?.0.value();
+                heads.push(((created_ms, hold), n));
+            }
+            Ok(())
+        };
+        for n in 0..n_ranges {
+            advance(&mut heads, n)?;
+        }
+        let mut scanned = 0;
+        while let Some(((created_ms, hold), n)) = heads.pop() {
             let cursor = HistoryCursor { created_ms, hold: HoldId(hold) };
             if page.records.len() == limit || scanned == HISTORY_SCAN_MAX {
                 page.next = Some(cursor_after(cursor));
                 break;
             }
-            let bytes = records.get(hold)?.ok_or_else(|| corrupt("an index names no record"))?;
-            let stored = decode(bytes.value())?;
-            let matches = stored.account == query.account
-                && query.model.as_ref().is_none_or(|model| *model == stored.record.model)
-                && query.status.is_none_or(|status| status == stored.record.status);
+            scanned += 1;
+            advance(&mut heads, n)?;
+            let bytes = requests.get((created_ms, hold))?;
+            let bytes = bytes.ok_or_else(|| corrupt("an index names no record"))?;
+            let (payer, record) = decode(created_ms, bytes.value())?;
+            let matches = payer == query.account
+                && query.model.as_ref().is_none_or(|model| *model == record.model)
+                && query.status.is_none_or(|status| status == record.status);
             if matches {
-                page.records.push((HoldId(hold), stored.record));
+                page.records.push((HoldId(hold), record));
             }
         }
         Ok(page)
@@ -642,17 +767,45 @@ impl History {
             return Ok(Vec::new());
         }
         let txn = self.begin_read()?;
-        let hourly = txn.open_table(HOURLY)?;
         let account = query.account.0;
-        let from = (account, query.from_ms - query.from_ms % HOUR_MS, None, "");
-        let to = (account, query.to_ms, None, "");
+        let from_hour = hour_of(query.from_ms);
         let mut rows: BTreeMap<(u64, Option<u64>, String), Usage> = BTreeMap::new();
-        for entry in hourly.range(from..to)? {
+        let mut add = |hour_ms: u64, key: Option<u64>, model: &str, bytes: &[u8]| {
+            let start_ms = hour_ms - hour_ms % query.bucket_ms;
+            let usage = decode_usage(bytes).map_err(|e| corrupt(&e.to_string()))?;
+            rows.entry((start_ms, key, model.to_owned())).or_default().merge(&usage);
+            HistoryResult::Ok(())
+        };
+        let hourly = txn.open_table(USAGE_HOURLY)?;
+        for entry in
+            hourly.range((account, from_hour, None, "")..(account, query.to_ms, None, ""))?
+        {
             let (key, value) = entry?;
             let (_, hour_ms, key_id, model) = key.value();
-            let start_ms = hour_ms - hour_ms % query.bucket_ms;
-            let usage: Usage = codec::decode(value.value()).map_err(|e| corrupt(&e.to_string()))?;
-            rows.entry((start_ms, key_id, model.to_owned())).or_default().merge(&usage);
+            add(hour_ms, key_id, model, value.value())?;
+        }
+        // The hours not rolled up yet are few: seek from one of them to the next.
+        let recent = txn.open_table(USAGE_RECENT)?;
+        let mut from = from_hour;
+        'hours: while from < query.to_ms {
+            for entry in recent.range((from, account, None, "")..(query.to_ms, 0, None, ""))? {
+                let (key, value) = entry?;
+                let (hour_ms, of, key_id, model) = key.value();
+                if of == account {
+                    add(hour_ms, key_id, model, value.value())?;
+                    continue;
+                }
+                // Past the account's rows of this hour, or before them in a later hour.
+                from = match of > account {
+                    true => match hour_ms.checked_add(HOUR_MS) {
+                        Some(next) => next,
+                        None => break 'hours,
+                    },
+                    false => hour_ms,
+                };
+                continue 'hours;
+            }
+            break;
         }
         let rows = rows.into_iter().map(|((start_ms, key, model), usage)| UsageRow {
             start_ms,
@@ -666,7 +819,7 @@ impl History {
 
 /// The history's writer and upkeep: commits what applies queued at most
 /// [`HISTORY_FLUSH_INTERVAL`] after the first record came (at once when
-/// [`HISTORY_FLUSH_RECORDS`] wait); every [`HISTORY_SYNC_INTERVAL`] syncs what was queued or
+/// [`HISTORY_FLUSH_RECORDS`] wait); every [`HISTORY_SYNC_INTERVAL`] rolls closed hours up and syncs what was queued or
 /// written since (so the sync before a snapshot has little left to do); every
 /// [`HISTORY_EXPIRE_INTERVAL`] drops the records past retention, by this machine's clock
 /// (retention is not replicated state: each replica trims its own). The writes run on the
@@ -726,112 +879,182 @@ fn cursor_after(cursor: HistoryCursor) -> HistoryCursor {
 
 /// The open tables of one write transaction.
 struct Tables<'txn> {
-    records: redb::Table<'txn, u128, &'static [u8]>,
-    by_account: redb::Table<'txn, (u64, u64, u128), ()>,
-    by_key: redb::Table<'txn, (u64, u64, u128), ()>,
-    by_time: redb::Table<'txn, (u64, u128), ()>,
-    hourly: redb::Table<'txn, (u64, u64, Option<u64>, &'static str), &'static [u8]>,
+    requests: redb::Table<'txn, (u64, u128), &'static [u8]>,
+    holds: redb::Table<'txn, u128, u64>,
+    by_account_key: redb::Table<'txn, IndexKey, ()>,
+    usage_recent: UsageTable<'txn>,
+    usage_hourly: UsageTable<'txn>,
 }
+
+type UsageTable<'txn> = redb::Table<'txn, BucketKey<'static>, &'static [u8]>;
 
 impl<'txn> Tables<'txn> {
     fn open(txn: &'txn WriteTransaction) -> HistoryResult<Tables<'txn>> {
         Ok(Tables {
-            records: txn.open_table(RECORDS)?,
-            by_account: txn.open_table(BY_ACCOUNT)?,
-            by_key: txn.open_table(BY_KEY)?,
-            by_time: txn.open_table(BY_TIME)?,
-            hourly: txn.open_table(HOURLY)?,
+            requests: txn.open_table(REQUESTS)?,
+            holds: txn.open_table(HOLDS)?,
+            by_account_key: txn.open_table(BY_ACCOUNT_KEY)?,
+            usage_recent: txn.open_table(USAGE_RECENT)?,
+            usage_hourly: txn.open_table(USAGE_HOURLY)?,
         })
     }
 
-    /// Inserts each hold's first record (a hold already written keeps its own) and adds
-    /// them to their hourly buckets, each bucket read and written once however many of
-    /// the records fall in it.
+    /// Inserts each hold's first record (a hold already written keeps its own): the
+    /// record, its hold, its index entry, and its sums into its hour's bucket. The index
+    /// entries go in key order and each bucket is read and written once, however many
+    /// of the records share its leaf or bucket.
     fn insert_all(&mut self, settled: &[Settled]) -> HistoryResult<()> {
-        let mut buckets: BTreeMap<HourlyKey<'_>, Usage> = BTreeMap::new();
+        let mut bytes = Vec::with_capacity(128);
+        let mut index: Vec<IndexKey> = Vec::with_capacity(settled.len());
+        let mut buckets: BTreeMap<BucketKey<'_>, Usage> = BTreeMap::new();
         for (account, hold, record) in settled {
-            if self.insert(*account, *hold, record)? {
-                buckets.entry(hourly_key(*account, record)).or_default().merge(&Usage::of(record));
+            let created_ms = record.created_ms;
+            let first = self.holds.insert(hold.0, created_ms)?.map(|first| first.value());
+            if let Some(first) = first {
+                if first != created_ms {
+                    self.holds.insert(hold.0, first)?;
+                }
+                continue;
             }
+            bytes.clear();
+            encode_record(*account, record, &mut bytes);
+            self.requests.insert((created_ms, hold.0), bytes.as_slice())?;
+            let key = record.key.map(|key| key.0);
+            index.push((account.0, key, created_ms, hold.0));
+            let bucket = (hour_of(created_ms), account.0, key, record.model.as_str());
+            buckets.entry(bucket).or_default().merge(&Usage::of(record));
+        }
+        index.sort_unstable();
+        for entry in index {
+            self.by_account_key.insert(entry, ())?;
         }
         for (bucket, added) in buckets {
-            let mut usage = match self.hourly.get(bucket)? {
-                Some(bytes) => codec::decode(bytes.value()).map_err(|e| corrupt(&e.to_string()))?,
-                None => Usage::default(),
-            };
+            let mut usage = read_usage(&self.usage_recent, bucket)?.unwrap_or_default();
             usage.merge(&added);
-            self.hourly.insert(bucket, encode(&usage)?.as_slice())?;
+            self.usage_recent.insert(bucket, encode_usage(&usage).as_slice())?;
         }
         Ok(())
     }
 
-    /// Inserts `record` and its index entries unless `hold` has one already; returns
-    /// whether it did. The caller adds it to its hourly bucket.
-    fn insert(
-        &mut self,
-        account: AccountId,
-        hold: HoldId,
-        record: &RequestRecord,
-    ) -> HistoryResult<bool> {
-        if self.records.get(hold.0)?.is_some() {
-            return Ok(false);
+    /// Moves the buckets of the hours before `before_hour` from `usage_recent` into
+    /// `usage_hourly`.
+    fn roll_up(&mut self, before_hour: u64) -> HistoryResult<()> {
+        let closed = ..(before_hour, 0u64, None::<u64>, "");
+        let mut moved = Vec::new();
+        for entry in self.usage_recent.range(closed)? {
+            let (key, value) = entry?;
+            let (hour_ms, account, key_id, model) = key.value();
+            let usage = decode_usage(value.value()).map_err(|e| corrupt(&e.to_string()))?;
+            moved.push((account, hour_ms, key_id, model.to_owned(), usage));
         }
-        let created_ms = record.created_ms;
-        self.by_account.insert((account.0, created_ms, hold.0), ())?;
-        if let Some(key) = record.key {
-            self.by_key.insert((key.0, created_ms, hold.0), ())?;
+        self.usage_recent.retain_in(closed, |_, _| false)?;
+        for (account, hour_ms, key_id, model, added) in moved {
+            let bucket = (account, hour_ms, key_id, model.as_str());
+            let mut usage = read_usage(&self.usage_hourly, bucket)?.unwrap_or_default();
+            usage.merge(&added);
+            self.usage_hourly.insert(bucket, encode_usage(&usage).as_slice())?;
         }
-        self.by_time.insert((created_ms, hold.0), ())?;
-        let stored = Stored { account, record };
-        self.records.insert(hold.0, encode(&stored)?.as_slice())?;
-        Ok(true)
-    }
-
-    fn remove(&mut self, hold: u128) -> HistoryResult<()> {
-        let bytes =
-            self.records.remove(hold)?.ok_or_else(|| corrupt("an index names no record"))?;
-        let Stored { account, record } = decode(bytes.value())?;
-        drop(bytes);
-        let created_ms = record.created_ms;
-        self.by_account.remove((account.0, created_ms, hold))?;
-        if let Some(key) = record.key {
-            self.by_key.remove((key.0, created_ms, hold))?;
-        }
-        self.by_time.remove((created_ms, hold))?;
-        let bucket = hourly_key(account, &record);
-        let usage: Usage = match self.hourly.get(bucket)? {
-            Some(bytes) => codec::decode(bytes.value()).map_err(|e| corrupt(&e.to_string()))?,
-            None => return Err(corrupt("a record without its hourly bucket")),
-        };
-        match usage.remove(&record) {
-            Some(left) => self.hourly.insert(bucket, encode(&left)?.as_slice())?,
-            None => self.hourly.remove(bucket)?,
-        };
         Ok(())
     }
+
+    /// Deletes the oldest records, at most `max` of those created before `cutoff_ms`,
+    /// from every table; returns how many.
+    fn expire(&mut self, cutoff_ms: u64, max: usize) -> HistoryResult<usize> {
+        // Every bucket of a record to go is then whole in `usage_hourly`.
+        self.roll_up(hour_of(cutoff_ms).saturating_add(HOUR_MS))?;
+        let mut old = Vec::new();
+        for entry in self.requests.range(..(cutoff_ms, 0u128))?.take(max) {
+            let (key, bytes) = entry?;
+            let (created_ms, hold) = key.value();
+            let (account, record) = decode(created_ms, bytes.value())?;
+            old.push((hold, account, record));
+        }
+        let Some((hold, _, record)) = old.last() else { return Ok(0) };
+        self.requests.retain_in(..=(record.created_ms, *hold), |_, _| false)?;
+        let mut index: Vec<IndexKey> = Vec::with_capacity(old.len());
+        let mut buckets: BTreeMap<BucketKey<'_>, Usage> = BTreeMap::new();
+        for (hold, account, record) in &old {
+            self.holds.remove(hold)?;
+            let key = record.key.map(|key| key.0);
+            index.push((account.0, key, record.created_ms, *hold));
+            let bucket = (account.0, hour_of(record.created_ms), key, record.model.as_str());
+            buckets.entry(bucket).or_default().merge(&Usage::of(record));
+        }
+        index.sort_unstable();
+        for entry in index {
+            self.by_account_key.remove(entry)?;
+        }
+        for (bucket, gone) in buckets {
+            let usage = read_usage(&self.usage_hourly, bucket)?;
+            let usage = usage.ok_or_else(|| corrupt("a record without its hourly bucket"))?;
+            match usage.remove(&gone) {
+                Some(left) => self.usage_hourly.insert(bucket, encode_usage(&left).as_slice())?,
+                None => self.usage_hourly.remove(bucket)?,
+            };
+        }
+        Ok(old.len())
+    }
 }
 
-/// (account, hour start ms, key, model): a row of `hourly`.
-type HourlyKey<'a> = (u64, u64, Option<u64>, &'a str);
+/// (hour start ms, account, key, model) in `usage_recent`, (account, hour start ms, key,
+/// model) in `usage_hourly`.
+type BucketKey<'a> = (u64, u64, Option<u64>, &'a str);
 
-fn hourly_key(account: AccountId, record: &RequestRecord) -> HourlyKey<'_> {
-    let hour_ms = record.created_ms - record.created_ms % HOUR_MS;
-    (account.0, hour_ms, record.key.map(|key| key.0), record.model.as_str())
+fn read_usage(table: &UsageTable<'_>, bucket: BucketKey<'_>) -> HistoryResult<Option<Usage>> {
+    let Some(bytes) = table.get(bucket)? else { return Ok(None) };
+    decode_usage(bytes.value()).map(Some).map_err(|e| corrupt(&e.to_string()))
 }
 
-fn encode<T: Serialize>(value: &T) -> HistoryResult<Vec<u8>> {
-    codec::encode(value).map_err(|e| corrupt(&e.to_string()))
+/// The keys (`None` for requests made without one) `account` has records under, each
+/// found by one seek past the previous.
+fn keys_of(
+    index: &redb::ReadOnlyTable<IndexKey, ()>,
+    account: u64,
+) -> HistoryResult<Vec<Option<u64>>> {
+    let mut keys = Vec::new();
+    let mut from: IndexKey = (account, None, 0, 0);
+    while let Some(entry) = index.range(from..)?.next() {
+        let (of, key, _, _) = entry?.0.value();
+        if of != account {
+            break;
+        }
+        keys.push(key);
+        let next = match key {
+            None => Some(0),
+            Some(key) => match key.checked_add(1) {
+                Some(next) => Some(next),
+                None => break,
+            },
+        };
+        from = (account, next, 0, 0);
+    }
+    Ok(keys)
 }
 
-fn decode(bytes: &[u8]) -> HistoryResult<Stored> {
-    codec::decode(bytes).map_err(|e| corrupt(&e.to_string()))
+fn hour_of(ms: u64) -> u64 {
+    ms - ms % HOUR_MS
+}
+
+fn decode(created_ms: u64, bytes: &[u8]) -> HistoryResult<(AccountId, RequestRecord)> {
+    decode_record(created_ms, bytes).map_err(|e| corrupt(&e.to_string()))
 }
 
 fn corrupt(reason: &str) -> redb::Error {
     redb::Error::Corrupted(format!("request history: {reason}"))
 }
 
-/// Test-only: a redb backend that, like a disk losing power, keeps only what was synced.
+/// Why a history file cannot be opened by this build.
+#[derive(Debug, thiserror::Error)]
+enum HistoryFormatError {
+    #[error(
+        "request history format version {found}; this build reads version \
+         {HISTORY_FORMAT_VERSION} (and migrates version 1)"
+    )]
+    Unsupported { found: u64 },
+    #[error(transparent)]
+    Storage(#[from] redb::Error),
+}
+
 #[cfg(test)]
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PowerLossDisk {
@@ -1073,5 +1296,295 @@ mod tests {
         let rows = history.usage(&all).unwrap();
         assert_eq!(rows.iter().map(|row| row.usage.requests).sum::<u64>(), 60);
         assert_eq!(rows.iter().map(|row| row.usage.cost.0).sum::<u128>(), 60_000);
+    }
+
+    /// The history's answers against a plain model of what it stores: the records in a
+    /// list, each hold's first, filtered and paged the way the queries are specified
+    /// (and as format 1 answered them: newest first by (created, hold), a page ending
+    /// after `limit` matches or [`HISTORY_SCAN_MAX`] entries read of the account's, or
+    /// the key's, records in range).
+    mod model {
+        use super::*;
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        use std::cmp::Reverse;
+
+        const ACCOUNTS: u64 = 3;
+        const SPAN_MS: u64 = 3 * 24 * HOUR_MS;
+
+        fn random_record(rng: &mut StdRng, account: u64) -> RequestRecord {
+            let key = match rng.gen_range(0..4u64) {
+                0 => None,
+                k => Some(KeyId(account * 10 + k)),
+            };
+            RequestRecord {
+                key,
+                model: ["mock/echo", "openai/gpt-4o", "x/y"][rng.gen_range(0..3)].into(),
+                status: [200, 200, 502][rng.gen_range(0..3)],
+                created_ms: T0 + rng.gen_range(0..SPAN_MS),
+                prompt_tokens: rng.gen_range(0..1_000),
+                completion_tokens: rng.gen_range(0..1_000),
+                reasoning_tokens: rng.gen_range(0..10),
+                cached_tokens: rng.gen_range(0..10),
+                cost: PicoUsd(rng.gen_range(0..1_000_000_000)),
+                written_off: PicoUsd(rng.gen_range(0..3)),
+                ttft_ms: rng.gen_bool(0.5).then(|| rng.gen_range(0..500)),
+                ..RequestRecord::default()
+            }
+        }
+
+        /// What the history holds: each hold's first record, with its payer.
+        struct Model {
+            records: Vec<Settled>,
+        }
+
+        impl Model {
+            fn query(&self, query: &HistoryQuery) -> HistoryPage {
+                let end = match query.before {
+                    Some(before) if before.created_ms < query.to_ms => {
+                        (before.created_ms, before.hold.0)
+                    }
+                    _ => (query.to_ms, 0),
+                };
+                let start = (query.from_ms, 0u128);
+                let mut entries: Vec<&Settled> = self
+                    .records
+                    .iter()
+                    .filter(|(account, hold, record)| {
+                        let at = (record.created_ms, hold.0);
+                        *account == query.account
+                            && query.key.is_none_or(|key| record.key == Some(key))
+                            && start <= at
+                            && at < end
+                    })
+                    .collect();
+                entries.sort_by_key(|(_, hold, record)| Reverse((record.created_ms, hold.0)));
+                let limit = query.limit.clamp(1, HISTORY_PAGE_MAX) as usize;
+                let mut page = HistoryPage { records: Vec::new(), next: None };
+                for (scanned, (_, hold, record)) in entries.into_iter().enumerate() {
+                    if page.records.len() == limit || scanned == HISTORY_SCAN_MAX {
+                        let cursor = HistoryCursor { created_ms: record.created_ms, hold: *hold };
+                        page.next = Some(cursor_after(cursor));
+                        break;
+                    }
+                    let matches = query.model.as_ref().is_none_or(|m| *m == record.model)
+                        && query.status.is_none_or(|status| status == record.status);
+                    if matches {
+                        page.records.push((*hold, record.clone()));
+                    }
+                }
+                page
+            }
+
+            fn usage(&self, query: &UsageQuery) -> Vec<UsageRow> {
+                let mut rows: BTreeMap<(u64, Option<u64>, String), Usage> = BTreeMap::new();
+                for (account, _, record) in &self.records {
+                    let hour_ms = hour_of(record.created_ms);
+                    if *account != query.account
+                        || hour_ms < hour_of(query.from_ms)
+                        || hour_ms >= query.to_ms
+                    {
+                        continue;
+                    }
+                    let start_ms = hour_ms - hour_ms % query.bucket_ms;
+                    let key = record.key.map(|key| key.0);
+                    let row = rows.entry((start_ms, key, record.model.clone()));
+                    row.or_default().merge(&Usage::of(record));
+                }
+                let rows = rows.into_iter();
+                rows.map(|((start_ms, key, model), usage)| UsageRow {
+                    start_ms,
+                    key: key.map(KeyId),
+                    model,
+                    usage,
+                })
+                .collect()
+            }
+        }
+
+        fn random_query(rng: &mut StdRng) -> HistoryQuery {
+            let account = AccountId(rng.gen_range(0..ACCOUNTS + 1));
+            let from_ms = if rng.gen_bool(0.5) { 0 } else { T0 + rng.gen_range(0..SPAN_MS) };
+            let to_ms = match rng.gen_range(0..3) {
+                0 => u64::MAX,
+                1 => from_ms.max(T0) + rng.gen_range(0..SPAN_MS),
+                _ => T0 + rng.gen_range(0..SPAN_MS),
+            };
+            HistoryQuery {
+                account,
+                key: rng.gen_bool(0.3).then(|| KeyId(account.0 * 10 + rng.gen_range(0..4))),
+                model: rng.gen_bool(0.2).then(|| "openai/gpt-4o".to_owned()),
+                status: rng.gen_bool(0.2).then_some(502),
+                from_ms,
+                to_ms,
+                before: None,
+                limit: rng.gen_range(1..80),
+            }
+        }
+
+        /// Pages through `query` on both, comparing every page.
+        fn compare_pages(history: &History, model: &Model, mut query: HistoryQuery) {
+            loop {
+                let page = history.query(&query).unwrap();
+                assert_eq!(page, model.query(&query), "{query:?}");
+                match page.next {
+                    Some(next) => query.before = Some(next),
+                    None => return,
+                }
+            }
+        }
+
+        fn compare(history: &History, model: &Model, rng: &mut StdRng) {
+            for _ in 0..60 {
+                compare_pages(history, model, random_query(rng));
+            }
+            for account in 0..=ACCOUNTS {
+                let all = HistoryQuery::all(AccountId(account));
+                compare_pages(history, model, HistoryQuery { limit: 37, ..all });
+                for bucket_ms in [HOUR_MS, 24 * HOUR_MS, 5 * HOUR_MS] {
+                    let from_ms = T0 + rng.gen_range(0..SPAN_MS);
+                    for (from_ms, to_ms) in [(0, u64::MAX), (from_ms, from_ms + SPAN_MS / 3)] {
+                        let account = AccountId(account);
+                        let query = UsageQuery { account, from_ms, to_ms, bucket_ms };
+                        assert_eq!(history.usage(&query).unwrap(), model.usage(&query));
+                    }
+                }
+                let record = model.records.iter().find(|(of, _, _)| of.0 == account);
+                if let Some((payer, hold, record)) = record {
+                    assert_eq!(history.record(*payer, *hold).unwrap().as_ref(), Some(record));
+                    assert_eq!(history.record(AccountId(99), *hold).unwrap(), None);
+                }
+            }
+            let mut exported = Vec::new();
+            let mut after = None;
+            loop {
+                let page = history.export(|account| account.0 != 1, after, 50).unwrap();
+                exported.extend(page.records);
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            let mut expected: Vec<Settled> =
+                model.records.iter().filter(|(account, _, _)| account.0 != 1).cloned().collect();
+            expected.sort_by_key(|(_, hold, record)| (record.created_ms, hold.0));
+            assert_eq!(exported, expected);
+            assert_eq!(history.stats().unwrap().records, model.records.len() as u64);
+        }
+
+        #[test]
+        fn queries_answer_what_the_model_does_before_and_after_retention() {
+            let mut rng = StdRng::seed_from_u64(8);
+            let history = History::in_memory(HISTORY_RETENTION_DEFAULT).unwrap();
+            let mut model = Model { records: Vec::new() };
+            let mut holds: Vec<HoldId> = Vec::new();
+            for batch in 0..8 {
+                let mut settled = Vec::new();
+                for _ in 0..300 {
+                    let account = rng.gen_range(0..ACCOUNTS);
+                    let record = random_record(&mut rng, account);
+                    // Some holds come again (a replay, a backfill): the first record stays.
+                    let hold = match holds.is_empty() || rng.gen_bool(0.9) {
+                        true => HoldId(rng.gen()),
+                        false => holds[rng.gen_range(0..holds.len())],
+                    };
+                    if !holds.contains(&hold) {
+                        holds.push(hold);
+                        model.records.push((AccountId(account), hold, record.clone()));
+                    }
+                    settled.push((AccountId(account), hold, record));
+                }
+                match batch % 2 {
+                    0 => history.insert(settled).unwrap(),
+                    _ => {
+                        history.queue(settled);
+                    }
+                }
+            }
+            compare(&history, &model, &mut rng);
+
+            // A day and a half past retention: about half the records go.
+            let retention_ms = HISTORY_RETENTION_DEFAULT.as_millis() as u64;
+            let cutoff_ms = T0 + SPAN_MS / 2;
+            while history.expire(cutoff_ms + retention_ms).unwrap() > 0 {}
+            let before = model.records.len();
+            model.records.retain(|(_, _, record)| record.created_ms >= cutoff_ms);
+            let expired = (before - model.records.len()) as u64;
+            assert!(expired > 500, "{expired} of {before}");
+            assert_eq!(history.stats().unwrap().expired_total, expired);
+            compare(&history, &model, &mut rng);
+        }
+    }
+
+    /// A file of format 1 (this build's predecessor) is migrated when opened: every record,
+    /// its lookups and its sums as before, the old tables gone; and the migrated file
+    /// opens again as format 2.
+    #[test]
+    fn a_format_1_history_is_migrated_on_open() {
+        #[derive(Serialize)]
+        struct V1Stored<'a> {
+            account: AccountId,
+            record: &'a RequestRecord,
+        }
+        let by_account: TableDefinition<(u64, u64, u128), ()> = TableDefinition::new("by_account");
+        let by_time: TableDefinition<(u64, u128), ()> = TableDefinition::new("by_time");
+        let disk = PowerLossDisk::default();
+        let expected = filled();
+        let all = expected.export(|_| true, None, HISTORY_EXPORT_PAGE_MAX).unwrap().records;
+        {
+            let db = Database::builder().create_with_backend(disk.clone()).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut records = txn.open_table(V1_RECORDS).unwrap();
+                let mut by_account = txn.open_table(by_account).unwrap();
+                let mut by_time = txn.open_table(by_time).unwrap();
+                for (account, hold, record) in &all {
+                    let stored = codec::encode(&V1Stored { account: *account, record }).unwrap();
+                    records.insert(hold.0, stored.as_slice()).unwrap();
+                    by_account.insert((account.0, record.created_ms, hold.0), ()).unwrap();
+                    by_time.insert((record.created_ms, hold.0), ()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let migrated = History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap();
+        assert_eq!(migrated.stats().unwrap().records, 101);
+        for query in [query(500), HistoryQuery { key: Some(KeyId(1)), ..query(7) }] {
+            assert_eq!(migrated.query(&query).unwrap(), expected.query(&query).unwrap());
+        }
+        let day = UsageQuery { account: ACCOUNT, from_ms: 0, to_ms: u64::MAX, bucket_ms: HOUR_MS };
+        assert_eq!(migrated.usage(&day).unwrap(), expected.usage(&day).unwrap());
+        assert_eq!(
+            migrated.record(ACCOUNT, HoldId(5)).unwrap().unwrap().created_ms,
+            T0 + 5 * 60_000
+        );
+        let txn = migrated.inner.db.begin_read().unwrap();
+        let mut tables: Vec<String> =
+            txn.list_tables().unwrap().map(|table| table.name().to_owned()).collect();
+        tables.sort();
+        assert_eq!(
+            tables,
+            ["by_account_key", "holds", "meta", "requests", "usage_hourly", "usage_recent"]
+        );
+        drop((txn, migrated));
+        let reopened = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).unwrap();
+        assert_eq!(reopened.query(&query(500)).unwrap(), expected.query(&query(500)).unwrap());
+    }
+
+    /// A history written by a later build (another format version) is refused with an
+    /// error that names the versions, never read as this one.
+    #[test]
+    fn an_unknown_format_version_is_refused() {
+        let disk = PowerLossDisk::default();
+        drop(History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap());
+        {
+            let db = Database::builder().create_with_backend(disk.clone()).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert(FORMAT_ROW, 3).unwrap();
+            txn.commit().unwrap();
+        }
+        let refused = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).err().unwrap();
+        let message = refused.to_string();
+        assert!(message.contains("format version 3; this build reads version 2"), "{message}");
     }
 }

@@ -19,6 +19,7 @@ mod group;
 mod grpc;
 mod grpc_network;
 mod history;
+mod history_codec;
 mod incarnation;
 mod kv;
 mod ledger_clock;
@@ -46,7 +47,7 @@ pub use client::{
 pub use error::LedgerError;
 pub use expiry::EXPIRY_CHECK_INTERVAL;
 pub use history::{
-    HistoryCursor, HistoryPage, HistoryQuery, HistoryStats, Usage, UsageQuery, UsageRow,
+    History, HistoryCursor, HistoryPage, HistoryQuery, HistoryStats, Usage, UsageQuery, UsageRow,
     HISTORY_EXPIRE_INTERVAL, HISTORY_EXPORT_PAGE_MAX, HISTORY_PAGE_MAX, HISTORY_RETENTION_DEFAULT,
     HISTORY_SCAN_MAX,
 };
