@@ -520,8 +520,27 @@ mod tests {
     /// worker (the Raft core's heartbeats) keeps its pace: apply never waits for the
     /// encode. Serialising under the read lock blocked apply's writer, and the second
     /// worker with it, for the whole encode.
+    ///
+    /// A loaded machine can stall any timer by descheduling it (a CI run's other tests
+    /// share its cores), so the measurement gets [`STARVATION_ATTEMPTS`] tries and one
+    /// clean run passes; the lock's stall recurs in every one.
     #[test]
     fn heartbeats_keep_their_pace_while_a_large_snapshot_builds() {
+        let mut stalls = Vec::new();
+        for _ in 0..STARVATION_ATTEMPTS {
+            match timer_gap_during_a_snapshot_build() {
+                Ok(()) => return,
+                Err(stall) => stalls.push(stall),
+            }
+        }
+        panic!("every attempt stalled: {stalls:#?}");
+    }
+
+    /// Tries of [`heartbeats_keep_their_pace_while_a_large_snapshot_builds`].
+    const STARVATION_ATTEMPTS: usize = 3;
+
+    /// One measurement: `Err` says how long the timer stalled against the encode's time.
+    fn timer_gap_during_a_snapshot_build() -> Result<(), String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -599,10 +618,12 @@ mod tests {
         // and encodes alike) cannot fail it; not to the build, which also saves (at load 9
         // the encode under the lock stalled the timer 0.9-1.7 s, under half of builds of
         // 2.5-3.7 s, and passed; free, the timer's worst gap was 26-88 ms).
-        assert!(
-            max_gap < encode_time / 2,
+        if max_gap < encode_time / 2 {
+            return Ok(());
+        }
+        Err(format!(
             "the timer stalled {max_gap:?}; the ledger encodes in {encode_time:?} (the snapshot \
              built in {build_time:?})"
-        );
+        ))
     }
 }
