@@ -72,10 +72,11 @@ pub fn random_u128() -> u128 {
 }
 
 /// A fresh hold (generation) id made at `now_ms`: the milliseconds since the Unix epoch in
-/// its top 48 bits, 80 random bits below. The request history keys its records by hold
-/// id, so ids that grow with time make its inserts appends (a random id dirtied a B-tree
-/// page of its own per record); 80 random bits keep ids unguessable and distinct across
-/// gateways, and the low 64 bits, which routing seeds its spread with, stay uniform.
+/// its top 48 bits, 80 random bits below. The request history's `holds` table (hold →
+/// creation time) is keyed by hold id, so ids that grow with time make its inserts
+/// appends (a random id dirtied a B-tree page of its own per record); 80 random bits keep
+/// ids unguessable and distinct across gateways, and the low 64 bits, which routing seeds
+/// its spread with, stay uniform.
 pub fn time_ordered_u128(now_ms: u64) -> u128 {
     const RANDOM_BITS: u32 = 80;
     let stamp = u128::from(now_ms) & ((1 << (128 - RANDOM_BITS)) - 1);
