@@ -14,7 +14,11 @@ import tempfile
 import openai
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -81,9 +85,20 @@ def new_key(browser):
 
 def wait_for(browser, condition, what):
     # A page may be replaced (a form's redirect, a reload) between finding an element and
-    # reading it: that is "not yet", not a failure.
+    # reading it: that is "not yet", not a failure. Chromium reports the same race as
+    # stale or, when the new document replaced the old one mid-command, as an inspector
+    # error "Node with given id does not belong to the document".
     retry = (NoSuchElementException, StaleElementReferenceException)
-    WebDriverWait(browser, WAIT_S, ignored_exceptions=retry).until(condition, message=what)
+
+    def settled(b):
+        try:
+            return condition(b)
+        except WebDriverException as e:
+            if "does not belong to the document" in (e.msg or ""):
+                return False
+            raise
+
+    WebDriverWait(browser, WAIT_S, ignored_exceptions=retry).until(settled, message=what)
 
 
 def main():
