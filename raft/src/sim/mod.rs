@@ -76,7 +76,10 @@ mod workload;
 use crate::codec;
 use crate::types::NodeId;
 use crate::{LedgerApi, LedgerClient, LedgerError};
-use crate::{ELECTION_TIMEOUT_MAX, PIPELINED_BATCH_MIN, PROPOSALS_IN_FLIGHT_MAX};
+use crate::{
+    CLIENT_BACKOFF_FIRST, ELECTION_TIMEOUT_MAX, HEARTBEAT_INTERVAL, PIPELINED_BATCH_MIN,
+    PROPOSALS_IN_FLIGHT_MAX,
+};
 use cluster::{Cluster, Shape, SubmitError};
 use nemesis::Nemesis;
 use network::{NetCounters, Weather};
@@ -350,6 +353,68 @@ fn a_gateway_client_rides_out_a_leader_crash_and_lost_replies_exactly_once() {
         assert_eq!(resent.expect("the healed cluster answers"), credited(3));
         for ledger in converge(&cluster).await {
             assert_eq!(ledger.account(account).map(|a| a.credits), Some(PicoUsd(3 * amount.0)));
+        }
+    });
+}
+
+/// After a leader change the gateway's client still names the deposed leader; its
+/// `NotLeader` hint sends the next call straight to the new one: on a network without
+/// delays the call is answered before the client's first backoff would have ended.
+#[test]
+fn a_gateway_client_follows_a_deposed_leaders_hint_at_once() {
+    paused_runtime().block_on(async {
+        let (cluster, history, mut router) = calm_cluster().await;
+        let account = create_accounts(&mut router, &history, 1).await[0];
+        let leader_seen_by = |id| cluster.leader_seen_by(id, 0);
+        let old = cluster.node_ids().into_iter().find_map(leader_seen_by).expect("a leader");
+        let gateway = connect_gateway(&cluster, old).await;
+        let amount = PicoUsd(1_000);
+        let top_up =
+            |n: u128| Command { id: OpId(0x417 << 64 | n), op: Op::Credit { account, amount } };
+        assert!(matches!(gateway.submit(top_up(1)).await, Ok(Ok(Reply::Credited { .. }))));
+
+        let others: Vec<NodeId> = cluster.node_ids().into_iter().filter(|id| *id != old).collect();
+        for other in &others {
+            cluster.net.cut(old, *other);
+            cluster.net.cut(*other, old);
+        }
+        let new = loop {
+            tokio::time::sleep(ELECTION_TIMEOUT_MAX).await;
+            match leader_seen_by(others[0]) {
+                Some(new) if new != old => break new,
+                _ => {}
+            }
+        };
+        cluster.net.heal();
+        while leader_seen_by(old) != Some(new) {
+            tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+        }
+        cluster.net.set_weather(Weather { delay_max: Duration::ZERO, ..Weather::CALM });
+        let started = tokio::time::Instant::now();
+        assert!(matches!(gateway.submit(top_up(2)).await, Ok(Ok(Reply::Credited { .. }))));
+        let took = started.elapsed();
+        assert!(took < CLIENT_BACKOFF_FIRST, "answered {took:?} after the call: it backed off");
+    });
+}
+
+/// A node wiped and back under its id and address is another incarnation: the gateway's
+/// client stamps each call with the incarnation its topology named at that address, and
+/// the node refuses rather than answer in the old one's place, so every topology the
+/// client gets names the whole cluster (the wiped node's own names no member).
+#[test]
+fn a_gateway_client_is_refused_by_a_wiped_node_at_a_known_address() {
+    paused_runtime().block_on(async {
+        let (cluster, history, mut router) = calm_cluster().await;
+        create_accounts(&mut router, &history, 1).await;
+        let gateway = connect_gateway(&cluster, 1).await;
+        let wiped = 2;
+        cluster.wipe(wiped).await;
+        cluster.restart(wiped).await;
+        let n_nodes = cluster.node_ids().len();
+        // Round robin over the addresses: the wiped node's is asked too.
+        for _ in 0..2 * n_nodes {
+            let topology = gateway.topology().await.expect("the others answer");
+            assert_eq!(topology.members.len(), n_nodes, "answered by {}", topology.node_id);
         }
     });
 }
