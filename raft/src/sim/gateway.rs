@@ -17,7 +17,8 @@ use crate::incarnation::Identity;
 use crate::node::{self, LedgerNode};
 use crate::service::LedgerRpcServer;
 use crate::types::NodeId;
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,7 +26,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::codegen::http::Uri;
+use tonic::codegen::http::{Request, Uri};
+use tower_service::Service;
 
 /// The port every simulated node's address names.
 const PORT: u16 = 7000;
@@ -49,21 +51,30 @@ fn node_of(uri: &Uri) -> Option<NodeId> {
 
 /// Serves the ledger API of `node` (a node of the simulation, of data directory
 /// `identity`) on the connections that arrive through the returned door, until the
-/// returned task is aborted (the node crashed).
+/// returned task is aborted (the node crashed). Each connection is served by hyper's
+/// HTTP/2 server as tonic's would serve it, but without the `date` header, whose value
+/// (real time) would change the size of replies, HPACK-encoded afresh each second, and
+/// so the run with its speed.
 pub fn serve(
     node: &LedgerNode,
     identity: Identity,
 ) -> (mpsc::Sender<DuplexStream>, JoinHandle<()>) {
-    let (door, arrivals) = mpsc::channel::<DuplexStream>(BACKLOG_MAX);
+    let (door, mut arrivals) = mpsc::channel::<DuplexStream>(BACKLOG_MAX);
     let service = node::ledger_service(LedgerRpcServer::new(node.downgrade(), identity, None));
-    let incoming = futures_util::stream::unfold(arrivals, |mut arrivals| async move {
-        let stream = arrivals.recv().await?;
-        Some((Ok::<_, std::io::Error>(stream), arrivals))
-    });
     let task = tokio::spawn(async move {
-        let serving = tonic::transport::Server::builder().add_service(service);
-        if let Err(e) = serving.serve_with_incoming(incoming).await {
-            panic!("a simulated node's ledger API stopped: {e}");
+        while let Some(stream) = arrivals.recv().await {
+            let service = service.clone();
+            let calls = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let mut service = service.clone();
+                service.call(request.map(tonic::body::Body::new))
+            });
+            let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            http2.timer(TokioTimer::new()).auto_date_header(false);
+            let connection = http2.serve_connection(TokioIo::new(stream), calls);
+            // A connection that fails (reset by a crash or a partition) just ends.
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
         }
     });
     (door, task)
@@ -86,7 +97,7 @@ struct Connector {
 
 type Connecting = Pin<Box<dyn Future<Output = std::io::Result<TokioIo<DuplexStream>>> + Send>>;
 
-impl tower_service::Service<Uri> for Connector {
+impl Service<Uri> for Connector {
     type Response = TokioIo<DuplexStream>;
     type Error = std::io::Error;
     type Future = Connecting;
@@ -178,21 +189,23 @@ impl Link {
 
     /// Waits until the node's process is gone.
     async fn gone(&self) {
-        let mut changes = self.net.changes();
-        while self.net.gateway_link(self.home, self.target, self.incarnation, true)
-            != GatewayLink::Gone
-        {
-            if changes.changed().await.is_err() {
+        loop {
+            let mut change = std::pin::pin!(self.net.next_change());
+            change.as_mut().enable();
+            let link = self.net.gateway_link(self.home, self.target, self.incarnation, true);
+            if link == GatewayLink::Gone {
                 return;
             }
+            change.await;
         }
     }
 
     /// Waits until bytes may cross towards the node (or back); false if its process is
     /// gone.
     async fn let_through(&self, towards_target: bool) -> bool {
-        let mut changes = self.net.changes();
         loop {
+            let mut change = std::pin::pin!(self.net.next_change());
+            change.as_mut().enable();
             let until = match self.net.gateway_link(
                 self.home,
                 self.target,
@@ -211,11 +224,7 @@ impl Link {
             };
             tokio::select! {
                 biased;
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        return false;
-                    }
-                }
+                () = change => {}
                 () = resumed => {}
             }
         }

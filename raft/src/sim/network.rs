@@ -40,7 +40,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::DuplexStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::futures::Notified;
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// What a lost packet of a gateway's connection costs: Linux's minimum retransmission
 /// timeout.
@@ -91,9 +92,11 @@ pub struct NetCounters {
 /// The network shared by every node of a simulated cluster.
 pub struct Net {
     state: Mutex<NetState>,
-    /// Bumped whenever a node comes up or goes down, a link is cut or healed, or a pause
-    /// starts or ends: what a gateway connection held up by a fault waits for.
-    changes: watch::Sender<u64>,
+    /// Notified whenever a node comes up or goes down, a link is cut or healed, or a pause
+    /// starts or ends: what a gateway connection held up by a fault waits for. A `Notify`
+    /// wakes its waiters in a fixed order (a `watch` channel spreads them over wakers
+    /// chosen by the runtime's unseeded RNG, which made runs diverge).
+    changes: Notify,
 }
 
 /// What a gateway's connection to a node's process lets through now (see
@@ -151,11 +154,11 @@ impl Net {
             lose_last_chunk_to: BTreeSet::new(),
             counters: NetCounters::default(),
         };
-        Arc::new(Net { state: Mutex::new(state), changes: watch::Sender::new(0) })
+        Arc::new(Net { state: Mutex::new(state), changes: Notify::new() })
     }
 
     fn changed(&self) {
-        self.changes.send_modify(|n_changes| *n_changes += 1);
+        self.changes.notify_waiters();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
@@ -219,9 +222,10 @@ impl Net {
         self.changed();
     }
 
-    /// Changes of the network (see the field), for a gateway connection to wait on.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
+    /// Changes of the network (see the field), for a gateway connection to wait on: enable
+    /// the returned future before looking at the network, then await it.
+    pub fn next_change(&self) -> Notified<'_> {
+        self.changes.notified()
     }
 
     /// Where node `target`'s current process takes a new connection from a gateway on
