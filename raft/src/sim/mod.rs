@@ -20,10 +20,9 @@
 //! timeout, call deadline, incarnation stamps and group commit, and the service's
 //! decoding, incarnation check and reply encoding, run under every fault; a call that
 //! fails within `CLIENT_CALL_DEADLINE` is in doubt. The other clients submit to the
-//! groups directly, with retries of their own. (Not yet fully deterministic: a run with
-//! gateways replays identically alone, but under heavy CPU load a few seeds have diverged
-//! from their unloaded run, so real time still leaks in somewhere on the HTTP/2 path;
-//! replay a failing seed alone.)
+//! groups directly, with retries of their own. The HTTP/2 path keeps real time out (see
+//! `gateway`): no `date` header, reset streams remembered for an hour, held connections
+//! woken in a fixed order.
 //!
 //! A run: start the cluster (nodes' clocks skewed) and create accounts with a key each;
 //! let clients send random top-ups, key creations and revocations, reserves, settles and
