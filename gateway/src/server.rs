@@ -11,6 +11,7 @@ use crate::responses::RESPONSES;
 use crate::{account, admin, api, embeddings, payments, pipeline, web};
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -46,15 +47,16 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let mut http1 = http1::Builder::new();
+    http1.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let mut any = auto::Builder::new(TokioExecutor::new());
+    any.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     // HTTP/2 has no header timeout between requests; pings find dead peers instead.
-    builder
-        .http2()
+    any.http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(HTTP2_PING_INTERVAL)
         .keep_alive_timeout(HTTP2_PING_TIMEOUT);
-    let builders = Arc::new(Builders { http1: builder.clone().http1_only(), any: builder });
+    let builders = Arc::new(Builders { http1, any });
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -84,10 +86,17 @@ pub async fn serve(
             let opening = tokio::time::timeout(HEADER_READ_TIMEOUT, speaks_http1(&stream)).await;
             // A client that sends nothing in time, or whose connection failed, is closed.
             let Ok(Ok(http1)) = opening else { return };
-            let builder = if http1 { &builders.http1 } else { &builders.any };
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let io = TokioIo::new(stream);
             // A connection error (the client hung up) ends that connection only.
-            let _ = watcher.watch(connection.into_owned()).await;
+            if http1 {
+                let _ = watcher.watch(builders.http1.serve_connection(io, service)).await;
+            } else {
+                // Boxed: the protocol detection's state and HTTP/2's connection are
+                // larger than HTTP/1's, and unboxed every connection's task would keep
+                // room for them.
+                let connection = builders.any.serve_connection(io, service).into_owned();
+                let _ = Box::pin(watcher.watch(connection)).await;
+            }
         });
     }
     drop(listener);
@@ -97,19 +106,21 @@ pub async fn serve(
     Ok(())
 }
 
-/// The same settings, for any protocol and for HTTP/1 only.
+/// The same settings, for HTTP/1 only (hyper's own connection: no protocol detection,
+/// no room for an HTTP/2 connection in every connection's task) and for any protocol.
 struct Builders {
-    http1: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
     any: auto::Builder<TokioExecutor>,
 }
 
 /// Whether the connection's first bytes (peeked: they stay for hyper to read) are
-/// certainly no HTTP/2 preface (`PRI * HTTP/2.0…`): then it is served by the HTTP/1-only
-/// builder. The builder for any protocol reads the first bytes itself to tell, and hands
-/// them to hyper's HTTP/1 connection ahead of the socket: its first read returns those
-/// bytes alone, and its second, to make room for a whole 8 KiB more, doubles the read
-/// buffer to 16 KiB, kept for as long as the connection lives (docs/benchmarks.md,
-/// "Memory per stream"). Read without it, a request arrives in one 8 KiB buffer.
+/// certainly no HTTP/2 preface (`PRI * HTTP/2.0…`): then it is served by hyper's
+/// HTTP/1 connection alone. The builder for any protocol reads the first bytes itself to
+/// tell, and hands them to hyper's HTTP/1 connection ahead of the socket: its first read
+/// returns those bytes alone, and its second, to make room for a whole 8 KiB more,
+/// doubles the read buffer to 16 KiB, kept for as long as the connection lives
+/// (docs/benchmarks.md, "Memory per stream"). Read without it, a request arrives in one
+/// 8 KiB buffer.
 async fn speaks_http1(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
     let mut first = [0; 2];
     let read = stream.peek(&mut first).await?;

@@ -13,10 +13,11 @@ use http::header::{HeaderValue, ACCEPT};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::rt;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::crypto::ring;
 use rustls::{ClientConfig, RootCertStore};
 use std::fmt::Write as _;
@@ -25,6 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -185,9 +187,9 @@ struct Connector {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Service<Uri> for Connector {
-    type Response = <HttpsConnector<HttpConnector> as Service<Uri>>::Response;
+    type Response = Transport;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Transport, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.tls.poll_ready(context)
@@ -198,10 +200,86 @@ impl Service<Uri> for Connector {
         let limit = self.timeout;
         Box::pin(async move {
             match tokio::time::timeout(limit, connecting).await {
-                Ok(connected) => connected,
+                Ok(Ok(MaybeHttpsStream::Http(tcp))) => Ok(Transport::Plain(tcp)),
+                Ok(Ok(tls)) => Ok(Transport::Tls(Box::new(tls))),
+                Ok(Err(error)) => Err(error),
                 Err(_) => Err("connect timed out".into()),
             }
         })
+    }
+}
+
+/// An upstream connection's byte stream. A TLS session's state (rustls's, about a
+/// kilobyte) is boxed: inline, every connection's task would keep room for it, plain
+/// ones included (docs/benchmarks.md, "Memory per stream").
+enum Transport {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<MaybeHttpsStream<TokioIo<TcpStream>>>),
+}
+
+/// What a [`Transport`] is, either way.
+trait Io: rt::Read + rt::Write + Connection + Unpin {}
+impl<T: rt::Read + rt::Write + Connection + Unpin> Io for T {}
+
+impl Transport {
+    fn io(&self) -> &dyn Io {
+        match self {
+            Transport::Plain(io) => io,
+            Transport::Tls(io) => &**io,
+        }
+    }
+
+    fn pinned(self: Pin<&mut Self>) -> Pin<&mut dyn Io> {
+        match self.get_mut() {
+            Transport::Plain(io) => Pin::new(io),
+            Transport::Tls(io) => Pin::new(&mut **io),
+        }
+    }
+}
+
+impl Connection for Transport {
+    fn connected(&self) -> Connected {
+        self.io().connected()
+    }
+}
+
+impl rt::Read for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.pinned().poll_read(context, buf)
+    }
+}
+
+impl rt::Write for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.pinned().poll_write(context, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.pinned().poll_write_vectored(context, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io().is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.pinned().poll_flush(context)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.pinned().poll_shutdown(context)
     }
 }
 

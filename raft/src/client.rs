@@ -108,9 +108,24 @@ struct Pending {
 struct Shared {
     n_groups: u32,
     routes: Mutex<Routes>,
-    /// Every channel's mutual TLS, if the cluster uses it.
-    tls: Option<TlsConfig>,
+    /// How a channel to an address is made.
+    dial: Dial,
 }
+
+/// How the client reaches a node's address.
+#[derive(Clone)]
+enum Dial {
+    /// Over TCP, with mutual TLS if the cluster uses it.
+    Tcp(Option<TlsConfig>),
+    /// Through the caller's connector: the simulation's in-memory network.
+    #[cfg(test)]
+    Via(Dialer),
+}
+
+/// Makes a channel over the caller's own transport from the plaintext endpoint of an
+/// address (`Endpoint::connect_with_connector_lazy`), as the simulation does.
+#[cfg(test)]
+pub(crate) type Dialer = Arc<dyn Fn(tonic::transport::Endpoint) -> Channel + Send + Sync>;
 
 struct Routes {
     /// Every address known: seeds, members, hints. Bounded by `CLIENT_ADDRESSES_MAX`.
@@ -142,14 +157,28 @@ impl LedgerClient {
         seeds: &[String],
         tls: Option<TlsConfig>,
     ) -> Result<LedgerClient, LedgerError> {
+        LedgerClient::connect_dialing(seeds, Dial::Tcp(tls)).await
+    }
+
+    /// [`LedgerClient::connect`] over `dialer`'s transport instead of TCP: the simulation
+    /// runs this client, unchanged but for its connections, over its faulty network.
+    #[cfg(test)]
+    pub(crate) async fn connect_via(
+        seeds: &[String],
+        dialer: Dialer,
+    ) -> Result<LedgerClient, LedgerError> {
+        LedgerClient::connect_dialing(seeds, Dial::Via(dialer)).await
+    }
+
+    async fn connect_dialing(seeds: &[String], dial: Dial) -> Result<LedgerClient, LedgerError> {
         if seeds.is_empty() || seeds.len() > CLIENT_ADDRESSES_MAX {
             return Err(LedgerError::InvalidOptions("seeds must name 1 to 64 ledger nodes"));
         }
-        let probe = Shared::new(0, seeds, tls.clone());
+        let probe = Shared::new(0, seeds, dial.clone());
         let topology = tokio::time::timeout(CLIENT_CONNECT_TIMEOUT, probe.first_topology())
             .await
             .map_err(|_| LedgerError::Timeout(CLIENT_CONNECT_TIMEOUT))?;
-        let shared = Arc::new(Shared::new(topology.n_groups, seeds, tls));
+        let shared = Arc::new(Shared::new(topology.n_groups, seeds, dial));
         shared.learn(&topology);
         let mut queues = Vec::with_capacity(topology.n_groups as usize);
         for group_idx in 0..topology.n_groups {
@@ -306,7 +335,7 @@ async fn submit_batch(shared: &Shared, group_idx: u32, pendings: Vec<Pending>) {
 }
 
 impl Shared {
-    fn new(n_groups: u32, seeds: &[String], tls: Option<TlsConfig>) -> Shared {
+    fn new(n_groups: u32, seeds: &[String], dial: Dial) -> Shared {
         let routes = Routes {
             addrs: Vec::new(),
             cursor: 0,
@@ -314,7 +343,7 @@ impl Shared {
             channels: HashMap::new(),
             incarnations: HashMap::new(),
         };
-        let shared = Shared { n_groups, routes: Mutex::new(routes), tls };
+        let shared = Shared { n_groups, routes: Mutex::new(routes), dial };
         for seed in seeds {
             shared.remember(seed);
         }
@@ -408,7 +437,11 @@ impl Shared {
         if let Some(client) = routes.channels.get(addr) {
             return Ok((client.clone(), incarnation));
         }
-        let channel = tls::endpoint(addr, self.tls.as_ref())?.connect_lazy();
+        let channel = match &self.dial {
+            Dial::Tcp(tls) => tls::endpoint(addr, tls.as_ref())?.connect_lazy(),
+            #[cfg(test)]
+            Dial::Via(dialer) => dialer(tls::endpoint(addr, None)?),
+        };
         let client = LedgerServiceClient::new(channel)
             .max_decoding_message_size(RPC_BYTES_MAX)
             .max_encoding_message_size(RPC_BYTES_MAX);

@@ -245,7 +245,7 @@ impl LedgerNode {
             return Err(LedgerError::Unavailable { reason: e.to_string() });
         }
         group.raft().ensure_linearizable().await.map_err(LedgerError::from_check_leader)?;
-        Ok(LedgerNode::assemble(SINGLE_NODE_ID, vec![group], history, None))
+        Ok(LedgerNode::assemble(SINGLE_NODE_ID, vec![group], history))
     }
 
     /// Opens node `id` of a cluster whose founding members are `peers` (node id →
@@ -324,7 +324,7 @@ impl LedgerNode {
         }
         let rafts = groups.iter().map(|group| group.raft().clone()).collect();
         let requests = history.backfill_requests();
-        let node = LedgerNode::assemble(config.id(), groups, history, None);
+        let node = LedgerNode::assemble(config.id(), groups, history);
         let backfill = backfill::spawn(node.downgrade(), requests, config.tls().cloned());
         node.inner.background_tasks.lock().expect("task lock poisoned").push(backfill);
         let ledger = LedgerRpcServer::new(node.downgrade(), identity, config.tls().cloned());
@@ -524,26 +524,37 @@ impl LedgerNode {
         inner.upgrade().map(|inner| LedgerNode { inner })
     }
 
-    fn assemble(
-        id: NodeId,
-        groups: Vec<Group>,
-        history: History,
-        server: Option<Server>,
-    ) -> LedgerNode {
-        let maintenance = history::spawn_maintenance(&history);
-        let node = LedgerNode {
-            inner: Arc::new(Inner {
-                id,
-                groups,
-                history,
-                server: Mutex::new(server),
-                background_tasks: Mutex::new(vec![maintenance]),
-            }),
-        };
-        let tasks =
+    /// A node of already started `groups`, with its history's maintenance and each
+    /// group's hold expiry running.
+    fn assemble(id: NodeId, groups: Vec<Group>, history: History) -> LedgerNode {
+        let node = LedgerNode::of_groups(id, groups, history);
+        let maintenance = history::spawn_maintenance(&node.inner.history);
+        let expiries =
             (0..node.n_groups()).map(|group_idx| expiry::spawn(node.downgrade(), group_idx));
-        node.inner.background_tasks.lock().expect("task lock poisoned").extend(tasks);
+        let mut tasks = node.inner.background_tasks.lock().expect("task lock poisoned");
+        tasks.extend(std::iter::once(maintenance).chain(expiries));
+        drop(tasks);
         node
+    }
+
+    /// A node of already started `groups` with no background task and no server: what
+    /// [`LedgerNode::assemble`] builds on, and what the simulation serves the ledger API
+    /// from (its history lives in memory, its expiry is left to its workload).
+    pub(crate) fn of_groups(id: NodeId, groups: Vec<Group>, history: History) -> LedgerNode {
+        let inner = Inner {
+            id,
+            groups,
+            history,
+            server: Mutex::new(None),
+            background_tasks: Mutex::new(Vec::new()),
+        };
+        LedgerNode { inner: Arc::new(inner) }
+    }
+
+    /// Every group's replica on this node, by group index.
+    #[cfg(test)]
+    pub(crate) fn groups(&self) -> &[Group] {
+        &self.inner.groups
     }
 
     pub(crate) fn group_at(&self, group_idx: u32) -> Result<&Group, LedgerError> {
@@ -640,9 +651,7 @@ fn serve(
     let raft = RaftServiceServer::new(raft)
         .max_decoding_message_size(RPC_BYTES_MAX)
         .max_encoding_message_size(RPC_BYTES_MAX);
-    let ledger = LedgerServiceServer::new(ledger)
-        .max_decoding_message_size(RPC_BYTES_MAX)
-        .max_encoding_message_size(RPC_BYTES_MAX);
+    let ledger = ledger_service(ledger);
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     // Raft appends and ledger RPCs are small request/response messages on long-lived
     // connections: Nagle's algorithm would hold each reply back waiting for an ACK
@@ -659,6 +668,14 @@ fn serve(
         }
     });
     Ok(Server { shutdown_tx, task })
+}
+
+/// The ledger API as a node serves it (the simulation's nodes too): `ledger` with
+/// messages up to [`RPC_BYTES_MAX`] either way.
+pub(crate) fn ledger_service(ledger: LedgerRpcServer) -> LedgerServiceServer<LedgerRpcServer> {
+    LedgerServiceServer::new(ledger)
+        .max_decoding_message_size(RPC_BYTES_MAX)
+        .max_encoding_message_size(RPC_BYTES_MAX)
 }
 
 /// Initializes a group's membership on first start. One whose log already holds one (from

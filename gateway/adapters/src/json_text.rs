@@ -40,13 +40,7 @@ pub enum NotAnObject {
 impl<'a> Object<'a> {
     /// Reads `text` as one JSON object (whitespace around it allowed).
     pub fn parse(text: &'a str) -> Result<Object<'a>, NotAnObject> {
-        let RawMembers(raw) = serde_json::from_str(text).map_err(|error| {
-            if error.classify() == serde_json::error::Category::Data {
-                NotAnObject::OtherType
-            } else {
-                NotAnObject::Invalid(error)
-            }
-        })?;
+        let RawMembers(raw) = read(text)?;
         // Each value's text is a slice of `text`; its member begins at the name's quote,
         // the first quote after the end of the previous value (past the `{` or `,`).
         let base = text.as_ptr() as usize;
@@ -199,6 +193,21 @@ pub fn as_str(value: &RawValue) -> Option<Cow<'_, str>> {
     }
 }
 
+/// Reads `text`, one JSON object (whitespace around it allowed), with `T`'s own reading
+/// of its members: what [`Object::parse`] does with raw values, a reader that wants some
+/// members as trees does in the same pass.
+pub fn read<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, NotAnObject> {
+    serde_json::from_str(text).map_err(|error| {
+        // Every reader takes any value of a member: only the text itself can be of
+        // the wrong type.
+        if error.classify() == serde_json::error::Category::Data {
+            NotAnObject::OtherType
+        } else {
+            NotAnObject::Invalid(error)
+        }
+    })
+}
+
 /// The object `value` holds, if it is one.
 pub fn object(value: &RawValue) -> Option<Object<'_>> {
     is_object(value).then(|| Object::parse(value.get()).ok()).flatten()
@@ -218,7 +227,7 @@ struct RawMembers<'a>(Vec<(Name<'a>, &'a RawValue)>);
 
 /// A member's name, borrowed from the text unless it has escapes.
 #[derive(serde::Deserialize)]
-struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
+pub(crate) struct Name<'a>(#[serde(borrow)] pub(crate) Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for RawMembers<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

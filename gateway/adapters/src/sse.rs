@@ -4,7 +4,9 @@
 //! comment; `field: value` with one optional space; a blank line dispatches) and accepts
 //! arbitrary chunk boundaries, including a CRLF split across two chunks and a UTF-8
 //! character split across two chunks: lines are cut on ASCII bytes only and decoded
-//! whole, so a split character is always reassembled before decoding.
+//! whole, so a split character is always reassembled before decoding. Line ends and the
+//! field's colon are found with `memchr` (SIMD), not a byte-at-a-time loop: the parser
+//! reads every byte of every stream the gateway relays.
 //!
 //! Memory is bounded: one event (its pending line plus its accumulated `data`) may hold
 //! at most [`SSE_EVENT_BYTES_MAX`] bytes; past that the parser fails rather than grow.
@@ -64,7 +66,7 @@ impl SseParser {
                     continue;
                 }
             }
-            let Some(end) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(end) = memchr::memchr2(b'\n', b'\r', bytes) else {
                 self.line.extend_from_slice(bytes);
                 return self.check_size();
             };
@@ -115,7 +117,7 @@ impl SseParser {
         if line[0] == b':' {
             return;
         }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(colon) => {
                 let value = &line[colon + 1..];
                 (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))

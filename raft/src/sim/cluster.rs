@@ -3,6 +3,7 @@
 //! and leave it through the production membership change (`membership.rs`), at each
 //! group's leader, towards the voters an operator wants.
 
+use super::gateway;
 use super::invariants::Invariants;
 use super::network::{Net, SimNetwork};
 use super::storage::{Disk, DiskFaults, IoFault, MemStore, WriteKind};
@@ -14,6 +15,7 @@ use crate::incarnation::Identified;
 use crate::incarnation::{self, Identity, IDENTITY_TREE};
 use crate::log_store::LogStore;
 use crate::membership;
+use crate::node::LedgerNode;
 use crate::state_machine::{CpuPace, CpuWork, StateMachine};
 use crate::types::{Member, NodeId};
 use crate::wire::MembershipChange;
@@ -31,6 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// Stops the groups a refused start had started already; returns `why` it was refused.
 async fn stop_started(groups: &[Group], why: String) -> String {
@@ -196,8 +199,17 @@ enum Slot {
 pub struct Running {
     identity: Identity,
     store: MemStore,
-    groups: Vec<Group>,
+    /// Its groups, as the `LedgerNode` whose ledger API gateways call.
+    node: LedgerNode,
+    /// The ledger API's server, aborted when the process crashes.
+    server: JoinHandle<()>,
     crashed: AtomicBool,
+}
+
+impl Running {
+    fn groups(&self) -> &[Group] {
+        self.node.groups()
+    }
 }
 
 impl Cluster {
@@ -243,10 +255,13 @@ impl Cluster {
             self.node_ids().into_iter().filter_map(|id| self.running(id)).collect();
         let members: BTreeMap<NodeId, Member> = running
             .iter()
-            .map(|node| (node.identity.node_id, Member::new("", node.identity.incarnation)))
+            .map(|node| {
+                let id = node.identity.node_id;
+                (id, Member::new(gateway::addr_of(id), node.identity.incarnation))
+            })
             .collect();
         for node in &running {
-            for group in &node.groups {
+            for group in node.groups() {
                 match group.raft().initialize(members.clone()).await {
                     Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                     Err(e) => panic!("founding on node {}: {e}", node.identity.node_id),
@@ -329,7 +344,7 @@ impl Cluster {
         if !self.running(id).is_some_and(|now| Arc::ptr_eq(&now, running)) {
             return false;
         }
-        let Some(why) = running.groups.iter().find_map(Group::stopped) else { return false };
+        let Some(why) = running.groups().iter().find_map(Group::stopped) else { return false };
         self.trace.event(self.now_ms(), format!("node {id}'s raft stopped ({why}): restart"));
         self.lock().n_fatal_restarts += 1;
         self.crash(id).await;
@@ -387,12 +402,12 @@ impl Cluster {
 
     /// Node `id`'s replica of `group`'s counters, if that node is up.
     pub fn stats(&self, id: NodeId, group: u32) -> Option<NodeStats> {
-        self.running(id).map(|r| r.groups[group as usize].stats())
+        self.running(id).map(|r| r.groups()[group as usize].stats())
     }
 
     /// The leader of `group` as node `id` knows it, if that node is up.
     pub fn leader_seen_by(&self, id: NodeId, group: u32) -> Option<NodeId> {
-        self.running(id).and_then(|r| r.groups[group as usize].stats().leader_id)
+        self.running(id).and_then(|r| r.groups()[group as usize].stats().leader_id)
     }
 
     /// Submits `command` to node `id`'s replica of `group`, waiting at most `deadline`.
@@ -421,7 +436,7 @@ impl Cluster {
         // A paused process takes the request, and answers, only once it resumes.
         let submitted = async {
             self.net.unpaused(&[id]).await;
-            let outcomes = running.groups[group as usize].submit_many(commands).await;
+            let outcomes = running.groups()[group as usize].submit_many(commands).await;
             self.net.unpaused(&[id]).await;
             outcomes
         };
@@ -447,7 +462,7 @@ impl Cluster {
         id: NodeId,
         group: u32,
     ) -> Option<watch::Receiver<RaftMetrics<NodeId, Member>>> {
-        self.running(id).map(|r| r.groups[group as usize].raft().metrics())
+        self.running(id).map(|r| r.groups()[group as usize].raft().metrics())
     }
 
     /// Crashes node `id` right after its next write of `kind` returns, if one comes within
@@ -502,7 +517,8 @@ impl Cluster {
             running
         };
         self.trace.event(self.now_ms(), format!("crash node {id}"));
-        for group in &running.groups {
+        running.server.abort();
+        for group in running.groups() {
             // A core that already stopped on its dead store reports that here; either way
             // it is stopped, which is all a crash needs.
             let _ = group.shutdown().await;
@@ -616,7 +632,7 @@ impl Cluster {
             let leaving = members.voters.union(&members.learners).find(|id| !wanted.contains(id));
             let change = match (leaving, wanted.difference(&members.voters).next()) {
                 (Some(&id), _) => Some(MembershipChange::Remove { id }),
-                (None, Some(&id)) => Some(MembershipChange::Add { id, addr: String::new() }),
+                (None, Some(&id)) => Some(MembershipChange::Add { id, addr: gateway::addr_of(id) }),
                 // Only `maybe` is in doubt: learning the voters settles it.
                 (None, None) => None,
             };
@@ -654,7 +670,7 @@ impl Cluster {
             members.maybe.push(after);
         }
         self.net.unpaused(&[leader.identity.node_id]).await;
-        let group_ref = &leader.groups[group as usize];
+        let group_ref = &leader.groups()[group as usize];
         let changing = membership::change_identified(group_ref, &change, identified);
         let result = match tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, changing).await {
             Ok(result) => result.map_err(|e| e.to_string()),
@@ -673,10 +689,10 @@ impl Cluster {
     /// joint one, or one appended after the batch, only adds to what is possible.
     async fn learn_members(&self, group: u32) {
         let Some(leader) = self.leader(group) else { return };
-        let raft = leader.groups[group as usize].raft();
+        let raft = leader.groups()[group as usize].raft();
         let before = raft.metrics().borrow().membership_config.clone();
-        let stamp_ms = leader.groups[group as usize].next_stamp_ms();
-        let writing = raft.client_write(Batch { stamp_ms, commands: Vec::new() });
+        let stamp_ms = leader.groups()[group as usize].next_stamp_ms();
+        let writing = raft.client_write(Batch { stamp_ms, commands: Vec::new() }.into());
         let Ok(Ok(written)) = tokio::time::timeout(MEMBERSHIP_READ_TIMEOUT, writing).await else {
             return;
         };
@@ -704,7 +720,7 @@ impl Cluster {
     fn leader(&self, group: u32) -> Option<Arc<Running>> {
         let ids = self.node_ids();
         ids.into_iter().filter_map(|id| self.running(id)).find(|running| {
-            let metrics = running.groups[group as usize].raft().metrics();
+            let metrics = running.groups()[group as usize].raft().metrics();
             let leads = metrics.borrow().state == openraft::ServerState::Leader;
             leads
         })
@@ -808,9 +824,11 @@ impl Cluster {
             }
         }
         let rafts = groups.iter().map(|g| g.raft().clone()).collect();
-        self.net.node_up(id, incarnation, identity, rafts);
+        let node = LedgerNode::of_groups(id, groups, history);
+        let (door, server) = gateway::serve(&node, identity);
+        self.net.node_up(id, incarnation, identity, rafts, door);
         let crashed = AtomicBool::new(false);
-        let running = Arc::new(Running { identity, store, groups, crashed });
+        let running = Arc::new(Running { identity, store, node, server, crashed });
         self.lock().nodes.insert(id, Slot::Up(running));
         let timeout_ms = config.election_timeout_min;
         self.trace
@@ -865,7 +883,7 @@ impl Cluster {
         running
             .into_iter()
             .map(|(id, r)| {
-                let group = &r.groups[group as usize];
+                let group = &r.groups()[group as usize];
                 (id, group.stats().last_applied_index, group.read_local(Ledger::clone))
             })
             .collect()
@@ -880,7 +898,7 @@ impl Cluster {
                 lines.push(format!("node {id}: down"));
                 continue;
             };
-            for (group_idx, group) in running.groups.iter().enumerate() {
+            for (group_idx, group) in running.groups().iter().enumerate() {
                 let metrics = group.raft().metrics().borrow().clone();
                 lines.push(format!("node {id} group {group_idx}: {metrics:?}"));
             }
@@ -892,7 +910,7 @@ impl Cluster {
     pub fn snapshot_index_max(&self) -> Option<u64> {
         let state = self.lock();
         let up = state.nodes.values().filter_map(|slot| match slot {
-            Slot::Up(running) => Some(running.groups.iter().map(|g| g.stats().snapshot_index)),
+            Slot::Up(running) => Some(running.groups().iter().map(|g| g.stats().snapshot_index)),
             Slot::Down(_) => None,
         });
         up.flatten().max().flatten()
@@ -902,7 +920,7 @@ impl Cluster {
     pub fn last_log_indexes(&self, group: u32) -> Vec<Option<u64>> {
         let state = self.lock();
         let up = state.nodes.values().filter_map(|slot| match slot {
-            Slot::Up(running) => Some(running.groups[group as usize].stats().last_log_index),
+            Slot::Up(running) => Some(running.groups()[group as usize].stats().last_log_index),
             Slot::Down(_) => None,
         });
         up.collect()

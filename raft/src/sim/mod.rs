@@ -8,6 +8,22 @@
 //! whenever every task waits, so seconds of cluster time cost milliseconds. Openraft's
 //! only own randomness, the election timeout, is drawn from the seed instead.
 //!
+//! Each node also serves the production ledger API: tonic's server of `LedgerRpcServer`
+//! over a `LedgerNode` made of its groups (`LedgerNode::of_groups`: no expiry or history
+//! task). About half the clients are gateways: they send through the production
+//! `LedgerClient` of one of one or two gateway processes (shared by that gateway's
+//! clients, so their concurrent submits batch), whose channels are in-memory HTTP/2
+//! connections over the simulated network (`gateway`): a gateway sits on one node's side
+//! of the partitions, its bytes meet the weather's delays (a lost packet costs a
+//! retransmission), wait while a link is cut or a node paused, and a crash resets its
+//! connections. So the client's topology, leader cache, `NotLeader` hints, backoff, RPC
+//! timeout, call deadline, incarnation stamps and group commit, and the service's
+//! decoding, incarnation check and reply encoding, run under every fault; a call that
+//! fails within `CLIENT_CALL_DEADLINE` is in doubt. The other clients submit to the
+//! groups directly, with retries of their own. The HTTP/2 path keeps real time out (see
+//! `gateway`): no `date` header, reset streams remembered for an hour, held connections
+//! woken in a fixed order.
+//!
 //! A run: start the cluster (nodes' clocks skewed) and create accounts with a key each;
 //! let clients send random top-ups, key creations and revocations, reserves, settles and
 //! releases, and run the gateway's request path (reserve with a TTL, a delay, a settle of
@@ -51,6 +67,7 @@
 //! windows with `SIM_BEYOND_SEED=<seed> cargo test -p solrouter-raft --lib a_run_beyond`.
 
 mod cluster;
+mod gateway;
 mod invariants;
 mod nemesis;
 mod network;
@@ -60,12 +77,17 @@ mod workload;
 
 use crate::codec;
 use crate::types::NodeId;
-use crate::{ELECTION_TIMEOUT_MAX, PIPELINED_BATCH_MIN, PROPOSALS_IN_FLIGHT_MAX};
+use crate::{LedgerApi, LedgerClient, LedgerError};
+use crate::{
+    CLIENT_BACKOFF_FIRST, ELECTION_TIMEOUT_MAX, HEARTBEAT_INTERVAL, PIPELINED_BATCH_MIN,
+    PROPOSALS_IN_FLIGHT_MAX,
+};
 use cluster::{Cluster, Shape, SubmitError};
 use nemesis::Nemesis;
 use network::{NetCounters, Weather};
 use openraft::ServerState;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use solrouter_ledger::{
     AccountId, Command, HoldId, KeyId, KeyKind, KeyLimits, Ledger, Op, OpId, Outcome, PicoUsd,
@@ -78,7 +100,7 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 use storage::{DiskFaults, WriteKind};
 use trace::Trace;
-use workload::{Client, History, Record, Router};
+use workload::{Client, History, Record, Router, Through};
 
 /// Seeds a plain `cargo test` runs: enough to meet every kind of fault many times, within
 /// the test budget of about a minute.
@@ -90,6 +112,14 @@ const MEMBERSHIP_REPLAY_SEED: u64 = 33;
 /// How long the nemesis strikes, drawn from this range of simulated milliseconds.
 const FAULT_MS_MIN: u64 = 3_000;
 const FAULT_MS_MAX: u64 = 8_000;
+/// Gateway processes in a run, at most, and the share of its clients that send through
+/// one of them (see `workload::Client::through`); a gateway's clients share its
+/// `LedgerClient`, so their concurrent submits go out together.
+const GATEWAYS_MAX: usize = 2;
+const GATEWAY_SHARE: f64 = 0.5;
+/// Outcomes the gateways' clients must get per seed on average, over many seeds: the 48
+/// default seeds got 34 (1,640 of 1,676 calls; 4 seeds have no client through one).
+const GATEWAY_ACKNOWLEDGED_PER_SEED_MIN: u64 = 20;
 /// Attempts at one command after healing before the cluster counts as not recovered:
 /// with backoff, over half a minute of simulated time, where every node is up and the
 /// network calm, so an election or two should do.
@@ -111,9 +141,14 @@ fn seeded_runs_keep_money_exact_and_replicas_identical() {
             (first..first + env("SIM_SEEDS").unwrap_or(SEEDS_DEFAULT)).collect()
         }
     };
+    let n_seeds = seeds.len() as u64;
+    let mut through_gateways = 0;
     for seed in seeds {
         match run(seed, verbose, DiskFaults::default(), Length::Drawn) {
-            Ok(summary) => println!("{summary:?}"),
+            Ok(summary) => {
+                println!("{summary:?}");
+                through_gateways += summary.through_gateways.n_acknowledged;
+            }
             Err(failure) => {
                 eprintln!("sim: seed {seed} FAILED: {}", failure.message);
                 eprintln!("--- last events of seed {seed} ---");
@@ -127,6 +162,16 @@ fn seeded_runs_keep_money_exact_and_replicas_identical() {
                 );
             }
         }
+    }
+    // Many seeds must have run many commands through the gateways' production client: a
+    // connector, a server or a client that never answers shows here, not as a pass.
+    if n_seeds >= SEEDS_DEFAULT {
+        let floor = GATEWAY_ACKNOWLEDGED_PER_SEED_MIN * n_seeds;
+        assert!(
+            through_gateways >= floor,
+            "the gateways' LedgerClient got {through_gateways} outcomes in {n_seeds} seeds, \
+             fewer than {floor}"
+        );
     }
 }
 
@@ -272,6 +317,106 @@ fn a_late_top_up_retry_after_a_leader_change_credits_once() {
         for ledger in converge(&cluster).await {
             assert_eq!(ledger.account(account).map(|a| a.credits), Some(amount));
             assert_eq!(ledger.audit().credited, amount);
+        }
+    });
+}
+
+/// A gateway's production `LedgerClient`, over the simulated network to the nodes'
+/// production ledger API (tonic's server of `LedgerRpcServer`), rides out its leader's
+/// crash (its connection reset, the next node's `NotLeader` hint followed, the new leader
+/// found within `CLIENT_CALL_DEADLINE`); a call whose replies are cut off fails in doubt,
+/// and resent with the same op id it answers the first outcome: every top-up credits once.
+#[test]
+fn a_gateway_client_rides_out_a_leader_crash_and_lost_replies_exactly_once() {
+    paused_runtime().block_on(async {
+        let (cluster, history, mut router) = calm_cluster().await;
+        let account = create_accounts(&mut router, &history, 1).await[0];
+        let leader = || cluster.node_ids().into_iter().find_map(|id| cluster.leader_seen_by(id, 0));
+        let first_leader = leader().expect("the group that acknowledged has a leader");
+        // On the first leader's side of the partitions: its crash leaves the others in reach.
+        let gateway = connect_gateway(&cluster, first_leader).await;
+        let amount = PicoUsd(1_000);
+        let top_up =
+            |n: u128| Command { id: OpId(0x9a7e << 64 | n), op: Op::Credit { account, amount } };
+        let credited = |n: u128| Ok(Reply::Credited { credits: PicoUsd(amount.0 * n) });
+        assert_eq!(gateway.submit(top_up(1)).await.expect("a calm cluster answers"), credited(1));
+
+        cluster.crash(first_leader).await;
+        let answered = gateway.submit(top_up(2)).await;
+        assert_eq!(answered.expect("the client found the new leader in time"), credited(2));
+        let new_leader = leader().expect("the group that acknowledged has a leader");
+        assert_ne!(new_leader, first_leader);
+
+        cluster.net.cut(new_leader, first_leader);
+        let lost = gateway.submit(top_up(3)).await;
+        assert!(lost.as_ref().is_err_and(LedgerError::is_retryable), "{lost:?}");
+        cluster.net.heal();
+        let resent = gateway.submit(top_up(3)).await;
+        assert_eq!(resent.expect("the healed cluster answers"), credited(3));
+        for ledger in converge(&cluster).await {
+            assert_eq!(ledger.account(account).map(|a| a.credits), Some(PicoUsd(3 * amount.0)));
+        }
+    });
+}
+
+/// After a leader change the gateway's client still names the deposed leader; its
+/// `NotLeader` hint sends the next call straight to the new one: on a network without
+/// delays the call is answered before the client's first backoff would have ended.
+#[test]
+fn a_gateway_client_follows_a_deposed_leaders_hint_at_once() {
+    paused_runtime().block_on(async {
+        let (cluster, history, mut router) = calm_cluster().await;
+        let account = create_accounts(&mut router, &history, 1).await[0];
+        let leader_seen_by = |id| cluster.leader_seen_by(id, 0);
+        let old = cluster.node_ids().into_iter().find_map(leader_seen_by).expect("a leader");
+        let gateway = connect_gateway(&cluster, old).await;
+        let amount = PicoUsd(1_000);
+        let top_up =
+            |n: u128| Command { id: OpId(0x417 << 64 | n), op: Op::Credit { account, amount } };
+        assert!(matches!(gateway.submit(top_up(1)).await, Ok(Ok(Reply::Credited { .. }))));
+
+        let others: Vec<NodeId> = cluster.node_ids().into_iter().filter(|id| *id != old).collect();
+        for other in &others {
+            cluster.net.cut(old, *other);
+            cluster.net.cut(*other, old);
+        }
+        let new = loop {
+            tokio::time::sleep(ELECTION_TIMEOUT_MAX).await;
+            match leader_seen_by(others[0]) {
+                Some(new) if new != old => break new,
+                _ => {}
+            }
+        };
+        cluster.net.heal();
+        while leader_seen_by(old) != Some(new) {
+            tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+        }
+        cluster.net.set_weather(Weather { delay_max: Duration::ZERO, ..Weather::CALM });
+        let started = tokio::time::Instant::now();
+        assert!(matches!(gateway.submit(top_up(2)).await, Ok(Ok(Reply::Credited { .. }))));
+        let took = started.elapsed();
+        assert!(took < CLIENT_BACKOFF_FIRST, "answered {took:?} after the call: it backed off");
+    });
+}
+
+/// A node wiped and back under its id and address is another incarnation: the gateway's
+/// client stamps each call with the incarnation its topology named at that address, and
+/// the node refuses rather than answer in the old one's place, so every topology the
+/// client gets names the whole cluster (the wiped node's own names no member).
+#[test]
+fn a_gateway_client_is_refused_by_a_wiped_node_at_a_known_address() {
+    paused_runtime().block_on(async {
+        let (cluster, history, mut router) = calm_cluster().await;
+        create_accounts(&mut router, &history, 1).await;
+        let gateway = connect_gateway(&cluster, 1).await;
+        let wiped = 2;
+        cluster.wipe(wiped).await;
+        cluster.restart(wiped).await;
+        let n_nodes = cluster.node_ids().len();
+        // Round robin over the addresses: the wiped node's is asked too.
+        for _ in 0..2 * n_nodes {
+            let topology = gateway.topology().await.expect("the others answer");
+            assert_eq!(topology.members.len(), n_nodes, "answered by {}", topology.node_id);
         }
     });
 }
@@ -853,6 +998,8 @@ struct Summary {
     n_commands: usize,
     n_acknowledged: usize,
     n_in_doubt: usize,
+    /// What the clients that are gateways sent through their `LedgerClient`.
+    through_gateways: Through,
     n_crashes: u64,
     /// Restarts of a node whose Raft stopped on a disk error: nonzero means EIO or ENOSPC
     /// struck a write.
@@ -945,7 +1092,6 @@ async fn simulate(seed: u64, trace: Arc<Trace>, faults: DiskFaults, length: Leng
 
     let until_ms = cluster.now_ms() + fault_ms;
     let nemesis = Nemesis::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
-    let nemesis = tokio::spawn(nemesis.run(until_ms));
     let mut clients = Vec::new();
     for client_id in 1..=n_clients {
         let router = Router::new(Arc::clone(&cluster), StdRng::seed_from_u64(rng.gen()));
@@ -954,13 +1100,38 @@ async fn simulate(seed: u64, trace: Arc<Trace>, faults: DiskFaults, length: Leng
             Length::Drawn => client,
             Length::Beyond(_) => client.resolving_in_doubt(),
         };
-        clients.push(tokio::spawn(client.run(until_ms)));
+        clients.push(client);
     }
+    // The gateways, each on a node's side of the partitions, and which clients send
+    // through which: drawn after the rest, so the nemesis's and the clients' own draws
+    // are what they were before there were gateways.
+    let mut gateway_rng = StdRng::seed_from_u64(rng.gen());
+    let mut gateways = Vec::new();
+    for _ in 0..gateway_rng.gen_range(1..=GATEWAYS_MAX) {
+        let home = gateway_rng.gen_range(1..=cluster.shape.n_nodes);
+        gateways.push(connect_gateway(&cluster, home).await);
+    }
+    let mut spawned = Vec::new();
+    for client in clients {
+        let client = match gateway_rng.gen_bool(GATEWAY_SHARE) {
+            true => client.through(gateways.choose(&mut gateway_rng).expect("gateways").clone()),
+            false => client,
+        };
+        spawned.push(client);
+    }
+    drop(gateways);
+    let nemesis = tokio::spawn(nemesis.run(until_ms));
+    let clients: Vec<_> =
+        spawned.into_iter().map(|client| tokio::spawn(client.run(until_ms))).collect();
     // A task that panicked has been recorded; the checks below still run to the end.
     let _ = nemesis.await;
     Nemesis::heal(&cluster).await;
+    let mut through_gateways = Through::default();
     for client in clients {
-        let _ = client.await;
+        if let Ok(through) = client.await {
+            through_gateways.n_calls += through.n_calls;
+            through_gateways.n_acknowledged += through.n_acknowledged;
+        }
     }
     let during_faults = history.records();
     if let Length::Beyond(_) = length {
@@ -984,6 +1155,7 @@ async fn simulate(seed: u64, trace: Arc<Trace>, faults: DiskFaults, length: Leng
         n_commands: during_faults.len(),
         n_acknowledged: during_faults.iter().filter(|r| r.outcome.is_some()).count(),
         n_in_doubt: during_faults.iter().filter(|r| r.outcome.is_none()).count(),
+        through_gateways,
         n_crashes: cluster.n_crashes(),
         n_fatal_restarts: cluster.n_fatal_restarts(),
         n_membership_changes: cluster.n_membership_changes(),
@@ -999,6 +1171,15 @@ async fn simulate(seed: u64, trace: Arc<Trace>, faults: DiskFaults, length: Leng
         end_ms: cluster.now_ms(),
         trace: cluster.trace.fingerprint(),
     }
+}
+
+/// A gateway's production client on node `home`'s side of the partitions, connected
+/// (it learns the topology) before any fault.
+async fn connect_gateway(cluster: &Arc<Cluster>, home: NodeId) -> LedgerClient {
+    let seeds: Vec<String> = cluster.node_ids().into_iter().map(gateway::addr_of).collect();
+    let dialer = gateway::dialer(Arc::clone(&cluster.net), home);
+    let connected = LedgerClient::connect_via(&seeds, dialer).await;
+    connected.unwrap_or_else(|e| panic!("a gateway could not connect to the calm cluster: {e}"))
 }
 
 /// Creates the accounts before any fault; they must all exist for the run to mean much.

@@ -15,6 +15,10 @@
 //! Requests are [`Stamped`] and admitted by the target's data directory identity
 //! exactly as `grpc_network` does ([`incarnation::admit`]); a refusal reaches the sender
 //! as unreachable, as over gRPC.
+//!
+//! Gateways' connections to the nodes' ledger API cross the same network as byte streams
+//! (`gateway`): [`Net::gateway_door`], [`Net::gateway_link`] and [`Net::gateway_delay`]
+//! say whether one may open, what it lets through now and how long its bytes take.
 
 use crate::codec;
 use crate::incarnation::{self, Identity, Incarnation, Stamped};
@@ -35,7 +39,13 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::io::DuplexStream;
+use tokio::sync::futures::Notified;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// What a lost packet of a gateway's connection costs: Linux's minimum retransmission
+/// timeout.
+const TCP_RETRANSMIT_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// How the network behaves between partitions; the nemesis changes it during a run.
 #[derive(Clone, Copy, Debug)]
@@ -82,6 +92,23 @@ pub struct NetCounters {
 /// The network shared by every node of a simulated cluster.
 pub struct Net {
     state: Mutex<NetState>,
+    /// Notified whenever a node comes up or goes down, a link is cut or healed, or a pause
+    /// starts or ends: what a gateway connection held up by a fault waits for. A `Notify`
+    /// wakes its waiters in a fixed order (a `watch` channel spreads them over wakers
+    /// chosen by the runtime's unseeded RNG, which made runs diverge).
+    changes: Notify,
+}
+
+/// What a gateway's connection to a node's process lets through now (see
+/// [`Net::gateway_link`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatewayLink {
+    /// The process is gone (crashed, restarted): the connection is reset.
+    Gone,
+    /// Cut by a partition (until the next change), or the node paused (until then): the
+    /// bytes wait, as TCP's would.
+    Held(Option<tokio::time::Instant>),
+    Open,
 }
 
 struct NetState {
@@ -91,6 +118,8 @@ struct NetState {
     /// directory's identity, and its groups' Raft instances. A node absent from here is
     /// down.
     nodes: BTreeMap<NodeId, (u64, Identity, Vec<Raft>)>,
+    /// Where a live node's ledger API takes the server end of a gateway's new connection.
+    doors: BTreeMap<NodeId, mpsc::Sender<DuplexStream>>,
     /// Directed links that are cut: `(source, target)`.
     cut: BTreeSet<(NodeId, NodeId)>,
     /// Per directed link: messages sent so far, and the highest sequence number arrived.
@@ -117,6 +146,7 @@ impl Net {
             rng,
             weather: Weather::CALM,
             nodes: BTreeMap::new(),
+            doors: BTreeMap::new(),
             cut: BTreeSet::new(),
             n_sent_on: BTreeMap::new(),
             arrived_max_on: BTreeMap::new(),
@@ -124,19 +154,40 @@ impl Net {
             lose_last_chunk_to: BTreeSet::new(),
             counters: NetCounters::default(),
         };
-        Arc::new(Net { state: Mutex::new(state) })
+        Arc::new(Net { state: Mutex::new(state), changes: Notify::new() })
+    }
+
+    fn changed(&self) {
+        self.changes.notify_waiters();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
         self.state.lock().expect("network lock poisoned")
     }
 
-    pub fn node_up(&self, node: NodeId, incarnation: u64, identity: Identity, groups: Vec<Raft>) {
-        self.lock().nodes.insert(node, (incarnation, identity, groups));
+    /// Process `incarnation` of node `node` is up: its groups' Raft instances take
+    /// messages, its ledger API takes gateways' connections through `door`.
+    pub fn node_up(
+        &self,
+        node: NodeId,
+        incarnation: u64,
+        identity: Identity,
+        groups: Vec<Raft>,
+        door: mpsc::Sender<DuplexStream>,
+    ) {
+        let mut state = self.lock();
+        state.nodes.insert(node, (incarnation, identity, groups));
+        state.doors.insert(node, door);
+        drop(state);
+        self.changed();
     }
 
     pub fn node_down(&self, node: NodeId) {
-        self.lock().nodes.remove(&node);
+        let mut state = self.lock();
+        state.nodes.remove(&node);
+        state.doors.remove(&node);
+        drop(state);
+        self.changed();
     }
 
     pub fn set_weather(&self, weather: Weather) {
@@ -145,10 +196,12 @@ impl Net {
 
     pub fn cut(&self, source: NodeId, target: NodeId) {
         self.lock().cut.insert((source, target));
+        self.changed();
     }
 
     pub fn heal(&self) {
         self.lock().cut.clear();
+        self.changed();
     }
 
     /// Pauses node `node`'s process for `duration`: it neither hears nor is heard until
@@ -159,11 +212,76 @@ impl Net {
         let mut state = self.lock();
         let paused = state.paused_until.entry(node).or_insert(until);
         *paused = (*paused).max(until);
+        drop(state);
+        self.changed();
     }
 
     /// Ends every pause.
     pub fn resume_all(&self) {
         self.lock().paused_until.clear();
+        self.changed();
+    }
+
+    /// Changes of the network (see the field), for a gateway connection to wait on: enable
+    /// the returned future before looking at the network, then await it.
+    pub fn next_change(&self) -> Notified<'_> {
+        self.changes.notified()
+    }
+
+    /// Where node `target`'s current process takes a new connection from a gateway on
+    /// `home`'s side of the partitions (its incarnation, and its ledger API's door), if it
+    /// is up and the links between `home` and it are not cut either way (a handshake needs
+    /// both).
+    pub fn gateway_door(
+        &self,
+        home: NodeId,
+        target: NodeId,
+    ) -> Option<(u64, mpsc::Sender<DuplexStream>)> {
+        let state = self.lock();
+        let cut = home != target
+            && (state.cut.contains(&(home, target)) || state.cut.contains(&(target, home)));
+        let (incarnation, _, _) = state.nodes.get(&target).filter(|_| !cut)?;
+        Some((*incarnation, state.doors.get(&target)?.clone()))
+    }
+
+    /// What the connection of a gateway on `home`'s side to process `incarnation` of node
+    /// `target` lets through now, towards the node or back from it.
+    pub fn gateway_link(
+        &self,
+        home: NodeId,
+        target: NodeId,
+        incarnation: u64,
+        towards_target: bool,
+    ) -> GatewayLink {
+        let state = self.lock();
+        if state.nodes.get(&target).is_none_or(|(live, _, _)| *live != incarnation) {
+            return GatewayLink::Gone;
+        }
+        let link = if towards_target { (home, target) } else { (target, home) };
+        if home != target && state.cut.contains(&link) {
+            return GatewayLink::Held(None);
+        }
+        match state.paused_until.get(&target) {
+            Some(until) if *until > tokio::time::Instant::now() => GatewayLink::Held(Some(*until)),
+            _ => GatewayLink::Open,
+        }
+    }
+
+    /// How long `bytes` of a gateway connection take to cross in the current weather: a
+    /// message's delay (at times a spike), its bytes at the link's pace, and for a lost
+    /// packet TCP's retransmission on top (a byte stream loses nothing, it only waits).
+    pub fn gateway_delay(&self, bytes: usize) -> Duration {
+        let mut state = self.lock();
+        let weather = state.weather;
+        let retransmit = match state.rng.gen_range(0..1000) < weather.loss_per_mille {
+            true => TCP_RETRANSMIT_TIMEOUT,
+            false => Duration::ZERO,
+        };
+        let crossing = match weather.link_bytes_per_ms {
+            0 => Duration::ZERO,
+            bytes_per_ms => Duration::from_millis(bytes as u64 / bytes_per_ms),
+        };
+        state.delay(&weather) + crossing + retransmit
     }
 
     /// Waits until none of `nodes` is paused.

@@ -14,7 +14,9 @@
 
 use super::cluster::{Cluster, SubmitError};
 use crate::error::LedgerError;
+use crate::reads::LedgerApi;
 use crate::types::NodeId;
+use crate::LedgerClient;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -228,9 +230,24 @@ impl Router {
     }
 }
 
+/// What a client sent through its gateway: calls of the gateway's client (each a
+/// command's attempt), and outcomes acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Through {
+    pub n_calls: u64,
+    pub n_acknowledged: u64,
+}
+
 pub struct Client {
     id: u64,
     router: Router,
+    /// A gateway's production client, if this client is a gateway: its commands then go
+    /// through it (its own routing, retries within `CLIENT_CALL_DEADLINE`, batching, gRPC)
+    /// to the nodes' ledger API, over the simulated network; else straight to the
+    /// nodes' groups through `router`.
+    gateway: Option<LedgerClient>,
+    /// What this client sent through its gateway.
+    through_gateway: Through,
     history: Arc<History>,
     accounts: Vec<AccountId>,
     /// Holds this client reserved and has not settled or released yet, with the stamp
@@ -257,7 +274,14 @@ impl Client {
             acknowledged: Vec::new(),
             n_commands: 0,
             resolves_in_doubt: false,
+            gateway: None,
+            through_gateway: Through::default(),
         }
+    }
+
+    /// A client that sends its commands through `gateway` (see the field).
+    pub fn through(self, gateway: LedgerClient) -> Client {
+        Client { gateway: Some(gateway), ..self }
     }
 
     /// A client that retries each command until it has an answer (see the field).
@@ -265,8 +289,9 @@ impl Client {
         Client { resolves_in_doubt: true, ..self }
     }
 
-    /// Sends random commands until the simulated clock reaches `until_ms`.
-    pub async fn run(mut self, until_ms: u64) {
+    /// Sends random commands until the simulated clock reaches `until_ms`; says what went
+    /// through its gateway.
+    pub async fn run(mut self, until_ms: u64) -> Through {
         while self.router.cluster.now_ms() < until_ms {
             if !self.acknowledged.is_empty() && self.router.rng.gen_ratio(1, 10) {
                 self.replay_one().await;
@@ -278,6 +303,30 @@ impl Client {
             }
             let think = self.router.rng.gen_range(Duration::ZERO..=THINK_MAX);
             tokio::time::sleep(think).await;
+        }
+        self.through_gateway
+    }
+
+    /// One attempt as this client makes it: through its gateway (one call, which retries
+    /// within the client's deadline), else up to [`ATTEMPTS_MAX`] through the router.
+    async fn submit(&mut self, command: &Command) -> Option<Outcome> {
+        let Some(gateway) = &self.gateway else {
+            return self.router.submit(command, ATTEMPTS_MAX).await;
+        };
+        self.through_gateway.n_calls += 1;
+        let cluster = &self.router.cluster;
+        match gateway.submit(command.clone()).await {
+            Ok(outcome) => {
+                self.through_gateway.n_acknowledged += 1;
+                cluster.invariants.acknowledged(cluster.group_of(command.op.account()), command.id);
+                Some(outcome)
+            }
+            Err(e) => {
+                let what =
+                    format!("client {} op {:x} through its gateway: {e}", self.id, command.id.0);
+                cluster.trace.detail(cluster.now_ms(), what);
+                None
+            }
         }
     }
 
@@ -294,7 +343,7 @@ impl Client {
         if late(age_ms) {
             self.history.retried_late();
         }
-        if let Some(again) = self.router.submit(&command, ATTEMPTS_MAX).await {
+        if let Some(again) = self.submit(&command).await {
             self.history.answered_again(&command, &first, &again, age_ms);
         }
     }
@@ -351,13 +400,13 @@ impl Client {
     async fn send(&mut self, command: Command) -> Option<Outcome> {
         let sent = self.history.tick();
         let sent_ms = self.router.cluster.now_ms();
-        let mut outcome = self.router.submit(&command, ATTEMPTS_MAX).await;
+        let mut outcome = self.submit(&command).await;
         let rounds = if self.resolves_in_doubt { IN_DOUBT_ROUNDS_MAX } else { 1 };
         for _ in 1..rounds {
             if outcome.is_some() {
                 break;
             }
-            outcome = self.router.submit(&command, ATTEMPTS_MAX).await;
+            outcome = self.submit(&command).await;
         }
         self.record(command, outcome.clone(), sent, sent_ms);
         outcome

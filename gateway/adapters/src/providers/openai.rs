@@ -9,14 +9,16 @@ use super::{
     Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, Target,
     UpstreamError, UpstreamRequest, Usage,
 };
-use crate::json_text::{self, Member, Object, ObjectWriter};
+use crate::json_text::{self, Name, Object, ObjectWriter};
 use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// Request fields that steer the gateway (OpenRouter-style routing and accounting
@@ -112,36 +114,30 @@ impl Adapter for OpenAiCompatible {
         })
     }
 
-    /// The body's top-level fields are read as raw JSON text (`json_text.rs`): only
-    /// `choices`, the usage and the pass-through fields become trees, never the envelope
-    /// the gateway rewrites.
+    /// The body is read in one pass ([`WireAnswer`]): only `choices` and the
+    /// pass-through fields become trees, never the envelope the gateway rewrites.
     fn response(&self, _chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
         let invalid = |error: &dyn std::fmt::Display| {
             bad_gateway(&self.provider, format!("invalid response: {error}"))
         };
         let text = std::str::from_utf8(body).map_err(|error| invalid(&error))?;
-        let object = Object::parse(text).map_err(|error| invalid(&error))?;
-        if let Some(error) = object.get_set("error") {
+        let answer: WireAnswer = json_text::read(text).map_err(|error| invalid(&error))?;
+        if let Some(error) = answer.error {
             let error = error.get();
             return Err(bad_gateway(&self.provider, format!("error in 200 response: {error}")));
         }
-        let choices = object.get("choices").filter(|choices| json_text::is_array(choices));
-        let Some(choices) = choices else {
+        let usage = self.usage_of(answer.usage());
+        let Some(Value::Array(mut choices)) = answer.choices else {
             return Err(bad_gateway(&self.provider, "response has no `choices` array"));
         };
-        let mut choices: Vec<Value> =
-            serde_json::from_str(choices.get()).map_err(|error| invalid(&error))?;
         for choice in &mut choices {
             if let Some(Value::Object(message)) = choice.get_mut("message") {
                 normalise_message(message);
             }
         }
-        let usage = self.usage_of(usage_text(&object));
         let mut extra = Map::new();
-        for member in object.members() {
-            if passed_through(member) {
-                extra.insert(member.name.clone().into_owned(), tree(member.value));
-            }
+        for (name, value) in answer.passed_through {
+            extra.insert(name.into_owned(), tree(value));
         }
         Ok(Completion { choices, usage, extra })
     }
@@ -348,11 +344,69 @@ const CONSUMED_FIELDS: [&str; 11] = [
     "p",
 ];
 
-/// Every other non-null top-level field goes on to the client as is: OpenAI's
-/// `moderation`, `service_tier` and `system_fingerprint`, Perplexity's `citations` and
-/// `search_results`, and whatever fields providers add later.
-fn passed_through(member: &Member) -> bool {
-    !json_text::is_null(member.value) && !CONSUMED_FIELDS.contains(&&*member.name)
+/// The top-level members of an OpenAI answer or stream chunk, read in one pass: `choices`
+/// straight into trees (a second pass over their text, as raw values read first, cost as
+/// much again), the usage, Groq's `x_groq` and a non-null `error` as raw text, the rest
+/// of [`CONSUMED_FIELDS`] skipped, and every other non-null member kept as raw text to
+/// pass on: OpenAI's `moderation`, `service_tier` and `system_fingerprint`, Perplexity's
+/// `citations` and `search_results`, and whatever fields providers add later. A name
+/// written twice keeps its last value, as a JSON reader's map does.
+#[derive(Default)]
+struct WireAnswer<'a> {
+    choices: Option<Value>,
+    usage: Option<&'a RawValue>,
+    x_groq: Option<&'a RawValue>,
+    error: Option<&'a RawValue>,
+    /// In the order written.
+    passed_through: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> WireAnswer<'a> {
+    /// The usage object: top-level, or Groq's `x_groq.usage` (where older Groq streams
+    /// put it).
+    fn usage(&self) -> Option<&'a RawValue> {
+        let is_object = |value: &&RawValue| json_text::is_object(value);
+        self.usage
+            .filter(is_object)
+            .or_else(|| json_text::object(self.x_groq?)?.get("usage").filter(is_object))
+    }
+}
+
+impl<'de> Deserialize<'de> for WireAnswer<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = WireAnswer<'de>;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut answer = WireAnswer::default();
+                while let Some(Name(name)) = map.next_key::<Name>()? {
+                    match &*name {
+                        "choices" => answer.choices = Some(map.next_value()?),
+                        "usage" => answer.usage = Some(map.next_value()?),
+                        "x_groq" => answer.x_groq = Some(map.next_value()?),
+                        "error" => {
+                            let error: &RawValue = map.next_value()?;
+                            answer.error = (!json_text::is_null(error)).then_some(error);
+                        }
+                        consumed if CONSUMED_FIELDS.contains(&consumed) => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        _ => {
+                            let value: &RawValue = map.next_value()?;
+                            if !json_text::is_null(value) {
+                                answer.passed_through.push((name, value));
+                            }
+                        }
+                    }
+                }
+                Ok(answer)
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
 }
 
 /// The usage object: top-level, or Groq's `x_groq.usage` (where older Groq streams
@@ -365,15 +419,6 @@ fn usage_object(object: &Map<String, Value>) -> Option<&Value> {
             .and_then(|x_groq| x_groq.get("usage"))
             .filter(|usage| usage.is_object())
     })
-}
-
-/// [`usage_object`] of a body read as text.
-fn usage_text<'a>(object: &Object<'a>) -> Option<&'a RawValue> {
-    let is_object = |value: &&RawValue| json_text::is_object(value);
-    object
-        .get("usage")
-        .filter(is_object)
-        .or_else(|| json_text::object(object.get("x_groq")?)?.get("usage").filter(is_object))
 }
 
 /// Brings a message or delta to OpenRouter's shape: reasoning text in `reasoning`
@@ -497,13 +542,13 @@ impl OpenAiStream {
             self.done = true;
             return Ok(());
         }
-        // A chunk's top-level fields as raw JSON text: only `choices` is read into a
-        // tree for every chunk; the envelope the gateway rewrites (`id`, `created`,
-        // `model`, padding) is never built, the usage only when present.
-        let chunk = Object::parse(&event.data).map_err(|error| {
+        // One pass ([`WireAnswer`]): only `choices` is read into a tree for every chunk;
+        // the envelope the gateway rewrites (`id`, `created`, `model`, padding) is never
+        // built, the usage only when present.
+        let chunk: WireAnswer = json_text::read(&event.data).map_err(|error| {
             bad_gateway(&self.adapter.provider, format!("invalid stream chunk: {error}"))
         })?;
-        if let Some(error) = chunk.get_set("error").map(tree) {
+        if let Some(error) = chunk.error.map(tree) {
             let message = error
                 .get("message")
                 .and_then(Value::as_str)
@@ -513,22 +558,21 @@ impl OpenAiStream {
                 format!("error mid-stream: {message}"),
             ));
         }
-        if let Some(usage) = usage_text(&chunk) {
+        if let Some(usage) = chunk.usage() {
             self.usage = self.adapter.usage_of(Some(usage));
         }
-        let mut choices = match chunk.get_set("choices").map(tree) {
+        let mut choices = match chunk.choices {
             Some(Value::Array(choices)) => choices,
             _ => Vec::new(),
         };
         let mut extra = Map::new();
-        for member in chunk.members() {
-            let (field, text) = (&*member.name, member.value.get());
-            if !passed_through(member) || self.passed_on.get(field).is_some_and(|sent| sent == text)
-            {
+        for (field, value) in chunk.passed_through {
+            let text = value.get();
+            if self.passed_on.get(&*field).is_some_and(|sent| sent == text) {
                 continue;
             }
-            extra.insert(field.to_owned(), tree(member.value));
-            self.passed_on.insert(field.to_owned(), text.to_owned());
+            extra.insert(field.clone().into_owned(), tree(value));
+            self.passed_on.insert(field.into_owned(), text.to_owned());
         }
         if choices.is_empty() && extra.is_empty() {
             // A usage-only chunk: the pipeline emits usage itself, with the cost.
@@ -783,6 +827,45 @@ mod tests {
             }
         );
         assert_eq!(parse_usage(Some(&raw(json!("junk")))), Usage::default());
+    }
+
+    #[test]
+    fn answers_are_read_in_one_pass_as_a_json_reader_would() {
+        let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
+        let body = json!({"id": "x", "model": "m", "obfuscation": "pad", "error": null,
+            "choices": [{"index": 0, "message": {"content": "a", "reasoning_content": "r"}}],
+            "x_groq": {"usage": {"prompt_tokens": 2, "completion_tokens": 1}},
+            "service_tier": "default", "moderation": null, "citations": ["c"]});
+        let completion = adapter.response(&chat_text("{}", false), body.to_string().as_bytes());
+        let completion = completion.expect("a completion");
+        assert_eq!(
+            completion.choices,
+            [json!({"index": 0, "message": {"content": "a", "reasoning": "r"}})]
+        );
+        assert_eq!(
+            completion.usage,
+            Usage { prompt_tokens: 2, completion_tokens: 1, ..Usage::default() }
+        );
+        let passed: Vec<&str> = completion.extra.keys().map(String::as_str).collect();
+        assert_eq!(passed, ["citations", "service_tier"]);
+        // A name written twice keeps its last value; a top-level `usage` wins over Groq's.
+        let twice = r#"{"choices":[],"service_tier":"a","choices":[{"index":1}],"service_tier":"b",
+            "usage":{"prompt_tokens":5},"x_groq":{"usage":{"prompt_tokens":9}}}"#;
+        let completion = adapter.response(&chat_text("{}", false), twice.as_bytes()).unwrap();
+        assert_eq!(completion.choices, [json!({"index": 1})]);
+        assert_eq!(completion.extra["service_tier"], "b");
+        assert_eq!(completion.usage.prompt_tokens, 5);
+        for (bad, message) in [
+            (r#"{"choices":null}"#, "response has no `choices` array"),
+            (
+                r#"{"choices":[],"error":{"message":"m"}}"#,
+                r#"error in 200 response: {"message":"m"}"#,
+            ),
+            ("[1]", "invalid response: not a JSON object"),
+        ] {
+            let error = adapter.response(&chat_text("{}", false), bad.as_bytes()).unwrap_err();
+            assert_eq!(error.message, message, "{bad}");
+        }
     }
 
     #[test]
