@@ -36,15 +36,19 @@ pub const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 const SETTLE_BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const SETTLE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const _: () = assert!(SETTLE_DEADLINE.as_millis() < HOLD_GRACE.as_millis() / 2);
-// A retry under the same op id must find the ledger still remembering its first outcome:
-// the op-id window (by batch stamps) outlasts every retry loop, twice over, so a new
-// leader whose clock runs ahead cannot shorten it below them.
-const _: () =
-    assert!(solrouter_ledger::OPS_REMEMBERED_FOR_MS as u128 >= 2 * SETTLE_DEADLINE.as_millis());
-// A settle is deduplicated by its hold, remembered this long after the hold ended: a
-// settle still retrying finds its first reply.
+// A retry must find the ledger still remembering its first outcome, twice over (so a new
+// leader whose clock runs ahead cannot shorten the window below the retries). Settles and
+// releases (retried until `SETTLE_DEADLINE`) and reserves (retried by the ledger client
+// until `CLIENT_CALL_DEADLINE`) are deduplicated by their hold, which the ledger remembers
+// for its life and `HOLDS_REMEMBERED_FOR_MS` past its end; every other operation but
+// top-ups (remembered for the account's life) by op id, submitted once and retried by the
+// ledger client only.
 const _: () =
     assert!(solrouter_ledger::HOLDS_REMEMBERED_FOR_MS as u128 >= 2 * SETTLE_DEADLINE.as_millis());
+const _: () = assert!(
+    solrouter_ledger::HOLDS_REMEMBERED_FOR_MS as u128
+        >= 2 * solrouter_raft::CLIENT_CALL_DEADLINE.as_millis()
+);
 const _: () = assert!(
     solrouter_ledger::OPS_REMEMBERED_FOR_MS as u128
         >= 2 * solrouter_raft::CLIENT_CALL_DEADLINE.as_millis()

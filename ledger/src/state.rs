@@ -8,29 +8,34 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 mod legacy;
-pub use legacy::LedgerV7;
+pub use legacy::{LedgerV7, LedgerV8};
 
 /// How long (in batch stamps) the ledger remembers an applied operation id, to answer a
-/// retry with the first outcome. Longer than every client's overall retry deadline, which
-/// the crates that own those deadlines assert (`solrouter-gateway`'s `bank.rs`); top-ups
-/// and settles are also deduplicated for good, by account and idempotency key, and by
-/// hold.
+/// retry with the first outcome: the op-id window, which holds only the rare operations
+/// that have no key of their own to be deduplicated by (accounts, keys, users, sessions).
+/// Top-ups are deduplicated by account and idempotency key for the account's life, and
+/// reserves, settles and releases by their hold ([`HOLDS_REMEMBERED_FOR_MS`]), so a
+/// request served takes no room here. Longer than every client's overall retry deadline,
+/// which the crates that own those deadlines assert (`solrouter-gateway`'s `bank.rs`).
 pub const OPS_REMEMBERED_FOR_MS: u64 = 60_000;
 /// Most operation ids remembered at once: the window's memory bound (about 150 bytes each
 /// in memory, ~600 MB at the bound; `docs/storage.md`). A group sustaining more than
-/// `OPS_REMEMBERED_MAX / OPS_REMEMBERED_FOR_MS` (~70,000) new operations per second
-/// refuses the excess with [`Rejection::Overloaded`] rather than forget an id early.
+/// `OPS_REMEMBERED_MAX / OPS_REMEMBERED_FOR_MS` (~70,000) new operations per second of the
+/// window's kinds refuses the excess with [`Rejection::Overloaded`] rather than forget an
+/// id early; requests (reserves, settles, releases) and top-ups never count against it.
 pub const OPS_REMEMBERED_MAX: usize = 1 << 22;
 /// How long (in batch stamps) an ended hold (settled, released or expired) is remembered
 /// past its end, to answer a retried reserve, settle or release by the hold rather than by
-/// op id: a retried settle gets its first reply instead of a second charge. Every retry of
-/// an operation comes within the gateway's deadline of its first attempt, which precedes
-/// the end, so the window only has to outlast that deadline (asserted in the gateway), not
-/// the hold's expiry: remembering holds until their expiry kept ~12 minutes of requests in
-/// memory under `solrouter dev` defaults instead of one. A settle of a forgotten hold (a
-/// caller retrying later than that) is refused, [`Rejection::HoldForgotten`], not charged
-/// again: the ledger tells it from a hold never reserved by the reserve's stamp it carries.
-pub const HOLDS_REMEMBERED_FOR_MS: u64 = OPS_REMEMBERED_FOR_MS;
+/// op id: a retried reserve gets its first reply instead of a second hold, a retried
+/// settle its first reply instead of a second charge. A live hold answers them for its
+/// whole life. Every retry of an operation comes within the client's deadline of its first
+/// attempt (asserted shorter than this in the gateway), which precedes the end, so the
+/// window only has to outlast that deadline, not the hold's expiry: remembering holds
+/// until their expiry kept ~12 minutes of requests in memory under `solrouter dev`
+/// defaults instead of one. A settle of a forgotten hold (a caller retrying later than
+/// that) is refused, [`Rejection::HoldForgotten`], not charged again: the ledger tells it
+/// from a hold never reserved by the reserve's stamp it carries.
+pub const HOLDS_REMEMBERED_FOR_MS: u64 = 60_000;
 /// Top-ups remembered per account, for the account's life (a retried top-up credits
 /// once, however late): 65,536 is a top-up every 10 minutes for over a year. Past it the
 /// account's top-ups are refused with [`Rejection::TopUpsExhausted`].
@@ -211,11 +216,14 @@ impl Op {
         }
     }
 
-    /// A settle is answered again by its hold (the ledger remembers how each hold ended),
-    /// not by op id: it takes no room in the op-id window. Reserves and releases keep
-    /// their op ids, so a retry gets its first answer exactly, refusals included.
+    /// A reserve, settle or release is answered again by its hold, not by op id: a live
+    /// hold, and for [`HOLDS_REMEMBERED_FOR_MS`] past its end an ended one, keeps what its
+    /// reserve, first settle and release answered, so these take no room in the op-id
+    /// window. What they refuse is not remembered: a refusal changed nothing, and its
+    /// retry (which a caller makes only when the answer never reached it) is decided
+    /// afresh, as if the first attempt had not arrived, which its caller cannot tell apart.
     pub fn is_deduplicated_by_hold(&self) -> bool {
-        matches!(self, Op::Settle { .. })
+        matches!(self, Op::Reserve { .. } | Op::Settle { .. } | Op::Release { .. })
     }
 
     /// Checks what can be checked without the state. Run before proposing and again when
@@ -526,18 +534,63 @@ pub struct User {
     pub role: Role,
 }
 
-/// How a hold ended, kept to answer a retry the way the first attempt was answered: all
-/// that a retried reserve or settle reads.
+/// A hold that ended (settled, released or expired), kept to answer a retry of its
+/// reserve, settle or release the way the first attempt was answered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-enum Ending {
-    /// The first settle's reply, [`Reply::Settled`].
-    Settled {
-        charged: PicoUsd,
-        released: PicoUsd,
-        written_off: PicoUsd,
-    },
-    Released,
-    Expired,
+struct Ended {
+    /// The hold as its reserve made it; `None` when a settle ended a hold never reserved
+    /// here, or the hold was carried over from format version 8 (whose op-id window still
+    /// answers that build's reserves and releases for as long as a retry can come).
+    reservation: Option<Reservation>,
+    /// The first settle's reply, if a settle came (before or after the hold's end).
+    settled: Option<Settlement>,
+}
+
+/// What an ended hold's reserve was and answered: a retried reserve (the same
+/// operation) is answered again, another reserve of the hold refused as
+/// [`Rejection::HoldExists`]; a retried release answers `Released` again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Reservation {
+    account: AccountId,
+    key: KeyId,
+    amount: PicoUsd,
+    /// The reserve's [`Reply::Reserved`].
+    available: i128,
+    reserved_at_ms: u64,
+    /// At most [`HOLD_TTL_MS_MAX`].
+    ttl_ms: u32,
+    /// A release ended the hold, answered [`Reply::Released`] with its amount.
+    released: bool,
+}
+
+const _: () = assert!(HOLD_TTL_MS_MAX <= u32::MAX as u64, "a TTL fits a reservation");
+
+impl Reservation {
+    /// The reserve that made hold `id`: a retry is this operation.
+    fn reserve(&self, id: HoldId) -> Op {
+        let (account, key, amount, ttl_ms) =
+            (self.account, self.key, self.amount, u64::from(self.ttl_ms));
+        Op::Reserve { account, key, hold: id, amount, ttl_ms }
+    }
+
+    fn reply(&self) -> Reply {
+        Reply::Reserved { available: self.available, reserved_at_ms: self.reserved_at_ms }
+    }
+}
+
+/// A settle's [`Reply::Settled`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Settlement {
+    charged: PicoUsd,
+    released: PicoUsd,
+    written_off: PicoUsd,
+}
+
+impl Settlement {
+    fn reply(self) -> Reply {
+        let Settlement { charged, released, written_off } = self;
+        Reply::Settled { charged, released, written_off }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -548,7 +601,40 @@ struct Hold {
     amount: PicoUsd,
     reserved_at_ms: u64,
     expires_at_ms: u64,
+    /// The account's available balance once the hold was made: the reserve's reply,
+    /// which a retry answers again.
+    available: i128,
 }
+
+impl Hold {
+    /// The reserve that made hold `id`: a retry is this operation.
+    fn reserve(&self, id: HoldId) -> Op {
+        let ttl_ms = self.expires_at_ms - self.reserved_at_ms;
+        Op::Reserve { account: self.account, key: self.key, hold: id, amount: self.amount, ttl_ms }
+    }
+
+    fn reply(&self) -> Reply {
+        Reply::Reserved { available: self.available, reserved_at_ms: self.reserved_at_ms }
+    }
+
+    /// What the hold leaves to remember once it ends.
+    fn reservation(&self) -> Reservation {
+        let ttl_ms = self.expires_at_ms - self.reserved_at_ms;
+        Reservation {
+            account: self.account,
+            key: self.key,
+            amount: self.amount,
+            available: self.available,
+            reserved_at_ms: self.reserved_at_ms,
+            ttl_ms: u32::try_from(ttl_ms).expect("at most HOLD_TTL_MS_MAX"),
+            released: false,
+        }
+    }
+}
+
+/// An ended hold's entry in memory, index slots aside: kept to a few words, since the
+/// ledger holds one per request of the last [`HOLDS_REMEMBERED_FOR_MS`].
+const _: () = assert!(std::mem::size_of::<Ended>() <= 128);
 
 /// The result of the bank check over every account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -586,10 +672,11 @@ pub struct Ledger {
     /// until [`HOLDS_REMEMBERED_FOR_MS`] of batch stamps past its end. A settle's request
     /// record itself leaves the state machine: [`settled_records`] hands it to the
     /// history store.
-    ended: Window<Ending>,
+    ended: Window<Ended>,
     /// Idempotency window: op id → (fingerprint of the op, outcome), until
-    /// [`OPS_REMEMBERED_FOR_MS`] of batch stamps past the one that applied it. Applied
-    /// top-ups are in `top_ups` instead.
+    /// [`OPS_REMEMBERED_FOR_MS`] of batch stamps past the one that applied it, for the
+    /// operations not deduplicated by hold or by account (applied top-ups are in
+    /// `top_ups`).
     applied: Window<(u64, Outcome)>,
     /// Every applied top-up of each account, by op id (which the gateway derives from the
     /// account and the caller's idempotency key), at most [`TOP_UPS_PER_ACCOUNT_MAX`] each.
@@ -629,19 +716,15 @@ impl Ledger {
     }
 
     fn apply_command(&mut self, command: &Command) -> Outcome {
-        if command.op.is_deduplicated_by_hold() {
-            // Neither looked up nor remembered by op id: the hold answers a retry.
-            let outcome =
-                command.op.validate().and_then(|()| self.apply_op(command.id, &command.op));
-            if let Some(account) = self.accounts.get(&command.op.account()) {
-                assert!(account.available() >= 0, "an operation made a balance negative");
-            }
-            return outcome;
-        }
-        let fingerprint = fingerprint(&command.op);
+        // Every op id is looked up: a reserve or release applied by a build of format 8
+        // or older was remembered here, and is answered from here while it is.
         if let Some((seen, outcome)) = self.applied.get(command.id.0) {
-            return if *seen == fingerprint { outcome.clone() } else { Err(Rejection::IdReused) };
+            let same = *seen == fingerprint(&command.op);
+            return if same { outcome.clone() } else { Err(Rejection::IdReused) };
         }
+        // A reserve, settle or release is not remembered by op id: its hold answers a
+        // retry.
+        let by_op_id = !command.op.is_deduplicated_by_hold();
         if let Op::Credit { account, amount } = &command.op {
             let top_up = self.top_ups.get(account).and_then(|top_ups| top_ups.get(&command.id));
             if let Some(top_up) = top_up {
@@ -652,7 +735,7 @@ impl Ledger {
                 };
             }
         }
-        if self.applied.len() >= OPS_REMEMBERED_MAX {
+        if by_op_id && self.applied.len() >= OPS_REMEMBERED_MAX {
             // Not remembered, and nothing applied: a retry is decided afresh.
             return Err(Rejection::Overloaded);
         }
@@ -660,8 +743,8 @@ impl Ledger {
         if let Some(account) = self.accounts.get(&command.op.account()) {
             assert!(account.available() >= 0, "an operation made a balance negative");
         }
-        if !matches!((&command.op, &outcome), (Op::Credit { .. }, Ok(_))) {
-            self.remember(command.id, fingerprint, outcome.clone());
+        if by_op_id && !matches!((&command.op, &outcome), (Op::Credit { .. }, Ok(_))) {
+            self.remember(command.id, fingerprint(&command.op), outcome.clone());
         }
         outcome
     }
@@ -685,10 +768,10 @@ impl Ledger {
     }
 
     /// Remembers how `hold` ended, replacing an earlier ending (a settle after the hold
-    /// expired or was released).
-    fn end_hold(&mut self, hold: HoldId, ending: Ending) {
+    /// expired or was released), for [`HOLDS_REMEMBERED_FOR_MS`] from now.
+    fn end_hold(&mut self, hold: HoldId, ended: Ended) {
         let forget_at_ms = self.stamp_ms.saturating_add(HOLDS_REMEMBERED_FOR_MS);
-        self.ended.insert(hold.0, forget_at_ms, ending);
+        self.ended.insert(hold.0, forget_at_ms, ended);
     }
 
     fn apply_op(&mut self, id: OpId, op: &Op) -> Outcome {
@@ -775,15 +858,7 @@ impl Ledger {
             Op::Settle { account, hold, actual, record, reserved_at_ms } => {
                 self.settle(*account, *hold, *actual, record, *reserved_at_ms)
             }
-            Op::Release { account, hold } => match self.holds.get(hold) {
-                Some(entry) if entry.account == *account => {
-                    let amount = entry.amount;
-                    self.void_hold(*hold);
-                    self.end_hold(*hold, Ending::Released);
-                    Ok(Reply::Released { amount })
-                }
-                _ => Err(Rejection::UnknownHold),
-            },
+            Op::Release { account, hold } => self.release(*account, *hold),
             Op::CreateUser { user, account, email, password_hash, role } => {
                 if self.users.contains_key(user) || self.users_by_email.contains_key(email) {
                     return Err(Rejection::UserExists);
@@ -826,19 +901,21 @@ impl Ledger {
         amount: PicoUsd,
         ttl_ms: u64,
     ) -> Outcome {
+        // A retried reserve finds its hold made, live or ended, and answers its first
+        // reply; another reserve of the hold is refused. A refused reserve left nothing.
+        let op = Op::Reserve { account, key, hold, amount, ttl_ms };
         if let Some(held) = self.holds.get(&hold) {
-            // A retried reserve (same account and amount) finds its hold made.
-            let account_state = self.accounts.get(&account);
-            return match account_state {
-                Some(state) if held.account == account && held.amount == amount => {
-                    let reserved_at_ms = held.reserved_at_ms;
-                    Ok(Reply::Reserved { available: state.available(), reserved_at_ms })
-                }
-                _ => Err(Rejection::HoldExists),
+            return if held.reserve(hold) == op {
+                Ok(held.reply())
+            } else {
+                Err(Rejection::HoldExists)
             };
         }
-        if self.ended.contains(hold.0) {
-            return Err(Rejection::HoldExists);
+        if let Some(ended) = self.ended.get(hold.0) {
+            return match ended.reservation {
+                Some(made) if made.reserve(hold) == op => Ok(made.reply()),
+                _ => Err(Rejection::HoldExists),
+            };
         }
         if !self.accounts.contains_key(&account) {
             return Err(Rejection::UnknownAccount);
@@ -882,10 +959,33 @@ impl Ledger {
             assert!(used.expect("bounded") <= limit.amount, "a reserve passed its key's limit");
         }
         let reserved_at_ms = stamp_ms;
-        self.holds.insert(hold, Hold { account, key, amount, reserved_at_ms, expires_at_ms });
+        let made = Hold { account, key, amount, reserved_at_ms, expires_at_ms, available };
+        assert!(made.reserve(hold) == op, "a hold knows the reserve that made it");
+        let reply = made.reply();
+        self.holds.insert(hold, made);
         self.expiry.insert((expires_at_ms, hold));
         assert!(available >= 0, "a reservation made the balance negative");
-        Ok(Reply::Reserved { available, reserved_at_ms })
+        Ok(reply)
+    }
+
+    fn release(&mut self, account: AccountId, hold: HoldId) -> Outcome {
+        match self.holds.get(&hold) {
+            Some(entry) if entry.account == account => {
+                let held = self.void_hold(hold);
+                let reservation = Reservation { released: true, ..held.reservation() };
+                self.end_hold(hold, Ended { reservation: Some(reservation), settled: None });
+                Ok(Reply::Released { amount: held.amount })
+            }
+            Some(_) => Err(Rejection::UnknownHold),
+            // A retried release answers its first reply; any other release of an ended
+            // hold (expired, settled, another account's) finds nothing to release.
+            None => match self.ended.get(hold.0).and_then(|ended| ended.reservation) {
+                Some(made) if made.released && made.account == account => {
+                    Ok(Reply::Released { amount: made.amount })
+                }
+                _ => Err(Rejection::UnknownHold),
+            },
+        }
     }
 
     fn settle(
@@ -896,34 +996,31 @@ impl Ledger {
         record: &RequestRecord,
         reserved_at_ms: u64,
     ) -> Outcome {
-        if let Some(Ending::Settled { charged, released, written_off }) = self.ended.get(hold.0) {
+        let ended = self.ended.get(hold.0);
+        if let Some(settled) = ended.and_then(|ended| ended.settled) {
             // Settling twice (even under a new op id) changes nothing.
-            return Ok(Reply::Settled {
-                charged: *charged,
-                released: *released,
-                written_off: *written_off,
-            });
+            return Ok(settled.reply());
         }
         if !self.accounts.contains_key(&account) {
             return Err(Rejection::UnknownAccount);
         }
-        let held = match self.holds.get(&hold) {
-            Some(entry) if entry.account == account => {
-                let amount = entry.amount;
-                self.void_hold(hold);
-                amount
+        let (held, reservation) = match (self.holds.get(&hold), ended) {
+            (Some(entry), _) if entry.account == account => {
+                let held = self.void_hold(hold);
+                (held.amount, Some(held.reservation()))
             }
-            Some(_) => return Err(Rejection::UnknownHold),
+            (Some(_), _) => return Err(Rejection::UnknownHold),
+            // Expired or released: charged like any other settle, within the funds.
+            (None, Some(ended)) => (PicoUsd::ZERO, ended.reservation),
             // Every hold reserved at `reserved_at_ms` ended at or after it and is remembered
             // for the window past its end: unknown after that, it may have been settled.
-            None if !self.ended.contains(hold.0)
-                && self.stamp_ms >= reserved_at_ms.saturating_add(HOLDS_REMEMBERED_FOR_MS) =>
+            (None, None)
+                if self.stamp_ms >= reserved_at_ms.saturating_add(HOLDS_REMEMBERED_FOR_MS) =>
             {
                 return Err(Rejection::HoldForgotten)
             }
-            // Expired, released, or never reserved: charged like any other settle, within
-            // the funds.
-            None => PicoUsd::ZERO,
+            // Never reserved: charged like any other settle, within the funds.
+            (None, None) => (PicoUsd::ZERO, None),
         };
         let entry = self.accounts.get_mut(&account).expect("checked above");
         let available = u128::try_from(entry.available()).expect("available is never negative");
@@ -942,11 +1039,13 @@ impl Ledger {
             let tokens = record.prompt_tokens.saturating_add(record.completion_tokens);
             key.minute.tokens = key.minute.tokens.saturating_add(tokens);
         }
-        self.end_hold(hold, Ending::Settled { charged, released, written_off });
-        Ok(Reply::Settled { charged, released, written_off })
+        let settled = Settlement { charged, released, written_off };
+        self.end_hold(hold, Ended { reservation, settled: Some(settled) });
+        Ok(settled.reply())
     }
 
-    fn void_hold(&mut self, hold: HoldId) {
+    /// Removes a pending hold, giving back what it held; returns it.
+    fn void_hold(&mut self, hold: HoldId) -> Hold {
         let entry = self.holds.remove(&hold).expect("voiding a known hold");
         assert!(
             self.expiry.remove(&(entry.expires_at_ms, hold)).is_some(),
@@ -960,6 +1059,7 @@ impl Ledger {
         let key = self.keys.get_mut(&entry.key).expect("hold of a known key");
         key.held = PicoUsd(key.held.0.checked_sub(entry.amount.0).expect("key held underflow"));
         key.n_holds = key.n_holds.checked_sub(1).expect("key hold count underflow");
+        entry
     }
 
     fn expire(&mut self, stamp_ms: u64) {
@@ -967,8 +1067,8 @@ impl Ledger {
             if expires_at_ms > stamp_ms {
                 break;
             }
-            self.void_hold(hold);
-            self.end_hold(hold, Ending::Expired);
+            let held = self.void_hold(hold);
+            self.end_hold(hold, Ended { reservation: Some(held.reservation()), settled: None });
         }
     }
 
@@ -1053,8 +1153,8 @@ impl Ledger {
         self.ended.len()
     }
 
-    /// Operation ids remembered in the window (everything but settles and top-ups, which
-    /// are deduplicated by hold and by account).
+    /// Operation ids remembered in the window: everything but reserves, settles and
+    /// releases (deduplicated by hold) and top-ups (by account).
     pub fn n_op_ids_remembered(&self) -> usize {
         self.applied.len()
     }
@@ -1215,7 +1315,8 @@ mod tests {
 
     /// A full window refuses new commands (applying and remembering nothing) rather than
     /// forget an id early, still answers the ids it holds, and takes new commands again
-    /// once stamps have moved `OPS_REMEMBERED_FOR_MS` past the oldest.
+    /// once stamps have moved `OPS_REMEMBERED_FOR_MS` past the oldest. Requests, which it
+    /// does not hold, are served all along.
     #[test]
     fn a_full_window_refuses_new_commands_until_ids_age_out() {
         const FILLED_AT_MS: u64 = 1_000;
@@ -1230,17 +1331,25 @@ mod tests {
         ledger.stamp_ms = FILLED_AT_MS;
 
         let create = Op::CreateAccount { account: AccountId(1), name: "a".into() };
-        let commands =
-            vec![Command { id: OpId(u128::MAX), op: create }, Command { id: OpId(5), op: revoke }];
+        let (account, key, hold, amount) = (AccountId(1), KeyId(1), HoldId(1), PicoUsd(1));
+        let reserve = Op::Reserve { account, key, hold, amount, ttl_ms: 1 };
+        let commands = vec![
+            Command { id: OpId(u128::MAX), op: create },
+            Command { id: OpId(5), op: revoke },
+            Command { id: OpId(u128::MAX - 1), op: reserve },
+        ];
         let mut batch = Batch { stamp_ms: FILLED_AT_MS + OPS_REMEMBERED_FOR_MS - 1, commands };
         let outcomes = ledger.apply(&batch);
-        assert_eq!(outcomes, [Err(Rejection::Overloaded), Ok(Reply::KeyRevoked)]);
+        let unknown = Err(Rejection::UnknownAccount);
+        assert_eq!(outcomes, [Err(Rejection::Overloaded), Ok(Reply::KeyRevoked), unknown]);
         assert!(ledger.account(AccountId(1)).is_none());
         assert_eq!(ledger.applied.len(), OPS_REMEMBERED_MAX);
 
         batch.stamp_ms += 1;
         let outcomes = ledger.apply(&batch);
-        assert_eq!(outcomes, [Ok(Reply::AccountCreated), Err(Rejection::UnknownKey)]);
+        let expected =
+            [Ok(Reply::AccountCreated), Err(Rejection::UnknownKey), Err(Rejection::UnknownKey)];
+        assert_eq!(outcomes, expected);
         assert_eq!(ledger.applied.len(), 2);
         assert!(ledger.audit().ok);
     }

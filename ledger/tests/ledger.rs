@@ -241,51 +241,191 @@ fn a_top_up_retried_after_ten_minutes_of_traffic_credits_once() {
     assert_eq!(h.run_as(OpId(u128::MAX), other), Err(Rejection::IdReused));
 }
 
-/// An ended hold is remembered (a retried settle answers its first reply, a late
-/// duplicate reserve `HoldExists`) until `HOLDS_REMEMBERED_FOR_MS` past its end, however
-/// far its expiry lies beyond, then forgotten; settles take no room in the op-id window.
-/// The state holds what is live, not every request ever served.
+/// An ended hold is remembered (a retried reserve or settle answers its first reply,
+/// another reserve of it is refused `HoldExists`) until `HOLDS_REMEMBERED_FOR_MS` past its
+/// end, however far its expiry lies beyond, then forgotten; requests take no room in the
+/// op-id window. The state holds what is live, not every request ever served.
 #[test]
 fn ended_holds_are_remembered_for_a_bounded_time() {
     let mut h = Harness::new();
     h.ok(Op::Credit { account: ACCOUNT, amount: usd("100.00") });
     let windowed = h.ledger.n_op_ids_remembered();
-    for hold in 0..1_000 {
+    let reserved = h.ok(reserve(0, "0.01", 600_000));
+    h.ok(h.settle(0, "0.001"));
+    for hold in 1..1_000 {
         h.ok(reserve(hold, "0.01", 600_000));
         h.ok(h.settle(hold, "0.001"));
     }
     h.ok(reserve(1_000, "0.01", 600_000));
     h.ok(Op::Release { account: ACCOUNT, hold: HoldId(1_000) });
     assert_eq!(h.ledger.n_ended_holds_remembered(), 1_001);
-    let (reserves, releases) = (1_001, 1);
-    assert_eq!(h.ledger.n_op_ids_remembered(), windowed + reserves + releases, "settles: none");
+    assert_eq!(h.ledger.n_op_ids_remembered(), windowed, "reserves, settles, releases: none");
     let first = h.ok(h.settle(0, "0.5"));
     h.stamp_ms += HOLDS_REMEMBERED_FOR_MS - 1;
     assert_eq!(h.ok(h.settle(0, "0.5")), first, "remembered for the window past its end");
-    assert_eq!(h.run(reserve(1_000, "0.01", 600_000)), Err(Rejection::HoldExists));
-    assert_eq!(h.run(reserve(0, "0.01", 600_000)), Err(Rejection::HoldExists));
+    assert_eq!(h.ok(reserve(0, "0.01", 600_000)), reserved);
+    assert_eq!(h.run(reserve(0, "0.02", 600_000)), Err(Rejection::HoldExists));
     assert_eq!(h.ledger.n_ended_holds_remembered(), 1_001);
+    assert_eq!(h.account().debits_pending, PicoUsd::ZERO, "no hold made again");
     h.stamp_ms += 1;
     h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
     assert_eq!(h.ledger.n_ended_holds_remembered(), 0, "forgotten once the window passed");
     assert_eq!(h.history.len(), 1_000, "the records went to the history");
 }
 
-/// A reserve retried (same hold, account and amount) finds its hold made and changes
-/// nothing; an expired hold is remembered too, so a late duplicate cannot make it again.
+/// A retried reserve (the same operation, whatever its op id) answers its first reply
+/// while its hold is live, and once it was settled, released or expired, for the window
+/// past its end; it changes nothing and never makes the hold again.
 #[test]
-fn a_retried_reserve_finds_its_hold() {
+fn a_retried_reserve_answers_its_first_reply_for_the_hold_s_life_and_window() {
     let mut h = Harness::new();
     h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
-    let first = h.ok(reserve(5, "0.10", 1_000));
-    assert_eq!(h.ok(reserve(5, "0.10", 1_000)), first);
-    assert_eq!(h.account().debits_pending, usd("0.10"));
-    assert_eq!(h.run(reserve(5, "0.20", 1_000)), Err(Rejection::HoldExists));
+    let retry_of = |h: &mut Harness, hold: u128, first: &Reply| {
+        let (pending, holds) = (h.account().debits_pending, h.account().n_holds);
+        assert_eq!(h.run(reserve(hold, "0.10", 1_000)).as_ref(), Ok(first), "new op id");
+        let id = OpId(hold << 64);
+        assert_eq!(h.run_as(id, reserve(hold, "0.10", 1_000)).as_ref(), Ok(first), "its op id");
+        assert_eq!((h.account().debits_pending, h.account().n_holds), (pending, holds));
+    };
+    let mut first = Vec::new();
+    for hold in 1..=4 {
+        first.push(h.run_as(OpId(hold << 64), reserve(hold, "0.10", 1_000)).unwrap());
+    }
+    // The balance moves, and the first reply still says what it was then.
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
+    retry_of(&mut h, 1, &first[0]);
+    h.ok(h.settle(2, "0.05"));
+    retry_of(&mut h, 2, &first[1]);
+    h.ok(Op::Release { account: ACCOUNT, hold: HoldId(3) });
+    retry_of(&mut h, 3, &first[2]);
     h.stamp_ms += 1_000;
     h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
-    assert_eq!(h.account().debits_pending, PicoUsd::ZERO, "expired");
-    assert_eq!(h.run(reserve(5, "0.10", 1_000)), Err(Rejection::HoldExists));
+    assert_eq!(h.account().n_holds, 0, "all expired");
+    for hold in 1..=4 {
+        retry_of(&mut h, hold, &first[hold as usize - 1]);
+    }
+    h.stamp_ms += HOLDS_REMEMBERED_FOR_MS - 1;
+    retry_of(&mut h, 4, &first[3]);
     assert_eq!(h.account().debits_pending, PicoUsd::ZERO);
+}
+
+/// A reserve of a hold that exists (live or ended) with another account, key, amount or
+/// time-to-live is refused as a conflict and changes nothing, as is a reserve of a hold a
+/// settle ended without a reserve here.
+#[test]
+fn a_reserve_reusing_a_hold_for_another_operation_is_refused() {
+    let mut h = Harness::new();
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
+    h.ok(Op::CreateAccount { account: AccountId(8), name: "other".into() });
+    h.ok(create_key(AccountId(8), KeyId(80), [8; 32], KeyLimits::default()));
+    h.ok(Op::Credit { account: AccountId(8), amount: usd("1.00") });
+    h.ok(create_key(ACCOUNT, KeyId(71), [9; 32], KeyLimits::default()));
+    let others = [
+        Op::Reserve {
+            account: AccountId(8),
+            key: KeyId(80),
+            hold: HoldId(5),
+            amount: usd("0.10"),
+            ttl_ms: 1_000,
+        },
+        Op::Reserve {
+            account: ACCOUNT,
+            key: KeyId(71),
+            hold: HoldId(5),
+            amount: usd("0.10"),
+            ttl_ms: 1_000,
+        },
+        reserve(5, "0.20", 1_000),
+        reserve(5, "0.10", 2_000),
+    ];
+    h.ok(reserve(5, "0.10", 1_000));
+    let check = |h: &mut Harness| {
+        let before = (h.account(), h.ledger.account(AccountId(8)).cloned());
+        for other in &others {
+            assert_eq!(h.run(other.clone()), Err(Rejection::HoldExists), "{other:?}");
+        }
+        assert_eq!((h.account(), h.ledger.account(AccountId(8)).cloned()), before);
+    };
+    check(&mut h);
+    h.ok(h.settle(5, "0.01"));
+    check(&mut h);
+    h.ok(h.settle(6, "0.01"));
+    assert_eq!(h.run(reserve(6, "0.10", 1_000)), Err(Rejection::HoldExists), "settled, never made");
+}
+
+/// A refused reserve leaves nothing, not even its refusal: retried (under its op id) once
+/// the account was topped up, it is admitted; each refusal changed nothing.
+#[test]
+fn a_refused_reserve_retried_after_a_top_up_is_admitted() {
+    let mut h = Harness::new();
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("0.05") });
+    let id = OpId(42 << 64);
+    let refused = h.run_as(id, reserve(1, "0.10", 1_000));
+    assert_eq!(refused, Err(Rejection::InsufficientFunds { available: usd("0.05").0 as i128 }));
+    assert_eq!(h.run_as(id, reserve(1, "0.10", 1_000)), refused);
+    assert_eq!(
+        (h.account().debits_pending, h.ledger.n_ended_holds_remembered()),
+        (PicoUsd::ZERO, 0)
+    );
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
+    let admitted = Reply::Reserved { available: usd("0.95").0 as i128, reserved_at_ms: h.stamp_ms };
+    assert_eq!(h.run_as(id, reserve(1, "0.10", 1_000)), Ok(admitted.clone()));
+    assert_eq!(h.run_as(id, reserve(1, "0.10", 1_000)), Ok(admitted));
+    assert_eq!(h.account().debits_pending, usd("0.10"));
+}
+
+/// A retried release answers its first reply from the hold (after a settle of the
+/// released hold too); a release of an ended hold that no release ended, or of another
+/// account's, finds nothing.
+#[test]
+fn a_retried_release_answers_its_first_reply() {
+    let mut h = Harness::new();
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
+    h.ok(Op::CreateAccount { account: AccountId(8), name: "other".into() });
+    h.ok(reserve(1, "0.10", 1_000));
+    h.ok(reserve(2, "0.10", 1_000));
+    let release = |hold| Op::Release { account: ACCOUNT, hold: HoldId(hold) };
+    let released = Reply::Released { amount: usd("0.10") };
+    assert_eq!(h.ok(release(1)), released);
+    assert_eq!(h.ok(release(1)), released);
+    let foreign = Op::Release { account: AccountId(8), hold: HoldId(1) };
+    assert_eq!(h.run(foreign), Err(Rejection::UnknownHold));
+    h.ok(h.settle(1, "0.01"));
+    h.ok(h.settle(2, "0.01"));
+    h.stamp_ms += HOLDS_REMEMBERED_FOR_MS - 1;
+    assert_eq!(h.ok(release(1)), released);
+    assert_eq!(h.run(release(2)), Err(Rejection::UnknownHold), "settled, not released");
+    assert_eq!(h.account().debits_posted, usd("0.02"));
+    assert_eq!(h.account().available(), usd("0.98").0 as i128);
+}
+
+/// Requests take no room in the op-id window: under a stream of reserves, settles,
+/// releases and expiries (retries and refusals included) it holds nothing once the
+/// account's and key's creation aged out; the ended holds hold the last window's requests.
+#[test]
+fn the_op_id_window_stays_empty_under_requests() {
+    let mut h = Harness::new();
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("10.00") });
+    for hold in 0..3_000u128 {
+        h.stamp_ms += 100;
+        h.ok(reserve(hold, "0.01", 500));
+        h.ok(reserve(hold, "0.01", 500));
+        match hold % 3 {
+            0 => {
+                h.ok(h.settle(hold, "0.001"));
+            }
+            1 => {
+                h.ok(Op::Release { account: ACCOUNT, hold: HoldId(hold) });
+            }
+            _ => {}
+        }
+        h.run(reserve(1 << 64 | hold, "100.00", 500)).unwrap_err();
+        h.run(Op::Release { account: ACCOUNT, hold: HoldId(2 << 64 | hold) }).unwrap_err();
+    }
+    assert_eq!(h.ledger.n_op_ids_remembered(), 0, "the creations forgotten, nothing added");
+    let window = (HOLDS_REMEMBERED_FOR_MS / 100) as usize;
+    let n_ended = h.ledger.n_ended_holds_remembered();
+    assert!((window - 10..=window).contains(&n_ended), "{n_ended} ended holds remembered");
 }
 
 /// Other operations are remembered for `OPS_REMEMBERED_FOR_MS` of batch stamps, then
@@ -370,7 +510,10 @@ fn release_voids_a_hold() {
     );
     assert_eq!(h.account().available(), usd("1.00").0 as i128);
     let again = Op::Release { account: ACCOUNT, hold: HoldId(1) };
-    assert_eq!(h.run(again), Err(Rejection::UnknownHold));
+    assert_eq!(h.run(again), Ok(Reply::Released { amount: usd("0.30") }), "a retry");
+    assert_eq!(h.account().available(), usd("1.00").0 as i128);
+    let never = Op::Release { account: ACCOUNT, hold: HoldId(2) };
+    assert_eq!(h.run(never), Err(Rejection::UnknownHold));
 }
 
 #[test]
@@ -656,10 +799,19 @@ proptest! {
                     let mut replay = earlier.clone();
                     replay.stamp_ms = stamp_ms;
                     let first = ledger.apply(&replay);
-                    // Past the op-id window a replayed reserve may make its hold afresh,
-                    // and a replayed settle may then be that hold's first.
+                    // A replayed reserve first refused, or replayed past the ended-hold
+                    // window, may make its hold afresh, and a replayed settle may then be
+                    // that hold's first.
                     for (command, outcome) in replay.commands.iter().zip(&first) {
                         holds.check(stamp_ms, &command.op, outcome)?;
+                        // Past the op-id window a replayed key update applies again.
+                        if let (Op::UpdateKey { key, update, .. }, Ok(_)) = (&command.op, outcome) {
+                            if update.disabled == Some(true) {
+                                disabled.insert(*key);
+                            } else {
+                                disabled.remove(key);
+                            }
+                        }
                     }
                     let again = ledger.apply(&replay);
                     prop_assert_eq!(first, again);

@@ -18,7 +18,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use solrouter_ledger::{Ledger, LedgerV7};
+use solrouter_ledger::{Ledger, LedgerV7, LedgerV8};
 
 /// The first bytes of every encoded value.
 pub const FORMAT_MAGIC: [u8; 3] = *b"SRL";
@@ -36,12 +36,18 @@ pub const FORMAT_MAGIC: [u8; 3] = *b"SRL";
 /// 8: the ledger's ended holds and op-id window are each one sequence of `(id,
 /// forget_at_ms, value)` (an ended hold keeps only the settle's figures), where 7 had a
 /// map and its order; every other value is laid out as in 7.
-pub const FORMAT_VERSION: u8 = 8;
-/// The versions this build reads: a value of version 7 is read as one of 8, except the
-/// ledger (a snapshot's payload), which [`decode_ledger`] reads in either layout.
-pub const FORMAT_VERSIONS_SUPPORTED: &[u8] = &[LEDGER_V7, FORMAT_VERSION];
+/// 9: reserves and releases are deduplicated by hold, not op id: a hold keeps its
+/// reserve's reply, an ended hold its reservation (account, amount, reply, the reserve's
+/// fingerprint, whether a release ended it) beside its first settle's reply; every other
+/// value is laid out as in 8.
+pub const FORMAT_VERSION: u8 = 9;
+/// The versions this build reads: a value of version 7 or 8 is read as one of 9, except
+/// the ledger (a snapshot's payload), which [`decode_ledger`] reads in each layout.
+pub const FORMAT_VERSIONS_SUPPORTED: &[u8] = &[LEDGER_V7, LEDGER_V8, FORMAT_VERSION];
 /// The last version whose ledger is laid out as [`LedgerV7`].
 const LEDGER_V7: u8 = 7;
+/// The last version whose ledger is laid out as [`LedgerV8`].
+const LEDGER_V8: u8 = 8;
 /// Magic plus version.
 pub const HEADER_BYTES: usize = FORMAT_MAGIC.len() + 1;
 /// The CRC-32 after the value.
@@ -87,25 +93,26 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError
 
 /// Decodes a value written by [`encode`] with a supported version and an intact checksum;
 /// trailing bytes are refused like any other malformation. A ledger is read with
-/// [`decode_ledger`]: this refuses one of version 7, laid out differently.
+/// [`decode_ledger`]: this refuses one of version 7 or 8, laid out differently.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (version, body) = open(bytes)?;
     // Compared by name: `T` need not be `'static` for a `TypeId`.
-    if version == LEDGER_V7 && std::any::type_name::<T>() == std::any::type_name::<Ledger>() {
-        return Err(CodecError::Malformed("a version-7 ledger is read by decode_ledger".into()));
+    if version != FORMAT_VERSION && std::any::type_name::<T>() == std::any::type_name::<Ledger>() {
+        let why = format!("a version-{version} ledger is read by decode_ledger");
+        return Err(CodecError::Malformed(why));
     }
     take(body)
 }
 
 /// Decodes a ledger (a snapshot's payload) written by [`encode`], by this build or by one
-/// writing version 7 (its state is carried over as it was, [`LedgerV7`]).
+/// writing version 7 or 8 (its state is carried over, [`LedgerV7`], [`LedgerV8`]).
 pub fn decode_ledger(bytes: &[u8]) -> Result<Ledger, CodecError> {
-    match open(bytes)? {
-        (LEDGER_V7, body) => {
-            Ledger::try_from(take::<LedgerV7>(body)?).map_err(CodecError::Malformed)
-        }
-        (_, body) => take(body),
-    }
+    let carried = match open(bytes)? {
+        (LEDGER_V7, body) => Ledger::try_from(take::<LedgerV7>(body)?),
+        (LEDGER_V8, body) => Ledger::try_from(take::<LedgerV8>(body)?),
+        (_, body) => return take(body),
+    };
+    carried.map_err(CodecError::Malformed)
 }
 
 /// The version and body of an encoded value, once its magic, version and checksum are
@@ -234,7 +241,7 @@ mod tests {
         assert!(matches!(error, CodecError::UnsupportedVersion { found: 99 }), "{error:?}");
         assert_eq!(
             error.to_string(),
-            format!("unsupported ledger format version 99; this build reads versions [7, {FORMAT_VERSION}]")
+            format!("unsupported ledger format version 99; this build reads versions [7, 8, {FORMAT_VERSION}]")
         );
     }
 
@@ -266,7 +273,13 @@ mod tests {
                 Err(other) => panic!("bit {bit} flipped gave {other:?}"),
             }
         }
-        assert_eq!(n_corrupt, (bytes.len() - HEADER_BYTES) * 8, "the checksum caught the rest");
+        // A flip of the version to another supported one (9 to 8) is caught by the
+        // checksum too.
+        let n_body_bits = (bytes.len() - HEADER_BYTES) * 8;
+        assert!(
+            (n_body_bits..n_body_bits + 8).contains(&n_corrupt),
+            "the checksum caught the rest"
+        );
         let error =
             decode::<Entry>(&[&bytes[..bytes.len() - 1], &[!bytes[bytes.len() - 1]]].concat());
         assert!(error.unwrap_err().to_string().starts_with("corrupt ledger record: checksum"));
@@ -289,10 +302,11 @@ mod tests {
         check(&seal([unsealed, &[0]].concat()), "1 trailing bytes");
     }
 
-    /// The history after which the version-7 fixture (`tests/fixtures/ledger-v7.bin`, the
-    /// state as the build of commit e5d8b2d encoded it) was written: holds settled, released,
+    /// The history after which the fixtures of older versions (`tests/fixtures/
+    /// ledger-v7.bin`, the state as the build of commit e5d8b2d encoded it, and
+    /// `ledger-v8.bin`, as that of 3798273 did) were written: holds settled, released,
     /// expired, expired and then settled, one pending, one refused; op ids in the window.
-    fn v7_history() -> Vec<Batch> {
+    fn legacy_history() -> Vec<Batch> {
         const STAMP_MS: u64 = 1_764_000_000_000;
         let account = AccountId(7);
         let usd = |cents: u128| PicoUsd(cents * PICO_PER_USD / 100);
@@ -342,25 +356,26 @@ mod tests {
         vec![batch(STAMP_MS, &first), batch(STAMP_MS + 2_000, &second)]
     }
 
-    /// A snapshot written by a version-7 build is carried over (`tests/fixtures/
-    /// ledger-v7.bin`: the state after [`v7_history`], as the build of commit e5d8b2d
-    /// encoded it): the same state as this build's after the same batches, answering
-    /// every retry as it first answered; read as a version-8 ledger, it is refused.
-    #[test]
-    fn a_version_7_ledger_is_carried_over() {
-        let bytes = include_bytes!("../tests/fixtures/ledger-v7.bin");
-        assert_eq!(bytes[..HEADER_BYTES], [b'S', b'R', b'L', 7]);
+    /// A snapshot written by an older build (`bytes`, of format `version`: the state after
+    /// [`legacy_history`]) is carried over: it audits as this build's state after the same
+    /// batches, with the same account, and answers every retry as it first answered
+    /// (reserves and releases by the op-id window it carried, which this build no longer
+    /// fills), changing nothing; read as a current ledger, it is refused.
+    fn check_carried_over(bytes: &[u8], version: u8) {
+        assert_eq!(bytes[..HEADER_BYTES], [b'S', b'R', b'L', version]);
         let mut carried = decode_ledger(bytes).unwrap();
         let mut replayed = Ledger::new();
         let mut first = Vec::new();
-        for batch in v7_history() {
+        for batch in legacy_history() {
             first.extend(replayed.apply(&batch));
         }
-        assert_eq!(carried, replayed);
         assert!(carried.audit().ok, "{:?}", carried.audit());
+        assert_eq!(carried.audit(), replayed.audit());
+        assert_eq!(carried.account(AccountId(7)), replayed.account(AccountId(7)));
         assert_eq!(carried.n_ended_holds_remembered(), 5, "holds 1 to 5");
         assert_eq!(carried.n_op_ids_remembered(), 10, "all but the top-up and the settles");
-        let retried = v7_history().into_iter().flat_map(|mut batch| {
+        assert_eq!(replayed.n_op_ids_remembered(), 2, "the account's and the key's creation");
+        let retried = legacy_history().into_iter().flat_map(|mut batch| {
             batch.stamp_ms = 1_764_000_003_000;
             carried.apply(&batch)
         });
@@ -370,11 +385,21 @@ mod tests {
         assert!(error.to_string().contains("decode_ledger"), "{error}");
     }
 
+    #[test]
+    fn a_version_7_ledger_is_carried_over() {
+        check_carried_over(include_bytes!("../tests/fixtures/ledger-v7.bin"), 7);
+    }
+
+    #[test]
+    fn a_version_8_ledger_is_carried_over() {
+        check_carried_over(include_bytes!("../tests/fixtures/ledger-v8.bin"), 8);
+    }
+
     /// A ledger remembering holds and op ids over several of its windows' chunks round-trips.
     #[test]
     fn a_ledger_with_many_remembered_entries_round_trips() {
         let mut ledger = Ledger::new();
-        for mut batch in v7_history() {
+        for mut batch in legacy_history() {
             batch.stamp_ms = 1;
             ledger.apply(&batch);
         }
@@ -382,7 +407,12 @@ mod tests {
         for hold in 100..3_000u128 {
             let amount = PicoUsd(1);
             let reserve = Op::Reserve { account, key, hold: HoldId(hold), amount, ttl_ms: 9 };
-            let commands = vec![Command { id: OpId(hold << 64), op: reserve }];
+            // Refused (no such key), and remembered by op id.
+            let revoke = Op::RevokeKey { account, key: KeyId(hold as u64) };
+            let commands = vec![
+                Command { id: OpId(hold << 64), op: reserve },
+                Command { id: OpId(hold << 64 | 1), op: revoke },
+            ];
             ledger.apply(&Batch { stamp_ms: hold as u64, commands });
         }
         assert!(ledger.n_ended_holds_remembered() > 2_500, "most expired");

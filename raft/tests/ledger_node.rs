@@ -317,7 +317,7 @@ async fn an_unknown_stored_format_version_is_refused() {
 
         let error = LedgerNode::open_single_with(dir.path(), &options).await.err();
         let error = error_chain(&error.expect("an unknown version must not open"));
-        let expected = "unsupported ledger format version 99; this build reads versions [7, 8]";
+        let expected = "unsupported ledger format version 99; this build reads versions [7, 8, 9]";
         assert!(error.contains(expected), "{error}");
 
         overwrite(dir.path(), file, table_name, &key, &value).await;

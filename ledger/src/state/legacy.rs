@@ -1,8 +1,104 @@
-//! The state as format version 7 laid it out, read only to carry over a snapshot an older
-//! build wrote: its ended holds and op-id window were `imbl` maps, each with an order
-//! beside it, where they are now [`Window`]s.
+//! The state as format versions 7 and 8 laid it out, read only to carry over a snapshot an
+//! older build wrote. Version 7's ended holds and op-id window were `imbl` maps, each with
+//! an order beside it, where they are now [`Window`]s. Version 8's holds did not keep their
+//! reserve's reply, nor its ended holds their reserve: reserves and releases were
+//! deduplicated by op id, and a carried-over state's op-id window still answers their
+//! retries (every command's op id is looked up first) for as long as a retry can come.
 
 use super::*;
+
+/// A [`Ledger`] in format version 8's layout (field for field, since the encoding is
+/// positional), decoded only to become a `Ledger` (`Ledger::try_from`).
+#[derive(Deserialize)]
+pub struct LedgerV8 {
+    accounts: HashMap<AccountId, Account>,
+    keys: HashMap<KeyId, Key>,
+    keys_by_hash: HashMap<KeyHash, KeyId>,
+    keys_by_account: HashMap<AccountId, OrdSet<KeyId>>,
+    holds: HashMap<HoldId, HoldV8>,
+    expiry: OrdSet<(u64, HoldId)>,
+    ended: Window<EndingV8>,
+    applied: Window<(u64, Outcome)>,
+    top_ups: HashMap<AccountId, HashMap<OpId, TopUp>>,
+    stamp_ms: u64,
+    credited: PicoUsd,
+    written_off: PicoUsd,
+    users: HashMap<UserId, User>,
+    users_by_email: HashMap<String, UserId>,
+    members: HashMap<AccountId, OrdSet<UserId>>,
+    revoked_sessions: HashMap<SessionId, u64>,
+    revoked_order: OrdSet<(u64, SessionId)>,
+}
+
+#[derive(Clone, Deserialize)]
+struct HoldV8 {
+    account: AccountId,
+    key: KeyId,
+    amount: PicoUsd,
+    reserved_at_ms: u64,
+    expires_at_ms: u64,
+}
+
+#[derive(Clone, Deserialize)]
+enum EndingV8 {
+    Settled { charged: PicoUsd, released: PicoUsd, written_off: PicoUsd },
+    Released,
+    Expired,
+}
+
+impl TryFrom<LedgerV8> for Ledger {
+    type Error = String;
+
+    /// A hold keeps its reserve's `available`, which version 8 did not: the account's
+    /// balance at the carry-over stands in for it. A retry of that reserve is answered by
+    /// the op-id window while it remembers the reserve, as long as the deadlines let a
+    /// retry come; an ended hold keeps only its settle's reply, and a reserve of it past
+    /// the window is refused (`HoldExists`), never made again.
+    fn try_from(old: LedgerV8) -> Result<Ledger, String> {
+        let mut holds = HashMap::new();
+        for (id, hold) in old.holds {
+            let account = old.accounts.get(&hold.account);
+            let available = account.ok_or(format!("hold {:x} of no account", id.0))?.available();
+            let HoldV8 { account, key, amount, reserved_at_ms, expires_at_ms } = hold;
+            let lived = expires_at_ms.checked_sub(reserved_at_ms);
+            if lived.is_none_or(|ttl_ms| ttl_ms > HOLD_TTL_MS_MAX) {
+                return Err(format!("hold {:x} lives out of range", id.0));
+            }
+            holds.insert(
+                id,
+                Hold { account, key, amount, reserved_at_ms, expires_at_ms, available },
+            );
+        }
+        let ended = old.ended.iter().map(|(hold, forget_at_ms, ending)| {
+            let settled = match *ending {
+                EndingV8::Settled { charged, released, written_off } => {
+                    Some(Settlement { charged, released, written_off })
+                }
+                EndingV8::Released | EndingV8::Expired => None,
+            };
+            (hold, forget_at_ms, Ended { reservation: None, settled })
+        });
+        Ok(Ledger {
+            accounts: old.accounts,
+            keys: old.keys,
+            keys_by_hash: old.keys_by_hash,
+            keys_by_account: old.keys_by_account,
+            holds,
+            expiry: old.expiry,
+            ended: Window::try_from_entries(ended)?,
+            applied: old.applied,
+            top_ups: old.top_ups,
+            stamp_ms: old.stamp_ms,
+            credited: old.credited,
+            written_off: old.written_off,
+            users: old.users,
+            users_by_email: old.users_by_email,
+            members: old.members,
+            revoked_sessions: old.revoked_sessions,
+            revoked_order: old.revoked_order,
+        })
+    }
+}
 
 /// A [`Ledger`] in format version 7's layout (field for field, since the encoding is
 /// positional), decoded only to become a `Ledger` (`Ledger::try_from`).
@@ -12,7 +108,7 @@ pub struct LedgerV7 {
     keys: HashMap<KeyId, Key>,
     keys_by_hash: HashMap<KeyHash, KeyId>,
     keys_by_account: HashMap<AccountId, OrdSet<KeyId>>,
-    holds: HashMap<HoldId, Hold>,
+    holds: HashMap<HoldId, HoldV8>,
     expiry: OrdSet<(u64, HoldId)>,
     ended: HashMap<HoldId, EndedHoldV7>,
     ended_order: OrdSet<(u64, HoldId)>,
@@ -47,18 +143,27 @@ enum EndingV7 {
 impl TryFrom<LedgerV7> for Ledger {
     type Error = String;
 
+    /// Through version 8's layout.
+    fn try_from(old: LedgerV7) -> Result<Ledger, String> {
+        Ledger::try_from(LedgerV8::try_from(old)?)
+    }
+}
+
+impl TryFrom<LedgerV7> for LedgerV8 {
+    type Error = String;
+
     /// Refuses a state whose time-bounded sets disagree with their orders, which version
     /// 7 never wrote.
-    fn try_from(old: LedgerV7) -> Result<Ledger, String> {
+    fn try_from(old: LedgerV7) -> Result<LedgerV8, String> {
         let ended = old.ended_order.iter().map(|&(forget_at_ms, hold)| {
             let found = old.ended.get(&hold).filter(|ended| ended.forget_at_ms == forget_at_ms);
             let ending = match found.map(|ended| &ended.ending) {
                 Some(EndingV7::Settled(Reply::Settled { charged, released, written_off })) => {
                     let (charged, released, written_off) = (*charged, *released, *written_off);
-                    Ending::Settled { charged, released, written_off }
+                    EndingV8::Settled { charged, released, written_off }
                 }
-                Some(EndingV7::Released) => Ending::Released,
-                Some(EndingV7::Expired) => Ending::Expired,
+                Some(EndingV7::Released) => EndingV8::Released,
+                Some(EndingV7::Expired) => EndingV8::Expired,
                 Some(EndingV7::Settled(_)) | None => {
                     return Err(format!("ended hold {:x} out of its order", hold.0))
                 }
@@ -74,7 +179,7 @@ impl TryFrom<LedgerV7> for Ledger {
         if ended.len() != old.ended.len() || applied.len() != old.applied.len() {
             return Err("time-bounded sets and their orders differ in size".into());
         }
-        Ok(Ledger {
+        Ok(LedgerV8 {
             accounts: old.accounts,
             keys: old.keys,
             keys_by_hash: old.keys_by_hash,

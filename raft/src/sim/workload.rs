@@ -8,8 +8,9 @@
 //!
 //! A retry of an acknowledged command must answer its first outcome ([`History::answered_again`]:
 //! a settle retried past the ended-hold window may instead be refused as forgotten, never
-//! charged again); past the ledger's op-id and ended-hold windows only top-ups and settles
-//! are retried ([`retriable`]).
+//! charged again; a reserve or release first refused is decided afresh, as the ledger
+//! remembers no refusal of theirs); past the ledger's op-id and ended-hold windows only
+//! top-ups and settles are retried ([`retriable`]).
 
 use super::cluster::{Cluster, SubmitError};
 use crate::error::LedgerError;
@@ -23,6 +24,7 @@ use solrouter_ledger::{
     AccountId, Command, HoldId, KeyHash, KeyId, KeyKind, KeyLimits, Op, OpId, Outcome, PicoUsd,
     Rejection, Reply, RequestRecord, HOLDS_REMEMBERED_FOR_MS, OPS_REMEMBERED_FOR_MS,
 };
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -81,6 +83,9 @@ pub struct History {
     n_late_retries: AtomicU64,
     /// Late settle retries refused as forgotten (and not charged again).
     n_forgotten_settles: AtomicU64,
+    /// The answer a retry admitted, by op id, for reserves and releases whose first answer
+    /// was a refusal (see [`History::answered_again`]).
+    admitted_on_retry: Mutex<BTreeMap<OpId, Outcome>>,
 }
 
 #[derive(Clone, Debug)]
@@ -131,12 +136,28 @@ impl History {
 
     /// Checks `again`, the outcome of retrying acknowledged `command` `age_ms` after its
     /// `first`: the first outcome, or for a settle retried late, the refusal of a forgotten
-    /// hold (which charges nothing; counted).
+    /// hold (which charges nothing; counted). A reserve or release the ledger refused left
+    /// nothing, not even the refusal (`Op::is_deduplicated_by_hold`), so its retry is
+    /// decided afresh: it may be refused otherwise or admitted (the funds or the hold came
+    /// since), never refused as a conflict (no other operation has its hold); once a retry
+    /// is admitted, the hold answers every later one as it answered that one.
     pub fn answered_again(&self, command: &Command, first: &Outcome, again: &Outcome, age_ms: u64) {
         let forgotten =
             matches!((&command.op, again), (Op::Settle { .. }, Err(Rejection::HoldForgotten)));
         if forgotten && late(age_ms) {
             self.n_forgotten_settles.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if first.is_err() && matches!(command.op, Op::Reserve { .. } | Op::Release { .. }) {
+            assert!(
+                !matches!(again, Err(Rejection::HoldExists | Rejection::IdReused)),
+                "retrying refused {command:?} found its hold taken: {again:?}"
+            );
+            if again.is_ok() {
+                let mut admitted = self.admitted_on_retry.lock().expect("history lock poisoned");
+                let earlier = admitted.entry(command.id).or_insert_with(|| again.clone());
+                assert_eq!(again, earlier, "retrying {command:?} changed what a retry admitted");
+            }
             return;
         }
         assert_eq!(again, first, "retrying acknowledged {command:?} changed its outcome");
