@@ -6,7 +6,7 @@
 use crate::catalog::Model;
 use crate::codec::StreamEncoder;
 use crate::error::ApiError;
-use crate::providers::{Chunk, Completion, Usage};
+use crate::providers::{Choice, Chunk, Completion, Usage};
 use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -105,7 +105,7 @@ struct CompletionJson<'a> {
 }
 
 enum Field<'a> {
-    Choices(&'a [Value]),
+    Choices(&'a [Choice]),
     U64(u64),
     Str(&'a str),
     Usage(&'a UsageJson),
@@ -260,7 +260,8 @@ mod tests {
     fn completions_are_written_as_a_sorted_map() {
         let catalog = crate::catalog::Catalog::builtin();
         let model = catalog.get("mock/echo").expect("catalogued");
-        let choices = vec![json!({"index": 0, "message": {"role": "assistant", "content": "hi"}})];
+        let choices = json!([{"index": 0, "message": {"role": "assistant", "content": "hi"}}]);
+        let typed: Vec<Choice> = serde_json::from_value(choices.clone()).expect("choices");
         let extra: Map<String, Value> = [
             ("aaa", json!(1)),
             ("citations", json!(["x"])),
@@ -272,7 +273,7 @@ mod tests {
         .map(|(name, value)| (name.to_owned(), value))
         .collect();
         let usage = Usage { prompt_tokens: 3, completion_tokens: 2, ..Usage::default() };
-        let answer = Completion { choices: choices.clone(), usage, extra: extra.clone() };
+        let answer = Completion { choices: typed, usage, extra: extra.clone() };
         let written = completion("gen-1", 7, model, answer, PicoUsd(7_000_000));
         let mut expected = Map::new();
         expected.insert("id".into(), json!("gen-1"));
@@ -280,7 +281,7 @@ mod tests {
         expected.insert("created".into(), json!(7));
         expected.insert("model".into(), json!(model.id));
         expected.insert("provider".into(), json!(model.provider));
-        expected.insert("choices".into(), Value::Array(choices));
+        expected.insert("choices".into(), choices);
         let usage_json = serde_json::to_value(UsageJson::new(&usage, PicoUsd(7_000_000)));
         expected.insert("usage".into(), usage_json.expect("serializable"));
         for (name, value) in extra {
@@ -296,7 +297,7 @@ mod tests {
     fn encodes_chunks_as_sse() {
         let mut encoder = ChunkEncoder::new("gen-1", 7, "mock/\"echo\"", "mock");
         let chunk = Chunk {
-            choices: vec![json!({"index": 0, "delta": {"content": "hi"}})],
+            choices: vec![Choice::from_tree(json!({"index": 0, "delta": {"content": "hi"}}))],
             extra: [("citations".to_string(), json!(["x"]))].into_iter().collect(),
         };
         let mut out = BytesMut::new();
