@@ -17,7 +17,6 @@ use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::borrow::Cow;
 use std::fmt;
 
 use crate::json_text::Name;
@@ -280,18 +279,24 @@ impl<T: Form> Form for Vec<Loose<T>> {
     }
 }
 
-/// The objects: each reads its known members into fields, the others into `other`; a
-/// name written twice keeps its last value, as a JSON reader's map does.
+/// The objects: each reads its known members (`"name" => field`, in sorted order) into
+/// fields, the others into `other`, a name written twice keeping its last value, as a
+/// JSON reader's map does; and writes them back merged in sorted order.
 macro_rules! object_form {
-    ($type:ident, $expecting:literal, |$object:ident, $name:ident, $map:ident| $read:expr) => {
+    ($type:ident, $expecting:literal, { $($name:literal => $field:ident),* $(,)? }) => {
         impl Form for $type {
             const EXPECTING: &'static str = $expecting;
-            fn object<'de, A: MapAccess<'de>>(mut $map: A) -> Result<Result<Self, A>, A::Error> {
-                let mut $object = $type::default();
-                while let Some(Name($name)) = $map.next_key::<Name>()? {
-                    $read
+            fn object<'de, A: MapAccess<'de>>(mut map: A) -> Result<Result<Self, A>, A::Error> {
+                let mut object = $type::default();
+                while let Some(Name(name)) = map.next_key::<Name>()? {
+                    match &*name {
+                        $($name => object.$field = Some(map.next_value()?),)*
+                        _ => {
+                            object.other.insert(name.into_owned(), map.next_value()?);
+                        }
+                    }
                 }
-                Ok(Ok($object))
+                Ok(Ok(object))
             }
         }
 
@@ -303,60 +308,53 @@ macro_rules! object_form {
                 }
             }
         }
+
+        impl Serialize for $type {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut members = Sorted::open(serializer, &self.other)?;
+                $(members.member($name, self.$field.as_ref())?;)*
+                members.close()
+            }
+        }
     };
 }
 
-/// Reads an unknown member into `other` (the last of a repeated name wins).
-fn other<'de, A: MapAccess<'de>>(
-    other: &mut Map<String, Value>,
-    name: Cow<str>,
-    map: &mut A,
-) -> Result<(), A::Error> {
-    other.insert(name.into_owned(), map.next_value()?);
-    Ok(())
-}
-
-object_form!(Choice, "a choice object", |choice, name, map| match &*name {
-    "delta" => choice.delta = Some(map.next_value()?),
-    "finish_reason" => choice.finish_reason = Some(map.next_value()?),
-    "index" => choice.index = Some(map.next_value()?),
-    "logprobs" => choice.logprobs = Some(map.next_value()?),
-    "message" => choice.message = Some(map.next_value()?),
-    _ => other(&mut choice.other, name, &mut map)?,
+object_form!(Choice, "a choice object", {
+    "delta" => delta,
+    "finish_reason" => finish_reason,
+    "index" => index,
+    "logprobs" => logprobs,
+    "message" => message,
 });
 
-object_form!(Message, "a message object", |message, name, map| match &*name {
-    "annotations" => message.annotations = Some(map.next_value()?),
-    "content" => message.content = Some(map.next_value()?),
-    "reasoning" => message.reasoning = Some(map.next_value()?),
-    "reasoning_content" => message.reasoning_content = Some(map.next_value()?),
-    "refusal" => message.refusal = Some(map.next_value()?),
-    "role" => message.role = Some(map.next_value()?),
-    "tool_calls" => message.tool_calls = Some(map.next_value()?),
-    _ => other(&mut message.other, name, &mut map)?,
+object_form!(Message, "a message object", {
+    "annotations" => annotations,
+    "content" => content,
+    "reasoning" => reasoning,
+    "reasoning_content" => reasoning_content,
+    "refusal" => refusal,
+    "role" => role,
+    "tool_calls" => tool_calls,
 });
 
-object_form!(ToolCall, "a tool call object", |call, name, map| match &*name {
-    "function" => call.function = Some(map.next_value()?),
-    "id" => call.id = Some(map.next_value()?),
-    "index" => call.index = Some(map.next_value()?),
-    "type" => call.kind = Some(map.next_value()?),
-    _ => other(&mut call.other, name, &mut map)?,
+object_form!(ToolCall, "a tool call object", {
+    "function" => function,
+    "id" => id,
+    "index" => index,
+    "type" => kind,
 });
 
-object_form!(Function, "a function object", |function, name, map| match &*name {
-    "arguments" => function.arguments = Some(map.next_value()?),
-    "name" => function.name = Some(map.next_value()?),
-    _ => other(&mut function.other, name, &mut map)?,
+object_form!(Function, "a function object", {
+    "arguments" => arguments,
+    "name" => name,
 });
 
-/// Writing: an object's members in sorted order, the known ones (given in sorted order)
-/// merged with `other`'s, as a `serde_json::Map` of them all writes them.
+/// Writing: an object's members in sorted order, the known ones (given in sorted order:
+/// the tests compare the bytes with a tree's) merged with `other`'s, as a
+/// `serde_json::Map` of them all writes them.
 struct Sorted<'a, M> {
     map: M,
     other: std::iter::Peekable<serde_json::map::Iter<'a>>,
-    #[cfg(debug_assertions)]
-    last: &'static str,
 }
 
 impl<'a, M: SerializeMap> Sorted<'a, M> {
@@ -364,12 +362,7 @@ impl<'a, M: SerializeMap> Sorted<'a, M> {
         serializer: S,
         other: &'a Map<String, Value>,
     ) -> Result<Self, S::Error> {
-        Ok(Sorted {
-            map: serializer.serialize_map(None)?,
-            other: other.iter().peekable(),
-            #[cfg(debug_assertions)]
-            last: "",
-        })
+        Ok(Sorted { map: serializer.serialize_map(None)?, other: other.iter().peekable() })
     }
 
     fn member(
@@ -377,11 +370,6 @@ impl<'a, M: SerializeMap> Sorted<'a, M> {
         name: &'static str,
         value: Option<&impl Serialize>,
     ) -> Result<(), M::Error> {
-        #[cfg(debug_assertions)]
-        {
-            debug_assert!(self.last < name, "members in sorted order");
-            self.last = name;
-        }
         let Some(value) = value else { return Ok(()) };
         while let Some((other_name, other_value)) =
             self.other.next_if(|(other_name, _)| other_name.as_str() < name)
@@ -405,52 +393,6 @@ impl<T: Serialize> Serialize for Loose<T> {
             Loose::Typed(typed) => typed.serialize(serializer),
             Loose::Json(value) => value.serialize(serializer),
         }
-    }
-}
-
-impl Serialize for Choice {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut members = Sorted::open(serializer, &self.other)?;
-        members.member("delta", self.delta.as_ref())?;
-        members.member("finish_reason", self.finish_reason.as_ref())?;
-        members.member("index", self.index.as_ref())?;
-        members.member("logprobs", self.logprobs.as_ref())?;
-        members.member("message", self.message.as_ref())?;
-        members.close()
-    }
-}
-
-impl Serialize for Message {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut members = Sorted::open(serializer, &self.other)?;
-        members.member("annotations", self.annotations.as_ref())?;
-        members.member("content", self.content.as_ref())?;
-        members.member("reasoning", self.reasoning.as_ref())?;
-        members.member("reasoning_content", self.reasoning_content.as_ref())?;
-        members.member("refusal", self.refusal.as_ref())?;
-        members.member("role", self.role.as_ref())?;
-        members.member("tool_calls", self.tool_calls.as_ref())?;
-        members.close()
-    }
-}
-
-impl Serialize for ToolCall {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut members = Sorted::open(serializer, &self.other)?;
-        members.member("function", self.function.as_ref())?;
-        members.member("id", self.id.as_ref())?;
-        members.member("index", self.index.as_ref())?;
-        members.member("type", self.kind.as_ref())?;
-        members.close()
-    }
-}
-
-impl Serialize for Function {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut members = Sorted::open(serializer, &self.other)?;
-        members.member("arguments", self.arguments.as_ref())?;
-        members.member("name", self.name.as_ref())?;
-        members.close()
     }
 }
 
