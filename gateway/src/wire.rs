@@ -6,7 +6,7 @@
 use crate::catalog::Model;
 use crate::codec::StreamEncoder;
 use crate::error::ApiError;
-use crate::providers::{Choice, Chunk, Completion, Usage};
+use crate::providers::{write_choices, Choice, Chunk, Completion, Usage};
 use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -157,9 +157,11 @@ impl Serialize for CompletionJson<'_> {
 
 /// Writes the chunks of one stream as server-sent events.
 pub struct ChunkEncoder {
-    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,
-    /// "provider":…,"choices":`
-    prefix: Vec<u8>,
+    /// The event being written, reused chunk after chunk: the stream's prefix (`data:
+    /// {"id":…,"object":"chat.completion.chunk","created":…,"model":…,"provider":…,
+    /// "choices":`), written once, then one chunk's choices and the rest.
+    event: Vec<u8>,
+    prefix_len: usize,
 }
 
 impl ChunkEncoder {
@@ -176,27 +178,35 @@ impl ChunkEncoder {
         prefix.put_slice(b",\"provider\":");
         write_json(&mut prefix, provider);
         prefix.put_slice(b",\"choices\":");
-        ChunkEncoder { prefix: prefix.to_vec() }
+        ChunkEncoder { prefix_len: prefix.len(), event: prefix.to_vec() }
+    }
+
+    fn prefix(&self) -> &[u8] {
+        &self.event[..self.prefix_len]
     }
 }
 
 impl StreamEncoder for ChunkEncoder {
+    /// The choices written from their typed members (`write_choices`), the provider's
+    /// pass-through fields after them.
     fn chunk(&mut self, chunk: &Chunk, out: &mut BytesMut) {
-        out.put_slice(&self.prefix);
-        write_json(out, &chunk.choices);
+        let event = &mut self.event;
+        event.truncate(self.prefix_len);
+        write_choices(event, &chunk.choices);
         for (name, value) in &chunk.extra {
-            out.put_u8(b',');
-            write_json(out, name);
-            out.put_u8(b':');
-            write_json(out, value);
+            event.push(b',');
+            serialize_into(&mut *event, name);
+            event.push(b':');
+            serialize_into(&mut *event, value);
         }
-        out.put_slice(b"}\n\n");
+        event.extend_from_slice(b"}\n\n");
+        out.put_slice(event);
     }
 
     /// The last chunk of a complete stream: no choices, the usage with its cost, then
     /// `[DONE]`.
     fn finish(&mut self, usage: &Usage, cost: PicoUsd, out: &mut BytesMut) {
-        out.put_slice(&self.prefix);
+        out.put_slice(self.prefix());
         out.put_slice(b"[],\"usage\":");
         write_json(out, &UsageJson::new(usage, cost));
         out.put_slice(b"}\n\n");
@@ -207,7 +217,7 @@ impl StreamEncoder for ChunkEncoder {
     /// a finish reason of `error`, and the usage charged for what was delivered. No
     /// `[DONE]` follows, so no client mistakes the stream for complete.
     fn fail(&mut self, error: &ApiError, usage: &Usage, cost: PicoUsd, out: &mut BytesMut) {
-        out.put_slice(&self.prefix);
+        out.put_slice(self.prefix());
         out.put_slice(b"[{\"index\":0,\"delta\":{},\"finish_reason\":\"error\"}],\"usage\":");
         write_json(out, &UsageJson::new(usage, cost));
         out.put_slice(b",\"error\":");
@@ -229,7 +239,11 @@ pub fn write_event(out: &mut BytesMut, kind: &str, data: &(impl Serialize + ?Siz
 /// Serializes into the buffer. In-memory serialization of these types cannot fail (no
 /// I/O, no non-string map keys); a failure would be a bug, logged and left out.
 pub fn write_json(out: &mut BytesMut, value: &(impl Serialize + ?Sized)) {
-    if let Err(error) = serde_json::to_writer(out.writer(), value) {
+    serialize_into(out.writer(), value);
+}
+
+fn serialize_into(out: impl std::io::Write, value: &(impl Serialize + ?Sized)) {
+    if let Err(error) = serde_json::to_writer(out, value) {
         tracing::error!(%error, "serializing a stream chunk failed");
     }
 }

@@ -14,12 +14,13 @@
 
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::ser::{SerializeMap, Serializer};
+use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
 
-use crate::json_text::Name;
+use crate::json_text::{Name, ObjectWriter};
+use serde_json::value::RawValue;
 
 /// A member read as `T` when it has `T`'s JSON form (an object for the structs below, an
 /// array for a list), else kept as the JSON it was.
@@ -60,11 +61,11 @@ static NULL: Value = Value::Null;
 /// One choice of an answer (`message`) or chunk (`delta`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Choice {
-    pub delta: Option<Loose<Message>>,
+    pub delta: Option<Loose<Box<Message>>>,
     pub finish_reason: Option<Value>,
     pub index: Option<Value>,
     pub logprobs: Option<Value>,
-    pub message: Option<Loose<Message>>,
+    pub message: Option<Loose<Box<Message>>>,
     /// Members the gateway does not read.
     pub other: Map<String, Value>,
 }
@@ -116,12 +117,12 @@ impl Choice {
 
     /// The `delta`, when it is an object.
     pub fn delta(&self) -> Option<&Message> {
-        self.delta.as_ref().and_then(Loose::typed)
+        self.delta.as_ref().and_then(Loose::typed).map(Box::as_ref)
     }
 
     /// The `message`, when it is an object.
     pub fn message(&self) -> Option<&Message> {
-        self.message.as_ref().and_then(Loose::typed)
+        self.message.as_ref().and_then(Loose::typed).map(Box::as_ref)
     }
 }
 
@@ -256,6 +257,14 @@ impl<'de, T: Form> Visitor<'de> for LooseVisitor<T> {
     }
 }
 
+/// A message is boxed in its choice: a choice is moved a few times as it is read.
+impl<T: Form> Form for Box<T> {
+    const EXPECTING: &'static str = T::EXPECTING;
+    fn object<'de, A: MapAccess<'de>>(map: A) -> Result<Result<Self, A>, A::Error> {
+        Ok(T::object(map)?.map(Box::new))
+    }
+}
+
 /// The `choices` array: every element must be an object.
 impl Form for Vec<Choice> {
     const EXPECTING: &'static str = "an array of choices";
@@ -309,11 +318,28 @@ macro_rules! object_form {
             }
         }
 
+        impl Write for $type {
+            fn write(&self, out: &mut Vec<u8>) {
+                let mut object = ObjectWriter::open(out);
+                let mut other = self.other.iter().peekable();
+                $(
+                    if let Some(value) = &self.$field {
+                        while let Some((name, value)) = other.next_if(|(name, _)| name.as_str() < $name) {
+                            value.write(object.value_of(name));
+                        }
+                        value.write(object.value_after(concat!("\"", $name, "\":")));
+                    }
+                )*
+                for (name, value) in other {
+                    value.write(object.value_of(name));
+                }
+                object.close();
+            }
+        }
+
         impl Serialize for $type {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut members = Sorted::open(serializer, &self.other)?;
-                $(members.member($name, self.$field.as_ref())?;)*
-                members.close()
+                as_raw(self).serialize(serializer)
             }
         }
     };
@@ -349,50 +375,78 @@ object_form!(Function, "a function object", {
     "name" => name,
 });
 
-/// Writing: an object's members in sorted order, the known ones (given in sorted order:
-/// the tests compare the bytes with a tree's) merged with `other`'s, as a
-/// `serde_json::Map` of them all writes them.
-struct Sorted<'a, M> {
-    map: M,
-    other: std::iter::Peekable<serde_json::map::Iter<'a>>,
+/// Writing: the bytes `serde_json` writes for a tree of the same members (its keys in
+/// sorted order: each object's known members are listed in sorted order, and the tests
+/// compare the bytes with a tree's), written straight into a buffer with the known
+/// members' names preformatted.
+trait Write {
+    fn write(&self, out: &mut Vec<u8>);
 }
 
-impl<'a, M: SerializeMap> Sorted<'a, M> {
-    fn open<S: Serializer<SerializeMap = M>>(
-        serializer: S,
-        other: &'a Map<String, Value>,
-    ) -> Result<Self, S::Error> {
-        Ok(Sorted { map: serializer.serialize_map(None)?, other: other.iter().peekable() })
-    }
-
-    fn member(
-        &mut self,
-        name: &'static str,
-        value: Option<&impl Serialize>,
-    ) -> Result<(), M::Error> {
-        let Some(value) = value else { return Ok(()) };
-        while let Some((other_name, other_value)) =
-            self.other.next_if(|(other_name, _)| other_name.as_str() < name)
-        {
-            self.map.serialize_entry(other_name, other_value)?;
+impl Write for Value {
+    fn write(&self, out: &mut Vec<u8>) {
+        if self.is_null() {
+            out.extend_from_slice(b"null");
+        } else {
+            // Writing a tree into a `Vec` cannot fail: its keys are strings.
+            let written = serde_json::to_writer(&mut *out, self);
+            debug_assert!(written.is_ok());
         }
-        self.map.serialize_entry(name, value)
-    }
-
-    fn close(mut self) -> Result<M::Ok, M::Error> {
-        for (name, value) in self.other {
-            self.map.serialize_entry(name, value)?;
-        }
-        self.map.end()
     }
 }
 
-impl<T: Serialize> Serialize for Loose<T> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+impl<T: Write> Write for Loose<T> {
+    fn write(&self, out: &mut Vec<u8>) {
         match self {
-            Loose::Typed(typed) => typed.serialize(serializer),
-            Loose::Json(value) => value.serialize(serializer),
+            Loose::Typed(typed) => typed.write(out),
+            Loose::Json(value) => value.write(out),
         }
+    }
+}
+
+impl<T: Write> Write for Box<T> {
+    fn write(&self, out: &mut Vec<u8>) {
+        T::write(self, out);
+    }
+}
+
+impl<T: Write> Write for [T] {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(b'[');
+        for (at, item) in self.iter().enumerate() {
+            if at > 0 {
+                out.push(b',');
+            }
+            item.write(out);
+        }
+        out.push(b']');
+    }
+}
+
+impl<T: Write> Write for Vec<T> {
+    fn write(&self, out: &mut Vec<u8>) {
+        self.as_slice().write(out);
+    }
+}
+
+/// Appends `choices` to `out` as a JSON array (what a stream chunk carries).
+pub fn write_choices(out: &mut Vec<u8>, choices: &[Choice]) {
+    choices.write(out);
+}
+
+/// Written through another serializer (a whole answer, or a tree in tests): as the JSON
+/// text `Write` makes.
+fn as_raw(value: &impl Write) -> Box<RawValue> {
+    let mut text = Vec::with_capacity(128);
+    value.write(&mut text);
+    // `Write` writes valid JSON, UTF-8 as the strings it copies.
+    let text = String::from_utf8(text).unwrap_or_default();
+    RawValue::from_string(text).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+impl<T: Write> Serialize for Loose<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        as_raw(self).serialize(serializer)
     }
 }
 
@@ -401,7 +455,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
-    use serde_json::value::RawValue;
 
     /// What the gateway wrote before choices were typed: the tree of the same text.
     fn as_tree(text: &str) -> String {

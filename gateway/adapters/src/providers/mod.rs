@@ -27,7 +27,7 @@ mod translate;
 /// adapter truncates what it quotes anyway.
 pub const ERROR_BYTES_MAX: usize = 64 << 10;
 
-pub use choice::{Choice, Function, Loose, Message, ToolCall};
+pub use choice::{write_choices, Choice, Function, Loose, Message, ToolCall};
 pub use embed::{EmbedRequest, EmbedTarget, Embedder, Embeddings, Encoding, Input};
 pub use registry::{host_names, is_mock, Providers, MOCK_PROVIDER, MOCK_SLOW_PROVIDER};
 

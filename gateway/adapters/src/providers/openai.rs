@@ -628,7 +628,7 @@ impl StreamTranslator for OpenAiStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::ChatBody;
+    use crate::providers::{write_choices, ChatBody};
     use serde_json::json;
 
     fn chat(body: Value, stream: bool) -> ChatRequest {
@@ -866,6 +866,30 @@ mod tests {
             let error = adapter.response(&chat_text("{}", false), bad.as_bytes()).unwrap_err();
             assert_eq!(error.message, message, "{bad}");
         }
+    }
+
+    /// What a client receives of a chunk's choices, byte for byte: members sorted as a
+    /// tree wrote them; unknown members (in a choice, a delta, a tool call, its
+    /// function), nulls and logprobs kept; `reasoning_content` renamed; several choices.
+    #[test]
+    fn stream_choices_are_written_as_they_were() {
+        let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
+        let mut translator = adapter.stream(&chat_text("{}", true));
+        let event = r#"data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":{"role":"assistant","content":null,"refusal":null,"reasoning_content":"think","tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get","arguments":"{\"a\":"},"x_call":1}],"x_delta":{"z":1,"a":[true]}},"logprobs":{"content":[{"token":"a","logprob":-0.5,"bytes":[97],"top_logprobs":[]}]},"finish_reason":null,"native_finish_reason":null},{"index":1,"delta":{"content":"b\u00e9\/"},"logprobs":null,"finish_reason":"stop"}]}"#;
+        let mut chunks = Vec::new();
+        translator.feed(format!("{event}\n\n").as_bytes(), &mut chunks).expect("a chunk");
+        let mut written = Vec::new();
+        write_choices(&mut written, &chunks[0].choices);
+        let expected = r#"[{"delta":{"content":null,"reasoning":"think","refusal":null,"role":"assistant","tool_calls":[{"function":{"arguments":"{\"a\":","name":"get"},"id":"call_1","index":0,"type":"function","x_call":1}],"x_delta":{"a":[true],"z":1}},"finish_reason":null,"index":0,"logprobs":{"content":[{"bytes":[97],"logprob":-0.5,"token":"a","top_logprobs":[]}]},"native_finish_reason":null},{"delta":{"content":"bé/"},"finish_reason":"stop","index":1,"logprobs":null}]"#;
+        assert_eq!(String::from_utf8(written).expect("utf-8"), expected);
+        assert_eq!(json!(chunks[0].extra), json!({"system_fingerprint": "fp"}));
+        // An empty reasoning text is dropped, as before.
+        let empty =
+            r#"data: {"choices":[{"index":0,"delta":{"reasoning_content":"","content":"x"}}]}"#;
+        translator.feed(format!("{empty}\n\n").as_bytes(), &mut chunks).expect("a chunk");
+        let mut written = Vec::new();
+        write_choices(&mut written, &chunks[1].choices);
+        assert_eq!(written, br#"[{"delta":{"content":"x"},"index":0}]"#);
     }
 
     #[test]
