@@ -62,6 +62,9 @@ pub struct LoadReport {
     /// Submits repeated after a `NotLeader` answer or while a group had no leader (only
     /// counted for [`Target::Nodes`]; the client retries on its own).
     pub n_retries: u64,
+    /// Open loop only: lifecycles the client gave up on (no outcome within its deadline,
+    /// or no leader), counted instead of ending the run; not in `latencies`.
+    pub n_unanswered: u64,
     /// Batches (Raft entries) and commands proposed over the run, summed over the nodes'
     /// counters; unknown for [`Target::Client`], whose nodes are in other processes.
     pub proposed: Option<(u64, u64)>,
@@ -176,6 +179,7 @@ impl Load {
             latencies: total.latencies,
             n_rejected: total.n_rejected,
             n_retries: total.n_retries,
+            n_unanswered: total.n_unanswered,
             proposed: proposed_before
                 .zip(proposed_after)
                 .map(|(before, after)| (after.0 - before.0, after.1 - before.1)),
@@ -186,7 +190,8 @@ impl Load {
     /// ledger's pace, and times each from when it was due, not from when it began: a
     /// ledger that falls behind shows in the latencies instead of slowing the arrivals
     /// (no coordinated omission). At most [`OPEN_LOOP_IN_FLIGHT_MAX`] run at once; past
-    /// that, arrivals wait, and the wait counts in their latency.
+    /// that, arrivals wait, and the wait counts in their latency. A lifecycle the client
+    /// gives up on (past a rate the ledger can take) is counted, not fatal.
     pub async fn run_at_rate(
         &mut self,
         per_s: NonZeroU64,
@@ -210,9 +215,17 @@ impl Load {
             let (release_one_in, tally, n_completed) =
                 (self.release_one_in, Arc::clone(&tally), Arc::clone(&self.n_completed));
             lifecycles.spawn(async move {
-                let done = run_lifecycle(&mut route, first + i, release_one_in).await?;
+                let done = run_lifecycle(&mut route, first + i, release_one_in).await;
                 drop(permit);
-                tally.lock().expect("tally poisoned").record(due, done);
+                let mut tally = tally.lock().expect("tally poisoned");
+                match done {
+                    Ok(done) => tally.record(due, done),
+                    Err(LedgerError::Timeout(_) | LedgerError::Unavailable { .. }) => {
+                        tally.n_unanswered += 1;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
                 n_completed.fetch_add(1, Ordering::Relaxed);
                 Ok::<(), LedgerError>(())
             });
@@ -306,6 +319,7 @@ struct Tally {
     latencies: Histogram,
     n_rejected: u64,
     n_retries: u64,
+    n_unanswered: u64,
 }
 
 impl Tally {
@@ -320,6 +334,7 @@ impl Tally {
         self.latencies.merge(&other.latencies);
         self.n_rejected += other.n_rejected;
         self.n_retries += other.n_retries;
+        self.n_unanswered += other.n_unanswered;
     }
 }
 
@@ -478,7 +493,7 @@ mod tests {
         let report = load.run_at_rate(per_s, Duration::from_millis(500)).await.unwrap();
         assert_eq!(report.n_lifecycles(), 200);
         assert_eq!(load.completed().load(Ordering::Relaxed), 200);
-        assert_eq!(report.n_rejected, 0);
+        assert_eq!((report.n_rejected, report.n_unanswered), (0, 0));
         // The last was due 497.5 ms in: a run that started them all at once ends sooner.
         let last_due = arrival_offset(199, per_s);
         assert!(report.elapsed >= last_due, "done in {:?}", report.elapsed);

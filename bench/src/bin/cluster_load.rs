@@ -89,7 +89,7 @@ fn main() -> anyhow::Result<()> {
         None => args.submitters.iter().copied().map(Pace::Submitters).collect(),
     };
     println!(
-        "{:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>11}",
+        "{:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>11}",
         if args.rates.is_some() { "due/s" } else { "submitters" },
         "lifecycles/s",
         "mean ms",
@@ -98,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         "p999 ms",
         "max ms",
         "rejected",
+        "unanswered",
         "node cores",
         "load cores"
     );
@@ -184,7 +185,7 @@ async fn measure(args: &Args, processes: &Processes, pace: Pace) -> anyhow::Resu
     let ms = |latency: Duration| latency.as_secs_f64() * 1e3;
     let latencies = &report.latencies;
     Ok(format!(
-        "{:>10} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>10.2} {:>11.2}",
+        "{:>10} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>10} {:>10.2} {:>11.2}",
         pace.to_string(),
         report.lifecycles_per_s(),
         ms(latencies.mean()),
@@ -193,6 +194,7 @@ async fn measure(args: &Args, processes: &Processes, pace: Pace) -> anyhow::Resu
         ms(latencies.quantile(0.999)),
         ms(latencies.max()),
         report.n_rejected,
+        report.n_unanswered,
         cores(nodes_before, nodes_after),
         cores(self_before, self_after),
     ))
