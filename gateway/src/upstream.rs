@@ -8,6 +8,7 @@
 use crate::config::UpstreamTimeouts;
 use crate::providers::{Adapter, UpstreamError, UpstreamRequest};
 use crate::respond::Gathered;
+use anyhow::Context as _;
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT};
 use http::{Method, Request, StatusCode, Uri};
@@ -19,9 +20,12 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::crypto::ring;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use std::fmt::Write as _;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -80,14 +84,30 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn try_new(timeouts: UpstreamTimeouts) -> Result<Upstream, rustls::Error> {
+    /// A client that trusts the Mozilla roots and the CA certificates of `ca_file` (PEM;
+    /// `upstream_ca_file` in the configuration).
+    pub fn try_new(timeouts: UpstreamTimeouts, ca_file: Option<&Path>) -> anyhow::Result<Upstream> {
         for variable in PROXY_VARIABLES {
             if std::env::var_os(variable).is_some() {
                 tracing::warn!(variable, "ignored: providers are called directly, never by proxy");
             }
         }
-        let mozilla = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        Upstream::trusting(timeouts, mozilla)
+        let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        if let Some(path) = ca_file {
+            let shown = path.display();
+            let mut added = 0;
+            for certificate in CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("reading the upstream CA file {shown}"))?
+            {
+                let certificate =
+                    certificate.with_context(|| format!("a certificate of {shown}"))?;
+                roots.add(certificate).with_context(|| format!("a certificate of {shown}"))?;
+                added += 1;
+            }
+            anyhow::ensure!(added > 0, "the upstream CA file {shown} holds no certificate");
+            tracing::info!(file = %shown, certificates = added, "providers' CAs trusted besides the Mozilla roots");
+        }
+        Ok(Upstream::trusting(timeouts, roots)?)
     }
 
     /// A client that trusts the certificates `roots` names (the Mozilla roots, or a
@@ -368,7 +388,7 @@ mod tests {
     };
 
     async fn send(url: &str) -> UpstreamError {
-        let upstream = Upstream::try_new(TIMEOUTS).unwrap();
+        let upstream = Upstream::try_new(TIMEOUTS, None).unwrap();
         let adapter = OpenAiCompatible::new("p", Quirks::OPENAI);
         let request = UpstreamRequest {
             url: url.to_owned(),
@@ -417,7 +437,7 @@ mod tests {
 
     /// An HTTPS host on 127.0.0.1 offering `alpn`, answering each request with the HTTP
     /// version it arrived in; and its self-signed certificate.
-    async fn https_host(alpn: &[&[u8]]) -> (std::net::SocketAddr, RootCertStore) {
+    async fn https_host(alpn: &[&[u8]]) -> (std::net::SocketAddr, rcgen::Certificate) {
         use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
         let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
         let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
@@ -451,30 +471,55 @@ mod tests {
                 });
             }
         });
-        let mut roots = RootCertStore::empty();
-        roots.add(certified.cert.der().clone()).unwrap();
-        (address, roots)
+        (address, certified.cert)
+    }
+
+    /// What `upstream` reads from `https://{address}` (the host's HTTP version).
+    async fn version_seen(upstream: &Upstream, address: std::net::SocketAddr) -> Bytes {
+        let adapter = OpenAiCompatible::new("p", Quirks::OPENAI);
+        let request = UpstreamRequest {
+            url: format!("https://{address}/v1/chat/completions"),
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"{}"),
+        };
+        let deadlines = Deadlines::attempt(&TIMEOUTS, Instant::now() + TIMEOUTS.total);
+        let mut body = upstream.send(&adapter, request, &deadlines).await.unwrap();
+        upstream.body(&mut body, &deadlines, "p").await.unwrap()
     }
 
     #[tokio::test]
     async fn https_speaks_http2_when_the_host_offers_it_and_http1_otherwise() {
-        let adapter = OpenAiCompatible::new("p", Quirks::OPENAI);
         let cases: [(&[&[u8]], http::Version); 2] = [
             (&[b"h2", b"http/1.1"], http::Version::HTTP_2),
             (&[b"http/1.1"], http::Version::HTTP_11),
         ];
         for (alpn, expected) in cases {
-            let (address, roots) = https_host(alpn).await;
+            let (address, certificate) = https_host(alpn).await;
+            let mut roots = RootCertStore::empty();
+            roots.add(certificate.der().clone()).unwrap();
             let upstream = Upstream::trusting(TIMEOUTS, roots).unwrap();
-            let request = UpstreamRequest {
-                url: format!("https://{address}/v1/chat/completions"),
-                headers: HeaderMap::new(),
-                body: Bytes::from_static(b"{}"),
-            };
-            let deadlines = Deadlines::attempt(&TIMEOUTS, Instant::now() + TIMEOUTS.total);
-            let mut body = upstream.send(&adapter, request, &deadlines).await.unwrap();
-            let body = upstream.body(&mut body, &deadlines, "p").await.unwrap();
-            assert_eq!(body, format!("{expected:?}"));
+            assert_eq!(version_seen(&upstream, address).await, format!("{expected:?}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_upstream_ca_file_is_trusted_besides_the_mozilla_roots() {
+        let (address, certificate) = https_host(&[b"h2", b"http/1.1"]).await;
+        let directory = tempfile::tempdir().unwrap();
+        let ca_file = directory.path().join("ca.pem");
+        std::fs::write(&ca_file, certificate.pem()).unwrap();
+        let upstream = Upstream::try_new(TIMEOUTS, Some(&ca_file)).unwrap();
+        assert_eq!(version_seen(&upstream, address).await, "HTTP/2.0");
+
+        // Without it the host's certificate is refused.
+        let error = send(&format!("https://{address}/v1/chat/completions")).await;
+        assert!(error.message.contains("certificate"), "{}", error.message);
+        // A file that is missing or holds no certificate stops the start.
+        let empty = directory.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for path in [directory.path().join("missing.pem"), empty] {
+            let error = Upstream::try_new(TIMEOUTS, Some(&path)).err().expect("refused");
+            assert!(format!("{error:#}").contains(&*path.to_string_lossy()), "{error:#}");
         }
     }
 

@@ -484,3 +484,60 @@ async fn the_subcommand_serves_its_flags() {
     assert_eq!(error.status.as_u16(), 429);
     assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
 }
+
+/// Over TLS (`solrouter mock-upstream --tls-cert`) the mock serves HTTP/2 or HTTP/1.1 as
+/// the client picks by ALPN, and the gateway's upstream client, trusting the CA by
+/// `upstream_ca_file`, streams through it.
+#[tokio::test]
+async fn over_tls_the_mock_streams_http2_or_http1_by_alpn() {
+    use http::Version;
+    use solrouter_gateway::upstream::{next_chunk, Deadlines, Upstream};
+    let directory = tempfile::tempdir().unwrap();
+    solrouter_raft::write_dev_ca(directory.path(), &["127.0.0.1".to_owned()]).unwrap();
+    let file = |name: &str| directory.path().join(name);
+    let tls = mock::MockTls::from_pem_files(&file("ledger.pem"), &file("ledger-key.pem")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = Mock {
+        base: format!("https://{}", listener.local_addr().unwrap()),
+        _stop: {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(mock::serve_tls(listener, Knobs::default(), tls, stopped));
+            stop
+        },
+    };
+    let wire = &wires()[0];
+    let chat = ask("say hello", true, json!({}));
+    let request = || translate(&*wire.adapter, &wire.endpoint(&mock), &chat, "echo").unwrap();
+
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(file("ca.pem")).unwrap()).unwrap();
+    let h2 = reqwest::Client::builder().add_root_certificate(ca.clone()).build().unwrap();
+    let h1 = reqwest::Client::builder().add_root_certificate(ca).http1_only().build().unwrap();
+    for (client, version) in [(h2, Version::HTTP_2), (h1, Version::HTTP_11)] {
+        let request = request();
+        let response =
+            client.post(&request.url).headers(request.headers).body(request.body).send().await;
+        let response = response.unwrap();
+        assert_eq!(response.version(), version);
+        let mut chunks = Vec::new();
+        let mut translator = wire.adapter.stream(&chat);
+        translator.feed(&response.bytes().await.unwrap(), &mut chunks).unwrap();
+        translator.finish(&mut chunks).unwrap();
+        assert_eq!(assemble_stream(&chunks).text, "say hello", "{version:?}");
+    }
+
+    let timeouts = solrouter_gateway::config::UpstreamTimeouts {
+        connect: Duration::from_secs(10),
+        first_byte: Duration::from_secs(10),
+        idle: Duration::from_secs(10),
+        total: Duration::from_secs(10),
+    };
+    let upstream = Upstream::try_new(timeouts, Some(&file("ca.pem"))).unwrap();
+    let deadlines = Deadlines::attempt(&timeouts, Instant::now() + timeouts.total);
+    let mut body = upstream.send(&*wire.adapter, request(), &deadlines).await.unwrap();
+    let (mut chunks, mut translator) = (Vec::new(), wire.adapter.stream(&chat));
+    while let Some(bytes) = next_chunk(&mut body, &deadlines, "openai").await.unwrap() {
+        translator.feed(&bytes, &mut chunks).unwrap();
+    }
+    translator.finish(&mut chunks).unwrap();
+    assert_eq!(assemble_stream(&chunks).text, "say hello");
+}
