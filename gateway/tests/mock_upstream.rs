@@ -492,19 +492,8 @@ async fn the_subcommand_serves_its_flags() {
 async fn over_tls_the_mock_streams_http2_or_http1_by_alpn() {
     use http::Version;
     use solrouter_gateway::upstream::{next_chunk, Deadlines, Upstream};
-    let directory = tempfile::tempdir().unwrap();
-    solrouter_raft::write_dev_ca(directory.path(), &["127.0.0.1".to_owned()]).unwrap();
+    let (mock, directory) = start_tls(Knobs::default(), mock::H2_STREAMS_MAX_DEFAULT).await;
     let file = |name: &str| directory.path().join(name);
-    let tls = mock::MockTls::from_pem_files(&file("ledger.pem"), &file("ledger-key.pem")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mock = Mock {
-        base: format!("https://{}", listener.local_addr().unwrap()),
-        _stop: {
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(mock::serve_tls(listener, Knobs::default(), tls, stopped));
-            stop
-        },
-    };
     let wire = &wires()[0];
     let chat = ask("say hello", true, json!({}));
     let request = || translate(&*wire.adapter, &wire.endpoint(&mock), &chat, "echo").unwrap();
@@ -525,12 +514,7 @@ async fn over_tls_the_mock_streams_http2_or_http1_by_alpn() {
         assert_eq!(assemble_stream(&chunks).text, "say hello", "{version:?}");
     }
 
-    let timeouts = solrouter_gateway::config::UpstreamTimeouts {
-        connect: Duration::from_secs(10),
-        first_byte: Duration::from_secs(10),
-        idle: Duration::from_secs(10),
-        total: Duration::from_secs(10),
-    };
+    let timeouts = upstream_timeouts();
     let upstream = Upstream::try_new(timeouts, Some(&file("ca.pem"))).unwrap();
     let deadlines = Deadlines::attempt(&timeouts, Instant::now() + timeouts.total);
     let mut body = upstream.send(&*wire.adapter, request(), &deadlines).await.unwrap();
@@ -540,4 +524,55 @@ async fn over_tls_the_mock_streams_http2_or_http1_by_alpn() {
     }
     translator.finish(&mut chunks).unwrap();
     assert_eq!(assemble_stream(&chunks).text, "say hello");
+}
+
+/// A mock over TLS with a dev CA's certificate (`solrouter dev-ca`'s `ledger.pem`) on a
+/// free port, allowing `h2_streams_max` streams per HTTP/2 connection, and the directory
+/// holding `ca.pem`.
+async fn start_tls(knobs: Knobs, h2_streams_max: u32) -> (Mock, tempfile::TempDir) {
+    let directory = tempfile::tempdir().unwrap();
+    solrouter_raft::write_dev_ca(directory.path(), &["127.0.0.1".to_owned()]).unwrap();
+    let file = |name: &str| directory.path().join(name);
+    let tls = mock::MockTls::from_pem_files(&file("ledger.pem"), &file("ledger-key.pem")).unwrap();
+    let tls = tls.with_h2_streams_max(h2_streams_max);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(mock::serve_tls(listener, knobs, tls, stopped));
+    (Mock { base, _stop: stop }, directory)
+}
+
+fn upstream_timeouts() -> solrouter_gateway::config::UpstreamTimeouts {
+    solrouter_gateway::config::UpstreamTimeouts {
+        connect: Duration::from_secs(10),
+        first_byte: Duration::from_secs(10),
+        idle: Duration::from_secs(30),
+        total: Duration::from_secs(30),
+    }
+}
+
+/// More streams than an HTTP/2 host allows on one connection all get their response
+/// heads at once: the upstream client carries the rest on another connection instead of
+/// queueing them until the first ones end (hyper's client alone queues them, and the
+/// streams here last ~10 s).
+#[tokio::test]
+async fn streams_beyond_a_hosts_concurrent_stream_limit_are_not_queued() {
+    use solrouter_gateway::upstream::{Deadlines, Upstream, LANE_EXCHANGES_MAX};
+    let paced = MockConfig { tokens_per_second: 2, ..MockConfig::default() };
+    let limit = u32::try_from(LANE_EXCHANGES_MAX).unwrap();
+    let (mock, directory) = start_tls(Knobs::try_new(paced).unwrap(), limit).await;
+    let timeouts = upstream_timeouts();
+    let upstream = Upstream::try_new(timeouts, Some(&directory.path().join("ca.pem"))).unwrap();
+    let wire = &wires()[0];
+    let chat = ask("one two three four five six seven eight nine ten", true, json!({}));
+    let deadlines = Deadlines::attempt(&timeouts, Instant::now() + timeouts.total);
+    let streams = LANE_EXCHANGES_MAX * 3 / 2;
+    let heads = futures_util::future::join_all((0..streams).map(|_| {
+        let request = translate(&*wire.adapter, &wire.endpoint(&mock), &chat, "echo").unwrap();
+        upstream.send(&*wire.adapter, request, &deadlines)
+    }));
+    let bodies = tokio::time::timeout(Duration::from_secs(5), heads)
+        .await
+        .expect("streams past the host's limit waited for earlier ones to end");
+    assert!(bodies.iter().all(Result::is_ok), "every stream was answered");
 }
