@@ -283,7 +283,7 @@ async fn cut_after_n_events_sends_n_events_and_no_terminal_event() {
         assert!(
             chunks
                 .iter()
-                .all(|chunk| chunk.choices.iter().all(|choice| choice["finish_reason"].is_null())),
+                .all(|chunk| chunk.choices.iter().all(|choice| choice.finish_reason().is_none())),
             "{}",
             wire.name()
         );
