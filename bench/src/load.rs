@@ -3,7 +3,8 @@
 //! releases), waits, and starts its next lifecycle. The nodes are either in this process
 //! or reached over gRPC through the gateway-facing `LedgerClient`. The number of submitters is what sets
 //! the group-commit batch size: everything submitted while a batch is being committed
-//! goes into the next one.
+//! goes into the next one. An open-loop run ([`Load::run_at_rate`]) instead starts
+//! lifecycles at a fixed rate and times each from when it was due.
 
 use crate::cluster::proposed;
 use crate::{funding_commands, lifecycle_commands};
@@ -11,8 +12,9 @@ use solrouter_ledger::{Command, Outcome};
 use solrouter_raft::{LedgerApi, LedgerClient, LedgerError, LedgerNode};
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 
 /// Bits of sub-bucket index per power of two in [`Histogram`]: 64 sub-buckets, so a
 /// recorded latency is reported within 1/64 (1.6 %) of its true value.
@@ -25,6 +27,11 @@ const BUCKETS: usize = (64 - SUB_BUCKET_BITS as usize + 1) * SUB_BUCKETS;
 /// Following a `NotLeader` hint also counts as an attempt.
 const SUBMIT_ATTEMPTS_MAX: u32 = 1_000;
 const RETRY_INTERVAL: Duration = Duration::from_millis(10);
+/// Lifecycles an open-loop run keeps in flight at most: beyond the ~4,096 that saturate a
+/// node, so that it measures queueing in the ledger, yet a bound on the driver's memory
+/// when the ledger stops answering.
+pub const OPEN_LOOP_IN_FLIGHT_MAX: usize = 65_536;
+const NANOS_PER_S: u128 = 1_000_000_000;
 
 /// Lifecycle latencies in microseconds, in a fixed-size log-linear histogram so that a
 /// run of millions of lifecycles neither grows memory (the soak reports RSS) nor sorts.
@@ -55,6 +62,9 @@ pub struct LoadReport {
     /// Submits repeated after a `NotLeader` answer or while a group had no leader (only
     /// counted for [`Target::Nodes`]; the client retries on its own).
     pub n_retries: u64,
+    /// Open loop only: lifecycles the client gave up on (no outcome within its deadline,
+    /// or no leader), counted instead of ending the run; not in `latencies`.
+    pub n_unanswered: u64,
     /// Batches (Raft entries) and commands proposed over the run, summed over the nodes'
     /// counters; unknown for [`Target::Client`], whose nodes are in other processes.
     pub proposed: Option<(u64, u64)>,
@@ -149,20 +159,94 @@ impl Load {
             total.merge(&joined.expect("submitter panicked")?);
         }
         let elapsed = started.elapsed();
-        let proposed_after = self.target.proposed();
         // Numbers drawn past `end` or the deadline were never submitted; skipping them
         // keeps ids unique without coordination.
         self.next_lifecycle = next.load(Ordering::Relaxed).max(first);
-        Ok(LoadReport {
+        Ok(self.report(elapsed, total, proposed_before))
+    }
+
+    /// What a run that took `elapsed` did, `proposed_before` being the target's proposal
+    /// counters at its start.
+    fn report(
+        &self,
+        elapsed: Duration,
+        total: Tally,
+        proposed_before: Option<(u64, u64)>,
+    ) -> LoadReport {
+        let proposed_after = self.target.proposed();
+        LoadReport {
             elapsed,
             latencies: total.latencies,
             n_rejected: total.n_rejected,
             n_retries: total.n_retries,
+            n_unanswered: total.n_unanswered,
             proposed: proposed_before
                 .zip(proposed_after)
                 .map(|(before, after)| (after.0 - before.0, after.1 - before.1)),
-        })
+        }
     }
+
+    /// Starts lifecycles at a constant `per_s` for `duration` (open loop), whatever the
+    /// ledger's pace, and times each from when it was due, not from when it began: a
+    /// ledger that falls behind shows in the latencies instead of slowing the arrivals
+    /// (no coordinated omission). At most [`OPEN_LOOP_IN_FLIGHT_MAX`] run at once; past
+    /// that, arrivals wait, and the wait counts in their latency. A lifecycle the client
+    /// gives up on (past a rate the ledger can take) is counted, not fatal.
+    pub async fn run_at_rate(
+        &mut self,
+        per_s: NonZeroU64,
+        duration: Duration,
+    ) -> Result<LoadReport, LedgerError> {
+        let first = self.next_lifecycle;
+        let n_due = u64::try_from(u128::from(per_s.get()) * duration.as_nanos() / NANOS_PER_S)
+            .expect("a run of fewer than 2^64 lifecycles");
+        let proposed_before = self.target.proposed();
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let permits = Arc::new(Semaphore::new(OPEN_LOOP_IN_FLIGHT_MAX));
+        let mut lifecycles = tokio::task::JoinSet::new();
+        let started = Instant::now();
+        for i in 0..n_due {
+            let due = started + arrival_offset(i, per_s);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let permit = Arc::clone(&permits).acquire_owned().await.expect("never closed");
+            let mut route = Route::new(&self.target);
+            let (release_one_in, tally, n_completed) =
+                (self.release_one_in, Arc::clone(&tally), Arc::clone(&self.n_completed));
+            lifecycles.spawn(async move {
+                let done = run_lifecycle(&mut route, first + i, release_one_in).await;
+                drop(permit);
+                let mut tally = tally.lock().expect("tally poisoned");
+                match done {
+                    Ok(done) => tally.record(due, done),
+                    Err(LedgerError::Timeout(_) | LedgerError::Unavailable { .. }) => {
+                        tally.n_unanswered += 1;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
+                n_completed.fetch_add(1, Ordering::Relaxed);
+                Ok::<(), LedgerError>(())
+            });
+            while let Some(joined) = lifecycles.try_join_next() {
+                joined.expect("lifecycle task panicked")?;
+            }
+        }
+        while let Some(joined) = lifecycles.join_next().await {
+            joined.expect("lifecycle task panicked")?;
+        }
+        let elapsed = started.elapsed();
+        self.next_lifecycle = first + n_due;
+        let total = std::mem::take(&mut *tally.lock().expect("tally poisoned"));
+        Ok(self.report(elapsed, total, proposed_before))
+    }
+}
+
+/// When the `i`-th arrival at `per_s` is due, counted from the run's start.
+fn arrival_offset(i: u64, per_s: NonZeroU64) -> Duration {
+    let nanos = u128::from(i) * NANOS_PER_S / u128::from(per_s.get());
+    Duration::from_nanos(u64::try_from(nanos).expect("an offset of fewer than 584 years"))
 }
 
 /// How one task reaches the ledger: its own leader hints over in-process nodes, or the
@@ -235,13 +319,22 @@ struct Tally {
     latencies: Histogram,
     n_rejected: u64,
     n_retries: u64,
+    n_unanswered: u64,
 }
 
 impl Tally {
+    /// Counts a lifecycle timed from `since` (when it started, or when it was due).
+    fn record(&mut self, since: Instant, done: LifecycleDone) {
+        self.latencies.record(since.elapsed());
+        self.n_rejected += u64::from(done.rejected);
+        self.n_retries += done.n_retries;
+    }
+
     fn merge(&mut self, other: &Tally) {
         self.latencies.merge(&other.latencies);
         self.n_rejected += other.n_rejected;
         self.n_retries += other.n_retries;
+        self.n_unanswered += other.n_unanswered;
     }
 }
 
@@ -263,17 +356,35 @@ impl Submitter {
             if n >= self.end || late {
                 return Ok(tally);
             }
-            let release = self.release_one_in.is_some_and(|one_in| n.is_multiple_of(one_in.get()));
-            let [reserve, finish] = lifecycle_commands(n, release);
             let started = Instant::now();
-            let (reserved, reserve_retries) = self.route.submit(reserve).await?;
-            let (finished, finish_retries) = self.route.submit(finish).await?;
-            tally.latencies.record(started.elapsed());
-            tally.n_rejected += u64::from(reserved.is_err() || finished.is_err());
-            tally.n_retries += reserve_retries + finish_retries;
+            let done = run_lifecycle(&mut self.route, n, self.release_one_in).await?;
+            tally.record(started, done);
             self.n_completed.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// What became of one lifecycle: whether the ledger rejected its reserve or its end, and
+/// how many times its commands were repeated.
+struct LifecycleDone {
+    rejected: bool,
+    n_retries: u64,
+}
+
+/// Lifecycle `n`: its reserve, then (once reserved) its settle or release.
+async fn run_lifecycle(
+    route: &mut Route,
+    n: u64,
+    release_one_in: Option<NonZeroU64>,
+) -> Result<LifecycleDone, LedgerError> {
+    let release = release_one_in.is_some_and(|one_in| n.is_multiple_of(one_in.get()));
+    let [reserve, finish] = lifecycle_commands(n, release);
+    let (reserved, reserve_retries) = route.submit(reserve).await?;
+    let (finished, finish_retries) = route.submit(finish).await?;
+    Ok(LifecycleDone {
+        rejected: reserved.is_err() || finished.is_err(),
+        n_retries: reserve_retries + finish_retries,
+    })
 }
 
 impl LoadReport {
@@ -368,6 +479,27 @@ fn bucket_start_us(idx: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::Cluster;
+    use solrouter_raft::NodeOptions;
+
+    #[tokio::test]
+    async fn an_open_loop_run_starts_each_lifecycle_when_it_is_due() {
+        let base = tempfile::tempdir().unwrap();
+        let cluster = Cluster::open(1, 1, base.path(), &NodeOptions::default()).await.unwrap();
+        let target = Target::nodes(cluster.nodes());
+        fund(&target).await.unwrap();
+        let mut load = Load::new(target, None);
+        let per_s = NonZeroU64::new(400).unwrap();
+        let report = load.run_at_rate(per_s, Duration::from_millis(500)).await.unwrap();
+        assert_eq!(report.n_lifecycles(), 200);
+        assert_eq!(load.completed().load(Ordering::Relaxed), 200);
+        assert_eq!((report.n_rejected, report.n_unanswered), (0, 0));
+        // The last was due 497.5 ms in: a run that started them all at once ends sooner.
+        let last_due = arrival_offset(199, per_s);
+        assert!(report.elapsed >= last_due, "done in {:?}", report.elapsed);
+        assert!(report.latencies.max() < report.elapsed, "timed from the run's start");
+        cluster.shutdown().await.unwrap();
+    }
 
     #[test]
     fn buckets_start_where_their_values_map() {

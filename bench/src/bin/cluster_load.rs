@@ -3,19 +3,21 @@
 //! `--nodes` ledger nodes, each this binary re-run as `cluster_load node …` with its own
 //! data directory and port on 127.0.0.1, and the load generator in this process.
 //!
-//! Per submitter count: a fresh cluster, `--warm-up-s` of unmeasured load, then
-//! `--duration-s` measured; prints lifecycles/s, lifecycle latency quantiles, and the CPU
-//! (in cores) that the node processes and this process used meanwhile.
+//! Per submitter count (closed loop) or arrival rate (`--rates`, open loop): a fresh
+//! cluster, `--warm-up-s` of unmeasured load, then `--duration-s` measured; prints
+//! lifecycles/s, lifecycle latency quantiles, and the CPU (in cores) that the node
+//! processes and this process used meanwhile.
 //!
 //! `cargo run --release -p solrouter-bench --bin cluster_load -- --help`
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use solrouter_bench::load::{fund, Load, Target};
+use solrouter_bench::load::{fund, Load, LoadReport, Target};
 use solrouter_bench::processes::{cpu_ticks, Processes, READY_LINE, TICKS_PER_S};
 use solrouter_raft::{ClusterConfig, ClusterStart, LedgerClient, LedgerNode, NodeOptions};
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -33,9 +35,13 @@ struct Args {
     /// Raft groups per cluster (accounts are sharded over them).
     #[arg(long, default_value_t = 1)]
     groups: u32,
-    /// Concurrent submitter counts, one row each.
+    /// Concurrent submitter counts, one row each (closed loop).
     #[arg(long, value_delimiter = ',', default_value = "1,16,256,1024")]
     submitters: Vec<usize>,
+    /// Arrival rates in lifecycles/s, one row each, instead of `--submitters` (open loop:
+    /// latencies from when each lifecycle was due, so a cluster behind shows in them).
+    #[arg(long, value_delimiter = ',')]
+    rates: Option<Vec<NonZeroU64>>,
     #[arg(long, default_value_t = 10)]
     duration_s: u64,
     #[arg(long, default_value_t = 2)]
@@ -78,9 +84,13 @@ fn main() -> anyhow::Result<()> {
         "{} node processes, {} groups, {} s per row after {} s warm-up, data in {:?}",
         args.nodes, args.groups, args.duration_s, args.warm_up_s, args.dir
     );
+    let paces: Vec<Pace> = match &args.rates {
+        Some(rates) => rates.iter().copied().map(Pace::Rate).collect(),
+        None => args.submitters.iter().copied().map(Pace::Submitters).collect(),
+    };
     println!(
-        "{:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>11}",
-        "submitters",
+        "{:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>11}",
+        if args.rates.is_some() { "due/s" } else { "submitters" },
         "lifecycles/s",
         "mean ms",
         "p50 ms",
@@ -88,13 +98,14 @@ fn main() -> anyhow::Result<()> {
         "p999 ms",
         "max ms",
         "rejected",
+        "unanswered",
         "node cores",
         "load cores"
     );
-    for &n_submitters in &args.submitters {
+    for pace in paces {
         let exe = std::env::current_exe()?;
         let processes = Processes::start(&exe, args.nodes, args.groups, &args.dir, &[])?;
-        let row = runtime.block_on(measure(&args, &processes, n_submitters));
+        let row = runtime.block_on(measure(&args, &processes, pace));
         let stopped = processes.stop();
         println!("{}", row?);
         stopped?;
@@ -130,21 +141,43 @@ fn parse_peers(peers: &str) -> anyhow::Result<BTreeMap<u64, String>> {
         .collect()
 }
 
-async fn measure(
-    args: &Args,
-    processes: &Processes,
-    n_submitters: usize,
-) -> anyhow::Result<String> {
+/// How a row loads the cluster.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// This many submitters, each starting its next lifecycle when its last is done.
+    Submitters(usize),
+    /// Lifecycles started at this rate per second, whatever the cluster's pace.
+    Rate(NonZeroU64),
+}
+
+impl Pace {
+    async fn run(self, load: &mut Load, duration: Duration) -> anyhow::Result<LoadReport> {
+        Ok(match self {
+            Pace::Submitters(n) => load.run(n, u64::MAX, Some(duration)).await?,
+            Pace::Rate(per_s) => load.run_at_rate(per_s, duration).await?,
+        })
+    }
+}
+
+impl std::fmt::Display for Pace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pace::Submitters(n) => n.fmt(f),
+            Pace::Rate(per_s) => per_s.fmt(f),
+        }
+    }
+}
+
+async fn measure(args: &Args, processes: &Processes, pace: Pace) -> anyhow::Result<String> {
     let client = LedgerClient::connect(&processes.addrs).await?;
     let target = Target::Client(client);
     fund(&target).await?;
     let mut load = Load::new(target, None);
-    load.run(n_submitters, u64::MAX, Some(Duration::from_secs(args.warm_up_s))).await?;
+    pace.run(&mut load, Duration::from_secs(args.warm_up_s)).await?;
     let (nodes_before, self_before) =
         (processes.cpu_ticks()?, cpu_ticks(Path::new("/proc/self/stat"))?);
     let started = Instant::now();
-    let report =
-        load.run(n_submitters, u64::MAX, Some(Duration::from_secs(args.duration_s))).await?;
+    let report = pace.run(&mut load, Duration::from_secs(args.duration_s)).await?;
     let elapsed_s = started.elapsed().as_secs_f64();
     let (nodes_after, self_after) =
         (processes.cpu_ticks()?, cpu_ticks(Path::new("/proc/self/stat"))?);
@@ -152,8 +185,8 @@ async fn measure(
     let ms = |latency: Duration| latency.as_secs_f64() * 1e3;
     let latencies = &report.latencies;
     Ok(format!(
-        "{:>10} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>10.2} {:>11.2}",
-        n_submitters,
+        "{:>10} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>10} {:>10.2} {:>11.2}",
+        pace.to_string(),
         report.lifecycles_per_s(),
         ms(latencies.mean()),
         ms(latencies.quantile(0.5)),
@@ -161,6 +194,7 @@ async fn measure(
         ms(latencies.quantile(0.999)),
         ms(latencies.max()),
         report.n_rejected,
+        report.n_unanswered,
         cores(nodes_before, nodes_after),
         cores(self_before, self_after),
     ))
