@@ -39,6 +39,7 @@ pub struct Config {
     admin_token: Option<String>,
     body_bytes_max: usize,
     upstream: UpstreamTimeouts,
+    upstream_ca_file: Option<PathBuf>,
     waive_empty_answers: bool,
     webhook_secret: Option<String>,
     session_secret: Option<String>,
@@ -57,6 +58,10 @@ pub struct ConfigLayer {
     pub upstream_first_byte_timeout_ms: Option<u64>,
     pub upstream_idle_timeout_ms: Option<u64>,
     pub upstream_total_timeout_ms: Option<u64>,
+    /// A PEM file of CA certificates trusted for `https` providers besides the Mozilla
+    /// roots: a private CA in front of a self-hosted model, or a development CA's mock
+    /// provider (`solrouter mock-upstream --tls-cert`). Default: the Mozilla roots only.
+    pub upstream_ca_file: Option<PathBuf>,
     /// Whether an answer that produced nothing (no output tokens; an error or an empty
     /// answer) goes uncharged, its provider bill written off. Default: true.
     pub waive_empty_answers: Option<bool>,
@@ -112,6 +117,7 @@ impl ConfigLayer {
             upstream_first_byte_timeout_ms: number("SOLROUTER_UPSTREAM_FIRST_BYTE_TIMEOUT_MS")?,
             upstream_idle_timeout_ms: number("SOLROUTER_UPSTREAM_IDLE_TIMEOUT_MS")?,
             upstream_total_timeout_ms: number("SOLROUTER_UPSTREAM_TOTAL_TIMEOUT_MS")?,
+            upstream_ca_file: lookup("SOLROUTER_UPSTREAM_CA_FILE").map(PathBuf::from),
             waive_empty_answers: lookup("SOLROUTER_WAIVE_EMPTY_ANSWERS")
                 .map(|text| match text.trim() {
                     "true" | "1" => Ok(true),
@@ -152,6 +158,7 @@ impl ConfigLayer {
             upstream_total_timeout_ms: over
                 .upstream_total_timeout_ms
                 .or(self.upstream_total_timeout_ms),
+            upstream_ca_file: over.upstream_ca_file.or(self.upstream_ca_file),
             waive_empty_answers: over.waive_empty_answers.or(self.waive_empty_answers),
             webhook_secret: over.webhook_secret.or(self.webhook_secret),
             session_secret: over.session_secret.or(self.session_secret),
@@ -235,6 +242,7 @@ impl Config {
             admin_token,
             body_bytes_max,
             upstream,
+            upstream_ca_file: layer.upstream_ca_file.filter(|path| !path.as_os_str().is_empty()),
             waive_empty_answers,
             webhook_secret,
             session_secret,
@@ -266,6 +274,11 @@ impl Config {
 
     pub fn upstream(&self) -> UpstreamTimeouts {
         self.upstream
+    }
+
+    /// See [`ConfigLayer::upstream_ca_file`]; read when the upstream client is built.
+    pub fn upstream_ca_file(&self) -> Option<&Path> {
+        self.upstream_ca_file.as_deref()
     }
 
     /// See [`ConfigLayer::session_secret`].
@@ -316,13 +329,17 @@ mod tests {
             toml::from_str("listen = \"127.0.0.1:1\"\nbody_bytes_max = 10").expect("toml");
         let environment =
             ConfigLayer::from_env(env(&[("SOLROUTER_BODY_BYTES_MAX", "20")])).expect("env");
-        let config = Config::try_new(file.overridden_by(environment)).expect("valid");
+        let config = Config::try_new(file.clone().overridden_by(environment)).expect("valid");
         assert_eq!(config.listen(), "127.0.0.1:1".parse().expect("addr"));
         assert_eq!(config.body_bytes_max(), 20);
         assert_eq!(config.upstream().total, Duration::from_secs(600));
         assert!(config.waive_empty_answers());
         let charging = ConfigLayer::from_env(env(&[("SOLROUTER_WAIVE_EMPTY_ANSWERS", "false")]));
         assert!(!Config::try_new(charging.expect("env")).expect("valid").waive_empty_answers());
+        assert_eq!(config.upstream_ca_file(), None);
+        let ca = ConfigLayer::from_env(env(&[("SOLROUTER_UPSTREAM_CA_FILE", "/etc/ca.pem")]));
+        let config = Config::try_new(file.overridden_by(ca.expect("env"))).expect("valid");
+        assert_eq!(config.upstream_ca_file(), Some(Path::new("/etc/ca.pem")));
     }
 
     #[test]

@@ -107,7 +107,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let catalog =
         Catalog::builtin().with_zdr_agreements(config.zdr_hosts()).context("zdr_hosts")?;
     let app = App {
-        upstream: Upstream::try_new(config.upstream()).context("building the upstream client")?,
+        upstream: Upstream::try_new(config.upstream(), config.upstream_ca_file())
+            .context("building the upstream client")?,
         providers: Providers::with_mocks(&[
             (MOCK_PROVIDER, Some(mock_url)),
             (MOCK_SLOW_PROVIDER, Some(slow_url)),

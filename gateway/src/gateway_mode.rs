@@ -71,7 +71,8 @@ pub async fn run(
         Catalog::builtin().with_zdr_agreements(config.zdr_hosts()).context("zdr_hosts")?;
     let webhook_secret = config.webhook_secret().map(str::to_owned);
     let app = App {
-        upstream: Upstream::try_new(config.upstream()).context("building the upstream client")?,
+        upstream: Upstream::try_new(config.upstream(), config.upstream_ca_file())
+            .context("building the upstream client")?,
         providers: Providers::from_env(mock_url),
         health: Health::new(&catalog),
         catalog,

@@ -117,6 +117,18 @@ struct MockUpstreamArgs {
     /// Seed of the random faults: the same seed and request order replay the same faults.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first), HTTP/2 or HTTP/1.1 by
+    /// ALPN as providers do; e.g. `solrouter dev-ca`'s `ledger.pem`, with the gateway's
+    /// `SOLROUTER_UPSTREAM_CA_FILE` at its `ca.pem`.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Concurrent HTTP/2 streams per connection (over TLS); a client whose connection is
+    /// full waits.
+    #[arg(long, default_value_t = mock::H2_STREAMS_MAX_DEFAULT)]
+    h2_max_streams: u32,
 }
 
 impl MockUpstreamArgs {
@@ -297,8 +309,20 @@ fn main() -> anyhow::Result<()> {
             let knobs = args.knobs()?;
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(args.listen).await?;
-                dev::say(&format!("listening: http://{}/v1", listener.local_addr()?));
-                mock::serve_with(listener, knobs, dev::shutdown_signal()).await?;
+                let address = listener.local_addr()?;
+                let stopped = dev::shutdown_signal();
+                match (&args.tls_cert, &args.tls_key) {
+                    (Some(cert), Some(key)) => {
+                        let tls = mock::MockTls::from_pem_files(cert, key)?
+                            .with_h2_streams_max(args.h2_max_streams);
+                        dev::say(&format!("listening: https://{address}/v1"));
+                        mock::serve_tls(listener, knobs, tls, stopped).await?;
+                    }
+                    _ => {
+                        dev::say(&format!("listening: http://{address}/v1"));
+                        mock::serve_with(listener, knobs, stopped).await?;
+                    }
+                }
                 Ok(())
             })
         }

@@ -18,7 +18,9 @@ use crate::catalog::Model;
 use crate::codec::{Answered, Codec, StreamEncoder};
 use crate::error::{ApiError, ErrorShape};
 use crate::parse::{self, ParsedChat, GATEWAY_FIELDS};
-use crate::providers::{ChatRequest, Chunk, Completion, Native, NativeFormat, Usage};
+use crate::providers::{
+    ChatRequest, Choice, Chunk, Completion, Message, Native, NativeFormat, Usage,
+};
 use crate::respond::{self, Response};
 use crate::sse::SseEvent;
 use crate::tokens;
@@ -655,25 +657,26 @@ fn tool_input(arguments: &str) -> Value {
 
 /// A translated answer as an Anthropic message.
 fn translated_message(answer: &Answered, completion: Completion, cost: PicoUsd) -> Value {
-    let choice = completion.choices.first().cloned().unwrap_or(Value::Null);
-    let message = &choice["message"];
+    let choice = completion.choices.first();
     let mut content = Vec::new();
-    for field in ["reasoning", "reasoning_content"] {
-        if let Some(thinking) = message[field].as_str().filter(|text| !text.is_empty()) {
-            content.push(json!({"type": "thinking", "thinking": thinking, "signature": ""}));
+    if let Some(message) = choice.and_then(Choice::message) {
+        for field in [&message.reasoning, &message.reasoning_content] {
+            if let Some(thinking) = Message::text(field).filter(|text| !text.is_empty()) {
+                content.push(json!({"type": "thinking", "thinking": thinking, "signature": ""}));
+            }
         }
-    }
-    if let Some(text) = message["content"].as_str().filter(|text| !text.is_empty()) {
-        content.push(json!({"type": "text", "text": text}));
-    }
-    for call in message["tool_calls"].as_array().into_iter().flatten() {
-        let arguments = call["function"]["arguments"].as_str().unwrap_or_default();
-        content.push(json!({
-            "type": "tool_use",
-            "id": call["id"],
-            "name": call["function"]["name"],
-            "input": tool_input(arguments),
-        }));
+        if let Some(text) = Message::text(&message.content).filter(|text| !text.is_empty()) {
+            content.push(json!({"type": "text", "text": text}));
+        }
+        for call in message.tool_calls() {
+            let arguments = call.arguments().unwrap_or_default();
+            content.push(json!({
+                "type": "tool_use",
+                "id": call.id(),
+                "name": call.name(),
+                "input": tool_input(arguments),
+            }));
+        }
     }
     json!({
         "id": answer.id,
@@ -681,7 +684,7 @@ fn translated_message(answer: &Answered, completion: Completion, cost: PicoUsd) 
         "role": "assistant",
         "model": answer.model.id,
         "content": content,
-        "stop_reason": stop_reason(choice["finish_reason"].as_str()),
+        "stop_reason": stop_reason(choice.and_then(Choice::finish_reason)),
         "stop_sequence": null,
         "usage": usage_json(None, &completion.usage, cost),
     })
@@ -758,22 +761,22 @@ impl EventEncoder {
         write_event(out, "content_block_delta", &event);
     }
 
-    fn translate(&mut self, delta: &Value, out: &mut BytesMut) {
-        for field in ["reasoning", "reasoning_content"] {
-            if let Some(thinking) = delta[field].as_str().filter(|text| !text.is_empty()) {
+    fn translate(&mut self, delta: &Message, out: &mut BytesMut) {
+        for field in [&delta.reasoning, &delta.reasoning_content] {
+            if let Some(thinking) = Message::text(field).filter(|text| !text.is_empty()) {
                 let index = self.open_block(Block::Thinking, ContentBlock::Thinking, out);
                 Self::delta(out, index, Delta::Thinking(thinking));
             }
         }
-        if let Some(text) = delta["content"].as_str().filter(|text| !text.is_empty()) {
+        if let Some(text) = Message::text(&delta.content).filter(|text| !text.is_empty()) {
             let index = self.open_block(Block::Text, ContentBlock::Text, out);
             Self::delta(out, index, Delta::Text(text));
         }
-        for call in delta["tool_calls"].as_array().into_iter().flatten() {
-            let call_idx = call["index"].as_u64().unwrap_or(0);
-            let block = ContentBlock::ToolUse { id: &call["id"], name: &call["function"]["name"] };
+        for call in delta.tool_calls() {
+            let call_idx = call.index().unwrap_or(0);
+            let block = ContentBlock::ToolUse { id: call.id(), name: call.name() };
             let index = self.open_block(Block::ToolUse(call_idx), block, out);
-            let arguments = call["function"]["arguments"].as_str().unwrap_or_default();
+            let arguments = call.arguments().unwrap_or_default();
             if !arguments.is_empty() {
                 Self::delta(out, index, Delta::InputJson(arguments));
             }
@@ -868,8 +871,10 @@ impl StreamEncoder for EventEncoder {
         }
         self.start(out);
         for choice in &chunk.choices {
-            self.translate(&choice["delta"], out);
-            if let Some(reason) = choice["finish_reason"].as_str() {
+            if let Some(delta) = choice.delta() {
+                self.translate(delta, out);
+            }
+            if let Some(reason) = choice.finish_reason() {
                 self.finish_reason = Some(reason.to_owned());
             }
         }
@@ -1116,7 +1121,9 @@ mod tests {
         let answer = Answered { id: "gen-1", created_s: 1, model: model(), echo: &Value::Null };
         let mut encoder = MESSAGES.encoder(&answer, false);
         let chunk = |delta: Value, finish: Value| Chunk {
-            choices: vec![json!({"index": 0, "delta": delta, "finish_reason": finish})],
+            choices: vec![Choice::from_tree(
+                json!({"index": 0, "delta": delta, "finish_reason": finish}),
+            )],
             extra: Map::new(),
         };
         let mut out = BytesMut::new();
@@ -1208,7 +1215,10 @@ mod tests {
             encoder.native(&SseEvent { event: Some(kind), data: text }, &mut out);
             // Chunks of a native stream are billed, never written.
             encoder.chunk(
-                &Chunk { choices: vec![json!({"delta": {"content": "x"}})], extra: Map::new() },
+                &Chunk {
+                    choices: vec![Choice::from_tree(json!({"delta": {"content": "x"}}))],
+                    extra: Map::new(),
+                },
                 &mut out,
             );
         }
@@ -1306,14 +1316,14 @@ mod tests {
                 let mut encoder = MESSAGES.encoder(&answer, native);
                 let mut out = BytesMut::new();
                 let chunk = Chunk {
-                    choices: vec![json!({"delta": delta, "finish_reason": delta["type"]})],
+                    choices: vec![Choice::from_tree(json!({"delta": delta, "finish_reason": delta["type"]}))],
                     extra: Map::new(),
                 };
                 encoder.chunk(&chunk, &mut out);
                 encoder.native(&SseEvent { event: None, data: delta.to_string() }, &mut out);
                 encoder.finish(&Usage::default(), PicoUsd(1), &mut out);
                 let completion = Completion {
-                    choices: vec![json!({"message": delta, "finish_reason": request["type"]})],
+                    choices: vec![Choice::from_tree(json!({"message": delta, "finish_reason": request["type"]}))],
                     usage: Usage::default(),
                     extra: Map::new(),
                 };

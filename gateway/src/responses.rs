@@ -23,7 +23,7 @@
 use crate::codec::{Answered, Codec, StreamEncoder};
 use crate::error::{ApiError, ErrorShape};
 use crate::parse::{self, ParsedChat, GATEWAY_FIELDS, MAX_TOKENS_MAX};
-use crate::providers::{Chunk, Completion, Usage};
+use crate::providers::{Choice, Chunk, Completion, Message, ToolCall, Usage};
 use crate::wire::write_event;
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -102,10 +102,11 @@ impl Codec for Responses {
         _native: Option<&[u8]>,
         cost: PicoUsd,
     ) -> Vec<u8> {
-        let choice = completion.choices.first().cloned().unwrap_or(Value::Null);
+        let choice = completion.choices.first();
         let items = ItemIds::new(answer.id);
-        let output = output_items(&items, &choice["message"]);
-        let finish = choice["finish_reason"].as_str();
+        let message = choice.and_then(Choice::message);
+        let output = message.map(|message| output_items(&items, message)).unwrap_or_default();
+        let finish = choice.and_then(Choice::finish_reason);
         let usage = usage_json(&completion.usage, cost);
         let response = response_object(&Head::of(answer), output, finish, usage);
         serde_json::to_vec(&response).unwrap_or_default()
@@ -529,33 +530,33 @@ fn reasoning_item(id: String, content: Vec<Value>) -> Value {
     json!({"type": "reasoning", "id": id, "summary": [], "content": content})
 }
 
-fn call_item(id: String, status: &str, call: &Value, arguments: &str) -> Value {
-    json!({"type": "function_call", "id": id, "status": status, "call_id": call["id"],
-        "name": call["function"]["name"], "arguments": arguments})
+fn call_item(id: String, status: &str, call: &ToolCall, arguments: &str) -> Value {
+    json!({"type": "function_call", "id": id, "status": status, "call_id": call.id(),
+        "name": call.name(), "arguments": arguments})
 }
 
 /// A chat answer's message as Responses output items: its reasoning, its text (or
 /// refusal) as an assistant message, each tool call as a function call.
-fn output_items(items: &ItemIds, message: &Value) -> Vec<Value> {
+fn output_items(items: &ItemIds, message: &Message) -> Vec<Value> {
     let mut output = Vec::new();
-    for field in ["reasoning", "reasoning_content"] {
-        if let Some(text) = message[field].as_str().filter(|text| !text.is_empty()) {
+    for field in [&message.reasoning, &message.reasoning_content] {
+        if let Some(text) = Message::text(field).filter(|text| !text.is_empty()) {
             let content = vec![json!({"type": "reasoning_text", "text": text})];
             output.push(reasoning_item(items.id("rs", output.len()), content));
         }
     }
     let mut content = Vec::new();
-    if let Some(text) = message["content"].as_str().filter(|text| !text.is_empty()) {
+    if let Some(text) = Message::text(&message.content).filter(|text| !text.is_empty()) {
         content.push(text_part(text));
     }
-    if let Some(refusal) = message["refusal"].as_str().filter(|text| !text.is_empty()) {
+    if let Some(refusal) = Message::text(&message.refusal).filter(|text| !text.is_empty()) {
         content.push(json!({"type": "refusal", "refusal": refusal}));
     }
     if !content.is_empty() {
         output.push(message_item(items.id("msg", output.len()), "completed", content));
     }
-    for call in message["tool_calls"].as_array().into_iter().flatten() {
-        let arguments = call["function"]["arguments"].as_str().unwrap_or_default();
+    for call in message.tool_calls() {
+        let arguments = call.arguments().unwrap_or_default();
         output.push(call_item(items.id("fc", output.len()), "completed", call, arguments));
     }
     output
@@ -704,7 +705,9 @@ impl EventEncoder {
 
     /// Opens an item of `kind` unless it is the open one; `call` is the tool call's
     /// first delta. Returns the item's output index.
-    fn open(&mut self, kind: Kind, call: &Value, out: &mut BytesMut) -> usize {
+    /// Opens an item of `kind` (a tool call's: `call`) unless it is the open one;
+    /// returns its output index.
+    fn open(&mut self, kind: Kind, call: Option<&ToolCall>, out: &mut BytesMut) -> usize {
         if let Some(open) = self.open.as_ref().filter(|open| open.kind == kind) {
             return open.output_index;
         }
@@ -715,7 +718,10 @@ impl EventEncoder {
             Kind::Text | Kind::Refusal => {
                 message_item(self.items.id("msg", output_index), "in_progress", Vec::new())
             }
-            Kind::Call(_) => call_item(self.items.id("fc", output_index), "in_progress", call, ""),
+            Kind::Call(_) => {
+                let id = self.items.id("fc", output_index);
+                call_item(id, "in_progress", call.unwrap_or(&ToolCall::default()), "")
+            }
         };
         let added = json!({"output_index": output_index, "item": item});
         self.emit(out, "response.output_item.added", added);
@@ -786,23 +792,23 @@ impl EventEncoder {
         self.output.push(item);
     }
 
-    fn translate(&mut self, delta: &Value, out: &mut BytesMut) {
+    fn translate(&mut self, delta: &Message, out: &mut BytesMut) {
         let texts = [
-            (Kind::Reasoning, "reasoning"),
-            (Kind::Reasoning, "reasoning_content"),
-            (Kind::Refusal, "refusal"),
-            (Kind::Text, "content"),
+            (Kind::Reasoning, &delta.reasoning),
+            (Kind::Reasoning, &delta.reasoning_content),
+            (Kind::Refusal, &delta.refusal),
+            (Kind::Text, &delta.content),
         ];
         for (kind, field) in texts {
-            if let Some(text) = delta[field].as_str().filter(|text| !text.is_empty()) {
-                self.open(kind, &Value::Null, out);
+            if let Some(text) = Message::text(field).filter(|text| !text.is_empty()) {
+                self.open(kind, None, out);
                 self.delta(text, out);
             }
         }
-        for call in delta["tool_calls"].as_array().into_iter().flatten() {
-            let call_idx = call["index"].as_u64().unwrap_or(0);
-            self.open(Kind::Call(call_idx), call, out);
-            let arguments = call["function"]["arguments"].as_str().unwrap_or_default();
+        for call in delta.tool_calls() {
+            let call_idx = call.index().unwrap_or(0);
+            self.open(Kind::Call(call_idx), Some(call), out);
+            let arguments = call.arguments().unwrap_or_default();
             if !arguments.is_empty() {
                 self.delta(arguments, out);
             }
@@ -823,8 +829,10 @@ impl StreamEncoder for EventEncoder {
     fn chunk(&mut self, chunk: &Chunk, out: &mut BytesMut) {
         self.start(out);
         for choice in &chunk.choices {
-            self.translate(&choice["delta"], out);
-            if let Some(reason) = choice["finish_reason"].as_str() {
+            if let Some(delta) = choice.delta() {
+                self.translate(delta, out);
+            }
+            if let Some(reason) = choice.finish_reason() {
                 self.finish_reason = Some(reason.to_owned());
             }
         }
@@ -1030,10 +1038,12 @@ mod tests {
     fn an_answer_is_a_response_object() {
         let answer = Answered { id: "gen-00ff", created_s: 7, model: model(), echo: &Value::Null };
         let completion = Completion {
-            choices: vec![json!({"index": 0, "finish_reason": "tool_calls", "message": {
+            choices: vec![Choice::from_tree(
+                json!({"index": 0, "finish_reason": "tool_calls", "message": {
                 "role": "assistant", "content": "Hi", "reasoning": "hm",
                 "tool_calls": [{"id": "c1", "type": "function",
-                    "function": {"name": "f", "arguments": "{\"a\":1}"}}]}})],
+                    "function": {"name": "f", "arguments": "{\"a\":1}"}}]}}),
+            )],
             usage: usage(),
             extra: Map::new(),
         };
@@ -1062,7 +1072,9 @@ mod tests {
                 "total_tokens": 14, "cost": 0.000005})
         );
         let cut = Completion {
-            choices: vec![json!({"finish_reason": "length", "message": {"content": "a b"}})],
+            choices: vec![Choice::from_tree(
+                json!({"finish_reason": "length", "message": {"content": "a b"}}),
+            )],
             usage: usage(),
             extra: Map::new(),
         };
@@ -1097,7 +1109,9 @@ mod tests {
 
     fn chunk(delta: Value, finish: Value) -> Chunk {
         Chunk {
-            choices: vec![json!({"index": 0, "delta": delta, "finish_reason": finish})],
+            choices: vec![Choice::from_tree(
+                json!({"index": 0, "delta": delta, "finish_reason": finish}),
+            )],
             extra: Map::new(),
         }
     }
@@ -1292,7 +1306,7 @@ mod tests {
             broken.chunk(&chunk(delta.clone(), Value::Null), &mut out);
             broken.fail(&ApiError::internal("cut"), &Usage::default(), PicoUsd(1), &mut out);
             let completion = Completion {
-                choices: vec![json!({"message": delta, "finish_reason": request["type"]})],
+                choices: vec![Choice::from_tree(json!({"message": delta, "finish_reason": request["type"]}))],
                 usage: Usage::default(),
                 extra: Map::new(),
             };

@@ -22,7 +22,7 @@
 //! (`spawn_blocking`) and only on the rare paths above.
 
 use crate::catalog::{Model, Tokenizer};
-use crate::providers::{Chunk, Usage};
+use crate::providers::{Choice, Chunk, Message, Usage};
 use serde_json::{Map, Value};
 
 /// Text kept per request to count what a client received, should its usage never
@@ -87,8 +87,8 @@ fn for_each_message_text(body: &Map<String, Value>, mut visit: impl FnMut(&str))
     }
 }
 
-fn for_each_tool_call_text(message_or_delta: &Value, visit: &mut impl FnMut(&str)) {
-    let Some(Value::Array(calls)) = message_or_delta.get("tool_calls") else { return };
+fn for_each_tool_call_text(message: &Value, visit: &mut impl FnMut(&str)) {
+    let Some(Value::Array(calls)) = message.get("tool_calls") else { return };
     for function in calls.iter().filter_map(|call| call.get("function")) {
         for field in ["name", "arguments"] {
             if let Some(text) = function.get(field).and_then(Value::as_str) {
@@ -121,20 +121,17 @@ pub struct Delivered {
     in_word: bool,
 }
 
-/// Fields of a message or delta that carry generated text.
-const GENERATED_TEXT_FIELDS: [&str; 3] = ["content", "reasoning", "reasoning_content"];
-
 impl Delivered {
     /// Keeps the generated text of one streamed chunk.
     pub fn push_chunk(&mut self, chunk: &Chunk) {
-        for delta in chunk.choices.iter().filter_map(|choice| choice.get("delta")) {
+        for delta in chunk.choices.iter().filter_map(Choice::delta) {
             self.push_generated(delta);
         }
     }
 
     /// Keeps the generated text of a complete response's `choices`.
-    pub fn push_choices(&mut self, choices: &[Value]) {
-        for message in choices.iter().filter_map(|choice| choice.get("message")) {
+    pub fn push_choices(&mut self, choices: &[Choice]) {
+        for message in choices.iter().filter_map(Choice::message) {
             self.push_generated(message);
         }
     }
@@ -149,9 +146,13 @@ impl Delivered {
         self.words
     }
 
-    fn push_generated(&mut self, message_or_delta: &Value) {
-        for field in GENERATED_TEXT_FIELDS {
-            match message_or_delta.get(field) {
+    /// The fields of a message or delta that carry generated text: content, reasoning
+    /// (either name; a string, or an array of `text` parts), tool calls' names and
+    /// arguments.
+    fn push_generated(&mut self, message_or_delta: &Message) {
+        let message = message_or_delta;
+        for text in [&message.content, &message.reasoning, &message.reasoning_content] {
+            match text {
                 Some(Value::String(text)) => self.push(text),
                 Some(Value::Array(parts)) => {
                     for part in parts {
@@ -163,7 +164,13 @@ impl Delivered {
                 _ => {}
             }
         }
-        for_each_tool_call_text(message_or_delta, &mut |text| self.push(text));
+        for function in message.tool_calls().filter_map(|call| call.function()) {
+            for text in [&function.name, &function.arguments] {
+                if let Some(text) = text.as_ref().and_then(Value::as_str) {
+                    self.push(text);
+                }
+            }
+        }
     }
 
     fn push(&mut self, text: &str) {
@@ -306,7 +313,7 @@ mod tests {
         let mut delivered = Delivered::default();
         assert!(delivered.is_empty());
         let chunk = |delta: Value| Chunk {
-            choices: vec![json!({"index": 0, "delta": delta})],
+            choices: vec![Choice::from_tree(json!({"index": 0, "delta": delta}))],
             extra: Map::new(),
         };
         delivered.push_chunk(&chunk(json!({"role": "assistant", "content": "one two "})));
@@ -320,7 +327,8 @@ mod tests {
         delivered.push_chunk(&chunk(json!({"content": "x "})));
         assert_eq!(delivered.tokens_min(), 6);
         let mut plain = Delivered::default();
-        plain.push_choices(&[json!({"message": {"content": [{"type": "text", "text": "a b"}]}})]);
+        let choice = json!({"message": {"content": [{"type": "text", "text": "a b"}]}});
+        plain.push_choices(&[Choice::from_tree(choice)]);
         assert_eq!(plain.tokens(Tokenizer::Words), 2);
     }
 

@@ -2,12 +2,16 @@
 //! legacy client) over rustls with the Mozilla roots, HTTP/2 or HTTP/1.1 as the host
 //! picks by ALPN (plain `http://` hosts, such as the mocks, speak HTTP/1.1), and the four
 //! timeouts of an exchange enforced explicitly, so each failure says which limit it hit.
+//! Exchanges are spread over lanes, each a client of its own pool, at most
+//! [`LANE_EXCHANGES_MAX`] at a time on one: hyper's client keeps one HTTP/2 connection
+//! per host and queues whatever exceeds the host's concurrent-stream limit on it.
 //! No redirects are followed, no proxy from the environment is used, nothing is
 //! decompressed: providers answer API calls directly.
 
 use crate::config::UpstreamTimeouts;
 use crate::providers::{Adapter, UpstreamError, UpstreamRequest};
 use crate::respond::Gathered;
+use anyhow::Context as _;
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT};
 use http::{Method, Request, StatusCode, Uri};
@@ -19,10 +23,14 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::crypto::ring;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use std::fmt::Write as _;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -31,11 +39,15 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 /// The body of a 2xx upstream answer, read with [`next_chunk`] or [`Upstream::body`].
-/// Dropping it mid-body cancels the exchange (the connection closes). Its head is
-/// dropped as it arrives: the head's header values share the connection's first read
-/// buffer, which a stream would otherwise keep allocated, beside the one hyper reads
-/// into next, for as long as it lasts (docs/benchmarks.md, "Memory per stream").
-pub type Body = Incoming;
+/// Dropping it mid-body cancels the exchange (the connection closes) and frees its place
+/// on its lane. Its head is dropped as it arrives: the head's header values share the
+/// connection's first read buffer, which a stream would otherwise keep allocated, beside
+/// the one hyper reads into next, for as long as it lasts (docs/benchmarks.md, "Memory
+/// per stream").
+pub struct Body {
+    incoming: Incoming,
+    _place: LanePlace,
+}
 
 /// Largest complete (non-streamed) response the gateway buffers: a maximal completion
 /// of today's models is a few MiB of JSON; 64 MiB leaves room for inline images.
@@ -43,9 +55,19 @@ pub const RESPONSE_BYTES_MAX: usize = 64 << 20;
 /// Largest error body read from a failing upstream (the adapters' bound, which they
 /// also apply to the error events of a stream).
 pub use crate::providers::ERROR_BYTES_MAX;
-/// Idle connections kept per provider host. Enough for bursts without re-handshaking
-/// TLS; idle ones close after `POOL_IDLE_TIMEOUT`.
-const POOL_IDLE_PER_HOST_MAX: usize = 256;
+/// Exchanges in flight on one lane before the next lane takes more. RFC 9113 recommends
+/// that a host allow at least 100 concurrent streams on a connection; hyper's client
+/// keeps one HTTP/2 connection per host and queues an exchange beyond the host's limit
+/// instead of opening another (hyperium/hyper#3623): 1,000 streams to a host allowing
+/// 200 waited 9.2 s (p50) for their first token (docs/benchmarks.md, session 9).
+pub const LANE_EXCHANGES_MAX: usize = 100;
+/// Lanes: 3,200 exchanges in flight before a lane takes more than its share (then the
+/// least busy one does). An HTTP/1.1 host gets a connection per exchange either way.
+const LANES: usize = 32;
+/// Idle connections kept per provider host on a lane, as many as it carries at once:
+/// enough for bursts without re-handshaking TLS; idle ones close after
+/// `POOL_IDLE_TIMEOUT`.
+const POOL_IDLE_PER_HOST_MAX: usize = LANE_EXCHANGES_MAX;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// TCP keepalive probes on upstream connections (reqwest's defaults, which the gateway
 /// used before): a host that vanished without closing is noticed in about a minute.
@@ -75,19 +97,50 @@ impl Deadlines {
 }
 
 pub struct Upstream {
-    client: Client<Connector, Full<Bytes>>,
+    lanes: Box<[Lane]>,
     timeouts: UpstreamTimeouts,
 }
 
+/// A client with its own connection pool, and how many exchanges it carries now.
+struct Lane {
+    client: Client<Connector, Full<Bytes>>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// An exchange's place on a lane, given back when dropped.
+struct LanePlace(Arc<AtomicUsize>);
+
+impl Drop for LanePlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Upstream {
-    pub fn try_new(timeouts: UpstreamTimeouts) -> Result<Upstream, rustls::Error> {
+    /// A client that trusts the Mozilla roots and the CA certificates of `ca_file` (PEM;
+    /// `upstream_ca_file` in the configuration).
+    pub fn try_new(timeouts: UpstreamTimeouts, ca_file: Option<&Path>) -> anyhow::Result<Upstream> {
         for variable in PROXY_VARIABLES {
             if std::env::var_os(variable).is_some() {
                 tracing::warn!(variable, "ignored: providers are called directly, never by proxy");
             }
         }
-        let mozilla = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        Upstream::trusting(timeouts, mozilla)
+        let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        if let Some(path) = ca_file {
+            let shown = path.display();
+            let mut added = 0;
+            for certificate in CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("reading the upstream CA file {shown}"))?
+            {
+                let certificate =
+                    certificate.with_context(|| format!("a certificate of {shown}"))?;
+                roots.add(certificate).with_context(|| format!("a certificate of {shown}"))?;
+                added += 1;
+            }
+            anyhow::ensure!(added > 0, "the upstream CA file {shown} holds no certificate");
+            tracing::info!(file = %shown, certificates = added, "providers' CAs trusted besides the Mozilla roots");
+        }
+        Ok(Upstream::trusting(timeouts, roots)?)
     }
 
     /// A client that trusts the certificates `roots` names (the Mozilla roots, or a
@@ -112,13 +165,36 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(tcp);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST_MAX)
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(Connector { tls, timeout: timeouts.connect });
-        Ok(Upstream { client, timeouts })
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT);
+        let connector = Connector { tls, timeout: timeouts.connect };
+        let lanes = (0..LANES)
+            .map(|_| Lane { client: builder.build(connector.clone()), in_flight: Arc::default() })
+            .collect();
+        Ok(Upstream { lanes, timeouts })
+    }
+
+    /// A place on the first lane with room, else on the least busy one.
+    fn place(&self) -> (&Lane, LanePlace) {
+        let taken = |lane: &Lane| {
+            let more = |n: usize| (n < LANE_EXCHANGES_MAX).then_some(n + 1);
+            lane.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, more).is_ok()
+        };
+        let lane = match self.lanes.iter().find(|lane| taken(lane)) {
+            Some(lane) => lane,
+            None => {
+                let lane = (self.lanes.iter())
+                    .min_by_key(|lane| lane.in_flight.load(Ordering::Relaxed))
+                    .expect("LANES > 0");
+                lane.in_flight.fetch_add(1, Ordering::Relaxed);
+                lane
+            }
+        };
+        (lane, LanePlace(Arc::clone(&lane.in_flight)))
     }
 
     pub fn timeouts(&self) -> &UpstreamTimeouts {
@@ -147,7 +223,8 @@ impl Upstream {
         // What reqwest sent by default, kept: a host may answer a request without one
         // differently.
         sending.headers_mut().entry(ACCEPT).or_insert(HeaderValue::from_static("*/*"));
-        let exchange = self.client.request(sending);
+        let (lane, place) = self.place();
+        let exchange = lane.client.request(sending);
         let response = match tokio::time::timeout_at(deadlines.first_byte, exchange).await {
             Err(_) => {
                 return Err(timeout(provider, "no response head before the first-byte deadline"))
@@ -155,7 +232,8 @@ impl Upstream {
             Ok(Err(error)) => return Err(transport(provider, &error)),
             Ok(Ok(response)) => response,
         };
-        let (head, mut body) = response.into_parts();
+        let (head, incoming) = response.into_parts();
+        let mut body = Body { incoming, _place: place };
         if head.status.is_success() {
             return Ok(body);
         }
@@ -292,7 +370,7 @@ pub async fn next_chunk(
 ) -> Result<Option<Bytes>, UpstreamError> {
     let idle_deadline = (Instant::now() + deadlines.idle).min(deadlines.total);
     let reading = async {
-        while let Some(frame) = body.frame().await {
+        while let Some(frame) = body.incoming.frame().await {
             // Trailers carry nothing the gateway relays.
             if let Ok(data) = frame?.into_data() {
                 return Ok(Some(data));
@@ -368,7 +446,7 @@ mod tests {
     };
 
     async fn send(url: &str) -> UpstreamError {
-        let upstream = Upstream::try_new(TIMEOUTS).unwrap();
+        let upstream = Upstream::try_new(TIMEOUTS, None).unwrap();
         let adapter = OpenAiCompatible::new("p", Quirks::OPENAI);
         let request = UpstreamRequest {
             url: url.to_owned(),
@@ -417,7 +495,7 @@ mod tests {
 
     /// An HTTPS host on 127.0.0.1 offering `alpn`, answering each request with the HTTP
     /// version it arrived in; and its self-signed certificate.
-    async fn https_host(alpn: &[&[u8]]) -> (std::net::SocketAddr, RootCertStore) {
+    async fn https_host(alpn: &[&[u8]]) -> (std::net::SocketAddr, rcgen::Certificate) {
         use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
         let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
         let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
@@ -451,30 +529,55 @@ mod tests {
                 });
             }
         });
-        let mut roots = RootCertStore::empty();
-        roots.add(certified.cert.der().clone()).unwrap();
-        (address, roots)
+        (address, certified.cert)
+    }
+
+    /// What `upstream` reads from `https://{address}` (the host's HTTP version).
+    async fn version_seen(upstream: &Upstream, address: std::net::SocketAddr) -> Bytes {
+        let adapter = OpenAiCompatible::new("p", Quirks::OPENAI);
+        let request = UpstreamRequest {
+            url: format!("https://{address}/v1/chat/completions"),
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"{}"),
+        };
+        let deadlines = Deadlines::attempt(&TIMEOUTS, Instant::now() + TIMEOUTS.total);
+        let mut body = upstream.send(&adapter, request, &deadlines).await.unwrap();
+        upstream.body(&mut body, &deadlines, "p").await.unwrap()
     }
 
     #[tokio::test]
     async fn https_speaks_http2_when_the_host_offers_it_and_http1_otherwise() {
-        let adapter = OpenAiCompatible::new("p", Quirks::OPENAI);
         let cases: [(&[&[u8]], http::Version); 2] = [
             (&[b"h2", b"http/1.1"], http::Version::HTTP_2),
             (&[b"http/1.1"], http::Version::HTTP_11),
         ];
         for (alpn, expected) in cases {
-            let (address, roots) = https_host(alpn).await;
+            let (address, certificate) = https_host(alpn).await;
+            let mut roots = RootCertStore::empty();
+            roots.add(certificate.der().clone()).unwrap();
             let upstream = Upstream::trusting(TIMEOUTS, roots).unwrap();
-            let request = UpstreamRequest {
-                url: format!("https://{address}/v1/chat/completions"),
-                headers: HeaderMap::new(),
-                body: Bytes::from_static(b"{}"),
-            };
-            let deadlines = Deadlines::attempt(&TIMEOUTS, Instant::now() + TIMEOUTS.total);
-            let mut body = upstream.send(&adapter, request, &deadlines).await.unwrap();
-            let body = upstream.body(&mut body, &deadlines, "p").await.unwrap();
-            assert_eq!(body, format!("{expected:?}"));
+            assert_eq!(version_seen(&upstream, address).await, format!("{expected:?}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_upstream_ca_file_is_trusted_besides_the_mozilla_roots() {
+        let (address, certificate) = https_host(&[b"h2", b"http/1.1"]).await;
+        let directory = tempfile::tempdir().unwrap();
+        let ca_file = directory.path().join("ca.pem");
+        std::fs::write(&ca_file, certificate.pem()).unwrap();
+        let upstream = Upstream::try_new(TIMEOUTS, Some(&ca_file)).unwrap();
+        assert_eq!(version_seen(&upstream, address).await, "HTTP/2.0");
+
+        // Without it the host's certificate is refused.
+        let error = send(&format!("https://{address}/v1/chat/completions")).await;
+        assert!(error.message.contains("certificate"), "{}", error.message);
+        // A file that is missing or holds no certificate stops the start.
+        let empty = directory.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for path in [directory.path().join("missing.pem"), empty] {
+            let error = Upstream::try_new(TIMEOUTS, Some(&path)).err().expect("refused");
+            assert!(format!("{error:#}").contains(&*path.to_string_lossy()), "{error:#}");
         }
     }
 

@@ -6,7 +6,7 @@
 use crate::catalog::Model;
 use crate::codec::StreamEncoder;
 use crate::error::ApiError;
-use crate::providers::{Chunk, Completion, Usage};
+use crate::providers::{write_choices, Choice, Chunk, Completion, Usage};
 use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -105,7 +105,7 @@ struct CompletionJson<'a> {
 }
 
 enum Field<'a> {
-    Choices(&'a [Value]),
+    Choices(&'a [Choice]),
     U64(u64),
     Str(&'a str),
     Usage(&'a UsageJson),
@@ -157,9 +157,11 @@ impl Serialize for CompletionJson<'_> {
 
 /// Writes the chunks of one stream as server-sent events.
 pub struct ChunkEncoder {
-    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,
-    /// "provider":…,"choices":`
-    prefix: Vec<u8>,
+    /// The event being written, reused chunk after chunk: the stream's prefix (`data:
+    /// {"id":…,"object":"chat.completion.chunk","created":…,"model":…,"provider":…,
+    /// "choices":`), written once, then one chunk's choices and the rest.
+    event: Vec<u8>,
+    prefix_len: usize,
 }
 
 impl ChunkEncoder {
@@ -176,27 +178,35 @@ impl ChunkEncoder {
         prefix.put_slice(b",\"provider\":");
         write_json(&mut prefix, provider);
         prefix.put_slice(b",\"choices\":");
-        ChunkEncoder { prefix: prefix.to_vec() }
+        ChunkEncoder { prefix_len: prefix.len(), event: prefix.to_vec() }
+    }
+
+    fn prefix(&self) -> &[u8] {
+        &self.event[..self.prefix_len]
     }
 }
 
 impl StreamEncoder for ChunkEncoder {
+    /// The choices written from their typed members (`write_choices`), the provider's
+    /// pass-through fields after them.
     fn chunk(&mut self, chunk: &Chunk, out: &mut BytesMut) {
-        out.put_slice(&self.prefix);
-        write_json(out, &chunk.choices);
+        let event = &mut self.event;
+        event.truncate(self.prefix_len);
+        write_choices(event, &chunk.choices);
         for (name, value) in &chunk.extra {
-            out.put_u8(b',');
-            write_json(out, name);
-            out.put_u8(b':');
-            write_json(out, value);
+            event.push(b',');
+            serialize_into(&mut *event, name);
+            event.push(b':');
+            serialize_into(&mut *event, value);
         }
-        out.put_slice(b"}\n\n");
+        event.extend_from_slice(b"}\n\n");
+        out.put_slice(event);
     }
 
     /// The last chunk of a complete stream: no choices, the usage with its cost, then
     /// `[DONE]`.
     fn finish(&mut self, usage: &Usage, cost: PicoUsd, out: &mut BytesMut) {
-        out.put_slice(&self.prefix);
+        out.put_slice(self.prefix());
         out.put_slice(b"[],\"usage\":");
         write_json(out, &UsageJson::new(usage, cost));
         out.put_slice(b"}\n\n");
@@ -207,7 +217,7 @@ impl StreamEncoder for ChunkEncoder {
     /// a finish reason of `error`, and the usage charged for what was delivered. No
     /// `[DONE]` follows, so no client mistakes the stream for complete.
     fn fail(&mut self, error: &ApiError, usage: &Usage, cost: PicoUsd, out: &mut BytesMut) {
-        out.put_slice(&self.prefix);
+        out.put_slice(self.prefix());
         out.put_slice(b"[{\"index\":0,\"delta\":{},\"finish_reason\":\"error\"}],\"usage\":");
         write_json(out, &UsageJson::new(usage, cost));
         out.put_slice(b",\"error\":");
@@ -229,7 +239,11 @@ pub fn write_event(out: &mut BytesMut, kind: &str, data: &(impl Serialize + ?Siz
 /// Serializes into the buffer. In-memory serialization of these types cannot fail (no
 /// I/O, no non-string map keys); a failure would be a bug, logged and left out.
 pub fn write_json(out: &mut BytesMut, value: &(impl Serialize + ?Sized)) {
-    if let Err(error) = serde_json::to_writer(out.writer(), value) {
+    serialize_into(out.writer(), value);
+}
+
+fn serialize_into(out: impl std::io::Write, value: &(impl Serialize + ?Sized)) {
+    if let Err(error) = serde_json::to_writer(out, value) {
         tracing::error!(%error, "serializing a stream chunk failed");
     }
 }
@@ -260,7 +274,8 @@ mod tests {
     fn completions_are_written_as_a_sorted_map() {
         let catalog = crate::catalog::Catalog::builtin();
         let model = catalog.get("mock/echo").expect("catalogued");
-        let choices = vec![json!({"index": 0, "message": {"role": "assistant", "content": "hi"}})];
+        let choices = json!([{"index": 0, "message": {"role": "assistant", "content": "hi"}}]);
+        let typed: Vec<Choice> = serde_json::from_value(choices.clone()).expect("choices");
         let extra: Map<String, Value> = [
             ("aaa", json!(1)),
             ("citations", json!(["x"])),
@@ -272,7 +287,7 @@ mod tests {
         .map(|(name, value)| (name.to_owned(), value))
         .collect();
         let usage = Usage { prompt_tokens: 3, completion_tokens: 2, ..Usage::default() };
-        let answer = Completion { choices: choices.clone(), usage, extra: extra.clone() };
+        let answer = Completion { choices: typed, usage, extra: extra.clone() };
         let written = completion("gen-1", 7, model, answer, PicoUsd(7_000_000));
         let mut expected = Map::new();
         expected.insert("id".into(), json!("gen-1"));
@@ -280,7 +295,7 @@ mod tests {
         expected.insert("created".into(), json!(7));
         expected.insert("model".into(), json!(model.id));
         expected.insert("provider".into(), json!(model.provider));
-        expected.insert("choices".into(), Value::Array(choices));
+        expected.insert("choices".into(), choices);
         let usage_json = serde_json::to_value(UsageJson::new(&usage, PicoUsd(7_000_000)));
         expected.insert("usage".into(), usage_json.expect("serializable"));
         for (name, value) in extra {
@@ -296,7 +311,7 @@ mod tests {
     fn encodes_chunks_as_sse() {
         let mut encoder = ChunkEncoder::new("gen-1", 7, "mock/\"echo\"", "mock");
         let chunk = Chunk {
-            choices: vec![json!({"index": 0, "delta": {"content": "hi"}})],
+            choices: vec![Choice::from_tree(json!({"index": 0, "delta": {"content": "hi"}}))],
             extra: [("citations".to_string(), json!(["x"]))].into_iter().collect(),
         };
         let mut out = BytesMut::new();

@@ -283,7 +283,7 @@ async fn cut_after_n_events_sends_n_events_and_no_terminal_event() {
         assert!(
             chunks
                 .iter()
-                .all(|chunk| chunk.choices.iter().all(|choice| choice["finish_reason"].is_null())),
+                .all(|chunk| chunk.choices.iter().all(|choice| choice.finish_reason().is_none())),
             "{}",
             wire.name()
         );
@@ -483,4 +483,96 @@ async fn the_subcommand_serves_its_flags() {
     let Seen::Failed { error, body } = seen else { panic!("expected a 429, got {seen:?}") };
     assert_eq!(error.status.as_u16(), 429);
     assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
+}
+
+/// Over TLS (`solrouter mock-upstream --tls-cert`) the mock serves HTTP/2 or HTTP/1.1 as
+/// the client picks by ALPN, and the gateway's upstream client, trusting the CA by
+/// `upstream_ca_file`, streams through it.
+#[tokio::test]
+async fn over_tls_the_mock_streams_http2_or_http1_by_alpn() {
+    use http::Version;
+    use solrouter_gateway::upstream::{next_chunk, Deadlines, Upstream};
+    let (mock, directory) = start_tls(Knobs::default(), mock::H2_STREAMS_MAX_DEFAULT).await;
+    let file = |name: &str| directory.path().join(name);
+    let wire = &wires()[0];
+    let chat = ask("say hello", true, json!({}));
+    let request = || translate(&*wire.adapter, &wire.endpoint(&mock), &chat, "echo").unwrap();
+
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(file("ca.pem")).unwrap()).unwrap();
+    let h2 = reqwest::Client::builder().add_root_certificate(ca.clone()).build().unwrap();
+    let h1 = reqwest::Client::builder().add_root_certificate(ca).http1_only().build().unwrap();
+    for (client, version) in [(h2, Version::HTTP_2), (h1, Version::HTTP_11)] {
+        let request = request();
+        let response =
+            client.post(&request.url).headers(request.headers).body(request.body).send().await;
+        let response = response.unwrap();
+        assert_eq!(response.version(), version);
+        let mut chunks = Vec::new();
+        let mut translator = wire.adapter.stream(&chat);
+        translator.feed(&response.bytes().await.unwrap(), &mut chunks).unwrap();
+        translator.finish(&mut chunks).unwrap();
+        assert_eq!(assemble_stream(&chunks).text, "say hello", "{version:?}");
+    }
+
+    let timeouts = upstream_timeouts();
+    let upstream = Upstream::try_new(timeouts, Some(&file("ca.pem"))).unwrap();
+    let deadlines = Deadlines::attempt(&timeouts, Instant::now() + timeouts.total);
+    let mut body = upstream.send(&*wire.adapter, request(), &deadlines).await.unwrap();
+    let (mut chunks, mut translator) = (Vec::new(), wire.adapter.stream(&chat));
+    while let Some(bytes) = next_chunk(&mut body, &deadlines, "openai").await.unwrap() {
+        translator.feed(&bytes, &mut chunks).unwrap();
+    }
+    translator.finish(&mut chunks).unwrap();
+    assert_eq!(assemble_stream(&chunks).text, "say hello");
+}
+
+/// A mock over TLS with a dev CA's certificate (`solrouter dev-ca`'s `ledger.pem`) on a
+/// free port, allowing `h2_streams_max` streams per HTTP/2 connection, and the directory
+/// holding `ca.pem`.
+async fn start_tls(knobs: Knobs, h2_streams_max: u32) -> (Mock, tempfile::TempDir) {
+    let directory = tempfile::tempdir().unwrap();
+    solrouter_raft::write_dev_ca(directory.path(), &["127.0.0.1".to_owned()]).unwrap();
+    let file = |name: &str| directory.path().join(name);
+    let tls = mock::MockTls::from_pem_files(&file("ledger.pem"), &file("ledger-key.pem")).unwrap();
+    let tls = tls.with_h2_streams_max(h2_streams_max);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(mock::serve_tls(listener, knobs, tls, stopped));
+    (Mock { base, _stop: stop }, directory)
+}
+
+fn upstream_timeouts() -> solrouter_gateway::config::UpstreamTimeouts {
+    solrouter_gateway::config::UpstreamTimeouts {
+        connect: Duration::from_secs(10),
+        first_byte: Duration::from_secs(10),
+        idle: Duration::from_secs(30),
+        total: Duration::from_secs(30),
+    }
+}
+
+/// More streams than an HTTP/2 host allows on one connection all get their response
+/// heads at once: the upstream client carries the rest on another connection instead of
+/// queueing them until the first ones end (hyper's client alone queues them, and the
+/// streams here last ~10 s).
+#[tokio::test]
+async fn streams_beyond_a_hosts_concurrent_stream_limit_are_not_queued() {
+    use solrouter_gateway::upstream::{Deadlines, Upstream, LANE_EXCHANGES_MAX};
+    let paced = MockConfig { tokens_per_second: 2, ..MockConfig::default() };
+    let limit = u32::try_from(LANE_EXCHANGES_MAX).unwrap();
+    let (mock, directory) = start_tls(Knobs::try_new(paced).unwrap(), limit).await;
+    let timeouts = upstream_timeouts();
+    let upstream = Upstream::try_new(timeouts, Some(&directory.path().join("ca.pem"))).unwrap();
+    let wire = &wires()[0];
+    let chat = ask("one two three four five six seven eight nine ten", true, json!({}));
+    let deadlines = Deadlines::attempt(&timeouts, Instant::now() + timeouts.total);
+    let streams = LANE_EXCHANGES_MAX * 3 / 2;
+    let heads = futures_util::future::join_all((0..streams).map(|_| {
+        let request = translate(&*wire.adapter, &wire.endpoint(&mock), &chat, "echo").unwrap();
+        upstream.send(&*wire.adapter, request, &deadlines)
+    }));
+    let bodies = tokio::time::timeout(Duration::from_secs(5), heads)
+        .await
+        .expect("streams past the host's limit waited for earlier ones to end");
+    assert!(bodies.iter().all(Result::is_ok), "every stream was answered");
 }

@@ -282,7 +282,7 @@ async fn text_stream() {
     assert_eq!(assembled.text, "The capital of France is Paris.");
     assert_eq!(assembled.finish_reason.as_deref(), Some("stop"));
     assert_eq!(usage, Usage { prompt_tokens: 12, completion_tokens: 7, ..Usage::default() });
-    assert_eq!(chunks[0].choices[0]["delta"], json!({"role": "assistant", "content": ""}));
+    assert_eq!(json!(chunks[0].choices[0])["delta"], json!({"role": "assistant", "content": ""}));
     // 12 × $2.50/M + 7 × $10/M.
     assert_eq!(cost(&usage), usd("0.0001"));
 }

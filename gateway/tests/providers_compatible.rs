@@ -68,8 +68,8 @@ async fn deepseek_reasoning_content_becomes_reasoning() {
         .reasoning
         .starts_with("The user is asking for the weather in San Francisco."));
     assert_eq!(assembled.reasoning.chars().count(), 191);
-    let deltas = chunks.iter().flat_map(|chunk| &chunk.choices).map(|choice| &choice["delta"]);
-    assert!(deltas.into_iter().all(|delta| delta.get("reasoning_content").is_none()));
+    let mut deltas = chunks.iter().flat_map(|chunk| &chunk.choices).filter_map(|c| c.delta());
+    assert!(deltas.all(|delta| delta.reasoning_content.is_none()));
 }
 
 /// xAI bills reasoning at the completion price but counts it outside

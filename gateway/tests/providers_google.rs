@@ -476,8 +476,11 @@ async fn text_stream_takes_the_last_cumulative_usage() {
     assert_eq!(assembled.finish_reason.as_deref(), Some("stop"));
     // promptTokenCount went from 15 to 13 in the last event; the last word counts.
     assert_eq!(usage, Usage { prompt_tokens: 13, completion_tokens: 8, ..Usage::default() });
-    assert_eq!(chunks[0].choices[0]["delta"], json!({"role": "assistant", "content": "The"}));
-    let last = &chunks.last().unwrap().choices[0];
+    assert_eq!(
+        json!(chunks[0].choices[0])["delta"],
+        json!({"role": "assistant", "content": "The"})
+    );
+    let last = &json!(chunks.last().unwrap().choices[0]);
     assert_eq!((&last["delta"], &last["finish_reason"]), (&json!({}), &json!("stop")));
 
     let (assembled, usage, _) =
@@ -519,7 +522,7 @@ async fn function_call_streams() {
     );
     assert_eq!(assembled.tool_calls, vec![call]);
     assert_eq!(assembled.finish_reason.as_deref(), Some("tool_calls"));
-    assert_eq!(chunks[0].choices[0]["delta"]["tool_calls"][0]["index"], 0);
+    assert_eq!(json!(chunks[0].choices[0])["delta"]["tool_calls"][0]["index"], 0);
     assert_eq!(
         usage,
         Usage {
@@ -558,7 +561,7 @@ async fn blocked_prompt_stream_is_filtered() {
         assembled,
         Assembled { finish_reason: Some("content_filter".to_owned()), ..Assembled::default() }
     );
-    assert_eq!(chunks[0].choices[0]["delta"], json!({"role": "assistant", "content": ""}));
+    assert_eq!(json!(chunks[0].choices[0])["delta"], json!({"role": "assistant", "content": ""}));
 }
 
 /// Feeds `body` to a fresh translator in pieces ending at `cuts` (sorted offsets), as
@@ -594,7 +597,7 @@ fn error_after_the_events_fails_the_stream() {
     let body = fixture("google/firebase-vertexai-streaming-failure-error-mid-stream.txt");
     let (chunks, result, _) = translate_in_pieces(&body, &[]);
     assert_eq!(assemble_stream(&chunks).text, "First Second ");
-    assert!(chunks.iter().all(|chunk| chunk.choices[0]["finish_reason"].is_null()));
+    assert!(chunks.iter().all(|chunk| json!(chunk.choices[0])["finish_reason"].is_null()));
     let error = result.unwrap_err();
     assert_eq!((error.status.as_u16(), error.fallback), (502, true));
     assert_eq!(error.message, "CANCELLED mid-stream: The operation was cancelled.");

@@ -59,7 +59,10 @@ async fn echo_streams_one_chunk_per_word_then_usage() {
     };
     // Three word chunks and the finish-reason chunk; usage arrives separately.
     assert_eq!(chunks.len(), 4);
-    assert_eq!(chunks[0].choices[0]["delta"], json!({"role": "assistant", "content": "one "}));
+    assert_eq!(
+        json!(chunks[0].choices[0])["delta"],
+        json!({"role": "assistant", "content": "one "})
+    );
     let assembled = assemble_stream(&chunks);
     assert_eq!(assembled.text, "one two  three");
     assert_eq!(assembled.finish_reason.as_deref(), Some("stop"));

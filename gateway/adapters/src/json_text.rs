@@ -124,6 +124,18 @@ impl<'o> ObjectWriter<'o> {
         self.member_raw(name, if value { "true" } else { "false" });
     }
 
+    /// Starts a member named `name`: its value is to be written into the buffer returned.
+    pub fn value_of(&mut self, name: &str) -> &mut Vec<u8> {
+        self.name(name);
+        self.out
+    }
+
+    /// The same for a name already written as JSON, with its colon (`"name":`).
+    pub fn value_after(&mut self, name_text: &str) -> &mut Vec<u8> {
+        self.member_text(name_text);
+        self.out
+    }
+
     /// Opens an object as the value of `name`; [`ObjectWriter::close`] ends it.
     pub fn member_object(&mut self, name: &str) -> ObjectWriter<'_> {
         self.name(name);

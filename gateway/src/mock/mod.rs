@@ -49,6 +49,9 @@
 //!
 //! An event is one SSE event (`data: [DONE]` included). Server-wide timing and random
 //! faults are [`MockConfig`]'s; a request's script applies on top of them.
+//!
+//! Plain `http://` is HTTP/1.1 (or h2c, by the client's preface); [`serve_tls`] serves
+//! `https://` with a [`MockTls`] certificate, HTTP/2 or HTTP/1.1 by ALPN as providers do.
 
 mod anthropic;
 mod cohere;
@@ -76,6 +79,7 @@ use script::{Pause, Script};
 use serde::Deserialize;
 use serde_json::Value;
 use std::future::Future;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -110,6 +114,26 @@ pub async fn serve_with<F: Future>(
     knobs: Knobs,
     shutdown: F,
 ) -> std::io::Result<()> {
+    serve_on(listener, knobs, None, shutdown).await
+}
+
+/// [`serve_with`] over TLS: `https://` with `tls`'s certificate, HTTP/2 or HTTP/1.1 as
+/// the client picks by ALPN, as real providers serve.
+pub async fn serve_tls<F: Future>(
+    listener: TcpListener,
+    knobs: Knobs,
+    tls: MockTls,
+    shutdown: F,
+) -> std::io::Result<()> {
+    serve_on(listener, knobs, Some(tls), shutdown).await
+}
+
+async fn serve_on<F: Future>(
+    listener: TcpListener,
+    knobs: Knobs,
+    tls: Option<MockTls>,
+    shutdown: F,
+) -> std::io::Result<()> {
     let shared = Arc::new(Shared { knobs, requests: AtomicU64::new(0) });
     let permits = Arc::new(Semaphore::new(MOCK_CONNECTIONS_MAX));
     let mut connections = JoinSet::new();
@@ -126,15 +150,80 @@ pub async fn serve_with<F: Future>(
             Err(error) => return Err(error),
         };
         let shared = Arc::clone(&shared);
+        let tls = tls.clone();
         connections.spawn(async move {
             let _permit = permit;
-            let service = service_fn(move |request| handle(Arc::clone(&shared), request));
-            // A connection error (client hung up mid-request) ends that connection only.
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let Some(tls) = tls else {
+                return serve_connection(stream, shared, H2_STREAMS_MAX_DEFAULT).await;
+            };
+            // A client that never completes its handshake holds the permit this long.
+            let handshake = tls.acceptor.accept(stream);
+            if let Ok(Ok(stream)) = tokio::time::timeout(MOCK_TLS_HANDSHAKE_MAX, handshake).await {
+                serve_connection(stream, shared, tls.h2_streams_max).await;
+            }
         });
         while connections.try_join_next().is_some() {}
+    }
+}
+
+/// Serves one connection, HTTP/1.1 or HTTP/2 (by ALPN over TLS; by the client's
+/// preface in plain text) with at most `h2_streams_max` concurrent HTTP/2 streams.
+async fn serve_connection<I>(io: I, shared: Arc<Shared>, h2_streams_max: u32)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| handle(Arc::clone(&shared), request));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(h2_streams_max);
+    // A connection error (client hung up mid-request) ends that connection only.
+    let _ = builder.serve_connection(TokioIo::new(io), service).await;
+}
+
+/// HTTP/2 streams a connection carries at once unless [`MockTls::with_h2_streams_max`]
+/// says otherwise: hyper's default. A client whose connection is full waits for a stream
+/// to end (hyper's client opens no second connection for it).
+pub const H2_STREAMS_MAX_DEFAULT: u32 = 200;
+
+/// How long a TLS client may take over its handshake.
+pub const MOCK_TLS_HANDSHAKE_MAX: Duration = Duration::from_secs(10);
+
+/// The mock's HTTPS identity: a certificate chain and key, ALPN offering `h2` and
+/// `http/1.1` as providers' hosts do. A gateway reaches it over HTTP/2 when it trusts
+/// the certificate's CA (`upstream_ca_file`); `solrouter dev-ca` writes a CA and a server
+/// certificate for 127.0.0.1 (`ledger.pem`, `ledger-key.pem`).
+#[derive(Clone)]
+pub struct MockTls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    h2_streams_max: u32,
+}
+
+impl MockTls {
+    /// Reads `cert` (PEM, leaf first) and `key` (PEM).
+    pub fn from_pem_files(cert: &Path, key: &Path) -> anyhow::Result<MockTls> {
+        use anyhow::Context as _;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("reading {}", cert.display()))?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .with_context(|| format!("reading {}", key.display()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .context("the mock's certificate and key")?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(MockTls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            h2_streams_max: H2_STREAMS_MAX_DEFAULT,
+        })
+    }
+
+    /// At most `streams` concurrent HTTP/2 streams per connection (at least 1).
+    pub fn with_h2_streams_max(self, streams: u32) -> MockTls {
+        MockTls { h2_streams_max: streams.max(1), ..self }
     }
 }
 

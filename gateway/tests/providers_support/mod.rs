@@ -233,7 +233,7 @@ pub struct Assembled {
 
 pub fn assemble_completion(completion: &Completion) -> Assembled {
     assert_eq!(completion.choices.len(), 1, "one choice expected");
-    let choice = &completion.choices[0];
+    let choice = &serde_json::to_value(&completion.choices[0]).unwrap();
     let message = &choice["message"];
     let mut assembled = Assembled {
         text: message["content"].as_str().unwrap_or_default().to_owned(),
@@ -255,6 +255,7 @@ pub fn assemble_stream(chunks: &[Chunk]) -> Assembled {
     let mut assembled = Assembled::default();
     for chunk in chunks {
         for choice in &chunk.choices {
+            let choice = serde_json::to_value(choice).unwrap();
             assert_eq!(choice["index"], 0, "one choice expected");
             let delta = &choice["delta"];
             assembled.text.push_str(delta["content"].as_str().unwrap_or_default());

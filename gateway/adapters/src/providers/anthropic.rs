@@ -2,12 +2,12 @@
 //! blocks, tool results as `tool_result` blocks in user turns, thinking as `reasoning`,
 //! and the typed SSE events (`message_start` … `message_stop`) as OpenAI chunks.
 
-use super::assemble::assistant_message;
+use super::assemble::{self, assistant_message};
 use super::errors::{bad_gateway, classify};
 use super::translate::{self, param_error, Effort, Part, ResponseFormat, ToolChoice};
 use super::{
-    Adapter, ChatRequest, Chunk, Completion, Endpoint, NativeFormat, ParamError, StreamTranslator,
-    Target, UpstreamError, UpstreamRequest, Usage,
+    Adapter, ChatRequest, Choice, Chunk, Completion, Endpoint, NativeFormat, ParamError,
+    StreamTranslator, Target, UpstreamError, UpstreamRequest, Usage,
 };
 use crate::controls::{Controls, Thinking};
 use crate::sse::{SseEvent, SseParser};
@@ -149,7 +149,7 @@ impl Adapter for Anthropic {
         });
         let mut usage = Usage::default();
         apply_usage(&mut usage, &message["usage"]);
-        Ok(Completion { choices: vec![choice], usage, extra: Map::new() })
+        Ok(Completion { choices: vec![Choice::from_tree(choice)], usage, extra: Map::new() })
     }
 
     fn stream(&self, chat: &ChatRequest) -> Box<dyn StreamTranslator> {
@@ -765,10 +765,7 @@ impl AnthropicStream {
 }
 
 fn chunk(delta: Value, finish_reason: Value) -> Chunk {
-    Chunk {
-        choices: vec![json!({"index": 0, "delta": delta, "finish_reason": finish_reason})],
-        extra: Map::new(),
-    }
+    assemble::delta_chunk(delta, finish_reason)
 }
 
 /// An `error` event mid-stream: overload and API errors are the provider's, so
@@ -1014,7 +1011,7 @@ mod tests {
         translator.finish(&mut chunks).unwrap();
         let mut arguments: Vec<String> = Vec::new();
         for chunk in &chunks {
-            let calls = chunk.choices[0]["delta"]["tool_calls"].as_array().cloned();
+            let calls = json!(chunk.choices)[0]["delta"]["tool_calls"].as_array().cloned();
             for call in calls.unwrap_or_default() {
                 let idx = call["index"].as_u64().unwrap() as usize;
                 if arguments.len() <= idx {

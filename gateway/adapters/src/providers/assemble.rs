@@ -2,8 +2,19 @@
 //! wire format (Anthropic, Gemini, Cohere): the assistant message, the citation list, and
 //! `parallel_tool_calls: false` for providers without such a switch.
 
-use super::{Chunk, Completion, StreamTranslator, UpstreamError, Usage};
+use super::{Choice, Chunk, Completion, Loose, StreamTranslator, UpstreamError, Usage};
 use serde_json::{Map, Value};
+
+/// A chunk of one choice (index 0): `delta`, built as a tree, and the finish reason.
+pub fn delta_chunk(delta: Value, finish_reason: Value) -> Chunk {
+    let choice = Choice {
+        delta: Some(Loose::from_tree(delta)),
+        finish_reason: Some(finish_reason),
+        index: Some(Value::from(0)),
+        ..Choice::default()
+    };
+    Chunk { choices: vec![choice], extra: Map::new() }
+}
 
 /// The OpenAI assistant message of a complete response. `content` is `null` only when
 /// the answer is tool calls alone, as OpenAI sends it.
@@ -64,8 +75,13 @@ fn one_tool_call(body: &Map<String, Value>) -> bool {
 pub fn first_tool_call_only(body: &Map<String, Value>, mut completion: Completion) -> Completion {
     if one_tool_call(body) {
         for choice in &mut completion.choices {
-            if let Some(Value::Array(calls)) = choice["message"].get_mut("tool_calls") {
-                calls.truncate(1);
+            let message = choice.message.as_mut().and_then(Loose::typed_mut);
+            if let Some(calls) = message.and_then(|message| message.tool_calls.as_mut()) {
+                match calls {
+                    Loose::Typed(calls) => calls.truncate(1),
+                    Loose::Json(Value::Array(calls)) => calls.truncate(1),
+                    Loose::Json(_) => {}
+                }
             }
         }
     }
@@ -98,18 +114,19 @@ impl FirstToolCallOnly {
         for mut chunk in self.translated.drain(..) {
             let mut said_something = !chunk.extra.is_empty();
             for choice in &mut chunk.choices {
-                said_something |= !choice["finish_reason"].is_null();
-                let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) else {
+                said_something |= choice.finish_reason.as_ref().is_some_and(|r| !r.is_null());
+                let Some(delta) = choice.delta.as_mut().and_then(Loose::typed_mut) else {
                     said_something = true;
                     continue;
                 };
-                if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
+                if let Some(Loose::Typed(calls)) = &mut delta.tool_calls {
                     calls.retain(|call| {
-                        let index = call["index"].as_u64();
-                        *self.index.get_or_insert_with(|| index.unwrap_or(0)) == index.unwrap_or(0)
+                        let index = call.typed().and_then(|call| call.index.as_ref());
+                        let index = index.and_then(Value::as_u64).unwrap_or(0);
+                        *self.index.get_or_insert(index) == index
                     });
                     if calls.is_empty() {
-                        delta.remove("tool_calls");
+                        delta.tool_calls = None;
                     }
                 }
                 said_something |= !delta.is_empty();

@@ -14,8 +14,8 @@ use super::errors::{bad_gateway, classify, truncate};
 use super::openai::bearer_headers;
 use super::translate::{self, param_error, Part, ResponseFormat, ToolChoice};
 use super::{
-    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, Target,
-    UpstreamError, UpstreamRequest, Usage,
+    Adapter, ChatRequest, Choice, Chunk, Completion, Endpoint, ParamError, StreamTranslator,
+    Target, UpstreamError, UpstreamRequest, Usage,
 };
 use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
@@ -117,7 +117,7 @@ impl Adapter for Cohere {
             read_citations(&mut citations, citation);
         }
         let completion = Completion {
-            choices: vec![choice],
+            choices: vec![Choice::from_tree(choice)],
             usage: usage_of(&reply["usage"]),
             extra: citations.extra(),
         };
@@ -582,10 +582,7 @@ fn read_citations(citations: &mut Citations, citation: &Value) -> bool {
 }
 
 fn chunk(delta: Value, finish_reason: Value) -> Chunk {
-    Chunk {
-        choices: vec![json!({"index": 0, "delta": delta, "finish_reason": finish_reason})],
-        extra: Map::new(),
-    }
+    assemble::delta_chunk(delta, finish_reason)
 }
 
 impl StreamTranslator for CohereStream {
@@ -647,10 +644,11 @@ mod tests {
             let sent = translate_request(chat.body.tree(), false, &target).unwrap();
             assert!(!sent.contains_key("parallel_tool_calls"), "{parallel}: nothing forwarded");
             let completion = Cohere.response(&chat, reply.as_bytes()).unwrap();
-            let calls = completion.choices[0]["message"]["tool_calls"].as_array().unwrap();
-            let got: Vec<&str> = calls.iter().map(|call| call["id"].as_str().unwrap()).collect();
+            let calls = completion.choices[0].message().unwrap().tool_calls().collect::<Vec<_>>();
+            let got: Vec<&str> =
+                calls.iter().filter_map(|call| call.id.as_ref()?.as_str()).collect();
             assert_eq!(got, ids, "{parallel}");
-            assert_eq!(completion.choices[0]["finish_reason"], "tool_calls");
+            assert_eq!(completion.choices[0].finish_reason(), Some("tool_calls"));
         }
     }
 

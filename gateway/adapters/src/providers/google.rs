@@ -13,8 +13,8 @@ use super::embed::{self, EmbedRequest, EmbedTarget, Embedder, Embeddings};
 use super::errors::{bad_gateway, classify, truncate, RETRY_AFTER_MAX};
 use super::translate::{self, param_error, Part, ResponseFormat, ToolChoice};
 use super::{
-    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, Target,
-    UpstreamError, UpstreamRequest, Usage,
+    Adapter, ChatRequest, Choice, Chunk, Completion, Endpoint, ParamError, StreamTranslator,
+    Target, UpstreamError, UpstreamRequest, Usage,
 };
 use crate::providers::ERROR_BYTES_MAX;
 use crate::sse::{SseEvent, SseParser};
@@ -110,7 +110,8 @@ impl Adapter for Google {
         };
         let choice =
             json!({"index": 0, "message": output.message(), "finish_reason": finish_reason});
-        let completion = Completion { choices: vec![choice], usage, extra: citations.extra() };
+        let choices = vec![Choice::from_tree(choice)];
+        let completion = Completion { choices, usage, extra: citations.extra() };
         Ok(assemble::first_tool_call_only(chat.body.tree(), completion))
     }
 
@@ -845,10 +846,7 @@ impl GoogleStream {
             delta.insert("role".to_owned(), Value::from("assistant"));
             delta.entry("content").or_insert_with(|| Value::from(""));
         }
-        Chunk {
-            choices: vec![json!({"index": 0, "delta": delta, "finish_reason": finish_reason})],
-            extra: Map::new(),
-        }
+        assemble::delta_chunk(Value::Object(delta), finish_reason)
     }
 
     fn drain(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
@@ -941,10 +939,10 @@ mod tests {
             (Some(false), vec![r#"{"city":"Paris"}"#]),
         ] {
             let completion = Google.response(&chat_with(parallel, false), body.as_bytes()).unwrap();
-            let message = &completion.choices[0]["message"];
+            let message = &json!(completion.choices)[0]["message"];
             let calls = message["tool_calls"].as_array().unwrap();
             assert_eq!(cities(calls), expected, "{parallel:?}");
-            assert_eq!(completion.choices[0]["finish_reason"], "tool_calls");
+            assert_eq!(completion.choices[0].finish_reason(), Some("tool_calls"));
             // The provider generated (and bills) both calls.
             assert_eq!(completion.usage.completion_tokens, 16, "{parallel:?}");
         }
@@ -965,14 +963,16 @@ mod tests {
             translator.finish(&mut chunks).unwrap();
             let calls: Vec<Value> = chunks
                 .iter()
-                .flat_map(|chunk| chunk.choices[0]["delta"]["tool_calls"].as_array().cloned())
+                .flat_map(|chunk| {
+                    json!(chunk.choices)[0]["delta"]["tool_calls"].as_array().cloned()
+                })
                 .flatten()
                 .collect();
             assert_eq!(calls.len(), n_calls, "{parallel:?}: {chunks:?}");
             assert_eq!(calls[0]["function"]["arguments"], r#"{"city":"Paris"}"#);
             assert!(calls.iter().all(|call| call["index"].is_u64()));
             let last = &chunks.last().unwrap().choices[0];
-            assert_eq!(last["finish_reason"], "tool_calls", "{parallel:?}");
+            assert_eq!(last.finish_reason(), Some("tool_calls"), "{parallel:?}");
             assert_eq!(translator.usage().completion_tokens, 16);
         }
     }

@@ -14,6 +14,7 @@
 
 pub mod anthropic;
 mod assemble;
+mod choice;
 pub mod cohere;
 pub mod embed;
 mod errors;
@@ -26,6 +27,7 @@ mod translate;
 /// adapter truncates what it quotes anyway.
 pub const ERROR_BYTES_MAX: usize = 64 << 10;
 
+pub use choice::{write_choices, Choice, Function, Loose, Message, ToolCall};
 pub use embed::{EmbedRequest, EmbedTarget, Embedder, Embeddings, Encoding, Input};
 pub use registry::{host_names, is_mock, Providers, MOCK_PROVIDER, MOCK_SLOW_PROVIDER};
 
@@ -166,7 +168,7 @@ pub struct Endpoint {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     /// The OpenAI `choices` array.
-    pub choices: Vec<Value>,
+    pub choices: Vec<Choice>,
     pub usage: Usage,
     /// Extra top-level fields to pass on (e.g. Perplexity's `citations`).
     pub extra: Map<String, Value>,
@@ -176,7 +178,7 @@ pub struct Completion {
 /// (`id`, `object`, `created`, `model`), which the pipeline adds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
-    pub choices: Vec<Value>,
+    pub choices: Vec<Choice>,
     pub extra: Map<String, Value>,
 }
 

@@ -6,8 +6,8 @@
 use super::embed::{self, EmbedRequest, EmbedTarget, Embedder, Embeddings, Encoding};
 use super::errors::{bad_gateway, classify};
 use super::{
-    Adapter, ChatRequest, Chunk, Completion, Endpoint, ParamError, StreamTranslator, Target,
-    UpstreamError, UpstreamRequest, Usage,
+    Adapter, ChatRequest, Choice, Chunk, Completion, Endpoint, Loose, Message, ParamError,
+    StreamTranslator, Target, UpstreamError, UpstreamRequest, Usage,
 };
 use crate::json_text::{self, Name, Object, ObjectWriter};
 use crate::sse::{SseEvent, SseParser};
@@ -114,8 +114,8 @@ impl Adapter for OpenAiCompatible {
         })
     }
 
-    /// The body is read in one pass ([`WireAnswer`]): only `choices` and the
-    /// pass-through fields become trees, never the envelope the gateway rewrites.
+    /// The body is read in one pass ([`WireAnswer`]): `choices` into typed [`Choice`]s,
+    /// the pass-through fields into trees, never the envelope the gateway rewrites.
     fn response(&self, _chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
         let invalid = |error: &dyn std::fmt::Display| {
             bad_gateway(&self.provider, format!("invalid response: {error}"))
@@ -127,11 +127,11 @@ impl Adapter for OpenAiCompatible {
             return Err(bad_gateway(&self.provider, format!("error in 200 response: {error}")));
         }
         let usage = self.usage_of(answer.usage());
-        let Some(Value::Array(mut choices)) = answer.choices else {
+        let Some(Loose::Typed(mut choices)) = answer.choices else {
             return Err(bad_gateway(&self.provider, "response has no `choices` array"));
         };
         for choice in &mut choices {
-            if let Some(Value::Object(message)) = choice.get_mut("message") {
+            if let Some(message) = choice.message.as_mut().and_then(Loose::typed_mut) {
                 normalise_message(message);
             }
         }
@@ -345,15 +345,16 @@ const CONSUMED_FIELDS: [&str; 11] = [
 ];
 
 /// The top-level members of an OpenAI answer or stream chunk, read in one pass: `choices`
-/// straight into trees (a second pass over their text, as raw values read first, cost as
-/// much again), the usage, Groq's `x_groq` and a non-null `error` as raw text, the rest
+/// straight into typed [`Choice`]s (no tree; a second pass over their text, as raw values
+/// read first, cost as much again), the usage, Groq's `x_groq` and a non-null `error` as raw text, the rest
 /// of [`CONSUMED_FIELDS`] skipped, and every other non-null member kept as raw text to
 /// pass on: OpenAI's `moderation`, `service_tier` and `system_fingerprint`, Perplexity's
 /// `citations` and `search_results`, and whatever fields providers add later. A name
 /// written twice keeps its last value, as a JSON reader's map does.
 #[derive(Default)]
 struct WireAnswer<'a> {
-    choices: Option<Value>,
+    /// A `choices` member that is no array (`null`) is kept as such.
+    choices: Option<Loose<Vec<Choice>>>,
     usage: Option<&'a RawValue>,
     x_groq: Option<&'a RawValue>,
     error: Option<&'a RawValue>,
@@ -424,13 +425,13 @@ fn usage_object(object: &Map<String, Value>) -> Option<&Value> {
 /// Brings a message or delta to OpenRouter's shape: reasoning text in `reasoning`
 /// (DeepSeek and xAI say `reasoning_content`), and `content` a string (Mistral's
 /// reasoning models send an array of `text` and `thinking` parts).
-fn normalise_message(message: &mut Map<String, Value>) {
-    if let Some(reasoning) = message.remove("reasoning_content") {
+fn normalise_message(message: &mut Message) {
+    if let Some(reasoning) = message.reasoning_content.take() {
         if reasoning.as_str().is_some_and(|text| !text.is_empty()) {
-            message.insert("reasoning".to_owned(), reasoning);
+            message.reasoning = Some(reasoning);
         }
     }
-    let Some(Value::Array(parts)) = message.get("content") else {
+    let Some(Value::Array(parts)) = &message.content else {
         return;
     };
     let (mut text, mut thinking) = (String::new(), String::new());
@@ -445,12 +446,12 @@ fn normalise_message(message: &mut Map<String, Value>) {
             _ => {}
         }
     }
-    message.insert("content".to_owned(), Value::String(text));
+    message.content = Some(Value::String(text));
     if !thinking.is_empty() {
         let mut reasoning =
-            message.get("reasoning").and_then(Value::as_str).unwrap_or_default().to_owned();
+            message.reasoning.as_ref().and_then(Value::as_str).unwrap_or_default().to_owned();
         reasoning.push_str(&thinking);
-        message.insert("reasoning".to_owned(), Value::String(reasoning));
+        message.reasoning = Some(Value::String(reasoning));
     }
 }
 
@@ -542,7 +543,7 @@ impl OpenAiStream {
             self.done = true;
             return Ok(());
         }
-        // One pass ([`WireAnswer`]): only `choices` is read into a tree for every chunk;
+        // One pass ([`WireAnswer`]): `choices` is read into typed choices for every chunk;
         // the envelope the gateway rewrites (`id`, `created`, `model`, padding) is never
         // built, the usage only when present.
         let chunk: WireAnswer = json_text::read(&event.data).map_err(|error| {
@@ -562,7 +563,7 @@ impl OpenAiStream {
             self.usage = self.adapter.usage_of(Some(usage));
         }
         let mut choices = match chunk.choices {
-            Some(Value::Array(choices)) => choices,
+            Some(Loose::Typed(choices)) => choices,
             _ => Vec::new(),
         };
         let mut extra = Map::new();
@@ -579,9 +580,8 @@ impl OpenAiStream {
             return Ok(());
         }
         for choice in &mut choices {
-            self.finish_reason_seen |=
-                choice.get("finish_reason").is_some_and(|reason| !reason.is_null());
-            if let Some(Value::Object(delta)) = choice.get_mut("delta") {
+            self.finish_reason_seen |= choice.finish_reason.as_ref().is_some_and(|r| !r.is_null());
+            if let Some(delta) = choice.delta.as_mut().and_then(Loose::typed_mut) {
                 normalise_message(delta);
             }
         }
@@ -628,7 +628,7 @@ impl StreamTranslator for OpenAiStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::ChatBody;
+    use crate::providers::{write_choices, ChatBody};
     use serde_json::json;
 
     fn chat(body: Value, stream: bool) -> ChatRequest {
@@ -839,8 +839,8 @@ mod tests {
         let completion = adapter.response(&chat_text("{}", false), body.to_string().as_bytes());
         let completion = completion.expect("a completion");
         assert_eq!(
-            completion.choices,
-            [json!({"index": 0, "message": {"content": "a", "reasoning": "r"}})]
+            json!(completion.choices),
+            json!([{"index": 0, "message": {"content": "a", "reasoning": "r"}}])
         );
         assert_eq!(
             completion.usage,
@@ -852,7 +852,7 @@ mod tests {
         let twice = r#"{"choices":[],"service_tier":"a","choices":[{"index":1}],"service_tier":"b",
             "usage":{"prompt_tokens":5},"x_groq":{"usage":{"prompt_tokens":9}}}"#;
         let completion = adapter.response(&chat_text("{}", false), twice.as_bytes()).unwrap();
-        assert_eq!(completion.choices, [json!({"index": 1})]);
+        assert_eq!(json!(completion.choices), json!([{"index": 1}]));
         assert_eq!(completion.extra["service_tier"], "b");
         assert_eq!(completion.usage.prompt_tokens, 5);
         for (bad, message) in [
@@ -866,6 +866,30 @@ mod tests {
             let error = adapter.response(&chat_text("{}", false), bad.as_bytes()).unwrap_err();
             assert_eq!(error.message, message, "{bad}");
         }
+    }
+
+    /// What a client receives of a chunk's choices, byte for byte: members sorted as a
+    /// tree wrote them; unknown members (in a choice, a delta, a tool call, its
+    /// function), nulls and logprobs kept; `reasoning_content` renamed; several choices.
+    #[test]
+    fn stream_choices_are_written_as_they_were() {
+        let adapter = OpenAiCompatible::new("openai", Quirks::OPENAI);
+        let mut translator = adapter.stream(&chat_text("{}", true));
+        let event = r#"data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":{"role":"assistant","content":null,"refusal":null,"reasoning_content":"think","tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get","arguments":"{\"a\":"},"x_call":1}],"x_delta":{"z":1,"a":[true]}},"logprobs":{"content":[{"token":"a","logprob":-0.5,"bytes":[97],"top_logprobs":[]}]},"finish_reason":null,"native_finish_reason":null},{"index":1,"delta":{"content":"b\u00e9\/"},"logprobs":null,"finish_reason":"stop"}]}"#;
+        let mut chunks = Vec::new();
+        translator.feed(format!("{event}\n\n").as_bytes(), &mut chunks).expect("a chunk");
+        let mut written = Vec::new();
+        write_choices(&mut written, &chunks[0].choices);
+        let expected = r#"[{"delta":{"content":null,"reasoning":"think","refusal":null,"role":"assistant","tool_calls":[{"function":{"arguments":"{\"a\":","name":"get"},"id":"call_1","index":0,"type":"function","x_call":1}],"x_delta":{"a":[true],"z":1}},"finish_reason":null,"index":0,"logprobs":{"content":[{"bytes":[97],"logprob":-0.5,"token":"a","top_logprobs":[]}]},"native_finish_reason":null},{"delta":{"content":"bé/"},"finish_reason":"stop","index":1,"logprobs":null}]"#;
+        assert_eq!(String::from_utf8(written).expect("utf-8"), expected);
+        assert_eq!(json!(chunks[0].extra), json!({"system_fingerprint": "fp"}));
+        // An empty reasoning text is dropped, as before.
+        let empty =
+            r#"data: {"choices":[{"index":0,"delta":{"reasoning_content":"","content":"x"}}]}"#;
+        translator.feed(format!("{empty}\n\n").as_bytes(), &mut chunks).expect("a chunk");
+        let mut written = Vec::new();
+        write_choices(&mut written, &chunks[1].choices);
+        assert_eq!(written, br#"[{"delta":{"content":"x"},"index":0}]"#);
     }
 
     #[test]
