@@ -7,7 +7,8 @@
 //! corrupted record is refused ([`CodecError::Corrupt`]) instead of applied.
 //!
 //! On disk this covers the log entries, the vote, the committed and purged log ids, the
-//! snapshot record (its metadata) and the snapshot payload (the ledger); on the wire, every
+//! snapshot record (its metadata) and the snapshot payload (the ledger, stored in pieces:
+//! [`encode_in_chunks`]); on the wire, every
 //! Raft RPC and `LedgerService` payload. A value whose header is missing or names a
 //! version this build does not read is refused with [`CodecError`], never decoded as
 //! something else.
@@ -81,6 +82,87 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     let checksum = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&checksum.to_le_bytes());
     Ok(bytes)
+}
+
+/// What [`encode`] writes for `value`, cut into pieces of `chunk_bytes` (the last may be
+/// shorter): their concatenation is `encode(value)`. No buffer holds the whole encoding,
+/// and none grows by reallocation, so a large value (a snapshot's ledger) is held once,
+/// in pieces a store can take one at a time, where [`encode`]'s doubling vector held up
+/// to twice its size, and a copy of it.
+pub fn encode_in_chunks<T: Serialize + ?Sized>(
+    value: &T,
+    chunk_bytes: usize,
+) -> Result<Vec<Vec<u8>>, CodecError> {
+    assert!(chunk_bytes > 0, "chunks hold at least a byte");
+    let mut chunks = Chunks::new(chunk_bytes);
+    chunks.append(&FORMAT_MAGIC);
+    chunks.append(&[FORMAT_VERSION]);
+    let mut chunks =
+        postcard::serialize_with_flavor(value, chunks).map_err(CodecError::Unencodable)?;
+    let checksum = chunks.checksum();
+    chunks.append(&checksum.to_le_bytes());
+    Ok(chunks.into_chunks())
+}
+
+/// A postcard flavor writing into pieces of a fixed size; the CRC-32 of every full piece
+/// is taken as it is sealed.
+struct Chunks {
+    chunk_bytes: usize,
+    sealed: Vec<Vec<u8>>,
+    open: Vec<u8>,
+    crc: crc32fast::Hasher,
+}
+
+impl Chunks {
+    fn new(chunk_bytes: usize) -> Chunks {
+        let open = Vec::with_capacity(chunk_bytes);
+        Chunks { chunk_bytes, sealed: Vec::new(), open, crc: crc32fast::Hasher::new() }
+    }
+
+    fn append(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.open.len() == self.chunk_bytes {
+                let full = std::mem::replace(&mut self.open, Vec::with_capacity(self.chunk_bytes));
+                self.crc.update(&full);
+                self.sealed.push(full);
+            }
+            let (now, later) = bytes.split_at(bytes.len().min(self.chunk_bytes - self.open.len()));
+            self.open.extend_from_slice(now);
+            bytes = later;
+        }
+    }
+
+    /// The CRC-32 of everything appended so far.
+    fn checksum(&self) -> u32 {
+        let mut crc = self.crc.clone();
+        crc.update(&self.open);
+        crc.finalize()
+    }
+
+    fn into_chunks(mut self) -> Vec<Vec<u8>> {
+        if !self.open.is_empty() {
+            self.sealed.push(self.open);
+        }
+        self.sealed
+    }
+}
+
+impl postcard::ser_flavors::Flavor for Chunks {
+    type Output = Chunks;
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.append(&[byte]);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.append(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Chunks> {
+        Ok(self)
+    }
 }
 
 /// The length of what [`encode`] writes for `value`, header and checksum included,
@@ -395,16 +477,15 @@ mod tests {
         check_carried_over(include_bytes!("../tests/fixtures/ledger-v8.bin"), 8);
     }
 
-    /// A ledger remembering holds and op ids over several of its windows' chunks round-trips.
-    #[test]
-    fn a_ledger_with_many_remembered_entries_round_trips() {
+    /// A ledger remembering `n_holds` ended holds and as many op ids.
+    fn ledger_remembering(n_holds: u128) -> Ledger {
         let mut ledger = Ledger::new();
         for mut batch in legacy_history() {
             batch.stamp_ms = 1;
             ledger.apply(&batch);
         }
         let (account, key) = (AccountId(7), KeyId(1));
-        for hold in 100..3_000u128 {
+        for hold in 100..100 + n_holds {
             let amount = PicoUsd(1);
             let reserve = Op::Reserve { account, key, hold: HoldId(hold), amount, ttl_ms: 9 };
             // Refused (no such key), and remembered by op id.
@@ -415,6 +496,29 @@ mod tests {
             ];
             ledger.apply(&Batch { stamp_ms: hold as u64, commands });
         }
+        ledger
+    }
+
+    /// Cut into pieces of any size, the encoding is the same bytes: every piece but the
+    /// last is full, and none is empty.
+    #[test]
+    fn an_encoding_in_chunks_is_the_encoding_cut_up() {
+        let ledger = ledger_remembering(2_900);
+        let whole = encode(&ledger).unwrap();
+        for chunk_bytes in [1, 3, 4, 5, 1_000, whole.len() - 1, whole.len(), whole.len() + 1] {
+            let chunks = encode_in_chunks(&ledger, chunk_bytes).unwrap();
+            assert_eq!(chunks.concat(), whole, "in chunks of {chunk_bytes} bytes");
+            let (last, full) = chunks.split_last().unwrap();
+            assert!(full.iter().all(|chunk| chunk.len() == chunk_bytes));
+            assert!((1..=chunk_bytes).contains(&last.len()));
+        }
+        assert_eq!(encode_in_chunks(&batch(), 1 << 20).unwrap(), [encode(&batch()).unwrap()]);
+    }
+
+    /// A ledger remembering holds and op ids over several of its windows' chunks round-trips.
+    #[test]
+    fn a_ledger_with_many_remembered_entries_round_trips() {
+        let ledger = ledger_remembering(2_900);
         assert!(ledger.n_ended_holds_remembered() > 2_500, "most expired");
         assert!(ledger.n_op_ids_remembered() > 2_500);
         let decoded = decode_ledger(&encode(&ledger).unwrap()).unwrap();

@@ -60,7 +60,14 @@ pub type KvPair<T> = (<T as KvTree>::Value, <T as KvTree>::Value);
 /// log's hot pages are its tail, written and read back by replication and apply; a larger
 /// cache only fills with old entries, and a cache that fills for minutes makes the
 /// process look as if it grew with requests served.
-const REDB_CACHE_BYTES: usize = 16 * 1024 * 1024;
+pub const REDB_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// What redb may keep of the snapshots in memory. A snapshot is read back only once
+/// after its save, to restore, or to send it to a follower, so a cache only holds pages
+/// nobody reads: redb moves every page it writes into its read cache while there is
+/// room, and with the log's 16 MiB each saved snapshot stayed in memory, up to 16 MiB,
+/// until the next. Room for about two of its pieces (`state_machine.rs`), which redb
+/// writes out one by one as the next comes in.
+pub const REDB_SNAPSHOT_CACHE_BYTES: usize = 2 * 1024 * 1024;
 /// Writes waiting for the writer thread at most; a writer beyond waits for room. Each group
 /// has about one log write, one vote or committed index and one snapshot or purge in
 /// flight at a time, so this bounds a node of hundreds of groups only under a stall.
@@ -103,11 +110,12 @@ pub struct NodeStores {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the database file at `path` and starts its writer thread. Fails
-    /// with `DatabaseError::DatabaseAlreadyOpen` while another handle in this process, or
+    /// Opens (or creates) the database file at `path`, keeping at most `cache_bytes` of it
+    /// in memory, and starts its writer thread. Fails with
+    /// `DatabaseError::DatabaseAlreadyOpen` while another handle in this process, or
     /// another process, has it open.
-    pub fn open(path: &Path) -> Result<RedbStore, redb::DatabaseError> {
-        let db = Arc::new(redb::Builder::new().set_cache_size(REDB_CACHE_BYTES).create(path)?);
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<RedbStore, redb::DatabaseError> {
+        let db = Arc::new(redb::Builder::new().set_cache_size(cache_bytes).create(path)?);
         let (writes_tx, writes_rx) = mpsc::channel(REDB_QUEUE_MAX);
         let writer = Arc::clone(&db);
         std::thread::Builder::new()
@@ -260,7 +268,7 @@ mod tests {
     #[tokio::test]
     async fn a_deferred_write_lands_with_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(&dir.path().join("kv.redb")).unwrap();
+        let store = RedbStore::open(&dir.path().join("kv.redb"), REDB_CACHE_BYTES).unwrap();
         let (meta, log) = (store.tree("0/meta"), store.tree("0/log"));
         let put = |value: &[u8]| vec![(b"k".to_vec(), Some(value.to_vec()))];
         meta.write(put(b"deferred"), Durability::Deferred).await.unwrap();

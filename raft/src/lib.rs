@@ -53,13 +53,18 @@ pub use history::{
 };
 /// The storage interface and its redb engine, public for the log store bake-off
 /// (`bench/src/bin/log_bakeoff.rs`), which drives every candidate through it.
-pub use kv::{Durability, KvBatch, KvPair, KvTree, RedbStore, RedbTree};
+pub use kv::{
+    Durability, KvBatch, KvPair, KvTree, RedbStore, RedbTree, REDB_CACHE_BYTES,
+    REDB_SNAPSHOT_CACHE_BYTES,
+};
 pub use membership::{IDENTIFY_TIMEOUT, LEARNER_CATCH_UP_TIMEOUT, VOTERS_REACHABLE_TIMEOUT};
 pub use node::{
     group_of_account, group_of_slot, slot_of, ClusterConfig, ClusterStart, LedgerNode, NodeOptions,
     NodeStats, FOUNDER_IDENTIFY_TIMEOUT, FOUNDING_RETRY_INTERVAL,
 };
 pub use reads::{LedgerApi, LedgerHandle};
+#[cfg(any(test, feature = "test-support"))]
+pub use state_machine::snapshot_stored_whole;
 pub use tls::{
     write_dev_ca, TlsConfig, DEV_CA_CERT, DEV_CLIENT_CERT, DEV_CLIENT_KEY, DEV_LEDGER_CERT,
     DEV_LEDGER_KEY,

@@ -11,7 +11,7 @@ use crate::grpc::raft_service_server::RaftServiceServer;
 use crate::grpc_network::{self, GrpcNetwork, RaftRpcServer};
 use crate::history::{self, History, HistoryStats, HISTORY_FILE, HISTORY_RETENTION_DEFAULT};
 use crate::incarnation::{self, Identified, Identity, Incarnation, IDENTITY_TREE};
-use crate::kv::{NodeStores, RedbStore};
+use crate::kv::{NodeStores, RedbStore, REDB_CACHE_BYTES, REDB_SNAPSHOT_CACHE_BYTES};
 use crate::membership;
 use crate::network::NoPeers;
 use crate::reads::GroupAccess;
@@ -856,15 +856,16 @@ async fn open_stores(data_dir: &Path) -> Result<NodeStores, LedgerError> {
     }
     std::fs::create_dir_all(data_dir)
         .map_err(|e| LedgerError::storage("creating the data directory", e))?;
-    let log = open_store(&data_dir.join(DATA_FILE_NAME)).await?;
-    let snapshots = open_store(&data_dir.join(SNAPSHOT_FILE_NAME)).await?;
+    let log = open_store(&data_dir.join(DATA_FILE_NAME), REDB_CACHE_BYTES).await?;
+    let snapshots =
+        open_store(&data_dir.join(SNAPSHOT_FILE_NAME), REDB_SNAPSHOT_CACHE_BYTES).await?;
     Ok(NodeStores { log, snapshots })
 }
 
-async fn open_store(path: &Path) -> Result<RedbStore, LedgerError> {
+async fn open_store(path: &Path, cache_bytes: usize) -> Result<RedbStore, LedgerError> {
     let mut attempt = 1;
     loop {
-        match RedbStore::open(path) {
+        match RedbStore::open(path, cache_bytes) {
             Ok(store) => return Ok(store),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) if attempt < OPEN_LOCK_ATTEMPTS_MAX => {
                 attempt += 1;

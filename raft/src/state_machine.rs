@@ -20,6 +20,7 @@ use crate::types::{
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use solrouter_ledger::{settled_records, Ledger, Outcome};
 use std::io::Cursor;
@@ -27,7 +28,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::{watch, Mutex};
 
+/// Where builds before this one kept a snapshot, its metadata and payload in one value
+/// ([`StoredSnapshot`]): read while no [`KEY_HEAD`] is stored, removed by the next save.
 const KEY_SNAPSHOT: &[u8] = b"current";
+/// The saved snapshot's [`SnapshotHead`]; its payload is in pieces under [`piece_key`].
+const KEY_HEAD: &[u8] = b"head";
+/// Bytes of one stored piece of a snapshot's payload. redb holds a value whole in memory
+/// while it writes it, on a page of the next power of two (a 5 MB snapshot on an 8 MiB
+/// page, beside the encoded copy), where pieces stay within its write buffer, which
+/// writes the excess out as it goes; a little under 1 MiB, so a piece and its leaf's
+/// header fit a 1 MiB page.
+const SNAPSHOT_PIECE_BYTES: usize = (1 << 20) - 4096;
 
 /// What the state machine has applied. One lock covers all three fields so a snapshot
 /// always pairs a ledger with the exact log id and membership it reflects.
@@ -61,12 +72,28 @@ impl SharedState {
     }
 }
 
-/// A snapshot as persisted: openraft's metadata plus the encoded ledger bytes
-/// (the payload followers receive); both encoded by [`codec`], so both carry its header.
+/// A snapshot: openraft's metadata plus the encoded ledger bytes (the payload followers
+/// receive, [`codec::encode`]d). Older builds stored it so, encoded whole under
+/// [`KEY_SNAPSHOT`]; this one stores a [`SnapshotHead`] and the payload in pieces.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
+}
+
+/// What is stored under [`KEY_HEAD`]: the snapshot's metadata and how its payload was cut
+/// (`n_pieces` values under [`piece_key`], `n_bytes` in all), written in one transaction
+/// with the pieces.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHead {
+    meta: SnapshotMeta,
+    n_bytes: u64,
+    n_pieces: u32,
+}
+
+/// The key of the `index`th piece of the saved snapshot's payload.
+fn piece_key(index: u32) -> Vec<u8> {
+    [&b"piece/"[..], &index.to_be_bytes()].concat()
 }
 
 /// Test-only: sees each entry as it is applied (the simulation's invariant checks).
@@ -89,11 +116,23 @@ pub(crate) enum CpuWork {
     Snapshot { bytes: usize },
 }
 
-/// Test-only: the index a stored snapshot (as `save_snapshot` wrote it) covers.
+/// For tests (feature `test-support`): the value an older build stored under `current`
+/// for the snapshot whose head (as stored under `head`) and payload (its pieces, put
+/// together) are given, to lay a data directory out as that build did.
+#[cfg(any(test, feature = "test-support"))]
+pub fn snapshot_stored_whole(head: &[u8], payload: &[u8]) -> Option<Vec<u8>> {
+    let head: SnapshotHead = codec::decode(head).ok()?;
+    codec::encode(&StoredSnapshot { meta: head.meta, data: payload.to_vec() }).ok()
+}
+
+/// Test-only: the index the snapshot saved in `tree` (a simulated disk's snapshot tree)
+/// covers.
 #[cfg(test)]
-pub(crate) fn stored_snapshot_index(bytes: &[u8]) -> Option<u64> {
-    let stored: StoredSnapshot = codec::decode(bytes).ok()?;
-    stored.meta.last_log_id.map(|id| id.index)
+pub(crate) fn stored_snapshot_index(
+    tree: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Option<u64> {
+    let head: SnapshotHead = codec::decode(tree.get(KEY_HEAD)?).ok()?;
+    head.meta.last_log_id.map(|id| id.index)
 }
 
 #[derive(Clone)]
@@ -117,7 +156,8 @@ pub struct StateMachine<K: KvTree = RedbTree> {
 impl StateMachine {
     /// Opens group `group`'s snapshots in `stores.snapshots`. A snapshot that an older build
     /// saved in the log's database is first copied over, durably (the log may be purged up
-    /// to it, so the node could not start without it); the old copy is left in place.
+    /// to it, so the node could not start without it), unless one is saved there already;
+    /// the old copy is left in place.
     pub async fn open(
         stores: &NodeStores,
         group: u32,
@@ -126,7 +166,9 @@ impl StateMachine {
         let name = format!("{group}/snapshot");
         let snapshots = stores.snapshots.tree(&name);
         let read_error = |e: &redb::Error| StorageIOError::read_snapshot(None, e);
-        if snapshots.get(KEY_SNAPSHOT).map_err(|e| read_error(&e))?.is_none() {
+        let saved = |key| snapshots.get(key).map(|value| value.is_some());
+        let any_saved = saved(KEY_HEAD).and_then(|head| Ok(head || saved(KEY_SNAPSHOT)?));
+        if !any_saved.map_err(|e| read_error(&e))? {
             let legacy = stores.log.tree(&name).get(KEY_SNAPSHOT).map_err(|e| read_error(&e))?;
             if let Some(bytes) = legacy {
                 let batch = vec![(KEY_SNAPSHOT.to_vec(), Some(bytes))];
@@ -199,27 +241,41 @@ impl<K: KvTree> StateMachine<K> {
         self.saved.subscribe()
     }
 
-    /// Persists the snapshot, `fdatasync`ed, unless the one on stable storage is newer,
-    /// and then lets the log store purge the entries it covers (see
-    /// [`StateMachine::saved_snapshot`]); the history records of those entries are synced
-    /// first. Encodes off the runtime (a copy of the whole snapshot); hands `stored` back.
-    async fn save_snapshot(&self, stored: StoredSnapshot) -> Result<StoredSnapshot, StorageError> {
+    /// Persists the snapshot of `meta` whose payload is `pieces` (in order), `fdatasync`ed,
+    /// unless the one on stable storage is newer, and then lets the log store purge the
+    /// entries it covers (see [`StateMachine::saved_snapshot`]); the history records of
+    /// those entries are synced first. The head and every piece go in one transaction, so
+    /// a crash keeps the old snapshot or the new one, whole. Hands the snapshot back: as
+    /// read back from the store (one copy of the payload, made once the pieces are
+    /// written and let go), or, when a newer one was saved, as built.
+    async fn save_snapshot(
+        &self,
+        meta: SnapshotMeta,
+        pieces: Vec<Vec<u8>>,
+    ) -> Result<StoredSnapshot, StorageError> {
         let _saving = self.saving.lock().await;
-        if stored.meta.last_log_id < *self.saved.borrow() {
-            return Ok(stored);
+        if meta.last_log_id < *self.saved.borrow() {
+            return Ok(StoredSnapshot { meta, data: pieces.concat() });
         }
-        let signature = Some(stored.meta.signature());
+        let signature = Some(meta.signature());
         let write_error = |e: &dyn std::error::Error| {
             StorageIOError::write_snapshot(signature.clone(), openraft::AnyError::error(e))
         };
         let synced = self.history.off_runtime(History::sync).await;
         synced.map_err(|e| write_error(&e))?.map_err(|e| write_error(&e))?;
-        let encoded = self.history.off_runtime(move |_| (codec::encode(&stored), stored)).await;
-        let (bytes, stored) = encoded.map_err(|e| write_error(&e))?;
-        let batch = vec![(KEY_SNAPSHOT.to_vec(), Some(bytes.map_err(|e| write_error(&e))?))];
+        let before: Option<SnapshotHead> = load(&self.snapshots, KEY_HEAD)?;
+        let n_pieces_before = before.map_or(0, |head| head.n_pieces);
+        let n_pieces = u32::try_from(pieces.len()).expect("a snapshot of under 4 PB");
+        let n_bytes = pieces.iter().map(|piece| piece.len() as u64).sum();
+        let head = SnapshotHead { meta, n_bytes, n_pieces };
+        let head_bytes = codec::encode(&head).map_err(|e| write_error(&e))?;
+        let mut batch = vec![(KEY_HEAD.to_vec(), Some(head_bytes)), (KEY_SNAPSHOT.to_vec(), None)];
+        batch.extend((0..).zip(pieces).map(|(index, piece)| (piece_key(index), Some(piece))));
+        batch.extend((n_pieces..n_pieces_before).map(|index| (piece_key(index), None)));
         self.snapshots.write(batch, Durability::Durable).await.map_err(|e| write_error(&e))?;
-        self.saved.send_replace(stored.meta.last_log_id);
-        Ok(stored)
+        self.saved.send_replace(head.meta.last_log_id);
+        let gone = || codec::CodecError::Malformed("the snapshot just saved is gone".into());
+        load_snapshot(&self.snapshots)?.ok_or_else(|| write_error(&gone()).into())
     }
 
     /// Applies `entries` under the state lock and queues the records they settled;
@@ -260,12 +316,41 @@ impl<K: KvTree> StateMachine<K> {
     }
 }
 
-fn load_snapshot<K: KvTree>(snapshots: &K) -> Result<Option<StoredSnapshot>, StorageError> {
-    let bytes = snapshots.get(KEY_SNAPSHOT).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+/// The value stored under `key`, decoded.
+fn load<K: KvTree, T: DeserializeOwned>(
+    snapshots: &K,
+    key: &[u8],
+) -> Result<Option<T>, StorageError> {
+    let bytes = snapshots.get(key).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
     let decode = |b: K::Value| {
         codec::decode(b.as_ref()).map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     };
     bytes.map(decode).transpose()
+}
+
+/// The saved snapshot, its payload put back together from its pieces (one buffer of its
+/// exact size); or, stored by an older build, as it stored it.
+fn load_snapshot<K: KvTree>(snapshots: &K) -> Result<Option<StoredSnapshot>, StorageError> {
+    let Some(head) = load::<K, SnapshotHead>(snapshots, KEY_HEAD)? else {
+        return load(snapshots, KEY_SNAPSHOT);
+    };
+    let read_error = |e: &dyn std::error::Error| {
+        let signature = Some(head.meta.signature());
+        StorageIOError::read_snapshot(signature, openraft::AnyError::error(e))
+    };
+    let malformed = |why: String| read_error(&codec::CodecError::Malformed(why));
+    let n_bytes = usize::try_from(head.n_bytes).map_err(|e| read_error(&e))?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(n_bytes).map_err(|e| read_error(&e))?;
+    for index in 0..head.n_pieces {
+        let piece = snapshots.get(&piece_key(index)).map_err(|e| read_error(&e))?;
+        let piece = piece.ok_or_else(|| malformed(format!("piece {index} is missing")))?;
+        data.extend_from_slice(piece.as_ref());
+    }
+    if data.len() != n_bytes {
+        return Err(malformed(format!("{} bytes in pieces, {n_bytes} expected", data.len())).into());
+    }
+    Ok(Some(StoredSnapshot { meta: head.meta, data }))
 }
 
 fn restore(meta: &SnapshotMeta, data: &[u8]) -> Result<Applied, StorageError> {
@@ -298,13 +383,16 @@ impl<K: KvTree> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
             };
             (applied.ledger.clone(), meta)
         };
-        let encoded = self.history.off_runtime(move |_| codec::encode(&ledger)).await;
-        let data = encoded
+        let encoded = self
+            .history
+            .off_runtime(move |_| codec::encode_in_chunks(&ledger, SNAPSHOT_PIECE_BYTES))
+            .await;
+        let pieces = encoded
             .map_err(|e| StorageIOError::read_state_machine(&e))?
             .map_err(|e| StorageIOError::read_state_machine(&e))?;
         #[cfg(test)]
-        self.spend(CpuWork::Snapshot { bytes: data.len() }).await;
-        let stored = self.save_snapshot(StoredSnapshot { meta, data }).await?;
+        self.spend(CpuWork::Snapshot { bytes: pieces.iter().map(Vec::len).sum() }).await;
+        let stored = self.save_snapshot(meta, pieces).await?;
         let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.state.snapshot_build_ms_last.store(took_ms, Ordering::Relaxed);
         self.state.snapshot_bytes_last.store(stored.data.len() as u64, Ordering::Relaxed);
@@ -356,7 +444,9 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let restored = restore(meta, &data)?;
-        self.save_snapshot(StoredSnapshot { meta: meta.clone(), data }).await?;
+        let pieces = data.chunks(SNAPSHOT_PIECE_BYTES).map(<[u8]>::to_vec).collect();
+        drop(data);
+        self.save_snapshot(meta.clone(), pieces).await?;
         *self.state.write() = restored;
         // The records of the entries the snapshot covers were never applied here.
         self.history.request_backfill(self.group);
@@ -375,7 +465,7 @@ mod tests {
     use crate::history::{
         HistoryQuery, PowerLossDisk, UsageQuery, HISTORY_QUEUE_MAX, HISTORY_RETENTION_DEFAULT,
     };
-    use crate::sim::storage::{Disk, MemStore};
+    use crate::sim::storage::{Disk, MemStore, MemTree};
     use crate::ELECTION_TIMEOUT_MIN;
     use openraft::{CommittedLeaderId, LogId};
     use rand::rngs::StdRng;
@@ -383,6 +473,7 @@ mod tests {
     use solrouter_ledger::{
         AccountId, Batch, Command, HoldId, Op, OpId, PicoUsd, RequestRecord, BATCH_COMMANDS_MAX,
     };
+    use std::ops::Bound;
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
 
@@ -390,14 +481,18 @@ mod tests {
         History::in_memory(HISTORY_RETENTION_DEFAULT).expect("an in-memory history")
     }
 
-    fn stored_at(index: u64) -> StoredSnapshot {
+    fn meta_at(index: u64) -> SnapshotMeta {
         let last_log_id = Some(LogId::new(CommittedLeaderId::new(1, 1), index));
-        let meta = SnapshotMeta {
+        SnapshotMeta {
             last_log_id,
             last_membership: StoredMembership::default(),
             snapshot_id: format!("1-{index}"),
-        };
-        StoredSnapshot { meta, data: codec::encode(&Ledger::default()).unwrap() }
+        }
+    }
+
+    /// An empty ledger's snapshot at `index`, in one piece.
+    fn stored_at(index: u64) -> (SnapshotMeta, Vec<Vec<u8>>) {
+        (meta_at(index), vec![codec::encode(&Ledger::default()).unwrap()])
     }
 
     /// Openraft builds a snapshot while a follower may install a newer one from its leader;
@@ -409,8 +504,10 @@ mod tests {
         let store = MemStore::new(Disk::new(), StdRng::seed_from_u64(1));
         let machine = StateMachine::restore(store.tree("0/snapshot"), 0, history()).unwrap();
         let saved = machine.saved_snapshot();
-        machine.save_snapshot(stored_at(50)).await.unwrap();
-        machine.save_snapshot(stored_at(10)).await.unwrap();
+        let (meta, pieces) = stored_at(50);
+        machine.save_snapshot(meta, pieces).await.unwrap();
+        let (meta, pieces) = stored_at(10);
+        machine.save_snapshot(meta, pieces).await.unwrap();
         assert_eq!(saved.borrow().map(|id| id.index), Some(50));
 
         let disk = store.crash();
@@ -420,6 +517,100 @@ mod tests {
         assert_eq!(applied.map(|id| id.index), Some(50));
         assert_eq!(machine.saved_snapshot().borrow().map(|id| id.index), Some(50));
     }
+
+    /// The keys of the payload's pieces in a snapshot tree.
+    fn piece_keys(tree: &impl KvTree) -> Vec<Vec<u8>> {
+        let (from, to) = (piece_key(0), piece_key(u32::MAX));
+        let pieces = tree.range((Bound::Included(&from[..]), Bound::Included(&to[..]))).unwrap();
+        pieces.into_iter().map(|(key, _)| key.as_ref().to_vec()).collect()
+    }
+
+    /// A snapshot is saved in pieces, with its head, in one durable write: after a power
+    /// loss the state machine restores it whole; a later, smaller one leaves none of the
+    /// earlier one's pieces behind; one stored whole by an older build is read, and
+    /// replaced by the next save.
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_saved_in_pieces_reads_back_whole() {
+        let mut ledger = Ledger::new();
+        let accounts = (0..2_000).map(|n| Command {
+            id: OpId(n),
+            op: Op::CreateAccount { account: AccountId(n as u64), name: format!("a{n}") },
+        });
+        ledger.apply(&Batch { stamp_ms: 1, commands: accounts.collect() });
+        let whole = codec::encode(&ledger).unwrap();
+        let store = MemStore::new(Disk::new(), StdRng::seed_from_u64(7));
+        let tree = store.tree("0/snapshot");
+        let legacy =
+            StoredSnapshot { meta: meta_at(5), data: codec::encode(&Ledger::new()).unwrap() };
+        let batch = vec![(KEY_SNAPSHOT.to_vec(), Some(codec::encode(&legacy).unwrap()))];
+        tree.write(batch, Durability::Durable).await.unwrap();
+        let mut machine = StateMachine::restore(tree.clone(), 0, history()).unwrap();
+        assert_eq!(machine.applied_state().await.unwrap().0.map(|id| id.index), Some(5));
+
+        let pieces = codec::encode_in_chunks(&ledger, 1_000).unwrap();
+        assert!(pieces.len() > 10, "{} pieces", pieces.len());
+        let n_pieces = pieces.len();
+        let saved = machine.save_snapshot(meta_at(10), pieces).await.unwrap();
+        assert_eq!(saved.data, whole, "read back whole");
+        assert_eq!(piece_keys(&tree).len(), n_pieces);
+        assert_eq!(tree.get(KEY_SNAPSHOT).unwrap(), None, "the older build's copy is gone");
+        let current = machine.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, meta_at(10));
+        assert_eq!(current.snapshot.into_inner(), whole);
+
+        let store = MemStore::new(store.crash(), StdRng::seed_from_u64(8));
+        let tree = store.tree("0/snapshot");
+        let mut machine = StateMachine::restore(tree.clone(), 0, history()).unwrap();
+        assert_eq!(machine.applied_state().await.unwrap().0.map(|id| id.index), Some(10));
+        assert_eq!(machine.shared().read().ledger, ledger);
+
+        let pieces = codec::encode_in_chunks(&ledger, 3_000).unwrap();
+        let n_pieces = pieces.len();
+        machine.save_snapshot(meta_at(20), pieces).await.unwrap();
+        let keys = piece_keys(&tree);
+        assert_eq!(keys, (0..n_pieces as u32).map(piece_key).collect::<Vec<_>>());
+        let current = machine.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.snapshot.into_inner(), whole);
+    }
+
+    /// A snapshot built from a ledger of several pieces' size is saved in pieces and
+    /// reads back as the ledger's encoding; what the build returns is that too.
+    #[tokio::test]
+    async fn a_large_snapshot_builds_in_pieces() {
+        let history = history();
+        let mut machine = machine_over(&history, 9);
+        let index = create_accounts(&mut machine, N_ACCOUNTS_TWO_PIECES).await;
+        let whole = codec::encode(&machine.shared().read().ledger).unwrap();
+        assert!(whole.len() > SNAPSHOT_PIECE_BYTES, "{} bytes: one piece", whole.len());
+        let built = machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id.map(|id| id.index), Some(index));
+        assert_eq!(built.snapshot.into_inner(), whole);
+        assert_eq!(
+            piece_keys(&machine.snapshots).len(),
+            whole.len().div_ceil(SNAPSHOT_PIECE_BYTES)
+        );
+        let current = machine.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.snapshot.into_inner(), whole);
+    }
+
+    /// Applies the creation of accounts `0..n_accounts`, in full batches from index 1;
+    /// returns the last index.
+    async fn create_accounts(machine: &mut StateMachine<MemTree>, n_accounts: u64) -> u64 {
+        let accounts: Vec<u64> = (0..n_accounts).collect();
+        let mut index = 0;
+        for chunk in accounts.chunks(BATCH_COMMANDS_MAX) {
+            let create = |n: &u64| Command {
+                id: OpId(u128::from(*n)),
+                op: Op::CreateAccount { account: AccountId(*n), name: String::new() },
+            };
+            index += 1;
+            machine.apply([entry(index, chunk.iter().map(create).collect())]).await.unwrap();
+        }
+        index
+    }
+
+    /// Accounts whose ledger encodes to more than one [`SNAPSHOT_PIECE_BYTES`] piece.
+    const N_ACCOUNTS_TWO_PIECES: u64 = 100_000;
 
     const PAYER: AccountId = AccountId(1);
 
@@ -449,7 +640,7 @@ mod tests {
         holds.map(settle).collect()
     }
 
-    fn machine_over(history: &History, seed: u64) -> StateMachine<crate::sim::storage::MemTree> {
+    fn machine_over(history: &History, seed: u64) -> StateMachine<MemTree> {
         let store = MemStore::new(Disk::new(), StdRng::seed_from_u64(seed));
         StateMachine::restore(store.tree("0/snapshot"), 0, history.clone()).unwrap()
     }
@@ -550,16 +741,7 @@ mod tests {
         let mut machine = StateMachine::restore(store.tree("0/snapshot"), 0, history())
             .expect("an empty state machine opens");
         let (encode_time, build_time, max_gap) = runtime.block_on(async move {
-            let accounts: Vec<u64> = (0..N_ACCOUNTS).collect();
-            let mut index = 0;
-            for chunk in accounts.chunks(BATCH_COMMANDS_MAX) {
-                let create = |n: &u64| Command {
-                    id: OpId(u128::from(*n)),
-                    op: Op::CreateAccount { account: AccountId(*n), name: String::new() },
-                };
-                index += 1;
-                machine.apply([entry(index, chunk.iter().map(create).collect())]).await.unwrap();
-            }
+            let mut index = create_accounts(&mut machine, N_ACCOUNTS).await;
             // How long a stall would last: one encode of this ledger, timed alone.
             let encode_time = {
                 let copy = machine.shared().read().ledger.clone();

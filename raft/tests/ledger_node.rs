@@ -9,7 +9,8 @@ use solrouter_ledger::{
     Reply, RequestRecord,
 };
 use solrouter_raft::{
-    LedgerApi, LedgerError, LedgerNode, NodeOptions, DATA_FILE_NAME, SNAPSHOT_FILE_NAME,
+    snapshot_stored_whole, LedgerApi, LedgerError, LedgerNode, NodeOptions, DATA_FILE_NAME,
+    SNAPSHOT_FILE_NAME,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -292,7 +293,7 @@ async fn an_unknown_stored_format_version_is_refused() {
     let (dir, options) = snapshotted_directory().await;
 
     let stored = [
-        (SNAPSHOT_FILE_NAME, "0/snapshot", None),
+        (SNAPSHOT_FILE_NAME, "0/snapshot", Some(&b"head"[..])),
         (DATA_FILE_NAME, "0/meta", Some(&b"vote"[..])),
         (DATA_FILE_NAME, "0/log", None),
     ];
@@ -302,7 +303,7 @@ async fn an_unknown_stored_format_version_is_refused() {
             let txn = db.begin_read().unwrap();
             let table = txn.open_table(table_of(table_name)).unwrap();
             let (key, value) = match key {
-                Some(key) => (key.to_vec(), table.get(key).unwrap().expect("the vote is stored")),
+                Some(key) => (key.to_vec(), table.get(key).unwrap().expect("the value is stored")),
                 None => {
                     let (key, value) = table.last().unwrap().expect("the table holds a value");
                     (key.value().to_vec(), value)
@@ -334,15 +335,18 @@ async fn an_unknown_stored_format_version_is_refused() {
 async fn a_snapshot_in_the_log_database_of_an_older_build_is_carried_over() {
     let (dir, options) = snapshotted_directory().await;
 
-    // Lay the directory out as an older build did: the snapshot in the log's database.
-    let (key, value) = {
+    // Lay the directory out as an older build did: the snapshot in the log's database,
+    // whole, under `current`.
+    let value = {
         let db = open_redb(dir.path(), SNAPSHOT_FILE_NAME).await;
         let txn = db.begin_read().unwrap();
         let table = txn.open_table(table_of("0/snapshot")).unwrap();
-        let (key, value) = table.last().unwrap().expect("the snapshot is stored");
-        (key.value().to_vec(), value.value().to_vec())
+        let head = table.get(&b"head"[..]).unwrap().expect("the snapshot is stored");
+        let pieces = table.range(&b"piece/"[..]..&b"piece0"[..]).unwrap();
+        let payload: Vec<u8> = pieces.flat_map(|piece| piece.unwrap().1.value().to_vec()).collect();
+        snapshot_stored_whole(head.value(), &payload).expect("a head this build stored")
     };
-    overwrite(dir.path(), DATA_FILE_NAME, "0/snapshot", &key, &value).await;
+    overwrite(dir.path(), DATA_FILE_NAME, "0/snapshot", b"current", &value).await;
     std::fs::remove_file(dir.path().join(SNAPSHOT_FILE_NAME)).unwrap();
 
     let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();

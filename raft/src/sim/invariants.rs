@@ -151,8 +151,7 @@ impl Invariants {
             .flat_map(|(node, disk)| groups.iter().map(move |group| (*node, *group, disk)))
             .filter_map(|(node, group, disk)| {
                 let tree = disk.get(&format!("{group}/snapshot"))?;
-                let (_, bytes) = tree.iter().next_back()?;
-                Some(((node, group), crate::state_machine::stored_snapshot_index(bytes)?))
+                Some(((node, group), crate::state_machine::stored_snapshot_index(tree)?))
             })
             .collect();
         for (&(group, index), &print) in &state.acknowledged {
