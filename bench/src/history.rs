@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Records per transaction: the writer's batch at full load (`HISTORY_FLUSH_RECORDS`).
-pub const RECORDS_PER_TRANSACTION: u64 = 8_192;
+pub const RECORDS_PER_TRANSACTION: u64 = 32_768;
 /// Records already in the history before a measurement, over [`PREFILL_SPAN_MS`].
 pub const PREFILL_RECORDS: u64 = 400_000;
 pub const PREFILL_SPAN_MS: u64 = 48 * 60 * 60 * 1000;

@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn every_stored_kind_round_trips() {
-        round_trip(&Entry { log_id: log_id(3, 10), payload: EntryPayload::Normal(batch()) });
+        round_trip(&Entry { log_id: log_id(3, 10), payload: EntryPayload::Normal(batch().into()) });
         round_trip(&Entry { log_id: log_id(3, 11), payload: EntryPayload::Blank });
         let membership_entry = Membership::new(vec![BTreeSet::from([1, 2])], None);
         let entry =
@@ -339,7 +339,7 @@ mod tests {
     /// the value or the checksum itself.
     #[test]
     fn every_single_bit_flip_of_an_entry_is_detected() {
-        let entry = Entry { log_id: log_id(3, 10), payload: EntryPayload::Normal(batch()) };
+        let entry = Entry { log_id: log_id(3, 10), payload: EntryPayload::Normal(batch().into()) };
         let bytes = encode(&entry).unwrap();
         assert!(bytes.len() > 100, "a small but real entry: {} bytes", bytes.len());
         let mut n_corrupt = 0;

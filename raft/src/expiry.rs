@@ -49,7 +49,7 @@ async fn expire_if_due(node: &LedgerNode, group_idx: u32) -> bool {
     if due_ms > stamp_ms {
         return true;
     }
-    let batch = Batch { stamp_ms, commands: Vec::new() };
+    let batch = Batch { stamp_ms, commands: Vec::new() }.into();
     // openraft 0.9 never answers a write whose entry a snapshot replaced after this node
     // stepped down (found by the simulation, see `group.rs`), so the write is bounded: on
     // timeout the next check simply tries again, on whichever node then leads.

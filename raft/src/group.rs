@@ -415,7 +415,7 @@ impl Batcher {
             let now = metrics.borrow();
             (now.id, now.current_term)
         };
-        let proposed = self.raft.client_write_ff(batch).await;
+        let proposed = self.raft.client_write_ff(Arc::new(batch)).await;
         async move {
             let answer = proposed.map_err(|e| LedgerError::from_fatal("proposing a batch", e))?;
             let deposed = metrics

@@ -75,12 +75,15 @@ pub const HISTORY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// however many of its records share them.
 pub const HISTORY_FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 /// Records queued that make the writer commit at once instead of waiting out
-/// [`HISTORY_FLUSH_INTERVAL`] (~250 bytes each in memory).
-pub const HISTORY_FLUSH_RECORDS: usize = 8_192;
+/// [`HISTORY_FLUSH_INTERVAL`] (~250 bytes each in memory). Large, since the index pages a
+/// transaction dirties are one per active account and key: at 8,192 the writer cost a
+/// node 4.3 µs per record under `cluster_load`, at 32,768 3.3 µs (docs/benchmarks.md,
+/// "Session 8").
+pub const HISTORY_FLUSH_RECORDS: usize = 32_768;
 /// Records queued at which an apply writes the queue itself (on the blocking pool) before
 /// it returns: the queue never holds more than this plus one apply's records per group
-/// (~8 MiB).
-pub const HISTORY_QUEUE_MAX: usize = 32_768;
+/// (~16 MiB).
+pub const HISTORY_QUEUE_MAX: usize = 65_536;
 /// How often a node drops the records past their retention.
 pub const HISTORY_EXPIRE_INTERVAL: Duration = Duration::from_secs(60);
 /// How long records are kept by default.

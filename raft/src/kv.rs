@@ -68,7 +68,7 @@ pub const REDB_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// until the next. Room for about two of its pieces (`state_machine.rs`), which redb
 /// writes out one by one as the next comes in.
 pub const REDB_SNAPSHOT_CACHE_BYTES: usize = 2 * 1024 * 1024;
-/// Writes waiting for the writer task at most; a writer beyond waits for room. Each group
+/// Writes waiting for the writer thread at most; a writer beyond waits for room. Each group
 /// has about one log write, one vote or committed index and one snapshot or purge in
 /// flight at a time, so this bounds a node of hundreds of groups only under a stall.
 const REDB_QUEUE_MAX: usize = 4096;
@@ -76,14 +76,17 @@ const REDB_QUEUE_MAX: usize = 4096;
 /// and groups of a node), so one huge queue cannot delay the first writer for long.
 const REDB_WRITES_PER_COMMIT_MAX: usize = 1024;
 
-/// A node's redb database, written by one task. Every write goes through that task, which
-/// takes whatever writes are queued, applies them in one transaction and commits it, on a
-/// blocking thread, `fdatasync`ed if any of them asked to be durable (`Deferred` writes
-/// wait for the next round with another write in it): concurrent appends of
-/// the node's groups, votes and snapshots share one sync, writers never block a tokio
-/// worker on redb's writer lock, and, with one writer and MVCC readers, no lock order can
-/// deadlock. Reads run on the caller's thread in their own read transaction. Cheap to
-/// clone; the writer task ends, and the file is closed, when the last handle is dropped.
+/// A node's redb database, written by one thread of its own. Every write goes through that
+/// thread, which takes whatever writes are queued, applies them in one transaction and
+/// commits it, `fdatasync`ed if any of them asked to be durable (`Deferred` writes wait
+/// for the next round with another write in it): concurrent appends of the node's groups,
+/// votes and snapshots share one sync, writers never block a tokio worker on redb's writer
+/// lock, and, with one writer and MVCC readers, no lock order can deadlock. A thread rather
+/// than a task that hands each commit to the blocking pool: openraft 0.9's core waits for
+/// every append's sync, and the two hand-offs (to the pool and back to the task) added
+/// ~0.2–0.35 ms to each of the ~0.6–1 ms appends under `cluster_load` (docs/benchmarks.md,
+/// "Session 8"). Reads run on the caller's thread in their own read transaction. Cheap to
+/// clone; the writer thread ends, and the file is closed, when the last handle is dropped.
 #[derive(Clone)]
 pub struct RedbStore {
     db: Arc<redb::Database>,
@@ -108,16 +111,17 @@ pub struct NodeStores {
 
 impl RedbStore {
     /// Opens (or creates) the database file at `path`, keeping at most `cache_bytes` of it
-    /// in memory, and starts its writer task on the current tokio runtime. Fails with
+    /// in memory, and starts its writer thread. Fails with
     /// `DatabaseError::DatabaseAlreadyOpen` while another handle in this process, or
     /// another process, has it open.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<RedbStore, redb::DatabaseError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
-            redb::DatabaseError::Storage(redb::StorageError::Io(std::io::Error::other(e)))
-        })?;
         let db = Arc::new(redb::Builder::new().set_cache_size(cache_bytes).create(path)?);
         let (writes_tx, writes_rx) = mpsc::channel(REDB_QUEUE_MAX);
-        runtime.spawn(write_loop(Arc::clone(&db), writes_rx));
+        let writer = Arc::clone(&db);
+        std::thread::Builder::new()
+            .name("redb-writer".to_owned())
+            .spawn(move || write_loop(&writer, writes_rx))
+            .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
         Ok(RedbStore { db, writes_tx })
     }
 
@@ -126,41 +130,37 @@ impl RedbStore {
     }
 }
 
-/// The writer task: one transaction per round of queued writes, until every handle is
+/// The writer thread: one transaction per round of queued writes, until every handle is
 /// gone. `Deferred` writes wait, in queue order, for the next round that holds another
-/// write (or fills up), so they share its transaction.
-async fn write_loop(db: Arc<redb::Database>, mut writes_rx: mpsc::Receiver<WriteRequest>) {
+/// write (or fills up), so they share its transaction. A panicking commit ends the thread:
+/// its writers, and every later one, see the channel closed.
+fn write_loop(db: &redb::Database, mut writes_rx: mpsc::Receiver<WriteRequest>) {
     let mut requests = Vec::new();
-    loop {
-        let room = REDB_WRITES_PER_COMMIT_MAX - requests.len();
-        if writes_rx.recv_many(&mut requests, room).await == 0 {
-            break;
+    while let Some(request) = writes_rx.blocking_recv() {
+        requests.push(request);
+        while requests.len() < REDB_WRITES_PER_COMMIT_MAX {
+            match writes_rx.try_recv() {
+                Ok(request) => requests.push(request),
+                Err(_) => break,
+            }
         }
         let only_deferred = requests.iter().all(|r| r.durability == Durability::Deferred);
         if only_deferred && requests.len() < REDB_WRITES_PER_COMMIT_MAX {
             continue;
         }
-        commit_round(&db, std::mem::take(&mut requests)).await;
+        commit_round(db, std::mem::take(&mut requests));
     }
     // Every handle is gone: what was deferred goes in a last, volatile, round.
     if !requests.is_empty() {
-        commit_round(&db, requests).await;
+        commit_round(db, requests);
     }
 }
 
-/// Commits `round` in one transaction on a blocking thread and tells its writers.
-async fn commit_round(db: &Arc<redb::Database>, round: Vec<WriteRequest>) {
+/// Commits `round` in one transaction and tells its writers.
+fn commit_round(db: &redb::Database, round: Vec<WriteRequest>) {
     assert!(!round.is_empty() && round.len() <= REDB_WRITES_PER_COMMIT_MAX);
-    let db = Arc::clone(db);
     // redb's errors are not `Clone`: every writer of the round gets the message.
-    let committing = tokio::task::spawn_blocking(move || {
-        let result = commit(&db, &round).map_err(|e| e.to_string());
-        (result, round)
-    });
-    let Ok((result, round)) = committing.await else {
-        // The commit panicked; its writers see their channel closed.
-        return;
-    };
+    let result = commit(db, &round).map_err(|e| e.to_string());
     for done in round.into_iter().filter_map(|request| request.done) {
         // A writer that gave up waiting has dropped its receiver; nothing to tell it.
         let _ = done.send(result.clone());
@@ -250,7 +250,7 @@ impl KvTree for RedbTree {
         };
         let request = WriteRequest { table: Arc::clone(&self.table), batch, durability, done };
         let failed = |message: String| redb::Error::Io(std::io::Error::other(message));
-        let closed = || failed("the redb writer task is gone".to_owned());
+        let closed = || failed("the redb writer thread is gone".to_owned());
         self.store.writes_tx.send(request).await.map_err(|_| closed())?;
         match done_rx {
             Some(done_rx) => done_rx.await.map_err(|_| closed())?.map_err(failed),

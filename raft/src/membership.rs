@@ -81,7 +81,7 @@ async fn refuse_if_a_remaining_voter_is_unreachable(
     group: &Group,
     removed: &BTreeSet<NodeId>,
 ) -> Result<(), LedgerError> {
-    let batch = Batch { stamp_ms: group.next_stamp_ms(), commands: Vec::new() };
+    let batch = Batch { stamp_ms: group.next_stamp_ms(), commands: Vec::new() }.into();
     let written = tokio::time::timeout(VOTERS_REACHABLE_TIMEOUT, group.raft().client_write(batch))
         .await
         .map_err(|_| LedgerError::Timeout(VOTERS_REACHABLE_TIMEOUT))?

@@ -176,7 +176,7 @@ pub(crate) mod tests {
         let batch = Batch { stamp_ms: 1, commands: vec![Command { id: OpId(1), op }] };
         Entry {
             log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-            payload: openraft::EntryPayload::Normal(batch),
+            payload: openraft::EntryPayload::Normal(batch.into()),
         }
     }
 

@@ -703,7 +703,7 @@ mod tests {
 
     fn entry(index: u64, commands: Vec<Command>) -> Entry {
         let log_id = LogId::new(CommittedLeaderId::new(1, 1), index);
-        Entry { log_id, payload: EntryPayload::Normal(Batch { stamp_ms: 1, commands }) }
+        Entry { log_id, payload: EntryPayload::Normal(Batch { stamp_ms: 1, commands }.into()) }
     }
 
     /// On a 2-worker runtime, while one worker encodes a large snapshot and the state

@@ -5,6 +5,7 @@ use crate::incarnation::Incarnation;
 use serde::{Deserialize, Serialize};
 use solrouter_ledger::{Batch, Outcome};
 use std::io::Cursor;
+use std::sync::Arc;
 
 /// A member of a group's membership: where it is dialled, and the incarnation of its data
 /// directory it joined with (`incarnation.rs`); RPCs to or from any other incarnation of
@@ -29,9 +30,11 @@ impl std::fmt::Display for Member {
 
 openraft::declare_raft_types!(
     /// One Raft entry carries one [`Batch`] (group commit) and answers with one outcome per
-    /// command, in the batch's order.
+    /// command, in the batch's order. Behind an `Arc` (encoded as the batch itself): openraft
+    /// reads an entry back for the apply and for each follower's AppendEntries, and the
+    /// log's decoded tail hands out copies, which would otherwise copy every command.
     pub TypeConfig:
-        D = Batch,
+        D = Arc<Batch>,
         R = Vec<Outcome>,
         NodeId = u64,
         Node = Member,

@@ -6,7 +6,8 @@
 //! Per submitter count (closed loop) or arrival rate (`--rates`, open loop): a fresh
 //! cluster, `--warm-up-s` of unmeasured load, then `--duration-s` measured; prints
 //! lifecycles/s, lifecycle latency quantiles, and the CPU (in cores) that the node
-//! processes and this process used meanwhile.
+//! processes and this process used meanwhile. Each node prints, on stopping, the entries
+//! its groups proposed, their commands per entry and their mean commit latency.
 //!
 //! `cargo run --release -p solrouter-bench --bin cluster_load -- --help`
 
@@ -127,6 +128,20 @@ async fn run_node(
     println!("{READY_LINE}");
     // Blocks this runtime thread only; the node runs on the others.
     tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await??;
+    // What the driver cannot see from outside: how large this node's entries were and how
+    // long its proposals took to commit (warm-up and funding included).
+    for group_idx in 0..n_groups {
+        let stats = node.group_stats(group_idx);
+        if stats.n_batches_proposed > 0 {
+            eprintln!(
+                "node {id} group {group_idx}: {} entries proposed, {:.1} commands/entry, \
+                 mean commit {:.2} ms",
+                stats.n_batches_proposed,
+                stats.n_commands_proposed as f64 / stats.n_batches_proposed as f64,
+                stats.commit_us_total as f64 / stats.n_commits.max(1) as f64 / 1e3,
+            );
+        }
+    }
     node.shutdown().await?;
     Ok(())
 }

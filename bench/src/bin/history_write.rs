@@ -1,6 +1,6 @@
 //! The request history's writer without criterion, for `valgrind --tool=callgrind` and
 //! `perf`: prefills a history (`solrouter_bench::history`), then commits `--transactions`
-//! transactions of `--records-per-transaction` records (8,192), syncing after every
+//! transactions of `--records-per-transaction` records (32,768), syncing after every
 //! `--sync-every` (4: a node syncs every second), and prints the time and the bytes read
 //! and written per record of the measured part.
 //!

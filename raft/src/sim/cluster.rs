@@ -692,7 +692,7 @@ impl Cluster {
         let raft = leader.groups()[group as usize].raft();
         let before = raft.metrics().borrow().membership_config.clone();
         let stamp_ms = leader.groups()[group as usize].next_stamp_ms();
-        let writing = raft.client_write(Batch { stamp_ms, commands: Vec::new() });
+        let writing = raft.client_write(Batch { stamp_ms, commands: Vec::new() }.into());
         let Ok(Ok(written)) = tokio::time::timeout(MEMBERSHIP_READ_TIMEOUT, writing).await else {
             return;
         };

@@ -191,7 +191,7 @@ mod tests {
         let batch = Batch { stamp_ms: 1, commands: vec![command] };
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-            payload: EntryPayload::Normal(batch),
+            payload: EntryPayload::Normal(batch.into()),
         }
     }
 
