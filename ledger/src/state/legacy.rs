@@ -11,14 +11,28 @@ use super::*;
 /// positional), decoded only to become a `Ledger` (`Ledger::try_from`).
 #[derive(Deserialize)]
 pub struct LedgerV8 {
+    head: HeadV8,
+    ended: Window<EndingV8>,
+    applied: Window<(u64, Outcome)>,
+    tail: TailV8,
+}
+
+/// The fields versions 7 and 8 both lay out before their time-bounded sets. postcard
+/// encodes a struct as its fields in order, nothing around them, so grouping them into
+/// this struct changes no byte of either layout.
+#[derive(Deserialize)]
+struct HeadV8 {
     accounts: HashMap<AccountId, Account>,
     keys: HashMap<KeyId, Key>,
     keys_by_hash: HashMap<KeyHash, KeyId>,
     keys_by_account: HashMap<AccountId, OrdSet<KeyId>>,
     holds: HashMap<HoldId, HoldV8>,
     expiry: OrdSet<(u64, HoldId)>,
-    ended: Window<EndingV8>,
-    applied: Window<(u64, Outcome)>,
+}
+
+/// The fields versions 7 and 8 both lay out after their time-bounded sets.
+#[derive(Deserialize)]
+struct TailV8 {
     top_ups: HashMap<AccountId, HashMap<OpId, TopUp>>,
     stamp_ms: u64,
     credited: PicoUsd,
@@ -55,9 +69,10 @@ impl TryFrom<LedgerV8> for Ledger {
     /// retry come; an ended hold keeps only its settle's reply, and a reserve of it past
     /// the window is refused (`HoldExists`), never made again.
     fn try_from(old: LedgerV8) -> Result<Ledger, String> {
+        let LedgerV8 { head, ended, applied, tail } = old;
         let mut holds = HashMap::new();
-        for (id, hold) in old.holds {
-            let account = old.accounts.get(&hold.account);
+        for (id, hold) in head.holds {
+            let account = head.accounts.get(&hold.account);
             let available = account.ok_or(format!("hold {:x} of no account", id.0))?.available();
             let HoldV8 { account, key, amount, reserved_at_ms, expires_at_ms } = hold;
             let lived = expires_at_ms.checked_sub(reserved_at_ms);
@@ -69,7 +84,7 @@ impl TryFrom<LedgerV8> for Ledger {
                 Hold { account, key, amount, reserved_at_ms, expires_at_ms, available },
             );
         }
-        let ended = old.ended.iter().map(|(hold, forget_at_ms, ending)| {
+        let ended = ended.iter().map(|(hold, forget_at_ms, ending)| {
             let settled = match *ending {
                 EndingV8::Settled { charged, released, written_off } => {
                     Some(Settlement { charged, released, written_off })
@@ -79,23 +94,23 @@ impl TryFrom<LedgerV8> for Ledger {
             (hold, forget_at_ms, Ended { reservation: None, settled })
         });
         Ok(Ledger {
-            accounts: old.accounts,
-            keys: old.keys,
-            keys_by_hash: old.keys_by_hash,
-            keys_by_account: old.keys_by_account,
+            accounts: head.accounts,
+            keys: head.keys,
+            keys_by_hash: head.keys_by_hash,
+            keys_by_account: head.keys_by_account,
             holds,
-            expiry: old.expiry,
+            expiry: head.expiry,
             ended: Window::try_from_entries(ended)?,
-            applied: old.applied,
-            top_ups: old.top_ups,
-            stamp_ms: old.stamp_ms,
-            credited: old.credited,
-            written_off: old.written_off,
-            users: old.users,
-            users_by_email: old.users_by_email,
-            members: old.members,
-            revoked_sessions: old.revoked_sessions,
-            revoked_order: old.revoked_order,
+            applied,
+            top_ups: tail.top_ups,
+            stamp_ms: tail.stamp_ms,
+            credited: tail.credited,
+            written_off: tail.written_off,
+            users: tail.users,
+            users_by_email: tail.users_by_email,
+            members: tail.members,
+            revoked_sessions: tail.revoked_sessions,
+            revoked_order: tail.revoked_order,
         })
     }
 }
@@ -104,25 +119,12 @@ impl TryFrom<LedgerV8> for Ledger {
 /// positional), decoded only to become a `Ledger` (`Ledger::try_from`).
 #[derive(Deserialize)]
 pub struct LedgerV7 {
-    accounts: HashMap<AccountId, Account>,
-    keys: HashMap<KeyId, Key>,
-    keys_by_hash: HashMap<KeyHash, KeyId>,
-    keys_by_account: HashMap<AccountId, OrdSet<KeyId>>,
-    holds: HashMap<HoldId, HoldV8>,
-    expiry: OrdSet<(u64, HoldId)>,
+    head: HeadV8,
     ended: HashMap<HoldId, EndedHoldV7>,
     ended_order: OrdSet<(u64, HoldId)>,
     applied: HashMap<OpId, (u64, Outcome)>,
     applied_order: imbl::Vector<(u64, OpId)>,
-    top_ups: HashMap<AccountId, HashMap<OpId, TopUp>>,
-    stamp_ms: u64,
-    credited: PicoUsd,
-    written_off: PicoUsd,
-    users: HashMap<UserId, User>,
-    users_by_email: HashMap<String, UserId>,
-    members: HashMap<AccountId, OrdSet<UserId>>,
-    revoked_sessions: HashMap<SessionId, u64>,
-    revoked_order: OrdSet<(u64, SessionId)>,
+    tail: TailV8,
 }
 
 #[derive(Clone, Deserialize)]
@@ -179,24 +181,6 @@ impl TryFrom<LedgerV7> for LedgerV8 {
         if ended.len() != old.ended.len() || applied.len() != old.applied.len() {
             return Err("time-bounded sets and their orders differ in size".into());
         }
-        Ok(LedgerV8 {
-            accounts: old.accounts,
-            keys: old.keys,
-            keys_by_hash: old.keys_by_hash,
-            keys_by_account: old.keys_by_account,
-            holds: old.holds,
-            expiry: old.expiry,
-            ended,
-            applied,
-            top_ups: old.top_ups,
-            stamp_ms: old.stamp_ms,
-            credited: old.credited,
-            written_off: old.written_off,
-            users: old.users,
-            users_by_email: old.users_by_email,
-            members: old.members,
-            revoked_sessions: old.revoked_sessions,
-            revoked_order: old.revoked_order,
-        })
+        Ok(LedgerV8 { head: old.head, ended, applied, tail: old.tail })
     }
 }
