@@ -250,7 +250,13 @@ impl<V: Clone> Window<V> {
                     *chunk = Arc::new(own);
                 }
             },
-            _ => self.chunks.push_back(Arc::new(vec![entry])),
+            _ => {
+                // Whole from the start: a chunk grown by doubling would be reallocated
+                // and copied ten times on its way to `CHUNK_ENTRIES`.
+                let mut chunk = Vec::with_capacity(CHUNK_ENTRIES);
+                chunk.push(entry);
+                self.chunks.push_back(Arc::new(chunk));
+            }
         }
         self.next += 1;
         self.last_forget_at_ms = forget_at_ms;
