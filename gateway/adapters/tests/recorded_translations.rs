@@ -1,4 +1,6 @@
-//! Every recorded Anthropic, Gemini and Cohere answer and stream (`gateway/tests/fixtures`)
+//! Every recorded Anthropic, Gemini and Cohere answer and stream (`gateway/tests/fixtures`),
+//! and hand-written ones (`tests/events/`: unknown members and event types, nulls, members
+//! of other types, repeated names, escapes, broken JSON, JSON a tree cannot hold, errors),
 //! translated into OpenAI's format, compared byte for byte with the translation checked in
 //! under `tests/expected/` (what the gateway sent for them when the events were still read
 //! into `serde_json::Value` trees): the chunks a client receives, in the bytes the stream
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
 const EXPECTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/expected");
+const HAND_WRITTEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/events");
 
 /// The requests each recording answers: a plain one, and one asking for a JSON object
 /// and at most one tool call (Anthropic's answer through its JSON tool; Gemini's and
@@ -37,8 +40,10 @@ fn chats(stream: bool) -> [(&'static str, ChatRequest); 2] {
 
 fn files(provider: &str) -> Vec<PathBuf> {
     let directory = Path::new(FIXTURES).join(provider);
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(directory).expect("fixtures").map(|entry| entry.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(directory)
+        .expect("fixtures")
+        .map(|entry| entry.unwrap().path())
+        .collect();
     files.sort();
     files
 }
@@ -78,38 +83,62 @@ fn write_chunk(out: &mut String, chunk: &Chunk) {
     writeln!(out, "{{\"choices\":{choices},\"extra\":{extra}}}").unwrap();
 }
 
-/// Everything a client of `adapter` gets for the recordings of `provider`.
+/// A stream's translation: its chunks, the usage, how it ended.
+fn write_stream(out: &mut String, adapter: &dyn Adapter, bytes: &[u8]) {
+    for (variant, chat) in chats(true) {
+        writeln!(out, "# {variant}").unwrap();
+        let mut translator = adapter.stream(&chat);
+        let mut chunks = Vec::new();
+        let fed = translator.feed(bytes, &mut chunks);
+        let ended = fed.and_then(|()| translator.finish(&mut chunks));
+        chunks.iter().for_each(|chunk| write_chunk(out, chunk));
+        writeln!(out, "usage: {:?}", translator.usage()).unwrap();
+        match ended {
+            Ok(()) => writeln!(out, "ended").unwrap(),
+            Err(error) => writeln!(out, "failed: {} {}", error.status, error).unwrap(),
+        }
+    }
+}
+
+/// A complete answer's translation.
+fn write_answer(out: &mut String, adapter: &dyn Adapter, body: &[u8]) {
+    for (variant, chat) in chats(false) {
+        writeln!(out, "# {variant}").unwrap();
+        match adapter.response(&chat, body) {
+            Ok(completion) => {
+                let chunk = Chunk { choices: completion.choices, extra: completion.extra };
+                write_chunk(out, &chunk);
+                writeln!(out, "usage: {:?}", completion.usage).unwrap();
+            }
+            Err(error) => writeln!(out, "failed: {} {}", error.status, error).unwrap(),
+        }
+    }
+}
+
+/// Everything a client of `adapter` gets for the recordings of `provider`, then for the
+/// hand-written cases (`### title` and the SSE body of a stream, or `### answer: title`
+/// and an answer's body).
 fn translations(provider: &str, adapter: &dyn Adapter) -> String {
     let mut out = String::new();
     for path in files(provider) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if let Some(bytes) = stream_bytes(&path) {
-            for (variant, chat) in chats(true) {
-                writeln!(out, "## stream {name} ({variant})").unwrap();
-                let mut translator = adapter.stream(&chat);
-                let mut chunks = Vec::new();
-                let fed = translator.feed(&bytes, &mut chunks);
-                let ended = fed.and_then(|()| translator.finish(&mut chunks));
-                chunks.iter().for_each(|chunk| write_chunk(&mut out, chunk));
-                writeln!(out, "usage: {:?}", translator.usage()).unwrap();
-                match ended {
-                    Ok(()) => writeln!(out, "ended").unwrap(),
-                    Err(error) => writeln!(out, "failed: {} {}", error.status, error).unwrap(),
-                }
-            }
+            writeln!(out, "## stream {name}").unwrap();
+            write_stream(&mut out, adapter, &bytes);
         } else if is_answer(&path) {
-            let body = std::fs::read(&path).expect("fixture");
-            for (variant, chat) in chats(false) {
-                writeln!(out, "## answer {name} ({variant})").unwrap();
-                match adapter.response(&chat, &body) {
-                    Ok(completion) => {
-                        let chunk = Chunk { choices: completion.choices, extra: completion.extra };
-                        write_chunk(&mut out, &chunk);
-                        writeln!(out, "usage: {:?}", completion.usage).unwrap();
-                    }
-                    Err(error) => writeln!(out, "failed: {} {}", error.status, error).unwrap(),
-                }
-            }
+            writeln!(out, "## answer {name}").unwrap();
+            write_answer(&mut out, adapter, &std::fs::read(&path).expect("fixture"));
+        }
+    }
+    let cases = Path::new(HAND_WRITTEN).join(format!("{provider}.txt"));
+    let cases = std::fs::read_to_string(cases).expect("hand-written cases");
+    for case in cases.split("### ").filter(|case| !case.is_empty()) {
+        let (title, body) = case.split_once('\n').expect("a title line");
+        writeln!(out, "## {title}").unwrap();
+        if title.starts_with("answer: ") {
+            write_answer(&mut out, adapter, body.trim_end().as_bytes());
+        } else {
+            write_stream(&mut out, adapter, body.as_bytes());
         }
     }
     out

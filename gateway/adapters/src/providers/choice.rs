@@ -434,7 +434,8 @@ pub fn write_choices(out: &mut Vec<u8>, choices: &[Choice]) {
     choices.write(out);
 }
 
-/// Written through another serializer (a whole answer, or a tree in tests): as the JSON
+/// Written through another serializer (a tree, in tests; answers are written by
+/// `write_choices`): as the JSON
 /// text `Write` makes.
 fn as_raw(value: &impl Write) -> Box<RawValue> {
     let mut text = Vec::with_capacity(128);

@@ -18,6 +18,7 @@ mod choice;
 pub mod cohere;
 pub mod embed;
 mod errors;
+mod event;
 pub mod google;
 pub mod openai;
 mod registry;
