@@ -4,7 +4,7 @@
 
 use super::assemble::{self, assistant_message};
 use super::errors::{bad_gateway, classify};
-use super::event::{self, lenient_object, Count, Str};
+use super::event::{self, lenient_object, Count, IfObject, Str};
 use super::translate::{self, param_error, Effort, Part, ResponseFormat, ToolChoice};
 use super::{
     Adapter, ChatRequest, Choice, Chunk, Completion, Endpoint, Message, NativeFormat, ParamError,
@@ -17,6 +17,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
 /// The Messages API version the translation follows.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -664,6 +665,22 @@ lenient_object! {
 }
 
 lenient_object! {
+    /// What relaying an event as sent needs of it.
+    struct EventType<'de> {
+        "type" => kind: Str<'de>,
+    }
+}
+
+/// The `type` of a stream event (`""` when it has none, or not as a string), if the event
+/// is a JSON object a tree reads; what a client of the Messages API relays as sent is
+/// known by this alone.
+pub fn event_type(data: &str) -> Option<Cow<'_, str>> {
+    let event: IfObject<EventType> = event::read(data).ok()?;
+    let kind = event.0?.kind.and_then(|kind| kind.0);
+    Some(kind.unwrap_or_default())
+}
+
+lenient_object! {
     struct StartedMessage<'de> {
         "usage" => usage: WireUsage<'de>,
     }
@@ -1026,6 +1043,30 @@ mod tests {
         assert_eq!(thinking(Effort::Medium, 10_000).unwrap()["budget_tokens"], 5000);
         assert_eq!(thinking(Effort::Low, 2000).unwrap()["budget_tokens"], 1024);
         assert_eq!(thinking(Effort::High, 1024).unwrap_err().param, "reasoning_effort");
+    }
+
+    /// What the Messages codec relays as sent is known by the event's type alone: an
+    /// event that is no object a tree reads has none (and is dropped).
+    #[test]
+    fn event_types_are_read_as_a_tree_reads_them() {
+        let deep = format!(r#"{{"type":"ping","x":{}{}}}"#, "[".repeat(200), "]".repeat(200));
+        for (data, expected) in [
+            (r#"{"type":"content_block_delta","delta":{"text":"}"}}"#, Some("content_block_delta")),
+            (r#" {"type":"pi\u006eg"} "#, Some("ping")),
+            (r#"{"type":"ping","type":"message_stop"}"#, Some("message_stop")),
+            (r#"{"x":1}"#, Some("")),
+            (r#"{"type":5}"#, Some("")),
+            (r#"{"type":null}"#, Some("")),
+            ("[1]", None),
+            (r#""message_stop""#, None),
+            ("null", None),
+            (r#"{"type":"ping","x":1e400}"#, None),
+            (&deep, None),
+            (r#"{"type":"ping""#, None),
+            (r#"{"type":"ping"} {}"#, None),
+        ] {
+            assert_eq!(event_type(data).as_deref(), expected, "{data}");
+        }
     }
 
     #[test]

@@ -10,22 +10,18 @@
 //! borrowed from the text unless they have escapes. A member whose value is passed on as
 //! it came is read as a `Value` (for a string, the one `String` the answer needs anyway).
 
-use crate::json_text::{self, Name};
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use crate::json_text::Name;
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
-/// Reads one event's (or answer's) JSON text. Text a tree could not hold (nested deeper
-/// than `serde_json`'s limit, a number beyond `f64`) is refused as reading it into a tree
-/// refused it, with the same error.
+/// Reads one event's (or answer's) JSON text. What a tree refuses (a number beyond
+/// `f64`, nesting deeper than `serde_json`'s limit, trailing characters) is refused with
+/// the same error: every value, read or skipped ([`Skip`]), is parsed as a tree's is.
 pub fn read<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, serde_json::Error> {
-    let read = serde_json::from_str(text)?;
-    if !json_text::tree_readable(text) {
-        serde_json::from_str::<Value>(text)?;
-    }
-    Ok(read)
+    serde_json::from_str(text)
 }
 
 /// A string member: `None` when it is another type.
@@ -95,8 +91,59 @@ pub fn value(member: Option<Value>) -> Value {
     member.unwrap_or(Value::Null)
 }
 
-/// A reader of any JSON value: each JSON type it does not read is skipped (an object's
-/// or array's members unbuilt) and reads as its default.
+/// A value read and dropped, as reading it into a tree reads it — every number parsed,
+/// every nested array and object counted against `serde_json`'s nesting limit — so that
+/// what a tree refuses (a number beyond `f64`, too deep a nesting) is refused with the
+/// same error; nothing is built (a string is scanned, not copied, unless escaped).
+#[derive(Debug)]
+pub struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> Visitor<'de> for SkipVisitor {
+    type Value = Skip;
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_none<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_entry::<Skip, Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+}
+
+/// A reader of any JSON value: each JSON type it does not read is skipped ([`Skip`]: an
+/// object's or array's members unbuilt) and reads as its default.
 pub trait Lenient<'de>: Default {
     fn string(_text: Cow<'de, str>) -> Self {
         Self::default()
@@ -114,11 +161,11 @@ pub trait Lenient<'de>: Default {
         Self::default()
     }
     fn object<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        while map.next_entry::<Skip, Skip>()?.is_some() {}
         Ok(Self::default())
     }
     fn array<A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        while seq.next_element::<Skip>()?.is_some() {}
         Ok(Self::default())
     }
 }
@@ -201,12 +248,35 @@ macro_rules! lenient_object {
 
         impl<'de> $crate::providers::event::Lenient<'de> for $type<'de> {
             fn object<A: serde::de::MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+                /// A member's name: one of the fields, or another (`None`), matched as it
+                /// is read (unescaped), never copied.
+                #[allow(non_camel_case_types)]
+                enum Field { $($field,)* }
+                struct Name(Option<Field>);
+                impl<'de> serde::Deserialize<'de> for Name {
+                    fn deserialize<D: serde::Deserializer<'de>>(names: D) -> Result<Self, D::Error> {
+                        struct Names;
+                        impl serde::de::Visitor<'_> for Names {
+                            type Value = Name;
+                            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                                formatter.write_str("a member name")
+                            }
+                            fn visit_str<E>(self, name: &str) -> Result<Name, E> {
+                                Ok(Name(match name {
+                                    $($name => Some(Field::$field),)*
+                                    _ => None,
+                                }))
+                            }
+                        }
+                        names.deserialize_identifier(Names)
+                    }
+                }
                 let mut object = Self::default();
-                while let Some($crate::json_text::Name(name)) = map.next_key()? {
-                    match &*name {
-                        $($name => object.$field = Some(map.next_value()?),)*
-                        _ => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
+                while let Some(Name(name)) = map.next_key()? {
+                    match name {
+                        $(Some(Field::$field) => object.$field = Some(map.next_value()?),)*
+                        None => {
+                            map.next_value::<$crate::providers::event::Skip>()?;
                         }
                     }
                 }
@@ -366,10 +436,63 @@ mod tests {
     #[test]
     fn what_a_tree_refuses_is_refused_with_its_error() {
         let deep = format!(r#"{{"unknown":{}{}}}"#, "[".repeat(200), "]".repeat(200));
-        for text in [r#"{"unknown":1e400}"#, deep.as_str(), r#"{"s":"a"} x"#, r#"{"s":"#] {
+        let deep_read = format!(r#"{{"l":[{}{}]}}"#, "{\"a\":".repeat(200), "}".repeat(200));
+        let digits = format!(r#"{{"n":1{}}}"#, "0".repeat(400));
+        let cases = [r#"{"unknown":1e400}"#, r#"{"n":-1e400}"#, r#"{"s":"a"} x"#, r#"{"s":"#];
+        for text in cases.iter().copied().chain([deep.as_str(), deep_read.as_str(), &digits]) {
             let tree = serde_json::from_str::<Value>(text).expect_err("a tree refuses it");
             let read = read::<Probe>(text).expect_err("refused");
             assert_eq!(read.to_string(), tree.to_string(), "{text}");
+        }
+    }
+
+    /// Any JSON of the probe's member names, whole or cut short, with a number or nesting
+    /// a tree cannot hold put in or not: read exactly when a tree reads it, refused with
+    /// the tree's error otherwise.
+    fn json_like() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        const NAMES: [&str; 10] = ["b", "f", "l", "n", "o", "s", "v", "x", "unknown", "é\""];
+        let name = proptest::sample::select(&NAMES[..]);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            name.clone().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(6, 64, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec((name.clone(), inner), 0..6).prop_map(|members| {
+                    Value::Object(members.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn reads_what_a_tree_reads(
+            value in json_like(),
+            cut in proptest::option::of(0usize..400),
+            spoiled in proptest::option::of(0usize..400),
+            spoiler in proptest::sample::select(vec!["1e400", "-1e999", "[[[[[[[[[[", "\"\\u12\"", "}"]),
+        ) {
+            let mut text = value.to_string();
+            if let Some(at) = spoiled.map(|at| at % (text.len() + 1)) {
+                if text.is_char_boundary(at) {
+                    text.insert_str(at, spoiler);
+                }
+            }
+            if let Some(at) = cut.map(|at| at % (text.len() + 1)) {
+                if text.is_char_boundary(at) {
+                    text.truncate(at);
+                }
+            }
+            let tree = serde_json::from_str::<Value>(&text).map(|_| ()).map_err(|e| e.to_string());
+            let read = read::<Probe>(&text).map(|_| ()).map_err(|e| e.to_string());
+            proptest::prop_assert_eq!(read, tree, "{}", text);
         }
     }
 }

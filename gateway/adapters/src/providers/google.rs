@@ -11,7 +11,7 @@
 use super::assemble::{self, Citations};
 use super::embed::{self, EmbedRequest, EmbedTarget, Embedder, Embeddings};
 use super::errors::{bad_gateway, classify, truncate, RETRY_AFTER_MAX};
-use super::event::{self, lenient_object, Count, Flag, IfObject, List, Str, Values};
+use super::event::{self, lenient_object, Count, Flag, IfObject, List, Skip, Str, Values};
 use super::translate::{self, param_error, Part, ResponseFormat, ToolChoice};
 use super::{
     Adapter, ChatRequest, Choice, Chunk, Completion, Endpoint, Loose, Message, ParamError,
@@ -22,7 +22,6 @@ use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
-use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -643,7 +642,7 @@ lenient_object! {
         "usageMetadata" => usage_metadata: IfObject<UsageMetadata<'de>>,
         "responseId" => response_id: Str<'de>,
         "candidates" => candidates: List<Candidate<'de>>,
-        "promptFeedback" => prompt_feedback: IgnoredAny,
+        "promptFeedback" => prompt_feedback: Skip,
     }
 }
 
@@ -841,12 +840,21 @@ impl GoogleStream {
         if self.error_body.is_some() {
             return (&[], bytes);
         }
-        for (byte_idx, &byte) in bytes.iter().enumerate() {
-            if self.at_line_start && byte == b'{' {
+        // Only the bytes that start lines are looked at: the first (if the last read
+        // ended a line) and each after a line end, found by `memchr2`.
+        let (mut line_start, mut at_line_start) = (0, self.at_line_start);
+        loop {
+            if at_line_start && bytes.get(line_start) == Some(&b'{') {
                 self.error_body = Some(Vec::new());
-                return bytes.split_at(byte_idx);
+                return bytes.split_at(line_start);
             }
-            self.at_line_start = byte == b'\n' || byte == b'\r';
+            match memchr::memchr2(b'\n', b'\r', &bytes[line_start..]) {
+                Some(line_end) => (line_start, at_line_start) = (line_start + line_end + 1, true),
+                None => break,
+            }
+        }
+        if let Some(&last) = bytes.last() {
+            self.at_line_start = last == b'\n' || last == b'\r';
         }
         (bytes, &[])
     }
@@ -987,6 +995,32 @@ mod tests {
         }
         let Value::Object(body) = body else { unreachable!() };
         ChatRequest { body: ChatBody::from_tree(body), stream, max_tokens: None, native: None }
+    }
+
+    /// A bare error body after the events (a line starting with `{`) ends the stream with
+    /// its error however the reads cut the bytes; a `{` inside a line is no error body.
+    #[test]
+    fn an_error_body_is_found_however_the_reads_cut_the_bytes() {
+        let stream = concat!(
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"x{\"}]}}]}\r\n\r\n",
+            "{\"error\": {\"code\": 503, \"message\": \"m\", \"status\": \"UNAVAILABLE\"}}\n",
+        )
+        .as_bytes();
+        let chat = chat_with(None, true);
+        let mut cuts: Vec<Vec<usize>> = (0..=stream.len()).map(|cut| vec![cut]).collect();
+        cuts.push((1..stream.len()).collect());
+        for cut in cuts {
+            let mut translator = Google.stream(&chat);
+            let (mut chunks, mut from) = (Vec::new(), 0);
+            let mut ended = Ok(());
+            for &to in cut.iter().chain([&stream.len()]) {
+                ended = ended.and_then(|()| translator.feed(&stream[from..to], &mut chunks));
+                from = to;
+            }
+            let ended = ended.and_then(|()| translator.finish(&mut chunks));
+            assert_eq!(ended.map_err(|error| error.status), Err(StatusCode::SERVICE_UNAVAILABLE));
+            assert_eq!(chunks.len(), 1, "{cut:?}");
+        }
     }
 
     /// Two calls in one answer, as Gemini answers a question needing two lookups.
