@@ -644,9 +644,7 @@ lenient_object! {
         "input_tokens" => input_tokens: Count,
         "output_tokens" => output_tokens: Count,
     }
-}
 
-lenient_object! {
     /// One stream event: the members the translation reads of every event type.
     struct StreamEvent<'de> {
         "type" => kind: Str<'de>,
@@ -662,9 +660,7 @@ lenient_object! {
         /// `error`'s, read as a tree: an event that ends the stream.
         "error" => error: Value,
     }
-}
 
-lenient_object! {
     /// What relaying an event as sent needs of it.
     struct EventType<'de> {
         "type" => kind: Str<'de>,
@@ -684,18 +680,14 @@ lenient_object! {
     struct StartedMessage<'de> {
         "usage" => usage: WireUsage<'de>,
     }
-}
 
-lenient_object! {
     /// A `content_block_start`'s block: the translation reads tool uses only.
     struct Block<'de> {
         "type" => kind: Str<'de>,
         "id" => id: Value,
         "name" => name: Value,
     }
-}
 
-lenient_object! {
     /// The members passed on (`text`, `thinking`, `partial_json`) are read as values.
     struct Delta<'de> {
         "type" => kind: Str<'de>,

@@ -531,22 +531,7 @@ mod tests {
             "é\"",
             "zz",
         ];
-        let word = proptest::sample::select(&WORDS[..]);
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<f64>().prop_map(Value::from),
-            word.clone().prop_map(Value::from),
-        ];
-        leaf.prop_recursive(5, 64, 6, move |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                proptest::collection::vec((word.clone(), inner), 0..6).prop_map(|members| {
-                    Value::Object(members.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
-                }),
-            ]
-        })
+        crate::providers::json_of_words(&WORDS)
     }
 
     proptest! {

@@ -414,16 +414,12 @@ lenient_object! {
     struct WireUsage<'de> {
         "billed_units" => billed_units: BilledUnits<'de>,
     }
-}
 
-lenient_object! {
     struct BilledUnits<'de> {
         "input_tokens" => input_tokens: Number,
         "output_tokens" => output_tokens: Number,
     }
-}
 
-lenient_object! {
     /// One stream event: the members the translation reads of every event type.
     struct StreamEvent<'de> {
         "type" => kind: Str<'de>,
@@ -431,18 +427,14 @@ lenient_object! {
         "index" => index: Count,
         "delta" => delta: EventDelta<'de>,
     }
-}
 
-lenient_object! {
     struct EventDelta<'de> {
         "message" => message: DeltaMessage<'de>,
         /// `message-end`'s.
         "usage" => usage: WireUsage<'de>,
         "finish_reason" => finish_reason: Str<'de>,
     }
-}
 
-lenient_object! {
     struct DeltaMessage<'de> {
         "content" => content: DeltaContent<'de>,
         "tool_plan" => tool_plan: Str<'de>,
@@ -451,44 +443,32 @@ lenient_object! {
         /// One citation (an object), not a list.
         "citations" => citations: Citation<'de>,
     }
-}
 
-lenient_object! {
     struct DeltaContent<'de> {
         "text" => text: Str<'de>,
         "thinking" => thinking: Str<'de>,
     }
-}
 
-lenient_object! {
     struct DeltaCall<'de> {
         "id" => id: Value,
         "function" => function: DeltaFunction<'de>,
     }
-}
 
-lenient_object! {
     struct DeltaFunction<'de> {
         "name" => name: Value,
         "arguments" => arguments: Str<'de>,
     }
-}
 
-lenient_object! {
     /// A citation: the sources it names.
     struct Citation<'de> {
         "sources" => sources: List<Source<'de>>,
     }
-}
 
-lenient_object! {
     struct Source<'de> {
         "document" => document: Document<'de>,
         "id" => id: Str<'de>,
     }
-}
 
-lenient_object! {
     struct Document<'de> {
         "url" => url: Str<'de>,
     }

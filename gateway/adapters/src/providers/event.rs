@@ -231,14 +231,14 @@ macro_rules! deserialize_lenient {
 }
 pub(crate) use deserialize_lenient;
 
-/// An object reader: the struct `$type` (lifetime `'de`, the text's) of the members
+/// Object readers, each the struct `$type` (lifetime `'de`, the text's) of the members
 /// named, each `Option<T>` (`Some` whenever the member is present, even `null`: a `T`
 /// reads any value), every other member skipped; a value of another type reads as no
 /// members.
 macro_rules! lenient_object {
-    ($(#[$meta:meta])* $vis:vis struct $type:ident<'de> {
+    ($($(#[$meta:meta])* $vis:vis struct $type:ident<'de> {
         $($(#[$field_meta:meta])* $name:literal => $field:ident: $field_type:ty),* $(,)?
-    }) => {
+    })*) => {$(
         $(#[$meta])*
         #[derive(Debug, Default)]
         $vis struct $type<'de> {
@@ -285,7 +285,7 @@ macro_rules! lenient_object {
         }
 
         $crate::providers::event::deserialize_lenient!($type<'de>);
-    };
+    )*};
 }
 pub(crate) use lenient_object;
 
@@ -380,9 +380,7 @@ mod tests {
             "v" => v: Values<Str<'de>>,
             "x" => x: Value,
         }
-    }
 
-    lenient_object! {
         struct Inner<'de> {
             "s" => s: Str<'de>,
         }
@@ -450,25 +448,8 @@ mod tests {
     /// a tree cannot hold put in or not: read exactly when a tree reads it, refused with
     /// the tree's error otherwise.
     fn json_like() -> impl proptest::strategy::Strategy<Value = Value> {
-        use proptest::prelude::*;
         const NAMES: [&str; 10] = ["b", "f", "l", "n", "o", "s", "v", "x", "unknown", "é\""];
-        let name = proptest::sample::select(&NAMES[..]);
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<u64>().prop_map(Value::from),
-            any::<f64>().prop_map(Value::from),
-            name.clone().prop_map(Value::from),
-        ];
-        leaf.prop_recursive(6, 64, 6, move |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                proptest::collection::vec((name.clone(), inner), 0..6).prop_map(|members| {
-                    Value::Object(members.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
-                }),
-            ]
-        })
+        crate::providers::json_of_words(&NAMES)
     }
 
     proptest::proptest! {

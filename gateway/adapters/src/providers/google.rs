@@ -644,9 +644,7 @@ lenient_object! {
         "candidates" => candidates: List<Candidate<'de>>,
         "promptFeedback" => prompt_feedback: Skip,
     }
-}
 
-lenient_object! {
     struct UsageMetadata<'de> {
         "cachedContentTokenCount" => cached_content_token_count: Count,
         "candidatesTokenCount" => candidates_token_count: Count,
@@ -654,9 +652,7 @@ lenient_object! {
         "thoughtsTokenCount" => thoughts_token_count: Count,
         "toolUsePromptTokenCount" => tool_use_prompt_token_count: Count,
     }
-}
 
-lenient_object! {
     struct Candidate<'de> {
         "content" => content: Content<'de>,
         "finishReason" => finish_reason: Str<'de>,
@@ -664,44 +660,32 @@ lenient_object! {
         "citationMetadata" => citation_metadata: CitationMetadata<'de>,
         "groundingMetadata" => grounding_metadata: GroundingMetadata<'de>,
     }
-}
 
-lenient_object! {
     struct Content<'de> {
         "parts" => parts: List<WirePart<'de>>,
     }
-}
 
-lenient_object! {
     struct WirePart<'de> {
         "text" => text: Str<'de>,
         "thought" => thought: Flag,
         "functionCall" => function_call: FunctionCall<'de>,
     }
-}
 
-lenient_object! {
     /// `args` is passed on as JSON text, written from its tree (keys sorted).
     struct FunctionCall<'de> {
         "name" => name: Value,
         "args" => args: Value,
     }
-}
 
-lenient_object! {
     struct CitationMetadata<'de> {
         "citationSources" => citation_sources: List<Source<'de>>,
     }
-}
 
-lenient_object! {
     struct GroundingMetadata<'de> {
         /// Each a `web`, `maps` or `retrievedContext` source (any member's value).
         "groundingChunks" => grounding_chunks: List<Values<Source<'de>>>,
     }
-}
 
-lenient_object! {
     struct Source<'de> {
         "uri" => uri: Str<'de>,
     }
