@@ -30,15 +30,6 @@ pub enum Loose<T> {
     Json(Value),
 }
 
-impl<T: Form> Loose<T> {
-    /// A member built as a tree (by the adapters that translate another wire format),
-    /// read as [`Loose`] reads it from text.
-    pub fn from_tree(tree: Value) -> Loose<T> {
-        // Every member of the typed forms takes any value: reading a tree cannot fail.
-        Loose::deserialize(tree).unwrap_or(Loose::Json(Value::Null))
-    }
-}
-
 impl<T> Loose<T> {
     /// The typed value, if the member had the expected form.
     pub fn typed(&self) -> Option<&T> {
@@ -127,11 +118,6 @@ impl Choice {
 }
 
 impl Message {
-    /// A message or delta built as a tree, typed (see [`Choice::from_tree`]).
-    pub fn from_tree(tree: Value) -> Message {
-        from_tree(tree)
-    }
-
     /// `field`'s text, when it is a string.
     pub fn text(field: &Option<Value>) -> Option<&str> {
         field.as_ref().and_then(Value::as_str)
