@@ -19,7 +19,7 @@ use crate::codec::{Answered, Codec, StreamEncoder};
 use crate::error::{ApiError, ErrorShape};
 use crate::parse::{self, ParsedChat, GATEWAY_FIELDS};
 use crate::providers::{
-    ChatRequest, Choice, Chunk, Completion, Message, Native, NativeFormat, Usage,
+    anthropic, ChatRequest, Choice, Chunk, Completion, Message, Native, NativeFormat, Usage,
 };
 use crate::respond::{self, Response};
 use crate::sse::SseEvent;
@@ -884,24 +884,28 @@ impl StreamEncoder for EventEncoder {
         if !self.native {
             return;
         }
-        let Ok(Value::Object(mut data)) = serde_json::from_str::<Value>(&event.data) else {
-            return;
+        // An event that is no object (or no JSON a tree can hold) is dropped. Only its
+        // type is read; the two events rewritten are built as trees.
+        let Some(kind) = anthropic::event_type(&event.data) else { return };
+        let tree = || match serde_json::from_str::<Value>(&event.data) {
+            Ok(Value::Object(data)) => data,
+            _ => Map::new(),
         };
-        let kind = data.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
-        match kind.as_str() {
+        match &*kind {
             "message_start" => {
                 self.started = true;
+                let mut data = tree();
                 if let Some(Value::Object(message)) = data.get_mut("message") {
                     message.insert("id".to_owned(), Value::from(self.id.as_str()));
                     message.insert("model".to_owned(), Value::from(self.model.as_str()));
                 }
                 write_event(out, &kind, &Value::Object(data));
             }
-            "message_delta" => self.held_delta = Some(data),
+            "message_delta" => self.held_delta = Some(tree()),
             // Written by `finish` or `fail`.
             "message_stop" | "error" => {}
             // JSON spread over several `data:` lines is rewritten on one.
-            _ if event.data.contains('\n') => write_event(out, &kind, &Value::Object(data)),
+            _ if event.data.contains('\n') => write_event(out, &kind, &Value::Object(tree())),
             _ => {
                 out.put_slice(b"event: ");
                 out.put_slice(kind.as_bytes());

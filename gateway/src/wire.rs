@@ -6,10 +6,10 @@
 use crate::catalog::Model;
 use crate::codec::StreamEncoder;
 use crate::error::ApiError;
+use crate::json_text::ObjectWriter;
 use crate::providers::{write_choices, Choice, Chunk, Completion, Usage};
 use bytes::{BufMut, BytesMut};
 use serde::Serialize;
-use serde_json::{Map, Value};
 use solrouter_ledger::{HoldId, PicoUsd};
 
 const GENERATION_PREFIX: &str = "gen-";
@@ -67,9 +67,10 @@ impl UsageJson {
     }
 }
 
-/// A complete `chat.completion` object, written straight from its parts: the keys in
-/// sorted order, as a `serde_json::Map` would write them, the provider's pass-through
-/// fields (`extra`) among them unless the gateway writes a field of that name itself.
+/// A complete `chat.completion` object, written straight from its parts into one buffer
+/// (the choices by `write_choices`, as a stream's chunks are): the keys in sorted order,
+/// as a `serde_json::Map` would write them, the provider's pass-through fields (`extra`)
+/// among them unless the gateway writes a field of that name itself.
 pub fn completion(
     id: &str,
     created_s: u64,
@@ -78,7 +79,7 @@ pub fn completion(
     cost: PicoUsd,
 ) -> Vec<u8> {
     let usage = UsageJson::new(&completion.usage, cost);
-    // Sorted by name, as the merge in `CompletionJson::serialize` needs.
+    // Sorted by name, as the merge below needs.
     let own = [
         ("choices", Field::Choices(&completion.choices)),
         ("created", Field::U64(created_s)),
@@ -90,68 +91,50 @@ pub fn completion(
     ];
     debug_assert!(own.windows(2).all(|pair| pair[0].0 < pair[1].0));
     let mut out = Vec::with_capacity(256);
-    if let Err(error) =
-        serde_json::to_writer(&mut out, &CompletionJson { own, extra: &completion.extra })
-    {
-        tracing::error!(%error, "serializing a completion failed");
+    let mut object = ObjectWriter::open(&mut out);
+    let mut own = own.iter().peekable();
+    let mut extra = completion.extra.iter().peekable();
+    loop {
+        let take_own = match (own.peek(), extra.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some((own_name, _)), Some((extra_name, _))) => {
+                if *own_name == extra_name.as_str() {
+                    extra.next(); // The gateway's own field wins.
+                    continue;
+                }
+                *own_name < extra_name.as_str()
+            }
+        };
+        if take_own {
+            let (name, value) = own.next().expect("peeked");
+            value.write(object.value_of(name));
+        } else {
+            let (name, value) = extra.next().expect("peeked");
+            serialize_into(object.value_of(name), value);
+        }
     }
+    object.close();
     out
 }
 
-/// A completion's top-level fields: the gateway's own, and the provider's others.
-struct CompletionJson<'a> {
-    own: [(&'static str, Field<'a>); 7],
-    extra: &'a Map<String, Value>,
-}
-
+/// A top-level field the gateway writes into a completion.
 enum Field<'a> {
     Choices(&'a [Choice]),
     U64(u64),
     Str(&'a str),
     Usage(&'a UsageJson),
-    Extra(&'a Value),
 }
 
-impl Serialize for Field<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+impl Field<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
         match self {
-            Field::Choices(choices) => choices.serialize(serializer),
-            Field::U64(number) => serializer.serialize_u64(*number),
-            Field::Str(text) => serializer.serialize_str(text),
-            Field::Usage(usage) => usage.serialize(serializer),
-            Field::Extra(value) => value.serialize(serializer),
+            Field::Choices(choices) => write_choices(out, choices),
+            Field::U64(number) => out.extend_from_slice(number.to_string().as_bytes()),
+            Field::Str(text) => serialize_into(out, text),
+            Field::Usage(usage) => serialize_into(out, usage),
         }
-    }
-}
-
-impl Serialize for CompletionJson<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(self.own.len() + self.extra.len()))?;
-        let mut own = self.own.iter().peekable();
-        let mut extra = self.extra.iter().peekable();
-        loop {
-            let take_own = match (own.peek(), extra.peek()) {
-                (None, None) => break,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some((own_name, _)), Some((extra_name, _))) => {
-                    if *own_name == extra_name.as_str() {
-                        extra.next(); // The gateway's own field wins.
-                        continue;
-                    }
-                    *own_name < extra_name.as_str()
-                }
-            };
-            if take_own {
-                let (name, value) = own.next().expect("peeked");
-                map.serialize_entry(name, value)?;
-            } else {
-                let (name, value) = extra.next().expect("peeked");
-                map.serialize_entry(name, &Field::Extra(value))?;
-            }
-        }
-        map.end()
     }
 }
 
@@ -251,7 +234,7 @@ fn serialize_into(out: impl std::io::Write, value: &(impl Serialize + ?Sized)) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Map, Value};
 
     #[test]
     fn generation_ids_round_trip() {

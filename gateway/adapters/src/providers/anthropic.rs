@@ -4,9 +4,10 @@
 
 use super::assemble::{self, assistant_message};
 use super::errors::{bad_gateway, classify};
+use super::event::{self, lenient_object, Count, IfObject, Str};
 use super::translate::{self, param_error, Effort, Part, ResponseFormat, ToolChoice};
 use super::{
-    Adapter, ChatRequest, Choice, Chunk, Completion, Endpoint, NativeFormat, ParamError,
+    Adapter, ChatRequest, Choice, Chunk, Completion, Endpoint, Message, NativeFormat, ParamError,
     StreamTranslator, Target, UpstreamError, UpstreamRequest, Usage,
 };
 use crate::controls::{Controls, Thinking};
@@ -14,7 +15,9 @@ use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
 /// The Messages API version the translation follows.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -148,7 +151,8 @@ impl Adapter for Anthropic {
             "finish_reason": finish_reason(message["stop_reason"].as_str(), json_answer),
         });
         let mut usage = Usage::default();
-        apply_usage(&mut usage, &message["usage"]);
+        let wire = WireUsage::deserialize(&message["usage"]);
+        apply_usage(&mut usage, wire.as_ref().ok());
         Ok(Completion { choices: vec![Choice::from_tree(choice)], usage, extra: Map::new() })
     }
 
@@ -612,11 +616,11 @@ fn finish_reason(stop_reason: Option<&str>, json_answer: bool) -> Value {
 /// Folds an Anthropic usage object into `usage`. Fields absent from a partial update
 /// (`message_delta` carries only `output_tokens`) keep their values. Anthropic's
 /// `input_tokens` excludes cached tokens; ours includes them.
-fn apply_usage(usage: &mut Usage, wire: &Value) {
-    let field = |name: &str| wire.get(name).and_then(Value::as_u64);
-    let input = field("input_tokens");
-    let cache_read = field("cache_read_input_tokens");
-    let cache_write = field("cache_creation_input_tokens");
+fn apply_usage(usage: &mut Usage, wire: Option<&WireUsage>) {
+    let Some(wire) = wire else { return };
+    let input = event::count(&wire.input_tokens);
+    let cache_read = event::count(&wire.cache_read_input_tokens);
+    let cache_write = event::count(&wire.cache_creation_input_tokens);
     if input.is_some() || cache_read.is_some() || cache_write.is_some() {
         let uncached_before = usage
             .prompt_tokens
@@ -627,8 +631,70 @@ fn apply_usage(usage: &mut Usage, wire: &Value) {
         usage.prompt_tokens =
             input.unwrap_or(uncached_before) + usage.cached_read_tokens + usage.cached_write_tokens;
     }
-    if let Some(output) = field("output_tokens") {
+    if let Some(output) = event::count(&wire.output_tokens) {
         usage.completion_tokens = output;
+    }
+}
+
+lenient_object! {
+    /// An Anthropic usage object (whole in `message_start`, partial in `message_delta`).
+    struct WireUsage<'de> {
+        "cache_creation_input_tokens" => cache_creation_input_tokens: Count,
+        "cache_read_input_tokens" => cache_read_input_tokens: Count,
+        "input_tokens" => input_tokens: Count,
+        "output_tokens" => output_tokens: Count,
+    }
+
+    /// One stream event: the members the translation reads of every event type.
+    struct StreamEvent<'de> {
+        "type" => kind: Str<'de>,
+        /// `message_start`'s message.
+        "message" => message: StartedMessage<'de>,
+        /// The content block of `content_block_*`.
+        "index" => index: Count,
+        "content_block" => content_block: Block<'de>,
+        /// `content_block_delta`'s and `message_delta`'s.
+        "delta" => delta: Delta<'de>,
+        /// `message_delta`'s.
+        "usage" => usage: WireUsage<'de>,
+        /// `error`'s, read as a tree: an event that ends the stream.
+        "error" => error: Value,
+    }
+
+    /// What relaying an event as sent needs of it.
+    struct EventType<'de> {
+        "type" => kind: Str<'de>,
+    }
+}
+
+/// The `type` of a stream event (`""` when it has none, or not as a string), if the event
+/// is a JSON object a tree reads; what a client of the Messages API relays as sent is
+/// known by this alone.
+pub fn event_type(data: &str) -> Option<Cow<'_, str>> {
+    let event: IfObject<EventType> = event::read(data).ok()?;
+    let kind = event.0?.kind.and_then(|kind| kind.0);
+    Some(kind.unwrap_or_default())
+}
+
+lenient_object! {
+    struct StartedMessage<'de> {
+        "usage" => usage: WireUsage<'de>,
+    }
+
+    /// A `content_block_start`'s block: the translation reads tool uses only.
+    struct Block<'de> {
+        "type" => kind: Str<'de>,
+        "id" => id: Value,
+        "name" => name: Value,
+    }
+
+    /// The members passed on (`text`, `thinking`, `partial_json`) are read as values.
+    struct Delta<'de> {
+        "type" => kind: Str<'de>,
+        "text" => text: Value,
+        "thinking" => thinking: Value,
+        "partial_json" => partial_json: Value,
+        "stop_reason" => stop_reason: Str<'de>,
     }
 }
 
@@ -663,18 +729,18 @@ impl AnthropicStream {
         if self.done {
             return Ok(());
         }
-        let data: Value = serde_json::from_str(&event.data)
+        let data: StreamEvent = event::read(&event.data)
             .map_err(|error| bad_gateway("anthropic", format!("invalid stream event: {error}")))?;
-        let delta = match data["type"].as_str() {
+        let delta = match event::text(&data.kind) {
             Some("message_start") => {
-                apply_usage(&mut self.usage, &data["message"]["usage"]);
-                json!({"role": "assistant", "content": ""})
+                apply_usage(&mut self.usage, data.message.as_ref().and_then(|m| m.usage.as_ref()));
+                assemble::role_delta()
             }
-            Some("content_block_start") => match self.block_start(&data)? {
+            Some("content_block_start") => match self.block_start(data)? {
                 Some(delta) => delta,
                 None => return Ok(()),
             },
-            Some("content_block_delta") => match self.block_delta(&data) {
+            Some("content_block_delta") => match self.block_delta(data) {
                 Some(delta) => delta,
                 None => return Ok(()),
             },
@@ -683,63 +749,63 @@ impl AnthropicStream {
                 None => return Ok(()),
             },
             Some("message_delta") => {
-                apply_usage(&mut self.usage, &data["usage"]);
-                let reason = finish_reason(data["delta"]["stop_reason"].as_str(), self.json_answer);
-                out.push(chunk(json!({}), reason));
+                apply_usage(&mut self.usage, data.usage.as_ref());
+                let stop_reason =
+                    data.delta.as_ref().and_then(|delta| event::text(&delta.stop_reason));
+                let reason = finish_reason(stop_reason, self.json_answer);
+                out.push(assemble::delta_chunk(Message::default(), reason));
                 return Ok(());
             }
             Some("message_stop") => {
                 self.done = true;
                 return Ok(());
             }
-            Some("error") => return Err(stream_error(&data["error"])),
+            Some("error") => return Err(stream_error(&event::value(data.error))),
             // ping and event types newer than this adapter.
             _ => return Ok(()),
         };
-        out.push(chunk(delta, Value::Null));
+        out.push(assemble::delta_chunk(delta, Value::Null));
         Ok(())
     }
 
-    fn block_start(&mut self, data: &Value) -> Result<Option<Value>, UpstreamError> {
-        let block_idx = data["index"].as_u64().unwrap_or(0) as usize;
+    fn block_start(&mut self, data: StreamEvent) -> Result<Option<Message>, UpstreamError> {
+        let block_idx = event::count(&data.index).unwrap_or(0) as usize;
         if block_idx >= CONTENT_BLOCKS_MAX {
             return Err(bad_gateway("anthropic", "too many content blocks"));
         }
         if self.tool_call_by_block.len() <= block_idx {
             self.tool_call_by_block.resize(block_idx + 1, None);
         }
-        let block = &data["content_block"];
-        if block["type"] != "tool_use" || self.json_answer {
+        let Some(block) = data.content_block else { return Ok(None) };
+        if event::text(&block.kind) != Some("tool_use") || self.json_answer {
             return Ok(None);
         }
         let call_idx = self.n_tool_calls;
         self.n_tool_calls += 1;
         self.tool_call_by_block[block_idx] = Some(ToolCallBlock { call_idx, has_arguments: false });
-        Ok(Some(json!({"tool_calls": [{
-            "index": call_idx,
-            "id": block["id"],
-            "type": "function",
-            "function": {"name": block["name"], "arguments": ""},
-        }]})))
+        let start = (event::value(block.id), event::value(block.name));
+        let call = assemble::tool_call(Some(call_idx), Some(start), Value::from(""));
+        Ok(Some(assemble::tool_calls_delta(vec![call])))
     }
 
-    fn block_delta(&mut self, data: &Value) -> Option<Value> {
-        let delta = &data["delta"];
-        match delta["type"].as_str()? {
-            "text_delta" => Some(json!({"content": delta["text"]})),
-            "thinking_delta" => Some(json!({"reasoning": delta["thinking"]})),
+    fn block_delta(&mut self, data: StreamEvent) -> Option<Message> {
+        let delta = data.delta?;
+        match event::text(&delta.kind)? {
+            "text_delta" => Some(assemble::content_delta(event::value(delta.text))),
+            "thinking_delta" => Some(assemble::reasoning_delta(event::value(delta.thinking))),
             "input_json_delta" if self.json_answer => {
-                Some(json!({"content": delta["partial_json"]}))
+                Some(assemble::content_delta(event::value(delta.partial_json)))
             }
             "input_json_delta" => {
-                let block_idx = data["index"].as_u64()? as usize;
+                let block_idx = event::count(&data.index)? as usize;
                 let call = self.tool_call_by_block.get_mut(block_idx)?.as_mut()?;
-                let arguments = delta["partial_json"].as_str().unwrap_or_default();
+                let arguments = match delta.partial_json {
+                    Some(Value::String(arguments)) => arguments,
+                    _ => String::new(),
+                };
                 call.has_arguments |= !arguments.is_empty();
-                Some(json!({"tool_calls": [{
-                    "index": call.call_idx,
-                    "function": {"arguments": arguments},
-                }]}))
+                let call = assemble::tool_call(Some(call.call_idx), None, Value::from(arguments));
+                Some(assemble::tool_calls_delta(vec![call]))
             }
             // signature_delta (thinking integrity) and citations have no OpenAI field.
             _ => None,
@@ -747,12 +813,13 @@ impl AnthropicStream {
     }
 
     /// The end of a block: a tool call that received no argument text gets `{}`.
-    fn block_stop(&mut self, data: &Value) -> Option<Value> {
-        let block_idx = data["index"].as_u64()? as usize;
+    fn block_stop(&mut self, data: &StreamEvent) -> Option<Message> {
+        let block_idx = event::count(&data.index)? as usize;
         let call = self.tool_call_by_block.get_mut(block_idx)?.take()?;
-        (!call.has_arguments).then(
-            || json!({"tool_calls": [{"index": call.call_idx, "function": {"arguments": "{}"}}]}),
-        )
+        (!call.has_arguments).then(|| {
+            let call = assemble::tool_call(Some(call.call_idx), None, Value::from("{}"));
+            assemble::tool_calls_delta(vec![call])
+        })
     }
 
     fn drain(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
@@ -762,10 +829,6 @@ impl AnthropicStream {
         self.events.clear();
         result
     }
-}
-
-fn chunk(delta: Value, finish_reason: Value) -> Chunk {
-    assemble::delta_chunk(delta, finish_reason)
 }
 
 /// An `error` event mid-stream: overload and API errors are the provider's, so
@@ -974,15 +1037,42 @@ mod tests {
         assert_eq!(thinking(Effort::High, 1024).unwrap_err().param, "reasoning_effort");
     }
 
+    /// What the Messages codec relays as sent is known by the event's type alone: an
+    /// event that is no object a tree reads has none (and is dropped).
+    #[test]
+    fn event_types_are_read_as_a_tree_reads_them() {
+        let deep = format!(r#"{{"type":"ping","x":{}{}}}"#, "[".repeat(200), "]".repeat(200));
+        for (data, expected) in [
+            (r#"{"type":"content_block_delta","delta":{"text":"}"}}"#, Some("content_block_delta")),
+            (r#" {"type":"pi\u006eg"} "#, Some("ping")),
+            (r#"{"type":"ping","type":"message_stop"}"#, Some("message_stop")),
+            (r#"{"x":1}"#, Some("")),
+            (r#"{"type":5}"#, Some("")),
+            (r#"{"type":null}"#, Some("")),
+            ("[1]", None),
+            (r#""message_stop""#, None),
+            ("null", None),
+            (r#"{"type":"ping","x":1e400}"#, None),
+            (&deep, None),
+            (r#"{"type":"ping""#, None),
+            (r#"{"type":"ping"} {}"#, None),
+        ] {
+            assert_eq!(event_type(data).as_deref(), expected, "{data}");
+        }
+    }
+
     #[test]
     fn usage_counts_cached_tokens_into_the_prompt() {
         let mut usage = Usage::default();
-        apply_usage(
+        let apply = |usage: &mut Usage, text: &str| {
+            apply_usage(usage, Some(&event::read::<WireUsage>(text).unwrap()));
+        };
+        apply(
             &mut usage,
-            &json!({"input_tokens": 10, "cache_read_input_tokens": 100,
-                    "cache_creation_input_tokens": 5, "output_tokens": 1}),
+            r#"{"input_tokens": 10, "cache_read_input_tokens": 100,
+                "cache_creation_input_tokens": 5, "output_tokens": 1}"#,
         );
-        apply_usage(&mut usage, &json!({"output_tokens": 42}));
+        apply(&mut usage, r#"{"output_tokens": 42}"#);
         let expected = Usage {
             prompt_tokens: 115,
             completion_tokens: 42,

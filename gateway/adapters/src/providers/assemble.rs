@@ -2,18 +2,62 @@
 //! wire format (Anthropic, Gemini, Cohere): the assistant message, the citation list, and
 //! `parallel_tool_calls: false` for providers without such a switch.
 
-use super::{Choice, Chunk, Completion, Loose, StreamTranslator, UpstreamError, Usage};
+use super::{
+    Choice, Chunk, Completion, Function, Loose, Message, StreamTranslator, ToolCall, UpstreamError,
+    Usage,
+};
 use serde_json::{Map, Value};
 
-/// A chunk of one choice (index 0): `delta`, built as a tree, and the finish reason.
-pub fn delta_chunk(delta: Value, finish_reason: Value) -> Chunk {
+/// A chunk of one choice (index 0): `delta` and the finish reason.
+pub fn delta_chunk(delta: Message, finish_reason: Value) -> Chunk {
     let choice = Choice {
-        delta: Some(Loose::from_tree(delta)),
+        delta: Some(Loose::Typed(Box::new(delta))),
         finish_reason: Some(finish_reason),
         index: Some(Value::from(0)),
         ..Choice::default()
     };
     Chunk { choices: vec![choice], extra: Map::new() }
+}
+
+/// A stream's first delta: the role, and empty content, as OpenAI streams begin.
+pub fn role_delta() -> Message {
+    Message {
+        role: Some(Value::from("assistant")),
+        content: Some(Value::from("")),
+        ..Message::default()
+    }
+}
+
+/// A delta of one member, `content` or `reasoning`.
+pub fn content_delta(content: Value) -> Message {
+    Message { content: Some(content), ..Message::default() }
+}
+
+pub fn reasoning_delta(reasoning: Value) -> Message {
+    Message { reasoning: Some(reasoning), ..Message::default() }
+}
+
+/// A delta of tool calls.
+pub fn tool_calls_delta(calls: Vec<ToolCall>) -> Message {
+    let calls = calls.into_iter().map(Loose::Typed).collect();
+    Message { tool_calls: Some(Loose::Typed(calls)), ..Message::default() }
+}
+
+/// A tool call with its stream `index` (`None`: a complete answer's, which has none): its
+/// start, with `id` and function `name`, or (`start` none) more of its arguments.
+pub fn tool_call(index: Option<u64>, start: Option<(Value, Value)>, arguments: Value) -> ToolCall {
+    let (id, name, kind) = match start {
+        Some((id, name)) => (Some(id), Some(name), Some(Value::from("function"))),
+        None => (None, None, None),
+    };
+    let function = Function { arguments: Some(arguments), name, other: Map::new() };
+    ToolCall {
+        function: Some(Loose::Typed(function)),
+        id,
+        index: index.map(Value::from),
+        kind,
+        other: Map::new(),
+    }
 }
 
 /// The OpenAI assistant message of a complete response. `content` is `null` only when

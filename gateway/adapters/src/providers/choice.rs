@@ -30,15 +30,6 @@ pub enum Loose<T> {
     Json(Value),
 }
 
-impl<T: Form> Loose<T> {
-    /// A member built as a tree (by the adapters that translate another wire format),
-    /// read as [`Loose`] reads it from text.
-    pub fn from_tree(tree: Value) -> Loose<T> {
-        // Every member of the typed forms takes any value: reading a tree cannot fail.
-        Loose::deserialize(tree).unwrap_or(Loose::Json(Value::Null))
-    }
-}
-
 impl<T> Loose<T> {
     /// The typed value, if the member had the expected form.
     pub fn typed(&self) -> Option<&T> {
@@ -127,11 +118,6 @@ impl Choice {
 }
 
 impl Message {
-    /// A message or delta built as a tree, typed (see [`Choice::from_tree`]).
-    pub fn from_tree(tree: Value) -> Message {
-        from_tree(tree)
-    }
-
     /// `field`'s text, when it is a string.
     pub fn text(field: &Option<Value>) -> Option<&str> {
         field.as_ref().and_then(Value::as_str)
@@ -434,7 +420,8 @@ pub fn write_choices(out: &mut Vec<u8>, choices: &[Choice]) {
     choices.write(out);
 }
 
-/// Written through another serializer (a whole answer, or a tree in tests): as the JSON
+/// Written through another serializer (a tree, in tests; answers are written by
+/// `write_choices`): as the JSON
 /// text `Write` makes.
 fn as_raw(value: &impl Write) -> Box<RawValue> {
     let mut text = Vec::with_capacity(128);
@@ -530,22 +517,7 @@ mod tests {
             "é\"",
             "zz",
         ];
-        let word = proptest::sample::select(&WORDS[..]);
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<f64>().prop_map(Value::from),
-            word.clone().prop_map(Value::from),
-        ];
-        leaf.prop_recursive(5, 64, 6, move |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                proptest::collection::vec((word.clone(), inner), 0..6).prop_map(|members| {
-                    Value::Object(members.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
-                }),
-            ]
-        })
+        crate::providers::json_of_words(&WORDS)
     }
 
     proptest! {

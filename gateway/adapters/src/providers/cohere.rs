@@ -11,15 +11,17 @@
 use super::assemble::{self, assistant_message, Citations};
 use super::embed::{self, EmbedRequest, EmbedTarget, Embedder, Embeddings};
 use super::errors::{bad_gateway, classify, truncate};
+use super::event::{self, lenient_object, Count, List, Number, Str};
 use super::openai::bearer_headers;
 use super::translate::{self, param_error, Part, ResponseFormat, ToolChoice};
 use super::{
-    Adapter, ChatRequest, Choice, Chunk, Completion, Endpoint, ParamError, StreamTranslator,
-    Target, UpstreamError, UpstreamRequest, Usage,
+    Adapter, ChatRequest, Choice, Chunk, Completion, Endpoint, Message, ParamError,
+    StreamTranslator, Target, UpstreamError, UpstreamRequest, Usage,
 };
 use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 const PROVIDER: &str = "cohere";
@@ -113,12 +115,13 @@ impl Adapter for Cohere {
         let assistant = assistant_message(text, reasoning, tool_calls);
         let choice = json!({"index": 0, "message": assistant, "finish_reason": finish_reason});
         let mut citations = Citations::default();
-        for citation in message["citations"].as_array().into_iter().flatten() {
+        let cited = List::<Citation>::deserialize(&message["citations"]).unwrap_or_default();
+        for citation in &cited.0 {
             read_citations(&mut citations, citation);
         }
         let completion = Completion {
             choices: vec![Choice::from_tree(choice)],
-            usage: usage_of(&reply["usage"]),
+            usage: usage_of(WireUsage::deserialize(&reply["usage"]).ok().as_ref()),
             extra: citations.extra(),
         };
         Ok(assemble::first_tool_call_only(chat.body.tree(), completion))
@@ -395,21 +398,79 @@ fn finish_reason(reason: &str, produced: bool) -> Result<&'static str, UpstreamE
 /// Usage from `billed_units`. Cohere's `cached_tokens` count against `tokens`, not
 /// against the billed units (which already leave the cache out), so they do not enter
 /// `Usage`. Counts are documented as numbers, so whole-valued floats are accepted.
-fn usage_of(usage: &Value) -> Usage {
-    let billed = &usage["billed_units"];
-    let count = |name: &str| {
-        let value = &billed[name];
-        value.as_u64().or_else(|| {
-            value.as_f64().filter(|count| count.is_finite() && *count >= 0.0).map(|count| {
-                // Saturates at u64::MAX: a nonsense count must not wrap around.
-                count.ceil() as u64
-            })
-        })
+fn usage_of(usage: Option<&WireUsage>) -> Usage {
+    let billed = usage.and_then(|usage| usage.billed_units.as_ref());
+    let count = |count: fn(&BilledUnits) -> Option<Number>| {
+        billed.and_then(count).and_then(|number| number.0).unwrap_or(0)
     };
     Usage {
-        prompt_tokens: count("input_tokens").unwrap_or(0),
-        completion_tokens: count("output_tokens").unwrap_or(0),
+        prompt_tokens: count(|billed| billed.input_tokens),
+        completion_tokens: count(|billed| billed.output_tokens),
         ..Usage::default()
+    }
+}
+
+lenient_object! {
+    struct WireUsage<'de> {
+        "billed_units" => billed_units: BilledUnits<'de>,
+    }
+
+    struct BilledUnits<'de> {
+        "input_tokens" => input_tokens: Number,
+        "output_tokens" => output_tokens: Number,
+    }
+
+    /// One stream event: the members the translation reads of every event type.
+    struct StreamEvent<'de> {
+        "type" => kind: Str<'de>,
+        /// The content block or tool call of `content-*` and `tool-call-*`.
+        "index" => index: Count,
+        "delta" => delta: EventDelta<'de>,
+    }
+
+    struct EventDelta<'de> {
+        "message" => message: DeltaMessage<'de>,
+        /// `message-end`'s.
+        "usage" => usage: WireUsage<'de>,
+        "finish_reason" => finish_reason: Str<'de>,
+    }
+
+    struct DeltaMessage<'de> {
+        "content" => content: DeltaContent<'de>,
+        "tool_plan" => tool_plan: Str<'de>,
+        /// One call (an object), not a list.
+        "tool_calls" => tool_calls: DeltaCall<'de>,
+        /// One citation (an object), not a list.
+        "citations" => citations: Citation<'de>,
+    }
+
+    struct DeltaContent<'de> {
+        "text" => text: Str<'de>,
+        "thinking" => thinking: Str<'de>,
+    }
+
+    struct DeltaCall<'de> {
+        "id" => id: Value,
+        "function" => function: DeltaFunction<'de>,
+    }
+
+    struct DeltaFunction<'de> {
+        "name" => name: Value,
+        "arguments" => arguments: Str<'de>,
+    }
+
+    /// A citation: the sources it names.
+    struct Citation<'de> {
+        "sources" => sources: List<Source<'de>>,
+    }
+
+    struct Source<'de> {
+        "document" => document: Document<'de>,
+        "id" => id: Str<'de>,
+    }
+
+    struct Document<'de> {
+        "url" => url: Str<'de>,
     }
 }
 
@@ -463,42 +524,53 @@ impl CohereStream {
         if self.done || event.data == "[DONE]" {
             return Ok(());
         }
-        let data: Value = serde_json::from_str(&event.data)
+        let data: StreamEvent = event::read(&event.data)
             .map_err(|error| bad_gateway(PROVIDER, format!("invalid stream event: {error}")))?;
-        let message = &data["delta"]["message"];
-        let delta = match data["type"].as_str() {
-            Some("message-start") => json!({"role": "assistant", "content": ""}),
+        let index = event::count(&data.index);
+        let mut delta = data.delta.unwrap_or_default();
+        let message = delta.message.take().unwrap_or_default();
+        let delta = match event::text(&data.kind) {
+            Some("message-start") => {
+                out.push(assemble::delta_chunk(assemble::role_delta(), Value::Null));
+                return Ok(());
+            }
             Some("content-start" | "content-delta") => {
-                let content = &message["content"];
-                match (content["text"].as_str(), content["thinking"].as_str()) {
-                    (Some(text), _) if !text.is_empty() => json!({"content": text}),
-                    (_, Some(thinking)) if !thinking.is_empty() => json!({"reasoning": thinking}),
+                let content = message.content.unwrap_or_default();
+                match (event::text(&content.text), event::text(&content.thinking)) {
+                    (Some(text), _) if !text.is_empty() => {
+                        assemble::content_delta(Value::from(text))
+                    }
+                    (_, Some(thinking)) if !thinking.is_empty() => {
+                        assemble::reasoning_delta(Value::from(thinking))
+                    }
                     _ => return Ok(()),
                 }
             }
-            Some("tool-plan-delta") => match message["tool_plan"].as_str() {
-                Some(plan) if !plan.is_empty() => json!({"reasoning": plan}),
+            Some("tool-plan-delta") => match event::text(&message.tool_plan) {
+                Some(plan) if !plan.is_empty() => assemble::reasoning_delta(Value::from(plan)),
                 _ => return Ok(()),
             },
-            Some("tool-call-start") => self.call_start(&data)?,
+            Some("tool-call-start") => self.call_start(index, message.tool_calls)?,
             Some("tool-call-delta") => {
-                let fragment = message["tool_calls"]["function"]["arguments"].as_str();
-                match self.call_arguments(&data, |call| call.release(fragment.unwrap_or_default()))
+                let call = message.tool_calls.and_then(|call| call.function);
+                let fragment = call.as_ref().and_then(|function| event::text(&function.arguments));
+                match self.call_arguments(index, |call| call.release(fragment.unwrap_or_default()))
                 {
                     Some(delta) => delta,
                     None => return Ok(()),
                 }
             }
-            Some("tool-call-end") => match self.call_arguments(&data, CallState::end) {
+            Some("tool-call-end") => match self.call_arguments(index, CallState::end) {
                 Some(delta) => delta,
                 None => return Ok(()),
             },
-            Some("message-end") => return self.message_end(&data["delta"], out),
+            Some("message-end") => return self.message_end(delta, out),
             // Each `citation-start` carries one citation; the cumulative list goes out
             // when a source is new. `citation-end` only closes the event.
             Some("citation-start") => {
-                if read_citations(&mut self.citations, &message["citations"]) {
-                    let mut chunk = chunk(json!({}), Value::Null);
+                let citation = message.citations.unwrap_or_default();
+                if read_citations(&mut self.citations, &citation) {
+                    let mut chunk = assemble::delta_chunk(Message::default(), Value::Null);
                     chunk.extra = self.citations.extra();
                     out.push(chunk);
                 }
@@ -507,54 +579,58 @@ impl CohereStream {
             // citation-end and event types newer than this adapter.
             _ => return Ok(()),
         };
-        self.produced |= delta.get("role").is_none();
-        out.push(chunk(delta, Value::Null));
+        self.produced = true;
+        out.push(assemble::delta_chunk(delta, Value::Null));
         Ok(())
     }
 
-    fn call_start(&mut self, data: &Value) -> Result<Value, UpstreamError> {
-        let cohere_idx = data["index"].as_u64().unwrap_or(0) as usize;
+    fn call_start(
+        &mut self,
+        index: Option<u64>,
+        call: Option<DeltaCall>,
+    ) -> Result<Message, UpstreamError> {
+        let cohere_idx = index.unwrap_or(0) as usize;
         if cohere_idx >= TOOL_CALLS_MAX {
             return Err(bad_gateway(PROVIDER, "too many tool calls"));
         }
         if self.calls.len() <= cohere_idx {
             self.calls.resize_with(cohere_idx + 1, || None);
         }
-        let call = &data["delta"]["message"]["tool_calls"];
+        let call = call.unwrap_or_default();
+        let function = call.function.unwrap_or_default();
         let mut state =
             CallState { openai_idx: self.n_tool_calls, held: String::new(), released: false };
         self.n_tool_calls += 1;
-        let first = state.release(call["function"]["arguments"].as_str().unwrap_or_default());
-        let delta = json!({"tool_calls": [{
-            "index": state.openai_idx,
-            "id": call["id"],
-            "type": "function",
-            "function": {"name": call["function"]["name"], "arguments": first.unwrap_or_default()},
-        }]});
+        let first = state.release(event::text(&function.arguments).unwrap_or_default());
+        let start = (event::value(call.id), event::value(function.name));
+        let arguments = Value::from(first.unwrap_or_default());
+        let call = assemble::tool_call(Some(state.openai_idx), Some(start), arguments);
         self.calls[cohere_idx] = Some(state);
-        Ok(delta)
+        Ok(assemble::tool_calls_delta(vec![call]))
     }
 
     /// An arguments delta for the call at the event's index, if `take` releases text.
     fn call_arguments(
         &mut self,
-        data: &Value,
+        index: Option<u64>,
         take: impl FnOnce(&mut CallState) -> Option<String>,
-    ) -> Option<Value> {
-        let cohere_idx = data["index"].as_u64()? as usize;
-        let state = self.calls.get_mut(cohere_idx)?.as_mut()?;
+    ) -> Option<Message> {
+        let state = self.calls.get_mut(index? as usize)?.as_mut()?;
         let arguments = take(state)?;
-        Some(
-            json!({"tool_calls": [{"index": state.openai_idx, "function": {"arguments": arguments}}]}),
-        )
+        let call = assemble::tool_call(Some(state.openai_idx), None, Value::from(arguments));
+        Some(assemble::tool_calls_delta(vec![call]))
     }
 
-    fn message_end(&mut self, delta: &Value, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
+    fn message_end(
+        &mut self,
+        delta: EventDelta,
+        out: &mut Vec<Chunk>,
+    ) -> Result<(), UpstreamError> {
         self.done = true;
-        self.usage = usage_of(&delta["usage"]);
-        let reason = delta["finish_reason"].as_str().unwrap_or_default();
+        self.usage = usage_of(delta.usage.as_ref());
+        let reason = event::text(&delta.finish_reason).unwrap_or_default();
         let finish = finish_reason(reason, self.produced)?;
-        out.push(chunk(json!({}), Value::from(finish)));
+        out.push(assemble::delta_chunk(Message::default(), Value::from(finish)));
         Ok(())
     }
 
@@ -571,18 +647,15 @@ impl CohereStream {
 /// Perplexity/OpenRouter convention, in order of first appearance, each once: a
 /// document's `url` where it has one, else the source's `id` (`doc:0`, or the tool call
 /// id and output index of a tool result, `get_weather_9gpb31r7h7mj:0`).
-fn read_citations(citations: &mut Citations, citation: &Value) -> bool {
+fn read_citations(citations: &mut Citations, citation: &Citation) -> bool {
     let mut new = false;
-    for source in citation["sources"].as_array().into_iter().flatten() {
-        if let Some(name) = source["document"]["url"].as_str().or_else(|| source["id"].as_str()) {
+    for source in event::items(&citation.sources) {
+        let url = source.document.as_ref().and_then(|document| event::text(&document.url));
+        if let Some(name) = url.or_else(|| event::text(&source.id)) {
             new |= citations.insert(name);
         }
     }
     new
-}
-
-fn chunk(delta: Value, finish_reason: Value) -> Chunk {
-    assemble::delta_chunk(delta, finish_reason)
 }
 
 impl StreamTranslator for CohereStream {
@@ -671,10 +744,13 @@ mod tests {
 
     #[test]
     fn usage_is_billed_units() {
-        let usage = usage_of(&json!({"billed_units": {"input_tokens": 12, "output_tokens": 7.0},
-            "tokens": {"input_tokens": 507, "output_tokens": 10}, "cached_tokens": 448}));
+        let usage_of = |text: &str| usage_of(Some(&event::read::<WireUsage>(text).unwrap()));
+        let usage = usage_of(
+            r#"{"billed_units": {"input_tokens": 12, "output_tokens": 7.0},
+                "tokens": {"input_tokens": 507, "output_tokens": 10}, "cached_tokens": 448}"#,
+        );
         assert_eq!(usage, Usage { prompt_tokens: 12, completion_tokens: 7, ..Usage::default() });
-        assert_eq!(usage_of(&json!({"billed_units": {"input_tokens": -3}})), Usage::default());
+        assert_eq!(usage_of(r#"{"billed_units": {"input_tokens": -3}}"#), Usage::default());
     }
 
     #[test]

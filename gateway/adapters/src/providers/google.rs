@@ -11,16 +11,18 @@
 use super::assemble::{self, Citations};
 use super::embed::{self, EmbedRequest, EmbedTarget, Embedder, Embeddings};
 use super::errors::{bad_gateway, classify, truncate, RETRY_AFTER_MAX};
+use super::event::{self, lenient_object, Count, Flag, IfObject, List, Skip, Str, Values};
 use super::translate::{self, param_error, Part, ResponseFormat, ToolChoice};
 use super::{
-    Adapter, ChatRequest, Choice, Chunk, Completion, Endpoint, ParamError, StreamTranslator,
-    Target, UpstreamError, UpstreamRequest, Usage,
+    Adapter, ChatRequest, Choice, Chunk, Completion, Endpoint, Loose, Message, ParamError,
+    StreamTranslator, Target, ToolCall, UpstreamError, UpstreamRequest, Usage,
 };
 use crate::providers::ERROR_BYTES_MAX;
 use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -81,23 +83,25 @@ impl Adapter for Google {
     }
 
     fn response(&self, chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
-        let reply: Value = serde_json::from_slice(body)
+        let tree: Value = serde_json::from_slice(body)
             .map_err(|error| bad_gateway(PROVIDER, format!("invalid response: {error}")))?;
-        if let Some(error) = reply.get("error") {
+        // The answer is read as a stream event is (a reader takes any value: no failure).
+        let reply = Reply::deserialize(&tree).unwrap_or_default();
+        if let Some(error) = &reply.error {
             return Err(embedded_error(error, "in a 200 response"));
         }
-        let usage = usage_of(&reply["usageMetadata"]);
-        let mut ids =
-            CallIds { response_id: reply["responseId"].as_str().map(str::to_owned), n: 0 };
+        let usage = usage_of(reply.usage_metadata.as_ref().and_then(|m| m.0.as_ref()));
+        let response_id = event::text(&reply.response_id).map(str::to_owned);
+        let mut ids = CallIds { response_id, n: 0 };
         let mut output = Output::default();
         let mut citations = Citations::default();
-        let finish_reason = match reply["candidates"].get(0) {
+        let finish_reason = match event::items(&reply.candidates).first() {
             Some(candidate) => {
                 output.read(candidate, &mut ids);
                 read_citations(&mut citations, candidate);
-                match candidate["finishReason"].as_str() {
+                match event::text(&candidate.finish_reason) {
                     Some(reason) => {
-                        let message = candidate["finishMessage"].as_str().unwrap_or_default();
+                        let message = event::text(&candidate.finish_message).unwrap_or_default();
                         let produced = !output.is_empty();
                         let has_tool_calls = !output.tool_calls.is_empty();
                         Value::from(finish_reason(reason, message, has_tool_calls, produced)?)
@@ -105,13 +109,16 @@ impl Adapter for Google {
                     None => Value::Null,
                 }
             }
-            None if reply.get("promptFeedback").is_some() => Value::from("content_filter"),
+            None if reply.prompt_feedback.is_some() => Value::from("content_filter"),
             None => return Err(bad_gateway(PROVIDER, "response has no candidates")),
         };
-        let choice =
-            json!({"index": 0, "message": output.message(), "finish_reason": finish_reason});
-        let choices = vec![Choice::from_tree(choice)];
-        let completion = Completion { choices, usage, extra: citations.extra() };
+        let choice = Choice {
+            finish_reason: Some(finish_reason),
+            index: Some(Value::from(0)),
+            message: Some(Loose::Typed(Box::new(output.message()))),
+            ..Choice::default()
+        };
+        let completion = Completion { choices: vec![choice], usage, extra: citations.extra() };
         Ok(assemble::first_tool_call_only(chat.body.tree(), completion))
     }
 
@@ -539,7 +546,7 @@ struct Output {
     text: String,
     reasoning: String,
     /// OpenAI tool calls, each with its stream `index`.
-    tool_calls: Vec<Value>,
+    tool_calls: Vec<ToolCall>,
 }
 
 impl Output {
@@ -547,24 +554,22 @@ impl Output {
     /// a conversation without them (it only loses the thought context), and OpenAI
     /// messages have no field to carry them back. Code-execution and other server-tool
     /// parts cannot occur: the adapter never enables those tools.
-    fn read(&mut self, candidate: &Value, ids: &mut CallIds) {
-        for part in candidate["content"]["parts"].as_array().into_iter().flatten() {
-            if let Some(text) = part["text"].as_str() {
-                let target =
-                    if part["thought"] == true { &mut self.reasoning } else { &mut self.text };
+    fn read(&mut self, candidate: &Candidate, ids: &mut CallIds) {
+        let content = candidate.content.as_ref();
+        for part in content.map_or(&[][..], |content| event::items(&content.parts)) {
+            if let Some(text) = event::text(&part.text) {
+                let thought = part.thought.is_some_and(|thought| thought.0);
+                let target = if thought { &mut self.reasoning } else { &mut self.text };
                 target.push_str(text);
-            } else if let Some(call) = part.get("functionCall") {
+            } else if let Some(call) = &part.function_call {
                 let (call_idx, id) = ids.next();
-                let arguments = match &call["args"] {
-                    Value::Null => "{}".to_owned(),
-                    args => args.to_string(),
+                let arguments = match &call.args {
+                    None | Some(Value::Null) => "{}".to_owned(),
+                    Some(args) => args.to_string(),
                 };
-                self.tool_calls.push(json!({
-                    "index": call_idx,
-                    "id": id,
-                    "type": "function",
-                    "function": {"name": call["name"], "arguments": arguments},
-                }));
+                let start = (Value::from(id), call.name.clone().unwrap_or(Value::Null));
+                let call = assemble::tool_call(Some(call_idx), Some(start), Value::from(arguments));
+                self.tool_calls.push(call);
             }
         }
     }
@@ -574,41 +579,36 @@ impl Output {
     }
 
     /// The non-streamed assistant message.
-    fn message(mut self) -> Value {
+    fn message(mut self) -> Message {
         for call in &mut self.tool_calls {
-            if let Value::Object(call) = call {
-                call.remove("index");
-            }
+            call.index = None;
         }
-        let mut message = Map::new();
-        message.insert("role".to_owned(), Value::from("assistant"));
         let content = if self.text.is_empty() && !self.tool_calls.is_empty() {
             Value::Null
         } else {
             Value::from(self.text)
         };
-        message.insert("content".to_owned(), content);
-        if !self.reasoning.is_empty() {
-            message.insert("reasoning".to_owned(), Value::from(self.reasoning));
+        let reasoning = (!self.reasoning.is_empty()).then(|| Value::from(self.reasoning));
+        let tool_calls = (!self.tool_calls.is_empty())
+            .then(|| Loose::Typed(self.tool_calls.into_iter().map(Loose::Typed).collect()));
+        Message {
+            content: Some(content),
+            reasoning,
+            role: Some(Value::from("assistant")),
+            tool_calls,
+            ..Message::default()
         }
-        if !self.tool_calls.is_empty() {
-            message.insert("tool_calls".to_owned(), Value::Array(self.tool_calls));
-        }
-        Value::Object(message)
     }
 
     /// The stream delta, if the parts added anything.
-    fn delta(self) -> Option<Map<String, Value>> {
-        let mut delta = Map::new();
-        if !self.text.is_empty() {
-            delta.insert("content".to_owned(), Value::from(self.text));
-        }
-        if !self.reasoning.is_empty() {
-            delta.insert("reasoning".to_owned(), Value::from(self.reasoning));
-        }
-        if !self.tool_calls.is_empty() {
-            delta.insert("tool_calls".to_owned(), Value::Array(self.tool_calls));
-        }
+    fn delta(self) -> Option<Message> {
+        let delta = Message {
+            content: (!self.text.is_empty()).then(|| Value::from(self.text)),
+            reasoning: (!self.reasoning.is_empty()).then(|| Value::from(self.reasoning)),
+            tool_calls: (!self.tool_calls.is_empty())
+                .then(|| Loose::Typed(self.tool_calls.into_iter().map(Loose::Typed).collect())),
+            ..Message::default()
+        };
         (!delta.is_empty()).then_some(delta)
     }
 }
@@ -619,19 +619,76 @@ impl Output {
 /// search results and places behind a grounded answer: `web`, `maps`,
 /// `retrievedContext`), in order of first appearance, each once. A source without a URI
 /// names nothing a client could follow, so it is left out.
-fn read_citations(citations: &mut Citations, candidate: &Value) -> bool {
-    let recited = candidate["citationMetadata"]["citationSources"].as_array();
-    let grounded = candidate["groundingMetadata"]["groundingChunks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_object)
-        .flat_map(|chunk| chunk.values());
+fn read_citations(citations: &mut Citations, candidate: &Candidate) -> bool {
+    let recited = candidate.citation_metadata.as_ref();
+    let recited = recited.map_or(&[][..], |metadata| event::items(&metadata.citation_sources));
+    let grounded = candidate.grounding_metadata.as_ref();
+    let grounded = grounded.map_or(&[][..], |metadata| event::items(&metadata.grounding_chunks));
+    let grounded = grounded.iter().flat_map(|chunk| &chunk.0);
     let mut new = false;
-    for uri in recited.into_iter().flatten().chain(grounded).filter_map(|s| s["uri"].as_str()) {
+    for uri in recited.iter().chain(grounded).filter_map(|source| event::text(&source.uri)) {
         new |= citations.insert(uri);
     }
     new
+}
+
+lenient_object! {
+    /// A complete answer, or one stream event (a piece of one): the members the
+    /// translation reads.
+    struct Reply<'de> {
+        /// Read as a tree: it ends the answer.
+        "error" => error: Value,
+        /// Taken only when it is an object.
+        "usageMetadata" => usage_metadata: IfObject<UsageMetadata<'de>>,
+        "responseId" => response_id: Str<'de>,
+        "candidates" => candidates: List<Candidate<'de>>,
+        "promptFeedback" => prompt_feedback: Skip,
+    }
+
+    struct UsageMetadata<'de> {
+        "cachedContentTokenCount" => cached_content_token_count: Count,
+        "candidatesTokenCount" => candidates_token_count: Count,
+        "promptTokenCount" => prompt_token_count: Count,
+        "thoughtsTokenCount" => thoughts_token_count: Count,
+        "toolUsePromptTokenCount" => tool_use_prompt_token_count: Count,
+    }
+
+    struct Candidate<'de> {
+        "content" => content: Content<'de>,
+        "finishReason" => finish_reason: Str<'de>,
+        "finishMessage" => finish_message: Str<'de>,
+        "citationMetadata" => citation_metadata: CitationMetadata<'de>,
+        "groundingMetadata" => grounding_metadata: GroundingMetadata<'de>,
+    }
+
+    struct Content<'de> {
+        "parts" => parts: List<WirePart<'de>>,
+    }
+
+    struct WirePart<'de> {
+        "text" => text: Str<'de>,
+        "thought" => thought: Flag,
+        "functionCall" => function_call: FunctionCall<'de>,
+    }
+
+    /// `args` is passed on as JSON text, written from its tree (keys sorted).
+    struct FunctionCall<'de> {
+        "name" => name: Value,
+        "args" => args: Value,
+    }
+
+    struct CitationMetadata<'de> {
+        "citationSources" => citation_sources: List<Source<'de>>,
+    }
+
+    struct GroundingMetadata<'de> {
+        /// Each a `web`, `maps` or `retrievedContext` source (any member's value).
+        "groundingChunks" => grounding_chunks: List<Values<Source<'de>>>,
+    }
+
+    struct Source<'de> {
+        "uri" => uri: Str<'de>,
+    }
 }
 
 /// How a Gemini generation ended, in OpenAI's terms.
@@ -683,15 +740,18 @@ fn finish_reason(
 /// Gemini usage in `Usage` terms: `candidatesTokenCount` excludes thoughts, which are
 /// billed as output; prompt tokens a server-side tool added (`toolUsePromptTokenCount`)
 /// are billed as input; `cachedContentTokenCount` is part of `promptTokenCount`.
-fn usage_of(metadata: &Value) -> Usage {
-    let count = |name: &str| metadata.get(name).and_then(Value::as_u64).unwrap_or(0);
-    let prompt_tokens = count("promptTokenCount").saturating_add(count("toolUsePromptTokenCount"));
-    let thoughts = count("thoughtsTokenCount");
+fn usage_of(metadata: Option<&UsageMetadata>) -> Usage {
+    let count = |count: fn(&UsageMetadata) -> Option<u64>| metadata.and_then(count).unwrap_or(0);
+    let prompt_tokens = count(|m| event::count(&m.prompt_token_count))
+        .saturating_add(count(|m| event::count(&m.tool_use_prompt_token_count)));
+    let thoughts = count(|m| event::count(&m.thoughts_token_count));
     Usage {
         prompt_tokens,
-        completion_tokens: count("candidatesTokenCount").saturating_add(thoughts),
+        completion_tokens: count(|m| event::count(&m.candidates_token_count))
+            .saturating_add(thoughts),
         reasoning_tokens: thoughts,
-        cached_read_tokens: count("cachedContentTokenCount").min(prompt_tokens),
+        cached_read_tokens: count(|m| event::count(&m.cached_content_token_count))
+            .min(prompt_tokens),
         cached_write_tokens: 0,
     }
 }
@@ -764,12 +824,21 @@ impl GoogleStream {
         if self.error_body.is_some() {
             return (&[], bytes);
         }
-        for (byte_idx, &byte) in bytes.iter().enumerate() {
-            if self.at_line_start && byte == b'{' {
+        // Only the bytes that start lines are looked at: the first (if the last read
+        // ended a line) and each after a line end, found by `memchr2`.
+        let (mut line_start, mut at_line_start) = (0, self.at_line_start);
+        loop {
+            if at_line_start && bytes.get(line_start) == Some(&b'{') {
                 self.error_body = Some(Vec::new());
-                return bytes.split_at(byte_idx);
+                return bytes.split_at(line_start);
             }
-            self.at_line_start = byte == b'\n' || byte == b'\r';
+            match memchr::memchr2(b'\n', b'\r', &bytes[line_start..]) {
+                Some(line_end) => (line_start, at_line_start) = (line_start + line_end + 1, true),
+                None => break,
+            }
+        }
+        if let Some(&last) = bytes.last() {
+            self.at_line_start = last == b'\n' || last == b'\r';
         }
         (bytes, &[])
     }
@@ -802,23 +871,23 @@ impl GoogleStream {
         if event.data == "[DONE]" {
             return Ok(());
         }
-        let data: Value = serde_json::from_str(&event.data)
+        let data: Reply = event::read(&event.data)
             .map_err(|error| bad_gateway(PROVIDER, format!("invalid stream event: {error}")))?;
-        if let Some(error) = data.get("error") {
+        if let Some(error) = &data.error {
             return Err(embedded_error(error, "mid-stream"));
         }
-        if data["usageMetadata"].is_object() {
-            self.usage = usage_of(&data["usageMetadata"]);
+        if let Some(metadata) = data.usage_metadata.as_ref().and_then(|m| m.0.as_ref()) {
+            self.usage = usage_of(Some(metadata));
         }
         if self.ids.response_id.is_none() {
-            self.ids.response_id = data["responseId"].as_str().map(str::to_owned);
+            self.ids.response_id = event::text(&data.response_id).map(str::to_owned);
         }
-        let Some(candidate) = data["candidates"].get(0) else {
-            self.prompt_blocked |= data.get("promptFeedback").is_some();
+        let Some(candidate) = event::items(&data.candidates).first() else {
+            self.prompt_blocked |= data.prompt_feedback.is_some();
             return Ok(());
         };
-        if let Some(reason) = candidate["finishReason"].as_str() {
-            let message = candidate["finishMessage"].as_str().unwrap_or_default();
+        if let Some(reason) = event::text(&candidate.finish_reason) {
+            let message = event::text(&candidate.finish_message).unwrap_or_default();
             self.finish = Some((reason.to_owned(), message.to_owned()));
         }
         let mut output = Output::default();
@@ -840,13 +909,13 @@ impl GoogleStream {
     }
 
     /// A chunk; the first one also says the role, as OpenAI streams do.
-    fn chunk(&mut self, mut delta: Map<String, Value>, finish_reason: Value) -> Chunk {
+    fn chunk(&mut self, mut delta: Message, finish_reason: Value) -> Chunk {
         if !self.role_sent {
             self.role_sent = true;
-            delta.insert("role".to_owned(), Value::from("assistant"));
-            delta.entry("content").or_insert_with(|| Value::from(""));
+            delta.role = Some(Value::from("assistant"));
+            delta.content.get_or_insert_with(|| Value::from(""));
         }
-        assemble::delta_chunk(Value::Object(delta), finish_reason)
+        assemble::delta_chunk(delta, finish_reason)
     }
 
     fn drain(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
@@ -866,7 +935,7 @@ impl GoogleStream {
             None if self.prompt_blocked => "content_filter",
             None => return Err(bad_gateway(PROVIDER, "stream ended before a finish reason")),
         };
-        Ok(self.chunk(Map::new(), Value::from(reason)))
+        Ok(self.chunk(Message::default(), Value::from(reason)))
     }
 }
 
@@ -910,6 +979,32 @@ mod tests {
         }
         let Value::Object(body) = body else { unreachable!() };
         ChatRequest { body: ChatBody::from_tree(body), stream, max_tokens: None, native: None }
+    }
+
+    /// A bare error body after the events (a line starting with `{`) ends the stream with
+    /// its error however the reads cut the bytes; a `{` inside a line is no error body.
+    #[test]
+    fn an_error_body_is_found_however_the_reads_cut_the_bytes() {
+        let stream = concat!(
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"x{\"}]}}]}\r\n\r\n",
+            "{\"error\": {\"code\": 503, \"message\": \"m\", \"status\": \"UNAVAILABLE\"}}\n",
+        )
+        .as_bytes();
+        let chat = chat_with(None, true);
+        let mut cuts: Vec<Vec<usize>> = (0..=stream.len()).map(|cut| vec![cut]).collect();
+        cuts.push((1..stream.len()).collect());
+        for cut in cuts {
+            let mut translator = Google.stream(&chat);
+            let (mut chunks, mut from) = (Vec::new(), 0);
+            let mut ended = Ok(());
+            for &to in cut.iter().chain([&stream.len()]) {
+                ended = ended.and_then(|()| translator.feed(&stream[from..to], &mut chunks));
+                from = to;
+            }
+            let ended = ended.and_then(|()| translator.finish(&mut chunks));
+            assert_eq!(ended.map_err(|error| error.status), Err(StatusCode::SERVICE_UNAVAILABLE));
+            assert_eq!(chunks.len(), 1, "{cut:?}");
+        }
     }
 
     /// Two calls in one answer, as Gemini answers a question needing two lookups.
@@ -1000,9 +1095,11 @@ mod tests {
 
     #[test]
     fn usage_counts_thoughts_as_completion_and_tool_prompts_as_prompt() {
-        let usage = usage_of(&json!({"promptTokenCount": 438, "candidatesTokenCount": 13,
-            "toolUsePromptTokenCount": 619, "thoughtsTokenCount": 39, "cachedContentTokenCount": 400,
-            "totalTokenCount": 1109}));
+        let usage_of = |text: &str| usage_of(Some(&event::read::<UsageMetadata>(text).unwrap()));
+        let usage = usage_of(
+            r#"{"promptTokenCount": 438, "candidatesTokenCount": 13, "toolUsePromptTokenCount": 619,
+                "thoughtsTokenCount": 39, "cachedContentTokenCount": 400, "totalTokenCount": 1109}"#,
+        );
         let expected = Usage {
             prompt_tokens: 1057,
             completion_tokens: 52,
@@ -1011,7 +1108,7 @@ mod tests {
             cached_write_tokens: 0,
         };
         assert_eq!(usage, expected);
-        assert_eq!(usage_of(&Value::Null), Usage::default());
+        assert_eq!(usage_of("null"), Usage::default());
     }
 
     #[test]

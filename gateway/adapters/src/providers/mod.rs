@@ -18,6 +18,7 @@ mod choice;
 pub mod cohere;
 pub mod embed;
 mod errors;
+mod event;
 pub mod google;
 pub mod openai;
 mod registry;
@@ -295,4 +296,30 @@ pub trait Adapter: Send + Sync + 'static {
     fn embedder(&self) -> Option<&dyn Embedder> {
         None
     }
+}
+
+/// Any JSON whose strings and member names are `words` (for property tests of the
+/// readers and writers of provider JSON).
+#[cfg(test)]
+pub(crate) fn json_of_words(
+    words: &'static [&'static str],
+) -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let word = proptest::sample::select(words);
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        word.clone().prop_map(Value::from),
+    ];
+    leaf.prop_recursive(5, 64, 6, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::vec((word.clone(), inner), 0..6).prop_map(|members| {
+                Value::Object(members.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+            }),
+        ]
+    })
 }
