@@ -13,7 +13,9 @@ use std::time::Duration;
 
 /// mimalloc rather than glibc's malloc: under `solrouter dev` load glibc's per-thread
 /// arenas kept freed memory (RSS 130 MiB after 10 minutes against 85 MiB with two
-/// arenas), and the allocator was the largest item of the ledger's CPU profile.
+/// arenas), and the allocator was the largest item of the ledger's CPU profile. Without the
+/// `mimalloc` feature the system allocator serves, so that `heaptrack` sees every allocation.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
