@@ -17,6 +17,7 @@ use crate::body::UnreadBody;
 use crate::catalog::Model;
 use crate::codec::{Answered, Codec, StreamEncoder};
 use crate::error::{ApiError, ErrorShape};
+use crate::json_text::{self, TreeObject, TreeValue};
 use crate::parse::{self, ParsedChat, GATEWAY_FIELDS};
 use crate::providers::{
     anthropic, ChatRequest, Choice, Chunk, Completion, Message, Native, NativeFormat, Usage,
@@ -33,6 +34,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use solrouter_ledger::PicoUsd;
+use std::borrow::Cow;
 use tokio::time::Instant;
 
 /// Fields of a Messages request the gateway reads itself, or that have an OpenAI chat
@@ -633,16 +635,25 @@ fn usage_json(native: Option<&Value>, usage: &Usage, cost: PicoUsd) -> Value {
         Some(Value::Object(object)) => object.clone(),
         _ => Map::new(),
     };
+    for (name, value) in billed_usage(usage, cost) {
+        object.insert(name.to_owned(), value);
+    }
+    Value::Object(object)
+}
+
+/// The members of Anthropic's usage object the gateway sets (see [`usage_json`]).
+fn billed_usage(usage: &Usage, cost: PicoUsd) -> [(&'static str, Value); 5] {
     let uncached = usage
         .prompt_tokens
         .saturating_sub(usage.cached_read_tokens)
         .saturating_sub(usage.cached_write_tokens);
-    object.insert("input_tokens".to_owned(), Value::from(uncached));
-    object.insert("output_tokens".to_owned(), Value::from(usage.completion_tokens));
-    object.insert("cache_read_input_tokens".to_owned(), Value::from(usage.cached_read_tokens));
-    object.insert("cache_creation_input_tokens".to_owned(), Value::from(usage.cached_write_tokens));
-    object.insert("cost".to_owned(), Value::from(cost.to_usd_f64()));
-    Value::Object(object)
+    [
+        ("input_tokens", Value::from(uncached)),
+        ("output_tokens", Value::from(usage.completion_tokens)),
+        ("cache_read_input_tokens", Value::from(usage.cached_read_tokens)),
+        ("cache_creation_input_tokens", Value::from(usage.cached_write_tokens)),
+        ("cost", Value::from(cost.to_usd_f64())),
+    ]
 }
 
 /// A tool call's arguments as a tool use's input (an object; unparsable text kept whole
@@ -703,8 +714,10 @@ enum Block {
 /// `content_block_start`, its deltas and `content_block_stop`, then `message_delta`
 /// (stop reason, usage with `cost`) and `message_stop`, held back until the settle; a
 /// broken stream ends with an `error` event instead. A native stream's events are
-/// relayed as they came (id and model set on `message_start`); a translated one's are
-/// built from its chunks.
+/// relayed as they came (id and model set on `message_start`, the billed usage on
+/// `message_delta`: those two are rewritten as [`TreeObject`]s, in the bytes a
+/// `serde_json::Value` tree of them writes, without building one); a translated one's
+/// are built from its chunks.
 struct EventEncoder {
     id: String,
     model: String,
@@ -714,8 +727,9 @@ struct EventEncoder {
     block: Option<Block>,
     n_blocks: u64,
     finish_reason: Option<String>,
-    /// A native stream's `message_delta`, written by `finish` with the billed usage.
-    held_delta: Option<Map<String, Value>>,
+    /// A native stream's `message_delta` (its data), written by `finish` with the
+    /// billed usage.
+    held_delta: Option<String>,
 }
 
 impl EventEncoder {
@@ -885,27 +899,27 @@ impl StreamEncoder for EventEncoder {
             return;
         }
         // An event that is no object (or no JSON a tree can hold) is dropped. Only its
-        // type is read; the two events rewritten are built as trees.
+        // type is read; the events rewritten are read as `TreeObject`s.
         let Some(kind) = anthropic::event_type(&event.data) else { return };
-        let tree = || match serde_json::from_str::<Value>(&event.data) {
-            Ok(Value::Object(data)) => data,
-            _ => Map::new(),
-        };
+        let data = || json_text::tree_object(&event.data).unwrap_or_default();
         match &*kind {
             "message_start" => {
                 self.started = true;
-                let mut data = tree();
-                if let Some(Value::Object(message)) = data.get_mut("message") {
-                    message.insert("id".to_owned(), Value::from(self.id.as_str()));
-                    message.insert("model".to_owned(), Value::from(self.model.as_str()));
+                let mut data = data();
+                if let Some(&TreeValue::Text(message)) = data.get("message") {
+                    if let Ok(mut message) = json_text::tree_object(message.get()) {
+                        message.insert(Cow::Borrowed("id"), TreeValue::Str(&self.id));
+                        message.insert(Cow::Borrowed("model"), TreeValue::Str(&self.model));
+                        data.insert(Cow::Borrowed("message"), TreeValue::Object(message));
+                    }
                 }
-                write_event(out, &kind, &Value::Object(data));
+                write_event(out, &kind, &data);
             }
-            "message_delta" => self.held_delta = Some(tree()),
+            "message_delta" => self.held_delta = Some(event.data.clone()),
             // Written by `finish` or `fail`.
             "message_stop" | "error" => {}
             // JSON spread over several `data:` lines is rewritten on one.
-            _ if event.data.contains('\n') => write_event(out, &kind, &Value::Object(tree())),
+            _ if event.data.contains('\n') => write_event(out, &kind, &data()),
             _ => {
                 out.put_slice(b"event: ");
                 out.put_slice(kind.as_bytes());
@@ -919,15 +933,24 @@ impl StreamEncoder for EventEncoder {
     fn finish(&mut self, usage: &Usage, cost: PicoUsd, out: &mut BytesMut) {
         self.start(out);
         self.close_block(out);
-        let mut delta = self.held_delta.take().unwrap_or_else(|| {
+        let held = self.held_delta.take().unwrap_or_else(|| {
             let stop_reason = stop_reason(self.finish_reason.as_deref());
-            let delta = json!({"type": "message_delta",
-                "delta": {"stop_reason": stop_reason, "stop_sequence": null}});
-            delta.as_object().cloned().unwrap_or_default()
+            format!(
+                r#"{{"type":"message_delta","delta":{{"stop_reason":"{stop_reason}","stop_sequence":null}}}}"#
+            )
         });
-        let usage = usage_json(delta.get("usage"), usage, cost);
-        delta.insert("usage".to_owned(), usage);
-        write_event(out, "message_delta", &Value::Object(delta));
+        let mut delta = json_text::tree_object(&held).unwrap_or_default();
+        let mut billed = match delta.get("usage") {
+            Some(&TreeValue::Text(native)) => {
+                json_text::tree_object(native.get()).unwrap_or_default()
+            }
+            _ => TreeObject::new(),
+        };
+        for (name, value) in billed_usage(usage, cost) {
+            billed.insert(Cow::Borrowed(name), TreeValue::Scalar(value));
+        }
+        delta.insert(Cow::Borrowed("usage"), TreeValue::Object(billed));
+        write_event(out, "message_delta", &delta);
         write_event(out, "message_stop", &json!({"type": "message_stop"}));
     }
 
@@ -1348,7 +1371,8 @@ mod tests {
 mod recorded {
     use super::*;
     use crate::catalog::Catalog;
-    use crate::sse::SseParser;
+    use crate::providers::anthropic::Anthropic;
+    use crate::providers::{Adapter, ChatBody};
     use std::fmt::Write as _;
     use std::path::Path;
 
@@ -1379,9 +1403,20 @@ mod recorded {
         let model = catalog.get("anthropic/claude-haiku-4.5").expect("catalogued");
         let answer = Answered { id: "gen-relay", created_s: 1, model, echo: &Value::Null };
         let mut encoder = MESSAGES.encoder(&answer, true);
-        let mut events = Vec::new();
-        let mut parser = SseParser::new();
-        let parsed = parser.feed(bytes, &mut events).and_then(|()| parser.finish(&mut events));
+        // The events as the relay gets them: from the translation's parse.
+        let native = Native {
+            format: NativeFormat::AnthropicMessages,
+            body: Map::new(),
+            headers: HeaderMap::new(),
+        };
+        let body = ChatBody::from_tree(Map::new());
+        let chat = ChatRequest { body, stream: true, max_tokens: None, native: Some(native) };
+        let mut translator = Anthropic.stream(&chat);
+        let (mut chunks, mut events) = (Vec::new(), Vec::new());
+        let _ = translator.feed(bytes, &mut chunks);
+        translator.take_events(&mut events);
+        let _ = translator.finish(&mut chunks);
+        translator.take_events(&mut events);
         let mut relayed = BytesMut::new();
         events.iter().for_each(|event| encoder.native(event, &mut relayed));
         let usage = Usage {
@@ -1392,7 +1427,6 @@ mod recorded {
             ..Usage::default()
         };
         encoder.finish(&usage, PicoUsd(1_234_567), &mut relayed);
-        writeln!(out, "parsed: {parsed:?}").unwrap();
         out.push_str(std::str::from_utf8(&relayed).expect("UTF-8"));
     }
 

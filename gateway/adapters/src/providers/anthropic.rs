@@ -11,7 +11,7 @@ use super::{
     StreamTranslator, Target, UpstreamError, UpstreamRequest, Usage,
 };
 use crate::controls::{Controls, Thinking};
-use crate::sse::{SseEvent, SseParser};
+use crate::sse::{SseError, SseEvent, SseParser};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
@@ -161,6 +161,7 @@ impl Adapter for Anthropic {
             json_answer: answers_through_json_tool(chat.body.tree()),
             parser: SseParser::new(),
             events: Vec::new(),
+            relayed: chat.native_for(self).map(|_| Vec::new()),
             usage: Usage::default(),
             tool_call_by_block: Vec::new(),
             n_tool_calls: 0,
@@ -704,6 +705,9 @@ struct AnthropicStream {
     json_answer: bool,
     parser: SseParser,
     events: Vec<SseEvent>,
+    /// The events read, kept for the relay when the request is the client's own
+    /// Messages request (`ChatRequest::native_for`), until `take_events`.
+    relayed: Option<Vec<SseEvent>>,
     usage: Usage,
     /// For each content block index, its OpenAI tool call (tool_use blocks only).
     tool_call_by_block: Vec<Option<ToolCallBlock>>,
@@ -826,7 +830,24 @@ impl AnthropicStream {
         let events = std::mem::take(&mut self.events);
         let result = events.iter().try_for_each(|event| self.handle(event, out));
         self.events = events;
-        self.events.clear();
+        result
+    }
+
+    /// Translates the events just parsed (all of them unless the parse failed), then
+    /// keeps them for the relay or drops them.
+    fn read_events(
+        &mut self,
+        parsed: Result<(), SseError>,
+        out: &mut Vec<Chunk>,
+    ) -> Result<(), UpstreamError> {
+        let result = match parsed {
+            Ok(()) => self.drain(out),
+            Err(error) => Err(bad_gateway("anthropic", error.to_string())),
+        };
+        match &mut self.relayed {
+            Some(relayed) => relayed.append(&mut self.events),
+            None => self.events.clear(),
+        }
         result
     }
 }
@@ -846,17 +867,13 @@ fn stream_error(error: &Value) -> UpstreamError {
 
 impl StreamTranslator for AnthropicStream {
     fn feed(&mut self, bytes: &[u8], out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
-        self.parser
-            .feed(bytes, &mut self.events)
-            .map_err(|error| bad_gateway("anthropic", error.to_string()))?;
-        self.drain(out)
+        let parsed = self.parser.feed(bytes, &mut self.events);
+        self.read_events(parsed, out)
     }
 
     fn finish(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
-        self.parser
-            .finish(&mut self.events)
-            .map_err(|error| bad_gateway("anthropic", error.to_string()))?;
-        self.drain(out)?;
+        let parsed = self.parser.finish(&mut self.events);
+        self.read_events(parsed, out)?;
         if self.done {
             Ok(())
         } else {
@@ -866,6 +883,12 @@ impl StreamTranslator for AnthropicStream {
 
     fn usage(&self) -> Usage {
         self.usage
+    }
+
+    fn take_events(&mut self, out: &mut Vec<SseEvent>) {
+        if let Some(relayed) = &mut self.relayed {
+            out.append(relayed);
+        }
     }
 }
 
