@@ -4,7 +4,7 @@
 
 use super::assemble::{self, assistant_message};
 use super::errors::{bad_gateway, classify};
-use super::event::{self, lenient_object, Count, IfObject, Str};
+use super::event::{self, lenient_object, Count, IfArray, IfObject, List, Str};
 use super::translate::{self, param_error, Effort, Part, ResponseFormat, ToolChoice};
 use super::{
     Adapter, ChatRequest, Choice, Chunk, Completion, Endpoint, Message, NativeFormat, ParamError,
@@ -15,7 +15,6 @@ use crate::sse::{SseError, SseEvent, SseParser};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 
@@ -122,23 +121,29 @@ impl Adapter for Anthropic {
 
     fn response(&self, chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
         let json_answer = answers_through_json_tool(chat.body.tree());
-        let message: Value = serde_json::from_slice(body)
-            .map_err(|error| bad_gateway("anthropic", format!("invalid response: {error}")))?;
-        let blocks = message["content"]
-            .as_array()
+        // Read as a stream event is, straight from its text: no tree.
+        let message = event::read_body::<IfObject<Answer>>(body)
+            .map_err(|error| bad_gateway("anthropic", format!("invalid response: {error}")))?
+            .0
+            .unwrap_or_default();
+        let blocks = message
+            .content
+            .and_then(|content| content.0)
             .ok_or_else(|| bad_gateway("anthropic", "response has no `content` array"))?;
         let (mut text, mut reasoning, mut tool_calls) = (String::new(), String::new(), Vec::new());
-        for block in blocks {
-            match block["type"].as_str() {
-                Some("text") => text.push_str(block["text"].as_str().unwrap_or_default()),
+        for block in blocks.0 {
+            match event::text(&block.kind) {
+                Some("text") => text.push_str(event::text(&block.text).unwrap_or_default()),
                 Some("thinking") => {
-                    reasoning.push_str(block["thinking"].as_str().unwrap_or_default())
+                    reasoning.push_str(event::text(&block.thinking).unwrap_or_default())
                 }
-                Some("tool_use") if json_answer => text.push_str(&block["input"].to_string()),
+                Some("tool_use") if json_answer => {
+                    text.push_str(&event::value(block.input).to_string())
+                }
                 Some("tool_use") => tool_calls.push(json!({
-                    "id": block["id"],
+                    "id": event::value(block.id),
                     "type": "function",
-                    "function": {"name": block["name"], "arguments": block["input"].to_string()},
+                    "function": {"name": event::value(block.name), "arguments": event::value(block.input).to_string()},
                 })),
                 // Redacted thinking and server-tool blocks have no OpenAI equivalent.
                 _ => {}
@@ -148,11 +153,10 @@ impl Adapter for Anthropic {
         let choice = json!({
             "index": 0,
             "message": assistant,
-            "finish_reason": finish_reason(message["stop_reason"].as_str(), json_answer),
+            "finish_reason": finish_reason(event::text(&message.stop_reason), json_answer),
         });
         let mut usage = Usage::default();
-        let wire = WireUsage::deserialize(&message["usage"]);
-        apply_usage(&mut usage, wire.as_ref().ok());
+        apply_usage(&mut usage, message.usage.as_ref());
         Ok(Completion { choices: vec![Choice::from_tree(choice)], usage, extra: Map::new() })
     }
 
@@ -638,6 +642,23 @@ fn apply_usage(usage: &mut Usage, wire: Option<&WireUsage>) {
 }
 
 lenient_object! {
+    /// A complete answer (a message): the members the translation reads.
+    struct Answer<'de> {
+        "content" => content: IfArray<List<AnswerBlock<'de>>>,
+        "stop_reason" => stop_reason: Str<'de>,
+        "usage" => usage: WireUsage<'de>,
+    }
+
+    /// A content block of an answer; a tool use's id, name and input are passed on.
+    struct AnswerBlock<'de> {
+        "type" => kind: Str<'de>,
+        "text" => text: Str<'de>,
+        "thinking" => thinking: Str<'de>,
+        "id" => id: Value,
+        "name" => name: Value,
+        "input" => input: Value,
+    }
+
     /// An Anthropic usage object (whole in `message_start`, partial in `message_delta`).
     struct WireUsage<'de> {
         "cache_creation_input_tokens" => cache_creation_input_tokens: Count,
