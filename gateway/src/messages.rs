@@ -17,7 +17,6 @@ use crate::body::UnreadBody;
 use crate::catalog::Model;
 use crate::codec::{Answered, Codec, StreamEncoder};
 use crate::error::{ApiError, ErrorShape};
-use crate::json_text::{self, TreeObject, TreeValue};
 use crate::parse::{self, ParsedChat, GATEWAY_FIELDS};
 use crate::providers::{
     anthropic, ChatRequest, Choice, Chunk, Completion, Message, Native, NativeFormat, Usage,
@@ -34,7 +33,6 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use solrouter_ledger::PicoUsd;
-use std::borrow::Cow;
 use tokio::time::Instant;
 
 /// Fields of a Messages request the gateway reads itself, or that have an OpenAI chat
@@ -635,25 +633,16 @@ fn usage_json(native: Option<&Value>, usage: &Usage, cost: PicoUsd) -> Value {
         Some(Value::Object(object)) => object.clone(),
         _ => Map::new(),
     };
-    for (name, value) in billed_usage(usage, cost) {
-        object.insert(name.to_owned(), value);
-    }
-    Value::Object(object)
-}
-
-/// The members of Anthropic's usage object the gateway sets (see [`usage_json`]).
-fn billed_usage(usage: &Usage, cost: PicoUsd) -> [(&'static str, Value); 5] {
     let uncached = usage
         .prompt_tokens
         .saturating_sub(usage.cached_read_tokens)
         .saturating_sub(usage.cached_write_tokens);
-    [
-        ("input_tokens", Value::from(uncached)),
-        ("output_tokens", Value::from(usage.completion_tokens)),
-        ("cache_read_input_tokens", Value::from(usage.cached_read_tokens)),
-        ("cache_creation_input_tokens", Value::from(usage.cached_write_tokens)),
-        ("cost", Value::from(cost.to_usd_f64())),
-    ]
+    object.insert("input_tokens".to_owned(), Value::from(uncached));
+    object.insert("output_tokens".to_owned(), Value::from(usage.completion_tokens));
+    object.insert("cache_read_input_tokens".to_owned(), Value::from(usage.cached_read_tokens));
+    object.insert("cache_creation_input_tokens".to_owned(), Value::from(usage.cached_write_tokens));
+    object.insert("cost".to_owned(), Value::from(cost.to_usd_f64()));
+    Value::Object(object)
 }
 
 /// A tool call's arguments as a tool use's input (an object; unparsable text kept whole
@@ -714,10 +703,8 @@ enum Block {
 /// `content_block_start`, its deltas and `content_block_stop`, then `message_delta`
 /// (stop reason, usage with `cost`) and `message_stop`, held back until the settle; a
 /// broken stream ends with an `error` event instead. A native stream's events are
-/// relayed as they came (id and model set on `message_start`, the billed usage on
-/// `message_delta`: those two are rewritten as [`TreeObject`]s, in the bytes a
-/// `serde_json::Value` tree of them writes, without building one); a translated one's
-/// are built from its chunks.
+/// relayed as they came (id and model set on `message_start`); a translated one's are
+/// built from its chunks.
 struct EventEncoder {
     id: String,
     model: String,
@@ -727,9 +714,8 @@ struct EventEncoder {
     block: Option<Block>,
     n_blocks: u64,
     finish_reason: Option<String>,
-    /// A native stream's `message_delta` (its data), written by `finish` with the
-    /// billed usage.
-    held_delta: Option<String>,
+    /// A native stream's `message_delta`, written by `finish` with the billed usage.
+    held_delta: Option<Map<String, Value>>,
 }
 
 impl EventEncoder {
@@ -899,27 +885,27 @@ impl StreamEncoder for EventEncoder {
             return;
         }
         // An event that is no object (or no JSON a tree can hold) is dropped. Only its
-        // type is read; the events rewritten are read as `TreeObject`s.
+        // type is read; the two events rewritten are built as trees.
         let Some(kind) = anthropic::event_type(&event.data) else { return };
-        let data = || json_text::tree_object(&event.data).unwrap_or_default();
+        let tree = || match serde_json::from_str::<Value>(&event.data) {
+            Ok(Value::Object(data)) => data,
+            _ => Map::new(),
+        };
         match &*kind {
             "message_start" => {
                 self.started = true;
-                let mut data = data();
-                if let Some(&TreeValue::Text(message)) = data.get("message") {
-                    if let Ok(mut message) = json_text::tree_object(message.get()) {
-                        message.insert(Cow::Borrowed("id"), TreeValue::Str(&self.id));
-                        message.insert(Cow::Borrowed("model"), TreeValue::Str(&self.model));
-                        data.insert(Cow::Borrowed("message"), TreeValue::Object(message));
-                    }
+                let mut data = tree();
+                if let Some(Value::Object(message)) = data.get_mut("message") {
+                    message.insert("id".to_owned(), Value::from(self.id.as_str()));
+                    message.insert("model".to_owned(), Value::from(self.model.as_str()));
                 }
-                write_event(out, &kind, &data);
+                write_event(out, &kind, &Value::Object(data));
             }
-            "message_delta" => self.held_delta = Some(event.data.clone()),
+            "message_delta" => self.held_delta = Some(tree()),
             // Written by `finish` or `fail`.
             "message_stop" | "error" => {}
             // JSON spread over several `data:` lines is rewritten on one.
-            _ if event.data.contains('\n') => write_event(out, &kind, &data()),
+            _ if event.data.contains('\n') => write_event(out, &kind, &Value::Object(tree())),
             _ => {
                 out.put_slice(b"event: ");
                 out.put_slice(kind.as_bytes());
@@ -933,24 +919,15 @@ impl StreamEncoder for EventEncoder {
     fn finish(&mut self, usage: &Usage, cost: PicoUsd, out: &mut BytesMut) {
         self.start(out);
         self.close_block(out);
-        let held = self.held_delta.take().unwrap_or_else(|| {
+        let mut delta = self.held_delta.take().unwrap_or_else(|| {
             let stop_reason = stop_reason(self.finish_reason.as_deref());
-            format!(
-                r#"{{"type":"message_delta","delta":{{"stop_reason":"{stop_reason}","stop_sequence":null}}}}"#
-            )
+            let delta = json!({"type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": null}});
+            delta.as_object().cloned().unwrap_or_default()
         });
-        let mut delta = json_text::tree_object(&held).unwrap_or_default();
-        let mut billed = match delta.get("usage") {
-            Some(&TreeValue::Text(native)) => {
-                json_text::tree_object(native.get()).unwrap_or_default()
-            }
-            _ => TreeObject::new(),
-        };
-        for (name, value) in billed_usage(usage, cost) {
-            billed.insert(Cow::Borrowed(name), TreeValue::Scalar(value));
-        }
-        delta.insert(Cow::Borrowed("usage"), TreeValue::Object(billed));
-        write_event(out, "message_delta", &delta);
+        let usage = usage_json(delta.get("usage"), usage, cost);
+        delta.insert("usage".to_owned(), usage);
+        write_event(out, "message_delta", &Value::Object(delta));
         write_event(out, "message_stop", &json!({"type": "message_stop"}));
     }
 

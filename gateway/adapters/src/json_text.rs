@@ -5,10 +5,8 @@
 //! they hold escapes.
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-use serde::ser::{Error as _, Serialize, Serializer};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// One member of a JSON object.
@@ -236,86 +234,6 @@ pub fn is_array(value: &RawValue) -> bool {
     value.get().starts_with('[')
 }
 
-/// An object as a `serde_json::Value` tree holds it, without the tree: its members by
-/// name, sorted, each name once with its last value, the values left as text. Serialized,
-/// it writes the bytes the tree would (no whitespace, members sorted at every depth,
-/// strings and numbers in `serde_json`'s forms): what a relay rewrites keeps the bytes
-/// it had when it was rewritten as a tree, members inserted or replaced in it included.
-pub type TreeObject<'a> = BTreeMap<Cow<'a, str>, TreeValue<'a>>;
-
-/// A member of a [`TreeObject`]: as read, or set.
-#[derive(Debug)]
-pub enum TreeValue<'a> {
-    /// As written, written as its tree would be.
-    Text(&'a RawValue),
-    Str(&'a str),
-    /// A scalar (a number, a boolean, null).
-    Scalar(serde_json::Value),
-    Object(TreeObject<'a>),
-}
-
-/// Reads `text`, one JSON object, as a [`TreeObject`].
-pub fn tree_object(text: &str) -> Result<TreeObject<'_>, NotAnObject> {
-    read::<TreeMembers>(text).map(|TreeMembers(object)| object)
-}
-
-struct TreeMembers<'a>(TreeObject<'a>);
-
-impl<'de> Deserialize<'de> for TreeMembers<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Members;
-        impl<'de> Visitor<'de> for Members {
-            type Value = TreeMembers<'de>;
-            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-                formatter.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut object = TreeObject::new();
-                while let Some(Name(name)) = map.next_key()? {
-                    // A name written again replaces the value, as in a tree.
-                    object.insert(name, TreeValue::Text(map.next_value()?));
-                }
-                Ok(TreeMembers(object))
-            }
-        }
-        deserializer.deserialize_map(Members)
-    }
-}
-
-impl Serialize for TreeValue<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let value = match self {
-            TreeValue::Text(value) => *value,
-            TreeValue::Str(text) => return text.serialize(serializer),
-            TreeValue::Scalar(value) => return value.serialize(serializer),
-            TreeValue::Object(object) => return object.serialize(serializer),
-        };
-        let text = value.get();
-        match text.as_bytes().first() {
-            Some(b'{') => tree_object(text).map_err(S::Error::custom)?.serialize(serializer),
-            Some(b'[') => {
-                let items: Vec<&RawValue> = serde_json::from_str(text).map_err(S::Error::custom)?;
-                serializer.collect_seq(items.into_iter().map(TreeValue::Text))
-            }
-            Some(b'"') => match as_str(value) {
-                Some(text) => text.serialize(serializer),
-                None => Err(S::Error::custom("not a JSON string")),
-            },
-            _ => match (text, text.parse::<u64>(), text.parse::<i64>()) {
-                ("true" | "false", ..) => serializer.serialize_bool(text == "true"),
-                ("null", ..) => serializer.serialize_unit(),
-                // An integer a tree holds as one (`-0` it holds as `-0.0`).
-                (_, Ok(number), _) => serializer.serialize_u64(number),
-                (_, _, Ok(number)) if !text.starts_with("-0") => serializer.serialize_i64(number),
-                // Read as a tree reads it: `1.5e3` is written `1500.0`.
-                _ => serde_json::from_str::<serde_json::Value>(text)
-                    .map_err(S::Error::custom)?
-                    .serialize(serializer),
-            },
-        }
-    }
-}
-
 /// A JSON object's members as deserialized: names, and values as raw text.
 struct RawMembers<'a>(Vec<(Name<'a>, &'a RawValue)>);
 
@@ -371,69 +289,6 @@ mod tests {
             splice(text, &[]),
             "{\"b\" : [1, {\"a\": 2}],\"a\":\"x\\\"y\",\"c\":{},\"added\":1}"
         );
-    }
-
-    /// `text` written through a [`TreeObject`] and through a tree.
-    fn as_tree(text: &str) -> (String, String) {
-        let object = tree_object(text).expect("an object");
-        let tree: serde_json::Value = serde_json::from_str(text).expect("a tree");
-        (serde_json::to_string(&object).unwrap(), serde_json::to_string(&tree).unwrap())
-    }
-
-    #[test]
-    fn a_tree_object_writes_what_its_tree_writes() {
-        for text in [
-            r#"{"b":1,"a":{"d":[1,{"z":null,"y":true}],"c":"x"},"a":{"f":false}}"#,
-            "{ \"s\" : \"a\\\"b\\\\c\\u00e9\\ud83d\\ude00\\n\\/\\u0000é\" ,\n \"n\": [1.5e3, -0, 0, -7, 1E2, 12345678901234567890, 0.1] }",
-            r#"{"\u0062":1,"a\"b":{"\u0061":[]},"":{}}"#,
-            r#"{"deep":[[[{"b":[{}]}]],{"a":"x"}],"t":true,"f":false,"nil":null}"#,
-            "{}",
-        ] {
-            let (object, tree) = as_tree(text);
-            assert_eq!(object, tree, "{text}");
-        }
-        // Members set on it are sorted among those read.
-        let mut object = tree_object(r#"{"z":1,"b":{"y":2,"a":3}}"#).unwrap();
-        object.insert(Cow::Borrowed("c"), TreeValue::Str("\""));
-        object.insert(Cow::Borrowed("z"), TreeValue::Scalar(serde_json::Value::from(0.5)));
-        assert_eq!(
-            serde_json::to_string(&object).unwrap(),
-            r#"{"b":{"a":3,"y":2},"c":"\"","z":0.5}"#
-        );
-        assert!(matches!(tree_object("[1]"), Err(NotAnObject::OtherType)));
-    }
-
-    proptest::proptest! {
-        /// Any object, written compactly or spread over lines, as its tree writes it.
-        #[test]
-        fn tree_objects_write_as_trees(value in json_object()) {
-            for text in [value.to_string(), serde_json::to_string_pretty(&value).unwrap()] {
-                let (object, tree) = as_tree(&text);
-                proptest::prop_assert_eq!(object, tree);
-            }
-        }
-    }
-
-    fn json_object() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
-        use proptest::prelude::*;
-        use serde_json::Value;
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<u64>().prop_map(Value::from),
-            any::<f64>().prop_map(Value::from),
-            ".{0,4}".prop_map(Value::from),
-        ];
-        let value = leaf.prop_recursive(4, 48, 5, |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                proptest::collection::btree_map("[a-c\\\"é]{0,2}", inner, 0..5)
-                    .prop_map(|members| Value::Object(members.into_iter().collect())),
-            ]
-        });
-        proptest::collection::btree_map("[a-d]{0,2}", value, 0..6)
-            .prop_map(|members| Value::Object(members.into_iter().collect()))
     }
 
     #[test]
