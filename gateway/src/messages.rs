@@ -1337,3 +1337,110 @@ mod tests {
         }
     }
 }
+
+/// Every recorded Anthropic stream (`tests/fixtures/anthropic`) and the hand-written ones
+/// (`adapters/tests/events/anthropic.txt`: unknown members, escapes, nulls, repeated
+/// names, broken JSON) relayed to a Messages client, compared byte for byte with what the
+/// relay wrote for them when `message_start` and `message_delta` were rewritten as
+/// `serde_json::Value` trees (`tests/expected/messages-relay.txt`). Run with
+/// `UPDATE_EXPECTED=1` to write the file anew after a deliberate change.
+#[cfg(test)]
+mod recorded {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::providers::anthropic::Anthropic;
+    use crate::providers::{Adapter, ChatBody};
+    use std::fmt::Write as _;
+    use std::path::Path;
+
+    const GATEWAY: &str = env!("CARGO_MANIFEST_DIR");
+
+    /// The upstream bytes of a recorded stream: raw SSE, or one event's data per line.
+    fn stream_bytes(path: &Path) -> Option<Vec<u8>> {
+        let name = path.file_name()?.to_str()?;
+        let text = std::fs::read(path).ok()?;
+        if name.ends_with(".chunks.txt") {
+            let mut sse = Vec::new();
+            for line in text.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
+                sse.extend_from_slice(b"data: ");
+                sse.extend_from_slice(line);
+                sse.extend_from_slice(b"\n\n");
+            }
+            return Some(sse);
+        }
+        let raw =
+            name.ends_with(".sse") || (name.contains("-streaming-") && name.ends_with(".txt"));
+        raw.then_some(text)
+    }
+
+    /// What a Messages client receives for `bytes`: the events as relayed, then the end
+    /// the settle writes.
+    fn relay(out: &mut String, bytes: &[u8]) {
+        let catalog = Catalog::builtin();
+        let model = catalog.get("anthropic/claude-haiku-4.5").expect("catalogued");
+        let answer = Answered { id: "gen-relay", created_s: 1, model, echo: &Value::Null };
+        let mut encoder = MESSAGES.encoder(&answer, true);
+        // The events as the relay gets them: from the translation's parse.
+        let native = Native {
+            format: NativeFormat::AnthropicMessages,
+            body: Map::new(),
+            headers: HeaderMap::new(),
+        };
+        let body = ChatBody::from_tree(Map::new());
+        let chat = ChatRequest { body, stream: true, max_tokens: None, native: Some(native) };
+        let mut translator = Anthropic.stream(&chat);
+        let (mut chunks, mut events) = (Vec::new(), Vec::new());
+        let _ = translator.feed(bytes, &mut chunks);
+        translator.take_events(&mut events);
+        let _ = translator.finish(&mut chunks);
+        translator.take_events(&mut events);
+        let mut relayed = BytesMut::new();
+        events.iter().for_each(|event| encoder.native(event, &mut relayed));
+        let usage = Usage {
+            prompt_tokens: 100,
+            completion_tokens: 20,
+            cached_read_tokens: 30,
+            cached_write_tokens: 5,
+            ..Usage::default()
+        };
+        encoder.finish(&usage, PicoUsd(1_234_567), &mut relayed);
+        out.push_str(std::str::from_utf8(&relayed).expect("UTF-8"));
+    }
+
+    #[test]
+    fn recorded_streams_are_relayed_as_checked_in() {
+        let mut out = String::new();
+        let mut files: Vec<_> =
+            std::fs::read_dir(Path::new(GATEWAY).join("tests/fixtures/anthropic"))
+                .expect("fixtures")
+                .map(|entry| entry.unwrap().path())
+                .collect();
+        files.sort();
+        for path in files {
+            if let Some(bytes) = stream_bytes(&path) {
+                writeln!(out, "## stream {}", path.file_name().unwrap().to_string_lossy()).unwrap();
+                relay(&mut out, &bytes);
+            }
+        }
+        let cases = Path::new(GATEWAY).join("adapters/tests/events/anthropic.txt");
+        let cases = std::fs::read_to_string(cases).expect("hand-written cases");
+        for case in cases.split("### ").filter(|case| !case.is_empty()) {
+            let (title, body) = case.split_once('\n').expect("a title line");
+            if !title.starts_with("answer: ") {
+                writeln!(out, "## {title}").unwrap();
+                relay(&mut out, body.as_bytes());
+            }
+        }
+        let path = Path::new(GATEWAY).join("tests/expected/messages-relay.txt");
+        if std::env::var_os("UPDATE_EXPECTED").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).expect("directory");
+            std::fs::write(&path, &out).expect("write expected");
+            return;
+        }
+        let expected = std::fs::read_to_string(&path).expect("expected relay");
+        for (at, (got, wanted)) in out.lines().zip(expected.lines()).enumerate() {
+            assert_eq!(got, wanted, "line {} of {}", at + 1, path.display());
+        }
+        assert_eq!(out.lines().count(), expected.lines().count(), "line count");
+    }
+}

@@ -16,7 +16,7 @@ use crate::health::is_outage;
 use crate::hold::{observe_cost, waives, HoldGuard};
 use crate::providers::{Adapter, ChatRequest, Chunk, StreamTranslator, UpstreamError, Usage};
 use crate::respond;
-use crate::sse::{SseEvent, SseParser};
+use crate::sse::SseEvent;
 use crate::tokens::Delivered;
 use crate::upstream::{self, next_chunk, Deadlines};
 use bytes::{Bytes, BytesMut};
@@ -50,20 +50,16 @@ pub struct OpenStream {
     provider: &'static str,
     deadlines: Deadlines,
     pending: Vec<Chunk>,
-    /// When the provider streams in the client's own format: its events, parsed to be
-    /// relayed as they are (the chunks are still what is billed).
-    native: Option<NativeEvents>,
+    /// When the provider streams in the client's own format: its events, as the
+    /// translator parsed them (`StreamTranslator::take_events`), to be relayed as they
+    /// are (the chunks are still what is billed).
+    native: Option<Vec<SseEvent>>,
     finished: bool,
     /// Upstream bytes read so far.
     bytes_read: u64,
     /// When the first event arrived: the request's time to first token; the stream's
     /// generation time (its tokens per second, `Health::record_tokens`) runs from it.
     first_event_at: Instant,
-}
-
-struct NativeEvents {
-    parser: SseParser,
-    pending: Vec<SseEvent>,
 }
 
 impl OpenStream {
@@ -83,7 +79,7 @@ impl OpenStream {
             provider: adapter.provider(),
             deadlines,
             pending: Vec::new(),
-            native: native.then(|| NativeEvents { parser: SseParser::new(), pending: Vec::new() }),
+            native: native.then(Vec::new),
             finished: false,
             bytes_read: 0,
             first_event_at: Instant::now(),
@@ -102,23 +98,20 @@ impl OpenStream {
 
     /// Reads one upstream chunk and translates it into `pending`.
     async fn advance(&mut self) -> Result<(), UpstreamError> {
-        match next_chunk(&mut self.body, &self.deadlines, self.provider).await? {
+        let translated = match next_chunk(&mut self.body, &self.deadlines, self.provider).await? {
             Some(bytes) => {
                 self.bytes_read += bytes.len() as u64;
-                if let Some(native) = &mut self.native {
-                    // The translator sees the same bytes and reports malformed ones.
-                    let _ = native.parser.feed(&bytes, &mut native.pending);
-                }
                 self.translator.feed(&bytes, &mut self.pending)
             }
             None => {
                 self.finished = true;
-                if let Some(native) = &mut self.native {
-                    let _ = native.parser.finish(&mut native.pending);
-                }
                 self.translator.finish(&mut self.pending)
             }
+        };
+        if let Some(native) = &mut self.native {
+            self.translator.take_events(native);
         }
+        translated
     }
 
     /// Writes what was read since the last call to the client's encoder.
@@ -133,7 +126,7 @@ impl OpenStream {
             encoder.chunk(&chunk, out);
         }
         if let Some(native) = &mut self.native {
-            for event in native.pending.drain(..) {
+            for event in native.drain(..) {
                 encoder.native(&event, out);
             }
         }
@@ -223,7 +216,7 @@ async fn drain(stream: &mut OpenStream) -> bool {
             }
             stream.pending.clear();
             if let Some(native) = &mut stream.native {
-                native.pending.clear();
+                native.clear();
             }
         }
         stream.finished

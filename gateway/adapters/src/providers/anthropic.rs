@@ -4,18 +4,17 @@
 
 use super::assemble::{self, assistant_message};
 use super::errors::{bad_gateway, classify};
-use super::event::{self, lenient_object, Count, IfObject, Str};
+use super::event::{self, lenient_object, Count, IfArray, IfObject, List, Str};
 use super::translate::{self, param_error, Effort, Part, ResponseFormat, ToolChoice};
 use super::{
     Adapter, ChatRequest, Choice, Chunk, Completion, Endpoint, Message, NativeFormat, ParamError,
     StreamTranslator, Target, UpstreamError, UpstreamRequest, Usage,
 };
 use crate::controls::{Controls, Thinking};
-use crate::sse::{SseEvent, SseParser};
+use crate::sse::{SseError, SseEvent, SseParser};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 
@@ -122,23 +121,29 @@ impl Adapter for Anthropic {
 
     fn response(&self, chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
         let json_answer = answers_through_json_tool(chat.body.tree());
-        let message: Value = serde_json::from_slice(body)
-            .map_err(|error| bad_gateway("anthropic", format!("invalid response: {error}")))?;
-        let blocks = message["content"]
-            .as_array()
+        // Read as a stream event is, straight from its text: no tree.
+        let message = event::read_body::<IfObject<Answer>>(body)
+            .map_err(|error| bad_gateway("anthropic", format!("invalid response: {error}")))?
+            .0
+            .unwrap_or_default();
+        let blocks = message
+            .content
+            .and_then(|content| content.0)
             .ok_or_else(|| bad_gateway("anthropic", "response has no `content` array"))?;
         let (mut text, mut reasoning, mut tool_calls) = (String::new(), String::new(), Vec::new());
-        for block in blocks {
-            match block["type"].as_str() {
-                Some("text") => text.push_str(block["text"].as_str().unwrap_or_default()),
+        for block in blocks.0 {
+            match event::text(&block.kind) {
+                Some("text") => text.push_str(event::text(&block.text).unwrap_or_default()),
                 Some("thinking") => {
-                    reasoning.push_str(block["thinking"].as_str().unwrap_or_default())
+                    reasoning.push_str(event::text(&block.thinking).unwrap_or_default())
                 }
-                Some("tool_use") if json_answer => text.push_str(&block["input"].to_string()),
+                Some("tool_use") if json_answer => {
+                    text.push_str(&event::value(block.input).to_string())
+                }
                 Some("tool_use") => tool_calls.push(json!({
-                    "id": block["id"],
+                    "id": event::value(block.id),
                     "type": "function",
-                    "function": {"name": block["name"], "arguments": block["input"].to_string()},
+                    "function": {"name": event::value(block.name), "arguments": event::value(block.input).to_string()},
                 })),
                 // Redacted thinking and server-tool blocks have no OpenAI equivalent.
                 _ => {}
@@ -148,11 +153,10 @@ impl Adapter for Anthropic {
         let choice = json!({
             "index": 0,
             "message": assistant,
-            "finish_reason": finish_reason(message["stop_reason"].as_str(), json_answer),
+            "finish_reason": finish_reason(event::text(&message.stop_reason), json_answer),
         });
         let mut usage = Usage::default();
-        let wire = WireUsage::deserialize(&message["usage"]);
-        apply_usage(&mut usage, wire.as_ref().ok());
+        apply_usage(&mut usage, message.usage.as_ref());
         Ok(Completion { choices: vec![Choice::from_tree(choice)], usage, extra: Map::new() })
     }
 
@@ -161,6 +165,7 @@ impl Adapter for Anthropic {
             json_answer: answers_through_json_tool(chat.body.tree()),
             parser: SseParser::new(),
             events: Vec::new(),
+            relayed: chat.native_for(self).map(|_| Vec::new()),
             usage: Usage::default(),
             tool_call_by_block: Vec::new(),
             n_tool_calls: 0,
@@ -637,6 +642,23 @@ fn apply_usage(usage: &mut Usage, wire: Option<&WireUsage>) {
 }
 
 lenient_object! {
+    /// A complete answer (a message): the members the translation reads.
+    struct Answer<'de> {
+        "content" => content: IfArray<List<AnswerBlock<'de>>>,
+        "stop_reason" => stop_reason: Str<'de>,
+        "usage" => usage: WireUsage<'de>,
+    }
+
+    /// A content block of an answer; a tool use's id, name and input are passed on.
+    struct AnswerBlock<'de> {
+        "type" => kind: Str<'de>,
+        "text" => text: Str<'de>,
+        "thinking" => thinking: Str<'de>,
+        "id" => id: Value,
+        "name" => name: Value,
+        "input" => input: Value,
+    }
+
     /// An Anthropic usage object (whole in `message_start`, partial in `message_delta`).
     struct WireUsage<'de> {
         "cache_creation_input_tokens" => cache_creation_input_tokens: Count,
@@ -704,6 +726,9 @@ struct AnthropicStream {
     json_answer: bool,
     parser: SseParser,
     events: Vec<SseEvent>,
+    /// The events read, kept for the relay when the request is the client's own
+    /// Messages request (`ChatRequest::native_for`), until `take_events`.
+    relayed: Option<Vec<SseEvent>>,
     usage: Usage,
     /// For each content block index, its OpenAI tool call (tool_use blocks only).
     tool_call_by_block: Vec<Option<ToolCallBlock>>,
@@ -826,7 +851,24 @@ impl AnthropicStream {
         let events = std::mem::take(&mut self.events);
         let result = events.iter().try_for_each(|event| self.handle(event, out));
         self.events = events;
-        self.events.clear();
+        result
+    }
+
+    /// Translates the events just parsed (all of them unless the parse failed), then
+    /// keeps them for the relay or drops them.
+    fn read_events(
+        &mut self,
+        parsed: Result<(), SseError>,
+        out: &mut Vec<Chunk>,
+    ) -> Result<(), UpstreamError> {
+        let result = match parsed {
+            Ok(()) => self.drain(out),
+            Err(error) => Err(bad_gateway("anthropic", error.to_string())),
+        };
+        match &mut self.relayed {
+            Some(relayed) => relayed.append(&mut self.events),
+            None => self.events.clear(),
+        }
         result
     }
 }
@@ -846,17 +888,13 @@ fn stream_error(error: &Value) -> UpstreamError {
 
 impl StreamTranslator for AnthropicStream {
     fn feed(&mut self, bytes: &[u8], out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
-        self.parser
-            .feed(bytes, &mut self.events)
-            .map_err(|error| bad_gateway("anthropic", error.to_string()))?;
-        self.drain(out)
+        let parsed = self.parser.feed(bytes, &mut self.events);
+        self.read_events(parsed, out)
     }
 
     fn finish(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError> {
-        self.parser
-            .finish(&mut self.events)
-            .map_err(|error| bad_gateway("anthropic", error.to_string()))?;
-        self.drain(out)?;
+        let parsed = self.parser.finish(&mut self.events);
+        self.read_events(parsed, out)?;
         if self.done {
             Ok(())
         } else {
@@ -866,6 +904,12 @@ impl StreamTranslator for AnthropicStream {
 
     fn usage(&self) -> Usage {
         self.usage
+    }
+
+    fn take_events(&mut self, out: &mut Vec<SseEvent>) {
+        if let Some(relayed) = &mut self.relayed {
+            out.append(relayed);
+        }
     }
 }
 

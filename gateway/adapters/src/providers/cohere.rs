@@ -11,7 +11,7 @@
 use super::assemble::{self, assistant_message, Citations};
 use super::embed::{self, EmbedRequest, EmbedTarget, Embedder, Embeddings};
 use super::errors::{bad_gateway, classify, truncate};
-use super::event::{self, lenient_object, Count, List, Number, Str};
+use super::event::{self, lenient_object, Count, IfObject, List, Number, Str};
 use super::openai::bearer_headers;
 use super::translate::{self, param_error, Part, ResponseFormat, ToolChoice};
 use super::{
@@ -21,7 +21,6 @@ use super::{
 use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 const PROVIDER: &str = "cohere";
@@ -74,18 +73,21 @@ impl Adapter for Cohere {
     }
 
     fn response(&self, chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
-        let reply: Value = serde_json::from_slice(body)
-            .map_err(|error| bad_gateway(PROVIDER, format!("invalid response: {error}")))?;
+        // Read as a stream event is, straight from its text: no tree.
+        let reply = event::read_body::<IfObject<Answer>>(body)
+            .map_err(|error| bad_gateway(PROVIDER, format!("invalid response: {error}")))?
+            .0
+            .unwrap_or_default();
         let message = reply
-            .get("message")
-            .filter(|message| message.is_object())
+            .message
+            .and_then(|message| message.0)
             .ok_or_else(|| bad_gateway(PROVIDER, "response has no `message`"))?;
         let (mut text, mut reasoning) = (String::new(), String::new());
-        for block in message["content"].as_array().into_iter().flatten() {
-            match block["type"].as_str() {
-                Some("text") => text.push_str(block["text"].as_str().unwrap_or_default()),
+        for block in event::items(&message.content) {
+            match event::text(&block.kind) {
+                Some("text") => text.push_str(event::text(&block.text).unwrap_or_default()),
                 Some("thinking") => {
-                    reasoning.push_str(block["thinking"].as_str().unwrap_or_default())
+                    reasoning.push_str(event::text(&block.thinking).unwrap_or_default())
                 }
                 // Newer block types have no OpenAI equivalent.
                 _ => {}
@@ -93,35 +95,34 @@ impl Adapter for Cohere {
         }
         // The tool plan is the model explaining which tools it is about to call: its
         // reasoning, not its answer.
-        reasoning.push_str(message["tool_plan"].as_str().unwrap_or_default());
-        let tool_calls: Vec<Value> = message["tool_calls"]
-            .as_array()
+        reasoning.push_str(event::text(&message.tool_plan).unwrap_or_default());
+        let calls = message.tool_calls.map(|calls| calls.0).unwrap_or_default();
+        let tool_calls: Vec<Value> = calls
             .into_iter()
-            .flatten()
             .map(|call| {
-                let arguments = call["function"]["arguments"].as_str().unwrap_or_default();
+                let function = call.function.unwrap_or_default();
+                let arguments = event::text(&function.arguments).unwrap_or_default();
                 json!({
-                    "id": call["id"],
+                    "id": event::value(call.id),
                     "type": "function",
-                    "function": {"name": call["function"]["name"], "arguments": object_arguments(arguments)},
+                    "function": {"name": event::value(function.name), "arguments": object_arguments(arguments)},
                 })
             })
             .collect();
         let produced = !(text.is_empty() && reasoning.is_empty() && tool_calls.is_empty());
-        let finish_reason = match reply["finish_reason"].as_str() {
+        let finish_reason = match event::text(&reply.finish_reason) {
             Some(reason) => Value::from(finish_reason(reason, produced)?),
             None => Value::Null,
         };
         let assistant = assistant_message(text, reasoning, tool_calls);
         let choice = json!({"index": 0, "message": assistant, "finish_reason": finish_reason});
         let mut citations = Citations::default();
-        let cited = List::<Citation>::deserialize(&message["citations"]).unwrap_or_default();
-        for citation in &cited.0 {
+        for citation in event::items(&message.citations) {
             read_citations(&mut citations, citation);
         }
         let completion = Completion {
             choices: vec![Choice::from_tree(choice)],
-            usage: usage_of(WireUsage::deserialize(&reply["usage"]).ok().as_ref()),
+            usage: usage_of(reply.usage.as_ref()),
             extra: citations.extra(),
         };
         Ok(assemble::first_tool_call_only(chat.body.tree(), completion))
@@ -411,6 +412,26 @@ fn usage_of(usage: Option<&WireUsage>) -> Usage {
 }
 
 lenient_object! {
+    /// A complete answer: the members the translation reads.
+    struct Answer<'de> {
+        "message" => message: IfObject<AnswerMessage<'de>>,
+        "finish_reason" => finish_reason: Str<'de>,
+        "usage" => usage: WireUsage<'de>,
+    }
+
+    struct AnswerMessage<'de> {
+        "content" => content: List<AnswerBlock<'de>>,
+        "tool_plan" => tool_plan: Str<'de>,
+        "tool_calls" => tool_calls: List<DeltaCall<'de>>,
+        "citations" => citations: List<Citation<'de>>,
+    }
+
+    struct AnswerBlock<'de> {
+        "type" => kind: Str<'de>,
+        "text" => text: Str<'de>,
+        "thinking" => thinking: Str<'de>,
+    }
+
     struct WireUsage<'de> {
         "billed_units" => billed_units: BilledUnits<'de>,
     }

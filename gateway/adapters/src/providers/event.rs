@@ -24,6 +24,15 @@ pub fn read<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, serde_json::Erro
     serde_json::from_str(text)
 }
 
+/// Reads a complete answer's body as [`read`] reads an event's text. A body that is not
+/// UTF-8 is no JSON a tree reads either, and is refused with the tree's error.
+pub fn read_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, serde_json::Error> {
+    match std::str::from_utf8(body) {
+        Ok(text) => read(text),
+        Err(_) => serde_json::from_slice::<Value>(body).and_then(T::deserialize),
+    }
+}
+
 /// A string member: `None` when it is another type.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Str<'a>(pub Option<Cow<'a, str>>);
@@ -52,6 +61,16 @@ pub struct Values<T>(pub Vec<T>);
 /// An object read as `T`; `None` when it is no object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IfObject<T>(pub Option<T>);
+
+/// An array read as `T`; `None` when it is no array.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IfArray<T>(pub Option<T>);
+
+impl<T> Default for IfArray<T> {
+    fn default() -> Self {
+        IfArray(None)
+    }
+}
 
 impl<T> Default for IfObject<T> {
     fn default() -> Self {
@@ -345,7 +364,19 @@ impl<'de, T: Lenient<'de>> Lenient<'de> for IfObject<T> {
     }
 }
 
+impl<'de, T: Lenient<'de>> Lenient<'de> for IfArray<T> {
+    fn array<A: SeqAccess<'de>>(seq: A) -> Result<Self, A::Error> {
+        T::array(seq).map(|array| IfArray(Some(array)))
+    }
+}
+
 deserialize_lenient!(Str<'de>, Count, Number, Flag);
+
+impl<'de, T: Lenient<'de>> Deserialize<'de> for IfArray<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        read_lenient(deserializer)
+    }
+}
 
 impl<'de, T: Lenient<'de>> Deserialize<'de> for IfObject<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -22,7 +22,6 @@ use crate::sse::{SseEvent, SseParser};
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -83,10 +82,12 @@ impl Adapter for Google {
     }
 
     fn response(&self, chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
-        let tree: Value = serde_json::from_slice(body)
-            .map_err(|error| bad_gateway(PROVIDER, format!("invalid response: {error}")))?;
-        // The answer is read as a stream event is (a reader takes any value: no failure).
-        let reply = Reply::deserialize(&tree).unwrap_or_default();
+        // The answer is read as a stream event is, straight from its text (what is no
+        // object reads as an empty reply, as it did when it was read into a tree first).
+        let reply = event::read_body::<IfObject<Reply>>(body)
+            .map_err(|error| bad_gateway(PROVIDER, format!("invalid response: {error}")))?
+            .0
+            .unwrap_or_default();
         if let Some(error) = &reply.error {
             return Err(embedded_error(error, "in a 200 response"));
         }

@@ -33,6 +33,7 @@ pub use embed::{EmbedRequest, EmbedTarget, Embedder, Embeddings, Encoding, Input
 pub use registry::{host_names, is_mock, Providers, MOCK_PROVIDER, MOCK_SLOW_PROVIDER};
 
 use crate::controls::Controls;
+use crate::sse::SseEvent;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
@@ -218,6 +219,10 @@ pub trait StreamTranslator: Send {
     fn finish(&mut self, out: &mut Vec<Chunk>) -> Result<(), UpstreamError>;
     /// Usage seen so far (cumulative).
     fn usage(&self) -> Usage;
+    /// The provider's own events read since the last call, appended to `out`, when the
+    /// client speaks the provider's format (`ChatRequest::native_for`) and is sent them as
+    /// they came: the translation's SSE parse is the relay's too. None otherwise.
+    fn take_events(&mut self, _out: &mut Vec<SseEvent>) {}
 }
 
 /// The chat request parameters an OpenAI-compatible upstream receives as the client
