@@ -1355,22 +1355,8 @@ mod recorded {
 
     const GATEWAY: &str = env!("CARGO_MANIFEST_DIR");
 
-    /// The upstream bytes of a recorded stream: raw SSE, or one event's data per line.
-    fn stream_bytes(path: &Path) -> Option<Vec<u8>> {
-        let name = path.file_name()?.to_str()?;
-        let text = std::fs::read(path).ok()?;
-        if name.ends_with(".chunks.txt") {
-            let mut sse = Vec::new();
-            for line in text.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
-                sse.extend_from_slice(b"data: ");
-                sse.extend_from_slice(line);
-                sse.extend_from_slice(b"\n\n");
-            }
-            return Some(sse);
-        }
-        let raw =
-            name.ends_with(".sse") || (name.contains("-streaming-") && name.ends_with(".txt"));
-        raw.then_some(text)
+    mod support {
+        include!(concat!(env!("CARGO_MANIFEST_DIR"), "/adapters/tests/support/recorded.rs"));
     }
 
     /// What a Messages client receives for `bytes`: the events as relayed, then the end
@@ -1410,37 +1396,22 @@ mod recorded {
     #[test]
     fn recorded_streams_are_relayed_as_checked_in() {
         let mut out = String::new();
-        let mut files: Vec<_> =
-            std::fs::read_dir(Path::new(GATEWAY).join("tests/fixtures/anthropic"))
-                .expect("fixtures")
-                .map(|entry| entry.unwrap().path())
-                .collect();
-        files.sort();
-        for path in files {
-            if let Some(bytes) = stream_bytes(&path) {
+        for path in support::files(&Path::new(GATEWAY).join("tests/fixtures/anthropic")) {
+            if let Some(bytes) = support::stream_bytes(&path) {
                 writeln!(out, "## stream {}", path.file_name().unwrap().to_string_lossy()).unwrap();
                 relay(&mut out, &bytes);
             }
         }
         let cases = Path::new(GATEWAY).join("adapters/tests/events/anthropic.txt");
-        let cases = std::fs::read_to_string(cases).expect("hand-written cases");
-        for case in cases.split("### ").filter(|case| !case.is_empty()) {
-            let (title, body) = case.split_once('\n').expect("a title line");
+        for (title, body) in support::cases(&cases) {
             if !title.starts_with("answer: ") {
                 writeln!(out, "## {title}").unwrap();
                 relay(&mut out, body.as_bytes());
             }
         }
-        let path = Path::new(GATEWAY).join("tests/expected/messages-relay.txt");
-        if std::env::var_os("UPDATE_EXPECTED").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).expect("directory");
-            std::fs::write(&path, &out).expect("write expected");
-            return;
-        }
-        let expected = std::fs::read_to_string(&path).expect("expected relay");
-        for (at, (got, wanted)) in out.lines().zip(expected.lines()).enumerate() {
-            assert_eq!(got, wanted, "line {} of {}", at + 1, path.display());
-        }
-        assert_eq!(out.lines().count(), expected.lines().count(), "line count");
+        support::check_expected(
+            &out,
+            &Path::new(GATEWAY).join("tests/expected/messages-relay.txt"),
+        );
     }
 }

@@ -12,7 +12,12 @@ use solrouter_adapters::providers::cohere::Cohere;
 use solrouter_adapters::providers::google::Google;
 use solrouter_adapters::providers::{write_choices, Adapter, ChatBody, ChatRequest, Chunk};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use support::{cases, check_expected, files, stream_bytes};
+
+mod support {
+    include!("support/recorded.rs");
+}
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
 const EXPECTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/expected");
@@ -36,33 +41,6 @@ fn chats(stream: bool) -> [(&'static str, ChatRequest); 2] {
             chat(r#","parallel_tool_calls":false,"response_format":{"type":"json_object"}"#),
         ),
     ]
-}
-
-fn files(provider: &str) -> Vec<PathBuf> {
-    let directory = Path::new(FIXTURES).join(provider);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(directory)
-        .expect("fixtures")
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    files.sort();
-    files
-}
-
-/// The upstream bytes of a recorded stream: raw SSE, or one event's data per line.
-fn stream_bytes(path: &Path) -> Option<Vec<u8>> {
-    let name = path.file_name()?.to_str()?;
-    let text = std::fs::read(path).ok()?;
-    if name.ends_with(".chunks.txt") {
-        let mut sse = Vec::new();
-        for line in text.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
-            sse.extend_from_slice(b"data: ");
-            sse.extend_from_slice(line);
-            sse.extend_from_slice(b"\n\n");
-        }
-        return Some(sse);
-    }
-    let raw = name.ends_with(".sse") || (name.contains("-streaming-") && name.ends_with(".txt"));
-    raw.then_some(text)
 }
 
 /// A recorded complete answer (not a request, metadata or error body sent with a failing
@@ -120,7 +98,7 @@ fn write_answer(out: &mut String, adapter: &dyn Adapter, body: &[u8]) {
 /// and an answer's body).
 fn translations(provider: &str, adapter: &dyn Adapter) -> String {
     let mut out = String::new();
-    for path in files(provider) {
+    for path in files(&Path::new(FIXTURES).join(provider)) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if let Some(bytes) = stream_bytes(&path) {
             writeln!(out, "## stream {name}").unwrap();
@@ -130,10 +108,7 @@ fn translations(provider: &str, adapter: &dyn Adapter) -> String {
             write_answer(&mut out, adapter, &std::fs::read(&path).expect("fixture"));
         }
     }
-    let cases = Path::new(HAND_WRITTEN).join(format!("{provider}.txt"));
-    let cases = std::fs::read_to_string(cases).expect("hand-written cases");
-    for case in cases.split("### ").filter(|case| !case.is_empty()) {
-        let (title, body) = case.split_once('\n').expect("a title line");
+    for (title, body) in cases(&Path::new(HAND_WRITTEN).join(format!("{provider}.txt"))) {
         writeln!(out, "## {title}").unwrap();
         if title.starts_with("answer: ") {
             write_answer(&mut out, adapter, body.trim_end().as_bytes());
@@ -145,17 +120,8 @@ fn translations(provider: &str, adapter: &dyn Adapter) -> String {
 }
 
 fn check(provider: &str, adapter: &dyn Adapter) {
-    let translated = translations(provider, adapter);
-    let path = Path::new(EXPECTED).join(format!("{provider}.txt"));
-    if std::env::var_os("UPDATE_EXPECTED").is_some() {
-        std::fs::write(&path, &translated).expect("write expected");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).expect("expected translation");
-    for (at, (translated, expected)) in translated.lines().zip(expected.lines()).enumerate() {
-        assert_eq!(translated, expected, "{provider}: line {} of {}", at + 1, path.display());
-    }
-    assert_eq!(translated.lines().count(), expected.lines().count(), "{provider}: line count");
+    let expected = Path::new(EXPECTED).join(format!("{provider}.txt"));
+    check_expected(&translations(provider, adapter), &expected);
 }
 
 #[test]
