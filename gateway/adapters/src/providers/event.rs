@@ -247,6 +247,14 @@ macro_rules! deserialize_lenient {
             }
         }
     )*};
+    // Wrappers of one reader `T`, read as the bound says.
+    ($($type:ident<T: $bound:ident>),* $(,)?) => {$(
+        impl<'de, T: $bound<'de>> serde::Deserialize<'de> for $type<T> {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                $crate::providers::event::read_lenient(deserializer)
+            }
+        }
+    )*};
 }
 pub(crate) use deserialize_lenient;
 
@@ -371,30 +379,8 @@ impl<'de, T: Lenient<'de>> Lenient<'de> for IfArray<T> {
 }
 
 deserialize_lenient!(Str<'de>, Count, Number, Flag);
-
-impl<'de, T: Lenient<'de>> Deserialize<'de> for IfArray<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        read_lenient(deserializer)
-    }
-}
-
-impl<'de, T: Lenient<'de>> Deserialize<'de> for IfObject<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        read_lenient(deserializer)
-    }
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        read_lenient(deserializer)
-    }
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Values<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        read_lenient(deserializer)
-    }
-}
+deserialize_lenient!(IfArray<T: Lenient>, IfObject<T: Lenient>);
+deserialize_lenient!(List<T: Deserialize>, Values<T: Deserialize>);
 
 #[cfg(test)]
 mod tests {
