@@ -2,7 +2,9 @@
 //! this process replicating over real gRPC on 127.0.0.1, each in its own data directory.
 
 use anyhow::Context;
-use solrouter_raft::{LedgerNode, NodeOptions, NodeStats, DATA_FILE_NAME, SNAPSHOT_FILE_NAME};
+use solrouter_raft::{
+    LedgerNode, NodeOptions, NodeStats, WalStore, LOG_DIR_NAME, SNAPSHOT_FILE_NAME,
+};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -71,30 +73,36 @@ impl Cluster {
             node.shutdown().await?;
         }
         for dir in &self.dirs {
-            wait_closed(&dir.path().join(DATA_FILE_NAME)).await?;
-            wait_closed(&dir.path().join(SNAPSHOT_FILE_NAME)).await?;
+            let log = dir.path().join(LOG_DIR_NAME);
+            wait_closed(&log, || match WalStore::open(&log) {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+                Err(e) => Err(e.into()),
+            })
+            .await?;
+            let snapshots = dir.path().join(SNAPSHOT_FILE_NAME);
+            wait_closed(&snapshots, || match redb::Database::open(&snapshots) {
+                Ok(_) => Ok(true),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => Ok(false),
+                Err(e) => Err(e.into()),
+            })
+            .await?;
         }
         Ok(())
     }
 }
 
-/// Waits until the node's redb database can be opened here, i.e. until the node closed it
-/// (redb refuses a second open of a file while it is open).
-async fn wait_closed(db_file: &Path) -> anyhow::Result<()> {
+/// Waits until a store of the node can be opened here (`open` says `Ok(true)`), i.e. until
+/// the node closed it (both redb and the log store refuse a second open while one is).
+async fn wait_closed(path: &Path, open: impl Fn() -> anyhow::Result<bool>) -> anyhow::Result<()> {
     for _ in 0..CLOSE_WAIT_ATTEMPTS_MAX {
-        match redb::Database::open(db_file) {
-            Ok(db) => {
-                drop(db);
-                return Ok(());
-            }
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                tokio::time::sleep(CLOSE_WAIT_INTERVAL).await
-            }
-            Err(e) => return Err(e).with_context(|| format!("opening {db_file:?}")),
+        if open().with_context(|| format!("opening {path:?}"))? {
+            return Ok(());
         }
+        tokio::time::sleep(CLOSE_WAIT_INTERVAL).await
     }
     let waited = CLOSE_WAIT_INTERVAL * CLOSE_WAIT_ATTEMPTS_MAX;
-    anyhow::bail!("{db_file:?} still open {waited:?} after its node shut down")
+    anyhow::bail!("{path:?} still open {waited:?} after its node shut down")
 }
 
 /// Batches and commands proposed, summed over every group of `nodes`.

@@ -62,10 +62,14 @@ impl Group {
     }
 
     /// Starts a group over already opened stores, stamping batches with `clock`.
-    pub async fn start_with<K: KvTree, N: RaftNetworkFactory<crate::types::TypeConfig>>(
+    pub async fn start_with<
+        L: KvTree,
+        S: KvTree,
+        N: RaftNetworkFactory<crate::types::TypeConfig>,
+    >(
         node_id: NodeId,
-        log_store: LogStore<K>,
-        state_machine: StateMachine<K>,
+        log_store: LogStore<L>,
+        state_machine: StateMachine<S>,
         config: Arc<Config>,
         network: N,
         clock: Clock,

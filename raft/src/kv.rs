@@ -1,11 +1,12 @@
-//! The ordered key-value trees the Raft log, vote and snapshots are written to: one redb
-//! database per node in production ([`RedbStore`]; the bake-off that chose it is in
-//! `docs/storage.md`). The stores are written against [`KvTree`] rather than redb directly
-//! so the deterministic simulation (`sim`) can run the very same store code over an
-//! in-memory tree that models a crash: every write made durable survives it, every other
-//! write is lost.
+//! The ordered key-value trees the Raft log, vote and snapshots are written to: in
+//! production the log store of our own (`wal.rs`) for logs, votes and identity and a redb
+//! database ([`RedbStore`]) for snapshots (the bake-off that chose them is in
+//! `docs/storage.md`), each written by a [`StoreWriter`] thread. The stores are written
+//! against [`KvTree`] rather than an engine directly so the deterministic simulation
+//! (`sim`) can run the very same store code over an in-memory tree that models a crash:
+//! every write made durable survives it, every other write is lost.
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable, TableHandle};
 use std::future::Future;
 use std::ops::Bound;
 use std::path::Path;
@@ -53,13 +54,16 @@ pub trait KvTree: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
+/// A table's name and every pair in it.
+pub(crate) type NamedTable = (String, Vec<KvPair<RedbTree>>);
+
 /// A key and its value as a tree hands them out.
 pub type KvPair<T> = (<T as KvTree>::Value, <T as KvTree>::Value);
 
-/// What redb may keep of the log in memory, per node (read cache and write buffer). The
-/// log's hot pages are its tail, written and read back by replication and apply; a larger
-/// cache only fills with old entries, and a cache that fills for minutes makes the
-/// process look as if it grew with requests served.
+/// What redb may keep of a log in memory (read cache and write buffer): of the log an
+/// older build kept in redb, while it is moved to the log store, and of the bake-off's
+/// redb engine. The log's hot pages are its tail; a larger cache only fills with old
+/// entries.
 pub const REDB_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// What redb may keep of the snapshots in memory. A snapshot is read back only once
 /// after its save, to restore, or to send it to a follower, so a cache only holds pages
@@ -71,10 +75,10 @@ pub const REDB_SNAPSHOT_CACHE_BYTES: usize = 2 * 1024 * 1024;
 /// Writes waiting for the writer thread at most; a writer beyond waits for room. Each group
 /// has about one log write, one vote or committed index and one snapshot or purge in
 /// flight at a time, so this bounds a node of hundreds of groups only under a stall.
-const REDB_QUEUE_MAX: usize = 4096;
+const WRITES_QUEUED_MAX: usize = 4096;
 /// Most writes one redb transaction takes from the queue (group commit across the trees
 /// and groups of a node), so one huge queue cannot delay the first writer for long.
-const REDB_WRITES_PER_COMMIT_MAX: usize = 1024;
+const WRITES_PER_COMMIT_MAX: usize = 1024;
 
 /// A node's redb database, written by one thread of its own. Every write goes through that
 /// thread, which takes whatever writes are queued, applies them in one transaction and
@@ -90,22 +94,69 @@ const REDB_WRITES_PER_COMMIT_MAX: usize = 1024;
 #[derive(Clone)]
 pub struct RedbStore {
     db: Arc<redb::Database>,
+    writer: StoreWriter,
+}
+
+/// The queue in front of a store's writer thread (the redb database's, the WAL's): each
+/// round of queued writes is committed at once, `Deferred` writes waiting for a round
+/// with another write in it. Cheap to clone; the thread ends when the last clone is gone.
+#[derive(Clone)]
+pub(crate) struct StoreWriter {
     writes_tx: mpsc::Sender<WriteRequest>,
 }
 
-struct WriteRequest {
-    table: Arc<str>,
-    batch: KvBatch,
-    durability: Durability,
+pub(crate) struct WriteRequest {
+    pub(crate) table: Arc<str>,
+    pub(crate) batch: KvBatch,
+    pub(crate) durability: Durability,
     /// Where the commit's result goes; `None` for a `Deferred` write, whose writer does
     /// not wait (a failed commit fails the non-deferred write it was committed with).
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
-/// A node's two databases: the log (entries, votes, committed indexes, identity) and the
+impl StoreWriter {
+    /// Starts the thread `name`, which hands every round of queued writes to `commit`
+    /// (never an empty round, never one of only `Deferred` writes unless it is full or
+    /// the last) and tells their writers its result.
+    pub(crate) fn spawn(
+        name: &str,
+        commit: impl FnMut(&[WriteRequest]) -> Result<(), String> + Send + 'static,
+    ) -> std::io::Result<StoreWriter> {
+        let (writes_tx, writes_rx) = mpsc::channel(WRITES_QUEUED_MAX);
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || write_loop(writes_rx, commit))?;
+        Ok(StoreWriter { writes_tx })
+    }
+
+    /// Queues `batch` for `table` and waits as far as `durability` says.
+    pub(crate) async fn write(
+        &self,
+        table: &Arc<str>,
+        batch: KvBatch,
+        durability: Durability,
+    ) -> Result<(), String> {
+        let (done, done_rx) = match durability {
+            Durability::Deferred => (None, None),
+            Durability::Volatile | Durability::Durable => {
+                let (done, done_rx) = oneshot::channel();
+                (Some(done), Some(done_rx))
+            }
+        };
+        let request = WriteRequest { table: Arc::clone(table), batch, durability, done };
+        let closed = || "the store's writer thread is gone".to_owned();
+        self.writes_tx.send(request).await.map_err(|_| closed())?;
+        match done_rx {
+            Some(done_rx) => done_rx.await.map_err(|_| closed())?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// A node's two stores: the log (entries, votes, committed indexes, identity) and the
 /// snapshots ([`crate::SNAPSHOT_FILE_NAME`]), each with its own writer.
 pub struct NodeStores {
-    pub log: RedbStore,
+    pub log: crate::wal::WalStore,
     pub snapshots: RedbStore,
 }
 
@@ -116,51 +167,64 @@ impl RedbStore {
     /// another process, has it open.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<RedbStore, redb::DatabaseError> {
         let db = Arc::new(redb::Builder::new().set_cache_size(cache_bytes).create(path)?);
-        let (writes_tx, writes_rx) = mpsc::channel(REDB_QUEUE_MAX);
-        let writer = Arc::clone(&db);
-        std::thread::Builder::new()
-            .name("redb-writer".to_owned())
-            .spawn(move || write_loop(&writer, writes_rx))
-            .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
-        Ok(RedbStore { db, writes_tx })
+        let committed = Arc::clone(&db);
+        let writer = StoreWriter::spawn("redb-writer", move |round| {
+            // redb's errors are not `Clone`: every writer of the round gets the message.
+            commit(&committed, round).map_err(|e| e.to_string())
+        })
+        .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
+        Ok(RedbStore { db, writer })
     }
 
     pub fn tree(&self, name: &str) -> RedbTree {
         RedbTree { store: self.clone(), table: Arc::from(name) }
     }
+
+    /// Every table with its pairs (for moving an older build's log out of redb).
+    pub(crate) fn tables(&self) -> Result<Vec<NamedTable>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let names: Vec<String> = txn.list_tables()?.map(|t| t.name().to_owned()).collect();
+        let all = (Bound::Unbounded, Bound::Unbounded);
+        names.into_iter().map(|name| Ok((name.clone(), self.tree(&name).range(all)?))).collect()
+    }
 }
 
-/// The writer thread: one transaction per round of queued writes, until every handle is
-/// gone. `Deferred` writes wait, in queue order, for the next round that holds another
-/// write (or fills up), so they share its transaction. A panicking commit ends the thread:
-/// its writers, and every later one, see the channel closed.
-fn write_loop(db: &redb::Database, mut writes_rx: mpsc::Receiver<WriteRequest>) {
+/// The writer thread: one commit per round of queued writes, until every handle is gone.
+/// `Deferred` writes wait, in queue order, for the next round that holds another write (or
+/// fills up), so they share its commit. A panicking commit ends the thread: its writers,
+/// and every later one, see the channel closed.
+fn write_loop(
+    mut writes_rx: mpsc::Receiver<WriteRequest>,
+    mut commit: impl FnMut(&[WriteRequest]) -> Result<(), String>,
+) {
     let mut requests = Vec::new();
     while let Some(request) = writes_rx.blocking_recv() {
         requests.push(request);
-        while requests.len() < REDB_WRITES_PER_COMMIT_MAX {
+        while requests.len() < WRITES_PER_COMMIT_MAX {
             match writes_rx.try_recv() {
                 Ok(request) => requests.push(request),
                 Err(_) => break,
             }
         }
         let only_deferred = requests.iter().all(|r| r.durability == Durability::Deferred);
-        if only_deferred && requests.len() < REDB_WRITES_PER_COMMIT_MAX {
+        if only_deferred && requests.len() < WRITES_PER_COMMIT_MAX {
             continue;
         }
-        commit_round(db, std::mem::take(&mut requests));
+        commit_round(&mut commit, std::mem::take(&mut requests));
     }
     // Every handle is gone: what was deferred goes in a last, volatile, round.
     if !requests.is_empty() {
-        commit_round(db, requests);
+        commit_round(&mut commit, requests);
     }
 }
 
-/// Commits `round` in one transaction and tells its writers.
-fn commit_round(db: &redb::Database, round: Vec<WriteRequest>) {
-    assert!(!round.is_empty() && round.len() <= REDB_WRITES_PER_COMMIT_MAX);
-    // redb's errors are not `Clone`: every writer of the round gets the message.
-    let result = commit(db, &round).map_err(|e| e.to_string());
+/// Commits `round` and tells its writers.
+fn commit_round(
+    commit: &mut impl FnMut(&[WriteRequest]) -> Result<(), String>,
+    round: Vec<WriteRequest>,
+) {
+    assert!(!round.is_empty() && round.len() <= WRITES_PER_COMMIT_MAX);
+    let result = commit(&round);
     for done in round.into_iter().filter_map(|request| request.done) {
         // A writer that gave up waiting has dropped its receiver; nothing to tell it.
         let _ = done.send(result.clone());
@@ -241,21 +305,8 @@ impl KvTree for RedbTree {
     }
 
     async fn write(&self, batch: KvBatch, durability: Durability) -> Result<(), redb::Error> {
-        let (done, done_rx) = match durability {
-            Durability::Deferred => (None, None),
-            Durability::Volatile | Durability::Durable => {
-                let (done, done_rx) = oneshot::channel();
-                (Some(done), Some(done_rx))
-            }
-        };
-        let request = WriteRequest { table: Arc::clone(&self.table), batch, durability, done };
-        let failed = |message: String| redb::Error::Io(std::io::Error::other(message));
-        let closed = || failed("the redb writer thread is gone".to_owned());
-        self.store.writes_tx.send(request).await.map_err(|_| closed())?;
-        match done_rx {
-            Some(done_rx) => done_rx.await.map_err(|_| closed())?.map_err(failed),
-            None => Ok(()),
-        }
+        let written = self.store.writer.write(&self.table, batch, durability).await;
+        written.map_err(|message| redb::Error::Io(std::io::Error::other(message)))
     }
 }
 

@@ -1,6 +1,6 @@
 //! Replication of the ledger (DESIGN.md §2): a [`LedgerNode`] runs the `solrouter-ledger`
-//! state machine behind openraft, with the Raft log, vote and snapshots in redb and the
-//! ledger itself in memory. A node hosts a replica of each of N Raft groups; accounts hash
+//! state machine behind openraft, with the Raft log and vote in a log store of its own
+//! (`wal.rs`), snapshots in redb and the ledger itself in memory. A node hosts a replica of each of N Raft groups; accounts hash
 //! into [`SLOTS`] slots and slots map to groups. Nodes talk Raft over gRPC (tonic).
 //!
 //! It owns the group commit (many submitted commands become one `Batch`, one Raft entry),
@@ -35,6 +35,7 @@ mod sizing;
 mod state_machine;
 mod tls;
 mod types;
+mod wal;
 mod wire;
 
 pub use backfill::BACKFILL_RETRY_INTERVAL;
@@ -69,6 +70,7 @@ pub use tls::{
     write_dev_ca, TlsConfig, DEV_CA_CERT, DEV_CLIENT_CERT, DEV_CLIENT_KEY, DEV_LEDGER_CERT,
     DEV_LEDGER_KEY,
 };
+pub use wal::{WalStore, WalTree, WAL_SEGMENT_BYTES};
 pub use wire::{Consistency, Topology};
 
 use solrouter_ledger::{BATCH_COMMANDS_MAX, NAME_BYTES_MAX};
@@ -109,10 +111,14 @@ pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(150);
 pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(300);
 /// How long opening a node waits to lead: many election timeouts.
 pub const LEADER_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The file, in a node's data directory, of its redb database: log, vote and identity of
-/// every group.
-pub const DATA_FILE_NAME: &str = "ledger.redb";
-/// The file, beside [`DATA_FILE_NAME`], of the groups' snapshots. A database of its own, so
+/// The directory, in a node's data directory, of its log store ([`WalStore`]): log, vote
+/// and identity of every group.
+pub const LOG_DIR_NAME: &str = "log";
+/// The redb database that held the log before [`LOG_DIR_NAME`]: moved into the log store
+/// on the first open, then renamed to [`LEGACY_LOG_MOVED_NAME`].
+pub const LEGACY_LOG_FILE_NAME: &str = "ledger.redb";
+pub const LEGACY_LOG_MOVED_NAME: &str = "ledger.redb.moved";
+/// The file, beside [`LOG_DIR_NAME`], of the groups' snapshots. A database of its own, so
 /// that a snapshot's write and sync (tens of MB, hundreds of ms) never hold the log's
 /// writer, which every append waits on.
 pub const SNAPSHOT_FILE_NAME: &str = "snapshots.redb";

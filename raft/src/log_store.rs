@@ -22,8 +22,9 @@
 )]
 
 use crate::codec;
-use crate::kv::{Durability, KvBatch, KvPair, KvTree, RedbStore, RedbTree};
+use crate::kv::{Durability, KvBatch, KvPair, KvTree};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::wal::{WalStore, WalTree};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader, StorageIOError, Vote};
 use serde::de::DeserializeOwned;
@@ -113,7 +114,7 @@ impl Tail {
 /// Cheap to clone: trees are reference-counted handles, so the log reader openraft asks
 /// for is just another handle on the same trees.
 #[derive(Clone)]
-pub struct LogStore<K: KvTree = RedbTree> {
+pub struct LogStore<K: KvTree = WalTree> {
     /// The group, named by a corrupt entry's error.
     group: u32,
     log: K,
@@ -127,7 +128,7 @@ pub struct LogStore<K: KvTree = RedbTree> {
 
 impl LogStore {
     pub fn open(
-        store: &RedbStore,
+        store: &WalStore,
         group: u32,
         saved_snapshot: watch::Receiver<Option<LogId>>,
     ) -> LogStore {

@@ -11,19 +11,22 @@ use crate::grpc::raft_service_server::RaftServiceServer;
 use crate::grpc_network::{self, GrpcNetwork, RaftRpcServer};
 use crate::history::{self, History, HistoryStats, HISTORY_FILE, HISTORY_RETENTION_DEFAULT};
 use crate::incarnation::{self, Identified, Identity, Incarnation, IDENTITY_TREE};
-use crate::kv::{NodeStores, RedbStore, REDB_CACHE_BYTES, REDB_SNAPSHOT_CACHE_BYTES};
+use crate::kv::{
+    Durability, KvTree, NodeStores, RedbStore, REDB_CACHE_BYTES, REDB_SNAPSHOT_CACHE_BYTES,
+};
 use crate::membership;
 use crate::network::NoPeers;
 use crate::reads::GroupAccess;
 use crate::service::LedgerRpcServer;
 use crate::tls::{self, TlsConfig};
 use crate::types::{Member, NodeId};
+use crate::wal::WalStore;
 use crate::wire::{self, Consistency, MembershipChange, ReadAnswer, ReadRequest, Topology};
 use crate::{
-    APPEND_ENTRIES_MAX, DATA_FILE_NAME, ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN,
-    ENTRIES_KEPT_AFTER_SNAPSHOT, HEARTBEAT_INTERVAL, INSTALL_SNAPSHOT_TIMEOUT, LEADER_WAIT_TIMEOUT,
-    OPEN_LOCK_ATTEMPTS_MAX, OPEN_LOCK_RETRY_INTERVAL, RPC_BYTES_MAX, SLOTS, SNAPSHOT_CHUNK_BYTES,
-    SNAPSHOT_EVERY_ENTRIES, SNAPSHOT_FILE_NAME,
+    APPEND_ENTRIES_MAX, ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, ENTRIES_KEPT_AFTER_SNAPSHOT,
+    HEARTBEAT_INTERVAL, INSTALL_SNAPSHOT_TIMEOUT, LEADER_WAIT_TIMEOUT, LEGACY_LOG_FILE_NAME,
+    LEGACY_LOG_MOVED_NAME, LOG_DIR_NAME, OPEN_LOCK_ATTEMPTS_MAX, OPEN_LOCK_RETRY_INTERVAL,
+    RPC_BYTES_MAX, SLOTS, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_EVERY_ENTRIES, SNAPSHOT_FILE_NAME,
 };
 use openraft::error::{InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
@@ -821,7 +824,7 @@ fn founding_members(
 /// Reads (or on its first open, writes) the identity of the data directory, refusing one
 /// of another node.
 async fn open_identity(
-    store: &RedbStore,
+    store: &WalStore,
     data_dir: &Path,
     node_id: NodeId,
 ) -> Result<Identity, LedgerError> {
@@ -839,9 +842,10 @@ fn data_dir_error(data_dir: &Path, message: &str) -> LedgerError {
 /// Files a data directory of the sled era (before the log moved to redb) holds.
 const SLED_FILES: [&str; 2] = ["conf", "db"];
 
-/// Opens the node's redb databases in `data_dir` (creating them if needed), retrying while
-/// one is open: a node that was just shut down or dropped in this process closes them only
-/// when openraft's storage tasks finish. A data directory written by sled is refused.
+/// Opens the node's stores in `data_dir` (creating them if needed), retrying while one is
+/// open: a node that was just shut down or dropped in this process closes them only when
+/// openraft's storage tasks finish. A data directory written by sled is refused; a log an
+/// older build kept in redb is moved into the log store.
 async fn open_stores(data_dir: &Path) -> Result<NodeStores, LedgerError> {
     if SLED_FILES.iter().all(|name| data_dir.join(name).exists()) {
         return Err(LedgerError::storage(
@@ -856,18 +860,58 @@ async fn open_stores(data_dir: &Path) -> Result<NodeStores, LedgerError> {
     }
     std::fs::create_dir_all(data_dir)
         .map_err(|e| LedgerError::storage("creating the data directory", e))?;
-    let log = open_store(&data_dir.join(DATA_FILE_NAME), REDB_CACHE_BYTES).await?;
-    let snapshots =
-        open_store(&data_dir.join(SNAPSHOT_FILE_NAME), REDB_SNAPSHOT_CACHE_BYTES).await?;
+    let log = retry_while_open(
+        || WalStore::open(&data_dir.join(LOG_DIR_NAME)),
+        |e| e.kind() == std::io::ErrorKind::WouldBlock,
+    )
+    .await?;
+    let legacy = data_dir.join(LEGACY_LOG_FILE_NAME);
+    if legacy.exists() {
+        let redb = retry_while_open(
+            || RedbStore::open(&legacy, REDB_CACHE_BYTES),
+            |e| matches!(e, redb::DatabaseError::DatabaseAlreadyOpen),
+        )
+        .await?;
+        move_legacy_log(&redb, &log).await?;
+        drop(redb);
+        std::fs::rename(&legacy, data_dir.join(LEGACY_LOG_MOVED_NAME))
+            .map_err(|e| LedgerError::storage("renaming the moved redb log", e))?;
+    }
+    let snapshots = retry_while_open(
+        || RedbStore::open(&data_dir.join(SNAPSHOT_FILE_NAME), REDB_SNAPSHOT_CACHE_BYTES),
+        |e| matches!(e, redb::DatabaseError::DatabaseAlreadyOpen),
+    )
+    .await?;
     Ok(NodeStores { log, snapshots })
 }
 
-async fn open_store(path: &Path, cache_bytes: usize) -> Result<RedbStore, LedgerError> {
+/// Copies every tree of an older build's redb log into the log store, durably.
+async fn move_legacy_log(redb: &RedbStore, log: &WalStore) -> Result<(), LedgerError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        let message = format!("moving the redb log into the log store: {e}");
+        LedgerError::storage("opening the data directory", std::io::Error::other(message))
+    };
+    let tables = redb.tables().map_err(|e| failed(&e))?;
+    let n_tables = tables.len();
+    for (name, pairs) in tables {
+        let batch = pairs.into_iter().map(|(key, value)| (key, Some(value))).collect();
+        log.tree(&name).write(batch, Durability::Durable).await.map_err(|e| failed(&e))?;
+    }
+    tracing::info!(n_tables, "the redb log of an older build moved into the log store");
+    Ok(())
+}
+
+/// Runs `open` until it succeeds or fails other than `busy` says (a store still open in
+/// this process), at most [`OPEN_LOCK_ATTEMPTS_MAX`] times.
+async fn retry_while_open<T, E: std::error::Error + Send + Sync + 'static>(
+    mut open: impl FnMut() -> Result<T, E>,
+    busy: impl Fn(&E) -> bool,
+) -> Result<T, LedgerError> {
     let mut attempt = 1;
     loop {
-        match RedbStore::open(path, cache_bytes) {
+        match open() {
             Ok(store) => return Ok(store),
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) if attempt < OPEN_LOCK_ATTEMPTS_MAX => {
+            Err(e) if busy(&e) && attempt < OPEN_LOCK_ATTEMPTS_MAX => {
                 attempt += 1;
                 tokio::time::sleep(OPEN_LOCK_RETRY_INTERVAL).await;
             }

@@ -169,7 +169,8 @@ impl StateMachine {
         let saved = |key| snapshots.get(key).map(|value| value.is_some());
         let any_saved = saved(KEY_HEAD).and_then(|head| Ok(head || saved(KEY_SNAPSHOT)?));
         if !any_saved.map_err(|e| read_error(&e))? {
-            let legacy = stores.log.tree(&name).get(KEY_SNAPSHOT).map_err(|e| read_error(&e))?;
+            let legacy = stores.log.tree(&name).get(KEY_SNAPSHOT);
+            let legacy = legacy.map_err(|e| StorageIOError::read_snapshot(None, &e))?;
             if let Some(bytes) = legacy {
                 let batch = vec![(KEY_SNAPSHOT.to_vec(), Some(bytes))];
                 let written = snapshots.write(batch, Durability::Durable).await;

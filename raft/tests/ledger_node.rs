@@ -9,8 +9,8 @@ use solrouter_ledger::{
     Reply, RequestRecord,
 };
 use solrouter_raft::{
-    snapshot_stored_whole, LedgerApi, LedgerError, LedgerNode, NodeOptions, DATA_FILE_NAME,
-    SNAPSHOT_FILE_NAME,
+    snapshot_stored_whole, Durability, KvTree, LedgerApi, LedgerError, LedgerNode, NodeOptions,
+    WalStore, LEGACY_LOG_FILE_NAME, LEGACY_LOG_MOVED_NAME, LOG_DIR_NAME, SNAPSHOT_FILE_NAME,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -245,12 +245,75 @@ async fn open_redb(dir: &Path, file: &str) -> redb::Database {
     panic!("the data directory stayed open");
 }
 
-/// Replaces the value under `key` in table `table` of the node's database `file`, durably.
-async fn overwrite(dir: &Path, file: &str, table: &str, key: &[u8], value: &[u8]) {
-    let db = open_redb(dir, file).await;
-    let txn = db.begin_write().unwrap();
-    txn.open_table(table_of(table)).unwrap().insert(key, value).unwrap();
-    txn.commit().unwrap();
+/// Where a stopped node keeps what a test reads or overwrites.
+#[derive(Clone, Copy, Debug)]
+enum Stored {
+    /// The snapshots' redb database.
+    Snapshots,
+    /// The log store.
+    Log,
+}
+
+async fn open_log(dir: &Path) -> WalStore {
+    for _ in 0..POLL_ATTEMPTS_MAX {
+        if let Ok(store) = WalStore::open(&dir.join(LOG_DIR_NAME)) {
+            return store;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    panic!("the log store stayed open");
+}
+
+/// The key and value under `key` (or the last of the table) in `table` of `stored`.
+async fn read_stored(
+    dir: &Path,
+    stored: Stored,
+    table: &str,
+    key: Option<&[u8]>,
+) -> (Vec<u8>, Vec<u8>) {
+    match stored {
+        Stored::Snapshots => {
+            let db = open_redb(dir, SNAPSHOT_FILE_NAME).await;
+            let txn = db.begin_read().unwrap();
+            let table = txn.open_table(table_of(table)).unwrap();
+            match key {
+                Some(key) => {
+                    (key.to_vec(), table.get(key).unwrap().expect("stored").value().to_vec())
+                }
+                None => {
+                    let (key, value) = table.last().unwrap().expect("the table holds a value");
+                    (key.value().to_vec(), value.value().to_vec())
+                }
+            }
+        }
+        Stored::Log => {
+            let tree = open_log(dir).await.tree(table);
+            match key {
+                Some(key) => (key.to_vec(), tree.get(key).unwrap().expect("stored")),
+                None => {
+                    let all = tree.range((std::ops::Bound::Unbounded, std::ops::Bound::Unbounded));
+                    all.unwrap().pop().expect("the table holds a value")
+                }
+            }
+        }
+    }
+}
+
+/// Replaces the value under `key` in table `table` of `stored`, durably.
+async fn overwrite(dir: &Path, stored: Stored, table: &str, key: &[u8], value: &[u8]) {
+    match stored {
+        Stored::Snapshots => {
+            let db = open_redb(dir, SNAPSHOT_FILE_NAME).await;
+            let txn = db.begin_write().unwrap();
+            txn.open_table(table_of(table)).unwrap().insert(key, value).unwrap();
+            txn.commit().unwrap();
+        }
+        Stored::Log => {
+            let tree = open_log(dir).await.tree(table);
+            let batch = vec![(key.to_vec(), Some(value.to_vec()))];
+            tree.write(batch, Durability::Durable).await.unwrap();
+        }
+    }
 }
 
 fn table_of(name: &str) -> redb::TableDefinition<'_, &'static [u8], &'static [u8]> {
@@ -293,24 +356,12 @@ async fn an_unknown_stored_format_version_is_refused() {
     let (dir, options) = snapshotted_directory().await;
 
     let stored = [
-        (SNAPSHOT_FILE_NAME, "0/snapshot", Some(&b"head"[..])),
-        (DATA_FILE_NAME, "0/meta", Some(&b"vote"[..])),
-        (DATA_FILE_NAME, "0/log", None),
+        (Stored::Snapshots, "0/snapshot", Some(&b"head"[..])),
+        (Stored::Log, "0/meta", Some(&b"vote"[..])),
+        (Stored::Log, "0/log", None),
     ];
     for (file, table_name, key) in stored {
-        let (key, value) = {
-            let db = open_redb(dir.path(), file).await;
-            let txn = db.begin_read().unwrap();
-            let table = txn.open_table(table_of(table_name)).unwrap();
-            let (key, value) = match key {
-                Some(key) => (key.to_vec(), table.get(key).unwrap().expect("the value is stored")),
-                None => {
-                    let (key, value) = table.last().unwrap().expect("the table holds a value");
-                    (key.value().to_vec(), value)
-                }
-            };
-            (key, value.value().to_vec())
-        };
+        let (key, value) = read_stored(dir.path(), file, table_name, key).await;
         assert_eq!(&value[..VERSION_AT], b"SRL", "a stored value starts with the magic");
         let mut future = value.clone();
         future[VERSION_AT] = 99;
@@ -346,11 +397,55 @@ async fn a_snapshot_in_the_log_database_of_an_older_build_is_carried_over() {
         let payload: Vec<u8> = pieces.flat_map(|piece| piece.unwrap().1.value().to_vec()).collect();
         snapshot_stored_whole(head.value(), &payload).expect("a head this build stored")
     };
-    overwrite(dir.path(), DATA_FILE_NAME, "0/snapshot", b"current", &value).await;
+    overwrite(dir.path(), Stored::Log, "0/snapshot", b"current", &value).await;
     std::fs::remove_file(dir.path().join(SNAPSHOT_FILE_NAME)).unwrap();
 
     let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
     assert!(node.stats().purged_index.is_some(), "the log was purged up to the snapshot");
+    assert_eq!(node.read(credits).await.unwrap().0, 8 * TOP_UP.0);
+    node.shutdown().await.unwrap();
+}
+
+/// The log moved out of redb into a log store of its own; a data directory an older build
+/// wrote keeps log, votes and identity in `ledger.redb`. Such a node opens with nothing
+/// lost: the trees are moved over and the old file renamed.
+#[tokio::test]
+async fn a_log_in_the_redb_database_of_an_older_build_is_moved_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = NodeOptions::try_new(1_000, 0).unwrap();
+    let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
+    submit_ok(&node, create_account(1)).await;
+    for n in 0..8 {
+        submit_ok(&node, top_up(100 + n)).await;
+    }
+    node.shutdown().await.unwrap();
+    drop(node);
+
+    // Lay the directory out as an older build did: the log store's trees in `ledger.redb`.
+    {
+        let log = open_log(dir.path()).await;
+        let db = redb::Database::create(dir.path().join(LEGACY_LOG_FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        for name in ["node", "0/log", "0/meta"] {
+            let all = (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded);
+            let pairs = log.tree(name).range(all).unwrap();
+            assert!(!pairs.is_empty(), "{name} holds values");
+            let mut table = txn.open_table(table_of(name)).unwrap();
+            for (key, value) in pairs {
+                table.insert(key.as_slice(), value.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    std::fs::remove_dir_all(dir.path().join(LOG_DIR_NAME)).unwrap();
+
+    let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
+    assert_eq!(node.read(credits).await.unwrap().0, 8 * TOP_UP.0);
+    assert!(!dir.path().join(LEGACY_LOG_FILE_NAME).exists());
+    assert!(dir.path().join(LEGACY_LOG_MOVED_NAME).exists());
+    node.shutdown().await.unwrap();
+    drop(node);
+    let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
     assert_eq!(node.read(credits).await.unwrap().0, 8 * TOP_UP.0);
     node.shutdown().await.unwrap();
 }

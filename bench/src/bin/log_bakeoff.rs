@@ -17,7 +17,7 @@
 //! Sync calls: run it under `strace -f -c -e trace=fsync,fdatasync,sync_file_range`.
 
 use clap::{Parser, ValueEnum};
-use solrouter_raft::{Durability, KvBatch, KvTree, RedbStore, REDB_CACHE_BYTES};
+use solrouter_raft::{Durability, KvBatch, KvTree, RedbStore, WalStore, REDB_CACHE_BYTES};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +44,9 @@ enum Engine {
     RedbPerWrite,
     /// fjall 2: one partition per store, a write batch then `persist(SyncData)`.
     Fjall,
+    /// `WalStore`, the log store of our own: one writer thread, each round of queued
+    /// writes one record in an append-only segment file, one `fdatasync`.
+    Wal,
 }
 
 /// How the appenders save the committed index after each append.
@@ -137,6 +140,10 @@ fn main() -> anyhow::Result<()> {
             }
             Engine::Redb => {
                 let store = RedbStore::open(&dir.path().join("ledger.redb"), REDB_CACHE_BYTES)?;
+                run(&args, dir.path(), |name| store.tree(name)).await
+            }
+            Engine::Wal => {
+                let store = WalStore::open(&dir.path().join("log"))?;
                 run(&args, dir.path(), |name| store.tree(name)).await
             }
             Engine::RedbPerWrite => {
