@@ -246,17 +246,16 @@ impl<K: KvTree> StateMachine<K> {
     /// unless the one on stable storage is newer, and then lets the log store purge the
     /// entries it covers (see [`StateMachine::saved_snapshot`]); the history records of
     /// those entries are synced first. The head and every piece go in one transaction, so
-    /// a crash keeps the old snapshot or the new one, whole. Hands the snapshot back: as
-    /// read back from the store (one copy of the payload, made once the pieces are
-    /// written and let go), or, when a newer one was saved, as built.
+    /// a crash keeps the old snapshot or the new one, whole. Returns the payload's size.
     async fn save_snapshot(
         &self,
         meta: SnapshotMeta,
         pieces: Vec<Vec<u8>>,
-    ) -> Result<StoredSnapshot, StorageError> {
+    ) -> Result<u64, StorageError> {
         let _saving = self.saving.lock().await;
+        let n_bytes = pieces.iter().map(|piece| piece.len() as u64).sum();
         if meta.last_log_id < *self.saved.borrow() {
-            return Ok(StoredSnapshot { meta, data: pieces.concat() });
+            return Ok(n_bytes);
         }
         let signature = Some(meta.signature());
         let write_error = |e: &dyn std::error::Error| {
@@ -267,7 +266,6 @@ impl<K: KvTree> StateMachine<K> {
         let before: Option<SnapshotHead> = load(&self.snapshots, KEY_HEAD)?;
         let n_pieces_before = before.map_or(0, |head| head.n_pieces);
         let n_pieces = u32::try_from(pieces.len()).expect("a snapshot of under 4 PB");
-        let n_bytes = pieces.iter().map(|piece| piece.len() as u64).sum();
         let head = SnapshotHead { meta, n_bytes, n_pieces };
         let head_bytes = codec::encode(&head).map_err(|e| write_error(&e))?;
         let mut batch = vec![(KEY_HEAD.to_vec(), Some(head_bytes)), (KEY_SNAPSHOT.to_vec(), None)];
@@ -275,8 +273,7 @@ impl<K: KvTree> StateMachine<K> {
         batch.extend((n_pieces..n_pieces_before).map(|index| (piece_key(index), None)));
         self.snapshots.write(batch, Durability::Durable).await.map_err(|e| write_error(&e))?;
         self.saved.send_replace(head.meta.last_log_id);
-        let gone = || codec::CodecError::Malformed("the snapshot just saved is gone".into());
-        load_snapshot(&self.snapshots)?.ok_or_else(|| write_error(&gone()).into())
+        Ok(n_bytes)
     }
 
     /// Applies `entries` under the state lock and queues the records they settled;
@@ -393,11 +390,16 @@ impl<K: KvTree> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
             .map_err(|e| StorageIOError::read_state_machine(&e))?;
         #[cfg(test)]
         self.spend(CpuWork::Snapshot { bytes: pieces.iter().map(Vec::len).sum() }).await;
-        let stored = self.save_snapshot(meta, pieces).await?;
+        let n_bytes = self.save_snapshot(meta.clone(), pieces).await?;
         let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.state.snapshot_build_ms_last.store(took_ms, Ordering::Relaxed);
-        self.state.snapshot_bytes_last.store(stored.data.len() as u64, Ordering::Relaxed);
-        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        self.state.snapshot_bytes_last.store(n_bytes, Ordering::Relaxed);
+        // Without its payload: openraft 0.9 keeps only a built snapshot's meta
+        // (`core/sm/worker.rs`: `Response::BuildSnapshot(snap.meta)`) and reads the payload
+        // with `get_current_snapshot` when a follower needs it. Handing it back meant
+        // reading the whole snapshot back from the store at every build, for nothing
+        // (and `solrouter dev`'s RSS grew with the snapshots built, docs/storage.md).
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(Vec::new())) })
     }
 }
 
@@ -552,7 +554,7 @@ mod tests {
         assert!(pieces.len() > 10, "{} pieces", pieces.len());
         let n_pieces = pieces.len();
         let saved = machine.save_snapshot(meta_at(10), pieces).await.unwrap();
-        assert_eq!(saved.data, whole, "read back whole");
+        assert_eq!(saved, whole.len() as u64);
         assert_eq!(piece_keys(&tree).len(), n_pieces);
         assert_eq!(tree.get(KEY_SNAPSHOT).unwrap(), None, "the older build's copy is gone");
         let current = machine.get_current_snapshot().await.unwrap().unwrap();
@@ -575,7 +577,7 @@ mod tests {
     }
 
     /// A snapshot built from a ledger of several pieces' size is saved in pieces and
-    /// reads back as the ledger's encoding; what the build returns is that too.
+    /// reads back as the ledger's encoding; the build hands back only its meta.
     #[tokio::test]
     async fn a_large_snapshot_builds_in_pieces() {
         let history = history();
@@ -585,7 +587,7 @@ mod tests {
         assert!(whole.len() > SNAPSHOT_PIECE_BYTES, "{} bytes: one piece", whole.len());
         let built = machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
         assert_eq!(built.meta.last_log_id.map(|id| id.index), Some(index));
-        assert_eq!(built.snapshot.into_inner(), whole);
+        assert!(built.snapshot.into_inner().is_empty(), "openraft reads only the meta");
         assert_eq!(
             piece_keys(&machine.snapshots).len(),
             whole.len().div_ceil(SNAPSHOT_PIECE_BYTES)
