@@ -120,6 +120,11 @@ impl WalStore {
     /// [`WalStore::open`] with segments of `segment_bytes` (tests make them small).
     fn open_with(dir: &Path, segment_bytes: u64) -> Result<WalStore, Error> {
         std::fs::create_dir_all(dir)?;
+        // The directory's own entry, so that a power loss cannot take the whole log away
+        // after its first durable write.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)?.sync_all()?;
+        }
         let lock =
             OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
         lock.try_lock().map_err(|e| match e {
