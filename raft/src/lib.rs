@@ -70,7 +70,7 @@ pub use tls::{
     write_dev_ca, TlsConfig, DEV_CA_CERT, DEV_CLIENT_CERT, DEV_CLIENT_KEY, DEV_LEDGER_CERT,
     DEV_LEDGER_KEY,
 };
-pub use wal::{WalStore, WalTree, WAL_SEGMENT_BYTES};
+pub use wal::{WalStore, WalTree};
 pub use wire::{Consistency, Topology};
 
 use solrouter_ledger::{BATCH_COMMANDS_MAX, NAME_BYTES_MAX};

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
 /// A segment is closed once it holds this much, and the next one begins.
-pub const WAL_SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
+const WAL_SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
 /// The oldest segment is compacted (its live values written again, the file deleted) once
 /// they take at most this fraction of a segment.
 const COMPACT_LIVE_FRACTION: u64 = 8;
@@ -107,6 +107,39 @@ struct Wal {
     buf: Vec<u8>,
     /// Held while the store is open.
     _lock: File,
+}
+
+impl Index {
+    /// Puts (or with `None`, removes) `key` of tree `table`, counting live bytes by
+    /// segment in `live`. Allocates only for a key or tree not seen before.
+    fn put(
+        &mut self,
+        live: &mut HashMap<u64, u64>,
+        table: &str,
+        key: &[u8],
+        value: Option<Location>,
+    ) {
+        let weight =
+            |location: &Location| key.len() as u64 + u64::from(location.len) + OP_OVERHEAD_BYTES;
+        if !self.tables.contains_key(table) {
+            self.tables.insert(Arc::from(table), Table::new());
+        }
+        let tree = self.tables.get_mut(table).expect("inserted above");
+        let old = match value {
+            Some(location) => {
+                *live.get_mut(&location.segment.seq).expect("a known segment") += weight(&location);
+                match tree.get_mut(key) {
+                    Some(slot) => Some(std::mem::replace(slot, location)),
+                    None => tree.insert(key.to_vec(), location),
+                }
+            }
+            None => tree.remove(key),
+        };
+        if let Some(old) = old {
+            let live = live.get_mut(&old.segment.seq).expect("a known segment");
+            *live = live.checked_sub(weight(&old)).expect("live bytes counted in");
+        }
+    }
 }
 
 impl WalStore {
@@ -188,7 +221,7 @@ impl KvTree for WalTree {
 
 /// A write of a record being built: its tree, key, and its value's place in the record.
 struct Pending<'a> {
-    table: &'a Arc<str>,
+    table: &'a str,
     key: &'a [u8],
     value: Option<(u64, u32)>,
 }
@@ -290,30 +323,10 @@ impl Wal {
                 offset: base + at as u64,
                 len,
             });
-            self.apply(Arc::from(table), key.to_vec(), value);
+            let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+            index.put(&mut self.live, table, key, value);
         }
         Ok(())
-    }
-
-    /// Puts (or with `None`, removes) `key` in the index and counts live bytes.
-    fn apply(&mut self, table: Arc<str>, key: Vec<u8>, value: Option<Location>) {
-        let weight = |key: &[u8], location: &Location| {
-            key.len() as u64 + u64::from(location.len) + OP_OVERHEAD_BYTES
-        };
-        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
-        let tree = index.tables.entry(table).or_default();
-        if let Some(location) = &value {
-            *self.live.get_mut(&location.segment.seq).expect("a known segment") +=
-                weight(&key, location);
-        }
-        let old = match value {
-            Some(location) => tree.insert(key.clone(), location),
-            None => tree.remove(&key),
-        };
-        if let Some(old) = old {
-            let live = self.live.get_mut(&old.segment.seq).expect("a known segment");
-            *live = live.checked_sub(weight(&key, &old)).expect("live bytes counted in");
-        }
     }
 
     fn create_segment(&mut self, seq: u64) -> Result<(), Error> {
@@ -341,7 +354,9 @@ impl Wal {
             return Err(failed.clone());
         }
         let durable = round.iter().any(|r| r.durability == Durability::Durable);
-        let writes = round.iter().flat_map(|r| r.batch.iter().map(move |(k, v)| (&r.table, k, v)));
+        let writes = round
+            .iter()
+            .flat_map(|r| r.batch.iter().map(|(k, v)| (&*r.table, k.as_slice(), v.as_deref())));
         let result = self.append(writes, durable).and_then(|()| self.compact());
         result.map_err(|e| {
             let message = format!("the log in {}: {e}", self.dir.display());
@@ -353,7 +368,7 @@ impl Wal {
     /// Appends one record of `writes`, synced if `durable`, and indexes it.
     fn append<'a>(
         &mut self,
-        writes: impl Iterator<Item = (&'a Arc<str>, &'a Vec<u8>, &'a Option<Vec<u8>>)>,
+        writes: impl Iterator<Item = (&'a str, &'a [u8], Option<&'a [u8]>)>,
         durable: bool,
     ) -> Result<(), Error> {
         let mut buf = std::mem::take(&mut self.buf);
@@ -361,7 +376,7 @@ impl Wal {
         buf.extend_from_slice(&[0; RECORD_HEAD_BYTES]);
         let mut pending = Vec::new();
         for (table, key, value) in writes {
-            let value = encode_op(&mut buf, table, key, value.as_deref());
+            let value = encode_op(&mut buf, table, key, value);
             pending.push(Pending { table, key, value });
         }
         let payload_len = u32::try_from(buf.len() - RECORD_HEAD_BYTES)
@@ -380,14 +395,16 @@ impl Wal {
         }
         self.end += buf.len() as u64;
         let segment = Arc::clone(self.current());
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
         for write in pending {
             let value = write.value.map(|(offset, len)| Location {
                 segment: Arc::clone(&segment),
                 offset: at + offset,
                 len,
             });
-            self.apply(Arc::clone(write.table), write.key.to_vec(), value);
+            index.put(&mut self.live, write.table, write.key, value);
         }
+        drop(index);
         self.buf = buf;
         Ok(())
     }
@@ -422,13 +439,14 @@ impl Wal {
                 for (table, tree) in &index.tables {
                     for (key, location) in tree {
                         if location.segment.seq == oldest.seq {
-                            moved.push((Arc::clone(table), key.clone(), Some(location.read()?)));
+                            moved.push((Arc::clone(table), key.clone(), location.read()?));
                         }
                     }
                 }
                 moved
             };
-            let writes = moved.iter().map(|(table, key, value)| (table, key, value));
+            let writes =
+                moved.iter().map(|(table, key, value)| (&**table, &key[..], Some(&value[..])));
             // Durable, and the older writes with it: nothing the deleted file held may be
             // needed after a crash.
             self.append(writes, true)?;

@@ -331,16 +331,23 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// A stopped single node's data directory holding an account, 8 top-ups of `TOP_UP` and a
-/// snapshot the log was purged up to; with the options it was opened with.
-async fn snapshotted_directory() -> (tempfile::TempDir, NodeOptions) {
+/// A single node opened with `options` in a fresh data directory, holding an account and
+/// 8 top-ups of `TOP_UP`.
+async fn node_with_top_ups(options: &NodeOptions) -> (tempfile::TempDir, LedgerNode) {
     let dir = tempfile::tempdir().unwrap();
-    let options = NodeOptions::try_new(4, 0).unwrap();
-    let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
+    let node = LedgerNode::open_single_with(dir.path(), options).await.unwrap();
     submit_ok(&node, create_account(1)).await;
     for n in 0..8 {
         submit_ok(&node, top_up(100 + n)).await;
     }
+    (dir, node)
+}
+
+/// A stopped single node's data directory holding an account, 8 top-ups of `TOP_UP` and a
+/// snapshot the log was purged up to; with the options it was opened with.
+async fn snapshotted_directory() -> (tempfile::TempDir, NodeOptions) {
+    let options = NodeOptions::try_new(4, 0).unwrap();
+    let (dir, node) = node_with_top_ups(&options).await;
     eventually("the log was purged up to a snapshot", || node.stats().purged_index.is_some()).await;
     node.shutdown().await.unwrap();
     (dir, options)
@@ -411,13 +418,8 @@ async fn a_snapshot_in_the_log_database_of_an_older_build_is_carried_over() {
 /// lost: the trees are moved over and the old file renamed.
 #[tokio::test]
 async fn a_log_in_the_redb_database_of_an_older_build_is_moved_over() {
-    let dir = tempfile::tempdir().unwrap();
     let options = NodeOptions::try_new(1_000, 0).unwrap();
-    let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
-    submit_ok(&node, create_account(1)).await;
-    for n in 0..8 {
-        submit_ok(&node, top_up(100 + n)).await;
-    }
+    let (dir, node) = node_with_top_ups(&options).await;
     node.shutdown().await.unwrap();
     drop(node);
 
