@@ -186,7 +186,7 @@ async fn leader_sigkill_under_load_loses_nothing_and_charges_once() {
         assert_eq!(audit["ok"], true, "{audit}");
     }
     // Every node, the restarted one included, keeps the request history and reports it,
-    // with its commits and snapshots, on /metrics.
+    // with its commits, snapshots, windows and ledger time, on /metrics.
     for ledger in ledgers.iter().flatten() {
         let url = format!("{}/metrics", ledger.http);
         eventually_async("every node reports the request history it keeps", || async {
@@ -196,6 +196,10 @@ async fn leader_sigkill_under_load_loses_nothing_and_charges_once() {
             };
             assert!(metrics.contains("solrouter_ledger_commits{"), "{metrics}");
             assert!(metrics.contains("solrouter_ledger_snapshot_build_ms_last{"), "{metrics}");
+            for windowed in ["holds_remembered", "op_ids_remembered", "time_behind_ms"] {
+                let gauge = format!("solrouter_ledger_{windowed}{{");
+                assert!(metrics.contains(&gauge), "{metrics}");
+            }
             value("solrouter_ledger_history_records ").is_some_and(|records| records > 0.0)
         })
         .await;

@@ -196,6 +196,21 @@ impl Group {
 
     pub fn stats(&self) -> NodeStats {
         let metrics = self.raft.metrics().borrow().clone();
+        let (n_clock_jumps, wall_ms) = {
+            let clock = self.clock.lock().expect("clock lock poisoned");
+            (clock.n_jumps(), clock.wall_ms())
+        };
+        let (stamp_ms, n_ended_holds_remembered, n_op_ids_remembered) = {
+            let applied = self.state.read();
+            let ledger = &applied.ledger;
+            let count = |n: usize| n as u64;
+            (
+                ledger.stamp_ms(),
+                count(ledger.n_ended_holds_remembered()),
+                count(ledger.n_op_ids_remembered()),
+            )
+        };
+        let time_behind_ms = i128::from(wall_ms) - i128::from(stamp_ms);
         NodeStats {
             last_log_index: metrics.last_log_index,
             last_applied_index: metrics.last_applied.map(|id| id.index),
@@ -204,12 +219,15 @@ impl Group {
             leader_id: metrics.current_leader,
             n_batches_proposed: self.counters.n_batches.load(Ordering::Relaxed),
             n_commands_proposed: self.counters.n_commands.load(Ordering::Relaxed),
-            n_clock_jumps: self.clock.lock().expect("clock lock poisoned").n_jumps(),
+            n_clock_jumps,
             proposals_in_flight: self.counters.in_flight.load(Ordering::Relaxed),
             n_commits: self.counters.n_commits.load(Ordering::Relaxed),
             commit_us_total: self.counters.commit_us_total.load(Ordering::Relaxed),
             snapshot_build_ms_last: self.state.snapshot_build_ms_last.load(Ordering::Relaxed),
             snapshot_bytes_last: self.state.snapshot_bytes_last.load(Ordering::Relaxed),
+            time_behind_ms: i64::try_from(time_behind_ms).unwrap_or(i64::MAX),
+            n_ended_holds_remembered,
+            n_op_ids_remembered,
         }
     }
 }
