@@ -111,6 +111,15 @@ impl Bank {
         Bank { ledger: LedgerHandle::Local(node), key_cache: None }
     }
 
+    /// The ledger node in this process, in dev mode: its gauges go on the gateway's
+    /// `/metrics` (a cluster's nodes serve their own).
+    pub fn local_node(&self) -> Option<&LedgerNode> {
+        match &self.ledger {
+            LedgerHandle::Local(node) => Some(node),
+            LedgerHandle::Remote(_) => None,
+        }
+    }
+
     /// A bank over a remote ledger cluster.
     pub fn remote(client: LedgerClient) -> Bank {
         Bank {

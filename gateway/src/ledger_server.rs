@@ -241,8 +241,9 @@ fn route(node: &LedgerNode, metrics: &PrometheusHandle, request: &Request<Incomi
     }
 }
 
-/// Per-group Raft state as gauges, refreshed at each scrape (no background task).
-fn record_node_metrics(node: &LedgerNode) {
+/// Per-group Raft state as gauges, refreshed at each scrape (no background task): on a
+/// node's ops port, and on the gateway's `/metrics` in dev mode.
+pub(crate) fn record_node_metrics(node: &LedgerNode) {
     for group_idx in 0..node.n_groups() {
         let stats = node.group_stats(group_idx);
         let group = group_idx.to_string();

@@ -8,7 +8,7 @@ use crate::health::State;
 use crate::messages::{self, MESSAGES};
 use crate::respond::{self, Response};
 use crate::responses::RESPONSES;
-use crate::{account, admin, api, embeddings, payments, pipeline, web};
+use crate::{account, admin, api, embeddings, ledger_server, payments, pipeline, web};
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -214,6 +214,9 @@ async fn route(
         (&Method::GET, "/readyz") => Box::pin(readiness(app)).await,
         (&Method::GET, "/metrics") => {
             app.health.export_metrics();
+            if let Some(node) = app.bank.local_node() {
+                ledger_server::record_node_metrics(node);
+            }
             let text = app.metrics.render();
             Ok(respond::text(StatusCode::OK, text, "text/plain; version=0.0.4"))
         }

@@ -135,6 +135,10 @@ async fn models_list_prices_per_token_and_operations_endpoints_answer() {
     let metrics = dev.client.get(dev.url("/metrics")).send().await.expect("metrics");
     let text = metrics.text().await.expect("text");
     assert!(text.contains("solrouter_http_requests_total"), "{text}");
+    // Dev mode's ledger node reports on the same page.
+    for gauge in ["solrouter_ledger_commits{", "solrouter_ledger_time_behind_ms{"] {
+        assert!(text.contains(gauge), "{text}");
+    }
     // Without OPENAI_API_KEY the OpenAI models are not offered.
     assert!(list["data"]
         .as_array()
