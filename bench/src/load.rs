@@ -27,6 +27,8 @@ const BUCKETS: usize = (64 - SUB_BUCKET_BITS as usize + 1) * SUB_BUCKETS;
 /// Following a `NotLeader` hint also counts as an attempt.
 const SUBMIT_ATTEMPTS_MAX: u32 = 1_000;
 const RETRY_INTERVAL: Duration = Duration::from_millis(10);
+/// How long a command through `LedgerClient` is retried after the client's own deadline.
+const CLIENT_RETRY_FOR: Duration = Duration::from_secs(60);
 /// Lifecycles an open-loop run keeps in flight at most: beyond the ~4,096 that saturate a
 /// node, so that it measures queueing in the ledger, yet a bound on the driver's memory
 /// when the ledger stops answering.
@@ -268,7 +270,29 @@ impl Route {
     async fn submit(&mut self, command: Command) -> Result<(Outcome, u64), LedgerError> {
         match self {
             Route::Nodes(leaders) => leaders.submit(command).await,
-            Route::Client(client) => Ok((client.submit(command).await?, 0)),
+            Route::Client(client) => submit_retrying(client, command).await,
+        }
+    }
+}
+
+/// Submits through the client, retrying for up to [`CLIENT_RETRY_FOR`] what it gives up
+/// on within its own deadline (a cluster electing a leader after a SIGKILL, a restarted
+/// node catching up, can take longer), with the same op id, so a retry is idempotent, as
+/// the gateway retries a settle.
+async fn submit_retrying(
+    client: &LedgerClient,
+    command: Command,
+) -> Result<(Outcome, u64), LedgerError> {
+    let started = Instant::now();
+    let mut n_retries = 0;
+    loop {
+        match client.submit(command.clone()).await {
+            Ok(outcome) => return Ok((outcome, n_retries)),
+            Err(e) if e.is_retryable() && started.elapsed() < CLIENT_RETRY_FOR => {
+                n_retries += 1;
+                tokio::time::sleep(RETRY_INTERVAL).await;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
