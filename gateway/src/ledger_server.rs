@@ -265,8 +265,10 @@ pub(crate) fn record_node_metrics(node: &LedgerNode) {
         gauge("solrouter_ledger_clock_jumps", Some(stats.n_clock_jumps));
         gauge("solrouter_ledger_holds_remembered", Some(stats.n_ended_holds_remembered));
         gauge("solrouter_ledger_op_ids_remembered", Some(stats.n_op_ids_remembered));
-        metrics::gauge!("solrouter_ledger_time_behind_ms", "group" => group)
-            .set(stats.time_behind_ms as f64);
+        if let Some(behind_ms) = stats.time_behind_ms {
+            metrics::gauge!("solrouter_ledger_time_behind_ms", "group" => group)
+                .set(behind_ms as f64);
+        }
     }
     match node.history_stats() {
         Ok(history) => {

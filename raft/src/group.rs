@@ -210,7 +210,10 @@ impl Group {
                 count(ledger.n_op_ids_remembered()),
             )
         };
-        let time_behind_ms = i128::from(wall_ms) - i128::from(stamp_ms);
+        let time_behind_ms = (stamp_ms > 0).then(|| {
+            let behind_ms = i128::from(wall_ms) - i128::from(stamp_ms);
+            i64::try_from(behind_ms).unwrap_or(i64::MAX)
+        });
         NodeStats {
             last_log_index: metrics.last_log_index,
             last_applied_index: metrics.last_applied.map(|id| id.index),
@@ -225,7 +228,7 @@ impl Group {
             commit_us_total: self.counters.commit_us_total.load(Ordering::Relaxed),
             snapshot_build_ms_last: self.state.snapshot_build_ms_last.load(Ordering::Relaxed),
             snapshot_bytes_last: self.state.snapshot_bytes_last.load(Ordering::Relaxed),
-            time_behind_ms: i64::try_from(time_behind_ms).unwrap_or(i64::MAX),
+            time_behind_ms,
             n_ended_holds_remembered,
             n_op_ids_remembered,
         }

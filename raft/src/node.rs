@@ -157,10 +157,12 @@ pub struct NodeStats {
     /// size.
     pub snapshot_build_ms_last: u64,
     pub snapshot_bytes_last: u64,
-    /// How far ledger time (the stamp of the last batch applied) is behind this node's
-    /// wall clock, negative when ahead: it grows while no leader stamps, and shrinks by
-    /// the ledger clock's slew, 1 % of real time (`ledger_clock.rs`).
-    pub time_behind_ms: i64,
+    /// How far the stamp of the last batch applied is behind this node's wall clock
+    /// (negative when ahead): the time since that batch (ledger time moves only with
+    /// batches), plus the lag ledger time accrued while no leader stamped, which the ledger
+    /// clock's slew takes back at 1 % of real time (`ledger_clock.rs`). None until a batch
+    /// was applied.
+    pub time_behind_ms: Option<i64>,
     /// What the applied state remembers for a time: ended holds and operation ids.
     pub n_ended_holds_remembered: u64,
     pub n_op_ids_remembered: u64,
