@@ -741,6 +741,9 @@ proptest! {
         let mut top_ups: Vec<(Command, Outcome)> = Vec::new();
         let mut revoked = std::collections::BTreeSet::new();
         let mut disabled = std::collections::BTreeSet::new();
+        // The stamp each key update's op id was last applied afresh at: a replay within
+        // `OPS_REMEMBERED_FOR_MS` of it is answered from memory and changes nothing.
+        let mut key_updated_at = std::collections::HashMap::new();
         let mut holds = Holds::default();
         let mut commands = Vec::new();
         for account in 0..3u8 {
@@ -805,13 +808,14 @@ proptest! {
                     for (command, outcome) in replay.commands.iter().zip(&first) {
                         holds.check(stamp_ms, &command.op, outcome)?;
                         // Past the op-id window a replayed key update applies again; within
-                        // it the replay is answered from memory and changes nothing, with the
-                        // same `Ok`. Either way the key now is as the ledger says.
-                        if let (Op::UpdateKey { key, .. }, Ok(_)) = (&command.op, outcome) {
-                            if ledger.key(*key).is_some_and(|entry| entry.disabled) {
-                                disabled.insert(*key);
-                            } else {
-                                disabled.remove(key);
+                        // it the replay is answered from memory and changes nothing.
+                        if let Op::UpdateKey { key, update, .. } = &command.op {
+                            let at: &mut u64 = key_updated_at.get_mut(&command.id).expect("applied before");
+                            if stamp_ms >= *at + OPS_REMEMBERED_FOR_MS {
+                                *at = stamp_ms;
+                                if outcome.is_ok() {
+                                    disable(&mut disabled, *key, update.disabled == Some(true));
+                                }
                             }
                         }
                     }
@@ -856,13 +860,12 @@ proptest! {
                     revoked.insert(*key);
                 }
                 (Op::UpdateKey { key, update, .. }, Ok(_)) => {
-                    if update.disabled == Some(true) {
-                        disabled.insert(*key);
-                    } else {
-                        disabled.remove(key);
-                    }
+                    disable(&mut disabled, *key, update.disabled == Some(true));
                 }
                 _ => {}
+            }
+            if matches!(op, Op::UpdateKey { .. }) {
+                key_updated_at.insert(id, stamp_ms);
             }
             holds.check(stamp_ms, &op, &outcome)?;
             batches.push(batch);
@@ -1000,4 +1003,13 @@ fn a_settle_retried_after_its_hold_was_forgotten_is_not_charged_again() {
     );
     assert!(matches!(h.ok(never), Reply::Settled { charged, .. } if charged == usd("0.10")));
     assert_eq!(h.account().debits_posted, usd("0.30"));
+}
+
+/// The property test's model of disabled keys: `key` is disabled or not.
+fn disable(disabled: &mut std::collections::BTreeSet<KeyId>, key: KeyId, is_disabled: bool) {
+    if is_disabled {
+        disabled.insert(key);
+    } else {
+        disabled.remove(&key);
+    }
 }
