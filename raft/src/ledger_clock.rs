@@ -121,7 +121,7 @@ impl LedgerClock {
 
     /// Reads the wall clock, noticing a step since the previous reading.
     fn read_wall(&mut self, now: Instant) -> u64 {
-        let wall_ms = (self.wall)();
+        let wall_ms = self.wall_ms();
         if let Some((previous_ms, at)) = self.read {
             let wall_moved_ms = i128::from(wall_ms) - i128::from(previous_ms);
             let jump_ms = wall_moved_ms - i128::from(millis(now - at));

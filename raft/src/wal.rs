@@ -316,6 +316,7 @@ impl Wal {
         payload: &[u8],
     ) -> Result<(), String> {
         let mut ops = OpReader { bytes: payload, at: 0 };
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
         while ops.at < payload.len() {
             let (table, key, value) = ops.next().ok_or("a malformed write")?;
             let value = value.map(|(at, len)| Location {
@@ -323,7 +324,6 @@ impl Wal {
                 offset: base + at as u64,
                 len,
             });
-            let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
             index.put(&mut self.live, table, key, value);
         }
         Ok(())
