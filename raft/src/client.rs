@@ -460,7 +460,7 @@ impl Shared {
         budget: Budget,
     ) -> Result<T, LedgerError> {
         let mut backoff = CLIENT_BACKOFF_FIRST;
-        let mut error = LedgerError::Unavailable { reason: "no attempt made".into() };
+        let mut error = LedgerError::Unavailable { reason: NO_ATTEMPT.into() };
         loop {
             let Some(timeout) = budget.next_rpc_timeout() else { return Err(error) };
             let target = self.leader_or_next(group_idx);
@@ -478,7 +478,7 @@ impl Shared {
                 }
                 Err(e) if e.is_retryable() => {
                     self.forget_leader(group_idx, &target);
-                    error = e;
+                    budget.keep_telling(&mut error, e);
                 }
                 Err(e) => return Err(e),
             }
@@ -499,7 +499,7 @@ impl Shared {
         payload: Bytes,
         deadline: Instant,
     ) -> Result<T, LedgerError> {
-        let mut error = LedgerError::Unavailable { reason: "no attempt made".into() };
+        let mut error = LedgerError::Unavailable { reason: NO_ATTEMPT.into() };
         let n_addrs = self.routes().addrs.len();
         let budget = Budget { rpc_timeout: CLIENT_RPC_TIMEOUT, deadline };
         for _attempt in 0..n_addrs {
@@ -507,7 +507,7 @@ impl Shared {
             let target = self.next_addr();
             match self.call(&target, method, group_idx, payload.clone(), timeout).await {
                 Ok(answer) => return Ok(answer),
-                Err(e) if e.is_retryable() => error = e,
+                Err(e) if e.is_retryable() => budget.keep_telling(&mut error, e),
                 Err(e) => return Err(e),
             }
         }
@@ -543,6 +543,9 @@ impl Shared {
     }
 }
 
+/// The error of a call that made no RPC before its deadline.
+const NO_ATTEMPT: &str = "no attempt made";
+
 /// How long a call may go on, and each of its RPCs.
 #[derive(Clone, Copy)]
 struct Budget {
@@ -554,6 +557,19 @@ impl Budget {
     /// An ordinary call's: [`CLIENT_CALL_DEADLINE`] from now.
     fn call() -> Budget {
         Budget { rpc_timeout: CLIENT_RPC_TIMEOUT, deadline: Instant::now() + CLIENT_CALL_DEADLINE }
+    }
+
+    /// Makes `failed` the error a call reports, unless it is only the timeout of an RPC
+    /// the deadline cut short and an attempt before it said why it failed: a last try
+    /// given the deadline's final microseconds otherwise reported "no outcome within
+    /// 200µs" instead of, say, "the node the caller knew here is gone".
+    fn keep_telling(&self, error: &mut LedgerError, failed: LedgerError) {
+        let cut_short = matches!(failed, LedgerError::Timeout(t) if t < self.rpc_timeout);
+        let said_why =
+            !matches!(error, LedgerError::Unavailable { reason } if reason == NO_ATTEMPT);
+        if !(cut_short && said_why) {
+            *error = failed;
+        }
     }
 
     /// The timeout of the next RPC: the RPC's own, cut to what is left; `None` once the
@@ -579,4 +595,27 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Bytes, LedgerError> {
     codec::encode(value)
         .map(Bytes::from)
         .map_err(|e| LedgerError::Invalid(format!("unencodable request: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error a call reports: a timeout the deadline cut short never hides why an
+    /// earlier attempt failed; a full-length timeout, or a first attempt's, is reported.
+    #[test]
+    fn a_timeout_cut_short_by_the_deadline_keeps_the_earlier_reason() {
+        let budget = Budget::call();
+        let refused = || LedgerError::Unavailable { reason: "the node is gone".into() };
+        let sliver = LedgerError::Timeout(Duration::from_micros(200));
+        let mut error = LedgerError::Unavailable { reason: NO_ATTEMPT.into() };
+        budget.keep_telling(&mut error, refused());
+        budget.keep_telling(&mut error, sliver);
+        assert_eq!(error.to_string(), refused().to_string());
+        budget.keep_telling(&mut error, LedgerError::Timeout(CLIENT_RPC_TIMEOUT));
+        assert!(matches!(error, LedgerError::Timeout(_)), "{error}");
+        let mut first = LedgerError::Unavailable { reason: NO_ATTEMPT.into() };
+        budget.keep_telling(&mut first, LedgerError::Timeout(Duration::from_micros(200)));
+        assert!(matches!(first, LedgerError::Timeout(_)), "{first}");
+    }
 }
