@@ -554,13 +554,17 @@ fn upstream_timeouts() -> solrouter_gateway::config::UpstreamTimeouts {
 /// More streams than an HTTP/2 host allows on one connection all get their response
 /// heads at once: the upstream client carries the rest on another connection instead of
 /// queueing them until the first ones end (hyper's client alone queues them, and the
-/// streams here last ~10 s).
+/// streams here last ~10 s). Arriving together at a host the gateway has not reached
+/// before, they open a connection per lane they take (and one that learned the
+/// protocol), not one each (the client negotiating by ALPN opened one per exchange that
+/// found none idle: here ~150).
 #[tokio::test]
 async fn streams_beyond_a_hosts_concurrent_stream_limit_are_not_queued() {
     use solrouter_gateway::upstream::{Deadlines, Upstream, LANE_EXCHANGES_MAX};
     let paced = MockConfig { tokens_per_second: 2, ..MockConfig::default() };
     let limit = u32::try_from(LANE_EXCHANGES_MAX).unwrap();
-    let (mock, directory) = start_tls(Knobs::try_new(paced).unwrap(), limit).await;
+    let (host, directory) = start_tls(Knobs::try_new(paced).unwrap(), limit).await;
+    let (mock, opened) = counting_relay(host).await;
     let timeouts = upstream_timeouts();
     let upstream = Upstream::try_new(timeouts, Some(&directory.path().join("ca.pem"))).unwrap();
     let wire = &wires()[0];
@@ -575,4 +579,34 @@ async fn streams_beyond_a_hosts_concurrent_stream_limit_are_not_queued() {
         .await
         .expect("streams past the host's limit waited for earlier ones to end");
     assert!(bodies.iter().all(Result::is_ok), "every stream was answered");
+    let lanes = streams.div_ceil(LANE_EXCHANGES_MAX);
+    let opened = opened.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(opened <= lanes + 1, "{opened} connections opened for {streams} streams");
+}
+
+/// A TCP relay on a free port of 127.0.0.1 in front of `mock` (an `https://127.0.0.1:…`
+/// mock: its certificate holds for the relay's address too), counting the connections
+/// opened through it.
+async fn counting_relay(mock: Mock) -> (Mock, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let target = mock.base.strip_prefix("https://").unwrap().to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&opened);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _mock = mock;
+        let relaying = async {
+            while let Ok((mut client, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let mut server = tokio::net::TcpStream::connect(target).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        };
+        tokio::select! { _ = relaying => {}, _ = stopped => {} }
+    });
+    (Mock { base, _stop: stop }, opened)
 }
