@@ -62,9 +62,13 @@ pub const HISTORY_FILE: &str = "history.redb";
 /// ledger codec; migrated on open. 2: the tables of the module doc.
 pub const HISTORY_FORMAT_VERSION: u64 = 2;
 /// The history's page cache (redb's default is 1 GiB, which a node would fill with pages
-/// of old records): queries read recent pages and indexes, writes append. At 64 MiB the
-/// cache took ten minutes of `solrouter dev` load to fill, so RSS kept rising.
-pub const HISTORY_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// of old records): queries read recent pages and indexes, writes append, and pages out
+/// of the cache are read from the kernel's page cache, which holds them anyway. At 64 MiB
+/// the cache took ten minutes of `solrouter dev` load to fill, so RSS kept rising; at
+/// 16 MiB it filled in the second minute and held ~15 MB of the process's RSS. The
+/// writer's throughput is the same at 2 MiB (`bench --bench history`: 134k records/s
+/// with the sync either way; docs/storage.md).
+pub const HISTORY_CACHE_BYTES: usize = 2 * 1024 * 1024;
 /// How often a node syncs the history written since its last sync (bounds what the sync
 /// before a snapshot has to write) and rolls closed hours up.
 pub const HISTORY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
