@@ -25,8 +25,10 @@
 # half of STREAMS (the gateway fell back to HTTP/1). Prints one line, in MB: idle (before
 # the load), at STREAMS (the median of the samples with at least 95 % of STREAMS streams
 # open; RssAnon, RssFile, VmRSS), the peak VmRSS, VmRSS 5 s after the load ended, how
-# many samples counted, the most upstream connections seen, the load average, and the load
-# generator's money check. Release builds:
+# many samples counted, the median of upstream connections over them and the most seen in
+# any sample of the load (over h2, one per lane: more shows connections opened for
+# exchanges that should have shared one), the load average, and the load generator's
+# money check. Release builds:
 #
 #   cargo build --release -p solrouter-gateway -p solrouter-loadtest
 #   loadtest/rss-streams.sh                     # BIN_DIR=target/release
@@ -125,6 +127,7 @@ awk -v idle="$idle_samples" -v marker="$marker" -v streams="$STREAMS" -v column=
     }
     { rss[NR] = $2 }
     $2 > peak { peak = $2 }
+    NR > marker && $5 > upstream_most { upstream_most = $5 }
     NR <= idle { idle_rss += $2 }
     NR > marker && $column >= 0.95 * streams { n++; at_rss[n] = $2; at_anon[n] = $3; at_file[n] = $4; at_upstream[n] = $5 }
     END {
@@ -133,7 +136,8 @@ awk -v idle="$idle_samples" -v marker="$marker" -v streams="$STREAMS" -v column=
         if (upstream == "h2" && upstream_connections >= streams / 2) {
             printf "%d upstream connections: not HTTP/2 (%s)\n", upstream_connections, outcome; exit 1
         }
-        printf "%s | idle %.1f | at %d: anon %.1f file %.1f rss %.1f | peak %.1f | %ds after %.1f | %d samples, %d upstream connections | load %s | %s\n",
+        printf "%s | idle %.1f | at %d: anon %.1f file %.1f rss %.1f | peak %.1f | %ds after %.1f | %d samples, %d upstream connections (at most %d at once) | load %s | %s\n",
             upstream, idle_rss / idle / 1024, streams, median(at_anon, n) / 1024, median(at_file, n) / 1024,
-            median(at_rss, n) / 1024, peak / 1024, after, rss[NR] / 1024, n, upstream_connections, load_average, outcome
+            median(at_rss, n) / 1024, peak / 1024, after, rss[NR] / 1024, n, upstream_connections,
+            upstream_most, load_average, outcome
     }' "$samples"
