@@ -325,6 +325,12 @@ impl Hosts {
         else {
             return Protocol::Http1;
         };
+        // The common case, a host already learned, under the read lock alone.
+        let learned =
+            self.0.read().expect("hosts lock").get(authority.as_str()).map(|host| host.protocol());
+        if let Some(known @ (Protocol::Http1 | Protocol::Http2)) = learned {
+            return known;
+        }
         let host = self.host(authority.as_str());
         let known = host.protocol();
         if known != Protocol::Unknown || !host.learning.swap(true, Ordering::AcqRel) {

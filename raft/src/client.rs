@@ -460,9 +460,9 @@ impl Shared {
         budget: Budget,
     ) -> Result<T, LedgerError> {
         let mut backoff = CLIENT_BACKOFF_FIRST;
-        let mut error = LedgerError::Unavailable { reason: NO_ATTEMPT.into() };
+        let mut failed = None;
         loop {
-            let Some(timeout) = budget.next_rpc_timeout() else { return Err(error) };
+            let Some(timeout) = budget.next_rpc_timeout() else { return Err(gave_up(failed)) };
             let target = self.leader_or_next(group_idx);
             match self.call(&target, method, group_idx, payload.clone(), timeout).await {
                 Ok(answer) => {
@@ -478,12 +478,12 @@ impl Shared {
                 }
                 Err(e) if e.is_retryable() => {
                     self.forget_leader(group_idx, &target);
-                    budget.keep_telling(&mut error, e);
+                    budget.keep_telling(&mut failed, e);
                 }
                 Err(e) => return Err(e),
             }
             if Instant::now() + backoff >= budget.deadline {
-                return Err(error);
+                return Err(gave_up(failed));
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(CLIENT_BACKOFF_MAX);
@@ -499,7 +499,7 @@ impl Shared {
         payload: Bytes,
         deadline: Instant,
     ) -> Result<T, LedgerError> {
-        let mut error = LedgerError::Unavailable { reason: NO_ATTEMPT.into() };
+        let mut failed = None;
         let n_addrs = self.routes().addrs.len();
         let budget = Budget { rpc_timeout: CLIENT_RPC_TIMEOUT, deadline };
         for _attempt in 0..n_addrs {
@@ -507,11 +507,11 @@ impl Shared {
             let target = self.next_addr();
             match self.call(&target, method, group_idx, payload.clone(), timeout).await {
                 Ok(answer) => return Ok(answer),
-                Err(e) if e.is_retryable() => budget.keep_telling(&mut error, e),
+                Err(e) if e.is_retryable() => budget.keep_telling(&mut failed, e),
                 Err(e) => return Err(e),
             }
         }
-        Err(error)
+        Err(gave_up(failed))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -543,8 +543,11 @@ impl Shared {
     }
 }
 
-/// The error of a call that made no RPC before its deadline.
-const NO_ATTEMPT: &str = "no attempt made";
+/// The error a call reports when it gives up: its attempts' (see [`Budget::keep_telling`]),
+/// or that it made none before its deadline.
+fn gave_up(failed: Option<LedgerError>) -> LedgerError {
+    failed.unwrap_or_else(|| LedgerError::Unavailable { reason: "no attempt made".into() })
+}
 
 /// How long a call may go on, and each of its RPCs.
 #[derive(Clone, Copy)]
@@ -559,16 +562,14 @@ impl Budget {
         Budget { rpc_timeout: CLIENT_RPC_TIMEOUT, deadline: Instant::now() + CLIENT_CALL_DEADLINE }
     }
 
-    /// Makes `failed` the error a call reports, unless it is only the timeout of an RPC
-    /// the deadline cut short and an attempt before it said why it failed: a last try
-    /// given the deadline's final microseconds otherwise reported "no outcome within
+    /// Makes `error` the one a call reports (`failed`), unless it is only the timeout of
+    /// an RPC the deadline cut short and an attempt before it said why it failed: a last
+    /// try given the deadline's final microseconds otherwise reported "no outcome within
     /// 200µs" instead of, say, "the node the caller knew here is gone".
-    fn keep_telling(&self, error: &mut LedgerError, failed: LedgerError) {
-        let cut_short = matches!(failed, LedgerError::Timeout(t) if t < self.rpc_timeout);
-        let said_why =
-            !matches!(error, LedgerError::Unavailable { reason } if reason == NO_ATTEMPT);
-        if !(cut_short && said_why) {
-            *error = failed;
+    fn keep_telling(&self, failed: &mut Option<LedgerError>, error: LedgerError) {
+        let cut_short = matches!(error, LedgerError::Timeout(t) if t < self.rpc_timeout);
+        if !(cut_short && failed.is_some()) {
+            *failed = Some(error);
         }
     }
 
@@ -607,15 +608,16 @@ mod tests {
     fn a_timeout_cut_short_by_the_deadline_keeps_the_earlier_reason() {
         let budget = Budget::call();
         let refused = || LedgerError::Unavailable { reason: "the node is gone".into() };
-        let sliver = LedgerError::Timeout(Duration::from_micros(200));
-        let mut error = LedgerError::Unavailable { reason: NO_ATTEMPT.into() };
-        budget.keep_telling(&mut error, refused());
-        budget.keep_telling(&mut error, sliver);
-        assert_eq!(error.to_string(), refused().to_string());
-        budget.keep_telling(&mut error, LedgerError::Timeout(CLIENT_RPC_TIMEOUT));
-        assert!(matches!(error, LedgerError::Timeout(_)), "{error}");
-        let mut first = LedgerError::Unavailable { reason: NO_ATTEMPT.into() };
-        budget.keep_telling(&mut first, LedgerError::Timeout(Duration::from_micros(200)));
-        assert!(matches!(first, LedgerError::Timeout(_)), "{first}");
+        let sliver = || LedgerError::Timeout(Duration::from_micros(200));
+        let mut failed = None;
+        budget.keep_telling(&mut failed, refused());
+        budget.keep_telling(&mut failed, sliver());
+        assert_eq!(gave_up(failed.clone()).to_string(), refused().to_string());
+        budget.keep_telling(&mut failed, LedgerError::Timeout(CLIENT_RPC_TIMEOUT));
+        assert!(matches!(gave_up(failed), LedgerError::Timeout(_)));
+        let mut first = None;
+        budget.keep_telling(&mut first, sliver());
+        assert!(matches!(gave_up(first), LedgerError::Timeout(_)));
+        assert!(gave_up(None).to_string().contains("no attempt made"));
     }
 }
