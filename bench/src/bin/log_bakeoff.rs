@@ -376,7 +376,9 @@ fn disk_use(dir: &Path) -> std::io::Result<(f64, f64)> {
 }
 
 /// Bytes this process has caused to be written to storage (`/proc/self/io`; 0 where
-/// there is none).
+/// there is none). Charged when a page-cache folio is dirtied, so a store writing small
+/// records into large folios (the WAL's zeros, laid 1 MiB at a time) reads far above what
+/// reaches the device (docs/storage.md, "Zeros ahead of the log").
 fn io_write_bytes() -> f64 {
     let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
     let line = io.lines().find(|line| line.starts_with("write_bytes:")).unwrap_or_default();
