@@ -300,8 +300,8 @@ impl Wal {
         let version = bytes[WAL_MAGIC.len()];
         if version != WAL_VERSION && version != WAL_VERSION_APPENDED {
             return Err(what(&format!(
-                "unsupported log segment format version {version}; this build reads version \
-                 {WAL_VERSION}"
+                "unsupported log segment format version {version}; this build reads versions \
+                 {WAL_VERSION_APPENDED} and {WAL_VERSION}"
             )));
         }
         let segment = Arc::new(Segment { seq, file });
@@ -327,17 +327,14 @@ impl Wal {
                 None => return Err(what(&format!("a damaged record at byte {at}"))),
             }
         }
-        if last && zeros_end {
+        if last && bytes.len() > at {
             // Whatever follows the last record goes (a torn one, or bytes of one a crash
             // left behind zeros): the records written next meet only zeros.
-            if bytes.len() > at {
-                segment.file.set_len(at as u64)?;
-                segment.file.sync_all()?;
-            }
-            self.zeroed = at as u64;
-        } else if last && bytes.len() > at {
             segment.file.set_len(at as u64)?;
             segment.file.sync_all()?;
+        }
+        if last && zeros_end {
+            self.zeroed = at as u64;
         }
         self.end = at as u64;
         Ok(())
