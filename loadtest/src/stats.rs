@@ -44,6 +44,9 @@ pub struct Sample {
 /// Everything recorded during a phase.
 pub struct Tally {
     pub latency_us: Histogram<u64>,
+    /// The same since the progress line last read it: a stall shows in its second, not
+    /// diluted into the whole run's quantiles.
+    latency_us_interval: Histogram<u64>,
     pub ttft_us: Histogram<u64>,
     /// Open loop: how late each request was handed to the sender.
     pub send_late_us: Histogram<u64>,
@@ -75,6 +78,7 @@ impl Recorder {
         };
         let tally = Tally {
             latency_us: histogram(),
+            latency_us_interval: histogram(),
             ttft_us: histogram(),
             send_late_us: histogram(),
             n_sent: 0,
@@ -119,7 +123,9 @@ impl Recorder {
         match sample.outcome {
             Outcome::Ok => {
                 tally.n_ok += 1;
-                tally.latency_us.saturating_record(micros(sample.done - start));
+                let latency = micros(sample.done - start);
+                tally.latency_us.saturating_record(latency);
+                tally.latency_us_interval.saturating_record(latency);
                 if let Some(first_token) = sample.first_token {
                     tally.ttft_us.saturating_record(micros(first_token - start));
                 }
@@ -132,11 +138,21 @@ impl Recorder {
         }
     }
 
-    /// `(sent, done, errors, p99 latency so far)` for the progress line.
-    pub fn progress(&self) -> (u64, u64, u64, Duration) {
-        let tally = self.lock();
-        let p99 = Duration::from_micros(tally.latency_us.value_at_quantile(0.99));
-        (tally.n_sent - tally.n_skipped, tally.n_done, tally.n_errors, p99)
+    /// What the progress line shows; starts the next interval.
+    pub fn progress(&self) -> Progress {
+        let mut tally = self.lock();
+        let quantile =
+            |histogram: &Histogram<u64>, q| Duration::from_micros(histogram.value_at_quantile(q));
+        let progress = Progress {
+            sent: tally.n_sent - tally.n_skipped,
+            done: tally.n_done,
+            errors: tally.n_errors,
+            p99: quantile(&tally.latency_us, 0.99),
+            interval_p99: quantile(&tally.latency_us_interval, 0.99),
+            interval_max: quantile(&tally.latency_us_interval, 1.0),
+        };
+        tally.latency_us_interval.reset();
+        progress
     }
 
     pub fn finish(self) -> Tally {
@@ -148,6 +164,18 @@ impl Recorder {
         // update is a few additions), so the run goes on with it.
         self.tally.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Counts so far, and the latency of the answers since the previous [`Recorder::progress`].
+#[derive(Debug)]
+pub struct Progress {
+    pub sent: u64,
+    pub done: u64,
+    pub errors: u64,
+    /// Over the whole phase so far.
+    pub p99: Duration,
+    pub interval_p99: Duration,
+    pub interval_max: Duration,
 }
 
 fn micros(elapsed: Duration) -> u64 {
@@ -162,13 +190,17 @@ pub fn progress_line(phase: &'static str, recorder: std::sync::Arc<Recorder>) ->
         let mut done_before = 0;
         loop {
             ticks.tick().await;
-            let (sent, done, errors, p99) = recorder.progress();
+            let Progress { sent, done, errors, p99, interval_p99, interval_max } =
+                recorder.progress();
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
             eprintln!(
                 "{phase:>7} {:>4}s  rate {:>6}/s  sent {sent}  done {done}  errors {errors}  \
-                 p99 {:.2} ms",
+                 p99 {:.2} ms  (this second: p99 {:.2} ms, max {:.2} ms)",
                 recorder.started.elapsed().as_secs(),
                 done - done_before,
-                p99.as_secs_f64() * 1e3,
+                ms(p99),
+                ms(interval_p99),
+                ms(interval_max),
             );
             done_before = done;
         }
@@ -283,4 +315,44 @@ pub fn overhead_ms(gateway: &PhaseReport, direct: &PhaseReport) -> Vec<(&'static
     let through = quantiles_ms(&gateway.tally.latency_us);
     let straight = quantiles_ms(&direct.tally.latency_us);
     through.iter().zip(&straight).map(|((label, via), (_, mock))| (*label, via - mock)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(recorder: &Recorder, latency_ms: u64) {
+        let start = Instant::now();
+        let done = start + Duration::from_millis(latency_ms);
+        let sample =
+            Sample { scenario: "plain", outcome: Outcome::Ok, first_token: None, done, cost: None };
+        recorder.sent(None);
+        recorder.record(start, Some(sample));
+    }
+
+    /// A slow second shows in the progress line's interval in full, and only there: the
+    /// next interval starts empty, while the phase's p99 keeps counting everything.
+    #[test]
+    fn the_progress_interval_shows_a_stall_and_then_starts_afresh() {
+        let recorder = Recorder::new(1);
+        for _ in 0..99 {
+            answered(&recorder, 1);
+        }
+        let first = recorder.progress();
+        assert_eq!((first.sent, first.done, first.errors), (99, 99, 0));
+        assert_eq!(first.interval_max.as_millis(), 1);
+
+        for _ in 0..5 {
+            answered(&recorder, 400);
+        }
+        let stalled = recorder.progress();
+        // Within the histograms' 0.1 %.
+        assert_eq!(stalled.interval_p99.as_millis(), 400);
+        assert_eq!(stalled.interval_max.as_millis(), 400);
+        assert_eq!(stalled.p99.as_millis(), 400, "5 of 104 answers were slow");
+
+        let quiet = recorder.progress();
+        assert_eq!((quiet.interval_p99, quiet.interval_max), (Duration::ZERO, Duration::ZERO));
+        assert_eq!(quiet.done, 104);
+    }
 }
