@@ -141,15 +141,13 @@ impl Recorder {
     /// What the progress line shows; starts the next interval.
     pub fn progress(&self) -> Progress {
         let mut tally = self.lock();
-        let quantile =
-            |histogram: &Histogram<u64>, q| Duration::from_micros(histogram.value_at_quantile(q));
         let progress = Progress {
             sent: tally.n_sent - tally.n_skipped,
             done: tally.n_done,
             errors: tally.n_errors,
-            p99: quantile(&tally.latency_us, 0.99),
-            interval_p99: quantile(&tally.latency_us_interval, 0.99),
-            interval_max: quantile(&tally.latency_us_interval, 1.0),
+            p99_ms: ms(tally.latency_us.value_at_quantile(0.99)),
+            interval_p99_ms: ms(tally.latency_us_interval.value_at_quantile(0.99)),
+            interval_max_ms: ms(tally.latency_us_interval.max()),
         };
         tally.latency_us_interval.reset();
         progress
@@ -167,19 +165,23 @@ impl Recorder {
 }
 
 /// Counts so far, and the latency of the answers since the previous [`Recorder::progress`].
-#[derive(Debug)]
 pub struct Progress {
     pub sent: u64,
     pub done: u64,
     pub errors: u64,
     /// Over the whole phase so far.
-    pub p99: Duration,
-    pub interval_p99: Duration,
-    pub interval_max: Duration,
+    pub p99_ms: f64,
+    pub interval_p99_ms: f64,
+    pub interval_max_ms: f64,
 }
 
 fn micros(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A histogram's microseconds in milliseconds.
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1e3
 }
 
 /// Prints a progress line on stderr every second until stopped.
@@ -190,17 +192,14 @@ pub fn progress_line(phase: &'static str, recorder: std::sync::Arc<Recorder>) ->
         let mut done_before = 0;
         loop {
             ticks.tick().await;
-            let Progress { sent, done, errors, p99, interval_p99, interval_max } =
+            let Progress { sent, done, errors, p99_ms, interval_p99_ms, interval_max_ms } =
                 recorder.progress();
-            let ms = |d: Duration| d.as_secs_f64() * 1e3;
             eprintln!(
                 "{phase:>7} {:>4}s  rate {:>6}/s  sent {sent}  done {done}  errors {errors}  \
-                 p99 {:.2} ms  (this second: p99 {:.2} ms, max {:.2} ms)",
+                 p99 {p99_ms:.2} ms  (this second: p99 {interval_p99_ms:.2} ms, max \
+                 {interval_max_ms:.2} ms)",
                 recorder.started.elapsed().as_secs(),
                 done - done_before,
-                ms(p99),
-                ms(interval_p99),
-                ms(interval_max),
             );
             done_before = done;
         }
@@ -291,9 +290,9 @@ impl PhaseReport {
 pub fn quantiles_ms(histogram: &Histogram<u64>) -> Vec<(&'static str, f64)> {
     let mut quantiles: Vec<(&str, f64)> = QUANTILES
         .iter()
-        .map(|(label, quantile)| (*label, histogram.value_at_quantile(*quantile) as f64 / 1e3))
+        .map(|(label, quantile)| (*label, ms(histogram.value_at_quantile(*quantile))))
         .collect();
-    quantiles.push(("max", histogram.max() as f64 / 1e3));
+    quantiles.push(("max", ms(histogram.max())));
     quantiles
 }
 
@@ -340,19 +339,19 @@ mod tests {
         }
         let first = recorder.progress();
         assert_eq!((first.sent, first.done, first.errors), (99, 99, 0));
-        assert_eq!(first.interval_max.as_millis(), 1);
+        assert_eq!(first.interval_max_ms.round(), 1.0);
 
         for _ in 0..5 {
             answered(&recorder, 400);
         }
         let stalled = recorder.progress();
         // Within the histograms' 0.1 %.
-        assert_eq!(stalled.interval_p99.as_millis(), 400);
-        assert_eq!(stalled.interval_max.as_millis(), 400);
-        assert_eq!(stalled.p99.as_millis(), 400, "5 of 104 answers were slow");
+        assert_eq!(stalled.interval_p99_ms.round(), 400.0);
+        assert_eq!(stalled.interval_max_ms.round(), 400.0);
+        assert_eq!(stalled.p99_ms.round(), 400.0, "5 of 104 answers were slow");
 
         let quiet = recorder.progress();
-        assert_eq!((quiet.interval_p99, quiet.interval_max), (Duration::ZERO, Duration::ZERO));
+        assert_eq!((quiet.interval_p99_ms, quiet.interval_max_ms), (0.0, 0.0));
         assert_eq!(quiet.done, 104);
     }
 }

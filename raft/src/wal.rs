@@ -111,8 +111,7 @@ struct Wal {
     live: HashMap<u64, u64>,
     /// Where the next record goes in the last segment.
     end: u64,
-    /// The last segment's length: past `end`, zeros. 0 while the replay has found no
-    /// segment to write on.
+    /// The last segment's length: past `end`, zeros.
     zeroed: u64,
     /// Whether the last segment holds writes not yet `fdatasync`ed.
     unsynced: bool,
@@ -267,15 +266,14 @@ impl Wal {
             buf: Vec::new(),
             _lock: lock,
         };
+        let mut writable = false;
         for (n, &seq) in seqs.iter().enumerate() {
             let last = n + 1 == seqs.len();
-            wal.replay_segment(seq, last)?;
+            writable = wal.replay_segment(seq, last)?;
         }
-        match wal.segments.back() {
-            None => wal.create_segment(1)?,
-            // Not written on: its records run to the file's end.
-            Some(last) if wal.zeroed == 0 => wal.create_segment(last.seq + 1)?,
-            Some(_) => {}
+        if !writable {
+            let next = wal.segments.back().map_or(1, |segment| segment.seq + 1);
+            wal.create_segment(next)?;
         }
         Ok(wal)
     }
@@ -284,7 +282,10 @@ impl Wal {
         self.dir.join(format!("wal-{seq:020}.log"))
     }
 
-    fn replay_segment(&mut self, seq: u64, last: bool) -> Result<(), Error> {
+    /// Reads segment `seq` into the index; returns whether writing goes on in it: the last
+    /// segment, of this version (not one whose records run to the file's end, nor one a
+    /// crash left without a header).
+    fn replay_segment(&mut self, seq: u64, last: bool) -> Result<bool, Error> {
         let path = self.segment_path(seq);
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let bytes = std::fs::read(&path)?;
@@ -292,7 +293,7 @@ impl Wal {
         if last && bytes.len() < HEADER_BYTES as usize {
             // Created, but a crash came before its header was synced: it holds nothing.
             std::fs::remove_file(&path)?;
-            return Ok(());
+            return Ok(false);
         }
         if bytes.len() < HEADER_BYTES as usize || &bytes[..WAL_MAGIC.len()] != WAL_MAGIC {
             return Err(what("not a log segment (no magic)"));
@@ -333,11 +334,9 @@ impl Wal {
             segment.file.set_len(at as u64)?;
             segment.file.sync_all()?;
         }
-        if last && zeros_end {
-            self.zeroed = at as u64;
-        }
         self.end = at as u64;
-        Ok(())
+        self.zeroed = self.end;
+        Ok(last && zeros_end)
     }
 
     fn replay_record(
