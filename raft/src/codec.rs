@@ -74,8 +74,13 @@ pub enum CodecError {
     Unencodable(postcard::Error),
 }
 
+/// What [`encode`]'s buffer starts with: a log entry of a few commands fits, so it is
+/// written without the five or six reallocations (and copies) that growing from the
+/// header's 4 bytes took; larger values grow from here.
+const ENCODE_CAPACITY_FIRST: usize = 512;
+
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut header = Vec::with_capacity(HEADER_BYTES);
+    let mut header = Vec::with_capacity(ENCODE_CAPACITY_FIRST);
     header.extend_from_slice(&FORMAT_MAGIC);
     header.push(FORMAT_VERSION);
     let mut bytes = postcard::to_extend(value, header).map_err(CodecError::Unencodable)?;
