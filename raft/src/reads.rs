@@ -316,7 +316,7 @@ impl GroupAccess for LedgerHandle {
     }
 
     // Each call's future is boxed (one allocation per call): unboxed, every caller's
-    // future would hold the larger of the two (1.2–2.9 KB) and each `.await` level above,
+    // future would hold the larger of the two (1.2–2.8 KB) and each `.await` level above,
     // up to the request's task, would copy it once more.
     async fn read_group(
         &self,
