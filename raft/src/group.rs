@@ -12,7 +12,7 @@ use crate::{
     NodeStats, PIPELINED_BATCH_MIN, PROPOSALS_IN_FLIGHT_MAX, SUBMIT_QUEUE_MAX, SUBMIT_TIMEOUT,
 };
 use openraft::error::RaftError;
-use openraft::{Config, RaftMetrics, RaftNetworkFactory};
+use openraft::{Config, RaftMetrics, RaftNetworkFactory, StoredMembership};
 use solrouter_ledger::{Batch, Command, Ledger, Outcome, Rejection, BATCH_COMMANDS_MAX};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -182,16 +182,15 @@ impl Group {
     }
 
     /// Waits until this group's Raft stops (see [`Group::stopped`]) and says why.
+    ///
+    /// Watches the server metrics, which change with votes, leaders and membership only:
+    /// openraft 0.9 sends the full metrics at every turn of its core, changed or not, and
+    /// so woke this wait at every turn. Their sender goes with the core, after it has
+    /// recorded why it stopped.
     pub async fn until_stopped(&self) -> LedgerError {
-        let mut metrics = self.raft.metrics();
-        loop {
-            if let Some(why) = self.stopped() {
-                return why;
-            }
-            if metrics.changed().await.is_err() {
-                return LedgerError::Shutdown;
-            }
-        }
+        let mut server = self.raft.server_metrics();
+        while server.changed().await.is_ok() {}
+        self.stopped().unwrap_or(LedgerError::Shutdown)
     }
 
     pub fn stats(&self) -> NodeStats {
@@ -402,7 +401,7 @@ impl Batcher {
                 return Ok(term);
             }
             if now.current_leader != Some(now.id) {
-                return Err(not_leader(&now));
+                return Err(not_leader(now.current_leader, &now.membership_config));
             }
             (now.current_term, now.last_log_index)
         };
@@ -416,7 +415,7 @@ impl Batcher {
             .await
             .map_err(|_| stopped(&self.raft).unwrap_or(LedgerError::Shutdown))?;
         if seen.current_leader != Some(seen.id) || seen.current_term != term {
-            return Err(not_leader(&seen));
+            return Err(not_leader(seen.current_leader, &seen.membership_config));
         }
         self.caught_up.term.store(term + 1, Ordering::Relaxed);
         Ok(term)
@@ -431,20 +430,27 @@ impl Batcher {
     /// this group on this node, for good. Found by the simulation. A write given up on may
     /// still commit under the next leader; as with any `NotLeader`, the caller retries it
     /// with the same op id, which is idempotent.
+    ///
+    /// The wait watches the server metrics (votes, leaders, membership), not the full
+    /// metrics, which openraft 0.9 sends at every turn of its core, changed or not: each
+    /// proposal's wait was woken at every turn for nothing. Their vote is the one on disk, which
+    /// may trail the term proposed in but never passes it while this node leads it.
     async fn propose(
         &self,
         batch: Batch,
     ) -> impl Future<Output = Result<Vec<Outcome>, LedgerError>> + Send + 'static {
-        let mut metrics = self.raft.metrics();
+        let mut server = self.raft.server_metrics();
         let (node_id, term) = {
-            let now = metrics.borrow();
+            let now = self.raft.metrics();
+            let now = now.borrow();
             (now.id, now.current_term)
         };
         let proposed = self.raft.client_write_ff(Arc::new(batch)).await;
         async move {
             let answer = proposed.map_err(|e| LedgerError::from_fatal("proposing a batch", e))?;
-            let deposed = metrics
-                .wait_for(|now| now.current_term != term || now.current_leader != Some(node_id));
+            let deposed = server.wait_for(|now| {
+                now.vote.leader_id().get_term() > term || now.current_leader != Some(node_id)
+            });
             tokio::select! {
                 biased;
                 written = answer => match written {
@@ -454,7 +460,7 @@ impl Batcher {
                     Err(_) => Err(LedgerError::Shutdown),
                 },
                 seen = deposed => match seen {
-                    Ok(now) => Err(not_leader(&now)),
+                    Ok(now) => Err(not_leader(now.current_leader, &now.membership_config)),
                     Err(_) => Err(LedgerError::NotLeader { leader_id: None, leader_addr: None }),
                 },
             }
@@ -504,11 +510,13 @@ fn next_stamp_ms(clock: &Mutex<LedgerClock>, state: &SharedState, term: u64) -> 
     clock.lock().expect("clock lock poisoned").next_stamp_ms(applied_ms, term)
 }
 
-/// `NotLeader`, naming the leader `metrics` know of and its address.
-fn not_leader(metrics: &RaftMetrics<NodeId, Member>) -> LedgerError {
-    let leader_id = metrics.current_leader;
+/// `NotLeader`, naming the leader a node knows of and its address in `membership`.
+fn not_leader(
+    leader_id: Option<NodeId>,
+    membership: &StoredMembership<NodeId, Member>,
+) -> LedgerError {
     let leader_addr = leader_id.and_then(|leader| {
-        let node = metrics.membership_config.membership().get_node(&leader)?;
+        let node = membership.membership().get_node(&leader)?;
         Some(node.addr.clone())
     });
     LedgerError::NotLeader { leader_id, leader_addr }

@@ -298,6 +298,11 @@ impl Cluster {
         self.lock().n_crashes
     }
 
+    /// Node `id`'s `LedgerNode`, while it is up.
+    pub fn node(&self, id: NodeId) -> Option<LedgerNode> {
+        self.running(id).map(|running| running.node.clone())
+    }
+
     fn running(&self, id: NodeId) -> Option<Arc<Running>> {
         match self.lock().nodes.get(&id) {
             Some(Slot::Up(running)) => Some(Arc::clone(running)),

@@ -98,7 +98,7 @@ use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Once};
 use std::time::Duration;
-use storage::{DiskFaults, WriteKind};
+use storage::{DiskFaults, IoFault, WriteKind};
 use trace::Trace;
 use workload::{Client, History, Record, Router, Through};
 
@@ -318,6 +318,29 @@ fn a_late_top_up_retry_after_a_leader_change_credits_once() {
             assert_eq!(ledger.account(account).map(|a| a.credits), Some(amount));
             assert_eq!(ledger.audit().credited, amount);
         }
+    });
+}
+
+/// A node one of whose groups stops on a storage error says why through
+/// `LedgerNode::stopped`, what `solrouter ledger` exits on so that its supervisor restarts
+/// it: the wait watches the server metrics, which no entry changes, and ends when the
+/// stopped core lets go of them, after it has recorded why.
+#[test]
+fn a_node_whose_disk_fails_says_why_it_stopped() {
+    paused_runtime().block_on(async {
+        let (cluster, history, mut router) = calm_cluster().await;
+        let account = create_accounts(&mut router, &history, 1).await[0];
+        let id = cluster.node_ids()[0];
+        let node = cluster.node(id).expect("every node is up");
+        let stopped = tokio::spawn(async move { node.stopped().await });
+        cluster.fail_disk_for(id, IoFault::Eio, Duration::from_secs(3600));
+        // The group's next entry is appended by every replica: node `id`'s append fails.
+        let top_up =
+            Command { id: OpId(0x5709 << 64), op: Op::Credit { account, amount: PicoUsd(1) } };
+        let _ = router.submit(&top_up, RESOLVE_ATTEMPTS_MAX).await;
+        let why = tokio::time::timeout(Duration::from_secs(60), stopped).await;
+        let why = why.expect("the node says it stopped").expect("the wait does not panic");
+        assert!(matches!(why, LedgerError::Storage { .. }), "{why}");
     });
 }
 
