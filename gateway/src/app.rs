@@ -7,6 +7,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::health::Health;
 use crate::providers::Providers;
+use crate::telemetry::RequestMetrics;
 use crate::upstream::Upstream;
 use crate::web::Web;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -24,6 +25,8 @@ pub struct App {
     pub health: Health,
     pub upstream: Upstream,
     pub metrics: PrometheusHandle,
+    /// Every request's count and duration (`server.rs`).
+    pub requests: RequestMetrics,
     /// The dashboard's sessions and login limits.
     pub web: Web,
 }

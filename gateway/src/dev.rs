@@ -120,6 +120,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         webhook_secret: Some(webhook_secret),
         bank,
         metrics,
+        requests: telemetry::RequestMetrics::default(),
         web: Web::new(secret.as_bytes(), true),
     }
     .leak();

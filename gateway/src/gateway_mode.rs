@@ -81,6 +81,7 @@ pub async fn run(
         webhook_secret,
         bank: Bank::remote(client),
         metrics,
+        requests: telemetry::RequestMetrics::default(),
         web: Web::new(secret.as_bytes(), false),
     }
     .leak();

@@ -132,11 +132,7 @@ async fn handle(app: &'static App, request: Request<Incoming>, peer: SocketAddr)
     let started = std::time::Instant::now();
     let (route, shape, result) = route(app, request, peer).await;
     let response = result.unwrap_or_else(|error| error.into_response(shape));
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("solrouter_http_requests_total", "route" => route, "status" => status)
-        .increment(1);
-    metrics::histogram!("solrouter_http_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    app.requests.record(route, response.status(), started.elapsed());
     response
 }
 
