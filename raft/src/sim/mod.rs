@@ -422,6 +422,53 @@ fn a_gateway_client_follows_a_deposed_leaders_hint_at_once() {
     });
 }
 
+/// A leader cut off with a proposal in flight, whose entry the next leader's snapshot then
+/// replaces on it (openraft 0.9 never answers such a write), answers `NotLeader` once it
+/// learns of the next term, instead of holding its proposal slot for good.
+#[test]
+fn a_deposed_leaders_write_that_a_snapshot_replaced_answers_not_leader() {
+    paused_runtime().block_on(async {
+        let (cluster, history, mut router) = calm_cluster().await;
+        let account = create_accounts(&mut router, &history, 1).await[0];
+        let group = cluster.group_of(account);
+        let leader_seen_by = |id| cluster.leader_seen_by(id, group);
+        let old = cluster.node_ids().into_iter().find_map(leader_seen_by).expect("a leader");
+        let others: Vec<NodeId> = cluster.node_ids().into_iter().filter(|id| *id != old).collect();
+        for other in &others {
+            cluster.net.cut(old, *other);
+            cluster.net.cut(*other, old);
+        }
+        let top_up = move |n: u128| Command {
+            id: OpId(0xde9 << 64 | n),
+            op: Op::Credit { account, amount: PicoUsd(1) },
+        };
+        let stranded = {
+            let cluster = Arc::clone(&cluster);
+            let deadline = Duration::from_secs(3600);
+            tokio::spawn(async move { cluster.submit(old, group, top_up(0), deadline).await })
+        };
+        let new = loop {
+            tokio::time::sleep(ELECTION_TIMEOUT_MAX).await;
+            match leader_seen_by(others[0]) {
+                Some(new) if new != old => break new,
+                _ => {}
+            }
+        };
+        // Past a snapshot (every 50 entries in a calm cluster) and the purge behind it.
+        for n in 1..=120 {
+            let written = cluster.submit(new, group, top_up(n), Duration::from_secs(10)).await;
+            assert!(written.is_ok(), "the next leader commits: {written:?}");
+        }
+        cluster.net.heal();
+        let answered = tokio::time::timeout(Duration::from_secs(60), stranded).await;
+        let answered = answered.expect("the stranded write is answered").expect("no panic");
+        assert!(
+            matches!(answered, Err(SubmitError::Ledger(LedgerError::NotLeader { .. }))),
+            "{answered:?}"
+        );
+    });
+}
+
 /// A node wiped and back under its id and address is another incarnation: the gateway's
 /// client stamps each call with the incarnation its topology named at that address, and
 /// the node refuses rather than answer in the old one's place, so every topology the
