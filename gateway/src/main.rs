@@ -1,5 +1,9 @@
 //! `solrouter`: the one binary, with one subcommand per role.
-#![forbid(unsafe_code)]
+// Denied, not forbidden: the global allocator (`allocator.rs`) is the one exception.
+#![deny(unsafe_code)]
+
+#[cfg(feature = "mimalloc")]
+mod allocator;
 
 use clap::{Args, Parser, Subcommand};
 use solrouter_gateway::config::{Config, ConfigLayer};
@@ -17,7 +21,7 @@ use std::time::Duration;
 /// `mimalloc` feature the system allocator serves, so that `heaptrack` sees every allocation.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "solrouter", version, about = "A pay-per-token, OpenAI-compatible LLM gateway")]
