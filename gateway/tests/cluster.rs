@@ -245,6 +245,9 @@ async fn check_money(
     }
 }
 
+/// The processes `deploy/local-cluster.sh` starts, as its logs name them.
+const PROCESSES: [&str; 5] = ["ledger-1", "ledger-2", "ledger-3", "gateway-1", "gateway-2"];
+
 /// `deploy/local-cluster.sh` with its own ports and run directory; `stop` on drop.
 struct LocalCluster {
     env: Vec<(&'static str, String)>,
@@ -268,12 +271,24 @@ impl LocalCluster {
         ];
         let cluster = LocalCluster { env, gateway_ports };
         let started = cluster.script("start");
+        // The run directory goes with the test: a failed start shows the processes' logs.
+        let logs = || {
+            let log = |name| std::fs::read_to_string(run_dir.join(format!("{name}.log")));
+            let tail = |text: String| text.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+            PROCESSES.map(|name| {
+                format!(
+                    "--- {name}.log (last lines first):\n{}",
+                    log(name).map_or_else(|e| e.to_string(), tail)
+                )
+            })
+        };
         assert!(
             started.status.success(),
-            "start failed: {}",
-            String::from_utf8_lossy(&started.stderr)
+            "start failed: {}\n{}",
+            String::from_utf8_lossy(&started.stderr),
+            logs().join("\n")
         );
-        for name in ["ledger-1", "ledger-2", "ledger-3", "gateway-1", "gateway-2"] {
+        for name in PROCESSES {
             let log = std::fs::read_to_string(run_dir.join(format!("{name}.log"))).unwrap();
             assert!(!log.contains("UNAUTHENTICATED"), "{name} runs without TLS: {log}");
         }
