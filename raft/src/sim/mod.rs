@@ -399,10 +399,7 @@ fn a_gateway_client_follows_a_deposed_leaders_hint_at_once() {
         assert!(matches!(gateway.submit(top_up(1)).await, Ok(Ok(Reply::Credited { .. }))));
 
         let others: Vec<NodeId> = cluster.node_ids().into_iter().filter(|id| *id != old).collect();
-        for other in &others {
-            cluster.net.cut(old, *other);
-            cluster.net.cut(*other, old);
-        }
+        cluster.net.cut_off(old, others.iter().copied());
         let new = loop {
             tokio::time::sleep(ELECTION_TIMEOUT_MAX).await;
             match leader_seen_by(others[0]) {
@@ -434,10 +431,7 @@ fn a_deposed_leaders_write_that_a_snapshot_replaced_answers_not_leader() {
         let leader_seen_by = |id| cluster.leader_seen_by(id, group);
         let old = cluster.node_ids().into_iter().find_map(leader_seen_by).expect("a leader");
         let others: Vec<NodeId> = cluster.node_ids().into_iter().filter(|id| *id != old).collect();
-        for other in &others {
-            cluster.net.cut(old, *other);
-            cluster.net.cut(*other, old);
-        }
+        cluster.net.cut_off(old, others.iter().copied());
         let top_up = move |n: u128| Command {
             id: OpId(0xde9 << 64 | n),
             op: Op::Credit { account, amount: PicoUsd(1) },
@@ -815,10 +809,7 @@ fn a_vote_survives_a_crash_right_after_it_is_saved() {
         let leader = cluster.node_ids().into_iter().find_map(|id| cluster.leader_seen_by(id, 0));
         let leader = leader.expect("the group that acknowledged has a leader");
         let voter = cluster.node_ids().into_iter().find(|id| *id != leader).expect("followers");
-        for other in cluster.node_ids().into_iter().filter(|id| *id != leader) {
-            cluster.net.cut(leader, other);
-            cluster.net.cut(other, leader);
-        }
+        cluster.net.cut_off(leader, cluster.node_ids());
         let wait = ELECTION_TIMEOUT_MAX * 10;
         let struck = cluster.crash_after_write(voter, WriteKind::Vote, wait).await;
         assert!(struck, "node {voter} saved no vote once its leader was cut off");
@@ -850,10 +841,7 @@ fn a_wiped_node_back_under_its_id_cannot_elect_a_leader_without_an_acknowledged_
         let a = leader.expect("the group that acknowledged has a leader");
         let others: Vec<NodeId> = cluster.node_ids().into_iter().filter(|id| *id != a).collect();
         let (b, c) = (others[0], others[1]);
-        for other in [a, b] {
-            cluster.net.cut(other, c);
-            cluster.net.cut(c, other);
-        }
+        cluster.net.cut_off(c, [a, b]);
         let amount = PicoUsd(1_000);
         let top_up = Command { id: OpId(0x819e << 64), op: Op::Credit { account, amount } };
         let acknowledged = router.submit(&top_up, RESOLVE_ATTEMPTS_MAX).await;

@@ -290,10 +290,7 @@ impl Nemesis {
     }
 
     fn isolate(&mut self, victim: NodeId, ids: &[NodeId]) {
-        for other in ids.iter().filter(|id| **id != victim) {
-            self.cluster.net.cut(victim, *other);
-            self.cluster.net.cut(*other, victim);
-        }
+        self.cluster.net.cut_off(victim, ids.iter().copied());
         self.note(format!("isolate node {victim}"));
     }
 

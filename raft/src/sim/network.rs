@@ -199,6 +199,14 @@ impl Net {
         self.changed();
     }
 
+    /// Cuts `node` off from each of `others` (itself skipped), both ways.
+    pub fn cut_off(&self, node: NodeId, others: impl IntoIterator<Item = NodeId>) {
+        for other in others.into_iter().filter(|other| *other != node) {
+            self.cut(node, other);
+            self.cut(other, node);
+        }
+    }
+
     pub fn heal(&self) {
         self.lock().cut.clear();
         self.changed();
