@@ -5,6 +5,7 @@
 
 use crate::error::ApiError;
 use crate::keys;
+use foldhash::HashMap;
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
@@ -17,7 +18,6 @@ use solrouter_raft::{
     Consistency, HistoryPage, HistoryQuery, LedgerApi, LedgerClient, LedgerError, LedgerHandle,
     LedgerNode, UsageQuery, UsageRow,
 };
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

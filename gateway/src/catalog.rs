@@ -13,10 +13,10 @@
 //! token, and every cost is integer arithmetic on those.
 
 use crate::providers::Usage;
+use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize};
 pub use solrouter_adapters::controls::{Controls, Thinking};
 use solrouter_ledger::PicoUsd;
-use std::collections::HashMap;
 
 /// Tokens per price unit: providers quote USD per million tokens.
 const TOKENS_PER_PRICE_UNIT: u128 = 1_000_000;

@@ -1,10 +1,10 @@
 //! Logs (tracing, to stderr, filtered by `RUST_LOG`) and metrics (the `metrics` facade,
 //! rendered in Prometheus text format at `/metrics`).
 
+use foldhash::HashMap;
 use hyper::StatusCode;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;

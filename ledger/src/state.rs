@@ -1,13 +1,18 @@
 use crate::limits::{KeyLimits, KeySpend, KeyUpdate, LimitReset, MinuteWindow, RateLimit};
 use crate::money::{PicoUsd, AMOUNT_MAX};
 use crate::window::Window;
-use imbl::{HashMap, OrdSet};
+use imbl::OrdSet;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 mod legacy;
+
+/// The state's maps: persistent, keyed by ids and key digests, hashed with foldhash
+/// (seeded per process, as std's SipHash is, for a fraction of its instructions).
+type HashMap<K, V> =
+    imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 pub use legacy::{LedgerV7, LedgerV8};
 
 /// How long (in batch stamps) the ledger remembers an applied operation id, to answer a

@@ -31,7 +31,8 @@
 //! locked while the store is open.
 
 use crate::kv::{Durability, KvBatch, KvTree, StoreWriter, WriteRequest};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use foldhash::HashMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Error, ErrorKind};
 use std::ops::Bound;
@@ -258,7 +259,7 @@ impl Wal {
             segment_bytes,
             index: Arc::default(),
             segments: VecDeque::new(),
-            live: HashMap::new(),
+            live: HashMap::default(),
             end: 0,
             zeroed: 0,
             unsynced: false,

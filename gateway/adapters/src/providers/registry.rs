@@ -9,8 +9,8 @@ use super::cohere::Cohere;
 use super::google::Google;
 use super::openai::{OpenAiCompatible, Quirks};
 use super::{Adapter, Endpoint};
+use foldhash::HashMap;
 use http::HeaderValue;
-use std::collections::HashMap;
 
 /// The provider name the built-in mock upstream is registered under.
 pub const MOCK_PROVIDER: &str = "mock";
@@ -190,7 +190,7 @@ impl Providers {
         mocks: &[(&str, Option<String>)],
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Providers {
-        let mut by_name = HashMap::new();
+        let mut by_name = HashMap::default();
         for spec in SPECS {
             let base_url = lookup(spec.base_url_var)
                 .and_then(trimmed_url)
