@@ -169,25 +169,48 @@ fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 
 /// Whether `serde_json` reads `text`, valid JSON, into a tree too: reading it as text
 /// checks neither the tree's nesting limit (128) nor that every number fits an `f64`.
-/// Only a text with many brackets, many digits or a digit followed by an exponent is
-/// read as a tree to know; the counting is one branch-free pass.
+/// Only a text nested deeply, with many digits outside its strings or a digit followed by
+/// an exponent is read as a tree to know. Strings (a prompt's text: nearly all of a large
+/// body) are skipped from quote to quote by `memchr`, so the scan costs what the JSON
+/// around them does.
 pub fn tree_readable(text: &str) -> bool {
-    /// Fewer nested arrays and objects than `serde_json`'s limit.
-    const BRACKETS_MAX: usize = 100;
+    /// Shallower than `serde_json`'s limit.
+    const DEPTH_MAX: usize = 100;
     /// Fewer digits than an `f64` overflows at (10^309).
     const DIGITS_MAX: usize = 300;
-    let (mut brackets, mut digits, mut exponents, mut after_digit) = (0usize, 0, 0, 0);
-    for &byte in text.as_bytes() {
-        let digit = usize::from(byte.is_ascii_digit());
-        brackets += usize::from(byte == b'[' || byte == b'{');
-        digits += digit;
-        exponents += after_digit & usize::from(byte | 0x20 == b'e');
-        after_digit = digit;
+    let as_tree = || serde_json::from_str::<serde_json::Value>(text).is_ok();
+    let bytes = text.as_bytes();
+    let (mut depth, mut deepest, mut digits, mut after_digit) = (0usize, 0, 0, false);
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        at += 1;
+        match byte {
+            b'"' => at = past_string(bytes, at),
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'e' | b'E' if after_digit => return as_tree(),
+            _ => {}
+        }
+        after_digit = byte.is_ascii_digit();
+        digits += usize::from(after_digit);
     }
-    if brackets <= BRACKETS_MAX && digits <= DIGITS_MAX && exponents == 0 {
-        return true;
+    deepest <= DEPTH_MAX && digits <= DIGITS_MAX || as_tree()
+}
+
+/// Where the string that starts before `at` (just past its opening quote) ends: past its
+/// closing quote. A backslash escapes the byte after it.
+fn past_string(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(found) = bytes.get(at..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) {
+        at += found + 1;
+        if bytes[at - 1] == b'"' {
+            return at;
+        }
+        at += 1;
     }
-    serde_json::from_str::<serde_json::Value>(text).is_ok()
+    bytes.len()
 }
 
 pub fn is_null(value: &RawValue) -> bool {
@@ -264,6 +287,7 @@ impl<'de> Deserialize<'de> for RawMembers<'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// Drops `dropped` from `text` and adds `"added":1`.
     fn splice(text: &str, dropped: &[&str]) -> String {
@@ -341,11 +365,51 @@ mod tests {
     fn knows_what_a_tree_cannot_hold() {
         let deep = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
         assert!(tree_readable(&deep(100)) && tree_readable(&deep(127)));
-        assert!(!tree_readable(&deep(200)));
+        assert!(!tree_readable(&deep(129)) && !tree_readable(&deep(200)));
+        // Brackets and digits inside strings are text, and an escaped quote ends none.
+        assert!(tree_readable(&format!(r#"["{}", "{}"]"#, "[".repeat(200), "9".repeat(400))));
+        let quoted = |inner: &str| format!(r#"["\"", {inner}, "x"]"#);
+        assert!(tree_readable(&quoted("[1, 2]")));
+        assert!(!tree_readable(&quoted(&deep(129))));
         assert!(tree_readable(r#"{"a":1e300,"b":"2e5000","c":[1E2]}"#));
         assert!(!tree_readable(r#"{"a":1e400}"#));
         assert!(!tree_readable(&format!("[1{}]", "0".repeat(400))));
         assert!(tree_readable(&format!("[1.{}]", "0".repeat(400))));
+    }
+
+    /// A JSON text of nested arrays and objects whose strings hold what the scan looks
+    /// for outside them (brackets, digits, exponents, escaped quotes).
+    fn json_text() -> impl Strategy<Value = String> {
+        let string = "[\\[\\]{}0-9eE\"\\\\ ]{0,12}"
+            .prop_map(|text| serde_json::to_string(&text).expect("a string"));
+        let number = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            (1u8..10, 0usize..400).prop_map(|(lead, zeros)| format!("{lead}{}", "0".repeat(zeros))),
+            (1u8..10, 0u16..700).prop_map(|(lead, exponent)| format!("{lead}e{exponent}")),
+            Just("1.5E-3".to_owned()),
+        ];
+        let leaf = prop_oneof![string.clone(), number, Just("null".to_owned())];
+        leaf.prop_recursive(140, 400, 4, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|items| format!("[{}]", items.join(","))),
+                proptest::collection::vec((string.clone(), inner), 0..4).prop_map(|members| {
+                    let members: Vec<String> = members
+                        .into_iter()
+                        .map(|(name, value)| format!("{name}:{value}"))
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn a_text_read_as_readable_reads_as_a_tree(text in json_text()) {
+            let tree = serde_json::from_str::<serde_json::Value>(&text);
+            prop_assert_eq!(tree_readable(&text), tree.is_ok(), "{}", text);
+        }
     }
 
     #[test]
