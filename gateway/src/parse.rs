@@ -7,6 +7,7 @@ use crate::json_text::{self, NotAnObject, Object};
 use crate::providers::{ChatBody, ChatRequest};
 use crate::routing::{request_parameters, Preferences};
 use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use solrouter_ledger::NAME_BYTES_MAX;
@@ -197,10 +198,33 @@ pub fn model_ids(body: &Object) -> Result<Vec<String>, ApiError> {
     Ok(ids)
 }
 
+/// What the checks read of one element of `messages`.
+#[derive(Default, Deserialize)]
+struct MessageFields<'a> {
+    #[serde(borrow)]
+    role: Option<&'a RawValue>,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+}
+
+/// Each element's fields, in one pass over the array's text when every element is an
+/// object naming each field at most once (as clients write them); otherwise element by
+/// element, each read as a JSON reader would (the last value of a repeated name).
+fn message_fields(messages: &RawValue) -> Vec<MessageFields<'_>> {
+    fn fields(message: &RawValue) -> MessageFields<'_> {
+        json_text::object(message).map_or_else(MessageFields::default, |message| MessageFields {
+            role: message.get("role"),
+            content: message.get("content"),
+        })
+    }
+    serde_json::from_str(messages.get())
+        .unwrap_or_else(|_| elements(messages).into_iter().map(fields).collect())
+}
+
 /// Checks `messages` and counts its non-text content parts.
 fn check_messages(body: &Object) -> Result<u64, ApiError> {
     let messages = match body.get("messages") {
-        Some(messages) if json_text::is_array(messages) => elements(messages),
+        Some(messages) if json_text::is_array(messages) => message_fields(messages),
         Some(_) => Vec::new(),
         None => return Err(ApiError::invalid_param("messages", "is required")),
     };
@@ -208,14 +232,12 @@ fn check_messages(body: &Object) -> Result<u64, ApiError> {
         return Err(ApiError::invalid_param("messages", "must be a non-empty array"));
     }
     let mut n_media_parts = 0u64;
-    for (message_idx, message) in messages.into_iter().enumerate() {
-        let message = json_text::object(message);
-        let role = message.as_ref().and_then(|message| message.get("role"));
+    for (message_idx, MessageFields { role, content }) in messages.into_iter().enumerate() {
         if role.and_then(json_text::as_str).is_none_or(|role| role.is_empty()) {
             let param = format!("messages[{message_idx}].role");
             return Err(ApiError::invalid_param(&param, "must be a non-empty string"));
         }
-        match message.as_ref().and_then(|message| message.get("content")) {
+        match content {
             None => {}
             Some(content) if json_text::is_null(content) || content.get().starts_with('"') => {}
             Some(parts) if json_text::is_array(parts) => {
@@ -274,6 +296,8 @@ mod tests {
         check(json!({"model": "m"}), Some("messages"));
         check(json!({"model": "m", "messages": []}), Some("messages"));
         check(json!({"model": "m", "messages": [{"content": "x"}]}), Some("messages[0].role"));
+        let second = json!([{"role": "user", "content": "hi"}, "x"]);
+        check(json!({"model": "m", "messages": second}), Some("messages[1].role"));
         check(
             json!({"model": "m", "messages": [{"role": "user", "content": 1}]}),
             Some("messages[0].content"),
@@ -342,6 +366,10 @@ mod tests {
             r#"{"model":"a","messages":[{"role":"x","role":""}],"response_format":{"type":"json_schema"}}"#,
         );
         assert_eq!(parsed.unwrap_err().to_json()["error"]["param"], "messages[0].role");
+        parse_text(
+            r#"{"model":"a","messages":[{"role":"","content":7,"role":"user","content":"hi"}]}"#,
+        )
+        .expect("the last role and content count");
         let parsed = parse_text(
             r#"{"model":"a","messages":[{"role":"\u0075ser","content":[{"type":"te\u0078t"},3,{"type":"image_url"}]}],
                 "response_format":{"type":"json_schema"},"seed":null}"#,
