@@ -53,7 +53,7 @@ pub struct ParsedChat {
 /// fields the gateway acts on only (`json_text.rs`), and kept as text: an
 /// OpenAI-compatible adapter forwards it with a few members spliced in.
 pub fn parse(body: &Bytes) -> Result<ParsedChat, ApiError> {
-    let parsed = validated(body, body.len(), || ChatBody::from_text(body.clone()))?;
+    let parsed = validated(body, body.len(), |object| ChatBody::from_read(body.clone(), object))?;
     // An adapter that translates the request reads it as a tree: refused here if it
     // cannot be one (`validated` read it, so it is UTF-8).
     if !std::str::from_utf8(body).is_ok_and(json_text::tree_readable) {
@@ -94,14 +94,14 @@ pub fn parse_object(
 ) -> Result<ParsedChat, ApiError> {
     // Serializing a map of JSON values into a `Vec` cannot fail.
     let text = Bytes::from(serde_json::to_vec(&body_object).unwrap_or_default());
-    validated(&text, body_bytes, || ChatBody::from_both(text.clone(), body_object))
+    validated(&text, body_bytes, |_| ChatBody::from_both(text.clone(), body_object))
 }
 
 /// Validates the chat request `text` (a JSON object); `body` is what the request keeps.
 fn validated(
     text: &[u8],
     body_bytes: usize,
-    body: impl FnOnce() -> ChatBody,
+    body: impl FnOnce(&Object) -> ChatBody,
 ) -> Result<ParsedChat, ApiError> {
     let object = object(text)?;
     let model_ids = model_ids(&object)?;
@@ -137,7 +137,7 @@ fn validated(
     let wants_tools = object.get_set("tools").is_some();
     Ok(ParsedChat {
         prompt_tokens_max: prompt_tokens_max(body_bytes, n_media_parts),
-        chat: ChatRequest { body: body(), stream, max_tokens, native: None },
+        chat: ChatRequest { body: body(&object), stream, max_tokens, native: None },
         model_ids,
         routing,
         parameters,

@@ -2,12 +2,14 @@
 //! few fields it acts on, and written upstream as the client's own bytes with those
 //! fields spliced in: never built into a tree and serialized again. Values are
 //! `serde_json::value::RawValue`s borrowed from the text; names are borrowed unless
-//! they hold escapes.
+//! they hold escapes. An object's [`Layout`] (where its members lie) can be kept with its
+//! text, so that the next reader of the same text does not scan it again.
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 /// One member of a JSON object.
 #[derive(Debug, Clone)]
@@ -16,7 +18,37 @@ pub struct Member<'a> {
     pub name: Cow<'a, str>,
     /// The member as written: from the name's opening quote to the end of the value.
     pub text: &'a str,
-    pub value: &'a RawValue,
+    value: MemberValue<'a>,
+}
+
+/// A member's value: read as one, or placed by a [`Layout`] and read when asked for.
+#[derive(Debug, Clone, Copy)]
+enum MemberValue<'a> {
+    Read(&'a RawValue),
+    Placed(&'a str),
+}
+
+impl<'a> Member<'a> {
+    pub fn value(&self) -> Option<&'a RawValue> {
+        match self.value {
+            MemberValue::Read(value) => Some(value),
+            // Placed in the text it was read from, so it reads again.
+            MemberValue::Placed(text) => serde_json::from_str(text).ok(),
+        }
+    }
+}
+
+/// Where each member of an object lies in its text, by byte offsets.
+#[derive(Debug, Clone)]
+pub struct Layout(Box<[Place]>);
+
+#[derive(Debug, Clone)]
+struct Place {
+    /// The unescaped name where it differs from the text's.
+    escaped: Option<Box<str>>,
+    name: Range<usize>,
+    text: Range<usize>,
+    value: Range<usize>,
 }
 
 /// The members of a JSON object in the order written, duplicates included. JSON
@@ -24,6 +56,8 @@ pub struct Member<'a> {
 /// [`Object::get`] and [`Object::write_members`].
 #[derive(Debug)]
 pub struct Object<'a> {
+    /// The text read, every member a slice of it.
+    text: &'a str,
     members: Vec<Member<'a>>,
 }
 
@@ -55,9 +89,47 @@ impl<'a> Object<'a> {
             let text = text.get(name_start..value_end).unwrap_or_default();
             debug_assert!(text.starts_with('"') && text.ends_with(value.get()), "{text}");
             previous_end = value_end;
-            members.push(Member { name, text, value });
+            members.push(Member { name, text, value: MemberValue::Read(value) });
         }
-        Ok(Object { members })
+        Ok(Object { text, members })
+    }
+
+    /// Where the members lie in the text read.
+    pub fn layout(&self) -> Layout {
+        let base = self.text.as_ptr() as usize;
+        let range = |part: &str| {
+            let start = part.as_ptr() as usize - base;
+            start..start + part.len()
+        };
+        let place = |member: &Member| {
+            let name_text = &member.text[1..];
+            let name_text = &name_text[..name_text.find('"').unwrap_or_default()];
+            Place {
+                escaped: (member.name != name_text).then(|| member.name.as_ref().into()),
+                name: range(name_text),
+                text: range(member.text),
+                value: match member.value {
+                    MemberValue::Read(value) => range(value.get()),
+                    MemberValue::Placed(value) => range(value),
+                },
+            }
+        };
+        Layout(self.members.iter().map(place).collect())
+    }
+
+    /// The object `layout` places in `text`, which it was made from: nothing is scanned.
+    /// `None` if the layout does not fit the text.
+    pub fn with_layout(text: &'a str, layout: &Layout) -> Option<Object<'a>> {
+        let member = |place: &Place| {
+            let name = match &place.escaped {
+                Some(name) => Cow::Owned(name.to_string()),
+                None => Cow::Borrowed(text.get(place.name.clone())?),
+            };
+            let value = MemberValue::Placed(text.get(place.value.clone())?);
+            Some(Member { name, text: text.get(place.text.clone())?, value })
+        };
+        let members = layout.0.iter().map(member).collect::<Option<_>>()?;
+        Some(Object { text, members })
     }
 
     pub fn members(&self) -> &[Member<'a>] {
@@ -66,7 +138,7 @@ impl<'a> Object<'a> {
 
     /// The value of `name` (its last one), `null` included.
     pub fn get(&self, name: &str) -> Option<&'a RawValue> {
-        self.members.iter().rev().find(|member| member.name == name).map(|member| member.value)
+        self.members.iter().rev().find(|member| member.name == name).and_then(Member::value)
     }
 
     /// The value of `name` unless absent or `null`.
@@ -350,6 +422,29 @@ mod tests {
         assert_eq!(object.get("model").unwrap().get(), "\"m\"");
         assert!(object.get("pro\"vider").is_some());
         assert_eq!(splice(text, &["model"]), r#"{"pro\"vider":1,"added":1}"#);
+    }
+
+    #[test]
+    fn a_layout_places_what_was_read() {
+        let texts = [
+            " { \"b\" : [1, {\"a\": 2}] ,\n\"a\":\"x\\\"y\" , \"c\":{} } ",
+            r#"{"mod\u0065l":"m","pro\"vider":1,"model":"n","x":null}"#,
+            "{}",
+        ];
+        for text in texts {
+            let read = Object::parse(text).expect("an object");
+            let placed = Object::with_layout(text, &read.layout()).expect("fits");
+            let members = |object: &Object| -> Vec<(String, String, Option<String>)> {
+                let member = |m: &Member| {
+                    (m.name.to_string(), m.text.to_owned(), m.value().map(|v| v.get().to_owned()))
+                };
+                object.members().iter().map(member).collect()
+            };
+            assert_eq!(members(&placed), members(&read), "{text}");
+        }
+        let text = r#"{"abc":1}"#;
+        let layout = Object::parse(text).expect("an object").layout();
+        assert!(Object::with_layout("{}", &layout).is_none(), "a layout of another text");
     }
 
     #[test]

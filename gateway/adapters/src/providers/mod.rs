@@ -33,6 +33,7 @@ pub use embed::{EmbedRequest, EmbedTarget, Embedder, Embeddings, Encoding, Input
 pub use registry::{host_names, is_mock, Providers, MOCK_PROVIDER, MOCK_SLOW_PROVIDER};
 
 use crate::controls::Controls;
+use crate::json_text::{Layout, Object};
 use crate::sse::SseEvent;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -64,21 +65,37 @@ pub struct ChatRequest {
 pub struct ChatBody {
     text: OnceLock<Bytes>,
     tree: OnceLock<Map<String, Value>>,
+    /// Where the members lie in `text`, when the reader that checked it left that.
+    layout: Option<Layout>,
 }
 
 impl ChatBody {
     /// `text` must hold one JSON object (checked by `parse.rs` before).
     pub fn from_text(text: Bytes) -> ChatBody {
-        ChatBody { text: OnceLock::from(text), tree: OnceLock::new() }
+        ChatBody { text: OnceLock::from(text), tree: OnceLock::new(), layout: None }
+    }
+
+    /// `text` read as `object` (whose layout is kept, so it is not scanned again).
+    pub fn from_read(text: Bytes, object: &Object) -> ChatBody {
+        ChatBody { layout: Some(object.layout()), ..ChatBody::from_text(text) }
     }
 
     pub fn from_tree(tree: Map<String, Value>) -> ChatBody {
-        ChatBody { text: OnceLock::new(), tree: OnceLock::from(tree) }
+        ChatBody { text: OnceLock::new(), tree: OnceLock::from(tree), layout: None }
     }
 
     /// Both, when the caller has both.
     pub fn from_both(text: Bytes, tree: Map<String, Value>) -> ChatBody {
-        ChatBody { text: OnceLock::from(text), tree: OnceLock::from(tree) }
+        ChatBody { text: OnceLock::from(text), tree: OnceLock::from(tree), layout: None }
+    }
+
+    /// The object as text, read again only if its first reader left no layout.
+    pub fn object(&self) -> Result<Object<'_>, String> {
+        let text = std::str::from_utf8(self.text()).map_err(|error| error.to_string())?;
+        match self.layout.as_ref().and_then(|layout| Object::with_layout(text, layout)) {
+            Some(object) => Ok(object),
+            None => Object::parse(text).map_err(|error| error.to_string()),
+        }
     }
 
     /// The object as JSON text (UTF-8).

@@ -245,8 +245,7 @@ impl OpenAiCompatible {
     /// asked for. Every other member goes as the client wrote it, in its order (each
     /// name once, with its last value, as a JSON reader would keep it).
     fn upstream_body(&self, chat: &ChatRequest, target: &Target) -> Result<Bytes, ParamError> {
-        let text = std::str::from_utf8(chat.body.text()).map_err(|error| body_error(&error))?;
-        let body = Object::parse(text).map_err(|error| body_error(&error))?;
+        let body = chat.body.object().map_err(|error| body_error(&error))?;
         if self.quirks.search_context_low_only {
             check_search_context(&body)?;
         }
@@ -258,7 +257,7 @@ impl OpenAiCompatible {
                 || (chat.stream && matches!(name, "stream" | "stream_options"))
                 || (seed.is_some() && matches!(name, "seed" | "random_seed"))
         };
-        let mut out = Vec::with_capacity(text.len() + 64);
+        let mut out = Vec::with_capacity(chat.body.text().len() + 64);
         let mut writer = ObjectWriter::open(&mut out);
         body.write_members(&mut writer, owned);
         writer.member_str("model", target.upstream_model);
