@@ -53,10 +53,11 @@ pub struct ParsedChat {
 /// fields the gateway acts on only (`json_text.rs`), and kept as text: an
 /// OpenAI-compatible adapter forwards it with a few members spliced in.
 pub fn parse(body: &Bytes) -> Result<ParsedChat, ApiError> {
-    let parsed = validated(body, body.len(), |object| ChatBody::from_read(body.clone(), object))?;
+    let text = utf8(body)?;
+    let parsed = validated(text, body.len(), |object| ChatBody::from_read(body.clone(), object))?;
     // An adapter that translates the request reads it as a tree: refused here if it
-    // cannot be one (`validated` read it, so it is UTF-8).
-    if !std::str::from_utf8(body).is_ok_and(json_text::tree_readable) {
+    // cannot be one.
+    if !json_text::tree_readable(text) {
         return Err(ApiError::malformed(
             "request body is not valid JSON: nested too deeply or a number out of range",
         ));
@@ -76,10 +77,20 @@ pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 
 /// The body as a JSON object read as text (`json_text.rs`), or a 400.
 pub fn object(body: &[u8]) -> Result<Object<'_>, ApiError> {
-    let not_json = |error: &dyn std::fmt::Display| {
-        ApiError::malformed(format!("request body is not valid JSON: {error}"))
-    };
-    let text = std::str::from_utf8(body).map_err(|error| not_json(&error))?;
+    text_object(utf8(body)?)
+}
+
+fn not_json(error: &dyn std::fmt::Display) -> ApiError {
+    ApiError::malformed(format!("request body is not valid JSON: {error}"))
+}
+
+/// The body as text, or a 400.
+fn utf8(body: &[u8]) -> Result<&str, ApiError> {
+    std::str::from_utf8(body).map_err(|error| not_json(&error))
+}
+
+/// `text` as a JSON object, or a 400.
+fn text_object(text: &str) -> Result<Object<'_>, ApiError> {
     Object::parse(text).map_err(|error| match error {
         NotAnObject::Invalid(error) => not_json(&error),
         NotAnObject::OtherType => ApiError::malformed("request body must be a JSON object"),
@@ -94,16 +105,16 @@ pub fn parse_object(
 ) -> Result<ParsedChat, ApiError> {
     // Serializing a map of JSON values into a `Vec` cannot fail.
     let text = Bytes::from(serde_json::to_vec(&body_object).unwrap_or_default());
-    validated(&text, body_bytes, |_| ChatBody::from_both(text.clone(), body_object))
+    validated(utf8(&text)?, body_bytes, |_| ChatBody::from_both(text.clone(), body_object))
 }
 
 /// Validates the chat request `text` (a JSON object); `body` is what the request keeps.
 fn validated(
-    text: &[u8],
+    text: &str,
     body_bytes: usize,
     body: impl FnOnce(&Object) -> ChatBody,
 ) -> Result<ParsedChat, ApiError> {
-    let object = object(text)?;
+    let object = text_object(text)?;
     let model_ids = model_ids(&object)?;
     let provider = match object.get("provider") {
         None => None,
