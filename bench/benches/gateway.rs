@@ -57,7 +57,7 @@ fn requests() -> Vec<(&'static str, Bytes)> {
         ("text", "openai/pydai-stream-moderation.request.json"),
         ("tools", "openai/pydai-tool-call-roundtrip.2.request.json"),
     ];
-    cases
+    let mut requests: Vec<(&'static str, Bytes)> = cases
         .into_iter()
         .map(|(name, path)| {
             let mut body: serde_json::Value =
@@ -69,7 +69,26 @@ fn requests() -> Vec<(&'static str, Bytes)> {
             }
             (name, Bytes::from(serde_json::to_vec(&body).expect("serializable")))
         })
-        .collect()
+        .collect();
+    requests.push(("conversation", conversation()));
+    requests
+}
+
+/// A 21-message conversation of ~25 KB with numbers in its text: the prompts a chat
+/// client resends on every turn, where a request's cost is per byte.
+fn conversation() -> Bytes {
+    let mut messages = vec![serde_json::json!({
+        "role": "system", "content": "You are a helpful assistant. ".repeat(40),
+    })];
+    for turn in 0..10 {
+        let question = format!("What is special about the number {turn}, in 2025 and before? ");
+        let answer = format!("The number {turn} appears in 1,000 places. ");
+        messages.push(serde_json::json!({"role": "user", "content": question.repeat(15)}));
+        messages.push(serde_json::json!({"role": "assistant", "content": answer.repeat(20)}));
+    }
+    messages.push(serde_json::json!({"role": "user", "content": "Thanks; now sum it up."}));
+    let body = serde_json::json!({"model": MODEL, "messages": messages});
+    Bytes::from(serde_json::to_vec(&body).expect("serializable"))
 }
 
 fn parsed(body: &Bytes) -> ParsedChat {
