@@ -11,6 +11,8 @@
 //! Memory is bounded: one event (its pending line plus its accumulated `data`) may hold
 //! at most [`SSE_EVENT_BYTES_MAX`] bytes; past that the parser fails rather than grow.
 
+use std::borrow::Cow;
+
 /// The largest event the parser buffers, in bytes. Recorded provider events are at most
 /// a few KiB; the headroom is for providers that stream a whole inline image or a large
 /// tool-call argument in one event. With this bound a stream can never hold more than
@@ -131,10 +133,10 @@ impl SseParser {
                 if self.has_data {
                     self.data.push('\n');
                 }
-                self.data.push_str(&String::from_utf8_lossy(value));
+                self.data.push_str(&lossy(value));
                 self.has_data = true;
             }
-            b"event" => self.event = Some(String::from_utf8_lossy(value).into_owned()),
+            b"event" => self.event = Some(lossy(value).into_owned()),
             // `id` and `retry` serve reconnection, which the gateway never does (a
             // completion cannot be resumed), and unknown fields are ignored by spec.
             _ => {}
@@ -148,6 +150,15 @@ impl SseParser {
         }
         self.has_data = false;
         out.push(SseEvent { event, data: std::mem::take(&mut self.data) });
+    }
+}
+
+/// `bytes` as text, invalid UTF-8 replaced. `from_utf8` checks a word of ASCII at a time
+/// where `from_utf8_lossy` walks byte by byte, and a provider's bytes are valid.
+fn lossy(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 
@@ -185,6 +196,9 @@ mod tests {
         check("data: trailing", &[event(None, "trailing")]);
         check("data: é€😀\n\n", &[event(None, "é€😀")]);
         check("", &[]);
+        // A stray byte is replaced, not fatal.
+        let replaced = [event(Some("e\u{fffd}"), "a\u{fffd}b")];
+        assert_eq!(parse_whole(b"event: e\xff\ndata: a\xffb\n\n"), replaced);
     }
 
     #[test]
