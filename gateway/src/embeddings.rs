@@ -308,7 +308,7 @@ async fn run(app: &'static App, context: EmbedContext) -> Result<Response, ApiEr
         .map(|(model, tokens, amount)| WorstCase {
             model,
             amount,
-            covers: format!("{tokens} input tokens"),
+            covers: pipeline::Covers::Input { tokens },
             remedy: "Send fewer or shorter inputs, or add credits.",
         })
         .ok_or_else(|| ApiError::internal("routing left no candidate"))?;

@@ -356,7 +356,7 @@ async fn reserve(app: &'static App, context: &RequestContext) -> Result<HoldGuar
     let worst = WorstCase {
         model,
         amount,
-        covers: format!("{prompt_tokens} prompt + {completion_tokens} completion tokens"),
+        covers: Covers::Chat { prompt_tokens, completion_tokens },
         remedy: "Lower `max_tokens` or add credits.",
     };
     hold(app, context.caller, context.generation, worst).await
@@ -367,9 +367,26 @@ pub struct WorstCase<'a> {
     pub model: &'a Model,
     pub amount: PicoUsd,
     /// The tokens the amount covers, for a client refused for want of credit.
-    pub covers: String,
+    pub covers: Covers,
     /// What such a client can do.
     pub remedy: &'static str,
+}
+
+/// The tokens a hold covers, written out only for a client refused for want of credit.
+pub enum Covers {
+    Chat { prompt_tokens: u64, completion_tokens: u64 },
+    Input { tokens: u64 },
+}
+
+impl std::fmt::Display for Covers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Covers::Chat { prompt_tokens, completion_tokens } => {
+                write!(f, "{prompt_tokens} prompt + {completion_tokens} completion tokens")
+            }
+            Covers::Input { tokens } => write!(f, "{tokens} input tokens"),
+        }
+    }
 }
 
 /// Stage 6 of every endpoint: reserves `worst.amount` under the hold `generation`,
@@ -500,6 +517,13 @@ mod tests {
         check(1_999_999, 2_000_000, 0);
         check(-5, 1, 0);
         check(7, 0, 7);
+    }
+
+    #[test]
+    fn a_refused_client_reads_what_its_hold_covers() {
+        let chat = Covers::Chat { prompt_tokens: 12, completion_tokens: 4096 };
+        assert_eq!(chat.to_string(), "12 prompt + 4096 completion tokens");
+        assert_eq!(Covers::Input { tokens: 7 }.to_string(), "7 input tokens");
     }
 
     #[tokio::test]
