@@ -96,14 +96,15 @@ impl<'a> Object<'a> {
 
     /// Where the members lie in the text read.
     pub fn layout(&self) -> Layout {
+        // Every part is a slice of `self.text` (`with_layout` checks the ranges anyway).
         let base = self.text.as_ptr() as usize;
         let range = |part: &str| {
-            let start = part.as_ptr() as usize - base;
+            let start = (part.as_ptr() as usize).saturating_sub(base);
             start..start + part.len()
         };
         let place = |member: &Member| {
-            let name_text = &member.text[1..];
-            let name_text = &name_text[..name_text.find('"').unwrap_or_default()];
+            let quoted = member.text.get(1..).unwrap_or_default();
+            let name_text = quoted.split('"').next().unwrap_or_default();
             Place {
                 escaped: (member.name != name_text).then(|| member.name.as_ref().into()),
                 name: range(name_text),
