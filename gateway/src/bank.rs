@@ -586,8 +586,6 @@ fn op_name(op: &Op) -> &'static str {
     }
 }
 
-/// Milliseconds since the Unix epoch, for record timestamps. The ledger never reads a
-/// clock: a hold's expiry is stamped by the leader.
 /// The operation id of a top-up: a hash of the account and the caller's idempotency
 /// key, so a retried top-up is the same ledger operation and applies once.
 fn credit_op_id(account: AccountId, idempotency_key: &str) -> OpId {
@@ -601,6 +599,8 @@ fn credit_op_id(account: AccountId, idempotency_key: &str) -> OpId {
     OpId(u128::from_be_bytes(first))
 }
 
+/// Milliseconds since the Unix epoch, for record timestamps. The ledger never reads a
+/// clock: a hold's expiry is stamped by the leader.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
 }

@@ -10,7 +10,9 @@ use std::hash::{Hash, Hasher};
 mod legacy;
 
 /// The state's maps: persistent, keyed by ids and key digests, hashed with foldhash
-/// (seeded per process, as std's SipHash is, for a fraction of its instructions).
+/// (seeded per process, as std's SipHash is, for a fraction of its instructions). The one
+/// map keyed by text a stranger chooses (`users_by_email`, filled by sign-ups) keeps
+/// SipHash, whose keyed hash resists crafted collisions.
 type HashMap<K, V> =
     imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 pub use legacy::{LedgerV7, LedgerV8};
@@ -695,7 +697,7 @@ pub struct Ledger {
     /// Dashboard users (only in [`USER_DIRECTORY`]'s group), by id, by email and by
     /// account (at most [`USERS_PER_ACCOUNT_MAX`] each).
     users: HashMap<UserId, User>,
-    users_by_email: HashMap<String, UserId>,
+    users_by_email: imbl::HashMap<String, UserId>,
     members: HashMap<AccountId, OrdSet<UserId>>,
     /// Revoked sessions, each until the stamp it is forgotten at (its tokens have expired
     /// by then), and in that order.

@@ -38,7 +38,7 @@ struct TailV8 {
     credited: PicoUsd,
     written_off: PicoUsd,
     users: HashMap<UserId, User>,
-    users_by_email: HashMap<String, UserId>,
+    users_by_email: imbl::HashMap<String, UserId>,
     members: HashMap<AccountId, OrdSet<UserId>>,
     revoked_sessions: HashMap<SessionId, u64>,
     revoked_order: OrdSet<(u64, SessionId)>,
