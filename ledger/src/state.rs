@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 mod legacy;
+pub use legacy::{LedgerV7, LedgerV8};
 
 /// The state's maps: persistent, keyed by ids and key digests, hashed with foldhash
 /// (seeded per process, as std's SipHash is, for a fraction of its instructions). The one
@@ -15,7 +16,6 @@ mod legacy;
 /// SipHash, whose keyed hash resists crafted collisions.
 type HashMap<K, V> =
     imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
-pub use legacy::{LedgerV7, LedgerV8};
 
 /// How long (in batch stamps) the ledger remembers an applied operation id, to answer a
 /// retry with the first outcome: the op-id window, which holds only the rare operations

@@ -29,7 +29,7 @@ enum MemberValue<'a> {
 }
 
 impl<'a> Member<'a> {
-    pub fn value(&self) -> Option<&'a RawValue> {
+    fn value(&self) -> Option<&'a RawValue> {
         match self.value {
             MemberValue::Read(value) => Some(value),
             // Placed in the text it was read from, so it reads again.
