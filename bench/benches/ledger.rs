@@ -1,8 +1,10 @@
 //! Throughput of the pure state machine: reserve+settle lifecycles applied per second, by
-//! batch size. This is the ceiling the replicated ledger can approach.
+//! batch size. This is the ceiling the replicated ledger can approach. And a snapshot's
+//! encoding of a ledger that remembers a minute of ended holds, as a node under load does.
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use solrouter_bench::{funded_ledger, lifecycle_batches};
+use solrouter_raft::encode_snapshot;
 
 fn apply_lifecycles(c: &mut Criterion) {
     let mut group = c.benchmark_group("ledger_apply_lifecycles");
@@ -32,5 +34,25 @@ fn apply_lifecycles(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, apply_lifecycles);
+/// Ended holds a snapshot carries at 100k lifecycles/s is six million (a minute of them,
+/// `HOLDS_REMEMBERED_FOR_MS`); a million keeps the setup short and the window larger than
+/// the CPU's caches.
+const SNAPSHOT_ENDED_HOLDS: usize = 1 << 20;
+
+fn snapshot_encode(c: &mut Criterion) {
+    let mut ledger = funded_ledger();
+    for first in (0..SNAPSHOT_ENDED_HOLDS).step_by(2048) {
+        for batch in &lifecycle_batches(first as u64, 2048, 2) {
+            ledger.apply(batch);
+        }
+    }
+    let mut group = c.benchmark_group("ledger_snapshot_encode");
+    group.sample_size(10).throughput(Throughput::Elements(SNAPSHOT_ENDED_HOLDS as u64));
+    group.bench_function(BenchmarkId::from_parameter(SNAPSHOT_ENDED_HOLDS), |b| {
+        b.iter(|| encode_snapshot(&ledger).expect("encodable"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, apply_lifecycles, snapshot_encode);
 criterion_main!(benches);

@@ -109,6 +109,9 @@ pub fn encode_in_chunks<T: Serialize + ?Sized>(
     Ok(chunks.into_chunks())
 }
 
+/// Appends up to this long are copied byte by byte rather than by `memcpy`.
+const SHORT_BYTES: usize = 16;
+
 /// A postcard flavor writing into pieces of a fixed size; the CRC-32 of every full piece
 /// is taken as it is sealed.
 struct Chunks {
@@ -124,7 +127,23 @@ impl Chunks {
         Chunks { chunk_bytes, sealed: Vec::new(), open, crc: crc32fast::Hasher::new() }
     }
 
-    fn append(&mut self, mut bytes: &[u8]) {
+    /// Appends `bytes`: in place while they fit the open piece (postcard appends a few
+    /// bytes at a time, so this is the path of nearly every call), else across pieces.
+    #[inline]
+    fn append(&mut self, bytes: &[u8]) {
+        if bytes.len() <= self.chunk_bytes - self.open.len() {
+            if bytes.len() <= SHORT_BYTES {
+                // A varint or a short string: a call to `memcpy` would cost more.
+                bytes.iter().for_each(|byte| self.open.push(*byte));
+            } else {
+                self.open.extend_from_slice(bytes);
+            }
+        } else {
+            self.append_across(bytes);
+        }
+    }
+
+    fn append_across(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             if self.open.len() == self.chunk_bytes {
                 let full = std::mem::replace(&mut self.open, Vec::with_capacity(self.chunk_bytes));
@@ -156,7 +175,11 @@ impl postcard::ser_flavors::Flavor for Chunks {
     type Output = Chunks;
 
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        self.append(&[byte]);
+        if self.open.len() < self.chunk_bytes {
+            self.open.push(byte);
+        } else {
+            self.append_across(&[byte]);
+        }
         Ok(())
     }
 

@@ -45,6 +45,7 @@ pub use client::{
     CLIENT_RPCS_IN_FLIGHT_MAX, CLIENT_RPC_TIMEOUT, MEMBERSHIP_CALL_DEADLINE,
     MEMBERSHIP_RPC_TIMEOUT,
 };
+pub use codec::CodecError;
 pub use error::LedgerError;
 pub use expiry::EXPIRY_CHECK_INTERVAL;
 pub use history::{
@@ -64,6 +65,7 @@ pub use node::{
     NodeStats, FOUNDER_IDENTIFY_TIMEOUT, FOUNDING_RETRY_INTERVAL,
 };
 pub use reads::{LedgerApi, LedgerHandle};
+pub use state_machine::encode_snapshot;
 #[cfg(any(test, feature = "test-support"))]
 pub use state_machine::snapshot_stored_whole;
 pub use tls::{

@@ -12,7 +12,7 @@
     reason = "openraft's storage traits return its large StorageError by value; helpers match them"
 )]
 
-use crate::codec;
+use crate::codec::{self, CodecError};
 use crate::history::History;
 use crate::kv::{Durability, KvTree, NodeStores, RedbTree};
 use crate::types::{
@@ -114,6 +114,12 @@ pub(crate) enum CpuWork {
     Apply { n_entries: usize, n_commands: usize },
     /// Encoding a snapshot of this many bytes.
     Snapshot { bytes: usize },
+}
+
+/// A ledger's snapshot as a node stores it: the codec's encoding in pieces of
+/// [`SNAPSHOT_PIECE_BYTES`]. Public for the encoding's benchmark (`bench --bench ledger`).
+pub fn encode_snapshot(ledger: &Ledger) -> Result<Vec<Vec<u8>>, CodecError> {
+    codec::encode_in_chunks(ledger, SNAPSHOT_PIECE_BYTES)
 }
 
 /// For tests (feature `test-support`): the value an older build stored under `current`
@@ -336,7 +342,7 @@ fn load_snapshot<K: KvTree>(snapshots: &K) -> Result<Option<StoredSnapshot>, Sto
         let signature = Some(head.meta.signature());
         StorageIOError::read_snapshot(signature, openraft::AnyError::error(e))
     };
-    let malformed = |why: String| read_error(&codec::CodecError::Malformed(why));
+    let malformed = |why: String| read_error(&CodecError::Malformed(why));
     let n_bytes = usize::try_from(head.n_bytes).map_err(|e| read_error(&e))?;
     let mut data = Vec::new();
     data.try_reserve_exact(n_bytes).map_err(|e| read_error(&e))?;
@@ -381,10 +387,7 @@ impl<K: KvTree> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
             };
             (applied.ledger.clone(), meta)
         };
-        let encoded = self
-            .history
-            .off_runtime(move |_| codec::encode_in_chunks(&ledger, SNAPSHOT_PIECE_BYTES))
-            .await;
+        let encoded = self.history.off_runtime(move |_| encode_snapshot(&ledger)).await;
         let pieces = encoded
             .map_err(|e| StorageIOError::read_state_machine(&e))?
             .map_err(|e| StorageIOError::read_state_machine(&e))?;
