@@ -1,6 +1,7 @@
 //! One Raft group (shard) on one node: its Raft instance, its ledger replica and its
 //! group-commit batcher.
 
+use crate::compaction;
 use crate::error::LedgerError;
 use crate::history::History;
 use crate::kv::{KvTree, NodeStores};
@@ -152,6 +153,22 @@ impl Group {
     pub async fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> Result<R, LedgerError> {
         self.raft.ensure_linearizable().await.map_err(LedgerError::from_check_leader)?;
         Ok(self.read_local(f))
+    }
+
+    /// Whether this replica's snapshot of the group is due (`compaction.rs`): entries
+    /// counted as openraft's own policy counts them, from the snapshot's next index.
+    pub(crate) fn snapshot_due(&self, every_entries: u64) -> bool {
+        let next = |index: Option<u64>| index.map_or(0, |index| index + 1);
+        let entries_since = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let applied = next(metrics.last_applied.map(|id| id.index));
+            applied.saturating_sub(next(metrics.snapshot.map(|id| id.index)))
+        };
+        let remembered = self
+            .read_local(|ledger| ledger.n_ended_holds_remembered() + ledger.n_op_ids_remembered());
+        let commands_since = self.state.commands_since_snapshot();
+        compaction::snapshot_due(entries_since, commands_since, remembered as u64, every_entries)
     }
 
     pub fn read_local<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {

@@ -3,6 +3,7 @@
 
 use crate::backfill;
 use crate::codec;
+use crate::compaction;
 use crate::error::LedgerError;
 use crate::expiry;
 use crate::group::Group;
@@ -257,7 +258,7 @@ impl LedgerNode {
             return Err(LedgerError::Unavailable { reason: e.to_string() });
         }
         group.raft().ensure_linearizable().await.map_err(LedgerError::from_check_leader)?;
-        Ok(LedgerNode::assemble(SINGLE_NODE_ID, vec![group], history))
+        Ok(LedgerNode::assemble(SINGLE_NODE_ID, vec![group], history, options))
     }
 
     /// Opens node `id` of a cluster whose founding members are `peers` (node id →
@@ -336,7 +337,7 @@ impl LedgerNode {
         }
         let rafts = groups.iter().map(|group| group.raft().clone()).collect();
         let requests = history.backfill_requests();
-        let node = LedgerNode::assemble(config.id(), groups, history);
+        let node = LedgerNode::assemble(config.id(), groups, history, options);
         let backfill = backfill::spawn(node.downgrade(), requests, config.tls().cloned());
         node.inner.background_tasks.lock().expect("task lock poisoned").push(backfill);
         let ledger = LedgerRpcServer::new(node.downgrade(), identity, config.tls().cloned());
@@ -537,14 +538,22 @@ impl LedgerNode {
     }
 
     /// A node of already started `groups`, with its history's maintenance and each
-    /// group's hold expiry running.
-    fn assemble(id: NodeId, groups: Vec<Group>, history: History) -> LedgerNode {
+    /// group's hold expiry and snapshot policy running.
+    fn assemble(
+        id: NodeId,
+        groups: Vec<Group>,
+        history: History,
+        options: &NodeOptions,
+    ) -> LedgerNode {
         let node = LedgerNode::of_groups(id, groups, history);
         let maintenance = history::spawn_maintenance(&node.inner.history);
-        let expiries =
-            (0..node.n_groups()).map(|group_idx| expiry::spawn(node.downgrade(), group_idx));
+        let every_entries = options.snapshot_every_entries;
+        let per_group = (0..node.n_groups()).flat_map(|group_idx| {
+            let expiry = expiry::spawn(node.downgrade(), group_idx);
+            [expiry, compaction::spawn(node.downgrade(), group_idx, every_entries)]
+        });
         let mut tasks = node.inner.background_tasks.lock().expect("task lock poisoned");
-        tasks.extend(std::iter::once(maintenance).chain(expiries));
+        tasks.extend(std::iter::once(maintenance).chain(per_group));
         drop(tasks);
         node
     }
@@ -939,7 +948,9 @@ pub(crate) fn raft_config(options: &NodeOptions) -> Result<Config, LedgerError> 
         max_payload_entries: APPEND_ENTRIES_MAX,
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
         install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT.as_millis() as u64,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_every_entries),
+        // Triggered by each node's own policy (`compaction.rs`), which weighs the state's
+        // size against the traffic since the last snapshot.
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: options.entries_kept_after_snapshot,
         ..Config::default()
     };

@@ -58,6 +58,9 @@ pub struct SharedState {
     /// How long the last snapshot took to build and save, and its size: for metrics.
     pub snapshot_build_ms_last: AtomicU64,
     pub snapshot_bytes_last: AtomicU64,
+    /// Commands applied since the state of the last snapshot built or installed (since
+    /// the node opened, before its first): half of when the next is due (`compaction.rs`).
+    commands_since_snapshot: AtomicU64,
 }
 
 impl SharedState {
@@ -69,6 +72,10 @@ impl SharedState {
 
     fn write(&self) -> RwLockWriteGuard<'_, Applied> {
         self.applied.write().expect("ledger lock poisoned")
+    }
+
+    pub fn commands_since_snapshot(&self) -> u64 {
+        self.commands_since_snapshot.load(Ordering::Relaxed)
     }
 }
 
@@ -288,6 +295,7 @@ impl<K: KvTree> StateMachine<K> {
         let mut applied = self.state.write();
         let mut replies = Vec::new();
         let mut settled = Vec::new();
+        let mut n_commands = 0;
         for entry in entries {
             assert!(
                 applied.last_applied.is_none_or(|last| last.index < entry.log_id.index),
@@ -302,6 +310,7 @@ impl<K: KvTree> StateMachine<K> {
                 EntryPayload::Blank => Vec::new(),
                 EntryPayload::Normal(batch) => {
                     let outcomes = applied.ledger.apply(&batch);
+                    n_commands += batch.commands.len() as u64;
                     settled.extend(settled_records(&batch, &outcomes));
                     outcomes
                 }
@@ -312,6 +321,7 @@ impl<K: KvTree> StateMachine<K> {
             };
             replies.push(outcomes);
         }
+        self.state.commands_since_snapshot.fetch_add(n_commands, Ordering::Relaxed);
         // Queued before the state lock is let go: a snapshot built from this state is
         // saved only after a sync that writes the queue. Reads write the queue first, so a
         // read after a settle finds its record.
@@ -385,6 +395,9 @@ impl<K: KvTree> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
                 last_membership: applied.membership.clone(),
                 snapshot_id,
             };
+            // Under the state lock, which every apply holds while it counts: the count
+            // starts again exactly at the state this snapshot encodes.
+            self.state.commands_since_snapshot.store(0, Ordering::Relaxed);
             (applied.ledger.clone(), meta)
         };
         let encoded = self.history.off_runtime(move |_| encode_snapshot(&ledger)).await;
@@ -453,7 +466,10 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
         let pieces = data.chunks(SNAPSHOT_PIECE_BYTES).map(<[u8]>::to_vec).collect();
         drop(data);
         self.save_snapshot(meta.clone(), pieces).await?;
-        *self.state.write() = restored;
+        let mut applied = self.state.write();
+        *applied = restored;
+        self.state.commands_since_snapshot.store(0, Ordering::Relaxed);
+        drop(applied);
         // The records of the entries the snapshot covers were never applied here.
         self.history.request_backfill(self.group);
         Ok(())

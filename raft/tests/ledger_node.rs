@@ -10,7 +10,8 @@ use solrouter_ledger::{
 };
 use solrouter_raft::{
     snapshot_stored_whole, Durability, KvTree, LedgerApi, LedgerError, LedgerNode, NodeOptions,
-    WalStore, LEGACY_LOG_FILE_NAME, LEGACY_LOG_MOVED_NAME, LOG_DIR_NAME, SNAPSHOT_FILE_NAME,
+    WalStore, LEGACY_LOG_FILE_NAME, LEGACY_LOG_MOVED_NAME, LOG_DIR_NAME, SNAPSHOT_CHECK_INTERVAL,
+    SNAPSHOT_FILE_NAME,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -196,6 +197,52 @@ async fn restart_on_the_same_directory_keeps_the_state() {
     node.shutdown().await.unwrap();
 }
 
+/// A snapshot waits for as many commands as the state's windows remember
+/// (`compaction.rs`): with a thousand op ids remembered, entries past the last snapshot
+/// four times the interval make none, as their count alone would; traffic as large as the
+/// windows makes one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_waits_for_traffic_as_large_as_the_windows() {
+    const SNAPSHOT_EVERY: u64 = 4;
+    const N_REMEMBERED: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let options = NodeOptions::try_new(SNAPSHOT_EVERY, 0).unwrap();
+    let node = LedgerNode::open_single_with(dir.path(), &options).await.unwrap();
+    submit_ok(&node, create_account(1)).await;
+    // Each account's creation is remembered by its op id; submitted at once, few entries.
+    let creations: Vec<_> = (0..N_REMEMBERED)
+        .map(|n| {
+            let node = node.clone();
+            let account = AccountId(1_000 + n);
+            let op = Op::CreateAccount { account, name: "a".into() };
+            tokio::spawn(async move {
+                submit_ok(&node, Command { id: OpId(u128::from(n) + 10), op }).await
+            })
+        })
+        .collect();
+    for creation in creations {
+        creation.await.unwrap();
+    }
+    assert!(node.stats().n_op_ids_remembered > N_REMEMBERED);
+    // Top-ups (remembered by account, not in the windows) until a snapshot covers them.
+    let covered = node.stats().last_applied_index.unwrap();
+    let mut n_top_ups = 0;
+    while node.stats().snapshot_index.is_none_or(|index| index < covered) {
+        assert!(n_top_ups < 10 * N_REMEMBERED, "no snapshot after {n_top_ups} top-ups");
+        submit_ok(&node, top_up(1_000_000 + u128::from(n_top_ups))).await;
+        n_top_ups += 1;
+    }
+    let snapshot = node.stats().snapshot_index;
+    for n in 0..4 * SNAPSHOT_EVERY {
+        submit_ok(&node, top_up(2_000_000 + u128::from(n))).await;
+    }
+    tokio::time::sleep(4 * SNAPSHOT_CHECK_INTERVAL).await;
+    let stats = node.stats();
+    assert!(stats.last_applied_index.unwrap() >= snapshot.unwrap() + 4 * SNAPSHOT_EVERY);
+    assert_eq!(stats.snapshot_index, snapshot, "a snapshot with little traffic since the last");
+    node.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn snapshot_and_purge_bound_the_log_and_survive_restart() {
     const SNAPSHOT_EVERY: u64 = 16;
@@ -343,12 +390,14 @@ async fn node_with_top_ups(options: &NodeOptions) -> (tempfile::TempDir, LedgerN
     (dir, node)
 }
 
-/// A stopped single node's data directory holding an account, 8 top-ups of `TOP_UP` and a
-/// snapshot the log was purged up to; with the options it was opened with.
+/// A stopped single node's data directory holding an account, 8 top-ups of `TOP_UP`, a
+/// snapshot the log was purged up to, and an entry in the log past it (a retried top-up,
+/// which credits nothing more); with the options it was opened with.
 async fn snapshotted_directory() -> (tempfile::TempDir, NodeOptions) {
     let options = NodeOptions::try_new(4, 0).unwrap();
     let (dir, node) = node_with_top_ups(&options).await;
     eventually("the log was purged up to a snapshot", || node.stats().purged_index.is_some()).await;
+    submit_ok(&node, top_up(100)).await;
     node.shutdown().await.unwrap();
     (dir, options)
 }
