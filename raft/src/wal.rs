@@ -61,6 +61,11 @@ const OP_REMOVE: u8 = 2;
 /// Bytes a live value is counted with beyond its key and value: what its record spends on
 /// framing, so that many empty values still count.
 const OP_OVERHEAD_BYTES: u64 = 16;
+/// Most of the record buffer's capacity kept from one round to the next: a larger round
+/// (a compaction moving an old segment's live values, up to an eighth of a segment)
+/// allocates its own buffer and frees it, instead of leaving it resident for good
+/// (`solrouter dev` held 6.8 MB this way; docs/storage.md, "Session 19").
+const BUF_KEPT_BYTES: usize = 1024 * 1024;
 
 /// One segment file, shared by the index entries of the values it holds: a read that found
 /// a value still reads it after a compaction deleted the file (an open file stays readable).
@@ -119,7 +124,7 @@ struct Wal {
     /// Set by a failed write or sync: the file's state is unknown, so every later write
     /// fails too (a sync that failed once may have dropped the pages it did not write).
     failed: Option<String>,
-    /// The record being built, reused round to round.
+    /// The record being built, reused round to round up to [`BUF_KEPT_BYTES`].
     buf: Vec<u8>,
     /// Held while the store is open.
     _lock: File,
@@ -450,7 +455,9 @@ impl Wal {
             index.put(&mut self.live, write.table, write.key, value);
         }
         drop(index);
-        self.buf = buf;
+        if buf.capacity() <= BUF_KEPT_BYTES {
+            self.buf = buf;
+        }
         Ok(())
     }
 
@@ -628,6 +635,23 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    /// A round far larger than usual (a compaction's) is written whole, and its buffer is
+    /// not kept for the next round; an ordinary round's is.
+    #[test]
+    fn a_large_round_leaves_no_large_buffer_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = File::create(dir.path().join("LOCK")).unwrap();
+        let mut wal = Wal::replay(dir.path(), lock, WAL_SEGMENT_BYTES).unwrap();
+        let large = vec![7; 2 * BUF_KEPT_BYTES];
+        wal.append([("0/log", &b"1"[..], Some(&large[..]))].into_iter(), true).unwrap();
+        assert!(wal.buf.capacity() <= BUF_KEPT_BYTES, "{} bytes kept", wal.buf.capacity());
+        wal.append([("0/log", &b"2"[..], Some(&b"small"[..]))].into_iter(), true).unwrap();
+        assert!(wal.buf.capacity() > 0, "an ordinary round's buffer is reused");
+        let index = wal.index.read().unwrap();
+        let read = |key: &[u8]| index.tables["0/log"][key].read().unwrap();
+        assert_eq!((read(b"1"), read(b"2")), (large.clone(), b"small".to_vec()));
     }
 
     /// Puts, replacements and removes of several trees read back alike before and after a
