@@ -1,50 +1,93 @@
 #!/usr/bin/env bash
-# Soak of `solrouter dev`: sustained load for DURATION_S seconds (default 600) through the
-# load generator, printing the process's RSS and data-directory size every minute, so a
-# state that grows with requests served shows as a rising column. Release builds:
+# Soak of `solrouter dev` (issue 8's "RSS within 10 % between minute 1 and minute 10"):
+# a separate `solrouter mock-upstream --echo-any-model` as the OpenAI provider, `solrouter
+# dev` with `openai/gpt-4o-mini` pointed at it, and an open loop of RATE requests a second
+# for DURATION_S seconds through the load generator:
+#
+#   solrouter-loadtest --rate $RATE --duration-s $DURATION_S --no-direct --accounts 16
+#     --keys-per-account 2 --model openai/gpt-4o-mini
+#
+# dev's VmRSS, RssAnon and RssFile (/proc/<pid>/status) and its established client
+# connections (`ss`) are sampled every second into SAMPLES (seconds since the load began,
+# the three in KiB, the load average, the connections). At the end it prints, per minute
+# m, the median and the maximum of the samples within 30 s of m minutes, in MB, the
+# samples at 60 s, dev's CPU (user + system, s), the data directory's size and the load
+# generator's summary (latency, money check). Release builds:
 #
 #   cargo build --release -p solrouter-gateway -p solrouter-loadtest
-#   loadtest/soak-dev.sh            # DURATION_S=600 CONCURRENCY=4 by default
+#   loadtest/soak-dev.sh                      # BIN_DIR=target/release, 600 s at 1,000/s
+#   BIN_DIR=/tmp/base loadtest/soak-dev.sh    # another build's binaries
 #
-# Everything it starts listens on 127.0.0.1 and is stopped at the end.
+# Settings (environment): BIN_DIR, RATE (1000), DURATION_S (600), SAMPLES (a file to keep
+# the samples in; default a temporary one). Extra environment (MIMALLOC_PURGE_DELAY=0, …)
+# reaches dev. Everything listens on 127.0.0.1 and is stopped at the end. Needs `ss`
+# (iproute2) and Python 3.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN_DIR="$(cd "${BIN_DIR:-$repo/target/release}" && pwd)"
+RATE=${RATE:-1000}
 DURATION_S=${DURATION_S:-600}
-CONCURRENCY=${CONCURRENCY:-4}
-BIN=target/release
-DATA=$(mktemp -d)
-LOG=$DATA/dev.log
+RUN_DIR=$(mktemp -d)
+SAMPLES=${SAMPLES:-$RUN_DIR/samples.txt}
 export SOLROUTER_ADMIN_TOKEN=${SOLROUTER_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")}
 
-"$BIN/solrouter" dev --data-dir "$DATA/state" --listen 127.0.0.1:0 >"$LOG" 2>&1 &
-DEV=$!
-LOAD=
+MOCK= DEV= LOAD=
 cleanup() {
-    [ -n "$LOAD" ] && kill "$LOAD" 2>/dev/null || true
-    kill "$DEV" 2>/dev/null || true
+    for pid in $LOAD $DEV $MOCK; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$DATA"
+    rm -rf "$RUN_DIR/state"
 }
 trap cleanup EXIT
 
-for _ in $(seq 1 200); do
-    grep -q "listening: " "$LOG" && break
-    sleep 0.1
-done
-URL=$(sed -n 's|.*listening: \(http://[0-9.:]*\)/v1/api.*|\1|p' "$LOG" | head -1)
-[ -n "$URL" ] || { echo "dev did not start:"; cat "$LOG"; exit 1; }
+# The first line a server prints is its address.
+address_of() {
+    for _ in $(seq 1 300); do
+        grep -q "listening: " "$1" && break
+        sleep 0.1
+    done
+    sed -n 's|.*listening: \(http://[0-9.:]*\).*|\1|p' "$1" | head -1
+}
 
-"$BIN/solrouter-loadtest" --gateway "$URL" --concurrency "$CONCURRENCY" \
-    --requests 10000000 --duration-s "$DURATION_S" --no-direct >"$DATA/load.log" 2>&1 &
+"$BIN_DIR/solrouter" mock-upstream --echo-any-model --listen 127.0.0.1:0 >"$RUN_DIR/mock.log" 2>&1 &
+MOCK=$!
+MOCK_URL=$(address_of "$RUN_DIR/mock.log")
+[ -n "$MOCK_URL" ] || { echo "the mock did not start:"; cat "$RUN_DIR/mock.log"; exit 1; }
+SOLROUTER_OPENAI_BASE_URL="$MOCK_URL/v1" OPENAI_API_KEY=mock \
+    "$BIN_DIR/solrouter" dev --data-dir "$RUN_DIR/state" --listen 127.0.0.1:0 >"$RUN_DIR/dev.log" 2>&1 &
+DEV=$!
+URL=$(address_of "$RUN_DIR/dev.log")
+[ -n "$URL" ] || { echo "dev did not start:"; cat "$RUN_DIR/dev.log"; exit 1; }
+
+"$BIN_DIR/solrouter-loadtest" --gateway "$URL" --rate "$RATE" --duration-s "$DURATION_S" \
+    --no-direct --accounts 16 --keys-per-account 2 --model openai/gpt-4o-mini \
+    >"$RUN_DIR/load.log" 2>&1 &
 LOAD=$!
-
-echo "minute  rss_mb  data_mb"
-for minute in $(seq 1 $((DURATION_S / 60))); do
-    sleep 60
-    rss_kb=$(awk '/^VmRSS/ {print $2}' "/proc/$DEV/status")
-    data_kb=$(du -sk "$DATA/state" | cut -f1)
-    printf "%6d  %6d  %7d\n" "$minute" $((rss_kb / 1024)) $((data_kb / 1024))
+start=$(date +%s.%N)
+: >"$SAMPLES"
+while kill -0 "$LOAD" 2>/dev/null; do
+    memory=$(awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%s ", $2}' "/proc/$DEV/status")
+    connections=$(ss -Htn state established "( sport = :${URL##*:} )" | wc -l)
+    echo "$(python3 -c "import time; print(round(time.time() - $start, 2))") $memory$(cut -d' ' -f1 /proc/loadavg) $connections" >>"$SAMPLES"
+    sleep 1
 done
 wait "$LOAD" || true
 LOAD=
-cat "$DATA/load.log"
+ticks=$(getconf CLK_TCK)
+cpu=$(awk -v t="$ticks" '{printf "%.0f", ($14 + $15) / t}' "/proc/$DEV/stat")
+data=$(du -sm "$RUN_DIR/state" | cut -f1)
+
+python3 - "$SAMPLES" <<'EOF'
+import statistics, sys
+rows = [list(map(float, line.split())) for line in open(sys.argv[1]) if line.strip()]
+for column, name in ((1, "VmRSS"), (2, "RssAnon"), (3, "RssFile"), (5, "connections")):
+    scale = 1 if name == "connections" else 1024
+    minutes = []
+    for m in range(1, int(rows[-1][0] + 30) // 60 + 1):
+        near = [row[column] / scale for row in rows if abs(row[0] - 60 * m) <= 30]
+        if near:
+            minutes.append(f"{statistics.median(near):.1f}/{max(near):.1f}")
+    at_60 = [f"{row[column] / scale:.1f}" for row in rows if abs(row[0] - 60) <= 1.5]
+    print(f"{name:11} minutes (median/max): {' '.join(minutes)}  at 60 s: {' '.join(at_60)}")
+EOF
+echo "dev CPU ${cpu} s, data directory ${data} MB"
+grep -vE "^ *gateway +[0-9]+s" "$RUN_DIR/load.log"

@@ -27,6 +27,13 @@ use std::time::Duration;
 
 /// Most requests a phase may send.
 const REQUESTS_MAX: u64 = 100_000_000;
+/// Longest a connection waits idle in the pool for its next request. A gateway closes a
+/// connection that sends no request for 30 s (`HEADER_READ_TIMEOUT` in
+/// `gateway/src/server.rs`); with reqwest's default of 90 s the generator now and then sent
+/// a request on a connection the gateway was closing that instant and counted a
+/// `transport: other` error (1 and 2 in 600,000 requests of two ten-minute runs). The
+/// official SDKs keep idle connections about as long as this (httpx 5 s).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most test accounts and keys per account.
 const ACCOUNTS_MAX: usize = 10_000;
 const KEYS_PER_ACCOUNT_MAX: usize = 64;
@@ -226,6 +233,7 @@ async fn run(args: Args) -> Result<bool> {
     let plan = Plan::try_new(&args)?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(plan.connections_max())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .tcp_nodelay(true)
         .timeout(plan.timeout)
         .build()?;
