@@ -62,12 +62,13 @@ URL=$(address_of "$RUN_DIR/dev.log")
     --no-direct --accounts 16 --keys-per-account 2 --model openai/gpt-4o-mini \
     >"$RUN_DIR/load.log" 2>&1 &
 LOAD=$!
-start=$(date +%s.%N)
+start=$EPOCHREALTIME
 : >"$SAMPLES"
 while kill -0 "$LOAD" 2>/dev/null; do
     memory=$(awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%s ", $2}' "/proc/$DEV/status")
     connections=$(ss -Htn state established "( sport = :${URL##*:} )" | wc -l)
-    echo "$(python3 -c "import time; print(round(time.time() - $start, 2))") $memory$(cut -d' ' -f1 /proc/loadavg) $connections" >>"$SAMPLES"
+    elapsed=$(awk -v now="$EPOCHREALTIME" -v start="$start" 'BEGIN {printf "%.2f", now - start}')
+    echo "$elapsed $memory$(cut -d' ' -f1 /proc/loadavg) $connections" >>"$SAMPLES"
     sleep 1
 done
 wait "$LOAD" || true

@@ -18,7 +18,6 @@ use crate::node::{Inner, LedgerNode};
 use std::sync::Weak;
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
 
 /// How often a node checks whether a group's snapshot is due: a due snapshot waits at most
 /// this long, a few hundred entries at most under load.
@@ -37,22 +36,11 @@ pub(crate) fn snapshot_due(
 
 /// Runs until the node is dropped or shut down (which aborts the task).
 pub(crate) fn spawn(node: Weak<Inner>, group_idx: u32, every_entries: u64) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut check = tokio::time::interval(SNAPSHOT_CHECK_INTERVAL);
-        check.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            check.tick().await;
-            let Some(node) = LedgerNode::from_weak(&node) else { return };
-            let group = node.group_at(group_idx).expect("the task's group exists");
-            if !group.snapshot_due(every_entries) {
-                continue;
-            }
-            // Answered at once: the core builds in the background, and ignores a trigger
-            // while a build is under way. An error means the core stopped.
-            if group.raft().trigger().snapshot().await.is_err() {
-                return;
-            }
-        }
+    LedgerNode::spawn_every(node, SNAPSHOT_CHECK_INTERVAL, move |node| async move {
+        let group = node.group_at(group_idx).expect("the task's group exists");
+        // Answered at once: the core builds in the background, and ignores a trigger
+        // while a build is under way. An error means the core stopped.
+        !group.snapshot_due(every_entries) || group.raft().trigger().snapshot().await.is_ok()
     })
 }
 

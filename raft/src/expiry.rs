@@ -10,7 +10,6 @@ use solrouter_ledger::Batch;
 use std::sync::Weak;
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
 
 /// How often a node looks for expired holds: a hold outlives its TTL by at most this much
 /// (TTLs are minutes), and an idle check costs one lock and one comparison per group.
@@ -21,16 +20,8 @@ pub const EXPIRY_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs until the node is dropped or shut down (which aborts the task).
 pub(crate) fn spawn(node: Weak<Inner>, group_idx: u32) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut check = tokio::time::interval(EXPIRY_CHECK_INTERVAL);
-        check.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            check.tick().await;
-            let Some(node) = LedgerNode::from_weak(&node) else { return };
-            if !expire_if_due(&node, group_idx).await {
-                return;
-            }
-        }
+    LedgerNode::spawn_every(node, EXPIRY_CHECK_INTERVAL, move |node| async move {
+        expire_if_due(&node, group_idx).await
     })
 }
 

@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
 
 /// The node id of a single-node cluster.
 const SINGLE_NODE_ID: NodeId = 1;
@@ -535,6 +536,30 @@ impl LedgerNode {
 
     pub(crate) fn from_weak(inner: &Weak<Inner>) -> Option<LedgerNode> {
         inner.upgrade().map(|inner| LedgerNode { inner })
+    }
+
+    /// Runs `check` on the node every `period` (a late tick delays the next) until the
+    /// node is dropped, shut down (which aborts the task), or `check` answers false.
+    pub(crate) fn spawn_every<F, Fut>(
+        node: Weak<Inner>,
+        period: Duration,
+        mut check: F,
+    ) -> JoinHandle<()>
+    where
+        F: FnMut(LedgerNode) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = bool> + Send,
+    {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(node) = LedgerNode::from_weak(&node) else { return };
+                if !check(node).await {
+                    return;
+                }
+            }
+        })
     }
 
     /// A node of already started `groups`, with its history's maintenance and each
