@@ -700,8 +700,11 @@ impl Holds {
     /// afresh (its id reserved again once forgotten) is settled afresh.
     fn check(&mut self, stamp_ms: u64, op: &Op, outcome: &Outcome) -> Result<(), TestCaseError> {
         match (op, outcome) {
+            // Made afresh now: not a retry answered with the reservation already seen
+            // (which, with no stamp passed since, also carries this stamp).
             (Op::Reserve { hold, .. }, Ok(Reply::Reserved { reserved_at_ms, .. }))
-                if *reserved_at_ms == stamp_ms =>
+                if *reserved_at_ms == stamp_ms
+                    && self.reserved_at.get(hold) != Some(reserved_at_ms) =>
             {
                 self.reserved_at.insert(*hold, *reserved_at_ms);
                 self.settled.remove(hold);
