@@ -109,9 +109,6 @@ pub fn encode_in_chunks<T: Serialize + ?Sized>(
     Ok(chunks.into_chunks())
 }
 
-/// Appends up to this long are copied byte by byte rather than by `memcpy`.
-const SHORT_BYTES: usize = 16;
-
 /// A postcard flavor writing into pieces of a fixed size; the CRC-32 of every full piece
 /// is taken as it is sealed.
 struct Chunks {
@@ -132,12 +129,7 @@ impl Chunks {
     #[inline]
     fn append(&mut self, bytes: &[u8]) {
         if bytes.len() <= self.chunk_bytes - self.open.len() {
-            if bytes.len() <= SHORT_BYTES {
-                // A varint or a short string: a call to `memcpy` would cost more.
-                bytes.iter().for_each(|byte| self.open.push(*byte));
-            } else {
-                self.open.extend_from_slice(bytes);
-            }
+            self.open.extend_from_slice(bytes);
         } else {
             self.append_across(bytes);
         }
