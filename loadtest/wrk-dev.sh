@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Issue 10's table on `solrouter dev`: `wrk -t2 -c50` (3 s of warm-up, then SECS seconds)
+# straight to a separate `solrouter mock-upstream --echo-any-model` and through `solrouter
+# dev` with `openai/gpt-4o-mini` pointed at it, plain and streamed; one line each with
+# req/s, p50 and p99 of both and the ratio of the gateway's throughput to the mock's.
+#
+#   cargo build --release -p solrouter-gateway
+#   loadtest/wrk-dev.sh                     # BIN_DIR=target/release, data dir under /tmp
+#   SPLIT=log loadtest/wrk-dev.sh           # the ledger's log on tmpfs (/dev/shm)
+#   LEDGER=1 loadtest/wrk-dev.sh            # plain only, with the ledger's counters
+#
+# Settings (environment): BIN_DIR; SECS (10); STATE_BASE, where the data dir goes (/tmp);
+# SPLIT=log (the log directory on /dev/shm, the rest in STATE_BASE) or SPLIT=history
+# (history and snapshots on /dev/shm), to tell the parts of the disk's cost apart; LEDGER=1
+# runs the plain case only through dev and prints what dev's ledger counters moved by
+# (entries, commands, commit time), dev's CPU and the machine's time split (/proc/stat).
+# Needs `wrk` (Debian: apt-get install wrk) and Python 3; everything listens on 127.0.0.1
+# and is stopped at the end.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN_DIR="$(cd "${BIN_DIR:-$repo/target/release}" && pwd)"
+SECS=${SECS:-10}
+RUN_DIR=$(mktemp -d -p "${STATE_BASE:-/tmp}")
+SHM=$(mktemp -d -p /dev/shm)
+export SOLROUTER_ADMIN_TOKEN=${SOLROUTER_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")}
+
+MOCK= DEV=
+cleanup() {
+    for pid in $DEV $MOCK; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$RUN_DIR" "$SHM"
+}
+trap cleanup EXIT
+
+# The first line a server prints is its address.
+address_of() {
+    for _ in $(seq 1 300); do
+        grep -q "listening: " "$1" && break
+        sleep 0.1
+    done
+    sed -n 's|.*listening: \(http://[0-9.:]*\).*|\1|p' "$1" | head -1
+}
+
+ledger="$RUN_DIR/state/ledger"
+mkdir -p "$ledger"
+case "${SPLIT:-}" in
+    log) mkdir "$SHM/log" && ln -s "$SHM/log" "$ledger/log" ;;
+    history) ln -s "$SHM/history.redb" "$ledger/history.redb"
+             ln -s "$SHM/snapshots.redb" "$ledger/snapshots.redb" ;;
+    "") ;;
+    *) echo "SPLIT is log or history"; exit 2 ;;
+esac
+
+"$BIN_DIR/solrouter" mock-upstream --echo-any-model --listen 127.0.0.1:0 >"$RUN_DIR/mock.log" 2>&1 &
+MOCK=$!
+MOCK_URL=$(address_of "$RUN_DIR/mock.log")
+[ -n "$MOCK_URL" ] || { echo "the mock did not start:"; cat "$RUN_DIR/mock.log"; exit 1; }
+SOLROUTER_OPENAI_BASE_URL="$MOCK_URL/v1" OPENAI_API_KEY=mock \
+    "$BIN_DIR/solrouter" dev --data-dir "$RUN_DIR/state" --listen 127.0.0.1:0 >"$RUN_DIR/dev.log" 2>&1 &
+DEV=$!
+URL=$(address_of "$RUN_DIR/dev.log")
+[ -n "$URL" ] || { echo "dev did not start:"; cat "$RUN_DIR/dev.log"; exit 1; }
+
+admin() {
+    curl -sf -H "Authorization: Bearer $SOLROUTER_ADMIN_TOKEN" -H "Content-Type: application/json" \
+        -d "$2" "$URL/v1/admin/$1"
+}
+field() { python3 -c "import json, sys; print(json.load(sys.stdin)['$1'])"; }
+account=$(admin accounts '{"name": "wrk"}' | field id)
+admin "accounts/$account/credits" '{"amount": "100000", "idempotency_key": "wrk"}' >/dev/null
+KEY=$(admin "accounts/$account/keys" '{"name": "wrk"}' | field key)
+
+for stream in false true; do
+    cat >"$RUN_DIR/$stream.lua" <<EOF
+wrk.method = "POST"
+wrk.body = '{"model": "openai/gpt-4o-mini", "stream": $stream, "messages": [{"role": "user", "content": "Hello there, how are you today?"}]}'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+done
+
+# wrk against URL $1 with script $2 and key $3 for 3 s, its output ignored.
+warm_up() {
+    wrk -t2 -c50 -d3s -s "$2" -H "Authorization: Bearer $3" "$1" >/dev/null
+}
+
+# The same for SECS seconds: "req/s p50 p99".
+run() {
+    wrk -t2 -c50 -d"${SECS}s" --latency -s "$2" -H "Authorization: Bearer $3" "$1" |
+        awk '/Requests\/sec/ {r = $2} /^ +50%/ {p50 = $2} /^ +99%/ {p99 = $2}
+             END {printf "%s req/s p50 %s p99 %s", r, p50, p99}'
+}
+
+measure() {
+    warm_up "$@"
+    run "$@"
+}
+
+if [ -n "${LEDGER:-}" ]; then
+    counters() { curl -s "$URL/metrics" | grep -E '^solrouter_ledger_(commits|commit_us_total|commands_proposed)\{'; }
+    warm_up "$URL/v1/api/chat/completions" "$RUN_DIR/false.lua" "$KEY"
+    counters >"$RUN_DIR/before"
+    cpu_before=$(awk '{print $14 + $15}' "/proc/$DEV/stat")
+    stat_before=$(head -1 /proc/stat)
+    result=$(run "$URL/v1/api/chat/completions" "$RUN_DIR/false.lua" "$KEY")
+    cpu_after=$(awk '{print $14 + $15}' "/proc/$DEV/stat")
+    stat_after=$(head -1 /proc/stat)
+    counters >"$RUN_DIR/after"
+    python3 - "$RUN_DIR" "$result" "$((cpu_after - cpu_before))" "$(getconf CLK_TCK)" "$SECS" \
+        "$stat_before" "$stat_after" <<'EOF'
+import sys
+run_dir, result, ticks, hz, secs, before, after = sys.argv[1:]
+def counters(name):
+    return {line.split("{")[0]: float(line.split()[-1]) for line in open(f"{run_dir}/{name}")}
+a, b = counters("before"), counters("after")
+moved = {name.removeprefix("solrouter_ledger_"): b[name] - a[name] for name in b}
+rps = float(result.split()[0])
+cores = int(ticks) / int(hz) / float(secs)
+split = [y - x for x, y in zip(map(int, before.split()[1:]), map(int, after.split()[1:]))]
+total = sum(split)
+def share(*fields):
+    return f"{100 * sum(split[i] for i in fields) / total:.0f} %"
+print(f"dev plain: {result}")
+print(f"ledger: {moved['commits']:.0f} entries, {moved['commands_proposed'] / moved['commits']:.1f} "
+      f"commands an entry, commit {moved['commit_us_total'] / moved['commits']:.0f} us on average")
+print(f"dev CPU: {cores:.2f} cores, {1000 * cores / rps:.3f} ms a request; machine: user "
+      f"{share(0)}, system {share(2)}, idle {share(3)}, iowait {share(4)}, interrupts {share(5, 6)}")
+EOF
+    exit 0
+fi
+
+for stream in false true; do
+    mock=$(measure "$MOCK_URL/v1/chat/completions" "$RUN_DIR/$stream.lua" mock)
+    dev=$(measure "$URL/v1/api/chat/completions" "$RUN_DIR/$stream.lua" "$KEY")
+    ratio=$(python3 -c "print(round(${dev%% *} / ${mock%% *}, 3))")
+    echo "stream=$stream  mock: $mock | dev: $dev | ratio $ratio"
+done
