@@ -718,8 +718,10 @@ mod tests {
     }
 
     /// Accounts in the ledger the starvation test snapshots: enough that encoding it takes
-    /// several election timeouts in a debug build.
-    const N_ACCOUNTS: u64 = 300_000;
+    /// several election timeouts in a debug build (300,000 built in 210-270 ms on a quiet
+    /// machine, under the test's floor of two election timeouts, and failed a CI run;
+    /// 600,000 take 530-760 ms).
+    const N_ACCOUNTS: u64 = 600_000;
     /// How often the stand-in for the Raft core's heartbeat timer ticks.
     const TICK: Duration = Duration::from_millis(5);
 
