@@ -31,32 +31,18 @@ RUN_DIR=$(mktemp -d)
 SAMPLES=${SAMPLES:-$RUN_DIR/samples.txt}
 export SOLROUTER_ADMIN_TOKEN=${SOLROUTER_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")}
 
-MOCK= DEV= LOAD=
+# shellcheck source=loadtest/dev-with-mock.sh
+. "$repo/loadtest/dev-with-mock.sh"
+LOAD=
 cleanup() {
-    for pid in $LOAD $DEV $MOCK; do kill "$pid" 2>/dev/null || true; done
+    [ -z "$LOAD" ] || kill "$LOAD" 2>/dev/null || true
+    stop_dev_with_mock
     wait 2>/dev/null || true
     rm -rf "$RUN_DIR/state"
 }
 trap cleanup EXIT
 
-# The first line a server prints is its address.
-address_of() {
-    for _ in $(seq 1 300); do
-        grep -q "listening: " "$1" && break
-        sleep 0.1
-    done
-    sed -n 's|.*listening: \(http://[0-9.:]*\).*|\1|p' "$1" | head -1
-}
-
-"$BIN_DIR/solrouter" mock-upstream --echo-any-model --listen 127.0.0.1:0 >"$RUN_DIR/mock.log" 2>&1 &
-MOCK=$!
-MOCK_URL=$(address_of "$RUN_DIR/mock.log")
-[ -n "$MOCK_URL" ] || { echo "the mock did not start:"; cat "$RUN_DIR/mock.log"; exit 1; }
-SOLROUTER_OPENAI_BASE_URL="$MOCK_URL/v1" OPENAI_API_KEY=mock \
-    "$BIN_DIR/solrouter" dev --data-dir "$RUN_DIR/state" --listen 127.0.0.1:0 >"$RUN_DIR/dev.log" 2>&1 &
-DEV=$!
-URL=$(address_of "$RUN_DIR/dev.log")
-[ -n "$URL" ] || { echo "dev did not start:"; cat "$RUN_DIR/dev.log"; exit 1; }
+start_dev_with_mock "$RUN_DIR/state"
 
 "$BIN_DIR/solrouter-loadtest" --gateway "$URL" --rate "$RATE" --duration-s "$DURATION_S" \
     --no-direct --accounts 16 --keys-per-account 2 --model openai/gpt-4o-mini \

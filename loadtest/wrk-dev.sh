@@ -24,22 +24,14 @@ RUN_DIR=$(mktemp -d -p "${STATE_BASE:-/tmp}")
 SHM=$(mktemp -d -p /dev/shm)
 export SOLROUTER_ADMIN_TOKEN=${SOLROUTER_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")}
 
-MOCK= DEV=
+# shellcheck source=loadtest/dev-with-mock.sh
+. "$repo/loadtest/dev-with-mock.sh"
 cleanup() {
-    for pid in $DEV $MOCK; do kill "$pid" 2>/dev/null || true; done
+    stop_dev_with_mock
     wait 2>/dev/null || true
     rm -rf "$RUN_DIR" "$SHM"
 }
 trap cleanup EXIT
-
-# The first line a server prints is its address.
-address_of() {
-    for _ in $(seq 1 300); do
-        grep -q "listening: " "$1" && break
-        sleep 0.1
-    done
-    sed -n 's|.*listening: \(http://[0-9.:]*\).*|\1|p' "$1" | head -1
-}
 
 ledger="$RUN_DIR/state/ledger"
 mkdir -p "$ledger"
@@ -51,15 +43,7 @@ case "${SPLIT:-}" in
     *) echo "SPLIT is log or history"; exit 2 ;;
 esac
 
-"$BIN_DIR/solrouter" mock-upstream --echo-any-model --listen 127.0.0.1:0 >"$RUN_DIR/mock.log" 2>&1 &
-MOCK=$!
-MOCK_URL=$(address_of "$RUN_DIR/mock.log")
-[ -n "$MOCK_URL" ] || { echo "the mock did not start:"; cat "$RUN_DIR/mock.log"; exit 1; }
-SOLROUTER_OPENAI_BASE_URL="$MOCK_URL/v1" OPENAI_API_KEY=mock \
-    "$BIN_DIR/solrouter" dev --data-dir "$RUN_DIR/state" --listen 127.0.0.1:0 >"$RUN_DIR/dev.log" 2>&1 &
-DEV=$!
-URL=$(address_of "$RUN_DIR/dev.log")
-[ -n "$URL" ] || { echo "dev did not start:"; cat "$RUN_DIR/dev.log"; exit 1; }
+start_dev_with_mock "$RUN_DIR/state"
 
 admin() {
     curl -sf -H "Authorization: Bearer $SOLROUTER_ADMIN_TOKEN" -H "Content-Type: application/json" \
