@@ -45,6 +45,17 @@ pub trait KvTree: Clone + Send + Sync + 'static {
     /// Keys and values within `range`, in key order. Collected rather than streamed: every
     /// caller reads the whole range anyway (entries to replicate, keys to remove).
     fn range(&self, range: (Bound<&[u8]>, Bound<&[u8]>)) -> Result<Vec<KvPair<Self>>, Self::Error>;
+    /// The first `limit` keys within `range`, in key order, without their values (what a
+    /// removal needs). By default read with the values; a store that can list keys alone
+    /// does so.
+    fn keys(
+        &self,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, Self::Error> {
+        let pairs = self.range(range)?.into_iter().take(limit);
+        Ok(pairs.map(|(key, _)| key.as_ref().to_vec()).collect())
+    }
     /// Applies every write of `batch` atomically; a later read sees them once this returns
     /// (a `Deferred` write: once a later non-deferred write has returned).
     fn write(

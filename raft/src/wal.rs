@@ -234,6 +234,18 @@ impl KvTree for WalTree {
         found.into_iter().map(|(key, location)| Ok((key, location.read()?))).collect()
     }
 
+    /// From the index alone: no value is read.
+    fn keys(
+        &self,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let keys = |table: &Table| {
+            table.range::<[u8], _>(range).take(limit).map(|(k, _)| k.clone()).collect()
+        };
+        Ok(self.store.read(&self.table, keys, Vec::new()))
+    }
+
     async fn write(&self, batch: KvBatch, durability: Durability) -> Result<(), Error> {
         let written = self.store.writer.write(&self.table, batch, durability).await;
         written.map_err(Error::other)

@@ -364,6 +364,16 @@ impl KvTree for MemTree {
         })
     }
 
+    fn keys(
+        &self,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.store.read(&self.name, |tree| {
+            tree.range::<[u8], _>(range).take(limit).map(|(k, _)| k.clone()).collect()
+        })
+    }
+
     async fn write(&self, batch: KvBatch, durability: Durability) -> Result<(), StoreError> {
         let kind = WriteKind::of(&self.name, &batch);
         let write =
