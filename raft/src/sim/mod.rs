@@ -194,7 +194,7 @@ fn a_seed_replays_identically() {
 /// The seeds of the runs beyond the ledger's windows, and how long their faults last:
 /// beyond the op-id and ended-hold windows by twice the margin, so the retries after
 /// healing of what was acknowledged in the first seconds come after both.
-const BEYOND_WINDOWS_SEEDS: [u64; 3] = [16, 33, 18];
+const BEYOND_WINDOWS_SEEDS: [u64; 3] = [1, 33, 18];
 const BEYOND_WINDOWS_MS: u64 = if OPS_REMEMBERED_FOR_MS > HOLDS_REMEMBERED_FOR_MS {
     OPS_REMEMBERED_FOR_MS
 } else {
