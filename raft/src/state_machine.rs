@@ -46,7 +46,8 @@ const SNAPSHOT_PIECE_BYTES: usize = (1 << 20) - 4096;
 /// The pause between two pieces' durable writes while a snapshot is saved. A piece at a
 /// time, so the Raft log's syncs on the same disk wait for at most one piece's write: a
 /// 9 MB snapshot saved in one transaction held the log's next rounds for 12-15 ms
-/// (`solrouter dev` at 2,000 requests/s; docs/benchmarks.md, "Session 22").
+/// (`solrouter dev` at 2,000 requests/s; docs/benchmarks.md, "Session 21" and "Session
+/// 22").
 const SNAPSHOT_PIECE_PAUSE: Duration = Duration::from_millis(5);
 
 /// What the state machine has applied. One lock covers all three fields so a snapshot
