@@ -205,6 +205,10 @@ pub struct StateMachine<K: KvTree = RedbTree> {
     /// Held across a save's compare and write, so a snapshot build that finishes after a
     /// newer install (openraft runs them concurrently) cannot put its older snapshot back.
     saving: Arc<Mutex<()>>,
+    /// Written across a save's last write (its head, the old pieces' removal), read across
+    /// a read of the saved snapshot: openraft's state machine task reads it for a follower
+    /// while a build saves, and waits at most for that one write, not a whole paced save.
+    switching: Arc<tokio::sync::RwLock<()>>,
     /// This state machine's group, named when it asks for its history to be filled in.
     group: u32,
     history: History,
@@ -262,6 +266,7 @@ impl<K: KvTree> StateMachine<K> {
             snapshots,
             saved: Arc::new(saved),
             saving: Arc::new(Mutex::new(())),
+            switching: Arc::new(tokio::sync::RwLock::new(())),
             group,
             history,
             #[cfg(test)]
@@ -357,7 +362,9 @@ impl<K: KvTree> StateMachine<K> {
             (KEY_SNAPSHOT.to_vec(), None),
             (KEY_PENDING.to_vec(), None),
         ]);
+        let switching = self.switching.write().await;
         self.snapshots.write(batch, Durability::Durable).await.map_err(|e| write_error(&e))?;
+        drop(switching);
         self.saved.send_replace(head.meta.last_log_id);
         Ok(n_bytes)
     }
@@ -560,8 +567,12 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
         Ok(())
     }
 
+    /// Read while no save writes its head: one that wrote its head and removed the old
+    /// pieces between this read's head and pieces would leave it a piece short.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let switching = self.switching.read().await;
         let stored = load_snapshot(&self.snapshots)?;
+        drop(switching);
         Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
     }
 }
@@ -724,6 +735,47 @@ mod tests {
         let current = machine.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.snapshot.into_inner(), codec::encode(&ledger).unwrap());
     }
+
+    /// Openraft reads the current snapshot (to send it to a follower) while a build may be
+    /// saving the next: each read finds one snapshot whole, never a head whose pieces the
+    /// save removed in between.
+    #[test]
+    fn a_snapshot_read_during_saves_is_always_whole() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a 2-worker runtime builds");
+        runtime.block_on(async {
+            let store = MemStore::new(Disk::new(), StdRng::seed_from_u64(13));
+            let machine = StateMachine::restore(store.tree("0/snapshot"), 0, history()).unwrap();
+            let ledger = ledger_of_accounts();
+            let whole = codec::encode(&ledger).unwrap();
+            let pieces = codec::encode_in_chunks(&ledger, whole.len() / 16).unwrap();
+            machine.save_snapshot(meta_at(1), pieces.clone()).await.unwrap();
+            let saving = tokio::spawn({
+                let machine = machine.clone();
+                async move {
+                    for index in 2..=N_SAVES_READ_BESIDE {
+                        machine.save_snapshot(meta_at(index), pieces.clone()).await.unwrap();
+                    }
+                }
+            });
+            let mut reader = machine.clone();
+            let mut n_reads = 0;
+            while !saving.is_finished() {
+                let current = reader.get_current_snapshot().await.unwrap().expect("saved");
+                assert_eq!(current.snapshot.into_inner(), whole);
+                n_reads += 1;
+                tokio::task::yield_now().await;
+            }
+            saving.await.unwrap();
+            assert!(n_reads > N_SAVES_READ_BESIDE, "{n_reads} reads");
+        });
+    }
+
+    /// Saves [`a_snapshot_read_during_saves_is_always_whole`] reads beside.
+    const N_SAVES_READ_BESIDE: u64 = 10;
 
     /// Pieces stored under their number alone, as builds before the paced save stored
     /// them, are read, and removed by the next save.
