@@ -14,7 +14,7 @@
 
 use crate::codec::{self, CodecError};
 use crate::history::History;
-use crate::kv::{Durability, KvBatch, KvTree, NodeStores, RedbTree};
+use crate::kv::{Durability, KvTree, NodeStores, RedbTree};
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -26,29 +26,19 @@ use solrouter_ledger::{settled_records, Ledger, Outcome};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
 use tokio::sync::{watch, Mutex};
 
 /// Where builds before this one kept a snapshot, its metadata and payload in one value
 /// ([`StoredSnapshot`]): read while no [`KEY_HEAD`] is stored, removed by the next save.
 const KEY_SNAPSHOT: &[u8] = b"current";
-/// The saved snapshot's [`SnapshotHead`]; its payload is in pieces under [`PieceKeys`].
+/// The saved snapshot's [`SnapshotHead`]; its payload is in pieces under [`piece_key`].
 const KEY_HEAD: &[u8] = b"head";
-/// While a save is under way, the [`PendingSave`] naming the pieces it writes: a crash
-/// before its head is written leaves them unreferenced, and the next save removes them.
-const KEY_PENDING: &[u8] = b"pending";
 /// Bytes of one stored piece of a snapshot's payload. redb holds a value whole in memory
 /// while it writes it, on a page of the next power of two (a 5 MB snapshot on an 8 MiB
 /// page, beside the encoded copy), where pieces stay within its write buffer, which
 /// writes the excess out as it goes; a little under 1 MiB, so a piece and its leaf's
 /// header fit a 1 MiB page.
 const SNAPSHOT_PIECE_BYTES: usize = (1 << 20) - 4096;
-/// The pause between two pieces' durable writes while a snapshot is saved. A piece at a
-/// time, so the Raft log's syncs on the same disk wait for at most one piece's write: a
-/// 9 MB snapshot saved in one transaction held the log's next rounds for 12-15 ms
-/// (`solrouter dev` at 2,000 requests/s; docs/benchmarks.md, "Session 21" and "Session
-/// 22").
-const SNAPSHOT_PIECE_PAUSE: Duration = Duration::from_millis(5);
 
 /// What the state machine has applied. One lock covers all three fields so a snapshot
 /// always pairs a ledger with the exact log id and membership it reflects.
@@ -99,8 +89,8 @@ struct StoredSnapshot {
 }
 
 /// What is stored under [`KEY_HEAD`]: the snapshot's metadata and how its payload was cut
-/// (`n_pieces` values under [`PieceKeys`], `n_bytes` in all), written after the pieces,
-/// in one transaction with the removal of the pieces of the snapshot it replaces.
+/// (`n_pieces` values under [`piece_key`], `n_bytes` in all), written in one transaction
+/// with the pieces.
 #[derive(Serialize, Deserialize)]
 struct SnapshotHead {
     meta: SnapshotMeta,
@@ -108,47 +98,9 @@ struct SnapshotHead {
     n_pieces: u32,
 }
 
-/// What is stored under [`KEY_PENDING`]: the pieces a save writes, named as
-/// [`PieceKeys::At`] names them, before its head.
-#[derive(Serialize, Deserialize)]
-struct PendingSave {
-    at: u64,
-    n_pieces: u32,
-}
-
-/// Where a snapshot's pieces are stored.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum PieceKeys {
-    /// Under the index of the last log entry the snapshot covers, so a save writes its
-    /// pieces beside those of the snapshot it replaces.
-    At(u64),
-    /// Under their number alone, as builds before the paced save stored them.
-    Numbered,
-}
-
-impl PieceKeys {
-    /// The pieces of a snapshot covering `meta`, as this build stores them.
-    fn of(meta: &SnapshotMeta) -> PieceKeys {
-        PieceKeys::At(meta.last_log_id.map_or(0, |log_id| log_id.index))
-    }
-
-    /// The pieces of the snapshot `head` describes: as this build stores them unless its
-    /// first piece is found only where an older build put it.
-    fn stored<K: KvTree>(snapshots: &K, head: &SnapshotHead) -> Result<PieceKeys, K::Error> {
-        let keys = PieceKeys::of(&head.meta);
-        if head.n_pieces == 0 || snapshots.get(&keys.key(0))?.is_some() {
-            return Ok(keys);
-        }
-        Ok(PieceKeys::Numbered)
-    }
-
-    /// The key of the `index`th piece.
-    fn key(self, index: u32) -> Vec<u8> {
-        match self {
-            PieceKeys::At(at) => [&b"piece/"[..], &at.to_be_bytes(), &index.to_be_bytes()].concat(),
-            PieceKeys::Numbered => [&b"piece/"[..], &index.to_be_bytes()].concat(),
-        }
-    }
+/// The key of the `index`th piece of the saved snapshot's payload.
+fn piece_key(index: u32) -> Vec<u8> {
+    [&b"piece/"[..], &index.to_be_bytes()].concat()
 }
 
 /// Test-only: sees each entry as it is applied (the simulation's invariant checks).
@@ -205,9 +157,9 @@ pub struct StateMachine<K: KvTree = RedbTree> {
     /// Held across a save's compare and write, so a snapshot build that finishes after a
     /// newer install (openraft runs them concurrently) cannot put its older snapshot back.
     saving: Arc<Mutex<()>>,
-    /// Written across a save's last write (its head, the old pieces' removal), read across
-    /// a read of the saved snapshot: openraft's state machine task reads it for a follower
-    /// while a build saves, and waits at most for that one write, not a whole paced save.
+    /// Written across a save's write, read across a read of the saved snapshot: openraft's
+    /// state machine task reads it for a follower while a build saves, and a save between
+    /// the read's head and its pieces would leave it pieces of two snapshots.
     switching: Arc<tokio::sync::RwLock<()>>,
     /// This state machine's group, named when it asks for its history to be filled in.
     group: u32,
@@ -309,13 +261,10 @@ impl<K: KvTree> StateMachine<K> {
     }
 
     /// Persists the snapshot of `meta` whose payload is `pieces` (in order), `fdatasync`ed,
-    /// unless the one on stable storage is as new, and then lets the log store purge the
+    /// unless the one on stable storage is newer, and then lets the log store purge the
     /// entries it covers (see [`StateMachine::saved_snapshot`]); the history records of
-    /// those entries are synced first. Each piece is a durable write of its own,
-    /// [`SNAPSHOT_PIECE_PAUSE`] apart, under keys no saved snapshot uses; the head that
-    /// makes them the saved snapshot comes last, with the removal of the old one's pieces.
-    /// So a crash keeps the old snapshot or the new one, whole, and the pieces of a save it
-    /// cut short are removed by the next save. Returns the payload's size.
+    /// those entries are synced first. The head and every piece go in one transaction, so
+    /// a crash keeps the old snapshot or the new one, whole. Returns the payload's size.
     async fn save_snapshot(
         &self,
         meta: SnapshotMeta,
@@ -323,7 +272,7 @@ impl<K: KvTree> StateMachine<K> {
     ) -> Result<u64, StorageError> {
         let _saving = self.saving.lock().await;
         let n_bytes = pieces.iter().map(|piece| piece.len() as u64).sum();
-        if meta.last_log_id <= *self.saved.borrow() {
+        if meta.last_log_id < *self.saved.borrow() {
             return Ok(n_bytes);
         }
         let signature = Some(meta.signature());
@@ -332,52 +281,19 @@ impl<K: KvTree> StateMachine<K> {
         };
         let synced = self.history.off_runtime(History::sync).await;
         synced.map_err(|e| write_error(&e))?.map_err(|e| write_error(&e))?;
-        let keys = PieceKeys::of(&meta);
-        let n_pieces = u32::try_from(pieces.len()).expect("a snapshot of under 4 PB");
-        let mut removed = self.pieces_not_saved(keys, n_pieces)?;
-        let pending = codec::encode(&PendingSave {
-            at: meta.last_log_id.map_or(0, |log_id| log_id.index),
-            n_pieces,
-        });
-        let mut batch = vec![(KEY_PENDING.to_vec(), Some(pending.map_err(|e| write_error(&e))?))];
-        batch.append(&mut removed);
-        for (index, piece) in (0..).zip(pieces) {
-            if index > 0 {
-                tokio::time::sleep(SNAPSHOT_PIECE_PAUSE).await;
-            }
-            batch.push((keys.key(index), Some(piece)));
-            let written = self.snapshots.write(std::mem::take(&mut batch), Durability::Durable);
-            written.await.map_err(|e| write_error(&e))?;
-        }
         let before: Option<SnapshotHead> = load(&self.snapshots, KEY_HEAD)?;
-        if let Some(before) = before {
-            let stored = PieceKeys::stored(&self.snapshots, &before);
-            let stored = stored.map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-            batch.extend((0..before.n_pieces).map(|index| (stored.key(index), None)));
-        }
+        let n_pieces_before = before.map_or(0, |head| head.n_pieces);
+        let n_pieces = u32::try_from(pieces.len()).expect("a snapshot of under 4 PB");
         let head = SnapshotHead { meta, n_bytes, n_pieces };
         let head_bytes = codec::encode(&head).map_err(|e| write_error(&e))?;
-        batch.extend([
-            (KEY_HEAD.to_vec(), Some(head_bytes)),
-            (KEY_SNAPSHOT.to_vec(), None),
-            (KEY_PENDING.to_vec(), None),
-        ]);
+        let mut batch = vec![(KEY_HEAD.to_vec(), Some(head_bytes)), (KEY_SNAPSHOT.to_vec(), None)];
+        batch.extend((0..).zip(pieces).map(|(index, piece)| (piece_key(index), Some(piece))));
+        batch.extend((n_pieces..n_pieces_before).map(|index| (piece_key(index), None)));
         let switching = self.switching.write().await;
         self.snapshots.write(batch, Durability::Durable).await.map_err(|e| write_error(&e))?;
         drop(switching);
         self.saved.send_replace(head.meta.last_log_id);
         Ok(n_bytes)
-    }
-
-    /// The removals of the pieces a save that a crash cut short left behind, but for the
-    /// first `n_pieces` under `keys` (which the save about to begin overwrites).
-    fn pieces_not_saved(&self, keys: PieceKeys, n_pieces: u32) -> Result<KvBatch, StorageError> {
-        let Some(pending) = load::<K, PendingSave>(&self.snapshots, KEY_PENDING)? else {
-            return Ok(Vec::new());
-        };
-        let left = PieceKeys::At(pending.at);
-        let kept = if left == keys { n_pieces } else { 0 };
-        Ok((kept..pending.n_pieces).map(|index| (left.key(index), None)).collect())
     }
 
     /// Applies `entries` under the state lock and queues the records they settled;
@@ -445,11 +361,10 @@ fn load_snapshot<K: KvTree>(snapshots: &K) -> Result<Option<StoredSnapshot>, Sto
     };
     let malformed = |why: String| read_error(&CodecError::Malformed(why));
     let n_bytes = usize::try_from(head.n_bytes).map_err(|e| read_error(&e))?;
-    let keys = PieceKeys::stored(snapshots, &head).map_err(|e| read_error(&e))?;
     let mut data = Vec::new();
     data.try_reserve_exact(n_bytes).map_err(|e| read_error(&e))?;
     for index in 0..head.n_pieces {
-        let piece = snapshots.get(&keys.key(index)).map_err(|e| read_error(&e))?;
+        let piece = snapshots.get(&piece_key(index)).map_err(|e| read_error(&e))?;
         let piece = piece.ok_or_else(|| malformed(format!("piece {index} is missing")))?;
         data.extend_from_slice(piece.as_ref());
     }
@@ -567,8 +482,8 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
         Ok(())
     }
 
-    /// Read while no save writes its head: one that wrote its head and removed the old
-    /// pieces between this read's head and pieces would leave it a piece short.
+    /// Read while no save writes: one between this read's head and its pieces would leave
+    /// it pieces of two snapshots.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let switching = self.switching.read().await;
         let stored = load_snapshot(&self.snapshots)?;
@@ -583,7 +498,7 @@ mod tests {
     use crate::history::{
         HistoryQuery, PowerLossDisk, UsageQuery, HISTORY_QUEUE_MAX, HISTORY_RETENTION_DEFAULT,
     };
-    use crate::sim::storage::{Disk, MemStore, MemTree, WriteKind};
+    use crate::sim::storage::{Disk, MemStore, MemTree};
     use crate::ELECTION_TIMEOUT_MIN;
     use openraft::{CommittedLeaderId, LogId};
     use rand::rngs::StdRng;
@@ -638,7 +553,8 @@ mod tests {
 
     /// The keys of the payload's pieces in a snapshot tree.
     fn piece_keys(tree: &impl KvTree) -> Vec<Vec<u8>> {
-        let pieces = tree.range((Bound::Included(b"piece/"), Bound::Excluded(b"piece0"))).unwrap();
+        let (from, to) = (piece_key(0), piece_key(u32::MAX));
+        let pieces = tree.range((Bound::Included(&from[..]), Bound::Included(&to[..]))).unwrap();
         pieces.into_iter().map(|(key, _)| key.as_ref().to_vec()).collect()
     }
 
@@ -653,9 +569,10 @@ mod tests {
         ledger
     }
 
-    /// A snapshot is saved in pieces, then its head: after a power loss the state machine
-    /// restores it whole; a later, smaller one leaves none of the earlier one's pieces
-    /// behind; one stored whole by an older build is read, and replaced by the next save.
+    /// A snapshot is saved in pieces, with its head, in one durable write: after a power
+    /// loss the state machine restores it whole; a later, smaller one leaves none of the
+    /// earlier one's pieces behind; one stored whole by an older build is read, and
+    /// replaced by the next save.
     #[tokio::test(start_paused = true)]
     async fn a_snapshot_saved_in_pieces_reads_back_whole() {
         let ledger = ledger_of_accounts();
@@ -690,55 +607,14 @@ mod tests {
         let n_pieces = pieces.len();
         machine.save_snapshot(meta_at(20), pieces).await.unwrap();
         let keys = piece_keys(&tree);
-        assert_eq!(
-            keys,
-            (0..n_pieces as u32).map(|i| PieceKeys::At(20).key(i)).collect::<Vec<_>>()
-        );
+        assert_eq!(keys, (0..n_pieces as u32).map(piece_key).collect::<Vec<_>>());
         let current = machine.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.snapshot.into_inner(), whole);
     }
 
-    /// A save writes one piece at a time and its head last: a crash part-way keeps the
-    /// snapshot saved before, whole, and the next save removes the pieces the cut-short
-    /// one left behind.
-    #[tokio::test(start_paused = true)]
-    async fn a_save_cut_short_keeps_the_old_snapshot_and_the_next_removes_its_pieces() {
-        let store = MemStore::new(Disk::new(), StdRng::seed_from_u64(10));
-        let machine = StateMachine::restore(store.tree("0/snapshot"), 0, history()).unwrap();
-        let (meta, pieces) = stored_at(10);
-        machine.save_snapshot(meta, pieces).await.unwrap();
-        let ledger = ledger_of_accounts();
-        let pieces = codec::encode_in_chunks(&ledger, 1_000).unwrap();
-        let saving = tokio::spawn({
-            let machine = machine.clone();
-            async move { machine.save_snapshot(meta_at(20), pieces).await }
-        });
-        let tree = store.tree("0/snapshot");
-        while piece_keys(&tree).len() < 4 {
-            tokio::time::sleep(SNAPSHOT_PIECE_PAUSE / 2).await;
-        }
-        store.crash_after(WriteKind::Snapshot);
-        assert!(saving.await.unwrap().is_err(), "the store crashed under the save");
-
-        let store = MemStore::new(store.crash(), StdRng::seed_from_u64(11));
-        let tree = store.tree("0/snapshot");
-        let mut machine = StateMachine::restore(tree.clone(), 0, history()).unwrap();
-        assert_eq!(machine.applied_state().await.unwrap().0.map(|id| id.index), Some(10));
-        assert_eq!(machine.shared().read().ledger, Ledger::new());
-        assert!(piece_keys(&tree).len() >= 4, "the cut-short save's pieces are on the disk");
-
-        let pieces = codec::encode_in_chunks(&ledger, 3_000).unwrap();
-        let keys: Vec<_> = (0..pieces.len() as u32).map(|i| PieceKeys::At(30).key(i)).collect();
-        machine.save_snapshot(meta_at(30), pieces).await.unwrap();
-        assert_eq!(piece_keys(&tree), keys, "only the saved snapshot's pieces are left");
-        assert_eq!(tree.get(KEY_PENDING).unwrap(), None);
-        let current = machine.get_current_snapshot().await.unwrap().unwrap();
-        assert_eq!(current.snapshot.into_inner(), codec::encode(&ledger).unwrap());
-    }
-
     /// Openraft reads the current snapshot (to send it to a follower) while a build may be
-    /// saving the next: each read finds one snapshot whole, never a head whose pieces the
-    /// save removed in between.
+    /// saving the next: each read finds one snapshot whole, never a head with pieces of
+    /// another snapshot.
     #[test]
     fn a_snapshot_read_during_saves_is_always_whole() {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -751,13 +627,19 @@ mod tests {
             let machine = StateMachine::restore(store.tree("0/snapshot"), 0, history()).unwrap();
             let ledger = ledger_of_accounts();
             let whole = codec::encode(&ledger).unwrap();
-            let pieces = codec::encode_in_chunks(&ledger, whole.len() / 16).unwrap();
-            machine.save_snapshot(meta_at(1), pieces.clone()).await.unwrap();
+            // Saves alternate between 16 pieces and 8: a read across a save would find a
+            // piece missing, or the new pieces after the old head.
+            let len = whole.len();
+            let pieces = move |index: u64| {
+                let n_pieces = if index.is_multiple_of(2) { 16 } else { 8 };
+                codec::encode_in_chunks(&ledger, len / n_pieces).unwrap()
+            };
+            machine.save_snapshot(meta_at(1), pieces(1)).await.unwrap();
             let saving = tokio::spawn({
                 let machine = machine.clone();
                 async move {
                     for index in 2..=N_SAVES_READ_BESIDE {
-                        machine.save_snapshot(meta_at(index), pieces.clone()).await.unwrap();
+                        machine.save_snapshot(meta_at(index), pieces(index)).await.unwrap();
                     }
                 }
             });
@@ -776,27 +658,6 @@ mod tests {
 
     /// Saves [`a_snapshot_read_during_saves_is_always_whole`] reads beside.
     const N_SAVES_READ_BESIDE: u64 = 10;
-
-    /// Pieces stored under their number alone, as builds before the paced save stored
-    /// them, are read, and removed by the next save.
-    #[tokio::test(start_paused = true)]
-    async fn numbered_pieces_of_an_older_build_are_read_and_replaced() {
-        let store = MemStore::new(Disk::new(), StdRng::seed_from_u64(12));
-        let tree = store.tree("0/snapshot");
-        let ledger = ledger_of_accounts();
-        let pieces = codec::encode_in_chunks(&ledger, 1_000).unwrap();
-        let n_bytes = pieces.iter().map(|piece| piece.len() as u64).sum();
-        let head = SnapshotHead { meta: meta_at(5), n_bytes, n_pieces: pieces.len() as u32 };
-        let mut batch = vec![(KEY_HEAD.to_vec(), Some(codec::encode(&head).unwrap()))];
-        batch.extend((0..).zip(pieces).map(|(i, piece)| (PieceKeys::Numbered.key(i), Some(piece))));
-        tree.write(batch, Durability::Durable).await.unwrap();
-
-        let machine = StateMachine::restore(tree.clone(), 0, history()).unwrap();
-        assert_eq!(machine.shared().read().ledger, ledger);
-        let (meta, pieces) = stored_at(10);
-        machine.save_snapshot(meta, pieces).await.unwrap();
-        assert_eq!(piece_keys(&tree), vec![PieceKeys::At(10).key(0)]);
-    }
 
     /// A snapshot built from a ledger of several pieces' size is saved in pieces and
     /// reads back as the ledger's encoding; the build hands back only its meta.
