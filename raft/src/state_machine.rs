@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use solrouter_ledger::{settled_records, Ledger, Outcome};
 use std::io::Cursor;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::{watch, Mutex};
@@ -103,6 +104,9 @@ fn piece_key(index: u32) -> Vec<u8> {
     [&b"piece/"[..], &index.to_be_bytes()].concat()
 }
 
+/// Just past every [`piece_key`]; [`KEY_HEAD`] sorts before them all.
+const PIECES_END: &[u8] = b"piece0";
+
 /// Test-only: sees each entry as it is applied (the simulation's invariant checks).
 #[cfg(test)]
 pub(crate) type ApplyObserver = Arc<dyn Fn(&Entry) + Send + Sync>;
@@ -157,10 +161,6 @@ pub struct StateMachine<K: KvTree = RedbTree> {
     /// Held across a save's compare and write, so a snapshot build that finishes after a
     /// newer install (openraft runs them concurrently) cannot put its older snapshot back.
     saving: Arc<Mutex<()>>,
-    /// Written across a save's write, read across a read of the saved snapshot: openraft's
-    /// state machine task reads it for a follower while a build saves, and a save between
-    /// the read's head and its pieces would leave it pieces of two snapshots.
-    switching: Arc<tokio::sync::RwLock<()>>,
     /// This state machine's group, named when it asks for its history to be filled in.
     group: u32,
     history: History,
@@ -218,7 +218,6 @@ impl<K: KvTree> StateMachine<K> {
             snapshots,
             saved: Arc::new(saved),
             saving: Arc::new(Mutex::new(())),
-            switching: Arc::new(tokio::sync::RwLock::new(())),
             group,
             history,
             #[cfg(test)]
@@ -289,9 +288,7 @@ impl<K: KvTree> StateMachine<K> {
         let mut batch = vec![(KEY_HEAD.to_vec(), Some(head_bytes)), (KEY_SNAPSHOT.to_vec(), None)];
         batch.extend((0..).zip(pieces).map(|(index, piece)| (piece_key(index), Some(piece))));
         batch.extend((n_pieces..n_pieces_before).map(|index| (piece_key(index), None)));
-        let switching = self.switching.write().await;
         self.snapshots.write(batch, Durability::Durable).await.map_err(|e| write_error(&e))?;
-        drop(switching);
         self.saved.send_replace(head.meta.last_log_id);
         Ok(n_bytes)
     }
@@ -350,11 +347,18 @@ fn load<K: KvTree, T: DeserializeOwned>(
 }
 
 /// The saved snapshot, its payload put back together from its pieces (one buffer of its
-/// exact size); or, stored by an older build, as it stored it.
+/// exact size); or, stored by an older build, as it stored it. The head and the pieces
+/// come from one [`KvTree::range`] (one read transaction), not a read each: openraft reads
+/// the snapshot for a follower while a build may save the next, and a save between the
+/// head's read and its pieces' handed the read pieces of two snapshots.
 fn load_snapshot<K: KvTree>(snapshots: &K) -> Result<Option<StoredSnapshot>, StorageError> {
-    let Some(head) = load::<K, SnapshotHead>(snapshots, KEY_HEAD)? else {
+    let stored = snapshots.range((Bound::Included(KEY_HEAD), Bound::Excluded(PIECES_END)));
+    let mut stored = stored.map_err(|e| StorageIOError::read_snapshot(None, &e))?.into_iter();
+    let Some((_, head)) = stored.next().filter(|(key, _)| key.as_ref() == KEY_HEAD) else {
         return load(snapshots, KEY_SNAPSHOT);
     };
+    let head: SnapshotHead =
+        codec::decode(head.as_ref()).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
     let read_error = |e: &dyn std::error::Error| {
         let signature = Some(head.meta.signature());
         StorageIOError::read_snapshot(signature, openraft::AnyError::error(e))
@@ -364,8 +368,8 @@ fn load_snapshot<K: KvTree>(snapshots: &K) -> Result<Option<StoredSnapshot>, Sto
     let mut data = Vec::new();
     data.try_reserve_exact(n_bytes).map_err(|e| read_error(&e))?;
     for index in 0..head.n_pieces {
-        let piece = snapshots.get(&piece_key(index)).map_err(|e| read_error(&e))?;
-        let piece = piece.ok_or_else(|| malformed(format!("piece {index} is missing")))?;
+        let piece = stored.next().filter(|(key, _)| key.as_ref() == piece_key(index));
+        let (_, piece) = piece.ok_or_else(|| malformed(format!("piece {index} is missing")))?;
         data.extend_from_slice(piece.as_ref());
     }
     if data.len() != n_bytes {
@@ -482,12 +486,8 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
         Ok(())
     }
 
-    /// Read while no save writes: one between this read's head and its pieces would leave
-    /// it pieces of two snapshots.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let switching = self.switching.read().await;
         let stored = load_snapshot(&self.snapshots)?;
-        drop(switching);
         Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
     }
 }
@@ -506,7 +506,6 @@ mod tests {
     use solrouter_ledger::{
         AccountId, Batch, Command, HoldId, Op, OpId, PicoUsd, RequestRecord, BATCH_COMMANDS_MAX,
     };
-    use std::ops::Bound;
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
 

@@ -25,7 +25,8 @@
 //! a time ([`COMPACT_ROUND_FRACTION`]) so that no round holds its appends for long, and
 //! once none is left they are made durable and the oldest file is deleted. Only ever the
 //! oldest: a removal recorded in a later segment then never outlives the segment of the
-//! value it removed, so replaying what is left gives the same index. The disk holds the live log plus about two segments.
+//! value it removed, so replaying what is left gives the same index. The disk holds the
+//! live log plus about two segments.
 //!
 //! Each segment starts with [`WAL_MAGIC`] and a format version; an unknown version is
 //! refused with an error naming it. One process at a time: the directory's `LOCK` file is
