@@ -171,6 +171,18 @@ impl Group {
         compaction::snapshot_due(entries_since, commands_since, remembered as u64, every_entries)
     }
 
+    /// Where `node_id` stands among the group's members (voters and learners) in the order
+    /// of their ids, and how many they are; a node that is not (or not yet) a member
+    /// stands after them all.
+    pub(crate) fn position_of(&self, node_id: NodeId) -> (u64, u64) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let n_members = membership.nodes().count() as u64;
+        let position = membership.nodes().position(|(id, _)| *id == node_id);
+        position.map_or((n_members, n_members + 1), |position| (position as u64, n_members))
+    }
+
     pub fn read_local<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
         f(&self.state.read().ledger)
     }
