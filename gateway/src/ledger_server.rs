@@ -261,6 +261,7 @@ pub(crate) fn record_node_metrics(node: &LedgerNode) {
         gauge("solrouter_ledger_commits", Some(stats.n_commits));
         gauge("solrouter_ledger_commit_us_total", Some(stats.commit_us_total));
         gauge("solrouter_ledger_snapshot_build_ms_last", Some(stats.snapshot_build_ms_last));
+        gauge("solrouter_ledger_snapshot_encode_ms_last", Some(stats.snapshot_encode_ms_last));
         gauge("solrouter_ledger_snapshot_bytes_last", Some(stats.snapshot_bytes_last));
         gauge("solrouter_ledger_clock_jumps", Some(stats.n_clock_jumps));
         gauge("solrouter_ledger_holds_remembered", Some(stats.n_ended_holds_remembered));

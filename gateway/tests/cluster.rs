@@ -195,7 +195,10 @@ async fn leader_sigkill_under_load_loses_nothing_and_charges_once() {
                 metrics.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
             };
             assert!(metrics.contains("solrouter_ledger_commits{"), "{metrics}");
-            assert!(metrics.contains("solrouter_ledger_snapshot_build_ms_last{"), "{metrics}");
+            for snapshot in ["build_ms_last", "encode_ms_last", "bytes_last"] {
+                let gauge = format!("solrouter_ledger_snapshot_{snapshot}{{");
+                assert!(metrics.contains(&gauge), "{metrics}");
+            }
             for windowed in ["holds_remembered", "op_ids_remembered", "time_behind_ms"] {
                 let gauge = format!("solrouter_ledger_{windowed}{{");
                 assert!(metrics.contains(&gauge), "{metrics}");

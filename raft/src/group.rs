@@ -255,6 +255,7 @@ impl Group {
             n_commits: self.counters.n_commits.load(Ordering::Relaxed),
             commit_us_total: self.counters.commit_us_total.load(Ordering::Relaxed),
             snapshot_build_ms_last: self.state.snapshot_build_ms_last.load(Ordering::Relaxed),
+            snapshot_encode_ms_last: self.state.snapshot_encode_ms_last.load(Ordering::Relaxed),
             snapshot_bytes_last: self.state.snapshot_bytes_last.load(Ordering::Relaxed),
             time_behind_ms,
             n_ended_holds_remembered,

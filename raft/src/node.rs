@@ -155,9 +155,10 @@ pub struct NodeStats {
     /// commit latency is their ratio.
     pub n_commits: u64,
     pub commit_us_total: u64,
-    /// The last snapshot this node built: how long building and saving it took, and its
-    /// size.
+    /// The last snapshot this node built: how long building and saving it took, how much
+    /// of that its encode took (the rest is the history's sync and the save), and its size.
     pub snapshot_build_ms_last: u64,
+    pub snapshot_encode_ms_last: u64,
     pub snapshot_bytes_last: u64,
     /// How far the stamp of the last batch applied is behind this node's wall clock
     /// (negative when ahead): the time since that batch (ledger time moves only with

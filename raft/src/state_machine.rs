@@ -56,8 +56,10 @@ pub struct Applied {
 #[derive(Default)]
 pub struct SharedState {
     applied: RwLock<Applied>,
-    /// How long the last snapshot took to build and save, and its size: for metrics.
+    /// How long the last snapshot took to build and save, how much of that its encode
+    /// took (the rest is the history's sync and the save), and its size: for metrics.
     pub snapshot_build_ms_last: AtomicU64,
+    pub snapshot_encode_ms_last: AtomicU64,
     pub snapshot_bytes_last: AtomicU64,
     /// Commands applied since the state of the last snapshot built or installed (since
     /// the node opened, before its first): half of when the next is due (`compaction.rs`).
@@ -415,12 +417,15 @@ impl<K: KvTree> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
         let pieces = encoded
             .map_err(|e| StorageIOError::read_state_machine(&e))?
             .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let encode_ms = started.elapsed().as_millis();
         #[cfg(test)]
         self.spend(CpuWork::Snapshot { bytes: pieces.iter().map(Vec::len).sum() }).await;
         let n_bytes = self.save_snapshot(meta.clone(), pieces).await?;
-        let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.state.snapshot_build_ms_last.store(took_ms, Ordering::Relaxed);
-        self.state.snapshot_bytes_last.store(n_bytes, Ordering::Relaxed);
+        let ms = |took: u128| u64::try_from(took).unwrap_or(u64::MAX);
+        let state = &self.state;
+        state.snapshot_build_ms_last.store(ms(started.elapsed().as_millis()), Ordering::Relaxed);
+        state.snapshot_encode_ms_last.store(ms(encode_ms), Ordering::Relaxed);
+        state.snapshot_bytes_last.store(n_bytes, Ordering::Relaxed);
         // Without its payload: openraft 0.9 keeps only a built snapshot's meta
         // (`core/sm/worker.rs`: `Response::BuildSnapshot(snap.meta)`) and reads the payload
         // with `get_current_snapshot` when a follower needs it. Handing it back meant
@@ -827,6 +832,7 @@ mod tests {
         let store = MemStore::new(Disk::new(), StdRng::seed_from_u64(3));
         let mut machine = StateMachine::restore(store.tree("0/snapshot"), 0, history())
             .expect("an empty state machine opens");
+        let shared = machine.shared();
         let (encode_time, build_time, max_gap) = runtime.block_on(async move {
             let mut index = create_accounts(&mut machine, N_ACCOUNTS).await;
             // How long a stall would last: one encode of this ledger, timed alone.
@@ -882,6 +888,14 @@ mod tests {
             build_time >= 2 * ELECTION_TIMEOUT_MIN,
             "the snapshot built in {build_time:?}: too small a ledger to show starvation"
         );
+        // The metrics' figures of the build: its encode is a part of it.
+        let encode_ms = shared.snapshot_encode_ms_last.load(Ordering::Relaxed);
+        let build_ms = shared.snapshot_build_ms_last.load(Ordering::Relaxed);
+        assert!(
+            0 < encode_ms && encode_ms <= build_ms,
+            "encode {encode_ms} ms, build {build_ms} ms"
+        );
+        assert!(u128::from(build_ms) <= build_time.as_millis());
         // Blocked, the timer stalls for about the whole encode; free, its worst gap is
         // unrelated to it. Relative to the encode, so a loaded machine (which delays timers
         // and encodes alike) cannot fail it; not to the build, which also saves (at load 9
