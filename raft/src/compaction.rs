@@ -25,9 +25,10 @@
 //! a snapshot only in the first third of its own turn. A quorum of the others then commits
 //! while one replica snapshots. Clocks a little apart only shorten the gap between turns.
 
+use crate::group::wall_clock_ms;
 use crate::node::{Inner, LedgerNode};
 use std::sync::Weak;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// How often a node checks whether a group's snapshot is due: a due snapshot waits at most
@@ -41,14 +42,23 @@ pub const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 pub const SNAPSHOT_TURN: Duration = Duration::from_secs(3);
 
 /// Whether the replica at `position` among a group's `n_members` may start a snapshot at
-/// `since_epoch`: in the first third of its turn, or at any time if it is the only one.
-pub(crate) fn in_turn(since_epoch: Duration, position: u64, n_members: u64) -> bool {
+/// `now_ms` (since the Unix epoch): in the first third of its turn, or at any time if it
+/// is the only one.
+pub(crate) fn in_turn(now_ms: u64, position: u64, n_members: u64) -> bool {
     if n_members <= 1 {
         return true;
     }
     let turn_ms = SNAPSHOT_TURN.as_millis() as u64;
-    let in_round_ms = since_epoch.as_millis() as u64 % (turn_ms * n_members);
+    let in_round_ms = now_ms % (turn_ms * n_members);
     in_round_ms / turn_ms == position % n_members && in_round_ms % turn_ms < turn_ms / 3
+}
+
+/// `node`'s turn among the members of its group `group_idx`, and how many turns a round
+/// has: its place by id, shifted by the group's index.
+pub(crate) fn turn_of(node: &LedgerNode, group_idx: u32) -> (u64, u64) {
+    let group = node.group_at(group_idx).expect("the node has the group");
+    let (position, n_members) = group.position_of(node.id());
+    ((position + u64::from(group_idx)) % n_members, n_members)
 }
 
 /// Whether a snapshot is due, given what was applied since the last one and what the
@@ -65,13 +75,9 @@ pub(crate) fn snapshot_due(
 /// Runs until the node is dropped or shut down (which aborts the task).
 pub(crate) fn spawn(node: Weak<Inner>, group_idx: u32, every_entries: u64) -> JoinHandle<()> {
     LedgerNode::spawn_every(node, SNAPSHOT_CHECK_INTERVAL, move |node| async move {
+        let (turn, n_members) = turn_of(&node, group_idx);
         let group = node.group_at(group_idx).expect("the task's group exists");
-        let (position, n_members) = group.position_of(node.id());
-        // A clock set before 1970 only moves the turns.
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        if !in_turn(now, position + u64::from(group_idx), n_members)
-            || !group.snapshot_due(every_entries)
-        {
+        if !in_turn(wall_clock_ms(), turn, n_members) || !group.snapshot_due(every_entries) {
             return true;
         }
         // Answered at once: the core builds in the background, and ignores a trigger
@@ -98,8 +104,7 @@ mod tests {
     #[test]
     fn replicas_take_turns_and_start_only_early_in_their_own() {
         let turn = SNAPSHOT_TURN.as_millis() as u64;
-        let at = |ms: u64| Duration::from_millis(ms);
-        let open_to = |ms: u64| (0..3).filter(|&p| in_turn(at(ms), p, 3)).collect::<Vec<_>>();
+        let open_to = |ms: u64| (0..3).filter(|&p| in_turn(ms, p, 3)).collect::<Vec<_>>();
         let round = 3 * turn * 1_000_000;
         assert_eq!(open_to(round), [0]);
         assert_eq!(open_to(round + turn / 3 - 1), [0]);
@@ -107,7 +112,7 @@ mod tests {
         assert_eq!(open_to(round + turn), [1]);
         assert_eq!(open_to(round + 2 * turn + 1), [2]);
         assert_eq!(open_to(round + 3 * turn), [0]);
-        assert!(in_turn(at(round + 2 * turn), 5, 3), "positions wrap round");
-        assert!(in_turn(at(round + turn / 2), 0, 1));
+        assert!(in_turn(round + 2 * turn, 5, 3), "positions wrap round");
+        assert!(in_turn(round + turn / 2, 0, 1));
     }
 }

@@ -395,6 +395,13 @@ impl LedgerNode {
         self.group_of(account).read_local(f)
     }
 
+    /// This node's snapshot turn in group `group_idx` and the turns in a round
+    /// (`compaction.rs`): for tests only (feature `test-support`).
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn snapshot_turn(&self, group_idx: u32) -> (u64, u64) {
+        crate::compaction::turn_of(self, group_idx)
+    }
+
     /// Waits until one of this node's Raft groups stops on its own, on a storage error
     /// (EIO, a full disk, a corrupt record: openraft stops the core on any), and says why.
     /// The node is half dead then: that group answers nothing, the others go on. Its

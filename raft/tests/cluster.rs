@@ -3,7 +3,7 @@
 
 use solrouter_ledger::{AccountId, Command, HoldId, Op, OpId, PicoUsd, Reply, RequestRecord};
 use solrouter_raft::{Consistency, HistoryQuery, LedgerApi, LedgerError, LedgerNode};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Bounded polling for eventual conditions: attempts × interval = 20 s, room for several
@@ -88,6 +88,15 @@ async fn three_nodes_two_groups_replicate_and_fail_over() {
         nodes.values().all(|node| accounts.iter().all(|a| credits_on(node, *a) == Some(TOP_UP)))
     })
     .await;
+    // Each replica of a group has a snapshot turn of its own, and a node's groups come in
+    // different turns (`compaction.rs`).
+    for group_idx in 0..N_GROUPS {
+        let turns: BTreeSet<_> = nodes.values().map(|node| node.snapshot_turn(group_idx)).collect();
+        assert_eq!(turns, (0..3).map(|turn| (turn, 3)).collect(), "group {group_idx}");
+    }
+    for node in nodes.values() {
+        assert_ne!(node.snapshot_turn(0), node.snapshot_turn(1), "node {}", node.id());
+    }
     // Each group keeps only its own accounts.
     let (first, second) = (accounts[0], accounts[1]);
     assert_eq!(nodes[&1].read_local_account(first, |ledger| ledger.account(second).cloned()), None);
