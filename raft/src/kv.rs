@@ -10,7 +10,8 @@ use redb::{ReadableDatabase, ReadableTable, TableHandle};
 use std::future::Future;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, oneshot};
 
 /// Writes of one [`KvTree::write`]: a key and the value to insert, or `None` to remove it.
@@ -114,6 +115,27 @@ pub struct RedbStore {
 #[derive(Clone)]
 pub(crate) struct StoreWriter {
     writes_tx: mpsc::Sender<WriteRequest>,
+    deferred: Arc<DeferredWrites>,
+}
+
+/// `Deferred` writes wait here, beside the queue rather than in it, so that queuing one
+/// wakes no thread: every commit of a group writes its committed index so, and its
+/// writer's wake-up to take it (a futex wake and a context switch, on openraft's core's
+/// way to applying the entry) came to half of the log writer's wake-ups (docs/benchmarks.md,
+/// "Session 24"). The writer takes them with the next round that holds another write.
+#[derive(Default)]
+struct DeferredWrites {
+    /// At most [`WRITES_PER_COMMIT_MAX`]; beyond, a deferred write goes through the queue.
+    waiting: Mutex<Vec<WriteRequest>>,
+    /// The order writes were issued in, deferred or not: a round is committed in it, so a
+    /// deferred write taken with a round lands after the writes issued before it.
+    next_seq: AtomicU64,
+}
+
+impl DeferredWrites {
+    fn take(&self) -> Vec<WriteRequest> {
+        std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 pub(crate) struct WriteRequest {
@@ -123,6 +145,8 @@ pub(crate) struct WriteRequest {
     /// Where the commit's result goes; `None` for a `Deferred` write, whose writer does
     /// not wait (a failed commit fails the non-deferred write it was committed with).
     done: Option<oneshot::Sender<Result<(), String>>>,
+    /// When it was issued, among its store's writes.
+    seq: u64,
 }
 
 impl StoreWriter {
@@ -134,10 +158,12 @@ impl StoreWriter {
         commit: impl FnMut(&[WriteRequest]) -> Result<(), String> + Send + 'static,
     ) -> std::io::Result<StoreWriter> {
         let (writes_tx, writes_rx) = mpsc::channel(WRITES_QUEUED_MAX);
+        let deferred = Arc::<DeferredWrites>::default();
+        let waiting = Arc::clone(&deferred);
         std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || write_loop(writes_rx, commit))?;
-        Ok(StoreWriter { writes_tx })
+            .spawn(move || write_loop(writes_rx, &waiting, commit))?;
+        Ok(StoreWriter { writes_tx, deferred })
     }
 
     /// Queues `batch` for `table` and waits as far as `durability` says.
@@ -154,7 +180,15 @@ impl StoreWriter {
                 (Some(done), Some(done_rx))
             }
         };
-        let request = WriteRequest { table: Arc::clone(table), batch, durability, done };
+        let seq = self.deferred.next_seq.fetch_add(1, Ordering::Relaxed);
+        let request = WriteRequest { table: Arc::clone(table), batch, durability, done, seq };
+        if durability == Durability::Deferred {
+            let mut waiting = self.deferred.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            if waiting.len() < WRITES_PER_COMMIT_MAX {
+                waiting.push(request);
+                return Ok(());
+            }
+        }
         let closed = || "the store's writer thread is gone".to_owned();
         self.writes_tx.send(request).await.map_err(|_| closed())?;
         match done_rx {
@@ -201,11 +235,13 @@ impl RedbStore {
 }
 
 /// The writer thread: one commit per round of queued writes, until every handle is gone.
-/// `Deferred` writes wait, in queue order, for the next round that holds another write (or
-/// fills up), so they share its commit. A panicking commit ends the thread: its writers,
-/// and every later one, see the channel closed.
+/// `Deferred` writes wait, beside the queue (or in it, when too many wait beside it), for
+/// the next round that holds another write (or fills up), so they share its commit; a
+/// round is committed in the order its writes were issued. A panicking commit ends the
+/// thread: its writers, and every later one, see the channel closed.
 fn write_loop(
     mut writes_rx: mpsc::Receiver<WriteRequest>,
+    deferred: &DeferredWrites,
     mut commit: impl FnMut(&[WriteRequest]) -> Result<(), String>,
 ) {
     let mut requests = Vec::new();
@@ -221,20 +257,27 @@ fn write_loop(
         if only_deferred && requests.len() < WRITES_PER_COMMIT_MAX {
             continue;
         }
-        commit_round(&mut commit, std::mem::take(&mut requests));
+        commit_round(&mut commit, std::mem::take(&mut requests), deferred.take());
     }
     // Every handle is gone: what was deferred goes in a last, volatile, round.
-    if !requests.is_empty() {
-        commit_round(&mut commit, requests);
+    let waiting = deferred.take();
+    if !requests.is_empty() || !waiting.is_empty() {
+        commit_round(&mut commit, requests, waiting);
     }
 }
 
-/// Commits `round` and tells its writers.
+/// Commits `round` with the deferred writes that waited beside the queue, in the order
+/// they were all issued, and tells their writers.
 fn commit_round(
     commit: &mut impl FnMut(&[WriteRequest]) -> Result<(), String>,
-    round: Vec<WriteRequest>,
+    mut round: Vec<WriteRequest>,
+    waiting: Vec<WriteRequest>,
 ) {
-    assert!(!round.is_empty() && round.len() <= WRITES_PER_COMMIT_MAX);
+    if !waiting.is_empty() {
+        round.extend(waiting);
+        round.sort_unstable_by_key(|request| request.seq);
+    }
+    assert!(!round.is_empty() && round.len() <= 2 * WRITES_PER_COMMIT_MAX);
     let result = commit(&round);
     for done in round.into_iter().filter_map(|request| request.done) {
         // A writer that gave up waiting has dropped its receiver; nothing to tell it.
@@ -339,5 +382,38 @@ mod tests {
         meta.write(put(b"first"), Durability::Deferred).await.unwrap();
         meta.write(put(b"second"), Durability::Volatile).await.unwrap();
         assert_eq!(meta.get(b"k").unwrap().as_deref(), Some(&b"second"[..]));
+    }
+
+    /// A deferred write wakes no thread (it waits beside the queue), and the round that
+    /// takes it commits it in the order of issue: after the writes issued before it,
+    /// before those issued after it, though these reached the queue first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deferred_write_waits_beside_the_queue_and_keeps_its_place() {
+        let (rounds_tx, rounds_rx) = std::sync::mpsc::sync_channel::<Vec<String>>(1);
+        let (go_tx, go_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let writer = StoreWriter::spawn("test-writer", move |round| {
+            rounds_tx.send(round.iter().map(|r| r.table.to_string()).collect()).unwrap();
+            go_rx.recv().unwrap();
+            Ok(())
+        })
+        .unwrap();
+        let write = |table: &str, durability| {
+            let (writer, table) = (writer.clone(), Arc::from(table));
+            tokio::spawn(async move { writer.write(&table, Vec::new(), durability).await })
+        };
+        let first = write("first", Durability::Volatile);
+        assert_eq!(rounds_rx.recv().unwrap(), ["first"], "the writer is inside a commit");
+        write("deferred", Durability::Deferred).await.unwrap().unwrap();
+        assert_eq!(writer.deferred.waiting.lock().unwrap().len(), 1, "not in the queue");
+        let second = write("second", Durability::Volatile);
+        while writer.writes_tx.capacity() == WRITES_QUEUED_MAX {
+            tokio::task::yield_now().await;
+        }
+        go_tx.send(()).unwrap();
+        assert_eq!(rounds_rx.recv().unwrap(), ["deferred", "second"]);
+        go_tx.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        assert!(writer.deferred.waiting.lock().unwrap().is_empty());
     }
 }
