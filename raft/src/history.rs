@@ -295,6 +295,12 @@ struct Inner {
     expired_total: AtomicU64,
     /// Records applied and not yet written, in apply order (a hold's first record wins).
     queue: Mutex<Vec<Settled>>,
+    /// The buffer the last write drained, emptied, kept for its room (at most
+    /// [`HISTORY_QUEUE_MAX`] records): the queue takes it when the next write drains the
+    /// queue, so that a loaded node's queue does not grow from nothing by doubling into
+    /// fresh pages each time (under `cluster_load` the kernel's zeroing of those pages
+    /// alone took 3.6 % of a node's CPU: docs/benchmarks.md, "Session 24").
+    spare: Mutex<Vec<Settled>>,
     /// Held by every write for as long as it drains the queue and commits, so a write that
     /// returns has committed every record queued before it began (a read that writes the
     /// queue first cannot miss one in the writer's hands); true when something was
@@ -342,17 +348,23 @@ impl Inner {
     /// the queue for the next write.
     fn write_queued(&self, more: Vec<Settled>, durability: Durability) -> HistoryResult<()> {
         let mut unsynced = self.writer.lock().expect("history writer lock poisoned");
+        let spare = std::mem::take(&mut *self.spare.lock().expect("history spare lock poisoned"));
         let mut records =
-            std::mem::take(&mut *self.queue.lock().expect("history queue lock poisoned"));
+            std::mem::replace(&mut *self.queue.lock().expect("history queue lock poisoned"), spare);
         records.extend(more);
         let durable = matches!(durability, Durability::Immediate);
         if records.is_empty() && !(durable && *unsynced) {
+            *self.spare.lock().expect("history spare lock poisoned") = records;
             return Ok(());
         }
         let written = self.write(durability, |tables| tables.insert_all(&records));
         match written {
             Ok(()) => {
                 *unsynced = !durable;
+                if records.capacity() <= HISTORY_QUEUE_MAX {
+                    records.clear();
+                    *self.spare.lock().expect("history spare lock poisoned") = records;
+                }
                 Ok(())
             }
             Err(e) => {
@@ -442,6 +454,7 @@ impl History {
             retention,
             expired_total: AtomicU64::new(0),
             queue: Mutex::default(),
+            spare: Mutex::default(),
             writer: Mutex::new(false),
             queued: Arc::default(),
             backfill: Arc::default(),
@@ -1204,6 +1217,27 @@ mod tests {
         let exported = history.export(|_| true, None, HISTORY_EXPORT_PAGE_MAX).unwrap();
         assert_eq!(exported.records.last().map(|(_, hold, _)| hold.0), Some(203));
         assert_eq!(history.stats().unwrap().records, 105);
+    }
+
+    /// The queue's buffers take turns: after a write, the next records are queued in the
+    /// room an earlier queue left, not in a buffer grown from nothing.
+    #[test]
+    fn a_written_queue_leaves_its_room_to_the_next() {
+        let history = filled();
+        let late = |hold: u64| {
+            let created_ms = T0 + (100 + hold) * 60_000;
+            (ACCOUNT, HoldId(hold.into()), record(0, "mock/late", 200, created_ms, 1))
+        };
+        let room = |history: &History| history.inner.queue.lock().unwrap().capacity();
+        let before = history.stats().unwrap().records;
+        history.queue((200..300).map(late).collect());
+        history.flush().unwrap();
+        history.queue(vec![late(300)]);
+        history.flush().unwrap();
+        history.queue(vec![late(301)]);
+        assert!(room(&history) >= 100, "room for {} records", room(&history));
+        history.flush().unwrap();
+        assert_eq!(history.stats().unwrap().records, before + 102);
     }
 
     /// A sync writes the queue before it syncs: after a power loss right after it, what
