@@ -73,13 +73,18 @@ pub fn funded_ledger() -> Ledger {
     ledger
 }
 
-/// Lifecycle number `n` (unique per workload run): a reserve of [`LIFECYCLE_HOLD`] on
+/// Lifecycle number `n` (unique per workload run, the low bits of its hold id): a reserve of [`LIFECYCLE_HOLD`] on
 /// account `n % WORKLOAD_ACCOUNTS`, then either a settle of [`LIFECYCLE_ACTUAL`] or, with
 /// `release`, a release (a request that incurred no upstream cost). Op ids have bit 64 set,
 /// so they never collide with [`funding_commands`].
 pub fn lifecycle_commands(n: u64, release: bool) -> [Command; 2] {
     let account = AccountId(n % WORKLOAD_ACCOUNTS);
-    let hold = HoldId(u128::from(n));
+    // Stamped now, as a gateway does, so the history's retention keeps the record; the
+    // hold leads with the same millisecond, as a gateway's does (its record then needs no
+    // `holds` row in the history).
+    let created_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let created_ms = u64::try_from(created_ms).unwrap_or(u64::MAX);
+    let hold = HoldId::time_ordered(created_ms, u128::from(n));
     let id = u128::from(n) << 2 | 1 << 64;
     let key = workload_key(account);
     let ttl_ms = LIFECYCLE_HOLD_TTL_MS;
@@ -87,12 +92,10 @@ pub fn lifecycle_commands(n: u64, release: bool) -> [Command; 2] {
     let finish = if release {
         Op::Release { account, hold }
     } else {
-        // Stamped now, as a gateway does, so the history's retention keeps it.
-        let created_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let record = RequestRecord {
             model: "mock/echo".into(),
             status: 200,
-            created_ms: u64::try_from(created_ms).unwrap_or(u64::MAX),
+            created_ms,
             ..Default::default()
         };
         // Built before the reserve is answered: no stamp claims the hold forgotten, so

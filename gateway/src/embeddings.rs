@@ -75,7 +75,8 @@ pub async fn handle(app: &'static App, request: Request<Incoming>) -> Result<Res
     let (_head, caller, body) = pipeline::accept(app, request).await?;
     let parsed = parse(&body)?;
     drop(body);
-    let generation = HoldId(crate::keys::time_ordered_u128(crate::bank::now_ms()));
+    let created_ms = now_ms();
+    let generation = crate::keys::fresh_hold(created_ms);
     let candidates = route(app, &parsed, generation.0 as u64)?;
     let context = EmbedContext {
         caller,
@@ -84,7 +85,7 @@ pub async fn handle(app: &'static App, request: Request<Incoming>) -> Result<Res
         dimensions: parsed.dimensions,
         candidates,
         started,
-        created_ms: now_ms(),
+        created_ms,
         deadline: started + app.upstream.timeouts().total,
     };
     pipeline::detached(move |reply| async move {

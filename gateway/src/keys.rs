@@ -5,7 +5,7 @@
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use solrouter_ledger::{AccountId, KeyHash};
+use solrouter_ledger::{AccountId, HoldId, KeyHash};
 use std::io::Write;
 use std::path::Path;
 use subtle::ConstantTimeEq;
@@ -71,16 +71,15 @@ pub fn random_u128() -> u128 {
     u128::from_le_bytes(bytes)
 }
 
-/// A fresh hold (generation) id made at `now_ms`: the milliseconds since the Unix epoch in
-/// its top 48 bits, 80 random bits below. The request history's `holds` table (hold →
-/// creation time) is keyed by hold id, so ids that grow with time make its inserts
-/// appends (a random id dirtied a B-tree page of its own per record); 80 random bits keep
-/// ids unguessable and distinct across gateways, and the low 64 bits, which routing seeds
-/// its spread with, stay uniform.
-pub fn time_ordered_u128(now_ms: u64) -> u128 {
-    const RANDOM_BITS: u32 = 80;
-    let stamp = u128::from(now_ms) & ((1 << (128 - RANDOM_BITS)) - 1);
-    (stamp << RANDOM_BITS) | (random_u128() >> (128 - RANDOM_BITS))
+/// A fresh hold (generation) id for a request created at `created_ms`: the milliseconds
+/// since the Unix epoch in its top 48 bits, 80 random bits below
+/// ([`HoldId::time_ordered`]). The request history finds the record of such a hold by its
+/// id alone (the record's key is its creation time and its hold) and appends its inserts;
+/// 80 random bits keep ids unguessable and distinct across gateways, and the low 64 bits,
+/// which routing seeds its spread with, stay uniform. The record must carry the same
+/// `created_ms`.
+pub fn fresh_hold(created_ms: u64) -> HoldId {
+    HoldId::time_ordered(created_ms, random_u128())
 }
 
 /// A printable random token (used for a generated admin token).
@@ -120,10 +119,11 @@ mod tests {
     #[test]
     fn hold_ids_grow_with_time_and_differ_within_a_millisecond() {
         let now = 1_764_460_800_000;
-        let (a, b) = (time_ordered_u128(now), time_ordered_u128(now));
+        let (a, b) = (fresh_hold(now), fresh_hold(now));
         assert_ne!(a, b, "80 random bits tell two ids of one millisecond apart");
-        assert_eq!((a >> 80) as u64, now);
-        let later = time_ordered_u128(now + 1);
+        assert_eq!((a.0 >> 80) as u64, now);
+        assert_eq!(a.stamp_ms(), now);
+        let later = fresh_hold(now + 1);
         assert!(later > a && later > b, "an id of a later millisecond sorts after");
     }
 

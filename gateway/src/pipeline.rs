@@ -69,7 +69,8 @@ pub async fn handle(
     let (head, caller, body) = Box::pin(accept(app, request)).await?;
     let parsed = codec.parse(&body, &head.headers)?;
     drop(body);
-    let generation = HoldId(crate::keys::time_ordered_u128(crate::bank::now_ms()));
+    let created_ms = now_ms();
+    let generation = crate::keys::fresh_hold(created_ms);
     let candidates =
         route(&app.catalog, &app.providers, &app.health, &parsed, generation.0 as u64)?;
     let (parsed, candidates) = refuse_over_context(parsed, candidates).await?;
@@ -81,7 +82,7 @@ pub async fn handle(
         candidates,
         prompt_tokens_max: parsed.prompt_tokens_max,
         started,
-        created_ms: now_ms(),
+        created_ms,
         echo: parsed.echo,
         deadline: started + app.upstream.timeouts().total,
     };

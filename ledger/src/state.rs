@@ -96,6 +96,24 @@ id_type!(
     /// A hold; also the id of the request ("generation") it pays for.
     HoldId(u128)
 );
+
+impl HoldId {
+    /// Bits below the creation millisecond in a time-ordered id ([`HoldId::time_ordered`]).
+    pub const RANDOM_BITS: u32 = 80;
+
+    /// An id that leads with `created_ms` (its low 48 bits) above the low 80 bits of
+    /// `random`: ids that grow with time, as a gateway makes them, so the request history
+    /// finds a record by its id alone and its inserts append. The ledger takes any id.
+    pub fn time_ordered(created_ms: u64, random: u128) -> HoldId {
+        let stamp = u128::from(created_ms) & ((1 << (128 - Self::RANDOM_BITS)) - 1);
+        HoldId((stamp << Self::RANDOM_BITS) | (random & ((1 << Self::RANDOM_BITS) - 1)))
+    }
+
+    /// The millisecond a time-ordered id leads with (for any other id, its top 48 bits).
+    pub fn stamp_ms(self) -> u64 {
+        (self.0 >> Self::RANDOM_BITS) as u64
+    }
+}
 id_type!(
     /// A person who logs in to the dashboard, client-generated (random).
     UserId(u64)

@@ -20,8 +20,11 @@
 //! per page it dirties (docs/storage.md, "The history's layout"):
 //! * `requests`: (created, hold) → payer and record (`history_codec.rs`): creation order,
 //!   so inserts append, and retention and backfill read it front to back;
-//! * `holds`: hold → created, for a hold's record and to keep a hold's first record (hold
-//!   ids lead with their creation millisecond, so these inserts append too);
+//! * `holds`: hold → created, for the holds whose id does not lead with their record's
+//!   creation millisecond ([`HoldId::time_ordered`], as a gateway makes them; since format
+//!   3): such a hold's record is found by its id alone, `requests` at (its stamp, it), so
+//!   a gateway's records cost no row here. It finds the others' records and keeps a hold's
+//!   first record;
 //! * `by_account_key`: (account, key, created, hold), the one index: a key filter reads
 //!   its key's range, an account's page merges the ranges of its keys, newest first;
 //! * `usage_recent`: (hour, account, key, model) → sums of the hours not yet rolled up:
@@ -59,8 +62,13 @@ use tokio::sync::Notify;
 pub const HISTORY_FILE: &str = "history.redb";
 /// The layout this build writes and reads (the `format` row of `meta`). 1 (no `meta`):
 /// `records` keyed by hold, `by_account`, `by_key`, `by_time`, `hourly`, values in the
-/// ledger codec; migrated on open. 2: the tables of the module doc.
-pub const HISTORY_FORMAT_VERSION: u64 = 2;
+/// ledger codec; migrated on open. 2: the tables of the module doc, with a `holds` row
+/// for every record. 3: no `holds` row for a record whose hold leads with its creation
+/// millisecond; a file of format 2 is read as it is (its extra rows find the same records,
+/// and retention removes them with their records) and marked 3 when opened.
+pub const HISTORY_FORMAT_VERSION: u64 = 3;
+/// The format before this one, read as it is (see [`HISTORY_FORMAT_VERSION`]).
+const HISTORY_FORMAT_ALL_HOLDS: u64 = 2;
 /// The history's page cache (redb's default is 1 GiB, which a node would fill with pages
 /// of old records): queries read recent pages and indexes, writes append, and pages out
 /// of the cache are read from the kernel's page cache, which holds them anyway. At 64 MiB
@@ -481,6 +489,7 @@ impl History {
         };
         match format {
             Some(HISTORY_FORMAT_VERSION) => return Ok(()),
+            Some(HISTORY_FORMAT_ALL_HOLDS) => {}
             Some(found) => return Err(HistoryFormatError::Unsupported { found }),
             None if v1 => self.migrate_v1()?,
             None => {}
@@ -712,12 +721,19 @@ impl History {
     /// The record of `hold` if `account` paid for it.
     pub fn record(&self, account: AccountId, hold: HoldId) -> HistoryResult<Option<RequestRecord>> {
         let txn = self.begin_read()?;
-        let Some(created_ms) = txn.open_table(HOLDS)?.get(hold.0)?.map(|c| c.value()) else {
-            return Ok(None);
-        };
         let requests = txn.open_table(REQUESTS)?;
-        let bytes = requests.get((created_ms, hold.0))?;
-        let bytes = bytes.ok_or_else(|| corrupt("a hold names no record"))?;
+        let by_stamp = requests.get((hold.stamp_ms(), hold.0))?;
+        let (created_ms, bytes) = match by_stamp {
+            Some(bytes) => (hold.stamp_ms(), bytes),
+            None => {
+                let Some(created_ms) = txn.open_table(HOLDS)?.get(hold.0)?.map(|c| c.value())
+                else {
+                    return Ok(None);
+                };
+                let bytes = requests.get((created_ms, hold.0))?;
+                (created_ms, bytes.ok_or_else(|| corrupt("a hold names no record"))?)
+            }
+        };
         let (payer, record) = decode(created_ms, bytes.value())?;
         Ok((payer == account).then_some(record))
     }
@@ -920,25 +936,47 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Inserts each hold's first record (a hold already written keeps its own): the
-    /// record, its hold, its index entry, and its sums into its hour's bucket. The index
-    /// entries go in key order and each bucket is read and written once, however many
-    /// of the records share its leaf or bucket.
+    /// record, its `holds` row unless its hold leads with its creation millisecond, its
+    /// index entry, and its sums into its hour's bucket. The index entries go in key order
+    /// and each bucket is read and written once, however many of the records share its
+    /// leaf or bucket.
     fn insert_all(&mut self, settled: &[Settled]) -> HistoryResult<()> {
         let mut bytes = Vec::with_capacity(128);
         let mut index: Vec<IndexKey> = Vec::with_capacity(settled.len());
         let mut buckets: BTreeMap<BucketKey<'_>, Usage> = BTreeMap::new();
+        // Whether a hold may have its record elsewhere than at its stamp (none does in a
+        // file only gateways wrote: then a time-ordered hold's record costs one insert).
+        let mut holds_rows = !self.holds.is_empty()?;
         for (account, hold, record) in settled {
             let created_ms = record.created_ms;
-            let first = self.holds.insert(hold.0, created_ms)?.map(|first| first.value());
-            if let Some(first) = first {
-                if first != created_ms {
-                    self.holds.insert(hold.0, first)?;
-                }
-                continue;
-            }
             bytes.clear();
             encode_record(*account, record, &mut bytes);
-            self.requests.insert((created_ms, hold.0), bytes.as_slice())?;
+            if hold.stamp_ms() == created_ms {
+                if holds_rows && self.holds.get(hold.0)?.is_some() {
+                    continue;
+                }
+                let key = (created_ms, hold.0);
+                let first = self.requests.insert(key, bytes.as_slice())?;
+                if let Some(first) = first.map(|first| first.value().to_vec()) {
+                    if first != bytes {
+                        self.requests.insert(key, first.as_slice())?;
+                    }
+                    continue;
+                }
+            } else {
+                if self.requests.get((hold.stamp_ms(), hold.0))?.is_some() {
+                    continue;
+                }
+                holds_rows = true;
+                let first = self.holds.insert(hold.0, created_ms)?.map(|first| first.value());
+                if let Some(first) = first {
+                    if first != created_ms {
+                        self.holds.insert(hold.0, first)?;
+                    }
+                    continue;
+                }
+                self.requests.insert((created_ms, hold.0), bytes.as_slice())?;
+            }
             let key = record.key.map(|key| key.0);
             index.push((account.0, key, created_ms, hold.0));
             let bucket = (hour_of(created_ms), account.0, key, record.model.as_str());
@@ -1068,7 +1106,7 @@ fn corrupt(reason: &str) -> redb::Error {
 enum HistoryFormatError {
     #[error(
         "request history format version {found}; this build reads version \
-         {HISTORY_FORMAT_VERSION} (and migrates version 1)"
+         {HISTORY_FORMAT_VERSION} (and versions 1 and 2, which it migrates)"
     )]
     Unsupported { found: u64 },
     #[error(transparent)]
@@ -1496,6 +1534,9 @@ mod tests {
                     assert_eq!(history.record(AccountId(99), *hold).unwrap(), None);
                 }
             }
+            for (payer, hold, record) in &model.records {
+                assert_eq!(history.record(*payer, *hold).unwrap().as_ref(), Some(record));
+            }
             let mut exported = Vec::new();
             let mut after = None;
             loop {
@@ -1524,16 +1565,34 @@ mod tests {
                 for _ in 0..300 {
                     let account = rng.gen_range(0..ACCOUNTS);
                     let record = random_record(&mut rng, account);
-                    // Some holds come again (a replay, a backfill): the first record stays.
-                    let hold = match holds.is_empty() || rng.gen_bool(0.9) {
-                        true => HoldId(rng.gen()),
-                        false => holds[rng.gen_range(0..holds.len())],
-                    };
-                    if !holds.contains(&hold) {
+                    // Half the new holds lead with a creation millisecond (as a gateway's
+                    // do: no `holds` row), mostly their record's. Some holds come again (a
+                    // replay or a backfill with the same record, or another record, even
+                    // one created at the hold's stamp): the first record stays.
+                    let (account, hold, record) = if holds.is_empty() || rng.gen_bool(0.9) {
+                        let hold = match rng.gen_range(0..4) {
+                            0 | 1 => HoldId::time_ordered(record.created_ms, rng.gen()),
+                            2 => HoldId::time_ordered(record.created_ms + 1, rng.gen()),
+                            _ => HoldId(rng.gen()),
+                        };
                         holds.push(hold);
                         model.records.push((AccountId(account), hold, record.clone()));
-                    }
-                    settled.push((AccountId(account), hold, record));
+                        (AccountId(account), hold, record)
+                    } else {
+                        let hold = holds[rng.gen_range(0..holds.len())];
+                        match rng.gen_range(0..3) {
+                            0 => {
+                                let first = model.records.iter().find(|(_, h, _)| *h == hold);
+                                first.cloned().expect("a repeated hold was recorded")
+                            }
+                            1 => {
+                                let created_ms = hold.stamp_ms().min(T0 + SPAN_MS);
+                                (AccountId(account), hold, RequestRecord { created_ms, ..record })
+                            }
+                            _ => (AccountId(account), hold, record),
+                        }
+                    };
+                    settled.push((account, hold, record));
                 }
                 match batch % 2 {
                     0 => history.insert(settled).unwrap(),
@@ -1621,11 +1680,49 @@ mod tests {
         {
             let db = Database::builder().create_with_backend(disk.clone()).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(META).unwrap().insert(FORMAT_ROW, 3).unwrap();
+            txn.open_table(META).unwrap().insert(FORMAT_ROW, 4).unwrap();
             txn.commit().unwrap();
         }
         let refused = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).err().unwrap();
         let message = refused.to_string();
-        assert!(message.contains("format version 3; this build reads version 2"), "{message}");
+        assert!(message.contains("format version 4; this build reads version 3"), "{message}");
+    }
+
+    /// A file of format 2 (a `holds` row for every record) is read as it is and marked 3:
+    /// its records are found, later ones are written without a row, and retention removes
+    /// the old rows with their records.
+    #[test]
+    fn a_format_2_file_is_read_as_it_is() {
+        let disk = PowerLossDisk::default();
+        let (old, later) = (HoldId::time_ordered(T0, 7), HoldId::time_ordered(T0 + 1, 8));
+        let history = History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap();
+        history.insert([(ACCOUNT, old, record(0, "mock/echo", 200, T0, 5))]).unwrap();
+        drop(history);
+        {
+            let db = Database::builder().create_with_backend(disk.clone()).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(HOLDS).unwrap().insert(old.0, T0).unwrap();
+            txn.open_table(META).unwrap().insert(FORMAT_ROW, 2).unwrap();
+            txn.commit().unwrap();
+        }
+        let history = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).unwrap();
+        let rows = |history: &History| {
+            let txn = history.inner.db.begin_read().unwrap();
+            let holds = txn.open_table(HOLDS).unwrap().len().unwrap();
+            (holds, txn.open_table(REQUESTS).unwrap().len().unwrap())
+        };
+        let txn = history.inner.db.begin_read().unwrap();
+        let format = txn.open_table(META).unwrap().get(FORMAT_ROW).unwrap().unwrap().value();
+        assert_eq!(format, HISTORY_FORMAT_VERSION);
+        drop(txn);
+        assert_eq!(history.record(ACCOUNT, old).unwrap().unwrap().cost, PicoUsd(5));
+        history.insert([(ACCOUNT, later, record(0, "mock/echo", 200, T0 + 1, 6))]).unwrap();
+        history.insert([(ACCOUNT, old, record(0, "mock/echo", 200, T0, 9))]).unwrap();
+        assert_eq!(history.record(ACCOUNT, later).unwrap().unwrap().cost, PicoUsd(6));
+        assert_eq!(history.record(ACCOUNT, old).unwrap().unwrap().cost, PicoUsd(5));
+        assert_eq!(rows(&history), (1, 2));
+        let retention_ms = HISTORY_RETENTION_DEFAULT.as_millis() as u64;
+        assert_eq!(history.expire(T0 + 2 + retention_ms).unwrap(), 2);
+        assert_eq!(rows(&history), (0, 0));
     }
 }
