@@ -88,8 +88,9 @@ pub const REDB_SNAPSHOT_CACHE_BYTES: usize = 2 * 1024 * 1024;
 /// has about one log write, one vote or committed index and one snapshot or purge in
 /// flight at a time, so this bounds a node of hundreds of groups only under a stall.
 const WRITES_QUEUED_MAX: usize = 4096;
-/// Most writes one redb transaction takes from the queue (group commit across the trees
-/// and groups of a node), so one huge queue cannot delay the first writer for long.
+/// Most writes one round (one commit of a store) takes from the queue (group commit
+/// across the trees and groups of a node), so one huge queue cannot delay the first
+/// writer for long; as many deferred writes may wait beside the queue and join it.
 const WRITES_PER_COMMIT_MAX: usize = 1024;
 
 /// A node's redb database, written by one thread of its own. Every write goes through that
