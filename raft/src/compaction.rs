@@ -25,8 +25,9 @@
 //! a snapshot only in the first third of its own turn. A quorum of the others then commits
 //! while one replica snapshots. Clocks a little apart only shorten the gap between turns.
 
-use crate::group::wall_clock_ms;
+use crate::group::{wall_clock_ms, Group};
 use crate::node::{Inner, LedgerNode};
+use crate::types::NodeId;
 use std::sync::Weak;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -53,11 +54,10 @@ pub(crate) fn in_turn(now_ms: u64, position: u64, n_members: u64) -> bool {
     in_round_ms / turn_ms == position % n_members && in_round_ms % turn_ms < turn_ms / 3
 }
 
-/// `node`'s turn among the members of its group `group_idx`, and how many turns a round
-/// has: its place by id, shifted by the group's index.
-pub(crate) fn turn_of(node: &LedgerNode, group_idx: u32) -> (u64, u64) {
-    let group = node.group_at(group_idx).expect("the node has the group");
-    let (position, n_members) = group.position_of(node.id());
+/// Node `node_id`'s turn among the members of `group` (the node's group `group_idx`), and
+/// how many turns a round has: its place by id, shifted by the group's index.
+pub(crate) fn turn_of(group: &Group, node_id: NodeId, group_idx: u32) -> (u64, u64) {
+    let (position, n_members) = group.position_of(node_id);
     ((position + u64::from(group_idx)) % n_members, n_members)
 }
 
@@ -75,8 +75,8 @@ pub(crate) fn snapshot_due(
 /// Runs until the node is dropped or shut down (which aborts the task).
 pub(crate) fn spawn(node: Weak<Inner>, group_idx: u32, every_entries: u64) -> JoinHandle<()> {
     LedgerNode::spawn_every(node, SNAPSHOT_CHECK_INTERVAL, move |node| async move {
-        let (turn, n_members) = turn_of(&node, group_idx);
         let group = node.group_at(group_idx).expect("the task's group exists");
+        let (turn, n_members) = turn_of(group, node.id(), group_idx);
         if !in_turn(wall_clock_ms(), turn, n_members) || !group.snapshot_due(every_entries) {
             return true;
         }

@@ -303,17 +303,11 @@ struct Inner {
     expired_total: AtomicU64,
     /// Records applied and not yet written, in apply order (a hold's first record wins).
     queue: Mutex<Vec<Settled>>,
-    /// The buffer the last write drained, emptied, kept for its room (at most
-    /// [`HISTORY_QUEUE_MAX`] records): the queue takes it when the next write drains the
-    /// queue, so that a loaded node's queue does not grow from nothing by doubling into
-    /// fresh pages each time (under `cluster_load` the kernel's zeroing of those pages
-    /// alone took 3.6 % of a node's CPU: docs/benchmarks.md, "Session 24").
-    spare: Mutex<Vec<Settled>>,
     /// Held by every write for as long as it drains the queue and commits, so a write that
     /// returns has committed every record queued before it began (a read that writes the
-    /// queue first cannot miss one in the writer's hands); true when something was
-    /// committed without a sync since the last sync. Taken before `queue`, never after.
-    writer: Mutex<bool>,
+    /// queue first cannot miss one in the writer's hands). Taken before `queue`, never
+    /// after.
+    writer: Mutex<Writer>,
     /// Wakes the writer task: the queue got its first record, or
     /// [`HISTORY_FLUSH_RECORDS`]. Outside `Inner` so the task can wait on it holding the
     /// history weakly.
@@ -321,6 +315,19 @@ struct Inner {
     backfill: Arc<BackfillRequests>,
     /// Kept in memory only (tests and the simulation): a sync costs nothing.
     in_memory: bool,
+}
+
+/// What only the one writing holds.
+#[derive(Default)]
+struct Writer {
+    /// Something was committed without a sync since the last sync.
+    unsynced: bool,
+    /// The buffer the last write drained, emptied, kept for its room (at most
+    /// [`HISTORY_QUEUE_MAX`] records): the queue takes it when the next write drains the
+    /// queue, so that a loaded node's queue does not grow from nothing by doubling into
+    /// fresh pages each time (under `cluster_load` the kernel's zeroing of those pages
+    /// alone took 3.6 % of a node's CPU: docs/benchmarks.md, "Session 24").
+    spare: Vec<Settled>,
 }
 
 impl Drop for Inner {
@@ -355,23 +362,23 @@ impl Inner {
     /// unsynced. A failed transaction wrote nothing: its records go back to the head of
     /// the queue for the next write.
     fn write_queued(&self, more: Vec<Settled>, durability: Durability) -> HistoryResult<()> {
-        let mut unsynced = self.writer.lock().expect("history writer lock poisoned");
-        let spare = std::mem::take(&mut *self.spare.lock().expect("history spare lock poisoned"));
+        let mut writer = self.writer.lock().expect("history writer lock poisoned");
+        let spare = std::mem::take(&mut writer.spare);
         let mut records =
             std::mem::replace(&mut *self.queue.lock().expect("history queue lock poisoned"), spare);
         records.extend(more);
         let durable = matches!(durability, Durability::Immediate);
-        if records.is_empty() && !(durable && *unsynced) {
-            *self.spare.lock().expect("history spare lock poisoned") = records;
+        if records.is_empty() && !(durable && writer.unsynced) {
+            writer.spare = records;
             return Ok(());
         }
         let written = self.write(durability, |tables| tables.insert_all(&records));
         match written {
             Ok(()) => {
-                *unsynced = !durable;
+                writer.unsynced = !durable;
                 if records.capacity() <= HISTORY_QUEUE_MAX {
                     records.clear();
-                    *self.spare.lock().expect("history spare lock poisoned") = records;
+                    writer.spare = records;
                 }
                 Ok(())
             }
@@ -462,8 +469,7 @@ impl History {
             retention,
             expired_total: AtomicU64::new(0),
             queue: Mutex::default(),
-            spare: Mutex::default(),
-            writer: Mutex::new(false),
+            writer: Mutex::default(),
             queued: Arc::default(),
             backfill: Arc::default(),
             in_memory,
@@ -619,14 +625,14 @@ impl History {
     /// `usage_hourly`; writes nothing when there are none.
     fn roll_up(&self, now_ms: u64) -> HistoryResult<()> {
         let current_hour = hour_of(now_ms);
-        let mut unsynced = self.inner.writer.lock().expect("history writer lock poisoned");
+        let mut writer = self.inner.writer.lock().expect("history writer lock poisoned");
         let recent = self.inner.db.begin_read()?.open_table(USAGE_RECENT)?;
         if recent.first()?.is_none_or(|(oldest, _)| oldest.value().0 >= current_hour) {
             return Ok(());
         }
         drop(recent);
         self.inner.write(Durability::None, |tables| tables.roll_up(current_hour))?;
-        *unsynced = true;
+        writer.unsynced = true;
         Ok(())
     }
 
@@ -636,7 +642,7 @@ impl History {
     pub fn expire(&self, now_ms: u64) -> HistoryResult<usize> {
         let retention_ms = u64::try_from(self.inner.retention.as_millis()).unwrap_or(u64::MAX);
         let cutoff_ms = now_ms.saturating_sub(retention_ms);
-        let mut unsynced = self.inner.writer.lock().expect("history writer lock poisoned");
+        let mut writer = self.inner.writer.lock().expect("history writer lock poisoned");
         let requests = self.inner.db.begin_read()?.open_table(REQUESTS)?;
         if requests.first()?.is_none_or(|(oldest, _)| oldest.value().0 >= cutoff_ms) {
             return Ok(0);
@@ -647,7 +653,7 @@ impl History {
             deleted = tables.expire(cutoff_ms, HISTORY_EXPIRE_BATCH_MAX)?;
             Ok(())
         })?;
-        *unsynced = true;
+        writer.unsynced = true;
         self.inner.expired_total.fetch_add(deleted as u64, Ordering::Relaxed);
         Ok(deleted)
     }

@@ -399,7 +399,8 @@ impl LedgerNode {
     /// (`compaction.rs`): for tests only (feature `test-support`).
     #[cfg(any(test, feature = "test-support"))]
     pub fn snapshot_turn(&self, group_idx: u32) -> (u64, u64) {
-        crate::compaction::turn_of(self, group_idx)
+        let group = self.group_at(group_idx).expect("the node has the group");
+        crate::compaction::turn_of(group, self.id(), group_idx)
     }
 
     /// Waits until one of this node's Raft groups stops on its own, on a storage error
