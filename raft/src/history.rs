@@ -25,8 +25,12 @@
 //!   3): such a hold's record is found by its id alone, `requests` at (its stamp, it), so
 //!   a gateway's records cost no row here. It finds the others' records and keeps a hold's
 //!   first record;
-//! * `by_account_key`: (account, key, created, hold), the one index: a key filter reads
-//!   its key's range, an account's page merges the ranges of its keys, newest first;
+//! * `postings`: (account, key, second, first hold) → the (created, hold) of that
+//!   account and key's records created in that second that one transaction wrote: the
+//!   one index, a row per account, key and second in a transaction rather than a row per
+//!   record, since a transaction's index rows land on a page per active account and key
+//!   however few they are. A key filter reads its key's rows, an account's page merges
+//!   its keys' rows, a second at a time, newest first;
 //! * `usage_recent`: (hour, account, key, model) → sums of the hours not yet rolled up:
 //!   hour first, so each transaction's buckets are neighbours; every second the closed
 //!   hours move to `usage_hourly`: (account, hour, key, model) → sums, an account's
@@ -65,10 +69,13 @@ pub const HISTORY_FILE: &str = "history.redb";
 /// ledger codec; migrated on open. 2: the tables of the module doc, with a `holds` row
 /// for every record. 3: no `holds` row for a record whose hold leads with its creation
 /// millisecond; a file of format 2 is read as it is (its extra rows find the same records,
-/// and retention removes them with their records) and marked 3 when opened.
-pub const HISTORY_FORMAT_VERSION: u64 = 3;
-/// The format before this one, read as it is (see [`HISTORY_FORMAT_VERSION`]).
-const HISTORY_FORMAT_ALL_HOLDS: u64 = 2;
+/// and retention removes them with their records). 4: `postings` (a row per account, key
+/// and second of a transaction) instead of `by_account_key` (a row per record); a file of
+/// format 2 or 3 gets its index rewritten as postings when opened.
+pub const HISTORY_FORMAT_VERSION: u64 = 4;
+/// The formats before this one, whose `by_account_key` is rewritten as `postings` when
+/// opened (see [`HISTORY_FORMAT_VERSION`]).
+const HISTORY_FORMATS_ENTRY_INDEX: [u64; 2] = [2, 3];
 /// The history's page cache (redb's default is 1 GiB, which a node would fill with pages
 /// of old records): queries read recent pages and indexes, writes append, and pages out
 /// of the cache are read from the kernel's page cache, which holds them anyway. At 64 MiB
@@ -121,8 +128,12 @@ const FORMAT_ROW: &str = "format";
 const REQUESTS: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("requests");
 /// hold → created_ms.
 const HOLDS: TableDefinition<u128, u64> = TableDefinition::new("holds");
-/// (account, key, created_ms, hold).
-const BY_ACCOUNT_KEY: TableDefinition<IndexKey, ()> = TableDefinition::new("by_account_key");
+/// (account, key, second's start ms, first hold) → (created_ms, hold) of records, in order,
+/// [`POSTING_BYTES`] each.
+const POSTINGS: TableDefinition<PostingsKey, &[u8]> = TableDefinition::new("postings");
+/// Formats 2 and 3's index, read only to rewrite it as `postings`: (account, key,
+/// created_ms, hold).
+const V3_BY_ACCOUNT_KEY: TableDefinition<IndexKey, ()> = TableDefinition::new("by_account_key");
 /// (hour start ms, account, key, model) → `history_codec::encode_usage`.
 const USAGE_RECENT: TableDefinition<BucketKey<'static>, &[u8]> =
     TableDefinition::new("usage_recent");
@@ -130,7 +141,15 @@ const USAGE_RECENT: TableDefinition<BucketKey<'static>, &[u8]> =
 const USAGE_HOURLY: TableDefinition<BucketKey<'static>, &[u8]> =
     TableDefinition::new("usage_hourly");
 
+/// (account, key, created_ms, hold): a record's place in the index.
 type IndexKey = (u64, Option<u64>, u64, u128);
+type PostingsKey = (u64, Option<u64>, u64, u128);
+/// (created_ms, hold).
+type Posting = (u64, u128);
+/// The creation times one postings row spans.
+const POSTINGS_SPAN_MS: u64 = 1_000;
+/// A posting's bytes in a row: created_ms and hold, little-endian.
+const POSTING_BYTES: usize = 24;
 
 /// Format 1, read only to migrate it: hold → [`Stored`] in the ledger codec; the other
 /// tables are derived from it and dropped.
@@ -480,7 +499,8 @@ impl History {
     }
 
     /// Checks the file's format: creates the tables of this one in a new file (so readers
-    /// never find one missing), migrates a file of format 1, refuses any other.
+    /// never find one missing), migrates a file of format 1, rewrites the index of one of
+    /// format 2 or 3 (in the commit that marks it 4), refuses any other.
     fn prepare(&self) -> Result<(), HistoryFormatError> {
         let db = &self.inner.db;
         let (format, v1) = {
@@ -495,7 +515,7 @@ impl History {
         };
         match format {
             Some(HISTORY_FORMAT_VERSION) => return Ok(()),
-            Some(HISTORY_FORMAT_ALL_HOLDS) => {}
+            Some(older) if HISTORY_FORMATS_ENTRY_INDEX.contains(&older) => {}
             Some(found) => return Err(HistoryFormatError::Unsupported { found }),
             None if v1 => self.migrate_v1()?,
             None => {}
@@ -510,7 +530,12 @@ impl History {
         for table in old {
             txn.delete_table(table).map_err(redb::Error::from)?;
         }
-        drop(Tables::open(&txn)?);
+        let mut tables = Tables::open(&txn)?;
+        let reindexed = tables.reindex_v3(&txn)?;
+        drop(tables);
+        if reindexed > 0 {
+            tracing::info!(reindexed, "request history: index rewritten as postings");
+        }
         let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
         meta.insert(FORMAT_ROW, HISTORY_FORMAT_VERSION).map_err(redb::Error::from)?;
         drop(meta);
@@ -747,7 +772,7 @@ impl History {
     pub fn query(&self, query: &HistoryQuery) -> HistoryResult<HistoryPage> {
         let txn = self.begin_read()?;
         let requests = txn.open_table(REQUESTS)?;
-        let index = txn.open_table(BY_ACCOUNT_KEY)?;
+        let index = txn.open_table(POSTINGS)?;
         let end = match query.before {
             Some(before) if before.created_ms < query.to_ms => (before.created_ms, before.hold.0),
             _ => (query.to_ms, 0),
@@ -766,15 +791,16 @@ impl History {
         // Newest first across the keys: one range per key, merged on (created, hold).
         let mut ranges = Vec::with_capacity(keys.len());
         for key in keys {
-            let range = (account, key, start.0, start.1)..(account, key, end.0, end.1);
-            ranges.push(index.range(range)?.rev());
+            let rows =
+                (account, key, span_of(start.0), 0)..=(account, key, span_of(end.0), u128::MAX);
+            let rows = index.range(rows)?.rev().peekable();
+            ranges.push(NewestFirst { rows, span: Vec::new(), start, end });
         }
         let n_ranges = ranges.len();
         let mut heads = BinaryHeap::with_capacity(n_ranges);
         let mut advance = |heads: &mut BinaryHeap<_>, n: usize| -> HistoryResult<()> {
-            if let Some(entry) = ranges[n].next() {
-                let (_, _, created_ms, hold) = entry?.0.value();
-                heads.push(((created_ms, hold), n));
+            if let Some(posting) = ranges[n].next()? {
+                heads.push((posting, n));
             }
             Ok(())
         };
@@ -923,7 +949,7 @@ fn cursor_after(cursor: HistoryCursor) -> HistoryCursor {
 struct Tables<'txn> {
     requests: redb::Table<'txn, (u64, u128), &'static [u8]>,
     holds: redb::Table<'txn, u128, u64>,
-    by_account_key: redb::Table<'txn, IndexKey, ()>,
+    postings: redb::Table<'txn, PostingsKey, &'static [u8]>,
     usage_recent: UsageTable<'txn>,
     usage_hourly: UsageTable<'txn>,
 }
@@ -935,7 +961,7 @@ impl<'txn> Tables<'txn> {
         Ok(Tables {
             requests: txn.open_table(REQUESTS)?,
             holds: txn.open_table(HOLDS)?,
-            by_account_key: txn.open_table(BY_ACCOUNT_KEY)?,
+            postings: txn.open_table(POSTINGS)?,
             usage_recent: txn.open_table(USAGE_RECENT)?,
             usage_hourly: txn.open_table(USAGE_HOURLY)?,
         })
@@ -943,9 +969,8 @@ impl<'txn> Tables<'txn> {
 
     /// Inserts each hold's first record (a hold already written keeps its own): the
     /// record, its `holds` row unless its hold leads with its creation millisecond, its
-    /// index entry, and its sums into its hour's bucket. The index entries go in key order
-    /// and each bucket is read and written once, however many of the records share its
-    /// leaf or bucket.
+    /// posting, and its sums into its hour's bucket. Each postings row and bucket is
+    /// written once, however many of the records share it.
     fn insert_all(&mut self, settled: &[Settled]) -> HistoryResult<()> {
         let mut bytes = Vec::with_capacity(128);
         let mut index: Vec<IndexKey> = Vec::with_capacity(settled.len());
@@ -989,15 +1014,89 @@ impl<'txn> Tables<'txn> {
             buckets.entry(bucket).or_default().merge(&Usage::of(record));
         }
         index.sort_unstable();
-        for entry in index {
-            self.by_account_key.insert(entry, ())?;
-        }
+        self.post(&index)?;
         for (bucket, added) in buckets {
             let mut usage = read_usage(&self.usage_recent, bucket)?.unwrap_or_default();
             usage.merge(&added);
             self.usage_recent.insert(bucket, encode_usage(&usage).as_slice())?;
         }
         Ok(())
+    }
+
+    /// Writes the postings of `index` (sorted): a row per account, key and second. A row
+    /// that exists already under the same first hold (a retention that kept part of it)
+    /// keeps its postings beside the new ones.
+    fn post(&mut self, index: &[IndexKey]) -> HistoryResult<()> {
+        let mut bytes = Vec::new();
+        for run in index.chunk_by(|a, b| (a.0, a.1, span_of(a.2)) == (b.0, b.1, span_of(b.2))) {
+            let (account, key, created_ms, hold) = run[0];
+            let row = (account, key, span_of(created_ms), hold);
+            let postings = run.iter().map(|&(_, _, created_ms, hold)| (created_ms, hold));
+            encode_postings(postings.clone(), &mut bytes);
+            let kept =
+                self.postings.insert(row, bytes.as_slice())?.map(|kept| kept.value().to_vec());
+            if let Some(kept) = kept {
+                let mut all: Vec<Posting> = decode_postings(&kept)?.chain(postings).collect();
+                all.sort_unstable();
+                all.dedup();
+                encode_postings(all.into_iter(), &mut bytes);
+                self.postings.insert(row, bytes.as_slice())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the postings of `index` (sorted) from their rows, and the rows left empty.
+    fn unpost(&mut self, index: &[IndexKey]) -> HistoryResult<()> {
+        let mut bytes = Vec::new();
+        for run in index.chunk_by(|a, b| (a.0, a.1, span_of(a.2)) == (b.0, b.1, span_of(b.2))) {
+            let (account, key, created_ms, _) = run[0];
+            let span = span_of(created_ms);
+            let gone: BTreeSet<Posting> = run.iter().map(|&(_, _, c, hold)| (c, hold)).collect();
+            let rows: Vec<(PostingsKey, Vec<u8>)> = self
+                .postings
+                .range((account, key, span, 0)..=(account, key, span, u128::MAX))?
+                .map(|entry| entry.map(|(row, kept)| (row.value(), kept.value().to_vec())))
+                .collect::<Result<_, _>>()?;
+            for (row, kept) in rows {
+                let kept: Vec<Posting> =
+                    decode_postings(&kept)?.filter(|posting| !gone.contains(posting)).collect();
+                if kept.is_empty() {
+                    self.postings.remove(row)?;
+                } else {
+                    encode_postings(kept.into_iter(), &mut bytes);
+                    self.postings.insert(row, bytes.as_slice())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites a format 2 or 3 file's `by_account_key` as postings and drops it; returns
+    /// how many entries it held (none in a file without it).
+    fn reindex_v3(&mut self, txn: &WriteTransaction) -> HistoryResult<u64> {
+        let exists = txn.list_tables()?.any(|table| table.name() == V3_BY_ACCOUNT_KEY.name());
+        if !exists {
+            return Ok(0);
+        }
+        let mut moved = 0;
+        let mut after = Bound::Unbounded;
+        loop {
+            let batch: Vec<IndexKey> = {
+                let old = txn.open_table(V3_BY_ACCOUNT_KEY)?;
+                let range = old.range::<IndexKey>((after, Bound::Unbounded))?;
+                range
+                    .take(MIGRATE_BATCH)
+                    .map(|entry| Ok(entry?.0.value()))
+                    .collect::<HistoryResult<_>>()?
+            };
+            let Some(&last) = batch.last() else { break };
+            after = Bound::Excluded(last);
+            moved += batch.len() as u64;
+            self.post(&batch)?;
+        }
+        txn.delete_table(V3_BY_ACCOUNT_KEY)?;
+        Ok(moved)
     }
 
     /// Moves the buckets of the hours before `before_hour` from `usage_recent` into
@@ -1045,9 +1144,7 @@ impl<'txn> Tables<'txn> {
             buckets.entry(bucket).or_default().merge(&Usage::of(record));
         }
         index.sort_unstable();
-        for entry in index {
-            self.by_account_key.remove(entry)?;
-        }
+        self.unpost(&index)?;
         for (bucket, gone) in buckets {
             let usage = read_usage(&self.usage_hourly, bucket)?;
             let usage = usage.ok_or_else(|| corrupt("a record without its hourly bucket"))?;
@@ -1072,11 +1169,11 @@ fn read_usage(table: &UsageTable<'_>, bucket: BucketKey<'_>) -> HistoryResult<Op
 /// The keys (`None` for requests made without one) `account` has records under, each
 /// found by one seek past the previous.
 fn keys_of(
-    index: &redb::ReadOnlyTable<IndexKey, ()>,
+    index: &redb::ReadOnlyTable<PostingsKey, &[u8]>,
     account: u64,
 ) -> HistoryResult<Vec<Option<u64>>> {
     let mut keys = Vec::new();
-    let mut from: IndexKey = (account, None, 0, 0);
+    let mut from: PostingsKey = (account, None, 0, 0);
     while let Some(entry) = index.range(from..)?.next() {
         let (of, key, _, _) = entry?.0.value();
         if of != account {
@@ -1093,6 +1190,70 @@ fn keys_of(
         from = (account, next, 0, 0);
     }
     Ok(keys)
+}
+
+/// One key's postings within a query's range, newest first: its rows read from the last,
+/// a second's rows at a time (rows of one second are ordered by their first hold, not by
+/// their postings), sorted.
+struct NewestFirst {
+    rows: std::iter::Peekable<std::iter::Rev<redb::Range<'static, PostingsKey, &'static [u8]>>>,
+    /// The postings of the second being read, in range, oldest first.
+    span: Vec<Posting>,
+    start: Posting,
+    end: Posting,
+}
+
+impl NewestFirst {
+    fn next(&mut self) -> HistoryResult<Option<Posting>> {
+        loop {
+            if let Some(posting) = self.span.pop() {
+                return Ok(Some(posting));
+            }
+            let Some(row) = self.rows.next() else { return Ok(None) };
+            let (row, bytes) = row?;
+            let span = row.value().2;
+            self.take(bytes.value())?;
+            while let Some(Ok((next, _))) = self.rows.peek() {
+                if next.value().2 != span {
+                    break;
+                }
+                let (_, bytes) = self.rows.next().expect("a row peeked")?;
+                self.take(bytes.value())?;
+            }
+            self.span.sort_unstable();
+        }
+    }
+
+    fn take(&mut self, row: &[u8]) -> HistoryResult<()> {
+        let (start, end) = (self.start, self.end);
+        let postings = decode_postings(row)?;
+        self.span.extend(postings.filter(|posting| start <= *posting && *posting < end));
+        Ok(())
+    }
+}
+
+fn encode_postings(postings: impl Iterator<Item = Posting>, out: &mut Vec<u8>) {
+    out.clear();
+    for (created_ms, hold) in postings {
+        out.extend_from_slice(&created_ms.to_le_bytes());
+        out.extend_from_slice(&hold.to_le_bytes());
+    }
+}
+
+fn decode_postings(row: &[u8]) -> HistoryResult<impl Iterator<Item = Posting> + '_> {
+    if !row.len().is_multiple_of(POSTING_BYTES) {
+        return Err(corrupt("a postings row of a broken length"));
+    }
+    Ok(row.chunks_exact(POSTING_BYTES).map(|posting| {
+        let (created_ms, hold) = posting.split_at(8);
+        let created_ms = u64::from_le_bytes(created_ms.try_into().expect("8 bytes"));
+        (created_ms, u128::from_le_bytes(hold.try_into().expect("16 bytes")))
+    }))
+}
+
+/// The start of the postings row's second `ms` falls in.
+fn span_of(ms: u64) -> u64 {
+    ms - ms % POSTINGS_SPAN_MS
 }
 
 fn hour_of(ms: u64) -> u64 {
@@ -1112,7 +1273,7 @@ fn corrupt(reason: &str) -> redb::Error {
 enum HistoryFormatError {
     #[error(
         "request history format version {found}; this build reads version \
-         {HISTORY_FORMAT_VERSION} (and versions 1 and 2, which it migrates)"
+         {HISTORY_FORMAT_VERSION} (and versions 1 to 3, which it migrates)"
     )]
     Unsupported { found: u64 },
     #[error(transparent)]
@@ -1361,6 +1522,25 @@ mod tests {
         assert_eq!(rows.iter().map(|row| row.usage.prompt_tokens).sum::<u64>(), 1_000);
     }
 
+    /// Retention that cuts a postings row keeps the row, under its first hold, with the
+    /// later postings; a replay of that first hold's record (created before the cut, so
+    /// it comes back) posts beside them instead of over them.
+    #[test]
+    fn a_row_cut_by_retention_keeps_its_postings_when_its_first_hold_returns() {
+        let history = History::in_memory(HISTORY_RETENTION_DEFAULT).unwrap();
+        let (first, later) = (HoldId::time_ordered(T0, 1), HoldId::time_ordered(T0 + 1, 2));
+        let replayed = (ACCOUNT, first, record(0, "mock/echo", 200, T0, 5));
+        history
+            .insert([replayed.clone(), (ACCOUNT, later, record(0, "mock/echo", 200, T0 + 1, 6))])
+            .unwrap();
+        let retention_ms = HISTORY_RETENTION_DEFAULT.as_millis() as u64;
+        assert_eq!(history.expire(T0 + 1 + retention_ms).unwrap(), 1);
+        history.insert([replayed]).unwrap();
+        let holds: Vec<HoldId> =
+            history.query(&query(10)).unwrap().records.iter().map(|(hold, _)| *hold).collect();
+        assert_eq!(holds, [later, first]);
+    }
+
     #[test]
     fn retention_drops_old_records_from_every_index_and_aggregate() {
         let history = filled();
@@ -1406,7 +1586,15 @@ mod tests {
                 key,
                 model: ["mock/echo", "openai/gpt-4o", "x/y"][rng.gen_range(0..3)].into(),
                 status: [200, 200, 502][rng.gen_range(0..3)],
-                created_ms: T0 + rng.gen_range(0..SPAN_MS),
+                // Half anywhere, half in a few busy seconds, where an account and key's
+                // records share postings rows and several transactions write rows of one
+                // second.
+                created_ms: match rng.gen_bool(0.5) {
+                    true => T0 + rng.gen_range(0..SPAN_MS),
+                    false => {
+                        T0 + rng.gen_range(1..40) * (SPAN_MS / 40) - 1_500 + rng.gen_range(0..3_000)
+                    }
+                },
                 prompt_tokens: rng.gen_range(0..1_000),
                 completion_tokens: rng.gen_range(0..1_000),
                 reasoning_tokens: rng.gen_range(0..10),
@@ -1609,9 +1797,10 @@ mod tests {
             }
             compare(&history, &model, &mut rng);
 
-            // A day and a half past retention: about half the records go.
+            // A day and a half past retention: about half the records go, the cut inside
+            // a busy second (its rows keep their later postings).
             let retention_ms = HISTORY_RETENTION_DEFAULT.as_millis() as u64;
-            let cutoff_ms = T0 + SPAN_MS / 2;
+            let cutoff_ms = T0 + SPAN_MS / 2 + 500;
             while history.expire(cutoff_ms + retention_ms).unwrap() > 0 {}
             let before = model.records.len();
             model.records.retain(|(_, _, record)| record.created_ms >= cutoff_ms);
@@ -1624,7 +1813,7 @@ mod tests {
 
     /// A file of format 1 (this build's predecessor) is migrated when opened: every record,
     /// its lookups and its sums as before, the old tables gone; and the migrated file
-    /// opens again as format 2.
+    /// opens again as this format.
     #[test]
     fn a_format_1_history_is_migrated_on_open() {
         #[derive(Serialize)]
@@ -1664,17 +1853,63 @@ mod tests {
             migrated.record(ACCOUNT, HoldId(5)).unwrap().unwrap().created_ms,
             T0 + 5 * 60_000
         );
-        let txn = migrated.inner.db.begin_read().unwrap();
+        assert_the_tables_are_this_formats(&migrated);
+        drop(migrated);
+        let reopened = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).unwrap();
+        assert_eq!(reopened.query(&query(500)).unwrap(), expected.query(&query(500)).unwrap());
+    }
+
+    /// A file of format 3 (an index row per record, `by_account_key`) has its index
+    /// rewritten as postings when opened: queries answer as before, the old table is gone.
+    #[test]
+    fn a_format_3_index_is_rewritten_as_postings() {
+        let disk = PowerLossDisk::default();
+        let expected = filled();
+        // Twenty records in two seconds besides one a minute: rows of several postings.
+        let busy = (0..20u64).map(|n| {
+            let created_ms = T0 + 300 + n * 70;
+            (ACCOUNT, HoldId(2_000 + u128::from(n)), record(n % 2, "mock/echo", 200, created_ms, 7))
+        });
+        expected.insert(busy).unwrap();
+        let all = expected.export(|_| true, None, HISTORY_EXPORT_PAGE_MAX).unwrap().records;
+        let history = History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap();
+        history.insert(all.clone()).unwrap();
+        drop(history);
+        {
+            let db = Database::builder().create_with_backend(disk.clone()).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(POSTINGS).unwrap();
+            let mut index = txn.open_table(V3_BY_ACCOUNT_KEY).unwrap();
+            for (account, hold, record) in &all {
+                let key = record.key.map(|key| key.0);
+                index.insert((account.0, key, record.created_ms, hold.0), ()).unwrap();
+            }
+            drop(index);
+            txn.open_table(META).unwrap().insert(FORMAT_ROW, 3).unwrap();
+            txn.commit().unwrap();
+        }
+        let reindexed = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).unwrap();
+        let first = query(7);
+        let second = HistoryQuery { before: expected.query(&first).unwrap().next, ..query(7) };
+        for query in [query(500), first, second, HistoryQuery { key: Some(KeyId(1)), ..query(9) }] {
+            assert_eq!(reindexed.query(&query).unwrap(), expected.query(&query).unwrap());
+        }
+        assert_eq!(reindexed.query(&query(500)).unwrap().records.len(), 120);
+        assert_the_tables_are_this_formats(&reindexed);
+    }
+
+    /// `history`'s file holds this format's tables, no other, and says it is this format.
+    fn assert_the_tables_are_this_formats(history: &History) {
+        let txn = history.inner.db.begin_read().unwrap();
         let mut tables: Vec<String> =
             txn.list_tables().unwrap().map(|table| table.name().to_owned()).collect();
         tables.sort();
         assert_eq!(
             tables,
-            ["by_account_key", "holds", "meta", "requests", "usage_hourly", "usage_recent"]
+            ["holds", "meta", "postings", "requests", "usage_hourly", "usage_recent"]
         );
-        drop((txn, migrated));
-        let reopened = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).unwrap();
-        assert_eq!(reopened.query(&query(500)).unwrap(), expected.query(&query(500)).unwrap());
+        let format = txn.open_table(META).unwrap().get(FORMAT_ROW).unwrap().unwrap().value();
+        assert_eq!(format, HISTORY_FORMAT_VERSION);
     }
 
     /// A history written by a later build (another format version) is refused with an
@@ -1686,12 +1921,12 @@ mod tests {
         {
             let db = Database::builder().create_with_backend(disk.clone()).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(META).unwrap().insert(FORMAT_ROW, 4).unwrap();
+            txn.open_table(META).unwrap().insert(FORMAT_ROW, 5).unwrap();
             txn.commit().unwrap();
         }
         let refused = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).err().unwrap();
         let message = refused.to_string();
-        assert!(message.contains("format version 4; this build reads version 3"), "{message}");
+        assert!(message.contains("format version 5; this build reads version 4"), "{message}");
     }
 
     /// A file of format 2 (a `holds` row for every record) is read as it is and marked 3:
