@@ -1,6 +1,6 @@
 use crate::limits::{KeyLimits, KeySpend, KeyUpdate, LimitReset, MinuteWindow, RateLimit};
 use crate::money::{PicoUsd, AMOUNT_MAX};
-use crate::window::Window;
+use crate::window::{Window, WARM_AT_ONCE};
 use imbl::OrdSet;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -248,7 +248,17 @@ impl Op {
     /// retry (which a caller makes only when the answer never reached it) is decided
     /// afresh, as if the first attempt had not arrived, which its caller cannot tell apart.
     pub fn is_deduplicated_by_hold(&self) -> bool {
-        matches!(self, Op::Reserve { .. } | Op::Settle { .. } | Op::Release { .. })
+        self.hold().is_some()
+    }
+
+    /// The hold a reserve, settle or release is about.
+    pub fn hold(&self) -> Option<HoldId> {
+        match self {
+            Op::Reserve { hold, .. } | Op::Settle { hold, .. } | Op::Release { hold, .. } => {
+                Some(*hold)
+            }
+            _ => None,
+        }
     }
 
     /// Checks what can be checked without the state. Run before proposing and again when
@@ -737,7 +747,14 @@ impl Ledger {
         self.applied.forget(self.stamp_ms);
         self.ended.forget(self.stamp_ms);
         self.forget_revocations(self.stamp_ms);
-        batch.commands.iter().map(|c| self.apply_command(c)).collect()
+        // Each reserve, settle and release looks its hold up among the ended ones, a cache
+        // miss each in a loaded node's window: a few commands' lookups are started at once.
+        let mut outcomes = Vec::with_capacity(batch.commands.len());
+        for commands in batch.commands.chunks(WARM_AT_ONCE) {
+            self.ended.warm(commands.iter().filter_map(|c| c.op.hold()).map(|hold| hold.0));
+            outcomes.extend(commands.iter().map(|c| self.apply_command(c)));
+        }
+        outcomes
     }
 
     fn apply_command(&mut self, command: &Command) -> Outcome {

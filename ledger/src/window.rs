@@ -8,7 +8,9 @@
 //! the chunk and page pointers, never an entry; a write after that copies the one chunk or
 //! page it touches (copy on write), so a snapshot never waits for apply nor apply for a
 //! snapshot, and memory is a few words per entry beyond the entry itself (the `imbl` maps
-//! this replaced took ~500 bytes per entry and a fifth of a node's CPU under load).
+//! this replaced took ~500 bytes per entry and a fifth of a node's CPU under load). A
+//! loaded node's window is far larger than the cache, so a lookup is a cache miss:
+//! [`Window::warm`] starts a few at once, ahead of the lookups.
 //!
 //! Ids come from clients, so nothing relies on their bits: the index hashes them with a
 //! per-window random seed (a client cannot aim ids at one probe chain). The index's layout
@@ -39,6 +41,9 @@ const HASH_BITS: u32 = 63 - SEQ_BITS;
 /// The index's size bounds (log2 of slots): a slot's hash bits give its home slot.
 const INDEX_BITS_MIN: u32 = PAGE_BITS;
 const INDEX_BITS_MAX: u32 = HASH_BITS;
+/// Ids whose slots [`Window::warm`] loads at once: few enough that the loads are all in
+/// flight together and their lines still cached when the lookups come.
+pub(crate) const WARM_AT_ONCE: usize = 32;
 
 type Page = [u64; PAGE_SLOTS];
 
@@ -225,6 +230,20 @@ impl<V: Clone> Window<V> {
         }
     }
 
+    /// Loads the home slots of `keys` (and their pages' reference counts, which a write
+    /// reads) into the cache, ahead of lookups or writes of them. In a large window each
+    /// is a cache miss; loaded here, one after another with nothing depending on them,
+    /// the misses overlap instead of stalling one lookup at a time. Changes nothing.
+    pub(crate) fn warm(&self, keys: impl Iterator<Item = u128>) {
+        let mut loaded = 0;
+        for key in keys {
+            let i = self.index.home_of_hash(self.index.hash(key));
+            let page = &self.index.pages[i >> PAGE_BITS];
+            loaded ^= page[i & (PAGE_SLOTS - 1)] ^ Arc::strong_count(page) as u64;
+        }
+        std::hint::black_box(loaded);
+    }
+
     pub(crate) fn get(&self, key: u128) -> Option<&V> {
         let (_, seq) = self.find(key).ok()?;
         Some(&self.entry(seq).value)
@@ -282,10 +301,15 @@ impl<V: Clone> Window<V> {
 
     /// Forgets every entry whose `forget_at_ms` is at most `stamp_ms`.
     pub(crate) fn forget(&mut self, stamp_ms: u64) {
+        let mut warmed_to = self.front;
         while self.front < self.next {
             let Entry { key, forget_at_ms, .. } = *self.entry(self.front);
             if forget_at_ms > stamp_ms {
                 break;
+            }
+            if self.front == warmed_to {
+                warmed_to = self.next.min(self.front + WARM_AT_ONCE as u64);
+                self.warm((self.front..warmed_to).map(|seq| self.entry(seq).key));
             }
             let (i, seq) = self.find(key).expect("a remembered id is indexed");
             // Else the id was inserted again: its slot points at the newer entry.
