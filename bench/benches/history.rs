@@ -1,9 +1,12 @@
 //! The request history's writer: what one transaction of records costs per record, and
-//! four transactions and the sync a node does every second at 30k records/s
-//! (`solrouter_bench::history` describes the workload).
+//! four transactions and the sync a node does every second at 30k records/s; and its
+//! reader: a dashboard's page of an account's requests (`solrouter_bench::history`
+//! describes the workload).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use solrouter_bench::history::{next_batch, prefilled, RECORDS_PER_TRANSACTION};
+use solrouter_bench::history::{next_batch, now_ms, prefilled, RECORDS_PER_TRANSACTION};
+use solrouter_ledger::{AccountId, HoldId, KeyId};
+use solrouter_raft::{HistoryCursor, HistoryQuery};
 use std::time::{Duration, Instant};
 
 fn write_transactions(c: &mut Criterion) {
@@ -44,5 +47,33 @@ fn write_transactions(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, write_transactions);
+/// Pages of 50 of one account's records, newest first: the latest (four transactions
+/// written at 30k records/s after the two prefilled days: ~30 of the account's records a
+/// second) with and without its key as a filter, and one from an hour back, where the
+/// prefilled records are minutes apart.
+fn read_pages(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (history, mut n) = prefilled(dir.path());
+    for _ in 0..4 {
+        history.insert(next_batch(&mut n, RECORDS_PER_TRANSACTION)).unwrap();
+    }
+    let account = AccountId(7);
+    let latest = HistoryQuery { limit: 50, ..HistoryQuery::all(account) };
+    let hour_back = now_ms() - 60 * 60 * 1000;
+    let before = HistoryCursor { created_ms: hour_back, hold: HoldId(0) };
+    let pages = [
+        ("latest_page_of_50", latest.clone()),
+        ("latest_page_of_50_of_a_key", HistoryQuery { key: Some(KeyId(7)), ..latest.clone() }),
+        ("page_of_50_an_hour_back", HistoryQuery { before: Some(before), ..latest }),
+    ];
+    let mut group = c.benchmark_group("history_read");
+    group.throughput(Throughput::Elements(50));
+    for (name, query) in pages {
+        assert_eq!(history.query(&query).unwrap().records.len(), 50, "{name}");
+        group.bench_function(name, |b| b.iter(|| history.query(&query).unwrap()));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, write_transactions, read_pages);
 criterion_main!(benches);
