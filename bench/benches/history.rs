@@ -14,7 +14,7 @@ fn write_transactions(c: &mut Criterion) {
     let (history, mut n) = prefilled(dir.path());
     let mut group = c.benchmark_group("history_write");
     group.throughput(Throughput::Elements(RECORDS_PER_TRANSACTION));
-    group.bench_function("transaction_of_8192", |b| {
+    group.bench_function("one_transaction", |b| {
         b.iter_custom(|iterations| {
             let mut elapsed = Duration::ZERO;
             for _ in 0..iterations {
