@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use solrouter_raft::{
-    LedgerNode, NodeOptions, NodeStats, WalStore, LOG_DIR_NAME, SNAPSHOT_FILE_NAME,
+    free_local_addr, LedgerNode, NodeOptions, NodeStats, WalStore, LOG_DIR_NAME, SNAPSHOT_FILE_NAME,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -42,9 +42,7 @@ impl Cluster {
         if n_nodes == 1 && n_groups == 1 {
             nodes.push(LedgerNode::open_single_with(dirs[0].path(), options).await?);
         } else {
-            let peers = (1..=n_nodes)
-                .map(|id| Ok((id, free_local_addr()?)))
-                .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+            let peers: BTreeMap<_, _> = (1..=n_nodes).map(|id| (id, free_local_addr())).collect();
             for (id, dir) in (1..=n_nodes).zip(&dirs) {
                 nodes.push(LedgerNode::open_with(id, &peers, dir.path(), n_groups, options).await?);
             }
@@ -113,11 +111,4 @@ pub fn proposed(nodes: &[LedgerNode]) -> (u64, u64) {
     all_stats.fold((0, 0), |(n_batches, n_commands), stats: NodeStats| {
         (n_batches + stats.n_batches_proposed, n_commands + stats.n_commands_proposed)
     })
-}
-
-/// A port the OS just handed out; another process could take it before the node binds it,
-/// which fails the open loudly, never silently.
-pub fn free_local_addr() -> anyhow::Result<String> {
-    let bound = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
-    Ok(bound.context("picking a port on 127.0.0.1")?.to_string())
 }

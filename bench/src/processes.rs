@@ -4,8 +4,8 @@
 //! once it serves and stopping when its standard input closes. A node can be SIGKILLed
 //! and restarted on its data directory.
 
-use crate::cluster::free_local_addr;
 use anyhow::Context;
+use solrouter_raft::free_local_addr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,7 +44,7 @@ impl Processes {
         parent: &Path,
         node_args: &[String],
     ) -> anyhow::Result<Processes> {
-        let addrs = (0..nodes).map(|_| free_local_addr()).collect::<anyhow::Result<Vec<_>>>()?;
+        let addrs: Vec<String> = (0..nodes).map(|_| free_local_addr()).collect();
         let peers = (1..).zip(&addrs).map(|(id, addr)| format!("{id}={addr}"));
         let peers = peers.collect::<Vec<_>>().join(",");
         let mut processes = Processes {

@@ -28,6 +28,7 @@ mod log_store;
 mod membership;
 mod network;
 mod node;
+mod ports;
 mod reads;
 mod service;
 #[cfg(test)]
@@ -66,6 +67,7 @@ pub use node::{
     group_of_account, group_of_slot, slot_of, ClusterConfig, ClusterStart, LedgerNode, NodeOptions,
     NodeStats, FOUNDER_IDENTIFY_TIMEOUT, FOUNDING_RETRY_INTERVAL,
 };
+pub use ports::{free_local_addr, free_local_port};
 pub use reads::{LedgerApi, LedgerHandle};
 pub use state_machine::encode_snapshot;
 #[cfg(any(test, feature = "test-support"))]

@@ -9,8 +9,8 @@ use solrouter_ledger::{
     AccountId, Command, HoldId, KeyId, KeyKind, KeyLimits, Op, OpId, PicoUsd, Rejection, Reply,
 };
 use solrouter_raft::{
-    group_of_account, ClusterConfig, ClusterStart, Consistency, LedgerApi, LedgerClient,
-    LedgerError, LedgerNode, NodeOptions, CLIENT_CALL_DEADLINE, CLIENT_RPC_TIMEOUT,
+    free_local_addr, group_of_account, ClusterConfig, ClusterStart, Consistency, LedgerApi,
+    LedgerClient, LedgerError, LedgerNode, NodeOptions, CLIENT_CALL_DEADLINE, CLIENT_RPC_TIMEOUT,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,13 +24,6 @@ use tempfile::TempDir;
 const POLL_ATTEMPTS_MAX: u32 = 2_000;
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 const TOP_UP: PicoUsd = PicoUsd(1_000);
-
-/// A port the OS just handed out; another process could take it before the node binds it,
-/// which would fail the test loudly, never silently.
-fn free_local_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
 
 struct Cluster {
     peers: BTreeMap<u64, String>,

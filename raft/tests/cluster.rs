@@ -2,7 +2,9 @@
 //! replication to every replica, routing by account, and fail-over after the leader stops.
 
 use solrouter_ledger::{AccountId, Command, HoldId, Op, OpId, PicoUsd, Reply, RequestRecord};
-use solrouter_raft::{Consistency, HistoryQuery, LedgerApi, LedgerError, LedgerNode};
+use solrouter_raft::{
+    free_local_addr, Consistency, HistoryQuery, LedgerApi, LedgerError, LedgerNode,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -12,13 +14,6 @@ const POLL_ATTEMPTS_MAX: u32 = 2_000;
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 const N_GROUPS: u32 = 2;
 const TOP_UP: PicoUsd = PicoUsd(1_000);
-
-/// A port the OS just handed out; another process could take it before the node binds it,
-/// which would fail the test loudly, never silently.
-fn free_local_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
 
 /// Submits through whichever live node leads the command's group, following `NotLeader`
 /// hints and retrying retryable errors a bounded number of times (same op id: idempotent).

@@ -4,14 +4,14 @@
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
 use serde_json::{json, Value};
+pub use solrouter_raft::free_local_port as free_port;
 use solrouter_raft::{
     TlsConfig, DEV_CA_CERT, DEV_CLIENT_CERT, DEV_CLIENT_KEY, DEV_LEDGER_CERT, DEV_LEDGER_KEY,
 };
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex, OnceLock, PoisonError};
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Longest a process may take to print its listening line: a debug build opening sled
@@ -27,41 +27,6 @@ pub const N_GROUPS: u32 = 2;
 /// Bounded polling for eventual conditions: attempts × interval = 60 s.
 pub const POLL_ATTEMPTS_MAX: u32 = 1_200;
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// Lowest port [`free_port`] hands out: above the registered services most machines run.
-const PORT_MIN: u16 = 10_000;
-
-/// A port for a process a test starts, which binds it a moment later: nothing listens on
-/// it, no other test of this binary was given it, and it lies below the kernel's range of
-/// ephemeral ports (`ip_local_port_range`), so no outgoing connection is given it
-/// meanwhile (clusters running side by side make hundreds; a port the OS handed out with
-/// `bind(0)` comes from that range). Where the range leaves no room below it, a port the
-/// OS hands out. Another process may still bind it first: the test then fails loudly.
-pub fn free_port() -> u16 {
-    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    let bind = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).ok();
-    let ephemeral_min = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
-    if ephemeral_min > PORT_MIN {
-        let span = u32::from(ephemeral_min - PORT_MIN);
-        // Spread over the span by process, so that test binaries run one after another do
-        // not reuse each other's ports while the last one's sockets linger.
-        let start = std::process::id().wrapping_mul(7_919) % span;
-        for step in 0..span {
-            let port = PORT_MIN + ((start + step) % span) as u16;
-            if !given.contains(&port) && bind(port).is_some() {
-                given.insert(port);
-                return port;
-            }
-        }
-    }
-    let port = bind(0).expect("a free port").local_addr().expect("its address").port();
-    given.insert(port);
-    port
-}
 
 /// The test clusters' development CA and certificates, written once per test binary under
 /// cargo's temporary directory: every ledger, gateway and `ledger-admin` the tests start
