@@ -35,19 +35,9 @@ export SOLROUTER_ADMIN_TOKEN=${SOLROUTER_ADMIN_TOKEN:-$(od -An -N16 -tx1 /dev/ur
 export OPENAI_API_KEY=sk-mock
 export SOLROUTER_OPENAI_BASE_URL="http://127.0.0.1:$MOCK_PORT/v1"
 
-mock=""
-cleanup() {
-    "$repo/deploy/local-cluster.sh" stop >/dev/null 2>&1 || true
-    [[ -n "$mock" ]] && kill "$mock" 2>/dev/null || true
-    rm -rf "$RUN_DIR"
-}
-trap cleanup EXIT
-
-"$SOLROUTER_BIN" mock-upstream --listen "127.0.0.1:$MOCK_PORT" --echo-any-model \
-    >"$RUN_DIR/mock.log" 2>&1 &
-mock=$!
-"$repo/deploy/local-cluster.sh" start >"$RUN_DIR/cluster.log" 2>&1 \
-    || { cat "$RUN_DIR/cluster.log" >&2; exit 1; }
+# shellcheck source=loadtest/cluster-with-mock.sh
+. "$repo/loadtest/cluster-with-mock.sh"
+start_cluster_with_mock --listen "127.0.0.1:$MOCK_PORT" --echo-any-model
 
 # The five processes' CPU (user + system clock ticks) so far.
 cpu_ticks() {

@@ -73,18 +73,9 @@ case "$UPSTREAM" in
     *) echo "UPSTREAM must be http1 or h2, not $UPSTREAM" >&2; exit 2 ;;
 esac
 
-mock=""
-cleanup() {
-    "$repo/deploy/local-cluster.sh" stop >/dev/null 2>&1 || true
-    [[ -n "$mock" ]] && kill "$mock" 2>/dev/null || true
-    rm -rf "$RUN_DIR"
-}
-trap cleanup EXIT
-
-"$SOLROUTER_BIN" mock-upstream "${mock_args[@]}" >"$RUN_DIR/mock.log" 2>&1 &
-mock=$!
-"$repo/deploy/local-cluster.sh" start >"$RUN_DIR/cluster.log" 2>&1 \
-    || { cat "$RUN_DIR/cluster.log" >&2; exit 1; }
+# shellcheck source=loadtest/cluster-with-mock.sh
+. "$repo/loadtest/cluster-with-mock.sh"
+start_cluster_with_mock "${mock_args[@]}"
 gateway=$(cat "$RUN_DIR/gateway-1.pid")
 
 # One sample: seconds since the epoch, VmRSS, RssAnon, RssFile (KiB), upstream connections,
