@@ -1023,30 +1023,26 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// Writes the postings of `index` (sorted): a row per account, key and second. A row
-    /// that exists already under the same first hold (a retention that kept part of it)
-    /// keeps its postings beside the new ones.
+    /// Writes the postings of `index` (sorted): a row per account, key and second, keyed by
+    /// its first posting's hold. No row has that key yet: a hold is posted once, when its
+    /// first record is written, and a row that loses its first posting to retention is
+    /// keyed anew ([`Tables::unpost`]), so a replay of that hold's record finds its key free.
     fn post(&mut self, index: &[IndexKey]) -> HistoryResult<()> {
         let mut bytes = Vec::new();
         for run in index.chunk_by(|a, b| (a.0, a.1, span_of(a.2)) == (b.0, b.1, span_of(b.2))) {
             let (account, key, created_ms, hold) = run[0];
-            let row = (account, key, span_of(created_ms), hold);
             let postings = run.iter().map(|&(_, _, created_ms, hold)| (created_ms, hold));
-            encode_postings(postings.clone(), &mut bytes);
-            let kept =
-                self.postings.insert(row, bytes.as_slice())?.map(|kept| kept.value().to_vec());
-            if let Some(kept) = kept {
-                let mut all: Vec<Posting> = decode_postings(&kept)?.chain(postings).collect();
-                all.sort_unstable();
-                all.dedup();
-                encode_postings(all.into_iter(), &mut bytes);
-                self.postings.insert(row, bytes.as_slice())?;
+            encode_postings(postings, &mut bytes);
+            let row = (account, key, span_of(created_ms), hold);
+            if self.postings.insert(row, bytes.as_slice())?.is_some() {
+                return Err(corrupt("two postings rows under one first hold"));
             }
         }
         Ok(())
     }
 
-    /// Removes the postings of `index` (sorted) from their rows, and the rows left empty.
+    /// Removes the postings of `index` (sorted) from their rows, and the rows left empty; a
+    /// row that lost its first posting is keyed by the one that is now first.
     fn unpost(&mut self, index: &[IndexKey]) -> HistoryResult<()> {
         let mut bytes = Vec::new();
         for run in index.chunk_by(|a, b| (a.0, a.1, span_of(a.2)) == (b.0, b.1, span_of(b.2))) {
@@ -1061,12 +1057,15 @@ impl<'txn> Tables<'txn> {
             for (row, kept) in rows {
                 let kept: Vec<Posting> =
                     decode_postings(&kept)?.filter(|posting| !gone.contains(posting)).collect();
-                if kept.is_empty() {
+                let Some(&(_, first)) = kept.first() else {
                     self.postings.remove(row)?;
-                } else {
-                    encode_postings(kept.into_iter(), &mut bytes);
-                    self.postings.insert(row, bytes.as_slice())?;
+                    continue;
+                };
+                encode_postings(kept.into_iter(), &mut bytes);
+                if first != row.3 {
+                    self.postings.remove(row)?;
                 }
+                self.postings.insert((row.0, row.1, row.2, first), bytes.as_slice())?;
             }
         }
         Ok(())
@@ -1522,9 +1521,9 @@ mod tests {
         assert_eq!(rows.iter().map(|row| row.usage.prompt_tokens).sum::<u64>(), 1_000);
     }
 
-    /// Retention that cuts a postings row keeps the row, under its first hold, with the
-    /// later postings; a replay of that first hold's record (created before the cut, so
-    /// it comes back) posts beside them instead of over them.
+    /// Retention that cuts a postings row keeps the row's later postings, keyed by the
+    /// first of them; a replay of the removed first hold's record (created before the
+    /// cut, so it comes back) posts a row of its own beside them instead of over them.
     #[test]
     fn a_row_cut_by_retention_keeps_its_postings_when_its_first_hold_returns() {
         let history = History::in_memory(HISTORY_RETENTION_DEFAULT).unwrap();
