@@ -144,6 +144,9 @@ impl Load {
         let proposed_before = self.target.proposed();
         let started = Instant::now();
         let deadline = duration_max.map(|duration| started + duration);
+        // One tally for all: a histogram per submitter would be a cache miss per lifecycle
+        // (thousands of 30-KB arrays), CPU the measured ledger shares.
+        let tally = Arc::new(Mutex::new(Tally::default()));
         let mut submitters = tokio::task::JoinSet::new();
         for _ in 0..n_submitters {
             let submitter = Submitter {
@@ -153,13 +156,14 @@ impl Load {
                 end,
                 deadline,
                 n_completed: Arc::clone(&self.n_completed),
+                tally: Arc::clone(&tally),
             };
             submitters.spawn(submitter.run());
         }
-        let mut total = Tally::default();
         while let Some(joined) = submitters.join_next().await {
-            total.merge(&joined.expect("submitter panicked")?);
+            joined.expect("submitter panicked")?;
         }
+        let total = std::mem::take(&mut *tally.lock().expect("tally poisoned"));
         let elapsed = started.elapsed();
         // Numbers drawn past `end` or the deadline were never submitted; skipping them
         // keeps ids unique without coordination.
@@ -353,13 +357,6 @@ impl Tally {
         self.n_rejected += u64::from(done.rejected);
         self.n_retries += done.n_retries;
     }
-
-    fn merge(&mut self, other: &Tally) {
-        self.latencies.merge(&other.latencies);
-        self.n_rejected += other.n_rejected;
-        self.n_retries += other.n_retries;
-        self.n_unanswered += other.n_unanswered;
-    }
 }
 
 struct Submitter {
@@ -369,20 +366,20 @@ struct Submitter {
     end: u64,
     deadline: Option<Instant>,
     n_completed: Arc<AtomicU64>,
+    tally: Arc<Mutex<Tally>>,
 }
 
 impl Submitter {
-    async fn run(mut self) -> Result<Tally, LedgerError> {
-        let mut tally = Tally::default();
+    async fn run(mut self) -> Result<(), LedgerError> {
         loop {
             let n = self.next.fetch_add(1, Ordering::Relaxed);
             let late = self.deadline.is_some_and(|deadline| Instant::now() >= deadline);
             if n >= self.end || late {
-                return Ok(tally);
+                return Ok(());
             }
             let started = Instant::now();
             let done = run_lifecycle(&mut self.route, n, self.release_one_in).await?;
-            tally.record(started, done);
+            self.tally.lock().expect("tally poisoned").record(started, done);
             self.n_completed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -437,15 +434,6 @@ impl Histogram {
         self.n_recorded += 1;
         self.sum_us += u128::from(us);
         self.max_us = self.max_us.max(us);
-    }
-
-    pub fn merge(&mut self, other: &Histogram) {
-        for (count, other_count) in self.counts.iter_mut().zip(&other.counts) {
-            *count += other_count;
-        }
-        self.n_recorded += other.n_recorded;
-        self.sum_us += other.sum_us;
-        self.max_us = self.max_us.max(other.max_us);
     }
 
     pub fn mean(&self) -> Duration {
