@@ -32,6 +32,7 @@ use solrouter_ledger::{Command, Outcome, BATCH_COMMANDS_MAX};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -101,6 +102,9 @@ enum Method {
 struct Pending {
     command: Command,
     reply: oneshot::Sender<Result<Outcome, LedgerError>>,
+    /// When the call gives up: the batch it goes out in keeps to the earliest of its
+    /// commands' deadlines, so no command needs a timer of its own.
+    deadline: Instant,
 }
 
 /// What every clone and every background task shares: the routes. Holds no queue sender,
@@ -254,15 +258,25 @@ impl GroupAccess for LedgerClient {
     }
 
     /// Queues `command` for its group's leader, batched with concurrent submits of the same
-    /// group.
+    /// group; answered within [`CLIENT_CALL_DEADLINE`]. Only a full queue (backpressure)
+    /// is waited on under a timer: once queued, the dispatcher answers the command by its
+    /// deadline (`submit_batch`), which a timer per command (a timer wheel's insert and
+    /// removal, a tenth of a loaded client's CPU) only repeated.
     async fn submit_command(&self, command: Command) -> Result<Outcome, LedgerError> {
+        let deadline = Instant::now() + CLIENT_CALL_DEADLINE;
         let group_idx = group_of_account(command.op.account(), self.n_groups());
-        let (reply_tx, reply_rx) = oneshot::channel();
+        let (reply, reply_rx) = oneshot::channel();
         let queue = &self.queues[group_idx as usize];
-        queue
-            .send(Pending { command, reply: reply_tx })
-            .await
-            .map_err(|_| LedgerError::Shutdown)?;
+        match queue.try_send(Pending { command, reply, deadline }) {
+            Ok(()) => {}
+            Err(TrySendError::Closed(_)) => return Err(LedgerError::Shutdown),
+            Err(TrySendError::Full(pending)) => {
+                match tokio::time::timeout_at(deadline, queue.send(pending)).await {
+                    Ok(sent) => sent.map_err(|_| LedgerError::Shutdown)?,
+                    Err(_elapsed) => return Err(LedgerError::Timeout(CLIENT_CALL_DEADLINE)),
+                }
+            }
+        }
         reply_rx.await.map_err(|_| LedgerError::Shutdown)?
     }
 
@@ -308,13 +322,22 @@ async fn dispatch(shared: Arc<Shared>, group_idx: u32, mut queue: mpsc::Receiver
     }
 }
 
-async fn submit_batch(shared: &Shared, group_idx: u32, pendings: Vec<Pending>) {
+/// Sends `pendings` as one RPC, retried within the earliest of their deadlines; a command
+/// whose deadline passed while it waited for an RPC slot (behind RPCs that are themselves
+/// bounded by deadlines no later than its own) is answered `Timeout` at once. So every
+/// command is answered by its deadline.
+async fn submit_batch(shared: &Shared, group_idx: u32, mut pendings: Vec<Pending>) {
+    let now = Instant::now();
+    for late in pendings.extract_if(.., |pending| pending.deadline <= now) {
+        let _ = late.reply.send(Err(LedgerError::Timeout(CLIENT_CALL_DEADLINE)));
+    }
+    let Some(deadline) = pendings.iter().map(|pending| pending.deadline).min() else { return };
     let (commands, replies): (Vec<Command>, Vec<_>) =
         pendings.into_iter().map(|p| (p.command, p.reply)).unzip();
     let submitted = match encode(&commands) {
         Ok(payload) => {
-            let (method, budget) = (Method::Submit, Budget::call());
-            shared.at_leader::<Vec<Outcome>>(method, group_idx, payload, budget).await
+            let budget = Budget { rpc_timeout: CLIENT_RPC_TIMEOUT, deadline };
+            shared.at_leader::<Vec<Outcome>>(Method::Submit, group_idx, payload, budget).await
         }
         Err(e) => Err(e),
     };

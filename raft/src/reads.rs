@@ -29,13 +29,17 @@ pub trait GroupAccess: Sync {
         request: ReadRequest,
     ) -> impl Future<Output = Result<ReadAnswer, LedgerError>> + Send;
 
-    /// Submits `command` to its account's group, unbounded by [`GroupAccess::call_deadline`].
+    /// Submits `command` to its account's group, within the handle's own bound (a node's
+    /// [`SUBMIT_TIMEOUT`](crate::SUBMIT_TIMEOUT), a client's
+    /// [`CLIENT_CALL_DEADLINE`](crate::CLIENT_CALL_DEADLINE), which goes with the command
+    /// into its batch instead of a timer per command); not bounded again by
+    /// [`GroupAccess::call_deadline`].
     fn submit_command(
         &self,
         command: Command,
     ) -> impl Future<Output = Result<Outcome, LedgerError>> + Send;
 
-    /// The overall deadline of one [`LedgerApi`] call, every attempt included; `None` when
+    /// The overall deadline of one [`LedgerApi`] read, every attempt included; `None` when
     /// the handle's own timeouts bound its calls.
     fn call_deadline(&self) -> Option<Duration>;
 }
@@ -53,7 +57,7 @@ pub trait LedgerApi: GroupAccess {
         &self,
         command: Command,
     ) -> impl Future<Output = Result<Outcome, LedgerError>> + Send {
-        bounded(self.call_deadline(), self.submit_command(command))
+        self.submit_command(command)
     }
 
     /// An account.

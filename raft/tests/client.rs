@@ -10,7 +10,8 @@ use solrouter_ledger::{
 };
 use solrouter_raft::{
     free_local_addr, group_of_account, ClusterConfig, ClusterStart, Consistency, LedgerApi,
-    LedgerClient, LedgerError, LedgerNode, NodeOptions, CLIENT_CALL_DEADLINE, CLIENT_RPC_TIMEOUT,
+    LedgerClient, LedgerError, LedgerNode, NodeOptions, CLIENT_BATCH_COMMANDS_MAX,
+    CLIENT_CALL_DEADLINE, CLIENT_QUEUE_MAX, CLIENT_RPCS_IN_FLIGHT_MAX, CLIENT_RPC_TIMEOUT,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -297,7 +298,8 @@ async fn nodes_join_and_leave_while_the_cluster_serves() {
 }
 
 /// Without a quorum every call fails within its deadline, retryably, instead of retrying
-/// for tens of seconds; once the quorum is back the same op id applies once.
+/// for tens of seconds: also the submits queued behind a full set of RPCs, and those
+/// waiting for room in the full queue. Once the quorum is back the same op id applies once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_without_a_quorum_fail_within_the_deadline() {
     let mut cluster = Cluster::start(3, 1).await;
@@ -316,6 +318,26 @@ async fn calls_without_a_quorum_fail_within_the_deadline() {
     assert!(read.as_ref().is_err_and(LedgerError::is_retryable), "{read:?}");
     let bound = CLIENT_CALL_DEADLINE * 2 + CLIENT_RPC_TIMEOUT;
     assert!(elapsed < bound, "two calls took {elapsed:?}");
+
+    // Credits of an account never created: the ones the lone node logged apply (as
+    // rejections) once the quorum is back, and leave the balances checked below alone.
+    let stranger = AccountId(u64::MAX);
+    let n_submits = CLIENT_RPCS_IN_FLIGHT_MAX * CLIENT_BATCH_COMMANDS_MAX + CLIENT_QUEUE_MAX + 512;
+    let submits = (0..n_submits as u128).map(|n| {
+        let (client, id) = (client.clone(), OpId(1 << 91 | n));
+        let op = Op::Credit { account: stranger, amount: TOP_UP };
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let answer = client.submit(Command { id, op });
+            (answer.await, started.elapsed())
+        })
+    });
+    for submit in submits.collect::<Vec<_>>() {
+        let (answer, elapsed) = submit.await.unwrap();
+        assert!(answer.as_ref().is_err_and(LedgerError::is_retryable), "{answer:?}");
+        let bound = CLIENT_CALL_DEADLINE + Duration::from_millis(500);
+        assert!(elapsed < bound, "a submit took {elapsed:?}");
+    }
     for id in [2, 3] {
         cluster.open(id, ClusterStart::Bootstrap(cluster.peers.clone())).await;
     }
