@@ -464,6 +464,13 @@ impl Account {
     pub fn available(&self) -> i128 {
         self.credits.0 as i128 - self.debits_posted.0 as i128 - self.debits_pending.0 as i128
     }
+
+    /// Gives back what a hold of `amount` held.
+    fn drop_hold(&mut self, amount: PicoUsd) {
+        let pending = self.debits_pending.0.checked_sub(amount.0).expect("pending underflow");
+        self.debits_pending = PicoUsd(pending);
+        self.n_holds = self.n_holds.checked_sub(1).expect("hold count underflow");
+    }
 }
 
 /// What a key may do.
@@ -502,6 +509,20 @@ pub struct Key {
 }
 
 impl Key {
+    /// Gives back what a hold of `amount` made with the key held.
+    fn drop_hold(&mut self, amount: PicoUsd) {
+        self.held = PicoUsd(self.held.0.checked_sub(amount.0).expect("key held underflow"));
+        self.n_holds = self.n_holds.checked_sub(1).expect("key hold count underflow");
+    }
+
+    /// Counts a settled request of `tokens` charged `charged` at `at_ms`.
+    fn charge(&mut self, at_ms: u64, charged: PicoUsd, tokens: u64) {
+        self.usage = self.usage.checked_add(charged).expect("key usage overflow");
+        self.spend.add(at_ms, charged);
+        self.minute = self.minute.at(at_ms);
+        self.minute.tokens = self.minute.tokens.saturating_add(tokens);
+    }
+
     /// What the key was charged in the `reset` period containing `at_ms`.
     pub fn spent(&self, reset: LimitReset, at_ms: u64) -> PicoUsd {
         self.spend.in_period(reset, at_ms, self.usage)
@@ -665,6 +686,20 @@ impl Hold {
             released: false,
         }
     }
+}
+
+/// Takes pending hold `hold` out of the holds and their expiry order; the caller gives
+/// back what it held. A function of the two maps, not a method, so that a caller may hold
+/// its account's entry meanwhile.
+fn take_hold(
+    holds: &mut HashMap<HoldId, Hold>,
+    expiry: &mut OrdSet<(u64, HoldId)>,
+    hold: HoldId,
+) -> Hold {
+    let entry = holds.remove(&hold).expect("voiding a known hold");
+    let indexed = expiry.remove(&(entry.expires_at_ms, hold));
+    assert!(indexed.is_some(), "expiry index out of sync");
+    entry
 }
 
 /// An ended hold's entry in memory, index slots aside: kept to a few words, since the
@@ -959,30 +994,31 @@ impl Ledger {
                 _ => Err(Rejection::HoldExists),
             };
         }
-        if !self.accounts.contains_key(&account) {
+        // One lookup each of the account and the key, for the checks and the changes alike
+        // (a refused reserve's copy-on-write of their paths changes nothing).
+        let Some(entry) = self.accounts.get_mut(&account) else {
             return Err(Rejection::UnknownAccount);
-        }
+        };
         // The ledger itself refuses a revoked, disabled or limited key, so a gateway whose
         // key cache is stale cannot spend with it, and every gateway counts against the
         // same limits.
-        match self.keys.get(&key) {
-            Some(entry) if entry.account == account => {
-                if entry.revoked {
-                    return Err(Rejection::KeyRevoked);
-                }
-                if entry.disabled {
-                    return Err(Rejection::KeyDisabled);
-                }
-                if entry.kind == KeyKind::Management {
-                    return Err(Rejection::ManagementKey);
-                }
-                entry.admits(amount, self.stamp_ms)?;
-            }
+        let key_entry = match self.keys.get_mut(&key) {
+            Some(key_entry) if key_entry.account == account => key_entry,
             _ => return Err(Rejection::UnknownKey),
+        };
+        if key_entry.revoked {
+            return Err(Rejection::KeyRevoked);
         }
+        if key_entry.disabled {
+            return Err(Rejection::KeyDisabled);
+        }
+        if key_entry.kind == KeyKind::Management {
+            return Err(Rejection::ManagementKey);
+        }
+        let stamp_ms = self.stamp_ms;
+        key_entry.admits(amount, stamp_ms)?;
         assert!(ttl_ms > 0 && ttl_ms <= HOLD_TTL_MS_MAX, "validated before applying");
-        let expires_at_ms = self.stamp_ms.checked_add(ttl_ms).expect("stamp overflow");
-        let entry = self.accounts.get_mut(&account).expect("checked above");
+        let expires_at_ms = stamp_ms.checked_add(ttl_ms).expect("stamp overflow");
         let available = entry.available();
         if (amount.0 as i128) > available {
             return Err(Rejection::InsufficientFunds { available });
@@ -990,8 +1026,6 @@ impl Ledger {
         entry.debits_pending = entry.debits_pending.checked_add(amount).expect("pending overflow");
         entry.n_holds += 1;
         let available = entry.available();
-        let stamp_ms = self.stamp_ms;
-        let key_entry = self.keys.get_mut(&key).expect("checked above");
         key_entry.held = key_entry.held.checked_add(amount).expect("key held overflow");
         key_entry.n_holds += 1;
         key_entry.minute = key_entry.minute.at(stamp_ms);
@@ -1038,22 +1072,25 @@ impl Ledger {
         record: &RequestRecord,
         reserved_at_ms: u64,
     ) -> Outcome {
-        let ended = self.ended.get(hold.0);
-        if let Some(settled) = ended.and_then(|ended| ended.settled) {
+        let ended = self.ended.get(hold.0).cloned();
+        if let Some(settled) = ended.as_ref().and_then(|ended| ended.settled) {
             // Settling twice (even under a new op id) changes nothing.
             return Ok(settled.reply());
         }
-        if !self.accounts.contains_key(&account) {
+        // One lookup of the account, for the hold's release and the charge alike.
+        let Some(entry) = self.accounts.get_mut(&account) else {
             return Err(Rejection::UnknownAccount);
-        }
-        let (held, reservation) = match (self.holds.get(&hold), ended) {
-            (Some(entry), _) if entry.account == account => {
-                let held = self.void_hold(hold);
-                (held.amount, Some(held.reservation()))
+        };
+        let (voided, reservation) = match (self.holds.get(&hold), ended) {
+            (Some(pending), _) if pending.account == account => {
+                let held = take_hold(&mut self.holds, &mut self.expiry, hold);
+                entry.drop_hold(held.amount);
+                let reservation = held.reservation();
+                (Some(held), Some(reservation))
             }
             (Some(_), _) => return Err(Rejection::UnknownHold),
             // Expired or released: charged like any other settle, within the funds.
-            (None, Some(ended)) => (PicoUsd::ZERO, ended.reservation),
+            (None, Some(ended)) => (None, ended.reservation),
             // Every hold reserved at `reserved_at_ms` ended at or after it and is remembered
             // for the window past its end: unknown after that, it may have been settled.
             (None, None)
@@ -1062,9 +1099,9 @@ impl Ledger {
                 return Err(Rejection::HoldForgotten)
             }
             // Never reserved: charged like any other settle, within the funds.
-            (None, None) => (PicoUsd::ZERO, None),
+            (None, None) => (None, None),
         };
-        let entry = self.accounts.get_mut(&account).expect("checked above");
+        let held = voided.as_ref().map_or(PicoUsd::ZERO, |voided| voided.amount);
         let available = u128::try_from(entry.available()).expect("available is never negative");
         let chargeable = if record.waived { 0 } else { available };
         let charged = PicoUsd(actual.0.min(chargeable));
@@ -1074,12 +1111,22 @@ impl Ledger {
         entry.written_off = entry.written_off.checked_add(written_off).expect("write-off overflow");
         self.written_off = self.written_off.checked_add(written_off).expect("write-off overflow");
         assert!(entry.available() >= 0, "a settle made the balance negative");
-        if let Some(key) = record.key.and_then(|key| self.keys.get_mut(&key)) {
-            key.usage = key.usage.checked_add(charged).expect("key usage overflow");
-            key.spend.add(self.stamp_ms, charged);
-            key.minute = key.minute.at(self.stamp_ms);
-            let tokens = record.prompt_tokens.saturating_add(record.completion_tokens);
-            key.minute.tokens = key.minute.tokens.saturating_add(tokens);
+        // The hold's key gives back what it held and the record's key is charged: one
+        // key, looked up once, but for a record naming another (or none).
+        let tokens = record.prompt_tokens.saturating_add(record.completion_tokens);
+        let stamp_ms = self.stamp_ms;
+        let hold_key = voided.as_ref().map(|voided| (voided.key, voided.amount));
+        if let Some((key, amount)) = hold_key {
+            let key_entry = self.keys.get_mut(&key).expect("hold of a known key");
+            key_entry.drop_hold(amount);
+            if record.key == Some(key) {
+                key_entry.charge(stamp_ms, charged, tokens);
+            }
+        }
+        if record.key != hold_key.map(|(key, _)| key) {
+            if let Some(key_entry) = record.key.and_then(|key| self.keys.get_mut(&key)) {
+                key_entry.charge(stamp_ms, charged, tokens);
+            }
         }
         let settled = Settlement { charged, released, written_off };
         self.end_hold(hold, Ended { reservation, settled: Some(settled) });
@@ -1088,19 +1135,10 @@ impl Ledger {
 
     /// Removes a pending hold, giving back what it held; returns it.
     fn void_hold(&mut self, hold: HoldId) -> Hold {
-        let entry = self.holds.remove(&hold).expect("voiding a known hold");
-        assert!(
-            self.expiry.remove(&(entry.expires_at_ms, hold)).is_some(),
-            "expiry index out of sync"
-        );
+        let entry = take_hold(&mut self.holds, &mut self.expiry, hold);
         let account = self.accounts.get_mut(&entry.account).expect("hold of a known account");
-        account.debits_pending = PicoUsd(
-            account.debits_pending.0.checked_sub(entry.amount.0).expect("pending underflow"),
-        );
-        account.n_holds = account.n_holds.checked_sub(1).expect("hold count underflow");
-        let key = self.keys.get_mut(&entry.key).expect("hold of a known key");
-        key.held = PicoUsd(key.held.0.checked_sub(entry.amount.0).expect("key held underflow"));
-        key.n_holds = key.n_holds.checked_sub(1).expect("key hold count underflow");
+        account.drop_hold(entry.amount);
+        self.keys.get_mut(&entry.key).expect("hold of a known key").drop_hold(entry.amount);
         entry
     }
 
