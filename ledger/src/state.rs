@@ -1085,8 +1085,7 @@ impl Ledger {
             (Some(pending), _) if pending.account == account => {
                 let held = take_hold(&mut self.holds, &mut self.expiry, hold);
                 entry.drop_hold(held.amount);
-                let reservation = held.reservation();
-                (Some(held), Some(reservation))
+                (Some((held.key, held.amount)), Some(held.reservation()))
             }
             (Some(_), _) => return Err(Rejection::UnknownHold),
             // Expired or released: charged like any other settle, within the funds.
@@ -1101,7 +1100,7 @@ impl Ledger {
             // Never reserved: charged like any other settle, within the funds.
             (None, None) => (None, None),
         };
-        let held = voided.as_ref().map_or(PicoUsd::ZERO, |voided| voided.amount);
+        let held = voided.map_or(PicoUsd::ZERO, |(_, amount)| amount);
         let available = u128::try_from(entry.available()).expect("available is never negative");
         let chargeable = if record.waived { 0 } else { available };
         let charged = PicoUsd(actual.0.min(chargeable));
@@ -1115,15 +1114,14 @@ impl Ledger {
         // key, looked up once, but for a record naming another (or none).
         let tokens = record.prompt_tokens.saturating_add(record.completion_tokens);
         let stamp_ms = self.stamp_ms;
-        let hold_key = voided.as_ref().map(|voided| (voided.key, voided.amount));
-        if let Some((key, amount)) = hold_key {
+        if let Some((key, amount)) = voided {
             let key_entry = self.keys.get_mut(&key).expect("hold of a known key");
             key_entry.drop_hold(amount);
             if record.key == Some(key) {
                 key_entry.charge(stamp_ms, charged, tokens);
             }
         }
-        if record.key != hold_key.map(|(key, _)| key) {
+        if record.key != voided.map(|(key, _)| key) {
             if let Some(key_entry) = record.key.and_then(|key| self.keys.get_mut(&key)) {
                 key_entry.charge(stamp_ms, charged, tokens);
             }

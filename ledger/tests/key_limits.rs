@@ -255,3 +255,39 @@ fn invalid_limits_and_too_many_keys_are_refused() {
         Op::CreateKey { account: ACCOUNT, key: KeyId(1), name, hash: [9; 32], kind, limits };
     assert_eq!(h.run(one_more), Err(Rejection::KeysExhausted));
 }
+
+/// A settle gives the hold's key back what it held and charges the key its record names:
+/// the same key as a rule, but a record may name another key of the account, or none.
+#[test]
+fn a_settle_frees_its_holds_key_and_charges_its_records_key() {
+    const OTHER: KeyId = KeyId(71);
+    let mut h = Harness::new(KeyLimits::default());
+    let (name, kind) = ("other".to_string(), KeyKind::Inference);
+    let limits = KeyLimits::default();
+    h.ok(Op::CreateKey { account: ACCOUNT, key: OTHER, name, hash: [8; 32], kind, limits });
+    h.ok(reserve(1, "0.50"));
+    h.ok(reserve(2, "0.40"));
+    assert_eq!((h.key().held, h.key().n_holds), (usd("0.90"), 2));
+
+    let Op::Settle { account, hold, actual, mut record, reserved_at_ms } = h.settle(1, "0.30", 9)
+    else {
+        unreachable!()
+    };
+    record.key = Some(OTHER);
+    h.ok(Op::Settle { account, hold, actual, record, reserved_at_ms });
+    let (key, other) = (h.key(), h.ledger.key(OTHER).unwrap().clone());
+    assert_eq!((key.held, key.n_holds, key.usage), (usd("0.40"), 1, PicoUsd::ZERO));
+    assert_eq!((other.held, other.n_holds, other.usage), (PicoUsd::ZERO, 0, usd("0.30")));
+    assert_eq!(other.minute.at(h.stamp_ms).tokens, 9);
+
+    let Op::Settle { account, hold, actual, mut record, reserved_at_ms } = h.settle(2, "0.20", 5)
+    else {
+        unreachable!()
+    };
+    record.key = None;
+    h.ok(Op::Settle { account, hold, actual, record, reserved_at_ms });
+    let key = h.key();
+    assert_eq!((key.held, key.n_holds, key.usage), (PicoUsd::ZERO, 0, PicoUsd::ZERO));
+    assert_eq!(key.minute.at(h.stamp_ms).tokens, 0);
+    assert_eq!(h.ledger.account(ACCOUNT).unwrap().debits_posted, usd("0.50"));
+}
