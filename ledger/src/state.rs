@@ -1072,8 +1072,8 @@ impl Ledger {
         record: &RequestRecord,
         reserved_at_ms: u64,
     ) -> Outcome {
-        let ended = self.ended.get(hold.0).cloned();
-        if let Some(settled) = ended.as_ref().and_then(|ended| ended.settled) {
+        let ended = self.ended.get(hold.0);
+        if let Some(settled) = ended.and_then(|ended| ended.settled) {
             // Settling twice (even under a new op id) changes nothing.
             return Ok(settled.reply());
         }

@@ -336,7 +336,7 @@ async fn submit_batch(shared: &Shared, group_idx: u32, mut pendings: Vec<Pending
         pendings.into_iter().map(|p| (p.command, p.reply)).unzip();
     let submitted = match encode(&commands) {
         Ok(payload) => {
-            let budget = Budget { rpc_timeout: CLIENT_RPC_TIMEOUT, deadline };
+            let budget = Budget::until(deadline);
             shared.at_leader::<Vec<Outcome>>(Method::Submit, group_idx, payload, budget).await
         }
         Err(e) => Err(e),
@@ -524,7 +524,7 @@ impl Shared {
     ) -> Result<T, LedgerError> {
         let mut failed = None;
         let n_addrs = self.routes().addrs.len();
-        let budget = Budget { rpc_timeout: CLIENT_RPC_TIMEOUT, deadline };
+        let budget = Budget::until(deadline);
         for _attempt in 0..n_addrs {
             let Some(timeout) = budget.next_rpc_timeout() else { break };
             let target = self.next_addr();
@@ -582,7 +582,12 @@ struct Budget {
 impl Budget {
     /// An ordinary call's: [`CLIENT_CALL_DEADLINE`] from now.
     fn call() -> Budget {
-        Budget { rpc_timeout: CLIENT_RPC_TIMEOUT, deadline: Instant::now() + CLIENT_CALL_DEADLINE }
+        Budget::until(Instant::now() + CLIENT_CALL_DEADLINE)
+    }
+
+    /// Ordinary RPCs until `deadline`.
+    fn until(deadline: Instant) -> Budget {
+        Budget { rpc_timeout: CLIENT_RPC_TIMEOUT, deadline }
     }
 
     /// Makes `error` the one a call reports (`failed`), unless it is only the timeout of
