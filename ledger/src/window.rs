@@ -1,13 +1,15 @@
 //! [`Window`]: what the ledger remembers for a bounded time by a client-made 128-bit id
 //! (op ids, hold ids), each entry until a batch stamp reaches its `forget_at_ms`. Entries
 //! arrive in the order they are forgotten (stamps never go back), so they are kept as a
-//! log in that order, in fixed-size chunks behind `Arc`s: forgetting advances the log's
-//! front and drops whole chunks, and only the last chunk is ever written. An open-addressing
-//! index (linear probing, at most half full) finds an entry by its id; it holds one 8-byte
-//! slot per entry, in pages behind `Arc`s. Cloning a window (a snapshot's copy) clones
-//! the chunk and page pointers, never an entry; a write after that copies the one chunk or
-//! page it touches (copy on write), so a snapshot never waits for apply nor apply for a
-//! snapshot, and memory is a few words per entry beyond the entry itself (the `imbl` maps
+//! log in that order: full chunks of a fixed size behind `Arc`s, never written again, and
+//! the newest entries (fewer than a chunk) in a buffer of the window's own, which becomes
+//! the next chunk once full. Forgetting advances the log's front and drops whole chunks.
+//! An open-addressing index (linear probing, at most half full) finds an entry by its id;
+//! it holds one 8-byte slot per entry, in pages behind `Arc`s. Cloning a window (a
+//! snapshot's copy) clones the chunk and page pointers and the few newest entries; a write
+//! after that copies the one page it touches (copy on write), so a snapshot never waits
+//! for apply nor apply for a snapshot, and memory is a few words per entry beyond the
+//! entry itself (the `imbl` maps
 //! this replaced took ~500 bytes per entry and a fifth of a node's CPU under load). A
 //! loaded node's window is far larger than the cache, so a lookup is a cache miss:
 //! [`Window::warm`] starts a few at once, ahead of the lookups.
@@ -27,8 +29,14 @@ use std::hash::BuildHasher;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-/// Entries per chunk of the log: the granularity of dropping and of a copy on write.
-const CHUNK_ENTRIES: usize = 1024;
+/// Bytes per chunk of the log (its entries and its `Arc`'s counts): the granularity of
+/// dropping, and the size of the blocks the log takes from the allocator. Chunks live as
+/// long as the window remembers, among a request's short-lived allocations, and are freed
+/// oldest first; 8 KiB keeps them in mimalloc's small pages (64 KiB). Chunks of 1,024
+/// entries (up to 192 KiB) shared its 4 MiB pages, where the freed ones left holes that
+/// stayed resident while a page held a live one, and `solrouter dev`'s RSS rose for
+/// minutes after the windows were full (docs/storage.md, "Session 27").
+const CHUNK_BYTES: usize = 8 * 1024;
 /// Slots per page of the index (4 KiB): the granularity of a copy on write.
 const PAGE_BITS: u32 = 9;
 const PAGE_SLOTS: usize = 1 << PAGE_BITS;
@@ -58,8 +66,11 @@ struct Entry<V> {
 /// `forget_at_ms`; see the module's documentation.
 #[derive(Clone)]
 pub(crate) struct Window<V> {
-    /// The log, oldest first, [`CHUNK_ENTRIES`] per chunk (the last may be shorter).
-    chunks: VecDeque<Arc<Vec<Entry<V>>>>,
+    /// The log's full chunks, oldest first, [`Window::CHUNK_ENTRIES`] each; shared by
+    /// clones.
+    chunks: VecDeque<Arc<[Entry<V>]>>,
+    /// The log's newest entries, after `chunks`: fewer than a chunk, this window's own.
+    open: Vec<Entry<V>>,
     /// The sequence number of the first chunk's first entry.
     chunk_base: u64,
     /// The sequence number of the oldest entry not forgotten.
@@ -177,11 +188,19 @@ impl Index {
 }
 
 impl<V: Clone> Window<V> {
+    /// Entries per chunk: as many as [`CHUNK_BYTES`] holds beside the counts, at least one.
+    const CHUNK_ENTRIES: usize =
+        match (CHUNK_BYTES - 2 * std::mem::size_of::<usize>()) / std::mem::size_of::<Entry<V>>() {
+            0 => 1,
+            n => n,
+        };
+
     pub(crate) fn new() -> Window<V> {
         let random = std::collections::hash_map::RandomState::new();
         let seeds = [random.hash_one(0u8), random.hash_one(1u8)];
         Window {
             chunks: VecDeque::new(),
+            open: Vec::new(),
             chunk_base: 0,
             front: 0,
             next: 0,
@@ -198,7 +217,11 @@ impl<V: Clone> Window<V> {
 
     fn entry(&self, seq: u64) -> &Entry<V> {
         let offset = usize::try_from(seq - self.chunk_base).expect("the log fits in memory");
-        &self.chunks[offset / CHUNK_ENTRIES][offset % CHUNK_ENTRIES]
+        let (chunk, i) = (offset / Self::CHUNK_ENTRIES, offset % Self::CHUNK_ENTRIES);
+        match self.chunks.get(chunk) {
+            Some(chunk) => &chunk[i],
+            None => &self.open[i],
+        }
     }
 
     /// The full sequence number of an occupied slot's.
@@ -261,25 +284,15 @@ impl<V: Clone> Window<V> {
         let hash = self.index.hash(key);
         let found = self.find_hashed(key, hash);
         let seq = self.next;
-        let entry = Entry { key, forget_at_ms, value };
-        match self.chunks.back_mut() {
-            Some(chunk) if chunk.len() < CHUNK_ENTRIES => match Arc::get_mut(chunk) {
-                Some(chunk) => chunk.push(entry),
-                None => {
-                    // Shared with a snapshot's copy: this window's own from now on.
-                    let mut own = Vec::with_capacity(CHUNK_ENTRIES);
-                    own.extend_from_slice(chunk);
-                    own.push(entry);
-                    *chunk = Arc::new(own);
-                }
-            },
-            _ => {
-                // Whole from the start: a chunk grown by doubling would be reallocated
-                // and copied ten times on its way to `CHUNK_ENTRIES`.
-                let mut chunk = Vec::with_capacity(CHUNK_ENTRIES);
-                chunk.push(entry);
-                self.chunks.push_back(Arc::new(chunk));
-            }
+        if self.open.capacity() == 0 {
+            // Whole from the start: grown by doubling, it would be reallocated and copied
+            // several times on its way to a chunk.
+            self.open.reserve_exact(Self::CHUNK_ENTRIES);
+        }
+        self.open.push(Entry { key, forget_at_ms, value });
+        if self.open.len() == Self::CHUNK_ENTRIES {
+            // Moved, not cloned entry by entry: one copy of the bytes.
+            self.chunks.push_back(Arc::from(std::mem::take(&mut self.open)));
         }
         self.next += 1;
         self.last_forget_at_ms = forget_at_ms;
@@ -319,7 +332,7 @@ impl<V: Clone> Window<V> {
                 self.superseded -= 1;
             }
             self.front += 1;
-            if self.front - self.chunk_base == CHUNK_ENTRIES as u64 {
+            if self.front - self.chunk_base == Self::CHUNK_ENTRIES as u64 {
                 self.chunks.pop_front();
                 self.chunk_base = self.front;
             }
@@ -475,7 +488,7 @@ mod tests {
     /// and the index shrinks back once they are gone.
     #[test]
     fn entries_are_found_until_exactly_their_stamp() {
-        const N: u64 = 10 * CHUNK_ENTRIES as u64 + 7;
+        const N: u64 = 10 * Window::<u64>::CHUNK_ENTRIES as u64 + 7;
         let mut window = filled(N, |n| 100 + n / 10);
         assert_eq!(window.len(), N as usize);
         assert!(window.index.bits > INDEX_BITS_MIN + 2, "the index grew");
@@ -502,11 +515,15 @@ mod tests {
     /// latest entry's stamp, though the older entry is forgotten before.
     #[test]
     fn an_id_inserted_again_keeps_its_latest_value_and_stamp() {
-        let mut window = filled(3 * CHUNK_ENTRIES as u64, |n| n);
+        let mut window = filled(3 * Window::<u64>::CHUNK_ENTRIES as u64, |n| n);
         window.insert(6, 5_000, 99);
-        assert_eq!((window.get(6), window.len()), (Some(&99), 3 * CHUNK_ENTRIES));
+        assert_eq!((window.get(6), window.len()), (Some(&99), 3 * Window::<u64>::CHUNK_ENTRIES));
         let live: Vec<_> = window.iter().map(|(key, _, value)| (key, *value)).collect();
-        assert_eq!(live.len(), 3 * CHUNK_ENTRIES, "the older entry of 6 is not live");
+        assert_eq!(
+            live.len(),
+            3 * Window::<u64>::CHUNK_ENTRIES,
+            "the older entry of 6 is not live"
+        );
         assert_eq!(live.iter().filter(|(key, _)| *key == 6).collect::<Vec<_>>(), [&(6, 99)]);
         assert!(window.problems("w").is_empty(), "{:?}", window.problems("w"));
         window.forget(1);
@@ -539,6 +556,19 @@ mod tests {
         rebuilt.forget(999);
         rebuilt.insert(1, 10_000, 7);
         assert_eq!(rebuilt, window);
+        assert!(copy.problems("copy").is_empty() && window.problems("w").is_empty());
+        // The copy's newest entries are its own too: filling them into a chunk of the copy
+        // leaves the window as it was.
+        let mut copy = copy;
+        for n in 0..Window::<u64>::CHUNK_ENTRIES as u64 {
+            copy.insert(u128::from(1_000_000 + n), 20_000, n);
+        }
+        assert_eq!(
+            (copy.get(1_000_000), copy.len()),
+            (Some(&0), 2_500 + Window::<u64>::CHUNK_ENTRIES)
+        );
+        assert_eq!((window.get(1_000_000), window.len()), (None, 1_501));
+        assert_eq!(window, rebuilt);
         assert!(copy.problems("copy").is_empty() && window.problems("w").is_empty());
     }
 
