@@ -33,9 +33,10 @@ use std::sync::Arc;
 /// dropping, and the size of the blocks the log takes from the allocator. Chunks live as
 /// long as the window remembers, among a request's short-lived allocations, and are freed
 /// oldest first; 8 KiB keeps them in mimalloc's small pages (64 KiB). Chunks of 1,024
-/// entries (up to 192 KiB) shared its 4 MiB pages, where the freed ones left holes that
+/// entries (up to 192 KiB) shared 4 MiB pages, where the freed ones left holes that
 /// stayed resident while a page held a live one, and `solrouter dev`'s RSS rose for
-/// minutes after the windows were full (docs/storage.md, "Session 27").
+/// minutes after the windows were full (docs/storage.md, "The windows' chunks in small
+/// pages").
 const CHUNK_BYTES: usize = 8 * 1024;
 /// Slots per page of the index (4 KiB): the granularity of a copy on write.
 const PAGE_BITS: u32 = 9;
