@@ -9,10 +9,9 @@
 //! snapshot's copy) clones the chunk and page pointers and the few newest entries; a write
 //! after that copies the one page it touches (copy on write), so a snapshot never waits
 //! for apply nor apply for a snapshot, and memory is a few words per entry beyond the
-//! entry itself (the `imbl` maps
-//! this replaced took ~500 bytes per entry and a fifth of a node's CPU under load). A
-//! loaded node's window is far larger than the cache, so a lookup is a cache miss:
-//! [`Window::warm`] starts a few at once, ahead of the lookups.
+//! entry itself (the `imbl` maps this replaced took ~500 bytes per entry and a fifth of a
+//! node's CPU under load). A loaded node's window is far larger than the cache, so a
+//! lookup is a cache miss: [`Window::warm`] starts a few at once, ahead of the lookups.
 //!
 //! Ids come from clients, so nothing relies on their bits: the index hashes them with a
 //! per-window random seed (a client cannot aim ids at one probe chain). The index's layout
