@@ -58,9 +58,10 @@ pub fn prefilled(dir: &Path) -> (History, u64) {
     let step_ms = PREFILL_SPAN_MS / PREFILL_RECORDS;
     let mut n = 0;
     while n < PREFILL_RECORDS {
-        let batch = (n..n + RECORDS_PER_TRANSACTION).map(|n| settled(n, start_ms + n * step_ms));
-        history.insert(batch).unwrap();
-        n += RECORDS_PER_TRANSACTION;
+        // The last batch stops at the prefill's end (now), not in the future.
+        let end = (n + RECORDS_PER_TRANSACTION).min(PREFILL_RECORDS);
+        history.insert((n..end).map(|n| settled(n, start_ms + n * step_ms))).unwrap();
+        n = end;
     }
     history.sync().unwrap();
     (history, n)
