@@ -4,21 +4,21 @@
 //! describes the workload).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use solrouter_bench::history::{next_batch, now_ms, prefilled, RECORDS_PER_TRANSACTION};
+use solrouter_bench::history::{now_ms, prefilled, RECORDS_PER_TRANSACTION};
 use solrouter_ledger::{AccountId, HoldId, KeyId};
 use solrouter_raft::{HistoryCursor, HistoryQuery};
 use std::time::{Duration, Instant};
 
 fn write_transactions(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let (history, mut n) = prefilled(dir.path());
+    let (history, mut batches) = prefilled(dir.path());
     let mut group = c.benchmark_group("history_write");
     group.throughput(Throughput::Elements(RECORDS_PER_TRANSACTION));
     group.bench_function("one_transaction", |b| {
         b.iter_custom(|iterations| {
             let mut elapsed = Duration::ZERO;
             for _ in 0..iterations {
-                let batch = next_batch(&mut n, RECORDS_PER_TRANSACTION);
+                let batch = batches.take(RECORDS_PER_TRANSACTION);
                 let started = Instant::now();
                 history.insert(batch).unwrap();
                 elapsed += started.elapsed();
@@ -32,7 +32,7 @@ fn write_transactions(c: &mut Criterion) {
             let mut elapsed = Duration::ZERO;
             for _ in 0..iterations {
                 for _ in 0..4 {
-                    let batch = next_batch(&mut n, RECORDS_PER_TRANSACTION);
+                    let batch = batches.take(RECORDS_PER_TRANSACTION);
                     let started = Instant::now();
                     history.insert(batch).unwrap();
                     elapsed += started.elapsed();
@@ -53,9 +53,9 @@ fn write_transactions(c: &mut Criterion) {
 /// prefilled records are minutes apart.
 fn read_pages(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let (history, mut n) = prefilled(dir.path());
+    let (history, mut batches) = prefilled(dir.path());
     for _ in 0..4 {
-        history.insert(next_batch(&mut n, RECORDS_PER_TRANSACTION)).unwrap();
+        history.insert(batches.take(RECORDS_PER_TRANSACTION)).unwrap();
     }
     let account = AccountId(7);
     let latest = HistoryQuery { limit: 50, ..HistoryQuery::all(account) };

@@ -48,13 +48,14 @@ pub fn now_ms() -> u64 {
     u64::try_from(since_epoch.as_millis()).expect("clock past u64 ms")
 }
 
-/// A history in `dir` holding [`PREFILL_RECORDS`] records of the last two days, synced;
-/// returns it and the number of the next record.
-pub fn prefilled(dir: &Path) -> (History, u64) {
+/// A history in `dir` holding [`PREFILL_RECORDS`] records of the last two days, synced,
+/// and the records that follow them.
+pub fn prefilled(dir: &Path) -> (History, Batches) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let path = dir.join("history.redb");
     let history = runtime.block_on(History::open(&path, HISTORY_RETENTION_DEFAULT)).unwrap();
-    let start_ms = now_ms() - PREFILL_SPAN_MS;
+    let now = now_ms();
+    let start_ms = now - PREFILL_SPAN_MS;
     let step_ms = PREFILL_SPAN_MS / PREFILL_RECORDS;
     let mut n = 0;
     while n < PREFILL_RECORDS {
@@ -64,14 +65,28 @@ pub fn prefilled(dir: &Path) -> (History, u64) {
         n = end;
     }
     history.sync().unwrap();
-    (history, n)
+    (history, Batches { next: n, created_ms: now })
 }
 
-/// The next transaction's `len` records from record `n` on, created from now at
-/// [`RECORDS_PER_S`].
-pub fn next_batch(n: &mut u64, len: u64) -> Vec<Settled> {
-    let created_ms = now_ms();
-    let first = *n;
-    *n += len;
-    (first..*n).map(|n| settled(n, created_ms + (n - first) * 1_000 / RECORDS_PER_S)).collect()
+/// The records after the prefill, created from its end on at [`RECORDS_PER_S`] (by their
+/// number, not by the clock: a transaction's records follow the previous one's, as on a
+/// node that writes 30k records a second, however fast the writer runs).
+pub struct Batches {
+    next: u64,
+    created_ms: u64,
+}
+
+impl Batches {
+    /// The next transaction's `len` records.
+    pub fn take(&mut self, len: u64) -> Vec<Settled> {
+        let first = self.next;
+        self.next += len;
+        let records = (first..self.next).map(|n| {
+            let created_ms = self.created_ms + (n - first) * 1_000 / RECORDS_PER_S;
+            settled(n, created_ms)
+        });
+        let records = records.collect();
+        self.created_ms += len * 1_000 / RECORDS_PER_S;
+        records
+    }
 }

@@ -7,7 +7,7 @@
 //! `cargo run --release -p solrouter-bench --bin history_write -- --transactions 40`
 
 use clap::Parser;
-use solrouter_bench::history::{next_batch, prefilled, RECORDS_PER_TRANSACTION};
+use solrouter_bench::history::{prefilled, RECORDS_PER_TRANSACTION};
 use std::time::{Duration, Instant};
 
 #[global_allocator]
@@ -30,11 +30,11 @@ struct Args {
 fn main() {
     let args = Args::parse();
     let dir = tempfile::tempdir_in(&args.dir).expect("a temporary directory");
-    let (history, mut n) = prefilled(dir.path());
+    let (history, mut batches) = prefilled(dir.path());
     let io_before = io_bytes();
     let (mut writing, mut syncing) = (Duration::ZERO, Duration::ZERO);
     for transaction in 1..=args.transactions {
-        let batch = next_batch(&mut n, args.records_per_transaction);
+        let batch = batches.take(args.records_per_transaction);
         let started = Instant::now();
         history.insert(batch).unwrap();
         writing += started.elapsed();
