@@ -65,25 +65,34 @@ pub fn prefilled(dir: &Path) -> (History, Batches) {
         n = end;
     }
     history.sync().unwrap();
-    (history, Batches { next: n, created_ms: now })
+    (history, Batches { next: n, created_ms: now, latency_spread_ms: 0 })
 }
 
-/// The records after the prefill, created from its end on at [`RECORDS_PER_S`] (by their
+/// The records after the prefill, settled from its end on at [`RECORDS_PER_S`] (by their
 /// number, not by the clock: a transaction's records follow the previous one's, as on a
-/// node that writes 30k records a second, however fast the writer runs).
+/// node that writes 30k records a second, however fast the writer runs), each created
+/// when it settles unless [`Batches::with_latency_spread`].
 pub struct Batches {
     next: u64,
     created_ms: u64,
+    latency_spread_ms: u64,
 }
 
 impl Batches {
+    /// Each record created up to `ms` before it settles (uniformly, by its number): requests
+    /// whose latencies differ settle out of creation order, as a provider's streams do.
+    pub fn with_latency_spread(self, ms: u64) -> Batches {
+        Batches { latency_spread_ms: ms, ..self }
+    }
+
     /// The next transaction's `len` records.
     pub fn take(&mut self, len: u64) -> Vec<Settled> {
         let first = self.next;
         self.next += len;
         let records = (first..self.next).map(|n| {
-            let created_ms = self.created_ms + (n - first) * 1_000 / RECORDS_PER_S;
-            settled(n, created_ms)
+            let settled_ms = self.created_ms + (n - first) * 1_000 / RECORDS_PER_S;
+            let mixed = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+            settled(n, settled_ms - mixed % (self.latency_spread_ms + 1))
         });
         let records = records.collect();
         self.created_ms += len * 1_000 / RECORDS_PER_S;

@@ -2,7 +2,8 @@
 //! `perf`: prefills a history (`solrouter_bench::history`), then commits `--transactions`
 //! transactions of `--records-per-transaction` records (32,768), syncing after every
 //! `--sync-every` (4: a node syncs every second), and prints the time and the bytes read
-//! and written per record of the measured part.
+//! and written per record of the measured part. `--latency-spread-ms` creates each record
+//! up to that long before it settles (out of creation order, as a provider's streams).
 //!
 //! `cargo run --release -p solrouter-bench --bin history_write -- --transactions 40`
 
@@ -22,6 +23,9 @@ struct Args {
     /// Transactions per sync.
     #[arg(long, default_value_t = 4)]
     sync_every: u64,
+    /// Each record created up to this long before it settles (0: when it settles).
+    #[arg(long, default_value_t = 0)]
+    latency_spread_ms: u64,
     /// Parent of the history's temporary directory.
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: std::path::PathBuf,
@@ -30,7 +34,8 @@ struct Args {
 fn main() {
     let args = Args::parse();
     let dir = tempfile::tempdir_in(&args.dir).expect("a temporary directory");
-    let (history, mut batches) = prefilled(dir.path());
+    let (history, batches) = prefilled(dir.path());
+    let mut batches = batches.with_latency_spread(args.latency_spread_ms);
     let io_before = io_bytes();
     let (mut writing, mut syncing) = (Duration::ZERO, Duration::ZERO);
     for transaction in 1..=args.transactions {
