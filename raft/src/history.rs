@@ -18,29 +18,19 @@
 //! Tables (format [`HISTORY_FORMAT_VERSION`], kept in `meta`), laid out so that a
 //! transaction's writes land on as few pages as possible, since most of a write's cost is
 //! per page it dirties (docs/storage.md, "The history's layout"):
-//! * `request_blocks`: (second, block) → the records created in that second that one
-//!   transaction wrote, each with its creation time, hold and payer (`history_codec.rs`),
-//!   up to [`BLOCK_BYTES`] a row (since format 5): a row, and its B-tree insert, per
-//!   ~30 records instead of per record. Settles arrive out of creation order (requests'
-//!   latencies differ), and a row per record put each into a leaf of its own among the
-//!   last seconds' records; blocks touch a row per second (with settles spread over
-//!   10 s, half the writer's CPU and a fifth of its bytes written: docs/storage.md,
-//!   "Records in blocks"). Block numbers count up (`meta`'s `next_block`);
-//!   retention deletes whole blocks of past seconds and rewrites those of the cutoff's,
-//!   and backfill copies them front to back;
+//! * `requests`: (created, hold) → payer and record (`history_codec.rs`): creation order,
+//!   so inserts append, and retention and backfill read it front to back;
 //! * `holds`: hold → created, for the holds whose id does not lead with their record's
 //!   creation millisecond ([`HoldId::time_ordered`], as a gateway makes them; since format
-//!   3): such a hold's record is posted at its stamp, so a gateway's records cost no row
-//!   here. It finds the others' records and keeps a hold's first record;
-//! * `request_postings`: (account, key, second, first hold) → the (created, hold, block)
-//!   of that account and key's records created in that second that one transaction
-//!   wrote: the one index, a row per account, key and second in a transaction rather than
-//!   a row per record, since a transaction's index rows land on a page per active account
-//!   and key however few they are. A key filter reads its key's rows, an account's page
-//!   merges its keys' rows, a second at a time, newest first; a record is then read from
-//!   its block. A write keeps a hold's first record by reading the rows of its account,
-//!   key and second (the pages it is about to write anyway): a hold's records share its
-//!   payer, key and creation time, or it has a `holds` row;
+//!   3): such a hold's record is found by its id alone, `requests` at (its stamp, it), so
+//!   a gateway's records cost no row here. It finds the others' records and keeps a hold's
+//!   first record;
+//! * `postings`: (account, key, second, first hold) → the (created, hold) of that
+//!   account and key's records created in that second that one transaction wrote: the
+//!   one index, a row per account, key and second in a transaction rather than a row per
+//!   record, since a transaction's index rows land on a page per active account and key
+//!   however few they are. A key filter reads its key's rows, an account's page merges
+//!   its keys' rows, a second at a time, newest first;
 //! * `usage_recent`: (hour, account, key, model) → sums of the hours not yet rolled up:
 //!   hour first, so each transaction's buckets are neighbours; every second the closed
 //!   hours move to `usage_hourly`: (account, hour, key, model) → sums, an account's
@@ -48,10 +38,8 @@
 //!   retained records.
 //!
 //! Retention ([`History::expire`]) drops records older than the configured age from all
-//! of them. `meta` also counts the records. A file of format 1 (no `meta`: `records`
-//! keyed by hold and four index and aggregate tables beside it) is migrated when opened,
-//! one of formats 2 to 4 (a `requests` row per record) has its records and index rebuilt
-//! as blocks and postings (its sums kept); another version is refused.
+//! of them. A file of format 1 (no `meta`: `records` keyed by hold and four index and
+//! aggregate tables beside it) is migrated when opened; another version is refused.
 //!
 //! A replica that installs a snapshot lacks the records of the entries it covers; it
 //! copies them from the group's leader in the background (`backfill.rs`, through
@@ -60,7 +48,6 @@
 use crate::error::LedgerError;
 use crate::history_codec::{decode_record, decode_usage, encode_record, encode_usage};
 use crate::{codec, OPEN_LOCK_ATTEMPTS_MAX, OPEN_LOCK_RETRY_INTERVAL};
-use foldhash::HashSet;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
     TableHandle, WriteTransaction,
@@ -84,14 +71,11 @@ pub const HISTORY_FILE: &str = "history.redb";
 /// millisecond; a file of format 2 is read as it is (its extra rows find the same records,
 /// and retention removes them with their records). 4: `postings` (a row per account, key
 /// and second of a transaction) instead of `by_account_key` (a row per record); a file of
-/// format 2 or 3 gets its index rewritten as postings when opened. 5: `request_blocks`
-/// (a row per block of records) instead of `requests` (a row per record), postings that
-/// name their record's block; a file of formats 2 to 4 is rebuilt so when opened.
-pub const HISTORY_FORMAT_VERSION: u64 = 5;
-/// The formats whose `requests` (a row per record) are rebuilt as blocks when opened (see
-/// [`HISTORY_FORMAT_VERSION`]), and their tables that go then.
-const HISTORY_FORMATS_PER_RECORD: [u64; 3] = [2, 3, 4];
-const PER_RECORD_TABLES: [&str; 3] = ["requests", "postings", "by_account_key"];
+/// format 2 or 3 gets its index rewritten as postings when opened.
+pub const HISTORY_FORMAT_VERSION: u64 = 4;
+/// The formats before this one, whose `by_account_key` is rewritten as `postings` when
+/// opened (see [`HISTORY_FORMAT_VERSION`]).
+const HISTORY_FORMATS_ENTRY_INDEX: [u64; 2] = [2, 3];
 /// The history's page cache (redb's default is 1 GiB, which a node would fill with pages
 /// of old records): queries read recent pages and indexes, writes append, and pages out
 /// of the cache are read from the kernel's page cache, which holds them anyway. At 64 MiB
@@ -137,23 +121,19 @@ pub const HISTORY_EXPIRE_BATCH_MAX: usize = 10_000;
 const MIGRATE_BATCH: usize = 10_000;
 const HOUR_MS: u64 = 60 * 60 * 1000;
 
-/// "format" → [`HISTORY_FORMAT_VERSION`], "records" → records written, "next_block" →
-/// the number the next block gets.
+/// "format" → [`HISTORY_FORMAT_VERSION`].
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FORMAT_ROW: &str = "format";
-const RECORDS_ROW: &str = "records";
-const NEXT_BLOCK_ROW: &str = "next_block";
-/// (second's start ms, block) → records, [`BLOCK_ENTRY_HEADER_BYTES`] and
-/// `history_codec::encode_record` each, ordered by (created_ms, hold).
-const BLOCKS: TableDefinition<BlockKey, &[u8]> = TableDefinition::new("request_blocks");
+/// (created_ms, hold) → `history_codec::encode_record`.
+const REQUESTS: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("requests");
 /// hold → created_ms.
 const HOLDS: TableDefinition<u128, u64> = TableDefinition::new("holds");
-/// (account, key, second's start ms, first hold) → (created_ms, hold, block) of records, in
-/// order, [`POSTING_BYTES`] each.
-const POSTINGS: TableDefinition<PostingsKey, &[u8]> = TableDefinition::new("request_postings");
-/// Formats 2 to 4's records, read only to rebuild them as blocks: (created_ms, hold) →
-/// `history_codec::encode_record`.
-const PER_RECORD_REQUESTS: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("requests");
+/// (account, key, second's start ms, first hold) → (created_ms, hold) of records, in order,
+/// [`POSTING_BYTES`] each.
+const POSTINGS: TableDefinition<PostingsKey, &[u8]> = TableDefinition::new("postings");
+/// Formats 2 and 3's index, read only to rewrite it as `postings`: (account, key,
+/// created_ms, hold).
+const V3_BY_ACCOUNT_KEY: TableDefinition<IndexKey, ()> = TableDefinition::new("by_account_key");
 /// (hour start ms, account, key, model) → `history_codec::encode_usage`.
 const USAGE_RECENT: TableDefinition<BucketKey<'static>, &[u8]> =
     TableDefinition::new("usage_recent");
@@ -164,20 +144,12 @@ const USAGE_HOURLY: TableDefinition<BucketKey<'static>, &[u8]> =
 /// (account, key, created_ms, hold): a record's place in the index.
 type IndexKey = (u64, Option<u64>, u64, u128);
 type PostingsKey = (u64, Option<u64>, u64, u128);
-/// (created_ms, hold, block).
-type Posting = (u64, u128, u64);
-/// (second's start ms, block number).
-type BlockKey = (u64, u64);
-/// The creation times one postings row, and one block, spans.
+/// (created_ms, hold).
+type Posting = (u64, u128);
+/// The creation times one postings row spans.
 const POSTINGS_SPAN_MS: u64 = 1_000;
-/// A posting's bytes in a row: created_ms, hold and block, little-endian.
-const POSTING_BYTES: usize = 32;
-/// Most bytes of a block (a record larger than that alone gets one of its own): one of
-/// redb's 4-KiB leaf pages with its header, the key and the two offsets.
-const BLOCK_BYTES: usize = 4_000;
-/// A record's bytes in a block before its encoding: created_ms, hold, the encoding's
-/// length (u32), little-endian.
-const BLOCK_ENTRY_HEADER_BYTES: usize = 8 + 16 + 4;
+/// A posting's bytes in a row: created_ms and hold, little-endian.
+const POSTING_BYTES: usize = 24;
 
 /// Format 1, read only to migrate it: hold → [`Stored`] in the ledger codec; the other
 /// tables are derived from it and dropped.
@@ -419,7 +391,7 @@ impl Inner {
             writer.spare = records;
             return Ok(());
         }
-        let written = self.write(durability, |tables| tables.insert_all(&records, true));
+        let written = self.write(durability, |tables| tables.insert_all(&records));
         match written {
             Ok(()) => {
                 writer.unsynced = !durable;
@@ -527,8 +499,8 @@ impl History {
     }
 
     /// Checks the file's format: creates the tables of this one in a new file (so readers
-    /// never find one missing), migrates a file of format 1, rebuilds one of formats 2 to 4
-    /// as blocks (in the commit that marks it 5), refuses any other.
+    /// never find one missing), migrates a file of format 1, rewrites the index of one of
+    /// format 2 or 3 (in the commit that marks it 4), refuses any other.
     fn prepare(&self) -> Result<(), HistoryFormatError> {
         let db = &self.inner.db;
         let (format, v1) = {
@@ -541,37 +513,28 @@ impl History {
             let mut tables = txn.list_tables().map_err(redb::Error::from)?;
             (format, tables.any(|table| table.name() == V1_RECORDS.name()))
         };
-        let per_record = match format {
+        match format {
             Some(HISTORY_FORMAT_VERSION) => return Ok(()),
-            Some(older) if HISTORY_FORMATS_PER_RECORD.contains(&older) => true,
+            Some(older) if HISTORY_FORMATS_ENTRY_INDEX.contains(&older) => {}
             Some(found) => return Err(HistoryFormatError::Unsupported { found }),
-            None if v1 => {
-                self.migrate_v1()?;
-                false
-            }
-            None => false,
-        };
-        // This format's tables and version, and none of the older ones', in one commit.
+            None if v1 => self.migrate_v1()?,
+            None => {}
+        }
+        // This format's tables and version, and none of format 1's, in one commit.
         let txn = db.begin_write().map_err(redb::Error::from)?;
-        if per_record {
-            // Rewritten with the records: in format 2 every record had a row.
-            txn.delete_table(HOLDS).map_err(redb::Error::from)?;
-        }
-        let mut tables = Tables::open(&txn)?;
-        if per_record {
-            let rebuilt = tables.rebuild_per_record(&txn)?;
-            tracing::info!(rebuilt, "request history: records rewritten in blocks");
-        }
-        drop(tables);
         let old: Vec<_> = txn
             .list_tables()
             .map_err(redb::Error::from)?
-            .filter(|table| {
-                V1_TABLES.contains(&table.name()) || PER_RECORD_TABLES.contains(&table.name())
-            })
+            .filter(|table| V1_TABLES.contains(&table.name()))
             .collect();
         for table in old {
             txn.delete_table(table).map_err(redb::Error::from)?;
+        }
+        let mut tables = Tables::open(&txn)?;
+        let reindexed = tables.reindex_v3(&txn)?;
+        drop(tables);
+        if reindexed > 0 {
+            tracing::info!(reindexed, "request history: index rewritten as postings");
         }
         let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
         meta.insert(FORMAT_ROW, HISTORY_FORMAT_VERSION).map_err(redb::Error::from)?;
@@ -605,7 +568,7 @@ impl History {
             let Some((_, last, _)) = batch.last() else { break };
             after = Bound::Excluded(last.0);
             moved += batch.len();
-            self.inner.write(Durability::None, |tables| tables.insert_all(&batch, true))?;
+            self.inner.write(Durability::None, |tables| tables.insert_all(&batch))?;
         }
         tracing::info!(moved, "request history: format 1 migrated");
         Ok(())
@@ -705,11 +668,11 @@ impl History {
         let retention_ms = u64::try_from(self.inner.retention.as_millis()).unwrap_or(u64::MAX);
         let cutoff_ms = now_ms.saturating_sub(retention_ms);
         let mut writer = self.inner.writer.lock().expect("history writer lock poisoned");
-        let blocks = self.inner.db.begin_read()?.open_table(BLOCKS)?;
-        if !any_before(&blocks, cutoff_ms)? {
+        let requests = self.inner.db.begin_read()?.open_table(REQUESTS)?;
+        if requests.first()?.is_none_or(|(oldest, _)| oldest.value().0 >= cutoff_ms) {
             return Ok(0);
         }
-        drop(blocks);
+        drop(requests);
         let mut deleted = 0;
         self.inner.write(Durability::None, |tables| {
             deleted = tables.expire(cutoff_ms, HISTORY_EXPIRE_BATCH_MAX)?;
@@ -742,11 +705,9 @@ impl History {
         Arc::clone(&self.inner.backfill)
     }
 
-    /// The records of the accounts `keep` selects in the blocks after `after`, block by
-    /// block in creation order to the second, until `limit` or more were selected or
-    /// [`HISTORY_SCAN_MAX`] read: what a replica that installed a snapshot copies. The
-    /// page's `next` names the last block read: its `created_ms` the block's second, its
-    /// `hold` the block's number.
+    /// Up to `limit` records of the accounts `keep` selects, in creation order, after
+    /// `after`: what a replica that installed a snapshot copies (at most
+    /// [`HISTORY_SCAN_MAX`] records read per call).
     pub(crate) fn export(
         &self,
         keep: impl Fn(AccountId) -> bool,
@@ -754,33 +715,26 @@ impl History {
         limit: usize,
     ) -> HistoryResult<ExportPage> {
         let txn = self.begin_read()?;
-        let blocks = txn.open_table(BLOCKS)?;
+        let requests = txn.open_table(REQUESTS)?;
         let start = match after {
-            Some(after) => match u64::try_from(after.hold.0) {
-                Ok(block) => Bound::Excluded((after.created_ms, block)),
-                Err(_) => Bound::Excluded((after.created_ms, u64::MAX)),
-            },
+            Some(after) => Bound::Excluded((after.created_ms, after.hold.0)),
             None => Bound::Unbounded,
         };
         let mut page = ExportPage { records: Vec::new(), next: None };
-        let (mut last, mut scanned) = (None, 0);
-        for entry in blocks.range((start, Bound::Unbounded))? {
-            if page.records.len() >= limit || scanned >= HISTORY_SCAN_MAX {
-                // More remain: go on after the last block read.
+        let mut last = None;
+        for (scanned, entry) in requests.range((start, Bound::Unbounded))?.enumerate() {
+            if page.records.len() == limit || scanned == HISTORY_SCAN_MAX {
+                // More remain: go on after the last one read.
                 page.next = last;
                 break;
             }
-            let (block, bytes) = entry?;
-            for entry in block_entries(bytes.value()) {
-                let (created_ms, hold, record) = entry?;
-                scanned += 1;
-                let (account, record) = decode(created_ms, record)?;
-                if keep(account) {
-                    page.records.push((account, HoldId(hold), record));
-                }
+            let (key, bytes) = entry?;
+            let (created_ms, hold) = key.value();
+            last = Some(HistoryCursor { created_ms, hold: HoldId(hold) });
+            let (account, record) = decode(created_ms, bytes.value())?;
+            if keep(account) {
+                page.records.push((account, HoldId(hold), record));
             }
-            let (second, block) = block.value();
-            last = Some(HistoryCursor { created_ms: second, hold: HoldId(block.into()) });
         }
         Ok(page)
     }
@@ -788,8 +742,7 @@ impl History {
     /// Counts the queue without writing it (a queued repeat of a hold counts until then).
     pub fn stats(&self) -> HistoryResult<HistoryStats> {
         let queued = self.inner.queue.lock().expect("history queue lock poisoned").len();
-        let meta = self.inner.db.begin_read()?.open_table(META)?;
-        let written = meta.get(RECORDS_ROW)?.map_or(0, |n| n.value());
+        let written = self.inner.db.begin_read()?.open_table(REQUESTS)?.len()?;
         Ok(HistoryStats {
             records: written + queued as u64,
             expired_total: self.inner.expired_total.load(Ordering::Relaxed),
@@ -799,26 +752,26 @@ impl History {
     /// The record of `hold` if `account` paid for it.
     pub fn record(&self, account: AccountId, hold: HoldId) -> HistoryResult<Option<RequestRecord>> {
         let txn = self.begin_read()?;
-        let created_ms = match txn.open_table(HOLDS)?.get(hold.0)? {
-            Some(created_ms) => created_ms.value(),
-            None => hold.stamp_ms(),
-        };
-        let index = txn.open_table(POSTINGS)?;
-        for key in keys_of(&index, account.0)? {
-            if let Some(block) = find_posting(&index, account.0, key, created_ms, hold.0)? {
-                let blocks = txn.open_table(BLOCKS)?;
-                let bytes = blocks.get((span_of(created_ms), block))?;
-                let bytes = bytes.ok_or_else(|| corrupt("a posting names no block"))?;
-                let (payer, record) = find_entry(bytes.value(), created_ms, hold.0)?;
-                return Ok((payer == account).then_some(record));
+        let requests = txn.open_table(REQUESTS)?;
+        let by_stamp = requests.get((hold.stamp_ms(), hold.0))?;
+        let (created_ms, bytes) = match by_stamp {
+            Some(bytes) => (hold.stamp_ms(), bytes),
+            None => {
+                let Some(created_ms) = txn.open_table(HOLDS)?.get(hold.0)?.map(|c| c.value())
+                else {
+                    return Ok(None);
+                };
+                let bytes = requests.get((created_ms, hold.0))?;
+                (created_ms, bytes.ok_or_else(|| corrupt("a hold names no record"))?)
             }
-        }
-        Ok(None)
+        };
+        let (payer, record) = decode(created_ms, bytes.value())?;
+        Ok((payer == account).then_some(record))
     }
 
     pub fn query(&self, query: &HistoryQuery) -> HistoryResult<HistoryPage> {
         let txn = self.begin_read()?;
-        let blocks = txn.open_table(BLOCKS)?;
+        let requests = txn.open_table(REQUESTS)?;
         let index = txn.open_table(POSTINGS)?;
         let end = match query.before {
             Some(before) if before.created_ms < query.to_ms => (before.created_ms, before.hold.0),
@@ -855,7 +808,7 @@ impl History {
             advance(&mut heads, n)?;
         }
         let mut scanned = 0;
-        while let Some(((created_ms, hold, block), n)) = heads.pop() {
+        while let Some(((created_ms, hold), n)) = heads.pop() {
             let cursor = HistoryCursor { created_ms, hold: HoldId(hold) };
             if page.records.len() == limit || scanned == HISTORY_SCAN_MAX {
                 page.next = Some(cursor_after(cursor));
@@ -863,9 +816,9 @@ impl History {
             }
             scanned += 1;
             advance(&mut heads, n)?;
-            let bytes = blocks.get((span_of(created_ms), block))?;
-            let bytes = bytes.ok_or_else(|| corrupt("a posting names no block"))?;
-            let (payer, record) = find_entry(bytes.value(), created_ms, hold)?;
+            let bytes = requests.get((created_ms, hold))?;
+            let bytes = bytes.ok_or_else(|| corrupt("an index names no record"))?;
+            let (payer, record) = decode(created_ms, bytes.value())?;
             let matches = payer == query.account
                 && query.model.as_ref().is_none_or(|model| *model == record.model)
                 && query.status.is_none_or(|status| status == record.status);
@@ -994,96 +947,55 @@ fn cursor_after(cursor: HistoryCursor) -> HistoryCursor {
 
 /// The open tables of one write transaction.
 struct Tables<'txn> {
-    blocks: redb::Table<'txn, BlockKey, &'static [u8]>,
+    requests: redb::Table<'txn, (u64, u128), &'static [u8]>,
     holds: redb::Table<'txn, u128, u64>,
     postings: redb::Table<'txn, PostingsKey, &'static [u8]>,
     usage_recent: UsageTable<'txn>,
     usage_hourly: UsageTable<'txn>,
-    meta: redb::Table<'txn, &'static str, u64>,
 }
 
 type UsageTable<'txn> = redb::Table<'txn, BucketKey<'static>, &'static [u8]>;
 
-/// A record a write keeps: where it is posted and, once written, its block.
-#[derive(Clone, Copy)]
-struct Kept {
-    account: u64,
-    key: Option<u64>,
-    created_ms: u64,
-    hold: u128,
-    block: u64,
-    /// Its place in the records written.
-    at: usize,
-}
-
-impl Kept {
-    /// Its postings row's account, key and second.
-    fn row(&self) -> (u64, Option<u64>, u64) {
-        (self.account, self.key, span_of(self.created_ms))
-    }
-}
-
 impl<'txn> Tables<'txn> {
     fn open(txn: &'txn WriteTransaction) -> HistoryResult<Tables<'txn>> {
         Ok(Tables {
-            blocks: txn.open_table(BLOCKS)?,
+            requests: txn.open_table(REQUESTS)?,
             holds: txn.open_table(HOLDS)?,
             postings: txn.open_table(POSTINGS)?,
             usage_recent: txn.open_table(USAGE_RECENT)?,
             usage_hourly: txn.open_table(USAGE_HOURLY)?,
-            meta: txn.open_table(META)?,
         })
     }
 
     /// Inserts each hold's first record (a hold already written keeps its own): the
-    /// records in blocks, their `holds` rows unless their hold leads with their creation
-    /// millisecond, their postings, and with `sums` their sums into their hours' buckets.
-    /// Each block, postings row and bucket is written once, however many of the records
-    /// share it.
-    fn insert_all(&mut self, settled: &[Settled], sums: bool) -> HistoryResult<()> {
-        let mut kept = self.first_records(settled)?;
-        self.write_blocks(settled, &mut kept)?;
-        self.post(&kept)?;
-        if sums {
-            let mut buckets: BTreeMap<BucketKey<'_>, Usage> = BTreeMap::new();
-            for k in &kept {
-                let record = &settled[k.at].2;
-                let bucket = (hour_of(k.created_ms), k.account, k.key, record.model.as_str());
-                buckets.entry(bucket).or_default().merge(&Usage::of(record));
-            }
-            for (bucket, added) in buckets {
-                let mut usage = read_usage(&self.usage_recent, bucket)?.unwrap_or_default();
-                usage.merge(&added);
-                self.usage_recent.insert(bucket, encode_usage(&usage).as_slice())?;
-            }
-        }
-        let written = self.meta.get(RECORDS_ROW)?.map_or(0, |n| n.value());
-        self.meta.insert(RECORDS_ROW, written + kept.len() as u64)?;
-        Ok(())
-    }
-
-    /// The records of `settled` whose hold has none yet, the first of each hold, sorted by
-    /// postings row (account, key, second) and (created, hold); writes the `holds` rows of
-    /// those whose hold does not lead with their creation millisecond.
-    fn first_records(&mut self, settled: &[Settled]) -> HistoryResult<Vec<Kept>> {
+    /// record, its `holds` row unless its hold leads with its creation millisecond, its
+    /// posting, and its sums into its hour's bucket. Each postings row and bucket is
+    /// written once, however many of the records share it.
+    fn insert_all(&mut self, settled: &[Settled]) -> HistoryResult<()> {
+        let mut bytes = Vec::with_capacity(128);
+        let mut index: Vec<IndexKey> = Vec::with_capacity(settled.len());
+        let mut buckets: BTreeMap<BucketKey<'_>, Usage> = BTreeMap::new();
         // Whether a hold may have its record elsewhere than at its stamp (none does in a
-        // file only gateways wrote: then a time-ordered hold's record costs no lookup).
+        // file only gateways wrote: then a time-ordered hold's record costs one insert).
         let mut holds_rows = !self.holds.is_empty()?;
-        let mut seen: HashSet<u128> =
-            HashSet::with_capacity_and_hasher(settled.len(), <_>::default());
-        let mut candidates = Vec::with_capacity(settled.len());
-        for (at, (account, hold, record)) in settled.iter().enumerate() {
-            if !seen.insert(hold.0) {
-                continue;
-            }
-            let (key, created_ms) = (record.key.map(|key| key.0), record.created_ms);
+        for (account, hold, record) in settled {
+            let created_ms = record.created_ms;
+            bytes.clear();
+            encode_record(*account, record, &mut bytes);
             if hold.stamp_ms() == created_ms {
                 if holds_rows && self.holds.get(hold.0)?.is_some() {
                     continue;
                 }
+                let key = (created_ms, hold.0);
+                let first = self.requests.insert(key, bytes.as_slice())?;
+                if let Some(first) = first.map(|first| first.value().to_vec()) {
+                    if first != bytes {
+                        self.requests.insert(key, first.as_slice())?;
+                    }
+                    continue;
+                }
             } else {
-                let stamp = hold.stamp_ms();
-                if find_posting(&self.postings, account.0, key, stamp, hold.0)?.is_some() {
+                if self.requests.get((hold.stamp_ms(), hold.0))?.is_some() {
                     continue;
                 }
                 holds_rows = true;
@@ -1094,72 +1006,35 @@ impl<'txn> Tables<'txn> {
                     }
                     continue;
                 }
+                self.requests.insert((created_ms, hold.0), bytes.as_slice())?;
             }
-            let (account, hold) = (account.0, hold.0);
-            candidates.push(Kept { account, key, created_ms, hold, block: 0, at });
+            let key = record.key.map(|key| key.0);
+            index.push((account.0, key, created_ms, hold.0));
+            let bucket = (hour_of(created_ms), account.0, key, record.model.as_str());
+            buckets.entry(bucket).or_default().merge(&Usage::of(record));
         }
-        candidates.sort_unstable_by_key(|k| (k.account, k.key, k.created_ms, k.hold));
-        // Less the holds an earlier transaction posted: each row's postings read once.
-        let mut kept = Vec::with_capacity(candidates.len());
-        let mut posted: Vec<u128> = Vec::new();
-        for run in candidates.chunk_by(|a, b| a.row() == b.row()) {
-            let (account, key, span) = run[0].row();
-            posted.clear();
-            for row in
-                self.postings.range((account, key, span, 0)..=(account, key, span, u128::MAX))?
-            {
-                let (_, postings) = row?;
-                posted.extend(decode_postings(postings.value())?.map(|(_, hold, _)| hold));
-            }
-            posted.sort_unstable();
-            kept.extend(run.iter().filter(|k| posted.binary_search(&k.hold).is_err()));
+        index.sort_unstable();
+        self.post(&index)?;
+        for (bucket, added) in buckets {
+            let mut usage = read_usage(&self.usage_recent, bucket)?.unwrap_or_default();
+            usage.merge(&added);
+            self.usage_recent.insert(bucket, encode_usage(&usage).as_slice())?;
         }
-        Ok(kept)
-    }
-
-    /// Writes `kept`'s records in blocks, a second's records in (created, hold) order, and
-    /// notes each record's block.
-    fn write_blocks(&mut self, settled: &[Settled], kept: &mut [Kept]) -> HistoryResult<()> {
-        let mut order: Vec<usize> = (0..kept.len()).collect();
-        order.sort_unstable_by_key(|&n| (kept[n].created_ms, kept[n].hold));
-        let mut next = self.meta.get(NEXT_BLOCK_ROW)?.map_or(0, |n| n.value());
-        let (mut block, mut record) = (Vec::with_capacity(BLOCK_BYTES), Vec::with_capacity(128));
-        let mut span = 0;
-        for n in order {
-            let k = &mut kept[n];
-            let (account, _, settled_record) = &settled[k.at];
-            record.clear();
-            encode_record(*account, settled_record, &mut record);
-            let full = block.len() + BLOCK_ENTRY_HEADER_BYTES + record.len() > BLOCK_BYTES;
-            if !block.is_empty() && (span != span_of(k.created_ms) || full) {
-                self.blocks.insert((span, next), block.as_slice())?;
-                next += 1;
-                block.clear();
-            }
-            span = span_of(k.created_ms);
-            encode_entry(&mut block, k.created_ms, k.hold, &record);
-            k.block = next;
-        }
-        if !block.is_empty() {
-            self.blocks.insert((span, next), block.as_slice())?;
-            next += 1;
-        }
-        self.meta.insert(NEXT_BLOCK_ROW, next)?;
         Ok(())
     }
 
-    /// Writes the postings of `kept` (sorted by row, then (created, hold)): a row per
-    /// account, key and second, keyed by its first posting's hold. No row has that key yet:
-    /// a hold is posted once, when its first record is written, and a row that loses its
-    /// first posting to retention is keyed anew ([`Tables::unpost`]), so a replay of that
-    /// hold's record finds its key free.
-    fn post(&mut self, kept: &[Kept]) -> HistoryResult<()> {
+    /// Writes the postings of `index` (sorted): a row per account, key and second, keyed by
+    /// its first posting's hold. No row has that key yet: a hold is posted once, when its
+    /// first record is written, and a row that loses its first posting to retention is
+    /// keyed anew ([`Tables::unpost`]), so a replay of that hold's record finds its key free.
+    fn post(&mut self, index: &[IndexKey]) -> HistoryResult<()> {
         let mut bytes = Vec::new();
-        for run in kept.chunk_by(|a, b| a.row() == b.row()) {
-            let (account, key, span) = run[0].row();
-            encode_postings(run.iter().map(|k| (k.created_ms, k.hold, k.block)), &mut bytes);
-            if self.postings.insert((account, key, span, run[0].hold), bytes.as_slice())?.is_some()
-            {
+        for run in index.chunk_by(|a, b| (a.0, a.1, span_of(a.2)) == (b.0, b.1, span_of(b.2))) {
+            let (account, key, created_ms, hold) = run[0];
+            let postings = run.iter().map(|&(_, _, created_ms, hold)| (created_ms, hold));
+            encode_postings(postings, &mut bytes);
+            let row = (account, key, span_of(created_ms), hold);
+            if self.postings.insert(row, bytes.as_slice())?.is_some() {
                 return Err(corrupt("two postings rows under one first hold"));
             }
         }
@@ -1173,18 +1048,16 @@ impl<'txn> Tables<'txn> {
         for run in index.chunk_by(|a, b| (a.0, a.1, span_of(a.2)) == (b.0, b.1, span_of(b.2))) {
             let (account, key, created_ms, _) = run[0];
             let span = span_of(created_ms);
-            let gone: BTreeSet<(u64, u128)> =
-                run.iter().map(|&(_, _, c, hold)| (c, hold)).collect();
+            let gone: BTreeSet<Posting> = run.iter().map(|&(_, _, c, hold)| (c, hold)).collect();
             let rows: Vec<(PostingsKey, Vec<u8>)> = self
                 .postings
                 .range((account, key, span, 0)..=(account, key, span, u128::MAX))?
                 .map(|entry| entry.map(|(row, kept)| (row.value(), kept.value().to_vec())))
                 .collect::<Result<_, _>>()?;
             for (row, kept) in rows {
-                let kept: Vec<Posting> = decode_postings(&kept)?
-                    .filter(|&(c, hold, _)| !gone.contains(&(c, hold)))
-                    .collect();
-                let Some(&(_, first, _)) = kept.first() else {
+                let kept: Vec<Posting> =
+                    decode_postings(&kept)?.filter(|posting| !gone.contains(posting)).collect();
+                let Some(&(_, first)) = kept.first() else {
                     self.postings.remove(row)?;
                     continue;
                 };
@@ -1198,31 +1071,30 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// Writes every record of a format 2 to 4 file's `requests` as this format's blocks and
-    /// postings (its sums stay as they are); returns how many. The caller dropped its
-    /// `holds` rows (rewritten here) and then drops its per-record tables.
-    fn rebuild_per_record(&mut self, txn: &WriteTransaction) -> HistoryResult<u64> {
+    /// Rewrites a format 2 or 3 file's `by_account_key` as postings and drops it; returns
+    /// how many entries it held (none in a file without it).
+    fn reindex_v3(&mut self, txn: &WriteTransaction) -> HistoryResult<u64> {
+        let exists = txn.list_tables()?.any(|table| table.name() == V3_BY_ACCOUNT_KEY.name());
+        if !exists {
+            return Ok(0);
+        }
         let mut moved = 0;
         let mut after = Bound::Unbounded;
         loop {
-            let batch: Vec<Settled> = {
-                let old = txn.open_table(PER_RECORD_REQUESTS)?;
-                let range = old.range::<(u64, u128)>((after, Bound::Unbounded))?;
+            let batch: Vec<IndexKey> = {
+                let old = txn.open_table(V3_BY_ACCOUNT_KEY)?;
+                let range = old.range::<IndexKey>((after, Bound::Unbounded))?;
                 range
                     .take(MIGRATE_BATCH)
-                    .map(|entry| {
-                        let (key, bytes) = entry?;
-                        let (created_ms, hold) = key.value();
-                        let (account, record) = decode(created_ms, bytes.value())?;
-                        Ok((account, HoldId(hold), record))
-                    })
+                    .map(|entry| Ok(entry?.0.value()))
                     .collect::<HistoryResult<_>>()?
             };
-            let Some((_, last, record)) = batch.last() else { break };
-            after = Bound::Excluded((record.created_ms, last.0));
+            let Some(&last) = batch.last() else { break };
+            after = Bound::Excluded(last);
             moved += batch.len() as u64;
-            self.insert_all(&batch, false)?;
+            self.post(&batch)?;
         }
+        txn.delete_table(V3_BY_ACCOUNT_KEY)?;
         Ok(moved)
     }
 
@@ -1247,40 +1119,20 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// Deletes the records created before `cutoff_ms` from every table, the oldest blocks
-    /// first until at least `max` records went (the blocks of the cutoff's second are
-    /// rewritten without them); returns how many.
+    /// Deletes the oldest records, at most `max` of those created before `cutoff_ms`,
+    /// from every table; returns how many.
     fn expire(&mut self, cutoff_ms: u64, max: usize) -> HistoryResult<usize> {
         // Every bucket of a record to go is then whole in `usage_hourly`.
         self.roll_up(hour_of(cutoff_ms).saturating_add(HOUR_MS))?;
         let mut old = Vec::new();
-        let mut changed: Vec<(BlockKey, Vec<u8>)> = Vec::new();
-        for entry in self.blocks.range(..=(span_of(cutoff_ms), u64::MAX))? {
-            if old.len() >= max {
-                break;
-            }
-            let (block, bytes) = entry?;
-            let mut left = Vec::new();
-            let before = old.len();
-            for entry in block_entries(bytes.value()) {
-                let (created_ms, hold, record) = entry?;
-                if created_ms < cutoff_ms {
-                    let (account, record) = decode(created_ms, record)?;
-                    old.push((hold, account, record));
-                } else {
-                    encode_entry(&mut left, created_ms, hold, record);
-                }
-            }
-            if old.len() > before {
-                changed.push((block.value(), left));
-            }
+        for entry in self.requests.range(..(cutoff_ms, 0u128))?.take(max) {
+            let (key, bytes) = entry?;
+            let (created_ms, hold) = key.value();
+            let (account, record) = decode(created_ms, bytes.value())?;
+            old.push((hold, account, record));
         }
-        for (block, left) in changed {
-            match left.is_empty() {
-                true => self.blocks.remove(block)?,
-                false => self.blocks.insert(block, left.as_slice())?,
-            };
-        }
+        let Some((hold, _, record)) = old.last() else { return Ok(0) };
+        self.requests.retain_in(..=(record.created_ms, *hold), |_, _| false)?;
         let mut index: Vec<IndexKey> = Vec::with_capacity(old.len());
         let mut buckets: BTreeMap<BucketKey<'_>, Usage> = BTreeMap::new();
         for (hold, account, record) in &old {
@@ -1300,30 +1152,8 @@ impl<'txn> Tables<'txn> {
                 None => self.usage_hourly.remove(bucket)?,
             };
         }
-        let written = self.meta.get(RECORDS_ROW)?.map_or(0, |n| n.value());
-        let left = written.checked_sub(old.len() as u64);
-        self.meta.insert(
-            RECORDS_ROW,
-            left.ok_or_else(|| corrupt("more records expired than written"))?,
-        )?;
         Ok(old.len())
     }
-}
-
-/// Whether `blocks` holds a record created before `cutoff_ms` (read up to the cutoff's
-/// second).
-fn any_before(
-    blocks: &impl ReadableTable<BlockKey, &'static [u8]>,
-    cutoff_ms: u64,
-) -> HistoryResult<bool> {
-    for entry in blocks.range(..=(span_of(cutoff_ms), u64::MAX))? {
-        for entry in block_entries(entry?.1.value()) {
-            if entry?.0 < cutoff_ms {
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
 }
 
 /// (hour start ms, account, key, model) in `usage_recent`, (account, hour start ms, key,
@@ -1338,7 +1168,7 @@ fn read_usage(table: &UsageTable<'_>, bucket: BucketKey<'_>) -> HistoryResult<Op
 /// The keys (`None` for requests made without one) `account` has records under, each
 /// found by one seek past the previous.
 fn keys_of(
-    index: &impl ReadableTable<PostingsKey, &'static [u8]>,
+    index: &redb::ReadOnlyTable<PostingsKey, &[u8]>,
     account: u64,
 ) -> HistoryResult<Vec<Option<u64>>> {
     let mut keys = Vec::new();
@@ -1361,26 +1191,6 @@ fn keys_of(
     Ok(keys)
 }
 
-/// The block of the record of `hold` created at `created_ms` if `account` and `key` have
-/// one posted.
-fn find_posting(
-    index: &impl ReadableTable<PostingsKey, &'static [u8]>,
-    account: u64,
-    key: Option<u64>,
-    created_ms: u64,
-    hold: u128,
-) -> HistoryResult<Option<u64>> {
-    let span = span_of(created_ms);
-    for row in index.range((account, key, span, 0)..=(account, key, span, u128::MAX))? {
-        let (_, postings) = row?;
-        let mut postings = decode_postings(postings.value())?;
-        if let Some((_, _, block)) = postings.find(|&(c, h, _)| (c, h) == (created_ms, hold)) {
-            return Ok(Some(block));
-        }
-    }
-    Ok(None)
-}
-
 /// One key's postings within a query's range, newest first: its rows read from the last,
 /// a second's rows at a time (rows of one second are ordered by their first hold, not by
 /// their postings), sorted.
@@ -1388,9 +1198,8 @@ struct NewestFirst {
     rows: std::iter::Peekable<std::iter::Rev<redb::Range<'static, PostingsKey, &'static [u8]>>>,
     /// The postings of the second being read, in range, oldest first.
     span: Vec<Posting>,
-    /// (created, hold) from, and before.
-    start: (u64, u128),
-    end: (u64, u128),
+    start: Posting,
+    end: Posting,
 }
 
 impl NewestFirst {
@@ -1417,17 +1226,16 @@ impl NewestFirst {
     fn take(&mut self, row: &[u8]) -> HistoryResult<()> {
         let (start, end) = (self.start, self.end);
         let postings = decode_postings(row)?;
-        self.span.extend(postings.filter(|&(c, hold, _)| start <= (c, hold) && (c, hold) < end));
+        self.span.extend(postings.filter(|posting| start <= *posting && *posting < end));
         Ok(())
     }
 }
 
 fn encode_postings(postings: impl Iterator<Item = Posting>, out: &mut Vec<u8>) {
     out.clear();
-    for (created_ms, hold, block) in postings {
+    for (created_ms, hold) in postings {
         out.extend_from_slice(&created_ms.to_le_bytes());
         out.extend_from_slice(&hold.to_le_bytes());
-        out.extend_from_slice(&block.to_le_bytes());
     }
 }
 
@@ -1436,61 +1244,10 @@ fn decode_postings(row: &[u8]) -> HistoryResult<impl Iterator<Item = Posting> + 
         return Err(corrupt("a postings row of a broken length"));
     }
     Ok(row.chunks_exact(POSTING_BYTES).map(|posting| {
-        let (created_ms, rest) = posting.split_at(8);
-        let (hold, block) = rest.split_at(16);
-        (
-            u64::from_le_bytes(created_ms.try_into().expect("8 bytes")),
-            u128::from_le_bytes(hold.try_into().expect("16 bytes")),
-            u64::from_le_bytes(block.try_into().expect("8 bytes")),
-        )
+        let (created_ms, hold) = posting.split_at(8);
+        let created_ms = u64::from_le_bytes(created_ms.try_into().expect("8 bytes"));
+        (created_ms, u128::from_le_bytes(hold.try_into().expect("16 bytes")))
     }))
-}
-
-/// Appends a record's entry to a block: its creation time, hold and encoding.
-fn encode_entry(block: &mut Vec<u8>, created_ms: u64, hold: u128, record: &[u8]) {
-    let len = u32::try_from(record.len()).expect("a record's encoding under 4 GiB");
-    block.extend_from_slice(&created_ms.to_le_bytes());
-    block.extend_from_slice(&hold.to_le_bytes());
-    block.extend_from_slice(&len.to_le_bytes());
-    block.extend_from_slice(record);
-}
-
-/// A block's entries: (created_ms, hold, the record's encoding).
-fn block_entries(mut block: &[u8]) -> impl Iterator<Item = HistoryResult<(u64, u128, &[u8])>> {
-    std::iter::from_fn(move || {
-        if block.is_empty() {
-            return None;
-        }
-        let Some((header, rest)) = block.split_at_checked(BLOCK_ENTRY_HEADER_BYTES) else {
-            block = &[];
-            return Some(Err(corrupt("a block cut inside an entry's header")));
-        };
-        let created_ms = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
-        let hold = u128::from_le_bytes(header[8..24].try_into().expect("16 bytes"));
-        let len = u32::from_le_bytes(header[24..].try_into().expect("4 bytes")) as usize;
-        let Some((record, rest)) = rest.split_at_checked(len) else {
-            block = &[];
-            return Some(Err(corrupt("a block cut inside a record")));
-        };
-        block = rest;
-        Some(Ok((created_ms, hold, record)))
-    })
-}
-
-/// The payer and record of `hold` created at `created_ms` in `block` (the one its posting
-/// names).
-fn find_entry(
-    block: &[u8],
-    created_ms: u64,
-    hold: u128,
-) -> HistoryResult<(AccountId, RequestRecord)> {
-    for entry in block_entries(block) {
-        let (c, h, record) = entry?;
-        if (c, h) == (created_ms, hold) {
-            return decode(created_ms, record);
-        }
-    }
-    Err(corrupt("a posting names a block without its record"))
 }
 
 /// The start of the postings row's second `ms` falls in.
@@ -1515,7 +1272,7 @@ fn corrupt(reason: &str) -> redb::Error {
 enum HistoryFormatError {
     #[error(
         "request history format version {found}; this build reads version \
-         {HISTORY_FORMAT_VERSION} (and versions 1 to 4, which it migrates)"
+         {HISTORY_FORMAT_VERSION} (and versions 1 to 3, which it migrates)"
     )]
     Unsupported { found: u64 },
     #[error(transparent)]
@@ -1983,14 +1740,9 @@ mod tests {
                     None => break,
                 }
             }
-            // In creation order to the second: a second's blocks follow one another.
-            let second = |(_, _, record): &Settled| span_of(record.created_ms);
-            assert!(exported.is_sorted_by_key(second));
             let mut expected: Vec<Settled> =
                 model.records.iter().filter(|(account, _, _)| account.0 != 1).cloned().collect();
-            let by_creation = |(_, hold, record): &Settled| (record.created_ms, hold.0);
-            expected.sort_by_key(by_creation);
-            exported.sort_by_key(by_creation);
+            expected.sort_by_key(|(_, hold, record)| (record.created_ms, hold.0));
             assert_eq!(exported, expected);
             assert_eq!(history.stats().unwrap().records, model.records.len() as u64);
         }
@@ -2008,8 +1760,7 @@ mod tests {
                     let record = random_record(&mut rng, account);
                     // Half the new holds lead with a creation millisecond (as a gateway's
                     // do: no `holds` row), mostly their record's. Some holds come again (a
-                    // replay, a backfill, a hold id reserved again after the ledger forgot
-                    // it; with the same record, or another of the same payer and key, even
+                    // replay or a backfill with the same record, or another record, even
                     // one created at the hold's stamp): the first record stays.
                     let (account, hold, record) = if holds.is_empty() || rng.gen_bool(0.9) {
                         let hold = match rng.gen_range(0..4) {
@@ -2022,17 +1773,16 @@ mod tests {
                         (AccountId(account), hold, record)
                     } else {
                         let hold = holds[rng.gen_range(0..holds.len())];
-                        let first = model.records.iter().find(|(_, h, _)| *h == hold);
-                        let (payer, _, first) =
-                            first.cloned().expect("a repeated hold was recorded");
-                        let record = RequestRecord { key: first.key, ..record };
                         match rng.gen_range(0..3) {
-                            0 => (payer, hold, first),
+                            0 => {
+                                let first = model.records.iter().find(|(_, h, _)| *h == hold);
+                                first.cloned().expect("a repeated hold was recorded")
+                            }
                             1 => {
                                 let created_ms = hold.stamp_ms().min(T0 + SPAN_MS);
-                                (payer, hold, RequestRecord { created_ms, ..record })
+                                (AccountId(account), hold, RequestRecord { created_ms, ..record })
                             }
-                            _ => (payer, hold, record),
+                            _ => (AccountId(account), hold, record),
                         }
                     };
                     settled.push((account, hold, record));
@@ -2108,91 +1858,43 @@ mod tests {
         assert_eq!(reopened.query(&query(500)).unwrap(), expected.query(&query(500)).unwrap());
     }
 
-    /// A file of format 2, 3 or 4 (a `requests` row per record beside that format's index;
-    /// in format 2 a `holds` row for every record) has its records rewritten in blocks and
-    /// posted when opened: lookups, pages and sums answer as before, the old tables are
-    /// gone, and a hold keeps its first record.
+    /// A file of format 3 (an index row per record, `by_account_key`) has its index
+    /// rewritten as postings when opened: queries answer as before, the old table is gone.
     #[test]
-    fn per_record_formats_are_rebuilt_in_blocks() {
+    fn a_format_3_index_is_rewritten_as_postings() {
+        let disk = PowerLossDisk::default();
         let expected = filled();
-        // Twenty records in two seconds besides one a minute: rows of several postings, and
-        // two gateway holds (no `holds` row but in format 2).
+        // Twenty records in two seconds besides one a minute: rows of several postings.
         let busy = (0..20u64).map(|n| {
             let created_ms = T0 + 300 + n * 70;
             (ACCOUNT, HoldId(2_000 + u128::from(n)), record(n % 2, "mock/echo", 200, created_ms, 7))
         });
         expected.insert(busy).unwrap();
-        let gateway = [(HoldId::time_ordered(T0 + 5, 1), 5), (HoldId::time_ordered(T0 + 6, 2), 6)];
-        expected
-            .insert(gateway.map(|(hold, cost)| {
-                (ACCOUNT, hold, record(0, "mock/echo", 200, hold.stamp_ms(), cost))
-            }))
-            .unwrap();
         let all = expected.export(|_| true, None, HISTORY_EXPORT_PAGE_MAX).unwrap().records;
-        let per_record: TableDefinition<(u64, Option<u64>, u64, u128), ()> =
-            TableDefinition::new("by_account_key");
-        for format in HISTORY_FORMATS_PER_RECORD {
-            let disk = PowerLossDisk::default();
-            let history = History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap();
-            history.insert(all.clone()).unwrap();
-            drop(history);
-            {
-                // The sums and `holds` stay; the records go into `requests`.
-                let db = Database::builder().create_with_backend(disk.clone()).unwrap();
-                let txn = db.begin_write().unwrap();
-                txn.delete_table(BLOCKS).unwrap();
-                txn.delete_table(POSTINGS).unwrap();
-                let mut requests = txn.open_table(PER_RECORD_REQUESTS).unwrap();
-                let mut index = txn.open_table(per_record).unwrap();
-                let mut holds = txn.open_table(HOLDS).unwrap();
-                let mut bytes = Vec::new();
-                for (account, hold, record) in &all {
-                    bytes.clear();
-                    encode_record(*account, record, &mut bytes);
-                    requests.insert((record.created_ms, hold.0), bytes.as_slice()).unwrap();
-                    let key = record.key.map(|key| key.0);
-                    index.insert((account.0, key, record.created_ms, hold.0), ()).unwrap();
-                    if format == 2 {
-                        holds.insert(hold.0, record.created_ms).unwrap();
-                    }
-                }
-                drop((requests, index, holds));
-                let mut meta = txn.open_table(META).unwrap();
-                meta.insert(FORMAT_ROW, format).unwrap();
-                meta.remove(RECORDS_ROW).unwrap();
-                meta.remove(NEXT_BLOCK_ROW).unwrap();
-                drop(meta);
-                if format == 4 {
-                    let postings: TableDefinition<(u64, Option<u64>, u64, u128), ()> =
-                        TableDefinition::new("postings");
-                    txn.rename_table(per_record, postings).unwrap();
-                }
-                txn.commit().unwrap();
-            }
-            let rebuilt = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).unwrap();
-            let first = query(7);
-            let second = HistoryQuery { before: expected.query(&first).unwrap().next, ..query(7) };
-            let by_key = HistoryQuery { key: Some(KeyId(1)), ..query(9) };
-            for query in [query(500), first, second, by_key] {
-                assert_eq!(rebuilt.query(&query).unwrap(), expected.query(&query).unwrap());
-            }
-            let day =
-                UsageQuery { account: ACCOUNT, from_ms: 0, to_ms: u64::MAX, bucket_ms: HOUR_MS };
-            assert_eq!(rebuilt.usage(&day).unwrap(), expected.usage(&day).unwrap());
-            assert_eq!(rebuilt.stats().unwrap().records, 123, "format {format}");
-            assert_the_tables_are_this_formats(&rebuilt);
+        let history = History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap();
+        history.insert(all.clone()).unwrap();
+        drop(history);
+        {
+            let db = Database::builder().create_with_backend(disk.clone()).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(POSTINGS).unwrap();
+            let mut index = txn.open_table(V3_BY_ACCOUNT_KEY).unwrap();
             for (account, hold, record) in &all {
-                assert_eq!(rebuilt.record(*account, *hold).unwrap().as_ref(), Some(record));
+                let key = record.key.map(|key| key.0);
+                index.insert((account.0, key, record.created_ms, hold.0), ()).unwrap();
             }
-            let (gateway_hold, _) = gateway[0];
-            rebuilt
-                .insert([(ACCOUNT, gateway_hold, record(0, "mock/echo", 200, T0 + 5, 99))])
-                .unwrap();
-            assert_eq!(rebuilt.record(ACCOUNT, gateway_hold).unwrap().unwrap().cost, PicoUsd(5));
-            assert_eq!(rebuilt.stats().unwrap().records, 123);
-            let holds = rebuilt.inner.db.begin_read().unwrap().open_table(HOLDS).unwrap();
-            assert_eq!(holds.len().unwrap(), 121, "a row for every hold but the gateway's two");
+            drop(index);
+            txn.open_table(META).unwrap().insert(FORMAT_ROW, 3).unwrap();
+            txn.commit().unwrap();
         }
+        let reindexed = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).unwrap();
+        let first = query(7);
+        let second = HistoryQuery { before: expected.query(&first).unwrap().next, ..query(7) };
+        for query in [query(500), first, second, HistoryQuery { key: Some(KeyId(1)), ..query(9) }] {
+            assert_eq!(reindexed.query(&query).unwrap(), expected.query(&query).unwrap());
+        }
+        assert_eq!(reindexed.query(&query(500)).unwrap().records.len(), 120);
+        assert_the_tables_are_this_formats(&reindexed);
     }
 
     /// `history`'s file holds this format's tables, no other, and says it is this format.
@@ -2203,7 +1905,7 @@ mod tests {
         tables.sort();
         assert_eq!(
             tables,
-            ["holds", "meta", "request_blocks", "request_postings", "usage_hourly", "usage_recent"]
+            ["holds", "meta", "postings", "requests", "usage_hourly", "usage_recent"]
         );
         let format = txn.open_table(META).unwrap().get(FORMAT_ROW).unwrap().unwrap().value();
         assert_eq!(format, HISTORY_FORMAT_VERSION);
@@ -2218,11 +1920,49 @@ mod tests {
         {
             let db = Database::builder().create_with_backend(disk.clone()).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(META).unwrap().insert(FORMAT_ROW, 6).unwrap();
+            txn.open_table(META).unwrap().insert(FORMAT_ROW, 5).unwrap();
             txn.commit().unwrap();
         }
         let refused = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).err().unwrap();
         let message = refused.to_string();
-        assert!(message.contains("format version 6; this build reads version 5"), "{message}");
+        assert!(message.contains("format version 5; this build reads version 4"), "{message}");
+    }
+
+    /// A file of format 2 (a `holds` row for every record) is read as it is and marked 3:
+    /// its records are found, later ones are written without a row, and retention removes
+    /// the old rows with their records.
+    #[test]
+    fn a_format_2_file_is_read_as_it_is() {
+        let disk = PowerLossDisk::default();
+        let (old, later) = (HoldId::time_ordered(T0, 7), HoldId::time_ordered(T0 + 1, 8));
+        let history = History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap();
+        history.insert([(ACCOUNT, old, record(0, "mock/echo", 200, T0, 5))]).unwrap();
+        drop(history);
+        {
+            let db = Database::builder().create_with_backend(disk.clone()).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(HOLDS).unwrap().insert(old.0, T0).unwrap();
+            txn.open_table(META).unwrap().insert(FORMAT_ROW, 2).unwrap();
+            txn.commit().unwrap();
+        }
+        let history = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).unwrap();
+        let rows = |history: &History| {
+            let txn = history.inner.db.begin_read().unwrap();
+            let holds = txn.open_table(HOLDS).unwrap().len().unwrap();
+            (holds, txn.open_table(REQUESTS).unwrap().len().unwrap())
+        };
+        let txn = history.inner.db.begin_read().unwrap();
+        let format = txn.open_table(META).unwrap().get(FORMAT_ROW).unwrap().unwrap().value();
+        assert_eq!(format, HISTORY_FORMAT_VERSION);
+        drop(txn);
+        assert_eq!(history.record(ACCOUNT, old).unwrap().unwrap().cost, PicoUsd(5));
+        history.insert([(ACCOUNT, later, record(0, "mock/echo", 200, T0 + 1, 6))]).unwrap();
+        history.insert([(ACCOUNT, old, record(0, "mock/echo", 200, T0, 9))]).unwrap();
+        assert_eq!(history.record(ACCOUNT, later).unwrap().unwrap().cost, PicoUsd(6));
+        assert_eq!(history.record(ACCOUNT, old).unwrap().unwrap().cost, PicoUsd(5));
+        assert_eq!(rows(&history), (1, 2));
+        let retention_ms = HISTORY_RETENTION_DEFAULT.as_millis() as u64;
+        assert_eq!(history.expire(T0 + 2 + retention_ms).unwrap(), 2);
+        assert_eq!(rows(&history), (0, 0));
     }
 }
