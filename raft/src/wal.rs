@@ -34,13 +34,15 @@
 
 use crate::kv::{Durability, KvBatch, KvTree, StoreWriter, WriteRequest};
 use foldhash::HashMap;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Error, ErrorKind};
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
+
+mod table;
 
 /// A segment is closed once it holds this much, and the next one begins.
 const WAL_SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
@@ -89,7 +91,7 @@ struct Location {
     len: u32,
 }
 
-type Table = BTreeMap<Vec<u8>, Location>;
+type Table = table::Table<Location>;
 
 /// Every live key by tree; written only by the writer thread (and the replay at open).
 #[derive(Default)]
@@ -139,7 +141,8 @@ struct Wal {
 
 impl Index {
     /// Puts (or with `None`, removes) `key` of tree `table`, counting live bytes by
-    /// segment in `live`. Allocates only for a key or tree not seen before.
+    /// segment in `live`. Allocates only for a tree not seen before, a keyed tree's new key
+    /// or a run's growth.
     fn put(
         &mut self,
         live: &mut HashMap<u64, u64>,
@@ -150,16 +153,13 @@ impl Index {
         let weight =
             |location: &Location| key.len() as u64 + u64::from(location.len) + OP_OVERHEAD_BYTES;
         if !self.tables.contains_key(table) {
-            self.tables.insert(Arc::from(table), Table::new());
+            self.tables.insert(Arc::from(table), Table::default());
         }
         let tree = self.tables.get_mut(table).expect("inserted above");
         let old = match value {
             Some(location) => {
                 *live.get_mut(&location.segment.seq).expect("a known segment") += weight(&location);
-                match tree.get_mut(key) {
-                    Some(slot) => Some(std::mem::replace(slot, location)),
-                    None => tree.insert(key.to_vec(), location),
-                }
+                tree.insert(key, location)
             }
             None => tree.remove(key),
         };
@@ -228,14 +228,14 @@ impl KvTree for WalTree {
     }
 
     fn last(&self) -> Result<Option<Vec<u8>>, Error> {
-        let found = self.store.read(&self.table, |t| t.values().next_back().cloned(), None);
+        let found = self.store.read(&self.table, |t| t.last().cloned(), None);
         found.map(|location| location.read()).transpose()
     }
 
     fn range(&self, range: (Bound<&[u8]>, Bound<&[u8]>)) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
         let found = self.store.read(
             &self.table,
-            |table| table.range::<[u8], _>(range).map(|(k, l)| (k.clone(), l.clone())).collect(),
+            |table| table.range(range).map(|(k, l)| (k.to_vec(), l.clone())).collect(),
             Vec::new(),
         );
         found.into_iter().map(|(key, location)| Ok((key, location.read()?))).collect()
@@ -247,9 +247,8 @@ impl KvTree for WalTree {
         range: (Bound<&[u8]>, Bound<&[u8]>),
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, Error> {
-        let keys = |table: &Table| {
-            table.range::<[u8], _>(range).take(limit).map(|(k, _)| k.clone()).collect()
-        };
+        let keys =
+            |table: &Table| table.range(range).take(limit).map(|(k, _)| k.to_vec()).collect();
         Ok(self.store.read(&self.table, keys, Vec::new()))
     }
 
@@ -517,7 +516,7 @@ impl Wal {
                         break;
                     }
                     bytes += u64::from(location.len);
-                    moved.push((Arc::clone(table), key.clone(), location.read()?));
+                    moved.push((Arc::clone(table), key.to_vec(), location.read()?));
                 }
                 moved
             };
@@ -681,7 +680,7 @@ mod tests {
         wal.append([("0/log", &b"2"[..], Some(&b"small"[..]))].into_iter(), true).unwrap();
         assert!(wal.buf.capacity() > 0, "an ordinary round's buffer is reused");
         let index = wal.index.read().unwrap();
-        let read = |key: &[u8]| index.tables["0/log"][key].read().unwrap();
+        let read = |key: &[u8]| index.tables["0/log"].get(key).unwrap().read().unwrap();
         assert_eq!((read(b"1"), read(b"2")), (large.clone(), b"small".to_vec()));
     }
 
@@ -898,7 +897,7 @@ mod tests {
         let wal = Wal::replay(dir.path(), lock, SEGMENT).unwrap();
         let index = wal.index.read().unwrap();
         for key in keys {
-            let location = &index.tables["node"][key];
+            let location = index.tables["node"].get(key).unwrap();
             assert_eq!(location.read().unwrap(), value);
         }
     }
