@@ -68,7 +68,7 @@ pub fn prefilled(dir: &Path) -> (History, Batches) {
     (history, Batches { next: n, created_ms: now, latency_spread_ms: 0 })
 }
 
-/// The records after the prefill, settled from its end on at [`RECORDS_PER_S`] (by their
+/// The records after the prefill, settled from its end on at `RECORDS_PER_S` (by their
 /// number, not by the clock: a transaction's records follow the previous one's, as on a
 /// node that writes 30k records a second, however fast the writer runs), each created
 /// when it settles unless [`Batches::with_latency_spread`].

@@ -50,7 +50,7 @@ impl Actor {
     }
 }
 
-/// A key to create: what [`parse_new_key`] reads from a body.
+/// A key to create: what [`KeyFields::new_key`] makes of a body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewKey {
     pub name: String,

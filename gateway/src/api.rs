@@ -93,7 +93,7 @@ pub fn endpoints_model_id(path: &str) -> Option<&str> {
 /// failing: its circuit breaker), `uptime_last_30m` (percent of requests that did not
 /// fail by the host's fault), `latency_last_30m` (mean time to first token, ms) and
 /// `throughput_last_30m` (tokens per second); `null` without traffic; and
-/// `data_policy` ([`data_policy_json`]). Public, like `/models`; an unknown model is a
+/// `data_policy` (`data_policy_json`). Public, like `/models`; an unknown model is a
 /// 404.
 pub fn endpoints(app: &'static App, path: &str) -> Result<Response, ApiError> {
     let id = endpoints_model_id(path).unwrap_or_default();

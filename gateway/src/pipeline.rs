@@ -29,7 +29,7 @@
 //!
 //! An endpoint that is no chat (embeddings, `embeddings.rs`) takes the stages it shares
 //! rather than copying them: [`accept`] (1–3), [`route_by`] (5), [`hold`] (6),
-//! [`detached`], [`first_answer`](crate::attempt::first_answer) (7, with the circuit
+//! [`detached`], [`first_answer`] (7, with the circuit
 //! breakers and fallback, `attempt.rs`) and [`HoldGuard`] (8, `hold.rs`).
 
 use crate::app::App;

@@ -26,7 +26,7 @@ use crate::providers::{Choice, Chunk, Message, Usage};
 use serde_json::{Map, Value};
 
 /// Text kept per request to count what a client received, should its usage never
-/// arrive. Past it, further text is counted at one token per [`BYTES_PER_TOKEN_PAST_CAP`]
+/// arrive. Past it, further text is counted at one token per `BYTES_PER_TOKEN_PAST_CAP`
 /// bytes, a typical ratio (the cap is far above any catalogued model's output limit in
 /// bytes of text, so this never applies to an honest provider).
 pub const DELIVERED_TEXT_BYTES_MAX: usize = 4 << 20;

@@ -725,7 +725,7 @@ pub struct Audit {
 /// The whole replicated state. Serializable as a snapshot. Its maps are persistent
 /// (`imbl`): a clone shares their nodes, so it costs O(1) and a snapshot encodes a copy
 /// while apply goes on; each write copies the O(log n) nodes on its path. The two
-/// time-bounded sets, which hold an entry per recent request, are [`Window`]s: a clone
+/// time-bounded sets, which hold an entry per recent request, are `Window`s: a clone
 /// shares their chunks and index pages, and a write copies the one it touches.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {

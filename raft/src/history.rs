@@ -615,7 +615,7 @@ impl History {
     }
 
     /// Writes what is queued, not synced: afterwards a read finds every record queued
-    /// before the call. Blocks on redb ([`History::off_runtime`]).
+    /// before the call. Blocks on redb (`History::off_runtime`).
     pub fn flush(&self) -> HistoryResult<()> {
         self.inner.write_queued(Vec::new(), Durability::None)
     }
@@ -662,7 +662,7 @@ impl History {
     }
 
     /// Deletes the records created before `now_ms − retention`, at most
-    /// [`HISTORY_EXPIRE_BATCH_MAX`]; returns how many (call again while it is the max).
+    /// `HISTORY_EXPIRE_BATCH_MAX`; returns how many (call again while it is the max).
     /// Writes nothing when nothing is that old.
     pub fn expire(&self, now_ms: u64) -> HistoryResult<usize> {
         let retention_ms = u64::try_from(self.inner.retention.as_millis()).unwrap_or(u64::MAX);

@@ -130,7 +130,7 @@ pub(crate) enum CpuWork {
 }
 
 /// A ledger's snapshot as a node stores it: the codec's encoding in pieces of
-/// [`SNAPSHOT_PIECE_BYTES`]. Public for the encoding's benchmark (`bench --bench ledger`).
+/// `SNAPSHOT_PIECE_BYTES`. Public for the encoding's benchmark (`bench --bench ledger`).
 pub fn encode_snapshot(ledger: &Ledger) -> Result<Vec<Vec<u8>>, CodecError> {
     codec::encode_in_chunks(ledger, SNAPSHOT_PIECE_BYTES)
 }

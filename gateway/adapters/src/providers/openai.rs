@@ -114,7 +114,7 @@ impl Adapter for OpenAiCompatible {
         })
     }
 
-    /// The body is read in one pass ([`WireAnswer`]): `choices` into typed [`Choice`]s,
+    /// The body is read in one pass (`WireAnswer`): `choices` into typed [`Choice`]s,
     /// the pass-through fields into trees, never the envelope the gateway rewrites.
     fn response(&self, _chat: &ChatRequest, body: &[u8]) -> Result<Completion, UpstreamError> {
         let invalid = |error: &dyn std::fmt::Display| {
