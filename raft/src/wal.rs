@@ -825,7 +825,8 @@ mod tests {
 
     /// A log written and purged as Raft does (entries appended, the oldest removed, a vote
     /// and an identity written once) keeps a bounded number of segments: old ones are
-    /// compacted, their few live values written again. Reopened, it reads the same.
+    /// compacted, their few live values written again. Reopened, it reads the same. Its
+    /// index is a run throughout (no key stored per entry), the vote's tree keyed.
     #[tokio::test]
     async fn purged_segments_are_deleted_and_live_values_kept() {
         const SEGMENT: u64 = 1024;
@@ -854,10 +855,15 @@ mod tests {
         let expected: Vec<Vec<u8>> = (1_992u64..2_000).map(|n| n.to_be_bytes().to_vec()).collect();
         let keys = |log: &WalTree| all(log).into_iter().map(|(k, _)| k).collect::<Vec<_>>();
         assert_eq!(keys(&log), expected);
+        let is_run = |store: &WalStore, tree: &str| {
+            matches!(store.index.read().unwrap().tables[tree], Table::Run { .. })
+        };
+        assert!(is_run(&store, "0/log") && !is_run(&store, "node"));
         drop((store, log, node));
 
         let store = reopen(dir.path(), SEGMENT).await;
         assert_eq!(keys(&store.tree("0/log")), expected);
+        assert!(is_run(&store, "0/log") && !is_run(&store, "node"));
         let node = store.tree("node");
         assert_eq!(node.get(b"identity").unwrap().as_deref(), Some(&identity[..]));
         assert_eq!(node.get(b"vote").unwrap().as_deref(), Some(&vote[..]));
