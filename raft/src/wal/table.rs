@@ -136,7 +136,11 @@ impl<V> Table<V> {
             }
         }
         let Table::Keys(map) = self else { unreachable!("made keyed above") };
-        map.insert(key.to_vec(), value)
+        // A key already there is replaced in place, its bytes not copied again.
+        match map.get_mut(key) {
+            Some(slot) => Some(std::mem::replace(slot, value)),
+            None => map.insert(key.to_vec(), value),
+        }
     }
 
     /// Removes `key`, returning its value.
