@@ -8,7 +8,7 @@
 //!
 //! On disk this covers the log entries, the vote, the committed and purged log ids, the
 //! snapshot record (its metadata) and the snapshot payload (the ledger, stored in pieces:
-//! [`encode_in_chunks`]); on the wire, every
+//! [`encode_into_chunks`]); on the wire, every
 //! Raft RPC and `LedgerService` payload. A value whose header is missing or names a
 //! version this build does not read is refused with [`CodecError`], never decoded as
 //! something else.
@@ -74,6 +74,13 @@ pub enum CodecError {
     Unencodable(postcard::Error),
 }
 
+/// For a store's writes made while encoding (`kv::MakeWrites`), which fail with I/O errors.
+impl From<CodecError> for std::io::Error {
+    fn from(error: CodecError) -> std::io::Error {
+        std::io::Error::other(error)
+    }
+}
+
 /// What [`encode`]'s buffer starts with: a log entry of a few commands fits, so it is
 /// written without the five or six reallocations (and copies) that growing from the
 /// header's 4 bytes took; larger values grow from here.
@@ -91,39 +98,67 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 
 /// What [`encode`] writes for `value`, cut into pieces of `chunk_bytes` (the last may be
 /// shorter): their concatenation is `encode(value)`. No buffer holds the whole encoding,
-/// and none grows by reallocation, so a large value (a snapshot's ledger) is held once,
-/// in pieces a store can take one at a time, where [`encode`]'s doubling vector held up
-/// to twice its size, and a copy of it.
+/// and none grows by reallocation, so a large value is held once, in pieces, where
+/// [`encode`]'s doubling vector held up to twice its size, and a copy of it.
 pub fn encode_in_chunks<T: Serialize + ?Sized>(
     value: &T,
     chunk_bytes: usize,
 ) -> Result<Vec<Vec<u8>>, CodecError> {
+    let mut chunks = Vec::new();
+    encode_into_chunks(value, chunk_bytes, |chunk: &mut Vec<u8>| {
+        chunks.push(std::mem::take(chunk));
+        Ok::<_, CodecError>(())
+    })?;
+    Ok(chunks)
+}
+
+/// [`encode_in_chunks`]'s pieces, each handed to `seal` as soon as it is full (the last
+/// when the encoding ends), in order, instead of collected: a store can write each as it
+/// comes (a snapshot's ledger, `state_machine.rs`), so no more than one piece of the
+/// encoding is ever in memory. `seal` may take the vector (the next piece gets a new one)
+/// or only read it (it is cleared and filled again). The first error `seal` returns ends
+/// the encoding and is returned.
+pub fn encode_into_chunks<T: Serialize + ?Sized, E: From<CodecError>>(
+    value: &T,
+    chunk_bytes: usize,
+    seal: impl FnMut(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
     assert!(chunk_bytes > 0, "chunks hold at least a byte");
-    let mut chunks = Chunks::new(chunk_bytes);
+    let mut failed = None;
+    let mut chunks = Chunks {
+        chunk_bytes,
+        open: Vec::with_capacity(chunk_bytes),
+        crc: crc32fast::Hasher::new(),
+        seal,
+        failed: &mut failed,
+    };
     chunks.append(&FORMAT_MAGIC);
     chunks.append(&[FORMAT_VERSION]);
-    let mut chunks =
-        postcard::serialize_with_flavor(value, chunks).map_err(CodecError::Unencodable)?;
-    let checksum = chunks.checksum();
-    chunks.append(&checksum.to_le_bytes());
-    Ok(chunks.into_chunks())
+    let serialized = postcard::serialize_with_flavor(value, chunks).map(|mut chunks| {
+        let checksum = chunks.checksum();
+        chunks.append(&checksum.to_le_bytes());
+        chunks.seal_open();
+    });
+    // After `seal` failed, the flavor failed too: `seal`'s error is the one to tell.
+    match (failed, serialized) {
+        (Some(e), _) => Err(e),
+        (None, Err(e)) => Err(CodecError::Unencodable(e).into()),
+        (None, Ok(())) => Ok(()),
+    }
 }
 
-/// A postcard flavor writing into pieces of a fixed size; the CRC-32 of every full piece
-/// is taken as it is sealed.
-struct Chunks {
+/// A postcard flavor writing into pieces of a fixed size, each handed to `seal` once
+/// full; the CRC-32 of every full piece is taken as it is sealed. After `seal` fails the
+/// flavor takes no more bytes and keeps the error in `failed`.
+struct Chunks<'a, S, E> {
     chunk_bytes: usize,
-    sealed: Vec<Vec<u8>>,
     open: Vec<u8>,
     crc: crc32fast::Hasher,
+    seal: S,
+    failed: &'a mut Option<E>,
 }
 
-impl Chunks {
-    fn new(chunk_bytes: usize) -> Chunks {
-        let open = Vec::with_capacity(chunk_bytes);
-        Chunks { chunk_bytes, sealed: Vec::new(), open, crc: crc32fast::Hasher::new() }
-    }
-
+impl<S: FnMut(&mut Vec<u8>) -> Result<(), E>, E> Chunks<'_, S, E> {
     /// Appends `bytes`: in place while they fit the open piece (postcard appends a few
     /// bytes at a time, so this is the path of nearly every call), else across pieces.
     #[inline]
@@ -136,15 +171,28 @@ impl Chunks {
     }
 
     fn append_across(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
+        while !bytes.is_empty() && self.failed.is_none() {
             if self.open.len() == self.chunk_bytes {
-                let full = std::mem::replace(&mut self.open, Vec::with_capacity(self.chunk_bytes));
-                self.crc.update(&full);
-                self.sealed.push(full);
+                self.crc.update(&self.open);
+                self.seal_open();
             }
             let (now, later) = bytes.split_at(bytes.len().min(self.chunk_bytes - self.open.len()));
             self.open.extend_from_slice(now);
             bytes = later;
+        }
+    }
+
+    /// Hands the open piece, if it holds anything, to `seal`, and opens the next.
+    fn seal_open(&mut self) {
+        if self.open.is_empty() || self.failed.is_some() {
+            return;
+        }
+        if let Err(e) = (self.seal)(&mut self.open) {
+            *self.failed = Some(e);
+        }
+        self.open.clear();
+        if self.open.capacity() < self.chunk_bytes {
+            self.open = Vec::with_capacity(self.chunk_bytes);
         }
     }
 
@@ -155,16 +203,19 @@ impl Chunks {
         crc.finalize()
     }
 
-    fn into_chunks(mut self) -> Vec<Vec<u8>> {
-        if !self.open.is_empty() {
-            self.sealed.push(self.open);
+    /// After `seal` failed: postcard's error that stops the serialization.
+    fn stopped(&self) -> postcard::Result<()> {
+        match self.failed {
+            None => Ok(()),
+            Some(_) => Err(postcard::Error::SerializeBufferFull),
         }
-        self.sealed
     }
 }
 
-impl postcard::ser_flavors::Flavor for Chunks {
-    type Output = Chunks;
+impl<S: FnMut(&mut Vec<u8>) -> Result<(), E>, E> postcard::ser_flavors::Flavor
+    for Chunks<'_, S, E>
+{
+    type Output = Self;
 
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
         if self.open.len() < self.chunk_bytes {
@@ -172,15 +223,16 @@ impl postcard::ser_flavors::Flavor for Chunks {
         } else {
             self.append_across(&[byte]);
         }
-        Ok(())
+        self.stopped()
     }
 
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
         self.append(bytes);
-        Ok(())
+        self.stopped()
     }
 
-    fn finalize(self) -> postcard::Result<Chunks> {
+    fn finalize(self) -> postcard::Result<Self> {
+        self.stopped()?;
         Ok(self)
     }
 }
@@ -533,6 +585,33 @@ mod tests {
             assert!((1..=chunk_bytes).contains(&last.len()));
         }
         assert_eq!(encode_in_chunks(&batch(), 1 << 20).unwrap(), [encode(&batch()).unwrap()]);
+    }
+
+    /// Handed to a sink as they are sealed, the pieces are the same, whether the sink takes
+    /// each vector or only reads it; the sink's first error ends the encoding, is
+    /// returned, and no piece is handed on after it.
+    #[test]
+    fn pieces_handed_on_as_sealed_are_the_pieces() {
+        let ledger = ledger_remembering(2_900);
+        let chunks = encode_in_chunks(&ledger, 1_000).unwrap();
+        let mut read = Vec::new();
+        encode_into_chunks(&ledger, 1_000, |piece: &mut Vec<u8>| {
+            read.push(piece.clone());
+            Ok::<_, CodecError>(())
+        })
+        .unwrap();
+        assert_eq!(read, chunks);
+
+        let mut n_sealed = 0;
+        let stopped = encode_into_chunks(&ledger, 1_000, |_: &mut Vec<u8>| {
+            n_sealed += 1;
+            match n_sealed {
+                3 => Err(std::io::Error::other("the store is full")),
+                _ => Ok(()),
+            }
+        });
+        assert_eq!(stopped.unwrap_err().to_string(), "the store is full");
+        assert_eq!(n_sealed, 3, "nothing sealed after the error");
     }
 
     /// A ledger remembering holds and op ids over several of its windows' chunks round-trips.

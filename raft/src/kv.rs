@@ -17,6 +17,15 @@ use tokio::sync::{mpsc, oneshot};
 /// Writes of one [`KvTree::write`]: a key and the value to insert, or `None` to remove it.
 pub type KvBatch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
+/// Takes one write of a [`MakeWrites`]: a key and the value to insert, or `None` to remove
+/// it.
+pub type PutWrite<'a> = &'a mut dyn FnMut(&[u8], Option<&[u8]>) -> std::io::Result<()>;
+
+/// Makes the writes of one [`KvTree::write_made`], in order, handing each to the
+/// [`PutWrite`] it is given as soon as it is made; stops at the first error (its own or
+/// the put's) and returns it.
+pub type MakeWrites = Box<dyn FnOnce(PutWrite<'_>) -> std::io::Result<()> + Send>;
+
 /// How far a [`KvTree::write`] goes before it returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -38,7 +47,7 @@ pub enum Durability {
 /// possibly none after the last).
 pub trait KvTree: Clone + Send + Sync + 'static {
     type Value: AsRef<[u8]> + Send;
-    type Error: std::error::Error + Send + Sync + 'static;
+    type Error: std::error::Error + From<std::io::Error> + Send + Sync + 'static;
 
     fn get(&self, key: &[u8]) -> Result<Option<Self::Value>, Self::Error>;
     /// The value under the greatest key.
@@ -64,6 +73,27 @@ pub trait KvTree: Clone + Send + Sync + 'static {
         batch: KvBatch,
         durability: Durability,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Applies the writes `make` makes atomically, as [`KvTree::write`] applies a batch
+    /// (`durability` is not `Deferred`); if `make` fails, nothing is written and its error
+    /// is returned. A store that commits on a thread of its own ([`RedbTree`]) runs `make`
+    /// there, inside the transaction, and writes each value as it comes, so a batch of
+    /// many large values (a snapshot's pieces) is never held in memory whole; by default
+    /// `make` runs at once and its writes are collected into one batch.
+    fn write_made(
+        &self,
+        make: MakeWrites,
+        durability: Durability,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let mut batch = KvBatch::new();
+        let made = make(&mut |key, value| {
+            batch.push((key.to_vec(), value.map(<[u8]>::to_vec)));
+            Ok(())
+        });
+        async move {
+            made?;
+            self.write(batch, durability).await
+        }
+    }
 }
 
 /// A table's name and every pair in it.
@@ -142,6 +172,9 @@ impl DeferredWrites {
 pub(crate) struct WriteRequest {
     pub(crate) table: Arc<str>,
     pub(crate) batch: KvBatch,
+    /// Writes made during the commit, after `batch`'s ([`KvTree::write_made`]); taken by
+    /// the commit that runs them.
+    pub(crate) made: Option<MakeWrites>,
     pub(crate) durability: Durability,
     /// Where the commit's result goes; `None` for a `Deferred` write, whose writer does
     /// not wait (a failed commit fails the non-deferred write it was committed with).
@@ -156,7 +189,7 @@ impl StoreWriter {
     /// the last) and tells their writers its result.
     pub(crate) fn spawn(
         name: &str,
-        commit: impl FnMut(&[WriteRequest]) -> Result<(), String> + Send + 'static,
+        commit: impl FnMut(&mut [WriteRequest]) -> Result<(), String> + Send + 'static,
     ) -> std::io::Result<StoreWriter> {
         let (writes_tx, writes_rx) = mpsc::channel(WRITES_QUEUED_MAX);
         let deferred = Arc::<DeferredWrites>::default();
@@ -174,6 +207,28 @@ impl StoreWriter {
         batch: KvBatch,
         durability: Durability,
     ) -> Result<(), String> {
+        self.queue(table, batch, None, durability).await
+    }
+
+    /// Queues the writes `make` makes for `table`, run by the commit that takes them
+    /// ([`KvTree::write_made`]), and waits as far as `durability` says.
+    pub(crate) async fn write_made(
+        &self,
+        table: &Arc<str>,
+        make: MakeWrites,
+        durability: Durability,
+    ) -> Result<(), String> {
+        assert_ne!(durability, Durability::Deferred, "made writes are waited for");
+        self.queue(table, KvBatch::new(), Some(make), durability).await
+    }
+
+    async fn queue(
+        &self,
+        table: &Arc<str>,
+        batch: KvBatch,
+        made: Option<MakeWrites>,
+        durability: Durability,
+    ) -> Result<(), String> {
         let (done, done_rx) = match durability {
             Durability::Deferred => (None, None),
             Durability::Volatile | Durability::Durable => {
@@ -182,7 +237,7 @@ impl StoreWriter {
             }
         };
         let seq = self.deferred.next_seq.fetch_add(1, Ordering::Relaxed);
-        let request = WriteRequest { table: Arc::clone(table), batch, durability, done, seq };
+        let request = WriteRequest { table: Arc::clone(table), batch, made, durability, done, seq };
         if durability == Durability::Deferred {
             let mut waiting = self.deferred.waiting.lock().unwrap_or_else(PoisonError::into_inner);
             if waiting.len() < WRITES_PER_COMMIT_MAX {
@@ -243,7 +298,7 @@ impl RedbStore {
 fn write_loop(
     mut writes_rx: mpsc::Receiver<WriteRequest>,
     deferred: &DeferredWrites,
-    mut commit: impl FnMut(&[WriteRequest]) -> Result<(), String>,
+    mut commit: impl FnMut(&mut [WriteRequest]) -> Result<(), String>,
 ) {
     let mut requests = Vec::new();
     while let Some(request) = writes_rx.blocking_recv() {
@@ -270,7 +325,7 @@ fn write_loop(
 /// Commits `round` with the deferred writes that waited beside the queue, in the order
 /// they were all issued, and tells their writers.
 fn commit_round(
-    commit: &mut impl FnMut(&[WriteRequest]) -> Result<(), String>,
+    commit: &mut impl FnMut(&mut [WriteRequest]) -> Result<(), String>,
     mut round: Vec<WriteRequest>,
     waiting: Vec<WriteRequest>,
 ) {
@@ -279,7 +334,7 @@ fn commit_round(
         round.sort_unstable_by_key(|request| request.seq);
     }
     assert!(!round.is_empty() && round.len() <= 2 * WRITES_PER_COMMIT_MAX);
-    let result = commit(&round);
+    let result = commit(&mut round);
     for done in round.into_iter().filter_map(|request| request.done) {
         // A writer that gave up waiting has dropped its receiver; nothing to tell it.
         let _ = done.send(result.clone());
@@ -291,18 +346,24 @@ fn table(name: &str) -> redb::TableDefinition<'_, &'static [u8], &'static [u8]> 
     redb::TableDefinition::new(name)
 }
 
-fn commit(db: &redb::Database, requests: &[WriteRequest]) -> Result<(), redb::Error> {
+/// Commits `requests` in one transaction, running their [`MakeWrites`] inside it; if any
+/// fails, the transaction is dropped (redb aborts it) and nothing of the round is written.
+fn commit(db: &redb::Database, requests: &mut [WriteRequest]) -> Result<(), redb::Error> {
     let mut txn = db.begin_write()?;
     let durable = requests.iter().any(|r| r.durability == Durability::Durable);
     let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
     txn.set_durability(durability)?;
     for request in requests {
         let mut table = txn.open_table(table(&request.table))?;
+        let mut put = |key: &[u8], value: Option<&[u8]>| match value {
+            Some(value) => table.insert(key, value).map(drop),
+            None => table.remove(key).map(drop),
+        };
         for (key, value) in &request.batch {
-            match value {
-                Some(value) => drop(table.insert(key.as_slice(), value.as_slice())?),
-                None => drop(table.remove(key.as_slice())?),
-            }
+            put(key, value.as_deref())?;
+        }
+        if let Some(make) = request.made.take() {
+            make(&mut |key, value| put(key, value).map_err(std::io::Error::other))?;
         }
     }
     txn.commit()?;
@@ -363,6 +424,15 @@ impl KvTree for RedbTree {
         let written = self.store.writer.write(&self.table, batch, durability).await;
         written.map_err(|message| redb::Error::Io(std::io::Error::other(message)))
     }
+
+    async fn write_made(
+        &self,
+        make: MakeWrites,
+        durability: Durability,
+    ) -> Result<(), redb::Error> {
+        let written = self.store.writer.write_made(&self.table, make, durability).await;
+        written.map_err(|message| redb::Error::Io(std::io::Error::other(message)))
+    }
 }
 
 #[cfg(test)]
@@ -383,6 +453,37 @@ mod tests {
         meta.write(put(b"first"), Durability::Deferred).await.unwrap();
         meta.write(put(b"second"), Durability::Volatile).await.unwrap();
         assert_eq!(meta.get(b"k").unwrap().as_deref(), Some(&b"second"[..]));
+    }
+
+    /// Writes made during the commit land in its transaction, as a batch would; a make
+    /// that fails part way writes nothing, returns its error, and leaves the store working.
+    #[tokio::test]
+    async fn writes_made_in_the_commit_land_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("kv.redb"), REDB_SNAPSHOT_CACHE_BYTES);
+        let tree = store.unwrap().tree("0/snapshot");
+        let piece = |n: u8| vec![n; 300_000];
+        let make: MakeWrites = Box::new(move |put| {
+            (0..8).try_for_each(|n| put(&[n], Some(&piece(n))))?;
+            put(b"head", Some(b"8"))
+        });
+        tree.write_made(make, Durability::Durable).await.unwrap();
+
+        let make: MakeWrites = Box::new(|put| {
+            put(b"head", Some(b"9"))?;
+            put(&[0], None)?;
+            Err(std::io::Error::other("the encoder gave up"))
+        });
+        let failed = tree.write_made(make, Durability::Durable).await.unwrap_err();
+        assert!(failed.to_string().contains("the encoder gave up"), "{failed}");
+        tree.write(vec![(b"after".to_vec(), Some(b"ok".to_vec()))], Durability::Durable)
+            .await
+            .unwrap();
+        assert_eq!(tree.get(b"head").unwrap().as_deref(), Some(&b"8"[..]));
+        assert_eq!(tree.get(b"after").unwrap().as_deref(), Some(&b"ok"[..]));
+        for n in 0..8 {
+            assert_eq!(tree.get(&[n]).unwrap(), Some(piece(n)), "piece {n}");
+        }
     }
 
     /// A deferred write wakes no thread (it waits beside the queue), and the round that

@@ -59,8 +59,8 @@ pub use history::{
 /// The storage interface and its redb engine, public for the log store bake-off
 /// (`bench/src/bin/log_bakeoff.rs`), which drives every candidate through it.
 pub use kv::{
-    Durability, KvBatch, KvPair, KvTree, RedbStore, RedbTree, REDB_CACHE_BYTES,
-    REDB_SNAPSHOT_CACHE_BYTES,
+    Durability, KvBatch, KvPair, KvTree, MakeWrites, PutWrite, RedbStore, RedbTree,
+    REDB_CACHE_BYTES, REDB_SNAPSHOT_CACHE_BYTES,
 };
 pub use membership::{IDENTIFY_TIMEOUT, LEARNER_CATCH_UP_TIMEOUT, VOTERS_REACHABLE_TIMEOUT};
 pub use node::{

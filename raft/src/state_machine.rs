@@ -14,7 +14,7 @@
 
 use crate::codec::{self, CodecError};
 use crate::history::History;
-use crate::kv::{Durability, KvTree, NodeStores, RedbTree};
+use crate::kv::{Durability, KvTree, MakeWrites, NodeStores, PutWrite, RedbTree};
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -129,8 +129,9 @@ pub(crate) enum CpuWork {
     Snapshot { bytes: usize },
 }
 
-/// A ledger's snapshot as a node stores it: the codec's encoding in pieces of
-/// `SNAPSHOT_PIECE_BYTES`. Public for the encoding's benchmark (`bench --bench ledger`).
+/// A ledger's snapshot in the pieces a node stores it in: the codec's encoding in pieces
+/// of `SNAPSHOT_PIECE_BYTES` (which a node writes as they are sealed, never collected).
+/// Public for the encoding's benchmark (`bench --bench ledger`).
 pub fn encode_snapshot(ledger: &Ledger) -> Result<Vec<Vec<u8>>, CodecError> {
     codec::encode_in_chunks(ledger, SNAPSHOT_PIECE_BYTES)
 }
@@ -152,6 +153,66 @@ pub(crate) fn stored_snapshot_index(
 ) -> Option<u64> {
     let head: SnapshotHead = codec::decode(tree.get(KEY_HEAD)?).ok()?;
     head.meta.last_log_id.map(|id| id.index)
+}
+
+/// A snapshot's payload as it is saved.
+enum Payload {
+    /// A ledger, encoded in pieces of `piece_bytes` as they are written.
+    Ledger { ledger: Box<Ledger>, piece_bytes: usize },
+    /// A ledger's encoding received whole (from a leader), written in pieces of
+    /// `piece_bytes`.
+    Encoded { bytes: Vec<u8>, piece_bytes: usize },
+}
+
+/// What writing a snapshot's payload measured.
+#[derive(Default)]
+struct Written {
+    /// The payload's bytes.
+    bytes: AtomicU64,
+    /// How long it took to make and write its pieces (a ledger's encoding included).
+    ms: AtomicU64,
+}
+
+impl Payload {
+    /// Puts the payload's pieces under [`piece_key`], then the [`SnapshotHead`] of `meta`
+    /// that names them, and removes what a snapshot saved before (of `n_pieces_before`
+    /// pieces, or stored whole by an older build) left beyond them.
+    fn write(
+        self,
+        meta: SnapshotMeta,
+        n_pieces_before: u32,
+        put: PutWrite<'_>,
+        written: &Written,
+    ) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
+        let (mut n_pieces, mut n_bytes) = (0_u32, 0_u64);
+        let mut put_piece = |piece: &[u8]| {
+            put(&piece_key(n_pieces), Some(piece))?;
+            n_pieces = n_pieces.checked_add(1).expect("a snapshot of under 4 PB");
+            n_bytes += piece.len() as u64;
+            Ok::<_, std::io::Error>(())
+        };
+        match self {
+            Payload::Ledger { ledger, piece_bytes } => {
+                codec::encode_into_chunks(&ledger, piece_bytes, |piece: &mut Vec<u8>| {
+                    put_piece(piece)
+                })?;
+            }
+            Payload::Encoded { bytes, piece_bytes } => {
+                bytes.chunks(piece_bytes).try_for_each(&mut put_piece)?;
+            }
+        }
+        let head = codec::encode(&SnapshotHead { meta, n_bytes, n_pieces })?;
+        put(KEY_HEAD, Some(&head))?;
+        put(KEY_SNAPSHOT, None)?;
+        for index in n_pieces..n_pieces_before {
+            put(&piece_key(index), None)?;
+        }
+        written.bytes.store(n_bytes, Ordering::Relaxed);
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        written.ms.store(ms, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -261,20 +322,22 @@ impl<K: KvTree> StateMachine<K> {
         self.saved.subscribe()
     }
 
-    /// Persists the snapshot of `meta` whose payload is `pieces` (in order), `fdatasync`ed,
-    /// unless the one on stable storage is newer, and then lets the log store purge the
-    /// entries it covers (see [`StateMachine::saved_snapshot`]); the history records of
-    /// those entries are synced first. The head and every piece go in one transaction, so
-    /// a crash keeps the old snapshot or the new one, whole. Returns the payload's size.
+    /// Persists the snapshot of `meta` with `payload`, `fdatasync`ed, unless the one on
+    /// stable storage is newer, and then lets the log store purge the entries it covers
+    /// (see [`StateMachine::saved_snapshot`]); the history records of those entries are
+    /// synced first. The head and every piece go in one transaction, so a crash keeps the
+    /// old snapshot or the new one, whole; the pieces are made inside it
+    /// ([`KvTree::write_made`]), so a ledger is encoded as its pieces are written and no
+    /// more than a piece of its encoding is ever held. Returns what writing the payload
+    /// measured, or `None` if a newer snapshot was saved already.
     async fn save_snapshot(
         &self,
         meta: SnapshotMeta,
-        pieces: Vec<Vec<u8>>,
-    ) -> Result<u64, StorageError> {
+        payload: Payload,
+    ) -> Result<Option<Arc<Written>>, StorageError> {
         let _saving = self.saving.lock().await;
-        let n_bytes = pieces.iter().map(|piece| piece.len() as u64).sum();
         if meta.last_log_id < *self.saved.borrow() {
-            return Ok(n_bytes);
+            return Ok(None);
         }
         let signature = Some(meta.signature());
         let write_error = |e: &dyn std::error::Error| {
@@ -284,15 +347,16 @@ impl<K: KvTree> StateMachine<K> {
         synced.map_err(|e| write_error(&e))?.map_err(|e| write_error(&e))?;
         let before: Option<SnapshotHead> = load(&self.snapshots, KEY_HEAD)?;
         let n_pieces_before = before.map_or(0, |head| head.n_pieces);
-        let n_pieces = u32::try_from(pieces.len()).expect("a snapshot of under 4 PB");
-        let head = SnapshotHead { meta, n_bytes, n_pieces };
-        let head_bytes = codec::encode(&head).map_err(|e| write_error(&e))?;
-        let mut batch = vec![(KEY_HEAD.to_vec(), Some(head_bytes)), (KEY_SNAPSHOT.to_vec(), None)];
-        batch.extend((0..).zip(pieces).map(|(index, piece)| (piece_key(index), Some(piece))));
-        batch.extend((n_pieces..n_pieces_before).map(|index| (piece_key(index), None)));
-        self.snapshots.write(batch, Durability::Durable).await.map_err(|e| write_error(&e))?;
-        self.saved.send_replace(head.meta.last_log_id);
-        Ok(n_bytes)
+        let last_log_id = meta.last_log_id;
+        let written = Arc::new(Written::default());
+        let make: MakeWrites = Box::new({
+            let written = Arc::clone(&written);
+            move |put| payload.write(meta, n_pieces_before, put, &written)
+        });
+        let saved = self.snapshots.write_made(make, Durability::Durable).await;
+        saved.map_err(|e| write_error(&e))?;
+        self.saved.send_replace(last_log_id);
+        Ok(Some(written))
     }
 
     /// Applies `entries` under the state lock and queues the records they settled;
@@ -391,10 +455,11 @@ impl<K: KvTree> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
     /// persistent), then encodes the copy with no lock held: apply, and the reads queued
     /// behind its writer, never wait for an encode (issue 9: on a 2-worker runtime they
     /// starved the Raft core's heartbeats for as long as a large snapshot took). The
-    /// encode runs off the async runtime ([`History::off_runtime`]): tens of milliseconds
-    /// of CPU per 100k remembered holds, which on a runtime worker stalled every request
-    /// that worker held (`wrk -c50` on `solrouter dev`: p99 15 ms without snapshots, 250 ms
-    /// with them encoded in place).
+    /// encode runs off the async runtime, on the snapshot store's writer thread, inside the
+    /// transaction that saves its pieces as they come ([`StateMachine::save_snapshot`]):
+    /// tens of milliseconds of CPU per 100k remembered holds, which on a runtime worker
+    /// stalled every request that worker held (`wrk -c50` on `solrouter dev`: p99 15 ms
+    /// without snapshots, 250 ms with them encoded in place).
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let started = std::time::Instant::now();
         let (ledger, meta) = {
@@ -413,19 +478,25 @@ impl<K: KvTree> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
             self.state.commands_since_snapshot.store(0, Ordering::Relaxed);
             (applied.ledger.clone(), meta)
         };
-        let encoded = self.history.off_runtime(move |_| encode_snapshot(&ledger)).await;
-        let pieces = encoded
-            .map_err(|e| StorageIOError::read_state_machine(&e))?
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
-        let encode_ms = started.elapsed().as_millis();
         #[cfg(test)]
-        self.spend(CpuWork::Snapshot { bytes: pieces.iter().map(Vec::len).sum() }).await;
-        let n_bytes = self.save_snapshot(meta.clone(), pieces).await?;
-        let ms = |took: u128| u64::try_from(took).unwrap_or(u64::MAX);
-        let state = &self.state;
-        state.snapshot_build_ms_last.store(ms(started.elapsed().as_millis()), Ordering::Relaxed);
-        state.snapshot_encode_ms_last.store(ms(encode_ms), Ordering::Relaxed);
-        state.snapshot_bytes_last.store(n_bytes, Ordering::Relaxed);
+        {
+            let bytes =
+                codec::encoded_len(&ledger).map_err(|e| StorageIOError::read_state_machine(&e))?;
+            self.spend(CpuWork::Snapshot { bytes }).await;
+        }
+        let payload =
+            Payload::Ledger { ledger: Box::new(ledger), piece_bytes: SNAPSHOT_PIECE_BYTES };
+        if let Some(written) = self.save_snapshot(meta.clone(), payload).await? {
+            let ms = |took: u128| u64::try_from(took).unwrap_or(u64::MAX);
+            let state = &self.state;
+            let build_ms = ms(started.elapsed().as_millis());
+            state.snapshot_build_ms_last.store(build_ms, Ordering::Relaxed);
+            let (encode_ms, bytes) = (&written.ms, &written.bytes);
+            state
+                .snapshot_encode_ms_last
+                .store(encode_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+            state.snapshot_bytes_last.store(bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         // Without its payload: openraft 0.9 keeps only a built snapshot's meta
         // (`core/sm/worker.rs`: `Response::BuildSnapshot(snap.meta)`) and reads the payload
         // with `get_current_snapshot` when a follower needs it. Handing it back meant
@@ -477,11 +548,10 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let restored = restore(meta, &data)?;
-        let pieces = data.chunks(SNAPSHOT_PIECE_BYTES).map(<[u8]>::to_vec).collect();
-        drop(data);
-        self.save_snapshot(meta.clone(), pieces).await?;
+        let bytes = snapshot.into_inner();
+        let restored = restore(meta, &bytes)?;
+        let payload = Payload::Encoded { bytes, piece_bytes: SNAPSHOT_PIECE_BYTES };
+        self.save_snapshot(meta.clone(), payload).await?;
         let mut applied = self.state.write();
         *applied = restored;
         self.state.commands_since_snapshot.store(0, Ordering::Relaxed);
@@ -528,8 +598,9 @@ mod tests {
     }
 
     /// An empty ledger's snapshot at `index`, in one piece.
-    fn stored_at(index: u64) -> (SnapshotMeta, Vec<Vec<u8>>) {
-        (meta_at(index), vec![codec::encode(&Ledger::default()).unwrap()])
+    fn stored_at(index: u64) -> (SnapshotMeta, Payload) {
+        let bytes = codec::encode(&Ledger::default()).unwrap();
+        (meta_at(index), Payload::Encoded { bytes, piece_bytes: SNAPSHOT_PIECE_BYTES })
     }
 
     /// Openraft builds a snapshot while a follower may install a newer one from its leader;
@@ -541,10 +612,10 @@ mod tests {
         let store = MemStore::new(Disk::new(), StdRng::seed_from_u64(1));
         let machine = StateMachine::restore(store.tree("0/snapshot"), 0, history()).unwrap();
         let saved = machine.saved_snapshot();
-        let (meta, pieces) = stored_at(50);
-        machine.save_snapshot(meta, pieces).await.unwrap();
-        let (meta, pieces) = stored_at(10);
-        machine.save_snapshot(meta, pieces).await.unwrap();
+        let (meta, payload) = stored_at(50);
+        assert!(machine.save_snapshot(meta, payload).await.unwrap().is_some());
+        let (meta, payload) = stored_at(10);
+        assert!(machine.save_snapshot(meta, payload).await.unwrap().is_none(), "not saved");
         assert_eq!(saved.borrow().map(|id| id.index), Some(50));
 
         let disk = store.crash();
@@ -590,11 +661,11 @@ mod tests {
         let mut machine = StateMachine::restore(tree.clone(), 0, history()).unwrap();
         assert_eq!(machine.applied_state().await.unwrap().0.map(|id| id.index), Some(5));
 
-        let pieces = codec::encode_in_chunks(&ledger, 1_000).unwrap();
-        assert!(pieces.len() > 10, "{} pieces", pieces.len());
-        let n_pieces = pieces.len();
-        let saved = machine.save_snapshot(meta_at(10), pieces).await.unwrap();
-        assert_eq!(saved, whole.len() as u64);
+        let n_pieces = whole.len().div_ceil(1_000);
+        assert!(n_pieces > 10, "{n_pieces} pieces");
+        let payload = Payload::Ledger { ledger: Box::new(ledger.clone()), piece_bytes: 1_000 };
+        let saved = machine.save_snapshot(meta_at(10), payload).await.unwrap().unwrap();
+        assert_eq!(saved.bytes.load(Ordering::Relaxed), whole.len() as u64);
         assert_eq!(piece_keys(&tree).len(), n_pieces);
         assert_eq!(tree.get(KEY_SNAPSHOT).unwrap(), None, "the older build's copy is gone");
         let current = machine.get_current_snapshot().await.unwrap().unwrap();
@@ -607,9 +678,9 @@ mod tests {
         assert_eq!(machine.applied_state().await.unwrap().0.map(|id| id.index), Some(10));
         assert_eq!(machine.shared().read().ledger, ledger);
 
-        let pieces = codec::encode_in_chunks(&ledger, 3_000).unwrap();
-        let n_pieces = pieces.len();
-        machine.save_snapshot(meta_at(20), pieces).await.unwrap();
+        let n_pieces = whole.len().div_ceil(3_000);
+        let payload = Payload::Encoded { bytes: whole.clone(), piece_bytes: 3_000 };
+        machine.save_snapshot(meta_at(20), payload).await.unwrap();
         let keys = piece_keys(&tree);
         assert_eq!(keys, (0..n_pieces as u32).map(piece_key).collect::<Vec<_>>());
         let current = machine.get_current_snapshot().await.unwrap().unwrap();
@@ -634,16 +705,16 @@ mod tests {
             // Saves alternate between 16 pieces and 8: a read across a save would find a
             // piece missing, or the new pieces after the old head.
             let len = whole.len();
-            let pieces = move |index: u64| {
+            let payload = move |index: u64| {
                 let n_pieces = if index.is_multiple_of(2) { 16 } else { 8 };
-                codec::encode_in_chunks(&ledger, len / n_pieces).unwrap()
+                Payload::Ledger { ledger: Box::new(ledger.clone()), piece_bytes: len / n_pieces }
             };
-            machine.save_snapshot(meta_at(1), pieces(1)).await.unwrap();
+            machine.save_snapshot(meta_at(1), payload(1)).await.unwrap();
             let saving = tokio::spawn({
                 let machine = machine.clone();
                 async move {
                     for index in 2..=N_SAVES_READ_BESIDE {
-                        machine.save_snapshot(meta_at(index), pieces(index)).await.unwrap();
+                        machine.save_snapshot(meta_at(index), payload(index)).await.unwrap();
                     }
                 }
             });

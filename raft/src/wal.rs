@@ -405,6 +405,8 @@ impl Wal {
 
     /// Commits one round: see [`StoreWriter::spawn`].
     fn commit(&mut self, round: &[WriteRequest]) -> Result<(), String> {
+        // `WalTree` makes its writes before it queues them (`KvTree::write_made`'s default).
+        assert!(round.iter().all(|r| r.made.is_none()), "a log write made during its commit");
         if let Some(failed) = &self.failed {
             return Err(failed.clone());
         }

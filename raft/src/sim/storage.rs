@@ -137,6 +137,9 @@ pub enum StoreError {
     Eio,
     #[error("no space left on device (os error 28, ENOSPC)")]
     Enospc,
+    /// What a [`crate::kv::MakeWrites`] failed with.
+    #[error(transparent)]
+    Made(#[from] std::io::Error),
 }
 
 impl MemStore {
