@@ -9,7 +9,8 @@
 #
 # dev's VmRSS, RssAnon and RssFile (/proc/<pid>/status) and its established client
 # connections (`ss`) are sampled every second into SAMPLES (seconds since the load began,
-# the three in KiB, the load average, the connections). At the end it prints, per minute
+# the three in KiB, the load average, the connections, and the machine's dirty and
+# write-back page cache from /proc/meminfo in KiB). At the end it prints, per minute
 # m, the median and the maximum of the samples within 30 s of m minutes, in MB, the
 # samples at 60 s, dev's CPU (user + system, s), the data directory's size and the load
 # generator's summary (latency, money check). Release builds:
@@ -42,6 +43,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Dirty page cache left by whatever ran before (a build's artifacts) would be written back
+# in a burst during the run; one such burst came with a 100-ms stall of dev's requests
+# (docs/storage.md, "A snapshot encoded into its transaction"): write it out first.
+sync
 start_dev_with_mock "$RUN_DIR/state"
 
 "$BIN_DIR/solrouter-loadtest" --gateway "$URL" --rate "$RATE" --duration-s "$DURATION_S" \
@@ -54,7 +59,8 @@ while kill -0 "$LOAD" 2>/dev/null; do
     memory=$(awk '/^(VmRSS|RssAnon|RssFile):/ {printf "%s ", $2}' "/proc/$DEV/status")
     connections=$(ss -Htn state established "( sport = :${URL##*:} )" | wc -l)
     elapsed=$(awk -v now="$EPOCHREALTIME" -v start="$start" 'BEGIN {printf "%.2f", now - start}')
-    echo "$elapsed $memory$(cut -d' ' -f1 /proc/loadavg) $connections" >>"$SAMPLES"
+    dirty=$(awk '/^(Dirty|Writeback):/ {s += $2} END {print s}' /proc/meminfo)
+    echo "$elapsed $memory$(cut -d' ' -f1 /proc/loadavg) $connections $dirty" >>"$SAMPLES"
     sleep 1
 done
 wait "$LOAD" || true
@@ -66,7 +72,7 @@ data=$(du -sm "$RUN_DIR/state" | cut -f1)
 python3 - "$SAMPLES" <<'EOF'
 import statistics, sys
 rows = [list(map(float, line.split())) for line in open(sys.argv[1]) if line.strip()]
-for column, name in ((1, "VmRSS"), (2, "RssAnon"), (3, "RssFile"), (5, "connections")):
+for column, name in ((1, "VmRSS"), (2, "RssAnon"), (3, "RssFile"), (5, "connections"), (6, "dirty")):
     scale = 1 if name == "connections" else 1024
     minutes = []
     for m in range(1, int(rows[-1][0] + 30) // 60 + 1):
