@@ -97,25 +97,11 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 }
 
 /// What [`encode`] writes for `value`, cut into pieces of `chunk_bytes` (the last may be
-/// shorter): their concatenation is `encode(value)`. No buffer holds the whole encoding,
-/// and none grows by reallocation, so a large value is held once, in pieces, where
-/// [`encode`]'s doubling vector held up to twice its size, and a copy of it.
-pub fn encode_in_chunks<T: Serialize + ?Sized>(
-    value: &T,
-    chunk_bytes: usize,
-) -> Result<Vec<Vec<u8>>, CodecError> {
-    let mut chunks = Vec::new();
-    encode_into_chunks(value, chunk_bytes, |chunk: &mut Vec<u8>| {
-        chunks.push(std::mem::take(chunk));
-        Ok::<_, CodecError>(())
-    })?;
-    Ok(chunks)
-}
-
-/// [`encode_in_chunks`]'s pieces, each handed to `seal` as soon as it is full (the last
-/// when the encoding ends), in order, instead of collected: a store can write each as it
+/// shorter; their concatenation is `encode(value)`), each handed to `seal` as soon as it
+/// is full (the last when the encoding ends), in order: a store can write each as it
 /// comes (a snapshot's ledger, `state_machine.rs`), so no more than one piece of the
-/// encoding is ever in memory. `seal` may take the vector (the next piece gets a new one)
+/// encoding is ever in memory, where [`encode`]'s doubling vector held up to twice its
+/// size, and a copy of it. `seal` may take the vector (the next piece gets a new one)
 /// or only read it (it is cleared and filled again). The first error `seal` returns ends
 /// the encoding and is returned.
 pub fn encode_into_chunks<T: Serialize + ?Sized, E: From<CodecError>>(
@@ -569,6 +555,19 @@ mod tests {
             ledger.apply(&Batch { stamp_ms: hold as u64, commands });
         }
         ledger
+    }
+
+    /// What [`encode_into_chunks`] hands on for `value`, collected.
+    fn encode_in_chunks<T: Serialize + ?Sized>(
+        value: &T,
+        chunk_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, CodecError> {
+        let mut chunks = Vec::new();
+        encode_into_chunks(value, chunk_bytes, |chunk: &mut Vec<u8>| {
+            chunks.push(std::mem::take(chunk));
+            Ok::<_, CodecError>(())
+        })?;
+        Ok(chunks)
     }
 
     /// Cut into pieces of any size, the encoding is the same bytes: every piece but the
