@@ -71,10 +71,18 @@ const OP_REMOVE: u8 = 2;
 /// framing, so that many empty values still count.
 const OP_OVERHEAD_BYTES: u64 = 16;
 /// Most of the record buffer's capacity kept from one round to the next: a larger round
-/// (a compaction moving an old segment's live values, up to an eighth of a segment)
 /// allocates its own buffer and frees it, instead of leaving it resident for good
-/// (`solrouter dev` held 6.8 MB this way; docs/storage.md, "Session 19").
-const BUF_KEPT_BYTES: usize = 1024 * 1024;
+/// (`solrouter dev` held 6.8 MB this way; docs/storage.md, "Session 19"). A compaction's
+/// round is such a round: its values alone take [`COMPACT_ROUND_FRACTION`] of a segment,
+/// so its buffer grows past this (at 1 MiB, `solrouter dev` kept a compaction's 505-KiB
+/// buffer from its first compaction on; docs/storage.md, "Session 31"). A loaded node's
+/// ordinary round, an entry of a few hundred commands per group, fits.
+const BUF_KEPT_BYTES: usize = (WAL_SEGMENT_BYTES / COMPACT_ROUND_FRACTION) as usize;
+/// Zeros written ahead of the records a write at a time, from [`ZEROS`].
+const ZEROS_WRITE_BYTES: usize = 64 * 1024;
+/// What [`ZERO_AHEAD_BYTES`] are written from: static, so that extending a segment
+/// allocates (and touches) no megabyte of its own every megabyte of log.
+static ZEROS: [u8; ZEROS_WRITE_BYTES] = [0; ZEROS_WRITE_BYTES];
 
 /// One segment file, shared by the index entries of the values it holds: a read that found
 /// a value still reads it after a compaction deleted the file (an open file stays readable).
@@ -454,8 +462,12 @@ impl Wal {
         assert!(self.end <= self.zeroed, "records end before the zeros");
         if record_end > self.zeroed {
             let zeroed = record_end + ZERO_AHEAD_BYTES.min(self.segment_bytes);
-            let zeros = vec![0; (zeroed - record_end) as usize];
-            self.current().file.write_all_at(&zeros, record_end)?;
+            let mut at = record_end;
+            while at < zeroed {
+                let len = (zeroed - at).min(ZEROS_WRITE_BYTES as u64);
+                self.current().file.write_all_at(&ZEROS[..len as usize], at)?;
+                at += len;
+            }
             self.zeroed = zeroed;
         }
         self.current().file.write_all_at(&buf, at)?;
@@ -669,16 +681,17 @@ mod tests {
         files
     }
 
-    /// A round far larger than usual (a compaction's) is written whole, and its buffer is
-    /// not kept for the next round; an ordinary round's is.
+    /// A round as large as a compaction's (values of a [`COMPACT_ROUND_FRACTION`] of a
+    /// segment) is written whole, and its buffer is not kept for the next round; an
+    /// ordinary round's is.
     #[test]
     fn a_large_round_leaves_no_large_buffer_behind() {
         let dir = tempfile::tempdir().unwrap();
         let lock = File::create(dir.path().join("LOCK")).unwrap();
         let mut wal = Wal::replay(dir.path(), lock, WAL_SEGMENT_BYTES).unwrap();
-        let large = vec![7; 2 * BUF_KEPT_BYTES];
+        let large = vec![7; (WAL_SEGMENT_BYTES / COMPACT_ROUND_FRACTION) as usize];
         wal.append([("0/log", &b"1"[..], Some(&large[..]))].into_iter(), true).unwrap();
-        assert!(wal.buf.capacity() <= BUF_KEPT_BYTES, "{} bytes kept", wal.buf.capacity());
+        assert!(wal.buf.capacity() < large.len(), "{} bytes kept", wal.buf.capacity());
         wal.append([("0/log", &b"2"[..], Some(&b"small"[..]))].into_iter(), true).unwrap();
         assert!(wal.buf.capacity() > 0, "an ordinary round's buffer is reused");
         let index = wal.index.read().unwrap();
