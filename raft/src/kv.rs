@@ -394,6 +394,11 @@ impl RedbTree {
     }
 }
 
+/// A failed commit as the writer thread reports it (its message), as redb's error.
+fn writer_failed(message: String) -> redb::Error {
+    redb::Error::Io(std::io::Error::other(message))
+}
+
 impl KvTree for RedbTree {
     type Value = Vec<u8>;
     type Error = redb::Error;
@@ -422,7 +427,7 @@ impl KvTree for RedbTree {
 
     async fn write(&self, batch: KvBatch, durability: Durability) -> Result<(), redb::Error> {
         let written = self.store.writer.write(&self.table, batch, durability).await;
-        written.map_err(|message| redb::Error::Io(std::io::Error::other(message)))
+        written.map_err(writer_failed)
     }
 
     async fn write_made(
@@ -431,7 +436,7 @@ impl KvTree for RedbTree {
         durability: Durability,
     ) -> Result<(), redb::Error> {
         let written = self.store.writer.write_made(&self.table, make, durability).await;
-        written.map_err(|message| redb::Error::Io(std::io::Error::other(message)))
+        written.map_err(writer_failed)
     }
 }
 

@@ -134,7 +134,7 @@ pub(crate) enum CpuWork {
 /// the encoding's bytes. Public for the encoding's benchmark (`bench --bench ledger`).
 pub fn encode_snapshot(ledger: &Ledger) -> Result<u64, CodecError> {
     let mut n_bytes = 0;
-    codec::encode_into_chunks(ledger, SNAPSHOT_PIECE_BYTES, |piece: &mut Vec<u8>| {
+    codec::encode_into_chunks(ledger, SNAPSHOT_PIECE_BYTES, |piece: &[u8]| {
         n_bytes += piece.len() as u64;
         Ok::<_, CodecError>(())
     })?;
@@ -199,9 +199,7 @@ impl Payload {
         };
         match self {
             Payload::Ledger { ledger, piece_bytes } => {
-                codec::encode_into_chunks(&ledger, piece_bytes, |piece: &mut Vec<u8>| {
-                    put_piece(piece)
-                })?;
+                codec::encode_into_chunks(&ledger, piece_bytes, &mut put_piece)?;
             }
             Payload::Encoded { bytes, piece_bytes } => {
                 bytes.chunks(piece_bytes).try_for_each(&mut put_piece)?;
@@ -492,15 +490,14 @@ impl<K: KvTree> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
         let payload =
             Payload::Ledger { ledger: Box::new(ledger), piece_bytes: SNAPSHOT_PIECE_BYTES };
         if let Some(written) = self.save_snapshot(meta.clone(), payload).await? {
-            let ms = |took: u128| u64::try_from(took).unwrap_or(u64::MAX);
+            let build_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let state = &self.state;
-            let build_ms = ms(started.elapsed().as_millis());
             state.snapshot_build_ms_last.store(build_ms, Ordering::Relaxed);
-            let (encode_ms, bytes) = (&written.ms, &written.bytes);
+            let encode_ms = written.ms.load(Ordering::Relaxed);
+            state.snapshot_encode_ms_last.store(encode_ms, Ordering::Relaxed);
             state
-                .snapshot_encode_ms_last
-                .store(encode_ms.load(Ordering::Relaxed), Ordering::Relaxed);
-            state.snapshot_bytes_last.store(bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+                .snapshot_bytes_last
+                .store(written.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         // Without its payload: openraft 0.9 keeps only a built snapshot's meta
         // (`core/sm/worker.rs`: `Response::BuildSnapshot(snap.meta)`) and reads the payload
