@@ -5,7 +5,11 @@
 //! the newest entries (fewer than a chunk) in a buffer of the window's own, which becomes
 //! the next chunk once full. Forgetting advances the log's front and drops whole chunks.
 //! An open-addressing index (linear probing, at most half full) finds an entry by its id;
-//! it holds one 8-byte slot per entry, in pages behind `Arc`s. Cloning a window (a
+//! it holds one 8-byte slot per entry, in pages behind `Arc`s. When the index outgrows
+//! half its slots (or shrinks below a sixteenth), a new one takes its place and the old
+//! one's slots move over a few at each later insert and forget, never all at once: a
+//! rehash of millions of slots took 0.25–0.56 s under the state lock, on every replica at
+//! the same instant (docs/benchmarks.md, "Session 32"). Cloning a window (a
 //! snapshot's copy) clones the chunk and page pointers and the few newest entries; a write
 //! after that copies the one page it touches (copy on write), so a snapshot never waits
 //! for apply nor apply for a snapshot, and memory is a few words per entry beyond the
@@ -49,6 +53,17 @@ const HASH_BITS: u32 = 63 - SEQ_BITS;
 /// The index's size bounds (log2 of slots): a slot's hash bits give its home slot.
 const INDEX_BITS_MIN: u32 = PAGE_BITS;
 const INDEX_BITS_MAX: u32 = HASH_BITS;
+/// Slots of a replaced index moved to its successor at each insert and each forget (and
+/// the rest of the cluster of occupied slots the last of them is in). A grown index starts
+/// a quarter full and is replaced when half full, after as many inserts as the old index
+/// had slots over 2; at this pace its slots moved in the first sixteenth of them. A shrunk
+/// index may still be draining when it is replaced; the rest moves then. Larger steps
+/// cost a batch more while the slots move; smaller ones make the moving last longer, and
+/// meanwhile a new id is looked for in both indexes (docs/benchmarks.md, "Session 32").
+const MIGRATE_STEP: usize = 32;
+/// What a moved or forgotten slot of a replaced index becomes: not empty, so the probes
+/// that pass it go on, and never occupied, so it matches no id.
+const TOMBSTONE: u64 = 1;
 /// Ids whose slots [`Window::warm`] loads at once: few enough that the loads are all in
 /// flight together and their lines still cached when the lookups come.
 pub(crate) const WARM_AT_ONCE: usize = 32;
@@ -83,6 +98,30 @@ pub(crate) struct Window<V> {
     /// none, every entry is live and iterating needs no lookup per entry.
     superseded: u64,
     index: Index,
+    /// The index `index` replaced, while its slots move over.
+    draining: Option<Draining>,
+}
+
+/// A replaced index and how far its slots have moved to its successor: every occupied
+/// slot at or after `cursor` is an id's only slot; before it, every slot has moved, and
+/// the slot before it is empty, so an id whose home is before `cursor` has moved (its
+/// probe would end before `cursor`).
+#[derive(Clone)]
+struct Draining {
+    old: Index,
+    cursor: usize,
+    /// Occupied slots at or after `cursor`.
+    live: usize,
+}
+
+/// Where an id's slot is.
+enum Located {
+    /// Slot `.0` of the index, for the entry with sequence number `.1`.
+    Index(usize, u64),
+    /// Slot `.0` of the replaced index, not yet moved.
+    Draining(usize, u64),
+    /// Nowhere; `.0` is the index's empty slot where its probe ended.
+    Absent(usize),
 }
 
 /// One slot per id remembered, pointing at its entry (its latest, if it was inserted
@@ -173,18 +212,6 @@ impl Index {
         self.set(hole, 0);
         self.len -= 1;
     }
-
-    /// The same slots in an index of `2^bits` slots.
-    fn resized(&self, bits: u32) -> Index {
-        let mut resized = Index::new(bits, self.seeds);
-        for page in &self.pages {
-            for &slot in page.iter().filter(|slot| **slot != 0) {
-                resized.place(slot);
-            }
-        }
-        assert_eq!(resized.len, self.len, "every slot moved");
-        resized
-    }
 }
 
 impl<V: Clone> Window<V> {
@@ -207,12 +234,13 @@ impl<V: Clone> Window<V> {
             last_forget_at_ms: 0,
             superseded: 0,
             index: Index::new(INDEX_BITS_MIN, seeds),
+            draining: None,
         }
     }
 
     /// Ids remembered.
     pub(crate) fn len(&self) -> usize {
-        self.index.len
+        self.index.len + self.draining.as_ref().map_or(0, |draining| draining.live)
     }
 
     fn entry(&self, seq: u64) -> &Entry<V> {
@@ -229,28 +257,90 @@ impl<V: Clone> Window<V> {
         self.front + ((slot & SEQ_MASK).wrapping_sub(self.front) & SEQ_MASK)
     }
 
-    /// Where `key`'s slot is and the sequence number of its entry, or the empty slot its
-    /// probe ended at.
-    fn find(&self, key: u128) -> Result<(usize, u64), usize> {
-        self.find_hashed(key, self.index.hash(key))
+    /// The sequence number of `key`'s entry, if it is remembered.
+    fn find(&self, key: u128) -> Option<u64> {
+        match self.locate(key, self.index.hash(key)) {
+            Located::Index(_, seq) | Located::Draining(_, seq) => Some(seq),
+            Located::Absent(_) => None,
+        }
     }
 
-    fn find_hashed(&self, key: u128, hash: u64) -> Result<(usize, u64), usize> {
+    fn locate(&self, key: u128, hash: u64) -> Located {
+        let empty = match self.probe(&self.index, 0, key, hash) {
+            Ok((i, seq)) => return Located::Index(i, seq),
+            Err(empty) => empty,
+        };
+        let in_draining = self.draining.as_ref().and_then(|draining| {
+            let moved = draining.old.home_of_hash(hash) < draining.cursor;
+            (!moved).then(|| self.probe(&draining.old, draining.cursor, key, hash).ok())?
+        });
+        match in_draining {
+            Some((i, seq)) => Located::Draining(i, seq),
+            None => Located::Absent(empty),
+        }
+    }
+
+    /// Where `key`'s slot is in `index` (ignoring slots before `from`, which moved) and
+    /// the sequence number of its entry, or the empty slot its probe ended at.
+    fn probe(
+        &self,
+        index: &Index,
+        from: usize,
+        key: u128,
+        hash: u64,
+    ) -> Result<(usize, u64), usize> {
         let tag = Index::tag(hash);
-        let mut i = self.index.home_of_hash(hash);
+        let mut i = index.home_of_hash(hash);
         loop {
-            let slot = self.index.get(i);
+            let slot = index.get(i);
             if slot == 0 {
                 return Err(i);
             }
-            if slot & !SEQ_MASK == tag {
+            if slot & !SEQ_MASK == tag && i >= from {
                 let seq = self.seq_of(slot);
                 if self.entry(seq).key == key {
                     return Ok((i, seq));
                 }
             }
-            i = (i + 1) & self.index.mask();
+            i = (i + 1) & index.mask();
         }
+    }
+
+    /// Empties slot `i` of the replaced index (its id moved or was forgotten).
+    fn take_draining(&mut self, i: usize) {
+        let draining = self.draining.as_mut().expect("a replaced index is draining");
+        draining.old.set(i, TOMBSTONE);
+        draining.live -= 1;
+    }
+
+    /// Moves the replaced index's next `n` slots, and the rest of the cluster the last
+    /// one is in, to the index; drops the replaced index once none is left.
+    fn migrate(&mut self, n: usize) {
+        let Some(draining) = &mut self.draining else {
+            return;
+        };
+        let end = draining.cursor.saturating_add(n);
+        let in_cluster = |cursor: usize| cursor > 0 && draining.old.get(cursor - 1) != 0;
+        while draining.live > 0 && (draining.cursor < end || in_cluster(draining.cursor)) {
+            let slot = draining.old.get(draining.cursor);
+            if slot & OCCUPIED != 0 {
+                self.index.place(slot);
+                draining.live -= 1;
+            }
+            draining.cursor += 1;
+        }
+        if draining.live == 0 {
+            self.draining = None;
+        }
+    }
+
+    /// Replaces the index with an empty one of `2^bits` slots whose slots then move over
+    /// (the index it replaces, if still draining, moves over first, whole).
+    fn replace_index(&mut self, bits: u32) {
+        self.migrate(usize::MAX);
+        let empty = Index::new(bits, self.index.seeds);
+        let old = std::mem::replace(&mut self.index, empty);
+        self.draining = Some(Draining { cursor: 0, live: old.len, old });
     }
 
     /// Loads the home slots of `keys` (and their pages' reference counts, which a write
@@ -258,22 +348,30 @@ impl<V: Clone> Window<V> {
     /// is a cache miss; loaded here, one after another with nothing depending on them,
     /// the misses overlap instead of stalling one lookup at a time. Changes nothing.
     pub(crate) fn warm(&self, keys: impl Iterator<Item = u128>) {
+        let load = |index: &Index, hash: u64| {
+            let i = index.home_of_hash(hash);
+            let page = &index.pages[i >> PAGE_BITS];
+            page[i & (PAGE_SLOTS - 1)] ^ Arc::strong_count(page) as u64
+        };
         let mut loaded = 0;
         for key in keys {
-            let i = self.index.home_of_hash(self.index.hash(key));
-            let page = &self.index.pages[i >> PAGE_BITS];
-            loaded ^= page[i & (PAGE_SLOTS - 1)] ^ Arc::strong_count(page) as u64;
+            let hash = self.index.hash(key);
+            loaded ^= load(&self.index, hash);
+            if let Some(draining) = &self.draining {
+                if draining.old.home_of_hash(hash) >= draining.cursor {
+                    loaded ^= load(&draining.old, hash);
+                }
+            }
         }
         std::hint::black_box(loaded);
     }
 
     pub(crate) fn get(&self, key: u128) -> Option<&V> {
-        let (_, seq) = self.find(key).ok()?;
-        Some(&self.entry(seq).value)
+        Some(&self.entry(self.find(key)?).value)
     }
 
     pub(crate) fn contains(&self, key: u128) -> bool {
-        self.find(key).is_ok()
+        self.find(key).is_some()
     }
 
     /// Remembers `value` for `key` until a stamp reaches `forget_at_ms`, in place of what
@@ -282,7 +380,7 @@ impl<V: Clone> Window<V> {
         assert!(forget_at_ms >= self.last_forget_at_ms, "remembered in the order forgotten");
         assert!(self.next - self.front < SEQ_MASK, "the log spans fewer than 2^32 entries");
         let hash = self.index.hash(key);
-        let found = self.find_hashed(key, hash);
+        let found = self.locate(key, hash);
         let seq = self.next;
         if self.open.capacity() == 0 {
             // Whole from the start: grown by doubling, it would be reallocated and copied
@@ -298,18 +396,24 @@ impl<V: Clone> Window<V> {
         self.last_forget_at_ms = forget_at_ms;
         let slot = Index::tag(hash) | (seq & SEQ_MASK);
         match found {
-            Ok((i, _)) => {
+            Located::Index(i, _) => {
                 self.index.set(i, slot);
                 self.superseded += 1;
             }
-            Err(i) => {
+            Located::Draining(i, _) => {
+                self.take_draining(i);
+                self.index.place(slot);
+                self.superseded += 1;
+            }
+            Located::Absent(i) => {
                 self.index.set(i, slot);
                 self.index.len += 1;
-                if self.index.len * 2 > 1 << self.index.bits {
-                    self.index = self.index.resized(self.index.bits + 1);
+                if self.len() * 2 > 1 << self.index.bits {
+                    self.replace_index(self.index.bits + 1);
                 }
             }
         }
+        self.migrate(MIGRATE_STEP);
     }
 
     /// Forgets every entry whose `forget_at_ms` is at most `stamp_ms`.
@@ -324,21 +428,25 @@ impl<V: Clone> Window<V> {
                 warmed_to = self.next.min(self.front + WARM_AT_ONCE as u64);
                 self.warm((self.front..warmed_to).map(|seq| self.entry(seq).key));
             }
-            let (i, seq) = self.find(key).expect("a remembered id is indexed");
-            // Else the id was inserted again: its slot points at the newer entry.
-            if seq == self.front {
-                self.index.remove(i);
-            } else {
-                self.superseded -= 1;
+            // Unless its slot points at the entry, the id was inserted again: its slot
+            // points at the newer entry.
+            match self.locate(key, self.index.hash(key)) {
+                Located::Index(i, seq) if seq == self.front => self.index.remove(i),
+                Located::Draining(i, seq) if seq == self.front => {
+                    self.take_draining(i);
+                }
+                Located::Index(..) | Located::Draining(..) => self.superseded -= 1,
+                Located::Absent(_) => panic!("a remembered id is indexed"),
             }
+            self.migrate(MIGRATE_STEP);
             self.front += 1;
             if self.front - self.chunk_base == Self::CHUNK_ENTRIES as u64 {
                 self.chunks.pop_front();
                 self.chunk_base = self.front;
             }
         }
-        if self.index.bits > INDEX_BITS_MIN && self.index.len * 16 < 1 << self.index.bits {
-            self.index = self.index.resized(self.index.bits - 1);
+        if self.index.bits > INDEX_BITS_MIN && self.len() * 16 < 1 << self.index.bits {
+            self.replace_index(self.index.bits - 1);
         }
     }
 
@@ -349,7 +457,7 @@ impl<V: Clone> Window<V> {
         let all_live = self.superseded == 0;
         (self.front..self.next).filter_map(move |seq| {
             let entry = self.entry(seq);
-            let latest = all_live || self.find(entry.key).is_ok_and(|(_, found)| found == seq);
+            let latest = all_live || self.find(entry.key) == Some(seq);
             latest.then_some((entry.key, entry.forget_at_ms, &entry.value))
         })
     }
@@ -381,9 +489,13 @@ impl<V: Clone> Window<V> {
     /// What is wrong with the window's structure, if anything (for the ledger's audit).
     pub(crate) fn problems(&self, name: &str) -> Vec<String> {
         let mut problems = Vec::new();
-        let n_occupied: usize = (0..1 << self.index.bits)
-            .map(|i| self.index.get(i))
-            .filter(|slot| *slot != 0)
+        let index_slots = (0..1 << self.index.bits).map(|i| self.index.get(i));
+        let draining_slots = self.draining.iter().flat_map(|draining| {
+            (draining.cursor..1 << draining.old.bits).map(|i| draining.old.get(i))
+        });
+        let n_occupied: usize = index_slots
+            .chain(draining_slots)
+            .filter(|slot| *slot & OCCUPIED != 0)
             .inspect(|slot| {
                 let seq = self.seq_of(*slot);
                 let in_log = (self.front..self.next).contains(&seq);
@@ -393,10 +505,10 @@ impl<V: Clone> Window<V> {
                 }
             })
             .count();
-        if n_occupied != self.index.len || self.iter().count() != self.index.len {
+        if n_occupied != self.len() || self.iter().count() != self.len() {
             problems.push(format!("{name}: index and entries differ in size"));
         }
-        if self.index.len as u64 + self.superseded != self.next - self.front {
+        if self.len() as u64 + self.superseded != self.next - self.front {
             problems.push(format!("{name}: superseded entries miscounted"));
         }
         let stamps = (self.front..self.next).map(|seq| self.entry(seq).forget_at_ms);
@@ -418,7 +530,7 @@ impl<V: Clone> Default for Window<V> {
 impl<V: Clone + PartialEq> PartialEq for Window<V> {
     fn eq(&self, other: &Window<V>) -> bool {
         let same = |(key, forget_at_ms, value): (u128, u64, &V)| {
-            other.find(key).is_ok_and(|(_, seq)| {
+            other.find(key).is_some_and(|seq| {
                 let entry = other.entry(seq);
                 entry.forget_at_ms == forget_at_ms && entry.value == *value
             })
@@ -570,6 +682,87 @@ mod tests {
         assert_eq!((window.get(1_000_000), window.len()), (None, 1_501));
         assert_eq!(window, rebuilt);
         assert!(copy.problems("copy").is_empty() && window.problems("w").is_empty());
+    }
+
+    /// The insert that outgrows the index moves a few slots, not all of them: the rest
+    /// move a few at a time at the inserts after it, all before the new index is half
+    /// full.
+    #[test]
+    fn a_grown_index_fills_a_few_slots_at_a_time() {
+        let mut window = Window::new();
+        let mut n = 0;
+        let mut insert = |window: &mut Window<u64>| {
+            window.insert(u128::from(n) * 7, n, n);
+            n += 1;
+        };
+        while window.index.bits < INDEX_BITS_MIN + 6 {
+            insert(&mut window);
+        }
+        let bits = window.index.bits;
+        let draining = window.draining.as_ref().expect("the old index drains");
+        let n_to_move = draining.live + window.index.len;
+        assert_eq!(n_to_move, window.len());
+        let mut most_at_once = window.index.len;
+        let mut n_inserts = 0;
+        while window.draining.is_some() {
+            let moved_before = window.index.len;
+            insert(&mut window);
+            n_inserts += 1;
+            most_at_once = most_at_once.max(window.index.len - moved_before);
+            assert_eq!(window.index.bits, bits, "drained before the next growth");
+        }
+        assert!(most_at_once * 64 < n_to_move, "{most_at_once} of {n_to_move} at once");
+        assert!(n_inserts <= (1 << (bits - 1)) / MIGRATE_STEP, "{n_inserts} inserts");
+        assert_eq!(window.index.len, window.len());
+        assert!(window.problems("w").is_empty(), "{:?}", window.problems("w"));
+    }
+
+    /// Inserts of new and remembered ids, forgets and copies, through several growths and
+    /// shrinks of the index (so with slots both in it and in the one it replaced), answer
+    /// as a map would, and the structure stays sound at every step.
+    #[test]
+    fn a_window_answers_like_a_map_while_its_index_is_replaced() {
+        use proptest::prelude::*;
+        use proptest::test_runner::TestRunner;
+        let ops = proptest::collection::vec((0u8..10, 0u64..3_000), 1..6_000);
+        let mut runner = TestRunner::new(ProptestConfig::with_cases(24));
+        runner
+            .run(&ops, |ops| {
+                let mut window = Window::new();
+                let mut model = std::collections::BTreeMap::new();
+                let (mut stamp, mut forgotten_to, mut copies) = (0u64, 0u64, Vec::new());
+                for (i, (op, id)) in ops.into_iter().enumerate() {
+                    match op {
+                        0..=6 => {
+                            stamp += u64::from(op == 0);
+                            window.insert(u128::from(id), stamp, i as u64);
+                            model.insert(id, (stamp, i as u64));
+                        }
+                        7 | 8 => {
+                            forgotten_to =
+                                forgotten_to.max(stamp.saturating_sub(u64::from(op) * 4));
+                            window.forget(forgotten_to);
+                            model.retain(|_, (forget_at_ms, _)| *forget_at_ms > forgotten_to);
+                        }
+                        _ => copies.push((window.clone(), model.clone())),
+                    }
+                    prop_assert_eq!(window.len(), model.len());
+                    prop_assert_eq!(window.get(u128::from(id)), model.get(&id).map(|(_, v)| v));
+                }
+                window.forget(u64::MAX);
+                prop_assert_eq!(window.len(), 0);
+                copies.push((window, std::collections::BTreeMap::new()));
+                for (copy, model) in copies {
+                    prop_assert!(copy.problems("w").is_empty(), "{:?}", copy.problems("w"));
+                    let live: Vec<_> =
+                        copy.iter().map(|(key, at, v)| (key as u64, (at, *v))).collect();
+                    let mut expected: Vec<_> = model.into_iter().collect();
+                    expected.sort_by_key(|(_, (_, v))| *v);
+                    prop_assert_eq!(live, expected);
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 
     /// Serialized as its live entries in log order; decoding refuses entries out of order
