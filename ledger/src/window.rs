@@ -710,7 +710,8 @@ mod tests {
 
     /// The insert that outgrows the index moves a few slots, not all of them: the rest
     /// move a few at a time at the inserts after it, all before the new index is half
-    /// full.
+    /// full, and the new index's pages are written in order as they move (new ids meanwhile
+    /// go where they move in order too), not at random.
     #[test]
     fn a_grown_index_fills_a_few_slots_at_a_time() {
         let mut window = Window::new();
@@ -734,6 +735,13 @@ mod tests {
             n_inserts += 1;
             most_at_once = most_at_once.max(window.index.len - moved_before);
             assert_eq!(window.index.bits, bits, "drained before the next growth");
+            if let Some(draining) = &window.draining {
+                // A slot's home in the grown index is twice its home in the old one, and a
+                // probe runs on into the next page at most.
+                let moved_to_page = (2 * draining.cursor) >> PAGE_BITS;
+                let written = window.index.pages.iter().filter(|page| page.iter().any(|s| *s != 0));
+                assert!(written.count() <= moved_to_page + 2, "pages written out of order");
+            }
         }
         assert!(most_at_once * 64 < n_to_move, "{most_at_once} of {n_to_move} at once");
         assert!(n_inserts <= (1 << (bits - 1)) / MIGRATE_STEP, "{n_inserts} inserts");
