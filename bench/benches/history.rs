@@ -20,7 +20,8 @@ fn write_transactions(c: &mut Criterion) {
             for _ in 0..iterations {
                 let batch = batches.take(RECORDS_PER_TRANSACTION);
                 let started = Instant::now();
-                history.insert(batch).unwrap();
+                history.queue(batch);
+                history.flush().unwrap();
                 elapsed += started.elapsed();
             }
             elapsed
@@ -34,11 +35,12 @@ fn write_transactions(c: &mut Criterion) {
                 for _ in 0..4 {
                     let batch = batches.take(RECORDS_PER_TRANSACTION);
                     let started = Instant::now();
-                    history.insert(batch).unwrap();
+                    history.queue(batch);
+                    history.flush().unwrap();
                     elapsed += started.elapsed();
                 }
                 let started = Instant::now();
-                history.sync().unwrap();
+                history.sync_records().unwrap();
                 elapsed += started.elapsed();
             }
             elapsed

@@ -41,11 +41,12 @@ fn main() {
     for transaction in 1..=args.transactions {
         let batch = batches.take(args.records_per_transaction);
         let started = Instant::now();
-        history.insert(batch).unwrap();
+        history.queue(batch);
+        history.flush().unwrap();
         writing += started.elapsed();
         if transaction.is_multiple_of(args.sync_every) {
             let started = Instant::now();
-            history.sync().unwrap();
+            history.sync_records().unwrap();
             syncing += started.elapsed();
         }
     }
