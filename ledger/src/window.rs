@@ -10,16 +10,17 @@
 //! one's slots move over a few at each later insert and forget, never all at once: a
 //! rehash of millions of slots took 0.25–0.56 s under the state lock, on every replica at
 //! the same instant (docs/benchmarks.md, "Session 32"). Cloning a window (a
-//! snapshot's copy) clones the chunk and page pointers and the few newest entries; a write
-//! after that copies the one page it touches (copy on write), so a snapshot never waits
-//! for apply nor apply for a snapshot, and memory is a few words per entry beyond the
-//! entry itself (the `imbl` maps this replaced took ~500 bytes per entry and a fifth of a
+//! snapshot's copy) clones the chunk pointers, the superseded entries' set (persistent)
+//! and the few newest entries, but no index: a copy iterates without one, and builds its
+//! own at its first write. So a snapshot never waits for apply nor apply for a snapshot,
+//! the writes after a snapshot copy nothing, and memory is a few words per entry beyond
+//! the entry itself (the `imbl` maps this replaced took ~500 bytes per entry and a fifth of a
 //! node's CPU under load). A loaded node's window is far larger than the cache, so a
 //! lookup is a cache miss: [`Window::warm`] starts a few at once, ahead of the lookups.
 //!
 //! Ids come from clients, so nothing relies on their bits: the index hashes them with a
 //! per-window random seed (a client cannot aim ids at one probe chain). The index's layout
-//! (seed, size, which chunk a clone shares) never shows: lookups, iteration (in log order),
+//! (seed, size, whether built, which chunk a clone shares) never shows: lookups, iteration (in log order),
 //! equality and the serialized form (the live entries in log order) depend only on what
 //! was inserted and forgotten, so every replica answers and snapshots alike.
 
@@ -79,7 +80,6 @@ struct Entry<V> {
 
 /// A map from 128-bit ids to `V`s, each remembered until a stamp reaches its
 /// `forget_at_ms`; see the module's documentation.
-#[derive(Clone)]
 pub(crate) struct Window<V> {
     /// The log's full chunks, oldest first, [`Window::CHUNK_ENTRIES`] each; shared by
     /// clones.
@@ -94,9 +94,11 @@ pub(crate) struct Window<V> {
     next: u64,
     /// The latest entry's `forget_at_ms`: entries arrive in this order.
     last_forget_at_ms: u64,
-    /// Entries in the log whose id was inserted again (so not indexed): while there are
-    /// none, every entry is live and iterating needs no lookup per entry.
-    superseded: u64,
+    /// The sequence numbers of the entries in the log whose id was inserted again (so not
+    /// indexed): every other entry is live, so iterating needs no lookup. Few (a hold
+    /// settled after its release), and shared by clones.
+    superseded: imbl::OrdSet<u64>,
+    /// Not built in a clone ([`Index::unbuilt`]) until the clone is written.
     index: Index,
     /// The index `index` replaced, while its slots move over.
     draining: Option<Draining>,
@@ -145,6 +147,19 @@ fn fold(a: u64, b: u64) -> u64 {
 }
 
 impl Index {
+    /// An index with no slots, which a clone starts with: a snapshot's copy of a window
+    /// only iterates, so it takes no index pages, and the writes after it copy none (a
+    /// copy that shared them copied each page the next writes touched: a loaded node's
+    /// 64 MB index in the second after every snapshot, applies of up to 94 ms,
+    /// docs/benchmarks.md, "Session 33"). A clone that is written builds its own.
+    fn unbuilt(seeds: [u64; 2]) -> Index {
+        Index { pages: Vec::new(), bits: 0, len: 0, seeds }
+    }
+
+    fn is_built(&self) -> bool {
+        !self.pages.is_empty()
+    }
+
     fn new(bits: u32, seeds: [u64; 2]) -> Index {
         assert!((INDEX_BITS_MIN..=INDEX_BITS_MAX).contains(&bits), "index size out of range");
         let empty = Arc::new([0; PAGE_SLOTS]);
@@ -234,15 +249,30 @@ impl<V: Clone> Window<V> {
             front: 0,
             next: 0,
             last_forget_at_ms: 0,
-            superseded: 0,
+            superseded: imbl::OrdSet::new(),
             index: Index::new(INDEX_BITS_MIN, seeds),
             draining: None,
         }
     }
 
-    /// Ids remembered.
+    /// Ids remembered: every entry in the log is one's, except the superseded.
     pub(crate) fn len(&self) -> usize {
-        self.index.len + self.draining.as_ref().map_or(0, |draining| draining.live)
+        usize::try_from(self.next - self.front).expect("the log fits in memory")
+            - self.superseded.len()
+    }
+
+    /// Builds the index of a clone, before its first write: a quarter full, as a grown
+    /// index starts.
+    fn build_index(&mut self) {
+        if self.index.is_built() {
+            return;
+        }
+        let bits = (self.len() * 4).next_power_of_two().trailing_zeros();
+        let mut index = Index::new(bits.clamp(INDEX_BITS_MIN, INDEX_BITS_MAX), self.index.seeds);
+        for seq in (self.front..self.next).filter(|seq| !self.superseded.contains(seq)) {
+            index.place(Index::tag(index.hash(self.entry(seq).key)) | (seq & SEQ_MASK));
+        }
+        self.index = index;
     }
 
     fn entry(&self, seq: u64) -> &Entry<V> {
@@ -259,8 +289,13 @@ impl<V: Clone> Window<V> {
         self.front + ((slot & SEQ_MASK).wrapping_sub(self.front) & SEQ_MASK)
     }
 
-    /// The sequence number of `key`'s entry, if it is remembered.
+    /// The sequence number of `key`'s entry, if it is remembered (in a clone not yet
+    /// written, by a scan of its entries).
     fn find(&self, key: u128) -> Option<u64> {
+        if !self.index.is_built() {
+            let mut live = (self.front..self.next).filter(|seq| !self.superseded.contains(seq));
+            return live.find(|&seq| self.entry(seq).key == key);
+        }
         match self.locate(key, self.index.hash(key)) {
             Located::Index(_, seq) | Located::Draining(_, seq) => Some(seq),
             Located::Absent { .. } => None,
@@ -360,6 +395,9 @@ impl<V: Clone> Window<V> {
     /// is a cache miss; loaded here, one after another with nothing depending on them,
     /// the misses overlap instead of stalling one lookup at a time. Changes nothing.
     pub(crate) fn warm(&self, keys: impl Iterator<Item = u128>) {
+        if !self.index.is_built() {
+            return;
+        }
         let load = |index: &Index, hash: u64| {
             let i = index.home_of_hash(hash);
             let page = &index.pages[i >> PAGE_BITS];
@@ -391,6 +429,7 @@ impl<V: Clone> Window<V> {
     pub(crate) fn insert(&mut self, key: u128, forget_at_ms: u64, value: V) {
         assert!(forget_at_ms >= self.last_forget_at_ms, "remembered in the order forgotten");
         assert!(self.next - self.front < SEQ_MASK, "the log spans fewer than 2^32 entries");
+        self.build_index();
         let hash = self.index.hash(key);
         let found = self.locate(key, hash);
         let seq = self.next;
@@ -408,13 +447,13 @@ impl<V: Clone> Window<V> {
         self.last_forget_at_ms = forget_at_ms;
         let slot = Index::tag(hash) | (seq & SEQ_MASK);
         match found {
-            Located::Index(i, _) => {
+            Located::Index(i, older) => {
                 self.index.set(i, slot);
-                self.superseded += 1;
+                self.superseded.insert(older);
             }
-            Located::Draining(i, _) => {
+            Located::Draining(i, older) => {
                 self.draining_mut().old.set(i, slot);
-                self.superseded += 1;
+                self.superseded.insert(older);
             }
             // While an index drains, a new id goes where its slot moves in order with the
             // rest: the index's pages are then written in order as the slots move, instead
@@ -442,6 +481,9 @@ impl<V: Clone> Window<V> {
 
     /// Forgets every entry whose `forget_at_ms` is at most `stamp_ms`.
     pub(crate) fn forget(&mut self, stamp_ms: u64) {
+        if self.front < self.next && self.entry(self.front).forget_at_ms <= stamp_ms {
+            self.build_index();
+        }
         let mut warmed_to = self.front;
         while self.front < self.next {
             let Entry { key, forget_at_ms, .. } = *self.entry(self.front);
@@ -459,7 +501,10 @@ impl<V: Clone> Window<V> {
                 Located::Draining(i, seq) if seq == self.front => {
                     self.take_draining(i);
                 }
-                Located::Index(..) | Located::Draining(..) => self.superseded -= 1,
+                Located::Index(..) | Located::Draining(..) => {
+                    let superseded = self.superseded.remove(&self.front);
+                    assert!(superseded.is_some(), "an entry not indexed is superseded");
+                }
                 Located::Absent { .. } => panic!("a remembered id is indexed"),
             }
             self.migrate(MIGRATE_STEP);
@@ -469,19 +514,22 @@ impl<V: Clone> Window<V> {
                 self.chunk_base = self.front;
             }
         }
-        if self.index.bits > INDEX_BITS_MIN && self.len() * 16 < 1 << self.index.bits {
+        if self.index.is_built()
+            && self.index.bits > INDEX_BITS_MIN
+            && self.len() * 16 < 1 << self.index.bits
+        {
             self.replace_index(self.index.bits - 1);
         }
     }
 
-    /// The ids remembered with their `forget_at_ms` and values, oldest first. Without a
-    /// superseded entry in the log, every entry is one: no index lookup (a cache miss
-    /// each in a large window, most of a snapshot's time when it looked every entry up).
+    /// The ids remembered with their `forget_at_ms` and values, oldest first: every entry
+    /// but the superseded, with no index lookup (a cache miss each in a large window, most
+    /// of a snapshot's time when it looked every entry up), so a clone's iterates unbuilt.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u128, u64, &V)> {
-        let all_live = self.superseded == 0;
+        let all_live = self.superseded.is_empty();
         (self.front..self.next).filter_map(move |seq| {
             let entry = self.entry(seq);
-            let latest = all_live || self.find(entry.key) == Some(seq);
+            let latest = all_live || !self.superseded.contains(&seq);
             latest.then_some((entry.key, entry.forget_at_ms, &entry.value))
         })
     }
@@ -513,7 +561,8 @@ impl<V: Clone> Window<V> {
     /// What is wrong with the window's structure, if anything (for the ledger's audit).
     pub(crate) fn problems(&self, name: &str) -> Vec<String> {
         let mut problems = Vec::new();
-        let index_slots = (0..1 << self.index.bits).map(|i| self.index.get(i));
+        let built = self.index.is_built();
+        let index_slots = (0..usize::from(built) << self.index.bits).map(|i| self.index.get(i));
         let draining_slots = self.draining.iter().flat_map(|draining| {
             (draining.cursor..1 << draining.old.bits).map(|i| draining.old.get(i))
         });
@@ -529,17 +578,37 @@ impl<V: Clone> Window<V> {
                 }
             })
             .count();
-        if n_occupied != self.len() || self.iter().count() != self.len() {
+        if (built && n_occupied != self.len()) || self.iter().count() != self.len() {
             problems.push(format!("{name}: index and entries differ in size"));
         }
-        if self.len() as u64 + self.superseded != self.next - self.front {
-            problems.push(format!("{name}: superseded entries miscounted"));
+        let in_log = |seq: &u64| (self.front..self.next).contains(seq);
+        let indexed = |seq: &u64| built && self.find(self.entry(*seq).key) == Some(*seq);
+        if self.superseded.iter().any(|seq| !in_log(seq) || indexed(seq)) {
+            problems.push(format!("{name}: a superseded entry is indexed or forgotten"));
         }
         let stamps = (self.front..self.next).map(|seq| self.entry(seq).forget_at_ms);
         if stamps.clone().zip(stamps.skip(1)).any(|(earlier, later)| earlier > later) {
             problems.push(format!("{name}: entries out of order"));
         }
         problems
+    }
+}
+
+/// The entries, not the index (see [`Index::unbuilt`]): the chunks' and the superseded
+/// set's pointers and the few newest entries.
+impl<V: Clone> Clone for Window<V> {
+    fn clone(&self) -> Window<V> {
+        Window {
+            chunks: self.chunks.clone(),
+            open: self.open.clone(),
+            chunk_base: self.chunk_base,
+            front: self.front,
+            next: self.next,
+            last_forget_at_ms: self.last_forget_at_ms,
+            superseded: self.superseded.clone(),
+            index: Index::unbuilt(self.index.seeds),
+            draining: None,
+        }
     }
 }
 
@@ -553,13 +622,13 @@ impl<V: Clone> Default for Window<V> {
 /// stamp (a window carried over from format version 7 has them by id).
 impl<V: Clone + PartialEq> PartialEq for Window<V> {
     fn eq(&self, other: &Window<V>) -> bool {
-        let same = |(key, forget_at_ms, value): (u128, u64, &V)| {
-            other.find(key).is_some_and(|seq| {
-                let entry = other.entry(seq);
-                entry.forget_at_ms == forget_at_ms && entry.value == *value
-            })
-        };
-        self.len() == other.len() && self.iter().all(same)
+        if self.len() != other.len() {
+            return false;
+        }
+        let theirs: std::collections::HashMap<u128, (u64, &V)> =
+            other.iter().map(|(key, forget_at_ms, value)| (key, (forget_at_ms, value))).collect();
+        self.iter()
+            .all(|(key, forget_at_ms, value)| theirs.get(&key) == Some(&(forget_at_ms, value)))
     }
 }
 
@@ -665,7 +734,7 @@ mod tests {
         window.forget(1);
         assert_eq!(window.iter().filter(|(key, ..)| *key == 6).count(), 1);
         window.forget(2);
-        assert_eq!(window.superseded, 0, "the older entry of 6 is forgotten");
+        assert!(window.superseded.is_empty(), "the older entry of 6 is forgotten");
         assert!(window.problems("w").is_empty(), "{:?}", window.problems("w"));
         window.forget(4_999);
         assert_eq!((window.get(6), window.len()), (Some(&99), 1));
@@ -706,6 +775,45 @@ mod tests {
         assert_eq!((window.get(1_000_000), window.len()), (None, 1_501));
         assert_eq!(window, rebuilt);
         assert!(copy.problems("copy").is_empty() && window.problems("w").is_empty());
+    }
+
+    /// A clone (a snapshot's copy) takes none of the index's pages: the window's writes
+    /// after it copy no page, and the clone answers, iterates and serializes the same,
+    /// superseded entries left out, until its own first write builds it an index.
+    #[test]
+    fn a_clone_shares_no_index_page() {
+        let mut window = filled(5_000, |n| n);
+        window.insert(7, 5_000, 70);
+        window.insert(8, 5_000, 80);
+        window.insert(7, 5_001, 71);
+        let copy = window.clone();
+        let shared = |window: &Window<u64>| {
+            window.index.pages.iter().filter(|page| Arc::strong_count(page) > 1).count()
+        };
+        let pages = window.index.pages.len();
+        for n in 0..1_000u64 {
+            window.insert(u128::from(10_000 + n), 6_000, n);
+        }
+        window.forget(2_999);
+        assert_eq!((window.index.pages.len(), shared(&window)), (pages, 0), "nothing copied");
+        assert!(copy.index.pages.is_empty());
+        assert_eq!((copy.len(), copy.get(7), copy.get(8)), (5_002, Some(&71), Some(&80)));
+        let entries = |window: &Window<u64>| serde_json::to_string(window).unwrap();
+        let mut built = filled(5_000, |n| n);
+        built.insert(8, 5_000, 80);
+        built.insert(7, 5_001, 71);
+        assert_eq!(entries(&copy), entries(&built));
+        assert!(copy.problems("copy").is_empty(), "{:?}", copy.problems("copy"));
+        let mut copy = copy;
+        copy.forget(2_999);
+        built.forget(2_999);
+        assert!(copy.index.is_built());
+        assert_eq!(
+            (copy.get(7), copy.get(9_000), copy.get(8_997)),
+            (Some(&71), Some(&3_000), None)
+        );
+        assert_eq!(entries(&copy), entries(&built));
+        assert!(copy.problems("copy").is_empty(), "{:?}", copy.problems("copy"));
     }
 
     /// The insert that outgrows the index moves a few slots, not all of them: the rest
