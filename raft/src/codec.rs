@@ -87,13 +87,9 @@ impl From<CodecError> for std::io::Error {
 const ENCODE_CAPACITY_FIRST: usize = 512;
 
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut header = Vec::with_capacity(ENCODE_CAPACITY_FIRST);
-    header.extend_from_slice(&FORMAT_MAGIC);
-    header.push(FORMAT_VERSION);
-    let mut bytes = postcard::to_extend(value, header).map_err(CodecError::Unencodable)?;
-    let checksum = crc32fast::hash(&bytes);
-    bytes.extend_from_slice(&checksum.to_le_bytes());
-    Ok(bytes)
+    let mut concat = Concat::new(ENCODE_CAPACITY_FIRST);
+    concat.push(value)?;
+    Ok(concat.finish())
 }
 
 /// What [`encode`] writes for `value`, cut into pieces of `chunk_bytes` (the last may be
@@ -217,6 +213,54 @@ impl<S: FnMut(&[u8]) -> Result<(), E>, E> postcard::ser_flavors::Flavor for Chun
     }
 }
 
+/// An encoding assembled from parts: postcard lays a struct or tuple out as its fields'
+/// encodings one after another, and a sequence as its length then its elements, so a value
+/// can be written field by field, some of them bytes encoded before (a log entry's body,
+/// `encoded.rs`). [`Concat::finish`] seals it as [`encode`] does; what it returns equals
+/// `encode` of the whole value when the parts follow the value's layout.
+pub struct Concat {
+    bytes: Vec<u8>,
+}
+
+impl Concat {
+    pub fn new(capacity: usize) -> Concat {
+        let mut bytes = Vec::with_capacity(HEADER_BYTES + capacity + CHECKSUM_BYTES);
+        bytes.extend_from_slice(&FORMAT_MAGIC);
+        bytes.push(FORMAT_VERSION);
+        Concat { bytes }
+    }
+
+    /// Appends `value`'s body.
+    pub fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), CodecError> {
+        let bytes = std::mem::take(&mut self.bytes);
+        self.bytes = postcard::to_extend(value, bytes).map_err(CodecError::Unencodable)?;
+        Ok(())
+    }
+
+    /// Appends a body encoded before (by this build's version).
+    pub fn push_body(&mut self, body: &[u8]) {
+        self.bytes.extend_from_slice(body);
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        let checksum = crc32fast::hash(&self.bytes);
+        self.bytes.extend_from_slice(&checksum.to_le_bytes());
+        self.bytes
+    }
+}
+
+/// The body of a value [`encode`] wrote: its bytes between the header and the checksum.
+pub fn body_of(encoded: &[u8]) -> &[u8] {
+    &encoded[HEADER_BYTES..encoded.len() - CHECKSUM_BYTES]
+}
+
+/// What [`encode`] writes for the value whose body is `body`.
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    let mut concat = Concat::new(body.len());
+    concat.push_body(body);
+    concat.finish()
+}
+
 /// The length of what [`encode`] writes for `value`, header and checksum included,
 /// without writing it.
 pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError> {
@@ -251,7 +295,7 @@ pub fn decode_ledger(bytes: &[u8]) -> Result<Ledger, CodecError> {
 
 /// The version and body of an encoded value, once its magic, version and checksum are
 /// checked.
-fn open(bytes: &[u8]) -> Result<(u8, &[u8]), CodecError> {
+pub fn open(bytes: &[u8]) -> Result<(u8, &[u8]), CodecError> {
     let (magic, rest) = bytes.split_at(bytes.len().min(FORMAT_MAGIC.len()));
     if magic != FORMAT_MAGIC {
         return Err(CodecError::MissingMagic { found: magic.to_vec() });
@@ -274,10 +318,14 @@ fn open(bytes: &[u8]) -> Result<(u8, &[u8]), CodecError> {
     Ok((version, body))
 }
 
+/// The value at the start of `body`, and the bytes after it.
+pub fn take_first<T: DeserializeOwned>(body: &[u8]) -> Result<(T, &[u8]), CodecError> {
+    postcard::take_from_bytes(body).map_err(|e| CodecError::Malformed(e.to_string()))
+}
+
 /// The value `body` holds, all of it.
 fn take<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
-    let (value, trailing) =
-        postcard::take_from_bytes(body).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let (value, trailing) = take_first(body)?;
     if !trailing.is_empty() {
         return Err(CodecError::Malformed(format!("{} trailing bytes", trailing.len())));
     }

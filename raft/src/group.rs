@@ -2,6 +2,7 @@
 //! group-commit batcher.
 
 use crate::compaction;
+use crate::encoded::EncodedEntries;
 use crate::error::LedgerError;
 use crate::history::History;
 use crate::kv::{KvTree, NodeStores};
@@ -45,7 +46,8 @@ pub struct Group {
 
 impl Group {
     /// Opens group `group_idx`'s storage in `stores` and starts its Raft instance and
-    /// batcher; the records its entries settle go to the node's `history`.
+    /// batcher; the records its entries settle go to the node's `history`, and its log
+    /// keeps its entries' encodings in `encoded`, which `network` reads.
     pub async fn start<N: RaftNetworkFactory<crate::types::TypeConfig>>(
         node_id: NodeId,
         group_idx: u32,
@@ -53,11 +55,13 @@ impl Group {
         history: History,
         config: Arc<Config>,
         network: N,
+        encoded: Arc<EncodedEntries>,
     ) -> Result<Group, LedgerError> {
         let state_machine = StateMachine::open(stores, group_idx, history)
             .await
             .map_err(|e| LedgerError::storage("restoring the snapshot", e))?;
-        let log_store = LogStore::open(&stores.log, group_idx, state_machine.saved_snapshot());
+        let saved_snapshot = state_machine.saved_snapshot();
+        let log_store = LogStore::open(&stores.log, group_idx, saved_snapshot, encoded);
         let clock: Clock = Arc::new(wall_clock_ms);
         Group::start_with(node_id, log_store, state_machine, config, network, clock).await
     }

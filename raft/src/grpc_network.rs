@@ -20,7 +20,8 @@
 //! not there), so it backs off. [`identify`] asks a node who it is (`Identify`), before it
 //! is added or a cluster is founded.
 
-use crate::codec;
+use crate::codec::{self, CodecError};
+use crate::encoded::{self, EncodedEntries};
 use crate::error::LedgerError;
 use crate::grpc::raft_service_client::RaftServiceClient;
 use crate::grpc::raft_service_server::RaftService;
@@ -30,6 +31,7 @@ use crate::sizing::{self, AppendBudget};
 use crate::tls::{self, TlsConfig};
 use crate::types::{Member, NodeId, Raft, TypeConfig};
 use crate::{ELECTION_TIMEOUT_MIN, RPC_BYTES_MAX};
+use bytes::Bytes;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
@@ -67,12 +69,20 @@ pub struct GrpcNetwork {
     /// a channel each, every linearizable read opened (and handshook TLS on) a connection
     /// per peer. A channel reconnects by itself after its connection failed.
     channels: HashMap<NodeId, (String, RaftServiceClient<Channel>)>,
+    /// The encodings of the group's last entries, which its log keeps.
+    encoded: Arc<EncodedEntries>,
 }
 
 impl GrpcNetwork {
-    /// The network of the replica of `group` on the node of `identity`.
-    pub fn new(identity: Identity, group: u32, tls: Option<TlsConfig>) -> GrpcNetwork {
-        GrpcNetwork { identity, group, tls, channels: HashMap::new() }
+    /// The network of the replica of `group` on the node of `identity`, sending the
+    /// entries its log encoded in `encoded` as they were written.
+    pub fn new(
+        identity: Identity,
+        group: u32,
+        tls: Option<TlsConfig>,
+        encoded: Arc<EncodedEntries>,
+    ) -> GrpcNetwork {
+        GrpcNetwork { identity, group, tls, channels: HashMap::new(), encoded }
     }
 
     /// The channel to `target` at `addr`: the one made before unless its address changed.
@@ -102,6 +112,7 @@ pub struct GrpcConnection {
     /// The incarnation of the target the membership records.
     target_incarnation: Incarnation,
     entries: AppendBudget,
+    encoded: Arc<EncodedEntries>,
     /// An address that does not parse fails every RPC with that reason.
     client: Result<RaftServiceClient<Channel>, String>,
 }
@@ -120,6 +131,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             target,
             target_incarnation: node.incarnation,
             entries: AppendBudget::default(),
+            encoded: Arc::clone(&self.encoded),
             client,
         }
     }
@@ -140,11 +152,36 @@ type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
 
 impl GrpcConnection {
+    /// `rpc` stamped with the sender's and the target's incarnations.
+    fn stamp<Q>(&self, rpc: Q) -> Stamped<Q> {
+        Stamped {
+            from: self.identity.node_id,
+            from_incarnation: self.identity.incarnation,
+            to_incarnation: self.target_incarnation,
+            rpc,
+        }
+    }
+
     /// Sends `request`, failing with a `Timeout` after `timeout` (its `grpc-timeout`, which
     /// tonic enforces on both sides).
     async fn call<Q, T, E>(&mut self, rpc: Rpc, request: &Q, timeout: Duration) -> RpcResult<T, E>
     where
         Q: Serialize,
+        T: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let payload = codec::encode(&self.stamp(request)).map_err(|e| network_error(&e))?;
+        self.call_encoded(rpc, payload, timeout).await
+    }
+
+    /// Sends `payload`, a stamped request encoded, as [`GrpcConnection::call`] does.
+    async fn call_encoded<T, E>(
+        &mut self,
+        rpc: Rpc,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> RpcResult<T, E>
+    where
         T: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
@@ -154,13 +191,6 @@ impl GrpcConnection {
                 return Err(RPCError::Unreachable(Unreachable::new(&BadAddress(reason.clone()))))
             }
         };
-        let stamped = Stamped {
-            from: self.identity.node_id,
-            from_incarnation: self.identity.incarnation,
-            to_incarnation: self.target_incarnation,
-            rpc: request,
-        };
-        let payload = codec::encode(&stamped).map_err(|e| network_error(&e))?;
         let mut envelope =
             tonic::Request::new(RaftRequest { group: self.group, payload: payload.into() });
         envelope.set_timeout(timeout);
@@ -214,8 +244,11 @@ impl RaftNetwork<TypeConfig> for GrpcConnection {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let sending = self.entries.start(&mut rpc);
-        let result = self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await;
+        let encoded = &self.encoded;
+        let sending = self.entries.start(&mut rpc, |entry| encoded.encoded_len(entry));
+        let payload = self.encoded.encode_append_entries(&self.stamp(&rpc));
+        let payload = payload.map_err(|e| network_error(&e))?;
+        let result = self.call_encoded(Rpc::AppendEntries, payload, option.hard_ttl()).await;
         self.entries.finish(sending, option.hard_ttl(), result)
     }
 
@@ -249,14 +282,15 @@ impl RaftNetwork<TypeConfig> for GrpcConnection {
 /// travels inside the reply; an undecodable envelope, an unknown group or a refused
 /// incarnation is a gRPC error).
 pub struct RaftRpcServer {
-    groups: Arc<Vec<Raft>>,
+    /// Each group's Raft instance, and the encodings its log keeps.
+    groups: Arc<Vec<(Raft, Arc<EncodedEntries>)>>,
     identity: Identity,
     /// Whether a refusal was logged already: a refused peer retries every few heartbeats.
     refusal_logged: AtomicBool,
 }
 
 impl RaftRpcServer {
-    pub fn new(groups: Vec<Raft>, identity: Identity) -> RaftRpcServer {
+    pub fn new(groups: Vec<(Raft, Arc<EncodedEntries>)>, identity: Identity) -> RaftRpcServer {
         RaftRpcServer { groups: Arc::new(groups), identity, refusal_logged: AtomicBool::new(false) }
     }
 
@@ -264,7 +298,29 @@ impl RaftRpcServer {
         &self,
         request: tonic::Request<RaftRequest>,
     ) -> Result<(&Raft, Q), tonic::Status> {
-        let (raft, stamped): (_, Stamped<Q>) = self.open(request)?;
+        let ((raft, _), payload) = self.open(request)?;
+        let stamped = codec::decode(&payload).map_err(undecodable)?;
+        Ok((raft, self.admit(raft, stamped)?))
+    }
+
+    /// The group `request` is for, and its payload.
+    fn open(
+        &self,
+        request: tonic::Request<RaftRequest>,
+    ) -> Result<(&(Raft, Arc<EncodedEntries>), Bytes), tonic::Status> {
+        let envelope = request.into_inner();
+        let group = usize::try_from(envelope.group)
+            .ok()
+            .and_then(|group_idx| self.groups.get(group_idx))
+            .ok_or_else(|| {
+                tonic::Status::invalid_argument(format!("no group {}", envelope.group))
+            })?;
+        Ok((group, envelope.payload))
+    }
+
+    /// The request `stamped` carries, if its incarnations are ones `raft`'s membership
+    /// takes.
+    fn admit<Q>(&self, raft: &Raft, stamped: Stamped<Q>) -> Result<Q, tonic::Status> {
         let metrics = raft.metrics();
         let membership = metrics.borrow().membership_config.clone();
         let admitted = incarnation::admit(
@@ -280,24 +336,12 @@ impl RaftRpcServer {
             }
             return Err(tonic::Status::failed_precondition(refusal.to_string()));
         }
-        Ok((raft, stamped.rpc))
+        Ok(stamped.rpc)
     }
+}
 
-    fn open<Q: DeserializeOwned>(
-        &self,
-        request: tonic::Request<RaftRequest>,
-    ) -> Result<(&Raft, Q), tonic::Status> {
-        let envelope = request.into_inner();
-        let raft = usize::try_from(envelope.group)
-            .ok()
-            .and_then(|group_idx| self.groups.get(group_idx))
-            .ok_or_else(|| {
-                tonic::Status::invalid_argument(format!("no group {}", envelope.group))
-            })?;
-        let rpc = codec::decode(&envelope.payload)
-            .map_err(|e| tonic::Status::invalid_argument(format!("undecodable payload: {e}")))?;
-        Ok((raft, rpc))
-    }
+fn undecodable(e: CodecError) -> tonic::Status {
+    tonic::Status::invalid_argument(format!("undecodable payload: {e}"))
 }
 
 fn reply<T: Serialize>(result: &T) -> Result<tonic::Response<RaftReply>, tonic::Status> {
@@ -312,7 +356,11 @@ impl RaftService for RaftRpcServer {
         &self,
         request: tonic::Request<RaftRequest>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
-        let (raft, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.decode(request)?;
+        // Decoded with each entry's bytes, which the log then writes as they came.
+        let ((raft, encoded), payload) = self.open(request)?;
+        let (stamped, bodies) = encoded::decode_append_entries(&payload).map_err(undecodable)?;
+        let rpc = self.admit(raft, stamped)?;
+        encoded.keep(&rpc.entries, &bodies);
         reply(&raft.append_entries(rpc).await)
     }
 
@@ -337,7 +385,7 @@ impl RaftService for RaftRpcServer {
         _request: tonic::Request<RaftRequest>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
         let memberships: Vec<_> = (self.groups.iter())
-            .map(|raft| raft.metrics().borrow().membership_config.clone())
+            .map(|(raft, _)| raft.metrics().borrow().membership_config.clone())
             .collect();
         let members = incarnation::members(memberships.iter().map(|m| m.membership()));
         reply(&Identified { identity: self.identity, members })
@@ -407,6 +455,7 @@ mod tests {
             target: 2,
             target_incarnation: 2,
             entries: AppendBudget::default(),
+            encoded: Arc::default(),
             client: Err("unused".to_owned()),
         };
         let pauses: Vec<Duration> = connection.backoff().take(20).collect();
@@ -472,7 +521,7 @@ mod tests {
     }
 
     fn node_1() -> GrpcNetwork {
-        GrpcNetwork::new(Identity { node_id: 1, incarnation: 1 }, 0, None)
+        GrpcNetwork::new(Identity { node_id: 1, incarnation: 1 }, 0, None, Arc::default())
     }
 
     /// The calls that reached a [`TimingOut`] peer and the connections it accepted.

@@ -14,6 +14,7 @@ mod backfill;
 mod client;
 mod codec;
 mod compaction;
+mod encoded;
 mod error;
 mod expiry;
 mod group;

@@ -22,6 +22,7 @@
 )]
 
 use crate::codec;
+use crate::encoded::EncodedEntries;
 use crate::kv::{Durability, KvBatch, KvPair, KvTree};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::wal::{WalStore, WalTree};
@@ -132,34 +133,49 @@ pub struct LogStore<K: KvTree = WalTree> {
     saved_snapshot: watch::Receiver<Option<LogId>>,
     /// Shared with the readers openraft asks for.
     tail: Arc<Mutex<Tail>>,
+    /// The encodings of the entries appended last, shared with the group's network: an
+    /// entry an AppendEntries brought is written as it came, and one this node appends as
+    /// leader is sent as it was written (`encoded.rs`).
+    encoded: Arc<EncodedEntries>,
     /// Held while a purge's entries are removed in the background: the next purge waits
     /// for it, so two removals never list the same entries.
     purging: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl LogStore {
+    /// Group `group`'s log in `store` (see [`LogStore::new`]).
     pub fn open(
         store: &WalStore,
         group: u32,
         saved_snapshot: watch::Receiver<Option<LogId>>,
+        encoded: Arc<EncodedEntries>,
     ) -> LogStore {
         let log = store.tree(&format!("{group}/log"));
         let meta = store.tree(&format!("{group}/meta"));
-        LogStore::new(group, log, meta, saved_snapshot)
+        LogStore::new(group, log, meta, saved_snapshot, encoded)
     }
 }
 
 impl<K: KvTree> LogStore<K> {
     /// Group `group`'s store over two trees of one key-value store (a durable write to
     /// either makes the earlier writes to both durable), purging only what `saved_snapshot`
-    /// covers.
+    /// covers, keeping the encodings of its entries in `encoded` for the group's network.
     pub fn new(
         group: u32,
         log: K,
         meta: K,
         saved_snapshot: watch::Receiver<Option<LogId>>,
+        encoded: Arc<EncodedEntries>,
     ) -> LogStore<K> {
-        LogStore { group, log, meta, saved_snapshot, tail: Arc::default(), purging: Arc::default() }
+        LogStore {
+            group,
+            log,
+            meta,
+            saved_snapshot,
+            tail: Arc::default(),
+            encoded,
+            purging: Arc::default(),
+        }
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
@@ -215,7 +231,7 @@ impl<K: KvTree> LogStore<K> {
         let mut batch = Vec::new();
         let mut decoded = Vec::new();
         for entry in entries {
-            let bytes = codec::encode(&entry)
+            let bytes = (self.encoded.encode(&entry))
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             let key = entry.log_id.index.to_be_bytes().to_vec();
             decoded.push((entry, bytes.len()));
@@ -439,8 +455,13 @@ mod tests {
         let history = crate::history::History::in_memory(crate::HISTORY_RETENTION_DEFAULT)
             .expect("an in-memory history");
         let machine = StateMachine::restore(store.tree("0/snapshot"), 0, history).unwrap();
-        let log =
-            LogStore::new(0, store.tree("0/log"), store.tree("0/meta"), machine.saved_snapshot());
+        let log = LogStore::new(
+            0,
+            store.tree("0/log"),
+            store.tree("0/meta"),
+            machine.saved_snapshot(),
+            Arc::default(),
+        );
         (store, log, machine)
     }
 
@@ -581,7 +602,13 @@ mod tests {
         let (_store, mut log, mut machine) = open(Disk::new());
         type Tree = crate::sim::storage::MemTree;
         let tree_only = |log: &LogStore<Tree>, machine: &StateMachine<Tree>| {
-            LogStore::new(0, log.log.clone(), log.meta.clone(), machine.saved_snapshot())
+            LogStore::new(
+                0,
+                log.log.clone(),
+                log.meta.clone(),
+                machine.saved_snapshot(),
+                Arc::default(),
+            )
         };
         let mut tree = tree_only(&log, &machine);
         for first in (1..=300).step_by(10) {

@@ -4,6 +4,7 @@
 use crate::backfill;
 use crate::codec;
 use crate::compaction;
+use crate::encoded::EncodedEntries;
 use crate::error::LedgerError;
 use crate::expiry;
 use crate::group::Group;
@@ -251,8 +252,11 @@ impl LedgerNode {
         let history =
             History::open(&data_dir.join(HISTORY_FILE), options.history_retention).await?;
         let config = Arc::new(raft_config(options)?);
+        // No peers: the entries' encodings serve only the log.
+        let encoded = Arc::default();
         let group =
-            Group::start(SINGLE_NODE_ID, 0, &stores, history.clone(), config, NoPeers).await?;
+            Group::start(SINGLE_NODE_ID, 0, &stores, history.clone(), config, NoPeers, encoded)
+                .await?;
         let members = BTreeMap::from([(SINGLE_NODE_ID, Member::new("", identity.incarnation))]);
         bootstrap(&group, members).await?;
         let waiting = group.raft().wait(Some(LEADER_WAIT_TIMEOUT));
@@ -328,22 +332,27 @@ impl LedgerNode {
             History::open(&data_dir.join(HISTORY_FILE), options.history_retention).await?;
         let raft_config = Arc::new(raft_config(options)?);
         let mut groups = Vec::new();
+        let mut served = Vec::new();
         for group_idx in 0..config.n_groups() {
-            let network = GrpcNetwork::new(identity, group_idx, config.tls().cloned());
+            let encoded = Arc::new(EncodedEntries::default());
+            let tls = config.tls().cloned();
+            let network = GrpcNetwork::new(identity, group_idx, tls, Arc::clone(&encoded));
             let group_config = Arc::clone(&raft_config);
             let history = history.clone();
+            let id = config.id();
+            let shared = Arc::clone(&encoded);
             let group =
-                Group::start(config.id(), group_idx, &stores, history, group_config, network)
+                Group::start(id, group_idx, &stores, history, group_config, network, shared)
                     .await?;
+            served.push((group.raft().clone(), encoded));
             groups.push(group);
         }
-        let rafts = groups.iter().map(|group| group.raft().clone()).collect();
         let requests = history.backfill_requests();
         let node = LedgerNode::assemble(config.id(), groups, history, options);
         let backfill = backfill::spawn(node.downgrade(), requests, config.tls().cloned());
         node.inner.background_tasks.lock().expect("task lock poisoned").push(backfill);
         let ledger = LedgerRpcServer::new(node.downgrade(), identity, config.tls().cloned());
-        let server = serve(listener, RaftRpcServer::new(rafts, identity), ledger, config.tls())?;
+        let server = serve(listener, RaftRpcServer::new(served, identity), ledger, config.tls())?;
         *node.inner.server.lock().expect("server lock poisoned") = Some(server);
         // Every group, not just the first: a founding cut short by a crash resumes.
         let mut initialized = true;

@@ -8,6 +8,7 @@ use super::invariants::Invariants;
 use super::network::{Net, SimNetwork};
 use super::storage::{Disk, DiskFaults, IoFault, MemStore, WriteKind};
 use super::trace::Trace;
+use crate::encoded::EncodedEntries;
 use crate::error::LedgerError;
 use crate::group::{Clock, Group};
 use crate::history::{History, HISTORY_RETENTION_DEFAULT};
@@ -798,6 +799,7 @@ impl Cluster {
         // The simulation checks money, not history: each start gets an empty one.
         let history = History::in_memory(HISTORY_RETENTION_DEFAULT).expect("an in-memory history");
         let mut groups = Vec::new();
+        let mut served = Vec::new();
         for group_idx in 0..self.shape.n_groups {
             let snapshots = store.tree(&format!("{group_idx}/snapshot"));
             let invariants = Arc::clone(&self.invariants);
@@ -811,27 +813,34 @@ impl Cluster {
                 invariants.entry_applied(id, group_idx, entry);
             }))
             .pace_cpu(Arc::clone(&pace));
+            // Shared by the log and the network, as on a real node.
+            let encoded = Arc::new(EncodedEntries::default());
             let log = LogStore::new(
                 group_idx,
                 store.tree(&format!("{group_idx}/log")),
                 store.tree(&format!("{group_idx}/meta")),
                 machine.saved_snapshot(),
+                Arc::clone(&encoded),
             );
-            let network = SimNetwork::new(Arc::clone(&self.net), identity, incarnation, group_idx);
+            let net = Arc::clone(&self.net);
+            let network =
+                SimNetwork::new(net, identity, incarnation, group_idx, Arc::clone(&encoded));
             let started =
                 Group::start_with(id, log, machine, Arc::clone(&config), network, clock.clone())
                     .await;
             match started {
-                Ok(group) => groups.push(group),
+                Ok(group) => {
+                    served.push((group.raft().clone(), encoded));
+                    groups.push(group);
+                }
                 Err(e) => {
                     return Err(stop_started(&groups, format!("group {group_idx}: {e}")).await)
                 }
             }
         }
-        let rafts = groups.iter().map(|g| g.raft().clone()).collect();
         let node = LedgerNode::of_groups(id, groups, history);
         let (door, server) = gateway::serve(&node, identity);
-        self.net.node_up(id, incarnation, identity, rafts, door);
+        self.net.node_up(id, incarnation, identity, served, door);
         let crashed = AtomicBool::new(false);
         let running = Arc::new(Running { identity, store, node, server, crashed });
         self.lock().nodes.insert(id, Slot::Up(running));

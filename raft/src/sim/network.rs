@@ -21,6 +21,7 @@
 //! say whether one may open, what it lets through now and how long its bytes take.
 
 use crate::codec;
+use crate::encoded::{self, EncodedEntries};
 use crate::incarnation::{self, Identity, Incarnation, Stamped};
 use crate::sizing::{self, AppendBudget};
 use crate::types::{Member, NodeId, Raft, TypeConfig};
@@ -117,7 +118,7 @@ struct NetState {
     /// Live nodes: the incarnation (process) that may send and receive, its data
     /// directory's identity, and its groups' Raft instances. A node absent from here is
     /// down.
-    nodes: BTreeMap<NodeId, (u64, Identity, Vec<Raft>)>,
+    nodes: BTreeMap<NodeId, (u64, Identity, Vec<ServedGroup>)>,
     /// Where a live node's ledger API takes the server end of a gateway's new connection.
     doors: BTreeMap<NodeId, mpsc::Sender<DuplexStream>>,
     /// Directed links that are cut: `(source, target)`.
@@ -172,7 +173,7 @@ impl Net {
         node: NodeId,
         incarnation: u64,
         identity: Identity,
-        groups: Vec<Raft>,
+        groups: Vec<ServedGroup>,
         door: mpsc::Sender<DuplexStream>,
     ) {
         let mut state = self.lock();
@@ -365,7 +366,7 @@ impl Net {
         target: NodeId,
         seq: u64,
         group: u32,
-    ) -> Option<(u64, Identity, Raft)> {
+    ) -> Option<(u64, Identity, ServedGroup)> {
         let mut guard = self.lock();
         let state = &mut *guard;
         let arrived = match state.nodes.get(&target) {
@@ -405,12 +406,24 @@ pub struct SimNetwork {
     identity: Identity,
     incarnation: u64,
     group: u32,
+    encoded: Arc<EncodedEntries>,
 }
 
+/// A node's replica of one group, as deliveries reach it: its Raft instance, and the
+/// encodings its log keeps.
+type ServedGroup = (Raft, Arc<EncodedEntries>);
+
 impl SimNetwork {
-    /// The network of `group` on process `incarnation` of the node of `identity`.
-    pub fn new(net: Arc<Net>, identity: Identity, incarnation: u64, group: u32) -> SimNetwork {
-        SimNetwork { net, identity, incarnation, group }
+    /// Group `group`'s network on the node of `identity` (process `incarnation`), sending
+    /// entries as its log encoded them in `encoded`, as `GrpcNetwork` does.
+    pub fn new(
+        net: Arc<Net>,
+        identity: Identity,
+        incarnation: u64,
+        group: u32,
+        encoded: Arc<EncodedEntries>,
+    ) -> SimNetwork {
+        SimNetwork { net, identity, incarnation, group, encoded }
     }
 }
 
@@ -422,6 +435,7 @@ pub struct SimConnection {
     target_incarnation: Incarnation,
     group: u32,
     entries: AppendBudget,
+    encoded: Arc<EncodedEntries>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for SimNetwork {
@@ -436,6 +450,7 @@ impl RaftNetworkFactory<TypeConfig> for SimNetwork {
             target_incarnation: node.incarnation,
             group: self.group,
             entries: AppendBudget::default(),
+            encoded: Arc::clone(&self.encoded),
         }
     }
 }
@@ -444,18 +459,30 @@ type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
 
 impl SimConnection {
+    fn stamp<Q>(&self, rpc: Q) -> Stamped<Q> {
+        Stamped {
+            from: self.source.0,
+            from_incarnation: self.source_incarnation,
+            to_incarnation: self.target_incarnation,
+            rpc,
+        }
+    }
+
     async fn call<T, E>(&mut self, rpc: Rpc, request: &impl Serialize) -> RpcResult<T, E>
     where
         T: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let stamped = Stamped {
-            from: self.source.0,
-            from_incarnation: self.source_incarnation,
-            to_incarnation: self.target_incarnation,
-            rpc: request,
-        };
-        let payload = codec::encode(&stamped).expect("raft requests encode");
+        let payload = codec::encode(&self.stamp(request)).expect("raft requests encode");
+        self.call_encoded(rpc, payload).await
+    }
+
+    /// Sends `payload`, a stamped request encoded.
+    async fn call_encoded<T, E>(&mut self, rpc: Rpc, payload: Vec<u8>) -> RpcResult<T, E>
+    where
+        T: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let (reply_tx, reply_rx) = oneshot::channel();
         let mut reply_tx = Some(reply_tx);
         let (seq, delays) = self.net.plan(self.source, self.target, payload.len());
@@ -496,8 +523,10 @@ impl RaftNetwork<TypeConfig> for SimConnection {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         // openraft cancels the call at `hard_ttl`.
-        let sending = self.entries.start(&mut rpc);
-        let result = self.call(Rpc::AppendEntries, &rpc).await;
+        let encoded = &self.encoded;
+        let sending = self.entries.start(&mut rpc, |entry| encoded.encoded_len(entry));
+        let payload = self.encoded.encode_append_entries(&self.stamp(&rpc));
+        let result = self.call_encoded(Rpc::AppendEntries, payload.expect("entries encode")).await;
         let result = self.entries.finish(sending, option.hard_ttl(), result);
         if let Ok(AppendEntriesResponse::PartialSuccess(_)) = result {
             self.net.lock().counters.n_partial_appends += 1;
@@ -555,14 +584,22 @@ impl Delivery {
         tokio::time::sleep(delay).await;
         self.net.unpaused(&[self.source, self.target]).await;
         let arrived = self.net.arrive(self.source, self.target, self.seq, self.group);
-        let Some((incarnation, identity, raft)) = arrived else {
+        let Some((incarnation, identity, (raft, encoded))) = arrived else {
             return;
         };
         let reply = match self.rpc {
-            Rpc::AppendEntries => match admitted(&identity, &raft, &self.payload) {
-                Ok(rpc) => Ok(encode(&raft.append_entries(rpc).await)),
-                Err(refusal) => Err(refusal),
-            },
+            Rpc::AppendEntries => {
+                // As `RaftRpcServer` takes it: the entries' bodies kept for the log.
+                let (stamped, bodies) =
+                    encoded::decode_append_entries(&self.payload).expect("raft requests decode");
+                match admit(&identity, &raft, stamped) {
+                    Ok(rpc) => {
+                        encoded.keep(&rpc.entries, &bodies);
+                        Ok(encode(&raft.append_entries(rpc).await))
+                    }
+                    Err(refusal) => Err(refusal),
+                }
+            }
             Rpc::InstallSnapshot => match admitted(&identity, &raft, &self.payload) {
                 Ok(rpc) => Ok(encode(&raft.install_snapshot(rpc).await)),
                 Err(refusal) => Err(refusal),
@@ -596,7 +633,11 @@ fn admitted<Q: DeserializeOwned>(
     raft: &Raft,
     payload: &[u8],
 ) -> Result<Q, String> {
-    let stamped: Stamped<Q> = codec::decode(payload).expect("raft requests decode");
+    admit(identity, raft, codec::decode(payload).expect("raft requests decode"))
+}
+
+/// The request `stamped` carries if the node of `identity` admits it.
+fn admit<Q>(identity: &Identity, raft: &Raft, stamped: Stamped<Q>) -> Result<Q, String> {
     let membership = raft.metrics().borrow().membership_config.clone();
     let (from, sent, to) = (stamped.from, stamped.from_incarnation, stamped.to_incarnation);
     incarnation::admit(identity, membership.membership(), from, sent, to)
