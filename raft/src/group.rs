@@ -47,7 +47,8 @@ pub struct Group {
 impl Group {
     /// Opens group `group_idx`'s storage in `stores` and starts its Raft instance and
     /// batcher; the records its entries settle go to the node's `history`, and its log
-    /// keeps its entries' encodings in `encoded`, which `network` reads.
+    /// keeps its entries' encodings in `encoded`, which `network` reads (none without
+    /// peers).
     pub async fn start<N: RaftNetworkFactory<crate::types::TypeConfig>>(
         node_id: NodeId,
         group_idx: u32,
@@ -55,7 +56,7 @@ impl Group {
         history: History,
         config: Arc<Config>,
         network: N,
-        encoded: Arc<EncodedEntries>,
+        encoded: Option<Arc<EncodedEntries>>,
     ) -> Result<Group, LedgerError> {
         let state_machine = StateMachine::open(stores, group_idx, history)
             .await

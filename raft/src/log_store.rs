@@ -135,8 +135,8 @@ pub struct LogStore<K: KvTree = WalTree> {
     tail: Arc<Mutex<Tail>>,
     /// The encodings of the entries appended last, shared with the group's network: an
     /// entry an AppendEntries brought is written as it came, and one this node appends as
-    /// leader is sent as it was written (`encoded.rs`).
-    encoded: Arc<EncodedEntries>,
+    /// leader is sent as it was written (`encoded.rs`). None for a group without peers.
+    encoded: Option<Arc<EncodedEntries>>,
     /// Held while a purge's entries are removed in the background: the next purge waits
     /// for it, so two removals never list the same entries.
     purging: Arc<tokio::sync::Mutex<()>>,
@@ -148,7 +148,7 @@ impl LogStore {
         store: &WalStore,
         group: u32,
         saved_snapshot: watch::Receiver<Option<LogId>>,
-        encoded: Arc<EncodedEntries>,
+        encoded: Option<Arc<EncodedEntries>>,
     ) -> LogStore {
         let log = store.tree(&format!("{group}/log"));
         let meta = store.tree(&format!("{group}/meta"));
@@ -159,13 +159,14 @@ impl LogStore {
 impl<K: KvTree> LogStore<K> {
     /// Group `group`'s store over two trees of one key-value store (a durable write to
     /// either makes the earlier writes to both durable), purging only what `saved_snapshot`
-    /// covers, keeping the encodings of its entries in `encoded` for the group's network.
+    /// covers, keeping the encodings of its entries in `encoded` for the group's network
+    /// (none without peers).
     pub fn new(
         group: u32,
         log: K,
         meta: K,
         saved_snapshot: watch::Receiver<Option<LogId>>,
-        encoded: Arc<EncodedEntries>,
+        encoded: Option<Arc<EncodedEntries>>,
     ) -> LogStore<K> {
         LogStore {
             group,
@@ -231,8 +232,11 @@ impl<K: KvTree> LogStore<K> {
         let mut batch = Vec::new();
         let mut decoded = Vec::new();
         for entry in entries {
-            let bytes = (self.encoded.encode(&entry))
-                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            let bytes = match &self.encoded {
+                Some(encoded) => encoded.encode(&entry),
+                None => codec::encode(&entry),
+            };
+            let bytes = bytes.map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             let key = entry.log_id.index.to_be_bytes().to_vec();
             decoded.push((entry, bytes.len()));
             batch.push((key, Some(bytes)));
@@ -460,7 +464,7 @@ mod tests {
             store.tree("0/log"),
             store.tree("0/meta"),
             machine.saved_snapshot(),
-            Arc::default(),
+            None,
         );
         (store, log, machine)
     }
@@ -602,13 +606,7 @@ mod tests {
         let (_store, mut log, mut machine) = open(Disk::new());
         type Tree = crate::sim::storage::MemTree;
         let tree_only = |log: &LogStore<Tree>, machine: &StateMachine<Tree>| {
-            LogStore::new(
-                0,
-                log.log.clone(),
-                log.meta.clone(),
-                machine.saved_snapshot(),
-                Arc::default(),
-            )
+            LogStore::new(0, log.log.clone(), log.meta.clone(), machine.saved_snapshot(), None)
         };
         let mut tree = tree_only(&log, &machine);
         for first in (1..=300).step_by(10) {

@@ -252,10 +252,9 @@ impl LedgerNode {
         let history =
             History::open(&data_dir.join(HISTORY_FILE), options.history_retention).await?;
         let config = Arc::new(raft_config(options)?);
-        // No peers: the entries' encodings serve only the log.
-        let encoded = Arc::default();
+        // No peers, so no entry is ever sent: its log keeps no encodings.
         let group =
-            Group::start(SINGLE_NODE_ID, 0, &stores, history.clone(), config, NoPeers, encoded)
+            Group::start(SINGLE_NODE_ID, 0, &stores, history.clone(), config, NoPeers, None)
                 .await?;
         let members = BTreeMap::from([(SINGLE_NODE_ID, Member::new("", identity.incarnation))]);
         bootstrap(&group, members).await?;
@@ -340,7 +339,7 @@ impl LedgerNode {
             let group_config = Arc::clone(&raft_config);
             let history = history.clone();
             let id = config.id();
-            let shared = Arc::clone(&encoded);
+            let shared = Some(Arc::clone(&encoded));
             let group =
                 Group::start(id, group_idx, &stores, history, group_config, network, shared)
                     .await?;

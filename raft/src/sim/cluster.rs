@@ -820,7 +820,7 @@ impl Cluster {
                 store.tree(&format!("{group_idx}/log")),
                 store.tree(&format!("{group_idx}/meta")),
                 machine.saved_snapshot(),
-                Arc::clone(&encoded),
+                Some(Arc::clone(&encoded)),
             );
             let net = Arc::clone(&self.net);
             let network =
