@@ -524,11 +524,9 @@ impl<V: Clone> Window<V> {
     /// but the superseded, with no index lookup (a cache miss each in a large window, most
     /// of a snapshot's time when it looked every entry up), so a clone's iterates unbuilt.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u128, u64, &V)> {
-        let all_live = self.superseded.is_empty();
-        (self.front..self.next).filter_map(move |seq| {
+        (self.front..self.next).filter(|seq| !self.superseded.contains(seq)).map(|seq| {
             let entry = self.entry(seq);
-            let latest = all_live || !self.superseded.contains(&seq);
-            latest.then_some((entry.key, entry.forget_at_ms, &entry.value))
+            (entry.key, entry.forget_at_ms, &entry.value)
         })
     }
 

@@ -87,11 +87,14 @@ impl EncodedEntries {
         }
     }
 
-    /// Keeps the bodies [`decode_append_entries`] returned with `entries`.
-    pub fn keep(&self, entries: &[Entry], bodies: &[&[u8]]) {
+    /// Keeps the bodies [`decode_append_entries`] returned with `entries`: slices of the
+    /// request, not copies, so a request's buffer lives until the last of its bodies is
+    /// dropped (its entries are consecutive, and bodies leave lowest index first, so at
+    /// most one request's buffer is held beyond the bodies' bound).
+    pub fn keep(&self, entries: &[Entry], bodies: Vec<Bytes>) {
         let mut kept = self.lock();
         for (entry, body) in entries.iter().zip(bodies) {
-            kept.put(entry.log_id, Bytes::copy_from_slice(body));
+            kept.put(entry.log_id, body);
         }
     }
 
@@ -122,11 +125,12 @@ impl EncodedEntries {
 }
 
 /// The request [`EncodedEntries::encode_append_entries`] (or `codec::encode`) wrote, as
-/// `codec::decode` reads it, and the body of each of its entries: none if it was written
-/// in an older version than this build's, whose bodies this build does not write.
-pub type DecodedAppendEntries<'a> = (Stamped<AppendEntriesRequest<TypeConfig>>, Vec<&'a [u8]>);
+/// `codec::decode` reads it, and the body of each of its entries (slices of `bytes`): none
+/// if it was written in an older version than this build's, whose bodies this build does
+/// not write.
+pub type DecodedAppendEntries = (Stamped<AppendEntriesRequest<TypeConfig>>, Vec<Bytes>);
 
-pub fn decode_append_entries(bytes: &[u8]) -> Result<DecodedAppendEntries<'_>, CodecError> {
+pub fn decode_append_entries(bytes: &Bytes) -> Result<DecodedAppendEntries, CodecError> {
     let (version, body) = codec::open(bytes)?;
     let ((from, from_incarnation, to_incarnation), rest) = codec::take_first(body)?;
     type Head = (Vote<NodeId>, Option<LogId>, usize);
@@ -136,7 +140,7 @@ pub fn decode_append_entries(bytes: &[u8]) -> Result<DecodedAppendEntries<'_>, C
     let mut bodies = Vec::with_capacity(n_entries.min(rest.len()));
     for _ in 0..n_entries {
         let (entry, after): (Entry, _) = codec::take_first(rest)?;
-        bodies.push(&rest[..rest.len() - after.len()]);
+        bodies.push(bytes.slice_ref(&rest[..rest.len() - after.len()]));
         entries.push(entry);
         rest = after;
     }
@@ -245,7 +249,7 @@ mod tests {
     #[test]
     fn a_decoded_request_is_codec_s_with_each_entry_s_body() {
         let request = stamped(entries(), Some(log_id(2, 4)));
-        let bytes = codec::encode(&by_reference(&request)).unwrap();
+        let bytes = Bytes::from(codec::encode(&by_reference(&request)).unwrap());
         let (decoded, bodies) = decode_append_entries(&bytes).unwrap();
         let reference: Stamped<AppendEntriesRequest<TypeConfig>> = codec::decode(&bytes).unwrap();
         assert_eq!(codec::encode(&by_reference(&decoded)).unwrap(), bytes);
@@ -256,7 +260,7 @@ mod tests {
         }
         // What a follower keeps is what its log then writes, without encoding.
         let kept = EncodedEntries::default();
-        kept.keep(&decoded.rpc.entries, &bodies);
+        kept.keep(&decoded.rpc.entries, bodies);
         for entry in &request.rpc.entries {
             let mut changed = entry.clone();
             changed.payload = EntryPayload::Blank;
@@ -270,12 +274,13 @@ mod tests {
         let bytes = codec::encode(&by_reference(&stamped(entries(), None))).unwrap();
         let mut flipped = bytes.clone();
         flipped[40] ^= 1;
+        let flipped = Bytes::from(flipped);
         assert!(matches!(decode_append_entries(&flipped), Err(CodecError::Corrupt { .. })));
         let mut padded = codec::body_of(&bytes).to_vec();
         padded.push(0);
-        let padded = codec::frame(&padded);
+        let padded = Bytes::from(codec::frame(&padded));
         assert!(matches!(decode_append_entries(&padded), Err(CodecError::Malformed(_))));
-        let cut = codec::frame(&codec::body_of(&bytes)[..200]);
+        let cut = Bytes::from(codec::frame(&codec::body_of(&bytes)[..200]));
         assert!(matches!(decode_append_entries(&cut), Err(CodecError::Malformed(_))));
     }
 

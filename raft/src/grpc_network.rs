@@ -244,8 +244,7 @@ impl RaftNetwork<TypeConfig> for GrpcConnection {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let encoded = &self.encoded;
-        let sending = self.entries.start(&mut rpc, |entry| encoded.encoded_len(entry));
+        let sending = self.entries.start(&mut rpc, &self.encoded);
         let payload = self.encoded.encode_append_entries(&self.stamp(&rpc));
         let payload = payload.map_err(|e| network_error(&e))?;
         let result = self.call_encoded(Rpc::AppendEntries, payload, option.hard_ttl()).await;
@@ -360,7 +359,7 @@ impl RaftService for RaftRpcServer {
         let ((raft, encoded), payload) = self.open(request)?;
         let (stamped, bodies) = encoded::decode_append_entries(&payload).map_err(undecodable)?;
         let rpc = self.admit(raft, stamped)?;
-        encoded.keep(&rpc.entries, &bodies);
+        encoded.keep(&rpc.entries, bodies);
         reply(&raft.append_entries(rpc).await)
     }
 

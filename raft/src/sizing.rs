@@ -20,7 +20,7 @@
     reason = "openraft's RaftNetwork returns its large RPCError by value; this passes it on"
 )]
 
-use crate::codec::CodecError;
+use crate::encoded::EncodedEntries;
 use crate::types::{Entry, LogId, Member, NodeId, TypeConfig};
 use crate::{ENTRY_BYTES_MAX, SNAPSHOT_CHUNK_TIMEOUT};
 use openraft::error::{RPCError, RaftError};
@@ -71,17 +71,16 @@ pub struct Sending {
 
 impl AppendBudget {
     /// Cuts `rpc` to the entries the budget allows (at least one) before it is sent, each
-    /// entry taking the bytes `encoded_len` gives (`codec::encoded_len`, or what a node's
-    /// kept encodings know: `encoded.rs`).
+    /// sized from its body if `encoded` keeps it (`encoded.rs`), else by encoding it.
     pub fn start(
         &mut self,
         rpc: &mut AppendEntriesRequest<TypeConfig>,
-        encoded_len: impl Fn(&Entry) -> Result<usize, CodecError>,
+        encoded: &EncodedEntries,
     ) -> Sending {
         if let Some(bytes) = self.under_way.take() {
             self.timed_out(bytes);
         }
-        let (n_entries, bytes) = prefix(&rpc.entries, self.bytes_max, encoded_len);
+        let (n_entries, bytes) = prefix(&rpc.entries, self.bytes_max, encoded);
         let cut_after = (n_entries < rpc.entries.len()).then(|| {
             rpc.entries.truncate(n_entries);
             rpc.entries.last().map(|entry| entry.log_id)
@@ -137,15 +136,11 @@ impl AppendBudget {
 
 /// How many of `entries`, from the first, fit in `bytes_max` encoded bytes (at least one
 /// if there is one), and their bytes.
-fn prefix(
-    entries: &[Entry],
-    bytes_max: usize,
-    encoded_len: impl Fn(&Entry) -> Result<usize, CodecError>,
-) -> (usize, usize) {
+fn prefix(entries: &[Entry], bytes_max: usize, encoded: &EncodedEntries) -> (usize, usize) {
     let mut bytes = 0;
     for (n_entries, entry) in entries.iter().enumerate() {
         // An entry that does not encode fails the send itself; count it as the largest.
-        let entry_bytes = encoded_len(entry).unwrap_or(ENTRY_BYTES_MAX);
+        let entry_bytes = encoded.encoded_len(entry).unwrap_or(ENTRY_BYTES_MAX);
         if n_entries > 0 && bytes + entry_bytes > bytes_max {
             return (n_entries, bytes);
         }
@@ -175,7 +170,6 @@ pub fn snapshot_chunk_timeout(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::codec;
     use openraft::error::{Timeout, Unreachable};
     use openraft::network::RPCTypes;
     use solrouter_ledger::{AccountId, Batch, Command, Op, OpId};
@@ -214,23 +208,23 @@ pub(crate) mod tests {
     async fn a_request_is_cut_to_the_budget_and_its_success_is_partial() {
         let mut budget = AppendBudget::default();
         let mut rpc = request((1..=8).map(|index| entry_of(index, 300 * 1024)).collect());
-        let sending = budget.start(&mut rpc, codec::encoded_len);
+        let sending = budget.start(&mut rpc, &EncodedEntries::default());
         assert_eq!(rpc.entries.len(), 3, "3 × 300 KiB fit in 1 MiB");
         let answer = budget.finish(sending, TIMEOUT, Ok(AppendEntriesResponse::Success));
         let third = rpc.entries[2].log_id;
         assert_eq!(answer.unwrap(), AppendEntriesResponse::PartialSuccess(Some(third)));
 
         let mut rpc = request(vec![entry_of(1, 4 * APPEND_BYTES_FIRST)]);
-        let sending = budget.start(&mut rpc, codec::encoded_len);
+        let sending = budget.start(&mut rpc, &EncodedEntries::default());
         assert_eq!(rpc.entries.len(), 1, "one entry goes whatever its size");
         let answer = budget.finish(sending, TIMEOUT, Ok(AppendEntriesResponse::Success));
         assert_eq!(answer.unwrap(), AppendEntriesResponse::Success);
 
         let mut rpc = request((1..=8).map(|index| entry_of(index, 300 * 1024)).collect());
-        let sending = budget.start(&mut rpc, codec::encoded_len);
+        let sending = budget.start(&mut rpc, &EncodedEntries::default());
         let conflict = budget.finish(sending, TIMEOUT, Ok(AppendEntriesResponse::Conflict));
         assert_eq!(conflict.unwrap(), AppendEntriesResponse::Conflict);
-        let sending = budget.start(&mut rpc, codec::encoded_len);
+        let sending = budget.start(&mut rpc, &EncodedEntries::default());
         let unreachable = Unreachable::new(&std::io::Error::other("down"));
         let failed = budget.finish(sending, TIMEOUT, Err(RPCError::Unreachable(unreachable)));
         assert!(matches!(failed, Err(RPCError::Unreachable(_))));
@@ -244,16 +238,16 @@ pub(crate) mod tests {
     async fn the_budget_follows_the_peer_s_pace() {
         let mut budget = AppendBudget::default();
         let mut big = request((1..=8).map(|index| entry_of(index, 200 * 1024)).collect());
-        let sending = budget.start(&mut big, codec::encoded_len);
+        let sending = budget.start(&mut big, &EncodedEntries::default());
         let sent = sending.bytes;
         let _ = budget.finish(sending, TIMEOUT, timeout());
         assert_eq!(budget.bytes_max, sent / 2);
 
-        let sending = budget.start(&mut big.clone(), codec::encoded_len);
+        let sending = budget.start(&mut big.clone(), &EncodedEntries::default());
         let sent = sending.bytes;
         // openraft's timeout drops the call: the next start learns of it.
         drop(sending);
-        let sending = budget.start(&mut request(Vec::new()), codec::encoded_len);
+        let sending = budget.start(&mut request(Vec::new()), &EncodedEntries::default());
         assert_eq!(budget.bytes_max, sent / 2);
         let _ = budget.finish(sending, TIMEOUT, timeout());
         assert_eq!(budget.bytes_max, sent / 2, "a heartbeat's timeout says nothing");
@@ -261,13 +255,13 @@ pub(crate) mod tests {
         // A quick answer doubles it, a slow one (past half the timeout) shrinks it.
         let before = budget.bytes_max;
         let mut rpc = big.clone();
-        let sending = budget.start(&mut rpc, codec::encoded_len);
+        let sending = budget.start(&mut rpc, &EncodedEntries::default());
         tokio::time::advance(Duration::from_millis(1)).await;
         let _ = budget.finish(sending, TIMEOUT, Ok(AppendEntriesResponse::Success));
         assert_eq!(budget.bytes_max, before * 2);
         let before = budget.bytes_max;
         let mut rpc = big.clone();
-        let sending = budget.start(&mut rpc, codec::encoded_len);
+        let sending = budget.start(&mut rpc, &EncodedEntries::default());
         let sent = sending.bytes;
         tokio::time::advance(TIMEOUT).await;
         let _ = budget.finish(sending, TIMEOUT, Ok(AppendEntriesResponse::Success));
@@ -275,14 +269,14 @@ pub(crate) mod tests {
 
         let before = budget.bytes_max;
         let mut small = request(vec![entry_of(1, 100)]);
-        let sending = budget.start(&mut small, codec::encoded_len);
+        let sending = budget.start(&mut small, &EncodedEntries::default());
         tokio::time::advance(TIMEOUT).await;
         let _ = budget.finish(sending, TIMEOUT, Ok(AppendEntriesResponse::Success));
         assert_eq!(budget.bytes_max, before, "a small request's time is not its bytes'");
 
         let many = request((1..=8).map(|index| entry_of(index, 1024)).collect());
         for _ in 0..40 {
-            let sending = budget.start(&mut many.clone(), codec::encoded_len);
+            let sending = budget.start(&mut many.clone(), &EncodedEntries::default());
             let _ = budget.finish(sending, TIMEOUT, timeout());
         }
         assert_eq!(budget.bytes_max, APPEND_BYTES_MIN);

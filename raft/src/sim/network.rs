@@ -25,6 +25,7 @@ use crate::encoded::{self, EncodedEntries};
 use crate::incarnation::{self, Identity, Incarnation, Stamped};
 use crate::sizing::{self, AppendBudget};
 use crate::types::{Member, NodeId, Raft, TypeConfig};
+use bytes::Bytes;
 use openraft::error::{
     InstallSnapshotError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
@@ -485,6 +486,7 @@ impl SimConnection {
     {
         let (reply_tx, reply_rx) = oneshot::channel();
         let mut reply_tx = Some(reply_tx);
+        let payload = Bytes::from(payload);
         let (seq, delays) = self.net.plan(self.source, self.target, payload.len());
         for delay in delays {
             // Only the first copy's reply can reach the caller; a duplicate's is dropped.
@@ -523,8 +525,7 @@ impl RaftNetwork<TypeConfig> for SimConnection {
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         // openraft cancels the call at `hard_ttl`.
-        let encoded = &self.encoded;
-        let sending = self.entries.start(&mut rpc, |entry| encoded.encoded_len(entry));
+        let sending = self.entries.start(&mut rpc, &self.encoded);
         let payload = self.encoded.encode_append_entries(&self.stamp(&rpc));
         let result = self.call_encoded(Rpc::AppendEntries, payload.expect("entries encode")).await;
         let result = self.entries.finish(sending, option.hard_ttl(), result);
@@ -574,7 +575,7 @@ struct Delivery {
     group: u32,
     seq: u64,
     rpc: Rpc,
-    payload: Vec<u8>,
+    payload: Bytes,
     /// The encoded answer, or why the target refused the request.
     reply_tx: Option<oneshot::Sender<Result<Vec<u8>, String>>>,
 }
@@ -594,7 +595,7 @@ impl Delivery {
                     encoded::decode_append_entries(&self.payload).expect("raft requests decode");
                 match admit(&identity, &raft, stamped) {
                     Ok(rpc) => {
-                        encoded.keep(&rpc.entries, &bodies);
+                        encoded.keep(&rpc.entries, bodies);
                         Ok(encode(&raft.append_entries(rpc).await))
                     }
                     Err(refusal) => Err(refusal),
