@@ -1084,11 +1084,11 @@ impl<'txn> Tables<'txn> {
         // file only gateways wrote: then a time-ordered hold's record costs one insert).
         let mut holds_rows = !self.holds.is_empty()?;
         // Positions rather than the records (~150 bytes each to move), and small ones: a
-        // loaded node's transaction holds tens of thousands.
+        // loaded node's transaction holds tens of thousands. A stable sort.
         let mut order: Vec<u32> = (0..u32::try_from(settled.len())
             .expect("a transaction holds fewer than 2^32 records"))
             .collect();
-        order.sort_unstable_by_key(|&at| (settled[at as usize].1 .0, at));
+        order.sort_by_key(|&at| settled[at as usize].1);
         for (account, hold, record) in order.into_iter().map(|at| &settled[at as usize]) {
             let created_ms = record.created_ms;
             bytes.clear();
