@@ -19,7 +19,7 @@ use crate::grpc::GroupRequest;
 use crate::history::{ExportPage, HistoryCursor};
 use crate::membership::LEARNER_CATCH_UP_TIMEOUT;
 use crate::node::group_of_account;
-use crate::reads::{bounded, GroupAccess};
+use crate::reads::GroupAccess;
 use crate::tls::{self, TlsConfig};
 use crate::wire::{
     Consistency, MembershipChange, Read, ReadAnswer, ReadRequest, Topology, WireError,
@@ -207,7 +207,7 @@ impl LedgerClient {
             read: Read::HistoryExport { after },
             consistency: Consistency::Linearizable,
         };
-        match bounded(Some(CLIENT_CALL_DEADLINE), self.read_group(group_idx, request)).await? {
+        match self.read_group(group_idx, request, self.read_deadline()).await? {
             ReadAnswer::HistoryExport(page) => Ok(page),
             other => {
                 Err(LedgerError::Invalid(format!("asked for a history export, got {other:?}")))
@@ -280,18 +280,20 @@ impl GroupAccess for LedgerClient {
         reply_rx.await.map_err(|_| LedgerError::Shutdown)?
     }
 
-    fn call_deadline(&self) -> Option<Duration> {
-        Some(CLIENT_CALL_DEADLINE)
+    fn read_deadline(&self) -> Option<Instant> {
+        Some(Instant::now() + CLIENT_CALL_DEADLINE)
     }
 
+    /// Without a `deadline`, within [`CLIENT_CALL_DEADLINE`] from now.
     async fn read_group(
         &self,
         group_idx: u32,
         request: ReadRequest,
+        deadline: Option<Instant>,
     ) -> Result<ReadAnswer, LedgerError> {
         let consistency = request.consistency;
         let payload = encode(&request)?;
-        let budget = Budget::call();
+        let budget = deadline.map_or_else(Budget::call, Budget::until);
         match consistency {
             Consistency::Linearizable => {
                 self.shared.at_leader(Method::Query, group_idx, payload, budget).await

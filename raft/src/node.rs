@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio::time::MissedTickBehavior;
 
 /// The node id of a single-node cluster.
@@ -660,14 +661,16 @@ impl GroupAccess for LedgerNode {
     }
 
     /// None: a local call has only its group's own bounds (`SUBMIT_TIMEOUT` for a submit).
-    fn call_deadline(&self) -> Option<Duration> {
+    fn read_deadline(&self) -> Option<Instant> {
         None
     }
 
+    /// Bounded by the group's own timeouts; the `deadline` is the caller's.
     async fn read_group(
         &self,
         group_idx: u32,
         request: ReadRequest,
+        _deadline: Option<Instant>,
     ) -> Result<ReadAnswer, LedgerError> {
         let group = self.group_at(group_idx)?;
         // A linearizable read of the history waits, like one of the ledger, until this

@@ -2,46 +2,50 @@
 //! [`LedgerNode`], the remote [`LedgerClient`] and [`LedgerHandle`] (either). Each of them
 //! only answers one group's [`Read`] and submits one command ([`GroupAccess`]); this module
 //! routes each read to its account's group, or to every group and merges the answers, and
-//! bounds every call by the handle's deadline.
+//! gives every group call of a read the read's one deadline.
 
 use crate::client::LedgerClient;
 use crate::error::LedgerError;
 use crate::history::{HistoryPage, HistoryQuery, UsageQuery, UsageRow};
 use crate::node::{group_of_account, LedgerNode};
 use crate::wire::{merge_audits, Consistency, Read, ReadAnswer, ReadRequest};
-use futures_util::future::Either;
-use futures_util::FutureExt;
 use solrouter_ledger::{
     Account, AccountId, Audit, Command, HoldId, Key, KeyHash, KeyId, Outcome, RequestRecord,
     SessionId, TopUpView, User, UserId, USER_DIRECTORY,
 };
 use std::future::Future;
-use std::time::Duration;
+use tokio::time::Instant;
 
 /// What [`LedgerApi`] is built on: one group's reads and one command's submit. Public in a
 /// private module, so no other crate can name or implement it (`LedgerApi` is sealed).
 pub trait GroupAccess: Sync {
     fn n_groups(&self) -> u32;
 
+    /// One group's answer to `request`, by `deadline` when there is one (see
+    /// [`GroupAccess::read_deadline`]).
     fn read_group(
         &self,
         group_idx: u32,
         request: ReadRequest,
+        deadline: Option<Instant>,
     ) -> impl Future<Output = Result<ReadAnswer, LedgerError>> + Send;
 
     /// Submits `command` to its account's group, within the handle's own bound (a node's
     /// [`SUBMIT_TIMEOUT`](crate::SUBMIT_TIMEOUT), a client's
     /// [`CLIENT_CALL_DEADLINE`](crate::CLIENT_CALL_DEADLINE), which goes with the command
-    /// into its batch instead of a timer per command); not bounded again by
-    /// [`GroupAccess::call_deadline`].
+    /// into its batch instead of a timer per command).
     fn submit_command(
         &self,
         command: Command,
     ) -> impl Future<Output = Result<Outcome, LedgerError>> + Send;
 
-    /// The overall deadline of one [`LedgerApi`] read, every attempt included; `None` when
-    /// the handle's own timeouts bound its calls.
-    fn call_deadline(&self) -> Option<Duration>;
+    /// When a [`LedgerApi`] read that starts now must be answered, every attempt and every
+    /// group it asks included; `None` when the handle's own timeouts bound its calls.
+    ///
+    /// The deadline goes into the read's group calls instead of a timer around them: one
+    /// around them fired first when the last attempt was still under way, and the read
+    /// failed "no outcome within 5s" instead of saying why its attempts failed.
+    fn read_deadline(&self) -> Option<Instant>;
 }
 
 /// The typed submits and reads of a ledger, alike in meaning for a node in this process
@@ -66,12 +70,12 @@ pub trait LedgerApi: GroupAccess {
         account: AccountId,
         consistency: Consistency,
     ) -> impl Future<Output = Result<Option<Account>, LedgerError>> + Send {
-        bounded(self.call_deadline(), async move {
+        async move {
             match read_account_group(self, account, Read::Account(account), consistency).await? {
                 ReadAnswer::Account(found) => Ok(found),
                 other => Err(mismatch("account", &other)),
             }
-        })
+        }
     }
 
     /// The key whose secret hashes to `hash`, if it belongs to `account`. Keys live in
@@ -83,12 +87,12 @@ pub trait LedgerApi: GroupAccess {
         hash: KeyHash,
         consistency: Consistency,
     ) -> impl Future<Output = Result<Option<(KeyId, Key)>, LedgerError>> + Send {
-        bounded(self.call_deadline(), async move {
+        async move {
             match read_account_group(self, account, Read::KeyByHash(hash), consistency).await? {
                 ReadAnswer::KeyByHash(found) => Ok(found.filter(|(_, key)| key.account == account)),
                 other => Err(mismatch("key by hash", &other)),
             }
-        })
+        }
     }
 
     /// A key by id alone (the admin API's revocation), which may be in any group: asks
@@ -98,17 +102,18 @@ pub trait LedgerApi: GroupAccess {
         key: KeyId,
         consistency: Consistency,
     ) -> impl Future<Output = Result<Option<Key>, LedgerError>> + Send {
-        bounded(self.call_deadline(), async move {
+        async move {
+            let deadline = self.read_deadline();
             for group_idx in 0..self.n_groups() {
                 let request = ReadRequest { read: Read::Key(key), consistency };
-                match self.read_group(group_idx, request).await? {
+                match self.read_group(group_idx, request, deadline).await? {
                     ReadAnswer::Key(Some(found)) => return Ok(Some(found)),
                     ReadAnswer::Key(None) => {}
                     other => return Err(mismatch("key", &other)),
                 }
             }
             Ok(None)
-        })
+        }
     }
 
     /// Key `key`, if it belongs to `account`: one read of the account's group.
@@ -118,12 +123,12 @@ pub trait LedgerApi: GroupAccess {
         key: KeyId,
         consistency: Consistency,
     ) -> impl Future<Output = Result<Option<Key>, LedgerError>> + Send {
-        bounded(self.call_deadline(), async move {
+        async move {
             match read_account_group(self, account, Read::Key(key), consistency).await? {
                 ReadAnswer::Key(found) => Ok(found.filter(|found| found.account == account)),
                 other => Err(mismatch("key", &other)),
             }
-        })
+        }
     }
 
     /// Every key of `account` (at most `KEYS_PER_ACCOUNT_MAX`), revoked ones included.
@@ -132,12 +137,12 @@ pub trait LedgerApi: GroupAccess {
         account: AccountId,
         consistency: Consistency,
     ) -> impl Future<Output = Result<Vec<(KeyId, Key)>, LedgerError>> + Send {
-        bounded(self.call_deadline(), async move {
+        async move {
             match read_account_group(self, account, Read::KeysOf(account), consistency).await? {
                 ReadAnswer::Keys(keys) => Ok(keys),
                 other => Err(mismatch("keys", &other)),
             }
-        })
+        }
     }
 
     /// The request record of a settled hold, if `account` paid for it.
@@ -147,13 +152,13 @@ pub trait LedgerApi: GroupAccess {
         hold: HoldId,
         consistency: Consistency,
     ) -> impl Future<Output = Result<Option<RequestRecord>, LedgerError>> + Send {
-        bounded(self.call_deadline(), async move {
+        async move {
             let read = Read::Record { account, hold };
             match read_account_group(self, account, read, consistency).await? {
                 ReadAnswer::Record(found) => Ok(found),
                 other => Err(mismatch("record", &other)),
             }
-        })
+        }
     }
 
     /// A page of an account's request history, newest first.
@@ -162,13 +167,13 @@ pub trait LedgerApi: GroupAccess {
         query: HistoryQuery,
         consistency: Consistency,
     ) -> impl Future<Output = Result<HistoryPage, LedgerError>> + Send {
-        bounded(self.call_deadline(), async move {
+        async move {
             let account = query.account;
             match read_account_group(self, account, Read::History(query), consistency).await? {
                 ReadAnswer::History(page) => Ok(page),
                 other => Err(mismatch("history", &other)),
             }
-        })
+        }
     }
 
     /// An account's usage per bucket, key and model.
@@ -177,13 +182,13 @@ pub trait LedgerApi: GroupAccess {
         query: UsageQuery,
         consistency: Consistency,
     ) -> impl Future<Output = Result<Vec<UsageRow>, LedgerError>> + Send {
-        bounded(self.call_deadline(), async move {
+        async move {
             let account = query.account;
             match read_account_group(self, account, Read::Usage(query), consistency).await? {
                 ReadAnswer::Usage(rows) => Ok(rows),
                 other => Err(mismatch("usage", &other)),
             }
-        })
+        }
     }
 
     /// The top-ups of `account`, oldest first.
@@ -192,12 +197,12 @@ pub trait LedgerApi: GroupAccess {
         account: AccountId,
         consistency: Consistency,
     ) -> impl Future<Output = Result<Vec<TopUpView>, LedgerError>> + Send {
-        bounded(self.call_deadline(), async move {
+        async move {
             match read_account_group(self, account, Read::TopUps(account), consistency).await? {
                 ReadAnswer::TopUps(top_ups) => Ok(top_ups),
                 other => Err(mismatch("top-ups", &other)),
             }
-        })
+        }
     }
 
     /// A dashboard user by id, from the user directory.
@@ -206,12 +211,12 @@ pub trait LedgerApi: GroupAccess {
         user: UserId,
         consistency: Consistency,
     ) -> impl Future<Output = Result<Option<User>, LedgerError>> + Send {
-        bounded(self.call_deadline(), async move {
+        async move {
             match read_account_group(self, USER_DIRECTORY, Read::User(user), consistency).await? {
                 ReadAnswer::User(found) => Ok(found),
                 other => Err(mismatch("user", &other)),
             }
-        })
+        }
     }
 
     /// A dashboard user by lower-case email, from the user directory.
@@ -220,13 +225,13 @@ pub trait LedgerApi: GroupAccess {
         email: String,
         consistency: Consistency,
     ) -> impl Future<Output = Result<Option<(UserId, User)>, LedgerError>> + Send {
-        bounded(self.call_deadline(), async move {
+        async move {
             let read = Read::UserByEmail(email);
             match read_account_group(self, USER_DIRECTORY, read, consistency).await? {
                 ReadAnswer::UserByEmail(found) => Ok(found),
                 other => Err(mismatch("user by email", &other)),
             }
-        })
+        }
     }
 
     /// The users of `account`, from the user directory.
@@ -235,13 +240,13 @@ pub trait LedgerApi: GroupAccess {
         account: AccountId,
         consistency: Consistency,
     ) -> impl Future<Output = Result<Vec<(UserId, User)>, LedgerError>> + Send {
-        bounded(self.call_deadline(), async move {
+        async move {
             let read = Read::Members(account);
             match read_account_group(self, USER_DIRECTORY, read, consistency).await? {
                 ReadAnswer::Members(found) => Ok(found),
                 other => Err(mismatch("members", &other)),
             }
-        })
+        }
     }
 
     /// Whether `session` of `account` was revoked.
@@ -251,13 +256,13 @@ pub trait LedgerApi: GroupAccess {
         session: SessionId,
         consistency: Consistency,
     ) -> impl Future<Output = Result<bool, LedgerError>> + Send {
-        bounded(self.call_deadline(), async move {
+        async move {
             let read = Read::SessionRevoked(session);
             match read_account_group(self, account, read, consistency).await? {
                 ReadAnswer::SessionRevoked(revoked) => Ok(revoked),
                 other => Err(mismatch("session revoked", &other)),
             }
-        })
+        }
     }
 
     /// The bank check of every group, merged. Each group is read on its own, so with
@@ -267,32 +272,34 @@ pub trait LedgerApi: GroupAccess {
         &self,
         consistency: Consistency,
     ) -> impl Future<Output = Result<Audit, LedgerError>> + Send {
-        bounded(self.call_deadline(), async move {
+        async move {
+            let deadline = self.read_deadline();
             let mut audits = Vec::with_capacity(self.n_groups() as usize);
             for group_idx in 0..self.n_groups() {
                 let request = ReadRequest { read: Read::Audit, consistency };
-                match self.read_group(group_idx, request).await? {
+                match self.read_group(group_idx, request, deadline).await? {
                     ReadAnswer::Audit(audit) => audits.push(audit),
                     other => return Err(mismatch("audit", &other)),
                 }
             }
             Ok(merge_audits(audits))
-        })
+        }
     }
 
     /// Succeeds when every group has a leader that a quorum confirms.
     fn ready(&self) -> impl Future<Output = Result<(), LedgerError>> + Send {
-        bounded(self.call_deadline(), async move {
+        async move {
+            let deadline = self.read_deadline();
             for group_idx in 0..self.n_groups() {
                 let request =
                     ReadRequest { read: Read::Ping, consistency: Consistency::Linearizable };
-                match self.read_group(group_idx, request).await? {
+                match self.read_group(group_idx, request, deadline).await? {
                     ReadAnswer::Ping => {}
                     other => return Err(mismatch("ping", &other)),
                 }
             }
             Ok(())
-        })
+        }
     }
 }
 
@@ -326,10 +333,15 @@ impl GroupAccess for LedgerHandle {
         &self,
         group_idx: u32,
         request: ReadRequest,
+        deadline: Option<Instant>,
     ) -> Result<ReadAnswer, LedgerError> {
         match self {
-            LedgerHandle::Local(node) => Box::pin(node.read_group(group_idx, request)).await,
-            LedgerHandle::Remote(client) => Box::pin(client.read_group(group_idx, request)).await,
+            LedgerHandle::Local(node) => {
+                Box::pin(node.read_group(group_idx, request, deadline)).await
+            }
+            LedgerHandle::Remote(client) => {
+                Box::pin(client.read_group(group_idx, request, deadline)).await
+            }
         }
     }
 
@@ -340,29 +352,11 @@ impl GroupAccess for LedgerHandle {
         }
     }
 
-    fn call_deadline(&self) -> Option<Duration> {
+    fn read_deadline(&self) -> Option<Instant> {
         match self {
-            LedgerHandle::Local(node) => node.call_deadline(),
-            LedgerHandle::Remote(client) => client.call_deadline(),
+            LedgerHandle::Local(node) => node.read_deadline(),
+            LedgerHandle::Remote(client) => client.read_deadline(),
         }
-    }
-}
-
-/// `call` within `deadline`, if there is one, failing with `Timeout` when it passes.
-///
-/// Not an `async fn`: one would keep `call` twice in its state (once as the argument not
-/// yet started, once inside the `Timeout` it awaits), doubling every ledger call's future
-/// and what each `.await` above it copies (6.5 KB for a key read, 3.4 KB for a submit).
-pub(crate) fn bounded<T>(
-    deadline: Option<Duration>,
-    call: impl Future<Output = Result<T, LedgerError>>,
-) -> impl Future<Output = Result<T, LedgerError>> {
-    match deadline {
-        Some(deadline) => Either::Left(
-            tokio::time::timeout(deadline, call)
-                .map(move |answer| answer.unwrap_or(Err(LedgerError::Timeout(deadline)))),
-        ),
-        None => Either::Right(call),
     }
 }
 
@@ -373,7 +367,8 @@ async fn read_account_group<R: GroupAccess + ?Sized>(
     consistency: Consistency,
 ) -> Result<ReadAnswer, LedgerError> {
     let group_idx = group_of_account(account, reader.n_groups());
-    reader.read_group(group_idx, ReadRequest { read, consistency }).await
+    let request = ReadRequest { read, consistency };
+    reader.read_group(group_idx, request, reader.read_deadline()).await
 }
 
 /// An answer of the wrong kind: client and server disagree about the protocol.

@@ -107,7 +107,7 @@ impl LedgerService for LedgerRpcServer {
     async fn query(&self, request: Request<GroupRequest>) -> RpcResult {
         let call: Call<ReadRequest> = decode(request)?;
         let answer = match self.node(call.meant_for) {
-            Ok(node) => node.read_group(call.group_idx, call.payload).await,
+            Ok(node) => node.read_group(call.group_idx, call.payload, None).await,
             Err(e) => Err(e),
         };
         reply(answer)
