@@ -375,3 +375,65 @@ async fn read_account_group<R: GroupAccess + ?Sized>(
 fn mismatch(asked: &str, answer: &ReadAnswer) -> LedgerError {
     LedgerError::Invalid(format!("asked for {asked}, got {answer:?}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use solrouter_ledger::KeyId;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Two groups, like a client's: group 0 answers at once, group 1 fails with its
+    /// reason a moment after the deadline it is handed, as a client's last attempt does
+    /// when it is still under way at the deadline (its RPC's timeout is cut to the
+    /// deadline and fires in the timer's next tick).
+    struct SecondRefuses {
+        deadlines: Mutex<Vec<Option<Instant>>>,
+    }
+
+    impl GroupAccess for SecondRefuses {
+        fn n_groups(&self) -> u32 {
+            2
+        }
+
+        async fn read_group(
+            &self,
+            group_idx: u32,
+            _request: ReadRequest,
+            deadline: Option<Instant>,
+        ) -> Result<ReadAnswer, LedgerError> {
+            self.deadlines.lock().unwrap().push(deadline);
+            if group_idx == 0 {
+                return Ok(ReadAnswer::Key(None));
+            }
+            let deadline = deadline.expect("a client's read has a deadline");
+            tokio::time::sleep_until(deadline + Duration::from_millis(1)).await;
+            Err(LedgerError::Unavailable { reason: "the node the caller knew is gone".into() })
+        }
+
+        async fn submit_command(&self, _command: Command) -> Result<Outcome, LedgerError> {
+            unreachable!("the test only reads")
+        }
+
+        fn read_deadline(&self) -> Option<Instant> {
+            Some(Instant::now() + Duration::from_secs(5))
+        }
+    }
+
+    impl LedgerApi for SecondRefuses {}
+
+    /// A read that asks several groups gives each the read's one deadline, and puts no
+    /// timer of its own over them: it fails with the reason its last group call gave,
+    /// not with a bare timeout (session 35's CI failed on a 5-s timer around the reads
+    /// that fired while the client's last attempt was under way).
+    #[tokio::test(start_paused = true)]
+    async fn a_read_keeps_one_deadline_and_reports_why_its_group_call_failed() {
+        let ledger = SecondRefuses { deadlines: Mutex::default() };
+        let started = Instant::now();
+        let failed = ledger.key(KeyId(7), Consistency::Linearizable).await.unwrap_err();
+        assert!(failed.to_string().contains("the node the caller knew is gone"), "{failed}");
+        let deadlines = ledger.deadlines.lock().unwrap().clone();
+        let deadline = Some(started + Duration::from_secs(5));
+        assert_eq!(deadlines, [deadline, deadline], "one deadline for the read's group calls");
+    }
+}
