@@ -665,7 +665,8 @@ impl GroupAccess for LedgerNode {
         None
     }
 
-    /// Bounded by the group's own timeouts; the `deadline` is the caller's.
+    /// Bounded by the group's own timeouts: a node's reads have no `deadline` (its
+    /// `read_deadline` is `None`, and a remote caller's RPC carries its own timeout).
     async fn read_group(
         &self,
         group_idx: u32,

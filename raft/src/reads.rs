@@ -21,8 +21,9 @@ use tokio::time::Instant;
 pub trait GroupAccess: Sync {
     fn n_groups(&self) -> u32;
 
-    /// One group's answer to `request`, by `deadline` when there is one (see
-    /// [`GroupAccess::read_deadline`]).
+    /// One group's answer to `request`. A client keeps to `deadline` (the read's, from
+    /// [`GroupAccess::read_deadline`]; without one, its own from now); a node has its
+    /// group's own bounds and no deadline of its own to keep.
     fn read_group(
         &self,
         group_idx: u32,
