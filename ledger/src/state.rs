@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 mod legacy;
+mod packed;
 pub use legacy::{LedgerV7, LedgerV8};
+use packed::PackedEnded;
 
 /// The state's maps: persistent, keyed by ids and key digests, hashed with foldhash
 /// (seeded per process, as std's SipHash is, for a fraction of its instructions). The one
@@ -592,7 +594,7 @@ pub struct User {
 
 /// A hold that ended (settled, released or expired), kept to answer a retry of its
 /// reserve, settle or release the way the first attempt was answered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Ended {
     /// The hold as its reserve made it; `None` when a settle ended a hold never reserved
     /// here, or the hold was carried over from format version 8 (whose op-id window still
@@ -702,10 +704,6 @@ fn take_hold(
     entry
 }
 
-/// An ended hold's entry in memory, index slots aside: kept to a few words, since the
-/// ledger holds one per request of the last [`HOLDS_REMEMBERED_FOR_MS`].
-const _: () = assert!(std::mem::size_of::<Ended>() <= 128);
-
 /// The result of the bank check over every account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Audit {
@@ -742,7 +740,7 @@ pub struct Ledger {
     /// until [`HOLDS_REMEMBERED_FOR_MS`] of batch stamps past its end. A settle's request
     /// record itself leaves the state machine: [`settled_records`] hands it to the
     /// history store.
-    ended: Window<Ended>,
+    ended: Window<PackedEnded>,
     /// Idempotency window: op id → (fingerprint of the op, outcome), until
     /// [`OPS_REMEMBERED_FOR_MS`] of batch stamps past the one that applied it, for the
     /// operations not deduplicated by hold or by account (applied top-ups are in
@@ -848,7 +846,7 @@ impl Ledger {
     /// expired or was released), for [`HOLDS_REMEMBERED_FOR_MS`] from now.
     fn end_hold(&mut self, hold: HoldId, ended: Ended) {
         let forget_at_ms = self.stamp_ms.saturating_add(HOLDS_REMEMBERED_FOR_MS);
-        self.ended.insert(hold.0, forget_at_ms, ended);
+        self.ended.insert(hold.0, forget_at_ms, PackedEnded::from(ended));
     }
 
     fn apply_op(&mut self, id: OpId, op: &Op) -> Outcome {
@@ -988,7 +986,7 @@ impl Ledger {
                 Err(Rejection::HoldExists)
             };
         }
-        if let Some(ended) = self.ended.get(hold.0) {
+        if let Some(ended) = self.ended.get(hold.0).map(PackedEnded::unpack) {
             return match ended.reservation {
                 Some(made) if made.reserve(hold) == op => Ok(made.reply()),
                 _ => Err(Rejection::HoldExists),
@@ -1055,7 +1053,7 @@ impl Ledger {
             Some(_) => Err(Rejection::UnknownHold),
             // A retried release answers its first reply; any other release of an ended
             // hold (expired, settled, another account's) finds nothing to release.
-            None => match self.ended.get(hold.0).and_then(|ended| ended.reservation) {
+            None => match self.ended.get(hold.0).and_then(|ended| ended.unpack().reservation) {
                 Some(made) if made.released && made.account == account => {
                     Ok(Reply::Released { amount: made.amount })
                 }
@@ -1072,7 +1070,7 @@ impl Ledger {
         record: &RequestRecord,
         reserved_at_ms: u64,
     ) -> Outcome {
-        let ended = self.ended.get(hold.0);
+        let ended = self.ended.get(hold.0).map(PackedEnded::unpack);
         if let Some(settled) = ended.and_then(|ended| ended.settled) {
             // Settling twice (even under a new op id) changes nothing.
             return Ok(settled.reply());

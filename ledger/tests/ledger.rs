@@ -309,6 +309,33 @@ fn a_retried_reserve_answers_its_first_reply_for_the_hold_s_life_and_window() {
     assert_eq!(h.account().debits_pending, PicoUsd::ZERO);
 }
 
+/// The ledger keeps an ended hold's amounts in 64 bits when they fit; a hold of more than
+/// $18.4 million (2^64 pico-USD), or one that left more than $9.2 million available,
+/// answers its retries as exactly as any other.
+#[test]
+fn holds_of_amounts_beyond_64_bits_answer_their_retries_whole() {
+    let mut h = Harness::new();
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("25000000") });
+    let large = reserve(1, "20000000", 1_000);
+    let first_large = h.ok(large.clone());
+    let settled = h.ok(h.settle(1, "19000000.000000000001"));
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("10000000") });
+    let first_small = h.ok(reserve(2, "0.10", 1_000));
+    let left = |reply: &Reply| match reply {
+        Reply::Reserved { available, .. } => *available,
+        other => panic!("{other:?}"),
+    };
+    assert!(left(&first_large) < i64::MAX as i128 && left(&first_small) > i64::MAX as i128);
+    let released = Reply::Released { amount: usd("0.10") };
+    assert_eq!(h.ok(Op::Release { account: ACCOUNT, hold: HoldId(2) }), released);
+    h.stamp_ms += HOLDS_REMEMBERED_FOR_MS - 1;
+    assert_eq!(h.ok(large), first_large);
+    assert_eq!(h.ok(h.settle(1, "0.01")), settled);
+    assert_eq!(h.ok(reserve(2, "0.10", 1_000)), first_small);
+    assert_eq!(h.ok(Op::Release { account: ACCOUNT, hold: HoldId(2) }), released);
+    assert_eq!(h.account().debits_posted, usd("19000000.000000000001"));
+}
+
 /// A reserve of a hold that exists (live or ended) with another account, key, amount or
 /// time-to-live is refused as a conflict and changes nothing, as is a reserve of a hold a
 /// settle ended without a reserve here.

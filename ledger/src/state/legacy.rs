@@ -91,7 +91,7 @@ impl TryFrom<LedgerV8> for Ledger {
                 }
                 EndingV8::Released | EndingV8::Expired => None,
             };
-            (hold, forget_at_ms, Ended { reservation: None, settled })
+            (hold, forget_at_ms, PackedEnded::from(Ended { reservation: None, settled }))
         });
         Ok(Ledger {
             accounts: head.accounts,
