@@ -309,9 +309,10 @@ fn a_retried_reserve_answers_its_first_reply_for_the_hold_s_life_and_window() {
     assert_eq!(h.account().debits_pending, PicoUsd::ZERO);
 }
 
-/// The ledger keeps an ended hold's amounts in 64 bits when they fit; a hold of more than
-/// $18.4 million (2^64 pico-USD), or one that left more than $9.2 million available,
-/// answers its retries as exactly as any other.
+/// The ledger keeps an ended hold's amounts in 64 bits and the balance it left in 80 when
+/// they fit: a hold of more than $18.4 million (2^64 pico-USD), one that left more than
+/// $9.2 million (2^63) or more than $604 billion (2^79) available answer their retries as
+/// exactly as any other.
 #[test]
 fn holds_of_amounts_beyond_64_bits_answer_their_retries_whole() {
     let mut h = Harness::new();
@@ -319,20 +320,29 @@ fn holds_of_amounts_beyond_64_bits_answer_their_retries_whole() {
     let large = reserve(1, "20000000", 1_000);
     let first_large = h.ok(large.clone());
     let settled = h.ok(h.settle(1, "19000000.000000000001"));
-    h.ok(Op::Credit { account: ACCOUNT, amount: usd("10000000") });
-    let first_small = h.ok(reserve(2, "0.10", 1_000));
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("30000000") });
+    let first_rich = h.ok(reserve(2, "0.10", 1_000));
+    h.ok(Op::Credit { account: ACCOUNT, amount: AMOUNT_MAX });
+    let first_richest = h.ok(reserve(3, "0.10", 1_000));
     let left = |reply: &Reply| match reply {
         Reply::Reserved { available, .. } => *available,
         other => panic!("{other:?}"),
     };
-    assert!(left(&first_large) < i64::MAX as i128 && left(&first_small) > i64::MAX as i128);
+    assert!(left(&first_large) < 1 << 63);
+    assert!((1 << 63..1 << 79).contains(&left(&first_rich)));
+    assert!(left(&first_richest) >= 1 << 79);
     let released = Reply::Released { amount: usd("0.10") };
-    assert_eq!(h.ok(Op::Release { account: ACCOUNT, hold: HoldId(2) }), released);
+    for hold in [2, 3] {
+        assert_eq!(h.ok(Op::Release { account: ACCOUNT, hold: HoldId(hold) }), released);
+    }
     h.stamp_ms += HOLDS_REMEMBERED_FOR_MS - 1;
     assert_eq!(h.ok(large), first_large);
     assert_eq!(h.ok(h.settle(1, "0.01")), settled);
-    assert_eq!(h.ok(reserve(2, "0.10", 1_000)), first_small);
-    assert_eq!(h.ok(Op::Release { account: ACCOUNT, hold: HoldId(2) }), released);
+    assert_eq!(h.ok(reserve(2, "0.10", 1_000)), first_rich);
+    assert_eq!(h.ok(reserve(3, "0.10", 1_000)), first_richest);
+    for hold in [2, 3] {
+        assert_eq!(h.ok(Op::Release { account: ACCOUNT, hold: HoldId(hold) }), released);
+    }
     assert_eq!(h.account().debits_posted, usd("19000000.000000000001"));
 }
 

@@ -3,10 +3,10 @@
 //! (4.5 M entries in a node serving 75,000 lifecycles/s), so its size is most of a loaded
 //! node's memory and of the pages it touches. [`Ended`] keeps its five amounts as 128-bit
 //! integers (128 bytes, an entry of 160 with its id); a request's amounts fit 64 bits
-//! unless it moves more than $18 million (or its account holds more than $9 million), so
-//! the window keeps those in 64 bits (72 bytes, an entry of 96) and the rare hold that does
-//! not fit whole behind a pointer. Its serialized form is [`Ended`]'s, so snapshots read
-//! and write as before.
+//! unless it moves more than $18 million, and the balance it left fits 80 bits unless the
+//! account holds more than $604 billion, so the window keeps them so (72 bytes, an entry
+//! of 96) and the rare hold that does not fit whole behind a pointer. Its serialized form
+//! is [`Ended`]'s, so snapshots read and write as before.
 
 use super::{AccountId, Ended, KeyId, PicoUsd, Reservation, Settlement};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -26,7 +26,9 @@ pub(super) struct Narrow {
     key: KeyId,
     reserved_at_ms: u64,
     amount: u64,
-    available: i64,
+    /// The balance the reserve left: its low 64 bits, then the rest.
+    available_low: u64,
+    available_high: i16,
     charged: u64,
     released: u64,
     written_off: u64,
@@ -59,7 +61,7 @@ impl PackedEnded {
             account: narrow.account,
             key: narrow.key,
             amount: PicoUsd(u128::from(narrow.amount)),
-            available: i128::from(narrow.available),
+            available: i128::from(narrow.available_high) << 64 | i128::from(narrow.available_low),
             reserved_at_ms: narrow.reserved_at_ms,
             ttl_ms: narrow.ttl_ms,
             released: narrow.reserve == Reserve::Released,
@@ -100,7 +102,8 @@ impl PackedEnded {
             key: made.key,
             reserved_at_ms: made.reserved_at_ms,
             amount: narrow_amount(made.amount)?,
-            available: i64::try_from(made.available).ok()?,
+            available_low: made.available as u64,
+            available_high: i16::try_from(made.available >> 64).ok()?,
             charged: narrow_amount(settled.charged)?,
             released: narrow_amount(settled.released)?,
             written_off: narrow_amount(settled.written_off)?,
@@ -147,7 +150,14 @@ mod tests {
     fn ended() -> impl Strategy<Value = Ended> {
         let reservation = (
             (any::<u64>(), any::<u64>(), amount()),
-            (prop_oneof![any::<i64>().prop_map(i128::from), any::<i128>()], any::<u64>()),
+            (
+                prop_oneof![
+                    any::<i64>().prop_map(i128::from),
+                    -(1i128 << 80)..(1i128 << 80),
+                    any::<i128>()
+                ],
+                any::<u64>(),
+            ),
             (any::<u32>(), any::<bool>()),
         )
             .prop_map(
@@ -178,7 +188,7 @@ mod tests {
             prop_assert_eq!(packed.unpack(), ended);
             let fits = |amount: PicoUsd| amount.0 <= u128::from(u64::MAX);
             let narrow = ended.reservation.is_none_or(|made| {
-                fits(made.amount) && i64::try_from(made.available).is_ok()
+                fits(made.amount) && (-(1i128 << 79)..1i128 << 79).contains(&made.available)
             }) && ended.settled.is_none_or(|settled| {
                 fits(settled.charged) && fits(settled.released) && fits(settled.written_off)
             });
