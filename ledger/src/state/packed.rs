@@ -14,12 +14,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// An [`Ended`] in the fewest bytes its amounts allow.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum PackedEnded {
-    /// Every amount fits 64 bits: all but the largest accounts' holds.
+    /// Every amount fits 64 bits and the balance left 80: all but holds of more than $18
+    /// million and of accounts holding more than $604 billion.
     Narrow(Narrow),
     Wide(Box<Ended>),
 }
 
-/// An [`Ended`] whose amounts fit 64 bits. The parts it does not have are zero.
+/// An [`Ended`] whose amounts fit 64 bits and whose balance left fits 80. The parts it
+/// does not have are zero.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Narrow {
     account: AccountId,
@@ -74,7 +76,7 @@ impl PackedEnded {
         Ended { reservation, settled }
     }
 
-    /// The narrow form, if every amount fits it.
+    /// The narrow form, if every figure fits it.
     fn narrow(ended: &Ended) -> Option<Narrow> {
         let narrow_amount = |amount: PicoUsd| u64::try_from(amount.0).ok();
         let zero = Reservation {
