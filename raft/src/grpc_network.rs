@@ -19,12 +19,12 @@
 //! the previous answer, so a stream carries a request, then its answer, then the next. A
 //! unary call opens an HTTP/2 stream and runs a task on each end for every request; a
 //! round trip on a stream took about 45 % less CPU on a 2-core VM (docs/benchmarks.md,
-//! "Session 39"). The sender bounds each exchange by its timeout, and drops a stream whose exchange
-//! failed, timed out or was given up (openraft drops a call at its own timeout): the
-//! peer's late answer could otherwise be taken for the next request's. A peer without the
-//! stream (an older version, during a rolling upgrade) gets unary calls. A node shutting
-//! down ends the streams it serves ([`RaftRpcServer::close_streams`]), since its server's
-//! graceful shutdown waits for every stream to end.
+//! "Session 39"). The sender bounds each exchange by its timeout, and drops a stream
+//! whose exchange failed, timed out or was given up (openraft drops a call at its own
+//! timeout): the peer's late answer could otherwise be taken for the next request's. A
+//! peer without the stream (an older version, during a rolling upgrade) gets unary calls.
+//! A node shutting down ends the streams it serves ([`RaftRpcServer::close_streams`]),
+//! since its server's graceful shutdown waits for every stream to end.
 //!
 //! Every request is [`Stamped`] with the sender's and the target's incarnations, and the
 //! server refuses (`FAILED_PRECONDITION`) one the target's incarnation may not take
@@ -233,13 +233,11 @@ impl GrpcConnection {
             codec::decode(&reply.into_inner().payload).map_err(|e| network_error(&e))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
-}
 
-impl GrpcConnection {
     /// Sends the AppendEntries `payload` over the connection's stream (opened first if
-    /// none is), failing with a `Timeout` after `timeout`. A stream that failed or timed out
-    /// is dropped, so a late reply can never be taken for the next request's; the next call
-    /// opens another.
+    /// none is), failing with a `Timeout` after `timeout`. A stream whose exchange failed,
+    /// timed out or was given up is dropped, so a late reply can never be taken for the
+    /// next request's; the next call opens another.
     async fn append(
         &mut self,
         payload: Vec<u8>,
@@ -464,9 +462,7 @@ impl RaftRpcServer {
         }
         Ok(stamped.rpc)
     }
-}
 
-impl RaftRpcServer {
     /// Takes one AppendEntries, decoded with each entry's bytes, which the log then writes
     /// as they came.
     async fn append(&self, envelope: RaftRequest) -> Result<RaftReply, tonic::Status> {
