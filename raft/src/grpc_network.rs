@@ -635,7 +635,7 @@ mod tests {
     }
 
     impl TimingOut {
-        fn timed_out(&self) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        fn timed_out<T>(&self) -> Result<T, tonic::Status> {
             self.calls.fetch_add(1, Ordering::Relaxed);
             Err(tonic::Status::deadline_exceeded("the test peer never answers in time"))
         }
@@ -677,7 +677,7 @@ mod tests {
             &self,
             _: tonic::Request<tonic::Streaming<RaftRequest>>,
         ) -> Result<tonic::Response<AppendReplies>, tonic::Status> {
-            self.timed_out().map(|_| unreachable!("never answers"))
+            self.timed_out()
         }
     }
 
@@ -769,12 +769,14 @@ mod tests {
 
     /// A peer that takes AppendEntries as unary calls and, if `streams`, on streams too:
     /// it answers each once its bytes would have crossed a link of `bytes_per_ms` (if
-    /// given), `first_delay` later still for the very first, with a `PartialSuccess` naming
-    /// the request's last entry (so an answer tells which request it is for). It records
-    /// how many entries each carried, and counts the calls of each kind.
+    /// given), `first_delay` later still for the very first, with a `Success` as a follower
+    /// whose log matched does, or, if `names_last`, with a `PartialSuccess` naming the
+    /// request's last entry (so an answer tells which request it is for). It records how
+    /// many entries each carried, and counts the calls of each kind.
     #[derive(Clone, Default)]
     struct AppendPeer {
         streams: bool,
+        names_last: bool,
         bytes_per_ms: Option<u64>,
         first_delay: Duration,
         entries_per_call: Arc<std::sync::Mutex<Vec<usize>>>,
@@ -800,9 +802,13 @@ mod tests {
                 delay += self.first_delay;
             }
             tokio::time::sleep(delay).await;
-            let last = stamped.rpc.entries.last().map(|entry| entry.log_id);
             let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-                Ok(AppendEntriesResponse::PartialSuccess(last));
+                Ok(match self.names_last {
+                    true => AppendEntriesResponse::PartialSuccess(
+                        stamped.rpc.entries.last().map(|entry| entry.log_id),
+                    ),
+                    false => AppendEntriesResponse::Success,
+                });
             encode_reply(&answer)
         }
     }
@@ -888,7 +894,7 @@ mod tests {
     /// on a new stream and gets its own answer, never the late one.
     #[tokio::test]
     async fn appends_share_a_stream_and_a_late_answer_is_never_taken_for_the_next() {
-        let peer = AppendPeer { streams: true, ..AppendPeer::default() };
+        let peer = AppendPeer { streams: true, names_last: true, ..AppendPeer::default() };
         let mut connection = connection_to(peer.clone()).await;
         append_each(&mut connection, 1..=5).await;
         assert_eq!(peer.stream_opens.load(Ordering::Relaxed), 1, "a stream per call");
@@ -897,8 +903,12 @@ mod tests {
         // Given up by the connection at its timeout, and by its caller (as openraft drops a
         // call at its own timeout), a first request is answered late.
         for callers_timeout in [10 * HEARTBEAT, HEARTBEAT / 2] {
-            let slow =
-                AppendPeer { streams: true, first_delay: 4 * HEARTBEAT, ..AppendPeer::default() };
+            let slow = AppendPeer {
+                streams: true,
+                names_last: true,
+                first_delay: 4 * HEARTBEAT,
+                ..AppendPeer::default()
+            };
             let mut connection = connection_to(slow.clone()).await;
             let first = connection.append_entries(append_of(1..=1), RPCOption::new(HEARTBEAT));
             let given_up = tokio::time::timeout(callers_timeout, first).await;
@@ -912,7 +922,7 @@ mod tests {
     /// AppendEntries as unary calls, and the connection asks for a stream only once.
     #[tokio::test]
     async fn appends_to_a_peer_without_streams_go_as_unary_calls() {
-        let peer = AppendPeer { streams: false, ..AppendPeer::default() };
+        let peer = AppendPeer { streams: false, names_last: true, ..AppendPeer::default() };
         let mut connection = connection_to(peer.clone()).await;
         append_each(&mut connection, 1..=3).await;
         assert_eq!(peer.stream_opens.load(Ordering::Relaxed), 1);
