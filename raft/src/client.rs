@@ -11,11 +11,18 @@
 //! out together, up to [`CLIENT_BATCH_COMMANDS_MAX`] commands per RPC and
 //! [`CLIENT_RPCS_IN_FLIGHT_MAX`] RPCs per group at once; while those are in flight the
 //! next batch forms, so the batch size follows the load with no timer.
+//!
+//! Each of a group's RPC slots keeps a `SubmitStream` to the group's leader open
+//! ([`Lane`], `call_stream.rs`): a batch goes over its slot's stream instead of a unary
+//! call, which costs a new HTTP/2 stream and a task on each end. A slot whose call failed
+//! or timed out opens another stream; one whose leader has none (an older version) calls
+//! it unary.
 
+use crate::call_stream::{CallStream, Exchange};
 use crate::codec;
 use crate::error::LedgerError;
 use crate::grpc::ledger_service_client::LedgerServiceClient;
-use crate::grpc::GroupRequest;
+use crate::grpc::{GroupRequest, LedgerReply};
 use crate::history::{ExportPage, HistoryCursor};
 use crate::membership::LEARNER_CATCH_UP_TIMEOUT;
 use crate::node::group_of_account;
@@ -97,6 +104,48 @@ enum Method {
     Query,
     ChangeMembership,
     Topology,
+}
+
+/// One of a group's RPC slots: the submit stream its batches go over, kept from one batch
+/// to the next while the group's leader stays at the same address.
+#[derive(Default)]
+struct Lane {
+    /// The address the stream goes to.
+    addr: String,
+    stream: Option<CallStream<GroupRequest, LedgerReply>>,
+    /// Whether the node at `addr` has no `SubmitStream` (an older version): its submits go
+    /// as unary calls.
+    unary: bool,
+}
+
+impl Lane {
+    /// Submits `request` to `addr` over the lane's stream (opened first if it goes
+    /// elsewhere or there is none), or as a unary call to a node without streams.
+    async fn submit(
+        &mut self,
+        addr: &str,
+        mut client: LedgerServiceClient<Channel>,
+        request: GroupRequest,
+    ) -> Result<LedgerReply, tonic::Status> {
+        if self.addr != addr {
+            *self = Lane { addr: addr.to_owned(), stream: None, unary: false };
+        }
+        if !self.unary {
+            let streaming = client.clone();
+            let open = || {
+                CallStream::open(|outbound| async move {
+                    let mut client = streaming;
+                    client.submit_stream(outbound).await
+                })
+            };
+            match CallStream::exchange(&mut self.stream, request.clone(), open).await {
+                Ok(reply) => return Ok(reply),
+                Err(Exchange::Failed(status)) => return Err(status),
+                Err(Exchange::Unimplemented) => self.unary = true,
+            }
+        }
+        client.submit(request).await.map(tonic::Response::into_inner)
+    }
 }
 
 struct Pending {
@@ -246,7 +295,8 @@ impl LedgerClient {
                 rpc_timeout: MEMBERSHIP_RPC_TIMEOUT,
                 deadline: Instant::now() + MEMBERSHIP_CALL_DEADLINE,
             };
-            let () = self.shared.at_leader(method, group_idx, payload.clone(), budget).await?;
+            let payload = payload.clone();
+            let () = self.shared.at_leader(method, group_idx, payload, budget, None).await?;
         }
         Ok(())
     }
@@ -296,7 +346,7 @@ impl GroupAccess for LedgerClient {
         let budget = deadline.map_or_else(Budget::call, Budget::until);
         match consistency {
             Consistency::Linearizable => {
-                self.shared.at_leader(Method::Query, group_idx, payload, budget).await
+                self.shared.at_leader(Method::Query, group_idx, payload, budget, None).await
             }
             Consistency::Stale => {
                 self.shared.at_any(Method::Query, group_idx, payload, budget.deadline).await
@@ -306,9 +356,13 @@ impl GroupAccess for LedgerClient {
 }
 
 /// One group's batching loop: waits for a free RPC slot, takes whatever is queued (up to a
-/// full batch) and sends it in a task of its own. Ends when every `LedgerClient` is gone.
+/// full batch) and sends it in a task of its own, over a free [`Lane`]. Ends when every
+/// `LedgerClient` is gone.
 async fn dispatch(shared: Arc<Shared>, group_idx: u32, mut queue: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(CLIENT_RPCS_IN_FLIGHT_MAX));
+    // The lanes of the slots not taken (a task that panicked took its lane along; the
+    // slot's next batch starts a new one).
+    let lanes = Arc::new(Mutex::new(Vec::<Lane>::with_capacity(CLIENT_RPCS_IN_FLIGHT_MAX)));
     let mut batch = Vec::with_capacity(CLIENT_BATCH_COMMANDS_MAX);
     loop {
         let slot = Arc::clone(&slots).acquire_owned().await.expect("the semaphore is never closed");
@@ -317,8 +371,11 @@ async fn dispatch(shared: Arc<Shared>, group_idx: u32, mut queue: mpsc::Receiver
         }
         let pendings = std::mem::replace(&mut batch, Vec::with_capacity(CLIENT_BATCH_COMMANDS_MAX));
         let shared = Arc::clone(&shared);
+        let lanes = Arc::clone(&lanes);
         tokio::spawn(async move {
-            submit_batch(&shared, group_idx, pendings).await;
+            let mut lane = lanes.lock().expect("never poisoned").pop().unwrap_or_default();
+            submit_batch(&shared, group_idx, pendings, &mut lane).await;
+            lanes.lock().expect("never poisoned").push(lane);
             drop(slot);
         });
     }
@@ -328,7 +385,12 @@ async fn dispatch(shared: Arc<Shared>, group_idx: u32, mut queue: mpsc::Receiver
 /// whose deadline passed while it waited for an RPC slot (behind RPCs that are themselves
 /// bounded by deadlines no later than its own) is answered `Timeout` at once. So every
 /// command is answered by its deadline.
-async fn submit_batch(shared: &Shared, group_idx: u32, mut pendings: Vec<Pending>) {
+async fn submit_batch(
+    shared: &Shared,
+    group_idx: u32,
+    mut pendings: Vec<Pending>,
+    lane: &mut Lane,
+) {
     let now = Instant::now();
     for late in pendings.extract_if(.., |pending| pending.deadline <= now) {
         let _ = late.reply.send(Err(LedgerError::Timeout(CLIENT_CALL_DEADLINE)));
@@ -339,7 +401,8 @@ async fn submit_batch(shared: &Shared, group_idx: u32, mut pendings: Vec<Pending
     let submitted = match encode(&commands) {
         Ok(payload) => {
             let budget = Budget::until(deadline);
-            shared.at_leader::<Vec<Outcome>>(Method::Submit, group_idx, payload, budget).await
+            let lane = Some(lane);
+            shared.at_leader::<Vec<Outcome>>(Method::Submit, group_idx, payload, budget, lane).await
         }
         Err(e) => Err(e),
     };
@@ -476,20 +539,22 @@ impl Shared {
 
     /// Calls the group's leader: the cached one, else any node, following `NotLeader`
     /// hints and backing off after failures, until `budget.deadline`; then fails with the
-    /// last (retryable) error.
+    /// last (retryable) error. A submit goes over `lane`, if given.
     async fn at_leader<T: DeserializeOwned>(
         &self,
         method: Method,
         group_idx: u32,
         payload: Bytes,
         budget: Budget,
+        mut lane: Option<&mut Lane>,
     ) -> Result<T, LedgerError> {
         let mut backoff = CLIENT_BACKOFF_FIRST;
         let mut failed = None;
         loop {
             let Some(timeout) = budget.next_rpc_timeout() else { return Err(gave_up(failed)) };
             let target = self.leader_or_next(group_idx);
-            match self.call(&target, method, group_idx, payload.clone(), timeout).await {
+            let lane = lane.as_deref_mut();
+            match self.call(&target, method, group_idx, payload.clone(), timeout, lane).await {
                 Ok(answer) => {
                     self.set_leader(group_idx, &target);
                     return Ok(answer);
@@ -530,7 +595,7 @@ impl Shared {
         for _attempt in 0..n_addrs {
             let Some(timeout) = budget.next_rpc_timeout() else { break };
             let target = self.next_addr();
-            match self.call(&target, method, group_idx, payload.clone(), timeout).await {
+            match self.call(&target, method, group_idx, payload.clone(), timeout, None).await {
                 Ok(answer) => return Ok(answer),
                 Err(e) if e.is_retryable() => budget.keep_telling(&mut failed, e),
                 Err(e) => return Err(e),
@@ -539,6 +604,7 @@ impl Shared {
         Err(gave_up(failed))
     }
 
+    /// Makes one call to `addr`; a submit goes over `lane`, if given.
     async fn call<T: DeserializeOwned>(
         &self,
         addr: &str,
@@ -546,19 +612,22 @@ impl Shared {
         group: u32,
         payload: Bytes,
         timeout: Duration,
+        lane: Option<&mut Lane>,
     ) -> Result<T, LedgerError> {
         let (mut client, incarnation) = self.channel(addr)?;
-        let request = tonic::Request::new(GroupRequest { group, payload, incarnation });
+        let request = GroupRequest { group, payload, incarnation };
         let calling = async {
-            match method {
-                Method::Submit => client.submit(request).await,
-                Method::Query => client.query(request).await,
-                Method::ChangeMembership => client.change_membership(request).await,
-                Method::Topology => client.topology(request).await,
-            }
+            let reply = match (method, lane) {
+                (Method::Submit, Some(lane)) => return lane.submit(addr, client, request).await,
+                (Method::Submit, None) => client.submit(request).await,
+                (Method::Query, _) => client.query(request).await,
+                (Method::ChangeMembership, _) => client.change_membership(request).await,
+                (Method::Topology, _) => client.topology(request).await,
+            };
+            reply.map(tonic::Response::into_inner)
         };
         let reply = match tokio::time::timeout(timeout, calling).await {
-            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Ok(reply)) => reply,
             Ok(Err(status)) => return Err(from_status(addr, method, &status)),
             Err(_elapsed) => return Err(LedgerError::Timeout(timeout)),
         };
@@ -631,6 +700,147 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Bytes, LedgerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call_stream::{self, Closing, Replies};
+    use crate::grpc::ledger_service_server::{LedgerService, LedgerServiceServer};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::net::TcpListener;
+
+    /// A node's ledger API that answers each submit with its group's number, the first
+    /// one after `first_delay`, and counts the streams it was asked for and the unary
+    /// submits it took.
+    #[derive(Clone, Default)]
+    struct SubmitPeer {
+        /// Whether it serves `SubmitStream` (else: a node of an older version).
+        streams: bool,
+        first_delay: Duration,
+        taken: Arc<AtomicU64>,
+        stream_opens: Arc<AtomicU64>,
+        unary_submits: Arc<AtomicU64>,
+        closing: Closing,
+    }
+
+    impl SubmitPeer {
+        async fn take(self, request: GroupRequest) -> Result<LedgerReply, tonic::Status> {
+            if self.taken.fetch_add(1, Ordering::Relaxed) == 0 {
+                tokio::time::sleep(self.first_delay).await;
+            }
+            let answer: Result<u32, WireError> = Ok(request.group);
+            Ok(LedgerReply { payload: codec::encode(&answer).expect("encodable").into() })
+        }
+
+        /// Serves on a free port of 127.0.0.1 until the test's runtime ends; its address.
+        async fn serve(&self) -> String {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+            let addr = listener.local_addr().expect("a bound address").to_string();
+            let incoming = futures_util::stream::unfold(listener, |listener| async move {
+                Some((listener.accept().await.map(|(stream, _)| stream), listener))
+            });
+            let server = tonic::transport::Server::builder()
+                .add_service(LedgerServiceServer::new(self.clone()));
+            tokio::spawn(server.serve_with_incoming(incoming));
+            addr
+        }
+    }
+
+    #[tonic::async_trait]
+    impl LedgerService for SubmitPeer {
+        async fn submit(
+            &self,
+            request: tonic::Request<GroupRequest>,
+        ) -> Result<tonic::Response<LedgerReply>, tonic::Status> {
+            self.unary_submits.fetch_add(1, Ordering::Relaxed);
+            self.clone().take(request.into_inner()).await.map(tonic::Response::new)
+        }
+
+        type SubmitStreamStream = Replies<LedgerReply>;
+
+        async fn submit_stream(
+            &self,
+            request: tonic::Request<tonic::Streaming<GroupRequest>>,
+        ) -> Result<tonic::Response<Replies<LedgerReply>>, tonic::Status> {
+            self.stream_opens.fetch_add(1, Ordering::Relaxed);
+            if !self.streams {
+                return Err(tonic::Status::unimplemented("a node of an older version"));
+            }
+            let peer = self.clone();
+            let replies = call_stream::in_order(request.into_inner(), &self.closing, move |r| {
+                peer.clone().take(r)
+            });
+            Ok(tonic::Response::new(replies))
+        }
+
+        async fn query(
+            &self,
+            _: tonic::Request<GroupRequest>,
+        ) -> Result<tonic::Response<LedgerReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("submits only"))
+        }
+
+        async fn change_membership(
+            &self,
+            _: tonic::Request<GroupRequest>,
+        ) -> Result<tonic::Response<LedgerReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("submits only"))
+        }
+
+        async fn topology(
+            &self,
+            _: tonic::Request<GroupRequest>,
+        ) -> Result<tonic::Response<LedgerReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("submits only"))
+        }
+    }
+
+    /// A submit of group `group` to `addr` over `lane`, within `timeout`: the peer's answer.
+    async fn submit_over(
+        shared: &Shared,
+        addr: &str,
+        group: u32,
+        timeout: Duration,
+        lane: &mut Lane,
+    ) -> Result<u32, LedgerError> {
+        shared.call(addr, Method::Submit, group, Bytes::new(), timeout, Some(lane)).await
+    }
+
+    /// A lane's submits share one stream; one whose answer came too late leaves that
+    /// stream behind, so every later submit is answered with its own answer.
+    #[tokio::test]
+    async fn a_lane_s_submits_share_a_stream_and_a_late_answer_is_never_taken_for_the_next() {
+        let peer = SubmitPeer {
+            streams: true,
+            first_delay: Duration::from_millis(300),
+            ..SubmitPeer::default()
+        };
+        let addr = peer.serve().await;
+        let shared = Shared::new(1, std::slice::from_ref(&addr), Dial::Tcp(None));
+        let mut lane = Lane::default();
+        let late = submit_over(&shared, &addr, 1, Duration::from_millis(100), &mut lane).await;
+        assert!(matches!(late, Err(LedgerError::Timeout(_))), "{late:?}");
+        // Had the stream been kept, the first submit's answer would be taken for the next's.
+        for group in 2..8 {
+            let answer =
+                submit_over(&shared, &addr, group, Duration::from_secs(5), &mut lane).await;
+            assert_eq!(answer.expect("answered"), group);
+        }
+        assert_eq!(peer.stream_opens.load(Ordering::Relaxed), 2, "one after the timeout");
+        assert_eq!(peer.unary_submits.load(Ordering::Relaxed), 0);
+    }
+
+    /// A node without `SubmitStream` gets unary submits, and is asked for a stream once.
+    #[tokio::test]
+    async fn submits_to_a_node_without_streams_go_as_unary_calls() {
+        let peer = SubmitPeer::default();
+        let addr = peer.serve().await;
+        let shared = Shared::new(1, std::slice::from_ref(&addr), Dial::Tcp(None));
+        let mut lane = Lane::default();
+        for group in 1..4 {
+            let answer =
+                submit_over(&shared, &addr, group, Duration::from_secs(5), &mut lane).await;
+            assert_eq!(answer.expect("answered"), group);
+        }
+        assert_eq!(peer.stream_opens.load(Ordering::Relaxed), 1);
+        assert_eq!(peer.unary_submits.load(Ordering::Relaxed), 3);
+    }
 
     /// The error a call reports: a timeout the deadline cut short never hides why an
     /// earlier attempt failed; a full-length timeout, or a first attempt's, is reported.

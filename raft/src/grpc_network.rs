@@ -15,16 +15,12 @@
 //! `sizing`'s.
 //!
 //! AppendEntries, what a leader sends most, go over one long-lived `AppendEntriesStream`
-//! per replication connection instead: openraft sends them one at a time, each waiting for
-//! the previous answer, so a stream carries a request, then its answer, then the next. A
-//! unary call opens an HTTP/2 stream and runs a task on each end for every request; a
-//! round trip on a stream took about 45 % less CPU on a 2-core VM (docs/benchmarks.md,
-//! "Session 39"). The sender bounds each exchange by its timeout, and drops a stream
-//! whose exchange failed, timed out or was given up (openraft drops a call at its own
-//! timeout): the peer's late answer could otherwise be taken for the next request's. A
-//! peer without the stream (an older version, during a rolling upgrade) gets unary calls.
-//! A node shutting down ends the streams it serves ([`RaftRpcServer::close_streams`]),
-//! since its server's graceful shutdown waits for every stream to end.
+//! per replication connection instead (`call_stream.rs`): openraft sends them one at a
+//! time, each waiting for the previous answer, so a stream carries a request, then its
+//! answer, then the next. The sender bounds each exchange by its timeout; openraft drops a
+//! call at its own timeout, and the stream goes with it. A peer without the stream (an
+//! older version, during a rolling upgrade) gets unary calls. A node shutting down ends
+//! the streams it serves ([`RaftRpcServer::close_streams`]).
 //!
 //! Every request is [`Stamped`] with the sender's and the target's incarnations, and the
 //! server refuses (`FAILED_PRECONDITION`) one the target's incarnation may not take
@@ -32,6 +28,7 @@
 //! not there), so it backs off. [`identify`] asks a node who it is (`Identify`), before it
 //! is added or a cluster is founded.
 
+use crate::call_stream::{self, CallStream, Closing, Exchange, Replies};
 use crate::codec::{self, CodecError};
 use crate::encoded::{self, EncodedEntries};
 use crate::error::LedgerError;
@@ -134,14 +131,8 @@ pub struct GrpcConnection {
     unary_appends: bool,
 }
 
-/// An open `AppendEntriesStream`: requests go in on one side, their replies come back in
-/// the same order on the other.
-struct AppendStream {
-    requests: tokio::sync::mpsc::Sender<RaftRequest>,
-    replies: tonic::Streaming<RaftReply>,
-    /// Whether a request was sent and its answer not yet taken.
-    awaiting: bool,
-}
+/// An open `AppendEntriesStream`.
+type AppendStream = CallStream<RaftRequest, RaftReply>;
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = GrpcConnection;
@@ -247,8 +238,20 @@ impl GrpcConnection {
             return self.call_encoded(Rpc::AppendEntries, payload, timeout).await;
         }
         let request = RaftRequest { group: self.group, payload: payload.into() };
-        let exchanged = tokio::time::timeout(timeout, self.exchange(request.clone())).await;
-        let failure = match exchanged {
+        let client = match &self.client {
+            Ok(client) => client.clone(),
+            Err(reason) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&BadAddress(reason.clone()))))
+            }
+        };
+        let open = || {
+            CallStream::open(|outbound| async move {
+                let mut client = client;
+                client.append_entries_stream(outbound).await
+            })
+        };
+        let exchange = CallStream::exchange(&mut self.stream, request.clone(), open);
+        let failure = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(reply)) => {
                 let result: Result<_, RaftError<NodeId>> =
                     codec::decode(&reply.payload).map_err(|e| network_error(&e))?;
@@ -262,60 +265,8 @@ impl GrpcConnection {
             Ok(Err(Exchange::Failed(status))) => status,
             Err(_elapsed) => tonic::Status::deadline_exceeded("no answer on the stream in time"),
         };
-        self.stream = None;
         Err(classify(&failure, Rpc::AppendEntries, self.identity.node_id, self.target, timeout))
     }
-
-    /// Sends `request` over the stream, opening it first if needed, and waits for its reply.
-    async fn exchange(&mut self, request: RaftRequest) -> Result<RaftReply, Exchange> {
-        // An exchange given up while it waited (openraft drops a call at its own timeout)
-        // left its answer on the way: the stream is of no use to the next request.
-        if self.stream.as_ref().is_some_and(|stream| stream.awaiting) {
-            self.stream = None;
-        }
-        let stream = match &mut self.stream {
-            Some(stream) => stream,
-            None => {
-                let opened = self.open_stream().await?;
-                self.stream.insert(opened)
-            }
-        };
-        stream.awaiting = true;
-        let closed = || Exchange::Failed(tonic::Status::unavailable("the stream closed"));
-        stream.requests.send(request).await.map_err(|_| closed())?;
-        let reply = match stream.replies.message().await {
-            Ok(Some(reply)) => reply,
-            Ok(None) => return Err(closed()),
-            Err(status) => return Err(Exchange::Failed(status)),
-        };
-        stream.awaiting = false;
-        Ok(reply)
-    }
-
-    async fn open_stream(&self) -> Result<AppendStream, Exchange> {
-        let mut client = match &self.client {
-            Ok(client) => client.clone(),
-            Err(reason) => return Err(Exchange::Failed(tonic::Status::unavailable(reason))),
-        };
-        let (requests, mut queued) = tokio::sync::mpsc::channel(1);
-        let outbound = futures_util::stream::poll_fn(move |cx| queued.poll_recv(cx));
-        match client.append_entries_stream(outbound).await {
-            Ok(replies) => {
-                Ok(AppendStream { requests, replies: replies.into_inner(), awaiting: false })
-            }
-            Err(status) if status.code() == tonic::Code::Unimplemented => {
-                Err(Exchange::Unimplemented)
-            }
-            Err(status) => Err(Exchange::Failed(status)),
-        }
-    }
-}
-
-/// Why an exchange on an AppendEntries stream failed.
-enum Exchange {
-    /// The peer has no `AppendEntriesStream`.
-    Unimplemented,
-    Failed(tonic::Status),
 }
 
 /// What a gRPC failure means to openraft (see the module doc).
@@ -398,9 +349,8 @@ pub struct RaftRpcServer {
     identity: Identity,
     /// Whether a refusal was logged already: a refused peer retries every few heartbeats.
     refusal_logged: Arc<AtomicBool>,
-    /// Set when the node shuts down: the server's graceful shutdown waits for every stream
-    /// to end, and a peer's AppendEntries stream would otherwise never end.
-    closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Ends the AppendEntries streams when the node shuts down.
+    closing: Closing,
 }
 
 impl RaftRpcServer {
@@ -409,14 +359,14 @@ impl RaftRpcServer {
             groups: Arc::new(groups),
             identity,
             refusal_logged: Arc::default(),
-            closing: Arc::new(tokio::sync::watch::Sender::new(false)),
+            closing: Closing::default(),
         }
     }
 
     /// Ends every AppendEntries stream (after the request it is taking, if any), and every
     /// later one at once: the node shuts down.
     pub fn close_streams(&self) {
-        self.closing.send_replace(true);
+        self.closing.close();
     }
 
     fn decode<Q: DeserializeOwned>(
@@ -475,8 +425,7 @@ impl RaftRpcServer {
 }
 
 /// The replies of an AppendEntries stream, in the order of its requests.
-type AppendReplies =
-    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<RaftReply, tonic::Status>> + Send>>;
+type AppendReplies = Replies<RaftReply>;
 
 fn undecodable(e: CodecError) -> tonic::Status {
     tonic::Status::invalid_argument(format!("undecodable payload: {e}"))
@@ -510,18 +459,12 @@ impl RaftService for RaftRpcServer {
         &self,
         request: tonic::Request<tonic::Streaming<RaftRequest>>,
     ) -> Result<tonic::Response<AppendReplies>, tonic::Status> {
-        let open = Some((self.clone(), request.into_inner(), self.closing.subscribe()));
-        let replies = futures_util::stream::unfold(open, |open| async move {
-            let (server, mut requests, mut closing) = open?;
-            let envelope = tokio::select! {
-                received = requests.message() => received.ok()??,
-                _ = closing.wait_for(|closed| *closed) => return None,
-            };
-            let reply = server.append(envelope).await;
-            let next = reply.is_ok().then_some((server, requests, closing));
-            Some((reply, next))
+        let server = self.clone();
+        let replies = call_stream::in_order(request.into_inner(), &self.closing, move |envelope| {
+            let server = server.clone();
+            async move { server.append(envelope).await }
         });
-        Ok(tonic::Response::new(Box::pin(replies)))
+        Ok(tonic::Response::new(replies))
     }
 
     async fn install_snapshot(

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod backfill;
+mod call_stream;
 mod client;
 mod codec;
 mod compaction;

@@ -715,7 +715,7 @@ fn serve(
     ledger: LedgerRpcServer,
     tls: Option<&TlsConfig>,
 ) -> Result<Server, LedgerError> {
-    let closing = raft.clone();
+    let (raft_closing, ledger_closing) = (raft.clone(), ledger.clone());
     let raft = RaftServiceServer::new(raft)
         .max_decoding_message_size(RPC_BYTES_MAX)
         .max_encoding_message_size(RPC_BYTES_MAX);
@@ -730,7 +730,8 @@ fn serve(
         let serving = builder.add_service(raft).add_service(ledger);
         let stop = async move {
             let _ = shutdown_rx.await;
-            closing.close_streams();
+            raft_closing.close_streams();
+            ledger_closing.close_streams();
         };
         if let Err(e) = serving.serve_with_incoming_shutdown(incoming, stop).await {
             tracing::error!("ledger gRPC server stopped: {e}");

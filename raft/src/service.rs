@@ -3,6 +3,7 @@
 //! answer is a [`codec`](crate::codec)-encoded `Result<answer, WireError>`; only an undecodable request is a
 //! gRPC error.
 
+use crate::call_stream::{self, Closing, Replies};
 use crate::codec;
 use crate::error::LedgerError;
 use crate::grpc::ledger_service_server::LedgerService;
@@ -19,13 +20,16 @@ use std::sync::Weak;
 use tonic::{Request, Response, Status};
 
 /// Holds the node weakly: the node owns the server, and a server task must not keep a
-/// dropped node alive.
+/// dropped node alive. Clones share the streams' [`Closing`].
+#[derive(Clone)]
 pub struct LedgerRpcServer {
     node: Weak<Inner>,
     /// Who this node is: a call meant for another incarnation is refused.
     identity: Identity,
     /// How this node dials a node it adds.
     tls: Option<TlsConfig>,
+    /// Ends the submit streams when the node shuts down.
+    closing: Closing,
 }
 
 /// A decoded request: its group, its payload, and the incarnation the caller meant to
@@ -42,7 +46,29 @@ impl LedgerRpcServer {
         identity: Identity,
         tls: Option<TlsConfig>,
     ) -> LedgerRpcServer {
-        LedgerRpcServer { node, identity, tls }
+        LedgerRpcServer { node, identity, tls, closing: Closing::default() }
+    }
+
+    /// Ends every submit stream (after the submit it is taking, if any), and every later
+    /// one at once: the node shuts down.
+    pub(crate) fn close_streams(&self) {
+        self.closing.close();
+    }
+
+    /// Submits one envelope's commands, for a unary call or a stream alike.
+    async fn submit(&self, envelope: GroupRequest) -> Result<LedgerReply, Status> {
+        let call: Call<Vec<Command>> = decode(envelope)?;
+        if call.payload.len() > BATCH_COMMANDS_MAX {
+            return Err(Status::invalid_argument(format!(
+                "{} commands in one submit; at most {BATCH_COMMANDS_MAX}",
+                call.payload.len()
+            )));
+        }
+        let submitted = match self.node(call.meant_for) {
+            Ok(node) => node.submit_group(call.group_idx, call.payload).await,
+            Err(e) => Err(e),
+        };
+        encode_reply(submitted)
     }
 
     /// The node, if `call` was meant for it: a caller that knew another incarnation at this
@@ -64,8 +90,7 @@ impl LedgerRpcServer {
 
 type RpcResult = Result<Response<LedgerReply>, Status>;
 
-fn decode<T: DeserializeOwned>(request: Request<GroupRequest>) -> Result<Call<T>, Status> {
-    let envelope = request.into_inner();
+fn decode<T: DeserializeOwned>(envelope: GroupRequest) -> Result<Call<T>, Status> {
     let payload = codec::decode(&envelope.payload)
         .map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))?;
     let meant_for = meant_for(&envelope)?;
@@ -80,32 +105,42 @@ fn meant_for(envelope: &GroupRequest) -> Result<Option<Incarnation>, Status> {
     }
 }
 
-fn reply<T: Serialize>(result: Result<T, LedgerError>) -> RpcResult {
+fn encode_reply<T: Serialize>(result: Result<T, LedgerError>) -> Result<LedgerReply, Status> {
     let result = result.map_err(WireError::from);
     let payload =
         codec::encode(&result).map_err(|e| Status::internal(format!("unencodable reply: {e}")))?;
-    Ok(Response::new(LedgerReply { payload: payload.into() }))
+    Ok(LedgerReply { payload: payload.into() })
+}
+
+fn reply<T: Serialize>(result: Result<T, LedgerError>) -> RpcResult {
+    encode_reply(result).map(Response::new)
 }
 
 #[tonic::async_trait]
 impl LedgerService for LedgerRpcServer {
     async fn submit(&self, request: Request<GroupRequest>) -> RpcResult {
-        let call: Call<Vec<Command>> = decode(request)?;
-        if call.payload.len() > BATCH_COMMANDS_MAX {
-            return Err(Status::invalid_argument(format!(
-                "{} commands in one submit; at most {BATCH_COMMANDS_MAX}",
-                call.payload.len()
-            )));
-        }
-        let submitted = match self.node(call.meant_for) {
-            Ok(node) => node.submit_group(call.group_idx, call.payload).await,
-            Err(e) => Err(e),
-        };
-        reply(submitted)
+        LedgerRpcServer::submit(self, request.into_inner()).await.map(Response::new)
+    }
+
+    type SubmitStreamStream = Replies<LedgerReply>;
+
+    /// Takes the stream's submits one at a time, as they come; one refused as a unary
+    /// call would be ends the stream with that status. So do the gateway's end of it and
+    /// [`LedgerRpcServer::close_streams`].
+    async fn submit_stream(
+        &self,
+        request: Request<tonic::Streaming<GroupRequest>>,
+    ) -> Result<Response<Replies<LedgerReply>>, Status> {
+        let server = self.clone();
+        let replies = call_stream::in_order(request.into_inner(), &self.closing, move |envelope| {
+            let server = server.clone();
+            async move { server.submit(envelope).await }
+        });
+        Ok(Response::new(replies))
     }
 
     async fn query(&self, request: Request<GroupRequest>) -> RpcResult {
-        let call: Call<ReadRequest> = decode(request)?;
+        let call: Call<ReadRequest> = decode(request.into_inner())?;
         let answer = match self.node(call.meant_for) {
             Ok(node) => node.read_group(call.group_idx, call.payload, None).await,
             Err(e) => Err(e),
@@ -114,7 +149,7 @@ impl LedgerService for LedgerRpcServer {
     }
 
     async fn change_membership(&self, request: Request<GroupRequest>) -> RpcResult {
-        let call: Call<MembershipChange> = decode(request)?;
+        let call: Call<MembershipChange> = decode(request.into_inner())?;
         let changed = match self.node(call.meant_for) {
             Ok(node) => {
                 node.change_membership(call.group_idx, &call.payload, self.tls.as_ref()).await
