@@ -6,8 +6,12 @@ use crate::cost;
 use crate::scenario::{Kind, Mix};
 use crate::stats::{Outcome, Sample};
 use bytes::Bytes;
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::Url;
 use std::sync::Arc;
 use tokio::time::Instant;
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// Most bytes of an answer kept for parsing; a longer answer is an error (the largest
 /// test prompt echoed back is far smaller).
@@ -19,11 +23,19 @@ const STREAM_CUT: &str = "stream cut";
 
 /// Where a phase sends its requests.
 pub enum Destination {
-    /// Gateways' chat completion URLs (round-robin), the keys of each funded account,
-    /// and the keys of the broke account.
-    Gateways { urls: Vec<String>, keys: Vec<Vec<String>>, broke_keys: Vec<String> },
+    /// Gateways' chat completion URLs (round-robin), the `Authorization` of each key of
+    /// each funded account, and of each key of the broke account. Both parsed once, not
+    /// per request: the harness shares the machine with what it measures.
+    Gateways { urls: Vec<Url>, keys: Vec<Vec<HeaderValue>>, broke_keys: Vec<HeaderValue> },
     /// The upstream mock's chat completion URL.
-    Upstream { url: String },
+    Upstream { url: Url },
+}
+
+/// The `Authorization` a request with `key` carries, marked sensitive (never logged).
+pub fn bearer(key: &str) -> anyhow::Result<HeaderValue> {
+    let mut value = HeaderValue::try_from(format!("Bearer {key}"))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// Everything a request needs, shared by the tasks of a phase.
@@ -52,10 +64,9 @@ impl Exchange {
             }
             Destination::Upstream { url } => (url, None, scenario.direct_body.clone()?, None),
         };
-        let mut request =
-            self.client.post(url.as_str()).header("content-type", "application/json").body(body);
+        let mut request = self.client.post(url.clone()).header(CONTENT_TYPE, JSON).body(body);
         if let Some(key) = key {
-            request = request.bearer_auth(key);
+            request = request.header(AUTHORIZATION, key.clone());
         }
         let (outcome, first_token, cost) = match request.send().await {
             Ok(response) => read(response, scenario.kind, scenario.stream, account_idx).await,
