@@ -6,9 +6,9 @@
 //!
 //! A stream carries one request, then its answer, then the next: whoever holds a
 //! [`CallStream`] makes one call at a time on it, and several in flight take a stream each.
-//! The caller bounds each exchange by its timeout and drops a stream whose exchange failed,
-//! timed out or was given up (its future dropped mid-wait): the peer's late answer could
-//! otherwise be taken for the next request's. A peer without the stream (an older version,
+//! The caller bounds each exchange by its timeout. A stream whose exchange failed, timed
+//! out or was given up (its future dropped mid-wait) is not used again: the peer's late
+//! answer could otherwise be taken for the next request's. A peer without the stream (an older version,
 //! during a rolling upgrade) answers [`Exchange::Unimplemented`], and the caller makes
 //! unary calls to it instead.
 //!
