@@ -103,8 +103,7 @@ impl<Q: Send + 'static, R> CallStream<Q, R> {
     }
 }
 
-/// Ends the streams a server serves when it stops, or once it and its clones are dropped.
-/// Clones share it.
+/// Ends the streams a server serves when it stops. Clones share it.
 #[derive(Clone)]
 pub(crate) struct Closing(Arc<watch::Sender<bool>>);
 
