@@ -8,11 +8,12 @@
 //! [`CallStream`] makes one call at a time on it, and several in flight take a stream each.
 //! The caller bounds each exchange by its timeout. A stream whose exchange failed, timed
 //! out or was given up (its future dropped mid-wait) is not used again: the peer's late
-//! answer could otherwise be taken for the next request's. A peer without the stream (an older version,
-//! during a rolling upgrade) answers [`Exchange::Unimplemented`], and the caller makes
-//! unary calls to it instead.
+//! answer could otherwise be taken for the next request's. A peer without the stream (an
+//! older version, during a rolling upgrade) answers [`Exchange::Unimplemented`], which
+//! hands the request back, and the caller makes unary calls to it instead.
 //!
-//! The serving side takes a stream's requests in order ([`in_order`]). A server's graceful
+//! The serving side takes a stream's requests in order ([`in_order`]), each as its
+//! server ([`Serve`]) takes a unary call of the kind. A server's graceful
 //! shutdown waits for every stream to end, and a client's stream would never end on its
 //! own, so a server ends its streams when it stops ([`Closing`]).
 
@@ -39,30 +40,25 @@ pub(crate) struct CallStream<Q, R> {
     awaiting: bool,
 }
 
-/// Why an exchange on a stream failed.
-pub(crate) enum Exchange {
-    /// The peer does not serve the stream.
-    Unimplemented,
+/// Why an exchange of request `Q` on a stream failed.
+pub(crate) enum Exchange<Q> {
+    /// The peer does not serve the stream: the request, never sent, for a unary call.
+    Unimplemented(Q),
     Failed(tonic::Status),
 }
 
 impl<Q: Send + 'static, R> CallStream<Q, R> {
     /// Opens a stream with `call`, the generated client's streaming method given the
     /// outbound requests.
-    pub(crate) async fn open<Fut>(call: impl FnOnce(Outbound<Q>) -> Fut) -> Result<Self, Exchange>
+    pub(crate) async fn open<Fut>(
+        call: impl FnOnce(Outbound<Q>) -> Fut,
+    ) -> Result<Self, tonic::Status>
     where
         Fut: Future<Output = Result<tonic::Response<tonic::Streaming<R>>, tonic::Status>>,
     {
         let (requests, queued) = mpsc::channel(1);
-        match call(ReceiverStream::new(queued)).await {
-            Ok(replies) => {
-                Ok(CallStream { requests, replies: replies.into_inner(), awaiting: false })
-            }
-            Err(status) if status.code() == tonic::Code::Unimplemented => {
-                Err(Exchange::Unimplemented)
-            }
-            Err(status) => Err(Exchange::Failed(status)),
-        }
+        let replies = call(ReceiverStream::new(queued)).await?.into_inner();
+        Ok(CallStream { requests, replies, awaiting: false })
     }
 
     /// Sends `request` over the stream in `slot`, opened first with `open` if there is
@@ -73,9 +69,9 @@ impl<Q: Send + 'static, R> CallStream<Q, R> {
         slot: &mut Option<Self>,
         request: Q,
         open: impl FnOnce() -> Fut,
-    ) -> Result<R, Exchange>
+    ) -> Result<R, Exchange<Q>>
     where
-        Fut: Future<Output = Result<Self, Exchange>>,
+        Fut: Future<Output = Result<Self, tonic::Status>>,
     {
         // An exchange given up while it waited left its answer on the way: the stream is
         // of no use to the next request.
@@ -84,7 +80,13 @@ impl<Q: Send + 'static, R> CallStream<Q, R> {
         }
         let stream = match slot {
             Some(stream) => stream,
-            None => slot.insert(open().await?),
+            None => match open().await {
+                Ok(opened) => slot.insert(opened),
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    return Err(Exchange::Unimplemented(request))
+                }
+                Err(status) => return Err(Exchange::Failed(status)),
+            },
         };
         let replied = stream.round_trip(request).await;
         if replied.is_err() {
@@ -121,29 +123,30 @@ impl Closing {
     }
 }
 
-/// The replies to `requests`, each made by `handle` once the one before it is made, in
-/// order. A request `handle` refuses ends the stream with that status, as it ends a unary
+/// What serves a stream's requests: each one as a unary call of the same kind would be.
+pub(crate) trait Serve<Q>: Send + 'static {
+    type Reply: Send + 'static;
+
+    fn serve(&self, request: Q) -> impl Future<Output = Result<Self::Reply, tonic::Status>> + Send;
+}
+
+/// The replies to `requests`, each made by `server` once the one before it is made, in
+/// order. A request `server` refuses ends the stream with that status, as it ends a unary
 /// call; so do the client's end of the stream and `closing`.
-pub(crate) fn in_order<Q, R, F, Fut>(
+pub(crate) fn in_order<S: Serve<Q>, Q: Send + 'static>(
+    server: S,
     requests: tonic::Streaming<Q>,
     closing: &Closing,
-    handle: F,
-) -> Replies<R>
-where
-    Q: Send + 'static,
-    R: Send + 'static,
-    F: FnMut(Q) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<R, tonic::Status>> + Send,
-{
-    let open = Some((requests, closing.0.subscribe(), handle));
+) -> Replies<S::Reply> {
+    let open = Some((server, requests, closing.0.subscribe()));
     Box::pin(futures_util::stream::unfold(open, |open| async move {
-        let (mut requests, mut closing, mut handle) = open?;
+        let (server, mut requests, mut closing) = open?;
         let request = tokio::select! {
             received = requests.message() => received.ok()??,
             _ = closing.wait_for(|closed| *closed) => return None,
         };
-        let reply = handle(request).await;
-        let next = reply.is_ok().then_some((requests, closing, handle));
+        let reply = server.serve(request).await;
+        let next = reply.is_ok().then_some((server, requests, closing));
         Some((reply, next))
     }))
 }

@@ -125,23 +125,23 @@ impl Lane {
         &mut self,
         addr: &str,
         mut client: LedgerServiceClient<Channel>,
-        request: GroupRequest,
+        mut request: GroupRequest,
     ) -> Result<LedgerReply, tonic::Status> {
         if self.addr != addr {
             *self = Lane { addr: addr.to_owned(), stream: None, unary: false };
         }
         if !self.unary {
-            let streaming = client.clone();
             let open = || {
-                CallStream::open(|outbound| async move {
-                    let mut client = streaming;
-                    client.submit_stream(outbound).await
-                })
+                let mut client = client.clone();
+                CallStream::open(|outbound| async move { client.submit_stream(outbound).await })
             };
-            match CallStream::exchange(&mut self.stream, request.clone(), open).await {
+            match CallStream::exchange(&mut self.stream, request, open).await {
                 Ok(reply) => return Ok(reply),
                 Err(Exchange::Failed(status)) => return Err(status),
-                Err(Exchange::Unimplemented) => self.unary = true,
+                Err(Exchange::Unimplemented(unsent)) => {
+                    self.unary = true;
+                    request = unsent;
+                }
             }
         }
         client.submit(request).await.map(tonic::Response::into_inner)
@@ -700,8 +700,9 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Bytes, LedgerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call_stream::{self, Closing, Replies};
+    use crate::call_stream::{self, Closing, Replies, Serve};
     use crate::grpc::ledger_service_server::{LedgerService, LedgerServiceServer};
+    use std::future::Future;
     use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::net::TcpListener;
 
@@ -742,6 +743,17 @@ mod tests {
         }
     }
 
+    impl Serve<GroupRequest> for SubmitPeer {
+        type Reply = LedgerReply;
+
+        fn serve(
+            &self,
+            r: GroupRequest,
+        ) -> impl Future<Output = Result<LedgerReply, tonic::Status>> + Send {
+            self.clone().take(r)
+        }
+    }
+
     #[tonic::async_trait]
     impl LedgerService for SubmitPeer {
         async fn submit(
@@ -762,11 +774,8 @@ mod tests {
             if !self.streams {
                 return Err(tonic::Status::unimplemented("a node of an older version"));
             }
-            let peer = self.clone();
-            let replies = call_stream::in_order(request.into_inner(), &self.closing, move |r| {
-                peer.clone().take(r)
-            });
-            Ok(tonic::Response::new(replies))
+            let requests = request.into_inner();
+            Ok(tonic::Response::new(call_stream::in_order(self.clone(), requests, &self.closing)))
         }
 
         async fn query(
@@ -824,6 +833,27 @@ mod tests {
         }
         assert_eq!(peer.stream_opens.load(Ordering::Relaxed), 2, "one after the timeout");
         assert_eq!(peer.unary_submits.load(Ordering::Relaxed), 0);
+    }
+
+    /// A lane follows its group's leader: a submit to another address goes over a stream
+    /// to that address, never over the one still open to the last.
+    #[tokio::test]
+    async fn a_lane_opens_a_stream_to_each_leader_it_follows() {
+        let streaming = || SubmitPeer { streams: true, ..SubmitPeer::default() };
+        let (first, second) = (streaming(), streaming());
+        let (first_addr, second_addr) = (first.serve().await, second.serve().await);
+        let seeds = [first_addr.clone(), second_addr.clone()];
+        let shared = Shared::new(1, &seeds, Dial::Tcp(None));
+        let mut lane = Lane::default();
+        let timeout = Duration::from_secs(5);
+        for (group, addr) in [(1, &first_addr), (2, &second_addr), (3, &first_addr)] {
+            let answer = submit_over(&shared, addr, group, timeout, &mut lane).await;
+            assert_eq!(answer.expect("answered"), group);
+        }
+        assert_eq!(first.taken.load(Ordering::Relaxed), 2);
+        assert_eq!(second.taken.load(Ordering::Relaxed), 1);
+        assert_eq!(first.stream_opens.load(Ordering::Relaxed), 2, "one each time it led");
+        assert_eq!(second.stream_opens.load(Ordering::Relaxed), 1);
     }
 
     /// A node without `SubmitStream` gets unary submits, and is asked for a stream once.

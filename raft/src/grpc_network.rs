@@ -28,7 +28,7 @@
 //! not there), so it backs off. [`identify`] asks a node who it is (`Identify`), before it
 //! is added or a cluster is founded.
 
-use crate::call_stream::{self, CallStream, Closing, Exchange, Replies};
+use crate::call_stream::{self, CallStream, Closing, Exchange, Replies, Serve};
 use crate::codec::{self, CodecError};
 use crate::encoded::{self, EncodedEntries};
 use crate::error::LedgerError;
@@ -52,6 +52,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -239,25 +240,23 @@ impl GrpcConnection {
         }
         let request = RaftRequest { group: self.group, payload: payload.into() };
         let client = match &self.client {
-            Ok(client) => client.clone(),
+            Ok(client) => client,
             Err(reason) => {
                 return Err(RPCError::Unreachable(Unreachable::new(&BadAddress(reason.clone()))))
             }
         };
         let open = || {
-            CallStream::open(|outbound| async move {
-                let mut client = client;
-                client.append_entries_stream(outbound).await
-            })
+            let mut client = client.clone();
+            CallStream::open(|outbound| async move { client.append_entries_stream(outbound).await })
         };
-        let exchange = CallStream::exchange(&mut self.stream, request.clone(), open);
+        let exchange = CallStream::exchange(&mut self.stream, request, open);
         let failure = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(reply)) => {
                 let result: Result<_, RaftError<NodeId>> =
                     codec::decode(&reply.payload).map_err(|e| network_error(&e))?;
                 return result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)));
             }
-            Ok(Err(Exchange::Unimplemented)) => {
+            Ok(Err(Exchange::Unimplemented(request))) => {
                 self.unary_appends = true;
                 let payload = request.payload.into();
                 return self.call_encoded(Rpc::AppendEntries, payload, timeout).await;
@@ -427,6 +426,18 @@ impl RaftRpcServer {
 /// The replies of an AppendEntries stream, in the order of its requests.
 type AppendReplies = Replies<RaftReply>;
 
+/// A stream's AppendEntries, each taken as a unary one is.
+impl Serve<RaftRequest> for RaftRpcServer {
+    type Reply = RaftReply;
+
+    fn serve(
+        &self,
+        envelope: RaftRequest,
+    ) -> impl Future<Output = Result<RaftReply, tonic::Status>> + Send {
+        self.append(envelope)
+    }
+}
+
 fn undecodable(e: CodecError) -> tonic::Status {
     tonic::Status::invalid_argument(format!("undecodable payload: {e}"))
 }
@@ -459,12 +470,8 @@ impl RaftService for RaftRpcServer {
         &self,
         request: tonic::Request<tonic::Streaming<RaftRequest>>,
     ) -> Result<tonic::Response<AppendReplies>, tonic::Status> {
-        let server = self.clone();
-        let replies = call_stream::in_order(request.into_inner(), &self.closing, move |envelope| {
-            let server = server.clone();
-            async move { server.append(envelope).await }
-        });
-        Ok(tonic::Response::new(replies))
+        let requests = request.into_inner();
+        Ok(tonic::Response::new(call_stream::in_order(self.clone(), requests, &self.closing)))
     }
 
     async fn install_snapshot(
@@ -516,7 +523,6 @@ pub async fn identify(
 mod tests {
     use super::*;
     use crate::grpc::raft_service_server::RaftServiceServer;
-    use std::future::Future;
     use std::ops::RangeInclusive;
     use std::sync::atomic::AtomicU64;
     use tokio::net::TcpListener;
@@ -725,6 +731,7 @@ mod tests {
         entries_per_call: Arc<std::sync::Mutex<Vec<usize>>>,
         unary_calls: Arc<AtomicU64>,
         stream_opens: Arc<AtomicU64>,
+        closing: Closing,
     }
 
     impl AppendPeer {
@@ -756,6 +763,17 @@ mod tests {
         }
     }
 
+    impl Serve<RaftRequest> for AppendPeer {
+        type Reply = RaftReply;
+
+        fn serve(
+            &self,
+            r: RaftRequest,
+        ) -> impl Future<Output = Result<RaftReply, tonic::Status>> + Send {
+            self.clone().take(r)
+        }
+    }
+
     #[tonic::async_trait]
     impl RaftService for AppendPeer {
         async fn append_entries(
@@ -776,12 +794,8 @@ mod tests {
             if !self.streams {
                 return Err(tonic::Status::unimplemented("a peer of an older version"));
             }
-            let open = (self.clone(), request.into_inner());
-            let replies = futures_util::stream::unfold(open, |(peer, mut requests)| async move {
-                let envelope = requests.message().await.ok()??;
-                Some((peer.clone().take(envelope).await, (peer, requests)))
-            });
-            Ok(tonic::Response::new(Box::pin(replies)))
+            let requests = request.into_inner();
+            Ok(tonic::Response::new(call_stream::in_order(self.clone(), requests, &self.closing)))
         }
 
         async fn install_snapshot(

@@ -3,7 +3,7 @@
 //! answer is a [`codec`](crate::codec)-encoded `Result<answer, WireError>`; only an undecodable request is a
 //! gRPC error.
 
-use crate::call_stream::{self, Closing, Replies};
+use crate::call_stream::{self, Closing, Replies, Serve};
 use crate::codec;
 use crate::error::LedgerError;
 use crate::grpc::ledger_service_server::LedgerService;
@@ -16,6 +16,7 @@ use crate::wire::{MembershipChange, ReadRequest, WireError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use solrouter_ledger::{Command, BATCH_COMMANDS_MAX};
+use std::future::Future;
 use std::sync::Weak;
 use tonic::{Request, Response, Status};
 
@@ -116,6 +117,18 @@ fn reply<T: Serialize>(result: Result<T, LedgerError>) -> RpcResult {
     encode_reply(result).map(Response::new)
 }
 
+/// A stream's submits, each taken as a unary one is.
+impl Serve<GroupRequest> for LedgerRpcServer {
+    type Reply = LedgerReply;
+
+    fn serve(
+        &self,
+        envelope: GroupRequest,
+    ) -> impl Future<Output = Result<LedgerReply, Status>> + Send {
+        self.submit(envelope)
+    }
+}
+
 #[tonic::async_trait]
 impl LedgerService for LedgerRpcServer {
     async fn submit(&self, request: Request<GroupRequest>) -> RpcResult {
@@ -131,12 +144,7 @@ impl LedgerService for LedgerRpcServer {
         &self,
         request: Request<tonic::Streaming<GroupRequest>>,
     ) -> Result<Response<Replies<LedgerReply>>, Status> {
-        let server = self.clone();
-        let replies = call_stream::in_order(request.into_inner(), &self.closing, move |envelope| {
-            let server = server.clone();
-            async move { server.submit(envelope).await }
-        });
-        Ok(Response::new(replies))
+        Ok(Response::new(call_stream::in_order(self.clone(), request.into_inner(), &self.closing)))
     }
 
     async fn query(&self, request: Request<GroupRequest>) -> RpcResult {
