@@ -2,16 +2,16 @@
 //! scenario's body, reads the whole answer (noting when a stream's first event came),
 //! classifies the outcome and, through the gateway, reads the `usage.cost` it reported.
 
+use crate::client::{Response, Target, Transport};
 use crate::cost;
 use crate::scenario::{Kind, Mix};
 use crate::stats::{Outcome, Sample};
 use bytes::Bytes;
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use reqwest::Url;
+use http::header::HeaderValue;
+use std::pin::Pin;
 use std::sync::Arc;
-use tokio::time::Instant;
-
-const JSON: HeaderValue = HeaderValue::from_static("application/json");
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
 
 /// Most bytes of an answer kept for parsing; a longer answer is an error (the largest
 /// test prompt echoed back is far smaller).
@@ -26,9 +26,9 @@ pub enum Destination {
     /// Gateways' chat completion URLs (round-robin), the `Authorization` of each key of
     /// each funded account, and of each key of the broke account. Both parsed once, not
     /// per request: the harness shares the machine with what it measures.
-    Gateways { urls: Vec<Url>, keys: Vec<Vec<HeaderValue>>, broke_keys: Vec<HeaderValue> },
+    Gateways { targets: Vec<Target>, keys: Vec<Vec<HeaderValue>>, broke_keys: Vec<HeaderValue> },
     /// The upstream mock's chat completion URL.
-    Upstream { url: Url },
+    Upstream { target: Box<Target> },
 }
 
 /// The `Authorization` a request with `key` carries, marked sensitive (never logged).
@@ -40,7 +40,8 @@ pub fn bearer(key: &str) -> anyhow::Result<HeaderValue> {
 
 /// Everything a request needs, shared by the tasks of a phase.
 pub struct Exchange {
-    pub client: reqwest::Client,
+    /// Longest a request may take, its whole answer read.
+    pub timeout: Duration,
     pub mix: Arc<Mix>,
     pub destination: Destination,
 }
@@ -51,26 +52,34 @@ impl Exchange {
     pub async fn send(self: Arc<Self>, idx: u64) -> Option<Sample> {
         let pick = self.mix.pick(idx);
         let scenario = &self.mix.scenarios()[pick.scenario_idx];
-        let (url, key, body, account_idx) = match &self.destination {
-            Destination::Gateways { urls, keys, broke_keys } => {
-                let url = &urls[(idx % urls.len() as u64) as usize];
+        let (target, key, body, account_idx) = match &self.destination {
+            Destination::Gateways { targets, keys, broke_keys } => {
+                let target = &targets[(idx % targets.len() as u64) as usize];
                 let (account_idx, account_keys) = if scenario.kind == Kind::Broke {
                     (keys.len(), broke_keys)
                 } else {
                     (pick.account_idx, &keys[pick.account_idx])
                 };
                 let key = &account_keys[pick.key_idx % account_keys.len()];
-                (url, Some(key), scenario.gateway_body.clone(), Some(account_idx))
+                (target, Some(key), scenario.gateway_body.clone(), Some(account_idx))
             }
-            Destination::Upstream { url } => (url, None, scenario.direct_body.clone()?, None),
+            Destination::Upstream { target } => {
+                (&**target, None, scenario.direct_body.clone()?, None)
+            }
         };
-        let mut request = self.client.post(url.clone()).header(CONTENT_TYPE, JSON).body(body);
-        if let Some(key) = key {
-            request = request.header(AUTHORIZATION, key.clone());
-        }
-        let (outcome, first_token, cost) = match request.send().await {
-            Ok(response) => read(response, scenario.kind, scenario.stream, account_idx).await,
-            Err(error) => (Outcome::Error(transport_kind(&error)), None, None),
+        // One timer for the whole exchange, its answer read to the end.
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        let response = tokio::select! {
+            biased;
+            response = target.post(key, body) => response,
+            () = &mut deadline => Err(Transport::Timeout),
+        };
+        let (outcome, first_token, cost) = match response {
+            Ok(response) => {
+                read(response, deadline, scenario.kind, scenario.stream, account_idx).await
+            }
+            Err(error) => (Outcome::Error(error.kind().into()), None, None),
         };
         let done = Instant::now();
         Some(Sample { scenario: scenario.kind.name(), outcome, first_token, done, cost })
@@ -80,16 +89,22 @@ impl Exchange {
 type Read = (Outcome, Option<Instant>, Option<(usize, u128)>);
 
 async fn read(
-    mut response: reqwest::Response,
+    mut response: Response<'_>,
+    mut deadline: Pin<&mut Sleep>,
     kind: Kind,
     stream: bool,
     account_idx: Option<usize>,
 ) -> Read {
-    let status = response.status().as_u16();
+    let status = response.status.as_u16();
     let mut body = Vec::new();
     let mut first_token = None;
     loop {
-        match response.chunk().await {
+        let chunk = tokio::select! {
+            biased;
+            chunk = response.chunk() => chunk,
+            () = &mut deadline => Err(Transport::Timeout),
+        };
+        match chunk {
             Ok(Some(chunk)) => {
                 if first_token.is_none() && stream && contains_event(&chunk) {
                     first_token = Some(Instant::now());
@@ -105,7 +120,7 @@ async fn read(
                 let cost = charged(account_idx, cost::of_stream(&body).ok().map(|cost| cost.0));
                 return (Outcome::Error(STREAM_CUT.into()), first_token, cost);
             }
-            Err(error) => return (Outcome::Error(transport_kind(&error)), first_token, None),
+            Err(error) => return (Outcome::Error(error.kind().into()), first_token, None),
         }
     }
     match status {
@@ -136,17 +151,4 @@ fn charged(account_idx: Option<usize>, cost: Option<u128>) -> Option<(usize, u12
 
 fn contains_event(chunk: &Bytes) -> bool {
     chunk.windows(5).any(|window| window == b"data:")
-}
-
-fn transport_kind(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timeout"
-    } else if error.is_connect() {
-        "connect"
-    } else if error.is_body() || error.is_decode() {
-        "body"
-    } else {
-        "other"
-    };
-    format!("transport: {kind}")
 }

@@ -16,6 +16,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
+mod client;
 mod cost;
 mod exchange;
 mod report;
@@ -34,13 +35,6 @@ use std::time::Duration;
 
 /// Most requests a phase may send.
 const REQUESTS_MAX: u64 = 100_000_000;
-/// Longest a connection waits idle in the pool for its next request. A gateway closes a
-/// connection that sends no request for 30 s (`HEADER_READ_TIMEOUT` in
-/// `gateway/src/server.rs`); with reqwest's default of 90 s the generator now and then sent
-/// a request on a connection the gateway was closing that instant and counted a
-/// `transport: other` error (1 and 2 in 600,000 requests of two ten-minute runs). The
-/// official SDKs keep idle connections about as long as this (httpx 5 s).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most test accounts and keys per account.
 const ACCOUNTS_MAX: usize = 10_000;
 const KEYS_PER_ACCOUNT_MAX: usize = 64;
@@ -196,14 +190,6 @@ impl Plan {
         let limits = runner::Limits { requests_max, in_flight_max: args.in_flight_max };
         Ok(Plan { load, limits, mix: Arc::new(mix), timeout })
     }
-
-    /// Connections a phase may hold open at once.
-    fn connections_max(&self) -> usize {
-        match &self.load {
-            Load::Open(_) => self.limits.in_flight_max,
-            Load::Closed(steps) => steps.value_max() as usize,
-        }
-    }
 }
 
 #[tokio::main]
@@ -238,19 +224,11 @@ async fn interrupted() {
 /// Runs the whole test; `Ok(false)` when the money check failed.
 async fn run(args: Args) -> Result<bool> {
     let plan = Plan::try_new(&args)?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(plan.connections_max())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .tcp_nodelay(true)
-        .timeout(plan.timeout)
-        .build()?;
+    let client = reqwest::Client::builder().timeout(plan.timeout).build()?;
+    let connector = client::Connector::new()?;
     let bases: Vec<String> =
         args.gateway.iter().map(|base| base.trim().trim_end_matches('/').to_owned()).collect();
-    let admin = admin::Admin {
-        client: client.clone(),
-        base: bases[0].clone(),
-        token: args.admin_token.clone(),
-    };
+    let admin = admin::Admin { client, base: bases[0].clone(), token: args.admin_token.clone() };
     let mut accounts = admin.provision(args.accounts, &args.credit, args.keys_per_account).await?;
     if plan.mix.has(scenario::Kind::Broke) {
         accounts.extend(admin.provision(1, &args.broke_credit, args.keys_per_account).await?);
@@ -268,17 +246,18 @@ async fn run(args: Args) -> Result<bool> {
         accounts.iter().map(|account| bearers(&account.keys)).collect::<Result<_>>()?;
     // The broke account, when there is one, was provisioned last.
     let broke_keys = if plan.mix.has(scenario::Kind::Broke) { keys.pop() } else { None };
-    let urls = (bases.iter())
-        .map(|base| url(&format!("{base}/v1/api/chat/completions")))
+    let targets = (bases.iter())
+        .map(|base| client::Target::new(&format!("{base}/v1/api/chat/completions"), &connector))
         .collect::<Result<_>>()?;
-    let destination =
-        exchange::Destination::Gateways { urls, keys, broke_keys: broke_keys.unwrap_or_default() };
-    let through = phase("gateway", &plan, &client, destination, accounts.len()).await?;
+    let broke_keys = broke_keys.unwrap_or_default();
+    let destination = exchange::Destination::Gateways { targets, keys, broke_keys };
+    let through = phase("gateway", &plan, destination, accounts.len()).await?;
     let straight = match upstream_base {
         Some(base) => {
-            let url = url(&format!("{}/chat/completions", base.trim_end_matches('/')))?;
-            let destination = exchange::Destination::Upstream { url };
-            Some(phase("direct", &plan, &client, destination, 0).await?)
+            let url = format!("{}/chat/completions", base.trim_end_matches('/'));
+            let target = Box::new(client::Target::new(&url, &connector)?);
+            let destination = exchange::Destination::Upstream { target };
+            Some(phase("direct", &plan, destination, 0).await?)
         }
         None => None,
     };
@@ -295,20 +274,15 @@ async fn run(args: Args) -> Result<bool> {
     Ok(report.money.ok())
 }
 
-fn url(text: &str) -> Result<reqwest::Url> {
-    text.parse().with_context(|| format!("not a URL: {text}"))
-}
-
 /// Runs one phase with a progress line on stderr.
 async fn phase(
     name: &'static str,
     plan: &Plan,
-    client: &reqwest::Client,
     destination: exchange::Destination,
     n_accounts: usize,
 ) -> Result<stats::PhaseReport> {
-    let exchange =
-        Arc::new(exchange::Exchange { client: client.clone(), mix: plan.mix.clone(), destination });
+    let (timeout, mix) = (plan.timeout, plan.mix.clone());
+    let exchange = Arc::new(exchange::Exchange { timeout, mix, destination });
     let recorder = Arc::new(stats::Recorder::new(n_accounts));
     let progress = stats::progress_line(name, recorder.clone());
     runner::run(&plan.load, plan.limits, recorder.clone(), move |idx| exchange.clone().send(idx))
