@@ -159,17 +159,21 @@ impl Target {
         }
     }
 
-    /// The idle connection used last, unless it waited too long; then all the others
-    /// waited longer, and they are closed too.
+    /// The open idle connection used last. One that waited too long is closed, and so
+    /// are all below it, which waited longer.
     fn checkout(&self) -> Option<SendRequest<Full<Bytes>>> {
         let mut idle = self.idle.lock().expect("never poisoned");
-        let top = idle.pop()?;
-        if top.since.elapsed() < IDLE_MAX && !top.sender.is_closed() {
-            return Some(top.sender);
+        while let Some(top) = idle.pop() {
+            if top.since.elapsed() >= IDLE_MAX {
+                let stale = std::mem::take(&mut *idle);
+                drop(idle);
+                drop(stale);
+                return None;
+            }
+            if !top.sender.is_closed() {
+                return Some(top.sender);
+            }
         }
-        let stale = std::mem::take(&mut *idle);
-        drop(idle);
-        drop(stale);
         None
     }
 
@@ -226,37 +230,71 @@ mod tests {
     use std::sync::Arc;
     use tokio::net::TcpListener;
 
-    /// A server on a free port that answers each request with its path and counts the
-    /// connections it accepted; on `/close` it answers with `Connection: close`.
-    async fn server() -> (String, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                counter.fetch_add(1, Ordering::SeqCst);
-                let service = service_fn(|request: Request<Incoming>| async move {
-                    let path = request.uri().path().to_owned();
-                    let close = path == "/close";
-                    let mut response = hyper::Response::new(Full::new(Bytes::from(path)));
-                    if close {
-                        let close = HeaderValue::from_static("close");
-                        response.headers_mut().insert(http::header::CONNECTION, close);
-                    }
-                    Ok::<_, std::convert::Infallible>(response)
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                tokio::spawn(connection);
-            }
-        });
-        (base, accepted)
+    /// A server on a free port that answers each request with its path. On `/close` it
+    /// answers with `Connection: close`; to the body `slow` it answers after 100 ms and
+    /// notes the connection's index.
+    struct Server {
+        base: String,
+        /// Each accepted connection's task, in the order they came.
+        connections: Mutex<Vec<tokio::task::AbortHandle>>,
+        slow: AtomicUsize,
+    }
+
+    impl Server {
+        async fn start() -> Arc<Server> {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let server = Arc::new(Server { base, connections: Mutex::default(), slow: 0.into() });
+            let shared = server.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    let mut connections = shared.connections.lock().unwrap();
+                    let (idx, server) = (connections.len(), shared.clone());
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let server = server.clone();
+                        async move {
+                            let path = request.uri().path().to_owned();
+                            let body = request.into_body().collect().await.unwrap().to_bytes();
+                            if body == "slow" {
+                                server.slow.store(idx, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            let close = path == "/close";
+                            let mut response = hyper::Response::new(Full::new(Bytes::from(path)));
+                            if close {
+                                let close = HeaderValue::from_static("close");
+                                response.headers_mut().insert(http::header::CONNECTION, close);
+                            }
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    connections.push(tokio::spawn(connection).abort_handle());
+                }
+            });
+            server
+        }
+
+        fn accepted(&self) -> usize {
+            self.connections.lock().unwrap().len()
+        }
+
+        fn target(&self, path: &str, connector: &Connector) -> Target {
+            Target::new(&format!("{}{path}", self.base), connector).unwrap()
+        }
     }
 
     async fn post(target: &Target) -> Result<(StatusCode, Vec<u8>), Transport> {
-        let mut response = target.post(None, Bytes::from_static(b"{}")).await?;
+        post_body(target, "{}").await
+    }
+
+    async fn post_body(
+        target: &Target,
+        body: &'static str,
+    ) -> Result<(StatusCode, Vec<u8>), Transport> {
+        let mut response = target.post(None, Bytes::from_static(body.as_bytes())).await?;
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await? {
             body.extend_from_slice(&chunk);
@@ -266,18 +304,36 @@ mod tests {
 
     #[tokio::test]
     async fn requests_share_a_connection_until_the_server_closes_it() {
-        let (base, accepted) = server().await;
+        let server = Server::start().await;
         let connector = Connector::new().unwrap();
-        let target = Target::new(&format!("{base}/v1/x"), &connector).unwrap();
-        let close = Target::new(&format!("{base}/close"), &connector).unwrap();
+        let (target, close) =
+            (server.target("/v1/x", &connector), server.target("/close", &connector));
         for _ in 0..3 {
             assert_eq!(post(&target).await.unwrap(), (StatusCode::OK, b"/v1/x".to_vec()));
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one keep-alive connection");
+        assert_eq!(server.accepted(), 1, "one keep-alive connection");
         // A connection the server closed after its answer is never used again.
         assert_eq!(post(&close).await.unwrap().1, b"/close");
         assert_eq!(post(&close).await.unwrap().1, b"/close");
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(server.accepted(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_skipped_for_an_open_one() {
+        let server = Server::start().await;
+        let target = server.target("/v1/x", &Connector::new().unwrap());
+        // Two connections; the slow request's ends last and is on top of the idle ones.
+        let (fast, slow) = tokio::join!(post_body(&target, "fast"), post_body(&target, "slow"));
+        let _ = (fast.unwrap(), slow.unwrap());
+        assert_eq!(server.accepted(), 2);
+        // The server drops the slow request's connection, idle on top.
+        server.connections.lock().unwrap()[server.slow.load(Ordering::SeqCst)].abort();
+        let top_closed = || target.idle.lock().unwrap().last().unwrap().sender.is_closed();
+        while !top_closed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(post(&target).await.unwrap().1, b"/v1/x");
+        assert_eq!(server.accepted(), 2, "the other idle connection took it");
     }
 
     #[tokio::test]
