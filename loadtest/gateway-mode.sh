@@ -10,7 +10,8 @@
 #     --model openai/gpt-4o-mini --no-direct --accounts 16
 #
 # Prints one line: requests a second, latency p50 / p99 (ms), the five processes' CPU a
-# request (user + system from /proc, ms), the load average, and the load generator's
+# request (user + system from /proc, ms), the load generator's own CPU a request (the
+# shell's `times`: it shares the machine), the load average, and the load generator's
 # counts and money check. Release builds:
 #
 #   cargo build --release -p solrouter-gateway -p solrouter-loadtest
@@ -50,10 +51,19 @@ cpu_ticks() {
 }
 
 before=$(cpu_ticks)
+times >"$RUN_DIR/times-before"
 "$BIN_DIR/solrouter-loadtest" --gateway http://127.0.0.1:8081 --gateway http://127.0.0.1:8082 \
     --concurrency "$CONCURRENCY" --duration-s "$DURATION_S" --mix plain=1 \
     --model openai/gpt-4o-mini --no-direct --accounts 16 >"$RUN_DIR/load.log" 2>&1 || true
+times >"$RUN_DIR/times-after"
 after=$(cpu_ticks)
+
+# The children's user + system seconds in `times`' second line ("0m4.730s 0m2.350s").
+children_s() {
+    sed -n 2p "$1" | awk '{ s = 0; for (i = 1; i <= 2; i++) { split($i, t, "m"); s += t[1] * 60 + t[2] } print s }'
+}
+harness_s=$(awk -v a="$(children_s "$RUN_DIR/times-after")" -v b="$(children_s "$RUN_DIR/times-before")" \
+    'BEGIN { print a - b }')
 
 counts=$(sed -n 's/^gateway: sent \([0-9]*\) *ok \([0-9]*\).*errors \([0-9]*\).*in \([0-9.]*\) s.*/\1 \2 \3 \4/p' \
     "$RUN_DIR/load.log")
@@ -63,8 +73,9 @@ money=$(grep -m1 '^money check' "$RUN_DIR/load.log" || echo 'money check: missin
 awk -v ok="$ok" -v seconds="$seconds" -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" \
     -v latency="$latency" -v sent="$sent" -v errors="$errors" -v money="$money" \
     -v load_average="$(cut -d' ' -f1-3 /proc/loadavg)" -v concurrency="$CONCURRENCY" \
+    -v harness_s="$harness_s" \
     'BEGIN {
-        printf "c%d: %.0f req/s | %s ms | CPU %.3f ms a request | load %s | sent %d ok %d errors %d, %s\n",
-            concurrency, ok / seconds, latency, ok ? ticks * 1000 / hz / ok : 0, load_average,
-            sent, ok, errors, money
+        printf "c%d: %.0f req/s | %s ms | CPU %.3f ms a request, harness %.3f | load %s | sent %d ok %d errors %d, %s\n",
+            concurrency, ok / seconds, latency, ok ? ticks * 1000 / hz / ok : 0,
+            ok ? harness_s * 1000 / ok : 0, load_average, sent, ok, errors, money
     }'
