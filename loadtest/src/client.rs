@@ -20,6 +20,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::crypto::ring;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -84,6 +85,8 @@ pub struct Target {
     connector: Connector,
     /// Idle connections, the one used last on top.
     idle: Mutex<Vec<Idle>>,
+    /// Connections opened so far.
+    opened: AtomicU64,
 }
 
 struct Idle {
@@ -114,6 +117,7 @@ impl Target {
             host: HeaderValue::from_str(authority.as_str())?,
             connector: connector.clone(),
             idle: Mutex::default(),
+            opened: AtomicU64::new(0),
         })
     }
 
@@ -159,6 +163,12 @@ impl Target {
         }
     }
 
+    /// Connections opened so far: as many as requests were in flight at once, more when
+    /// the server closed some (a gateway that restarts, or a burst after a stall).
+    pub fn connections_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
     /// The open idle connection used last. One that waited too long is closed, and so
     /// are all below it, which waited longer.
     fn checkout(&self) -> Option<SendRequest<Full<Bytes>>> {
@@ -183,6 +193,7 @@ impl Target {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Transport> {
+        self.opened.fetch_add(1, Ordering::Relaxed);
         let mut connector = self.connector.0.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
@@ -312,10 +323,12 @@ mod tests {
             assert_eq!(post(&target).await.unwrap(), (StatusCode::OK, b"/v1/x".to_vec()));
         }
         assert_eq!(server.accepted(), 1, "one keep-alive connection");
+        assert_eq!(target.connections_opened(), 1);
         // A connection the server closed after its answer is never used again.
         assert_eq!(post(&close).await.unwrap().1, b"/close");
         assert_eq!(post(&close).await.unwrap().1, b"/close");
         assert_eq!(server.accepted(), 3);
+        assert_eq!(close.connections_opened(), 2);
     }
 
     #[tokio::test]

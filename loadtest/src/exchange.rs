@@ -31,6 +31,18 @@ pub enum Destination {
     Upstream { target: Box<Target> },
 }
 
+impl Destination {
+    /// Connections opened to every target so far.
+    pub fn connections_opened(&self) -> u64 {
+        match self {
+            Destination::Gateways { targets, .. } => {
+                targets.iter().map(Target::connections_opened).sum()
+            }
+            Destination::Upstream { target } => target.connections_opened(),
+        }
+    }
+}
+
 /// The `Authorization` a request with `key` carries, marked sensitive (never logged).
 pub fn bearer(key: &str) -> anyhow::Result<HeaderValue> {
     let mut value = HeaderValue::try_from(format!("Bearer {key}"))?;

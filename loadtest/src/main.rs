@@ -285,9 +285,12 @@ async fn phase(
     let exchange = Arc::new(exchange::Exchange { timeout, mix, destination });
     let recorder = Arc::new(stats::Recorder::new(n_accounts));
     let progress = stats::progress_line(name, recorder.clone());
-    runner::run(&plan.load, plan.limits, recorder.clone(), move |idx| exchange.clone().send(idx))
+    let sender = exchange.clone();
+    runner::run(&plan.load, plan.limits, recorder.clone(), move |idx| sender.clone().send(idx))
         .await;
     progress.stop().await;
     let recorder = Arc::into_inner(recorder).context("a request task outlived its phase")?;
-    Ok(stats::PhaseReport::new(name, recorder))
+    let mut report = stats::PhaseReport::new(name, recorder);
+    report.connections_opened = exchange.destination.connections_opened();
+    Ok(report)
 }

@@ -224,6 +224,8 @@ pub struct PhaseReport {
     pub tally: Tally,
     /// From the first intended send to the last answer.
     pub elapsed: Duration,
+    /// Connections the harness opened in the phase (0 until the phase sets it).
+    pub connections_opened: u64,
 }
 
 impl PhaseReport {
@@ -231,7 +233,7 @@ impl PhaseReport {
         let started = recorder.started;
         let tally = recorder.finish();
         let elapsed = tally.last_done.map_or(Duration::ZERO, |last| last - started);
-        PhaseReport { name, tally, elapsed }
+        PhaseReport { name, tally, elapsed, connections_opened: 0 }
     }
 
     /// Answered requests per second (complete answers and expected refusals).
@@ -252,6 +254,7 @@ impl PhaseReport {
             "by_scenario": tally.by_scenario,
             "elapsed_s": self.elapsed.as_secs_f64(),
             "throughput_per_s": self.throughput_per_s(),
+            "connections_opened": self.connections_opened,
             "latency_ms": quantiles_json(&tally.latency_us),
             "ttft_ms": quantiles_json(&tally.ttft_us),
             "send_late_ms": quantiles_json(&tally.send_late_us),
@@ -262,14 +265,15 @@ impl PhaseReport {
         let tally = &self.tally;
         println!(
             "{}: sent {}  ok {}  refused (402, expected) {}  errors {}  in {:.2} s  \
-             throughput {:.0}/s",
+             throughput {:.0}/s  connections opened {}",
             self.name,
             tally.n_sent - tally.n_skipped,
             tally.n_ok,
             tally.n_refused,
             tally.n_errors,
             self.elapsed.as_secs_f64(),
-            self.throughput_per_s()
+            self.throughput_per_s(),
+            self.connections_opened
         );
         for (kind, n) in &tally.errors {
             println!("  error {kind}: {n}");

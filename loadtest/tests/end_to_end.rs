@@ -167,6 +167,9 @@ fn open_loop_run_with_every_scenario_passes_the_money_check() {
     assert!(gateway["ttft_ms"]["count"].as_u64().unwrap() > 0, "{gateway:#}");
     assert_eq!(gateway["send_late_ms"]["count"], 300, "{gateway:#}");
     assert!(gateway["throughput_per_s"].as_f64().unwrap() > 0.0);
+    // Connections are kept alive: a request opens at most one, most open none.
+    let opened = gateway["connections_opened"].as_u64().unwrap();
+    assert!((1..300).contains(&opened), "{gateway:#}");
     let direct = &report["direct"];
     // The 402s never reach an upstream, so the direct phase skips them.
     assert_eq!(direct["skipped"], gateway["refused_402"], "{direct:#}");
