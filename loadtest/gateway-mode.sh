@@ -23,6 +23,8 @@
 # (19090). The cluster takes local-cluster.sh's default ports. Everything listens on
 # 127.0.0.1 and is stopped at the end.
 set -euo pipefail
+# `times` (the harness's CPU below) prints seconds with the locale's decimal mark.
+export LC_ALL=C
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN_DIR="$(cd "${BIN_DIR:-$repo/target/release}" && pwd)"
 CONCURRENCY=${CONCURRENCY:-800}
