@@ -290,7 +290,6 @@ async fn phase(
         .await;
     progress.stop().await;
     let recorder = Arc::into_inner(recorder).context("a request task outlived its phase")?;
-    let mut report = stats::PhaseReport::new(name, recorder);
-    report.connections_opened = exchange.destination.connections_opened();
-    Ok(report)
+    let connections_opened = exchange.destination.connections_opened();
+    Ok(stats::PhaseReport::new(name, recorder, connections_opened))
 }

@@ -129,7 +129,7 @@ mod tests {
         })
         .await;
         let recorder = Arc::into_inner(recorder).expect("every request task has finished");
-        PhaseReport::new("test", recorder)
+        PhaseReport::new("test", recorder, 0)
     }
 
     // Time is paused: tokio advances it only when every task waits, so these runs are
@@ -203,7 +203,7 @@ mod tests {
             }
         })
         .await;
-        let report = PhaseReport::new("test", Arc::into_inner(recorder).unwrap());
+        let report = PhaseReport::new("test", Arc::into_inner(recorder).unwrap(), 0);
         // 10 requests in the first second (one worker), then 4 at a time until 50.
         assert_eq!(report.tally.n_ok, 50);
         assert_eq!(peak.load(Ordering::SeqCst), 4);

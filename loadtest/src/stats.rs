@@ -224,16 +224,16 @@ pub struct PhaseReport {
     pub tally: Tally,
     /// From the first intended send to the last answer.
     pub elapsed: Duration,
-    /// Connections the harness opened in the phase (0 until the phase sets it).
+    /// Connections the harness opened in the phase.
     pub connections_opened: u64,
 }
 
 impl PhaseReport {
-    pub fn new(name: &'static str, recorder: Recorder) -> PhaseReport {
+    pub fn new(name: &'static str, recorder: Recorder, connections_opened: u64) -> PhaseReport {
         let started = recorder.started;
         let tally = recorder.finish();
         let elapsed = tally.last_done.map_or(Duration::ZERO, |last| last - started);
-        PhaseReport { name, tally, elapsed, connections_opened: 0 }
+        PhaseReport { name, tally, elapsed, connections_opened }
     }
 
     /// Answered requests per second (complete answers and expected refusals).

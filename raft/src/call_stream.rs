@@ -130,6 +130,20 @@ pub(crate) trait Serve<Q>: Send + 'static {
     fn serve(&self, request: Q) -> impl Future<Output = Result<Self::Reply, tonic::Status>> + Send;
 }
 
+/// A function that owns what it serves with serves like a server (the tests' peers).
+impl<Q, R, F, Fut> Serve<Q> for F
+where
+    F: Fn(Q) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<R, tonic::Status>> + Send,
+    R: Send + 'static,
+{
+    type Reply = R;
+
+    fn serve(&self, request: Q) -> impl Future<Output = Result<R, tonic::Status>> + Send {
+        self(request)
+    }
+}
+
 /// The replies to `requests`, each made by `server` once the one before it is made, in
 /// order. A request `server` refuses ends the stream with that status, as it ends a unary
 /// call; so do the client's end of the stream and `closing`.

@@ -700,9 +700,8 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Bytes, LedgerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call_stream::{self, Closing, Replies, Serve};
+    use crate::call_stream::{self, Closing, Replies};
     use crate::grpc::ledger_service_server::{LedgerService, LedgerServiceServer};
-    use std::future::Future;
     use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::net::TcpListener;
 
@@ -743,17 +742,6 @@ mod tests {
         }
     }
 
-    impl Serve<GroupRequest> for SubmitPeer {
-        type Reply = LedgerReply;
-
-        fn serve(
-            &self,
-            r: GroupRequest,
-        ) -> impl Future<Output = Result<LedgerReply, tonic::Status>> + Send {
-            self.clone().take(r)
-        }
-    }
-
     #[tonic::async_trait]
     impl LedgerService for SubmitPeer {
         async fn submit(
@@ -774,8 +762,9 @@ mod tests {
             if !self.streams {
                 return Err(tonic::Status::unimplemented("a node of an older version"));
             }
-            let requests = request.into_inner();
-            Ok(tonic::Response::new(call_stream::in_order(self.clone(), requests, &self.closing)))
+            let (peer, requests) = (self.clone(), request.into_inner());
+            let serve = move |r| peer.clone().take(r);
+            Ok(tonic::Response::new(call_stream::in_order(serve, requests, &self.closing)))
         }
 
         async fn query(

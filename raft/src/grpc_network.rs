@@ -763,17 +763,6 @@ mod tests {
         }
     }
 
-    impl Serve<RaftRequest> for AppendPeer {
-        type Reply = RaftReply;
-
-        fn serve(
-            &self,
-            r: RaftRequest,
-        ) -> impl Future<Output = Result<RaftReply, tonic::Status>> + Send {
-            self.clone().take(r)
-        }
-    }
-
     #[tonic::async_trait]
     impl RaftService for AppendPeer {
         async fn append_entries(
@@ -794,8 +783,9 @@ mod tests {
             if !self.streams {
                 return Err(tonic::Status::unimplemented("a peer of an older version"));
             }
-            let requests = request.into_inner();
-            Ok(tonic::Response::new(call_stream::in_order(self.clone(), requests, &self.closing)))
+            let (peer, requests) = (self.clone(), request.into_inner());
+            let serve = move |r| peer.clone().take(r);
+            Ok(tonic::Response::new(call_stream::in_order(serve, requests, &self.closing)))
         }
 
         async fn install_snapshot(
