@@ -461,8 +461,9 @@ pub struct Account {
 }
 
 impl Account {
-    /// `credits − debits_posted − debits_pending`; never negative (`Ledger::apply`
-    /// asserts it after every command, the audit checks it).
+    /// `credits − debits_posted − debits_pending`; never negative (the two commands that
+    /// add a debit, a reserve and a settle, assert it of the account they debit; the audit
+    /// checks every account).
     pub fn available(&self) -> i128 {
         self.credits.0 as i128 - self.debits_posted.0 as i128 - self.debits_pending.0 as i128
     }
@@ -699,9 +700,14 @@ fn take_hold(
     hold: HoldId,
 ) -> Hold {
     let entry = holds.remove(&hold).expect("voiding a known hold");
+    unindex_expiry(expiry, hold, &entry);
+    entry
+}
+
+/// Removes pending hold `hold`, `entry`, from the expiry order.
+fn unindex_expiry(expiry: &mut OrdSet<(u64, HoldId)>, hold: HoldId, entry: &Hold) {
     let indexed = expiry.remove(&(entry.expires_at_ms, hold));
     assert!(indexed.is_some(), "expiry index out of sync");
-    entry
 }
 
 /// The result of the bank check over every account.
@@ -814,10 +820,9 @@ impl Ledger {
             // Not remembered, and nothing applied: a retry is decided afresh.
             return Err(Rejection::Overloaded);
         }
+        // No balance is looked up again here to assert it: the two ops that debit one (a
+        // reserve, a settle) assert it of the account they debit, which they hold.
         let outcome = command.op.validate().and_then(|()| self.apply_op(command.id, &command.op));
-        if let Some(account) = self.accounts.get(&command.op.account()) {
-            assert!(account.available() >= 0, "an operation made a balance negative");
-        }
         if by_op_id && !matches!((&command.op, &outcome), (Op::Credit { .. }, Ok(_))) {
             self.remember(command.id, fingerprint(&command.op), outcome.clone());
         }
@@ -1071,10 +1076,20 @@ impl Ledger {
         reserved_at_ms: u64,
     ) -> Outcome {
         // A pending hold has not ended: a hold ends once, and its id is not reserved again
-        // while it is remembered. So the usual settle, of a pending hold, skips the window.
-        let owner = self.holds.get(&hold).map(|pending| pending.account);
-        debug_assert!(owner.is_none() || !self.ended.contains(hold.0), "pending and ended");
-        let ended = match owner {
+        // while it is remembered. So the usual settle, of a pending hold, skips the window,
+        // and takes the hold out with its one lookup (another account's goes back).
+        let pending = match self.holds.remove(&hold) {
+            Some(held) if held.account != account => {
+                self.holds.insert(hold, held);
+                return match self.accounts.contains_key(&account) {
+                    true => Err(Rejection::UnknownHold),
+                    false => Err(Rejection::UnknownAccount),
+                };
+            }
+            pending => pending,
+        };
+        debug_assert!(pending.is_none() || !self.ended.contains(hold.0), "pending and ended");
+        let ended = match pending {
             Some(_) => None,
             None => self.ended.get(hold.0).map(PackedEnded::unpack),
         };
@@ -1084,15 +1099,15 @@ impl Ledger {
         }
         // One lookup of the account, for the hold's release and the charge alike.
         let Some(entry) = self.accounts.get_mut(&account) else {
+            assert!(pending.is_none(), "a pending hold of an unknown account");
             return Err(Rejection::UnknownAccount);
         };
-        let (voided, reservation) = match (owner, ended) {
-            (Some(owner), _) if owner == account => {
-                let held = take_hold(&mut self.holds, &mut self.expiry, hold);
+        let (voided, reservation) = match (pending, ended) {
+            (Some(held), _) => {
+                unindex_expiry(&mut self.expiry, hold, &held);
                 entry.drop_hold(held.amount);
                 (Some((held.key, held.amount)), Some(held.reservation()))
             }
-            (Some(_), _) => return Err(Rejection::UnknownHold),
             // Expired or released: charged like any other settle, within the funds.
             (None, Some(ended)) => (None, ended.reservation),
             // Every hold reserved at `reserved_at_ms` ended at or after it and is remembered

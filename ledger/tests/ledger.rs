@@ -121,6 +121,38 @@ fn settle_posts_actual_and_releases_the_rest() {
     assert_eq!(h.ledger.key(KEY).unwrap().usage, PicoUsd::ZERO, "the record named no key");
 }
 
+/// A settle naming another account than its pending hold's changes nothing: the hold stays
+/// pending, in its expiry order too, for its own account's settle.
+#[test]
+fn a_settle_of_another_accounts_hold_leaves_it_pending() {
+    let mut h = Harness::new();
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("1.00") });
+    h.ok(Op::CreateAccount { account: AccountId(8), name: "other".into() });
+    h.ok(reserve(1, "0.60", 60_000));
+    h.ok(reserve(2, "0.10", 60_000));
+    let as_account = |h: &Harness, account, hold| match h.settle(hold, "0.25") {
+        Op::Settle { hold, actual, record, reserved_at_ms, .. } => {
+            Op::Settle { account, hold, actual, record, reserved_at_ms }
+        }
+        _ => unreachable!(),
+    };
+    let foreign = as_account(&h, AccountId(8), 1);
+    assert_eq!(h.run(foreign), Err(Rejection::UnknownHold));
+    let unknown = as_account(&h, AccountId(9), 1);
+    assert_eq!(h.run(unknown), Err(Rejection::UnknownAccount));
+    assert_eq!(h.account().debits_pending, usd("0.70"));
+    assert_eq!(h.ledger.next_expiry_ms(), Some(61_000));
+    let settled = h.ok(h.settle(1, "0.25"));
+    assert_eq!(
+        settled,
+        Reply::Settled { charged: usd("0.25"), released: usd("0.35"), written_off: PicoUsd::ZERO }
+    );
+    h.stamp_ms = 61_000;
+    h.ok(Op::Credit { account: ACCOUNT, amount: usd("0.01") });
+    assert_eq!(h.ledger.next_expiry_ms(), None, "hold 2 expired in its order");
+    assert_eq!(h.account().debits_pending, PicoUsd::ZERO);
+}
+
 #[test]
 fn settle_beyond_the_hold_charges_from_the_balance_first() {
     let mut h = Harness::new();
