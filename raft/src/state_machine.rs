@@ -742,7 +742,7 @@ mod tests {
     async fn a_large_snapshot_builds_in_pieces() {
         let history = history();
         let mut machine = machine_over(&history, 9);
-        let index = create_accounts(&mut machine, N_ACCOUNTS_TWO_PIECES).await;
+        let index = create_accounts(&mut machine, 0..N_ACCOUNTS_TWO_PIECES, 0).await;
         let whole = codec::encode(&machine.shared().read().ledger).unwrap();
         assert!(whole.len() > SNAPSHOT_PIECE_BYTES, "{} bytes: one piece", whole.len());
         let built = machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
@@ -756,11 +756,15 @@ mod tests {
         assert_eq!(current.snapshot.into_inner(), whole);
     }
 
-    /// Applies the creation of accounts `0..n_accounts`, in full batches from index 1;
+    /// Applies the creation of accounts `accounts`, in full batches from index `after + 1`;
     /// returns the last index.
-    async fn create_accounts(machine: &mut StateMachine<MemTree>, n_accounts: u64) -> u64 {
-        let accounts: Vec<u64> = (0..n_accounts).collect();
-        let mut index = 0;
+    async fn create_accounts(
+        machine: &mut StateMachine<MemTree>,
+        accounts: std::ops::Range<u64>,
+        after: u64,
+    ) -> u64 {
+        let accounts: Vec<u64> = accounts.collect();
+        let mut index = after;
         for chunk in accounts.chunks(BATCH_COMMANDS_MAX) {
             let create = |n: &u64| Command {
                 id: OpId(u128::from(*n)),
@@ -858,11 +862,13 @@ mod tests {
         assert_eq!(u128::from(requests), n_entries * per_entry);
     }
 
-    /// Accounts in the ledger the starvation test snapshots: enough that encoding it takes
-    /// several election timeouts in a debug build (300,000 built in 210-270 ms on a quiet
-    /// machine, under the test's floor of two election timeouts, and failed a CI run;
-    /// 600,000 take 530-760 ms).
+    /// Accounts in the ledger the starvation test snapshots at first: enough that encoding
+    /// it takes several election timeouts in a debug build here (300,000 built in 210-270
+    /// ms on a quiet machine, under the test's floor of two election timeouts, and failed a
+    /// CI run; 600,000 take 530-760 ms). A release build (217 ms) or a quicker machine
+    /// doubles it until the encode reaches the floor, up to [`N_ACCOUNTS_MAX`].
     const N_ACCOUNTS: u64 = 600_000;
+    const N_ACCOUNTS_MAX: u64 = 8 * N_ACCOUNTS;
     /// How often the stand-in for the Raft core's heartbeat timer ticks.
     const TICK: Duration = Duration::from_millis(5);
 
@@ -907,13 +913,20 @@ mod tests {
             .expect("an empty state machine opens");
         let shared = machine.shared();
         let (encode_time, build_time, max_gap) = runtime.block_on(async move {
-            let mut index = create_accounts(&mut machine, N_ACCOUNTS).await;
-            // How long a stall would last: one encode of this ledger, timed alone.
-            let encode_time = {
+            let mut n_accounts = N_ACCOUNTS;
+            let mut index = create_accounts(&mut machine, 0..n_accounts, 0).await;
+            // How long a stall would last: one encode of this ledger, timed alone; a ledger
+            // that encodes in under two election timeouts grows.
+            let encode_time = loop {
                 let copy = machine.shared().read().ledger.clone();
                 let started = Instant::now();
                 codec::encode(&copy).expect("the ledger encodes");
-                started.elapsed()
+                let encode_time = started.elapsed();
+                if encode_time >= 2 * ELECTION_TIMEOUT_MIN || n_accounts >= N_ACCOUNTS_MAX {
+                    break encode_time;
+                }
+                index = create_accounts(&mut machine, n_accounts..2 * n_accounts, index).await;
+                n_accounts *= 2;
             };
             let built = Arc::new(AtomicBool::new(false));
             let ticker = tokio::spawn({
