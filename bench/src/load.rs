@@ -11,10 +11,10 @@ use crate::{funding_commands, lifecycle_commands};
 use solrouter_ledger::{Command, Outcome};
 use solrouter_raft::{LedgerApi, LedgerClient, LedgerError, LedgerNode};
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc;
 
 /// Bits of sub-bucket index per power of two in [`Histogram`]: 64 sub-buckets, so a
 /// recorded latency is reported within 1/64 (1.6 %) of its true value.
@@ -195,9 +195,15 @@ impl Load {
     /// Starts lifecycles at a constant `per_s` for `duration` (open loop), whatever the
     /// ledger's pace, and times each from when it was due, not from when it began: a
     /// ledger that falls behind shows in the latencies instead of slowing the arrivals
-    /// (no coordinated omission). At most [`OPEN_LOOP_IN_FLIGHT_MAX`] run at once; past
-    /// that, arrivals wait, and the wait counts in their latency. A lifecycle the client
-    /// gives up on (past a rate the ledger can take) is counted, not fatal.
+    /// (no coordinated omission). A lifecycle the client gives up on (past a rate the
+    /// ledger can take) is counted, not fatal.
+    ///
+    /// Arrivals go to a pool of workers, one more whenever an arrival finds none free, at
+    /// most [`OPEN_LOOP_IN_FLIGHT_MAX`]; past that, arrivals wait in a queue, and the wait
+    /// counts in their latency. A task per lifecycle cost this process ~12 µs of CPU a
+    /// lifecycle at 50,000/s, two fifths of it the kernel zeroing pages for tasks whose
+    /// memory the allocator had given back (docs/benchmarks.md, "Session 42"): CPU the
+    /// measured ledger shares.
     pub async fn run_at_rate(
         &mut self,
         per_s: NonZeroU64,
@@ -208,44 +214,77 @@ impl Load {
             .expect("a run of fewer than 2^64 lifecycles");
         let proposed_before = self.target.proposed();
         let tally = Arc::new(Mutex::new(Tally::default()));
-        let permits = Arc::new(Semaphore::new(OPEN_LOOP_IN_FLIGHT_MAX));
-        let mut lifecycles = tokio::task::JoinSet::new();
+        let (arrivals, arrivals_rx) = mpsc::channel(OPEN_LOOP_IN_FLIGHT_MAX);
+        let arrivals_rx = Arc::new(tokio::sync::Mutex::new(arrivals_rx));
+        let idle = Arc::new(AtomicUsize::new(0));
+        let mut workers = tokio::task::JoinSet::new();
         let started = Instant::now();
         for i in 0..n_due {
             let due = started + arrival_offset(i, per_s);
             if due > Instant::now() {
                 tokio::time::sleep_until(due.into()).await;
             }
-            let permit = Arc::clone(&permits).acquire_owned().await.expect("never closed");
-            let mut route = Route::new(&self.target);
-            let (release_one_in, tally, n_completed) =
-                (self.release_one_in, Arc::clone(&tally), Arc::clone(&self.n_completed));
-            lifecycles.spawn(async move {
-                let done = run_lifecycle(&mut route, first + i, release_one_in).await;
-                drop(permit);
-                let mut tally = tally.lock().expect("tally poisoned");
-                match done {
-                    Ok(done) => tally.record(due, done),
-                    Err(LedgerError::Timeout(_) | LedgerError::Unavailable { .. }) => {
-                        tally.n_unanswered += 1;
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e),
-                }
-                n_completed.fetch_add(1, Ordering::Relaxed);
-                Ok::<(), LedgerError>(())
-            });
-            while let Some(joined) = lifecycles.try_join_next() {
-                joined.expect("lifecycle task panicked")?;
+            arrivals.send((first + i, due)).await.expect("the workers end after the arrivals");
+            if idle.load(Ordering::Relaxed) == 0 && workers.len() < OPEN_LOOP_IN_FLIGHT_MAX {
+                let worker = Worker {
+                    route: Route::new(&self.target),
+                    release_one_in: self.release_one_in,
+                    arrivals: Arc::clone(&arrivals_rx),
+                    idle: Arc::clone(&idle),
+                    tally: Arc::clone(&tally),
+                    n_completed: Arc::clone(&self.n_completed),
+                };
+                workers.spawn(worker.run());
+            }
+            while let Some(joined) = workers.try_join_next() {
+                joined.expect("worker panicked")?;
             }
         }
-        while let Some(joined) = lifecycles.join_next().await {
-            joined.expect("lifecycle task panicked")?;
+        drop(arrivals);
+        while let Some(joined) = workers.join_next().await {
+            joined.expect("worker panicked")?;
         }
         let elapsed = started.elapsed();
         self.next_lifecycle = first + n_due;
         let total = std::mem::take(&mut *tally.lock().expect("tally poisoned"));
         Ok(self.report(elapsed, total, proposed_before))
+    }
+}
+
+/// An open-loop run's worker: takes the next due lifecycle (its number and when it was
+/// due), runs it, and tallies it, until the arrivals end.
+struct Worker {
+    route: Route,
+    release_one_in: Option<NonZeroU64>,
+    arrivals: Arc<tokio::sync::Mutex<mpsc::Receiver<(u64, Instant)>>>,
+    /// Workers waiting for an arrival.
+    idle: Arc<AtomicUsize>,
+    tally: Arc<Mutex<Tally>>,
+    n_completed: Arc<AtomicU64>,
+}
+
+impl Worker {
+    async fn run(mut self) -> Result<(), LedgerError> {
+        loop {
+            self.idle.fetch_add(1, Ordering::Relaxed);
+            let arrival = self.arrivals.lock().await.recv().await;
+            self.idle.fetch_sub(1, Ordering::Relaxed);
+            let Some((n, due)) = arrival else {
+                return Ok(());
+            };
+            let done = run_lifecycle(&mut self.route, n, self.release_one_in).await;
+            let mut tally = self.tally.lock().expect("tally poisoned");
+            match done {
+                Ok(done) => tally.record(due, done),
+                Err(LedgerError::Timeout(_) | LedgerError::Unavailable { .. }) => {
+                    tally.n_unanswered += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            drop(tally);
+            self.n_completed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
