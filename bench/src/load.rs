@@ -14,7 +14,7 @@ use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 /// Bits of sub-bucket index per power of two in [`Histogram`]: 64 sub-buckets, so a
 /// recorded latency is reported within 1/64 (1.6 %) of its true value.
@@ -224,7 +224,17 @@ impl Load {
             if due > Instant::now() {
                 tokio::time::sleep_until(due.into()).await;
             }
-            arrivals.send((first + i, due)).await.expect("the workers end after the arrivals");
+            // A worker ends early only on an error; while the queue is full, one that does
+            // ends the run instead of leaving the arrival waiting for workers that are gone.
+            if let Err(TrySendError::Full(arrival)) = arrivals.try_send((first + i, due)) {
+                tokio::select! {
+                    sent = arrivals.send(arrival) => sent.expect("the receiver outlives the run"),
+                    Some(joined) = workers.join_next() => {
+                        joined.expect("worker panicked")?;
+                        unreachable!("a worker ended before its arrivals");
+                    }
+                }
+            }
             if idle.load(Ordering::Relaxed) == 0 && workers.len() < OPEN_LOOP_IN_FLIGHT_MAX {
                 let worker = Worker {
                     route: Route::new(&self.target),

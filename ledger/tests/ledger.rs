@@ -55,14 +55,18 @@ impl Harness {
     /// A settle of `hold` as a gateway sends it, with the stamp its reserve was answered
     /// with (a hold never reserved claims the current stamp).
     fn settle_with(&self, hold: u128, actual: &str, record: RequestRecord) -> Op {
+        self.settle_as(ACCOUNT, hold, actual, record)
+    }
+
+    /// The same, naming `account`.
+    fn settle_as(&self, account: AccountId, hold: u128, actual: &str, record: RequestRecord) -> Op {
         let hold = HoldId(hold);
         let reserved_at_ms = self.reserved_at.get(&hold).copied().unwrap_or(self.stamp_ms);
-        Op::Settle { account: ACCOUNT, hold, actual: usd(actual), record, reserved_at_ms }
+        Op::Settle { account, hold, actual: usd(actual), record, reserved_at_ms }
     }
 
     fn settle(&self, hold: u128, actual: &str) -> Op {
-        let record = RequestRecord { model: "mock/echo".into(), status: 200, ..Default::default() };
-        self.settle_with(hold, actual, record)
+        self.settle_with(hold, actual, echo_record())
     }
 
     fn record(&self, hold: HoldId) -> (AccountId, RequestRecord) {
@@ -76,6 +80,11 @@ impl Harness {
     fn account(&self) -> Account {
         self.ledger.account(ACCOUNT).unwrap().clone()
     }
+}
+
+/// A plain answer's record, as the mock's echo model makes it.
+fn echo_record() -> RequestRecord {
+    RequestRecord { model: "mock/echo".into(), status: 200, ..Default::default() }
 }
 
 fn usd(text: &str) -> PicoUsd {
@@ -130,15 +139,9 @@ fn a_settle_of_another_accounts_hold_leaves_it_pending() {
     h.ok(Op::CreateAccount { account: AccountId(8), name: "other".into() });
     h.ok(reserve(1, "0.60", 60_000));
     h.ok(reserve(2, "0.10", 60_000));
-    let as_account = |h: &Harness, account, hold| match h.settle(hold, "0.25") {
-        Op::Settle { hold, actual, record, reserved_at_ms, .. } => {
-            Op::Settle { account, hold, actual, record, reserved_at_ms }
-        }
-        _ => unreachable!(),
-    };
-    let foreign = as_account(&h, AccountId(8), 1);
+    let foreign = h.settle_as(AccountId(8), 1, "0.25", echo_record());
     assert_eq!(h.run(foreign), Err(Rejection::UnknownHold));
-    let unknown = as_account(&h, AccountId(9), 1);
+    let unknown = h.settle_as(AccountId(9), 1, "0.25", echo_record());
     assert_eq!(h.run(unknown), Err(Rejection::UnknownAccount));
     assert_eq!(h.account().debits_pending, usd("0.70"));
     assert_eq!(h.ledger.next_expiry_ms(), Some(61_000));

@@ -323,7 +323,7 @@ impl GroupAccess for LedgerClient {
             Err(TrySendError::Full(pending)) => Some(pending),
         };
         // The wait for room, boxed: inline, it (the command again, a timer) made every
-        // submit's future 1.6 KB, copied whole each time it or its caller's moved.
+        // submit's future 1.6 KB, copied whole each time it or a caller's future moved.
         if let Some(pending) = full {
             Box::pin(queue_when_room(queue, pending)).await?;
         }
