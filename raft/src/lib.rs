@@ -132,6 +132,10 @@ pub const LEGACY_LOG_MOVED_NAME: &str = "ledger.redb.moved";
 /// that a snapshot's write and sync (tens of MB, hundreds of ms) never hold the log's
 /// writer, which every append waits on.
 pub const SNAPSHOT_FILE_NAME: &str = "snapshots.redb";
+/// The file, in a data directory whose log lives elsewhere
+/// ([`NodeOptions::with_log_dir`]), that names the log's directory, so that the node is
+/// never opened with an empty log beside a snapshot and history that need its entries.
+pub(crate) const LOG_LOCATION_FILE_NAME: &str = "log-location";
 /// Opening a data directory still open in a node of this process that is shutting down
 /// is retried this many times, this far apart (5 s in all).
 pub const OPEN_LOCK_ATTEMPTS_MAX: u32 = 100;

@@ -27,15 +27,16 @@ use crate::wire::{self, Consistency, MembershipChange, ReadAnswer, ReadRequest, 
 use crate::{
     APPEND_ENTRIES_MAX, ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, ENTRIES_KEPT_AFTER_SNAPSHOT,
     HEARTBEAT_INTERVAL, INSTALL_SNAPSHOT_TIMEOUT, LEADER_WAIT_TIMEOUT, LEGACY_LOG_FILE_NAME,
-    LEGACY_LOG_MOVED_NAME, LOG_DIR_NAME, OPEN_LOCK_ATTEMPTS_MAX, OPEN_LOCK_RETRY_INTERVAL,
-    RPC_BYTES_MAX, SLOTS, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_EVERY_ENTRIES, SNAPSHOT_FILE_NAME,
+    LEGACY_LOG_MOVED_NAME, LOG_DIR_NAME, LOG_LOCATION_FILE_NAME, OPEN_LOCK_ATTEMPTS_MAX,
+    OPEN_LOCK_RETRY_INTERVAL, RPC_BYTES_MAX, SLOTS, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_EVERY_ENTRIES,
+    SNAPSHOT_FILE_NAME,
 };
 use openraft::error::{InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 use solrouter_ledger::{AccountId, Command, Ledger, Outcome, BATCH_COMMANDS_MAX};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -130,6 +131,7 @@ pub struct NodeOptions {
     snapshot_every_entries: u64,
     entries_kept_after_snapshot: u64,
     history_retention: Duration,
+    log_dir: Option<PathBuf>,
 }
 
 /// Counters of one group on one node since it was opened, for tests, metrics and health.
@@ -181,8 +183,11 @@ impl NodeOptions {
         if snapshot_every_entries == 0 {
             return Err(LedgerError::InvalidOptions("snapshot_every_entries must be positive"));
         }
-        let history_retention = HISTORY_RETENTION_DEFAULT;
-        Ok(NodeOptions { snapshot_every_entries, entries_kept_after_snapshot, history_retention })
+        Ok(NodeOptions {
+            snapshot_every_entries,
+            entries_kept_after_snapshot,
+            ..NodeOptions::default()
+        })
     }
 
     /// How long request records are kept (default [`HISTORY_RETENTION_DEFAULT`]).
@@ -192,6 +197,16 @@ impl NodeOptions {
 
     pub fn history_retention(&self) -> Duration {
         self.history_retention
+    }
+
+    /// Keeps the log (every group's entries, votes and the node's identity) in `log_dir`
+    /// instead of `<data dir>/log`: a device of its own spares each commit's `fdatasync`
+    /// the history's and the snapshots' writes, which share the default's disk
+    /// (docs/benchmarks.md, "Session 44"). A data directory keeps its log where it was
+    /// first opened (its file `log-location` names it); opening it with the log elsewhere is
+    /// refused.
+    pub fn with_log_dir(self, log_dir: PathBuf) -> NodeOptions {
+        NodeOptions { log_dir: Some(log_dir), ..self }
     }
 
     pub fn snapshot_every_entries(&self) -> u64 {
@@ -209,6 +224,7 @@ impl Default for NodeOptions {
             snapshot_every_entries: SNAPSHOT_EVERY_ENTRIES,
             entries_kept_after_snapshot: ENTRIES_KEPT_AFTER_SNAPSHOT,
             history_retention: HISTORY_RETENTION_DEFAULT,
+            log_dir: None,
         }
     }
 }
@@ -248,7 +264,7 @@ impl LedgerNode {
         data_dir: &Path,
         options: &NodeOptions,
     ) -> Result<LedgerNode, LedgerError> {
-        let stores = open_stores(data_dir).await?;
+        let stores = open_stores(data_dir, options.log_dir.as_deref()).await?;
         let identity = open_identity(&stores.log, data_dir, SINGLE_NODE_ID).await?;
         let history =
             History::open(&data_dir.join(HISTORY_FILE), options.history_retention).await?;
@@ -311,7 +327,7 @@ impl LedgerNode {
         let listener = tokio::net::TcpListener::bind(config.listen())
             .await
             .map_err(|e| LedgerError::storage("binding the ledger endpoint", e))?;
-        let stores = open_stores(data_dir).await?;
+        let stores = open_stores(data_dir, options.log_dir.as_deref()).await?;
         // Checked before a fresh identity is written, so a refused directory stays empty.
         let identities = stores.log.tree(IDENTITY_TREE);
         let stored = incarnation::load(&identities, config.id())
@@ -913,7 +929,7 @@ const SLED_FILES: [&str; 2] = ["conf", "db"];
 /// open: a node that was just shut down or dropped in this process closes them only when
 /// openraft's storage tasks finish. A data directory written by sled is refused; a log an
 /// older build kept in redb is moved into the log store.
-async fn open_stores(data_dir: &Path) -> Result<NodeStores, LedgerError> {
+async fn open_stores(data_dir: &Path, log_dir: Option<&Path>) -> Result<NodeStores, LedgerError> {
     if SLED_FILES.iter().all(|name| data_dir.join(name).exists()) {
         return Err(LedgerError::storage(
             "opening the data directory",
@@ -927,8 +943,9 @@ async fn open_stores(data_dir: &Path) -> Result<NodeStores, LedgerError> {
     }
     std::fs::create_dir_all(data_dir)
         .map_err(|e| LedgerError::storage("creating the data directory", e))?;
+    let log_dir = log_dir_of(data_dir, log_dir)?;
     let log = retry_while_open(
-        || WalStore::open(&data_dir.join(LOG_DIR_NAME)),
+        || WalStore::open(&log_dir),
         |e| e.kind() == std::io::ErrorKind::WouldBlock,
     )
     .await?;
@@ -950,6 +967,76 @@ async fn open_stores(data_dir: &Path) -> Result<NodeStores, LedgerError> {
     )
     .await?;
     Ok(NodeStores { log, snapshots })
+}
+
+/// Writes `bytes` to `path` whole or not at all: into a temporary file, synced, renamed
+/// over `path`, and the directory synced.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// The log's directory for `data_dir`: `<data dir>/log`, or `log_dir`
+/// ([`NodeOptions::with_log_dir`]), recorded in the data directory
+/// ([`LOG_LOCATION_FILE_NAME`]) when it is first opened with it. Refuses a log elsewhere
+/// than the data directory's: the node would start from an empty log beside a snapshot
+/// and history that need the entries after them, and lose what its log acknowledged.
+fn log_dir_of(data_dir: &Path, log_dir: Option<&Path>) -> Result<PathBuf, LedgerError> {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let refused =
+        |reason: String| LedgerError::storage("opening the log", std::io::Error::other(reason));
+    let location = data_dir.join(LOG_LOCATION_FILE_NAME);
+    let recorded = match std::fs::read(&location) {
+        Ok(bytes) => Some(PathBuf::from(OsStr::from_bytes(&bytes))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(LedgerError::storage("reading the log's location", e)),
+    };
+    let Some(log_dir) = log_dir else {
+        return match recorded {
+            None => Ok(data_dir.join(LOG_DIR_NAME)),
+            Some(recorded) => Err(refused(format!(
+                "the log of {} is in {} ({}): start the node with that log directory",
+                data_dir.display(),
+                recorded.display(),
+                location.display()
+            ))),
+        };
+    };
+    std::fs::create_dir_all(log_dir)
+        .map_err(|e| LedgerError::storage("creating the log directory", e))?;
+    let log_dir = std::fs::canonicalize(log_dir)
+        .map_err(|e| LedgerError::storage("resolving the log directory", e))?;
+    match recorded {
+        Some(recorded) if recorded == log_dir => Ok(log_dir),
+        Some(recorded) => Err(refused(format!(
+            "the log of {} is in {} ({}), not in {}: start the node with that log directory",
+            data_dir.display(),
+            recorded.display(),
+            location.display(),
+            log_dir.display()
+        ))),
+        None if std::fs::canonicalize(data_dir.join(LOG_DIR_NAME)).is_ok_and(|d| d == log_dir) => {
+            Ok(log_dir)
+        }
+        None if data_dir.join(SNAPSHOT_FILE_NAME).exists() => Err(refused(format!(
+            "the log of {} is in {}, not in {}: start the node without a log directory, \
+             or move the log there first",
+            data_dir.display(),
+            data_dir.join(LOG_DIR_NAME).display(),
+            log_dir.display()
+        ))),
+        None => {
+            write_durably(&location, log_dir.as_os_str().as_bytes())
+                .map_err(|e| LedgerError::storage("recording the log's location", e))?;
+            Ok(log_dir)
+        }
+    }
 }
 
 /// Copies every tree of an older build's redb log into the log store, durably.
@@ -1010,6 +1097,55 @@ pub(crate) fn raft_config(options: &NodeOptions) -> Result<Config, LedgerError> 
 mod tests {
     use super::*;
     use solrouter_ledger::{Op, OpId, PicoUsd, Rejection, Reply, NAME_BYTES_MAX};
+
+    /// A node whose log lives outside its data directory keeps it there across restarts,
+    /// and is refused, naming the log's directory, when opened with the log anywhere else:
+    /// with none, with another, or with one for a data directory that has its log inside.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_kept_elsewhere_stays_where_the_data_directory_says() {
+        let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let log_dir = logs.path().join("log");
+        let elsewhere = NodeOptions::default().with_log_dir(log_dir.clone());
+        let account = AccountId(1);
+        let create = Command { id: OpId(1), op: Op::CreateAccount { account, name: "a".into() } };
+        let credit = Command { id: OpId(2), op: Op::Credit { account, amount: PicoUsd(7) } };
+        {
+            let node = LedgerNode::open_single_with(data.path(), &elsewhere).await.unwrap();
+            node.submit_group(0, vec![create, credit]).await.unwrap();
+            node.shutdown().await.unwrap();
+        }
+        assert!(!data.path().join(LOG_DIR_NAME).exists(), "the log went to the data directory");
+        let segments = std::fs::read_dir(&log_dir).unwrap().filter_map(Result::ok);
+        let n_segments = segments.filter(|f| f.path().extension().is_some_and(|e| e == "log"));
+        assert!(n_segments.count() > 0, "no log in {}", log_dir.display());
+        let log_dir = std::fs::canonicalize(&log_dir).unwrap();
+        let refusal = |e: LedgerError| {
+            let message = e.to_string();
+            assert!(message.contains(&log_dir.display().to_string()), "{message}");
+        };
+        refusal(LedgerNode::open_single(data.path()).await.err().unwrap());
+        let other = NodeOptions::default().with_log_dir(logs.path().join("other"));
+        refusal(LedgerNode::open_single_with(data.path(), &other).await.err().unwrap());
+
+        let node = LedgerNode::open_single_with(data.path(), &elsewhere).await.unwrap();
+        let credits = node.read(|ledger| ledger.account(account).map(|a| a.credits)).await;
+        assert_eq!(credits.unwrap(), Some(PicoUsd(7)));
+        node.shutdown().await.unwrap();
+
+        // A data directory whose log is inside it keeps it there, named or not.
+        let inside = tempfile::tempdir().unwrap();
+        LedgerNode::open_single(inside.path()).await.unwrap().shutdown().await.unwrap();
+        let named = NodeOptions::default().with_log_dir(inside.path().join(LOG_DIR_NAME));
+        let node = LedgerNode::open_single_with(inside.path(), &named).await.unwrap();
+        node.shutdown().await.unwrap();
+        assert!(!inside.path().join(LOG_LOCATION_FILE_NAME).exists());
+        let moved = LedgerNode::open_single_with(inside.path(), &elsewhere).await.err().unwrap();
+        let message = moved.to_string();
+        assert!(
+            message.contains(&inside.path().join(LOG_DIR_NAME).display().to_string()),
+            "{message}"
+        );
+    }
 
     /// A `LedgerService` submit's commands go into one entry, in order; a malformed one
     /// is answered with its rejection in its place and never proposed; an oversized
