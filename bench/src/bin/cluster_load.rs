@@ -50,6 +50,10 @@ struct Args {
     /// Parent of the nodes' data directories (removed after each row).
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     dir: PathBuf,
+    /// Parent of the nodes' logs (`solrouter ledger --log-dir`), to put them on another
+    /// device than the data directories; by default each log is in its data directory.
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,22 +72,35 @@ enum NodeCommand {
         /// How long the node keeps request records (default: the production 90 days).
         #[arg(long)]
         history_retention_s: Option<u64>,
+        /// The node's log goes to `node-<id>` in this directory.
+        #[arg(long)]
+        log_parent: Option<PathBuf>,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Runtime::new()?;
-    if let Some(NodeCommand::Node { id, peers, groups, dir, history_retention_s }) = &args.node {
+    if let Some(NodeCommand::Node { id, peers, groups, dir, history_retention_s, log_parent }) =
+        &args.node
+    {
         let mut options = NodeOptions::default();
         if let Some(seconds) = history_retention_s {
             options = options.with_history_retention(Duration::from_secs(*seconds));
         }
+        if let Some(parent) = log_parent {
+            options = options.with_log_dir(parent.join(format!("node-{id}")));
+        }
         return runtime.block_on(run_node(*id, peers, *groups, dir, &options));
     }
     println!(
-        "{} node processes, {} groups, {} s per row after {} s warm-up, data in {:?}",
-        args.nodes, args.groups, args.duration_s, args.warm_up_s, args.dir
+        "{} node processes, {} groups, {} s per row after {} s warm-up, data in {:?}, logs in {:?}",
+        args.nodes,
+        args.groups,
+        args.duration_s,
+        args.warm_up_s,
+        args.dir,
+        args.log_dir.as_ref().unwrap_or(&args.dir)
     );
     let paces: Vec<Pace> = match &args.rates {
         Some(rates) => rates.iter().copied().map(Pace::Rate).collect(),
@@ -105,9 +122,21 @@ fn main() -> anyhow::Result<()> {
     );
     for pace in paces {
         let exe = std::env::current_exe()?;
-        let processes = Processes::start(&exe, args.nodes, args.groups, &args.dir, &[])?;
+        // Removed after the row, as the data directories are.
+        let logs = match &args.log_dir {
+            Some(parent) => {
+                Some(tempfile::Builder::new().prefix("solrouter-bench-").tempdir_in(parent)?)
+            }
+            None => None,
+        };
+        let node_args = match &logs {
+            Some(logs) => vec!["--log-parent".to_owned(), logs.path().display().to_string()],
+            None => Vec::new(),
+        };
+        let processes = Processes::start(&exe, args.nodes, args.groups, &args.dir, &node_args)?;
         let row = runtime.block_on(measure(&args, &processes, pace));
         let stopped = processes.stop();
+        drop(logs);
         println!("{}", row?);
         stopped?;
     }
