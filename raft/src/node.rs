@@ -984,57 +984,44 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// The log's directory for `data_dir`: `<data dir>/log`, or `log_dir`
 /// ([`NodeOptions::with_log_dir`]), recorded in the data directory
 /// ([`LOG_LOCATION_FILE_NAME`]) when it is first opened with it. Refuses a log elsewhere
-/// than the data directory's: the node would start from an empty log beside a snapshot
-/// and history that need the entries after them, and lose what its log acknowledged.
+/// than the data directory's (before creating anything): the node would start from an
+/// empty log beside a snapshot and history that need the entries after them, and lose
+/// what its log acknowledged. Paths are compared made absolute, not resolved: a link to
+/// the log is refused too, naming the log's directory.
 fn log_dir_of(data_dir: &Path, log_dir: Option<&Path>) -> Result<PathBuf, LedgerError> {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
-    let refused =
-        |reason: String| LedgerError::storage("opening the log", std::io::Error::other(reason));
+    let absolute = |path: &Path| {
+        std::path::absolute(path).map_err(|e| LedgerError::storage("resolving the log", e))
+    };
+    let inside = absolute(&data_dir.join(LOG_DIR_NAME))?;
     let location = data_dir.join(LOG_LOCATION_FILE_NAME);
     let recorded = match std::fs::read(&location) {
         Ok(bytes) => Some(PathBuf::from(OsStr::from_bytes(&bytes))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(LedgerError::storage("reading the log's location", e)),
     };
-    let Some(log_dir) = log_dir else {
-        return match recorded {
-            None => Ok(data_dir.join(LOG_DIR_NAME)),
-            Some(recorded) => Err(refused(format!(
-                "the log of {} is in {} ({}): start the node with that log directory",
+    let opened_before = data_dir.join(SNAPSHOT_FILE_NAME).exists();
+    let expected = recorded.clone().or_else(|| opened_before.then(|| inside.clone()));
+    let chosen = log_dir.map(absolute).transpose()?.unwrap_or_else(|| inside.clone());
+    match expected {
+        Some(expected) if expected != chosen => Err(LedgerError::storage(
+            "opening the log",
+            std::io::Error::other(format!(
+                "the log of {} is in {}, not in {}: start the node with that log directory \
+                 (`{}` names one given before; without it the log is in the data directory)",
                 data_dir.display(),
-                recorded.display(),
-                location.display()
-            ))),
-        };
-    };
-    std::fs::create_dir_all(log_dir)
-        .map_err(|e| LedgerError::storage("creating the log directory", e))?;
-    let log_dir = std::fs::canonicalize(log_dir)
-        .map_err(|e| LedgerError::storage("resolving the log directory", e))?;
-    match recorded {
-        Some(recorded) if recorded == log_dir => Ok(log_dir),
-        Some(recorded) => Err(refused(format!(
-            "the log of {} is in {} ({}), not in {}: start the node with that log directory",
-            data_dir.display(),
-            recorded.display(),
-            location.display(),
-            log_dir.display()
-        ))),
-        None if std::fs::canonicalize(data_dir.join(LOG_DIR_NAME)).is_ok_and(|d| d == log_dir) => {
-            Ok(log_dir)
-        }
-        None if data_dir.join(SNAPSHOT_FILE_NAME).exists() => Err(refused(format!(
-            "the log of {} is in {}, not in {}: start the node without a log directory, \
-             or move the log there first",
-            data_dir.display(),
-            data_dir.join(LOG_DIR_NAME).display(),
-            log_dir.display()
-        ))),
+                expected.display(),
+                chosen.display(),
+                LOG_LOCATION_FILE_NAME
+            )),
+        )),
+        Some(_) => Ok(chosen),
+        None if chosen == inside => Ok(chosen),
         None => {
-            write_durably(&location, log_dir.as_os_str().as_bytes())
+            write_durably(&location, chosen.as_os_str().as_bytes())
                 .map_err(|e| LedgerError::storage("recording the log's location", e))?;
-            Ok(log_dir)
+            Ok(chosen)
         }
     }
 }
@@ -1099,8 +1086,9 @@ mod tests {
     use solrouter_ledger::{Op, OpId, PicoUsd, Rejection, Reply, NAME_BYTES_MAX};
 
     /// A node whose log lives outside its data directory keeps it there across restarts,
-    /// and is refused, naming the log's directory, when opened with the log anywhere else:
-    /// with none, with another, or with one for a data directory that has its log inside.
+    /// and is refused, naming the log's directory and creating nothing, when opened with
+    /// the log anywhere else: with none, with another, or with one for a data directory
+    /// that has its log inside.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_log_kept_elsewhere_stays_where_the_data_directory_says() {
         let (data, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -1118,7 +1106,6 @@ mod tests {
         let segments = std::fs::read_dir(&log_dir).unwrap().filter_map(Result::ok);
         let n_segments = segments.filter(|f| f.path().extension().is_some_and(|e| e == "log"));
         assert!(n_segments.count() > 0, "no log in {}", log_dir.display());
-        let log_dir = std::fs::canonicalize(&log_dir).unwrap();
         let refusal = |e: LedgerError| {
             let message = e.to_string();
             assert!(message.contains(&log_dir.display().to_string()), "{message}");
@@ -1126,6 +1113,7 @@ mod tests {
         refusal(LedgerNode::open_single(data.path()).await.err().unwrap());
         let other = NodeOptions::default().with_log_dir(logs.path().join("other"));
         refusal(LedgerNode::open_single_with(data.path(), &other).await.err().unwrap());
+        assert!(!logs.path().join("other").exists(), "a refused log directory was created");
 
         let node = LedgerNode::open_single_with(data.path(), &elsewhere).await.unwrap();
         let credits = node.read(|ledger| ledger.account(account).map(|a| a.credits)).await;
