@@ -32,6 +32,7 @@ use crate::call_stream::{self, CallStream, Closing, Exchange, Replies, Serve};
 use crate::codec::{self, CodecError};
 use crate::encoded::{self, EncodedEntries};
 use crate::error::LedgerError;
+use crate::founding;
 use crate::grpc::raft_service_client::RaftServiceClient;
 use crate::grpc::raft_service_server::RaftService;
 use crate::grpc::{RaftReply, RaftRequest};
@@ -51,7 +52,7 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -500,6 +501,29 @@ impl RaftService for RaftRpcServer {
         let members = incarnation::members(memberships.iter().map(|m| m.membership()));
         reply(&Identified { identity: self.identity, members })
     }
+
+    async fn found(
+        &self,
+        request: tonic::Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        let (raft, members): (_, BTreeMap<NodeId, Member>) = self.decode(request)?;
+        reply(&founding::found_here(raft, self.identity, members).await)
+    }
+}
+
+/// A client of the node at `addr`, and a request to it of `group` carrying `payload`,
+/// answered within `timeout`.
+fn call(
+    addr: &str,
+    tls: Option<&TlsConfig>,
+    group: u32,
+    payload: Vec<u8>,
+    timeout: Duration,
+) -> Result<(RaftServiceClient<Channel>, tonic::Request<RaftRequest>), LedgerError> {
+    let client = RaftServiceClient::new(tls::endpoint(addr, tls)?.connect_lazy());
+    let mut request = tonic::Request::new(RaftRequest { group, payload: payload.into() });
+    request.set_timeout(timeout);
+    Ok((client, request))
 }
 
 /// Asks the node at `addr` who it is, within `timeout`.
@@ -509,14 +533,40 @@ pub async fn identify(
     timeout: Duration,
 ) -> Result<Identified, LedgerError> {
     let unavailable = |reason: String| LedgerError::Unavailable { reason };
-    let channel = tls::endpoint(addr, tls)?.connect_lazy();
-    let mut client = RaftServiceClient::new(channel);
-    let mut request = tonic::Request::new(RaftRequest { group: 0, payload: Vec::new().into() });
-    request.set_timeout(timeout);
+    let (mut client, request) = call(addr, tls, 0, Vec::new(), timeout)?;
     let reply = client.identify(request).await;
     let reply = reply.map_err(|e| unavailable(format!("asking {addr} who it is: {e}")))?;
     codec::decode(&reply.into_inner().payload)
         .map_err(|e| LedgerError::Invalid(format!("{addr} answered who it is with {e}")))
+}
+
+/// Asks founder `to` of the founding `members` to initialize its replica of `group` with
+/// them (`from`: the founding member), within `timeout` (see `founding.rs`).
+pub async fn found(
+    from: Identity,
+    group: u32,
+    to: NodeId,
+    members: &BTreeMap<NodeId, Member>,
+    tls: Option<&TlsConfig>,
+    timeout: Duration,
+) -> Result<(), LedgerError> {
+    let target = &members[&to];
+    let stamped = Stamped {
+        from: from.node_id,
+        from_incarnation: from.incarnation,
+        to_incarnation: target.incarnation,
+        rpc: members,
+    };
+    let payload = codec::encode(&stamped)
+        .map_err(|e| LedgerError::Invalid(format!("encoding the founding members: {e}")))?;
+    let (mut client, request) = call(&target.addr, tls, group, payload, timeout)?;
+    let reply = client.found(request).await.map_err(|e| LedgerError::Unavailable {
+        reason: format!("asking {} to found group {group}: {e}", target.addr),
+    })?;
+    let answer: Result<(), String> = codec::decode(&reply.into_inner().payload).map_err(|e| {
+        LedgerError::Invalid(format!("{} answered a founding with {e}", target.addr))
+    })?;
+    answer.map_err(|reason| LedgerError::Unavailable { reason })
 }
 
 #[cfg(test)]
@@ -614,6 +664,13 @@ mod tests {
         }
 
         async fn identify(
+            &self,
+            _: tonic::Request<RaftRequest>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            self.timed_out()
+        }
+
+        async fn found(
             &self,
             _: tonic::Request<RaftRequest>,
         ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
@@ -803,6 +860,13 @@ mod tests {
         }
 
         async fn identify(
+            &self,
+            _: tonic::Request<RaftRequest>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("append entries only"))
+        }
+
+        async fn found(
             &self,
             _: tonic::Request<RaftRequest>,
         ) -> Result<tonic::Response<RaftReply>, tonic::Status> {

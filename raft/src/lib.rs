@@ -18,6 +18,7 @@ mod compaction;
 mod encoded;
 mod error;
 mod expiry;
+mod founding;
 mod group;
 mod grpc;
 mod grpc_network;
@@ -53,6 +54,7 @@ pub use codec::CodecError;
 pub use compaction::SNAPSHOT_CHECK_INTERVAL;
 pub use error::LedgerError;
 pub use expiry::EXPIRY_CHECK_INTERVAL;
+pub use founding::{FOUNDER_IDENTIFY_TIMEOUT, FOUNDING_RETRY_INTERVAL, FOUND_GROUP_TIMEOUT};
 pub use history::{
     History, HistoryCursor, HistoryPage, HistoryQuery, HistoryStats, Usage, UsageQuery, UsageRow,
     HISTORY_EXPIRE_INTERVAL, HISTORY_EXPORT_PAGE_MAX, HISTORY_PAGE_MAX, HISTORY_RETENTION_DEFAULT,
@@ -67,7 +69,7 @@ pub use kv::{
 pub use membership::{IDENTIFY_TIMEOUT, LEARNER_CATCH_UP_TIMEOUT, VOTERS_REACHABLE_TIMEOUT};
 pub use node::{
     group_of_account, group_of_slot, slot_of, ClusterConfig, ClusterStart, LedgerNode, NodeOptions,
-    NodeStats, FOUNDER_IDENTIFY_TIMEOUT, FOUNDING_RETRY_INTERVAL,
+    NodeStats,
 };
 pub use ports::{free_local_addr, free_local_port};
 pub use reads::{LedgerApi, LedgerHandle};

@@ -7,12 +7,13 @@ use crate::compaction;
 use crate::encoded::EncodedEntries;
 use crate::error::LedgerError;
 use crate::expiry;
+use crate::founding;
 use crate::group::Group;
 use crate::grpc::ledger_service_server::LedgerServiceServer;
 use crate::grpc::raft_service_server::RaftServiceServer;
-use crate::grpc_network::{self, GrpcNetwork, RaftRpcServer};
+use crate::grpc_network::{GrpcNetwork, RaftRpcServer};
 use crate::history::{self, History, HistoryStats, HISTORY_FILE, HISTORY_RETENTION_DEFAULT};
-use crate::incarnation::{self, Identified, Identity, Incarnation, IDENTITY_TREE};
+use crate::incarnation::{self, Identity, IDENTITY_TREE};
 use crate::kv::{
     Durability, KvTree, NodeStores, RedbStore, REDB_CACHE_BYTES, REDB_SNAPSHOT_CACHE_BYTES,
 };
@@ -31,7 +32,6 @@ use crate::{
     OPEN_LOCK_RETRY_INTERVAL, RPC_BYTES_MAX, SLOTS, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_EVERY_ENTRIES,
     SNAPSHOT_FILE_NAME,
 };
-use openraft::error::{InitializeError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 use solrouter_ledger::{AccountId, Command, Ledger, Outcome, BATCH_COMMANDS_MAX};
 use std::collections::BTreeMap;
@@ -274,7 +274,7 @@ impl LedgerNode {
             Group::start(SINGLE_NODE_ID, 0, &stores, history.clone(), config, NoPeers, None)
                 .await?;
         let members = BTreeMap::from([(SINGLE_NODE_ID, Member::new("", identity.incarnation))]);
-        bootstrap(&group, members).await?;
+        founding::bootstrap(group.raft(), members).await?;
         let waiting = group.raft().wait(Some(LEADER_WAIT_TIMEOUT));
         if let Err(e) = waiting.current_leader(SINGLE_NODE_ID, "open_single").await {
             return Err(LedgerError::Unavailable { reason: e.to_string() });
@@ -333,9 +333,9 @@ impl LedgerNode {
         let stored = incarnation::load(&identities, config.id())
             .map_err(|e| data_dir_error(data_dir, &e))?;
         if let ClusterStart::Bootstrap(peers) = config.start() {
-            let founders = ask_founders(config.id(), peers, config.tls()).await;
+            let founders = founding::ask_founders(config.id(), peers, config.tls()).await;
             let own = stored.map(|identity| identity.incarnation);
-            refuse_if_known_otherwise(config.id(), own, &founders)
+            founding::refuse_if_known_otherwise(config.id(), own, &founders)
                 .map_err(|e| data_dir_error(data_dir, &e))?;
         }
         let identity = match stored {
@@ -380,8 +380,8 @@ impl LedgerNode {
         if let ClusterStart::Bootstrap(peers) = config.start() {
             if !initialized && peers.keys().next() == Some(&config.id()) {
                 let tls = config.tls().cloned();
-                let founding = found(node.downgrade(), identity, peers.clone(), tls);
-                let task = tokio::spawn(founding);
+                let task =
+                    tokio::spawn(founding::found(node.downgrade(), identity, peers.clone(), tls));
                 node.inner.background_tasks.lock().expect("task lock poisoned").push(task);
             }
         }
@@ -632,7 +632,6 @@ impl LedgerNode {
     }
 
     /// Every group's replica on this node, by group index.
-    #[cfg(test)]
     pub(crate) fn groups(&self) -> &[Group] {
         &self.inner.groups
     }
@@ -762,146 +761,6 @@ pub(crate) fn ledger_service(ledger: LedgerRpcServer) -> LedgerServiceServer<Led
     LedgerServiceServer::new(ledger)
         .max_decoding_message_size(RPC_BYTES_MAX)
         .max_encoding_message_size(RPC_BYTES_MAX)
-}
-
-/// Initializes a group's membership on first start. One whose log already holds one (from
-/// its own earlier start or from a peer) gets `NotAllowed`, which is success here.
-async fn bootstrap(group: &Group, members: BTreeMap<u64, Member>) -> Result<(), LedgerError> {
-    // A restart finds its log initialized: skip the call, which openraft would log as an
-    // error. A peer may still initialize this node in between; `NotAllowed` covers that.
-    let initialized = group.raft().is_initialized().await;
-    if initialized.map_err(|fatal| LedgerError::from_fatal("bootstrapping", fatal))? {
-        return Ok(());
-    }
-    match group.raft().initialize(members).await {
-        Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
-        Err(RaftError::APIError(e)) => {
-            Err(LedgerError::Unavailable { reason: format!("bootstrap failed: {e}") })
-        }
-        Err(RaftError::Fatal(fatal)) => Err(LedgerError::from_fatal("bootstrapping", fatal)),
-    }
-}
-
-/// How long a founder waits for each other founder to say who it is, at each start.
-pub const FOUNDER_IDENTIFY_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often the founding member asks again until every founder has answered.
-pub const FOUNDING_RETRY_INTERVAL: Duration = Duration::from_millis(200);
-
-/// Each other founder's id, address and what it said of itself (`None`: no answer).
-type Founders = Vec<(NodeId, String, Option<Identified>)>;
-
-/// Asks every founder but node `id` who it is, all at once.
-async fn ask_founders(
-    id: NodeId,
-    peers: &BTreeMap<u64, String>,
-    tls: Option<&TlsConfig>,
-) -> Founders {
-    let others = peers.iter().filter(|(peer, _)| **peer != id);
-    let asking = others.map(|(id, addr)| async move {
-        let answer = grpc_network::identify(addr, tls, FOUNDER_IDENTIFY_TIMEOUT).await;
-        (*id, addr.clone(), answer.ok())
-    });
-    futures_util::future::join_all(asking).await
-}
-
-/// Refuses node `id`, whose data directory is incarnation `own` (`None`: it has none
-/// yet), if a founder's membership records it under another incarnation: its data
-/// directory is not the one the cluster knows (wiped, or another cluster's), and voting
-/// with it could lose acknowledged entries. Founders that did not answer are checked by
-/// the Raft RPCs instead (`incarnation::admit`).
-fn refuse_if_known_otherwise(
-    id: NodeId,
-    own: Option<Incarnation>,
-    founders: &Founders,
-) -> Result<(), String> {
-    for (peer, addr, answer) in founders {
-        let known = answer.as_ref().and_then(|answer| answer.members.get(&id));
-        if let Some(known) = known.filter(|known| Some(**known) != own) {
-            let this = match own {
-                Some(own) => format!("is incarnation {own:032x}"),
-                None => "is empty".to_owned(),
-            };
-            return Err(format!(
-                "node {peer} ({addr}) knows node {id} as incarnation {known:032x}, but this data \
-                 directory {this}: it was wiped or replaced, and node {id} must not vote again \
-                 without what it acknowledged; {}",
-                incarnation::rejoin_advice(id)
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The founding member (the lowest founder id) founds the cluster: once every other
-/// founder has said who it is and none belongs to a cluster (other than this founding,
-/// when a crash cut it short between groups), it initializes every group with all
-/// founders and their incarnations. A founder that belongs to one already means the
-/// cluster was founded and this node's data directory was lost, or a founder's is
-/// another cluster's: it logs why and founds nothing.
-async fn found(
-    node: Weak<Inner>,
-    identity: Identity,
-    peers: BTreeMap<u64, String>,
-    tls: Option<TlsConfig>,
-) {
-    let founders = loop {
-        let founders = ask_founders(identity.node_id, &peers, tls.as_ref()).await;
-        if founders.iter().all(|(_, _, answer)| answer.is_some()) {
-            break founders;
-        }
-        tokio::time::sleep(FOUNDING_RETRY_INTERVAL).await;
-    };
-    let members = match founding_members(identity, &peers[&identity.node_id], &founders) {
-        Ok(members) => members,
-        Err(refusal) => {
-            tracing::error!("not founding the cluster: {refusal}");
-            return;
-        }
-    };
-    let Some(node) = LedgerNode::from_weak(&node) else { return };
-    for group in &node.inner.groups {
-        if let Err(e) = bootstrap(group, members.clone()).await {
-            tracing::error!("founding the cluster: {e}");
-            return;
-        }
-    }
-    tracing::info!("founded the cluster: {:?}", members.keys().collect::<Vec<_>>());
-}
-
-/// The founding membership: this node (`identity`, at `own_addr`) and every other
-/// founder, once all have answered, with their incarnations. Refused if a founder knows
-/// this node under another incarnation, answers with another id, or knows members other
-/// than these (another cluster's; the same founders are fine: a founding a crash cut
-/// short between groups).
-fn founding_members(
-    identity: Identity,
-    own_addr: &str,
-    founders: &Founders,
-) -> Result<BTreeMap<NodeId, Member>, String> {
-    refuse_if_known_otherwise(identity.node_id, Some(identity.incarnation), founders)?;
-    let mut members =
-        BTreeMap::from([(identity.node_id, Member::new(own_addr, identity.incarnation))]);
-    let mut answers = Vec::with_capacity(founders.len());
-    for (id, addr, answer) in founders {
-        let answer = answer.as_ref().ok_or_else(|| format!("node {id} ({addr}) did not answer"))?;
-        members.insert(*id, Member::new(addr, answer.identity.incarnation));
-        answers.push((*id, addr, answer));
-    }
-    for (id, addr, answer) in answers {
-        let founding = |(member, incarnation): (&NodeId, &Incarnation)| {
-            members.get(member).is_some_and(|m| m.incarnation == *incarnation)
-        };
-        if answer.identity.node_id != id || !answer.members.iter().all(founding) {
-            return Err(format!(
-                "the founder at {addr} is node {} and knows members {:?}; every founder must be \
-                 the node its id names, with an empty data directory, on the cluster's first \
-                 start",
-                answer.identity.node_id,
-                answer.members.keys().collect::<Vec<_>>()
-            ));
-        }
-    }
-    Ok(members)
 }
 
 /// Reads (or on its first open, writes) the identity of the data directory, refusing one
@@ -1166,34 +1025,5 @@ mod tests {
         assert!(matches!(node.submit_group(0, oversized).await, Err(LedgerError::Invalid(_))));
         assert_eq!(node.submit_group(0, Vec::new()).await.unwrap(), []);
         node.shutdown().await.unwrap();
-    }
-
-    /// Founding needs every founder's answer; a founder that knows this node under another
-    /// incarnation, is another node, or knows another cluster's members stops it; one
-    /// that knows only this founding (cut short by a crash) does not.
-    #[test]
-    fn founding_takes_every_founder_with_its_incarnation_and_nothing_else() {
-        let me = Identity { node_id: 1, incarnation: 11 };
-        let answer = |node_id, incarnation, members: &[(NodeId, Incarnation)]| {
-            Some(Identified {
-                identity: Identity { node_id, incarnation },
-                members: members.iter().copied().collect(),
-            })
-        };
-        let founders = |third: Option<Identified>| -> Founders {
-            vec![(2, "h:2".to_owned(), answer(2, 22, &[])), (3, "h:3".to_owned(), third)]
-        };
-        let check = |third: Option<Identified>| founding_members(me, "h:1", &founders(third));
-        let members = check(answer(3, 33, &[])).unwrap();
-        let incarnations: Vec<_> = members.iter().map(|(id, m)| (*id, m.incarnation)).collect();
-        assert_eq!(incarnations, [(1, 11), (2, 22), (3, 33)]);
-        assert_eq!(members[&3].addr, "h:3");
-        let resumed = check(answer(3, 33, &[(1, 11), (2, 22), (3, 33)]));
-        assert_eq!(resumed.unwrap(), members);
-        let error = |third| check(third).unwrap_err();
-        assert!(error(None).contains("node 3 (h:3) did not answer"));
-        assert!(error(answer(3, 33, &[(1, 10), (3, 33)])).contains("knows node 1 as incarnation"));
-        assert!(error(answer(3, 33, &[(3, 33), (7, 77)])).contains("knows members [3, 7]"));
-        assert!(error(answer(4, 44, &[])).contains("the founder at h:3 is node 4"));
     }
 }

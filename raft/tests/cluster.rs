@@ -62,6 +62,15 @@ async fn three_nodes_two_groups_replicate_and_fail_over() {
         let node = LedgerNode::open(id, &peers, dir.path(), N_GROUPS).await.unwrap();
         nodes.insert(id, node);
     }
+    // The founders lead the groups first in turn, in id order (`founding.rs`): group 0
+    // node 1, group 1 node 2.
+    for group_idx in 0..N_GROUPS {
+        let first = u64::from(group_idx) + 1;
+        eventually(&format!("node {first} leads group {group_idx}"), || {
+            nodes.values().all(|node| node.group_stats(group_idx).leader_id == Some(first))
+        })
+        .await;
+    }
     // One account in each group.
     let mut accounts = Vec::new();
     for group_idx in 0..N_GROUPS {
