@@ -954,15 +954,21 @@ mod tests {
         node_1().new_client(2, &Member::new(addr.to_string(), 2)).await
     }
 
-    const SLOW_LINK_BYTES_PER_MS: u64 = 10_000;
+    /// What the catch-up test's slow link carries (3 MB/s), and the timeout each of its
+    /// requests gets: three heartbeat intervals, so that the half of it the budget leaves
+    /// spare (75 ms) is more than a loaded 2-core machine delays a task (with one interval,
+    /// 25 ms spare, a CI run beside two release builds timed out ten requests).
+    const SLOW_LINK_BYTES_PER_MS: u64 = 3_000;
+    const SLOW_LINK_TIMEOUT: Duration = Duration::from_millis(150);
 
     /// Issue 9, fault 6, payload-sized replication: a follower 64 entries of 100 kB behind
-    /// a 10 MB/s link (6.4 s of link time in all, ten times what one heartbeat interval
+    /// a slow link (2.1 s of link time in all, fourteen times what one request's timeout
     /// carries) is caught up the way openraft's replication core does it (up to
-    /// `APPEND_ENTRIES_MAX` entries a request, each cancelled at the heartbeat interval,
-    /// the rest sent after a `PartialSuccess`), with only the first requests timing out
-    /// while the connection learns the link's pace. (A budget counted in entries, halved
-    /// on a timeout and doubled on a success, timed out about every other request.)
+    /// `APPEND_ENTRIES_MAX` entries a request, each cancelled at its timeout, the heartbeat
+    /// interval in openraft's, the rest sent after a `PartialSuccess`), with only the first
+    /// requests timing out while the connection learns the link's pace. (A budget counted
+    /// in entries, halved on a timeout and doubled on a success, timed out about every
+    /// other request.)
     #[tokio::test]
     async fn a_large_catch_up_over_a_slow_link_goes_in_pieces_that_fit_the_heartbeat() {
         const N_ENTRIES: u64 = 64;
@@ -989,8 +995,8 @@ mod tests {
                 entries: entries[matched as usize..end as usize].to_vec(),
                 leader_commit: None,
             };
-            let sent = connection.append_entries(rpc, RPCOption::new(HEARTBEAT));
-            match tokio::time::timeout(HEARTBEAT, sent).await {
+            let sent = connection.append_entries(rpc, RPCOption::new(SLOW_LINK_TIMEOUT));
+            match tokio::time::timeout(SLOW_LINK_TIMEOUT, sent).await {
                 Ok(Ok(AppendEntriesResponse::Success)) => matched = end,
                 Ok(Ok(AppendEntriesResponse::PartialSuccess(Some(last)))) => matched = last.index,
                 // The connection's own timeout or openraft's, whichever is polled first.
@@ -1000,7 +1006,7 @@ mod tests {
         }
         let calls = entries_per_call.lock().unwrap().clone();
         assert_eq!(matched, N_ENTRIES, "not caught up after {} requests: {calls:?}", calls.len());
-        // Two while it learns (8 and 4 entries), and slack for a loaded machine.
+        // Two while it learns (10 and 5 entries), and slack for a loaded machine.
         assert!(n_timeouts <= 5, "{n_timeouts} requests timed out; entries per request {calls:?}");
     }
 
