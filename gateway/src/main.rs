@@ -10,7 +10,7 @@ use solrouter_gateway::config::{Config, ConfigLayer};
 use solrouter_gateway::gateway_mode::{self, MockUpstream};
 use solrouter_gateway::ledger_server::{self, AdminAction};
 use solrouter_gateway::{dev, mock, telemetry};
-use solrouter_raft::{NodeOptions, TlsConfig};
+use solrouter_raft::{FirstLeaders, NodeOptions, TlsConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -226,6 +226,12 @@ struct LedgerArgs {
     /// Number of Raft groups (shards); the same on every node, fixed for the cluster's life.
     #[arg(long, default_value_t = 8)]
     groups: u32,
+    /// Which founder first leads each group, `spread` (the founders take the groups in
+    /// turn) or `founder` (the lowest id leads all: a cluster across regions whose traffic
+    /// comes mostly from that node's; deploy/TOPOLOGY.md). Leaders stay where they are
+    /// elected. Read by the lowest founder, when it founds the cluster.
+    #[arg(long, default_value = "spread")]
+    first_leaders: FirstLeaders,
     /// Where to serve /metrics, /healthz and /readyz (e.g. `127.0.0.1:7100`); off unless
     /// given, so that several nodes on one host never collide on a default port.
     #[arg(long)]
@@ -302,7 +308,8 @@ fn main() -> anyhow::Result<()> {
                 args.join,
                 args.groups,
                 args.tls.load()?,
-            )?;
+            )?
+            .with_first_leaders(args.first_leaders);
             let retention = Duration::from_secs(args.history_retention_days * 24 * 60 * 60);
             let mut options = NodeOptions::default().with_history_retention(retention);
             if let Some(log_dir) = args.log_dir {

@@ -1,7 +1,8 @@
 //! Founding a cluster ([`ClusterStart::Bootstrap`](crate::ClusterStart)): the founders
 //! say who they are, the founding member (the lowest founder id) decides the founding
 //! membership, and each group is initialized with it by the founder that is to lead it
-//! first, so the groups' first leaders are spread over the founders.
+//! first ([`FirstLeaders`]): by default the groups' first leaders are spread over the
+//! founders.
 //!
 //! Where a group's first leader is elected, it stays until that node fails: openraft 0.9
 //! has no leadership transfer, and a follower refuses votes while its leader's lease
@@ -107,6 +108,7 @@ pub(crate) async fn found(
     node: Weak<Inner>,
     identity: Identity,
     peers: BTreeMap<u64, String>,
+    placement: FirstLeaders,
     tls: Option<TlsConfig>,
 ) {
     let founders = loop {
@@ -126,7 +128,8 @@ pub(crate) async fn found(
     let Some(node) = LedgerNode::from_weak(&node) else { return };
     let groups = (0..).zip(node.groups());
     let founding = groups.map(|(group_idx, group)| {
-        found_group(group.raft(), group_idx, identity, &members, tls.as_ref())
+        let leader = placement.first_leader(&members, group_idx);
+        found_group(group.raft(), group_idx, leader, identity, &members, tls.as_ref())
     });
     let founded = futures_util::future::join_all(founding).await;
     if let Some(e) = founded.into_iter().find_map(Result::err) {
@@ -176,24 +179,55 @@ fn founding_members(
 /// first: one entry appended and synced.
 pub const FOUND_GROUP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The founder that initializes group `group_idx`, and so leads it first: the founders in
-/// id order take the groups in turn (group 0 the founding member's).
-fn first_leader(members: &BTreeMap<NodeId, Member>, group_idx: u32) -> NodeId {
-    let turn = group_idx as usize % members.len();
-    *members.keys().nth(turn).expect("a turn within the founders")
+/// Which founder initializes each group, and so leads it first (until it fails: leaders
+/// are never moved back). Decided by the founding member, once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FirstLeaders {
+    /// The founders in id order take the groups in turn (group 0 the founding member's):
+    /// every node leads about as many groups, so the leaders' work is spread. For a
+    /// cluster whose nodes are equally near its gateways (one region).
+    #[default]
+    Spread,
+    /// The founding member leads every group: for a cluster across regions whose traffic
+    /// comes mostly from the founding member's, where a reserve then crosses no region to
+    /// reach its leader (`deploy/TOPOLOGY.md`).
+    Founder,
 }
 
-/// Has group `group_idx` (this node's replica: `raft`) initialized with `members` by its
-/// [`first_leader`]; here if that is this node, or if it cannot be asked or does not
+impl FirstLeaders {
+    /// The founder (of the founding `members`) that initializes group `group_idx`.
+    fn first_leader(self, members: &BTreeMap<NodeId, Member>, group_idx: u32) -> NodeId {
+        let turn = match self {
+            FirstLeaders::Spread => group_idx as usize % members.len(),
+            FirstLeaders::Founder => 0,
+        };
+        *members.keys().nth(turn).expect("a turn within the founders")
+    }
+}
+
+impl std::str::FromStr for FirstLeaders {
+    type Err = String;
+
+    fn from_str(placement: &str) -> Result<FirstLeaders, String> {
+        match placement {
+            "spread" => Ok(FirstLeaders::Spread),
+            "founder" => Ok(FirstLeaders::Founder),
+            other => Err(format!("first leaders `{other}`: expected `spread` or `founder`")),
+        }
+    }
+}
+
+/// Has group `group_idx` (this node's replica: `raft`) initialized with `members` by
+/// founder `leader`; here if that is this node, or if it cannot be asked or does not
 /// answer (see the module's doc).
 async fn found_group(
     raft: &Raft,
     group_idx: u32,
+    leader: NodeId,
     identity: Identity,
     members: &BTreeMap<NodeId, Member>,
     tls: Option<&TlsConfig>,
 ) -> Result<(), LedgerError> {
-    let leader = first_leader(members, group_idx);
     if leader != identity.node_id {
         let asked =
             grpc_network::found(identity, group_idx, leader, members, tls, FOUND_GROUP_TIMEOUT);
@@ -276,13 +310,16 @@ mod tests {
             (2, Member::new(absent, 22)),
         ]);
         let raft = node.groups()[1].raft();
-        assert_eq!(first_leader(&members, 1), 2);
         assert!(!raft.is_initialized().await.unwrap());
-        found_group(raft, 1, identity, &members, None).await.unwrap();
+        found_group(raft, 1, 2, identity, &members, None).await.unwrap();
         assert!(raft.is_initialized().await.unwrap());
-        let membership = raft.metrics().borrow().membership_config.clone();
-        let founded: BTreeMap<_, _> = membership.membership().nodes().collect();
-        assert_eq!(founded, members.iter().collect());
+        // The metrics follow the log a moment later.
+        let waiting = raft.wait(Some(Duration::from_secs(10)));
+        let founded = |metrics: &openraft::RaftMetrics<NodeId, Member>| {
+            let founded: BTreeMap<_, _> = metrics.membership_config.membership().nodes().collect();
+            founded == members.iter().collect()
+        };
+        waiting.metrics(founded, "the founding members").await.unwrap();
 
         let stranger = Identity { node_id: 1, incarnation: identity.incarnation + 1 };
         let refusal = found_here(node.groups()[0].raft(), stranger, members).await.unwrap_err();
@@ -291,14 +328,20 @@ mod tests {
         node.shutdown().await.unwrap();
     }
 
-    /// The founders take the groups in turn, in id order, whatever their ids.
+    /// Spread, the founders take the groups in turn, in id order, whatever their ids; or
+    /// the founding member takes them all.
     #[test]
-    fn the_founders_lead_the_groups_in_turn() {
+    fn the_founders_lead_the_groups_in_turn_or_the_founding_member_all() {
         let members: BTreeMap<NodeId, Member> =
             [4, 9, 17].into_iter().map(|id| (id, Member::new(format!("h:{id}"), 0))).collect();
-        let leaders: Vec<_> = (0..7).map(|group_idx| first_leader(&members, group_idx)).collect();
-        assert_eq!(leaders, [4, 9, 17, 4, 9, 17, 4]);
+        let leaders = |placement: &str| -> Vec<NodeId> {
+            let placement: FirstLeaders = placement.parse().unwrap();
+            (0..7).map(|group_idx| placement.first_leader(&members, group_idx)).collect()
+        };
+        assert_eq!(leaders("spread"), [4, 9, 17, 4, 9, 17, 4]);
+        assert_eq!(leaders("founder"), [4; 7]);
+        assert!("leader".parse::<FirstLeaders>().unwrap_err().contains("`spread` or `founder`"));
         let alone = BTreeMap::from([(2, Member::new("h:2", 0))]);
-        assert_eq!(first_leader(&alone, 5), 2);
+        assert_eq!(FirstLeaders::Spread.first_leader(&alone, 5), 2);
     }
 }

@@ -54,7 +54,9 @@ pub use codec::CodecError;
 pub use compaction::SNAPSHOT_CHECK_INTERVAL;
 pub use error::LedgerError;
 pub use expiry::EXPIRY_CHECK_INTERVAL;
-pub use founding::{FOUNDER_IDENTIFY_TIMEOUT, FOUNDING_RETRY_INTERVAL, FOUND_GROUP_TIMEOUT};
+pub use founding::{
+    FirstLeaders, FOUNDER_IDENTIFY_TIMEOUT, FOUNDING_RETRY_INTERVAL, FOUND_GROUP_TIMEOUT,
+};
 pub use history::{
     History, HistoryCursor, HistoryPage, HistoryQuery, HistoryStats, Usage, UsageQuery, UsageRow,
     HISTORY_EXPIRE_INTERVAL, HISTORY_EXPORT_PAGE_MAX, HISTORY_PAGE_MAX, HISTORY_RETENTION_DEFAULT,

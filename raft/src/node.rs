@@ -7,7 +7,7 @@ use crate::compaction;
 use crate::encoded::EncodedEntries;
 use crate::error::LedgerError;
 use crate::expiry;
-use crate::founding;
+use crate::founding::{self, FirstLeaders};
 use crate::group::Group;
 use crate::grpc::ledger_service_server::LedgerServiceServer;
 use crate::grpc::raft_service_server::RaftServiceServer;
@@ -62,6 +62,7 @@ pub struct ClusterConfig {
     start: ClusterStart,
     n_groups: u32,
     tls: Option<TlsConfig>,
+    first_leaders: FirstLeaders,
 }
 
 /// How a node's groups get their first membership.
@@ -94,7 +95,20 @@ impl ClusterConfig {
                 return Err(LedgerError::InvalidOptions("the founding members lack this node"));
             }
         }
-        Ok(ClusterConfig { id, listen, start, n_groups, tls: None })
+        Ok(ClusterConfig {
+            id,
+            listen,
+            start,
+            n_groups,
+            tls: None,
+            first_leaders: FirstLeaders::default(),
+        })
+    }
+
+    /// Where the founding member has each group first led ([`FirstLeaders`]; by default
+    /// spread over the founders). Read at founding only, on the founding member.
+    pub fn with_first_leaders(self, first_leaders: FirstLeaders) -> ClusterConfig {
+        ClusterConfig { first_leaders, ..self }
     }
 
     /// Serves and calls peers over mutual TLS: the node's gRPC port then accepts only
@@ -380,8 +394,10 @@ impl LedgerNode {
         if let ClusterStart::Bootstrap(peers) = config.start() {
             if !initialized && peers.keys().next() == Some(&config.id()) {
                 let tls = config.tls().cloned();
-                let task =
-                    tokio::spawn(founding::found(node.downgrade(), identity, peers.clone(), tls));
+                let placement = config.first_leaders;
+                let founding =
+                    founding::found(node.downgrade(), identity, peers.clone(), placement, tls);
+                let task = tokio::spawn(founding);
                 node.inner.background_tasks.lock().expect("task lock poisoned").push(task);
             }
         }
