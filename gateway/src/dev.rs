@@ -183,16 +183,9 @@ fn read_marker(path: &Path) -> anyhow::Result<Option<DemoMarker>> {
 
 /// Replaces the marker atomically and durably: a crash leaves the old or the new one.
 fn write_marker(path: &Path, marker: &DemoMarker) -> anyhow::Result<()> {
-    let temporary = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&temporary)
-        .with_context(|| format!("creating {}", temporary.display()))?;
-    file.write_all(&serde_json::to_vec(marker)?)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path).with_context(|| format!("renaming to {}", path.display()))?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
+    let bytes = serde_json::to_vec(marker)?;
+    solrouter_raft::write_durably(path, &bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A line for the person (or test) that started the process, on stdout.

@@ -6,7 +6,6 @@
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use solrouter_ledger::{AccountId, HoldId, KeyHash};
-use std::io::Write;
 use std::path::Path;
 use subtle::ConstantTimeEq;
 
@@ -100,15 +99,7 @@ pub fn stored_secret(path: &Path, prefix: &str) -> std::io::Result<String> {
         Err(error) => return Err(error),
     }
     let secret = format!("{prefix}{}", random_token());
-    let temporary = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&temporary)?;
-    file.write_all(format!("{secret}\n").as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
+    solrouter_raft::write_durably(path, format!("{secret}\n").as_bytes())?;
     Ok(secret)
 }
 

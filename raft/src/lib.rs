@@ -18,6 +18,7 @@ mod compaction;
 mod encoded;
 mod error;
 mod expiry;
+mod files;
 mod founding;
 mod group;
 mod grpc;
@@ -54,6 +55,7 @@ pub use codec::CodecError;
 pub use compaction::SNAPSHOT_CHECK_INTERVAL;
 pub use error::LedgerError;
 pub use expiry::EXPIRY_CHECK_INTERVAL;
+pub use files::write_durably;
 pub use founding::{
     FirstLeaders, FOUNDER_IDENTIFY_TIMEOUT, FOUNDING_RETRY_INTERVAL, FOUND_GROUP_TIMEOUT,
 };

@@ -7,6 +7,7 @@ use crate::compaction;
 use crate::encoded::EncodedEntries;
 use crate::error::LedgerError;
 use crate::expiry;
+use crate::files;
 use crate::founding::{self, FirstLeaders};
 use crate::group::Group;
 use crate::grpc::ledger_service_server::LedgerServiceServer;
@@ -844,18 +845,6 @@ async fn open_stores(data_dir: &Path, log_dir: Option<&Path>) -> Result<NodeStor
     Ok(NodeStores { log, snapshots })
 }
 
-/// Writes `bytes` to `path` whole or not at all: into a temporary file, synced, renamed
-/// over `path`, and the directory synced.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
-}
-
 /// The log's directory for `data_dir`: `<data dir>/log`, or `log_dir`
 /// ([`NodeOptions::with_log_dir`]), recorded in the data directory
 /// ([`LOG_LOCATION_FILE_NAME`]) when it is first opened with it. Refuses a log elsewhere
@@ -894,7 +883,7 @@ fn log_dir_of(data_dir: &Path, log_dir: Option<&Path>) -> Result<PathBuf, Ledger
         Some(_) => Ok(chosen),
         None if chosen == inside => Ok(chosen),
         None => {
-            write_durably(&location, chosen.as_os_str().as_bytes())
+            files::write_durably(&location, chosen.as_os_str().as_bytes())
                 .map_err(|e| LedgerError::storage("recording the log's location", e))?;
             Ok(chosen)
         }
