@@ -26,7 +26,8 @@
 //! server refuses (`FAILED_PRECONDITION`) one the target's incarnation may not take
 //! ([`incarnation::admit`]); the sender sees a refusal as unreachable (that incarnation is
 //! not there), so it backs off. [`identify`] asks a node who it is (`Identify`), before it
-//! is added or a cluster is founded.
+//! is added or a cluster is founded; [`found`] asks a founder to initialize a group it is
+//! to lead first (`Found`, `founding.rs`).
 
 use crate::call_stream::{self, CallStream, Closing, Exchange, Replies, Serve};
 use crate::codec::{self, CodecError};
