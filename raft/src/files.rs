@@ -8,7 +8,9 @@ use std::path::Path;
 /// temporary file beside it, synced, renamed over `path`, and the directory synced, so a
 /// crash leaves the old file or the new one, and a returned write stays.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temporary = path.with_extension("tmp");
+    // The whole name and `.tmp`: `a.json` and `a.key` must not share a temporary file.
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);

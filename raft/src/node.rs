@@ -866,7 +866,7 @@ fn log_dir_of(data_dir: &Path, log_dir: Option<&Path>) -> Result<PathBuf, Ledger
         Err(e) => return Err(LedgerError::storage("reading the log's location", e)),
     };
     let opened_before = data_dir.join(SNAPSHOT_FILE_NAME).exists();
-    let expected = recorded.clone().or_else(|| opened_before.then(|| inside.clone()));
+    let expected = recorded.or_else(|| opened_before.then(|| inside.clone()));
     let chosen = log_dir.map(absolute).transpose()?.unwrap_or_else(|| inside.clone());
     match expected {
         Some(expected) if expected != chosen => Err(LedgerError::storage(

@@ -123,12 +123,9 @@ fn main() -> anyhow::Result<()> {
     for pace in paces {
         let exe = std::env::current_exe()?;
         // Removed after the row, as the data directories are.
-        let logs = match &args.log_dir {
-            Some(parent) => {
-                Some(tempfile::Builder::new().prefix("solrouter-bench-").tempdir_in(parent)?)
-            }
-            None => None,
-        };
+        let logs = (args.log_dir.as_ref())
+            .map(|parent| tempfile::Builder::new().prefix("solrouter-bench-").tempdir_in(parent))
+            .transpose()?;
         let node_args = match &logs {
             Some(logs) => vec!["--log-parent".to_owned(), logs.path().display().to_string()],
             None => Vec::new(),
