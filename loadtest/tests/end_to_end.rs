@@ -29,7 +29,12 @@ const CARGO_TEST_VARIABLES: [&str; 7] = [
 
 /// `target/<profile>/solrouter`, built now: Cargo gives a test the paths of its own
 /// crate's binaries only, so the gateway is built the way escargot would, into the
-/// target directory and profile this test was built in.
+/// target directory and profile this test was built in. It is built as the README's
+/// `cargo test --workspace` builds it (every member's tests, so every member's
+/// dev-dependencies' features): after that command's own build this one has nothing
+/// to do. `-p solrouter-gateway --bin solrouter` unified features over the gateway
+/// alone, and so rebuilt tokio, hyper, the gateway and 70 other crates a second time
+/// in every CI run (110 s of its 16 minutes).
 fn solrouter_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test's path");
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
@@ -38,7 +43,7 @@ fn solrouter_binary() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
     build
-        .args(["build", "--quiet", "-p", "solrouter-gateway", "--bin", "solrouter"])
+        .args(["build", "--quiet", "--workspace", "--tests"])
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"))
         .arg("--target-dir")
@@ -56,7 +61,7 @@ fn solrouter_binary() -> PathBuf {
         build.arg("--release");
     }
     let status = build.status().expect("running cargo build");
-    assert!(status.success(), "cargo build -p solrouter-gateway failed");
+    assert!(status.success(), "cargo build --workspace --tests failed");
     let binary = profile_dir.join(format!("solrouter{}", std::env::consts::EXE_SUFFIX));
     assert!(binary.is_file(), "{} was not built", binary.display());
     binary
