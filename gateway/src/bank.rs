@@ -5,6 +5,7 @@
 
 use crate::error::ApiError;
 use crate::keys;
+use crate::telemetry::LedgerWaits;
 use foldhash::HashMap;
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
@@ -102,13 +103,15 @@ pub struct Bank {
     ledger: LedgerHandle,
     /// Found keys, in gateway mode only: a local node answers as fast as a cache would.
     key_cache: Option<Arc<KeyCache>>,
+    waits: Arc<LedgerWaits>,
 }
 
 impl Bank {
     /// A bank over the single-node ledger of dev mode, in this process. Its one replica
     /// has applied every acknowledged command, so its local reads are already current.
     pub fn new(node: LedgerNode) -> Bank {
-        Bank { ledger: LedgerHandle::Local(node), key_cache: None }
+        let waits = Arc::new(LedgerWaits::register());
+        Bank { ledger: LedgerHandle::Local(node), key_cache: None, waits }
     }
 
     /// The ledger node in this process, in dev mode: its gauges go on the gateway's
@@ -125,6 +128,7 @@ impl Bank {
         Bank {
             ledger: LedgerHandle::Remote(client),
             key_cache: Some(Arc::new(KeyCache::default())),
+            waits: Arc::new(LedgerWaits::register()),
         }
     }
 
@@ -335,7 +339,10 @@ impl Bank {
     ) -> Result<Outcome, ApiError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let op = Op::Reserve { account: caller.account, key: caller.key, hold, amount, ttl_ms };
-        self.submit(OpId(keys::random_u128()), op).await.inspect_err(|_| {
+        let started = Instant::now();
+        let outcome = self.submit(OpId(keys::random_u128()), op).await;
+        self.waits.reserve.record(started.elapsed());
+        outcome.inspect_err(|_| {
             self.release(caller.account, hold);
         })
     }
@@ -459,7 +466,10 @@ impl Bank {
         ];
         let model = record.model.clone();
         let op = Op::Settle { account, hold, actual, record, reserved_at_ms };
-        let Reply::Settled { charged, written_off, .. } = self.finish(op).await? else {
+        let started = Instant::now();
+        let reply = self.finish(op).await;
+        self.waits.settle.record(started.elapsed());
+        let Reply::Settled { charged, written_off, .. } = reply? else {
             tracing::error!(hold = hold.0, "a settle answered with another reply");
             return None;
         };
@@ -481,7 +491,9 @@ impl Bank {
     pub fn release(&self, account: AccountId, hold: HoldId) -> tokio::task::JoinHandle<()> {
         let bank = self.clone();
         tokio::spawn(async move {
+            let started = Instant::now();
             bank.finish(Op::Release { account, hold }).await;
+            bank.waits.release.record(started.elapsed());
         })
     }
 
@@ -623,11 +635,15 @@ mod tests {
 
     /// The money path of one request through the bank, against dev mode's ledger: a
     /// settle beyond the funds charges what there is and reports the write-off; a revoked
-    /// key is refused by authentication and by the ledger's reserve alike.
+    /// key is refused by authentication and by the ledger's reserve alike; each reserve,
+    /// settle and release's wait is measured.
     #[tokio::test]
     async fn settles_within_the_funds_and_refuses_revoked_keys() {
         let dir = tempfile::tempdir().unwrap();
-        let bank = Bank::new(LedgerNode::open_single(dir.path()).await.unwrap());
+        let node = LedgerNode::open_single(dir.path()).await.unwrap();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let bank = metrics::with_local_recorder(&recorder, || Bank::new(node));
         let account = AccountId(keys::random_u64());
         let caller = Caller { account, key: KeyId(keys::random_u64()), kind: KeyKind::Inference };
         bank.create_account(account, "t".into()).await.unwrap().unwrap();
@@ -666,5 +682,10 @@ mod tests {
         assert_eq!(reserved, Err(Rejection::KeyRevoked));
         bank.release(account, hold).await.unwrap();
         assert!(bank.audit().await.unwrap().ok);
+        let text = metrics.render();
+        for (op, count) in [("reserve", 2), ("settle", 1), ("release", 1)] {
+            let line = format!("solrouter_ledger_wait_seconds_count{{op=\"{op}\"}} {count}");
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
     }
 }

@@ -72,6 +72,27 @@ impl RequestMetrics {
     }
 }
 
+/// How long requests wait for the ledger, by operation (`op`: `reserve`, `settle`,
+/// `release`), as a request sees it: from the gateway's submit to the outcome, retries
+/// included (a node's `solrouter_ledger_commit_us_total` counts from a batch's proposal
+/// only, and gives a mean). A reserve's wait comes before the provider is called and a
+/// settle's before a plain answer is sent: together most of what the gateway adds to a
+/// request (docs/benchmarks.md, "Session 46"). Handles registered once, per bank.
+pub struct LedgerWaits {
+    pub reserve: Histogram,
+    pub settle: Histogram,
+    pub release: Histogram,
+}
+
+impl LedgerWaits {
+    /// Registered with the installed recorder (with none, they record nothing).
+    pub fn register() -> LedgerWaits {
+        let wait =
+            |op: &'static str| metrics::histogram!("solrouter_ledger_wait_seconds", "op" => op);
+        LedgerWaits { reserve: wait("reserve"), settle: wait("settle"), release: wait("release") }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
