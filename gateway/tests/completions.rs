@@ -44,13 +44,20 @@ async fn plain_and_streamed_completions_cost_what_the_balance_loses() {
     assert_eq!(pico(&after["spent"]), plain_cost + streamed_cost);
     assert_eq!(after["held"], "0.00");
     assert_eq!(after["written_off"], "0.00", "usage within the balance writes nothing off");
-    // What each request waited for the ledger, on /metrics.
+    // What each request waited for the ledger, and the ledger's commits, on /metrics.
     let metrics = dev.client.get(dev.url("/metrics")).send().await.expect("metrics");
     let text = metrics.text().await.expect("text");
     for op in ["reserve", "settle"] {
         let line = format!("solrouter_ledger_wait_seconds_count{{op=\"{op}\"}} 2");
         assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
     }
+    let commits = text.lines().find_map(|line| {
+        line.strip_prefix(r#"solrouter_ledger_commit_seconds_count{group="0"} "#)?
+            .parse::<u64>()
+            .ok()
+    });
+    // The demo account's setup, then two reserves and two settles.
+    assert!(commits.is_some_and(|n| n >= 4), "{text}");
 
     // The records, the credits and the key's usage agree with the responses.
     for (id, cost, streamed) in

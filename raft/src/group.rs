@@ -13,6 +13,7 @@ use crate::types::{Member, NodeId, Raft};
 use crate::{
     NodeStats, PIPELINED_BATCH_MIN, PROPOSALS_IN_FLIGHT_MAX, SUBMIT_QUEUE_MAX, SUBMIT_TIMEOUT,
 };
+use metrics::Histogram;
 use openraft::error::RaftError;
 use openraft::{Config, RaftMetrics, RaftNetworkFactory, StoredMembership};
 use solrouter_ledger::{Batch, Command, Ledger, Outcome, Rejection, BATCH_COMMANDS_MAX};
@@ -81,6 +82,9 @@ impl Group {
         clock: Clock,
     ) -> Result<Group, LedgerError> {
         let state = state_machine.shared();
+        let group_label = log_store.group().to_string();
+        let commit_seconds =
+            metrics::histogram!("solrouter_ledger_commit_seconds", "group" => group_label);
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
             .map_err(|e| LedgerError::from_fatal("starting raft", e))?;
@@ -96,6 +100,7 @@ impl Group {
             counters: Arc::clone(&group.counters),
             clock: Arc::clone(&group.clock),
             caught_up: Arc::clone(&group.caught_up),
+            commit_seconds,
         };
         // The batcher ends when the group (the only sender) is dropped.
         tokio::spawn(batcher.run(submit_rx));
@@ -339,6 +344,9 @@ struct Batcher {
     counters: Arc<Counters>,
     clock: Arc<Mutex<LedgerClock>>,
     caught_up: Arc<CaughtUp>,
+    /// Each entry's commit, proposal to outcome, for its quantiles (the counters give
+    /// its mean).
+    commit_seconds: Histogram,
 }
 
 impl Batcher {
@@ -390,11 +398,14 @@ impl Batcher {
             let counters = Arc::clone(&self.counters);
             counters.in_flight.fetch_add(1, Ordering::Relaxed);
             let finished = Arc::clone(&finished);
+            let commit_seconds = self.commit_seconds.clone();
             tokio::spawn(async move {
                 let answer = answered.await;
+                let took = proposed_at.elapsed();
+                commit_seconds.record(took);
                 counters.in_flight.fetch_sub(1, Ordering::Relaxed);
                 counters.n_commits.fetch_add(1, Ordering::Relaxed);
-                let took_us = u64::try_from(proposed_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+                let took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
                 counters.commit_us_total.fetch_add(took_us, Ordering::Relaxed);
                 match answer {
                     Ok(outcomes) => {

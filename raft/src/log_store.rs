@@ -179,6 +179,11 @@ impl<K: KvTree> LogStore<K> {
         }
     }
 
+    /// The group whose log this is.
+    pub fn group(&self) -> u32 {
+        self.group
+    }
+
     fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
         // Every critical section only moves entries in or clones them out: a panic inside
         // one leaves a consistent tail.
