@@ -74,10 +74,10 @@ impl RequestMetrics {
 
 /// How long requests wait for the ledger, by operation (`op`: `reserve`, `settle`,
 /// `release`), as a request sees it: from the gateway's submit to the outcome, retries
-/// included (a node's `solrouter_ledger_commit_us_total` counts from a batch's proposal
-/// only, and gives a mean). A reserve's wait comes before the provider is called and a
-/// settle's before a plain answer is sent: together most of what the gateway adds to a
-/// request (docs/benchmarks.md, "Session 46"). Handles registered once, per bank.
+/// included (a node's `solrouter_ledger_commit_seconds` starts later, at the proposal of
+/// the batch the command waited for). A reserve's wait comes before the provider is
+/// called and a settle's before a plain answer is sent: together most of what the gateway
+/// adds to a request (docs/benchmarks.md, "Session 46"). Handles registered once, per bank.
 pub struct LedgerWaits {
     pub reserve: Histogram,
     pub settle: Histogram,
