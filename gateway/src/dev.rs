@@ -91,7 +91,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let (secret, path) =
                 payments::dev_secret(&data_dir).context("making the webhook secret")?;
             say(&format!(
-                "payments webhook secret: in {} (generated; set SOLROUTER_WEBHOOK_SECRET to                  choose one)",
+                "payments webhook secret: in {} (generated; set SOLROUTER_WEBHOOK_SECRET \
+                 to choose one)",
                 path.display()
             ));
             secret

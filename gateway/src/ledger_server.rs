@@ -258,8 +258,6 @@ pub(crate) fn record_node_metrics(node: &LedgerNode) {
         gauge("solrouter_ledger_batches_proposed", Some(stats.n_batches_proposed));
         gauge("solrouter_ledger_commands_proposed", Some(stats.n_commands_proposed));
         gauge("solrouter_ledger_proposals_in_flight", Some(stats.proposals_in_flight));
-        gauge("solrouter_ledger_commits", Some(stats.n_commits));
-        gauge("solrouter_ledger_commit_us_total", Some(stats.commit_us_total));
         gauge("solrouter_ledger_snapshot_build_ms_last", Some(stats.snapshot_build_ms_last));
         gauge("solrouter_ledger_snapshot_encode_ms_last", Some(stats.snapshot_encode_ms_last));
         gauge("solrouter_ledger_snapshot_bytes_last", Some(stats.snapshot_bytes_last));
