@@ -25,6 +25,12 @@ pub const GATEWAY_FIELDS: [&str; 3] = ["models", "route", "provider"];
 /// Largest `max_tokens` accepted; above any model's output limit.
 pub const MAX_TOKENS_MAX: u64 = u32::MAX as u64;
 
+/// The error for a completion limit `name` that is not an integer in
+/// 1..=[`MAX_TOKENS_MAX`], saying the range (a number too large is not "not positive").
+pub fn max_tokens_invalid(name: &str) -> ApiError {
+    ApiError::invalid_param(name, format!("must be an integer from 1 to {MAX_TOKENS_MAX}"))
+}
+
 /// A validated request and the gateway's routing fields.
 #[derive(Debug)]
 pub struct ParsedChat {
@@ -277,7 +283,7 @@ fn max_tokens(body: &Object, name: &str) -> Result<Option<u64>, ApiError> {
     };
     match serde_json::from_str::<u64>(value.get()) {
         Ok(tokens) if (1..=MAX_TOKENS_MAX).contains(&tokens) => Ok(Some(tokens)),
-        _ => Err(ApiError::invalid_param(name, "must be a positive integer")),
+        _ => Err(max_tokens_invalid(name)),
     }
 }
 
@@ -316,6 +322,14 @@ mod tests {
         check(json!({"model": "m", "messages": user, "stream": "yes"}), Some("stream"));
         check(json!({"model": "m", "messages": user, "max_tokens": 0}), Some("max_tokens"));
         check(json!({"model": "m", "messages": user, "max_tokens": -3}), Some("max_tokens"));
+        // Too large is told as such, with the range.
+        let too_large = json!({"model": "m", "messages": user, "max_tokens": 1_u64 << 32});
+        let bytes = Bytes::from(serde_json::to_vec(&too_large).expect("json"));
+        let message = parse(&bytes).expect_err("too large").to_json()["error"]["message"].clone();
+        assert_eq!(
+            message,
+            "invalid parameter `max_tokens`: must be an integer from 1 to 4294967295"
+        );
         check(
             json!({"model": "m", "messages": user, "max_completion_tokens": 1.5}),
             Some("max_completion_tokens"),

@@ -159,12 +159,7 @@ fn parse_responses(body: &[u8]) -> Result<ParsedChat, ApiError> {
             Some(tokens) if (1..=MAX_TOKENS_MAX).contains(&tokens) => {
                 chat.insert("max_completion_tokens".to_owned(), Value::from(tokens));
             }
-            _ => {
-                return Err(ApiError::invalid_param(
-                    "max_output_tokens",
-                    "must be a positive integer",
-                ))
-            }
+            _ => return Err(parse::max_tokens_invalid("max_output_tokens")),
         },
     }
     let user = ["safety_identifier", "user"].into_iter().find_map(|field| request.get(field));
