@@ -4,10 +4,8 @@
 //! `target/screenshots/` (test artefacts). Chromium, chromedriver and the Python packages
 //! come from `gateway/tests/setup-test-env.sh`; a missing one fails the test.
 
-mod support;
-
+use crate::support::{data_dir, path, run_python, Dev, TEST_ENV_HINT};
 use std::path::Path;
-use support::{data_dir, path, run_python, Dev, TEST_ENV_HINT};
 
 #[tokio::test]
 async fn a_person_signs_up_spends_watches_and_revokes_in_chromium() {

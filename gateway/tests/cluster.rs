@@ -13,9 +13,8 @@
 //!   (the ledger counts), and a payment event delivered to both gateways, several
 //!   times, credits once.
 
-mod cluster_support;
-
-use cluster_support::{
+use crate::cluster_support;
+use crate::cluster_support::{
     cost_pico, free_port, ledger_admin, ledger_specs, pico, seeds, wait_http_ok, Endpoint, Gateway,
     LedgerProcess, LedgerSpec, POLL_ATTEMPTS_MAX, POLL_INTERVAL,
 };

@@ -1,10 +1,9 @@
 //! End to end through the real binary: paid completions, plain and streamed, through the
 //! mock provider; every reported cost is exactly what the balance lost.
 
-mod support;
-
+use crate::support;
+use crate::support::{cost_pico, data_dir, path, pico, user, Dev};
 use serde_json::json;
-use support::{cost_pico, data_dir, path, pico, user, Dev};
 
 #[tokio::test]
 async fn plain_and_streamed_completions_cost_what_the_balance_loses() {

@@ -3,10 +3,8 @@
 //! across models, the OpenAI-shaped refusals, and every `usage.cost` exactly what the
 //! balance lost and the record says.
 
-mod support;
-
+use crate::support::{cost_pico, data_dir, dev_over, path, pico, start_mock, Dev};
 use serde_json::{json, Value};
-use support::{cost_pico, data_dir, dev_over, path, pico, start_mock, Dev};
 
 /// The mock's price: $1 per million input tokens, one token per word.
 const MOCK_PICO_PER_TOKEN: i128 = 1_000_000;

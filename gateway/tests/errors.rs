@@ -1,15 +1,13 @@
 //! Every error a client can meet, through the real binary: OpenAI's error shape, the
 //! right status, the offending parameter named, and no money lost to a failure.
 
-mod support;
-
+use crate::support::{cost_pico, data_dir, path, pico, user, Dev, ADMIN_TOKEN};
 use reqwest::Method;
 use serde_json::{json, Value};
 use solrouter_gateway::catalog::Tokenizer;
 use solrouter_gateway::tokens;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use support::{cost_pico, data_dir, path, pico, user, Dev, ADMIN_TOKEN};
 
 /// Tokens of `text` in OpenAI's tokenizer, as the gateway counts them.
 fn openai_tokens(text: &str) -> u64 {

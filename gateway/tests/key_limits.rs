@@ -2,12 +2,11 @@
 //! disabled), the management-key API in OpenRouter's shapes, `GET /v1/api/key`, and the
 //! signed payments webhook crediting once per event.
 
-mod support;
-
+use crate::support;
+use crate::support::{data_dir, path, pico, user, Dev};
 use reqwest::Method;
 use serde_json::{json, Value};
 use solrouter_gateway::payments;
-use support::{data_dir, path, pico, user, Dev};
 
 /// A request with `bearer` and an optional JSON body; the status, the `Retry-After`
 /// header and the body.

@@ -6,14 +6,12 @@
 //! chat endpoint's statuses, fallback, and, over recorded Anthropic traffic, an answer
 //! that produced nothing going uncharged with its provider bill written off.
 
-mod providers_support;
-mod support;
-
-use providers_support::fixture_upstream::{FixtureUpstream, Recording, Route, Shape, HOSTS};
-use providers_support::{fixture_json, with};
+use crate::providers_support::fixture_upstream::{FixtureUpstream, Recording, Route, Shape, HOSTS};
+use crate::providers_support::{fixture_json, with};
+use crate::support;
+use crate::support::{cost_pico, data_dir, dev_over, path, pico, start_mock, Dev};
 use serde_json::{json, Value};
 use solrouter_ledger::PicoUsd;
-use support::{cost_pico, data_dir, dev_over, path, pico, start_mock, Dev};
 
 const CLAUDE: &str = "anthropic/claude-sonnet-4";
 

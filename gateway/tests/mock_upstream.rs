@@ -2,10 +2,10 @@
 //! the real adapter of that format (`Adapter::response`, `Adapter::stream`), and each
 //! knob of its script and its server-wide configuration observed from the client side.
 
-mod providers_support;
-
+use crate::providers_support::{
+    assemble_completion, assemble_stream, chat, post_upstream, translate,
+};
 use futures_util::StreamExt;
-use providers_support::{assemble_completion, assemble_stream, chat, post_upstream, translate};
 use serde_json::{json, Value};
 use solrouter_gateway::mock::{self, Knobs, MockConfig, ABSURD_TOKENS};
 use solrouter_gateway::providers::anthropic::Anthropic;

@@ -11,8 +11,8 @@
 //! only when the balance ran out or the answer produced nothing (`waived`: then nothing
 //! is charged); every admitted request has a record; the bank audit is ok.
 
-mod support;
-
+use crate::support;
+use crate::support::{cost_pico, data_dir, dev_over, pico, start_mock, user, Dev};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Value};
@@ -20,7 +20,6 @@ use solrouter_gateway::catalog::Catalog;
 use solrouter_gateway::providers::Usage;
 use solrouter_ledger::PicoUsd;
 use std::time::Duration;
-use support::{cost_pico, data_dir, dev_over, pico, start_mock, user, Dev};
 
 /// One catalogue model per wire format, each served by the mock.
 const MODELS: [&str; 4] = [

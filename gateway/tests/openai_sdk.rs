@@ -5,9 +5,7 @@
 //! test venv by `setup-test-env.sh` (the README's test command runs it); a missing
 //! package fails the test rather than skipping it.
 
-mod support;
-
-use support::{data_dir, path, run_python, Dev, ADMIN_TOKEN};
+use crate::support::{data_dir, path, run_python, Dev, ADMIN_TOKEN};
 
 #[tokio::test]
 async fn the_official_python_sdk_works_with_only_base_url_changed() {

@@ -2,9 +2,7 @@
 //! from OpenAI-format conversations must equal what Anthropic's own clients sent, and
 //! recorded responses and streams must translate to exact text, tool calls and usage.
 
-mod providers_support;
-
-use providers_support::*;
+use crate::providers_support::*;
 use serde_json::{json, Value};
 use solrouter_gateway::catalog::Catalog;
 use solrouter_gateway::providers::anthropic::Anthropic;

@@ -3,10 +3,8 @@
 //! responses and event streams, served over real HTTP or cut into arbitrary pieces,
 //! must translate to exact text, tool calls, usage (billed units) and cost.
 
-mod providers_support;
-
+use crate::providers_support::*;
 use proptest::prelude::*;
-use providers_support::*;
 use serde_json::{json, Map, Value};
 use solrouter_gateway::catalog::Catalog;
 use solrouter_gateway::providers::cohere::Cohere;

@@ -2,9 +2,7 @@
 //! Perplexity, Groq as the Llama host) through the adapter with each provider's
 //! quirks, over real HTTP.
 
-mod providers_support;
-
-use providers_support::*;
+use crate::providers_support::*;
 use serde_json::json;
 use solrouter_gateway::catalog::Catalog;
 use solrouter_gateway::providers::openai::{OpenAiCompatible, Quirks};

@@ -6,12 +6,10 @@
 //! real binary: each answer's `usage.cost` is the catalogue price of the tokens billed,
 //! and exactly what the balance lost and the record says.
 
-mod providers_support;
-mod support;
-
+use crate::providers_support::{post_upstream, reply, serve, Received};
+use crate::support;
 use bytes::Bytes;
 use http::StatusCode;
-use providers_support::{post_upstream, reply, serve, Received};
 use serde_json::{json, Value};
 use solrouter_gateway::catalog::{Catalog, Tokenizer};
 use solrouter_gateway::providers::cohere::Cohere;

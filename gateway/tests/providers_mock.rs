@@ -1,9 +1,7 @@
 //! The built-in mock upstream, reached through the real OpenAI-compatible adapter the
 //! way dev mode wires it: `Providers::from_env` pointed at a mock on 127.0.0.1.
 
-mod providers_support;
-
-use providers_support::*;
+use crate::providers_support::*;
 use serde_json::json;
 use solrouter_gateway::catalog::Catalog;
 use solrouter_gateway::mock;

@@ -1,9 +1,7 @@
 //! Replays recorded OpenAI-wire traffic (OpenAI itself, and DeepSeek's identical
 //! stream format) through the OpenAI-compatible adapter over real HTTP.
 
-mod providers_support;
-
-use providers_support::*;
+use crate::providers_support::*;
 use serde_json::json;
 use solrouter_gateway::catalog::Catalog;
 use solrouter_gateway::providers::openai::{OpenAiCompatible, Quirks};

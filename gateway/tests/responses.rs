@@ -6,10 +6,8 @@
 //! (what needs stored state refused by name), fallback, an answer cut by
 //! `max_output_tokens`, and a broken stream's `response.failed` with its charge.
 
-mod support;
-
+use crate::support::{cost_pico, data_dir, dev_over, pico, start_mock, Dev};
 use serde_json::{json, Value};
-use support::{cost_pico, data_dir, dev_over, pico, start_mock, Dev};
 
 const PATH: &str = "/v1/api/responses";
 const MODELS: [&str; 4] =

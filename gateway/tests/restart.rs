@@ -2,10 +2,8 @@
 //! directory; accounts, keys, balances and request records are all still there, and no
 //! second demo account appears.
 
-mod support;
-
+use crate::support::{data_dir, path, user, Dev};
 use serde_json::json;
-use support::{data_dir, path, user, Dev};
 
 #[tokio::test]
 async fn sigkill_and_restart_loses_nothing() {

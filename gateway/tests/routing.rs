@@ -10,12 +10,10 @@
 //! own zero-data-retention agreements (`SOLROUTER_ZDR_HOSTS`) and each endpoint's
 //! `data_policy` in the endpoints API.
 
-mod support;
-
+use crate::support::{data_dir, path, run_python, Dev};
 use serde_json::{json, Value};
 use solrouter_gateway::mock::{self, Knobs, MockConfig};
 use std::time::Duration;
-use support::{data_dir, path, run_python, Dev};
 
 async fn run_phase(dev: &Dev, key: &str, phase: &str) {
     let env = [

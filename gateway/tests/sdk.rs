@@ -21,20 +21,17 @@
 //! command runs it; Python's into the venvs `target/test-venv` and
 //! `target/test-venv-openai2`); a missing package fails the test, never skips it.
 
-mod providers_support;
-mod support;
-
-use providers_support::fixture_upstream::{FixtureUpstream, Recording, Route, Shape, HOSTS};
-use providers_support::{fixture_json, FIXTURES_DIR};
+use crate::providers_support::fixture_upstream::{FixtureUpstream, Recording, Route, Shape, HOSTS};
+use crate::providers_support::{fixture_json, FIXTURES_DIR};
+use crate::support::{
+    data_dir, path, pico, venv_python, Dev, ADMIN_TOKEN, MAIN_VENV, OPENAI2_VENV, TEST_ENV_HINT,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use solrouter_ledger::PicoUsd;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
-use support::{
-    data_dir, path, pico, venv_python, Dev, ADMIN_TOKEN, MAIN_VENV, OPENAI2_VENV, TEST_ENV_HINT,
-};
 
 const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk");
 /// The most one SDK script may take for all its cases: a few seconds on a warm

@@ -3,14 +3,10 @@
 //! account probing another's ids, and a session made on one gateway working on another
 //! until a logout on either ends it on both (a 3-node ledger cluster, 2 gateways).
 
-mod cluster_support;
-mod support;
-mod web_support;
-
+use crate::support::{data_dir, path, user, Dev};
+use crate::web_support::{WebClient, PASSWORD};
 use base64::Engine;
 use serde_json::{json, Value};
-use support::{data_dir, path, user, Dev};
-use web_support::{WebClient, PASSWORD};
 
 fn chat_body() -> Value {
     json!({"model": "mock/echo", "messages": user("hello there world")})
@@ -273,7 +269,7 @@ async fn expired_tokens_are_refused_and_the_refresh_token_renews_the_session() {
 /// linearizably from the ledger on every request).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_works_on_every_gateway_until_a_logout_on_any() {
-    use cluster_support::{ledger_specs, seeds, wait_http_ok, Gateway};
+    use crate::cluster_support::{ledger_specs, seeds, wait_http_ok, Gateway};
     let root = tempfile::tempdir().unwrap();
     let specs = ledger_specs(root.path());
     let _ledgers: Vec<_> = specs.iter().map(|spec| spec.start()).collect();

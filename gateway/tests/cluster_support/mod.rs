@@ -1,7 +1,6 @@
 //! Harness for cluster tests: real `solrouter ledger` and `solrouter gateway` processes on
 //! 127.0.0.1 with free ports and temporary data directories. Every process is killed
 //! when its handle is dropped (also on a panic), so a failing test leaves nothing behind.
-#![allow(dead_code)] // Each test file uses a different part of the harness.
 
 use serde_json::{json, Value};
 pub use solrouter_raft::free_local_port as free_port;
@@ -103,10 +102,6 @@ impl Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
 }
 
 impl Drop for Process {
@@ -190,7 +185,8 @@ pub fn ledger_admin(seeds: &[String], args: &[&str]) -> String {
 
 /// A `solrouter gateway --mock` process.
 pub struct Gateway {
-    pub process: Process,
+    /// Held for its drop, which stops the gateway.
+    _process: Process,
     pub endpoint: Endpoint,
 }
 
@@ -211,7 +207,7 @@ impl Gateway {
         env.extend(tls_env(DEV_CLIENT_CERT, DEV_CLIENT_KEY));
         let (process, line) = Process::spawn(&args, &env, "listening: ");
         let base = line["listening: ".len()..].trim_end_matches("/v1/api");
-        Gateway { process, endpoint: Endpoint::new(base) }
+        Gateway { _process: process, endpoint: Endpoint::new(base) }
     }
 }
 

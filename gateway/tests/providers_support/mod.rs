@@ -1,5 +1,4 @@
 // Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
 
 //! Shared harness for the provider replay tests: a real HTTP server on 127.0.0.1 that
 //! answers every request with recorded bytes and remembers what it was sent, and a

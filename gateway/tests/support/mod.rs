@@ -1,6 +1,5 @@
 //! Test harness: starts the real `solrouter` binary on a free port with a temporary data
 //! directory, reads what it prints, and kills it when dropped (also on a panic).
-#![allow(dead_code)] // Each test file uses a different part of the harness.
 
 use serde_json::Value;
 use solrouter_gateway::mock::{self, Knobs, MockConfig};

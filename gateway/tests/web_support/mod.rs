@@ -1,7 +1,6 @@
 //! A dashboard client for tests: a cookie jar kept by hand (so the tests see every
 //! `Set-Cookie` and its flags, and send `Secure` cookies over http://127.0.0.1 as a
 //! browser does), no redirects followed, forms posted with the CSRF token.
-#![allow(dead_code)] // Each test file uses a different part of the harness.
 
 use std::collections::BTreeMap;
 
