@@ -80,7 +80,7 @@ measure() {
 }
 
 if [ -n "${LEDGER:-}" ]; then
-    counters() { curl -s "$URL/metrics" | grep -E '^solrouter_ledger_(commit_seconds_(count|sum)|commands_proposed)\{'; }
+    counters() { curl -s "$URL/metrics" | grep -E '^solrouter_ledger_(commit_seconds_(count|sum)|commands_proposed_total)\{'; }
     warm_up "$URL/v1/api/chat/completions" "$RUN_DIR/false.lua" "$KEY"
     counters >"$RUN_DIR/before"
     cpu_before=$(awk '{print $14 + $15}' "/proc/$DEV/stat")
@@ -105,7 +105,7 @@ def share(*fields):
     return f"{100 * sum(split[i] for i in fields) / total:.0f} %"
 print(f"dev plain: {result}")
 commits = moved["commit_seconds_count"]
-print(f"ledger: {commits:.0f} entries, {moved['commands_proposed'] / commits:.1f} commands an entry, "
+print(f"ledger: {commits:.0f} entries, {moved['commands_proposed_total'] / commits:.1f} commands an entry, "
       f"commit {1e6 * moved['commit_seconds_sum'] / commits:.0f} us on average")
 print(f"dev CPU: {cores:.2f} cores, {1000 * cores / rps:.3f} ms a request; machine: user "
       f"{share(0)}, system {share(2)}, idle {share(3)}, iowait {share(4)}, interrupts {share(5, 6)}")

@@ -241,8 +241,9 @@ fn route(node: &LedgerNode, metrics: &PrometheusHandle, request: &Request<Incomi
     }
 }
 
-/// Per-group Raft state as gauges, refreshed at each scrape (no background task): on a
-/// node's ops port, and on the gateway's `/metrics` in dev mode.
+/// Per-group Raft state, refreshed at each scrape (no background task): on a node's ops
+/// port, and on the gateway's `/metrics` in dev mode. Levels are gauges; what only grows
+/// while the process runs is a counter (`_total`), set to the node's own count.
 pub(crate) fn record_node_metrics(node: &LedgerNode) {
     for group_idx in 0..node.n_groups() {
         let stats = node.group_stats(group_idx);
@@ -250,18 +251,21 @@ pub(crate) fn record_node_metrics(node: &LedgerNode) {
         let gauge = |name: &'static str, value: Option<u64>| {
             metrics::gauge!(name, "group" => group.clone()).set(value.map_or(-1.0, |v| v as f64));
         };
+        let counter = |name: &'static str, value: u64| {
+            metrics::counter!(name, "group" => group.clone()).absolute(value);
+        };
         gauge("solrouter_ledger_leader_id", stats.leader_id);
         gauge("solrouter_ledger_is_leader", Some(u64::from(stats.leader_id == Some(node.id()))));
         gauge("solrouter_ledger_last_log_index", stats.last_log_index);
         gauge("solrouter_ledger_last_applied_index", stats.last_applied_index);
         gauge("solrouter_ledger_snapshot_index", stats.snapshot_index);
-        gauge("solrouter_ledger_batches_proposed", Some(stats.n_batches_proposed));
-        gauge("solrouter_ledger_commands_proposed", Some(stats.n_commands_proposed));
+        counter("solrouter_ledger_batches_proposed_total", stats.n_batches_proposed);
+        counter("solrouter_ledger_commands_proposed_total", stats.n_commands_proposed);
         gauge("solrouter_ledger_proposals_in_flight", Some(stats.proposals_in_flight));
         gauge("solrouter_ledger_snapshot_build_ms_last", Some(stats.snapshot_build_ms_last));
         gauge("solrouter_ledger_snapshot_encode_ms_last", Some(stats.snapshot_encode_ms_last));
         gauge("solrouter_ledger_snapshot_bytes_last", Some(stats.snapshot_bytes_last));
-        gauge("solrouter_ledger_clock_jumps", Some(stats.n_clock_jumps));
+        counter("solrouter_ledger_clock_jumps_total", stats.n_clock_jumps);
         gauge("solrouter_ledger_holds_remembered", Some(stats.n_ended_holds_remembered));
         gauge("solrouter_ledger_op_ids_remembered", Some(stats.n_op_ids_remembered));
         if let Some(behind_ms) = stats.time_behind_ms {
@@ -272,8 +276,8 @@ pub(crate) fn record_node_metrics(node: &LedgerNode) {
     match node.history_stats() {
         Ok(history) => {
             metrics::gauge!("solrouter_ledger_history_records").set(history.records as f64);
-            metrics::gauge!("solrouter_ledger_history_expired_total")
-                .set(history.expired_total as f64);
+            metrics::counter!("solrouter_ledger_history_expired_total")
+                .absolute(history.expired_total);
         }
         Err(e) => tracing::warn!(error = %e, "request history stats unavailable"),
     }

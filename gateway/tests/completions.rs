@@ -150,6 +150,10 @@ async fn models_list_prices_per_token_and_operations_endpoints_answer() {
     assert!(text.contains("solrouter_http_requests_total"), "{text}");
     // Dev mode's ledger node reports on the same page.
     assert!(text.contains("solrouter_ledger_time_behind_ms{"), "{text}");
+    // What only grows is a counter: its rate is what a dashboard plots.
+    for counter in ["batches_proposed_total", "commands_proposed_total", "history_expired_total"] {
+        assert!(text.contains(&format!("# TYPE solrouter_ledger_{counter} counter")), "{text}");
+    }
     // Without OPENAI_API_KEY the OpenAI models are not offered.
     assert!(list["data"]
         .as_array()
