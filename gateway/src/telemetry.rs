@@ -13,6 +13,16 @@ use tracing_subscriber::EnvFilter;
 /// Without upkeep every sample stays queued until a scrape: a gateway nobody scrapes
 /// grows by each request's latency samples, without bound.
 const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// Bucket bounds, in seconds, of every latency histogram on `/metrics` (the ledger's waits
+/// and commits, the requests' durations, streams included). Fixed buckets rather than the
+/// exporter's default summaries: each summary keeps quantile sketches of up to 32,768
+/// eight-byte bins (relative accuracy 0.0001) for each of its rolling windows, which grew
+/// `solrouter dev`'s RSS by several MB within minutes (docs/benchmarks.md, "Session 47");
+/// buckets stay a few counters each, and add up across gateways (`histogram_quantile`).
+const LATENCY_BUCKETS_S: [f64; 20] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
 
 /// Without `RUST_LOG`: our own info logs; openraft and redb only when they warn (their
 /// info level narrates every election).
@@ -29,7 +39,7 @@ pub fn init_logs() {
 /// Installs the process-wide metrics recorder, starts its upkeep, and returns the handle
 /// `/metrics` renders.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new().install_recorder()?;
+    let handle = PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS_S)?.install_recorder()?;
     let upkept = handle.clone();
     std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || loop {
         std::thread::sleep(METRICS_UPKEEP_EVERY);

@@ -193,8 +193,8 @@ async fn leader_sigkill_under_load_loses_nothing_and_charges_once() {
             let value = |name: &str| {
                 metrics.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
             };
-            let commit_quantile = r#"solrouter_ledger_commit_seconds{group="0",quantile="0.99"}"#;
-            assert!(metrics.contains(commit_quantile), "{metrics}");
+            let commit_buckets = r#"solrouter_ledger_commit_seconds_bucket{group="0",le="+Inf"}"#;
+            assert!(metrics.contains(commit_buckets), "{metrics}");
             for snapshot in ["build_ms_last", "encode_ms_last", "bytes_last"] {
                 let gauge = format!("solrouter_ledger_snapshot_{snapshot}{{");
                 assert!(metrics.contains(&gauge), "{metrics}");

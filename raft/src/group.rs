@@ -344,7 +344,7 @@ struct Batcher {
     counters: Arc<Counters>,
     clock: Arc<Mutex<LedgerClock>>,
     caught_up: Arc<CaughtUp>,
-    /// Each entry's commit, proposal to outcome, for its quantiles (the counters give
+    /// Each entry's commit, proposal to outcome, for its distribution (the counters give
     /// its mean).
     commit_seconds: Histogram,
 }
