@@ -641,7 +641,7 @@ mod tests {
     async fn settles_within_the_funds_and_refuses_revoked_keys() {
         let dir = tempfile::tempdir().unwrap();
         let node = LedgerNode::open_single(dir.path()).await.unwrap();
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let recorder = crate::telemetry::prometheus_builder().build_recorder();
         let metrics = recorder.handle();
         let bank = metrics::with_local_recorder(&recorder, || Bank::new(node));
         let account = AccountId(keys::random_u64());

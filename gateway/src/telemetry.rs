@@ -36,10 +36,18 @@ pub fn init_logs() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
+/// The exporter as `/metrics` renders it (latencies in [`LATENCY_BUCKETS_S`]); tests build
+/// their local recorders from it too, so they read what production renders.
+pub fn prometheus_builder() -> PrometheusBuilder {
+    PrometheusBuilder::new()
+        .set_buckets(&LATENCY_BUCKETS_S)
+        .expect("LATENCY_BUCKETS_S is not empty")
+}
+
 /// Installs the process-wide metrics recorder, starts its upkeep, and returns the handle
 /// `/metrics` renders.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS_S)?.install_recorder()?;
+    let handle = prometheus_builder().install_recorder()?;
     let upkept = handle.clone();
     std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || loop {
         std::thread::sleep(METRICS_UPKEEP_EVERY);
@@ -109,7 +117,7 @@ mod tests {
 
     #[test]
     fn requests_count_by_route_and_status_through_the_registered_handles() {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = prometheus_builder().build_recorder();
         let handle = recorder.handle();
         let requests = RequestMetrics::default();
         metrics::with_local_recorder(&recorder, || {
