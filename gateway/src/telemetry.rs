@@ -36,7 +36,7 @@ pub fn init_logs() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-/// The exporter as `/metrics` renders it (latencies in [`LATENCY_BUCKETS_S`]); tests build
+/// The exporter as `/metrics` renders it (latencies in `LATENCY_BUCKETS_S`); tests build
 /// their local recorders from it too, so they read what production renders.
 pub fn prometheus_builder() -> PrometheusBuilder {
     PrometheusBuilder::new()
