@@ -226,10 +226,11 @@ struct LedgerArgs {
     /// Number of Raft groups (shards); the same on every node, fixed for the cluster's life.
     #[arg(long, default_value_t = 8)]
     groups: u32,
-    /// Which founder first leads each group, `spread` (the founders take the groups in
-    /// turn) or `founder` (the lowest id leads all: a cluster across regions whose traffic
-    /// comes mostly from that node's; deploy/TOPOLOGY.md). Leaders stay where they are
-    /// elected. Read by the lowest founder, when it founds the cluster.
+    /// Where each group's leader belongs, `spread` (the voters take the groups in turn, in
+    /// id order) or `founder` (the lowest id leads all: a cluster across regions whose
+    /// traffic comes mostly from that node's; deploy/TOPOLOGY.md). The lowest founder
+    /// founds each group there, and a leader elected elsewhere hands its group back once
+    /// that node holds the whole log. Give every node the same.
     #[arg(long, default_value = "spread")]
     first_leaders: FirstLeaders,
     /// Where to serve /metrics, /healthz and /readyz (e.g. `127.0.0.1:7100`); off unless

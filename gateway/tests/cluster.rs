@@ -16,7 +16,7 @@
 use crate::cluster_support;
 use crate::cluster_support::{
     cost_pico, free_port, ledger_admin, ledger_specs, pico, seeds, wait_http_ok, Endpoint, Gateway,
-    LedgerProcess, LedgerSpec, POLL_ATTEMPTS_MAX, POLL_INTERVAL,
+    LedgerProcess, LedgerSpec, N_GROUPS, POLL_ATTEMPTS_MAX, POLL_INTERVAL,
 };
 use serde_json::{json, Value};
 use solrouter_gateway::catalog::Catalog;
@@ -171,10 +171,28 @@ async fn leader_sigkill_under_load_loses_nothing_and_charges_once() {
     eventually_async("the load goes on", || async { successes() >= resumed + N_SUCCESSES_PHASE })
         .await;
 
-    // Restart the killed node on its data directory; it catches up and serves again.
+    // Restart the killed node on its data directory; it catches up and serves again, and,
+    // with the load still on, every group goes back to the node the default placement
+    // (`spread`: the voters take the groups in turn) puts it on.
     let restarted = specs[killed_idx].start();
     wait_http_ok(&format!("{}/readyz", restarted.http)).await;
     ledgers[killed_idx] = Some(restarted);
+    let n_nodes = ledgers.len() as u64;
+    eventually_async("every node sees each group led where the placement puts it", || async {
+        let mut placed = true;
+        for ledger in ledgers.iter().flatten() {
+            let leaders = leaders_seen(&ledger.http).await;
+            placed &= leaders.len() == N_GROUPS as usize;
+            placed &= leaders.iter().all(|(group_idx, leader)| *leader == group_idx % n_nodes + 1);
+        }
+        placed
+    })
+    .await;
+    let handed_back = successes();
+    eventually_async("the load goes on after the hand-over", || async {
+        successes() >= handed_back + N_SUCCESSES_PHASE
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         worker.await.unwrap();
@@ -207,6 +225,31 @@ async fn leader_sigkill_under_load_loses_nothing_and_charges_once() {
         })
         .await;
     }
+    // The hand-overs back are counted by the nodes that made them.
+    let mut n_handed_over = 0.0;
+    for ledger in ledgers.iter().flatten() {
+        let url = format!("{}/metrics", ledger.http);
+        let metrics = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let done = metrics.lines().filter(|line| {
+            line.starts_with("solrouter_ledger_leader_hand_overs_total{")
+                && line.contains(r#"outcome="done""#)
+        });
+        let counts = done.filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok());
+        n_handed_over += counts.sum::<f64>();
+    }
+    assert!(n_handed_over >= 1.0, "no node counted a hand-over");
+}
+
+/// Each group's leader as the ledger node serving `http` sees it (its `/metrics`), by
+/// group index; a group without a known leader is left out.
+async fn leaders_seen(http: &str) -> Vec<(u64, u64)> {
+    let metrics = reqwest::get(format!("{http}/metrics")).await.unwrap().text().await.unwrap();
+    let leader_of = |line: &str| {
+        let (group_idx, leader) =
+            line.strip_prefix(r#"solrouter_ledger_leader_id{group=""#)?.split_once(r#""} "#)?;
+        Some((group_idx.parse().ok()?, leader.trim().parse().ok()?))
+    };
+    metrics.lines().filter_map(leader_of).collect()
 }
 
 /// Retries unacknowledged top-ups under their idempotency keys, waits for the last settles,

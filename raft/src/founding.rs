@@ -128,7 +128,8 @@ pub(crate) async fn found(
     let Some(node) = LedgerNode::from_weak(&node) else { return };
     let groups = (0..).zip(node.groups());
     let founding = groups.map(|(group_idx, group)| {
-        let leader = placement.first_leader(&members, group_idx);
+        let leader = placement.leader_among(members.keys().copied(), group_idx);
+        let leader = leader.expect("the founding members include this node");
         found_group(group.raft(), group_idx, leader, identity, &members, tls.as_ref())
     });
     let founded = futures_util::future::join_all(founding).await;
@@ -179,8 +180,10 @@ fn founding_members(
 /// first: one entry appended and synced.
 pub const FOUND_GROUP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Which founder initializes each group, and so leads it first (until it fails: leaders
-/// are never moved back). Decided by the founding member, once.
+/// Where each group's leader belongs: the founding member has each group initialized,
+/// and so first led, by that founder, and a leader elected elsewhere hands the group back
+/// to that voter once it is up and caught up (`leadership.rs`). Every node should be given
+/// the same placement.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FirstLeaders {
     /// The founders in id order take the groups in turn (group 0 the founding member's):
@@ -195,13 +198,29 @@ pub enum FirstLeaders {
 }
 
 impl FirstLeaders {
-    /// The founder (of the founding `members`) that initializes group `group_idx`.
-    fn first_leader(self, members: &BTreeMap<NodeId, Member>, group_idx: u32) -> NodeId {
+    /// Which of `voters` (in id order) group `group_idx`'s leader belongs on: the founder
+    /// that initializes it, of the founding members; the voter a leader hands it to, of
+    /// its voters. `None` without voters.
+    pub(crate) fn leader_among(
+        self,
+        mut voters: impl ExactSizeIterator<Item = NodeId>,
+        group_idx: u32,
+    ) -> Option<NodeId> {
         let turn = match self {
-            FirstLeaders::Spread => group_idx as usize % members.len(),
+            FirstLeaders::Spread => group_idx as usize % voters.len().max(1),
             FirstLeaders::Founder => 0,
         };
-        *members.keys().nth(turn).expect("a turn within the founders")
+        voters.nth(turn)
+    }
+}
+
+/// As `--first-leaders` takes it.
+impl std::fmt::Display for FirstLeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FirstLeaders::Spread => "spread",
+            FirstLeaders::Founder => "founder",
+        })
     }
 }
 
@@ -336,12 +355,16 @@ mod tests {
             [4, 9, 17].into_iter().map(|id| (id, Member::new(format!("h:{id}"), 0))).collect();
         let leaders = |placement: &str| -> Vec<NodeId> {
             let placement: FirstLeaders = placement.parse().unwrap();
-            (0..7).map(|group_idx| placement.first_leader(&members, group_idx)).collect()
+            let ids = || members.keys().copied();
+            (0..7).map(|group_idx| placement.leader_among(ids(), group_idx).unwrap()).collect()
         };
         assert_eq!(leaders("spread"), [4, 9, 17, 4, 9, 17, 4]);
         assert_eq!(leaders("founder"), [4; 7]);
         assert!("leader".parse::<FirstLeaders>().unwrap_err().contains("`spread` or `founder`"));
-        let alone = BTreeMap::from([(2, Member::new("h:2", 0))]);
-        assert_eq!(FirstLeaders::Spread.first_leader(&alone, 5), 2);
+        for placement in [FirstLeaders::Spread, FirstLeaders::Founder] {
+            assert_eq!(placement.to_string().parse(), Ok(placement));
+        }
+        assert_eq!(FirstLeaders::Spread.leader_among([2].into_iter(), 5), Some(2));
+        assert_eq!(FirstLeaders::Spread.leader_among(std::iter::empty(), 5), None);
     }
 }

@@ -43,6 +43,11 @@ pub struct Group {
     counters: Arc<Counters>,
     clock: Arc<Mutex<LedgerClock>>,
     caught_up: Arc<CaughtUp>,
+    /// The batcher's proposal slots (see [`Batcher`]); [`Group::pause_proposals`] takes
+    /// them all.
+    slots: Arc<Semaphore>,
+    /// Notified when a slot comes free, which wakes the batcher.
+    slot_freed: Arc<Notify>,
 }
 
 impl Group {
@@ -93,13 +98,18 @@ impl Group {
         let clock = Arc::new(Mutex::new(LedgerClock::new(clock)));
         let room = Arc::new(Semaphore::new(SUBMIT_QUEUE_MAX));
         let caught_up = Arc::default();
-        let group = Group { raft, state, submit_tx, room, counters, clock, caught_up };
+        let slots = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
+        let slot_freed = Arc::new(Notify::new());
+        let group =
+            Group { raft, state, submit_tx, room, counters, clock, caught_up, slots, slot_freed };
         let batcher = Batcher {
             raft: group.raft.clone(),
             state: Arc::clone(&group.state),
             counters: Arc::clone(&group.counters),
             clock: Arc::clone(&group.clock),
             caught_up: Arc::clone(&group.caught_up),
+            slots: Arc::clone(&group.slots),
+            slot_freed: Arc::clone(&group.slot_freed),
             commit_seconds,
         };
         // The batcher ends when the group (the only sender) is dropped.
@@ -158,6 +168,17 @@ impl Group {
             Ok(result) => result,
             Err(_elapsed) => Err(LedgerError::Timeout(SUBMIT_TIMEOUT)),
         }
+    }
+
+    /// Stops this group's batcher from proposing until the returned guard is dropped, once
+    /// every proposal in flight has been answered: a leader handing the group over
+    /// (`leadership.rs`) must not append while its successor campaigns. Submissions queue
+    /// meanwhile, and are then answered `NotLeader` if the hand-over happened.
+    pub(crate) async fn pause_proposals(&self) -> ProposalsPaused {
+        let n_slots = u32::try_from(PROPOSALS_IN_FLIGHT_MAX).expect("a few slots");
+        let slots = Arc::clone(&self.slots).acquire_many_owned(n_slots).await;
+        let slots = slots.expect("the slots' semaphore is never closed");
+        ProposalsPaused { slots: Some(slots), slot_freed: Arc::clone(&self.slot_freed) }
     }
 
     pub async fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> Result<R, LedgerError> {
@@ -274,6 +295,22 @@ impl Group {
     }
 }
 
+/// Every proposal slot of a group, held: its batcher proposes nothing until this is
+/// dropped (see [`Group::pause_proposals`]).
+pub(crate) struct ProposalsPaused {
+    slots: Option<OwnedSemaphorePermit>,
+    slot_freed: Arc<Notify>,
+}
+
+impl Drop for ProposalsPaused {
+    fn drop(&mut self) {
+        // The slots first: woken before they are free, the batcher would find none and
+        // wait for a proposal that is not in flight.
+        drop(self.slots.take());
+        self.slot_freed.notify_one();
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     n_batches: AtomicU64,
@@ -344,6 +381,10 @@ struct Batcher {
     counters: Arc<Counters>,
     clock: Arc<Mutex<LedgerClock>>,
     caught_up: Arc<CaughtUp>,
+    /// At most [`PROPOSALS_IN_FLIGHT_MAX`] proposals in flight, one slot each.
+    slots: Arc<Semaphore>,
+    /// Notified when a slot comes free: a proposal answered, or a pause ended.
+    slot_freed: Arc<Notify>,
     /// Each entry's commit, proposal to outcome, for its distribution (the counters give
     /// its mean).
     commit_seconds: Histogram,
@@ -351,11 +392,10 @@ struct Batcher {
 
 impl Batcher {
     async fn run(self, mut submit_rx: mpsc::Receiver<Submission>) {
-        let slots = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
-        let finished = Arc::new(Notify::new());
         let mut queued = Queued::default();
         loop {
-            let Some(slot) = next_slot(&slots, &finished, &mut submit_rx, &mut queued).await else {
+            let next = next_slot(&self.slots, &self.slot_freed, &mut submit_rx, &mut queued);
+            let Some(slot) = next.await else {
                 return;
             };
             while !queued.is_full() {
@@ -397,7 +437,7 @@ impl Batcher {
             let answered = self.propose(batch).await;
             let counters = Arc::clone(&self.counters);
             counters.in_flight.fetch_add(1, Ordering::Relaxed);
-            let finished = Arc::clone(&finished);
+            let slot_freed = Arc::clone(&self.slot_freed);
             let commit_seconds = self.commit_seconds.clone();
             tokio::spawn(async move {
                 let answer = answered.await;
@@ -423,7 +463,7 @@ impl Batcher {
                     }
                 }
                 drop(slot);
-                finished.notify_one();
+                slot_freed.notify_one();
             });
         }
     }
@@ -520,7 +560,7 @@ impl Batcher {
 /// channel is closed and drained.
 async fn next_slot(
     slots: &Arc<Semaphore>,
-    finished: &Notify,
+    slot_freed: &Notify,
     submit_rx: &mut mpsc::Receiver<Submission>,
     queued: &mut Queued,
 ) -> Option<OwnedSemaphorePermit> {
@@ -543,7 +583,7 @@ async fn next_slot(
             // In a fixed order: the simulation replays a seed only if the batcher is
             // deterministic.
             biased;
-            () = finished.notified() => {}
+            () = slot_freed.notified() => {}
             received = submit_rx.recv(), if room => queued.push(received?),
         }
     }

@@ -27,20 +27,22 @@
 //! ([`incarnation::admit`]); the sender sees a refusal as unreachable (that incarnation is
 //! not there), so it backs off. [`identify`] asks a node who it is (`Identify`), before it
 //! is added or a cluster is founded; [`found`] asks a founder to initialize a group it is
-//! to lead first (`Found`, `founding.rs`).
+//! to lead first (`Found`, `founding.rs`); [`campaign`] asks the voter a leader hands its
+//! group to to campaign (`Campaign`, `leadership.rs`).
 
 use crate::call_stream::{self, CallStream, Closing, Exchange, Replies, Serve};
 use crate::codec::{self, CodecError};
 use crate::encoded::{self, EncodedEntries};
 use crate::error::LedgerError;
-use crate::founding;
+use crate::founding::{self, FirstLeaders};
 use crate::grpc::raft_service_client::RaftServiceClient;
 use crate::grpc::raft_service_server::RaftService;
 use crate::grpc::{RaftReply, RaftRequest};
 use crate::incarnation::{self, Identified, Identity, Incarnation, Stamped};
+use crate::leadership;
 use crate::sizing::{self, AppendBudget};
 use crate::tls::{self, TlsConfig};
-use crate::types::{Member, NodeId, Raft, TypeConfig};
+use crate::types::{LogId, Member, NodeId, Raft, TypeConfig};
 use crate::{ELECTION_TIMEOUT_MIN, RPC_BYTES_MAX};
 use bytes::Bytes;
 use openraft::error::{
@@ -348,6 +350,9 @@ pub struct RaftRpcServer {
     /// Each group's Raft instance, and the encodings its log keeps.
     groups: Arc<Vec<(Raft, Arc<EncodedEntries>)>>,
     identity: Identity,
+    /// Where this node's groups belong: a leader handing one over asks it to campaign
+    /// only where it belongs (`leadership.rs`).
+    placement: FirstLeaders,
     /// Whether a refusal was logged already: a refused peer retries every few heartbeats.
     refusal_logged: Arc<AtomicBool>,
     /// Ends the AppendEntries streams when the node shuts down.
@@ -355,10 +360,15 @@ pub struct RaftRpcServer {
 }
 
 impl RaftRpcServer {
-    pub fn new(groups: Vec<(Raft, Arc<EncodedEntries>)>, identity: Identity) -> RaftRpcServer {
+    pub fn new(
+        groups: Vec<(Raft, Arc<EncodedEntries>)>,
+        identity: Identity,
+        placement: FirstLeaders,
+    ) -> RaftRpcServer {
         RaftRpcServer {
             groups: Arc::new(groups),
             identity,
+            placement,
             refusal_logged: Arc::default(),
             closing: Closing::default(),
         }
@@ -510,6 +520,15 @@ impl RaftService for RaftRpcServer {
         let (raft, members): (_, BTreeMap<NodeId, Member>) = self.decode(request)?;
         reply(&founding::found_here(raft, self.identity, members).await)
     }
+
+    async fn campaign(
+        &self,
+        request: tonic::Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        let group_idx = request.get_ref().group;
+        let (raft, last): (_, LogId) = self.decode(request)?;
+        reply(&leadership::campaign_here(raft, self.placement, group_idx, last).await)
+    }
 }
 
 /// A client of the node at `addr`, and a request to it of `group` carrying `payload`,
@@ -551,23 +570,70 @@ pub async fn found(
     tls: Option<&TlsConfig>,
     timeout: Duration,
 ) -> Result<(), LedgerError> {
-    let target = &members[&to];
-    let stamped = Stamped {
-        from: from.node_id,
-        from_incarnation: from.incarnation,
-        to_incarnation: target.incarnation,
-        rpc: members,
-    };
-    let payload = codec::encode(&stamped)
-        .map_err(|e| LedgerError::Invalid(format!("encoding the founding members: {e}")))?;
-    let (mut client, request) = call(&target.addr, tls, group, payload, timeout)?;
-    let reply = client.found(request).await.map_err(|e| LedgerError::Unavailable {
-        reason: format!("asking {} to found group {group}: {e}", target.addr),
-    })?;
-    let answer: Result<(), String> = codec::decode(&reply.into_inner().payload).map_err(|e| {
-        LedgerError::Invalid(format!("{} answered a founding with {e}", target.addr))
-    })?;
-    answer.map_err(|reason| LedgerError::Unavailable { reason })
+    let order = Order { from, to: &members[&to], group, what: "to found group", rpc: members };
+    let (mut client, request) = order.call(tls, timeout)?;
+    order.answer(client.found(request).await)
+}
+
+/// Asks `to`, a voter of `group` that has the log up to `last` (its leader's last log id;
+/// `from`: that leader), to campaign once it has applied it, within `timeout` (see
+/// `leadership.rs`).
+pub async fn campaign(
+    from: Identity,
+    group: u32,
+    to: &Member,
+    last: LogId,
+    tls: Option<&TlsConfig>,
+    timeout: Duration,
+) -> Result<(), LedgerError> {
+    let order = Order { from, to, group, what: "to lead group", rpc: last };
+    let (mut client, request) = order.call(tls, timeout)?;
+    order.answer(client.campaign(request).await)
+}
+
+/// A request of one node to another about a group, stamped with both incarnations, whose
+/// answer is `Result<(), String>`.
+struct Order<'a, Q> {
+    from: Identity,
+    to: &'a Member,
+    group: u32,
+    /// What it asks, for errors: "asking {addr} {what} {group}".
+    what: &'static str,
+    rpc: Q,
+}
+
+impl<Q: Serialize> Order<'_, Q> {
+    fn call(
+        &self,
+        tls: Option<&TlsConfig>,
+        timeout: Duration,
+    ) -> Result<(RaftServiceClient<Channel>, tonic::Request<RaftRequest>), LedgerError> {
+        let stamped = Stamped {
+            from: self.from.node_id,
+            from_incarnation: self.from.incarnation,
+            to_incarnation: self.to.incarnation,
+            rpc: &self.rpc,
+        };
+        let payload = codec::encode(&stamped).map_err(|e| {
+            LedgerError::Invalid(format!("encoding a request {} {}: {e}", self.what, self.group))
+        })?;
+        call(&self.to.addr, tls, self.group, payload, timeout)
+    }
+
+    fn answer(
+        &self,
+        reply: Result<tonic::Response<RaftReply>, tonic::Status>,
+    ) -> Result<(), LedgerError> {
+        let (addr, what, group) = (&self.to.addr, self.what, self.group);
+        let reply = reply.map_err(|e| LedgerError::Unavailable {
+            reason: format!("asking {addr} {what} {group}: {e}"),
+        })?;
+        let answer: Result<(), String> = codec::decode(&reply.into_inner().payload)
+            .map_err(|e| LedgerError::Invalid(format!("{addr} answered {what} {group}: {e}")))?;
+        answer.map_err(|reason| LedgerError::Unavailable {
+            reason: format!("asking {addr} {what} {group}: {reason}"),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -672,6 +738,13 @@ mod tests {
         }
 
         async fn found(
+            &self,
+            _: tonic::Request<RaftRequest>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            self.timed_out()
+        }
+
+        async fn campaign(
             &self,
             _: tonic::Request<RaftRequest>,
         ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
@@ -868,6 +941,13 @@ mod tests {
         }
 
         async fn found(
+            &self,
+            _: tonic::Request<RaftRequest>,
+        ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("append entries only"))
+        }
+
+        async fn campaign(
             &self,
             _: tonic::Request<RaftRequest>,
         ) -> Result<tonic::Response<RaftReply>, tonic::Status> {

@@ -27,6 +27,7 @@ mod history;
 mod history_codec;
 mod incarnation;
 mod kv;
+mod leadership;
 mod ledger_clock;
 mod log_store;
 mod membership;
@@ -64,12 +65,13 @@ pub use history::{
     HISTORY_EXPIRE_INTERVAL, HISTORY_EXPORT_PAGE_MAX, HISTORY_PAGE_MAX, HISTORY_RETENTION_DEFAULT,
     HISTORY_SCAN_MAX,
 };
-/// The storage interface and its redb engine, public for the log store bake-off
-/// (`bench/src/bin/log_bakeoff.rs`), which drives every candidate through it.
 pub use kv::{
     Durability, KvBatch, KvPair, KvTree, MakeWrites, PutWrite, RedbStore, RedbTree,
     REDB_CACHE_BYTES, REDB_SNAPSHOT_CACHE_BYTES,
 };
+/// The storage interface and its redb engine, public for the log store bake-off
+/// (`bench/src/bin/log_bakeoff.rs`), which drives every candidate through it.
+pub use leadership::{HAND_OVER_BACKOFF, HAND_OVER_TIMEOUT, LEADER_BALANCE_INTERVAL};
 pub use membership::{IDENTIFY_TIMEOUT, LEARNER_CATCH_UP_TIMEOUT, VOTERS_REACHABLE_TIMEOUT};
 pub use node::{
     group_of_account, group_of_slot, slot_of, ClusterConfig, ClusterStart, LedgerNode, NodeOptions,

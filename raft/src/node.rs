@@ -18,6 +18,7 @@ use crate::incarnation::{self, Identity, IDENTITY_TREE};
 use crate::kv::{
     Durability, KvTree, NodeStores, RedbStore, REDB_CACHE_BYTES, REDB_SNAPSHOT_CACHE_BYTES,
 };
+use crate::leadership;
 use crate::membership;
 use crate::network::NoPeers;
 use crate::reads::GroupAccess;
@@ -106,8 +107,9 @@ impl ClusterConfig {
         })
     }
 
-    /// Where the founding member has each group first led ([`FirstLeaders`]; by default
-    /// spread over the founders). Read at founding only, on the founding member.
+    /// Where each group's leader belongs ([`FirstLeaders`]; by default spread over the
+    /// voters): the founding member has each group first led there, and every leader hands
+    /// a group it leads back there (`leadership.rs`). Give every node the same.
     pub fn with_first_leaders(self, first_leaders: FirstLeaders) -> ClusterConfig {
         ClusterConfig { first_leaders, ..self }
     }
@@ -381,9 +383,13 @@ impl LedgerNode {
         let requests = history.backfill_requests();
         let node = LedgerNode::assemble(config.id(), groups, history, options);
         let backfill = backfill::spawn(node.downgrade(), requests, config.tls().cloned());
-        node.inner.background_tasks.lock().expect("task lock poisoned").push(backfill);
+        let placement = config.first_leaders;
+        let balance =
+            leadership::spawn(node.downgrade(), placement, identity, config.tls().cloned());
+        node.inner.background_tasks.lock().expect("task lock poisoned").extend([backfill, balance]);
         let ledger = LedgerRpcServer::new(node.downgrade(), identity, config.tls().cloned());
-        let server = serve(listener, RaftRpcServer::new(served, identity), ledger, config.tls())?;
+        let raft_server = RaftRpcServer::new(served, identity, config.first_leaders);
+        let server = serve(listener, raft_server, ledger, config.tls())?;
         *node.inner.server.lock().expect("server lock poisoned") = Some(server);
         // Every group, not just the first: a founding cut short by a crash resumes.
         let mut initialized = true;

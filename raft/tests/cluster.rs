@@ -1,11 +1,14 @@
 //! A three-node ledger cluster with two Raft groups, talking gRPC on 127.0.0.1:
-//! replication to every replica, routing by account, and fail-over after the leader stops.
+//! replication to every replica, routing by account, fail-over after the leader stops, and
+//! the group handed back to it when it returns.
 
 use solrouter_ledger::{AccountId, Command, HoldId, Op, OpId, PicoUsd, Reply, RequestRecord};
 use solrouter_raft::{
     free_local_addr, Consistency, HistoryQuery, LedgerApi, LedgerError, LedgerNode,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Bounded polling for eventual conditions: attempts × interval = 20 s, room for several
@@ -54,7 +57,7 @@ fn credits_on(node: &LedgerNode, account: AccountId) -> Option<PicoUsd> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_two_groups_replicate_and_fail_over() {
+async fn three_nodes_two_groups_replicate_fail_over_and_hand_back() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let peers: BTreeMap<u64, String> = (1..=3).map(|id| (id, free_local_addr())).collect();
     let mut nodes = BTreeMap::new();
@@ -122,6 +125,45 @@ async fn three_nodes_two_groups_replicate_and_fail_over() {
         nodes.values().all(|node| credits_on(node, first) == Some(doubled))
     })
     .await;
+
+    // The stopped node comes back, and the group's leader hands the group back to it,
+    // where the placement puts it (`leadership.rs`), while top-ups keep coming: each is
+    // applied once, those the old leader held during the hand-over included.
+    let back = stopped.id();
+    drop(stopped);
+    let dir = dirs[usize::try_from(back - 1).unwrap()].path();
+    nodes.insert(back, LedgerNode::open(back, &peers, dir, N_GROUPS).await.unwrap());
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = tokio::spawn({
+        let (nodes, writing) = (nodes.clone(), Arc::clone(&writing));
+        async move {
+            let mut n_top_ups = 0;
+            while writing.load(Ordering::Relaxed) {
+                let top_up = Op::Credit { account: first, amount: TOP_UP };
+                submit_to_leader(&nodes, Command { id: OpId(300 + n_top_ups), op: top_up }).await;
+                n_top_ups += 1;
+            }
+            n_top_ups
+        }
+    });
+    eventually(&format!("node {back} leads group {group_idx} again"), || {
+        nodes.values().all(|node| node.group_stats(group_idx).leader_id == Some(back))
+    })
+    .await;
+    writing.store(false, Ordering::Relaxed);
+    let n_top_ups = writer.await.unwrap();
+    assert!(n_top_ups > 0);
+    let top_up = Op::Credit { account: first, amount: TOP_UP };
+    submit_to_leader(&nodes, Command { id: OpId(299), op: top_up }).await;
+    let credited = PicoUsd((3 + n_top_ups) * TOP_UP.0);
+    eventually("every replica applied every top-up once", || {
+        nodes.values().all(|node| credits_on(node, first) == Some(credited))
+    })
+    .await;
+    for group_idx in 0..N_GROUPS {
+        let first = u64::from(group_idx) + 1;
+        assert_eq!(nodes[&1].group_stats(group_idx).leader_id, Some(first), "group {group_idx}");
+    }
     for node in nodes.values() {
         let audit = node.read_local_account(first, |ledger| ledger.audit());
         assert!(audit.ok, "{:?}", audit.problems);

@@ -1,0 +1,297 @@
+//! Leaders go back where the placement ([`FirstLeaders`]) puts them. A group stays led
+//! wherever it was elected: after a failover its leader does not return when the failed
+//! node does, and a rolling restart gathers the groups on the nodes restarted first, so
+//! one node's cores and disk did every group's work. openraft 0.9 has no leadership
+//! transfer, so a node hands its groups over itself.
+//!
+//! Every [`LEADER_BALANCE_INTERVAL`] a node looks at the groups it has led since its last
+//! look. One whose placement, over the group's voters, names another voter that holds the
+//! whole log is handed to it:
+//!
+//! 1. the leader stops proposing once what it has in flight is answered
+//!    ([`Group::pause_proposals`]), so its log stops growing;
+//! 2. it waits until the target's replica has its last log id (its replication metrics);
+//! 3. it asks the target to campaign (`Campaign`, [`grpc_network::campaign`]); the target
+//!    checks that its own placement puts the group there too (so that two nodes given
+//!    different placements never hand a group back and forth), waits until it has
+//!    applied that log id (so that it proposes at once once elected), and starts an
+//!    election ([`campaign_here`]);
+//! 4. the leader grants the vote (openraft 0.9's leader takes a candidate with the next
+//!    term and as long a log; its own lease dates from its election, which lies beyond
+//!    the lease by then), so the target has a majority of a group of up to three voters at
+//!    once; the leader steps down, and the submissions it held are answered `NotLeader`
+//!    naming the new leader, where gateways send them again (same ids: idempotent).
+//!
+//! The other voters refuse the vote while their leader's lease lasts (its heartbeats renew
+//! it), so in a group of four or more voters the target would not win: such groups are
+//! left where they are. A hand-over that does not see the target lead within
+//! [`HAND_OVER_TIMEOUT`] resumes proposing and is tried again after
+//! [`HAND_OVER_BACKOFF`]. Safety never rests on any of this: the target wins an ordinary
+//! Raft election, or nobody does and the group elects as it would after a lost leader.
+
+use crate::error::LedgerError;
+use crate::founding::FirstLeaders;
+use crate::group::Group;
+use crate::grpc_network;
+use crate::incarnation::Identity;
+use crate::node::{Inner, LedgerNode};
+use crate::tls::TlsConfig;
+use crate::types::{LogId, Member, NodeId, Raft};
+use openraft::RaftMetrics;
+use std::collections::BTreeSet;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+/// How often a node looks for groups it leads that belong elsewhere. A group is handed
+/// over only once it has been led here for a whole interval.
+pub const LEADER_BALANCE_INTERVAL: Duration = Duration::from_secs(2);
+/// The longest a hand-over holds its group's proposals: pausing, the target's catching up
+/// and its election.
+pub const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a node waits before handing over a group again after a hand-over failed.
+pub const HAND_OVER_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest the target of a hand-over waits to have applied the leader's log before
+/// it campaigns; well within [`HAND_OVER_TIMEOUT`], so that it answers (and campaigns, or
+/// not) while the leader still holds its proposals.
+const CAMPAIGN_APPLY_WAIT_MAX: Duration = Duration::from_millis(500);
+const _: () = assert!(CAMPAIGN_APPLY_WAIT_MAX.as_millis() * 3 <= HAND_OVER_TIMEOUT.as_millis());
+/// The most voters a group may have for a hand-over: the target and the leader must be a
+/// majority (see the module's doc).
+const HAND_OVER_VOTERS_MAX: usize = 3;
+
+/// Starts the node's hand-overs, until the node is dropped or shut down (which aborts the
+/// task).
+pub(crate) fn spawn(
+    node: Weak<Inner>,
+    placement: FirstLeaders,
+    identity: Identity,
+    tls: Option<TlsConfig>,
+) -> JoinHandle<()> {
+    let balancer = Balancer { placement, identity, tls, turns: Vec::new() };
+    tokio::spawn(balancer.run(node))
+}
+
+struct Balancer {
+    placement: FirstLeaders,
+    identity: Identity,
+    tls: Option<TlsConfig>,
+    /// What the balancer knows of each group, by group index.
+    turns: Vec<Turn>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Turn {
+    /// The term this node was last seen leading the group in.
+    led_in: Option<u64>,
+    /// No hand-over of the group before this (one failed).
+    not_before: Option<Instant>,
+}
+
+impl Balancer {
+    async fn run(mut self, node: Weak<Inner>) {
+        let mut tick = tokio::time::interval(LEADER_BALANCE_INTERVAL);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(node) = LedgerNode::from_weak(&node) else { return };
+            self.turns.resize(node.groups().len(), Turn::default());
+            for (group_idx, group) in (0..).zip(node.groups()) {
+                self.balance(group_idx, group).await;
+            }
+        }
+    }
+
+    /// Hands group `group_idx` over if it is due (see the module's doc).
+    async fn balance(&mut self, group_idx: u32, group: &Group) {
+        let now = Instant::now();
+        let turn = &mut self.turns[group_idx as usize];
+        let target = {
+            let metrics = group.raft().metrics();
+            let metrics = metrics.borrow();
+            let leads = metrics.current_leader == Some(metrics.id);
+            let led_before = turn.led_in == Some(metrics.current_term);
+            turn.led_in = leads.then_some(metrics.current_term);
+            let due = leads && led_before;
+            due.then(|| hand_over_target(self.placement, group_idx, &metrics)).flatten()
+        };
+        let Some((target, member)) = target else { return };
+        if turn.not_before.is_some_and(|not_before| now < not_before) {
+            return;
+        }
+        let handed = tokio::time::timeout(
+            HAND_OVER_TIMEOUT,
+            hand_over(group, group_idx, target, &member, self.identity, self.tls.as_ref()),
+        );
+        let outcome = match handed.await {
+            Ok(Ok(())) => {
+                tracing::info!(
+                    "group {group_idx}: handed its leadership to node {target}, where the \
+                     placement puts it, in {:?}",
+                    now.elapsed()
+                );
+                "done"
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("node {target} did not lead within {HAND_OVER_TIMEOUT:?}"),
+                };
+                tracing::warn!(
+                    "group {group_idx}: handing its leadership to node {target} failed ({why}); \
+                     trying again in {HAND_OVER_BACKOFF:?}"
+                );
+                turn.not_before = Some(Instant::now() + HAND_OVER_BACKOFF);
+                "failed"
+            }
+        };
+        let group_label = group_idx.to_string();
+        let labels = [("group", group_label), ("outcome", outcome.to_string())];
+        metrics::counter!("solrouter_ledger_leader_hand_overs_total", &labels).increment(1);
+    }
+}
+
+/// The voter `placement` puts group `group_idx` on, by `metrics` (this replica's), and
+/// where it is dialled, if that is another voter than this node and it holds the whole
+/// log this node holds; `None` while the group's membership changes or if the group has
+/// more than [`HAND_OVER_VOTERS_MAX`] voters.
+fn hand_over_target(
+    placement: FirstLeaders,
+    group_idx: u32,
+    metrics: &RaftMetrics<NodeId, Member>,
+) -> Option<(NodeId, Member)> {
+    let membership = metrics.membership_config.membership();
+    if membership.get_joint_config().len() != 1 {
+        return None;
+    }
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    if voters.len() > HAND_OVER_VOTERS_MAX {
+        return None;
+    }
+    let target = placement.leader_among(voters.into_iter(), group_idx)?;
+    let caught_up = matched(metrics, target).map(|matched| matched.index);
+    if target == metrics.id || caught_up.is_none() || caught_up != metrics.last_log_index {
+        return None;
+    }
+    Some((target, membership.get_node(&target)?.clone()))
+}
+
+/// The last log id of this leader's log that `target` is known to hold.
+fn matched(metrics: &RaftMetrics<NodeId, Member>, target: NodeId) -> Option<LogId> {
+    metrics.replication.as_ref()?.get(&target).copied().flatten()
+}
+
+/// Hands `group` (this node's replica of group `group_idx`, which it leads) to voter
+/// `target`, dialled at `member`; see the module's doc. Returns once `target` leads it.
+async fn hand_over(
+    group: &Group,
+    group_idx: u32,
+    target: NodeId,
+    member: &Member,
+    identity: Identity,
+    tls: Option<&TlsConfig>,
+) -> Result<(), LedgerError> {
+    let _paused = group.pause_proposals().await;
+    let still = |what: &str| format!("group {group_idx}: {what}");
+    let unavailable = |reason| LedgerError::Unavailable { reason };
+    let holds_the_log = |metrics: &RaftMetrics<NodeId, Member>| {
+        let leads = metrics.current_leader == Some(metrics.id);
+        let matched = matched(metrics, target).map(|matched| matched.index);
+        !leads || matched == metrics.last_log_index
+    };
+    let what = still("the target holds the whole log");
+    let seen = until(group.raft(), None, what, holds_the_log).await.map_err(unavailable)?;
+    let last = match matched(&seen, target) {
+        Some(last) if seen.current_leader == Some(seen.id) => last,
+        _ => return Err(LedgerError::Unavailable { reason: still("this node stopped leading") }),
+    };
+    grpc_network::campaign(identity, group_idx, member, last, tls, HAND_OVER_TIMEOUT).await?;
+    let leads = |metrics: &RaftMetrics<NodeId, Member>| metrics.current_leader == Some(target);
+    until(group.raft(), None, still("the target leads"), leads).await.map_err(unavailable)?;
+    Ok(())
+}
+
+/// What a voter does when its group's leader hands the group to it (`Campaign`): once it
+/// has applied `last` (the leader's last log id), if `placement` puts the group here, it
+/// starts an election. Answers why not otherwise.
+pub(crate) async fn campaign_here(
+    raft: &Raft,
+    placement: FirstLeaders,
+    group_idx: u32,
+    last: LogId,
+) -> Result<(), String> {
+    {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let here = placement.leader_among(voters.into_iter(), group_idx);
+        if here != Some(metrics.id) {
+            let there = here.map_or_else(|| "no voter".to_owned(), |id| format!("node {id}"));
+            return Err(format!(
+                "node {}'s placement (`--first-leaders {placement}`) puts group {group_idx} on \
+                 {there}: give every node the same placement",
+                metrics.id
+            ));
+        }
+    }
+    let applied = |metrics: &RaftMetrics<NodeId, Member>| metrics.last_applied >= Some(last);
+    let what = format!("applying log id {last} of group {group_idx}");
+    until(raft, Some(CAMPAIGN_APPLY_WAIT_MAX), what, applied).await?;
+    raft.trigger().elect().await.map_err(|e| e.to_string())
+}
+
+/// `raft`'s metrics once `condition` holds of them, within `timeout` (`None`: the caller
+/// bounds the wait); why not otherwise, naming `what` was awaited.
+async fn until(
+    raft: &Raft,
+    timeout: Option<Duration>,
+    what: String,
+    condition: impl Fn(&RaftMetrics<NodeId, Member>) -> bool + Send,
+) -> Result<RaftMetrics<NodeId, Member>, String> {
+    let wait = raft.wait(timeout);
+    wait.metrics(condition, what).await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::free_local_addr;
+    use std::collections::BTreeMap;
+
+    /// A voter asked to take a group its own placement puts on another node refuses, and
+    /// does not campaign: two nodes given different placements never pass a group back
+    /// and forth.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_voter_refuses_a_group_its_placement_puts_elsewhere() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let peers: BTreeMap<u64, String> = (1..=3).map(|id| (id, free_local_addr())).collect();
+        let mut nodes = Vec::new();
+        for (id, dir) in (1..=3).zip(&dirs) {
+            nodes.push(LedgerNode::open(id, &peers, dir.path(), 2).await.unwrap());
+        }
+        // Spread: node 2 leads group 1, and has applied its first entries.
+        let group = nodes[1].group_at(1).unwrap().raft();
+        let leads = |metrics: &RaftMetrics<NodeId, Member>| {
+            metrics.current_leader == Some(2) && metrics.last_applied.is_some()
+        };
+        let what = "node 2 leads group 1".to_owned();
+        let seen = until(group, Some(Duration::from_secs(20)), what, leads).await.unwrap();
+        let membership = seen.membership_config.membership();
+        let member = |id: NodeId| membership.get_node(&id).unwrap().clone();
+        let from = Identity { node_id: 2, incarnation: member(2).incarnation };
+        let last = seen.last_applied.unwrap();
+
+        let node_1 = member(1);
+        let asked = grpc_network::campaign(from, 1, &node_1, last, None, HAND_OVER_TIMEOUT);
+        let refusal = asked.await.unwrap_err().to_string();
+        assert!(refusal.contains("puts group 1 on node 2"), "{refusal}");
+        assert!(refusal.contains("`--first-leaders spread`"), "{refusal}");
+        let term_at_1 = nodes[0].group_at(1).unwrap().raft().metrics().borrow().current_term;
+        assert_eq!(term_at_1, seen.current_term, "node 1 did not campaign");
+        for node in nodes {
+            node.shutdown().await.unwrap();
+        }
+    }
+}
