@@ -39,10 +39,11 @@ use crate::tls::TlsConfig;
 use crate::types::{LogId, Member, NodeId, Raft};
 use openraft::RaftMetrics;
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Weak;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 
 /// How often a node looks for groups it leads that belong elsewhere. A group is handed
 /// over only once it has been led here for a whole interval.
@@ -62,21 +63,52 @@ const _: () = assert!(CAMPAIGN_APPLY_WAIT_MAX.as_millis() * 3 <= HAND_OVER_TIMEO
 const HAND_OVER_VOTERS_MAX: usize = 3;
 
 /// Starts the node's hand-overs, until the node is dropped or shut down (which aborts the
-/// task).
+/// task); `campaigns` asks a target to campaign.
 pub(crate) fn spawn(
     node: Weak<Inner>,
     placement: FirstLeaders,
-    identity: Identity,
-    tls: Option<TlsConfig>,
+    campaigns: impl Campaigns,
 ) -> JoinHandle<()> {
-    let balancer = Balancer { placement, identity, tls, turns: Vec::new() };
+    let balancer = Balancer { placement, campaigns, turns: Vec::new() };
     tokio::spawn(balancer.run(node))
 }
 
-struct Balancer {
+/// How a leader asks the target of a hand-over to campaign (step 3 of the module's doc):
+/// over gRPC ([`OverGrpc`]), or the simulation's network.
+pub(crate) trait Campaigns: Send + Sync + 'static {
+    /// Asks voter `to`, dialled at `member`, of group `group_idx` to campaign once it has
+    /// applied `last`, the leader's last log id; answers its refusal, if any.
+    fn campaign(
+        &self,
+        group_idx: u32,
+        to: NodeId,
+        member: &Member,
+        last: LogId,
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
+}
+
+/// [`Campaigns`] over the nodes' gRPC (`Campaign`), from the node of `identity`.
+pub(crate) struct OverGrpc {
+    pub identity: Identity,
+    pub tls: Option<TlsConfig>,
+}
+
+impl Campaigns for OverGrpc {
+    async fn campaign(
+        &self,
+        group_idx: u32,
+        _to: NodeId,
+        member: &Member,
+        last: LogId,
+    ) -> Result<(), LedgerError> {
+        let (identity, tls) = (self.identity, self.tls.as_ref());
+        grpc_network::campaign(identity, group_idx, member, last, tls, HAND_OVER_TIMEOUT).await
+    }
+}
+
+struct Balancer<C> {
     placement: FirstLeaders,
-    identity: Identity,
-    tls: Option<TlsConfig>,
+    campaigns: C,
     /// What the balancer knows of each group, by group index.
     turns: Vec<Turn>,
 }
@@ -89,7 +121,7 @@ struct Turn {
     not_before: Option<Instant>,
 }
 
-impl Balancer {
+impl<C: Campaigns> Balancer<C> {
     async fn run(mut self, node: Weak<Inner>) {
         let mut tick = tokio::time::interval(LEADER_BALANCE_INTERVAL);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -122,7 +154,7 @@ impl Balancer {
         }
         let handed = tokio::time::timeout(
             HAND_OVER_TIMEOUT,
-            hand_over(group, group_idx, target, &member, self.identity, self.tls.as_ref()),
+            hand_over(group, group_idx, target, &member, &self.campaigns),
         );
         let outcome = match handed.await {
             Ok(Ok(())) => {
@@ -189,8 +221,7 @@ async fn hand_over(
     group_idx: u32,
     target: NodeId,
     member: &Member,
-    identity: Identity,
-    tls: Option<&TlsConfig>,
+    campaigns: &impl Campaigns,
 ) -> Result<(), LedgerError> {
     let _paused = group.pause_proposals().await;
     let still = |what: &str| format!("group {group_idx}: {what}");
@@ -206,7 +237,7 @@ async fn hand_over(
         Some(last) if seen.current_leader == Some(seen.id) => last,
         _ => return Err(LedgerError::Unavailable { reason: still("this node stopped leading") }),
     };
-    grpc_network::campaign(identity, group_idx, member, last, tls, HAND_OVER_TIMEOUT).await?;
+    campaigns.campaign(group_idx, target, member, last).await?;
     let leads = |metrics: &RaftMetrics<NodeId, Member>| metrics.current_leader == Some(target);
     until(group.raft(), None, still("the target leads"), leads).await.map_err(unavailable)?;
     Ok(())
@@ -214,7 +245,9 @@ async fn hand_over(
 
 /// What a voter does when its group's leader hands the group to it (`Campaign`): once it
 /// has applied `last` (the leader's last log id), if `placement` puts the group here, it
-/// starts an election. Answers why not otherwise.
+/// starts an election. Answers why not otherwise. An order that comes late (its leader
+/// gave up and proposes again, or was deposed) or twice is refused: this replica's log
+/// must end at `last`, an entry of the leader it follows in its term.
 pub(crate) async fn campaign_here(
     raft: &Raft,
     placement: FirstLeaders,
@@ -238,7 +271,16 @@ pub(crate) async fn campaign_here(
     }
     let applied = |metrics: &RaftMetrics<NodeId, Member>| metrics.last_applied >= Some(last);
     let what = format!("applying log id {last} of group {group_idx}");
-    until(raft, Some(CAMPAIGN_APPLY_WAIT_MAX), what, applied).await?;
+    let seen = until(raft, Some(CAMPAIGN_APPLY_WAIT_MAX), what, applied).await?;
+    let leader = last.leader_id;
+    let current = seen.current_leader == Some(leader.node_id) && seen.current_term == leader.term;
+    if !current || seen.last_log_index != Some(last.index) {
+        return Err(format!(
+            "group {group_idx}: an order to campaign at log id {last} from its leader, while this \
+             replica follows {:?} in term {} and its log ends at {:?}",
+            seen.current_leader, seen.current_term, seen.last_log_index
+        ));
+    }
     raft.trigger().elect().await.map_err(|e| e.to_string())
 }
 

@@ -384,8 +384,8 @@ impl LedgerNode {
         let node = LedgerNode::assemble(config.id(), groups, history, options);
         let backfill = backfill::spawn(node.downgrade(), requests, config.tls().cloned());
         let placement = config.first_leaders;
-        let balance =
-            leadership::spawn(node.downgrade(), placement, identity, config.tls().cloned());
+        let campaigns = leadership::OverGrpc { identity, tls: config.tls().cloned() };
+        let balance = leadership::spawn(node.downgrade(), placement, campaigns);
         node.inner.background_tasks.lock().expect("task lock poisoned").extend([backfill, balance]);
         let ledger = LedgerRpcServer::new(node.downgrade(), identity, config.tls().cloned());
         let raft_server = RaftRpcServer::new(served, identity, config.first_leaders);

@@ -5,15 +5,17 @@
 
 use super::gateway;
 use super::invariants::Invariants;
-use super::network::{Net, SimNetwork};
+use super::network::{Net, SimCampaigns, SimNetwork};
 use super::storage::{Disk, DiskFaults, IoFault, MemStore, WriteKind};
 use super::trace::Trace;
 use crate::encoded::EncodedEntries;
 use crate::error::LedgerError;
+use crate::founding::FirstLeaders;
 use crate::group::{Clock, Group};
 use crate::history::{History, HISTORY_RETENTION_DEFAULT};
 use crate::incarnation::Identified;
 use crate::incarnation::{self, Identity, IDENTITY_TREE};
+use crate::leadership;
 use crate::log_store::LogStore;
 use crate::membership;
 use crate::node::LedgerNode;
@@ -202,8 +204,10 @@ pub struct Running {
     store: MemStore,
     /// Its groups, as the `LedgerNode` whose ledger API gateways call.
     node: LedgerNode,
-    /// The ledger API's server, aborted when the process crashes.
+    /// The ledger API's server and the node's leadership hand-overs (`leadership.rs`),
+    /// aborted when the process crashes.
     server: JoinHandle<()>,
+    balancer: JoinHandle<()>,
     crashed: AtomicBool,
 }
 
@@ -416,6 +420,23 @@ impl Cluster {
         self.running(id).and_then(|r| r.groups()[group as usize].stats().leader_id)
     }
 
+    /// Waits until every node up sees `leader` lead `group`, polling every 100 ms of
+    /// simulated time for at most `within`; whether it came to that.
+    pub async fn wait_for_leader(&self, group: u32, leader: NodeId, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let down = self.down_ids();
+            let mut up = self.node_ids().into_iter().filter(|id| !down.contains(id));
+            if up.all(|id| self.leader_seen_by(id, group) == Some(leader)) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Submits `command` to node `id`'s replica of `group`, waiting at most `deadline`.
     /// An answer from a node that crashed meanwhile never left it, so it counts as lost.
     pub async fn submit(
@@ -524,6 +545,7 @@ impl Cluster {
         };
         self.trace.event(self.now_ms(), format!("crash node {id}"));
         running.server.abort();
+        running.balancer.abort();
         for group in running.groups() {
             // A core that already stopped on its dead store reports that here; either way
             // it is stopped, which is all a crash needs.
@@ -842,7 +864,10 @@ impl Cluster {
         let (door, server) = gateway::serve(&node, identity);
         self.net.node_up(id, incarnation, identity, served, door);
         let crashed = AtomicBool::new(false);
-        let running = Arc::new(Running { identity, store, node, server, crashed });
+        let net = Arc::clone(&self.net);
+        let campaigns = SimCampaigns { net, identity, incarnation };
+        let balancer = leadership::spawn(node.downgrade(), FirstLeaders::default(), campaigns);
+        let running = Arc::new(Running { identity, store, node, server, balancer, crashed });
         self.lock().nodes.insert(id, Slot::Up(running));
         let timeout_ms = config.election_timeout_min;
         self.trace

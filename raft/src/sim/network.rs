@@ -22,9 +22,12 @@
 
 use crate::codec;
 use crate::encoded::{self, EncodedEntries};
+use crate::error::LedgerError;
+use crate::founding::FirstLeaders;
 use crate::incarnation::{self, Identity, Incarnation, Stamped};
+use crate::leadership::{self, Campaigns};
 use crate::sizing::{self, AppendBudget};
-use crate::types::{Member, NodeId, Raft, TypeConfig};
+use crate::types::{LogId, Member, NodeId, Raft, TypeConfig};
 use bytes::Bytes;
 use openraft::error::{
     InstallSnapshotError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
@@ -140,6 +143,8 @@ enum Rpc {
     AppendEntries,
     InstallSnapshot,
     Vote,
+    /// A leader handing its group over (`leadership.rs`); answered `Result<(), String>`.
+    Campaign,
 }
 
 impl Net {
@@ -484,6 +489,22 @@ impl SimConnection {
         T: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let reply = match self.send(rpc, payload).await {
+            Ok(reply) => reply,
+            Err(refusal) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                    refusal,
+                ))))
+            }
+        };
+        let result: Result<T, RaftError<NodeId, E>> =
+            codec::decode(&reply).expect("raft replies decode");
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// Sends `payload` and waits for the encoded reply, or the target's refusal; a lost
+    /// request or reply never answers (the sender's own timeout is all it learns).
+    async fn send(&self, rpc: Rpc, payload: Vec<u8>) -> Result<Vec<u8>, String> {
         let (reply_tx, reply_rx) = oneshot::channel();
         let mut reply_tx = Some(reply_tx);
         let payload = Bytes::from(payload);
@@ -502,19 +523,39 @@ impl SimConnection {
             };
             tokio::spawn(delivery.run(delay));
         }
-        let reply = match reply_rx.await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(refusal)) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
-                    refusal,
-                ))))
-            }
-            // Lost: wait for openraft's timeout, as a real sender would.
-            Err(_) => return std::future::pending().await,
-        };
-        let result: Result<T, RaftError<NodeId, E>> =
-            codec::decode(&reply).expect("raft replies decode");
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        match reply_rx.await {
+            Ok(answer) => answer,
+            // Lost: wait for the caller's timeout, as a real sender would.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// [`Campaigns`] over the simulated network, from one node incarnation.
+pub struct SimCampaigns {
+    pub net: Arc<Net>,
+    pub identity: Identity,
+    pub incarnation: u64,
+}
+
+impl Campaigns for SimCampaigns {
+    async fn campaign(
+        &self,
+        group_idx: u32,
+        to: NodeId,
+        member: &Member,
+        last: LogId,
+    ) -> Result<(), LedgerError> {
+        let (net, identity, incarnation) = (Arc::clone(&self.net), self.identity, self.incarnation);
+        let encoded = Arc::default();
+        let mut network = SimNetwork::new(net, identity, incarnation, group_idx, encoded);
+        let connection = network.new_client(to, member).await;
+        let payload = codec::encode(&connection.stamp(last)).expect("raft requests encode");
+        let reply = connection.send(Rpc::Campaign, payload).await;
+        let refused = |reason| LedgerError::Unavailable { reason };
+        let answer: Result<(), String> =
+            codec::decode(&reply.map_err(refused)?).expect("raft replies decode");
+        answer.map_err(refused)
     }
 }
 
@@ -607,6 +648,15 @@ impl Delivery {
             },
             Rpc::Vote => match admitted(&identity, &raft, &self.payload) {
                 Ok(rpc) => Ok(encode(&raft.vote(rpc).await)),
+                Err(refusal) => Err(refusal),
+            },
+            Rpc::Campaign => match admitted(&identity, &raft, &self.payload) {
+                Ok(last) => {
+                    // The simulation's nodes all place leaders as production's default.
+                    let placement = FirstLeaders::default();
+                    let answer = leadership::campaign_here(&raft, placement, self.group, last);
+                    Ok(encode(&answer.await))
+                }
                 Err(refusal) => Err(refusal),
             },
         };
