@@ -76,6 +76,14 @@ pub async fn run(
     if let Some(ops) = ops {
         ops.abort();
     }
+    if stopped.is_none() {
+        // A planned stop: the groups this node leads go to other voters first, so that
+        // they need no election (which leaves a group without a leader for a while).
+        let still_led = node.hand_over_leadership().await;
+        if still_led > 0 {
+            tracing::warn!("{still_led} group(s) still led here are left to an election");
+        }
+    }
     // A stopped group reports its error again here; the first report is the one to tell.
     let shut_down = node.shutdown().await;
     if let Some(why) = stopped {

@@ -228,16 +228,59 @@ async fn leader_sigkill_under_load_loses_nothing_and_charges_once() {
     // The hand-overs back are counted by the nodes that made them.
     let mut n_handed_over = 0.0;
     for ledger in ledgers.iter().flatten() {
-        let url = format!("{}/metrics", ledger.http);
-        let metrics = reqwest::get(&url).await.unwrap().text().await.unwrap();
-        let done = metrics.lines().filter(|line| {
-            line.starts_with("solrouter_ledger_leader_hand_overs_total{")
-                && line.contains(r#"outcome="done""#)
-        });
-        let counts = done.filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok());
-        n_handed_over += counts.sum::<f64>();
+        let done = r#"solrouter_ledger_leader_hand_overs_total{group="0",outcome="done"}"#;
+        n_handed_over += counter_sum(&ledger.http, done).await;
     }
     assert!(n_handed_over >= 1.0, "no node counted a hand-over");
+}
+
+/// A ledger node stopped on purpose (SIGTERM) first hands the groups it leads to the
+/// other voters, so that they need no election (which leaves a group without a leader for
+/// an election timeout or more): when it has exited, the others have taken them
+/// (`solrouter_ledger_hand_overs_taken_total`). Restarted, it gets them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_node_stopped_on_purpose_hands_its_groups_over_first() {
+    let root = tempfile::tempdir().unwrap();
+    let specs = ledger_specs(root.path());
+    let mut ledgers: Vec<Option<LedgerProcess>> = specs.iter().map(|s| Some(s.start())).collect();
+    let n_nodes = specs.len() as u64;
+    let placed = |leaders: &[(u64, u64)]| {
+        leaders.len() == N_GROUPS as usize
+            && leaders.iter().all(|(group_idx, leader)| *leader == group_idx % n_nodes + 1)
+    };
+    let all_placed = |ledgers: &[Option<LedgerProcess>]| {
+        let https: Vec<String> = ledgers.iter().flatten().map(|l| l.http.clone()).collect();
+        async move {
+            for http in https {
+                if !placed(&leaders_seen(&http).await) {
+                    return false;
+                }
+            }
+            true
+        }
+    };
+    eventually_async("every group is led where the placement puts it", || all_placed(&ledgers))
+        .await;
+
+    // Node 1 leads group 0 (and, of two groups, no other).
+    ledgers[0].take().expect("node 1 runs").process.terminate();
+    let mut n_taken = 0.0;
+    for ledger in ledgers.iter().flatten() {
+        n_taken += counter_sum(&ledger.http, "solrouter_ledger_hand_overs_taken_total{").await;
+        let leaders = leaders_seen(&ledger.http).await;
+        assert!(leaders.iter().all(|(_, leader)| *leader != 1), "{leaders:?}");
+    }
+    assert_eq!(n_taken, 1.0, "the other nodes took node 1's group from it");
+
+    ledgers[0] = Some(specs[0].start());
+    eventually_async("node 1 gets its group back", || all_placed(&ledgers)).await;
+}
+
+/// The sum of the values of the lines of the `/metrics` of `http` that start with `prefix`.
+async fn counter_sum(http: &str, prefix: &str) -> f64 {
+    let metrics = reqwest::get(format!("{http}/metrics")).await.unwrap().text().await.unwrap();
+    let counts = metrics.lines().filter(|line| line.starts_with(prefix));
+    counts.filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 /// Each group's leader as the ledger node serving `http` sees it (its `/metrics`), by

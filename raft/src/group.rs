@@ -121,6 +121,13 @@ impl Group {
         &self.raft
     }
 
+    /// Whether this replica leads the group, as far as it knows.
+    pub(crate) fn leads(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.current_leader == Some(metrics.id)
+    }
+
     pub async fn submit(&self, command: Command) -> Result<Outcome, LedgerError> {
         let mut outcomes = self.submit_many(vec![command]).await?;
         assert_eq!(outcomes.len(), 1, "one outcome per command");

@@ -39,10 +39,10 @@ use crate::grpc::raft_service_client::RaftServiceClient;
 use crate::grpc::raft_service_server::RaftService;
 use crate::grpc::{RaftReply, RaftRequest};
 use crate::incarnation::{self, Identified, Identity, Incarnation, Stamped};
-use crate::leadership;
+use crate::leadership::{self, CampaignOrder};
 use crate::sizing::{self, AppendBudget};
 use crate::tls::{self, TlsConfig};
-use crate::types::{LogId, Member, NodeId, Raft, TypeConfig};
+use crate::types::{Member, NodeId, Raft, TypeConfig};
 use crate::{ELECTION_TIMEOUT_MIN, RPC_BYTES_MAX};
 use bytes::Bytes;
 use openraft::error::{
@@ -526,8 +526,8 @@ impl RaftService for RaftRpcServer {
         request: tonic::Request<RaftRequest>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
         let group_idx = request.get_ref().group;
-        let (raft, last): (_, LogId) = self.decode(request)?;
-        reply(&leadership::campaign_here(raft, self.placement, group_idx, last).await)
+        let (raft, order): (_, CampaignOrder) = self.decode(request)?;
+        reply(&leadership::campaign_here(raft, self.placement, group_idx, order).await)
     }
 }
 
@@ -575,18 +575,17 @@ pub async fn found(
     order.answer(client.found(request).await)
 }
 
-/// Asks `to`, a voter of `group` that has the log up to `last` (its leader's last log id;
-/// `from`: that leader), to campaign once it has applied it, within `timeout` (see
-/// `leadership.rs`).
+/// Gives `to`, a voter of `group` that has the log up to its leader's last log id (`from`:
+/// that leader), the `order` to campaign, within `timeout` (see `leadership.rs`).
 pub async fn campaign(
     from: Identity,
     group: u32,
     to: &Member,
-    last: LogId,
+    order: CampaignOrder,
     tls: Option<&TlsConfig>,
     timeout: Duration,
 ) -> Result<(), LedgerError> {
-    let order = Order { from, to, group, what: "to lead group", rpc: last };
+    let order = Order { from, to, group, what: "to lead group", rpc: order };
     let (mut client, request) = order.call(tls, timeout)?;
     order.answer(client.campaign(request).await)
 }

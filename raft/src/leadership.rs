@@ -22,6 +22,12 @@
 //!    once; the leader steps down, and the submissions it held are answered `NotLeader`
 //!    naming the new leader, where gateways send them again (same ids: idempotent).
 //!
+//! A node stopped on purpose (`solrouter ledger` on SIGTERM, [`hand_over_all`]) first
+//! hands each group it leads the same way to another voter holding the whole log (the
+//! placement's choice among them, so its groups spread), whatever the placement says
+//! (`CampaignOrder::leaving`): its groups need no election, which leaves a group without a
+//! leader for an election timeout or more. They come back once it is up again.
+//!
 //! The other voters refuse the vote while their leader's lease lasts (its heartbeats renew
 //! it), so in a group of four or more voters the target would not win: such groups are
 //! left where they are. A hand-over that does not see the target lead within
@@ -37,17 +43,24 @@ use crate::incarnation::Identity;
 use crate::node::{Inner, LedgerNode};
 use crate::tls::TlsConfig;
 use crate::types::{LogId, Member, NodeId, Raft};
+use crate::ELECTION_TIMEOUT_MAX;
 use openraft::RaftMetrics;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 /// How often a node looks for groups it leads that belong elsewhere. A group is handed
-/// over only once it has been led here for a whole interval.
+/// over only once it has been led here for a whole interval, longer than a leader's lease.
 pub const LEADER_BALANCE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long after its election a leader refuses every vote (openraft 0.9's leader lease
+/// is the longest election timeout, and a leader's dates from its election), with a
+/// margin: a hand-over's target wins only once its leader's election is older.
+const LEASE: Duration = ELECTION_TIMEOUT_MAX.saturating_add(Duration::from_millis(50));
+const _: () = assert!(LEASE.as_millis() < LEADER_BALANCE_INTERVAL.as_millis());
 /// The longest a hand-over holds its group's proposals: pausing, the target's catching up
 /// and its election.
 pub const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -62,28 +75,44 @@ const _: () = assert!(CAMPAIGN_APPLY_WAIT_MAX.as_millis() * 3 <= HAND_OVER_TIMEO
 /// majority (see the module's doc).
 const HAND_OVER_VOTERS_MAX: usize = 3;
 
-/// Starts the node's hand-overs, until the node is dropped or shut down (which aborts the
-/// task); `campaigns` asks a target to campaign.
-pub(crate) fn spawn(
+/// Where a node's groups belong, and how it asks a voter to take one: what its balancer
+/// and its hand-overs before a planned stop ([`hand_over_all`]) share.
+pub(crate) struct Leadership<C> {
+    pub placement: FirstLeaders,
+    pub campaigns: C,
+}
+
+/// Starts the node's balancer, until the node is dropped or shut down (which aborts the
+/// task).
+pub(crate) fn spawn<C: Campaigns>(
     node: Weak<Inner>,
-    placement: FirstLeaders,
-    campaigns: impl Campaigns,
+    leadership: Arc<Leadership<C>>,
 ) -> JoinHandle<()> {
-    let balancer = Balancer { placement, campaigns, turns: Vec::new() };
+    let balancer = Balancer { leadership, turns: Vec::new() };
     tokio::spawn(balancer.run(node))
+}
+
+/// What a leader handing its group over sends the target (`Campaign`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(crate) struct CampaignOrder {
+    /// The leader's last log id: the target campaigns once it has applied it.
+    pub last: LogId,
+    /// The leader is stopping ([`hand_over_all`]): the target takes the group whether or
+    /// not the placement puts it there (the group comes back once the leader is up again).
+    pub leaving: bool,
 }
 
 /// How a leader asks the target of a hand-over to campaign (step 3 of the module's doc):
 /// over gRPC ([`OverGrpc`]), or the simulation's network.
 pub(crate) trait Campaigns: Send + Sync + 'static {
-    /// Asks voter `to`, dialled at `member`, of group `group_idx` to campaign once it has
-    /// applied `last`, the leader's last log id; answers its refusal, if any.
+    /// Gives voter `to`, dialled at `member`, of group `group_idx` the `order` to campaign;
+    /// answers its refusal, if any.
     fn campaign(
         &self,
         group_idx: u32,
         to: NodeId,
         member: &Member,
-        last: LogId,
+        order: CampaignOrder,
     ) -> impl Future<Output = Result<(), LedgerError>> + Send;
 }
 
@@ -99,16 +128,15 @@ impl Campaigns for OverGrpc {
         group_idx: u32,
         _to: NodeId,
         member: &Member,
-        last: LogId,
+        order: CampaignOrder,
     ) -> Result<(), LedgerError> {
         let (identity, tls) = (self.identity, self.tls.as_ref());
-        grpc_network::campaign(identity, group_idx, member, last, tls, HAND_OVER_TIMEOUT).await
+        grpc_network::campaign(identity, group_idx, member, order, tls, HAND_OVER_TIMEOUT).await
     }
 }
 
 struct Balancer<C> {
-    placement: FirstLeaders,
-    campaigns: C,
+    leadership: Arc<Leadership<C>>,
     /// What the balancer knows of each group, by group index.
     turns: Vec<Turn>,
 }
@@ -137,7 +165,6 @@ impl<C: Campaigns> Balancer<C> {
 
     /// Hands group `group_idx` over if it is due (see the module's doc).
     async fn balance(&mut self, group_idx: u32, group: &Group) {
-        let now = Instant::now();
         let turn = &mut self.turns[group_idx as usize];
         let target = {
             let metrics = group.raft().metrics();
@@ -146,41 +173,109 @@ impl<C: Campaigns> Balancer<C> {
             let led_before = turn.led_in == Some(metrics.current_term);
             turn.led_in = leads.then_some(metrics.current_term);
             let due = leads && led_before;
-            due.then(|| hand_over_target(self.placement, group_idx, &metrics)).flatten()
+            let placement = self.leadership.placement;
+            due.then(|| hand_over_target(placement, group_idx, &metrics)).flatten()
         };
         let Some((target, member)) = target else { return };
-        if turn.not_before.is_some_and(|not_before| now < not_before) {
+        if turn.not_before.is_some_and(|not_before| Instant::now() < not_before) {
             return;
         }
-        let handed = tokio::time::timeout(
-            HAND_OVER_TIMEOUT,
-            hand_over(group, group_idx, target, &member, &self.campaigns),
-        );
-        let outcome = match handed.await {
-            Ok(Ok(())) => {
-                tracing::info!(
-                    "group {group_idx}: handed its leadership to node {target}, where the \
-                     placement puts it, in {:?}",
-                    now.elapsed()
-                );
-                "done"
-            }
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("node {target} did not lead within {HAND_OVER_TIMEOUT:?}"),
-                };
-                tracing::warn!(
-                    "group {group_idx}: handing its leadership to node {target} failed ({why}); \
-                     trying again in {HAND_OVER_BACKOFF:?}"
-                );
-                turn.not_before = Some(Instant::now() + HAND_OVER_BACKOFF);
-                "failed"
-            }
+        let campaigns = &self.leadership.campaigns;
+        let hand_over = HandOver { group, group_idx, target, member, campaigns, leaving: false };
+        let outcome = if hand_over.run().await {
+            "done"
+        } else {
+            tracing::warn!("group {group_idx}: trying again in {HAND_OVER_BACKOFF:?}");
+            turn.not_before = Some(Instant::now() + HAND_OVER_BACKOFF);
+            "failed"
         };
         let group_label = group_idx.to_string();
         let labels = [("group", group_label), ("outcome", outcome.to_string())];
         metrics::counter!("solrouter_ledger_leader_hand_overs_total", &labels).increment(1);
+    }
+}
+
+/// Hands every group this node leads to another voter that holds its whole log
+/// ([`leaving_target`]), all at once, each within [`HAND_OVER_TIMEOUT`]: before a planned
+/// stop, so that its groups need no election (which leaves a group without a leader for
+/// an election timeout or more).
+pub(crate) async fn hand_over_all<C: Campaigns>(node: &LedgerNode, leadership: &Leadership<C>) {
+    if !node.groups().iter().any(Group::leads) {
+        return;
+    }
+    // This node may have been elected just now: its groups' votes would be refused.
+    tokio::time::sleep(LEASE).await;
+    let mut handing = Vec::new();
+    for (group_idx, group) in (0..).zip(node.groups()) {
+        let target = {
+            let metrics = group.raft().metrics();
+            let metrics = metrics.borrow();
+            leaving_target(leadership.placement, group_idx, &metrics)
+        };
+        let campaigns = &leadership.campaigns;
+        if let Some((target, member)) = target {
+            handing.push(HandOver { group, group_idx, target, member, campaigns, leaving: true });
+        }
+    }
+    futures_util::future::join_all(handing.iter().map(HandOver::run)).await;
+}
+
+/// One hand-over: of group `group_idx` (this node's replica `group`, which it leads) to
+/// voter `target`, dialled at `member`, asked through `campaigns`, this node `leaving` or
+/// not (see [`CampaignOrder`]).
+struct HandOver<'a, C> {
+    group: &'a Group,
+    group_idx: u32,
+    target: NodeId,
+    member: Member,
+    campaigns: &'a C,
+    leaving: bool,
+}
+
+impl<C: Campaigns> HandOver<'_, C> {
+    /// [`HandOver::steps`] within [`HAND_OVER_TIMEOUT`], logged; whether the target leads.
+    async fn run(&self) -> bool {
+        let (group_idx, target) = (self.group_idx, self.target);
+        let started = Instant::now();
+        let why = match tokio::time::timeout(HAND_OVER_TIMEOUT, self.steps()).await {
+            Ok(Ok(())) => {
+                let whither =
+                    if self.leaving { "as this node stops" } else { "where the placement puts it" };
+                tracing::info!(
+                    "group {group_idx}: handed its leadership to node {target}, {whither}, in {:?}",
+                    started.elapsed()
+                );
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("node {target} did not lead within {HAND_OVER_TIMEOUT:?}"),
+        };
+        tracing::warn!("group {group_idx}: handing its leadership to node {target} failed: {why}");
+        false
+    }
+
+    /// The steps of the module's doc; done once the target leads.
+    async fn steps(&self) -> Result<(), LedgerError> {
+        let (group, group_idx, target) = (self.group, self.group_idx, self.target);
+        let _paused = group.pause_proposals().await;
+        let still = |what: &str| format!("group {group_idx}: {what}");
+        let unavailable = |reason| LedgerError::Unavailable { reason };
+        let holds_the_log = |metrics: &RaftMetrics<NodeId, Member>| {
+            let leads = metrics.current_leader == Some(metrics.id);
+            let matched = matched(metrics, target).map(|matched| matched.index);
+            !leads || matched == metrics.last_log_index
+        };
+        let what = still("the target holds the whole log");
+        let seen = until(group.raft(), None, what, holds_the_log).await.map_err(unavailable)?;
+        let last = match matched(&seen, target) {
+            Some(last) if seen.current_leader == Some(seen.id) => last,
+            _ => return Err(unavailable(still("this node stopped leading"))),
+        };
+        let order = CampaignOrder { last, leaving: self.leaving };
+        self.campaigns.campaign(group_idx, target, &self.member, order).await?;
+        let leads = |metrics: &RaftMetrics<NodeId, Member>| metrics.current_leader == Some(target);
+        until(group.raft(), None, still("the target leads"), leads).await.map_err(unavailable)?;
+        Ok(())
     }
 }
 
@@ -193,20 +288,47 @@ fn hand_over_target(
     group_idx: u32,
     metrics: &RaftMetrics<NodeId, Member>,
 ) -> Option<(NodeId, Member)> {
+    let voters = voters_to_hand_to(metrics)?;
+    let target = placement.leader_among(voters.into_iter(), group_idx)?;
+    let due = target != metrics.id && holds_the_whole_log(metrics, target);
+    due.then(|| member(metrics, target)).flatten()
+}
+
+/// The voter a leaving leader hands group `group_idx` to, by `metrics` (its replica's):
+/// `placement`'s choice among the other voters that hold the whole log (so that a leaving
+/// node's groups spread over the others), and where it is dialled.
+fn leaving_target(
+    placement: FirstLeaders,
+    group_idx: u32,
+    metrics: &RaftMetrics<NodeId, Member>,
+) -> Option<(NodeId, Member)> {
+    let voters = voters_to_hand_to(metrics)?;
+    let others = voters.into_iter().filter(|id| *id != metrics.id);
+    let ready: Vec<NodeId> = others.filter(|id| holds_the_whole_log(metrics, *id)).collect();
+    member(metrics, placement.leader_among(ready.into_iter(), group_idx)?)
+}
+
+/// The group's voters, if this node leads it, its membership is not changing, and it has
+/// at most [`HAND_OVER_VOTERS_MAX`] voters.
+fn voters_to_hand_to(metrics: &RaftMetrics<NodeId, Member>) -> Option<BTreeSet<NodeId>> {
     let membership = metrics.membership_config.membership();
-    if membership.get_joint_config().len() != 1 {
+    let leads = metrics.current_leader == Some(metrics.id);
+    if !leads || membership.get_joint_config().len() != 1 {
         return None;
     }
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    if voters.len() > HAND_OVER_VOTERS_MAX {
-        return None;
-    }
-    let target = placement.leader_among(voters.into_iter(), group_idx)?;
-    let caught_up = matched(metrics, target).map(|matched| matched.index);
-    if target == metrics.id || caught_up.is_none() || caught_up != metrics.last_log_index {
-        return None;
-    }
-    Some((target, membership.get_node(&target)?.clone()))
+    (voters.len() <= HAND_OVER_VOTERS_MAX).then_some(voters)
+}
+
+fn holds_the_whole_log(metrics: &RaftMetrics<NodeId, Member>, id: NodeId) -> bool {
+    let matched = matched(metrics, id).map(|matched| matched.index);
+    matched.is_some() && matched == metrics.last_log_index
+}
+
+/// Node `id` and where it is dialled, by the membership of `metrics`.
+fn member(metrics: &RaftMetrics<NodeId, Member>, id: NodeId) -> Option<(NodeId, Member)> {
+    let member = metrics.membership_config.membership().get_node(&id)?;
+    Some((id, member.clone()))
 }
 
 /// The last log id of this leader's log that `target` is known to hold.
@@ -214,47 +336,19 @@ fn matched(metrics: &RaftMetrics<NodeId, Member>, target: NodeId) -> Option<LogI
     metrics.replication.as_ref()?.get(&target).copied().flatten()
 }
 
-/// Hands `group` (this node's replica of group `group_idx`, which it leads) to voter
-/// `target`, dialled at `member`; see the module's doc. Returns once `target` leads it.
-async fn hand_over(
-    group: &Group,
-    group_idx: u32,
-    target: NodeId,
-    member: &Member,
-    campaigns: &impl Campaigns,
-) -> Result<(), LedgerError> {
-    let _paused = group.pause_proposals().await;
-    let still = |what: &str| format!("group {group_idx}: {what}");
-    let unavailable = |reason| LedgerError::Unavailable { reason };
-    let holds_the_log = |metrics: &RaftMetrics<NodeId, Member>| {
-        let leads = metrics.current_leader == Some(metrics.id);
-        let matched = matched(metrics, target).map(|matched| matched.index);
-        !leads || matched == metrics.last_log_index
-    };
-    let what = still("the target holds the whole log");
-    let seen = until(group.raft(), None, what, holds_the_log).await.map_err(unavailable)?;
-    let last = match matched(&seen, target) {
-        Some(last) if seen.current_leader == Some(seen.id) => last,
-        _ => return Err(LedgerError::Unavailable { reason: still("this node stopped leading") }),
-    };
-    campaigns.campaign(group_idx, target, member, last).await?;
-    let leads = |metrics: &RaftMetrics<NodeId, Member>| metrics.current_leader == Some(target);
-    until(group.raft(), None, still("the target leads"), leads).await.map_err(unavailable)?;
-    Ok(())
-}
-
 /// What a voter does when its group's leader hands the group to it (`Campaign`): once it
-/// has applied `last` (the leader's last log id), if `placement` puts the group here, it
-/// starts an election. Answers why not otherwise. An order that comes late (its leader
-/// gave up and proposes again, or was deposed) or twice is refused: this replica's log
-/// must end at `last`, an entry of the leader it follows in its term.
+/// has applied the leader's last log id, if `placement` puts the group here or the leader
+/// is leaving, it starts an election. Answers why not otherwise. An order that comes late
+/// (its leader gave up and proposes again, or was deposed) or twice is refused: this
+/// replica's log must end at that log id, an entry of the leader it follows in its term.
 pub(crate) async fn campaign_here(
     raft: &Raft,
     placement: FirstLeaders,
     group_idx: u32,
-    last: LogId,
+    order: CampaignOrder,
 ) -> Result<(), String> {
-    {
+    let last = order.last;
+    if !order.leaving {
         let metrics = raft.metrics();
         let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
@@ -281,7 +375,11 @@ pub(crate) async fn campaign_here(
             seen.current_leader, seen.current_term, seen.last_log_index
         ));
     }
-    raft.trigger().elect().await.map_err(|e| e.to_string())
+    raft.trigger().elect().await.map_err(|e| e.to_string())?;
+    let group_label = group_idx.to_string();
+    metrics::counter!("solrouter_ledger_hand_overs_taken_total", "group" => group_label)
+        .increment(1);
+    Ok(())
 }
 
 /// `raft`'s metrics once `condition` holds of them, within `timeout` (`None`: the caller
@@ -326,7 +424,8 @@ mod tests {
         let last = seen.last_applied.unwrap();
 
         let node_1 = member(1);
-        let asked = grpc_network::campaign(from, 1, &node_1, last, None, HAND_OVER_TIMEOUT);
+        let order = CampaignOrder { last, leaving: false };
+        let asked = grpc_network::campaign(from, 1, &node_1, order, None, HAND_OVER_TIMEOUT);
         let refusal = asked.await.unwrap_err().to_string();
         assert!(refusal.contains("puts group 1 on node 2"), "{refusal}");
         assert!(refusal.contains("`--first-leaders spread`"), "{refusal}");

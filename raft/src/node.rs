@@ -18,7 +18,7 @@ use crate::incarnation::{self, Identity, IDENTITY_TREE};
 use crate::kv::{
     Durability, KvTree, NodeStores, RedbStore, REDB_CACHE_BYTES, REDB_SNAPSHOT_CACHE_BYTES,
 };
-use crate::leadership;
+use crate::leadership::{self, Leadership, OverGrpc};
 use crate::membership;
 use crate::network::NoPeers;
 use crate::reads::GroupAccess;
@@ -39,7 +39,7 @@ use solrouter_ledger::{AccountId, Command, Ledger, Outcome, BATCH_COMMANDS_MAX};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -385,7 +385,9 @@ impl LedgerNode {
         let backfill = backfill::spawn(node.downgrade(), requests, config.tls().cloned());
         let placement = config.first_leaders;
         let campaigns = leadership::OverGrpc { identity, tls: config.tls().cloned() };
-        let balance = leadership::spawn(node.downgrade(), placement, campaigns);
+        let leadership = Arc::new(Leadership { placement, campaigns });
+        let balance = leadership::spawn(node.downgrade(), Arc::clone(&leadership));
+        let _ = node.inner.leadership.set(leadership);
         node.inner.background_tasks.lock().expect("task lock poisoned").extend([backfill, balance]);
         let ledger = LedgerRpcServer::new(node.downgrade(), identity, config.tls().cloned());
         let raft_server = RaftRpcServer::new(served, identity, config.first_leaders);
@@ -459,6 +461,19 @@ impl LedgerNode {
     pub async fn stopped(&self) -> LedgerError {
         let waits = self.inner.groups.iter().map(|group| Box::pin(group.until_stopped()));
         futures_util::future::select_all(waits).await.0
+    }
+
+    /// Hands every group this node leads to another voter that holds its whole log, each
+    /// within [`HAND_OVER_TIMEOUT`](crate::HAND_OVER_TIMEOUT), before a planned stop: its
+    /// groups then need no election, which leaves a group without a leader for an
+    /// election timeout or more. Answers how many groups this node still leads (a group
+    /// of more than three voters, or one no other voter has caught up with, is left to an
+    /// election). The groups come back once the node is up again and caught up.
+    pub async fn hand_over_leadership(&self) -> usize {
+        if let Some(leadership) = self.inner.leadership.get() {
+            leadership::hand_over_all(self, leadership).await;
+        }
+        self.inner.groups.iter().filter(|group| group.leads()).count()
     }
 
     /// Stops serving peers, then every group's Raft core. Later submits and reads fail
@@ -650,6 +665,7 @@ impl LedgerNode {
             history,
             server: Mutex::new(None),
             background_tasks: Mutex::new(Vec::new()),
+            leadership: OnceLock::new(),
         };
         LedgerNode { inner: Arc::new(inner) }
     }
@@ -683,6 +699,9 @@ pub(crate) struct Inner {
     /// Hold expiry (one per group) and the history's writer and retention, aborted on
     /// shutdown.
     background_tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Where a cluster node's groups belong and how it hands one over (`leadership.rs`);
+    /// unset on a single node.
+    leadership: OnceLock<Arc<Leadership<OverGrpc>>>,
 }
 
 impl GroupAccess for LedgerNode {

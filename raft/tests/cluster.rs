@@ -5,6 +5,7 @@
 use solrouter_ledger::{AccountId, Command, HoldId, Op, OpId, PicoUsd, Reply, RequestRecord};
 use solrouter_raft::{
     free_local_addr, Consistency, HistoryQuery, LedgerApi, LedgerError, LedgerNode,
+    HAND_OVER_BACKOFF,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,14 +43,18 @@ async fn submit_to_leader(nodes: &BTreeMap<u64, LedgerNode>, command: Command) -
     panic!("{command:?} not applied after {POLL_ATTEMPTS_MAX} attempts");
 }
 
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    for _ in 0..POLL_ATTEMPTS_MAX {
+async fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    eventually_within(what, POLL_ATTEMPTS_MAX, condition).await;
+}
+
+async fn eventually_within(what: &str, attempts: u32, mut condition: impl FnMut() -> bool) {
+    for _ in 0..attempts {
         if condition() {
             return;
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
-    panic!("not true after {POLL_ATTEMPTS_MAX} attempts: {what}");
+    panic!("not true after {attempts} attempts: {what}");
 }
 
 fn credits_on(node: &LedgerNode, account: AccountId) -> Option<PicoUsd> {
@@ -146,7 +151,10 @@ async fn three_nodes_two_groups_replicate_fail_over_and_hand_back() {
             n_top_ups
         }
     });
-    eventually(&format!("node {back} leads group {group_idx} again"), || {
+    // Room for a hand-over that fails and is tried again after its backoff.
+    let attempts =
+        POLL_ATTEMPTS_MAX + (HAND_OVER_BACKOFF.as_millis() / POLL_INTERVAL.as_millis()) as u32;
+    eventually_within(&format!("node {back} leads group {group_idx} again"), attempts, || {
         nodes.values().all(|node| node.group_stats(group_idx).leader_id == Some(back))
     })
     .await;

@@ -15,7 +15,7 @@ use crate::group::{Clock, Group};
 use crate::history::{History, HISTORY_RETENTION_DEFAULT};
 use crate::incarnation::Identified;
 use crate::incarnation::{self, Identity, IDENTITY_TREE};
-use crate::leadership;
+use crate::leadership::{self, Leadership};
 use crate::log_store::LogStore;
 use crate::membership;
 use crate::node::LedgerNode;
@@ -866,7 +866,8 @@ impl Cluster {
         let crashed = AtomicBool::new(false);
         let net = Arc::clone(&self.net);
         let campaigns = SimCampaigns { net, identity, incarnation };
-        let balancer = leadership::spawn(node.downgrade(), FirstLeaders::default(), campaigns);
+        let leadership = Leadership { placement: FirstLeaders::default(), campaigns };
+        let balancer = leadership::spawn(node.downgrade(), Arc::new(leadership));
         let running = Arc::new(Running { identity, store, node, server, balancer, crashed });
         self.lock().nodes.insert(id, Slot::Up(running));
         let timeout_ms = config.election_timeout_min;

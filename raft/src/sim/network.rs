@@ -25,9 +25,9 @@ use crate::encoded::{self, EncodedEntries};
 use crate::error::LedgerError;
 use crate::founding::FirstLeaders;
 use crate::incarnation::{self, Identity, Incarnation, Stamped};
-use crate::leadership::{self, Campaigns};
+use crate::leadership::{self, CampaignOrder, Campaigns};
 use crate::sizing::{self, AppendBudget};
-use crate::types::{LogId, Member, NodeId, Raft, TypeConfig};
+use crate::types::{Member, NodeId, Raft, TypeConfig};
 use bytes::Bytes;
 use openraft::error::{
     InstallSnapshotError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
@@ -544,13 +544,13 @@ impl Campaigns for SimCampaigns {
         group_idx: u32,
         to: NodeId,
         member: &Member,
-        last: LogId,
+        order: CampaignOrder,
     ) -> Result<(), LedgerError> {
         let (net, identity, incarnation) = (Arc::clone(&self.net), self.identity, self.incarnation);
         let encoded = Arc::default();
         let mut network = SimNetwork::new(net, identity, incarnation, group_idx, encoded);
         let connection = network.new_client(to, member).await;
-        let payload = codec::encode(&connection.stamp(last)).expect("raft requests encode");
+        let payload = codec::encode(&connection.stamp(order)).expect("raft requests encode");
         let reply = connection.send(Rpc::Campaign, payload).await;
         let refused = |reason| LedgerError::Unavailable { reason };
         let answer: Result<(), String> =
@@ -651,10 +651,10 @@ impl Delivery {
                 Err(refusal) => Err(refusal),
             },
             Rpc::Campaign => match admitted(&identity, &raft, &self.payload) {
-                Ok(last) => {
+                Ok(order) => {
                     // The simulation's nodes all place leaders as production's default.
                     let placement = FirstLeaders::default();
-                    let answer = leadership::campaign_here(&raft, placement, self.group, last);
+                    let answer = leadership::campaign_here(&raft, placement, self.group, order);
                     Ok(encode(&answer.await))
                 }
                 Err(refusal) => Err(refusal),
