@@ -230,7 +230,7 @@ struct LedgerArgs {
     /// id order) or `founder` (the lowest id leads all: a cluster across regions whose
     /// traffic comes mostly from that node's; deploy/TOPOLOGY.md). The lowest founder
     /// founds each group there, and a leader elected elsewhere hands its group back once
-    /// that node holds the whole log. Give every node the same.
+    /// that node has caught up. Give every node the same.
     #[arg(long, default_value = "spread")]
     first_leaders: FirstLeaders,
     /// Where to serve /metrics, /healthz and /readyz (e.g. `127.0.0.1:7100`); off unless

@@ -5,8 +5,9 @@
 //! transfer, so a node hands its groups over itself.
 //!
 //! Every [`LEADER_BALANCE_INTERVAL`] a node looks at the groups it has led since its last
-//! look. One whose placement, over the group's voters, names another voter that holds the
-//! whole log is handed to it:
+//! look. One whose placement, over the group's voters, names another voter whose replica
+//! trails the leader's log by a few entries at most ([`HAND_OVER_LAG_MAX`]) is handed to
+//! it:
 //!
 //! 1. the leader stops proposing once what it has in flight is answered
 //!    ([`Group::pause_proposals`]), so its log stops growing;
@@ -23,7 +24,7 @@
 //!    naming the new leader, where gateways send them again (same ids: idempotent).
 //!
 //! A node stopped on purpose (`solrouter ledger` on SIGTERM, [`hand_over_all`]) first
-//! hands each group it leads the same way to another voter holding the whole log (the
+//! hands each group it leads the same way to another voter that close to its log (the
 //! placement's choice among them, so its groups spread), whatever the placement says
 //! (`CampaignOrder::leaving`): its groups need no election, which leaves a group without a
 //! leader for an election timeout or more. They come back once it is up again.
@@ -74,6 +75,11 @@ const _: () = assert!(CAMPAIGN_APPLY_WAIT_MAX.as_millis() * 3 <= HAND_OVER_TIMEO
 /// The most voters a group may have for a hand-over: the target and the leader must be a
 /// majority (see the module's doc).
 const HAND_OVER_VOTERS_MAX: usize = 3;
+/// How far a voter's replica may trail its leader's log, in entries, to be handed the
+/// group: the leader pauses its proposals and waits until the voter holds the whole log,
+/// which under load takes the replication of a few entries (a voter that holds exactly
+/// the whole log is rare under load: entries keep coming), not a catching-up.
+const HAND_OVER_LAG_MAX: u64 = 64;
 
 /// Where a node's groups belong, and how it asks a voter to take one: what its balancer
 /// and its hand-overs before a planned stop ([`hand_over_all`]) share.
@@ -195,7 +201,7 @@ impl<C: Campaigns> Balancer<C> {
     }
 }
 
-/// Hands every group this node leads to another voter that holds its whole log
+/// Hands every group this node leads to another voter close to its log
 /// ([`leaving_target`]), all at once, each within [`HAND_OVER_TIMEOUT`]: before a planned
 /// stop, so that its groups need no election (which leaves a group without a leader for
 /// an election timeout or more).
@@ -280,8 +286,8 @@ impl<C: Campaigns> HandOver<'_, C> {
 }
 
 /// The voter `placement` puts group `group_idx` on, by `metrics` (this replica's), and
-/// where it is dialled, if that is another voter than this node and it holds the whole
-/// log this node holds; `None` while the group's membership changes or if the group has
+/// where it is dialled, if that is another voter than this node and it is
+/// [`within_reach`]; `None` while the group's membership changes or if the group has
 /// more than [`HAND_OVER_VOTERS_MAX`] voters.
 fn hand_over_target(
     placement: FirstLeaders,
@@ -290,13 +296,13 @@ fn hand_over_target(
 ) -> Option<(NodeId, Member)> {
     let voters = voters_to_hand_to(metrics)?;
     let target = placement.leader_among(voters.into_iter(), group_idx)?;
-    let due = target != metrics.id && holds_the_whole_log(metrics, target);
+    let due = target != metrics.id && within_reach(metrics, target);
     due.then(|| member(metrics, target)).flatten()
 }
 
 /// The voter a leaving leader hands group `group_idx` to, by `metrics` (its replica's):
-/// `placement`'s choice among the other voters that hold the whole log (so that a leaving
-/// node's groups spread over the others), and where it is dialled.
+/// `placement`'s choice among the other voters [`within_reach`] (so that a leaving node's
+/// groups spread over the others), and where it is dialled.
 fn leaving_target(
     placement: FirstLeaders,
     group_idx: u32,
@@ -304,7 +310,7 @@ fn leaving_target(
 ) -> Option<(NodeId, Member)> {
     let voters = voters_to_hand_to(metrics)?;
     let others = voters.into_iter().filter(|id| *id != metrics.id);
-    let ready: Vec<NodeId> = others.filter(|id| holds_the_whole_log(metrics, *id)).collect();
+    let ready: Vec<NodeId> = others.filter(|id| within_reach(metrics, *id)).collect();
     member(metrics, placement.leader_among(ready.into_iter(), group_idx)?)
 }
 
@@ -320,9 +326,13 @@ fn voters_to_hand_to(metrics: &RaftMetrics<NodeId, Member>) -> Option<BTreeSet<N
     (voters.len() <= HAND_OVER_VOTERS_MAX).then_some(voters)
 }
 
-fn holds_the_whole_log(metrics: &RaftMetrics<NodeId, Member>, id: NodeId) -> bool {
-    let matched = matched(metrics, id).map(|matched| matched.index);
-    matched.is_some() && matched == metrics.last_log_index
+/// Whether voter `id`'s replica trails this leader's log by at most
+/// [`HAND_OVER_LAG_MAX`] entries.
+fn within_reach(metrics: &RaftMetrics<NodeId, Member>, id: NodeId) -> bool {
+    match (matched(metrics, id), metrics.last_log_index) {
+        (Some(matched), Some(last)) => last.saturating_sub(matched.index) <= HAND_OVER_LAG_MAX,
+        _ => false,
+    }
 }
 
 /// Node `id` and where it is dialled, by the membership of `metrics`.

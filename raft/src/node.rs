@@ -463,10 +463,10 @@ impl LedgerNode {
         futures_util::future::select_all(waits).await.0
     }
 
-    /// Hands every group this node leads to another voter that holds its whole log, each
-    /// within [`HAND_OVER_TIMEOUT`](crate::HAND_OVER_TIMEOUT), before a planned stop: its
-    /// groups then need no election, which leaves a group without a leader for an
-    /// election timeout or more. Answers how many groups this node still leads (a group
+    /// Hands every group this node leads to another voter close to its log (a few entries
+    /// behind at most), each within [`HAND_OVER_TIMEOUT`](crate::HAND_OVER_TIMEOUT), before
+    /// a planned stop: its groups then need no election, which leaves a group without a
+    /// leader for an election timeout or more. Answers how many groups this node still leads (a group
     /// of more than three voters, or one no other voter has caught up with, is left to an
     /// election). The groups come back once the node is up again and caught up.
     pub async fn hand_over_leadership(&self) -> usize {

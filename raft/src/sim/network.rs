@@ -92,6 +92,9 @@ pub struct NetCounters {
     pub n_last_chunks_lost: u64,
     /// AppendEntries cut to what the link carries in time, answered `PartialSuccess`.
     pub n_partial_appends: u64,
+    /// Orders to campaign a voter took: a leader handing its group over
+    /// (`leadership.rs`).
+    pub n_campaigns: u64,
 }
 
 /// The network shared by every node of a simulated cluster.
@@ -655,7 +658,9 @@ impl Delivery {
                     // The simulation's nodes all place leaders as production's default.
                     let placement = FirstLeaders::default();
                     let answer = leadership::campaign_here(&raft, placement, self.group, order);
-                    Ok(encode(&answer.await))
+                    let answer = answer.await;
+                    self.net.lock().counters.n_campaigns += u64::from(answer.is_ok());
+                    Ok(encode(&answer))
                 }
                 Err(refusal) => Err(refusal),
             },
