@@ -39,7 +39,7 @@ use crate::grpc::raft_service_client::RaftServiceClient;
 use crate::grpc::raft_service_server::RaftService;
 use crate::grpc::{RaftReply, RaftRequest};
 use crate::incarnation::{self, Identified, Identity, Incarnation, Stamped};
-use crate::leadership::{self, CampaignOrder};
+use crate::leadership::{self, Order};
 use crate::sizing::{self, AppendBudget};
 use crate::tls::{self, TlsConfig};
 use crate::types::{Member, NodeId, Raft, TypeConfig};
@@ -526,8 +526,8 @@ impl RaftService for RaftRpcServer {
         request: tonic::Request<RaftRequest>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
         let group_idx = request.get_ref().group;
-        let (raft, order): (_, CampaignOrder) = self.decode(request)?;
-        reply(&leadership::campaign_here(raft, self.placement, group_idx, order).await)
+        let (raft, order): (_, Order) = self.decode(request)?;
+        reply(&leadership::take_order(raft, self.placement, group_idx, order).await)
     }
 }
 
@@ -570,9 +570,9 @@ pub async fn found(
     tls: Option<&TlsConfig>,
     timeout: Duration,
 ) -> Result<(), LedgerError> {
-    let order = Order { from, to: &members[&to], group, what: "to found group", rpc: members };
-    let (mut client, request) = order.call(tls, timeout)?;
-    order.answer(client.found(request).await)
+    let ask = Ask { from, to: &members[&to], group, what: "to found group", rpc: members };
+    let (mut client, request) = ask.call(tls, timeout)?;
+    ask.answer(client.found(request).await)
 }
 
 /// Gives `to`, a voter of `group` that has the log up to its leader's last log id (`from`:
@@ -581,18 +581,18 @@ pub async fn campaign(
     from: Identity,
     group: u32,
     to: &Member,
-    order: CampaignOrder,
+    order: Order,
     tls: Option<&TlsConfig>,
     timeout: Duration,
 ) -> Result<(), LedgerError> {
-    let order = Order { from, to, group, what: "to lead group", rpc: order };
-    let (mut client, request) = order.call(tls, timeout)?;
-    order.answer(client.campaign(request).await)
+    let ask = Ask { from, to, group, what: "with an order about group", rpc: order };
+    let (mut client, request) = ask.call(tls, timeout)?;
+    ask.answer(client.campaign(request).await)
 }
 
 /// A request of one node to another about a group, stamped with both incarnations, whose
 /// answer is `Result<(), String>`.
-struct Order<'a, Q> {
+struct Ask<'a, Q> {
     from: Identity,
     to: &'a Member,
     group: u32,
@@ -601,7 +601,7 @@ struct Order<'a, Q> {
     rpc: Q,
 }
 
-impl<Q: Serialize> Order<'_, Q> {
+impl<Q: Serialize> Ask<'_, Q> {
     fn call(
         &self,
         tls: Option<&TlsConfig>,

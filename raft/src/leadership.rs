@@ -16,7 +16,7 @@
 //!    checks that its own placement puts the group there too (so that two nodes given
 //!    different placements never hand a group back and forth), waits until it has
 //!    applied that log id (so that it proposes at once once elected), and starts an
-//!    election ([`campaign_here`]);
+//!    election ([`take_order`]);
 //! 4. the leader grants the vote (openraft 0.9's leader takes a candidate with the next
 //!    term and as long a log; its own lease dates from its election, which lies beyond
 //!    the lease by then), so the target has a majority of a group of up to three voters at
@@ -26,13 +26,16 @@
 //! A node stopped on purpose (`solrouter ledger` on SIGTERM, [`hand_over_all`]) first
 //! hands each group it leads the same way to another voter that close to its log (the
 //! placement's choice among them, so its groups spread), whatever the placement says
-//! (`CampaignOrder::leaving`): its groups need no election, which leaves a group without a
+//! ([`CampaignOrder::leaving`]): its groups need no election, which leaves a group without a
 //! leader for an election timeout or more. They come back once it is up again.
 //!
 //! The other voters refuse the vote while their leader's lease lasts (its heartbeats renew
-//! it), so in a group of four or more voters the target would not win: such groups are
-//! left where they are. A hand-over that does not see the target lead within
-//! [`HAND_OVER_TIMEOUT`] resumes proposing and is tried again after
+//! it), so in a group of more than [`QUICK_VOTERS_MAX`] voters the target and the leader
+//! are no majority: there the leader first has every other voter hold its elections
+//! ([`Order::HoldElections`], for [`HAND_OVER_TIMEOUT`]; an order to campaign still starts
+//! one) and stops its heartbeats until their leases have run out ([`LEASE`]), which holds
+//! the group's proposals that much longer. A hand-over that does not see the target lead
+//! within [`HAND_OVER_TIMEOUT`] resumes proposing and is tried again after
 //! [`HAND_OVER_BACKOFF`]. Safety never rests on any of this: the target wins an ordinary
 //! Raft election, or nobody does and the group elects as it would after a lost leader.
 
@@ -72,9 +75,9 @@ pub const HAND_OVER_BACKOFF: Duration = Duration::from_secs(30);
 /// not) while the leader still holds its proposals.
 const CAMPAIGN_APPLY_WAIT_MAX: Duration = Duration::from_millis(500);
 const _: () = assert!(CAMPAIGN_APPLY_WAIT_MAX.as_millis() * 3 <= HAND_OVER_TIMEOUT.as_millis());
-/// The most voters a group may have for a hand-over: the target and the leader must be a
-/// majority (see the module's doc).
-const HAND_OVER_VOTERS_MAX: usize = 3;
+/// The most voters a group may have for the quick hand-over, where the target and the
+/// leader are a majority (see the module's doc).
+const QUICK_VOTERS_MAX: usize = 3;
 /// How far a voter's replica may trail its leader's log, in entries, to be handed the
 /// group: the leader pauses its proposals and waits until the voter holds the whole log,
 /// which under load takes the replication of a few entries (a voter that holds exactly
@@ -98,7 +101,17 @@ pub(crate) fn spawn<C: Campaigns>(
     tokio::spawn(balancer.run(node))
 }
 
-/// What a leader handing its group over sends the target (`Campaign`).
+/// What a leader handing its group over asks of another voter (`Campaign`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub(crate) enum Order {
+    /// The target: campaign.
+    Campaign(CampaignOrder),
+    /// In a group of more than three voters, every other voter first: start no election
+    /// for this long (the leader then stops its heartbeats until their leases run out).
+    HoldElections { for_ms: u64 },
+}
+
+/// The order to campaign (see [`Order`]).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub(crate) struct CampaignOrder {
     /// The leader's last log id: the target campaigns once it has applied it.
@@ -108,17 +121,17 @@ pub(crate) struct CampaignOrder {
     pub leaving: bool,
 }
 
-/// How a leader asks the target of a hand-over to campaign (step 3 of the module's doc):
-/// over gRPC ([`OverGrpc`]), or the simulation's network.
+/// How a leader gives another voter an [`Order`] (step 3 of the module's doc): over gRPC
+/// ([`OverGrpc`]), or the simulation's network.
 pub(crate) trait Campaigns: Send + Sync + 'static {
-    /// Gives voter `to`, dialled at `member`, of group `group_idx` the `order` to campaign;
-    /// answers its refusal, if any.
+    /// Gives voter `to`, dialled at `member`, of group `group_idx` the `order`; answers its
+    /// refusal, if any.
     fn campaign(
         &self,
         group_idx: u32,
         to: NodeId,
         member: &Member,
-        order: CampaignOrder,
+        order: Order,
     ) -> impl Future<Output = Result<(), LedgerError>> + Send;
 }
 
@@ -134,7 +147,7 @@ impl Campaigns for OverGrpc {
         group_idx: u32,
         _to: NodeId,
         member: &Member,
-        order: CampaignOrder,
+        order: Order,
     ) -> Result<(), LedgerError> {
         let (identity, tls) = (self.identity, self.tls.as_ref());
         grpc_network::campaign(identity, group_idx, member, order, tls, HAND_OVER_TIMEOUT).await
@@ -277,18 +290,54 @@ impl<C: Campaigns> HandOver<'_, C> {
             Some(last) if seen.current_leader == Some(seen.id) => last,
             _ => return Err(unavailable(still("this node stopped leading"))),
         };
-        let order = CampaignOrder { last, leaving: self.leaving };
+        let n_voters = seen.membership_config.membership().voter_ids().count();
+        let _heartbeats_off = if n_voters > QUICK_VOTERS_MAX {
+            Some(self.quiet_followers(&seen).await)
+        } else {
+            None
+        };
+        let order = Order::Campaign(CampaignOrder { last, leaving: self.leaving });
         self.campaigns.campaign(group_idx, target, &self.member, order).await?;
         let leads = |metrics: &RaftMetrics<NodeId, Member>| metrics.current_leader == Some(target);
         until(group.raft(), None, still("the target leads"), leads).await.map_err(unavailable)?;
         Ok(())
     }
+
+    /// In a group of more than [`QUICK_VOTERS_MAX`] voters the target needs followers'
+    /// votes, which they refuse while their leader's lease lasts: every voter but this
+    /// leader holds its elections (the target's order to campaign still starts one), then
+    /// the leader stops its heartbeats until the followers' leases have run out. They
+    /// resume when the returned guard goes. A voter that cannot be reached is left out: it
+    /// cannot vote either.
+    async fn quiet_followers(&self, metrics: &RaftMetrics<NodeId, Member>) -> HeartbeatsOff {
+        let membership = metrics.membership_config.membership();
+        let for_ms = u64::try_from(HAND_OVER_TIMEOUT.as_millis()).expect("two seconds");
+        let hold = Order::HoldElections { for_ms };
+        let others = membership.voter_ids().filter(|id| *id != metrics.id);
+        let holds = others.filter_map(|id| {
+            let member = membership.get_node(&id)?.clone();
+            Some(async move { self.campaigns.campaign(self.group_idx, id, &member, hold).await })
+        });
+        futures_util::future::join_all(holds).await;
+        let raft = self.group.raft();
+        raft.runtime_config().heartbeat(false);
+        tokio::time::sleep(LEASE).await;
+        HeartbeatsOff(raft.clone())
+    }
+}
+
+/// A leader's heartbeats, stopped (see [`HandOver::quiet_followers`]) until this goes.
+struct HeartbeatsOff(Raft);
+
+impl Drop for HeartbeatsOff {
+    fn drop(&mut self) {
+        self.0.runtime_config().heartbeat(true);
+    }
 }
 
 /// The voter `placement` puts group `group_idx` on, by `metrics` (this replica's), and
 /// where it is dialled, if that is another voter than this node and it is
-/// [`within_reach`]; `None` while the group's membership changes or if the group has
-/// more than [`HAND_OVER_VOTERS_MAX`] voters.
+/// [`within_reach`]; `None` while the group's membership changes.
 fn hand_over_target(
     placement: FirstLeaders,
     group_idx: u32,
@@ -314,16 +363,14 @@ fn leaving_target(
     member(metrics, placement.leader_among(ready.into_iter(), group_idx)?)
 }
 
-/// The group's voters, if this node leads it, its membership is not changing, and it has
-/// at most [`HAND_OVER_VOTERS_MAX`] voters.
+/// The group's voters, if this node leads it and its membership is not changing.
 fn voters_to_hand_to(metrics: &RaftMetrics<NodeId, Member>) -> Option<BTreeSet<NodeId>> {
     let membership = metrics.membership_config.membership();
     let leads = metrics.current_leader == Some(metrics.id);
     if !leads || membership.get_joint_config().len() != 1 {
         return None;
     }
-    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    (voters.len() <= HAND_OVER_VOTERS_MAX).then_some(voters)
+    Some(membership.voter_ids().collect())
 }
 
 /// Whether voter `id`'s replica trails this leader's log by at most
@@ -346,12 +393,41 @@ fn matched(metrics: &RaftMetrics<NodeId, Member>, target: NodeId) -> Option<LogI
     metrics.replication.as_ref()?.get(&target).copied().flatten()
 }
 
+/// What a voter does with its group's leader's `order` (`Campaign`); answers why it
+/// refuses, if it does.
+pub(crate) async fn take_order(
+    raft: &Raft,
+    placement: FirstLeaders,
+    group_idx: u32,
+    order: Order,
+) -> Result<(), String> {
+    match order {
+        Order::Campaign(order) => campaign_here(raft, placement, group_idx, order).await,
+        Order::HoldElections { for_ms } => {
+            hold_elections(raft, Duration::from_millis(for_ms));
+            Ok(())
+        }
+    }
+}
+
+/// Has `raft` start no election on its own for `hold` (an order to campaign still
+/// starts one). A later hold may end sooner than asked, when an earlier one's ends: the
+/// node then only elects as it always may.
+fn hold_elections(raft: &Raft, hold: Duration) {
+    raft.runtime_config().elect(false);
+    let raft = raft.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(hold).await;
+        raft.runtime_config().elect(true);
+    });
+}
+
 /// What a voter does when its group's leader hands the group to it (`Campaign`): once it
 /// has applied the leader's last log id, if `placement` puts the group here or the leader
 /// is leaving, it starts an election. Answers why not otherwise. An order that comes late
 /// (its leader gave up and proposes again, or was deposed) or twice is refused: this
 /// replica's log must end at that log id, an entry of the leader it follows in its term.
-pub(crate) async fn campaign_here(
+async fn campaign_here(
     raft: &Raft,
     placement: FirstLeaders,
     group_idx: u32,
@@ -434,7 +510,7 @@ mod tests {
         let last = seen.last_applied.unwrap();
 
         let node_1 = member(1);
-        let order = CampaignOrder { last, leaving: false };
+        let order = Order::Campaign(CampaignOrder { last, leaving: false });
         let asked = grpc_network::campaign(from, 1, &node_1, order, None, HAND_OVER_TIMEOUT);
         let refusal = asked.await.unwrap_err().to_string();
         assert!(refusal.contains("puts group 1 on node 2"), "{refusal}");

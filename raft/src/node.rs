@@ -466,9 +466,9 @@ impl LedgerNode {
     /// Hands every group this node leads to another voter close to its log (a few entries
     /// behind at most), each within [`HAND_OVER_TIMEOUT`](crate::HAND_OVER_TIMEOUT), before
     /// a planned stop: its groups then need no election, which leaves a group without a
-    /// leader for an election timeout or more. Answers how many groups this node still leads (a group
-    /// of more than three voters, or one no other voter has caught up with, is left to an
-    /// election). The groups come back once the node is up again and caught up.
+    /// leader for an election timeout or more. Answers how many groups this node still
+    /// leads (one that no other voter has caught up with is left to an election). The
+    /// groups come back once the node is up again and caught up.
     pub async fn hand_over_leadership(&self) -> usize {
         if let Some(leadership) = self.inner.leadership.get() {
             leadership::hand_over_all(self, leadership).await;

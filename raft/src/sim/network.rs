@@ -25,7 +25,7 @@ use crate::encoded::{self, EncodedEntries};
 use crate::error::LedgerError;
 use crate::founding::FirstLeaders;
 use crate::incarnation::{self, Identity, Incarnation, Stamped};
-use crate::leadership::{self, CampaignOrder, Campaigns};
+use crate::leadership::{self, Campaigns, Order};
 use crate::sizing::{self, AppendBudget};
 use crate::types::{Member, NodeId, Raft, TypeConfig};
 use bytes::Bytes;
@@ -547,7 +547,7 @@ impl Campaigns for SimCampaigns {
         group_idx: u32,
         to: NodeId,
         member: &Member,
-        order: CampaignOrder,
+        order: Order,
     ) -> Result<(), LedgerError> {
         let (net, identity, incarnation) = (Arc::clone(&self.net), self.identity, self.incarnation);
         let encoded = Arc::default();
@@ -657,9 +657,10 @@ impl Delivery {
                 Ok(order) => {
                     // The simulation's nodes all place leaders as production's default.
                     let placement = FirstLeaders::default();
-                    let answer = leadership::campaign_here(&raft, placement, self.group, order);
+                    let campaign = matches!(order, Order::Campaign(_));
+                    let answer = leadership::take_order(&raft, placement, self.group, order);
                     let answer = answer.await;
-                    self.net.lock().counters.n_campaigns += u64::from(answer.is_ok());
+                    self.net.lock().counters.n_campaigns += u64::from(campaign && answer.is_ok());
                     Ok(encode(&answer))
                 }
                 Err(refusal) => Err(refusal),
