@@ -60,9 +60,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 /// How often a node looks for groups it leads that belong elsewhere. A group is handed
 /// over only once it has been led here for a whole interval, longer than a leader's lease.
 pub const LEADER_BALANCE_INTERVAL: Duration = Duration::from_secs(2);
-/// How long after its election a leader refuses every vote (openraft 0.9's leader lease
-/// is the longest election timeout, and a leader's dates from its election), with a
-/// margin: a hand-over's target wins only once its leader's election is older.
+/// How long a voter refuses every vote (openraft 0.9's leader lease, the longest election
+/// timeout), with a margin: a leader from its own election on, a follower from its
+/// leader's last message on. A hand-over's target wins only once its leader's election
+/// is older, and, in a group of more than three voters, the followers' last heartbeat.
 const LEASE: Duration = ELECTION_TIMEOUT_MAX.saturating_add(Duration::from_millis(50));
 const _: () = assert!(LEASE.as_millis() < LEADER_BALANCE_INTERVAL.as_millis());
 /// The longest a hand-over holds its group's proposals: pausing, the target's catching up
