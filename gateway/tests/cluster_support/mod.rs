@@ -99,9 +99,8 @@ impl Process {
 
     /// SIGTERM, and waits until the process exited: its shutdown code runs.
     pub fn terminate(&mut self) {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("running kill");
-        assert!(sent.success(), "kill -TERM {pid}: {sent}");
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
         let exited = self.child.wait().expect("waiting for the process");
         assert!(exited.success(), "solrouter exited with {exited} after SIGTERM");
     }
