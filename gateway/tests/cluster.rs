@@ -205,9 +205,8 @@ async fn leader_sigkill_under_load_loses_nothing_and_charges_once() {
     // Every node, the restarted one included, keeps the request history and reports it,
     // with its commits, snapshots, windows and ledger time, on /metrics.
     for ledger in ledgers.iter().flatten() {
-        let url = format!("{}/metrics", ledger.http);
         eventually_async("every node reports the request history it keeps", || async {
-            let metrics = reqwest::get(&url).await.unwrap().text().await.unwrap();
+            let metrics = ledger_metrics(&ledger.http).await;
             let value = |name: &str| {
                 metrics.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
             };
@@ -276,9 +275,14 @@ async fn a_ledger_node_stopped_on_purpose_hands_its_groups_over_first() {
     eventually_async("node 1 gets its group back", || all_placed(&ledgers)).await;
 }
 
+/// The `/metrics` page of the ledger node whose ops port is `http`.
+async fn ledger_metrics(http: &str) -> String {
+    reqwest::get(format!("{http}/metrics")).await.unwrap().text().await.unwrap()
+}
+
 /// The sum of the values of the lines of the `/metrics` of `http` that start with `prefix`.
 async fn counter_sum(http: &str, prefix: &str) -> f64 {
-    let metrics = reqwest::get(format!("{http}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = ledger_metrics(http).await;
     let counts = metrics.lines().filter(|line| line.starts_with(prefix));
     counts.filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
@@ -286,7 +290,7 @@ async fn counter_sum(http: &str, prefix: &str) -> f64 {
 /// Each group's leader as the ledger node serving `http` sees it (its `/metrics`), by
 /// group index; a group without a known leader is left out.
 async fn leaders_seen(http: &str) -> Vec<(u64, u64)> {
-    let metrics = reqwest::get(format!("{http}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = ledger_metrics(http).await;
     let leader_of = |line: &str| {
         let (group_idx, leader) =
             line.strip_prefix(r#"solrouter_ledger_leader_id{group=""#)?.split_once(r#""} "#)?;
