@@ -41,10 +41,15 @@ async fn expire_if_due(node: &LedgerNode, group_idx: u32) -> bool {
         return true;
     }
     let batch = Batch { stamp_ms, commands: Vec::new() }.into();
+    // In flight on a proposal slot, so never while a hand-over has proposals paused.
     // openraft 0.9 never answers a write whose entry a snapshot replaced after this node
     // stepped down (found by the simulation, see `group.rs`), so the write is bounded: on
     // timeout the next check simply tries again, on whichever node then leads.
-    match tokio::time::timeout(EXPIRY_WRITE_TIMEOUT, group.raft().client_write(batch)).await {
+    let write = async {
+        let _slot = group.proposal_slot().await;
+        group.raft().client_write(batch).await
+    };
+    match tokio::time::timeout(EXPIRY_WRITE_TIMEOUT, write).await {
         Ok(Ok(_)) => true,
         Ok(Err(RaftError::Fatal(_))) => false,
         // Lost leadership meanwhile: the new leader's check does it.
@@ -56,5 +61,62 @@ async fn expire_if_due(node: &LedgerNode, group_idx: u32) -> bool {
             tracing::debug!(group_idx, "expiry batch not answered in time");
             true
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use solrouter_ledger::{
+        AccountId, Command, HoldId, KeyId, KeyKind, KeyLimits, Op, OpId, PicoUsd,
+    };
+
+    /// An expiry's empty batch waits while a hand-over has the group's proposals paused
+    /// (the leader's log must not grow past what its successor was told to hold), and is
+    /// proposed once they resume.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_expiry_waits_while_proposals_are_paused() {
+        const TTL_MS: u64 = 300;
+        let dir = tempfile::tempdir().unwrap();
+        let node = LedgerNode::open_single(dir.path()).await.unwrap();
+        let (account, key, hold) = (AccountId(1), KeyId(2), HoldId(3));
+        let ops = [
+            Op::CreateAccount { account, name: "a".into() },
+            Op::Credit { account, amount: PicoUsd(1_000) },
+            Op::CreateKey {
+                account,
+                key,
+                name: "k".into(),
+                hash: [7; 32],
+                kind: KeyKind::Inference,
+                limits: KeyLimits::default(),
+            },
+            Op::Reserve { account, key, hold, amount: PicoUsd(100), ttl_ms: TTL_MS },
+        ];
+        let commands = (1..).zip(ops).map(|(id, op)| Command { id: OpId(id), op }).collect();
+        for outcome in node.submit_group(0, commands).await.unwrap() {
+            outcome.unwrap();
+        }
+        let group = node.group_at(0).unwrap();
+        let pending = || group.read_local(|ledger| ledger.account(account).unwrap().debits_pending);
+        let last_index = || group.raft().metrics().borrow().last_log_index;
+
+        let paused = group.pause_proposals().await;
+        assert_eq!(pending(), PicoUsd(100), "expired before the pause");
+        let before = last_index();
+        // The hold comes due: both this check and the node's own (every second) find it.
+        tokio::time::sleep(Duration::from_millis(TTL_MS + 50)).await;
+        let expiring = tokio::spawn({
+            let node = node.clone();
+            async move { expire_if_due(&node, 0).await }
+        });
+        tokio::time::sleep(EXPIRY_CHECK_INTERVAL + Duration::from_millis(500)).await;
+        assert_eq!(last_index(), before, "an expiry was proposed while proposals were paused");
+        assert_eq!(pending(), PicoUsd(100));
+
+        drop(paused);
+        assert!(expiring.await.unwrap());
+        assert_eq!(pending(), PicoUsd(0), "the hold did not expire once proposals resumed");
+        node.shutdown().await.unwrap();
     }
 }

@@ -44,7 +44,7 @@ pub struct Group {
     clock: Arc<Mutex<LedgerClock>>,
     caught_up: Arc<CaughtUp>,
     /// The batcher's proposal slots (see [`Batcher`]); [`Group::pause_proposals`] takes
-    /// them all.
+    /// them all, [`Group::proposal_slot`] one for an entry proposed outside the batcher.
     slots: Arc<Semaphore>,
     /// Notified when a slot comes free, which wakes the batcher.
     slot_freed: Arc<Notify>,
@@ -181,11 +181,23 @@ impl Group {
     /// every proposal in flight has been answered: a leader handing the group over
     /// (`leadership.rs`) must not append while its successor campaigns. Submissions queue
     /// meanwhile, and are then answered `NotLeader` if the hand-over happened.
-    pub(crate) async fn pause_proposals(&self) -> ProposalsPaused {
-        let n_slots = u32::try_from(PROPOSALS_IN_FLIGHT_MAX).expect("a few slots");
-        let slots = Arc::clone(&self.slots).acquire_many_owned(n_slots).await;
+    pub(crate) async fn pause_proposals(&self) -> SlotsHeld {
+        self.hold_slots(PROPOSALS_IN_FLIGHT_MAX).await
+    }
+
+    /// One proposal slot, for an entry proposed outside the batcher (an expiry's empty
+    /// batch): held while it is in flight, so that it waits while proposals are paused.
+    /// Proposed anyway, it would end the log past the entry a successor was told to hold,
+    /// and the leader would refuse the successor's vote: a hand-over lost to an election.
+    pub(crate) async fn proposal_slot(&self) -> SlotsHeld {
+        self.hold_slots(1).await
+    }
+
+    async fn hold_slots(&self, n: usize) -> SlotsHeld {
+        let n = u32::try_from(n).expect("a few slots");
+        let slots = Arc::clone(&self.slots).acquire_many_owned(n).await;
         let slots = slots.expect("the slots' semaphore is never closed");
-        ProposalsPaused { slots: Some(slots), slot_freed: Arc::clone(&self.slot_freed) }
+        SlotsHeld { slots: Some(slots), slot_freed: Arc::clone(&self.slot_freed) }
     }
 
     pub async fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> Result<R, LedgerError> {
@@ -302,14 +314,15 @@ impl Group {
     }
 }
 
-/// Every proposal slot of a group, held: its batcher proposes nothing until this is
-/// dropped (see [`Group::pause_proposals`]).
-pub(crate) struct ProposalsPaused {
+/// Proposal slots of a group, held until this is dropped: all of them
+/// ([`Group::pause_proposals`]), and its batcher proposes nothing meanwhile, or one for an
+/// entry proposed outside the batcher ([`Group::proposal_slot`]).
+pub(crate) struct SlotsHeld {
     slots: Option<OwnedSemaphorePermit>,
     slot_freed: Arc<Notify>,
 }
 
-impl Drop for ProposalsPaused {
+impl Drop for SlotsHeld {
     fn drop(&mut self) {
         // The slots first: woken before they are free, the batcher would find none and
         // wait for a proposal that is not in flight.
