@@ -17,7 +17,7 @@ use solrouter_bench::load::{fund, Load, LoadReport, Target};
 use solrouter_bench::processes::{cpu_ticks, Processes, READY_LINE, TICKS_PER_S};
 use solrouter_raft::{ClusterConfig, ClusterStart, LedgerClient, LedgerNode, NodeOptions};
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -156,16 +156,19 @@ async fn run_node(
     tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await??;
     // What the driver cannot see from outside: how large this node's entries were and how
     // long its proposals took to commit (warm-up and funding included).
+    // Each line in one write: the three nodes share the driver's stderr, and `eprintln!`
+    // writes a line in pieces, which interleaved with the other nodes' pieces.
     for group_idx in 0..n_groups {
         let stats = node.group_stats(group_idx);
         if stats.n_batches_proposed > 0 {
-            eprintln!(
+            let line = format!(
                 "node {id} group {group_idx}: {} entries proposed, {:.1} commands/entry, \
-                 mean commit {:.2} ms",
+                 mean commit {:.2} ms\n",
                 stats.n_batches_proposed,
                 stats.n_commands_proposed as f64 / stats.n_batches_proposed as f64,
                 stats.commit_us_total as f64 / stats.n_commits.max(1) as f64 / 1e3,
             );
+            std::io::stderr().write_all(line.as_bytes())?;
         }
     }
     node.shutdown().await?;
