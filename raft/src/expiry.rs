@@ -76,7 +76,8 @@ mod tests {
     /// proposed once they resume.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_expiry_waits_while_proposals_are_paused() {
-        const TTL_MS: u64 = 300;
+        // Long enough that the pause surely comes first, on a loaded machine too.
+        const TTL_MS: u64 = 1_000;
         let dir = tempfile::tempdir().unwrap();
         let node = LedgerNode::open_single(dir.path()).await.unwrap();
         let (account, key, hold) = (AccountId(1), KeyId(2), HoldId(3));
