@@ -4,8 +4,8 @@
 //! leads and the earliest hold is past its expiry, it proposes an empty batch, whose
 //! stamp voids every expired hold on every replica alike.
 
+use crate::error::LedgerError;
 use crate::node::{Inner, LedgerNode};
-use openraft::error::RaftError;
 use solrouter_ledger::Batch;
 use std::sync::Weak;
 use std::time::Duration;
@@ -40,20 +40,17 @@ async fn expire_if_due(node: &LedgerNode, group_idx: u32) -> bool {
     if due_ms > stamp_ms {
         return true;
     }
-    let batch = Batch { stamp_ms, commands: Vec::new() }.into();
-    // In flight on a proposal slot, so never while a hand-over has proposals paused.
-    // openraft 0.9 never answers a write whose entry a snapshot replaced after this node
-    // stepped down (found by the simulation, see `group.rs`), so the write is bounded: on
-    // timeout the next check simply tries again, on whichever node then leads.
-    let write = async {
-        let _slot = group.proposal_slot().await;
-        group.raft().client_write(batch).await
-    };
+    let batch = Batch { stamp_ms, commands: Vec::new() };
+    // Beside the batcher, on one of its slots: never while a hand-over has proposals
+    // paused. Given up on should this node stop leading (openraft 0.9 may then never
+    // answer it), and bounded besides: on timeout the next check simply tries again, on
+    // whichever node then leads.
+    let write = group.propose_beside_batcher(batch);
     match tokio::time::timeout(EXPIRY_WRITE_TIMEOUT, write).await {
         Ok(Ok(_)) => true,
-        Ok(Err(RaftError::Fatal(_))) => false,
+        Ok(Err(LedgerError::Shutdown | LedgerError::Storage { .. })) => false,
         // Lost leadership meanwhile: the new leader's check does it.
-        Ok(Err(RaftError::APIError(e))) => {
+        Ok(Err(e)) => {
             tracing::debug!(group_idx, error = %e, "expiry batch not committed");
             true
         }

@@ -44,7 +44,7 @@ pub struct Group {
     clock: Arc<Mutex<LedgerClock>>,
     caught_up: Arc<CaughtUp>,
     /// The batcher's proposal slots (see [`Batcher`]); [`Group::pause_proposals`] takes
-    /// them all, [`Group::proposal_slot`] one for an entry proposed outside the batcher.
+    /// them all, [`Group::propose_beside_batcher`] one.
     slots: Arc<Semaphore>,
     /// Notified when a slot comes free, which wakes the batcher.
     slot_freed: Arc<Notify>,
@@ -185,12 +185,17 @@ impl Group {
         self.hold_slots(PROPOSALS_IN_FLIGHT_MAX).await
     }
 
-    /// One proposal slot, for an entry proposed outside the batcher (an expiry's empty
-    /// batch): held while it is in flight, so that it waits while proposals are paused.
-    /// Proposed anyway, it would end the log past the entry a successor was told to hold,
-    /// and the leader would refuse the successor's vote: a hand-over lost to an election.
-    pub(crate) async fn proposal_slot(&self) -> SlotsHeld {
-        self.hold_slots(1).await
+    /// Proposes `batch` beside the batcher (an expiry's empty batch) and waits for its
+    /// outcomes as the batcher does ([`propose`]), on one of the batcher's slots: so it
+    /// waits while proposals are paused. Proposed anyway, it would end the log past the
+    /// entry a successor was told to hold, and the leader would refuse the successor's
+    /// vote: a hand-over lost to an election.
+    pub(crate) async fn propose_beside_batcher(
+        &self,
+        batch: Batch,
+    ) -> Result<Vec<Outcome>, LedgerError> {
+        let _slot = self.hold_slots(1).await;
+        propose(&self.raft, batch).await.await
     }
 
     async fn hold_slots(&self, n: usize) -> SlotsHeld {
@@ -316,7 +321,7 @@ impl Group {
 
 /// Proposal slots of a group, held until this is dropped: all of them
 /// ([`Group::pause_proposals`]), and its batcher proposes nothing meanwhile, or one for an
-/// entry proposed outside the batcher ([`Group::proposal_slot`]).
+/// entry proposed beside the batcher ([`Group::propose_beside_batcher`]).
 pub(crate) struct SlotsHeld {
     slots: Option<OwnedSemaphorePermit>,
     slot_freed: Arc<Notify>,
@@ -454,7 +459,7 @@ impl Batcher {
             let stamp_ms = next_stamp_ms(&self.clock, &self.state, term);
             let batch = Batch { stamp_ms, commands };
             let proposed_at = std::time::Instant::now();
-            let answered = self.propose(batch).await;
+            let answered = propose(&self.raft, batch).await;
             let counters = Arc::clone(&self.counters);
             counters.in_flight.fetch_add(1, Ordering::Relaxed);
             let slot_freed = Arc::clone(&self.slot_freed);
@@ -526,50 +531,50 @@ impl Batcher {
         self.caught_up.term.store(term + 1, Ordering::Relaxed);
         Ok(term)
     }
+}
 
-    /// Proposes `batch` (in the order of the calls) and returns what waits for its
-    /// outcomes, or until this node stops leading the term it proposed in, whichever comes
-    /// first. Openraft 0.9 answers a write whose entry was truncated, but never one whose
-    /// entry was replaced by a snapshot from the next leader (a restarted node resumes
-    /// leading its old term, takes a write, and is then caught up by snapshot): waiting
-    /// for that answer would hold a proposal slot, and in the end every later command of
-    /// this group on this node, for good. Found by the simulation. A write given up on may
-    /// still commit under the next leader; as with any `NotLeader`, the caller retries it
-    /// with the same op id, which is idempotent.
-    ///
-    /// The wait watches the server metrics (votes, leaders, membership), not the full
-    /// metrics, which openraft 0.9 sends at every turn of its core, changed or not: each
-    /// proposal's wait was woken at every turn for nothing. Their vote is the one on disk, which
-    /// may trail the term proposed in but never passes it while this node leads it.
-    async fn propose(
-        &self,
-        batch: Batch,
-    ) -> impl Future<Output = Result<Vec<Outcome>, LedgerError>> + Send + 'static {
-        let mut server = self.raft.server_metrics();
-        let (node_id, term) = {
-            let now = self.raft.metrics();
-            let now = now.borrow();
-            (now.id, now.current_term)
-        };
-        let proposed = self.raft.client_write_ff(Arc::new(batch)).await;
-        async move {
-            let answer = proposed.map_err(|e| LedgerError::from_fatal("proposing a batch", e))?;
-            let deposed = server.wait_for(|now| {
-                now.vote.leader_id().get_term() > term || now.current_leader != Some(node_id)
-            });
-            tokio::select! {
-                biased;
-                written = answer => match written {
-                    Ok(Ok(response)) => Ok(response.data),
-                    Ok(Err(e)) => Err(LedgerError::from_client_write(RaftError::APIError(e))),
-                    // The core dropped the answer: it stopped.
-                    Err(_) => Err(LedgerError::Shutdown),
-                },
-                seen = deposed => match seen {
-                    Ok(now) => Err(not_leader(now.current_leader, &now.membership_config)),
-                    Err(_) => Err(LedgerError::NotLeader { leader_id: None, leader_addr: None }),
-                },
-            }
+/// Proposes `batch` (in the order of the calls) and returns what waits for its
+/// outcomes, or until this node stops leading the term it proposed in, whichever comes
+/// first. Openraft 0.9 answers a write whose entry was truncated, but never one whose
+/// entry was replaced by a snapshot from the next leader (a restarted node resumes
+/// leading its old term, takes a write, and is then caught up by snapshot): waiting
+/// for that answer would hold a proposal slot, and in the end every later command of
+/// this group on this node, for good. Found by the simulation. A write given up on may
+/// still commit under the next leader; as with any `NotLeader`, the caller retries it
+/// with the same op id, which is idempotent.
+///
+/// The wait watches the server metrics (votes, leaders, membership), not the full
+/// metrics, which openraft 0.9 sends at every turn of its core, changed or not: each
+/// proposal's wait was woken at every turn for nothing. Their vote is the one on disk, which
+/// may trail the term proposed in but never passes it while this node leads it.
+async fn propose(
+    raft: &Raft,
+    batch: Batch,
+) -> impl Future<Output = Result<Vec<Outcome>, LedgerError>> + Send + 'static {
+    let mut server = raft.server_metrics();
+    let (node_id, term) = {
+        let now = raft.metrics();
+        let now = now.borrow();
+        (now.id, now.current_term)
+    };
+    let proposed = raft.client_write_ff(Arc::new(batch)).await;
+    async move {
+        let answer = proposed.map_err(|e| LedgerError::from_fatal("proposing a batch", e))?;
+        let deposed = server.wait_for(|now| {
+            now.vote.leader_id().get_term() > term || now.current_leader != Some(node_id)
+        });
+        tokio::select! {
+            biased;
+            written = answer => match written {
+                Ok(Ok(response)) => Ok(response.data),
+                Ok(Err(e)) => Err(LedgerError::from_client_write(RaftError::APIError(e))),
+                // The core dropped the answer: it stopped.
+                Err(_) => Err(LedgerError::Shutdown),
+            },
+            seen = deposed => match seen {
+                Ok(now) => Err(not_leader(now.current_leader, &now.membership_config)),
+                Err(_) => Err(LedgerError::NotLeader { leader_id: None, leader_addr: None }),
+            },
         }
     }
 }
