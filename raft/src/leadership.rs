@@ -90,12 +90,12 @@ const HAND_OVER_LAG_MAX: u64 = 64;
 /// and its hand-overs before a planned stop ([`hand_over_all`]) share.
 pub(crate) struct Leadership<C> {
     pub placement: FirstLeaders,
-    pub campaigns: C,
+    pub orders: C,
 }
 
 /// Starts the node's balancer, until the node is dropped or shut down (which aborts the
 /// task).
-pub(crate) fn spawn<C: Campaigns>(
+pub(crate) fn spawn<C: Orders>(
     node: Weak<Inner>,
     leadership: Arc<Leadership<C>>,
 ) -> JoinHandle<()> {
@@ -125,10 +125,10 @@ pub(crate) struct CampaignOrder {
 
 /// How a leader gives another voter an [`Order`] (step 3 of the module's doc): over gRPC
 /// ([`OverGrpc`]), or the simulation's network.
-pub(crate) trait Campaigns: Send + Sync + 'static {
+pub(crate) trait Orders: Send + Sync + 'static {
     /// Gives voter `to`, dialled at `member`, of group `group_idx` the `order`; answers its
     /// refusal, if any.
-    fn campaign(
+    fn give(
         &self,
         group_idx: u32,
         to: NodeId,
@@ -137,14 +137,14 @@ pub(crate) trait Campaigns: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), LedgerError>> + Send;
 }
 
-/// [`Campaigns`] over the nodes' gRPC (`Campaign`), from the node of `identity`.
+/// [`Orders`] over the nodes' gRPC (`Campaign`), from the node of `identity`.
 pub(crate) struct OverGrpc {
     pub identity: Identity,
     pub tls: Option<TlsConfig>,
 }
 
-impl Campaigns for OverGrpc {
-    async fn campaign(
+impl Orders for OverGrpc {
+    async fn give(
         &self,
         group_idx: u32,
         _to: NodeId,
@@ -170,7 +170,7 @@ struct Turn {
     not_before: Option<Instant>,
 }
 
-impl<C: Campaigns> Balancer<C> {
+impl<C: Orders> Balancer<C> {
     async fn run(mut self, node: Weak<Inner>) {
         let mut tick = tokio::time::interval(LEADER_BALANCE_INTERVAL);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -201,8 +201,8 @@ impl<C: Campaigns> Balancer<C> {
         if turn.not_before.is_some_and(|not_before| Instant::now() < not_before) {
             return;
         }
-        let campaigns = &self.leadership.campaigns;
-        let hand_over = HandOver { group, group_idx, target, member, campaigns, leaving: false };
+        let orders = &self.leadership.orders;
+        let hand_over = HandOver { group, group_idx, target, member, orders, leaving: false };
         let outcome = if hand_over.run().await {
             "done"
         } else {
@@ -220,7 +220,7 @@ impl<C: Campaigns> Balancer<C> {
 /// ([`leaving_target`]), all at once, each within [`HAND_OVER_TIMEOUT`]: before a planned
 /// stop, so that its groups need no election (which leaves a group without a leader for
 /// an election timeout or more).
-pub(crate) async fn hand_over_all<C: Campaigns>(node: &LedgerNode, leadership: &Leadership<C>) {
+pub(crate) async fn hand_over_all<C: Orders>(node: &LedgerNode, leadership: &Leadership<C>) {
     if !node.groups().iter().any(Group::leads) {
         return;
     }
@@ -233,27 +233,27 @@ pub(crate) async fn hand_over_all<C: Campaigns>(node: &LedgerNode, leadership: &
             let metrics = metrics.borrow();
             leaving_target(leadership.placement, group_idx, &metrics)
         };
-        let campaigns = &leadership.campaigns;
+        let orders = &leadership.orders;
         if let Some((target, member)) = target {
-            handing.push(HandOver { group, group_idx, target, member, campaigns, leaving: true });
+            handing.push(HandOver { group, group_idx, target, member, orders, leaving: true });
         }
     }
     futures_util::future::join_all(handing.iter().map(HandOver::run)).await;
 }
 
 /// One hand-over: of group `group_idx` (this node's replica `group`, which it leads) to
-/// voter `target`, dialled at `member`, asked through `campaigns`, this node `leaving` or
+/// voter `target`, dialled at `member`, asked through `orders`, this node `leaving` or
 /// not (see [`CampaignOrder`]).
 struct HandOver<'a, C> {
     group: &'a Group,
     group_idx: u32,
     target: NodeId,
     member: Member,
-    campaigns: &'a C,
+    orders: &'a C,
     leaving: bool,
 }
 
-impl<C: Campaigns> HandOver<'_, C> {
+impl<C: Orders> HandOver<'_, C> {
     /// [`HandOver::steps`] within [`HAND_OVER_TIMEOUT`], logged; whether the target leads.
     async fn run(&self) -> bool {
         let (group_idx, target) = (self.group_idx, self.target);
@@ -299,7 +299,7 @@ impl<C: Campaigns> HandOver<'_, C> {
             None
         };
         let order = Order::Campaign(CampaignOrder { last, leaving: self.leaving });
-        self.campaigns.campaign(group_idx, target, &self.member, order).await?;
+        self.orders.give(group_idx, target, &self.member, order).await?;
         let leads = |metrics: &RaftMetrics<NodeId, Member>| metrics.current_leader == Some(target);
         until(group.raft(), None, still("the target leads"), leads).await.map_err(unavailable)?;
         Ok(())
@@ -318,7 +318,7 @@ impl<C: Campaigns> HandOver<'_, C> {
         let others = membership.voter_ids().filter(|id| *id != metrics.id);
         let holds = others.filter_map(|id| {
             let member = membership.get_node(&id)?.clone();
-            Some(async move { self.campaigns.campaign(self.group_idx, id, &member, hold).await })
+            Some(async move { self.orders.give(self.group_idx, id, &member, hold).await })
         });
         futures_util::future::join_all(holds).await;
         let raft = self.group.raft();

@@ -384,8 +384,8 @@ impl LedgerNode {
         let node = LedgerNode::assemble(config.id(), groups, history, options);
         let backfill = backfill::spawn(node.downgrade(), requests, config.tls().cloned());
         let placement = config.first_leaders;
-        let campaigns = leadership::OverGrpc { identity, tls: config.tls().cloned() };
-        let leadership = Arc::new(Leadership { placement, campaigns });
+        let orders = leadership::OverGrpc { identity, tls: config.tls().cloned() };
+        let leadership = Arc::new(Leadership { placement, orders });
         let balance = leadership::spawn(node.downgrade(), Arc::clone(&leadership));
         let _ = node.inner.leadership.set(leadership);
         node.inner.background_tasks.lock().expect("task lock poisoned").extend([backfill, balance]);

@@ -5,7 +5,7 @@
 
 use super::gateway;
 use super::invariants::Invariants;
-use super::network::{Net, SimCampaigns, SimNetwork};
+use super::network::{Net, SimNetwork, SimOrders};
 use super::storage::{Disk, DiskFaults, IoFault, MemStore, WriteKind};
 use super::trace::Trace;
 use crate::encoded::EncodedEntries;
@@ -865,8 +865,8 @@ impl Cluster {
         self.net.node_up(id, incarnation, identity, served, door);
         let crashed = AtomicBool::new(false);
         let net = Arc::clone(&self.net);
-        let campaigns = SimCampaigns { net, identity, incarnation };
-        let leadership = Leadership { placement: FirstLeaders::default(), campaigns };
+        let orders = SimOrders { net, identity, incarnation };
+        let leadership = Leadership { placement: FirstLeaders::default(), orders };
         let balancer = leadership::spawn(node.downgrade(), Arc::new(leadership));
         let running = Arc::new(Running { identity, store, node, server, balancer, crashed });
         self.lock().nodes.insert(id, Slot::Up(running));

@@ -25,7 +25,7 @@ use crate::encoded::{self, EncodedEntries};
 use crate::error::LedgerError;
 use crate::founding::FirstLeaders;
 use crate::incarnation::{self, Identity, Incarnation, Stamped};
-use crate::leadership::{self, Campaigns, Order};
+use crate::leadership::{self, Order, Orders};
 use crate::sizing::{self, AppendBudget};
 use crate::types::{Member, NodeId, Raft, TypeConfig};
 use bytes::Bytes;
@@ -534,15 +534,15 @@ impl SimConnection {
     }
 }
 
-/// [`Campaigns`] over the simulated network, from one node incarnation.
-pub struct SimCampaigns {
+/// [`Orders`] over the simulated network, from one node incarnation.
+pub struct SimOrders {
     pub net: Arc<Net>,
     pub identity: Identity,
     pub incarnation: u64,
 }
 
-impl Campaigns for SimCampaigns {
-    async fn campaign(
+impl Orders for SimOrders {
+    async fn give(
         &self,
         group_idx: u32,
         to: NodeId,
