@@ -185,16 +185,23 @@ impl Group {
         self.hold_slots(PROPOSALS_IN_FLIGHT_MAX).await
     }
 
-    /// Proposes `batch` beside the batcher (an expiry's empty batch) and waits for its
-    /// outcomes as the batcher does ([`propose`]), on one of the batcher's slots: so it
-    /// waits while proposals are paused. Proposed anyway, it would end the log past the
-    /// entry a successor was told to hold, and the leader would refuse the successor's
-    /// vote: a hand-over lost to an election.
+    /// One of the batcher's slots, for an entry appended beside the batcher (an expiry's
+    /// empty batch, a membership change) while it is held: so that entry waits while
+    /// proposals are paused, and a pause waits for it. Appended anyway, it would end the
+    /// log past the entry a successor was told to hold, and the leader would refuse the
+    /// successor's vote: a hand-over lost to an election.
+    pub(crate) async fn slot_beside_batcher(&self) -> SlotsHeld {
+        self.hold_slots(1).await
+    }
+
+    /// Proposes `batch` beside the batcher (an expiry's empty batch) on one of its slots
+    /// ([`Group::slot_beside_batcher`]) and waits for its outcomes as the batcher does
+    /// ([`propose`]).
     pub(crate) async fn propose_beside_batcher(
         &self,
         batch: Batch,
     ) -> Result<Vec<Outcome>, LedgerError> {
-        let _slot = self.hold_slots(1).await;
+        let _slot = self.slot_beside_batcher().await;
         propose(&self.raft, batch).await.await
     }
 
@@ -321,7 +328,7 @@ impl Group {
 
 /// Proposal slots of a group, held until this is dropped: all of them
 /// ([`Group::pause_proposals`]), and its batcher proposes nothing meanwhile, or one for an
-/// entry proposed beside the batcher ([`Group::propose_beside_batcher`]).
+/// entry appended beside the batcher ([`Group::slot_beside_batcher`]).
 pub(crate) struct SlotsHeld {
     slots: Option<OwnedSemaphorePermit>,
     slot_freed: Arc<Notify>,

@@ -10,8 +10,9 @@
 //! it:
 //!
 //! 1. the leader stops proposing once what it has in flight is answered
-//!    ([`Group::pause_proposals`]; an expiry's empty batch, proposed outside the batcher,
-//!    waits on the same slots), so its log stops growing;
+//!    ([`Group::pause_proposals`]; an expiry's empty batch and a membership change's
+//!    entries, appended beside the batcher, wait on the same slots), so its log stops
+//!    growing;
 //! 2. it waits until the target's replica has its last log id (its replication metrics);
 //! 3. it asks the target to campaign (`Campaign`, [`grpc_network::campaign`]); the target
 //!    checks that its own placement puts the group there too (so that two nodes given

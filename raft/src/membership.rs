@@ -56,20 +56,59 @@ pub(crate) async fn change_identified(
         Plan::Nothing => return Ok(()),
         Plan::Change(changes) => changes,
         Plan::AddLearnerThenVoter { id, member } => {
-            let adding = group.raft().add_learner(id, member, true);
+            let adding = add_learner_and_catch_up(group, id, member);
             match tokio::time::timeout(LEARNER_CATCH_UP_TIMEOUT, adding).await {
-                Ok(added) => added.map_err(LedgerError::from_membership_change)?,
+                Ok(added) => added?,
                 Err(_elapsed) => return Err(LedgerError::Timeout(LEARNER_CATCH_UP_TIMEOUT)),
             };
             ChangeMembers::AddVoterIds(BTreeSet::from([id]))
         }
     };
+    // The entries below are appended beside the batcher: on one of its slots, so never
+    // while a hand-over has its proposals paused.
+    let _slot = group.slot_beside_batcher().await;
     if let ChangeMembers::RemoveVoters(removed) = &changes {
         refuse_if_a_remaining_voter_is_unreachable(group, removed).await?;
     }
     // `retain = false`: a removed voter leaves the group rather than staying a learner.
     let changing = group.raft().change_membership(changes, false);
     changing.await.map_err(LedgerError::from_membership_change)?;
+    Ok(())
+}
+
+/// Adds `id` as a learner, its entry appended on one of the batcher's slots (see
+/// [`Group::slot_beside_batcher`]), and waits without the slot until the learner's replica
+/// trails the leader's log by at most openraft's `replication_lag_threshold` (what
+/// openraft's own blocking `add_learner` waits for): a catch-up may take a snapshot and
+/// many entries, and the batcher proposes a lone command at once only when none of its
+/// slots is taken.
+async fn add_learner_and_catch_up(
+    group: &Group,
+    id: NodeId,
+    member: Member,
+) -> Result<(), LedgerError> {
+    let added = {
+        let _slot = group.slot_beside_batcher().await;
+        group.raft().add_learner(id, member, false).await
+    };
+    let added = added.map_err(LedgerError::from_membership_change)?;
+    let lag_max = group.raft().config().replication_lag_threshold;
+    let caught_up = |now: &openraft::RaftMetrics<NodeId, Member>| {
+        if now.membership_config.log_id() < &Some(added.log_id) {
+            return false;
+        }
+        // No longer leading, or the learner removed meanwhile: the change below fails
+        // and says why.
+        let Some(replication) = &now.replication else { return true };
+        if now.membership_config.membership().get_node(&id).is_none() {
+            return true;
+        }
+        let matched = replication.get(&id).copied().flatten();
+        let last = now.last_log_index.unwrap_or(0);
+        matched.is_some_and(|matched| matched.index.saturating_add(lag_max) >= last)
+    };
+    let mut metrics = group.raft().metrics();
+    metrics.wait_for(caught_up).await.map_err(|_| LedgerError::Shutdown)?;
     Ok(())
 }
 
@@ -242,5 +281,54 @@ mod tests {
         let learner = ChangeMembers::RemoveNodes(BTreeSet::from([4]));
         check(remove(4), None, Ok(Plan::Change(learner)));
         check(remove(9), None, Ok(Plan::Nothing));
+    }
+
+    /// A membership change appends beside the batcher, on one of its slots: while a
+    /// hand-over has the group's proposals paused, neither the removal's check (an empty
+    /// batch) nor its configurations are appended, and the change completes once the
+    /// proposals resume.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_membership_change_waits_while_proposals_are_paused() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let peers: BTreeMap<u64, String> =
+            (1..=3).map(|id| (id, crate::free_local_addr())).collect();
+        let mut nodes = Vec::new();
+        for (id, dir) in (1..=3).zip(&dirs) {
+            nodes.push(crate::LedgerNode::open(id, &peers, dir.path(), 1).await.unwrap());
+        }
+        // Node 1 leads group 0 (its placement: no hand-over comes) and has applied.
+        let leader = nodes[0].clone();
+        let group = leader.group_at(0).unwrap();
+        let leads = |now: &openraft::RaftMetrics<NodeId, Member>| {
+            now.current_leader == Some(1) && now.last_applied.is_some()
+        };
+        let mut metrics = group.raft().metrics();
+        let waiting = metrics.wait_for(leads);
+        tokio::time::timeout(Duration::from_secs(20), waiting).await.unwrap().unwrap();
+        let last_index = || group.raft().metrics().borrow().last_log_index;
+
+        let paused = group.pause_proposals().await;
+        let before = last_index();
+        let changing = tokio::spawn({
+            let leader = leader.clone();
+            async move { leader.change_membership(0, &MembershipChange::Remove { id: 3 }, None).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            last_index(),
+            before,
+            "a membership change appended while proposals were paused"
+        );
+
+        drop(paused);
+        changing.await.unwrap().unwrap();
+        let voters: Vec<NodeId> = {
+            let now = group.raft().metrics().borrow().membership_config.clone();
+            now.membership().voter_ids().collect()
+        };
+        assert_eq!(voters, [1, 2]);
+        for node in nodes {
+            node.shutdown().await.unwrap();
+        }
     }
 }
