@@ -54,5 +54,22 @@ fn snapshot_encode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, apply_lifecycles, snapshot_encode);
+/// A snapshot's copy of the state, taken under the lock every apply takes, with this many
+/// holds pending (reserved, not yet settled: streams in flight across a fleet of
+/// gateways). It must not grow with them: snapshots never block applies.
+fn clone_with_pending_holds(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ledger_clone_with_pending_holds");
+    for n_pending in [4_096usize, 65_536, 262_144] {
+        let mut ledger = funded_ledger();
+        for first in (0..n_pending).step_by(2048) {
+            let [reserves, _settles] = lifecycle_batches(first as u64, 2048, 2);
+            ledger.apply(&reserves);
+        }
+        assert_eq!(ledger.audit().n_holds, n_pending as u64);
+        group.bench_function(BenchmarkId::from_parameter(n_pending), |b| b.iter(|| ledger.clone()));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, apply_lifecycles, snapshot_encode, clone_with_pending_holds);
 criterion_main!(benches);

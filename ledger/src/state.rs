@@ -7,8 +7,10 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
+mod holds;
 mod legacy;
 mod packed;
+use holds::Holds;
 pub use legacy::{LedgerV7, LedgerV8};
 use packed::PackedEnded;
 
@@ -691,25 +693,6 @@ impl Hold {
     }
 }
 
-/// Takes pending hold `hold` out of the holds and their expiry order; the caller gives
-/// back what it held. A function of the two maps, not a method, so that a caller may hold
-/// its account's entry meanwhile.
-fn take_hold(
-    holds: &mut HashMap<HoldId, Hold>,
-    expiry: &mut OrdSet<(u64, HoldId)>,
-    hold: HoldId,
-) -> Hold {
-    let entry = holds.remove(&hold).expect("voiding a known hold");
-    unindex_expiry(expiry, hold, &entry);
-    entry
-}
-
-/// Removes pending hold `hold`, `entry`, from the expiry order.
-fn unindex_expiry(expiry: &mut OrdSet<(u64, HoldId)>, hold: HoldId, entry: &Hold) {
-    let indexed = expiry.remove(&(entry.expires_at_ms, hold));
-    assert!(indexed.is_some(), "expiry index out of sync");
-}
-
 /// The result of the bank check over every account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Audit {
@@ -730,7 +713,9 @@ pub struct Audit {
 /// (`imbl`): a clone shares their nodes, so it costs O(1) and a snapshot encodes a copy
 /// while apply goes on; each write copies the O(log n) nodes on its path. The two
 /// time-bounded sets, which hold an entry per recent request, are `Window`s: a clone
-/// shares their chunks and index pages, and a write copies the one it touches.
+/// shares their chunks and index pages, and a write copies the one it touches. The
+/// pending holds keep their young ones in plain maps (`Holds`): a clone copies those, a
+/// bounded number.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
     accounts: HashMap<AccountId, Account>,
@@ -738,9 +723,9 @@ pub struct Ledger {
     keys_by_hash: HashMap<KeyHash, KeyId>,
     /// Each account's keys, at most [`KEYS_PER_ACCOUNT_MAX`].
     keys_by_account: HashMap<AccountId, OrdSet<KeyId>>,
-    holds: HashMap<HoldId, Hold>,
-    /// Holds ordered by expiry, for deterministic voiding.
-    expiry: OrdSet<(u64, HoldId)>,
+    /// Pending holds, and their order of expiry for deterministic voiding (`holds.rs`:
+    /// plain maps for the young, persistent ones for those that live long).
+    holds: Holds,
     /// Holds that ended (settled, released, expired), by hold id, so that reserves,
     /// settles and releases are deduplicated by hold, not by op id: each is remembered
     /// until [`HOLDS_REMEMBERED_FOR_MS`] of batch stamps past its end. A settle's request
@@ -1042,7 +1027,6 @@ impl Ledger {
         assert!(made.reserve(hold) == op, "a hold knows the reserve that made it");
         let reply = made.reply();
         self.holds.insert(hold, made);
-        self.expiry.insert((expires_at_ms, hold));
         assert!(available >= 0, "a reservation made the balance negative");
         Ok(reply)
     }
@@ -1076,17 +1060,17 @@ impl Ledger {
         reserved_at_ms: u64,
     ) -> Outcome {
         // A pending hold has not ended: a hold ends once, and its id is not reserved again
-        // while it is remembered. So the usual settle, of a pending hold, skips the window,
-        // and takes the hold out with its one lookup (another account's goes back).
-        let pending = match self.holds.remove(&hold) {
+        // while it is remembered. So the usual settle, of a pending hold, skips the window
+        // and takes the hold out (another account's stays).
+        let pending = match self.holds.get(&hold) {
             Some(held) if held.account != account => {
-                self.holds.insert(hold, held);
                 return match self.accounts.contains_key(&account) {
                     true => Err(Rejection::UnknownHold),
                     false => Err(Rejection::UnknownAccount),
                 };
             }
-            pending => pending,
+            Some(_) => self.holds.remove(&hold),
+            None => None,
         };
         debug_assert!(pending.is_none() || !self.ended.contains(hold.0), "pending and ended");
         let ended = match pending {
@@ -1104,7 +1088,6 @@ impl Ledger {
         };
         let (voided, reservation) = match (pending, ended) {
             (Some(held), _) => {
-                unindex_expiry(&mut self.expiry, hold, &held);
                 entry.drop_hold(held.amount);
                 (Some((held.key, held.amount)), Some(held.reservation()))
             }
@@ -1153,7 +1136,7 @@ impl Ledger {
 
     /// Removes a pending hold, giving back what it held; returns it.
     fn void_hold(&mut self, hold: HoldId) -> Hold {
-        let entry = take_hold(&mut self.holds, &mut self.expiry, hold);
+        let entry = self.holds.remove(&hold).expect("voiding a known hold");
         let account = self.accounts.get_mut(&entry.account).expect("hold of a known account");
         account.drop_hold(entry.amount);
         self.keys.get_mut(&entry.key).expect("hold of a known key").drop_hold(entry.amount);
@@ -1161,7 +1144,7 @@ impl Ledger {
     }
 
     fn expire(&mut self, stamp_ms: u64) {
-        while let Some(&(expires_at_ms, hold)) = self.expiry.get_min() {
+        while let Some((expires_at_ms, hold)) = self.holds.first_expiring() {
             if expires_at_ms > stamp_ms {
                 break;
             }
@@ -1178,7 +1161,7 @@ impl Ledger {
     /// to propose an empty batch once that time has passed, so a hold abandoned by a
     /// crashed gateway is voided even when no other command reaches its group.
     pub fn next_expiry_ms(&self) -> Option<u64> {
-        self.expiry.get_min().map(|(expires_at_ms, _)| *expires_at_ms)
+        self.holds.first_expiring().map(|(expires_at_ms, _)| expires_at_ms)
     }
 
     pub fn account(&self, account: AccountId) -> Option<&Account> {
@@ -1262,23 +1245,18 @@ impl Ledger {
         let mut problems = Vec::new();
         let mut pending_by_account: BTreeMap<AccountId, (u128, u32)> = BTreeMap::new();
         let mut pending_by_key: BTreeMap<KeyId, (u128, u32)> = BTreeMap::new();
-        for (id, hold) in &self.holds {
+        problems.extend(self.holds.problems());
+        for (id, hold) in self.holds.iter() {
             let entry = pending_by_account.entry(hold.account).or_default();
             entry.0 += hold.amount.0;
             entry.1 += 1;
             let entry = pending_by_key.entry(hold.key).or_default();
             entry.0 += hold.amount.0;
             entry.1 += 1;
-            if !self.expiry.contains(&(hold.expires_at_ms, *id)) {
-                problems.push(format!("hold {:x} missing from the expiry index", id.0));
-            }
             // A settle of a pending hold relies on it: it skips the ended holds.
             if self.ended.contains(id.0) {
                 problems.push(format!("hold {:x} both pending and ended", id.0));
             }
-        }
-        if self.expiry.len() != self.holds.len() {
-            problems.push("expiry index and holds differ in size".into());
         }
         let (mut credits, mut posted, mut pending, mut written_off) = (0u128, 0u128, 0u128, 0u128);
         for (id, account) in &self.accounts {
@@ -1472,7 +1450,6 @@ mod tests {
             available: 0,
         };
         ledger.holds.insert(hold, pending);
-        ledger.expiry.insert((10, hold));
         assert!(!both(ledger.audit()));
         ledger.end_hold(hold, Ended { reservation: None, settled: None });
         assert!(both(ledger.audit()));
