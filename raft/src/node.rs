@@ -519,8 +519,8 @@ impl LedgerNode {
     }
 
     /// The live state of group `group_idx` on this node: the size of its ledger replica
-    /// as a snapshot holds it. Encodes an O(1) copy taken under the state lock, outside
-    /// it, so applies do not wait for it.
+    /// as a snapshot holds it. Encodes a copy taken under the state lock (O(1) but for the
+    /// young pending holds, a bounded number), outside it, so applies do not wait for it.
     pub fn state_bytes(&self, group_idx: u32) -> Result<u64, LedgerError> {
         let ledger = self.group_at(group_idx)?.read_local(Ledger::clone);
         let bytes = codec::encoded_len(&ledger)
