@@ -1088,3 +1088,89 @@ fn disable(disabled: &mut std::collections::BTreeSet<KeyId>, key: KeyId, is_disa
         disabled.remove(&key);
     }
 }
+
+/// Holds still pending after many later reserves (streams that run for minutes) move to
+/// the ledger's persistent tier; settled, released or expired from there, they end as
+/// holds that never moved do, and the bank check holds throughout, after a snapshot's
+/// round trip (which reads every hold back into the persistent tier) too.
+#[test]
+fn long_lived_holds_end_as_short_lived_ones_do() {
+    const ROUNDS: u128 = 20;
+    const PER_ROUND: u128 = 2_048;
+    const LONG_TTL_MS: u64 = 600_000;
+    let mut ledger = Ledger::new();
+    let mut n_ops = 0u128;
+    let mut apply = |ledger: &mut Ledger, stamp_ms: u64, ops: Vec<Op>| {
+        let commands = ops.into_iter().map(|op| {
+            n_ops += 1;
+            Command { id: OpId(n_ops), op }
+        });
+        ledger.apply(&Batch { stamp_ms, commands: commands.collect() })
+    };
+    let stamp_ms = 1_000;
+    let setup = vec![
+        Op::CreateAccount { account: ACCOUNT, name: "acme".into() },
+        create_key(ACCOUNT, KEY, [7; 32], KeyLimits::default()),
+        Op::Credit { account: ACCOUNT, amount: usd("1000.00") },
+    ];
+    assert!(apply(&mut ledger, stamp_ms, setup).iter().all(Result::is_ok));
+    // One hold in a hundred stays pending while the others come and go.
+    let long_lived = |hold: u128| hold.is_multiple_of(100);
+    for round in 0..ROUNDS {
+        let holds = round * PER_ROUND..(round + 1) * PER_ROUND;
+        let ttl_ms = |hold| if long_lived(hold) { LONG_TTL_MS } else { 60_000 };
+        let reserves = holds.clone().map(|hold| reserve(hold, "0.001", ttl_ms(hold))).collect();
+        assert!(apply(&mut ledger, stamp_ms, reserves).iter().all(Result::is_ok));
+        let settle = |hold| Op::Settle {
+            account: ACCOUNT,
+            hold: HoldId(hold),
+            actual: usd("0.0005"),
+            record: echo_record(),
+            reserved_at_ms: stamp_ms,
+        };
+        let settles = holds.filter(|hold| !long_lived(*hold)).map(settle).collect();
+        assert!(apply(&mut ledger, stamp_ms, settles).iter().all(Result::is_ok));
+    }
+    let kept: Vec<u128> = (0..ROUNDS * PER_ROUND).filter(|hold| long_lived(*hold)).collect();
+    assert!(ledger.audit().ok, "{:?}", ledger.audit());
+    assert_eq!(ledger.audit().n_holds, kept.len() as u64);
+    let bytes = postcard::to_allocvec(&ledger).unwrap();
+    let read: Ledger = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(read, ledger);
+
+    let n_short = ROUNDS * PER_ROUND - kept.len() as u128;
+    for mut ledger in [ledger, read] {
+        let (settled, rest) = kept.split_at(kept.len() / 3);
+        let (released, expiring) = rest.split_at(rest.len() / 2);
+        let settles = settled.iter().map(|&hold| Op::Settle {
+            account: ACCOUNT,
+            hold: HoldId(hold),
+            actual: usd("0.0004"),
+            record: echo_record(),
+            reserved_at_ms: stamp_ms,
+        });
+        let releases =
+            released.iter().map(|&hold| Op::Release { account: ACCOUNT, hold: HoldId(hold) });
+        let outcomes = apply(&mut ledger, stamp_ms + 1, settles.chain(releases).collect());
+        let (settled_outcomes, released_outcomes) = outcomes.split_at(settled.len());
+        let settled_reply = Reply::Settled {
+            charged: usd("0.0004"),
+            released: usd("0.0006"),
+            written_off: PicoUsd::ZERO,
+        };
+        assert!(settled_outcomes.iter().all(|outcome| *outcome == Ok(settled_reply.clone())));
+        let released_reply = Reply::Released { amount: usd("0.001") };
+        assert!(released_outcomes.iter().all(|outcome| *outcome == Ok(released_reply.clone())));
+        assert_eq!(ledger.audit().n_holds, expiring.len() as u64);
+        assert_eq!(ledger.next_expiry_ms(), Some(stamp_ms + LONG_TTL_MS));
+
+        // The rest expire in their order once ledger time passes them.
+        assert!(apply(&mut ledger, stamp_ms + LONG_TTL_MS, Vec::new()).is_empty());
+        let audit = ledger.audit();
+        assert!(audit.ok, "{audit:?}");
+        assert_eq!((audit.n_holds, audit.debits_pending), (0, PicoUsd::ZERO));
+        assert_eq!(ledger.next_expiry_ms(), None);
+        let posted = usd("0.0005").0 * n_short + usd("0.0004").0 * settled.len() as u128;
+        assert_eq!(audit.debits_posted, PicoUsd(posted));
+    }
+}
