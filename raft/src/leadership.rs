@@ -473,7 +473,7 @@ async fn campaign_here(
 
 /// `raft`'s metrics once `condition` holds of them, within `timeout` (`None`: the caller
 /// bounds the wait); why not otherwise, naming `what` was awaited.
-async fn until(
+pub(crate) async fn until(
     raft: &Raft,
     timeout: Option<Duration>,
     what: String,
@@ -486,27 +486,14 @@ async fn until(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::free_local_addr;
-    use std::collections::BTreeMap;
 
     /// A voter asked to take a group its own placement puts on another node refuses, and
     /// does not campaign: two nodes given different placements never pass a group back
     /// and forth.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_voter_refuses_a_group_its_placement_puts_elsewhere() {
-        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-        let peers: BTreeMap<u64, String> = (1..=3).map(|id| (id, free_local_addr())).collect();
-        let mut nodes = Vec::new();
-        for (id, dir) in (1..=3).zip(&dirs) {
-            nodes.push(LedgerNode::open(id, &peers, dir.path(), 2).await.unwrap());
-        }
-        // Spread: node 2 leads group 1, and has applied its first entries.
-        let group = nodes[1].group_at(1).unwrap().raft();
-        let leads = |metrics: &RaftMetrics<NodeId, Member>| {
-            metrics.current_leader == Some(2) && metrics.last_applied.is_some()
-        };
-        let what = "node 2 leads group 1".to_owned();
-        let seen = until(group, Some(Duration::from_secs(20)), what, leads).await.unwrap();
+        // Spread: node 2 leads group 1.
+        let (_dirs, nodes, seen) = crate::node::three_local_nodes(2, 2, 1).await;
         let membership = seen.membership_config.membership();
         let member = |id: NodeId| membership.get_node(&id).unwrap().clone();
         let from = Identity { node_id: 2, incarnation: member(2).incarnation };

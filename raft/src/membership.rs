@@ -289,22 +289,10 @@ mod tests {
     /// proposals resume.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_membership_change_waits_while_proposals_are_paused() {
-        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-        let peers: BTreeMap<u64, String> =
-            (1..=3).map(|id| (id, crate::free_local_addr())).collect();
-        let mut nodes = Vec::new();
-        for (id, dir) in (1..=3).zip(&dirs) {
-            nodes.push(crate::LedgerNode::open(id, &peers, dir.path(), 1).await.unwrap());
-        }
-        // Node 1 leads group 0 (its placement: no hand-over comes) and has applied.
+        // Node 1 leads group 0 (its placement: no hand-over comes).
+        let (_dirs, nodes, _) = crate::node::three_local_nodes(1, 1, 0).await;
         let leader = nodes[0].clone();
         let group = leader.group_at(0).unwrap();
-        let leads = |now: &openraft::RaftMetrics<NodeId, Member>| {
-            now.current_leader == Some(1) && now.last_applied.is_some()
-        };
-        let mut metrics = group.raft().metrics();
-        let waiting = metrics.wait_for(leads);
-        tokio::time::timeout(Duration::from_secs(20), waiting).await.unwrap().unwrap();
         let last_index = || group.raft().metrics().borrow().last_log_index;
 
         let paused = group.pause_proposals().await;

@@ -969,6 +969,32 @@ pub(crate) fn raft_config(options: &NodeOptions) -> Result<Config, LedgerError> 
     config.validate().map_err(|_| LedgerError::InvalidOptions("rejected by openraft"))
 }
 
+/// Test-only: three nodes of one cluster with `n_groups` groups in this process (free
+/// local ports, a temporary directory each, kept while the returned guards live), once
+/// node `leader` leads group `group_idx` and has applied its first entries (as the
+/// default placement puts it); with that group's metrics then.
+#[cfg(test)]
+pub(crate) async fn three_local_nodes(
+    n_groups: u32,
+    leader: NodeId,
+    group_idx: u32,
+) -> (Vec<tempfile::TempDir>, Vec<LedgerNode>, openraft::RaftMetrics<NodeId, Member>) {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let peers: BTreeMap<u64, String> = (1..=3).map(|id| (id, crate::free_local_addr())).collect();
+    let mut nodes = Vec::new();
+    for (id, dir) in (1..=3).zip(&dirs) {
+        nodes.push(LedgerNode::open(id, &peers, dir.path(), n_groups).await.unwrap());
+    }
+    let raft = nodes[(leader - 1) as usize].group_at(group_idx).unwrap().raft();
+    let leads = |metrics: &openraft::RaftMetrics<NodeId, Member>| {
+        metrics.current_leader == Some(leader) && metrics.last_applied.is_some()
+    };
+    let what = format!("node {leader} leads group {group_idx}");
+    let seen = crate::leadership::until(raft, Some(Duration::from_secs(20)), what, leads);
+    let seen = seen.await.unwrap();
+    (dirs, nodes, seen)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
