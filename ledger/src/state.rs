@@ -1061,17 +1061,14 @@ impl Ledger {
     ) -> Outcome {
         // A pending hold has not ended: a hold ends once, and its id is not reserved again
         // while it is remembered. So the usual settle, of a pending hold, skips the window
-        // and takes the hold out (another account's stays).
-        let pending = match self.holds.get(&hold) {
-            Some(held) if held.account != account => {
-                return match self.accounts.contains_key(&account) {
-                    true => Err(Rejection::UnknownHold),
-                    false => Err(Rejection::UnknownAccount),
-                };
-            }
-            Some(_) => self.holds.remove(&hold),
-            None => None,
-        };
+        // and takes the hold out with its one lookup (another account's stays).
+        let pending = self.holds.remove_if(&hold, |held| held.account == account);
+        if pending.is_none() && self.holds.contains_key(&hold) {
+            return match self.accounts.contains_key(&account) {
+                true => Err(Rejection::UnknownHold),
+                false => Err(Rejection::UnknownAccount),
+            };
+        }
         debug_assert!(pending.is_none() || !self.ended.contains(hold.0), "pending and ended");
         let ended = match pending {
             Some(_) => None,

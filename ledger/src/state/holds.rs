@@ -17,6 +17,7 @@ use super::{HashMap, Hold, HoldId};
 use imbl::OrdSet;
 use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, VecDeque};
 
 /// Most young holds: past it, the oldest young hold moves to the old tier. A clone copies
@@ -66,9 +67,10 @@ impl Holds {
         self.young.iter().chain(self.old.iter())
     }
 
-    /// Adds pending hold `id`, which must not be pending yet, as a young one.
+    /// Adds pending hold `id`, which must not be pending yet (a reserve looked it up
+    /// first), as a young one.
     pub(super) fn insert(&mut self, id: HoldId, hold: Hold) {
-        assert!(!self.old.contains_key(&id), "a pending hold made again");
+        debug_assert!(!self.old.contains_key(&id), "a pending hold made again");
         let expiring = (hold.expires_at_ms, id);
         assert!(self.young.insert(id, hold).is_none(), "a pending hold made again");
         assert!(self.young_expiry.insert(expiring), "expiry index out of sync");
@@ -78,13 +80,30 @@ impl Holds {
 
     /// Takes pending hold `id` out of the holds and the expiry order.
     pub(super) fn remove(&mut self, id: &HoldId) -> Option<Hold> {
-        let (hold, indexed) = match self.young.remove(id) {
-            Some(hold) => {
+        self.remove_if(id, |_| true)
+    }
+
+    /// Takes pending hold `id` out of the holds and the expiry order if `take` says so of
+    /// it, with one lookup of a young hold (a settle's usual case).
+    pub(super) fn remove_if(
+        &mut self,
+        id: &HoldId,
+        take: impl FnOnce(&Hold) -> bool,
+    ) -> Option<Hold> {
+        let (hold, indexed) = match self.young.entry(*id) {
+            Entry::Occupied(young) => {
+                if !take(young.get()) {
+                    return None;
+                }
+                let hold = young.remove();
                 let indexed = self.young_expiry.remove(&(hold.expires_at_ms, *id));
                 (hold, indexed)
             }
-            None => {
-                let hold = self.old.remove(id)?;
+            Entry::Vacant(_) => {
+                if !take(self.old.get(id)?) {
+                    return None;
+                }
+                let hold = self.old.remove(id).expect("just found");
                 let indexed = self.old_expiry.remove(&(hold.expires_at_ms, *id)).is_some();
                 (hold, indexed)
             }
@@ -129,14 +148,15 @@ impl Holds {
     /// What is wrong with the holds' indexes, for the audit.
     pub(super) fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        let unindexed = |expiry: &dyn Fn(&Expiring) -> bool, (id, hold): (&HoldId, &Hold)| {
-            (!expiry(&(hold.expires_at_ms, *id))).then_some(*id)
-        };
-        let young = |e: &Expiring| self.young_expiry.contains(e);
-        let old = |e: &Expiring| self.old_expiry.contains(e);
-        let missing = (self.young.iter().filter_map(|h| unindexed(&young, h)))
-            .chain(self.old.iter().filter_map(|h| unindexed(&old, h)));
-        for id in missing {
+        let young = self
+            .young
+            .iter()
+            .filter(|(id, hold)| !self.young_expiry.contains(&(hold.expires_at_ms, **id)));
+        let old = self
+            .old
+            .iter()
+            .filter(|(id, hold)| !self.old_expiry.contains(&(hold.expires_at_ms, **id)));
+        for (id, _) in young.chain(old) {
             problems.push(format!("hold {:x} missing from the expiry index", id.0));
         }
         let sizes = (self.young_expiry.len(), self.old_expiry.len());
