@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Issue 10's added latency on `solrouter dev`: an open loop of RATE requests a second for
+# DURATION_S seconds through dev, then the same straight to its upstream (a separate
+# `solrouter mock-upstream --echo-any-model`, `openai/gpt-4o-mini` pointed at it), in one
+# run of the load generator, which subtracts the second from the first:
+#
+#   solrouter-loadtest --gateway <dev> --upstream <mock>/v1 --rate $RATE
+#     --duration-s $DURATION_S --accounts 16 --keys-per-account 2
+#     --model openai/gpt-4o-mini --mix $MIX
+#
+# Prints the load generator's summary: both phases' latency (p50 … max, and how late the
+# open loop sent), the gateway's overhead (gateway − direct, per percentile), and the
+# money check. Release builds:
+#
+#   cargo build --release -p solrouter-gateway -p solrouter-loadtest
+#   loadtest/added-dev.sh                     # BIN_DIR=target/release, 2,000/s plain, 20 s
+#   MIX=stream=1 loadtest/added-dev.sh        # streamed
+#   SPLIT=log loadtest/added-dev.sh           # the ledger's log on tmpfs (/dev/shm)
+#
+# Settings (environment): BIN_DIR; RATE (2000); DURATION_S (20, each phase); MIX (plain=1);
+# STATE_BASE, where the data dir goes (/tmp); SPLIT=log puts the log directory on
+# /dev/shm (to tell the disk's share of the tail from the rest). Needs nothing beyond the
+# two binaries; everything listens on 127.0.0.1 and is stopped at the end.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN_DIR="$(cd "${BIN_DIR:-$repo/target/release}" && pwd)"
+RATE=${RATE:-2000}
+DURATION_S=${DURATION_S:-20}
+MIX=${MIX:-plain=1}
+RUN_DIR=$(mktemp -d -p "${STATE_BASE:-/tmp}")
+SHM=$(mktemp -d -p /dev/shm)
+export SOLROUTER_ADMIN_TOKEN=${SOLROUTER_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")}
+
+# shellcheck source=loadtest/dev-with-mock.sh
+. "$repo/loadtest/dev-with-mock.sh"
+cleanup() {
+    stop_dev_with_mock
+    wait 2>/dev/null || true
+    rm -rf "$RUN_DIR" "$SHM"
+}
+trap cleanup EXIT
+
+ledger="$RUN_DIR/state/ledger"
+mkdir -p "$ledger"
+case "${SPLIT:-}" in
+    log) mkdir "$SHM/log" && ln -s "$SHM/log" "$ledger/log" ;;
+    "") ;;
+    *) echo "SPLIT is log or unset"; exit 2 ;;
+esac
+
+# Dirty page cache a build left behind would be written back during the run: out first.
+sync
+start_dev_with_mock "$RUN_DIR/state"
+
+# The progress lines go to standard error; the summary is what stays on standard output.
+"$BIN_DIR/solrouter-loadtest" --gateway "$URL" --upstream "$MOCK_URL/v1" --rate "$RATE" \
+    --duration-s "$DURATION_S" --accounts 16 --keys-per-account 2 \
+    --model openai/gpt-4o-mini --mix "$MIX" 2>/dev/null
