@@ -18,39 +18,21 @@
 #   SPLIT=log loadtest/added-dev.sh           # the ledger's log on tmpfs (/dev/shm)
 #
 # Settings (environment): BIN_DIR; RATE (2000); DURATION_S (20, each phase); MIX (plain=1);
-# STATE_BASE, where the data dir goes (/tmp); SPLIT=log puts the log directory on
-# /dev/shm (to tell the disk's share of the tail from the rest). Needs nothing beyond the
-# two binaries; everything listens on 127.0.0.1 and is stopped at the end.
+# STATE_BASE, where the data dir goes (/tmp); SPLIT=log (the log directory on /dev/shm)
+# or SPLIT=history (history and snapshots on /dev/shm), to tell the disk's share of the
+# tail from the rest. Needs nothing beyond the two binaries; everything listens on
+# 127.0.0.1 and is stopped at the end.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN_DIR="$(cd "${BIN_DIR:-$repo/target/release}" && pwd)"
 RATE=${RATE:-2000}
 DURATION_S=${DURATION_S:-20}
 MIX=${MIX:-plain=1}
-RUN_DIR=$(mktemp -d -p "${STATE_BASE:-/tmp}")
-SHM=$(mktemp -d -p /dev/shm)
 export SOLROUTER_ADMIN_TOKEN=${SOLROUTER_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")}
 
 # shellcheck source=loadtest/dev-with-mock.sh
 . "$repo/loadtest/dev-with-mock.sh"
-cleanup() {
-    stop_dev_with_mock
-    wait 2>/dev/null || true
-    rm -rf "$RUN_DIR" "$SHM"
-}
-trap cleanup EXIT
-
-ledger="$RUN_DIR/state/ledger"
-mkdir -p "$ledger"
-case "${SPLIT:-}" in
-    log) mkdir "$SHM/log" && ln -s "$SHM/log" "$ledger/log" ;;
-    "") ;;
-    *) echo "SPLIT is log or unset"; exit 2 ;;
-esac
-
-# Dirty page cache a build left behind would be written back during the run: out first.
-sync
-start_dev_with_mock "$RUN_DIR/state"
+start_split_dev_with_mock
 
 # The progress lines go to standard error; the summary is what stays on standard output.
 "$BIN_DIR/solrouter-loadtest" --gateway "$URL" --upstream "$MOCK_URL/v1" --rate "$RATE" \

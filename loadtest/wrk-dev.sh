@@ -20,30 +20,11 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN_DIR="$(cd "${BIN_DIR:-$repo/target/release}" && pwd)"
 SECS=${SECS:-10}
-RUN_DIR=$(mktemp -d -p "${STATE_BASE:-/tmp}")
-SHM=$(mktemp -d -p /dev/shm)
 export SOLROUTER_ADMIN_TOKEN=${SOLROUTER_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")}
 
 # shellcheck source=loadtest/dev-with-mock.sh
 . "$repo/loadtest/dev-with-mock.sh"
-cleanup() {
-    stop_dev_with_mock
-    wait 2>/dev/null || true
-    rm -rf "$RUN_DIR" "$SHM"
-}
-trap cleanup EXIT
-
-ledger="$RUN_DIR/state/ledger"
-mkdir -p "$ledger"
-case "${SPLIT:-}" in
-    log) mkdir "$SHM/log" && ln -s "$SHM/log" "$ledger/log" ;;
-    history) ln -s "$SHM/history.redb" "$ledger/history.redb"
-             ln -s "$SHM/snapshots.redb" "$ledger/snapshots.redb" ;;
-    "") ;;
-    *) echo "SPLIT is log or history"; exit 2 ;;
-esac
-
-start_dev_with_mock "$RUN_DIR/state"
+start_split_dev_with_mock
 
 admin() {
     curl -sf -H "Authorization: Bearer $SOLROUTER_ADMIN_TOKEN" -H "Content-Type: application/json" \
