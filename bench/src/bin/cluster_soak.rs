@@ -39,7 +39,8 @@ struct Args {
     dir: PathBuf,
     /// How long the nodes keep request records (default: the production 90 days), so a
     /// soak shows the disk bounded by retention; the history check then covers the
-    /// rounds that began within the retained window.
+    /// rounds that began within the retained window, far enough inside it
+    /// ([`COUNT_ALLOWANCE`]) that none of their records expires while they are counted.
     #[arg(long)]
     history_retention_s: Option<u64>,
 }
@@ -48,6 +49,11 @@ struct Args {
 /// between them: records carry their gateway's creation time, so every record of the
 /// rounds after a cut is created after it and every earlier one before.
 const CUT_MARGIN: Duration = Duration::from_millis(5);
+
+/// Longest the history check's count may take (a page of 500 records per call, ~5 M
+/// records in ~40 s here), at most half the retention: the check covers the rounds whose
+/// records no node may drop before the count has read them.
+const COUNT_ALLOWANCE: Duration = Duration::from_secs(90);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -117,13 +123,17 @@ async fn soak(args: &Args, processes: &mut Processes) -> anyhow::Result<()> {
         audit.ok,
         audit.problems.len()
     );
-    // The earliest cut whose records no node can have dropped yet: retention runs every
-    // `HISTORY_EXPIRE_INTERVAL` and drops what was created before its `now − retention`.
+    // The earliest cut whose records no node can drop before the count ends: retention runs
+    // every `HISTORY_EXPIRE_INTERVAL` and drops what was created before its `now −
+    // retention`, and the count takes a while (a cut just inside the retained window lost
+    // its first records to an expiry during the count: 4,916,578 of 5,069,482 counted).
     let retention_ms = args.history_retention_s.map_or(u64::MAX, |s| s.saturating_mul(1000));
-    let keep_from_ms = now_ms().saturating_sub(retention_ms);
+    let allowance_ms = (COUNT_ALLOWANCE.as_millis() as u64).min(retention_ms / 2);
+    let keep_from_ms = (now_ms() + allowance_ms).saturating_sub(retention_ms);
     let &(cut_ms, recorded_before) =
         cuts.iter().find(|(at_ms, _)| *at_ms >= keep_from_ms).unwrap_or(&cuts[cuts.len() - 1]);
     let kept = history_records(&client, cut_ms).await?;
+    let counted_at_ms = now_ms();
     let expected = done - rejected - recorded_before;
     println!(
         "history since {cut_ms} ms (rounds from {}): {kept} records for {expected} settled \
@@ -134,6 +144,11 @@ async fn soak(args: &Args, processes: &mut Processes) -> anyhow::Result<()> {
             format!("{:.1} min", cut_age_min(cut_ms))
         },
         kept == expected
+    );
+    anyhow::ensure!(
+        counted_at_ms < cut_ms.saturating_add(retention_ms),
+        "counting the history outlasted the retained window (an expiry may have dropped \
+         records of it before they were read): run with a longer --history-retention-s"
     );
     anyhow::ensure!(audit.ok, "audit failed: {:?}", audit.problems);
     anyhow::ensure!(kept == expected, "the history lost or doubled records");
