@@ -17,7 +17,6 @@ use super::{HashMap, Hold, HoldId};
 use imbl::OrdSet;
 use serde::ser::{SerializeSeq, SerializeTuple};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, VecDeque};
 
 /// Most young holds: past it, the oldest young hold moves to the old tier. A clone copies
@@ -84,22 +83,24 @@ impl Holds {
     }
 
     /// Takes pending hold `id` out of the holds and the expiry order if `take` says so of
-    /// it, with one lookup of a young hold (a settle's usual case).
+    /// it, with one lookup of a young hold (a settle's usual case). A young hold `take`
+    /// refuses (a settle naming another account, rare) is put back: `entry` would cost
+    /// the same lookup, but reserves room in the map for a hold that is old or unknown.
     pub(super) fn remove_if(
         &mut self,
         id: &HoldId,
         take: impl FnOnce(&Hold) -> bool,
     ) -> Option<Hold> {
-        let (hold, indexed) = match self.young.entry(*id) {
-            Entry::Occupied(young) => {
-                if !take(young.get()) {
+        let (hold, indexed) = match self.young.remove(id) {
+            Some(hold) => {
+                if !take(&hold) {
+                    self.young.insert(*id, hold);
                     return None;
                 }
-                let hold = young.remove();
                 let indexed = self.young_expiry.remove(&(hold.expires_at_ms, *id));
                 (hold, indexed)
             }
-            Entry::Vacant(_) => {
+            None => {
                 if !take(self.old.get(id)?) {
                     return None;
                 }
