@@ -34,7 +34,9 @@ export SOLROUTER_ADMIN_TOKEN=${SOLROUTER_ADMIN_TOKEN:-$(head -c 16 /dev/urandom 
 . "$repo/loadtest/dev-with-mock.sh"
 start_split_dev_with_mock
 
-# The progress lines go to standard error; the summary is what stays on standard output.
+# The progress lines go to standard error, kept aside; the summary is what stays on
+# standard output. A failed run shows the end of its standard error (the reason).
 "$BIN_DIR/solrouter-loadtest" --gateway "$URL" --upstream "$MOCK_URL/v1" --rate "$RATE" \
     --duration-s "$DURATION_S" --accounts 16 --keys-per-account 2 \
-    --model openai/gpt-4o-mini --mix "$MIX" 2>/dev/null
+    --model openai/gpt-4o-mini --mix "$MIX" 2>"$RUN_DIR/load.err" ||
+    { status=$?; tail -n 20 "$RUN_DIR/load.err" >&2; exit "$status"; }

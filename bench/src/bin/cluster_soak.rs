@@ -150,6 +150,11 @@ async fn soak(args: &Args, processes: &mut Processes) -> anyhow::Result<()> {
         "counting the history outlasted the retained window (an expiry may have dropped \
          records of it before they were read): run with a longer --history-retention-s"
     );
+    anyhow::ensure!(
+        expected > 0 || done == rejected,
+        "no round began far enough inside the retained window to check the history: run \
+         with a longer --history-retention-s or shorter rounds (--kill-every-s)"
+    );
     anyhow::ensure!(audit.ok, "audit failed: {:?}", audit.problems);
     anyhow::ensure!(kept == expected, "the history lost or doubled records");
     Ok(())
