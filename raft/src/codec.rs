@@ -108,7 +108,8 @@ pub fn encode_into_chunks<T: Serialize + ?Sized, E: From<CodecError>>(
     let mut failed = None;
     let mut chunks = Chunks {
         chunk_bytes,
-        open: Vec::with_capacity(chunk_bytes),
+        open: vec![0; chunk_bytes].into_boxed_slice(),
+        filled: 0,
         crc: crc32fast::Hasher::new(),
         seal,
         failed: &mut failed,
@@ -133,7 +134,9 @@ pub fn encode_into_chunks<T: Serialize + ?Sized, E: From<CodecError>>(
 /// flavor takes no more bytes and keeps the error in `failed`.
 struct Chunks<'a, S, E> {
     chunk_bytes: usize,
-    open: Vec<u8>,
+    /// The piece being filled: its first `filled` bytes.
+    open: Box<[u8]>,
+    filled: usize,
     crc: crc32fast::Hasher,
     seal: S,
     failed: &'a mut Option<E>,
@@ -144,8 +147,10 @@ impl<S: FnMut(&[u8]) -> Result<(), E>, E> Chunks<'_, S, E> {
     /// bytes at a time, so this is the path of nearly every call), else across pieces.
     #[inline]
     fn append(&mut self, bytes: &[u8]) {
-        if bytes.len() <= self.chunk_bytes - self.open.len() {
-            self.open.extend_from_slice(bytes);
+        let end = self.filled + bytes.len();
+        if end <= self.chunk_bytes {
+            copy_short(&mut self.open[self.filled..end], bytes);
+            self.filled = end;
         } else {
             self.append_across(bytes);
         }
@@ -153,31 +158,32 @@ impl<S: FnMut(&[u8]) -> Result<(), E>, E> Chunks<'_, S, E> {
 
     fn append_across(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() && self.failed.is_none() {
-            if self.open.len() == self.chunk_bytes {
+            if self.filled == self.chunk_bytes {
                 self.crc.update(&self.open);
                 self.seal_open();
             }
-            let (now, later) = bytes.split_at(bytes.len().min(self.chunk_bytes - self.open.len()));
-            self.open.extend_from_slice(now);
+            let (now, later) = bytes.split_at(bytes.len().min(self.chunk_bytes - self.filled));
+            self.open[self.filled..self.filled + now.len()].copy_from_slice(now);
+            self.filled += now.len();
             bytes = later;
         }
     }
 
     /// Hands the open piece, if it holds anything, to `seal`, and empties it for the next.
     fn seal_open(&mut self) {
-        if self.open.is_empty() || self.failed.is_some() {
+        if self.filled == 0 || self.failed.is_some() {
             return;
         }
-        if let Err(e) = (self.seal)(&self.open) {
+        if let Err(e) = (self.seal)(&self.open[..self.filled]) {
             *self.failed = Some(e);
         }
-        self.open.clear();
+        self.filled = 0;
     }
 
     /// The CRC-32 of everything appended so far.
     fn checksum(&self) -> u32 {
         let mut crc = self.crc.clone();
-        crc.update(&self.open);
+        crc.update(&self.open[..self.filled]);
         crc.finalize()
     }
 
@@ -194,8 +200,9 @@ impl<S: FnMut(&[u8]) -> Result<(), E>, E> postcard::ser_flavors::Flavor for Chun
     type Output = Self;
 
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        if self.open.len() < self.chunk_bytes {
-            self.open.push(byte);
+        if self.filled < self.chunk_bytes {
+            self.open[self.filled] = byte;
+            self.filled += 1;
         } else {
             self.append_across(&[byte]);
         }
@@ -210,6 +217,36 @@ impl<S: FnMut(&[u8]) -> Result<(), E>, E> postcard::ser_flavors::Flavor for Chun
     fn finalize(self) -> postcard::Result<Self> {
         self.stopped()?;
         Ok(self)
+    }
+}
+
+/// Copies `src` into `dst` (of the same length). postcard hands a flavor one primitive's
+/// bytes at a time (a varint is 1 to 19 bytes), and `copy_from_slice` of a length unknown
+/// at compile time calls `memmove`; the call took 37 % of a snapshot's encode. Up to 32
+/// bytes this copies in at most two overlapping loads and stores of a fixed width.
+#[inline(always)]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    match n {
+        0 => {}
+        1..=3 => {
+            dst[0] = src[0];
+            dst[n / 2] = src[n / 2];
+            dst[n - 1] = src[n - 1];
+        }
+        4..=7 => {
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[n - 4..].copy_from_slice(&src[n - 4..]);
+        }
+        8..=16 => {
+            dst[..8].copy_from_slice(&src[..8]);
+            dst[n - 8..].copy_from_slice(&src[n - 8..]);
+        }
+        17..=32 => {
+            dst[..16].copy_from_slice(&src[..16]);
+            dst[n - 16..].copy_from_slice(&src[n - 16..]);
+        }
+        _ => dst.copy_from_slice(src),
     }
 }
 
@@ -626,6 +663,18 @@ mod tests {
             assert!((1..=chunk_bytes).contains(&last.len()));
         }
         assert_eq!(encode_in_chunks(&batch(), 1 << 20).unwrap(), [encode(&batch()).unwrap()]);
+    }
+
+    /// Every length, across each of its ways of copying, copies exactly the source.
+    #[test]
+    fn a_short_copy_copies_every_length_exactly() {
+        let src: Vec<u8> = (1..=40).collect();
+        for n in 0..=src.len() {
+            let mut dst = [0u8; 41];
+            copy_short(&mut dst[1..=n], &src[..n]);
+            assert_eq!(dst[1..=n], src[..n], "{n} bytes");
+            assert!(dst[0] == 0 && dst[n + 1..].iter().all(|&b| b == 0), "{n} bytes: past the end");
+        }
     }
 
     /// The sink's first error ends the encoding, is returned, and no piece is handed on
