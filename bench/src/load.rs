@@ -322,7 +322,9 @@ impl Route {
     /// The command's outcome and the number of retries it took.
     async fn submit(&mut self, command: Command) -> Result<(Outcome, u64), LedgerError> {
         match self {
-            Route::Nodes(leaders) => leaders.submit(command).await,
+            // Boxed: inline, the in-process path's future (~2 KB) sized every submitter's
+            // future, the client's included, and was copied on every submit.
+            Route::Nodes(leaders) => Box::pin(leaders.submit(command)).await,
             Route::Client(client) => submit_retrying(client, command).await,
         }
     }
