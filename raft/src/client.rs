@@ -317,8 +317,6 @@ impl GroupAccess for LedgerClient {
     async fn submit_command(&self, command: Command) -> Result<Outcome, LedgerError> {
         let reply_rx = match self.queue(command) {
             Queued::Now(reply_rx) => reply_rx,
-            // The wait for room, boxed: inline, it (the command again, a timer) made every
-            // submit's future 1.6 KB, copied whole each time it or a caller's future moved.
             Queued::WhenRoom(wait, reply_rx) => {
                 wait.await?;
                 reply_rx
@@ -360,6 +358,8 @@ impl GroupAccess for LedgerClient {
 /// whenever it or a caller's future moves, and a loaded client holds thousands).
 enum Queued<'a> {
     Now(oneshot::Receiver<Result<Outcome, LedgerError>>),
+    /// The wait for room, boxed: inline, it (the command again, a timer) made every
+    /// submit's future 1.6 KB, copied whole each time it or a caller's future moved.
     WhenRoom(
         Pin<Box<dyn Future<Output = Result<(), LedgerError>> + Send + 'a>>,
         oneshot::Receiver<Result<Outcome, LedgerError>>,

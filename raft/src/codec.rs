@@ -107,7 +107,6 @@ pub fn encode_into_chunks<T: Serialize + ?Sized, E: From<CodecError>>(
     assert!(chunk_bytes > 0, "chunks hold at least a byte");
     let mut failed = None;
     let mut chunks = Chunks {
-        chunk_bytes,
         open: vec![0; chunk_bytes].into_boxed_slice(),
         filled: 0,
         crc: crc32fast::Hasher::new(),
@@ -133,8 +132,7 @@ pub fn encode_into_chunks<T: Serialize + ?Sized, E: From<CodecError>>(
 /// full; the CRC-32 of every full piece is taken as it is sealed. After `seal` fails the
 /// flavor takes no more bytes and keeps the error in `failed`.
 struct Chunks<'a, S, E> {
-    chunk_bytes: usize,
-    /// The piece being filled: its first `filled` bytes.
+    /// The piece being filled (a piece's size): its first `filled` bytes.
     open: Box<[u8]>,
     filled: usize,
     crc: crc32fast::Hasher,
@@ -148,7 +146,7 @@ impl<S: FnMut(&[u8]) -> Result<(), E>, E> Chunks<'_, S, E> {
     #[inline]
     fn append(&mut self, bytes: &[u8]) {
         let end = self.filled + bytes.len();
-        if end <= self.chunk_bytes {
+        if end <= self.open.len() {
             copy_short(&mut self.open[self.filled..end], bytes);
             self.filled = end;
         } else {
@@ -158,11 +156,11 @@ impl<S: FnMut(&[u8]) -> Result<(), E>, E> Chunks<'_, S, E> {
 
     fn append_across(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() && self.failed.is_none() {
-            if self.filled == self.chunk_bytes {
+            if self.filled == self.open.len() {
                 self.crc.update(&self.open);
                 self.seal_open();
             }
-            let (now, later) = bytes.split_at(bytes.len().min(self.chunk_bytes - self.filled));
+            let (now, later) = bytes.split_at(bytes.len().min(self.open.len() - self.filled));
             self.open[self.filled..self.filled + now.len()].copy_from_slice(now);
             self.filled += now.len();
             bytes = later;
@@ -200,7 +198,7 @@ impl<S: FnMut(&[u8]) -> Result<(), E>, E> postcard::ser_flavors::Flavor for Chun
     type Output = Self;
 
     fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        if self.filled < self.chunk_bytes {
+        if self.filled < self.open.len() {
             self.open[self.filled] = byte;
             self.filled += 1;
         } else {
