@@ -19,10 +19,10 @@ use serde::{Deserialize, Serialize};
 use solrouter_ledger::{AccountId, KeyId, KeyKind, KeyLimits, PicoUsd, Rejection};
 use solrouter_raft::LedgerNode;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 /// The slow mock host's time to first token and pace (`mock-slow`).
 pub const MOCK_SLOW_TTFT: Duration = Duration::from_millis(100);
@@ -53,8 +53,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir().to_path_buf();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let node =
-        LedgerNode::open_single(&data_dir.join(LEDGER_DIR)).await.context("opening the ledger")?;
+    let (node, ledger_thread) = LedgerThread::open(data_dir.join(LEDGER_DIR)).await?;
     let bank = Bank::new(node.clone());
     let (stop, stopped) = watch::channel(false);
     let mock_listener =
@@ -134,7 +133,54 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = mock_task.await;
     let _ = slow_task.await;
     node.shutdown().await.context("shutting down the ledger")?;
+    ledger_thread.join().await;
     serving.context("serving")
+}
+
+/// The one-node ledger's thread, with a runtime of its own: its Raft core, batcher and
+/// state machine run there, as they would in a ledger process, instead of among the
+/// tasks that serve HTTP. Each commit passes through the core several times in turn, and
+/// among the gateway's tasks at `wrk -c50` each turn waited for a worker: the core started
+/// an append ~100 µs after it was proposed. A log write committed on its writer's thread
+/// (`IdleWrite` in the raft crate) now blocks this thread, never a worker serving HTTP.
+/// Measured in docs/benchmarks.md, "Session 53".
+struct LedgerThread {
+    stop: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl LedgerThread {
+    /// Opens the ledger in `dir` on a thread of its own.
+    async fn open(dir: PathBuf) -> anyhow::Result<(LedgerNode, LedgerThread)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the ledger's runtime")?;
+        let (opened_tx, opened) = oneshot::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("ledger".to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let _ = opened_tx.send(LedgerNode::open_single(&dir).await);
+                    // The node's tasks run until the gateway has shut it down (or it
+                    // failed to open and `stop` is gone).
+                    let _ = stopped.await;
+                });
+            })
+            .context("starting the ledger's thread")?;
+        let node = opened.await.context("the ledger's thread ended")?;
+        let node = node.context("opening the ledger")?;
+        Ok((node, LedgerThread { stop, thread }))
+    }
+
+    /// Ends the thread, after [`LedgerNode::shutdown`], and waits until it has.
+    async fn join(self) {
+        drop(self.stop);
+        let thread = self.thread;
+        // It ended by its own panic if it did not end cleanly; that was printed.
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
 }
 
 /// Creates and funds the demo account once per data directory, and prints its key.

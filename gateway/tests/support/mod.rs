@@ -14,6 +14,9 @@ use std::time::Duration;
 /// fresh sled database and electing itself takes well under a second; CI machines are
 /// slow and shared.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `solrouter dev` may take to stop after SIGTERM (its shutdown drains the
+/// history's writes and stops the ledger's thread).
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines the child prints before it listens (admin token, demo account, demo key,
 /// endpoint) fit many times over.
 const STDOUT_LINES_MAX: usize = 64;
@@ -118,6 +121,24 @@ impl Dev {
             }
         }
         dev
+    }
+
+    /// Sends SIGTERM, so its shutdown code runs, and waits until the process has exited:
+    /// its status. Fails if it has not exited within `STOP_TIMEOUT`.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for solrouter") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running {STOP_TIMEOUT:?} after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Kills the process with SIGKILL (no shutdown code runs) and reaps it.
