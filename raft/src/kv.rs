@@ -346,21 +346,22 @@ fn write_loop(
     deferred: &DeferredWrites,
     mut commit: impl FnMut(&mut [WriteRequest]) -> Result<(), String>,
 ) {
+    let mut requests = Vec::new();
     while let Some(request) = writes_rx.blocking_recv() {
-        let mut round = vec![request];
-        while round.len() < WRITES_PER_COMMIT_MAX {
+        requests.push(request);
+        while requests.len() < WRITES_PER_COMMIT_MAX {
             match writes_rx.try_recv() {
-                Ok(request) => round.push(request),
+                Ok(request) => requests.push(request),
                 Err(_) => break,
             }
         }
         // Its writers are told the result.
-        let _ = commit_round(&mut commit, round, deferred.take());
+        let _ = commit_round(&mut commit, std::mem::take(&mut requests), deferred.take());
     }
     // Every handle is gone: what was deferred goes in a last, volatile, round.
     let waiting = deferred.take();
-    if !waiting.is_empty() {
-        let _ = commit_round(&mut commit, Vec::new(), waiting);
+    if !requests.is_empty() || !waiting.is_empty() {
+        let _ = commit_round(&mut commit, requests, waiting);
     }
 }
 
