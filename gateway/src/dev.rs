@@ -141,8 +141,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// state machine run there, as they would in a ledger process, instead of among the
 /// tasks that serve HTTP. Each commit passes through the core several times in turn, and
 /// among the gateway's tasks at `wrk -c50` each turn waited for a worker: the core started
-/// an append ~100 µs after it was proposed. A log write committed on its writer's thread
-/// (`IdleWrite` in the raft crate) now blocks this thread, never a worker serving HTTP.
+/// an append ~100 µs after it was proposed.
 /// Measured in docs/benchmarks.md, "Session 53".
 struct LedgerThread {
     stop: oneshot::Sender<()>,

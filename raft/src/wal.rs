@@ -32,7 +32,7 @@
 //! refused with an error naming it. One process at a time: the directory's `LOCK` file is
 //! locked while the store is open.
 
-use crate::kv::{Durability, IdleWrite, KvBatch, KvTree, StoreWriter, WriteRequest};
+use crate::kv::{Durability, KvBatch, KvTree, StoreWriter, WriteRequest};
 use foldhash::HashMap;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -101,7 +101,7 @@ struct Location {
 
 type Table = table::Table<Location>;
 
-/// Every live key by tree; written only by the commit (and the replay at open).
+/// Every live key by tree; written only by the writer thread (and the replay at open).
 #[derive(Default)]
 struct Index {
     tables: HashMap<Arc<str>, Table>,
@@ -122,8 +122,7 @@ pub struct WalTree {
     table: Arc<str>,
 }
 
-/// The committing side (the writer thread's, or an idle write's writer's, one at a time:
-/// [`StoreWriter`]): the segments and how much of each is live.
+/// The writer thread's side: the segments and how much of each is live.
 struct Wal {
     dir: PathBuf,
     /// [`WAL_SEGMENT_BYTES`] but in tests.
@@ -205,8 +204,7 @@ impl WalStore {
         })?;
         let mut wal = Wal::replay(dir, lock, segment_bytes)?;
         let index = Arc::clone(&wal.index);
-        let commit = move |round: &mut [WriteRequest]| wal.commit(round);
-        let writer = StoreWriter::spawn("wal-writer", IdleWrite::CommittedByWriter, commit)?;
+        let writer = StoreWriter::spawn("wal-writer", move |round| wal.commit(round))?;
         Ok(WalStore { index, writer })
     }
 
