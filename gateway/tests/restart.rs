@@ -7,6 +7,25 @@ use serde_json::json;
 
 #[tokio::test]
 async fn sigkill_and_restart_loses_nothing() {
+    restart_loses_nothing(Stop::Kill).await;
+}
+
+/// SIGTERM stops dev within its deadline and with success: the gateway, the mock, the
+/// ledger and the ledger's own thread all end.
+#[tokio::test]
+async fn sigterm_stops_dev_and_a_restart_loses_nothing() {
+    restart_loses_nothing(Stop::Terminate).await;
+}
+
+/// How the first process is stopped before the restart.
+enum Stop {
+    /// SIGKILL: no shutdown code runs.
+    Kill,
+    /// SIGTERM: the shutdown must finish, with success.
+    Terminate,
+}
+
+async fn restart_loses_nothing(stop: Stop) {
     let dir = data_dir();
     let first = Dev::start(&path(&dir), &[]);
     let key = first.demo_key.clone().expect("demo key");
@@ -28,7 +47,13 @@ async fn sigkill_and_restart_loses_nothing() {
     let keys = [key.clone(), other_key.clone()];
     let before = snapshot(&first, &account, &ids, &keys).await;
     let demo_account = first.demo_account.clone();
-    first.kill();
+    match stop {
+        Stop::Kill => first.kill(),
+        Stop::Terminate => {
+            let exited = first.terminate().await;
+            assert!(exited.success(), "solrouter dev exited with {exited} after SIGTERM");
+        }
+    }
 
     let second = Dev::start(&path(&dir), &[]);
     assert_eq!(second.demo_key, None, "a restart must not create a second demo account");
@@ -46,36 +71,6 @@ async fn sigkill_and_restart_loses_nothing() {
         second.chat(&other_key, &json!({"model": "mock/echo", "messages": user("again")})).await.0,
         200
     );
-    second.audit_ok().await;
-}
-
-/// SIGTERM stops dev within its deadline and with success: the gateway, the mock, the
-/// ledger and the ledger's own thread all end. A restart then finds what the first run
-/// had.
-#[tokio::test]
-async fn sigterm_stops_dev_and_a_restart_loses_nothing() {
-    let dir = data_dir();
-    let first = Dev::start(&path(&dir), &[]);
-    let key = first.demo_key.clone().expect("demo key");
-    let (account, other_key) = first.funded_account("2.50").await;
-    let keys = [key.clone(), other_key];
-    let mut ids = Vec::new();
-    for key in &keys {
-        let request = json!({"model": "mock/echo", "messages": user("stop me")});
-        let (status, answer) = first.chat(key, &request).await;
-        assert_eq!(status, 200);
-        ids.push(answer["id"].as_str().expect("id").to_owned());
-    }
-    let ids: [String; 2] = ids.try_into().expect("two answers");
-    let before = snapshot(&first, &account, &ids, &keys).await;
-    let exited = first.terminate().await;
-    assert!(exited.success(), "solrouter dev exited with {exited} after SIGTERM");
-
-    let second = Dev::start(&path(&dir), &[]);
-    assert_eq!(snapshot(&second, &account, &ids, &keys).await, before);
-    let (status, _) =
-        second.chat(&key, &json!({"model": "mock/echo", "messages": user("again")})).await;
-    assert_eq!(status, 200);
     second.audit_ok().await;
 }
 
