@@ -97,12 +97,9 @@ impl Process {
         }
     }
 
-    /// SIGTERM, and waits until the process exited: its shutdown code runs.
+    /// Stops the process with SIGTERM: see [`crate::support::terminate`].
     pub fn terminate(&mut self) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
-        let exited = self.child.wait().expect("waiting for the process");
-        assert!(exited.success(), "solrouter exited with {exited} after SIGTERM");
+        crate::support::terminate(&mut self.child);
     }
 
     /// SIGKILL: no shutdown code runs.

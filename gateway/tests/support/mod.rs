@@ -123,22 +123,9 @@ impl Dev {
         dev
     }
 
-    /// Sends SIGTERM, so its shutdown code runs, and waits until the process has exited:
-    /// its status. Fails if it has not exited within `STOP_TIMEOUT`.
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
-        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for solrouter") {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "still running {STOP_TIMEOUT:?} after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    /// Stops the process with SIGTERM: see [`terminate`].
+    pub fn terminate(mut self) {
+        terminate(&mut self.child);
     }
 
     /// Kills the process with SIGKILL (no shutdown code runs) and reaps it.
@@ -287,6 +274,26 @@ impl Drop for Dev {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `child` SIGTERM, so its shutdown code runs, and waits until it has exited, with
+/// success. Fails if it has not exited within `STOP_TIMEOUT`, so a shutdown that hangs
+/// fails its test instead of hanging the run.
+pub fn terminate(child: &mut Child) {
+    let pid = rustix::process::Pid::from_child(child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+    let exited = loop {
+        if let Some(status) = child.try_wait().expect("waiting for solrouter") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running {STOP_TIMEOUT:?} after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exited.success(), "solrouter exited with {exited} after SIGTERM");
 }
 
 /// A response body as JSON; `null` when it is not JSON.
