@@ -11,7 +11,7 @@ use std::future::Future;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use tokio::sync::{mpsc, oneshot};
 
 /// Writes of one [`KvTree::write`]: a key and the value to insert, or `None` to remove it.
@@ -122,6 +122,8 @@ const WRITES_QUEUED_MAX: usize = 4096;
 /// across the trees and groups of a node), so one huge queue cannot delay the first
 /// writer for long; as many deferred writes may wait beside the queue and join it.
 const WRITES_PER_COMMIT_MAX: usize = 1024;
+/// What every write of a store is told once one of its commits has panicked.
+const COMMIT_PANICKED: &str = "a commit of this store panicked";
 
 /// A node's redb database, written by one thread of its own. Every write goes through that
 /// thread, which takes whatever writes are queued, applies them in one transaction and
@@ -142,11 +144,41 @@ pub struct RedbStore {
 
 /// The queue in front of a store's writer thread (the redb database's, the WAL's): each
 /// round of queued writes is committed at once, `Deferred` writes waiting for a round
-/// with another write in it. Cheap to clone; the thread ends when the last clone is gone.
+/// with another write in it; a write that finds the writer idle may be committed by its
+/// writer instead ([`IdleWrite`]). Rounds are committed one at a time, under a lock, so a
+/// crash keeps a prefix of them. Cheap to clone; the thread ends when the last clone is
+/// gone.
 #[derive(Clone)]
 pub(crate) struct StoreWriter {
     writes_tx: mpsc::Sender<WriteRequest>,
     deferred: Arc<DeferredWrites>,
+    /// The store's commit: run by the writer thread for each round, and by a writer
+    /// itself for a write that finds the writer idle, if `idle_write` says so.
+    commit: Arc<Mutex<Commit>>,
+    idle_write: IdleWrite,
+}
+
+type Commit = Box<dyn FnMut(&mut [WriteRequest]) -> Result<(), String> + Send>;
+
+/// Who commits a write to the log ([`crate::WalStore`]) that finds its writer idle:
+/// nothing queued and no round being committed. Chosen by [`crate::NodeOptions`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum IdleWrite {
+    /// The writer thread, as every other write. A ledger process keeps this: its groups'
+    /// cores, replication and heartbeats share two tokio workers, and a worker blocked for
+    /// a sync holds back a task it had just woken; a write committed by its writer there
+    /// coincided with a group's leadership going by election instead of a hand-over under
+    /// CI's load (docs/benchmarks.md, "Session 53"). A redb store (snapshots, whose commits
+    /// can take seconds) always queues.
+    #[default]
+    Queued,
+    /// The writer, on its own thread, blocked for the commit (one `pwrite` and one
+    /// `fdatasync`), in a round of its own with whatever deferred writes wait: no hand-off
+    /// to the writer thread and back, each of which woke a sleeping thread (31 and 35 µs
+    /// beside a 0.16-ms sync on `solrouter dev`'s path at 2,000 requests/s). For a node
+    /// whose tasks have a thread of their own with nothing beside them that must be
+    /// timely: `solrouter dev`'s one-node ledger (docs/benchmarks.md, "Session 54").
+    CommittedByWriter,
 }
 
 /// `Deferred` writes wait here, beside the queue rather than in it, so that queuing one
@@ -156,7 +188,8 @@ pub(crate) struct StoreWriter {
 /// "Session 24"). The writer takes them with the next round that holds another write.
 #[derive(Default)]
 struct DeferredWrites {
-    /// At most [`WRITES_PER_COMMIT_MAX`]; beyond, a deferred write goes through the queue.
+    /// At most [`WRITES_PER_COMMIT_MAX`]; beyond, a deferred write is written as a
+    /// volatile one.
     waiting: Mutex<Vec<WriteRequest>>,
     /// The order writes were issued in, deferred or not: a round is committed in it, so a
     /// deferred write taken with a round lands after the writes issued before it.
@@ -177,7 +210,8 @@ pub(crate) struct WriteRequest {
     pub(crate) made: Option<MakeWrites>,
     pub(crate) durability: Durability,
     /// Where the commit's result goes; `None` for a `Deferred` write, whose writer does
-    /// not wait (a failed commit fails the non-deferred write it was committed with).
+    /// not wait (a failed commit fails the non-deferred write it was committed with), and
+    /// for a write its writer commits (it has the result at hand).
     done: Option<oneshot::Sender<Result<(), String>>>,
     /// When it was issued, among its store's writes.
     seq: u64,
@@ -185,19 +219,28 @@ pub(crate) struct WriteRequest {
 
 impl StoreWriter {
     /// Starts the thread `name`, which hands every round of queued writes to `commit`
-    /// (never an empty round, never one of only `Deferred` writes unless it is full or
-    /// the last) and tells their writers its result.
+    /// (never an empty round, never one of only `Deferred` writes but the last) and tells
+    /// their writers its result; a write that finds the writer idle is committed as
+    /// `idle_write` says.
     pub(crate) fn spawn(
         name: &str,
+        idle_write: IdleWrite,
         commit: impl FnMut(&mut [WriteRequest]) -> Result<(), String> + Send + 'static,
     ) -> std::io::Result<StoreWriter> {
         let (writes_tx, writes_rx) = mpsc::channel(WRITES_QUEUED_MAX);
         let deferred = Arc::<DeferredWrites>::default();
         let waiting = Arc::clone(&deferred);
-        std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || write_loop(writes_rx, &waiting, commit))?;
-        Ok(StoreWriter { writes_tx, deferred })
+        let commit: Arc<Mutex<Commit>> = Arc::new(Mutex::new(Box::new(commit)));
+        let committer = Arc::clone(&commit);
+        std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+            // A commit that panicked on a writer's thread leaves the store as broken as
+            // one that panicked here: every later round fails.
+            write_loop(writes_rx, &waiting, |round| match committer.lock() {
+                Ok(mut commit) => commit(round),
+                Err(_) => Err(COMMIT_PANICKED.to_owned()),
+            });
+        })?;
+        Ok(StoreWriter { writes_tx, deferred, commit, idle_write })
     }
 
     /// Queues `batch` for `table` and waits as far as `durability` says.
@@ -229,28 +272,38 @@ impl StoreWriter {
         made: Option<MakeWrites>,
         durability: Durability,
     ) -> Result<(), String> {
-        let (done, done_rx) = match durability {
-            Durability::Deferred => (None, None),
-            Durability::Volatile | Durability::Durable => {
-                let (done, done_rx) = oneshot::channel();
-                (Some(done), Some(done_rx))
-            }
-        };
         let seq = self.deferred.next_seq.fetch_add(1, Ordering::Relaxed);
-        let request = WriteRequest { table: Arc::clone(table), batch, made, durability, done, seq };
+        let table = Arc::clone(table);
+        let mut request = WriteRequest { table, batch, made, durability, done: None, seq };
         if durability == Durability::Deferred {
             let mut waiting = self.deferred.waiting.lock().unwrap_or_else(PoisonError::into_inner);
             if waiting.len() < WRITES_PER_COMMIT_MAX {
                 waiting.push(request);
                 return Ok(());
             }
+            // Too many wait (a stall): this one is written as a volatile write, waited
+            // for, which holds its writer back. So no deferred write is ever queued, and
+            // every round, the writer thread's or a writer's own, takes them all.
+            request.durability = Durability::Volatile;
         }
+        if self.idle_write == IdleWrite::CommittedByWriter
+            && self.writes_tx.capacity() == WRITES_QUEUED_MAX
+        {
+            // Nothing queued; the lock is free unless a round is being committed. Writes
+            // queued after this check wait for the lock, behind this round.
+            match self.commit.try_lock() {
+                Ok(mut commit) => {
+                    return commit_round(&mut *commit, vec![request], self.deferred.take());
+                }
+                Err(TryLockError::Poisoned(_)) => return Err(COMMIT_PANICKED.to_owned()),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        let (done, done_rx) = oneshot::channel();
+        request.done = Some(done);
         let closed = || "the store's writer thread is gone".to_owned();
         self.writes_tx.send(request).await.map_err(|_| closed())?;
-        match done_rx {
-            Some(done_rx) => done_rx.await.map_err(|_| closed())?,
-            None => Ok(()),
-        }
+        done_rx.await.map_err(|_| closed())?
     }
 }
 
@@ -269,7 +322,7 @@ impl RedbStore {
     pub fn open(path: &Path, cache_bytes: usize) -> Result<RedbStore, redb::DatabaseError> {
         let db = Arc::new(redb::Builder::new().set_cache_size(cache_bytes).create(path)?);
         let committed = Arc::clone(&db);
-        let writer = StoreWriter::spawn("redb-writer", move |round| {
+        let writer = StoreWriter::spawn("redb-writer", IdleWrite::Queued, move |round| {
             // redb's errors are not `Clone`: every writer of the round gets the message.
             commit(&committed, round).map_err(|e| e.to_string())
         })
@@ -291,8 +344,7 @@ impl RedbStore {
 }
 
 /// The writer thread: one commit per round of queued writes, until every handle is gone.
-/// `Deferred` writes wait, beside the queue (or in it, when too many wait beside it), for
-/// the next round that holds another write (or fills up), so they share its commit; a
+/// `Deferred` writes wait beside the queue for the next round, so they share its commit; a
 /// round is committed in the order its writes were issued. A panicking commit ends the
 /// thread: its writers, and every later one, see the channel closed.
 fn write_loop(
@@ -300,35 +352,31 @@ fn write_loop(
     deferred: &DeferredWrites,
     mut commit: impl FnMut(&mut [WriteRequest]) -> Result<(), String>,
 ) {
-    let mut requests = Vec::new();
     while let Some(request) = writes_rx.blocking_recv() {
-        requests.push(request);
-        while requests.len() < WRITES_PER_COMMIT_MAX {
+        let mut round = vec![request];
+        while round.len() < WRITES_PER_COMMIT_MAX {
             match writes_rx.try_recv() {
-                Ok(request) => requests.push(request),
+                Ok(request) => round.push(request),
                 Err(_) => break,
             }
         }
-        let only_deferred = requests.iter().all(|r| r.durability == Durability::Deferred);
-        if only_deferred && requests.len() < WRITES_PER_COMMIT_MAX {
-            continue;
-        }
-        commit_round(&mut commit, std::mem::take(&mut requests), deferred.take());
+        // Its writers are told the result.
+        let _ = commit_round(&mut commit, round, deferred.take());
     }
     // Every handle is gone: what was deferred goes in a last, volatile, round.
     let waiting = deferred.take();
-    if !requests.is_empty() || !waiting.is_empty() {
-        commit_round(&mut commit, requests, waiting);
+    if !waiting.is_empty() {
+        let _ = commit_round(&mut commit, Vec::new(), waiting);
     }
 }
 
 /// Commits `round` with the deferred writes that waited beside the queue, in the order
-/// they were all issued, and tells their writers.
+/// they were all issued, tells their writers and returns the result.
 fn commit_round(
     commit: &mut impl FnMut(&mut [WriteRequest]) -> Result<(), String>,
     mut round: Vec<WriteRequest>,
     waiting: Vec<WriteRequest>,
-) {
+) -> Result<(), String> {
     if !waiting.is_empty() {
         round.extend(waiting);
         round.sort_unstable_by_key(|request| request.seq);
@@ -339,6 +387,7 @@ fn commit_round(
         // A writer that gave up waiting has dropped its receiver; nothing to tell it.
         let _ = done.send(result.clone());
     }
+    result
 }
 
 /// Every table maps byte strings to byte strings.
@@ -498,7 +547,7 @@ mod tests {
     async fn a_deferred_write_waits_beside_the_queue_and_keeps_its_place() {
         let (rounds_tx, rounds_rx) = std::sync::mpsc::sync_channel::<Vec<String>>(1);
         let (go_tx, go_rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let writer = StoreWriter::spawn("test-writer", move |round| {
+        let writer = StoreWriter::spawn("test-writer", IdleWrite::Queued, move |round| {
             rounds_tx.send(round.iter().map(|r| r.table.to_string()).collect()).unwrap();
             go_rx.recv().unwrap();
             Ok(())
@@ -522,5 +571,46 @@ mod tests {
         first.await.unwrap().unwrap();
         second.await.unwrap().unwrap();
         assert!(writer.deferred.waiting.lock().unwrap().is_empty());
+    }
+
+    /// A write that finds its store's writer idle is committed on its writer's own thread,
+    /// with the deferred writes issued before it, and returns the commit's result; one that
+    /// finds a round being committed (its lock held here) goes through the writer thread.
+    #[tokio::test]
+    async fn an_idle_write_is_committed_on_its_writers_thread() {
+        // Each round is read before the next is committed.
+        let (rounds_tx, rounds_rx) =
+            std::sync::mpsc::sync_channel::<(Vec<String>, Option<String>)>(1);
+        let commit = move |round: &mut [WriteRequest]| {
+            let tables: Vec<String> = round.iter().map(|r| r.table.to_string()).collect();
+            let refused = tables.iter().any(|table| table == "refused");
+            rounds_tx.send((tables, std::thread::current().name().map(str::to_owned))).unwrap();
+            if refused {
+                Err("refused".to_owned())
+            } else {
+                Ok(())
+            }
+        };
+        let writer = StoreWriter::spawn("test-writer", IdleWrite::CommittedByWriter, commit);
+        let writer = writer.unwrap();
+        let this_thread = std::thread::current().name().map(str::to_owned);
+        let (deferred, refused, queued) =
+            (Arc::from("deferred"), Arc::from("refused"), Arc::from("queued"));
+        writer.write(&deferred, Vec::new(), Durability::Deferred).await.unwrap();
+        let written = writer.write(&refused, Vec::new(), Durability::Durable).await;
+        assert_eq!(written, Err("refused".to_owned()));
+        let (tables, thread) = rounds_rx.try_recv().expect("committed before it returned");
+        assert_eq!(tables, ["deferred", "refused"]);
+        assert_eq!(thread, this_thread, "on the writer's thread");
+
+        let round_in_progress = writer.commit.lock().unwrap();
+        let mut write = std::pin::pin!(writer.write(&queued, Vec::new(), Durability::Volatile));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(write.as_mut().poll(&mut cx).is_pending(), "queued for the writer thread");
+        drop(round_in_progress);
+        write.await.unwrap();
+        let (tables, thread) = rounds_rx.recv().unwrap();
+        assert_eq!(tables, ["queued"]);
+        assert_eq!(thread.as_deref(), Some("test-writer"));
     }
 }

@@ -65,6 +65,7 @@ pub use history::{
     HISTORY_EXPIRE_INTERVAL, HISTORY_EXPORT_PAGE_MAX, HISTORY_PAGE_MAX, HISTORY_RETENTION_DEFAULT,
     HISTORY_SCAN_MAX,
 };
+pub use kv::IdleWrite;
 pub use kv::{
     Durability, KvBatch, KvPair, KvTree, MakeWrites, PutWrite, RedbStore, RedbTree,
     REDB_CACHE_BYTES, REDB_SNAPSHOT_CACHE_BYTES,

@@ -16,7 +16,8 @@ use crate::grpc_network::{GrpcNetwork, RaftRpcServer};
 use crate::history::{self, History, HistoryStats, HISTORY_FILE, HISTORY_RETENTION_DEFAULT};
 use crate::incarnation::{self, Identity, IDENTITY_TREE};
 use crate::kv::{
-    Durability, KvTree, NodeStores, RedbStore, REDB_CACHE_BYTES, REDB_SNAPSHOT_CACHE_BYTES,
+    Durability, IdleWrite, KvTree, NodeStores, RedbStore, REDB_CACHE_BYTES,
+    REDB_SNAPSHOT_CACHE_BYTES,
 };
 use crate::leadership::{self, Leadership, OverGrpc};
 use crate::membership;
@@ -149,6 +150,7 @@ pub struct NodeOptions {
     entries_kept_after_snapshot: u64,
     history_retention: Duration,
     log_dir: Option<PathBuf>,
+    idle_log_write: IdleWrite,
 }
 
 /// Counters of one group on one node since it was opened, for tests, metrics and health.
@@ -226,6 +228,12 @@ impl NodeOptions {
         NodeOptions { log_dir: Some(log_dir), ..self }
     }
 
+    /// Who commits a write to the log that finds its writer idle (default
+    /// [`IdleWrite::Queued`], the writer thread): see [`IdleWrite`].
+    pub fn with_idle_log_write(self, idle_log_write: IdleWrite) -> NodeOptions {
+        NodeOptions { idle_log_write, ..self }
+    }
+
     pub fn snapshot_every_entries(&self) -> u64 {
         self.snapshot_every_entries
     }
@@ -242,6 +250,7 @@ impl Default for NodeOptions {
             entries_kept_after_snapshot: ENTRIES_KEPT_AFTER_SNAPSHOT,
             history_retention: HISTORY_RETENTION_DEFAULT,
             log_dir: None,
+            idle_log_write: IdleWrite::Queued,
         }
     }
 }
@@ -281,7 +290,7 @@ impl LedgerNode {
         data_dir: &Path,
         options: &NodeOptions,
     ) -> Result<LedgerNode, LedgerError> {
-        let stores = open_stores(data_dir, options.log_dir.as_deref()).await?;
+        let stores = open_stores(data_dir, options).await?;
         let identity = open_identity(&stores.log, data_dir, SINGLE_NODE_ID).await?;
         let history =
             History::open(&data_dir.join(HISTORY_FILE), options.history_retention).await?;
@@ -344,7 +353,7 @@ impl LedgerNode {
         let listener = tokio::net::TcpListener::bind(config.listen())
             .await
             .map_err(|e| LedgerError::storage("binding the ledger endpoint", e))?;
-        let stores = open_stores(data_dir, options.log_dir.as_deref()).await?;
+        let stores = open_stores(data_dir, options).await?;
         // Checked before a fresh identity is written, so a refused directory stays empty.
         let identities = stores.log.tree(IDENTITY_TREE);
         let stored = incarnation::load(&identities, config.id())
@@ -830,7 +839,7 @@ const SLED_FILES: [&str; 2] = ["conf", "db"];
 /// open: a node that was just shut down or dropped in this process closes them only when
 /// openraft's storage tasks finish. A data directory written by sled is refused; a log an
 /// older build kept in redb is moved into the log store.
-async fn open_stores(data_dir: &Path, log_dir: Option<&Path>) -> Result<NodeStores, LedgerError> {
+async fn open_stores(data_dir: &Path, options: &NodeOptions) -> Result<NodeStores, LedgerError> {
     if SLED_FILES.iter().all(|name| data_dir.join(name).exists()) {
         return Err(LedgerError::storage(
             "opening the data directory",
@@ -844,9 +853,9 @@ async fn open_stores(data_dir: &Path, log_dir: Option<&Path>) -> Result<NodeStor
     }
     std::fs::create_dir_all(data_dir)
         .map_err(|e| LedgerError::storage("creating the data directory", e))?;
-    let log_dir = log_dir_of(data_dir, log_dir)?;
+    let log_dir = log_dir_of(data_dir, options.log_dir.as_deref())?;
     let log = retry_while_open(
-        || WalStore::open(&log_dir),
+        || WalStore::open_with(&log_dir, options.idle_log_write),
         |e| e.kind() == std::io::ErrorKind::WouldBlock,
     )
     .await?;

@@ -32,7 +32,7 @@
 //! refused with an error naming it. One process at a time: the directory's `LOCK` file is
 //! locked while the store is open.
 
-use crate::kv::{Durability, KvBatch, KvTree, StoreWriter, WriteRequest};
+use crate::kv::{Durability, IdleWrite, KvBatch, KvTree, StoreWriter, WriteRequest};
 use foldhash::HashMap;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -101,7 +101,7 @@ struct Location {
 
 type Table = table::Table<Location>;
 
-/// Every live key by tree; written only by the writer thread (and the replay at open).
+/// Every live key by tree; written only by the commit (and the replay at open).
 #[derive(Default)]
 struct Index {
     tables: HashMap<Arc<str>, Table>,
@@ -122,7 +122,8 @@ pub struct WalTree {
     table: Arc<str>,
 }
 
-/// The writer thread's side: the segments and how much of each is live.
+/// The committing side (the writer thread's, or an idle write's writer's, one at a time:
+/// [`StoreWriter`]): the segments and how much of each is live.
 struct Wal {
     dir: PathBuf,
     /// [`WAL_SEGMENT_BYTES`] but in tests.
@@ -183,11 +184,21 @@ impl WalStore {
     /// its writer thread. Fails with `ErrorKind::WouldBlock` while another handle, in this
     /// process or another, has it open.
     pub fn open(dir: &Path) -> Result<WalStore, Error> {
-        WalStore::open_with(dir, WAL_SEGMENT_BYTES)
+        WalStore::open_with(dir, IdleWrite::Queued)
     }
 
-    /// [`WalStore::open`] with segments of `segment_bytes` (tests make them small).
-    fn open_with(dir: &Path, segment_bytes: u64) -> Result<WalStore, Error> {
+    /// [`WalStore::open`], a write that finds the writer idle committed as `idle_write`
+    /// says.
+    pub fn open_with(dir: &Path, idle_write: IdleWrite) -> Result<WalStore, Error> {
+        WalStore::open_sized(dir, WAL_SEGMENT_BYTES, idle_write)
+    }
+
+    /// [`WalStore::open_with`] with segments of `segment_bytes` (tests make them small).
+    fn open_sized(
+        dir: &Path,
+        segment_bytes: u64,
+        idle_write: IdleWrite,
+    ) -> Result<WalStore, Error> {
         std::fs::create_dir_all(dir)?;
         // The directory's own entry, so that a power loss cannot take the whole log away
         // after its first durable write.
@@ -204,7 +215,8 @@ impl WalStore {
         })?;
         let mut wal = Wal::replay(dir, lock, segment_bytes)?;
         let index = Arc::clone(&wal.index);
-        let writer = StoreWriter::spawn("wal-writer", move |round| wal.commit(round))?;
+        let commit = move |round: &mut [WriteRequest]| wal.commit(round);
+        let writer = StoreWriter::spawn("wal-writer", idle_write, commit)?;
         Ok(WalStore { index, writer })
     }
 
@@ -650,7 +662,7 @@ mod tests {
     /// Opens `dir` once the previous handle's writer thread has let go of it.
     async fn reopen(dir: &Path, segment_bytes: u64) -> WalStore {
         for _ in 0..200 {
-            match WalStore::open_with(dir, segment_bytes) {
+            match WalStore::open_sized(dir, segment_bytes, IdleWrite::Queued) {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
@@ -751,7 +763,7 @@ mod tests {
     #[tokio::test]
     async fn a_torn_tail_is_cut_off_and_other_damage_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = WalStore::open_with(dir.path(), 256).unwrap();
+        let store = WalStore::open_sized(dir.path(), 256, IdleWrite::Queued).unwrap();
         let log = store.tree("0/log");
         for n in 0u8..20 {
             log.write(vec![put(&[n], &[n; 40])], Durability::Durable).await.unwrap();
@@ -827,7 +839,7 @@ mod tests {
 
     async fn reopen_error(dir: &Path) -> String {
         for _ in 0..200 {
-            match WalStore::open_with(dir, 256) {
+            match WalStore::open_sized(dir, 256, IdleWrite::Queued) {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
@@ -841,12 +853,14 @@ mod tests {
     /// A log written and purged as Raft does (entries appended, the oldest removed, a vote
     /// and an identity written once) keeps a bounded number of segments: old ones are
     /// compacted, their few live values written again. Reopened, it reads the same. Its
-    /// index is a run throughout (no key stored per entry), the vote's tree keyed.
+    /// index is a run throughout (no key stored per entry), the vote's tree keyed. Its
+    /// writes are committed on the test's thread, as `solrouter dev`'s are: compactions too.
     #[tokio::test]
     async fn purged_segments_are_deleted_and_live_values_kept() {
         const SEGMENT: u64 = 1024;
         let dir = tempfile::tempdir().unwrap();
-        let store = WalStore::open_with(dir.path(), SEGMENT).unwrap();
+        let store =
+            WalStore::open_sized(dir.path(), SEGMENT, IdleWrite::CommittedByWriter).unwrap();
         let (log, node) = (store.tree("0/log"), store.tree("node"));
         // Two live values in the first segment, each more than a round moves
         // (`COMPACT_ROUND_FRACTION`), together few enough to be moved (`COMPACT_LIVE_FRACTION`).
