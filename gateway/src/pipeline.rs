@@ -120,7 +120,8 @@ pub async fn accept(
 /// settle or release: `work` runs in the caller's task until it answers through
 /// `reply`; whatever it still has to do then (a stream's relay and settle), or when the
 /// caller is dropped first, goes on in a task of its own. A plain answer, settled
-/// before it is sent, so spawns nothing.
+/// before it is sent, so spawns nothing; nor does a stream that arrived whole
+/// (`relay::Head`).
 pub async fn detached<Work, Running>(work: Work) -> Result<Response, ApiError>
 where
     Work: FnOnce(Reply) -> Running,

@@ -22,6 +22,8 @@ use crate::upstream::{self, next_chunk, Deadlines};
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use solrouter_ledger::PicoUsd;
+use std::future::Future;
+use std::task::Poll;
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
@@ -41,6 +43,9 @@ const STATUS_CLIENT_CLOSED: u16 = 499;
 pub const DRAIN_TIME_MAX: Duration = Duration::from_secs(15);
 /// Most upstream bytes read after the client left.
 pub const DRAIN_BYTES_MAX: u64 = 4 << 20;
+/// Most encoded bytes held back with a stream's head while upstream has more at hand
+/// (see [`Head`]): a long answer that arrived whole starts going out past this.
+const HELD_BYTES_MAX: usize = 16 << 10;
 
 /// An upstream stream that has produced its first translated chunks (or ended cleanly)
 /// and can be committed to the client.
@@ -140,8 +145,9 @@ enum End {
     ClientGone,
 }
 
-/// Commits the response, relays the stream, settles, and ends the stream with the
-/// usage chunk (or an error event).
+/// Commits the response (its head at the first wait for upstream, or with the whole
+/// answer: `Head`), relays the stream, settles, and ends the stream with the usage
+/// chunk (or an error event).
 pub async fn run(
     app: &'static App,
     context: &RequestContext,
@@ -153,10 +159,15 @@ pub async fn run(
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER_EVENTS);
     let id = context.id();
     let mut encoder = context.codec.encoder(&context.answer(&id, model), stream.native.is_some());
-    // A client that left before the head was sent shows up as a failed send below.
-    let _ = reply.send(Ok(respond::event_stream(receiver)));
+    let mut head = Head(Some((reply, respond::event_stream(receiver))));
     let mut delivered = Delivered::default();
-    let end = pump(&mut stream, &sender, encoder.as_mut(), &mut delivered).await;
+    // What was encoded but not sent: a held stream's whole answer (see `Head`).
+    let mut out = BytesMut::new();
+    let mut end =
+        pump(&mut stream, &sender, encoder.as_mut(), &mut delivered, &mut head, &mut out).await;
+    if head.client_gone() {
+        end = End::ClientGone;
+    }
     match &end {
         End::Failed(error) => app.health.record_broken(model, is_outage(error)),
         End::Complete => {
@@ -194,13 +205,46 @@ pub async fn run(
         observe_cost(model, cost);
         (billed.usage, cost)
     };
-    let mut tail = BytesMut::new();
+    let mut tail = out;
     match end {
         End::Complete => encoder.finish(&usage, cost, &mut tail),
         End::Failed(error) => encoder.fail(&ApiError::upstream(&error), &usage, cost, &mut tail),
         End::ClientGone => return,
     }
     let _ = sender.send_timeout(tail.freeze(), CLIENT_WRITE_TIMEOUT).await;
+    // A held head goes out with the whole body behind it, ended.
+    drop(sender);
+    head.send();
+}
+
+/// A stream's response until it is sent, and where it goes. It is held while the upstream
+/// stream has more at hand without a wait (and less than [`HELD_BYTES_MAX`] is encoded):
+/// an answer that arrived whole (a short one, or a fast provider's) then goes out after
+/// its settle, head, chunks and usage in one write, instead of the head and chunks at once
+/// and the usage in a second write after the settle. The client waits for the usage
+/// either way; the stream's first byte comes one settle later. On `wrk -c50` through
+/// `solrouter dev` that was one write and one wake-up of the client and of the
+/// connection's task fewer a stream, and no task spawned to finish it (docs/benchmarks.md,
+/// "Session 54"). A stream that makes the gateway wait sends its head at the first wait.
+struct Head(Option<(Reply, respond::Response)>);
+
+impl Head {
+    fn is_held(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Sends the head if it is still held (a client gone meanwhile is noticed by
+    /// `client_gone`, or by the body's failed sends).
+    fn send(&mut self) {
+        if let Some((reply, response)) = self.0.take() {
+            let _ = reply.send(Ok(response));
+        }
+    }
+
+    /// Held, and its client gone: the request's caller dropped its answer.
+    fn client_gone(&self) -> bool {
+        self.0.as_ref().is_some_and(|(reply, _)| reply.is_closed())
+    }
 }
 
 /// After the client left: reads the rest of the upstream stream, relaying nothing, so
@@ -228,31 +272,53 @@ async fn drain(stream: &mut OpenStream) -> bool {
     complete
 }
 
-/// Moves chunks from upstream to the client until either side ends.
+/// Moves chunks from upstream to the client until either side ends. While `head` is held
+/// (see [`Head`]) what is encoded stays in `out`; it goes out, the head after it, at the
+/// first wait for upstream, a failure, or [`HELD_BYTES_MAX`]; a stream that completes with
+/// its head held returns `Complete` and leaves both to the caller.
 async fn pump(
     stream: &mut OpenStream,
     sender: &mpsc::Sender<Bytes>,
     encoder: &mut dyn StreamEncoder,
     delivered: &mut Delivered,
+    head: &mut Head,
+    out: &mut BytesMut,
 ) -> End {
-    let mut out = BytesMut::new();
     loop {
         // Chunks translated before a failure were produced; deliver them, then fail.
         let failure = if stream.pending.is_empty() && !stream.finished {
-            // A client that leaves while upstream is quiet is noticed at once, so the
-            // upstream request (and the provider's generation) stops with it.
-            tokio::select! {
-                advanced = stream.advance() => advanced.err(),
-                () = sender.closed() => return End::ClientGone,
+            let mut advancing = std::pin::pin!(stream.advance());
+            let at_hand = if head.is_held() && out.len() < HELD_BYTES_MAX {
+                std::future::poll_fn(|cx| Poll::Ready(advancing.as_mut().poll(cx))).await
+            } else {
+                Poll::Pending
+            };
+            match at_hand {
+                Poll::Ready(advanced) => advanced.err(),
+                Poll::Pending => {
+                    // Sent before the head, so the head's first write carries it.
+                    if !out.is_empty() && !send(sender, out).await {
+                        return End::ClientGone;
+                    }
+                    head.send();
+                    // A client that leaves while upstream is quiet is noticed at once, so
+                    // the upstream request (and the provider's generation) stops with it.
+                    tokio::select! {
+                        advanced = advancing => advanced.err(),
+                        () = sender.closed() => return End::ClientGone,
+                    }
+                }
             }
         } else {
             None
         };
-        stream.encode(encoder, delivered, &mut out);
-        if !out.is_empty()
-            && sender.send_timeout(out.split().freeze(), CLIENT_WRITE_TIMEOUT).await.is_err()
-        {
-            return End::ClientGone;
+        stream.encode(encoder, delivered, out);
+        let holding = head.is_held() && failure.is_none();
+        if !holding {
+            if !out.is_empty() && !send(sender, out).await {
+                return End::ClientGone;
+            }
+            head.send();
         }
         if let Some(error) = failure {
             return End::Failed(error);
@@ -261,4 +327,9 @@ async fn pump(
             return End::Complete;
         }
     }
+}
+
+/// Sends what `out` holds to the client; false if the client is gone.
+async fn send(sender: &mpsc::Sender<Bytes>, out: &mut BytesMut) -> bool {
+    sender.send_timeout(out.split().freeze(), CLIENT_WRITE_TIMEOUT).await.is_ok()
 }

@@ -83,6 +83,36 @@ async fn plain_and_streamed_completions_cost_what_the_balance_loses() {
     dev.audit_ok().await;
 }
 
+/// A stream the gateway has to wait for gets its head and first events at the first wait,
+/// long before the upstream ends (relay.rs holds a stream's head only while upstream has
+/// more at hand, so that an answer that arrived whole goes out in one write).
+#[tokio::test]
+async fn a_paced_stream_reaches_the_client_as_it_comes() {
+    let dir = data_dir();
+    let dev = Dev::start(&path(&dir), &[]);
+    let key = dev.demo_key.clone().expect("first start prints the demo key");
+    // `mock-slow`: 100 ms to the first token, then 50 a second: 40 words take ~0.9 s.
+    let body = json!({"model": "mock/shared", "stream": true, "provider": {"only": ["mock-slow"]},
+        "messages": user("[[mock words=40]]")});
+    let sent = std::time::Instant::now();
+    let mut response = dev.post_chat(&dev.client, &key, &body).await;
+    let head_at = sent.elapsed();
+    assert_eq!(response.status(), 200);
+    let first = response.chunk().await.expect("read").expect("a first chunk");
+    let first_at = sent.elapsed();
+    assert!(first.starts_with(b"data: "), "{first:?}");
+    let mut text = first.to_vec();
+    while let Some(chunk) = response.chunk().await.expect("read") {
+        text.extend_from_slice(&chunk);
+    }
+    let end_at = sent.elapsed();
+    assert!(text.ends_with(b"data: [DONE]\n\n"), "{}", String::from_utf8_lossy(&text));
+    let early = std::time::Duration::from_millis(300);
+    assert!(head_at + early < end_at, "head at {head_at:?}, end at {end_at:?}");
+    assert!(first_at + early < end_at, "first event at {first_at:?}, end at {end_at:?}");
+    dev.audit_ok().await;
+}
+
 #[tokio::test]
 async fn fallback_serves_from_the_next_model_and_failures_cost_nothing() {
     let dir = data_dir();
@@ -250,14 +280,7 @@ async fn http1_and_http2_clients_are_both_served() {
             reqwest::Version::HTTP_2,
         ),
     ] {
-        let response = client
-            .post(dev.url("/v1/api/chat/completions"))
-            .bearer_auth(&key)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
+        let response = dev.post_chat(&client, &key, &body).await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.version(), version);
         let text = response.text().await.unwrap();

@@ -138,32 +138,28 @@ impl Dev {
         format!("{}{path}", self.base)
     }
 
+    /// Sends the chat endpoint `body` with `key` by `client`: the response, its body unread.
+    pub async fn post_chat(
+        &self,
+        client: &reqwest::Client,
+        key: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        let request = client.post(self.url("/v1/api/chat/completions")).bearer_auth(key);
+        let request = request.header("content-type", "application/json");
+        request.body(serde_json::to_vec(body).expect("json")).send().await.expect("request")
+    }
+
     /// A request with the given key and JSON body to the chat endpoint.
     pub async fn chat(&self, key: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .client
-            .post(self.url("/v1/api/chat/completions"))
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .body(serde_json::to_vec(body).expect("json"))
-            .send()
-            .await
-            .expect("request");
+        let response = self.post_chat(&self.client, key, body).await;
         let status = response.status().as_u16();
         (status, read_json(response).await)
     }
 
     /// A streamed completion: the parsed `data:` events, and whether `[DONE]` ended it.
     pub async fn chat_stream(&self, key: &str, body: &Value) -> (Vec<Value>, bool) {
-        let response = self
-            .client
-            .post(self.url("/v1/api/chat/completions"))
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .body(serde_json::to_vec(body).expect("json"))
-            .send()
-            .await
-            .expect("request");
+        let response = self.post_chat(&self.client, key, body).await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         let text = response.text().await.expect("body");
