@@ -14,8 +14,9 @@ use std::time::Duration;
 /// fresh sled database and electing itself takes well under a second; CI machines are
 /// slow and shared.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long `solrouter dev` may take to stop after SIGTERM (its shutdown drains the
-/// history's writes and stops the ledger's thread).
+/// How long a `solrouter` process (dev, or a ledger node of the cluster tests) may take to
+/// stop after SIGTERM: dev's shutdown drains the history's writes and stops the ledger's
+/// thread, a ledger node's first hands its groups over.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines the child prints before it listens (admin token, demo account, demo key,
 /// endpoint) fit many times over.
