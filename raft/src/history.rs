@@ -515,7 +515,8 @@ impl History {
     pub async fn open(path: &Path, retention: Duration) -> Result<History, LedgerError> {
         let mut attempt = 1;
         let db = loop {
-            match Database::builder().set_cache_size(HISTORY_CACHE_BYTES).create(path) {
+            let mut builder = Database::builder();
+            match crate::write_behind::create(builder.set_cache_size(HISTORY_CACHE_BYTES), path) {
                 Ok(db) => break db,
                 Err(redb::DatabaseError::DatabaseAlreadyOpen)
                     if attempt < OPEN_LOCK_ATTEMPTS_MAX =>

@@ -320,7 +320,9 @@ impl RedbStore {
     /// `DatabaseError::DatabaseAlreadyOpen` while another handle in this process, or
     /// another process, has it open.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<RedbStore, redb::DatabaseError> {
-        let db = Arc::new(redb::Builder::new().set_cache_size(cache_bytes).create(path)?);
+        let db =
+            crate::write_behind::create(redb::Builder::new().set_cache_size(cache_bytes), path)?;
+        let db = Arc::new(db);
         let committed = Arc::clone(&db);
         let writer = StoreWriter::spawn("redb-writer", IdleWrite::Queued, move |round| {
             // redb's errors are not `Clone`: every writer of the round gets the message.
