@@ -6,7 +6,7 @@
 //! save writes tens of MB and then syncs. Left in the page cache until that sync, they went
 //! to the disk in one burst, and every log sync meanwhile (each commit waits for one)
 //! waited for all of it: three replicas at 50,000 lifecycles/s on one disk had their
-//! lifecycle p99 at 34–48 ms, against 21–25 ms when the write-back starts every 64 KiB
+//! lifecycle p99 at 31–48 ms, against 20–28 ms when the write-back starts every 64 KiB
 //! (docs/storage.md, "Snapshots written behind"). So every [`WRITE_BEHIND_BYTES`] written
 //! to such a file, its dirty pages are handed to the disk (`sync_file_range` with
 //! `SYNC_FILE_RANGE_WRITE`: started, not waited for, no cache flush), as RocksDB's
