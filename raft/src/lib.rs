@@ -8,7 +8,8 @@
 //! (an append is acknowledged only after it is `fdatasync`ed) and log compaction (snapshots,
 //! purge). It must never interpret money: outcomes come from `Ledger::apply` unchanged.
 //! It is the only crate that knows openraft types; none may appear in its public API.
-//! No `unsafe` but one audited system call (`write_behind.rs`'s `sync_file_range`).
+//! No `unsafe` but one audited system call, `write_behind.rs`'s `sync_file_range` (a
+//! measured need: it halved three replicas' tail; never relied on for durability).
 #![deny(unsafe_code)]
 
 mod backfill;
