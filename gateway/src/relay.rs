@@ -211,7 +211,8 @@ pub async fn run(
         End::Failed(error) => encoder.fail(&ApiError::upstream(&error), &usage, cost, &mut tail),
         End::ClientGone => return,
     }
-    let _ = sender.send_timeout(tail.freeze(), CLIENT_WRITE_TIMEOUT).await;
+    // Settled already: a client gone by now changes nothing.
+    let _ = send(&sender, &mut tail).await;
     // A held head goes out with the whole body behind it, ended.
     drop(sender);
     head.send();
