@@ -27,7 +27,7 @@ use crate::tokens;
 use crate::upstream::Deadlines;
 use crate::wire::write_event;
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, Request, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -268,7 +268,10 @@ fn parse_messages(
     let mut forwarded = HeaderMap::new();
     for name in FORWARDED_HEADERS {
         for value in headers.get_all(name) {
-            forwarded.append(name, value.clone());
+            // Copied: a clone would share the connection's read buffer (which the value is
+            // a slice of) for as long as the request lives, a stream's whole life.
+            let owned = HeaderValue::from_bytes(value.as_bytes());
+            forwarded.append(name, owned.unwrap_or_else(|_| value.clone()));
         }
     }
     parsed.chat.native =
@@ -1078,6 +1081,28 @@ mod tests {
         let betas = "fine-grained-tool-streaming-2025-05-14, context-1m-2025-08-07";
         check(json!({}), Some(betas), Some("anthropic-beta"));
         check(json!({}), Some("interleaved-thinking-2025-05-14"), None);
+    }
+
+    /// The headers forwarded to Anthropic are copies: the request's own values are slices
+    /// of the connection's read buffer, which a clone would keep for the stream's life.
+    #[test]
+    fn forwarded_headers_keep_nothing_of_the_request_buffer() {
+        let buffer = bytes::Bytes::from_static(b"2023-06-01interleaved-thinking-2025-05-14");
+        let mut headers = HeaderMap::new();
+        let version = HeaderValue::from_maybe_shared(buffer.slice(..10)).unwrap();
+        headers.insert("anthropic-version", version);
+        headers
+            .insert("anthropic-beta", HeaderValue::from_maybe_shared(buffer.slice(10..)).unwrap());
+        let body =
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+        let parsed = parse_messages(body.to_string().as_bytes(), &headers, true).unwrap();
+        let forwarded = &parsed.chat.native.expect("a Messages request keeps its own form").headers;
+        let in_buffer = buffer.as_ptr_range();
+        for name in FORWARDED_HEADERS {
+            let value = forwarded.get(name).expect("forwarded");
+            assert_eq!(value, headers.get(name).unwrap());
+            assert!(!in_buffer.contains(&value.as_bytes().as_ptr()), "{name} shares the buffer");
+        }
     }
 
     #[test]

@@ -68,7 +68,10 @@ pub async fn handle(
     // which need not keep room for the authentication's state meanwhile.
     let (head, caller, body) = Box::pin(accept(app, request)).await?;
     let parsed = codec.parse(&body, &head.headers)?;
-    drop(body);
+    // Dropped before the first wait: the head's URI and header values are slices of the
+    // connection's read buffer, and while they live hyper's next read (which watches for
+    // the client hanging up) cannot reuse that buffer and allocates another 8 KiB.
+    drop((head, body));
     let created_ms = now_ms();
     let generation = crate::keys::fresh_hold(created_ms);
     let candidates =
