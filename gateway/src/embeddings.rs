@@ -72,7 +72,9 @@ pub struct ParsedEmbed {
 /// `POST /v1/api/embeddings`. Errors are OpenAI-shaped, rendered by the caller.
 pub async fn handle(app: &'static App, request: Request<Incoming>) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let (_head, caller, body) = pipeline::accept(app, request).await?;
+    // The head dropped at once (`_`, not a named binding that lives to the end), as
+    // `pipeline::handle` does: it pins the connection's read buffer.
+    let (_, caller, body) = pipeline::accept(app, request).await?;
     let parsed = parse(&body)?;
     drop(body);
     let created_ms = now_ms();

@@ -135,6 +135,9 @@ pub async fn count_tokens(
     app.bank.authenticate(&head.headers).await?;
     let body = body.read(limit).await?;
     let parsed = parse_messages(&body, &head.headers, false)?;
+    // Before the provider's count is awaited, as `pipeline::handle` does: the head and
+    // the body pin the connection's read buffer.
+    drop((head, body));
     let id =
         parsed.model_ids.first().ok_or_else(|| ApiError::invalid_param("model", "is required"))?;
     let model = app.catalog.get(id).ok_or_else(|| ApiError::model_not_found(id))?;
@@ -269,7 +272,8 @@ fn parse_messages(
     for name in FORWARDED_HEADERS {
         for value in headers.get_all(name) {
             // Copied: a clone would share the connection's read buffer (which the value is
-            // a slice of) for as long as the request lives, a stream's whole life.
+            // a slice of) for as long as the request lives, a stream's whole life. A value
+            // hyper accepted always converts; the clone only stands in for a panic.
             let owned = HeaderValue::from_bytes(value.as_bytes());
             forwarded.append(name, owned.unwrap_or_else(|_| value.clone()));
         }
