@@ -152,7 +152,7 @@ pub async fn run(
     app: &'static App,
     context: &RequestContext,
     model: &'static Model,
-    mut stream: OpenStream,
+    mut stream: Box<OpenStream>,
     hold: HoldGuard,
     reply: Reply,
 ) {
@@ -331,6 +331,45 @@ async fn pump(
 }
 
 /// Sends what `out` holds to the client; false if the client is gone.
+///
+/// A stream spends its life in [`pump`], whose state has room for every future it awaits;
+/// `send_timeout`'s takes ~370 bytes. It is needed only while the client is behind (the
+/// channel full), so it is boxed there, and an event the channel has room for is sent
+/// without it.
 async fn send(sender: &mpsc::Sender<Bytes>, out: &mut BytesMut) -> bool {
-    sender.send_timeout(out.split().freeze(), CLIENT_WRITE_TIMEOUT).await.is_ok()
+    match sender.try_send(out.split().freeze()) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(event)) => {
+            Box::pin(sender.send_timeout(event, CLIENT_WRITE_TIMEOUT)).await.is_ok()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(text: &'static str) -> BytesMut {
+        BytesMut::from(text)
+    }
+
+    #[tokio::test]
+    async fn an_event_waits_for_a_client_behind_and_a_gone_client_is_told() {
+        let (sender, mut receiver) = mpsc::channel(1);
+        assert!(send(&sender, &mut event("a")).await, "room in the channel");
+        // The channel is full: the second event waits until the client reads the first.
+        let sending = tokio::spawn(async move {
+            let sent = send(&sender, &mut event("b")).await;
+            (sent, sender)
+        });
+        tokio::task::yield_now().await;
+        assert!(!sending.is_finished(), "sent past a full channel");
+        assert_eq!(receiver.recv().await.as_deref(), Some(&b"a"[..]));
+        let (sent, sender) = sending.await.unwrap();
+        assert!(sent);
+        assert_eq!(receiver.recv().await.as_deref(), Some(&b"b"[..]));
+        drop(receiver);
+        assert!(!send(&sender, &mut event("c")).await, "the client is gone");
+    }
 }
