@@ -77,8 +77,12 @@ pub async fn serve(
         };
         let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
-        let service = service_fn(move |request: Request<Incoming>| async move {
-            Ok::<_, Infallible>(handle(app, request, peer).await)
+        // Boxed: hyper keeps room for a request's future for as long as the connection
+        // lives (1,272 bytes unboxed, `-Zprint-type-sizes`), an idle keep-alive
+        // connection's and an open stream's included; boxed, a request's state is
+        // allocated only until its response head is out.
+        let service = service_fn(move |request: Request<Incoming>| {
+            Box::pin(async move { Ok::<_, Infallible>(handle(app, request, peer).await) })
         });
         let (builders, watcher) = (builders.clone(), graceful.watcher());
         tokio::spawn(async move {
