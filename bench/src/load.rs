@@ -70,6 +70,9 @@ pub struct LoadReport {
     /// Batches (Raft entries) and commands proposed over the run, summed over the nodes'
     /// counters; unknown for [`Target::Client`], whose nodes are in other processes.
     pub proposed: Option<(u64, u64)>,
+    /// With [`Load::with_windows`]: the latencies again, by window of the run in which each
+    /// lifecycle started (or was due), the first from the run's start; empty otherwise.
+    pub windows: Vec<Histogram>,
 }
 
 /// Generates lifecycles with ids unique across every run on the same target.
@@ -78,6 +81,7 @@ pub struct Load {
     release_one_in: Option<NonZeroU64>,
     next_lifecycle: u64,
     n_completed: Arc<AtomicU64>,
+    window: Option<Duration>,
 }
 
 /// Creates and funds the workload accounts through `target`, a task per account.
@@ -122,7 +126,21 @@ impl Target {
 impl Load {
     /// `release_one_in`: every n-th lifecycle ends in a release instead of a settle.
     pub fn new(target: Target, release_one_in: Option<NonZeroU64>) -> Load {
-        Load { target, release_one_in, next_lifecycle: 0, n_completed: Arc::default() }
+        Load {
+            target,
+            release_one_in,
+            next_lifecycle: 0,
+            n_completed: Arc::default(),
+            window: None,
+        }
+    }
+
+    /// Also reports each run's latencies window by window (`LoadReport::windows`): whether
+    /// a tail is a few stalls or the whole distribution.
+    pub fn with_windows(mut self, window: Duration) -> Load {
+        assert!(!window.is_zero(), "a window must have a length");
+        self.window = Some(window);
+        self
     }
 
     /// Lifecycles completed by every run so far, updated live (for progress reports).
@@ -146,7 +164,7 @@ impl Load {
         let deadline = duration_max.map(|duration| started + duration);
         // One tally for all: a histogram per submitter would be a cache miss per lifecycle
         // (thousands of 30-KB arrays), CPU the measured ledger shares.
-        let tally = Arc::new(Mutex::new(Tally::default()));
+        let tally = Arc::new(Mutex::new(Tally::new(self.window.map(|width| (started, width)))));
         let mut submitters = tokio::task::JoinSet::new();
         for _ in 0..n_submitters {
             let submitter = Submitter {
@@ -183,6 +201,7 @@ impl Load {
         LoadReport {
             elapsed,
             latencies: total.latencies,
+            windows: total.windows.map(|windows| windows.histograms).unwrap_or_default(),
             n_rejected: total.n_rejected,
             n_retries: total.n_retries,
             n_unanswered: total.n_unanswered,
@@ -213,12 +232,12 @@ impl Load {
         let n_due = u64::try_from(u128::from(per_s.get()) * duration.as_nanos() / NANOS_PER_S)
             .expect("a run of fewer than 2^64 lifecycles");
         let proposed_before = self.target.proposed();
-        let tally = Arc::new(Mutex::new(Tally::default()));
         let (arrivals, arrivals_rx) = mpsc::channel(OPEN_LOOP_IN_FLIGHT_MAX);
         let arrivals_rx = Arc::new(tokio::sync::Mutex::new(arrivals_rx));
         let idle = Arc::new(AtomicUsize::new(0));
         let mut workers = tokio::task::JoinSet::new();
         let started = Instant::now();
+        let tally = Arc::new(Mutex::new(Tally::new(self.window.map(|width| (started, width)))));
         for i in 0..n_due {
             let due = started + arrival_offset(i, per_s);
             if due > Instant::now() {
@@ -396,15 +415,40 @@ impl Leaders {
 #[derive(Default)]
 struct Tally {
     latencies: Histogram,
+    windows: Option<Windows>,
     n_rejected: u64,
     n_retries: u64,
     n_unanswered: u64,
 }
 
+/// Latencies by window of when each lifecycle started (or was due).
+struct Windows {
+    started: Instant,
+    width: Duration,
+    histograms: Vec<Histogram>,
+}
+
 impl Tally {
+    /// A tally that also keeps latencies by window, if given the run's start and a width.
+    fn new(windows: Option<(Instant, Duration)>) -> Tally {
+        let windows =
+            windows.map(|(started, width)| Windows { started, width, histograms: Vec::new() });
+        Tally { windows, ..Tally::default() }
+    }
+
     /// Counts a lifecycle timed from `since` (when it started, or when it was due).
     fn record(&mut self, since: Instant, done: LifecycleDone) {
-        self.latencies.record(since.elapsed());
+        let latency = since.elapsed();
+        if let Some(windows) = &mut self.windows {
+            let offset = since.saturating_duration_since(windows.started);
+            let idx = usize::try_from(offset.as_nanos() / windows.width.as_nanos())
+                .expect("fewer windows than memory");
+            if windows.histograms.len() <= idx {
+                windows.histograms.resize_with(idx + 1, Histogram::new);
+            }
+            windows.histograms[idx].record(latency);
+        }
+        self.latencies.record(latency);
         self.n_rejected += u64::from(done.rejected);
         self.n_retries += done.n_retries;
     }
@@ -487,6 +531,11 @@ impl Histogram {
         self.max_us = self.max_us.max(us);
     }
 
+    /// How many latencies were recorded.
+    pub fn n_recorded(&self) -> u64 {
+        self.n_recorded
+    }
+
     pub fn mean(&self) -> Duration {
         let mean_us = self.sum_us / u128::from(self.n_recorded.max(1));
         Duration::from_micros(u64::try_from(mean_us).expect("mean below max"))
@@ -551,10 +600,14 @@ mod tests {
         let cluster = Cluster::open(1, 1, base.path(), &NodeOptions::default()).await.unwrap();
         let target = Target::nodes(cluster.nodes());
         fund(&target).await.unwrap();
-        let mut load = Load::new(target, None);
+        let mut load = Load::new(target, None).with_windows(Duration::from_millis(100));
         let per_s = NonZeroU64::new(400).unwrap();
         let report = load.run_at_rate(per_s, Duration::from_millis(500)).await.unwrap();
         assert_eq!(report.n_lifecycles(), 200);
+        // Windows by when each was due: 40 in each tenth of a second.
+        let per_window: Vec<u64> = report.windows.iter().map(Histogram::n_recorded).collect();
+        assert_eq!(per_window, [40; 5]);
+        assert!(report.windows.iter().all(|window| window.max() <= report.latencies.max()));
         assert_eq!(load.completed().load(Ordering::Relaxed), 200);
         assert_eq!((report.n_rejected, report.n_unanswered), (0, 0));
         // The last was due 497.5 ms in: a run that started them all at once ends sooner.

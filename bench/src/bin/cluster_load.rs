@@ -54,6 +54,10 @@ struct Args {
     /// device than the data directories; by default each log is in its data directory.
     #[arg(long)]
     log_dir: Option<PathBuf>,
+    /// Also prints each row's latencies window by window, windows of this many ms by when
+    /// each lifecycle started (or was due): whether a tail is a few stalls or everywhere.
+    #[arg(long)]
+    window_ms: Option<NonZeroU64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -217,6 +221,9 @@ async fn measure(args: &Args, processes: &Processes, pace: Pace) -> anyhow::Resu
     let target = Target::Client(client);
     fund(&target).await?;
     let mut load = Load::new(target, None);
+    if let Some(window_ms) = args.window_ms {
+        load = load.with_windows(Duration::from_millis(window_ms.get()));
+    }
     pace.run(&mut load, Duration::from_secs(args.warm_up_s)).await?;
     let (nodes_before, self_before) =
         (processes.cpu_ticks()?, cpu_ticks(Path::new("/proc/self/stat"))?);
@@ -228,6 +235,18 @@ async fn measure(args: &Args, processes: &Processes, pace: Pace) -> anyhow::Resu
     let cores = |before: u64, after: u64| (after - before) as f64 / TICKS_PER_S / elapsed_s;
     let ms = |latency: Duration| latency.as_secs_f64() * 1e3;
     let latencies = &report.latencies;
+    let mut windows = String::new();
+    for (idx, window) in report.windows.iter().enumerate() {
+        let window_ms = args.window_ms.map_or(0, NonZeroU64::get);
+        windows += &format!(
+            "\n  window from {:>7.2} s: {:>7} lifecycles, p50 {:>7.2} p99 {:>7.2} max {:>7.2} ms",
+            (idx as u64 * window_ms) as f64 / 1e3,
+            window.n_recorded(),
+            ms(window.quantile(0.5)),
+            ms(window.quantile(0.99)),
+            ms(window.max()),
+        );
+    }
     Ok(format!(
         "{:>10} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>10} {:>10.2} {:>11.2}",
         pace.to_string(),
@@ -241,5 +260,5 @@ async fn measure(args: &Args, processes: &Processes, pace: Pace) -> anyhow::Resu
         report.n_unanswered,
         cores(nodes_before, nodes_after),
         cores(self_before, self_after),
-    ))
+    ) + &windows)
 }
