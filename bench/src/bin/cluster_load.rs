@@ -236,8 +236,8 @@ async fn measure(args: &Args, processes: &Processes, pace: Pace) -> anyhow::Resu
     let ms = |latency: Duration| latency.as_secs_f64() * 1e3;
     let latencies = &report.latencies;
     let mut windows = String::new();
+    let window_ms = args.window_ms.map_or(0, NonZeroU64::get);
     for (idx, window) in report.windows.iter().enumerate() {
-        let window_ms = args.window_ms.map_or(0, NonZeroU64::get);
         windows += &format!(
             "\n  window from {:>7.2} s: {:>7} lifecycles, p50 {:>7.2} p99 {:>7.2} max {:>7.2} ms",
             (idx as u64 * window_ms) as f64 / 1e3,
