@@ -19,6 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -77,13 +78,8 @@ pub async fn serve(
         };
         let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
-        // Boxed: hyper keeps room for a request's future for as long as the connection
-        // lives (1,272 bytes unboxed, `-Zprint-type-sizes`), an idle keep-alive
-        // connection's and an open stream's included; boxed, a request's state is
-        // allocated only until its response head is out.
-        let service = service_fn(move |request: Request<Incoming>| {
-            Box::pin(async move { Ok::<_, Infallible>(handle(app, request, peer).await) })
-        });
+        let service =
+            service_fn(move |request: Request<Incoming>| handle(app, route(app, request, peer)));
         let (builders, watcher) = (builders.clone(), graceful.watcher());
         tokio::spawn(async move {
             let _permit = permit;
@@ -131,104 +127,142 @@ async fn speaks_http1(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
     Ok(read == first.len() && first != *b"PR")
 }
 
-/// Routes one request and renders its error, if any; records the request's metrics.
-async fn handle(app: &'static App, request: Request<Incoming>, peer: SocketAddr) -> Response {
-    let started = std::time::Instant::now();
-    let (route, shape, result) = route(app, request, peer).await;
-    let response = result.unwrap_or_else(|error| error.into_response(shape));
-    app.requests.record(route, response.status(), started.elapsed());
-    response
+/// A request's handler as the route table picked it: answered already, or a boxed future.
+enum Handling {
+    Ready(Result<Response, ApiError>),
+    Pending(Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send>>),
 }
 
-/// The route table. Returns the route's name (a metrics label with bounded values) and
-/// the shape its errors take. `peer`: the client's address, which the dashboard reads.
+/// Runs the handler `route` picked and renders its error, if any; records the request's
+/// metrics. hyper keeps room for this future for as long as the connection lives (an
+/// idle keep-alive connection's and an open stream's included), so it holds nothing but
+/// the route's answer: the request went into the handler's box. (A block, not an async
+/// fn, which would keep its argument twice.)
+fn handle(
+    app: &'static App,
+    (route, shape, handling): (&'static str, ErrorShape, Handling),
+) -> impl Future<Output = Result<Response, Infallible>> {
+    let started = std::time::Instant::now();
+    async move {
+        let result = match handling {
+            Handling::Ready(result) => result,
+            Handling::Pending(handler) => handler.await,
+        };
+        let response = result.unwrap_or_else(|error| error.into_response(shape));
+        app.requests.record(route, response.status(), started.elapsed());
+        Ok(response)
+    }
+}
+
+/// The route table. Returns the route's name (a metrics label with bounded values), the
+/// shape its errors take and its handler. `peer`: the client's address, which the
+/// dashboard reads.
 ///
-/// Every handler's future is boxed: unboxed, this future would be as large as the
-/// largest handler's (16 KiB), and hyper keeps room for it for as long as the connection
-/// lives, an open stream's included; boxed, a request holds only its own handler's state,
-/// and only until its response head is out (docs/benchmarks.md, "Memory per stream").
-async fn route(
+/// Not async, and every handler that waits is boxed: the request moves into its
+/// handler's box here, so the connection's room for `handle` need not hold it, nor the
+/// largest handler's state (16 KiB); a request holds only its own handler's, and only
+/// until its response head is out (docs/benchmarks.md, "Memory per stream").
+fn route(
     app: &'static App,
     mut request: Request<Incoming>,
     peer: SocketAddr,
-) -> (&'static str, ErrorShape, Result<Response, ApiError>) {
+) -> (&'static str, ErrorShape, Handling) {
+    fn pending(
+        handler: impl Future<Output = Result<Response, ApiError>> + Send + 'static,
+    ) -> Handling {
+        Handling::Pending(Box::pin(handler))
+    }
     if web::serves(request.uri().path()) {
         request.extensions_mut().insert(web::ClientAddr(peer));
-        return ("web", ErrorShape::OpenAi, Ok(Box::pin(web::handle(app, request)).await));
+        return (
+            "web",
+            ErrorShape::OpenAi,
+            pending(async move { Ok(web::handle(app, request).await) }),
+        );
     }
     let path = request.uri().path();
     if path.starts_with(admin::PREFIX) {
-        return ("admin", ErrorShape::OpenAi, Box::pin(admin::handle(app, request)).await);
+        return ("admin", ErrorShape::OpenAi, pending(admin::handle(app, request)));
     }
     let anthropic = ErrorShape::Anthropic;
-    let result = match (request.method(), path) {
+    let handling = match (request.method(), path) {
         (&Method::POST, "/v1/api/chat/completions") => {
-            return ("chat", CHAT.errors(), Box::pin(pipeline::handle(app, &CHAT, request)).await);
+            return ("chat", CHAT.errors(), pending(pipeline::handle(app, &CHAT, request)));
         }
         (&Method::POST, "/v1/api/responses") => {
-            let result = Box::pin(pipeline::handle(app, &RESPONSES, request)).await;
-            return ("responses", RESPONSES.errors(), result);
+            let handling = pending(pipeline::handle(app, &RESPONSES, request));
+            return ("responses", RESPONSES.errors(), handling);
         }
-        (_, path) if path.starts_with("/v1/api/responses/") => Err(ApiError::not_found(
-            "the gateway stores no responses: each POST /v1/api/responses is answered whole",
-        )),
+        (_, path) if path.starts_with("/v1/api/responses/") => {
+            Handling::Ready(Err(ApiError::not_found(
+                "the gateway stores no responses: each POST /v1/api/responses is answered whole",
+            )))
+        }
         (&Method::POST, "/v1/api/embeddings") => {
-            return (
-                "embeddings",
-                ErrorShape::OpenAi,
-                Box::pin(embeddings::handle(app, request)).await,
-            );
+            return ("embeddings", ErrorShape::OpenAi, pending(embeddings::handle(app, request)));
         }
         (&Method::POST, "/v1/messages") => {
             return (
                 "messages",
                 MESSAGES.errors(),
-                Box::pin(pipeline::handle(app, &MESSAGES, request)).await,
+                pending(pipeline::handle(app, &MESSAGES, request)),
             );
         }
         (&Method::POST, "/v1/messages/count_tokens") => {
-            return (
-                "count_tokens",
-                anthropic,
-                Box::pin(messages::count_tokens(app, request)).await,
-            );
+            return ("count_tokens", anthropic, pending(messages::count_tokens(app, request)));
         }
-        (&Method::GET, "/v1/models") => return ("models", anthropic, Ok(messages::models(app))),
+        (&Method::GET, "/v1/models") => {
+            return ("models", anthropic, Handling::Ready(Ok(messages::models(app))));
+        }
         (_, "/v1/messages" | "/v1/messages/count_tokens" | "/v1/models") => {
-            return ("messages", anthropic, Err(ApiError::method_not_allowed()));
+            return ("messages", anthropic, Handling::Ready(Err(ApiError::method_not_allowed())));
         }
-        (&Method::GET, "/v1/api/models") => Ok(api::models(app)),
+        (&Method::GET, "/v1/api/models") => Handling::Ready(Ok(api::models(app))),
         (&Method::GET, path) if api::endpoints_model_id(path).is_some() => {
-            api::endpoints(app, path)
+            Handling::Ready(api::endpoints(app, path))
         }
-        (&Method::GET, "/v1/api/credits") => Box::pin(api::credits(app, request.headers())).await,
-        (&Method::GET, "/v1/api/generation") => Box::pin(api::generation(app, &request)).await,
-        (&Method::GET, "/v1/api/generations") => Box::pin(api::generations(app, &request)).await,
-        (&Method::GET, "/v1/api/activity") => Box::pin(api::activity(app, &request)).await,
-        (&Method::GET, "/v1/api/key") => Box::pin(api::key(app, request.headers())).await,
-        (&Method::POST, payments::WEBHOOK_PATH) => Box::pin(payments::handle(app, request)).await,
+        (&Method::GET, "/v1/api/credits") => {
+            pending(async move { api::credits(app, request.headers()).await })
+        }
+        (&Method::GET, "/v1/api/generation") => {
+            pending(async move { api::generation(app, &request).await })
+        }
+        (&Method::GET, "/v1/api/generations") => {
+            pending(async move { api::generations(app, &request).await })
+        }
+        (&Method::GET, "/v1/api/activity") => {
+            pending(async move { api::activity(app, &request).await })
+        }
+        (&Method::GET, "/v1/api/key") => {
+            pending(async move { api::key(app, request.headers()).await })
+        }
+        (&Method::POST, payments::WEBHOOK_PATH) => pending(payments::handle(app, request)),
         (_, path) if path == account::KEYS_PATH || path.starts_with("/v1/api/keys/") => {
-            Box::pin(account::handle_keys(app, request)).await
+            pending(account::handle_keys(app, request))
         }
-        (&Method::GET, "/healthz") => Ok(respond::text(StatusCode::OK, "ok\n", "text/plain")),
-        (&Method::GET, "/readyz") => Box::pin(readiness(app)).await,
+        (&Method::GET, "/healthz") => {
+            Handling::Ready(Ok(respond::text(StatusCode::OK, "ok\n", "text/plain")))
+        }
+        (&Method::GET, "/readyz") => pending(readiness(app)),
         (&Method::GET, "/metrics") => {
             app.health.export_metrics();
             if let Some(node) = app.bank.local_node() {
                 ledger_server::record_node_metrics(node);
             }
             let text = app.metrics.render();
-            Ok(respond::text(StatusCode::OK, text, "text/plain; version=0.0.4"))
+            Handling::Ready(Ok(respond::text(StatusCode::OK, text, "text/plain; version=0.0.4")))
         }
         (_, "/v1/api/chat/completions" | "/v1/api/responses" | "/v1/api/models")
         | (_, "/v1/api/credits")
         | (_, "/v1/api/generation" | "/v1/api/generations" | "/v1/api/activity")
         | (_, "/v1/api/key" | "/healthz" | "/readyz" | "/metrics") => {
-            Err(ApiError::method_not_allowed())
+            Handling::Ready(Err(ApiError::method_not_allowed()))
         }
-        (method, path) => Err(ApiError::not_found(format!("no route for {method} {path}"))),
+        (method, path) => {
+            Handling::Ready(Err(ApiError::not_found(format!("no route for {method} {path}"))))
+        }
     };
-    ("api", ErrorShape::OpenAi, result)
+    ("api", ErrorShape::OpenAi, handling)
 }
 
 /// Ready when the ledger answers a linearizable read. The body also shows each
