@@ -498,6 +498,15 @@ mod tests {
         let member = |id: NodeId| membership.get_node(&id).unwrap().clone();
         let from = Identity { node_id: 2, incarnation: member(2).incarnation };
         let last = seen.last_applied.unwrap();
+        // Node 1 judges by the voters it knows: wait until it has the leader's membership
+        // (without it, it finds no voter and refuses for that reason instead).
+        let known = *seen.membership_config.log_id();
+        let node_1_raft = nodes[0].group_at(1).unwrap().raft();
+        let what = "node 1 knows the membership".to_owned();
+        let knows = move |metrics: &RaftMetrics<NodeId, Member>| {
+            metrics.membership_config.log_id() >= &known
+        };
+        until(node_1_raft, Some(Duration::from_secs(20)), what, knows).await.unwrap();
 
         let node_1 = member(1);
         let order = Order::Campaign(CampaignOrder { last, leaving: false });
