@@ -516,7 +516,11 @@ impl History {
         let mut attempt = 1;
         let db = loop {
             let mut builder = Database::builder();
-            match crate::write_behind::create(builder.set_cache_size(HISTORY_CACHE_BYTES), path) {
+            match crate::write_behind::create(
+                builder.set_cache_size(HISTORY_CACHE_BYTES),
+                path,
+                crate::write_behind::Pace::Unpaced,
+            ) {
                 Ok(db) => break db,
                 Err(redb::DatabaseError::DatabaseAlreadyOpen)
                     if attempt < OPEN_LOCK_ATTEMPTS_MAX =>

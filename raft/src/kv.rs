@@ -6,6 +6,7 @@
 //! (`sim`) can run the very same store code over an in-memory tree that models a crash:
 //! every write made durable survives it, every other write is lost.
 
+pub use crate::write_behind::Pace;
 use redb::{ReadableDatabase, ReadableTable, TableHandle};
 use std::future::Future;
 use std::ops::Bound;
@@ -316,12 +317,19 @@ pub struct NodeStores {
 
 impl RedbStore {
     /// Opens (or creates) the database file at `path`, keeping at most `cache_bytes` of it
-    /// in memory, and starts its writer thread. Fails with
-    /// `DatabaseError::DatabaseAlreadyOpen` while another handle in this process, or
-    /// another process, has it open.
-    pub fn open(path: &Path, cache_bytes: usize) -> Result<RedbStore, redb::DatabaseError> {
-        let db =
-            crate::write_behind::create(redb::Builder::new().set_cache_size(cache_bytes), path)?;
+    /// in memory, its writes reaching the disk at `pace`, and starts its writer thread.
+    /// Fails with `DatabaseError::DatabaseAlreadyOpen` while another handle in this
+    /// process, or another process, has it open.
+    pub fn open(
+        path: &Path,
+        cache_bytes: usize,
+        pace: Pace,
+    ) -> Result<RedbStore, redb::DatabaseError> {
+        let db = crate::write_behind::create(
+            redb::Builder::new().set_cache_size(cache_bytes),
+            path,
+            pace,
+        )?;
         let db = Arc::new(db);
         let committed = Arc::clone(&db);
         let writer = StoreWriter::spawn("redb-writer", IdleWrite::Queued, move |round| {
@@ -500,7 +508,8 @@ mod tests {
     #[tokio::test]
     async fn a_deferred_write_lands_with_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(&dir.path().join("kv.redb"), REDB_CACHE_BYTES).unwrap();
+        let store =
+            RedbStore::open(&dir.path().join("kv.redb"), REDB_CACHE_BYTES, Pace::Unpaced).unwrap();
         let (meta, log) = (store.tree("0/meta"), store.tree("0/log"));
         let put = |value: &[u8]| vec![(b"k".to_vec(), Some(value.to_vec()))];
         meta.write(put(b"deferred"), Durability::Deferred).await.unwrap();
@@ -516,7 +525,8 @@ mod tests {
     #[tokio::test]
     async fn writes_made_in_the_commit_land_whole_or_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(&dir.path().join("kv.redb"), REDB_SNAPSHOT_CACHE_BYTES);
+        let store =
+            RedbStore::open(&dir.path().join("kv.redb"), REDB_SNAPSHOT_CACHE_BYTES, Pace::Unpaced);
         let tree = store.unwrap().tree("0/snapshot");
         let piece = |n: u8| vec![n; 300_000];
         let make: MakeWrites = Box::new(move |put| {

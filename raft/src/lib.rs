@@ -69,12 +69,12 @@ pub use history::{
     HISTORY_SCAN_MAX,
 };
 pub use kv::IdleWrite;
-pub use kv::{
-    Durability, KvBatch, KvPair, KvTree, MakeWrites, PutWrite, RedbStore, RedbTree,
-    REDB_CACHE_BYTES, REDB_SNAPSHOT_CACHE_BYTES,
-};
 /// The storage interface and its redb engine, public for the log store bake-off
 /// (`bench/src/bin/log_bakeoff.rs`), which drives every candidate through it.
+pub use kv::{
+    Durability, KvBatch, KvPair, KvTree, MakeWrites, Pace, PutWrite, RedbStore, RedbTree,
+    REDB_CACHE_BYTES, REDB_SNAPSHOT_CACHE_BYTES,
+};
 pub use leadership::{HAND_OVER_BACKOFF, HAND_OVER_TIMEOUT, LEADER_BALANCE_INTERVAL};
 pub use membership::{IDENTIFY_TIMEOUT, LEARNER_CATCH_UP_TIMEOUT, VOTERS_REACHABLE_TIMEOUT};
 pub use node::{
@@ -166,6 +166,17 @@ pub const APPEND_ENTRIES_MAX: u64 = 8;
 /// Largest gRPC message between ledger nodes (tonic's default of 4 MiB is below one full
 /// batch).
 pub const RPC_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Fastest a node's snapshot store hands its writes to the disk (`write_behind.rs`). A
+/// snapshot is saved in the background, but the disk is shared with the log, and on a disk
+/// with a volatile write cache every log sync (each commit waits for one) also flushes
+/// what the snapshot wrote before it. Unpaced, a loaded ledger's snapshot (150 MB at
+/// 50,000 lifecycles/s) reached the disk in ~0.2 s and the commits of that moment waited
+/// behind it: three replicas on one disk at 50,000/s, lifecycle p999 40.5 ms and max 56 ms
+/// on average over eight runs, against 27.2 and 37.4 at this pace, interleaved (p99 16.1
+/// against 14.5; docs/benchmarks.md, "Session 58"). 16 MiB/s was no better than unpaced. A
+/// 150-MB snapshot then takes ~5 s to save, well inside a turn's round
+/// (`compaction.rs`) and [`INSTALL_SNAPSHOT_TIMEOUT`].
+pub const SNAPSHOT_WRITE_BYTES_PER_SECOND: u64 = 32 << 20;
 /// Snapshot bytes per InstallSnapshot RPC.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 /// How long one snapshot chunk but the last may take to cross: 4 MiB at under 1 MB/s.

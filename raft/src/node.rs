@@ -16,7 +16,7 @@ use crate::grpc_network::{GrpcNetwork, RaftRpcServer};
 use crate::history::{self, History, HistoryStats, HISTORY_FILE, HISTORY_RETENTION_DEFAULT};
 use crate::incarnation::{self, Identity, IDENTITY_TREE};
 use crate::kv::{
-    Durability, IdleWrite, KvTree, NodeStores, RedbStore, REDB_CACHE_BYTES,
+    Durability, IdleWrite, KvTree, NodeStores, Pace, RedbStore, REDB_CACHE_BYTES,
     REDB_SNAPSHOT_CACHE_BYTES,
 };
 use crate::leadership::{self, Leadership, OverGrpc};
@@ -33,7 +33,7 @@ use crate::{
     HEARTBEAT_INTERVAL, INSTALL_SNAPSHOT_TIMEOUT, LEADER_WAIT_TIMEOUT, LEGACY_LOG_FILE_NAME,
     LEGACY_LOG_MOVED_NAME, LOG_DIR_NAME, LOG_LOCATION_FILE_NAME, OPEN_LOCK_ATTEMPTS_MAX,
     OPEN_LOCK_RETRY_INTERVAL, RPC_BYTES_MAX, SLOTS, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_EVERY_ENTRIES,
-    SNAPSHOT_FILE_NAME,
+    SNAPSHOT_FILE_NAME, SNAPSHOT_WRITE_BYTES_PER_SECOND,
 };
 use openraft::{Config, SnapshotPolicy};
 use solrouter_ledger::{AccountId, Command, Ledger, Outcome, BATCH_COMMANDS_MAX};
@@ -862,7 +862,7 @@ async fn open_stores(data_dir: &Path, options: &NodeOptions) -> Result<NodeStore
     let legacy = data_dir.join(LEGACY_LOG_FILE_NAME);
     if legacy.exists() {
         let redb = retry_while_open(
-            || RedbStore::open(&legacy, REDB_CACHE_BYTES),
+            || RedbStore::open(&legacy, REDB_CACHE_BYTES, Pace::Unpaced),
             |e| matches!(e, redb::DatabaseError::DatabaseAlreadyOpen),
         )
         .await?;
@@ -872,7 +872,10 @@ async fn open_stores(data_dir: &Path, options: &NodeOptions) -> Result<NodeStore
             .map_err(|e| LedgerError::storage("renaming the moved redb log", e))?;
     }
     let snapshots = retry_while_open(
-        || RedbStore::open(&data_dir.join(SNAPSHOT_FILE_NAME), REDB_SNAPSHOT_CACHE_BYTES),
+        || {
+            let pace = Pace::BytesPerSecond(SNAPSHOT_WRITE_BYTES_PER_SECOND);
+            RedbStore::open(&data_dir.join(SNAPSHOT_FILE_NAME), REDB_SNAPSHOT_CACHE_BYTES, pace)
+        },
         |e| matches!(e, redb::DatabaseError::DatabaseAlreadyOpen),
     )
     .await?;

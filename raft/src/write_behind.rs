@@ -12,6 +12,11 @@
 //! `SYNC_FILE_RANGE_WRITE`: started, not waited for, no cache flush), as RocksDB's
 //! `bytes_per_sync` does. What a commit's durability rests on is unchanged: the file's
 //! sync, which now has little left to send.
+//!
+//! Handed over at once, a large write still reaches the disk as one burst: a snapshot
+//! store's writer also sleeps after each step, so that its writes come at most at a
+//! [`Pace`] ([`crate::SNAPSHOT_WRITE_BYTES_PER_SECOND`]). The history is not paced: its
+//! writer must keep up with the applies.
 
 use redb::backends::FileBackend;
 use redb::{BackendError, Builder, Database, DatabaseError, StorageBackend};
@@ -19,6 +24,7 @@ use std::fs::{File, OpenOptions};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Bytes written to a file between two hand-overs of its dirty pages to the disk. 16 KiB
 /// measured the same as 64; 256 KiB and 1 MiB left more of the tail (docs/storage.md,
@@ -27,12 +33,37 @@ pub const WRITE_BEHIND_BYTES: u64 = 64 * 1024;
 
 /// Opens (or creates) the redb database at `path` as `builder` would (`Builder::create`),
 /// its writes handed to the disk every [`WRITE_BEHIND_BYTES`].
-pub(crate) fn create(builder: &Builder, path: &Path) -> Result<Database, DatabaseError> {
+pub(crate) fn create(
+    builder: &Builder,
+    path: &Path,
+    pace: Pace,
+) -> Result<Database, DatabaseError> {
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
     // The same open file, for `sync_file_range`: redb's backend does not lend its own.
     let handle = file.try_clone()?;
-    let backend = WriteBehind { file: FileBackend::new(file)?, handle, written: AtomicU64::new(0) };
+    let step_pause = match pace {
+        Pace::Unpaced => Duration::ZERO,
+        Pace::BytesPerSecond(rate) => {
+            Duration::from_secs_f64(WRITE_BEHIND_BYTES as f64 / rate.max(1) as f64)
+        }
+    };
+    let backend = WriteBehind {
+        file: FileBackend::new(file)?,
+        handle,
+        written: AtomicU64::new(0),
+        step_pause,
+    };
     builder.create_with_backend(backend)
+}
+
+/// How fast a file's writes may reach the disk.
+#[derive(Clone, Copy, Debug)]
+pub enum Pace {
+    /// As fast as its writer makes them.
+    Unpaced,
+    /// At most this many bytes a second, averaged over each 64 KiB handed to the disk:
+    /// the writer sleeps after each.
+    BytesPerSecond(u64),
 }
 
 /// redb's own file backend, which starts the write-back of the file's dirty pages every
@@ -43,12 +74,14 @@ struct WriteBehind {
     handle: File,
     /// Bytes written through this backend so far.
     written: AtomicU64,
+    /// How long the writer sleeps for each step it hands over (zero: unpaced).
+    step_pause: Duration,
 }
 
-/// Whether a write of `bytes` after `before` bytes reaches or passes a multiple of
-/// [`WRITE_BEHIND_BYTES`].
-fn crosses_step(before: u64, bytes: u64) -> bool {
-    before / WRITE_BEHIND_BYTES != before.saturating_add(bytes) / WRITE_BEHIND_BYTES
+/// How many multiples of [`WRITE_BEHIND_BYTES`] a write of `bytes` after `before` bytes
+/// reaches or passes.
+fn steps_crossed(before: u64, bytes: u64) -> u64 {
+    before.saturating_add(bytes) / WRITE_BEHIND_BYTES - before / WRITE_BEHIND_BYTES
 }
 
 /// Hands `file`'s dirty pages to the disk without waiting for them. Advice only: an error
@@ -85,8 +118,12 @@ impl StorageBackend for WriteBehind {
     fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         self.file.write(offset, data)?;
         let bytes = data.len() as u64;
-        if crosses_step(self.written.fetch_add(bytes, Ordering::Relaxed), bytes) {
+        let steps = steps_crossed(self.written.fetch_add(bytes, Ordering::Relaxed), bytes);
+        if steps > 0 {
             start_write_back(&self.handle);
+            if !self.step_pause.is_zero() {
+                std::thread::sleep(self.step_pause.saturating_mul(steps as u32));
+            }
         }
         Ok(())
     }
@@ -134,13 +171,25 @@ mod tests {
     #[test]
     fn write_back_starts_at_each_step() {
         let step = WRITE_BEHIND_BYTES;
-        assert!(!crosses_step(0, 1));
-        assert!(!crosses_step(0, step - 1));
-        assert!(crosses_step(0, step));
-        assert!(crosses_step(step - 1, 1));
-        assert!(!crosses_step(step, step - 1));
-        assert!(crosses_step(step + 1, 3 * step));
-        assert!(!crosses_step(u64::MAX - 1, 5), "the sum saturates instead of overflowing");
+        assert_eq!(steps_crossed(0, 1), 0);
+        assert_eq!(steps_crossed(0, step - 1), 0);
+        assert_eq!(steps_crossed(0, step), 1);
+        assert_eq!(steps_crossed(step - 1, 1), 1);
+        assert_eq!(steps_crossed(step, step - 1), 0);
+        assert_eq!(steps_crossed(step + 1, 3 * step), 3);
+        assert_eq!(steps_crossed(u64::MAX - 1, 5), 0, "the sum saturates instead of overflowing");
+    }
+
+    /// Commits 4 MiB to `db`: many steps of write-back while the transaction commits.
+    fn write_4_mib(db: &Database, value: &[u8]) {
+        let tx = db.begin_write().unwrap();
+        {
+            let mut table = tx.open_table(TABLE).unwrap();
+            for key in 0..1024u64 {
+                table.insert(key, value).unwrap();
+            }
+        }
+        tx.commit().unwrap();
     }
 
     /// What a database over the write-behind file wrote, it reads back after a reopen; and
@@ -151,25 +200,30 @@ mod tests {
         let path = dir.path().join("db.redb");
         let value = vec![7u8; 4096];
         {
-            let db = create(&Builder::new(), &path).unwrap();
+            let db = create(&Builder::new(), &path, Pace::Unpaced).unwrap();
             assert!(matches!(
-                create(&Builder::new(), &path),
+                create(&Builder::new(), &path, Pace::Unpaced),
                 Err(DatabaseError::DatabaseAlreadyOpen)
             ));
-            let tx = db.begin_write().unwrap();
-            {
-                let mut table = tx.open_table(TABLE).unwrap();
-                // 4 MiB: many steps of write-back while the transaction commits.
-                for key in 0..1024u64 {
-                    table.insert(key, value.as_slice()).unwrap();
-                }
-            }
-            tx.commit().unwrap();
+            write_4_mib(&db, &value);
         }
-        let db = create(&Builder::new(), &path).unwrap();
+        let db = create(&Builder::new(), &path, Pace::Unpaced).unwrap();
         let tx = db.begin_read().unwrap();
         let table = tx.open_table(TABLE).unwrap();
         assert_eq!(table.len().unwrap(), 1024);
         assert_eq!(table.get(1023).unwrap().unwrap().value(), value.as_slice());
+    }
+
+    /// A paced database's writes take at least their bytes' time at its pace: 4 MiB of
+    /// values (and redb's pages around them) at 4 MiB/s, a second or more.
+    #[test]
+    fn a_paced_database_writes_no_faster_than_its_pace() {
+        let dir = tempfile::tempdir().unwrap();
+        let db =
+            create(&Builder::new(), &dir.path().join("db.redb"), Pace::BytesPerSecond(4 << 20));
+        let started = std::time::Instant::now();
+        write_4_mib(&db.unwrap(), &[7u8; 4096]);
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(900), "4 MiB written in {elapsed:?}");
     }
 }

@@ -17,7 +17,7 @@
 //! Sync calls: run it under `strace -f -c -e trace=fsync,fdatasync,sync_file_range`.
 
 use clap::{Parser, ValueEnum};
-use solrouter_raft::{Durability, KvBatch, KvTree, RedbStore, WalStore, REDB_CACHE_BYTES};
+use solrouter_raft::{Durability, KvBatch, KvTree, Pace, RedbStore, WalStore, REDB_CACHE_BYTES};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -139,7 +139,11 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
             Engine::Redb => {
-                let store = RedbStore::open(&dir.path().join("ledger.redb"), REDB_CACHE_BYTES)?;
+                let store = RedbStore::open(
+                    &dir.path().join("ledger.redb"),
+                    REDB_CACHE_BYTES,
+                    Pace::Unpaced,
+                )?;
                 run(&args, dir.path(), |name| store.tree(name)).await
             }
             Engine::Wal => {
