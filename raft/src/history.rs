@@ -519,7 +519,7 @@ impl History {
             match crate::write_behind::create(
                 builder.set_cache_size(HISTORY_CACHE_BYTES),
                 path,
-                crate::write_behind::Pace::Unpaced,
+                crate::write_behind::Pace::unpaced(),
             ) {
                 Ok(db) => break db,
                 Err(redb::DatabaseError::DatabaseAlreadyOpen)

@@ -41,6 +41,17 @@ pub enum Durability {
     /// On stable storage (`fdatasync`ed) when the write returns, with every earlier write
     /// of every tree of the same store.
     Durable,
+    /// As `Durable`, for a write no one waits on for long (a snapshot the node built): a
+    /// store with a [`Pace`] writes a round made only of these at that pace, so that it
+    /// does not reach the disk in one burst that the log's syncs wait behind.
+    Background,
+}
+
+impl Durability {
+    /// Whether the write is on stable storage when it returns.
+    pub fn is_synced(self) -> bool {
+        matches!(self, Durability::Durable | Durability::Background)
+    }
 }
 
 /// One tree of an ordered key-value store. A write is applied atomically, before and after
@@ -317,7 +328,8 @@ pub struct NodeStores {
 
 impl RedbStore {
     /// Opens (or creates) the database file at `path`, keeping at most `cache_bytes` of it
-    /// in memory, its writes reaching the disk at `pace`, and starts its writer thread.
+    /// in memory, its [`Durability::Background`] writes reaching the disk at `pace`, and
+    /// starts its writer thread.
     /// Fails with `DatabaseError::DatabaseAlreadyOpen` while another handle in this
     /// process, or another process, has it open.
     pub fn open(
@@ -328,13 +340,16 @@ impl RedbStore {
         let db = crate::write_behind::create(
             redb::Builder::new().set_cache_size(cache_bytes),
             path,
-            pace,
+            pace.clone(),
         )?;
         let db = Arc::new(db);
         let committed = Arc::clone(&db);
         let writer = StoreWriter::spawn("redb-writer", IdleWrite::Queued, move |round| {
+            pace.set(round.iter().all(|r| r.durability == Durability::Background));
             // redb's errors are not `Clone`: every writer of the round gets the message.
-            commit(&committed, round).map_err(|e| e.to_string())
+            let committed = commit(&committed, round).map_err(|e| e.to_string());
+            pace.set(false);
+            committed
         })
         .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
         Ok(RedbStore { db, writer })
@@ -409,7 +424,7 @@ fn table(name: &str) -> redb::TableDefinition<'_, &'static [u8], &'static [u8]> 
 /// fails, the transaction is dropped (redb aborts it) and nothing of the round is written.
 fn commit(db: &redb::Database, requests: &mut [WriteRequest]) -> Result<(), redb::Error> {
     let mut txn = db.begin_write()?;
-    let durable = requests.iter().any(|r| r.durability == Durability::Durable);
+    let durable = requests.iter().any(|r| r.durability.is_synced());
     let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
     txn.set_durability(durability)?;
     for request in requests {
@@ -502,14 +517,15 @@ impl KvTree for RedbTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// A deferred write waits for the store's next write and lands with it, in order: a
     /// later write of the same key wins, and it is durable with a durable write.
     #[tokio::test]
     async fn a_deferred_write_lands_with_the_next_write() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            RedbStore::open(&dir.path().join("kv.redb"), REDB_CACHE_BYTES, Pace::Unpaced).unwrap();
+        let store = RedbStore::open(&dir.path().join("kv.redb"), REDB_CACHE_BYTES, Pace::unpaced())
+            .unwrap();
         let (meta, log) = (store.tree("0/meta"), store.tree("0/log"));
         let put = |value: &[u8]| vec![(b"k".to_vec(), Some(value.to_vec()))];
         meta.write(put(b"deferred"), Durability::Deferred).await.unwrap();
@@ -525,8 +541,11 @@ mod tests {
     #[tokio::test]
     async fn writes_made_in_the_commit_land_whole_or_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            RedbStore::open(&dir.path().join("kv.redb"), REDB_SNAPSHOT_CACHE_BYTES, Pace::Unpaced);
+        let store = RedbStore::open(
+            &dir.path().join("kv.redb"),
+            REDB_SNAPSHOT_CACHE_BYTES,
+            Pace::unpaced(),
+        );
         let tree = store.unwrap().tree("0/snapshot");
         let piece = |n: u8| vec![n; 300_000];
         let make: MakeWrites = Box::new(move |put| {
@@ -550,6 +569,30 @@ mod tests {
         for n in 0..8 {
             assert_eq!(tree.get(&[n]).unwrap(), Some(piece(n)), "piece {n}");
         }
+    }
+
+    /// A paced store writes a `Background` round at its pace and a `Durable` one as fast as
+    /// it is made: 4 MiB at 4 MiB/s takes a second or more, then less unpaced.
+    #[tokio::test]
+    async fn only_background_writes_wait_for_the_pace() {
+        let dir = tempfile::tempdir().unwrap();
+        let pace = Pace::bytes_per_second(4 << 20);
+        let store = RedbStore::open(&dir.path().join("kv.redb"), REDB_SNAPSHOT_CACHE_BYTES, pace);
+        let tree = store.unwrap().tree("0/snapshot");
+        let timed = |durability: Durability| {
+            let tree = tree.clone();
+            async move {
+                let make: MakeWrites =
+                    Box::new(|put| (0..16u8).try_for_each(|n| put(&[n], Some(&[n; 256 << 10]))));
+                let started = std::time::Instant::now();
+                tree.write_made(make, durability).await.unwrap();
+                started.elapsed()
+            }
+        };
+        let background = timed(Durability::Background).await;
+        assert!(background >= Duration::from_millis(900), "background in {background:?}");
+        let durable = timed(Durability::Durable).await;
+        assert!(durable < Duration::from_millis(900), "durable in {durable:?}");
     }
 
     /// A deferred write wakes no thread (it waits beside the queue), and the round that

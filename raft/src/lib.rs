@@ -166,8 +166,10 @@ pub const APPEND_ENTRIES_MAX: u64 = 8;
 /// Largest gRPC message between ledger nodes (tonic's default of 4 MiB is below one full
 /// batch).
 pub const RPC_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Fastest a node's snapshot store hands its writes to the disk (`write_behind.rs`). A
-/// snapshot is saved in the background, but the disk is shared with the log, and on a disk
+/// Fastest a node's snapshot store hands the writes of a snapshot the node built to the
+/// disk (`write_behind.rs`; one received from a leader is saved unpaced, as its node
+/// applies nothing until then). A build is saved in the background, but the disk is
+/// shared with the log, and on a disk
 /// with a volatile write cache every log sync (each commit waits for one) also flushes
 /// what the snapshot wrote before it. Unpaced, a loaded ledger's snapshot (150 MB at
 /// 50,000 lifecycles/s) reached the disk in ~0.2 s and the commits of that moment waited

@@ -862,7 +862,7 @@ async fn open_stores(data_dir: &Path, options: &NodeOptions) -> Result<NodeStore
     let legacy = data_dir.join(LEGACY_LOG_FILE_NAME);
     if legacy.exists() {
         let redb = retry_while_open(
-            || RedbStore::open(&legacy, REDB_CACHE_BYTES, Pace::Unpaced),
+            || RedbStore::open(&legacy, REDB_CACHE_BYTES, Pace::unpaced()),
             |e| matches!(e, redb::DatabaseError::DatabaseAlreadyOpen),
         )
         .await?;
@@ -873,7 +873,7 @@ async fn open_stores(data_dir: &Path, options: &NodeOptions) -> Result<NodeStore
     }
     let snapshots = retry_while_open(
         || {
-            let pace = Pace::BytesPerSecond(SNAPSHOT_WRITE_BYTES_PER_SECOND);
+            let pace = Pace::bytes_per_second(SNAPSHOT_WRITE_BYTES_PER_SECOND);
             RedbStore::open(&data_dir.join(SNAPSHOT_FILE_NAME), REDB_SNAPSHOT_CACHE_BYTES, pace)
         },
         |e| matches!(e, redb::DatabaseError::DatabaseAlreadyOpen),

@@ -351,12 +351,18 @@ impl<K: KvTree> StateMachine<K> {
         let before: Option<SnapshotHead> = load(&self.snapshots, KEY_HEAD)?;
         let n_pieces_before = before.map_or(0, |head| head.n_pieces);
         let last_log_id = meta.last_log_id;
+        // A snapshot this node built is saved at the store's pace: nothing waits on it. One
+        // received from a leader is not: its node applies nothing until it is saved.
+        let durability = match payload {
+            Payload::Ledger { .. } => Durability::Background,
+            Payload::Encoded { .. } => Durability::Durable,
+        };
         let written = Arc::new(Written::default());
         let make: MakeWrites = Box::new({
             let written = Arc::clone(&written);
             move |put| payload.write(meta, n_pieces_before, put, &written)
         });
-        let saved = self.snapshots.write_made(make, Durability::Durable).await;
+        let saved = self.snapshots.write_made(make, durability).await;
         saved.map_err(|e| write_error(&e))?;
         self.saved.send_replace(last_log_id);
         Ok(Some(written))

@@ -430,7 +430,7 @@ impl Wal {
         if let Some(failed) = &self.failed {
             return Err(failed.clone());
         }
-        let durable = round.iter().any(|r| r.durability == Durability::Durable);
+        let durable = round.iter().any(|r| r.durability.is_synced());
         let writes = round
             .iter()
             .flat_map(|r| r.batch.iter().map(|(k, v)| (&*r.table, k.as_slice(), v.as_deref())));

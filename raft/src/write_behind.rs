@@ -13,17 +13,20 @@
 //! `bytes_per_sync` does. What a commit's durability rests on is unchanged: the file's
 //! sync, which now has little left to send.
 //!
-//! Handed over at once, a large write still reaches the disk as one burst: a snapshot
-//! store's writer also sleeps after each step, so that its writes come at most at a
-//! [`Pace`] ([`crate::SNAPSHOT_WRITE_BYTES_PER_SECOND`]). The history is not paced: its
-//! writer must keep up with the applies.
+//! Handed over at once, a large write still reaches the disk as one burst: the snapshot
+//! store's writer also sleeps after each step while it saves a snapshot it built, so
+//! that those writes come at most at a [`Pace`] ([`crate::SNAPSHOT_WRITE_BYTES_PER_SECOND`];
+//! `Durability::Background`). A snapshot received from a leader is not paced (its
+//! follower applies nothing until it is saved), nor is the history (its writer must keep
+//! up with the applies).
 
 use redb::backends::FileBackend;
 use redb::{BackendError, Builder, Database, DatabaseError, StorageBackend};
 use std::fs::{File, OpenOptions};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Bytes written to a file between two hand-overs of its dirty pages to the disk. 16 KiB
@@ -32,7 +35,7 @@ use std::time::Duration;
 pub const WRITE_BEHIND_BYTES: u64 = 64 * 1024;
 
 /// Opens (or creates) the redb database at `path` as `builder` would (`Builder::create`),
-/// its writes handed to the disk every [`WRITE_BEHIND_BYTES`].
+/// its writes handed to the disk every [`WRITE_BEHIND_BYTES`], at `pace` while it is on.
 pub(crate) fn create(
     builder: &Builder,
     path: &Path,
@@ -41,29 +44,46 @@ pub(crate) fn create(
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
     // The same open file, for `sync_file_range`: redb's backend does not lend its own.
     let handle = file.try_clone()?;
-    let step_pause = match pace {
-        Pace::Unpaced => Duration::ZERO,
-        Pace::BytesPerSecond(rate) => {
-            Duration::from_secs_f64(WRITE_BEHIND_BYTES as f64 / rate.max(1) as f64)
-        }
-    };
-    let backend = WriteBehind {
-        file: FileBackend::new(file)?,
-        handle,
-        written: AtomicU64::new(0),
-        step_pause,
-    };
+    let backend =
+        WriteBehind { file: FileBackend::new(file)?, handle, written: AtomicU64::new(0), pace };
     builder.create_with_backend(backend)
 }
 
-/// How fast a file's writes may reach the disk.
-#[derive(Clone, Copy, Debug)]
-pub enum Pace {
-    /// As fast as its writer makes them.
-    Unpaced,
-    /// At most this many bytes a second, averaged over each 64 KiB handed to the disk:
-    /// the writer sleeps after each.
-    BytesPerSecond(u64),
+/// How fast a file's writes may reach the disk: as fast as its writer makes them, or,
+/// while the pace is on (a redb store turns it on for its `Durability::Background`
+/// rounds), at most at a rate, averaged over each 64 KiB handed to the disk (the writer
+/// sleeps after each). Clones share the switch.
+#[derive(Clone, Debug, Default)]
+pub struct Pace {
+    /// How long the writer sleeps for each step it hands over (zero: unpaced).
+    step_pause: Duration,
+    on: Arc<AtomicBool>,
+}
+
+impl Pace {
+    /// Never paced.
+    pub fn unpaced() -> Pace {
+        Pace::default()
+    }
+
+    /// At most `rate` bytes a second while on; off at first.
+    pub fn bytes_per_second(rate: u64) -> Pace {
+        let step_pause = Duration::from_secs_f64(WRITE_BEHIND_BYTES as f64 / rate.max(1) as f64);
+        Pace { step_pause, on: Arc::default() }
+    }
+
+    /// Turns the pace on or off for the writes that follow.
+    pub(crate) fn set(&self, on: bool) {
+        self.on.store(on, Ordering::Relaxed);
+    }
+
+    /// How long to sleep after handing `steps` steps to the disk.
+    fn pause(&self, steps: u64) -> Duration {
+        match self.on.load(Ordering::Relaxed) {
+            true => self.step_pause.saturating_mul(u32::try_from(steps).unwrap_or(u32::MAX)),
+            false => Duration::ZERO,
+        }
+    }
 }
 
 /// redb's own file backend, which starts the write-back of the file's dirty pages every
@@ -74,8 +94,7 @@ struct WriteBehind {
     handle: File,
     /// Bytes written through this backend so far.
     written: AtomicU64,
-    /// How long the writer sleeps for each step it hands over (zero: unpaced).
-    step_pause: Duration,
+    pace: Pace,
 }
 
 /// How many multiples of [`WRITE_BEHIND_BYTES`] a write of `bytes` after `before` bytes
@@ -121,8 +140,9 @@ impl StorageBackend for WriteBehind {
         let steps = steps_crossed(self.written.fetch_add(bytes, Ordering::Relaxed), bytes);
         if steps > 0 {
             start_write_back(&self.handle);
-            if !self.step_pause.is_zero() {
-                std::thread::sleep(self.step_pause.saturating_mul(steps as u32));
+            let pause = self.pace.pause(steps);
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
             }
         }
         Ok(())
@@ -200,30 +220,37 @@ mod tests {
         let path = dir.path().join("db.redb");
         let value = vec![7u8; 4096];
         {
-            let db = create(&Builder::new(), &path, Pace::Unpaced).unwrap();
+            let db = create(&Builder::new(), &path, Pace::unpaced()).unwrap();
             assert!(matches!(
-                create(&Builder::new(), &path, Pace::Unpaced),
+                create(&Builder::new(), &path, Pace::unpaced()),
                 Err(DatabaseError::DatabaseAlreadyOpen)
             ));
             write_4_mib(&db, &value);
         }
-        let db = create(&Builder::new(), &path, Pace::Unpaced).unwrap();
+        let db = create(&Builder::new(), &path, Pace::unpaced()).unwrap();
         let tx = db.begin_read().unwrap();
         let table = tx.open_table(TABLE).unwrap();
         assert_eq!(table.len().unwrap(), 1024);
         assert_eq!(table.get(1023).unwrap().unwrap().value(), value.as_slice());
     }
 
-    /// A paced database's writes take at least their bytes' time at its pace: 4 MiB of
-    /// values (and redb's pages around them) at 4 MiB/s, a second or more.
+    /// A paced database's writes take at least their bytes' time at its pace while the pace
+    /// is on: 4 MiB of values (and redb's pages around them) at 4 MiB/s, a second or more;
+    /// off, they are not held back.
     #[test]
-    fn a_paced_database_writes_no_faster_than_its_pace() {
+    fn a_paced_database_writes_no_faster_than_its_pace_while_it_is_on() {
         let dir = tempfile::tempdir().unwrap();
-        let db =
-            create(&Builder::new(), &dir.path().join("db.redb"), Pace::BytesPerSecond(4 << 20));
-        let started = std::time::Instant::now();
-        write_4_mib(&db.unwrap(), &[7u8; 4096]);
-        let elapsed = started.elapsed();
-        assert!(elapsed >= Duration::from_millis(900), "4 MiB written in {elapsed:?}");
+        let pace = Pace::bytes_per_second(4 << 20);
+        let db = create(&Builder::new(), &dir.path().join("db.redb"), pace.clone()).unwrap();
+        let timed = |on: bool| {
+            pace.set(on);
+            let started = std::time::Instant::now();
+            write_4_mib(&db, &[7u8; 4096]);
+            started.elapsed()
+        };
+        let paced = timed(true);
+        assert!(paced >= Duration::from_millis(900), "4 MiB written in {paced:?}, paced");
+        let unpaced = timed(false);
+        assert!(unpaced < paced, "4 MiB written in {unpaced:?} unpaced, {paced:?} paced");
     }
 }

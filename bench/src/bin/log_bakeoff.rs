@@ -142,7 +142,7 @@ fn main() -> anyhow::Result<()> {
                 let store = RedbStore::open(
                     &dir.path().join("ledger.redb"),
                     REDB_CACHE_BYTES,
-                    Pace::Unpaced,
+                    Pace::unpaced(),
                 )?;
                 run(&args, dir.path(), |name| store.tree(name)).await
             }
@@ -433,7 +433,7 @@ impl KvTree for SledTree {
             }
         }
         self.tree.apply_batch(sled_batch)?;
-        if durability == Durability::Durable {
+        if durability.is_synced() {
             self.tree.flush_async().await?;
             if let Some(file) = &self.file {
                 let file = Arc::clone(file);
@@ -502,9 +502,9 @@ impl KvTree for RedbPerWrite {
         let this = self.clone();
         let commit = move || -> Result<(), redb::Error> {
             let mut txn = this.db.begin_write()?;
-            let level = match durability {
-                Durability::Durable => redb::Durability::Immediate,
-                Durability::Volatile | Durability::Deferred => redb::Durability::None,
+            let level = match durability.is_synced() {
+                true => redb::Durability::Immediate,
+                false => redb::Durability::None,
             };
             txn.set_durability(level)?;
             {
@@ -561,7 +561,7 @@ impl KvTree for FjallTree {
                 }
             }
             fjall_batch.commit()?;
-            if durability == Durability::Durable {
+            if durability.is_synced() {
                 this.keyspace.persist(fjall::PersistMode::SyncData)?;
             }
             Ok(())

@@ -382,7 +382,7 @@ impl KvTree for MemTree {
         let write =
             batch.iter().map(|(key, value)| (self.name.clone(), key.clone(), value.clone()));
         self.store.write(write.collect())?;
-        let synced = durability == Durability::Durable;
+        let synced = durability.is_synced();
         if synced {
             self.store.sync().await?;
         }
