@@ -607,7 +607,6 @@ mod tests {
         // Windows by when each was due: 40 in each tenth of a second.
         let per_window: Vec<u64> = report.windows.iter().map(Histogram::n_recorded).collect();
         assert_eq!(per_window, [40; 5]);
-        assert!(report.windows.iter().all(|window| window.max() <= report.latencies.max()));
         assert_eq!(load.completed().load(Ordering::Relaxed), 200);
         assert_eq!((report.n_rejected, report.n_unanswered), (0, 0));
         // The last was due 497.5 ms in: a run that started them all at once ends sooner.

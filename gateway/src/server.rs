@@ -78,8 +78,11 @@ pub async fn serve(
         };
         let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
-        let service =
-            service_fn(move |request: Request<Incoming>| handle(app, route(app, request, peer)));
+        let service = service_fn(move |request: Request<Incoming>| {
+            // Timed from here: the route table answers some requests itself (`/metrics`).
+            let started = std::time::Instant::now();
+            handle(app, started, route(app, request, peer))
+        });
         let (builders, watcher) = (builders.clone(), graceful.watcher());
         tokio::spawn(async move {
             let _permit = permit;
@@ -134,15 +137,19 @@ enum Handling {
 }
 
 /// Runs the handler `route` picked and renders its error, if any; records the request's
-/// metrics. hyper keeps room for this future for as long as the connection lives (an
-/// idle keep-alive connection's and an open stream's included), so it holds nothing but
-/// the route's answer: the request went into the handler's box. (A block, not an async
-/// fn, which would keep its argument twice.)
+/// metrics, its duration from `started`. hyper keeps room for this future for as long as
+/// the connection lives (an idle keep-alive connection's and an open stream's included),
+/// so it holds nothing but the route's answer: the request went into the handler's box.
+/// (A block, not an async fn, which would keep its arguments twice.)
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice in the state hyper holds per connection"
+)]
 fn handle(
     app: &'static App,
+    started: std::time::Instant,
     (route, shape, handling): (&'static str, ErrorShape, Handling),
 ) -> impl Future<Output = Result<Response, Infallible>> {
-    let started = std::time::Instant::now();
     async move {
         let result = match handling {
             Handling::Ready(result) => result,

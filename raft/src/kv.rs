@@ -329,9 +329,8 @@ pub struct NodeStores {
 impl RedbStore {
     /// Opens (or creates) the database file at `path`, keeping at most `cache_bytes` of it
     /// in memory, its [`Durability::Background`] writes reaching the disk at `pace`, and
-    /// starts its writer thread.
-    /// Fails with `DatabaseError::DatabaseAlreadyOpen` while another handle in this
-    /// process, or another process, has it open.
+    /// starts its writer thread. Fails with `DatabaseError::DatabaseAlreadyOpen` while
+    /// another handle in this process, or another process, has it open.
     pub fn open(
         path: &Path,
         cache_bytes: usize,

@@ -79,9 +79,10 @@ impl Pace {
 
     /// How long to sleep after handing `steps` steps to the disk.
     fn pause(&self, steps: u64) -> Duration {
-        match self.on.load(Ordering::Relaxed) {
-            true => self.step_pause.saturating_mul(u32::try_from(steps).unwrap_or(u32::MAX)),
-            false => Duration::ZERO,
+        if self.on.load(Ordering::Relaxed) {
+            self.step_pause.saturating_mul(u32::try_from(steps).unwrap_or(u32::MAX))
+        } else {
+            Duration::ZERO
         }
     }
 }
@@ -94,6 +95,7 @@ struct WriteBehind {
     handle: File,
     /// Bytes written through this backend so far.
     written: AtomicU64,
+    /// How fast its writes may go, while its store turns the pace on.
     pace: Pace,
 }
 

@@ -502,9 +502,10 @@ impl KvTree for RedbPerWrite {
         let this = self.clone();
         let commit = move || -> Result<(), redb::Error> {
             let mut txn = this.db.begin_write()?;
-            let level = match durability.is_synced() {
-                true => redb::Durability::Immediate,
-                false => redb::Durability::None,
+            let level = if durability.is_synced() {
+                redb::Durability::Immediate
+            } else {
+                redb::Durability::None
             };
             txn.set_durability(level)?;
             {
