@@ -6,7 +6,7 @@
 //! (`sim`) can run the very same store code over an in-memory tree that models a crash:
 //! every write made durable survives it, every other write is lost.
 
-pub use crate::write_behind::Pace;
+pub use crate::write_behind::{Hurry, Pace};
 use redb::{ReadableDatabase, ReadableTable, TableHandle};
 use std::future::Future;
 use std::ops::Bound;
@@ -106,6 +106,12 @@ pub trait KvTree: Clone + Send + Sync + 'static {
             self.write(batch, durability).await
         }
     }
+    /// Until the guard it returns is dropped, the store writes its
+    /// [`Durability::Background`] rounds (the one in progress too) as fast as it can:
+    /// the caller is about to wait behind them. `None` from a store that paces nothing.
+    fn hurry(&self) -> Option<Hurry> {
+        None
+    }
 }
 
 /// A table's name and every pair in it.
@@ -152,6 +158,8 @@ const COMMIT_PANICKED: &str = "a commit of this store panicked";
 pub struct RedbStore {
     db: Arc<redb::Database>,
     writer: StoreWriter,
+    /// The pace of its `Background` rounds (shared with the writer), for [`KvTree::hurry`].
+    pace: Pace,
 }
 
 /// The queue in front of a store's writer thread (the redb database's, the WAL's): each
@@ -343,15 +351,16 @@ impl RedbStore {
         )?;
         let db = Arc::new(db);
         let committed = Arc::clone(&db);
+        let switch = pace.clone();
         let writer = StoreWriter::spawn("redb-writer", IdleWrite::Queued, move |round| {
-            pace.set(round.iter().all(|r| r.durability == Durability::Background));
+            switch.set(round.iter().all(|r| r.durability == Durability::Background));
             // redb's errors are not `Clone`: every writer of the round gets the message.
             let committed = commit(&committed, round).map_err(|e| e.to_string());
-            pace.set(false);
+            switch.set(false);
             committed
         })
         .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
-        Ok(RedbStore { db, writer })
+        Ok(RedbStore { db, writer, pace })
     }
 
     pub fn tree(&self, name: &str) -> RedbTree {
@@ -510,6 +519,10 @@ impl KvTree for RedbTree {
     ) -> Result<(), redb::Error> {
         let written = self.store.writer.write_made(&self.table, make, durability).await;
         written.map_err(writer_failed)
+    }
+
+    fn hurry(&self) -> Option<Hurry> {
+        Some(self.store.pace.hurry())
     }
 }
 

@@ -72,7 +72,7 @@ pub use kv::IdleWrite;
 /// The storage interface and its redb engine, public for the log store bake-off
 /// (`bench/src/bin/log_bakeoff.rs`), which drives every candidate through it.
 pub use kv::{
-    Durability, KvBatch, KvPair, KvTree, MakeWrites, Pace, PutWrite, RedbStore, RedbTree,
+    Durability, Hurry, KvBatch, KvPair, KvTree, MakeWrites, Pace, PutWrite, RedbStore, RedbTree,
     REDB_CACHE_BYTES, REDB_SNAPSHOT_CACHE_BYTES,
 };
 pub use leadership::{HAND_OVER_BACKOFF, HAND_OVER_TIMEOUT, LEADER_BALANCE_INTERVAL};
@@ -168,7 +168,8 @@ pub const APPEND_ENTRIES_MAX: u64 = 8;
 pub const RPC_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Fastest a node's snapshot store hands the writes of a snapshot the node built to the
 /// disk (`write_behind.rs`; one received from a leader is saved unpaced, as its node
-/// applies nothing until then). A build is saved in the background, but the disk is
+/// applies nothing until then, and so is the rest of a build's save it finds under way).
+/// A build is saved in the background, but the disk is
 /// shared with the log, and on a disk
 /// with a volatile write cache every log sync (each commit waits for one) also flushes
 /// what the snapshot wrote before it. Unpaced, a loaded ledger's snapshot (150 MB at

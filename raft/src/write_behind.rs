@@ -17,15 +17,15 @@
 //! store's writer also sleeps after each step while it saves a snapshot it built, so
 //! that those writes come at most at a [`Pace`] ([`crate::SNAPSHOT_WRITE_BYTES_PER_SECOND`];
 //! `Durability::Background`). A snapshot received from a leader is not paced (its
-//! follower applies nothing until it is saved), nor is the history (its writer must keep
-//! up with the applies).
+//! follower applies nothing until it is saved; it [hurries](Pace::hurry) a paced save it
+//! would wait behind), nor is the history (its writer must keep up with the applies).
 
 use redb::backends::FileBackend;
 use redb::{BackendError, Builder, Database, DatabaseError, StorageBackend};
 use std::fs::{File, OpenOptions};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,12 +52,15 @@ pub(crate) fn create(
 /// How fast a file's writes may reach the disk: as fast as its writer makes them, or,
 /// while the pace is on (a redb store turns it on for its `Durability::Background`
 /// rounds), at most at a rate, averaged over each 64 KiB handed to the disk (the writer
-/// sleeps after each). Clones share the switch.
+/// sleeps after each), unless someone is hurrying it ([`crate::KvTree::hurry`]). Clones
+/// share the switch and the hurry.
 #[derive(Clone, Debug, Default)]
 pub struct Pace {
     /// How long the writer sleeps for each step it hands over (zero: unpaced).
     step_pause: Duration,
     on: Arc<AtomicBool>,
+    /// Live [`Hurry`] guards: while there is one, the writer does not sleep.
+    hurried: Arc<AtomicUsize>,
 }
 
 impl Pace {
@@ -69,7 +72,7 @@ impl Pace {
     /// At most `rate` bytes a second while on; off at first.
     pub fn bytes_per_second(rate: u64) -> Pace {
         let step_pause = Duration::from_secs_f64(WRITE_BEHIND_BYTES as f64 / rate.max(1) as f64);
-        Pace { step_pause, on: Arc::default() }
+        Pace { step_pause, on: Arc::default(), hurried: Arc::default() }
     }
 
     /// Turns the pace on or off for the writes that follow.
@@ -77,13 +80,32 @@ impl Pace {
         self.on.store(on, Ordering::Relaxed);
     }
 
-    /// How long to sleep after handing `steps` steps to the disk.
-    fn pause(&self, steps: u64) -> Duration {
-        if self.on.load(Ordering::Relaxed) {
-            self.step_pause.saturating_mul(u32::try_from(steps).unwrap_or(u32::MAX))
+    /// Unpaces the writes, the one in progress and those that follow, for as long as the
+    /// guard it returns lives: someone is waiting for them to end.
+    pub(crate) fn hurry(&self) -> Hurry {
+        self.hurried.fetch_add(1, Ordering::Relaxed);
+        Hurry { hurried: Arc::clone(&self.hurried) }
+    }
+
+    /// How long to sleep after handing a step to the disk.
+    fn pause(&self) -> Duration {
+        if self.on.load(Ordering::Relaxed) && self.hurried.load(Ordering::Relaxed) == 0 {
+            self.step_pause
         } else {
             Duration::ZERO
         }
+    }
+}
+
+/// A [`Pace`] suspended while this lives ([`crate::KvTree::hurry`]).
+#[derive(Debug)]
+pub struct Hurry {
+    hurried: Arc<AtomicUsize>,
+}
+
+impl Drop for Hurry {
+    fn drop(&mut self) {
+        self.hurried.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -142,8 +164,12 @@ impl StorageBackend for WriteBehind {
         let steps = steps_crossed(self.written.fetch_add(bytes, Ordering::Relaxed), bytes);
         if steps > 0 {
             start_write_back(&self.handle);
-            let pause = self.pace.pause(steps);
-            if !pause.is_zero() {
+            // A step at a time: a hurry that comes meanwhile ends the sleeps.
+            for _ in 0..steps {
+                let pause = self.pace.pause();
+                if pause.is_zero() {
+                    break;
+                }
                 std::thread::sleep(pause);
             }
         }
@@ -238,7 +264,7 @@ mod tests {
 
     /// A paced database's writes take at least their bytes' time at its pace while the pace
     /// is on: 4 MiB of values (and redb's pages around them) at 4 MiB/s, a second or more;
-    /// off, they are not held back.
+    /// off, or on but hurried, they are not held back.
     #[test]
     fn a_paced_database_writes_no_faster_than_its_pace_while_it_is_on() {
         let dir = tempfile::tempdir().unwrap();
@@ -254,5 +280,11 @@ mod tests {
         assert!(paced >= Duration::from_millis(900), "4 MiB written in {paced:?}, paced");
         let unpaced = timed(false);
         assert!(unpaced < paced, "4 MiB written in {unpaced:?} unpaced, {paced:?} paced");
+        let hurry = pace.hurry();
+        let hurried = timed(true);
+        assert!(hurried < paced, "4 MiB written in {hurried:?} hurried, {paced:?} paced");
+        drop(hurry);
+        let paced_again = timed(true);
+        assert!(paced_again >= Duration::from_millis(900), "{paced_again:?} once the hurry ended");
     }
 }
