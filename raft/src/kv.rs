@@ -106,6 +106,7 @@ pub trait KvTree: Clone + Send + Sync + 'static {
             self.write(batch, durability).await
         }
     }
+
     /// Until the guard it returns is dropped, the store writes its
     /// [`Durability::Background`] rounds (the one in progress too) as fast as it can:
     /// the caller is about to wait behind them. `None` from a store that paces nothing.
