@@ -169,10 +169,9 @@ pub const RPC_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Fastest a node's snapshot store hands the writes of a snapshot the node built to the
 /// disk (`write_behind.rs`; one received from a leader is saved unpaced, as its node
 /// applies nothing until then, and so is the rest of a build's save it finds under way).
-/// A build is saved in the background, but the disk is
-/// shared with the log, and on a disk
-/// with a volatile write cache every log sync (each commit waits for one) also flushes
-/// what the snapshot wrote before it. Unpaced, a loaded ledger's snapshot (150 MB at
+/// A build is saved in the background, but the disk is shared with the log, and on a
+/// disk with a volatile write cache every log sync (each commit waits for one) also
+/// flushes what the snapshot wrote before it. Unpaced, a loaded ledger's snapshot (150 MB at
 /// 50,000 lifecycles/s) reached the disk in ~0.2 s and the commits of that moment waited
 /// behind it: three replicas on one disk at 50,000/s, lifecycle p999 40.5 ms and max 56 ms
 /// on average over eight runs, against 27.2 and 37.4 at this pace, interleaved (p99 16.1

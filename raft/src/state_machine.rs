@@ -338,12 +338,13 @@ impl<K: KvTree> StateMachine<K> {
         meta: SnapshotMeta,
         payload: Payload,
     ) -> Result<Option<Arc<Written>>, StorageError> {
-        // A snapshot received from a leader is saved as fast as the disk takes it: its node
-        // applies nothing until it is saved. So is the rest of one this node built, whose
-        // paced save it would otherwise wait behind (seconds at 32 MiB/s).
-        let _hurry = match payload {
-            Payload::Ledger { .. } => None,
-            Payload::Encoded { .. } => self.snapshots.hurry(),
+        // A snapshot this node built is saved at the store's pace: nothing waits on it. One
+        // received from a leader is saved as fast as the disk takes it (its node applies
+        // nothing until then), and so is the rest of a build's save it would otherwise wait
+        // behind (seconds at 32 MiB/s).
+        let (durability, _hurry) = match payload {
+            Payload::Ledger { .. } => (Durability::Background, None),
+            Payload::Encoded { .. } => (Durability::Durable, self.snapshots.hurry()),
         };
         let _saving = self.saving.lock().await;
         if meta.last_log_id < *self.saved.borrow() {
@@ -358,11 +359,6 @@ impl<K: KvTree> StateMachine<K> {
         let before: Option<SnapshotHead> = load(&self.snapshots, KEY_HEAD)?;
         let n_pieces_before = before.map_or(0, |head| head.n_pieces);
         let last_log_id = meta.last_log_id;
-        // A snapshot this node built is saved at the store's pace: nothing waits on it.
-        let durability = match payload {
-            Payload::Ledger { .. } => Durability::Background,
-            Payload::Encoded { .. } => Durability::Durable,
-        };
         let written = Arc::new(Written::default());
         let make: MakeWrites = Box::new({
             let written = Arc::clone(&written);
@@ -588,7 +584,7 @@ mod tests {
         HistoryQuery, PowerLossDisk, UsageQuery, HISTORY_QUEUE_MAX, HISTORY_RETENTION_DEFAULT,
     };
     use crate::sim::storage::{Disk, MemStore, MemTree};
-    use crate::{Pace, RedbStore, ELECTION_TIMEOUT_MIN};
+    use crate::{Pace, RedbStore, ELECTION_TIMEOUT_MIN, REDB_SNAPSHOT_CACHE_BYTES};
     use openraft::{CommittedLeaderId, LogId};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
@@ -648,7 +644,8 @@ mod tests {
     async fn an_install_does_not_wait_for_the_pace_of_a_save_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let pace = Pace::bytes_per_second(1 << 20);
-        let store = RedbStore::open(&dir.path().join("snapshots.redb"), 1 << 20, pace).unwrap();
+        let path = dir.path().join("snapshots.redb");
+        let store = RedbStore::open(&path, REDB_SNAPSHOT_CACHE_BYTES, pace).unwrap();
         let machine = StateMachine::restore(store.tree("0/snapshot"), 0, history()).unwrap();
         let built = || Payload::Ledger {
             ledger: Box::new(ledger_of_accounts(20_000)),
