@@ -37,14 +37,18 @@
 //!   hour first, so each transaction's buckets are neighbours; every second the closed
 //!   hours move to `usage_hourly`: (account, hour, key, model) → sums, an account's
 //!   hours side by side for its usage queries. Together they always equal the sum of the
-//!   retained records.
+//!   retained records;
+//! * `posted_through`: (incarnation, group) → the last entry of that group whose records
+//!   and postings are written ([`History::posted_through`]).
 //!
 //! Postings held in memory are lost in a crash while their records, synced every second,
 //! are not. They are written before a query reads `postings`, before a retention pass,
 //! with a backfill's page, and by the sync before a snapshot, after which the log is
 //! purged; so a record whose posting a crash took is in the log after the last snapshot,
 //! and the log's replay, which writes the record again (its hold already written), writes
-//! the posting `postings` lacks ([`Tables::insert_all`]).
+//! the posting `postings` lacks ([`Tables::insert_all`]). Each write of postings marks, in
+//! the same transaction, the last entry of each group whose records it holds; the replay
+//! re-writes only the entries after that mark, the ones a crash may have cut short.
 //!
 //! Retention ([`History::expire`]) drops records older than the configured age from all
 //! of them. A file of format 1 (no `meta`: `records` keyed by hold and four index and
@@ -56,6 +60,7 @@
 
 use crate::error::LedgerError;
 use crate::history_codec::{decode_record, decode_usage, encode_record, encode_usage};
+use crate::incarnation::Incarnation;
 use crate::{codec, OPEN_LOCK_ATTEMPTS_MAX, OPEN_LOCK_RETRY_INTERVAL};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -154,6 +159,11 @@ const POSTINGS: TableDefinition<PostingsKey, &[u8]> = TableDefinition::new("post
 /// Formats 2 and 3's index, read only to rewrite it as `postings`: (account, key,
 /// created_ms, hold).
 const V3_BY_ACCOUNT_KEY: TableDefinition<IndexKey, ()> = TableDefinition::new("by_account_key");
+/// (incarnation, group) → the index through which that group's entries, in the log of
+/// that incarnation of the node's data directory, have their records and postings here
+/// (see [`History::posted_through`]). Rows of another incarnation (a log wiped since) are
+/// dropped by the next write of postings.
+const POSTED_THROUGH: TableDefinition<(u128, u32), u64> = TableDefinition::new("posted_through");
 /// (hour start ms, account, key, model) → `history_codec::encode_usage`.
 const USAGE_RECENT: TableDefinition<BucketKey<'static>, &[u8]> =
     TableDefinition::new("usage_recent");
@@ -185,6 +195,24 @@ struct Stored {
 
 /// A settled request's record with its payer, as applies queue them.
 type Settled = (AccountId, HoldId, RequestRecord);
+
+/// A group and the index of the last entry it applied: what an apply's records come from.
+pub type Applied = (u32, u64);
+
+/// Records applied and not yet written, and for each group the last entry applied.
+#[derive(Default)]
+struct Queue {
+    records: Vec<Settled>,
+    through: BTreeMap<u32, u64>,
+}
+
+/// Moves each group's mark in `marks` up to its index in `applied` (marks never go back).
+fn advance(marks: &mut BTreeMap<u32, u64>, applied: impl IntoIterator<Item = Applied>) {
+    for (group, index) in applied {
+        let mark = marks.entry(group).or_default();
+        *mark = (*mark).max(index);
+    }
+}
 
 /// Sums over requests: one hourly bucket, or one row of a [`UsageQuery`]'s answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,7 +369,7 @@ struct Inner {
     retention: Duration,
     expired_total: AtomicU64,
     /// Records applied and not yet written, in apply order (a hold's first record wins).
-    queue: Mutex<Vec<Settled>>,
+    queue: Mutex<Queue>,
     /// Held by every write for as long as it drains the queue and commits, so a write that
     /// returns has committed every record queued before it began (a read that writes the
     /// queue first cannot miss one in the writer's hands). Taken before `queue`, never
@@ -359,6 +387,9 @@ struct Inner {
     backfill: Arc<BackfillRequests>,
     /// Kept in memory only (tests and the simulation): a sync costs nothing.
     in_memory: bool,
+    /// The incarnation of the node's data directory whose log the applies come from
+    /// ([`POSTED_THROUGH`]); none for a history that does not outlive its process.
+    incarnation: Option<Incarnation>,
 }
 
 /// What only the one writing holds.
@@ -377,6 +408,9 @@ struct Writer {
     /// fresh pages each time (under `cluster_load` the kernel's zeroing of those pages
     /// alone took 3.6 % of a node's CPU: docs/benchmarks.md, "Session 24").
     spare: Vec<Settled>,
+    /// For each group, the last entry whose records are written (their postings may be
+    /// held): what [`POSTED_THROUGH`] gets when the postings held are written.
+    written_through: BTreeMap<u32, u64>,
 }
 
 impl Drop for Inner {
@@ -420,8 +454,10 @@ impl Inner {
     ) -> HistoryResult<()> {
         let mut writer = self.writer.lock();
         let spare = std::mem::take(&mut writer.spare);
-        let mut records =
-            std::mem::replace(&mut *self.queue.lock().expect("history queue lock poisoned"), spare);
+        let (mut records, through) = {
+            let mut queue = self.queue.lock().expect("history queue lock poisoned");
+            (std::mem::replace(&mut queue.records, spare), std::mem::take(&mut queue.through))
+        };
         records.extend(more);
         let durable = matches!(durability, Durability::Immediate);
         let held_due = writer.unposted_since.is_some_and(|since| {
@@ -429,9 +465,12 @@ impl Inner {
         });
         if records.is_empty() && !(durable && writer.unsynced) && !held_due {
             writer.spare = records;
+            advance(&mut writer.written_through, through);
             return Ok(());
         }
-        let unposted = &mut writer.unposted;
+        let Writer { unposted, written_through, .. } = &mut *writer;
+        let mut marks = written_through.clone();
+        advance(&mut marks, through.iter().map(|(&group, &index)| (group, index)));
         let (mut fresh, mut posting) = (Vec::new(), false);
         let written = self.write(durability, |tables| {
             fresh = tables.insert_all(&records)?;
@@ -441,11 +480,15 @@ impl Inner {
             if posting {
                 unposted.extend_from_slice(&fresh);
                 tables.post_held(unposted)?;
+                if let Some(incarnation) = self.incarnation {
+                    tables.mark_posted(incarnation, &marks)?;
+                }
             }
             Ok(())
         });
         match written {
             Ok(()) => {
+                writer.written_through = marks;
                 writer.unsynced = !durable;
                 if posting {
                     writer.unposted.clear();
@@ -466,8 +509,9 @@ impl Inner {
                     writer.unposted.retain(|key| fresh.binary_search(key).is_err());
                 }
                 let mut queue = self.queue.lock().expect("history queue lock poisoned");
-                let queued_since = std::mem::replace(&mut *queue, records);
-                queue.extend(queued_since);
+                let queued_since = std::mem::replace(&mut queue.records, records);
+                queue.records.extend(queued_since);
+                advance(&mut queue.through, through);
                 Err(e)
             }
         }
@@ -517,7 +561,14 @@ type HistoryResult<T> = Result<T, redb::Error>;
 impl History {
     /// Opens (or creates) the history in `path`, waiting a while for a node of this
     /// process that is shutting down to let go of it.
-    pub async fn open(path: &Path, retention: Duration) -> Result<History, LedgerError> {
+    /// `incarnation` is the data directory's (drawn when it was first opened, kept with
+    /// its log): the log the node's applies come from, which
+    /// [`History::posted_through`] is about.
+    pub async fn open(
+        path: &Path,
+        retention: Duration,
+        incarnation: Incarnation,
+    ) -> Result<History, LedgerError> {
         let mut attempt = 1;
         let db = loop {
             let mut builder = Database::builder();
@@ -539,29 +590,35 @@ impl History {
                 }
             }
         };
-        History::over(db, retention, false)
+        History::over(db, retention, false, Some(incarnation))
     }
 
-    /// A history kept in memory only (tests and the simulation).
+    /// A history kept in memory only (tests and the simulation), which no log outlives.
     #[cfg(test)]
     pub fn in_memory(retention: Duration) -> Result<History, LedgerError> {
-        History::with_backend(redb::backends::InMemoryBackend::new(), retention)
+        History::with_backend(redb::backends::InMemoryBackend::new(), retention, None)
     }
 
     /// A history over `backend`, a store in memory (tests: e.g. a disk that loses what was
-    /// not synced).
+    /// not synced), for the log of `incarnation`.
     #[cfg(test)]
     pub(crate) fn with_backend(
         backend: impl redb::StorageBackend,
         retention: Duration,
+        incarnation: Option<Incarnation>,
     ) -> Result<History, LedgerError> {
         let db = Database::builder().create_with_backend(backend).map_err(|e| {
             LedgerError::storage("creating the request history", redb::Error::from(e))
         })?;
-        History::over(db, retention, true)
+        History::over(db, retention, true, incarnation)
     }
 
-    fn over(db: Database, retention: Duration, in_memory: bool) -> Result<History, LedgerError> {
+    fn over(
+        db: Database,
+        retention: Duration,
+        in_memory: bool,
+        incarnation: Option<Incarnation>,
+    ) -> Result<History, LedgerError> {
         let inner = Inner {
             db,
             retention,
@@ -571,6 +628,7 @@ impl History {
             queued: Arc::default(),
             backfill: Arc::default(),
             in_memory,
+            incarnation,
         };
         let history = History { inner: Arc::new(inner) };
         history.prepare().map_err(|e| LedgerError::storage("opening the request history", e))?;
@@ -660,12 +718,15 @@ impl History {
     /// call it holding the state lock (and must, before a snapshot can see the entries
     /// applied: the sync before the snapshot's save then finds their records queued).
     /// Returns whether the queue reached `HISTORY_QUEUE_MAX`: the caller then writes it
-    /// ([`History::flush`], off the async workers) before going on.
-    pub fn queue(&self, records: Vec<Settled>) -> bool {
+    /// ([`History::flush`], off the async workers) before going on. `applied` names the
+    /// last entry the records come from, if they come from a log (see
+    /// [`History::posted_through`]).
+    pub fn queue(&self, applied: Option<Applied>, records: Vec<Settled>) -> bool {
         let mut queue = self.inner.queue.lock().expect("history queue lock poisoned");
-        let before = queue.len();
-        queue.extend(records);
-        let after = queue.len();
+        let before = queue.records.len();
+        queue.records.extend(records);
+        advance(&mut queue.through, applied);
+        let after = queue.records.len();
         drop(queue);
         let first = before == 0 && after > 0;
         if first || (before < HISTORY_FLUSH_RECORDS && after >= HISTORY_FLUSH_RECORDS) {
@@ -717,6 +778,26 @@ impl History {
     /// sync writes them.
     pub fn sync_records(&self) -> HistoryResult<()> {
         self.inner.write_queued(Vec::new(), Durability::Immediate, Postings::WhenDue)
+    }
+
+    /// The index through which `group`'s entries have their records and their postings in
+    /// this history (0: none known), as the last write of postings that outlived the
+    /// process left it: that write held every earlier one's records, and none of them can
+    /// be lost while it was kept. A restarted node's log replays its entries after its
+    /// snapshot, and re-writing the records of those up to here would find each one
+    /// written, a lookup and a search of its postings for nothing (~12 µs a record: 1.4 M
+    /// records took 16 s of writes in `cluster_soak`, docs/storage.md). Counted
+    /// in the log of this history's incarnation only: a wiped log draws another one and
+    /// numbers its entries afresh.
+    pub fn posted_through(&self, group: u32) -> HistoryResult<u64> {
+        let Some(incarnation) = self.inner.incarnation else { return Ok(0) };
+        let txn = self.inner.db.begin_read()?;
+        let table = match txn.open_table(POSTED_THROUGH) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(table.get((incarnation, group))?.map_or(0, |index| index.value()))
     }
 
     /// One round of upkeep: rolls closed hours up, with `expire` drops what is past
@@ -784,7 +865,7 @@ impl History {
     /// Records queued and not yet written.
     #[cfg(test)]
     pub(crate) fn queued(&self) -> usize {
-        self.inner.queue.lock().expect("history queue lock poisoned").len()
+        self.inner.queue.lock().expect("history queue lock poisoned").records.len()
     }
 
     /// A read transaction that finds every record applied before the call: what is queued
@@ -845,7 +926,7 @@ impl History {
 
     /// Counts the queue without writing it (a queued repeat of a hold counts until then).
     pub fn stats(&self) -> HistoryResult<HistoryStats> {
-        let queued = self.inner.queue.lock().expect("history queue lock poisoned").len();
+        let queued = self.inner.queue.lock().expect("history queue lock poisoned").records.len();
         let written = self.inner.db.begin_read()?.open_table(REQUESTS)?.len()?;
         Ok(HistoryStats {
             records: written + queued as u64,
@@ -1056,6 +1137,7 @@ struct Tables<'txn> {
     postings: redb::Table<'txn, PostingsKey, &'static [u8]>,
     usage_recent: UsageTable<'txn>,
     usage_hourly: UsageTable<'txn>,
+    posted_through: redb::Table<'txn, (u128, u32), u64>,
 }
 
 type UsageTable<'txn> = redb::Table<'txn, BucketKey<'static>, &'static [u8]>;
@@ -1068,7 +1150,22 @@ impl<'txn> Tables<'txn> {
             postings: txn.open_table(POSTINGS)?,
             usage_recent: txn.open_table(USAGE_RECENT)?,
             usage_hourly: txn.open_table(USAGE_HOURLY)?,
+            posted_through: txn.open_table(POSTED_THROUGH)?,
         })
+    }
+
+    /// Records `marks` (group → index) as [`POSTED_THROUGH`] of `incarnation`'s log, and
+    /// drops the rows of any other.
+    fn mark_posted(
+        &mut self,
+        incarnation: Incarnation,
+        marks: &BTreeMap<u32, u64>,
+    ) -> HistoryResult<()> {
+        self.posted_through.retain(|(of, _), _| of == incarnation)?;
+        for (&group, &index) in marks {
+            self.posted_through.insert((incarnation, group), index)?;
+        }
+        Ok(())
     }
 
     /// Inserts each hold's first record (a hold already written keeps its own): the
@@ -1507,6 +1604,9 @@ mod tests {
     const ACCOUNT: AccountId = AccountId(7);
     const T0: u64 = 1_700_000_000_000;
 
+    /// The incarnation of the data directory whose log these tests' histories follow.
+    const INCARNATION: Incarnation = 1;
+
     fn record(key: u64, model: &str, status: u16, created_ms: u64, cost: u128) -> RequestRecord {
         RequestRecord {
             key: Some(KeyId(key)),
@@ -1594,19 +1694,19 @@ mod tests {
             let created_ms = T0 + (100 + hold) * 60_000;
             (ACCOUNT, HoldId(hold.into()), record(0, "mock/late", 200, created_ms, cost))
         };
-        assert!(!history.queue(vec![late(0, 7), late(200, 1), late(200, 9)]));
+        assert!(!history.queue(None, vec![late(0, 7), late(200, 1), late(200, 9)]));
         assert_eq!(history.queued(), 3);
         assert_eq!(history.record(ACCOUNT, HoldId(200)).unwrap().unwrap().cost, PicoUsd(1));
         assert_eq!(history.queued(), 0, "the read wrote the queue first");
         assert_eq!(history.record(ACCOUNT, HoldId(0)).unwrap().unwrap().cost, PicoUsd(1_000));
 
-        history.queue(vec![late(201, 1)]);
+        history.queue(None, vec![late(201, 1)]);
         assert_eq!(holds(&history.query(&query(2)).unwrap()), [201, 200]);
-        history.queue(vec![late(202, 1)]);
+        history.queue(None, vec![late(202, 1)]);
         let all = UsageQuery { account: ACCOUNT, from_ms: 0, to_ms: u64::MAX, bucket_ms: HOUR_MS };
         let requests: u64 = history.usage(&all).unwrap().iter().map(|row| row.usage.requests).sum();
         assert_eq!(requests, 103);
-        history.queue(vec![late(203, 1)]);
+        history.queue(None, vec![late(203, 1)]);
         let exported = history.export(|_| true, None, HISTORY_EXPORT_PAGE_MAX).unwrap();
         assert_eq!(exported.records.last().map(|(_, hold, _)| hold.0), Some(203));
         assert_eq!(history.stats().unwrap().records, 105);
@@ -1625,7 +1725,7 @@ mod tests {
         };
         let queued =
             vec![settled(5, 1), settled(2, 1), settled(5, 9), settled(3, 1), settled(2, 7)];
-        history.queue(queued);
+        history.queue(None, queued);
         history.flush().unwrap();
         let costs: Vec<(u64, u128)> = (history.query(&query(10)).unwrap().records.iter())
             .map(|(_, record)| ((record.created_ms - T0) / 1_000, record.cost.0))
@@ -1643,13 +1743,13 @@ mod tests {
             let created_ms = T0 + (100 + hold) * 60_000;
             (ACCOUNT, HoldId(hold.into()), record(0, "mock/late", 200, created_ms, 1))
         };
-        let room = |history: &History| history.inner.queue.lock().unwrap().capacity();
+        let room = |history: &History| history.inner.queue.lock().unwrap().records.capacity();
         let before = history.stats().unwrap().records;
-        history.queue((200..300).map(late).collect());
+        history.queue(None, (200..300).map(late).collect());
         history.flush().unwrap();
-        history.queue(vec![late(300)]);
+        history.queue(None, vec![late(300)]);
         history.flush().unwrap();
-        history.queue(vec![late(301)]);
+        history.queue(None, vec![late(301)]);
         assert!(room(&history) >= 100, "room for {} records", room(&history));
         history.flush().unwrap();
         assert_eq!(history.stats().unwrap().records, before + 102);
@@ -1660,11 +1760,15 @@ mod tests {
     #[test]
     fn a_sync_makes_queued_and_written_records_durable() {
         let disk = PowerLossDisk::default();
-        let history = History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap();
+        let history =
+            History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT, Some(INCARNATION))
+                .unwrap();
         history.insert([(ACCOUNT, HoldId(1), record(0, "mock/echo", 200, T0, 1))]).unwrap();
-        history.queue(vec![(ACCOUNT, HoldId(2), record(0, "mock/echo", 200, T0, 1))]);
-        let after_power_loss =
-            || History::with_backend(disk.crash(), HISTORY_RETENTION_DEFAULT).unwrap();
+        history.queue(None, vec![(ACCOUNT, HoldId(2), record(0, "mock/echo", 200, T0, 1))]);
+        let after_power_loss = || {
+            History::with_backend(disk.crash(), HISTORY_RETENTION_DEFAULT, Some(INCARNATION))
+                .unwrap()
+        };
         assert_eq!(after_power_loss().stats().unwrap().records, 0);
         history.sync().unwrap();
         let survivor = after_power_loss();
@@ -1690,14 +1794,14 @@ mod tests {
                 record(0, "m", 200, created_ms, 1),
             )
         };
-        history.queue((0..3).map(settled).collect());
+        history.queue(None, (0..3).map(settled).collect());
         history.flush().unwrap();
         assert_eq!(postings_rows(&history), 0, "held");
         assert!(history.record(ACCOUNT, settled(1).1).unwrap().is_some());
         assert_eq!(postings_rows(&history), 0, "a record's read leaves them held");
         assert_eq!(history.query(&query(10)).unwrap().records.len(), 3);
         assert_eq!(postings_rows(&history), 3);
-        history.queue(vec![settled(3)]);
+        history.queue(None, vec![settled(3)]);
         history.sync().unwrap();
         assert_eq!(postings_rows(&history), 4, "a snapshot's sync writes them");
     }
@@ -1707,7 +1811,9 @@ mod tests {
     #[test]
     fn postings_lost_in_a_power_loss_are_written_when_the_log_replays_their_records() {
         let disk = PowerLossDisk::default();
-        let history = History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap();
+        let history =
+            History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT, Some(INCARNATION))
+                .unwrap();
         let settled: Vec<Settled> = (0..4u64)
             .map(|n| {
                 let created_ms = T0 + n * 400;
@@ -1719,14 +1825,16 @@ mod tests {
                 (ACCOUNT, hold, record(n % 2, "m", 200, created_ms, 1))
             })
             .collect();
-        history.queue(settled.clone());
+        history.queue(None, settled.clone());
         history.flush().unwrap();
         history.sync_records().unwrap();
-        let history = History::with_backend(disk.crash(), HISTORY_RETENTION_DEFAULT).unwrap();
+        let history =
+            History::with_backend(disk.crash(), HISTORY_RETENTION_DEFAULT, Some(INCARNATION))
+                .unwrap();
         assert_eq!(history.stats().unwrap().records, 4, "the records were synced");
         assert!(history.query(&query(10)).unwrap().records.is_empty(), "their postings were not");
         for _ in 0..2 {
-            history.queue(settled.clone());
+            history.queue(None, settled.clone());
             history.flush().unwrap();
             let mut found = holds(&history.query(&query(10)).unwrap());
             found.sort_unstable();
@@ -1734,6 +1842,53 @@ mod tests {
             expected.sort_unstable();
             assert_eq!(found, expected);
         }
+    }
+
+    /// A write of postings marks, for each group, the last entry whose records it holds.
+    /// The mark is lost in a power loss with the postings of its write, counts in the log
+    /// of its own incarnation only, and the first write of another incarnation drops it.
+    #[test]
+    fn a_write_of_postings_marks_the_entries_it_covers() {
+        let disk = PowerLossDisk::default();
+        let open = |disk, incarnation| {
+            History::with_backend(disk, HISTORY_RETENTION_DEFAULT, Some(incarnation)).unwrap()
+        };
+        let settled = |n: u64| {
+            let created_ms = T0 + n * 400;
+            (
+                ACCOUNT,
+                HoldId::time_ordered(created_ms, n.into()),
+                record(0, "m", 200, created_ms, 1),
+            )
+        };
+        let history = open(disk.clone(), INCARNATION);
+        history.queue(Some((0, 10)), vec![settled(0)]);
+        history.queue(Some((1, 4)), Vec::new());
+        history.sync().unwrap();
+        assert_eq!(
+            (history.posted_through(0).unwrap(), history.posted_through(1).unwrap()),
+            (10, 4)
+        );
+        history.queue(Some((0, 12)), vec![settled(1)]);
+        history.sync_records().unwrap();
+        assert_eq!(history.posted_through(0).unwrap(), 10, "entry 12's postings are held");
+
+        let disk = disk.crash();
+        let history = open(disk.clone(), INCARNATION);
+        assert_eq!(history.stats().unwrap().records, 2, "both records were synced");
+        assert_eq!(history.posted_through(0).unwrap(), 10);
+        history.queue(Some((0, 14)), vec![settled(2)]);
+        assert_eq!(holds(&history.query(&query(10)).unwrap()).len(), 2, "entry 12's posting lost");
+        assert_eq!(history.posted_through(0).unwrap(), 14, "the query wrote the postings held");
+        let disk = disk.crash();
+        assert_eq!(open(disk.clone(), INCARNATION).posted_through(0).unwrap(), 10, "not synced");
+
+        let another = open(disk.clone(), INCARNATION + 1);
+        assert_eq!(another.posted_through(0).unwrap(), 0, "another log's entries");
+        another.queue(Some((0, 1)), vec![settled(3)]);
+        another.sync().unwrap();
+        assert_eq!(another.posted_through(0).unwrap(), 1);
+        assert_eq!(open(disk.crash(), INCARNATION).posted_through(0).unwrap(), 0, "dropped");
     }
 
     #[test]
@@ -2065,7 +2220,7 @@ mod tests {
                 match batch % 2 {
                     0 => history.insert(settled).unwrap(),
                     _ => {
-                        history.queue(settled);
+                        history.queue(None, settled);
                     }
                 }
             }
@@ -2081,7 +2236,7 @@ mod tests {
                 })
                 .collect();
             model.records.extend(settled.iter().cloned());
-            history.queue(settled);
+            history.queue(None, settled);
             history.flush().unwrap();
             assert_eq!(history.inner.writer.lock().unposted.len(), 300);
 
@@ -2130,7 +2285,9 @@ mod tests {
             }
             txn.commit().unwrap();
         }
-        let migrated = History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap();
+        let migrated =
+            History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT, Some(INCARNATION))
+                .unwrap();
         assert_eq!(migrated.stats().unwrap().records, 101);
         for query in [query(500), HistoryQuery { key: Some(KeyId(1)), ..query(7) }] {
             assert_eq!(migrated.query(&query).unwrap(), expected.query(&query).unwrap());
@@ -2143,7 +2300,8 @@ mod tests {
         );
         assert_the_tables_are_this_formats(&migrated);
         drop(migrated);
-        let reopened = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).unwrap();
+        let reopened =
+            History::with_backend(disk, HISTORY_RETENTION_DEFAULT, Some(INCARNATION)).unwrap();
         assert_eq!(reopened.query(&query(500)).unwrap(), expected.query(&query(500)).unwrap());
     }
 
@@ -2160,7 +2318,9 @@ mod tests {
         });
         expected.insert(busy).unwrap();
         let all = expected.export(|_| true, None, HISTORY_EXPORT_PAGE_MAX).unwrap().records;
-        let history = History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap();
+        let history =
+            History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT, Some(INCARNATION))
+                .unwrap();
         history.insert(all.clone()).unwrap();
         drop(history);
         {
@@ -2176,7 +2336,8 @@ mod tests {
             txn.open_table(META).unwrap().insert(FORMAT_ROW, 3).unwrap();
             txn.commit().unwrap();
         }
-        let reindexed = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).unwrap();
+        let reindexed =
+            History::with_backend(disk, HISTORY_RETENTION_DEFAULT, Some(INCARNATION)).unwrap();
         let first = query(7);
         let second = HistoryQuery { before: expected.query(&first).unwrap().next, ..query(7) };
         for query in [query(500), first, second, HistoryQuery { key: Some(KeyId(1)), ..query(9) }] {
@@ -2194,7 +2355,15 @@ mod tests {
         tables.sort();
         assert_eq!(
             tables,
-            ["holds", "meta", "postings", "requests", "usage_hourly", "usage_recent"]
+            [
+                "holds",
+                "meta",
+                "posted_through",
+                "postings",
+                "requests",
+                "usage_hourly",
+                "usage_recent"
+            ]
         );
         let format = txn.open_table(META).unwrap().get(FORMAT_ROW).unwrap().unwrap().value();
         assert_eq!(format, HISTORY_FORMAT_VERSION);
@@ -2205,14 +2374,19 @@ mod tests {
     #[test]
     fn an_unknown_format_version_is_refused() {
         let disk = PowerLossDisk::default();
-        drop(History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap());
+        drop(
+            History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT, Some(INCARNATION))
+                .unwrap(),
+        );
         {
             let db = Database::builder().create_with_backend(disk.clone()).unwrap();
             let txn = db.begin_write().unwrap();
             txn.open_table(META).unwrap().insert(FORMAT_ROW, 5).unwrap();
             txn.commit().unwrap();
         }
-        let refused = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).err().unwrap();
+        let refused = History::with_backend(disk, HISTORY_RETENTION_DEFAULT, Some(INCARNATION))
+            .err()
+            .unwrap();
         let message = refused.to_string();
         assert!(message.contains("format version 5; this build reads version 4"), "{message}");
     }
@@ -2224,7 +2398,9 @@ mod tests {
     fn a_format_2_file_is_read_as_it_is() {
         let disk = PowerLossDisk::default();
         let (old, later) = (HoldId::time_ordered(T0, 7), HoldId::time_ordered(T0 + 1, 8));
-        let history = History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap();
+        let history =
+            History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT, Some(INCARNATION))
+                .unwrap();
         history.insert([(ACCOUNT, old, record(0, "mock/echo", 200, T0, 5))]).unwrap();
         drop(history);
         {
@@ -2234,7 +2410,8 @@ mod tests {
             txn.open_table(META).unwrap().insert(FORMAT_ROW, 2).unwrap();
             txn.commit().unwrap();
         }
-        let history = History::with_backend(disk, HISTORY_RETENTION_DEFAULT).unwrap();
+        let history =
+            History::with_backend(disk, HISTORY_RETENTION_DEFAULT, Some(INCARNATION)).unwrap();
         let rows = |history: &History| {
             let txn = history.inner.db.begin_read().unwrap();
             let holds = txn.open_table(HOLDS).unwrap().len().unwrap();

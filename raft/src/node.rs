@@ -292,8 +292,12 @@ impl LedgerNode {
     ) -> Result<LedgerNode, LedgerError> {
         let stores = open_stores(data_dir, options).await?;
         let identity = open_identity(&stores.log, data_dir, SINGLE_NODE_ID).await?;
-        let history =
-            History::open(&data_dir.join(HISTORY_FILE), options.history_retention).await?;
+        let history = History::open(
+            &data_dir.join(HISTORY_FILE),
+            options.history_retention,
+            identity.incarnation,
+        )
+        .await?;
         let config = Arc::new(raft_config(options)?);
         // No peers, so no entry is ever sent: its log keeps no encodings.
         let group =
@@ -370,8 +374,12 @@ impl LedgerNode {
                 .await
                 .map_err(|e| data_dir_error(data_dir, &e))?,
         };
-        let history =
-            History::open(&data_dir.join(HISTORY_FILE), options.history_retention).await?;
+        let history = History::open(
+            &data_dir.join(HISTORY_FILE),
+            options.history_retention,
+            identity.incarnation,
+        )
+        .await?;
         let raft_config = Arc::new(raft_config(options)?);
         let mut groups = Vec::new();
         let mut served = Vec::new();

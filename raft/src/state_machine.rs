@@ -230,6 +230,10 @@ pub struct StateMachine<K: KvTree = RedbTree> {
     /// This state machine's group, named when it asks for its history to be filled in.
     group: u32,
     history: History,
+    /// Entries through this index have their records in the history already (written
+    /// before this process started, [`History::posted_through`]): a replay of them queues
+    /// none.
+    history_through: u64,
     #[cfg(test)]
     observer: Option<ApplyObserver>,
     #[cfg(test)]
@@ -279,6 +283,8 @@ impl<K: KvTree> StateMachine<K> {
         if let Some(stored) = stored {
             *state.write() = restore(&stored.meta, &stored.data)?;
         }
+        let history_through =
+            history.posted_through(group).map_err(|e| StorageIOError::read_state_machine(&e))?;
         Ok(StateMachine {
             state,
             snapshots,
@@ -286,6 +292,7 @@ impl<K: KvTree> StateMachine<K> {
             saving: Arc::new(Mutex::new(())),
             group,
             history,
+            history_through,
             #[cfg(test)]
             observer: None,
             #[cfg(test)]
@@ -377,12 +384,14 @@ impl<K: KvTree> StateMachine<K> {
         let mut replies = Vec::new();
         let mut settled = Vec::new();
         let mut n_commands = 0;
+        let mut last_index = None;
         for entry in entries {
             assert!(
                 applied.last_applied.is_none_or(|last| last.index < entry.log_id.index),
                 "entries must be applied once, in log order"
             );
             applied.last_applied = Some(entry.log_id);
+            last_index = Some(entry.log_id.index);
             #[cfg(test)]
             if let Some(observe) = &self.observer {
                 observe(&entry);
@@ -392,7 +401,9 @@ impl<K: KvTree> StateMachine<K> {
                 EntryPayload::Normal(batch) => {
                     let outcomes = applied.ledger.apply(&batch);
                     n_commands += batch.commands.len() as u64;
-                    settled.extend(settled_records(&batch, &outcomes));
+                    if entry.log_id.index > self.history_through {
+                        settled.extend(settled_records(&batch, &outcomes));
+                    }
                     outcomes
                 }
                 EntryPayload::Membership(membership) => {
@@ -406,7 +417,7 @@ impl<K: KvTree> StateMachine<K> {
         // Queued before the state lock is let go: a snapshot built from this state is
         // saved only after a sync that writes the queue. Reads write the queue first, so a
         // read after a settle finds its record.
-        let full = self.history.queue(settled);
+        let full = self.history.queue(last_index.map(|index| (self.group, index)), settled);
         (replies, full)
     }
 }
@@ -593,6 +604,9 @@ mod tests {
     };
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
+
+    /// The incarnation of the data directory whose log these tests' histories follow.
+    const INCARNATION: crate::incarnation::Incarnation = 1;
 
     fn history() -> History {
         History::in_memory(HISTORY_RETENTION_DEFAULT).expect("an in-memory history")
@@ -875,15 +889,48 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_is_saved_after_the_records_it_covers_are_synced() {
         let disk = PowerLossDisk::default();
-        let history = History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT).unwrap();
+        let history =
+            History::with_backend(disk.clone(), HISTORY_RETENTION_DEFAULT, Some(INCARNATION))
+                .unwrap();
         let mut machine = machine_over(&history, 5);
         machine.apply([entry(1, create_payer()), entry(2, settles(0..10))]).await.unwrap();
-        let after_power_loss =
-            || History::with_backend(disk.crash(), HISTORY_RETENTION_DEFAULT).unwrap();
+        let after_power_loss = || {
+            History::with_backend(disk.crash(), HISTORY_RETENTION_DEFAULT, Some(INCARNATION))
+                .unwrap()
+        };
         assert_eq!(after_power_loss().stats().unwrap().records, 0, "only queued so far");
         let snapshot = machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
         assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), Some(2));
         assert_eq!(after_power_loss().stats().unwrap().records, 10);
+    }
+
+    /// A restarted node replays its log from its snapshot: the entries whose records and
+    /// postings the history kept queue nothing again, the later ones are written again,
+    /// and every record is there once.
+    #[tokio::test]
+    async fn a_replay_queues_only_the_records_the_history_may_have_lost() {
+        let disk = PowerLossDisk::default();
+        let open = |disk| {
+            History::with_backend(disk, HISTORY_RETENTION_DEFAULT, Some(INCARNATION)).unwrap()
+        };
+        let entries =
+            || [entry(1, create_payer()), entry(2, settles(0..10)), entry(3, settles(10..15))];
+        let history = open(disk.clone());
+        let mut machine = machine_over(&history, 7);
+        let [first, second, third] = entries();
+        machine.apply([first, second]).await.unwrap();
+        history.sync().unwrap();
+        machine.apply([third]).await.unwrap();
+        history.sync_records().unwrap();
+
+        let history = open(disk.crash());
+        let mut machine = machine_over(&history, 8);
+        machine.apply(entries()).await.unwrap();
+        assert_eq!(history.queued(), 5, "entry 3's records only: its postings were held");
+        let page = history.query(&HistoryQuery::all(PAYER)).unwrap();
+        let mut holds: Vec<u128> = page.records.iter().map(|(hold, _)| hold.0).collect();
+        holds.sort_unstable();
+        assert_eq!(holds, (0..15).collect::<Vec<_>>());
     }
 
     /// An apply that leaves the queue full writes it before it returns: the queue stays

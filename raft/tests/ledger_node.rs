@@ -1,5 +1,6 @@
 //! `LedgerNode` at its public boundary: group commit, restart, SIGKILL durability with a
-//! real child process, and snapshot + log purge.
+//! real child process (of top-ups, and of settles' history records), and snapshot + log
+//! purge.
 //!
 //! All tests live in one file so the workspace links one test binary for them (2 cores).
 
@@ -9,10 +10,11 @@ use solrouter_ledger::{
     Reply, RequestRecord,
 };
 use solrouter_raft::{
-    snapshot_stored_whole, Durability, KvTree, LedgerApi, LedgerError, LedgerNode, NodeOptions,
-    WalStore, LEGACY_LOG_FILE_NAME, LEGACY_LOG_MOVED_NAME, LOG_DIR_NAME, SNAPSHOT_CHECK_INTERVAL,
-    SNAPSHOT_FILE_NAME,
+    snapshot_stored_whole, Consistency, Durability, HistoryQuery, KvTree, LedgerApi, LedgerError,
+    LedgerNode, NodeOptions, WalStore, LEGACY_LOG_FILE_NAME, LEGACY_LOG_MOVED_NAME, LOG_DIR_NAME,
+    SNAPSHOT_CHECK_INTERVAL, SNAPSHOT_FILE_NAME,
 };
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -508,7 +510,7 @@ const ACKS_BEFORE_KILL: usize = 300;
 /// Writer tasks in the child, so kills land with several batches in flight.
 const CHILD_WRITERS: u128 = 8;
 /// Bound on each child writer's loop, far more than the parent waits for.
-const CHILD_TOP_UPS_PER_WRITER_MAX: u128 = 100_000;
+const CHILD_WRITES_PER_WRITER_MAX: u128 = 100_000;
 /// Lines buffered between the pipe-reading thread and the test; a full buffer only makes
 /// the child wait on its stdout.
 const CHILD_LINES_BUFFERED_MAX: usize = 1024;
@@ -523,17 +525,30 @@ async fn sigkill_child_writer() {
     let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else { return };
     let node = LedgerNode::open_single(Path::new(&dir)).await.unwrap();
     submit_ok(&node, create_account(1)).await;
+    write_and_ack(&node, |node, id| async move {
+        let Reply::Credited { credits } = submit_ok(&node, top_up(id)).await else {
+            panic!("a top-up answered something else");
+        };
+        format!("{id} {}", credits.0)
+    })
+    .await;
+}
+
+/// Runs `CHILD_WRITERS` tasks on `node` (a child role's), each calling `write` with op ids
+/// of its own and printing `ACK <what it returned>` after each, until the child is killed.
+async fn write_and_ack<F, Fut>(node: &LedgerNode, write: F)
+where
+    F: Fn(LedgerNode, u128) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = String> + Send,
+{
     let writers: Vec<_> = (0..CHILD_WRITERS)
         .map(|writer| {
-            let node = node.clone();
+            let (node, write) = (node.clone(), write.clone());
             tokio::spawn(async move {
-                for n in 0..CHILD_TOP_UPS_PER_WRITER_MAX {
-                    let id = 1_000_000 * (writer + 1) + n;
-                    let Reply::Credited { credits } = submit_ok(&node, top_up(id)).await else {
-                        panic!("a top-up answered something else");
-                    };
+                for n in 0..CHILD_WRITES_PER_WRITER_MAX {
+                    let ack = write(node.clone(), 1_000_000 * (writer + 1) + n).await;
                     let mut stdout = std::io::stdout().lock();
-                    writeln!(stdout, "ACK {id} {}", credits.0).unwrap();
+                    writeln!(stdout, "ACK {ack}").unwrap();
                     stdout.flush().unwrap();
                 }
             })
@@ -542,6 +557,86 @@ async fn sigkill_child_writer() {
     for writer in writers {
         writer.await.unwrap();
     }
+}
+
+/// Settles the settle child's writers make before the parent kills it, at least.
+const SETTLES_BEFORE_KILL: usize = 2_000;
+/// And for at least this long: the history syncs every second, and a mark written by a
+/// read becomes durable with the next sync, so a replay after the kill skips entries.
+const SETTLING_BEFORE_KILL: Duration = Duration::from_secs(3);
+/// How often the settle child reads its history, as a dashboard would: each read writes
+/// the postings held and marks the entries they cover.
+const CHILD_HISTORY_READ_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The child role of `sigkill_loses_no_acknowledged_settle_s_record`: settles of holds
+/// never reserved (each charged on the settle alone, and recorded), printing `ACK <hold>`
+/// after each acknowledgement, while a task reads the account's history, until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_child_settler() {
+    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else { return };
+    let node = LedgerNode::open_single(Path::new(&dir)).await.unwrap();
+    submit_ok(&node, create_account(1)).await;
+    let reader = node.clone();
+    tokio::spawn(async move {
+        loop {
+            reader.history(HistoryQuery::all(ACCOUNT), Consistency::Linearizable).await.unwrap();
+            tokio::time::sleep(CHILD_HISTORY_READ_INTERVAL).await;
+        }
+    });
+    write_and_ack(&node, |node, id| async move {
+        let created_ms = now_ms();
+        let hold = HoldId::time_ordered(created_ms, id);
+        let record = RequestRecord { created_ms, ..RequestRecord::default() };
+        let (actual, reserved_at_ms) = (PicoUsd(1), created_ms);
+        let op = Op::Settle { account: ACCOUNT, hold, actual, record, reserved_at_ms };
+        submit_ok(&node, Command { id: OpId(id), op }).await;
+        hold.0.to_string()
+    })
+    .await;
+}
+
+/// Every settle acknowledged before a SIGKILL has its record in the history after the
+/// restart, once: the replay writes again what the crash took from the history (written
+/// since its last sync, postings held in memory) and skips what it kept.
+#[test]
+fn sigkill_loses_no_acknowledged_settle_s_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let acked = acks_until_killed("sigkill_child_settler", dir.path(), |acked| {
+        acked.len() >= SETTLES_BEFORE_KILL && started.elapsed() >= SETTLING_BEFORE_KILL
+    });
+    let acked: Vec<u128> = acked.iter().map(|hold| hold.parse().unwrap()).collect();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let found = runtime.block_on(async {
+        let node = LedgerNode::open_single(dir.path()).await.unwrap();
+        let mut found = Vec::new();
+        let mut query = HistoryQuery::all(ACCOUNT);
+        loop {
+            let page = node.history(query.clone(), Consistency::Linearizable).await.unwrap();
+            found.extend(page.records.iter().map(|(hold, _)| hold.0));
+            let Some(next) = page.next else { break };
+            query.before = Some(next);
+        }
+        node.shutdown().await.unwrap();
+        found
+    });
+    let recorded: BTreeSet<u128> = found.iter().copied().collect();
+    assert_eq!(recorded.len(), found.len(), "a record found twice");
+    let lost: Vec<u128> = acked.iter().copied().filter(|hold| !recorded.contains(hold)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged settles have no record",
+        lost.len(),
+        acked.len()
+    );
+    eprintln!("{} acknowledged settles all recorded once after SIGKILL", acked.len());
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    u64::try_from(since_epoch.as_millis()).unwrap()
 }
 
 /// Kills the child on drop, so a failing assertion never leaves it running.
@@ -554,12 +649,17 @@ impl Drop for ChildGuard {
     }
 }
 
-#[test]
-fn sigkill_loses_no_acknowledged_top_up() {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs the child role `role` (a test of this file) on `dir`, reads the `ACK` lines it
+/// prints until `enough` says so, SIGKILLs it, and returns what each ack said, the ones
+/// printed between the last read and the kill included.
+fn acks_until_killed(
+    role: &str,
+    dir: &Path,
+    mut enough: impl FnMut(&[String]) -> bool,
+) -> Vec<String> {
     let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["sigkill_child_writer", "--exact", "--nocapture", "--test-threads", "1"])
-        .env(CHILD_DIR_ENV, dir.path())
+        .args([role, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(CHILD_DIR_ENV, dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -575,25 +675,34 @@ fn sigkill_loses_no_acknowledged_top_up() {
             }
         }
     });
-    let mut acked: Vec<(u128, u128)> = Vec::new();
-    while acked.len() < ACKS_BEFORE_KILL {
+    let ack = |line: String| line.strip_prefix("ACK ").map(str::to_owned);
+    let mut acked = Vec::new();
+    while !enough(&acked) {
         let line = line_rx.recv_timeout(CHILD_LINE_TIMEOUT).expect("child stopped acknowledging");
-        if let Some(ack) = line.strip_prefix("ACK ") {
-            let (id, credits) = ack.split_once(' ').unwrap();
-            acked.push((id.parse().unwrap(), credits.parse().unwrap()));
-        }
+        acked.extend(ack(line));
     }
     // `Child::kill` is SIGKILL on Unix: no destructor, no flush, no goodbye.
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     // Acks printed between the last read and the kill were acknowledged too. The child is
     // dead, so the pipe reaches its end and the reader thread hangs up.
-    for line in line_rx.iter() {
-        if let Some(ack) = line.strip_prefix("ACK ") {
+    acked.extend(line_rx.iter().filter_map(ack));
+    acked
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_top_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked = acks_until_killed("sigkill_child_writer", dir.path(), |acked| {
+        acked.len() >= ACKS_BEFORE_KILL
+    });
+    let acked: Vec<(u128, u128)> = acked
+        .iter()
+        .map(|ack| {
             let (id, credits) = ack.split_once(' ').unwrap();
-            acked.push((id.parse().unwrap(), credits.parse().unwrap()));
-        }
-    }
+            (id.parse().unwrap(), credits.parse().unwrap())
+        })
+        .collect();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {

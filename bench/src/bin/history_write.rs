@@ -41,7 +41,8 @@ fn main() {
     for transaction in 1..=args.transactions {
         let batch = batches.take(args.records_per_transaction);
         let started = Instant::now();
-        history.queue(batch);
+        // As an apply queues them: the entries of group 0 through `transaction`.
+        history.queue(Some((0, transaction)), batch);
         history.flush().unwrap();
         writing += started.elapsed();
         if transaction.is_multiple_of(args.sync_every) {
