@@ -124,11 +124,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         web: Web::new(secret.as_bytes(), true),
     }
     .leak();
-    let listener = TcpListener::bind(app.config.listen())
-        .await
-        .with_context(|| format!("binding {}", app.config.listen()))?;
-    say(&format!("listening: http://{}/v1/api", listener.local_addr()?));
-    let serving = server::serve(app, listener, shutdown_signal()).await;
+    let serving = serve_until_stopped(app).await?;
     let _ = stop.send(true);
     let _ = mock_task.await;
     let _ = slow_task.await;
@@ -240,6 +236,16 @@ fn write_marker(path: &Path, marker: &DemoMarker) -> anyhow::Result<()> {
 }
 
 /// A line for the person (or test) that started the process, on stdout.
+/// Binds the gateway's configured address, says where it listens and serves until the
+/// process is told to stop (Ctrl-C, SIGTERM). Fails if the address cannot be bound;
+/// otherwise returns how serving ended, once every connection has finished.
+pub async fn serve_until_stopped(app: &'static App) -> anyhow::Result<std::io::Result<()>> {
+    let listen = app.config.listen();
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    say(&format!("listening: http://{}/v1/api", listener.local_addr()?));
+    Ok(server::serve(app, listener, shutdown_signal()).await)
+}
+
 pub fn say(line: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");

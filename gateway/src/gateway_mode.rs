@@ -7,13 +7,13 @@ use crate::app::App;
 use crate::bank::Bank;
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::dev::{say, shutdown_signal};
+use crate::dev::serve_until_stopped;
 use crate::health::Health;
 use crate::keys;
 use crate::providers::Providers;
 use crate::upstream::Upstream;
 use crate::web::Web;
-use crate::{mock, server, telemetry};
+use crate::{mock, telemetry};
 use anyhow::Context;
 use solrouter_raft::{LedgerClient, TlsConfig};
 use tokio::net::TcpListener;
@@ -85,11 +85,7 @@ pub async fn run(
         web: Web::new(secret.as_bytes(), false),
     }
     .leak();
-    let listener = TcpListener::bind(app.config.listen())
-        .await
-        .with_context(|| format!("binding {}", app.config.listen()))?;
-    say(&format!("listening: http://{}/v1/api", listener.local_addr()?));
-    let serving = server::serve(app, listener, shutdown_signal()).await;
+    let serving = serve_until_stopped(app).await?;
     let _ = stop.send(true);
     if let Some(task) = mock_task {
         let _ = task.await;
