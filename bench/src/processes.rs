@@ -133,9 +133,15 @@ impl Processes {
         dir_bytes(self.dirs[idx].path())
     }
 
+    /// Node `idx + 1`'s data directory (removed when `self` is dropped).
+    pub fn data_dir(&self, idx: usize) -> &Path {
+        self.dirs[idx].path()
+    }
+
     /// Closes every node's standard input (its signal to shut down) and waits for all of
-    /// them to exit; kills one that does not within the bound, and reports it.
-    pub fn stop(mut self) -> anyhow::Result<()> {
+    /// them to exit; kills one that does not within the bound, and reports it. Their data
+    /// directories stay until `self` is dropped.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
         for child in &mut self.children {
             drop(child.stdin.take());
         }

@@ -65,8 +65,8 @@ pub use founding::{
 };
 pub use history::{
     History, HistoryCursor, HistoryPage, HistoryQuery, HistoryStats, Usage, UsageQuery, UsageRow,
-    HISTORY_EXPIRE_INTERVAL, HISTORY_EXPORT_PAGE_MAX, HISTORY_PAGE_MAX, HISTORY_RETENTION_DEFAULT,
-    HISTORY_SCAN_MAX,
+    HISTORY_EXPIRE_INTERVAL, HISTORY_EXPORT_PAGE_MAX, HISTORY_FILE, HISTORY_PAGE_MAX,
+    HISTORY_RETENTION_DEFAULT, HISTORY_SCAN_MAX,
 };
 pub use kv::IdleWrite;
 /// The storage interface and its redb engine, public for the log store bake-off

@@ -134,9 +134,10 @@ fn main() -> anyhow::Result<()> {
             Some(logs) => vec!["--log-parent".to_owned(), logs.path().display().to_string()],
             None => Vec::new(),
         };
-        let processes = Processes::start(&exe, args.nodes, args.groups, &args.dir, &node_args)?;
+        let mut processes = Processes::start(&exe, args.nodes, args.groups, &args.dir, &node_args)?;
         let row = runtime.block_on(measure(&args, &processes, pace));
         let stopped = processes.stop();
+        drop(processes);
         drop(logs);
         println!("{}", row?);
         stopped?;

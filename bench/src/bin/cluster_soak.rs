@@ -4,7 +4,8 @@
 //! throughput and every node's RSS and data-directory size, so a state that grows with
 //! requests served shows as a rising column; at the end, the bank audit and whether the
 //! request history holds every settled lifecycle (every workload account's records,
-//! counted through the history API).
+//! counted through the history API, then once the nodes stopped in each one's own
+//! history file).
 //!
 //! `cargo build --release -p solrouter-bench --bins && target/release/cluster_soak --help`
 
@@ -14,7 +15,11 @@ use solrouter_bench::load::{fund, Load, Target};
 use solrouter_bench::processes::Processes;
 use solrouter_bench::WORKLOAD_ACCOUNTS;
 use solrouter_ledger::AccountId;
-use solrouter_raft::{Consistency, HistoryQuery, LedgerApi, LedgerClient, SNAPSHOT_FILE_NAME};
+use solrouter_raft::{
+    Consistency, History, HistoryPage, HistoryQuery, LedgerApi, LedgerClient, HISTORY_FILE,
+    HISTORY_RETENTION_DEFAULT, SNAPSHOT_FILE_NAME,
+};
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -68,11 +73,55 @@ fn main() -> anyhow::Result<()> {
     let mut processes = Processes::start(&exe, args.nodes, args.groups, &args.dir, &node_args)?;
     let result = runtime.block_on(soak(&args, &mut processes));
     let stopped = processes.stop();
-    result?;
-    stopped
+    let stopped_at_ms = now_ms();
+    let window = result?;
+    stopped?;
+    anyhow::ensure!(
+        stopped_at_ms < window.cut_ms.saturating_add(window.retention_ms),
+        "the nodes stopped after an expiry could drop records of the checked window: run \
+         with a longer --history-retention-s"
+    );
+    runtime.block_on(check_every_replica(&processes, &window))
 }
 
-async fn soak(args: &Args, processes: &mut Processes) -> anyhow::Result<()> {
+/// The rounds the history check covers: their records, created at or after `cut_ms`, are
+/// `expected` on every replica, none of them older than `retention_ms`.
+struct Window {
+    cut_ms: u64,
+    expected: u64,
+    retention_ms: u64,
+}
+
+/// Counts `window`'s records in each stopped node's own history file: every replica holds
+/// every settled request's record, not only the leader the check read through (a restarted
+/// node replays its log into its history; one that installed a snapshot copies the
+/// records it covers from its leader).
+async fn check_every_replica(processes: &Processes, window: &Window) -> anyhow::Result<()> {
+    let mut counts = Vec::new();
+    for idx in 0..processes.len() {
+        let path = processes.data_dir(idx).join(HISTORY_FILE);
+        // Read only: the incarnation names the log a write of postings would mark, and a
+        // read of a stopped node's file writes none (nothing is held).
+        let history = History::open(&path, HISTORY_RETENTION_DEFAULT, 0).await?;
+        let kept = count_records(window.cut_ms, |query| {
+            let page = history.query(&query);
+            std::future::ready(page.with_context(|| format!("node {}'s history", idx + 1)))
+        });
+        counts.push(kept.await?);
+    }
+    println!(
+        "every replica's own history file: {counts:?} records for {} (complete: {})",
+        window.expected,
+        counts.iter().all(|&kept| kept == window.expected)
+    );
+    anyhow::ensure!(
+        counts.iter().all(|&kept| kept == window.expected),
+        "a replica's history lost or doubled records"
+    );
+    Ok(())
+}
+
+async fn soak(args: &Args, processes: &mut Processes) -> anyhow::Result<Window> {
     let client = LedgerClient::connect(&processes.addrs).await?;
     fund(&Target::Client(client.clone())).await?;
     let mut load = Load::new(Target::Client(client.clone()), None);
@@ -157,7 +206,7 @@ async fn soak(args: &Args, processes: &mut Processes) -> anyhow::Result<()> {
          records of it before they were read): run with a longer --history-retention-s"
     );
     anyhow::ensure!(kept == expected, "the history lost or doubled records");
-    Ok(())
+    Ok(Window { cut_ms, expected, retention_ms })
 }
 
 fn now_ms() -> u64 {
@@ -173,14 +222,28 @@ fn cut_age_min(cut_ms: u64) -> f64 {
 /// Every workload account's records created at or after `from_ms`, counted page by page
 /// through the history API.
 async fn history_records(client: &LedgerClient, from_ms: u64) -> anyhow::Result<u64> {
+    count_records(from_ms, |query| async move {
+        let account = query.account;
+        let page = client.history(query, Consistency::Linearizable).await;
+        page.with_context(|| format!("history of account {}", account.0))
+    })
+    .await
+}
+
+/// Every workload account's records created at or after `from_ms`, counted page by page:
+/// `page` answers a query.
+async fn count_records<F, Fut>(from_ms: u64, mut page: F) -> anyhow::Result<u64>
+where
+    F: FnMut(HistoryQuery) -> Fut,
+    Fut: Future<Output = anyhow::Result<HistoryPage>>,
+{
     let mut total = 0;
     for account in 0..WORKLOAD_ACCOUNTS {
         let mut query = HistoryQuery { from_ms, ..HistoryQuery::all(AccountId(account)) };
         loop {
-            let page = client.history(query.clone(), Consistency::Linearizable).await;
-            let page = page.with_context(|| format!("history of account {account}"))?;
-            total += page.records.len() as u64;
-            match page.next {
+            let answer = page(query.clone()).await?;
+            total += answer.records.len() as u64;
+            match answer.next {
                 Some(next) => query.before = Some(next),
                 None => break,
             }
