@@ -235,7 +235,6 @@ fn write_marker(path: &Path, marker: &DemoMarker) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// A line for the person (or test) that started the process, on stdout.
 /// Binds the gateway's configured address, says where it listens and serves until the
 /// process is told to stop (Ctrl-C, SIGTERM). Fails if the address cannot be bound;
 /// otherwise returns how serving ended, once every connection has finished.
@@ -246,6 +245,7 @@ pub async fn serve_until_stopped(app: &'static App) -> anyhow::Result<std::io::R
     Ok(server::serve(app, listener, shutdown_signal()).await)
 }
 
+/// A line for the person (or test) that started the process, on stdout.
 pub fn say(line: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");

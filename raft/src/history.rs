@@ -408,8 +408,9 @@ struct Writer {
     /// fresh pages each time (under `cluster_load` the kernel's zeroing of those pages
     /// alone took 3.6 % of a node's CPU: docs/benchmarks.md, "Session 24").
     spare: Vec<Settled>,
-    /// For each group, the last entry whose records are written (their postings may be
-    /// held): what [`POSTED_THROUGH`] gets when the postings held are written.
+    /// For each group, the last entry whose records a write has drained from the queue
+    /// (their postings may be held; a failed write's go back to the queue, ahead of the
+    /// next write): what [`POSTED_THROUGH`] gets when the postings held are written.
     written_through: BTreeMap<u32, u64>,
 }
 
@@ -459,18 +460,19 @@ impl Inner {
             (std::mem::replace(&mut queue.records, spare), std::mem::take(&mut queue.through))
         };
         records.extend(more);
+        // The records of the entries drained are written with this transaction or,
+        // if it fails, with the next one, which drains them first: no write of postings
+        // can commit a mark past records it does not hold.
+        advance(&mut writer.written_through, through);
         let durable = matches!(durability, Durability::Immediate);
         let held_due = writer.unposted_since.is_some_and(|since| {
             postings == Postings::Now || since.elapsed() >= HISTORY_POSTINGS_HELD_FOR
         });
         if records.is_empty() && !(durable && writer.unsynced) && !held_due {
             writer.spare = records;
-            advance(&mut writer.written_through, through);
             return Ok(());
         }
         let Writer { unposted, written_through, .. } = &mut *writer;
-        let mut marks = written_through.clone();
-        advance(&mut marks, through.iter().map(|(&group, &index)| (group, index)));
         let (mut fresh, mut posting) = (Vec::new(), false);
         let written = self.write(durability, |tables| {
             fresh = tables.insert_all(&records)?;
@@ -481,14 +483,13 @@ impl Inner {
                 unposted.extend_from_slice(&fresh);
                 tables.post_held(unposted)?;
                 if let Some(incarnation) = self.incarnation {
-                    tables.mark_posted(incarnation, &marks)?;
+                    tables.mark_posted(incarnation, written_through)?;
                 }
             }
             Ok(())
         });
         match written {
             Ok(()) => {
-                writer.written_through = marks;
                 writer.unsynced = !durable;
                 if posting {
                     writer.unposted.clear();
@@ -511,7 +512,6 @@ impl Inner {
                 let mut queue = self.queue.lock().expect("history queue lock poisoned");
                 let queued_since = std::mem::replace(&mut queue.records, records);
                 queue.records.extend(queued_since);
-                advance(&mut queue.through, through);
                 Err(e)
             }
         }

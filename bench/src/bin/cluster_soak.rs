@@ -109,15 +109,12 @@ async fn check_every_replica(processes: &Processes, window: &Window) -> anyhow::
         });
         counts.push(kept.await?);
     }
+    let complete = counts.iter().all(|&kept| kept == window.expected);
     println!(
-        "every replica's own history file: {counts:?} records for {} (complete: {})",
+        "every replica's own history file: {counts:?} records for {} (complete: {complete})",
         window.expected,
-        counts.iter().all(|&kept| kept == window.expected)
     );
-    anyhow::ensure!(
-        counts.iter().all(|&kept| kept == window.expected),
-        "a replica's history lost or doubled records"
-    );
+    anyhow::ensure!(complete, "a replica's history lost or doubled records");
     Ok(())
 }
 
