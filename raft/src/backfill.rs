@@ -6,6 +6,10 @@
 //! first record wins, so the copy and the node's own applies never conflict). Until the
 //! copy ends, this replica's history lacks the records settled before the snapshot; every
 //! read a gateway makes with `Consistency::Linearizable` is served by the leader anyway.
+//! The wish for a copy is kept in the history, synced, from just before the install's
+//! save until a copy that began after it has ended and its pages are synced
+//! (`History::want_backfill`, `History::backfill_done`): a node that stops or crashes in
+//! between asks for the copy again when it opens.
 
 use crate::client::LedgerClient;
 use crate::error::LedgerError;
@@ -62,6 +66,9 @@ async fn copy_group(
     if peers.is_empty() {
         return Ok(0);
     }
+    // The wish this copy answers: a later install's wish outlives the copy's end.
+    let wanted = on_history(history, move |history| history.backfills_wanted()).await?;
+    let generation = wanted.iter().find(|(group, _)| *group == group_idx).map(|(_, at)| *at);
     let client = LedgerClient::connect_with(peers, tls).await?;
     let mut after = None;
     let mut copied = 0;
@@ -69,14 +76,26 @@ async fn copy_group(
         let page = client.history_export(group_idx, after).await?;
         copied += page.records.len();
         let records = page.records;
-        history
-            .off_runtime(move |history| history.insert(records))
-            .await
-            .map_err(|e| LedgerError::Unavailable { reason: e.to_string() })?
-            .map_err(|e| LedgerError::storage("filling in the request history", e))?;
+        on_history(history, move |history| history.insert(records)).await?;
         match page.next {
             Some(next) => after = Some(next),
-            None => return Ok(copied),
+            None => break,
         }
     }
+    if let Some(generation) = generation {
+        on_history(history, move |history| history.backfill_done(group_idx, generation)).await?;
+    }
+    Ok(copied)
+}
+
+/// Runs `f` on `history` off the async workers.
+async fn on_history<T: Send + 'static>(
+    history: &History,
+    f: impl FnOnce(&History) -> Result<T, redb::Error> + Send + 'static,
+) -> Result<T, LedgerError> {
+    history
+        .off_runtime(f)
+        .await
+        .map_err(|e| LedgerError::Unavailable { reason: e.to_string() })?
+        .map_err(|e| LedgerError::storage("filling in the request history", e))
 }

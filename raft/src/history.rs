@@ -39,7 +39,9 @@
 //!   hours side by side for its usage queries. Together they always equal the sum of the
 //!   retained records;
 //! * `posted_through`: (incarnation, group) → the last entry of that group whose records
-//!   and postings are written ([`History::posted_through`]).
+//!   and postings are written ([`History::posted_through`]);
+//! * `backfill_wanted`: group → the generation of its wish for a copy of its records
+//!   ([`History::want_backfill`]).
 //!
 //! Postings held in memory are lost in a crash while their records, synced every second,
 //! are not. They are written before a query reads `postings`, before a retention pass,
@@ -56,7 +58,10 @@
 //!
 //! A replica that installs a snapshot lacks the records of the entries it covers; it
 //! copies them from the group's leader in the background (`backfill.rs`, through
-//! [`History::export`]).
+//! [`History::export`]). The wish for that copy is written, synced, before the snapshot
+//! is saved, and ends with a synced write once a copy that began after it has ended
+//! (`backfill_wanted`): a node that crashes or stops before then, or loses the copy's
+//! unsynced pages in a power loss, copies again when it opens.
 
 use crate::error::LedgerError;
 use crate::history_codec::{decode_record, decode_usage, encode_record, encode_usage};
@@ -164,6 +169,10 @@ const V3_BY_ACCOUNT_KEY: TableDefinition<IndexKey, ()> = TableDefinition::new("b
 /// (see [`History::posted_through`]). Rows of another incarnation (a log wiped since) are
 /// dropped by the next write of postings.
 const POSTED_THROUGH: TableDefinition<(u128, u32), u64> = TableDefinition::new("posted_through");
+/// group → the generation of its wish for a copy of its records from its leader, kept
+/// from just before a snapshot install until a copy that began after it ends (see
+/// [`History::want_backfill`]).
+const BACKFILL_WANTED: TableDefinition<u32, u64> = TableDefinition::new("backfill_wanted");
 /// (hour start ms, account, key, model) → `history_codec::encode_usage`.
 const USAGE_RECENT: TableDefinition<BucketKey<'static>, &[u8]> =
     TableDefinition::new("usage_recent");
@@ -632,6 +641,11 @@ impl History {
         };
         let history = History { inner: Arc::new(inner) };
         history.prepare().map_err(|e| LedgerError::storage("opening the request history", e))?;
+        // A copy wished for before the last stop may not have ended: make it again.
+        let wanted = history.backfills_wanted();
+        for (group, _) in wanted.map_err(|e| LedgerError::storage("reading wanted copies", e))? {
+            history.inner.backfill.request(group);
+        }
         Ok(history)
     }
 
@@ -736,9 +750,10 @@ impl History {
     }
 
     /// Writes what is queued, then `records` (a backfill's page), each hold's first record
-    /// only, in one transaction with every posting held; not synced (see the module doc
-    /// for why that is durable enough: a backfill's records are not in this node's log, so
-    /// their postings are not left to its replay).
+    /// only, in one transaction with every posting held (a backfill's records are not in
+    /// this node's log, so their postings are not left to its replay); not synced: the
+    /// copy's end syncs its pages with the end of its wish (`History::backfill_done`),
+    /// and a crash before then leaves the wish kept, so the copy is made again.
     pub fn insert(&self, records: impl IntoIterator<Item = Settled>) -> HistoryResult<()> {
         let records = records.into_iter().collect();
         self.inner.write_queued(records, Durability::None, Postings::Now)
@@ -884,6 +899,52 @@ impl History {
     /// Asks for `group`'s records to be copied from its leader (after a snapshot install).
     pub(crate) fn request_backfill(&self, group: u32) {
         self.inner.backfill.request(group);
+    }
+
+    /// Records, synced, that `group`'s records are to be copied from its leader (a
+    /// snapshot install is about to skip the entries that hold them), as the next
+    /// generation of its wish; returns it. The wish is kept until a copy that began after
+    /// it ends ([`History::backfill_done`]), and a history that opens with a wish kept
+    /// asks for the copy again. Blocks on redb.
+    pub(crate) fn want_backfill(&self, group: u32) -> HistoryResult<u64> {
+        let mut txn = self.inner.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let generation = {
+            let mut wanted = txn.open_table(BACKFILL_WANTED)?;
+            let generation = wanted.get(group)?.map_or(0, |kept| kept.value()) + 1;
+            wanted.insert(group, generation)?;
+            generation
+        };
+        txn.commit()?;
+        Ok(generation)
+    }
+
+    /// The wishes kept for copies: (group, generation).
+    pub(crate) fn backfills_wanted(&self) -> HistoryResult<Vec<(u32, u64)>> {
+        let txn = self.inner.db.begin_read()?;
+        let wanted = match txn.open_table(BACKFILL_WANTED) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let rows = wanted.iter()?.map(|row| row.map(|(group, at)| (group.value(), at.value())));
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Ends `group`'s wish for a copy if it is still `generation`, the one kept when the
+    /// copy that has just ended began (a later install wants another), in a synced
+    /// commit: the copy's pages, committed unsynced, are durable with it. Blocks on redb.
+    pub(crate) fn backfill_done(&self, group: u32, generation: u64) -> HistoryResult<()> {
+        let mut txn = self.inner.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut wanted = txn.open_table(BACKFILL_WANTED)?;
+            if wanted.get(group)?.is_some_and(|kept| kept.value() == generation) {
+                wanted.remove(group)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     pub(crate) fn backfill_requests(&self) -> Arc<BackfillRequests> {
@@ -1889,6 +1950,62 @@ mod tests {
         another.sync().unwrap();
         assert_eq!(another.posted_through(0).unwrap(), 1);
         assert_eq!(open(disk.crash(), INCARNATION).posted_through(0).unwrap(), 0, "dropped");
+    }
+
+    /// A wish for a copy outlives a power loss and is asked for again by the history that
+    /// opens after it, until a copy that began after it ends; the copy's unsynced pages
+    /// are durable with that end, and lost with the wish kept before it.
+    #[test]
+    fn a_wish_for_a_copy_outlives_a_power_loss_until_a_copy_that_began_after_it_ends() {
+        let open = |disk| {
+            History::with_backend(disk, HISTORY_RETENTION_DEFAULT, Some(INCARNATION)).unwrap()
+        };
+        let asked = |history: &History| {
+            let requests = history.backfill_requests();
+            let groups = std::mem::take(&mut *requests.groups.lock().unwrap());
+            groups.into_iter().collect::<Vec<_>>()
+        };
+        let page = |n: u64| {
+            let created_ms = T0 + n;
+            vec![(
+                ACCOUNT,
+                HoldId::time_ordered(created_ms, n.into()),
+                record(0, "m", 200, created_ms, 1),
+            )]
+        };
+        let disk = PowerLossDisk::default();
+        let history = open(disk.clone());
+        assert_eq!(history.backfills_wanted().unwrap(), [], "none in a new file");
+        assert_eq!(history.want_backfill(1).unwrap(), 1);
+        assert_eq!(asked(&history), [] as [u32; 0], "the install asks, once saved");
+
+        // A crash before the copy: the wish is kept and asked for again.
+        let disk = disk.crash();
+        let history = open(disk.clone());
+        assert_eq!(history.backfills_wanted().unwrap(), [(1, 1)]);
+        assert_eq!(asked(&history), [1]);
+        // A copy's page written, then a crash before its end: both the page and the
+        // wish as before it.
+        history.insert(page(0)).unwrap();
+        let disk = disk.crash();
+        let history = open(disk.clone());
+        assert_eq!(history.stats().unwrap().records, 0, "the page was not synced");
+        assert_eq!(asked(&history), [1]);
+
+        // An install during a copy: the copy's end leaves the later wish.
+        let began_with = history.backfills_wanted().unwrap()[0].1;
+        assert_eq!(history.want_backfill(1).unwrap(), 2);
+        history.insert(page(1)).unwrap();
+        history.backfill_done(1, began_with).unwrap();
+        let disk = disk.crash();
+        let history = open(disk.clone());
+        assert_eq!(history.stats().unwrap().records, 1, "synced with the copy's end");
+        assert_eq!(history.backfills_wanted().unwrap(), [(1, 2)]);
+        assert_eq!(asked(&history), [1]);
+        history.backfill_done(1, 2).unwrap();
+        let history = open(disk.crash());
+        assert_eq!(history.backfills_wanted().unwrap(), []);
+        assert_eq!(asked(&history), [] as [u32; 0]);
     }
 
     #[test]

@@ -571,13 +571,25 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
         let restored = restore(meta, &bytes)?;
+        // The records of the entries the snapshot covers were never applied here: the
+        // wish for their copy is kept before the save, so that a node stopped after the
+        // save and before the copy ended still makes it when it opens again.
+        let group = self.group;
+        let wanted = self.history.off_runtime(move |history| history.want_backfill(group)).await;
+        match wanted.map_err(|e| e.to_string()).and_then(|kept| kept.map_err(|e| e.to_string())) {
+            Ok(_) => {}
+            Err(e) => tracing::error!(
+                group,
+                error = %e,
+                "request history: keeping the wish for a copy failed; it is made, but not after a restart"
+            ),
+        }
         let payload = Payload::Encoded { bytes, piece_bytes: SNAPSHOT_PIECE_BYTES };
         self.save_snapshot(meta.clone(), payload).await?;
         let mut applied = self.state.write();
         *applied = restored;
         self.state.commands_since_snapshot.store(0, Ordering::Relaxed);
         drop(applied);
-        // The records of the entries the snapshot covers were never applied here.
         self.history.request_backfill(self.group);
         Ok(())
     }
@@ -902,6 +914,31 @@ mod tests {
         let snapshot = machine.get_snapshot_builder().await.build_snapshot().await.unwrap();
         assert_eq!(snapshot.meta.last_log_id.map(|id| id.index), Some(2));
         assert_eq!(after_power_loss().stats().unwrap().records, 10);
+    }
+
+    /// A snapshot installed from a leader skips the entries that hold its records: the
+    /// wish for their copy is on stable storage once the install returns, so a power loss
+    /// before the copy ends leaves a history that asks for it again when it opens.
+    #[tokio::test]
+    async fn an_install_keeps_the_wish_for_a_copy_of_the_records_it_skips() {
+        let disk = PowerLossDisk::default();
+        let open = |disk| {
+            History::with_backend(disk, HISTORY_RETENTION_DEFAULT, Some(INCARNATION)).unwrap()
+        };
+        let history = open(disk.clone());
+        let store = MemStore::new(Disk::new(), StdRng::seed_from_u64(9));
+        let mut machine = StateMachine::restore(store.tree("0/snapshot"), 0, history).unwrap();
+        let bytes = codec::encode(&Ledger::default()).unwrap();
+        machine.install_snapshot(&meta_at(20), Box::new(Cursor::new(bytes))).await.unwrap();
+
+        let history = open(disk.crash());
+        assert_eq!(history.backfills_wanted().unwrap(), [(0, 1)]);
+        let asked = history.backfill_requests().wanted().await;
+        assert_eq!(asked.into_iter().collect::<Vec<_>>(), [0]);
+        let store = MemStore::new(store.crash(), StdRng::seed_from_u64(10));
+        let mut machine = StateMachine::restore(store.tree("0/snapshot"), 0, history).unwrap();
+        let (applied, _) = machine.applied_state().await.unwrap();
+        assert_eq!(applied.map(|id| id.index), Some(20), "the installed snapshot");
     }
 
     /// A restarted node replays its log from its snapshot: the entries whose records and
