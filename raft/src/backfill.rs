@@ -99,3 +99,78 @@ async fn on_history<T: Send + 'static>(
         .map_err(|e| LedgerError::Unavailable { reason: e.to_string() })?
         .map_err(|e| LedgerError::storage("filling in the request history", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::HISTORY_RETENTION_DEFAULT;
+    use crate::{free_local_addr, LedgerApi, NodeOptions, HISTORY_FILE};
+    use solrouter_ledger::{AccountId, Command, HoldId, Op, OpId, PicoUsd, RequestRecord};
+    use std::collections::BTreeMap;
+
+    /// A node that opens with a copy wished for and not ended (it stopped after a
+    /// snapshot install and before the copy's pages were synced) copies the group's
+    /// records from the leader, and the wish ends with the copy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_opens_with_a_copy_wished_for_makes_it() {
+        const N_RECORDS: u128 = 20;
+        let account = AccountId(7);
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let peers: BTreeMap<u64, String> = (1..=3).map(|id| (id, free_local_addr())).collect();
+        let options = NodeOptions::default();
+        let open =
+            |id: u64| LedgerNode::open_with(id, &peers, dirs[id as usize - 1].path(), 1, &options);
+        let mut nodes = Vec::new();
+        for id in 1..=3 {
+            nodes.push(open(id).await.unwrap());
+        }
+        let addresses: Vec<String> = peers.values().cloned().collect();
+        let client = LedgerClient::connect(&addresses).await.unwrap();
+        let create = Op::CreateAccount { account, name: "acme".into() };
+        client.submit(Command { id: OpId(1), op: create }).await.unwrap().unwrap();
+        for n in 0..N_RECORDS {
+            let created_ms = 1_700_000_000_000 + n as u64;
+            let record = RequestRecord { status: 200, created_ms, ..RequestRecord::default() };
+            // A hold never reserved, settled as such.
+            let op = Op::Settle {
+                account,
+                hold: HoldId(n),
+                actual: PicoUsd(1),
+                record,
+                reserved_at_ms: u64::MAX,
+            };
+            client.submit(Command { id: OpId(100 + n), op }).await.unwrap().unwrap();
+        }
+        assert!(holds_in_time(&nodes[2], N_RECORDS).await, "node 3 applied every settle");
+
+        // Node 3 stops with its history as a snapshot install leaves it: the records of
+        // the entries it skipped missing, the wish for their copy kept.
+        nodes.pop().unwrap().shutdown().await.unwrap();
+        let path = dirs[2].path().join(HISTORY_FILE);
+        let history = History::open(&path, HISTORY_RETENTION_DEFAULT, 0).await.unwrap();
+        history.expire(u64::MAX).unwrap();
+        history.want_backfill(0).unwrap();
+        assert_eq!(history.stats().unwrap().records, 0);
+        drop(history);
+
+        nodes.push(open(3).await.unwrap());
+        let filled = holds_in_time(&nodes[2], N_RECORDS).await;
+        assert!(filled, "node 3's history filled in from the leader");
+        for node in nodes {
+            node.shutdown().await.unwrap();
+        }
+        let history = History::open(&path, HISTORY_RETENTION_DEFAULT, 0).await.unwrap();
+        assert_eq!(history.backfills_wanted().unwrap(), [], "the wish ended with the copy");
+    }
+
+    /// Whether `node`'s history holds `n` records within 20 s.
+    async fn holds_in_time(node: &LedgerNode, n: u128) -> bool {
+        for _ in 0..2_000 {
+            if u128::from(node.history_store().stats().unwrap().records) == n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+}
