@@ -12,7 +12,7 @@ use crate::encoded::EncodedEntries;
 use crate::error::LedgerError;
 use crate::founding::FirstLeaders;
 use crate::group::{Clock, Group};
-use crate::history::{History, HISTORY_RETENTION_DEFAULT};
+use crate::history::{History, PowerLossDisk, HISTORY_RETENTION_DEFAULT};
 use crate::incarnation::Identified;
 use crate::incarnation::{self, Identity, IDENTITY_TREE};
 use crate::leadership::{self, Leadership};
@@ -156,6 +156,9 @@ struct ClusterState {
     members: Vec<Members>,
     /// Nodes removed from every group (not wiped), with their disks, to be re-added.
     removed: BTreeMap<NodeId, Disk>,
+    /// Each node's request history file, kept across its restarts and its removal (a
+    /// crash keeps what was synced; a wipe drops it).
+    history_disks: BTreeMap<NodeId, PowerLossDisk>,
     next_id: NodeId,
     /// How far each node's wall clock has been stepped, in ms (it survives a restart,
     /// as a machine's clock does).
@@ -232,6 +235,7 @@ impl Cluster {
             wanted: founders,
             members: vec![members; shape.n_groups as usize],
             removed: BTreeMap::new(),
+            history_disks: BTreeMap::new(),
             next_id: shape.n_nodes + 1,
             clock_steps,
             cpu_slowdown,
@@ -523,6 +527,8 @@ impl Cluster {
             self.net.node_down(id);
             let disk = running.store.crash();
             state.nodes.insert(id, Slot::Down(disk));
+            let history = state.history_disks.get(&id).map(PowerLossDisk::crash);
+            state.history_disks.insert(id, history.unwrap_or_default());
             state.n_crashes += 1;
             let disks = state
                 .nodes
@@ -570,7 +576,10 @@ impl Cluster {
     /// invariants forget the votes it saved.
     pub async fn wipe(&self, id: NodeId) {
         self.crash(id).await;
-        self.lock().nodes.insert(id, Slot::Down(Disk::new()));
+        let mut state = self.lock();
+        state.nodes.insert(id, Slot::Down(Disk::new()));
+        state.history_disks.remove(&id);
+        drop(state);
         self.invariants.wiped(id);
         self.trace.event(self.now_ms(), format!("wipe node {id}'s disk"));
     }
@@ -793,14 +802,16 @@ impl Cluster {
     /// [`Cluster::restart`], or why the node refuses to start (a torn or corrupt record on
     /// its disk, say); a refused node stays down with its disk as it was.
     pub async fn try_restart(&self, id: NodeId) -> Result<(), String> {
-        let (disk, incarnation, mut rng, clock_step, cpu) = {
+        let (disk, history_disk, incarnation, mut rng, clock_step, cpu) = {
             let mut state = self.lock();
             let Some(Slot::Down(disk)) = state.nodes.get(&id) else { return Ok(()) };
             let disk = disk.clone();
+            let history_disk = state.history_disks.entry(id).or_default().clone();
             state.n_incarnations += 1;
             let rng = StdRng::seed_from_u64(state.rng.gen());
             let cpu = Arc::clone(&state.cpu_slowdown[&id]);
-            (disk, state.n_incarnations, rng, Arc::clone(&state.clock_steps[&id]), cpu)
+            let clock_step = Arc::clone(&state.clock_steps[&id]);
+            (disk, history_disk, state.n_incarnations, rng, clock_step, cpu)
         };
         let pace: CpuPace =
             Arc::new(move |work| CPU_COST.of(work) * cpu.load(Ordering::Relaxed) as u32);
@@ -818,8 +829,10 @@ impl Cluster {
             let now_ms = EPOCH_MS as i64 + origin.elapsed().as_millis() as i64;
             (now_ms + skew_ms + clock_step.load(Ordering::Relaxed)) as u64
         });
-        // The simulation checks money, not history: each start gets an empty one.
-        let history = History::in_memory(HISTORY_RETENTION_DEFAULT).expect("an in-memory history");
+        // What its history file kept, for the log of this data directory's incarnation.
+        let history = Some(identity.incarnation);
+        let history = History::with_backend(history_disk, HISTORY_RETENTION_DEFAULT, history)
+            .map_err(|e| format!("the request history: {e}"))?;
         let mut groups = Vec::new();
         let mut served = Vec::new();
         for group_idx in 0..self.shape.n_groups {
@@ -927,6 +940,16 @@ impl Cluster {
                 (id, group.stats().last_applied_index, group.read_local(Ledger::clone))
             })
             .collect()
+    }
+
+    /// Each up node's request history.
+    pub fn histories(&self) -> Vec<(NodeId, History)> {
+        let state = self.lock();
+        let up = state.nodes.iter().filter_map(|(id, slot)| match slot {
+            Slot::Up(running) => Some((*id, running.node.history_store().clone())),
+            Slot::Down(_) => None,
+        });
+        up.collect()
     }
 
     /// Each up replica's Raft metrics, one per line: what a liveness failure reports.

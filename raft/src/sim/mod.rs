@@ -9,8 +9,8 @@
 //! only own randomness, the election timeout, is drawn from the seed instead.
 //!
 //! Each node also serves the production ledger API: tonic's server of `LedgerRpcServer`
-//! over a `LedgerNode` made of its groups (`LedgerNode::of_groups`: no expiry or history
-//! task). About half the clients are gateways: they send through the production
+//! over a `LedgerNode` made of its groups (`LedgerNode::of_groups`: no expiry, backfill
+//! or history-sync task; a history is synced before each snapshot save). About half the clients are gateways: they send through the production
 //! `LedgerClient` of one of one or two gateway processes (shared by that gateway's
 //! clients, so their concurrent submits batch), whose channels are in-memory HTTP/2
 //! connections over the simulated network (`gateway`): a gateway sits on one node's side
@@ -55,6 +55,12 @@
 //!   hold has its record: every settle applied exactly once;
 //! * no reserve with a key succeeded if it was sent after that key's revocation was
 //!   acknowledged;
+//! * every replica's request history holds a record of each settle acknowledged as
+//!   settled and none of a hold never settled. Each node's history lives on a disk that
+//!   keeps, through a crash, only what was synced, so this checks what its log's replay
+//!   writes again and what it skips. A replica that installed a snapshot wishes for a
+//!   copy of the records it skipped, which the simulation does not make (`backfill.rs`
+//!   dials its peers over gRPC), and is not checked;
 //! * no task panicked, and the cluster recovered within a bound after healing.
 //!
 //! Targeted tests cover what a random run cannot keep going through (a node refusing to
@@ -94,7 +100,7 @@ use solrouter_ledger::{
     Rejection, Reply, HOLDS_REMEMBERED_FOR_MS, NAME_BYTES_MAX, OPS_REMEMBERED_FOR_MS,
 };
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -124,6 +130,9 @@ const GATEWAY_ACKNOWLEDGED_PER_SEED_MIN: u64 = 20;
 /// group handed over needs a crashed or partitioned leader back for two balancer looks
 /// within a run's few seconds of faults, and four of the 48 seeds had one.
 const CAMPAIGNS_MIN: u64 = 2;
+/// Replicas' histories (one per node and group) the default seeds must check on average:
+/// they checked 4.0 (193 in 48 seeds, each with 3 to 5 nodes and 1 or 2 groups).
+const HISTORIES_CHECKED_PER_SEED_MIN: u64 = 3;
 /// Attempts at one command after healing before the cluster counts as not recovered:
 /// with backoff, over half a minute of simulated time, where every node is up and the
 /// network calm, so an election or two should do.
@@ -148,12 +157,14 @@ fn seeded_runs_keep_money_exact_and_replicas_identical() {
     let n_seeds = seeds.len() as u64;
     let mut through_gateways = 0;
     let mut n_campaigns = 0;
+    let mut n_histories_checked = 0;
     for seed in seeds {
         match run(seed, verbose, DiskFaults::default(), Length::Drawn) {
             Ok(summary) => {
                 println!("{summary:?}");
                 through_gateways += summary.through_gateways.n_acknowledged;
                 n_campaigns += summary.net.n_campaigns;
+                n_histories_checked += summary.n_histories_checked as u64;
             }
             Err(failure) => {
                 eprintln!("sim: seed {seed} FAILED: {}", failure.message);
@@ -180,6 +191,9 @@ fn seeded_runs_keep_money_exact_and_replicas_identical() {
         );
         // And leaders must have handed groups over, under the faults.
         assert!(n_campaigns >= CAMPAIGNS_MIN, "{n_campaigns} hand-overs in {n_seeds} seeds");
+        // And replicas' histories must have been checked, not all excused.
+        let floor = HISTORIES_CHECKED_PER_SEED_MIN * n_seeds;
+        assert!(n_histories_checked >= floor, "{n_histories_checked} histories checked");
     }
 }
 
@@ -1174,6 +1188,9 @@ struct Summary {
     net: NetCounters,
     /// Highest snapshot index on any replica: nonzero means compaction ran.
     snapshot_index_max: Option<u64>,
+    /// Replicas' request histories checked whole (one per up node and group, but those
+    /// still wishing for a copy from their leader: see `check_histories`).
+    n_histories_checked: usize,
     end_ms: u64,
     /// Number of events and their hash.
     trace: (u64, u64),
@@ -1302,6 +1319,7 @@ async fn simulate(seed: u64, trace: Arc<Trace>, faults: DiskFaults, length: Leng
     let ledgers = converge(&cluster).await;
     let records = history.records();
     check_money(&cluster, &records, &ledgers);
+    let n_histories_checked = check_histories(&cluster, &records);
     let outcomes = || records.iter().filter_map(|r| r.outcome.as_ref());
 
     Summary {
@@ -1324,6 +1342,7 @@ async fn simulate(seed: u64, trace: Arc<Trace>, faults: DiskFaults, length: Leng
         n_revoked_refusals: outcomes().filter(|o| matches!(o, Err(Rejection::KeyRevoked))).count(),
         net: cluster.net.counters(),
         snapshot_index_max: cluster.snapshot_index_max(),
+        n_histories_checked,
         end_ms: cluster.now_ms(),
         trace: cluster.trace.fingerprint(),
     }
@@ -1533,6 +1552,59 @@ fn check_money(cluster: &Cluster, records: &[Record], ledgers: &[Ledger]) {
     }
     let audited: u128 = ledgers.iter().map(|ledger| ledger.audit().credited.0).sum();
     assert_eq!(audited, credited_total, "sum of credits ≠ sum of acknowledged top-ups");
+}
+
+/// Records a history export reads at once.
+const EXPORT_PAGE: usize = 1_000;
+
+/// Every up replica's request history holds a record of each settle acknowledged as
+/// settled, and none of a hold that no settle may have settled, unless it still wishes
+/// for a copy of the group's records from its leader: the simulation runs no copying
+/// task (`backfill.rs` speaks gRPC to its peers' addresses), so a replica that installed
+/// a snapshot keeps that wish and is not checked. The histories live on disks that keep
+/// only what was synced through each crash, so this checks what a replica's replay after
+/// a crash rewrites, and what it skips (`History::posted_through`). Returns how many
+/// (replica, group) histories it checked.
+fn check_histories(cluster: &Cluster, records: &[Record]) -> usize {
+    let (mut settled, mut maybe) = (BTreeSet::new(), BTreeSet::new());
+    for record in records {
+        let Op::Settle { account, hold, .. } = &record.command.op else { continue };
+        match &record.outcome {
+            Some(Ok(Reply::Settled { .. })) => settled.insert((*account, *hold)),
+            Some(Err(Rejection::HoldForgotten)) => maybe.insert((*account, *hold)),
+            _ => false,
+        };
+    }
+    let mut checked = 0;
+    for (id, history) in cluster.histories() {
+        let wanted = history.backfills_wanted().expect("a history's wished copies");
+        for group in 0..cluster.shape.n_groups {
+            if wanted.iter().any(|(wished, _)| *wished == group) {
+                continue;
+            }
+            let in_group = |account: AccountId| cluster.group_of(account) == group;
+            let mut held = BTreeSet::new();
+            let mut after = None;
+            loop {
+                let page = history.export(in_group, after, EXPORT_PAGE).expect("an export");
+                held.extend(page.records.into_iter().map(|(account, hold, _)| (account, hold)));
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            let missing =
+                settled.iter().filter(|(a, hold)| in_group(*a) && !held.contains(&(*a, *hold)));
+            let missing: Vec<_> = missing.collect();
+            assert!(missing.is_empty(), "node {id}, group {group}: no record of {missing:?}");
+            let unknown =
+                held.iter().filter(|held| !settled.contains(held) && !maybe.contains(held));
+            let unknown: Vec<_> = unknown.collect();
+            assert!(unknown.is_empty(), "node {id}, group {group}: records of {unknown:?}");
+            checked += 1;
+        }
+    }
+    checked
 }
 
 /// What the history says one account must hold.
