@@ -1,9 +1,11 @@
 //! Filling in the request history a replica missed. A replica that installs a snapshot
 //! skips the entries the snapshot covers, and with them their requests' records: the
 //! history store is not part of the snapshot (snapshots follow live state only). After
-//! each install the node copies the group's records from the group's leader in the
-//! background, page by page in creation order, keeping what it already has (a hold's
-//! first record wins, so the copy and the node's own applies never conflict). Until the
+//! each install the node copies the group's records in the background from a replica
+//! that applied the entries the snapshot covers and wishes for no copy of its own (not
+//! necessarily the leader, which may have installed a snapshot too), page by page in
+//! creation order, keeping what it already has (a hold's first record wins, so the copy
+//! and the node's own applies never conflict). Until the
 //! copy ends, this replica's history lacks the records settled before the snapshot; every
 //! read a gateway makes with `Consistency::Linearizable` is served by the leader anyway.
 //! The wish for a copy is kept in the history, synced, from just before the install's
@@ -23,11 +25,31 @@ use tokio::task::JoinHandle;
 /// Wait before trying again when a copy failed (no leader yet, the leader unreachable).
 pub const BACKFILL_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How the copying task reaches its peers.
+#[derive(Clone)]
+pub(crate) enum Reach {
+    /// Over TCP, with the cluster's TLS if it has one.
+    Tcp(Option<TlsConfig>),
+    /// Through the simulation's network.
+    #[cfg(test)]
+    Via(crate::client::Dialer),
+}
+
+impl Reach {
+    async fn connect(&self, peers: &[String]) -> Result<LedgerClient, LedgerError> {
+        match self {
+            Reach::Tcp(tls) => LedgerClient::connect_with(peers, tls.clone()).await,
+            #[cfg(test)]
+            Reach::Via(dialer) => LedgerClient::connect_via(peers, Arc::clone(dialer)).await,
+        }
+    }
+}
+
 /// Runs until the node is dropped or shut down (which aborts the task).
 pub(crate) fn spawn(
     node: Weak<Inner>,
     requests: Arc<BackfillRequests>,
-    tls: Option<TlsConfig>,
+    reach: Reach,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -43,7 +65,7 @@ pub(crate) fn spawn(
                 .map(|(_, addr)| addr.clone())
                 .collect();
             for group_idx in groups {
-                match copy_group(&peers, tls.clone(), group_idx, &history).await {
+                match copy_group(&peers, &reach, group_idx, &history).await {
                     Ok(copied) => tracing::info!(group_idx, copied, "request history filled in"),
                     Err(e) => {
                         tracing::warn!(group_idx, error = %e, "request history copy failed; retrying");
@@ -56,24 +78,31 @@ pub(crate) fn spawn(
     })
 }
 
-/// Copies every record of `group_idx` that the group's leader holds; returns how many.
+/// Copies every record of `group_idx` that a replica holds which applied the entries the
+/// installed snapshot covers and wishes for no copy itself (the leader need not be one:
+/// it may have installed a snapshot too, and a copy from it would end this wish with its
+/// gaps); returns how many.
 async fn copy_group(
     peers: &[String],
-    tls: Option<TlsConfig>,
+    reach: &Reach,
     group_idx: u32,
     history: &History,
 ) -> Result<usize, LedgerError> {
     if peers.is_empty() {
-        return Ok(0);
+        // A node that has just opened may not have published its membership yet; a
+        // copy is wished for only by a replica of a group with others.
+        let reason = "no other replica of the group known yet".to_owned();
+        return Err(LedgerError::Unavailable { reason });
     }
-    // The wish this copy answers: a later install's wish outlives the copy's end.
+    // The wish this copy answers (a later install's wish outlives the copy's end), and
+    // so how far the replica copied from must have applied the group's entries.
     let wanted = on_history(history, move |history| history.backfills_wanted()).await?;
-    let generation = wanted.iter().find(|(group, _)| *group == group_idx).map(|(_, at)| *at);
-    let client = LedgerClient::connect_with(peers, tls).await?;
+    let through = wanted.iter().find(|(group, _)| *group == group_idx).map(|(_, at)| *at);
+    let client = reach.connect(peers).await?;
     let mut after = None;
     let mut copied = 0;
     loop {
-        let page = client.history_export(group_idx, after).await?;
+        let page = client.history_export(group_idx, after, through.unwrap_or(0)).await?;
         copied += page.records.len();
         let records = page.records;
         on_history(history, move |history| history.insert(records)).await?;
@@ -82,8 +111,8 @@ async fn copy_group(
             None => break,
         }
     }
-    if let Some(generation) = generation {
-        on_history(history, move |history| history.backfill_done(group_idx, generation)).await?;
+    if let Some(through) = through {
+        on_history(history, move |history| history.backfill_done(group_idx, through)).await?;
     }
     Ok(copied)
 }
@@ -110,7 +139,7 @@ mod tests {
 
     /// A node that opens with a copy wished for and not ended (it stopped after a
     /// snapshot install and before the copy's pages were synced) copies the group's
-    /// records from the leader, and the wish ends with the copy.
+    /// records from a peer, and the wish ends with the copy.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_node_that_opens_with_a_copy_wished_for_makes_it() {
         const N_RECORDS: u128 = 20;
@@ -149,13 +178,13 @@ mod tests {
         let path = dirs[2].path().join(HISTORY_FILE);
         let history = History::open(&path, HISTORY_RETENTION_DEFAULT, 0).await.unwrap();
         history.expire(u64::MAX).unwrap();
-        history.want_backfill(0).unwrap();
+        history.want_backfill(0, 1).unwrap();
         assert_eq!(history.stats().unwrap().records, 0);
         drop(history);
 
         nodes.push(open(3).await.unwrap());
         let filled = holds_in_time(&nodes[2], N_RECORDS).await;
-        assert!(filled, "node 3's history filled in from the leader");
+        assert!(filled, "node 3's history filled in from a peer");
         for node in nodes {
             node.shutdown().await.unwrap();
         }

@@ -248,15 +248,19 @@ impl LedgerClient {
         self.shared.n_groups
     }
 
-    /// One page of `group_idx`'s records after `after`, from its leader.
+    /// One page of `group_idx`'s records after `after`, from a replica that applied the
+    /// group's entries through `through` and wishes for no copy of its own (any such
+    /// replica: not the leader's, which may itself have installed a snapshot and be
+    /// copying).
     pub(crate) async fn history_export(
         &self,
         group_idx: u32,
         after: Option<HistoryCursor>,
+        through: u64,
     ) -> Result<ExportPage, LedgerError> {
         let request = ReadRequest {
-            read: Read::HistoryExport { after },
-            consistency: Consistency::Linearizable,
+            read: Read::HistoryExport { after, through },
+            consistency: Consistency::Stale,
         };
         match self.read_group(group_idx, request, self.read_deadline()).await? {
             ReadAnswer::HistoryExport(page) => Ok(page),

@@ -40,8 +40,8 @@
 //!   retained records;
 //! * `posted_through`: (incarnation, group) → the last entry of that group whose records
 //!   and postings are written ([`History::posted_through`]);
-//! * `backfill_wanted`: group → the generation of its wish for a copy of its records
-//!   ([`History::want_backfill`]).
+//! * `backfill_wanted`: group → the last entry of the snapshot whose install wished for
+//!   a copy of the group's records ([`History::want_backfill`]).
 //!
 //! Postings held in memory are lost in a crash while their records, synced every second,
 //! are not. They are written before a query reads `postings`, before a retention pass,
@@ -57,11 +57,12 @@
 //! aggregate tables beside it) is migrated when opened; another version is refused.
 //!
 //! A replica that installs a snapshot lacks the records of the entries it covers; it
-//! copies them from the group's leader in the background (`backfill.rs`, through
-//! [`History::export`]). The wish for that copy is written, synced, before the snapshot
-//! is saved, and ends with a synced write once a copy that began after it has ended
-//! (`backfill_wanted`): a node that crashes or stops before then, or loses the copy's
-//! unsynced pages in a power loss, copies again when it opens.
+//! copies them in the background (`backfill.rs`, through [`History::export`]) from a
+//! replica that applied the entries the snapshot covers and wishes for no copy of its
+//! own. The wish for that copy is written, synced, before
+//! the snapshot is saved, and ends with a synced write once a copy that began after it
+//! has ended (`backfill_wanted`): a node that crashes or stops before then, or loses the
+//! copy's unsynced pages in a power loss, copies again when it opens.
 
 use crate::error::LedgerError;
 use crate::history_codec::{decode_record, decode_usage, encode_record, encode_usage};
@@ -169,9 +170,9 @@ const V3_BY_ACCOUNT_KEY: TableDefinition<IndexKey, ()> = TableDefinition::new("b
 /// (see [`History::posted_through`]). Rows of another incarnation (a log wiped since) are
 /// dropped by the next write of postings.
 const POSTED_THROUGH: TableDefinition<(u128, u32), u64> = TableDefinition::new("posted_through");
-/// group → the generation of its wish for a copy of its records from its leader, kept
-/// from just before a snapshot install until a copy that began after it ends (see
-/// [`History::want_backfill`]).
+/// group → the last entry of the snapshot whose install wished for a copy of the
+/// group's records, kept from just before the install until a copy that began after it
+/// ends (see [`History::want_backfill`]).
 const BACKFILL_WANTED: TableDefinition<u32, u64> = TableDefinition::new("backfill_wanted");
 /// (hour start ms, account, key, model) → `history_codec::encode_usage`.
 const USAGE_RECENT: TableDefinition<BucketKey<'static>, &[u8]> =
@@ -896,30 +897,31 @@ impl History {
         Ok(self.inner.db.begin_read()?)
     }
 
-    /// Asks for `group`'s records to be copied from its leader (after a snapshot install).
+    /// Asks for `group`'s records to be copied from a peer (after a snapshot install).
     pub(crate) fn request_backfill(&self, group: u32) {
         self.inner.backfill.request(group);
     }
 
-    /// Records, synced, that `group`'s records are to be copied from its leader (a
-    /// snapshot install is about to skip the entries that hold them), as the next
-    /// generation of its wish; returns it. The wish is kept until a copy that began after
-    /// it ends ([`History::backfill_done`]), and a history that opens with a wish kept
-    /// asks for the copy again. Blocks on redb.
-    pub(crate) fn want_backfill(&self, group: u32) -> HistoryResult<u64> {
+    /// Records, synced, that `group`'s records are to be copied from a replica that
+    /// applied its entries through `through`: a snapshot install, whose last entry that
+    /// is, is about to skip the entries that hold them. A later install's wish replaces
+    /// an earlier one's. The wish is kept until a copy that began after it ends
+    /// ([`History::backfill_done`]), and a history that opens with a wish kept asks for
+    /// the copy again; a replica with a wish kept serves no copy of the group
+    /// (`wire::answer_history`). Blocks on redb.
+    pub(crate) fn want_backfill(&self, group: u32, through: u64) -> HistoryResult<()> {
         let mut txn = self.inner.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        let generation = {
+        {
             let mut wanted = txn.open_table(BACKFILL_WANTED)?;
-            let generation = wanted.get(group)?.map_or(0, |kept| kept.value()) + 1;
-            wanted.insert(group, generation)?;
-            generation
-        };
+            let kept = wanted.get(group)?.map_or(0, |kept| kept.value());
+            wanted.insert(group, kept.max(through))?;
+        }
         txn.commit()?;
-        Ok(generation)
+        Ok(())
     }
 
-    /// The wishes kept for copies: (group, generation).
+    /// The wishes kept for copies: (group, the last entry the copy must cover).
     pub(crate) fn backfills_wanted(&self) -> HistoryResult<Vec<(u32, u64)>> {
         let txn = self.inner.db.begin_read()?;
         let wanted = match txn.open_table(BACKFILL_WANTED) {
@@ -931,15 +933,16 @@ impl History {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Ends `group`'s wish for a copy if it is still `generation`, the one kept when the
-    /// copy that has just ended began (a later install wants another), in a synced
-    /// commit: the copy's pages, committed unsynced, are durable with it. Blocks on redb.
-    pub(crate) fn backfill_done(&self, group: u32, generation: u64) -> HistoryResult<()> {
+    /// Ends `group`'s wish for a copy if it is still the one through `through`, the one
+    /// kept when the copy that has just ended began (a later install wants another), in
+    /// a synced commit: the copy's pages, committed unsynced, are durable with it.
+    /// Blocks on redb.
+    pub(crate) fn backfill_done(&self, group: u32, through: u64) -> HistoryResult<()> {
         let mut txn = self.inner.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
             let mut wanted = txn.open_table(BACKFILL_WANTED)?;
-            if wanted.get(group)?.is_some_and(|kept| kept.value() == generation) {
+            if wanted.get(group)?.is_some_and(|kept| kept.value() == through) {
                 wanted.remove(group)?;
             }
         }
@@ -1976,13 +1979,13 @@ mod tests {
         let disk = PowerLossDisk::default();
         let history = open(disk.clone());
         assert_eq!(history.backfills_wanted().unwrap(), [], "none in a new file");
-        assert_eq!(history.want_backfill(1).unwrap(), 1);
+        history.want_backfill(1, 40).unwrap();
         assert_eq!(asked(&history), [] as [u32; 0], "the install asks, once saved");
 
         // A crash before the copy: the wish is kept and asked for again.
         let disk = disk.crash();
         let history = open(disk.clone());
-        assert_eq!(history.backfills_wanted().unwrap(), [(1, 1)]);
+        assert_eq!(history.backfills_wanted().unwrap(), [(1, 40)]);
         assert_eq!(asked(&history), [1]);
         // A copy's page written, then a crash before its end: both the page and the
         // wish as before it.
@@ -1992,17 +1995,19 @@ mod tests {
         assert_eq!(history.stats().unwrap().records, 0, "the page was not synced");
         assert_eq!(asked(&history), [1]);
 
-        // An install during a copy: the copy's end leaves the later wish.
+        // An install during a copy: the copy's end leaves the later wish, which an
+        // earlier install's cannot replace.
         let began_with = history.backfills_wanted().unwrap()[0].1;
-        assert_eq!(history.want_backfill(1).unwrap(), 2);
+        history.want_backfill(1, 90).unwrap();
+        history.want_backfill(1, 60).unwrap();
         history.insert(page(1)).unwrap();
         history.backfill_done(1, began_with).unwrap();
         let disk = disk.crash();
         let history = open(disk.clone());
         assert_eq!(history.stats().unwrap().records, 1, "synced with the copy's end");
-        assert_eq!(history.backfills_wanted().unwrap(), [(1, 2)]);
+        assert_eq!(history.backfills_wanted().unwrap(), [(1, 90)]);
         assert_eq!(asked(&history), [1]);
-        history.backfill_done(1, 2).unwrap();
+        history.backfill_done(1, 90).unwrap();
         let history = open(disk.crash());
         assert_eq!(history.backfills_wanted().unwrap(), []);
         assert_eq!(asked(&history), [] as [u32; 0]);

@@ -399,7 +399,8 @@ impl LedgerNode {
         }
         let requests = history.backfill_requests();
         let node = LedgerNode::assemble(config.id(), groups, history, options);
-        let backfill = backfill::spawn(node.downgrade(), requests, config.tls().cloned());
+        let reach = backfill::Reach::Tcp(config.tls().cloned());
+        let backfill = backfill::spawn(node.downgrade(), requests, reach);
         let placement = config.first_leaders;
         let orders = leadership::OverGrpc { identity, tls: config.tls().cloned() };
         let leadership = Arc::new(Leadership { placement, orders });
@@ -748,6 +749,15 @@ impl GroupAccess for LedgerNode {
         _deadline: Option<Instant>,
     ) -> Result<ReadAnswer, LedgerError> {
         let group = self.group_at(group_idx)?;
+        if let wire::Read::HistoryExport { through, .. } = request.read {
+            // A copy for a snapshot's install comes from a replica that applied the
+            // entries the snapshot covers: their records are in its history.
+            let applied = group.stats().last_applied_index.unwrap_or(0);
+            if applied < through {
+                let reason = format!("group {group_idx} applied through {applied}, not {through}");
+                return Err(LedgerError::Unavailable { reason });
+            }
+        }
         // A linearizable read of the history waits, like one of the ledger, until this
         // replica has applied everything acknowledged before it: the history queues the
         // records as entries apply, and a read of it writes the queue first.
@@ -767,7 +777,9 @@ impl GroupAccess for LedgerNode {
                 let read = request.read;
                 self.inner
                     .history
-                    .off_runtime(move |history| wire::answer_history(history, &read, in_group))
+                    .off_runtime(move |history| {
+                        wire::answer_history(history, &read, group_idx, in_group)
+                    })
                     .await
                     .map_err(|e| LedgerError::Unavailable { reason: e.to_string() })?
             }

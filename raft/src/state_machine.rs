@@ -574,8 +574,8 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
         // The records of the entries the snapshot covers were never applied here: the
         // wish for their copy is kept before the save, so that a node stopped after the
         // save and before the copy ended still makes it when it opens again.
-        let group = self.group;
-        let wanted = self.history.off_runtime(move |history| history.want_backfill(group)).await;
+        let (group, through) = (self.group, meta.last_log_id.map_or(0, |id| id.index));
+        let wanted = self.history.off_runtime(move |h| h.want_backfill(group, through)).await;
         match wanted.map_err(|e| e.to_string()).and_then(|kept| kept.map_err(|e| e.to_string())) {
             Ok(_) => {}
             Err(e) => tracing::error!(
@@ -932,7 +932,7 @@ mod tests {
         machine.install_snapshot(&meta_at(20), Box::new(Cursor::new(bytes))).await.unwrap();
 
         let history = open(disk.crash());
-        assert_eq!(history.backfills_wanted().unwrap(), [(0, 1)]);
+        assert_eq!(history.backfills_wanted().unwrap(), [(0, 20)], "through its last entry");
         let asked = history.backfill_requests().wanted().await;
         assert_eq!(asked.into_iter().collect::<Vec<_>>(), [0]);
         let store = MemStore::new(store.crash(), StdRng::seed_from_u64(10));

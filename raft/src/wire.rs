@@ -63,9 +63,12 @@ pub enum Read {
     /// An account's usage per bucket, key and model.
     Usage(UsageQuery),
     /// The group's records after `after` in creation order, for a replica that installed
-    /// a snapshot.
+    /// a snapshot whose last entry is `through`: served only by a replica that applied
+    /// the group's entries through it and wishes for no copy of its own, so that it holds
+    /// the record of each of them.
     HistoryExport {
         after: Option<HistoryCursor>,
+        through: u64,
     },
     /// An account's keys, revoked ones included.
     KeysOf(AccountId),
@@ -186,12 +189,14 @@ pub(crate) fn answer(ledger: &Ledger, read: &Read) -> Option<ReadAnswer> {
     })
 }
 
-/// Answers a read of the request history from one replica's history store, which holds
-/// every record its ledger replica applied; `in_group` tells the accounts of the group
-/// read.
+/// Answers a read of the request history of group `group` from one replica's history
+/// store, which holds every record its ledger replica applied (but those of the entries
+/// a snapshot install skipped, until their copy ends); `in_group` tells the group's
+/// accounts.
 pub(crate) fn answer_history(
     history: &History,
     read: &Read,
+    group: u32,
     in_group: impl Fn(AccountId) -> bool,
 ) -> Result<ReadAnswer, LedgerError> {
     let failed = |e: redb::Error| LedgerError::storage("reading the request history", e);
@@ -201,10 +206,15 @@ pub(crate) fn answer_history(
         }
         Read::History(query) => history.query(query).map(ReadAnswer::History).map_err(failed),
         Read::Usage(query) => history.usage(query).map(ReadAnswer::Usage).map_err(failed),
-        Read::HistoryExport { after } => history
-            .export(in_group, *after, HISTORY_EXPORT_PAGE_MAX)
-            .map(ReadAnswer::HistoryExport)
-            .map_err(failed),
+        Read::HistoryExport { after, .. } => {
+            let wanted = history.backfills_wanted().map_err(failed)?;
+            if wanted.iter().any(|(wished, _)| *wished == group) {
+                let reason = format!("group {group}'s records are still being copied here");
+                return Err(LedgerError::Unavailable { reason });
+            }
+            let page = history.export(in_group, *after, HISTORY_EXPORT_PAGE_MAX);
+            page.map(ReadAnswer::HistoryExport).map_err(failed)
+        }
         other => Err(LedgerError::Invalid(format!("{other:?} is not a history read"))),
     }
 }

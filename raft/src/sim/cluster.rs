@@ -8,6 +8,7 @@ use super::invariants::Invariants;
 use super::network::{Net, SimNetwork, SimOrders};
 use super::storage::{Disk, DiskFaults, IoFault, MemStore, WriteKind};
 use super::trace::Trace;
+use crate::backfill;
 use crate::encoded::EncodedEntries;
 use crate::error::LedgerError;
 use crate::founding::FirstLeaders;
@@ -211,6 +212,9 @@ pub struct Running {
     /// aborted when the process crashes.
     server: JoinHandle<()>,
     balancer: JoinHandle<()>,
+    /// Copies the records a snapshot install skipped from the group's leader, through
+    /// the network from this node's side of it (`backfill.rs`).
+    copier: JoinHandle<()>,
     crashed: AtomicBool,
 }
 
@@ -552,6 +556,7 @@ impl Cluster {
         self.trace.event(self.now_ms(), format!("crash node {id}"));
         running.server.abort();
         running.balancer.abort();
+        running.copier.abort();
         for group in running.groups() {
             // A core that already stopped on its dead store reports that here; either way
             // it is stopped, which is all a crash needs.
@@ -873,7 +878,10 @@ impl Cluster {
                 }
             }
         }
+        let requests = history.backfill_requests();
         let node = LedgerNode::of_groups(id, groups, history);
+        let reach = backfill::Reach::Via(gateway::dialer(Arc::clone(&self.net), id));
+        let copier = backfill::spawn(node.downgrade(), requests, reach);
         let (door, server) = gateway::serve(&node, identity);
         self.net.node_up(id, incarnation, identity, served, door);
         let crashed = AtomicBool::new(false);
@@ -881,7 +889,8 @@ impl Cluster {
         let orders = SimOrders { net, identity, incarnation };
         let leadership = Leadership { placement: FirstLeaders::default(), orders };
         let balancer = leadership::spawn(node.downgrade(), Arc::new(leadership));
-        let running = Arc::new(Running { identity, store, node, server, balancer, crashed });
+        let running =
+            Arc::new(Running { identity, store, node, server, balancer, copier, crashed });
         self.lock().nodes.insert(id, Slot::Up(running));
         let timeout_ms = config.election_timeout_min;
         self.trace

@@ -9,8 +9,9 @@
 //! only own randomness, the election timeout, is drawn from the seed instead.
 //!
 //! Each node also serves the production ledger API: tonic's server of `LedgerRpcServer`
-//! over a `LedgerNode` made of its groups (`LedgerNode::of_groups`: no expiry, backfill
-//! or history-sync task; a history is synced before each snapshot save). About half the clients are gateways: they send through the production
+//! over a `LedgerNode` made of its groups (`LedgerNode::of_groups`: no expiry or
+//! history-sync task; a history is synced before each snapshot save), and copies the
+//! history a snapshot install skipped from its peers (`backfill.rs`). About half the clients are gateways: they send through the production
 //! `LedgerClient` of one of one or two gateway processes (shared by that gateway's
 //! clients, so their concurrent submits batch), whose channels are in-memory HTTP/2
 //! connections over the simulated network (`gateway`): a gateway sits on one node's side
@@ -56,11 +57,12 @@
 //! * no reserve with a key succeeded if it was sent after that key's revocation was
 //!   acknowledged;
 //! * every replica's request history holds a record of each settle acknowledged as
-//!   settled and none of a hold never settled. Each node's history lives on a disk that
-//!   keeps, through a crash, only what was synced, so this checks what its log's replay
-//!   writes again and what it skips. A replica that installed a snapshot wishes for a
-//!   copy of the records it skipped, which the simulation does not make (`backfill.rs`
-//!   dials its peers over gRPC), and is not checked;
+//!   settled and none of a hold never settled, checked before the commands in doubt are
+//!   resent (which writes every settled hold's record anew) and after. Each node's
+//!   history lives on a disk that keeps, through a crash, only what was synced, so this
+//!   checks what its log's replay writes again and what it skips; and each node runs
+//!   the copy of the records a snapshot install skipped (`backfill.rs`, through the
+//!   simulated network), which must have ended on every replica first;
 //! * no task panicked, and the cluster recovered within a bound after healing.
 //!
 //! Targeted tests cover what a random run cannot keep going through (a node refusing to
@@ -194,6 +196,25 @@ fn seeded_runs_keep_money_exact_and_replicas_identical() {
         // And replicas' histories must have been checked, not all excused.
         let floor = HISTORIES_CHECKED_PER_SEED_MIN * n_seeds;
         assert!(n_histories_checked >= floor, "{n_histories_checked} histories checked");
+    }
+}
+
+/// Seeds in which a replica that installed a snapshot copied its group's records from a
+/// replica that lacked some of them, before a copy was read only from a replica that
+/// applied the snapshot's entries and wishes for no copy of its own (`backfill.rs`). In
+/// seed 240, with copies read from the group's leader, node 2 installed a snapshot of
+/// group 1 and copied 2 records, while 2 more acknowledged settles of the entries the
+/// snapshot covered had none on it; seed 113 fails when a replica still copying may
+/// serve a copy, seed 150 when one behind the snapshot may. Each loses acknowledged
+/// settles' records for good.
+const HISTORY_COPY_SEEDS: [u64; 3] = [113, 150, 240];
+
+#[test]
+fn a_replica_copies_its_history_only_from_one_that_holds_it() {
+    for seed in HISTORY_COPY_SEEDS {
+        if let Err(failure) = run(seed, false, DiskFaults::default(), Length::Drawn) {
+            panic!("seed {seed}: {}", failure.message);
+        }
     }
 }
 
@@ -1307,6 +1328,11 @@ async fn simulate(seed: u64, trace: Arc<Trace>, faults: DiskFaults, length: Leng
         }
     }
     let during_faults = history.records();
+    // Before the commands in doubt are resent, which settles every hold again and so
+    // writes every settled hold's record anew: what the faults' settles wrote, replays
+    // after crashes and copies after snapshot installs included.
+    converge(&cluster).await;
+    let n_histories_checked = check_histories(&cluster, &during_faults);
     if let Length::Beyond(_) = length {
         // Ledger time lags real time by each leader change's gap (a new leader continues
         // from the applied stamp), so commands retried right after healing may still be
@@ -1319,7 +1345,7 @@ async fn simulate(seed: u64, trace: Arc<Trace>, faults: DiskFaults, length: Leng
     let ledgers = converge(&cluster).await;
     let records = history.records();
     check_money(&cluster, &records, &ledgers);
-    let n_histories_checked = check_histories(&cluster, &records);
+    check_histories(&cluster, &records);
     let outcomes = || records.iter().filter_map(|r| r.outcome.as_ref());
 
     Summary {
@@ -1433,7 +1459,8 @@ async fn resolve(cluster: &Arc<Cluster>, history: &Arc<History>, seed: u64) {
 }
 
 /// Waits until, in every group, every replica has applied its whole log, all logs end
-/// at the same index, and all ledgers are equal; returns each group's ledger.
+/// at the same index, and all ledgers are equal, and until no replica's history wishes
+/// for a copy from its leader any more; returns each group's ledger.
 async fn converge(cluster: &Cluster) -> Vec<Ledger> {
     let mut problem = String::new();
     for _ in 0..CONVERGE_POLLS_MAX {
@@ -1468,6 +1495,12 @@ fn converged(cluster: &Cluster) -> Result<Vec<Ledger>, String> {
             }
         }
         ledgers.push(first.clone());
+    }
+    for (id, history) in cluster.histories() {
+        let wanted = history.backfills_wanted().expect("a history's wished copies");
+        if !wanted.is_empty() {
+            return Err(format!("node {id}'s history still wishes for copies: {wanted:?}"));
+        }
     }
     Ok(ledgers)
 }
@@ -1558,30 +1591,25 @@ fn check_money(cluster: &Cluster, records: &[Record], ledgers: &[Ledger]) {
 const EXPORT_PAGE: usize = 1_000;
 
 /// Every up replica's request history holds a record of each settle acknowledged as
-/// settled, and none of a hold that no settle may have settled, unless it still wishes
-/// for a copy of the group's records from its leader: the simulation runs no copying
-/// task (`backfill.rs` speaks gRPC to its peers' addresses), so a replica that installed
-/// a snapshot keeps that wish and is not checked. The histories live on disks that keep
-/// only what was synced through each crash, so this checks what a replica's replay after
-/// a crash rewrites, and what it skips (`History::posted_through`). Returns how many
-/// (replica, group) histories it checked.
+/// settled, and none of a hold that no settle may have settled (one in doubt may have). The histories live on
+/// disks that keep only what was synced through each crash, so this checks what a
+/// replica's replay after a crash writes again and what it skips
+/// (`History::posted_through`), and, once every copy wished for has ended (`converge`),
+/// what a replica that installed a snapshot copied from its group's leader
+/// (`backfill.rs`). Returns how many (replica, group) histories it checked.
 fn check_histories(cluster: &Cluster, records: &[Record]) -> usize {
     let (mut settled, mut maybe) = (BTreeSet::new(), BTreeSet::new());
     for record in records {
         let Op::Settle { account, hold, .. } = &record.command.op else { continue };
         match &record.outcome {
             Some(Ok(Reply::Settled { .. })) => settled.insert((*account, *hold)),
-            Some(Err(Rejection::HoldForgotten)) => maybe.insert((*account, *hold)),
-            _ => false,
+            None | Some(Err(Rejection::HoldForgotten)) => maybe.insert((*account, *hold)),
+            Some(_) => false,
         };
     }
     let mut checked = 0;
     for (id, history) in cluster.histories() {
-        let wanted = history.backfills_wanted().expect("a history's wished copies");
         for group in 0..cluster.shape.n_groups {
-            if wanted.iter().any(|(wished, _)| *wished == group) {
-                continue;
-            }
             let in_group = |account: AccountId| cluster.group_of(account) == group;
             let mut held = BTreeSet::new();
             let mut after = None;
