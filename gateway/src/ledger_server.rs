@@ -286,6 +286,8 @@ pub(crate) fn record_node_metrics(node: &LedgerNode) {
             metrics::gauge!("solrouter_ledger_history_records").set(history.records as f64);
             metrics::counter!("solrouter_ledger_history_expired_total")
                 .absolute(history.expired_total);
+            metrics::gauge!("solrouter_ledger_history_copies_wanted")
+                .set(history.copies_wanted as f64);
         }
         Err(e) => tracing::warn!(error = %e, "request history stats unavailable"),
     }

@@ -223,7 +223,8 @@ async fn leader_sigkill_under_load_loses_nothing_and_charges_once() {
                 let gauge = format!("solrouter_ledger_{windowed}{{");
                 assert!(metrics.contains(&gauge), "{metrics}");
             }
-            value("solrouter_ledger_history_records ").is_some_and(|records| records > 0.0)
+            value("solrouter_ledger_history_copies_wanted ") == Some(0.0)
+                && value("solrouter_ledger_history_records ").is_some_and(|records| records > 0.0)
         })
         .await;
     }

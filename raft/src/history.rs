@@ -366,6 +366,10 @@ pub struct ExportPage {
 pub struct HistoryStats {
     pub records: u64,
     pub expired_total: u64,
+    /// Groups whose records a snapshot install skipped and whose copy has not ended yet
+    /// (`History::want_backfill`): nonzero for long means no replica that holds them
+    /// is reachable.
+    pub copies_wanted: u64,
 }
 
 /// A node's request history. Cheap to clone: clones share the database.
@@ -995,6 +999,7 @@ impl History {
         Ok(HistoryStats {
             records: written + queued as u64,
             expired_total: self.inner.expired_total.load(Ordering::Relaxed),
+            copies_wanted: self.backfills_wanted()?.len() as u64,
         })
     }
 
@@ -1981,6 +1986,7 @@ mod tests {
         assert_eq!(history.backfills_wanted().unwrap(), [], "none in a new file");
         history.want_backfill(1, 40).unwrap();
         assert_eq!(asked(&history), [] as [u32; 0], "the install asks, once saved");
+        assert_eq!(history.stats().unwrap().copies_wanted, 1);
 
         // A crash before the copy: the wish is kept and asked for again.
         let disk = disk.crash();
@@ -2100,7 +2106,8 @@ mod tests {
         let now_ms = T0 + 40 * 60_000 + retention_ms;
         assert_eq!(history.expire(now_ms).unwrap(), 41, "40 of this account, 1 of the other");
         assert_eq!(history.expire(now_ms).unwrap(), 0);
-        assert_eq!(history.stats().unwrap(), HistoryStats { records: 60, expired_total: 41 });
+        let stats = HistoryStats { records: 60, expired_total: 41, copies_wanted: 0 };
+        assert_eq!(history.stats().unwrap(), stats);
         assert_eq!(
             holds(&history.query(&query(500)).unwrap()),
             (40..100).rev().collect::<Vec<_>>()
