@@ -5,9 +5,10 @@
 //! that applied the entries the snapshot covers and wishes for no copy of its own (not
 //! necessarily the leader, which may have installed a snapshot too), page by page in
 //! creation order, keeping what it already has (a hold's first record wins, so the copy
-//! and the node's own applies never conflict). Until the
-//! copy ends, this replica's history lacks the records settled before the snapshot; every
-//! read a gateway makes with `Consistency::Linearizable` is served by the leader anyway.
+//! and the node's own applies never conflict). Until the copy ends, this replica's
+//! history lacks the records settled before the snapshot. Every read a gateway makes
+//! with `Consistency::Linearizable` is served by the leader, which lacks them only while
+//! a copy of its own runs.
 //! The wish for a copy is kept in the history, synced, from just before the install's
 //! save until a copy that began after it has ended and its pages are synced
 //! (`History::want_backfill`, `History::backfill_done`): a node that stops or crashes in
@@ -22,7 +23,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
-/// Wait before trying again when a copy failed (no leader yet, the leader unreachable).
+/// Wait before trying again when a copy failed (the membership not known yet, no
+/// replica that holds the records reachable).
 pub const BACKFILL_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How the copying task reaches its peers.

@@ -249,9 +249,9 @@ impl LedgerClient {
     }
 
     /// One page of `group_idx`'s records after `after`, from a replica that applied the
-    /// group's entries through `through` and wishes for no copy of its own (any such
-    /// replica: not the leader's, which may itself have installed a snapshot and be
-    /// copying).
+    /// group's entries through `through` and wishes for no copy of its own: any such
+    /// replica, not only the leader, which may itself have installed a snapshot and be
+    /// copying.
     pub(crate) async fn history_export(
         &self,
         group_idx: u32,

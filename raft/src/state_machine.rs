@@ -576,13 +576,14 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
         // save and before the copy ended still makes it when it opens again.
         let (group, through) = (self.group, meta.last_log_id.map_or(0, |id| id.index));
         let wanted = self.history.off_runtime(move |h| h.want_backfill(group, through)).await;
-        match wanted.map_err(|e| e.to_string()).and_then(|kept| kept.map_err(|e| e.to_string())) {
-            Ok(_) => {}
-            Err(e) => tracing::error!(
+        let kept =
+            wanted.map_err(|e| e.to_string()).and_then(|kept| kept.map_err(|e| e.to_string()));
+        if let Err(e) = kept {
+            tracing::error!(
                 group,
                 error = %e,
                 "request history: keeping the wish for a copy failed; it is made, but not after a restart"
-            ),
+            );
         }
         let payload = Payload::Encoded { bytes, piece_bytes: SNAPSHOT_PIECE_BYTES };
         self.save_snapshot(meta.clone(), payload).await?;

@@ -212,7 +212,7 @@ pub struct Running {
     /// aborted when the process crashes.
     server: JoinHandle<()>,
     balancer: JoinHandle<()>,
-    /// Copies the records a snapshot install skipped from the group's leader, through
+    /// Copies the records a snapshot install skipped from a peer that holds them, through
     /// the network from this node's side of it (`backfill.rs`).
     copier: JoinHandle<()>,
     crashed: AtomicBool,
