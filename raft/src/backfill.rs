@@ -27,6 +27,9 @@ use tokio::task::JoinHandle;
 /// replica that holds the records reachable).
 pub const BACKFILL_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What a failed history call of the copy was doing.
+const FILLING: &str = "filling in the request history";
+
 /// How the copying task reaches its peers.
 #[derive(Clone)]
 pub(crate) enum Reach {
@@ -98,7 +101,7 @@ async fn copy_group(
     }
     // The wish this copy answers (a later install's wish outlives the copy's end), and
     // so how far the replica copied from must have applied the group's entries.
-    let wanted = on_history(history, move |history| history.backfills_wanted()).await?;
+    let wanted = history.blocking(FILLING, move |history| history.backfills_wanted()).await?;
     let through = wanted.iter().find(|(group, _)| *group == group_idx).map(|(_, at)| *at);
     let client = reach.connect(peers).await?;
     let mut after = None;
@@ -107,28 +110,16 @@ async fn copy_group(
         let page = client.history_export(group_idx, after, through.unwrap_or(0)).await?;
         copied += page.records.len();
         let records = page.records;
-        on_history(history, move |history| history.insert(records)).await?;
+        history.blocking(FILLING, move |history| history.insert(records)).await?;
         match page.next {
             Some(next) => after = Some(next),
             None => break,
         }
     }
     if let Some(through) = through {
-        on_history(history, move |history| history.backfill_done(group_idx, through)).await?;
+        history.blocking(FILLING, move |history| history.backfill_done(group_idx, through)).await?;
     }
     Ok(copied)
-}
-
-/// Runs `f` on `history` off the async workers.
-async fn on_history<T: Send + 'static>(
-    history: &History,
-    f: impl FnOnce(&History) -> Result<T, redb::Error> + Send + 'static,
-) -> Result<T, LedgerError> {
-    history
-        .off_runtime(f)
-        .await
-        .map_err(|e| LedgerError::Unavailable { reason: e.to_string() })?
-        .map_err(|e| LedgerError::storage("filling in the request history", e))
 }
 
 #[cfg(test)]

@@ -779,6 +779,19 @@ impl History {
         tokio::task::spawn_blocking(move || f(&history)).await
     }
 
+    /// [`History::off_runtime`] for a call of redb, failing as a [`LedgerError`]: storage,
+    /// saying `what` failed, or unavailable if the blocking task did not finish.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&History) -> HistoryResult<T> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        self.off_runtime(f)
+            .await
+            .map_err(|e| LedgerError::Unavailable { reason: e.to_string() })?
+            .map_err(|e| LedgerError::storage(what, e))
+    }
+
     /// Writes what is queued, not synced, holding its postings unless they are due:
     /// afterwards a read finds every record queued before the call. Blocks on redb
     /// (`History::off_runtime`).
@@ -812,11 +825,7 @@ impl History {
     pub fn posted_through(&self, group: u32) -> HistoryResult<u64> {
         let Some(incarnation) = self.inner.incarnation else { return Ok(0) };
         let txn = self.inner.db.begin_read()?;
-        let table = match txn.open_table(POSTED_THROUGH) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = table_if_any(&txn, POSTED_THROUGH)? else { return Ok(0) };
         Ok(table.get((incarnation, group))?.map_or(0, |index| index.value()))
     }
 
@@ -914,25 +923,17 @@ impl History {
     /// the copy again; a replica with a wish kept serves no copy of the group
     /// (`wire::answer_history`). Blocks on redb.
     pub(crate) fn want_backfill(&self, group: u32, through: u64) -> HistoryResult<()> {
-        let mut txn = self.inner.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        {
-            let mut wanted = txn.open_table(BACKFILL_WANTED)?;
+        self.change_wishes(|wanted| {
             let kept = wanted.get(group)?.map_or(0, |kept| kept.value());
             wanted.insert(group, kept.max(through))?;
-        }
-        txn.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The wishes kept for copies: (group, the last entry the copy must cover).
     pub(crate) fn backfills_wanted(&self) -> HistoryResult<Vec<(u32, u64)>> {
         let txn = self.inner.db.begin_read()?;
-        let wanted = match txn.open_table(BACKFILL_WANTED) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(wanted) = table_if_any(&txn, BACKFILL_WANTED)? else { return Ok(Vec::new()) };
         let rows = wanted.iter()?.map(|row| row.map(|(group, at)| (group.value(), at.value())));
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -942,14 +943,23 @@ impl History {
     /// a synced commit: the copy's pages, committed unsynced, are durable with it.
     /// Blocks on redb.
     pub(crate) fn backfill_done(&self, group: u32, through: u64) -> HistoryResult<()> {
-        let mut txn = self.inner.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        {
-            let mut wanted = txn.open_table(BACKFILL_WANTED)?;
+        self.change_wishes(|wanted| {
             if wanted.get(group)?.is_some_and(|kept| kept.value() == through) {
                 wanted.remove(group)?;
             }
-        }
+            Ok(())
+        })
+    }
+
+    /// Changes the wishes kept in a synced commit of its own (not through [`Tables`],
+    /// whose every table each of the writer's transactions opens).
+    fn change_wishes(
+        &self,
+        change: impl FnOnce(&mut redb::Table<'_, u32, u64>) -> HistoryResult<()>,
+    ) -> HistoryResult<()> {
+        let mut txn = self.inner.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        change(&mut txn.open_table(BACKFILL_WANTED)?)?;
         txn.commit()?;
         Ok(())
     }
@@ -1586,6 +1596,19 @@ fn hour_of(ms: u64) -> u64 {
 
 fn decode(created_ms: u64, bytes: &[u8]) -> HistoryResult<(AccountId, RequestRecord)> {
     decode_record(created_ms, bytes).map_err(|e| corrupt(&e.to_string()))
+}
+
+/// `table` as `txn` reads it, or none if no write has created it yet (a table this
+/// format added to files made before it).
+fn table_if_any<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> HistoryResult<Option<redb::ReadOnlyTable<K, V>>> {
+    match txn.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn corrupt(reason: &str) -> redb::Error {

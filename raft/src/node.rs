@@ -510,12 +510,7 @@ impl LedgerNode {
             group.shutdown().await?;
         }
         // What the applies queued, written and synced (the writer task was aborted).
-        self.inner
-            .history
-            .off_runtime(History::sync)
-            .await
-            .map_err(|e| LedgerError::Unavailable { reason: e.to_string() })?
-            .map_err(|e| LedgerError::storage("syncing the request history", e))
+        self.inner.history.blocking("syncing the request history", History::sync).await
     }
 
     pub fn n_groups(&self) -> u32 {

@@ -575,14 +575,12 @@ impl<K: KvTree> RaftStateMachine<TypeConfig> for StateMachine<K> {
         // wish for their copy is kept before the save, so that a node stopped after the
         // save and before the copy ended still makes it when it opens again.
         let (group, through) = (self.group, meta.last_log_id.map_or(0, |id| id.index));
-        let wanted = self.history.off_runtime(move |h| h.want_backfill(group, through)).await;
-        let kept =
-            wanted.map_err(|e| e.to_string()).and_then(|kept| kept.map_err(|e| e.to_string()));
-        if let Err(e) = kept {
+        let wanted = move |history: &History| history.want_backfill(group, through);
+        if let Err(e) = self.history.blocking("keeping the wish for a copy", wanted).await {
             tracing::error!(
                 group,
                 error = %e,
-                "request history: keeping the wish for a copy failed; it is made, but not after a restart"
+                "request history: the copy is made, but not again after a restart"
             );
         }
         let payload = Payload::Encoded { bytes, piece_bytes: SNAPSHOT_PIECE_BYTES };

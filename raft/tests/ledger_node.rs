@@ -522,9 +522,7 @@ const CHILD_LINE_TIMEOUT: Duration = Duration::from_secs(30);
 /// killed. In a normal run the variable is unset and this returns at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_child_writer() {
-    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else { return };
-    let node = LedgerNode::open_single(Path::new(&dir)).await.unwrap();
-    submit_ok(&node, create_account(1)).await;
+    let Some(node) = child_node().await else { return };
     write_and_ack(&node, |node, id| async move {
         let Reply::Credited { credits } = submit_ok(&node, top_up(id)).await else {
             panic!("a top-up answered something else");
@@ -532,6 +530,15 @@ async fn sigkill_child_writer() {
         format!("{id} {}", credits.0)
     })
     .await;
+}
+
+/// In a child process of a SIGKILL test (`CHILD_DIR_ENV` set), its node on that data
+/// directory with account 1 created; none in a normal run.
+async fn child_node() -> Option<LedgerNode> {
+    let dir = std::env::var_os(CHILD_DIR_ENV)?;
+    let node = LedgerNode::open_single(Path::new(&dir)).await.unwrap();
+    submit_ok(&node, create_account(1)).await;
+    Some(node)
 }
 
 /// Runs `CHILD_WRITERS` tasks on `node` (a child role's), each calling `write` with op ids
@@ -573,9 +580,7 @@ const CHILD_HISTORY_READ_INTERVAL: Duration = Duration::from_millis(200);
 /// after each acknowledgement, while a task reads the account's history, until killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_child_settler() {
-    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else { return };
-    let node = LedgerNode::open_single(Path::new(&dir)).await.unwrap();
-    submit_ok(&node, create_account(1)).await;
+    let Some(node) = child_node().await else { return };
     let reader = node.clone();
     tokio::spawn(async move {
         loop {
