@@ -121,9 +121,8 @@ struct Builders {
 /// HTTP/1 connection alone. The builder for any protocol reads the first bytes itself to
 /// tell, and hands them to hyper's HTTP/1 connection ahead of the socket: its first read
 /// returns those bytes alone, and its second, to make room for a whole 8 KiB more,
-/// doubles the read buffer to 16 KiB, kept for as long as the connection lives
-/// (docs/benchmarks.md, "Memory per stream"). Read without it, a request arrives in one
-/// 8 KiB buffer.
+/// doubles the read buffer to 16 KiB (docs/benchmarks.md, "Memory per stream"). Read
+/// without it, a request arrives in one 8 KiB buffer.
 async fn speaks_http1(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
     let mut first = [0; 2];
     let read = stream.peek(&mut first).await?;
