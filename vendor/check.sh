@@ -26,11 +26,17 @@ hyper = "=$version"
 
 [workspace]
 EOF
-published=$(cd "$scratch" && cargo metadata --format-version 1 --quiet | python3 -c '
+# Offline first: the crate is usually in Cargo's cache already.
+published=$(cd "$scratch" && { cargo metadata --format-version 1 --quiet --offline 2>/dev/null ||
+    cargo metadata --format-version 1 --quiet; } | python3 -c '
 import json, os, sys
 for package in json.load(sys.stdin)["packages"]:
     if package["name"] == "hyper":
         print(os.path.dirname(package["manifest_path"]))')
+if [ -z "$published" ]; then
+    echo "could not fetch hyper $version (from Cargo's cache or crates.io)" >&2
+    exit 1
+fi
 
 # The published crate's own bookkeeping files are not copied; file dates are left out.
 (cd "$scratch" && ln -s "$published" a && ln -s "$vendor/hyper" b &&
