@@ -249,6 +249,12 @@ impl Group {
         f(&self.state.read().ledger)
     }
 
+    /// The last entry this replica applied, or installed a snapshot through (0 before
+    /// any).
+    pub(crate) fn applied_index(&self) -> u64 {
+        self.state.read().last_applied.map_or(0, |id| id.index)
+    }
+
     /// The stamp for a batch proposed now (see [`LedgerClock`]): the applied state's
     /// unless this node leads and has caught up in its term (see `Batcher::caught_up`).
     pub fn next_stamp_ms(&self) -> u64 {

@@ -191,12 +191,13 @@ pub(crate) fn answer(ledger: &Ledger, read: &Read) -> Option<ReadAnswer> {
 
 /// Answers a read of the request history of group `group` from one replica's history
 /// store, which holds every record its ledger replica applied (but those of the entries
-/// a snapshot install skipped, until their copy ends); `in_group` tells the group's
-/// accounts.
+/// a snapshot install skipped, until their copy ends); `applied` is the last of the
+/// group's entries the replica applied, `in_group` tells the group's accounts.
 pub(crate) fn answer_history(
     history: &History,
     read: &Read,
     group: u32,
+    applied: u64,
     in_group: impl Fn(AccountId) -> bool,
 ) -> Result<ReadAnswer, LedgerError> {
     let failed = |e: redb::Error| LedgerError::storage("reading the request history", e);
@@ -206,7 +207,14 @@ pub(crate) fn answer_history(
         }
         Read::History(query) => history.query(query).map(ReadAnswer::History).map_err(failed),
         Read::Usage(query) => history.usage(query).map(ReadAnswer::Usage).map_err(failed),
-        Read::HistoryExport { after, .. } => {
+        Read::HistoryExport { after, through } => {
+            // A copy for a snapshot's install comes from a replica that holds the record
+            // of every entry the snapshot covers: one that applied them, and lacks none
+            // of its own to a snapshot install.
+            if applied < *through {
+                let reason = format!("group {group} applied through {applied}, not {through}");
+                return Err(LedgerError::Unavailable { reason });
+            }
             let wanted = history.backfills_wanted().map_err(failed)?;
             if wanted.iter().any(|(wished, _)| *wished == group) {
                 let reason = format!("group {group}'s records are still being copied here");

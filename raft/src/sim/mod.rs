@@ -88,8 +88,8 @@ use crate::codec;
 use crate::types::NodeId;
 use crate::{LedgerApi, LedgerClient, LedgerError};
 use crate::{
-    CLIENT_BACKOFF_FIRST, ELECTION_TIMEOUT_MAX, HEARTBEAT_INTERVAL, PIPELINED_BATCH_MIN,
-    PROPOSALS_IN_FLIGHT_MAX,
+    CLIENT_BACKOFF_FIRST, ELECTION_TIMEOUT_MAX, HEARTBEAT_INTERVAL, HISTORY_EXPORT_PAGE_MAX,
+    PIPELINED_BATCH_MIN, PROPOSALS_IN_FLIGHT_MAX,
 };
 use cluster::{Cluster, Shape, SubmitError};
 use nemesis::Nemesis;
@@ -1588,9 +1588,6 @@ fn check_money(cluster: &Cluster, records: &[Record], ledgers: &[Ledger]) {
     assert_eq!(audited, credited_total, "sum of credits ≠ sum of acknowledged top-ups");
 }
 
-/// Records a history export reads at once.
-const EXPORT_PAGE: usize = 1_000;
-
 /// Every up replica's request history holds a record of each settle acknowledged as
 /// settled, and none of a hold that no settle may have settled (one in doubt may have).
 /// The histories live on disks that keep only what was synced through each crash, so
@@ -1615,7 +1612,8 @@ fn check_histories(cluster: &Cluster, records: &[Record]) -> usize {
             let mut held = BTreeSet::new();
             let mut after = None;
             loop {
-                let page = history.export(in_group, after, EXPORT_PAGE).expect("an export");
+                let page =
+                    history.export(in_group, after, HISTORY_EXPORT_PAGE_MAX).expect("an export");
                 held.extend(page.records.into_iter().map(|(account, hold, _)| (account, hold)));
                 match page.next {
                     Some(next) => after = Some(next),
