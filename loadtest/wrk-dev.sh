@@ -12,8 +12,8 @@
 #
 # Settings (environment): BIN_DIR; SECS (10); ROUNDS (1), how many times the pair of
 # runs (straight, through dev) is repeated for each kind, with each round's line and at the
-# end the median ratio (the mock alone swings ±20 % between runs on a 2-core VM, so one
-# pair cannot show a change of 10 %); STATE_BASE, where the data dir goes (/tmp);
+# end the median ratio and dev's median p99 (the mock alone swings ±20 % between runs on a
+# 2-core VM, so one pair cannot show a change of 10 %); STATE_BASE, where the data dir goes (/tmp);
 # SPLIT=log (the log directory on /dev/shm, the rest in STATE_BASE) or SPLIT=history
 # (history and snapshots on /dev/shm), to tell the parts of the disk's cost apart; LEDGER=1
 # runs the plain case only through dev and prints what dev's ledger counters moved by
@@ -105,16 +105,23 @@ for round in $(seq "$ROUNDS"); do
         dev=$(measure "$URL/v1/api/chat/completions" "$RUN_DIR/$stream.lua" "$KEY")
         ratio=$(python3 -c "print(round(${dev%% *} / ${mock%% *}, 3))")
         echo "stream=$stream  mock: $mock | dev: $dev | ratio $ratio"
-        echo "$ratio" >>"$RUN_DIR/ratios-$stream"
+        echo "$ratio ${dev##* }" >>"$RUN_DIR/rounds-$stream"
     done
 done
 if [ "$ROUNDS" -gt 1 ]; then
     for stream in false true; do
-        python3 - "$stream" "$RUN_DIR/ratios-$stream" <<'EOF'
+        python3 - "$stream" "$RUN_DIR/rounds-$stream" <<'EOF'
 import statistics, sys
-ratios = sorted(float(line) for line in open(sys.argv[2]))
+def ms(wrk_time):  # wrk prints 812.00us, 4.98ms or 1.02s
+    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if wrk_time.endswith(unit):
+            return float(wrk_time[: -len(unit)]) * scale
+rounds = [line.split() for line in open(sys.argv[2])]
+ratios = sorted(float(ratio) for ratio, _ in rounds)
+p99s = sorted(ms(p99) for _, p99 in rounds)
 print(f"stream={sys.argv[1]}  median ratio {statistics.median(ratios):.3f} of {len(ratios)} rounds "
-      f"({ratios[0]:.3f} to {ratios[-1]:.3f})")
+      f"({ratios[0]:.3f} to {ratios[-1]:.3f}), dev's median p99 {statistics.median(p99s):.2f} ms "
+      f"({p99s[0]:.2f} to {p99s[-1]:.2f})")
 EOF
     done
 fi
