@@ -13,9 +13,9 @@
 # Settings (environment): BIN_DIR; SECS (10); ROUNDS (1), how many times the pair of
 # runs (straight, through dev) is repeated for each kind, with each round's line and at the
 # end the median ratio and dev's median p99 (the mock alone swings ±20 % between runs on a
-# 2-core VM, so one pair cannot show a change of 10 %); STATE_BASE, where the data dir goes (/tmp);
-# SPLIT=log (the log directory on /dev/shm, the rest in STATE_BASE) or SPLIT=history
-# (history and snapshots on /dev/shm), to tell the parts of the disk's cost apart; LEDGER=1
+# 2-core VM, so one pair cannot show a change of 10 %); STATE_BASE, where the data dir
+# goes (/tmp); SPLIT=log (the log directory on /dev/shm, the rest in STATE_BASE) or
+# SPLIT=history (history and snapshots on /dev/shm), to tell the disk's parts apart; LEDGER=1
 # runs the plain case only through dev and prints what dev's ledger counters moved by
 # (entries, commands, commit time), dev's CPU and the machine's time split (/proc/stat).
 # Needs `wrk` (Debian: apt-get install wrk) and Python 3; everything listens on 127.0.0.1
