@@ -19,6 +19,7 @@ use crate::error::LedgerError;
 use crate::history::{BackfillRequests, History};
 use crate::node::{Inner, LedgerNode};
 use crate::tls::TlsConfig;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -57,6 +58,10 @@ pub(crate) fn spawn(
     reach: Reach,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        // Each group's copies failed in a row: a copy that cannot succeed for a while (every
+        // replica wishes for a copy; a rolling upgrade whose builds disagree on the export)
+        // is retried every second, and warned of at the 1st, 2nd, 4th, 8th… failure only.
+        let mut failed: BTreeMap<u32, u64> = BTreeMap::new();
         loop {
             let groups = requests.wanted().await;
             let Some(live) = LedgerNode::from_weak(&node) else { return };
@@ -71,9 +76,23 @@ pub(crate) fn spawn(
                 .collect();
             for group_idx in groups {
                 match copy_group(&peers, &reach, group_idx, &history).await {
-                    Ok(copied) => tracing::info!(group_idx, copied, "request history filled in"),
+                    Ok(copied) => {
+                        failed.remove(&group_idx);
+                        tracing::info!(group_idx, copied, "request history filled in");
+                    }
                     Err(e) => {
-                        tracing::warn!(group_idx, error = %e, "request history copy failed; retrying");
+                        let failures = failed.entry(group_idx).or_default();
+                        *failures += 1;
+                        if failures.is_power_of_two() {
+                            tracing::warn!(
+                                group_idx,
+                                failures,
+                                error = %e,
+                                "request history copy failed; retrying every second"
+                            );
+                        } else {
+                            tracing::debug!(group_idx, failures, error = %e, "request history copy failed");
+                        }
                         tokio::time::sleep(BACKFILL_RETRY_INTERVAL).await;
                         requests.request(group_idx);
                     }
