@@ -10,13 +10,13 @@
 #   ROUNDS=5 loadtest/wrk-dev.sh            # five rounds and the median ratios
 #   LEDGER=1 loadtest/wrk-dev.sh            # plain only, with the ledger's counters
 #
-# Settings (environment): BIN_DIR; SECS (10); ROUNDS (1), how many times the pair of
-# runs (straight, through dev) is repeated for each kind, with each round's line and at the
-# end the median ratio and dev's median p99 (the mock alone swings ±20 % between runs on a
-# 2-core VM, so one pair cannot show a change of 10 %); STATE_BASE, where the data dir
-# goes (/tmp); SPLIT=log (the log directory on /dev/shm, the rest in STATE_BASE) or
-# SPLIT=history (history and snapshots on /dev/shm), to tell the disk's parts apart; LEDGER=1
-# runs the plain case only through dev and prints what dev's ledger counters moved by
+# Settings (environment): BIN_DIR; SECS (10); CONNS (50), wrk's connections; ROUNDS (1),
+# how many times the pair of runs (straight, through dev) is repeated for each kind, with
+# each round's line and at the end the median ratio and dev's median p99 (the mock alone
+# swings ±20 % between runs on a 2-core VM, so one pair cannot show a change of 10 %);
+# STATE_BASE, where the data dir goes (/tmp); SPLIT=log (the log directory on /dev/shm,
+# the rest in STATE_BASE) or SPLIT=history (history and snapshots on /dev/shm), to tell
+# the disk's parts apart; LEDGER=1 runs the plain case only through dev and prints what dev's ledger counters moved by
 # (entries, commands, commit time), dev's CPU and the machine's time split (/proc/stat).
 # Needs `wrk` (Debian: apt-get install wrk) and Python 3; everything listens on 127.0.0.1
 # and is stopped at the end.
@@ -25,6 +25,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN_DIR="$(cd "${BIN_DIR:-$repo/target/release}" && pwd)"
 SECS=${SECS:-10}
 ROUNDS=${ROUNDS:-1}
+CONNS=${CONNS:-50}
 export SOLROUTER_ADMIN_TOKEN=${SOLROUTER_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n")}
 
 # shellcheck source=loadtest/dev-with-mock.sh
@@ -50,12 +51,12 @@ done
 
 # wrk against URL $1 with script $2 and key $3 for 3 s, its output ignored.
 warm_up() {
-    wrk -t2 -c50 -d3s -s "$2" -H "Authorization: Bearer $3" "$1" >/dev/null
+    wrk -t2 -c"$CONNS" -d3s -s "$2" -H "Authorization: Bearer $3" "$1" >/dev/null
 }
 
 # The same for SECS seconds: "req/s p50 p99".
 run() {
-    wrk -t2 -c50 -d"${SECS}s" --latency -s "$2" -H "Authorization: Bearer $3" "$1" |
+    wrk -t2 -c"$CONNS" -d"${SECS}s" --latency -s "$2" -H "Authorization: Bearer $3" "$1" |
         awk '/Requests\/sec/ {r = $2} /^ +50%/ {p50 = $2} /^ +99%/ {p99 = $2}
              END {printf "%s req/s p50 %s p99 %s", r, p50, p99}'
 }
