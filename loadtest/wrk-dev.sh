@@ -16,8 +16,9 @@
 # swings ±20 % between runs on a 2-core VM, so one pair cannot show a change of 10 %);
 # STATE_BASE, where the data dir goes (/tmp); SPLIT=log (the log directory on /dev/shm,
 # the rest in STATE_BASE) or SPLIT=history (history and snapshots on /dev/shm), to tell
-# the disk's parts apart; LEDGER=1 runs the plain case only through dev and prints what dev's ledger counters moved by
-# (entries, commands, commit time), dev's CPU and the machine's time split (/proc/stat).
+# the disk's parts apart; LEDGER=1 runs the plain case only through dev and prints what
+# dev's ledger counters moved by (entries, commands, commit time), dev's CPU and the
+# machine's time split (/proc/stat).
 # Needs `wrk` (Debian: apt-get install wrk) and Python 3; everything listens on 127.0.0.1
 # and is stopped at the end.
 set -euo pipefail
