@@ -58,10 +58,7 @@ pub(crate) fn spawn(
     reach: Reach,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        // Each group's copies failed in a row: a copy that cannot succeed for a while (every
-        // replica wishes for a copy; a rolling upgrade whose builds disagree on the export)
-        // is retried every second, and warned of at the 1st, 2nd, 4th, 8th… failure only.
-        let mut failed: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut failed = FailuresInARow::default();
         loop {
             let groups = requests.wanted().await;
             let Some(live) = LedgerNode::from_weak(&node) else { return };
@@ -77,13 +74,12 @@ pub(crate) fn spawn(
             for group_idx in groups {
                 match copy_group(&peers, &reach, group_idx, &history).await {
                     Ok(copied) => {
-                        failed.remove(&group_idx);
+                        failed.succeeded(group_idx);
                         tracing::info!(group_idx, copied, "request history filled in");
                     }
                     Err(e) => {
-                        let failures = failed.entry(group_idx).or_default();
-                        *failures += 1;
-                        if failures.is_power_of_two() {
+                        let (failures, warn) = failed.failed(group_idx);
+                        if warn {
                             tracing::warn!(
                                 group_idx,
                                 failures,
@@ -100,6 +96,27 @@ pub(crate) fn spawn(
             }
         }
     })
+}
+
+/// Each group's copies that failed in a row. A copy that cannot succeed for a while (every
+/// replica wishes for a copy; a rolling upgrade whose builds disagree on the export) is
+/// retried every second, and warned of at its 1st, 2nd, 4th, 8th… failure only: a copy
+/// stuck for hours logs a few dozen warnings, not one a second.
+#[derive(Default)]
+struct FailuresInARow(BTreeMap<u32, u64>);
+
+impl FailuresInARow {
+    /// Counts a failed copy of `group`: how many failed in a row, and whether to warn.
+    fn failed(&mut self, group: u32) -> (u64, bool) {
+        let failures = self.0.entry(group).or_default();
+        *failures += 1;
+        (*failures, failures.is_power_of_two())
+    }
+
+    /// A copy of `group` succeeded: its count starts again.
+    fn succeeded(&mut self, group: u32) {
+        self.0.remove(&group);
+    }
 }
 
 /// Copies every record of `group_idx` that a replica holds which applied the entries the
@@ -202,6 +219,21 @@ mod tests {
         }
         let history = History::open(&path, HISTORY_RETENTION_DEFAULT, 0).await.unwrap();
         assert_eq!(history.backfills_wanted().unwrap(), [], "the wish ended with the copy");
+    }
+
+    #[test]
+    fn a_copy_that_keeps_failing_is_warned_of_ever_more_rarely() {
+        let mut failures = FailuresInARow::default();
+        let warned: Vec<u64> = (0..20)
+            .map(|_| failures.failed(0))
+            .filter_map(|(failed, warn)| warn.then_some(failed))
+            .collect();
+        assert_eq!(warned, [1, 2, 4, 8, 16]);
+        assert_eq!(failures.failed(1), (1, true), "each group counts its own");
+        failures.succeeded(0);
+        assert_eq!(failures.failed(0), (1, true), "a copy that succeeded starts the count again");
+        assert_eq!(failures.failed(0), (2, true));
+        assert_eq!(failures.failed(0), (3, false));
     }
 
     /// Whether `node`'s history holds `n` records within 20 s.
