@@ -352,6 +352,32 @@ async fn status_and_invalid_directives_answer_in_the_format_shape() {
 }
 
 /// When each event arrived, in order, from the first byte of the stream.
+/// A body declared larger than the mock reads is refused with 413 before any of it is read,
+/// and the mock lingers over what the client still sends, as a provider's front end does:
+/// a client that reads the answer while it writes can go on writing (here 8 MiB), where a
+/// close would reset the connection and could discard the answer unread.
+#[tokio::test]
+async fn a_body_too_large_is_refused_and_lingered_over() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = start(MockConfig::default()).await;
+    let address = mock.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let declared = mock::MOCK_BODY_BYTES_MAX * 8;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: mock\r\ncontent-type: application/json\r\n\
+         content-length: {declared}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer)).await;
+    let n = read.expect("answered before the body").unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let more = vec![b' '; 8 << 20];
+    let written = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&more)).await;
+    written.expect("the mock reads on").expect("no reset while the client still sends");
+}
+
 async fn event_times(mock: &Mock, user: &str) -> (Instant, Vec<Instant>) {
     let wire = &wires()[0];
     let request =

@@ -65,11 +65,12 @@ mod tokens;
 pub use knobs::{parse_error_rates, KnobError, Knobs, MockConfig, CONTEXT_WORDS_DEFAULT};
 pub use tokens::{word_count, ABSURD_TOKENS};
 
+use crate::body::UnreadBody;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Either, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -89,8 +90,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// The largest request body the mock reads. Gateway requests are far smaller; the
-/// limit only keeps a stray client from exhausting memory.
+/// The largest request body the mock reads; a larger one is refused with 413 and the rest
+/// lingers over (`body::UnreadBody`), as a provider's front end does, so a client still
+/// sending reads the 413 rather than a reset. Gateway requests are far smaller; the limit
+/// only keeps a stray client from exhausting memory.
 pub const MOCK_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Concurrent connections served; further accepts wait. Comfortably above what the
@@ -479,11 +482,15 @@ async fn handle(
         let error = MockError::new(StatusCode::NOT_FOUND, "not_found", "unknown route".into());
         return Ok(Format::OpenAi.error(&error).into_response(&shared.knobs));
     };
-    let body = match Limited::new(request.into_body(), MOCK_BODY_BYTES_MAX).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(_) => {
-            let message = "request body too large or unreadable".to_owned();
-            let error = MockError::new(StatusCode::PAYLOAD_TOO_LARGE, "body", message);
+    let (head, body) = request.into_parts();
+    let read = match UnreadBody::new(&head.headers, body, MOCK_BODY_BYTES_MAX) {
+        Ok(unread) => unread.read(MOCK_BODY_BYTES_MAX).await,
+        Err(refused) => Err(refused),
+    };
+    let body = match read {
+        Ok(body) => body,
+        Err(refused) => {
+            let error = MockError::new(refused.status(), "body", refused.message().to_owned());
             return Ok(format.error(&error).into_response(&shared.knobs));
         }
     };
