@@ -65,6 +65,7 @@
 //! copy's unsynced pages in a power loss, copies again when it opens.
 
 use crate::error::LedgerError;
+use crate::group::Clock;
 use crate::history_codec::{decode_record, decode_usage, encode_record, encode_usage};
 use crate::incarnation::Incarnation;
 use crate::{codec, OPEN_LOCK_ATTEMPTS_MAX, OPEN_LOCK_RETRY_INTERVAL};
@@ -415,7 +416,7 @@ struct Writer {
     /// the oldest of them waits ([`HISTORY_POSTINGS_HELD_MAX`]). May hold a posting twice
     /// (a hold's record written again, see [`Tables::insert_all`]): written deduplicated.
     unposted: Vec<IndexKey>,
-    unposted_since: Option<std::time::Instant>,
+    unposted_since: Option<tokio::time::Instant>,
     /// The buffer the last write drained, emptied, kept for its room (at most
     /// [`HISTORY_QUEUE_MAX`] records): the queue takes it when the next write drains the
     /// queue, so that a loaded node's queue does not grow from nothing by doubling into
@@ -510,7 +511,7 @@ impl Inner {
                     writer.unposted_since = None;
                 } else if !fresh.is_empty() {
                     writer.unposted.append(&mut fresh);
-                    writer.unposted_since.get_or_insert_with(std::time::Instant::now);
+                    writer.unposted_since.get_or_insert_with(tokio::time::Instant::now);
                 }
                 if records.capacity() <= HISTORY_QUEUE_MAX {
                     records.clear();
@@ -829,11 +830,10 @@ impl History {
         Ok(table.get((incarnation, group))?.map_or(0, |index| index.value()))
     }
 
-    /// One round of upkeep: rolls closed hours up, with `expire` drops what is past
-    /// retention, then syncs what was queued or written since the last sync; returns how
-    /// many records it dropped.
-    fn maintain(&self, expire: bool) -> HistoryResult<usize> {
-        let now_ms = crate::group::wall_clock_ms();
+    /// One round of upkeep at wall time `now_ms`: rolls closed hours up, with `expire`
+    /// drops what is past retention, then syncs what was queued or written since the last
+    /// sync; returns how many records it dropped.
+    fn maintain(&self, now_ms: u64, expire: bool) -> HistoryResult<usize> {
         self.roll_up(now_ms)?;
         let mut deleted = 0;
         if expire {
@@ -1153,17 +1153,18 @@ impl History {
 /// [`HISTORY_FLUSH_INTERVAL`] after the first record came (at once when
 /// [`HISTORY_FLUSH_RECORDS`] wait); every [`HISTORY_SYNC_INTERVAL`] rolls closed hours up and syncs what was queued or
 /// written since (so the sync before a snapshot has little left to do); every
-/// [`HISTORY_EXPIRE_INTERVAL`] drops the records past retention, by this machine's clock
-/// (retention is not replicated state: each replica trims its own). The writes run on the
-/// blocking pool. Holds the history weakly: once the node is gone the task ends and the
-/// file closes.
-pub(crate) fn spawn_maintenance(history: &History) -> tokio::task::JoinHandle<()> {
+/// [`HISTORY_EXPIRE_INTERVAL`] drops the records past retention, by `clock` (this
+/// machine's wall clock; retention is not replicated state: each replica trims its own).
+/// Paced by tokio's clock, so a simulated node's upkeep follows its virtual time. The
+/// writes run off the runtime ([`History::off_runtime`]). Holds the history weakly: once
+/// the node is gone the task ends and the file closes.
+pub(crate) fn spawn_maintenance(history: &History, clock: Clock) -> tokio::task::JoinHandle<()> {
     let weak = Arc::downgrade(&history.inner);
     let queued = Arc::clone(&history.inner.queued);
     tokio::spawn(async move {
         let mut upkeep = tokio::time::interval(HISTORY_SYNC_INTERVAL);
         upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut expired_at: Option<std::time::Instant> = None;
+        let mut expired_at: Option<tokio::time::Instant> = None;
         loop {
             let maintain = tokio::select! {
                 _ = upkeep.tick() => true,
@@ -1181,13 +1182,15 @@ pub(crate) fn spawn_maintenance(history: &History) -> tokio::task::JoinHandle<()
             let expire =
                 maintain && expired_at.is_none_or(|at| at.elapsed() >= HISTORY_EXPIRE_INTERVAL);
             if expire {
-                expired_at = Some(std::time::Instant::now());
+                expired_at = Some(tokio::time::Instant::now());
             }
-            let done = tokio::task::spawn_blocking(move || match maintain {
-                true => history.maintain(expire),
-                false => history.flush().map(|()| 0),
-            })
-            .await;
+            let now_ms = clock();
+            let done = history
+                .off_runtime(move |history| match maintain {
+                    true => history.maintain(now_ms, expire),
+                    false => history.flush().map(|()| 0),
+                })
+                .await;
             match done {
                 Ok(Ok(0)) => {}
                 Ok(Ok(deleted)) => {

@@ -9,7 +9,7 @@ use crate::error::LedgerError;
 use crate::expiry;
 use crate::files;
 use crate::founding::{self, FirstLeaders};
-use crate::group::Group;
+use crate::group::{self, Group};
 use crate::grpc::ledger_service_server::LedgerServiceServer;
 use crate::grpc::raft_service_server::RaftServiceServer;
 use crate::grpc_network::{GrpcNetwork, RaftRpcServer};
@@ -656,7 +656,8 @@ impl LedgerNode {
         options: &NodeOptions,
     ) -> LedgerNode {
         let node = LedgerNode::of_groups(id, groups, history);
-        let maintenance = history::spawn_maintenance(&node.inner.history);
+        let maintenance =
+            history::spawn_maintenance(&node.inner.history, Arc::new(group::wall_clock_ms));
         let every_entries = options.snapshot_every_entries;
         let per_group = (0..node.n_groups()).flat_map(|group_idx| {
             let expiry = expiry::spawn(node.downgrade(), group_idx);
@@ -670,7 +671,8 @@ impl LedgerNode {
 
     /// A node of already started `groups` with no background task and no server: what
     /// [`LedgerNode::assemble`] builds on, and what the simulation serves the ledger API
-    /// from (its history lives in memory, its expiry is left to its workload).
+    /// from (its history lives in memory, its upkeep the simulation runs on the node's
+    /// virtual clock, its expiry is left to its workload).
     pub(crate) fn of_groups(id: NodeId, groups: Vec<Group>, history: History) -> LedgerNode {
         let inner = Inner {
             id,

@@ -13,7 +13,7 @@ use crate::encoded::EncodedEntries;
 use crate::error::LedgerError;
 use crate::founding::FirstLeaders;
 use crate::group::{Clock, Group};
-use crate::history::{History, PowerLossDisk, HISTORY_RETENTION_DEFAULT};
+use crate::history::{self, History, PowerLossDisk, HISTORY_RETENTION_DEFAULT};
 use crate::incarnation::Identified;
 use crate::incarnation::{self, Identity, IDENTITY_TREE};
 use crate::leadership::{self, Leadership};
@@ -215,6 +215,8 @@ pub struct Running {
     /// Copies the records a snapshot install skipped from a peer that holds them, through
     /// the network from this node's side of it (`backfill.rs`).
     copier: JoinHandle<()>,
+    /// The history's writer and upkeep (`history::spawn_maintenance`), on the node's clock.
+    maintenance: JoinHandle<()>,
     crashed: AtomicBool,
 }
 
@@ -557,6 +559,7 @@ impl Cluster {
         running.server.abort();
         running.balancer.abort();
         running.copier.abort();
+        running.maintenance.abort();
         for group in running.groups() {
             // A core that already stopped on its dead store reports that here; either way
             // it is stopped, which is all a crash needs.
@@ -879,6 +882,7 @@ impl Cluster {
             }
         }
         let requests = history.backfill_requests();
+        let maintenance = history::spawn_maintenance(&history, clock);
         let node = LedgerNode::of_groups(id, groups, history);
         let reach = backfill::Reach::Via(gateway::dialer(Arc::clone(&self.net), id));
         let copier = backfill::spawn(node.downgrade(), requests, reach);
@@ -889,8 +893,16 @@ impl Cluster {
         let orders = SimOrders { net, identity, incarnation };
         let leadership = Leadership { placement: FirstLeaders::default(), orders };
         let balancer = leadership::spawn(node.downgrade(), Arc::new(leadership));
-        let running =
-            Arc::new(Running { identity, store, node, server, balancer, copier, crashed });
+        let running = Arc::new(Running {
+            identity,
+            store,
+            node,
+            server,
+            balancer,
+            copier,
+            maintenance,
+            crashed,
+        });
         self.lock().nodes.insert(id, Slot::Up(running));
         let timeout_ms = config.election_timeout_min;
         self.trace

@@ -9,9 +9,12 @@
 //! only own randomness, the election timeout, is drawn from the seed instead.
 //!
 //! Each node also serves the production ledger API: tonic's server of `LedgerRpcServer`
-//! over a `LedgerNode` made of its groups (`LedgerNode::of_groups`: no expiry or
-//! history-sync task; a history is synced before each snapshot save), and copies the
-//! history a snapshot install skipped from its peers (`backfill.rs`). About half the
+//! over a `LedgerNode` made of its groups (`LedgerNode::of_groups`: no expiry task), runs
+//! the production history writer and upkeep (`history::spawn_maintenance`) on its own
+//! virtual wall clock: records queued by applies are written unsynced within 250 ms and
+//! synced every second (and before each snapshot save), so a crash in between loses
+//! written records that the log's replay must write again; and it copies the history a
+//! snapshot install skipped from its peers (`backfill.rs`). About half the
 //! clients are gateways: they send through the production
 //! `LedgerClient` of one of one or two gateway processes (shared by that gateway's
 //! clients, so their concurrent submits batch), whose channels are in-memory HTTP/2
@@ -61,7 +64,9 @@
 //!   settled and none of a hold never settled, checked before the commands in doubt are
 //!   resent (which writes every settled hold's record anew) and after. Each node's
 //!   history lives on a disk that keeps, through a crash, only what was synced, so this
-//!   checks what its log's replay writes again and what it skips; and each node runs
+//!   checks what its log's replay writes again and what it skips (retention is the
+//!   default 90 days, so the upkeep rolls hours up, when a clock steps past one, but
+//!   drops no record: retention is left to `history`'s own tests); and each node runs
 //!   the copy of the records a snapshot install skipped (`backfill.rs`, through the
 //!   simulated network), which must have ended on every replica first;
 //! * no task panicked, and the cluster recovered within a bound after healing.

@@ -376,8 +376,11 @@ impl Client {
         let upstream_ms = rng.gen_range(0..=ttl_ms * 3 / 2);
         let actual = PicoUsd(rng.gen_range(0..=amount.0 * 3));
         tokio::time::sleep(Duration::from_millis(upstream_ms)).await;
+        // Made when the ledger stamped its reserve, as a gateway's is (near its clock).
+        let created_ms = reserved_at_ms;
+        let model = "sim".to_owned();
         let record =
-            RequestRecord { key: Some(key), model: "sim".to_owned(), ..RequestRecord::default() };
+            RequestRecord { key: Some(key), model, created_ms, ..RequestRecord::default() };
         let id = self.next_id();
         let op = Op::Settle { account, hold, actual, record, reserved_at_ms };
         self.send(Command { id: OpId(id), op }).await;
@@ -471,7 +474,9 @@ impl Client {
             if roll < 85 {
                 // Up to 1.5× the hold, so some settles charge beyond it.
                 let actual = PicoUsd(rng.gen_range(0..=held.0 * 3 / 2));
-                let record = RequestRecord { model: "sim".to_owned(), ..RequestRecord::default() };
+                let model = "sim".to_owned();
+                let created_ms = reserved_at_ms;
+                let record = RequestRecord { model, created_ms, ..RequestRecord::default() };
                 Op::Settle { account, hold, actual, record, reserved_at_ms }
             } else {
                 Op::Release { account, hold }
