@@ -25,8 +25,15 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// Wait before trying again when a copy failed (the membership not known yet, no
-/// replica that holds the records reachable).
+/// replica that holds the records reachable), doubled at each further failure in a row
+/// up to [`BACKFILL_RETRY_INTERVAL_MAX`].
 pub const BACKFILL_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait between two tries of a copy that keeps failing: each try connects to the
+/// peers afresh (TLS handshakes), so a copy that cannot succeed for hours (every replica
+/// wishes for a copy; a rolling upgrade whose builds disagree on the export) costs its
+/// peers an eighth of what a try every second did, and a copy whose peers come back
+/// begins within this.
+pub const BACKFILL_RETRY_INTERVAL_MAX: Duration = Duration::from_secs(8);
 
 /// What a failed history call of the copy was doing.
 const FILLING: &str = "filling in the request history";
@@ -60,6 +67,8 @@ pub(crate) fn spawn(
     tokio::spawn(async move {
         let mut failed = FailuresInARow::default();
         loop {
+            let mut retry = Vec::new();
+            let mut retry_in = Duration::ZERO;
             let groups = requests.wanted().await;
             let Some(live) = LedgerNode::from_weak(&node) else { return };
             let topology = live.topology();
@@ -78,21 +87,26 @@ pub(crate) fn spawn(
                         tracing::info!(group_idx, copied, "request history filled in");
                     }
                     Err(e) => {
-                        let (failures, warn) = failed.failed(group_idx);
+                        let Failed { failures, warn, wait } = failed.failed(group_idx);
                         if warn {
                             tracing::warn!(
                                 group_idx,
                                 failures,
                                 error = %e,
-                                "request history copy failed; retrying every second"
+                                "request history copy failed; retrying in {wait:?}, then less often"
                             );
                         } else {
                             tracing::debug!(group_idx, failures, error = %e, "request history copy failed");
                         }
-                        tokio::time::sleep(BACKFILL_RETRY_INTERVAL).await;
-                        requests.request(group_idx);
+                        retry.push(group_idx);
+                        retry_in = retry_in.max(wait);
                     }
                 }
+            }
+            // One wait for the round's failures: a group's does not hold up another's.
+            if !retry.is_empty() {
+                tokio::time::sleep(retry_in).await;
+                retry.into_iter().for_each(|group_idx| requests.request(group_idx));
             }
         }
     })
@@ -100,17 +114,30 @@ pub(crate) fn spawn(
 
 /// Each group's copies that failed in a row. A copy that cannot succeed for a while (every
 /// replica wishes for a copy; a rolling upgrade whose builds disagree on the export) is
-/// retried every second, and warned of at its 1st, 2nd, 4th, 8th… failure only: a copy
-/// stuck for hours logs a few dozen warnings, not one a second.
+/// retried after [`BACKFILL_RETRY_INTERVAL`], then twice as long after each further
+/// failure up to [`BACKFILL_RETRY_INTERVAL_MAX`], and warned of at its 1st, 2nd, 4th,
+/// 8th… failure only: a copy stuck for hours logs a few dozen warnings.
 #[derive(Default)]
-struct FailuresInARow(BTreeMap<u32, u64>);
+struct FailuresInARow(BTreeMap<u32, u32>);
+
+/// A failed copy, counted.
+#[derive(Debug, PartialEq)]
+struct Failed {
+    /// Copies of its group that failed in a row, this one included.
+    failures: u32,
+    warn: bool,
+    /// How long to wait before trying again.
+    wait: Duration,
+}
 
 impl FailuresInARow {
-    /// Counts a failed copy of `group`: how many failed in a row, and whether to warn.
-    fn failed(&mut self, group: u32) -> (u64, bool) {
+    /// Counts a failed copy of `group`.
+    fn failed(&mut self, group: u32) -> Failed {
         let failures = self.0.entry(group).or_default();
-        *failures += 1;
-        (*failures, failures.is_power_of_two())
+        *failures = failures.saturating_add(1);
+        let doubled = BACKFILL_RETRY_INTERVAL.saturating_mul(1 << (*failures - 1).min(16));
+        let wait = doubled.min(BACKFILL_RETRY_INTERVAL_MAX);
+        Failed { failures: *failures, warn: failures.is_power_of_two(), wait }
     }
 
     /// A copy of `group` succeeded: its count starts again.
@@ -222,18 +249,28 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_that_keeps_failing_is_warned_of_ever_more_rarely() {
+    fn a_copy_that_keeps_failing_is_tried_and_warned_of_ever_more_rarely() {
         let mut failures = FailuresInARow::default();
-        let warned: Vec<u64> = (0..20)
-            .map(|_| failures.failed(0))
-            .filter_map(|(failed, warn)| warn.then_some(failed))
-            .collect();
+        let failed: Vec<Failed> = (0..20).map(|_| failures.failed(0)).collect();
+        let warned: Vec<u32> = failed.iter().filter_map(|f| f.warn.then_some(f.failures)).collect();
         assert_eq!(warned, [1, 2, 4, 8, 16]);
-        assert_eq!(failures.failed(1), (1, true), "each group counts its own");
+        let waits: Vec<u64> = failed.iter().map(|f| f.wait.as_secs()).collect();
+        assert_eq!(waits[..6], [1, 2, 4, 8, 8, 8], "doubled up to the most");
+        assert!(waits.iter().all(|&secs| secs <= 8), "{waits:?}");
+        let first = Failed { failures: 1, warn: true, wait: BACKFILL_RETRY_INTERVAL };
+        assert_eq!(failures.failed(1), first, "each group counts its own");
         failures.succeeded(0);
-        assert_eq!(failures.failed(0), (1, true), "a copy that succeeded starts the count again");
-        assert_eq!(failures.failed(0), (2, true));
-        assert_eq!(failures.failed(0), (3, false));
+        assert_eq!(failures.failed(0), first, "a copy that succeeded starts the count again");
+        assert_eq!(failures.failed(0).wait, BACKFILL_RETRY_INTERVAL * 2);
+        assert!(!failures.failed(0).warn);
+    }
+
+    #[test]
+    fn a_copy_failing_for_ever_waits_the_most_and_never_overflows() {
+        let mut failures = FailuresInARow(BTreeMap::from([(0, u32::MAX - 1)]));
+        for _ in 0..3 {
+            assert_eq!(failures.failed(0).wait, BACKFILL_RETRY_INTERVAL_MAX);
+        }
     }
 
     /// Whether `node`'s history holds `n` records within 20 s.
