@@ -495,7 +495,8 @@ fn image_url(source: &Value) -> Option<String> {
     }
 }
 
-/// Client tools (those with an `input_schema`) as OpenAI functions; `tool_choice`.
+/// Client tools (no `type`, or `custom`: a string `name` and an object `input_schema`, as
+/// Anthropic requires, else 400 naming the field) as OpenAI functions; `tool_choice`.
 fn tools(
     request: &Map<String, Value>,
     chat: &mut Map<String, Value>,
@@ -507,12 +508,19 @@ fn tools(
         let mut functions = Vec::with_capacity(tools.len());
         for (tool_idx, tool) in tools.iter().enumerate() {
             let custom = matches!(tool.get("type").and_then(Value::as_str), None | Some("custom"));
-            if !custom || tool.get("input_schema").is_none() {
+            if !custom {
                 let here = format!("tools[{tool_idx}]");
                 native_only.get_or_insert_with(|| untranslatable(&here, "a server tool"));
                 continue;
             }
-            let mut function = json!({"name": tool["name"], "parameters": tool["input_schema"]});
+            let field = |name: &str, valid: fn(&Value) -> bool, what: &str| {
+                tool.get(name).filter(|value| valid(value)).ok_or_else(|| {
+                    ApiError::invalid_param(&format!("tools[{tool_idx}].{name}"), what)
+                })
+            };
+            let name = field("name", Value::is_string, "must be a string")?;
+            let schema = field("input_schema", Value::is_object, "must be a JSON Schema object")?;
+            let mut function = json!({"name": name, "parameters": schema});
             if let Some(description) = tool.get("description").filter(|value| value.is_string()) {
                 function["description"] = description.clone();
             }
@@ -1128,6 +1136,15 @@ mod tests {
             json!({"model": "m", "max_tokens": 5, "messages": user, "tool_choice": choice}),
             "tool_choice.type",
         );
+        let schema = json!({"type": "object"});
+        for (tool, param) in [
+            (json!({"name": "f"}), "tools[0].input_schema"),
+            (json!({"type": "custom", "name": "f", "input_schema": "{}"}), "tools[0].input_schema"),
+            (json!({"name": 5, "input_schema": schema}), "tools[0].name"),
+            (json!({"input_schema": schema}), "tools[0].name"),
+        ] {
+            check(json!({"model": "m", "max_tokens": 5, "messages": user, "tools": [tool]}), param);
+        }
     }
 
     /// The events of an encoded stream, as (type, data).
