@@ -180,34 +180,42 @@ fn elements(array: &RawValue) -> Vec<&RawValue> {
     serde_json::from_str(array.get()).unwrap_or_default()
 }
 
-/// `model` first, then the `models` fallbacks in order, without repeats.
+/// `model` first, then the `models` fallbacks in order, without repeats. As on OpenRouter,
+/// `models` alone will do: its first entry is then tried first.
 pub fn model_ids(body: &Object) -> Result<Vec<String>, ApiError> {
     let is_id = |id: &str| !id.is_empty() && id.len() <= NAME_BYTES_MAX;
-    let primary = match body.get("model").map(json_text::as_str) {
-        Some(Some(model)) if is_id(&model) => model,
-        Some(_) => return Err(ApiError::invalid_param("model", "must be a model id string")),
-        None => return Err(ApiError::invalid_param("model", "is required")),
-    };
-    let mut ids = vec![primary.into_owned()];
     if let Some(route) = body.get_set("route") {
         if json_text::as_str(route).as_deref() != Some("fallback") {
             return Err(ApiError::invalid_param("route", "only \"fallback\" is supported"));
         }
     }
-    let Some(fallbacks) = body.get_set("models") else {
-        return Ok(ids);
+    let fallbacks = match body.get_set("models") {
+        None => Vec::new(),
+        Some(models) => match json_text::is_array(models).then(|| elements(models)) {
+            Some(models) if models.len() <= FALLBACK_MODELS_MAX => models,
+            _ => {
+                let message =
+                    format!("must be an array of at most {FALLBACK_MODELS_MAX} model ids");
+                return Err(ApiError::invalid_param("models", message));
+            }
+        },
     };
-    let fallbacks = match json_text::is_array(fallbacks).then(|| elements(fallbacks)) {
-        Some(models) if models.len() <= FALLBACK_MODELS_MAX => models,
-        _ => {
-            let message = format!("must be an array of at most {FALLBACK_MODELS_MAX} model ids");
-            return Err(ApiError::invalid_param("models", message));
-        }
+    let mut fallbacks = fallbacks.into_iter().map(|model| {
+        json_text::as_str(model).filter(|id| is_id(id)).ok_or_else(|| {
+            ApiError::invalid_param("models", "every entry must be a model id string")
+        })
+    });
+    let primary = match body.get_set("model").map(json_text::as_str) {
+        Some(Some(model)) if is_id(&model) => model,
+        Some(_) => return Err(ApiError::invalid_param("model", "must be a model id string")),
+        None => match fallbacks.next() {
+            Some(first) => first?,
+            None => return Err(ApiError::invalid_param("model", "is required")),
+        },
     };
-    for model in fallbacks {
-        let Some(id) = json_text::as_str(model).filter(|id| is_id(id)) else {
-            return Err(ApiError::invalid_param("models", "every entry must be a model id string"));
-        };
+    let mut ids = vec![primary.into_owned()];
+    for id in fallbacks {
+        let id = id?;
         if !ids.iter().any(|seen| *seen == id) {
             ids.push(id.into_owned());
         }
@@ -339,6 +347,9 @@ mod tests {
         check(json!({"model": "m", "messages": user, "models": "x"}), Some("models"));
         check(json!({"model": "m", "messages": user, "models": [1]}), Some("models"));
         check(json!({"model": "m", "messages": user, "models": vec!["a"; 9]}), Some("models"));
+        check(json!({"messages": user}), Some("model"));
+        check(json!({"messages": user, "models": []}), Some("model"));
+        check(json!({"messages": user, "models": [5]}), Some("models"));
         check(
             json!({"model": "m", "messages": user, "provider": {"sort": "x"}}),
             Some("provider.sort"),
@@ -365,6 +376,11 @@ mod tests {
         let bytes = Bytes::from(serde_json::to_vec(&body).expect("json"));
         let parsed = parse(&bytes).expect("valid");
         assert_eq!(parsed.model_ids, ["a", "b", "c"]);
+        // As on OpenRouter, `models` alone: its first entry first.
+        let user = json!([{"role": "user", "content": "hi"}]);
+        let alone = json!({"models": ["b", "a", "b"], "model": null, "messages": user});
+        let alone = Bytes::from(serde_json::to_vec(&alone).expect("json"));
+        assert_eq!(parse(&alone).expect("valid").model_ids, ["b", "a"]);
         assert!(parsed.chat.stream && parsed.wants_images && !parsed.wants_tools);
         assert_eq!(parsed.chat.max_tokens, Some(9));
         assert_eq!(parsed.prompt_tokens_max, bytes.len() as u64 + MEDIA_PART_TOKENS_MAX);

@@ -130,8 +130,13 @@ async fn fallback_serves_from_the_next_model_and_failures_cost_nothing() {
     let (events, done) = dev.chat_stream(&key, &stream_body).await;
     assert!(done);
     assert_eq!(events[0]["model"], "mock/echo");
+    // As on OpenRouter, `models` alone: its first entry is tried first.
+    let alone = json!({"models": ["mock/unavailable", "mock/echo"], "messages": user("alone")});
+    let (status, alone) = dev.chat(&key, &alone).await;
+    assert_eq!((status, &alone["model"]), (200, &json!("mock/echo")), "{alone}");
     let costs = cost_pico(&answer["usage"]["cost"])
-        + cost_pico(&events.last().expect("last")["usage"]["cost"]);
+        + cost_pico(&events.last().expect("last")["usage"]["cost"])
+        + cost_pico(&alone["usage"]["cost"]);
 
     // Without a fallback the outage reaches the client, and the hold is released.
     for stream in [false, true] {
