@@ -5,7 +5,7 @@
 
 use crate::error::ApiError;
 use crate::keys;
-use crate::telemetry::LedgerWaits;
+use crate::telemetry::{LedgerWaits, ModelCharges};
 use foldhash::HashMap;
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
@@ -104,6 +104,8 @@ pub struct Bank {
     /// Found keys, in gateway mode only: a local node answers as fast as a cache would.
     key_cache: Option<Arc<KeyCache>>,
     waits: Arc<LedgerWaits>,
+    /// What settles charged and wrote off, by model.
+    charges: Arc<ModelCharges>,
 }
 
 impl Bank {
@@ -111,7 +113,8 @@ impl Bank {
     /// has applied every acknowledged command, so its local reads are already current.
     pub fn new(node: LedgerNode) -> Bank {
         let waits = Arc::new(LedgerWaits::register());
-        Bank { ledger: LedgerHandle::Local(node), key_cache: None, waits }
+        let charges = Arc::default();
+        Bank { ledger: LedgerHandle::Local(node), key_cache: None, waits, charges }
     }
 
     /// The ledger node in this process, in dev mode: its gauges go on the gateway's
@@ -129,6 +132,7 @@ impl Bank {
             ledger: LedgerHandle::Remote(client),
             key_cache: Some(Arc::new(KeyCache::default())),
             waits: Arc::new(LedgerWaits::register()),
+            charges: Arc::default(),
         }
     }
 
@@ -445,7 +449,7 @@ impl Bank {
 
     /// Settles a hold, reserved at ledger stamp `reserved_at_ms` (its `Reserved` reply's),
     /// with the request's record: the ledger charges `actual` within the account's funds
-    /// and writes off the rest. Retried with the same operation id (a retry after a lost
+    /// and writes off the rest (counted by model on `/metrics`, as answered). Retried with the same operation id (a retry after a lost
     /// reply applies once) until [`SETTLE_DEADLINE`]. Yields what was charged, or `None`
     /// if the ledger refused it or the deadline passed. The caller must run it to its end
     /// even when its client is gone (the pipeline awaits it in the request's detached
@@ -478,10 +482,8 @@ impl Bank {
                 metrics::counter!(counter).increment(1);
             }
         }
+        self.charges.record(&model, charged.0, written_off.0);
         if written_off > PicoUsd::ZERO {
-            let pico_usd = u64::try_from(written_off.0).unwrap_or(u64::MAX);
-            metrics::counter!("solrouter_written_off_pico_usd_total", "model" => model)
-                .increment(pico_usd);
             tracing::warn!(hold = hold.0, %written_off, "usage beyond the balance written off");
         }
         Some(Settled { charged, written_off })

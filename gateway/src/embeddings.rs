@@ -30,7 +30,6 @@ use crate::attempt::{self, Failure};
 use crate::bank::{now_ms, Caller};
 use crate::catalog::{Model, EMBEDDING_PARAMETERS};
 use crate::error::ApiError;
-use crate::hold::observe_cost;
 use crate::parse;
 use crate::pipeline::{self, WorstCase};
 use crate::providers::embed::encode_base64;
@@ -329,7 +328,6 @@ async fn run(app: &'static App, context: EmbedContext) -> Result<Response, ApiEr
     let billed = bill(&context, model, embeddings.input_tokens).await;
     let cost = model.cost(&billed.usage);
     let charged = hold.settle(cost, context.record(model, &billed)).await;
-    observe_cost(model, charged);
     let id = wire::generation_id(context.generation);
     let body = answer_body(&id, model, &embeddings, context.request.encoding, &billed, charged);
     Ok(respond::text(StatusCode::OK, body, "application/json"))

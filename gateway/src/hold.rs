@@ -3,7 +3,6 @@
 
 use crate::app::App;
 use crate::bank::Caller;
-use crate::catalog::Model;
 use crate::tokens::Billed;
 use solrouter_ledger::{HoldId, PicoUsd, RequestRecord};
 use tokio::time::Duration;
@@ -23,14 +22,6 @@ pub const SETTLE_WAIT_MAX: Duration = Duration::from_secs(2);
 pub fn waives(app: &'static App, billed: &Billed, failed: bool, empty: bool) -> bool {
     let no_output = empty && (failed || billed.usage.completion_tokens == 0);
     app.config.waive_empty_answers() && no_output
-}
-
-pub fn observe_cost(model: &'static Model, cost: PicoUsd) {
-    // Whole micro-USD keep the counter an exact integer; sub-micro remainders are noise
-    // at the scale a dashboard shows.
-    let micro_usd = (cost.0 / 1_000_000) as u64;
-    metrics::counter!("solrouter_cost_micro_usd_total", "model" => model.id.as_str())
-        .increment(micro_usd);
 }
 
 /// Ends a hold exactly once: by a settle or a release, or — if the task holding it

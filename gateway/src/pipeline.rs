@@ -41,7 +41,7 @@ use crate::codec::Codec;
 use crate::context::{Reply, RequestContext};
 use crate::error::ApiError;
 use crate::health::Health;
-use crate::hold::{observe_cost, waives, HoldGuard};
+use crate::hold::{waives, HoldGuard};
 use crate::parse::ParsedChat;
 use crate::providers::{ChatRequest, Completion, Providers};
 use crate::relay;
@@ -505,7 +505,6 @@ async fn respond_complete(
     let record =
         context.record(model, &billed, StatusCode::OK, waived, (!empty).then_some(answered_at));
     let cost = hold.settle(cost, record).await;
-    observe_cost(model, cost);
     let id = context.id();
     let answer = context.answer(&id, model);
     let body = context.codec.completion(&answer, completion, native.as_deref(), cost);

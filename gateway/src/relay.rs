@@ -13,7 +13,7 @@ use crate::codec::StreamEncoder;
 use crate::context::{Reply, RequestContext};
 use crate::error::ApiError;
 use crate::health::is_outage;
-use crate::hold::{observe_cost, waives, HoldGuard};
+use crate::hold::{waives, HoldGuard};
 use crate::providers::{Adapter, ChatRequest, Chunk, StreamTranslator, UpstreamError, Usage};
 use crate::respond;
 use crate::sse::SseEvent;
@@ -202,7 +202,6 @@ pub async fn run(
         let cost = model.cost(&billed.usage);
         let record = context.record(model, &billed, status, waived, first_output);
         let cost = hold.settle(cost, record).await;
-        observe_cost(model, cost);
         (billed.usage, cost)
     };
     let mut tail = out;

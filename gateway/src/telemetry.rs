@@ -5,6 +5,8 @@ use foldhash::HashMap;
 use hyper::StatusCode;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::borrow::Borrow;
+use std::hash::Hash;
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
@@ -56,14 +58,42 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Every request's count by route and status, and its duration by route, with their
-/// handles registered once per route and status: the recorder's own lookup, at every
-/// `counter!` and `histogram!`, builds the key with its labels (the status formatted
-/// into a `String`), hashes and compares it: ~2k instructions a request for these two,
-/// 0.5k through the handles (docs/benchmarks.md, "Session 16").
+/// Metric handles registered once per key (a label's values) and reused: the recorder's
+/// own lookup, at every `counter!` and `histogram!`, builds the key with its labels (a
+/// status formatted into a `String`, a model id copied), hashes and compares it: ~2k
+/// instructions a request for the two request metrics, 0.5k through the handles
+/// (docs/benchmarks.md, "Session 16").
+pub struct Handles<K, H> {
+    by_key: RwLock<HashMap<K, H>>,
+}
+
+impl<K, H> Default for Handles<K, H> {
+    fn default() -> Handles<K, H> {
+        Handles { by_key: RwLock::new(HashMap::default()) }
+    }
+}
+
+impl<K: Hash + Eq, H> Handles<K, H> {
+    /// Runs `f` on `key`'s handles, which `register` makes the first time.
+    pub fn with<Q>(&self, key: &Q, register: impl FnOnce() -> H, f: impl FnOnce(&H))
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let by_key = self.by_key.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(handles) = by_key.get(key) {
+            return f(handles);
+        }
+        drop(by_key);
+        let mut by_key = self.by_key.write().unwrap_or_else(PoisonError::into_inner);
+        f(by_key.entry(key.to_owned()).or_insert_with(register));
+    }
+}
+
+/// Every request's count by route and status, and its duration by route.
 #[derive(Default)]
 pub struct RequestMetrics {
-    handles: RwLock<HashMap<RouteStatus, (Counter, Histogram)>>,
+    handles: Handles<RouteStatus, (Counter, Histogram)>,
 }
 
 /// A route's name and a response's status code.
@@ -71,22 +101,44 @@ type RouteStatus = (&'static str, u16);
 
 impl RequestMetrics {
     pub fn record(&self, route: &'static str, status: StatusCode, elapsed: Duration) {
-        let key = (route, status.as_u16());
-        let handles = self.handles.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some((count, duration)) = handles.get(&key) {
+        let register = || {
+            let status = status.as_str().to_owned();
+            let count = metrics::counter!("solrouter_http_requests_total", "route" => route, "status" => status);
+            let duration =
+                metrics::histogram!("solrouter_http_request_duration_seconds", "route" => route);
+            (count, duration)
+        };
+        self.handles.with(&(route, status.as_u16()), register, |(count, duration)| {
             count.increment(1);
             duration.record(elapsed.as_secs_f64());
-            return;
-        }
-        drop(handles);
-        let status = status.as_str().to_owned();
-        let count = metrics::counter!("solrouter_http_requests_total", "route" => route, "status" => status);
-        let duration =
-            metrics::histogram!("solrouter_http_request_duration_seconds", "route" => route);
-        count.increment(1);
-        duration.record(elapsed.as_secs_f64());
-        let mut handles = self.handles.write().unwrap_or_else(PoisonError::into_inner);
-        handles.insert(key, (count, duration));
+        });
+    }
+}
+
+/// What each model's settles charged and wrote off, as the ledger answered them: the
+/// charge in whole micro-USD (an exact integer counter; sub-micro remainders are noise at
+/// a dashboard's scale), the write-offs in pico-USD. Handles registered once per model.
+#[derive(Default)]
+pub struct ModelCharges {
+    handles: Handles<String, (Counter, Counter)>,
+}
+
+impl ModelCharges {
+    pub fn record(&self, model: &str, charged_pico_usd: u128, written_off_pico_usd: u128) {
+        let register = || {
+            let model = model.to_owned();
+            let charged =
+                metrics::counter!("solrouter_cost_micro_usd_total", "model" => model.clone());
+            let written_off =
+                metrics::counter!("solrouter_written_off_pico_usd_total", "model" => model);
+            (charged, written_off)
+        };
+        self.handles.with(model, register, |(charged, written_off)| {
+            charged.increment(u64::try_from(charged_pico_usd / 1_000_000).unwrap_or(u64::MAX));
+            if written_off_pico_usd > 0 {
+                written_off.increment(u64::try_from(written_off_pico_usd).unwrap_or(u64::MAX));
+            }
+        });
     }
 }
 
@@ -115,25 +167,50 @@ impl LedgerWaits {
 mod tests {
     use super::*;
 
-    #[test]
-    fn requests_count_by_route_and_status_through_the_registered_handles() {
+    /// Runs `record` against a recorder of its own and checks that `/metrics` would
+    /// render each of `lines`.
+    fn renders(record: impl FnOnce(), lines: &[&str]) {
         let recorder = prometheus_builder().build_recorder();
         let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, record);
+        let text = handle.render();
+        for line in lines {
+            assert!(text.lines().any(|l| l == *line), "{line} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn requests_count_by_route_and_status_through_the_registered_handles() {
         let requests = RequestMetrics::default();
-        metrics::with_local_recorder(&recorder, || {
+        let record = || {
             requests.record("chat", StatusCode::OK, Duration::from_millis(3));
             requests.record("chat", StatusCode::PAYMENT_REQUIRED, Duration::from_millis(1));
             requests.record("chat", StatusCode::OK, Duration::from_millis(2));
             requests.record("api", StatusCode::OK, Duration::from_millis(1));
-        });
-        let text = handle.render();
-        for line in [
+        };
+        let lines = [
             r#"solrouter_http_requests_total{route="chat",status="200"} 2"#,
             r#"solrouter_http_requests_total{route="chat",status="402"} 1"#,
             r#"solrouter_http_requests_total{route="api",status="200"} 1"#,
             r#"solrouter_http_request_duration_seconds_count{route="chat"} 3"#,
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
-        }
+        ];
+        renders(record, &lines);
+    }
+
+    #[test]
+    fn charges_and_write_offs_add_up_by_model() {
+        let charges = ModelCharges::default();
+        let record = || {
+            charges.record("openai/gpt-4o-mini", 2_500_000, 0);
+            charges.record("mock/echo", 999_999, 7);
+            charges.record("openai/gpt-4o-mini", 1_000_000, 40);
+        };
+        let lines = [
+            r#"solrouter_cost_micro_usd_total{model="openai/gpt-4o-mini"} 3"#,
+            r#"solrouter_cost_micro_usd_total{model="mock/echo"} 0"#,
+            r#"solrouter_written_off_pico_usd_total{model="openai/gpt-4o-mini"} 40"#,
+            r#"solrouter_written_off_pico_usd_total{model="mock/echo"} 7"#,
+        ];
+        renders(record, &lines);
     }
 }

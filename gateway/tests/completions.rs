@@ -57,6 +57,10 @@ async fn plain_and_streamed_completions_cost_what_the_balance_loses() {
     });
     // The demo account's setup, then two reserves and two settles.
     assert!(commits.is_some_and(|n| n >= 4), "{text}");
+    // What the settles charged, by model, in whole micro-USD of each request's charge.
+    let micro_usd = (plain_cost / 1_000_000 + streamed_cost / 1_000_000).to_string();
+    let line = format!(r#"solrouter_cost_micro_usd_total{{model="mock/echo"}} {micro_usd}"#);
+    assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
 
     // The records, the credits and the key's usage agree with the responses.
     for (id, cost, streamed) in
