@@ -449,12 +449,12 @@ impl Bank {
 
     /// Settles a hold, reserved at ledger stamp `reserved_at_ms` (its `Reserved` reply's),
     /// with the request's record: the ledger charges `actual` within the account's funds
-    /// and writes off the rest (counted by model on `/metrics`, as answered). Retried with the same operation id (a retry after a lost
-    /// reply applies once) until [`SETTLE_DEADLINE`]. Yields what was charged, or `None`
-    /// if the ledger refused it or the deadline passed. The caller must run it to its end
-    /// even when its client is gone (the pipeline awaits it in the request's detached
-    /// work, `pipeline::detached`, and hands it to a task of its own if it outlasts the
-    /// client's wait).
+    /// and writes off the rest (counted by model on `/metrics`, as answered). Retried with
+    /// the same operation id (a retry after a lost reply applies once) until
+    /// [`SETTLE_DEADLINE`]. Yields what was charged, or `None` if the ledger refused it or
+    /// the deadline passed. The caller must run it to its end even when its client is gone
+    /// (the pipeline awaits it in the request's detached work, `pipeline::detached`, and
+    /// hands it to a task of its own if it outlasts the client's wait).
     pub async fn settle(
         &self,
         account: AccountId,
