@@ -103,7 +103,7 @@ pub(crate) fn spawn(
                     }
                 }
             }
-            // One wait for the round's failures: a group's does not hold up another's.
+            // One wait for all of the round's failures, not one after another per group.
             if !retry.is_empty() {
                 tokio::time::sleep(retry_in).await;
                 retry.into_iter().for_each(|group_idx| requests.request(group_idx));
