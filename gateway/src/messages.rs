@@ -226,6 +226,13 @@ fn parse_messages(
             chat.insert(field.to_owned(), value);
         }
     }
+    if let Some(fallbacks) = request.remove("fallbacks").filter(|value| !value.is_null()) {
+        if chat.get("models").is_some_and(|models| !models.is_null()) {
+            let message = "name the fallback models in `fallbacks` or in `models`, not both";
+            return Err(ApiError::invalid_param("fallbacks", message));
+        }
+        chat.insert("models".to_owned(), fallback_models(&fallbacks)?);
+    }
     for field in request.keys() {
         let known = FIELDS_TRANSLATED.contains(&field.as_str())
             || FIELDS_ANTHROPIC_ONLY_HINTS.contains(&field.as_str());
@@ -282,6 +289,29 @@ fn parse_messages(
         Some(Native { format: NativeFormat::AnthropicMessages, body: request, headers: forwarded });
     parsed.native_only = native_only;
     Ok(parsed)
+}
+
+/// Anthropic's server-side `fallbacks` (`[{"model": …}, …]`) as the gateway's own `models`
+/// fallbacks, as OpenRouter takes them: never forwarded, since a model Anthropic switched
+/// to would answer at a price the gateway neither reserved nor charges. So they are tried
+/// when a model fails before anything was sent (an outage, a rate limit), not when it
+/// answers with a refusal. Anthropic's `"default"` fallbacks name no model, and an entry
+/// may carry only its `model`.
+fn fallback_models(fallbacks: &Value) -> Result<Value, ApiError> {
+    let entries = fallbacks.as_array().ok_or_else(|| {
+        let message = "must be an array of `{\"model\": …}` entries (the gateway cannot price \
+                       Anthropic's default fallbacks ahead: name the models)";
+        ApiError::invalid_param("fallbacks", message)
+    })?;
+    let models = entries.iter().enumerate().map(|(at, entry)| {
+        let model =
+            entry.as_object().filter(|entry| entry.len() == 1).and_then(|entry| entry.get("model"));
+        model.filter(|model| model.is_string()).cloned().ok_or_else(|| {
+            let message = "must be `{\"model\": \"…\"}`: per-attempt overrides are not supported";
+            ApiError::invalid_param(&format!("fallbacks[{at}]"), message)
+        })
+    });
+    models.collect::<Result<Vec<Value>, ApiError>>().map(Value::Array)
 }
 
 /// Refuses what Anthropic would bill beyond the catalogue's token prices: the gateway
@@ -1062,6 +1092,31 @@ mod tests {
             json!({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]}),
             "messages[0].content[0]",
         );
+    }
+
+    #[test]
+    fn anthropic_fallbacks_are_the_gateways_own_and_never_forwarded() {
+        let user = json!([{"role": "user", "content": "hi"}]);
+        let fallbacks = json!([{"model": "b"}, {"model": "c"}]);
+        let parsed = parse(json!({"model": "a", "max_tokens": 5, "messages": user,
+            "fallbacks": fallbacks}))
+        .expect("valid");
+        assert_eq!(parsed.model_ids, ["a", "b", "c"]);
+        assert!(parsed.native_only.is_none(), "any model may serve it");
+        let native = parsed.chat.native.expect("native");
+        assert!(!native.body.contains_key("fallbacks"), "Anthropic never switches models");
+        for (fallbacks, param) in [
+            (json!("default"), "fallbacks"),
+            (json!([{"model": "b", "max_tokens": 9}]), "fallbacks[0]"),
+            (json!([{"model": "b"}, "c"]), "fallbacks[1]"),
+        ] {
+            let body = json!({"model": "a", "max_tokens": 5, "messages": user,
+                "fallbacks": fallbacks});
+            assert_eq!(parse(body).expect_err("invalid").to_json()["error"]["param"], param);
+        }
+        let both = json!({"model": "a", "max_tokens": 5, "messages": user,
+            "fallbacks": [{"model": "b"}], "models": ["c"]});
+        assert_eq!(parse(both).expect_err("invalid").to_json()["error"]["param"], "fallbacks");
     }
 
     #[test]

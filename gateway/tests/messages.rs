@@ -153,6 +153,29 @@ async fn every_model_answers_in_anthropics_shape_with_its_cost() {
     dev.audit_ok().await;
 }
 
+/// Anthropic's server-side `fallbacks` are the gateway's own fallbacks (as on OpenRouter):
+/// a model that is down hands the request to the next, which answers and is charged at
+/// its own price; Anthropic's `"default"` fallbacks, which name no model, get a 400.
+#[tokio::test]
+async fn anthropic_fallbacks_fall_back_at_the_gateway() {
+    let mock = start_mock().await;
+    let dir = data_dir();
+    let dev = dev_over(&dir, &mock);
+    let (account, key) = dev.funded_account("5.00").await;
+    let mut body = ask("mock/unavailable", "still here");
+    body["fallbacks"] = json!([{"model": CLAUDE}]);
+    let before = available(&dev, &account).await;
+    let (status, answer) = message(&dev, Auth::ApiKey(&key), &body).await;
+    assert_eq!((status, &answer["model"]), (200, &json!(CLAUDE)), "{answer}");
+    let cost = cost_pico(&answer["usage"]["cost"]);
+    assert_eq!(before - available(&dev, &account).await, cost, "the balance drop");
+    body["fallbacks"] = json!("default");
+    let (status, refused) = message(&dev, Auth::ApiKey(&key), &body).await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["type"], "error", "Anthropic's error shape: {refused}");
+    dev.audit_ok().await;
+}
+
 /// A Claude model gets the request as the client sent it: fields only Anthropic knows
 /// reach it; any other model refuses them by name, in Anthropic's error shape.
 #[tokio::test]
