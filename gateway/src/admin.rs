@@ -62,6 +62,8 @@ struct NameBody {
 #[serde(deny_unknown_fields)]
 struct CreditBody {
     amount: String,
+    /// Required: a top-up retried without one (a timeout, a proxy's retry) would be
+    /// another operation and credit twice.
     idempotency_key: Option<String>,
 }
 
@@ -87,8 +89,11 @@ async fn credit(
     if amount == PicoUsd::ZERO {
         return Err(ApiError::invalid_param("amount", "must be more than zero"));
     }
-    let idempotency_key = body.idempotency_key.as_deref();
-    if idempotency_key.is_some_and(|key| key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX) {
+    let Some(idempotency_key) = body.idempotency_key.as_deref() else {
+        let message = "is required: a top-up retried without one would credit twice";
+        return Err(ApiError::invalid_param("idempotency_key", message));
+    };
+    if idempotency_key.is_empty() || idempotency_key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
         let message = format!("must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes");
         return Err(ApiError::invalid_param("idempotency_key", message));
     }

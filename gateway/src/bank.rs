@@ -153,19 +153,16 @@ impl Bank {
         self.submit(OpId(keys::random_u128()), Op::CreateAccount { account, name }).await
     }
 
-    /// A top-up. With an idempotency key it is one ledger operation however often it is
-    /// retried (its op id derives from the account and the key, and the ledger remembers
-    /// an account's top-ups for the account's life): it credits once.
+    /// A top-up, one ledger operation however often it is retried: its op id derives from
+    /// the account and the caller's idempotency key, and the ledger remembers an account's
+    /// top-ups for the account's life, so it credits once.
     pub async fn credit(
         &self,
         account: AccountId,
         amount: PicoUsd,
-        idempotency_key: Option<&str>,
+        idempotency_key: &str,
     ) -> Result<Outcome, ApiError> {
-        let id = match idempotency_key {
-            Some(key) => credit_op_id(account, key),
-            None => OpId(keys::random_u128()),
-        };
+        let id = credit_op_id(account, idempotency_key);
         self.submit(id, Op::Credit { account, amount }).await
     }
 
@@ -649,8 +646,8 @@ mod tests {
         let account = AccountId(keys::random_u64());
         let caller = Caller { account, key: KeyId(keys::random_u64()), kind: KeyKind::Inference };
         bank.create_account(account, "t".into()).await.unwrap().unwrap();
-        bank.credit(account, usd("1.00"), Some("first")).await.unwrap().unwrap();
-        let retried = bank.credit(account, usd("1.00"), Some("first")).await.unwrap();
+        bank.credit(account, usd("1.00"), "first").await.unwrap().unwrap();
+        let retried = bank.credit(account, usd("1.00"), "first").await.unwrap();
         assert_eq!(retried, Ok(Reply::Credited { credits: usd("1.00") }), "credited once");
         let minted = keys::mint(account);
         let (kind, limits) = (KeyKind::Inference, KeyLimits::default());

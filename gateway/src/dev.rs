@@ -204,7 +204,7 @@ async fn ensure_demo_account(bank: &Bank, data_dir: &Path) -> anyhow::Result<()>
     }
     // The same idempotency key on every attempt: a resumed start credits once.
     let amount = PicoUsd::from_usd_whole(DEMO_CREDIT_USD);
-    if let Err(rejection) = bank.credit(account, amount, Some("dev demo credit")).await? {
+    if let Err(rejection) = bank.credit(account, amount, "dev demo credit").await? {
         anyhow::bail!("crediting the demo account: {rejection}");
     }
     let key = keys::mint(account);

@@ -200,7 +200,7 @@ pub async fn handle(app: &'static App, request: Request<Incoming>) -> Result<Res
         return Ok(respond::json(StatusCode::OK, &body));
     };
     let idempotency_key = format!("payment event {}", event.id);
-    let credited = app.bank.credit(account, amount, Some(&idempotency_key)).await?;
+    let credited = app.bank.credit(account, amount, &idempotency_key).await?;
     match credited {
         Ok(Reply::Credited { credits }) => {
             tracing::info!(account = account.0, %amount, event = event.id, "payment credited");

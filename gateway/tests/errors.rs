@@ -326,6 +326,9 @@ async fn admin_api_checks_token_input_and_idempotency() {
         let (status, body) = dev.admin(Method::POST, &credits, Some(top_up(bad, "k"))).await;
         check(bad, &(status, body), 400, &[("param", "amount")]);
     }
+    let unkeyed = json!({"amount": "1.00"});
+    let (status, body) = dev.admin(Method::POST, &credits, Some(unkeyed)).await;
+    check("no idempotency key", &(status, body), 400, &[("param", "idempotency_key")]);
     let (status, _) = dev
         .admin(Method::POST, "/v1/admin/accounts/00000000000000aa/credits", Some(top_up("1", "z")))
         .await;

@@ -937,7 +937,7 @@ async fn credit(app: &'static App, form: Form) -> Result<Response, WebError> {
     if idempotency_key.is_empty() || idempotency_key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
         return Err(bad("the form's idempotency key is missing: reload the page".into()));
     }
-    let credited = app.bank.credit(ctx.session.account, amount, Some(idempotency_key)).await?;
+    let credited = app.bank.credit(ctx.session.account, amount, idempotency_key).await?;
     credited.map_err(rejected)?;
     Ok(redirect("/dashboard/credits", &ctx.cookies))
 }
