@@ -151,7 +151,7 @@ pub const HISTORY_EXPORT_PAGE_MAX: usize = 1_000;
 pub const HISTORY_EXPIRE_BATCH_MAX: usize = 10_000;
 /// Format-1 records one migration transaction moves.
 const MIGRATE_BATCH: usize = 10_000;
-const HOUR_MS: u64 = 60 * 60 * 1000;
+pub(crate) const HOUR_MS: u64 = 60 * 60 * 1000;
 
 /// "format" → [`HISTORY_FORMAT_VERSION`].
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -239,7 +239,7 @@ pub struct Usage {
 
 impl Usage {
     /// One request's usage.
-    fn of(record: &RequestRecord) -> Usage {
+    pub(crate) fn of(record: &RequestRecord) -> Usage {
         Usage {
             requests: 1,
             prompt_tokens: record.prompt_tokens,
@@ -251,7 +251,7 @@ impl Usage {
         }
     }
 
-    fn merge(&mut self, other: &Usage) {
+    pub(crate) fn merge(&mut self, other: &Usage) {
         self.requests += other.requests;
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;

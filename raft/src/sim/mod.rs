@@ -66,7 +66,9 @@
 //!   history lives on a disk that keeps, through a crash, only what was synced, so this
 //!   checks what its log's replay writes again and what it skips (retention is the
 //!   default 90 days, so the upkeep rolls hours up, when a clock steps past one, but
-//!   drops no record: retention is left to `history`'s own tests); and each node runs
+//!   drops no record: retention is left to `history`'s own tests), and that each
+//!   account's usage sums (the dashboard's charts, rolled up by the upkeep) add up to its
+//!   records; and each node runs
 //!   the copy of the records a snapshot install skipped (`backfill.rs`, through the
 //!   simulated network), which must have ended on every replica first;
 //! * no task panicked, and the cluster recovered within a bound after healing.
@@ -90,6 +92,7 @@ mod trace;
 mod workload;
 
 use crate::codec;
+use crate::history::{self, Usage, UsageQuery};
 use crate::types::NodeId;
 use crate::{LedgerApi, LedgerClient, LedgerError};
 use crate::{
@@ -1598,8 +1601,10 @@ fn check_money(cluster: &Cluster, records: &[Record], ledgers: &[Ledger]) {
 /// The histories live on disks that keep only what was synced through each crash, so
 /// this checks what a replica's replay after a crash writes again and what it skips
 /// (`History::posted_through`), and, once every copy wished for has ended (`converge`),
-/// what a replica that installed a snapshot copied from a peer (`backfill.rs`). Returns
-/// how many (replica, group) histories it checked.
+/// what a replica that installed a snapshot copied from a peer (`backfill.rs`); and that
+/// each account's usage sums (what the dashboard's charts read, rolled up by the upkeep
+/// as hours close) add up to its records. Returns how many (replica, group) histories it
+/// checked.
 fn check_histories(cluster: &Cluster, records: &[Record]) -> usize {
     let (mut settled, mut maybe) = (BTreeSet::new(), BTreeSet::new());
     for record in records {
@@ -1615,15 +1620,32 @@ fn check_histories(cluster: &Cluster, records: &[Record]) -> usize {
         for group in 0..cluster.shape.n_groups {
             let in_group = |account: AccountId| cluster.group_of(account) == group;
             let mut held = BTreeSet::new();
+            let mut summed: BTreeMap<AccountId, Usage> = BTreeMap::new();
             let mut after = None;
             loop {
                 let page =
                     history.export(in_group, after, HISTORY_EXPORT_PAGE_MAX).expect("an export");
-                held.extend(page.records.into_iter().map(|(account, hold, _)| (account, hold)));
+                for (account, hold, record) in page.records {
+                    held.insert((account, hold));
+                    summed.entry(account).or_default().merge(&Usage::of(&record));
+                }
                 match page.next {
                     Some(next) => after = Some(next),
                     None => break,
                 }
+            }
+            for (account, summed) in summed {
+                let all_time = UsageQuery {
+                    account,
+                    from_ms: 0,
+                    to_ms: u64::MAX,
+                    bucket_ms: history::HOUR_MS,
+                };
+                let mut usage = Usage::default();
+                for row in history.usage(&all_time).expect("a usage query") {
+                    usage.merge(&row.usage);
+                }
+                assert_eq!(usage, summed, "node {id}, account {account:?}: usage ≠ its records");
             }
             let missing =
                 settled.iter().filter(|(a, hold)| in_group(*a) && !held.contains(&(*a, *hold)));
