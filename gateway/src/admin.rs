@@ -54,8 +54,11 @@ pub async fn handle(app: &'static App, request: Request<Incoming>) -> Result<Res
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NameBody {
+struct AccountBody {
     name: String,
+    /// Optional: with one, a retried creation (a timeout, a proxy's retry) names the same
+    /// account instead of making a second.
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -71,11 +74,39 @@ async fn create_account(
     app: &'static App,
     request: Request<Incoming>,
 ) -> Result<Response, ApiError> {
-    let body: NameBody = json_body(request).await?;
+    let body: AccountBody = json_body(request).await?;
     check_name(&body.name)?;
-    let account = AccountId(keys::random_u64());
-    expect_accepted(app.bank.create_account(account, body.name).await?)?;
+    let Some(idempotency_key) = body.idempotency_key.as_deref() else {
+        let account = AccountId(keys::random_u64());
+        expect_accepted(app.bank.create_account(account, body.name).await?)?;
+        return Ok(respond::json(StatusCode::CREATED, &json!({"id": hex_id(account.0)})));
+    };
+    check_idempotency_key(idempotency_key)?;
+    let name = body.name.clone();
+    let (account, outcome) = app.bank.create_account_once(idempotency_key, body.name).await?;
+    if outcome == Err(Rejection::AccountExists) {
+        // Made by an earlier call with this key whose reply the ledger no longer
+        // remembers: the same creation if the account bears the name asked for, answered
+        // as the first call was.
+        let existing = app.bank.account(account).await?;
+        if existing.is_none_or(|entry| entry.name != name) {
+            return Err(ApiError::conflict(
+                "idempotency_key was already used for a different request",
+            ));
+        }
+    } else {
+        expect_accepted(outcome)?;
+    }
     Ok(respond::json(StatusCode::CREATED, &json!({"id": hex_id(account.0)})))
+}
+
+/// An idempotency key's bounds.
+fn check_idempotency_key(idempotency_key: &str) -> Result<(), ApiError> {
+    if idempotency_key.is_empty() || idempotency_key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+        let message = format!("must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes");
+        return Err(ApiError::invalid_param("idempotency_key", message));
+    }
+    Ok(())
 }
 
 async fn credit(
@@ -93,10 +124,7 @@ async fn credit(
         let message = "is required: a top-up retried without one would credit twice";
         return Err(ApiError::invalid_param("idempotency_key", message));
     };
-    if idempotency_key.is_empty() || idempotency_key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
-        let message = format!("must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes");
-        return Err(ApiError::invalid_param("idempotency_key", message));
-    }
+    check_idempotency_key(idempotency_key)?;
     let credited = app.bank.credit(AccountId(account), amount, idempotency_key).await?;
     match expect_accepted(credited)? {
         Reply::Credited { credits } => {

@@ -153,6 +153,24 @@ impl Bank {
         self.submit(OpId(keys::random_u128()), Op::CreateAccount { account, name }).await
     }
 
+    /// An account whose id and operation id derive from the caller's idempotency key, so
+    /// a retry of the call names the same account and, while the ledger remembers the
+    /// operation, answers the first reply; later it is refused as `AccountExists`.
+    pub async fn create_account_once(
+        &self,
+        idempotency_key: &str,
+        name: String,
+    ) -> Result<(AccountId, Outcome), ApiError> {
+        let digest = Sha256::new()
+            .chain_update(b"solrouter account\0")
+            .chain_update(idempotency_key.as_bytes())
+            .finalize();
+        let (id, op) = digest.split_at(8);
+        let account = AccountId(u64::from_be_bytes(id.try_into().expect("8 bytes")));
+        let op = OpId(u128::from_be_bytes(op[..16].try_into().expect("16 bytes")));
+        Ok((account, self.submit(op, Op::CreateAccount { account, name }).await?))
+    }
+
     /// A top-up, one ledger operation however often it is retried: its op id derives from
     /// the account and the caller's idempotency key, and the ledger remembers an account's
     /// top-ups for the account's life, so it credits once.

@@ -329,6 +329,18 @@ async fn admin_api_checks_token_input_and_idempotency() {
     let unkeyed = json!({"amount": "1.00"});
     let (status, body) = dev.admin(Method::POST, &credits, Some(unkeyed)).await;
     check("no idempotency key", &(status, body), 400, &[("param", "idempotency_key")]);
+
+    // An account created under an idempotency key is one account however often the call
+    // is retried; the key with another name conflicts.
+    let create = |name: &str| json!({"name": name, "idempotency_key": "acme-signup"});
+    let (status, first) = dev.admin(Method::POST, "/v1/admin/accounts", Some(create("acme"))).await;
+    assert_eq!(status, 201, "{first}");
+    let (status, retry) = dev.admin(Method::POST, "/v1/admin/accounts", Some(create("acme"))).await;
+    assert_eq!((status, &retry["id"]), (201, &first["id"]), "a retry names the same account");
+    let (status, _) = dev.admin(Method::POST, "/v1/admin/accounts", Some(create("other"))).await;
+    assert_eq!(status, 409, "the key with another name");
+    let (_, audit) = dev.admin(Method::GET, "/v1/admin/audit", None).await;
+    assert_eq!(audit["accounts"], 2, "the demo account and acme's: {audit}");
     let (status, _) = dev
         .admin(Method::POST, "/v1/admin/accounts/00000000000000aa/credits", Some(top_up("1", "z")))
         .await;
