@@ -90,14 +90,17 @@ async fn create_account(
         // as the first call was.
         let existing = app.bank.account(account).await?;
         if existing.is_none_or(|entry| entry.name != name) {
-            return Err(ApiError::conflict(
-                "idempotency_key was already used for a different request",
-            ));
+            return Err(key_reused());
         }
     } else {
         expect_accepted(outcome)?;
     }
     Ok(respond::json(StatusCode::CREATED, &json!({"id": hex_id(account.0)})))
+}
+
+/// An idempotency key that named another request.
+fn key_reused() -> ApiError {
+    ApiError::conflict("idempotency_key was already used for a different request")
 }
 
 /// An idempotency key's bounds.
@@ -240,9 +243,7 @@ fn expect_accepted(outcome: Result<Reply, Rejection>) -> Result<Reply, ApiError>
     outcome.map_err(|rejection| match rejection {
         Rejection::UnknownAccount => ApiError::not_found("unknown account"),
         Rejection::UnknownKey => ApiError::not_found("unknown key"),
-        Rejection::IdReused => {
-            ApiError::conflict("idempotency_key was already used for a different request")
-        }
+        Rejection::IdReused => key_reused(),
         Rejection::AccountExists | Rejection::KeyExists | Rejection::TopUpsExhausted => {
             ApiError::conflict(rejection.to_string())
         }
