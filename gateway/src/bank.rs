@@ -161,13 +161,7 @@ impl Bank {
         idempotency_key: &str,
         name: String,
     ) -> Result<(AccountId, Outcome), ApiError> {
-        let digest = Sha256::new()
-            .chain_update(b"solrouter account\0")
-            .chain_update(idempotency_key.as_bytes())
-            .finalize();
-        let (id, op) = digest.split_at(8);
-        let account = AccountId(u64::from_be_bytes(id.try_into().expect("8 bytes")));
-        let op = OpId(u128::from_be_bytes(op[..16].try_into().expect("16 bytes")));
+        let (account, op) = account_ids(idempotency_key);
         Ok((account, self.submit(op, Op::CreateAccount { account, name }).await?))
     }
 
@@ -618,14 +612,28 @@ fn op_name(op: &Op) -> &'static str {
 /// The operation id of a top-up: a hash of the account and the caller's idempotency
 /// key, so a retried top-up is the same ledger operation and applies once.
 fn credit_op_id(account: AccountId, idempotency_key: &str) -> OpId {
-    let mut hasher = Sha256::new();
-    hasher.update(b"solrouter credit\0");
-    hasher.update(account.0.to_be_bytes());
-    hasher.update(idempotency_key.as_bytes());
-    let digest = hasher.finalize();
-    let mut first = [0u8; 16];
-    first.copy_from_slice(&digest[..16]);
-    OpId(u128::from_be_bytes(first))
+    let parts = [&account.0.to_be_bytes()[..], idempotency_key.as_bytes()];
+    let digest = keyed_digest(b"solrouter credit\0", &parts);
+    OpId(u128::from_be_bytes(digest[..16].try_into().expect("16 bytes")))
+}
+
+/// The account id and operation id of an account created under `idempotency_key`.
+fn account_ids(idempotency_key: &str) -> (AccountId, OpId) {
+    let digest = keyed_digest(b"solrouter account\0", &[idempotency_key.as_bytes()]);
+    let (id, op) = digest.split_at(8);
+    let account = AccountId(u64::from_be_bytes(id.try_into().expect("8 bytes")));
+    (account, OpId(u128::from_be_bytes(op[..16].try_into().expect("16 bytes"))))
+}
+
+/// The SHA-256 of `domain` then `parts`: what ids derived from a caller's idempotency
+/// key are cut from, so every retry of a call derives the same ones. Never to change:
+/// a retry that reaches a newer build must still name the same operation.
+fn keyed_digest(domain: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = Sha256::new().chain_update(domain);
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher.finalize().into()
 }
 
 /// Milliseconds since the Unix epoch, for record timestamps. The ledger never reads a
@@ -704,5 +712,14 @@ mod tests {
             let line = format!("solrouter_ledger_wait_seconds_count{{op=\"{op}\"}} {count}");
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }
+    }
+
+    /// Ids derived from idempotency keys are part of the contract with every client that
+    /// retries: a top-up retried across an upgrade must name the same operation.
+    #[test]
+    fn ids_derived_from_idempotency_keys_never_change() {
+        let op = credit_op_id(AccountId(0x0123_4567_89ab_cdef), "topup-1");
+        assert_eq!(op, OpId(0x4d9f_0498_f4d3_9253_9c99_297c_e0e0_01c1));
+        assert_eq!(account_ids("acme-signup").0, AccountId(0xa73c_51c3_5c50_0f82));
     }
 }

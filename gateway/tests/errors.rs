@@ -158,10 +158,11 @@ async fn invalid_requests_get_400_404_405_and_413() {
 }
 
 /// A provider that refuses a body as too large while the gateway is still sending it (the
-/// built-in mock reads 4 MiB; the gateway forwards up to 32): the client reads the
-/// provider's 413, not a broken pipe, and is charged nothing. (That the mock lingers over
-/// the rest, without which the 413 was sometimes lost to a reset, is pinned by
-/// `mock_upstream::a_body_too_large_is_refused_and_lingered_over`.)
+/// built-in mock reads 4 MiB; the gateway forwards up to 32): the gateway takes the answer
+/// that came before its write ended, so the client reads the provider's 413, not a broken
+/// pipe, and is charged nothing. This pins the gateway's side; the provider's, lingering
+/// over the rest so that the 413 is not lost to a reset (without which this test failed
+/// in one run of four), is `mock_upstream::a_body_too_large_is_refused_and_lingered_over`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_refusing_a_large_body_answers_413_and_costs_nothing() {
     let dir = data_dir();

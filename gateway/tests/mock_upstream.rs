@@ -351,7 +351,6 @@ async fn status_and_invalid_directives_answer_in_the_format_shape() {
     }
 }
 
-/// When each event arrived, in order, from the first byte of the stream.
 /// A body declared larger than the mock reads is refused with 413 before any of it is read,
 /// and the mock lingers over what the client still sends, as a provider's front end does:
 /// a client that reads the answer while it writes can go on writing (here 8 MiB), where a
@@ -378,6 +377,7 @@ async fn a_body_too_large_is_refused_and_lingered_over() {
     written.expect("the mock reads on").expect("no reset while the client still sends");
 }
 
+/// When each event arrived, in order, from the first byte of the stream.
 async fn event_times(mock: &Mock, user: &str) -> (Instant, Vec<Instant>) {
     let wire = &wires()[0];
     let request =

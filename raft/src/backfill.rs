@@ -93,7 +93,7 @@ pub(crate) fn spawn(
                                 group_idx,
                                 failures,
                                 error = %e,
-                                "request history copy failed; retrying in {wait:?}, then less often"
+                                "request history copy failed; retrying in {wait:?}"
                             );
                         } else {
                             tracing::debug!(group_idx, failures, error = %e, "request history copy failed");
@@ -135,7 +135,7 @@ impl FailuresInARow {
     fn failed(&mut self, group: u32) -> Failed {
         let failures = self.0.entry(group).or_default();
         *failures = failures.saturating_add(1);
-        let doubled = BACKFILL_RETRY_INTERVAL.saturating_mul(1 << (*failures - 1).min(16));
+        let doubled = BACKFILL_RETRY_INTERVAL.saturating_mul(2u32.saturating_pow(*failures - 1));
         let wait = doubled.min(BACKFILL_RETRY_INTERVAL_MAX);
         Failed { failures: *failures, warn: failures.is_power_of_two(), wait }
     }
